@@ -1,0 +1,189 @@
+"""Loading models from folders, GGUF files and hub ids, quantized or not, and bad specs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.models.loading import load_model, resolve_source
+
+
+def quiet(message: str) -> None:
+    pass
+
+
+def test_folder_loads_in_float32_on_cpu(tiny_model_dir):
+    loaded = load_model(str(tiny_model_dir), on_event=quiet)
+    assert loaded.source.kind == "folder"
+    assert loaded.dtype == "float32" and loaded.device == "cpu"
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert loaded.tokenizer.pad_token is not None
+
+
+@pytest.mark.parametrize(
+    ("quantization", "layer_class"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")]
+)
+def test_quantized_loading_on_cpu_runs_forward_and_backward(
+    tiny_model_dir, quantization, layer_class
+):
+    loaded = load_model(str(tiny_model_dir), quantization=quantization, on_event=quiet)
+    q_proj = loaded.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj).__name__ == layer_class
+    if quantization == "4bit":
+        assert q_proj.weight.quant_state.quant_type == "nf4"
+        assert q_proj.weight.quant_state.nested  # double quantization (QLoRA recipe)
+        assert q_proj.compute_dtype == torch.float32  # never bf16 compute on CPU
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))
+    ids = loaded.tokenizer("hello world", return_tensors="pt").input_ids
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_unknown_spec_says_what_is_accepted():
+    with pytest.raises(wb.ModelLoadError, match="unknown model spec 'gemma-9-270m'.*built-in"):
+        load_model("gemma-9-270m", on_event=quiet)
+
+
+def test_missing_path(tmp_path):
+    missing = tmp_path / "nope" / "model"
+    with pytest.raises(wb.ModelLoadError, match="does not exist"):
+        load_model(str(missing), on_event=quiet)
+
+
+def test_folder_without_weights(tmp_path, tiny_model_dir):
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    with pytest.raises(wb.ModelLoadError, match=r"no \*\.safetensors weights"):
+        load_model(str(tmp_path), on_event=quiet)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    with pytest.raises(wb.ModelLoadError, match="no config.json"):
+        load_model(str(tmp_path), on_event=quiet)
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model_dir):
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_model_dir / name, tmp_path / name)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(tiny_model_dir / "model.safetensors"), tmp_path / "pytorch_model.bin")
+    with pytest.raises(wb.ModelLoadError, match=r"pickle weights \(pytorch_model.bin\).*safetensors"):
+        load_model(str(tmp_path), on_event=quiet)
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"this is not a gguf file at all" * 10)
+    with pytest.raises(wb.ModelLoadError, match="not a readable GGUF file"):
+        load_model(str(fake), on_event=quiet)
+
+
+def test_gguf_of_an_architecture_transformers_cannot_read(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="rwkv-odd")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(wb.ModelLoadError, match="'rwkv-odd' model, which transformers can't read"):
+        load_model(str(path), on_event=quiet)
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(wb.ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "absent.gguf"), on_event=quiet)
+
+
+@pytest.mark.parametrize("word", ["4-bit", "int4", "nf4", "16bit"])
+def test_unknown_quantization_word(tiny_model_dir, word):
+    with pytest.raises(wb.SpecError, match=f"quantization='{word}' is not one of"):
+        load_model(str(tiny_model_dir), quantization=word, on_event=quiet)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_is_refused_on_cpu(tiny_model_dir, dtype):
+    with pytest.raises(wb.SpecError, match="400x slower"):
+        load_model(str(tiny_model_dir), dtype=dtype, device="cpu", on_event=quiet)
+
+
+def test_bad_dtype_and_device(tiny_model_dir):
+    with pytest.raises(wb.SpecError, match="dtype='fp8'"):
+        load_model(str(tiny_model_dir), dtype="fp8", on_event=quiet)
+    with pytest.raises(wb.SpecError, match="device='gpu0'"):
+        load_model(str(tiny_model_dir), device="gpu0", on_event=quiet)
+
+
+def test_4bit_without_bitsandbytes_names_the_fix(tiny_model_dir):
+    # A None entry in sys.modules makes `import bitsandbytes` fail exactly as if the package
+    # were not installed; a subprocess keeps it away from the other tests.
+    code = (
+        "import sys; sys.modules['bitsandbytes'] = None\n"
+        "import workbench as wb\n"
+        "try:\n"
+        f"    wb.Session({str(tiny_model_dir)!r} + '-run', verbose=False)"
+        f".load_model({str(tiny_model_dir)!r}, quantization='4bit')\n"
+        "except wb.DependencyError as err:\n"
+        "    print('DependencyError:', err)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "DependencyError: quantization='4bit' needs bitsandbytes" in result.stdout, result.stderr
+    assert "pip install bitsandbytes" in result.stdout
+
+
+def test_hub_id_without_network_explains(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    assert resolve_source("someone/some-model", quiet).kind == "hub"
+    with pytest.raises(wb.ModelLoadError, match="No model hub is reachable"):
+        load_model("someone/some-model", on_event=quiet)
+
+
+def test_remote_code_stays_off_by_default(tiny_model_dir, tmp_path):
+    import json
+
+    folder = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    loaded = load_model(str(folder), on_event=quiet)
+    assert type(loaded.model).__name__ == "LlamaForCausalLM"
+    assert not marker.exists()
+
+
+def test_path_is_a_file(tmp_path):
+    text_file = tmp_path / "weights.txt"
+    text_file.write_text("x")
+    with pytest.raises(wb.ModelLoadError, match="is a file"):
+        load_model(str(text_file), on_event=quiet)
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "qwen2", "gemma3"])
+def test_other_architectures_load_and_generate(tmp_path, architecture):
+    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
+    session = wb.Session(tmp_path / "run", verbose=False)
+    info = session.load_model(str(folder))
+    assert info.model_type.startswith(architecture)
+    assert isinstance(session.generate("Hello", max_new_tokens=3), str)
+
+
+def test_empty_spec():
+    with pytest.raises(wb.ModelLoadError, match="empty"):
+        load_model("  ", on_event=quiet)
+    assert Path  # keep the import used when tests are trimmed

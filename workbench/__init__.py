@@ -1,0 +1,60 @@
+"""Tuning Workbench: fine-tune small language models step by step in a notebook.
+
+Examples:
+    >>> import workbench as wb
+    >>> s = wb.Session("runs/demo", verbose=False)  # doctest: +SKIP
+    >>> s.load_model("gemma-3-270m")                 # doctest: +SKIP
+"""
+
+from workbench.errors import (
+    CacheError,
+    DataError,
+    DependencyError,
+    ModelLoadError,
+    SpecError,
+    WorkbenchError,
+    WorkbenchWarning,
+)
+from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
+from workbench.models.info import ModelInfo
+from workbench.models.tiny import build_tiny_model
+from workbench.session import NoModelError, Session
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "FitTable": "workbench.models.memory",
+    "MemoryEstimate": "workbench.models.memory",
+    "estimate_memory": "workbench.models.memory",
+    "fit_table": "workbench.models.memory",
+}
+
+
+def __getattr__(name: str):
+    """Import the memory tools on first use, so ``import workbench`` stays light."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "CacheError",
+    "DEFAULT_MODEL",
+    "DataError",
+    "DependencyError",
+    "FitTable",
+    "MemoryEstimate",
+    "ModelInfo",
+    "ModelLoadError",
+    "NoModelError",
+    "Session",
+    "SpecError",
+    "WorkbenchError",
+    "WorkbenchWarning",
+    "__version__",
+    "build_tiny_model",
+    "estimate_memory",
+    "fit_table",
+]

@@ -1,0 +1,72 @@
+"""Plain-text and escaped-HTML tables shared by the objects a notebook displays.
+
+Every cell goes through :func:`html.escape`: model names, dataset text and outputs are
+untrusted and must never run as markup.
+
+Examples:
+    >>> print(text_table([("a", "1"), ("bb", "22")], header=("k", "v")))
+    k   v
+    a   1
+    bb  22
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Iterable, Sequence
+
+__all__ = ["text_table", "html_table", "format_bytes"]
+
+
+def format_bytes(n: float | None) -> str:
+    """Human-readable size with binary units.
+
+    Examples:
+        >>> format_bytes(3 * 1024**3)
+        '3.00 GiB'
+        >>> format_bytes(None)
+        '-'
+    """
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"  # pragma: no cover - the loop always returns
+
+
+def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> str:
+    """Align rows into columns separated by two spaces.
+
+    Examples:
+        >>> text_table([("x", 1)])
+        'x  1'
+    """
+    table = [list(map(str, header))] if header else []
+    table += [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    return "\n".join(lines)
+
+
+def html_table(
+    rows: Iterable[Sequence[object]],
+    header: Sequence[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """An HTML table whose every cell and title is escaped.
+
+    Examples:
+        >>> html_table([("<b>", 1)])
+        '<table class="workbench"><tr><td>&lt;b&gt;</td><td>1</td></tr></table>'
+    """
+    parts = ['<table class="workbench">']
+    if title:
+        parts.append(f"<caption>{html.escape(str(title))}</caption>")
+    if header:
+        parts.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
+    for row in rows:
+        parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    parts.append("</table>")
+    return "".join(parts)

@@ -1,0 +1,53 @@
+"""One error hierarchy for the workbench.
+
+Every error the workbench raises on purpose is a :class:`WorkbenchError`. Each subclass
+also inherits the builtin it stands in for, so ``except ValueError`` keeps working.
+
+Examples:
+    >>> import workbench as wb
+    >>> try:
+    ...     wb.Session("runs/x").load_model("no-such-model-anywhere")
+    ... except wb.ModelLoadError as err:
+    ...     print(type(err).__name__)
+    ModelLoadError
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "WorkbenchError",
+    "SpecError",
+    "ModelLoadError",
+    "CacheError",
+    "DependencyError",
+    "DataError",
+    "WorkbenchWarning",
+]
+
+
+class WorkbenchError(Exception):
+    """Base class of every error the workbench raises on purpose."""
+
+
+class SpecError(WorkbenchError, ValueError):
+    """A setting or argument has a value the workbench cannot use."""
+
+
+class ModelLoadError(WorkbenchError, ValueError):
+    """A model spec could not be resolved or loaded."""
+
+
+class CacheError(WorkbenchError, OSError):
+    """The model cache could not be written or read."""
+
+
+class DependencyError(WorkbenchError, ImportError):
+    """An optional package needed for the requested feature is missing."""
+
+
+class DataError(WorkbenchError, ValueError):
+    """A data set could not be read: the message names the file, row and field."""
+
+
+class WorkbenchWarning(UserWarning):
+    """A warning about a setting that works but is probably not what was meant."""

@@ -1,0 +1,132 @@
+"""The model cache: converted models stored as verified safetensors folders.
+
+A cache entry is a folder written under a temporary name and renamed when complete. Its
+``workbench-cache.json`` manifest, written last, lists every file with its size and SHA-256.
+An entry whose manifest is missing or whose files don't match it is treated as absent, removed,
+and rebuilt; it is never loaded.
+
+Examples:
+    >>> from workbench.models.cache import cache_root
+    >>> cache_root().name in {"workbench"} or True
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from workbench._io import sha256_file, staging_folder
+from workbench.errors import CacheError
+
+__all__ = ["cache_root", "cached_folder", "verify_entry", "MANIFEST"]
+
+MANIFEST = "workbench-cache.json"
+CACHE_ENV = "WORKBENCH_CACHE"
+
+
+def cache_root() -> Path:
+    """The cache folder: ``$WORKBENCH_CACHE``, else the user cache folder + ``/workbench``.
+
+    Examples:
+        >>> import os
+        >>> os.environ["WORKBENCH_CACHE"] = "/tmp/wb-cache-doc"
+        >>> str(cache_root())
+        '/tmp/wb-cache-doc'
+        >>> del os.environ["WORKBENCH_CACHE"]
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("workbench"))
+
+
+def verify_entry(folder: Path) -> str | None:
+    """Return why ``folder`` is not a complete cache entry, or None when it is.
+
+    Examples:
+        >>> verify_entry(Path("/nonexistent-entry"))
+        'no manifest'
+    """
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return "no manifest"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError) as err:
+        return f"unreadable manifest ({err})"
+    for name, facts in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != facts["size"]:
+            return f"{name} has {path.stat().st_size} bytes, expected {facts['size']}"
+        if sha256_file(path) != facts["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
+def _write_manifest(folder: Path, source: dict) -> None:
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+    text = json.dumps({"source": source, "files": files}, indent=2)
+    (folder / MANIFEST).write_text(text, encoding="utf-8")
+
+
+def cached_folder(
+    key: str,
+    build: Callable[[Path], None],
+    source: dict,
+    on_event: Callable[[str], None] = lambda message: None,
+) -> Path:
+    """Return the verified cache folder for ``key``, building it with ``build(tmp)`` if needed.
+
+    A process-wide file lock keeps two processes from building the same entry at once.
+
+    Args:
+        key: Folder name inside the cache root.
+        build: Writes the entry's files into the temporary folder it is given.
+        source: Facts about where the entry came from, stored in the manifest.
+        on_event: Receives progress messages.
+
+    Returns:
+        The complete, verified folder.
+
+    Raises:
+        CacheError: The cache folder can't be written.
+
+    Examples:
+        >>> import os; os.environ["WORKBENCH_CACHE"] = "/tmp/wb-cache-doc"
+        >>> folder = cached_folder("demo", lambda tmp: (tmp / "x.txt").write_text("1"), {})
+        >>> (folder / "x.txt").read_text()
+        '1'
+        >>> del os.environ["WORKBENCH_CACHE"]
+    """
+    from filelock import FileLock
+
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        msg = f"cannot create the model cache {root}: {err}. Set {CACHE_ENV} to a writable folder."
+        raise CacheError(msg) from err
+    folder = root / key
+    with FileLock(str(root / f".{key}.lock")):
+        if folder.exists():
+            problem = verify_entry(folder)
+            if problem is None:
+                return folder
+            on_event(f"cache entry {folder} is incomplete or corrupted ({problem}); rebuilding")
+            shutil.rmtree(folder)
+        with staging_folder(folder) as tmp:
+            build(tmp)
+            _write_manifest(tmp, source)
+    return folder

@@ -1,0 +1,170 @@
+"""What a loaded model is: size, precision, placement and the layers LoRA can target.
+
+Examples:
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.models.loading import load_model
+    >>> info = model_info(load_model(str(build_tiny_model("/tmp/tiny-info-doc")), on_event=len))
+    >>> info.lora_targets
+    ('down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench._display import format_bytes, html_table, text_table
+from workbench.models.builtin import BUILTIN_MODELS
+
+__all__ = ["ModelInfo", "model_info", "lora_target_names"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Facts about a loaded model, shown as a table in a notebook and as text in a script.
+
+    Attributes:
+        name: The spec it was loaded from.
+        source: ``builtin``, ``gguf``, ``folder`` or ``hub``.
+        architecture: The transformers class, e.g. ``Gemma3ForCausalLM``.
+        model_type: The config's ``model_type``.
+        parameters: Number of parameters (a 4-bit weight counts as its unpacked size).
+        trainable_parameters: Parameters with ``requires_grad``.
+        memory_bytes: Bytes the parameters and buffers take (``get_memory_footprint``).
+        dtype: Compute dtype.
+        device: Where the weights live.
+        quantization: ``None``, ``"4bit"`` or ``"8bit"``.
+        layers: Number of transformer blocks.
+        hidden_size: Width of the residual stream.
+        vocab_size: Tokenizer vocabulary size of the output layer.
+        context_length: ``max_position_embeddings`` of the config, when it has one.
+        lora_targets: Short names of the linear layers LoRA can adapt.
+        terms: Licence note for built-in weights, else empty.
+
+    Examples:
+        >>> info.parameters > 0  # doctest: +SKIP
+        True
+    """
+
+    name: str
+    source: str
+    architecture: str
+    model_type: str
+    parameters: int
+    trainable_parameters: int
+    memory_bytes: int
+    dtype: str
+    device: str
+    quantization: str | None
+    layers: int | None
+    hidden_size: int | None
+    vocab_size: int | None
+    context_length: int | None
+    lora_targets: tuple[str, ...]
+    terms: str = ""
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The facts as ``(label, value)`` pairs, in display order.
+
+        Examples:
+            >>> info.rows()[0]  # doctest: +SKIP
+            ('model', '/tmp/tiny-info-doc')
+        """
+        rows = [
+            ("model", self.name),
+            ("source", self.source),
+            ("architecture", self.architecture),
+            ("parameters", f"{self.parameters:,} ({self.trainable_parameters:,} trainable)"),
+            ("memory", format_bytes(self.memory_bytes)),
+            ("dtype", self.dtype),
+            ("device", self.device),
+            ("quantization", self.quantization or "none"),
+            ("layers", self.layers),
+            ("hidden size", self.hidden_size),
+            ("vocabulary", self.vocab_size),
+            ("context length", self.context_length),
+            ("LoRA targets", ", ".join(self.lora_targets)),
+        ]
+        if self.terms:
+            rows.append(("terms", self.terms))
+        return [(label, "-" if value is None else str(value)) for label, value in rows]
+
+    def __str__(self) -> str:
+        return text_table(self.rows())
+
+    def _repr_html_(self) -> str:
+        return html_table(self.rows(), title="Model")
+
+
+def lora_target_names(model) -> tuple[str, ...]:
+    """Short names of the linear layers LoRA can adapt, found from the model itself.
+
+    Counts ``torch.nn.Linear`` (bitsandbytes' 4-bit and 8-bit layers subclass it) and
+    transformers' ``Conv1D`` (GPT-2), and leaves out the output layer, as peft's
+    ``target_modules="all-linear"`` does.
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM
+        >>> gpt2 = AutoModelForCausalLM.from_pretrained(build_tiny_model("/tmp/t2", "gpt2"))
+        >>> lora_target_names(gpt2)
+        ('c_attn', 'c_fc', 'c_proj')
+    """
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output
+    }
+    return tuple(sorted(names))
+
+
+def _count_parameters(model) -> tuple[int, int]:
+    total = trainable = 0
+    for param in model.parameters():
+        # bitsandbytes packs two 4-bit weights per byte; quant_state keeps the real shape.
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        count = int(shape.numel()) if shape is not None else param.numel()
+        total += count
+        trainable += count if param.requires_grad else 0
+    return total, trainable
+
+
+def model_info(loaded) -> ModelInfo:
+    """Describe a :class:`~workbench.models.loading.LoadedModel`.
+
+    Examples:
+        >>> model_info(loaded).dtype  # doctest: +SKIP
+        'float32'
+    """
+    model, config = loaded.model, loaded.model.config
+    total, trainable = _count_parameters(model)
+    builtin = BUILTIN_MODELS.get(loaded.source.spec)
+    return ModelInfo(
+        name=loaded.source.spec,
+        source=loaded.source.kind,
+        architecture=type(model).__name__,
+        model_type=config.model_type,
+        parameters=total,
+        trainable_parameters=trainable,
+        memory_bytes=int(model.get_memory_footprint()),
+        dtype=loaded.dtype,
+        device=str(next(model.parameters()).device),
+        quantization=loaded.quantization,
+        layers=_config_value(config, "num_hidden_layers", "n_layer"),
+        hidden_size=_config_value(config, "hidden_size", "n_embd"),
+        vocab_size=_config_value(config, "vocab_size"),
+        context_length=_config_value(config, "max_position_embeddings", "n_positions"),
+        lora_targets=lora_target_names(model),
+        terms=builtin.terms if builtin else "",
+    )
+
+
+def _config_value(config, *names: str) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in names:
+        value = getattr(text, name, None)
+        if value is not None:
+            return int(value)
+    return None

@@ -1,0 +1,260 @@
+"""Resolve a model spec and load it with transformers: built-in, GGUF, folder or hub id.
+
+Examples:
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> loaded = load_model(str(build_tiny_model("/tmp/tiny-load-doc")), on_event=lambda m: None)
+    >>> loaded.source.kind, loaded.dtype
+    ('folder', 'float32')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, get_args
+
+from workbench.errors import DependencyError, ModelLoadError, SpecError
+from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
+from workbench.models.cache import cache_root, cached_folder
+from workbench.models.gguf import convert_gguf, gguf_architecture
+
+__all__ = ["ModelSource", "LoadedModel", "resolve_source", "load_model", "Quantization", "DType"]
+
+Quantization = Literal["4bit", "8bit"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+SourceKind = Literal["builtin", "gguf", "folder", "hub"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from, after resolving the user's spec.
+
+    Attributes:
+        spec: What the user passed.
+        kind: ``builtin``, ``gguf``, ``folder`` or ``hub``.
+        location: The folder (or hub id) that ``from_pretrained`` reads; for ``builtin`` and
+            ``gguf`` it is the converted copy in the cache.
+
+    Examples:
+        >>> ModelSource("org/model", "hub", "org/model").kind
+        'hub'
+    """
+
+    spec: str
+    kind: SourceKind
+    location: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded model with its tokenizer and the settings it was loaded with.
+
+    Examples:
+        >>> loaded = load_model("/tmp/tiny-load-doc", on_event=lambda m: None)  # doctest: +SKIP
+        >>> loaded.model.config.model_type  # doctest: +SKIP
+        'llama'
+    """
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    quantization: Quantization | None
+    dtype: str
+    device: str
+
+
+def _gguf_source(spec: str, path: Path, on_event: Callable[[str], None]) -> ModelSource:
+    gguf_architecture(path)
+    stat = path.stat()
+    fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    key = f"gguf-{path.stem}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
+    on_event(f"looking for a converted copy of {path.name} in the cache")
+    folder = cached_folder(
+        key,
+        lambda tmp: convert_gguf(path, tmp, on_event),
+        {"gguf": str(path.resolve()), "size": stat.st_size},
+        on_event,
+    )
+    return ModelSource(spec, "gguf", str(folder))
+
+
+def _builtin_source(spec: str, on_event: Callable[[str], None]) -> ModelSource:
+    model = BUILTIN_MODELS[spec]
+
+    def build(tmp: Path) -> None:
+        on_event(f"first use of {spec}: converting it once to safetensors (about 2 minutes)")
+        with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".gguf-") as scratch:
+            convert_gguf(builtin_gguf(model, Path(scratch), on_event), tmp, on_event)
+
+    folder = cached_folder(
+        f"{spec}-{model.sha256[:12]}", build, {"builtin": spec, "sha256": model.sha256}, on_event
+    )
+    return ModelSource(spec, "builtin", str(folder))
+
+
+def _check_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        msg = f"folder {path} has no config.json, so it is not a transformers model folder."
+        raise ModelLoadError(msg)
+    names = [p.name for p in path.iterdir()]
+    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
+        return
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        msg = (
+            f"folder {path} holds only pickle weights ({', '.join(sorted(pickles)[:3])}). "
+            "The workbench loads safetensors only, because unpickling a file can run any code "
+            "it contains. Convert the checkpoint to safetensors with a tool you trust, then "
+            "load the converted folder."
+        )
+        raise ModelLoadError(msg)
+    raise ModelLoadError(f"folder {path} has a config.json but no *.safetensors weights.")
+
+
+def resolve_source(spec: str, on_event: Callable[[str], None] = print) -> ModelSource:
+    """Turn a user's model spec into a :class:`ModelSource`, converting GGUF files once.
+
+    Raises:
+        ModelLoadError: the spec names nothing loadable; the message lists what is accepted.
+
+    Examples:
+        >>> resolve_source("Qwen/Qwen2.5-0.5B").kind
+        'hub'
+    """
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise ModelLoadError(f"model spec {spec!r} is empty or not a string or path.")
+    text = str(spec)
+    if text in BUILTIN_MODELS:
+        return _builtin_source(text, on_event)
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf"):
+        return _gguf_source(text, path, on_event)
+    if path.is_dir():
+        _check_folder(path)
+        return ModelSource(text, "folder", str(path))
+    if path.exists():
+        msg = f"{path} is a file; give a model folder, a .gguf file, a hub id or a built-in name."
+        raise ModelLoadError(msg)
+    if HUB_ID.match(text) and not text.startswith("."):
+        return ModelSource(text, "hub", text)
+    looks_like_path = text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1
+    what = f"path {path} does not exist" if looks_like_path else f"unknown model spec {text!r}"
+    msg = (
+        f"{what}. Expected a built-in name ({', '.join(sorted(BUILTIN_MODELS))}), a local "
+        "model folder, a .gguf file, or a hub id like 'org/name'."
+    )
+    raise ModelLoadError(msg)
+
+
+def _resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
+    import torch
+
+    if dtype not in get_args(DType):
+        raise SpecError(f"dtype={dtype!r} is not one of {get_args(DType)}.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise SpecError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    on_gpu = device.startswith("cuda")
+    if dtype == "auto":
+        dtype = "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
+    if device == "cpu" and dtype != "float32":
+        msg = (
+            f"dtype={dtype!r} on CPU: half-precision matmuls ran about 400x slower than float32 "
+            "on CPUs without native bf16, so the workbench computes in float32 there. Use "
+            "dtype='auto' or 'float32' on CPU, or quantization='4bit' to save memory."
+        )
+        raise SpecError(msg)
+    return device, dtype
+
+
+def _quantization_config(quantization: str | None, dtype: str):
+    if quantization is None:
+        return None
+    if quantization not in get_args(Quantization):
+        msg = f"quantization={quantization!r} is not one of None, '4bit', '8bit'."
+        raise SpecError(msg)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        msg = (
+            f"quantization={quantization!r} needs bitsandbytes, which is not installed: "
+            "pip install bitsandbytes (or load without quantization)."
+        )
+        raise DependencyError(msg) from err
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    # The QLoRA recipe (Dettmers et al. 2023, arXiv:2305.14314): NF4 with double quantization.
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, dtype),
+    )
+
+
+def load_model(
+    spec: str,
+    quantization: Quantization | None = None,
+    dtype: DType = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    on_event: Callable[[str], None] = print,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a built-in name, GGUF, folder or hub id.
+
+    Args:
+        spec: ``"gemma-3-270m"``, a ``.gguf`` path, a model folder, or a hub id.
+        quantization: ``None``, ``"4bit"`` (NF4, double quantization) or ``"8bit"``.
+        dtype: ``"auto"`` is bfloat16 on a GPU that supports it and float32 elsewhere.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        trust_remote_code: Let transformers run model code shipped with the checkpoint.
+        on_event: Receives progress messages.
+
+    Raises:
+        ModelLoadError: The spec can't be resolved or the weights can't be read.
+        SpecError: A setting has a value the workbench can't use.
+        DependencyError: quantization was asked but bitsandbytes is missing.
+
+    Examples:
+        >>> loaded = load_model("/tmp/tiny-load-doc", quantization="4bit", on_event=lambda m: None)
+        >>> loaded.quantization
+        '4bit'
+    """
+    device, dtype = _resolve_device_dtype(device, dtype)
+    quant_config = _quantization_config(quantization, dtype)
+    source = resolve_source(spec, on_event)
+    model, tokenizer = _from_pretrained(source, quant_config, dtype, device, trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model.eval(), tokenizer, source, quantization, dtype, device)
+
+
+def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    options = dict(trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location,
+            dtype=getattr(torch, dtype),
+            device_map={"": device},
+            quantization_config=quant_config,
+            use_safetensors=True,
+            **options,
+        )
+    except (OSError, ValueError, KeyError) as err:
+        hint = " No model hub is reachable here: download it elsewhere and pass its folder."
+        msg = f"could not load {source.spec!r} from {source.location}: {err}."
+        raise ModelLoadError(msg + (hint if source.kind == "hub" else "")) from err
+    return model, tokenizer

@@ -1,0 +1,165 @@
+"""Build a tiny causal language model and its tokenizer on the spot, with no download.
+
+Tests and teaching notebooks use it instead of a hub model: it is a normal transformers
+model folder (``config.json``, ``model.safetensors``, tokenizer files), built in about a
+second from a config and a byte-level BPE tokenizer trained on a small built-in corpus.
+
+Examples:
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> folder = build_tiny_model("/tmp/tiny-doc")
+    >>> sorted(p.name for p in folder.iterdir())[:2]
+    ['chat_template.jinja', 'config.json']
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from workbench.errors import SpecError
+
+__all__ = ["build_tiny_model", "TINY_ARCHITECTURES", "CHATML_TEMPLATE"]
+
+TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3"]
+TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3")
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+
+# A ChatML template (the format of Qwen and SmolLM): it makes the tiny model behave like an
+# instruction model, so chat-template code paths run in tests.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. A small model learns from examples.
+Question: What is the capital of France? Answer: Paris. Question: What is two plus two? Answer: four.
+Instruction: Turn the record into JSON. Input: name Ada, age 36, city London.
+Output: {"name": "Ada", "age": 36, "city": "London"}
+Translate to French: good morning -> bonjour. Summarize: the meeting moved to Monday.
+user assistant system Hello! How can I help you today? Thank you, goodbye.
+0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 2024 3.14 yes no true false null
+positive negative neutral red green blue cat dog bird fish apple banana cherry
+"""
+
+
+def _train_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+
+
+def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokenizer):
+    import transformers
+
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    # initializer_range=0.2: with the default 0.02 the frozen output layer cannot produce
+    # confident logits and LoRA training stalls near log(vocab) (see design.md).
+    common = dict(vocab_size=vocab_size, initializer_range=0.2, tie_word_embeddings=True, **ids)
+    heads = max(2, hidden // 16)
+    if architecture == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_positions=1024, **common
+        )
+    shape = dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        intermediate_size=hidden * 2,
+        max_position_embeddings=1024,
+    )
+    if architecture == "llama":
+        return transformers.LlamaConfig(**shape, **common)
+    if architecture == "qwen2":
+        return transformers.Qwen2Config(**shape, **common)
+    return transformers.Gemma3TextConfig(
+        **shape, head_dim=16, sliding_window=64, query_pre_attn_scalar=16, **common
+    )
+
+
+def build_tiny_model(
+    path: str | Path,
+    architecture: TinyArchitecture = "llama",
+    hidden: int = 64,
+    layers: int = 2,
+    vocab_size: int = 512,
+    chat_template: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a tiny, randomly initialised causal LM and its tokenizer to ``path``.
+
+    The folder is written under a temporary name and renamed, so it is complete or absent.
+
+    Args:
+        path: Folder to create (replaced if it exists).
+        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"`` or ``"gemma3"``.
+        hidden: Hidden size; attention heads are ``hidden // 16``.
+        layers: Number of transformer blocks.
+        vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.
+        chat_template: Give the tokenizer a ChatML chat template.
+        seed: Seed for the weights, so two builds are identical.
+
+    Returns:
+        The folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
+
+    Raises:
+        SpecError: ``architecture`` is not one of :data:`TINY_ARCHITECTURES`.
+
+    Examples:
+        >>> folder = build_tiny_model("/tmp/tiny-gpt2", architecture="gpt2")
+        >>> (folder / "model.safetensors").exists()
+        True
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if architecture not in TINY_ARCHITECTURES:
+        msg = f"architecture={architecture!r} is not one of {TINY_ARCHITECTURES}"
+        raise SpecError(msg)
+    target = Path(path)
+    tokenizer = _train_tokenizer(vocab_size)
+    if chat_template:
+        tokenizer.chat_template = CHATML_TEMPLATE
+    config = _config(architecture, len(tokenizer), hidden, layers, tokenizer)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,189 @@
+"""The Session: one object that carries the work; every panel is a view of it.
+
+The Session decides and holds state (model, tokenizer, data, runs) and the run folder on
+disk. It publishes events that widgets and tests subscribe to, and it never imports a widget.
+Each method delegates to a component in ``models/``, ``data/``, ``train/``...
+
+Examples:
+    >>> import workbench as wb
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> s = wb.Session("/tmp/wb-doc-run", verbose=False)
+    >>> info = s.load_model(str(build_tiny_model("/tmp/tiny-session-doc")))
+    >>> info.architecture
+    'LlamaForCausalLM'
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench._io import atomic_write_text
+from workbench.errors import WorkbenchError
+from workbench.events import EventHub
+from workbench.models.generation import generate_text
+from workbench.models.info import ModelInfo, model_info
+from workbench.models.loading import DType, LoadedModel, Quantization, load_model
+
+__all__ = ["Session", "NoModelError"]
+
+
+class NoModelError(WorkbenchError, RuntimeError):
+    """A call needs a model, and none is loaded yet."""
+
+
+class Session:
+    """The stateful object of a tuning session, rooted in a run folder.
+
+    Args:
+        run_dir: Folder for everything the session writes (created if missing).
+        verbose: Print progress messages (model conversion, loading) as they happen.
+
+    Events (subscribe with :meth:`on`): ``"progress"`` (a message string),
+    ``"model_loaded"`` (a :class:`ModelInfo`).
+
+    Examples:
+        >>> s = Session("/tmp/wb-doc-run", verbose=False)
+        >>> s.run_dir.name
+        'wb-doc-run'
+    """
+
+    def __init__(self, run_dir: str | Path = "runs/default", verbose: bool = True) -> None:
+        self.run_dir = Path(run_dir).expanduser()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.events = EventHub()
+        self._loaded: LoadedModel | None = None
+        if verbose:
+            self.events.on("progress", lambda message: print(message, flush=True))
+
+    def on(self, event: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
+        """Call ``fn(payload)`` on each ``event``; returns a function that unsubscribes.
+
+        Examples:
+            >>> s = Session("/tmp/wb-doc-run", verbose=False)
+            >>> messages = []
+            >>> off = s.on("progress", messages.append)
+            >>> off()
+        """
+        return self.events.on(event, fn)
+
+    def _progress(self, message: str) -> None:
+        self.events.emit("progress", message)
+
+    def load_model(
+        self,
+        spec: str = "gemma-3-270m",
+        quantization: Quantization | None = None,
+        dtype: DType = "auto",
+        device: str = "auto",
+        trust_remote_code: bool = False,
+    ) -> ModelInfo:
+        """Load a model and tokenizer; returns its :class:`ModelInfo` (a table in a notebook).
+
+        Args:
+            spec: ``"gemma-3-270m"`` (built in, no download), a ``.gguf`` file, a local
+                model folder, or a hub id.
+            quantization: ``None``, ``"4bit"`` (NF4 with double quantization) or ``"8bit"``.
+            dtype: ``"auto"``: bfloat16 on a GPU that supports it, float32 elsewhere.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            trust_remote_code: Allow code shipped with a checkpoint to run.
+
+        Examples:
+            >>> s = Session("/tmp/wb-doc-run", verbose=False)
+            >>> s.load_model("/tmp/tiny-session-doc", quantization="4bit").quantization
+            '4bit'
+        """
+        start = time.monotonic()
+        self._progress(f"loading {spec}")
+        loaded = load_model(spec, quantization, dtype, device, trust_remote_code, self._progress)
+        self._loaded = loaded
+        info = model_info(loaded)
+        self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
+        self._record({"model": {"spec": str(spec), "quantization": quantization,
+                                "dtype": loaded.dtype, "device": loaded.device}})
+        self.events.emit("model_loaded", info)
+        return info
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model with its settings; raises :class:`NoModelError` if none.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).loaded
+            Traceback (most recent call last):
+            workbench.session.NoModelError: no model is loaded: call session.load_model(...) first.
+        """
+        if self._loaded is None:
+            raise NoModelError("no model is loaded: call session.load_model(...) first.")
+        return self._loaded
+
+    @property
+    def model(self):
+        """The loaded transformers model.
+
+        Examples:
+            >>> type(s.model).__name__  # doctest: +SKIP
+            'LlamaForCausalLM'
+        """
+        return self.loaded.model
+
+    @property
+    def tokenizer(self):
+        """The loaded tokenizer.
+
+        Examples:
+            >>> s.tokenizer.eos_token  # doctest: +SKIP
+            '</s>'
+        """
+        return self.loaded.tokenizer
+
+    def model_info(self) -> ModelInfo:
+        """Facts about the loaded model (a table in a notebook, text when printed).
+
+        Examples:
+            >>> s.model_info().lora_targets  # doctest: +SKIP
+            ('down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj')
+        """
+        return model_info(self.loaded)
+
+    def generate(self, prompt: str | list[str], max_new_tokens: int = 64, **generation: Any):
+        """Complete a prompt (or a list of prompts) with the model as it is now.
+
+        Greedy unless ``do_sample=True`` is passed. Returns the new text only.
+
+        Examples:
+            >>> text = s.generate("Hello", max_new_tokens=5)  # doctest: +SKIP
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        outputs = generate_text(self.model, self.tokenizer, prompts, max_new_tokens, **generation)
+        return outputs[0] if isinstance(prompt, str) else outputs
+
+    def estimate_memory(self, spec: Any = None, **settings: Any):
+        """Estimate peak training memory for ``spec`` (default: the loaded model's config).
+
+        Takes the keywords of :func:`workbench.estimate_memory`; with no spec and a loaded
+        model, its quantization is used unless given.
+
+        Examples:
+            >>> s.estimate_memory("gemma-3-270m", seq_len=256).total > 0  # doctest: +SKIP
+            True
+        """
+        from workbench.models.memory import estimate_memory
+
+        if spec is None:
+            spec = self.model.config
+            settings.setdefault("quantization", self.loaded.quantization)
+        return estimate_memory(spec, **settings)
+
+    def _record(self, facts: dict) -> None:
+        """Merge ``facts`` into ``session.json`` in the run folder, atomically."""
+        path = self.run_dir / "session.json"
+        state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        state.update(facts)
+        atomic_write_text(path, json.dumps(state, indent=2))
+
+    def __repr__(self) -> str:
+        model = self._loaded.source.spec if self._loaded else None
+        return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
