@@ -77,7 +77,8 @@ def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
 
     torch.save(load_file(tiny_model_dir / "model.safetensors"), tmp_path / "pytorch_model.bin")
-    with pytest.raises(wb.ModelLoadError, match=r"pickle weights \(pytorch_model.bin\).*safetensors"):
+    expected = r"pickle weights \(pytorch_model.bin\).*safetensors"
+    with pytest.raises(wb.ModelLoadError, match=expected):
         load_model(str(tmp_path), on_event=quiet)
 
 

@@ -40,8 +40,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "BUILTIN_MODELS",
-    "CacheError",
     "DEFAULT_MODEL",
+    "CacheError",
     "DataError",
     "DependencyError",
     "FitTable",

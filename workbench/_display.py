@@ -13,9 +13,9 @@ Examples:
 from __future__ import annotations
 
 import html
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-__all__ = ["text_table", "html_table", "format_bytes"]
+__all__ = ["format_bytes", "html_table", "text_table"]
 
 
 def format_bytes(n: float | None) -> str:
@@ -46,7 +46,9 @@ def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = 
     table = [list(map(str, header))] if header else []
     table += [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+    ]
     return "\n".join(lines)
 
 

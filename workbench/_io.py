@@ -7,10 +7,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-__all__ = ["atomic_write_text", "staging_folder", "sha256_file"]
+__all__ = ["atomic_write_text", "sha256_file", "staging_folder"]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

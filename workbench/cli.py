@@ -15,7 +15,7 @@ from pathlib import Path
 
 from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
-__all__ = ["main", "environment_facts"]
+__all__ = ["environment_facts", "main"]
 
 PACKAGES = ("workbench", "torch", "transformers", "peft", "bitsandbytes", "datasets",
             "evaluate", "accelerate", "gguf", "ipywidgets", "plotly")

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from workbench._io import atomic_write_text
 from workbench.errors import WorkbenchError
@@ -27,7 +28,7 @@ from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
 from workbench.models.loading import DType, LoadedModel, Quantization, load_model
 
-__all__ = ["Session", "NoModelError"]
+__all__ = ["NoModelError", "Session"]
 
 
 class NoModelError(WorkbenchError, RuntimeError):

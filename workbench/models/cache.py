@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from workbench._io import sha256_file, staging_folder
 from workbench.errors import CacheError
 
-__all__ = ["cache_root", "cached_folder", "verify_entry", "MANIFEST"]
+__all__ = ["MANIFEST", "cache_root", "cached_folder", "verify_entry"]
 
 MANIFEST = "workbench-cache.json"
 CACHE_ENV = "WORKBENCH_CACHE"

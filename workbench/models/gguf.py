@@ -15,12 +15,12 @@ Examples:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from workbench.errors import ModelLoadError
 
-__all__ = ["gguf_architecture", "convert_gguf"]
+__all__ = ["convert_gguf", "gguf_architecture"]
 
 
 def gguf_architecture(path: str | Path) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from workbench._display import format_bytes, html_table, text_table
 from workbench.models.builtin import BUILTIN_MODELS
 
-__all__ = ["ModelInfo", "model_info", "lora_target_names"]
+__all__ = ["ModelInfo", "lora_target_names", "model_info"]
 
 
 @dataclass(frozen=True)

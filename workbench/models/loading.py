@@ -12,16 +12,17 @@ from __future__ import annotations
 import hashlib
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Literal, get_args
 
 from workbench.errors import DependencyError, ModelLoadError, SpecError
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder
 from workbench.models.gguf import convert_gguf, gguf_architecture
 
-__all__ = ["ModelSource", "LoadedModel", "resolve_source", "load_model", "Quantization", "DType"]
+__all__ = ["DType", "LoadedModel", "ModelSource", "Quantization", "load_model", "resolve_source"]
 
 Quantization = Literal["4bit", "8bit"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]

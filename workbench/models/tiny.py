@@ -20,7 +20,7 @@ from typing import Literal
 
 from workbench.errors import SpecError
 
-__all__ = ["build_tiny_model", "TINY_ARCHITECTURES", "CHATML_TEMPLATE"]
+__all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
 TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3"]
 TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3")
@@ -31,14 +31,15 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 # instruction model, so chat-template code paths run in tests.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
 _CORPUS = """
 The quick brown fox jumps over the lazy dog. A small model learns from examples.
-Question: What is the capital of France? Answer: Paris. Question: What is two plus two? Answer: four.
+Question: What is the capital of France? Answer: Paris.
+Question: What is two plus two? Answer: four.
 Instruction: Turn the record into JSON. Input: name Ada, age 36, city London.
 Output: {"name": "Ada", "age": 36, "city": "London"}
 Translate to French: good morning -> bonjour. Summarize: the meeting moved to Monday.

@@ -1,0 +1,131 @@
+"""The model cache: complete or absent, verified on every load, rebuilt when damaged."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from workbench.models.cache import MANIFEST, cached_folder, verify_entry
+from workbench.models.loading import resolve_source
+
+
+def write_files(tmp: Path) -> None:
+    (tmp / "model.safetensors").write_bytes(os.urandom(4096))
+    (tmp / "config.json").write_text("{}")
+
+
+def test_entry_is_built_once_and_verified(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    builds = []
+    folder = cached_folder("m", lambda tmp: (builds.append(1), write_files(tmp)), {"a": 1})
+    again = cached_folder("m", lambda tmp: (builds.append(1), write_files(tmp)), {"a": 1})
+    assert folder == again == tmp_path / "m"
+    assert builds == [1]
+    assert verify_entry(folder) is None
+    assert (folder / MANIFEST).is_file()
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda f: (f / "model.safetensors").write_bytes(b"short"), "has 5 bytes"),
+        (lambda f: (f / MANIFEST).unlink(), "no manifest"),
+        (lambda f: (f / "config.json").unlink(), "config.json is missing"),
+        (lambda f: (f / MANIFEST).write_text("{not json"), "unreadable manifest"),
+    ],
+)
+def test_damaged_entry_is_rebuilt_not_loaded(tmp_path, monkeypatch, damage, reason):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    folder = cached_folder("m", write_files, {})
+    damage(folder)
+    assert reason in verify_entry(folder)
+    messages = []
+    rebuilt = cached_folder("m", write_files, {}, messages.append)
+    assert verify_entry(rebuilt) is None
+    assert "rebuilding" in messages[0] and reason in messages[0]
+
+
+def test_flipped_byte_is_detected(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    folder = cached_folder("m", write_files, {})
+    data = bytearray((folder / "model.safetensors").read_bytes())
+    data[100] ^= 0xFF
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert verify_entry(folder) == "model.safetensors does not match its SHA-256"
+
+
+def test_failed_build_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+
+    def broken(tmp: Path) -> None:
+        write_files(tmp)
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cached_folder("m", broken, {})
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_process_killed_mid_build_leaves_no_entry(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, time
+        os.environ["WORKBENCH_CACHE"] = {str(tmp_path)!r}
+        from workbench.models.cache import cached_folder
+        def slow(tmp):
+            (tmp / "model.safetensors").write_bytes(b"x" * 1000)
+            print("writing", flush=True)
+            time.sleep(60)
+        cached_folder("m", slow, {{}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "m").exists()  # only a hidden partial folder remains
+    env_before = os.environ.get("WORKBENCH_CACHE")
+    os.environ["WORKBENCH_CACHE"] = str(tmp_path)
+    try:
+        folder = cached_folder("m", write_files, {})
+    finally:
+        if env_before is None:
+            del os.environ["WORKBENCH_CACHE"]
+        else:
+            os.environ["WORKBENCH_CACHE"] = env_before
+    assert verify_entry(folder) is None
+    assert (folder / "model.safetensors").stat().st_size == 4096
+
+
+@pytest.mark.slow
+def test_builtin_gemma_is_converted_cached_and_loads_fast(gemma_folder):
+    assert verify_entry(gemma_folder) is None
+    names = {p.name for p in gemma_folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", MANIFEST} <= names
+    start = time.monotonic()
+    again = resolve_source("gemma-3-270m", on_event=lambda m: None)
+    assert Path(again.location) == gemma_folder
+    assert time.monotonic() - start < 120  # a hash check, not a two-minute conversion
+
+
+@pytest.mark.slow
+def test_corrupted_gemma_cache_is_rebuilt(gemma_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    copy = tmp_path / gemma_folder.name
+    shutil.copytree(gemma_folder, copy)
+    with open(copy / "model.safetensors", "r+b") as handle:
+        handle.seek(500_000_000)
+        handle.write(b"\x00corrupted\x00")
+    messages = []
+    source = resolve_source("gemma-3-270m", on_event=messages.append)
+    assert Path(source.location) == copy
+    assert any("does not match its SHA-256" in m and "rebuilding" in m for m in messages)
+    assert verify_entry(copy) is None

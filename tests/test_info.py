@@ -1,0 +1,75 @@
+"""model_info: facts found from the model itself, shown as text and escaped HTML."""
+
+from __future__ import annotations
+
+import pytest
+
+import workbench as wb
+
+
+def test_tiny_llama_info(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path, verbose=False)
+    info = session.load_model(str(tiny_model_dir))
+    assert info == session.model_info()
+    assert info.architecture == "LlamaForCausalLM"
+    assert info.parameters == sum(p.numel() for p in session.model.parameters())
+    assert (info.layers, info.hidden_size, info.vocab_size) == (2, 64, 512)
+    assert info.lora_targets == (
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"
+    )
+    assert info.memory_bytes == session.model.get_memory_footprint()
+    assert (info.dtype, info.device, info.quantization) == ("float32", "cpu", None)
+    text = str(info)
+    assert "LlamaForCausalLM" in text and "q_proj" in text and "none" in text
+
+
+def test_gpt2_conv1d_layers_are_targets(tmp_path, tiny_gpt2_dir):
+    info = wb.Session(tmp_path, verbose=False).load_model(str(tiny_gpt2_dir))
+    assert info.lora_targets == ("c_attn", "c_fc", "c_proj")
+    assert "lm_head" not in info.lora_targets
+
+
+def test_4bit_info_counts_unpacked_parameters(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path, verbose=False)
+    full = session.load_model(str(tiny_model_dir))
+    quantized = session.load_model(str(tiny_model_dir), quantization="4bit")
+    assert quantized.parameters == full.parameters
+    assert quantized.memory_bytes < full.memory_bytes / 2
+    assert quantized.quantization == "4bit"
+    assert quantized.lora_targets == full.lora_targets
+
+
+def test_html_escapes_untrusted_names(tmp_path, tiny_model_dir):
+    import shutil
+
+    odd = tmp_path / "<img src=x onerror=alert(1)>"
+    shutil.copytree(tiny_model_dir, odd)
+    info = wb.Session(tmp_path / "run", verbose=False).load_model(str(odd))
+    html = info._repr_html_()
+    assert "<img" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+@pytest.mark.slow
+def test_gemma_info(tmp_path, gemma_folder):
+    info = wb.Session(tmp_path, verbose=False).load_model("gemma-3-270m")
+    assert info.source == "builtin" and info.architecture == "Gemma3ForCausalLM"
+    assert (info.layers, info.hidden_size, info.vocab_size) == (18, 640, 262144)
+    assert 260e6 < info.parameters < 275e6
+    assert "Gemma Terms of Use" in info.terms
+    assert "q_proj" in info.lora_targets and "lm_head" not in info.lora_targets
+
+
+@pytest.mark.slow
+def test_gemma_generates_a_sensible_completion(tmp_path, gemma_folder):
+    session = wb.Session(tmp_path, verbose=False)
+    session.load_model("gemma-3-270m")
+    text = session.generate("The capital of France is", max_new_tokens=8)
+    assert "Paris" in text or "France" in text or "capital" in text, text
+
+
+@pytest.mark.slow
+def test_gemma_loads_in_4bit(tmp_path, gemma_folder):
+    info = wb.Session(tmp_path, verbose=False).load_model("gemma-3-270m", quantization="4bit")
+    assert info.quantization == "4bit"
+    assert info.memory_bytes < 0.75 * 1024**3  # embeddings stay float32; linears shrink 8x

@@ -1,0 +1,99 @@
+"""The Session facade: run folder, events, model state, info and generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import workbench as wb
+from workbench.events import EventHub
+
+
+def test_session_owns_a_run_folder_and_records_the_model(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path / "run", verbose=False)
+    assert session.run_dir.is_dir()
+    session.load_model(str(tiny_model_dir), quantization="8bit")
+    state = json.loads((tmp_path / "run" / "session.json").read_text())
+    assert state["model"] == {
+        "spec": str(tiny_model_dir), "quantization": "8bit", "dtype": "float32", "device": "cpu"
+    }
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+
+
+def test_events_reach_subscribers_until_they_unsubscribe(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path, verbose=False)
+    progress, loaded = [], []
+    off_progress = session.on("progress", progress.append)
+    session.on("model_loaded", loaded.append)
+    session.load_model(str(tiny_model_dir))
+    assert progress[0] == f"loading {tiny_model_dir}"
+    assert progress[-1].startswith("loaded LlamaForCausalLM in ")
+    assert len(loaded) == 1 and isinstance(loaded[0], wb.ModelInfo)
+    off_progress()
+    session.load_model(str(tiny_model_dir))
+    assert len(loaded) == 2 and progress[-1].startswith("loaded LlamaForCausalLM")
+    count = len(progress)
+    session.load_model(str(tiny_model_dir))
+    assert len(progress) == count
+
+
+def test_verbose_session_prints_progress(tmp_path, tiny_model_dir, capsys):
+    wb.Session(tmp_path).load_model(str(tiny_model_dir))
+    assert f"loading {tiny_model_dir}" in capsys.readouterr().out
+
+
+def test_model_and_tokenizer_are_the_transformers_objects(tmp_path, tiny_model_dir):
+    from transformers import PreTrainedModel
+
+    session = wb.Session(tmp_path, verbose=False)
+    session.load_model(str(tiny_model_dir))
+    assert isinstance(session.model, PreTrainedModel)
+    assert session.tokenizer("hi").input_ids
+
+
+def test_calls_that_need_a_model_say_so(tmp_path):
+    session = wb.Session(tmp_path, verbose=False)
+    for call in (lambda: session.model, lambda: session.model_info(),
+                 lambda: session.generate("x")):
+        with pytest.raises(wb.NoModelError, match="call session.load_model"):
+            call()
+
+
+def test_generate_is_greedy_and_deterministic(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path, verbose=False)
+    session.load_model(str(tiny_model_dir))
+    first = session.generate("The quick brown", max_new_tokens=6)
+    assert first == session.generate("The quick brown", max_new_tokens=6)
+    batch = session.generate(["The quick brown", "Question:"], max_new_tokens=6)
+    assert batch[0] == first  # left padding keeps a batched prompt's completion unchanged
+    longer = session.generate("The quick brown", max_new_tokens=12)
+    assert longer[:8] == first[:8]  # greedy: more tokens extend, never change, the start
+
+
+def test_listener_errors_do_not_break_the_publisher(caplog):
+    hub = EventHub()
+    seen = []
+    hub.on("x", lambda payload: 1 / 0)
+    hub.on("x", seen.append)
+    hub.emit("x", 5)
+    assert seen == [5]
+    assert "listener" in caplog.text
+
+
+def test_catch_all_listener_gets_event_names():
+    hub = EventHub()
+    seen = []
+    off = hub.on("*", lambda name, payload: seen.append((name, payload)))
+    hub.emit("a", 1)
+    hub.emit("b", 2)
+    off()
+    hub.emit("c", 3)
+    assert seen == [("a", 1), ("b", 2)]
+
+
+def test_repr_names_run_and_model(tmp_path, tiny_model_dir):
+    session = wb.Session(tmp_path, verbose=False)
+    assert repr(session) == f"Session(run_dir='{tmp_path}', model=None)"
+    session.load_model(str(tiny_model_dir))
+    assert f"model='{tiny_model_dir}'" in repr(session)
