@@ -1,0 +1,156 @@
+"""Memory estimates against real measured training steps, the catalog and the fit table."""
+
+from __future__ import annotations
+
+import pytest
+
+from workbench.errors import SpecError
+from workbench.models._measure import measure_training_step
+from workbench.models.catalog import CATALOG, facts_from_config, get_facts
+from workbench.models.memory import FitTable, MemoryEstimate, estimate_memory, fit_table
+
+GiB = 2**30
+
+
+@pytest.mark.parametrize("quantization", [None, "4bit", "8bit"])
+def test_tiny_estimate_within_25_percent_of_measured_peak(tiny_model_dir, quantization):
+    settings = dict(quantization=quantization, lora_r=8, seq_len=512, batch_size=4)
+    measured = measure_training_step(tiny_model_dir, **settings)
+    est = estimate_memory(tiny_model_dir, device="cpu", **settings)
+    assert measured.peak >= measured.after_load >= measured.after_imports > 0
+    assert abs(est.total - measured.peak) / measured.peak < 0.25, (est.total, measured)
+
+
+def test_estimate_parts_add_up_and_display(tiny_model_dir):
+    est = estimate_memory(tiny_model_dir, device="cpu", seq_len=64, batch_size=2)
+    assert isinstance(est, MemoryEstimate)
+    parts = est.weights + est.adapter + est.gradients + est.optimizer + est.activations
+    assert est.total == parts + est.overhead
+    assert est.dtype == "float32" and est.method == "lora" and est.quantization is None
+    assert 0 < est.logits < est.activations
+    assert "total" in str(est) and "<table" in est._repr_html_()
+    assert est.fits(est.total) and not est.fits(est.total - 1)
+
+
+def test_html_escapes_model_name():
+    facts = get_facts("smollm2-135m")
+    evil = type(facts)(**{**facts.__dict__, "name": "<script>alert(1)</script>"})
+    html = estimate_memory(evil, device="cpu")._repr_html_()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+def test_config_folder_and_catalog_agree(tiny_model_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    from_config = estimate_memory(config, device="cpu")
+    from_folder = estimate_memory(tiny_model_dir, device="cpu")
+    assert from_config.total == from_folder.total
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    counted = sum(p.numel() for p in model.parameters())
+    assert abs(facts_from_config(config).params - counted) / counted < 0.01
+
+
+def test_gpt2_config_is_read(tiny_gpt2_dir):
+    from transformers import GPT2Config
+
+    facts = facts_from_config(GPT2Config())
+    assert (facts.layers, facts.hidden, facts.heads, facts.intermediate) == (12, 768, 12, 3072)
+    assert not facts.gated_mlp and facts.tied_embeddings
+    assert estimate_memory(tiny_gpt2_dir, device="cpu").total > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [
+        ("gemma-3-270m", 268_098_176),  # counted from the model built from its config
+        ("gemma-3-1b", 999_885_952),  # published parameter count
+        ("smollm2-135m", 134_515_008),
+        ("mistral-7b", 7_241_732_096),
+        ("llama-3-8b", 8_030_261_248),
+        ("qwen-7b", 7_615_616_512),
+    ],
+)
+def test_catalog_parameter_counts(name, params):
+    # Within 0.5%: the count leaves out biases (Qwen's q/k/v) and Gemma's extra norms.
+    assert abs(get_facts(name).params - params) / params < 0.005
+
+
+def test_catalog_sanity():
+    required = {
+        "gemma-3-270m", "gemma-3-1b", "smollm2-135m", "smollm2-360m", "smollm2-1.7b",
+        "qwen2.5-0.5b", "qwen2.5-1.5b", "llama-3.2-1b", "llama-3.2-3b", "phi-3-mini",
+        "mistral-7b", "llama-3-8b", "qwen-7b",
+    }  # fmt: skip
+    assert required <= set(CATALOG)
+    for name, facts in CATALOG.items():
+        assert facts.name == name and facts.hub_id and facts.license
+        assert facts.heads % facts.kv_heads == 0
+        assert facts.lora_params(8) < 0.05 * facts.params
+    mistral = get_facts("mistral-7b")
+    assert (mistral.layers, mistral.hidden, mistral.kv_heads, mistral.vocab) == (32, 4096, 8, 32000)
+    assert not mistral.tied_embeddings
+
+
+def test_fit_table_records():
+    table = fit_table(seq_len=256, batch_size=4, available=16 * GiB, device="cuda")
+    assert isinstance(table, FitTable)
+    assert len(table.records) == 3 * len(CATALOG)
+    for record in table.records:
+        assert record["fits"] == (record["peak"] <= 16 * GiB)
+        assert record["quantization"] == ("4bit" if record["method"] == "qlora" else None)
+    by_key = {(r["model"], r["method"]): r for r in table.records}
+    for seven_b in ("mistral-7b", "llama-3-8b", "qwen-7b"):
+        assert by_key[seven_b, "lora"]["peak"] >= 16 * GiB  # "7B needs 16 GB+"
+        assert by_key[seven_b, "full"]["peak"] > by_key[seven_b, "lora"]["peak"]
+        assert by_key[seven_b, "lora"]["peak"] > by_key[seven_b, "qlora"]["peak"]
+    assert by_key["smollm2-135m", "lora"]["fits"]
+    assert "mistral-7b" in str(table) and "<table" in table._repr_html_()
+
+
+def test_fit_table_defaults_to_this_machines_memory():
+    table = fit_table(seq_len=32, batch_size=1, device="cpu")
+    assert table.available > 0 and table.device == "cpu"
+
+
+def test_settings_move_the_estimate_the_right_way():
+    def total(**settings):
+        return estimate_memory("qwen2.5-0.5b", device="cpu", **settings).total
+
+    assert total(seq_len=1024) > total(seq_len=512)
+    assert total(gradient_checkpointing=True) < total()
+    assert total(method="full") > total(method="lora")
+    assert total(optimizer="sgd", method="full") < total(method="full")
+    cuda = estimate_memory("qwen2.5-0.5b", device="cuda", method="qlora")
+    assert (cuda.quantization, cuda.dtype) == ("4bit", "bfloat16")
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        (dict(spec="no-such-model"), "no-such-model"),
+        (dict(quantization="3bit"), "quantization='3bit'"),
+        (dict(seq_len=0), "seq_len=0"),
+        (dict(seq_len=-5), "seq_len=-5"),
+        (dict(batch_size=0), "batch_size=0"),
+        (dict(method="prefix"), "method='prefix'"),
+        (dict(method="full", quantization="4bit"), "method='full'"),
+        (dict(device="tpu"), "device='tpu'"),
+        (dict(spec=42), "spec=42"),
+    ],
+)
+def test_bad_inputs_raise_spec_error(settings, field):
+    settings = {"spec": "gemma-3-270m", **settings}
+    with pytest.raises(SpecError) as err:
+        estimate_memory(**settings)
+    assert field in str(err.value)
+
+
+def test_unknown_name_lists_known_names():
+    with pytest.raises(SpecError, match=r"gemma-3-270m.*mistral-7b"):
+        get_facts("gpt-5")
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(SpecError, match=r"config\.json"):
+        estimate_memory(tmp_path, device="cpu")

@@ -1,0 +1,33 @@
+"""Gemma 3 270M: the memory estimate against one measured training step (minutes on CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench.models._measure import measure_training_step
+from workbench.models.memory import estimate_memory
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(request) -> Path:
+    """WORKBENCH_GEMMA_DIR if set, else conftest's ``gemma_folder``, else skip."""
+    folder = os.environ.get("WORKBENCH_GEMMA_DIR")
+    if folder:
+        return Path(folder)
+    try:
+        return Path(request.getfixturevalue("gemma_folder"))
+    except pytest.FixtureLookupError:
+        pytest.skip("set WORKBENCH_GEMMA_DIR or provide a gemma_folder fixture")
+
+
+@pytest.mark.parametrize("quantization", [None, "4bit"])
+def test_gemma_estimate_within_25_percent_of_measured_peak(gemma_dir, quantization):
+    settings = dict(quantization=quantization, lora_r=8, seq_len=256, batch_size=4)
+    measured = measure_training_step(gemma_dir, **settings)
+    est = estimate_memory(gemma_dir, device="cpu", **settings)
+    assert abs(est.total - measured.peak) / measured.peak < 0.25, (est.total, measured)

@@ -1,0 +1,222 @@
+"""Measure the real peak memory of one training step, in a fresh subprocess.
+
+This is the ground truth that :func:`workbench.models.memory.estimate_memory` is calibrated
+against, and the engine of a future dry-run: it loads the model folder, wraps it in a peft
+LoRA adapter on all linear layers (or trains it fully), runs one forward + backward +
+optimizer step on a random batch of ``batch_size x seq_len`` tokens, and reports the whole
+process's peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) on CPU, or
+``torch.cuda.max_memory_reserved()`` on CUDA.
+
+A subprocess is needed because ``ru_maxrss`` is a high-water mark of the whole process: it
+never goes down, so it can only measure one step of one configuration in a clean process.
+The number therefore includes the interpreter and the imported libraries (torch,
+transformers, peft), which is exactly what a user's notebook kernel also pays.
+
+Examples:
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.models._measure import measure_peak_memory
+    >>> folder = build_tiny_model("/tmp/tiny-measure")
+    >>> measure_peak_memory(folder, seq_len=32, batch_size=2) > 100 * 2**20
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["StepMeasurement", "measure_peak_memory", "measure_training_step"]
+
+Quantization = Literal["4bit", "8bit"]
+Method = Literal["full", "lora", "qlora"]
+Device = Literal["cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class StepMeasurement:
+    """Memory high-water marks of one measured training step, in bytes.
+
+    Attributes:
+        after_imports: Peak after ``import torch, transformers, peft`` (the runtime baseline).
+        after_load: Peak after loading (and quantizing) the model and adding the adapter.
+        peak: Peak after forward, backward and the optimizer step: the number to compare.
+        device: ``"cpu"`` (process RSS) or ``"cuda"`` (torch's reserved GPU memory).
+    """
+
+    after_imports: int
+    after_load: int
+    peak: int
+    device: str
+
+
+def _quantization_config(quantization: str | None, dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return None
+
+
+def _peak_bytes(device: str) -> int:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_reserved())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _load(args: dict):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if args["device"] == "cpu" else torch.bfloat16
+    quant = _quantization_config(args["quantization"], dtype)
+    model = AutoModelForCausalLM.from_pretrained(
+        args["folder"], dtype=dtype, quantization_config=quant, device_map=args["device"]
+    )
+    if args["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if args["method"] != "full":
+        lora = LoraConfig(r=args["lora_r"], target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    model.train()
+    return model
+
+
+def _child(args: dict) -> dict:
+    """Run in the subprocess: imports, load, one step; print the high-water marks."""
+    import peft  # noqa: F401  (imported for the baseline, as a training kernel would)
+    import torch
+    import transformers  # noqa: F401
+
+    after_imports = _peak_bytes("cpu")
+    model = _load(args)
+    after_load = _peak_bytes(args["device"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    torch.manual_seed(0)
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(0, vocab, (args["batch_size"], args["seq_len"]), device=args["device"])
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "after_imports": after_imports,
+        "after_load": after_load,
+        "peak": _peak_bytes(args["device"]),
+        "device": args["device"],
+    }
+
+
+def _check(quantization, method, seq_len: int, batch_size: int, lora_r: int) -> None:
+    from workbench.errors import SpecError
+
+    problems = []
+    if quantization not in (None, "4bit", "8bit"):
+        problems.append(f"quantization={quantization!r}: use None, '4bit' or '8bit'")
+    if method not in ("full", "lora", "qlora"):
+        problems.append(f"method={method!r}: use 'full', 'lora' or 'qlora'")
+    for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("lora_r", lora_r)):
+        if not isinstance(value, int) or value <= 0:
+            problems.append(f"{name}={value!r}: use a positive integer")
+    if problems:
+        raise SpecError("cannot measure a training step: " + "; ".join(problems))
+
+
+def measure_training_step(
+    folder: str | Path,
+    *,
+    quantization: Quantization | None = None,
+    method: Method = "lora",
+    lora_r: int = 8,
+    seq_len: int = 512,
+    batch_size: int = 4,
+    gradient_checkpointing: bool = False,
+    device: Device = "cpu",
+    timeout: float = 1800,
+) -> StepMeasurement:
+    """Run one real training step in a fresh subprocess and return its memory high-water marks.
+
+    Args:
+        folder: A local transformers model folder (``config.json`` + safetensors weights).
+        quantization: ``None``, ``"4bit"`` (NF4, double quant) or ``"8bit"`` (LLM.int8).
+        method: ``"full"`` trains every weight; ``"lora"`` and ``"qlora"`` train a LoRA adapter
+            of rank ``lora_r`` on all linear layers. ``"qlora"`` implies ``"4bit"``.
+        lora_r: LoRA rank.
+        seq_len: Tokens per sequence of the random batch.
+        batch_size: Sequences in the batch.
+        gradient_checkpointing: Recompute block activations in the backward pass.
+        device: ``"cpu"`` (float32, process RSS) or ``"cuda"`` (bf16, torch's reserved memory).
+        timeout: Seconds before the subprocess is killed.
+
+    Returns:
+        A :class:`StepMeasurement` in bytes.
+
+    Raises:
+        SpecError: A setting is not usable (names the field, the value and the fix).
+        WorkbenchError: The subprocess failed; the message carries the end of its stderr.
+
+    Examples:
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> m = measure_training_step(build_tiny_model("/tmp/tiny-m"), seq_len=16, batch_size=1)
+        >>> m.peak >= m.after_load >= m.after_imports
+        True
+    """
+    _check(quantization, method, seq_len, batch_size, lora_r)
+    if method == "qlora":
+        quantization = quantization or "4bit"
+    args = dict(
+        folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
+        seq_len=seq_len, batch_size=batch_size, device=device,
+        gradient_checkpointing=gradient_checkpointing,
+    )  # fmt: skip
+    # The child runs this file as a script, so it imports torch, transformers and peft but
+    # not the workbench: its baseline is what any training process pays.
+    command = [sys.executable, str(Path(__file__).resolve()), json.dumps(args)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        from workbench.errors import WorkbenchError
+
+        msg = f"measuring a training step of {folder} failed:\n{done.stderr[-3000:]}"
+        raise WorkbenchError(msg)
+    return StepMeasurement(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure_peak_memory(folder: str | Path, **settings) -> int:
+    """Return the peak memory in bytes of one real training step.
+
+    A shortcut for ``measure_training_step(folder, **settings).peak``.
+
+    Args:
+        folder: A local transformers model folder.
+        **settings: Keyword arguments of :func:`measure_training_step`.
+
+    Returns:
+        Peak process RSS on CPU, or peak reserved GPU memory on CUDA, in bytes.
+
+    Examples:
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> measure_peak_memory(build_tiny_model("/tmp/tiny-p"), seq_len=16, batch_size=1) > 0
+        True
+    """
+    return measure_training_step(folder, **settings).peak
+
+
+if __name__ == "__main__":
+    print(json.dumps(asdict(StepMeasurement(**_child(json.loads(sys.argv[1]))))))

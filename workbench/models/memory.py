@@ -1,0 +1,578 @@
+"""Estimate the peak memory of LoRA, QLoRA or full fine-tuning from a model's config alone.
+
+:func:`estimate_memory` adds up weights, adapter, gradients, optimizer state, activations
+(logits included) and the runtime's own overhead for one training step, without loading a
+weight. :func:`fit_table` runs it over the catalog to show what fits on this machine.
+
+The formula is calibrated against :mod:`workbench.models._measure`, which runs one real
+step (load, peft LoRA on all linear layers, forward + backward + AdamW step) in a fresh
+process and reads its peak RSS. On this project's CPU machines (torch 2.13, transformers
+5.24, peft 0.21, bitsandbytes 0.50) the estimate lands within a few percent of that peak for
+a tiny Llama and for Gemma 3 270M in float32, 4-bit and 8-bit (see tests/test_memory*.py).
+GPU numbers use the same formula in bf16 with assumed, not measured, allocator overheads.
+
+Examples:
+    >>> from workbench.models.memory import estimate_memory
+    >>> est = estimate_memory("gemma-3-270m", seq_len=256, batch_size=4, device="cpu")
+    >>> 5 < est.total / 2**30 < 8
+    True
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench._display import format_bytes, html_table, text_table
+from workbench.errors import SpecError
+from workbench.models.catalog import CATALOG, ModelFacts, facts_from_config, get_facts
+
+__all__ = ["FitTable", "MemoryEstimate", "estimate_memory", "fit_table"]
+
+Quantization = Literal["4bit", "8bit"]
+Method = Literal["full", "lora", "qlora"]
+Optimizer = Literal["adamw", "adamw_8bit", "sgd"]
+Device = Literal["auto", "cpu", "cuda"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+QUANTIZATIONS: tuple[str | None, ...] = (None, "4bit", "8bit")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_8bit", "sgd")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
+
+MiB = 2**20
+GiB = 2**30
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+# bitsandbytes storage per quantized weight. NF4: 4 bits, plus one absmax per block of 64
+# weights; double quantization stores those absmax in 8 bits with one fp32 scale per 256
+# blocks (Dettmers et al. 2023, https://arxiv.org/abs/2305.14314, section 3).
+# LLM.int8: one byte per weight; its fp32 per-row scales are under 0.1% and left out.
+_QUANT_BYTES = {"4bit": 0.5 + 1 / 64 + 4 / (64 * 256), "8bit": 1.0}
+
+# Adam keeps two moments per trainable weight (Loshchilov & Hutter 2019); 8-bit Adam stores
+# them in one byte each (Dettmers et al. 2022, https://arxiv.org/abs/2110.02861); plain SGD
+# (no momentum) keeps nothing.
+_OPTIMIZER_STATES = {"adamw": 2, "adamw_8bit": 2, "sgd": 0}
+
+# Runtime overhead. CPU: `import torch, transformers, peft` took the process to a peak RSS
+# of 390 MiB (torch 2.13 CPU, transformers 5.24, peft 0.21; python 3.11), and the first
+# forward/backward adds ~40 MiB of thread pools, oneDNN kernels and autograd state that
+# does not grow with the model (a 2-layer, 64-wide model's whole step peaked at 458 MiB).
+# CUDA: the CUDA context, cuBLAS workspace and kernel images, typically 0.5-1 GiB on
+# recent GPUs; not measured here, so the upper end is used.
+_OVERHEAD = {"cpu": 430 * MiB, "cuda": 1 * GiB}
+
+# Memory an allocator holds beyond the saved activations. CPU, measured: glibc malloc keeps
+# the holes that freed forward temporaries leave in its heap, so Gemma 3 270M's peak RSS
+# rose by 1.9x its saved activations at 18 layers (1.4x at 6 layers); 1.6 sits between.
+# With MALLOC_MMAP_THRESHOLD_=131072 the same step peaked 690 MiB lower. CUDA: the caching
+# allocator's block rounding and fragmentation, commonly 10-30%; assumed, not measured.
+_ALLOCATOR_FACTOR = {"cpu": 1.6, "cuda": 1.2}
+
+# Peak copies of the [tokens x vocab] logits, each in float32: the loss's log-softmax output
+# (saved for backward), then in backward the gradient flowing into it and the gradient it
+# returns for the logits. Measured for Gemma 3 270M (262k vocabulary): going from 2x256 to
+# 4x256 tokens added 5.0 MB per token, of which 2.2 MB are the 18 layers' activations and
+# 2.8 MB (2.7 copies of 1.05 MB) the loss path. In 16-bit training the model's own 16-bit
+# logits come on top, before the loss upcasts them.
+_LOGIT_COPIES = 3
+
+# On CPU, transformers keeps the safetensors checkpoint memory-mapped while the model lives.
+# bitsandbytes reads every weight it quantizes, so those pages stay resident (clean and
+# reclaimable, but counted in RSS), and the float copies each layer passes through on its
+# way to 4/8 bits leave ~2.5 bytes per quantized weight in glibc's heap (measured: 266 MiB
+# anonymous memory after loading Gemma 3 270M in 4-bit, whose 100M quantized weights take
+# 50 MiB; the float32 load of the same model added 6 MiB).
+_CPU_QUANTIZE_WORK_BYTES = 2.5
+
+# Families whose saved activations were counted with torch's saved-tensor hooks (float32,
+# peft LoRA on all linear layers, one layer added at a time). Elements saved per token per
+# block: cH*hidden + cQ*(heads*head_dim) + cKV*(kv_heads*head_dim) + cI*intermediate
+# (+ r per adapted layer). Llama/Qwen2/Mistral: 4, 2, 2, 4 (two RMSNorms, q/k after RoPE and
+# v for SDPA, attention output, and gate, act(gate), up and their product in the MLP).
+# Gemma 2/3 add two sandwich norms and q/k norms: 6, 3, 3, 4. GPT-2 style: 10H + 5I plus
+# 3*heads*seq_len for the attention probabilities its masked attention keeps.
+_GEMMA = {"gemma", "gemma2", "gemma3", "gemma3_text"}
+_COEFFS = {"gated": (4, 2, 2, 4), "gemma": (6, 3, 3, 4), "plain": (10, 0, 0, 5)}
+_ATTENTION_PROBS = 3  # copies of [heads x seq x seq] kept per block when attention is eager
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated peak memory of one training step, by part, in bytes.
+
+    Attributes:
+        model: The model's name.
+        device: ``"cpu"`` (process RSS) or ``"cuda"`` (GPU memory).
+        dtype: Compute dtype of the base weights and activations.
+        method: ``"full"``, ``"lora"`` or ``"qlora"``.
+        quantization: ``None``, ``"4bit"`` or ``"8bit"``.
+        seq_len: Tokens per sequence.
+        batch_size: Sequences per step.
+        weights: The base model's weights (quantized where asked; on CPU with quantization
+            this includes the resident checkpoint pages and quantization leftovers).
+        adapter: The LoRA adapter's weights (float32); 0 for full fine-tuning.
+        gradients: Gradients of the trained weights.
+        optimizer: Optimizer state (two moments for AdamW).
+        activations: Tensors kept for the backward pass, allocator overhead and the logits.
+        logits: The part of ``activations`` that is the loss path's copies of the logits.
+        overhead: The runtime itself: torch/transformers process baseline on CPU, CUDA
+            context on GPU.
+        total: The sum of all parts except ``logits`` (already in ``activations``).
+    """
+
+    model: str
+    device: str
+    dtype: str
+    method: str
+    quantization: str | None
+    seq_len: int
+    batch_size: int
+    weights: int
+    adapter: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    total: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = (self.weights, self.adapter, self.gradients, self.optimizer, self.activations)
+        object.__setattr__(self, "total", sum(parts) + self.overhead)
+
+    def fits(self, available_bytes: int | float) -> bool:
+        """Whether the estimated peak fits in ``available_bytes``.
+
+        Args:
+            available_bytes: Free memory to compare with, in bytes.
+
+        Returns:
+            ``True`` when ``total <= available_bytes``.
+
+        Examples:
+            >>> est = estimate_memory("smollm2-135m", device="cpu")
+            >>> est.fits(64 * 2**30), est.fits(2**20)
+            (True, False)
+        """
+        return self.total <= available_bytes
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(part, size) rows for display, ending with the total.
+
+        Examples:
+            >>> estimate_memory("smollm2-135m", device="cpu").rows()[-1][0]
+            'total'
+        """
+        parts = [
+            ("weights", self.weights), ("adapter", self.adapter),
+            ("gradients", self.gradients), ("optimizer", self.optimizer),
+            ("activations", self.activations), ("  of which logits", self.logits),
+            ("runtime overhead", self.overhead), ("total", self.total),
+        ]  # fmt: skip
+        return [(name, format_bytes(value)) for name, value in parts]
+
+    def title(self) -> str:
+        """One line naming the model and the settings.
+
+        Examples:
+            >>> estimate_memory("smollm2-135m", device="cpu", seq_len=128).title()
+            'smollm2-135m: lora, float32 on cpu, batch 4 x 128 tokens'
+        """
+        quant = f" {self.quantization}" if self.quantization else ""
+        return (
+            f"{self.model}: {self.method}{quant}, {self.dtype} on {self.device}, "
+            f"batch {self.batch_size} x {self.seq_len} tokens"
+        )
+
+    def __str__(self) -> str:
+        return self.title() + "\n" + text_table(self.rows(), header=("part", "memory"))
+
+    def _repr_html_(self) -> str:
+        return html_table(self.rows(), header=("part", "memory"), title=self.title())
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Resolved, validated settings of one estimate."""
+
+    facts: ModelFacts
+    device: str
+    dtype: str
+    method: str
+    quantization: str | None
+    lora_r: int
+    seq_len: int
+    batch_size: int
+    gradient_checkpointing: bool
+    optimizer: str
+    eager_attention: bool
+    checkpoint_bytes: int
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.batch_size
+
+    @property
+    def compute_bytes(self) -> int:
+        return _DTYPE_BYTES[self.dtype]
+
+
+def _config_dtype(config: Any) -> int:
+    """Bytes per weight in the checkpoint on disk, from the config's ``dtype`` entry."""
+    value = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    name = str(value).removeprefix("torch.") if value is not None else "bfloat16"
+    return _DTYPE_BYTES.get(name, 2)
+
+
+def _from_config(config: Any, name: str | None = None) -> tuple[ModelFacts, bool, int]:
+    eager = getattr(config, "_attn_implementation", None) == "eager"
+    return facts_from_config(config, name=name), eager, _config_dtype(config)
+
+
+def _from_folder(folder: Path) -> tuple[ModelFacts, bool, int]:
+    """Read ``config.json`` only (no weights), through transformers when it knows the type."""
+    path = folder / "config.json"
+    if not path.is_file():
+        msg = f"model={str(folder)!r} is a folder without config.json; pass a model folder"
+        raise SpecError(msg)
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (ValueError, KeyError, OSError):  # an unknown model_type: read the raw JSON
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        config = _Namespace(raw.get("text_config", raw))
+    return _from_config(config, name=folder.name)
+
+
+class _Namespace:
+    """Attribute access to a config.json dict, for model types transformers doesn't know."""
+
+    def __init__(self, values: dict) -> None:
+        self.__dict__.update(values)
+
+
+def _resolve_spec(spec: Any) -> tuple[ModelFacts, bool, int]:
+    """ModelFacts, eager attention, checkpoint bytes per weight for any supported spec."""
+    if isinstance(spec, ModelFacts):
+        return spec, False, 2
+    if isinstance(spec, (str, Path)):
+        if isinstance(spec, str) and spec.strip().lower() in CATALOG:
+            return get_facts(spec), False, 2  # hub checkpoints of the catalog are 16-bit
+        if Path(spec).expanduser().is_dir():
+            return _from_folder(Path(spec).expanduser())
+        return get_facts(str(spec)), False, 2  # raises a SpecError listing known names
+    if hasattr(spec, "to_dict") or hasattr(spec, "get_text_config"):
+        return _from_config(spec)
+    msg = (
+        f"spec={spec!r} is not a catalog name, a model folder or a transformers config; "
+        f"use one of {sorted(CATALOG)}, a folder with config.json, or AutoConfig output"
+    )
+    raise SpecError(msg)
+
+
+def _check_choices(settings: dict[str, Any]) -> list[str]:
+    choices = {
+        "quantization": QUANTIZATIONS, "method": METHODS, "optimizer": OPTIMIZERS,
+        "device": DEVICES, "dtype": DTYPES,
+    }  # fmt: skip
+    return [
+        f"{name}={settings[name]!r}: use one of {allowed}"
+        for name, allowed in choices.items()
+        if settings[name] not in allowed
+    ]
+
+
+def _check_settings(settings: dict[str, Any]) -> None:
+    """Collect every problem with the settings and raise them in one SpecError."""
+    problems = _check_choices(settings)
+    for name in ("lora_r", "seq_len", "batch_size"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            problems.append(f"{name}={value!r}: use a positive integer")
+    method, quant = settings["method"], settings["quantization"]
+    if method == "full" and quant is not None:
+        problems.append(
+            f"method='full' with quantization={quant!r}: quantized weights cannot be trained "
+            "directly; use method='lora' or 'qlora', or quantization=None"
+        )
+    if method == "qlora" and quant == "8bit":
+        problems.append("method='qlora' with quantization='8bit': QLoRA is 4-bit; use '4bit'")
+    if problems:
+        raise SpecError("cannot estimate memory: " + "; ".join(problems))
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _resolve_dtype(dtype: str, device: str) -> str:
+    # CPUs without native bf16 run 16-bit matmuls hundreds of times slower (design.md), so
+    # training on CPU computes in float32; GPUs train in bf16.
+    if dtype != "auto":
+        return dtype
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def _weights(plan: _Plan) -> int:
+    """Base weights; Linear layers of the blocks quantized, embeddings/norms/lm_head not."""
+    facts = plan.facts
+    if plan.quantization is None:
+        return facts.params * plan.compute_bytes
+    quantized = facts.block_linear_params
+    kept = facts.params - quantized  # bitsandbytes skips the output layer and embeddings
+    total = quantized * _QUANT_BYTES[plan.quantization] + kept * plan.compute_bytes
+    if plan.device == "cpu":
+        total += quantized * (plan.checkpoint_bytes + _CPU_QUANTIZE_WORK_BYTES)
+    return int(total)
+
+
+def _trainable(plan: _Plan) -> tuple[int, int]:
+    """(trainable weights, bytes per trainable weight)."""
+    if plan.method == "full":
+        return plan.facts.params, plan.compute_bytes
+    return plan.facts.lora_params(plan.lora_r), 4  # peft keeps adapter weights in float32
+
+
+def _optimizer(plan: _Plan) -> int:
+    count, size = _trainable(plan)
+    per_state = 1 if plan.optimizer == "adamw_8bit" else size
+    return count * _OPTIMIZER_STATES[plan.optimizer] * per_state
+
+
+def _block_elements(plan: _Plan) -> tuple[int, int]:
+    """Saved elements per token of one block: (float32 norm part, compute-dtype part)."""
+    facts = plan.facts
+    family = "gemma" if facts.architecture in _GEMMA else "gated"
+    c_h, c_q, c_kv, c_i = _COEFFS[family if facts.gated_mlp else "plain"]
+    rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
+    rest += c_i * facts.intermediate
+    if not facts.gated_mlp or plan.eager_attention:
+        rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
+    if plan.method != "full":
+        rest += plan.lora_r * len(facts.linear_shapes())
+    return c_h * facts.hidden, rest  # RMSNorm/LayerNorm compute in float32
+
+
+def _logits(plan: _Plan) -> int:
+    per_element = _LOGIT_COPIES * 4 + (plan.compute_bytes if plan.compute_bytes < 4 else 0)
+    return plan.tokens * plan.facts.vocab * per_element
+
+
+def _activations(plan: _Plan) -> int:
+    """Saved block activations times the allocator factor, plus the logits' copies."""
+    norm_part, rest = _block_elements(plan)
+    block = plan.tokens * (norm_part * 4 + rest * plan.compute_bytes)
+    if plan.gradient_checkpointing:
+        # Only each block's input is kept; one block at a time is recomputed in backward.
+        kept = plan.facts.layers * plan.tokens * plan.facts.hidden * plan.compute_bytes
+        saved = kept + block
+    else:
+        saved = plan.facts.layers * block
+    return int(saved * _ALLOCATOR_FACTOR[plan.device]) + _logits(plan)
+
+
+def estimate_memory(
+    spec: Any,
+    *,
+    quantization: Quantization | None = None,
+    lora_r: int = 8,
+    seq_len: int = 512,
+    batch_size: int = 4,
+    gradient_checkpointing: bool = False,
+    optimizer: Optimizer = "adamw",
+    method: Method = "lora",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> MemoryEstimate:
+    """Estimate the peak memory of one training step from the model's config alone.
+
+    No weights are loaded: a catalog name, a config object or a folder's ``config.json`` is
+    enough. The parts are the base weights, the LoRA adapter, gradients, optimizer state,
+    activations (with the logits, which dominate for 262k-vocabulary models like Gemma 3)
+    and the runtime's overhead. On CPU the total is the training process's peak RSS; on
+    CUDA it is GPU memory (the host process is not counted).
+
+    Args:
+        spec: A catalog name (``"gemma-3-270m"``, ``"mistral-7b"``, ...), a transformers
+            ``PretrainedConfig``, a local model folder (only ``config.json`` is read) or a
+            :class:`~workbench.models.catalog.ModelFacts`.
+        quantization: ``None``, ``"4bit"`` (bitsandbytes NF4, double quant) or ``"8bit"``.
+        lora_r: LoRA rank; the adapter covers every linear layer of every block.
+        seq_len: Tokens per sequence.
+        batch_size: Sequences per step (per device; gradient accumulation adds nothing).
+        gradient_checkpointing: Keep only each block's input and recompute the rest.
+        optimizer: ``"adamw"`` (two moments per trainable weight), ``"adamw_8bit"`` or
+            ``"sgd"`` (no state).
+        method: ``"full"`` trains every weight, ``"lora"`` an adapter, ``"qlora"`` an
+            adapter on a 4-bit base (``quantization`` defaults to ``"4bit"``).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when torch sees a GPU).
+        dtype: Compute dtype; ``"auto"`` is float32 on CPU (no fast bf16 there) and bf16 on
+            CUDA.
+
+    Returns:
+        A :class:`MemoryEstimate` whose ``total`` is the estimated peak in bytes.
+
+    Raises:
+        SpecError: An unknown model name, an unusable setting (all problems in one message,
+            each naming the field, its value and the fix), or a config without the needed
+            sizes.
+
+    Examples:
+        >>> est = estimate_memory("gemma-3-270m", quantization="4bit", seq_len=256, device="cpu")
+        >>> est.weights < est.activations
+        True
+        >>> estimate_memory("mistral-7b", device="cuda").total > 16 * 2**30
+        True
+    """
+    settings = dict(locals())
+    _check_settings(settings)
+    facts, eager, checkpoint_bytes = _resolve_spec(spec)
+    resolved = _resolve_device(device)
+    plan = _Plan(
+        facts=facts, device=resolved, dtype=_resolve_dtype(dtype, resolved), method=method,
+        quantization="4bit" if method == "qlora" else quantization, lora_r=lora_r,
+        seq_len=seq_len, batch_size=batch_size, optimizer=optimizer,
+        gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
+        checkpoint_bytes=checkpoint_bytes,
+    )  # fmt: skip
+    return _estimate(plan)
+
+
+def _estimate(plan: _Plan) -> MemoryEstimate:
+    count, size = _trainable(plan)
+    adapter = 0 if plan.method == "full" else count * size
+    return MemoryEstimate(
+        model=plan.facts.name, device=plan.device, dtype=plan.dtype, method=plan.method,
+        quantization=plan.quantization, seq_len=plan.seq_len, batch_size=plan.batch_size,
+        weights=_weights(plan), adapter=adapter, gradients=count * size,
+        optimizer=_optimizer(plan), activations=_activations(plan), logits=_logits(plan),
+        overhead=_OVERHEAD[plan.device],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FitTable:
+    """Estimated peak memory of each catalog model and method, against the memory here.
+
+    Attributes:
+        records: One dict per (model, method): ``model``, ``params``, ``method``,
+            ``quantization``, ``device``, ``dtype``, ``peak`` (bytes), ``available``
+            (bytes) and ``fits`` (bool).
+        device: ``"cpu"`` or ``"cuda"``.
+        available: The memory compared against, in bytes.
+        seq_len: Tokens per sequence of the estimates.
+        batch_size: Sequences per step of the estimates.
+    """
+
+    records: list[dict[str, Any]]
+    device: str
+    available: int
+    seq_len: int
+    batch_size: int
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """Display rows: model, parameters, method, estimated peak, fits.
+
+        Examples:
+            >>> fit_table(available=8 * 2**30, device="cpu").rows()[0][:3]
+            ('gemma-3-270m', '268M', 'full')
+        """
+        return [
+            (r["model"], _count(r["params"]), r["method"], format_bytes(r["peak"]),
+             "yes" if r["fits"] else "no")
+            for r in self.records
+        ]  # fmt: skip
+
+    def title(self) -> str:
+        """One line naming the device, the memory compared against, and the batch.
+
+        Examples:
+            >>> fit_table(available=2**30, device="cpu", seq_len=64).title()
+            'training peak vs 1.00 GiB on cpu, batch 4 x 64 tokens'
+        """
+        return (
+            f"training peak vs {format_bytes(self.available)} on {self.device}, "
+            f"batch {self.batch_size} x {self.seq_len} tokens"
+        )
+
+    def __str__(self) -> str:
+        header = ("model", "params", "method", "peak", "fits")
+        return self.title() + "\n" + text_table(self.rows(), header=header)
+
+    def _repr_html_(self) -> str:
+        header = ("model", "params", "method", "peak", "fits")
+        return html_table(self.rows(), header=header, title=self.title())
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 0.95e9 else f"{n / 1e6:.0f}M"
+
+
+def _available_memory(device: str) -> int:
+    """Free GPU memory (``torch.cuda.mem_get_info``) or available RAM (psutil)."""
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def fit_table(
+    seq_len: int = 512,
+    batch_size: int = 4,
+    available: int | None = None,
+    device: Device = "auto",
+    lora_r: int = 8,
+) -> FitTable:
+    """Estimate every catalog model with full, LoRA and QLoRA training, and say what fits.
+
+    Full and LoRA train on the compute dtype (float32 on CPU, bf16 on CUDA); QLoRA on a
+    4-bit base.
+
+    Args:
+        seq_len: Tokens per sequence.
+        batch_size: Sequences per step.
+        available: Bytes to compare with; default: free GPU memory on CUDA, available RAM
+            on CPU.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        lora_r: LoRA rank of the lora and qlora rows.
+
+    Returns:
+        A :class:`FitTable`; ``records`` holds one dict per model and method.
+
+    Raises:
+        SpecError: An unusable setting.
+
+    Examples:
+        >>> table = fit_table(seq_len=256, available=16 * 2**30, device="cuda")
+        >>> [r["fits"] for r in table.records if r["model"] == "mistral-7b"]
+        [False, False, True]
+    """
+    resolved = _resolve_device(device) if device in DEVICES else device
+    budget = _available_memory(resolved) if available is None else int(available)
+    records = []
+    for name, facts in CATALOG.items():
+        for method in METHODS:
+            est = estimate_memory(
+                facts, method=method, lora_r=lora_r, seq_len=seq_len,
+                batch_size=batch_size, device=resolved,
+            )  # fmt: skip
+            records.append(
+                dict(model=name, params=facts.params, method=method,
+                     quantization=est.quantization, device=est.device, dtype=est.dtype,
+                     peak=est.total, available=budget, fits=est.fits(budget))
+            )  # fmt: skip
+    return FitTable(records, resolved, budget, seq_len, batch_size)
