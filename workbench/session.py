@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench._io import atomic_write_text
 from workbench.errors import WorkbenchError
@@ -28,11 +28,18 @@ from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
 from workbench.models.loading import DType, LoadedModel, Quantization, load_model
 
-__all__ = ["NoModelError", "Session"]
+if TYPE_CHECKING:
+    from workbench.data import DataReport, Example, PreparedData
+
+__all__ = ["NoDataError", "NoModelError", "Session"]
 
 
 class NoModelError(WorkbenchError, RuntimeError):
     """A call needs a model, and none is loaded yet."""
+
+
+class NoDataError(WorkbenchError, RuntimeError):
+    """A call needs data, and none is loaded yet."""
 
 
 class Session:
@@ -56,6 +63,7 @@ class Session:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.events = EventHub()
         self._loaded: LoadedModel | None = None
+        self._data: PreparedData | None = None
         if verbose:
             self.events.on("progress", lambda message: print(message, flush=True))
 
@@ -161,6 +169,87 @@ class Session:
         outputs = generate_text(self.model, self.tokenizer, prompts, max_new_tokens, **generation)
         return outputs[0] if isinstance(prompt, str) else outputs
 
+    def load_data(self, source: Any, **options: Any) -> DataReport:
+        """Read, template and tokenize a data set; returns its :class:`DataReport`.
+
+        Takes the keywords of :meth:`workbench.data.PreparedData.load`: ``format``,
+        ``validation``, ``max_length``, ``template``, ``on_error``, ``columns``, ``seed``.
+        The tokenized data is cached under the run folder.
+
+        Examples:
+            >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+            >>> s.load_data(rows, validation=0.2).train  # doctest: +SKIP
+            16
+        """
+        from datasets.utils.logging import disable_progress_bar
+
+        from workbench.data import PreparedData
+
+        disable_progress_bar()  # progress bars would print into whatever cell is current
+        options.setdefault("cache_dir", str(self.run_dir / "data-cache"))
+        self._data = PreparedData.load(source, self.tokenizer, **options)
+        report = self._data.report()
+        self._record({"data": {"source": _describe(source), "format": self._data.format,
+                               "template": self._data.template.name}})
+        self.events.emit("data_loaded", report)
+        return report
+
+    @property
+    def data(self) -> PreparedData:
+        """The loaded data (train and validation splits, template, report).
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).data
+            Traceback (most recent call last):
+            workbench.session.NoDataError: no data is loaded: call session.load_data(...) first.
+        """
+        if self._data is None:
+            raise NoDataError("no data is loaded: call session.load_data(...) first.")
+        return self._data
+
+    def example(self, i: int, split: str = "train") -> Example:
+        """Example ``i`` as the model sees it: tokens with text, id and trained flag.
+
+        Examples:
+            >>> [t.trained for t in s.example(0).tokens][:3]  # doctest: +SKIP
+            [False, False, False]
+        """
+        return self.data.example(i, split)
+
+    def data_report(self) -> DataReport:
+        """Counts, token lengths, trained share and problems of the loaded data.
+
+        Examples:
+            >>> print(s.data_report())  # doctest: +SKIP
+        """
+        return self.data.report()
+
+    def set_max_length(self, max_length: int | None) -> DataReport:
+        """Re-tokenize the data with a new cutoff; returns the new report.
+
+        Examples:
+            >>> s.set_max_length(128).max_length  # doctest: +SKIP
+        """
+        self._data = self.data.with_max_length(max_length)
+        self.events.emit("data_loaded", self._data.report())
+        return self._data.report()
+
+    def inspect_data(self):
+        """The DataInspector panel: rows, token view, length histogram, problems.
+
+        In a front end without widgets, it shows the report as text.
+
+        Examples:
+            >>> panel = s.inspect_data()  # doctest: +SKIP
+        """
+        from workbench.widgets.data_inspector import DataInspector
+
+        def apply(max_length: int) -> PreparedData:
+            self.set_max_length(max_length)
+            return self.data
+
+        return DataInspector(self.data, on_apply_max_length=apply)
+
     def estimate_memory(self, spec: Any = None, **settings: Any):
         """Estimate peak training memory for ``spec`` (default: the loaded model's config).
 
@@ -188,3 +277,12 @@ class Session:
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None
         return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
+
+
+def _describe(source: Any) -> str:
+    """A short, JSON-safe description of a data source for session.json."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return f"<{type(source).__name__} of {len(source)} rows>" if hasattr(source, "__len__") else (
+        f"<{type(source).__name__}>"
+    )

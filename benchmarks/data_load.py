@@ -1,0 +1,128 @@
+"""Benchmark: load + report 100k rows, against a plain ``datasets`` pipeline in the same run.
+
+The baseline reads the same JSONL with ``Dataset.from_json`` and tokenizes the chat-template
+rendering with the same tokenizer in one ``map`` (no masks, no checks, no report): the floor
+any loader pays. Both run on a fresh Arrow cache, so nothing is served from an earlier run.
+
+Usage:
+    .venv/bin/python benchmarks/data_load.py [--rows 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import datasets
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+
+from workbench.data import PreparedData
+from workbench.models.tiny import build_tiny_model
+
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "model",
+    "learns",
+    "from",
+    "examples",
+    "capital",
+    "of",
+    "france",
+    "paris",
+    "answer",
+    "question",
+    "record",
+    "json",
+    "name",
+    "age",
+    "city",
+    "london",
+    "red",
+    "green",
+    "blue",
+    "cat",
+    "bird",
+]
+
+
+def write_rows(path: Path, n: int) -> None:
+    rng = random.Random(0)
+    with path.open("w") as fh:
+        for i in range(n):
+            words = rng.choices(WORDS, k=rng.randint(8, 60))
+            row = {
+                "instruction": " ".join(words),
+                "input": f"id {i}",
+                "output": " ".join(rng.choices(WORDS, k=rng.randint(2, 30))),
+            }
+            fh.write(json.dumps(row) + "\n")
+
+
+def baseline(path: Path, tokenizer, cache: str) -> float:
+    start = time.perf_counter()
+    ds = datasets.Dataset.from_json(str(path), cache_dir=cache)
+
+    def tokenize(batch):
+        chats = [
+            [{"role": "user", "content": f"{a}\n\n{b}"}, {"role": "assistant", "content": c}]
+            for a, b, c in zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+        ]
+        texts = tokenizer.apply_chat_template(chats, tokenize=False)
+        return tokenizer(texts, add_special_tokens=False)
+
+    ds.map(tokenize, batched=True, remove_columns=ds.column_names)
+    return time.perf_counter() - start
+
+
+def workbench_load(path: Path, tokenizer, cache: str) -> tuple[float, float, PreparedData]:
+    start = time.perf_counter()
+    data = PreparedData.load(path, tokenizer, validation=0.1, max_length=256, cache_dir=cache)
+    loaded = time.perf_counter() - start
+    data.report()
+    return loaded, time.perf_counter() - start - loaded, data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=100_000)
+    args = parser.parse_args()
+    datasets.disable_progress_bars()
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(root / "tiny"))
+        path = root / "data.jsonl"
+        write_rows(path, args.rows)
+        size_mb = path.stat().st_size / 1e6
+        base = baseline(path, tokenizer, str(root / "cache-base"))
+        loaded, reported, data = workbench_load(path, tokenizer, str(root / "cache-wb"))
+    report = data.report()
+    rows = [
+        ("baseline: from_json + chat template + tokenize", base),
+        ("workbench: PreparedData.load (masks, checks)", loaded),
+        ("workbench: report() (lengths, duplicates, problems)", reported),
+        ("workbench: load + report", loaded + reported),
+    ]
+    print(f"{args.rows} rows, {size_mb:.1f} MB JSONL, tiny BPE tokenizer")
+    print(f"{'step':<55}{'seconds':>9}{'x baseline':>12}")
+    for name, seconds in rows:
+        print(f"{name:<55}{seconds:>9.2f}{seconds / base:>12.2f}")
+    print(f"problems found: {report.by_kind}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Formats, sources and bad input: real files in tmp_path, the tiny model's real tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from data_fixtures import CHAT_ROW, cache_dir, load, plain_tokenizer, tokenizer, write_jsonl
+
+from workbench.data import PreparedData
+from workbench.errors import DataError, SpecError
+
+__all__ = ["cache_dir", "plain_tokenizer", "tokenizer"]  # fixtures used by name
+
+ALPACA = {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"}
+
+
+def _last_answer(data, i=0):
+    return data.train[i]["messages"][-1]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected_format"),
+    [
+        (ALPACA, "alpaca"),
+        ({"question": "2+2?", "answer": "4"}, "qa"),
+        ({"prompt": "2+2?", "completion": "4"}, "qa"),
+        (CHAT_ROW, "chat"),
+        (
+            {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+            "sharegpt",
+        ),
+        ({"text": "Once upon a time."}, "text"),
+    ],
+)
+def test_each_format_is_detected_and_normalised(
+    tmp_path, tokenizer, cache_dir, row, expected_format
+):
+    path = write_jsonl(tmp_path / "d.jsonl", [row, row])
+    data = load(path, tokenizer, cache_dir)
+    assert data.format == expected_format
+    assert len(data.train) == 2
+    if expected_format == "text":
+        assert data.train[0]["text"] == "Once upon a time."
+    else:
+        assert _last_answer(data)["role"] == "assistant"
+
+
+def test_alpaca_input_is_joined_to_the_instruction(tmp_path, tokenizer, cache_dir):
+    data = load(write_jsonl(tmp_path / "a.jsonl", [ALPACA]), tokenizer, cache_dir)
+    assert data.train[0]["messages"][0] == {
+        "role": "user",
+        "content": "Add the numbers.\n\n2 and 2",
+    }
+    assert data.example(0).row == {
+        "instruction": "Add the numbers.",
+        "input": "2 and 2",
+        "output": "4",
+    }
+
+
+def test_sharegpt_roles_are_mapped(tmp_path, tokenizer, cache_dir):
+    row = {
+        "conversations": [
+            {"from": "system", "value": "s"},
+            {"from": "human", "value": "h"},
+            {"from": "gpt", "value": "g"},
+        ]
+    }
+    data = load(write_jsonl(tmp_path / "s.jsonl", [row]), tokenizer, cache_dir)
+    assert [m["role"] for m in data.train[0]["messages"]] == ["system", "user", "assistant"]
+
+
+def test_column_mapping_and_format_override(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "qa.csv"
+    pd.DataFrame({"q": ["2+2?", "3+3?"], "a": ["4", "6"]}).to_csv(path, index=False)
+    data = load(path, tokenizer, cache_dir, columns={"prompt": "q", "answer": "a"})
+    assert data.format == "qa"
+    assert data.train[1]["messages"][1]["content"] == "6"
+    assert data.example(1).row == {"q": "3+3?", "a": "6"}
+    as_text = load(path, tokenizer, cache_dir, format="text", columns={"text": "q"})
+    assert as_text.format == "text" and as_text.train[0]["text"] == "2+2?"
+
+
+def test_unknown_columns_name_the_file_and_suggest_mapping(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "odd.jsonl", [{"foo": "x", "bar": "y"}])
+    with pytest.raises(DataError, match=r"odd\.jsonl.*columns=") as err:
+        load(path, tokenizer, cache_dir)
+    assert "foo" in str(err.value)
+
+
+def test_mapped_column_that_does_not_exist(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "m.jsonl", [{"q": "x", "a": "y"}])
+    with pytest.raises(DataError, match="field 'zzz'"):
+        load(path, tokenizer, cache_dir, columns={"prompt": "zzz", "answer": "a"})
+
+
+@pytest.mark.parametrize("kind", ["json", "csv", "parquet", "disk", "dataset", "frame", "list"])
+def test_every_source_kind(tmp_path, tokenizer, cache_dir, kind):
+    import datasets
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)]
+    frame = pd.DataFrame(rows)
+    source = {
+        "json": lambda: (tmp_path / "d.json").write_text(json.dumps(rows)) and tmp_path / "d.json",
+        "csv": lambda: frame.to_csv(tmp_path / "d.csv", index=False) or tmp_path / "d.csv",
+        "parquet": lambda: frame.to_parquet(tmp_path / "d.parquet") or tmp_path / "d.parquet",
+        "disk": lambda: (
+            datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "ds") or tmp_path / "ds"
+        ),
+        "dataset": lambda: datasets.Dataset.from_list(rows),
+        "frame": lambda: frame,
+        "list": lambda: rows,
+    }[kind]()
+    data = load(source, tokenizer, cache_dir)
+    assert data.format == "qa"
+    assert [data.train[i]["messages"][1]["content"] for i in range(4)] == ["a0", "a1", "a2", "a3"]
+    assert data.train[3]["source_row"] == (5 if kind == "csv" else 4)  # CSV counts lines (header)
+
+
+def test_dataset_dict_uses_its_validation_split(tokenizer, cache_dir):
+    import datasets
+
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"text": f"t{i}"} for i in range(6)]),
+            "test": datasets.Dataset.from_list([{"text": "v"}]),
+        }
+    )
+    data = PreparedData.load(dd, tokenizer, cache_dir=cache_dir)
+    assert len(data.train) == 6 and len(data.validation) == 1
+
+
+def test_validation_fraction_is_seeded_and_second_source_works(tmp_path, tokenizer, cache_dir):
+    rows = [{"text": f"row {i}"} for i in range(20)]
+    a = PreparedData.load(rows, tokenizer, validation=0.25, seed=3, cache_dir=cache_dir)
+    b = PreparedData.load(rows, tokenizer, validation=0.25, seed=3, cache_dir=cache_dir)
+    assert len(a.validation) == 5 and len(a.train) == 15
+    assert a.validation["text"] == b.validation["text"]
+    val = write_jsonl(tmp_path / "val.jsonl", [{"text": "held out"}])
+    c = PreparedData.load(rows, tokenizer, validation=val, cache_dir=cache_dir)
+    assert len(c.train) == 20 and c.validation["text"] == ["held out"]
+    none = PreparedData.load(rows, tokenizer, validation=None, cache_dir=cache_dir)
+    assert none.validation is None
+
+
+BAD_LINES = [
+    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n', 2, None, "not valid JSON"),
+    ('{"question": "a", "answer": "b"}\n{"question": "c"}\n', 2, "answer", "missing"),
+    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": 5}\n', 2, "answer", "string"),
+    (
+        '{"question": "a", "answer": "b"}\n{"question": "c", "answer": ["x"]}\n',
+        2,
+        "answer",
+        "string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "field", "words"), BAD_LINES)
+def test_bad_rows_raise_with_file_line_and_field(
+    tmp_path, tokenizer, cache_dir, text, line, field, words
+):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text + '{"question": "e", "answer": "f"}\n')
+    with pytest.raises(DataError, match=words) as err:
+        load(path, tokenizer, cache_dir)
+    assert f"bad.jsonl, line {line}" in str(err.value)
+    assert err.value.line == line and err.value.file == "bad.jsonl" and err.value.field == field
+    data = load(path, tokenizer, cache_dir, on_error="skip")
+    assert len(data.train) == 2
+    (problem,) = [p for p in data.report().problems if p.kind == "malformed"]
+    assert problem.row == line and problem.split == "source" and words in problem.message
+
+
+def test_unknown_role_and_non_utf8(tmp_path, tokenizer, cache_dir):
+    bad_role = {"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}
+    path = tmp_path / "chat.jsonl"
+    good = json.dumps(CHAT_ROW).encode()
+    path.write_bytes(
+        good + b"\n" + json.dumps(bad_role).encode() + b"\n" + b'{"messages": "\xff\xfe"}\n'
+    )
+    with pytest.raises(DataError, match=r"chat\.jsonl, line 2, field 'messages\[1\]\.role'.*robot"):
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, on_error="skip")
+    kinds = {p.row: p.message for p in data.report().problems if p.kind == "malformed"}
+    assert set(kinds) == {2, 3} and "UTF-8" in kinds[3]
+
+
+def test_non_utf8_csv_row(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"question,answer\nok,fine\nbad \xff,x\n")
+    with pytest.raises(DataError, match=r"d\.csv, line 3.*UTF-8"):
+        load(path, tokenizer, cache_dir)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_empty_file(tmp_path, tokenizer, cache_dir, content):
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=r"empty\.jsonl: empty"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_missing_file_and_unsupported_type(tmp_path, tokenizer, cache_dir):
+    with pytest.raises(DataError, match="no such file"):
+        load(tmp_path / "nope.jsonl", tokenizer, cache_dir)
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load(tmp_path / "x.txt", tokenizer, cache_dir)
+
+
+def test_failed_load_leaves_no_arrow_files(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"text": "a"}, "{oops"])
+    with pytest.raises(DataError):
+        load(path, tokenizer, cache_dir)
+    assert not list((tmp_path / "arrow-cache").rglob("*.arrow"))
+
+
+def test_changed_file_is_read_again_not_served_from_cache(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"text": "first"}])
+    assert load(path, tokenizer, cache_dir).train["text"] == ["first"]
+    write_jsonl(path, [{"text": "second version"}])
+    assert load(path, tokenizer, cache_dir).train["text"] == ["second version"]
+
+
+def test_spec_is_validated(tokenizer, cache_dir):
+    with pytest.raises(SpecError, match="on_error"):
+        PreparedData.load([{"text": "a"}], tokenizer, on_error="ignore", cache_dir=cache_dir)
+    with pytest.raises(SpecError, match="validation"):
+        PreparedData.load([{"text": "a"}], tokenizer, validation=1.5, cache_dir=cache_dir)
+    with pytest.raises(SpecError, match="format"):
+        PreparedData.load([{"text": "a"}], tokenizer, format="xml", cache_dir=cache_dir)

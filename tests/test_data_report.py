@@ -1,0 +1,139 @@
+"""The data report: counts, lengths, every problem kind, text and HTML output."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from data_fixtures import CHAT_ROW, cache_dir, load, tokenizer, write_jsonl
+
+from workbench.data import PROBLEM_KINDS, PreparedData, Problem
+from workbench.data.duplicates import duplicate_problems
+
+__all__ = ["cache_dir", "tokenizer"]
+
+LONG = (
+    "Please summarize the following meeting notes about the quarterly budget review for "
+    "the marketing team and list every action item with its owner and due date"
+)
+
+
+def _qa(i):
+    return {"question": f"What is item number {i} called in the catalogue?", "answer": f"item {i}"}
+
+
+def _kinds(data, kind):
+    return [p for p in data.report().problems if p.kind == kind]
+
+
+def test_counts_lengths_and_share(tokenizer, cache_dir):
+    rows = [_qa(i) for i in range(40)]
+    data = PreparedData.load(rows, tokenizer, validation=0.25, cache_dir=cache_dir)
+    report = data.report()
+    assert (report.rows, report.train, report.validation, report.skipped) == (40, 30, 10, 0)
+    stats = data.stats(None)
+    assert report.lengths["total"].max == stats["n_tokens"].max()
+    assert report.lengths["answer"].min == stats["n_answer"].min() > 0
+    parts = report.lengths["prompt"].mean + report.lengths["answer"].mean
+    assert abs(parts - report.lengths["total"].mean) < 0.11  # means are rounded to 0.1
+    labels = [lab for ds in (data.train, data.validation) for row in ds["labels"] for lab in row]
+    assert abs(report.trained_share - sum(lab != -100 for lab in labels) / len(labels)) < 1e-9
+    assert sum(report.histogram[0]) == 40
+    assert data.report() is report  # cached
+
+
+def test_duplicates_near_duplicates_and_leaks(tokenizer, cache_dir):
+    rows = [_qa(i) for i in range(30)]
+    rows.append({"question": "What is item number 3 called in the  CATALOGUE?", "answer": "Item 3"})
+    rows.append({"question": LONG, "answer": "ok"})
+    rows.append({"question": LONG.replace("quarterly", "annual"), "answer": "ok"})
+    val = [
+        {"question": "what is item number 7 called in the catalogue?", "answer": "item 7"},
+        {"question": LONG.replace("marketing", "sales"), "answer": "ok"},
+        {"question": "Something unrelated entirely", "answer": "yes"},
+    ]
+    data = PreparedData.load(rows, tokenizer, validation=val, cache_dir=cache_dir)
+    (dup,) = _kinds(data, "duplicate")
+    assert (dup.split, dup.row) == ("train", 30) and "train row 3" in dup.message
+    (near,) = _kinds(data, "near_duplicate")
+    assert (near.split, near.row) == ("train", 32) and "train row 31" in near.message
+    leaks = sorted((p.row, "nearly" in p.message) for p in _kinds(data, "leak"))
+    assert leaks == [(0, False), (1, True)]
+
+
+def test_near_duplicates_scale_without_pairs(tokenizer):
+    words = [f"w{i}" for i in range(5000)]
+    texts = [
+        " ".join(words[(i * 7) % 4980 : (i * 7) % 4980 + 20]) + f" n{i}" for i in range(20_000)
+    ]
+    texts[19_999] = texts[5] + " extra"
+    problems = duplicate_problems(pa.array(texts))
+    flagged = {(p.kind, p.row) for p in problems}
+    assert ("near_duplicate", 19_999) in flagged
+
+
+def test_empty_field_and_no_assistant_turn(tmp_path, tokenizer, cache_dir):
+    rows = [{"question": "fine", "answer": "yes"}, {"question": "  ", "answer": "x"}]
+    data = load(rows, tokenizer, cache_dir)
+    (empty,) = _kinds(data, "empty_field")
+    assert (empty.row, empty.split) == (1, "train") and "question" in empty.message
+    chat = [CHAT_ROW, {"messages": [{"role": "user", "content": "anyone there?"}]}]
+    data = load(chat, tokenizer, cache_dir)
+    (none,) = _kinds(data, "no_trained_tokens")
+    assert none.row == 1 and "no assistant" in none.message
+
+
+def test_truncation_problem_kinds(tokenizer, cache_dir):
+    long_prompt = {"question": LONG, "answer": "ok"}
+    long_answer = {"question": "hi", "answer": LONG}
+    data = load(
+        [long_prompt, long_answer, {"question": "a", "answer": "b"}],
+        tokenizer,
+        cache_dir,
+        max_length=24,
+    )
+    assert [p.row for p in _kinds(data, "no_trained_tokens")] == [0]
+    assert [p.row for p in _kinds(data, "truncated_answer")] == [1]
+    assert all(label == -100 for label in data.train[0]["labels"])  # answer truncated away
+    text = load([{"text": LONG}], tokenizer, cache_dir, max_length=10)
+    (too_long,) = _kinds(text, "too_long")
+    assert too_long.row == 0 and "max_length=10" in too_long.message
+
+
+def test_small_dataset_states_its_rule(tokenizer, cache_dir):
+    (small,) = _kinds(load([_qa(1)], tokenizer, cache_dir), "small_dataset")
+    assert small.row is None and "rule of thumb" in small.message and "100" in small.message
+    assert not _kinds(load([_qa(i) for i in range(120)], tokenizer, cache_dir), "small_dataset")
+
+
+def test_text_report_has_the_same_facts(tmp_path, tokenizer, cache_dir):
+    rows = [_qa(i) for i in range(5)] + ["{broken", _qa(1)]
+    data = load(write_jsonl(tmp_path / "d.jsonl", rows), tokenizer, cache_dir, on_error="skip")
+    report = data.report()
+    text = str(report)
+    assert "d.jsonl" in text and "format 'qa'" in text
+    assert "7 read, 1 skipped; train 6, validation 0" in text
+    assert f"{report.trained_share:.1%}" in text
+    assert f"{report.lengths['total'].max:>7}" in text
+    for kind, n in report.by_kind.items():
+        assert f"{n} {kind}" in text
+    assert "line 6" in text
+
+
+def test_html_report_escapes_rows(tokenizer, cache_dir):
+    rows = [{"question": "<script>alert(1)</script>", "answer": "x"}] * 2
+    data = load(rows, tokenizer, cache_dir)
+    bad = Problem(0, "duplicate", "<img src=x onerror=alert(1)>", "train")
+    assert (
+        "<img"
+        not in type(data.report())(**{**data.report().__dict__, "problems": (bad,)})._repr_html_()
+    )
+    assert "<script>" not in data.report()._repr_html_()
+
+
+def test_problem_kind_is_checked():
+    import pytest
+
+    from workbench.errors import SpecError
+
+    assert "leak" in PROBLEM_KINDS
+    with pytest.raises(SpecError, match="kind"):
+        Problem(0, "oops", "x", "train")

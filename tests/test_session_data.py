@@ -1,0 +1,65 @@
+"""Session-level data calls: load_data, example, data_report, inspect_data, set_max_length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import workbench as wb
+
+
+@pytest.fixture
+def session(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    return s
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_load_data_from_a_file_reports_and_records(session, tmp_path):
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(40)]
+    report = session.load_data(str(write_jsonl(tmp_path / "qa.jsonl", rows)), validation=0.25)
+    assert report is session.data_report()
+    assert (report.train, report.validation) == (30, 10)
+    state = json.loads((session.run_dir / "session.json").read_text())
+    assert state["data"]["format"] == "qa"
+    assert state["data"]["source"].endswith("qa.jsonl")
+    example = session.example(0)
+    trained = "".join(t.text for t in example.tokens if t.trained)
+    assert example.answer in trained
+    assert not example.tokens[0].trained
+
+
+def test_inspector_apply_sets_max_length_on_the_session(session):
+    rows = [{"prompt": "word " * (5 + i), "completion": "done"} for i in range(30)]
+    session.load_data(rows, validation=0)
+    events = []
+    session.on("data_loaded", events.append)
+    panel = session.inspect_data()
+    panel.set_cutoff(12)
+    panel.apply_cutoff()
+    assert session.data.spec.max_length == 12
+    assert max(len(ids) for ids in session.data.train["input_ids"]) <= 12
+    assert events and events[-1].train == 30
+    assert "max_length: 12" in str(panel)
+
+
+def test_data_calls_without_data_or_model(tmp_path):
+    s = wb.Session(tmp_path, verbose=False)
+    with pytest.raises(wb.NoModelError):
+        s.load_data([{"text": "x"}])
+    with pytest.raises(wb.session.NoDataError, match="call session.load_data"):
+        s.data_report()
+
+
+def test_bad_row_names_file_line_and_field(session, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": 5}\n')
+    with pytest.raises(wb.DataError, match=r"bad.jsonl.*line 2.*answer"):
+        session.load_data(str(path))
+    assert not list(session.run_dir.glob("data-cache/**/*.arrow.tmp*"))

@@ -1,0 +1,53 @@
+"""Data preparation: read, detect the format, template, tokenize (completion-only labels), report.
+
+Examples:
+    >>> from workbench.data import PreparedData, TEMPLATES, render_prompt
+    >>> sorted(TEMPLATES)
+    ['alpaca', 'chatml', 'gemma']
+    >>> # data = PreparedData.load("data.jsonl", tokenizer, max_length=512)
+    >>> # print(data.report()); data.example(0)
+"""
+
+from __future__ import annotations
+
+from workbench.data.example import Example, TokenView
+from workbench.data.formats import FORMAT_NAMES, FORMATS, Format
+from workbench.data.prepared import DataSpec, PreparedData, load_data
+from workbench.data.problems import PROBLEM_KINDS, SMALL_DATASET_ROWS, Problem
+from workbench.data.report import DataReport, LengthStats
+from workbench.data.templates import (
+    SAMPLE_CONVERSATION,
+    TEMPLATES,
+    Template,
+    TemplateCheck,
+    check_template,
+    encode_prompt,
+    render_prompt,
+    resolve_template,
+)
+from workbench.data.tokenize import IGNORE_INDEX
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_NAMES",
+    "IGNORE_INDEX",
+    "PROBLEM_KINDS",
+    "SAMPLE_CONVERSATION",
+    "SMALL_DATASET_ROWS",
+    "TEMPLATES",
+    "DataReport",
+    "DataSpec",
+    "Example",
+    "Format",
+    "LengthStats",
+    "PreparedData",
+    "Problem",
+    "Template",
+    "TemplateCheck",
+    "TokenView",
+    "check_template",
+    "encode_prompt",
+    "load_data",
+    "render_prompt",
+    "resolve_template",
+]

@@ -1,0 +1,86 @@
+"""One example as the model sees it: tokens, which are trained, and the text around them.
+
+Examples:
+    >>> t = TokenView("Paris", 412, trained=True, special=False)
+    >>> ex = Example(0, "train", (t,), prompt="Q: capital? A:", answer="Paris",
+    ...              text="Q: capital? A:Paris", row={"q": "capital?"}, source_row=1, cut=0)
+    >>> str(ex)
+    'train example 0 (source row 1): 1 tokens, 1 trained\\n[Paris]'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Example", "TokenView"]
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """One token of an example.
+
+    Attributes:
+        text: The token decoded on its own (special tokens as written, e.g. ``<|im_end|>``).
+        id: Token id.
+        trained: True when it carries a label (the loss is computed on it).
+        special: True for the tokenizer's special tokens.
+
+    Examples:
+        >>> TokenView("<s>", 1, trained=False, special=True).special
+        True
+    """
+
+    text: str
+    id: int
+    trained: bool
+    special: bool
+
+
+@dataclass(frozen=True)
+class Example:
+    """An example after templating, tokenization, masking and truncation.
+
+    Attributes:
+        index: Index in its split.
+        split: ``"train"`` or ``"validation"``.
+        tokens: The tokens the model gets (after the cutoff).
+        prompt: The inference prompt for the last answer (generation prompt included);
+            empty for raw text.
+        answer: The expected last answer (the whole text for raw text).
+        text: The full training text before tokenization.
+        row: The source row's own columns (as stored: strings).
+        source_row: 1-based line/row number in the source.
+        cut: Tokens cut by ``max_length`` (0 when none).
+
+    Examples:
+        >>> # ex = data.example(0); [t.text for t in ex.tokens if t.trained]
+    """
+
+    index: int
+    split: str
+    tokens: tuple[TokenView, ...]
+    prompt: str
+    answer: str
+    text: str
+    row: dict[str, Any]
+    source_row: int
+    cut: int
+
+    @property
+    def trained_text(self) -> str:
+        """The trained tokens joined (what the loss is computed on).
+
+        Examples:
+            >>> # data.example(0).trained_text  -> 'Paris<|im_end|>\\n'
+        """
+        return "".join(t.text for t in self.tokens if t.trained)
+
+    def __str__(self) -> str:
+        trained = sum(t.trained for t in self.tokens)
+        head = f"{self.split} example {self.index} (source row {self.source_row}): "
+        head += f"{len(self.tokens)} tokens, {trained} trained" + (
+            f", {self.cut} cut" if self.cut else ""
+        )
+        body = "".join(f"[{t.text}]" if t.trained else t.text for t in self.tokens)
+        return f"{head}\n{body}"

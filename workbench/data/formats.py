@@ -1,0 +1,340 @@
+"""Data set formats: detect one from the columns, check each row, normalise it.
+
+Every prompt/answer format is normalised to a chat ``messages`` list (``role`` in
+``system``/``user``/``assistant``/``tool``, ``content`` a string), so one template and one
+masking rule serve them all. Raw ``text`` stays text (continued pretraining).
+
+==========  ==========================================  =====================================
+format      columns                                     becomes
+==========  ==========================================  =====================================
+alpaca      instruction, output (input, system)         system?, user(instruction+input), assistant
+qa          prompt/question, answer/completion/response system?, user, assistant
+chat        messages: [{role, content}]                 the messages
+sharegpt    conversations: [{from, value}]              the messages (human->user, gpt->assistant)
+text        text                                        raw text, every token trained
+==========  ==========================================  =====================================
+
+Examples:
+    >>> fmt, plan = detect_format(["question", "answer"], None, "data.csv")
+    >>> fmt.name, plan
+    ('qa', {'prompt': 'question', 'answer': 'answer'})
+    >>> fmt.normalise({"question": "2+2?", "answer": "4"}, plan).messages[1]
+    {'role': 'assistant', 'content': '4'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from workbench.errors import DataError
+
+__all__ = [
+    "CANONICAL_FIELDS",
+    "FORMATS",
+    "FORMAT_NAMES",
+    "Format",
+    "FormatName",
+    "Normalised",
+    "RowError",
+    "detect_format",
+]
+
+FormatName = Literal["alpaca", "qa", "chat", "sharegpt", "text"]
+FORMAT_NAMES: tuple[str, ...] = ("alpaca", "qa", "chat", "sharegpt", "text")
+CANONICAL_FIELDS: tuple[str, ...] = (
+    "instruction",
+    "input",
+    "output",
+    "prompt",
+    "answer",
+    "system",
+    "messages",
+    "conversations",
+    "text",
+)
+# Common column names that mean a canonical field (matched case-insensitively).
+_ALIASES = {"question": "prompt", "completion": "answer", "response": "answer", "query": "prompt"}
+_CHAT_ROLES = {
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+    "model": "assistant",
+}
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "function": "tool",
+    "observation": "tool",
+}
+
+
+class RowError(Exception):
+    """A row breaks its format; ``field`` names the column (or ``messages[2].role``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """A checked row in normal form.
+
+    Attributes:
+        messages: The conversation (prompt/answer formats), or ``None`` for raw text.
+        text: The raw text (``text`` format), or ``None``.
+        empty: Names of fields that are present but empty or only whitespace.
+
+    Examples:
+        >>> Normalised(None, "hello", ()).text
+        'hello'
+    """
+
+    messages: list[dict[str, str]] | None
+    text: str | None
+    empty: tuple[str, ...]
+
+
+Plan = Mapping[str, str]  # canonical field -> column in the data
+
+
+def _string(
+    values: Mapping[str, Any], plan: Plan, field: str, empty: list[str], required: bool = True
+) -> str:
+    column = plan.get(field, field)
+    value = values.get(column)
+    if value is None:
+        if required:
+            raise RowError(column, "missing")
+        return ""
+    value = _text_parts(value, column)
+    if not value.strip():
+        empty.append(column)
+    return value
+
+
+def _text_parts(value: Any, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    # OpenAI-style content parts: [{"type": "text", "text": "..."}]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(p, dict) and p.get("type") == "text" for p in value)
+    ):
+        return "".join(str(p.get("text", "")) for p in value)
+    shown = repr(value)[:60]
+    raise RowError(field, f"expected a string, got {type(value).__name__} {shown}")
+
+
+def _alpaca(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    empty: list[str] = []
+    instruction = _string(values, plan, "instruction", empty)
+    extra = _string(values, plan, "input", [], required=False)
+    output = _string(values, plan, "output", empty)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return Normalised(_with_system(values, plan, user, output), None, tuple(empty))
+
+
+def _qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    empty: list[str] = []
+    prompt = _string(values, plan, "prompt", empty)
+    answer = _string(values, plan, "answer", empty)
+    return Normalised(_with_system(values, plan, prompt, answer), None, tuple(empty))
+
+
+def _with_system(
+    values: Mapping[str, Any], plan: Plan, user: str, answer: str
+) -> list[dict[str, str]]:
+    system = _string(values, plan, "system", [], required=False)
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    return [*head, {"role": "user", "content": user}, {"role": "assistant", "content": answer}]
+
+
+def _chat(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    return _conversation(values, plan, "messages", _CHAT_ROLES)
+
+
+def _sharegpt(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    return _conversation(values, plan, "conversations", _SHAREGPT_ROLES)
+
+
+def _conversation(
+    values: Mapping[str, Any], plan: Plan, field: str, roles: dict[str, str]
+) -> Normalised:
+    column = plan.get(field, field)
+    turns = values.get(column)
+    if turns is None:
+        raise RowError(column, "missing")
+    if not isinstance(turns, list) or not turns:
+        raise RowError(column, f"expected a non-empty list of messages, got {type(turns).__name__}")
+    empty: list[str] = []
+    messages = [_message(turn, f"{column}[{i}]", roles, empty) for i, turn in enumerate(turns)]
+    if messages[0]["role"] not in ("system", "user"):
+        raise RowError(
+            f"{column}[0].role", "a conversation must start with a system or user message"
+        )
+    return Normalised(messages, None, tuple(empty))
+
+
+def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, str]:
+    if not isinstance(turn, dict):
+        raise RowError(where, f"expected a message object, got {type(turn).__name__}")
+    role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
+    raw_role = turn.get(role_key)
+    role = roles.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
+    if role is None:
+        raise RowError(
+            f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
+        )
+    if turn.get(content_key) is None:
+        raise RowError(f"{where}.{content_key}", "missing")
+    content = _text_parts(turn[content_key], f"{where}.{content_key}")
+    if not content.strip() and role != "system":
+        empty.append(f"{where}.{content_key}")
+    return {"role": role, "content": content}
+
+
+def _text(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    empty: list[str] = []
+    return Normalised(None, _string(values, plan, "text", empty), tuple(empty))
+
+
+@dataclass(frozen=True)
+class Format:
+    """One data set format: the fields it needs and how a row becomes normal form.
+
+    Attributes:
+        name: The format's name, one of :data:`FORMAT_NAMES`.
+        required: Canonical fields every row must have.
+        optional: Canonical fields that are used when present.
+        description: One line for people.
+        normalise_row: ``(values, plan) -> Normalised``; raises :class:`RowError`.
+
+    Examples:
+        >>> FORMATS["alpaca"].required
+        ('instruction', 'output')
+    """
+
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    description: str
+    normalise_row: Callable[[Mapping[str, Any], Plan], Normalised]
+
+    @property
+    def is_text(self) -> bool:
+        """True for raw text (no prompt, every token trained).
+
+        Examples:
+            >>> FORMATS["text"].is_text, FORMATS["qa"].is_text
+            (True, False)
+        """
+        return self.name == "text"
+
+    def normalise(self, values: Mapping[str, Any], plan: Plan) -> Normalised:
+        """Check one row and return it in normal form.
+
+        Raises:
+            RowError: The row breaks the format (missing field, wrong type, unknown role).
+
+        Examples:
+            >>> FORMATS["text"].normalise({"body": "hi"}, {"text": "body"}).text
+            'hi'
+        """
+        return self.normalise_row(values, plan)
+
+
+# Detection order: the first format whose required fields are all present wins.
+FORMATS: dict[str, Format] = {
+    "chat": Format("chat", ("messages",), (), "messages: list of {role, content}", _chat),
+    "sharegpt": Format(
+        "sharegpt", ("conversations",), (), "ShareGPT conversations: {from, value}", _sharegpt
+    ),
+    "alpaca": Format(
+        "alpaca",
+        ("instruction", "output"),
+        ("input", "system"),
+        "instruction/input/output",
+        _alpaca,
+    ),
+    "qa": Format(
+        "qa", ("prompt", "answer"), ("system",), "question/answer or prompt/completion", _qa
+    ),
+    "text": Format("text", ("text",), (), "raw text for continued pretraining", _text),
+}
+
+
+def _available(columns: list[str], mapping: Mapping[str, str] | None) -> dict[str, str]:
+    plan = dict(mapping or {})
+    for column in columns:
+        name = column.lower()
+        canonical = name if name in CANONICAL_FIELDS else _ALIASES.get(name)
+        if canonical and canonical not in plan:
+            plan[canonical] = column
+    return plan
+
+
+def detect_format(
+    columns: list[str], mapping: Mapping[str, str] | None, label: str, name: str = "auto"
+) -> tuple[Format, dict[str, str]]:
+    """Pick the format (or check the one asked for) and map canonical fields to columns.
+
+    Args:
+        columns: The data's column names.
+        mapping: Explicit ``{canonical field: column}``, e.g. ``{"prompt": "q", "answer": "a"}``.
+        label: The source's name, for messages.
+        name: ``"auto"`` or one of :data:`FORMAT_NAMES`.
+
+    Returns:
+        The format and the plan ``{canonical field: column}`` restricted to its fields.
+
+    Raises:
+        DataError: No format fits the columns, a required column is missing, or a mapped
+            column does not exist.
+
+    Examples:
+        >>> detect_format(["q", "a"], {"prompt": "q", "answer": "a"}, "x.csv")[0].name
+        'qa'
+        >>> detect_format(["conversations"], None, "x.jsonl")[0].name
+        'sharegpt'
+    """
+    for canonical, column in (mapping or {}).items():
+        if column not in columns:
+            msg = (
+                f"{label}, field {column!r}: column not found (mapped to {canonical!r}); "
+                f"columns are {columns}"
+            )
+            raise DataError(msg)
+    plan = _available(columns, mapping)
+    if name == "auto":
+        found = next((f for f in FORMATS.values() if all(r in plan for r in f.required)), None)
+        if found is None:
+            msg = (
+                f"{label}: cannot tell the format from the columns {columns}; expected one of "
+                + "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
+                + '. Map yours with columns=, e.g. columns={"prompt": "q", "answer": "a"}'
+            )
+            raise DataError(msg)
+        return found, _restrict(plan, found)
+    fmt = FORMATS[name]
+    missing = [r for r in fmt.required if r not in plan]
+    if missing:
+        msg = (
+            f"{label}, field {missing[0]!r}: missing column for format {name!r} "
+            f"(columns are {columns})"
+        )
+        raise DataError(msg)
+    return fmt, _restrict(plan, fmt)
+
+
+def _restrict(plan: dict[str, str], fmt: Format) -> dict[str, str]:
+    return {k: v for k, v in plan.items() if k in fmt.required + fmt.optional}

@@ -1,0 +1,216 @@
+"""Read a source into an Arrow ``datasets.Dataset`` of normalised rows.
+
+Rows are streamed from the source through :meth:`Format.normalise` into
+``Dataset.from_generator``, which writes Arrow batch by batch (a 1 GB JSONL file never sits in
+memory) to a cache keyed by the file's path, size and mtime plus the loading options. A
+failed load leaves no cache behind (datasets writes to a temporary folder and renames).
+
+Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
+``empty_fields``, and the source's own columns as strings (non-strings JSON-encoded; a name
+that clashes with a stored column gets an ``original_`` prefix).
+
+Examples:
+    >>> # dataset, skipped, fmt = read_source(open_source("data.jsonl")[0], spec)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.data.formats import Format, RowError, detect_format
+from workbench.data.problems import Problem
+from workbench.data.sources import RawRow, Source
+from workbench.errors import DataError
+
+__all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "read_source"]
+
+CODE_VERSION = "1"  # bump when the stored layout changes, to invalidate old caches
+RESERVED_COLUMNS = (
+    "source_row",
+    "messages",
+    "text",
+    "empty_fields",
+    "error",
+    "error_field",
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "n_tokens",
+    "n_prompt",
+    "n_answer",
+    "answer_start",
+    "answer_end",
+    "template_ok",
+)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A source read into Arrow.
+
+    Attributes:
+        dataset: Normalised rows (malformed ones removed).
+        skipped: ``malformed`` problems for the rows skipped.
+        format: The format used.
+        originals: Names of the stored source columns (for ``Example.row``).
+
+    Examples:
+        >>> # loaded = read_source(source, spec); len(loaded.dataset)
+    """
+
+    dataset: Any
+    skipped: tuple[Problem, ...]
+    format: Format
+    originals: tuple[str, ...]
+
+
+def _original_names(columns: list[str], fmt: Format, plan: dict[str, str]) -> dict[str, str]:
+    normalised = "text" if fmt.is_text else "messages"
+    names = {}
+    for column in columns:
+        if column == normalised and plan.get(normalised, normalised) == column:
+            continue  # the normalised column replaces it
+        names[column] = f"original_{column}" if column in RESERVED_COLUMNS else column
+    return names
+
+
+def _features(fmt: Format, stored: list[str]) -> Any:
+    from datasets import Features, List, Value
+
+    string = Value("string")
+    columns: dict[str, Any] = {"source_row": Value("int64"), "error": string, "error_field": string}
+    if fmt.is_text:
+        columns["text"] = string
+    else:
+        columns["messages"] = List({"role": string, "content": string})
+    columns["empty_fields"] = string
+    columns.update({name: string for name in stored})
+    return Features(columns)
+
+
+def _as_string(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _rows(
+    source: Source, fmt: Format, plan: dict[str, str], originals: dict[str, str], on_error: str
+) -> Iterator[dict[str, Any]]:
+    blank = dict.fromkeys(["messages", "text", "empty_fields", *originals.values()])
+    for raw in source.rows():
+        try:
+            yield _good_row(raw, fmt, plan, originals)
+        except RowError as err:
+            if on_error == "raise":
+                raise _data_error(source, raw.number, err.field, err.message) from None
+            yield {
+                **blank,
+                "source_row": raw.number,
+                "error": err.message,
+                "error_field": err.field,
+            }
+
+
+def _good_row(
+    raw: RawRow, fmt: Format, plan: dict[str, str], originals: dict[str, str]
+) -> dict[str, Any]:
+    if raw.values is None:
+        raise RowError("", raw.error or "unreadable")
+    row = fmt.normalise(raw.values, plan)
+    out: dict[str, Any] = {"source_row": raw.number, "error": None, "error_field": None}
+    out["text" if fmt.is_text else "messages"] = row.text if fmt.is_text else row.messages
+    out["empty_fields"] = ", ".join(row.empty) or None
+    out.update({stored: _as_string(raw.values.get(column)) for column, stored in originals.items()})
+    return out
+
+
+def _data_error(source: Source, number: int, field: str, message: str) -> DataError:
+    where = f"{source.label}, {source.unit} {number}" + (f", field {field!r}" if field else "")
+    err = DataError(f"{where}: {message}")
+    err.file, err.line, err.field = source.label, number, field or None  # type: ignore[attr-defined]
+    return err
+
+
+def read_source(source: Source, spec: Any, format_name: str | None = None) -> Loaded:
+    """Stream ``source`` into a normalised Arrow dataset.
+
+    Args:
+        source: From :func:`~workbench.data.sources.open_source`.
+        spec: The :class:`~workbench.data.DataSpec` (format, columns, on_error, cache_dir).
+        format_name: Force this format (used for a validation source: same as training).
+
+    Raises:
+        DataError: Empty source, no format fits, or (``on_error="raise"``) a malformed row,
+            naming the file, line and field.
+
+    Examples:
+        >>> # loaded = read_source(open_source("data.jsonl")[0], DataSpec())
+    """
+    columns = source.columns()
+    if not columns:
+        _raise_empty(source)
+    fmt, plan = detect_format(columns, spec.columns, source.label, format_name or spec.format)
+    originals = _original_names(columns, fmt, plan)
+    dataset = _generate(source, fmt, plan, originals, spec)
+    dataset, skipped = _split_off_errors(dataset, source)
+    if len(dataset) == 0:
+        msg = (
+            f"{source.label}: no usable rows ({len(skipped)} malformed, e.g. {skipped[0].message})"
+        )
+        raise DataError(msg)
+    return Loaded(dataset, skipped, fmt, tuple(originals.values()))
+
+
+def _raise_empty(source: Source) -> None:
+    first = next(source.rows(), None)
+    if first is not None and first.error and source.unit != "row":
+        raise _data_error(source, first.number, "", first.error)
+    msg = (
+        f"{source.label}: empty (no rows)" if first is None else f"{source.label}: no readable rows"
+    )
+    raise DataError(msg)
+
+
+def _generate(
+    source: Source, fmt: Format, plan: dict[str, str], originals: dict[str, str], spec: Any
+) -> Any:
+    from datasets import Dataset
+    from datasets.exceptions import DatasetGenerationError
+
+    key = json.dumps(
+        [CODE_VERSION, source.fingerprint, fmt.name, plan, originals, spec.on_error], sort_keys=True
+    )
+    generator = functools.partial(_rows, source, fmt, plan, originals, spec.on_error)
+    try:
+        return Dataset.from_generator(
+            generator,
+            features=_features(fmt, list(originals.values())),
+            fingerprint=hashlib.sha1(key.encode()).hexdigest(),
+            cache_dir=spec.cache_dir,
+        )
+    except DatasetGenerationError as err:
+        if isinstance(err.__cause__, DataError):
+            raise err.__cause__ from None
+        raise
+
+
+def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem, ...]]:
+    import numpy as np
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:]
+    failed = pc.is_valid(table.column("error")).to_numpy(zero_copy_only=False)
+    skipped = []
+    if failed.any():
+        bad = table.filter(failed).select(["source_row", "error", "error_field"]).to_pylist()
+        for row in bad:
+            message = _data_error(source, row["source_row"], row["error_field"], row["error"])
+            skipped.append(Problem(row["source_row"], "malformed", str(message), "source"))
+        dataset = dataset.select(np.flatnonzero(~failed))
+    return dataset.remove_columns(["error", "error_field"]), tuple(skipped)

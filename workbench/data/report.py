@@ -1,0 +1,261 @@
+"""The data report: counts, token lengths, trained-token share and problems.
+
+:func:`build_report` reads only the per-row statistics stored at tokenization (no second
+tokenization) and runs the problem finders; :class:`DataReport` shows itself as text
+(``print(report)``, for front ends without widgets) and as escaped HTML.
+
+Examples:
+    >>> # report = data.report(); print(report); report.count("duplicate")
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from workbench.data.duplicates import duplicate_problems
+from workbench.data.problems import SMALL_DATASET_ROWS, Problem
+from workbench.data.templates import check_template
+
+__all__ = ["MAX_LISTED", "DataReport", "LengthStats", "build_report", "length_problems"]
+
+MAX_LISTED = 25
+"""How many problems ``str(report)`` lists before summarising the rest."""
+_SANE_CONTEXT = 1_000_000  # tokenizers without a known context report ~1e30
+_PARTS = {"prompt": "n_prompt", "answer": "n_answer", "total": "n_tokens"}
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    """Token-length statistics of one part (prompt, answer or total) over all examples.
+
+    Examples:
+        >>> LengthStats.of(np.array([1, 2, 3, 10]))
+        LengthStats(min=1, median=2.5, mean=4.0, p95=8.9, max=10)
+    """
+
+    min: int
+    median: float
+    mean: float
+    p95: float
+    max: int
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> LengthStats:
+        """Statistics of ``values`` (all zeros when empty).
+
+        Examples:
+            >>> LengthStats.of(np.array([], dtype=int)).max
+            0
+        """
+        if len(values) == 0:
+            return cls(0, 0.0, 0.0, 0.0, 0)
+        p50, p95 = (round(float(v), 1) for v in np.percentile(values, [50, 95]))
+        mean = round(float(values.mean()), 1)
+        return cls(int(values.min()), p50, mean, p95, int(values.max()))
+
+
+@dataclass(frozen=True)
+class DataReport:
+    """What the prepared data looks like, and what is wrong with it.
+
+    Attributes:
+        source: The source's name, e.g. ``"data.jsonl"``.
+        format: Detected (or chosen) format.
+        template: Template name (``"tokenizer"`` when the tokenizer's own).
+        rows: Rows read from the source(s), skipped ones included.
+        skipped: Rows skipped as ``malformed`` (``on_error="skip"``).
+        train: Training examples.
+        validation: Validation examples.
+        max_length: The cutoff applied, or ``None``.
+        lengths: ``{"prompt"|"answer"|"total": LengthStats}`` over all examples, counted in
+            tokens of the real tokenizer with the template applied, before any cutoff.
+        trained_share: Share of tokens (after the cutoff) that carry a training label.
+        problems: Every problem found.
+        histogram: ``(counts, edges)`` of total lengths, for plotting.
+
+    Examples:
+        >>> # print(data.report())
+    """
+
+    source: str
+    format: str
+    template: str
+    rows: int
+    skipped: int
+    train: int
+    validation: int
+    max_length: int | None
+    lengths: dict[str, LengthStats]
+    trained_share: float
+    problems: tuple[Problem, ...]
+    histogram: tuple[tuple[int, ...], tuple[float, ...]] = field(repr=False, default=((), ()))
+
+    def count(self, kind: str) -> int:
+        """Number of problems of ``kind``.
+
+        Examples:
+            >>> # data.report().count("near_duplicate")  -> 2
+        """
+        return sum(1 for p in self.problems if p.kind == kind)
+
+    @property
+    def by_kind(self) -> dict[str, int]:
+        """Problem counts by kind, most frequent first.
+
+        Examples:
+            >>> # data.report().by_kind  -> {'duplicate': 3, 'too_long': 1}
+        """
+        return dict(Counter(p.kind for p in self.problems).most_common())
+
+    def lines(self) -> list[str]:
+        """The report as lines of plain text (what ``str`` joins).
+
+        Examples:
+            >>> # data.report().lines()[0]  -> "Data report for data.jsonl: ..."
+        """
+        out = [
+            f"Data report for {self.source}: format {self.format!r}, template {self.template!r}",
+            f"rows: {self.rows} read, {self.skipped} skipped; "
+            f"train {self.train}, validation {self.validation}",
+            f"max_length: {self.max_length if self.max_length else 'none'} "
+            f"(longest example {self.lengths['total'].max} tokens)",
+            f"trained tokens: {self.trained_share:.1%} of all tokens",
+            f"{'tokens':<8}{'min':>7}{'median':>9}{'mean':>9}{'p95':>9}{'max':>7}",
+        ]
+        for part, s in self.lengths.items():
+            out.append(f"{part:<8}{s.min:>7}{s.median:>9.1f}{s.mean:>9.1f}{s.p95:>9.1f}{s.max:>7}")
+        summary = ", ".join(f"{n} {kind}" for kind, n in self.by_kind.items()) or "none"
+        out.append(f"problems ({len(self.problems)}): {summary}")
+        out += [f"  {p}" for p in self.problems[:MAX_LISTED]]
+        if len(self.problems) > MAX_LISTED:
+            out.append(f"  ... and {len(self.problems) - MAX_LISTED} more (see report.problems)")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+
+def length_problems(
+    stats: dict[str, np.ndarray], split: str, limit: int | None, text: bool, chosen: bool
+) -> list[Problem]:
+    """Examples that lose tokens (or every trained token) at the cutoff ``limit``.
+
+    Each row gets at most one of ``no_trained_tokens`` > ``truncated_answer`` > ``too_long``.
+    Raw text reports ``too_long``. ``chosen`` says whether ``limit`` is the user's
+    ``max_length`` or the model's context.
+
+    Examples:
+        >>> s = {k: np.array(v) for k, v in dict(n_tokens=[10, 50], answer_start=[5, 45],
+        ...      answer_end=[10, 50], n_answer=[5, 5]).items()}
+        >>> [p.kind for p in length_problems(s, "train", 40, False, True)]
+        ['no_trained_tokens']
+    """
+    problems = [
+        Problem(int(i), "no_trained_tokens", "no assistant answer to train on", split)
+        for i in np.flatnonzero(stats["n_answer"] == 0)
+    ]
+    if limit is None:
+        return problems
+    what = (
+        f"max_length={limit}"
+        if chosen
+        else f"the model's context of {limit} tokens (set max_length)"
+    )
+    n, start, end = stats["n_tokens"], stats["answer_start"], stats["answer_end"]
+    answered = (stats["n_answer"] > 0) & (not text)  # raw text: every cut is `too_long`
+    lost = answered & (start >= limit)
+    for i in np.flatnonzero(lost):
+        msg = f"the answer starts at token {start[i]}, past {what}: every trained token is cut"
+        problems.append(Problem(int(i), "no_trained_tokens", msg, split))
+    cut = answered & (start < limit) & (end > limit)
+    for i in np.flatnonzero(cut):
+        msg = (
+            f"{n[i]} tokens, cut at {what}: {end[i] - limit} trained answer tokens lost "
+            "(the start is kept)"
+        )
+        problems.append(Problem(int(i), "truncated_answer", msg, split))
+    for i in np.flatnonzero((n > limit) & ~lost & ~cut):
+        msg = (
+            f"{n[i]} tokens, longer than {what}: the last {n[i] - limit} tokens are cut "
+            "(the start is kept)"
+        )
+        problems.append(Problem(int(i), "too_long", msg, split))
+    return problems
+
+
+def _split_problems(data: Any, split: str) -> list[Problem]:
+    stats = data.stats(split)
+    limit, chosen = data.spec.max_length, True
+    model_max = getattr(data.tokenizer, "model_max_length", None)
+    if limit is None and model_max and model_max < _SANE_CONTEXT:
+        limit, chosen = int(model_max), False
+    problems = length_problems(stats, split, limit, data.is_text, chosen)
+    for i in np.flatnonzero(~stats["template_ok"]):
+        msg = "training and inference renderings of this conversation disagree at token level"
+        problems.append(Problem(int(i), "template_mismatch", msg, split))
+    for i, fields in data.empty_fields(split):
+        problems.append(Problem(i, "empty_field", f"empty: {fields}", split))
+    return problems
+
+
+def _dataset_problems(data: Any) -> list[Problem]:
+    problems = []
+    if not data.is_text:
+        check = check_template(data.template, data.tokenizer)
+        if not check.ok:
+            problems.append(Problem(None, "template_mismatch", check.message, None))
+    n = len(data.train)
+    if n < SMALL_DATASET_ROWS:
+        msg = (
+            f"only {n} training examples; rule of thumb: under {SMALL_DATASET_ROWS} examples "
+            "a LoRA fine-tune mostly learns the output format and tends to memorise, and a new "
+            "skill usually needs 1,000 or more; keep a validation split to see overfitting"
+        )
+        problems.append(Problem(None, "small_dataset", msg, None))
+    return problems
+
+
+def build_report(data: Any) -> DataReport:
+    """Compute the report of a :class:`~workbench.data.PreparedData`.
+
+    Examples:
+        >>> # report = build_report(data)   # what data.report() calls (and caches)
+    """
+    splits = ["train"] + (["validation"] if data.validation is not None else [])
+    problems = _dataset_problems(data) + list(data.skipped)
+    for split in splits:
+        problems += _split_problems(data, split)
+    val_texts = data.texts("validation") if data.validation is not None else None
+    problems += duplicate_problems(data.texts("train"), val_texts)
+    order = {None: 0, "source": 1, "train": 2, "validation": 3}
+    problems.sort(key=lambda p: (order[p.split], p.row if p.row is not None else -1))
+    stats = data.stats(None)
+    n_validation = len(data.validation) if data.validation is not None else 0
+    return DataReport(
+        source=data.source,
+        format=data.format,
+        template=data.template.name,
+        rows=len(data.train) + n_validation + len(data.skipped),
+        skipped=len(data.skipped),
+        train=len(data.train),
+        validation=n_validation,
+        max_length=data.spec.max_length,
+        lengths={part: LengthStats.of(stats[column]) for part, column in _PARTS.items()},
+        trained_share=data.trained_share(),
+        problems=tuple(problems),
+        histogram=_histogram(stats["n_tokens"]),
+    )
+
+
+def _histogram(lengths: np.ndarray, bins: int = 50) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    span = int(lengths.max() - lengths.min()) + 1 if len(lengths) else 1
+    counts, edges = np.histogram(lengths, bins=max(1, min(bins, span)))
+    return tuple(int(c) for c in counts), tuple(float(e) for e in edges)

@@ -1,0 +1,295 @@
+"""Read rows from files and in-memory objects, one at a time, without judging them.
+
+Every source becomes a :class:`Source`: a label for messages (the file name), the unit its
+numbers count (``line``, ``row`` or ``item``), and a ``rows()`` iterator of :class:`RawRow`.
+A row that cannot be read (bad JSON, bytes that are not UTF-8) comes out as a ``RawRow``
+with ``error`` set instead of raising, so one policy (``on_error``) decides later whether
+to raise or skip. Files are read line by line or batch by batch: a 1 GB JSONL file is never
+held in memory. The one exception is a ``.json`` file holding a single JSON array, which
+Python's ``json`` module can only parse whole.
+
+Examples:
+    >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
+    >>> [(r.number, r.values) for r in src.rows()]
+    [(1, {'text': 'hello'}), (2, {'text': 'bye'})]
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench.errors import DataError
+
+__all__ = ["SUFFIXES", "RawRow", "Source", "open_source"]
+
+Unit = Literal["line", "row", "item"]
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row as read from a source, before any format check.
+
+    Attributes:
+        number: 1-based line (JSONL, CSV), item (JSON array) or row number in the source.
+        values: The parsed row, or ``None`` when it could not be read.
+        error: Why the row could not be read, or ``None``.
+
+    Examples:
+        >>> RawRow(3, None, "not valid JSON").error
+        'not valid JSON'
+    """
+
+    number: int
+    values: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A readable source of rows.
+
+    Attributes:
+        label: Name used in messages, e.g. ``"data.jsonl"`` or ``"DataFrame"``.
+        unit: What ``RawRow.number`` counts: ``"line"``, ``"row"`` or ``"item"``.
+        read: Returns a fresh iterator over the rows.
+        fingerprint: Stable identity of the content (path, size, mtime), or a random one
+            for in-memory objects; used as the Arrow cache key.
+
+    Examples:
+        >>> src = open_source([{"a": "1"}])[0]
+        >>> src.label, src.unit
+        ('list', 'row')
+    """
+
+    label: str
+    unit: Unit
+    read: Callable[[], Iterator[RawRow]]
+    fingerprint: str
+
+    def rows(self) -> Iterator[RawRow]:
+        """Iterate over the rows from the start.
+
+        Examples:
+            >>> next(open_source([{"a": "1"}])[0].rows()).values
+            {'a': '1'}
+        """
+        return self.read()
+
+    def columns(self) -> list[str]:
+        """Column names, taken from the first readable row (empty if there is none).
+
+        Examples:
+            >>> open_source([{"q": "x", "a": "y"}])[0].columns()
+            ['q', 'a']
+        """
+        for row in self.read():
+            if row.values is not None:
+                return list(row.values)
+        return []
+
+
+def open_source(source: Any) -> tuple[Source, Source | None]:
+    """Turn a path or object into a :class:`Source` (and a validation source, if it has one).
+
+    Args:
+        source: A ``.jsonl``/``.json``/``.csv``/``.parquet`` path, a folder written by
+            ``datasets.save_to_disk``, a ``datasets.Dataset`` or ``DatasetDict``, a pandas
+            ``DataFrame``, or a list of dicts.
+
+    Returns:
+        ``(main, validation)``; ``validation`` is a ``DatasetDict``'s ``validation``,
+        ``valid``, ``eval`` or ``test`` split, else ``None``.
+
+    Raises:
+        DataError: The path does not exist, or the kind of source is not supported.
+
+    Examples:
+        >>> main, val = open_source([{"text": "hi"}])
+        >>> main.label, val
+        ('list', None)
+    """
+    if isinstance(source, (str, Path)):
+        return _open_path(Path(source))
+    if isinstance(source, list):
+        return _list_source(source, "list"), None
+    kind = type(source).__name__
+    if kind == "DataFrame":
+        return _dataframe_source(source), None
+    if kind in ("Dataset", "DatasetDict"):
+        return _dataset_sources(source, kind)
+    msg = (
+        f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.parquet path, a folder "
+        "saved by datasets, a datasets.Dataset, a pandas DataFrame or a list of dicts"
+    )
+    raise DataError(msg)
+
+
+def _open_path(path: Path) -> tuple[Source, Source | None]:
+    if not path.exists():
+        msg = f"{path}: no such file or folder"
+        raise DataError(msg)
+    if path.is_dir():
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, ValueError) as err:
+            msg = f"{path}: not a folder written by datasets' save_to_disk ({err})"
+            raise DataError(msg) from err
+        return _dataset_sources(loaded, path.name)
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".csv": _read_csv,
+        ".parquet": _read_parquet,
+    }
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        msg = f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}"
+        raise DataError(msg)
+    unit: Unit = "row" if reader is _read_parquet else "line"
+    if reader is _read_json and _starts_with_array(path):
+        unit = "item"
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    fingerprint = hashlib.sha1(key.encode()).hexdigest()
+    return Source(path.name, unit, lambda: reader(path), fingerprint), None
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield RawRow(
+                    number, None, f"bytes that are not UTF-8 (at byte {err.start} of the line)"
+                )
+                continue
+            line = line.lstrip("\ufeff") if number == 1 else line
+            if line.strip():
+                yield _parse_json_line(number, line)
+
+
+def _parse_json_line(number: int, line: str) -> RawRow:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        return RawRow(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
+    if not isinstance(value, dict):
+        return RawRow(number, None, f"expected a JSON object, got {type(value).__name__}")
+    return RawRow(number, value)
+
+
+def _starts_with_array(path: Path) -> bool:
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return head.startswith(b"[")
+
+
+def _read_json(path: Path) -> Iterator[RawRow]:
+    if not _starts_with_array(path):
+        yield from _read_jsonl(path)  # many ".json" files are JSON Lines
+        return
+    try:
+        items = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}"
+        raise DataError(msg) from err
+    except json.JSONDecodeError as err:
+        msg = f"{path.name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
+        raise DataError(msg) from err
+    yield from _list_source(items, path.name).read()
+
+
+def _read_csv(path: Path) -> Iterator[RawRow]:
+    # surrogateescape keeps reading past bad bytes; the row holding them is then reported.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh)
+        try:
+            for record in reader:
+                yield _csv_row(reader.line_num, record)
+        except csv.Error as err:
+            msg = f"{path.name}, line {reader.line_num}: not valid CSV ({err})"
+            raise DataError(msg) from err
+
+
+def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
+    if None in record:
+        return RawRow(number, None, "more values than there are columns in the header")
+    for value in record.values():
+        if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
+            return RawRow(number, None, "bytes that are not UTF-8")
+    return RawRow(number, dict(record))
+
+
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    number = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
+        for values in batch.to_pylist():
+            number += 1
+            yield RawRow(number, values)
+
+
+def _list_source(items: list[Any], label: str) -> Source:
+    def read() -> Iterator[RawRow]:
+        for number, item in enumerate(items, start=1):
+            if isinstance(item, dict):
+                yield RawRow(number, item)
+            else:
+                yield RawRow(number, None, f"expected a dict, got {type(item).__name__}")
+
+    unit: Unit = "row" if label == "list" else "item"
+    return Source(label, unit, read, uuid.uuid4().hex)
+
+
+def _dataframe_source(frame: Any) -> Source:
+    def read() -> Iterator[RawRow]:
+        for start in range(0, len(frame), _BATCH):
+            records = frame.iloc[start : start + _BATCH].to_dict("records")
+            for offset, values in enumerate(records):
+                yield RawRow(start + offset + 1, {k: _no_nan(v) for k, v in values.items()})
+
+    return Source("DataFrame", "row", read, uuid.uuid4().hex)
+
+
+def _no_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+_VALIDATION_SPLITS = ("validation", "valid", "eval", "test")
+
+
+def _dataset_sources(data: Any, label: str) -> tuple[Source, Source | None]:
+    if type(data).__name__ != "DatasetDict":
+        return _dataset_source(data, label), None
+    names = list(data)
+    main = "train" if "train" in data else names[0]
+    val = next((n for n in _VALIDATION_SPLITS if n in data and n != main), None)
+    main_source = _dataset_source(data[main], f"{label}[{main}]")
+    return main_source, (_dataset_source(data[val], f"{label}[{val}]") if val else None)
+
+
+def _dataset_source(dataset: Any, label: str) -> Source:
+    def read() -> Iterator[RawRow]:
+        number = 0
+        for batch in dataset.iter(batch_size=_BATCH):
+            columns = list(batch)
+            for values in zip(*batch.values(), strict=True):
+                number += 1
+                yield RawRow(number, dict(zip(columns, values, strict=True)))
+
+    name = "Dataset" if label in ("Dataset", "DatasetDict") else label
+    return Source(name, "row", read, f"{dataset._fingerprint}")

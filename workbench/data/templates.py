@@ -1,0 +1,341 @@
+"""Prompt templates: the tokenizer's chat template, or a built-in one chosen by name.
+
+A :class:`Template` is a Jinja chat template (the same language as ``tokenizer.chat_template``),
+rendered by transformers' own renderer with the tokenizer's special tokens. The *same*
+function, :func:`render_prompt`, renders a conversation for training and a prompt for
+inference, and :func:`encode` tokenizes both the same way (``add_special_tokens=False``:
+the template already writes ``bos``). :func:`check_template` verifies at token level that the
+training rendering of prompt + answer starts with exactly the inference prompt's tokens;
+when it does not (a trailing space in the generation prompt, say), the model trains on
+tokens it will never see at inference.
+
+Built-ins: ``alpaca``, ``chatml`` and ``gemma`` (Gemma's ``<start_of_turn>`` format; the
+Gemma 3 270M GGUF tokenizer ships without a chat template, so Gemma-family tokenizers that
+lack one get it automatically).
+
+Examples:
+    >>> t = TEMPLATES["gemma"]
+    >>> t.render([{"role": "user", "content": "Hi"}], True, bos_token="<bos>", eos_token="<eos>")
+    '<bos><start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from workbench.errors import SpecError
+
+__all__ = [
+    "SAMPLE_CONVERSATION",
+    "TEMPLATES",
+    "Template",
+    "TemplateCheck",
+    "check_template",
+    "encode",
+    "encode_prompt",
+    "render_many",
+    "render_prompt",
+    "resolve_template",
+]
+
+Messages = Sequence[dict[str, str]]
+Origin = Literal["tokenizer", "builtin", "custom"]
+
+_ALPACA = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}"
+    "{% else %}{{ 'Below is an instruction that describes a task. '"
+    " + 'Write a response that appropriately completes the request.\n\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ '### Response:\n' + message['content'] + eos_token }}"
+    "{% if not loop.last %}{{ '\n\n' }}{% endif %}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+)
+_CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Follows Gemma 3's own chat template: the system text is prepended to the first user turn.
+_GEMMA = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}"
+    "{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+SAMPLE_CONVERSATION: tuple[dict[str, str], ...] = (
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "the capital is Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "the capital is Rome."},
+)
+"""The conversation :func:`check_template` renders when given no other."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A Jinja chat template with a name.
+
+    Attributes:
+        name: ``"alpaca"``, ``"chatml"``, ``"gemma"``, ``"tokenizer"`` or a custom name.
+        source: The Jinja text, as in ``tokenizer.chat_template``.
+        origin: ``"builtin"``, ``"tokenizer"`` (the tokenizer's own) or ``"custom"``.
+        stop: Text that ends an answer at inference (``None``: the tokenizer's eos).
+        description: One line for people.
+
+    Examples:
+        >>> print(str(TEMPLATES["chatml"]).splitlines()[0])
+        Template 'chatml' (builtin): ChatML turns <|im_start|>role ... <|im_end|>
+    """
+
+    name: str
+    source: str
+    origin: Origin = "custom"
+    stop: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.origin not in ("tokenizer", "builtin", "custom"):
+            msg = f"Template origin={self.origin!r} must be 'tokenizer', 'builtin' or 'custom'"
+            raise SpecError(msg)
+
+    def render(self, messages: Messages, add_generation_prompt: bool = False, **tokens: Any) -> str:
+        """Render ``messages`` with explicit special tokens (``bos_token=``, ``eos_token=``).
+
+        Examples:
+            >>> TEMPLATES["chatml"].render([{"role": "user", "content": "Hi"}])
+            '<|im_start|>user\\nHi<|im_end|>\\n'
+        """
+        return _render([list(messages)], self.source, add_generation_prompt, tokens)[0]
+
+    def __str__(self) -> str:
+        sample = self.render(SAMPLE_CONVERSATION[:3], bos_token="<bos>", eos_token="<eos>")
+        head = f"Template {self.name!r} ({self.origin}): {self.description}".rstrip(": ")
+        return f"{head}\nrendered sample (bos/eos shown as <bos>/<eos>):\n{sample}"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
+TEMPLATES: dict[str, Template] = {
+    "alpaca": Template(
+        "alpaca", _ALPACA, "builtin", None, "### Instruction / ### Response, answer ends with eos"
+    ),
+    "chatml": Template(
+        "chatml", _CHATML, "builtin", "<|im_end|>", "ChatML turns <|im_start|>role ... <|im_end|>"
+    ),
+    "gemma": Template(
+        "gemma",
+        _GEMMA,
+        "builtin",
+        "<end_of_turn>",
+        "Gemma turns <start_of_turn>user/model ... <end_of_turn>",
+    ),
+}
+"""Built-in templates by name."""
+
+
+def _render(
+    conversations: list[list[dict[str, str]]], source: str, generation: bool, tokens: dict
+) -> list[str]:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    # The renderer behind tokenizer.apply_chat_template, called once for a whole batch.
+    rendered, _ = render_jinja_template(
+        conversations, chat_template=source, add_generation_prompt=generation, **tokens
+    )
+    return list(rendered)
+
+
+def _has_token(tokenizer: Any, token: str) -> bool:
+    return token in tokenizer.get_vocab()
+
+
+def resolve_template(template: Template | str | None, tokenizer: Any) -> Template:
+    """Pick the template: the one named, else the tokenizer's, else a built-in that fits.
+
+    With ``template=None``: the tokenizer's chat template if it has one; otherwise ``gemma``
+    for tokenizers that know ``<start_of_turn>``, ``chatml`` for those that know
+    ``<|im_start|>``, else ``alpaca``.
+
+    Args:
+        template: ``None``, a :class:`Template`, a name in :data:`TEMPLATES`, ``"tokenizer"``,
+            or Jinja text (anything containing ``{%`` or ``{{``).
+        tokenizer: A transformers tokenizer.
+
+    Raises:
+        SpecError: Unknown name, or ``"tokenizer"`` for a tokenizer without a chat template.
+
+    Examples:
+        >>> resolve_template("alpaca", None).name
+        'alpaca'
+    """
+    if isinstance(template, Template):
+        return template
+    if template is None:
+        return _default_template(tokenizer)
+    if "{%" in template or "{{" in template:
+        return Template("custom", template, "custom")
+    if template == "tokenizer":
+        if not getattr(tokenizer, "chat_template", None):
+            msg = "template='tokenizer' but the tokenizer has no chat template; pick one of " + str(
+                list(TEMPLATES)
+            )
+            raise SpecError(msg)
+        return Template(
+            "tokenizer",
+            tokenizer.get_chat_template(),
+            "tokenizer",
+            None,
+            "the tokenizer's chat template",
+        )
+    if template not in TEMPLATES:
+        msg = f"template={template!r} is not one of {['tokenizer', *TEMPLATES]} (or Jinja text)"
+        raise SpecError(msg)
+    return TEMPLATES[template]
+
+
+def _default_template(tokenizer: Any) -> Template:
+    if getattr(tokenizer, "chat_template", None):
+        return resolve_template("tokenizer", tokenizer)
+    if _has_token(tokenizer, "<start_of_turn>"):
+        return TEMPLATES["gemma"]
+    if _has_token(tokenizer, "<|im_start|>"):
+        return TEMPLATES["chatml"]
+    return TEMPLATES["alpaca"]
+
+
+def render_many(
+    template: Template,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    add_generation_prompt: bool,
+) -> list[str]:
+    """Render many conversations at once (what training uses; same output as :func:`render_prompt`).
+
+    Examples:
+        >>> render_many(TEMPLATES["chatml"], None, [[{"role": "user", "content": "a"}]], True)
+        ['<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\n']
+    """
+    tokens = dict(tokenizer.special_tokens_map) if tokenizer is not None else {}
+    return _render(conversations, template.source, add_generation_prompt, tokens)
+
+
+def render_prompt(
+    template: Template | str | None,
+    tokenizer: Any,
+    messages: Messages,
+    add_generation_prompt: bool = True,
+) -> str:
+    """Render ``messages`` to text: THE function used for training and inference alike.
+
+    Tokenize its output with :func:`encode` (``add_special_tokens=False``): the template
+    already writes the ``bos`` token where the model expects one.
+
+    Args:
+        template: A :class:`Template`, a name, ``None`` (see :func:`resolve_template`).
+        tokenizer: Supplies ``bos_token``/``eos_token`` and, for ``None``, its chat template.
+        messages: ``[{"role": ..., "content": ...}, ...]``.
+        add_generation_prompt: Append the header that opens an assistant turn (inference).
+
+    Examples:
+        >>> render_prompt("chatml", None, [{"role": "user", "content": "Hi"}])
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    resolved = resolve_template(template, tokenizer)
+    return render_many(resolved, tokenizer, [list(messages)], add_generation_prompt)[0]
+
+
+def encode(tokenizer: Any, texts: list[str], offsets: bool = False) -> Any:
+    """Tokenize rendered texts the one way training and inference share.
+
+    Examples:
+        >>> # encode(tokenizer, ["<s>Hello"])["input_ids"]  -> [[1, ...]]
+    """
+    return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+
+
+def encode_prompt(template: Template | str | None, tokenizer: Any, messages: Messages) -> list[int]:
+    """Token ids of the inference prompt for ``messages`` (generation prompt appended).
+
+    Examples:
+        >>> # ids = encode_prompt(data.template, tokenizer, [{"role": "user", "content": "Hi"}])
+        >>> # model.generate(torch.tensor([ids]))
+    """
+    return encode(tokenizer, [render_prompt(template, tokenizer, messages)])["input_ids"][0]
+
+
+@dataclass(frozen=True)
+class TemplateCheck:
+    """Result of :func:`check_template`.
+
+    Attributes:
+        ok: The training ids start with exactly the inference prompt ids.
+        prompt_ids: Inference-time prompt ids.
+        train_ids: Training-time ids of prompt + answer.
+        position: First position where they differ (``None`` when ``ok``).
+        message: What differs, for people.
+
+    Examples:
+        >>> TemplateCheck(True, [1], [1, 2], None, "ok").ok
+        True
+    """
+
+    ok: bool
+    prompt_ids: list[int]
+    train_ids: list[int]
+    position: int | None
+    message: str
+
+
+def check_template(
+    template: Template, tokenizer: Any, messages: Messages = SAMPLE_CONVERSATION
+) -> TemplateCheck:
+    """Compare training and inference renderings of ``messages`` token by token.
+
+    The prompt is ``messages`` up to the last assistant turn, rendered with the generation
+    prompt; the training text is the whole conversation. Their ids must agree on the
+    prompt's length.
+
+    Examples:
+        >>> # check_template(TEMPLATES["chatml"], tokenizer).ok  -> True
+    """
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    prompt = render_prompt(template, tokenizer, messages[:last], add_generation_prompt=True)
+    full = render_prompt(template, tokenizer, messages[: last + 1], add_generation_prompt=False)
+    prompt_ids, train_ids = encode(tokenizer, [prompt, full])["input_ids"]
+    if train_ids[: len(prompt_ids)] == prompt_ids:
+        return TemplateCheck(
+            True, prompt_ids, train_ids, None, "training and inference prompts agree"
+        )
+    pos = next(
+        (i for i, (a, b) in enumerate(zip(prompt_ids, train_ids, strict=False)) if a != b),
+        len(train_ids),
+    )
+    shown = (
+        tokenizer.convert_ids_to_tokens(prompt_ids[pos : pos + 3]),
+        tokenizer.convert_ids_to_tokens(train_ids[pos : pos + 3]),
+    )
+    msg = (
+        f"template {template.name!r}: the inference prompt tokenizes differently from the "
+        f"training text at token {pos} (inference {shown[0]} vs training {shown[1]}); the model "
+        "would train on tokens it never sees at inference (often a trailing space or newline "
+        "in the generation prompt)"
+    )
+    return TemplateCheck(False, prompt_ids, train_ids, pos, msg)

@@ -1,0 +1,188 @@
+"""Tokenize normalised rows with completion-only labels.
+
+How the mask is computed (and why not ``return_assistant_tokens_mask``): that transformers
+option only works for chat templates with ``{% generation %}`` markers, which most lack.
+Instead, for every assistant turn ``i`` we render
+
+* ``prompt_i`` = messages before turn ``i`` with the generation prompt (what inference sends),
+* ``upto_i``  = messages up to and including turn ``i`` (training text of that turn),
+
+and the whole conversation once. The trained span of turn ``i`` is the text between the end
+of ``prompt_i`` and the end of ``upto_i``: the answer plus whatever the template writes after
+it (``<|im_end|>``, ``<end_of_turn>``, eos), so the model learns to stop. The full text is
+tokenized once with offsets; each ``prompt_i`` is tokenized on its own and its ids must be
+a prefix of the full ids (the token-level agreement check). The span starts right after
+those prompt ids and ends at the first token that starts past ``upto_i``. Rows where a
+rendering is not a prefix of the next, or where the prompt ids differ, get
+``template_ok=False`` (reported as ``template_mismatch``).
+
+Raw text trains on every token except a leading ``bos`` (it is never predicted).
+Truncation keeps the first ``max_length`` tokens; the full length is stored so the cut can
+be reported and a cutoff can be tried without tokenizing again.
+
+Examples:
+    >>> # batch = {"messages": [[{"role": "user", "content": "Hi"},
+    >>> #                        {"role": "assistant", "content": "Hello"}]]}
+    >>> # Labeller(template, tokenizer, max_length=None, text=False)(batch)["labels"]
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import Any
+
+from workbench.data.templates import Template, encode, render_many
+
+__all__ = ["IGNORE_INDEX", "STAT_COLUMNS", "TOKEN_COLUMNS", "Labeller", "special_ids"]
+
+IGNORE_INDEX = -100
+TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask")
+STAT_COLUMNS = ("n_tokens", "n_prompt", "n_answer", "answer_start", "answer_end", "template_ok")
+"""Per-row statistics, all measured before truncation."""
+
+
+def special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens (bos, eos, pad, chat markers...).
+
+    Examples:
+        >>> # 1 in special_ids(tokenizer)  -> True when 1 is <s>
+    """
+    ids = set(tokenizer.all_special_ids)
+    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids.update(i for i, tok in decoder.items() if getattr(tok, "special", False))
+    return frozenset(ids)
+
+
+@dataclass
+class _Plan:
+    """Renderings of one conversation: full text and per assistant turn (prompt, upto)."""
+
+    full: str
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    ok: bool = True
+
+
+@dataclass
+class Labeller:
+    """A ``datasets.map(batched=True)`` function that adds tokens, labels and length stats.
+
+    Attributes:
+        template: Template used to render conversations.
+        tokenizer: A fast transformers tokenizer (offsets are needed).
+        max_length: Keep at most this many tokens (``None``: keep all).
+        text: Raw-text format (train on every token).
+
+    Examples:
+        >>> # data = dataset.map(Labeller(template, tokenizer, 512, False), batched=True)
+    """
+
+    template: Template
+    tokenizer: Any
+    max_length: int | None
+    text: bool
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        """Label one batch of rows.
+
+        Examples:
+            >>> # Labeller(t, tok, None, True)({"text": ["hi"]})["n_tokens"]  -> [3]
+        """
+        if self.text:
+            rows = [self._label_text(ids) for ids in self._encode_text(batch["text"])]
+        else:
+            rows = self._label_chats(batch["messages"])
+        out: dict[str, list[Any]] = {name: [] for name in TOKEN_COLUMNS + STAT_COLUMNS}
+        for ids, labels, ok in rows:
+            for name, value in self._columns(ids, labels, ok).items():
+                out[name].append(value)
+        return out
+
+    def _encode_text(self, texts: list[str]) -> list[list[int]]:
+        bos = self.tokenizer.bos_token or ""
+        eos = self.tokenizer.eos_token or ""
+        return encode(self.tokenizer, [f"{bos}{t}{eos}" for t in texts])["input_ids"]
+
+    def _label_text(self, ids: list[int]) -> tuple[list[int], list[int], bool]:
+        labels = list(ids)
+        if ids and ids[0] == self.tokenizer.bos_token_id:
+            labels[0] = IGNORE_INDEX
+        return ids, labels, True
+
+    def _plans(self, conversations: list[list[dict[str, str]]]) -> list[_Plan]:
+        prompts, uptos, where = [], [], []
+        for row, messages in enumerate(conversations):
+            for i, message in enumerate(messages):
+                if message["role"] == "assistant":
+                    prompts.append(messages[:i])
+                    # A final assistant turn ends with the full text: no extra rendering.
+                    uptos.append(messages[: i + 1] if i < len(messages) - 1 else None)
+                    where.append(row)
+        fulls = render_many(self.template, self.tokenizer, conversations, False)
+        prompt_texts = render_many(self.template, self.tokenizer, prompts, True) if prompts else []
+        inner = [u for u in uptos if u is not None]
+        rendered = iter(render_many(self.template, self.tokenizer, inner, False) if inner else [])
+        plans = [_Plan(full) for full in fulls]
+        for row, prompt, upto in zip(where, prompt_texts, uptos, strict=True):
+            plan = plans[row]
+            text = plan.full if upto is None else next(rendered)
+            plan.ok &= text.startswith(prompt) and plan.full.startswith(text)
+            plan.turns.append((prompt, text))
+        return plans
+
+    def _encode_fulls(self, plans: list[_Plan]) -> list[tuple[list[int], list[int] | None]]:
+        """Ids of each full text, with token start offsets where a turn ends mid-text."""
+        inner = [k for k, p in enumerate(plans) if any(u is not p.full for _, u in p.turns)]
+        out: list[tuple[list[int], list[int] | None]] = [
+            (ids, None) for ids in encode(self.tokenizer, [p.full for p in plans])["input_ids"]
+        ]
+        if inner:
+            enc = encode(self.tokenizer, [plans[k].full for k in inner], offsets=True)
+            for k, ids, offsets in zip(inner, enc["input_ids"], enc["offset_mapping"], strict=True):
+                out[k] = (ids, [start for start, _ in offsets])
+        return out
+
+    def _starts(self, text: str) -> list[int]:
+        offsets = encode(self.tokenizer, [text], offsets=True)["offset_mapping"][0]
+        return [start for start, _ in offsets]
+
+    def _label_chats(
+        self, conversations: list[list[dict[str, str]]]
+    ) -> list[tuple[list[int], list[int], bool]]:
+        plans = self._plans(conversations)
+        prompt_texts = [prompt for p in plans for prompt, _ in p.turns]
+        prompt_ids = iter(encode(self.tokenizer, prompt_texts)["input_ids"] if prompt_texts else [])
+        rows = []
+        for plan, (ids, known_starts) in zip(plans, self._encode_fulls(plans), strict=True):
+            starts = known_starts
+            labels = [IGNORE_INDEX] * len(ids)
+            ok = plan.ok
+            for prompt, upto in plan.turns:
+                p_ids = next(prompt_ids)
+                agrees = ids[: len(p_ids)] == p_ids
+                ok &= agrees
+                if not agrees and starts is None:  # rare: only for disagreeing templates
+                    starts = self._starts(plan.full)
+                begin = len(p_ids) if agrees else bisect_left(starts, len(prompt))
+                if upto is plan.full:
+                    end = len(ids)
+                else:
+                    end = bisect_left(starts, len(upto)) if plan.full.startswith(upto) else begin
+                labels[begin:end] = ids[begin:end]
+            rows.append((ids, labels, ok))
+        return rows
+
+    def _columns(self, ids: list[int], labels: list[int], ok: bool) -> dict[str, Any]:
+        trained = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+        cut = slice(0, self.max_length)
+        return {
+            "input_ids": ids[cut],
+            "labels": labels[cut],
+            "attention_mask": [1] * len(ids[cut]),
+            "n_tokens": len(ids),
+            "n_prompt": len(ids) - len(trained),
+            "n_answer": len(trained),
+            "answer_start": trained[0] if trained else -1,
+            "answer_end": trained[-1] + 1 if trained else 0,
+            "template_ok": ok,
+        }
