@@ -64,6 +64,9 @@ class Session:
         self.events = EventHub()
         self._loaded: LoadedModel | None = None
         self._data: PreparedData | None = None
+        self._adapted: Any = None  # the peft model once an adapter is trained or loaded
+        self._exported: Path | None = None
+        self._servers: list = []
         if verbose:
             self.events.on("progress", lambda message: print(message, flush=True))
 
@@ -107,7 +110,7 @@ class Session:
         start = time.monotonic()
         self._progress(f"loading {spec}")
         loaded = load_model(spec, quantization, dtype, device, trust_remote_code, self._progress)
-        self._loaded = loaded
+        self._loaded, self._adapted, self._exported = loaded, None, None
         info = model_info(loaded)
         self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
         self._record({"model": {"spec": str(spec), "quantization": quantization,
@@ -136,7 +139,8 @@ class Session:
             >>> type(s.model).__name__  # doctest: +SKIP
             'LlamaForCausalLM'
         """
-        return self.loaded.model
+        self.loaded  # noqa: B018 - raises NoModelError when nothing is loaded
+        return self._adapted if self._adapted is not None else self._loaded.model
 
     @property
     def tokenizer(self):
@@ -267,12 +271,156 @@ class Session:
             settings.setdefault("quantization", self.loaded.quantization)
         return estimate_memory(spec, **settings)
 
+    @property
+    def has_data(self) -> bool:
+        """True once data is loaded.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).has_data
+            False
+        """
+        return self._data is not None
+
+    def training_summary(self) -> dict:
+        """Settings of the last training run, for model cards (empty before training).
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).training_summary()
+            {}
+        """
+        return dict(getattr(self, "_training_summary", {}) or {})
+
+    def scores_summary(self) -> dict:
+        """Base and tuned scores of the last evaluation (empty before evaluating).
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).scores_summary()
+            {}
+        """
+        return dict(getattr(self, "_scores_summary", {}) or {})
+
+    def load_adapter(self, path: str | Path) -> ModelInfo:
+        """Put a saved peft adapter (e.g. an ``adapter`` export) on the loaded base model.
+
+        Examples:
+            >>> s.load_adapter("runs/old/export/adapter")  # doctest: +SKIP
+        """
+        from peft import PeftModel
+
+        self._adapted = PeftModel.from_pretrained(self.loaded.model, str(path)).eval()
+        self._progress(f"loaded adapter {path}")
+        return self.model_info()
+
+    # --- deployment -------------------------------------------------------------------
+
+    def merge(self) -> ModelInfo:
+        """Fold the adapter into the base weights (also for a 4-bit base: dequantize, merge).
+
+        Afterwards the session holds the merged plain model.
+
+        Examples:
+            >>> s.merge().quantization  # doctest: +SKIP
+        """
+        from dataclasses import replace
+
+        from workbench.deploy import merge_adapter
+
+        merged = merge_adapter(self._adapted if self._adapted is not None else self.model)
+        self._loaded = replace(self.loaded, model=merged.eval(), quantization=None)
+        self._adapted = None
+        self._progress("merged the adapter into the base weights")
+        return model_info(self._loaded)
+
+    def export(self, path: str | Path = "export/merged", format: str = "safetensors",
+               overwrite: bool = False) -> Path:
+        """Write the model as a standard folder; relative paths live in the run folder.
+
+        ``safetensors`` and ``gguf`` merge the adapter first; ``adapter`` writes only it.
+
+        Examples:
+            >>> s.export("export/merged")  # doctest: +SKIP
+            PosixPath('runs/demo/export/merged')
+        """
+        from workbench.deploy import export_model, export_target, is_adapted
+        from workbench.deploy.session_glue import card_for, ship_tokenizer
+
+        target = export_target(self.run_dir, path)
+        if format in ("safetensors", "gguf") and is_adapted(self.model):
+            self.merge()
+        ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
+        card = card_for(self, format)
+        folder = export_model(self.model, self.tokenizer, target, format, card, overwrite)
+        if format == "safetensors":
+            self._exported = folder
+        self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
+        self._progress(f"exported {format} to {folder}")
+        return folder
+
+    def _exported_folder(self) -> Path:
+        if self._exported is None:
+            self.export("export/merged", overwrite=True)
+        return self._exported
+
+    def quantize(self, quantization: str = "4bit", path: str | Path | None = None,
+                 probes: list[str] | None = None, overwrite: bool = False):
+        """Quantize the exported model with bitsandbytes; returns a before/after table.
+
+        Examples:
+            >>> s.quantize("4bit")  # doctest: +SKIP
+        """
+        from workbench.deploy import export_target, quantize_export
+
+        source = self._exported_folder()
+        target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
+        probes = probes or self._probe_prompts()
+        report = quantize_export(source, target, quantization, probes, self._scorer(),
+                                 overwrite=overwrite)
+        self._progress(str(report))
+        return report
+
+    def serve(self, port: int = 8000, path: str | Path | None = None):
+        """Serve the exported model over an OpenAI-compatible API on loopback.
+
+        Examples:
+            >>> server = s.serve(port=8000)  # doctest: +SKIP
+            >>> server.stop()  # doctest: +SKIP
+        """
+        from workbench.deploy import serve_model
+
+        folder = Path(path) if path else self._exported_folder()
+        server = serve_model(folder, port)
+        self._servers.append(server)
+        self._progress(server.usage())
+        return server
+
+    def close(self) -> None:
+        """Stop servers and background work the session started.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).close()
+        """
+        for server in self._servers:
+            server.stop()
+        self._servers.clear()
+
+    def _probe_prompts(self) -> list[str]:
+        if self._data is None:
+            return ["Hello!", "Write one sentence about the sea."]
+        rows = [self._data.example(i, "train") for i in range(min(4, len(self._data.train)))]
+        return [row.prompt for row in rows]
+
+    def _scorer(self):
+        return None
+
+    def _state(self) -> dict:
+        path = self.run_dir / "session.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
     def _record(self, facts: dict) -> None:
         """Merge ``facts`` into ``session.json`` in the run folder, atomically."""
-        path = self.run_dir / "session.json"
-        state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        state = self._state()
         state.update(facts)
-        atomic_write_text(path, json.dumps(state, indent=2))
+        atomic_write_text(self.run_dir / "session.json", json.dumps(state, indent=2))
 
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None

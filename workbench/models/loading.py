@@ -236,7 +236,19 @@ def load_model(
     model, tokenizer = _from_pretrained(source, quant_config, dtype, device, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    quantization = quantization or _saved_quantization(model)
     return LoadedModel(model.eval(), tokenizer, source, quantization, dtype, device)
+
+
+def _saved_quantization(model) -> Quantization | None:
+    """The bitsandbytes mode of a checkpoint that was saved already quantized."""
+    config = getattr(model.config, "quantization_config", None)
+    if config is None:
+        return None
+    facts = config if isinstance(config, dict) else config.to_dict()
+    if facts.get("load_in_4bit"):
+        return "4bit"
+    return "8bit" if facts.get("load_in_8bit") else None
 
 
 def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
@@ -244,13 +256,15 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     options = dict(trust_remote_code=trust_remote_code)
+    if quant_config is not None:  # passing None would override a pre-quantized checkpoint's own
+        options["quantization_config"] = quant_config
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **options)
+        remote = trust_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=remote)
         model = AutoModelForCausalLM.from_pretrained(
             source.location,
             dtype=getattr(torch, dtype),
             device_map={"": device},
-            quantization_config=quant_config,
             use_safetensors=True,
             **options,
         )

@@ -1,0 +1,209 @@
+"""Merge, export (safetensors, adapter, GGUF), quantize and serve, on the tiny models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.deploy.serve import port_is_free
+
+PROBES = ["The quick brown fox", "Question: What is", "Hello there", "Input: name Ada"]
+
+
+def make_adapter(base_dir, out_dir, seed=0):
+    """A real, non-trivial LoRA adapter saved by peft (random B instead of zeros)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture
+def adapter_dir(tmp_path, tiny_model_dir):
+    return make_adapter(tiny_model_dir, tmp_path / "adapter")
+
+
+def session_with_adapter(tmp_path, model_dir, adapter_dir, quantization=None):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(model_dir), quantization=quantization)
+    s.load_adapter(adapter_dir)
+    return s
+
+
+def next_token_logits(session, texts):
+    batch = session.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = session.model(**batch).logits
+    return logits[batch.attention_mask.bool()]
+
+
+def test_merge_keeps_greedy_outputs(tmp_path, tiny_model_dir, adapter_dir):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    before = s.generate(PROBES, max_new_tokens=10)
+    base = wb.Session(tmp_path / "base", verbose=False)
+    base.load_model(str(tiny_model_dir))
+    assert before != base.generate(PROBES, max_new_tokens=10)  # the adapter changes outputs
+    info = s.merge()
+    assert info.quantization is None and info.architecture == "LlamaForCausalLM"
+    assert not any("lora" in name for name, _ in s.model.named_parameters())
+    assert s.generate(PROBES, max_new_tokens=10) == before
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_merge_of_a_quantized_base_computes_what_the_adapter_model_did(
+    tmp_path, tiny_model_dir, adapter_dir, quantization
+):
+    # bitsandbytes' CPU kernels compute the quantized base in reduced precision, so a random
+    # tiny model's near-tied logits may flip; compare the logits and their argmax instead.
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir, quantization)
+    before = next_token_logits(s, PROBES)
+    info = s.merge()
+    assert info.quantization is None
+    assert not any(type(m).__module__.startswith("bitsandbytes") for m in s.model.modules())
+    after = next_token_logits(s, PROBES)
+    scale = before.abs().max().item()
+    assert (after - before).abs().max().item() < 0.05 * scale
+    agreement = (after.argmax(-1) == before.argmax(-1)).float().mean().item()
+    assert agreement >= 0.9
+
+
+def test_export_safetensors_loads_without_workbench(tmp_path, tiny_model_dir, adapter_dir):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    expected = s.generate(PROBES[:2], max_new_tokens=8)
+    folder = s.export("export/merged")
+    assert folder == (tmp_path / "run" / "export" / "merged").resolve()
+    names = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md",
+            "generation_config.json", "chat_template.jinja"} <= names
+    assert not any(n.endswith(".bin") for n in names)
+    card = (folder / "README.md").read_text()
+    assert f"base_model: {tiny_model_dir}" in card
+    code = (
+        "import sys, json\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(folder)!r})\n"
+        f"t = AutoTokenizer.from_pretrained({str(folder)!r})\n"
+        "t.padding_side = 'left'\n"
+        f"b = t({PROBES[:2]!r}, return_tensors='pt', padding=True)\n"
+        "o = m.generate(**b, max_new_tokens=8, do_sample=False, pad_token_id=t.pad_token_id)\n"
+        "print(json.dumps(t.batch_decode(o[:, b.input_ids.shape[1]:], skip_special_tokens=True)))\n"
+        "print('workbench' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=tmp_path)
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[0]) == expected, result.stderr
+    assert lines[1] == "False"
+
+
+def test_export_adapter_only(tmp_path, tiny_model_dir, adapter_dir):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    folder = s.export("export/adapter", format="adapter")
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    again = wb.Session(tmp_path / "again", verbose=False)
+    again.load_model(str(tiny_model_dir))
+    again.load_adapter(folder)
+    assert again.generate(PROBES, max_new_tokens=6) == s.generate(PROBES, max_new_tokens=6)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gemma3"])
+def test_export_gguf_reads_back_with_same_greedy_output(tmp_path, architecture):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = wb.build_tiny_model(tmp_path / architecture, architecture)
+    s = session_with_adapter(tmp_path, model_dir, make_adapter(model_dir, tmp_path / "ad"))
+    expected = s.generate(PROBES, max_new_tokens=10)
+    folder = s.export("export/gguf", format="gguf")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf",
+                                                 dtype=torch.float32)
+    text = "Hello world <|im_start|>user"
+    assert tokenizer(text).input_ids == s.tokenizer(text).input_ids
+    from workbench.models.generation import generate_text
+
+    assert generate_text(model, s.tokenizer, PROBES, 10) == expected
+
+
+def test_gguf_export_refuses_an_unsupported_architecture(tmp_path, tiny_gpt2_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_gpt2_dir))
+    with pytest.raises(wb.SpecError, match="GGUF export supports .* not 'gpt2'"):
+        s.export("export/gguf", format="gguf")
+    assert not (tmp_path / "run" / "export" / "gguf").exists()
+    assert not [p for p in (tmp_path / "run" / "export").iterdir()]
+
+
+def test_export_bad_targets(tmp_path, tiny_model_dir, adapter_dir):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    with pytest.raises(wb.SpecError, match="leaves the run folder"):
+        s.export("../../outside")
+    occupied = tmp_path / "run" / "export" / "taken"
+    occupied.mkdir(parents=True)
+    (occupied / "keep.txt").write_text("mine")
+    with pytest.raises(wb.SpecError, match="not empty; pass overwrite=True"):
+        s.export("export/taken", format="adapter")
+    assert (occupied / "keep.txt").read_text() == "mine"
+    with pytest.raises(wb.SpecError, match="format='onnx'"):
+        s.export("export/x", format="onnx")
+    folder = s.export("export/taken", format="adapter", overwrite=True)
+    assert not (folder / "keep.txt").exists()
+
+
+def test_adapter_export_without_adapter(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(wb.SpecError, match="needs a model with an adapter"):
+        s.export("export/a", format="adapter")
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantize_saves_a_smaller_model_and_a_table(tmp_path, tiny_model_dir, adapter_dir,
+                                                    quantization):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    report = s.quantize(quantization, probes=PROBES[:2])
+    assert report.folder == (tmp_path / "run" / "export" / f"quantized-{quantization}").resolve()
+    assert report.after.disk_bytes < report.before.disk_bytes
+    assert report.after.memory_bytes < report.before.memory_bytes
+    assert report.before.tokens_per_s > 0 and report.after.tokens_per_s > 0
+    assert [row[0] for row in report.rows()][:4] == [
+        "size on disk", "memory", "latency per answer", "tokens/s"
+    ]
+    reloaded = wb.Session(tmp_path / "q", verbose=False).load_model(str(report.folder))
+    assert reloaded.quantization == quantization
+    assert "<" not in report._repr_html_().split("<caption>")[1].split("</caption>")[0]
+
+
+def test_serve_answers_a_chat_completion_on_loopback(tmp_path, tiny_model_dir, adapter_dir):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    port = 18000 + (hash(str(tmp_path)) % 1000)
+    server = s.serve(port=port)
+    try:
+        assert server.running and server.url == f"http://127.0.0.1:{port}/v1"
+        body = json.dumps({"model": str(server.folder), "max_tokens": 5,
+                           "messages": [{"role": "user", "content": "Hi"}]}).encode()
+        request = urllib.request.Request(f"{server.url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.loads(response.read())
+        assert reply["object"] == "chat.completion"
+        assert reply["usage"]["completion_tokens"] >= 1
+        usage = server.usage()
+        assert "curl" in usage and "OpenAI(base_url=" in usage and "vllm serve" in usage
+        with pytest.raises(wb.SpecError, match=f"port {port} .* is in use"):
+            s.serve(port=port)
+    finally:
+        s.close()
+    assert not server.running
+    assert port_is_free(port)

@@ -1,0 +1,53 @@
+"""Where exports go: inside the run folder unless an absolute path is given.
+
+Examples:
+    >>> from pathlib import Path
+    >>> export_target(Path("/tmp/run"), "out/model")
+    PosixPath('/tmp/run/out/model')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.errors import SpecError
+
+__all__ = ["check_writable_target", "export_target"]
+
+
+def export_target(run_dir: Path, path: str | Path) -> Path:
+    """Resolve ``path``: relative paths live in ``run_dir`` and may not climb out of it.
+
+    Raises:
+        SpecError: a relative path uses ``..`` to leave the run folder.
+
+    Examples:
+        >>> export_target(Path("/tmp/run"), "../elsewhere")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: path '../elsewhere' leaves the run folder /tmp/run ...
+    """
+    given = Path(path).expanduser()
+    if given.is_absolute():
+        return given
+    root = run_dir.resolve()
+    resolved = (root / given).resolve()
+    if resolved != root and root not in resolved.parents:
+        msg = (
+            f"path {str(path)!r} leaves the run folder {run_dir} through '..'. Give a path "
+            "inside it, or an absolute path if you mean another place."
+        )
+        raise SpecError(msg)
+    return resolved
+
+
+def check_writable_target(target: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty folder (or any file) unless ``overwrite`` is set.
+
+    Examples:
+        >>> check_writable_target(Path("/nonexistent/out"), overwrite=False)
+    """
+    if target.is_file():
+        raise SpecError(f"{target} is a file; give a folder path to export to.")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        msg = f"{target} exists and is not empty; pass overwrite=True to replace it."
+        raise SpecError(msg)

@@ -1,0 +1,162 @@
+"""Quantize an exported model with bitsandbytes and measure what it costs and saves.
+
+Examples:
+    >>> report = quantize_export("runs/demo/export/merged", "runs/demo/export/q4", "4bit",
+    ...                          probes=["Hello"])  # doctest: +SKIP
+    >>> report.rows()[0][0]  # doctest: +SKIP
+    'size on disk'
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench._display import format_bytes, html_table, text_table
+from workbench._io import staging_folder
+from workbench.deploy.paths import check_writable_target
+from workbench.errors import SpecError
+from workbench.models.generation import generate_text
+
+__all__ = ["ModelMeasure", "QuantizeReport", "measure_model", "quantize_export"]
+
+ScoreFn = Callable[[Any, Any], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ModelMeasure:
+    """Size, memory and speed of one model folder.
+
+    Attributes:
+        disk_bytes: Bytes of the weight files on disk.
+        memory_bytes: Bytes of parameters and buffers once loaded.
+        latency_s: Mean seconds to generate the probe answers (one prompt at a time).
+        tokens_per_s: Generated tokens per second over the probes.
+        scores: Evaluation scores, when a scoring function was given.
+
+    Examples:
+        >>> ModelMeasure(10, 20, 0.5, 30.0).tokens_per_s
+        30.0
+    """
+
+    disk_bytes: int
+    memory_bytes: int
+    latency_s: float
+    tokens_per_s: float
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QuantizeReport:
+    """Before/after table of a quantization, shown in a notebook and printed in a script.
+
+    Examples:
+        >>> before, after = ModelMeasure(4, 4, 1, 1), ModelMeasure(1, 1, 2, 1)
+        >>> r = QuantizeReport("4bit", Path("q"), before, after)
+        >>> r.rows()[0]
+        ('size on disk', '4 B', '1 B', '0.25x')
+    """
+
+    quantization: str
+    folder: Path
+    before: ModelMeasure
+    after: ModelMeasure
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """``(measure, before, after, after/before)`` rows.
+
+        Examples:
+            >>> len(r.rows())  # doctest: +SKIP
+            4
+        """
+        b, a = self.before, self.after
+        rows = [
+            _row("size on disk", b.disk_bytes, a.disk_bytes, format_bytes),
+            _row("memory", b.memory_bytes, a.memory_bytes, format_bytes),
+            _row("latency per answer", b.latency_s, a.latency_s, lambda v: f"{v:.2f} s"),
+            _row("tokens/s", b.tokens_per_s, a.tokens_per_s, lambda v: f"{v:.1f}"),
+        ]
+        for metric in sorted(set(b.scores) & set(a.scores)):
+            rows.append(_row(metric, b.scores[metric], a.scores[metric], lambda v: f"{v:.4g}"))
+        return rows
+
+    def __str__(self) -> str:
+        header = ("", "before", f"after ({self.quantization})", "ratio")
+        return f"quantized to {self.folder}\n" + text_table(self.rows(), header)
+
+    def _repr_html_(self) -> str:
+        header = ("", "before", f"after ({self.quantization})", "ratio")
+        return html_table(self.rows(), header, title=f"Quantized to {self.folder}")
+
+
+def _row(name: str, before: float, after: float, fmt) -> tuple[str, str, str, str]:
+    ratio = f"{after / before:.2f}x" if before else "-"
+    return (name, fmt(before), fmt(after), ratio)
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def measure_model(model: Any, tokenizer: Any, folder: Path, probes: list[str],
+                  max_new_tokens: int = 32, score: ScoreFn | None = None) -> ModelMeasure:
+    """Measure disk size, memory, latency and tokens/s (and scores) of a loaded model.
+
+    Examples:
+        >>> measure_model(model, tokenizer, Path("out"), ["Hello"])  # doctest: +SKIP
+    """
+    generated = 0
+    start = time.perf_counter()
+    for prompt in probes:
+        text = generate_text(model, tokenizer, [prompt], max_new_tokens)[0]
+        generated += max(1, len(tokenizer(text, add_special_tokens=False).input_ids))
+    elapsed = time.perf_counter() - start
+    return ModelMeasure(
+        disk_bytes=_disk_bytes(folder),
+        memory_bytes=int(model.get_memory_footprint()),
+        latency_s=elapsed / max(1, len(probes)),
+        tokens_per_s=generated / elapsed if elapsed else 0.0,
+        scores=dict(score(model, tokenizer)) if score else {},
+    )
+
+
+def quantize_export(source: str | Path, target: str | Path, quantization: str,
+                    probes: list[str], score: ScoreFn | None = None,
+                    overwrite: bool = False) -> QuantizeReport:
+    """Load the exported ``source`` folder quantized, save it to ``target``, compare both.
+
+    Args:
+        source: An exported safetensors model folder.
+        target: Where the quantized model is saved (atomically).
+        quantization: ``"4bit"`` (NF4, double quantization) or ``"8bit"``.
+        probes: Prompts used to measure generation latency and speed.
+        score: Optional ``score(model, tokenizer) -> {metric: value}`` run before and after.
+        overwrite: Replace a non-empty ``target``.
+
+    Raises:
+        SpecError: unknown quantization word or a non-empty target.
+        DependencyError: bitsandbytes is missing.
+
+    Examples:
+        >>> quantize_export("out", "q", "2bit", ["Hi"])
+        Traceback (most recent call last):
+        workbench.errors.SpecError: quantization='2bit' is not one of None, '4bit', '8bit'.
+    """
+    from workbench.models.loading import load_model
+
+    source, target = Path(source), Path(target)
+    if quantization not in ("4bit", "8bit"):
+        raise SpecError(f"quantization={quantization!r} is not one of None, '4bit', '8bit'.")
+    check_writable_target(target, overwrite)
+    plain = load_model(str(source), on_event=lambda message: None)
+    before = measure_model(plain.model, plain.tokenizer, source, probes, score=score)
+    del plain
+    quantized = load_model(str(source), quantization=quantization, on_event=lambda m: None)
+    with staging_folder(target, replace=True) as tmp:
+        quantized.model.save_pretrained(tmp)
+        quantized.tokenizer.save_pretrained(tmp)
+    after = measure_model(quantized.model, quantized.tokenizer, target, probes, score=score)
+    return QuantizeReport(quantization, target, before, after)

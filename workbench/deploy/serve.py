@@ -1,0 +1,226 @@
+"""Serve an exported model over an OpenAI-compatible HTTP API with ``transformers serve``.
+
+The server is transformers' own (FastAPI + Uvicorn), started as a child process bound to
+loopback. :class:`Server` waits until it answers, says how to call it, and stops it on
+``stop()`` or when the Python process (the kernel) exits.
+
+Examples:
+    >>> server = serve_model("runs/demo/export/merged", port=8000)  # doctest: +SKIP
+    >>> server.url  # doctest: +SKIP
+    'http://127.0.0.1:8000/v1'
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench.errors import DependencyError, SpecError, WorkbenchError
+
+__all__ = ["ServeError", "Server", "port_is_free", "serve_model"]
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServeError(WorkbenchError, RuntimeError):
+    """The model server could not start or stopped answering."""
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """True when nothing listens on ``host:port``.
+
+    Examples:
+        >>> port_is_free(0)
+        True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do: connections lingering in TIME_WAIT don't make the port busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Server:
+    """A running ``transformers serve`` process for one model folder.
+
+    Attributes:
+        folder: The served model folder.
+        port: The loopback port.
+        process: The child process.
+        log: File holding the server's output.
+
+    Examples:
+        >>> server.chat("Hello!")  # doctest: +SKIP
+    """
+
+    folder: Path
+    port: int
+    process: subprocess.Popen
+    log: Path
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The OpenAI-style base URL.
+
+        Examples:
+            >>> server.url  # doctest: +SKIP
+            'http://127.0.0.1:8000/v1'
+        """
+        return f"http://{LOOPBACK}:{self.port}/v1"
+
+    @property
+    def running(self) -> bool:
+        """True while the server process is alive.
+
+        Examples:
+            >>> server.running  # doctest: +SKIP
+            True
+        """
+        return self.process.poll() is None
+
+    def chat(self, message: str, max_tokens: int = 64, timeout: float = 120) -> str:
+        """Send one chat completion request and return the answer text.
+
+        Examples:
+            >>> server.chat("Say hi", max_tokens=8)  # doctest: +SKIP
+        """
+        body = {
+            "model": str(self.folder),
+            "messages": [{"role": "user", "content": message}],
+            "max_tokens": max_tokens,
+        }
+        reply = _post(f"{self.url}/chat/completions", body, timeout)
+        return reply["choices"][0]["message"]["content"]
+
+    def usage(self) -> str:
+        """How to call this server with curl and the openai client, and how to serve the
+        same folder with Text Generation Inference or vLLM on a GPU host.
+
+        Examples:
+            >>> print(server.usage())  # doctest: +SKIP
+        """
+        model = json.dumps(str(self.folder))
+        folder = shlex.quote(str(self.folder))
+        request = json.dumps({"model": str(self.folder),
+                              "messages": [{"role": "user", "content": "Hello"}]})
+        return "\n".join([
+            f"Serving {self.folder} at {self.url}",
+            "",
+            "curl:",
+            f"  curl {self.url}/chat/completions -H 'Content-Type: application/json' \\",
+            f"       -d {shlex.quote(request)}",
+            "",
+            "openai client:",
+            "  from openai import OpenAI",
+            f"  client = OpenAI(base_url={self.url!r}, api_key='unused')",
+            f"  client.chat.completions.create(model={model},",
+            "      messages=[{'role': 'user', 'content': 'Hello'}])",
+            "",
+            "On a GPU host:",
+            f"  Text Generation Inference: docker run --gpus all -p 8080:80 -v {folder}:/model "
+            "ghcr.io/huggingface/text-generation-inference --model-id /model",
+            f"  vLLM: vllm serve {folder} --port 8000",
+        ])
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the server (terminate, then kill after ``timeout`` seconds).
+
+        Examples:
+            >>> server.stop()  # doctest: +SKIP
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __str__(self) -> str:
+        return self.usage()
+
+
+def _post(url: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _check_serving_installed() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        msg = "serving needs FastAPI and Uvicorn: pip install 'transformers[serving]'"
+        raise DependencyError(msg) from err
+
+
+def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> Server:
+    """Start ``transformers serve`` for ``folder`` on loopback and wait until it answers.
+
+    Args:
+        folder: An exported model folder (safetensors, with tokenizer and chat template).
+        port: The loopback port; it must be free (no other port is picked silently).
+        timeout: Seconds to wait for the model to load and answer.
+
+    Raises:
+        SpecError: the folder is not a model folder, or the port is in use.
+        ServeError: the server exited or did not answer in time (its log is quoted).
+
+    Examples:
+        >>> serve_model("/tmp/absent-model")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /tmp/absent-model is not a model folder (no config.json): ...
+    """
+    folder = Path(folder).resolve()
+    if not (folder / "config.json").is_file():
+        msg = f"{folder} is not a model folder (no config.json): export the model first."
+        raise SpecError(msg)
+    if not port_is_free(port):
+        raise SpecError(f"port {port} on {LOOPBACK} is in use; choose another port.")
+    _check_serving_installed()
+    log = folder.parent / f"serve-{port}.log"
+    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()",
+               "serve", str(folder), "--host", LOOPBACK, "--port", str(port)]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(folder, port, process, log)
+    atexit.register(server.stop)
+    _wait_until_ready(server, timeout)
+    return server
+
+
+def _wait_until_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.running:
+            tail = server.log.read_text(errors="replace")[-2000:]
+            raise ServeError(f"the server exited with code {server.process.returncode}:\n{tail}")
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            health = f"http://{LOOPBACK}:{server.port}/health"
+            with urllib.request.urlopen(health, timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    server.stop()
+    raise ServeError(f"the server did not answer within {timeout:.0f}s; see {server.log}")
