@@ -311,6 +311,63 @@ class Session:
         self._progress(f"loaded adapter {path}")
         return self.model_info()
 
+    # --- evaluation -------------------------------------------------------------------
+
+    def evaluate(self, data: Any = None, metrics: Any = ("rouge", "bleu", "exact_match"),
+                 compare_base: bool = True, max_new_tokens: int = 64,
+                 generation: dict | None = None, limit: int | None = None,
+                 batch_size: int = 8):
+        """Generate for the validation split (or ``data``) with the tuned and the base model.
+
+        The base model is the same weights with the adapter switched off: no second copy.
+        Returns an :class:`~workbench.evaluation.Evaluation` (its panel in a notebook), saved
+        under ``evaluations/`` in the run folder.
+
+        Examples:
+            >>> ev = s.evaluate(metrics=["exact_match"], limit=16)  # doctest: +SKIP
+            >>> ev.scores["exact_match"]["tuned"]  # doctest: +SKIP
+        """
+        from workbench.evaluation import run_evaluation
+
+        rows = self._evaluation_rows(data)
+        folder = self.run_dir / "evaluations" / f"eval-{self._count('evaluations', 'eval-'):03d}"
+        stop = self._data.template.stop if self._data is not None else None
+        evaluation = run_evaluation(
+            self.model, self.tokenizer, rows, metrics=metrics, compare_base=compare_base,
+            max_new_tokens=max_new_tokens, generation=generation, limit=limit,
+            out_dir=folder, stop_strings=[stop] if stop else None, batch_size=batch_size,
+            events=self.events, run_dir=self._last_run_dir(),
+        )
+        self._scores_summary = {name: {k: v for k, v in score.items() if k in ("base", "tuned")}
+                                for name, score in evaluation.scores.items()}
+        return evaluation
+
+    def _evaluation_rows(self, data: Any) -> list[dict]:
+        from workbench.errors import SpecError
+
+        if data is None:
+            prepared, split = self.data, "validation"
+            if prepared.validation is None or len(prepared.validation) == 0:
+                raise SpecError("no validation split to evaluate on: load_data(..., "
+                                "validation=0.1) or pass data= to evaluate().")
+        else:
+            from workbench.data import PreparedData
+
+            prepared = PreparedData.load(data, self.tokenizer, validation=None,
+                                         template=self._data.template if self._data else None)
+            split = "train"
+        if prepared.is_text:
+            raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
+        examples = (prepared.example(i, split) for i in range(len(prepared.split(split))))
+        return [{"prompt": ex.prompt, "reference": ex.answer} for ex in examples]
+
+    def _count(self, folder: str, prefix: str) -> int:
+        return len(list((self.run_dir / folder).glob(f"{prefix}*"))) + 1
+
+    def _last_run_dir(self) -> Path | None:
+        run = getattr(self, "_run", None)
+        return getattr(run, "run_dir", None)
+
     # --- deployment -------------------------------------------------------------------
 
     def merge(self) -> ModelInfo:

@@ -11,11 +11,67 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["generate_text"]
+__all__ = ["cut_at_stop", "encode_prompts", "generate_text", "stop_token_ids"]
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], **options: Any):
+    """Tokenize prompts, adding special tokens only when the text doesn't carry them already.
+
+    A chat template usually writes the BOS token itself (Gemma's ``<bos>``); tokenizing that
+    text with ``add_special_tokens=True`` would put a second BOS in front, which the model
+    never saw in training.
+
+    Examples:
+        >>> encode_prompts(loaded.tokenizer, ["<s>Hi"]).input_ids[0][:1]  # doctest: +SKIP
+        [1]
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    written = bool(bos) and all(p.startswith(bos) for p in prompts)
+    return tokenizer(list(prompts), add_special_tokens=not written, **options)
+
+
+def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:
+    """Ids of the stop strings that are single tokens (``<|im_end|>``, ``<end_of_turn>``).
+
+    Examples:
+        >>> stop_token_ids(loaded.tokenizer, ["<|im_end|>", "not one token"])  # doctest: +SKIP
+        [5]
+    """
+    ids = []
+    for text in stop_strings:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) == 1 and tokenizer.decode(encoded) == text:
+            ids.append(encoded[0])
+    return ids
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    """Cut ``text`` at the first stop string (the stop string itself is dropped).
+
+    Examples:
+        >>> cut_at_stop("Paris<|im_end|>\\nmore", ["<|im_end|>"])
+        'Paris'
+    """
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+def _stop_settings(model: Any, tokenizer: Any, stops: Sequence[str], generation: dict) -> None:
+    """Stop at single-token stops through extra eos ids, at longer ones through ``stop_strings``."""
+    ids = stop_token_ids(tokenizer, stops)
+    if ids:
+        eos = generation.get("eos_token_id", model.generation_config.eos_token_id)
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        generation["eos_token_id"] = list(dict.fromkeys([*eos, *ids]))
+    longer = [s for s in stops if s and not stop_token_ids(tokenizer, [s])]
+    if longer:
+        generation["stop_strings"] = longer
+        generation["tokenizer"] = tokenizer
 
 
 def generate_text(
@@ -23,12 +79,16 @@ def generate_text(
     tokenizer: Any,
     prompts: list[str],
     max_new_tokens: int = 64,
+    stop_strings: Sequence[str] | None = None,
     **generation: Any,
 ) -> list[str]:
     """Complete each prompt and return only the new text, decoded without special tokens.
 
     Prompts are batched with left padding, so every completion starts right after its prompt.
     Greedy by default (``do_sample=False``); any ``generate`` keyword passes through.
+    ``stop_strings`` (e.g. a template's end of turn ``"<|im_end|>"``) end a completion: a
+    stop that is one token becomes an extra eos id, a longer one goes to ``generate``'s
+    ``stop_strings``, and the returned text is cut before the first stop string.
 
     Raises:
         SpecError: ``max_new_tokens`` is not a positive integer or ``prompts`` is empty.
@@ -47,13 +107,16 @@ def generate_text(
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True)
+        batch = encode_prompts(tokenizer, prompts, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = padding_side
     batch = batch.to(next(model.parameters()).device)
     generation.setdefault("do_sample", False)
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
+    stops = [s for s in (stop_strings or []) if s]
+    _stop_settings(model, tokenizer, stops, generation)
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
     new_tokens = output[:, batch["input_ids"].shape[1] :]
-    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [cut_at_stop(t, stops) for t in texts] if stops else texts

@@ -1,0 +1,46 @@
+"""compare(): loss curves and scores of several run folders side by side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.eval_fixtures import handmade_evaluation
+from workbench.evaluation import EvaluationError, compare
+
+
+def _run(folder, losses, eval_losses, tuned):
+    folder.mkdir(parents=True)
+    lines = [{"kind": "train", "step": i + 1, "loss": x} for i, x in enumerate(losses)]
+    lines += [{"kind": "eval", "step": s, "eval_loss": x} for s, x in eval_losses]
+    text = "".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "tra'  # torn last line
+    (folder / "history.jsonl").write_text(text)
+    ev = handmade_evaluation()
+    ev.scores["exact_match"]["tuned"] = tuned
+    ev.save(folder / "evaluations" / "eval-1")
+
+
+def test_compare_two_runs(tmp_path):
+    _run(tmp_path / "lr-1e-4", [3.0, 2.5, 2.0], [(3, 2.2)], 0.25)
+    _run(tmp_path / "lr-5e-4", [3.0, 1.0, 0.5], [(2, 1.5), (3, 1.7)], 0.75)
+    cmp = compare([tmp_path / "lr-1e-4", tmp_path / "lr-5e-4"])
+    records = cmp.records()
+    assert [r["run"] for r in records] == ["lr-1e-4", "lr-5e-4"]
+    assert records[1]["final_loss"] == 0.5 and records[1]["best_eval_loss"] == 1.5
+    assert records[1]["final_eval_loss"] == 1.7 and records[0]["steps"] == 3
+    assert [r["exact_match_tuned"] for r in records] == [0.25, 0.75]
+    fig = cmp.figure()
+    names = [t.name for t in fig.data]
+    assert "lr-5e-4 eval_loss" in names and "lr-1e-4 scores" in names
+    assert "lr-5e-4" in str(cmp) and "<table" in cmp._repr_html_()
+
+
+def test_compare_bad_input(tmp_path):
+    with pytest.raises(EvaluationError, match="give at least one run folder"):
+        compare([])
+    with pytest.raises(EvaluationError, match="does not exist"):
+        compare([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="no history.jsonl and no saved evaluation"):
+        compare([tmp_path / "empty"])

@@ -1,0 +1,140 @@
+"""Metrics: shipped evaluate modules give the published numbers; the registry's errors."""
+
+from __future__ import annotations
+
+import math
+
+import evaluate
+import numpy as np
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer, scoring
+
+from workbench.evaluation import METRICS, EvaluationError, module_path, register_metric
+from workbench.evaluation.bootstrap import resample_indices
+from workbench.evaluation.metrics import Column, resolve_metrics
+
+PREDS = ["the cat sat on the mat", "hello there general kenobi", "", "a quick brown fox"]
+REFS = ["the cat is on the mat", "hello there", "nothing here", "the quick brown fox jumps"]
+INDICES = resample_indices(len(PREDS), 300, seed=0)
+
+
+def _idx(n):
+    return resample_indices(n, 50, seed=0)
+
+
+def _load(name):
+    return evaluate.load(module_path(name))
+
+
+def test_rouge_module_matches_rouge_score_per_example_and_pinned():
+    result = _load("rouge").compute(predictions=PREDS, references=REFS, use_aggregator=False)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
+    for key in result:
+        expected = [scorer.score(r, p)[key].fmeasure for r, p in zip(REFS, PREDS, strict=True)]
+        assert result[key] == pytest.approx(expected)
+    assert result["rouge1"] == pytest.approx([0.8333333, 0.6666667, 0.0, 0.6666667], abs=1e-6)
+    assert result["rouge2"] == pytest.approx([0.6, 0.5, 0.0, 0.5714286], abs=1e-6)
+
+
+def test_rouge_module_aggregate_is_the_published_bootstrap_mid():
+    np.random.seed(7)
+    ours = _load("rouge").compute(predictions=PREDS, references=REFS)
+    np.random.seed(7)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"])
+    aggregator = scoring.BootstrapAggregator()
+    for r, p in zip(REFS, PREDS, strict=True):
+        aggregator.add_scores(scorer.score(r, p))
+    published = {k: v.mid.fmeasure for k, v in aggregator.aggregate().items()}
+    assert ours == pytest.approx(published)
+
+
+def test_workbench_rouge_is_mean_of_per_example_fmeasure():
+    scores = METRICS["rouge"].score(Column(tuple(PREDS), tuple(REFS)), INDICES)
+    assert scores["rouge1"].value == pytest.approx((0.8333333 + 0.6666667 + 0 + 0.6666667) / 4)
+    lo, hi = scores["rouge1"].ci
+    assert lo <= scores["rouge1"].value <= hi
+
+
+def test_bleu_is_sacrebleu_corpus_bleu_pinned():
+    result = _load("bleu").compute(predictions=PREDS, references=REFS)
+    assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)
+    assert result["score"] == pytest.approx(29.249712395093642, abs=1e-9)
+    scored = METRICS["bleu"].score(Column(tuple(PREDS), tuple(REFS)), INDICES)["bleu"]
+    assert scored.value == pytest.approx(result["score"])
+    assert scored.per_example[0] == pytest.approx(
+        sacrebleu.sentence_bleu(PREDS[0], [REFS[0]]).score)
+    assert scored.ci[0] <= scored.value <= scored.ci[1] and scored.ci[0] < scored.ci[1]
+
+
+def test_chrf_is_sacrebleu_corpus_chrf():
+    result = _load("chrf").compute(predictions=PREDS, references=REFS)
+    assert result["score"] == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS]).score)
+    plus = _load("chrf").compute(predictions=PREDS, references=REFS, word_order=2)
+    assert plus["score"] == pytest.approx(sacrebleu.corpus_chrf(PREDS, [REFS], word_order=2).score)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        # The published module's own documented examples.
+        ({"regexes_to_ignore": ["the ", "yell", "YELL"], "ignore_case": True,
+          "ignore_punctuation": True}, 0.75),
+        ({"regexes_to_ignore": ["the ", "yell"], "ignore_case": True,
+          "ignore_punctuation": True}, 0.5),
+        ({"regexes_to_ignore": ["the ", "yell", "YELL"], "ignore_case": True,
+          "ignore_punctuation": True, "ignore_numbers": True}, 1.0),
+        ({}, 0.25),
+    ],
+)
+def test_exact_match_published_examples(options, expected):
+    refs = ["the cat", "theater", "YELLING", "agent007"]
+    preds = ["cat?", "theater", "yelling", "agent"]
+    result = _load("exact_match").compute(predictions=preds, references=refs, **options)
+    assert result["exact_match"] == pytest.approx(expected)
+
+
+def test_exact_match_strip_and_empty_prediction():
+    em = _load("exact_match")
+    assert em.compute(predictions=[" Paris\n"], references=["Paris"])["exact_match"] == 0.0
+    assert em.compute(predictions=[" Paris\n"], references=["Paris"], strip=True)[
+        "exact_match"] == 1.0
+    scored = METRICS["exact_match"].score(Column(("", "x"), ("y", "x")), _idx(2))
+    assert scored["exact_match"].per_example == (0.0, 1.0)
+
+
+def test_unknown_metric_lists_known_ones():
+    with pytest.raises(EvaluationError, match=r"unknown metric 'blue'.*bleu.*rouge"):
+        resolve_metrics(["blue"])
+
+
+def test_custom_function_and_module_instances():
+    metrics = resolve_metrics([lambda p, r: float(len(p) == len(r)), _load("exact_match")])
+    assert [m.name for m in metrics] == ["<lambda>", "exact_match"]
+    col = Column(("ab", "c"), ("xy", "c"))
+    assert metrics[0].score(col, _idx(2))["<lambda>"].value == 1.0
+    assert metrics[1].score(col, _idx(2))["exact_match"].per_example == (0.0, 1.0)
+
+
+def test_custom_metric_errors_name_metric_and_example():
+    def boom(prediction, reference):
+        if prediction == "bad":
+            raise RuntimeError("cannot score")
+        return 1.0
+
+    register_metric("boom", boom)
+    with pytest.raises(EvaluationError, match=r"metric 'boom' raised on example 1: RuntimeError"):
+        METRICS["boom"].score(Column(("ok", "bad"), ("a", "b")), _idx(2))
+    register_metric("texty", lambda p, r: "yes")
+    with pytest.raises(EvaluationError, match=r"metric 'texty' returned 'yes' for example 0"):
+        METRICS["texty"].score(Column(("a",), ("b",)), _idx(1))
+    with pytest.raises(EvaluationError, match="cannot use int"):
+        register_metric("number", 3)
+
+
+def test_options_and_perplexity():
+    em = resolve_metrics({"exact_match": {"ignore_case": True}})[0]
+    assert em.score(Column(("PARIS",), ("paris",)), _idx(1))["exact_match"].value == 1.0
+    ppl = METRICS["perplexity"].score(Column(("", ""), ("", ""), (0.0, math.log(3))), _idx(2))
+    assert ppl["perplexity"].value == pytest.approx(2.0)
+    assert METRICS["perplexity"].higher_is_better is False

@@ -1,0 +1,80 @@
+"""EvalPanel and ABRating driven headless: sorting, side by side, tokens, rating buttons."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.eval_fixtures import XSS, handmade_evaluation
+from workbench.evaluation import Evaluation
+from workbench.widgets.eval_panel import EvalPanel, diff_html
+
+ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    ev = handmade_evaluation()
+    probes = ({"step": 10, "prompt": XSS, "output": "tuned " + XSS, "base": "b"},)
+    ev = Evaluation(ev.scores, ev.rows, ev.settings, None, probes)
+    return ev.save(tmp_path / "ev")
+
+
+def test_sort_order_by_gain_and_loss(saved):
+    panel = EvalPanel(saved)
+    assert panel.order == [0, 1, 2]  # exact_match gain +1, 0, -1
+    assert panel.sort_by("exact_match", descending=False) == [2, 1, 0]
+    panel.sort_key.value = "loss"
+    panel.descending.value = True
+    assert panel.order == [0, 1, 2]  # loss drop 2.5, 0.5, -1.0
+    assert panel.rows_select.options[0][0].startswith("#0  gain +2.5")
+
+
+def test_selecting_a_row_opens_side_by_side_escaped(saved):
+    panel = EvalPanel(saved)
+    panel.rows_select.value = 1
+    html = panel.detail_html.value
+    assert panel.selected == 1
+    assert ESCAPED in html and XSS not in html
+    assert "blue sky" in html and "<img" not in html
+    panel.open_row(2)
+    assert 'line-through;">green' in panel.detail_html.value  # base word marked deleted
+    assert 'background:#c8f0c8;">gren' in panel.detail_html.value  # tuned word inserted
+
+
+def test_scores_chart_tokens_and_probes(saved):
+    panel = EvalPanel(saved)
+    assert [bar.name for bar in panel.figure.data] == ["base", "tuned"]
+    assert list(panel.figure.data[1].error_y.array) == pytest.approx([2 / 3])
+    html = panel.show_tokens(0, "tuned")
+    assert ESCAPED in html and "rgba(220,40,40,1.00)" in html and "rgba(220,40,40,0.02)" in html
+    panel.token_column.value = "base"
+    assert 'title="loss 5.000"' in panel.tokens_html.value
+    assert ESCAPED in panel.probes_html.value and XSS not in panel.probes_html.value
+    assert XSS not in panel.scores_html.value
+
+
+def test_rating_buttons_write_lines_and_update_summary(saved):
+    panel = EvalPanel(saved)
+    ab = panel.ab
+    first = ab.current_row
+    assert XSS not in ab.a_html.value + ab.b_html.value + ab.prompt_html.value
+    ab.score.value, ab.comment.value = 5, "<b>nice</b>"
+    ab.a_button.click()
+    ab.tie_button.click()
+    lines = saved.ratings_path.read_text().splitlines()
+    assert len(lines) == 2
+    record = json.loads(lines[0])
+    assert record["row"] == first and record["score"] == 5 and record["comment"] == "<b>nice</b>"
+    assert "of 2 rated" in panel.ratings_html.value
+    ab.b_button.click()
+    assert ab.a_button.disabled and ab.progress.value == "3 of 3 rated"
+    assert saved.ratings_summary().n == 3
+
+
+def test_panel_after_reload_and_diff_escaping(saved):
+    panel = Evaluation.load(saved.path).panel()
+    assert panel.order and panel.show_tokens(2, "base")
+    left, right = diff_html("<a> same", "<b> same")
+    assert "&lt;a&gt;" in left and "&lt;b&gt;" in right and "<a>" not in left + right

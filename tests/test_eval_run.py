@@ -1,0 +1,99 @@
+"""run_evaluation on a real tiny model trained with LoRA: base vs tuned, files, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.eval_fixtures import END, TASK, toy_rows, trained  # noqa: F401 (fixture)
+from workbench.evaluation import Evaluation, EvaluationError, run_evaluation
+from workbench.events import EventHub
+from workbench.models.generation import generate_text
+from workbench.models.loading import load_model
+
+
+@pytest.fixture(scope="module")
+def evaluation(trained, tmp_path_factory):  # noqa: F811
+    model, tok, _ = trained
+    out = tmp_path_factory.mktemp("evals") / "eval-1"
+    return run_evaluation(model, tok, toy_rows(), metrics=["exact_match", "rouge", "bleu",
+                          "chrf", "perplexity"], max_new_tokens=8, stop_strings=[END],
+                          out_dir=out, batch_size=3)
+
+
+def test_tuned_beats_base_on_the_toy_task(evaluation, trained):  # noqa: F811
+    assert trained[2] < 0.5  # the training loss fell: the adapter learned the task
+    em = evaluation.scores["exact_match"]
+    assert em["tuned"] == 1.0 and em["base"] == 0.0
+    assert em["tuned_ci"] == (1.0, 1.0)
+    assert [r.tuned for r in evaluation.rows] == list(TASK.values())
+    assert evaluation.scores["perplexity"]["tuned"] < evaluation.scores["perplexity"]["base"]
+    for row in evaluation.rows:
+        assert row.losses["tuned"] < row.losses["base"]
+        assert len(row.tokens) == len(row.token_losses["tuned"]) == len(row.token_losses["base"])
+        assert row.scores["exact_match"] == {"base": 0.0, "tuned": 1.0}
+
+
+def test_adapter_off_gives_the_fresh_base_models_outputs(evaluation, tiny_model_dir):
+    fresh = load_model(str(tiny_model_dir), on_event=lambda m: None)
+    prompts = [r["prompt"] for r in toy_rows()]
+    expected = generate_text(fresh.model, fresh.tokenizer, prompts, 8, stop_strings=[END])
+    assert [r.base for r in evaluation.rows] == expected
+    assert [r.base for r in evaluation.rows] != [r.tuned for r in evaluation.rows]
+
+
+def test_saved_atomically_and_reloads_without_model(evaluation):
+    folder = evaluation.path
+    assert sorted(p.name for p in folder.iterdir()) == ["rows.jsonl", "scores.json",
+                                                         "settings.json"]
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["columns"] == ["base", "tuned"] and settings["stop_strings"] == [END]
+    loaded = Evaluation.load(folder)
+    assert loaded.scores == evaluation.scores
+    assert loaded.rows == evaluation.rows
+    assert "exact_match" in str(loaded) and "rouge1" in str(loaded)
+
+
+def test_events_plain_model_limit_and_empty_generation(trained):  # noqa: F811
+    model, tok, _ = trained
+    seen = []
+    hub = EventHub()
+    hub.on("*", lambda name, payload: seen.append(name))
+    base = model.get_base_model()  # a plain model: one column
+    rows = [{"prompt": toy_rows()[0]["prompt"], "reference": "red"}] * 3
+    ev = run_evaluation(base, tok, rows, metrics=["exact_match", "bleu"], max_new_tokens=1,
+                        limit=2, events=hub, stop_strings=["r"])
+    assert ev.columns == ("tuned",) and len(ev.rows) == 2
+    assert [r.tuned for r in ev.rows] == ["", ""]  # cut at the stop string: empty answers
+    assert ev.scores["exact_match"]["tuned"] == 0.0 and ev.scores["bleu"]["tuned"] == 0.0
+    assert "eval_progress" in seen and seen[-1] == "eval_done"
+
+
+@pytest.mark.parametrize(
+    ("rows", "metrics", "message"),
+    [
+        ([], ["exact_match"], "no rows to evaluate"),
+        (None, ["exact_match"], "no rows to evaluate"),
+        ([{"prompt": "p"}], ["exact_match"], "row 0: missing field 'reference'"),
+        ([{"prompt": "p", "reference": "r"}], ["rogue"], "unknown metric 'rogue'.*rouge"),
+        ([{"prompt": "p", "reference": "r"}, {"prompt": "p", "reference": "r"}],
+         [lambda p, r: None], "metric '<lambda>' returned None for example 0"),
+    ],
+)
+def test_bad_input_raises_clear_errors(trained, rows, metrics, message):  # noqa: F811
+    model, tok, _ = trained
+    with pytest.raises(EvaluationError, match=message):
+        run_evaluation(model, tok, rows, metrics=metrics, max_new_tokens=2)
+
+
+def test_generate_text_stop_strings(trained):  # noqa: F811
+    model, tok, _ = trained
+    prompts = [r["prompt"] for r in toy_rows()]
+    plain = generate_text(model, tok, prompts, 6)  # backward compatible: no stop strings
+    assert plain == generate_text(model, tok, prompts, 6, stop_strings=None)
+    stopped = generate_text(model, tok, prompts, 6, stop_strings=[END])
+    assert stopped == list(TASK.values())  # eos id for the one-token end of turn
+    cut = generate_text(model, tok, prompts, 6, stop_strings=[END, "ee", "lu"])  # both kinds
+    assert cut == ["red", "gr", "b", "cat"]

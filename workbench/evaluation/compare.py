@@ -1,0 +1,226 @@
+"""Put several training runs side by side: loss curves and evaluation scores.
+
+Each run folder is read as written: ``history.jsonl`` (records with ``step``, ``loss``,
+``eval_loss``), ``run.json`` (its settings) and every saved evaluation below it (a folder
+with ``scores.json``); the latest evaluation of a run gives its scores.
+
+Examples:
+    >>> # cmp = compare(["runs/lr-1e-4", "runs/lr-5e-4"])
+    >>> # print(cmp); cmp.records(); cmp.figure(); cmp   # a figure and a table in a notebook
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench._display import html_table, text_table
+from workbench.evaluation._errors import EvaluationError
+from workbench.evaluation.results import Evaluation, read_jsonl
+
+__all__ = ["Comparison", "RunResults", "compare"]
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """What one run folder holds: its history, settings and evaluations.
+
+    Examples:
+        >>> RunResults("a", Path("a"), ({"step": 1, "loss": 2.0},), {}, ()).final("loss")
+        2.0
+    """
+
+    name: str
+    path: Path
+    history: tuple[dict, ...]
+    settings: dict
+    evaluations: tuple[Evaluation, ...]
+
+    def curve(self, key: str) -> tuple[list[int], list[float]]:
+        """Steps and values of ``key`` (``"loss"`` or ``"eval_loss"``) where logged.
+
+        Examples:
+            >>> RunResults("a", Path("a"), ({"step": 1, "loss": 2.0},), {}, ()).curve("loss")
+            ([1], [2.0])
+        """
+        points = [(r["step"], float(r[key])) for r in self.history
+                  if r.get(key) is not None and "step" in r]
+        return [s for s, _ in points], [v for _, v in points]
+
+    def final(self, key: str) -> float:
+        """The last logged value of ``key`` (``nan`` if never logged).
+
+        Examples:
+            >>> RunResults("a", Path("a"), (), {}, ()).final("eval_loss")
+            nan
+        """
+        values = self.curve(key)[1]
+        return values[-1] if values else float("nan")
+
+    @property
+    def latest(self) -> Evaluation | None:
+        """The most recent evaluation, or ``None``.
+
+        Examples:
+            >>> RunResults("a", Path("a"), (), {}, ()).latest is None
+            True
+        """
+        return self.evaluations[-1] if self.evaluations else None
+
+
+def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
+    found = [Evaluation.load(p.parent) for p in sorted(folder.rglob("scores.json"))
+             if (p.parent / "settings.json").is_file()]
+    return tuple(sorted(found, key=lambda e: (str(e.settings.get("created", "")), str(e.path))))
+
+
+def _read_run(path: str | Path) -> RunResults:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise EvaluationError(f"run folder {folder} does not exist")
+    history = tuple(read_jsonl(folder / "history.jsonl"))
+    settings: dict = {}
+    if (folder / "run.json").is_file():
+        settings = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    evaluations = _evaluations(folder)
+    if not history and not evaluations:
+        msg = f"run folder {folder} has no history.jsonl and no saved evaluation to compare"
+        raise EvaluationError(msg)
+    return RunResults(folder.name, folder, history, settings, evaluations)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Several runs side by side; ``records()`` for code, ``figure()`` for the eye.
+
+    Examples:
+        >>> # cmp = compare(["runs/a", "runs/b"]); cmp.records()[0]["final_loss"]
+    """
+
+    runs: tuple[RunResults, ...]
+
+    def score_names(self) -> list[str]:
+        """Every score any run's latest evaluation has, in first-seen order.
+
+        Examples:
+            >>> Comparison(()).score_names()
+            []
+        """
+        names: dict[str, None] = {}
+        for run in self.runs:
+            if run.latest is not None:
+                names.update(dict.fromkeys(run.latest.scores))
+        return list(names)
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per run: final losses, best eval loss, and each score (base and tuned).
+
+        Examples:
+            >>> Comparison(()).records()
+            []
+        """
+        records = []
+        for run in self.runs:
+            evals, steps = run.curve("eval_loss")[1], run.curve("loss")[0]
+            record = {"run": run.name, "path": str(run.path),
+                      "steps": steps[-1] if steps else None, "final_loss": run.final("loss"),
+                      "final_eval_loss": run.final("eval_loss"),
+                      "best_eval_loss": min(evals) if evals else float("nan")}
+            scores = run.latest.scores if run.latest is not None else {}
+            for name in self.score_names():
+                for column in ("base", "tuned"):
+                    record[f"{name}_{column}"] = scores.get(name, {}).get(column, float("nan"))
+            records.append(record)
+        return records
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Header and text rows of :meth:`records` (without the path).
+
+        Examples:
+            >>> Comparison(()).table()[0][:2]
+            ['run', 'steps']
+        """
+        records = self.records()
+        header = ["run", "steps", "final_loss", "final_eval_loss", "best_eval_loss"]
+        header += [f"{n}_{c}" for n in self.score_names() for c in ("base", "tuned")]
+        return header, [[_fmt(r.get(h)) for h in header] for r in records]
+
+    def __str__(self) -> str:
+        header, rows = self.table()
+        return f"Comparison of {len(self.runs)} runs\n" + text_table(rows, header=header)
+
+    def _repr_html_(self) -> str:
+        header, rows = self.table()
+        return html_table(rows, header=header, title=f"Comparison of {len(self.runs)} runs")
+
+    def figure(self) -> Any:
+        """A plotly figure: loss curves (solid train, dotted eval) and tuned scores per run.
+
+        Examples:
+            >>> # compare(["runs/a", "runs/b"]).figure().show()
+        """
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "scores (tuned)"))
+        for k, run in enumerate(self.runs):
+            color = f"hsl({(k * 67) % 360},60%,45%)"
+            for key, dash in (("loss", "solid"), ("eval_loss", "dot")):
+                steps, values = self.runs[k].curve(key)
+                if steps:
+                    fig.add_trace(go.Scatter(x=steps, y=values, name=f"{run.name} {key}",
+                                             line=dict(color=color, dash=dash)), row=1, col=1)
+            if run.latest is not None:
+                names = list(run.latest.scores)
+                values = [run.latest.scores[n].get("tuned", float("nan")) for n in names]
+                fig.add_trace(go.Bar(x=names, y=values, name=f"{run.name} scores",
+                                     marker_color=color), row=1, col=2)
+        fig.update_layout(height=360, barmode="group", margin=dict(l=40, r=10, t=40, b=40))
+        fig.update_xaxes(title_text="step", row=1, col=1)
+        return fig
+
+    def _ipython_display_(self) -> None:
+        import plotly.graph_objects as go
+        from IPython.display import HTML, display
+
+        display(go.FigureWidget(self.figure()))
+        display(HTML(self._repr_html_()))
+
+
+def compare(run_dirs: Sequence[str | Path]) -> Comparison:
+    """Read several run folders for a side-by-side view of losses and scores.
+
+    Args:
+        run_dirs: Training run folders (each with ``history.jsonl`` and/or saved evaluations).
+
+    Returns:
+        A :class:`Comparison`.
+
+    Raises:
+        EvaluationError: No folders given, a folder missing, or one with nothing to compare.
+
+    Examples:
+        >>> compare([])
+        Traceback (most recent call last):
+        workbench.evaluation._errors.EvaluationError: compare([...]): give at least one run folder
+    """
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    if not run_dirs:
+        raise EvaluationError("compare([...]): give at least one run folder")
+    runs = [_read_run(p) for p in run_dirs]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):  # same folder name in different places: use paths
+        runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations)
+                for r in runs]
+    return Comparison(tuple(runs))

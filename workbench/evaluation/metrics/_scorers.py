@@ -1,0 +1,327 @@
+"""Scorers: turn one column of outputs into scores, per-example values and intervals.
+
+Each scorer reads a :class:`Column` (predictions, references, per-example losses) and returns
+``{score_name: Scored}``. The shipped evaluate modules do the scoring; bootstrap intervals
+come from :mod:`workbench.evaluation.bootstrap` with the evaluation's shared resamples.
+
+Examples:
+    >>> col = Column(("a", "b"), ("a", "c"), (0.1, 0.2))
+    >>> same = FunctionScorer(lambda p, r: float(p == r), "same")
+    >>> same.score(col, np.zeros((2, 2), int))["same"].value
+    0.5
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from workbench.evaluation._errors import EvaluationError
+from workbench.evaluation.bootstrap import mean_ci, percentile_ci
+
+__all__ = [
+    "MODULES_DIR",
+    "Column",
+    "FunctionScorer",
+    "ModuleScorer",
+    "PerplexityScorer",
+    "RougeScorer",
+    "SacreScorer",
+    "Scored",
+    "Scorer",
+    "load_module",
+]
+
+MODULES_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Column:
+    """One model's outputs over the evaluation rows.
+
+    Attributes:
+        predictions: Generated texts, one per row.
+        references: Reference texts, one per row.
+        losses: Mean token NLL of each reference given its prompt (``nan`` if not computed).
+
+    Examples:
+        >>> Column(("x",), ("y",), (1.0,)).references
+        ('y',)
+    """
+
+    predictions: tuple[str, ...]
+    references: tuple[str, ...]
+    losses: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One score of one column.
+
+    Attributes:
+        value: The corpus score (what the published module reports).
+        per_example: The score of each row alone.
+        ci: Bootstrap confidence interval of ``value``.
+
+    Examples:
+        >>> Scored(1.0, (1.0,), (1.0, 1.0)).value
+        1.0
+    """
+
+    value: float
+    per_example: tuple[float, ...]
+    ci: tuple[float, float]
+
+
+class Scorer(Protocol):
+    """Anything with ``score(column, indices) -> {name: Scored}``."""
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Score ``column``; ``indices`` are the shared bootstrap resamples."""
+        ...  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=32)
+def load_module(path: str) -> Any:
+    """Load a local evaluate module folder once (offline: no hub access).
+
+    Examples:
+        >>> load_module(str(MODULES_DIR / "exact_match")).name
+        'exact_match'
+    """
+    import evaluate
+
+    return evaluate.load(path)
+
+
+def _mean_scored(values: list[float], indices: np.ndarray) -> Scored:
+    value = float(np.mean(values)) if values else float("nan")
+    return Scored(value, tuple(float(v) for v in values), mean_ci(values, indices))
+
+
+def _number(name: str, index: int, value: Any) -> float:
+    if isinstance(value, Real) and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    msg = f"metric {name!r} returned {value!r} for example {index}: it must return a number"
+    raise EvaluationError(msg)
+
+
+@dataclass(frozen=True)
+class FunctionScorer:
+    """A user function ``f(prediction, reference) -> float``; the score is the mean.
+
+    Examples:
+        >>> s = FunctionScorer(lambda p, r: len(p), "length")
+        >>> s.score(Column(("ab",), ("",)), np.zeros((3, 1), int))["length"].value
+        2.0
+    """
+
+    fn: Any
+    name: str
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Call the function on every row and average.
+
+        Examples:
+            >>> FunctionScorer(min, "m").score(Column(("a",), ("b",)), np.zeros((1, 1), int))
+            ... # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.evaluation._errors.EvaluationError: metric 'm' returned 'a' for example 0...
+        """
+        values = []
+        for i, (pred, ref) in enumerate(zip(column.predictions, column.references, strict=True)):
+            try:
+                result = self.fn(pred, ref)
+            except Exception as err:  # any user code error becomes one clear message
+                msg = f"metric {self.name!r} raised on example {i}: {type(err).__name__}: {err}"
+                raise EvaluationError(msg) from err
+            values.append(_number(self.name, i, result))
+        return {self.name: _mean_scored(values, indices)}
+
+
+def _compute(module: Any, name: str, column: Column, options: dict, where: str) -> dict:
+    try:
+        return module.compute(
+            predictions=list(column.predictions), references=list(column.references), **options
+        )
+    except Exception as err:  # an evaluate module's own error, re-raised with context
+        msg = f"metric {name!r} raised on {where}: {type(err).__name__}: {err}"
+        raise EvaluationError(msg) from err
+
+
+def _headline(name: str, key: str | None, result: dict, where: str) -> float:
+    if key is None:
+        key = name if name in result else next(
+            (k for k, v in result.items() if isinstance(v, Real)), None
+        )
+    if key not in result:
+        msg = f"metric {name!r} returned no number on {where} (got keys {sorted(result)})"
+        raise EvaluationError(msg)
+    return _number(name, -1, result[key]) if where == "all rows" else float(result[key])
+
+
+@dataclass(frozen=True)
+class ModuleScorer:
+    """Any evaluate module: a shipped folder (by path) or an ``EvaluationModule`` instance.
+
+    Shipped modules that take ``per_example=True`` score every row in one call; other modules
+    are called once per row for the per-example values. The interval is a bootstrap of the
+    per-example mean (exact for averages such as exact match).
+
+    Examples:
+        >>> s = ModuleScorer(str(MODULES_DIR / "exact_match"), "exact_match", per_example=True)
+        >>> s.score(Column(("a", "b"), ("a", "a")), np.zeros((2, 2), int))["exact_match"].value
+        0.5
+    """
+
+    source: Any
+    name: str
+    key: str | None = None
+    options: dict = field(default_factory=dict)
+    per_example: bool = False
+
+    def _module(self) -> Any:
+        return load_module(self.source) if isinstance(self.source, str) else self.source
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Corpus value from one call over all rows; per-example values per row.
+
+        Examples:
+            >>> # ModuleScorer(evaluate.load("accuracy"), "accuracy").score(column, indices)
+        """
+        module = self._module()
+        options = {**self.options, **({"per_example": True} if self.per_example else {})}
+        result = _compute(module, self.name, column, options, "all rows")
+        value = _headline(self.name, self.key, result, "all rows")
+        if self.per_example:
+            values = [float(v) for v in result["per_example"]]
+        else:
+            values = [self._one(module, column, i) for i in range(len(column.predictions))]
+        return {self.name: Scored(value, tuple(values), mean_ci(values, indices))}
+
+    def _one(self, module: Any, column: Column, i: int) -> float:
+        one = Column((column.predictions[i],), (column.references[i],))
+        result = _compute(module, self.name, one, self.options, f"example {i}")
+        return _number(self.name, i, _headline(self.name, self.key, result, f"example {i}"))
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@dataclass(frozen=True)
+class RougeScorer:
+    """ROUGE through the shipped module: mean per-example F-measure per rouge type.
+
+    The published module's default (``use_aggregator=True``) reports rouge-score's bootstrap
+    median of this same mean, which differs from it only by resampling noise; the mean is
+    deterministic, so the workbench reports it.
+
+    Examples:
+        >>> s = RougeScorer().score(Column(("a b",), ("a b",)), np.zeros((2, 1), int))
+        >>> sorted(s), s["rouge1"].value
+        (['rouge1', 'rouge2', 'rougeL', 'rougeLsum'], 1.0)
+    """
+
+    options: dict = field(default_factory=dict)
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Score every rouge type.
+
+        Examples:
+            >>> RougeScorer({"rouge_types": ["rouge1"]}).score(
+            ...     Column(("a",), ("b",)), np.zeros((1, 1), int))["rouge1"].value
+            0.0
+        """
+        module = load_module(str(MODULES_DIR / "rouge"))
+        options = {**self.options, "use_aggregator": False}
+        result = _compute(module, "rouge", column, options, "all rows")
+        return {key: _mean_scored(list(result[key]), indices) for key in result}
+
+
+@dataclass(frozen=True)
+class SacreScorer:
+    """Corpus BLEU or chrF through the shipped module, with a corpus-level bootstrap.
+
+    The interval recomputes the corpus score on each resample from sacrebleu's sufficient
+    statistics (as sacrebleu's own paired bootstrap does), so it is fast and exact.
+
+    Examples:
+        >>> s = SacreScorer("chrf").score(Column(("the cat",), ("the cat",)), np.zeros((5, 1), int))
+        >>> s["chrf"].value, s["chrf"].ci
+        (100.0, (100.0, 100.0))
+    """
+
+    kind: Literal["bleu", "chrf"]
+    options: dict = field(default_factory=dict)
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Corpus score, sentence scores and interval.
+
+        Examples:
+            >>> s = SacreScorer("bleu").score(Column(("",), ("x",)), np.zeros((1, 1), int))
+            >>> s["bleu"].value
+            0.0
+        """
+        module = load_module(str(MODULES_DIR / self.kind))
+        result = _compute(module, self.kind, column, {**self.options, "per_example": True}, "all")
+        statistic = self._statistic(column)
+        values = tuple(float(v) for v in result["per_example"])
+        interval = percentile_ci(statistic, indices)
+        return {self.kind: Scored(float(result["score"]), values, interval)}
+
+    def _statistic(self, column: Column) -> Any:
+        metric = self._sacrebleu()
+        stats = np.asarray(
+            metric._extract_corpus_statistics(list(column.predictions), [list(column.references)])
+        )
+
+        def statistic(rows: np.ndarray) -> float:
+            return float(metric._compute_score_from_stats(stats[rows].sum(axis=0).tolist()).score)
+
+        return statistic
+
+    def _sacrebleu(self) -> Any:
+        from sacrebleu import BLEU, CHRF
+
+        o = self.options
+        if self.kind == "chrf":
+            keys = ("char_order", "word_order", "beta", "lowercase", "whitespace", "eps_smoothing")
+            return CHRF(**{k: o[k] for k in keys if k in o})
+        return BLEU(
+            lowercase=o.get("lowercase", False),
+            force=o.get("force", False),
+            tokenize=o.get("tokenize"),
+            smooth_method=o.get("smooth_method", "exp"),
+            smooth_value=o.get("smooth_value"),
+            effective_order=o.get("use_effective_order", False),
+        )
+
+
+@dataclass(frozen=True)
+class PerplexityScorer:
+    """Perplexity of the reference given the prompt, from the losses the run computed.
+
+    Per example ``exp(mean token NLL)``; the corpus value is their mean, as the published
+    ``perplexity`` module's ``mean_perplexity`` (without loading a second model).
+
+    Examples:
+        >>> s = PerplexityScorer().score(Column(("",), ("",), (0.0,)), np.zeros((1, 1), int))
+        >>> s["perplexity"].value
+        1.0
+    """
+
+    def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
+        """Exponentiate each loss and average.
+
+        Examples:
+            >>> col = Column(("",), ("",), (math.log(4),))
+            >>> PerplexityScorer().score(col, np.zeros((1, 1), int))["perplexity"].per_example
+            (4.0,)
+        """
+        return {"perplexity": _mean_scored([math.exp(x) for x in column.losses], indices)}

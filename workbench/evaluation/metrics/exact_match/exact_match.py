@@ -1,0 +1,90 @@
+"""Exact match, as evaluate's published ``exact_match`` module, plus ``strip``.
+
+Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``.
+With ``strip=False`` (the default) the numbers equal the published module's.
+"""
+
+import re
+import string
+
+import datasets
+import evaluate
+import numpy as np
+
+_DESCRIPTION = """
+Fraction of predictions equal to their reference after optional normalisation.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions: List of predicted texts.
+    references: List of reference texts.
+    regexes_to_ignore: Regular expressions removed from both before comparing.
+    ignore_case: Lower-case both before comparing.
+    ignore_punctuation: Remove ``string.punctuation`` from both.
+    ignore_numbers: Remove digits from both.
+    strip: Strip leading and trailing whitespace from both (workbench addition).
+    per_example: Also return ``"per_example"``, the 0/1 score of each pair (workbench addition).
+Returns:
+    exact_match: Mean of the per-example matches, in [0, 1].
+Examples:
+    >>> from workbench.evaluation import module_path
+    >>> m = evaluate.load(module_path("exact_match"))
+    >>> m.compute(predictions=[" Paris\\n"], references=["paris"], ignore_case=True, strip=True)
+    {'exact_match': 1.0}
+"""
+
+
+def _normalise(texts, regexes, ignore_case, ignore_punctuation, ignore_numbers, strip):
+    texts = np.asarray(texts)
+    for regex in regexes or []:
+        texts = np.array([re.sub(regex, "", x) for x in texts])
+    if ignore_case:
+        texts = np.char.lower(texts)
+    if ignore_punctuation:
+        texts = np.char.translate(texts, table=str.maketrans("", "", string.punctuation))
+    if ignore_numbers:
+        texts = np.char.translate(texts, table=str.maketrans("", "", string.digits))
+    if strip:
+        texts = np.char.strip(texts)
+    return texts
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class ExactMatch(evaluate.Metric):
+    """Exact match with the published module's options and ``strip``."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Value("string", id="sequence"),
+                    "references": datasets.Value("string", id="sequence"),
+                }
+            ),
+        )
+
+    def _compute(
+        self,
+        predictions,
+        references,
+        regexes_to_ignore=None,
+        ignore_case=False,
+        ignore_punctuation=False,
+        ignore_numbers=False,
+        strip=False,
+        per_example=False,
+    ):
+        options = (regexes_to_ignore, ignore_case, ignore_punctuation, ignore_numbers, strip)
+        preds = _normalise(predictions, *options)
+        refs = _normalise(references, *options)
+        # As published: an empty normalised prediction only matches an identical original.
+        same_original = np.asarray(predictions) == np.asarray(references)
+        matches = (preds == refs) & ((preds != "") | same_original)
+        result = {"exact_match": float(np.mean(matches)) if len(matches) else 0.0}
+        if per_example:
+            result["per_example"] = [float(m) for m in matches]
+        return result

@@ -1,0 +1,398 @@
+"""An evaluation's results: scores with intervals, rows side by side, saved and reloadable.
+
+A folder holds ``settings.json``, ``scores.json``, ``rows.jsonl`` (and ``probes.jsonl``,
+``ratings.jsonl`` when there are some). :meth:`Evaluation.load` brings the panel back
+without the model: per-token losses are stored in the rows.
+
+Examples:
+    >>> # ev = Evaluation.load("runs/demo/evaluations/eval-001")
+    >>> # print(ev); ev.sorted_rows("exact_match")[0].tuned; ev.ratings_summary()
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from workbench._display import text_table
+from workbench._io import atomic_write_text, staging_folder
+from workbench.evaluation._errors import EvaluationError
+from workbench.evaluation.ratings import RATINGS_FILE, RatingSummary, read_ratings, summarize
+
+__all__ = ["FILES", "EvalRow", "Evaluation", "read_jsonl"]
+
+FILES = ("settings.json", "scores.json", "rows.jsonl")
+_NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One example: prompt, reference, each model's output, scores and losses.
+
+    Attributes:
+        index: Position in the evaluation.
+        prompt: The prompt as rendered for inference.
+        reference: The expected answer.
+        outputs: ``{"base": text, "tuned": text}`` (the columns evaluated).
+        scores: ``{score_name: {"base": x, "tuned": y}}`` per-example scores.
+        losses: ``{"base": nll, "tuned": nll}``: mean token NLL of the reference.
+        tokens: The reference's tokens, decoded one by one.
+        token_losses: ``{"base": [...], "tuned": [...]}``: NLL of each reference token.
+        id: The row's ``id`` if the input had one.
+
+    Examples:
+        >>> row = EvalRow(0, "Q", "A", {"base": "B", "tuned": "A"}, {"em": {"base": 0, "tuned": 1}})
+        >>> row.tuned, row.gain("em")
+        ('A', 1.0)
+    """
+
+    index: int
+    prompt: str
+    reference: str
+    outputs: dict[str, str]
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    losses: dict[str, float] = field(default_factory=dict)
+    tokens: tuple[str, ...] = ()
+    token_losses: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    id: str | None = None
+
+    @property
+    def base(self) -> str | None:
+        """The base model's output (``None`` when the base was not evaluated).
+
+        Examples:
+            >>> EvalRow(0, "", "", {"tuned": "x"}).base is None
+            True
+        """
+        return self.outputs.get("base")
+
+    @property
+    def tuned(self) -> str | None:
+        """The tuned model's output.
+
+        Examples:
+            >>> EvalRow(0, "", "", {"tuned": "x"}).tuned
+            'x'
+        """
+        return self.outputs.get("tuned")
+
+    def gain(self, score: str, higher_is_better: bool = True) -> float:
+        """Tuned minus base for ``score`` (``"loss"`` allowed), positive when tuned is better.
+
+        Examples:
+            >>> EvalRow(0, "", "", {}, losses={"base": 2.0, "tuned": 0.5}).gain("loss", False)
+            1.5
+        """
+        values = self.losses if score == "loss" else self.scores.get(score, {})
+        if "base" not in values or "tuned" not in values:
+            return _NAN
+        diff = float(values["tuned"]) - float(values["base"])
+        return diff if higher_is_better else -diff
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (one line of ``rows.jsonl``).
+
+        Examples:
+            >>> EvalRow(0, "p", "r", {"tuned": "t"}).to_dict()["outputs"]
+            {'tuned': 't'}
+        """
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalRow:
+        """Inverse of :meth:`to_dict`.
+
+        Examples:
+            >>> EvalRow.from_dict(EvalRow(1, "p", "r", {}).to_dict()).index
+            1
+        """
+        data = dict(data)
+        data["tokens"] = tuple(data.get("tokens", ()))
+        data["token_losses"] = {k: tuple(v) for k, v in data.get("token_losses", {}).items()}
+        return cls(**data)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a JSON-lines file, skipping a torn last line.
+
+    Examples:
+        >>> read_jsonl(Path("/nonexistent.jsonl"))
+        []
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break  # a write cut short by a kill
+            raise EvaluationError(f"{path}: line {number} is not JSON: {err}") from err
+    return records
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def _ci(pair: Any) -> str:
+    return "-" if pair is None else f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Scores (with bootstrap intervals) and rows of one evaluation.
+
+    Attributes:
+        scores: ``{score: {"base": x, "tuned": y, "base_ci": (lo, hi), "tuned_ci": (lo, hi),
+            "higher_is_better": bool}}``; only the evaluated columns appear.
+        rows: One :class:`EvalRow` per example.
+        settings: How it was made (metrics, columns, generation settings, sizes).
+        path: The folder it is saved in (``None`` until saved).
+        probes: Probe-prompt records ``{step, prompt, output, base}`` from training, if any.
+
+    Examples:
+        >>> scores = {"em": {"tuned": 1.0, "tuned_ci": (1.0, 1.0)}}
+        >>> ev = Evaluation(scores, (), {"columns": ["tuned"]})
+        >>> ev.columns
+        ('tuned',)
+    """
+
+    scores: dict[str, dict[str, Any]]
+    rows: tuple[EvalRow, ...]
+    settings: dict[str, Any]
+    path: Path | None = None
+    probes: tuple[dict, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The models evaluated: ``("base", "tuned")``, ``("tuned",)`` or ``("base",)``.
+
+        Examples:
+            >>> Evaluation({}, (), {"columns": ["base", "tuned"]}).columns
+            ('base', 'tuned')
+        """
+        return tuple(self.settings.get("columns", ("tuned",)))
+
+    def higher_is_better(self, score: str) -> bool:
+        """Whether a larger ``score`` is better (``False`` for perplexity and loss).
+
+        Examples:
+            >>> Evaluation({}, (), {}).higher_is_better("loss")
+            False
+        """
+        if score == "loss":
+            return False
+        return bool(self.scores.get(score, {}).get("higher_is_better", True))
+
+    def sort_keys(self) -> list[str]:
+        """Keys :meth:`sorted_rows` accepts: ``"index"``, ``"loss"`` and every score name.
+
+        Examples:
+            >>> Evaluation({"em": {}}, (), {}).sort_keys()
+            ['index', 'loss', 'em']
+        """
+        return ["index", "loss", *self.scores]
+
+    def row_key(self, row: EvalRow, by: str) -> float:
+        """The number a row is sorted by: the gain (improvement) with two columns, else the value.
+
+        For ``"loss"`` with two columns this is the drop in loss (positive = tuned better).
+
+        Examples:
+            >>> ev = Evaluation({}, (), {"columns": ["tuned"]})
+            >>> ev.row_key(EvalRow(0, "", "", {}, losses={"tuned": 0.3}), "loss")
+            0.3
+        """
+        if by == "index":
+            return float(row.index)
+        if len(self.columns) == 2:
+            return row.gain(by, self.higher_is_better(by))
+        values = row.losses if by == "loss" else row.scores.get(by, {})
+        return float(values.get(self.columns[0], _NAN))
+
+    def sorted_rows(self, by: str = "index", descending: bool = True) -> list[EvalRow]:
+        """Rows sorted by ``by`` (see :meth:`sort_keys`); rows without a value go last.
+
+        Raises:
+            EvaluationError: ``by`` is not a sort key.
+
+        Examples:
+            >>> Evaluation({}, (), {}).sorted_rows("nope")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.evaluation._errors.EvaluationError: cannot sort by 'nope'; choose one of [...]
+        """
+        if by not in self.sort_keys():
+            raise EvaluationError(f"cannot sort by {by!r}; choose one of {self.sort_keys()}")
+        keyed = [(self.row_key(r, by), r) for r in self.rows]
+        valid = [kr for kr in keyed if not math.isnan(kr[0])]
+        missing = [r for k, r in keyed if math.isnan(k)]
+        valid.sort(key=lambda kr: (kr[0], -kr[1].index) if descending else (kr[0], kr[1].index),
+                   reverse=descending)
+        return [r for _, r in valid] + missing
+
+    # -- human evaluation -------------------------------------------------------------------
+    @property
+    def ratings_path(self) -> Path | None:
+        """``ratings.jsonl`` in the evaluation folder (``None`` until saved).
+
+        Examples:
+            >>> Evaluation({}, (), {}).ratings_path is None
+            True
+        """
+        return None if self.path is None else self.path / RATINGS_FILE
+
+    def ratings_summary(self) -> RatingSummary:
+        """Blind A/B results so far: wins, ties and the tuned win rate with a Wilson interval.
+
+        Examples:
+            >>> Evaluation({}, (), {}).ratings_summary().n
+            0
+        """
+        return summarize(read_ratings(self.ratings_path) if self.ratings_path else [])
+
+    def rater(self, seed: int = 0) -> Any:
+        """A :class:`~workbench.evaluation.ratings.BlindRater` writing to :attr:`ratings_path`.
+
+        Raises:
+            EvaluationError: The evaluation is not saved, or it lacks a base or tuned column.
+
+        Examples:
+            >>> Evaluation({}, (), {"columns": ["tuned"]}).rater()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.evaluation._errors.EvaluationError: blind A/B rating needs base and tuned ...
+        """
+        from workbench.evaluation.ratings import BlindRater
+
+        if self.ratings_path is None or len(self.columns) != 2:
+            msg = (
+                "blind A/B rating needs base and tuned outputs and a saved evaluation "
+                "(call save(path) first)"
+            )
+            raise EvaluationError(msg)
+        return BlindRater(list(self.rows), self.ratings_path, seed)
+
+    # -- files ------------------------------------------------------------------------------
+    def _texts(self) -> dict[str, str]:
+        texts = {
+            "settings.json": json.dumps(self.settings, indent=2, default=str) + "\n",
+            "scores.json": json.dumps(self.scores, indent=2) + "\n",
+            "rows.jsonl": "".join(
+                json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self.rows
+            ),
+        }
+        if self.probes:
+            texts["probes.jsonl"] = "".join(json.dumps(p) + "\n" for p in self.probes)
+        return texts
+
+    def save(self, path: str | Path | None = None) -> Evaluation:
+        """Write the evaluation to ``path`` (default: where it was loaded from), atomically.
+
+        A new folder is written under a temporary name and renamed; an existing one (which
+        may hold ``ratings.jsonl``) has each file replaced atomically, settings last.
+
+        Returns:
+            The evaluation with ``path`` set.
+
+        Examples:
+            >>> import tempfile
+            >>> ev = Evaluation({}, (), {"columns": ["tuned"]}).save(tempfile.mkdtemp() + "/e")
+            >>> sorted(p.name for p in ev.path.iterdir())
+            ['rows.jsonl', 'scores.json', 'settings.json']
+        """
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise EvaluationError("save(path): give a folder; this evaluation was never saved")
+        texts = self._texts()
+        if not target.exists():
+            with staging_folder(target) as tmp:
+                for name, text in texts.items():
+                    (tmp / name).write_text(text, encoding="utf-8")
+        else:
+            for name in sorted(texts, key=lambda n: n == "settings.json"):
+                atomic_write_text(target / name, texts[name])
+        return replace(self, path=target)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Evaluation:
+        """Read an evaluation folder written by :meth:`save` (no model needed).
+
+        Raises:
+            EvaluationError: The folder or one of its files is missing or unreadable.
+
+        Examples:
+            >>> Evaluation.load("/nonexistent")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.evaluation._errors.EvaluationError: /nonexistent is not an evaluation...
+        """
+        folder = Path(path)
+        for name in FILES:
+            if not (folder / name).is_file():
+                msg = f"{folder} is not an evaluation folder: {name} is missing"
+                raise EvaluationError(msg)
+        try:
+            settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+            scores = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise EvaluationError(f"{folder}: unreadable JSON: {err}") from err
+        for entry in scores.values():
+            for key in [k for k in entry if k.endswith("_ci")]:
+                entry[key] = tuple(entry[key])
+        rows = tuple(EvalRow.from_dict(r) for r in read_jsonl(folder / "rows.jsonl"))
+        probes = tuple(read_jsonl(folder / "probes.jsonl"))
+        return cls(scores, rows, settings, folder, probes)
+
+    # -- display ----------------------------------------------------------------------------
+    def score_table(self) -> list[tuple[str, ...]]:
+        """Rows of (score, base, base CI, tuned, tuned CI, gain) as text.
+
+        Examples:
+            >>> Evaluation({"em": {"tuned": 0.5, "tuned_ci": (0.2, 0.8)}}, (), {}).score_table()
+            [('em', '-', '-', '0.5', '[0.2, 0.8]', '-')]
+        """
+        table = []
+        for name, s in self.scores.items():
+            gain = _NAN
+            if "base" in s and "tuned" in s:
+                sign = 1 if s.get("higher_is_better", True) else -1
+                gain = (s["tuned"] - s["base"]) * sign + 0.0
+            table.append((name, _fmt(s.get("base")), _ci(s.get("base_ci")),
+                          _fmt(s.get("tuned")), _ci(s.get("tuned_ci")), _fmt(gain)))
+        return table
+
+    def __str__(self) -> str:
+        head = ("score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain")
+        where = f" saved in {self.path}" if self.path else ""
+        lines = [f"Evaluation of {len(self.rows)} examples{where}",
+                 text_table(self.score_table(), header=head)]
+        summary = self.ratings_summary()
+        if summary.n:
+            lines.append(f"human (blind A/B): {summary}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Evaluation(rows={len(self.rows)}, scores={list(self.scores)}, path={self.path})"
+
+    def panel(self) -> Any:
+        """The :class:`~workbench.widgets.eval_panel.EvalPanel` of this evaluation.
+
+        Examples:
+            >>> # ev.panel()   # in a notebook: scores, examples, tokens, probes, human eval
+        """
+        from workbench.widgets.eval_panel import EvalPanel
+
+        return EvalPanel(self)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.panel().widget)

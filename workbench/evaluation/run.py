@@ -1,0 +1,294 @@
+"""run_evaluation: generate with the tuned model and, adapter off, the base; score both.
+
+Examples:
+    >>> # ev = run_evaluation(model, tokenizer, rows, metrics=["rouge", "exact_match"],
+    >>> #                     stop_strings=["<|im_end|>"], out_dir="runs/demo/evaluations/e1")
+    >>> # print(ev)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench.evaluation._errors import EvaluationError
+from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
+from workbench.evaluation.metrics import Column, Metric, resolve_metrics
+from workbench.evaluation.perplexity import TokenLosses, reference_losses
+from workbench.evaluation.probes import read_probes
+from workbench.evaluation.results import EvalRow, Evaluation
+
+__all__ = ["EvalSpec", "is_peft_model", "run_evaluation", "validate_rows"]
+
+Role = Literal["base", "tuned"]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How to run an evaluation (everything but the model, the rows and the metrics).
+
+    Attributes:
+        compare_base: Also generate with the adapter switched off (peft models only).
+        max_new_tokens: Tokens generated per answer at most.
+        generation: Extra ``generate`` keywords (greedy by default).
+        limit: Evaluate only the first ``limit`` rows.
+        stop_strings: Texts that end an answer (the template's end of turn).
+        batch_size: Prompts per ``generate`` and per loss pass.
+        plain_model_role: Column name for a model without an adapter.
+        seed: Seed of the bootstrap resamples.
+        n_resamples: Bootstrap resamples per interval.
+
+    Examples:
+        >>> EvalSpec(batch_size=0)
+        Traceback (most recent call last):
+        workbench.evaluation._errors.EvaluationError: batch_size=0 must be a positive integer
+    """
+
+    compare_base: bool = True
+    max_new_tokens: int = 64
+    generation: dict = field(default_factory=dict)
+    limit: int | None = None
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 8
+    plain_model_role: Role = "tuned"
+    seed: int = 0
+    n_resamples: int = N_RESAMPLES
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_size", "n_resamples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise EvaluationError(f"{name}={value!r} must be a positive integer")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
+            raise EvaluationError(f"limit={self.limit!r} must be a positive integer or None")
+        if self.plain_model_role not in ("base", "tuned"):
+            raise EvaluationError(f"plain_model_role={self.plain_model_role!r}: 'base' or 'tuned'")
+
+
+def validate_rows(rows: Sequence[dict] | None, limit: int | None = None) -> list[dict]:
+    """Check rows (``prompt`` and ``reference`` strings) and apply ``limit``.
+
+    Raises:
+        EvaluationError: No rows, or a row without a string ``prompt``/``reference``.
+
+    Examples:
+        >>> validate_rows([{"prompt": "Q", "reference": 1}])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.evaluation._errors.EvaluationError: row 0: field 'reference' must be a string...
+    """
+    if not rows:
+        msg = "no rows to evaluate: give rows=[{'prompt': ..., 'reference': ...}, ...]"
+        raise EvaluationError(msg)
+    rows = list(rows)[:limit] if limit else list(rows)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise EvaluationError(f"row {i}: expected a dict, got {type(row).__name__}")
+        for key in ("prompt", "reference"):
+            if key not in row:
+                raise EvaluationError(f"row {i}: missing field {key!r} (has {sorted(row)})")
+            if not isinstance(row[key], str):
+                kind = type(row[key]).__name__
+                raise EvaluationError(f"row {i}: field {key!r} must be a string, got {kind}")
+    return rows
+
+
+def is_peft_model(model: Any) -> bool:
+    """Whether ``model`` carries a peft adapter that can be switched off.
+
+    Examples:
+        >>> is_peft_model(object())
+        False
+    """
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def _columns(model: Any, spec: EvalSpec) -> list[Role]:
+    if not is_peft_model(model):
+        return [spec.plain_model_role]
+    return ["base", "tuned"] if spec.compare_base else ["tuned"]
+
+
+def _adapter(model: Any, role: Role) -> Any:
+    # Base outputs come from the same weights with the adapter off: no second copy in memory.
+    if role == "base" and is_peft_model(model):
+        return model.disable_adapter()
+    return contextlib.nullcontext()
+
+
+Events = Any  # an EventHub (``emit(name, payload)``) or a callable ``fn(name, payload)``
+
+
+def _emitter(events: Events) -> Callable[[str, Any], None]:
+    if events is None:
+        return lambda name, payload: None
+    return events.emit if hasattr(events, "emit") else events
+
+
+@dataclass(frozen=True)
+class _Outputs:
+    texts: list[str]
+    losses: list[TokenLosses]
+
+
+def _run_column(model: Any, tokenizer: Any, rows: list[dict], spec: EvalSpec, role: Role,
+                emit: Callable[[str, Any], None]) -> _Outputs:
+    from workbench.models.generation import generate_text
+
+    prompts = [r["prompt"] for r in rows]
+    texts: list[str] = []
+    with _adapter(model, role):
+        for start in range(0, len(prompts), spec.batch_size):
+            batch = prompts[start : start + spec.batch_size]
+            texts += generate_text(model, tokenizer, batch, spec.max_new_tokens,
+                                   stop_strings=list(spec.stop_strings), **spec.generation)
+            emit("eval_progress", {"column": role, "done": len(texts), "total": len(prompts)})
+        losses = reference_losses(model, tokenizer, prompts, [r["reference"] for r in rows],
+                                  spec.batch_size)
+    return _Outputs(texts, losses)
+
+
+def _score(metrics: list[Metric], outputs: dict[str, _Outputs], references: tuple[str, ...],
+           spec: EvalSpec) -> tuple[dict, dict]:
+    """Scores with intervals, and per-example values ``{score: {role: [...]}}``."""
+    indices = resample_indices(len(references), spec.n_resamples, spec.seed)
+    scores: dict[str, dict[str, Any]] = {}
+    per_example: dict[str, dict[str, tuple[float, ...]]] = {}
+    for metric in metrics:
+        for role, out in outputs.items():
+            column = Column(tuple(out.texts), references, tuple(o.loss for o in out.losses))
+            for name, scored in metric.score(column, indices).items():
+                entry = scores.setdefault(name, {"higher_is_better": metric.higher_is_better})
+                entry[role], entry[f"{role}_ci"] = scored.value, scored.ci
+                per_example.setdefault(name, {})[role] = scored.per_example
+    return scores, per_example
+
+
+def _rows(rows: list[dict], outputs: dict[str, _Outputs], per_example: dict) -> tuple:
+    built = []
+    for i, row in enumerate(rows):
+        first = next(iter(outputs.values())).losses[i]
+        built.append(EvalRow(
+            index=i, prompt=row["prompt"], reference=row["reference"],
+            outputs={role: out.texts[i] for role, out in outputs.items()},
+            scores={name: {role: v[i] for role, v in cols.items()}
+                    for name, cols in per_example.items()},
+            losses={role: out.losses[i].loss for role, out in outputs.items()},
+            tokens=first.tokens,
+            token_losses={role: out.losses[i].token_losses for role, out in outputs.items()},
+            id=None if row.get("id") is None else str(row["id"]),
+        ))
+    return tuple(built)
+
+
+def _settings(model: Any, metrics: list[Metric], spec: EvalSpec, columns: list, n: int) -> dict:
+    return {
+        "model": str(getattr(getattr(model, "config", None), "_name_or_path", "")),
+        "metrics": [m.name for m in metrics],
+        "metric_options": {m.name: m.options for m in metrics if m.options},
+        "columns": list(columns),
+        "rows": n,
+        "max_new_tokens": spec.max_new_tokens,
+        "generation": spec.generation,
+        "stop_strings": list(spec.stop_strings),
+        "batch_size": spec.batch_size,
+        "limit": spec.limit,
+        "seed": spec.seed,
+        "n_resamples": spec.n_resamples,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def evaluate_with_spec(model: Any, tokenizer: Any, rows: Sequence[dict], metrics: list[Metric],
+                       spec: EvalSpec, events: Events = None) -> Evaluation:
+    """Run an evaluation from a built :class:`EvalSpec` (what :func:`run_evaluation` calls).
+
+    Examples:
+        >>> # evaluate_with_spec(model, tokenizer, rows, resolve_metrics(["rouge"]), EvalSpec())
+    """
+    rows = validate_rows(rows, spec.limit)
+    emit = _emitter(events)
+    columns = _columns(model, spec)
+    was_training = getattr(model, "training", False)
+    model.eval()  # adapter dropout off: evaluation is deterministic
+    try:
+        outputs = {role: _run_column(model, tokenizer, rows, spec, role, emit) for role in columns}
+    finally:
+        model.train(was_training)
+    references = tuple(r["reference"] for r in rows)
+    scores, per_example = _score(metrics, outputs, references, spec)
+    settings = _settings(model, metrics, spec, columns, len(rows))
+    return Evaluation(scores, _rows(rows, outputs, per_example), settings)
+
+
+def run_evaluation(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict] | None,
+    metrics: Sequence[Any] | dict[str, dict] | None = ("rouge", "bleu", "exact_match"),
+    compare_base: bool = True,
+    max_new_tokens: int = 64,
+    generation: dict | None = None,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    stop_strings: Sequence[str] | None = None,
+    batch_size: int = 8,
+    events: Events = None,
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Generate answers for ``rows`` with the tuned and the base model and score both.
+
+    With a peft model, the tuned answers come from the model as it is and the base answers
+    from the same weights inside ``model.disable_adapter()``: no second copy in memory. A
+    plain model gives one column (``"tuned"``). Prompts are batched with left padding and
+    stop at ``stop_strings`` (pass the template's end of turn, e.g. ``["<|im_end|>"]``) or
+    eos. The loss of each reference given its prompt, per example and per token, is always
+    recorded (for sorting, for ``perplexity`` and for the panel's token view).
+
+    Args:
+        model: A ``PeftModel`` (tuned) or a plain causal LM.
+        tokenizer: Its tokenizer.
+        rows: ``[{"prompt": rendered prompt, "reference": answer, "id": optional}, ...]``.
+        metrics: Names from :data:`~workbench.evaluation.METRICS`, functions
+            ``f(prediction, reference) -> float``, ``evaluate.EvaluationModule`` instances, or
+            ``{name: options}`` (e.g. ``{"exact_match": {"ignore_case": True}}``).
+        compare_base: Also evaluate the base model (adapter off).
+        max_new_tokens: Tokens generated per answer at most.
+        generation: Extra ``generate`` keywords; greedy by default.
+        limit: Evaluate only the first ``limit`` rows.
+        out_dir: Save the evaluation there (atomically) and set ``Evaluation.path``.
+        stop_strings: Texts that end an answer; cut from the output.
+        batch_size: Prompts per batch.
+        events: An ``EventHub`` or ``fn(name, payload)``: ``eval_progress`` and ``eval_done``.
+        run_dir: A training run folder; its ``probes.jsonl`` is kept for the panel's timeline.
+        seed: Seed of the bootstrap intervals.
+
+    Returns:
+        The :class:`~workbench.evaluation.Evaluation`.
+
+    Raises:
+        EvaluationError: No rows, a malformed row, an unknown metric (the message lists the
+            known ones), or a metric that raises or returns a non-number (names the metric
+            and the example).
+
+    Examples:
+        >>> # ev = run_evaluation(peft_model, tok, [{"prompt": p, "reference": "Paris"}],
+        >>> #                     metrics=["exact_match", "rouge"], stop_strings=["<|im_end|>"])
+        >>> # ev.scores["exact_match"]["tuned"], ev.scores["exact_match"]["base_ci"]
+    """
+    resolved = resolve_metrics(metrics)
+    spec = EvalSpec(compare_base, max_new_tokens, dict(generation or {}), limit,
+                    tuple(stop_strings or ()), batch_size, seed=seed)
+    evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events)
+    if run_dir is not None:
+        probes = read_probes(run_dir)
+        evaluation = Evaluation(evaluation.scores, evaluation.rows, evaluation.settings,
+                                None, probes)
+    if out_dir is not None:
+        evaluation = evaluation.save(out_dir)
+    _emitter(events)("eval_done", evaluation)
+    return evaluation

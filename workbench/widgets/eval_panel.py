@@ -1,0 +1,263 @@
+"""EvalPanel: scores base vs tuned, examples side by side, token losses, probes, human eval.
+
+A view of an :class:`~workbench.evaluation.Evaluation` (live or reloaded from disk): every
+number comes from it; each widget callback calls one method of this class, and those
+methods are what tests drive headless. Every piece of data text is escaped.
+
+Examples:
+    >>> # panel = EvalPanel(ev)            # or ev.panel(), or just `ev` in a notebook
+    >>> # panel.sort_by("exact_match"); panel.open_row(panel.order[0]); panel.show_tokens(3)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ipywidgets as w
+
+from workbench.evaluation.diff import word_diff
+from workbench.evaluation.ratings import read_ratings, summarize
+from workbench.widgets._html import escape, pre, shorten, table
+
+__all__ = ["EvalPanel", "diff_html", "token_loss_html"]
+
+_BOX = "font-family:monospace;white-space:pre-wrap;line-height:1.6;"
+_MARK = {"delete": "background:#f8c8c8;text-decoration:line-through;",
+         "insert": "background:#c8f0c8;"}
+LOSS_SCALE = 6.0  # a token with NLL >= this is shaded fully (about 1/400 probability)
+
+
+def diff_html(old: str, new: str) -> tuple[str, str]:
+    """Escaped HTML of ``old`` with deletions marked and ``new`` with insertions marked.
+
+    Examples:
+        >>> diff_html("a <b>", "a c")[0]
+        'a <span style="background:#f8c8c8;text-decoration:line-through;">&lt;b&gt;</span>'
+    """
+    left, right = [], []
+    for kind, text in word_diff(old, new):
+        span = escape(text)
+        if kind != "equal":
+            span = f'<span style="{_MARK[kind]}">{span}</span>'
+        if kind != "insert":
+            left.append(span)
+        if kind != "delete":
+            right.append(span)
+    return "".join(left), "".join(right)
+
+
+def token_loss_html(tokens: list[str], losses: list[float]) -> str:
+    """Tokens as escaped spans shaded red by their loss (hover shows the number).
+
+    Examples:
+        >>> token_loss_html(["<x>"], [6.0])
+        '<span title="loss 6.000" style="background:rgba(220,40,40,1.00);">&lt;x&gt;</span>'
+    """
+    spans = []
+    for token, loss in zip(tokens, losses, strict=False):
+        alpha = 0.0 if math.isnan(loss) else min(max(loss / LOSS_SCALE, 0.0), 1.0)
+        shown = escape(token).replace("\n", "↵<br>")
+        style = f"background:rgba(220,40,40,{alpha:.2f});"
+        spans.append(f'<span title="loss {loss:.3f}" style="{style}">{shown}</span>')
+    return "".join(spans)
+
+
+def _fmt(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:+.3g}"
+
+
+class EvalPanel:
+    """Notebook panel over an evaluation; the ipywidgets tree is ``.widget``.
+
+    Tabs: Scores (table and bar chart with interval error bars), Examples (rows sorted by
+    gain or loss; selecting one opens prompt, reference and both answers with word
+    differences), Tokens (per-token loss of the reference), Probes (training timeline),
+    Human eval (blind A/B and its summary).
+
+    Args:
+        evaluation: An :class:`~workbench.evaluation.Evaluation`.
+        seed: Seed of the blind A/B order.
+
+    Examples:
+        >>> # p = EvalPanel(ev); p.sort_by("loss"); p.order[:3]; p.open_row(2); p.detail_html.value
+    """
+
+    def __init__(self, evaluation: Any, seed: int = 0) -> None:
+        self.evaluation, self.seed = evaluation, seed
+        self.order: list[int] = []
+        self.selected: int | None = None
+        self._build_widgets()
+        self._connect()
+        self._show_scores()
+        self._show_probes()
+        self.sort_by(self._default_key(), True)
+        self.refresh_ratings()
+
+    def _default_key(self) -> str:
+        keys = [k for k in self.evaluation.sort_keys() if k not in ("index", "loss")]
+        return keys[0] if keys else "index"
+
+    def _build_widgets(self) -> None:
+        ev = self.evaluation
+        self.scores_html, self.figure = w.HTML(), self._figure()
+        self.sort_key = w.Dropdown(options=ev.sort_keys(), value=self._default_key(),
+                                   description="sort by")
+        self.descending = w.Checkbox(value=True, description="largest first")
+        self.rows_select = w.Select(options=[], rows=12, layout=w.Layout(width="100%"))
+        self.detail_html = w.HTML()
+        self.token_column = w.ToggleButtons(options=list(ev.columns), value=ev.columns[-1])
+        self.token_row = w.BoundedIntText(value=0, min=0, max=max(len(ev.rows) - 1, 0),
+                                          description="example")
+        self.tokens_html, self.probes_html, self.ratings_html = w.HTML(), w.HTML(), w.HTML()
+        self.ab_box = w.VBox()
+        examples = w.VBox([w.HBox([self.sort_key, self.descending]), self.rows_select,
+                           self.detail_html])
+        tokens = w.VBox([w.HBox([self.token_row, self.token_column]), self.tokens_html])
+        self.tabs = w.Tab(children=[w.VBox([self.scores_html, self.figure]), examples, tokens,
+                                    self.probes_html, w.VBox([self.ratings_html, self.ab_box])],
+                          titles=["Scores", "Examples", "Tokens", "Probes", "Human eval"])
+        self.widget = w.VBox([self.tabs])
+
+    def _figure(self) -> Any:
+        import plotly.graph_objects as go
+
+        fig = go.FigureWidget()
+        fig.update_layout(height=300, barmode="group", margin=dict(l=40, r=10, t=30, b=40),
+                          title="base vs tuned (95% bootstrap interval)")
+        return fig
+
+    def _connect(self) -> None:
+        self.sort_key.observe(lambda c: self.sort_by(c["new"]), names="value")
+        self.descending.observe(lambda c: self.sort_by(descending=c["new"]), names="value")
+        self.rows_select.observe(lambda c: self.open_row(c["new"]), names="value")
+        self.token_row.observe(lambda c: self.show_tokens(c["new"]), names="value")
+        self.token_column.observe(lambda c: self.show_tokens(column=c["new"]), names="value")
+
+    # -- scores ---------------------------------------------------------------------------
+    def _show_scores(self) -> None:
+        ev = self.evaluation
+        header = ["score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain"]
+        self.scores_html.value = table(header, ev.score_table())
+        names = list(ev.scores)
+        with self.figure.batch_update():
+            self.figure.data = ()
+            for column in ev.columns:
+                self.figure.add_bar(**self._bar(names, column))
+
+    def _bar(self, names: list[str], column: str) -> dict[str, Any]:
+        import numpy as np
+
+        entries = [self.evaluation.scores[n] for n in names]
+        values = np.array([e.get(column, np.nan) for e in entries], dtype=float)
+        lo = np.array([e.get(f"{column}_ci", (np.nan, np.nan))[0] for e in entries], dtype=float)
+        hi = np.array([e.get(f"{column}_ci", (np.nan, np.nan))[1] for e in entries], dtype=float)
+        error = dict(type="data", array=hi - values, arrayminus=values - lo, visible=True)
+        return dict(x=names, y=values, name=column, error_y=error)
+
+    # -- examples -------------------------------------------------------------------------
+    def sort_by(self, key: str | None = None, descending: bool | None = None) -> list[int]:
+        """Sort the example list by ``key`` (a score's gain, ``"loss"`` or ``"index"``).
+
+        Returns:
+            The row indices in the new order (also kept in ``.order``).
+
+        Examples:
+            >>> # panel.sort_by("exact_match")[:3]  -> rows the tuned model improved most
+        """
+        key = key if key is not None else self.sort_key.value
+        descending = self.descending.value if descending is None else descending
+        rows = self.evaluation.sorted_rows(key, descending)
+        self.order = [r.index for r in rows]
+        labels = [(self._label(r, key), r.index) for r in rows]
+        self.rows_select.options = labels
+        if self.order and self.selected not in self.order:
+            self.rows_select.value = self.order[0]
+        return self.order
+
+    def _label(self, row: Any, key: str) -> str:
+        value = self.evaluation.row_key(row, key)
+        tag = "gain" if len(self.evaluation.columns) == 2 and key != "index" else key
+        return f"#{row.index}  {tag} {_fmt(value)}  |  {shorten(row.prompt, 80)}"
+
+    def open_row(self, index: int | None) -> str:
+        """Show row ``index``: prompt, reference, and the answers side by side with diffs.
+
+        Returns:
+            The HTML shown (every piece of text escaped).
+
+        Examples:
+            >>> # panel.open_row(4); "<del" not in panel.detail_html.value
+        """
+        if index is None:
+            return self.detail_html.value
+        self.selected = index
+        row = self.evaluation.rows[index]
+        self.detail_html.value = self._detail(row)
+        if self.rows_select.value != index:
+            self.rows_select.value = index
+        return self.detail_html.value
+
+    def _detail(self, row: Any) -> str:
+        cols = self.evaluation.columns
+        head = f"<b>prompt</b>{pre(row.prompt)}<b>reference</b>{pre(row.reference)}"
+        if len(cols) == 2:
+            cells = diff_html(row.base, row.tuned)
+        else:
+            cells = (escape(row.outputs[cols[0]]),)
+        scores = {n: ", ".join(f"{c} {v:.3g}" for c, v in s.items()) for n, s in row.scores.items()}
+        parts = "".join(f"<td style='{_BOX}vertical-align:top;width:50%'>{c}</td>" for c in cells)
+        heads = "".join(f"<th>{escape(c)}</th>" for c in cols)
+        facts = table(["score", "per column"], [[n, s] for n, s in scores.items()])
+        return f"{head}<table style='width:100%'><tr>{heads}</tr><tr>{parts}</tr></table>{facts}"
+
+    # -- tokens ---------------------------------------------------------------------------
+    def show_tokens(self, index: int | None = None, column: str | None = None) -> str:
+        """Shade the reference of row ``index`` by each token's loss under ``column``'s model.
+
+        Examples:
+            >>> # panel.show_tokens(0, "base"); panel.tokens_html.value
+        """
+        index = self.token_row.value if index is None else index
+        column = self.token_column.value if column is None else column
+        row = self.evaluation.rows[index]
+        losses = list(row.token_losses.get(column, ()))
+        note = f"loss {row.losses.get(column, float('nan')):.3f} (mean NLL per token)"
+        shaded = token_loss_html(list(row.tokens), losses) if losses else "no token losses stored"
+        self.tokens_html.value = f"<div>{escape(note)}</div><div style='{_BOX}'>{shaded}</div>"
+        return self.tokens_html.value
+
+    # -- probes and human eval --------------------------------------------------------------
+    def _show_probes(self) -> None:
+        probes = self.evaluation.probes
+        if not probes:
+            self.probes_html.value = "<i>no probe prompts were recorded in training</i>"
+            return
+        rows = [[p.get("step"), p.get("prompt", ""), p.get("output", ""), p.get("base") or ""]
+                for p in sorted(probes, key=lambda p: (str(p.get("prompt")), p.get("step") or 0))]
+        self.probes_html.value = table(["step", "prompt", "output", "base"], rows)
+
+    def refresh_ratings(self, _rating: Any = None) -> str:
+        """Re-read ``ratings.jsonl`` and show the summary; build the A/B view when possible.
+
+        Examples:
+            >>> # panel.refresh_ratings(); panel.ratings_html.value
+        """
+        ev = self.evaluation
+        if ev.ratings_path is None or len(ev.columns) != 2:
+            self.ratings_html.value = (
+                "<i>blind A/B needs base and tuned answers and a saved evaluation</i>"
+            )
+            return self.ratings_html.value
+        self.ratings_html.value = pre(str(summarize(read_ratings(ev.ratings_path))))
+        if not self.ab_box.children:
+            from workbench.widgets.ab_rating import ABRating
+
+            self.ab = ABRating(ev, self.seed, on_rated=self.refresh_ratings)
+            self.ab_box.children = (self.ab.widget,)
+        return self.ratings_html.value
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
