@@ -311,6 +311,67 @@ class Session:
         self._progress(f"loaded adapter {path}")
         return self.model_info()
 
+    # --- training ---------------------------------------------------------------------
+
+    def train(self, wait: bool | None = None, probes: list[str] | None = None,
+              **settings: Any):
+        """Train an adapter (or the full model) on the loaded data; returns the :class:`Run`.
+
+        Keywords build a :class:`~workbench.train.TrainSpec` (``epochs``, ``lr``,
+        ``lora=wb.LoRA(r=8)``, ``method``...). In a notebook it returns at once and shows the
+        TrainingMonitor; elsewhere it blocks and prints progress (``wait`` overrides).
+
+        Examples:
+            >>> run = s.train(epochs=2, lr=2e-4, lora=wb.LoRA(r=8))  # doctest: +SKIP
+            >>> run.pause(); s.generate("Hi"); run.resume()  # doctest: +SKIP
+        """
+        from workbench.errors import SpecError
+        from workbench.train import TrainSpec, start_run
+
+        spec = TrainSpec(**settings)
+        if self._adapted is not None:
+            raise SpecError("the model already carries an adapter from an earlier run: call "
+                            "load_model(...) again to train a fresh one, or merge() first.")
+        data = self.data
+        run_dir = self.run_dir / "runs" / f"run-{self._count('runs', 'run-'):03d}"
+        self._run = start_run(
+            self.loaded.model, self.tokenizer, _training_columns(data.train),
+            _training_columns(data.validation), spec, run_dir, self.events,
+            self._state().get("model"), wait=_blocking(wait), probes=probes,
+        )
+        self._adapted = self._run.model
+        self._training_summary = spec.to_dict()
+        return self._run
+
+    def resume(self, run_dir: str | Path, wait: bool | None = None):
+        """Continue a run from its last complete checkpoint (also in a new process).
+
+        Examples:
+            >>> run = wb.Session("runs/demo").resume("runs/demo/runs/run-001")  # doctest: +SKIP
+        """
+        from workbench.train import resume_run
+        from workbench.train.store import read_meta
+
+        meta = read_meta(Path(run_dir))
+        model_spec = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
+        if model_spec.get("spec"):
+            self.load_model(model_spec.pop("spec"), **model_spec)
+        self._run = resume_run(run_dir, self.events, wait=_blocking(wait),
+                               model=self.loaded.model, tokenizer=self.tokenizer)
+        self._adapted = self._run.model
+        self._training_summary = meta.get("spec", {})
+        return self._run
+
+    @property
+    def run(self):
+        """The latest training run, or None.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).run is None
+            True
+        """
+        return getattr(self, "_run", None)
+
     # --- evaluation -------------------------------------------------------------------
 
     def evaluate(self, data: Any = None, metrics: Any = ("rouge", "bleu", "exact_match"),
@@ -365,8 +426,7 @@ class Session:
         return len(list((self.run_dir / folder).glob(f"{prefix}*"))) + 1
 
     def _last_run_dir(self) -> Path | None:
-        run = getattr(self, "_run", None)
-        return getattr(run, "run_dir", None)
+        return getattr(self.run, "run_dir", None)
 
     # --- deployment -------------------------------------------------------------------
 
@@ -482,6 +542,26 @@ class Session:
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None
         return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
+
+
+def _training_columns(dataset: Any) -> Any:
+    """Only the columns training reads (the data keeps texts and metadata besides)."""
+    if dataset is None or len(dataset) == 0:
+        return None
+    keep = [c for c in ("input_ids", "labels", "attention_mask") if c in dataset.column_names]
+    return dataset.select_columns(keep)
+
+
+def _blocking(wait: bool | None) -> bool:
+    """Block outside notebooks, return at once inside one (unless told)."""
+    if wait is not None:
+        return wait
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    shell = get_ipython()
+    return shell is None or type(shell).__name__ != "ZMQInteractiveShell"
 
 
 def _describe(source: Any) -> str:

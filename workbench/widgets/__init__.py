@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DataInspector"]
+__all__ = ["ABRating", "DataInspector", "EvalPanel"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +18,25 @@ def __getattr__(name: str) -> Any:
         from workbench.widgets.data_inspector import DataInspector
 
         return DataInspector
+    if name == "EvalPanel":
+        from workbench.widgets.eval_panel import EvalPanel
+
+        return EvalPanel
+    if name == "ABRating":
+        from workbench.widgets.ab_rating import ABRating
+
+        return ABRating
     raise AttributeError(name)
+
+
+# TrainingMonitor (workbench.train's panel), loaded lazily like the others.
+__all__ += ["TrainingMonitor"]
+_panel_getattr = __getattr__
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TrainingMonitor":
+        from workbench.widgets.training_monitor import TrainingMonitor
+
+        return TrainingMonitor
+    return _panel_getattr(name)

@@ -1,0 +1,98 @@
+"""A run killed with SIGKILL resumes in a new process from its last complete checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from train_helpers import toy_run, train_losses
+
+from workbench.errors import SpecError
+from workbench.events import EventHub
+from workbench.train import RunState, TrainSpec, resume_run
+from workbench.train.checkpoint import latest_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+SPEC = "TrainSpec(max_steps=30, lr=5e-3, batch_size=8, eval_every=10, save_every=5, seed=3)"
+
+START = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from train_helpers import toy_run
+from workbench.events import EventHub
+from workbench.train import TrainSpec
+
+events = EventHub()
+
+def kill(payload):
+    if payload["record"].step == 12:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+events.on("train_log", kill)
+toy_run(Path({model!r}), Path({run!r}), {spec}, events=events, wait=True)
+"""
+
+RESUME = """
+import sys
+from workbench.train import resume_run
+run = resume_run({run!r}, wait=True)
+print("RESULT", run.state.value, run.status.step)
+"""
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = _python(START.format(tests=str(TESTS), model=str(tiny_model_dir),
+                                  run=str(run_dir), spec=SPEC))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert latest_checkpoint(run_dir).name == "step-00000010"
+    # What a kill in the middle of a save leaves behind: a hidden partial folder.
+    partial = run_dir / "checkpoints" / ".step-00000015.partial-abc"
+    partial.mkdir()
+    (partial / "trainable.safetensors").write_bytes(b"half")
+
+    resumed = _python(RESUME.format(run=str(run_dir)))
+    assert "RESULT finished 30" in resumed.stdout, resumed.stderr[-2000:]
+    assert "step 11/30" in resumed.stdout and "step 10/30" not in resumed.stdout
+
+    straight = toy_run(tiny_model_dir, tmp_path / "straight", eval(SPEC))
+    from workbench.widgets.training_monitor import TrainingMonitor
+
+    monitor = TrainingMonitor.from_folder(run_dir)
+    assert list(monitor.traces["loss"].x) == list(range(1, 31))
+    assert list(monitor.traces["loss"].y) == pytest.approx(train_losses(straight), rel=1e-5)
+    assert monitor.status_text().startswith("finished · step 30/30")
+
+
+def test_resume_continues_in_process_from_a_stopped_folder(tiny_model_dir, tmp_path):
+    from train_helpers import fresh
+
+    run = toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=6, batch_size=8,
+                                                              save_every=2, eval_every=3))
+    assert run.state is RunState.FINISHED
+    again = resume_run(tmp_path / "run", EventHub(), wait=True,
+                       model=fresh(tiny_model_dir).model, tokenizer=run.tokenizer)
+    assert again.state is RunState.FINISHED and again.status.step == 6
+    assert len(train_losses(again)) == 6
+
+
+def test_resuming_a_folder_without_a_run_is_a_clear_error(tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    with pytest.raises(SpecError, match=r"holds no training run \(no run.json\)"):
+        resume_run(empty, EventHub())
+    assert list(empty.iterdir()) == []
+    with pytest.raises(SpecError, match="holds no training run"):
+        resume_run(tmp_path / "absent", EventHub())
+    assert not (tmp_path / "absent").exists()

@@ -1,0 +1,110 @@
+"""TrainingMonitor driven headless by a real run on the tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from train_helpers import toy_run
+
+from workbench.events import EventHub
+from workbench.train import RunState, TrainSpec
+from workbench.widgets.training_monitor import TrainingMonitor
+
+SPEC = TrainSpec(max_steps=20, lr=5e-3, batch_size=8, eval_every=10, save_every=10)
+PROBES = ["3 cat =>", "<script>alert(1)</script> dog =>"]
+
+
+def _held_run(tiny_model_dir, run_dir, steps: set[int]):
+    events, reached, gate = EventHub(), threading.Event(), threading.Event()
+
+    def hold(payload):
+        record = payload["record"]
+        if record.kind == "train" and record.step in steps:
+            steps.discard(record.step)
+            reached.set()
+            gate.wait(30)
+            gate.clear()
+
+    events.on("train_log", hold)
+    run = toy_run(tiny_model_dir, run_dir, SPEC, events=events, wait=False, probes=PROBES)
+    return run, events, reached, gate
+
+
+def _until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_buttons_drive_the_run_and_the_view_follows(tiny_model_dir, tmp_path):
+    run, _events, reached, gate = _held_run(tiny_model_dir, tmp_path / "run", {3})
+    assert reached.wait(30)
+    monitor = run.monitor()
+    assert len(monitor.traces["loss"].x) == 3
+    assert monitor.status_html.value.startswith('<div class="wb-train-status" style="">'
+                                                "running · step 3/20 · epoch 0.38 · loss ")
+    assert (monitor.pause_button.disabled, monitor.resume_button.disabled) == (False, True)
+    monitor.pause_button.click()
+    assert (monitor.pause_button.disabled, monitor.pause_button.description) == (
+        True, "Pausing…")
+    gate.set()
+    assert run.pause(timeout=30).state is RunState.PAUSED
+    assert "paused · step 3/20" in monitor.status_html.value
+    assert (monitor.pause_button.description, monitor.resume_button.disabled) == ("Pause", False)
+    monitor.eval_button.click()
+    assert _until(lambda: len(monitor.traces["eval_loss"].x) == 1)
+    assert list(monitor.traces["eval_loss"].x) == [3.0]
+    assert _until(lambda: "<th>step 3</th>" in monitor.probes_html.value)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in monitor.probes_html.value
+    assert "<script>" not in monitor.probes_html.value
+    monitor.resume_button.click()
+    monitor.stop_button.click()
+    status = run.wait(30)
+    assert status.state is RunState.STOPPED
+    monitor.refresh()
+    assert len(monitor.traces["loss"].x) == status.step
+    assert monitor.status_text().startswith(f"stopped · step {status.step}/20")
+    assert [b.disabled for b in (monitor.pause_button, monitor.stop_button,
+                                 monitor.eval_button, monitor.save_button)] == [True] * 4
+    assert monitor.resume_button.disabled is False  # a stopped run can go on in this kernel
+
+
+def test_updates_are_throttled_and_close_unsubscribes(tiny_model_dir, tmp_path):
+    run, events, reached, gate = _held_run(tiny_model_dir, tmp_path / "run", {2, 6})
+    assert reached.wait(30)
+    reached.clear()
+    before = {name: len(events._listeners[name]) for name in ("train_log", "train_state")}
+    monitor = TrainingMonitor(run, min_interval=3600)
+    assert len(monitor.traces["loss"].x) == 2
+    gate.set()
+    assert reached.wait(30)
+    assert len(monitor.traces["loss"].x) == 2  # records arrived, the render waits
+    monitor.refresh()  # step 6 is held in the listener before the monitor's, so 1..5
+    assert list(monitor.traces["loss"].x) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert monitor.traces["loss"].y.dtype.kind == "f"
+    monitor.close()
+    after = {name: len(events._listeners[name]) for name in ("train_log", "train_state")}
+    assert after == {name: count for name, count in before.items()}
+    gate.set()
+    assert run.wait(30).state is RunState.FINISHED
+    monitor.refresh()
+    # Step 6 was already being delivered when close() ran; nothing after it arrives.
+    assert len(monitor.traces["loss"].x) == 6
+
+
+def test_redisplay_a_finished_run_from_its_folder(tiny_model_dir, tmp_path):
+    run = toy_run(tiny_model_dir, tmp_path / "run", SPEC, probes=PROBES)
+    monitor = TrainingMonitor.from_folder(tmp_path / "run")
+    assert list(monitor.traces["loss"].x) == [float(s) for s in range(1, 21)]
+    assert list(monitor.traces["eval_loss"].x) == [10.0, 20.0]
+    assert len(monitor.traces["smoothed"].y) == len(monitor.traces["lr"].y) == 20
+    assert monitor.status_text().startswith("finished · step 20/20 · epoch 2.50 · loss ")
+    assert all(b.disabled for b in (monitor.pause_button, monitor.resume_button,
+                                    monitor.stop_button, monitor.eval_button,
+                                    monitor.save_button))
+    assert monitor.probes_html.value.count("<tr>") == 3  # header + two probes
+    bundle = run._repr_mimebundle_()
+    assert bundle["text/plain"].splitlines()[0] == monitor.status_text()
+    assert "application/vnd.jupyter.widget-view+json" in bundle

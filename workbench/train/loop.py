@@ -1,0 +1,207 @@
+"""The training loop, one optimizer step at a time (nanoGPT-style, no hidden callbacks).
+
+:class:`TrainLoop` owns the optimizer, the scheduler and the data position. ``train_step()``
+runs ``grad_accum`` micro-batches and one optimizer update; ``evaluate()`` one pass over the
+validation data. Everything that decides *when* (pause, eval, save, stop) lives in
+:mod:`workbench.train.run`.
+
+Examples:
+    >>> # loop = TrainLoop(peft_model, pad_id, train_examples, val_examples, spec, total_steps=60)
+    >>> # record = loop.train_step(); record.loss
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from workbench.train.batches import Examples, collate, epoch_batches
+from workbench.train.guards import (
+    check_grad_norm,
+    check_loss,
+    is_out_of_memory,
+    out_of_memory_error,
+)
+from workbench.train.loss import token_loss_sum
+from workbench.train.prepare import optimizer_groups
+from workbench.train.records import LogRecord, memory_bytes
+from workbench.train.spec import TrainSpec
+
+__all__ = ["TrainLoop"]
+
+
+class TrainLoop:
+    """Optimizer, scheduler and data position of one run.
+
+    Args:
+        model: The wrapped model (:func:`~workbench.train.prepare.wrap_model`).
+        pad_id: Token id used for right padding.
+        train: Training examples (each with at least one trained token).
+        validation: Validation examples, or ``None``.
+        spec: The run's settings.
+        total_steps: Optimizer steps planned.
+
+    Examples:
+        >>> # TrainLoop(model, 0, train, None, TrainSpec(max_steps=5), 5).train_step().step
+        >>> # 1
+    """
+
+    def __init__(self, model: Any, pad_id: int, train: Examples, validation: Examples | None,
+                 spec: TrainSpec, total_steps: int) -> None:
+        import torch
+        from transformers import get_scheduler
+
+        self.model, self.pad_id, self.spec = model, pad_id, spec
+        self.train, self.validation, self.total_steps = train, validation, total_steps
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.device = next(model.parameters()).device
+        self.optimizer = torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
+        self.scheduler = get_scheduler(spec.scheduler, self.optimizer,
+                                       num_warmup_steps=spec.warmup_steps(total_steps),
+                                       num_training_steps=total_steps)
+        self.micro_per_epoch = math.ceil(len(train) / spec.batch_size)
+        planned = (total_steps * spec.grad_accum if spec.max_steps is not None
+                   else math.ceil(spec.epochs * self.micro_per_epoch))
+        self.total_micro = planned
+        self.step, self.micro, self.elapsed = 0, 0, 0.0
+        self._epoch: tuple[int, list[list[int]]] = (-1, [])
+
+    # -- data position --------------------------------------------------------------------
+    @property
+    def epoch(self) -> float:
+        """Fractional epochs done.
+
+        Examples:
+            >>> # loop.epoch -> 0.5
+        """
+        return self.micro / self.micro_per_epoch
+
+    def batch_at(self, micro: int) -> list[int]:
+        """Example indices of global micro-batch ``micro`` (deterministic from the seed).
+
+        Examples:
+            >>> # loop.batch_at(0) -> [12, 3, 40, 7]
+        """
+        epoch, index = divmod(micro, self.micro_per_epoch)
+        if self._epoch[0] != epoch:
+            lengths = self.train.lengths
+            self._epoch = (epoch, epoch_batches(lengths, self.spec.batch_size,
+                                                self.spec.seed, epoch))
+        return self._epoch[1][index]
+
+    def state(self) -> dict[str, Any]:
+        """Position to store in a checkpoint.
+
+        Examples:
+            >>> # loop.state() -> {'step': 10, 'micro': 10, 'elapsed': 3.2}
+        """
+        return {"step": self.step, "micro": self.micro, "elapsed": self.elapsed}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint's :meth:`state`.
+
+        Examples:
+            >>> # loop.restore({"step": 10, "micro": 10, "elapsed": 3.2})
+        """
+        self.step, self.micro = int(state["step"]), int(state["micro"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+
+    # -- one step -------------------------------------------------------------------------
+    def _micro_batches(self) -> list[dict[str, Any]]:
+        count = min(self.spec.grad_accum, max(1, self.total_micro - self.micro))
+        return [self._to_device(collate(self.train, self.batch_at(self.micro + k), self.pad_id))
+                for k in range(count)]
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        for key in ("input_ids", "labels"):
+            batch[key] = batch[key].to(self.device)
+        return batch
+
+    def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
+        total = 0.0
+        for batch in batches:
+            loss_sum, count = token_loss_sum(self.model, batch, self.spec.fast_loss)
+            value = float(loss_sum.detach())
+            check_loss(value / max(count, 1), self.step + 1, self.current_lr())
+            (loss_sum / trained).backward()
+            total += value
+        return total
+
+    def current_lr(self) -> float:
+        """Learning rate of the top layer for the next step.
+
+        Examples:
+            >>> # loop.current_lr() -> 0.0002
+        """
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+    def train_step(self) -> LogRecord:
+        """Run one optimizer step over ``grad_accum`` micro-batches and log it.
+
+        Raises:
+            TrainingError: NaN/inf loss or an exploding gradient (the update is not applied).
+            OutOfMemoryError: the batch did not fit; the message suggests a smaller one.
+
+        Examples:
+            >>> # loop.train_step().loss -> 5.81
+        """
+        import torch
+
+        start = time.perf_counter()
+        self.model.train()
+        batches = self._micro_batches()
+        trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        tokens = sum(int(b["lengths"].sum()) for b in batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = self._forward_backward(batches, trained) / trained
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            width = max(b["input_ids"].numel() for b in batches)
+            raise out_of_memory_error(err, self.spec.batch_size, self.spec.grad_accum,
+                                      width) from err
+        clip = self.spec.max_grad_norm or math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        check_grad_norm(norm, self.step + 1, self.spec.grad_norm_limit)
+        lr = self.current_lr()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step, self.micro = self.step + 1, self.micro + len(batches)
+        seconds = time.perf_counter() - start
+        self.elapsed += seconds
+        return LogRecord(kind="train", step=self.step, epoch=round(self.epoch, 4), loss=loss,
+                         lr=lr, grad_norm=norm, tokens_per_s=tokens / seconds,
+                         memory=memory_bytes(), elapsed=round(self.elapsed, 3))
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> float | None:
+        """Mean loss over every trained validation token (``None`` without validation data).
+
+        Leaves the model in training mode and consumes no random numbers.
+
+        Examples:
+            >>> # loop.evaluate() -> 0.42
+        """
+        import torch
+
+        if self.validation is None or not len(self.validation):
+            return None
+        order = np.argsort(-self.validation.lengths, kind="stable")
+        size = self.spec.batch_size
+        total, count = 0.0, 0
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(order), size):
+                    batch = self._to_device(collate(
+                        self.validation, order[start:start + size].tolist(), self.pad_id))
+                    loss_sum, n = token_loss_sum(self.model, batch, self.spec.fast_loss)
+                    total, count = total + float(loss_sum), count + n
+        finally:
+            self.model.train()
+        return total / count if count else None

@@ -1,0 +1,121 @@
+"""Causal LM loss that computes logits only where a label is trained.
+
+A plain ``model(**batch).logits`` builds ``batch x seq x vocab`` logits; with Gemma 3's 262k
+vocabulary the output layer is ~63% of the compute and ~1 GB per copy (design.md). Only rows
+whose next label is trained matter to the loss, so :func:`token_loss_sum` runs the model's
+backbone, gathers the hidden states at those rows, and applies the output layer to them
+alone, in chunks. The sum of token losses is the same as the full path's, up to float
+rounding.
+
+Examples:
+    >>> # total, count = token_loss_sum(peft_model, batch, fast=True); (total / count).backward()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.train.batches import IGNORE_INDEX
+
+__all__ = ["FAST_LOSS_TYPES", "causal_lm", "supports_fast_loss", "token_loss_sum"]
+
+# Model types whose logits are exactly ``lm_head(backbone(x))`` (optionally soft-capped). Others
+# (logit scaling, extra heads) take the full path, which is always correct.
+FAST_LOSS_TYPES = frozenset({
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "smollm3",
+    "olmo2", "gpt2", "gpt_neox", "stablelm", "starcoder2",
+})
+CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MB in float32) before chunks are recomputed
+
+
+def causal_lm(model: Any) -> Any:
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (or the model itself).
+
+    Examples:
+        >>> # causal_lm(peft_model).config.model_type -> 'llama'
+    """
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supports_fast_loss(model: Any) -> bool:
+    """Whether the model's logits are a plain output layer over the backbone's states.
+
+    Examples:
+        >>> # supports_fast_loss(gemma) -> True
+    """
+    lm = causal_lm(model)
+    prefix = getattr(lm, "base_model_prefix", "")
+    return (getattr(lm.config, "model_type", None) in FAST_LOSS_TYPES
+            and hasattr(lm, prefix) and lm.get_output_embeddings() is not None)
+
+
+def _rows_loss(hidden: Any, head: Any, targets: Any, softcap: float | None) -> Any:
+    from torch.nn.functional import cross_entropy
+
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch_tanh(logits / softcap) * softcap
+    return cross_entropy(logits, targets, reduction="sum")
+
+
+def torch_tanh(x: Any) -> Any:
+    """``torch.tanh`` (kept separate so the loss module imports torch lazily).
+
+    Examples:
+        >>> import torch
+        >>> torch_tanh(torch.zeros(1)).item()
+        0.0
+    """
+    import torch
+
+    return torch.tanh(x)
+
+
+def _chunked_loss(hidden: Any, head: Any, targets: Any, softcap: float | None) -> Any:
+    from torch.utils.checkpoint import checkpoint
+
+    vocab = head.weight.shape[0]
+    if hidden.shape[0] * vocab <= CHUNK_ELEMENTS:
+        return _rows_loss(hidden, head, targets, softcap)
+    rows = max(1, CHUNK_ELEMENTS // vocab)
+    total = 0.0
+    for start in range(0, hidden.shape[0], rows):
+        part = slice(start, start + rows)
+        # Recompute each chunk's logits in backward instead of keeping them all alive.
+        total = total + checkpoint(_rows_loss, hidden[part], head, targets[part], softcap,
+                                   use_reentrant=False)
+    return total
+
+
+def token_loss_sum(model: Any, batch: dict[str, Any], fast: bool = True) -> tuple[Any, int]:
+    """Sum of next-token cross-entropy over trained labels, and how many there were.
+
+    Batches are right-padded (:func:`~workbench.train.batches.collate`), so no attention mask
+    is passed: under causal attention, trailing padding cannot change earlier positions, and
+    padded rows are never read.
+
+    Args:
+        model: A causal LM, plain or peft-wrapped.
+        batch: ``input_ids`` and ``labels`` (``-100`` = not trained), same shape.
+        fast: Apply the output layer only to trained rows (if the model type allows it).
+
+    Returns:
+        ``(loss_sum, count)``: a scalar tensor and the number of trained tokens.
+
+    Examples:
+        >>> # total, n = token_loss_sum(model, collate(examples, [0, 1], pad_id=0))
+    """
+    from torch.nn.functional import cross_entropy
+
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    count = int(mask.sum())
+    if fast and supports_fast_loss(model):
+        lm = causal_lm(model)
+        out = getattr(lm, lm.base_model_prefix)(input_ids=input_ids, use_cache=False)
+        hidden = out[0][:, :-1][mask]
+        softcap = getattr(lm.config, "final_logit_softcapping", None)
+        return _chunked_loss(hidden, lm.get_output_embeddings(), targets[mask], softcap), count
+    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
+    return cross_entropy(logits[mask].float(), targets[mask], reduction="sum"), count

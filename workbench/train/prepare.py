@@ -1,0 +1,164 @@
+"""Check a model against a :class:`TrainSpec`, then wrap it for training (peft or full).
+
+Examples:
+    >>> # check_model(model, spec)      # raises SpecError / DependencyError, changes nothing
+    >>> # model = wrap_model(model, spec)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from workbench.errors import DependencyError, SpecError
+from workbench.train.spec import TrainSpec
+
+__all__ = ["add_neftune", "check_model", "is_4bit", "is_quantized", "optimizer_groups",
+           "wrap_model"]
+
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+def is_4bit(model: Any) -> bool:
+    """Whether the model was loaded with bitsandbytes 4-bit weights.
+
+    Examples:
+        >>> # is_4bit(load_model(path, quantization="4bit").model) -> True
+    """
+    return bool(getattr(model, "is_loaded_in_4bit", False))
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether the model has 4-bit or 8-bit bitsandbytes weights.
+
+    Examples:
+        >>> # is_quantized(plain_model) -> False
+    """
+    return is_4bit(model) or bool(getattr(model, "is_loaded_in_8bit", False))
+
+
+def _check_target(model: Any, spec: TrainSpec) -> None:
+    from workbench.models.info import lora_target_names
+
+    if spec.method == "full" or spec.lora.target == "all-linear":
+        return
+    available = lora_target_names(model)
+    missing = [t for t in spec.lora.target if t not in available]
+    if missing:
+        msg = (f"LoRA target {missing} not found in this model. Its linear layers are "
+               f"{list(available)}; use some of these or target='all-linear'.")
+        raise SpecError(msg)
+
+
+def check_model(model: Any, spec: TrainSpec) -> None:
+    """Raise a clear error if ``spec`` cannot train ``model``; changes nothing.
+
+    Raises:
+        SpecError: adapter already attached, qlora without a 4-bit base, full fine-tuning of
+            a quantized base, or a LoRA target the model doesn't have.
+        DependencyError: qlora without bitsandbytes installed.
+
+    Examples:
+        >>> # check_model(plain_model, TrainSpec(method="qlora"))  -> SpecError
+    """
+    if hasattr(model, "peft_config"):
+        msg = ("the model already carries a peft adapter (from an earlier run): load the base "
+               "model again, or merge the adapter first, before training a new one.")
+        raise SpecError(msg)
+    if spec.method == "qlora":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            msg = "method='qlora' needs bitsandbytes: pip install bitsandbytes."
+            raise DependencyError(msg) from err
+        if not is_4bit(model):
+            msg = ("method='qlora' trains LoRA on a 4-bit base, but this model is not 4-bit: "
+                   "load it with load_model(..., quantization='4bit') (NF4, double "
+                   "quantization, as in the QLoRA recipe), or use method='lora'.")
+            raise SpecError(msg)
+    if spec.method == "full" and is_quantized(model):
+        msg = ("method='full' cannot train quantized weights: load the model without "
+               "quantization, or use method='qlora' (4-bit) / 'lora'.")
+        raise SpecError(msg)
+    _check_target(model, spec)
+
+
+def wrap_model(model: Any, spec: TrainSpec) -> Any:
+    """Prepare ``model`` for training: peft LoRA/DoRA adapter, or every weight for "full".
+
+    Seeds torch with ``spec.seed`` first, so the adapter's initial weights are reproducible.
+
+    Examples:
+        >>> # peft_model = wrap_model(model, TrainSpec(lora=LoRA(r=8)))
+    """
+    import torch
+
+    torch.manual_seed(spec.seed)
+    checkpointing = {"use_reentrant": False}
+    if is_quantized(model):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs=checkpointing)
+    if spec.gradient_checkpointing:
+        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
+        model.config.use_cache = False
+    if spec.method == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model.train()
+    from peft import get_peft_model
+
+    return get_peft_model(model, spec.lora.to_peft()).train()
+
+
+def _layer_scale(name: str, layers: int, decay: float | None) -> float:
+    if not decay or decay == 1:
+        return 1.0
+    match = _LAYER.search(name)
+    depth = int(match.group(1)) if match else (layers if "norm" in name else -1)
+    # Embeddings (no layer number) sit below layer 0; the final norm and head above the top.
+    return float(decay ** max(0, layers - 1 - depth))
+
+
+def optimizer_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
+    """AdamW parameter groups: per-layer learning rates and no decay on biases and norms.
+
+    Examples:
+        >>> # torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    groups: dict[tuple[float, float], list[Any]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            scale = _layer_scale(name, layers, spec.layer_lr_decay)
+            decay = spec.weight_decay if param.ndim >= 2 else 0.0
+            groups.setdefault((scale, decay), []).append(param)
+    return [{"params": params, "lr": spec.lr * scale, "weight_decay": decay}
+            for (scale, decay), params in groups.items()]
+
+
+def add_neftune(model: Any, alpha: float) -> Any:
+    """Add NEFTune noise to input embeddings in training mode; returns the hook handle.
+
+    Noise is uniform in ``±alpha / sqrt(seq_len * hidden)`` (Jain et al. 2023,
+    arXiv:2310.05914, the formula transformers' Trainer uses).
+
+    Examples:
+        >>> # handle = add_neftune(model, 5.0); ...; handle.remove()
+    """
+    import torch
+
+    def hook(module: Any, inputs: Any, output: Any) -> Any:
+        if not module.training:
+            return output
+        scale = alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    return model.get_input_embeddings().register_forward_hook(hook)

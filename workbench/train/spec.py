@@ -1,0 +1,280 @@
+"""What to train and how: :class:`LoRA` (the adapter) and :class:`TrainSpec` (the run).
+
+Both are frozen dataclasses validated at construction, so a bad setting fails before anything
+is loaded or written. Field names follow peft and transformers (``r``, ``alpha`` map to
+``LoraConfig(r, lora_alpha)``; ``scheduler`` is a ``transformers.get_scheduler`` name).
+
+Examples:
+    >>> spec = TrainSpec(epochs=2, lr=2e-4, lora=LoRA(r=8))
+    >>> spec.method, spec.lora.target
+    ('lora', 'all-linear')
+    >>> TrainSpec(lr=0)
+    Traceback (most recent call last):
+    ...
+    workbench.errors.SpecError: lr=0 must be a number > 0 (LoRA usually trains well at 2e-4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from workbench.errors import SpecError
+
+__all__ = ["LoRA", "Method", "SchedulerName", "TrainSpec"]
+
+Method = Literal["lora", "qlora", "full"]
+SchedulerName = Literal[
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
+]
+
+
+def _positive(name: str, value: Any, kind: type = int, zero: bool = False) -> str | None:
+    ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
+        kind is float and isinstance(value, int) and not isinstance(value, bool)
+    )
+    if ok and math.isfinite(value) and (value >= 0 if zero else value > 0):
+        return None
+    bound = ">= 0" if zero else "> 0"
+    noun = "an integer" if kind is int else "a number"
+    return f"{name}={value!r} must be {noun} {bound}"
+
+
+def _choice(name: str, value: Any, literal: Any) -> str | None:
+    options = get_args(literal)
+    return None if value in options else f"{name}={value!r} is not one of {options}"
+
+
+def _raise(problems: list[str | None], hint: str = "") -> None:
+    found = [p for p in problems if p]
+    if found:
+        raise SpecError("; ".join(found) + (f" {hint}" if hint else "") + ".")
+
+
+@dataclass(frozen=True)
+class LoRA:
+    """A LoRA adapter (Hu et al. 2021, arXiv:2106.09685), optionally DoRA (arXiv:2402.09353).
+
+    Attributes:
+        r: Rank of the update matrices.
+        alpha: Scaling numerator; the update is scaled by ``alpha / r``.
+        dropout: Dropout on the adapter's input during training.
+        target: ``"all-linear"`` (every linear layer but the output layer, the QLoRA recipe)
+            or a list of module names such as ``["q_proj", "v_proj"]``.
+        use_dora: Decompose into magnitude and direction (DoRA).
+
+    Examples:
+        >>> LoRA(r=8).alpha
+        16
+        >>> LoRA(r=8, target=["q_proj", "v_proj"]).target
+        ('q_proj', 'v_proj')
+    """
+
+    r: int = 16
+    alpha: float | None = None
+    dropout: float = 0.05
+    target: str | tuple[str, ...] = "all-linear"
+    use_dora: bool = False
+
+    def __post_init__(self) -> None:
+        # alpha defaults to 2 * r, the common choice, so LoRA(r=8) scales updates by 2.
+        if self.alpha is None and isinstance(self.r, int):
+            object.__setattr__(self, "alpha", 2 * self.r)
+        if isinstance(self.target, list):
+            object.__setattr__(self, "target", tuple(self.target))
+        target_ok = self.target == "all-linear" or (
+            isinstance(self.target, tuple) and self.target
+            and all(isinstance(t, str) and t for t in self.target)
+        )
+        _raise([
+            _positive("r", self.r),
+            _positive("alpha", self.alpha, float),
+            None if isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
+            else f"dropout={self.dropout!r} must be in [0, 1)",
+            None if target_ok else
+            f"target={self.target!r} must be 'all-linear' or a non-empty list of module names",
+            None if isinstance(self.use_dora, bool)
+            else f"use_dora={self.use_dora!r} must be a bool",
+        ])
+
+    def to_peft(self) -> Any:
+        """The equivalent ``peft.LoraConfig`` for a causal language model.
+
+        Examples:
+            >>> LoRA(r=4).to_peft().lora_alpha
+            8
+        """
+        from peft import LoraConfig
+
+        target = self.target if isinstance(self.target, str) else list(self.target)
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=target, use_dora=self.use_dora, task_type="CAUSAL_LM")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Every setting of a training run. Defaults follow the fine-tuning checklist.
+
+    Attributes:
+        method: ``"lora"``, ``"qlora"`` (LoRA on a base loaded with ``quantization="4bit"``,
+            the QLoRA recipe) or ``"full"`` (every weight trains, no adapter).
+        lora: The adapter (ignored for ``"full"``).
+        epochs: Passes over the training data (used when ``max_steps`` is ``None``).
+        max_steps: Optimizer steps to run; overrides ``epochs``.
+        lr: Peak learning rate (2e-4 suits LoRA; use ~1e-5 for full fine-tuning).
+        scheduler: A ``transformers.get_scheduler`` name.
+        warmup: Warm-up: an ``int`` is steps, a ``float`` in [0, 1) a fraction of all steps.
+        batch_size: Examples per forward pass.
+        grad_accum: Forward passes accumulated per optimizer step.
+        weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
+        max_grad_norm: Clip the gradient norm to this (``None``: no clipping).
+        grad_norm_limit: Stop the run (failed) when the gradient norm before clipping exceeds
+            this: an exploding gradient. ``None`` turns the guard off (NaN/inf still stop).
+        eval_every: Evaluate every N steps (``None``: about ten times per run).
+        save_every: Checkpoint every N steps (``None``: about four times per run); a
+            checkpoint is also written at the end.
+        keep_checkpoints: How many of the newest checkpoints to keep.
+        seed: Seeds adapter initialisation, dropout, NEFTune noise and the data order.
+        gradient_checkpointing: Recompute activations in backward to save memory.
+        neftune_alpha: Noise on input embeddings (NEFTune, arXiv:2310.05914), e.g. 5.
+        layer_lr_decay: Layer ``i`` of ``n`` trains at ``lr * decay ** (n - 1 - i)``, so lower
+            layers learn more slowly; ``None`` or 1.0: one learning rate.
+        early_stopping: Stop when the eval loss has not improved for this many evaluations in
+            a row (``None``: off). Needs validation data.
+        probe_max_new_tokens: Tokens generated per probe prompt at each evaluation.
+        fast_loss: Compute logits only where labels are trained (same loss, less compute).
+
+    Examples:
+        >>> TrainSpec(max_steps=60, lr=5e-3, batch_size=8).total_steps(64)
+        60
+        >>> TrainSpec(epochs=2, batch_size=8, grad_accum=2).total_steps(64)
+        8
+    """
+
+    method: Method = "lora"
+    lora: LoRA = field(default_factory=LoRA)
+    epochs: float = 2
+    max_steps: int | None = None
+    lr: float = 2e-4
+    scheduler: SchedulerName = "linear"
+    warmup: int | float = 0.03
+    batch_size: int = 4
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    grad_norm_limit: float | None = 1e4
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    seed: int = 42
+    gradient_checkpointing: bool = False
+    neftune_alpha: float | None = None
+    layer_lr_decay: float | None = None
+    early_stopping: int | None = None
+    probe_max_new_tokens: int = 32
+    fast_loss: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, dict):
+            object.__setattr__(self, "lora", LoRA(**self.lora))
+        _raise(self._problems())
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not (
+            math.isfinite(self.lr) and self.lr > 0
+        ):
+            msg = f"lr={self.lr!r} must be a number > 0 (LoRA usually trains well at 2e-4)."
+            raise SpecError(msg)
+
+    def _problems(self) -> list[str | None]:
+        optional = [("max_steps", self.max_steps, int), ("eval_every", self.eval_every, int),
+                    ("save_every", self.save_every, int),
+                    ("early_stopping", self.early_stopping, int),
+                    ("neftune_alpha", self.neftune_alpha, float),
+                    ("grad_norm_limit", self.grad_norm_limit, float),
+                    ("max_grad_norm", self.max_grad_norm, float)]
+        decay = self.layer_lr_decay
+        return [
+            _choice("method", self.method, Method),
+            _choice("scheduler", self.scheduler, SchedulerName),
+            None if isinstance(self.lora, LoRA) else f"lora={self.lora!r} must be a LoRA(...)",
+            _positive("epochs", self.epochs, float),
+            _positive("batch_size", self.batch_size),
+            _positive("grad_accum", self.grad_accum),
+            _positive("weight_decay", self.weight_decay, float, zero=True),
+            _positive("keep_checkpoints", self.keep_checkpoints),
+            _positive("seed", self.seed, zero=True),
+            _positive("probe_max_new_tokens", self.probe_max_new_tokens),
+            self._warmup_problem(),
+            None if decay is None or (isinstance(decay, (int, float)) and 0 < decay <= 1)
+            else f"layer_lr_decay={decay!r} must be in (0, 1] or None",
+            *[_positive(n, v, k) for n, v, k in optional if v is not None],
+        ]
+
+    def _warmup_problem(self) -> str | None:
+        if isinstance(self.warmup, bool):
+            return f"warmup={self.warmup!r} must be an int (steps) or a float in [0, 1)"
+        if isinstance(self.warmup, int):
+            return _positive("warmup", self.warmup, zero=True)
+        if isinstance(self.warmup, float) and 0 <= self.warmup < 1:
+            return None
+        return f"warmup={self.warmup!r} must be an int (steps) or a float fraction in [0, 1)"
+
+    def total_steps(self, num_examples: int) -> int:
+        """Optimizer steps the run will take over ``num_examples`` training examples.
+
+        Examples:
+            >>> TrainSpec(epochs=1, batch_size=4).total_steps(10)
+            3
+        """
+        if self.max_steps is not None:
+            return self.max_steps
+        micro = math.ceil(num_examples / self.batch_size)
+        return max(1, math.ceil(self.epochs * micro / self.grad_accum))
+
+    def warmup_steps(self, total: int) -> int:
+        """Warm-up steps for a run of ``total`` steps.
+
+        Examples:
+            >>> TrainSpec(warmup=0.1).warmup_steps(50), TrainSpec(warmup=3).warmup_steps(50)
+            (5, 3)
+        """
+        return self.warmup if isinstance(self.warmup, int) else math.ceil(self.warmup * total)
+
+    def every(self, total: int) -> tuple[int, int]:
+        """``(eval_every, save_every)`` resolved for a run of ``total`` steps.
+
+        Examples:
+            >>> TrainSpec().every(100)
+            (10, 25)
+        """
+        return (self.eval_every or max(1, total // 10), self.save_every or max(1, total // 4))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``TrainSpec.from_dict`` reads it back.
+
+        Examples:
+            >>> TrainSpec.from_dict(TrainSpec(lr=1e-3).to_dict()).lr
+            0.001
+        """
+        data = dataclasses.asdict(self)
+        target = data["lora"]["target"]
+        data["lora"]["target"] = target if isinstance(target, str) else list(target)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        """Rebuild a spec from :meth:`to_dict` output.
+
+        Examples:
+            >>> TrainSpec.from_dict({"lr": 1e-3, "lora": {"r": 4}}).lora.r
+            4
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown TrainSpec fields {unknown}; known: {sorted(known)}.")
+        values = dict(data)
+        if isinstance(values.get("lora"), dict):
+            values["lora"] = LoRA(**values["lora"])
+        return cls(**values)

@@ -1,0 +1,226 @@
+"""Start a training run, or resume one from its folder in a new process.
+
+Examples:
+    >>> # run = start_run(model, tok, train, val, TrainSpec(), Path("runs/a"), EventHub(),
+    >>> #                 {"spec": "gemma-3-270m", "quantization": None}, wait=False)
+    >>> # run = resume_run("runs/a", EventHub(), wait=True)   # in a fresh process
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.errors import DataError, SpecError, WorkbenchWarning
+from workbench.events import EventHub
+from workbench.train import store
+from workbench.train.batches import Examples
+from workbench.train.checkpoint import latest_checkpoint, load_checkpoint
+from workbench.train.loop import TrainLoop
+from workbench.train.prepare import add_neftune, check_model, wrap_model
+from workbench.train.records import LogRecord
+from workbench.train.run import Run
+from workbench.train.spec import TrainSpec
+
+__all__ = ["resume_run", "start_run"]
+
+MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device")
+
+
+def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
+    counts = train.trained_tokens()
+    empty = np.flatnonzero(counts == 0)
+    if len(empty) == len(train):
+        msg = ("no training example has a trained token (every label is -100 after the "
+               "shift): check the template's answer masking and max_length truncation.")
+        raise DataError(msg)
+    if not len(empty):
+        return train, []
+    shown = ", ".join(map(str, empty[:10].tolist())) + (" ..." if len(empty) > 10 else "")
+    text = (f"skipped {len(empty)} training example(s) with no trained token (rows {shown}): "
+            "their loss would be a silent 0.0. Often truncation cut the whole answer.")
+    warnings.warn(text, WorkbenchWarning, stacklevel=3)
+    record = LogRecord(kind="warning", step=0, epoch=0.0, message=text)
+    return train.subset(np.flatnonzero(counts > 0)), [record]
+
+
+def _check_inputs(spec: Any, validation: Examples | None, probes: Any) -> None:
+    if not isinstance(spec, TrainSpec):
+        raise SpecError(f"spec={spec!r} must be a TrainSpec(...).")
+    if spec.early_stopping and validation is None:
+        msg = (f"early_stopping={spec.early_stopping} watches the eval loss, but no validation "
+               "data was given: pass validation data or early_stopping=None.")
+        raise SpecError(msg)
+    if probes is not None and not (isinstance(probes, (list, tuple))
+                                   and all(isinstance(p, str) and p for p in probes)):
+        raise SpecError(f"probes={probes!r} must be a list of non-empty prompt strings.")
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0  # pragma: no cover - the loop always returns
+
+
+def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset: Any,
+              spec: TrainSpec, run_dir: str | Path, events: EventHub | None,
+              model_spec: dict[str, Any] | None, wait: bool,
+              probes: list[str] | None = None) -> Run:
+    """Check everything, write the run folder, and start training on a background thread.
+
+    Args:
+        model: A loaded transformers causal LM (plain, or 4/8-bit from bitsandbytes). It is
+            wrapped in place with the adapter (``method="full"``: every weight trains).
+        tokenizer: Its tokenizer (for padding and the probes).
+        train_dataset: Tokenized data: ``input_ids``, ``labels`` (-100 = not trained),
+            optionally ``attention_mask`` (a ``datasets.Dataset`` or a dict of columns).
+        validation_dataset: The same for validation, or ``None``.
+        spec: The run's :class:`TrainSpec`.
+        run_dir: A new (absent or empty) folder for the run.
+        events: Hub the run publishes to (``None``: a new one).
+        model_spec: ``{"spec", "quantization", "dtype", "device"}`` as given to
+            :func:`workbench.models.loading.load_model`, stored so :func:`resume_run` can
+            reload the model in a new process.
+        wait: Block until the run ends, printing one line per step (for scripts).
+        probes: Prompts to regenerate at each evaluation, next to the base model's answer.
+
+    Returns:
+        The :class:`Run` (running, or ended when ``wait``).
+
+    Raises:
+        SpecError: a bad setting, an adapter already attached, an unknown LoRA target, or a
+            run folder already in use; nothing is written.
+        DependencyError: qlora without bitsandbytes.
+        DataError: missing columns, or no example with a trained token.
+
+    Examples:
+        >>> # run = start_run(loaded.model, loaded.tokenizer, data.train, data.validation,
+        >>> #                 TrainSpec(epochs=2), Path("runs/a"), hub,
+        >>> #                 {"spec": "gemma-3-270m", "quantization": None}, wait=False)
+    """
+    run_dir = Path(run_dir)
+    train = Examples.from_dataset(train_dataset, "train")
+    validation = (None if validation_dataset is None
+                  else Examples.from_dataset(validation_dataset, "validation"))
+    _check_inputs(spec, validation, probes)
+    check_model(model, spec)
+    store.check_new_folder(run_dir)
+    kept, notes = _drop_untrained(train)
+    total = spec.total_steps(len(kept))
+    meta = {"version": 1, "spec": spec.to_dict(), "total_steps": total,
+            "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
+            "probes": list(probes or []), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "examples": {"train": len(train), "validation": len(validation or [])}}
+    store.create_run_folder(run_dir, meta, train, validation)
+    for note in notes:
+        store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
+    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, wait, notes)
+
+
+def _launch(run_dir: Path, events: EventHub | None, model: Any, tokenizer: Any,
+            train: Examples, validation: Examples | None, spec: TrainSpec,
+            meta: dict[str, Any], wait: bool, history: list[LogRecord],
+            probe_rows: list[dict[str, Any]] | None = None, checkpoint: Path | None = None,
+            ) -> Run:
+    model = wrap_model(model, spec)
+    if spec.neftune_alpha:
+        add_neftune(model, spec.neftune_alpha)
+    loop = TrainLoop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
+    run = Run(run_dir, events or EventHub(), model, tokenizer, loop, spec, meta["probes"],
+              history, probe_rows or [])
+    if checkpoint is not None:
+        run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
+    run.start()
+    if wait:
+        run.wait(progress=True)
+    return run
+
+
+def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
+    from workbench.models.loading import load_model
+
+    model_spec = meta.get("model_spec") or {}
+    if not model_spec.get("spec"):
+        msg = (f"{run_dir}/run.json names no model (model_spec.spec is empty): pass the base "
+               "model and tokenizer to resume_run(run_dir, events, model=..., tokenizer=...).")
+        raise SpecError(msg)
+    options = {k: model_spec[k] for k in ("quantization", "dtype", "device") if model_spec.get(k)}
+    loaded = load_model(model_spec["spec"], on_event=lambda _msg: None, **options)
+    return loaded.model, loaded.tokenizer
+
+
+def _history_until(run_dir: Path, step: int) -> list[LogRecord]:
+    rows = [r for r in store.read_jsonl(run_dir / store.HISTORY) if r.get("step", 0) <= step]
+    store.rewrite_jsonl(run_dir / store.HISTORY, rows)
+    return [LogRecord.from_dict(r) for r in rows]
+
+
+def _probes_until(run_dir: Path, step: int) -> list[dict[str, Any]]:
+    rows = store.read_jsonl(run_dir / store.PROBES)
+    rows = [r for r in rows if r.get("base") or r.get("step", 0) <= step]
+    store.rewrite_jsonl(run_dir / store.PROBES, rows)
+    return rows
+
+
+def resume_run(run_dir: str | Path, events: EventHub | None = None, wait: bool = False,
+               model: Any = None, tokenizer: Any = None) -> Run:
+    """Continue a run from its last complete checkpoint to its planned step count.
+
+    Works in a new process: the model is reloaded from ``run.json``'s model spec with
+    :func:`~workbench.models.loading.load_model`, the data from the run folder. Records logged
+    after the checkpoint (lost work) are dropped from the history and redone. Without any
+    checkpoint the run restarts from step 0 with the same seed.
+
+    Args:
+        run_dir: The folder :func:`start_run` wrote.
+        events: Hub to publish to (``None``: a new one).
+        wait: Block until the run ends, printing progress.
+        model: Optionally the base model already loaded (no adapter attached).
+        tokenizer: Its tokenizer (needed with ``model``).
+
+    Raises:
+        SpecError: the folder holds no run; nothing is written.
+
+    Examples:
+        >>> # run = resume_run("runs/a", EventHub(), wait=True); run.state -> RunState.FINISHED
+    """
+    run_dir = Path(run_dir)
+    meta = store.read_meta(run_dir)
+    spec = TrainSpec.from_dict(meta["spec"])
+    train = store.load_examples(run_dir, "train")
+    if train is None:
+        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
+    validation = store.load_examples(run_dir, "validation")
+    if model is None:
+        model, tokenizer = _reload_model(meta, run_dir)
+    check_model(model, spec)
+    checkpoint = latest_checkpoint(run_dir)
+    step = json_step(checkpoint)
+    kept, _ = _drop_untrained_quietly(train)
+    history = _history_until(run_dir, step)
+    probe_rows = _probes_until(run_dir, step)
+    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, wait,
+                   history, probe_rows, checkpoint)
+
+
+def json_step(checkpoint: Path | None) -> int:
+    """The step of a checkpoint (0 for none).
+
+    Examples:
+        >>> json_step(None)
+        0
+    """
+    from workbench.train.checkpoint import checkpoint_step
+
+    return 0 if checkpoint is None else checkpoint_step(checkpoint)
+
+
+def _drop_untrained_quietly(train: Examples) -> tuple[Examples, list[LogRecord]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", WorkbenchWarning)
+        return _drop_untrained(train)

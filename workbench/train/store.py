@@ -1,0 +1,163 @@
+"""The run folder on disk: settings, tokenized data, history, probes and status.
+
+Layout of a run folder::
+
+    run.json          spec, model spec, planned steps, probe prompts (written once)
+    data/train/       tokenized training data (datasets.save_to_disk)
+    data/validation/  tokenized validation data, if any
+    history.jsonl     one LogRecord per line
+    probes.jsonl      probe answers per evaluation (the base model's first)
+    status.json       the latest RunStatus
+    checkpoints/      see workbench.train.checkpoint
+
+The folder is created complete (written under a temporary name, then renamed), so a folder
+either holds a run or nothing.
+
+Examples:
+    >>> try:
+    ...     read_meta("/nonexistent-run")
+    ... except SpecError as err:
+    ...     print(str(err)[:52])
+    /nonexistent-run holds no training run (no run.json)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from workbench._io import atomic_write_text, staging_folder
+from workbench.errors import SpecError
+from workbench.train.batches import Examples
+
+__all__ = ["HISTORY", "PROBES", "RUN_FILE", "STATUS", "append_jsonl", "check_new_folder",
+           "create_run_folder", "load_examples", "read_jsonl", "read_meta", "rewrite_jsonl",
+           "write_status"]
+
+RUN_FILE, HISTORY, PROBES, STATUS = "run.json", "history.jsonl", "probes.jsonl", "status.json"
+
+
+def check_new_folder(run_dir: Path) -> None:
+    """Raise :class:`SpecError` unless ``run_dir`` is absent or an empty folder.
+
+    Examples:
+        >>> check_new_folder(Path("/nonexistent-new-run"))
+    """
+    if (run_dir / RUN_FILE).exists():
+        msg = (f"{run_dir} already holds a training run: continue it with "
+               "resume_run(run_dir), or start a new run in another folder.")
+        raise SpecError(msg)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise SpecError(f"{run_dir} exists and is not an empty folder; give a new run folder.")
+
+
+def _save_examples(examples: Examples, folder: Path) -> None:
+    from datasets import Dataset
+    from datasets.utils import logging as ds_logging
+
+    data = Dataset.from_dict({"input_ids": [a.tolist() for a in examples.input_ids],
+                              "labels": [a.tolist() for a in examples.labels]})
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()  # nothing may print into the user's current cell
+    try:
+        data.save_to_disk(str(folder))
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+def create_run_folder(run_dir: Path, meta: dict[str, Any], train: Examples,
+                      validation: Examples | None) -> Path:
+    """Write ``run.json`` and the tokenized data, all at once (temporary folder + rename).
+
+    Examples:
+        >>> # create_run_folder(Path("runs/x"), {"spec": {...}}, train, None)
+    """
+    with staging_folder(run_dir, replace=run_dir.exists()) as tmp:
+        _save_examples(train, tmp / "data" / "train")
+        if validation is not None:
+            _save_examples(validation, tmp / "data" / "validation")
+        (tmp / RUN_FILE).write_text(json.dumps(meta, indent=1))
+    return run_dir
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """Read ``run.json``.
+
+    Raises:
+        SpecError: the folder holds no run, or its ``run.json`` is unreadable.
+
+    Examples:
+        >>> # read_meta("runs/x")["total_steps"] -> 60
+    """
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        msg = (f"{run_dir} holds no training run (no run.json). Give the folder that "
+               "start_run wrote (it holds run.json, data/ and checkpoints/).")
+        raise SpecError(msg)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SpecError(f"{path} is not a readable run file: {err}.") from err
+
+
+def load_examples(run_dir: Path, split: str) -> Examples | None:
+    """Tokenized data saved in the run folder (``None`` if that split was not given).
+
+    Examples:
+        >>> # load_examples(Path("runs/x"), "train").lengths
+    """
+    from datasets import load_from_disk
+
+    folder = run_dir / "data" / split
+    if not folder.is_dir():
+        return None
+    return Examples.from_dataset(load_from_disk(str(folder)), split)
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and flush it.
+
+    Examples:
+        >>> # append_jsonl(Path("runs/x/history.jsonl"), {"step": 1})
+    """
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON-lines file, skipping a last line cut short by a crash.
+
+    Examples:
+        >>> read_jsonl(Path("/nonexistent.jsonl"))
+        []
+    """
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line half-written when the process was killed
+    return rows
+
+
+def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace a JSON-lines file atomically.
+
+    Examples:
+        >>> # rewrite_jsonl(Path("runs/x/history.jsonl"), rows[:10])
+    """
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def write_status(run_dir: Path, status: dict[str, Any]) -> None:
+    """Write ``status.json`` atomically.
+
+    Examples:
+        >>> # write_status(Path("runs/x"), {"state": "running"})
+    """
+    atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1))
