@@ -4,10 +4,10 @@ This is the ground truth that :func:`workbench.models.memory.estimate_memory` is
 against, and the engine of a future dry-run: it loads the model folder, wraps it in a peft
 LoRA adapter on all linear layers (or trains it fully), runs one forward + backward +
 optimizer step on a random batch of ``batch_size x seq_len`` tokens, and reports the whole
-process's peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) on CPU, or
+process's peak resident memory (``VmHWM`` in ``/proc/self/status``) on CPU, or
 ``torch.cuda.max_memory_reserved()`` on CUDA.
 
-A subprocess is needed because ``ru_maxrss`` is a high-water mark of the whole process: it
+A subprocess is needed because ``VmHWM`` is a high-water mark of the whole process: it
 never goes down, so it can only measure one step of one configuration in a clean process.
 The number therefore includes the interpreter and the imported libraries (torch,
 transformers, peft), which is exactly what a user's notebook kernel also pays.
@@ -69,13 +69,19 @@ def _quantization_config(quantization: str | None, dtype):
 
 
 def _peak_bytes(device: str) -> int:
-    import resource
-
     import torch
 
     if device == "cuda":
         return int(torch.cuda.max_memory_reserved())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    # VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork time into the child's
+    # ru_maxrss across exec, so a large parent (a test runner, a notebook) would inflate it.
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    import resource  # no /proc: fall back to the rusage high-water mark
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _load(args: dict):
