@@ -58,6 +58,7 @@ class ABRating:
         buttons = w.HBox([self.a_button, self.b_button, self.tie_button])
         self.widget = w.VBox([self.progress, self.prompt_html, answers, buttons,
                               w.HBox([self.score, self.comment])])
+        self.widget.add_class("wb-ab-rating")  # a stable hook for browser tests
 
     def _connect(self) -> None:
         self.a_button.on_click(lambda _: self.rate("A"))

@@ -94,6 +94,7 @@ class DataInspector:
             children=[rows, lengths, problems], titles=["Rows", "Lengths", "Problems"]
         )
         self.widget = w.VBox([self.summary_html, self.tabs, self.example_index, self.example_html])
+        self.widget.add_class("wb-data-inspector")  # a stable hook for browser tests
 
     def _figure(self) -> Any:
         import plotly.graph_objects as go

@@ -118,6 +118,7 @@ class EvalPanel:
                                     self.probes_html, w.VBox([self.ratings_html, self.ab_box])],
                           titles=["Scores", "Examples", "Tokens", "Probes", "Human eval"])
         self.widget = w.VBox([self.tabs])
+        self.widget.add_class("wb-eval-panel")  # a stable hook for browser tests
 
     def _figure(self) -> Any:
         import plotly.graph_objects as go

@@ -134,6 +134,7 @@ class TrainingMonitor:
         buttons = w.HBox([self.pause_button, self.resume_button, self.stop_button,
                           self.eval_button, self.save_button])
         self.widget = w.VBox([self.status_html, buttons, self.figure, self.probes_html])
+        self.widget.add_class("wb-training-monitor")  # a stable hook for browser tests
 
     @staticmethod
     def _figure() -> Any:

@@ -1,0 +1,122 @@
+"""The DataInspector in a real JupyterLab and chromium: it renders, pages, and runs no data script.
+
+Saves ``data_inspector.png`` (Lengths tab: histogram, tokens) and ``data_inspector_rows.png``
+(Rows tab showing the hostile row as text) under ``test-artifacts/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from browser_helpers import (
+    panel_output,
+    run_notebook_in_lab,
+    screenshot,
+    titles,
+    write_notebook,
+)
+
+pytestmark = pytest.mark.browser
+
+IMG_ROW = "<img src=x onerror=\"document.title='XSS'\">"
+SCRIPT_ROW = '<script>document.title="XSS2"</script>'
+CELLS = [
+    'import workbench as wb\ns = wb.Session("run", verbose=False)\n'
+    's.load_model(str(wb.build_tiny_model("tiny")))',
+    "rows = [{'question': f'What is {i} plus {i}?', 'answer': f'{i} plus {i} is {2 * i}.'}\n"
+    "        for i in range(40)]\n"
+    f"rows.append({{'question': {IMG_ROW!r}, 'answer': 'an image'}})\n"
+    f"rows.append({{'question': {SCRIPT_ROW!r}, 'answer': 'a script'}})\n"
+    "s.load_data(rows, validation=None);  # every row in train: one table",
+    "s.inspect_data()",
+]
+# The panel's output: a hook class once the widget has one, else its ipywidgets Tab.
+PANEL = ".wb-data-inspector, .widget-tab"
+PAGE_LABEL = re.compile(r"^page \d+ of \d+ \(\d+ rows\)$")
+
+
+def _show_matching_row(panel, query: str, text: str):
+    """Search ``query`` and wait until the table is the one row holding ``text``."""
+    from playwright.sync_api import expect
+
+    search = panel.get_by_placeholder("search rows")
+    search.fill(query)
+    search.press("Enter")  # continuous_update=False: the value is sent on Enter
+    table = panel.locator("table.wb-table")
+    expect(table).to_contain_text(text)
+    expect(table.locator("tbody tr")).to_have_count(1)
+    expect(panel.get_by_text(PAGE_LABEL)).to_have_text("page 1 of 1 (1 rows)")
+    return table
+
+
+def test_data_inspector_renders_pages_and_escapes(lab, page):
+    from playwright.sync_api import expect
+
+    notebook = write_notebook(lab, "data_inspector", CELLS)
+    run_notebook_in_lab(page, notebook)
+    panel = panel_output(page, PANEL)
+
+    # Rows tab: a page of the table, and paging changes the label.
+    table_rows = panel.locator("table.wb-table tbody tr")
+    expect(table_rows).to_have_count(20)
+    label = panel.get_by_text(PAGE_LABEL)
+    expect(label).to_have_text("page 1 of 3 (42 rows)")
+    before = label.text_content()
+    panel.get_by_role("button", name="next ▶").click()
+    expect(label).not_to_have_text(before)
+    expect(label).to_have_text("page 2 of 3 (42 rows)")
+
+    # Example tokens: coloured spans for trained tokens, dimmed masked ones.
+    trained = panel.locator(".wb-tok.trained")
+    expect(trained.first).to_be_visible()
+    assert panel.locator(".wb-tok.masked").count() > 0
+    background = trained.first.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background == "rgb(200, 240, 200)", background
+
+    # Lengths tab: the plotly histogram draws bars.
+    panel.get_by_role("tab", name="Lengths").click()
+    plot = panel.locator(".js-plotly-plot")
+    expect(plot).to_be_visible()
+    expect(plot.locator(".plot-container")).to_be_visible()
+    bars = plot.locator(".barlayer .point path")
+    expect(bars.first).to_be_attached()
+    assert bars.count() > 0
+    box = plot.bounding_box()
+    assert box and box["width"] > 200 and box["height"] > 150, box
+    screenshot(page, "data_inspector", panel)
+
+    # Hostile rows show as text, and their markup never becomes elements or runs.
+    panel.get_by_role("tab", name="Rows").click()
+    _show_matching_row(panel, "script", SCRIPT_ROW[:20])
+    table = _show_matching_row(panel, "img", "<img src=x onerror=")
+    expect(table.get_by_text("<img src=x", exact=False)).to_be_visible()
+    row_number = int(table.locator("tbody tr td").first.text_content())
+    example = panel.get_by_role("spinbutton", name="example")  # the example index box
+    example.fill(str(row_number))
+    example.press("Enter")
+    tokens = panel.locator(":has(> .wb-tok)").last  # the example's token box
+    expect(tokens).to_contain_text(IMG_ROW)
+    expect(panel.get_by_text(f"train example {row_number} (source row")).to_be_visible()
+    page.wait_for_timeout(500)  # give a smuggled onerror handler time to fire
+    screenshot(page, "data_inspector_rows", panel)
+
+    outputs = page.locator(".jp-OutputArea")
+    assert outputs.locator('img[src="x"]').count() == 0
+    assert page.locator('img[src="x"]').count() == 0
+    assert not page.evaluate("[...document.scripts].some(s => s.text.includes('XSS'))")
+    seen = titles(page)
+    assert not {"XSS", "XSS2"} & set(seen), seen
+    assert not [e for e in page.console_errors if "XSS" in e], page.console_errors
+    assert page.blocked_requests == [], page.blocked_requests
+
+
+def test_harness_sees_markup_that_runs(lab, page):
+    """Control: unescaped markup in a widget does run here, and the checks above see it."""
+    cell = f"import ipywidgets as w\nw.VBox([w.HTML({IMG_ROW!r})])"
+    notebook = write_notebook(lab, "control", [cell])
+    run_notebook_in_lab(page, notebook)
+    panel_output(page, ".widget-html")
+    page.wait_for_function("document.title === 'XSS'", timeout=10_000)
+    assert "XSS" in titles(page)
+    assert page.locator('.jp-OutputArea img[src="x"]').count() == 1
