@@ -62,18 +62,49 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """The quickstart path, headless: data, training, base vs tuned, export, report.html."""
     import workbench as wb
+    from workbench.report import write_report
+    from workbench.tasks import json_valid, records_to_json
 
     session = wb.Session(args.run_dir)
-    info = session.load_model(args.model)
-    print(info)
-    print()
-    print(wb.estimate_memory(session.model.config, seq_len=256, batch_size=4))
-    print()
-    completion = session.generate(args.prompt, max_new_tokens=args.max_new_tokens)
-    print(f"prompt:     {args.prompt}")
-    print(f"completion: {completion}")
-    return 0
+    _section("model")
+    print(session.load_model(args.model))
+    print(wb.estimate_memory(session.model.config, seq_len=256, batch_size=args.batch_size))
+    _section("data: free-text records -> JSON")
+    train, test = records_to_json(args.train_size, args.test_size)
+    report = session.load_data(train, validation=test)
+    print(report)
+    _section("training")
+    run = session.train(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
+                        batch_size=args.batch_size, lora=wb.LoRA(r=8), wait=True)
+    _section("evaluation: base vs tuned on held-out records")
+    evaluation = session.evaluate(metrics=["exact_match", json_valid],
+                                  max_new_tokens=args.max_new_tokens)
+    print(evaluation)
+    _section("export")
+    folder = session.export("export/merged", overwrite=True)
+    page = write_report(session.run_dir / "report.html", "Tuning Workbench demo",
+                        data_report=report, history=run.history, evaluation=evaluation,
+                        summary=_summary_lines(session, run, evaluation, folder))
+    print("\n".join(_summary_lines(session, run, evaluation, folder)))
+    print(f"report:   {page}")
+    return 0 if run.state == "finished" else 1
+
+
+def _section(title: str) -> None:
+    print(f"\n=== {title} ===", flush=True)
+
+
+def _summary_lines(session, run, evaluation, folder) -> list[str]:
+    match = evaluation.scores.get("exact_match", {})
+    return [
+        f"model:    {session.loaded.source.spec}",
+        f"training: {run.state} after {run.status.step} steps",
+        f"exact match on {len(evaluation.rows)} held-out records: "
+        f"base {match.get('base', 0):.2f} -> tuned {match.get('tuned', 0):.2f}",
+        f"exported: {folder}",
+    ]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,11 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, device, cache and built-in models")
     info.set_defaults(run=_info)
-    demo = commands.add_parser("demo", help="load the built-in model and generate")
+    demo = commands.add_parser(
+        "demo", help="the quickstart headless: data, training, base vs tuned, export, report"
+    )
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: %(default)s)")
     demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--prompt", default="The three primary colours are")
-    demo.add_argument("--max-new-tokens", type=int, default=24)
+    demo.add_argument("--train-size", type=int, default=64)
+    demo.add_argument("--test-size", type=int, default=16)
+    demo.add_argument("--epochs", type=int, default=2)
+    demo.add_argument("--max-steps", type=int, default=None)
+    demo.add_argument("--batch-size", type=int, default=8)
+    demo.add_argument("--lr", type=float, default=5e-4)
+    demo.add_argument("--max-new-tokens", type=int, default=48)
     demo.set_defaults(run=_demo)
     return parser
 

@@ -7,6 +7,6 @@ Examples:
     ['input', 'instruction', 'output']
 """
 
-from workbench.tasks.records import INSTRUCTION, make_records, records_to_json
+from workbench.tasks.records import INSTRUCTION, json_valid, make_records, records_to_json
 
-__all__ = ["INSTRUCTION", "make_records", "records_to_json"]
+__all__ = ["INSTRUCTION", "json_valid", "make_records", "records_to_json"]

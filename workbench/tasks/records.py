@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import random
 
-__all__ = ["INSTRUCTION", "make_records", "records_to_json"]
+__all__ = ["INSTRUCTION", "json_valid", "make_records", "records_to_json"]
 
 INSTRUCTION = (
     "Extract the person's name, age, city and job from the text as JSON with the keys "
@@ -92,3 +92,16 @@ def records_to_json(train_size: int = 64, test_size: int = 16,
     candidates = make_records(test_size * 4, seed=seed + 1, hard_share=0.35)
     test = [row for row in candidates if row["input"] not in seen][:test_size]
     return train, test
+
+
+def json_valid(prediction: str, reference: str) -> float:
+    """1.0 when ``prediction`` parses as a JSON object, else 0.0 (a custom metric).
+
+    Examples:
+        >>> json_valid('{"name": "Ada"}', ""), json_valid("Ada is 36", "")
+        (1.0, 0.0)
+    """
+    try:
+        return float(isinstance(json.loads(prediction.strip()), dict))
+    except ValueError:
+        return 0.0
