@@ -34,11 +34,20 @@ def test_info_reports_versions_device_and_cache(tmp_path):
 
 def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):
     result = run_cli("demo", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path),
-                     "--max-new-tokens", "4")
+                     "--train-size", "12", "--test-size", "4", "--max-steps", "3",
+                     "--max-new-tokens", "6")
     assert result.returncode == 0, result.stderr
-    assert "LlamaForCausalLM" in result.stdout
-    assert "completion:" in result.stdout
-    assert "total" in result.stdout  # the memory estimate table
+    out = result.stdout
+    for section in ("=== model ===", "=== data", "=== training ===", "=== evaluation",
+                    "=== export ==="):
+        assert section in out
+    assert "LlamaForCausalLM" in out and "total" in out  # model info and memory estimate
+    assert "training: finished after 3 steps" in out
+    assert "exact match on 4 held-out records: base" in out
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("js-plotly-plot") + page.count("plotly-graph-div") >= 3
+    assert (tmp_path / "export" / "merged" / "model.safetensors").is_file()
+    assert list((tmp_path / "evaluations").glob("eval-*/scores.json"))
 
 
 def test_demo_with_a_bad_spec_exits_with_a_message(tmp_path):
