@@ -68,11 +68,32 @@ def duplicate_problems(train: pa.Array, validation: pa.Array | None = None) -> l
     repeats = np.flatnonzero(first_index[codes] != np.arange(len(codes)))
     problems = [_exact(int(i), int(first_index[codes[i]]), n_train) for i in repeats]
     exact = set(repeats.tolist())
-    for row, rep, similarity in _near_pairs(texts, codes):
+    content = normalise_texts(_without_boilerplate(
+        pa.concat_arrays([train, validation]) if validation is not None else train
+    ))
+    for row, rep, similarity in _near_pairs(content, codes):
         if row not in exact:
             problems.append(_near(row, rep, similarity, n_train))
             exact.add(row)
     return sorted(problems, key=lambda p: (p.split != "train", p.row))
+
+
+def _without_boilerplate(texts: pa.Array) -> pa.Array:
+    """Drop lines that most rows share (a fixed instruction, a system prompt).
+
+    Near duplicates are about the content that varies: a long instruction repeated on every
+    row would otherwise make all short rows look alike.
+    """
+    from collections import Counter
+
+    rows = [row or "" for row in texts.to_pylist()]
+    if len(rows) < 10:
+        return texts
+    counts = Counter(line for row in rows for line in set(row.split("\n")) if line.strip())
+    common = {line for line, n in counts.items() if n > len(rows) / 2}
+    if not common:
+        return texts
+    return pa.array(["\n".join(x for x in row.split("\n") if x not in common) for row in rows])
 
 
 def _locate(index: int, n_train: int) -> tuple[str, int]:
@@ -159,32 +180,12 @@ def _near_pairs(texts: pa.Array, codes: np.ndarray) -> list[tuple[int, int, floa
     similarity = (sig[pairs[:, 0]] == sig[pairs[:, 1]]).mean(axis=1)
     a, b = row_of[pairs[:, 0]], row_of[pairs[:, 1]]
     keep = (similarity >= NEAR_THRESHOLD) & (codes[a] != codes[b])
-    clusters = _clusters(zip(a[keep].tolist(), b[keep].tolist(), strict=True))
-    index = {int(r): i for i, r in enumerate(row_of)}
-    out = []
-    for members in clusters:
-        rep = min(members)
-        for row in sorted(members - {rep}):
-            estimate = float((sig[index[row]] == sig[index[rep]]).mean())
-            out.append((row, rep, estimate))
-    return out
-
-
-def _clusters(pairs: object) -> list[set[int]]:
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for x, y in pairs:  # type: ignore[attr-defined]
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    groups: dict[int, set[int]] = {}
-    for x in parent:
-        groups.setdefault(find(x), set()).add(x)
-    return list(groups.values())
+    # Each later row is reported against its most similar earlier row, so every reported
+    # similarity is a real pair's, at least the threshold.
+    best: dict[int, tuple[int, float]] = {}
+    for x, y, s in zip(a[keep].tolist(), b[keep].tolist(), similarity[keep].tolist(),
+                       strict=True):
+        row, partner = max(x, y), min(x, y)
+        if row not in best or s > best[row][1]:
+            best[row] = (partner, s)
+    return [(row, partner, s) for row, (partner, s) in sorted(best.items())]
