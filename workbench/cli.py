@@ -70,14 +70,16 @@ def _demo(args: argparse.Namespace) -> int:
     session = wb.Session(args.run_dir)
     _section("model")
     print(session.load_model(args.model))
-    print(wb.estimate_memory(session.model.config, seq_len=256, batch_size=args.batch_size))
     _section("data: free-text records -> JSON")
     train, test = records_to_json(args.train_size, args.test_size)
     report = session.load_data(train, validation=test)
     print(report)
+    longest = int(report.lengths["total"].max)
+    print(session.estimate_memory(seq_len=longest, batch_size=args.batch_size))
     _section("training")
     run = session.train(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                        batch_size=args.batch_size, lora=wb.LoRA(r=8), wait=True)
+                        batch_size=args.batch_size, lora=wb.LoRA(r=8), eval_every=4,
+                        wait=True)
     _section("evaluation: base vs tuned on held-out records")
     evaluation = session.evaluate(metrics=["exact_match", json_valid],
                                   max_new_tokens=args.max_new_tokens)

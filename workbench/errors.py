@@ -15,12 +15,12 @@ Examples:
 from __future__ import annotations
 
 __all__ = [
-    "WorkbenchError",
-    "SpecError",
-    "ModelLoadError",
     "CacheError",
-    "DependencyError",
     "DataError",
+    "DependencyError",
+    "ModelLoadError",
+    "SpecError",
+    "WorkbenchError",
     "WorkbenchWarning",
 ]
 

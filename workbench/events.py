@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["EventHub", "ALL_EVENTS"]
+__all__ = ["ALL_EVENTS", "EventHub"]
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from workbench.models.tiny import build_tiny_model
 
 __all__ = [
     "BUILTIN_MODELS",
-    "BuiltinModel",
     "DEFAULT_MODEL",
+    "BuiltinModel",
     "LoadedModel",
     "ModelInfo",
     "ModelSource",

@@ -8,14 +8,14 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from workbench._io import sha256_file
 from workbench.errors import DependencyError, ModelLoadError
 
-__all__ = ["BuiltinModel", "BUILTIN_MODELS", "DEFAULT_MODEL", "builtin_gguf"]
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "BuiltinModel", "builtin_gguf"]
 
 GEMMA_TERMS = (
     "Gemma 3 270M is provided under the Gemma Terms of Use "
