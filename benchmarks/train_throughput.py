@@ -192,11 +192,19 @@ def worker(variant: str, model_name: str, out: Path) -> None:
     out.write_text(json.dumps({
         "variant": variant, "model": model_name, "steps": steps, "error": result.get("error"),
         "examples_per_s": BATCH * (steps - 1) / seconds, "tokens_per_s": real / seconds,
-        "padding": 1 - real / padded, "peak_rss_gib": resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "padding": 1 - real / padded, "peak_rss_gib": peak_rss_bytes() / 2**30,
         "gflops": executed / seconds / 1e9, "final_train_loss": result["losses"][-1],
         "eval_loss": eval_loss(result["model"], loaded.tokenizer, held_out),
         "seconds": seconds}))
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak RSS (VmHWM): ru_maxrss would include the parent's RSS at fork."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def matmul_peak() -> float:

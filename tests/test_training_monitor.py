@@ -51,7 +51,9 @@ def test_buttons_drive_the_run_and_the_view_follows(tiny_model_dir, tmp_path):
         True, "Pausing…")
     gate.set()
     assert run.pause(timeout=30).state is RunState.PAUSED
-    assert "paused · step 3/20" in monitor.status_html.value
+    # The status changes just before its event reaches the monitor: allow for the render.
+    assert _until(lambda: "paused · step 3/20" in monitor.status_html.value
+                  and not monitor.resume_button.disabled)
     assert (monitor.pause_button.description, monitor.resume_button.disabled) == ("Pause", False)
     monitor.eval_button.click()
     assert _until(lambda: len(monitor.traces["eval_loss"].x) == 1)

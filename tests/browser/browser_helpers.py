@@ -278,3 +278,16 @@ def screenshot(page, name: str, locator=None) -> Path:
         locator.scroll_into_view_if_needed()
         locator.screenshot(path=str(path), animations="disabled")
     return path
+
+
+def shutdown_kernels(lab: Lab, notebook_path: Path | str) -> None:
+    """Shut down the kernels of ``notebook_path``'s sessions (e.g. one still training).
+
+    Test cleanup calls this so a background thread in the kernel cannot outlive the test and
+    slow the tests after it; errors are ignored (the kernel may already be gone).
+    """
+    relative = Path(notebook_path).resolve().relative_to(lab.root.resolve()).as_posix()
+    with contextlib.suppress(OSError, ValueError):
+        for session in lab.api("sessions"):
+            if session.get("path") == relative and session.get("kernel"):
+                lab.api(f"kernels/{session['kernel']['id']}", method="DELETE", timeout=15)

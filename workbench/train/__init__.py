@@ -13,13 +13,21 @@ from __future__ import annotations
 
 from workbench.train.guards import OutOfMemoryError, TrainingError
 from workbench.train.records import LogRecord
-from workbench.train.run import EVENT_CHECKPOINT, EVENT_LOG, EVENT_PROBES, EVENT_STATE, Run
+from workbench.train.run import (
+    EVENT_CHECKPOINT,
+    EVENT_LAYER_NORMS,
+    EVENT_LOG,
+    EVENT_PROBES,
+    EVENT_STATE,
+    Run,
+)
 from workbench.train.spec import LoRA, Method, SchedulerName, TrainSpec
 from workbench.train.start import resume_run, start_run
 from workbench.train.status import RunState, RunStatus
 
 __all__ = [
     "EVENT_CHECKPOINT",
+    "EVENT_LAYER_NORMS",
     "EVENT_LOG",
     "EVENT_PROBES",
     "EVENT_STATE",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,10 @@ class TrainLoop:
         spec: The run's settings.
         total_steps: Optimizer steps planned.
 
+    Attributes:
+        on_gradients: Called with no arguments after backward and before clipping, while
+            the step's gradients are complete and not yet clipped (``None``: nothing is called).
+
     Examples:
         >>> # TrainLoop(model, 0, train, None, TrainSpec(max_steps=5), 5).train_step().step
         >>> # 1
@@ -68,6 +73,7 @@ class TrainLoop:
         self.total_micro = planned
         self.step, self.micro, self.elapsed = 0, 0, 0.0
         self._epoch: tuple[int, list[list[int]]] = (-1, [])
+        self.on_gradients: Callable[[], None] | None = None
 
     # -- data position --------------------------------------------------------------------
     @property
@@ -165,6 +171,8 @@ class TrainLoop:
             width = max(b["input_ids"].numel() for b in batches)
             raise out_of_memory_error(err, self.spec.batch_size, self.spec.grad_accum,
                                       width) from err
+        if self.on_gradients is not None:
+            self.on_gradients()
         clip = self.spec.max_grad_norm or math.inf
         norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         check_grad_norm(norm, self.step + 1, self.spec.grad_norm_limit)

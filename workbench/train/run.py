@@ -1,9 +1,9 @@
 """A training run on a background thread, controlled from the notebook's main thread.
 
 The worker thread runs :class:`~workbench.train.loop.TrainLoop` steps and, between steps,
-serves requests (pause, stop, evaluate now, save now) that the control methods set as
-``threading.Event`` flags. It only publishes events (``train_log``, ``train_state``,
-``train_probes``, ``train_checkpoint``); it never touches a widget.
+serves requests (pause, single step, stop, evaluate now, save now) that the control methods
+set as ``threading.Event`` flags. It only publishes events (``train_log``, ``train_state``,
+``train_probes``, ``train_checkpoint``, ``train_layer_norms``); it never touches a widget.
 
 While paused the worker waits with the model in eval mode and the torch RNG state saved; on
 resume it restores both, so generating with ``run.model`` while paused leaves the rest of the
@@ -34,12 +34,14 @@ from workbench.train.records import LogRecord, format_record
 from workbench.train.spec import TrainSpec
 from workbench.train.status import TERMINAL, RunState, RunStatus
 
-__all__ = ["EVENT_CHECKPOINT", "EVENT_LOG", "EVENT_PROBES", "EVENT_STATE", "Run"]
+__all__ = ["EVENT_CHECKPOINT", "EVENT_LAYER_NORMS", "EVENT_LOG", "EVENT_PROBES", "EVENT_STATE",
+           "Run"]
 
 logger = logging.getLogger(__name__)
 
 EVENT_LOG, EVENT_STATE = "train_log", "train_state"
 EVENT_PROBES, EVENT_CHECKPOINT = "train_probes", "train_checkpoint"
+EVENT_LAYER_NORMS = "train_layer_norms"
 _POLL = 0.2  # seconds a paused worker sleeps between checks for requests
 
 
@@ -54,6 +56,8 @@ class Run:
         probes: Probe prompts regenerated at each evaluation.
         probe_base: The base model's answers to the probes.
         probe_history: ``[{"step": int, "outputs": [str, ...]}, ...]`` per evaluation.
+        layer_norms: ``[{"step", "layers", "weight", "grad"}, ...]`` per step while layer
+            norms are tracked (see :meth:`track_layer_norms`).
 
     Examples:
         >>> # run = start_run(model, tok, train, val, TrainSpec(max_steps=20), Path("runs/a"),
@@ -73,7 +77,7 @@ class Run:
         self.early = EarlyStopping(spec.early_stopping)
         self.eval_every, self.save_every = spec.every(loop.total_steps)
         self._lock = threading.Lock()
-        self._flags = {n: threading.Event() for n in ("pause", "stop", "eval", "save")}
+        self._flags = {n: threading.Event() for n in ("pause", "step", "stop", "eval", "save")}
         self._wake, self._done = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._saved_step = self._eval_step = -1
@@ -81,6 +85,10 @@ class Run:
                                  epoch=loop.epoch, elapsed=loop.elapsed, run_dir=str(run_dir))
         self._monitor: Any = None
         self.error: WorkbenchError | None = None
+        self.layer_norms: list[dict[str, Any]] = []
+        self._grad_norms: list[float] | None = None
+        self._norm_groups: dict[int, list[Any]] | None = None
+        self.track_layer_norms(spec.track_layer_norms)
 
     # -- read-only views ------------------------------------------------------------------
     @property
@@ -144,6 +152,7 @@ class Run:
             >>> # run.resume(); run.state -> RunState.RUNNING
         """
         self._flags["pause"].clear()
+        self._flags["step"].clear()
         self._wake.set()
         if self._status.state is RunState.STOPPED and self.loop.step < self.loop.total_steps:
             self._flags["stop"].clear()
@@ -153,6 +162,45 @@ class Run:
                    "run, or resume_run(run_dir) to continue from its last checkpoint.")
             raise SpecError(msg)
         return self._status
+
+    def step_once(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
+        """Run exactly one optimizer step on the worker thread, then stay paused.
+
+        The worker publishes ``paused -> running -> paused`` (``-> finished`` when that was
+        the last step); an evaluation or checkpoint due at that step happens as usual. Calls
+        made before the worker picks the request up count once. With ``wait``, block until
+        the worker is paused again (or the run ended).
+
+        Raises:
+            SpecError: the run is not paused.
+
+        Examples:
+            >>> # run.pause(); run.step_once().step -> one more than before; run.state -> PAUSED
+        """
+        status = self._status
+        if status.state is not RunState.PAUSED:
+            msg = (f"step_once needs a paused run, but it is {status.state.value}: call "
+                   "run.pause() first.")
+            raise SpecError(msg)
+        target = status.step + 1
+        self._request("step")
+        if wait and threading.current_thread() is not self._thread:
+            self._wait_for(lambda s: s.done or (s.step >= target and s.state is RunState.PAUSED),
+                           timeout)
+        return self._status
+
+    def track_layer_norms(self, on: bool = True) -> None:
+        """Record per-block adapter weight and gradient norms after every step from now on.
+
+        Each record, ``{"step", "layers", "weight", "grad"}``, is appended to
+        :attr:`layer_norms` and published as ``train_layer_norms``. Gradient norms are taken
+        before clipping, weight norms after the update. ``TrainSpec(track_layer_norms=True)``
+        turns this on from the first step.
+
+        Examples:
+            >>> # run.track_layer_norms(); run.step_once(); run.layer_norms[-1]["grad"]
+        """
+        self.loop.on_gradients = self._capture_grad_norms if on else None
 
     def stop(self) -> RunStatus:
         """Finish the current step, save a checkpoint and end (state stopped).
@@ -209,17 +257,42 @@ class Run:
         self._print_lines(lines, block=False)
         return self._status
 
-    def monitor(self) -> Any:
+    def monitor(self, teaching: bool | None = None) -> Any:
         """The :class:`~workbench.widgets.TrainingMonitor` of this run (one per run).
+
+        Args:
+            teaching: Show the single-step button and the layer-norm heatmap (and track layer
+                norms from now on). ``None``: keep the current monitor, or for a first one
+                follow ``spec.track_layer_norms``. A different value builds a new monitor.
 
         Examples:
             >>> # run.monitor().status_html.value
+            >>> # run.monitor(teaching=True).step_button.click()
         """
-        if self._monitor is None:
+        current = self._monitor
+        if current is None or (teaching is not None and current.teaching != teaching):
             from workbench.widgets.training_monitor import TrainingMonitor
 
-            self._monitor = TrainingMonitor(self)
+            if teaching is None:
+                teaching = self.spec.track_layer_norms
+            if teaching:
+                self.track_layer_norms()
+            self._monitor = TrainingMonitor(self, teaching=teaching)
         return self._monitor
+
+    def to_script(self, path: str | Path, fsdp: bool = False) -> Path:
+        """Write a standalone ``accelerate`` script reproducing this run on several GPUs.
+
+        See :func:`workbench.deploy.script.write_training_script` for the folder's contents.
+
+        Examples:
+            >>> # folder = run.to_script("scale-out", fsdp=True)
+            >>> # accelerate launch --config_file scale-out/accelerate_config.yaml \\
+            >>> #     scale-out/train.py --out out
+        """
+        from workbench.deploy.script import write_training_script
+
+        return write_training_script(self.run_dir, path, fsdp)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.monitor()._repr_mimebundle_(**kwargs)
@@ -333,6 +406,7 @@ class Run:
             if not self._between_steps():
                 break
             self._log(self.loop.train_step())
+            self._publish_layer_norms()
             step = self.loop.step
             if step % self.eval_every == 0 and self._evaluate():
                 message = self.early.message()
@@ -360,6 +434,9 @@ class Run:
             self._serve_requests()
             if self._flags["stop"].is_set() or not self._flags["pause"].is_set():
                 break
+            if saved_rng is not None and self._flags["step"].is_set():
+                self._flags["step"].clear()  # step_once: leave the pause for one step
+                break
             if saved_rng is None:
                 saved_rng = self._enter_pause()
             self._wake.wait(_POLL)
@@ -372,6 +449,7 @@ class Run:
         import torch
 
         self._model.train(False)  # generation while paused must not apply dropout
+        self._flags["step"].clear()  # a step_once that raced a resume() must not count here
         self._set_state(RunState.PAUSED)
         return torch.get_rng_state()
 
@@ -381,6 +459,25 @@ class Run:
         torch.set_rng_state(saved_rng)  # sampling while paused must not change the run
         self._model.train(True)
         self._set_state(RunState.RUNNING)
+
+    def _capture_grad_norms(self) -> None:
+        from workbench.train.norms import group_norms, layer_groups
+
+        if self._norm_groups is None:
+            self._norm_groups = layer_groups(self._model)
+        self._grad_norms = group_norms(self._norm_groups, "grad")
+
+    def _publish_layer_norms(self) -> None:
+        from workbench.train.norms import group_norms
+
+        grads, self._grad_norms = self._grad_norms, None
+        if grads is None or self._norm_groups is None:
+            return
+        record = {"step": self.loop.step, "layers": list(self._norm_groups),
+                  "weight": group_norms(self._norm_groups, "weight"), "grad": grads}
+        with self._lock:
+            self.layer_norms.append(record)
+        self.events.emit(EVENT_LAYER_NORMS, {"run": str(self.run_dir), **record})
 
     def _serve_requests(self) -> None:
         if self._flags["eval"].is_set():

@@ -145,6 +145,9 @@ class TrainSpec:
             a row (``None``: off). Needs validation data.
         probe_max_new_tokens: Tokens generated per probe prompt at each evaluation.
         fast_loss: Compute logits only where labels are trained (same loss, less compute).
+        track_layer_norms: After every step, record each transformer block's adapter weight
+            and gradient norms (``run.layer_norms``, event ``train_layer_norms``); the
+            monitor's teaching mode shows them as a heatmap.
 
     Examples:
         >>> TrainSpec(max_steps=60, lr=5e-3, batch_size=8).total_steps(64)
@@ -175,6 +178,7 @@ class TrainSpec:
     early_stopping: int | None = None
     probe_max_new_tokens: int = 32
     fast_loss: bool = True
+    track_layer_norms: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, dict):
@@ -208,6 +212,8 @@ class TrainSpec:
             self._warmup_problem(),
             None if decay is None or (isinstance(decay, (int, float)) and 0 < decay <= 1)
             else f"layer_lr_decay={decay!r} must be in (0, 1] or None",
+            None if isinstance(self.track_layer_norms, bool)
+            else f"track_layer_norms={self.track_layer_norms!r} must be a bool",
             *[_positive(n, v, k) for n, v, k in optional if v is not None],
         ]
 

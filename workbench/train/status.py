@@ -1,6 +1,7 @@
 """Run states and the immutable status snapshot a run publishes.
 
-State machine (``resume()`` after ``stop()`` continues in the same process)::
+State machine (``resume()`` after ``stop()`` continues in the same process; ``step_once()``
+goes paused -> running -> paused for one optimizer step)::
 
     created -> running <-> paused
                   |          |

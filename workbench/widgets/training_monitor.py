@@ -5,6 +5,10 @@ plain arrays, and renders them into one plotly ``FigureWidget`` (updated in plac
 at most a few times per second), a status line, control buttons and a probe timeline. Button
 handlers call one :class:`~workbench.train.Run` method each. All text is escaped.
 
+Teaching mode (``teaching=True``) adds a "Single step" button (one optimizer step while
+paused) and a heatmap of each transformer block's adapter gradient or weight norm per step
+(``train_layer_norms`` events), updated in place with the same throttle as the loss plot.
+
 Renders are handed to the kernel's event loop when there is one, so widgets are only
 touched from the main thread; headless (tests, scripts) they run at once.
 
@@ -12,6 +16,7 @@ Examples:
     >>> # monitor = TrainingMonitor(run); monitor            # displays in a notebook
     >>> # monitor.status_html.value; len(monitor.traces["loss"].x)
     >>> # TrainingMonitor.from_folder("runs/a")              # a finished run, from disk
+    >>> # TrainingMonitor(run, teaching=True).heatmap.trace.z  # blocks x steps
 """
 
 from __future__ import annotations
@@ -56,12 +61,17 @@ class TrainingMonitor:
         run: A live :class:`~workbench.train.Run`, or ``None`` for a static view
             (see :meth:`from_folder`).
         min_interval: Seconds between renders.
+        teaching: Add the single-step button and the layer-norm heatmap. The run must track
+            layer norms for the heatmap to fill (``run.monitor(teaching=True)`` turns that on).
 
     Attributes:
         figure: The plotly ``FigureWidget`` (loss, eval loss; LR and grad norm below).
         traces: Its traces by name: loss, smoothed, eval_loss, lr, grad_norm.
         status_html: The status line.
         pause_button, resume_button, stop_button, eval_button, save_button: Controls.
+        step_button: "Single step" (shown in teaching mode; enabled only while paused).
+        heatmap: The :class:`~workbench.widgets._layer_norms.LayerNormHeatmap` in teaching
+            mode, else ``None``.
         probes_html: The probe timeline next to the base model's answers.
         widget: The whole panel.
 
@@ -69,8 +79,9 @@ class TrainingMonitor:
         >>> # m = TrainingMonitor(run); m.stop_button.click(); run.wait().state -> 'stopped'
     """
 
-    def __init__(self, run: Any = None, min_interval: float = MIN_INTERVAL) -> None:
-        self.run, self.min_interval = run, min_interval
+    def __init__(self, run: Any = None, min_interval: float = MIN_INTERVAL,
+                 teaching: bool = False) -> None:
+        self.run, self.min_interval, self.teaching = run, min_interval, teaching
         self._lock = threading.RLock()
         self._data: dict[str, list[float]] = {k: [] for k in
                                                ("step", "loss", "smoothed", "lr", "grad_norm",
@@ -87,6 +98,7 @@ class TrainingMonitor:
             with self._lock:
                 self._subscribe(run.events)
                 self._load(run.history, run.probes, run.probe_base, run.probe_history)
+                self._load_norms(getattr(run, "layer_norms", []))
         self.refresh()
 
     # -- construction ---------------------------------------------------------------------
@@ -125,15 +137,23 @@ class TrainingMonitor:
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger")
         self.eval_button = w.Button(description="Evaluate now")
         self.save_button = w.Button(description="Save now")
+        self.step_button = w.Button(description="Single step", icon="step-forward",
+                                    tooltip="one optimizer step, then pause again")
         self.probes_html = w.HTML()
         self.pause_button.on_click(self._on_pause)
         self.resume_button.on_click(self._on_resume)
         self.stop_button.on_click(self._on_stop)
         self.eval_button.on_click(self._on_evaluate)
         self.save_button.on_click(self._on_save)
-        buttons = w.HBox([self.pause_button, self.resume_button, self.stop_button,
-                          self.eval_button, self.save_button])
-        self.widget = w.VBox([self.status_html, buttons, self.figure, self.probes_html])
+        self.step_button.on_click(self._on_step)
+        buttons = [self.pause_button, self.resume_button, self.stop_button, self.eval_button,
+                   self.save_button]
+        self.heatmap = self._teaching_heatmap()
+        plots = [self.figure]
+        if self.heatmap is not None:
+            buttons.append(self.step_button)
+            plots.append(self.heatmap.widget)
+        self.widget = w.VBox([self.status_html, w.HBox(buttons), *plots, self.probes_html])
         self.widget.add_class("wb-training-monitor")  # a stable hook for browser tests
 
     @staticmethod
@@ -157,10 +177,19 @@ class TrainingMonitor:
         fig.update_xaxes(title_text="step", row=2, col=1)
         return go.FigureWidget(fig)
 
+    def _teaching_heatmap(self) -> Any:
+        if not self.teaching:
+            return None
+        from workbench.widgets._layer_norms import LayerNormHeatmap
+
+        return LayerNormHeatmap()
+
     def _subscribe(self, events: Any) -> None:
         self._unsubscribe = [events.on("train_log", self._on_log),
                              events.on("train_state", self._on_state),
                              events.on("train_probes", self._on_probes)]
+        if self.heatmap is not None:
+            self._unsubscribe.append(events.on("train_layer_norms", self._on_layer_norms))
 
     # -- button handlers: one Run call each -----------------------------------------------
     def _on_pause(self, _button: Any) -> None:
@@ -176,6 +205,11 @@ class TrainingMonitor:
     def _on_stop(self, _button: Any) -> None:
         self.run.stop()
         self._render_buttons()
+
+    def _on_step(self, _button: Any) -> None:
+        self._pending = "step"  # cleared when the worker reports paused (or ended) again
+        self.step_button.disabled = True
+        self.run.step_once(wait=False)
 
     def _on_evaluate(self, _button: Any) -> None:
         self.run.evaluate_now()
@@ -199,6 +233,14 @@ class TrainingMonitor:
             if payload["status"].state.value != "running":
                 self._pending = ""
             self._dispatch(self.refresh)
+
+    def _on_layer_norms(self, payload: dict[str, Any]) -> None:
+        if not self._mine(payload):
+            return
+        with self._lock:  # __init__ loads the run's earlier records under this lock
+            added = self.heatmap.add(payload)
+        if added:
+            self._schedule()
 
     def _on_probes(self, payload: dict[str, Any]) -> None:
         if self._mine(payload):
@@ -239,6 +281,11 @@ class TrainingMonitor:
             for record in history:
                 self._add(record)
 
+    def _load_norms(self, records: list[dict[str, Any]]) -> None:
+        if self.heatmap is not None:
+            for record in list(records):
+                self.heatmap.add(record)
+
     # -- rendering ------------------------------------------------------------------------
     def _schedule(self) -> None:
         wait = self.min_interval - (time.monotonic() - self._last_render)
@@ -278,6 +325,8 @@ class TrainingMonitor:
                 self.traces[name].x, self.traces[name].y = arrays["step"], arrays[name]
             self.traces["eval_loss"].x = arrays["eval_step"]
             self.traces["eval_loss"].y = arrays["eval_loss"]
+        if self.heatmap is not None:
+            self.heatmap.render()
         self.status_html.value = self._status_html()
         self.probes_html.value = self._probes_html(probes)
         self._render_buttons()
@@ -286,7 +335,9 @@ class TrainingMonitor:
         state = self._status.state.value if self._status is not None else "finished"
         live = self.run is not None and state in ("running", "paused")
         pausing = self._pending == "pause" and state == "running"
-        self.pause_button.disabled = not live or state == "paused" or pausing
+        stepping = self._pending == "step"
+        self.pause_button.disabled = not live or state == "paused" or pausing or stepping
+        self.step_button.disabled = state != "paused" or self.run is None or stepping
         self.pause_button.description = "Pausing…" if pausing else "Pause"
         can_resume = state == "paused" or (state == "stopped" and self.run is not None
                                            and self._status.step < self._status.total_steps)

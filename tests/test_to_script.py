@@ -1,0 +1,128 @@
+"""Scale-out scripts: ``run.to_script`` on the tiny model, launched with accelerate on CPU.
+
+The toy examples have different lengths, so the two processes of a step see different token
+counts: the losses only match because train.py averages over the trained tokens of the whole
+global batch (``num_items_in_batch``), not per process. LoRA dropout is 0 so the runs are
+deterministic (with dropout, each process draws its own masks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from train_fixtures import toy_dataset
+from train_helpers import fresh, toy_run, train_losses
+
+from workbench.deploy.script import CONFIG_FILE, write_training_script
+from workbench.errors import SpecError
+from workbench.train import LoRA, TrainSpec
+from workbench.train.batches import Examples, collate
+from workbench.train.loss import token_loss_sum
+
+STEPS = 4
+SPEC = TrainSpec(max_steps=STEPS, batch_size=4, grad_accum=2, lr=5e-3, seed=3,
+                 lora=LoRA(r=4, dropout=0.0), save_every=STEPS)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(script_dir, out, processes: int) -> list[dict]:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(script_dir / "accelerate_config.yaml"), "--num_processes", str(processes),
+               "--main_process_port", str(_free_port()), str(script_dir / "train.py"),
+               "--cpu", "--max-steps", str(STEPS), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
+                          cwd=script_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def scaled(tiny_model_dir, tmp_path_factory):
+    """A workbench run, its script, and the script launched on 2 processes and on 1."""
+    root = tmp_path_factory.mktemp("to-script")
+    run = toy_run(tiny_model_dir, root / "run", SPEC, validation=False)
+    script = run.to_script(root / "script")
+    logs = {n: _launch(script, root / f"out-{n}", n) for n in (2, 1)}
+    return run, script, root, logs
+
+
+def test_two_processes_train_one_adapter_like_one_process(scaled):
+    run, script, root, logs = scaled
+    assert not re.search(r"^\s*(from|import) workbench", (script / "train.py").read_text(),
+                         re.MULTILINE)  # standalone: runs where the workbench is not installed
+    for n, rows in logs.items():
+        assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # rank 0 logs, once
+        assert {r["processes"] for r in rows} == {n}
+        adapters = list((root / f"out-{n}").rglob("adapter_model.safetensors"))
+        assert adapters == [root / f"out-{n}" / "adapter" / "adapter_model.safetensors"]
+    two, one = ([r["loss"] for r in logs[n]] for n in (2, 1))
+    assert two == pytest.approx(one, rel=1e-3)
+    assert [r["grad_norm"] for r in logs[2]] == pytest.approx(
+        [r["grad_norm"] for r in logs[1]], rel=1e-3)
+    # Same data order, init and schedule as the workbench's own run (its fast loss included).
+    assert one == pytest.approx(train_losses(run), rel=1e-3)
+    assert [r["lr"] for r in logs[2]] == pytest.approx(
+        [r.lr for r in run.history if r.kind == "train"])
+
+
+def test_fast_loss_equals_the_transformers_loss_the_script_uses(tiny_model_dir):
+    loaded = fresh(tiny_model_dir)
+    examples = Examples.from_dataset(toy_dataset(loaded.tokenizer, 6, seed=2))
+    batch = collate(examples, list(range(6)), pad_id=loaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        total, count = token_loss_sum(loaded.model, batch, fast=True)
+        width = batch["input_ids"].shape[1]
+        mask = (torch.arange(width) < batch["lengths"][:, None]).long()  # as train.py pads
+        plain = loaded.model(input_ids=batch["input_ids"], attention_mask=mask,
+                             labels=batch["labels"], num_items_in_batch=count).loss
+    assert float(total) / count == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_fsdp_config_wraps_the_decoder_layer(scaled):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    run, script, root, _ = scaled
+    assert not (script / "fsdp_config.yaml").exists()
+    folder = run.to_script(root / "fsdp", fsdp=True)
+    fsdp = yaml.safe_load((folder / "fsdp_config.yaml").read_text())
+    assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
+    assert load_config_from_file(str(folder / "fsdp_config.yaml")).distributed_type == "FSDP"
+    ddp = load_config_from_file(str(folder / "accelerate_config.yaml"))
+    assert ddp.distributed_type == "MULTI_GPU"
+    assert "fsdp_config.yaml" in (folder / "README.md").read_text()
+    assert run.to_script(root / "fsdp") == folder  # a folder it wrote may be written again
+
+
+def _qlora_run(run_dir, tmp_path):
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["spec"]["method"] = "qlora"
+    (tmp_path / "bad" / "data" / "train").mkdir(parents=True)
+    (tmp_path / "bad" / "run.json").write_text(json.dumps(meta))
+    return tmp_path / "bad"
+
+
+@pytest.mark.parametrize("case", ["no run", "qlora", "folder in use"])
+def test_bad_input_raises_and_writes_nothing(scaled, tmp_path, case):
+    run = scaled[0]
+    source = {"no run": lambda: tmp_path, "qlora": lambda: _qlora_run(run.run_dir, tmp_path),
+              "folder in use": lambda: run.run_dir}[case]()
+    target = run.run_dir if case == "folder in use" else tmp_path / "script"
+    before = sorted(p.name for p in target.parent.iterdir())
+    with pytest.raises(SpecError, match="run|qlora|holds other files"):
+        write_training_script(source, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == before
+    assert not (target / CONFIG_FILE).exists()
