@@ -492,7 +492,7 @@ class Session:
         probes = probes or self._probe_prompts()
         report = quantize_export(source, target, quantization, probes, self._scorer(),
                                  overwrite=overwrite)
-        self._progress(str(report))
+        self._progress(f"quantized to {report.folder}")
         return report
 
     def serve(self, port: int = 8000, path: str | Path | None = None):
