@@ -12,6 +12,7 @@ Usage::
 
     .venv/bin/python benchmarks/train_throughput.py                 # tiny model and Gemma
     .venv/bin/python benchmarks/train_throughput.py --models tiny
+    BENCH_GEMMA_STEPS=24 .venv/bin/python benchmarks/train_throughput.py --models gemma
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ os.environ.setdefault("WORKBENCH_CACHE", str(REPO / ".cache" / "workbench"))
 sys.path.insert(0, str(REPO))
 
 BATCH, MAX_LEN, EVAL_EXAMPLES = 4, 256, 8
-STEPS = {"tiny": 24, "gemma": 6}
+STEPS = {"tiny": 24, "gemma": int(os.environ.get("BENCH_GEMMA_STEPS", "6"))}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 NAMES = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret"]
 CITIES = ["London", "Paris", "Lagos", "Lima", "Osaka", "Oslo", "Pune", "Quito", "Rome"]
