@@ -207,3 +207,17 @@ def test_serve_answers_a_chat_completion_on_loopback(tmp_path, tiny_model_dir, a
         s.close()
     assert not server.running
     assert port_is_free(port)
+
+
+def test_quantize_reports_scores_before_and_after_when_data_is_loaded(
+    tmp_path, tiny_model_dir, adapter_dir
+):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(20)]
+    s.load_data(rows, validation=0.3)
+    report = s.quantize("8bit", probes=PROBES[:1])
+    names = [row[0] for row in report.rows()]
+    assert names[4:] == ["exact_match", "rougeL"]
+    for measure in (report.before, report.after):
+        assert set(measure.scores) == {"exact_match", "rougeL"}
+        assert all(0.0 <= v <= 1.0 for v in measure.scores.values())

@@ -526,8 +526,23 @@ class Session:
         rows = [self._data.example(i, "train") for i in range(min(4, len(self._data.train)))]
         return [row.prompt for row in rows]
 
-    def _scorer(self):
-        return None
+    def _scorer(self, limit: int = 8):
+        """Score a model on a few validation rows, to show what quantization costs."""
+        if self._data is None or not self._data.validation or self._data.is_text:
+            return None
+        from workbench.evaluation import run_evaluation
+
+        rows = self._evaluation_rows(None)[:limit]
+        stop = self._data.template.stop
+
+        def score(model, tokenizer) -> dict[str, float]:
+            evaluation = run_evaluation(model, tokenizer, rows, metrics=["exact_match", "rouge"],
+                                        compare_base=False, max_new_tokens=64,
+                                        stop_strings=[stop] if stop else None)
+            return {name: s["tuned"] for name, s in evaluation.scores.items()
+                    if name in ("exact_match", "rougeL")}
+
+        return score
 
     def _state(self) -> dict:
         path = self.run_dir / "session.json"
