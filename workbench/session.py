@@ -67,6 +67,9 @@ class Session:
         self._adapted: Any = None  # the peft model once an adapter is trained or loaded
         self._exported: Path | None = None
         self._servers: list = []
+        self._run: Any = None
+        self._training_summary: dict = {}
+        self._scores_summary: dict = {}
         if verbose:
             self.events.on("progress", lambda message: print(message, flush=True))
 
@@ -288,7 +291,7 @@ class Session:
             >>> Session("/tmp/wb-doc-empty", verbose=False).training_summary()
             {}
         """
-        return dict(getattr(self, "_training_summary", {}) or {})
+        return dict(self._training_summary)
 
     def scores_summary(self) -> dict:
         """Base and tuned scores of the last evaluation (empty before evaluating).
@@ -297,7 +300,7 @@ class Session:
             >>> Session("/tmp/wb-doc-empty", verbose=False).scores_summary()
             {}
         """
-        return dict(getattr(self, "_scores_summary", {}) or {})
+        return dict(self._scores_summary)
 
     def load_adapter(self, path: str | Path) -> ModelInfo:
         """Put a saved peft adapter (e.g. an ``adapter`` export) on the loaded base model.
@@ -370,7 +373,7 @@ class Session:
             >>> Session("/tmp/wb-doc-empty", verbose=False).run is None
             True
         """
-        return getattr(self, "_run", None)
+        return self._run
 
     # --- evaluation -------------------------------------------------------------------
 
