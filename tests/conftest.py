@@ -35,3 +35,29 @@ def gemma_folder() -> Path:
     from workbench.models.loading import resolve_source
 
     return Path(resolve_source("gemma-3-270m", on_event=print).location)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Make a folder on a tiny RAM disk: ``small_disk(size_kb)`` returns its path.
+
+    A real file system that really fills up (tmpfs), so a test sees the exact error a full
+    disk gives. Needs root (CI and the developer machines run as root); skipped elsewhere.
+    """
+    import subprocess
+
+    mounts: list[Path] = []
+
+    def make(size_kb: int) -> Path:
+        point = tmp_path / f"disk-{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs",
+                               str(point)], capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)

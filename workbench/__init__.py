@@ -11,9 +11,11 @@ from workbench.errors import (
     DataError,
     DependencyError,
     ModelLoadError,
+    SessionStateError,
     SpecError,
     WorkbenchError,
     WorkbenchWarning,
+    WriteError,
 )
 from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from workbench.models.info import ModelInfo
@@ -60,10 +62,12 @@ __all__ = [
     "Run",
     "RunState",
     "Session",
+    "SessionStateError",
     "SpecError",
     "TrainSpec",
     "WorkbenchError",
     "WorkbenchWarning",
+    "WriteError",
     "__version__",
     "build_tiny_model",
     "compare",

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "sha256_file", "staging_folder"]
+from workbench.errors import WorkbenchError, WriteError
+
+__all__ = ["atomic_write_text", "check_free_space", "sha256_file", "staging_folder",
+           "translated_write_errors", "verify_manifest", "write_error",
+           "write_manifest"]
+
+_MB = 1024 * 1024
+# A little room beyond the estimate: file system metadata, a JSON file or two, the card.
+_SPACE_MARGIN = 1.05
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    With ``parents=False`` a missing folder is an error, not created: a file that belongs in
+    a folder someone deleted must not bring the folder back.
 
     Examples:
         >>> p = atomic_write_text("/tmp/wb-doc.txt", "hello")
@@ -22,7 +36,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
         'hello'
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -77,3 +92,164 @@ def sha256_file(path: str | Path, block: int = 4 * 1024 * 1024) -> str:
         while chunk := handle.read(block):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _write_error(code: int, message: str) -> WriteError:
+    """A WriteError that prints as its message alone, with ``errno`` still set."""
+    err = WriteError(message)
+    err.errno = code
+    return err
+
+
+def _existing_parent(path: Path) -> Path:
+    """The path itself or its nearest existing ancestor (where a new folder would go)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_free_space(path: str | Path, needed_bytes: int, what: str = "this write") -> None:
+    """Raise :class:`WriteError` unless the disk holding ``path`` has room for ``needed_bytes``.
+
+    ``path`` may not exist yet; its nearest existing parent is checked. Also refuses a
+    read-only or non-writable place, before anything is written.
+
+    Examples:
+        >>> check_free_space("/tmp/wb-doc-new/folder", 1024)
+        >>> try:
+        ...     check_free_space("/tmp", 10**18, "the export")
+        ... except WriteError as err:
+        ...     print(str(err)[:35])
+        no space left on device at /tmp for
+    """
+    place = _existing_parent(Path(path))
+    if not os.access(place, os.W_OK):
+        raise _write_error(errno.EACCES, f"{place} is not writable (read-only or no permission) "
+                         f"for {what}: choose a folder you can write to.")
+    free = shutil.disk_usage(place).free
+    if needed_bytes * _SPACE_MARGIN > free:
+        raise _write_error(errno.ENOSPC, f"no space left on device at {place} for {what}: "
+                         f"{needed_bytes * _SPACE_MARGIN / _MB:.1f} MB needed, "
+                         f"{free / _MB:.1f} MB free. Free some space or write elsewhere.")
+
+
+def write_error(err: OSError, path: str | Path, needed_bytes: int | None = None) -> OSError:
+    """Translate a low-level write failure into a :class:`WriteError` naming ``path``.
+
+    Errors other than a full disk, a read-only file system or a refused permission are
+    returned unchanged.
+
+    Examples:
+        >>> str(write_error(OSError(errno.ENOSPC, "No space left"), "/x", 3 * 1024 * 1024))
+        'no space left on device at /x (3.0 MB needed). Free some space or write elsewhere.'
+    """
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        need = f" ({needed_bytes / _MB:.1f} MB needed)" if needed_bytes else ""
+        return _write_error(code, f"no space left on device at {path}{need}. "
+                                "Free some space or write elsewhere.")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return _write_error(code, f"cannot write to {path}: {os.strerror(code).lower()}. "
+                                "Choose a folder you can write to.")
+    return err
+
+
+# Rust libraries (safetensors, tokenizers) report an OS error in their message only.
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _os_error_of(err: BaseException) -> OSError | None:
+    """``err`` as an OSError: itself, or one rebuilt from a Rust "(os error N)" message."""
+    if isinstance(err, OSError):
+        return err
+    found = _RUST_OS_ERROR.search(str(err))
+    return OSError(int(found[1]), str(err)) if found else None
+
+
+@contextlib.contextmanager
+def translated_write_errors(path: str | Path, needed_bytes: int | None = None) -> Iterator[None]:
+    """Re-raise full-disk and read-only failures inside the block as :class:`WriteError`.
+
+    Libraries report a full disk in their own words (safetensors: "unexpected pos ..."); the
+    cause is found on the exception's chain, or by checking the free space when the message
+    is not an ``OSError`` at all.
+
+    Examples:
+        >>> with translated_write_errors("/tmp/x"):
+        ...     pass
+    """
+    try:
+        yield
+    except WorkbenchError:
+        raise  # already says what went wrong (a WriteError, or a SpecError met mid-write)
+    except Exception as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            translated = _os_error_of(cause)
+            if translated is not None and write_error(translated, path, needed_bytes) is not \
+                    translated:
+                raise write_error(translated, path, needed_bytes) from err
+            cause = cause.__cause__ or cause.__context__
+        place = _existing_parent(Path(path))
+        if needed_bytes and shutil.disk_usage(place).free < needed_bytes * _SPACE_MARGIN:
+            raise write_error(OSError(errno.ENOSPC, "no space"), path, needed_bytes) from err
+        raise
+
+
+def write_manifest(folder: str | Path, name: str, extra: dict | None = None) -> Path:
+    """Write ``folder/name``: the size and SHA-256 of every file under ``folder``.
+
+    Write it last: a folder whose manifest is present and matches was written completely.
+    Files in subfolders are listed by their relative POSIX path.
+
+    Examples:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.txt").write_text("x")
+        >>> manifest = json.loads(write_manifest(folder, "manifest.json").read_text())
+        >>> manifest["files"]["a.txt"]["size"]
+        1
+    """
+    root = Path(folder)
+    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(root.rglob("*")) if p.is_file() and p.name != name}
+    text = json.dumps({**(extra or {}), "files": files}, indent=1)
+    (root / name).write_text(text, encoding="utf-8")
+    return root / name
+
+
+def verify_manifest(folder: str | Path, name: str, hashes: bool = True) -> str | None:
+    """Why the files under ``folder`` don't match its manifest ``name``, or ``None`` if they do.
+
+    Args:
+        folder: The folder :func:`write_manifest` described.
+        name: The manifest's file name.
+        hashes: Also compare SHA-256 (``False``: sizes only, without reading the files).
+
+    Examples:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "a.txt").write_text("x")
+        >>> _ = write_manifest(folder, "manifest.json")
+        >>> verify_manifest(folder, "manifest.json") is None
+        True
+        >>> _ = (folder / "a.txt").write_text("y")
+        >>> verify_manifest(folder, "manifest.json")
+        'a.txt does not match its SHA-256'
+    """
+    path = Path(folder) / name
+    if not path.is_file():
+        return f"no {name}"
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        expected = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"unreadable {name} ({type(err).__name__}: {err})"
+    for rel, (size, digest) in expected.items():
+        file = Path(folder) / rel
+        if not file.is_file():
+            return f"{rel} is missing"
+        if file.stat().st_size != size:
+            return f"{rel} has {file.stat().st_size} bytes, expected {size}"
+        if hashes and sha256_file(file) != digest:
+            return f"{rel} does not match its SHA-256"
+    return None

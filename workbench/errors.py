@@ -19,9 +19,11 @@ __all__ = [
     "DataError",
     "DependencyError",
     "ModelLoadError",
+    "SessionStateError",
     "SpecError",
     "WorkbenchError",
     "WorkbenchWarning",
+    "WriteError",
 ]
 
 
@@ -43,6 +45,20 @@ class CacheError(WorkbenchError, OSError):
 
 class DependencyError(WorkbenchError, ImportError):
     """An optional package needed for the requested feature is missing."""
+
+
+class WriteError(WorkbenchError, OSError):
+    """A file or folder could not be written: no space left, read-only, no permission.
+
+    The message names the path, and for a full disk how many MB were needed and free.
+    """
+
+
+class SessionStateError(WorkbenchError, RuntimeError):
+    """A call is refused in the session's current state (e.g. while a run trains).
+
+    The message names what is in the way and the calls that clear it.
+    """
 
 
 class DataError(WorkbenchError, ValueError):
