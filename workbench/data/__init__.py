@@ -10,11 +10,13 @@ Examples:
 
 from __future__ import annotations
 
+from workbench.data.context import model_context
 from workbench.data.example import Example, TokenView
 from workbench.data.formats import FORMAT_NAMES, FORMATS, Format
 from workbench.data.prepared import DataSpec, PreparedData, load_data
 from workbench.data.problems import PROBLEM_KINDS, SMALL_DATASET_ROWS, Problem
 from workbench.data.report import DataReport, LengthStats
+from workbench.data.special_text import SPECIAL_TOKENS_IN_TEXT
 from workbench.data.templates import (
     SAMPLE_CONVERSATION,
     TEMPLATES,
@@ -34,6 +36,7 @@ __all__ = [
     "PROBLEM_KINDS",
     "SAMPLE_CONVERSATION",
     "SMALL_DATASET_ROWS",
+    "SPECIAL_TOKENS_IN_TEXT",
     "TEMPLATES",
     "DataReport",
     "DataSpec",
@@ -48,6 +51,7 @@ __all__ = [
     "check_template",
     "encode_prompt",
     "load_data",
+    "model_context",
     "render_prompt",
     "resolve_template",
 ]

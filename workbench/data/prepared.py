@@ -8,21 +8,34 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from workbench.data.context import fit_to_context
 from workbench.data.example import Example, TokenView
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
 from workbench.data.loading import Loaded, read_source
 from workbench.data.problems import Problem
 from workbench.data.report import DataReport, build_report
 from workbench.data.sources import open_source
+from workbench.data.special_text import (
+    SPECIAL_TEXT_COLUMN,
+    SPECIAL_TOKENS_IN_TEXT,
+    SpecialTokensInText,
+)
 from workbench.data.templates import Template, render_prompt, resolve_template
-from workbench.data.tokenize import IGNORE_INDEX, STAT_COLUMNS, Labeller, special_ids
-from workbench.errors import DataError, SpecError
+from workbench.data.tokenize import (
+    IGNORE_INDEX,
+    PRODUCED_COLUMNS,
+    STAT_COLUMNS,
+    Labeller,
+    special_ids,
+)
+from workbench.errors import DataError, SpecError, WorkbenchWarning
 
 __all__ = ["DataSpec", "PreparedData", "load_data"]
 
@@ -38,12 +51,21 @@ class DataSpec:
     Attributes:
         format: ``"auto"`` (detect from the columns) or a format name.
         validation: Fraction of rows split off for validation (fixed ``seed``), or ``None``/0.
-        max_length: Keep at most this many tokens per example (``None``: keep all).
+        max_length: Keep at most this many tokens per example (``None``: keep all, or
+            the model's ``context`` when known). Never more than ``context``.
         template: Template name, Jinja text or ``None`` (the tokenizer's, else a built-in).
         on_error: ``"raise"`` a :class:`DataError` at the first malformed row, or ``"skip"`` it.
         columns: ``{canonical field: your column}``, e.g. ``{"prompt": "q", "answer": "a"}``.
         seed: Seed of the validation split.
         cache_dir: Where datasets keeps the Arrow files (``None``: its default cache).
+        context: The model's context length in tokens (from its config), or ``None`` when
+            unknown. Rows longer than it are reported as ``too_long`` and cut to it.
+        special_tokens_in_text: What a control token written as text in the data
+            (``<|im_end|>``, ``<start_of_turn>``, ``<eos>``...) becomes: ``"split"`` (default)
+            tokenizes it as plain text, so data cannot end a turn or start a new one;
+            ``"keep"`` lets it become the real control token (the old behaviour, for data
+            that writes its own turn structure on purpose). Either way each such row is
+            reported as a ``special_token_text`` problem.
 
     Examples:
         >>> DataSpec(max_length=256).validation
@@ -52,6 +74,10 @@ class DataSpec:
         Traceback (most recent call last):
         ...
         workbench.errors.SpecError: on_error='ignore' must be 'raise' or 'skip'
+        >>> DataSpec(special_tokens_in_text="drop")
+        Traceback (most recent call last):
+        ...
+        workbench.errors.SpecError: special_tokens_in_text='drop' must be 'split' or 'keep'
     """
 
     format: FormatChoice = "auto"
@@ -62,6 +88,8 @@ class DataSpec:
     columns: Mapping[str, str] | None = None
     seed: int = 0
     cache_dir: str | None = None
+    context: int | None = None
+    special_tokens_in_text: SpecialTokensInText = "split"
 
     def __post_init__(self) -> None:
         errors = []
@@ -83,6 +111,12 @@ class DataSpec:
                     f"columns[{key!r}]={value!r}: keys must be in {CANONICAL_FIELDS}, "
                     "values column names"
                 )
+        if self.context is not None and (not isinstance(self.context, int) or self.context < 1):
+            errors.append(f"context={self.context!r} must be a positive int or None")
+        if self.special_tokens_in_text not in SPECIAL_TOKENS_IN_TEXT:
+            errors.append(
+                f"special_tokens_in_text={self.special_tokens_in_text!r} must be 'split' or 'keep'"
+            )
         if errors:
             raise SpecError("; ".join(errors))
 
@@ -150,6 +184,8 @@ class PreparedData:
         columns: Mapping[str, str] | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
+        context: int | None = None,
+        special_tokens_in_text: SpecialTokensInText = "split",
     ) -> PreparedData:
         """Read ``source``, split off validation, apply the template and tokenize.
 
@@ -160,7 +196,9 @@ class PreparedData:
             format: ``"auto"``, ``"alpaca"``, ``"qa"``, ``"chat"``, ``"sharegpt"`` or ``"text"``.
             validation: Fraction to split off (seeded), a second source, or ``None``/0.
                 A ``DatasetDict`` with a validation/test split uses that split.
-            max_length: Token cutoff; the start is kept.
+            max_length: Token cutoff; the start is kept. ``None``: the model's ``context``
+                when given (else no cutoff); a longer one is capped to ``context`` with a
+                :class:`~workbench.errors.WorkbenchWarning`.
             template: ``None``, a :class:`Template`, a name in ``TEMPLATES``, ``"tokenizer"``
                 or Jinja text.
             on_error: ``"raise"`` or ``"skip"`` malformed rows (skipped ones become
@@ -168,6 +206,15 @@ class PreparedData:
             columns: Column mapping, e.g. ``{"prompt": "q", "answer": "a"}``.
             seed: Seed of the validation split.
             cache_dir: Arrow cache folder (``None``: datasets' default).
+            context: The model's context length (:func:`~workbench.data.context.model_context`
+                of its config; the Session passes it). Rows longer than it are reported as
+                ``too_long`` and cut to it, so training never runs past the model's positions.
+            special_tokens_in_text: ``"split"`` (default): a control token written as text
+                in the data (``<|im_end|>``, ``<start_of_turn>``, ``<eos>``, any special token
+                of the tokenizer) is tokenized as plain text, so data cannot inject turn
+                structure; the template's own markers stay control tokens. ``"keep"``: it
+                becomes the real control token. Rows with such text are reported as
+                ``special_token_text`` problems in both modes.
 
         Raises:
             DataError: Unreadable source or (``on_error="raise"``) a malformed row, naming
@@ -177,6 +224,8 @@ class PreparedData:
         Examples:
             >>> # data = PreparedData.load("data.jsonl", tokenizer, validation=0.1, max_length=512)
             >>> # data = PreparedData.load(df, tokenizer, columns={"prompt": "q", "answer": "a"})
+            >>> # data = PreparedData.load(rows, tokenizer, context=model.config.n_positions)
+            >>> # data = PreparedData.load(rows, tokenizer, special_tokens_in_text="keep")
         """
         spec, second, given = _build_spec(
             validation,
@@ -187,7 +236,12 @@ class PreparedData:
             columns=columns,
             seed=seed,
             cache_dir=cache_dir,
+            context=context,
+            special_tokens_in_text=special_tokens_in_text,
         )
+        cutoff, capped = fit_to_context(spec.max_length, spec.context)
+        if capped:
+            warnings.warn(capped, WorkbenchWarning, stacklevel=2)
         resolved = given or resolve_template(spec.template, tokenizer)
         main_source, dict_validation = open_source(source)
         main = read_source(main_source, spec)
@@ -212,16 +266,31 @@ class PreparedData:
             skipped=skipped,
             originals=main.originals,
         )
-        return raw.with_max_length(spec.max_length)
+        return raw._retokenized(cutoff)
 
     def with_max_length(self, max_length: int | None) -> PreparedData:
-        """A copy tokenized again with another cutoff (``None``: no cutoff).
+        """A copy tokenized again with another cutoff (``None``: the model's context, if known).
+
+        A cutoff past the model's context is capped to it, with a
+        :class:`~workbench.errors.WorkbenchWarning`.
 
         Examples:
             >>> # shorter = data.with_max_length(256); shorter.truncation_at(256)
         """
+        cutoff, capped = fit_to_context(max_length, self.spec.context)
+        if capped:
+            warnings.warn(capped, WorkbenchWarning, stacklevel=2)
+        return self._retokenized(cutoff)
+
+    def _retokenized(self, max_length: int | None) -> PreparedData:
         spec = dataclasses.replace(self.spec, max_length=max_length)
-        labeller = Labeller(self.template, self.tokenizer, max_length, self._fmt.is_text)
+        labeller = Labeller(
+            self.template,
+            self.tokenizer,
+            max_length,
+            self._fmt.is_text,
+            spec.special_tokens_in_text,
+        )
         tokenized = [
             self._tokenize(ds, labeller) if ds is not None else None
             for ds in (self.train, self.validation)
@@ -239,11 +308,7 @@ class PreparedData:
 
     @staticmethod
     def _tokenize(dataset: Any, labeller: Labeller) -> Any:
-        stale = [
-            c
-            for c in ("input_ids", "labels", "attention_mask", *STAT_COLUMNS)
-            if c in dataset.column_names
-        ]
+        stale = [c for c in PRODUCED_COLUMNS if c in dataset.column_names]
         return dataset.remove_columns(stale).map(labeller, batched=True, desc="Tokenizing")
 
     @property
@@ -440,15 +505,26 @@ class PreparedData:
         Examples:
             >>> # data.empty_fields("train")  -> [(4, 'output')]
         """
+        return self._flagged(split, "empty_fields")
+
+    def special_text(self, split: SplitName) -> list[tuple[int, str]]:
+        """``(row, what)`` for rows whose text holds literal control tokens.
+
+        ``what`` names each token and field, e.g. ``"'<|im_end|>' x2 in messages[2]
+        (assistant)"``.
+
+        Examples:
+            >>> # data.special_text("train")  -> [(7, "'<eos>' in messages[1] (user)")]
+        """
+        return self._flagged(split, SPECIAL_TEXT_COLUMN)
+
+    def _flagged(self, split: SplitName, name: str) -> list[tuple[int, str]]:
+        """Rows of a string column that are neither null nor empty, with their value."""
         import pyarrow.compute as pc
 
-        column = (
-            self.split(split)
-            .select_columns(["empty_fields"])
-            .with_format("arrow")[:]
-            .column("empty_fields")
-        )
-        rows = np.flatnonzero(pc.is_valid(column).to_numpy(zero_copy_only=False))
+        column = self.split(split).select_columns([name]).with_format("arrow")[:].column(name)
+        flagged = pc.and_kleene(pc.is_valid(column), pc.not_equal(column, ""))
+        rows = np.flatnonzero(flagged.to_numpy(zero_copy_only=False))
         return [(int(i), column[int(i)].as_py()) for i in rows]
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ ProblemKind = Literal[
     "truncated_answer",
     "too_long",
     "template_mismatch",
+    "special_token_text",
     "small_dataset",
 ]
 PROBLEM_KINDS: tuple[str, ...] = get_args(ProblemKind)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,6 +27,18 @@ MAX_LISTED = 25
 """How many problems ``str(report)`` lists before summarising the rest."""
 _SANE_CONTEXT = 1_000_000  # tokenizers without a known context report ~1e30
 _PARTS = {"prompt": "n_prompt", "answer": "n_answer", "total": "n_tokens"}
+LimitSource = Literal["max_length", "context", "tokenizer"]
+_SPECIAL_TEXT_EFFECT = {
+    "split": (
+        "tokenized as plain text (special_tokens_in_text='split'), so the data cannot end "
+        "a turn or open one; remove it if it is an accident"
+    ),
+    "keep": (
+        "it becomes the real control token (special_tokens_in_text='keep'): the model reads "
+        "a turn boundary there, and learns to write one where it is in an answer; load with "
+        "special_tokens_in_text='split' to train it as plain text"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -71,12 +83,14 @@ class DataReport:
         skipped: Rows skipped as ``malformed`` (``on_error="skip"``).
         train: Training examples.
         validation: Validation examples.
-        max_length: The cutoff applied, or ``None``.
+        max_length: The cutoff applied (the model's context unless a shorter one was
+            chosen), or ``None``.
         lengths: ``{"prompt"|"answer"|"total": LengthStats}`` over all examples, counted in
             tokens of the real tokenizer with the template applied, before any cutoff.
         trained_share: Share of tokens (after the cutoff) that carry a training label.
         problems: Every problem found.
         histogram: ``(counts, edges)`` of total lengths, for plotting.
+        context: The model's context length, when the data was prepared for a model.
 
     Examples:
         >>> # print(data.report())
@@ -94,6 +108,7 @@ class DataReport:
     trained_share: float
     problems: tuple[Problem, ...]
     histogram: tuple[tuple[int, ...], tuple[float, ...]] = field(repr=False, default=((), ()))
+    context: int | None = None
 
     def count(self, kind: str) -> int:
         """Number of problems of ``kind``.
@@ -123,7 +138,8 @@ class DataReport:
             f"rows: {self.rows} read, {self.skipped} skipped; "
             f"train {self.train}, validation {self.validation}",
             f"max_length: {self.max_length if self.max_length else 'none'} "
-            f"(longest example {self.lengths['total'].max} tokens)",
+            f"(longest example {self.lengths['total'].max} tokens"
+            + (f"; model context {self.context})" if self.context else ")"),
             f"trained tokens: {self.trained_share:.1%} of all tokens",
             f"{'tokens':<8}{'min':>7}{'median':>9}{'mean':>9}{'p95':>9}{'max':>7}",
         ]
@@ -144,19 +160,30 @@ class DataReport:
 
 
 def length_problems(
-    stats: dict[str, np.ndarray], split: str, limit: int | None, text: bool, chosen: bool
+    stats: dict[str, np.ndarray],
+    split: str,
+    limit: int | None,
+    text: bool,
+    limit_from: LimitSource = "max_length",
 ) -> list[Problem]:
     """Examples that lose tokens (or every trained token) at the cutoff ``limit``.
 
-    Each row gets at most one of ``no_trained_tokens`` > ``truncated_answer`` > ``too_long``.
-    Raw text reports ``too_long``. ``chosen`` says whether ``limit`` is the user's
-    ``max_length`` or the model's context.
+    ``limit_from`` says what ``limit`` is: the user's ``"max_length"``, the model's
+    ``"context"`` (the data is cut there because the model has no positions past it), or
+    the ``"tokenizer"``'s ``model_max_length`` (only a hint: nothing is cut). Against a
+    ``max_length`` each row gets at most one of ``no_trained_tokens`` > ``truncated_answer``
+    > ``too_long``; against the context every longer row is ``too_long``, and the message
+    says where the cut falls (prompt, answer or text) and what it costs. Raw text reports
+    ``too_long``.
 
     Examples:
         >>> s = {k: np.array(v) for k, v in dict(n_tokens=[10, 50], answer_start=[5, 45],
         ...      answer_end=[10, 50], n_answer=[5, 5]).items()}
-        >>> [p.kind for p in length_problems(s, "train", 40, False, True)]
+        >>> [p.kind for p in length_problems(s, "train", 40, False)]
         ['no_trained_tokens']
+        >>> print(length_problems(s, "train", 40, False, "context")[0].message)
+        50 tokens, longer than the model's context of 40 tokens: cut to its first 40 tokens; \
+the cut falls in the prompt, so every trained answer token is lost
     """
     problems = [
         Problem(int(i), "no_trained_tokens", "no assistant answer to train on", split)
@@ -164,10 +191,12 @@ def length_problems(
     ]
     if limit is None:
         return problems
+    if limit_from == "context":
+        return problems + _context_problems(stats, split, limit, text)
     what = (
         f"max_length={limit}"
-        if chosen
-        else f"the model's context of {limit} tokens (set max_length)"
+        if limit_from == "max_length"
+        else f"the tokenizer's model_max_length of {limit} tokens (set max_length)"
     )
     n, start, end = stats["n_tokens"], stats["answer_start"], stats["answer_end"]
     answered = (stats["n_answer"] > 0) & (not text)  # raw text: every cut is `too_long`
@@ -191,18 +220,57 @@ def length_problems(
     return problems
 
 
+def _context_problems(
+    stats: dict[str, np.ndarray], split: str, context: int, text: bool
+) -> list[Problem]:
+    """``too_long`` for every row past the model's context, naming where the cut falls."""
+    n, start, end = stats["n_tokens"], stats["answer_start"], stats["answer_end"]
+    problems = []
+    for i in np.flatnonzero(n > context):
+        if text:
+            where = f"the cut falls in the text: its last {n[i] - context} tokens are lost"
+        elif stats["n_answer"][i] == 0:
+            where = "the row has no answer to train on"
+        elif start[i] >= context:
+            where = "the cut falls in the prompt, so every trained answer token is lost"
+        elif end[i] > context:
+            where = f"the cut falls in the answer: {end[i] - context} trained answer tokens lost"
+        else:
+            where = "the cut falls after the answer: no trained token is lost"
+        msg = (
+            f"{n[i]} tokens, longer than the model's context of {context} tokens: "
+            f"cut to its first {context} tokens; {where}"
+        )
+        problems.append(Problem(int(i), "too_long", msg, split))
+    return problems
+
+
+def _limit(data: Any) -> tuple[int | None, LimitSource]:
+    """The cutoff the length problems are measured against, and where it comes from."""
+    spec = data.spec
+    if spec.context is not None and (spec.max_length is None or spec.max_length >= spec.context):
+        return spec.context, "context"
+    if spec.max_length is not None:
+        return spec.max_length, "max_length"
+    model_max = getattr(data.tokenizer, "model_max_length", None)
+    if model_max and model_max < _SANE_CONTEXT:
+        return int(model_max), "tokenizer"
+    return None, "max_length"
+
+
 def _split_problems(data: Any, split: str) -> list[Problem]:
     stats = data.stats(split)
-    limit, chosen = data.spec.max_length, True
-    model_max = getattr(data.tokenizer, "model_max_length", None)
-    if limit is None and model_max and model_max < _SANE_CONTEXT:
-        limit, chosen = int(model_max), False
-    problems = length_problems(stats, split, limit, data.is_text, chosen)
+    limit, limit_from = _limit(data)
+    problems = length_problems(stats, split, limit, data.is_text, limit_from)
     for i in np.flatnonzero(~stats["template_ok"]):
         msg = "training and inference renderings of this conversation disagree at token level"
         problems.append(Problem(int(i), "template_mismatch", msg, split))
     for i, fields in data.empty_fields(split):
         problems.append(Problem(i, "empty_field", f"empty: {fields}", split))
+    effect = _SPECIAL_TEXT_EFFECT[data.spec.special_tokens_in_text]
+    for i, what in data.special_text(split):
+        msg = f"control token written as text: {what}; {effect}"
+        problems.append(Problem(i, "special_token_text", msg, split))
     return problems
 
 
@@ -252,6 +320,7 @@ def build_report(data: Any) -> DataReport:
         trained_share=data.trained_share(),
         problems=tuple(problems),
         histogram=_histogram(stats["n_tokens"]),
+        context=data.spec.context,
     )
 
 

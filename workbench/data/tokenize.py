@@ -16,6 +16,12 @@ those prompt ids and ends at the first token that starts past ``upto_i``. Rows w
 rendering is not a prefix of the next, or where the prompt ids differ, get
 ``template_ok=False`` (reported as ``template_mismatch``).
 
+Literal control tokens in the data (``<|im_end|>`` typed in an answer, say) are found with
+one regex per tokenizer and stored per row in ``special_text``; with
+``special_tokens_in_text="split"`` (the default) they are tokenized as plain text while the
+template's own markers stay control tokens (see :mod:`workbench.data.special_text`). The
+same rule applies to every rendering of a row, so prompt ids stay a prefix of the full ids.
+
 Raw text trains on every token except a leading ``bos`` (it is never predicted).
 Truncation keeps the first ``max_length`` tokens; the full length is stored so the cut can
 be reported and a cutoff can be tried without tokenizing again.
@@ -32,35 +38,49 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
 
+from workbench.data.special_text import (
+    SPECIAL_TEXT_COLUMN,
+    Span,
+    SpecialTokensInText,
+    TextGuard,
+    special_ids,
+)
 from workbench.data.templates import Template, encode, render_many
 
-__all__ = ["IGNORE_INDEX", "STAT_COLUMNS", "TOKEN_COLUMNS", "Labeller", "special_ids"]
+__all__ = [
+    "IGNORE_INDEX",
+    "PRODUCED_COLUMNS",
+    "STAT_COLUMNS",
+    "TOKEN_COLUMNS",
+    "Labeller",
+    "special_ids",
+]
 
 IGNORE_INDEX = -100
 TOKEN_COLUMNS = ("input_ids", "labels", "attention_mask")
 STAT_COLUMNS = ("n_tokens", "n_prompt", "n_answer", "answer_start", "answer_end", "template_ok")
 """Per-row statistics, all measured before truncation."""
-
-
-def special_ids(tokenizer: Any) -> frozenset[int]:
-    """Ids of the tokenizer's special tokens (bos, eos, pad, chat markers...).
-
-    Examples:
-        >>> # 1 in special_ids(tokenizer)  -> True when 1 is <s>
-    """
-    ids = set(tokenizer.all_special_ids)
-    decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    ids.update(i for i, tok in decoder.items() if getattr(tok, "special", False))
-    return frozenset(ids)
+PRODUCED_COLUMNS = (*TOKEN_COLUMNS, *STAT_COLUMNS, SPECIAL_TEXT_COLUMN)
+"""Every column :class:`Labeller` writes (removed before tokenizing again)."""
 
 
 @dataclass
 class _Plan:
-    """Renderings of one conversation: full text and per assistant turn (prompt, upto)."""
+    """Renderings of one conversation: full text and per assistant turn (prompt, upto).
+
+    ``spans`` are the character spans of literal control tokens from the data in ``full``,
+    ``prompt_spans`` the same per turn prompt (empty unless guarded).
+    """
 
     full: str
     turns: list[tuple[str, str]] = field(default_factory=list)
     ok: bool = True
+    spans: list[Span] = field(default_factory=list)
+    prompt_spans: list[list[Span]] = field(default_factory=list)
+
+
+def _fields(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(f"messages[{i}] ({m['role']})", m["content"]) for i, m in enumerate(messages)]
 
 
 @dataclass
@@ -72,6 +92,8 @@ class Labeller:
         tokenizer: A fast transformers tokenizer (offsets are needed).
         max_length: Keep at most this many tokens (``None``: keep all).
         text: Raw-text format (train on every token).
+        special_tokens_in_text: ``"split"``: literal control tokens in the data are
+            tokenized as plain text; ``"keep"``: they become control tokens.
 
     Examples:
         >>> # data = dataset.map(Labeller(template, tokenizer, 512, False), batched=True)
@@ -81,6 +103,11 @@ class Labeller:
     tokenizer: Any
     max_length: int | None
     text: bool
+    special_tokens_in_text: SpecialTokensInText = "split"
+    guard: TextGuard = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.guard = TextGuard.of(self.tokenizer, self.special_tokens_in_text)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
         """Label one batch of rows.
@@ -89,19 +116,28 @@ class Labeller:
             >>> # Labeller(t, tok, None, True)({"text": ["hi"]})["n_tokens"]  -> [3]
         """
         if self.text:
-            rows = [self._label_text(ids) for ids in self._encode_text(batch["text"])]
+            found = [self.guard.describe([("text", t)]) for t in batch["text"]]
+            rows = [self._label_text(ids) for ids in self._encode_text(batch["text"], found)]
         else:
-            rows = self._label_chats(batch["messages"])
+            found = [self.guard.describe(_fields(m)) for m in batch["messages"]]
+            rows = self._label_chats(batch["messages"], found)
         out: dict[str, list[Any]] = {name: [] for name in TOKEN_COLUMNS + STAT_COLUMNS}
         for ids, labels, ok in rows:
             for name, value in self._columns(ids, labels, ok).items():
                 out[name].append(value)
+        out[SPECIAL_TEXT_COLUMN] = found
         return out
 
-    def _encode_text(self, texts: list[str]) -> list[list[int]]:
+    def _encode_text(self, texts: list[str], found: list[str]) -> list[list[int]]:
         bos = self.tokenizer.bos_token or ""
         eos = self.tokenizer.eos_token or ""
-        return encode(self.tokenizer, [f"{bos}{t}{eos}" for t in texts])["input_ids"]
+        guarded = self.guard.protects
+        spans = [
+            self.guard.spans(t, len(bos)) if guarded and f else []
+            for t, f in zip(texts, found, strict=True)
+        ]
+        encoded = self.guard.encode([f"{bos}{t}{eos}" for t in texts], spans)
+        return [ids for ids, _ in encoded]
 
     def _label_text(self, ids: list[int]) -> tuple[list[int], list[int], bool]:
         labels = list(ids)
@@ -109,7 +145,24 @@ class Labeller:
             labels[0] = IGNORE_INDEX
         return ids, labels, True
 
-    def _plans(self, conversations: list[list[dict[str, str]]]) -> list[_Plan]:
+    def _guarded(
+        self, conversations: list[list[dict[str, str]]], found: list[str]
+    ) -> tuple[list[list[dict[str, str]]], list[bool]]:
+        """Conversations with literal tokens escaped (guarded rows only), and which rows."""
+        flags = [
+            self.guard.protects and bool(f) and self.guard.can_escape([m["content"] for m in c])
+            for c, f in zip(conversations, found, strict=True)
+        ]
+        escaped = [
+            [{**m, "content": self.guard.escape(m["content"])} for m in c] if flag else c
+            for c, flag in zip(conversations, flags, strict=True)
+        ]
+        return escaped, flags
+
+    def _restore(self, text: str, guarded: bool) -> tuple[str, list[Span]]:
+        return self.guard.unescape(text) if guarded else (text, [])
+
+    def _plans(self, conversations: list[list[dict[str, str]]], guarded: list[bool]) -> list[_Plan]:
         prompts, uptos, where = [], [], []
         for row, messages in enumerate(conversations):
             for i, message in enumerate(messages):
@@ -122,36 +175,38 @@ class Labeller:
         prompt_texts = render_many(self.template, self.tokenizer, prompts, True) if prompts else []
         inner = [u for u in uptos if u is not None]
         rendered = iter(render_many(self.template, self.tokenizer, inner, False) if inner else [])
-        plans = [_Plan(full) for full in fulls]
-        for row, prompt, upto in zip(where, prompt_texts, uptos, strict=True):
+        restored = [self._restore(full, g) for full, g in zip(fulls, guarded, strict=True)]
+        plans = [_Plan(full, spans=spans) for full, spans in restored]
+        for row, raw_prompt, upto in zip(where, prompt_texts, uptos, strict=True):
             plan = plans[row]
-            text = plan.full if upto is None else next(rendered)
+            prompt, spans = self._restore(raw_prompt, guarded[row])
+            text = plan.full if upto is None else self._restore(next(rendered), guarded[row])[0]
             plan.ok &= text.startswith(prompt) and plan.full.startswith(text)
             plan.turns.append((prompt, text))
+            plan.prompt_spans.append(spans)
         return plans
 
     def _encode_fulls(self, plans: list[_Plan]) -> list[tuple[list[int], list[int] | None]]:
         """Ids of each full text, with token start offsets where a turn ends mid-text."""
-        inner = [k for k, p in enumerate(plans) if any(u is not p.full for _, u in p.turns)]
-        out: list[tuple[list[int], list[int] | None]] = [
-            (ids, None) for ids in encode(self.tokenizer, [p.full for p in plans])["input_ids"]
-        ]
-        if inner:
-            enc = encode(self.tokenizer, [plans[k].full for k in inner], offsets=True)
-            for k, ids, offsets in zip(inner, enc["input_ids"], enc["offset_mapping"], strict=True):
-                out[k] = (ids, [start for start, _ in offsets])
-        return out
+        inner = frozenset(
+            k for k, p in enumerate(plans) if any(u is not p.full for _, u in p.turns)
+        )
+        return self.guard.encode([p.full for p in plans], [p.spans for p in plans], inner)
 
     def _starts(self, text: str) -> list[int]:
         offsets = encode(self.tokenizer, [text], offsets=True)["offset_mapping"][0]
         return [start for start, _ in offsets]
 
+    def _prompt_ids(self, plans: list[_Plan]) -> Any:
+        texts = [prompt for p in plans for prompt, _ in p.turns]
+        spans = [s for p in plans for s in p.prompt_spans]
+        return iter([ids for ids, _ in self.guard.encode(texts, spans)] if texts else [])
+
     def _label_chats(
-        self, conversations: list[list[dict[str, str]]]
+        self, conversations: list[list[dict[str, str]]], found: list[str]
     ) -> list[tuple[list[int], list[int], bool]]:
-        plans = self._plans(conversations)
-        prompt_texts = [prompt for p in plans for prompt, _ in p.turns]
-        prompt_ids = iter(encode(self.tokenizer, prompt_texts)["input_ids"] if prompt_texts else [])
+        plans = self._plans(*self._guarded(conversations, found))
+        prompt_ids = self._prompt_ids(plans)
         rows = []
         for plan, (ids, known_starts) in zip(plans, self._encode_fulls(plans), strict=True):
             starts = known_starts

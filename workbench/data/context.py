@@ -1,0 +1,68 @@
+"""The model's context length, and how it caps ``max_length``.
+
+A row longer than the model's context breaks training without a word: a model with learned
+positions (GPT-2) raises ``IndexError`` in the position embedding, one with rotary positions
+(Llama) trains past the length it was built for. The context comes from the model config
+(``max_position_embeddings``, ``n_positions``...), never from the tokenizer's
+``model_max_length``, which is often a placeholder of about 1e30.
+
+Examples:
+    >>> from types import SimpleNamespace
+    >>> model_context(SimpleNamespace(n_positions=64))
+    64
+    >>> fit_to_context(None, 64), fit_to_context(32, 64)
+    ((64, None), (32, None))
+    >>> fit_to_context(100, 64)[1][:42]
+    'max_length=100 is longer than the model co'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["CONTEXT_FIELDS", "fit_to_context", "model_context"]
+
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+"""Config attributes that hold the context length, in the order they are tried."""
+
+
+def model_context(config: Any) -> int | None:
+    """The context length (in tokens) of a transformers model config, or ``None``.
+
+    Multimodal configs (Gemma 3) are read through their text config.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> model_context(SimpleNamespace(max_position_embeddings=2048)), model_context(None)
+        (2048, None)
+    """
+    if config is None:
+        return None
+    text_config = getattr(config, "get_text_config", None)
+    config = text_config() if callable(text_config) else config
+    for name in CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def fit_to_context(max_length: int | None, context: int | None) -> tuple[int | None, str | None]:
+    """The cutoff to apply, and a warning message when ``max_length`` had to be capped.
+
+    ``None`` means the context; a ``max_length`` past the context is capped to it.
+
+    Examples:
+        >>> fit_to_context(None, None)
+        (None, None)
+    """
+    if context is None or (max_length is not None and max_length <= context):
+        return max_length, None
+    if max_length is None:
+        return context, None
+    msg = (
+        f"max_length={max_length} is longer than the model context of {context} tokens "
+        f"(max_position_embeddings/n_positions in its config); capped to {context}: longer "
+        "examples are cut there, since the model has no positions past it"
+    )
+    return context, msg
