@@ -9,23 +9,12 @@ import urllib.request
 
 import pytest
 import torch
+from deploy_fixtures import make_adapter
 
 import workbench as wb
 from workbench.deploy.serve import port_is_free
 
 PROBES = ["The quick brown fox", "Question: What is", "Hello there", "Input: name Ada"]
-
-
-def make_adapter(base_dir, out_dir, seed=0):
-    """A real, non-trivial LoRA adapter saved by peft (random B instead of zeros)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    config = LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.fixture

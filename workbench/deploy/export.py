@@ -15,18 +15,64 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench._io import staging_folder
-from workbench.deploy.merge import is_adapted, merge_adapter
+from workbench._io import check_free_space
+from workbench.deploy.merge import is_adapted, plain_model
 from workbench.deploy.model_card import ModelCard
-from workbench.deploy.paths import check_writable_target
+from workbench.deploy.paths import check_writable_target, staged_write
 from workbench.errors import SpecError
 
-__all__ = ["ExportFormat", "export_model"]
+__all__ = ["ExportFormat", "check_export", "export_bytes", "export_model"]
 
 ExportFormat = Literal["safetensors", "adapter", "gguf"]
+# Tokenizer files a model folder may carry; their sizes are added to the weights' estimate.
+_TOKENIZER_FILES = (
+    "tokenizer*",
+    "vocab*",
+    "merges*",
+    "special_tokens_map*",
+    "*.model",
+    "chat_template*",
+)
+
+
+def check_export(model: Any, target: Path, export_format: str, overwrite: bool = False) -> int:
+    """Check an export can be written, before anything is merged or written; returns its size.
+
+    Checks the format, that ``adapter`` has an adapter to write, that ``target`` is not a
+    file nor a non-empty folder (unless ``overwrite``), that its disk is writable and that it
+    has room for the estimated bytes (:func:`export_bytes`).
+
+    Raises:
+        SpecError: unknown format, non-empty target without ``overwrite``, or ``adapter``
+            asked for a model without one.
+        WriteError: the target's disk is read-only or has too little free space.
+
+    Examples:
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.models.loading import load_model
+        >>> model = load_model(str(build_tiny_model("/tmp/tiny-export-doc")), on_event=len).model
+        >>> check_export(model, Path("/tmp/x"), "onnx")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
+        >>> check_export(model, Path("/tmp/wb-export-check"), "adapter")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: format='adapter' needs a model with an adapter: train one first.
+        >>> check_export(model, Path("/tmp/wb-export-check"), "safetensors") > 0
+        True
+    """
+    if export_format not in get_args(ExportFormat):
+        raise SpecError(f"format={export_format!r} is not one of {get_args(ExportFormat)}.")
+    if export_format == "adapter" and not is_adapted(model):
+        raise SpecError("format='adapter' needs a model with an adapter: train one first.")
+    check_writable_target(target, overwrite)
+    needed = export_bytes(model, export_format)
+    # The files are staged beside the target, so its parent is where they must fit.
+    check_free_space(target.parent, needed, f"the {export_format} export to {target}")
+    return needed
 
 
 def export_model(
@@ -39,9 +85,13 @@ def export_model(
 ) -> Path:
     """Write ``model`` to ``target`` in ``export_format`` with its tokenizer and model card.
 
+    The target is checked (:func:`check_export`) before the model is touched. ``model`` is
+    never changed: ``safetensors`` and ``gguf`` merge the adapter into a copy
+    (:func:`~workbench.deploy.merge.plain_model`). The files are written to a temporary
+    folder renamed to ``target`` at the end, so on any failure ``target`` is as it was.
+
     Args:
-        model: A transformers model or a peft model. ``safetensors`` and ``gguf`` merge an
-            adapter into a copy-free merged model first (the caller's model is merged).
+        model: A transformers model or a peft model.
         tokenizer: Saved beside the weights, with its chat template.
         target: The folder to create.
         export_format: ``safetensors`` (loads with ``from_pretrained``, no workbench needed),
@@ -52,41 +102,83 @@ def export_model(
     Raises:
         SpecError: unknown format, non-empty target without ``overwrite``, or ``adapter``
             asked for a model without one.
+        WriteError: the disk is read-only or full ("no space left on device at PATH, N MB
+            needed"), found before writing or while writing.
 
     Examples:
-        >>> export_model(loaded.model, loaded.tokenizer, Path("/tmp/x"), "onnx", card)
+        >>> export_model(None, None, Path("/tmp/x"), "onnx", ModelCard("tiny", "onnx"))
         Traceback (most recent call last):
         workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
     """
-    if export_format not in get_args(ExportFormat):
-        raise SpecError(f"format={export_format!r} is not one of {get_args(ExportFormat)}.")
-    if export_format == "adapter" and not is_adapted(model):
-        raise SpecError("format='adapter' needs a model with an adapter: train one first.")
-    check_writable_target(target, overwrite)
-    with staging_folder(target, replace=True) as tmp:
+    needed = check_export(model, target, export_format, overwrite)
+    with staged_write(target, needed) as tmp:
         _WRITERS[export_format](model, tokenizer, tmp)
         (tmp / "README.md").write_text(card.render(), encoding="utf-8")
     return target
 
 
+def export_bytes(model: Any, export_format: str) -> int:
+    """Estimate the bytes an export writes: its weights plus the tokenizer files.
+
+    Counts what is written, not what is in memory: a 4-bit layer is written dequantized
+    (in its compute dtype), GGUF is float32, an adapter is only its LoRA tensors.
+
+    Examples:
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.models.loading import load_model
+        >>> model = load_model(str(build_tiny_model("/tmp/tiny-export-doc")), on_event=len).model
+        >>> export_bytes(model, "gguf") >= 4 * model.num_parameters()
+        True
+    """
+    if export_format == "adapter":
+        tensors = [p for name, p in model.named_parameters() if "lora_" in name]
+        return sum(p.numel() * p.element_size() for p in tensors) + _tokenizer_bytes(model)
+    float_size = 4 if export_format == "gguf" else _float_size(model)
+    total = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        if shape is not None or type(param).__name__ == "Int8Params":
+            total += math.prod(shape or param.shape) * float_size
+        else:
+            total += param.numel() * (4 if export_format == "gguf" else param.element_size())
+    return total + _tokenizer_bytes(model)
+
+
+def _float_size(model: Any) -> int:
+    for param in model.parameters():
+        if param.dtype.is_floating_point:
+            return param.element_size()
+    return 4
+
+
+def _tokenizer_bytes(model: Any) -> int:
+    """The size of the tokenizer files in the folder the model was loaded from (or 1 MB)."""
+    source = Path(str(getattr(model.config, "_name_or_path", "") or "."))
+    if not source.is_dir():
+        return 1024 * 1024
+    files = {p for pattern in _TOKENIZER_FILES for p in source.glob(pattern) if p.is_file()}
+    return sum(p.stat().st_size for p in files) + 64 * 1024
+
+
 def _write_safetensors(model: Any, tokenizer: Any, folder: Path) -> None:
-    plain = merge_adapter(model) if is_adapted(model) else model
-    if getattr(plain, "hf_quantizer", None) is not None:
-        plain = plain.dequantize()
-    plain.save_pretrained(folder)
+    plain_model(model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
 def _write_adapter(model: Any, tokenizer: Any, folder: Path) -> None:
-    model.save_pretrained(folder)
+    # Only the adapter's own tensors: model.state_dict() would unpack 4-bit layers that
+    # bitsandbytes packed for its CPU kernel, which changes what they compute afterwards.
+    adapter = {name: p.detach() for name, p in model.named_parameters() if "lora_" in name}
+    model.save_pretrained(folder, state_dict=adapter)
     tokenizer.save_pretrained(folder)
 
 
 def _write_gguf(model: Any, tokenizer: Any, folder: Path) -> None:
     from workbench.deploy.gguf_writer import write_gguf
 
-    plain = merge_adapter(model) if is_adapted(model) else model
-    write_gguf(plain, tokenizer, folder / "model.gguf")
+    write_gguf(plain_model(model), tokenizer, folder / "model.gguf")
 
 
 _WRITERS = {"safetensors": _write_safetensors, "adapter": _write_adapter, "gguf": _write_gguf}

@@ -1,4 +1,4 @@
-"""Where exports go: inside the run folder unless an absolute path is given.
+"""Where exports go (inside the run folder unless a path is absolute) and how they are written.
 
 Examples:
     >>> from pathlib import Path
@@ -8,12 +8,14 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
+from workbench._io import staging_folder, translated_write_errors
 from workbench.errors import SpecError
 
-__all__ = ["check_writable_target", "export_target"]
-
+__all__ = ["check_writable_target", "export_target", "staged_write"]
 
 def export_target(run_dir: Path, path: str | Path) -> Path:
     """Resolve ``path``: relative paths live in ``run_dir`` and may not climb out of it.
@@ -51,3 +53,26 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         msg = f"{target} exists and is not empty; pass overwrite=True to replace it."
         raise SpecError(msg)
+
+
+@contextlib.contextmanager
+def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a staging folder renamed to ``target`` on success, removed on any failure.
+
+    A full disk or a read-only file system met while writing becomes a :class:`WriteError`
+    naming ``target`` (and the MB needed), whichever library reported it and in whatever
+    words: an ``OSError`` on the chain, a Rust "(os error 28)", or a disk found full while the
+    partial files are still on it.
+
+    Examples:
+        >>> with staged_write(Path("/tmp/wb-staged-doc")) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("x")
+        >>> (Path("/tmp/wb-staged-doc") / "a.txt").read_text()
+        'x'
+    """
+    with (
+        translated_write_errors(target, needed_bytes),
+        staging_folder(target, replace=True) as tmp,
+        translated_write_errors(target, needed_bytes),  # while the partial files count
+    ):
+        yield tmp

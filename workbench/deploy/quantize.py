@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import format_bytes, html_table, text_table
-from workbench._io import staging_folder
-from workbench.deploy.paths import check_writable_target
+from workbench._io import check_free_space
+from workbench.deploy.paths import check_writable_target, staged_write
 from workbench.errors import SpecError
 from workbench.models.generation import generate_text
 
-__all__ = ["ModelMeasure", "QuantizeReport", "measure_model", "quantize_export"]
+__all__ = ["ModelMeasure", "QuantizeReport", "check_quantize_target", "measure_model",
+           "quantize_export"]
 
 ScoreFn = Callable[[Any, Any], dict[str, float]]
 
@@ -123,6 +124,25 @@ def measure_model(model: Any, tokenizer: Any, folder: Path, probes: list[str],
     )
 
 
+def check_quantize_target(target: Path, quantization: str, overwrite: bool = False) -> None:
+    """Check the quantization word and that ``target`` may be written, before any work.
+
+    Raises:
+        SpecError: unknown quantization word, or a non-empty target without ``overwrite``.
+        WriteError: the target's disk is read-only.
+
+    Examples:
+        >>> check_quantize_target(Path("/tmp/wb-q-doc"), "4bit")
+        >>> check_quantize_target(Path("/tmp/wb-q-doc"), "2bit")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: quantization='2bit' is not one of None, '4bit', '8bit'.
+    """
+    if quantization not in ("4bit", "8bit"):
+        raise SpecError(f"quantization={quantization!r} is not one of None, '4bit', '8bit'.")
+    check_writable_target(target, overwrite)
+    check_free_space(target.parent, 0, f"the quantized model {target}")
+
+
 def quantize_export(source: str | Path, target: str | Path, quantization: str,
                     probes: list[str], score: ScoreFn | None = None,
                     overwrite: bool = False) -> QuantizeReport:
@@ -138,6 +158,7 @@ def quantize_export(source: str | Path, target: str | Path, quantization: str,
 
     Raises:
         SpecError: unknown quantization word or a non-empty target.
+        WriteError: the target's disk is read-only or too full for the quantized model.
         DependencyError: bitsandbytes is missing.
 
     Examples:
@@ -148,14 +169,14 @@ def quantize_export(source: str | Path, target: str | Path, quantization: str,
     from workbench.models.loading import load_model
 
     source, target = Path(source), Path(target)
-    if quantization not in ("4bit", "8bit"):
-        raise SpecError(f"quantization={quantization!r} is not one of None, '4bit', '8bit'.")
-    check_writable_target(target, overwrite)
+    check_quantize_target(target, quantization, overwrite)
     plain = load_model(str(source), on_event=lambda message: None)
     before = measure_model(plain.model, plain.tokenizer, source, probes, score=score)
     del plain
     quantized = load_model(str(source), quantization=quantization, on_event=lambda m: None)
-    with staging_folder(target, replace=True) as tmp:
+    needed = int(quantized.model.get_memory_footprint())  # about what save_pretrained writes
+    check_free_space(target.parent, needed, f"the quantized model {target}")
+    with staged_write(target, needed) as tmp:
         quantized.model.save_pretrained(tmp)
         quantized.tokenizer.save_pretrained(tmp)
     after = measure_model(quantized.model, quantized.tokenizer, target, probes, score=score)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import operator
 import shlex
 import socket
 import subprocess
@@ -27,13 +28,36 @@ from pathlib import Path
 
 from workbench.errors import DependencyError, SpecError, WorkbenchError
 
-__all__ = ["ServeError", "Server", "port_is_free", "serve_model"]
+__all__ = ["ServeError", "Server", "check_port", "port_is_free", "serve_model"]
 
 LOOPBACK = "127.0.0.1"
 
 
 class ServeError(WorkbenchError, RuntimeError):
     """The model server could not start or stopped answering."""
+
+
+def check_port(port: object) -> int:
+    """Return ``port`` if it is a TCP port a server can listen on (1-65535), else refuse it.
+
+    Port 0 would make the server pick a port nobody is told about, and ``True`` is an int to
+    Python but surely not meant as port 1; both are refused with the other wrong values.
+
+    Raises:
+        SpecError: ``port`` is not an int from 1 to 65535; the message names the value.
+
+    Examples:
+        >>> check_port(8000)
+        8000
+        >>> check_port("8000")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: port='8000' is not a valid port: give an int from 1 to 65535...
+    """
+    whole = not isinstance(port, bool) and hasattr(type(port), "__index__")  # int, numpy int
+    if not whole or not 1 <= operator.index(port) <= 65535:
+        msg = f"port={port!r} is not a valid port: give an int from 1 to 65535, e.g. port=8000."
+        raise SpecError(msg)
+    return operator.index(port)
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
@@ -184,7 +208,8 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
         timeout: Seconds to wait for the model to load and answer.
 
     Raises:
-        SpecError: the folder is not a model folder, or the port is in use.
+        SpecError: the port is not an int from 1 to 65535 or is in use, or the folder is not a
+            model folder.
         ServeError: the server exited or did not answer in time (its log is quoted).
 
     Examples:
@@ -192,6 +217,7 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
         Traceback (most recent call last):
         workbench.errors.SpecError: /tmp/absent-model is not a model folder (no config.json): ...
     """
+    port = check_port(port)
     folder = Path(folder).resolve()
     if not (folder / "config.json").is_file():
         msg = f"{folder} is not a model folder (no config.json): export the model first."

@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 from collections.abc import Callable
@@ -99,22 +100,93 @@ def _builtin_source(spec: str, on_event: Callable[[str], None]) -> ModelSource:
 
 
 def _check_folder(path: Path) -> None:
+    """Refuse a folder transformers would not load safely, naming the file that is wrong."""
     if not (path / "config.json").is_file():
         msg = f"folder {path} has no config.json, so it is not a transformers model folder."
         raise ModelLoadError(msg)
-    names = [p.name for p in path.iterdir()]
-    if any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names):
-        return
+    names = sorted(p.name for p in path.iterdir())
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-    if pickles:
+    weights = [n for n in names if n.endswith(".safetensors")]
+    indexes = [n for n in names if n.endswith(".safetensors.index.json")]
+    for index in indexes:
+        _check_index(path / index, pickles)
+    if not weights and not indexes:
+        if pickles:
+            msg = f"folder {path} holds only {_pickle_advice(pickles)}"
+            raise ModelLoadError(msg)
+        raise ModelLoadError(f"folder {path} has a config.json but no *.safetensors weights.")
+    for name in weights:
+        _check_safetensors(path / name)
+
+
+def _pickle_advice(pickles: list[str]) -> str:
+    return (
+        f"pickle weights ({', '.join(sorted(pickles)[:3])}). The workbench loads safetensors "
+        "only, because unpickling a file can run any code it contains. Convert the "
+        "checkpoint to safetensors with a tool you trust, then load the converted folder."
+    )
+
+
+def _check_index(index: Path, pickles: list[str]) -> None:
+    """Every shard a ``*.safetensors.index.json`` names must be a .safetensors file beside it.
+
+    Otherwise transformers falls back to the pickle weights next to it, and unpickles them.
+    """
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         msg = (
-            f"folder {path} holds only pickle weights ({', '.join(sorted(pickles)[:3])}). "
-            "The workbench loads safetensors only, because unpickling a file can run any code "
-            "it contains. Convert the checkpoint to safetensors with a tool you trust, then "
-            "load the converted folder."
+            f"{index} is damaged: it is not a safetensors index with a weight_map ({err}). "
+            "Copy or download the model folder again."
+        )
+        raise ModelLoadError(msg) from err
+    missing = sorted(
+        str(s)
+        for s in shards
+        if not (isinstance(s, str) and s.endswith(".safetensors") and (index.parent / s).is_file())
+    )
+    if missing:
+        msg = (
+            f"{index} names shards that are not in {index.parent}: "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}."
+        )
+        advice = (
+            f"The folder holds {_pickle_advice(pickles)}"
+            if pickles
+            else "Copy the missing shards next to it."
+        )
+        raise ModelLoadError(f"{msg} {advice}")
+
+
+def _check_safetensors(path: Path) -> None:
+    """Read a .safetensors file's header and check the file holds all the bytes it describes.
+
+    A truncated download or a file of random bytes is found here, before transformers reads
+    it (its SafetensorError names neither the file nor the cause).
+    """
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+            if not 2 <= length <= size - 8:
+                problem = "its header is cut off or is not a safetensors header"
+            else:
+                header = json.loads(handle.read(length))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+                expected = 8 + length + max(ends, default=0)
+                problem = (
+                    f"it has {size} bytes, its header describes {expected}"
+                    if (expected > size)
+                    else None
+                )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        problem = f"its header is not valid ({type(err).__name__}: {err})"
+    if problem:
+        msg = (
+            f"{path} is damaged or truncated: {problem}. Copy or download it again; the "
+            "workbench did not load it."
         )
         raise ModelLoadError(msg)
-    raise ModelLoadError(f"folder {path} has a config.json but no *.safetensors weights.")
 
 
 def resolve_source(spec: str, on_event: Callable[[str], None] = print) -> ModelSource:
@@ -253,6 +325,7 @@ def _saved_quantization(model) -> Quantization | None:
 
 def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     options = dict(trust_remote_code=trust_remote_code)
@@ -268,6 +341,12 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
             use_safetensors=True,
             **options,
         )
+    except SafetensorError as err:
+        msg = (
+            f"could not read the weights of {source.spec!r} in {source.location}: {err}. A "
+            ".safetensors file there is damaged or truncated: copy or download it again."
+        )
+        raise ModelLoadError(msg) from err
     except (OSError, ValueError, KeyError) as err:
         hint = " No model hub is reachable here: download it elsewhere and pass its folder."
         msg = f"could not load {source.spec!r} from {source.location}: {err}."
