@@ -64,7 +64,7 @@ def test_a_folder_already_holding_a_run_is_refused(tiny_model_dir, tmp_path):
     toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=1, batch_size=8))
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
     with pytest.raises(SpecError, match=r"already holds a training run: continue it with "
-                                        r"resume_run\(run_dir\)"):
+                                        r"Session\.resume\(folder\)"):
         toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=1))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
 

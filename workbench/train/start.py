@@ -8,8 +8,10 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,12 @@ from workbench.errors import DataError, SpecError, WorkbenchWarning
 from workbench.events import EventHub
 from workbench.train import store
 from workbench.train.batches import Examples
-from workbench.train.checkpoint import latest_checkpoint, load_checkpoint
+from workbench.train.checkpoint import (
+    load_checkpoint,
+    newest_valid_checkpoint,
+    remove_partial_checkpoints,
+)
+from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
 from workbench.train.prepare import add_neftune, check_model, wrap_model
 from workbench.train.records import LogRecord
@@ -73,6 +80,10 @@ def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset
               probes: list[str] | None = None) -> Run:
     """Check everything, write the run folder, and start training on a background thread.
 
+    Right after the folder is created, its :class:`~workbench.train.lock.RunLock` is taken
+    and handed to the :class:`Run`, whose worker gives it back when it ends; staging folders
+    that an earlier, killed start of the same folder left beside it are removed.
+
     Args:
         model: A loaded transformers causal LM (plain, or 4/8-bit from bitsandbytes). It is
             wrapped in place with the adapter (``method="full"``: every weight trains).
@@ -99,9 +110,14 @@ def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset
         DataError: missing columns, or no example with a trained token.
 
     Examples:
-        >>> # run = start_run(loaded.model, loaded.tokenizer, data.train, data.validation,
-        >>> #                 TrainSpec(epochs=2), Path("runs/a"), hub,
-        >>> #                 {"spec": "gemma-3-270m", "quantization": None}, wait=False)
+        Training needs a model (see ``tests/train_helpers.py``); a bad spec is refused first:
+
+        >>> data = {"input_ids": [[1, 2, 3]], "labels": [[1, 2, 3]]}
+        >>> try:
+        ...     start_run(None, None, data, None, {"lr": 1}, "/tmp/wb-doc-run", None, None, False)
+        ... except SpecError as err:
+        ...     print(err)
+        spec={'lr': 1} must be a TrainSpec(...).
     """
     run_dir = Path(run_dir)
     train = Examples.from_dataset(train_dataset, "train")
@@ -117,14 +133,33 @@ def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset
             "probes": list(probes or []), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "examples": {"train": len(train), "validation": len(validation or [])}}
     store.create_run_folder(run_dir, meta, train, validation)
-    for note in notes:
-        store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
-    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, wait, notes)
+    with _released_on_error(RunLock(run_dir)) as lock:
+        store.remove_partial_runs(run_dir)
+        for note in notes:
+            store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
+        run = _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, notes,
+                      lock)
+    return _waited(run, wait)
+
+
+@contextlib.contextmanager
+def _released_on_error(lock: RunLock) -> Iterator[RunLock]:
+    """Hold ``lock`` for the block; give it back if the block fails.
+
+    On success the lock stays held: the started :class:`Run` owns it from then on and its
+    worker releases it when it ends.
+    """
+    lock.acquire()
+    try:
+        yield lock
+    except BaseException:
+        lock.release()
+        raise
 
 
 def _launch(run_dir: Path, events: EventHub | None, model: Any, tokenizer: Any,
             train: Examples, validation: Examples | None, spec: TrainSpec,
-            meta: dict[str, Any], wait: bool, history: list[LogRecord],
+            meta: dict[str, Any], history: list[LogRecord], lock: RunLock,
             probe_rows: list[dict[str, Any]] | None = None, checkpoint: Path | None = None,
             ) -> Run:
     model = wrap_model(model, spec)
@@ -132,10 +167,15 @@ def _launch(run_dir: Path, events: EventHub | None, model: Any, tokenizer: Any,
         add_neftune(model, spec.neftune_alpha)
     loop = TrainLoop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
     run = Run(run_dir, events or EventHub(), model, tokenizer, loop, spec, meta["probes"],
-              history, probe_rows or [])
+              history, probe_rows or [], lock=lock)
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
     run.start()
+    return run
+
+
+def _waited(run: Run, wait: bool) -> Run:
+    """Block until ``run`` ends when asked, printing progress (outside the lock's guard)."""
     if wait:
         run.wait(progress=True)
     return run
@@ -146,8 +186,8 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
 
     model_spec = meta.get("model_spec") or {}
     if not model_spec.get("spec"):
-        msg = (f"{run_dir}/run.json names no model (model_spec.spec is empty): pass the base "
-               "model and tokenizer to resume_run(run_dir, events, model=..., tokenizer=...).")
+        msg = (f"{run_dir}/run.json names no model (model_spec.spec is empty): "
+               "load the base model with Session.load_model(...), then Session.resume(folder).")
         raise SpecError(msg)
     options = {k: model_spec[k] for k in ("quantization", "dtype", "device") if model_spec.get(k)}
     loaded = load_model(model_spec["spec"], on_event=lambda _msg: None, **options)
@@ -169,12 +209,21 @@ def _probes_until(run_dir: Path, step: int) -> list[dict[str, Any]]:
 
 def resume_run(run_dir: str | Path, events: EventHub | None = None, wait: bool = False,
                model: Any = None, tokenizer: Any = None) -> Run:
-    """Continue a run from its last complete checkpoint to its planned step count.
+    """Continue a run from its newest valid checkpoint to its planned step count.
 
     Works in a new process: the model is reloaded from ``run.json``'s model spec with
     :func:`~workbench.models.loading.load_model`, the data from the run folder. Records logged
-    after the checkpoint (lost work) are dropped from the history and redone. Without any
-    checkpoint the run restarts from step 0 with the same seed.
+    after the checkpoint (lost work) are dropped from the history and redone.
+
+    Before anything is written, the folder's :class:`~workbench.train.lock.RunLock` is taken
+    (and handed to the :class:`Run`, whose worker gives it back when it ends), so a folder
+    that another process, or another ``Run`` of this one, still trains is refused. Staging
+    folders that a killed process left (``checkpoints/.step-*.partial-*``, and
+    ``.NAME.partial-*`` beside the run folder) are removed. Checkpoints that fail
+    :func:`~workbench.train.checkpoint.checkpoint_problem` (a file truncated, changed or
+    missing) are skipped for the newest valid one, each with a :class:`WorkbenchWarning` and a
+    ``"warning"`` record in the history; with no valid checkpoint, or none at all, the run
+    restarts from step 0 with the same seed.
 
     Args:
         run_dir: The folder :func:`start_run` wrote.
@@ -184,28 +233,62 @@ def resume_run(run_dir: str | Path, events: EventHub | None = None, wait: bool =
         tokenizer: Its tokenizer (needed with ``model``).
 
     Raises:
-        SpecError: the folder holds no run; nothing is written.
+        SpecError: the folder holds no run (nothing is written), or another process or
+            ``Run`` trains it (the message names its pid and what to do).
+        TrainingError: the newest valid checkpoint was written for another model.
 
     Examples:
-        >>> # run = resume_run("runs/a", EventHub(), wait=True); run.state -> RunState.FINISHED
+        >>> try:
+        ...     resume_run("/nonexistent-run")
+        ... except SpecError as err:
+        ...     print(str(err)[:52])
+        /nonexistent-run holds no training run (no run.json)
     """
     run_dir = Path(run_dir)
     meta = store.read_meta(run_dir)
+    with _released_on_error(RunLock(run_dir)) as lock:
+        run = _resume_locked(run_dir, meta, lock, events, model, tokenizer)
+    return _waited(run, wait)
+
+
+def _resume_locked(run_dir: Path, meta: dict[str, Any], lock: RunLock, events: EventHub | None,
+                   model: Any, tokenizer: Any) -> Run:
     spec = TrainSpec.from_dict(meta["spec"])
     train = store.load_examples(run_dir, "train")
     if train is None:
         raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
     validation = store.load_examples(run_dir, "validation")
+    store.remove_partial_runs(run_dir)
+    remove_partial_checkpoints(run_dir)
     if model is None:
         model, tokenizer = _reload_model(meta, run_dir)
     check_model(model, spec)
-    checkpoint = latest_checkpoint(run_dir)
-    step = json_step(checkpoint)
+    checkpoint, skipped = newest_valid_checkpoint(run_dir)
     kept, _ = _drop_untrained_quietly(train)
-    history = _history_until(run_dir, step)
-    probe_rows = _probes_until(run_dir, step)
-    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, wait,
-                   history, probe_rows, checkpoint)
+    history = _history_until(run_dir, json_step(checkpoint))
+    history += _skipped_notes(run_dir, skipped, checkpoint, history)
+    probe_rows = _probes_until(run_dir, json_step(checkpoint))
+    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, history,
+                   lock, probe_rows, checkpoint)
+
+
+def _skipped_notes(run_dir: Path, skipped: list[tuple[Path, str]], checkpoint: Path | None,
+                   history: list[LogRecord]) -> list[LogRecord]:
+    """Warn about each damaged checkpoint skipped, and log it in the run's history."""
+    if checkpoint is None:
+        then = ("no valid checkpoint is left, so the run restarts from step 0 (same seed and "
+                "data order)")
+    else:
+        then = f"resuming from {checkpoint.name}, the newest valid checkpoint"
+    notes = []
+    for path, reason in skipped:
+        text = f"skipped damaged checkpoint {path.name} of {run_dir} ({reason}); {then}."
+        warnings.warn(text, WorkbenchWarning, stacklevel=4)  # the caller of resume_run
+        note = LogRecord(kind="warning", step=json_step(checkpoint),
+                         epoch=history[-1].epoch if history else 0.0, message=text)
+        store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
+        notes.append(note)
+    return notes
 
 
 def json_step(checkpoint: Path | None) -> int:

@@ -23,7 +23,9 @@ Examples:
 
 from __future__ import annotations
 
+import glob
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from workbench.errors import SpecError
 from workbench.train.batches import Examples
 
 __all__ = ["HISTORY", "PROBES", "RUN_FILE", "STATUS", "append_jsonl", "check_new_folder",
-           "create_run_folder", "load_examples", "read_jsonl", "read_meta", "rewrite_jsonl",
-           "write_status"]
+           "create_run_folder", "load_examples", "read_jsonl", "read_meta",
+           "remove_partial_runs", "rewrite_jsonl", "write_status"]
 
 RUN_FILE, HISTORY, PROBES, STATUS = "run.json", "history.jsonl", "probes.jsonl", "status.json"
 
@@ -46,7 +48,7 @@ def check_new_folder(run_dir: Path) -> None:
     """
     if (run_dir / RUN_FILE).exists():
         msg = (f"{run_dir} already holds a training run: continue it with "
-               "resume_run(run_dir), or start a new run in another folder.")
+               "Session.resume(folder), or start a new run in another folder.")
         raise SpecError(msg)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise SpecError(f"{run_dir} exists and is not an empty folder; give a new run folder.")
@@ -82,6 +84,23 @@ def create_run_folder(run_dir: Path, meta: dict[str, Any], train: Examples,
     return run_dir
 
 
+def remove_partial_runs(run_dir: Path) -> list[Path]:
+    """Remove the staging folders (``.NAME.partial-*``) a killed start left beside ``run_dir``.
+
+    Only this run's name is matched: staging folders of other runs may belong to a start in
+    progress in another process. Call it while holding the run's lock.
+
+    Examples:
+        >>> remove_partial_runs(Path("/nonexistent-parent/run"))
+        []
+    """
+    pattern = f".{glob.escape(run_dir.name)}.partial-*"
+    found = sorted(run_dir.parent.glob(pattern)) if run_dir.parent.is_dir() else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
 def read_meta(run_dir: str | Path) -> dict[str, Any]:
     """Read ``run.json``.
 
@@ -94,7 +113,7 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
         msg = (f"{run_dir} holds no training run (no run.json). Give the folder that "
-               "start_run wrote (it holds run.json, data/ and checkpoints/).")
+               "a training run wrote (it holds run.json, data/ and checkpoints/).")
         raise SpecError(msg)
     try:
         return json.loads(path.read_text())
@@ -160,4 +179,4 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
     Examples:
         >>> # write_status(Path("runs/x"), {"state": "running"})
     """
-    atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1))
+    atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1), parents=False)
