@@ -15,18 +15,18 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench._io import atomic_write_text
-from workbench.errors import WorkbenchError
+from workbench.errors import SessionStateError, WorkbenchError
 from workbench.events import EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
 from workbench.models.loading import DType, LoadedModel, Quantization, load_model
+from workbench.session_folder import SessionFolder
+from workbench.train.status import RunState
 
 if TYPE_CHECKING:
     from workbench.data import DataReport, Example, PreparedData
@@ -52,6 +52,12 @@ class Session:
     Events (subscribe with :meth:`on`): ``"progress"`` (a message string),
     ``"model_loaded"`` (a :class:`ModelInfo`).
 
+    While a training run is running or stopping, every call that uses the model or changes
+    the session is refused with a :class:`~workbench.errors.SessionStateError` naming the run
+    and the way out; while it is paused, read-only calls (``generate``, ``evaluate``,
+    ``export``, ``quantize``, ``serve``) work and the run resumes unharmed. The full table is
+    in ``docs/session_states.md``.
+
     Examples:
         >>> s = Session("/tmp/wb-doc-run", verbose=False)
         >>> s.run_dir.name
@@ -59,19 +65,22 @@ class Session:
     """
 
     def __init__(self, run_dir: str | Path = "runs/default", verbose: bool = True) -> None:
-        self.run_dir = Path(run_dir).expanduser()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = SessionFolder(run_dir)
+        self.run_dir = self.folder.root
         self.events = EventHub()
         self._loaded: LoadedModel | None = None
         self._data: PreparedData | None = None
         self._adapted: Any = None  # the peft model once an adapter is trained or loaded
         self._exported: Path | None = None
+        self._exported_version: tuple = ()
         self._servers: list = []
         self._run: Any = None
         self._training_summary: dict = {}
         self._scores_summary: dict = {}
+        self._unsubscribers: list[Callable[[], None]] = []
         if verbose:
-            self.events.on("progress", lambda message: print(message, flush=True))
+            self._unsubscribers.append(
+                self.events.on("progress", lambda message: print(message, flush=True)))
 
     def on(self, event: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
         """Call ``fn(payload)`` on each ``event``; returns a function that unsubscribes.
@@ -86,6 +95,26 @@ class Session:
 
     def _progress(self, message: str) -> None:
         self.events.emit("progress", message)
+
+    def _check_run_allows(self, call: str) -> None:
+        """Refuse ``call`` while the session's run would be harmed by it (see the class doc)."""
+        run = self._run
+        if run is None:
+            return
+        status = run.status
+        state = status.state
+        if not status.active or (state is RunState.PAUSED and call in _READ_ONLY_CALLS):
+            return
+        where = f"{run.run_dir.name} is {state.value} (step {status.step}/{status.total_steps})"
+        if state is RunState.STOPPING:
+            fix = f"call run.wait() until it has stopped, then {call}()."
+        elif call in _READ_ONLY_CALLS:
+            fix = (f"call run.pause() and then {call}() (the run resumes unharmed with "
+                   f"run.resume()), or run.stop() and run.wait() first.")
+        else:
+            fix = (f"{call}() would change what the run is training: call run.stop() and "
+                   "run.wait() first, or wait for the run to end with run.wait().")
+        raise SessionStateError(f"{call}() is refused while {where}: {fix}")
 
     def load_model(
         self,
@@ -110,6 +139,7 @@ class Session:
             >>> s.load_model("/tmp/tiny-session-doc", quantization="4bit").quantization
             '4bit'
         """
+        self._check_run_allows("load_model")
         start = time.monotonic()
         self._progress(f"loading {spec}")
         loaded = load_model(spec, quantization, dtype, device, trust_remote_code, self._progress)
@@ -172,6 +202,7 @@ class Session:
         Examples:
             >>> text = s.generate("Hello", max_new_tokens=5)  # doctest: +SKIP
         """
+        self._check_run_allows("generate")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         outputs = generate_text(self.model, self.tokenizer, prompts, max_new_tokens, **generation)
         return outputs[0] if isinstance(prompt, str) else outputs
@@ -180,7 +211,11 @@ class Session:
         """Read, template and tokenize a data set; returns its :class:`DataReport`.
 
         Takes the keywords of :meth:`workbench.data.PreparedData.load`: ``format``,
-        ``validation``, ``max_length``, ``template``, ``on_error``, ``columns``, ``seed``.
+        ``validation``, ``max_length``, ``template``, ``on_error``, ``columns``, ``seed``,
+        ``special_tokens_in_text`` (``"split"``, the default: control tokens written as text
+        in the data, such as ``<|im_end|>``, are tokenized as plain text; ``"keep"``: they
+        become real control tokens). The model's context length (from its config) caps
+        ``max_length``: rows longer than it are reported as ``too_long`` and cut to it.
         The tokenized data is cached under the run folder.
 
         Examples:
@@ -188,12 +223,15 @@ class Session:
             >>> s.load_data(rows, validation=0.2).train  # doctest: +SKIP
             16
         """
+        self._check_run_allows("load_data")
         from datasets.utils.logging import disable_progress_bar
 
         from workbench.data import PreparedData
+        from workbench.data.context import model_context
 
         disable_progress_bar()  # progress bars would print into whatever cell is current
         options.setdefault("cache_dir", str(self.run_dir / "data-cache"))
+        options.setdefault("context", model_context(self.loaded.model.config))
         self._data = PreparedData.load(source, self.tokenizer, **options)
         report = self._data.report()
         self._record({"data": {"source": _describe(source), "format": self._data.format,
@@ -234,9 +272,13 @@ class Session:
     def set_max_length(self, max_length: int | None) -> DataReport:
         """Re-tokenize the data with a new cutoff; returns the new report.
 
+        ``None`` means the model's context; a cutoff past it is capped to it (with a
+        :class:`~workbench.errors.WorkbenchWarning`).
+
         Examples:
             >>> s.set_max_length(128).max_length  # doctest: +SKIP
         """
+        self._check_run_allows("set_max_length")
         self._data = self.data.with_max_length(max_length)
         self.events.emit("data_loaded", self._data.report())
         return self._data.report()
@@ -308,6 +350,7 @@ class Session:
         Examples:
             >>> s.load_adapter("runs/old/export/adapter")  # doctest: +SKIP
         """
+        self._check_run_allows("load_adapter")
         from peft import PeftModel
 
         self._adapted = PeftModel.from_pretrained(self.loaded.model, str(path)).eval()
@@ -331,17 +374,18 @@ class Session:
         from workbench.errors import SpecError
         from workbench.train import TrainSpec, start_run
 
+        self._check_run_allows("train")
         spec = TrainSpec(**settings)
         if self._adapted is not None:
             raise SpecError("the model already carries an adapter from an earlier run: call "
                             "load_model(...) again to train a fresh one, or merge() first.")
-        data = self.data
-        run_dir = self.run_dir / "runs" / f"run-{self._count('runs', 'run-'):03d}"
-        self._run = start_run(
-            self.loaded.model, self.tokenizer, _training_columns(data.train),
-            _training_columns(data.validation), spec, run_dir, self.events,
-            self._state().get("model"), wait=_blocking(wait), probes=probes,
-        )
+        data, model = self.data, self.loaded.model
+        with self.folder.reserved("runs") as run_dir:
+            self._run = start_run(
+                model, self.tokenizer, _training_columns(data.train),
+                _training_columns(data.validation), spec, run_dir, self.events,
+                self.folder.state().get("model"), wait=_blocking(wait), probes=probes,
+            )
         self._adapted = self._run.model
         self._training_summary = spec.to_dict()
         return self._run
@@ -349,13 +393,19 @@ class Session:
     def resume(self, run_dir: str | Path, wait: bool | None = None):
         """Continue a run from its last complete checkpoint (also in a new process).
 
+        ``run_dir`` is a run folder (``runs/demo/runs/run-001``) or a session folder, whose
+        latest run is then resumed (and named in a progress message).
+
         Examples:
-            >>> run = wb.Session("runs/demo").resume("runs/demo/runs/run-001")  # doctest: +SKIP
+            >>> run = wb.Session("runs/demo").resume("runs/demo")  # doctest: +SKIP
+            resuming the latest run in runs/demo: runs/demo/runs/run-001
         """
         from workbench.train import resume_run
         from workbench.train.store import read_meta
 
-        meta = read_meta(Path(run_dir))
+        self._check_run_allows("resume")
+        run_dir = self._run_folder(Path(run_dir).expanduser())
+        meta = read_meta(run_dir)
         model_spec = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
         if model_spec.get("spec"):
             self.load_model(model_spec.pop("spec"), **model_spec)
@@ -364,6 +414,21 @@ class Session:
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
         return self._run
+
+    def _run_folder(self, folder: Path) -> Path:
+        """``folder`` itself when it holds a run, else the latest run of a session folder."""
+        from workbench.errors import SpecError
+        from workbench.train.store import RUN_FILE
+
+        if (folder / RUN_FILE).is_file():
+            return folder
+        latest = SessionFolder(folder).latest_run() if folder.is_dir() else None
+        if latest is None:
+            msg = (f"{folder} holds no training run: give a run folder (one holding run.json, "
+                   "such as runs/demo/runs/run-001) or a session folder with runs/run-NNN in it.")
+            raise SpecError(msg)
+        self._progress(f"resuming the latest run in {folder}: {latest}")
+        return latest
 
     @property
     def run(self):
@@ -393,15 +458,16 @@ class Session:
         """
         from workbench.evaluation import run_evaluation
 
+        self._check_run_allows("evaluate")
         rows = self._evaluation_rows(data)
-        folder = self.run_dir / "evaluations" / f"eval-{self._count('evaluations', 'eval-'):03d}"
         stop = self._data.template.stop if self._data is not None else None
-        evaluation = run_evaluation(
-            self.model, self.tokenizer, rows, metrics=metrics, compare_base=compare_base,
-            max_new_tokens=max_new_tokens, generation=generation, limit=limit,
-            out_dir=folder, stop_strings=[stop] if stop else None, batch_size=batch_size,
-            events=self.events, run_dir=self._last_run_dir(),
-        )
+        with self.folder.reserved("evaluations") as folder:
+            evaluation = run_evaluation(
+                self.model, self.tokenizer, rows, metrics=metrics, compare_base=compare_base,
+                max_new_tokens=max_new_tokens, generation=generation, limit=limit,
+                out_dir=folder, stop_strings=[stop] if stop else None, batch_size=batch_size,
+                events=self.events, run_dir=self._last_run_dir(),
+            )
         self._scores_summary = {name: {k: v for k, v in score.items() if k in ("base", "tuned")}
                                 for name, score in evaluation.scores.items()}
         return evaluation
@@ -416,17 +482,16 @@ class Session:
                                 "validation=0.1) or pass data= to evaluate().")
         else:
             from workbench.data import PreparedData
+            from workbench.data.context import model_context
 
             prepared = PreparedData.load(data, self.tokenizer, validation=None,
-                                         template=self._data.template if self._data else None)
+                                         template=self._data.template if self._data else None,
+                                         context=model_context(self.loaded.model.config))
             split = "train"
         if prepared.is_text:
             raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
         examples = (prepared.example(i, split) for i in range(len(prepared.split(split))))
         return [{"prompt": ex.prompt, "reference": ex.answer} for ex in examples]
-
-    def _count(self, folder: str, prefix: str) -> int:
-        return len(list((self.run_dir / folder).glob(f"{prefix}*"))) + 1
 
     def _last_run_dir(self) -> Path | None:
         return getattr(self.run, "run_dir", None)
@@ -441,6 +506,7 @@ class Session:
         Examples:
             >>> s.merge().quantization  # doctest: +SKIP
         """
+        self._check_run_allows("merge")
         from dataclasses import replace
 
         from workbench.deploy import merge_adapter
@@ -455,31 +521,46 @@ class Session:
                overwrite: bool = False) -> Path:
         """Write the model as a standard folder; relative paths live in the run folder.
 
-        ``safetensors`` and ``gguf`` merge the adapter first; ``adapter`` writes only it.
+        ``safetensors`` and ``gguf`` write the adapter merged into a copy of the model;
+        ``adapter`` writes only the adapter. The session's model is never changed: it keeps
+        its adapter (call :meth:`merge` for that). The target is checked first (empty or
+        ``overwrite=True``, writable, room for the estimated size); on any failure nothing
+        is left at the target.
+
+        Raises:
+            SpecError: unknown format, or a non-empty target without ``overwrite``.
+            WriteError: a read-only target, or no space left on its disk.
 
         Examples:
             >>> s.export("export/merged")  # doctest: +SKIP
             PosixPath('runs/demo/export/merged')
         """
-        from workbench.deploy import export_model, export_target, is_adapted
+        self._check_run_allows("export")
+        from workbench.deploy import check_export, export_model, export_target
         from workbench.deploy.session_glue import card_for, ship_tokenizer
 
         target = export_target(self.run_dir, path)
-        if format in ("safetensors", "gguf") and is_adapted(self.model):
-            self.merge()
+        check_export(self.model, target, format, overwrite)  # before anything changes
         ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
         card = card_for(self, format)
         folder = export_model(self.model, self.tokenizer, target, format, card, overwrite)
         if format == "safetensors":
-            self._exported = folder
+            self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
         self._progress(f"exported {format} to {folder}")
         return folder
 
     def _exported_folder(self) -> Path:
-        if self._exported is None:
+        """The latest safetensors export, made anew when missing or older than the model."""
+        current = self._exported is not None and (self._exported / "config.json").is_file()
+        if not current or self._exported_version != self._model_version():
             self.export("export/merged", overwrite=True)
         return self._exported
+
+    def _model_version(self) -> tuple:
+        """Changes whenever the model's weights may have: another model, adapter or step."""
+        step = self._run.status.step if self._run is not None else None
+        return id(self.model), id(self._run), step
 
     def quantize(self, quantization: str = "4bit", path: str | Path | None = None,
                  probes: list[str] | None = None, overwrite: bool = False):
@@ -488,10 +569,13 @@ class Session:
         Examples:
             >>> s.quantize("4bit")  # doctest: +SKIP
         """
+        self._check_run_allows("quantize")
         from workbench.deploy import export_target, quantize_export
+        from workbench.deploy.quantize import check_quantize_target
 
-        source = self._exported_folder()
         target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
+        check_quantize_target(target, quantization, overwrite)  # before exporting anything
+        source = self._exported_folder()
         probes = probes or self._probe_prompts()
         report = quantize_export(source, target, quantization, probes, self._scorer(),
                                  overwrite=overwrite)
@@ -501,12 +585,17 @@ class Session:
     def serve(self, port: int = 8000, path: str | Path | None = None):
         """Serve the exported model over an OpenAI-compatible API on loopback.
 
+        Raises:
+            SpecError: ``port`` is not an int from 1 to 65535 (checked first), or is in use.
+
         Examples:
             >>> server = s.serve(port=8000)  # doctest: +SKIP
             >>> server.stop()  # doctest: +SKIP
         """
-        from workbench.deploy import serve_model
+        self._check_run_allows("serve")
+        from workbench.deploy import check_port, serve_model
 
+        check_port(port)  # before exporting anything: a bad port must not cost an export
         folder = Path(path) if path else self._exported_folder()
         server = serve_model(folder, port)
         self._servers.append(server)
@@ -514,14 +603,20 @@ class Session:
         return server
 
     def close(self) -> None:
-        """Stop servers and background work the session started.
+        """Stop the run (saving its checkpoint), the servers, and the session's listeners.
 
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).close()
         """
+        if self._run is not None and self._run.status.active:
+            self._run.stop()
+            self._run.wait()
         for server in self._servers:
             server.stop()
         self._servers.clear()
+        for unsubscribe in self._unsubscribers:
+            unsubscribe()
+        self._unsubscribers.clear()
 
     def _probe_prompts(self) -> list[str]:
         if self._data is None:
@@ -548,18 +643,20 @@ class Session:
         return score
 
     def _state(self) -> dict:
-        path = self.run_dir / "session.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return self.folder.state()
 
     def _record(self, facts: dict) -> None:
         """Merge ``facts`` into ``session.json`` in the run folder, atomically."""
-        state = self._state()
-        state.update(facts)
-        atomic_write_text(self.run_dir / "session.json", json.dumps(state, indent=2))
+        self.folder.record(facts)
 
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None
         return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
+
+
+# Calls that leave the live model and the session's data as they were: allowed while the run
+# is paused (docs/session_states.md).
+_READ_ONLY_CALLS = frozenset({"generate", "evaluate", "export", "quantize", "serve"})
 
 
 def _training_columns(dataset: Any) -> Any:

@@ -5,7 +5,7 @@ Examples:
     ...     check_loss(float("nan"), step=3)
     ... except TrainingError as err:
     ...     print(str(err)[:41])
-    the training loss became nan at step 3. T
+    the training loss became nan at step 3; t
     >>> stopper = EarlyStopping(patience=2)
     >>> [stopper.update(x) for x in (1.0, 0.9, 1.1, 1.2)]
     [False, False, False, True]
@@ -14,12 +14,14 @@ Examples:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from workbench.errors import WorkbenchError
 
 __all__ = [
+    "CollapseCheck",
     "EarlyStopping",
     "OutOfMemoryError",
     "TrainingError",
@@ -49,9 +51,8 @@ def check_loss(loss: float, step: int, lr: float | None = None) -> None:
     if math.isfinite(loss):
         return
     at_lr = f" (lr {lr:.3g})" if lr is not None else ""
-    msg = (f"the training loss became {loss} at step {step}{at_lr}. The step was not applied "
-           "and the last good checkpoint is kept. Lower lr, keep max_grad_norm set, or look "
-           "for broken examples.")
+    msg = (f"the training loss became {loss} at step {step}{at_lr}; the step was not applied. "
+           "Lower lr, keep max_grad_norm set, or look for broken examples.")
     raise TrainingError(msg)
 
 
@@ -67,12 +68,12 @@ def check_grad_norm(norm: float, step: int, limit: float | None) -> None:
         the gradient norm exploded to 1e+06 at step 2
     """
     if not math.isfinite(norm):
-        msg = (f"the gradient norm became {norm} at step {step}; the step was not applied and "
-               "the last good checkpoint is kept. Lower lr or check the data.")
+        msg = (f"the gradient norm became {norm} at step {step}; the step was not applied. "
+               "Lower lr or check the data.")
         raise TrainingError(msg)
     if limit is not None and norm > limit:
         msg = (f"the gradient norm exploded to {norm:.3g} at step {step} (grad_norm_limit="
-               f"{limit:g}); the step was not applied and the last good checkpoint is kept. "
+               f"{limit:g}); the step was not applied. "
                "Lower lr, or raise grad_norm_limit if such norms are expected.")
         raise TrainingError(msg)
 
@@ -117,6 +118,72 @@ class EarlyStopping:
         """
         return (f"early stopping: eval loss did not improve for {self.bad} evaluations "
                 f"(best {self.best:.4g}).")
+
+
+@dataclass
+class CollapseCheck:
+    """Notices a run whose model has collapsed to one output for every input.
+
+    A model that predicts every token as equally likely has a loss of exactly ln(vocabulary);
+    a too-high learning rate drives LoRA there (tiny Llama at lr=1000: 7.8, 7.4, 7.7, then
+    6.238 = ln 512 at every step, and ``generate`` returns ''). When the last ``window`` losses
+    all sit within 1% of ln(vocabulary), one forward pass decides: if every position predicts
+    the same distribution, the run has collapsed; otherwise (a model that never learned, such
+    as a tiny one with a small init) it earns a warning once. The forward pass runs at most
+    once per ``window`` steps.
+
+    Attributes:
+        vocab_size: Size of the output layer.
+        window: Consecutive steps near ln(vocabulary) before checking.
+        warning: The warning text, once given.
+
+    Examples:
+        >>> check = CollapseCheck(vocab_size=512, window=2)
+        >>> [check.update(x, lambda: True) for x in (7.8, 6.238, 6.2383)]
+        ['ok', 'ok', 'collapsed']
+        >>> check = CollapseCheck(vocab_size=512, window=2)
+        >>> [check.update(x, lambda: False) for x in (6.24, 6.23, 6.24, 6.23)]
+        ['ok', 'warn', 'ok', 'ok']
+    """
+
+    vocab_size: int
+    window: int = 5
+    warning: str = ""
+    _recent: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def uniform_loss(self) -> float:
+        """The loss of a uniform prediction, ln(vocabulary).
+
+        Examples:
+            >>> round(CollapseCheck(vocab_size=512).uniform_loss, 3)
+            6.238
+        """
+        return math.log(self.vocab_size)
+
+    def update(self, loss: float | None, output_is_constant: Callable[[], bool],
+               ) -> Literal["ok", "warn", "collapsed"]:
+        """Record a step's loss; say whether the run collapsed (or earns a warning).
+
+        Examples:
+            >>> CollapseCheck(vocab_size=512).update(2.0, lambda: True)
+            'ok'
+        """
+        uniform = self.uniform_loss
+        self._recent = [*self._recent, float(loss if loss is not None else math.nan)]
+        self._recent = self._recent[-self.window:]
+        if len(self._recent) < self.window or not all(
+                abs(x - uniform) <= 0.01 * uniform for x in self._recent):
+            return "ok"
+        self._recent = []  # check again only after another full window
+        if output_is_constant():
+            return "collapsed"
+        if self.warning:
+            return "ok"
+        self.warning = (f"the loss has stayed at ln(vocabulary) = {uniform:.3f} for {self.window} "
+                        "steps: the model predicts every token as about equally likely. Check "
+                        "lr (too low or far too high) and that the data has trained tokens.")
+        return "warn"
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -1,38 +1,47 @@
-"""A training run on a background thread, controlled from the notebook's main thread.
+"""A training run: the handle the notebook holds, with its controls and read-only views.
 
-The worker thread runs :class:`~workbench.train.loop.TrainLoop` steps and, between steps,
-serves requests (pause, single step, stop, evaluate now, save now) that the control methods
-set as ``threading.Event`` flags. It only publishes events (``train_log``, ``train_state``,
+The steps run on a background thread, in a :class:`~workbench.train.worker.Worker`; the
+:class:`Run` is the thin handle around it. Controls (pause, single step, stop, evaluate now,
+save now) go to the worker through one request queue and one condition variable, on which
+both sides wait: no polling. Each start of the worker gets a new ``Worker`` object, its
+identity token, and the run accepts news (status, log records, probes, the terminal state)
+only from the current one, so a worker that was replaced can never overwrite what its
+successor publishes. The worker only publishes events (``train_log``, ``train_state``,
 ``train_probes``, ``train_checkpoint``, ``train_layer_norms``); it never touches a widget.
 
-While paused the worker waits with the model in eval mode and the torch RNG state saved; on
-resume it restores both, so generating with ``run.model`` while paused leaves the rest of the
-run identical to an uninterrupted one.
+State machine (see :mod:`workbench.train.status`)::
+
+    created -> running <-> paused        pause() / resume(); step_once() while paused
+                  |          |
+                  v          v
+               stopping -> stopped -> running      stop(); resume() starts a new worker
+    running -> finished | failed                   failed: a guard, a collapse, a bug
 
 Examples:
-    >>> # run = start_run(...); run.pause(); generate_text(run.model, tok, ["Hi"]); run.resume()
-    >>> # run.wait().state -> RunState.FINISHED
+    >>> from workbench.train.status import RunState
+    >>> RunState.STOPPING in (RunState.RUNNING, RunState.STOPPING)
+    True
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import SpecError, WorkbenchError
+from workbench.errors import SessionStateError, SpecError, WorkbenchError
 from workbench.events import EventHub
 from workbench.train import store
-from workbench.train.checkpoint import save_checkpoint
-from workbench.train.guards import EarlyStopping, TrainingError
+from workbench.train.guards import EarlyStopping
 from workbench.train.loop import TrainLoop
 from workbench.train.records import LogRecord, format_record
 from workbench.train.spec import TrainSpec
 from workbench.train.status import TERMINAL, RunState, RunStatus
+from workbench.train.worker import Worker
 
 __all__ = ["EVENT_CHECKPOINT", "EVENT_LAYER_NORMS", "EVENT_LOG", "EVENT_PROBES", "EVENT_STATE",
            "Run"]
@@ -42,7 +51,6 @@ logger = logging.getLogger(__name__)
 EVENT_LOG, EVENT_STATE = "train_log", "train_state"
 EVENT_PROBES, EVENT_CHECKPOINT = "train_probes", "train_checkpoint"
 EVENT_LAYER_NORMS = "train_layer_norms"
-_POLL = 0.2  # seconds a paused worker sleeps between checks for requests
 
 
 class Run:
@@ -67,7 +75,8 @@ class Run:
 
     def __init__(self, run_dir: Path, events: EventHub, model: Any, tokenizer: Any,
                  loop: TrainLoop, spec: TrainSpec, probes: list[str],
-                 history: list[LogRecord], probe_rows: list[dict[str, Any]]) -> None:
+                 history: list[LogRecord], probe_rows: list[dict[str, Any]],
+                 lock: Any = None) -> None:
         self.run_dir, self.events, self.spec, self.probes = run_dir, events, spec, probes
         self._model, self.tokenizer, self.loop = model, tokenizer, loop
         self._history = list(history)
@@ -76,9 +85,15 @@ class Run:
         self.probe_history = [r for r in probe_rows if not r.get("base")]
         self.early = EarlyStopping(spec.early_stopping)
         self.eval_every, self.save_every = spec.every(loop.total_steps)
-        self._lock = threading.Lock()
-        self._flags = {n: threading.Event() for n in ("pause", "step", "stop", "eval", "save")}
-        self._wake, self._done = threading.Event(), threading.Event()
+        self._lock = lock  # the run folder's RunLock: held while a worker trains
+        # One condition guards the status and the requests; both threads wait on it.
+        self._cond = threading.Condition()
+        self._requests: deque[str] = deque()
+        self._pause = self._stop = False
+        self._single_steps = 0
+        self._worker: Worker | None = None  # the current worker: the only one heard
+        self._ended_worker: Worker | None = None
+        self._last_worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._saved_step = self._eval_step = -1
         self._status = RunStatus(total_steps=loop.total_steps, step=loop.step,
@@ -125,7 +140,7 @@ class Run:
         Examples:
             >>> # [r.loss for r in run.history if r.kind == "train"]
         """
-        with self._lock:
+        with self._cond:
             return list(self._history)
 
     # -- controls (called from the main thread) -------------------------------------------
@@ -135,41 +150,49 @@ class Run:
         Examples:
             >>> # run.pause(); run.state -> RunState.PAUSED
         """
-        if self._status.done:
+        with self._cond:
+            if self._status.done or self._stop:
+                return self._status
+            self._pause = True
+            self._cond.notify_all()
+            if wait and not self._on_worker_thread():
+                self._cond.wait_for(lambda: self._status.state is RunState.PAUSED
+                                    or self._status.done, timeout)
             return self._status
-        self._request("pause")
-        if wait and threading.current_thread() is not self._thread:
-            self._wait_for(lambda s: s.state is RunState.PAUSED or s.done, timeout)
-        return self._status
 
     def resume(self) -> RunStatus:
         """Continue a paused run, or a stopped one in this process, from where it was.
 
         Raises:
             SpecError: the run finished or failed, so there is nothing to continue.
+            SessionStateError: the run is still stopping; ``wait()`` for it first.
 
         Examples:
             >>> # run.resume(); run.state -> RunState.RUNNING
         """
-        self._flags["pause"].clear()
-        self._flags["step"].clear()
-        self._wake.set()
-        if self._status.state is RunState.STOPPED and self.loop.step < self.loop.total_steps:
-            self._flags["stop"].clear()
+        with self._cond:
+            state = self._status.state
+            if state in (RunState.FINISHED, RunState.FAILED):
+                msg = (f"the run is {state.value}; nothing to resume. Start a new run, or "
+                       "Session.resume(folder) to continue from its last checkpoint.")
+                raise SpecError(msg)
+            if state is RunState.STOPPING:
+                msg = ("the run is still stopping (saving its checkpoint): call run.wait(), "
+                       "then run.resume().")
+                raise SessionStateError(msg)
+            self._pause, self._single_steps = False, 0
+            self._cond.notify_all()
+            restart = state is RunState.STOPPED and self.loop.step < self.loop.total_steps
+        if restart:
             self.start()
-        elif self._status.state in (RunState.FINISHED, RunState.FAILED):
-            msg = (f"the run is {self._status.state.value}; nothing to resume. Start a new "
-                   "run, or resume_run(run_dir) to continue from its last checkpoint.")
-            raise SpecError(msg)
         return self._status
 
     def step_once(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
         """Run exactly one optimizer step on the worker thread, then stay paused.
 
         The worker publishes ``paused -> running -> paused`` (``-> finished`` when that was
-        the last step); an evaluation or checkpoint due at that step happens as usual. Calls
-        made before the worker picks the request up count once. With ``wait``, block until
-        the worker is paused again (or the run ended).
+        the last step); an evaluation or checkpoint due at that step happens as usual. With
+        ``wait``, block until the worker is paused again (or the run ended).
 
         Raises:
             SpecError: the run is not paused.
@@ -177,17 +200,20 @@ class Run:
         Examples:
             >>> # run.pause(); run.step_once().step -> one more than before; run.state -> PAUSED
         """
-        status = self._status
-        if status.state is not RunState.PAUSED:
-            msg = (f"step_once needs a paused run, but it is {status.state.value}: call "
-                   "run.pause() first.")
-            raise SpecError(msg)
-        target = status.step + 1
-        self._request("step")
-        if wait and threading.current_thread() is not self._thread:
-            self._wait_for(lambda s: s.done or (s.step >= target and s.state is RunState.PAUSED),
-                           timeout)
-        return self._status
+        with self._cond:
+            status = self._status
+            if status.state is not RunState.PAUSED:
+                msg = (f"step_once needs a paused run, but it is {status.state.value}: call "
+                       "run.pause() first.")
+                raise SpecError(msg)
+            target = status.step + 1
+            self._single_steps += 1
+            self._cond.notify_all()
+            if wait and not self._on_worker_thread():
+                self._cond.wait_for(lambda: self._status.done or (
+                    self._status.step >= target and self._status.state is RunState.PAUSED),
+                    timeout)
+            return self._status
 
     def track_layer_norms(self, on: bool = True) -> None:
         """Record per-block adapter weight and gradient norms after every step from now on.
@@ -208,9 +234,12 @@ class Run:
         Examples:
             >>> # run.stop(); run.wait().state -> RunState.STOPPED
         """
-        if not self._status.done:
-            self._set_state(RunState.STOPPING)
-            self._request("stop")
+        with self._cond:
+            if self._status.done or self._worker is None:
+                return self._status
+            self._stop = True
+            self._cond.notify_all()
+        self._set_state(self._worker, RunState.STOPPING)
         return self._status
 
     def evaluate_now(self) -> None:
@@ -219,10 +248,7 @@ class Run:
         Examples:
             >>> # run.evaluate_now()
         """
-        if self._status.done:
-            self._evaluate()
-        else:
-            self._request("eval")
+        self._ask("eval")
 
     def save_now(self) -> None:
         """Write a checkpoint at the next step boundary, even while paused.
@@ -230,32 +256,34 @@ class Run:
         Examples:
             >>> # run.save_now()
         """
-        if self._status.done:
-            self._save()
-        else:
-            self._request("save")
+        self._ask("save")
 
     def wait(self, timeout: float | None = None, progress: bool = False) -> RunStatus:
         """Block until the run ends; with ``progress``, print a line per logged record.
 
-        Lines are printed by the calling thread, so they land in the caller's cell.
+        It returns only once the worker has published its terminal state, which is its last
+        act, so the model is free when it returns. Lines are printed by the calling thread,
+        so they land in the caller's cell.
 
         Examples:
             >>> # run.wait(progress=True).state -> RunState.FINISHED
         """
-        if not progress:
-            self._done.wait(timeout)
-            return self._status
-        lines: queue.Queue[str] = queue.Queue()
-        unsubscribe = self._subscribe_lines(lines)
+        lines: list[str] = []
+        unsubscribe = self._subscribe_lines(lines) if progress else (lambda: None)
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            while not self._done.is_set() and (deadline is None or time.monotonic() < deadline):
-                self._print_lines(lines, block=True)
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: lines or self._ended(),
+                                        None if deadline is None else deadline - time.monotonic())
+                    batch, lines[:] = list(lines), []
+                    ended = self._ended()
+                for line in batch:
+                    print(line, flush=True)
+                if ended or (deadline is not None and time.monotonic() >= deadline):
+                    return self._status
         finally:
             unsubscribe()
-        self._print_lines(lines, block=False)
-        return self._status
 
     def monitor(self, teaching: bool | None = None) -> Any:
         """The :class:`~workbench.widgets.TrainingMonitor` of this run (one per run).
@@ -303,162 +331,171 @@ class Run:
 
     # -- thread plumbing ------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker thread (``start_run`` does this).
+        """Start a new worker thread (``start_run`` does this; ``resume()`` after ``stop()``).
+
+        The state becomes ``running`` before this returns, so a ``wait()`` right after it
+        waits for the new worker, never returns on the previous one's end.
 
         Examples:
             >>> # run.start()
         """
-        self._done.clear()
-        self._thread = threading.Thread(target=self._main, name=f"train:{self.run_dir.name}",
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()  # the previous worker already published its end; let it exit
+        if self._lock is not None:
+            self._lock.acquire()
+        worker = Worker(self)
+        with self._cond:
+            self._worker, self._stop, self._ended_worker = worker, False, None
+            self.error = None
+        self._set_state(worker, RunState.RUNNING, message="", error=None)
+        self._thread = threading.Thread(target=worker.main, name=f"train:{self.run_dir.name}",
                                         daemon=True)
         self._thread.start()
 
-    def _request(self, name: str) -> None:
-        self._flags[name].set()
-        self._wake.set()
+    def _ask(self, request: str) -> None:
+        """Queue a request for the worker, or serve it here when no worker runs."""
+        with self._cond:
+            if self._worker is not None and not self._status.done:
+                self._requests.append(request)
+                self._cond.notify_all()
+                return
+            worker = self._last_worker or Worker(self)
+        if request == "eval":
+            worker.evaluate()
+        else:
+            worker.save()
 
-    def _wait_for(self, predicate: Any, timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not predicate(self._status) and (deadline is None or time.monotonic() < deadline):
-            time.sleep(0.01)
+    def _on_worker_thread(self) -> bool:
+        return threading.current_thread() is self._thread
 
-    def _subscribe_lines(self, lines: queue.Queue[str]) -> Any:
+    def _ended(self) -> bool:
+        """The current worker published its terminal state (or none was ever started)."""
+        return self._worker is None or self._ended_worker is self._worker
+
+    def _next_action(self, worker: Worker) -> str:
+        """What ``worker`` does next: ``eval``, ``save``, ``pause``, ``step``, ``stop``, ``go``.
+
+        Blocks on the run's condition while the run is paused and nothing is asked.
+        """
+        with self._cond:
+            while True:
+                if self._worker is not worker or self._stop:
+                    return "stop"
+                if self._requests:
+                    return self._requests.popleft()
+                if not self._pause:
+                    return "go"
+                if not worker.paused:
+                    return "pause"
+                if self._single_steps:
+                    self._single_steps -= 1
+                    return "step"
+                self._cond.wait()
+
+    def _stop_requested(self, worker: Worker) -> bool:
+        with self._cond:
+            return self._stop or self._worker is not worker
+
+    def _subscribe_lines(self, lines: list[str]) -> Any:
         total = self.loop.total_steps
+
+        def add(line: str) -> None:
+            with self._cond:
+                lines.append(line)
+                self._cond.notify_all()
 
         def on_log(payload: dict[str, Any]) -> None:
             if payload["run"] == str(self.run_dir):
-                lines.put(format_record(payload["record"], total))
+                add(format_record(payload["record"], total))
 
         def on_state(payload: dict[str, Any]) -> None:
             status = payload["status"]
             if payload["run"] == str(self.run_dir):
                 text = status.error or status.message
-                lines.put(f"{status.state.value}" + (f": {text}" if text else ""))
+                add(f"{status.state.value}" + (f": {text}" if text else ""))
 
         offs = [self.events.on(EVENT_LOG, on_log), self.events.on(EVENT_STATE, on_state)]
         return lambda: [off() for off in offs]
 
-    @staticmethod
-    def _print_lines(lines: queue.Queue[str], block: bool) -> None:
-        try:
-            print(lines.get(timeout=_POLL) if block else lines.get_nowait(), flush=True)
-            while True:
-                print(lines.get_nowait(), flush=True)
-        except queue.Empty:
-            return
-
-    # -- status ---------------------------------------------------------------------------
-    def _update(self, **changes: Any) -> RunStatus:
-        with self._lock:
-            self._status = dataclasses.replace(self._status, **changes)
-            return self._status
-
-    def _set_state(self, state: RunState, **changes: Any) -> None:
-        with self._lock:
+    # -- publishing: only the current worker's news reaches the status and the events ------
+    def _set_state(self, worker: Worker | None, state: RunState, **changes: Any) -> bool:
+        with self._cond:
             current = self._status.state
+            stale = worker is not self._worker
             # stop() wins over a worker's late running/paused; an ended run stays ended.
-            if (current in TERMINAL and state is not RunState.RUNNING) or (
-                current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED)):
-                return
+            if stale or (current in TERMINAL and state is not RunState.RUNNING) or (
+                    current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED)):
+                return False
             self._status = dataclasses.replace(self._status, state=state, **changes)
             status = self._status
-        store.write_status(self.run_dir, status.to_dict())
+            self._cond.notify_all()
+        try:
+            store.write_status(self.run_dir, status.to_dict())
+        except OSError as err:  # the status in memory and the events stay the truth
+            logger.warning("could not write %s/status.json: %s", self.run_dir, err)
         self.events.emit(EVENT_STATE, {"run": str(self.run_dir), "status": status})
+        return True
 
-    def _log(self, record: LogRecord) -> None:
-        with self._lock:
+    def _end(self, worker: Worker, state: RunState, err: WorkbenchError | None = None,
+             **changes: Any) -> None:
+        """The worker's last act: release the folder, then publish the terminal state.
+
+        The end is marked even when publishing fails (a deleted folder), so ``wait()``
+        always returns.
+        """
+        try:
+            if self._lock is not None and worker is self._worker:
+                self._lock.release()
+            if worker is self._worker:
+                self.error = err
+            self._set_state(worker, state, **changes)
+        finally:
+            with self._cond:
+                if worker is self._worker:
+                    self._ended_worker, self._last_worker = worker, worker
+                    self._cond.notify_all()
+
+    def _log(self, worker: Worker, record: LogRecord) -> None:
+        with self._cond:
+            if worker is not self._worker:
+                return
             self._history.append(record)
         store.append_jsonl(self.run_dir / store.HISTORY, record.to_dict())
-        if record.kind == "train":
-            status = self._update(step=record.step, epoch=record.epoch, loss=record.loss,
-                                  tokens_per_s=record.tokens_per_s, memory=record.memory,
-                                  elapsed=record.elapsed or 0.0)
-        elif record.kind == "eval":
-            status = self._update(eval_loss=record.eval_loss)
-        else:
+        with self._cond:
+            if record.kind == "train":
+                self._status = dataclasses.replace(
+                    self._status, step=record.step, epoch=record.epoch, loss=record.loss,
+                    tokens_per_s=record.tokens_per_s, memory=record.memory,
+                    elapsed=record.elapsed or 0.0)
+            elif record.kind == "eval":
+                self._status = dataclasses.replace(self._status, eval_loss=record.eval_loss)
             status = self._status
+            self._cond.notify_all()
         self.events.emit(EVENT_LOG, {"run": str(self.run_dir), "record": record,
                                      "status": status})
 
-    # -- the worker -----------------------------------------------------------------------
-    def _main(self) -> None:
-        try:
-            self._set_state(RunState.RUNNING, message="", error=None)
-            self._train()
-        except WorkbenchError as err:
-            self._fail(err)
-        except Exception as err:  # any bug must end the run visibly, not kill the thread
-            logger.exception("training run %s failed", self.run_dir)
-            self._fail(TrainingError(f"training failed: {type(err).__name__}: {err}"))
-        finally:
-            self._done.set()
+    def _publish_probes(self, worker: Worker, row: dict[str, Any]) -> None:
+        with self._cond:
+            if worker is not self._worker and worker is not self._last_worker:
+                return
+            if row.get("base"):
+                self.probe_base = row["outputs"]
+            else:
+                self.probe_history.append(row)
+        store.append_jsonl(self.run_dir / store.PROBES, row)
+        self.events.emit(EVENT_PROBES, {"run": str(self.run_dir), **row,
+                                        "prompts": self.probes, "base_outputs": self.probe_base})
 
-    def _fail(self, err: WorkbenchError) -> None:
-        self.error = err
-        self._model.train(False)
-        self._set_state(RunState.FAILED, error=str(err), message="failed")
+    def _publish_layer_norms(self, worker: Worker, record: dict[str, Any]) -> None:
+        with self._cond:
+            if worker is not self._worker:
+                return
+            self.layer_norms.append(record)
+        self.events.emit(EVENT_LAYER_NORMS, {"run": str(self.run_dir), **record})
 
-    def _train(self) -> None:
-        if self.probes and not self.probe_base:
-            self._base_probes()
-        message = ""
-        while self.loop.step < self.loop.total_steps:
-            if not self._between_steps():
-                break
-            self._log(self.loop.train_step())
-            self._publish_layer_norms()
-            step = self.loop.step
-            if step % self.eval_every == 0 and self._evaluate():
-                message = self.early.message()
-                break
-            if step % self.save_every == 0:
-                self._save()
-        self._finish(message)
-
-    def _finish(self, message: str) -> None:
-        ended_early = bool(message) or self._flags["stop"].is_set()
-        if not ended_early and self._eval_step != self.loop.step:
-            self._evaluate()
-        if self._saved_step != self.loop.step:
-            self._save()
-        self._model.train(False)
-        if ended_early:
-            self._set_state(RunState.STOPPED, message=message or "stopped by the user")
-        else:
-            self._set_state(RunState.FINISHED, message="")
-
-    def _between_steps(self) -> bool:
-        """Serve requests and hold while paused; ``False`` when the run should stop."""
-        saved_rng = None
-        while True:
-            self._serve_requests()
-            if self._flags["stop"].is_set() or not self._flags["pause"].is_set():
-                break
-            if saved_rng is not None and self._flags["step"].is_set():
-                self._flags["step"].clear()  # step_once: leave the pause for one step
-                break
-            if saved_rng is None:
-                saved_rng = self._enter_pause()
-            self._wake.wait(_POLL)
-            self._wake.clear()
-        if saved_rng is not None:
-            self._leave_pause(saved_rng)
-        return not self._flags["stop"].is_set()
-
-    def _enter_pause(self) -> Any:
-        import torch
-
-        self._model.train(False)  # generation while paused must not apply dropout
-        self._flags["step"].clear()  # a step_once that raced a resume() must not count here
-        self._set_state(RunState.PAUSED)
-        return torch.get_rng_state()
-
-    def _leave_pause(self, saved_rng: Any) -> None:
-        import torch
-
-        torch.set_rng_state(saved_rng)  # sampling while paused must not change the run
-        self._model.train(True)
-        self._set_state(RunState.RUNNING)
+    def _checkpoint_saved(self, worker: Worker, path: Path) -> None:
+        self.events.emit(EVENT_CHECKPOINT, {"run": str(self.run_dir), "step": self.loop.step,
+                                            "path": str(path)})
 
     def _capture_grad_norms(self) -> None:
         from workbench.train.norms import group_norms, layer_groups
@@ -467,79 +504,7 @@ class Run:
             self._norm_groups = layer_groups(self._model)
         self._grad_norms = group_norms(self._norm_groups, "grad")
 
-    def _publish_layer_norms(self) -> None:
-        from workbench.train.norms import group_norms
-
-        grads, self._grad_norms = self._grad_norms, None
-        if grads is None or self._norm_groups is None:
-            return
-        record = {"step": self.loop.step, "layers": list(self._norm_groups),
-                  "weight": group_norms(self._norm_groups, "weight"), "grad": grads}
-        with self._lock:
-            self.layer_norms.append(record)
-        self.events.emit(EVENT_LAYER_NORMS, {"run": str(self.run_dir), **record})
-
-    def _serve_requests(self) -> None:
-        if self._flags["eval"].is_set():
-            self._flags["eval"].clear()
-            if self._evaluate():
-                self._flags["stop"].set()
-                self._update(message=self.early.message())
-        if self._flags["save"].is_set():
-            self._flags["save"].clear()
-            self._save()
-
-    def _evaluate(self) -> bool:
-        """Evaluate and run the probes; ``True`` when early stopping says stop."""
-        import torch
-
-        saved_rng = torch.get_rng_state()
-        was_training = self._model.training
-        try:
-            eval_loss = self.loop.evaluate()
-            if eval_loss is not None:
-                self._log(LogRecord(kind="eval", step=self.loop.step, epoch=round(
-                    self.loop.epoch, 4), eval_loss=eval_loss, elapsed=self.loop.elapsed))
-            if self.probes:
-                self._probe_step()
-        finally:
-            torch.set_rng_state(saved_rng)
-            self._model.train(was_training)
-        self._eval_step = self.loop.step
-        return eval_loss is not None and self.early.update(eval_loss)
-
-    def _generate(self) -> list[str]:
-        from workbench.models.generation import generate_text
-
-        self._model.train(False)
-        return generate_text(self._model, self.tokenizer, self.probes,
-                             max_new_tokens=self.spec.probe_max_new_tokens)
-
-    def _base_probes(self) -> None:
-        import contextlib
-
-        import torch
-
-        saved_rng = torch.get_rng_state()
-        disable = getattr(self._model, "disable_adapter", contextlib.nullcontext)
-        try:
-            with disable():
-                self.probe_base = self._generate()
-        finally:
-            torch.set_rng_state(saved_rng)
-            self._model.train(True)
-        self._publish_probes({"step": self.loop.step, "base": True, "outputs": self.probe_base})
-
-    def _probe_step(self) -> None:
-        row = {"step": self.loop.step, "base": False, "outputs": self._generate()}
-        self.probe_history.append(row)
-        self._publish_probes(row)
-
-    def _publish_probes(self, row: dict[str, Any]) -> None:
-        store.append_jsonl(self.run_dir / store.PROBES, row)
-        self.events.emit(EVENT_PROBES, {"run": str(self.run_dir), **row,
-                                        "prompts": self.probes, "base_outputs": self.probe_base})
-
+    # -- checkpoint state -----------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything besides tensors that a checkpoint must restore.
 
@@ -559,13 +524,6 @@ class Run:
         self.early.best, self.early.bad = float(state["early_best"]), int(state["early_bad"])
         self._eval_step = int(state.get("eval_step", -1))
         self._saved_step = self.loop.step
-        self._update(step=self.loop.step, epoch=self.loop.epoch, elapsed=self.loop.elapsed)
-
-    def _save(self) -> Path:
-        path = save_checkpoint(self.run_dir, self._model, self.loop.optimizer,
-                               self.loop.scheduler, self.checkpoint_state(),
-                               self.spec.keep_checkpoints)
-        self._saved_step = self.loop.step
-        self.events.emit(EVENT_CHECKPOINT, {"run": str(self.run_dir), "step": self.loop.step,
-                                            "path": str(path)})
-        return path
+        with self._cond:
+            self._status = dataclasses.replace(self._status, step=self.loop.step,
+                                               epoch=self.loop.epoch, elapsed=self.loop.elapsed)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WorkbenchWarning
 
 __all__ = ["LoRA", "Method", "SchedulerName", "TrainSpec"]
 
@@ -29,6 +30,12 @@ Method = Literal["lora", "qlora", "full"]
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]
+
+
+# Learning rates above these are warned about: LoRA's usual range is 1e-4..5e-4 (the LoRA and
+# QLoRA papers; peft's examples), full fine-tuning 1e-5..5e-5. The tiny test models train at
+# 5e-3 with LoRA; lr=1000 collapses them to a uniform output (measured, tests/test_integrity_run).
+_LR_WARN_ABOVE = {"lora": 1e-2, "full": 1e-3}
 
 
 def _positive(name: str, value: Any, kind: type = int, zero: bool = False) -> str | None:
@@ -189,6 +196,16 @@ class TrainSpec:
         ):
             msg = f"lr={self.lr!r} must be a number > 0 (LoRA usually trains well at 2e-4)."
             raise SpecError(msg)
+        self._warn_implausible_lr()
+
+    def _warn_implausible_lr(self) -> None:
+        """Warn when lr is far above what the method trains at (a run would likely diverge)."""
+        limit = _LR_WARN_ABOVE["full" if self.method == "full" else "lora"]
+        if self.lr > limit:
+            usual = "1e-5 to 5e-5" if self.method == "full" else "1e-4 to 5e-4"
+            text = (f"lr={self.lr:g} is far above what {self.method} usually trains at "
+                    f"({usual}); above {limit:g} a run often diverges or collapses to noise.")
+            warnings.warn(text, WorkbenchWarning, stacklevel=4)
 
     def _problems(self) -> list[str | None]:
         optional = [("max_steps", self.max_steps, int), ("eval_every", self.eval_every, int),

@@ -1,0 +1,237 @@
+"""Session integrity: calls that would harm a run are refused, folders are never reused, runs
+that diverge say so, and the Run's control flow never lets ``wait()`` return early."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+
+import pytest
+
+import workbench as wb
+from workbench.errors import SessionStateError, SpecError, WorkbenchWarning
+from workbench.train import RunState
+
+PAIRS = [("cat", "red"), ("dog", "green"), ("bird", "blue"), ("fish", "apple")]
+ARCHITECTURES = ["tiny_model_dir", "tiny_gpt2_dir"]
+
+
+def toy_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        key, value = PAIRS[rng.randrange(len(PAIRS))]
+        digits = " ".join(str(rng.randrange(10)) for _ in range(rng.randrange(1, 4)))
+        rows.append({"question": f"{digits} {key}", "answer": value})
+    return rows
+
+
+def session_with_data(folder, model_dir) -> wb.Session:
+    s = wb.Session(folder, verbose=False)
+    s.load_model(str(model_dir))
+    s.load_data(toy_rows(32), validation=toy_rows(8, seed=1))
+    return s
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def model_dir(request):
+    return request.getfixturevalue(request.param)
+
+
+# -- item 2: a table of calls x run states ---------------------------------------------------
+MUTATING = {
+    "load_model": lambda s, m: s.load_model(str(m)),
+    "load_data": lambda s, m: s.load_data(toy_rows(4)),
+    "set_max_length": lambda s, m: s.set_max_length(32),
+    "train": lambda s, m: s.train(max_steps=2),
+    "resume": lambda s, m: s.resume(s.run.run_dir),
+    "merge": lambda s, m: s.merge(),
+    "load_adapter": lambda s, m: s.load_adapter(s.run.run_dir),
+}
+READ_ONLY = {
+    "generate": lambda s, m: s.generate("1 cat", max_new_tokens=3),
+    "evaluate": lambda s, m: s.evaluate(metrics=["exact_match"], max_new_tokens=3, limit=2),
+    "export": lambda s, m: s.export("export/paused-copy", format="adapter"),
+}
+
+
+def test_every_call_is_refused_while_the_run_trains(tmp_path, model_dir):
+    s = session_with_data(tmp_path / "s", model_dir)
+    run = s.train(max_steps=400, lr=5e-3, batch_size=4, eval_every=1000, wait=False)
+    try:
+        assert run.state is RunState.RUNNING  # set before train() returns
+        for name, call in {**MUTATING, **READ_ONLY}.items():
+            with pytest.raises(SessionStateError) as info:
+                call(s, model_dir)
+            text = str(info.value)
+            assert text.startswith(f"{name}() is refused while run-001 is running"), text
+            assert "run.stop()" in text
+            if name in READ_ONLY:
+                assert "run.pause()" in text
+        assert run.state is RunState.RUNNING
+    finally:
+        run.stop()
+        run.wait()
+    assert run.state is RunState.STOPPED and run.error is None
+
+
+def test_paused_run_allows_read_only_calls_and_resumes_unharmed(tmp_path, model_dir):
+    settings = {"max_steps": 12, "lr": 5e-3, "batch_size": 4, "eval_every": 6, "seed": 5}
+    reference = session_with_data(tmp_path / "ref", model_dir)
+    expected = [r.loss for r in reference.train(wait=True, **settings).history
+                if r.kind == "train"]
+
+    s = session_with_data(tmp_path / "s", model_dir)
+    run = s.train(wait=False, **settings)
+    run.pause()
+    assert run.state is RunState.PAUSED
+    for name, call in MUTATING.items():
+        with pytest.raises(SessionStateError, match=rf"^{name}\(\) is refused while run-001 is "
+                                                    r"paused.*run\.stop\(\)"):
+            call(s, model_dir)
+    paused_at = run.status.step
+    text = READ_ONLY["generate"](s, model_dir)
+    evaluation = READ_ONLY["evaluate"](s, model_dir)
+    folder = READ_ONLY["export"](s, model_dir)
+    assert isinstance(text, str) and set(evaluation.scores["exact_match"]) >= {"base", "tuned"}
+    assert (folder / "adapter_config.json").is_file()
+    assert run.state is RunState.PAUSED and run.status.step == paused_at
+    run.resume()
+    assert run.wait().state is RunState.FINISHED
+    losses = [r.loss for r in run.history if r.kind == "train"]
+    assert losses == pytest.approx(expected, rel=1e-5)
+
+
+# -- item 3: numbered folders ------------------------------------------------------------------
+def test_deleted_run_and_evaluation_folders_are_never_reused(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    first = s.train(max_steps=2, lr=5e-3, batch_size=8, wait=True)
+    s.load_model(str(tiny_model_dir))
+    second = s.train(max_steps=2, lr=5e-3, batch_size=8, wait=True)
+    assert [first.run_dir.name, second.run_dir.name] == ["run-001", "run-002"]
+    shutil.rmtree(first.run_dir)
+    s.load_model(str(tiny_model_dir))
+    third = s.train(max_steps=2, lr=5e-3, batch_size=8, wait=True)
+    assert third.run_dir.name == "run-003" and third.state is RunState.FINISHED
+
+    evals = [s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2) for _ in range(2)]
+    assert [e.path.name for e in evals] == ["eval-001", "eval-002"]
+    kept = {p.name: p.read_bytes() for p in evals[1].path.iterdir()}
+    shutil.rmtree(evals[0].path)
+    latest = s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2)
+    assert latest.path.name == "eval-003"
+    assert {p.name: p.read_bytes() for p in evals[1].path.iterdir()} == kept
+
+
+def test_a_failed_train_call_leaves_no_empty_run_folder(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with pytest.raises(SpecError):
+        s.train(max_steps=2, lora=wb.LoRA(r=4, target=["no_such_layer"]))
+    assert not (tmp_path / "s" / "runs").exists() or not any((tmp_path / "s" / "runs").iterdir())
+    assert s.train(max_steps=1, lr=5e-3, wait=True).run_dir.name == "run-001"
+
+
+# -- item 7: divergence ---------------------------------------------------------------------
+def test_implausible_learning_rate_warns_and_a_collapsed_run_fails(tmp_path, model_dir):
+    s = session_with_data(tmp_path / "s", model_dir)
+    with pytest.warns(WorkbenchWarning, match=r"lr=1000 is far above what lora usually"):
+        run = s.train(max_steps=30, lr=1000.0, batch_size=8, eval_every=100, wait=True)
+    assert run.state is RunState.FAILED
+    assert "collapsed" in run.status.error and "ln(vocabulary)" in run.status.error
+    losses = [r.loss for r in run.history if r.kind == "train"]
+    assert losses[-1] == pytest.approx(math.log(len(s.tokenizer)), rel=0.01)
+    assert run.status.step < 30  # it stopped as soon as the collapse was certain
+
+
+def test_plausible_learning_rate_gives_no_warning(recwarn):
+    wb.TrainSpec(lr=2e-4)
+    wb.TrainSpec(lr=2e-5, method="full")
+    assert not [w for w in recwarn if issubclass(w.category, WorkbenchWarning)]
+
+
+def test_nan_at_the_first_step_does_not_promise_a_checkpoint(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+
+    def poison(module, inputs, output):
+        return output * float("nan") if module.training else output
+
+    s.loaded.model.model.norm.register_forward_hook(poison)
+    run = s.train(max_steps=5, lr=5e-3, batch_size=8, wait=True)
+    assert run.state is RunState.FAILED
+    assert run.status.error.startswith("the training loss became nan at step 1")
+    assert "No checkpoint was written before this" in run.status.error
+    assert "is kept" not in run.status.error
+
+
+# -- item 9: resume takes a session folder --------------------------------------------------
+def test_resume_accepts_the_session_folder(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    run = s.train(max_steps=6, lr=5e-3, batch_size=8, save_every=3, wait=False)
+    run.pause()
+    run.stop()
+    run.wait()
+    messages = []
+    other = wb.Session(tmp_path / "s", verbose=False)
+    other.on("progress", messages.append)
+    resumed = other.resume(tmp_path / "s", wait=True)
+    assert resumed.run_dir == run.run_dir and resumed.state is RunState.FINISHED
+    assert f"resuming the latest run in {tmp_path / 's'}: {run.run_dir}" in messages
+
+
+def test_resume_of_a_folder_without_runs_says_what_to_give(tmp_path):
+    s = wb.Session(tmp_path / "empty", verbose=False)
+    with pytest.raises(SpecError) as info:
+        s.resume(tmp_path / "empty")
+    text = str(info.value)
+    assert "holds no training run" in text and "run.json" in text
+    assert "start_run" not in text and "resume_run" not in text
+
+
+# -- item 10: the Run's control flow ----------------------------------------------------------
+def test_wait_after_resume_never_returns_while_the_new_worker_trains(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    run = s.train(max_steps=40, lr=5e-3, batch_size=4, eval_every=1000, save_every=1000,
+                  wait=False)
+    states = []
+    s.on("train_state", lambda p: states.append(p["status"].state.value))
+    for _ in range(3):
+        run.stop()
+        assert run.wait().state is RunState.STOPPED
+        step = run.status.step
+        run.resume()
+        assert run.state is RunState.RUNNING  # at once, not when the new thread gets going
+    status = run.wait()
+    assert status.state is RunState.FINISHED and status.step == 40
+    time.sleep(0.2)
+    assert run.status.step == 40 and step < 40
+    assert states == ["stopping", "stopped", "running"] * 3 + ["finished"]
+    assert [r.step for r in run.history if r.kind == "train"] == list(range(1, 41))
+
+
+def test_close_stops_the_run_and_removes_the_session_listeners(tmp_path, tiny_model_dir,
+                                                                capsys):
+    s = wb.Session(tmp_path / "s", verbose=True)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(toy_rows(16), validation=0)
+    run = s.train(max_steps=400, lr=5e-3, batch_size=4, wait=False)
+    capsys.readouterr()
+    s.close()
+    assert run.state is RunState.STOPPED and (run.run_dir / "checkpoints").is_dir()
+    s.events.emit("progress", "after close")
+    assert "after close" not in capsys.readouterr().out
+
+
+def test_deleting_the_run_folder_mid_run_fails_it_clearly(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    run = s.train(max_steps=400, lr=5e-3, batch_size=4, eval_every=1000, wait=False)
+    run.pause()
+    while run.run_dir.exists():  # the paused worker may still be renaming status.json
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+    run.resume()
+    status = run.wait(timeout=120)
+    assert status.state is RunState.FAILED
+    assert status.error.startswith(f"cannot write to the run folder {run.run_dir}")
+    assert "No checkpoint was written" in status.error
+    assert isinstance(s.generate("1 cat", max_new_tokens=2), str)

@@ -1,0 +1,152 @@
+"""The session's folder on disk: numbered run and evaluation folders, and ``session.json``.
+
+Layout::
+
+    <session>/session.json          what the session loaded and exported (merged, atomically)
+    <session>/runs/run-001/         one folder per training run (see workbench.train.store)
+    <session>/evaluations/eval-001/ one folder per evaluation
+
+A new numbered folder takes the highest existing number + 1 and is created exclusively
+(``mkdir`` fails if the name exists), so a deleted folder never makes a later call reuse or
+overwrite a name, and two processes on one session folder never get the same number.
+
+Examples:
+    >>> import tempfile
+    >>> folder = SessionFolder(tempfile.mkdtemp())
+    >>> folder.reserve("runs").name, folder.reserve("runs").name
+    ('run-001', 'run-002')
+    >>> folder.record({"model": {"spec": "tiny"}}); folder.state()["model"]["spec"]
+    'tiny'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from workbench._io import atomic_write_text
+from workbench.errors import WorkbenchWarning
+
+__all__ = ["FolderKind", "SessionFolder"]
+
+FolderKind = Literal["runs", "evaluations"]
+_PREFIX: dict[str, str] = {"runs": "run", "evaluations": "eval"}
+STATE_FILE = "session.json"
+
+
+class SessionFolder:
+    """A session's root folder and what lives in it.
+
+    Args:
+        root: The folder (created if missing).
+
+    Examples:
+        >>> SessionFolder("/tmp/wb-doc-folder-a").root.name
+        'wb-doc-folder-a'
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def numbered(self, kind: FolderKind) -> list[Path]:
+        """The existing numbered folders of ``kind``, lowest number first.
+
+        Examples:
+            >>> SessionFolder("/tmp/wb-doc-folder-empty").numbered("evaluations")
+            []
+        """
+        pattern = re.compile(rf"^{_PREFIX[kind]}-(\d+)$")
+        parent = self.root / kind
+        found = [(int(m.group(1)), p) for p in (parent.iterdir() if parent.is_dir() else [])
+                 if (m := pattern.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def reserve(self, kind: FolderKind) -> Path:
+        """Create the next numbered folder of ``kind`` exclusively (empty) and return it.
+
+        Examples:
+            >>> SessionFolder("/tmp/wb-doc-folder-b").reserve("evaluations").parent.name
+            'evaluations'
+        """
+        parent = self.root / kind
+        parent.mkdir(parents=True, exist_ok=True)
+        existing = self.numbered(kind)
+        number = int(existing[-1].name.rsplit("-", 1)[1]) + 1 if existing else 1
+        while True:
+            folder = parent / f"{_PREFIX[kind]}-{number:03d}"
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                number += 1  # another process took it a moment ago
+                continue
+            return folder
+
+    @contextlib.contextmanager
+    def reserved(self, kind: FolderKind) -> Iterator[Path]:
+        """:meth:`reserve` a folder; remove it again if the block fails and left it empty.
+
+        Examples:
+            >>> with SessionFolder("/tmp/wb-doc-folder-c").reserved("runs") as folder:
+            ...     folder.is_dir()
+            True
+        """
+        folder = self.reserve(kind)
+        try:
+            yield folder
+        except BaseException:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds while empty: nothing written is ever removed
+            raise
+
+    def latest_run(self) -> Path | None:
+        """The newest run folder that holds a run (``run.json``), or ``None``.
+
+        Examples:
+            >>> SessionFolder("/tmp/wb-doc-folder-empty").latest_run() is None
+            True
+        """
+        runs = [p for p in self.numbered("runs") if (p / "run.json").is_file()]
+        return runs[-1] if runs else None
+
+    def state(self) -> dict[str, Any]:
+        """The contents of ``session.json`` (empty when absent).
+
+        A damaged file (not a JSON object) is moved aside to ``session.json.damaged`` with a
+        warning, and the session starts a fresh one: it only records what was loaded.
+
+        Examples:
+            >>> SessionFolder("/tmp/wb-doc-folder-empty").state()
+            {}
+        """
+        path = self.root / STATE_FILE
+        if not path.exists():
+            return {}
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            state = None
+        if isinstance(state, dict):
+            return state
+        aside = path.with_name(STATE_FILE + ".damaged")
+        path.replace(aside)
+        warnings.warn(f"{path} was damaged (not a JSON object); kept it as {aside.name} and "
+                      "started a new one.", WorkbenchWarning, stacklevel=3)
+        return {}
+
+    def record(self, facts: dict[str, Any]) -> None:
+        """Merge ``facts`` into ``session.json``, atomically.
+
+        Examples:
+            >>> folder = SessionFolder("/tmp/wb-doc-folder-d")
+            >>> folder.record({"a": 1}); folder.record({"b": 2}); sorted(folder.state())
+            ['a', 'b']
+        """
+        state = self.state()
+        state.update(facts)
+        atomic_write_text(self.root / STATE_FILE, json.dumps(state, indent=2))

@@ -1,0 +1,285 @@
+"""The training worker: one thread that runs a :class:`Run`'s steps and publishes what it does.
+
+A :class:`Worker` is made for each start of a run (the first start, and each ``resume()``
+after ``stop()``); it is the run's identity token. It asks its :class:`~workbench.train.Run`
+what to do between steps (:meth:`Run._next_action`, which blocks on the run's one condition
+variable while paused: no polling), and it publishes only through the run, which drops
+anything a worker sends once it is no longer the current one. Its last act is to publish
+the terminal state, so ``run.wait()`` returning means the worker is done with the model.
+
+While paused the model is in eval mode and the torch RNG state is saved; leaving the pause
+restores both, so generating with ``run.model`` while paused leaves the rest of the run
+identical to an uninterrupted one.
+
+Examples:
+    >>> from workbench.train.worker import checkpoint_note
+    >>> checkpoint_note(None)
+    'No checkpoint was written before this, so the run cannot be resumed from one.'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from workbench.errors import WorkbenchError
+from workbench.train import store
+from workbench.train.checkpoint import latest_checkpoint, save_checkpoint
+from workbench.train.guards import CollapseCheck, TrainingError
+from workbench.train.records import LogRecord
+from workbench.train.status import RunState
+
+if TYPE_CHECKING:
+    from workbench.train.run import Run
+
+__all__ = ["Worker", "checkpoint_note"]
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_note(checkpoint: Path | None) -> str:
+    """The sentence a failed run's message ends with: what is left to resume from.
+
+    Examples:
+        >>> print(checkpoint_note(Path("runs/a/checkpoints/step-00000010")))
+        The last complete checkpoint, step-00000010, is kept: Session.resume(...) goes on from it.
+    """
+    if checkpoint is None:
+        return "No checkpoint was written before this, so the run cannot be resumed from one."
+    return (f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
+            "goes on from it.")
+
+
+class Worker:
+    """Runs the steps of one start of a run on its own thread.
+
+    Args:
+        run: The run handle it serves and publishes through.
+
+    Examples:
+        >>> # Worker(run).main() runs on the thread Run.start() makes
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run, self.loop, self.spec = run, run.loop, run.spec
+        self.paused = False
+        self._saved_rng: Any = None
+        self.stop_message = ""
+        self.collapse = CollapseCheck(_vocab_size(run.model))
+
+    # -- the thread -----------------------------------------------------------------------
+    def main(self) -> None:
+        """The thread's body: train, then publish the terminal state (last).
+
+        Examples:
+            >>> # threading.Thread(target=Worker(run).main).start()
+        """
+        try:
+            self._train()
+        except WorkbenchError as err:
+            self._fail(err)
+        except OSError as err:  # e.g. the run folder was deleted while it trained
+            self._fail(TrainingError(
+                f"cannot write to the run folder {self.run.run_dir} ({err}). The model in "
+                "memory is intact: generate, evaluate and export still work."))
+        except Exception as err:  # any bug must end the run visibly, not kill the thread
+            logger.exception("training run %s failed", self.run.run_dir)
+            self._fail(TrainingError(f"training failed: {type(err).__name__}: {err}"))
+
+    def _fail(self, err: WorkbenchError) -> None:
+        self.run.model.train(False)
+        if isinstance(err, TrainingError):
+            err = type(err)(f"{err} {checkpoint_note(latest_checkpoint(self.run.run_dir))}")
+        self.run._end(self, RunState.FAILED, error=str(err), message="failed", err=err)
+
+    def _train(self) -> None:
+        run, loop = self.run, self.loop
+        if run.probes and not run.probe_base:
+            self._base_probes()
+        while loop.step < loop.total_steps:
+            if not self._between_steps():
+                break
+            self._check_folder()
+            record = loop.train_step()
+            run._log(self, record)
+            self._publish_layer_norms()
+            if self._collapsed(record):
+                return
+            if loop.step % run.eval_every == 0 and self.evaluate():
+                self.stop_message = run.early.message()
+                break
+            if loop.step % run.save_every == 0:
+                self.save()
+        self._finish()
+
+    def _finish(self) -> None:
+        run, loop = self.run, self.loop
+        ended_early = bool(self.stop_message) or run._stop_requested(self)
+        if not ended_early and run._eval_step != loop.step:
+            self.evaluate()
+        if run._saved_step != loop.step:
+            self.save()
+        run.model.train(False)
+        if ended_early:
+            run._end(self, RunState.STOPPED, message=self.stop_message or "stopped by the user")
+        else:
+            run._end(self, RunState.FINISHED, message=self.collapse.warning or "")
+
+    def _check_folder(self) -> None:
+        """A run whose folder was deleted must not go on writing a headless copy of it."""
+        if not (self.run.run_dir / store.RUN_FILE).is_file():
+            raise FileNotFoundError(f"{self.run.run_dir / store.RUN_FILE} is gone")
+
+    # -- between steps: requests and pauses -----------------------------------------------
+    def _between_steps(self) -> bool:
+        """Serve requests and hold while paused; ``False`` when the run should end."""
+        while True:
+            action = self.run._next_action(self)
+            if action == "eval" and self.evaluate():
+                self.stop_message = self.run.early.message()
+            elif action == "save":
+                self.save()
+            elif action == "pause":
+                self._enter_pause()
+            if action in ("go", "step", "stop") or self.stop_message:
+                going = action in ("go", "step") and not self.stop_message
+                if self.paused:
+                    self._leave_pause(publish=going)
+                return going
+
+    def _enter_pause(self) -> None:
+        import torch
+
+        self.run.model.train(False)  # generation while paused must not apply dropout
+        self._saved_rng = torch.get_rng_state()
+        self.paused = True
+        self.run._set_state(self, RunState.PAUSED)
+
+    def _leave_pause(self, publish: bool = True) -> None:
+        import torch
+
+        torch.set_rng_state(self._saved_rng)  # sampling while paused must not change the run
+        self.run.model.train(True)
+        self.paused = False
+        if publish:
+            self.run._set_state(self, RunState.RUNNING)
+
+    # -- evaluation, probes, checkpoints ---------------------------------------------------
+    def evaluate(self) -> bool:
+        """Evaluate and run the probes; ``True`` when early stopping says stop.
+
+        Examples:
+            >>> # worker.evaluate() -> False
+        """
+        import torch
+
+        run, loop = self.run, self.loop
+        saved_rng = torch.get_rng_state()
+        was_training = run.model.training
+        try:
+            eval_loss = loop.evaluate()
+            if eval_loss is not None:
+                run._log(self, LogRecord(kind="eval", step=loop.step, epoch=round(loop.epoch, 4),
+                                         eval_loss=eval_loss, elapsed=loop.elapsed))
+            if run.probes:
+                self._probe_step()
+        finally:
+            torch.set_rng_state(saved_rng)
+            run.model.train(was_training)
+        run._eval_step = loop.step
+        return eval_loss is not None and run.early.update(eval_loss)
+
+    def save(self) -> Path:
+        """Write a checkpoint of the run as it is now.
+
+        Examples:
+            >>> # worker.save().name -> 'step-00000010'
+        """
+        run = self.run
+        path = save_checkpoint(run.run_dir, run.model, self.loop.optimizer, self.loop.scheduler,
+                               run.checkpoint_state(), self.spec.keep_checkpoints)
+        run._saved_step = self.loop.step
+        run._checkpoint_saved(self, path)
+        return path
+
+    def _generate(self) -> list[str]:
+        from workbench.models.generation import generate_text
+
+        self.run.model.train(False)
+        return generate_text(self.run.model, self.run.tokenizer, self.run.probes,
+                             max_new_tokens=self.spec.probe_max_new_tokens)
+
+    def _base_probes(self) -> None:
+        import torch
+
+        model = self.run.model
+        saved_rng = torch.get_rng_state()
+        disable = getattr(model, "disable_adapter", contextlib.nullcontext)
+        try:
+            with disable():
+                outputs = self._generate()
+        finally:
+            torch.set_rng_state(saved_rng)
+            model.train(True)
+        self.run._publish_probes(self, {"step": self.loop.step, "base": True, "outputs": outputs})
+
+    def _probe_step(self) -> None:
+        row = {"step": self.loop.step, "base": False, "outputs": self._generate()}
+        self.run._publish_probes(self, row)
+
+    def _publish_layer_norms(self) -> None:
+        from workbench.train.norms import group_norms
+
+        run = self.run
+        grads, run._grad_norms = run._grad_norms, None
+        if grads is None or run._norm_groups is None:
+            return
+        record = {"step": self.loop.step, "layers": list(run._norm_groups),
+                  "weight": group_norms(run._norm_groups, "weight"), "grad": grads}
+        run._publish_layer_norms(self, record)
+
+    # -- collapse ---------------------------------------------------------------------------
+    def _collapsed(self, record: LogRecord) -> bool:
+        """Fail the run when its output no longer depends on the input (see CollapseCheck)."""
+        verdict = self.collapse.update(record.loss, self._output_is_constant)
+        if verdict == "warn":
+            self.run._log(self, LogRecord(kind="warning", step=record.step, epoch=record.epoch,
+                                          message=self.collapse.warning))
+        if verdict != "collapsed":
+            return False
+        lr = self.spec.lr
+        msg = (f"the run collapsed at step {record.step}: the loss sits at ln(vocabulary) = "
+               f"{self.collapse.uniform_loss:.3f} and the model gives the same output for every "
+               f"input, so it can only generate noise or nothing. lr={lr:g} is probably far too "
+               "high for this method: try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, "
+               "and keep max_grad_norm set.")
+        self._fail(TrainingError(msg))
+        return True
+
+    def _output_is_constant(self) -> bool:
+        """One forward pass on two training examples: is every position's prediction equal?"""
+        import torch
+
+        from workbench.train.batches import collate
+
+        loop, model = self.loop, self.run.model
+        rows = list(range(min(2, len(loop.train))))
+        batch = loop._to_device(collate(loop.train, rows, loop.pad_id))
+        was_training = model.training
+        model.train(False)
+        try:
+            with torch.no_grad():
+                logits = model(input_ids=batch["input_ids"]).logits.float()
+        finally:
+            model.train(was_training)
+        logp = torch.log_softmax(logits, dim=-1).flatten(0, 1)
+        return bool((logp - logp[:1]).abs().max() < 1e-3)
+
+
+def _vocab_size(model: Any) -> int:
+    embeddings = model.get_output_embeddings()
+    if embeddings is not None and hasattr(embeddings, "weight"):
+        return int(embeddings.weight.shape[0])
+    return int(model.config.vocab_size)
