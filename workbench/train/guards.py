@@ -130,7 +130,9 @@ class CollapseCheck:
     all sit within 1% of ln(vocabulary), one forward pass decides: if every position predicts
     the same distribution, the run has collapsed; otherwise (a model that never learned, such
     as a tiny one with a small init) it earns a warning once. The forward pass runs at most
-    once per ``window`` steps.
+    once per ``window`` steps. A run whose last ``window`` losses all sit 20% above both its
+    starting loss and ln(vocabulary) has diverged: it is confidently wrong, worse than guessing
+    (tiny Gemma 3 at lr=1000: 8.5, 8.7, 7.5, then 12-13 to the end, ln 512 = 6.2).
 
     Attributes:
         vocab_size: Size of the output layer.
@@ -144,11 +146,16 @@ class CollapseCheck:
         >>> check = CollapseCheck(vocab_size=512, window=2)
         >>> [check.update(x, lambda: False) for x in (6.24, 6.23, 6.24, 6.23)]
         ['ok', 'warn', 'ok', 'ok']
+        >>> check = CollapseCheck(vocab_size=512, window=2)
+        >>> [check.update(x, lambda: False) for x in (8.5, 8.7, 7.5, 12.1, 11.7)]
+        ['ok', 'ok', 'ok', 'ok', 'diverged']
     """
 
     vocab_size: int
     window: int = 5
     warning: str = ""
+    start_loss: float | None = None
+    _start: list[float] = field(default_factory=list, repr=False)
     _recent: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -162,16 +169,21 @@ class CollapseCheck:
         return math.log(self.vocab_size)
 
     def update(self, loss: float | None, output_is_constant: Callable[[], bool],
-               ) -> Literal["ok", "warn", "collapsed"]:
-        """Record a step's loss; say whether the run collapsed (or earns a warning).
+               ) -> Literal["ok", "warn", "collapsed", "diverged"]:
+        """Record a step's loss; say whether the run collapsed or diverged (or earns a warning).
 
         Examples:
             >>> CollapseCheck(vocab_size=512).update(2.0, lambda: True)
             'ok'
         """
         uniform = self.uniform_loss
-        self._recent = [*self._recent, float(loss if loss is not None else math.nan)]
-        self._recent = self._recent[-self.window:]
+        value = float(loss if loss is not None else math.nan)
+        if len(self._start) < 3:  # the loss at the start: the mean of the first three steps
+            self._start.append(value)
+            self.start_loss = sum(self._start) / len(self._start)
+        self._recent = [*self._recent, value][-self.window:]
+        if self._diverged():
+            return "diverged"
         if len(self._recent) < self.window or not all(
                 abs(x - uniform) <= 0.01 * uniform for x in self._recent):
             return "ok"
@@ -184,6 +196,12 @@ class CollapseCheck:
                         "steps: the model predicts every token as about equally likely. Check "
                         "lr (too low or far too high) and that the data has trained tokens.")
         return "warn"
+
+    def _diverged(self) -> bool:
+        if len(self._recent) < self.window or len(self._start) < 3:
+            return False
+        floor = 1.2 * max(self.uniform_loss, self.start_loss or 0.0)
+        return all(x > floor for x in self._recent)
 
 
 def is_out_of_memory(err: BaseException) -> bool:

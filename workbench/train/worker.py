@@ -247,14 +247,21 @@ class Worker:
         if verdict == "warn":
             self.run._log(self, LogRecord(kind="warning", step=record.step, epoch=record.epoch,
                                           message=self.collapse.warning))
-        if verdict != "collapsed":
+        if verdict not in ("collapsed", "diverged"):
             return False
-        lr = self.spec.lr
-        msg = (f"the run collapsed at step {record.step}: the loss sits at ln(vocabulary) = "
-               f"{self.collapse.uniform_loss:.3f} and the model gives the same output for every "
-               f"input, so it can only generate noise or nothing. lr={lr:g} is probably far too "
-               "high for this method: try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, "
-               "and keep max_grad_norm set.")
+        uniform = self.collapse.uniform_loss
+        if verdict == "collapsed":
+            what = (f"collapsed at step {record.step}: the loss sits at ln(vocabulary) = "
+                    f"{uniform:.3f} and the model gives the same output for every input, so it "
+                    "can only generate noise or nothing")
+        else:
+            start = self.collapse.start_loss
+            what = (f"diverged at step {record.step}: the loss rose from {start:.3f} at the "
+                    f"start to {record.loss:.3f}, worse than guessing every token "
+                    f"(ln(vocabulary) = {uniform:.3f}), and stayed there")
+        msg = (f"the run {what}. lr={self.spec.lr:g} is probably far too high for this method: "
+               "try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, and keep max_grad_norm "
+               "set.")
         self._fail(TrainingError(msg))
         return True
 
