@@ -1,9 +1,10 @@
-"""Scale-out scripts: ``run.to_script`` on the tiny model, launched with accelerate on CPU.
+"""Scale-out scripts: ``write_training_script`` on the tiny model, launched with accelerate on CPU.
 
 The toy examples have different lengths, so the two processes of a step see different token
 counts: the losses only match because train.py averages over the trained tokens of the whole
 global batch (``num_items_in_batch``), not per process. LoRA dropout is 0 so the runs are
-deterministic (with dropout, each process draws its own masks).
+deterministic (with dropout, each process draws its own masks). The launches run where
+``import workbench`` fails, as on a cluster without it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from train_helpers import fresh, toy_run, train_losses
 
 from workbench.deploy.script import CONFIG_FILE, write_training_script
 from workbench.errors import SpecError
-from workbench.train import LoRA, TrainSpec
+from workbench.train import LoRA, TrainSpec, core
 from workbench.train.batches import Examples, collate
 from workbench.train.loss import token_loss_sum
 
@@ -38,12 +40,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _without_workbench(root):
+    """A PYTHONPATH folder whose ``workbench`` package refuses to import (it shadows ours)."""
+    (root / "no-workbench" / "workbench").mkdir(parents=True, exist_ok=True)
+    (root / "no-workbench" / "workbench" / "__init__.py").write_text(
+        "raise ImportError('the scale-out script must not import the workbench')\n")
+    return root / "no-workbench"
+
+
 def _launch(script_dir, out, processes: int) -> list[dict]:
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(script_dir / "accelerate_config.yaml"), "--num_processes", str(processes),
                "--main_process_port", str(_free_port()), str(script_dir / "train.py"),
                "--cpu", "--max-steps", str(STEPS), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(_without_workbench(out.parent))}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
                           cwd=script_dir)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -55,15 +66,18 @@ def scaled(tiny_model_dir, tmp_path_factory):
     """A workbench run, its script, and the script launched on 2 processes and on 1."""
     root = tmp_path_factory.mktemp("to-script")
     run = toy_run(tiny_model_dir, root / "run", SPEC, validation=False)
-    script = run.to_script(root / "script")
+    script = write_training_script(run.run_dir, root / "script")
     logs = {n: _launch(script, root / f"out-{n}", n) for n in (2, 1)}
     return run, script, root, logs
 
 
 def test_two_processes_train_one_adapter_like_one_process(scaled):
     run, script, root, logs = scaled
-    assert not re.search(r"^\s*(from|import) workbench", (script / "train.py").read_text(),
-                         re.MULTILINE)  # standalone: runs where the workbench is not installed
+    # Standalone: the launches ran with a PYTHONPATH where ``import workbench`` fails, and the
+    # training pieces are the workbench's own module, copied.
+    assert (script / "train_core.py").read_text() == Path(core.__file__).read_text()
+    assert not re.search(r"^\s*(from|import) workbench", (script / "train_core.py").read_text(),
+                         re.MULTILINE)
     for n, rows in logs.items():
         assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # rank 0 logs, once
         assert {r["processes"] for r in rows} == {n}
@@ -97,14 +111,15 @@ def test_fsdp_config_wraps_the_decoder_layer(scaled):
 
     run, script, root, _ = scaled
     assert not (script / "fsdp_config.yaml").exists()
-    folder = run.to_script(root / "fsdp", fsdp=True)
+    folder = write_training_script(run.run_dir, root / "fsdp", fsdp=True)
     fsdp = yaml.safe_load((folder / "fsdp_config.yaml").read_text())
     assert fsdp["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"] == "LlamaDecoderLayer"
     assert load_config_from_file(str(folder / "fsdp_config.yaml")).distributed_type == "FSDP"
     ddp = load_config_from_file(str(folder / "accelerate_config.yaml"))
     assert ddp.distributed_type == "MULTI_GPU"
     assert "fsdp_config.yaml" in (folder / "README.md").read_text()
-    assert run.to_script(root / "fsdp") == folder  # a folder it wrote may be written again
+    # A folder it wrote may be written again.
+    assert write_training_script(run.run_dir, root / "fsdp") == folder
 
 
 def _qlora_run(run_dir, tmp_path):

@@ -3,7 +3,8 @@
 The data order is a pure function of ``(seed, epoch)``, so a run resumed at micro-batch ``k``
 sees exactly the batches an uninterrupted run would. Batches group examples of similar length
 (like transformers' ``LengthGroupedSampler``) so little compute goes to padding, and padding is
-on the right, so a causal model needs no attention mask for the real tokens.
+on the right, so a causal model needs no attention mask for the real tokens. The data order
+and padding themselves live in :mod:`workbench.train.core`, shared with the scale-out script.
 
 Examples:
     >>> ex = Examples.from_rows([[1, 2, 3], [4, 5]], [[-100, 2, 3], [-100, 5]])
@@ -22,11 +23,9 @@ from typing import Any
 import numpy as np
 
 from workbench.errors import DataError
+from workbench.train.core import IGNORE_INDEX, epoch_batches, pad_rows, trained_tokens
 
 __all__ = ["IGNORE_INDEX", "Examples", "collate", "epoch_batches"]
-
-IGNORE_INDEX = -100
-MEGABATCH = 16  # batches per length-sorted group: enough grouping, order still random
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class Examples:
             >>> Examples.from_rows([[1, 2]], [[1, -100]]).trained_tokens().tolist()
             [0]
         """
-        return np.array([int((lab[1:] != IGNORE_INDEX).sum()) for lab in self.labels])
+        return trained_tokens(self.labels)
 
     def subset(self, keep: np.ndarray) -> Examples:
         """Only the examples whose index is in ``keep``.
@@ -115,25 +114,6 @@ class Examples:
         return Examples(tuple(self.input_ids[i] for i in keep), tuple(self.labels[i] for i in keep))
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: shuffled, grouped by length, in a shuffled order.
-
-    Examples:
-        >>> epoch_batches(np.array([5, 1, 4, 2]), 2, seed=1, epoch=0) == epoch_batches(
-        ...     np.array([5, 1, 4, 2]), 2, seed=1, epoch=0)
-        True
-    """
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(lengths))
-    group = batch_size * MEGABATCH
-    batches: list[list[int]] = []
-    for start in range(0, len(order), group):
-        chunk = order[start : start + group]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def collate(examples: Examples, indices: Sequence[int], pad_id: int) -> dict[str, Any]:
     """Right-pad the chosen examples into ``input_ids``, ``labels`` and ``lengths`` tensors.
 
@@ -142,15 +122,5 @@ def collate(examples: Examples, indices: Sequence[int], pad_id: int) -> dict[str
         >>> b["input_ids"].tolist(), b["labels"].tolist()
         ([[1, 2], [3, 0]], [[1, 2], [3, -100]])
     """
-    import torch
-
-    width = max(len(examples.input_ids[i]) for i in indices)
-    ids = np.full((len(indices), width), pad_id, dtype=np.int64)
-    labels = np.full((len(indices), width), IGNORE_INDEX, dtype=np.int64)
-    for row, i in enumerate(indices):
-        n = len(examples.input_ids[i])
-        ids[row, :n] = examples.input_ids[i]
-        labels[row, :n] = examples.labels[i]
-    lengths = [len(examples.input_ids[i]) for i in indices]
-    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-            "lengths": torch.tensor(lengths)}
+    return pad_rows([examples.input_ids[i] for i in indices],
+                    [examples.labels[i] for i in indices], pad_id)

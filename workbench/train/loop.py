@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from workbench.train.batches import Examples, collate, epoch_batches
+from workbench.train.batches import Examples, collate
+from workbench.train.core import BatchPlan
 from workbench.train.guards import (
     check_grad_norm,
     check_loss,
@@ -67,12 +68,11 @@ class TrainLoop:
         self.scheduler = get_scheduler(spec.scheduler, self.optimizer,
                                        num_warmup_steps=spec.warmup_steps(total_steps),
                                        num_training_steps=total_steps)
-        self.micro_per_epoch = math.ceil(len(train) / spec.batch_size)
-        planned = (total_steps * spec.grad_accum if spec.max_steps is not None
-                   else math.ceil(spec.epochs * self.micro_per_epoch))
-        self.total_micro = planned
+        self.plan = BatchPlan(train.lengths, spec.batch_size, spec.seed)
+        self.micro_per_epoch = self.plan.per_epoch
+        max_steps = total_steps if spec.max_steps is not None else None
+        self.total_micro = self.plan.total_micro(spec.grad_accum, spec.epochs, max_steps)
         self.step, self.micro, self.elapsed = 0, 0, 0.0
-        self._epoch: tuple[int, list[list[int]]] = (-1, [])
         self.on_gradients: Callable[[], None] | None = None
 
     # -- data position --------------------------------------------------------------------
@@ -91,12 +91,7 @@ class TrainLoop:
         Examples:
             >>> # loop.batch_at(0) -> [12, 3, 40, 7]
         """
-        epoch, index = divmod(micro, self.micro_per_epoch)
-        if self._epoch[0] != epoch:
-            lengths = self.train.lengths
-            self._epoch = (epoch, epoch_batches(lengths, self.spec.batch_size,
-                                                self.spec.seed, epoch))
-        return self._epoch[1][index]
+        return self.plan.at(micro)
 
     def state(self) -> dict[str, Any]:
         """Position to store in a checkpoint.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.train.batches import IGNORE_INDEX
+from workbench.train.core import IGNORE_INDEX
 
 __all__ = ["FAST_LOSS_TYPES", "causal_lm", "supports_fast_loss", "token_loss_sum"]
 

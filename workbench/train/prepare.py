@@ -1,5 +1,8 @@
 """Check a model against a :class:`TrainSpec`, then wrap it for training (peft or full).
 
+The steps the scale-out script shares (adapter, checkpointing, AdamW groups, NEFTune) are in
+:mod:`workbench.train.core`; this module checks the spec and adds quantized bases.
+
 Examples:
     >>> # check_model(model, spec)      # raises SpecError / DependencyError, changes nothing
     >>> # model = wrap_model(model, spec)
@@ -7,16 +10,15 @@ Examples:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from workbench.errors import DependencyError, SpecError
+from workbench.train import core
+from workbench.train.core import add_neftune
 from workbench.train.spec import TrainSpec
 
 __all__ = ["add_neftune", "check_model", "is_4bit", "is_quantized", "optimizer_groups",
            "wrap_model"]
-
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 def is_4bit(model: Any) -> bool:
@@ -94,35 +96,15 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
     import torch
 
     torch.manual_seed(spec.seed)
-    checkpointing = {"use_reentrant": False}
     if is_quantized(model):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=spec.gradient_checkpointing,
-            gradient_checkpointing_kwargs=checkpointing)
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     if spec.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
-        model.config.use_cache = False
-    if spec.method == "full":
-        for param in model.parameters():
-            param.requires_grad_(True)
-        return model.train()
-    from peft import get_peft_model
-
-    return get_peft_model(model, spec.lora.to_peft()).train()
-
-
-def _layer_scale(name: str, layers: int, decay: float | None) -> float:
-    if not decay or decay == 1:
-        return 1.0
-    match = _LAYER.search(name)
-    depth = int(match.group(1)) if match else (layers if "norm" in name else -1)
-    # Embeddings (no layer number) sit below layer 0; the final norm and head above the top.
-    return float(decay ** max(0, layers - 1 - depth))
+        core.enable_checkpointing(model)
+    return core.make_trainable(model, None if spec.method == "full" else spec.lora.to_peft())
 
 
 def optimizer_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
@@ -131,34 +113,4 @@ def optimizer_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
     Examples:
         >>> # torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
-        else model.config
-    layers = int(getattr(config, "num_hidden_layers", 1))
-    groups: dict[tuple[float, float], list[Any]] = {}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            scale = _layer_scale(name, layers, spec.layer_lr_decay)
-            decay = spec.weight_decay if param.ndim >= 2 else 0.0
-            groups.setdefault((scale, decay), []).append(param)
-    return [{"params": params, "lr": spec.lr * scale, "weight_decay": decay}
-            for (scale, decay), params in groups.items()]
-
-
-def add_neftune(model: Any, alpha: float) -> Any:
-    """Add NEFTune noise to input embeddings in training mode; returns the hook handle.
-
-    Noise is uniform in ``±alpha / sqrt(seq_len * hidden)`` (Jain et al. 2023,
-    arXiv:2310.05914, the formula transformers' Trainer uses).
-
-    Examples:
-        >>> # handle = add_neftune(model, 5.0); ...; handle.remove()
-    """
-    import torch
-
-    def hook(module: Any, inputs: Any, output: Any) -> Any:
-        if not module.training:
-            return output
-        scale = alpha / (output.size(1) * output.size(2)) ** 0.5
-        return output + torch.zeros_like(output).uniform_(-scale, scale)
-
-    return model.get_input_embeddings().register_forward_hook(hook)
+    return core.optimizer_groups(model, spec.lr, spec.weight_decay, spec.layer_lr_decay)

@@ -308,20 +308,6 @@ class Run:
             self._monitor = TrainingMonitor(self, teaching=teaching)
         return self._monitor
 
-    def to_script(self, path: str | Path, fsdp: bool = False) -> Path:
-        """Write a standalone ``accelerate`` script reproducing this run on several GPUs.
-
-        See :func:`workbench.deploy.script.write_training_script` for the folder's contents.
-
-        Examples:
-            >>> # folder = run.to_script("scale-out", fsdp=True)
-            >>> # accelerate launch --config_file scale-out/accelerate_config.yaml \\
-            >>> #     scale-out/train.py --out out
-        """
-        from workbench.deploy.script import write_training_script
-
-        return write_training_script(self.run_dir, path, fsdp)
-
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.monitor()._repr_mimebundle_(**kwargs)
 

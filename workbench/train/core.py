@@ -1,0 +1,284 @@
+"""The training pieces that the workbench and its scale-out script share, in one place.
+
+Data order, padding, the untrained-row filter, AdamW groups, NEFTune and the adapter live
+here once. The in-process loop (:mod:`workbench.train.loop`, :mod:`~workbench.train.batches`,
+:mod:`~workbench.train.prepare`) imports them, and
+:func:`workbench.deploy.script.write_training_script` copies this very file beside the
+``accelerate`` script it writes (as ``train_core.py``), so both train the same way.
+
+That is why this module imports only numpy (torch, transformers and peft inside the functions
+that need them, so importing it stays fast) and nothing of the workbench: the written folder
+runs where the workbench is not installed. Settings arrive as plain values, not a ``TrainSpec``.
+
+Examples:
+    >>> trained_tokens([[-100, 5, 6], [-100, -100]]).tolist()
+    [2, 0]
+    >>> BatchPlan(np.array([3, 1, 2]), batch_size=2, seed=0).per_epoch
+    2
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["IGNORE_INDEX", "MEGABATCH", "BatchPlan", "add_neftune", "enable_checkpointing",
+           "epoch_batches", "lora_config", "make_trainable", "optimizer_groups", "pad_id",
+           "pad_rows", "trained_rows", "trained_tokens", "warmup_steps"]
+
+IGNORE_INDEX = -100
+MEGABATCH = 16  # batches per length-sorted group: enough grouping, order still random
+_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
+
+
+# -- data -----------------------------------------------------------------------------------
+def trained_tokens(labels: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per row, how many tokens the loss trains on (labels after the causal shift).
+
+    Examples:
+        >>> trained_tokens([[7, 8], [7, -100]]).tolist()
+        [1, 0]
+    """
+    return np.array([int((np.asarray(row)[1:] != IGNORE_INDEX).sum()) for row in labels],
+                    dtype=np.int64)
+
+
+def trained_rows(counts: np.ndarray) -> np.ndarray:
+    """Indices of the rows that train at least one token: the rows a run trains on.
+
+    A row without one would add a silent 0.0 to the loss, so runs skip it.
+
+    Examples:
+        >>> trained_rows(np.array([2, 0, 1])).tolist()
+        [0, 2]
+    """
+    return np.flatnonzero(np.asarray(counts) > 0)
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: shuffled, grouped by length, in a shuffled order.
+
+    A pure function of ``(seed, epoch)``, so a resumed run sees the batches an uninterrupted
+    one would. Grouping by length (like transformers' ``LengthGroupedSampler``) keeps padding low.
+
+    Examples:
+        >>> epoch_batches(np.array([5, 1, 4, 2]), 2, seed=1, epoch=0) == epoch_batches(
+        ...     np.array([5, 1, 4, 2]), 2, seed=1, epoch=0)
+        True
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    group = batch_size * MEGABATCH
+    batches: list[list[int]] = []
+    for start in range(0, len(order), group):
+        chunk = order[start : start + group]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+class BatchPlan:
+    """Which examples each global micro-batch of a run holds, epoch after epoch.
+
+    Args:
+        lengths: Tokens per (trained) example.
+        batch_size: Examples per micro-batch.
+        seed: The run's seed.
+
+    Examples:
+        >>> plan = BatchPlan(np.array([4, 3, 2, 1]), batch_size=2, seed=0)
+        >>> plan.total_micro(grad_accum=2, epochs=1, max_steps=None)
+        2
+        >>> sorted(plan.at(0) + plan.at(1))
+        [0, 1, 2, 3]
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.per_epoch = math.ceil(len(lengths) / batch_size)
+        self._epoch: tuple[int, list[list[int]]] = (-1, [])
+
+    def total_micro(self, grad_accum: int, epochs: float, max_steps: int | None) -> int:
+        """Micro-batches the run takes: ``max_steps`` full steps, or ``epochs`` of data.
+
+        Examples:
+            >>> BatchPlan(np.ones(10), 4, 0).total_micro(2, epochs=1.5, max_steps=None)
+            5
+        """
+        if max_steps is not None:
+            return max_steps * grad_accum
+        return math.ceil(epochs * self.per_epoch)
+
+    def at(self, micro: int) -> list[int]:
+        """Example indices of micro-batch ``micro`` (the epoch's batches are cached).
+
+        Examples:
+            >>> BatchPlan(np.array([2, 1]), 2, seed=0).at(1)
+            [0, 1]
+        """
+        epoch, index = divmod(micro, self.per_epoch)
+        if self._epoch[0] != epoch:
+            self._epoch = (epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch))
+        return self._epoch[1][index]
+
+    def steps(self, steps: int, grad_accum: int, total_micro: int) -> list[list[int]]:
+        """Example indices of each optimizer step (``grad_accum`` micro-batches, fewer at the end).
+
+        Examples:
+            >>> [len(s) for s in BatchPlan(np.ones(3), 1, seed=0).steps(2, 2, total_micro=3)]
+            [2, 1]
+        """
+        micro = [self.at(m) for m in range(total_micro)]
+        return [[i for batch in micro[s * grad_accum:(s + 1) * grad_accum] for i in batch]
+                for s in range(steps)]
+
+
+def pad_rows(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
+             pad_id: int) -> dict[str, Any]:
+    """Right-pad rows into ``input_ids``, ``labels`` (-100 on padding) and ``lengths`` tensors.
+
+    Padding on the right leaves a causal model's real tokens unchanged without a mask.
+
+    Examples:
+        >>> b = pad_rows([[1, 2], [3]], [[1, 2], [3]], pad_id=0)
+        >>> b["input_ids"].tolist(), b["labels"].tolist(), b["lengths"].tolist()
+        ([[1, 2], [3, 0]], [[1, 2], [3, -100]], [2, 1])
+    """
+    import torch
+
+    lengths = [len(row) for row in input_ids]
+    ids = np.full((len(lengths), max(lengths)), pad_id, dtype=np.int64)
+    padded = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
+    for row, (n, row_ids, row_labels) in enumerate(zip(lengths, input_ids, labels, strict=True)):
+        ids[row, :n], padded[row, :n] = row_ids, row_labels
+    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(padded),
+            "lengths": torch.tensor(lengths)}
+
+
+# -- model and optimizer --------------------------------------------------------------------
+def lora_config(r: int, alpha: float, dropout: float, target: str | Sequence[str],
+                use_dora: bool) -> Any:
+    """The ``peft.LoraConfig`` of a causal LM for the workbench's LoRA fields.
+
+    Examples:
+        >>> lora_config(r=4, alpha=8, dropout=0.0, target=["q_proj"], use_dora=False).lora_alpha
+        8
+    """
+    from peft import LoraConfig
+
+    target = target if isinstance(target, str) else list(target)
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
+                      use_dora=use_dora, task_type="CAUSAL_LM")
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Recompute activations in backward (non-reentrant) and turn off the KV cache.
+
+    Examples:
+        >>> # enable_checkpointing(model)
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def make_trainable(model: Any, lora: Any | None) -> Any:
+    """Attach a peft adapter for the ``LoraConfig`` ``lora``, or train every weight if ``None``.
+
+    Seed torch first: the adapter's initial weights come from its generator.
+
+    Returns:
+        The model to train, in training mode.
+
+    Examples:
+        >>> import torch
+        >>> make_trainable(torch.nn.Linear(2, 2).eval(), None).training
+        True
+    """
+    if lora is None:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model.train()
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora).train()
+
+
+def _layer_scale(name: str, layers: int, decay: float | None) -> float:
+    if not decay or decay == 1:
+        return 1.0
+    match = _LAYER.search(name)
+    depth = int(match.group(1)) if match else (layers if "norm" in name else -1)
+    # Embeddings (no layer number) sit below layer 0; the final norm and head above the top.
+    return float(decay ** max(0, layers - 1 - depth))
+
+
+def optimizer_groups(model: Any, lr: float, weight_decay: float,
+                     layer_lr_decay: float | None) -> list[dict[str, Any]]:
+    """AdamW parameter groups: per-layer learning rates and no decay on biases and norms.
+
+    Examples:
+        >>> # torch.optim.AdamW(optimizer_groups(model, 2e-4, 0.0, None), lr=2e-4)
+    """
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    layers = int(getattr(config, "num_hidden_layers", 1))
+    groups: dict[tuple[float, float], list[Any]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            scale = _layer_scale(name, layers, layer_lr_decay)
+            decay = weight_decay if param.ndim >= 2 else 0.0
+            groups.setdefault((scale, decay), []).append(param)
+    return [{"params": params, "lr": lr * scale, "weight_decay": decay}
+            for (scale, decay), params in groups.items()]
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id to pad with: the tokenizer's pad token, else its end-of-sequence token, else 0.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=2))
+        2
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def warmup_steps(warmup: int | float, total: int) -> int:
+    """Warm-up steps: ``warmup`` itself if an int, else that fraction of ``total`` rounded up.
+
+    Examples:
+        >>> warmup_steps(0.1, 50), warmup_steps(3, 50)
+        (5, 3)
+    """
+    return warmup if isinstance(warmup, int) else math.ceil(warmup * total)
+
+
+def add_neftune(model: Any, alpha: float) -> Any:
+    """Add NEFTune noise to input embeddings in training mode; returns the hook handle.
+
+    Noise is uniform in ``±alpha / sqrt(seq_len * hidden)`` (Jain et al. 2023,
+    arXiv:2310.05914, the formula transformers' Trainer uses).
+
+    Examples:
+        >>> # handle = add_neftune(model, 5.0); ...; handle.remove()
+    """
+    import torch
+
+    def hook(module: Any, inputs: Any, output: Any) -> Any:
+        if not module.training:
+            return output
+        scale = alpha / (output.size(1) * output.size(2)) ** 0.5
+        return output + torch.zeros_like(output).uniform_(-scale, scale)
+
+    return model.get_input_embeddings().register_forward_hook(hook)
