@@ -1,0 +1,72 @@
+# %% [markdown]
+# # Exercise 3: tune the learning rate
+#
+# Find a good learning rate for LoRA on the records task with a few short runs. Each run
+# trains `STEPS` steps from a fresh adapter.
+
+# %% tags=["parameters"]
+# %load ../_shared/workshop_parameters.py
+
+STEPS = 6
+BATCH_SIZE = 8
+
+# %%
+import workbench as wb
+from workbench.tasks.records import records_to_json
+
+train, test = records_to_json(train_size=TRAIN_SIZE, test_size=TEST_SIZE)
+
+
+def short_run(lr):
+    """Train a fresh LoRA adapter for STEPS steps at ``lr``; returns the run."""
+    s = wb.Session(f"runs/ex3/lr-{lr:g}", verbose=False)
+    s.load_model(MODEL)
+    s.load_data(train, validation=test)
+    return s.train(lora=wb.LoRA(r=8), lr=lr, max_steps=STEPS, batch_size=BATCH_SIZE,
+                   eval_every=STEPS, wait=True)
+
+
+# %% [markdown]
+# **1.** Choose three learning rates spread over a wide range (factors of 10) and train a
+# short run for each.
+
+# %% tags=["exercise"]
+LRS = [...]
+runs = {lr: short_run(lr) for lr in LRS}
+
+# %% tags=["solution"]
+LRS = [5e-5, 5e-4, 5e-3]
+runs = {lr: short_run(lr) for lr in LRS}
+
+# %% [markdown]
+# **2.** Put the runs side by side with `wb.compare([...run folders...])`. Which learning rate
+# gives the lowest eval loss? Set `BEST_LR`.
+
+# %% tags=["exercise"]
+comparison = ...
+BEST_LR = ...
+
+# %% tags=["solution"]
+comparison = wb.compare([run.run_dir for run in runs.values()])
+display(comparison)
+final = {lr: run.status.eval_loss for lr, run in runs.items()}
+BEST_LR = min(final, key=final.get)
+print("eval loss by lr:", final, "-> BEST_LR =", BEST_LR)
+
+# %% [markdown]
+# **3.** Discuss: would the best learning rate be the same for 10 times more steps? For full
+# fine-tuning instead of LoRA?
+
+# %% [markdown]
+# **Check.**
+
+# %%
+assert len(LRS) >= 3 and BEST_LR in LRS
+assert all(run.status.state.value == "finished" for run in runs.values())
+print("best learning rate:", BEST_LR)
+
+# %% [markdown]
+# ### Hints
+# - `run.status.eval_loss` is the last eval loss of a run; `run.history` has all of them.
+# - With only a few steps, a larger learning rate often looks best; over a long run it can
+#   overshoot. LoRA usually trains well between 1e-4 and 1e-3, full fine-tuning near 1e-5.
