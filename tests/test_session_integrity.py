@@ -250,3 +250,13 @@ def test_deleting_the_run_folder_mid_run_fails_it_clearly(tmp_path, tiny_model_d
     assert status.error.startswith(f"cannot write to the run folder {run.run_dir}")
     assert "No checkpoint was written" in status.error
     assert isinstance(s.generate("1 cat", max_new_tokens=2), str)
+
+
+def test_the_session_writes_the_accelerate_script_of_its_run(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    s.train(max_steps=1, lr=5e-3, wait=True)
+    folder = s.to_script("script")
+    assert folder == (tmp_path / "s" / "script").resolve()
+    assert {"train.py", "train_core.py", "accelerate_config.yaml"} <= {p.name
+                                                                      for p in folder.iterdir()}
+    assert not hasattr(s.run, "to_script")  # train/ never imports deploy/

@@ -11,6 +11,8 @@ from workbench.errors import (
     DataError,
     DependencyError,
     ModelLoadError,
+    NoDataError,
+    NoModelError,
     SessionStateError,
     SpecError,
     WorkbenchError,
@@ -20,7 +22,7 @@ from workbench.errors import (
 from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 from workbench.models.info import ModelInfo
 from workbench.models.tiny import build_tiny_model
-from workbench.session import NoModelError, Session
+from workbench.session import Session
 
 __version__ = "0.1.0"
 
@@ -58,6 +60,7 @@ __all__ = [
     "MemoryEstimate",
     "ModelInfo",
     "ModelLoadError",
+    "NoDataError",
     "NoModelError",
     "Run",
     "RunState",

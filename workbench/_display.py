@@ -14,8 +14,36 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-__all__ = ["format_bytes", "html_table", "text_table"]
+__all__ = ["format_bytes", "html_table", "in_notebook", "notebook_kernel", "text_table"]
+
+
+def notebook_kernel() -> Any:
+    """The Jupyter kernel this code runs in, or ``None`` (a script, plain IPython, a test).
+
+    Examples:
+        >>> notebook_kernel() is None
+        True
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    return getattr(shell, "kernel", None)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel: long calls then return at once and show their panel.
+
+    Examples:
+        >>> in_notebook()
+        False
+    """
+    return notebook_kernel() is not None
 
 
 def format_bytes(n: float | None) -> str:

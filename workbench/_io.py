@@ -10,14 +10,25 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from workbench.errors import WorkbenchError, WriteError
+from workbench.errors import WorkbenchError, WorkbenchWarning, WriteError
 
-__all__ = ["atomic_write_text", "check_free_space", "sha256_file", "staging_folder",
-           "translated_write_errors", "verify_manifest", "write_error",
-           "write_manifest"]
+__all__ = [
+    "append_jsonl",
+    "atomic_write_text",
+    "check_free_space",
+    "read_jsonl",
+    "rewrite_jsonl",
+    "sha256_file",
+    "staging_folder",
+    "translated_write_errors",
+    "verify_manifest",
+    "write_error",
+    "write_manifest",
+]
 
 _MB = 1024 * 1024
 # A little room beyond the estimate: file system metadata, a JSON file or two, the card.
@@ -253,3 +264,75 @@ def verify_manifest(folder: str | Path, name: str, hashes: bool = True) -> str |
         if hashes and sha256_file(file) != digest:
             return f"{rel} does not match its SHA-256"
     return None
+
+
+def _end_torn_line(path: Path) -> None:
+    """End a last line cut short by a kill, so the next record starts on a line of its own."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            last = handle.read(1)
+        if last != b"\n":
+            with open(path, "ab") as handle:
+                handle.write(b"\n")
+
+
+def append_jsonl(path: str | Path, row: dict, sync: bool = False) -> None:
+    """Append one JSON line and flush it (``sync``: and fsync it, for records users make).
+
+    A torn last line left by a killed writer is ended first, so it costs only itself.
+
+    Examples:
+        >>> p = Path(tempfile.mkdtemp()) / "log.jsonl"
+        >>> _ = p.write_text('{"step": 1}' + chr(10) + '{"st')  # a writer killed mid-line
+        >>> append_jsonl(p, {"step": 2}); read_jsonl(p)
+        [{'step': 1}, {'step': 2}]
+    """
+    target = Path(path)
+    _end_torn_line(target)
+    with open(target, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        handle.flush()
+        if sync:
+            os.fsync(handle.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file; torn lines (writes cut by a kill) are skipped.
+
+    A torn line before the last one (a writer killed, then appended to again) is skipped with
+    a :class:`~workbench.errors.WorkbenchWarning` naming the file and line, so damage never
+    passes unseen and never makes the rest of the file unreadable.
+
+    Examples:
+        >>> read_jsonl(Path("/nonexistent.jsonl"))
+        []
+    """
+    target = Path(path)
+    if not target.is_file():
+        return []
+    lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    rows, torn = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn.append(number)
+    if [n for n in torn if n != len(lines)]:
+        warnings.warn(f"{target}: skipped line(s) {', '.join(map(str, torn))}, which are not "
+                      "JSON (writes cut short by a kill, or damage).", WorkbenchWarning,
+                      stacklevel=2)
+    return rows
+
+
+def rewrite_jsonl(path: str | Path, rows: list[dict]) -> None:
+    """Replace a JSON-lines file atomically.
+
+    Examples:
+        >>> p = Path(tempfile.mkdtemp()) / "log.jsonl"
+        >>> rewrite_jsonl(p, [{"a": 1}]); read_jsonl(p)
+        [{'a': 1}]
+    """
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

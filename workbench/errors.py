@@ -6,7 +6,7 @@ also inherits the builtin it stands in for, so ``except ValueError`` keeps worki
 Examples:
     >>> import workbench as wb
     >>> try:
-    ...     wb.Session("runs/x").load_model("no-such-model-anywhere")
+    ...     wb.Session("/tmp/wb-doc-errors", verbose=False).load_model("no-such-model-anywhere")
     ... except wb.ModelLoadError as err:
     ...     print(type(err).__name__)
     ModelLoadError
@@ -18,9 +18,15 @@ __all__ = [
     "CacheError",
     "DataError",
     "DependencyError",
+    "EvaluationError",
     "ModelLoadError",
+    "NoDataError",
+    "NoModelError",
+    "OutOfMemoryError",
+    "ServeError",
     "SessionStateError",
     "SpecError",
+    "TrainingError",
     "WorkbenchError",
     "WorkbenchWarning",
     "WriteError",
@@ -63,6 +69,33 @@ class SessionStateError(WorkbenchError, RuntimeError):
 
 class DataError(WorkbenchError, ValueError):
     """A data set could not be read: the message names the file, row and field."""
+
+
+class NoModelError(WorkbenchError, RuntimeError):
+    """A call needs a model, and none is loaded yet."""
+
+
+class NoDataError(WorkbenchError, RuntimeError):
+    """A call needs data, and none is loaded yet."""
+
+
+class TrainingError(WorkbenchError, RuntimeError):
+    """Training cannot go on: a NaN loss, an exploding gradient, or a broken run folder."""
+
+
+class OutOfMemoryError(TrainingError, MemoryError):
+    """A batch did not fit in memory; the message suggests settings that would."""
+
+
+class EvaluationError(WorkbenchError, ValueError):
+    """Evaluation input or a metric is unusable; the message names the metric, row and field.
+
+    A bad setting of an evaluation (``EvalSpec``) is a :class:`SpecError`, as for training.
+    """
+
+
+class ServeError(WorkbenchError, RuntimeError):
+    """The model server could not start or stopped answering."""
 
 
 class WorkbenchWarning(UserWarning):

@@ -17,6 +17,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from workbench._display import html_table
 from workbench._io import atomic_write_text
 
 __all__ = ["write_report"]
@@ -66,20 +67,19 @@ def _get(record: Any, name: str):
 
 
 def _examples_table(rows: Iterable[Any], limit: int = 50) -> str:
-    cells = ["<tr><th>#</th><th>input</th><th>reference</th><th>base</th><th>tuned</th></tr>"]
+    table = []
     for row in list(rows)[:limit]:
         outputs = _get(row, "outputs") or {}
-        values = [_get(row, "index"), _get(row, "prompt"), _get(row, "reference"),
-                  outputs.get("base", ""), outputs.get("tuned", "")]
-        cells.append("<tr>" + "".join(f"<td><pre>{html.escape(str(v))}</pre></td>"
-                                      for v in values) + "</tr>")
-    return '<table class="examples">' + "".join(cells) + "</table>"
+        table.append((_get(row, "index"), _get(row, "prompt"), _get(row, "reference"),
+                      outputs.get("base", ""), outputs.get("tuned", "")))
+    return html_table(table, ("#", "input", "reference", "base", "tuned"))
 
 
 STYLE = """<style>
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }
-table.examples { border-collapse: collapse; font-size: 12px; }
-table.examples td, table.examples th { border: 1px solid #ccc; padding: 4px; vertical-align: top; }
+table.workbench { border-collapse: collapse; font-size: 12px; }
+table.workbench td, table.workbench th { border: 1px solid #ccc; padding: 4px; vertical-align: top;
+  white-space: pre-wrap; }
 pre { white-space: pre-wrap; margin: 0; }
 </style>"""
 

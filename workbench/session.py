@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import SessionStateError, WorkbenchError
+from workbench.errors import NoDataError, NoModelError, SessionStateError
 from workbench.events import EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
@@ -32,14 +32,6 @@ if TYPE_CHECKING:
     from workbench.data import DataReport, Example, PreparedData
 
 __all__ = ["NoDataError", "NoModelError", "Session"]
-
-
-class NoModelError(WorkbenchError, RuntimeError):
-    """A call needs a model, and none is loaded yet."""
-
-
-class NoDataError(WorkbenchError, RuntimeError):
-    """A call needs data, and none is loaded yet."""
 
 
 class Session:
@@ -158,7 +150,7 @@ class Session:
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).loaded
             Traceback (most recent call last):
-            workbench.session.NoModelError: no model is loaded: call session.load_model(...) first.
+            workbench.errors.NoModelError: no model is loaded: call session.load_model(...) first.
         """
         if self._loaded is None:
             raise NoModelError("no model is loaded: call session.load_model(...) first.")
@@ -246,7 +238,7 @@ class Session:
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).data
             Traceback (most recent call last):
-            workbench.session.NoDataError: no data is loaded: call session.load_data(...) first.
+            workbench.errors.NoDataError: no data is loaded: call session.load_data(...) first.
         """
         if self._data is None:
             raise NoDataError("no data is loaded: call session.load_data(...) first.")
@@ -550,6 +542,61 @@ class Session:
         self._progress(f"exported {format} to {folder}")
         return folder
 
+    def check_export(self, path: str | Path = "export/gguf", limit: int = 4,
+                     max_new_tokens: int = 32):
+        """Check that an exported GGUF answers like the session's model, in llama.cpp itself.
+
+        The first ``limit`` validation conversations (cut before their answer) go through the
+        session's model with its training template and through the file with the chat
+        template stored in it, as Ollama or a llama.cpp server would run it; the run's probe
+        prompts go to both as plain text. Greedy answers are compared token by token, and the
+        report (a table in a notebook) is saved as ``export_check.json`` beside the file.
+        ``export(..., format="gguf")`` runs this check itself when llama-cpp-python is installed.
+
+        Examples:
+            >>> report = s.check_export("export/gguf")  # doctest: +SKIP
+            >>> report.all_same, report.cases[0].first_difference  # doctest: +SKIP
+            (True, None)
+        """
+        from workbench.deploy import export_target
+        from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
+
+        self._check_run_allows("check_export")
+        gguf = gguf_path_of(export_target(self.run_dir, path))
+        conversations = conversations_of(self._data, limit) or [
+            (f"message {i + 1}", [{"role": "user", "content": text}])
+            for i, text in enumerate(_DEFAULT_MESSAGES)]
+        probes = self._run.probes if self._run is not None else []
+        raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes[:limit])]
+        template = self._data.template if self._data is not None else None
+        report = check_gguf(gguf, self.model, self.tokenizer, template, conversations, raw,
+                            max_new_tokens)
+        report.save(gguf.parent)
+        self._progress(report.summary())
+        return report
+
+    def to_script(self, path: str | Path, fsdp: bool = False) -> Path:
+        """Write the latest run as a standalone ``accelerate`` folder (several GPUs, no workbench).
+
+        Relative paths live in the session folder, as exports do. See
+        :func:`workbench.deploy.script.write_training_script` for the folder's contents.
+
+        Raises:
+            SessionStateError: there is no run yet.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).to_script("s")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SessionStateError: no run to write as a script: train first, ...
+        """
+        from workbench.deploy import export_target
+        from workbench.deploy.script import write_training_script
+
+        if self.run is None:
+            msg = "no run to write as a script: train first, or s.resume(folder)."
+            raise SessionStateError(msg)
+        return write_training_script(self.run.run_dir, export_target(self.run_dir, path), fsdp)
+
     def _exported_folder(self) -> Path:
         """The latest safetensors export, made anew when missing or older than the model."""
         current = self._exported is not None and (self._exported / "config.json").is_file()
@@ -620,7 +667,7 @@ class Session:
 
     def _probe_prompts(self) -> list[str]:
         if self._data is None:
-            return ["Hello!", "Write one sentence about the sea."]
+            return list(_DEFAULT_MESSAGES)
         rows = [self._data.example(i, "train") for i in range(min(4, len(self._data.train)))]
         return [row.prompt for row in rows]
 
@@ -656,7 +703,10 @@ class Session:
 
 # Calls that leave the live model and the session's data as they were: allowed while the run
 # is paused (docs/session_states.md).
-_READ_ONLY_CALLS = frozenset({"generate", "evaluate", "export", "quantize", "serve"})
+_READ_ONLY_CALLS = frozenset({"generate", "evaluate", "export", "quantize", "serve",
+                             "check_export"})
+# Asked when there is no data to take conversations from.
+_DEFAULT_MESSAGES = ("Hello!", "Write one sentence about the sea.")
 
 
 def _training_columns(dataset: Any) -> Any:
@@ -669,14 +719,9 @@ def _training_columns(dataset: Any) -> Any:
 
 def _blocking(wait: bool | None) -> bool:
     """Block outside notebooks, return at once inside one (unless told)."""
-    if wait is not None:
-        return wait
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return True
-    shell = get_ipython()
-    return shell is None or type(shell).__name__ != "ZMQInteractiveShell"
+    from workbench._display import in_notebook
+
+    return wait if wait is not None else not in_notebook()
 
 
 def _describe(source: Any) -> str:

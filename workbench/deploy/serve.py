@@ -26,15 +26,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.errors import DependencyError, SpecError, WorkbenchError
+from workbench.errors import DependencyError, ServeError, SpecError
 
 __all__ = ["ServeError", "Server", "check_port", "port_is_free", "serve_model"]
 
 LOOPBACK = "127.0.0.1"
-
-
-class ServeError(WorkbenchError, RuntimeError):
-    """The model server could not start or stopped answering."""
 
 
 def check_port(port: object) -> int:

@@ -12,7 +12,7 @@ Examples:
 
 from __future__ import annotations
 
-from workbench.evaluation._errors import EvaluationError
+from workbench.errors import EvaluationError
 from workbench.evaluation.compare import Comparison, compare
 from workbench.evaluation.metrics import METRICS, Metric, module_path, register_metric
 from workbench.evaluation.ratings import BlindRater, Rating, RatingSummary

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import html_table, text_table
-from workbench.evaluation._errors import EvaluationError
-from workbench.evaluation.results import Evaluation, read_jsonl
+from workbench._io import read_jsonl
+from workbench.errors import EvaluationError
+from workbench.evaluation.results import Evaluation
 
 __all__ = ["Comparison", "RunResults", "compare"]
 
@@ -212,7 +213,7 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
     Examples:
         >>> compare([])
         Traceback (most recent call last):
-        workbench.evaluation._errors.EvaluationError: compare([...]): give at least one run folder
+        workbench.errors.EvaluationError: compare([...]): give at least one run folder
     """
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from workbench.evaluation.results import read_jsonl
+from workbench._io import read_jsonl
 
 __all__ = ["flat_probes", "read_probes"]
 

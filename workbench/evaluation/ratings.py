@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from workbench.evaluation._errors import EvaluationError
+from workbench._io import append_jsonl
+from workbench.errors import EvaluationError
 
 __all__ = [
     "RATINGS_FILE",
@@ -96,25 +96,9 @@ def append_rating(path: str | Path, rating: Rating) -> None:
         >>> len(read_ratings(p))
         1
     """
-    line = json.dumps(asdict(rating), ensure_ascii=False) + "\n"
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _repair_torn_tail(target)
-    with open(target, "a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _repair_torn_tail(path: Path) -> None:
-    """End a torn last line so the next rating starts on a line of its own."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            last = handle.read(1)
-        if last != b"\n":
-            with open(path, "ab") as handle:
-                handle.write(b"\n")
+    append_jsonl(target, asdict(rating), sync=True)
 
 
 def read_ratings(path: str | Path) -> list[Rating]:

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import text_table
-from workbench._io import atomic_write_text, staging_folder
-from workbench.evaluation._errors import EvaluationError
+from workbench._io import atomic_write_text, read_jsonl, staging_folder
+from workbench.errors import EvaluationError
 from workbench.evaluation.ratings import RATINGS_FILE, RatingSummary, read_ratings, summarize
 
-__all__ = ["FILES", "EvalRow", "Evaluation", "read_jsonl"]
+__all__ = ["FILES", "EvalRow", "Evaluation"]
 
 FILES = ("settings.json", "scores.json", "rows.jsonl")
 _NAN = float("nan")
@@ -113,29 +113,6 @@ class EvalRow:
         data["tokens"] = tuple(data.get("tokens", ()))
         data["token_losses"] = {k: tuple(v) for k, v in data.get("token_losses", {}).items()}
         return cls(**data)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a JSON-lines file, skipping a torn last line.
-
-    Examples:
-        >>> read_jsonl(Path("/nonexistent.jsonl"))
-        []
-    """
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):
-                break  # a write cut short by a kill
-            raise EvaluationError(f"{path}: line {number} is not JSON: {err}") from err
-    return records
 
 
 def _fmt(value: Any) -> str:
@@ -229,7 +206,7 @@ class Evaluation:
         Examples:
             >>> Evaluation({}, (), {}).sorted_rows("nope")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.evaluation._errors.EvaluationError: cannot sort by 'nope'; choose one of [...]
+            workbench.errors.EvaluationError: cannot sort by 'nope'; choose one of [...]
         """
         if by not in self.sort_keys():
             raise EvaluationError(f"cannot sort by {by!r}; choose one of {self.sort_keys()}")
@@ -269,7 +246,7 @@ class Evaluation:
         Examples:
             >>> Evaluation({}, (), {"columns": ["tuned"]}).rater()  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.evaluation._errors.EvaluationError: blind A/B rating needs base and tuned ...
+            workbench.errors.EvaluationError: blind A/B rating needs base and tuned ...
         """
         from workbench.evaluation.ratings import BlindRater
 
@@ -332,7 +309,7 @@ class Evaluation:
         Examples:
             >>> Evaluation.load("/nonexistent")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.evaluation._errors.EvaluationError: /nonexistent is not an evaluation...
+            workbench.errors.EvaluationError: /nonexistent is not an evaluation...
         """
         folder = Path(path)
         for name in FILES:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench.evaluation._errors import EvaluationError
+from workbench.errors import EvaluationError, SpecError
 from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
 from workbench.evaluation.metrics import Column, Metric, resolve_metrics
 from workbench.evaluation.perplexity import TokenLosses, reference_losses
@@ -45,7 +45,7 @@ class EvalSpec:
     Examples:
         >>> EvalSpec(batch_size=0)
         Traceback (most recent call last):
-        workbench.evaluation._errors.EvaluationError: batch_size=0 must be a positive integer
+        workbench.errors.SpecError: batch_size=0 must be a positive integer
     """
 
     compare_base: bool = True
@@ -62,11 +62,11 @@ class EvalSpec:
         for name in ("max_new_tokens", "batch_size", "n_resamples"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
-                raise EvaluationError(f"{name}={value!r} must be a positive integer")
+                raise SpecError(f"{name}={value!r} must be a positive integer")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
-            raise EvaluationError(f"limit={self.limit!r} must be a positive integer or None")
+            raise SpecError(f"limit={self.limit!r} must be a positive integer or None")
         if self.plain_model_role not in ("base", "tuned"):
-            raise EvaluationError(f"plain_model_role={self.plain_model_role!r}: 'base' or 'tuned'")
+            raise SpecError(f"plain_model_role={self.plain_model_role!r}: 'base' or 'tuned'")
 
 
 def validate_rows(rows: Sequence[dict] | None, limit: int | None = None) -> list[dict]:
@@ -78,7 +78,7 @@ def validate_rows(rows: Sequence[dict] | None, limit: int | None = None) -> list
     Examples:
         >>> validate_rows([{"prompt": "Q", "reference": 1}])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.evaluation._errors.EvaluationError: row 0: field 'reference' must be a string...
+        workbench.errors.EvaluationError: row 0: field 'reference' must be a string...
     """
     if not rows:
         msg = "no rows to evaluate: give rows=[{'prompt': ..., 'reference': ...}, ...]"

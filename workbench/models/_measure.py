@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from workbench.types import Method, Quantization
+
 __all__ = ["StepMeasurement", "measure_peak_memory", "measure_training_step"]
 
-Quantization = Literal["4bit", "8bit"]
-Method = Literal["full", "lora", "qlora"]
 Device = Literal["cpu", "cuda"]
 
 

@@ -22,11 +22,10 @@ from workbench.errors import DependencyError, ModelLoadError, SpecError
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder
 from workbench.models.gguf import convert_gguf, gguf_architecture
+from workbench.types import DType, Quantization
 
 __all__ = ["DType", "LoadedModel", "ModelSource", "Quantization", "load_model", "resolve_source"]
 
-Quantization = Literal["4bit", "8bit"]
-DType = Literal["auto", "float32", "bfloat16", "float16"]
 SourceKind = Literal["builtin", "gguf", "folder", "hub"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

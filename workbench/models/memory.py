@@ -28,11 +28,10 @@ from typing import Any, Literal
 from workbench._display import format_bytes, html_table, text_table
 from workbench.errors import SpecError
 from workbench.models.catalog import CATALOG, ModelFacts, facts_from_config, get_facts
+from workbench.types import Method, Quantization
 
 __all__ = ["FitTable", "MemoryEstimate", "estimate_memory", "fit_table"]
 
-Quantization = Literal["4bit", "8bit"]
-Method = Literal["full", "lora", "qlora"]
 Optimizer = Literal["adamw", "adamw_8bit", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]

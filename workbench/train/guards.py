@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from workbench.errors import WorkbenchError
+from workbench.errors import OutOfMemoryError, TrainingError
 
 __all__ = [
     "CollapseCheck",
@@ -32,14 +32,6 @@ __all__ = [
 ]
 
 _OOM_MARKERS = ("out of memory", "defaultcpuallocator: can't allocate", "cannot allocate memory")
-
-
-class TrainingError(WorkbenchError, RuntimeError):
-    """Training cannot go on: a NaN loss, an exploding gradient, or a broken run folder."""
-
-
-class OutOfMemoryError(TrainingError, MemoryError):
-    """A batch did not fit in memory; the message suggests settings that would."""
 
 
 def check_loss(loss: float, step: int, lr: float | None = None) -> None:

@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError, WorkbenchWarning
+from workbench.types import Method
 
 __all__ = ["LoRA", "Method", "SchedulerName", "TrainSpec"]
 
-Method = Literal["lora", "qlora", "full"]
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]

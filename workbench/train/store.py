@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench._io import atomic_write_text, staging_folder
+from workbench._io import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl, staging_folder
 from workbench.errors import SpecError
 from workbench.train.batches import Examples
 
@@ -133,44 +133,6 @@ def load_examples(run_dir: Path, split: str) -> Examples | None:
     if not folder.is_dir():
         return None
     return Examples.from_dataset(load_from_disk(str(folder)), split)
-
-
-def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and flush it.
-
-    Examples:
-        >>> # append_jsonl(Path("runs/x/history.jsonl"), {"step": 1})
-    """
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-        handle.flush()
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file, skipping a last line cut short by a crash.
-
-    Examples:
-        >>> read_jsonl(Path("/nonexistent.jsonl"))
-        []
-    """
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line half-written when the process was killed
-    return rows
-
-
-def rewrite_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Replace a JSON-lines file atomically.
-
-    Examples:
-        >>> # rewrite_jsonl(Path("runs/x/history.jsonl"), rows[:10])
-    """
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_status(run_dir: Path, status: dict[str, Any]) -> None:

@@ -299,12 +299,9 @@ class TrainingMonitor:
     @staticmethod
     def _dispatch(fn: Any) -> None:
         """Run ``fn`` on the kernel's event loop if there is one (the main thread), else now."""
-        try:
-            from IPython import get_ipython
-        except ImportError:  # pragma: no cover - IPython comes with ipywidgets
-            get_ipython = None
-        kernel = getattr(get_ipython() if get_ipython else None, "kernel", None)
-        io_loop = getattr(kernel, "io_loop", None)
+        from workbench._display import notebook_kernel
+
+        io_loop = getattr(notebook_kernel(), "io_loop", None)
         if io_loop is not None and threading.current_thread() is not threading.main_thread():
             io_loop.add_callback(fn)
         else:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from workbench.evaluation._errors import EvaluationError
+from workbench.errors import EvaluationError
 from workbench.evaluation.metrics._scorers import (
     MODULES_DIR,
     Column,
@@ -188,7 +188,7 @@ def resolve_metrics(metrics: Sequence[Any] | Mapping[str, dict] | None) -> list[
         ['exact_match']
         >>> resolve_metrics(["blue"])
         Traceback (most recent call last):
-        workbench.evaluation._errors.EvaluationError: unknown metric 'blue'; known metrics: ...
+        workbench.errors.EvaluationError: unknown metric 'blue'; known metrics: ...
     """
     if metrics is None:
         metrics = ["rouge", "bleu", "exact_match"]

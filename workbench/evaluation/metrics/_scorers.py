@@ -22,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from workbench.evaluation._errors import EvaluationError
+from workbench.errors import EvaluationError
 from workbench.evaluation.bootstrap import mean_ci, percentile_ci
 
 __all__ = [
@@ -132,7 +132,7 @@ class FunctionScorer:
             >>> FunctionScorer(min, "m").score(Column(("a",), ("b",)), np.zeros((1, 1), int))
             ... # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.evaluation._errors.EvaluationError: metric 'm' returned 'a' for example 0...
+            workbench.errors.EvaluationError: metric 'm' returned 'a' for example 0...
         """
         values = []
         for i, (pred, ref) in enumerate(zip(column.predictions, column.references, strict=True)):

@@ -1,0 +1,367 @@
+"""Does the exported GGUF answer like the tuned model? A greedy check through llama.cpp itself.
+
+Exports that behave differently from the model that was tuned (a chat template that renders
+the prompt differently, a missing end-of-turn stop) are among the most reported problems of
+tuning tools. This check runs the same conversations through both sides, greedily:
+
+- the session's model, with the template it was trained with and its stop string;
+- the exported file in llama.cpp (through ``llama-cpp-python``), with the chat template and
+  stop tokens stored in the file itself, as Ollama or a llama.cpp server would use them.
+
+It compares the prompt tokens (do the two templates and tokenizers agree?) and the answer
+tokens, and says where the first token differs. The result is a table in a notebook, text when
+printed, and ``export_check.json`` beside the export.
+
+Examples:
+    >>> case = ParityCase("probe 1", [1, 2], [1, 2], "yes", "yes", [5, 6], [5, 7])
+    >>> case.same, case.first_difference
+    (False, 'answer token 2')
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench._display import html_table, text_table
+from workbench._io import atomic_write_text
+from workbench.errors import DependencyError, SpecError
+
+__all__ = ["CHECK_FILE", "ParityCase", "ParityReport", "check_gguf", "conversations_of",
+           "gguf_path_of"]
+
+CHECK_FILE = "export_check.json"
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class ParityCase:
+    """One conversation run through the tuned model and the exported file.
+
+    Attributes:
+        name: Where it came from (``probe 1``, ``validation row 3``).
+        prompt_ids: The session's prompt tokens (its template and tokenizer).
+        exported_prompt_ids: The export's prompt tokens (the file's template and tokenizer).
+        answer: The session model's greedy answer.
+        exported_answer: The exported file's greedy answer in llama.cpp.
+        answer_ids: The session's answer tokens.
+        exported_answer_ids: The export's answer tokens.
+
+    Examples:
+        >>> ParityCase("p", [1], [1], "a", "a", [3], [3]).same
+        True
+    """
+
+    name: str
+    prompt_ids: list[int]
+    exported_prompt_ids: list[int]
+    answer: str
+    exported_answer: str
+    answer_ids: list[int]
+    exported_answer_ids: list[int]
+
+    @property
+    def same(self) -> bool:
+        """Same prompt tokens and same answer tokens.
+
+        Examples:
+            >>> ParityCase("p", [1], [2], "a", "a", [3], [3]).same
+            False
+        """
+        return self.first_difference is None
+
+    @property
+    def first_difference(self) -> str | None:
+        """Where the two sides first differ (``prompt token 4``, ``answer token 2``), or None.
+
+        Examples:
+            >>> ParityCase("p", [1, 2], [1], "a", "a", [3], [3]).first_difference
+            'prompt token 2'
+        """
+        for part, mine, theirs in (("prompt", self.prompt_ids, self.exported_prompt_ids),
+                                   ("answer", self.answer_ids, self.exported_answer_ids)):
+            index = _first_mismatch(mine, theirs)
+            if index is not None:
+                return f"{part} token {index + 1}"
+        return None
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """The result of :func:`check_gguf`: one :class:`ParityCase` per conversation.
+
+    Attributes:
+        gguf: The exported file.
+        cases: The compared conversations.
+
+    Examples:
+        >>> report = ParityReport("m.gguf", (ParityCase("p", [1], [1], "a", "a", [3], [3]),))
+        >>> report.all_same, str(report).splitlines()[0]
+        (True, 'Export check of m.gguf: 1 of 1 answers the same.')
+    """
+
+    gguf: str
+    cases: tuple[ParityCase, ...]
+
+    @property
+    def same_count(self) -> int:
+        """How many cases gave the same prompt and answer tokens.
+
+        Examples:
+            >>> ParityReport("m.gguf", ()).same_count
+            0
+        """
+        return sum(case.same for case in self.cases)
+
+    @property
+    def all_same(self) -> bool:
+        """Every case the same (and at least one case).
+
+        Examples:
+            >>> ParityReport("m.gguf", ()).all_same
+            False
+        """
+        return bool(self.cases) and self.same_count == len(self.cases)
+
+    def summary(self) -> str:
+        """One line: how many answers are the same.
+
+        Examples:
+            >>> ParityReport("m.gguf", ()).summary()
+            'Export check of m.gguf: 0 of 0 answers the same.'
+        """
+        return (f"Export check of {self.gguf}: {self.same_count} of {len(self.cases)} answers "
+                "the same.")
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """Table rows: case, same or where it first differs, tuned answer, exported answer.
+
+        Examples:
+            >>> ParityReport("m", (ParityCase("p", [1], [1], "a", "b", [3], [4]),)).rows()
+            [('p', 'differs at answer token 1', 'a', 'b')]
+        """
+        return [(case.name, "same" if case.same else f"differs at {case.first_difference}",
+                 case.answer, case.exported_answer) for case in self.cases]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready contents (``export_check.json``).
+
+        Examples:
+            >>> ParityReport("m.gguf", ()).to_dict()["same"]
+            0
+        """
+        return {"gguf": self.gguf, "same": self.same_count, "total": len(self.cases),
+                "cases": [{**asdict(case), "same": case.same,
+                           "first_difference": case.first_difference} for case in self.cases]}
+
+    def save(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` to ``path`` (a file, or a folder to hold ``export_check.json``).
+
+        Examples:
+            >>> import tempfile
+            >>> ParityReport("m.gguf", ()).save(tempfile.mkdtemp()).name
+            'export_check.json'
+        """
+        target = Path(path)
+        if target.is_dir():
+            target = target / CHECK_FILE
+        return atomic_write_text(target, json.dumps(self.to_dict(), indent=1))
+
+    def __str__(self) -> str:
+        header = ("case", "result", "tuned model", "exported GGUF")
+        rows = [(a, b, _short(c), _short(d)) for a, b, c, d in self.rows()]
+        return self.summary() + "\n" + text_table(rows, header)
+
+    def _repr_html_(self) -> str:
+        header = ("case", "result", "tuned model", "exported GGUF")
+        return html_table(self.rows(), header, title=self.summary())
+
+
+def _first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
+    for index, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return index
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _short(text: str, limit: int = 40) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def gguf_path_of(path: str | Path) -> Path:
+    """The GGUF file of an export: ``path`` itself, or the one ``.gguf`` file in a folder.
+
+    Raises:
+        SpecError: no such file, or a folder without exactly one ``.gguf`` file.
+
+    Examples:
+        >>> gguf_path_of("/nonexistent/m.gguf")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /nonexistent/m.gguf is not a GGUF file or a folder holding one.
+    """
+    given = Path(path)
+    found = sorted(given.glob("*.gguf")) if given.is_dir() else [given]
+    if len(found) != 1 or not found[0].is_file() or found[0].suffix != ".gguf":
+        raise SpecError(f"{given} is not a GGUF file or a folder holding one.")
+    return found[0]
+
+
+def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]]:
+    """The first ``limit`` validation conversations, each cut before its last answer.
+
+    Falls back to the training split when there is no validation split; raw-text data has
+    no conversations (``[]``).
+
+    Examples:
+        >>> conversations_of(None)
+        []
+    """
+    if prepared is None or prepared.is_text:
+        return []
+    split = "validation" if prepared.validation is not None and len(prepared.validation) else (
+        "train")
+    rows = prepared.split(split)
+    found = []
+    for i in range(min(limit, len(rows))):
+        messages = rows[i]["messages"]
+        answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+        found.append((f"{split} row {i + 1}", messages[: answers[-1]] if answers else messages))
+    return found
+
+
+def _llama(path: Path, context: int) -> Any:
+    try:
+        from llama_cpp import Llama
+    except ImportError as err:
+        msg = ("the export check runs the file in llama.cpp, through the llama-cpp-python "
+               "package, which is not installed: pip install llama-cpp-python (bash "
+               ".ci/llama-cpp-setup.sh builds it here).")
+        raise DependencyError(msg) from err
+    return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
+
+
+def _exported_side(llm: Any, messages: Messages | None, raw: str | None,
+                   max_new_tokens: int) -> tuple[list[int], list[int], str]:
+    """Prompt ids, answer ids and answer text from llama.cpp, with the file's own template."""
+    if messages is not None:
+        prompt, stops = _render_with_file_template(llm, messages)
+    else:
+        prompt, stops = raw or "", []
+    prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+    ends = {llm.token_eos(), *_end_of_turn_ids(llm)}
+    answer: list[int] = []
+    for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
+                              repeat_penalty=1.0, reset=True):
+        if token in ends or len(answer) >= max_new_tokens:
+            break
+        answer.append(int(token))
+        text = llm.detokenize(answer).decode("utf-8", errors="replace")
+        if any(stop and stop in text for stop in stops):
+            break
+    text = llm.detokenize(answer).decode("utf-8", errors="replace")
+    for stop in stops:
+        text = text.split(stop)[0] if stop else text
+    return prompt_ids, answer, text
+
+
+def _render_with_file_template(llm: Any, messages: Messages) -> tuple[str, list[str]]:
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    meta = llm.metadata
+    template = meta.get("tokenizer.chat_template")
+    if not template:
+        raise SpecError("the GGUF file carries no chat template (tokenizer.chat_template), so "
+                        "chat prompts cannot be rendered as a server would: export again.")
+    vocab = [llm.detokenize([i], special=True).decode("utf-8", errors="replace")
+             for i in (llm.token_bos(), llm.token_eos())]
+    formatter = Jinja2ChatFormatter(template, eos_token=vocab[1], bos_token=vocab[0],
+                                    add_generation_prompt=True)
+    rendered = formatter(messages=messages)
+    stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
+    return rendered.prompt, [s for s in stops if s]
+
+
+def _end_of_turn_ids(llm: Any) -> list[int]:
+    eot = llm.metadata.get("tokenizer.ggml.eot_token_id")
+    return [int(eot)] if eot not in (None, "") else []
+
+
+def _session_side(model: Any, tokenizer: Any, prompt: str, stop: str | None,
+                  max_new_tokens: int) -> tuple[list[int], list[int], str]:
+    """Prompt ids, answer ids and answer text from the tuned model, greedily."""
+    import torch
+
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ends = [tokenizer.eos_token_id]
+    stop_id = tokenizer.convert_tokens_to_ids(stop) if stop else None
+    if stop_id is not None and stop_id != tokenizer.unk_token_id:
+        ends.append(stop_id)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            output = model.generate(torch.tensor([prompt_ids], device=device),
+                                    attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long,
+                                                              device=device),
+                                    max_new_tokens=max_new_tokens, do_sample=False,
+                                    eos_token_id=[e for e in ends if e is not None],
+                                    pad_token_id=tokenizer.pad_token_id or ends[0])
+    finally:
+        model.train(was_training)
+    answer = [int(t) for t in output[0, len(prompt_ids):].tolist() if t not in ends]
+    text = tokenizer.decode(answer, skip_special_tokens=True)
+    return prompt_ids, answer, text.split(stop)[0] if stop else text
+
+
+def check_gguf(path: str | Path, model: Any, tokenizer: Any, template: Any = None,
+               conversations: Sequence[tuple[str, Messages]] = (),
+               raw_prompts: Sequence[tuple[str, str]] = (),
+               max_new_tokens: int = 32) -> ParityReport:
+    """Run conversations greedily through ``model`` and through the GGUF in llama.cpp; compare.
+
+    Args:
+        path: The exported ``.gguf`` file, or its export folder.
+        model: The tuned model (with its adapter: the export is its merged copy).
+        tokenizer: Its tokenizer.
+        template: The training template (a :class:`~workbench.data.templates.Template`, a
+            name, or ``None`` for the tokenizer's own): renders ``conversations`` on the
+            session's side; the file's stored chat template renders them on the other.
+        conversations: ``(name, messages)`` pairs; the messages end with the user's turn.
+        raw_prompts: ``(name, text)`` pairs sent as they are (no template) to both sides.
+        max_new_tokens: Longest answer compared.
+
+    Raises:
+        DependencyError: llama-cpp-python is not installed.
+        SpecError: no GGUF at ``path``, nothing to compare, or no template in the file.
+
+    Examples:
+        >>> report = check_gguf("out/model.gguf", model, tok, "chatml",
+        ...                     [("q1", [{"role": "user", "content": "Hi"}])])  # doctest: +SKIP
+        >>> report.all_same  # doctest: +SKIP
+        True
+    """
+    from workbench.data.templates import render_prompt, resolve_template
+
+    gguf = gguf_path_of(path)
+    if not conversations and not raw_prompts:
+        raise SpecError("nothing to compare: give conversations or raw_prompts.")
+    resolved = resolve_template(template, tokenizer)
+    stop = getattr(resolved, "stop", None)
+    prompts = [(name, render_prompt(resolved, tokenizer, msgs), msgs)
+               for name, msgs in conversations]
+    prompts += [(name, text, None) for name, text in raw_prompts]
+    longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for _, p, _ in prompts)
+    llm = _llama(gguf, context=longest + max_new_tokens + 64)
+    cases = []
+    for name, prompt, messages in prompts:
+        mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
+        theirs = _exported_side(llm, messages, prompt if messages is None else None,
+                                max_new_tokens)
+        cases.append(ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1],
+                                theirs[1]))
+    return ParityReport(str(gguf), tuple(cases))
