@@ -235,7 +235,7 @@ def test_a_disk_filling_during_a_run_fails_it_and_the_run_resumes_later(tiny_mod
                                                                         small_disk):
     run_dir = small_disk(8192) / "run"
     events = EventHub()
-    events.on("train_checkpoint", lambda p: p["step"] == 4 and _fill(run_dir.parent, 100_000))
+    events.on("train_checkpoint", lambda p: p.step == 4 and _fill(run_dir.parent, 100_000))
     run = toy_run(tiny_model_dir, run_dir, TrainSpec(**SMALL), events=events)
     assert run.state is RunState.FAILED and isinstance(run.error, WriteError)
     assert str(run_dir / "checkpoints") in str(run.error) and "MB needed" in str(run.error)

@@ -74,9 +74,9 @@ def test_generate_is_greedy_and_deterministic(tmp_path, tiny_model_dir):
 def test_listener_errors_do_not_break_the_publisher(caplog):
     hub = EventHub()
     seen = []
-    hub.on("x", lambda payload: 1 / 0)
-    hub.on("x", seen.append)
-    hub.emit("x", 5)
+    hub.on("progress", lambda payload: 1 / 0)
+    hub.on("progress", seen.append)
+    hub.emit("progress", 5)
     assert seen == [5]
     assert "listener" in caplog.text
 
@@ -97,3 +97,22 @@ def test_repr_names_run_and_model(tmp_path, tiny_model_dir):
     assert repr(session) == f"Session(run_dir='{tmp_path}', model=None)"
     session.load_model(str(tiny_model_dir))
     assert f"model='{tiny_model_dir}'" in repr(session)
+
+
+def test_unknown_event_names_are_refused_and_payloads_are_typed(tmp_path, tiny_model_dir):
+    from workbench.events import TrainLog, TrainState
+
+    hub = EventHub()
+    with pytest.raises(wb.SpecError, match=r"unknown event 'train_logs': one of data_loaded"):
+        hub.on("train_logs", print)
+    session = wb.Session(tmp_path, verbose=False)
+    session.load_model(str(tiny_model_dir))
+    session.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)],
+                      validation=0)
+    seen = []
+    session.on("*", lambda name, payload: seen.append((name, type(payload).__name__)))
+    run = session.train(max_steps=1, wait=True)
+    assert ("train_log", TrainLog.__name__) in seen
+    assert ("train_state", TrainState.__name__) in seen
+    assert {name for name, _ in seen} <= set(__import__("workbench.events").events.EVENTS)
+    assert run.state.value == "finished"

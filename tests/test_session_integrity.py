@@ -210,7 +210,7 @@ def test_wait_after_resume_never_returns_while_the_new_worker_trains(tmp_path, m
     run = s.train(max_steps=40, lr=5e-3, batch_size=4, eval_every=1000, save_every=1000,
                   wait=False)
     states = []
-    s.on("train_state", lambda p: states.append(p["status"].state.value))
+    s.on("train_state", lambda p: states.append(p.status.state.value))
     for _ in range(3):
         run.stop()
         assert run.wait().state is RunState.STOPPED

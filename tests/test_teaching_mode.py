@@ -25,7 +25,7 @@ def _held_run(tiny_model_dir, run_dir, spec, hold_at: int):
     recorder = Recorder(events)
 
     def hold(payload):
-        if payload["record"].kind == "train" and payload["record"].step == hold_at:
+        if payload.record.kind == "train" and payload.record.step == hold_at:
             reached.set()
             gate.wait(30)
 
@@ -84,8 +84,8 @@ def test_layer_norms_one_record_per_step(tiny_model_dir, tmp_path):
         assert record["layers"] == list(range(LAYERS))
         values = record["weight"] + record["grad"]
         assert len(values) == 2 * LAYERS and all(math.isfinite(v) and v > 0 for v in values)
-    assert [p["step"] for p in published] == [1, 2, 3, 4, 5]
-    assert published[0]["run"] == str(run.run_dir)
+    assert [p.step for p in published] == [1, 2, 3, 4, 5]
+    assert published[0].run == str(run.run_dir)
     # Every LoRA matrix sits in a block, so the blocks' gradient norms make up the clipped
     # run's whole (pre-clipping) gradient norm.
     norms = [r.grad_norm for r in run.history if r.kind == "train"]

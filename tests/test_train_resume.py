@@ -30,7 +30,7 @@ from workbench.train import TrainSpec
 events = EventHub()
 
 def kill(payload):
-    if payload["record"].step == 12:
+    if payload.record.step == 12:
         os.kill(os.getpid(), signal.SIGKILL)
 
 events.on("train_log", kill)

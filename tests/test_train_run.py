@@ -40,7 +40,7 @@ def test_pause_generate_resume_equals_an_uninterrupted_run(tiny_model_dir, tmp_p
     recorder = Recorder(events)
 
     def hold(payload):
-        if payload["record"].kind == "train" and payload["record"].step == 12:
+        if payload.record.kind == "train" and payload.record.step == 12:
             reached.set()
             gate.wait(30)
 
@@ -68,7 +68,7 @@ def test_stop_finishes_the_step_saves_and_can_continue(tiny_model_dir, tmp_path)
     recorder = Recorder(events)
 
     def hold(payload):
-        if payload["record"].step == 5 and not gate.is_set():
+        if payload.record.step == 5 and not gate.is_set():
             reached.set()
             gate.wait(30)
 

@@ -19,7 +19,7 @@ def _held_run(tiny_model_dir, run_dir, steps: set[int]):
     events, reached, gate = EventHub(), threading.Event(), threading.Event()
 
     def hold(payload):
-        record = payload["record"]
+        record = payload.record
         if record.kind == "train" and record.step in steps:
             steps.discard(record.step)
             reached.set()

@@ -36,4 +36,4 @@ class Recorder:
 
     def __init__(self, events: EventHub) -> None:
         self.states: list[str] = []
-        self.off = events.on("train_state", lambda p: self.states.append(p["status"].state.value))
+        self.off = events.on("train_state", lambda p: self.states.append(p.status.state.value))

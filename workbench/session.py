@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import NoDataError, NoModelError, SessionStateError
-from workbench.events import EventHub
+from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
 from workbench.models.loading import DType, LoadedModel, Quantization, load_model
@@ -41,8 +41,11 @@ class Session:
         run_dir: Folder for everything the session writes (created if missing).
         verbose: Print progress messages (model conversion, loading) as they happen.
 
-    Events (subscribe with :meth:`on`): ``"progress"`` (a message string),
-    ``"model_loaded"`` (a :class:`ModelInfo`).
+    Events (subscribe with :meth:`on`; names and payload types in :mod:`workbench.events`):
+    ``progress`` (a message), ``model_loaded`` (:class:`ModelInfo`), ``data_loaded``
+    (:class:`~workbench.data.DataReport`), the run's ``train_log``, ``train_state``,
+    ``train_probes``, ``train_checkpoint`` and ``train_layer_norms``, and an evaluation's
+    ``eval_progress`` and ``eval_done``.
 
     While a training run is running or stopping, every call that uses the model or changes
     the session is refused with a :class:`~workbench.errors.SessionStateError` naming the run
@@ -72,7 +75,7 @@ class Session:
         self._unsubscribers: list[Callable[[], None]] = []
         if verbose:
             self._unsubscribers.append(
-                self.events.on("progress", lambda message: print(message, flush=True)))
+                self.events.on(PROGRESS, lambda message: print(message, flush=True)))
 
     def on(self, event: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
         """Call ``fn(payload)`` on each ``event``; returns a function that unsubscribes.
@@ -86,7 +89,7 @@ class Session:
         return self.events.on(event, fn)
 
     def _progress(self, message: str) -> None:
-        self.events.emit("progress", message)
+        self.events.emit(PROGRESS, message)
 
     def _check_run_allows(self, call: str) -> None:
         """Refuse ``call`` while the session's run would be harmed by it (see the class doc)."""
@@ -140,7 +143,7 @@ class Session:
         self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
         self._record({"model": {"spec": str(spec), "quantization": quantization,
                                 "dtype": loaded.dtype, "device": loaded.device}})
-        self.events.emit("model_loaded", info)
+        self.events.emit(MODEL_LOADED, info)
         return info
 
     @property
@@ -228,7 +231,7 @@ class Session:
         report = self._data.report()
         self._record({"data": {"source": _describe(source), "format": self._data.format,
                                "template": self._data.template.name}})
-        self.events.emit("data_loaded", report)
+        self.events.emit(DATA_LOADED, report)
         return report
 
     @property
@@ -272,7 +275,7 @@ class Session:
         """
         self._check_run_allows("set_max_length")
         self._data = self.data.with_max_length(max_length)
-        self.events.emit("data_loaded", self._data.report())
+        self.events.emit(DATA_LOADED, self._data.report())
         return self._data.report()
 
     def inspect_data(self):

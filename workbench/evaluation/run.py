@@ -1,9 +1,7 @@
 """run_evaluation: generate with the tuned model and, adapter off, the base; score both.
 
-Examples:
-    >>> # ev = run_evaluation(model, tokenizer, rows, metrics=["rouge", "exact_match"],
-    >>> #                     stop_strings=["<|im_end|>"], out_dir="runs/demo/evaluations/e1")
-    >>> # print(ev)
+:func:`run_evaluation` has an example on the tiny model; ``print(ev)`` then shows the score
+table (base, tuned, their 95% intervals and the gain).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ from workbench.evaluation.metrics import Column, Metric, resolve_metrics
 from workbench.evaluation.perplexity import TokenLosses, reference_losses
 from workbench.evaluation.probes import read_probes
 from workbench.evaluation.results import EvalRow, Evaluation
+from workbench.events import EVAL_DONE, EVAL_PROGRESS, EvalProgress
 
 __all__ = ["EvalSpec", "is_peft_model", "run_evaluation", "validate_rows"]
 
@@ -145,7 +144,7 @@ def _run_column(model: Any, tokenizer: Any, rows: list[dict], spec: EvalSpec, ro
             batch = prompts[start : start + spec.batch_size]
             texts += generate_text(model, tokenizer, batch, spec.max_new_tokens,
                                    stop_strings=list(spec.stop_strings), **spec.generation)
-            emit("eval_progress", {"column": role, "done": len(texts), "total": len(prompts)})
+            emit(EVAL_PROGRESS, EvalProgress(role, len(texts), len(prompts)))
         losses = reference_losses(model, tokenizer, prompts, [r["reference"] for r in rows],
                                   spec.batch_size)
     return _Outputs(texts, losses)
@@ -207,7 +206,12 @@ def evaluate_with_spec(model: Any, tokenizer: Any, rows: Sequence[dict], metrics
     """Run an evaluation from a built :class:`EvalSpec` (what :func:`run_evaluation` calls).
 
     Examples:
-        >>> # evaluate_with_spec(model, tokenizer, rows, resolve_metrics(["rouge"]), EvalSpec())
+        Rows are checked before the model is touched:
+
+        >>> evaluate_with_spec(None, None, [], resolve_metrics(["rouge"]), EvalSpec())
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.EvaluationError: no rows to evaluate: give rows=[{'prompt': ...
     """
     rows = validate_rows(rows, spec.limit)
     emit = _emitter(events)
@@ -276,9 +280,24 @@ def run_evaluation(
             and the example).
 
     Examples:
-        >>> # ev = run_evaluation(peft_model, tok, [{"prompt": p, "reference": "Paris"}],
-        >>> #                     metrics=["exact_match", "rouge"], stop_strings=["<|im_end|>"])
-        >>> # ev.scores["exact_match"]["tuned"], ev.scores["exact_match"]["base_ci"]
+        On the tiny model, a plain model (one ``"tuned"`` column; a peft model adds
+        ``"base"``, its answers with the adapter switched off):
+
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-run-model")), on_event=len)
+        >>> tok = loaded.tokenizer
+        >>> prompt = tok.apply_chat_template([{"role": "user", "content": "apple"}],
+        ...                                  tokenize=False, add_generation_prompt=True)
+        >>> seen = []
+        >>> ev = run_evaluation(loaded.model, tok, [{"prompt": prompt, "reference": "red"}],
+        ...                     metrics=["exact_match"], max_new_tokens=4,
+        ...                     stop_strings=["<|im_end|>"], out_dir="/tmp/wb-doc-run-eval",
+        ...                     events=lambda name, payload: seen.append(name))
+        >>> ev.columns, list(ev.scores), seen
+        (('tuned',), ['exact_match'], ['eval_progress', 'eval_done'])
+        >>> ev.rows[0].tokens, sorted(p.name for p in ev.path.iterdir())
+        (('re', 'd'), ['rows.jsonl', 'scores.json', 'settings.json'])
     """
     resolved = resolve_metrics(metrics)
     spec = EvalSpec(compare_base, max_new_tokens, dict(generation or {}), limit,
@@ -290,5 +309,5 @@ def run_evaluation(
                                 None, probes)
     if out_dir is not None:
         evaluation = evaluation.save(out_dir)
-    _emitter(events)("eval_done", evaluation)
+    _emitter(events)(EVAL_DONE, evaluation)
     return evaluation

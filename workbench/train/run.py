@@ -34,7 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import SessionStateError, SpecError, WorkbenchError
-from workbench.events import EventHub
+from workbench.events import (
+    TRAIN_CHECKPOINT,
+    TRAIN_LAYER_NORMS,
+    TRAIN_LOG,
+    TRAIN_PROBES,
+    TRAIN_STATE,
+    EventHub,
+    TrainCheckpoint,
+    TrainLayerNorms,
+    TrainLog,
+    TrainProbes,
+    TrainState,
+)
 from workbench.train import store
 from workbench.train.guards import EarlyStopping
 from workbench.train.loop import TrainLoop
@@ -48,9 +60,9 @@ __all__ = ["EVENT_CHECKPOINT", "EVENT_LAYER_NORMS", "EVENT_LOG", "EVENT_PROBES",
 
 logger = logging.getLogger(__name__)
 
-EVENT_LOG, EVENT_STATE = "train_log", "train_state"
-EVENT_PROBES, EVENT_CHECKPOINT = "train_probes", "train_checkpoint"
-EVENT_LAYER_NORMS = "train_layer_norms"
+# The run's events (names and payload types live in workbench.events).
+EVENT_LOG, EVENT_STATE, EVENT_PROBES = TRAIN_LOG, TRAIN_STATE, TRAIN_PROBES
+EVENT_CHECKPOINT, EVENT_LAYER_NORMS = TRAIN_CHECKPOINT, TRAIN_LAYER_NORMS
 
 
 class Run:
@@ -390,17 +402,17 @@ class Run:
                 lines.append(line)
                 self._cond.notify_all()
 
-        def on_log(payload: dict[str, Any]) -> None:
-            if payload["run"] == str(self.run_dir):
-                add(format_record(payload["record"], total))
+        def on_log(payload: TrainLog) -> None:
+            if payload.run == str(self.run_dir):
+                add(format_record(payload.record, total))
 
-        def on_state(payload: dict[str, Any]) -> None:
-            status = payload["status"]
-            if payload["run"] == str(self.run_dir):
+        def on_state(payload: TrainState) -> None:
+            status = payload.status
+            if payload.run == str(self.run_dir):
                 text = status.error or status.message
                 add(f"{status.state.value}" + (f": {text}" if text else ""))
 
-        offs = [self.events.on(EVENT_LOG, on_log), self.events.on(EVENT_STATE, on_state)]
+        offs = [self.events.on(TRAIN_LOG, on_log), self.events.on(TRAIN_STATE, on_state)]
         return lambda: [off() for off in offs]
 
     # -- publishing: only the current worker's news reaches the status and the events ------
@@ -419,7 +431,7 @@ class Run:
             store.write_status(self.run_dir, status.to_dict())
         except OSError as err:  # the status in memory and the events stay the truth
             logger.warning("could not write %s/status.json: %s", self.run_dir, err)
-        self.events.emit(EVENT_STATE, {"run": str(self.run_dir), "status": status})
+        self.events.emit(TRAIN_STATE, TrainState(str(self.run_dir), status))
         return True
 
     def _end(self, worker: Worker, state: RunState, err: WorkbenchError | None = None,
@@ -457,8 +469,7 @@ class Run:
                 self._status = dataclasses.replace(self._status, eval_loss=record.eval_loss)
             status = self._status
             self._cond.notify_all()
-        self.events.emit(EVENT_LOG, {"run": str(self.run_dir), "record": record,
-                                     "status": status})
+        self.events.emit(TRAIN_LOG, TrainLog(str(self.run_dir), record, status))
 
     def _publish_probes(self, worker: Worker, row: dict[str, Any]) -> None:
         with self._cond:
@@ -469,19 +480,22 @@ class Run:
             else:
                 self.probe_history.append(row)
         store.append_jsonl(self.run_dir / store.PROBES, row)
-        self.events.emit(EVENT_PROBES, {"run": str(self.run_dir), **row,
-                                        "prompts": self.probes, "base_outputs": self.probe_base})
+        self.events.emit(TRAIN_PROBES, TrainProbes(
+            str(self.run_dir), row["step"], bool(row.get("base")), tuple(row["outputs"]),
+            tuple(self.probes), tuple(self.probe_base)))
 
     def _publish_layer_norms(self, worker: Worker, record: dict[str, Any]) -> None:
         with self._cond:
             if worker is not self._worker:
                 return
             self.layer_norms.append(record)
-        self.events.emit(EVENT_LAYER_NORMS, {"run": str(self.run_dir), **record})
+        self.events.emit(TRAIN_LAYER_NORMS, TrainLayerNorms(
+            str(self.run_dir), record["step"], tuple(record["layers"]), tuple(record["weight"]),
+            tuple(record["grad"])))
 
     def _checkpoint_saved(self, worker: Worker, path: Path) -> None:
-        self.events.emit(EVENT_CHECKPOINT, {"run": str(self.run_dir), "step": self.loop.step,
-                                            "path": str(path)})
+        self.events.emit(TRAIN_CHECKPOINT, TrainCheckpoint(str(self.run_dir), self.loop.step,
+                                                           str(path)))
 
     def _capture_grad_norms(self) -> None:
         from workbench.train.norms import group_norms, layer_groups

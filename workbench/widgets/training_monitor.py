@@ -31,6 +31,16 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
+from workbench.events import (
+    TRAIN_LAYER_NORMS,
+    TRAIN_LOG,
+    TRAIN_PROBES,
+    TRAIN_STATE,
+    TrainLayerNorms,
+    TrainLog,
+    TrainProbes,
+    TrainState,
+)
 from workbench.widgets._html import escape, table
 
 __all__ = ["TrainingMonitor"]
@@ -185,11 +195,11 @@ class TrainingMonitor:
         return LayerNormHeatmap()
 
     def _subscribe(self, events: Any) -> None:
-        self._unsubscribe = [events.on("train_log", self._on_log),
-                             events.on("train_state", self._on_state),
-                             events.on("train_probes", self._on_probes)]
+        self._unsubscribe = [events.on(TRAIN_LOG, self._on_log),
+                             events.on(TRAIN_STATE, self._on_state),
+                             events.on(TRAIN_PROBES, self._on_probes)]
         if self.heatmap is not None:
-            self._unsubscribe.append(events.on("train_layer_norms", self._on_layer_norms))
+            self._unsubscribe.append(events.on(TRAIN_LAYER_NORMS, self._on_layer_norms))
 
     # -- button handlers: one Run call each -----------------------------------------------
     def _on_pause(self, _button: Any) -> None:
@@ -218,31 +228,33 @@ class TrainingMonitor:
         self.run.save_now()
 
     # -- event handlers (any thread): update arrays, then schedule a render ---------------
-    def _mine(self, payload: dict[str, Any]) -> bool:
-        return self.run is not None and payload.get("run") == str(self.run.run_dir)
+    def _mine(self, payload: Any) -> bool:
+        return self.run is not None and payload.run == str(self.run.run_dir)
 
-    def _on_log(self, payload: dict[str, Any]) -> None:
+    def _on_log(self, payload: TrainLog) -> None:
         if self._mine(payload):
-            self._add(payload["record"])
-            self._status = payload["status"]
+            self._add(payload.record)
+            self._status = payload.status
             self._schedule()
 
-    def _on_state(self, payload: dict[str, Any]) -> None:
+    def _on_state(self, payload: TrainState) -> None:
         if self._mine(payload):
-            self._status = payload["status"]
-            if payload["status"].state.value != "running":
+            self._status = payload.status
+            if payload.status.state.value != "running":
                 self._pending = ""
             self._dispatch(self.refresh)
 
-    def _on_layer_norms(self, payload: dict[str, Any]) -> None:
+    def _on_layer_norms(self, payload: TrainLayerNorms) -> None:
         if not self._mine(payload):
             return
+        record = {"step": payload.step, "layers": list(payload.layers),
+                  "weight": list(payload.weight), "grad": list(payload.grad)}
         with self._lock:  # __init__ loads the run's earlier records under this lock
-            added = self.heatmap.add(payload)
+            added = self.heatmap.add(record)
         if added:
             self._schedule()
 
-    def _on_probes(self, payload: dict[str, Any]) -> None:
+    def _on_probes(self, payload: TrainProbes) -> None:
         if self._mine(payload):
             with self._lock:
                 self._add_probe_row(payload)
@@ -268,11 +280,11 @@ class TrainingMonitor:
                 data["eval_step"].append(record.step)
                 data["eval_loss"].append(record.eval_loss)
 
-    def _add_probe_row(self, payload: dict[str, Any]) -> None:
-        self._probes["prompts"] = list(payload.get("prompts") or self._probes["prompts"])
-        self._probes["base"] = list(payload.get("base_outputs") or self._probes["base"])
-        if not payload.get("base"):
-            self._probes["rows"].append({"step": payload["step"], "outputs": payload["outputs"]})
+    def _add_probe_row(self, payload: TrainProbes) -> None:
+        self._probes["prompts"] = list(payload.prompts or self._probes["prompts"])
+        self._probes["base"] = list(payload.base_outputs or self._probes["base"])
+        if not payload.base:
+            self._probes["rows"].append({"step": payload.step, "outputs": list(payload.outputs)})
 
     def _load(self, history: list[Any], prompts: list[str], base: list[str],
               rows: list[dict[str, Any]]) -> None:
