@@ -513,7 +513,7 @@ class Session:
         return model_info(self._loaded)
 
     def export(self, path: str | Path = "export/merged", format: str = "safetensors",
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, gguf_type: str = "f32") -> Path:
         """Write the model as a standard folder; relative paths live in the run folder.
 
         ``safetensors`` and ``gguf`` write the adapter merged into a copy of the model;
@@ -521,6 +521,12 @@ class Session:
         its adapter (call :meth:`merge` for that). The target is checked first (empty or
         ``overwrite=True``, writable, room for the estimated size); on any failure nothing
         is left at the target.
+
+        ``gguf`` writes ``model.gguf`` (``gguf_type``: ``f32``, ``f16``, ``q8_0`` or ``q4_0``,
+        quantized by the gguf package) with the training chat template and end-of-turn token,
+        and an Ollama ``Modelfile``. When llama-cpp-python is installed, the export is then run
+        in llama.cpp and compared with the session's model (:meth:`check_export`); the result
+        is saved as ``export_check.json`` and its summary printed.
 
         Raises:
             SpecError: unknown format, or a non-empty target without ``overwrite``.
@@ -535,14 +541,17 @@ class Session:
         from workbench.deploy.session_glue import card_for, ship_tokenizer
 
         target = export_target(self.run_dir, path)
-        check_export(self.model, target, format, overwrite)  # before anything changes
+        check_export(self.model, target, format, overwrite, gguf_type)  # before anything changes
         ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
         card = card_for(self, format)
-        folder = export_model(self.model, self.tokenizer, target, format, card, overwrite)
+        folder = export_model(self.model, self.tokenizer, target, format, card, overwrite,
+                              gguf_type)
         if format == "safetensors":
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
         self._progress(f"exported {format} to {folder}")
+        if format == "gguf" and _llama_cpp_available():
+            self.check_export(folder)
         return folder
 
     def check_export(self, path: str | Path = "export/gguf", limit: int = 4,
@@ -710,6 +719,12 @@ _READ_ONLY_CALLS = frozenset({"generate", "evaluate", "export", "quantize", "ser
                              "check_export"})
 # Asked when there is no data to take conversations from.
 _DEFAULT_MESSAGES = ("Hello!", "Write one sentence about the sea.")
+
+
+def _llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _training_columns(dataset: Any) -> Any:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import check_free_space
+from workbench.deploy.gguf_writer import GGUF_BYTES_PER_WEIGHT, GGUFType, check_gguf_type
 from workbench.deploy.merge import is_adapted, plain_model
 from workbench.deploy.model_card import ModelCard
 from workbench.deploy.paths import check_writable_target, staged_write
@@ -39,16 +40,23 @@ _TOKENIZER_FILES = (
 )
 
 
-def check_export(model: Any, target: Path, export_format: str, overwrite: bool = False) -> int:
+def check_export(
+    model: Any,
+    target: Path,
+    export_format: str,
+    overwrite: bool = False,
+    gguf_type: GGUFType = "f32",
+) -> int:
     """Check an export can be written, before anything is merged or written; returns its size.
 
-    Checks the format, that ``adapter`` has an adapter to write, that ``target`` is not a
-    file nor a non-empty folder (unless ``overwrite``), that its disk is writable and that it
-    has room for the estimated bytes (:func:`export_bytes`).
+    Checks the format and ``gguf_type``, that ``adapter`` has an adapter to write, that
+    ``target`` is not a file nor a non-empty folder (unless ``overwrite``), that its disk is
+    writable and that it has room for the estimated bytes (:func:`export_bytes`).
 
     Raises:
-        SpecError: unknown format, non-empty target without ``overwrite``, or ``adapter``
-            asked for a model without one.
+        SpecError: unknown format or ``gguf_type``, ``gguf_type`` for a format other than
+            ``gguf``, non-empty target without ``overwrite``, or ``adapter`` asked for a model
+            without one.
         WriteError: the target's disk is read-only or has too little free space.
 
     Examples:
@@ -66,10 +74,16 @@ def check_export(model: Any, target: Path, export_format: str, overwrite: bool =
     """
     if export_format not in get_args(ExportFormat):
         raise SpecError(f"format={export_format!r} is not one of {get_args(ExportFormat)}.")
+    check_gguf_type(gguf_type)
+    if gguf_type != "f32" and export_format != "gguf":
+        msg = f"gguf_type={gguf_type!r} applies to format='gguf' only, not {export_format!r}."
+        raise SpecError(msg)
     if export_format == "adapter" and not is_adapted(model):
         raise SpecError("format='adapter' needs a model with an adapter: train one first.")
     check_writable_target(target, overwrite)
-    needed = export_bytes(model, export_format)
+    # (f32 passes two arguments: tests/test_export_integrity.py stubs a two-argument estimate)
+    sized = {} if gguf_type == "f32" else {"gguf_type": gguf_type}
+    needed = export_bytes(model, export_format, **sized)
     # The files are staged beside the target, so its parent is where they must fit.
     check_free_space(target.parent, needed, f"the {export_format} export to {target}")
     return needed
@@ -82,6 +96,7 @@ def export_model(
     export_format: ExportFormat,
     card: ModelCard,
     overwrite: bool = False,
+    gguf_type: GGUFType = "f32",
 ) -> Path:
     """Write ``model`` to ``target`` in ``export_format`` with its tokenizer and model card.
 
@@ -95,13 +110,16 @@ def export_model(
         tokenizer: Saved beside the weights, with its chat template.
         target: The folder to create.
         export_format: ``safetensors`` (loads with ``from_pretrained``, no workbench needed),
-            ``adapter`` (peft adapter only) or ``gguf`` (a ``model.gguf`` file).
+            ``adapter`` (peft adapter only) or ``gguf`` (a ``model.gguf`` file that
+            llama.cpp and Ollama run, with an Ollama ``Modelfile`` beside it).
         card: The model card written as README.md.
         overwrite: Replace a non-empty ``target``.
+        gguf_type: Tensor type of a ``gguf`` export's weight matrices: ``f32``, ``f16``,
+            ``q8_0`` or ``q4_0`` (see :mod:`workbench.deploy.gguf_writer`).
 
     Raises:
-        SpecError: unknown format, non-empty target without ``overwrite``, or ``adapter``
-            asked for a model without one.
+        SpecError: unknown format or ``gguf_type``, non-empty target without ``overwrite``,
+            or ``adapter`` asked for a model without one.
         WriteError: the disk is read-only or full ("no space left on device at PATH, N MB
             needed"), found before writing or while writing.
 
@@ -110,18 +128,19 @@ def export_model(
         Traceback (most recent call last):
         workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
     """
-    needed = check_export(model, target, export_format, overwrite)
+    needed = check_export(model, target, export_format, overwrite, gguf_type)
     with staged_write(target, needed) as tmp:
-        _WRITERS[export_format](model, tokenizer, tmp)
+        _WRITERS[export_format](model, tokenizer, tmp, gguf_type)
         (tmp / "README.md").write_text(card.render(), encoding="utf-8")
     return target
 
 
-def export_bytes(model: Any, export_format: str) -> int:
+def export_bytes(model: Any, export_format: str, gguf_type: GGUFType = "f32") -> int:
     """Estimate the bytes an export writes: its weights plus the tokenizer files.
 
     Counts what is written, not what is in memory: a 4-bit layer is written dequantized
-    (in its compute dtype), GGUF is float32, an adapter is only its LoRA tensors.
+    (in its compute dtype), GGUF in its ``gguf_type`` (``q4_0`` counted as ``q8_0``, which
+    its embedding keeps), an adapter is only its LoRA tensors.
 
     Examples:
         >>> from workbench.models.tiny import build_tiny_model
@@ -133,8 +152,9 @@ def export_bytes(model: Any, export_format: str) -> int:
     if export_format == "adapter":
         tensors = [p for name, p in model.named_parameters() if "lora_" in name]
         return sum(p.numel() * p.element_size() for p in tensors) + _tokenizer_bytes(model)
-    float_size = 4 if export_format == "gguf" else _float_size(model)
-    total = 0
+    gguf_size = GGUF_BYTES_PER_WEIGHT["q8_0" if gguf_type == "q4_0" else gguf_type]
+    float_size = gguf_size if export_format == "gguf" else _float_size(model)
+    total = 0.0
     for name, param in model.named_parameters():
         if "lora_" in name:
             continue
@@ -142,8 +162,9 @@ def export_bytes(model: Any, export_format: str) -> int:
         if shape is not None or type(param).__name__ == "Int8Params":
             total += math.prod(shape or param.shape) * float_size
         else:
-            total += param.numel() * (4 if export_format == "gguf" else param.element_size())
-    return total + _tokenizer_bytes(model)
+            size = gguf_size if export_format == "gguf" else param.element_size()
+            total += param.numel() * size
+    return math.ceil(total) + _tokenizer_bytes(model)
 
 
 def _float_size(model: Any) -> int:
@@ -162,12 +183,12 @@ def _tokenizer_bytes(model: Any) -> int:
     return sum(p.stat().st_size for p in files) + 64 * 1024
 
 
-def _write_safetensors(model: Any, tokenizer: Any, folder: Path) -> None:
+def _write_safetensors(model: Any, tokenizer: Any, folder: Path, _gguf_type: str) -> None:
     plain_model(model).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def _write_adapter(model: Any, tokenizer: Any, folder: Path) -> None:
+def _write_adapter(model: Any, tokenizer: Any, folder: Path, _gguf_type: str) -> None:
     # Only the adapter's own tensors: model.state_dict() would unpack 4-bit layers that
     # bitsandbytes packed for its CPU kernel, which changes what they compute afterwards.
     adapter = {name: p.detach() for name, p in model.named_parameters() if "lora_" in name}
@@ -175,10 +196,12 @@ def _write_adapter(model: Any, tokenizer: Any, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _write_gguf(model: Any, tokenizer: Any, folder: Path) -> None:
+def _write_gguf(model: Any, tokenizer: Any, folder: Path, gguf_type: GGUFType) -> None:
     from workbench.deploy.gguf_writer import write_gguf
+    from workbench.deploy.modelfile import write_modelfile
 
-    write_gguf(plain_model(model), tokenizer, folder / "model.gguf")
+    write_gguf(plain_model(model), tokenizer, folder / "model.gguf", gguf_type)
+    write_modelfile(folder, tokenizer)
 
 
 _WRITERS = {"safetensors": _write_safetensors, "adapter": _write_adapter, "gguf": _write_gguf}

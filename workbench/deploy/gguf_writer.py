@@ -1,34 +1,75 @@
-"""Write a merged model and its tokenizer as a float32 GGUF file, with the ``gguf`` package.
+"""Write a merged model and its tokenizer as a GGUF file that llama.cpp loads, with ``gguf``.
 
-The file follows llama.cpp's conventions, the ones transformers reverses when it reads a GGUF
-(``gguf_file=``): tensor names from ``gguf.get_tensor_name_map``, Llama's rotary permutation of
-the query and key weights, Gemma's ``1 + weight`` norms, and config facts under the keys of
-transformers' ``GGUF_CONFIG_MAPPING``. Quantized GGUF types are left to llama.cpp's tools.
+The file follows llama.cpp's conventions: tensor names from ``gguf.get_tensor_name_map``,
+Llama's rotary permutation of the query and key weights, Gemma's ``1 + weight`` norms, every
+model fact llama.cpp reads (:mod:`workbench.deploy.gguf_metadata`) and the tokenizer as
+llama.cpp re-implements it (:mod:`workbench.deploy.gguf_vocab`). transformers reads it back
+too (``gguf_file=``).
+
+Tensor types (``quantization``), made by gguf-py's own quantizers (``gguf.quants``):
+
+- ``f32``: exact; ``f16``: half the size, rounding only;
+- ``q8_0``: blocks of 32 weights as int8 with one scale (about 8.5 bits a weight);
+- ``q4_0``: blocks of 32 as 4-bit with one scale (4.5 bits), the smallest type gguf-py
+  quantizes on CPU (it has no K-quants such as Q4_K_M; those need llama.cpp's
+  ``llama-quantize``). The token embedding and output matrix stay Q8_0, as
+  ``llama-quantize`` keeps the output at a higher precision than the blocks.
+
+As in llama.cpp's converter, norms and other 1-D tensors stay F32 (llama.cpp computes with
+them in F32), and a matrix whose rows are not a multiple of 32 falls back to F16.
 
 Examples:
-    >>> write_gguf(merged_model, tokenizer, Path("out/model.gguf"))  # doctest: +SKIP
+    >>> write_gguf(merged_model, tokenizer, Path("out/model.gguf"), "q8_0")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError
 
-__all__ = ["GGUF_ARCHITECTURES", "write_gguf"]
+__all__ = ["GGUF_ARCHITECTURES", "GGUFType", "check_gguf_type", "write_gguf"]
 
 # transformers model_type -> GGUF architecture this writer supports.
 GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3"}
-TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_BYTE = 1, 2, 3, 6
+GGUFType = Literal["f32", "f16", "q8_0", "q4_0"]
+# Bytes a quantized type spends per weight (gguf.GGML_QUANT_SIZES: block bytes / block size).
+GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
-def write_gguf(model: Any, tokenizer: Any, path: Path) -> Path:
-    """Write ``model`` (no adapter, not quantized) and ``tokenizer`` to ``path`` in GGUF.
+def check_gguf_type(quantization: str) -> None:
+    """Refuse a GGUF tensor type this writer cannot make.
 
     Raises:
-        SpecError: the architecture is not one this writer supports.
+        SpecError: ``quantization`` is not one of :data:`GGUFType`.
+
+    Examples:
+        >>> check_gguf_type("q4_k_m")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: gguf_type='q4_k_m' is not one of ('f32', 'f16', 'q8_0', \
+'q4_0'). K-quants such as Q4_K_M need llama.cpp's llama-quantize on an f32 or f16 export.
+    """
+    if quantization not in get_args(GGUFType):
+        msg = (
+            f"gguf_type={quantization!r} is not one of {get_args(GGUFType)}. K-quants such as "
+            "Q4_K_M need llama.cpp's llama-quantize on an f32 or f16 export."
+        )
+        raise SpecError(msg)
+
+
+def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = "f32") -> Path:
+    """Write ``model`` (no adapter, not quantized) and ``tokenizer`` to ``path`` in GGUF.
+
+    Args:
+        model: A plain transformers causal LM of a family in :data:`GGUF_ARCHITECTURES`.
+        tokenizer: Its tokenizer, with the chat template the model was tuned with.
+        path: The ``.gguf`` file to write.
+        quantization: Tensor type of the weight matrices (see the module docstring).
+
+    Raises:
+        SpecError: an unsupported architecture or ``quantization``, or a setting llama.cpp
+            cannot reproduce.
 
     Examples:
         >>> write_gguf(gpt2_model, tokenizer, Path("x.gguf"))  # doctest: +SKIP
@@ -37,7 +78,37 @@ def write_gguf(model: Any, tokenizer: Any, path: Path) -> Path:
     """
     import gguf
 
+    from workbench.deploy.gguf_metadata import add_hparams
+    from workbench.deploy.gguf_vocab import add_tokenizer
+
+    check_gguf_type(quantization)
     config = model.config
+    arch = gguf_architecture(config)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name(Path(str(getattr(config, "_name_or_path", "") or config.model_type)).name)
+    writer.add_file_type(_FILE_TYPES[quantization])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_hparams(writer, arch, config)
+    add_tokenizer(writer, tokenizer, model.get_input_embeddings().weight.shape[0])
+    _add_tensors(writer, arch, model, quantization)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def gguf_architecture(config: Any) -> str:
+    """The GGUF architecture name of a transformers config.
+
+    Raises:
+        SpecError: the family is not one this writer supports.
+
+    Examples:
+        >>> from transformers import Qwen2Config
+        >>> gguf_architecture(Qwen2Config())
+        'qwen2'
+    """
     arch = GGUF_ARCHITECTURES.get(config.model_type)
     if arch is None:
         msg = (
@@ -46,101 +117,63 @@ def write_gguf(model: Any, tokenizer: Any, path: Path) -> Path:
             "convert_hf_to_gguf.py instead."
         )
         raise SpecError(msg)
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(str(getattr(config, "_name_or_path", "") or config.model_type))
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    _add_config(writer, arch, config)
-    _add_tokenizer(writer, tokenizer)
-    _add_tensors(writer, arch, model)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return arch
 
 
-def _config_value(config: Any, attribute: str):
-    if attribute == "rope_theta":
-        rope = getattr(config, "rope_parameters", None) or {}
-        if isinstance(rope, dict) and "full_attention" in rope:
-            rope = rope["full_attention"]
-        return rope.get("rope_theta", getattr(config, "rope_theta", None))
-    return getattr(config, attribute, None)
+_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType values
 
 
-def _add_config(writer: Any, arch: str, config: Any) -> None:
-    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
-
-    for key, attribute in GGUF_CONFIG_MAPPING[arch].items():
-        value = _config_value(config, attribute) if attribute else None
-        if key == "rope.dimension_count" and value is None:
-            value = getattr(config, "head_dim", None)
-        if value is None or isinstance(value, (list, dict)):
-            continue
-        name = f"{arch}.{key}"
-        if isinstance(value, (bool, int)):
-            writer.add_uint32(name, int(value))
-        else:
-            writer.add_float32(name, float(value))
-
-
-def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
-    byte_level = "ByteLevel" in json.dumps(state.get("pre_tokenizer"))
-    vocab = tokenizer.get_vocab()
-    tokens = [""] * len(vocab)
-    for token, index in vocab.items():
-        tokens[index] = token
-    special = set(tokenizer.all_special_ids)
-    kinds = [_token_kind(i, t, special, tokenizer) for i, t in enumerate(tokens)]
-    writer.add_tokenizer_model("gpt2" if byte_level else "llama")
-    writer.add_token_list(tokens)
-    writer.add_token_types(kinds)
-    if not byte_level:
-        writer.add_token_scores([-float(i) for i in range(len(tokens))])
-    merges = state.get("model", {}).get("merges") or []
-    if merges:
-        writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    for name, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                      ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
-        token_id = getattr(tokenizer, f"{name}_token_id", None)
-        if token_id is not None:
-            add(int(token_id))
-    writer.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    if tokenizer.chat_template:
-        writer.add_chat_template(tokenizer.chat_template)
-
-
-def _token_kind(index: int, token: str, special: set[int], tokenizer: Any) -> int:
-    if index == tokenizer.unk_token_id:
-        return TOKEN_UNKNOWN
-    if index in special:
-        return TOKEN_CONTROL
-    if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-        return TOKEN_BYTE
-    return TOKEN_NORMAL
-
-
-def _add_tensors(writer: Any, arch: str, model: Any) -> None:
+def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     import gguf
+
+    from workbench.deploy.gguf_metadata import rope_freqs
 
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
+    factors = rope_freqs(config)
+    if factors is not None:
+        writer.add_tensor("rope_freqs.weight", factors)
     for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
+        if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
         module, _, suffix = hf_name.rpartition(".")
         gguf_name = names.get_name(module)
         if gguf_name is None:
             raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
-        data = tensor.detach().float().cpu().numpy()
-        writer.add_tensor(f"{gguf_name}.{suffix}", _to_gguf_layout(arch, gguf_name, data, config))
+        data = _to_gguf_layout(arch, gguf_name, tensor.detach().float().cpu().numpy(), config)
+        name = f"{gguf_name}.{suffix}"
+        qtype = tensor_type(name, data.shape, quantization)
+        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
+    """The GGML type a tensor is stored in, for a file of type ``quantization``.
+
+    Examples:
+        >>> tensor_type("blk.0.attn_norm.weight", (64,), "q4_0").name
+        'F32'
+        >>> tensor_type("blk.0.attn_q.weight", (64, 64), "q4_0").name
+        'Q4_0'
+        >>> tensor_type("token_embd.weight", (512, 64), "q4_0").name
+        'Q8_0'
+        >>> tensor_type("blk.0.ffn_down.weight", (64, 100), "q8_0").name
+        'F16'
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    wanted = GGMLQuantizationType[quantization.upper()]
+    if len(shape) <= 1 or name.endswith("norm.weight") or not name.endswith(".weight"):
+        return GGMLQuantizationType.F32
+    if wanted == GGMLQuantizationType.Q4_0 and name.startswith(("token_embd.", "output.")):
+        wanted = GGMLQuantizationType.Q8_0
+    block_size = GGML_QUANT_SIZES[wanted][0]
+    return wanted if shape[-1] % block_size == 0 else GGMLQuantizationType.F16
 
 
 def _to_gguf_layout(arch: str, gguf_name: str, data, config):
-    """Undo what transformers' GGUF reader will do to this tensor."""
+    """Reorder a tensor the way llama.cpp's graph for ``arch`` expects it."""
     if arch == "llama" and gguf_name.endswith(("attn_q", "attn_k")):
         heads = config.num_attention_heads
         if gguf_name.endswith("attn_k"):

@@ -1,0 +1,101 @@
+"""The export parity check: the same conversations through the session and through llama.cpp."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import workbench as wb
+from workbench.deploy.parity import (
+    CHECK_FILE,
+    ParityCase,
+    ParityReport,
+    check_gguf,
+    conversations_of,
+    gguf_path_of,
+)
+
+ROWS = [{"question": f"What is {k} plus {k}?", "answer": str(2 * k)} for k in range(12)]
+
+
+def needs_llama_cpp():
+    """llama.cpp through llama-cpp-python; CI must have it (.ci/llama-cpp-setup.sh)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install llama-cpp-python (.ci/llama-cpp-setup.sh)")
+        pytest.skip("llama-cpp-python is not installed: bash .ci/llama-cpp-setup.sh")
+
+
+def test_report_says_where_the_first_token_differs():
+    same = ParityCase("a", [1, 2], [1, 2], "x", "x", [3], [3])
+    prompt = ParityCase("b", [1, 2, 3], [1, 9, 3], "x", "x", [3], [3])
+    shorter = ParityCase("c", [1], [1], "xy", "x", [3, 4], [3])
+    report = ParityReport("m.gguf", (same, prompt, shorter))
+    assert [c.first_difference for c in report.cases] == [None, "prompt token 2",
+                                                           "answer token 2"]
+    assert report.same_count == 1 and not report.all_same
+    assert report.rows()[1] == ("b", "differs at prompt token 2", "x", "x")
+    assert str(report).startswith("Export check of m.gguf: 1 of 3 answers the same.")
+
+
+def test_report_escapes_model_text_and_saves_json(tmp_path):
+    hostile = ParityCase("<script>", [1], [1], "<img src=x onerror=alert(1)>", "ok", [2], [5])
+    report = ParityReport("m.gguf", (hostile,))
+    page = report._repr_html_()
+    assert "<script>" not in page and "<img" not in page and "&lt;img" in page
+    saved = json.loads(report.save(tmp_path).read_text())
+    assert saved["total"] == 1 and saved["same"] == 0
+    assert saved["cases"][0]["first_difference"] == "answer token 1"
+    assert (tmp_path / CHECK_FILE).is_file()
+
+
+def test_conversations_come_from_validation_rows_cut_before_the_answer(tmp_path,
+                                                                       tiny_model_dir):
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    found = conversations_of(s.data, limit=2)
+    assert [name for name, _ in found] == ["validation row 1", "validation row 2"]
+    assert found[0][1] == [{"role": "user", "content": "What is 0 plus 0?"}]
+
+
+def test_a_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(wb.SpecError, match="is not a GGUF file or a folder holding one"):
+        gguf_path_of(tmp_path)
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_an_export_answers_like_the_tuned_model_in_llama_cpp(tmp_path, architecture):
+    needs_llama_cpp()
+    from workbench.models.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / architecture, architecture)
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    s.train(max_steps=3, lr=5e-3, batch_size=4, wait=True, probes=["What is 7 plus 7?"])
+    folder = s.export("export/gguf", format="gguf")
+    report = s.check_export("export/gguf")
+    assert len(report.cases) == 4  # three validation conversations and the run's probe
+    assert report.all_same, str(report)
+    assert json.loads((folder / CHECK_FILE).read_text())["same"] == 4
+
+
+@pytest.mark.llama_cpp
+def test_a_template_that_renders_differently_is_caught(tmp_path, tiny_model_dir):
+    needs_llama_cpp()
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    folder = s.export("export/gguf", format="gguf")
+    conversations = conversations_of(s.data, limit=2)
+    # The session renders with a template the file does not carry, as a mismatched export
+    # would: the check must say where the prompts part.
+    report = check_gguf(folder, s.model, s.tokenizer, "alpaca", conversations)
+    assert report.same_count == 0
+    assert all(c.first_difference.startswith("prompt token") for c in report.cases)

@@ -1,0 +1,221 @@
+"""GGUF exports run in llama.cpp itself: same tokens and same greedy answers as transformers.
+
+llama.cpp comes from llama-cpp-python (``bash .ci/llama-cpp-setup.sh`` builds and installs
+it). Without it these tests skip, except under CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import workbench as wb
+from workbench.data.templates import TEMPLATES
+from workbench.deploy.modelfile import render_modelfile
+
+ARCHITECTURES = ["llama", "qwen2", "gemma3"]
+PROMPTS = [
+    "Question: What is the capital of France? Answer:",
+    "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
+]
+TEXTS = [
+    *PROMPTS,
+    "The quick brown fox jumps over the lazy dog.\n\n  indented  2024 3.14 café 🚀 don't",
+    'Output: {"name": "Ada", "age": 36}</s><s>',
+]
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="session")
+def llama_class():
+    """llama_cpp.Llama, or a skip (a failure under CI) when llama-cpp-python is missing."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        msg = ("llama-cpp-python is not installed; `bash .ci/llama-cpp-setup.sh` builds and "
+               "installs it")
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the llama.cpp tests: {msg}", pytrace=False)
+        pytest.skip(msg)
+    return Llama
+
+
+def exported(tmp_path, architecture, gguf_type="f32", hidden=64):
+    """A session on a fresh tiny model and the folder of its GGUF export."""
+    model_dir = wb.build_tiny_model(tmp_path / architecture, architecture, hidden=hidden)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(model_dir))
+    folder = s.export(f"export/{gguf_type}", format="gguf", gguf_type=gguf_type)
+    return s, folder
+
+
+def load(llama_class, path):
+    return llama_class(model_path=str(path), n_ctx=256, logits_all=True, verbose=False,
+                       n_threads=2)
+
+
+def hf_greedy(model, ids, steps=NEW_TOKENS):
+    ids = list(ids)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            ids.append(int(logits.argmax()))
+    return ids[-steps:]
+
+
+def llama_greedy(llm, ids, steps=NEW_TOKENS):
+    llm.reset()
+    llm.eval(list(ids))
+    out = []
+    for _ in range(steps):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
+def llama_logits(llm, ids):
+    """llama.cpp's logits at every position of ``ids`` (teacher-forced)."""
+    llm.reset()
+    llm.eval(list(ids))
+    return np.array(llm.scores[: len(ids)])
+
+
+def hf_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_llama_cpp_answers_like_transformers(tmp_path, llama_class, architecture):
+    s, folder = exported(tmp_path, architecture)
+    llm = load(llama_class, folder / "model.gguf")
+    for prompt in PROMPTS:
+        ids = s.tokenizer(prompt).input_ids
+        assert llama_greedy(llm, ids) == hf_greedy(s.model, ids), prompt
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_llama_cpp_tokenizes_like_transformers(tmp_path, llama_class, architecture):
+    s, folder = exported(tmp_path, architecture)
+    llm = load(llama_class, folder / "model.gguf")
+    for text in TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == (
+            s.tokenizer(text).input_ids), text
+    im_end = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert llm.metadata["tokenizer.ggml.eot_token_id"] == str(im_end)
+    assert llm.metadata["tokenizer.chat_template"] == s.tokenizer.chat_template
+
+
+def rounded_like_gguf(model, gguf_type):
+    """A copy of ``model`` whose matrices went through gguf-py's quantizer and back."""
+    import copy
+
+    import gguf
+
+    from workbench.deploy.gguf_writer import tensor_type
+
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in rounded.named_parameters():
+            if param.dim() != 2:
+                continue
+            embedding = "embed_tokens" in name or "lm_head" in name
+            qtype = tensor_type("token_embd.weight" if embedding else "blk.0.attn_q.weight",
+                                tuple(param.shape), gguf_type)
+            data = param.numpy()
+            back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
+            param.copy_(torch.from_numpy(back.reshape(data.shape)))
+    return rounded
+
+
+def relative_rms(expected, got):
+    return float(np.sqrt(((expected - got) ** 2).mean()) / expected.std())
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_class,
+                                                            architecture):
+    import gguf
+
+    sizes = {}
+    for gguf_type in ("f32", "f16", "q8_0", "q4_0"):
+        s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=128)
+        path = folder / "model.gguf"
+        sizes[gguf_type] = sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+        llm = load(llama_class, path)
+        ids = s.tokenizer(PROMPTS[0]).input_ids
+        sequence = ids + hf_greedy(s.model, ids)  # teacher-forced on transformers' answer
+        expected, got = hf_logits(s.model, sequence), llama_logits(llm, sequence)
+        if gguf_type in ("f32", "f16"):
+            assert llama_greedy(llm, ids) == hf_greedy(s.model, ids)
+            continue
+        # llama.cpp reads the rounded weights exactly as written: against transformers with
+        # the same rounding, what is left is llama.cpp rounding activations to 8 bits in its
+        # quantized matmuls (measured 0.8-2.4% of the logits' spread, for Q8_0 and Q4_0).
+        rounded = hf_logits(rounded_like_gguf(s.model, gguf_type), sequence)
+        assert relative_rms(rounded, got) < 0.05
+        if gguf_type == "q8_0":
+            # Q8_0 against the exact model: logits within 10% of their spread (measured 1-6%),
+            # and where the next token differs, transformers had a near tie: the token
+            # llama.cpp picks is within 0.1 std of transformers' best (measured <= 0.03).
+            assert relative_rms(expected, got) < 0.1
+            picked = expected[np.arange(len(sequence)), got.argmax(-1)]
+            assert ((expected.max(-1) - picked) / expected.std()).max() < 0.1
+    assert 0.50 <= sizes["f16"] / sizes["f32"] < 0.52  # norms stay F32
+    assert 0.265 <= sizes["q8_0"] / sizes["f32"] < 0.28  # 34 bytes per 32 weights
+    assert 0.14 <= sizes["q4_0"] / sizes["f32"] < 0.2  # 18 per 32; embedding kept Q8_0
+
+
+def test_modelfile_for_chatml_is_written_beside_the_gguf(tmp_path):
+    _, folder = exported(tmp_path, "llama", "q8_0")
+    # export_check.json: the export ran in llama.cpp at once and was compared with the model
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md",
+                                                        "export_check.json", "model.gguf"]
+    assert (folder / "Modelfile").read_text() == (
+        "FROM ./model.gguf\n"
+        'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'
+        "{{ .Content }}<|im_end|>\n"
+        '{{ end }}<|im_start|>assistant\n"""\n'
+        'PARAMETER stop "<|im_end|>"\n'
+    )
+
+
+def test_modelfile_for_gemma_puts_the_system_text_in_the_first_user_turn():
+    text = render_modelfile(TEMPLATES["gemma"].source)
+    assert '<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}' in text
+    assert '{{ $system = printf "%s\\n\\n" .Content }}' in text
+    assert text.endswith('<start_of_turn>model\n"""\nPARAMETER stop "<end_of_turn>"\n')
+    assert "<bos>" not in text  # llama.cpp adds it (tokenizer.ggml.add_bos_token)
+
+
+def test_gguf_type_is_checked_before_anything_is_written(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(wb.SpecError, match="gguf_type='q4_k_m' is not one of"):
+        s.export("export/gguf", format="gguf", gguf_type="q4_k_m")
+    with pytest.raises(wb.SpecError, match="applies to format='gguf' only"):
+        s.export("export/merged", format="safetensors", gguf_type="q8_0")
+    assert not (tmp_path / "run" / "export").exists() or not any(
+        (tmp_path / "run" / "export").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.llama_cpp
+def test_builtin_gemma_gguf_answers_paris_in_llama_cpp(tmp_path, llama_class):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model("gemma-3-270m")
+    folder = s.export("export/gguf", format="gguf")
+    prompt = "Question: What is the capital of France?\nAnswer:"
+    ids = s.tokenizer(prompt).input_ids
+    llm = load(llama_class, folder / "model.gguf")
+    assert llm.tokenize(prompt.encode(), add_bos=True, special=True) == ids
+    expected = hf_greedy(s.model, ids, 4)
+    got = llama_greedy(llm, ids, 4)
+    assert s.tokenizer.decode(expected).startswith(" Paris")
+    assert got == expected

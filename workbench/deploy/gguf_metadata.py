@@ -1,0 +1,196 @@
+"""The model facts a GGUF file carries under ``{arch}.*``, as llama.cpp reads them.
+
+llama.cpp builds the model from these keys alone (``llama_model::load_hparams`` and the
+per-architecture ``load_arch_hparams`` in ``src/models/*.cpp``). What a key does not say
+llama.cpp guesses, and several guesses are wrong for small models: the head width defaults
+to ``hidden / heads`` (Gemma 3 270M has 256, not 160), the rope base to 10,000, Gemma 3's
+sliding window to "none". So every fact llama.cpp reads for the supported families is
+written, taken from the transformers config:
+
+- shape: ``context_length``, ``embedding_length``, ``block_count``, ``feed_forward_length``,
+  ``attention.head_count``/``head_count_kv``, ``attention.key_length``/``value_length``,
+  ``rope.dimension_count``, ``vocab_size``;
+- norms: ``attention.layer_norm_rms_epsilon``;
+- rope: ``rope.freq_base``, ``rope.scaling.*`` (linear and YaRN; Llama 3's scaling is a
+  ``rope_freqs`` tensor, see :func:`rope_freqs`), and for Gemma 3 ``rope.freq_base_swa``;
+- Gemma 3: ``attention.sliding_window``, ``attention.sliding_window_pattern`` (one flag per
+  layer, from ``config.layer_types``) and ``final_logit_softcapping``.
+
+Examples:
+    >>> from transformers import Gemma3TextConfig
+    >>> facts = hparams("gemma3", Gemma3TextConfig(hidden_size=640, num_attention_heads=4,
+    ...                                            head_dim=256, num_hidden_layers=6))
+    >>> facts["attention.key_length"], facts["attention.sliding_window_pattern"]
+    (256, [True, True, True, True, True, False])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from workbench.errors import SpecError
+
+__all__ = ["add_hparams", "hparams", "rope_freqs"]
+
+
+def add_hparams(writer: Any, arch: str, config: Any) -> None:
+    """Write :func:`hparams` to ``writer`` (a ``gguf.GGUFWriter``) with GGUF's value types.
+
+    Examples:
+        >>> add_hparams(writer, "llama", model.config)  # doctest: +SKIP
+    """
+    for key, value in hparams(arch, config).items():
+        name = f"{arch}.{key}"
+        if isinstance(value, list):
+            writer.add_array(name, value)
+        elif isinstance(value, str):
+            writer.add_string(name, value)
+        elif isinstance(value, bool):
+            writer.add_bool(name, value)
+        elif isinstance(value, int):
+            writer.add_uint32(name, value)
+        else:
+            writer.add_float32(name, float(value))
+
+
+def hparams(arch: str, config: Any) -> dict[str, Any]:
+    """The ``{arch}.*`` facts of ``config`` (key without the arch prefix -> value).
+
+    Raises:
+        SpecError: a setting llama.cpp cannot reproduce (an unknown rope scaling, Gemma 3
+            with a query scale other than ``head_dim``).
+
+    Examples:
+        >>> from transformers import LlamaConfig
+        >>> facts = hparams("llama", LlamaConfig(hidden_size=64, num_attention_heads=4))
+        >>> facts["attention.key_length"], facts["rope.dimension_count"]
+        (16, 16)
+    """
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    facts: dict[str, Any] = {
+        "context_length": int(config.max_position_embeddings),
+        "embedding_length": int(config.hidden_size),
+        "block_count": int(config.num_hidden_layers),
+        "feed_forward_length": int(config.intermediate_size),
+        "attention.head_count": int(heads),
+        "attention.head_count_kv": int(getattr(config, "num_key_value_heads", None) or heads),
+        "attention.key_length": int(head_dim),
+        "attention.value_length": int(head_dim),
+        "rope.dimension_count": int(head_dim * getattr(config, "partial_rotary_factor", 1.0)),
+        "attention.layer_norm_rms_epsilon": float(config.rms_norm_eps),
+        "vocab_size": int(config.vocab_size),
+        **_rope_facts(config),
+    }
+    if arch == "gemma3":
+        facts.update(_gemma3_facts(config, head_dim))
+    return facts
+
+
+def rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str, Any]:
+    """The rope settings of ``layer_type`` layers, from either transformers config layout.
+
+    transformers 5 keeps them in ``config.rope_parameters`` (per layer type for Gemma 3);
+    older configs have ``rope_theta`` and ``rope_scaling``.
+
+    Examples:
+        >>> from transformers import LlamaConfig
+        >>> rope_parameters(LlamaConfig(rope_theta=500000.0))["rope_theta"]
+        500000.0
+    """
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if layer_type in rope or "full_attention" in rope:
+        rope = dict(rope.get(layer_type) or {})
+    if not rope:
+        rope = dict(getattr(config, "rope_scaling", None) or {})
+        if getattr(config, "rope_theta", None) is not None:
+            rope["rope_theta"] = config.rope_theta
+    return rope
+
+
+def _rope_facts(config: Any) -> dict[str, Any]:
+    rope = rope_parameters(config)
+    facts: dict[str, Any] = {"rope.freq_base": float(rope.get("rope_theta", 10000.0))}
+    kind = rope.get("rope_type", rope.get("type")) or "default"
+    factor = rope.get("factor")
+    if kind in ("default", "llama3"):  # llama3: a rope_freqs tensor, see rope_freqs()
+        return facts
+    if kind == "linear" and factor:
+        return {**facts, "rope.scaling.type": "linear", "rope.scaling.factor": float(factor)}
+    if kind == "yarn" and factor:
+        original = rope.get("original_max_position_embeddings", config.max_position_embeddings)
+        return {**facts, "rope.scaling.type": "yarn", "rope.scaling.factor": float(factor),
+                "rope.scaling.original_context_length": int(original)}
+    msg = (
+        f"GGUF export: rope scaling {kind!r} (config.rope_parameters) has no llama.cpp "
+        "equivalent this writer knows. Export as 'safetensors' and convert it with "
+        "llama.cpp's convert_hf_to_gguf.py instead."
+    )
+    raise SpecError(msg)
+
+
+def _gemma3_facts(config: Any, head_dim: int) -> dict[str, Any]:
+    # llama.cpp scales Gemma 3 queries by 1/sqrt(head_dim) (27B: by hidden/heads), with no key
+    # to say otherwise; transformers by query_pre_attn_scalar ** -0.5.
+    scalar = getattr(config, "query_pre_attn_scalar", head_dim)
+    if scalar is not None and int(scalar) != head_dim and config.num_hidden_layers != 62:
+        msg = (
+            f"GGUF export: query_pre_attn_scalar={scalar} differs from head_dim={head_dim}; "
+            "llama.cpp's Gemma 3 always scales queries by 1/sqrt(head_dim), so the file "
+            "would compute something else. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+    facts: dict[str, Any] = {}
+    types = list(getattr(config, "layer_types", None) or [])
+    if "sliding_attention" in types and getattr(config, "sliding_window", None):
+        facts["attention.sliding_window"] = int(config.sliding_window)
+        facts["attention.sliding_window_pattern"] = [t == "sliding_attention" for t in types]
+        local = rope_parameters(config, "sliding_attention")
+        base = local.get("rope_theta", getattr(config, "rope_local_base_freq", 10000.0))
+        facts["rope.freq_base_swa"] = float(base)
+    if getattr(config, "final_logit_softcapping", None):
+        facts["final_logit_softcapping"] = float(config.final_logit_softcapping)
+    return facts
+
+
+def rope_freqs(config: Any):
+    """Llama 3's per-frequency rope factors (the ``rope_freqs.weight`` tensor), or ``None``.
+
+    llama.cpp applies Llama 3.x's long-context rope scaling through this tensor instead of
+    metadata: one factor per rotary frequency, 1 for high frequencies, ``factor`` for low
+    ones and a smooth blend between (Meta's ``apply_scaling``; the same formula as
+    transformers' ``_compute_llama3_parameters``).
+
+    Examples:
+        >>> from transformers import LlamaConfig
+        >>> rope_freqs(LlamaConfig()) is None
+        True
+        >>> rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+        ...         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        ...         "original_max_position_embeddings": 8192}
+        >>> freqs = rope_freqs(LlamaConfig(hidden_size=2048, num_attention_heads=32,
+        ...                                rope_parameters=rope))
+        >>> freqs.shape, float(freqs[0]), float(freqs[-1])
+        ((32,), 1.0, 32.0)
+    """
+    import numpy as np
+
+    rope = rope_parameters(config)
+    if (rope.get("rope_type", rope.get("type")) or "").lower() != "llama3":
+        return None
+    dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    base, factor = rope.get("rope_theta", 10000.0), rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    old_context = rope.get("original_max_position_embeddings", 8192)
+    factors = []
+    for i in range(0, dim, 2):
+        wavelength = 2 * math.pi * base ** (i / dim)
+        if wavelength < old_context / high:
+            factors.append(1.0)
+        elif wavelength > old_context / low:
+            factors.append(factor)
+        else:
+            smooth = (old_context / wavelength - low) / (high - low)
+            factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(factors, dtype=np.float32)
