@@ -1,9 +1,18 @@
 """Tuning Workbench: fine-tune small language models step by step in a notebook.
 
 Examples:
+    In a notebook, ``s.load_model("gemma-3-270m")`` loads the built-in model; the tiny model
+    below is built on the spot and takes the same path:
+
     >>> import workbench as wb
-    >>> s = wb.Session("runs/demo", verbose=False)  # doctest: +SKIP
-    >>> s.load_model("gemma-3-270m")                 # doctest: +SKIP
+    >>> s = wb.Session("/tmp/wb-doc-init-run", verbose=False)
+    >>> s.load_model(str(wb.build_tiny_model("/tmp/wb-doc-init-model"))).architecture
+    'LlamaForCausalLM'
+    >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+    >>> report = s.load_data(rows)
+    >>> report.train, report.validation
+    (90, 10)
+    >>> s.close()
 """
 
 from workbench.errors import (

@@ -84,19 +84,36 @@ def html_table(
     rows: Iterable[Sequence[object]],
     header: Sequence[str] | None = None,
     title: str | None = None,
+    row_titles: Sequence[str] | None = None,
+    css_class: str = "workbench",
 ) -> str:
-    """An HTML table whose every cell and title is escaped.
+    """An HTML table whose every cell, header, title and row tooltip is escaped.
+
+    The one table writer of the workbench: reports, result tables and the panels' tables.
+
+    Args:
+        rows: The cells, row by row.
+        header: Column names (a ``<thead>``).
+        title: A caption.
+        row_titles: A hover text per row.
+        css_class: The table's class (the panels style ``wb-table``).
 
     Examples:
         >>> html_table([("<b>", 1)])
-        '<table class="workbench"><tr><td>&lt;b&gt;</td><td>1</td></tr></table>'
+        '<table class="workbench"><tbody><tr><td>&lt;b&gt;</td><td>1</td></tr></tbody></table>'
+        >>> 'title="a &quot;b&quot;"' in html_table([[1]], ["n"], row_titles=['a "b"'])
+        True
     """
-    parts = ['<table class="workbench">']
+    parts = [f'<table class="{html.escape(css_class)}">']
     if title:
         parts.append(f"<caption>{html.escape(str(title))}</caption>")
     if header:
-        parts.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
-    for row in rows:
-        parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
-    parts.append("</table>")
+        cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        parts.append(f"<thead><tr>{cells}</tr></thead>")
+    parts.append("<tbody>")
+    for k, row in enumerate(rows):
+        tip = f' title="{html.escape(str(row_titles[k]), quote=True)}"' if row_titles else ""
+        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+        parts.append(f"<tr{tip}>{cells}</tr>")
+    parts.append("</tbody></table>")
     return "".join(parts)

@@ -187,8 +187,10 @@ def translated_write_errors(path: str | Path, needed_bytes: int | None = None) -
     is not an ``OSError`` at all.
 
     Examples:
-        >>> with translated_write_errors("/tmp/x"):
-        ...     pass
+        >>> with translated_write_errors("/tmp/wb-doc-io-out"):  # doctest: +ELLIPSIS
+        ...     raise RuntimeError("unexpected pos (os error 28)")  # a Rust library's words
+        Traceback (most recent call last):
+        workbench.errors.WriteError: no space left on device at /tmp/wb-doc-io-out. ...
     """
     try:
         yield
@@ -283,10 +285,17 @@ def append_jsonl(path: str | Path, row: dict, sync: bool = False) -> None:
     A torn last line left by a killed writer is ended first, so it costs only itself.
 
     Examples:
+        >>> import warnings
         >>> p = Path(tempfile.mkdtemp()) / "log.jsonl"
         >>> _ = p.write_text('{"step": 1}' + chr(10) + '{"st')  # a writer killed mid-line
-        >>> append_jsonl(p, {"step": 2}); read_jsonl(p)
+        >>> append_jsonl(p, {"step": 2})
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     rows = read_jsonl(p)
+        >>> rows
         [{'step': 1}, {'step': 2}]
+        >>> caught[0].category.__name__, str(caught[0].message).split(": ", 1)[1][:32]
+        ('WorkbenchWarning', 'skipped line(s) 2, which are not')
     """
     target = Path(path)
     _end_torn_line(target)

@@ -2,7 +2,15 @@
 
 Examples:
     >>> from workbench.cli import main
-    >>> main(["--help"])  # doctest: +SKIP
+    >>> try:
+    ...     main(["--help"])
+    ... except SystemExit as done:  # argparse exits after printing the help
+    ...     print("exit status", done.code)  # doctest: +ELLIPSIS
+    usage: python -m workbench [-h] {info,demo} ...
+    <BLANKLINE>
+    Tuning Workbench: fine-tune small language models in a notebook.
+    ...
+    exit status 0
 """
 
 from __future__ import annotations
@@ -136,8 +144,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
+    ``demo`` loads the built-in Gemma and trains it (minutes), so only ``info`` runs here;
+    versions and paths differ from machine to machine.
+
     Examples:
-        >>> main(["info"])  # doctest: +SKIP
+        >>> main(["info"])  # doctest: +ELLIPSIS
+        python                 ...
+        workbench              ...
+        ...
+        built-in gemma-3-270m  ...
         0
     """
     from workbench.errors import WorkbenchError

@@ -4,7 +4,7 @@ The page embeds plotly.js once, so it opens offline. All dataset text and model 
 escaped.
 
 Examples:
-    >>> path = write_report(Path("/tmp/wb-report-doc.html"), title="empty")
+    >>> path = write_report(Path("/tmp/wb-doc-report.html"), title="empty")
     >>> "<html" in path.read_text()
     True
 """
@@ -98,8 +98,12 @@ def write_report(path: Path, title: str, data_report: Any = None,
         summary: Lines shown at the top (escaped).
 
     Examples:
-        >>> write_report(Path("/tmp/r.html"), "<b>x</b>").read_text().count("&lt;b&gt;")
-        1
+        The title is escaped in both places it appears (``<title>`` and ``<h1>``):
+
+        >>> page = write_report(Path("/tmp/wb-doc-report-page.html"), "<b>x</b>",
+        ...                     summary=["a < b"]).read_text()
+        >>> page.count("&lt;b&gt;x&lt;/b&gt;"), "<b>x</b>" in page, "<p>a &lt; b</p>" in page
+        (2, False, True)
     """
     import plotly.io as pio
 

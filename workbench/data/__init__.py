@@ -4,8 +4,15 @@ Examples:
     >>> from workbench.data import PreparedData, TEMPLATES, render_prompt
     >>> sorted(TEMPLATES)
     ['alpaca', 'chatml', 'gemma']
-    >>> # data = PreparedData.load("data.jsonl", tokenizer, max_length=512)
-    >>> # print(data.report()); data.example(0)
+    >>> from transformers import AutoTokenizer
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data"))
+    >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+    >>> data = PreparedData.load(rows, tokenizer, max_length=512)
+    >>> data.report().lines()[1]
+    'rows: 100 read, 0 skipped; train 90, validation 10'
+    >>> data.example(0).answer
+    '166'
 """
 
 from __future__ import annotations

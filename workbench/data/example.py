@@ -54,7 +54,16 @@ class Example:
         cut: Tokens cut by ``max_length`` (0 when none).
 
     Examples:
-        >>> # ex = data.example(0); [t.text for t in ex.tokens if t.trained]
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.data import PreparedData
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-example"))
+        >>> rows = [{"question": "Capital of France?", "answer": "Paris"}]
+        >>> ex = PreparedData.load(rows, tokenizer, validation=None).example(0)
+        >>> [t.text for t in ex.tokens if t.trained]
+        ['Par', 'is', '<|im_end|>', '\\n']
+        >>> ex.answer, ex.source_row, ex.cut
+        ('Paris', 1, 0)
     """
 
     index: int
@@ -72,7 +81,13 @@ class Example:
         """The trained tokens joined (what the loss is computed on).
 
         Examples:
-            >>> # data.example(0).trained_text  -> 'Paris<|im_end|>\\n'
+            >>> answer = TokenView("Paris", 412, trained=True, special=False)
+            >>> end = TokenView("<|im_end|>", 5, trained=True, special=True)
+            >>> prompt = TokenView("A:", 30, trained=False, special=False)
+            >>> ex = Example(0, "train", (prompt, answer, end), prompt="A:", answer="Paris",
+            ...              text="A:Paris<|im_end|>", row={}, source_row=1, cut=0)
+            >>> ex.trained_text
+            'Paris<|im_end|>'
         """
         return "".join(t.text for t in self.tokens if t.trained)
 

@@ -10,7 +10,14 @@ Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (o
 that clashes with a stored column gets an ``original_`` prefix).
 
 Examples:
-    >>> # dataset, skipped, fmt = read_source(open_source("data.jsonl")[0], spec)
+    >>> from workbench.data.prepared import DataSpec
+    >>> from workbench.data.sources import open_source
+    >>> spec = DataSpec(cache_dir="/tmp/wb-doc-loading-cache")
+    >>> loaded = read_source(open_source([{"question": "2+2?", "answer": "4"}])[0], spec)
+    >>> loaded.dataset.column_names
+    ['source_row', 'messages', 'empty_fields', 'question', 'answer']
+    >>> loaded.dataset[0]["messages"]
+    [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
 """
 
 from __future__ import annotations
@@ -60,7 +67,14 @@ class Loaded:
         originals: Names of the stored source columns (for ``Example.row``).
 
     Examples:
-        >>> # loaded = read_source(source, spec); len(loaded.dataset)
+        >>> from workbench.data.prepared import DataSpec
+        >>> from workbench.data.sources import open_source
+        >>> rows = [{"q": "Hi?", "a": "Hello"}, {"q": "2+2?", "a": "4"}]
+        >>> cache = "/tmp/wb-doc-loading-cache"
+        >>> spec = DataSpec(columns={"prompt": "q", "answer": "a"}, cache_dir=cache)
+        >>> loaded = read_source(open_source(rows)[0], spec)
+        >>> len(loaded.dataset), loaded.skipped, loaded.format.name, loaded.originals
+        (2, (), 'qa', ('q', 'a'))
     """
 
     dataset: Any
@@ -150,7 +164,19 @@ def read_source(source: Source, spec: Any, format_name: str | None = None) -> Lo
             naming the file, line and field.
 
     Examples:
-        >>> # loaded = read_source(open_source("data.jsonl")[0], DataSpec())
+        >>> from pathlib import Path
+        >>> from workbench.data.prepared import DataSpec
+        >>> from workbench.data.sources import open_source
+        >>> path = Path("/tmp/wb-doc-loading.jsonl")
+        >>> _ = path.write_text('{"question": "Hi?", "answer": "Hello"}\\n{"question": "Bye?"}\\n')
+        >>> cache = "/tmp/wb-doc-loading-cache"
+        >>> read_source(open_source(str(path))[0], DataSpec(cache_dir=cache))
+        Traceback (most recent call last):
+        workbench.errors.DataError: wb-doc-loading.jsonl, line 2, field 'answer': missing
+        >>> skip = DataSpec(on_error="skip", cache_dir=cache)
+        >>> loaded = read_source(open_source(str(path))[0], skip)
+        >>> len(loaded.dataset), [(p.kind, p.row) for p in loaded.skipped]
+        (1, [('malformed', 2)])
     """
     columns = source.columns()
     if not columns:

@@ -1,8 +1,20 @@
 """``PreparedData``: a data set read, split, templated and tokenized, ready to train on.
 
 Examples:
-    >>> # data = PreparedData.load("data.jsonl", tokenizer, max_length=512)
-    >>> # data.train[0]["labels"][:5]; print(data.report()); data.example(0)
+    >>> from transformers import AutoTokenizer
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.data.prepared import PreparedData
+    >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+    >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+    >>> data = PreparedData.load(rows, tokenizer, max_length=512)
+    >>> data
+    PreparedData('list', format='qa', template='tokenizer', train=90, validation=10, max_length=512)
+    >>> data.train[0]["labels"][:5]  # the prompt is masked: only the answer is trained
+    [-100, -100, -100, -100, -100]
+    >>> data.example(0).trained_text
+    '166<|im_end|>\\n'
+    >>> data.report().by_kind
+    {'small_dataset': 1}
 """
 
 from __future__ import annotations
@@ -140,8 +152,14 @@ class PreparedData:
     ``messages`` (or ``text``), the source's own columns, and per-row length statistics.
 
     Examples:
-        >>> # data = PreparedData.load([{"question": "2+2?", "answer": "4"}] * 20, tokenizer)
-        >>> # data.format, data.template.name, len(data.train)
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+        >>> data = PreparedData.load([{"question": "2+2?", "answer": "4"}] * 20, tokenizer)
+        >>> data.format, data.template.name, len(data.train), len(data.validation)
+        ('qa', 'tokenizer', 18, 2)
+        >>> {"input_ids", "labels", "attention_mask", "messages"} <= set(data.train.column_names)
+        True
     """
 
     def __init__(
@@ -222,10 +240,41 @@ class PreparedData:
             SpecError: An argument has a value that cannot work.
 
         Examples:
-            >>> # data = PreparedData.load("data.jsonl", tokenizer, validation=0.1, max_length=512)
-            >>> # data = PreparedData.load(df, tokenizer, columns={"prompt": "q", "answer": "a"})
-            >>> # data = PreparedData.load(rows, tokenizer, context=model.config.n_positions)
-            >>> # data = PreparedData.load(rows, tokenizer, special_tokens_in_text="keep")
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-prepared")
+            >>> tokenizer = AutoTokenizer.from_pretrained(folder)
+            >>> rows = [{"q": "Say hi", "a": "hi"}, {"q": "Say <|im_end|>", "a": "ok"}]
+            >>> data = PreparedData.load(
+            ...     rows, tokenizer, validation=None, columns={"prompt": "q", "answer": "a"}
+            ... )
+            >>> data.format, len(data.train), data.report().by_kind
+            ('qa', 2, {'small_dataset': 1, 'special_token_text': 1})
+
+            By default the ``<|im_end|>`` written in row 2 is plain text (it cannot end the
+            turn); ``"keep"`` makes it the control token:
+
+            >>> [t.text for t in data.example(1).tokens][6:9]
+            [' ', '<', '|']
+            >>> kept = PreparedData.load(
+            ...     rows, tokenizer, validation=None, columns={"prompt": "q", "answer": "a"},
+            ...     special_tokens_in_text="keep",
+            ... )
+            >>> [t.text for t in kept.example(1).tokens][6:9]  # its own, then the template's
+            [' ', '<|im_end|>', '<|im_end|>']
+
+            ``context`` (the Session passes ``model_context(model.config)``) cuts longer rows
+            to the model's positions and reports them:
+
+            >>> short = PreparedData.load(
+            ...     rows, tokenizer, validation=None, columns={"prompt": "q", "answer": "a"},
+            ...     context=8,
+            ... )
+            >>> short.spec.max_length, short.report().count("too_long")
+            (8, 2)
+            >>> PreparedData.load(rows, tokenizer, validation=None, max_length=0)
+            Traceback (most recent call last):
+            workbench.errors.SpecError: max_length=0 must be a positive int or None
         """
         spec, second, given = _build_spec(
             validation,
@@ -275,7 +324,16 @@ class PreparedData:
         :class:`~workbench.errors.WorkbenchWarning`.
 
         Examples:
-            >>> # shorter = data.with_max_length(256); shorter.truncation_at(256)
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer)
+            >>> shorter = data.with_max_length(16)
+            >>> shorter.spec.max_length, max(len(ids) for ids in shorter.train["input_ids"])
+            (16, 16)
+            >>> data.spec.max_length is None  # the original is unchanged
+            True
         """
         cutoff, capped = fit_to_context(max_length, self.spec.context)
         if capped:
@@ -316,7 +374,13 @@ class PreparedData:
         """True for raw text (continued pretraining).
 
         Examples:
-            >>> # data.is_text  -> False
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> PreparedData.load([{"question": "q", "answer": "a"}] * 4, tokenizer).is_text
+            False
+            >>> PreparedData.load([{"text": "The quick brown fox."}] * 4, tokenizer).is_text
+            True
         """
         return self._fmt.is_text
 
@@ -327,7 +391,16 @@ class PreparedData:
             DataError: No such split (e.g. ``"validation"`` when there is none).
 
         Examples:
-            >>> # data.split("validation") is data.validation  -> True
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer)
+            >>> data.split("validation") is data.validation
+            True
+            >>> PreparedData.load(rows, tokenizer, validation=None).split("validation")
+            Traceback (most recent call last):
+            workbench.errors.DataError: split 'validation': there is no such split (have 'train')
         """
         dataset = {"train": self.train, "validation": self.validation}.get(name)
         if dataset is None:
@@ -341,7 +414,20 @@ class PreparedData:
         """Example ``i`` of ``split`` as the model sees it.
 
         Examples:
-            >>> # ex = data.example(0); [(t.text, t.trained) for t in ex.tokens][:4]
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> ex = PreparedData.load(rows, tokenizer).example(0)
+            >>> [(t.text, t.trained) for t in ex.tokens][-5:]
+            [('1', True), ('6', True), ('6', True), ('<|im_end|>', True), ('\\n', True)]
+            >>> print(ex)
+            train example 0 (source row 84): 23 tokens, 5 trained
+            <|im_start|>user
+            83 plus 83?<|im_end|>
+            <|im_start|>assistant
+            [1][6][6][<|im_end|>][
+            ]
         """
         dataset = self.split(split)
         if not 0 <= i < len(dataset):
@@ -383,7 +469,23 @@ class PreparedData:
         """Counts, token lengths, trained share and problems (computed once, then cached).
 
         Examples:
-            >>> # print(data.report())
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer, validation=None)
+            >>> print(data.report())
+            Data report for list: format 'qa', template 'tokenizer'
+            rows: 100 read, 0 skipped; train 100, validation 0
+            max_length: none (longest example 23 tokens)
+            trained tokens: 19.8% of all tokens
+            tokens      min   median     mean      p95    max
+            prompt       16     18.0     17.7     18.0     18
+            answer        3      4.0      4.4      5.0      5
+            total        19     22.0     22.0     23.0     23
+            problems (0): none
+            >>> data.report() is data.report()
+            True
         """
         if self._report is None:
             self._report = build_report(self)
@@ -393,7 +495,13 @@ class PreparedData:
         """Per-row length statistics (before the cutoff) of a split, or of both for ``None``.
 
         Examples:
-            >>> # data.stats("train")["n_tokens"].max()
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer)
+            >>> int(data.stats("train")["n_tokens"].max()), len(data.stats(None)["n_tokens"])
+            (23, 100)
         """
         key = ("stats", split)
         if key not in self._cache:
@@ -419,8 +527,15 @@ class PreparedData:
             ``answers_lost`` (lose every trained token) and ``total`` examples.
 
         Examples:
-            >>> # data.truncation_at(128)
-            >>> # {'examples': 12, 'answers': 11, 'answers_lost': 2, 'total': 900}
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer)
+            >>> data.truncation_at(20)  # cuts into 88 answers, but leaves each a token
+            {'examples': 88, 'answers': 88, 'answers_lost': 0, 'total': 100}
+            >>> data.truncation_at(16)["answers_lost"]
+            100
         """
         s = self.stats(split)
         answered = s["n_answer"] > 0
@@ -435,7 +550,12 @@ class PreparedData:
         """Share of kept tokens that are trained, over both splits.
 
         Examples:
-            >>> # f"{data.trained_share():.0%}"  -> '31%'
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> f"{PreparedData.load(rows, tokenizer).trained_share():.0%}"
+            '20%'
         """
         import pyarrow.compute as pc
 
@@ -452,7 +572,12 @@ class PreparedData:
         """One string per row (all contents joined by newlines), as a pyarrow array.
 
         Examples:
-            >>> # data.texts("train")[0].as_py()
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> PreparedData.load(rows, tokenizer).texts("train")[0].as_py()
+            '83 plus 83?\\n166'
         """
         key = ("texts", split)
         if key not in self._cache:
@@ -463,7 +588,15 @@ class PreparedData:
         """Indices of rows whose text contains ``query`` (case-insensitive; all rows if empty).
 
         Examples:
-            >>> # data.search("paris")  -> array([3, 17])
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> data = PreparedData.load(rows, tokenizer)
+            >>> data.search("7 PLUS 7")  # "7 plus 7?" and "77 plus 77?"
+            array([76, 78])
+            >>> len(data.search(""))
+            90
         """
         import pyarrow.compute as pc
 
@@ -477,7 +610,18 @@ class PreparedData:
         """Short rows for a table page: index, source row, prompt, answer, token counts.
 
         Examples:
-            >>> # data.preview([0, 1])[0]["answer"]
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+            >>> from pprint import pprint
+            >>> pprint(PreparedData.load(rows, tokenizer).preview([0, 1])[0], sort_dicts=False)
+            {'row': 0,
+             'source_row': 84,
+             'prompt': '83 plus 83?',
+             'answer': '166',
+             'tokens': 23,
+             'trained': 5}
         """
         indices = [int(i) for i in indices]
         if not indices:
@@ -503,7 +647,12 @@ class PreparedData:
         """``(row, "field, field")`` for rows with empty fields.
 
         Examples:
-            >>> # data.empty_fields("train")  -> [(4, 'output')]
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "Hi", "answer": "Hello"}, {"question": "Empty?", "answer": ""}]
+            >>> PreparedData.load(rows, tokenizer, validation=None).empty_fields("train")
+            [(1, 'answer')]
         """
         return self._flagged(split, "empty_fields")
 
@@ -514,7 +663,13 @@ class PreparedData:
         (assistant)"``.
 
         Examples:
-            >>> # data.special_text("train")  -> [(7, "'<eos>' in messages[1] (user)")]
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "Hi", "answer": "Hi"},
+            ...         {"question": "<|im_end|>", "answer": "x"}]
+            >>> PreparedData.load(rows, tokenizer, validation=None).special_text("train")
+            [(1, "'<|im_end|>' in messages[0] (user)")]
         """
         return self._flagged(split, SPECIAL_TEXT_COLUMN)
 
@@ -573,6 +728,16 @@ def load_data(source: Any, tokenizer: Any, **options: Any) -> PreparedData:
     """Same as :meth:`PreparedData.load` (the name used in the issue and the Session).
 
     Examples:
-        >>> # data = load_data("data.jsonl", tokenizer, format="alpaca", max_length=512)
+        >>> import json
+        >>> from pathlib import Path
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+        >>> row = {"instruction": "Add", "input": "2 2", "output": "4"}
+        >>> path = Path("/tmp/wb-doc-prepared-data.jsonl")
+        >>> _ = path.write_text("\\n".join(json.dumps(row) for _ in range(5)))
+        >>> data = load_data(path, tokenizer, format="alpaca", max_length=512, validation=None)
+        >>> data.source, data.format, len(data.train), data.spec.max_length
+        ('wb-doc-prepared-data.jsonl', 'alpaca', 5, 512)
     """
     return PreparedData.load(source, tokenizer, **options)

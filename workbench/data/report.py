@@ -5,7 +5,25 @@ tokenization) and runs the problem finders; :class:`DataReport` shows itself as 
 (``print(report)``, for front ends without widgets) and as escaped HTML.
 
 Examples:
-    >>> # report = data.report(); print(report); report.count("duplicate")
+    >>> from transformers import AutoTokenizer
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.data import PreparedData
+    >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-report"))
+    >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+    >>> report = PreparedData.load(rows + rows[:1], tokenizer, validation=None).report()
+    >>> print(report)
+    Data report for list: format 'qa', template 'tokenizer'
+    rows: 101 read, 0 skipped; train 101, validation 0
+    max_length: none (longest example 23 tokens)
+    trained tokens: 19.7% of all tokens
+    tokens      min   median     mean      p95    max
+    prompt       16     18.0     17.7     18.0     18
+    answer        3      4.0      4.3      5.0      5
+    total        19     22.0     22.0     23.0     23
+    problems (1): 1 duplicate
+      [duplicate] train row 100: same text as train row 0 (after normalising whitespace and case)
+    >>> report.count("duplicate")
+    1
 """
 
 from __future__ import annotations
@@ -93,7 +111,16 @@ class DataReport:
         context: The model's context length, when the data was prepared for a model.
 
     Examples:
-        >>> # print(data.report())
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.data import PreparedData
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-report"))
+        >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+        >>> report = PreparedData.load(rows, tokenizer, context=21).report()
+        >>> report.rows, report.train, report.validation, report.max_length, report.context
+        (100, 90, 10, 21, 21)
+        >>> report.lengths["total"].max, report.by_kind
+        (23, {'too_long': 77, 'small_dataset': 1})
     """
 
     source: str
@@ -114,7 +141,13 @@ class DataReport:
         """Number of problems of ``kind``.
 
         Examples:
-            >>> # data.report().count("near_duplicate")  -> 2
+            >>> from workbench.data.problems import Problem
+            >>> report = DataReport("d", "qa", "chatml", 3, 0, 3, 0, None, {}, 1.0, problems=(
+            ...     Problem(1, "duplicate", "same text as train row 0", "train"),
+            ...     Problem(2, "duplicate", "same text as train row 0", "train"),
+            ... ))
+            >>> report.count("duplicate"), report.count("too_long")
+            (2, 0)
         """
         return sum(1 for p in self.problems if p.kind == kind)
 
@@ -123,7 +156,14 @@ class DataReport:
         """Problem counts by kind, most frequent first.
 
         Examples:
-            >>> # data.report().by_kind  -> {'duplicate': 3, 'too_long': 1}
+            >>> from workbench.data.problems import Problem
+            >>> report = DataReport("d", "qa", "chatml", 3, 0, 3, 0, 8, {}, 1.0, problems=(
+            ...     Problem(0, "too_long", "9 tokens", "train"),
+            ...     Problem(1, "duplicate", "same text as train row 0", "train"),
+            ...     Problem(2, "duplicate", "same text as train row 0", "train"),
+            ... ))
+            >>> report.by_kind
+            {'duplicate': 2, 'too_long': 1}
         """
         return dict(Counter(p.kind for p in self.problems).most_common())
 
@@ -131,7 +171,12 @@ class DataReport:
         """The report as lines of plain text (what ``str`` joins).
 
         Examples:
-            >>> # data.report().lines()[0]  -> "Data report for data.jsonl: ..."
+            >>> lengths = {part: LengthStats.of(np.array([4, 6])) for part in ("prompt", "total")}
+            >>> report = DataReport("data.jsonl", "qa", "chatml", 2, 0, 2, 0, None, lengths, 0.5,
+            ...                     problems=())
+            >>> print(*report.lines()[:2], sep="\\n")
+            Data report for data.jsonl: format 'qa', template 'chatml'
+            rows: 2 read, 0 skipped; train 2, validation 0
         """
         out = [
             f"Data report for {self.source}: format {self.format!r}, template {self.template!r}",
@@ -295,7 +340,17 @@ def build_report(data: Any) -> DataReport:
     """Compute the report of a :class:`~workbench.data.PreparedData`.
 
     Examples:
-        >>> # report = build_report(data)   # what data.report() calls (and caches)
+        ``data.report()`` calls it once and caches the result:
+
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.data import PreparedData
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-report"))
+        >>> rows = [{"question": f"{i} plus {i}?", "answer": str(2 * i)} for i in range(100)]
+        >>> data = PreparedData.load(rows, tokenizer)
+        >>> report = build_report(data)
+        >>> report == data.report(), report.train, report.validation
+        (True, 90, 10)
     """
     splits = ["train"] + (["validation"] if data.validation is not None else [])
     problems = _dataset_problems(data) + list(data.skipped)

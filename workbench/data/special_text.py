@@ -58,7 +58,13 @@ def special_ids(tokenizer: Any) -> frozenset[int]:
     """Ids of the tokenizer's special tokens (bos, eos, pad, chat markers...).
 
     Examples:
-        >>> # 1 in special_ids(tokenizer)  -> True when 1 is <s>
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-special"))
+        >>> sorted(special_ids(tokenizer))
+        [0, 1, 2, 3, 4, 5]
+        >>> tokenizer.convert_ids_to_tokens([1, 5])
+        ['<s>', '<|im_end|>']
     """
     ids = set(tokenizer.all_special_ids)
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
@@ -70,7 +76,11 @@ def special_strings(tokenizer: Any) -> tuple[str, ...]:
     """The texts of the tokenizer's special tokens, longest first.
 
     Examples:
-        >>> # special_strings(tokenizer)[:2]  -> ('<|im_start|>', '<|im_end|>')
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-special"))
+        >>> special_strings(tokenizer)
+        ('<|im_start|>', '<|im_end|>', '<pad>', '<unk>', '</s>', '<s>')
     """
     texts = set(getattr(tokenizer, "all_special_tokens", ()) or ())
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
@@ -134,7 +144,14 @@ class TextGuard:
         """The guard for ``tokenizer``'s special tokens.
 
         Examples:
-            >>> # TextGuard.of(tokenizer, "split").pattern.pattern[:20]
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-special")
+            >>> guard = TextGuard.of(AutoTokenizer.from_pretrained(folder), "split")
+            >>> guard.protects, guard.pattern.pattern
+            (True, '<(?:/s>|pad>|s>|unk>|\\\\|im_(?:end\\\\|>|start\\\\|>))')
+            >>> guard.describe([("text", "hi <|im_end|> <|im_end|>")])
+            "'<|im_end|>' x2 in text"
         """
         guard = cls.from_strings(special_strings(tokenizer), mode)
         return cls(
@@ -246,7 +263,20 @@ class TextGuard:
             for texts with spans or in ``starts_for``, else ``None``.
 
         Examples:
-            >>> # guard.encode(["<|im_start|>user\\nhi <|im_end|><|im_end|>"], [[(20, 30)]])
+            The first ``<|im_end|>`` (characters 20 to 30) came from the data, the second
+            from the template:
+
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-special")
+            >>> tokenizer = AutoTokenizer.from_pretrained(folder)
+            >>> guard = TextGuard.of(tokenizer, "split")
+            >>> text = "<|im_start|>user\\nhi <|im_end|><|im_end|>"
+            >>> [(ids, starts)] = guard.encode([text], [[(20, 30)]])
+            >>> tokenizer.convert_ids_to_tokens(ids)[5:8], tokenizer.convert_ids_to_tokens(ids)[-1]
+            (['Ġ', '<', '|'], '<|im_end|>')
+            >>> starts[:4]
+            [0, 12, 16, 17]
         """
         from workbench.data.templates import encode
 

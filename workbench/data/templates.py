@@ -265,8 +265,16 @@ def render_prompt(
 def encode(tokenizer: Any, texts: list[str], offsets: bool = False) -> Any:
     """Tokenize rendered texts the one way training and inference share.
 
+    Special tokens are never added: the rendered text already carries the ones it needs.
+
     Examples:
-        >>> # encode(tokenizer, ["<s>Hello"])["input_ids"]  -> [[1, ...]]
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-templates"))
+        >>> encode(tokenizer, ["<s>Hello", "Hi"])["input_ids"]
+        [[1, 45, 494], [45, 78]]
+        >>> encode(tokenizer, ["Hi"], offsets=True)["offset_mapping"]
+        [[(0, 1), (1, 2)]]
     """
     return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
 
@@ -275,8 +283,15 @@ def encode_prompt(template: Template | str | None, tokenizer: Any, messages: Mes
     """Token ids of the inference prompt for ``messages`` (generation prompt appended).
 
     Examples:
-        >>> # ids = encode_prompt(data.template, tokenizer, [{"role": "user", "content": "Hi"}])
-        >>> # model.generate(torch.tensor([ids]))
+        >>> import torch
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-templates")), on_event=len)
+        >>> ids = encode_prompt("chatml", loaded.tokenizer, [{"role": "user", "content": "Hi"}])
+        >>> loaded.tokenizer.decode(ids)
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+        >>> loaded.model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False).shape
+        torch.Size([1, 16])
     """
     return encode(tokenizer, [render_prompt(template, tokenizer, messages)])["input_ids"][0]
 
@@ -314,7 +329,12 @@ def check_template(
     prompt's length.
 
     Examples:
-        >>> # check_template(TEMPLATES["chatml"], tokenizer).ok  -> True
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-templates"))
+        >>> check = check_template(TEMPLATES["chatml"], tokenizer)
+        >>> check.ok, check.position, check.message
+        (True, None, 'training and inference prompts agree')
     """
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     prompt = render_prompt(template, tokenizer, messages[:last], add_generation_prompt=True)

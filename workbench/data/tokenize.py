@@ -27,9 +27,19 @@ Truncation keeps the first ``max_length`` tokens; the full length is stored so t
 be reported and a cutoff can be tried without tokenizing again.
 
 Examples:
-    >>> # batch = {"messages": [[{"role": "user", "content": "Hi"},
-    >>> #                        {"role": "assistant", "content": "Hello"}]]}
-    >>> # Labeller(template, tokenizer, max_length=None, text=False)(batch)["labels"]
+    >>> from transformers import AutoTokenizer
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.data.templates import resolve_template
+    >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-tokenize"))
+    >>> template = resolve_template(None, tokenizer)  # the tokenizer's own (ChatML)
+    >>> batch = {"messages": [[{"role": "user", "content": "Hi"},
+    ...                        {"role": "assistant", "content": "Hello"}]]}
+    >>> out = Labeller(template, tokenizer, max_length=None, text=False)(batch)
+    >>> out["n_tokens"], out["n_prompt"], out["n_answer"], out["template_ok"]
+    ([17], [13], [4], [True])
+    >>> labels = out["labels"][0]
+    >>> labels.count(IGNORE_INDEX), tokenizer.decode([t for t in labels if t != IGNORE_INDEX])
+    (13, 'Hello<|im_end|>\\n')
 """
 
 from __future__ import annotations
@@ -96,7 +106,19 @@ class Labeller:
             tokenized as plain text; ``"keep"``: they become control tokens.
 
     Examples:
-        >>> # data = dataset.map(Labeller(template, tokenizer, 512, False), batched=True)
+        >>> from datasets import Dataset
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.data.templates import resolve_template
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-tokenize"))
+        >>> chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        >>> dataset = Dataset.from_list([{"messages": chat}] * 3)
+        >>> labeller = Labeller(resolve_template(None, tokenizer), tokenizer, 8, False)
+        >>> data = dataset.map(labeller, batched=True)
+        >>> data.column_names[:4]
+        ['messages', 'input_ids', 'labels', 'attention_mask']
+        >>> len(data[0]["input_ids"]), data[0]["n_tokens"]  # cut to 8; the full length is kept
+        (8, 17)
     """
 
     template: Template
@@ -113,7 +135,18 @@ class Labeller:
         """Label one batch of rows.
 
         Examples:
-            >>> # Labeller(t, tok, None, True)({"text": ["hi"]})["n_tokens"]  -> [3]
+            Raw text trains on every token but the leading ``<s>``:
+
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.data.templates import resolve_template
+            >>> folder = build_tiny_model("/tmp/wb-doc-tokenize")
+            >>> tok = AutoTokenizer.from_pretrained(folder)
+            >>> out = Labeller(resolve_template(None, tok), tok, None, True)({"text": ["hi"]})
+            >>> out["n_tokens"], tok.convert_ids_to_tokens(out["input_ids"][0])
+            ([4], ['<s>', 'h', 'i', '</s>'])
+            >>> out["labels"][0][0] == IGNORE_INDEX
+            True
         """
         if self.text:
             found = [self.guard.describe([("text", t)]) for t in batch["text"]]

@@ -1,13 +1,23 @@
 """Evaluation: base vs tuned on the same weights, offline metrics, intervals, human A/B.
 
 Examples:
-    >>> from workbench.evaluation import METRICS, run_evaluation, Evaluation, compare
+    >>> from workbench.evaluation import METRICS, EvalRow, Evaluation
     >>> sorted(METRICS)
     ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge']
-    >>> # ev = run_evaluation(model, tokenizer, rows, metrics=["rouge", "bleu", "exact_match"],
-    >>> #                     stop_strings=["<|im_end|>"], out_dir="runs/demo/evaluations/e1")
-    >>> # ev.scores["exact_match"]; ev.panel(); Evaluation.load(ev.path); ev.ratings_summary()
-    >>> # compare(["runs/lr-1e-4", "runs/lr-5e-4"])
+
+    With a model, :func:`run_evaluation` makes an :class:`Evaluation` (its docstring runs
+    one on the tiny model); here one is built by hand, saved and read back without a model:
+
+    >>> row = EvalRow(0, "Capital of France?", "Paris", {"base": "Lyon", "tuned": "Paris"},
+    ...               {"exact_match": {"base": 0.0, "tuned": 1.0}})
+    >>> scores = {"exact_match": {"base": 0.0, "tuned": 1.0, "higher_is_better": True}}
+    >>> ev = Evaluation(scores, (row,), {"columns": ["base", "tuned"]})
+    >>> ev = ev.save("/tmp/wb-doc-evaluation-init")
+    >>> Evaluation.load(ev.path).rows[0].gain("exact_match"), ev.ratings_summary().n
+    (1.0, 0)
+
+    In a notebook, ``ev.panel()`` (or a bare ``ev``) shows it, and ``compare([run folders])``
+    puts training runs side by side.
 """
 
 from __future__ import annotations

@@ -4,9 +4,23 @@ Each run folder is read as written: ``history.jsonl`` (records with ``step``, ``
 ``eval_loss``), ``run.json`` (its settings) and every saved evaluation below it (a folder
 with ``scores.json``); the latest evaluation of a run gives its scores.
 
+In a notebook, a bare ``cmp`` shows the figure and the table.
+
 Examples:
-    >>> # cmp = compare(["runs/lr-1e-4", "runs/lr-5e-4"])
-    >>> # print(cmp); cmp.records(); cmp.figure(); cmp   # a figure and a table in a notebook
+    >>> import json
+    >>> for name, losses in [("lr-1e-4", [2.0, 1.5]), ("lr-5e-4", [2.0, 1.1])]:
+    ...     folder = Path("/tmp/wb-doc-compare") / name
+    ...     folder.mkdir(parents=True, exist_ok=True)
+    ...     lines = [json.dumps({"step": s, "loss": v}) for s, v in enumerate(losses, 1)]
+    ...     _ = (folder / "history.jsonl").write_text("\\n".join(lines) + "\\n")
+    >>> cmp = compare(["/tmp/wb-doc-compare/lr-1e-4", "/tmp/wb-doc-compare/lr-5e-4"])
+    >>> print(cmp)
+    Comparison of 2 runs
+    run      steps  final_loss  final_eval_loss  best_eval_loss
+    lr-1e-4  2      1.5         -                -
+    lr-5e-4  2      1.1         -                -
+    >>> [r["final_loss"] for r in cmp.records()]
+    [1.5, 1.1]
 """
 
 from __future__ import annotations
@@ -105,7 +119,9 @@ class Comparison:
     """Several runs side by side; ``records()`` for code, ``figure()`` for the eye.
 
     Examples:
-        >>> # cmp = compare(["runs/a", "runs/b"]); cmp.records()[0]["final_loss"]
+        >>> run = RunResults("a", Path("runs/a"), ({"step": 1, "loss": 2.0},), {}, ())
+        >>> Comparison((run,)).records()[0]["final_loss"]
+        2.0
     """
 
     runs: tuple[RunResults, ...]
@@ -168,7 +184,9 @@ class Comparison:
         """A plotly figure: loss curves (solid train, dotted eval) and tuned scores per run.
 
         Examples:
-            >>> # compare(["runs/a", "runs/b"]).figure().show()
+            >>> run = RunResults("a", Path("runs/a"), ({"step": 1, "loss": 2.0},), {}, ())
+            >>> [trace.name for trace in Comparison((run,)).figure().data]
+            ['a loss']
         """
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots

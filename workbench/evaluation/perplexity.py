@@ -5,9 +5,7 @@ One forward pass per batch on the already loaded model (no second model): sequen
 only the logits over the reference are computed (``logits_to_keep``), which keeps memory
 small even with a 262k vocabulary.
 
-Examples:
-    >>> # losses = reference_losses(model, tokenizer, ["Q: 2+2? A:"], [" 4"])
-    >>> # losses[0].loss, losses[0].tokens, losses[0].token_losses
+:func:`reference_losses` has an example on the tiny model.
 """
 
 from __future__ import annotations
@@ -113,7 +111,16 @@ def reference_losses(
         One :class:`TokenLosses` per example.
 
     Examples:
-        >>> # [t.loss for t in reference_losses(model, tokenizer, prompts, refs)]
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-perplexity-model")
+        >>> loaded = load_model(str(folder), on_event=len)
+        >>> prompts = ["Q: 2+2? A:", "Q: colour of a cherry? A:"]
+        >>> losses = reference_losses(loaded.model, loaded.tokenizer, prompts, [" four", " red"])
+        >>> [(t.tokens, len(t.token_losses)) for t in losses]
+        [((' four',), 1), ((' red',), 1)]
+        >>> all(t.loss > 0 and t.perplexity > 1 for t in losses)
+        True
     """
     pairs = [_encode(tokenizer, p, r) for p, r in zip(prompts, references, strict=True)]
     out: list[TokenLosses] = []

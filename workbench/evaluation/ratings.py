@@ -189,8 +189,19 @@ class BlindRater:
         seed: Seed of the order and of the A/B assignment.
 
     Examples:
-        >>> # rater = BlindRater(ev.rows, ev.path / "ratings.jsonl")
-        >>> # rater.current()  -> (row, prompt, answer_a, answer_b); rater.rate("A", score=4)
+        >>> from workbench.evaluation import EvalRow
+        >>> rows = [EvalRow(0, "2+2?", "4", {"base": "5", "tuned": "4"}),
+        ...         EvalRow(1, "3+3?", "6", {"base": "six", "tuned": "6"})]
+        >>> path = Path("/tmp/wb-doc-ratings/ratings.jsonl")
+        >>> path.unlink(missing_ok=True)
+        >>> rater = BlindRater(rows, path, seed=0)
+        >>> row, prompt, a, b = rater.current()
+        >>> prompt, sorted([a, b]) == sorted([rows[row].base, rows[row].tuned])
+        ('3+3?', True)
+        >>> rater.rate("A", score=4).winner == rater.a_is[row]
+        True
+        >>> len(read_ratings(path)), BlindRater(rows, path, seed=0).remaining
+        (1, [0])
     """
 
     def __init__(self, rows: list, path: str | Path, seed: int = 0) -> None:
@@ -207,7 +218,10 @@ class BlindRater:
         """Rows not rated yet, in presentation order.
 
         Examples:
-            >>> # len(rater.remaining)
+            >>> from workbench.evaluation import EvalRow
+            >>> rows = [EvalRow(i, "Q", "A", {"base": "b", "tuned": "t"}) for i in range(3)]
+            >>> sorted(BlindRater(rows, "/nonexistent/ratings.jsonl").remaining)
+            [0, 1, 2]
         """
         return [i for i in self.order if i not in self.done]
 
@@ -215,7 +229,12 @@ class BlindRater:
         """The next pair as ``(row, prompt, answer A, answer B)``, or ``None`` when all are done.
 
         Examples:
-            >>> # row, prompt, a, b = rater.current()
+            >>> from workbench.evaluation import EvalRow
+            >>> rows = [EvalRow(0, "2+2?", "4", {"base": "5", "tuned": "4"})]
+            >>> rater = BlindRater(rows, "/nonexistent/ratings.jsonl")
+            >>> row, prompt, a, b = rater.current()
+            >>> row, prompt, {a, b} == {"4", "5"}
+            (0, '2+2?', True)
         """
         if not self.remaining:
             return None
@@ -231,7 +250,15 @@ class BlindRater:
             EvaluationError: Nothing left to rate, or an invalid verdict or score.
 
         Examples:
-            >>> # rater.rate("tie", comment="both wrong")
+            >>> from workbench.evaluation import EvalRow
+            >>> path = Path("/tmp/wb-doc-ratings-rate/ratings.jsonl")
+            >>> path.unlink(missing_ok=True)
+            >>> rater = BlindRater([EvalRow(0, "2+2?", "4", {"base": "5", "tuned": "4"})], path)
+            >>> rater.rate("tie", comment="both wrong").winner, rater.current()
+            ('tie', None)
+            >>> rater.rate("A")
+            Traceback (most recent call last):
+            workbench.errors.EvaluationError: every row is already rated
         """
         pair = self.current()
         if pair is None:

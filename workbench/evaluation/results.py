@@ -5,8 +5,21 @@ A folder holds ``settings.json``, ``scores.json``, ``rows.jsonl`` (and ``probes.
 without the model: per-token losses are stored in the rows.
 
 Examples:
-    >>> # ev = Evaluation.load("runs/demo/evaluations/eval-001")
-    >>> # print(ev); ev.sorted_rows("exact_match")[0].tuned; ev.ratings_summary()
+    >>> rows = (EvalRow(0, "2+2?", "4", {"base": "5", "tuned": "4"},
+    ...                 {"exact_match": {"base": 0.0, "tuned": 1.0}}),
+    ...         EvalRow(1, "3+3?", "6", {"base": "6", "tuned": "6"},
+    ...                 {"exact_match": {"base": 1.0, "tuned": 1.0}}))
+    >>> scores = {"exact_match": {"base": 0.5, "base_ci": (0.0, 1.0), "tuned": 1.0,
+    ...                           "tuned_ci": (1.0, 1.0), "higher_is_better": True}}
+    >>> Evaluation(scores, rows, {"columns": ["base", "tuned"]}).save("/tmp/wb-doc-results")
+    Evaluation(rows=2, scores=['exact_match'], path=/tmp/wb-doc-results)
+    >>> ev = Evaluation.load("/tmp/wb-doc-results")
+    >>> print(ev)
+    Evaluation of 2 examples saved in /tmp/wb-doc-results
+    score        base  base 95% CI  tuned  tuned 95% CI  gain
+    exact_match  0.5   [0, 1]       1      [1, 1]        0.5
+    >>> ev.sorted_rows("exact_match")[0].prompt, ev.ratings_summary().n
+    ('2+2?', 0)
 """
 
 from __future__ import annotations
@@ -363,7 +376,11 @@ class Evaluation:
         """The :class:`~workbench.widgets.eval_panel.EvalPanel` of this evaluation.
 
         Examples:
-            >>> # ev.panel()   # in a notebook: scores, examples, tokens, probes, human eval
+            In a notebook it shows tabs of scores, examples, tokens, probes and human eval:
+
+            >>> panel = Evaluation({}, (EvalRow(0, "Q", "A", {"tuned": "A"}),), {}).panel()
+            >>> panel.order, [panel.tabs.get_title(i) for i in range(2)]
+            ([0], ['Scores', 'Examples'])
         """
         from workbench.widgets.eval_panel import EvalPanel
 

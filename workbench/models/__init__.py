@@ -1,7 +1,11 @@
 """Models: loading (built-in GGUF, folders, hub ids), the cache, info, memory estimates.
 
 Examples:
-    >>> from workbench.models import load_model, model_info  # doctest: +SKIP
+    >>> from workbench.models import build_tiny_model, load_model, model_info
+    >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-models")), on_event=len)
+    >>> info = model_info(loaded)
+    >>> info.architecture, info.layers, info.hidden_size
+    ('LlamaForCausalLM', 2, 64)
 """
 
 from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL, BuiltinModel

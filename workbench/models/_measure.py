@@ -12,12 +12,18 @@ never goes down, so it can only measure one step of one configuration in a clean
 The number therefore includes the interpreter and the imported libraries (torch,
 transformers, peft), which is exactly what a user's notebook kernel also pays.
 
+Each measurement starts a Python process that imports torch, transformers and peft (several
+seconds even for the tiny model), so the examples here check only the settings, which are
+validated before any process starts. A real call reads like this::
+
+    folder = build_tiny_model("/tmp/tiny-measure")
+    measure_peak_memory(folder, seq_len=32, batch_size=2)  # bytes; over 100 MB on CPU
+
 Examples:
-    >>> from workbench.models.tiny import build_tiny_model
-    >>> from workbench.models._measure import measure_peak_memory
-    >>> folder = build_tiny_model("/tmp/tiny-measure")
-    >>> measure_peak_memory(folder, seq_len=32, batch_size=2) > 100 * 2**20
-    True
+    >>> from workbench.models._measure import measure_training_step
+    >>> measure_training_step("/tmp/wb-doc-measure", method="dora")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    workbench.errors.SpecError: cannot ...: method='dora': use 'full', 'lora' or 'qlora'
 """
 
 from __future__ import annotations
@@ -179,10 +185,15 @@ def measure_training_step(
         WorkbenchError: The subprocess failed; the message carries the end of its stderr.
 
     Examples:
-        >>> from workbench.models.tiny import build_tiny_model
-        >>> m = measure_training_step(build_tiny_model("/tmp/tiny-m"), seq_len=16, batch_size=1)
-        >>> m.peak >= m.after_load >= m.after_imports
-        True
+        A real step takes several seconds (a fresh process imports torch), and its result
+        satisfies ``m.peak >= m.after_load >= m.after_imports``. Every setting is checked
+        first, and all problems are named in one error:
+
+        >>> measure_training_step("/tmp/wb-doc-measure", seq_len=0, batch_size=-1)
+        ... # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        workbench.errors.SpecError: cannot measure a training step:
+        seq_len=0: use a positive integer; batch_size=-1: use a positive integer
     """
     _check(quantization, method, seq_len, batch_size, lora_r)
     if method == "qlora":
@@ -217,9 +228,12 @@ def measure_peak_memory(folder: str | Path, **settings) -> int:
         Peak process RSS on CPU, or peak reserved GPU memory on CUDA, in bytes.
 
     Examples:
-        >>> from workbench.models.tiny import build_tiny_model
-        >>> measure_peak_memory(build_tiny_model("/tmp/tiny-p"), seq_len=16, batch_size=1) > 0
-        True
+        The settings pass through to :func:`measure_training_step`, which checks them before
+        it starts the measuring process:
+
+        >>> measure_peak_memory("/tmp/wb-doc-measure", lora_r=0)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: cannot measure a training step: lora_r=0: use a positive integer
     """
     return measure_training_step(folder, **settings).peak
 

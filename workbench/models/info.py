@@ -3,7 +3,7 @@
 Examples:
     >>> from workbench.models.tiny import build_tiny_model
     >>> from workbench.models.loading import load_model
-    >>> info = model_info(load_model(str(build_tiny_model("/tmp/tiny-info-doc")), on_event=len))
+    >>> info = model_info(load_model(str(build_tiny_model("/tmp/wb-doc-info")), on_event=len))
     >>> info.lora_targets
     ('down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj')
 """
@@ -41,7 +41,13 @@ class ModelInfo:
         terms: Licence note for built-in weights, else empty.
 
     Examples:
-        >>> info.parameters > 0  # doctest: +SKIP
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-info-cls")), on_event=len)
+        >>> info = model_info(loaded)
+        >>> info.architecture, info.layers, info.hidden_size, info.quantization
+        ('LlamaForCausalLM', 2, 64, None)
+        >>> info.parameters == info.trainable_parameters > 0
         True
     """
 
@@ -66,8 +72,14 @@ class ModelInfo:
         """The facts as ``(label, value)`` pairs, in display order.
 
         Examples:
-            >>> info.rows()[0]  # doctest: +SKIP
-            ('model', '/tmp/tiny-info-doc')
+            >>> from workbench.models.loading import load_model
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-info-rows")
+            >>> info = model_info(load_model(str(folder), on_event=len))
+            >>> info.rows()[0]
+            ('model', '/tmp/wb-doc-info-rows')
+            >>> info.rows()[1:3]
+            [('source', 'folder'), ('architecture', 'LlamaForCausalLM')]
         """
         rows = [
             ("model", self.name),
@@ -104,7 +116,9 @@ def lora_target_names(model) -> tuple[str, ...]:
 
     Examples:
         >>> from transformers import AutoModelForCausalLM
-        >>> gpt2 = AutoModelForCausalLM.from_pretrained(build_tiny_model("/tmp/t2", "gpt2"))
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-info-gpt2", "gpt2")
+        >>> gpt2 = AutoModelForCausalLM.from_pretrained(folder)
         >>> lora_target_names(gpt2)
         ('c_attn', 'c_fc', 'c_proj')
     """
@@ -135,8 +149,12 @@ def model_info(loaded) -> ModelInfo:
     """Describe a :class:`~workbench.models.loading.LoadedModel`.
 
     Examples:
-        >>> model_info(loaded).dtype  # doctest: +SKIP
-        'float32'
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-info-fn")), on_event=len)
+        >>> info = model_info(loaded)
+        >>> info.dtype, info.device, info.source, info.vocab_size
+        ('float32', 'cpu', 'folder', 512)
     """
     model, config = loaded.model, loaded.model.config
     total, trainable = _count_parameters(model)

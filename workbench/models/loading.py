@@ -2,7 +2,7 @@
 
 Examples:
     >>> from workbench.models.tiny import build_tiny_model
-    >>> loaded = load_model(str(build_tiny_model("/tmp/tiny-load-doc")), on_event=lambda m: None)
+    >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-loading")), on_event=lambda m: None)
     >>> loaded.source.kind, loaded.dtype
     ('folder', 'float32')
 """
@@ -56,9 +56,13 @@ class LoadedModel:
     """A loaded model with its tokenizer and the settings it was loaded with.
 
     Examples:
-        >>> loaded = load_model("/tmp/tiny-load-doc", on_event=lambda m: None)  # doctest: +SKIP
-        >>> loaded.model.config.model_type  # doctest: +SKIP
-        'llama'
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = str(build_tiny_model("/tmp/wb-doc-loading-cls"))
+        >>> loaded = load_model(folder, on_event=lambda m: None)
+        >>> loaded.model.config.model_type, loaded.tokenizer.pad_token
+        ('llama', '<pad>')
+        >>> loaded.quantization is None, loaded.dtype, loaded.device
+        (True, 'float32', 'cpu')
     """
 
     model: Any
@@ -297,9 +301,14 @@ def load_model(
         DependencyError: quantization was asked but bitsandbytes is missing.
 
     Examples:
-        >>> loaded = load_model("/tmp/tiny-load-doc", quantization="4bit", on_event=lambda m: None)
-        >>> loaded.quantization
-        '4bit'
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = str(build_tiny_model("/tmp/wb-doc-loading-fn"))
+        >>> loaded = load_model(folder, quantization="4bit", on_event=lambda m: None)
+        >>> loaded.quantization, loaded.device
+        ('4bit', 'cpu')
+        >>> load_model(folder, dtype="float16", device="cpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: dtype='float16' on CPU: half-precision matmuls ran ...
     """
     device, dtype = _resolve_device_dtype(device, dtype)
     quant_config = _quantization_config(quantization, dtype)

@@ -6,7 +6,7 @@ second from a config and a byte-level BPE tokenizer trained on a small built-in 
 
 Examples:
     >>> from workbench.models.tiny import build_tiny_model
-    >>> folder = build_tiny_model("/tmp/tiny-doc")
+    >>> folder = build_tiny_model("/tmp/wb-doc-tiny")
     >>> sorted(p.name for p in folder.iterdir())[:2]
     ['chat_template.jinja', 'config.json']
 """
@@ -135,9 +135,12 @@ def build_tiny_model(
         SpecError: ``architecture`` is not one of :data:`TINY_ARCHITECTURES`.
 
     Examples:
-        >>> folder = build_tiny_model("/tmp/tiny-gpt2", architecture="gpt2")
+        >>> folder = build_tiny_model("/tmp/wb-doc-tiny-gpt2", architecture="gpt2")
         >>> (folder / "model.safetensors").exists()
         True
+        >>> build_tiny_model("/tmp/wb-doc-tiny-bad", architecture="mistral")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: architecture='mistral' is not one of ('llama', 'gpt2', ...)
     """
     import torch
     from transformers import AutoModelForCausalLM

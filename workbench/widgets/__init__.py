@@ -1,8 +1,13 @@
 """Notebook panels: views of workbench components, testable headless.
 
+Each panel is built from the object it views (``DataInspector(data)``, ``EvalPanel(ev)``,
+``TrainingMonitor(run)``; their modules have runnable examples) and its ipywidgets tree is
+``.widget``. Panels load ipywidgets and plotly only when first asked for.
+
 Examples:
-    >>> from workbench.widgets import DataInspector
-    >>> # DataInspector(data, on_apply_max_length=None).widget
+    >>> from workbench.widgets import DataInspector, EvalPanel
+    >>> DataInspector.__module__, EvalPanel.__module__
+    ('workbench.widgets.data_inspector', 'workbench.widgets.eval_panel')
 """
 
 from __future__ import annotations

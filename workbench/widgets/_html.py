@@ -17,6 +17,8 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from workbench._display import html_table
+
 __all__ = ["escape", "pre", "shorten", "table", "token_span"]
 
 
@@ -44,21 +46,13 @@ def shorten(text: str, limit: int = 120) -> str:
 def table(
     headers: Sequence[str], rows: Iterable[Sequence[Any]], row_titles: Sequence[str] | None = None
 ) -> str:
-    """An HTML table with every header and cell escaped.
+    """A panel's table: :func:`workbench._display.html_table` with the panels' ``wb-table`` style.
 
     Examples:
         >>> "<td>1</td>" in table(["n"], [[1]])
         True
     """
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = []
-    for k, row in enumerate(rows):
-        title = f' title="{escape(row_titles[k])}"' if row_titles else ""
-        body.append(f"<tr{title}>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>")
-    rows_html = "".join(body)
-    return (
-        f'<table class="wb-table"><thead><tr>{head}</tr></thead><tbody>{rows_html}</tbody></table>'
-    )
+    return html_table(rows, headers, row_titles=row_titles, css_class="wb-table")
 
 
 _STYLES = {

@@ -5,8 +5,12 @@ left to the owner (the :class:`~workbench.widgets.training_monitor.TrainingMonit
 throttles it like its loss plot.
 
 Examples:
-    >>> # heatmap = LayerNormHeatmap(); heatmap.add({"step": 1, "layers": [0, 1],
-    >>> #     "weight": [0.5, 0.6], "grad": [0.1, 0.2]}); heatmap.render(); heatmap.trace.z
+    >>> heatmap = LayerNormHeatmap()
+    >>> heatmap.add({"step": 1, "layers": [0, 1], "weight": [0.5, 0.6], "grad": [0.1, 0.2]})
+    True
+    >>> heatmap.render()
+    >>> heatmap.trace.z.tolist(), list(heatmap.trace.y)
+    ([[0.1], [0.2]], [0, 1])
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ class LayerNormHeatmap:
         widget: Toggle and figure.
 
     Examples:
-        >>> # h = LayerNormHeatmap(); h.kind.value = "weight"; h.trace.z
+        >>> h = LayerNormHeatmap()
+        >>> h.add({"step": 1, "layers": [0, 1], "weight": [0.5, 0.6], "grad": [0.1, 0.2]})
+        True
+        >>> h.kind.value = "weight"  # the toggle re-renders
+        >>> h.trace.z.tolist(), h.trace.colorbar.title.text
+        ([[0.5], [0.6]], 'weight')
     """
 
     def __init__(self, max_columns: int = MAX_COLUMNS) -> None:
@@ -65,7 +74,10 @@ class LayerNormHeatmap:
         """Keep one step's record; ``False`` (ignored) for a step already seen.
 
         Examples:
-            >>> # heatmap.add(run.layer_norms[-1])
+            >>> heatmap = LayerNormHeatmap()
+            >>> record = {"step": 2, "layers": [0], "weight": [0.5], "grad": [0.1]}
+            >>> heatmap.add(record), heatmap.add(record)
+            (True, False)
         """
         with self._lock:
             if self._records and record["step"] <= self._records[-1]["step"]:
@@ -77,7 +89,13 @@ class LayerNormHeatmap:
         """``(steps, blocks, z)`` of the chosen norm, ``z`` shaped blocks x steps.
 
         Examples:
-            >>> # steps, blocks, z = heatmap.arrays(); z.shape -> (len(blocks), len(steps))
+            >>> heatmap = LayerNormHeatmap()
+            >>> for step in (1, 2, 3):
+            ...     _ = heatmap.add({"step": step, "layers": [0, 1], "weight": [1.0, 2.0],
+            ...                      "grad": [0.1, 0.2]})
+            >>> steps, blocks, z = heatmap.arrays()
+            >>> steps.tolist(), blocks, z.shape
+            ([1.0, 2.0, 3.0], [0, 1], (2, 3))
         """
         with self._lock:
             records = self._records[-self.max_columns:]
@@ -91,7 +109,11 @@ class LayerNormHeatmap:
         """Push the arrays into the figure (one batched update).
 
         Examples:
-            >>> # heatmap.render(); heatmap.trace.z
+            >>> heatmap = LayerNormHeatmap()
+            >>> _ = heatmap.add({"step": 5, "layers": [0], "weight": [1.0], "grad": [0.25]})
+            >>> heatmap.render()
+            >>> heatmap.trace.x.tolist(), heatmap.trace.z.tolist()
+            ([5.0], [[0.25]])
         """
         steps, layers, z = self.arrays()
         with self.figure.batch_update():

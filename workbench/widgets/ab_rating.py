@@ -5,8 +5,19 @@ click calls :meth:`ABRating.rate`, which appends the rating to ``ratings.jsonl``
 (flushed and fsynced) through :class:`~workbench.evaluation.ratings.BlindRater`.
 
 Examples:
-    >>> # ab = ABRating(ev)        # ev saved (ev.path set) with base and tuned columns
-    >>> # ab.rate("A", score=4, comment="more precise"); ev.ratings_summary()
+    The evaluation must be saved (the ratings go next to it) and have base and tuned:
+
+    >>> import shutil
+    >>> from workbench.evaluation import EvalRow, Evaluation
+    >>> shutil.rmtree("/tmp/wb-doc-ab-rating", ignore_errors=True)
+    >>> rows = tuple(EvalRow(i, f"Q{i}", "A", {"base": "B", "tuned": "A"}) for i in range(2))
+    >>> ev = Evaluation({}, rows, {"columns": ["base", "tuned"]}).save("/tmp/wb-doc-ab-rating")
+    >>> ab = ABRating(ev)
+    >>> ab.score.value, ab.comment.value = 4, "more precise"
+    >>> ab.rate("A").comment, ab.progress.value
+    ('more precise', '1 of 2 rated')
+    >>> ev.ratings_summary().n
+    1
 """
 
 from __future__ import annotations
@@ -32,7 +43,16 @@ class ABRating:
         on_rated: Called with each :class:`~workbench.evaluation.Rating` after it is written.
 
     Examples:
-        >>> # ab = ABRating(ev); ab.current_row; ab.a_html.value; ab.rate("tie")
+        >>> import shutil
+        >>> from workbench.evaluation import EvalRow, Evaluation
+        >>> shutil.rmtree("/tmp/wb-doc-ab-rating-class", ignore_errors=True)
+        >>> row = EvalRow(0, "Q", "A", {"base": "<b>B</b>", "tuned": "A"})
+        >>> ev = Evaluation({}, (row,), {"columns": ["base", "tuned"]})
+        >>> ab = ABRating(ev.save("/tmp/wb-doc-ab-rating-class"))
+        >>> ab.current_row, "&lt;b&gt;B&lt;/b&gt;" in ab.a_html.value + ab.b_html.value
+        (0, True)
+        >>> ab.rate("tie").winner, ab.prompt_html.value, ab.tie_button.disabled
+        ('tie', '<b>all rated</b>', True)
     """
 
     def __init__(self, evaluation: Any, seed: int = 0,
@@ -69,7 +89,18 @@ class ABRating:
         """Show the next unrated pair (or a done message).
 
         Examples:
-            >>> # ab.show_current(); ab.progress.value  -> '3 of 16 rated'
+            A new panel resumes where the ratings file stops:
+
+            >>> import shutil
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> shutil.rmtree("/tmp/wb-doc-ab-rating-show", ignore_errors=True)
+            >>> rows = tuple(EvalRow(i, "Q", "A", {"base": "B", "tuned": "A"}) for i in range(3))
+            >>> ev = Evaluation({}, rows, {"columns": ["base", "tuned"]})
+            >>> ev = ev.save("/tmp/wb-doc-ab-rating-show")
+            >>> _ = ABRating(ev).rate("B")
+            >>> ab = ABRating(ev)  # show_current() runs when the panel is built
+            >>> ab.progress.value
+            '1 of 3 rated'
         """
         total = len(self.rater.rows)
         self.progress.value = f"{total - len(self.rater.remaining)} of {total} rated"
@@ -91,7 +122,16 @@ class ABRating:
         """Record ``verdict`` (``"A"``, ``"B"`` or ``"tie"``) with the score and comment fields.
 
         Examples:
-            >>> # ab.score.value = 5; ab.rate("B")
+            >>> import shutil
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> shutil.rmtree("/tmp/wb-doc-ab-rating-rate", ignore_errors=True)
+            >>> rows = tuple(EvalRow(i, "Q", "A", {"base": "B", "tuned": "A"}) for i in range(2))
+            >>> ev = Evaluation({}, rows, {"columns": ["base", "tuned"]})
+            >>> ab = ABRating(ev.save("/tmp/wb-doc-ab-rating-rate"))
+            >>> ab.score.value = 5
+            >>> rating = ab.rate("B")
+            >>> rating.verdict, rating.score, ab.score.value  # the fields reset for the next
+            ('B', 5, None)
         """
         rating = self.rater.rate(verdict, self.score.value, self.comment.value)
         self.score.value, self.comment.value = None, ""

@@ -6,10 +6,27 @@ one method of this class, and those methods are what tests drive headless. All d
 escaped (see :mod:`workbench.widgets._html`); problem labels live in a ``Select``, which shows
 plain text.
 
+In a notebook a bare ``inspector`` shows the panel; a session passes its ``set_max_length``
+as ``on_apply_max_length``. Headless, on data tokenized by the tiny model's tokenizer:
+
 Examples:
-    >>> # inspector = DataInspector(data, on_apply_max_length=session.set_max_length)
-    >>> # inspector            # displays the panel in a notebook
-    >>> # inspector.search("paris"); inspector.set_cutoff(128); inspector.show_problem(0)
+    >>> from transformers import AutoTokenizer
+    >>> from workbench.data import PreparedData
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+    >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(45)]
+    >>> rows.append(rows[3])  # a duplicate: a problem the panel lists
+    >>> cache = "/tmp/wb-doc-data-inspector-cache"
+    >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None, cache_dir=cache))
+    >>> inspector.page_label.value
+    'page 1 of 3 (46 rows)'
+    >>> inspector.search("plus 7?")
+    >>> inspector.matches
+    1
+    >>> inspector.filter_problems("duplicate")
+    >>> inspector.show_problem(inspector.problems_select.options[0][1])
+    >>> inspector.example.index, inspector.example.split
+    (45, 'train')
 """
 
 from __future__ import annotations
@@ -40,8 +57,19 @@ class DataInspector:
         page_size: Rows per table page.
 
     Examples:
-        >>> # ins = DataInspector(data); ins.next_page(); ins.page  -> 1
-        >>> # ins.set_cutoff(64); ins.cutoff_label.value
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.data import PreparedData
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+        >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(45)]
+        >>> cache = "/tmp/wb-doc-data-inspector-cache"
+        >>> ins = DataInspector(PreparedData.load(rows, tok, validation=None, cache_dir=cache))
+        >>> ins.next_page()
+        >>> ins.page, ins.page_label.value
+        (1, 'page 2 of 3 (45 rows)')
+        >>> ins.set_cutoff(23)
+        >>> ins.cutoff_label.value
+        'cutoff 23: 24 of 45 examples cut, 24 answers cut (0 lose every trained token)'
     """
 
     def __init__(
@@ -129,7 +157,18 @@ class DataInspector:
         """Show ``data`` (a new ``PreparedData``), resetting page, search and example.
 
         Examples:
-            >>> # inspector.set_data(data.with_max_length(128))
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i} plus?", "answer": str(i)} for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> inspector = DataInspector(data)
+            >>> inspector.go_to_page(2)
+            >>> inspector.set_data(data.with_max_length(20))
+            >>> inspector.page, inspector.cutoff_slider.value, inspector.data.spec.max_length
+            (0, 20, 20)
         """
         self.data, self.report = data, data.report()
         self.split, self.query, self.page, self.example = "train", "", 0, None
@@ -157,7 +196,15 @@ class DataInspector:
         """Number of table pages for the current search.
 
         Examples:
-            >>> # inspector.pages  -> 5000 for 100k rows
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> DataInspector(data).pages, DataInspector(data, page_size=10).pages
+            (3, 5)
         """
         return max(1, -(-len(self._matches) // self.page_size))
 
@@ -165,7 +212,19 @@ class DataInspector:
         """Show rows of ``"train"`` or ``"validation"`` (keeps the search).
 
         Examples:
-            >>> # inspector.set_split("validation")
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(50)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=0.2, cache_dir=cache)
+            >>> inspector = DataInspector(data)
+            >>> inspector.split_toggle.options
+            ('train', 'validation')
+            >>> inspector.set_split("validation")
+            >>> inspector.page_label.value
+            'page 1 of 1 (10 rows)'
         """
         self.split = split
         self._matches = self.data.search(self.query, split)
@@ -175,7 +234,19 @@ class DataInspector:
         """Keep only rows containing ``query`` (case-insensitive) and go to the first page.
 
         Examples:
-            >>> # inspector.search("paris"); inspector.matches  -> 2
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": "Capital of France?", "answer": "Paris"},
+            ...         {"question": "Capital of Italy?", "answer": "Rome"},
+            ...         {"question": "Where is the Louvre?", "answer": "in paris"}]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache))
+            >>> inspector.search("PARIS")
+            >>> inspector.matches, inspector.page_label.value
+            (2, 'page 1 of 1 (2 rows)')
         """
         self.query = query
         self._matches = self.data.search(query, self.split)
@@ -186,7 +257,19 @@ class DataInspector:
         """Rows matching the current search.
 
         Examples:
-            >>> # inspector.matches
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(12)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache))
+            >>> inspector.matches  # every row before a search
+            12
+            >>> inspector.search("row 1")  # row 1, row 10, row 11
+            >>> inspector.matches
+            3
         """
         return len(self._matches)
 
@@ -194,7 +277,20 @@ class DataInspector:
         """Render page ``page`` (clamped) of the matching rows: only that page is read.
 
         Examples:
-            >>> # inspector.go_to_page(3); inspector.page  -> 3
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache), page_size=10)
+            >>> inspector.go_to_page(3)
+            >>> inspector.page, inspector.page_label.value
+            (3, 'page 4 of 5 (45 rows)')
+            >>> inspector.go_to_page(99)  # clamped to the last page
+            >>> inspector.page, inspector.next_button.disabled
+            (4, True)
         """
         self.page = min(max(0, page), self.pages - 1)
         start = self.page * self.page_size
@@ -220,7 +316,17 @@ class DataInspector:
         """Go to the next page.
 
         Examples:
-            >>> # inspector.next_page()
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache))
+            >>> inspector.next_page()
+            >>> inspector.page, inspector.prev_button.disabled
+            (1, False)
         """
         self.go_to_page(self.page + 1)
 
@@ -231,7 +337,19 @@ class DataInspector:
         token shows its id.
 
         Examples:
-            >>> # inspector.show_example(5, "validation"); inspector.example.index  -> 5
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(50)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=0.2, cache_dir=cache)
+            >>> inspector = DataInspector(data)
+            >>> inspector.show_example(5, "validation")
+            >>> inspector.example.index, inspector.example.split, inspector.example_index.value
+            (5, 'validation', 5)
+            >>> inspector.example_html.value.startswith("<div>validation example 5 (source row")
+            True
         """
         split = split or (self.example.split if self.example is not None else self.split)
         size = len(self.data.split(split))
@@ -260,8 +378,20 @@ class DataInspector:
         """Move the cutoff line and say what a ``max_length`` of ``cutoff`` would cut.
 
         Examples:
-            >>> # inspector.set_cutoff(64); inspector.cutoff_label.value
-            >>> # 'cutoff 64: 12 of 900 examples cut, 9 answers cut (2 lose every trained token)'
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
+            ...         for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> inspector = DataInspector(data)
+            >>> inspector.set_cutoff(21)
+            >>> inspector.cutoff_label.value
+            'cutoff 21: 45 of 45 examples cut, 45 answers cut (24 lose every trained token)'
+            >>> inspector.figure.layout.shapes[0].x0  # the red line on the histogram
+            21
         """
         cut = self.data.truncation_at(cutoff)
         self.cutoff_slider.value = cutoff
@@ -277,7 +407,23 @@ class DataInspector:
         """Call ``on_apply_max_length`` with the current cutoff; show the data it returns.
 
         Examples:
-            >>> # inspector.apply_cutoff()
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
+            ...         for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> asked = []
+            >>> def shorten_to(n):
+            ...     asked.append(n)
+            ...     return data.with_max_length(n)
+            >>> inspector = DataInspector(data, on_apply_max_length=shorten_to)
+            >>> inspector.set_cutoff(23)
+            >>> _ = inspector.apply_cutoff()
+            >>> asked, inspector.data.spec.max_length
+            ([23], 23)
         """
         if self.on_apply_max_length is None:
             return None
@@ -290,7 +436,19 @@ class DataInspector:
         """List problems of ``kind`` (``"all"`` for every kind), at most 500.
 
         Examples:
-            >>> # inspector.filter_problems("duplicate")
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(45)] + [{"text": "row 3"}]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache))
+            >>> inspector.problem_kind.options
+            ('all', 'small_dataset', 'duplicate')
+            >>> inspector.filter_problems("duplicate")
+            >>> [label[:50] for label, _ in inspector.problems_select.options]
+            ['[duplicate] train row 45: same text as train row 3']
         """
         listed = [(i, p) for i, p in enumerate(self.report.problems) if kind in ("all", p.kind)]
         options = [(shorten(str(p), 200), i) for i, p in listed[:MAX_PROBLEMS_LISTED]]
@@ -301,7 +459,19 @@ class DataInspector:
         """Show the example problem ``index`` (of ``report.problems``) points at.
 
         Examples:
-            >>> # inspector.show_problem(0); inspector.example.index
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"text": f"row {i}"} for i in range(45)] + [{"text": "row 3"}]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> inspector = DataInspector(PreparedData.load(rows, tok, validation=None,
+            ...                                             cache_dir=cache))
+            >>> [p.kind for p in inspector.report.problems]
+            ['small_dataset', 'duplicate']
+            >>> inspector.show_problem(1)
+            >>> inspector.example.index
+            45
         """
         if index is None:
             return

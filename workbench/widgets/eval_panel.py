@@ -4,9 +4,23 @@ A view of an :class:`~workbench.evaluation.Evaluation` (live or reloaded from di
 number comes from it; each widget callback calls one method of this class, and those
 methods are what tests drive headless. Every piece of data text is escaped.
 
+In a notebook, ``ev.panel()`` or a bare ``ev`` shows it.
+
 Examples:
-    >>> # panel = EvalPanel(ev)            # or ev.panel(), or just `ev` in a notebook
-    >>> # panel.sort_by("exact_match"); panel.open_row(panel.order[0]); panel.show_tokens(3)
+    >>> from workbench.evaluation import EvalRow, Evaluation
+    >>> rows = (EvalRow(0, "sky?", "blue", {"base": "green", "tuned": "blue"},
+    ...                 {"em": {"base": 0.0, "tuned": 1.0}}, {"base": 3.0, "tuned": 0.3},
+    ...                 ("bl", "ue"), {"base": (4.0, 2.0), "tuned": (0.5, 0.1)}),
+    ...         EvalRow(1, "grass?", "green", {"base": "green", "tuned": "red"},
+    ...                 {"em": {"base": 1.0, "tuned": 0.0}}))
+    >>> ev = Evaluation({"em": {"base": 0.5, "tuned": 0.5}}, rows, {"columns": ["base", "tuned"]})
+    >>> panel = EvalPanel(ev)
+    >>> panel.sort_by("em"), [label for label, _ in panel.rows_select.options]
+    ([0, 1], ['#0  gain +1  |  sky?', '#1  gain -1  |  grass?'])
+    >>> '<span style="background:#c8f0c8;">blue</span>' in panel.open_row(0)
+    True
+    >>> 'title="loss 4.000"' in panel.show_tokens(0, "base")
+    True
 """
 
 from __future__ import annotations
@@ -80,7 +94,15 @@ class EvalPanel:
         seed: Seed of the blind A/B order.
 
     Examples:
-        >>> # p = EvalPanel(ev); p.sort_by("loss"); p.order[:3]; p.open_row(2); p.detail_html.value
+        >>> from workbench.evaluation import EvalRow, Evaluation
+        >>> rows = tuple(EvalRow(i, f"Q{i}", "A", {"base": "B", "tuned": "A"},
+        ...                      losses={"base": 2.0, "tuned": drop}) for i, drop in
+        ...              enumerate([1.5, 0.5, 1.0]))
+        >>> p = EvalPanel(Evaluation({}, rows, {"columns": ["base", "tuned"]}))
+        >>> p.sort_by("loss"), p.selected  # largest loss drop first; the top row is open
+        ([1, 2, 0], 1)
+        >>> p.detail_html.value.startswith("<b>prompt</b><pre>Q1</pre>")
+        True
     """
 
     def __init__(self, evaluation: Any, seed: int = 0) -> None:
@@ -164,7 +186,13 @@ class EvalPanel:
             The row indices in the new order (also kept in ``.order``).
 
         Examples:
-            >>> # panel.sort_by("exact_match")[:3]  -> rows the tuned model improved most
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> rows = tuple(EvalRow(i, "Q", "A", {"base": "B", "tuned": "A"},
+            ...                      {"em": {"base": 0.0, "tuned": gain}})
+            ...              for i, gain in enumerate([0.0, 1.0, 0.5]))
+            >>> panel = EvalPanel(Evaluation({"em": {}}, rows, {"columns": ["base", "tuned"]}))
+            >>> panel.sort_by("em"), panel.sort_by("em", descending=False)
+            ([1, 2, 0], [0, 2, 1])
         """
         key = key if key is not None else self.sort_key.value
         descending = self.descending.value if descending is None else descending
@@ -188,7 +216,12 @@ class EvalPanel:
             The HTML shown (every piece of text escaped).
 
         Examples:
-            >>> # panel.open_row(4); "<del" not in panel.detail_html.value
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> row = EvalRow(0, "<b>Q</b>", "A", {"base": "x", "tuned": "A"})
+            >>> panel = EvalPanel(Evaluation({}, (row,), {"columns": ["base", "tuned"]}))
+            >>> html = panel.open_row(0)
+            >>> "&lt;b&gt;Q&lt;/b&gt;" in html, "line-through" in html  # escaped; x struck
+            (True, True)
         """
         if index is None:
             return self.detail_html.value
@@ -217,7 +250,14 @@ class EvalPanel:
         """Shade the reference of row ``index`` by each token's loss under ``column``'s model.
 
         Examples:
-            >>> # panel.show_tokens(0, "base"); panel.tokens_html.value
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> row = EvalRow(0, "Q", "red", {"base": "x", "tuned": "red"}, losses={"base": 6.0},
+            ...               tokens=("red",), token_losses={"base": (6.0,)})
+            >>> panel = EvalPanel(Evaluation({}, (row,), {"columns": ["base", "tuned"]}))
+            >>> print(panel.show_tokens(0, "base").split("<div style")[0])
+            <div>loss 6.000 (mean NLL per token)</div>
+            >>> "rgba(220,40,40,1.00)" in panel.tokens_html.value  # fully shaded at loss 6
+            True
         """
         index = self.token_row.value if index is None else index
         column = self.token_column.value if column is None else column
@@ -242,7 +282,11 @@ class EvalPanel:
         """Re-read ``ratings.jsonl`` and show the summary; build the A/B view when possible.
 
         Examples:
-            >>> # panel.refresh_ratings(); panel.ratings_html.value
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> row = EvalRow(0, "Q", "A", {"base": "B", "tuned": "A"})
+            >>> panel = EvalPanel(Evaluation({}, (row,), {"columns": ["base", "tuned"]}))
+            >>> panel.refresh_ratings()  # not saved yet: no rating file to write to
+            '<i>blind A/B needs base and tuned answers and a saved evaluation</i>'
         """
         ev = self.evaluation
         if ev.ratings_path is None or len(ev.columns) != 2:

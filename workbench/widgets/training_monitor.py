@@ -12,11 +12,33 @@ paused) and a heatmap of each transformer block's adapter gradient or weight nor
 Renders are handed to the kernel's event loop when there is one, so widgets are only
 touched from the main thread; headless (tests, scripts) they run at once.
 
+In a notebook, ``run.monitor()`` (or a bare ``monitor``) shows the panel.
+
 Examples:
-    >>> # monitor = TrainingMonitor(run); monitor            # displays in a notebook
-    >>> # monitor.status_html.value; len(monitor.traces["loss"].x)
-    >>> # TrainingMonitor.from_folder("runs/a")              # a finished run, from disk
-    >>> # TrainingMonitor(run, teaching=True).heatmap.trace.z  # blocks x steps
+    A 3-step run on the tiny model, then its monitor and the same run read from disk:
+
+    >>> import shutil
+    >>> from workbench.models.loading import load_model
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.train import TrainSpec, start_run
+    >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-training-monitor-model")),
+    ...                     on_event=len)
+    >>> tok = loaded.tokenizer
+    >>> ids = [tok(text).input_ids + [tok.eos_token_id] for text in ("cat => red", "dog => blue")]
+    >>> shutil.rmtree("/tmp/wb-doc-training-monitor-run", ignore_errors=True)
+    >>> run = start_run(loaded.model, tok, {"input_ids": ids, "labels": ids}, None,
+    ...                 TrainSpec(max_steps=3, batch_size=2), "/tmp/wb-doc-training-monitor-run",
+    ...                 None, None, wait=False)
+    >>> run.wait().state.value
+    'finished'
+    >>> monitor = TrainingMonitor(run)
+    >>> monitor.status_text().split(" · ")[:3], len(monitor.traces["loss"].x)
+    (['finished', 'step 3/3', 'epoch 3.00'], 3)
+    >>> monitor.stop_button.disabled, monitor.resume_button.disabled  # nothing left to run
+    (True, True)
+    >>> len(TrainingMonitor.from_folder(run.run_dir).traces["loss"].x)
+    3
+    >>> monitor.close()
 """
 
 from __future__ import annotations
@@ -86,7 +108,14 @@ class TrainingMonitor:
         widget: The whole panel.
 
     Examples:
-        >>> # m = TrainingMonitor(run); m.stop_button.click(); run.wait().state -> 'stopped'
+        With a live run each button calls one run method (Stop calls ``run.stop()``, and the
+        run ends ``stopped``). Without a run it is an empty, static view:
+
+        >>> m = TrainingMonitor()
+        >>> m.status_text(), m.stop_button.disabled, m.heatmap is None
+        ('no run', True, True)
+        >>> TrainingMonitor(teaching=True).heatmap.kind.value  # heatmap shows gradient norms
+        'grad'
     """
 
     def __init__(self, run: Any = None, min_interval: float = MIN_INTERVAL,
@@ -117,7 +146,11 @@ class TrainingMonitor:
         """A static monitor of a run from its folder (history, probes, status on disk).
 
         Examples:
-            >>> # TrainingMonitor.from_folder("runs/a").status_html.value
+            The module example reads a finished run this way; a folder without a run says so:
+
+            >>> TrainingMonitor.from_folder("/nonexistent-run")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SpecError: /nonexistent-run holds no training run (no run.json). ...
         """
         from workbench.train import store
         from workbench.train.records import LogRecord
@@ -323,7 +356,10 @@ class TrainingMonitor:
         """Render the arrays, status, buttons and probes now.
 
         Examples:
-            >>> # monitor.refresh(); monitor.status_html.value
+            >>> monitor = TrainingMonitor()
+            >>> monitor.refresh()
+            >>> monitor.status_html.value
+            '<div class="wb-train-status" style="">no run</div>'
         """
         with self._lock:
             self._timer, self._last_render = None, time.monotonic()
@@ -358,7 +394,11 @@ class TrainingMonitor:
         """The status line as plain text.
 
         Examples:
-            >>> # monitor.status_text() -> 'running · step 12/60 · epoch 1.50 · ...'
+            During a run it starts like ``running · step 12/60 · epoch 1.50 · loss 1.2345``
+            (see the module example); without a run:
+
+            >>> TrainingMonitor().status_text()
+            'no run'
         """
         s = self._status
         if s is None:
@@ -396,7 +436,10 @@ class TrainingMonitor:
         """Plain-text fallback: the status line and the last records.
 
         Examples:
-            >>> # print(monitor.text())
+            With a run, one ``step N/total  loss x`` line follows per record; without one:
+
+            >>> print(TrainingMonitor().text())
+            no run
         """
         from workbench.train.records import LogRecord, format_record
 
@@ -411,7 +454,10 @@ class TrainingMonitor:
         """Unsubscribe from the run's events and close the widgets.
 
         Examples:
-            >>> # monitor.close()
+            >>> monitor = TrainingMonitor()
+            >>> monitor.close()
+            >>> monitor.widget.comm is None  # closed: the front end drops it
+            True
         """
         for unsubscribe in self._unsubscribe:
             unsubscribe()

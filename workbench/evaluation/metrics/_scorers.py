@@ -193,7 +193,13 @@ class ModuleScorer:
         """Corpus value from one call over all rows; per-example values per row.
 
         Examples:
-            >>> # ModuleScorer(evaluate.load("accuracy"), "accuracy").score(column, indices)
+            An ``evaluate.load(...)`` instance works the same; without ``per_example`` the
+            module is also called once per row:
+
+            >>> s = ModuleScorer(str(MODULES_DIR / "exact_match"), "exact_match")
+            >>> scored = s.score(Column(("a", "b"), ("a", "a")), np.zeros((2, 2), int))
+            >>> scored["exact_match"].value, scored["exact_match"].per_example
+            (0.5, (1.0, 0.0))
         """
         module = self._module()
         options = {**self.options, **({"per_example": True} if self.per_example else {})}
