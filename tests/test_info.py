@@ -73,3 +73,16 @@ def test_gemma_loads_in_4bit(tmp_path, gemma_folder):
     info = wb.Session(tmp_path, verbose=False).load_model("gemma-3-270m", quantization="4bit")
     assert info.quantization == "4bit"
     assert info.memory_bytes < 0.75 * 1024**3  # embeddings stay float32; linears shrink 8x
+
+
+def test_lora_targets_look_through_an_adapter(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from workbench.models.info import lora_target_names
+    from workbench.models.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir), on_event=len)
+    plain = lora_target_names(loaded.model)
+    adapted = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))
+    assert lora_target_names(adapted) == plain
+    assert "base_layer" not in plain and "q_proj" in plain

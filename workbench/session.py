@@ -130,8 +130,10 @@ class Session:
             trust_remote_code: Allow code shipped with a checkpoint to run.
 
         Examples:
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> folder = str(build_tiny_model("/tmp/tiny-session-doc"))
             >>> s = Session("/tmp/wb-doc-run", verbose=False)
-            >>> s.load_model("/tmp/tiny-session-doc", quantization="4bit").quantization
+            >>> s.load_model(folder, quantization="4bit").quantization
             '4bit'
         """
         self._check_run_allows("load_model")
@@ -164,7 +166,10 @@ class Session:
         """The loaded transformers model.
 
         Examples:
-            >>> type(s.model).__name__  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-model", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> type(s.model).__name__
             'LlamaForCausalLM'
         """
         self.loaded  # noqa: B018 - raises NoModelError when nothing is loaded
@@ -175,7 +180,10 @@ class Session:
         """The loaded tokenizer.
 
         Examples:
-            >>> s.tokenizer.eos_token  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-tokenizer", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> s.tokenizer.eos_token
             '</s>'
         """
         return self.loaded.tokenizer
@@ -184,7 +192,10 @@ class Session:
         """Facts about the loaded model (a table in a notebook, text when printed).
 
         Examples:
-            >>> s.model_info().lora_targets  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-model-info", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> s.model_info().lora_targets
             ('down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj')
         """
         return model_info(self.loaded)
@@ -195,7 +206,12 @@ class Session:
         Greedy unless ``do_sample=True`` is passed. Returns the new text only.
 
         Examples:
-            >>> text = s.generate("Hello", max_new_tokens=5)  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-generate", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> text = s.generate("Hello", max_new_tokens=5)
+            >>> isinstance(text, str), len(s.generate(["Hello", "Bye"], max_new_tokens=5))
+            (True, 2)
         """
         self._check_run_allows("generate")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -214,8 +230,11 @@ class Session:
         The tokenized data is cached under the run folder.
 
         Examples:
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-load-data", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
             >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
-            >>> s.load_data(rows, validation=0.2).train  # doctest: +SKIP
+            >>> s.load_data(rows, validation=0.2).train
             16
         """
         self._check_run_allows("load_data")
@@ -251,8 +270,16 @@ class Session:
         """Example ``i`` as the model sees it: tokens with text, id and trained flag.
 
         Examples:
-            >>> [t.trained for t in s.example(0).tokens][:3]  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-example", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)],
+            ...                 validation=0.2)
+            >>> example = s.example(0)
+            >>> [t.trained for t in example.tokens][:3]
             [False, False, False]
+            >>> [t.text for t in example.tokens if t.trained][:4]  # the answer and its end token
+            ['a', '1', '3', '<|im_end|>']
         """
         return self.data.example(i, split)
 
@@ -260,7 +287,16 @@ class Session:
         """Counts, token lengths, trained share and problems of the loaded data.
 
         Examples:
-            >>> print(s.data_report())  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-data-report", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)],
+            ...                 validation=0.2)
+            >>> report = s.data_report()
+            >>> report.train, report.validation, [problem.kind for problem in report.problems]
+            (16, 4, ['small_dataset'])
+            >>> print(str(report).splitlines()[1])
+            rows: 20 read, 0 skipped; train 16, validation 4
         """
         return self.data.report()
 
@@ -271,7 +307,14 @@ class Session:
         :class:`~workbench.errors.WorkbenchWarning`).
 
         Examples:
-            >>> s.set_max_length(128).max_length  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-max-length", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.set_max_length(128).max_length
+            128
+            >>> s.set_max_length(None).max_length  # the model's context
+            1024
         """
         self._check_run_allows("set_max_length")
         self._data = self.data.with_max_length(max_length)
@@ -284,7 +327,14 @@ class Session:
         In a front end without widgets, it shows the report as text.
 
         Examples:
-            >>> panel = s.inspect_data()  # doctest: +SKIP
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-inspect-data", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)],
+            ...                 validation=0.2)
+            >>> panel = s.inspect_data()
+            >>> panel.page_label.value, panel.split_toggle.options
+            ('page 1 of 1 (16 rows)', ('train', 'validation'))
         """
         from workbench.widgets.data_inspector import DataInspector
 
@@ -301,7 +351,8 @@ class Session:
         model, its quantization is used unless given.
 
         Examples:
-            >>> s.estimate_memory("gemma-3-270m", seq_len=256).total > 0  # doctest: +SKIP
+            >>> s = Session("/tmp/wb-doc-session-memory", verbose=False)
+            >>> s.estimate_memory("gemma-3-270m", seq_len=256).total > 0
             True
         """
         from workbench.models.memory import estimate_memory
@@ -343,7 +394,20 @@ class Session:
         """Put a saved peft adapter (e.g. an ``adapter`` export) on the loaded base model.
 
         Examples:
-            >>> s.load_adapter("runs/old/export/adapter")  # doctest: +SKIP
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-adapter", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-adapter", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.train(max_steps=2, wait=False).wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> adapter = s.export("export/adapter", format="adapter")
+            >>> new = Session("/tmp/wb-doc-session-adapter-new", verbose=False)
+            >>> _ = new.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = new.load_adapter(adapter)
+            >>> type(new.model).__name__
+            'PeftModelForCausalLM'
         """
         self._check_run_allows("load_adapter")
         from peft import PeftModel
@@ -363,8 +427,25 @@ class Session:
         TrainingMonitor; elsewhere it blocks and prints progress (``wait`` overrides).
 
         Examples:
-            >>> run = s.train(epochs=2, lr=2e-4, lora=wb.LoRA(r=8))  # doctest: +SKIP
-            >>> run.pause(); s.generate("Hi"); run.resume()  # doctest: +SKIP
+            >>> import shutil
+            >>> import workbench as wb
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-train", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-train", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, lr=2e-4, lora=wb.LoRA(r=8), wait=False)
+            >>> run.pause().state
+            <RunState.PAUSED: 'paused'>
+            >>> isinstance(s.generate("Hi", max_new_tokens=3), str)  # allowed while paused
+            True
+            >>> s.load_data([{"question": "q", "answer": "a"}])  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SessionStateError: load_data() is refused while run-001 is paused ...
+            >>> run.resume().done
+            False
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         from workbench.errors import SpecError
         from workbench.train import TrainSpec, start_run
@@ -392,8 +473,24 @@ class Session:
         latest run is then resumed (and named in a progress message).
 
         Examples:
-            >>> run = wb.Session("runs/demo").resume("runs/demo")  # doctest: +SKIP
-            resuming the latest run in runs/demo: runs/demo/runs/run-001
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-resume", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-resume", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=40, wait=False)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+            >>> later = Session("/tmp/wb-doc-session-resume", verbose=False)  # e.g. after a restart
+            >>> messages = []
+            >>> off = later.on("progress", messages.append)
+            >>> run = later.resume("/tmp/wb-doc-session-resume", wait=False)
+            >>> print(messages[0])  # doctest: +NORMALIZE_WHITESPACE
+            resuming the latest run in /tmp/wb-doc-session-resume:
+            /tmp/wb-doc-session-resume/runs/run-001
+            >>> run.wait().state, run.status.step
+            (<RunState.FINISHED: 'finished'>, 40)
         """
         from workbench.train import resume_run
         from workbench.train.store import read_meta
@@ -448,8 +545,17 @@ class Session:
         under ``evaluations/`` in the run folder.
 
         Examples:
-            >>> ev = s.evaluate(metrics=["exact_match"], limit=16)  # doctest: +SKIP
-            >>> ev.scores["exact_match"]["tuned"]  # doctest: +SKIP
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-evaluate", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-evaluate", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.train(max_steps=2, wait=False).wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> ev = s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=8)
+            >>> sorted(ev.scores), ev.scores["exact_match"]["tuned"]  # the tiny model knows nothing
+            (['exact_match'], 0.0)
         """
         from workbench.evaluation import run_evaluation
 
@@ -499,7 +605,18 @@ class Session:
         Afterwards the session holds the merged plain model.
 
         Examples:
-            >>> s.merge().quantization  # doctest: +SKIP
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-merge", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-merge", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.train(max_steps=2, wait=False).wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> type(s.model).__name__
+            'PeftModelForCausalLM'
+            >>> s.merge().quantization, type(s.model).__name__
+            (None, 'LlamaForCausalLM')
         """
         self._check_run_allows("merge")
         from dataclasses import replace
@@ -533,8 +650,18 @@ class Session:
             WriteError: a read-only target, or no space left on its disk.
 
         Examples:
-            >>> s.export("export/merged")  # doctest: +SKIP
-            PosixPath('runs/demo/export/merged')
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-export", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-export", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> s.export("export/merged")
+            PosixPath('/tmp/wb-doc-session-export/export/merged')
+            >>> s.export("export/merged")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SpecError: /tmp/.../merged exists and is not empty; pass overwrite=...
+            >>> s.export("export/merged", overwrite=True).name
+            'merged'
         """
         self._check_run_allows("export")
         from workbench.deploy import check_export, export_model, export_target
@@ -566,9 +693,17 @@ class Session:
         ``export(..., format="gguf")`` runs this check itself when llama-cpp-python is installed.
 
         Examples:
-            >>> report = s.check_export("export/gguf")  # doctest: +SKIP
-            >>> report.all_same, report.cases[0].first_difference  # doctest: +SKIP
-            (True, None)
+            It needs llama-cpp-python, which the workbench does not install, so the check
+            itself is described rather than run: after ``s.export("export/gguf",
+            format="gguf")``, ``report = s.check_export("export/gguf")`` gives a report whose
+            ``all_same`` is ``True`` when every answer matched token for token, and whose
+            ``cases[i].first_difference`` is ``None`` for a case that matched. Without a GGUF
+            at the path, it says so before loading anything:
+
+            >>> Session("/tmp/wb-doc-session-check", verbose=False).check_export("export/gguf")
+            ... # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SpecError: /tmp/wb-doc-session-check/export/gguf is not a GGUF file ...
         """
         from workbench.deploy import export_target
         from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
@@ -626,7 +761,14 @@ class Session:
         """Quantize the exported model with bitsandbytes; returns a before/after table.
 
         Examples:
-            >>> s.quantize("4bit")  # doctest: +SKIP
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-quantize", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-quantize", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> report = s.quantize("4bit", probes=["Hello"])
+            >>> report.quantization, report.folder.name, [row[0] for row in report.rows()]
+            ('4bit', 'quantized-4bit', ['size on disk', 'memory', 'latency per answer', 'tokens/s'])
         """
         self._check_run_allows("quantize")
         from workbench.deploy import export_target, quantize_export
@@ -648,8 +790,16 @@ class Session:
             SpecError: ``port`` is not an int from 1 to 65535 (checked first), or is in use.
 
         Examples:
-            >>> server = s.serve(port=8000)  # doctest: +SKIP
-            >>> server.stop()  # doctest: +SKIP
+            Serving starts ``transformers serve`` in a subprocess, on a free port, and waits
+            until it answers, so it is described rather than run here: ``server =
+            s.serve(port=8000)`` serves at ``http://127.0.0.1:8000/v1`` (``server.usage()`` shows
+            how to call it) until ``server.stop()``. A bad port is refused before anything is
+            exported:
+
+            >>> Session("/tmp/wb-doc-session-serve", verbose=False).serve(port=0)
+            ... # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SpecError: port=0 is not a valid port: give an int from 1 to 65535...
         """
         self._check_run_allows("serve")
         from workbench.deploy import check_port, serve_model

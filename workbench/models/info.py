@@ -126,11 +126,15 @@ def lora_target_names(model) -> tuple[str, ...]:
     from transformers.pytorch_utils import Conv1D
 
     output = model.get_output_embeddings()
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not output
-    }
+    output = getattr(output, "base_layer", output)  # peft may wrap the output layer too
+    names = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is output:
+            continue
+        parts = name.split(".")
+        if any(part.startswith("lora_") for part in parts):
+            continue  # an adapter's own matrices, not a layer of the model
+        names.add(parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1])
     return tuple(sorted(names))
 
 

@@ -339,7 +339,22 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
             a file of it does not load (check it first with :func:`checkpoint_problem`).
 
     Examples:
-        >>> # state = load_checkpoint(newest_valid_checkpoint(run_dir)[0], model, opt, sched)
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        >>> run_dir = Path("/tmp/wb-doc-checkpoint-load")
+        >>> saved = save_checkpoint(run_dir, layer, opt, sched, {"step": 10, "micro": 10})
+        >>> before = layer.weight.detach().clone()
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.zero_()
+        >>> path, skipped = newest_valid_checkpoint(run_dir)
+        >>> state = load_checkpoint(path, layer, opt, sched)
+        >>> path.name, state["step"], torch.equal(layer.weight, before)
+        ('step-00000010', 10, True)
+        >>> load_checkpoint(path, torch.nn.Sequential(layer), opt, sched)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.TrainingError: checkpoint ... does not match the model's trainable ...
     """
     import torch
 

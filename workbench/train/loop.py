@@ -6,8 +6,20 @@ validation data. Everything that decides *when* (pause, eval, save, stop) lives 
 :mod:`workbench.train.run`.
 
 Examples:
-    >>> # loop = TrainLoop(peft_model, pad_id, train_examples, val_examples, spec, total_steps=60)
-    >>> # record = loop.train_step(); record.loss
+    >>> from transformers import AutoModelForCausalLM
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.train.batches import Examples
+    >>> from workbench.train.prepare import wrap_model
+    >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+    >>> spec = TrainSpec(max_steps=4, batch_size=2)
+    >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+    >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+    >>> loop = TrainLoop(model, 0, train, train, spec, total_steps=4)
+    >>> record = loop.train_step()
+    >>> record.kind, record.step
+    ('train', 1)
+    >>> loop.evaluate() > 0
+    True
 """
 
 from __future__ import annotations
@@ -51,8 +63,17 @@ class TrainLoop:
             the step's gradients are complete and not yet clipped (``None``: nothing is called).
 
     Examples:
-        >>> # TrainLoop(model, 0, train, None, TrainSpec(max_steps=5), 5).train_step().step
-        >>> # 1
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.batches import Examples
+        >>> from workbench.train.prepare import wrap_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+        >>> spec = TrainSpec(max_steps=4, batch_size=2)
+        >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+        >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+        >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+        >>> loop.train_step().step
+        1
     """
 
     def __init__(self, model: Any, pad_id: int, train: Examples, validation: Examples | None,
@@ -81,7 +102,19 @@ class TrainLoop:
         """Fractional epochs done.
 
         Examples:
-            >>> # loop.epoch -> 0.5
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> loop.micro_per_epoch  # 8 examples in batches of 2
+            4
+            >>> loop.train_step().step, loop.epoch
+            (1, 0.25)
         """
         return self.micro / self.micro_per_epoch
 
@@ -89,7 +122,19 @@ class TrainLoop:
         """Example indices of global micro-batch ``micro`` (deterministic from the seed).
 
         Examples:
-            >>> # loop.batch_at(0) -> [12, 3, 40, 7]
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> len(loop.batch_at(0)), loop.batch_at(0) == loop.batch_at(0)
+            (2, True)
+            >>> sorted(i for micro in range(4) for i in loop.batch_at(micro))  # one epoch
+            [0, 1, 2, 3, 4, 5, 6, 7]
         """
         return self.plan.at(micro)
 
@@ -97,7 +142,19 @@ class TrainLoop:
         """Position to store in a checkpoint.
 
         Examples:
-            >>> # loop.state() -> {'step': 10, 'micro': 10, 'elapsed': 3.2}
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> record = loop.train_step()
+            >>> state = loop.state()
+            >>> sorted(state), state["step"], state["micro"]
+            (['elapsed', 'micro', 'step'], 1, 1)
         """
         return {"step": self.step, "micro": self.micro, "elapsed": self.elapsed}
 
@@ -105,7 +162,18 @@ class TrainLoop:
         """Continue from a checkpoint's :meth:`state`.
 
         Examples:
-            >>> # loop.restore({"step": 10, "micro": 10, "elapsed": 3.2})
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> loop.restore({"step": 3, "micro": 3, "elapsed": 1.5})
+            >>> loop.step, loop.epoch, loop.elapsed
+            (3, 0.75, 1.5)
         """
         self.step, self.micro = int(state["step"]), int(state["micro"])
         self.elapsed = float(state.get("elapsed", 0.0))
@@ -135,7 +203,20 @@ class TrainLoop:
         """Learning rate of the top layer for the next step.
 
         Examples:
-            >>> # loop.current_lr() -> 0.0002
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> loop.current_lr()  # the first step is warm-up (TrainSpec.warmup)
+            0.0
+            >>> record = loop.train_step()
+            >>> loop.current_lr() == spec.lr
+            True
         """
         return max(group["lr"] for group in self.optimizer.param_groups)
 
@@ -147,7 +228,18 @@ class TrainLoop:
             OutOfMemoryError: the batch did not fit; the message suggests a smaller one.
 
         Examples:
-            >>> # loop.train_step().loss -> 5.81
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> record = loop.train_step()
+            >>> record.step, record.epoch, record.loss > 0
+            (1, 0.25, True)
         """
         import torch
 
@@ -188,7 +280,17 @@ class TrainLoop:
         Leaves the model in training mode and consumes no random numbers.
 
         Examples:
-            >>> # loop.evaluate() -> 0.42
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, train, spec, total_steps=4)
+            >>> loop.evaluate() > 0, loop.model.training
+            (True, True)
         """
         import torch
 

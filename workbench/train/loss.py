@@ -8,7 +8,18 @@ alone, in chunks. The sum of token losses is the same as the full path's, up to 
 rounding.
 
 Examples:
-    >>> # total, count = token_loss_sum(peft_model, batch, fast=True); (total / count).backward()
+    >>> import torch
+    >>> from transformers import AutoModelForCausalLM
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.train.batches import Examples, collate
+    >>> model = AutoModelForCausalLM.from_pretrained(build_tiny_model("/tmp/wb-doc-loss-tiny"))
+    >>> batch = collate(Examples.from_rows([[1, 5, 6, 7]], [[-100, -100, 6, 7]]), [0], pad_id=0)
+    >>> total, count = token_loss_sum(model, batch, fast=True)
+    >>> count
+    2
+    >>> torch.allclose(total, token_loss_sum(model, batch, fast=False)[0])
+    True
+    >>> (total / count).backward()
 """
 
 from __future__ import annotations
@@ -32,7 +43,14 @@ def causal_lm(model: Any) -> Any:
     """The transformers ``*ForCausalLM`` inside a peft wrapper (or the model itself).
 
     Examples:
-        >>> # causal_lm(peft_model).config.model_type -> 'llama'
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.prepare import wrap_model
+        >>> from workbench.train.spec import TrainSpec
+        >>> folder = build_tiny_model("/tmp/wb-doc-loss-tiny")
+        >>> peft_model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), TrainSpec())
+        >>> type(peft_model).__name__, type(causal_lm(peft_model)).__name__
+        ('PeftModelForCausalLM', 'LlamaForCausalLM')
     """
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
@@ -41,7 +59,11 @@ def supports_fast_loss(model: Any) -> bool:
     """Whether the model's logits are a plain output layer over the backbone's states.
 
     Examples:
-        >>> # supports_fast_loss(gemma) -> True
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-loss-gemma3", architecture="gemma3")
+        >>> supports_fast_loss(AutoModelForCausalLM.from_pretrained(folder))
+        True
     """
     lm = causal_lm(model)
     prefix = getattr(lm, "base_model_prefix", "")
@@ -103,7 +125,14 @@ def token_loss_sum(model: Any, batch: dict[str, Any], fast: bool = True) -> tupl
         ``(loss_sum, count)``: a scalar tensor and the number of trained tokens.
 
     Examples:
-        >>> # total, n = token_loss_sum(model, collate(examples, [0, 1], pad_id=0))
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.batches import Examples, collate
+        >>> model = AutoModelForCausalLM.from_pretrained(build_tiny_model("/tmp/wb-doc-loss-tiny"))
+        >>> examples = Examples.from_rows([[1, 5, 6], [1, 7]], [[-100, 5, 6], [-100, 7]])
+        >>> total, n = token_loss_sum(model, collate(examples, [0, 1], pad_id=0))
+        >>> n, total.dim()
+        (3, 0)
     """
     from torch.nn.functional import cross_entropy
 

@@ -4,8 +4,16 @@ The steps the scale-out script shares (adapter, checkpointing, AdamW groups, NEF
 :mod:`workbench.train.core`; this module checks the spec and adds quantized bases.
 
 Examples:
-    >>> # check_model(model, spec)      # raises SpecError / DependencyError, changes nothing
-    >>> # model = wrap_model(model, spec)
+    >>> from transformers import AutoModelForCausalLM
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> from workbench.train.spec import LoRA
+    >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+    >>> model = AutoModelForCausalLM.from_pretrained(folder)
+    >>> spec = TrainSpec(lora=LoRA(r=8, target=("q_proj", "v_proj")))
+    >>> check_model(model, spec)  # raises SpecError or DependencyError; changes nothing
+    >>> model = wrap_model(model, spec)
+    >>> type(model).__name__
+    'PeftModelForCausalLM'
 """
 
 from __future__ import annotations
@@ -25,7 +33,11 @@ def is_4bit(model: Any) -> bool:
     """Whether the model was loaded with bitsandbytes 4-bit weights.
 
     Examples:
-        >>> # is_4bit(load_model(path, quantization="4bit").model) -> True
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = str(build_tiny_model("/tmp/wb-doc-prepare-tiny"))
+        >>> is_4bit(load_model(folder, quantization="4bit", on_event=lambda m: None).model)
+        True
     """
     return bool(getattr(model, "is_loaded_in_4bit", False))
 
@@ -34,7 +46,11 @@ def is_quantized(model: Any) -> bool:
     """Whether the model has 4-bit or 8-bit bitsandbytes weights.
 
     Examples:
-        >>> # is_quantized(plain_model) -> False
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+        >>> is_quantized(AutoModelForCausalLM.from_pretrained(folder))
+        False
     """
     return is_4bit(model) or bool(getattr(model, "is_loaded_in_8bit", False))
 
@@ -61,7 +77,17 @@ def check_model(model: Any, spec: TrainSpec) -> None:
         DependencyError: qlora without bitsandbytes installed.
 
     Examples:
-        >>> # check_model(plain_model, TrainSpec(method="qlora"))  -> SpecError
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.spec import LoRA
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+        >>> model = AutoModelForCausalLM.from_pretrained(folder)
+        >>> check_model(model, TrainSpec(method="qlora"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: method='qlora' trains LoRA on a 4-bit base, but this model ...
+        >>> check_model(model, TrainSpec(lora=LoRA(target=("c_attn",))))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: LoRA target ['c_attn'] not found in this model. Its linear ...
     """
     if hasattr(model, "peft_config"):
         msg = ("the model already carries a peft adapter (from an earlier run): load the base "
@@ -91,7 +117,18 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
     Seeds torch with ``spec.seed`` first, so the adapter's initial weights are reproducible.
 
     Examples:
-        >>> # peft_model = wrap_model(model, TrainSpec(lora=LoRA(r=8)))
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.spec import LoRA
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+        >>> peft_model = wrap_model(AutoModelForCausalLM.from_pretrained(folder),
+        ...                         TrainSpec(lora=LoRA(r=8)))
+        >>> peft_model.peft_config["default"].r
+        8
+        >>> full = wrap_model(AutoModelForCausalLM.from_pretrained(folder),
+        ...                   TrainSpec(method="full"))
+        >>> all(p.requires_grad for p in full.parameters())
+        True
     """
     import torch
 
@@ -111,6 +148,14 @@ def optimizer_groups(model: Any, spec: TrainSpec) -> list[dict[str, Any]]:
     """AdamW parameter groups: per-layer learning rates and no decay on biases and norms.
 
     Examples:
-        >>> # torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
+        >>> import torch
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+        >>> spec = TrainSpec(lr=1e-3, layer_lr_decay=0.5)
+        >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+        >>> optimizer = torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
+        >>> [group["lr"] for group in optimizer.param_groups]  # the top layer gets spec.lr
+        [0.0005, 0.001]
     """
     return core.optimizer_groups(model, spec.lr, spec.weight_decay, spec.layer_lr_decay)

@@ -80,9 +80,26 @@ class Run:
             norms are tracked (see :meth:`track_layer_norms`).
 
     Examples:
-        >>> # run = start_run(model, tok, train, val, TrainSpec(max_steps=20), Path("runs/a"),
-        >>> #                 EventHub(), {"spec": "gemma-3-270m"}, wait=False)
-        >>> # run.pause(); run.state -> RunState.PAUSED; run.resume(); run.wait()
+        A run of 100 steps on the tiny model, paused, resumed and stopped:
+
+        >>> import shutil
+        >>> from workbench import Session
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> shutil.rmtree("/tmp/wb-doc-run-class", ignore_errors=True)
+        >>> s = Session("/tmp/wb-doc-run-class", verbose=False)
+        >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+        >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+        >>> run = s.train(max_steps=100, wait=False)
+        >>> run.pause().state
+        <RunState.PAUSED: 'paused'>
+        >>> run.resume().done
+        False
+        >>> run.stop().state
+        <RunState.STOPPING: 'stopping'>
+        >>> run.wait().state
+        <RunState.STOPPED: 'stopped'>
+        >>> run  # doctest: +ELLIPSIS
+        Run('/tmp/wb-doc-run-class/runs/run-001', state=stopped, step=.../100)
     """
 
     def __init__(self, run_dir: Path, events: EventHub, model: Any, tokenizer: Any,
@@ -123,7 +140,21 @@ class Run:
         """The model being trained (a ``PeftModel`` for lora/qlora): the adapter as it is now.
 
         Examples:
-            >>> # run.pause(); generate_text(run.model, run.tokenizer, ["Hi"])
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-model", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-model", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> run.wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> type(run.model).__name__
+            'PeftModelForCausalLM'
+            >>> from workbench.models.generation import generate_text
+            >>> len(generate_text(run.model, run.tokenizer, ["Hi", "Bye"], max_new_tokens=3))
+            2
         """
         return self._model
 
@@ -132,7 +163,19 @@ class Run:
         """The latest :class:`RunStatus` snapshot.
 
         Examples:
-            >>> # run.status.step, run.status.eta
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-status", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-status", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> status = run.wait()
+            >>> status is run.status, status.state.value, status.step, status.total_steps
+            (True, 'finished', 2, 2)
+            >>> status.done, status.progress, status.eta
+            (True, 1.0, 0.0)
         """
         return self._status
 
@@ -141,7 +184,21 @@ class Run:
         """The current :class:`RunState`.
 
         Examples:
-            >>> # run.state -> RunState.RUNNING
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-state", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-state", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.state
+            <RunState.RUNNING: 'running'>
+            >>> run.stop().state
+            <RunState.STOPPING: 'stopping'>
+            >>> _ = run.wait()
+            >>> run.state
+            <RunState.STOPPED: 'stopped'>
         """
         return self._status.state
 
@@ -150,7 +207,19 @@ class Run:
         """Every logged record so far (train steps, evaluations, warnings), oldest first.
 
         Examples:
-            >>> # [r.loss for r in run.history if r.kind == "train"]
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-history", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-history", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> _ = run.wait()
+            >>> [(r.kind, r.step) for r in run.history]
+            [('train', 1), ('eval', 1), ('train', 2), ('eval', 2)]
+            >>> all(r.loss > 0 for r in run.history if r.kind == "train")
+            True
         """
         with self._cond:
             return list(self._history)
@@ -160,7 +229,20 @@ class Run:
         """Pause after the current step; with ``wait``, block until the worker is paused.
 
         Examples:
-            >>> # run.pause(); run.state -> RunState.PAUSED
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-pause", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-pause", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.pause().state
+            <RunState.PAUSED: 'paused'>
+            >>> run.status.step < 100
+            True
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         with self._cond:
             if self._status.done or self._stop:
@@ -180,7 +262,20 @@ class Run:
             SessionStateError: the run is still stopping; ``wait()`` for it first.
 
         Examples:
-            >>> # run.resume(); run.state -> RunState.RUNNING
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-resume", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-resume", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+            >>> run.resume().state  # a new worker goes on from the step it stopped at
+            <RunState.RUNNING: 'running'>
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         with self._cond:
             state = self._status.state
@@ -210,7 +305,22 @@ class Run:
             SpecError: the run is not paused.
 
         Examples:
-            >>> # run.pause(); run.step_once().step -> one more than before; run.state -> PAUSED
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-step-once", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-step-once", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> before = run.pause().step
+            >>> run.step_once().step - before, run.state
+            (1, <RunState.PAUSED: 'paused'>)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+            >>> run.step_once()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SpecError: step_once needs a paused run, but it is stopped: call ...
         """
         with self._cond:
             status = self._status
@@ -236,7 +346,23 @@ class Run:
         turns this on from the first step.
 
         Examples:
-            >>> # run.track_layer_norms(); run.step_once(); run.layer_norms[-1]["grad"]
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-layer-norms", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-layer-norms", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.pause().state
+            <RunState.PAUSED: 'paused'>
+            >>> run.track_layer_norms()
+            >>> step = run.step_once().step
+            >>> record = run.layer_norms[-1]
+            >>> record["step"] == step, record["layers"], len(record["grad"]), len(record["weight"])
+            (True, [0, 1], 2, 2)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         self.loop.on_gradients = self._capture_grad_norms if on else None
 
@@ -244,7 +370,22 @@ class Run:
         """Finish the current step, save a checkpoint and end (state stopped).
 
         Examples:
-            >>> # run.stop(); run.wait().state -> RunState.STOPPED
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-stop", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-stop", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.stop().state
+            <RunState.STOPPING: 'stopping'>
+            >>> status = run.wait()
+            >>> status.state, status.message
+            (<RunState.STOPPED: 'stopped'>, 'stopped by the user')
+            >>> saved = [p.name for p in (run.run_dir / "checkpoints").iterdir()]
+            >>> saved == [f"step-{status.step:08d}"]  # a checkpoint of the step it stopped at
+            True
         """
         with self._cond:
             if self._status.done or self._worker is None:
@@ -258,7 +399,19 @@ class Run:
         """Evaluate (and regenerate probes) at the next step boundary, even while paused.
 
         Examples:
-            >>> # run.evaluate_now()
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-evaluate-now", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-evaluate-now", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> _ = run.wait()
+            >>> evals = [r for r in run.history if r.kind == "eval"]
+            >>> run.evaluate_now()  # the run has ended, so it is evaluated at once
+            >>> len([r for r in run.history if r.kind == "eval"]) - len(evals)
+            1
         """
         self._ask("eval")
 
@@ -266,7 +419,21 @@ class Run:
         """Write a checkpoint at the next step boundary, even while paused.
 
         Examples:
-            >>> # run.save_now()
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-save-now", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-save-now", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> _ = run.wait()
+            >>> saved = []
+            >>> off = s.on("train_checkpoint", saved.append)
+            >>> run.save_now()  # the run has ended, so it is saved at once
+            >>> [(event.step, Path(event.path).name) for event in saved]
+            [(2, 'step-00000002')]
+            >>> off()
         """
         self._ask("save")
 
@@ -278,7 +445,17 @@ class Run:
         so they land in the caller's cell.
 
         Examples:
-            >>> # run.wait(progress=True).state -> RunState.FINISHED
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-wait", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-wait", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> status = run.wait()
+            >>> status.state, status.step, run.wait().state
+            (<RunState.FINISHED: 'finished'>, 2, <RunState.FINISHED: 'finished'>)
         """
         lines: list[str] = []
         unsubscribe = self._subscribe_lines(lines) if progress else (lambda: None)
@@ -306,8 +483,25 @@ class Run:
                 follow ``spec.track_layer_norms``. A different value builds a new monitor.
 
         Examples:
-            >>> # run.monitor().status_html.value
-            >>> # run.monitor(teaching=True).step_button.click()
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-monitor", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-monitor", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> _ = run.wait()
+            >>> monitor = run.monitor()
+            >>> monitor is run.monitor(), monitor.teaching
+            (True, False)
+            >>> monitor.status_text().split(" · ")[:2]
+            ['finished', 'step 2/2']
+            >>> teaching = run.monitor(teaching=True)
+            >>> teaching is monitor, teaching.teaching
+            (False, True)
+            >>> teaching.close()
+            >>> monitor.close()
         """
         current = self._monitor
         if current is None or (teaching is not None and current.teaching != teaching):
@@ -335,7 +529,21 @@ class Run:
         waits for the new worker, never returns on the previous one's end.
 
         Examples:
-            >>> # run.start()
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-start", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-start", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+            >>> run.start()  # what resume() does after stop()
+            >>> run.state
+            <RunState.RUNNING: 'running'>
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         if self._thread is not None and self._thread.is_alive():
             self._thread.join()  # the previous worker already published its end; let it exit
@@ -509,7 +717,20 @@ class Run:
         """Everything besides tensors that a checkpoint must restore.
 
         Examples:
-            >>> # run.checkpoint_state()["step"] -> 10
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-checkpoint-state", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-checkpoint-state", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> _ = run.wait()
+            >>> state = run.checkpoint_state()
+            >>> sorted(state)
+            ['early_bad', 'early_best', 'elapsed', 'eval_step', 'micro', 'step']
+            >>> state["step"], state["eval_step"]
+            (2, 2)
         """
         return {**self.loop.state(), "early_best": self.early.best, "early_bad": self.early.bad,
                 "eval_step": self._eval_step}
@@ -518,7 +739,23 @@ class Run:
         """Restore what :meth:`checkpoint_state` stored (the loop's position included).
 
         Examples:
-            >>> # run.restore_state(load_checkpoint(path, model, opt, sched))
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-restore-state", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-restore-state", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> from workbench.train.checkpoint import list_checkpoints, load_checkpoint
+            >>> _ = run.wait()
+            >>> first = list_checkpoints(run.run_dir)[0]
+            >>> first.name
+            'step-00000001'
+            >>> loop = run.loop
+            >>> run.restore_state(load_checkpoint(first, run.model, loop.optimizer, loop.scheduler))
+            >>> run.status.step, loop.step
+            (1, 1)
         """
         self.loop.restore(state)
         self.early.best, self.early.bad = float(state["early_best"]), int(state["early_bad"])

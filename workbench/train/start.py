@@ -1,9 +1,27 @@
 """Start a training run, or resume one from its folder in a new process.
 
 Examples:
-    >>> # run = start_run(model, tok, train, val, TrainSpec(), Path("runs/a"), EventHub(),
-    >>> #                 {"spec": "gemma-3-270m", "quantization": None}, wait=False)
-    >>> # run = resume_run("runs/a", EventHub(), wait=True)   # in a fresh process
+    A run of 40 steps on the tiny model, stopped early, then resumed from its folder the way
+    a fresh process would (the model is reloaded from the spec stored in ``run.json``):
+
+    >>> import shutil
+    >>> from workbench.models.loading import load_model
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> folder = str(build_tiny_model("/tmp/wb-doc-start-tiny"))
+    >>> loaded = load_model(folder, on_event=lambda message: None)
+    >>> tok = loaded.tokenizer
+    >>> ids = [tok(text).input_ids + [tok.eos_token_id] for text in ("cat => red", "dog => blue")]
+    >>> shutil.rmtree("/tmp/wb-doc-start-run", ignore_errors=True)
+    >>> run = start_run(loaded.model, tok, {"input_ids": ids, "labels": ids}, None,
+    ...                 TrainSpec(max_steps=40, batch_size=2), "/tmp/wb-doc-start-run",
+    ...                 EventHub(), {"spec": folder, "quantization": None}, wait=False)
+    >>> run.stop().state, run.wait().state
+    (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+    >>> stopped_at = run.status.step
+    >>> run = resume_run("/tmp/wb-doc-start-run", EventHub())
+    >>> status = run.wait()
+    >>> status.state, status.step, stopped_at < 40
+    (<RunState.FINISHED: 'finished'>, 40, True)
 """
 
 from __future__ import annotations

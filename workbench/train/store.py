@@ -74,7 +74,12 @@ def create_run_folder(run_dir: Path, meta: dict[str, Any], train: Examples,
     """Write ``run.json`` and the tokenized data, all at once (temporary folder + rename).
 
     Examples:
-        >>> # create_run_folder(Path("runs/x"), {"spec": {...}}, train, None)
+        >>> from workbench.train.batches import Examples
+        >>> train = Examples.from_rows([[1, 2, 3], [4, 5]], [[-100, 2, 3], [-100, 5]])
+        >>> run_dir = Path("/tmp/wb-doc-store-create")
+        >>> run_dir = create_run_folder(run_dir, {"total_steps": 60}, train, None)
+        >>> sorted(p.name for p in run_dir.iterdir())
+        ['data', 'run.json']
     """
     with staging_folder(run_dir, replace=run_dir.exists()) as tmp:
         _save_examples(train, tmp / "data" / "train")
@@ -108,7 +113,12 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         SpecError: the folder holds no run, or its ``run.json`` is unreadable.
 
     Examples:
-        >>> # read_meta("runs/x")["total_steps"] -> 60
+        >>> from workbench.train.batches import Examples
+        >>> train = Examples.from_rows([[1, 2, 3], [4, 5]], [[-100, 2, 3], [-100, 5]])
+        >>> run_dir = Path("/tmp/wb-doc-store-meta")
+        >>> run_dir = create_run_folder(run_dir, {"total_steps": 60}, train, None)
+        >>> read_meta(run_dir)["total_steps"]
+        60
     """
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
@@ -125,7 +135,14 @@ def load_examples(run_dir: Path, split: str) -> Examples | None:
     """Tokenized data saved in the run folder (``None`` if that split was not given).
 
     Examples:
-        >>> # load_examples(Path("runs/x"), "train").lengths
+        >>> from workbench.train.batches import Examples
+        >>> train = Examples.from_rows([[1, 2, 3], [4, 5]], [[-100, 2, 3], [-100, 5]])
+        >>> run_dir = Path("/tmp/wb-doc-store-examples")
+        >>> run_dir = create_run_folder(run_dir, {"total_steps": 60}, train, None)
+        >>> load_examples(run_dir, "train").lengths.tolist()
+        [3, 2]
+        >>> load_examples(run_dir, "validation") is None
+        True
     """
     from datasets import load_from_disk
 
@@ -139,6 +156,10 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
     """Write ``status.json`` atomically.
 
     Examples:
-        >>> # write_status(Path("runs/x"), {"state": "running"})
+        >>> run_dir = Path("/tmp/wb-doc-store-status")
+        >>> run_dir.mkdir(exist_ok=True)
+        >>> write_status(run_dir, {"state": "running", "step": 3})
+        >>> json.loads((run_dir / STATUS).read_text())
+        {'state': 'running', 'step': 3}
     """
     atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1), parents=False)

@@ -59,7 +59,23 @@ class Worker:
         run: The run handle it serves and publishes through.
 
     Examples:
-        >>> # Worker(run).main() runs on the thread Run.start() makes
+        :meth:`Run.start` makes one and runs its :meth:`main` on a new thread. Once the run
+        has ended, a new worker serves :meth:`Run.evaluate_now` and :meth:`Run.save_now` on
+        the caller's thread:
+
+        >>> import shutil
+        >>> from workbench import Session
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> shutil.rmtree("/tmp/wb-doc-worker-class", ignore_errors=True)
+        >>> s = Session("/tmp/wb-doc-worker-class", verbose=False)
+        >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-worker-tiny")))
+        >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+        >>> run = s.train(max_steps=2, wait=False)
+        >>> run.wait().state
+        <RunState.FINISHED: 'finished'>
+        >>> worker = Worker(run)
+        >>> worker.paused, worker.evaluate(), worker.save().name
+        (False, False, 'step-00000002')
     """
 
     def __init__(self, run: Run) -> None:
@@ -73,8 +89,9 @@ class Worker:
     def main(self) -> None:
         """The thread's body: train, then publish the terminal state (last).
 
-        Examples:
-            >>> # threading.Thread(target=Worker(run).main).start()
+        It is not called directly: :meth:`Run.start` runs it on a new thread, as
+        ``threading.Thread(target=worker.main, daemon=True).start()``, and ``run.wait()``
+        returns once it has published the terminal state (see :class:`Run`'s examples).
         """
         try:
             self._train()
@@ -171,7 +188,18 @@ class Worker:
         """Evaluate and run the probes; ``True`` when early stopping says stop.
 
         Examples:
-            >>> # worker.evaluate() -> False
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-worker-evaluate", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-worker-evaluate", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-worker-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> run.wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> Worker(run).evaluate()  # True only when early stopping says stop
+            False
         """
         import torch
 
@@ -195,7 +223,18 @@ class Worker:
         """Write a checkpoint of the run as it is now.
 
         Examples:
-            >>> # worker.save().name -> 'step-00000010'
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-worker-save", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-worker-save", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-worker-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> run.wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> Worker(run).save().name
+            'step-00000002'
         """
         run = self.run
         path = save_checkpoint(run.run_dir, run.model, self.loop.optimizer, self.loop.scheduler,
