@@ -46,16 +46,26 @@ def make_rows(n: int, seed: int) -> list[tuple[str, str]]:
     rows = []
     for _ in range(n):
         fields = rng.sample(FIELDS, rng.randint(3, len(FIELDS)))
-        values = {f: rng.choice(NAMES if f == "name" else CITIES) if f in ("name", "city")
-                  else str(rng.randint(18, 90)) if f == "age" else f"{f}-{rng.randint(1, 99)}"
-                  for f in fields}
-        notes = " ".join(rng.choice(["Note:", "Also,", "Remember", "the", "record", "is",
-                                     "from", "a", "survey", "form"]) for _ in range(
-                                         rng.randint(5, 60)))
+        values = {
+            f: rng.choice(NAMES if f == "name" else CITIES)
+            if f in ("name", "city")
+            else str(rng.randint(18, 90))
+            if f == "age"
+            else f"{f}-{rng.randint(1, 99)}"
+            for f in fields
+        }
+        notes = " ".join(
+            rng.choice(
+                ["Note:", "Also,", "Remember", "the", "record", "is", "from", "a", "survey", "form"]
+            )
+            for _ in range(rng.randint(5, 60))
+        )
         record = ", ".join(f"{k} {v}" for k, v in values.items())
         keep = fields[: rng.randint(2, 3)]
-        prompt = (f"### Instruction:\nExtract the fields {', '.join(keep)} as JSON. {notes}\n"
-                  f"### Input:\n{record}\n### Response:\n")
+        prompt = (
+            f"### Instruction:\nExtract the fields {', '.join(keep)} as JSON. {notes}\n"
+            f"### Input:\n{record}\n### Response:\n"
+        )
         rows.append((prompt, json.dumps({k: values[k] for k in keep})))
     return rows
 
@@ -81,8 +91,9 @@ def load(model_name: str):
         return load_model("gemma-3-270m", dtype="float32", device="cpu", on_event=lambda m: None)
     from workbench.models.tiny import build_tiny_model
 
-    folder = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny", hidden=256, layers=4,
-                              vocab_size=2048)
+    folder = build_tiny_model(
+        Path(tempfile.mkdtemp()) / "tiny", hidden=256, layers=4, vocab_size=2048
+    )
     return load_model(str(folder), on_event=lambda m: None)
 
 
@@ -120,16 +131,28 @@ def run_trainer(loaded, train: dict, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    model = get_peft_model(loaded.model, LoraConfig(
-        r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-        target_modules="all-linear", task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        loaded.model,
+        LoraConfig(
+            r=LORA["r"],
+            lora_alpha=LORA["alpha"],
+            lora_dropout=LORA["dropout"],
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+    )
     shapes, times = [], []
     collator = DataCollatorForSeq2Seq(loaded.tokenizer, padding=True, label_pad_token_id=-100)
 
     def collate(features):
         batch = collator(features)
-        shapes.append((int(batch["attention_mask"].sum()), batch["input_ids"].numel(),
-                       int((batch["labels"][:, 1:] != -100).sum())))
+        shapes.append(
+            (
+                int(batch["attention_mask"].sum()),
+                batch["input_ids"].numel(),
+                int((batch["labels"][:, 1:] != -100).sum()),
+            )
+        )
         return batch
 
     class Timer(TrainerCallback):
@@ -140,11 +163,26 @@ def run_trainer(loaded, train: dict, steps: int) -> dict:
             times.append(time.perf_counter() - self.start)
 
     args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=BATCH, max_steps=steps,
-        learning_rate=2e-4, lr_scheduler_type="linear", warmup_steps=0, logging_steps=1,
-        report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=True, seed=42)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict(train),
-                      data_collator=collate, callbacks=[Timer()])
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=BATCH,
+        max_steps=steps,
+        learning_rate=2e-4,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=42,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_dict(train),
+        data_collator=collate,
+        callbacks=[Timer()],
+    )
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
     return {"model": model, "times": times, "shapes": shapes[:steps], "losses": losses}
@@ -156,10 +194,26 @@ def run_ours(loaded, train: dict, steps: int) -> dict:
     from workbench.train import LoRA, TrainSpec, start_run
     from workbench.train.batches import collate
 
-    spec = TrainSpec(max_steps=steps, batch_size=BATCH, lr=2e-4, warmup=0, lora=LoRA(**LORA),
-                     seed=42, save_every=10_000)
-    run = start_run(loaded.model, loaded.tokenizer, train, None, spec,
-                    Path(tempfile.mkdtemp()) / "run", EventHub(), {}, wait=False)
+    spec = TrainSpec(
+        max_steps=steps,
+        batch_size=BATCH,
+        lr=2e-4,
+        warmup=0,
+        lora=LoRA(**LORA),
+        seed=42,
+        save_every=10_000,
+    )
+    run = start_run(
+        loaded.model,
+        loaded.tokenizer,
+        train,
+        None,
+        spec,
+        Path(tempfile.mkdtemp()) / "run",
+        EventHub(),
+        {},
+        wait=False,
+    )
     run.wait()
     records = [r for r in run.history if r.kind == "train"]
     ends = [r.elapsed for r in records]
@@ -167,10 +221,20 @@ def run_ours(loaded, train: dict, steps: int) -> dict:
     shapes = []
     for micro in range(steps):
         batch = collate(run.loop.train, run.loop.batch_at(micro), 0)
-        shapes.append((int(batch["lengths"].sum()), batch["input_ids"].numel(),
-                       int((batch["labels"][:, 1:] != -100).sum())))
-    return {"model": run.model, "times": times, "shapes": shapes,
-            "losses": [r.loss for r in records], "error": run.status.error}
+        shapes.append(
+            (
+                int(batch["lengths"].sum()),
+                batch["input_ids"].numel(),
+                int((batch["labels"][:, 1:] != -100).sum()),
+            )
+        )
+    return {
+        "model": run.model,
+        "times": times,
+        "shapes": shapes,
+        "losses": [r.loss for r in records],
+        "error": run.status.error,
+    }
 
 
 def worker(variant: str, model_name: str, out: Path) -> None:
@@ -190,13 +254,24 @@ def worker(variant: str, model_name: str, out: Path) -> None:
     real, padded, rows = (sum(s[k] for s in result["shapes"][timed]) for k in range(3))
     head_rows = padded if variant == "trainer" else rows
     executed = flops(body, config.hidden_size, config.vocab_size, padded, head_rows)
-    out.write_text(json.dumps({
-        "variant": variant, "model": model_name, "steps": steps, "error": result.get("error"),
-        "examples_per_s": BATCH * (steps - 1) / seconds, "tokens_per_s": real / seconds,
-        "padding": 1 - real / padded, "peak_rss_gib": peak_rss_bytes() / 2**30,
-        "gflops": executed / seconds / 1e9, "final_train_loss": result["losses"][-1],
-        "eval_loss": eval_loss(result["model"], loaded.tokenizer, held_out),
-        "seconds": seconds}))
+    out.write_text(
+        json.dumps(
+            {
+                "variant": variant,
+                "model": model_name,
+                "steps": steps,
+                "error": result.get("error"),
+                "examples_per_s": BATCH * (steps - 1) / seconds,
+                "tokens_per_s": real / seconds,
+                "padding": 1 - real / padded,
+                "peak_rss_gib": peak_rss_bytes() / 2**30,
+                "gflops": executed / seconds / 1e9,
+                "final_train_loss": result["losses"][-1],
+                "eval_loss": eval_loss(result["model"], loaded.tokenizer, held_out),
+                "seconds": seconds,
+            }
+        )
+    )
 
 
 def peak_rss_bytes() -> int:
@@ -237,15 +312,18 @@ def measure(model_name: str) -> list[dict]:
 
 
 def table(results: list[dict], peak: float) -> str:
-    head = ("| model | path | examples/s | tokens/s | padding | peak RSS GiB | GFLOP/s "
-            "(% of matmul peak) | last train loss | held-out loss |")
+    head = (
+        "| model | path | examples/s | tokens/s | padding | peak RSS GiB | GFLOP/s "
+        "(% of matmul peak) | last train loss | held-out loss |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in results:
         lines.append(
             f"| {r['model']} | {r['variant']} | {r['examples_per_s']:.2f} | "
             f"{r['tokens_per_s']:.0f} | {r['padding']:.0%} | {r['peak_rss_gib']:.2f} | "
             f"{r['gflops']:.1f} ({r['gflops'] / peak:.0%}) | {r['final_train_loss']:.4f} | "
-            f"{r['eval_loss']:.4f} |")
+            f"{r['eval_loss']:.4f} |"
+        )
     return "\n".join(lines)
 
 
@@ -268,10 +346,19 @@ def main() -> None:
         memory = pair[1]["peak_rss_gib"] / pair[0]["peak_rss_gib"]
         ratios.append(f"{name}: ours / Trainer = {speed:.2f}x tokens/s, peak RSS {memory:.2f}x")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    text = "\n".join([
-        f"# Training throughput (CPU, {torch.get_num_threads()} threads, float32)", "",
-        f"float32 matmul peak (2048^3, measured in this run): {peak:.1f} GFLOP/s; "
-        f"load average after the run: {load}", "", table(results, peak), "", *ratios, ""])
+    text = "\n".join(
+        [
+            f"# Training throughput (CPU, {torch.get_num_threads()} threads, float32)",
+            "",
+            f"float32 matmul peak (2048^3, measured in this run): {peak:.1f} GFLOP/s; "
+            f"load average after the run: {load}",
+            "",
+            table(results, peak),
+            "",
+            *ratios,
+            "",
+        ]
+    )
     print(text)
     (REPO / "benchmarks" / "results.md").write_text(text)
 

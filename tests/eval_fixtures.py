@@ -63,15 +63,28 @@ XSS = "<img src=x onerror=alert(1)>"
 def handmade_evaluation() -> Evaluation:
     """An evaluation built by hand: three rows with known gains and losses."""
     rows = []
-    for i, (base, tuned, gain) in enumerate([("x", "red", 1.0), (XSS, "blue sky", 0.0),
-                                             ("green", "gren", -1.0)]):
-        rows.append(EvalRow(
-            index=i, prompt=f"prompt {i} {XSS}", reference=["red", "blue sky", "green"][i],
-            outputs={"base": base, "tuned": tuned},
-            scores={"exact_match": {"base": float(gain < 0), "tuned": float(gain > 0)}},
-            losses={"base": 3.0, "tuned": [0.5, 2.5, 4.0][i]},
-            tokens=(XSS, " sky"), token_losses={"base": (5.0, 1.0), "tuned": (0.1, 7.0)},
-        ))
-    scores = {"exact_match": {"base": 1 / 3, "tuned": 1 / 3, "base_ci": (0.0, 1.0),
-                              "tuned_ci": (0.0, 1.0), "higher_is_better": True}}
+    for i, (base, tuned, gain) in enumerate(
+        [("x", "red", 1.0), (XSS, "blue sky", 0.0), ("green", "gren", -1.0)]
+    ):
+        rows.append(
+            EvalRow(
+                index=i,
+                prompt=f"prompt {i} {XSS}",
+                reference=["red", "blue sky", "green"][i],
+                outputs={"base": base, "tuned": tuned},
+                scores={"exact_match": {"base": float(gain < 0), "tuned": float(gain > 0)}},
+                losses={"base": 3.0, "tuned": [0.5, 2.5, 4.0][i]},
+                tokens=(XSS, " sky"),
+                token_losses={"base": (5.0, 1.0), "tuned": (0.1, 7.0)},
+            )
+        )
+    scores = {
+        "exact_match": {
+            "base": 1 / 3,
+            "tuned": 1 / 3,
+            "base_ci": (0.0, 1.0),
+            "tuned_ci": (0.0, 1.0),
+            "higher_is_better": True,
+        }
+    }
     return Evaluation(scores, tuple(rows), {"columns": ["base", "tuned"]})

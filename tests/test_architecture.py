@@ -36,24 +36,45 @@ def imports() -> list[tuple[Path, str, str]]:
 
 FORBIDDEN = [
     ("widgets", {"session"}, "a panel views an object, it does not decide"),
-    ("models", {"session", "cli", "report", "data", "train", "evaluation", "deploy"},
-     "models/ sits below everything"),
-    ("data", {"session", "cli", "report", "models", "train", "evaluation", "deploy"},
-     "data/ needs a tokenizer, not the other parts"),
-    ("train", {"session", "cli", "report", "deploy", "evaluation"},
-     "deploy reads a run; the run never imports deploy"),
-    ("evaluation", {"session", "cli", "report", "deploy", "train"},
-     "evaluation works on any model and rows"),
+    (
+        "models",
+        {"session", "cli", "report", "data", "train", "evaluation", "deploy"},
+        "models/ sits below everything",
+    ),
+    (
+        "data",
+        {"session", "cli", "report", "models", "train", "evaluation", "deploy"},
+        "data/ needs a tokenizer, not the other parts",
+    ),
+    (
+        "train",
+        {"session", "cli", "report", "deploy", "evaluation"},
+        "deploy reads a run; the run never imports deploy",
+    ),
+    (
+        "evaluation",
+        {"session", "cli", "report", "deploy", "train"},
+        "evaluation works on any model and rows",
+    ),
     ("deploy", {"session", "cli", "report"}, "deploy works without the facade"),
-    *[(shared, {"session", "models", "data", "train", "evaluation", "deploy", "widgets"},
-       "shared modules sit at the bottom") for shared in SHARED],
+    *[
+        (
+            shared,
+            {"session", "models", "data", "train", "evaluation", "deploy", "widgets"},
+            "shared modules sit at the bottom",
+        )
+        for shared in SHARED
+    ],
 ]
 
 
 @pytest.mark.parametrize(("part", "banned", "why"), FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
 def test_no_forbidden_arrow(part, banned, why):
-    wrong = [f"{path.relative_to(PACKAGE)} imports workbench.{target}"
-             for path, source, target in imports() if source == part and target in banned]
+    wrong = [
+        f"{path.relative_to(PACKAGE)} imports workbench.{target}"
+        for path, source, target in imports()
+        if source == part and target in banned
+    ]
     assert not wrong, f"{why}: " + "; ".join(wrong)
 
 

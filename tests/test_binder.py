@@ -41,8 +41,11 @@ def test_a_fresh_binder_environment_runs_the_quickstart(tmp_path, tiny_model_dir
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     # Binder's environment: nothing from this one (no PYTHONPATH, no Jupyter paths).
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "JUPYTER_PATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "JUPYTER_PATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
     # The editable install writes tuning_workbench.egg-info into the repository (ignored by
     # git); remove it afterwards unless it was there before.
     egg_info = REPO / "tuning_workbench.egg-info"
@@ -50,7 +53,11 @@ def test_a_fresh_binder_environment_runs_the_quickstart(tmp_path, tiny_model_dir
     try:
         install = subprocess.run(
             [str(python), "-m", "pip", "install", "-q", "-r", "binder/requirements.txt"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=3600,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
         )
     finally:
         if not had_egg_info:
@@ -64,12 +71,27 @@ def test_a_fresh_binder_environment_runs_the_quickstart(tmp_path, tiny_model_dir
     nbformat.write(nb, work / "01_quickstart.ipynb")
     # nbclient from that environment, with its own python3 kernel (its ipykernel).
     result = subprocess.run(
-        [str(venv / "bin" / "jupyter"), "execute", "--kernel_name=python3", "--timeout=600",
-         "01_quickstart.ipynb"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=1800,
+        [
+            str(venv / "bin" / "jupyter"),
+            "execute",
+            "--kernel_name=python3",
+            "--timeout=600",
+            "01_quickstart.ipynb",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-6000:]
     assert (work / "runs" / "quickstart" / "export" / "merged" / "model.safetensors").is_file()
-    where = subprocess.run([str(python), "-c", "import workbench; print(workbench.__file__)"],
-                           cwd=work, env=env, capture_output=True, text=True, check=True)
+    where = subprocess.run(
+        [str(python), "-c", "import workbench; print(workbench.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert where.stdout.strip().startswith(str(REPO))  # the editable install of this repo

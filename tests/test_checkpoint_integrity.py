@@ -41,8 +41,13 @@ STEP4, STEP8 = "step-00000004", "step-00000008"
 
 def _python(code: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": f"{TESTS.parent}{os.pathsep}{TESTS}"}
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 300) -> str:
@@ -61,8 +66,9 @@ def _wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 300) ->
 # -- a finished 8-step run per tiny model, copied for each test ---------------------------
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def finished(request, tmp_path_factory):
-    model_dir = request.getfixturevalue(f"tiny_{'model' if request.param == 'llama' else 'gpt2'}"
-                                        "_dir")
+    model_dir = request.getfixturevalue(
+        f"tiny_{'model' if request.param == 'llama' else 'gpt2'}_dir"
+    )
     run_dir = tmp_path_factory.mktemp(f"finished-{request.param}") / "run"
     run = toy_run(model_dir, run_dir, TrainSpec(**SMALL))
     assert run.state is RunState.FINISHED
@@ -78,8 +84,9 @@ def _copy(finished, tmp_path) -> Path:
 
 def _resume(model_dir: Path, run_dir: Path):
     loaded = fresh(model_dir)
-    return resume_run(run_dir, EventHub(), wait=True, model=loaded.model,
-                      tokenizer=loaded.tokenizer)
+    return resume_run(
+        run_dir, EventHub(), wait=True, model=loaded.model, tokenizer=loaded.tokenizer
+    )
 
 
 def _truncate(path: Path) -> None:
@@ -93,29 +100,39 @@ def _flip_byte(path: Path) -> None:
 
 
 DAMAGES = {
-    "truncated weights": (lambda c: _truncate(c / "trainable.safetensors"),
-                          r"trainable.safetensors has \d+ bytes, expected \d+"),
-    "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"),
-                            r"optimizer.pt has \d+ bytes, expected \d+"),
-    "empty state.json": (lambda c: (c / "state.json").write_text(""),
-                         r"state.json has 0 bytes, expected \d+"),
+    "truncated weights": (
+        lambda c: _truncate(c / "trainable.safetensors"),
+        r"trainable.safetensors has \d+ bytes, expected \d+",
+    ),
+    "truncated optimizer": (
+        lambda c: _truncate(c / "optimizer.pt"),
+        r"optimizer.pt has \d+ bytes, expected \d+",
+    ),
+    "empty state.json": (
+        lambda c: (c / "state.json").write_text(""),
+        r"state.json has 0 bytes, expected \d+",
+    ),
     "missing manifest": (lambda c: (c / MANIFEST).unlink(), "manifest.json is missing"),
-    "flipped byte": (lambda c: _flip_byte(c / "trainable.safetensors"),
-                     "trainable.safetensors does not match its SHA-256"),
+    "flipped byte": (
+        lambda c: _flip_byte(c / "trainable.safetensors"),
+        "trainable.safetensors does not match its SHA-256",
+    ),
 }
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
-def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(finished, tmp_path,
-                                                                     damage):
+def test_a_damaged_newest_checkpoint_is_skipped_for_the_previous_one(finished, tmp_path, damage):
     model_dir, _, losses = finished
     run_dir = _copy(finished, tmp_path)
     harm, reason = DAMAGES[damage]
     harm(run_dir / "checkpoints" / STEP8)
     assert checkpoint_problem(run_dir / "checkpoints" / STEP8) is not None
 
-    with pytest.warns(WorkbenchWarning, match=rf"skipped damaged checkpoint {STEP8} .*\({reason}"
-                                              rf"\); resuming from {STEP4}"):
+    with pytest.warns(
+        WorkbenchWarning,
+        match=rf"skipped damaged checkpoint {STEP8} .*\({reason}"
+        rf"\); resuming from {STEP4}",
+    ):
         run = _resume(model_dir, run_dir)
     assert run.state is RunState.FINISHED and run.status.step == 8
     notes = [r for r in run.history if r.kind == "warning"]
@@ -164,8 +181,10 @@ def test_old_checkpoints_without_a_manifest_are_used_when_their_files_load(finis
 def test_leftover_staging_folders_are_removed_at_resume(finished, tmp_path):
     model_dir, _, _ = finished
     run_dir = _copy(finished, tmp_path)
-    partials = [run_dir / "checkpoints" / ".step-00000012.partial-abcd",
-                tmp_path / ".run.partial-wxyz"]
+    partials = [
+        run_dir / "checkpoints" / ".step-00000012.partial-abcd",
+        tmp_path / ".run.partial-wxyz",
+    ]
     other = tmp_path / ".other-run.partial-1234"  # another run's: not ours to remove
     for folder in (*partials, other):
         folder.mkdir()
@@ -215,24 +234,27 @@ def _fill(disk: Path, leave_bytes: int) -> None:
 
 
 @pytest.mark.parametrize("precheck", [True, False], ids=["checked first", "failed mid-write"])
-def test_a_full_disk_is_a_write_error_that_keeps_earlier_checkpoints(small_disk, monkeypatch,
-                                                                     precheck):
+def test_a_full_disk_is_a_write_error_that_keeps_earlier_checkpoints(
+    small_disk, monkeypatch, precheck
+):
     run_dir = small_disk(4096) / "run"
     parts = _layer(256)  # ~0.25 MB of weights + 0.5 MB of AdamW moments per checkpoint
     first = _save(run_dir, parts, 5)
     _fill(run_dir.parent, 300 * 1024)
     if not precheck:  # the estimate said it fits; the disk filled anyway (another writer)
         monkeypatch.setattr("workbench.train.checkpoint.check_free_space", lambda *a: None)
-    with pytest.raises(WriteError, match=rf"no space left on device at {run_dir}/checkpoints.*"
-                                         r"\d+\.\d MB needed"):
+    with pytest.raises(
+        WriteError,
+        match=rf"no space left on device at {run_dir}/checkpoints.*"
+        r"\d+\.\d MB needed",
+    ):
         _save(run_dir, parts, 10)
     assert [p.name for p in list_checkpoints(run_dir)] == [first.name]
     assert checkpoint_problem(first) is None
     assert list((run_dir / "checkpoints").iterdir()) == [first]  # no staging folder left
 
 
-def test_a_disk_filling_during_a_run_fails_it_and_the_run_resumes_later(tiny_model_dir,
-                                                                        small_disk):
+def test_a_disk_filling_during_a_run_fails_it_and_the_run_resumes_later(tiny_model_dir, small_disk):
     run_dir = small_disk(8192) / "run"
     events = EventHub()
     events.on("train_checkpoint", lambda p: p.step == 4 and _fill(run_dir.parent, 100_000))
@@ -262,8 +284,11 @@ def test_a_live_holder_refuses_resume_and_a_killed_one_is_taken_over(finished, t
     holder = _python(HOLD, str(run_dir))
     try:
         _wait_for_line(holder, "HELD")
-        with pytest.raises(SpecError, match=rf"{run_dir} is being trained by another process "
-                                            rf"\(pid {holder.pid} .*kill {holder.pid}"):
+        with pytest.raises(
+            SpecError,
+            match=rf"{run_dir} is being trained by another process "
+            rf"\(pid {holder.pid} .*kill {holder.pid}",
+        ):
             resume_run(run_dir, EventHub())
         assert (run_dir / "history.jsonl").read_bytes() == history  # nothing was touched
     finally:
@@ -276,8 +301,7 @@ def test_a_live_holder_refuses_resume_and_a_killed_one_is_taken_over(finished, t
     assert _resume(model_dir, run_dir).state is RunState.FINISHED
 
 
-def test_a_second_resume_in_the_same_process_is_refused_while_the_first_runs(finished,
-                                                                             tmp_path):
+def test_a_second_resume_in_the_same_process_is_refused_while_the_first_runs(finished, tmp_path):
     model_dir, _, losses = finished
     run_dir = _copy(finished, tmp_path)
     shutil.rmtree(run_dir / "checkpoints" / STEP8)
@@ -285,8 +309,11 @@ def test_a_second_resume_in_the_same_process_is_refused_while_the_first_runs(fin
     first = resume_run(run_dir, EventHub(), model=loaded.model, tokenizer=loaded.tokenizer)
     first.pause()
     try:
-        with pytest.raises(SpecError, match=rf"{run_dir} is already being trained by this "
-                                            rf"process \(pid {os.getpid()}\)"):
+        with pytest.raises(
+            SpecError,
+            match=rf"{run_dir} is already being trained by this "
+            rf"process \(pid {os.getpid()}\)",
+        ):
             resume_run(run_dir, EventHub())
     finally:
         first.resume()
@@ -337,8 +364,7 @@ print("RESULT", run.state.value, run.status.step)
 
 def test_sigkill_during_a_checkpoint_write_then_damage_then_resume(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    child = _python(KILLED_IN_WRITE.format(model=str(tiny_model_dir), run=str(run_dir),
-                                           spec=SPEC))
+    child = _python(KILLED_IN_WRITE.format(model=str(tiny_model_dir), run=str(run_dir), spec=SPEC))
     staging = Path(_wait_for_line(child, "IN-WRITE").split(maxsplit=1)[1].strip())
     child.send_signal(signal.SIGKILL)
     assert child.wait() == -9

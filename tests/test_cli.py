@@ -33,13 +33,30 @@ def test_info_reports_versions_device_and_cache(tmp_path):
 
 
 def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):
-    result = run_cli("demo", "--model", str(tiny_model_dir), "--run-dir", str(tmp_path),
-                     "--train-size", "12", "--test-size", "4", "--max-steps", "3",
-                     "--max-new-tokens", "6")
+    result = run_cli(
+        "demo",
+        "--model",
+        str(tiny_model_dir),
+        "--run-dir",
+        str(tmp_path),
+        "--train-size",
+        "12",
+        "--test-size",
+        "4",
+        "--max-steps",
+        "3",
+        "--max-new-tokens",
+        "6",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for section in ("=== model ===", "=== data", "=== training ===", "=== evaluation",
-                    "=== export ==="):
+    for section in (
+        "=== model ===",
+        "=== data",
+        "=== training ===",
+        "=== evaluation",
+        "=== export ===",
+    ):
         assert section in out
     assert "LlamaForCausalLM" in out and "total" in out  # model info and memory estimate
     assert "training: finished after 3 steps" in out

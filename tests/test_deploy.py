@@ -72,8 +72,14 @@ def test_export_safetensors_loads_without_workbench(tmp_path, tiny_model_dir, ad
     folder = s.export("export/merged")
     assert folder == (tmp_path / "run" / "export" / "merged").resolve()
     names = {p.name for p in folder.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "README.md",
-            "generation_config.json", "chat_template.jinja"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+        "generation_config.json",
+        "chat_template.jinja",
+    } <= names
     assert not any(n.endswith(".bin") for n in names)
     card = (folder / "README.md").read_text()
     assert f"base_model: {tiny_model_dir}" in card
@@ -88,8 +94,9 @@ def test_export_safetensors_loads_without_workbench(tmp_path, tiny_model_dir, ad
         "print(json.dumps(t.batch_decode(o[:, b.input_ids.shape[1]:], skip_special_tokens=True)))\n"
         "print('workbench' in sys.modules)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     lines = result.stdout.strip().splitlines()
     assert json.loads(lines[0]) == expected, result.stderr
     assert lines[1] == "False"
@@ -116,8 +123,9 @@ def test_export_gguf_reads_back_with_same_greedy_output(tmp_path, architecture):
     expected = s.generate(PROBES, max_new_tokens=10)
     folder = s.export("export/gguf", format="gguf")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf",
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file="model.gguf", dtype=torch.float32
+    )
     text = "Hello world <|im_start|>user"
     assert tokenizer(text).input_ids == s.tokenizer(text).input_ids
     from workbench.models.generation import generate_text
@@ -158,8 +166,9 @@ def test_adapter_export_without_adapter(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_quantize_saves_a_smaller_model_and_a_table(tmp_path, tiny_model_dir, adapter_dir,
-                                                    quantization):
+def test_quantize_saves_a_smaller_model_and_a_table(
+    tmp_path, tiny_model_dir, adapter_dir, quantization
+):
     s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
     report = s.quantize(quantization, probes=PROBES[:2])
     assert report.folder == (tmp_path / "run" / "export" / f"quantized-{quantization}").resolve()
@@ -167,7 +176,10 @@ def test_quantize_saves_a_smaller_model_and_a_table(tmp_path, tiny_model_dir, ad
     assert report.after.memory_bytes < report.before.memory_bytes
     assert report.before.tokens_per_s > 0 and report.after.tokens_per_s > 0
     assert [row[0] for row in report.rows()][:4] == [
-        "size on disk", "memory", "latency per answer", "tokens/s"
+        "size on disk",
+        "memory",
+        "latency per answer",
+        "tokens/s",
     ]
     reloaded = wb.Session(tmp_path / "q", verbose=False).load_model(str(report.folder))
     assert reloaded.quantization == quantization
@@ -180,10 +192,18 @@ def test_serve_answers_a_chat_completion_on_loopback(tmp_path, tiny_model_dir, a
     server = s.serve(port=port)
     try:
         assert server.running and server.url == f"http://127.0.0.1:{port}/v1"
-        body = json.dumps({"model": str(server.folder), "max_tokens": 5,
-                           "messages": [{"role": "user", "content": "Hi"}]}).encode()
-        request = urllib.request.Request(f"{server.url}/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "model": str(server.folder),
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "Hi"}],
+            }
+        ).encode()
+        request = urllib.request.Request(
+            f"{server.url}/chat/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             reply = json.loads(response.read())
         assert reply["object"] == "chat.completion"

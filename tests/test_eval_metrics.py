@@ -63,7 +63,8 @@ def test_bleu_is_sacrebleu_corpus_bleu_pinned():
     scored = METRICS["bleu"].score(Column(tuple(PREDS), tuple(REFS)), INDICES)["bleu"]
     assert scored.value == pytest.approx(result["score"])
     assert scored.per_example[0] == pytest.approx(
-        sacrebleu.sentence_bleu(PREDS[0], [REFS[0]]).score)
+        sacrebleu.sentence_bleu(PREDS[0], [REFS[0]]).score
+    )
     assert scored.ci[0] <= scored.value <= scored.ci[1] and scored.ci[0] < scored.ci[1]
 
 
@@ -78,12 +79,31 @@ def test_chrf_is_sacrebleu_corpus_chrf():
     ("options", "expected"),
     [
         # The published module's own documented examples.
-        ({"regexes_to_ignore": ["the ", "yell", "YELL"], "ignore_case": True,
-          "ignore_punctuation": True}, 0.75),
-        ({"regexes_to_ignore": ["the ", "yell"], "ignore_case": True,
-          "ignore_punctuation": True}, 0.5),
-        ({"regexes_to_ignore": ["the ", "yell", "YELL"], "ignore_case": True,
-          "ignore_punctuation": True, "ignore_numbers": True}, 1.0),
+        (
+            {
+                "regexes_to_ignore": ["the ", "yell", "YELL"],
+                "ignore_case": True,
+                "ignore_punctuation": True,
+            },
+            0.75,
+        ),
+        (
+            {
+                "regexes_to_ignore": ["the ", "yell"],
+                "ignore_case": True,
+                "ignore_punctuation": True,
+            },
+            0.5,
+        ),
+        (
+            {
+                "regexes_to_ignore": ["the ", "yell", "YELL"],
+                "ignore_case": True,
+                "ignore_punctuation": True,
+                "ignore_numbers": True,
+            },
+            1.0,
+        ),
         ({}, 0.25),
     ],
 )
@@ -97,8 +117,9 @@ def test_exact_match_published_examples(options, expected):
 def test_exact_match_strip_and_empty_prediction():
     em = _load("exact_match")
     assert em.compute(predictions=[" Paris\n"], references=["Paris"])["exact_match"] == 0.0
-    assert em.compute(predictions=[" Paris\n"], references=["Paris"], strip=True)[
-        "exact_match"] == 1.0
+    assert (
+        em.compute(predictions=[" Paris\n"], references=["Paris"], strip=True)["exact_match"] == 1.0
+    )
     scored = METRICS["exact_match"].score(Column(("", "x"), ("y", "x")), _idx(2))
     assert scored["exact_match"].per_example == (0.0, 1.0)
 

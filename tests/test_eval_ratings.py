@@ -27,8 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 def test_wilson_interval_and_summary():
     assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
-    ratings = [Rating(0, "tuned", "A"), Rating(1, "base", "B"), Rating(2, "base", "A"),
-               Rating(3, "tuned", "tie"), Rating(2, "base", "B")]  # row 2 re-rated: latest wins
+    ratings = [
+        Rating(0, "tuned", "A"),
+        Rating(1, "base", "B"),
+        Rating(2, "base", "A"),
+        Rating(3, "tuned", "tie"),
+        Rating(2, "base", "B"),
+    ]  # row 2 re-rated: latest wins
     s = summarize(ratings)
     assert (s.n, s.tuned_wins, s.base_wins, s.ties) == (4, 3, 0, 1)
     assert s.win_rate == pytest.approx(3.5 / 4)
@@ -44,11 +49,15 @@ def test_rating_validation():
 
 def test_blind_order_is_seeded_and_hides_the_model(tmp_path):
     ev = handmade_evaluation().save(tmp_path / "ev")
-    one, two = BlindRater(list(ev.rows), tmp_path / "a.jsonl"), BlindRater(list(ev.rows),
-                                                                          tmp_path / "b.jsonl")
+    one, two = (
+        BlindRater(list(ev.rows), tmp_path / "a.jsonl"),
+        BlindRater(list(ev.rows), tmp_path / "b.jsonl"),
+    )
     assert one.order == two.order and one.a_is == two.a_is
     assert set(BlindRater(list(ev.rows), tmp_path / "c.jsonl", seed=0).a_is.values()) <= {
-        "base", "tuned"}
+        "base",
+        "tuned",
+    }
     row, _, a, b = one.current()
     assert {a, b} == {ev.rows[row].base, ev.rows[row].tuned}
     shown_tuned = a if one.a_is[row] == "tuned" else b
@@ -86,8 +95,10 @@ def test_ratings_survive_sigkill_mid_session(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     ratings = read_ratings(ev.ratings_path)
-    assert [(r.verdict, r.score, r.comment) for r in ratings] == [("A", 4, "first"),
-                                                                  ("tie", None, "")]
+    assert [(r.verdict, r.score, r.comment) for r in ratings] == [
+        ("A", 4, "first"),
+        ("tie", None, ""),
+    ]
     resumed = ev.rater()
     assert len(resumed.remaining) == 1  # a new session resumes after the rated rows
     assert ev.ratings_summary().n == 2

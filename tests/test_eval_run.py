@@ -17,9 +17,16 @@ from workbench.models.loading import load_model
 def evaluation(trained, tmp_path_factory):  # noqa: F811
     model, tok, _ = trained
     out = tmp_path_factory.mktemp("evals") / "eval-1"
-    return run_evaluation(model, tok, toy_rows(), metrics=["exact_match", "rouge", "bleu",
-                          "chrf", "perplexity"], max_new_tokens=8, stop_strings=[END],
-                          out_dir=out, batch_size=3)
+    return run_evaluation(
+        model,
+        tok,
+        toy_rows(),
+        metrics=["exact_match", "rouge", "bleu", "chrf", "perplexity"],
+        max_new_tokens=8,
+        stop_strings=[END],
+        out_dir=out,
+        batch_size=3,
+    )
 
 
 def test_tuned_beats_base_on_the_toy_task(evaluation, trained):  # noqa: F811
@@ -45,8 +52,11 @@ def test_adapter_off_gives_the_fresh_base_models_outputs(evaluation, tiny_model_
 
 def test_saved_atomically_and_reloads_without_model(evaluation):
     folder = evaluation.path
-    assert sorted(p.name for p in folder.iterdir()) == ["rows.jsonl", "scores.json",
-                                                         "settings.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "rows.jsonl",
+        "scores.json",
+        "settings.json",
+    ]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     settings = json.loads((folder / "settings.json").read_text())
     assert settings["columns"] == ["base", "tuned"] and settings["stop_strings"] == [END]
@@ -63,8 +73,16 @@ def test_events_plain_model_limit_and_empty_generation(trained):  # noqa: F811
     hub.on("*", lambda name, payload: seen.append(name))
     base = model.get_base_model()  # a plain model: one column
     rows = [{"prompt": toy_rows()[0]["prompt"], "reference": "red"}] * 3
-    ev = run_evaluation(base, tok, rows, metrics=["exact_match", "bleu"], max_new_tokens=1,
-                        limit=2, events=hub, stop_strings=["r"])
+    ev = run_evaluation(
+        base,
+        tok,
+        rows,
+        metrics=["exact_match", "bleu"],
+        max_new_tokens=1,
+        limit=2,
+        events=hub,
+        stop_strings=["r"],
+    )
     assert ev.columns == ("tuned",) and len(ev.rows) == 2
     assert [r.tuned for r in ev.rows] == ["", ""]  # cut at the stop string: empty answers
     assert ev.scores["exact_match"]["tuned"] == 0.0 and ev.scores["bleu"]["tuned"] == 0.0
@@ -78,8 +96,11 @@ def test_events_plain_model_limit_and_empty_generation(trained):  # noqa: F811
         (None, ["exact_match"], "no rows to evaluate"),
         ([{"prompt": "p"}], ["exact_match"], "row 0: missing field 'reference'"),
         ([{"prompt": "p", "reference": "r"}], ["rogue"], "unknown metric 'rogue'.*rouge"),
-        ([{"prompt": "p", "reference": "r"}, {"prompt": "p", "reference": "r"}],
-         [lambda p, r: None], "metric '<lambda>' returned None for example 0"),
+        (
+            [{"prompt": "p", "reference": "r"}, {"prompt": "p", "reference": "r"}],
+            [lambda p, r: None],
+            "metric '<lambda>' returned None for example 0",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(trained, rows, metrics, message):  # noqa: F811

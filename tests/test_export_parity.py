@@ -35,8 +35,7 @@ def test_report_says_where_the_first_token_differs():
     prompt = ParityCase("b", [1, 2, 3], [1, 9, 3], "x", "x", [3], [3])
     shorter = ParityCase("c", [1], [1], "xy", "x", [3, 4], [3])
     report = ParityReport("m.gguf", (same, prompt, shorter))
-    assert [c.first_difference for c in report.cases] == [None, "prompt token 2",
-                                                           "answer token 2"]
+    assert [c.first_difference for c in report.cases] == [None, "prompt token 2", "answer token 2"]
     assert report.same_count == 1 and not report.all_same
     assert report.rows()[1] == ("b", "differs at prompt token 2", "x", "x")
     assert str(report).startswith("Export check of m.gguf: 1 of 3 answers the same.")
@@ -53,8 +52,7 @@ def test_report_escapes_model_text_and_saves_json(tmp_path):
     assert (tmp_path / CHECK_FILE).is_file()
 
 
-def test_conversations_come_from_validation_rows_cut_before_the_answer(tmp_path,
-                                                                       tiny_model_dir):
+def test_conversations_come_from_validation_rows_cut_before_the_answer(tmp_path, tiny_model_dir):
     s = wb.Session(tmp_path / "s", verbose=False)
     s.load_model(str(tiny_model_dir))
     s.load_data(ROWS, validation=ROWS[:3])

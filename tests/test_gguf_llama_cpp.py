@@ -35,8 +35,10 @@ def llama_class():
     try:
         from llama_cpp import Llama
     except ImportError:
-        msg = ("llama-cpp-python is not installed; `bash .ci/llama-cpp-setup.sh` builds and "
-               "installs it")
+        msg = (
+            "llama-cpp-python is not installed; `bash .ci/llama-cpp-setup.sh` builds and "
+            "installs it"
+        )
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the llama.cpp tests: {msg}", pytrace=False)
         pytest.skip(msg)
@@ -53,8 +55,7 @@ def exported(tmp_path, architecture, gguf_type="f32", hidden=64):
 
 
 def load(llama_class, path):
-    return llama_class(model_path=str(path), n_ctx=256, logits_all=True, verbose=False,
-                       n_threads=2)
+    return llama_class(model_path=str(path), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
 
 
 def hf_greedy(model, ids, steps=NEW_TOKENS):
@@ -105,7 +106,8 @@ def test_llama_cpp_tokenizes_like_transformers(tmp_path, llama_class, architectu
     llm = load(llama_class, folder / "model.gguf")
     for text in TEXTS:
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == (
-            s.tokenizer(text).input_ids), text
+            s.tokenizer(text).input_ids
+        ), text
     im_end = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert llm.metadata["tokenizer.ggml.eot_token_id"] == str(im_end)
     assert llm.metadata["tokenizer.chat_template"] == s.tokenizer.chat_template
@@ -125,8 +127,11 @@ def rounded_like_gguf(model, gguf_type):
             if param.dim() != 2:
                 continue
             embedding = "embed_tokens" in name or "lm_head" in name
-            qtype = tensor_type("token_embd.weight" if embedding else "blk.0.attn_q.weight",
-                                tuple(param.shape), gguf_type)
+            qtype = tensor_type(
+                "token_embd.weight" if embedding else "blk.0.attn_q.weight",
+                tuple(param.shape),
+                gguf_type,
+            )
             data = param.numpy()
             back = gguf.quants.dequantize(gguf.quants.quantize(data, qtype), qtype)
             param.copy_(torch.from_numpy(back.reshape(data.shape)))
@@ -139,8 +144,7 @@ def relative_rms(expected, got):
 
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
-def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_class,
-                                                            architecture):
+def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_class, architecture):
     import gguf
 
     sizes = {}
@@ -175,8 +179,12 @@ def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_cla
 def test_modelfile_for_chatml_is_written_beside_the_gguf(tmp_path):
     _, folder = exported(tmp_path, "llama", "q8_0")
     # export_check.json: the export ran in llama.cpp at once and was compared with the model
-    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md",
-                                                        "export_check.json", "model.gguf"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "Modelfile",
+        "README.md",
+        "export_check.json",
+        "model.gguf",
+    ]
     assert (folder / "Modelfile").read_text() == (
         "FROM ./model.gguf\n"
         'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n'
@@ -202,7 +210,8 @@ def test_gguf_type_is_checked_before_anything_is_written(tmp_path, tiny_model_di
     with pytest.raises(wb.SpecError, match="applies to format='gguf' only"):
         s.export("export/merged", format="safetensors", gguf_type="q8_0")
     assert not (tmp_path / "run" / "export").exists() or not any(
-        (tmp_path / "run" / "export").iterdir())
+        (tmp_path / "run" / "export").iterdir()
+    )
 
 
 @pytest.mark.slow

@@ -15,7 +15,13 @@ def test_tiny_llama_info(tmp_path, tiny_model_dir):
     assert info.parameters == sum(p.numel() for p in session.model.parameters())
     assert (info.layers, info.hidden_size, info.vocab_size) == (2, 64, 512)
     assert info.lora_targets == (
-        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
     )
     assert info.memory_bytes == session.model.get_memory_footprint()
     assert (info.dtype, info.device, info.quantization) == ("float32", "cpu", None)

@@ -31,8 +31,19 @@ WORKSHOP = NOTEBOOKS / "workshop"
 TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted(WORKSHOP.glob("ex*_solution.ipynb"))
 EXERCISES = sorted(p for p in WORKSHOP.glob("ex*.ipynb") if not p.stem.endswith("_solution"))
-SKIP_DIRS = {".git", ".venv", "venv", ".cache", ".ipynb_checkpoints", "test-artifacts", "runs",
-             "build", "dist", "node_modules", "site-packages"}
+SKIP_DIRS = {
+    ".git",
+    ".venv",
+    "venv",
+    ".cache",
+    ".ipynb_checkpoints",
+    "test-artifacts",
+    "runs",
+    "build",
+    "dist",
+    "node_modules",
+    "site-packages",
+}
 KERNEL = "workbench-tests"
 
 # Small values for the tiny model; a notebook gets those its parameters cell defines.
@@ -104,15 +115,21 @@ def kernel_name(tmp_path_factory):
     spec = root / "kernels" / KERNEL
     spec.mkdir(parents=True)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "workbench tests",
-        "language": "python",
-        "env": {"PYTHONPATH": path},
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "workbench tests",
+                "language": "python",
+                "env": {"PYTHONPATH": path},
+            }
+        )
+    )
     patch = pytest.MonkeyPatch()
-    patch.setenv("JUPYTER_PATH", os.pathsep.join(
-        p for p in (str(root), os.environ.get("JUPYTER_PATH", "")) if p))
+    patch.setenv(
+        "JUPYTER_PATH",
+        os.pathsep.join(p for p in (str(root), os.environ.get("JUPYTER_PATH", "")) if p),
+    )
     yield KERNEL
     patch.undo()
 
@@ -124,13 +141,23 @@ def execute(path: Path, values: dict, workdir: Path, kernel: str, timeout: int =
     nb = nbformat.read(path, as_version=4)
     inject_parameters(nb, values)
     workdir.mkdir(parents=True, exist_ok=True)
-    client = NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=False,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb,
+        kernel_name=kernel,
+        timeout=timeout,
+        allow_errors=False,
+        resources={"metadata": {"path": str(workdir)}},
+    )
     start = time.monotonic()
     client.execute()
     elapsed = time.monotonic() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors, errors
     print(f"{path.relative_to(REPO)}: {elapsed:.0f}s")
     keep = os.environ.get("WORKBENCH_NOTEBOOK_OUTPUTS")  # a folder to keep executed copies in
@@ -142,10 +169,16 @@ def execute(path: Path, values: dict, workdir: Path, kernel: str, timeout: int =
 
 # -- the files themselves --------------------------------------------------------------------
 
+
 def test_the_notebooks_are_there():
     names = {p.name for p in TUTORIALS}
-    assert {"01_quickstart.ipynb", "02_data.ipynb", "03_train.ipynb", "04_evaluate.ipynb",
-            "05_deploy.ipynb"} <= names
+    assert {
+        "01_quickstart.ipynb",
+        "02_data.ipynb",
+        "03_train.ipynb",
+        "04_evaluate.ipynb",
+        "05_deploy.ipynb",
+    } <= names
     assert len(SOLUTIONS) == len(EXERCISES) >= 3
     assert {p.stem + "_solution" for p in EXERCISES} == {p.stem for p in SOLUTIONS}
     assert (WORKSHOP / "TEACHER_GUIDE.md").is_file()
@@ -171,9 +204,12 @@ def test_build_script_wrote_the_notebooks_as_they_are(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.ipynb"))
     assert built == sorted(p.relative_to(NOTEBOOKS) for p in TUTORIALS + SOLUTIONS + EXERCISES)
-    stale = [str(rel) for rel in built
-             if (tmp_path / rel).read_text(encoding="utf-8")
-             != (NOTEBOOKS / rel).read_text(encoding="utf-8")]
+    stale = [
+        str(rel)
+        for rel in built
+        if (tmp_path / rel).read_text(encoding="utf-8")
+        != (NOTEBOOKS / rel).read_text(encoding="utf-8")
+    ]
     assert not stale, f"out of date (run python notebooks/build.py): {stale}"
     result = subprocess.run([*build, "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -183,9 +219,19 @@ def test_built_notebooks_pass_ruff():
     # The sources leave out names their `# %load` snippets define (see pyproject.toml), so
     # the built notebooks are where ruff checks every rule, undefined names included.
     pytest.importorskip("ruff")
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
-                             *map(str, TUTORIALS + SOLUTIONS + EXERCISES)],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            *map(str, TUTORIALS + SOLUTIONS + EXERCISES),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -206,10 +252,15 @@ def test_notebook_code_parses_and_has_a_parameters_cell(path):
 
 # -- running them ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", TUTORIALS + SOLUTIONS, ids=lambda p: p.name)
 def test_notebook_runs_on_the_tiny_model(path, tiny_model_dir, kernel_name, tmp_path):
-    values = {**TINY, **PER_NOTEBOOK.get(path.stem, {}), "MODEL": str(tiny_model_dir),
-              "PORT": free_port()}
+    values = {
+        **TINY,
+        **PER_NOTEBOOK.get(path.stem, {}),
+        "MODEL": str(tiny_model_dir),
+        "PORT": free_port(),
+    }
     execute(path, values, tmp_path / "work", kernel_name)
 
 
@@ -220,10 +271,14 @@ def test_notebook_runs_on_the_tiny_model(path, tiny_model_dir, kernel_name, tmp_
 )
 def test_quickstart_runs_with_gemma(gemma_folder, kernel_name, tmp_path):
     # The real thing: Gemma 3 270M, 64 training rows, 2 epochs (~16 steps), 16 held out.
-    nb = execute(NOTEBOOKS / "01_quickstart.ipynb", {}, tmp_path / "work", kernel_name,
-                 timeout=1800)
-    scores = json.loads(next((tmp_path / "work" / "runs" / "quickstart" / "evaluations")
-                             .glob("eval-*/scores.json")).read_text())
+    nb = execute(
+        NOTEBOOKS / "01_quickstart.ipynb", {}, tmp_path / "work", kernel_name, timeout=1800
+    )
+    scores = json.loads(
+        next(
+            (tmp_path / "work" / "runs" / "quickstart" / "evaluations").glob("eval-*/scores.json")
+        ).read_text()
+    )
     print(json.dumps({k: {c: v.get(c) for c in ("base", "tuned")} for k, v in scores.items()}))
     # The demo's claim: tuning teaches the format the base model doesn't follow (measured:
     # exact match 0/16 -> 13/16, valid JSON 0/16 -> 16/16).

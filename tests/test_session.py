@@ -16,7 +16,10 @@ def test_session_owns_a_run_folder_and_records_the_model(tmp_path, tiny_model_di
     session.load_model(str(tiny_model_dir), quantization="8bit")
     state = json.loads((tmp_path / "run" / "session.json").read_text())
     assert state["model"] == {
-        "spec": str(tiny_model_dir), "quantization": "8bit", "dtype": "float32", "device": "cpu"
+        "spec": str(tiny_model_dir),
+        "quantization": "8bit",
+        "dtype": "float32",
+        "device": "cpu",
     }
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
 
@@ -54,8 +57,11 @@ def test_model_and_tokenizer_are_the_transformers_objects(tmp_path, tiny_model_d
 
 def test_calls_that_need_a_model_say_so(tmp_path):
     session = wb.Session(tmp_path, verbose=False)
-    for call in (lambda: session.model, lambda: session.model_info(),
-                 lambda: session.generate("x")):
+    for call in (
+        lambda: session.model,
+        lambda: session.model_info(),
+        lambda: session.generate("x"),
+    ):
         with pytest.raises(wb.NoModelError, match="call session.load_model"):
             call()
 
@@ -107,8 +113,7 @@ def test_unknown_event_names_are_refused_and_payloads_are_typed(tmp_path, tiny_m
         hub.on("train_logs", print)
     session = wb.Session(tmp_path, verbose=False)
     session.load_model(str(tiny_model_dir))
-    session.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)],
-                      validation=0)
+    session.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)], validation=0)
     seen = []
     session.on("*", lambda name, payload: seen.append((name, type(payload).__name__)))
     run = session.train(max_steps=1, wait=True)

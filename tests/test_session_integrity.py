@@ -80,16 +80,18 @@ def test_every_call_is_refused_while_the_run_trains(tmp_path, model_dir):
 def test_paused_run_allows_read_only_calls_and_resumes_unharmed(tmp_path, model_dir):
     settings = {"max_steps": 12, "lr": 5e-3, "batch_size": 4, "eval_every": 6, "seed": 5}
     reference = session_with_data(tmp_path / "ref", model_dir)
-    expected = [r.loss for r in reference.train(wait=True, **settings).history
-                if r.kind == "train"]
+    expected = [r.loss for r in reference.train(wait=True, **settings).history if r.kind == "train"]
 
     s = session_with_data(tmp_path / "s", model_dir)
     run = s.train(wait=False, **settings)
     run.pause()
     assert run.state is RunState.PAUSED
     for name, call in MUTATING.items():
-        with pytest.raises(SessionStateError, match=rf"^{name}\(\) is refused while run-001 is "
-                                                    r"paused.*run\.stop\(\)"):
+        with pytest.raises(
+            SessionStateError,
+            match=rf"^{name}\(\) is refused while run-001 is "
+            r"paused.*run\.stop\(\)",
+        ):
             call(s, model_dir)
     paused_at = run.status.step
     text = READ_ONLY["generate"](s, model_dir)
@@ -139,8 +141,9 @@ def test_a_failed_train_call_leaves_no_empty_run_folder(tmp_path, tiny_model_dir
 def any_architecture(request, tmp_path_factory):
     from workbench.models.tiny import build_tiny_model
 
-    return request.param, build_tiny_model(tmp_path_factory.mktemp("m") / request.param,
-                                           request.param)
+    return request.param, build_tiny_model(
+        tmp_path_factory.mktemp("m") / request.param, request.param
+    )
 
 
 def test_implausible_learning_rate_warns_and_a_broken_run_fails(tmp_path, any_architecture):
@@ -207,8 +210,7 @@ def test_resume_of_a_folder_without_runs_says_what_to_give(tmp_path):
 # -- item 10: the Run's control flow ----------------------------------------------------------
 def test_wait_after_resume_never_returns_while_the_new_worker_trains(tmp_path, model_dir):
     s = session_with_data(tmp_path / "s", model_dir)
-    run = s.train(max_steps=40, lr=5e-3, batch_size=4, eval_every=1000, save_every=1000,
-                  wait=False)
+    run = s.train(max_steps=40, lr=5e-3, batch_size=4, eval_every=1000, save_every=1000, wait=False)
     states = []
     s.on("train_state", lambda p: states.append(p.status.state.value))
     for _ in range(3):
@@ -225,8 +227,7 @@ def test_wait_after_resume_never_returns_while_the_new_worker_trains(tmp_path, m
     assert [r.step for r in run.history if r.kind == "train"] == list(range(1, 41))
 
 
-def test_close_stops_the_run_and_removes_the_session_listeners(tmp_path, tiny_model_dir,
-                                                                capsys):
+def test_close_stops_the_run_and_removes_the_session_listeners(tmp_path, tiny_model_dir, capsys):
     s = wb.Session(tmp_path / "s", verbose=True)
     s.load_model(str(tiny_model_dir))
     s.load_data(toy_rows(16), validation=0)
@@ -257,6 +258,7 @@ def test_the_session_writes_the_accelerate_script_of_its_run(tmp_path, tiny_mode
     s.train(max_steps=1, lr=5e-3, wait=True)
     folder = s.to_script("script")
     assert folder == (tmp_path / "s" / "script").resolve()
-    assert {"train.py", "train_core.py", "accelerate_config.yaml"} <= {p.name
-                                                                      for p in folder.iterdir()}
+    assert {"train.py", "train_core.py", "accelerate_config.yaml"} <= {
+        p.name for p in folder.iterdir()
+    }
     assert not hasattr(s.run, "to_script")  # train/ never imports deploy/

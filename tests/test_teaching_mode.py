@@ -129,8 +129,9 @@ def test_teaching_monitor_steps_and_fills_the_heatmap(tiny_model_dir, tmp_path):
     grads = np.array([r["grad"] for r in run.layer_norms]).T  # blocks x steps
     np.testing.assert_allclose(monitor.heatmap.trace.z, grads)
     monitor.heatmap.kind.value = "weight"  # the toggle re-renders at once
-    np.testing.assert_allclose(monitor.heatmap.trace.z,
-                               np.array([r["weight"] for r in run.layer_norms]).T)
+    np.testing.assert_allclose(
+        monitor.heatmap.trace.z, np.array([r["weight"] for r in run.layer_norms]).T
+    )
     monitor.resume_button.click()
     assert run.wait(60).state is RunState.FINISHED
     monitor.refresh()

@@ -30,8 +30,15 @@ from workbench.train.batches import Examples, collate
 from workbench.train.loss import token_loss_sum
 
 STEPS = 4
-SPEC = TrainSpec(max_steps=STEPS, batch_size=4, grad_accum=2, lr=5e-3, seed=3,
-                 lora=LoRA(r=4, dropout=0.0), save_every=STEPS)
+SPEC = TrainSpec(
+    max_steps=STEPS,
+    batch_size=4,
+    grad_accum=2,
+    lr=5e-3,
+    seed=3,
+    lora=LoRA(r=4, dropout=0.0),
+    save_every=STEPS,
+)
 
 
 def _free_port() -> int:
@@ -44,19 +51,38 @@ def _without_workbench(root):
     """A PYTHONPATH folder whose ``workbench`` package refuses to import (it shadows ours)."""
     (root / "no-workbench" / "workbench").mkdir(parents=True, exist_ok=True)
     (root / "no-workbench" / "workbench" / "__init__.py").write_text(
-        "raise ImportError('the scale-out script must not import the workbench')\n")
+        "raise ImportError('the scale-out script must not import the workbench')\n"
+    )
     return root / "no-workbench"
 
 
 def _launch(script_dir, out, processes: int) -> list[dict]:
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(script_dir / "accelerate_config.yaml"), "--num_processes", str(processes),
-               "--main_process_port", str(_free_port()), str(script_dir / "train.py"),
-               "--cpu", "--max-steps", str(STEPS), "--out", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(_without_workbench(out.parent))}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300,
-                          cwd=script_dir)
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(script_dir / "accelerate_config.yaml"),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(_free_port()),
+        str(script_dir / "train.py"),
+        "--cpu",
+        "--max-steps",
+        str(STEPS),
+        "--out",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(_without_workbench(out.parent)),
+    }
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, cwd=script_dir
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
@@ -76,8 +102,9 @@ def test_two_processes_train_one_adapter_like_one_process(scaled):
     # Standalone: the launches ran with a PYTHONPATH where ``import workbench`` fails, and the
     # training pieces are the workbench's own module, copied.
     assert (script / "train_core.py").read_text() == Path(core.__file__).read_text()
-    assert not re.search(r"^\s*(from|import) workbench", (script / "train_core.py").read_text(),
-                         re.MULTILINE)
+    assert not re.search(
+        r"^\s*(from|import) workbench", (script / "train_core.py").read_text(), re.MULTILINE
+    )
     for n, rows in logs.items():
         assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # rank 0 logs, once
         assert {r["processes"] for r in rows} == {n}
@@ -86,11 +113,13 @@ def test_two_processes_train_one_adapter_like_one_process(scaled):
     two, one = ([r["loss"] for r in logs[n]] for n in (2, 1))
     assert two == pytest.approx(one, rel=1e-3)
     assert [r["grad_norm"] for r in logs[2]] == pytest.approx(
-        [r["grad_norm"] for r in logs[1]], rel=1e-3)
+        [r["grad_norm"] for r in logs[1]], rel=1e-3
+    )
     # Same data order, init and schedule as the workbench's own run (its fast loss included).
     assert one == pytest.approx(train_losses(run), rel=1e-3)
     assert [r["lr"] for r in logs[2]] == pytest.approx(
-        [r.lr for r in run.history if r.kind == "train"])
+        [r.lr for r in run.history if r.kind == "train"]
+    )
 
 
 def test_fast_loss_equals_the_transformers_loss_the_script_uses(tiny_model_dir):
@@ -101,8 +130,12 @@ def test_fast_loss_equals_the_transformers_loss_the_script_uses(tiny_model_dir):
         total, count = token_loss_sum(loaded.model, batch, fast=True)
         width = batch["input_ids"].shape[1]
         mask = (torch.arange(width) < batch["lengths"][:, None]).long()  # as train.py pads
-        plain = loaded.model(input_ids=batch["input_ids"], attention_mask=mask,
-                             labels=batch["labels"], num_items_in_batch=count).loss
+        plain = loaded.model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            labels=batch["labels"],
+            num_items_in_batch=count,
+        ).loss
     assert float(total) / count == pytest.approx(float(plain), rel=1e-5)
 
 
@@ -133,8 +166,11 @@ def _qlora_run(run_dir, tmp_path):
 @pytest.mark.parametrize("case", ["no run", "qlora", "folder in use"])
 def test_bad_input_raises_and_writes_nothing(scaled, tmp_path, case):
     run = scaled[0]
-    source = {"no run": lambda: tmp_path, "qlora": lambda: _qlora_run(run.run_dir, tmp_path),
-              "folder in use": lambda: run.run_dir}[case]()
+    source = {
+        "no run": lambda: tmp_path,
+        "qlora": lambda: _qlora_run(run.run_dir, tmp_path),
+        "folder in use": lambda: run.run_dir,
+    }[case]()
     target = run.run_dir if case == "folder in use" else tmp_path / "script"
     before = sorted(p.name for p in target.parent.iterdir())
     with pytest.raises(SpecError, match="run|qlora|holds other files"):

@@ -22,9 +22,18 @@ def test_gemma_trains_a_few_steps_and_checkpoints(gemma_folder, tmp_path):
         rows["input_ids"].append(prompt + answer)
         rows["labels"].append([-100] * len(prompt) + answer)
     spec = TrainSpec(max_steps=3, batch_size=4, lr=2e-4, lora=LoRA(r=8), eval_every=3)
-    run = start_run(loaded.model, tok, rows, rows, spec, tmp_path / "run", EventHub(),
-                    {"spec": "gemma-3-270m", "quantization": None, "dtype": "float32",
-                     "device": "cpu"}, wait=True, probes=["Question: what is 2 plus 2?\nAnswer:"])
+    run = start_run(
+        loaded.model,
+        tok,
+        rows,
+        rows,
+        spec,
+        tmp_path / "run",
+        EventHub(),
+        {"spec": "gemma-3-270m", "quantization": None, "dtype": "float32", "device": "cpu"},
+        wait=True,
+        probes=["Question: what is 2 plus 2?\nAnswer:"],
+    )
     assert run.state is RunState.FINISHED, run.status.error
     losses = [r.loss for r in run.history if r.kind == "train"]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)

@@ -19,19 +19,35 @@ from workbench.train.loss import token_loss_sum
 
 def _start(loaded, run_dir, spec, train=None, validation=None, probes=None):
     train = toy_dataset(loaded.tokenizer, 16) if train is None else train
-    return start_run(loaded.model, loaded.tokenizer, train, validation, spec, run_dir,
-                     EventHub(), {"spec": "x"}, wait=True, probes=probes)
+    return start_run(
+        loaded.model,
+        loaded.tokenizer,
+        train,
+        validation,
+        spec,
+        run_dir,
+        EventHub(),
+        {"spec": "x"},
+        wait=True,
+        probes=probes,
+    )
 
 
 @pytest.mark.parametrize(
     ("spec", "error", "message"),
     [
-        (TrainSpec(lora=LoRA(target=["q_proj", "attn_out"])), SpecError,
-         r"LoRA target \['attn_out'\] not found in this model. Its linear layers are "
-         r"\['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'\]"),
-        (TrainSpec(method="qlora"), SpecError,
-         r"method='qlora' trains LoRA on a 4-bit base, but this model is not 4-bit: load it "
-         r"with load_model\(..., quantization='4bit'\)"),
+        (
+            TrainSpec(lora=LoRA(target=["q_proj", "attn_out"])),
+            SpecError,
+            r"LoRA target \['attn_out'\] not found in this model. Its linear layers are "
+            r"\['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'\]",
+        ),
+        (
+            TrainSpec(method="qlora"),
+            SpecError,
+            r"method='qlora' trains LoRA on a 4-bit base, but this model is not 4-bit: load it "
+            r"with load_model\(..., quantization='4bit'\)",
+        ),
         (TrainSpec(early_stopping=3), SpecError, r"early_stopping=3 watches the eval loss"),
     ],
 )
@@ -63,8 +79,11 @@ def test_data_problems(tiny_model_dir, tmp_path):
 def test_a_folder_already_holding_a_run_is_refused(tiny_model_dir, tmp_path):
     toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=1, batch_size=8))
     before = sorted(p.name for p in (tmp_path / "run").iterdir())
-    with pytest.raises(SpecError, match=r"already holds a training run: continue it with "
-                                        r"Session\.resume\(folder\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"already holds a training run: continue it with "
+        r"Session\.resume\(folder\)",
+    ):
         toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=1))
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before
 
@@ -72,8 +91,17 @@ def test_a_folder_already_holding_a_run_is_refused(tiny_model_dir, tmp_path):
 def test_a_model_with_an_adapter_already_is_refused(tiny_model_dir, tmp_path):
     run = toy_run(tiny_model_dir, tmp_path / "a", TrainSpec(max_steps=1, batch_size=8))
     with pytest.raises(SpecError, match="already carries a peft adapter"):
-        start_run(run.model, run.tokenizer, toy_dataset(run.tokenizer, 8), None, TrainSpec(),
-                  tmp_path / "b", EventHub(), {}, wait=True)
+        start_run(
+            run.model,
+            run.tokenizer,
+            toy_dataset(run.tokenizer, 8),
+            None,
+            TrainSpec(),
+            tmp_path / "b",
+            EventHub(),
+            {},
+            wait=True,
+        )
 
 
 def test_out_of_memory_becomes_advice_on_batch_size():
@@ -84,7 +112,8 @@ def test_out_of_memory_becomes_advice_on_batch_size():
     assert isinstance(err, OutOfMemoryError) and isinstance(err, WorkbenchError)
     assert str(err).startswith(
         "a batch of 8 examples (4096 tokens) did not fit in memory. Try batch_size=4 with "
-        "grad_accum=4 (same effective batch), or gradient_checkpointing=True.")
+        "grad_accum=4 (same effective batch), or gradient_checkpointing=True."
+    )
     assert "batch_size is already 1" in str(out_of_memory_error(caught.value, 1, 1, 10))
 
 
@@ -101,6 +130,7 @@ def test_fast_loss_equals_the_full_logits_loss(tmp_path, architecture):
     assert float(fast) == pytest.approx(float(full), rel=1e-5)
     # And both equal transformers' own loss on the same padded batch with a mask.
     mask = (torch.arange(batch["input_ids"].shape[1]) < batch["lengths"][:, None]).long()
-    reference = loaded.model(input_ids=batch["input_ids"], attention_mask=mask,
-                             labels=batch["labels"]).loss
+    reference = loaded.model(
+        input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"]
+    ).loss
     assert float(fast) / n_fast == pytest.approx(float(reference), rel=1e-5)

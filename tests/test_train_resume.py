@@ -47,14 +47,20 @@ print("RESULT", run.state.value, run.status.step)
 
 def _python(code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    killed = _python(START.format(tests=str(TESTS), model=str(tiny_model_dir),
-                                  run=str(run_dir), spec=SPEC))
+    killed = _python(
+        START.format(tests=str(TESTS), model=str(tiny_model_dir), run=str(run_dir), spec=SPEC)
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert latest_checkpoint(run_dir).name == "step-00000010"
     # What a kill in the middle of a save leaves behind: a hidden partial folder.
@@ -78,11 +84,19 @@ def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
 def test_resume_continues_in_process_from_a_stopped_folder(tiny_model_dir, tmp_path):
     from train_helpers import fresh
 
-    run = toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=6, batch_size=8,
-                                                              save_every=2, eval_every=3))
+    run = toy_run(
+        tiny_model_dir,
+        tmp_path / "run",
+        TrainSpec(max_steps=6, batch_size=8, save_every=2, eval_every=3),
+    )
     assert run.state is RunState.FINISHED
-    again = resume_run(tmp_path / "run", EventHub(), wait=True,
-                       model=fresh(tiny_model_dir).model, tokenizer=run.tokenizer)
+    again = resume_run(
+        tmp_path / "run",
+        EventHub(),
+        wait=True,
+        model=fresh(tiny_model_dir).model,
+        tokenizer=run.tokenizer,
+    )
     assert again.state is RunState.FINISHED and again.status.step == 6
     assert len(train_losses(again)) == 6
 

@@ -79,7 +79,10 @@ def test_stop_finishes_the_step_saves_and_can_continue(tiny_model_dir, tmp_path)
     gate.set()
     status = run.wait(60)
     assert (status.state, status.step, status.message) == (
-        RunState.STOPPED, 5, "stopped by the user")
+        RunState.STOPPED,
+        5,
+        "stopped by the user",
+    )
     assert latest_checkpoint(run.run_dir).name == "step-00000005"
     run.resume()
     assert run.wait(60).state is RunState.FINISHED
@@ -119,8 +122,7 @@ def test_exploding_gradient_fails_before_the_update(tiny_model_dir, tmp_path):
     assert run.status.error.startswith("the gradient norm exploded to ")
     assert "at step 1 (grad_norm_limit=0.001); the step was not applied" in run.status.error
     assert latest_checkpoint(run.run_dir) is None
-    assert all(float(p.abs().max()) == 0 for n, p in run.model.named_parameters()
-               if "lora_B" in n)
+    assert all(float(p.abs().max()) == 0 for n, p in run.model.named_parameters() if "lora_B" in n)
 
 
 def test_early_stopping_when_eval_loss_rises(tiny_model_dir, tmp_path):
@@ -135,15 +137,27 @@ def test_early_stopping_when_eval_loss_rises(tiny_model_dir, tmp_path):
         prompt_len = sum(1 for x in row["labels"] if x == -100)
         answer = tok.decode(row["input_ids"][prompt_len:-1])
         ids = [*row["input_ids"][:prompt_len], *tok(swapped[answer]).input_ids, tok.eos_token_id]
-        return {"input_ids": ids, "labels": [-100] * prompt_len + ids[prompt_len:],
-                "attention_mask": [1] * len(ids)}
+        return {
+            "input_ids": ids,
+            "labels": [-100] * prompt_len + ids[prompt_len:],
+            "attention_mask": [1] * len(ids),
+        }
 
     val = val.map(swap)
     spec = TrainSpec(max_steps=60, lr=5e-3, batch_size=8, eval_every=5, early_stopping=2)
     from workbench.train import start_run
 
-    run = start_run(loaded.model, tok, train, val, spec, tmp_path / "run", EventHub(),
-                    {"spec": str(tiny_model_dir)}, wait=True)
+    run = start_run(
+        loaded.model,
+        tok,
+        train,
+        val,
+        spec,
+        tmp_path / "run",
+        EventHub(),
+        {"spec": str(tiny_model_dir)},
+        wait=True,
+    )
     evals = [r.eval_loss for r in run.history if r.kind == "eval"]
     best = min(evals)
     assert run.state is RunState.STOPPED
@@ -160,9 +174,17 @@ def test_examples_without_trained_tokens_are_skipped_with_a_warning(tiny_model_d
     from workbench.train import start_run
 
     with pytest.warns(WorkbenchWarning, match=r"skipped 3 training example\(s\) with no trained"):
-        run = start_run(loaded.model, loaded.tokenizer, train, None,
-                        TrainSpec(max_steps=3, batch_size=4), tmp_path / "run", Hub(),
-                        {"spec": str(tiny_model_dir)}, wait=True)
+        run = start_run(
+            loaded.model,
+            loaded.tokenizer,
+            train,
+            None,
+            TrainSpec(max_steps=3, batch_size=4),
+            tmp_path / "run",
+            Hub(),
+            {"spec": str(tiny_model_dir)},
+            wait=True,
+        )
     warning = run.history[0]
     assert (warning.kind, warning.step) == ("warning", 0)
     assert "rows 17, 18, 19" in warning.message
@@ -188,8 +210,11 @@ def test_variants_train_a_few_steps(tiny_model_dir, tmp_path, options):
 
 
 def test_layer_lr_decay_gives_lower_layers_lower_rates(tiny_model_dir, tmp_path):
-    run = toy_run(tiny_model_dir, tmp_path / "run",
-                  TrainSpec(max_steps=1, lr=1e-3, layer_lr_decay=0.5, warmup=0, eval_every=5))
+    run = toy_run(
+        tiny_model_dir,
+        tmp_path / "run",
+        TrainSpec(max_steps=1, lr=1e-3, layer_lr_decay=0.5, warmup=0, eval_every=5),
+    )
     rates = sorted({g["initial_lr"] for g in run.loop.optimizer.param_groups})
     assert rates == pytest.approx([5e-4, 1e-3])
 

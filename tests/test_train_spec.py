@@ -11,7 +11,12 @@ from workbench.train import LoRA, TrainSpec
 def test_defaults_follow_the_checklist():
     spec = TrainSpec()
     assert (spec.method, spec.lr, spec.epochs, spec.lora.r, spec.lora.alpha) == (
-        "lora", 2e-4, 2, 16, 32)
+        "lora",
+        2e-4,
+        2,
+        16,
+        32,
+    )
     assert spec.lora.target == "all-linear"
     assert spec.early_stopping is None
 

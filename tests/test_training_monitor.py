@@ -43,17 +43,20 @@ def test_buttons_drive_the_run_and_the_view_follows(tiny_model_dir, tmp_path):
     assert reached.wait(30)
     monitor = run.monitor()
     assert len(monitor.traces["loss"].x) == 3
-    assert monitor.status_html.value.startswith('<div class="wb-train-status" style="">'
-                                                "running · step 3/20 · epoch 0.38 · loss ")
+    assert monitor.status_html.value.startswith(
+        '<div class="wb-train-status" style="">running · step 3/20 · epoch 0.38 · loss '
+    )
     assert (monitor.pause_button.disabled, monitor.resume_button.disabled) == (False, True)
     monitor.pause_button.click()
-    assert (monitor.pause_button.disabled, monitor.pause_button.description) == (
-        True, "Pausing…")
+    assert (monitor.pause_button.disabled, monitor.pause_button.description) == (True, "Pausing…")
     gate.set()
     assert run.pause(timeout=30).state is RunState.PAUSED
     # The status changes just before its event reaches the monitor: allow for the render.
-    assert _until(lambda: "paused · step 3/20" in monitor.status_html.value
-                  and not monitor.resume_button.disabled)
+    assert _until(
+        lambda: (
+            "paused · step 3/20" in monitor.status_html.value and not monitor.resume_button.disabled
+        )
+    )
     assert (monitor.pause_button.description, monitor.resume_button.disabled) == ("Pause", False)
     monitor.eval_button.click()
     assert _until(lambda: len(monitor.traces["eval_loss"].x) == 1)
@@ -68,8 +71,15 @@ def test_buttons_drive_the_run_and_the_view_follows(tiny_model_dir, tmp_path):
     monitor.refresh()
     assert len(monitor.traces["loss"].x) == status.step
     assert monitor.status_text().startswith(f"stopped · step {status.step}/20")
-    assert [b.disabled for b in (monitor.pause_button, monitor.stop_button,
-                                 monitor.eval_button, monitor.save_button)] == [True] * 4
+    assert [
+        b.disabled
+        for b in (
+            monitor.pause_button,
+            monitor.stop_button,
+            monitor.eval_button,
+            monitor.save_button,
+        )
+    ] == [True] * 4
     assert monitor.resume_button.disabled is False  # a stopped run can go on in this kernel
 
 
@@ -103,9 +113,16 @@ def test_redisplay_a_finished_run_from_its_folder(tiny_model_dir, tmp_path):
     assert list(monitor.traces["eval_loss"].x) == [10.0, 20.0]
     assert len(monitor.traces["smoothed"].y) == len(monitor.traces["lr"].y) == 20
     assert monitor.status_text().startswith("finished · step 20/20 · epoch 2.50 · loss ")
-    assert all(b.disabled for b in (monitor.pause_button, monitor.resume_button,
-                                    monitor.stop_button, monitor.eval_button,
-                                    monitor.save_button))
+    assert all(
+        b.disabled
+        for b in (
+            monitor.pause_button,
+            monitor.resume_button,
+            monitor.stop_button,
+            monitor.eval_button,
+            monitor.save_button,
+        )
+    )
     assert monitor.probes_html.value.count("<tr>") == 3  # header + two probes
     bundle = run._repr_mimebundle_()
     assert bundle["text/plain"].splitlines()[0] == monitor.status_text()

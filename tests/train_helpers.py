@@ -16,14 +16,33 @@ def fresh(model_dir: Path, **options):
     return load_model(str(model_dir), on_event=lambda _m: None, **options)
 
 
-def toy_run(model_dir: Path, run_dir: Path, spec: TrainSpec, events: EventHub | None = None,
-            wait: bool = True, validation: bool = True, probes=None, loaded=None, n: int = 64):
+def toy_run(
+    model_dir: Path,
+    run_dir: Path,
+    spec: TrainSpec,
+    events: EventHub | None = None,
+    wait: bool = True,
+    validation: bool = True,
+    probes=None,
+    loaded=None,
+    n: int = 64,
+):
     """Start a run of ``spec`` on the toy task (64 training and 16 validation examples)."""
     loaded = loaded or fresh(model_dir)
     train = toy_dataset(loaded.tokenizer, n, seed=0)
     val = toy_dataset(loaded.tokenizer, 16, seed=1) if validation else None
-    return start_run(loaded.model, loaded.tokenizer, train, val, spec, run_dir,
-                     events or EventHub(), {"spec": str(model_dir)}, wait=wait, probes=probes)
+    return start_run(
+        loaded.model,
+        loaded.tokenizer,
+        train,
+        val,
+        spec,
+        run_dir,
+        events or EventHub(),
+        {"spec": str(model_dir)},
+        wait=wait,
+        probes=probes,
+    )
 
 
 def train_losses(run) -> list[float]:

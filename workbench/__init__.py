@@ -57,6 +57,7 @@ def __getattr__(name: str):
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 
+
 __all__ = [
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",

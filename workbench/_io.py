@@ -136,13 +136,19 @@ def check_free_space(path: str | Path, needed_bytes: int, what: str = "this writ
     """
     place = _existing_parent(Path(path))
     if not os.access(place, os.W_OK):
-        raise _write_error(errno.EACCES, f"{place} is not writable (read-only or no permission) "
-                         f"for {what}: choose a folder you can write to.")
+        raise _write_error(
+            errno.EACCES,
+            f"{place} is not writable (read-only or no permission) "
+            f"for {what}: choose a folder you can write to.",
+        )
     free = shutil.disk_usage(place).free
     if needed_bytes * _SPACE_MARGIN > free:
-        raise _write_error(errno.ENOSPC, f"no space left on device at {place} for {what}: "
-                         f"{needed_bytes * _SPACE_MARGIN / _MB:.1f} MB needed, "
-                         f"{free / _MB:.1f} MB free. Free some space or write elsewhere.")
+        raise _write_error(
+            errno.ENOSPC,
+            f"no space left on device at {place} for {what}: "
+            f"{needed_bytes * _SPACE_MARGIN / _MB:.1f} MB needed, "
+            f"{free / _MB:.1f} MB free. Free some space or write elsewhere.",
+        )
 
 
 def write_error(err: OSError, path: str | Path, needed_bytes: int | None = None) -> OSError:
@@ -158,11 +164,15 @@ def write_error(err: OSError, path: str | Path, needed_bytes: int | None = None)
     code = getattr(err, "errno", None)
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         need = f" ({needed_bytes / _MB:.1f} MB needed)" if needed_bytes else ""
-        return _write_error(code, f"no space left on device at {path}{need}. "
-                                "Free some space or write elsewhere.")
+        return _write_error(
+            code, f"no space left on device at {path}{need}. Free some space or write elsewhere."
+        )
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return _write_error(code, f"cannot write to {path}: {os.strerror(code).lower()}. "
-                                "Choose a folder you can write to.")
+        return _write_error(
+            code,
+            f"cannot write to {path}: {os.strerror(code).lower()}. "
+            "Choose a folder you can write to.",
+        )
     return err
 
 
@@ -200,8 +210,10 @@ def translated_write_errors(path: str | Path, needed_bytes: int | None = None) -
         cause: BaseException | None = err
         while cause is not None:
             translated = _os_error_of(cause)
-            if translated is not None and write_error(translated, path, needed_bytes) is not \
-                    translated:
+            if (
+                translated is not None
+                and write_error(translated, path, needed_bytes) is not translated
+            ):
                 raise write_error(translated, path, needed_bytes) from err
             cause = cause.__cause__ or cause.__context__
         place = _existing_parent(Path(path))
@@ -224,8 +236,11 @@ def write_manifest(folder: str | Path, name: str, extra: dict | None = None) -> 
         1
     """
     root = Path(folder)
-    files = {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(root.rglob("*")) if p.is_file() and p.name != name}
+    files = {
+        p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != name
+    }
     text = json.dumps({**(extra or {}), "files": files}, indent=1)
     (root / name).write_text(text, encoding="utf-8")
     return root / name
@@ -330,9 +345,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             torn.append(number)
     if [n for n in torn if n != len(lines)]:
-        warnings.warn(f"{target}: skipped line(s) {', '.join(map(str, torn))}, which are not "
-                      "JSON (writes cut short by a kill, or damage).", WorkbenchWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{target}: skipped line(s) {', '.join(map(str, torn))}, which are not "
+            "JSON (writes cut short by a kill, or damage).",
+            WorkbenchWarning,
+            stacklevel=2,
+        )
     return rows
 
 

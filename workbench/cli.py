@@ -25,8 +25,19 @@ from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
 __all__ = ["environment_facts", "main"]
 
-PACKAGES = ("workbench", "torch", "transformers", "peft", "bitsandbytes", "datasets",
-            "evaluate", "accelerate", "gguf", "ipywidgets", "plotly")
+PACKAGES = (
+    "workbench",
+    "torch",
+    "transformers",
+    "peft",
+    "bitsandbytes",
+    "datasets",
+    "evaluate",
+    "accelerate",
+    "gguf",
+    "ipywidgets",
+    "plotly",
+)
 
 
 def environment_facts() -> list[tuple[str, str]]:
@@ -85,18 +96,30 @@ def _demo(args: argparse.Namespace) -> int:
     longest = int(report.lengths["total"].max)
     print(session.estimate_memory(seq_len=longest, batch_size=args.batch_size))
     _section("training")
-    run = session.train(epochs=args.epochs, max_steps=args.max_steps, lr=args.lr,
-                        batch_size=args.batch_size, lora=wb.LoRA(r=8), eval_every=4,
-                        wait=True)
+    run = session.train(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        lora=wb.LoRA(r=8),
+        eval_every=4,
+        wait=True,
+    )
     _section("evaluation: base vs tuned on held-out records")
-    evaluation = session.evaluate(metrics=["exact_match", json_valid],
-                                  max_new_tokens=args.max_new_tokens)
+    evaluation = session.evaluate(
+        metrics=["exact_match", json_valid], max_new_tokens=args.max_new_tokens
+    )
     print(evaluation)
     _section("export")
     folder = session.export("export/merged", overwrite=True)
-    page = write_report(session.run_dir / "report.html", "Tuning Workbench demo",
-                        data_report=report, history=run.history, evaluation=evaluation,
-                        summary=_summary_lines(session, run, evaluation, folder))
+    page = write_report(
+        session.run_dir / "report.html",
+        "Tuning Workbench demo",
+        data_report=report,
+        history=run.history,
+        evaluation=evaluation,
+        summary=_summary_lines(session, run, evaluation, folder),
+    )
     print("\n".join(_summary_lines(session, run, evaluation, folder)))
     print(f"report:   {page}")
     return 0 if run.state == "finished" else 1

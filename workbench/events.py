@@ -47,10 +47,25 @@ from typing import Any
 from workbench.errors import SpecError
 
 __all__ = [
-    "ALL_EVENTS", "DATA_LOADED", "EVAL_DONE", "EVAL_PROGRESS", "EVENTS", "MODEL_LOADED",
-    "PROGRESS", "TRAIN_CHECKPOINT", "TRAIN_LAYER_NORMS", "TRAIN_LOG", "TRAIN_PROBES",
-    "TRAIN_STATE", "EvalProgress", "EventHub", "TrainCheckpoint", "TrainLayerNorms",
-    "TrainLog", "TrainProbes", "TrainState",
+    "ALL_EVENTS",
+    "DATA_LOADED",
+    "EVAL_DONE",
+    "EVAL_PROGRESS",
+    "EVENTS",
+    "MODEL_LOADED",
+    "PROGRESS",
+    "TRAIN_CHECKPOINT",
+    "TRAIN_LAYER_NORMS",
+    "TRAIN_LOG",
+    "TRAIN_PROBES",
+    "TRAIN_STATE",
+    "EvalProgress",
+    "EventHub",
+    "TrainCheckpoint",
+    "TrainLayerNorms",
+    "TrainLog",
+    "TrainProbes",
+    "TrainState",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,8 +74,20 @@ PROGRESS, MODEL_LOADED, DATA_LOADED = "progress", "model_loaded", "data_loaded"
 TRAIN_LOG, TRAIN_STATE, TRAIN_PROBES = "train_log", "train_state", "train_probes"
 TRAIN_CHECKPOINT, TRAIN_LAYER_NORMS = "train_checkpoint", "train_layer_norms"
 EVAL_PROGRESS, EVAL_DONE = "eval_progress", "eval_done"
-EVENTS = frozenset({PROGRESS, MODEL_LOADED, DATA_LOADED, TRAIN_LOG, TRAIN_STATE, TRAIN_PROBES,
-                    TRAIN_CHECKPOINT, TRAIN_LAYER_NORMS, EVAL_PROGRESS, EVAL_DONE})
+EVENTS = frozenset(
+    {
+        PROGRESS,
+        MODEL_LOADED,
+        DATA_LOADED,
+        TRAIN_LOG,
+        TRAIN_STATE,
+        TRAIN_PROBES,
+        TRAIN_CHECKPOINT,
+        TRAIN_LAYER_NORMS,
+        EVAL_PROGRESS,
+        EVAL_DONE,
+    }
+)
 
 ALL_EVENTS = "*"
 """Subscribe to this name to receive every event as ``fn(name, payload)``."""

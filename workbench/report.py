@@ -29,8 +29,12 @@ def _histogram_figure(report: Any):
     counts, edges = report.histogram
     centers = [(a + b) / 2 for a, b in pairwise(edges)]
     figure = go.Figure(go.Bar(x=centers, y=list(counts), name="examples"))
-    figure.update_layout(title="Token length per example (prompt + answer)",
-                         xaxis_title="tokens", yaxis_title="examples", height=320)
+    figure.update_layout(
+        title="Token length per example (prompt + answer)",
+        xaxis_title="tokens",
+        yaxis_title="examples",
+        height=320,
+    )
     return figure
 
 
@@ -40,11 +44,18 @@ def _loss_figure(history: Sequence[Any]):
     train = [r for r in history if _get(r, "kind") == "train" and _get(r, "loss") is not None]
     evals = [r for r in history if _get(r, "kind") == "eval" and _get(r, "eval_loss") is not None]
     figure = go.Figure()
-    figure.add_scatter(x=[_get(r, "step") for r in train], y=[_get(r, "loss") for r in train],
-                       mode="lines", name="train loss")
-    figure.add_scatter(x=[_get(r, "step") for r in evals],
-                       y=[_get(r, "eval_loss") for r in evals], mode="lines+markers",
-                       name="eval loss")
+    figure.add_scatter(
+        x=[_get(r, "step") for r in train],
+        y=[_get(r, "loss") for r in train],
+        mode="lines",
+        name="train loss",
+    )
+    figure.add_scatter(
+        x=[_get(r, "step") for r in evals],
+        y=[_get(r, "eval_loss") for r in evals],
+        mode="lines+markers",
+        name="eval loss",
+    )
     figure.update_layout(title="Loss", xaxis_title="step", yaxis_title="loss", height=320)
     return figure
 
@@ -70,8 +81,15 @@ def _examples_table(rows: Iterable[Any], limit: int = 50) -> str:
     table = []
     for row in list(rows)[:limit]:
         outputs = _get(row, "outputs") or {}
-        table.append((_get(row, "index"), _get(row, "prompt"), _get(row, "reference"),
-                      outputs.get("base", ""), outputs.get("tuned", "")))
+        table.append(
+            (
+                _get(row, "index"),
+                _get(row, "prompt"),
+                _get(row, "reference"),
+                outputs.get("base", ""),
+                outputs.get("tuned", ""),
+            )
+        )
     return html_table(table, ("#", "input", "reference", "base", "tuned"))
 
 
@@ -84,9 +102,14 @@ pre { white-space: pre-wrap; margin: 0; }
 </style>"""
 
 
-def write_report(path: Path, title: str, data_report: Any = None,
-                 history: Sequence[Any] = (), evaluation: Any = None,
-                 summary: Sequence[str] = ()) -> Path:
+def write_report(
+    path: Path,
+    title: str,
+    data_report: Any = None,
+    history: Sequence[Any] = (),
+    evaluation: Any = None,
+    summary: Sequence[str] = (),
+) -> Path:
     """Write the report page atomically and return its path.
 
     Args:
@@ -107,9 +130,11 @@ def write_report(path: Path, title: str, data_report: Any = None,
     """
     import plotly.io as pio
 
-    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
-             f"<title>{html.escape(title)}</title>{STYLE}</head><body>",
-             f"<h1>{html.escape(title)}</h1>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>{STYLE}</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     parts += [f"<p>{html.escape(line)}</p>" for line in summary]
     figures = []
     if data_report is not None:

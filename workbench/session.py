@@ -75,7 +75,8 @@ class Session:
         self._unsubscribers: list[Callable[[], None]] = []
         if verbose:
             self._unsubscribers.append(
-                self.events.on(PROGRESS, lambda message: print(message, flush=True)))
+                self.events.on(PROGRESS, lambda message: print(message, flush=True))
+            )
 
     def on(self, event: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
         """Call ``fn(payload)`` on each ``event``; returns a function that unsubscribes.
@@ -104,11 +105,15 @@ class Session:
         if state is RunState.STOPPING:
             fix = f"call run.wait() until it has stopped, then {call}()."
         elif call in _READ_ONLY_CALLS:
-            fix = (f"call run.pause() and then {call}() (the run resumes unharmed with "
-                   f"run.resume()), or run.stop() and run.wait() first.")
+            fix = (
+                f"call run.pause() and then {call}() (the run resumes unharmed with "
+                f"run.resume()), or run.stop() and run.wait() first."
+            )
         else:
-            fix = (f"{call}() would change what the run is training: call run.stop() and "
-                   "run.wait() first, or wait for the run to end with run.wait().")
+            fix = (
+                f"{call}() would change what the run is training: call run.stop() and "
+                "run.wait() first, or wait for the run to end with run.wait()."
+            )
         raise SessionStateError(f"{call}() is refused while {where}: {fix}")
 
     def load_model(
@@ -143,8 +148,16 @@ class Session:
         self._loaded, self._adapted, self._exported = loaded, None, None
         info = model_info(loaded)
         self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
-        self._record({"model": {"spec": str(spec), "quantization": quantization,
-                                "dtype": loaded.dtype, "device": loaded.device}})
+        self._record(
+            {
+                "model": {
+                    "spec": str(spec),
+                    "quantization": quantization,
+                    "dtype": loaded.dtype,
+                    "device": loaded.device,
+                }
+            }
+        )
         self.events.emit(MODEL_LOADED, info)
         return info
 
@@ -248,8 +261,15 @@ class Session:
         options.setdefault("context", model_context(self.loaded.model.config))
         self._data = PreparedData.load(source, self.tokenizer, **options)
         report = self._data.report()
-        self._record({"data": {"source": _describe(source), "format": self._data.format,
-                               "template": self._data.template.name}})
+        self._record(
+            {
+                "data": {
+                    "source": _describe(source),
+                    "format": self._data.format,
+                    "template": self._data.template.name,
+                }
+            }
+        )
         self.events.emit(DATA_LOADED, report)
         return report
 
@@ -418,8 +438,7 @@ class Session:
 
     # --- training ---------------------------------------------------------------------
 
-    def train(self, wait: bool | None = None, probes: list[str] | None = None,
-              **settings: Any):
+    def train(self, wait: bool | None = None, probes: list[str] | None = None, **settings: Any):
         """Train an adapter (or the full model) on the loaded data; returns the :class:`Run`.
 
         Keywords build a :class:`~workbench.train.TrainSpec` (``epochs``, ``lr``,
@@ -453,14 +472,23 @@ class Session:
         self._check_run_allows("train")
         spec = TrainSpec(**settings)
         if self._adapted is not None:
-            raise SpecError("the model already carries an adapter from an earlier run: call "
-                            "load_model(...) again to train a fresh one, or merge() first.")
+            raise SpecError(
+                "the model already carries an adapter from an earlier run: call "
+                "load_model(...) again to train a fresh one, or merge() first."
+            )
         data, model = self.data, self.loaded.model
         with self.folder.reserved("runs") as run_dir:
             self._run = start_run(
-                model, self.tokenizer, _training_columns(data.train),
-                _training_columns(data.validation), spec, run_dir, self.events,
-                self.folder.state().get("model"), wait=_blocking(wait), probes=probes,
+                model,
+                self.tokenizer,
+                _training_columns(data.train),
+                _training_columns(data.validation),
+                spec,
+                run_dir,
+                self.events,
+                self.folder.state().get("model"),
+                wait=_blocking(wait),
+                probes=probes,
             )
         self._adapted = self._run.model
         self._training_summary = spec.to_dict()
@@ -501,8 +529,13 @@ class Session:
         model_spec = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
         if model_spec.get("spec"):
             self.load_model(model_spec.pop("spec"), **model_spec)
-        self._run = resume_run(run_dir, self.events, wait=_blocking(wait),
-                               model=self.loaded.model, tokenizer=self.tokenizer)
+        self._run = resume_run(
+            run_dir,
+            self.events,
+            wait=_blocking(wait),
+            model=self.loaded.model,
+            tokenizer=self.tokenizer,
+        )
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
         return self._run
@@ -516,8 +549,10 @@ class Session:
             return folder
         latest = SessionFolder(folder).latest_run() if folder.is_dir() else None
         if latest is None:
-            msg = (f"{folder} holds no training run: give a run folder (one holding run.json, "
-                   "such as runs/demo/runs/run-001) or a session folder with runs/run-NNN in it.")
+            msg = (
+                f"{folder} holds no training run: give a run folder (one holding run.json, "
+                "such as runs/demo/runs/run-001) or a session folder with runs/run-NNN in it."
+            )
             raise SpecError(msg)
         self._progress(f"resuming the latest run in {folder}: {latest}")
         return latest
@@ -534,10 +569,16 @@ class Session:
 
     # --- evaluation -------------------------------------------------------------------
 
-    def evaluate(self, data: Any = None, metrics: Any = ("rouge", "bleu", "exact_match"),
-                 compare_base: bool = True, max_new_tokens: int = 64,
-                 generation: dict | None = None, limit: int | None = None,
-                 batch_size: int = 8):
+    def evaluate(
+        self,
+        data: Any = None,
+        metrics: Any = ("rouge", "bleu", "exact_match"),
+        compare_base: bool = True,
+        max_new_tokens: int = 64,
+        generation: dict | None = None,
+        limit: int | None = None,
+        batch_size: int = 8,
+    ):
         """Generate for the validation split (or ``data``) with the tuned and the base model.
 
         The base model is the same weights with the adapter switched off: no second copy.
@@ -564,13 +605,24 @@ class Session:
         stop = self._data.template.stop if self._data is not None else None
         with self.folder.reserved("evaluations") as folder:
             evaluation = run_evaluation(
-                self.model, self.tokenizer, rows, metrics=metrics, compare_base=compare_base,
-                max_new_tokens=max_new_tokens, generation=generation, limit=limit,
-                out_dir=folder, stop_strings=[stop] if stop else None, batch_size=batch_size,
-                events=self.events, run_dir=self._last_run_dir(),
+                self.model,
+                self.tokenizer,
+                rows,
+                metrics=metrics,
+                compare_base=compare_base,
+                max_new_tokens=max_new_tokens,
+                generation=generation,
+                limit=limit,
+                out_dir=folder,
+                stop_strings=[stop] if stop else None,
+                batch_size=batch_size,
+                events=self.events,
+                run_dir=self._last_run_dir(),
             )
-        self._scores_summary = {name: {k: v for k, v in score.items() if k in ("base", "tuned")}
-                                for name, score in evaluation.scores.items()}
+        self._scores_summary = {
+            name: {k: v for k, v in score.items() if k in ("base", "tuned")}
+            for name, score in evaluation.scores.items()
+        }
         return evaluation
 
     def _evaluation_rows(self, data: Any) -> list[dict]:
@@ -579,15 +631,21 @@ class Session:
         if data is None:
             prepared, split = self.data, "validation"
             if prepared.validation is None or len(prepared.validation) == 0:
-                raise SpecError("no validation split to evaluate on: load_data(..., "
-                                "validation=0.1) or pass data= to evaluate().")
+                raise SpecError(
+                    "no validation split to evaluate on: load_data(..., "
+                    "validation=0.1) or pass data= to evaluate()."
+                )
         else:
             from workbench.data import PreparedData
             from workbench.data.context import model_context
 
-            prepared = PreparedData.load(data, self.tokenizer, validation=None,
-                                         template=self._data.template if self._data else None,
-                                         context=model_context(self.loaded.model.config))
+            prepared = PreparedData.load(
+                data,
+                self.tokenizer,
+                validation=None,
+                template=self._data.template if self._data else None,
+                context=model_context(self.loaded.model.config),
+            )
             split = "train"
         if prepared.is_text:
             raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
@@ -629,8 +687,13 @@ class Session:
         self._progress("merged the adapter into the base weights")
         return model_info(self._loaded)
 
-    def export(self, path: str | Path = "export/merged", format: str = "safetensors",
-               overwrite: bool = False, gguf_type: str = "f32") -> Path:
+    def export(
+        self,
+        path: str | Path = "export/merged",
+        format: str = "safetensors",
+        overwrite: bool = False,
+        gguf_type: str = "f32",
+    ) -> Path:
         """Write the model as a standard folder; relative paths live in the run folder.
 
         ``safetensors`` and ``gguf`` write the adapter merged into a copy of the model;
@@ -671,8 +734,9 @@ class Session:
         check_export(self.model, target, format, overwrite, gguf_type)  # before anything changes
         ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
         card = card_for(self, format)
-        folder = export_model(self.model, self.tokenizer, target, format, card, overwrite,
-                              gguf_type)
+        folder = export_model(
+            self.model, self.tokenizer, target, format, card, overwrite, gguf_type
+        )
         if format == "safetensors":
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
@@ -681,8 +745,9 @@ class Session:
             self.check_export(folder)
         return folder
 
-    def check_export(self, path: str | Path = "export/gguf", limit: int = 4,
-                     max_new_tokens: int = 32):
+    def check_export(
+        self, path: str | Path = "export/gguf", limit: int = 4, max_new_tokens: int = 32
+    ):
         """Check that an exported GGUF answers like the session's model, in llama.cpp itself.
 
         The first ``limit`` validation conversations (cut before their answer) go through the
@@ -712,12 +777,14 @@ class Session:
         gguf = gguf_path_of(export_target(self.run_dir, path))
         conversations = conversations_of(self._data, limit) or [
             (f"message {i + 1}", [{"role": "user", "content": text}])
-            for i, text in enumerate(_DEFAULT_MESSAGES)]
+            for i, text in enumerate(_DEFAULT_MESSAGES)
+        ]
         probes = self._run.probes if self._run is not None else []
         raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes[:limit])]
         template = self._data.template if self._data is not None else None
-        report = check_gguf(gguf, self.model, self.tokenizer, template, conversations, raw,
-                            max_new_tokens)
+        report = check_gguf(
+            gguf, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
+        )
         report.save(gguf.parent)
         self._progress(report.summary())
         return report
@@ -756,8 +823,13 @@ class Session:
         step = self._run.status.step if self._run is not None else None
         return id(self.model), id(self._run), step
 
-    def quantize(self, quantization: str = "4bit", path: str | Path | None = None,
-                 probes: list[str] | None = None, overwrite: bool = False):
+    def quantize(
+        self,
+        quantization: str = "4bit",
+        path: str | Path | None = None,
+        probes: list[str] | None = None,
+        overwrite: bool = False,
+    ):
         """Quantize the exported model with bitsandbytes; returns a before/after table.
 
         Examples:
@@ -778,8 +850,9 @@ class Session:
         check_quantize_target(target, quantization, overwrite)  # before exporting anything
         source = self._exported_folder()
         probes = probes or self._probe_prompts()
-        report = quantize_export(source, target, quantization, probes, self._scorer(),
-                                 overwrite=overwrite)
+        report = quantize_export(
+            source, target, quantization, probes, self._scorer(), overwrite=overwrite
+        )
         self._progress(f"quantized to {report.folder}")
         return report
 
@@ -843,11 +916,20 @@ class Session:
         stop = self._data.template.stop
 
         def score(model, tokenizer) -> dict[str, float]:
-            evaluation = run_evaluation(model, tokenizer, rows, metrics=["exact_match", "rouge"],
-                                        compare_base=False, max_new_tokens=64,
-                                        stop_strings=[stop] if stop else None)
-            return {name: s["tuned"] for name, s in evaluation.scores.items()
-                    if name in ("exact_match", "rougeL")}
+            evaluation = run_evaluation(
+                model,
+                tokenizer,
+                rows,
+                metrics=["exact_match", "rouge"],
+                compare_base=False,
+                max_new_tokens=64,
+                stop_strings=[stop] if stop else None,
+            )
+            return {
+                name: s["tuned"]
+                for name, s in evaluation.scores.items()
+                if name in ("exact_match", "rougeL")
+            }
 
         return score
 
@@ -865,8 +947,9 @@ class Session:
 
 # Calls that leave the live model and the session's data as they were: allowed while the run
 # is paused (docs/session_states.md).
-_READ_ONLY_CALLS = frozenset({"generate", "evaluate", "export", "quantize", "serve",
-                             "check_export"})
+_READ_ONLY_CALLS = frozenset(
+    {"generate", "evaluate", "export", "quantize", "serve", "check_export"}
+)
 # Asked when there is no data to take conversations from.
 _DEFAULT_MESSAGES = ("Hello!", "Write one sentence about the sea.")
 
@@ -896,6 +979,8 @@ def _describe(source: Any) -> str:
     """A short, JSON-safe description of a data source for session.json."""
     if isinstance(source, (str, Path)):
         return str(source)
-    return f"<{type(source).__name__} of {len(source)} rows>" if hasattr(source, "__len__") else (
-        f"<{type(source).__name__}>"
+    return (
+        f"<{type(source).__name__} of {len(source)} rows>"
+        if hasattr(source, "__len__")
+        else (f"<{type(source).__name__}>")
     )

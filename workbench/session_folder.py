@@ -63,8 +63,11 @@ class SessionFolder:
         """
         pattern = re.compile(rf"^{_PREFIX[kind]}-(\d+)$")
         parent = self.root / kind
-        found = [(int(m.group(1)), p) for p in (parent.iterdir() if parent.is_dir() else [])
-                 if (m := pattern.match(p.name))]
+        found = [
+            (int(m.group(1)), p)
+            for p in (parent.iterdir() if parent.is_dir() else [])
+            if (m := pattern.match(p.name))
+        ]
         return [p for _, p in sorted(found)]
 
     def reserve(self, kind: FolderKind) -> Path:
@@ -135,8 +138,12 @@ class SessionFolder:
             return state
         aside = path.with_name(STATE_FILE + ".damaged")
         path.replace(aside)
-        warnings.warn(f"{path} was damaged (not a JSON object); kept it as {aside.name} and "
-                      "started a new one.", WorkbenchWarning, stacklevel=3)
+        warnings.warn(
+            f"{path} was damaged (not a JSON object); kept it as {aside.name} and "
+            "started a new one.",
+            WorkbenchWarning,
+            stacklevel=3,
+        )
         return {}
 
     def record(self, facts: dict[str, Any]) -> None:

@@ -74,7 +74,8 @@ def test_training_monitor_updates_live_and_stops(lab, page):
         assert first > 0, "no training step reached the plot"
         text = status.text_content()
         assert _until(lambda: plot.evaluate(LOSS_POINTS) > first), (
-            f"the loss trace stayed at {first} points")
+            f"the loss trace stayed at {first} points"
+        )
         expect(status).not_to_have_text(text)
         expect(status).to_contain_text("running")
 
@@ -89,7 +90,9 @@ def test_training_monitor_updates_live_and_stops(lab, page):
         assert 0 < steps < 400, status.text_content()
         # The final render shows every step the run took.
         assert _until(lambda: plot.evaluate(LOSS_POINTS) == steps), (
-            plot.evaluate(LOSS_POINTS), steps)
+            plot.evaluate(LOSS_POINTS),
+            steps,
+        )
         screenshot(page, "training_monitor", panel)
     finally:
         shutdown_kernels(lab, notebook)
@@ -106,8 +109,11 @@ gd => {
 def test_teaching_monitor_single_step_and_heatmap(lab, page):
     from playwright.sync_api import expect
 
-    cells = [*CELLS[:2], "run = s.train(max_steps=400, batch_size=4, lr=1e-3, wait=False,\n"
-                         "              track_layer_norms=True)\nrun"]
+    cells = [
+        *CELLS[:2],
+        "run = s.train(max_steps=400, batch_size=4, lr=1e-3, wait=False,\n"
+        "              track_layer_norms=True)\nrun",
+    ]
     notebook = write_notebook(lab, "teaching_monitor", cells)
     try:
         run_notebook_in_lab(page, notebook)
@@ -126,8 +132,9 @@ def test_teaching_monitor_single_step_and_heatmap(lab, page):
         steps = int(STEP.search(status.text_content()).group(1))
         assert _until(lambda: heatmap.evaluate(HEATMAP_SHAPE)[1] == steps)
         step_button.click()
-        expect(status).to_contain_text(f"paused · step {steps + 1}/400",
-                                       timeout=STOP_TIMEOUT * 1000)
+        expect(status).to_contain_text(
+            f"paused · step {steps + 1}/400", timeout=STOP_TIMEOUT * 1000
+        )
         expect(step_button).to_be_enabled()
         assert _until(lambda: heatmap.evaluate(HEATMAP_SHAPE) == [2, steps + 1])
         panel.get_by_text("weight norm").click()

@@ -68,9 +68,11 @@ def duplicate_problems(train: pa.Array, validation: pa.Array | None = None) -> l
     repeats = np.flatnonzero(first_index[codes] != np.arange(len(codes)))
     problems = [_exact(int(i), int(first_index[codes[i]]), n_train) for i in repeats]
     exact = set(repeats.tolist())
-    content = normalise_texts(_without_boilerplate(
-        pa.concat_arrays([train, validation]) if validation is not None else train
-    ))
+    content = normalise_texts(
+        _without_boilerplate(
+            pa.concat_arrays([train, validation]) if validation is not None else train
+        )
+    )
     for row, rep, similarity in _near_pairs(content, codes):
         if row not in exact:
             problems.append(_near(row, rep, similarity, n_train))
@@ -183,8 +185,7 @@ def _near_pairs(texts: pa.Array, codes: np.ndarray) -> list[tuple[int, int, floa
     # Each later row is reported against its most similar earlier row, so every reported
     # similarity is a real pair's, at least the threshold.
     best: dict[int, tuple[int, float]] = {}
-    for x, y, s in zip(a[keep].tolist(), b[keep].tolist(), similarity[keep].tolist(),
-                       strict=True):
+    for x, y, s in zip(a[keep].tolist(), b[keep].tolist(), similarity[keep].tolist(), strict=True):
         row, partner = max(x, y), min(x, y)
         if row not in best or s > best[row][1]:
             best[row] = (partner, s)

@@ -48,10 +48,14 @@ def parse_args(config):
     parser.add_argument("--data", default=config["data"], help="tokenized data folder")
     parser.add_argument("--out", default="out", help="folder for the adapter and log.jsonl")
     parser.add_argument("--max-steps", type=int, help="optimizer steps (default: the run's)")
-    parser.add_argument("--per-device-batch", type=int,
-                        help="examples per process and forward pass (default: batch // procs)")
-    parser.add_argument("--dtype", default=config["dtype"],
-                        choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--per-device-batch",
+        type=int,
+        help="examples per process and forward pass (default: batch // procs)",
+    )
+    parser.add_argument(
+        "--dtype", default=config["dtype"], choices=["auto", "float32", "bfloat16", "float16"]
+    )
     parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo), to test")
     args = parser.parse_args()
     if not args.model:
@@ -74,7 +78,7 @@ class StepBatches:
         self.batch_size, self.batches = batch_size, []
         for step in steps:
             rows = step + [-1] * (accum * batch_size - len(step))
-            self.batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+            self.batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
     def __iter__(self):
         return iter(self.batches)
@@ -100,8 +104,9 @@ def collate(rows, pad_id):
     """Right-pad as the workbench does, and mask the padding (``None``: a row with no
     trained token, which fills a step that has fewer rows than the global batch)."""
     rows = [row or {"input_ids": [pad_id], "labels": [core.IGNORE_INDEX]} for row in rows]
-    batch = core.pad_rows([row["input_ids"] for row in rows], [row["labels"] for row in rows],
-                          pad_id)
+    batch = core.pad_rows(
+        [row["input_ids"] for row in rows], [row["labels"] for row in rows], pad_id
+    )
     lengths = batch.pop("lengths")
     width = batch["input_ids"].shape[1]
     batch["attention_mask"] = (torch.arange(width) < lengths[:, None]).long()
@@ -168,9 +173,18 @@ def train(accelerator, model, optimizer, scheduler, loader, step_tokens, spec, l
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
-            write_log(accelerator, log, {"step": step + 1, "loss": loss, "lr": lr,
-                                         "grad_norm": norm, "tokens": step_tokens[step],
-                                         "processes": accelerator.num_processes})
+            write_log(
+                accelerator,
+                log,
+                {
+                    "step": step + 1,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "tokens": step_tokens[step],
+                    "processes": accelerator.num_processes,
+                },
+            )
             total = torch.zeros((), device=accelerator.device)
 
 
@@ -196,8 +210,10 @@ def check_launch(accelerator):
     train alone and write the same files), e.g. several processes without GPUs or --cpu."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if accelerator.num_processes != launched:
-        raise SystemExit(f"{launched} processes were launched but accelerate set up "
-                         f"{accelerator.num_processes}: no GPU per process? Pass --cpu to test.")
+        raise SystemExit(
+            f"{launched} processes were launched but accelerate set up "
+            f"{accelerator.num_processes}: no GPU per process? Pass --cpu to test."
+        )
 
 
 def prepare(args, spec, steps, by_steps):
@@ -207,21 +223,36 @@ def prepare(args, spec, steps, by_steps):
     accum = math.ceil(spec["batch_size"] * spec["grad_accum"] / (per_device * procs))
     # split_batches: each global micro-batch is cut across processes, so the data order and
     # the scheduler (stepped once per optimizer step) do not depend on the process count.
-    accelerator = Accelerator(cpu=args.cpu, gradient_accumulation_steps=accum,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))
+    accelerator = Accelerator(
+        cpu=args.cpu,
+        gradient_accumulation_steps=accum,
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
     check_launch(accelerator)
     set_seed(spec["seed"])
     data, rows, step_tokens = load_data(args.data, spec, steps, by_steps)
     model, tokenizer, pad_id = load_model(args, spec)
-    optimizer = torch.optim.AdamW(core.optimizer_groups(
-        model, spec["lr"], spec["weight_decay"], spec["layer_lr_decay"]), lr=spec["lr"])
-    scheduler = get_scheduler(spec["scheduler"], optimizer, num_training_steps=steps,
-                              num_warmup_steps=core.warmup_steps(spec["warmup"], steps))
+    optimizer = torch.optim.AdamW(
+        core.optimizer_groups(model, spec["lr"], spec["weight_decay"], spec["layer_lr_decay"]),
+        lr=spec["lr"],
+    )
+    scheduler = get_scheduler(
+        spec["scheduler"],
+        optimizer,
+        num_training_steps=steps,
+        num_warmup_steps=core.warmup_steps(spec["warmup"], steps),
+    )
     loader = torch.utils.data.DataLoader(
-        Rows(data), batch_sampler=StepBatches(rows, per_device * procs, accum),
-        collate_fn=lambda batch: collate(batch, pad_id))
-    return accelerator, tokenizer, step_tokens, accelerator.prepare(
-        model, optimizer, scheduler, loader)
+        Rows(data),
+        batch_sampler=StepBatches(rows, per_device * procs, accum),
+        collate_fn=lambda batch: collate(batch, pad_id),
+    )
+    return (
+        accelerator,
+        tokenizer,
+        step_tokens,
+        accelerator.prepare(model, optimizer, scheduler, loader),
+    )
 
 
 def main():

@@ -38,7 +38,19 @@ def add_hparams(writer: Any, arch: str, config: Any) -> None:
     """Write :func:`hparams` to ``writer`` (a ``gguf.GGUFWriter``) with GGUF's value types.
 
     Examples:
-        >>> add_hparams(writer, "llama", model.config)  # doctest: +SKIP
+        >>> import gguf
+        >>> from transformers import LlamaConfig
+        >>> path = "/tmp/wb-doc-deploy-gguf_metadata-hparams.gguf"
+        >>> writer = gguf.GGUFWriter(path, "llama")
+        >>> add_hparams(writer, "llama", LlamaConfig(hidden_size=64, num_attention_heads=4))
+        >>> writer.write_header_to_file()
+        >>> writer.write_kv_data_to_file()
+        >>> writer.close()
+        >>> fields = gguf.GGUFReader(path).fields
+        >>> fields["llama.attention.key_length"].contents()
+        16
+        >>> fields["llama.rope.freq_base"].contents()
+        10000.0
     """
     for key, value in hparams(arch, config).items():
         name = f"{arch}.{key}"
@@ -120,8 +132,12 @@ def _rope_facts(config: Any) -> dict[str, Any]:
         return {**facts, "rope.scaling.type": "linear", "rope.scaling.factor": float(factor)}
     if kind == "yarn" and factor:
         original = rope.get("original_max_position_embeddings", config.max_position_embeddings)
-        return {**facts, "rope.scaling.type": "yarn", "rope.scaling.factor": float(factor),
-                "rope.scaling.original_context_length": int(original)}
+        return {
+            **facts,
+            "rope.scaling.type": "yarn",
+            "rope.scaling.factor": float(factor),
+            "rope.scaling.original_context_length": int(original),
+        }
     msg = (
         f"GGUF export: rope scaling {kind!r} (config.rope_parameters) has no llama.cpp "
         "equivalent this writer knows. Export as 'safetensors' and convert it with "

@@ -55,7 +55,27 @@ def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
     tokens of type ``UNUSED``, as llama.cpp's converter writes them.
 
     Examples:
-        >>> add_tokenizer(writer, tokenizer, model.config.vocab_size)  # doctest: +SKIP
+        The tiny model's byte-level BPE tokenizer (512 tokens) written for 514 embedding rows:
+
+        >>> import gguf
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-deploy-gguf_vocab-tiny")
+        >>> tokenizer = AutoTokenizer.from_pretrained(folder)
+        >>> path = "/tmp/wb-doc-deploy-gguf_vocab-tokenizer.gguf"
+        >>> writer = gguf.GGUFWriter(path, "llama")
+        >>> add_tokenizer(writer, tokenizer, len(tokenizer) + 2)
+        >>> writer.write_header_to_file()
+        >>> writer.write_kv_data_to_file()
+        >>> writer.close()
+        >>> fields = gguf.GGUFReader(path).fields
+        >>> fields["tokenizer.ggml.model"].contents(), fields["tokenizer.ggml.pre"].contents()
+        ('gpt2', 'gpt-2')
+        >>> tokens = fields["tokenizer.ggml.tokens"].contents()
+        >>> len(tokens), tokens[-2:], fields["tokenizer.ggml.token_type"].contents()[-2:]
+        (514, ['[PAD512]', '[PAD513]'], [5, 5])
+        >>> tokens[fields["tokenizer.ggml.eot_token_id"].contents()]
+        '<|im_end|>'
     """
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     byte_level = "ByteLevel" in json.dumps(state.get("pre_tokenizer"))
@@ -142,8 +162,10 @@ def _tokens_and_kinds(tokenizer: Any, n_vocab: int, sentencepiece: bool):
 def _looks_special(text: str) -> bool:
     # Tokens some tokenizers add as "not special" though they are control tokens (Gemma's
     # <unusedN> and <mask>, ChatML-like <|...|>), treated as control by llama.cpp's converter.
-    return (text.startswith("<|") and text.endswith("|>")) or text in ("<pad>", "<mask>") or (
-        text.startswith("<unused") and text.endswith(">")
+    return (
+        (text.startswith("<|") and text.endswith("|>"))
+        or text in ("<pad>", "<mask>")
+        or (text.startswith("<unused") and text.endswith(">"))
     )
 
 
@@ -170,8 +192,10 @@ def _scores(state: dict, kinds: list[int]) -> list[float]:
 def _adds_space_prefix(state: dict) -> bool:
     """Whether the tokenizer puts ``▁`` before the first word (Llama 2 does, Gemma not)."""
     text = json.dumps([state.get("normalizer"), state.get("pre_tokenizer")])
-    return '"Prepend"' in text or '"prepend_scheme": "always"' in text or (
-        '"prepend_scheme": "first"' in text
+    return (
+        '"Prepend"' in text
+        or '"prepend_scheme": "always"' in text
+        or ('"prepend_scheme": "first"' in text)
     )
 
 

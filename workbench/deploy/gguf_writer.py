@@ -19,7 +19,23 @@ As in llama.cpp's converter, norms and other 1-D tensors stay F32 (llama.cpp com
 them in F32), and a matrix whose rows are not a multiple of 32 falls back to F16.
 
 Examples:
-    >>> write_gguf(merged_model, tokenizer, Path("out/model.gguf"), "q8_0")  # doctest: +SKIP
+    The tiny model in each type: its file sizes relative to ``f32`` (the tokenizer and the F32
+    norms are a larger share of so small a file than of a real model), then the types in the
+    ``q4_0`` file:
+
+    >>> import gguf
+    >>> from workbench.models.loading import load_model
+    >>> from workbench.models.tiny import build_tiny_model
+    >>> folder = build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-tiny")
+    >>> loaded = load_model(str(folder), on_event=len)
+    >>> files = {q: write_gguf(loaded.model, loaded.tokenizer,
+    ...                        Path(f"/tmp/wb-doc-deploy-gguf_writer-{q}.gguf"), q)
+    ...          for q in ("f32", "f16", "q8_0", "q4_0")}
+    >>> {q: round(f.stat().st_size / files["f32"].stat().st_size, 2) for q, f in files.items()}
+    {'f32': 1.0, 'f16': 0.52, 'q8_0': 0.29, 'q4_0': 0.21}
+    >>> types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(files["q4_0"]).tensors}
+    >>> types["token_embd.weight"], types["blk.0.attn_q.weight"], types["blk.0.attn_norm.weight"]
+    ('Q8_0', 'Q4_0', 'F32')
 """
 
 from __future__ import annotations
@@ -72,9 +88,25 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
             cannot reproduce.
 
     Examples:
-        >>> write_gguf(gpt2_model, tokenizer, Path("x.gguf"))  # doctest: +SKIP
+        >>> import gguf
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-tiny")),
+        ...                     on_event=len)
+        >>> path = write_gguf(loaded.model, loaded.tokenizer,
+        ...                   Path("/tmp/wb-doc-deploy-gguf_writer-model.gguf"))
+        >>> reader = gguf.GGUFReader(path)
+        >>> len(reader.tensors), reader.fields["llama.attention.key_length"].contents()
+        (20, 16)
+
+        A GPT-2 model is refused before anything is written:
+
+        >>> gpt2 = build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-gpt2", architecture="gpt2")
+        >>> gpt2 = load_model(str(gpt2), on_event=len)
+        >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports ...
+        workbench.errors.SpecError: GGUF export supports gemma3_text, llama, qwen2 models, not \
+'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
     """
     import gguf
 

@@ -31,8 +31,15 @@ def is_adapted(model: Any) -> bool:
     """True when ``model`` is a peft model carrying an adapter.
 
     Examples:
-        >>> is_adapted(loaded.model)  # doctest: +SKIP
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-deploy-merge-tiny")),
+        ...                     on_event=len)
+        >>> is_adapted(loaded.model)
         False
+        >>> is_adapted(get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear")))
+        True
     """
     from peft import PeftModel
 
@@ -51,7 +58,18 @@ def merge_adapter(model: Any) -> Any:
         SpecError: ``model`` has no adapter to merge.
 
     Examples:
-        >>> merged = merge_adapter(adapted)  # doctest: +SKIP
+        >>> from peft import LoraConfig, get_peft_model
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-deploy-merge-tiny")),
+        ...                     on_event=len)
+        >>> merge_adapter(loaded.model)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: there is no adapter to merge: train or load an adapter first.
+        >>> adapted = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))
+        >>> merged = merge_adapter(adapted)
+        >>> type(merged).__name__, is_adapted(merged), merged is loaded.model
+        ('LlamaForCausalLM', False, True)
     """
     if not is_adapted(model):
         raise SpecError("there is no adapter to merge: train or load an adapter first.")

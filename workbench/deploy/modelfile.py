@@ -66,8 +66,11 @@ def render_modelfile(chat_template: str | None, gguf_name: str = "model.gguf") -
         reason = "has no chat template" if not chat_template else "uses a chat format"
         lines.append(
             f"# No TEMPLATE: the model {reason}"
-            + (" this writer has no Go template for; Ollama guesses one from the GGUF."
-               if chat_template else ", so Ollama sends prompts as they are.")
+            + (
+                " this writer has no Go template for; Ollama guesses one from the GGUF."
+                if chat_template
+                else ", so Ollama sends prompts as they are."
+            )
         )
         stops: tuple[str, ...] = tuple(filter(None, [end_of_turn(chat_template)]))
     else:
@@ -81,8 +84,14 @@ def write_modelfile(folder: Path, tokenizer, gguf_name: str = "model.gguf") -> P
     """Write ``folder / "Modelfile"`` for ``folder / gguf_name``; returns its path.
 
     Examples:
-        >>> write_modelfile(Path("export/gguf"), tokenizer)  # doctest: +SKIP
-        PosixPath('export/gguf/Modelfile')
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-deploy-modelfile-tiny")
+        >>> path = write_modelfile(folder, AutoTokenizer.from_pretrained(folder))
+        >>> path.name, path.read_text().splitlines()[0]
+        ('Modelfile', 'FROM ./model.gguf')
+        >>> [line for line in path.read_text().splitlines() if line.startswith("PARAMETER")]
+        ['PARAMETER stop "<|im_end|>"']
     """
     path = folder / "Modelfile"
     path.write_text(render_modelfile(tokenizer.chat_template, gguf_name), encoding="utf-8")

@@ -30,8 +30,14 @@ from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
 from workbench.errors import DependencyError, SpecError
 
-__all__ = ["CHECK_FILE", "ParityCase", "ParityReport", "check_gguf", "conversations_of",
-           "gguf_path_of"]
+__all__ = [
+    "CHECK_FILE",
+    "ParityCase",
+    "ParityReport",
+    "check_gguf",
+    "conversations_of",
+    "gguf_path_of",
+]
 
 CHECK_FILE = "export_check.json"
 Messages = list[dict[str, str]]
@@ -81,8 +87,10 @@ class ParityCase:
             >>> ParityCase("p", [1, 2], [1], "a", "a", [3], [3]).first_difference
             'prompt token 2'
         """
-        for part, mine, theirs in (("prompt", self.prompt_ids, self.exported_prompt_ids),
-                                   ("answer", self.answer_ids, self.exported_answer_ids)):
+        for part, mine, theirs in (
+            ("prompt", self.prompt_ids, self.exported_prompt_ids),
+            ("answer", self.answer_ids, self.exported_answer_ids),
+        ):
             index = _first_mismatch(mine, theirs)
             if index is not None:
                 return f"{part} token {index + 1}"
@@ -133,8 +141,9 @@ class ParityReport:
             >>> ParityReport("m.gguf", ()).summary()
             'Export check of m.gguf: 0 of 0 answers the same.'
         """
-        return (f"Export check of {self.gguf}: {self.same_count} of {len(self.cases)} answers "
-                "the same.")
+        return (
+            f"Export check of {self.gguf}: {self.same_count} of {len(self.cases)} answers the same."
+        )
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """Table rows: case, same or where it first differs, tuned answer, exported answer.
@@ -143,8 +152,15 @@ class ParityReport:
             >>> ParityReport("m", (ParityCase("p", [1], [1], "a", "b", [3], [4]),)).rows()
             [('p', 'differs at answer token 1', 'a', 'b')]
         """
-        return [(case.name, "same" if case.same else f"differs at {case.first_difference}",
-                 case.answer, case.exported_answer) for case in self.cases]
+        return [
+            (
+                case.name,
+                "same" if case.same else f"differs at {case.first_difference}",
+                case.answer,
+                case.exported_answer,
+            )
+            for case in self.cases
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready contents (``export_check.json``).
@@ -153,9 +169,15 @@ class ParityReport:
             >>> ParityReport("m.gguf", ()).to_dict()["same"]
             0
         """
-        return {"gguf": self.gguf, "same": self.same_count, "total": len(self.cases),
-                "cases": [{**asdict(case), "same": case.same,
-                           "first_difference": case.first_difference} for case in self.cases]}
+        return {
+            "gguf": self.gguf,
+            "same": self.same_count,
+            "total": len(self.cases),
+            "cases": [
+                {**asdict(case), "same": case.same, "first_difference": case.first_difference}
+                for case in self.cases
+            ],
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` to ``path`` (a file, or a folder to hold ``export_check.json``).
@@ -222,8 +244,9 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
     """
     if prepared is None or prepared.is_text:
         return []
-    split = "validation" if prepared.validation is not None and len(prepared.validation) else (
-        "train")
+    split = (
+        "validation" if prepared.validation is not None and len(prepared.validation) else ("train")
+    )
     rows = prepared.split(split)
     found = []
     for i in range(min(limit, len(rows))):
@@ -237,15 +260,18 @@ def _llama(path: Path, context: int) -> Any:
     try:
         from llama_cpp import Llama
     except ImportError as err:
-        msg = ("the export check runs the file in llama.cpp, through the llama-cpp-python "
-               "package, which is not installed: pip install llama-cpp-python (bash "
-               ".ci/llama-cpp-setup.sh builds it here).")
+        msg = (
+            "the export check runs the file in llama.cpp, through the llama-cpp-python "
+            "package, which is not installed: pip install llama-cpp-python (bash "
+            ".ci/llama-cpp-setup.sh builds it here)."
+        )
         raise DependencyError(msg) from err
     return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
 
 
-def _exported_side(llm: Any, messages: Messages | None, raw: str | None,
-                   max_new_tokens: int) -> tuple[list[int], list[int], str]:
+def _exported_side(
+    llm: Any, messages: Messages | None, raw: str | None, max_new_tokens: int
+) -> tuple[list[int], list[int], str]:
     """Prompt ids, answer ids and answer text from llama.cpp, with the file's own template."""
     if messages is not None:
         prompt, stops = _render_with_file_template(llm, messages)
@@ -254,8 +280,9 @@ def _exported_side(llm: Any, messages: Messages | None, raw: str | None,
     prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
     ends = {llm.token_eos(), *_end_of_turn_ids(llm)}
     answer: list[int] = []
-    for token in llm.generate(prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0,
-                              repeat_penalty=1.0, reset=True):
+    for token in llm.generate(
+        prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
+    ):
         if token in ends or len(answer) >= max_new_tokens:
             break
         answer.append(int(token))
@@ -274,12 +301,17 @@ def _render_with_file_template(llm: Any, messages: Messages) -> tuple[str, list[
     meta = llm.metadata
     template = meta.get("tokenizer.chat_template")
     if not template:
-        raise SpecError("the GGUF file carries no chat template (tokenizer.chat_template), so "
-                        "chat prompts cannot be rendered as a server would: export again.")
-    vocab = [llm.detokenize([i], special=True).decode("utf-8", errors="replace")
-             for i in (llm.token_bos(), llm.token_eos())]
-    formatter = Jinja2ChatFormatter(template, eos_token=vocab[1], bos_token=vocab[0],
-                                    add_generation_prompt=True)
+        raise SpecError(
+            "the GGUF file carries no chat template (tokenizer.chat_template), so "
+            "chat prompts cannot be rendered as a server would: export again."
+        )
+    vocab = [
+        llm.detokenize([i], special=True).decode("utf-8", errors="replace")
+        for i in (llm.token_bos(), llm.token_eos())
+    ]
+    formatter = Jinja2ChatFormatter(
+        template, eos_token=vocab[1], bos_token=vocab[0], add_generation_prompt=True
+    )
     rendered = formatter(messages=messages)
     stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
     return rendered.prompt, [s for s in stops if s]
@@ -290,8 +322,9 @@ def _end_of_turn_ids(llm: Any) -> list[int]:
     return [int(eot)] if eot not in (None, "") else []
 
 
-def _session_side(model: Any, tokenizer: Any, prompt: str, stop: str | None,
-                  max_new_tokens: int) -> tuple[list[int], list[int], str]:
+def _session_side(
+    model: Any, tokenizer: Any, prompt: str, stop: str | None, max_new_tokens: int
+) -> tuple[list[int], list[int], str]:
     """Prompt ids, answer ids and answer text from the tuned model, greedily."""
     import torch
 
@@ -305,23 +338,30 @@ def _session_side(model: Any, tokenizer: Any, prompt: str, stop: str | None,
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            output = model.generate(torch.tensor([prompt_ids], device=device),
-                                    attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long,
-                                                              device=device),
-                                    max_new_tokens=max_new_tokens, do_sample=False,
-                                    eos_token_id=[e for e in ends if e is not None],
-                                    pad_token_id=tokenizer.pad_token_id or ends[0])
+            output = model.generate(
+                torch.tensor([prompt_ids], device=device),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=[e for e in ends if e is not None],
+                pad_token_id=tokenizer.pad_token_id or ends[0],
+            )
     finally:
         model.train(was_training)
-    answer = [int(t) for t in output[0, len(prompt_ids):].tolist() if t not in ends]
+    answer = [int(t) for t in output[0, len(prompt_ids) :].tolist() if t not in ends]
     text = tokenizer.decode(answer, skip_special_tokens=True)
     return prompt_ids, answer, text.split(stop)[0] if stop else text
 
 
-def check_gguf(path: str | Path, model: Any, tokenizer: Any, template: Any = None,
-               conversations: Sequence[tuple[str, Messages]] = (),
-               raw_prompts: Sequence[tuple[str, str]] = (),
-               max_new_tokens: int = 32) -> ParityReport:
+def check_gguf(
+    path: str | Path,
+    model: Any,
+    tokenizer: Any,
+    template: Any = None,
+    conversations: Sequence[tuple[str, Messages]] = (),
+    raw_prompts: Sequence[tuple[str, str]] = (),
+    max_new_tokens: int = 32,
+) -> ParityReport:
     """Run conversations greedily through ``model`` and through the GGUF in llama.cpp; compare.
 
     Args:
@@ -340,10 +380,22 @@ def check_gguf(path: str | Path, model: Any, tokenizer: Any, template: Any = Non
         SpecError: no GGUF at ``path``, nothing to compare, or no template in the file.
 
     Examples:
-        >>> report = check_gguf("out/model.gguf", model, tok, "chatml",
-        ...                     [("q1", [{"role": "user", "content": "Hi"}])])  # doctest: +SKIP
-        >>> report.all_same  # doctest: +SKIP
-        True
+        The tiny model and its F32 GGUF, run in llama.cpp, answer one conversation alike:
+
+        >>> from workbench.deploy.gguf_writer import write_gguf
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-deploy-parity-tiny")),
+        ...                     on_event=len)
+        >>> model, tok = loaded.model, loaded.tokenizer
+        >>> path = write_gguf(model, tok, Path("/tmp/wb-doc-deploy-parity-model.gguf"))
+        >>> report = check_gguf(path, model, tok, "chatml",
+        ...                     [("q1", [{"role": "user", "content": "Hi"}])], max_new_tokens=8)
+        >>> report.summary()
+        'Export check of /tmp/wb-doc-deploy-parity-model.gguf: 1 of 1 answers the same.'
+        >>> check_gguf(path, model, tok)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: nothing to compare: give conversations or raw_prompts.
     """
     from workbench.data.templates import render_prompt, resolve_template
 
@@ -352,16 +404,15 @@ def check_gguf(path: str | Path, model: Any, tokenizer: Any, template: Any = Non
         raise SpecError("nothing to compare: give conversations or raw_prompts.")
     resolved = resolve_template(template, tokenizer)
     stop = getattr(resolved, "stop", None)
-    prompts = [(name, render_prompt(resolved, tokenizer, msgs), msgs)
-               for name, msgs in conversations]
+    prompts = [
+        (name, render_prompt(resolved, tokenizer, msgs), msgs) for name, msgs in conversations
+    ]
     prompts += [(name, text, None) for name, text in raw_prompts]
     longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for _, p, _ in prompts)
     llm = _llama(gguf, context=longest + max_new_tokens + 64)
     cases = []
     for name, prompt, messages in prompts:
         mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
-        theirs = _exported_side(llm, messages, prompt if messages is None else None,
-                                max_new_tokens)
-        cases.append(ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1],
-                                theirs[1]))
+        theirs = _exported_side(llm, messages, prompt if messages is None else None, max_new_tokens)
+        cases.append(ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1], theirs[1]))
     return ParityReport(str(gguf), tuple(cases))

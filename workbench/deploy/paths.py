@@ -17,6 +17,7 @@ from workbench.errors import SpecError
 
 __all__ = ["check_writable_target", "export_target", "staged_write"]
 
+
 def export_target(run_dir: Path, path: str | Path) -> Path:
     """Resolve ``path``: relative paths live in ``run_dir`` and may not climb out of it.
 

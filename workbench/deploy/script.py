@@ -46,8 +46,10 @@ __all__ = ["CONFIG_FILE", "write_training_script"]
 CONFIG_FILE = "train_config.json"
 _MARKER = ("train.py", CONFIG_FILE)  # a folder holding these was written here: safe to replace
 # Each written file and the package module it copies.
-_SOURCES = {"train.py": ("workbench.deploy", "_script_train.py"),
-            "train_core.py": ("workbench.train", "core.py")}
+_SOURCES = {
+    "train.py": ("workbench.deploy", "_script_train.py"),
+    "train_core.py": ("workbench.train", "core.py"),
+}
 
 
 def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = False) -> Path:
@@ -71,9 +73,30 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
         ModelLoadError: the run's base model can no longer be found.
 
     Examples:
-        >>> # folder = write_training_script("runs/run-001", "scale-out", fsdp=True)
-        >>> # then, on the cluster: accelerate launch --config_file
-        >>> #     scale-out/accelerate_config.yaml scale-out/train.py --out out
+        A one-step run of the tiny model, and its script with the FSDP config:
+
+        >>> import tempfile
+        >>> from workbench import Session
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> s = Session(tempfile.mkdtemp(prefix="wb-doc-deploy-script-"), verbose=False)
+        >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-deploy-script-tiny")))
+        >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)])
+        >>> run = s.train(max_steps=1, wait=False)
+        >>> run.wait().state.value
+        'finished'
+        >>> folder = write_training_script(run.run_dir, s.run_dir / "scale-out", fsdp=True)
+        >>> for name in sorted(p.name for p in folder.iterdir()):
+        ...     print(name)
+        README.md
+        accelerate_config.yaml
+        fsdp_config.yaml
+        train.py
+        train_config.json
+        train_core.py
+
+        Then, on the cluster, from the folder above ``scale-out``::
+
+            accelerate launch --config_file scale-out/fsdp_config.yaml scale-out/train.py --out out
     """
     run_dir, target = Path(run_dir).resolve(), Path(path)
     config = _script_config(run_dir, read_meta(run_dir))
@@ -93,11 +116,14 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
 def _check_target(target: Path) -> None:
     if not target.exists():
         return
-    if target.is_dir() and (not any(target.iterdir())
-                            or all((target / name).is_file() for name in _MARKER)):
+    if target.is_dir() and (
+        not any(target.iterdir()) or all((target / name).is_file() for name in _MARKER)
+    ):
         return
-    msg = (f"{target} exists and holds other files; give a new folder for the training "
-           "script (a folder written earlier by write_training_script is replaced).")
+    msg = (
+        f"{target} exists and holds other files; give a new folder for the training "
+        "script (a folder written earlier by write_training_script is replaced)."
+    )
     raise SpecError(msg)
 
 
@@ -105,19 +131,27 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     spec, model_spec = meta["spec"], meta.get("model_spec") or {}
     problems = []
     if spec.get("method") == "qlora":
-        problems.append("method='qlora' cannot be scaled out with this script (it loads the "
-                        "base unquantized); train with method='lora' to scale out")
+        problems.append(
+            "method='qlora' cannot be scaled out with this script (it loads the "
+            "base unquantized); train with method='lora' to scale out"
+        )
     if model_spec.get("quantization"):
-        problems.append(f"the base was loaded with quantization={model_spec['quantization']!r}"
-                        "; the script trains an unquantized base, so use a run without it")
+        problems.append(
+            f"the base was loaded with quantization={model_spec['quantization']!r}"
+            "; the script trains an unquantized base, so use a run without it"
+        )
     if not (run_dir / "data" / "train").is_dir():
         problems.append(f"{run_dir} has no data/train folder, so it is not a complete run")
     if problems:
         raise SpecError("; ".join(problems) + ".")
-    return {"run_dir": str(run_dir), "data": str(run_dir / "data" / "train"),
-            "model": _model_location(model_spec.get("spec")),
-            "dtype": model_spec.get("dtype") or "auto",
-            "spec": spec, "total_steps": meta["total_steps"]}
+    return {
+        "run_dir": str(run_dir),
+        "data": str(run_dir / "data" / "train"),
+        "model": _model_location(model_spec.get("spec")),
+        "dtype": model_spec.get("dtype") or "auto",
+        "spec": spec,
+        "total_steps": meta["total_steps"],
+    }
 
 
 def _model_location(spec: str | None) -> str | None:
@@ -148,25 +182,40 @@ def _decoder_layers(location: str | None) -> list[str]:
         layers = getattr(getattr(transformers, name, None), "_no_split_modules", None)
         if layers:
             return list(layers)
-    msg = (f"cannot tell the decoder layer class of {location} (architectures {names}); "
-           "write fsdp_config.yaml by hand with fsdp_transformer_layer_cls_to_wrap.")
+    msg = (
+        f"cannot tell the decoder layer class of {location} (architectures {names}); "
+        "write fsdp_config.yaml by hand with fsdp_transformer_layer_cls_to_wrap."
+    )
     raise SpecError(msg)
 
 
 DDP_CONFIG: dict[str, Any] = {
-    "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU",
-    "num_machines": 1, "machine_rank": 0, "num_processes": 2, "gpu_ids": "all",
-    "mixed_precision": "no", "dynamo_config": {"dynamo_backend": "NO"}, "use_cpu": False,
-    "same_network": True, "rdzv_backend": "static", "main_training_function": "main",
+    "compute_environment": "LOCAL_MACHINE",
+    "distributed_type": "MULTI_GPU",
+    "num_machines": 1,
+    "machine_rank": 0,
+    "num_processes": 2,
+    "gpu_ids": "all",
+    "mixed_precision": "no",
+    "dynamo_config": {"dynamo_backend": "NO"},
+    "use_cpu": False,
+    "same_network": True,
+    "rdzv_backend": "static",
+    "main_training_function": "main",
 }
 
 
 def _fsdp_config(layers: list[str]) -> dict[str, Any]:
-    fsdp = {"fsdp_version": 2, "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": ",".join(layers),
-            "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_offload_params": False,
-            "fsdp_reshard_after_forward": True, "fsdp_cpu_ram_efficient_loading": False,
-            "fsdp_activation_checkpointing": False}
+    fsdp = {
+        "fsdp_version": 2,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_transformer_layer_cls_to_wrap": ",".join(layers),
+        "fsdp_state_dict_type": "FULL_STATE_DICT",
+        "fsdp_offload_params": False,
+        "fsdp_reshard_after_forward": True,
+        "fsdp_cpu_ram_efficient_loading": False,
+        "fsdp_activation_checkpointing": False,
+    }
     return {**DDP_CONFIG, "distributed_type": "FSDP", "fsdp_config": fsdp}
 
 
@@ -177,9 +226,12 @@ def _yaml(data: dict[str, Any]) -> str:
 
 
 def _readme(run_dir: Path, layers: list[str] | None) -> str:
-    fsdp = (FSDP_README.replace("{layers}", ", ".join(layers)) if layers else
-            "For FSDP (models too large for one GPU) write the folder again with "
-            "`workbench.deploy.script.write_training_script(run_dir, path, fsdp=True)`.\n")
+    fsdp = (
+        FSDP_README.replace("{layers}", ", ".join(layers))
+        if layers
+        else "For FSDP (models too large for one GPU) write the folder again with "
+        "`workbench.deploy.script.write_training_script(run_dir, path, fsdp=True)`.\n"
+    )
     return README.replace("{run_dir}", str(run_dir)).replace("{fsdp}", fsdp)
 
 

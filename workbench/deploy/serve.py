@@ -5,9 +5,23 @@ loopback. :class:`Server` waits until it answers, says how to call it, and stops
 ``stop()`` or when the Python process (the kernel) exits.
 
 Examples:
-    >>> server = serve_model("runs/demo/export/merged", port=8000)  # doctest: +SKIP
-    >>> server.url  # doctest: +SKIP
-    'http://127.0.0.1:8000/v1'
+    Serving loads the model in a new process and takes tens of seconds, so it is shown here,
+    not run (``tests/test_deploy.py`` runs it on the tiny model)::
+
+        server = serve_model("runs/demo/export/merged", port=8000)
+        server.url               # 'http://127.0.0.1:8000/v1'
+        print(server)            # how to call it: curl, the openai client, TGI or vLLM
+        server.chat("Hello!")    # the model's answer
+        server.stop()
+
+    The checks made before anything starts run at once:
+
+    >>> check_port(8000), port_is_free(0)
+    (8000, True)
+    >>> serve_model("/tmp/wb-doc-deploy-serve-absent", port=0)
+    Traceback (most recent call last):
+    workbench.errors.SpecError: port=0 is not a valid port: give an int from 1 to 65535, \
+e.g. port=8000.
 """
 
 from __future__ import annotations
@@ -84,7 +98,17 @@ class Server:
         log: File holding the server's output.
 
     Examples:
-        >>> server.chat("Hello!")  # doctest: +SKIP
+        :func:`serve_model` starts the process and returns its ``Server``; one built by hand
+        around a stand-in process shows the parts that need no model:
+
+        >>> server = Server(Path("/srv/tiny"), 8000,
+        ...                 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]),
+        ...                 Path("/srv/serve-8000.log"))
+        >>> server.url, server.running
+        ('http://127.0.0.1:8000/v1', True)
+        >>> server.stop()
+        >>> server.running
+        False
     """
 
     folder: Path
@@ -98,7 +122,7 @@ class Server:
         """The OpenAI-style base URL.
 
         Examples:
-            >>> server.url  # doctest: +SKIP
+            >>> Server(Path("/srv/tiny"), 8000, None, Path("/srv/serve-8000.log")).url
             'http://127.0.0.1:8000/v1'
         """
         return f"http://{LOOPBACK}:{self.port}/v1"
@@ -108,16 +132,19 @@ class Server:
         """True while the server process is alive.
 
         Examples:
-            >>> server.running  # doctest: +SKIP
-            True
+            >>> process = subprocess.Popen([sys.executable, "-c", "pass"])
+            >>> server = Server(Path("/srv/tiny"), 8000, process, Path("/srv/serve-8000.log"))
+            >>> process.wait(), server.running
+            (0, False)
         """
         return self.process.poll() is None
 
     def chat(self, message: str, max_tokens: int = 64, timeout: float = 120) -> str:
         """Send one chat completion request and return the answer text.
 
-        Examples:
-            >>> server.chat("Say hi", max_tokens=8)  # doctest: +SKIP
+        It needs a running server (see the module docstring): for example
+        ``server.chat("Say hi", max_tokens=8)`` returns the model's answer as a string, and a
+        server that is not running raises ``urllib.error.URLError``.
         """
         body = {
             "model": str(self.folder),
@@ -132,36 +159,52 @@ class Server:
         same folder with Text Generation Inference or vLLM on a GPU host.
 
         Examples:
-            >>> print(server.usage())  # doctest: +SKIP
+            >>> server = Server(Path("/srv/tiny"), 8000, None, Path("/srv/serve-8000.log"))
+            >>> lines = server.usage().splitlines()
+            >>> lines[0]
+            'Serving /srv/tiny at http://127.0.0.1:8000/v1'
+            >>> [line for line in lines if line.endswith(":")]
+            ['curl:', 'openai client:', 'On a GPU host:']
+            >>> lines[-1]
+            '  vLLM: vllm serve /srv/tiny --port 8000'
         """
         model = json.dumps(str(self.folder))
         folder = shlex.quote(str(self.folder))
-        request = json.dumps({"model": str(self.folder),
-                              "messages": [{"role": "user", "content": "Hello"}]})
-        return "\n".join([
-            f"Serving {self.folder} at {self.url}",
-            "",
-            "curl:",
-            f"  curl {self.url}/chat/completions -H 'Content-Type: application/json' \\",
-            f"       -d {shlex.quote(request)}",
-            "",
-            "openai client:",
-            "  from openai import OpenAI",
-            f"  client = OpenAI(base_url={self.url!r}, api_key='unused')",
-            f"  client.chat.completions.create(model={model},",
-            "      messages=[{'role': 'user', 'content': 'Hello'}])",
-            "",
-            "On a GPU host:",
-            f"  Text Generation Inference: docker run --gpus all -p 8080:80 -v {folder}:/model "
-            "ghcr.io/huggingface/text-generation-inference --model-id /model",
-            f"  vLLM: vllm serve {folder} --port 8000",
-        ])
+        request = json.dumps(
+            {"model": str(self.folder), "messages": [{"role": "user", "content": "Hello"}]}
+        )
+        return "\n".join(
+            [
+                f"Serving {self.folder} at {self.url}",
+                "",
+                "curl:",
+                f"  curl {self.url}/chat/completions -H 'Content-Type: application/json' \\",
+                f"       -d {shlex.quote(request)}",
+                "",
+                "openai client:",
+                "  from openai import OpenAI",
+                f"  client = OpenAI(base_url={self.url!r}, api_key='unused')",
+                f"  client.chat.completions.create(model={model},",
+                "      messages=[{'role': 'user', 'content': 'Hello'}])",
+                "",
+                "On a GPU host:",
+                f"  Text Generation Inference: docker run --gpus all -p 8080:80 -v {folder}:/model "
+                "ghcr.io/huggingface/text-generation-inference --model-id /model",
+                f"  vLLM: vllm serve {folder} --port 8000",
+            ]
+        )
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the server (terminate, then kill after ``timeout`` seconds).
 
         Examples:
-            >>> server.stop()  # doctest: +SKIP
+            >>> process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            >>> server = Server(Path("/srv/tiny"), 8000, process, Path("/srv/serve-8000.log"))
+            >>> import signal
+            >>> server.stop()
+            >>> server.running, process.returncode == -signal.SIGTERM
+            (False, True)
+            >>> server.stop()  # a second stop does nothing
         """
         if self._stopped:
             return
@@ -222,8 +265,17 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
         raise SpecError(f"port {port} on {LOOPBACK} is in use; choose another port.")
     _check_serving_installed()
     log = folder.parent / f"serve-{port}.log"
-    command = [sys.executable, "-c", "from transformers.cli.transformers import main; main()",
-               "serve", str(folder), "--host", LOOPBACK, "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "from transformers.cli.transformers import main; main()",
+        "serve",
+        str(folder),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = Server(folder, port, process, log)

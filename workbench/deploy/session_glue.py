@@ -1,7 +1,7 @@
 """What the Session hands to deploy: a tokenizer ready to ship and the model card's facts.
 
-Examples:
-    >>> from workbench.deploy.session_glue import ship_tokenizer  # doctest: +SKIP
+``Session.export`` calls :func:`ship_tokenizer` on its tokenizer, then :func:`card_for` for
+the README.md it writes beside the export; each function's docstring shows it on the tiny model.
 """
 
 from __future__ import annotations
@@ -20,7 +20,22 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     must carry the one it was trained with, or a server would format prompts differently.
 
     Examples:
-        >>> ship_tokenizer(tokenizer, model, data.template)  # doctest: +SKIP
+        A tiny model built without a chat template gets the ChatML one it was trained with,
+        and ``<|im_end|>`` joins ``</s>`` as a token that ends generation:
+
+        >>> from workbench.data.templates import TEMPLATES
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-deploy-session_glue-bare", chat_template=False)
+        >>> loaded = load_model(str(folder), on_event=len)
+        >>> tokenizer, model = loaded.tokenizer, loaded.model
+        >>> tokenizer.chat_template is None
+        True
+        >>> ship_tokenizer(tokenizer, model, TEMPLATES["chatml"])
+        >>> tokenizer.chat_template == TEMPLATES["chatml"].source
+        True
+        >>> tokenizer.convert_ids_to_tokens(model.generation_config.eos_token_id)
+        ['</s>', '<|im_end|>']
     """
     if template is None:
         return
@@ -41,8 +56,14 @@ def card_for(session: Any, export_format: str) -> ModelCard:
     """Collect the model card's facts from a session's state.
 
     Examples:
-        >>> card_for(session, "safetensors").base_model  # doctest: +SKIP
-        'gemma-3-270m'
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.session import Session
+        >>> folder = str(build_tiny_model("/tmp/wb-doc-deploy-session_glue-tiny"))
+        >>> session = Session("/tmp/wb-doc-deploy-session_glue-run", verbose=False)
+        >>> _ = session.load_model(folder)
+        >>> card = card_for(session, "safetensors")
+        >>> card.base_model, card.export_format, card.training, card.terms
+        ('/tmp/wb-doc-deploy-session_glue-tiny', 'safetensors', {}, '')
     """
     from workbench.models.builtin import BUILTIN_MODELS
 

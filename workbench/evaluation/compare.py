@@ -62,8 +62,11 @@ class RunResults:
             >>> RunResults("a", Path("a"), ({"step": 1, "loss": 2.0},), {}, ()).curve("loss")
             ([1], [2.0])
         """
-        points = [(r["step"], float(r[key])) for r in self.history
-                  if r.get(key) is not None and "step" in r]
+        points = [
+            (r["step"], float(r[key]))
+            for r in self.history
+            if r.get(key) is not None and "step" in r
+        ]
         return [s for s, _ in points], [v for _, v in points]
 
     def final(self, key: str) -> float:
@@ -88,8 +91,11 @@ class RunResults:
 
 
 def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
-    found = [Evaluation.load(p.parent) for p in sorted(folder.rglob("scores.json"))
-             if (p.parent / "settings.json").is_file()]
+    found = [
+        Evaluation.load(p.parent)
+        for p in sorted(folder.rglob("scores.json"))
+        if (p.parent / "settings.json").is_file()
+    ]
     return tuple(sorted(found, key=lambda e: (str(e.settings.get("created", "")), str(e.path))))
 
 
@@ -149,10 +155,14 @@ class Comparison:
         records = []
         for run in self.runs:
             evals, steps = run.curve("eval_loss")[1], run.curve("loss")[0]
-            record = {"run": run.name, "path": str(run.path),
-                      "steps": steps[-1] if steps else None, "final_loss": run.final("loss"),
-                      "final_eval_loss": run.final("eval_loss"),
-                      "best_eval_loss": min(evals) if evals else float("nan")}
+            record = {
+                "run": run.name,
+                "path": str(run.path),
+                "steps": steps[-1] if steps else None,
+                "final_loss": run.final("loss"),
+                "final_eval_loss": run.final("eval_loss"),
+                "best_eval_loss": min(evals) if evals else float("nan"),
+            }
             scores = run.latest.scores if run.latest is not None else {}
             for name in self.score_names():
                 for column in ("base", "tuned"):
@@ -197,13 +207,24 @@ class Comparison:
             for key, dash in (("loss", "solid"), ("eval_loss", "dot")):
                 steps, values = self.runs[k].curve(key)
                 if steps:
-                    fig.add_trace(go.Scatter(x=steps, y=values, name=f"{run.name} {key}",
-                                             line=dict(color=color, dash=dash)), row=1, col=1)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=steps,
+                            y=values,
+                            name=f"{run.name} {key}",
+                            line=dict(color=color, dash=dash),
+                        ),
+                        row=1,
+                        col=1,
+                    )
             if run.latest is not None:
                 names = list(run.latest.scores)
                 values = [run.latest.scores[n].get("tuned", float("nan")) for n in names]
-                fig.add_trace(go.Bar(x=names, y=values, name=f"{run.name} scores",
-                                     marker_color=color), row=1, col=2)
+                fig.add_trace(
+                    go.Bar(x=names, y=values, name=f"{run.name} scores", marker_color=color),
+                    row=1,
+                    col=2,
+                )
         fig.update_layout(height=360, barmode="group", margin=dict(l=40, r=10, t=40, b=40))
         fig.update_xaxes(title_text="step", row=1, col=1)
         return fig
@@ -240,6 +261,5 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
     runs = [_read_run(p) for p in run_dirs]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use paths
-        runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations)
-                for r in runs]
+        runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations) for r in runs]
     return Comparison(tuple(runs))

@@ -36,8 +36,14 @@ def flat_probes(records: list[dict], prompts: list[str]) -> list[dict]:
             continue
         for k, output in enumerate(record["outputs"]):
             prompt = prompts[k] if k < len(prompts) else f"probe {k}"
-            flat.append({"step": record.get("step"), "prompt": prompt, "output": output,
-                         "base": base[k] if k < len(base) else None})
+            flat.append(
+                {
+                    "step": record.get("step"),
+                    "prompt": prompt,
+                    "output": output,
+                    "base": base[k] if k < len(base) else None,
+                }
+            )
     return flat
 
 

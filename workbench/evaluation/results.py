@@ -226,8 +226,10 @@ class Evaluation:
         keyed = [(self.row_key(r, by), r) for r in self.rows]
         valid = [kr for kr in keyed if not math.isnan(kr[0])]
         missing = [r for k, r in keyed if math.isnan(k)]
-        valid.sort(key=lambda kr: (kr[0], -kr[1].index) if descending else (kr[0], kr[1].index),
-                   reverse=descending)
+        valid.sort(
+            key=lambda kr: (kr[0], -kr[1].index) if descending else (kr[0], kr[1].index),
+            reverse=descending,
+        )
         return [r for _, r in valid] + missing
 
     # -- human evaluation -------------------------------------------------------------------
@@ -355,15 +357,25 @@ class Evaluation:
             if "base" in s and "tuned" in s:
                 sign = 1 if s.get("higher_is_better", True) else -1
                 gain = (s["tuned"] - s["base"]) * sign + 0.0
-            table.append((name, _fmt(s.get("base")), _ci(s.get("base_ci")),
-                          _fmt(s.get("tuned")), _ci(s.get("tuned_ci")), _fmt(gain)))
+            table.append(
+                (
+                    name,
+                    _fmt(s.get("base")),
+                    _ci(s.get("base_ci")),
+                    _fmt(s.get("tuned")),
+                    _ci(s.get("tuned_ci")),
+                    _fmt(gain),
+                )
+            )
         return table
 
     def __str__(self) -> str:
         head = ("score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain")
         where = f" saved in {self.path}" if self.path else ""
-        lines = [f"Evaluation of {len(self.rows)} examples{where}",
-                 text_table(self.score_table(), header=head)]
+        lines = [
+            f"Evaluation of {len(self.rows)} examples{where}",
+            text_table(self.score_table(), header=head),
+        ]
         summary = self.ratings_summary()
         if summary.n:
             lines.append(f"human (blind A/B): {summary}")

@@ -133,8 +133,14 @@ class _Outputs:
     losses: list[TokenLosses]
 
 
-def _run_column(model: Any, tokenizer: Any, rows: list[dict], spec: EvalSpec, role: Role,
-                emit: Callable[[str, Any], None]) -> _Outputs:
+def _run_column(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict],
+    spec: EvalSpec,
+    role: Role,
+    emit: Callable[[str, Any], None],
+) -> _Outputs:
     from workbench.models.generation import generate_text
 
     prompts = [r["prompt"] for r in rows]
@@ -142,16 +148,24 @@ def _run_column(model: Any, tokenizer: Any, rows: list[dict], spec: EvalSpec, ro
     with _adapter(model, role):
         for start in range(0, len(prompts), spec.batch_size):
             batch = prompts[start : start + spec.batch_size]
-            texts += generate_text(model, tokenizer, batch, spec.max_new_tokens,
-                                   stop_strings=list(spec.stop_strings), **spec.generation)
+            texts += generate_text(
+                model,
+                tokenizer,
+                batch,
+                spec.max_new_tokens,
+                stop_strings=list(spec.stop_strings),
+                **spec.generation,
+            )
             emit(EVAL_PROGRESS, EvalProgress(role, len(texts), len(prompts)))
-        losses = reference_losses(model, tokenizer, prompts, [r["reference"] for r in rows],
-                                  spec.batch_size)
+        losses = reference_losses(
+            model, tokenizer, prompts, [r["reference"] for r in rows], spec.batch_size
+        )
     return _Outputs(texts, losses)
 
 
-def _score(metrics: list[Metric], outputs: dict[str, _Outputs], references: tuple[str, ...],
-           spec: EvalSpec) -> tuple[dict, dict]:
+def _score(
+    metrics: list[Metric], outputs: dict[str, _Outputs], references: tuple[str, ...], spec: EvalSpec
+) -> tuple[dict, dict]:
     """Scores with intervals, and per-example values ``{score: {role: [...]}}``."""
     indices = resample_indices(len(references), spec.n_resamples, spec.seed)
     scores: dict[str, dict[str, Any]] = {}
@@ -170,16 +184,22 @@ def _rows(rows: list[dict], outputs: dict[str, _Outputs], per_example: dict) -> 
     built = []
     for i, row in enumerate(rows):
         first = next(iter(outputs.values())).losses[i]
-        built.append(EvalRow(
-            index=i, prompt=row["prompt"], reference=row["reference"],
-            outputs={role: out.texts[i] for role, out in outputs.items()},
-            scores={name: {role: v[i] for role, v in cols.items()}
-                    for name, cols in per_example.items()},
-            losses={role: out.losses[i].loss for role, out in outputs.items()},
-            tokens=first.tokens,
-            token_losses={role: out.losses[i].token_losses for role, out in outputs.items()},
-            id=None if row.get("id") is None else str(row["id"]),
-        ))
+        built.append(
+            EvalRow(
+                index=i,
+                prompt=row["prompt"],
+                reference=row["reference"],
+                outputs={role: out.texts[i] for role, out in outputs.items()},
+                scores={
+                    name: {role: v[i] for role, v in cols.items()}
+                    for name, cols in per_example.items()
+                },
+                losses={role: out.losses[i].loss for role, out in outputs.items()},
+                tokens=first.tokens,
+                token_losses={role: out.losses[i].token_losses for role, out in outputs.items()},
+                id=None if row.get("id") is None else str(row["id"]),
+            )
+        )
     return tuple(built)
 
 
@@ -201,8 +221,14 @@ def _settings(model: Any, metrics: list[Metric], spec: EvalSpec, columns: list, 
     }
 
 
-def evaluate_with_spec(model: Any, tokenizer: Any, rows: Sequence[dict], metrics: list[Metric],
-                       spec: EvalSpec, events: Events = None) -> Evaluation:
+def evaluate_with_spec(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[dict],
+    metrics: list[Metric],
+    spec: EvalSpec,
+    events: Events = None,
+) -> Evaluation:
     """Run an evaluation from a built :class:`EvalSpec` (what :func:`run_evaluation` calls).
 
     Examples:
@@ -300,13 +326,21 @@ def run_evaluation(
         (('re', 'd'), ['rows.jsonl', 'scores.json', 'settings.json'])
     """
     resolved = resolve_metrics(metrics)
-    spec = EvalSpec(compare_base, max_new_tokens, dict(generation or {}), limit,
-                    tuple(stop_strings or ()), batch_size, seed=seed)
+    spec = EvalSpec(
+        compare_base,
+        max_new_tokens,
+        dict(generation or {}),
+        limit,
+        tuple(stop_strings or ()),
+        batch_size,
+        seed=seed,
+    )
     evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events)
     if run_dir is not None:
         probes = read_probes(run_dir)
-        evaluation = Evaluation(evaluation.scores, evaluation.rows, evaluation.settings,
-                                None, probes)
+        evaluation = Evaluation(
+            evaluation.scores, evaluation.rows, evaluation.settings, None, probes
+        )
     if out_dir is not None:
         evaluation = evaluation.save(out_dir)
     _emitter(events)(EVAL_DONE, evaluation)

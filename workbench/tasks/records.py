@@ -23,17 +23,88 @@ INSTRUCTION = (
     "name, age, city, job. Use null for anything the text does not say."
 )
 
-FIRST = ["Ada", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas",
-         "Kemi", "Liam", "Maya", "Nils", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara"]
-LAST = ["Lovelace", "Okafor", "Martin", "Patel", "Rossi", "Haddad", "Hopper", "Tanaka",
-        "Silva", "Berg", "Adeyemi", "Murphy", "Cohen", "Larsen", "Ivanova", "Garcia"]
-CITIES = ["London", "Lagos", "Paris", "Mumbai", "Rome", "Beirut", "Boston", "Osaka",
-          "Lisbon", "Oslo", "Nairobi", "Dublin", "Haifa", "Bergen", "Kyiv", "Seville"]
-JOBS = ["teacher", "nurse", "engineer", "baker", "pilot", "chemist", "carpenter", "lawyer",
-        "designer", "farmer", "librarian", "plumber"]
+FIRST = [
+    "Ada",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Elena",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "Jonas",
+    "Kemi",
+    "Liam",
+    "Maya",
+    "Nils",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sami",
+    "Tara",
+]
+LAST = [
+    "Lovelace",
+    "Okafor",
+    "Martin",
+    "Patel",
+    "Rossi",
+    "Haddad",
+    "Hopper",
+    "Tanaka",
+    "Silva",
+    "Berg",
+    "Adeyemi",
+    "Murphy",
+    "Cohen",
+    "Larsen",
+    "Ivanova",
+    "Garcia",
+]
+CITIES = [
+    "London",
+    "Lagos",
+    "Paris",
+    "Mumbai",
+    "Rome",
+    "Beirut",
+    "Boston",
+    "Osaka",
+    "Lisbon",
+    "Oslo",
+    "Nairobi",
+    "Dublin",
+    "Haifa",
+    "Bergen",
+    "Kyiv",
+    "Seville",
+]
+JOBS = [
+    "teacher",
+    "nurse",
+    "engineer",
+    "baker",
+    "pilot",
+    "chemist",
+    "carpenter",
+    "lawyer",
+    "designer",
+    "farmer",
+    "librarian",
+    "plumber",
+]
 HARD_JOBS = ["data scientist", "bus driver", "marine biologist", "sound engineer"]
-WORDS = {21: "twenty-one", 34: "thirty-four", 45: "forty-five", 52: "fifty-two",
-         28: "twenty-eight", 60: "sixty", 39: "thirty-nine"}
+WORDS = {
+    21: "twenty-one",
+    34: "thirty-four",
+    45: "forty-five",
+    52: "fifty-two",
+    28: "twenty-eight",
+    60: "sixty",
+    39: "thirty-nine",
+}
 
 PHRASES = [
     "{name}, {age}, lives in {city} and works as a {job}.",
@@ -77,8 +148,9 @@ def make_records(n: int, seed: int = 0, hard_share: float = 0.0) -> list[dict]:
     return [_record(rng, rng.random() < hard_share) for _ in range(n)]
 
 
-def records_to_json(train_size: int = 64, test_size: int = 16,
-                    seed: int = 0) -> tuple[list[dict], list[dict]]:
+def records_to_json(
+    train_size: int = 64, test_size: int = 16, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
     """The demo task: ``train_size`` easy-to-medium rows and ``test_size`` held-out rows of
     which about a third are hard. No input text appears in both.
 

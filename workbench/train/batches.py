@@ -89,8 +89,10 @@ class Examples:
         columns = set(dataset.column_names if hasattr(dataset, "column_names") else dataset)
         missing = sorted({"input_ids", "labels"} - columns)
         if missing:
-            msg = (f"{name} data has no column {missing}: the trainer needs tokenized data with "
-                   f"input_ids and labels (-100 = not trained); it has {sorted(columns)}.")
+            msg = (
+                f"{name} data has no column {missing}: the trainer needs tokenized data with "
+                f"input_ids and labels (-100 = not trained); it has {sorted(columns)}."
+            )
             raise DataError(msg)
         masks = dataset["attention_mask"] if "attention_mask" in columns else None
         return cls.from_rows(dataset["input_ids"], dataset["labels"], masks)
@@ -122,5 +124,6 @@ def collate(examples: Examples, indices: Sequence[int], pad_id: int) -> dict[str
         >>> b["input_ids"].tolist(), b["labels"].tolist()
         ([[1, 2], [3, 0]], [[1, 2], [3, -100]])
     """
-    return pad_rows([examples.input_ids[i] for i in indices],
-                    [examples.labels[i] for i in indices], pad_id)
+    return pad_rows(
+        [examples.input_ids[i] for i in indices], [examples.labels[i] for i in indices], pad_id
+    )

@@ -52,10 +52,20 @@ from workbench._io import (
 )
 from workbench.train.guards import TrainingError
 
-__all__ = ["CHECKPOINTS", "MANIFEST", "checkpoint_bytes", "checkpoint_problem",
-           "checkpoint_step", "latest_checkpoint", "list_checkpoints", "load_checkpoint",
-           "newest_valid_checkpoint", "prune_checkpoints", "remove_partial_checkpoints",
-           "save_checkpoint"]
+__all__ = [
+    "CHECKPOINTS",
+    "MANIFEST",
+    "checkpoint_bytes",
+    "checkpoint_problem",
+    "checkpoint_step",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "newest_valid_checkpoint",
+    "prune_checkpoints",
+    "remove_partial_checkpoints",
+    "save_checkpoint",
+]
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
@@ -118,8 +128,14 @@ def _legacy_problem(path: Path) -> str | None:
         load_file(str(path / name))
         for name in _TENSOR_FILES:
             torch.load(path / name, weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, EOFError, ValueError,
-            pickle.UnpicklingError) as err:
+    except (
+        SafetensorError,
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        pickle.UnpicklingError,
+    ) as err:
         return f"{name} does not load ({type(err).__name__}: {str(err)[:120]})"
     return None
 
@@ -223,13 +239,18 @@ def checkpoint_bytes(model: Any, optimizer: Any) -> int:
 
     weights = sum(p.numel() * p.element_size() for p in _trainable(model).values())
     copies = 2 if hasattr(model, "peft_config") else 1  # adapter/ repeats the trained weights
-    moments = sum(t.numel() * t.element_size() for s in optimizer.state.values()
-                  for t in s.values() if isinstance(t, torch.Tensor))
+    moments = sum(
+        t.numel() * t.element_size()
+        for s in optimizer.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
+    )
     return weights * copies + moments + _SMALL_FILES_BYTES
 
 
-def _write_files(folder: Path, model: Any, optimizer: Any, scheduler: Any,
-                 state: dict[str, Any]) -> None:
+def _write_files(
+    folder: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -243,8 +264,9 @@ def _write_files(folder: Path, model: Any, optimizer: Any, scheduler: Any,
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
-def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any,
-                    state: dict[str, Any], keep: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write a verified checkpoint atomically, then prune with :func:`prune_checkpoints`.
 
     Args:
@@ -276,8 +298,10 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: Any, scheduler: Any,
     target = Path(run_dir) / CHECKPOINTS / f"step-{state['step']:08d}"
     needed = checkpoint_bytes(model, optimizer)
     check_free_space(target, needed, f"checkpoint {target.name}")
-    with translated_write_errors(target.parent, needed), \
-            staging_folder(target, replace=True) as tmp:
+    with (
+        translated_write_errors(target.parent, needed),
+        staging_folder(target, replace=True) as tmp,
+    ):
         _write_files(tmp, model, optimizer, scheduler, {**state, "format": FORMAT})
         write_manifest(tmp, MANIFEST, {"format": FORMAT, "step": int(state["step"])})
     prune_checkpoints(run_dir, keep, target)
@@ -308,7 +332,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> list[Path
     step = checkpoint_step(newest)
     older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
     valid = [p for p in older if checkpoint_problem(p, full=False) is None]
-    kept = set(valid[len(valid) - (keep - 1):]) if keep > 1 else set()
+    kept = set(valid[len(valid) - (keep - 1) :]) if keep > 1 else set()
     deleted = [p for p in older if p not in kept]
     for path in deleted:
         shutil.rmtree(path, ignore_errors=True)
@@ -325,8 +349,10 @@ def _load_tensors(path: Path) -> tuple[dict[str, Any], list[Any]]:
         weights = load_file(str(path / "trainable.safetensors"))
         states = [torch.load(path / name, weights_only=True) for name in _TENSOR_FILES]
     except (SafetensorError, OSError, EOFError, pickle.UnpicklingError, RuntimeError) as err:
-        msg = (f"checkpoint {path} is damaged ({type(err).__name__}: {str(err)[:200]}); "
-               "Session.resume skips damaged checkpoints, or delete this folder.")
+        msg = (
+            f"checkpoint {path} is damaged ({type(err).__name__}: {str(err)[:200]}); "
+            "Session.resume skips damaged checkpoints, or delete this folder."
+        )
         raise TrainingError(msg) from err
     return weights, states
 
@@ -365,8 +391,10 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     params = _trainable(model)
     if set(weights) != set(params):
         extra = sorted(set(weights) ^ set(params))[:5]
-        msg = (f"checkpoint {path} does not match the model's trainable weights (e.g. {extra}); "
-               "was it written for another model or adapter?")
+        msg = (
+            f"checkpoint {path} does not match the model's trainable weights (e.g. {extra}); "
+            "was it written for another model or adapter?"
+        )
         raise TrainingError(msg)
     with torch.no_grad():
         for name, param in params.items():

@@ -26,9 +26,22 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["IGNORE_INDEX", "MEGABATCH", "BatchPlan", "add_neftune", "enable_checkpointing",
-           "epoch_batches", "lora_config", "make_trainable", "optimizer_groups", "pad_id",
-           "pad_rows", "trained_rows", "trained_tokens", "warmup_steps"]
+__all__ = [
+    "IGNORE_INDEX",
+    "MEGABATCH",
+    "BatchPlan",
+    "add_neftune",
+    "enable_checkpointing",
+    "epoch_batches",
+    "lora_config",
+    "make_trainable",
+    "optimizer_groups",
+    "pad_id",
+    "pad_rows",
+    "trained_rows",
+    "trained_tokens",
+    "warmup_steps",
+]
 
 IGNORE_INDEX = -100
 MEGABATCH = 16  # batches per length-sorted group: enough grouping, order still random
@@ -43,8 +56,9 @@ def trained_tokens(labels: Sequence[Sequence[int]]) -> np.ndarray:
         >>> trained_tokens([[7, 8], [7, -100]]).tolist()
         [1, 0]
     """
-    return np.array([int((np.asarray(row)[1:] != IGNORE_INDEX).sum()) for row in labels],
-                    dtype=np.int64)
+    return np.array(
+        [int((np.asarray(row)[1:] != IGNORE_INDEX).sum()) for row in labels], dtype=np.int64
+    )
 
 
 def trained_rows(counts: np.ndarray) -> np.ndarray:
@@ -133,12 +147,15 @@ class BatchPlan:
             [2, 1]
         """
         micro = [self.at(m) for m in range(total_micro)]
-        return [[i for batch in micro[s * grad_accum:(s + 1) * grad_accum] for i in batch]
-                for s in range(steps)]
+        return [
+            [i for batch in micro[s * grad_accum : (s + 1) * grad_accum] for i in batch]
+            for s in range(steps)
+        ]
 
 
-def pad_rows(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
-             pad_id: int) -> dict[str, Any]:
+def pad_rows(
+    input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int
+) -> dict[str, Any]:
     """Right-pad rows into ``input_ids``, ``labels`` (-100 on padding) and ``lengths`` tensors.
 
     Padding on the right leaves a causal model's real tokens unchanged without a mask.
@@ -155,13 +172,17 @@ def pad_rows(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]
     padded = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)
     for row, (n, row_ids, row_labels) in enumerate(zip(lengths, input_ids, labels, strict=True)):
         ids[row, :n], padded[row, :n] = row_ids, row_labels
-    return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(padded),
-            "lengths": torch.tensor(lengths)}
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "labels": torch.from_numpy(padded),
+        "lengths": torch.tensor(lengths),
+    }
 
 
 # -- model and optimizer --------------------------------------------------------------------
-def lora_config(r: int, alpha: float, dropout: float, target: str | Sequence[str],
-                use_dora: bool) -> Any:
+def lora_config(
+    r: int, alpha: float, dropout: float, target: str | Sequence[str], use_dora: bool
+) -> Any:
     """The ``peft.LoraConfig`` of a causal LM for the workbench's LoRA fields.
 
     Examples:
@@ -171,8 +192,14 @@ def lora_config(r: int, alpha: float, dropout: float, target: str | Sequence[str
     from peft import LoraConfig
 
     target = target if isinstance(target, str) else list(target)
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target,
-                      use_dora=use_dora, task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target,
+        use_dora=use_dora,
+        task_type="CAUSAL_LM",
+    )
 
 
 def enable_checkpointing(model: Any) -> None:
@@ -220,15 +247,17 @@ def _layer_scale(name: str, layers: int, decay: float | None) -> float:
     return float(decay ** max(0, layers - 1 - depth))
 
 
-def optimizer_groups(model: Any, lr: float, weight_decay: float,
-                     layer_lr_decay: float | None) -> list[dict[str, Any]]:
+def optimizer_groups(
+    model: Any, lr: float, weight_decay: float, layer_lr_decay: float | None
+) -> list[dict[str, Any]]:
     """AdamW parameter groups: per-layer learning rates and no decay on biases and norms.
 
     Examples:
         >>> # torch.optim.AdamW(optimizer_groups(model, 2e-4, 0.0, None), lr=2e-4)
     """
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
-        else model.config
+    config = (
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    )
     layers = int(getattr(config, "num_hidden_layers", 1))
     groups: dict[tuple[float, float], list[Any]] = {}
     for name, param in model.named_parameters():
@@ -236,8 +265,10 @@ def optimizer_groups(model: Any, lr: float, weight_decay: float,
             scale = _layer_scale(name, layers, layer_lr_decay)
             decay = weight_decay if param.ndim >= 2 else 0.0
             groups.setdefault((scale, decay), []).append(param)
-    return [{"params": params, "lr": lr * scale, "weight_decay": decay}
-            for (scale, decay), params in groups.items()]
+    return [
+        {"params": params, "lr": lr * scale, "weight_decay": decay}
+        for (scale, decay), params in groups.items()
+    ]
 
 
 def pad_id(tokenizer: Any) -> int:

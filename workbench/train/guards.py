@@ -43,8 +43,10 @@ def check_loss(loss: float, step: int, lr: float | None = None) -> None:
     if math.isfinite(loss):
         return
     at_lr = f" (lr {lr:.3g})" if lr is not None else ""
-    msg = (f"the training loss became {loss} at step {step}{at_lr}; the step was not applied. "
-           "Lower lr, keep max_grad_norm set, or look for broken examples.")
+    msg = (
+        f"the training loss became {loss} at step {step}{at_lr}; the step was not applied. "
+        "Lower lr, keep max_grad_norm set, or look for broken examples."
+    )
     raise TrainingError(msg)
 
 
@@ -60,13 +62,17 @@ def check_grad_norm(norm: float, step: int, limit: float | None) -> None:
         the gradient norm exploded to 1e+06 at step 2
     """
     if not math.isfinite(norm):
-        msg = (f"the gradient norm became {norm} at step {step}; the step was not applied. "
-               "Lower lr or check the data.")
+        msg = (
+            f"the gradient norm became {norm} at step {step}; the step was not applied. "
+            "Lower lr or check the data."
+        )
         raise TrainingError(msg)
     if limit is not None and norm > limit:
-        msg = (f"the gradient norm exploded to {norm:.3g} at step {step} (grad_norm_limit="
-               f"{limit:g}); the step was not applied. "
-               "Lower lr, or raise grad_norm_limit if such norms are expected.")
+        msg = (
+            f"the gradient norm exploded to {norm:.3g} at step {step} (grad_norm_limit="
+            f"{limit:g}); the step was not applied. "
+            "Lower lr, or raise grad_norm_limit if such norms are expected."
+        )
         raise TrainingError(msg)
 
 
@@ -108,8 +114,10 @@ class EarlyStopping:
             >>> EarlyStopping(patience=3, best=1.5, bad=3).message()
             'early stopping: eval loss did not improve for 3 evaluations (best 1.5).'
         """
-        return (f"early stopping: eval loss did not improve for {self.bad} evaluations "
-                f"(best {self.best:.4g}).")
+        return (
+            f"early stopping: eval loss did not improve for {self.bad} evaluations "
+            f"(best {self.best:.4g})."
+        )
 
 
 @dataclass
@@ -160,8 +168,11 @@ class CollapseCheck:
         """
         return math.log(self.vocab_size)
 
-    def update(self, loss: float | None, output_is_constant: Callable[[], bool],
-               ) -> Literal["ok", "warn", "collapsed", "diverged"]:
+    def update(
+        self,
+        loss: float | None,
+        output_is_constant: Callable[[], bool],
+    ) -> Literal["ok", "warn", "collapsed", "diverged"]:
         """Record a step's loss; say whether the run collapsed or diverged (or earns a warning).
 
         Examples:
@@ -173,20 +184,23 @@ class CollapseCheck:
         if len(self._start) < 3:  # the loss at the start: the mean of the first three steps
             self._start.append(value)
             self.start_loss = sum(self._start) / len(self._start)
-        self._recent = [*self._recent, value][-self.window:]
+        self._recent = [*self._recent, value][-self.window :]
         if self._diverged():
             return "diverged"
         if len(self._recent) < self.window or not all(
-                abs(x - uniform) <= 0.01 * uniform for x in self._recent):
+            abs(x - uniform) <= 0.01 * uniform for x in self._recent
+        ):
             return "ok"
         self._recent = []  # check again only after another full window
         if output_is_constant():
             return "collapsed"
         if self.warning:
             return "ok"
-        self.warning = (f"the loss has stayed at ln(vocabulary) = {uniform:.3f} for {self.window} "
-                        "steps: the model predicts every token as about equally likely. Check "
-                        "lr (too low or far too high) and that the data has trained tokens.")
+        self.warning = (
+            f"the loss has stayed at ln(vocabulary) = {uniform:.3f} for {self.window} "
+            "steps: the model predicts every token as about equally likely. Check "
+            "lr (too low or far too high) and that the data has trained tokens."
+        )
         return "warn"
 
     def _diverged(self) -> bool:
@@ -223,11 +237,17 @@ def out_of_memory_error(err: BaseException, batch_size: int, grad_accum: int, to
     if batch_size > 1:
         smaller = max(1, batch_size // 2)
         accum = grad_accum * batch_size // smaller
-        fix = (f"Try batch_size={smaller} with grad_accum={accum} (same effective batch), "
-               "or gradient_checkpointing=True")
+        fix = (
+            f"Try batch_size={smaller} with grad_accum={accum} (same effective batch), "
+            "or gradient_checkpointing=True"
+        )
     else:
-        fix = ("batch_size is already 1: set gradient_checkpointing=True, a shorter max_length, "
-               "or load the model with quantization='4bit'")
-    msg = (f"a batch of {batch_size} examples ({tokens} tokens) did not fit in memory. {fix}. "
-           f"({type(err).__name__}: {str(err)[:200]})")
+        fix = (
+            "batch_size is already 1: set gradient_checkpointing=True, a shorter max_length, "
+            "or load the model with quantization='4bit'"
+        )
+    msg = (
+        f"a batch of {batch_size} examples ({tokens} tokens) did not fit in memory. {fix}. "
+        f"({type(err).__name__}: {str(err)[:200]})"
+    )
     return OutOfMemoryError(msg)

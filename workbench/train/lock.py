@@ -208,23 +208,30 @@ class RunLock:
             raise SpecError(msg) from err
 
     def _write_owner(self, fd: int) -> None:
-        owner = {"pid": os.getpid(), "host": socket.gethostname(),
-                 "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, json.dumps(owner).encode())
 
     def _same_process_message(self) -> str:
-        return (f"{self.run_dir} is already being trained by this process (pid {os.getpid()}): "
-                "a Run started or resumed here still holds it. Use that Run, or call its "
-                "stop() and wait() before resuming the folder again.")
+        return (
+            f"{self.run_dir} is already being trained by this process (pid {os.getpid()}): "
+            "a Run started or resumed here still holds it. Use that Run, or call its "
+            "stop() and wait() before resuming the folder again."
+        )
 
     def _other_process_message(self) -> str:
         owner = lock_holder(self.run_dir) or {}
         pid = owner.get("pid", "unknown")
         where = f" on {owner['host']}" if owner.get("host") else ""
         since = f" since {owner['since']}" if owner.get("since") else ""
-        return (f"{self.run_dir} is being trained by another process (pid {pid}{where}{since}; "
-                f"lock file {self.path}). Wait until that run ends, stop it, or end process "
-                f"{pid} (e.g. `kill {pid}`); then resume the folder again. A lock left by a "
-                "process that died is released by the system on its own.")
+        return (
+            f"{self.run_dir} is being trained by another process (pid {pid}{where}{since}; "
+            f"lock file {self.path}). Wait until that run ends, stop it, or end process "
+            f"{pid} (e.g. `kill {pid}`); then resume the folder again. A lock left by a "
+            "process that died is released by the system on its own."
+        )

@@ -76,8 +76,15 @@ class TrainLoop:
         1
     """
 
-    def __init__(self, model: Any, pad_id: int, train: Examples, validation: Examples | None,
-                 spec: TrainSpec, total_steps: int) -> None:
+    def __init__(
+        self,
+        model: Any,
+        pad_id: int,
+        train: Examples,
+        validation: Examples | None,
+        spec: TrainSpec,
+        total_steps: int,
+    ) -> None:
         import torch
         from transformers import get_scheduler
 
@@ -86,9 +93,12 @@ class TrainLoop:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
-        self.scheduler = get_scheduler(spec.scheduler, self.optimizer,
-                                       num_warmup_steps=spec.warmup_steps(total_steps),
-                                       num_training_steps=total_steps)
+        self.scheduler = get_scheduler(
+            spec.scheduler,
+            self.optimizer,
+            num_warmup_steps=spec.warmup_steps(total_steps),
+            num_training_steps=total_steps,
+        )
         self.plan = BatchPlan(train.lengths, spec.batch_size, spec.seed)
         self.micro_per_epoch = self.plan.per_epoch
         max_steps = total_steps if spec.max_steps is not None else None
@@ -181,8 +191,10 @@ class TrainLoop:
     # -- one step -------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict[str, Any]]:
         count = min(self.spec.grad_accum, max(1, self.total_micro - self.micro))
-        return [self._to_device(collate(self.train, self.batch_at(self.micro + k), self.pad_id))
-                for k in range(count)]
+        return [
+            self._to_device(collate(self.train, self.batch_at(self.micro + k), self.pad_id))
+            for k in range(count)
+        ]
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         for key in ("input_ids", "labels"):
@@ -256,8 +268,9 @@ class TrainLoop:
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             width = max(b["input_ids"].numel() for b in batches)
-            raise out_of_memory_error(err, self.spec.batch_size, self.spec.grad_accum,
-                                      width) from err
+            raise out_of_memory_error(
+                err, self.spec.batch_size, self.spec.grad_accum, width
+            ) from err
         if self.on_gradients is not None:
             self.on_gradients()
         clip = self.spec.max_grad_norm or math.inf
@@ -269,9 +282,17 @@ class TrainLoop:
         self.step, self.micro = self.step + 1, self.micro + len(batches)
         seconds = time.perf_counter() - start
         self.elapsed += seconds
-        return LogRecord(kind="train", step=self.step, epoch=round(self.epoch, 4), loss=loss,
-                         lr=lr, grad_norm=norm, tokens_per_s=tokens / seconds,
-                         memory=memory_bytes(), elapsed=round(self.elapsed, 3))
+        return LogRecord(
+            kind="train",
+            step=self.step,
+            epoch=round(self.epoch, 4),
+            loss=loss,
+            lr=lr,
+            grad_norm=norm,
+            tokens_per_s=tokens / seconds,
+            memory=memory_bytes(),
+            elapsed=round(self.elapsed, 3),
+        )
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> float | None:
@@ -303,8 +324,9 @@ class TrainLoop:
         try:
             with torch.no_grad():
                 for start in range(0, len(order), size):
-                    batch = self._to_device(collate(
-                        self.validation, order[start:start + size].tolist(), self.pad_id))
+                    batch = self._to_device(
+                        collate(self.validation, order[start : start + size].tolist(), self.pad_id)
+                    )
                     loss_sum, n = token_loss_sum(self.model, batch, self.spec.fast_loss)
                     total, count = total + float(loss_sum), count + n
         finally:

@@ -32,10 +32,24 @@ __all__ = ["FAST_LOSS_TYPES", "causal_lm", "supports_fast_loss", "token_loss_sum
 
 # Model types whose logits are exactly ``lm_head(backbone(x))`` (optionally soft-capped). Others
 # (logit scaling, extra heads) take the full path, which is always correct.
-FAST_LOSS_TYPES = frozenset({
-    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "smollm3",
-    "olmo2", "gpt2", "gpt_neox", "stablelm", "starcoder2",
-})
+FAST_LOSS_TYPES = frozenset(
+    {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "phi3",
+        "smollm3",
+        "olmo2",
+        "gpt2",
+        "gpt_neox",
+        "stablelm",
+        "starcoder2",
+    }
+)
 CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MB in float32) before chunks are recomputed
 
 
@@ -67,8 +81,11 @@ def supports_fast_loss(model: Any) -> bool:
     """
     lm = causal_lm(model)
     prefix = getattr(lm, "base_model_prefix", "")
-    return (getattr(lm.config, "model_type", None) in FAST_LOSS_TYPES
-            and hasattr(lm, prefix) and lm.get_output_embeddings() is not None)
+    return (
+        getattr(lm.config, "model_type", None) in FAST_LOSS_TYPES
+        and hasattr(lm, prefix)
+        and lm.get_output_embeddings() is not None
+    )
 
 
 def _rows_loss(hidden: Any, head: Any, targets: Any, softcap: float | None) -> Any:
@@ -104,8 +121,9 @@ def _chunked_loss(hidden: Any, head: Any, targets: Any, softcap: float | None) -
     for start in range(0, hidden.shape[0], rows):
         part = slice(start, start + rows)
         # Recompute each chunk's logits in backward instead of keeping them all alive.
-        total = total + checkpoint(_rows_loss, hidden[part], head, targets[part], softcap,
-                                   use_reentrant=False)
+        total = total + checkpoint(
+            _rows_loss, hidden[part], head, targets[part], softcap, use_reentrant=False
+        )
     return total
 
 

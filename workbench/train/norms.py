@@ -75,8 +75,12 @@ def group_norms(groups: dict[int, list[Any]], of: Literal["weight", "grad"]) -> 
     per_group = []
     for params in groups.values():
         tensors = [p.detach() if of == "weight" else p.grad for p in params]
-        squares = [torch.linalg.vector_norm(t.float()).square().to(first.device)
-                   for t in tensors if t is not None]
-        per_group.append(torch.stack(squares).sum().sqrt() if squares
-                         else torch.zeros((), device=first.device))
+        squares = [
+            torch.linalg.vector_norm(t.float()).square().to(first.device)
+            for t in tensors
+            if t is not None
+        ]
+        per_group.append(
+            torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=first.device)
+        )
     return [float(v) for v in torch.stack(per_group).cpu().tolist()]

@@ -25,8 +25,14 @@ from workbench.train import core
 from workbench.train.core import add_neftune
 from workbench.train.spec import TrainSpec
 
-__all__ = ["add_neftune", "check_model", "is_4bit", "is_quantized", "optimizer_groups",
-           "wrap_model"]
+__all__ = [
+    "add_neftune",
+    "check_model",
+    "is_4bit",
+    "is_quantized",
+    "optimizer_groups",
+    "wrap_model",
+]
 
 
 def is_4bit(model: Any) -> bool:
@@ -63,8 +69,10 @@ def _check_target(model: Any, spec: TrainSpec) -> None:
     available = lora_target_names(model)
     missing = [t for t in spec.lora.target if t not in available]
     if missing:
-        msg = (f"LoRA target {missing} not found in this model. Its linear layers are "
-               f"{list(available)}; use some of these or target='all-linear'.")
+        msg = (
+            f"LoRA target {missing} not found in this model. Its linear layers are "
+            f"{list(available)}; use some of these or target='all-linear'."
+        )
         raise SpecError(msg)
 
 
@@ -90,8 +98,10 @@ def check_model(model: Any, spec: TrainSpec) -> None:
         workbench.errors.SpecError: LoRA target ['c_attn'] not found in this model. Its linear ...
     """
     if hasattr(model, "peft_config"):
-        msg = ("the model already carries a peft adapter (from an earlier run): load the base "
-               "model again, or merge the adapter first, before training a new one.")
+        msg = (
+            "the model already carries a peft adapter (from an earlier run): load the base "
+            "model again, or merge the adapter first, before training a new one."
+        )
         raise SpecError(msg)
     if spec.method == "qlora":
         try:
@@ -100,13 +110,17 @@ def check_model(model: Any, spec: TrainSpec) -> None:
             msg = "method='qlora' needs bitsandbytes: pip install bitsandbytes."
             raise DependencyError(msg) from err
         if not is_4bit(model):
-            msg = ("method='qlora' trains LoRA on a 4-bit base, but this model is not 4-bit: "
-                   "load it with load_model(..., quantization='4bit') (NF4, double "
-                   "quantization, as in the QLoRA recipe), or use method='lora'.")
+            msg = (
+                "method='qlora' trains LoRA on a 4-bit base, but this model is not 4-bit: "
+                "load it with load_model(..., quantization='4bit') (NF4, double "
+                "quantization, as in the QLoRA recipe), or use method='lora'."
+            )
             raise SpecError(msg)
     if spec.method == "full" and is_quantized(model):
-        msg = ("method='full' cannot train quantized weights: load the model without "
-               "quantization, or use method='qlora' (4-bit) / 'lora'.")
+        msg = (
+            "method='full' cannot train quantized weights: load the model without "
+            "quantization, or use method='qlora' (4-bit) / 'lora'."
+        )
         raise SpecError(msg)
     _check_target(model, spec)
 
@@ -137,8 +151,10 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=spec.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+            model,
+            use_gradient_checkpointing=spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
     if spec.gradient_checkpointing:
         core.enable_checkpointing(model)
     return core.make_trainable(model, None if spec.method == "full" else spec.lora.to_peft())

@@ -102,8 +102,13 @@ def format_record(record: LogRecord, total: int | None = None) -> str:
     parts = [head, f"epoch {record.epoch:.2f}"]
     if record.kind == "warning":
         return "  ".join([*parts, f"warning: {record.message}"])
-    for name, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("lr", ".2e"),
-                      ("grad_norm", ".3f"), ("tokens_per_s", ".0f")):
+    for name, fmt in (
+        ("loss", ".4f"),
+        ("eval_loss", ".4f"),
+        ("lr", ".2e"),
+        ("grad_norm", ".3f"),
+        ("tokens_per_s", ".0f"),
+    ):
         value = getattr(record, name)
         if value is not None:
             parts.append(f"{name} {value:{fmt}}")

@@ -55,8 +55,14 @@ from workbench.train.spec import TrainSpec
 from workbench.train.status import TERMINAL, RunState, RunStatus
 from workbench.train.worker import Worker
 
-__all__ = ["EVENT_CHECKPOINT", "EVENT_LAYER_NORMS", "EVENT_LOG", "EVENT_PROBES", "EVENT_STATE",
-           "Run"]
+__all__ = [
+    "EVENT_CHECKPOINT",
+    "EVENT_LAYER_NORMS",
+    "EVENT_LOG",
+    "EVENT_PROBES",
+    "EVENT_STATE",
+    "Run",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +108,19 @@ class Run:
         Run('/tmp/wb-doc-run-class/runs/run-001', state=stopped, step=.../100)
     """
 
-    def __init__(self, run_dir: Path, events: EventHub, model: Any, tokenizer: Any,
-                 loop: TrainLoop, spec: TrainSpec, probes: list[str],
-                 history: list[LogRecord], probe_rows: list[dict[str, Any]],
-                 lock: Any = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        events: EventHub,
+        model: Any,
+        tokenizer: Any,
+        loop: TrainLoop,
+        spec: TrainSpec,
+        probes: list[str],
+        history: list[LogRecord],
+        probe_rows: list[dict[str, Any]],
+        lock: Any = None,
+    ) -> None:
         self.run_dir, self.events, self.spec, self.probes = run_dir, events, spec, probes
         self._model, self.tokenizer, self.loop = model, tokenizer, loop
         self._history = list(history)
@@ -125,8 +140,13 @@ class Run:
         self._last_worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._saved_step = self._eval_step = -1
-        self._status = RunStatus(total_steps=loop.total_steps, step=loop.step,
-                                 epoch=loop.epoch, elapsed=loop.elapsed, run_dir=str(run_dir))
+        self._status = RunStatus(
+            total_steps=loop.total_steps,
+            step=loop.step,
+            epoch=loop.epoch,
+            elapsed=loop.elapsed,
+            run_dir=str(run_dir),
+        )
         self._monitor: Any = None
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
@@ -250,8 +270,9 @@ class Run:
             self._pause = True
             self._cond.notify_all()
             if wait and not self._on_worker_thread():
-                self._cond.wait_for(lambda: self._status.state is RunState.PAUSED
-                                    or self._status.done, timeout)
+                self._cond.wait_for(
+                    lambda: self._status.state is RunState.PAUSED or self._status.done, timeout
+                )
             return self._status
 
     def resume(self) -> RunStatus:
@@ -280,12 +301,16 @@ class Run:
         with self._cond:
             state = self._status.state
             if state in (RunState.FINISHED, RunState.FAILED):
-                msg = (f"the run is {state.value}; nothing to resume. Start a new run, or "
-                       "Session.resume(folder) to continue from its last checkpoint.")
+                msg = (
+                    f"the run is {state.value}; nothing to resume. Start a new run, or "
+                    "Session.resume(folder) to continue from its last checkpoint."
+                )
                 raise SpecError(msg)
             if state is RunState.STOPPING:
-                msg = ("the run is still stopping (saving its checkpoint): call run.wait(), "
-                       "then run.resume().")
+                msg = (
+                    "the run is still stopping (saving its checkpoint): call run.wait(), "
+                    "then run.resume()."
+                )
                 raise SessionStateError(msg)
             self._pause, self._single_steps = False, 0
             self._cond.notify_all()
@@ -325,16 +350,22 @@ class Run:
         with self._cond:
             status = self._status
             if status.state is not RunState.PAUSED:
-                msg = (f"step_once needs a paused run, but it is {status.state.value}: call "
-                       "run.pause() first.")
+                msg = (
+                    f"step_once needs a paused run, but it is {status.state.value}: call "
+                    "run.pause() first."
+                )
                 raise SpecError(msg)
             target = status.step + 1
             self._single_steps += 1
             self._cond.notify_all()
             if wait and not self._on_worker_thread():
-                self._cond.wait_for(lambda: self._status.done or (
-                    self._status.step >= target and self._status.state is RunState.PAUSED),
-                    timeout)
+                self._cond.wait_for(
+                    lambda: (
+                        self._status.done
+                        or (self._status.step >= target and self._status.state is RunState.PAUSED)
+                    ),
+                    timeout,
+                )
             return self._status
 
     def track_layer_norms(self, on: bool = True) -> None:
@@ -463,8 +494,10 @@ class Run:
         try:
             while True:
                 with self._cond:
-                    self._cond.wait_for(lambda: lines or self._ended(),
-                                        None if deadline is None else deadline - time.monotonic())
+                    self._cond.wait_for(
+                        lambda: lines or self._ended(),
+                        None if deadline is None else deadline - time.monotonic(),
+                    )
                     batch, lines[:] = list(lines), []
                     ended = self._ended()
                 for line in batch:
@@ -554,8 +587,9 @@ class Run:
             self._worker, self._stop, self._ended_worker = worker, False, None
             self.error = None
         self._set_state(worker, RunState.RUNNING, message="", error=None)
-        self._thread = threading.Thread(target=worker.main, name=f"train:{self.run_dir.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=worker.main, name=f"train:{self.run_dir.name}", daemon=True
+        )
         self._thread.start()
 
     def _ask(self, request: str) -> None:
@@ -629,8 +663,11 @@ class Run:
             current = self._status.state
             stale = worker is not self._worker
             # stop() wins over a worker's late running/paused; an ended run stays ended.
-            if stale or (current in TERMINAL and state is not RunState.RUNNING) or (
-                    current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED)):
+            if (
+                stale
+                or (current in TERMINAL and state is not RunState.RUNNING)
+                or (current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED))
+            ):
                 return False
             self._status = dataclasses.replace(self._status, state=state, **changes)
             status = self._status
@@ -642,8 +679,9 @@ class Run:
         self.events.emit(TRAIN_STATE, TrainState(str(self.run_dir), status))
         return True
 
-    def _end(self, worker: Worker, state: RunState, err: WorkbenchError | None = None,
-             **changes: Any) -> None:
+    def _end(
+        self, worker: Worker, state: RunState, err: WorkbenchError | None = None, **changes: Any
+    ) -> None:
         """The worker's last act: release the folder, then publish the terminal state.
 
         The end is marked even when publishing fails (a deleted folder), so ``wait()``
@@ -670,9 +708,14 @@ class Run:
         with self._cond:
             if record.kind == "train":
                 self._status = dataclasses.replace(
-                    self._status, step=record.step, epoch=record.epoch, loss=record.loss,
-                    tokens_per_s=record.tokens_per_s, memory=record.memory,
-                    elapsed=record.elapsed or 0.0)
+                    self._status,
+                    step=record.step,
+                    epoch=record.epoch,
+                    loss=record.loss,
+                    tokens_per_s=record.tokens_per_s,
+                    memory=record.memory,
+                    elapsed=record.elapsed or 0.0,
+                )
             elif record.kind == "eval":
                 self._status = dataclasses.replace(self._status, eval_loss=record.eval_loss)
             status = self._status
@@ -688,22 +731,38 @@ class Run:
             else:
                 self.probe_history.append(row)
         store.append_jsonl(self.run_dir / store.PROBES, row)
-        self.events.emit(TRAIN_PROBES, TrainProbes(
-            str(self.run_dir), row["step"], bool(row.get("base")), tuple(row["outputs"]),
-            tuple(self.probes), tuple(self.probe_base)))
+        self.events.emit(
+            TRAIN_PROBES,
+            TrainProbes(
+                str(self.run_dir),
+                row["step"],
+                bool(row.get("base")),
+                tuple(row["outputs"]),
+                tuple(self.probes),
+                tuple(self.probe_base),
+            ),
+        )
 
     def _publish_layer_norms(self, worker: Worker, record: dict[str, Any]) -> None:
         with self._cond:
             if worker is not self._worker:
                 return
             self.layer_norms.append(record)
-        self.events.emit(TRAIN_LAYER_NORMS, TrainLayerNorms(
-            str(self.run_dir), record["step"], tuple(record["layers"]), tuple(record["weight"]),
-            tuple(record["grad"])))
+        self.events.emit(
+            TRAIN_LAYER_NORMS,
+            TrainLayerNorms(
+                str(self.run_dir),
+                record["step"],
+                tuple(record["layers"]),
+                tuple(record["weight"]),
+                tuple(record["grad"]),
+            ),
+        )
 
     def _checkpoint_saved(self, worker: Worker, path: Path) -> None:
-        self.events.emit(TRAIN_CHECKPOINT, TrainCheckpoint(str(self.run_dir), self.loop.step,
-                                                           str(path)))
+        self.events.emit(
+            TRAIN_CHECKPOINT, TrainCheckpoint(str(self.run_dir), self.loop.step, str(path))
+        )
 
     def _capture_grad_norms(self) -> None:
         from workbench.train.norms import group_norms, layer_groups
@@ -732,8 +791,12 @@ class Run:
             >>> state["step"], state["eval_step"]
             (2, 2)
         """
-        return {**self.loop.state(), "early_best": self.early.best, "early_bad": self.early.bad,
-                "eval_step": self._eval_step}
+        return {
+            **self.loop.state(),
+            "early_best": self.early.best,
+            "early_bad": self.early.bad,
+            "eval_step": self._eval_step,
+        }
 
     def restore_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`checkpoint_state` stored (the loop's position included).
@@ -762,5 +825,6 @@ class Run:
         self._eval_step = int(state.get("eval_step", -1))
         self._saved_step = self.loop.step
         with self._cond:
-            self._status = dataclasses.replace(self._status, step=self.loop.step,
-                                               epoch=self.loop.epoch, elapsed=self.loop.elapsed)
+            self._status = dataclasses.replace(
+                self._status, step=self.loop.step, epoch=self.loop.epoch, elapsed=self.loop.elapsed
+            )

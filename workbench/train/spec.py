@@ -92,19 +92,26 @@ class LoRA:
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
         target_ok = self.target == "all-linear" or (
-            isinstance(self.target, tuple) and self.target
+            isinstance(self.target, tuple)
+            and self.target
             and all(isinstance(t, str) and t for t in self.target)
         )
-        _raise([
-            _positive("r", self.r),
-            _positive("alpha", self.alpha, float),
-            None if isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
-            else f"dropout={self.dropout!r} must be in [0, 1)",
-            None if target_ok else
-            f"target={self.target!r} must be 'all-linear' or a non-empty list of module names",
-            None if isinstance(self.use_dora, bool)
-            else f"use_dora={self.use_dora!r} must be a bool",
-        ])
+        _raise(
+            [
+                _positive("r", self.r),
+                _positive("alpha", self.alpha, float),
+                None
+                if isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
+                else f"dropout={self.dropout!r} must be in [0, 1)",
+                None
+                if target_ok
+                else f"target={self.target!r} must be 'all-linear' or a non-empty list of "
+                "module names",
+                None
+                if isinstance(self.use_dora, bool)
+                else f"use_dora={self.use_dora!r} must be a bool",
+            ]
+        )
 
     def to_peft(self) -> Any:
         """The equivalent ``peft.LoraConfig`` for a causal language model.
@@ -116,8 +123,14 @@ class LoRA:
         from peft import LoraConfig
 
         target = self.target if isinstance(self.target, str) else list(self.target)
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-                          target_modules=target, use_dora=self.use_dora, task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=target,
+            use_dora=self.use_dora,
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass(frozen=True)
@@ -191,8 +204,10 @@ class TrainSpec:
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoRA(**self.lora))
         _raise(self._problems())
-        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not (
-            math.isfinite(self.lr) and self.lr > 0
+        if (
+            not isinstance(self.lr, (int, float))
+            or isinstance(self.lr, bool)
+            or not (math.isfinite(self.lr) and self.lr > 0)
         ):
             msg = f"lr={self.lr!r} must be a number > 0 (LoRA usually trains well at 2e-4)."
             raise SpecError(msg)
@@ -203,17 +218,22 @@ class TrainSpec:
         limit = _LR_WARN_ABOVE["full" if self.method == "full" else "lora"]
         if self.lr > limit:
             usual = "1e-5 to 5e-5" if self.method == "full" else "1e-4 to 5e-4"
-            text = (f"lr={self.lr:g} is far above what {self.method} usually trains at "
-                    f"({usual}); above {limit:g} a run often diverges or collapses to noise.")
+            text = (
+                f"lr={self.lr:g} is far above what {self.method} usually trains at "
+                f"({usual}); above {limit:g} a run often diverges or collapses to noise."
+            )
             warnings.warn(text, WorkbenchWarning, stacklevel=4)
 
     def _problems(self) -> list[str | None]:
-        optional = [("max_steps", self.max_steps, int), ("eval_every", self.eval_every, int),
-                    ("save_every", self.save_every, int),
-                    ("early_stopping", self.early_stopping, int),
-                    ("neftune_alpha", self.neftune_alpha, float),
-                    ("grad_norm_limit", self.grad_norm_limit, float),
-                    ("max_grad_norm", self.max_grad_norm, float)]
+        optional = [
+            ("max_steps", self.max_steps, int),
+            ("eval_every", self.eval_every, int),
+            ("save_every", self.save_every, int),
+            ("early_stopping", self.early_stopping, int),
+            ("neftune_alpha", self.neftune_alpha, float),
+            ("grad_norm_limit", self.grad_norm_limit, float),
+            ("max_grad_norm", self.max_grad_norm, float),
+        ]
         decay = self.layer_lr_decay
         return [
             _choice("method", self.method, Method),
@@ -227,9 +247,11 @@ class TrainSpec:
             _positive("seed", self.seed, zero=True),
             _positive("probe_max_new_tokens", self.probe_max_new_tokens),
             self._warmup_problem(),
-            None if decay is None or (isinstance(decay, (int, float)) and 0 < decay <= 1)
+            None
+            if decay is None or (isinstance(decay, (int, float)) and 0 < decay <= 1)
             else f"layer_lr_decay={decay!r} must be in (0, 1] or None",
-            None if isinstance(self.track_layer_norms, bool)
+            None
+            if isinstance(self.track_layer_norms, bool)
             else f"track_layer_norms={self.track_layer_norms!r} must be a bool",
             *[_positive(n, v, k) for n, v, k in optional if v is not None],
         ]

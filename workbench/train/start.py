@@ -60,14 +60,18 @@ def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
     counts = train.trained_tokens()
     empty = np.flatnonzero(counts == 0)
     if len(empty) == len(train):
-        msg = ("no training example has a trained token (every label is -100 after the "
-               "shift): check the template's answer masking and max_length truncation.")
+        msg = (
+            "no training example has a trained token (every label is -100 after the "
+            "shift): check the template's answer masking and max_length truncation."
+        )
         raise DataError(msg)
     if not len(empty):
         return train, []
     shown = ", ".join(map(str, empty[:10].tolist())) + (" ..." if len(empty) > 10 else "")
-    text = (f"skipped {len(empty)} training example(s) with no trained token (rows {shown}): "
-            "their loss would be a silent 0.0. Often truncation cut the whole answer.")
+    text = (
+        f"skipped {len(empty)} training example(s) with no trained token (rows {shown}): "
+        "their loss would be a silent 0.0. Often truncation cut the whole answer."
+    )
     warnings.warn(text, WorkbenchWarning, stacklevel=3)
     record = LogRecord(kind="warning", step=0, epoch=0.0, message=text)
     return train.subset(np.flatnonzero(counts > 0)), [record]
@@ -77,11 +81,14 @@ def _check_inputs(spec: Any, validation: Examples | None, probes: Any) -> None:
     if not isinstance(spec, TrainSpec):
         raise SpecError(f"spec={spec!r} must be a TrainSpec(...).")
     if spec.early_stopping and validation is None:
-        msg = (f"early_stopping={spec.early_stopping} watches the eval loss, but no validation "
-               "data was given: pass validation data or early_stopping=None.")
+        msg = (
+            f"early_stopping={spec.early_stopping} watches the eval loss, but no validation "
+            "data was given: pass validation data or early_stopping=None."
+        )
         raise SpecError(msg)
-    if probes is not None and not (isinstance(probes, (list, tuple))
-                                   and all(isinstance(p, str) and p for p in probes)):
+    if probes is not None and not (
+        isinstance(probes, (list, tuple)) and all(isinstance(p, str) and p for p in probes)
+    ):
         raise SpecError(f"probes={probes!r} must be a list of non-empty prompt strings.")
 
 
@@ -92,10 +99,18 @@ def _pad_id(tokenizer: Any) -> int:
     return 0  # pragma: no cover - the loop always returns
 
 
-def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset: Any,
-              spec: TrainSpec, run_dir: str | Path, events: EventHub | None,
-              model_spec: dict[str, Any] | None, wait: bool,
-              probes: list[str] | None = None) -> Run:
+def start_run(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    validation_dataset: Any,
+    spec: TrainSpec,
+    run_dir: str | Path,
+    events: EventHub | None,
+    model_spec: dict[str, Any] | None,
+    wait: bool,
+    probes: list[str] | None = None,
+) -> Run:
     """Check everything, write the run folder, and start training on a background thread.
 
     Right after the folder is created, its :class:`~workbench.train.lock.RunLock` is taken
@@ -139,24 +154,31 @@ def start_run(model: Any, tokenizer: Any, train_dataset: Any, validation_dataset
     """
     run_dir = Path(run_dir)
     train = Examples.from_dataset(train_dataset, "train")
-    validation = (None if validation_dataset is None
-                  else Examples.from_dataset(validation_dataset, "validation"))
+    validation = (
+        None
+        if validation_dataset is None
+        else Examples.from_dataset(validation_dataset, "validation")
+    )
     _check_inputs(spec, validation, probes)
     check_model(model, spec)
     store.check_new_folder(run_dir)
     kept, notes = _drop_untrained(train)
     total = spec.total_steps(len(kept))
-    meta = {"version": 1, "spec": spec.to_dict(), "total_steps": total,
-            "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
-            "probes": list(probes or []), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "examples": {"train": len(train), "validation": len(validation or [])}}
+    meta = {
+        "version": 1,
+        "spec": spec.to_dict(),
+        "total_steps": total,
+        "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
+        "probes": list(probes or []),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "examples": {"train": len(train), "validation": len(validation or [])},
+    }
     store.create_run_folder(run_dir, meta, train, validation)
     with _released_on_error(RunLock(run_dir)) as lock:
         store.remove_partial_runs(run_dir)
         for note in notes:
             store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
-        run = _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, notes,
-                      lock)
+        run = _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, notes, lock)
     return _waited(run, wait)
 
 
@@ -175,17 +197,36 @@ def _released_on_error(lock: RunLock) -> Iterator[RunLock]:
         raise
 
 
-def _launch(run_dir: Path, events: EventHub | None, model: Any, tokenizer: Any,
-            train: Examples, validation: Examples | None, spec: TrainSpec,
-            meta: dict[str, Any], history: list[LogRecord], lock: RunLock,
-            probe_rows: list[dict[str, Any]] | None = None, checkpoint: Path | None = None,
-            ) -> Run:
+def _launch(
+    run_dir: Path,
+    events: EventHub | None,
+    model: Any,
+    tokenizer: Any,
+    train: Examples,
+    validation: Examples | None,
+    spec: TrainSpec,
+    meta: dict[str, Any],
+    history: list[LogRecord],
+    lock: RunLock,
+    probe_rows: list[dict[str, Any]] | None = None,
+    checkpoint: Path | None = None,
+) -> Run:
     model = wrap_model(model, spec)
     if spec.neftune_alpha:
         add_neftune(model, spec.neftune_alpha)
     loop = TrainLoop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
-    run = Run(run_dir, events or EventHub(), model, tokenizer, loop, spec, meta["probes"],
-              history, probe_rows or [], lock=lock)
+    run = Run(
+        run_dir,
+        events or EventHub(),
+        model,
+        tokenizer,
+        loop,
+        spec,
+        meta["probes"],
+        history,
+        probe_rows or [],
+        lock=lock,
+    )
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
     run.start()
@@ -204,8 +245,10 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
 
     model_spec = meta.get("model_spec") or {}
     if not model_spec.get("spec"):
-        msg = (f"{run_dir}/run.json names no model (model_spec.spec is empty): "
-               "load the base model with Session.load_model(...), then Session.resume(folder).")
+        msg = (
+            f"{run_dir}/run.json names no model (model_spec.spec is empty): "
+            "load the base model with Session.load_model(...), then Session.resume(folder)."
+        )
         raise SpecError(msg)
     options = {k: model_spec[k] for k in ("quantization", "dtype", "device") if model_spec.get(k)}
     loaded = load_model(model_spec["spec"], on_event=lambda _msg: None, **options)
@@ -225,8 +268,13 @@ def _probes_until(run_dir: Path, step: int) -> list[dict[str, Any]]:
     return rows
 
 
-def resume_run(run_dir: str | Path, events: EventHub | None = None, wait: bool = False,
-               model: Any = None, tokenizer: Any = None) -> Run:
+def resume_run(
+    run_dir: str | Path,
+    events: EventHub | None = None,
+    wait: bool = False,
+    model: Any = None,
+    tokenizer: Any = None,
+) -> Run:
     """Continue a run from its newest valid checkpoint to its planned step count.
 
     Works in a new process: the model is reloaded from ``run.json``'s model spec with
@@ -269,8 +317,14 @@ def resume_run(run_dir: str | Path, events: EventHub | None = None, wait: bool =
     return _waited(run, wait)
 
 
-def _resume_locked(run_dir: Path, meta: dict[str, Any], lock: RunLock, events: EventHub | None,
-                   model: Any, tokenizer: Any) -> Run:
+def _resume_locked(
+    run_dir: Path,
+    meta: dict[str, Any],
+    lock: RunLock,
+    events: EventHub | None,
+    model: Any,
+    tokenizer: Any,
+) -> Run:
     spec = TrainSpec.from_dict(meta["spec"])
     train = store.load_examples(run_dir, "train")
     if train is None:
@@ -286,24 +340,46 @@ def _resume_locked(run_dir: Path, meta: dict[str, Any], lock: RunLock, events: E
     history = _history_until(run_dir, json_step(checkpoint))
     history += _skipped_notes(run_dir, skipped, checkpoint, history)
     probe_rows = _probes_until(run_dir, json_step(checkpoint))
-    return _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, history,
-                   lock, probe_rows, checkpoint)
+    return _launch(
+        run_dir,
+        events,
+        model,
+        tokenizer,
+        kept,
+        validation,
+        spec,
+        meta,
+        history,
+        lock,
+        probe_rows,
+        checkpoint,
+    )
 
 
-def _skipped_notes(run_dir: Path, skipped: list[tuple[Path, str]], checkpoint: Path | None,
-                   history: list[LogRecord]) -> list[LogRecord]:
+def _skipped_notes(
+    run_dir: Path,
+    skipped: list[tuple[Path, str]],
+    checkpoint: Path | None,
+    history: list[LogRecord],
+) -> list[LogRecord]:
     """Warn about each damaged checkpoint skipped, and log it in the run's history."""
     if checkpoint is None:
-        then = ("no valid checkpoint is left, so the run restarts from step 0 (same seed and "
-                "data order)")
+        then = (
+            "no valid checkpoint is left, so the run restarts from step 0 (same seed and "
+            "data order)"
+        )
     else:
         then = f"resuming from {checkpoint.name}, the newest valid checkpoint"
     notes = []
     for path, reason in skipped:
         text = f"skipped damaged checkpoint {path.name} of {run_dir} ({reason}); {then}."
         warnings.warn(text, WorkbenchWarning, stacklevel=4)  # the caller of resume_run
-        note = LogRecord(kind="warning", step=json_step(checkpoint),
-                         epoch=history[-1].epoch if history else 0.0, message=text)
+        note = LogRecord(
+            kind="warning",
+            step=json_step(checkpoint),
+            epoch=history[-1].epoch if history else 0.0,
+            message=text,
+        )
         store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
         notes.append(note)
     return notes

@@ -33,9 +33,21 @@ from workbench._io import append_jsonl, atomic_write_text, read_jsonl, rewrite_j
 from workbench.errors import SpecError
 from workbench.train.batches import Examples
 
-__all__ = ["HISTORY", "PROBES", "RUN_FILE", "STATUS", "append_jsonl", "check_new_folder",
-           "create_run_folder", "load_examples", "read_jsonl", "read_meta",
-           "remove_partial_runs", "rewrite_jsonl", "write_status"]
+__all__ = [
+    "HISTORY",
+    "PROBES",
+    "RUN_FILE",
+    "STATUS",
+    "append_jsonl",
+    "check_new_folder",
+    "create_run_folder",
+    "load_examples",
+    "read_jsonl",
+    "read_meta",
+    "remove_partial_runs",
+    "rewrite_jsonl",
+    "write_status",
+]
 
 RUN_FILE, HISTORY, PROBES, STATUS = "run.json", "history.jsonl", "probes.jsonl", "status.json"
 
@@ -47,8 +59,10 @@ def check_new_folder(run_dir: Path) -> None:
         >>> check_new_folder(Path("/nonexistent-new-run"))
     """
     if (run_dir / RUN_FILE).exists():
-        msg = (f"{run_dir} already holds a training run: continue it with "
-               "Session.resume(folder), or start a new run in another folder.")
+        msg = (
+            f"{run_dir} already holds a training run: continue it with "
+            "Session.resume(folder), or start a new run in another folder."
+        )
         raise SpecError(msg)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise SpecError(f"{run_dir} exists and is not an empty folder; give a new run folder.")
@@ -58,8 +72,12 @@ def _save_examples(examples: Examples, folder: Path) -> None:
     from datasets import Dataset
     from datasets.utils import logging as ds_logging
 
-    data = Dataset.from_dict({"input_ids": [a.tolist() for a in examples.input_ids],
-                              "labels": [a.tolist() for a in examples.labels]})
+    data = Dataset.from_dict(
+        {
+            "input_ids": [a.tolist() for a in examples.input_ids],
+            "labels": [a.tolist() for a in examples.labels],
+        }
+    )
     was_enabled = ds_logging.is_progress_bar_enabled()
     ds_logging.disable_progress_bar()  # nothing may print into the user's current cell
     try:
@@ -69,8 +87,9 @@ def _save_examples(examples: Examples, folder: Path) -> None:
             ds_logging.enable_progress_bar()
 
 
-def create_run_folder(run_dir: Path, meta: dict[str, Any], train: Examples,
-                      validation: Examples | None) -> Path:
+def create_run_folder(
+    run_dir: Path, meta: dict[str, Any], train: Examples, validation: Examples | None
+) -> Path:
     """Write ``run.json`` and the tokenized data, all at once (temporary folder + rename).
 
     Examples:
@@ -122,8 +141,10 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
     """
     path = Path(run_dir) / RUN_FILE
     if not path.is_file():
-        msg = (f"{run_dir} holds no training run (no run.json). Give the folder that "
-               "a training run wrote (it holds run.json, data/ and checkpoints/).")
+        msg = (
+            f"{run_dir} holds no training run (no run.json). Give the folder that "
+            "a training run wrote (it holds run.json, data/ and checkpoints/)."
+        )
         raise SpecError(msg)
     try:
         return json.loads(path.read_text())

@@ -48,8 +48,10 @@ def checkpoint_note(checkpoint: Path | None) -> str:
     """
     if checkpoint is None:
         return "No checkpoint was written before this, so the run cannot be resumed from one."
-    return (f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
-            "goes on from it.")
+    return (
+        f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
+        "goes on from it."
+    )
 
 
 class Worker:
@@ -98,9 +100,12 @@ class Worker:
         except WorkbenchError as err:
             self._fail(err)
         except OSError as err:  # e.g. the run folder was deleted while it trained
-            self._fail(TrainingError(
-                f"cannot write to the run folder {self.run.run_dir} ({err}). The model in "
-                "memory is intact: generate, evaluate and export still work."))
+            self._fail(
+                TrainingError(
+                    f"cannot write to the run folder {self.run.run_dir} ({err}). The model in "
+                    "memory is intact: generate, evaluate and export still work."
+                )
+            )
         except Exception as err:  # any bug must end the run visibly, not kill the thread
             logger.exception("training run %s failed", self.run.run_dir)
             self._fail(TrainingError(f"training failed: {type(err).__name__}: {err}"))
@@ -209,8 +214,16 @@ class Worker:
         try:
             eval_loss = loop.evaluate()
             if eval_loss is not None:
-                run._log(self, LogRecord(kind="eval", step=loop.step, epoch=round(loop.epoch, 4),
-                                         eval_loss=eval_loss, elapsed=loop.elapsed))
+                run._log(
+                    self,
+                    LogRecord(
+                        kind="eval",
+                        step=loop.step,
+                        epoch=round(loop.epoch, 4),
+                        eval_loss=eval_loss,
+                        elapsed=loop.elapsed,
+                    ),
+                )
             if run.probes:
                 self._probe_step()
         finally:
@@ -237,8 +250,14 @@ class Worker:
             'step-00000002'
         """
         run = self.run
-        path = save_checkpoint(run.run_dir, run.model, self.loop.optimizer, self.loop.scheduler,
-                               run.checkpoint_state(), self.spec.keep_checkpoints)
+        path = save_checkpoint(
+            run.run_dir,
+            run.model,
+            self.loop.optimizer,
+            self.loop.scheduler,
+            run.checkpoint_state(),
+            self.spec.keep_checkpoints,
+        )
         run._saved_step = self.loop.step
         run._checkpoint_saved(self, path)
         return path
@@ -247,8 +266,12 @@ class Worker:
         from workbench.models.generation import generate_text
 
         self.run.model.train(False)
-        return generate_text(self.run.model, self.run.tokenizer, self.run.probes,
-                             max_new_tokens=self.spec.probe_max_new_tokens)
+        return generate_text(
+            self.run.model,
+            self.run.tokenizer,
+            self.run.probes,
+            max_new_tokens=self.spec.probe_max_new_tokens,
+        )
 
     def _base_probes(self) -> None:
         import torch
@@ -275,8 +298,12 @@ class Worker:
         grads, run._grad_norms = run._grad_norms, None
         if grads is None or run._norm_groups is None:
             return
-        record = {"step": self.loop.step, "layers": list(run._norm_groups),
-                  "weight": group_norms(run._norm_groups, "weight"), "grad": grads}
+        record = {
+            "step": self.loop.step,
+            "layers": list(run._norm_groups),
+            "weight": group_norms(run._norm_groups, "weight"),
+            "grad": grads,
+        }
         run._publish_layer_norms(self, record)
 
     # -- collapse ---------------------------------------------------------------------------
@@ -284,23 +311,36 @@ class Worker:
         """Fail the run when its output no longer depends on the input (see CollapseCheck)."""
         verdict = self.collapse.update(record.loss, self._output_is_constant)
         if verdict == "warn":
-            self.run._log(self, LogRecord(kind="warning", step=record.step, epoch=record.epoch,
-                                          message=self.collapse.warning))
+            self.run._log(
+                self,
+                LogRecord(
+                    kind="warning",
+                    step=record.step,
+                    epoch=record.epoch,
+                    message=self.collapse.warning,
+                ),
+            )
         if verdict not in ("collapsed", "diverged"):
             return False
         uniform = self.collapse.uniform_loss
         if verdict == "collapsed":
-            what = (f"collapsed at step {record.step}: the loss sits at ln(vocabulary) = "
-                    f"{uniform:.3f} and the model gives the same output for every input, so it "
-                    "can only generate noise or nothing")
+            what = (
+                f"collapsed at step {record.step}: the loss sits at ln(vocabulary) = "
+                f"{uniform:.3f} and the model gives the same output for every input, so it "
+                "can only generate noise or nothing"
+            )
         else:
             start = self.collapse.start_loss
-            what = (f"diverged at step {record.step}: the loss rose from {start:.3f} at the "
-                    f"start to {record.loss:.3f}, worse than guessing every token "
-                    f"(ln(vocabulary) = {uniform:.3f}), and stayed there")
-        msg = (f"the run {what}. lr={self.spec.lr:g} is probably far too high for this method: "
-               "try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, and keep max_grad_norm "
-               "set.")
+            what = (
+                f"diverged at step {record.step}: the loss rose from {start:.3f} at the "
+                f"start to {record.loss:.3f}, worse than guessing every token "
+                f"(ln(vocabulary) = {uniform:.3f}), and stayed there"
+            )
+        msg = (
+            f"the run {what}. lr={self.spec.lr:g} is probably far too high for this method: "
+            "try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, and keep max_grad_norm "
+            "set."
+        )
         self._fail(TrainingError(msg))
         return True
 

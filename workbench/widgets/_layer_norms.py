@@ -63,8 +63,9 @@ class LayerNormHeatmap:
     def _figure() -> Any:
         import plotly.graph_objects as go
 
-        fig = go.FigureWidget(go.Heatmap(x=[], y=[], z=[], colorscale="Viridis",
-                                         colorbar={"title": {"text": "grad"}}))
+        fig = go.FigureWidget(
+            go.Heatmap(x=[], y=[], z=[], colorscale="Viridis", colorbar={"title": {"text": "grad"}})
+        )
         fig.update_layout(height=260, margin={"l": 50, "r": 50, "t": 20, "b": 40})
         fig.update_xaxes(title_text="step")
         fig.update_yaxes(title_text="block", dtick=1)
@@ -98,7 +99,7 @@ class LayerNormHeatmap:
             ([1.0, 2.0, 3.0], [0, 1], (2, 3))
         """
         with self._lock:
-            records = self._records[-self.max_columns:]
+            records = self._records[-self.max_columns :]
         layers = list(records[-1]["layers"]) if records else []
         records = [r for r in records if list(r["layers"]) == layers]
         steps = np.asarray([r["step"] for r in records], dtype=np.float64)

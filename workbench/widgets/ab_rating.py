@@ -55,8 +55,9 @@ class ABRating:
         ('tie', '<b>all rated</b>', True)
     """
 
-    def __init__(self, evaluation: Any, seed: int = 0,
-                 on_rated: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self, evaluation: Any, seed: int = 0, on_rated: Callable[[Any], Any] | None = None
+    ) -> None:
         self.rater = evaluation.rater(seed)
         self.on_rated = on_rated
         self.current_row: int | None = None
@@ -70,14 +71,19 @@ class ABRating:
         self.a_button = w.Button(description="A better")
         self.b_button = w.Button(description="B better")
         self.tie_button = w.Button(description="tie")
-        self.score = w.Dropdown(options=[("no score", None), *[(str(i), i) for i in range(1, 6)]],
-                                value=None, description="score 1-5")
+        self.score = w.Dropdown(
+            options=[("no score", None), *[(str(i), i) for i in range(1, 6)]],
+            value=None,
+            description="score 1-5",
+        )
         self.comment = w.Textarea(placeholder="comment (optional)")
-        answers = w.HBox([w.VBox([w.HTML("<b>A</b>"), self.a_html]),
-                          w.VBox([w.HTML("<b>B</b>"), self.b_html])])
+        answers = w.HBox(
+            [w.VBox([w.HTML("<b>A</b>"), self.a_html]), w.VBox([w.HTML("<b>B</b>"), self.b_html])]
+        )
         buttons = w.HBox([self.a_button, self.b_button, self.tie_button])
-        self.widget = w.VBox([self.progress, self.prompt_html, answers, buttons,
-                              w.HBox([self.score, self.comment])])
+        self.widget = w.VBox(
+            [self.progress, self.prompt_html, answers, buttons, w.HBox([self.score, self.comment])]
+        )
         self.widget.add_class("wb-ab-rating")  # a stable hook for browser tests
 
     def _connect(self) -> None:

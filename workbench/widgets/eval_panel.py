@@ -37,8 +37,10 @@ from workbench.widgets._html import escape, pre, shorten, table
 __all__ = ["EvalPanel", "diff_html", "token_loss_html"]
 
 _BOX = "font-family:monospace;white-space:pre-wrap;line-height:1.6;"
-_MARK = {"delete": "background:#f8c8c8;text-decoration:line-through;",
-         "insert": "background:#c8f0c8;"}
+_MARK = {
+    "delete": "background:#f8c8c8;text-decoration:line-through;",
+    "insert": "background:#c8f0c8;",
+}
 LOSS_SCALE = 6.0  # a token with NLL >= this is shaded fully (about 1/400 probability)
 
 
@@ -123,22 +125,32 @@ class EvalPanel:
     def _build_widgets(self) -> None:
         ev = self.evaluation
         self.scores_html, self.figure = w.HTML(), self._figure()
-        self.sort_key = w.Dropdown(options=ev.sort_keys(), value=self._default_key(),
-                                   description="sort by")
+        self.sort_key = w.Dropdown(
+            options=ev.sort_keys(), value=self._default_key(), description="sort by"
+        )
         self.descending = w.Checkbox(value=True, description="largest first")
         self.rows_select = w.Select(options=[], rows=12, layout=w.Layout(width="100%"))
         self.detail_html = w.HTML()
         self.token_column = w.ToggleButtons(options=list(ev.columns), value=ev.columns[-1])
-        self.token_row = w.BoundedIntText(value=0, min=0, max=max(len(ev.rows) - 1, 0),
-                                          description="example")
+        self.token_row = w.BoundedIntText(
+            value=0, min=0, max=max(len(ev.rows) - 1, 0), description="example"
+        )
         self.tokens_html, self.probes_html, self.ratings_html = w.HTML(), w.HTML(), w.HTML()
         self.ab_box = w.VBox()
-        examples = w.VBox([w.HBox([self.sort_key, self.descending]), self.rows_select,
-                           self.detail_html])
+        examples = w.VBox(
+            [w.HBox([self.sort_key, self.descending]), self.rows_select, self.detail_html]
+        )
         tokens = w.VBox([w.HBox([self.token_row, self.token_column]), self.tokens_html])
-        self.tabs = w.Tab(children=[w.VBox([self.scores_html, self.figure]), examples, tokens,
-                                    self.probes_html, w.VBox([self.ratings_html, self.ab_box])],
-                          titles=["Scores", "Examples", "Tokens", "Probes", "Human eval"])
+        self.tabs = w.Tab(
+            children=[
+                w.VBox([self.scores_html, self.figure]),
+                examples,
+                tokens,
+                self.probes_html,
+                w.VBox([self.ratings_html, self.ab_box]),
+            ],
+            titles=["Scores", "Examples", "Tokens", "Probes", "Human eval"],
+        )
         self.widget = w.VBox([self.tabs])
         self.widget.add_class("wb-eval-panel")  # a stable hook for browser tests
 
@@ -146,8 +158,12 @@ class EvalPanel:
         import plotly.graph_objects as go
 
         fig = go.FigureWidget()
-        fig.update_layout(height=300, barmode="group", margin=dict(l=40, r=10, t=30, b=40),
-                          title="base vs tuned (95% bootstrap interval)")
+        fig.update_layout(
+            height=300,
+            barmode="group",
+            margin=dict(l=40, r=10, t=30, b=40),
+            title="base vs tuned (95% bootstrap interval)",
+        )
         return fig
 
     def _connect(self) -> None:
@@ -274,8 +290,10 @@ class EvalPanel:
         if not probes:
             self.probes_html.value = "<i>no probe prompts were recorded in training</i>"
             return
-        rows = [[p.get("step"), p.get("prompt", ""), p.get("output", ""), p.get("base") or ""]
-                for p in sorted(probes, key=lambda p: (str(p.get("prompt")), p.get("step") or 0))]
+        rows = [
+            [p.get("step"), p.get("prompt", ""), p.get("output", ""), p.get("base") or ""]
+            for p in sorted(probes, key=lambda p: (str(p.get("prompt")), p.get("step") or 0))
+        ]
         self.probes_html.value = table(["step", "prompt", "output", "base"], rows)
 
     def refresh_ratings(self, _rating: Any = None) -> str:

@@ -118,13 +118,14 @@ class TrainingMonitor:
         'grad'
     """
 
-    def __init__(self, run: Any = None, min_interval: float = MIN_INTERVAL,
-                 teaching: bool = False) -> None:
+    def __init__(
+        self, run: Any = None, min_interval: float = MIN_INTERVAL, teaching: bool = False
+    ) -> None:
         self.run, self.min_interval, self.teaching = run, min_interval, teaching
         self._lock = threading.RLock()
-        self._data: dict[str, list[float]] = {k: [] for k in
-                                               ("step", "loss", "smoothed", "lr", "grad_norm",
-                                                "eval_step", "eval_loss")}
+        self._data: dict[str, list[float]] = {
+            k: [] for k in ("step", "loss", "smoothed", "lr", "grad_norm", "eval_step", "eval_loss")
+        }
         self._ema = (0.0, 0)
         self._status: Any = run.status if run is not None else None
         self._probes: dict[str, Any] = {"prompts": [], "base": [], "rows": []}
@@ -159,15 +160,17 @@ class TrainingMonitor:
         run_dir = Path(run_dir)
         meta = store.read_meta(run_dir)
         status_file = run_dir / store.STATUS
-        data = (json.loads(status_file.read_text()) if status_file.is_file()
-                else {"total_steps": meta["total_steps"], "run_dir": str(run_dir)})
+        data = (
+            json.loads(status_file.read_text())
+            if status_file.is_file()
+            else {"total_steps": meta["total_steps"], "run_dir": str(run_dir)}
+        )
         rows = store.read_jsonl(run_dir / store.PROBES)
         base = next((r["outputs"] for r in rows if r.get("base")), [])
         history = [LogRecord.from_dict(r) for r in store.read_jsonl(run_dir / store.HISTORY)]
         monitor = cls(None)
         monitor._status = RunStatus.from_dict(data)
-        monitor._load(history, meta.get("probes", []), base,
-                      [r for r in rows if not r.get("base")])
+        monitor._load(history, meta.get("probes", []), base, [r for r in rows if not r.get("base")])
         monitor.refresh()
         return monitor
 
@@ -180,8 +183,11 @@ class TrainingMonitor:
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger")
         self.eval_button = w.Button(description="Evaluate now")
         self.save_button = w.Button(description="Save now")
-        self.step_button = w.Button(description="Single step", icon="step-forward",
-                                    tooltip="one optimizer step, then pause again")
+        self.step_button = w.Button(
+            description="Single step",
+            icon="step-forward",
+            tooltip="one optimizer step, then pause again",
+        )
         self.probes_html = w.HTML()
         self.pause_button.on_click(self._on_pause)
         self.resume_button.on_click(self._on_resume)
@@ -189,8 +195,13 @@ class TrainingMonitor:
         self.eval_button.on_click(self._on_evaluate)
         self.save_button.on_click(self._on_save)
         self.step_button.on_click(self._on_step)
-        buttons = [self.pause_button, self.resume_button, self.stop_button, self.eval_button,
-                   self.save_button]
+        buttons = [
+            self.pause_button,
+            self.resume_button,
+            self.stop_button,
+            self.eval_button,
+            self.save_button,
+        ]
         self.heatmap = self._teaching_heatmap()
         plots = [self.figure]
         if self.heatmap is not None:
@@ -204,13 +215,18 @@ class TrainingMonitor:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35],
-                            vertical_spacing=0.06, specs=[[{}], [{"secondary_y": True}]])
+        fig = make_subplots(
+            rows=2,
+            cols=1,
+            shared_xaxes=True,
+            row_heights=[0.65, 0.35],
+            vertical_spacing=0.06,
+            specs=[[{}], [{"secondary_y": True}]],
+        )
         line = {"mode": "lines", "x": [], "y": []}
         fig.add_trace(go.Scatter(name="train loss", opacity=0.35, **line), row=1, col=1)
         fig.add_trace(go.Scatter(name="train loss (smoothed)", **line), row=1, col=1)
-        fig.add_trace(go.Scatter(name="eval loss", x=[], y=[], mode="lines+markers"),
-                      row=1, col=1)
+        fig.add_trace(go.Scatter(name="eval loss", x=[], y=[], mode="lines+markers"), row=1, col=1)
         fig.add_trace(go.Scatter(name="learning rate", **line), row=2, col=1)
         fig.add_trace(go.Scatter(name="grad norm", **line), row=2, col=1, secondary_y=True)
         fig.update_layout(height=420, margin={"l": 50, "r": 50, "t": 20, "b": 40})
@@ -228,9 +244,11 @@ class TrainingMonitor:
         return LayerNormHeatmap()
 
     def _subscribe(self, events: Any) -> None:
-        self._unsubscribe = [events.on(TRAIN_LOG, self._on_log),
-                             events.on(TRAIN_STATE, self._on_state),
-                             events.on(TRAIN_PROBES, self._on_probes)]
+        self._unsubscribe = [
+            events.on(TRAIN_LOG, self._on_log),
+            events.on(TRAIN_STATE, self._on_state),
+            events.on(TRAIN_PROBES, self._on_probes),
+        ]
         if self.heatmap is not None:
             self._unsubscribe.append(events.on(TRAIN_LAYER_NORMS, self._on_layer_norms))
 
@@ -280,8 +298,12 @@ class TrainingMonitor:
     def _on_layer_norms(self, payload: TrainLayerNorms) -> None:
         if not self._mine(payload):
             return
-        record = {"step": payload.step, "layers": list(payload.layers),
-                  "weight": list(payload.weight), "grad": list(payload.grad)}
+        record = {
+            "step": payload.step,
+            "layers": list(payload.layers),
+            "weight": list(payload.weight),
+            "grad": list(payload.grad),
+        }
         with self._lock:  # __init__ loads the run's earlier records under this lock
             added = self.heatmap.add(record)
         if added:
@@ -308,7 +330,8 @@ class TrainingMonitor:
                 data["smoothed"].append(ema / (1 - SMOOTHING**n))
                 data["lr"].append(record.lr if record.lr is not None else math.nan)
                 data["grad_norm"].append(
-                    record.grad_norm if record.grad_norm is not None else math.nan)
+                    record.grad_norm if record.grad_norm is not None else math.nan
+                )
             elif record.kind == "eval" and record.eval_loss is not None:
                 data["eval_step"].append(record.step)
                 data["eval_loss"].append(record.eval_loss)
@@ -319,8 +342,9 @@ class TrainingMonitor:
         if not payload.base:
             self._probes["rows"].append({"step": payload.step, "outputs": list(payload.outputs)})
 
-    def _load(self, history: list[Any], prompts: list[str], base: list[str],
-              rows: list[dict[str, Any]]) -> None:
+    def _load(
+        self, history: list[Any], prompts: list[str], base: list[str], rows: list[dict[str, Any]]
+    ) -> None:
         with self._lock:
             self._probes = {"prompts": list(prompts), "base": list(base), "rows": list(rows)}
             for record in history:
@@ -384,8 +408,11 @@ class TrainingMonitor:
         self.pause_button.disabled = not live or state == "paused" or pausing or stepping
         self.step_button.disabled = state != "paused" or self.run is None or stepping
         self.pause_button.description = "Pausing…" if pausing else "Pause"
-        can_resume = state == "paused" or (state == "stopped" and self.run is not None
-                                           and self._status.step < self._status.total_steps)
+        can_resume = state == "paused" or (
+            state == "stopped"
+            and self.run is not None
+            and self._status.step < self._status.total_steps
+        )
         self.resume_button.disabled = not can_resume
         self.stop_button.disabled = not live
         self.eval_button.disabled = self.save_button.disabled = not live
@@ -404,9 +431,15 @@ class TrainingMonitor:
         if s is None:
             return "no run"
         rate = f"{s.tokens_per_s:,.0f} tok/s" if s.tokens_per_s else "- tok/s"
-        parts = [s.state.value, f"step {s.step}/{s.total_steps}", f"epoch {s.epoch:.2f}",
-                 rate, f"elapsed {_clock(s.elapsed)}", f"ETA {_clock(s.eta)}",
-                 f"memory {_memory(s.memory)}"]
+        parts = [
+            s.state.value,
+            f"step {s.step}/{s.total_steps}",
+            f"epoch {s.epoch:.2f}",
+            rate,
+            f"elapsed {_clock(s.elapsed)}",
+            f"ETA {_clock(s.eta)}",
+            f"memory {_memory(s.memory)}",
+        ]
         if s.loss is not None:
             parts.insert(3, f"loss {s.loss:.4f}")
         if s.eval_loss is not None:
@@ -446,8 +479,12 @@ class TrainingMonitor:
         with self._lock:
             steps = list(zip(self._data["step"], self._data["loss"], strict=True))[-last:]
         total = self._status.total_steps if self._status is not None else None
-        lines = [format_record(LogRecord(kind="train", step=int(s), epoch=math.nan, loss=loss),
-                               total).replace("  epoch nan", "") for s, loss in steps]
+        lines = [
+            format_record(
+                LogRecord(kind="train", step=int(s), epoch=math.nan, loss=loss), total
+            ).replace("  epoch nan", "")
+            for s, loss in steps
+        ]
         return "\n".join([self.status_text(), *lines])
 
     def close(self) -> None:

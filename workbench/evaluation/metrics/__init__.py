@@ -214,4 +214,3 @@ def _register_builtins() -> None:
 
 
 _register_builtins()
-

@@ -157,8 +157,10 @@ def _compute(module: Any, name: str, column: Column, options: dict, where: str) 
 
 def _headline(name: str, key: str | None, result: dict, where: str) -> float:
     if key is None:
-        key = name if name in result else next(
-            (k for k, v in result.items() if isinstance(v, Real)), None
+        key = (
+            name
+            if name in result
+            else next((k for k, v in result.items() if isinstance(v, Real)), None)
         )
     if key not in result:
         msg = f"metric {name!r} returned no number on {where} (got keys {sorted(result)})"

@@ -57,9 +57,7 @@ class Bleu(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
-                datasets.Features(
-                    {"predictions": string, "references": datasets.Sequence(string)}
-                ),
+                datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
                 datasets.Features({"predictions": string, "references": string}),
             ],
         )

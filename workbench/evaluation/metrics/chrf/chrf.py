@@ -53,9 +53,7 @@ class ChrF(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
-                datasets.Features(
-                    {"predictions": string, "references": datasets.Sequence(string)}
-                ),
+                datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
                 datasets.Features({"predictions": string, "references": string}),
             ],
         )

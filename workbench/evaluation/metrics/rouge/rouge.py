@@ -54,9 +54,7 @@ class Rouge(evaluate.Metric):
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
             features=[
-                datasets.Features(
-                    {"predictions": string, "references": datasets.Sequence(string)}
-                ),
+                datasets.Features({"predictions": string, "references": datasets.Sequence(string)}),
                 datasets.Features({"predictions": string, "references": string}),
             ],
         )
