@@ -19,6 +19,15 @@ REFS = ["the cat is on the mat", "hello there", "nothing here", "the quick brown
 INDICES = resample_indices(len(PREDS), 300, seed=0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_metric_registry():
+    """Metrics a test registers must not leak into later tests (or the docstring examples)."""
+    saved = dict(METRICS)
+    yield
+    METRICS.clear()
+    METRICS.update(saved)
+
+
 def _idx(n):
     return resample_indices(n, 50, seed=0)
 

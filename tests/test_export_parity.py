@@ -97,3 +97,17 @@ def test_a_template_that_renders_differently_is_caught(tmp_path, tiny_model_dir)
     report = check_gguf(folder, s.model, s.tokenizer, "alpaca", conversations)
     assert report.same_count == 0
     assert all(c.first_difference.startswith("prompt token") for c in report.cases)
+
+
+@pytest.mark.llama_cpp
+def test_a_base_model_without_chat_template_is_checked_on_plain_prompts(tmp_path):
+    needs_llama_cpp()
+    from workbench.models.tiny import build_tiny_model
+
+    model_dir = build_tiny_model(tmp_path / "plain", "llama", chat_template=False)
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(model_dir))
+    folder = s.export("export/gguf", format="gguf")  # no data, no template: must not fail
+    saved = json.loads((folder / CHECK_FILE).read_text())
+    assert [c["name"] for c in saved["cases"]] == ["probe 1", "probe 2"]
+    assert saved["same"] == 2

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import NoDataError, NoModelError, SessionStateError
+from workbench.errors import NoDataError, NoModelError, SessionStateError, WorkbenchError
 from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
@@ -742,7 +742,10 @@ class Session:
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
         self._progress(f"exported {format} to {folder}")
         if format == "gguf" and _llama_cpp_available():
-            self.check_export(folder)
+            try:
+                self.check_export(folder)
+            except WorkbenchError as err:  # the export stands; say why it was not checked
+                self._progress(f"export check not run: {err}")
         return folder
 
     def check_export(
@@ -775,12 +778,16 @@ class Session:
 
         self._check_run_allows("check_export")
         gguf = gguf_path_of(export_target(self.run_dir, path))
-        conversations = conversations_of(self._data, limit) or [
-            (f"message {i + 1}", [{"role": "user", "content": text}])
-            for i, text in enumerate(_DEFAULT_MESSAGES)
-        ]
-        probes = self._run.probes if self._run is not None else []
-        raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes[:limit])]
+        probes = list(self._run.probes if self._run is not None else [])[:limit]
+        conversations = conversations_of(self._data, limit)
+        if not conversations and self.tokenizer.chat_template:
+            conversations = [
+                (f"message {i + 1}", [{"role": "user", "content": text}])
+                for i, text in enumerate(_DEFAULT_MESSAGES)
+            ]
+        elif not conversations:  # a base model without a chat template: plain completions
+            probes = probes or list(_DEFAULT_MESSAGES)
+        raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes)]
         template = self._data.template if self._data is not None else None
         report = check_gguf(
             gguf, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
