@@ -266,12 +266,11 @@ def verify_manifest(folder: str | Path, name: str, hashes: bool = True) -> str |
     """
     path = Path(folder) / name
     if not path.is_file():
-        return f"no {name}"
+        return "no manifest"
     try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        expected = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        return f"unreadable {name} ({type(err).__name__}: {err})"
+        expected = _manifest_files(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        return f"unreadable manifest ({err})"
     for rel, (size, digest) in expected.items():
         file = Path(folder) / rel
         if not file.is_file():
@@ -281,6 +280,30 @@ def verify_manifest(folder: str | Path, name: str, hashes: bool = True) -> str |
         if hashes and sha256_file(file) != digest:
             return f"{rel} does not match its SHA-256"
     return None
+
+
+def _manifest_files(manifest: object) -> dict[str, tuple[int, str]]:
+    """``{relative path: (size, sha256)}`` from a parsed manifest; raises if it has another shape.
+
+    A manifest is valid JSON of the wrong shape when a tool or a person rewrote it; it must
+    read as damaged (and the folder be rebuilt or skipped), never as a TypeError on every load.
+    """
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise TypeError("expected an object with a 'files' object")
+    files = {}
+    for name, facts in manifest["files"].items():
+        parts = str(name).replace("\\", "/").split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"file name {name!r} is not a plain relative path")
+        if not isinstance(facts, dict):
+            raise TypeError(f"entry {name!r} is not an object with size and sha256")
+        size, digest = facts.get("size"), facts.get("sha256")
+        if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
+            raise TypeError(f"entry {name!r} needs an int size and a sha256 string")
+        files[name] = (size, digest)
+    if not files:
+        raise ValueError("it lists no files")
+    return files
 
 
 def _end_torn_line(path: Path) -> None:

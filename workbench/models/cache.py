@@ -23,13 +23,12 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from workbench._io import sha256_file, staging_folder
+from workbench._io import staging_folder, verify_manifest, write_manifest
 from workbench.errors import CacheError
 
 __all__ = ["MANIFEST", "cache_root", "cached_folder", "verify_entry"]
@@ -62,55 +61,7 @@ def verify_entry(folder: Path) -> str | None:
         >>> verify_entry(Path("/nonexistent-entry"))
         'no manifest'
     """
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
-        return "no manifest"
-    try:
-        files = _manifest_files(json.loads(manifest_path.read_text(encoding="utf-8")))
-    except (ValueError, KeyError, TypeError) as err:
-        return f"unreadable manifest ({err})"
-    for name, (size, digest) in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, expected {size}"
-        if sha256_file(path) != digest:
-            return f"{name} does not match its SHA-256"
-    return None
-
-
-def _manifest_files(manifest: object) -> dict[str, tuple[int, str]]:
-    """``{file name: (size, sha256)}`` from a parsed manifest; raises if it has another shape.
-
-    A manifest is valid JSON of the wrong shape when a tool or a person rewrote it; it must
-    read as damaged (and the entry be rebuilt), never as a TypeError on every load.
-    """
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        raise TypeError("expected an object with a 'files' object")
-    files = {}
-    for name, facts in manifest["files"].items():
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise ValueError(f"file name {name!r} is not a plain file name")
-        if not isinstance(facts, dict):
-            raise TypeError(f"entry {name!r} is not an object with size and sha256")
-        size, digest = facts.get("size"), facts.get("sha256")
-        if isinstance(size, bool) or not isinstance(size, int) or not isinstance(digest, str):
-            raise TypeError(f"entry {name!r} needs an int size and a sha256 string")
-        files[name] = (size, digest)
-    if not files:
-        raise ValueError("it lists no files")
-    return files
-
-
-def _write_manifest(folder: Path, source: dict) -> None:
-    files = {
-        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in sorted(folder.iterdir())
-        if p.is_file()
-    }
-    text = json.dumps({"source": source, "files": files}, indent=2)
-    (folder / MANIFEST).write_text(text, encoding="utf-8")
+    return verify_manifest(folder, MANIFEST)
 
 
 def cached_folder(
@@ -163,5 +114,5 @@ def cached_folder(
             shutil.rmtree(folder)
         with staging_folder(folder) as tmp:
             build(tmp)
-            _write_manifest(tmp, source)
+            write_manifest(tmp, MANIFEST, {"source": source})
     return folder
