@@ -17,6 +17,10 @@ the file that loads it. Loads may nest.
 A source with cells tagged ``exercise`` and ``solution`` is a workshop exercise. It builds
 two notebooks: ``NAME.ipynb`` for participants keeps the ``exercise`` cells (the gaps to
 fill in, ``...``) and drops the ``solution`` cells; ``NAME_solution.ipynb`` does the reverse.
+The participants' copy also gets a cell right after its parameters that turns on
+:func:`workbench.exercises.enable_gap_check`: a cell still holding a gap then stops with one
+line saying what to fill in (an ``ExerciseGap`` error, so *Run All* stops there) instead of a
+library's traceback.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ METADATA = {
 }
 LOAD = re.compile(r"^(?:# )?%load (\S+)$", re.MULTILINE)  # jupytext reads `# %load` as `%load`
 VARIANT_TAGS = ("exercise", "solution")
+# Added after the parameters cell of every participants' copy (see the module docstring).
+GAP_CHECK = """\
+from workbench.exercises import enable_gap_check
+
+enable_gap_check()  # from here on, a cell with a gap (`...`) stops and says what to fill in"""
 
 
 def expand(text: str, base: Path) -> str:
@@ -72,6 +81,10 @@ def build(source: Path, variant: str | None = None) -> tuple[str, nbformat.Noteb
             out.metadata["tags"] = tags
         out["id"] = f"{stem}-{len(nb.cells):02d}"
         nb.cells.append(out)
+        if variant == "exercise" and "parameters" in tags:
+            check = new_code_cell(GAP_CHECK)
+            check["id"] = f"{stem}-{len(nb.cells):02d}"
+            nb.cells.append(check)
     nbformat.validate(nb)
     return f"{rel}.ipynb", nb
 

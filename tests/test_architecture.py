@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "workbench"
-SHARED = {"errors", "types", "events", "_io", "_display"}
+SHARED = {"errors", "types", "events", "_io", "_display", "_quiet"}
 
 
 def part_of(path: Path) -> str:
@@ -38,12 +38,12 @@ FORBIDDEN = [
     ("widgets", {"session"}, "a panel views an object, it does not decide"),
     (
         "models",
-        {"session", "cli", "report", "data", "train", "evaluation", "deploy"},
+        {"session", "cli", "report", "data", "train", "evaluation", "deploy", "diagnostics"},
         "models/ sits below everything",
     ),
     (
         "data",
-        {"session", "cli", "report", "models", "train", "evaluation", "deploy"},
+        {"session", "cli", "report", "models", "train", "evaluation", "deploy", "diagnostics"},
         "data/ needs a tokenizer, not the other parts",
     ),
     (
@@ -53,14 +53,28 @@ FORBIDDEN = [
     ),
     (
         "evaluation",
-        {"session", "cli", "report", "deploy", "train"},
+        {"session", "cli", "report", "deploy", "train", "diagnostics"},
         "evaluation works on any model and rows",
+    ),
+    (
+        "diagnostics",
+        {"session", "cli", "report", "widgets", "deploy", "models"},
+        "diagnostics reads records, data and evaluations; the facade and the panels show it",
     ),
     ("deploy", {"session", "cli", "report"}, "deploy works without the facade"),
     *[
         (
             shared,
-            {"session", "models", "data", "train", "evaluation", "deploy", "widgets"},
+            {
+                "session",
+                "models",
+                "data",
+                "train",
+                "evaluation",
+                "deploy",
+                "widgets",
+                "diagnostics",
+            },
             "shared modules sit at the bottom",
         )
         for shared in SHARED

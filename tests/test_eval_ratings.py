@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.eval_fixtures import handmade_evaluation
+from workbench.errors import WorkbenchWarning
 from workbench.evaluation import EvaluationError, Rating
 from workbench.evaluation.ratings import (
     BlindRater,
@@ -69,9 +70,12 @@ def test_torn_last_line_is_skipped_and_repaired(tmp_path):
     append_rating(path, Rating(0, "tuned", "A"))
     with open(path, "a") as handle:
         handle.write('{"row": 1, "a_is": "tu')  # killed mid-write
-    assert [r.row for r in read_ratings(path)] == [0]
+    # The torn line is now reported (a warning naming the file and line), not dropped silently.
+    with pytest.warns(WorkbenchWarning, match=r"ratings\.jsonl: skipped line\(s\) 2"):
+        assert [r.row for r in read_ratings(path)] == [0]
     append_rating(path, Rating(2, "base", "tie"))
-    assert [r.row for r in read_ratings(path)] == [0, 2]
+    with pytest.warns(WorkbenchWarning, match=r"skipped line\(s\) 2"):
+        assert [r.row for r in read_ratings(path)] == [0, 2]
 
 
 def test_ratings_survive_sigkill_mid_session(tmp_path):

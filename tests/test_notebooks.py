@@ -62,7 +62,13 @@ TINY = {
 }
 # 03 pauses its run after PAUSE_AT steps; tiny steps take milliseconds, so give the run
 # enough steps that it is still going when the pause arrives.
-PER_NOTEBOOK = {"03_train": {"MAX_STEPS": 60}}
+PER_NOTEBOOK = {
+    "03_train": {"MAX_STEPS": 60},
+    # 06 keeps a checkpoint every 2 steps, forks at 4; ex5's broken run needs enough steps
+    # for the flat-loss finding (at least 5).
+    "06_explore": {"STEPS": 8, "SAVE_EVERY": 2, "FORK_AT": 4, "LR_STEPS": 8},
+    "ex5_explore_solution": {"STEPS": 10, "LR_STEPS": 8},
+}
 
 
 def repo_notebooks() -> list[Path]:
@@ -178,6 +184,7 @@ def test_the_notebooks_are_there():
         "03_train.ipynb",
         "04_evaluate.ipynb",
         "05_deploy.ipynb",
+        "06_explore.ipynb",
     } <= names
     assert len(SOLUTIONS) == len(EXERCISES) >= 3
     assert {p.stem + "_solution" for p in EXERCISES} == {p.stem for p in SOLUTIONS}

@@ -16,7 +16,7 @@ event                 payload
 ``train_probes``      :class:`TrainProbes`: the probe prompts' answers at an evaluation
 ``train_checkpoint``  :class:`TrainCheckpoint`: a checkpoint was written
 ``train_layer_norms`` :class:`TrainLayerNorms`: per-block adapter norms (teaching mode)
-``eval_progress``     :class:`EvalProgress`: answers generated so far in an evaluation
+``eval_progress``     :class:`EvalProgress`: answers generated so far, and the batch's answers
 ``eval_done``         :class:`~workbench.evaluation.Evaluation`
 ====================  ======================================================================
 
@@ -178,14 +178,29 @@ class TrainLayerNorms:
 class EvalProgress:
     """An evaluation generated ``done`` of ``total`` answers for ``column`` (base or tuned).
 
+    ``outputs`` are the answers of the batch just generated: rows ``done - len(outputs)``
+    to ``done - 1`` (untrusted model text: escape it before showing it as HTML).
+
     Examples:
-        >>> EvalProgress("tuned", 4, 16).done
-        4
+        >>> p = EvalProgress("tuned", 4, 16, ("red", "blue"))
+        >>> p.done, p.first
+        (4, 2)
     """
 
     column: str
     done: int
     total: int
+    outputs: tuple[str, ...] = ()
+
+    @property
+    def first(self) -> int:
+        """The row index of ``outputs[0]``.
+
+        Examples:
+            >>> EvalProgress("base", 8, 16, ("a",)).first
+            7
+        """
+        return self.done - len(self.outputs)
 
 
 class EventHub:

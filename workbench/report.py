@@ -12,12 +12,13 @@ Examples:
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable, Sequence
+import math
+import re
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from workbench._display import html_table
 from workbench._io import atomic_write_text
 
 __all__ = ["write_report"]
@@ -77,20 +78,190 @@ def _get(record: Any, name: str):
     return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
 
 
-def _examples_table(rows: Iterable[Any], limit: int = 50) -> str:
-    table = []
-    for row in list(rows)[:limit]:
-        outputs = _get(row, "outputs") or {}
-        table.append(
-            (
-                _get(row, "index"),
-                _get(row, "prompt"),
-                _get(row, "reference"),
-                outputs.get("base", ""),
-                outputs.get("tuned", ""),
-            )
+# -- the Examples table: each row's input without the template, answers marked right/wrong --
+
+_SENTINEL = "\x01{}\x01"  # stand-ins for the parts of a conversation; no template trims them
+_SPECIAL_TOKENS = {"bos_token": _SENTINEL.format("BOS"), "eos_token": _SENTINEL.format("EOS")}
+_SPECIAL = re.compile("\x01(?:BOS|EOS)\x01")
+
+
+def _literal(text: str) -> str:
+    """Regex of template text; bos/eos (whatever the tokenizer's) and a system text match any."""
+    parts = re.split("(\x01[A-Z0-9]+\x01)", text)
+    out = []
+    for part in parts:
+        if _SPECIAL.fullmatch(part):
+            out.append(".{0,40}?")
+        elif part == _SENTINEL.format("SYS"):
+            out.append(".*?")
+        else:
+            out.append(re.escape(part))
+    return "".join(out)
+
+
+def _input_pattern(template: Any, system: bool) -> re.Pattern | None:
+    """A regex whose ``input`` group is the last user message of a prompt ``template`` renders.
+
+    The template renders a two-turn conversation of stand-ins: what comes before the first
+    user message, between an answer and the next user message, and after the last one (the
+    generation prompt) are its markers; earlier turns, if any, are skipped.
+    """
+    conversation = [
+        {"role": "user", "content": _SENTINEL.format("U1")},
+        {"role": "assistant", "content": _SENTINEL.format("A1")},
+        {"role": "user", "content": _SENTINEL.format("U2")},
+    ]
+    if system:
+        conversation.insert(0, {"role": "system", "content": _SENTINEL.format("SYS")})
+    try:
+        text = template.render(conversation, add_generation_prompt=True, **_SPECIAL_TOKENS)
+    except Exception:  # a template that refuses this conversation shape
+        return None
+    marks = [text.find(_SENTINEL.format(k)) for k in ("U1", "A1", "U2")]
+    if -1 in marks or marks != sorted(marks) or (system and _SENTINEL.format("SYS") not in text):
+        return None
+    head = text[: marks[0]]
+    between = text[marks[1] + len(_SENTINEL.format("A1")) : marks[2]]
+    tail = text[marks[2] + len(_SENTINEL.format("U2")) :]
+    turn = _literal(between)  # an answer's end and the next user message's start
+    earlier = f"(?:.*{turn})?"  # earlier turns of a conversation, skipped
+    last = f"(?P<input>(?:(?!{turn}).)*?)"
+    return re.compile(f"\\A{_literal(head)}{earlier}{last}{_literal(tail)}\\Z", re.DOTALL)
+
+
+def _templates(data_report: Any, template: Any) -> list[Any]:
+    """Templates to try on the prompts: the one given, the data's, then every built-in."""
+    from workbench.data.templates import TEMPLATES, Template
+
+    found = []
+    if isinstance(template, Template):
+        found.append(template)
+    elif isinstance(template, str) and template in TEMPLATES:
+        found.append(TEMPLATES[template])
+    elif isinstance(template, str) and ("{{" in template or "{%" in template):
+        found.append(Template("given", template))
+    name = _get(data_report, "template") if data_report is not None else None
+    if name in TEMPLATES:
+        found.append(TEMPLATES[name])
+    found += [t for t in TEMPLATES.values() if t not in found]
+    return found
+
+
+def _user_inputs(prompts: list[str], templates: list[Any]) -> list[str]:
+    """Each prompt's last user message, template markers removed (the prompt when none fits)."""
+    for template in templates:
+        for system in (False, True):
+            pattern = _input_pattern(template, system)
+            if pattern is None:
+                continue
+            matches = [pattern.match(p) for p in prompts]
+            if prompts and all(matches):
+                return [m["input"] for m in matches]
+    return list(prompts)
+
+
+def _split_shared(inputs: list[str]) -> tuple[str, list[str]]:
+    """``(instruction shared by every row, the rest of each)``: split at a blank line.
+
+    The alpaca format joins ``instruction`` and ``input`` with a blank line; when every row
+    starts with the same paragraphs, those are said once and each row shows what varies.
+    """
+    if len(inputs) < 2:
+        return "", inputs
+    common = inputs[0]
+    for text in inputs[1:]:
+        while not text.startswith(common):
+            common = common[:-1]
+    cut = common.rfind("\n\n")
+    if cut <= 0 or any(not text[cut + 2 :].strip() for text in inputs):
+        return "", inputs
+    return common[:cut].strip(), [text[cut + 2 :] for text in inputs]
+
+
+def _mark_score(evaluation: Any, rows: list[Any]) -> str | None:
+    """The score that says right or wrong: ``exact_match``, else the first one scored 0 or 1."""
+    names = list(getattr(evaluation, "scores", {}) or {})
+    for row in rows:
+        names += [n for n in (_get(row, "scores") or {}) if n not in names]
+    if "exact_match" in names:
+        names.insert(0, names.pop(names.index("exact_match")))
+    for name in names:
+        values = [v for row in rows for v in ((_get(row, "scores") or {}).get(name) or {}).values()]
+        if values and all(isinstance(v, int | float) and float(v) in (0.0, 1.0) for v in values):
+            return name
+    return None
+
+
+def _answer_cell(text: str, value: Any, higher_is_better: bool) -> str:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return f"<td>{html.escape(text)}</td>"
+    right = (float(value) == 1.0) == higher_is_better
+    kind, mark = ("right", "\u2713") if right else ("wrong", "\u2717")
+    return (
+        f'<td class="{kind}"><span class="mark" title="{kind}">{mark}</span> '
+        f"{html.escape(text)}</td>"
+    )
+
+
+def _examples_section(
+    evaluation: Any, data_report: Any = None, template: Any = None, limit: int = 50
+) -> str:
+    """The Examples table: input (no template markers), reference, answers marked right/wrong.
+
+    Examples:
+        >>> from workbench.evaluation import EvalRow, Evaluation
+        >>> prompt = "<|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n"
+        >>> rows = (EvalRow(0, prompt, "4", {"base": "5", "tuned": "4"},
+        ...                 {"exact_match": {"base": 0.0, "tuned": 1.0}}),)
+        >>> page = _examples_section(Evaluation({}, rows, {"columns": ["base", "tuned"]}))
+        >>> "<td>2+2?</td>" in page, "im_start" in page
+        (True, False)
+        >>> '<td class="right"><span class="mark" title="right">\u2713</span> 4</td>' in page
+        True
+    """
+    all_rows = list(getattr(evaluation, "rows", ()) or ())
+    rows = all_rows[:limit]
+    columns = [c for c in getattr(evaluation, "columns", ("base", "tuned")) if c]
+    inputs = _user_inputs(
+        [_get(r, "prompt") or "" for r in rows], _templates(data_report, template)
+    )
+    shared, inputs = _split_shared(inputs)
+    score = _mark_score(evaluation, rows)
+    higher = True
+    if score is not None and hasattr(evaluation, "higher_is_better"):
+        higher = evaluation.higher_is_better(score)
+    parts = ["<h2>Examples</h2>"]
+    if score is not None:
+        parts.append(
+            f"<p class='legend'>\u2713 right, \u2717 wrong by {html.escape(score)} "
+            "(its per-row score); unmarked: not scored.</p>"
         )
-    return html_table(table, ("#", "input", "reference", "base", "tuned"))
+    else:
+        parts.append("<p class='legend'>no right/wrong score (such as exact_match) to mark.</p>")
+    if shared:
+        parts.append(
+            "<p><b>Instruction (the same in every row):</b></p>"
+            f"<pre class='instruction'>{html.escape(shared)}</pre>"
+        )
+    if len(all_rows) > len(rows):
+        parts.append(f"<p>the first {len(rows)} of {len(all_rows)} rows</p>")
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("#", "input", "reference", *columns))
+    body = []
+    for row, shown in zip(rows, inputs, strict=True):
+        outputs = _get(row, "outputs") or {}
+        row_scores = ((_get(row, "scores") or {}).get(score) or {}) if score else {}
+        cells = [
+            f"<td>{html.escape(str(_get(row, 'index')))}</td>",
+            f"<td>{html.escape(shown)}</td>",
+            f"<td>{html.escape(str(_get(row, 'reference') or ''))}</td>",
+            *[_answer_cell(str(outputs.get(c) or ""), row_scores.get(c), higher) for c in columns],
+        ]
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    parts.append(
+        f'<table class="workbench examples"><thead><tr>{header}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+    return "\n".join(parts)
 
 
 STYLE = """<style>
@@ -99,6 +270,11 @@ table.workbench { border-collapse: collapse; font-size: 12px; }
 table.workbench td, table.workbench th { border: 1px solid #ccc; padding: 4px; vertical-align: top;
   white-space: pre-wrap; }
 pre { white-space: pre-wrap; margin: 0; }
+table.examples td.right { background: #e6f4e6; }
+table.examples td.wrong { background: #fbe7e7; }
+table.examples .mark { font-weight: bold; }
+td.right .mark { color: #1a7f1a; }
+td.wrong .mark { color: #b22222; }
 </style>"""
 
 
@@ -109,6 +285,7 @@ def write_report(
     history: Sequence[Any] = (),
     evaluation: Any = None,
     summary: Sequence[str] = (),
+    template: Any = None,
 ) -> Path:
     """Write the report page atomically and return its path.
 
@@ -119,6 +296,10 @@ def write_report(
         history: Training log records (``kind``, ``step``, ``loss``, ``eval_loss``).
         evaluation: An :class:`~workbench.evaluation.Evaluation` (scores and rows).
         summary: Lines shown at the top (escaped).
+        template: The chat template the prompts were rendered with (a
+            :class:`~workbench.data.templates.Template`, a built-in name or Jinja text), so
+            the Examples table shows each input without it; by default the data report's
+            template and the built-ins are tried.
 
     Examples:
         The title is escaped in both places it appears (``<title>`` and ``<h1>``):
@@ -149,6 +330,6 @@ def write_report(
         parts.append(f"<h2>Data</h2><pre>{html.escape(str(data_report))}</pre>")
     if evaluation is not None:
         parts.append(f"<h2>Evaluation</h2><pre>{html.escape(str(evaluation))}</pre>")
-        parts.append(_examples_table(evaluation.rows))
+        parts.append(_examples_section(evaluation, data_report, template))
     parts.append("</body></html>")
     return Path(atomic_write_text(path, "\n".join(parts)))

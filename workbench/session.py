@@ -25,6 +25,7 @@ from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
 from workbench.models.loading import DType, LoadedModel, Quantization, load_model
+from workbench.models.strength import reset_adapter_strength
 from workbench.session_folder import SessionFolder
 from workbench.train.status import RunState
 
@@ -72,6 +73,8 @@ class Session:
         self._run: Any = None
         self._training_summary: dict = {}
         self._scores_summary: dict = {}
+        self._evaluation: Any = None  # the latest evaluation, for diagnose()
+        self._evaluation_run: Any = None  # a background evaluate(wait=False), while it runs
         self._unsubscribers: list[Callable[[], None]] = []
         if verbose:
             self._unsubscribers.append(
@@ -94,6 +97,12 @@ class Session:
 
     def _check_run_allows(self, call: str) -> None:
         """Refuse ``call`` while the session's run would be harmed by it (see the class doc)."""
+        evaluating = self._evaluation_run  # evaluate(wait=False)'s handle
+        if evaluating is not None and not evaluating.done:
+            raise SessionStateError(
+                f"{call}() is refused: an evaluation is running on the session's model "
+                f"({evaluating.progress_text()}): ev.wait() or ev.cancel() first."
+            )
         run = self._run
         if run is None:
             return
@@ -213,10 +222,21 @@ class Session:
         """
         return model_info(self.loaded)
 
-    def generate(self, prompt: str | list[str], max_new_tokens: int = 64, **generation: Any):
+    def generate(
+        self,
+        prompt: str | list[str] | list[dict[str, str]],
+        max_new_tokens: int = 64,
+        chat: bool = False,
+        **generation: Any,
+    ):
         """Complete a prompt (or a list of prompts) with the model as it is now.
 
         Greedy unless ``do_sample=True`` is passed. Returns the new text only.
+
+        With ``chat=True`` each prompt is one user turn (a list of ``{"role", "content"}``
+        turns is one conversation) rendered with the template the data was loaded with (else
+        the tokenizer's chat template), and the answer ends at the template's stop string,
+        as in :meth:`chat` (see :mod:`workbench.chat`).
 
         Examples:
             >>> from workbench.models.tiny import build_tiny_model
@@ -225,11 +245,105 @@ class Session:
             >>> text = s.generate("Hello", max_new_tokens=5)
             >>> isinstance(text, str), len(s.generate(["Hello", "Bye"], max_new_tokens=5))
             (True, 2)
+            >>> "<|im_end|>" in s.generate("Hello", max_new_tokens=5, chat=True)
+            False
         """
         self._check_run_allows("generate")
+        if chat:
+            from workbench.chat import chat_inputs
+
+            template = self._data.template if self._data is not None else None
+            inputs = chat_inputs(prompt, self.tokenizer, template)
+            stops = [*(generation.pop("stop_strings", None) or []), *inputs.stop_strings]
+            outputs = generate_text(
+                self.model, self.tokenizer, inputs.prompts, max_new_tokens, stops, **generation
+            )
+            return outputs[0] if inputs.single else outputs
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         outputs = generate_text(self.model, self.tokenizer, prompts, max_new_tokens, **generation)
         return outputs[0] if isinstance(prompt, str) else outputs
+
+    @property
+    def adapter_strength(self) -> float | None:
+        """How strongly the adapter acts (0 base, 1 tuned); ``None`` without an adapter.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).adapter_strength is None
+            True
+        """
+        from workbench.models.strength import adapter_strength
+
+        return adapter_strength(self.model) if self._loaded is not None else None
+
+    def set_adapter_strength(self, strength: float) -> float:
+        """Scale the adapter live, on the same weights: 0 is the base model, 1 the tuned one.
+
+        Values between blend, values above 1 (such as 1.5) exaggerate the update; 1 gives the
+        tuned model back exactly. Refused while a run is running or paused (it would change
+        what the run trains); training always starts at strength 1. ``merge()`` and merged
+        exports fold the adapter in at the strength it has; an ``adapter`` export saves the
+        tuned weights, which load at strength 1 (see :mod:`workbench.models.strength`).
+
+        Raises:
+            SpecError: no adapter, or a negative strength.
+            SessionStateError: a run is running or paused.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-strength", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-strength", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> s.set_adapter_strength(0.5)
+            Traceback (most recent call last):
+            workbench.errors.SpecError: no adapter to scale: train() or load_adapter() first
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.train(max_steps=2, wait=False).wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> s.set_adapter_strength(0.5), s.adapter_strength
+            (0.5, 0.5)
+        """
+        from workbench.errors import SpecError
+        from workbench.models.strength import set_adapter_strength
+
+        self._check_run_allows("set_adapter_strength")
+        if self.adapter_strength is None:
+            raise SpecError("no adapter to scale: train() or load_adapter() first")
+        strength = set_adapter_strength(self.model, strength)
+        return strength
+
+    def chat(self, **options: Any):
+        """The chat panel: messages in the tuned template, a strength dial, base vs tuned.
+
+        Sends go through :meth:`generate` with ``chat=True``, the dial through
+        :meth:`set_adapter_strength`. Keywords go to
+        :class:`~workbench.widgets.chat_panel.ChatPanel` (``max_new_tokens``,
+        ``side_by_side``, ``remember``). Shows the conversation as text outside a notebook.
+
+        Examples:
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-chat", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> panel = s.chat(max_new_tokens=4)
+            >>> panel.send("Hello").answer == s.generate("Hello", 4, chat=True)
+            True
+            >>> print(panel.text().splitlines()[0])
+            Chat: template 'tokenizer' (tokenizer), answers stop at '<|im_end|>' (side by side off)
+        """
+        self._check_run_allows("chat")
+        from workbench.chat import chat_template, describe_chat
+        from workbench.widgets.chat_panel import ChatPanel
+
+        template = self._data.template if self._data is not None else None
+        template = chat_template(template, self.tokenizer)
+        scalable = self.adapter_strength is not None
+        return ChatPanel(
+            lambda messages, max_new_tokens: self.generate(messages, max_new_tokens, chat=True),
+            self.set_adapter_strength if scalable else None,
+            get_strength=lambda: self.adapter_strength,
+            about=describe_chat(template, self.tokenizer),
+            **options,
+        )
 
     def load_data(self, source: Any, **options: Any) -> DataReport:
         """Read, template and tokenize a data set; returns its :class:`DataReport`.
@@ -355,6 +469,12 @@ class Session:
             >>> panel = s.inspect_data()
             >>> panel.page_label.value, panel.split_toggle.options
             ('page 1 of 1 (16 rows)', ('train', 'validation'))
+
+            The panel keeps the data it was made with; newer data makes it stale:
+
+            >>> _ = s.set_max_length(12)
+            >>> panel.stale, panel.apply_button.disabled, s.inspect_data().stale
+            (True, True, False)
         """
         from workbench.widgets.data_inspector import DataInspector
 
@@ -362,7 +482,15 @@ class Session:
             self.set_max_length(max_length)
             return self.data
 
-        return DataInspector(self.data, on_apply_max_length=apply)
+        # The panel stays bound to this data: once load_data/set_max_length replace it, the
+        # panel says it is stale and its Apply is off (it never acts on newer data).
+        return DataInspector(
+            self.data,
+            on_apply_max_length=apply,
+            current=lambda: self._data,
+            events=self.events,
+            memory=lambda seq_len: self.estimate_memory(seq_len=seq_len),
+        )
 
     def estimate_memory(self, spec: Any = None, **settings: Any):
         """Estimate peak training memory for ``spec`` (default: the loaded model's config).
@@ -477,6 +605,7 @@ class Session:
                 "load_model(...) again to train a fresh one, or merge() first."
             )
         data, model = self.data, self.loaded.model
+        reset_adapter_strength(model)  # a run never starts from a scaled adapter
         with self.folder.reserved("runs") as run_dir:
             self._run = start_run(
                 model,
@@ -491,7 +620,9 @@ class Session:
                 probes=probes,
             )
         self._adapted = self._run.model
+        self._evaluation = None  # it judged the previous model
         self._training_summary = spec.to_dict()
+        self._run.fork_hooks = self._fork_hooks()
         return self._run
 
     def resume(self, run_dir: str | Path, wait: bool | None = None):
@@ -529,6 +660,7 @@ class Session:
         model_spec = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
         if model_spec.get("spec"):
             self.load_model(model_spec.pop("spec"), **model_spec)
+        reset_adapter_strength(self.loaded.model)  # a run never resumes from a scaled adapter
         self._run = resume_run(
             run_dir,
             self.events,
@@ -538,7 +670,65 @@ class Session:
         )
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
+        self._run.fork_hooks = self._fork_hooks()
         return self._run
+
+    def find_lr(self, **settings: Any):
+        """Sweep the learning rate on the loaded data and suggest one (a panel in a notebook).
+
+        Takes :meth:`train`'s keywords (``method``, ``lora=wb.LoRA(r=8)``, ``batch_size``...)
+        and the sweep's own (``start_lr=1e-7``, ``end_lr=1.0``, ``num_steps=60``,
+        ``smoothing``, ``diverge_factor``): see :func:`workbench.train.lr_finder.find_lr`.
+        ``suggested_lr`` is where the smoothed loss falls fastest; pass it as ``lr=`` to
+        :meth:`train`. The model is left exactly as it was: before training, a temporary
+        adapter is attached and removed; after it, a copy of the adapter trains and is put
+        back. Refused while a run is running or paused.
+
+        Examples:
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-find-lr", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> result = s.find_lr(num_steps=12, batch_size=2)
+            >>> result.start_lr <= result.suggested_lr <= 1.0, type(s.model).__name__
+            (True, 'LlamaForCausalLM')
+        """
+        self._check_run_allows("find_lr")
+        from workbench.train.lr_finder import SWEEP_OPTIONS, find_lr
+
+        model, train = self.model, _training_columns(self.data.train)
+        sweep = {k: settings.pop(k) for k in SWEEP_OPTIONS if k in settings}
+        return find_lr(model, self.tokenizer, train, settings, on_event=self._progress, **sweep)
+
+    def _fork_hooks(self):
+        """What ``run.fork(...)`` asks of the session: checks, re-cut data, adopting the fork.
+
+        The fork becomes the current run (``s.run``); a fork is refused when the session's
+        model is no longer the one the run trained, or another of its runs is active.
+        """
+        from workbench.train.fork import ForkHooks
+
+        def check(parent) -> None:
+            if self._adapted is not parent.model:
+                msg = (
+                    f"fork() of {parent.run_dir.name} is refused: the session's model is no "
+                    "longer the one it trained (load_model, merge or resume since). "
+                    f"Session.resume({str(parent.run_dir)!r}) first, then fork."
+                )
+                raise SessionStateError(msg)
+            evaluating = self._evaluation_run is not None and not self._evaluation_run.done
+            if self._run is not parent or evaluating:
+                self._check_run_allows("fork")  # another active run, or an evaluation
+
+        def data(max_length):
+            prepared = self.data.with_max_length(max_length)
+            return _training_columns(prepared.train), _training_columns(prepared.validation)
+
+        def adopt(fork) -> None:
+            self._run, self._adapted = fork, fork.model
+            self._training_summary = fork.spec.to_dict()
+
+        return ForkHooks(check=check, data=data, adopt=adopt)
 
     def _run_folder(self, folder: Path) -> Path:
         """``folder`` itself when it holds a run, else the latest run of a session folder."""
@@ -578,12 +768,32 @@ class Session:
         generation: dict | None = None,
         limit: int | None = None,
         batch_size: int = 8,
+        checkpoints: str | list[int] | None = None,
+        correct: Any = None,
+        wait: bool | None = None,
     ):
         """Generate for the validation split (or ``data``) with the tuned and the base model.
 
         The base model is the same weights with the adapter switched off: no second copy.
         Returns an :class:`~workbench.evaluation.Evaluation` (its panel in a notebook), saved
         under ``evaluations/`` in the run folder.
+
+        In a notebook it returns at once (``wait=False``; ``wait=True`` blocks, as it always
+        does elsewhere) an :class:`~workbench.evaluation.background.EvaluationRun`: it shows a
+        progress panel whose rows appear as they are generated, then the finished panel;
+        ``ev.wait()`` gives the Evaluation (and any of its attributes read on the handle
+        waits for it), ``ev.progress`` the answers per column, ``ev.cancel()`` stops before
+        the next batch and saves nothing. While it runs, every call that uses the model is
+        refused (``docs/session_states.md``). While a run is paused the evaluation blocks
+        (the run could be resumed under it); ``checkpoints=`` evaluations always block.
+
+        With ``checkpoints="all"`` (or a list of steps) each complete checkpoint of the latest
+        run is evaluated in turn (the base once) and a
+        :class:`~workbench.evaluation.checkpoints.CheckpointEvaluation` is returned: a grid of
+        examples x checkpoints saying where each row is right (``correct``: a score name, right
+        at 1.0, ``(score, threshold)`` or ``function(prediction, reference) -> bool``), when it
+        first became right and whether it broke again. The model's weights are the same
+        afterwards; ``result.export(step)`` exports one checkpoint.
 
         Examples:
             >>> import shutil
@@ -597,33 +807,124 @@ class Session:
             >>> ev = s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=8)
             >>> sorted(ev.scores), ev.scores["exact_match"]["tuned"]  # the tiny model knows nothing
             (['exact_match'], 0.0)
+            >>> running = s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=8,
+            ...                      wait=False)
+            >>> running.wait().scores == ev.scores, running.progress
+            (True, {'base': (1, 1), 'tuned': (1, 1)})
+            >>> grid = s.evaluate(checkpoints="all", metrics=["exact_match"], limit=2,
+            ...                   max_new_tokens=4, correct=lambda prediction, reference: True)
+            >>> grid.steps, grid.grid, grid.first_right, grid.best_step  # one validation row
+            ((1, 2), ((True, True),), (1,), 1)
+            >>> grid.export(1, "export/step-1", format="adapter").name
+            'step-1'
         """
         from workbench.evaluation import run_evaluation
 
         self._check_run_allows("evaluate")
         rows = self._evaluation_rows(data)
         stop = self._data.template.stop if self._data is not None else None
-        with self.folder.reserved("evaluations") as folder:
-            evaluation = run_evaluation(
-                self.model,
-                self.tokenizer,
-                rows,
-                metrics=metrics,
-                compare_base=compare_base,
-                max_new_tokens=max_new_tokens,
-                generation=generation,
-                limit=limit,
-                out_dir=folder,
-                stop_strings=[stop] if stop else None,
-                batch_size=batch_size,
-                events=self.events,
-                run_dir=self._last_run_dir(),
-            )
-        self._scores_summary = {
-            name: {k: v for k, v in score.items() if k in ("base", "tuned")}
-            for name, score in evaluation.scores.items()
-        }
-        return evaluation
+        if checkpoints is not None or correct is not None:  # what each checkpoint fixed, broke
+            from workbench.evaluation.checkpoints import evaluate_checkpoints
+
+            with self.folder.reserved("evaluations") as folder:
+                return evaluate_checkpoints(
+                    self.model,
+                    self.tokenizer,
+                    rows,
+                    self._checkpoints(),
+                    checkpoints,
+                    correct,
+                    metrics=metrics,
+                    compare_base=compare_base,
+                    max_new_tokens=max_new_tokens,
+                    generation=generation,
+                    limit=limit,
+                    out_dir=folder,
+                    stop_strings=[stop] if stop else None,
+                    batch_size=batch_size,
+                    events=self.events,
+                    exporter=self.export,
+                )
+        model, run_dir = self.model, self._last_run_dir()
+
+        def work(events: Any = self.events, cancelled: Any = None):
+            with self.folder.reserved("evaluations") as folder:
+                evaluation = run_evaluation(
+                    model,
+                    self.tokenizer,
+                    rows,
+                    metrics=metrics,
+                    compare_base=compare_base,
+                    max_new_tokens=max_new_tokens,
+                    generation=generation,
+                    limit=limit,
+                    out_dir=folder,
+                    stop_strings=[stop] if stop else None,
+                    batch_size=batch_size,
+                    events=events,
+                    run_dir=run_dir,
+                    cancelled=cancelled,
+                )
+            self._scores_summary = {
+                name: {k: v for k, v in score.items() if k in ("base", "tuned")}
+                for name, score in evaluation.scores.items()
+            }
+            self._evaluation = evaluation  # the latest, for diagnose()
+            return evaluation
+
+        if _blocking(wait) or (self._run is not None and self._run.status.active):
+            if wait is False:  # a paused run (a running one was refused above)
+                raise SessionStateError(
+                    f"evaluate(wait=False) is refused while {self._run.run_dir.name} is paused: "
+                    "run.resume() would train the model it generates with. Call evaluate() "
+                    "with wait=True, or run.stop() and run.wait() first."
+                )
+            return work()
+        from workbench.evaluation import EvalSpec
+        from workbench.evaluation.background import EvaluationRun, evaluation_columns
+        from workbench.evaluation.metrics import resolve_metrics
+
+        resolve_metrics(metrics)  # a bad metric or setting fails here, not on the worker
+        EvalSpec(compare_base, max_new_tokens, limit=limit, batch_size=batch_size)
+        columns = evaluation_columns(model, compare_base)
+        self._evaluation_run = EvaluationRun(work, rows, columns, limit, self.events)
+        return self._evaluation_run
+
+    def diagnose(self):
+        """Findings in words about the latest run, the loaded data and the latest evaluation.
+
+        Each :class:`~workbench.diagnostics.Finding` has a ``kind`` (``overfitting``,
+        ``flat_loss``, ``grad_spikes``, ``end_of_turn_untrained``, ``answers_cut``,
+        ``validation_leak``, ``worse_than_base``), a ``severity``, the ``evidence`` (steps,
+        losses, counts, rows) and one ``suggestion``; the rules and their thresholds are in
+        :mod:`workbench.diagnostics.rules`. Returns a
+        :class:`~workbench.widgets._findings.Diagnosis`: a list that prints as text and shows
+        as a coloured list in a notebook.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-diagnose", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-diagnose", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+            >>> _ = s.load_data(rows, validation=rows[:2])  # validation copied from training
+            >>> d = s.diagnose()
+            >>> d.kinds, d[0].severity
+            (['validation_leak'], 'warning')
+            >>> print(d[0].evidence)  # doctest: +NORMALIZE_WHITESPACE
+            2 of 2 validation rows repeat training rows: validation row 0 (same text as train
+            row 0 (after normalising whitespace and case)): “q0 a0”, validation row 1 (same
+            text as train row 1 (after normalising whitespace and case)): “q1 a1”
+        """
+        from workbench.diagnostics import diagnose
+        from workbench.widgets._findings import Diagnosis
+
+        run = self._run
+        history = run.history if run is not None else None
+        total = run.status.total_steps if run is not None else None
+        found = diagnose(history, self._data, self._evaluation, total)
+        return Diagnosis(found)
 
     def _evaluation_rows(self, data: Any) -> list[dict]:
         from workbench.errors import SpecError
@@ -654,6 +955,15 @@ class Session:
 
     def _last_run_dir(self) -> Path | None:
         return getattr(self.run, "run_dir", None)
+
+    def _checkpoints(self) -> dict[int, Callable[[], dict]]:
+        """Readers of the trained weights of each complete checkpoint of the latest run."""
+        from workbench.train import checkpoint as ckpt
+
+        run_dir = self._last_run_dir()
+        found = ckpt.list_checkpoints(run_dir) if run_dir is not None else []
+        valid = [path for path in found if ckpt.checkpoint_problem(path) is None]
+        return {ckpt.checkpoint_step(p): (lambda p=p: ckpt.load_trained_weights(p)) for p in valid}
 
     # --- deployment -------------------------------------------------------------------
 
@@ -693,14 +1003,25 @@ class Session:
         format: str = "safetensors",
         overwrite: bool = False,
         gguf_type: str = "f32",
+        checkpoint: int | None = None,
     ) -> Path:
         """Write the model as a standard folder; relative paths live in the run folder.
+
+        ``checkpoint=step`` exports that checkpoint of the latest run instead of the model as it
+        is: its trained weights are loaded for the export and the model's own put back after
+        (``evaluate(checkpoints=...)`` has an example); an unknown step lists the known ones.
 
         ``safetensors`` and ``gguf`` write the adapter merged into a copy of the model;
         ``adapter`` writes only the adapter. The session's model is never changed: it keeps
         its adapter (call :meth:`merge` for that). The target is checked first (empty or
         ``overwrite=True``, writable, room for the estimated size); on any failure nothing
         is left at the target.
+
+        Running a notebook again writes to the same paths: a folder that this session folder
+        exported before (``session.json`` remembers it) and that nobody changed since is
+        replaced without ``overwrite=True``, saying so ("replacing the export written by
+        run-001"). The new export is written completely before the old one is removed. Any
+        other non-empty folder still needs ``overwrite=True``.
 
         ``gguf`` writes ``model.gguf`` (``gguf_type``: ``f32``, ``f16``, ``q8_0`` or ``q4_0``,
         quantized by the gguf package) with the training chat template and end-of-turn token,
@@ -720,6 +1041,9 @@ class Session:
             >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
             >>> s.export("export/merged")
             PosixPath('/tmp/wb-doc-session-export/export/merged')
+            >>> s.export("export/merged").name  # written by this session folder: replaced
+            'merged'
+            >>> _ = (s.run_dir / "export" / "merged" / "notes.txt").write_text("mine")
             >>> s.export("export/merged")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             workbench.errors.SpecError: /tmp/.../merged exists and is not empty; pass overwrite=...
@@ -727,16 +1051,27 @@ class Session:
             'merged'
         """
         self._check_run_allows("export")
+        if checkpoint is not None:  # that checkpoint's trained weights, for this export only
+            from workbench.evaluation.checkpoints import choose_steps, weights_loaded
+
+            readers = self._checkpoints()
+            (step,) = choose_steps([checkpoint], list(readers))
+            exported = self._exported, self._exported_version
+            with weights_loaded(self.model, readers[step](), f"the checkpoint at step {step}"):
+                folder = self.export(path, format, overwrite, gguf_type)
+            self._exported, self._exported_version = exported  # the live model is not that one
+            return folder
         from workbench.deploy import check_export, export_model, export_target
         from workbench.deploy.session_glue import card_for, ship_tokenizer
 
         target = export_target(self.run_dir, path)
-        check_export(self.model, target, format, overwrite, gguf_type)  # before anything changes
+        earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
+        replace = overwrite or earlier is not None
+        check_export(self.model, target, format, replace, gguf_type)  # before anything changes
+        self._say_replacing(target, earlier)
         ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
         card = card_for(self, format)
-        folder = export_model(
-            self.model, self.tokenizer, target, format, card, overwrite, gguf_type
-        )
+        folder = export_model(self.model, self.tokenizer, target, format, card, replace, gguf_type)
         if format == "safetensors":
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
@@ -746,7 +1081,18 @@ class Session:
                 self.check_export(folder)
             except WorkbenchError as err:  # the export stands; say why it was not checked
                 self._progress(f"export check not run: {err}")
+        self.folder.remember(folder, self._writer(), f"{format} export")
         return folder
+
+    def _writer(self) -> str:
+        """Who writes an export now, as :meth:`_say_replacing` names it later."""
+        return self._run.run_dir.name if self._run is not None else "this session folder"
+
+    def _say_replacing(self, target: Path, earlier: dict | None) -> None:
+        """Say that ``target``, written by this session folder before (``earlier``, from
+        :meth:`SessionFolder.written_earlier`), is about to be replaced."""
+        if earlier is not None:
+            self._progress(f"replacing the export written by {earlier.get('by')}: {target}")
 
     def check_export(
         self, path: str | Path = "export/gguf", limit: int = 4, max_new_tokens: int = 32
@@ -792,7 +1138,10 @@ class Session:
         report = check_gguf(
             gguf, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
         )
+        earlier = self.folder.written_earlier(gguf.parent)
         report.save(gguf.parent)
+        if earlier is not None:  # still the session's export, with its check beside it
+            self.folder.remember(gguf.parent, earlier.get("by", ""), earlier.get("what", ""))
         self._progress(report.summary())
         return report
 
@@ -828,7 +1177,7 @@ class Session:
     def _model_version(self) -> tuple:
         """Changes whenever the model's weights may have: another model, adapter or step."""
         step = self._run.status.step if self._run is not None else None
-        return id(self.model), id(self._run), step
+        return id(self.model), id(self._run), step, self.adapter_strength
 
     def quantize(
         self,
@@ -838,6 +1187,10 @@ class Session:
         overwrite: bool = False,
     ):
         """Quantize the exported model with bitsandbytes; returns a before/after table.
+
+        The quantized model goes to ``path`` (default ``export/quantized-4bit`` or ``-8bit``
+        in the session folder); like :meth:`export`, a folder this session folder wrote
+        before, unchanged since, is replaced without ``overwrite=True``.
 
         Examples:
             >>> import shutil
@@ -854,17 +1207,27 @@ class Session:
         from workbench.deploy.quantize import check_quantize_target
 
         target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
-        check_quantize_target(target, quantization, overwrite)  # before exporting anything
+        earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
+        replace = overwrite or earlier is not None
+        check_quantize_target(target, quantization, replace)  # before exporting anything
         source = self._exported_folder()
         probes = probes or self._probe_prompts()
+        self._say_replacing(target, earlier)
         report = quantize_export(
-            source, target, quantization, probes, self._scorer(), overwrite=overwrite
+            source, target, quantization, probes, self._scorer(), overwrite=replace
         )
+        self.folder.remember(report.folder, self._writer(), f"{quantization} quantized model")
         self._progress(f"quantized to {report.folder}")
         return report
 
     def serve(self, port: int = 8000, path: str | Path | None = None):
         """Serve the exported model over an OpenAI-compatible API on loopback.
+
+        A server that an earlier session on this session folder started on ``port`` and that
+        is still running (a notebook run again before its ``server.stop()`` cell, in the same
+        kernel or after the kernel died) is stopped first, saying so; ``session.json``
+        remembers the servers' process ids. A port that this session's own server or any
+        other program holds is refused.
 
         Raises:
             SpecError: ``port`` is not an int from 1 to 65535 (checked first), or is in use.
@@ -886,10 +1249,40 @@ class Session:
 
         check_port(port)  # before exporting anything: a bad port must not cost an export
         folder = Path(path) if path else self._exported_folder()
+        self._stop_earlier_server(port)
         server = serve_model(folder, port)
         self._servers.append(server)
+        servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}
+        self._record({"servers": servers})
         self._progress(server.usage())
         return server
+
+    def _stop_earlier_server(self, port: int) -> None:
+        """Stop the server this session folder started on ``port``, if it still holds it."""
+        import contextlib
+        import os
+        import signal
+
+        from workbench.deploy.serve import port_is_free
+
+        entry = self._state().get("servers", {}).get(str(port))
+        pid = entry.get("pid") if isinstance(entry, dict) else None
+        if port_is_free(port) or not isinstance(pid, int) or not _serves_on(pid, port):
+            return  # free, or held by another program: serve_model says which port is in use
+        if any(server.process.pid == pid for server in self._servers):
+            return  # this session's own server: the caller holds it, and stops it
+        self._progress(
+            f"stopping the server this session folder started on port {port} (process {pid}), "
+            "still running from an earlier run"
+        )
+        for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + seconds
+            while not port_is_free(port) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if port_is_free(port):
+                return
 
     def close(self) -> None:
         """Stop the run (saving its checkpoint), the servers, and the session's listeners.
@@ -897,6 +1290,8 @@ class Session:
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).close()
         """
+        if self._evaluation_run is not None and not self._evaluation_run.done:
+            self._evaluation_run.cancel()
         if self._run is not None and self._run.status.active:
             self._run.stop()
             self._run.wait()
@@ -955,10 +1350,20 @@ class Session:
 # Calls that leave the live model and the session's data as they were: allowed while the run
 # is paused (docs/session_states.md).
 _READ_ONLY_CALLS = frozenset(
-    {"generate", "evaluate", "export", "quantize", "serve", "check_export"}
+    {"generate", "evaluate", "export", "quantize", "serve", "check_export", "chat"}
 )
 # Asked when there is no data to take conversations from.
 _DEFAULT_MESSAGES = ("Hello!", "Write one sentence about the sea.")
+
+
+def _serves_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` is a ``transformers serve`` on ``port`` (read from /proc)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:  # gone, or no /proc (not Linux): never stop what cannot be identified
+        return False
+    after = args[args.index("--port") + 1] if "--port" in args[:-1] else None
+    return "serve" in args and after == str(port) and any("transformers" in a for a in args)
 
 
 def _llama_cpp_available() -> bool:

@@ -3,6 +3,8 @@
 Layout::
 
     <session>/session.json          what the session loaded and exported (merged, atomically)
+                                    and the folders it wrote (``written``: their files, so a
+                                    rerun may replace them; see :meth:`SessionFolder.remember`)
     <session>/runs/run-001/         one folder per training run (see workbench.train.store)
     <session>/evaluations/eval-001/ one folder per evaluation
 
@@ -37,6 +39,17 @@ __all__ = ["FolderKind", "SessionFolder"]
 FolderKind = Literal["runs", "evaluations"]
 _PREFIX: dict[str, str] = {"runs": "run", "evaluations": "eval"}
 STATE_FILE = "session.json"
+WRITTEN = "written"  # the key in session.json of the folders the session wrote
+
+
+def _listing(folder: Path) -> dict[str, list[int]]:
+    """``{relative path: [size, mtime_ns]}`` of every file under ``folder``."""
+    listing = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            listing[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
+    return listing
 
 
 class SessionFolder:
@@ -145,6 +158,66 @@ class SessionFolder:
             stacklevel=3,
         )
         return {}
+
+    def remember(self, folder: str | Path, by: str, what: str) -> None:
+        """Record in ``session.json`` that this session folder wrote ``folder``, as it is now.
+
+        The record keeps the size and modification time of each of its files, so
+        :meth:`written_earlier` can tell whether the folder is still exactly what was written.
+        Records of folders that no longer exist are dropped.
+
+        Examples:
+            >>> import tempfile
+            >>> folder = SessionFolder(tempfile.mkdtemp())
+            >>> (folder.root / "export").mkdir(); _ = (folder.root / "export" / "a").write_text("x")
+            >>> folder.remember(folder.root / "export", by="run-001", what="safetensors export")
+            >>> folder.state()["written"]["export"]["by"]
+            'run-001'
+        """
+        written = {
+            key: entry
+            for key, entry in self.state().get(WRITTEN, {}).items()
+            if isinstance(entry, dict) and self._path(key).is_dir()
+        }
+        path = Path(folder)
+        written[self._key(path)] = {"by": by, "what": what, "files": _listing(path)}
+        self.record({WRITTEN: written})
+
+    def written_earlier(self, folder: str | Path) -> dict[str, Any] | None:
+        """The record of ``folder`` if this session folder wrote it and nobody changed it since.
+
+        ``None`` when it was never written from here (another tool's, another session
+        folder's, or a person's), or when a file in it was added, removed or changed since:
+        then it is not this session's to replace without ``overwrite=True``.
+
+        Examples:
+            >>> import tempfile
+            >>> folder = SessionFolder(tempfile.mkdtemp())
+            >>> out = folder.root / "export"; out.mkdir(); _ = (out / "a").write_text("x")
+            >>> folder.written_earlier(out) is None
+            True
+            >>> folder.remember(out, by="run-001", what="adapter export")
+            >>> folder.written_earlier(out)["by"]
+            'run-001'
+            >>> _ = (out / "notes.txt").write_text("mine")
+            >>> folder.written_earlier(out) is None
+            True
+        """
+        path = Path(folder)
+        entry = self.state().get(WRITTEN, {}).get(self._key(path))
+        if not isinstance(entry, dict) or not path.is_dir():
+            return None
+        return entry if entry.get("files") == _listing(path) else None
+
+    def _key(self, path: Path) -> str:
+        """``path`` relative to the root when inside it (the folder may move), else absolute."""
+        resolved, root = path.resolve(), self.root.resolve()
+        if resolved == root or root in resolved.parents:
+            return resolved.relative_to(root).as_posix()
+        return str(resolved)
+
+    def _path(self, key: str) -> Path:
+        return Path(key) if Path(key).is_absolute() else self.root / key
 
     def record(self, facts: dict[str, Any]) -> None:
         """Merge ``facts`` into ``session.json``, atomically.

@@ -84,8 +84,7 @@ s.load_model(MODEL)
 # formats the workbench detects by itself. The held-out rows become the validation split.
 #
 # The report counts rows and tokens (with the model's real tokenizer and prompt template) and
-# lists problems it found. Near duplicates are expected here: the rows come from a few
-# sentence patterns.
+# lists problems it found. Expect one here: 64 rows is a small data set.
 
 # %%
 train, test = records_to_json(train_size=TRAIN_SIZE, test_size=TEST_SIZE)
@@ -120,7 +119,8 @@ s.inspect_data()
 #
 # In a notebook `train()` returns at once and shows a live monitor: loss curves, the probe
 # prompt's answer at each evaluation, and pause / stop / evaluate-now buttons. The next cell
-# waits for the run to end.
+# waits for the run to end; the monitor keeps updating, and its buttons keep working, while it
+# waits.
 
 # %%
 probe = s.example(0, "validation").prompt   # regenerated at each evaluation
@@ -161,10 +161,10 @@ print(f"{status.state.value}: {status.step} steps, loss {status.loss:.3f}, "
 
 ev = s.evaluate(metrics=["exact_match", json_valid], limit=EVAL_LIMIT,
                 max_new_tokens=MAX_NEW_TOKENS)
-print(ev)
-ev
+ev  # answers appear as they are generated; the panel replaces them at the end
 
 # %%
+print(ev.wait())  # the score table, once every answer is in
 row = ev.rows[0]
 print("prompt input:", test[0]["input"])
 print("reference:   ", row.reference)

@@ -19,8 +19,6 @@ PAUSE_AT = 6             # the longer run pauses after this many steps
 # %load _shared/small_machine.py
 
 # %%
-import time
-
 import workbench as wb
 from workbench.tasks.records import records_to_json
 
@@ -118,8 +116,7 @@ run = s.train(lora=wb.LoRA(r=8), lr=5e-4, epochs=EPOCHS, max_steps=MAX_STEPS,
 run
 
 # %%
-while run.status.step < PAUSE_AT and not run.status.done:
-    time.sleep(0.2)
+run.wait(step=PAUSE_AT)   # blocks until that step; the monitor's buttons keep working
 run.pause()        # waits until the current step has finished
 print(run)
 

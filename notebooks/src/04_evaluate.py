@@ -70,7 +70,7 @@ print(json_valid('{"name": "Ada"}', ""), fields_correct(
 ev = s.evaluate(metrics=["exact_match", "rouge", "chrf", "perplexity", json_valid,
                          fields_correct],
                 limit=EVAL_LIMIT, max_new_tokens=MAX_NEW_TOKENS)
-print(ev)
+print(ev.wait())  # in a notebook evaluate() returns at once; wait() blocks for the scores
 
 # %% [markdown]
 # The panel: *Scores* (with intervals), *Examples* (sorted by gain or loss, each with the

@@ -32,6 +32,8 @@ CELLS = [
     'ev = s.evaluate(metrics=["exact_match", "rouge"], max_new_tokens=8, limit=8); ev',
 ]
 TRACES = "gd => (gd.data || []).map(t => t.name)"
+Y_AXES = "gd => Object.keys(gd._fullLayout).filter(k => /^yaxis[0-9]*$/.test(k)).sort()"
+SUBPLOT_TITLES = "gd => (gd.layout.annotations || []).map(a => a.text)"
 
 
 def test_eval_panel_renders_and_escapes(lab, page):
@@ -48,10 +50,19 @@ def test_eval_panel_renders_and_escapes(lab, page):
         plot = panel.locator(".js-plotly-plot").first
         expect(plot).to_be_visible()
         expect(plot.locator(".plot-container")).to_be_visible()
-        assert plot.evaluate(TRACES) == ["base", "tuned"]
+        # One chart per score, each on its own y axis (scores of different scales never share
+        # one): a base and a tuned bar per score, titled with which way is better.
+        axes = plot.evaluate(Y_AXES)
+        assert len(axes) >= 5, axes  # exact_match, rouge1, rouge2, rougeL, rougeLsum
+        assert plot.evaluate(TRACES) == ["base", "tuned"] * len(axes)
+        assert "exact_match ↑ higher is better" in plot.evaluate(SUBPLOT_TITLES)
         box = plot.bounding_box()
         assert box and box["width"] > 200 and box["height"] > 150, box
         screenshot(page, "eval_panel", panel)
+
+        # Tokens tab: the first example's reference is shaded before any control is touched.
+        panel.get_by_role("tab", name="Tokens").click()
+        expect(panel.locator("span[title^='loss ']").first).to_be_visible()
 
         # Examples tab: one entry per evaluated row; the hostile one opens as plain text.
         panel.get_by_role("tab", name="Examples").click()

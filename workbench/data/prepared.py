@@ -90,6 +90,10 @@ class DataSpec:
         Traceback (most recent call last):
         ...
         workbench.errors.SpecError: special_tokens_in_text='drop' must be 'split' or 'keep'
+        >>> DataSpec(max_length=...)
+        Traceback (most recent call last):
+        ...
+        workbench.errors.SpecError: max_length=... is a placeholder: fill in your answer
     """
 
     format: FormatChoice = "auto"
@@ -104,6 +108,11 @@ class DataSpec:
     special_tokens_in_text: SpecialTokensInText = "split"
 
     def __post_init__(self) -> None:
+        gaps = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is Ellipsis]
+        if gaps:  # a workshop exercise's `...`, not filled in yet
+            raise SpecError(
+                "; ".join(f"{n}=... is a placeholder: fill in your answer" for n in gaps)
+            )
         errors = []
         if self.format != "auto" and self.format not in FORMATS:
             errors.append(f"format={self.format!r} must be 'auto' or one of {list(FORMATS)}")
@@ -335,6 +344,7 @@ class PreparedData:
             >>> data.spec.max_length is None  # the original is unchanged
             True
         """
+        dataclasses.replace(self.spec, max_length=max_length)  # a wrong value: SpecError first
         cutoff, capped = fit_to_context(max_length, self.spec.context)
         if capped:
             warnings.warn(capped, WorkbenchWarning, stacklevel=2)

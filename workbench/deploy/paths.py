@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,15 +66,34 @@ def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path
     words: an ``OSError`` on the chain, a Rust "(os error 28)", or a disk found full while the
     partial files are still on it.
 
+    An existing ``target`` (the caller decided it may be replaced) is kept until the new
+    folder is complete: then it is renamed aside, the new one renamed into place, and only
+    then the old one removed. On any failure before that the old folder is left as it was.
+
     Examples:
+        >>> import shutil; shutil.rmtree("/tmp/wb-staged-doc", ignore_errors=True)
         >>> with staged_write(Path("/tmp/wb-staged-doc")) as tmp:
         ...     _ = (tmp / "a.txt").write_text("x")
-        >>> (Path("/tmp/wb-staged-doc") / "a.txt").read_text()
-        'x'
+        >>> with staged_write(Path("/tmp/wb-staged-doc")) as tmp:
+        ...     _ = (tmp / "b.txt").write_text("y")
+        >>> sorted(p.name for p in Path("/tmp/wb-staged-doc").iterdir())
+        ['b.txt']
     """
-    with (
-        translated_write_errors(target, needed_bytes),
-        staging_folder(target, replace=True) as tmp,
-        translated_write_errors(target, needed_bytes),  # while the partial files count
-    ):
-        yield tmp
+    target = Path(target)
+    aside: Path | None = None
+    try:
+        with (
+            translated_write_errors(target, needed_bytes),
+            staging_folder(target, replace=True) as tmp,
+            translated_write_errors(target, needed_bytes),  # while the partial files count
+        ):
+            yield tmp
+            if target.is_dir():  # the new folder is complete: move the old one out of its way
+                aside = target.with_name(f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+                target.rename(aside)
+    except BaseException:
+        if aside is not None and aside.is_dir() and not target.exists():
+            aside.rename(target)  # the swap failed: the old folder is back where it was
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)

@@ -37,7 +37,9 @@ from workbench._io import read_jsonl
 from workbench.errors import EvaluationError
 from workbench.evaluation.results import Evaluation
 
-__all__ = ["Comparison", "RunResults", "compare"]
+__all__ = ["Comparison", "RunResults", "compare", "format_score", "score_scale"]
+
+SCORE_COLUMNS = 3  # score charts per row: each score gets its own subplot and y axis
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,43 @@ class RunResults:
             True
         """
         return self.evaluations[-1] if self.evaluations else None
+
+
+def score_scale(
+    name: str, values: Sequence[float], higher_is_better: bool = True
+) -> tuple[str, list[float]]:
+    """A score's own chart scale: its title (saying which way is better) and a y range.
+
+    Scores differ by orders of magnitude (perplexity ~1500, exact match 0-1), so every chart
+    gives each score its own y axis: from 0 (or the lowest value, if negative) to a little
+    above the highest value or interval bound, room left for the value labels.
+
+    Examples:
+        >>> score_scale("perplexity", [1580.0, 1200.0, float("nan")], higher_is_better=False)
+        ('perplexity ↓ lower is better', [0.0, 1817.0])
+        >>> score_scale("exact_match", [0.5, 0.25])
+        ('exact_match ↑ higher is better', [0.0, 0.575])
+        >>> score_scale("rouge1", [0.0])[1]  # nothing above 0: a unit axis
+        [0.0, 1.0]
+    """
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    low, high = min([0.0, *finite]), max([0.0, *finite])
+    top = round(high * 1.15, 12) if high > 0 else (0.0 if low < 0 else 1.0)
+    bottom = round(low * 1.15, 12) if low < 0 else 0.0
+    way = "↑ higher is better" if higher_is_better else "↓ lower is better"
+    return f"{name} {way}", [bottom, top]
+
+
+def format_score(value: float) -> str:
+    """A score as a chart label: 3 significant digits, whole numbers from 1,000 up.
+
+    Examples:
+        >>> [format_score(v) for v in (0.5, 1 / 3, 1580.4, 0.0, float("nan"))]
+        ['0.5', '0.333', '1,580', '0', '-']
+    """
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
 def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
@@ -191,7 +230,10 @@ class Comparison:
         return html_table(rows, header=header, title=f"Comparison of {len(self.runs)} runs")
 
     def figure(self) -> Any:
-        """A plotly figure: loss curves (solid train, dotted eval) and tuned scores per run.
+        """A plotly figure: loss curves (solid train, dotted eval), then one chart per score.
+
+        Each score has its own subplot and y axis (:func:`score_scale`), a bar per run (its
+        latest evaluation's tuned value), titled with which way is better.
 
         Examples:
             >>> run = RunResults("a", Path("runs/a"), ({"step": 1, "loss": 2.0},), {}, ())
@@ -201,7 +243,19 @@ class Comparison:
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "scores (tuned)"))
+        names = self.score_names()
+        cols = max(1, min(len(names), SCORE_COLUMNS))
+        rows = 1 + math.ceil(len(names) / cols)
+        scales = [score_scale(n, self._score_values(n), self._higher_is_better(n)) for n in names]
+        fig = make_subplots(
+            rows=rows,
+            cols=cols,
+            specs=[[{"colspan": cols}] + [None] * (cols - 1)]
+            + [[{}] * cols for _ in range(rows - 1)],
+            subplot_titles=["loss ↓ lower is better", *[title for title, _ in scales]],
+            vertical_spacing=min(0.3, 70 / (300 + 240 * (rows - 1))),  # ~70px for titles
+            horizontal_spacing=0.08,
+        )
         for k, run in enumerate(self.runs):
             color = f"hsl({(k * 67) % 360},60%,45%)"
             for key, dash in (("loss", "solid"), ("eval_loss", "dot")):
@@ -217,17 +271,49 @@ class Comparison:
                         row=1,
                         col=1,
                     )
-            if run.latest is not None:
-                names = list(run.latest.scores)
-                values = [run.latest.scores[n].get("tuned", float("nan")) for n in names]
+            scores = run.latest.scores if run.latest is not None else {}
+            for i, name in enumerate(names):
+                if name not in scores:
+                    continue
+                value = scores[name].get("tuned", float("nan"))
                 fig.add_trace(
-                    go.Bar(x=names, y=values, name=f"{run.name} scores", marker_color=color),
-                    row=1,
-                    col=2,
+                    go.Bar(
+                        x=[run.name],
+                        y=[value],
+                        name=f"{run.name} scores",
+                        legendgroup=f"{run.name} scores",
+                        showlegend=i == 0,
+                        marker_color=color,
+                        text=[format_score(value)],
+                        textposition="outside",
+                        cliponaxis=False,
+                    ),
+                    row=2 + i // cols,
+                    col=1 + i % cols,
                 )
-        fig.update_layout(height=360, barmode="group", margin=dict(l=40, r=10, t=40, b=40))
+        for i, (_title, y_range) in enumerate(scales):
+            fig.update_yaxes(range=y_range, row=2 + i // cols, col=1 + i % cols)
+        fig.update_annotations(font_size=12)
+        fig.update_layout(
+            height=300 + 240 * (rows - 1),
+            barmode="relative",  # one bar per run and category: no empty group slots
+            margin=dict(l=40, r=10, t=40, b=40),
+        )
         fig.update_xaxes(title_text="step", row=1, col=1)
         return fig
+
+    def _score_values(self, name: str) -> list[float]:
+        return [
+            r.latest.scores[name].get("tuned", float("nan"))
+            for r in self.runs
+            if r.latest is not None and name in r.latest.scores
+        ]
+
+    def _higher_is_better(self, name: str) -> bool:
+        for run in self.runs:
+            if run.latest is not None and name in run.latest.scores:
+                return run.latest.higher_is_better(name)
+        return True
 
     def _ipython_display_(self) -> None:
         import plotly.graph_objects as go

@@ -384,6 +384,17 @@ class Evaluation:
     def __repr__(self) -> str:
         return f"Evaluation(rows={len(self.rows)}, scores={list(self.scores)}, path={self.path})"
 
+    def wait(self, timeout: float | None = None) -> Evaluation:
+        """This evaluation: it is complete. Code written for ``evaluate(wait=False)``'s
+        handle (``ev.wait()``) works unchanged on a blocking evaluation too.
+
+        Examples:
+            >>> ev = Evaluation({}, (), {})
+            >>> ev.wait() is ev
+            True
+        """
+        return self
+
     def panel(self) -> Any:
         """The :class:`~workbench.widgets.eval_panel.EvalPanel` of this evaluation.
 
@@ -399,6 +410,4 @@ class Evaluation:
         return EvalPanel(self)
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.panel().widget)
+        self.panel()._ipython_display_()  # live tabs plus a static snapshot for saved files

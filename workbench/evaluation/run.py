@@ -127,6 +127,15 @@ def _emitter(events: Events) -> Callable[[str, Any], None]:
     return events.emit if hasattr(events, "emit") else events
 
 
+Cancelled = Callable[[], bool] | None  # asked between batches: True stops the evaluation
+
+
+def _check_cancelled(cancelled: Cancelled, where: str) -> None:
+    if cancelled is not None and cancelled():
+        msg = f"the evaluation was cancelled {where}: nothing was saved; evaluate again for scores"
+        raise EvaluationError(msg)
+
+
 @dataclass(frozen=True)
 class _Outputs:
     texts: list[str]
@@ -140,6 +149,7 @@ def _run_column(
     spec: EvalSpec,
     role: Role,
     emit: Callable[[str, Any], None],
+    cancelled: Cancelled = None,
 ) -> _Outputs:
     from workbench.models.generation import generate_text
 
@@ -147,8 +157,9 @@ def _run_column(
     texts: list[str] = []
     with _adapter(model, role):
         for start in range(0, len(prompts), spec.batch_size):
+            _check_cancelled(cancelled, f"at {role} {start}/{len(prompts)}")
             batch = prompts[start : start + spec.batch_size]
-            texts += generate_text(
+            new = generate_text(
                 model,
                 tokenizer,
                 batch,
@@ -156,7 +167,9 @@ def _run_column(
                 stop_strings=list(spec.stop_strings),
                 **spec.generation,
             )
-            emit(EVAL_PROGRESS, EvalProgress(role, len(texts), len(prompts)))
+            texts += new
+            emit(EVAL_PROGRESS, EvalProgress(role, len(texts), len(prompts), tuple(new)))
+        _check_cancelled(cancelled, f"after {role} {len(texts)}/{len(prompts)}")
         losses = reference_losses(
             model, tokenizer, prompts, [r["reference"] for r in rows], spec.batch_size
         )
@@ -228,8 +241,12 @@ def evaluate_with_spec(
     metrics: list[Metric],
     spec: EvalSpec,
     events: Events = None,
+    cancelled: Cancelled = None,
 ) -> Evaluation:
     """Run an evaluation from a built :class:`EvalSpec` (what :func:`run_evaluation` calls).
+
+    ``cancelled`` is asked before each batch; when it answers True the evaluation stops
+    with an :class:`~workbench.errors.EvaluationError` saying so, before anything is saved.
 
     Examples:
         Rows are checked before the model is touched:
@@ -245,7 +262,10 @@ def evaluate_with_spec(
     was_training = getattr(model, "training", False)
     model.eval()  # adapter dropout off: evaluation is deterministic
     try:
-        outputs = {role: _run_column(model, tokenizer, rows, spec, role, emit) for role in columns}
+        outputs = {
+            role: _run_column(model, tokenizer, rows, spec, role, emit, cancelled)
+            for role in columns
+        }
     finally:
         model.train(was_training)
     references = tuple(r["reference"] for r in rows)
@@ -269,6 +289,7 @@ def run_evaluation(
     events: Events = None,
     run_dir: str | Path | None = None,
     seed: int = 0,
+    cancelled: Cancelled = None,
 ) -> Evaluation:
     """Generate answers for ``rows`` with the tuned and the base model and score both.
 
@@ -293,17 +314,21 @@ def run_evaluation(
         out_dir: Save the evaluation there (atomically) and set ``Evaluation.path``.
         stop_strings: Texts that end an answer; cut from the output.
         batch_size: Prompts per batch.
-        events: An ``EventHub`` or ``fn(name, payload)``: ``eval_progress`` and ``eval_done``.
+        events: An ``EventHub`` or ``fn(name, payload)``: ``eval_progress`` (after each batch,
+            with the batch's answers) and ``eval_done``.
         run_dir: A training run folder; its ``probes.jsonl`` is kept for the panel's timeline.
         seed: Seed of the bootstrap intervals.
+        cancelled: ``fn() -> bool``, asked before each batch (and before scoring): True stops
+            the evaluation with an ``EvaluationError`` and nothing is saved
+            (:mod:`workbench.evaluation.background` uses it for ``cancel()``).
 
     Returns:
         The :class:`~workbench.evaluation.Evaluation`.
 
     Raises:
         EvaluationError: No rows, a malformed row, an unknown metric (the message lists the
-            known ones), or a metric that raises or returns a non-number (names the metric
-            and the example).
+            known ones), a metric that raises or returns a non-number (names the metric
+            and the example), or ``cancelled`` answered True.
 
     Examples:
         On the tiny model, a plain model (one ``"tuned"`` column; a peft model adds
@@ -335,7 +360,7 @@ def run_evaluation(
         batch_size,
         seed=seed,
     )
-    evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events)
+    evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events, cancelled)
     if run_dir is not None:
         probes = read_probes(run_dir)
         evaluation = Evaluation(

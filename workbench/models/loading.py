@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from workbench._quiet import quiet_third_party
 from workbench.errors import DependencyError, ModelLoadError, SpecError
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder
@@ -310,6 +311,7 @@ def load_model(
         Traceback (most recent call last):
         workbench.errors.SpecError: dtype='float16' on CPU: half-precision matmuls ran ...
     """
+    quiet_third_party()  # bitsandbytes' "pip install kernels" note is not the user's to act on
     device, dtype = _resolve_device_dtype(device, dtype)
     quant_config = _quantization_config(quantization, dtype)
     source = resolve_source(spec, on_event)

@@ -61,6 +61,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "load_trained_weights",
     "newest_valid_checkpoint",
     "prune_checkpoints",
     "remove_partial_checkpoints",
@@ -339,22 +340,46 @@ def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> list[Path
     return deleted
 
 
+def _damaged(path: Path, err: BaseException) -> TrainingError:
+    msg = (
+        f"checkpoint {path} is damaged ({type(err).__name__}: {str(err)[:200]}); "
+        "Session.resume skips damaged checkpoints, or delete this folder."
+    )
+    return TrainingError(msg)
+
+
 def _load_tensors(path: Path) -> tuple[dict[str, Any], list[Any]]:
     """Read a checkpoint's tensors; a damaged file becomes a :class:`TrainingError`."""
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
+    weights = load_trained_weights(path)
     try:
-        weights = load_file(str(path / "trainable.safetensors"))
         states = [torch.load(path / name, weights_only=True) for name in _TENSOR_FILES]
     except (SafetensorError, OSError, EOFError, pickle.UnpicklingError, RuntimeError) as err:
-        msg = (
-            f"checkpoint {path} is damaged ({type(err).__name__}: {str(err)[:200]}); "
-            "Session.resume skips damaged checkpoints, or delete this folder."
-        )
-        raise TrainingError(msg) from err
+        raise _damaged(path, err) from err
     return weights, states
+
+
+def load_trained_weights(path: str | Path) -> dict[str, Any]:
+    """The trained tensors of checkpoint ``path`` (adapter, or all weights for full tuning).
+
+    Only ``trainable.safetensors`` is read, not the optimizer state. A damaged file is a
+    :class:`~workbench.errors.TrainingError` naming the folder.
+
+    Examples:
+        >>> load_trained_weights("/nonexistent/checkpoint-00000004")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.TrainingError: checkpoint /nonexistent/checkpoint-00000004 is damaged ...
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path / "trainable.safetensors"))
+    except (SafetensorError, OSError, RuntimeError) as err:
+        raise _damaged(path, err) from err
 
 
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:

@@ -84,6 +84,8 @@ class Run:
         probe_history: ``[{"step": int, "outputs": [str, ...]}, ...]`` per evaluation.
         layer_norms: ``[{"step", "layers", "weight", "grad"}, ...]`` per step while layer
             norms are tracked (see :meth:`track_layer_norms`).
+        fork_hooks: A :class:`~workbench.train.fork.ForkHooks` set by the Session (``None``
+            for a run started without one): what :meth:`fork` asks of its owner.
 
     Examples:
         A run of 100 steps on the tiny model, paused, resumed and stopped:
@@ -148,6 +150,8 @@ class Run:
             run_dir=str(run_dir),
         )
         self._monitor: Any = None
+        self.fork_hooks: Any = None
+        self._superseded_by: Run | None = None  # the fork its model was handed to
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
         self._grad_norms: list[float] | None = None
@@ -244,6 +248,32 @@ class Run:
         with self._cond:
             return list(self._history)
 
+    @property
+    def diagnostics(self) -> Any:
+        """Findings in words about this run so far (overfitting, a flat loss, gradient spikes).
+
+        A :class:`~workbench.widgets._findings.Diagnosis` (a list of
+        :class:`~workbench.diagnostics.Finding`, each with ``kind``, ``evidence`` and one
+        ``suggestion``), recomputed from :attr:`history` on each call, live or finished.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-diagnostics", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-diagnostics", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=5, lr=1e-9, batch_size=8, wait=False)
+            >>> _ = run.wait()
+            >>> [(f.kind, f.step) for f in run.diagnostics]  # lr 1e-9 trains nothing
+            [('flat_loss', 5)]
+        """
+        from workbench.diagnostics import diagnose_run
+        from workbench.widgets._findings import Diagnosis
+
+        return Diagnosis(diagnose_run(self.history, total_steps=self._status.total_steps))
+
     # -- controls (called from the main thread) -------------------------------------------
     def pause(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
         """Pause after the current step; with ``wait``, block until the worker is paused.
@@ -280,7 +310,8 @@ class Run:
 
         Raises:
             SpecError: the run finished or failed, so there is nothing to continue.
-            SessionStateError: the run is still stopping; ``wait()`` for it first.
+            SessionStateError: the run is still stopping (``wait()`` for it first), or it
+                was forked and its model now trains the fork (:attr:`superseded_by`).
 
         Examples:
             >>> import shutil
@@ -298,6 +329,7 @@ class Run:
             >>> run.stop().state, run.wait().state
             (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
+        self._check_not_superseded("resume")
         with self._cond:
             state = self._status.state
             if state in (RunState.FINISHED, RunState.FAILED):
@@ -468,12 +500,25 @@ class Run:
         """
         self._ask("save")
 
-    def wait(self, timeout: float | None = None, progress: bool = False) -> RunStatus:
+    def wait(
+        self, timeout: float | None = None, progress: bool = False, step: int | None = None
+    ) -> RunStatus:
         """Block until the run ends; with ``progress``, print a line per logged record.
 
         It returns only once the worker has published its terminal state, which is its last
         act, so the model is free when it returns. Lines are printed by the calling thread,
         so they land in the caller's cell.
+
+        In a notebook the monitor's buttons keep working while this blocks: the cell serves
+        the widgets' messages every few hundredths of a second
+        (:mod:`workbench.widgets._kernel`), so Pause, Stop or Evaluate now clicked during a
+        ``run.wait()`` act at once.
+
+        Args:
+            timeout: Seconds to wait at most; then the status as it is.
+            progress: Print a line per logged record.
+            step: Return as soon as the run has reached this step (or ended), e.g. to pause
+                it there.
 
         Examples:
             >>> import shutil
@@ -483,29 +528,48 @@ class Run:
             >>> s = Session("/tmp/wb-doc-run-wait", verbose=False)
             >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
             >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
-            >>> run = s.train(max_steps=2, wait=False)
+            >>> run = s.train(max_steps=6, wait=False)
+            >>> run.wait(step=3).step >= 3  # returns once step 3 is done
+            True
             >>> status = run.wait()
             >>> status.state, status.step, run.wait().state
-            (<RunState.FINISHED: 'finished'>, 2, <RunState.FINISHED: 'finished'>)
+            (<RunState.FINISHED: 'finished'>, 6, <RunState.FINISHED: 'finished'>)
         """
+        from workbench._display import notebook_kernel
+
         lines: list[str] = []
         unsubscribe = self._subscribe_lines(lines) if progress else (lambda: None)
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def reached() -> bool:
+            return self._ended() or (step is not None and self._status.step >= step)
+
+        pump = None
+        if notebook_kernel() is not None:  # serve the panels' buttons while this blocks
+            from workbench.widgets._kernel import widget_pump
+
+            pump = widget_pump()
         try:
             while True:
+                left = None if deadline is None else deadline - time.monotonic()
                 with self._cond:
                     self._cond.wait_for(
-                        lambda: lines or self._ended(),
-                        None if deadline is None else deadline - time.monotonic(),
+                        lambda: lines or reached(), left if pump is None else pump.slice(left)
                     )
                     batch, lines[:] = list(lines), []
-                    ended = self._ended()
+                    ended = reached()
                 for line in batch:
                     print(line, flush=True)
                 if ended or (deadline is not None and time.monotonic() >= deadline):
+                    if self._status.done and self._monitor is not None:
+                        self._monitor.finalise()  # sent from this cell: nbclient applies it
                     return self._status
+                if pump is not None:
+                    pump.serve()
         finally:
             unsubscribe()
+            if pump is not None:
+                pump.close()
 
     def monitor(self, teaching: bool | None = None) -> Any:
         """The :class:`~workbench.widgets.TrainingMonitor` of this run (one per run).
@@ -549,6 +613,153 @@ class Run:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.monitor()._repr_mimebundle_(**kwargs)
+
+    def _ipython_display_(self) -> None:
+        from workbench.widgets._snapshot import show
+
+        # A run that has ended shows its static snapshot (run.monitor() shows a live panel),
+        # unless it was stopped with steps left: its live panel has the Resume button.
+        status = self._status
+        resumable = status.state.value == "stopped" and status.step < status.total_steps
+        show(self.monitor(), live=resumable or not (status.done and self._ended()))
+
+    # -- forks ----------------------------------------------------------------------------
+    def fork(self, step: int, wait: bool | None = None, **changes: Any) -> Run:
+        """A new run from this run's checkpoint at ``step``, with ``changes`` to its settings.
+
+        "What if I had lowered the learning rate here?": the fork starts from the weights,
+        optimizer state, RNG and data position saved at ``step``, with the new settings (the
+        new ``lr`` becomes the schedule's peak; the schedule is rebuilt for the fork's total
+        steps), in a new run folder beside this one whose ``run.json`` records
+        ``forked_from``. Unchanged settings reproduce this run's losses after ``step``. It
+        trains this run's model, which it takes over (:attr:`superseded_by`), and in a
+        Session it becomes ``s.run``. The details are in :mod:`workbench.train.fork`.
+
+        Args:
+            step: The step of a checkpoint; a paused run may also fork at the step it is
+                paused at (it is stopped first, saving it). Keep more checkpoints with
+                ``save_every=`` and ``keep_checkpoints="all"``.
+            wait: Block until the fork ends, printing progress. By default, like
+            ``Session.train``: block in a script, return at once in a notebook. By default, like
+                ``Session.train``: block in a script, return at once in a notebook.
+            **changes: ``lr``, ``epochs``, ``max_steps``, ``scheduler``, ``warmup``,
+                ``early_stopping``, ``eval_every``, ``save_every``, ``keep_checkpoints``,
+                ``max_grad_norm``, ``grad_norm_limit``, ``probe_max_new_tokens``,
+                ``track_layer_norms``, ``fast_loss``, or the data cutoff ``max_length``.
+
+        Raises:
+            SpecError: no checkpoint at ``step`` (the message lists those there are), or a
+                setting that defines the adapter's shape or the data order (``method``,
+                ``lora``, ``quantization``, ``batch_size``...) would change.
+            SessionStateError: the run is running or stopping: pause or stop it first.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-fork", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-fork", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=6, save_every=3, wait=False)
+            >>> _ = run.wait()
+            >>> fork = run.fork(step=3, lr=1e-4, wait=False)
+            >>> fork.wait().state, fork.run_dir.name, s.run is fork
+            (<RunState.FINISHED: 'finished'>, 'run-002', True)
+            >>> [r.step for r in fork.history if r.kind == "train"]  # the parent's 1-3, its 4-6
+            [1, 2, 3, 4, 5, 6]
+            >>> fork.parent == run.run_dir, [p.name for p in run.forks], run.superseded_by is fork
+            (True, ['run-002'], True)
+        """
+        from workbench.train.fork import fork_run
+
+        return fork_run(self, step, wait=wait, **changes)
+
+    @property
+    def forks(self) -> list[Path]:
+        """The run folders forked from this run (read from the folders beside it), in order.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-forks", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-forks", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=4, save_every=2, wait=False)
+            >>> run.wait().state, run.forks
+            (<RunState.FINISHED: 'finished'>, [])
+            >>> first = run.fork(step=2, lr=1e-4, wait=False)
+            >>> _ = first.wait()
+            >>> second = run.fork(step=4, max_steps=6, wait=False)
+            >>> _ = second.wait()
+            >>> [p.name for p in run.forks]
+            ['run-002', 'run-003']
+        """
+        from workbench.train.fork import forks_of
+
+        return forks_of(self.run_dir)
+
+    @property
+    def parent(self) -> Path | None:
+        """The run folder this run was forked from (``None``: it was not forked).
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-parent", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-parent", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=4, save_every=2, wait=False)
+            >>> run.wait().state, run.parent
+            (<RunState.FINISHED: 'finished'>, None)
+            >>> fork = run.fork(step=2, lr=1e-4, wait=False)
+            >>> fork.parent.name, fork.wait().state
+            ('run-001', <RunState.FINISHED: 'finished'>)
+        """
+        from workbench.train.fork import forked_from
+
+        origin = forked_from(self.run_dir)
+        return None if origin is None else self.run_dir.parent / origin["run"]
+
+    @property
+    def superseded_by(self) -> Run | None:
+        """The fork that took over this run's model (``None``: the model is still this run's).
+
+        The model in memory is shared, so once forked this run no longer resumes, evaluates
+        or saves in this process; ``Session.resume(folder)`` continues it on a reloaded model.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-superseded", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-superseded", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, save_every=5, wait=False)
+            >>> at = run.pause().step  # a paused run forks at the step it is paused at
+            >>> fork = run.fork(step=at, lr=1e-4, max_steps=at + 2, wait=False)
+            >>> run.state, run.superseded_by is fork, fork.wait().step == at + 2
+            (<RunState.STOPPED: 'stopped'>, True, True)
+            >>> run.save_now()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SessionStateError: save_now() is refused: run-001 handed its model ...
+        """
+        return self._superseded_by
+
+    def _check_not_superseded(self, call: str) -> None:
+        fork = self._superseded_by
+        if fork is not None:
+            msg = (
+                f"{call}() is refused: {self.run_dir.name} handed its model to its fork "
+                f"{fork.run_dir.name}, so it can no longer go on in this process. "
+                f"Session.resume({str(self.run_dir)!r}) continues it on a reloaded model."
+            )
+            raise SessionStateError(msg)
 
     def __repr__(self) -> str:
         s = self._status
@@ -594,6 +805,7 @@ class Run:
 
     def _ask(self, request: str) -> None:
         """Queue a request for the worker, or serve it here when no worker runs."""
+        self._check_not_superseded("evaluate_now" if request == "eval" else "save_now")
         with self._cond:
             if self._worker is not None and not self._status.done:
                 self._requests.append(request)
@@ -726,11 +938,25 @@ class Run:
         with self._cond:
             if worker is not self._worker and worker is not self._last_worker:
                 return
+            # A second evaluation at one step (Evaluate now while paused at a scheduled one)
+            # replaces that step's answers, here and on disk: one row per step.
+            same = [] if row.get("base") else [r["step"] for r in self.probe_history]
             if row.get("base"):
                 self.probe_base = row["outputs"]
+            elif row["step"] in same:
+                self.probe_history[same.index(row["step"])] = row
             else:
                 self.probe_history.append(row)
-        store.append_jsonl(self.run_dir / store.PROBES, row)
+        if row["step"] in same:
+            rows = store.read_jsonl(self.run_dir / store.PROBES)
+            gone = [
+                k for k, r in enumerate(rows) if not r.get("base") and r.get("step") == row["step"]
+            ]
+            rows = [r for k, r in enumerate(rows) if k not in gone]
+            rows.insert(gone[0] if gone else len(rows), row)  # where the step's row was
+            store.rewrite_jsonl(self.run_dir / store.PROBES, rows)
+        else:
+            store.append_jsonl(self.run_dir / store.PROBES, row)
         self.events.emit(
             TRAIN_PROBES,
             TrainProbes(

@@ -12,6 +12,10 @@ Examples:
     Traceback (most recent call last):
     ...
     workbench.errors.SpecError: lr=0 must be a number > 0 (LoRA usually trains well at 2e-4).
+    >>> TrainSpec(lr=...)  # a workshop exercise's gap, not filled in yet
+    Traceback (most recent call last):
+    ...
+    workbench.errors.SpecError: lr=... is a placeholder: fill in your answer.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, Literal, get_args
 from workbench.errors import SpecError, WorkbenchWarning
 from workbench.types import Method
 
-__all__ = ["LoRA", "Method", "SchedulerName", "TrainSpec"]
+__all__ = ["KEEP_ALL", "LoRA", "Method", "SchedulerName", "TrainSpec"]
 
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -37,8 +41,24 @@ SchedulerName = Literal[
 # 5e-3 with LoRA; lr=1000 collapses them to a uniform output (measured, tests/test_integrity_run).
 _LR_WARN_ABOVE = {"lora": 1e-2, "full": 1e-3}
 
+# ``keep_checkpoints=None`` or ``"all"``: keep every checkpoint (to fork from any of them, see
+# workbench.train.fork). Stored as this count, which no run reaches, so the spec, run.json and
+# the pruning in workbench.train.checkpoint keep dealing in plain integers.
+KEEP_ALL = 1_000_000_000
+
+
+def _placeholders(spec: Any) -> list[str | None]:
+    """A field still holding an exercise's ``...``: said before any other check of it."""
+    return [
+        f"{f.name}=... is a placeholder: fill in your answer"
+        for f in dataclasses.fields(spec)
+        if getattr(spec, f.name) is Ellipsis
+    ]
+
 
 def _positive(name: str, value: Any, kind: type = int, zero: bool = False) -> str | None:
+    if value is Ellipsis:
+        return f"{name}=... is a placeholder: fill in your answer"
     ok = (isinstance(value, kind) and not isinstance(value, bool)) or (
         kind is float and isinstance(value, int) and not isinstance(value, bool)
     )
@@ -86,6 +106,7 @@ class LoRA:
     use_dora: bool = False
 
     def __post_init__(self) -> None:
+        _raise(_placeholders(self))
         # alpha defaults to 2 * r, the common choice, so LoRA(r=8) scales updates by 2.
         if self.alpha is None and isinstance(self.r, int):
             object.__setattr__(self, "alpha", 2 * self.r)
@@ -155,7 +176,9 @@ class TrainSpec:
         eval_every: Evaluate every N steps (``None``: about ten times per run).
         save_every: Checkpoint every N steps (``None``: about four times per run); a
             checkpoint is also written at the end.
-        keep_checkpoints: How many of the newest checkpoints to keep.
+        keep_checkpoints: How many of the newest checkpoints to keep. ``None`` or ``"all"``
+            keeps every one (stored as :data:`KEEP_ALL`), so that ``run.fork(step=...)`` can
+            start from any step a checkpoint was written at (with ``save_every``).
         seed: Seeds adapter initialisation, dropout, NEFTune noise and the data order.
         gradient_checkpointing: Recompute activations in backward to save memory.
         neftune_alpha: Noise on input embeddings (NEFTune, arXiv:2310.05914), e.g. 5.
@@ -174,6 +197,11 @@ class TrainSpec:
         60
         >>> TrainSpec(epochs=2, batch_size=8, grad_accum=2).total_steps(64)
         8
+        >>> TrainSpec(keep_checkpoints="all").keep_checkpoints == KEEP_ALL
+        True
+        >>> TrainSpec(keep_checkpoints="some")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: keep_checkpoints='some' must be an integer > 0, or None ...
     """
 
     method: Method = "lora"
@@ -190,7 +218,7 @@ class TrainSpec:
     grad_norm_limit: float | None = 1e4
     eval_every: int | None = None
     save_every: int | None = None
-    keep_checkpoints: int = 2
+    keep_checkpoints: int | Literal["all"] | None = 2
     seed: int = 42
     gradient_checkpointing: bool = False
     neftune_alpha: float | None = None
@@ -201,8 +229,11 @@ class TrainSpec:
     track_layer_norms: bool = False
 
     def __post_init__(self) -> None:
+        _raise(_placeholders(self))
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoRA(**self.lora))
+        if self.keep_checkpoints is None or self.keep_checkpoints == "all":
+            object.__setattr__(self, "keep_checkpoints", KEEP_ALL)
         _raise(self._problems())
         if (
             not isinstance(self.lr, (int, float))
@@ -243,7 +274,7 @@ class TrainSpec:
             _positive("batch_size", self.batch_size),
             _positive("grad_accum", self.grad_accum),
             _positive("weight_decay", self.weight_decay, float, zero=True),
-            _positive("keep_checkpoints", self.keep_checkpoints),
+            self._keep_problem(),
             _positive("seed", self.seed, zero=True),
             _positive("probe_max_new_tokens", self.probe_max_new_tokens),
             self._warmup_problem(),
@@ -255,6 +286,14 @@ class TrainSpec:
             else f"track_layer_norms={self.track_layer_norms!r} must be a bool",
             *[_positive(n, v, k) for n, v, k in optional if v is not None],
         ]
+
+    def _keep_problem(self) -> str | None:
+        if _positive("keep_checkpoints", self.keep_checkpoints) is None:
+            return None
+        return (
+            f"keep_checkpoints={self.keep_checkpoints!r} must be an integer > 0, or None / "
+            "'all' to keep every checkpoint"
+        )
 
     def _warmup_problem(self) -> str | None:
         if isinstance(self.warmup, bool):

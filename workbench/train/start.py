@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench._quiet import quiet_third_party
 from workbench.errors import DataError, SpecError, WorkbenchWarning
 from workbench.events import EventHub
 from workbench.train import store
@@ -211,6 +212,7 @@ def _launch(
     probe_rows: list[dict[str, Any]] | None = None,
     checkpoint: Path | None = None,
 ) -> Run:
+    quiet_third_party()  # peft's read of a deprecated transformers property warns each run
     model = wrap_model(model, spec)
     if spec.neftune_alpha:
         add_neftune(model, spec.neftune_alpha)

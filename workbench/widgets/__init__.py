@@ -15,6 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["ABRating", "DataInspector", "EvalPanel"]
+_LAZY = {
+    "ChatPanel": "workbench.widgets.chat_panel",
+    "CheckpointGrid": "workbench.widgets.checkpoint_grid",
+    "EvalProgressPanel": "workbench.widgets.eval_progress",
+    "LRFinderPanel": "workbench.widgets.lr_finder_panel",
+}
+__all__ += list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
@@ -31,6 +38,10 @@ def __getattr__(name: str) -> Any:
         from workbench.widgets.ab_rating import ABRating
 
         return ABRating
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)
 
 

@@ -1,13 +1,24 @@
 """DataInspector: rows, one example's tokens, a length histogram with a cutoff, and problems.
 
-A view of a :class:`~workbench.data.PreparedData`: every number comes from its report or its
-methods (``search``, ``preview``, ``example``, ``truncation_at``); each widget callback calls
+A view of one :class:`~workbench.data.PreparedData`: the one it was built with, or the one its
+own Apply switched it to. Every number comes from that data's report or its methods
+(``search``, ``preview``, ``example``, ``stats``, ``truncation_at``); each widget callback calls
 one method of this class, and those methods are what tests drive headless. All data text is
 escaped (see :mod:`workbench.widgets._html`); problem labels live in a ``Select``, which shows
 plain text.
 
-In a notebook a bare ``inspector`` shows the panel; a session passes its ``set_max_length``
-as ``on_apply_max_length``. Headless, on data tokenized by the tiny model's tokenizer:
+The row list labels each row by the part of its prompt that varies between rows (the alpaca
+``input`` when most rows share the ``instruction``; the first user message of a chat), without
+template markers; the token view below it still shows every token.
+
+The cutoff is a full-width slider linked to a number box, with a preview line of what that
+``max_length`` would cut. Apply is off when every answer would lose all its trained tokens,
+and asks once more ("Cut 12 answers? Apply anyway") when some answers would be cut. A panel
+made by ``s.inspect_data()`` knows the session's current data: once ``load_data`` or
+``set_max_length`` replaces it, the panel shows a stale banner and its Apply is off.
+
+In a notebook a bare ``inspector`` shows the panel. Headless, on data tokenized by the tiny
+model's tokenizer:
 
 Examples:
     >>> from transformers import AutoTokenizer
@@ -32,19 +43,40 @@ Examples:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import re
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as w
+import numpy as np
 
+from workbench._display import format_bytes
+from workbench.data.special_text import TextGuard, special_strings
+from workbench.errors import SessionStateError, WorkbenchError
+from workbench.events import DATA_LOADED
 from workbench.widgets._html import escape, pre, shorten, table, token_span
 
-__all__ = ["MAX_PROBLEMS_LISTED", "PAGE_SIZE", "DataInspector"]
+__all__ = ["LABEL_CHARS", "MAX_PROBLEMS_LISTED", "PAGE_SIZE", "DataInspector"]
 
 PAGE_SIZE = 20
 MAX_PROBLEMS_LISTED = 500
-_HEADERS = ["#", "source row", "prompt", "answer", "tokens", "trained", "problems"]
+LABEL_CHARS = 80
+"""Characters of a row's varying text shown in the row list."""
+APPLY = "Apply max_length"
+_HEADERS = ["#", "source row", "prompt (what varies)", "answer", "tokens", "trained", "problems"]
+_TEXT_HEADERS = ["#", "source row", "text (what varies)", "tokens", "trained", "problems"]
 _BOX = "font-family:monospace;white-space:pre-wrap;line-height:1.6;"
+_STALE = (
+    "background:#fff3cd;color:#664d03;border:1px solid #e0c36a;border-radius:4px;"
+    "padding:6px 10px;font-weight:bold;"
+)
+_NOTE = "color:#8a4b00;"
+_SAMPLE_ROWS = 200  # rows read to learn which prompt text most rows share
+_PARAGRAPHS = re.compile(r"\n\s*\n")
+_ROLES = r"(?:(?:system|user|assistant|model|developer)\b)?"
 
 
 class DataInspector:
@@ -52,9 +84,17 @@ class DataInspector:
 
     Args:
         data: A :class:`~workbench.data.PreparedData`.
-        on_apply_max_length: Called with the slider's cutoff when Apply is clicked. If it
-            returns a ``PreparedData``, the panel switches to it.
+        on_apply_max_length: Called with the cutoff when Apply is pressed (and confirmed). If
+            it returns a ``PreparedData``, the panel switches to it.
         page_size: Rows per table page.
+        current: Returns the data its owner holds now (``s.inspect_data()`` passes the
+            session's). While that is not this panel's data, the panel is stale: a banner says
+            so and Apply is off.
+        events: An :class:`~workbench.events.EventHub` whose ``data_loaded`` events make the
+            panel look at ``current`` again (the session's hub).
+        memory: ``memory(seq_len)`` returns a memory estimate (an object with ``total`` in
+            bytes and ``batch_size``) for the preview line; the session passes its
+            ``estimate_memory``.
 
     Examples:
         >>> from transformers import AutoTokenizer
@@ -68,8 +108,10 @@ class DataInspector:
         >>> ins.page, ins.page_label.value
         (1, 'page 2 of 3 (45 rows)')
         >>> ins.set_cutoff(23)
-        >>> ins.cutoff_label.value
-        'cutoff 23: 24 of 45 examples cut, 24 answers cut (0 lose every trained token)'
+        >>> print(*ins.cutoff_label.value.split("; "), sep="\\n")
+        at 23 tokens: 24 of 45 answers lose tokens, 0 lose all
+        73% of answer tokens kept
+        24 of 45 examples cut
     """
 
     def __init__(
@@ -77,15 +119,28 @@ class DataInspector:
         data: Any,
         on_apply_max_length: Callable[[int], Any] | None = None,
         page_size: int = PAGE_SIZE,
+        *,
+        current: Callable[[], Any] | None = None,
+        events: Any = None,
+        memory: Callable[[int], Any] | None = None,
     ) -> None:
         self.on_apply_max_length = on_apply_max_length
+        self.current = current
+        self.memory = memory
         self.page_size = page_size
+        self._armed: int | None = None
+        self._applying = False
+        self._markers: tuple[Any, re.Pattern[str] | None] = (None, None)
         self._build_widgets()
         self._connect()
         self.set_data(data)
+        if events is not None:
+            _listen_for_new_data(self, events)
 
     # -- layout -------------------------------------------------------------------------
     def _build_widgets(self) -> None:
+        self.stale_html = w.HTML(layout=w.Layout(display="none"))
+        self.stale_html.add_class("wb-stale")
         self.summary_html = w.HTML()
         self.split_toggle = w.ToggleButtons(options=["train"], value="train", description="split")
         self.search_box = w.Text(
@@ -96,32 +151,71 @@ class DataInspector:
             w.Button(description="next ▶"),
         )
         self.page_label = w.Label()
+        self.shared_html = w.HTML()
         self.table_html = w.HTML()
         self.example_index = w.BoundedIntText(value=0, min=0, max=0, description="example")
         self.example_html = w.HTML()
+        wide = {"description_width": "initial"}
         self.cutoff_slider = w.IntSlider(
-            value=1, min=1, max=1, description="cutoff", continuous_update=False
+            value=1,
+            min=1,
+            max=1,
+            description="cutoff (tokens)",
+            readout=False,
+            continuous_update=True,
+            layout=w.Layout(width="100%"),
+            style=wide,
         )
-        self.cutoff_label = w.Label()
-        self.apply_button = w.Button(description="Apply max_length", button_style="primary")
+        self.cutoff_slider.add_class("wb-cutoff-slider")
+        self.cutoff_box = w.BoundedIntText(
+            value=1,
+            min=1,
+            max=1,
+            description="max_length",
+            layout=w.Layout(width="220px"),
+            style=wide,
+        )
+        self.cutoff_box.add_class("wb-cutoff-box")
+        self._cutoff_link = w.link((self.cutoff_slider, "value"), (self.cutoff_box, "value"))
+        self.cutoff_label = w.HTML()
+        self.cutoff_label.add_class("wb-cutoff-preview")
+        self.applied_label = w.HTML()
+        self.apply_button = w.Button(
+            description=APPLY, button_style="primary", layout=w.Layout(width="auto")
+        )
+        self.apply_button.add_class("wb-apply")
+        self.apply_note = w.HTML()
         self.problem_kind = w.Dropdown(options=["all"], value="all", description="kind")
         self.problems_select = w.Select(options=[], rows=10, layout=w.Layout(width="100%"))
         self.figure = self._figure()
+        full = w.Layout(width="100%")
         rows = w.VBox(
             [
                 w.HBox([self.split_toggle, self.search_box]),
                 w.HBox([self.prev_button, self.page_label, self.next_button]),
+                self.shared_html,
                 self.table_html,
-            ]
+            ],
+            layout=full,
         )
         lengths = w.VBox(
-            [self.figure, self.cutoff_slider, w.HBox([self.cutoff_label, self.apply_button])]
+            [
+                self.figure,
+                self.cutoff_slider,
+                w.HBox([self.cutoff_box, self.apply_button]),
+                self.cutoff_label,
+                self.applied_label,
+                self.apply_note,
+            ],
+            layout=full,
         )
-        problems = w.VBox([self.problem_kind, self.problems_select])
+        problems = w.VBox([self.problem_kind, self.problems_select], layout=full)
         self.tabs = w.Tab(
             children=[rows, lengths, problems], titles=["Rows", "Lengths", "Problems"]
         )
-        self.widget = w.VBox([self.summary_html, self.tabs, self.example_index, self.example_html])
+        self.widget = w.VBox(
+            [self.stale_html, self.summary_html, self.tabs, self.example_index, self.example_html]
+        )
         self.widget.add_class("wb-data-inspector")  # a stable hook for browser tests
 
     def _figure(self) -> Any:
@@ -148,7 +242,7 @@ class DataInspector:
         self.next_button.on_click(lambda _: self.go_to_page(self.page + 1))
         self.example_index.observe(lambda c: self.show_example(c["new"]), names="value")
         self.cutoff_slider.observe(lambda c: self.set_cutoff(c["new"]), names="value")
-        self.apply_button.on_click(lambda _: self.apply_cutoff())
+        self.apply_button.on_click(lambda _: self.press_apply())
         self.problem_kind.observe(lambda c: self.filter_problems(c["new"]), names="value")
         self.problems_select.observe(lambda c: self.show_problem(c["new"]), names="value")
 
@@ -172,6 +266,9 @@ class DataInspector:
         """
         self.data, self.report = data, data.report()
         self.split, self.query, self.page, self.example = "train", "", 0, None
+        self._armed, self._cuts, self._labels = None, {}, {}
+        if self._markers[0] is not data.tokenizer:
+            self._markers = (data.tokenizer, _marker_pattern(data.tokenizer))
         self._matches = data.search("", "train")
         self._flags = self._problem_flags()
         self.summary_html.value = pre("\n".join(self.report.lines()[:6]))
@@ -183,6 +280,8 @@ class DataInspector:
         self.filter_problems("all")
         self.go_to_page(0)
         self.show_example(0, "train")
+        self._show_staleness()
+        self._save_snapshot()
 
     def _problem_flags(self) -> dict[tuple[str, int], list[str]]:
         flags: dict[tuple[str, int], list[str]] = {}
@@ -294,23 +393,60 @@ class DataInspector:
         """
         self.page = min(max(0, page), self.pages - 1)
         start = self.page * self.page_size
-        rows = self.data.preview(self._matches[start : start + self.page_size], self.split)
+        indices = [int(i) for i in self._matches[start : start + self.page_size]]
+        rows = self.data.preview(indices, self.split)
+        labels = self.row_labels(indices, self.split)
+        strip = self._markers[1]
         cells = [
             [
                 r["row"],
                 r["source_row"],
-                shorten(r["prompt"]),
-                shorten(r["answer"]),
+                label,
+                *([] if self.data.is_text else [shorten(_unmarked(r["answer"], strip), 120)]),
                 r["tokens"],
                 r["trained"],
                 ", ".join(self._flags.get((self.split, r["row"]), [])),
             ]
-            for r in rows
+            for r, label in zip(rows, labels, strict=True)
         ]
-        self.table_html.value = table(_HEADERS, cells) if cells else "<i>no matching rows</i>"
+        headers = _TEXT_HEADERS if self.data.is_text else _HEADERS
+        self.table_html.value = table(headers, cells) if cells else "<i>no matching rows</i>"
+        self.shared_html.value = self._labeller(self.split).note()
         self.page_label.value = f"page {self.page + 1} of {self.pages} ({len(self._matches)} rows)"
         self.prev_button.disabled = self.page == 0
         self.next_button.disabled = self.page >= self.pages - 1
+
+    def row_labels(self, indices: Sequence[int], split: str | None = None) -> list[str]:
+        """The row list's label of each row: the start of the text that varies between rows.
+
+        Prompt paragraphs most rows share (an alpaca ``instruction``, a system-like preamble)
+        and template markers are left out; the token view shows them.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"instruction": "Extract the city as JSON.", "input": f"Ann lives in {c}.",
+            ...          "output": f'{{"city": "{c}"}}'} for c in ["Oslo", "Rome", "Lima"] * 5]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> ins = DataInspector(PreparedData.load(rows, tok, validation=None, cache_dir=cache))
+            >>> ins.row_labels([0, 1])
+            ['Ann lives in Oslo.', 'Ann lives in Rome.']
+            >>> ins.shared_html.value
+            '<i>Not in the list: text 15 of 15 rows share (&quot;Extract the city as JSON.&quot;). \
+The token view shows every token.</i>'
+        """
+        split = split or self.split
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        return self._labeller(split).labels(_field_values(self.data, split, indices))
+
+    def _labeller(self, split: str) -> _RowLabels:
+        if split not in self._labels:
+            self._labels[split] = _RowLabels.learn(self.data, split, self._markers[1])
+        return self._labels[split]
 
     def next_page(self) -> None:
         """Go to the next page.
@@ -370,12 +506,35 @@ class DataInspector:
         with self.figure.batch_update():
             self.figure.data[0].x = [(a + b) / 2 for a, b in itertools.pairwise(edges)]
             self.figure.data[0].y = list(counts)
-        self.cutoff_slider.max = max(longest, self.cutoff_slider.min)
-        self.cutoff_slider.value = self.data.spec.max_length or longest
-        self.set_cutoff(self.cutoff_slider.value)
+        for bounded in (self.cutoff_slider, self.cutoff_box):
+            bounded.max = max(longest, bounded.min)
+        # One source for the cutoff shown: this panel's data (its report says the same).
+        self.set_cutoff(min(self.report.max_length or longest, longest))
+
+    @property
+    def cutoff(self) -> int:
+        """The cutoff the slider and the number box show (not applied until Apply).
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(20)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> ins = DataInspector(data.with_max_length(19))
+            >>> ins.cutoff, ins.cutoff_box.value, ins.report.max_length
+            (19, 19, 19)
+        """
+        return int(self.cutoff_slider.value)
 
     def set_cutoff(self, cutoff: int) -> None:
-        """Move the cutoff line and say what a ``max_length`` of ``cutoff`` would cut.
+        """Move the cutoff (slider, box, red line) and preview what it would cut.
+
+        ``cutoff`` is clamped to 1..the longest example. The preview counts answers that would
+        lose trained tokens and those that would lose all of them, the share of answer tokens
+        kept, the examples cut and (given ``memory``) the memory estimate of a training step.
 
         Examples:
             >>> from transformers import AutoTokenizer
@@ -388,23 +547,196 @@ class DataInspector:
             >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
             >>> inspector = DataInspector(data)
             >>> inspector.set_cutoff(21)
-            >>> inspector.cutoff_label.value
-            'cutoff 21: 45 of 45 examples cut, 45 answers cut (24 lose every trained token)'
+            >>> print(*inspector.cutoff_label.value.split("; "), sep="\\n")
+            at 21 tokens: 45 of 45 answers lose tokens, 24 lose all
+            24% of answer tokens kept
+            45 of 45 examples cut
+            >>> print(inspector.applied_label.value)  # doctest: +NORMALIZE_WHITESPACE
+            <span style="color:#555">this panel's data: max_length: none;
+            the cutoff above is not applied</span>
             >>> inspector.figure.layout.shapes[0].x0  # the red line on the histogram
             21
         """
-        cut = self.data.truncation_at(cutoff)
-        self.cutoff_slider.value = cutoff
-        self.cutoff_label.value = (
-            f"cutoff {cutoff}: {cut['examples']} of {cut['total']} examples cut, "
-            f"{cut['answers']} answers cut ({cut['answers_lost']} lose every trained token)"
+        cutoff = min(max(int(cutoff), self.cutoff_slider.min), self.cutoff_slider.max)
+        if cutoff != self._armed:
+            self._armed = None
+        self.cutoff_slider.value = cutoff  # the link moves the number box
+        cut = self._cut(cutoff)
+        noun = _noun(self.data)
+        parts = [
+            f"at {cutoff} tokens: {cut['cut']} of {cut['answered']} {noun} lose tokens, "
+            f"{cut['lost']} lose all",
+            f"{_percent(cut['kept'])} of {'trained' if self.data.is_text else 'answer'} "
+            "tokens kept",
+            f"{cut['examples']} of {cut['total']} examples cut",
+        ]
+        memory = self._memory_text(cutoff)
+        self.cutoff_label.value = escape("; ".join(parts + ([memory] if memory else [])))
+        applied = _max_length_text(self.report.max_length)
+        longest = self.cutoff_slider.max
+        pending = cutoff != min(self.report.max_length or longest, longest)
+        beyond = (self.report.max_length or 0) > longest
+        self.applied_label.value = (
+            f'<span style="color:#555">this panel\'s data: {escape(applied)}'
+            + (f" (cuts nothing: the longest example has {longest} tokens)" if beyond else "")
+            + ("; the cutoff above is not applied" if pending else "")
+            + "</span>"
         )
         with self.figure.batch_update():
             self.figure.layout.shapes[0].x0 = cutoff
             self.figure.layout.shapes[0].x1 = cutoff
+        self._update_apply()
+
+    def _cut(self, cutoff: int) -> dict[str, Any]:
+        if cutoff not in self._cuts:
+            s = self.data.stats(None)
+            answered = s["n_answer"] > 0
+            start, end = s["answer_start"][answered], s["answer_end"][answered]
+            trained = s["n_answer"][answered]
+            # Exact for one answer per row (its trained tokens are contiguous); for several
+            # turns an upper bound, since masked user turns sit between the answers.
+            kept = np.minimum(trained, np.clip(np.minimum(end, cutoff) - start, 0, None)).sum()
+            found = self.data.truncation_at(cutoff)
+            self._cuts[cutoff] = {
+                "answered": int(answered.sum()),
+                "cut": found["answers"],
+                "lost": found["answers_lost"],
+                "examples": found["examples"],
+                "total": found["total"],
+                "kept": float(kept / trained.sum()) if trained.sum() else 1.0,
+                "all_keep_from": int(start.max()) + 1 if len(start) else 1,
+                "none_cut_from": int(end.max()) if len(end) else 1,
+            }
+        return self._cuts[cutoff]
+
+    def _memory_text(self, seq_len: int) -> str:
+        if self.memory is None:
+            return ""
+        try:
+            estimate = self.memory(seq_len)
+        except (WorkbenchError, ValueError) as error:
+            return f"no memory estimate ({shorten(str(error), 80)})"
+        batch = getattr(estimate, "batch_size", None)
+        per = f" ({batch} x {seq_len} tokens)" if batch else ""
+        return f"memory estimate {format_bytes(estimate.total)} per training step{per}"
+
+    @property
+    def apply_state(self) -> str:
+        """What pressing Apply does now.
+
+        ``"ready"`` applies; ``"confirm"`` asks first (some answers would lose trained tokens),
+        then ``"armed"`` applies on the next press; ``"blocked"``: every answer would lose all
+        its trained tokens; ``"stale"``: the owner's data is no longer this panel's;
+        ``"unavailable"``: no ``on_apply_max_length``. The last three disable the button.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
+            ...         for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> ins = DataInspector(data, on_apply_max_length=data.with_max_length)
+            >>> ins.apply_state
+            'ready'
+            >>> ins.set_cutoff(16)
+            >>> ins.apply_state, ins.apply_button.disabled
+            ('blocked', True)
+            >>> print(ins.apply_note.value)  # doctest: +NORMALIZE_WHITESPACE
+            <span style="color:#8a4b00;">Apply is off: at 16 tokens all 45 answers lose every
+            trained token, so nothing would be trained. From 22 tokens every answer keeps some;
+            from 25 none is cut.</span>
+            >>> DataInspector(data).apply_state
+            'unavailable'
+        """
+        if self.on_apply_max_length is None:
+            return "unavailable"
+        if self.stale:
+            return "stale"
+        cut = self._cut(self.cutoff)
+        if cut["answered"] and cut["lost"] == cut["answered"]:
+            return "blocked"
+        if cut["cut"]:
+            return "armed" if self._armed == self.cutoff else "confirm"
+        return "ready"
+
+    def _update_apply(self) -> None:
+        state, cutoff = self.apply_state, self.cutoff
+        cut, noun = self._cut(cutoff), _noun(self.data)
+        button = self.apply_button
+        button.disabled = state in ("blocked", "stale", "unavailable")
+        armed = state == "armed"
+        cut_noun = noun if cut["cut"] != 1 else noun[:-1]
+        button.description = f"Cut {cut['cut']} {cut_noun}? Apply anyway" if armed else APPLY
+        button.button_style = "warning" if armed else "" if button.disabled else "primary"
+        button.tooltip = {
+            "unavailable": "no session to apply to: use s.inspect_data()",
+            "stale": "this panel's data is no longer the session's",
+            "blocked": f"every {noun[:-1]} would lose all its trained tokens",
+            "armed": f"press again to set max_length={cutoff}",
+        }.get(state, f"set max_length={cutoff}")
+        note = ""
+        if state == "blocked":
+            note = (
+                f"Apply is off: at {cutoff} tokens all {cut['answered']} {noun} lose every "
+                f"trained token, so nothing would be trained. From {cut['all_keep_from']} tokens "
+                f"every {noun[:-1]} keeps some; from {cut['none_cut_from']} none is cut."
+            )
+        elif armed:
+            note = (
+                f"max_length={cutoff} cuts {cut['cut']} of {cut['answered']} {noun} "
+                f"({cut['lost']} lose every trained token): press again to apply, or move the "
+                "cutoff."
+            )
+        elif state == "stale":
+            note = "Apply is off: this panel's data is no longer the session's (see the top)."
+        self.apply_note.value = f'<span style="{_NOTE}">{escape(note)}</span>' if note else ""
+
+    def press_apply(self) -> Any:
+        """What a click on Apply does: apply, ask first, or nothing (see :attr:`apply_state`).
+
+        When some answers would lose trained tokens the first press only turns the button
+        into "Cut N answers? Apply anyway"; the second applies. Moving the cutoff asks again.
+
+        Returns:
+            What ``on_apply_max_length`` returned, or ``None`` when nothing was applied.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)}
+            ...         for i in range(45)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> data = PreparedData.load(rows, tok, validation=None, cache_dir=cache)
+            >>> ins = DataInspector(data, on_apply_max_length=data.with_max_length)
+            >>> ins.set_cutoff(22)
+            >>> ins.press_apply() is None, ins.apply_button.description
+            (True, 'Cut 39 answers? Apply anyway')
+            >>> _ = ins.press_apply()
+            >>> ins.data.spec.max_length, ins.apply_button.description
+            (22, 'Apply max_length')
+        """
+        self._show_staleness()
+        state = self.apply_state
+        if state == "confirm":
+            self._armed = self.cutoff
+            self._update_apply()
+            return None
+        if state in ("armed", "ready"):
+            return self.apply_cutoff()
+        return None
 
     def apply_cutoff(self) -> Any:
-        """Call ``on_apply_max_length`` with the current cutoff; show the data it returns.
+        """Call ``on_apply_max_length`` with the cutoff now, without asking; show what it returns.
+
+        The call a program makes (the button asks first, see :meth:`press_apply`).
+
+        Raises:
+            SessionStateError: The panel is stale: its owner's data changed since it was made.
 
         Examples:
             >>> from transformers import AutoTokenizer
@@ -427,10 +759,61 @@ class DataInspector:
         """
         if self.on_apply_max_length is None:
             return None
-        result = self.on_apply_max_length(self.cutoff_slider.value)
+        if self.stale:
+            raise SessionStateError(self._stale_message())
+        self._applying = True  # its own apply changes the owner's data: not stale meanwhile
+        try:
+            result = self.on_apply_max_length(self.cutoff)
+        finally:
+            self._applying = False
         if hasattr(result, "report") and hasattr(result, "truncation_at"):
             self.set_data(result)
+        else:
+            self._armed = None
+            self._show_staleness()
         return result
+
+    @property
+    def stale(self) -> bool:
+        """True once the owner's data (``current()``) is no longer the data this panel shows.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(20)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> owner = {"data": PreparedData.load(rows, tok, validation=None, cache_dir=cache)}
+            >>> ins = DataInspector(owner["data"], current=lambda: owner["data"])
+            >>> ins.stale
+            False
+            >>> owner["data"] = owner["data"].with_max_length(12)
+            >>> ins.stale, ins.stale_html.layout.display  # a listener, or any press, shows it
+            (True, 'none')
+            >>> ins.press_apply()
+            >>> ins.stale_html.layout.display is None, "now max_length=12" in ins.stale_html.value
+            (True, True)
+        """
+        return self.current is not None and self.current() is not self.data
+
+    def _stale_message(self) -> str:
+        now = self.current() if self.current is not None else None
+        state = "no data is loaded" if now is None else _max_length_text(now.spec.max_length, "=")
+        return (
+            f"stale: the session's data changed since this panel was made (now {state}); "
+            "run s.inspect_data() again. This panel still shows its own data, and Apply is off."
+        )
+
+    def _show_staleness(self) -> None:
+        if self._applying:
+            return
+        stale = self.stale
+        self.stale_html.value = (
+            f'<div style="{_STALE}">{escape(self._stale_message())}</div>' if stale else ""
+        )
+        self.stale_html.layout.display = None if stale else "none"
+        self._update_apply()
 
     def filter_problems(self, kind: str) -> None:
         """List problems of ``kind`` (``"all"`` for every kind), at most 500.
@@ -483,7 +866,23 @@ class DataInspector:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         # Front ends without widget support show text/plain: make it the report's facts.
         bundle["text/plain"] = str(self.report)
+        bundle.update(self._snapshot_bundle())  # static HTML (+ the same text): no kernel needed
         return bundle
+
+    def _ipython_display_(self) -> None:
+        from workbench.widgets._snapshot import show
+
+        show(self)
+
+    def _snapshot_bundle(self) -> dict[str, str]:
+        from workbench.widgets._snapshot import snapshot_bundle
+
+        return snapshot_bundle(self)
+
+    def _save_snapshot(self) -> None:
+        from workbench.widgets._snapshot import save_snapshot
+
+        save_snapshot(self)  # a displayed panel's saved form follows new data
 
     def __str__(self) -> str:
         return str(self.report)
@@ -511,3 +910,144 @@ def _example_html(example: Any) -> str:
         + token_span("special", "special tokens", ["masked", "special"])
     )
     return f'<div>{head} &nbsp; {legend}</div><div style="{_BOX}">{"".join(spans)}</div>'
+
+
+def _listen_for_new_data(panel: DataInspector, events: Any) -> None:
+    """Re-check staleness on each ``data_loaded``; holds the panel weakly."""
+    ref = weakref.ref(panel)
+    off: list[Callable[[], None]] = []
+
+    def on_data_loaded(_report: Any) -> None:
+        alive = ref()
+        if alive is None:
+            for unsubscribe in off:
+                unsubscribe()
+            return
+        alive._show_staleness()
+
+    off.append(events.on(DATA_LOADED, on_data_loaded))
+
+
+def _max_length_text(value: int | None, sep: str = ": ") -> str:
+    """As the data report writes it (``max_length: none`` when there is no cutoff)."""
+    return f"max_length{sep}{value if value else 'none'}"
+
+
+def _noun(data: Any) -> str:
+    return "texts" if data.is_text else "answers"
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage that never rounds a loss away (99.6% kept is not 100%)."""
+    if share >= 1:
+        return "100%"
+    if share <= 0:
+        return "0%"
+    if share < 0.01:
+        return "<1%"
+    return f"{min(99, round(share * 100))}%"
+
+
+def _marker_pattern(tokenizer: Any) -> re.Pattern[str] | None:
+    """Template markers (the tokenizer's special tokens) with a role name right after one."""
+    found = TextGuard.from_strings(special_strings(tokenizer), "keep").pattern
+    return None if found is None else re.compile(f"(?:{found.pattern}){_ROLES}")
+
+
+def _unmarked(text: str, markers: re.Pattern[str] | None) -> str:
+    return str(text or "") if markers is None else markers.sub("\n", str(text or ""))
+
+
+def _field_values(data: Any, split: str, indices: list[int]) -> list[Any]:
+    """Each row's ``messages`` (or ``text``), read for ``indices`` only."""
+    if not indices:
+        return []
+    column = "text" if data.is_text else "messages"
+    return list(data.split(split).select_columns([column])[indices][column])
+
+
+def _units(value: Any, is_text: bool, markers: re.Pattern[str] | None) -> list[str]:
+    """A row's prompt as paragraphs (whitespace collapsed, markers dropped), in order.
+
+    Chat rows: their user messages (alpaca's ``instruction`` and ``input`` are one message
+    split by a blank line); text rows: the text, split at paragraphs and template markers.
+    """
+    if is_text:
+        texts = [value or ""]
+    else:
+        messages = value or []
+        texts = [m["content"] or "" for m in messages if m["role"] == "user"] or [
+            m["content"] or "" for m in messages if m["role"] != "assistant"
+        ]
+    units = []
+    for text in texts:
+        units += [" ".join(p.split()) for p in _PARAGRAPHS.split(_unmarked(text, markers))]
+    return [u for u in units if u]
+
+
+@dataclass(frozen=True)
+class _RowLabels:
+    """What most rows of a split share (paragraphs, a common start), learned from a sample."""
+
+    is_text: bool
+    markers: re.Pattern[str] | None
+    shared: dict[str, int]
+    prefix: str
+    sampled: int
+    size: int
+
+    @classmethod
+    def learn(cls, data: Any, split: str, markers: re.Pattern[str] | None) -> _RowLabels:
+        size = len(data.split(split))
+        picks = (
+            np.unique(np.linspace(0, size - 1, num=min(size, _SAMPLE_ROWS)).round()) if size else []
+        )
+        values = _field_values(data, split, [int(i) for i in picks])
+        rows = [_units(v, data.is_text, markers) for v in values]
+        counts = Counter(u for units in rows for u in dict.fromkeys(units))
+        shared = {u: n for u, n in counts.items() if n >= 2 and n * 2 > len(rows)}
+        plain = cls(data.is_text, markers, shared, "", len(rows), size)
+        firsts = [plain._varying(units) for units in rows]
+        prefix = _common_start(firsts) if len(set(firsts)) >= 2 else ""
+        return cls(data.is_text, markers, shared, prefix, len(rows), size)
+
+    def _varying(self, units: list[str]) -> str:
+        return next((u for u in units if u not in self.shared), units[0] if units else "")
+
+    def labels(self, values: list[Any]) -> list[str]:
+        out = []
+        for value in values:
+            text = self._varying(_units(value, self.is_text, self.markers))
+            if self.prefix and text.startswith(self.prefix) and len(text) > len(self.prefix):
+                text = "…" + text[len(self.prefix) :]
+            out.append(shorten(text, LABEL_CHARS))
+        return out
+
+    def note(self) -> str:
+        """A line under the list naming what it leaves out (escaped HTML; ``""`` if nothing)."""
+        parts = []
+        rows = "rows" if self.sampled == self.size else "sampled rows"
+        if self.shared:
+            first, n = next(iter(self.shared.items()))
+            more = f" and {len(self.shared) - 1} more" if len(self.shared) > 1 else ""
+            parts.append(
+                f'text {n} of {self.sampled} {rows} share ("{shorten(first, LABEL_CHARS)}"{more})'
+            )
+        if self.prefix:
+            parts.append(
+                f'the start all {self.sampled} {rows} share ("{shorten(self.prefix, LABEL_CHARS)}")'
+            )
+        if not parts:
+            return ""
+        said = "; ".join(parts)
+        return f"<i>{escape(f'Not in the list: {said}. The token view shows every token.')}</i>"
+
+
+def _common_start(texts: list[str], minimum: int = 16) -> str:
+    """The start all ``texts`` share, cut back to a word boundary; ``""`` if short."""
+    shortest = min(texts, key=len)
+    end = next((i for i, c in enumerate(shortest) if any(t[i] != c for t in texts)), len(shortest))
+    start = shortest[:end]
+    if start and not all(len(t) == len(start) or t[len(start)] == " " for t in texts):
+        start = start[: start.rfind(" ") + 1]
+    return start if len(start) >= minimum else ""

@@ -30,6 +30,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
 from workbench.evaluation.ratings import read_ratings, summarize
 from workbench.widgets._html import escape, pre, shorten, table
@@ -42,6 +43,7 @@ _MARK = {
     "insert": "background:#c8f0c8;",
 }
 LOSS_SCALE = 6.0  # a token with NLL >= this is shaded fully (about 1/400 probability)
+_COLORS = {"base": "#8c96a0", "tuned": "#1f77b4"}  # the same column, the same colour in every chart
 
 
 def diff_html(old: str, new: str) -> tuple[str, str]:
@@ -86,7 +88,8 @@ def _fmt(value: float) -> str:
 class EvalPanel:
     """Notebook panel over an evaluation; the ipywidgets tree is ``.widget``.
 
-    Tabs: Scores (table and bar chart with interval error bars), Examples (rows sorted by
+    Tabs: Scores (table, and one bar chart per score, each on its own scale, with interval
+    error bars and which way is better), Examples (rows sorted by
     gain or loss; selecting one opens prompt, reference and both answers with word
     differences), Tokens (per-token loss of the reference), Probes (training timeline),
     Human eval (blind A/B and its summary).
@@ -115,6 +118,7 @@ class EvalPanel:
         self._connect()
         self._show_scores()
         self._show_probes()
+        self.show_tokens()  # the Tokens tab shows its first example before any control moves
         self.sort_by(self._default_key(), True)
         self.refresh_ratings()
 
@@ -125,6 +129,7 @@ class EvalPanel:
     def _build_widgets(self) -> None:
         ev = self.evaluation
         self.scores_html, self.figure = w.HTML(), self._figure()
+        self.findings_html = w.HTML()  # plain-language diagnostics of this evaluation
         self.sort_key = w.Dropdown(
             options=ev.sort_keys(), value=self._default_key(), description="sort by"
         )
@@ -143,7 +148,7 @@ class EvalPanel:
         tokens = w.VBox([w.HBox([self.token_row, self.token_column]), self.tokens_html])
         self.tabs = w.Tab(
             children=[
-                w.VBox([self.scores_html, self.figure]),
+                w.VBox([self.findings_html, self.scores_html, self.figure]),
                 examples,
                 tokens,
                 self.probes_html,
@@ -155,16 +160,31 @@ class EvalPanel:
         self.widget.add_class("wb-eval-panel")  # a stable hook for browser tests
 
     def _figure(self) -> Any:
+        """One subplot per score, each with its own y axis (perplexity ~1500 beside 0-1 scores)."""
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        fig = go.FigureWidget()
-        fig.update_layout(
-            height=300,
-            barmode="group",
-            margin=dict(l=40, r=10, t=30, b=40),
-            title="base vs tuned (95% bootstrap interval)",
+        ev = self.evaluation
+        names = list(ev.scores)
+        cols = max(1, min(len(names), SCORE_COLUMNS))
+        rows = max(1, math.ceil(len(names) / cols))
+        titles = [score_scale(n, [], ev.higher_is_better(n))[0] for n in names]
+        fig = make_subplots(
+            rows=rows,
+            cols=cols,
+            subplot_titles=titles or None,
+            vertical_spacing=min(0.3, 70 / (230 * rows)),  # about 70px for the titles
+            horizontal_spacing=0.1,
         )
-        return fig
+        fig.update_annotations(font_size=12)
+        fig.update_layout(
+            height=90 + 230 * rows,
+            barmode="relative",  # one bar per column and category: no empty group slots
+            showlegend=False,  # each bar is labelled under it: base, tuned
+            margin=dict(l=40, r=10, t=70, b=30),
+            title="base vs tuned (95% bootstrap interval), each score on its own scale",
+        )
+        return go.FigureWidget(fig)
 
     def _connect(self) -> None:
         self.sort_key.observe(lambda c: self.sort_by(c["new"]), names="value")
@@ -178,21 +198,44 @@ class EvalPanel:
         ev = self.evaluation
         header = ["score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain"]
         self.scores_html.value = table(header, ev.score_table())
-        names = list(ev.scores)
+        self.findings_html.value = self._findings_html()
         with self.figure.batch_update():
             self.figure.data = ()
-            for column in ev.columns:
-                self.figure.add_bar(**self._bar(names, column))
+            for k, name in enumerate(ev.scores):
+                axis = "" if k == 0 else str(k + 1)  # subplot k: axes x/y, x2/y2, ...
+                bars = [self._bar(name, column) for column in ev.columns]
+                for bar in bars:
+                    self.figure.add_bar(**bar, xaxis=f"x{axis}", yaxis=f"y{axis}")
+                bounds = [v for b in bars for v in (b["y"][0], *b["customdata"][0])]
+                _title, y_range = score_scale(name, bounds, ev.higher_is_better(name))
+                self.figure.layout[f"yaxis{axis}"].range = y_range
+                self.figure.layout[f"xaxis{axis}"].update(  # "tuned: 0.5" under each bar
+                    tickvals=list(ev.columns),
+                    ticktext=[f"{b['name']}: {format_score(b['y'][0])}" for b in bars],
+                )
 
-    def _bar(self, names: list[str], column: str) -> dict[str, Any]:
-        import numpy as np
+    def _findings_html(self) -> str:
+        from workbench.diagnostics import diagnose_evaluation
+        from workbench.widgets._findings import findings_html
 
-        entries = [self.evaluation.scores[n] for n in names]
-        values = np.array([e.get(column, np.nan) for e in entries], dtype=float)
-        lo = np.array([e.get(f"{column}_ci", (np.nan, np.nan))[0] for e in entries], dtype=float)
-        hi = np.array([e.get(f"{column}_ci", (np.nan, np.nan))[1] for e in entries], dtype=float)
-        error = dict(type="data", array=hi - values, arrayminus=values - lo, visible=True)
-        return dict(x=names, y=values, name=column, error_y=error)
+        return findings_html(diagnose_evaluation(self.evaluation))
+
+    def _bar(self, name: str, column: str) -> dict[str, Any]:
+        """One column's bar of one score, its interval as error bars (value in the hover)."""
+        entry = self.evaluation.scores[name]
+        value = float(entry.get(column, math.nan))
+        lo, hi = (float(x) for x in entry.get(f"{column}_ci", (math.nan, math.nan)))
+        error = dict(type="data", array=[hi - value], arrayminus=[value - lo], visible=True)
+        return dict(
+            x=[column],
+            y=[value],
+            name=column,
+            marker_color=_COLORS.get(column, "#ff7f0e"),
+            error_y=error,
+            customdata=[[lo, hi]],
+            hovertemplate="%{x}: %{y:.4g}<br>95% interval %{customdata[0]:.4g} to "
+            "%{customdata[1]:.4g}<extra></extra>",
+        )
 
     # -- examples -------------------------------------------------------------------------
     def sort_by(self, key: str | None = None, descending: bool | None = None) -> list[int]:
@@ -277,6 +320,9 @@ class EvalPanel:
         """
         index = self.token_row.value if index is None else index
         column = self.token_column.value if column is None else column
+        if not self.evaluation.rows:
+            self.tokens_html.value = "<i>no examples were evaluated</i>"
+            return self.tokens_html.value
         row = self.evaluation.rows[index]
         losses = list(row.token_losses.get(column, ()))
         note = f"loss {row.losses.get(column, float('nan')):.3f} (mean NLL per token)"
@@ -321,6 +367,13 @@ class EvalPanel:
         return self.ratings_html.value
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
+        from workbench.widgets._snapshot import show
 
-        display(self.widget)
+        show(self)  # the widget view plus a static snapshot (scores, bars, examples)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        from workbench.widgets._snapshot import snapshot_bundle
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle.update(snapshot_bundle(self))
+        return bundle

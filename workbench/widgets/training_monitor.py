@@ -9,8 +9,18 @@ Teaching mode (``teaching=True``) adds a "Single step" button (one optimizer ste
 paused) and a heatmap of each transformer block's adapter gradient or weight norm per step
 (``train_layer_norms`` events), updated in place with the same throttle as the loss plot.
 
-Renders are handed to the kernel's event loop when there is one, so widgets are only
-touched from the main thread; headless (tests, scripts) they run at once.
+Forks (``run.fork(step=..., lr=...)``, :mod:`workbench.train.fork`): when the run has a
+parent or forks, the loss chart overlays their training losses, each named (``"run-001
+(parent)"``, ``"run-002 fork @20, lr 1e-4"``), with each fork point marked (a diamond on the
+curve and a dotted vertical line). The "Fork" row (a step with a checkpoint, an lr, the "Fork"
+button) starts a fork of this run and shows the fork's own monitor below; the fork's curve
+joins the overlays and follows it live.
+
+Renders run on the thread that has news (the training worker, the throttle's timer), one at a
+time under the monitor's lock: widget state is sent through the kernel's IOPub thread, so the
+curves, status and probes follow the run even while a cell blocks the kernel (``run.wait()``,
+a "Run All"). Button clicks reach the kernel between cells, or while ``run.wait()`` blocks
+(:mod:`workbench.widgets._kernel`).
 
 In a notebook, ``run.monitor()`` (or a bare ``monitor``) shows the panel.
 
@@ -44,6 +54,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -53,6 +64,7 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
+from workbench.errors import WorkbenchError
 from workbench.events import (
     TRAIN_LAYER_NORMS,
     TRAIN_LOG,
@@ -63,13 +75,16 @@ from workbench.events import (
     TrainProbes,
     TrainState,
 )
-from workbench.widgets._html import escape, table
+from workbench.widgets import _snapshot
+from workbench.widgets._html import escape
 
 __all__ = ["TrainingMonitor"]
 
+logger = logging.getLogger(__name__)
+
 SMOOTHING = 0.9  # EMA weight, debiased like TensorBoard's smoothing
 MIN_INTERVAL = 0.25  # seconds between renders: a few updates per second at most
-PROBE_COLUMNS = 4  # latest evaluations shown in the probe timeline
+PROBE_COLUMNS = 5  # evaluations shown in the probe table: the first, evenly spaced, latest
 TRACES = ("loss", "smoothed", "eval_loss", "lr", "grad_norm")
 
 
@@ -80,10 +95,73 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _loss_at(steps: Any, losses: Any, step: int) -> float:
+    found = np.flatnonzero(np.asarray(steps) == step)
+    return float(np.asarray(losses)[found[0]]) if len(found) else math.nan
+
+
+def _fork_line(step: int) -> dict[str, Any]:
+    """A dotted vertical line at a fork step, across the loss chart."""
+    line = {"dash": "dot", "color": "#888", "width": 1}
+    return {
+        "type": "line",
+        "x0": step,
+        "x1": step,
+        "xref": "x",
+        "y0": 0,
+        "y1": 1,
+        "yref": "y domain",
+        "line": line,
+    }
+
+
 def _memory(n: int | None) -> str:
     from workbench._display import format_bytes
 
     return format_bytes(n)
+
+
+_SPREAD, _SPREAD_VALUE = "first, evenly spaced, latest", -1  # the picker's default entry
+_CELL = "vertical-align:top;white-space:pre-wrap;overflow-wrap:anywhere;line-height:1.35;"
+
+
+def _probe_spread(n: int, picked: int | None = None) -> list[int]:
+    """Which of ``n`` evaluations get a column: all if they fit, else the first, evenly
+    spaced ones and the latest; with ``picked``, the first, that one and the latest."""
+    if picked is not None:
+        return sorted({0, picked, n - 1})
+    if n <= PROBE_COLUMNS:
+        return list(range(n))
+    return sorted({round(k * (n - 1) / (PROBE_COLUMNS - 1)) for k in range(PROBE_COLUMNS)})
+
+
+def _probe_note(steps: list[int], total: int, picked: int | None) -> str:
+    """The line above the probe table that says which evaluations it shows."""
+    if not total:
+        return "the base model's answers; each evaluation adds a column"
+    named = ", ".join(str(s) for s in steps)
+    word = "step" if len(steps) == 1 else "steps"
+    if len(steps) == total:
+        return f"{word} {named} (all {total} evaluation{'s' if total > 1 else ''})"
+    how = f"step {picked} (picked)" if picked is not None else "evenly spaced ones"
+    return f"{word} {named} of {total} evaluations: the first, {how} and the latest"
+
+
+def _probe_table(headers: list[str], body: list[list[Any]]) -> str:
+    """A fixed-layout table (prompt column 22%, the others equal) that wraps long answers
+    and scrolls past 360px, so it never widens the panel. Every cell is escaped."""
+    share = 78 / max(len(headers) - 1, 1)
+    cols = '<col style="width:22%">' + f'<col style="width:{share:.1f}%">' * (len(headers) - 1)
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    rows = "".join(
+        "<tr>" + "".join(f'<td style="{_CELL}">{escape(c)}</td>' for c in row) + "</tr>"
+        for row in body
+    )
+    table = (
+        '<table class="wb-table wb-probe-table" style="table-layout:fixed;width:100%;">'
+        f"<colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    )
+    return f'<div style="max-height:360px;overflow:auto;max-width:100%;">{table}</div>'
 
 
 class TrainingMonitor:
@@ -102,9 +180,18 @@ class TrainingMonitor:
         status_html: The status line.
         pause_button, resume_button, stop_button, eval_button, save_button: Controls.
         step_button: "Single step" (shown in teaching mode; enabled only while paused).
+        fork_step, fork_lr, fork_button: The fork row: a step with a checkpoint, the fork's
+            learning rate, and "Fork" (``run.fork(step=..., lr=...)``; enabled while the run
+            is paused or ended). fork_html says what happened; fork_box holds the new fork's
+            monitor, and ``last_fork`` is that fork.
+        overlays: The parent's and the forks' loss traces by label, and ``"fork points"``
+            (the markers), when the run has relatives.
         heatmap: The :class:`~workbench.widgets._layer_norms.LayerNormHeatmap` in teaching
             mode, else ``None``.
-        probes_html: The probe timeline next to the base model's answers.
+        probes_html: The probe table: the base model's answers, then the first evaluation,
+            evenly spaced ones and the latest (at most ``PROBE_COLUMNS``), steps named above.
+        probe_step: Picks one step to show between the first and the latest (shown when
+            there are more evaluations than columns).
         widget: The whole panel.
 
     Examples:
@@ -131,6 +218,12 @@ class TrainingMonitor:
         self._probes: dict[str, Any] = {"prompts": [], "base": [], "rows": []}
         self._last_render, self._timer, self._pending = 0.0, None, ""
         self._unsubscribe: list[Any] = []
+        self._family: dict[str, dict[str, Any]] = {}  # run folder -> relative, steps, losses
+        self._origin: dict[str, Any] | None = None  # forked_from of this run
+        self.overlays: dict[str, Any] = {}
+        self.last_fork: Any = None
+        self._fork_seen: tuple[Any, ...] = ()  # what the step list was read for (re-read on change)
+        self._fork_steps: list[int] = []
         self._build()
         if run is not None:
             # Subscribe, then load the history, under the lock: events that arrive meanwhile
@@ -139,7 +232,8 @@ class TrainingMonitor:
                 self._subscribe(run.events)
                 self._load(run.history, run.probes, run.probe_base, run.probe_history)
                 self._load_norms(getattr(run, "layer_norms", []))
-        self.refresh()
+                self._load_family(run.run_dir)
+        self._dispatch(self.refresh)  # under the lock: the worker may be rendering too
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -171,6 +265,7 @@ class TrainingMonitor:
         monitor = cls(None)
         monitor._status = RunStatus.from_dict(data)
         monitor._load(history, meta.get("probes", []), base, [r for r in rows if not r.get("base")])
+        monitor._load_family(run_dir)
         monitor.refresh()
         return monitor
 
@@ -189,6 +284,7 @@ class TrainingMonitor:
             tooltip="one optimizer step, then pause again",
         )
         self.probes_html = w.HTML()
+        self.probe_step = self._probe_step_picker()  # a step to show next to first and latest
         self.pause_button.on_click(self._on_pause)
         self.resume_button.on_click(self._on_resume)
         self.stop_button.on_click(self._on_stop)
@@ -207,8 +303,36 @@ class TrainingMonitor:
         if self.heatmap is not None:
             buttons.append(self.step_button)
             plots.append(self.heatmap.widget)
-        self.widget = w.VBox([self.status_html, w.HBox(buttons), *plots, self.probes_html])
+        fork_row = self._build_fork_row()
+        self.findings_html = w.HTML()  # plain-language diagnostics, empty when all is well
+        self.widget = w.VBox(
+            [
+                self.status_html,
+                w.HBox(buttons),
+                fork_row,
+                self.findings_html,
+                *plots,
+                w.VBox([self.probe_step, self.probes_html]),
+                self.fork_box,
+            ]
+        )
         self.widget.add_class("wb-training-monitor")  # a stable hook for browser tests
+
+    def _build_fork_row(self) -> Any:
+        lr = float(self.run.spec.lr) if self.run is not None else 0.0
+        self.fork_step = w.Dropdown(
+            description="Fork at step", options=[], layout=w.Layout(width="200px")
+        )
+        self.fork_lr = w.FloatText(description="lr", value=lr, layout=w.Layout(width="180px"))
+        self.fork_button = w.Button(
+            description="Fork",
+            icon="code-fork",
+            tooltip="start a new run from the checkpoint at that step, with this lr",
+        )
+        self.fork_button.on_click(self._on_fork)
+        self.fork_html = w.HTML()
+        self.fork_box = w.VBox()
+        return w.HBox([self.fork_step, self.fork_lr, self.fork_button, self.fork_html])
 
     @staticmethod
     def _figure() -> Any:
@@ -278,6 +402,23 @@ class TrainingMonitor:
     def _on_save(self, _button: Any) -> None:
         self.run.save_now()
 
+    def _on_fork(self, _button: Any) -> None:
+        from workbench.train.fork import fork_label
+
+        try:
+            fork = self.run.fork(
+                step=int(self.fork_step.value), lr=float(self.fork_lr.value), wait=False
+            )
+        except WorkbenchError as err:
+            self.fork_html.value = f'<span style="color:#b00;">{escape(str(err))}</span>'
+            return
+        self.last_fork = fork
+        with self._lock:
+            self._load_family(self.run.run_dir)
+        self.fork_html.value = escape(f"started {fork_label(fork.run_dir)}: its monitor is below")
+        self.fork_box.children = (fork.monitor().widget,)
+        self._dispatch(self.refresh)
+
     # -- event handlers (any thread): update arrays, then schedule a render ---------------
     def _mine(self, payload: Any) -> bool:
         return self.run is not None and payload.run == str(self.run.run_dir)
@@ -287,6 +428,9 @@ class TrainingMonitor:
             self._add(payload.record)
             self._status = payload.status
             self._schedule()
+        elif payload.run in self._family:
+            self._add_relative(payload.run, payload.record)
+            self._schedule()
 
     def _on_state(self, payload: TrainState) -> None:
         if self._mine(payload):
@@ -294,6 +438,13 @@ class TrainingMonitor:
             if payload.status.state.value != "running":
                 self._pending = ""
             self._dispatch(self.refresh)
+            self._snapshot_state(payload.status)
+        elif self.run is not None and Path(payload.run).parent == self.run.run_dir.parent:
+            if payload.run not in self._family:  # a new fork of this run (or of its parent)?
+                with self._lock:
+                    self._load_family(self.run.run_dir)
+            if payload.run in self._family:
+                self._dispatch(self.refresh)
 
     def _on_layer_norms(self, payload: TrainLayerNorms) -> None:
         if not self._mine(payload):
@@ -314,6 +465,7 @@ class TrainingMonitor:
             with self._lock:
                 self._add_probe_row(payload)
             self._dispatch(self.refresh)
+            _snapshot.save_snapshot(self, every=_snapshot.SNAPSHOT_EVERY)
 
     # -- state ----------------------------------------------------------------------------
     def _add(self, record: Any) -> None:
@@ -339,8 +491,9 @@ class TrainingMonitor:
     def _add_probe_row(self, payload: TrainProbes) -> None:
         self._probes["prompts"] = list(payload.prompts or self._probes["prompts"])
         self._probes["base"] = list(payload.base_outputs or self._probes["base"])
-        if not payload.base:
-            self._probes["rows"].append({"step": payload.step, "outputs": list(payload.outputs)})
+        if not payload.base:  # a step evaluated again replaces its column
+            rows = [r for r in self._probes["rows"] if r["step"] != payload.step]
+            self._probes["rows"] = [*rows, {"step": payload.step, "outputs": list(payload.outputs)}]
 
     def _load(
         self, history: list[Any], prompts: list[str], base: list[str], rows: list[dict[str, Any]]
@@ -350,6 +503,32 @@ class TrainingMonitor:
             for record in history:
                 self._add(record)
 
+    def _load_family(self, run_dir: str | Path) -> None:
+        """Read the parent's and forks' losses from their folders (new relatives only)."""
+        from workbench.train import store
+        from workbench.train.fork import forked_from, relatives
+
+        self._origin = forked_from(run_dir)
+        for relative in relatives(run_dir):
+            key = str(relative.run_dir)
+            if key in self._family:
+                continue
+            self._family[key] = {"relative": relative, "step": [], "loss": []}
+            for row in store.read_jsonl(Path(relative.run_dir) / store.HISTORY):
+                if row.get("kind") == "train" and row.get("loss") is not None:
+                    self._add_relative(key, row)
+
+    def _add_relative(self, key: str, record: Any) -> None:
+        get = record.get if isinstance(record, dict) else lambda name: getattr(record, name)
+        with self._lock:
+            member = self._family[key]
+            if get("kind") != "train" or get("loss") is None:
+                return
+            if member["step"] and get("step") <= member["step"][-1]:
+                return
+            member["step"].append(get("step"))
+            member["loss"].append(get("loss"))
+
     def _load_norms(self, records: list[dict[str, Any]]) -> None:
         if self.heatmap is not None:
             for record in list(records):
@@ -357,23 +536,31 @@ class TrainingMonitor:
 
     # -- rendering ------------------------------------------------------------------------
     def _schedule(self) -> None:
-        wait = self.min_interval - (time.monotonic() - self._last_render)
-        if wait <= 0:
+        """Render now if the last render is ``min_interval`` old, else once when it is."""
+        with self._lock:
+            wait = self.min_interval - (time.monotonic() - self._last_render)
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._render_due)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+        self._dispatch(self.refresh)
+
+    def _render_due(self) -> None:
+        try:
             self._dispatch(self.refresh)
-        elif self._timer is None:
-            self._timer = threading.Timer(wait, self._dispatch, (self.refresh,))
-            self._timer.daemon = True
-            self._timer.start()
+        except Exception:  # a timer thread has nobody to tell but the log
+            logger.exception("TrainingMonitor render failed")
 
-    @staticmethod
-    def _dispatch(fn: Any) -> None:
-        """Run ``fn`` on the kernel's event loop if there is one (the main thread), else now."""
-        from workbench._display import notebook_kernel
+    def _dispatch(self, fn: Any) -> None:
+        """Run ``fn`` (a render) now, on the calling thread, one render at a time.
 
-        io_loop = getattr(notebook_kernel(), "io_loop", None)
-        if io_loop is not None and threading.current_thread() is not threading.main_thread():
-            io_loop.add_callback(fn)
-        else:
+        Renders run on whichever thread has news (the training worker, the throttle's timer,
+        the main thread): widget state goes out on the kernel's IOPub thread, so the panel
+        follows the run even while a cell blocks the kernel's main thread.
+        """
+        with self._lock:
             fn()
 
     def refresh(self) -> None:
@@ -394,11 +581,18 @@ class TrainingMonitor:
                 self.traces[name].x, self.traces[name].y = arrays["step"], arrays[name]
             self.traces["eval_loss"].x = arrays["eval_step"]
             self.traces["eval_loss"].y = arrays["eval_loss"]
+        self._render_family(arrays)
         if self.heatmap is not None:
             self.heatmap.render()
         self.status_html.value = self._status_html()
+        self.findings_html.value = self._findings_html()
         self.probes_html.value = self._probes_html(probes)
         self._render_buttons()
+
+    def _findings_html(self) -> str:
+        from workbench.widgets._findings import findings_html
+
+        return findings_html(self.run.diagnostics) if self.run is not None else ""
 
     def _render_buttons(self) -> None:
         state = self._status.state.value if self._status is not None else "finished"
@@ -413,9 +607,82 @@ class TrainingMonitor:
             and self.run is not None
             and self._status.step < self._status.total_steps
         )
-        self.resume_button.disabled = not can_resume
+        handed = getattr(self.run, "superseded_by", None) is not None
+        self.resume_button.disabled = not can_resume or handed
         self.stop_button.disabled = not live
         self.eval_button.disabled = self.save_button.disabled = not live
+        self._render_fork_row(state)
+
+    def _render_fork_row(self, state: str) -> None:
+        from workbench.train.fork import fork_steps
+
+        can = self.run is not None and state in ("paused", "finished", "stopped", "failed")
+        if can:
+            folder = self.run.run_dir / "checkpoints"
+            seen = (state, self._status.step, folder.stat().st_mtime_ns if folder.is_dir() else 0)
+            steps = self._fork_steps if seen == self._fork_seen else fork_steps(self.run)
+            self._fork_seen, self._fork_steps = seen, steps
+            if list(self.fork_step.options) != steps:
+                chosen = self.fork_step.value
+                self.fork_step.options = steps
+                self.fork_step.value = chosen if chosen in steps else (steps[-1] if steps else None)
+        self.fork_step.disabled = not can
+        self.fork_button.disabled = not can or not self.fork_step.options
+
+    def _render_family(self, arrays: dict[str, Any]) -> None:
+        """Overlay the relatives' losses and mark every fork point (traces made on first use)."""
+        with self._lock:
+            members = [
+                (m["relative"], list(m["step"]), list(m["loss"])) for m in self._family.values()
+            ]
+        if not members and self._origin is None:
+            return
+        points: list[tuple[int, float, str]] = []
+        if self._origin is not None:
+            step = self._origin["step"]
+            points.append((step, _loss_at(arrays["step"], arrays["loss"], step), f"fork @{step}"))
+        curves = []
+        for relative, step_list, loss_list in members:
+            steps, losses = np.asarray(step_list, np.float64), np.asarray(loss_list, np.float64)
+            if relative.fork_step is not None:
+                shown = steps >= relative.fork_step
+                steps, losses = steps[shown], losses[shown]
+                at = relative.fork_step
+                points.append((at, _loss_at(steps, losses, at), f"{relative.run_dir.name} @{at}"))
+            curves.append(
+                (self.overlays.get(relative.label) or self._overlay(relative), steps, losses)
+            )
+        marks = (self.overlays.get("fork points") or self._overlay(None)) if points else None
+        with self.figure.batch_update():
+            for trace, steps, losses in curves:
+                trace.x, trace.y = steps, losses
+            if marks is not None:
+                marks.x = [p[0] for p in points]
+                marks.y = [p[1] for p in points]
+                marks.text = [p[2] for p in points]
+                self.figure.layout.shapes = [
+                    _fork_line(step) for step in sorted({p[0] for p in points})
+                ]
+
+    def _overlay(self, relative: Any) -> Any:
+        """Add the trace of a relative (``None``: the fork-point markers) to the loss chart."""
+        import plotly.graph_objects as go
+
+        if relative is None:
+            name = "fork points"
+            trace = go.Scatter(
+                name=name,
+                mode="markers+text",
+                textposition="top center",
+                marker={"symbol": "diamond", "size": 10, "color": "#444"},
+            )
+        else:
+            name = relative.label
+            dash = "dash" if relative.role == "parent" else "solid"
+            trace = go.Scatter(name=name, mode="lines", line={"dash": dash, "width": 1.5})
+        self.figure.add_trace(trace.update(xaxis="x", yaxis="y"))
+        self.overlays[name] = self.figure.data[-1]
+        return self.overlays[name]
 
     def status_text(self) -> str:
         """The status line as plain text.
@@ -453,17 +720,55 @@ class TrainingMonitor:
         style = "color:#b00;" if failed else ""
         return f'<div class="wb-train-status" style="{style}">{escape(self.status_text())}</div>'
 
-    @staticmethod
-    def _probes_html(probes: dict[str, Any]) -> str:
+    def _probes_html(self, probes: dict[str, Any]) -> str:
         if not probes["prompts"]:
             return ""
-        rows = probes["rows"][-PROBE_COLUMNS:]
-        headers = ["prompt", "base", *[f"step {r['step']}" for r in rows]]
+        by_step = {r["step"]: r for r in probes["rows"]}  # one column per step, latest answers
+        rows = [by_step[step] for step in sorted(by_step)]
+        steps = [r["step"] for r in rows]
+        picked = self._sync_probe_step(steps)
+        at = steps.index(picked) if picked is not None else None
+        shown = [rows[k] for k in _probe_spread(len(rows), at)]
+        headers = ["prompt", "base", *[f"step {r['step']}" for r in shown]]
         body = []
         for i, prompt in enumerate(probes["prompts"]):
             base = probes["base"][i] if i < len(probes["base"]) else ""
-            body.append([prompt, base, *[r["outputs"][i] for r in rows]])
-        return '<div style="white-space:pre-wrap">' + table(headers, body) + "</div>"
+            outputs = [r["outputs"][i] if i < len(r["outputs"]) else "" for r in shown]
+            body.append([prompt, base, *outputs])
+        note = _probe_note([r["step"] for r in shown], len(rows), picked)
+        return f'<div class="wb-probe-steps">{escape(note)}</div>' + _probe_table(headers, body)
+
+    def _probe_step_picker(self) -> Any:
+        self._probe_syncing = False
+        picker = w.Dropdown(
+            description="show step",
+            options=[(_SPREAD, _SPREAD_VALUE)],
+            layout=w.Layout(width="320px", display="none"),
+        )
+        picker.observe(self._on_probe_step, names="value")
+        return picker
+
+    def _sync_probe_step(self, steps: list[int]) -> int | None:
+        """Offer the evaluated steps in the picker (shown when not all fit); the one picked."""
+        options = [(_SPREAD, _SPREAD_VALUE), *[(f"step {s}", s) for s in steps]]
+        if list(self.probe_step.options) != options:
+            chosen = self.probe_step.value
+            self._probe_syncing = True
+            try:
+                self.probe_step.options = options
+                self.probe_step.value = chosen if chosen in steps else _SPREAD_VALUE
+            finally:
+                self._probe_syncing = False
+        fits = len(steps) <= PROBE_COLUMNS
+        self.probe_step.layout.display = "none" if fits else ""
+        return None if fits or self.probe_step.value == _SPREAD_VALUE else self.probe_step.value
+
+    def _on_probe_step(self, _change: Any) -> None:
+        if self._probe_syncing:
+            return
+        with self._lock:
+            probes = {k: list(v) for k, v in self._probes.items()}
+        self.probes_html.value = self._probes_html(probes)
 
     def text(self, last: int = 5) -> str:
         """Plain-text fallback: the status line and the last records.
@@ -505,5 +810,34 @@ class TrainingMonitor:
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)
-        bundle["text/plain"] = self.text()
+        bundle.update(_snapshot.snapshot_bundle(self))  # static HTML + text: no kernel needed
         return bundle
+
+    def _ipython_display_(self) -> None:
+        _snapshot.show(self)
+
+    def finalise(self) -> int:
+        """Replace this monitor's notebook displays by its static snapshot (the run's end does).
+
+        The snapshot (status, loss curves as an SVG image, probe table) shows without a
+        kernel, in a saved notebook, nbconvert's HTML or GitHub; ``run.monitor()`` displays a
+        live panel again. See :mod:`workbench.widgets._snapshot`.
+
+        Returns:
+            How many displays were updated.
+
+        Examples:
+            >>> TrainingMonitor().finalise()  # never displayed: nothing to update
+            0
+        """
+        return _snapshot.finalise(self)
+
+    def _snapshot_state(self, status: Any) -> None:
+        """On a state change: the end finalises the displays, others refresh the snapshot."""
+        try:
+            if status.done:
+                self.finalise()
+            else:
+                _snapshot.save_snapshot(self)
+        except Exception:  # the live panel and the run go on without a snapshot
+            logging.getLogger(__name__).exception("could not update the monitor's snapshot")

@@ -55,7 +55,7 @@ print(ev)
 # %% tags=["solution"]
 ev = s.evaluate(metrics=["exact_match", json_valid, fields_correct], limit=EVAL_LIMIT,
                 max_new_tokens=MAX_NEW_TOKENS)
-print(ev)
+print(ev.wait())
 
 # %% [markdown]
 # **3.** Find the held-out example where the tuned model does worst on `fields_correct`

@@ -1,0 +1,117 @@
+"""Known third-party noise is hidden inside workbench calls only; real warnings still show.
+
+The two messages (bitsandbytes' "pip install kernels" log line, transformers'
+``is_gradient_checkpointing`` FutureWarning) are each printed once per process at most, so
+the real runs happen in fresh Python processes and the test reads their stderr, as a
+notebook user would see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from workbench._quiet import BNB_LOGGER, quiet_third_party
+from workbench.events import EventHub
+from workbench.train.core import make_trainable
+from workbench.train.spec import LoRA
+
+KERNELS = "Failed to load CPU gemm_4bit_forward from kernels-community"
+DEPRECATED = "`is_gradient_checkpointing` is deprecated"
+MARK = "=== the user's own code from here"
+
+
+def python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter with Python's default warning filters; its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def cpu_logs_kernels_note() -> bool:
+    """bitsandbytes logs the note only on a CPU with AVX512-BF16 (this one, and most servers)."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return bool(has_avx512bf16())
+
+
+def test_a_real_qlora_and_lora_run_print_no_noise_and_real_warnings_still_show(
+    tmp_path, tiny_model_dir
+):
+    err = python(
+        f"""
+        import logging, sys, warnings
+        import workbench as wb
+        from workbench.tasks.records import records_to_json
+
+        def loud_metric(prediction, reference):
+            warnings.warn("my metric is unsure", UserWarning)
+            warnings.warn("some library is changing", FutureWarning)
+            logging.getLogger("{BNB_LOGGER}").warning("another bitsandbytes message")
+            return 1.0
+
+        s = wb.Session({str(tmp_path / "session")!r}, verbose=False)
+        train, test = records_to_json(16, 4)
+        s.load_model({str(tiny_model_dir)!r}, quantization="4bit")
+        s.load_data(train, validation=test)
+        s.train(method="qlora", max_steps=2, batch_size=4, wait=True)
+        s.load_model({str(tiny_model_dir)!r})
+        s.train(max_steps=2, batch_size=4, lr=0.05, wait=True)
+        s.evaluate(metrics=[loud_metric], limit=2, max_new_tokens=2)
+        assert "bitsandbytes.backends.cpu.ops" in sys.modules  # imported inside workbench calls
+        print({MARK!r}, file=sys.stderr)
+        from transformers import AutoModelForCausalLM
+        AutoModelForCausalLM.from_pretrained({str(tiny_model_dir)!r}).is_gradient_checkpointing
+        """
+    )
+    workbench_part, user_part = err.split(MARK)
+    assert KERNELS not in err
+    assert DEPRECATED not in workbench_part
+    # The workbench's own warning (an implausible lr) and a user's metric's warnings show...
+    assert "lr=0.05 is far above what lora usually trains at" in workbench_part
+    assert "UserWarning: my metric is unsure" in workbench_part
+    assert "FutureWarning: some library is changing" in workbench_part
+    assert "another bitsandbytes message" in workbench_part
+    # ... and the same deprecation, read by the user's own code, is not hidden.
+    assert f"FutureWarning: {DEPRECATED}" in user_part
+
+
+def test_the_bitsandbytes_note_still_shows_when_the_user_imports_bitsandbytes():
+    # The run above imported bitsandbytes inside workbench calls (and hid the note); a user's
+    # own import, with the workbench loaded, is not the workbench's call.
+    if not cpu_logs_kernels_note():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never logs the note here")
+    assert KERNELS in python("import workbench, bitsandbytes")
+
+
+def test_inside_this_process_the_filters_are_scoped_to_workbench_frames(tiny_model_dir, caplog):
+    quiet_third_party()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with warnings.catch_warnings(record=True) as caught:  # keeps the filters, records the rest
+        make_trainable(model, LoRA(r=4).to_peft())  # peft reads the property, in workbench code
+        quiet = [str(w.message) for w in caught]
+        _ = model.is_gradient_checkpointing  # the user reads it: shown
+        shown = [str(w.message) for w in caught]
+    assert not any(DEPRECATED in m for m in quiet), quiet
+    assert any(DEPRECATED in m for m in shown), shown
+
+    logger = logging.getLogger(BNB_LOGGER)
+    hub = EventHub()
+    _ = hub.on("progress", lambda text: logger.warning(text))  # the hub is workbench code
+    with caplog.at_level(logging.WARNING, logger=BNB_LOGGER):
+        hub.emit("progress", f"{KERNELS}: No module named 'kernels' (inside)")
+        hub.emit("progress", "a different bitsandbytes warning (inside)")
+        logger.warning("%s: No module named 'kernels' (outside)", KERNELS)
+    assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["(inside)", "(outside)"]
+    assert caplog.records[0].getMessage().startswith("a different")

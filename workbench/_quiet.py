@@ -1,0 +1,153 @@
+"""Hide two known third-party messages that are noise to a workbench user, and only those.
+
+Two libraries print into every training cell, and neither message is the user's to act on:
+
+* bitsandbytes (0.50, ``bitsandbytes/backends/cpu/ops.py``) logs a warning on its logger
+  ``bitsandbytes.backends.cpu.ops`` when it is first imported on a CPU with AVX512-BF16 and
+  the optional ``kernels`` package is absent: ``Failed to load CPU gemm_4bit_forward from
+  kernels-community: No module named 'kernels'. Please make sure you already `pip install
+  kernels` ...``. bitsandbytes then uses its own CPU kernel; nothing is wrong.
+* transformers (5.x, ``modeling_utils.py``) warns ``FutureWarning: `is_gradient_checkpointing`
+  is deprecated`` whenever the property is read. The workbench never reads it: peft's
+  ``PeftModel.__init__`` does (``getattr(model, "is_gradient_checkpointing", True)``), inside
+  ``get_peft_model``, on every run.
+
+**Scope.** A message is hidden only while workbench code is on the call stack of the thread
+that emits it (a ``workbench.*`` module's frame: ``Session.train`` and what it calls, the
+training worker thread, a panel's handler). The same message from the user's own code (their
+own ``import bitsandbytes``, their own ``model.is_gradient_checkpointing``) still shows, and
+every other warning and log record passes untouched, inside workbench calls too.
+
+**Why this mechanism.** ``warnings.catch_warnings`` swaps the process-wide filter list on entry
+and restores it on exit, so with the training worker thread and the notebook's main thread
+both inside such blocks the restores can interleave and lose (or leave behind) filters; it is
+documented as not thread-safe. Instead both filters are installed once and never removed:
+
+* a :class:`logging.Filter` on the one logger ``bitsandbytes.backends.cpu.ops``, which drops a
+  record when its text starts with the known message and the stack holds a workbench frame;
+* one entry appended to ``warnings.filters`` (``ignore``, ``FutureWarning``, module
+  ``transformers.modeling_utils``) whose message matcher accepts the deprecation text only when
+  the stack holds a workbench frame. ``warnings`` calls the entry's ``.match(text)`` (a
+  compiled regex, or any object with that method); an ``ignore`` does not record the warning
+  in the module's ``__warningregistry__``, so a later user-side call still shows it.
+
+The stack is the emitting thread's own, so the rule needs no shared state, nothing to
+restore, and holds in any thread. The entry is appended, after the user's own filters: a user
+who asks for ``warnings.simplefilter("always")`` sees everything, as they asked.
+:func:`quiet_third_party` installs both (again if a ``catch_warnings`` block or
+``resetwarnings()`` dropped the entry); it runs when this module is first imported (by
+``models/loading.py``, so by ``import workbench``) and again where a model is loaded and where
+a run starts.
+
+Examples:
+    The bitsandbytes message is dropped when workbench code logs it (here the event hub, which
+    calls the listener) and kept when the caller is not the workbench (this example's own
+    namespace is ``workbench._quiet``, which does not count):
+
+    >>> import logging
+    >>> from workbench.events import EventHub
+    >>> logger = logging.getLogger(BNB_LOGGER)
+    >>> text = "Failed to load CPU gemm_4bit_forward from kernels-community: no kernels"
+    >>> record = logger.makeRecord(BNB_LOGGER, logging.WARNING, "ops.py", 1, text, (), None)
+    >>> hub, kept = EventHub(), []
+    >>> _ = hub.on("progress", lambda payload: kept.append(logger.filter(record)))
+    >>> hub.emit("progress"); kept.append(logger.filter(record)); kept
+    [False, True]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+import warnings
+from typing import Any
+
+__all__ = ["BNB_LOGGER", "in_workbench_call", "quiet_third_party"]
+
+BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
+"""The logger bitsandbytes' CPU backend logs its missing-``kernels`` warning on."""
+
+_BNB_KERNELS = re.compile(r"Failed to load CPU gemm_4bit_forward from kernels-community\b")
+_GC_DEPRECATED = re.compile(r"`is_gradient_checkpointing` is deprecated", re.IGNORECASE)
+_TRANSFORMERS_MODULE = re.compile(r"transformers\.modeling_utils\Z")
+_lock = threading.Lock()
+
+
+def in_workbench_call(skip: int = 1) -> bool:
+    """Whether a frame of a ``workbench`` module (this one aside) is on the current stack.
+
+    Args:
+        skip: Frames to skip from the caller's (1: start at the caller's caller).
+
+    Examples:
+        >>> in_workbench_call()  # a doctest runs in the namespace of workbench._quiet
+        False
+        >>> from workbench.events import EventHub
+        >>> hub, seen = EventHub(), []
+        >>> _ = hub.on("progress", lambda payload: seen.append(in_workbench_call()))
+        >>> hub.emit("progress"); seen  # the hub (workbench code) called the listener
+        [True]
+    """
+    frame = sys._getframe(skip)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if (name == "workbench" or name.startswith("workbench.")) and name != __name__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+class _ScopedMessage:
+    """A ``warnings`` filter message matcher: the pattern, and only inside a workbench call."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def match(self, text: str) -> bool:
+        # Called by warnings for a warning no earlier filter caught: cheap unless it matches.
+        return bool(self.pattern.match(text)) and in_workbench_call(2)
+
+    def __repr__(self) -> str:
+        return f"<{self.pattern.pattern!r} inside workbench calls>"
+
+
+class _ScopedLogFilter(logging.Filter):
+    """Drop the records whose text matches ``pattern`` when logged inside a workbench call."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.pattern.match(record.getMessage()) and in_workbench_call(2))
+
+
+_GC_ENTRY: tuple[Any, ...] = (
+    "ignore",
+    _ScopedMessage(_GC_DEPRECATED),
+    FutureWarning,
+    _TRANSFORMERS_MODULE,
+    0,
+)
+_BNB_FILTER = _ScopedLogFilter(_BNB_KERNELS)
+
+
+def quiet_third_party() -> None:
+    """Install the two scoped filters (idempotent, cheap: call it before noisy work).
+
+    Examples:
+        >>> quiet_third_party(); quiet_third_party()
+        >>> sum(entry is _GC_ENTRY for entry in warnings.filters)
+        1
+    """
+    with _lock:
+        if not any(entry is _GC_ENTRY for entry in warnings.filters):
+            warnings.filters.append(_GC_ENTRY)  # after the user's own filters: theirs win
+        logger = logging.getLogger(BNB_LOGGER)  # exists before bitsandbytes is imported
+        if _BNB_FILTER not in logger.filters:
+            logger.addFilter(_BNB_FILTER)
+
+
+quiet_third_party()

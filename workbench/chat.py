@@ -1,0 +1,193 @@
+"""Chat prompts: a message, or a conversation, rendered the way the model was tuned.
+
+A chat message becomes one user turn rendered with the template the data was loaded with
+(``Session.load_data`` keeps it as ``data.template``), by the same function training used
+(:func:`workbench.data.templates.render_many`), with the header that opens the model's turn.
+The answer ends at the template's stop string (``<|im_end|>`` for ChatML). Without loaded
+data the tokenizer's own ``chat_template`` is used, and its end-of-turn token (when the
+template writes a known one that is a single token) is the stop; with neither, a
+:class:`~workbench.errors.SpecError` says what to do.
+
+Examples:
+    >>> from workbench.data.templates import TEMPLATES
+    >>> inputs = chat_inputs("Hi", None, TEMPLATES["chatml"])
+    >>> inputs.prompts, inputs.stop_strings, inputs.single
+    (['<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'], ['<|im_end|>'], True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workbench.data.templates import Template, render_many, resolve_template
+from workbench.errors import SpecError
+from workbench.models.generation import stop_token_ids
+
+__all__ = [
+    "END_OF_TURN_TOKENS",
+    "ChatInputs",
+    "chat_inputs",
+    "chat_stop_strings",
+    "chat_template",
+    "conversation",
+    "describe_chat",
+]
+
+END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
+"""End-of-turn tokens looked for in a tokenizer's own chat template, which names no stop."""
+
+_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatInputs:
+    """What :func:`chat_inputs` gives generation.
+
+    Attributes:
+        prompts: One rendered prompt per conversation, ending with the model's turn header.
+        stop_strings: Where an answer ends (the template's end of turn); may be empty.
+        single: The input was one message or one conversation (so one answer, not a list).
+        template: The template used.
+
+    Examples:
+        >>> ChatInputs(["p"], [], True, None).single
+        True
+    """
+
+    prompts: list[str]
+    stop_strings: list[str]
+    single: bool
+    template: Template | None
+
+
+def chat_template(template: Template | str | None, tokenizer: Any) -> Template:
+    """The template to chat with: ``template`` (the data's) if given, else the tokenizer's.
+
+    Raises:
+        SpecError: no template given and the tokenizer has no ``chat_template``.
+
+    Examples:
+        >>> chat_template("chatml", None).name
+        'chatml'
+        >>> chat_template(None, None)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: no chat template: load_data(...) first (the model chats with \
+the template it was tuned with), or load a model whose tokenizer has a chat_template.
+    """
+    if template is not None:
+        return resolve_template(template, tokenizer)
+    if getattr(tokenizer, "chat_template", None):
+        return resolve_template("tokenizer", tokenizer)
+    raise SpecError(
+        "no chat template: load_data(...) first (the model chats with the template it was "
+        "tuned with), or load a model whose tokenizer has a chat_template."
+    )
+
+
+def chat_stop_strings(template: Template, tokenizer: Any) -> list[str]:
+    """Where a chat answer ends: the template's ``stop``, else the end-of-turn token it writes.
+
+    Examples:
+        >>> from workbench.data.templates import TEMPLATES
+        >>> chat_stop_strings(TEMPLATES["gemma"], None)
+        ['<end_of_turn>']
+        >>> chat_stop_strings(TEMPLATES["alpaca"], None)  # ends with the tokenizer's eos
+        []
+    """
+    if template.stop:
+        return [template.stop]
+    if tokenizer is None:
+        return []
+    return [
+        token
+        for token in END_OF_TURN_TOKENS
+        if token in template.source and stop_token_ids(tokenizer, [token])
+    ][:1]
+
+
+def conversation(message: str | Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """One message as a user turn, or a checked copy of a list of ``{role, content}`` turns.
+
+    The last turn must be the user's (the model answers it).
+
+    Raises:
+        SpecError: an empty conversation, an unknown role, a content that is not text, or a
+            last turn that is not the user's.
+
+    Examples:
+        >>> conversation("Hi")
+        [{'role': 'user', 'content': 'Hi'}]
+        >>> conversation([{"role": "user", "content": "Hi"},
+        ...               {"role": "assistant", "content": "Hello"}])
+        Traceback (most recent call last):
+        workbench.errors.SpecError: the last turn is the assistant's: a chat ends with the user's \
+turn, which the model answers.
+    """
+    if isinstance(message, str):
+        return [{"role": "user", "content": message}]
+    turns = [dict(turn) for turn in message] if isinstance(message, Sequence) else []
+    if not turns:
+        raise SpecError("a conversation needs at least one {'role': 'user', 'content': ...} turn.")
+    for i, turn in enumerate(turns):
+        if turn.get("role") not in _ROLES or not isinstance(turn.get("content"), str):
+            raise SpecError(
+                f"turn {i} is {turn!r}: each turn needs a role in {list(_ROLES)} and a text "
+                "content."
+            )
+    if turns[-1]["role"] != "user":
+        raise SpecError(
+            f"the last turn is the {turns[-1]['role']}'s: a chat ends with the user's turn, "
+            "which the model answers."
+        )
+    return turns
+
+
+def chat_inputs(
+    prompt: str | Sequence[Any], tokenizer: Any, template: Template | str | None = None
+) -> ChatInputs:
+    """Render chat prompts for generation, with the stop strings that end their answers.
+
+    Args:
+        prompt: A message (one user turn), a list of messages (a batch, one answer each), a
+            list of ``{"role", "content"}`` turns (one conversation), or a list of such lists.
+        tokenizer: Its special tokens go into the template (and its template is the fallback).
+        template: The template the data was loaded with (``data.template``), or ``None``.
+
+    Examples:
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> loaded = load_model(str(build_tiny_model("/tmp/wb-doc-chat")), on_event=len)
+        >>> inputs = chat_inputs(["Hi", "Bye"], loaded.tokenizer)  # the tokenizer's template
+        >>> inputs.template.name, inputs.stop_strings, inputs.single
+        ('tokenizer', ['<|im_end|>'], False)
+        >>> print(inputs.prompts[1])
+        <|im_start|>user
+        Bye<|im_end|>
+        <|im_start|>assistant
+        <BLANKLINE>
+    """
+    resolved = chat_template(template, tokenizer)
+    items = [prompt] if isinstance(prompt, str) else list(prompt)
+    single = isinstance(prompt, str) or bool(items and isinstance(items[0], dict))
+    if single and not isinstance(prompt, str):
+        items = [items]
+    if not items:
+        raise SpecError("prompt is empty: give a message or a list of messages.")
+    conversations = [conversation(item) for item in items]
+    prompts = render_many(resolved, tokenizer, conversations, add_generation_prompt=True)
+    return ChatInputs(prompts, chat_stop_strings(resolved, tokenizer), single, resolved)
+
+
+def describe_chat(template: Template, tokenizer: Any) -> str:
+    """One line for people: which template, and where answers stop.
+
+    Examples:
+        >>> from workbench.data.templates import TEMPLATES
+        >>> describe_chat(TEMPLATES["chatml"], None)
+        "template 'chatml' (builtin), answers stop at '<|im_end|>'"
+    """
+    stops = chat_stop_strings(template, tokenizer)
+    end = f"answers stop at {stops[0]!r}" if stops else "answers stop at the tokenizer's eos"
+    return f"template {template.name!r} ({template.origin}), {end}"

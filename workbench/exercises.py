@@ -1,0 +1,263 @@
+"""Workshop exercises: a cell that still has a gap to fill in stops with one friendly line.
+
+An exercise notebook leaves gaps for the participant: ``...`` where an answer goes. Run as it
+is, such a cell would fail deep inside a library (``SpecError: max_length=Ellipsis ...``) or
+run on with ``Ellipsis`` as a value and fail later, somewhere else. The exercise notebooks
+call :func:`enable_gap_check` in the cell after their parameters (``%load_ext
+workbench.exercises`` does the same); from then on a cell whose code still holds a gap does
+not run at all. It stops with one line instead of a traceback::
+
+    This cell has a gap to fill in: line 1 `CUTOFF = ...`. Replace the `...` with your answer,
+    then run the cell again.
+
+as an error named ``ExerciseGap``, so *Run All* stops at the first cell to fill in. A cell
+without a gap runs as always, and its errors show their usual traceback.
+
+A gap is an Ellipsis literal where a value or a statement goes: ``x = ...``, ``f(...)``,
+``[...]``, a line or a function body that is only ``...``. An Ellipsis inside brackets that
+index (``array[..., 0]``, ``Callable[..., int]``) or in an annotation is code, not a gap.
+
+Examples:
+    >>> [(gap.line, gap.text) for gap in find_gaps("CUTOFF = ...\\nchecked = f(CUTOFF)")]
+    [(1, 'CUTOFF = ...')]
+    >>> find_gaps("x = array[..., 0]")
+    []
+    >>> gaps = find_gaps("kept = ...\\nreport_cut = ...")
+    >>> print(gap_message(gaps))  # doctest: +NORMALIZE_WHITESPACE
+    This cell has 2 gaps to fill in: line 1 `kept = ...`, line 2 `report_cut = ...`.
+    Replace each `...` with your answer, then run the cell again.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from typing import Any
+
+from IPython.core.error import InputRejected
+
+__all__ = [
+    "ExerciseGap",
+    "Gap",
+    "disable_gap_check",
+    "enable_gap_check",
+    "find_gaps",
+    "gap_message",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+_SHOWN = 3  # gaps named in the message; more are counted
+
+
+@dataclass(frozen=True)
+class Gap:
+    """One ``...`` left to fill in: its line in the cell, that line's text, and the function
+    whose body it is (when it is one).
+
+    Examples:
+        >>> Gap(2, "LRS = [...]").text
+        'LRS = [...]'
+    """
+
+    line: int
+    text: str
+    function: str = ""
+
+
+class ExerciseGap(InputRejected):
+    """A cell still has a gap to fill in, so it was not run.
+
+    In a notebook it shows as its message alone, without a traceback (IPython calls
+    ``_render_traceback_`` for that), and as an error, so *Run All* stops there.
+
+    Examples:
+        >>> err = ExerciseGap("This cell has a gap to fill in: line 1 `x = ...`.")
+        >>> err._render_traceback_()
+        ['This cell has a gap to fill in: line 1 `x = ...`.']
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def find_gaps(source: str) -> list[Gap]:
+    """The gaps (``...`` placeholders) in a cell's code, in line order.
+
+    Code that does not parse has no gaps here: Python reports its syntax error itself.
+
+    Examples:
+        >>> src = "def f(x):\\n    ...\\n\\nLRS = [...]\\ny = x[..., 0]\\nz: Callable[..., int]"
+        >>> [(gap.line, gap.text, gap.function) for gap in find_gaps(src)]
+        [(2, '...', 'f'), (4, 'LRS = [...]', '')]
+        >>> find_gaps("print('...')  # ... in a comment or a string is no gap")
+        []
+        >>> find_gaps("if x ...")
+        []
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    return _gaps(tree, source.splitlines())
+
+
+def gap_message(gaps: list[Gap]) -> str:
+    """The one line a participant reads for a cell with ``gaps``.
+
+    Examples:
+        >>> print(gap_message([Gap(1, "CUTOFF = ...")]))  # doctest: +NORMALIZE_WHITESPACE
+        This cell has a gap to fill in: line 1 `CUTOFF = ...`. Replace the `...` with your
+        answer, then run the cell again.
+    """
+    named = ", ".join(
+        f"line {gap.line} `{gap.text}`" + (f" in `{gap.function}`" if gap.function else "")
+        for gap in gaps[:_SHOWN]
+    )
+    if len(gaps) > _SHOWN:
+        named += f" and {len(gaps) - _SHOWN} more"
+    if len(gaps) == 1:
+        return (
+            f"This cell has a gap to fill in: {named}. Replace the `...` with your answer, "
+            "then run the cell again."
+        )
+    return (
+        f"This cell has {len(gaps)} gaps to fill in: {named}. Replace each `...` with your "
+        "answer, then run the cell again."
+    )
+
+
+class _GapCheck(ast.NodeTransformer):
+    """IPython AST transformer: rejects a cell that still has gaps, before it runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.source = ""  # the cell being run, as IPython parsed it (set before each cell)
+
+    def remember(self, info: Any) -> None:
+        self.source = info.transformed_cell or info.raw_cell or ""
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        gaps = _gaps(node, self.source.splitlines())
+        if gaps:
+            raise ExerciseGap(gap_message(gaps))
+        return node
+
+
+def _gaps(tree: ast.AST, lines: list[str]) -> list[Gap]:
+    code: set[int] = set()  # ids of Ellipsis nodes that are code: indexing, annotations
+    bodies: dict[int, str] = {}  # line of a function body that is a bare `...` -> function
+    for node in ast.walk(tree):
+        roots: list[ast.AST | None] = []
+        if isinstance(node, ast.Subscript):
+            roots.append(node.slice)
+        elif isinstance(node, (ast.AnnAssign, ast.arg)):
+            roots.append(node.annotation)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            roots.append(node.returns)
+            bodies.update({stmt.lineno: node.name for stmt in node.body if _is_bare(stmt)})
+        for root in roots:
+            if root is not None:
+                code.update(id(n) for n in ast.walk(root))
+    found = sorted(
+        {
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value is Ellipsis and id(node) not in code
+        }
+    )
+    return [
+        Gap(n, lines[n - 1].strip() if 0 < n <= len(lines) else "...", bodies.get(n, ""))
+        for n in found
+    ]
+
+
+def _is_bare(stmt: ast.stmt) -> bool:
+    """The statement is ``...`` alone."""
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and stmt.value.value is Ellipsis
+    )
+
+
+_CHECKS: dict[int, _GapCheck] = {}  # id(shell) -> its check, so enabling twice adds one
+
+
+def enable_gap_check(shell: Any = None) -> bool:
+    """From now on, a cell with a gap stops with :func:`gap_message` instead of running.
+
+    Returns ``False`` (and does nothing) outside IPython, e.g. in a plain script; calling
+    it again in the same kernel changes nothing.
+
+    Examples:
+        >>> enable_gap_check()  # not in IPython here
+        False
+        >>> from IPython.core.interactiveshell import InteractiveShell
+        >>> shell = InteractiveShell()
+        >>> enable_gap_check(shell), enable_gap_check(shell)
+        (True, True)
+        >>> result = shell.run_cell("CUTOFF = ...")  # doctest: +NORMALIZE_WHITESPACE
+        This cell has a gap to fill in: line 1 `CUTOFF = ...`. Replace the `...` with your
+        answer, then run the cell again.
+        >>> type(result.error_before_exec).__name__, "CUTOFF" in shell.user_ns
+        ('ExerciseGap', False)
+        >>> disable_gap_check(shell)
+    """
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return False
+    if id(shell) in _CHECKS:
+        return True
+    check = _GapCheck()
+    shell.events.register("pre_run_cell", check.remember)
+    shell.ast_transformers.append(check)
+    _CHECKS[id(shell)] = check
+    return True
+
+
+def disable_gap_check(shell: Any) -> None:
+    """Undo :func:`enable_gap_check` for ``shell``: cells with gaps run again.
+
+    Examples:
+        >>> from IPython.core.interactiveshell import InteractiveShell
+        >>> shell = InteractiveShell()
+        >>> _ = enable_gap_check(shell); disable_gap_check(shell)
+        >>> shell.run_cell("x = ...").success
+        True
+    """
+    check = _CHECKS.pop(id(shell), None)
+    if check is None:
+        return
+    shell.events.unregister("pre_run_cell", check.remember)
+    if check in shell.ast_transformers:
+        shell.ast_transformers.remove(check)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext workbench.exercises``: the same as :func:`enable_gap_check`.
+
+    Examples:
+        >>> from IPython.core.interactiveshell import InteractiveShell
+        >>> shell = InteractiveShell()
+        >>> load_ipython_extension(shell)
+        >>> shell.run_cell("answer = ...").success  # doctest: +NORMALIZE_WHITESPACE
+        This cell has a gap to fill in: line 1 `answer = ...`. Replace the `...` with your
+        answer, then run the cell again.
+        False
+        >>> unload_ipython_extension(shell)
+    """
+    enable_gap_check(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext workbench.exercises``: the same as :func:`disable_gap_check`.
+
+    Examples:
+        >>> from IPython.core.interactiveshell import InteractiveShell
+        >>> unload_ipython_extension(InteractiveShell())  # never loaded: nothing to undo
+    """
+    disable_gap_check(ipython)
