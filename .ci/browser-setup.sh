@@ -13,6 +13,10 @@ if [ ! -x /usr/bin/chromium ]; then
     $SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 fi
 
+# The Jupyter server extension that saves notebooks with static panels: a wheel install
+# enables it itself, an editable one (pip install -e) does not (setuptools skips data files).
+.venv/bin/python -m workbench.widgets._snapshot
+
 if ! .venv/bin/python -c "import playwright.sync_api" 2>/dev/null; then
     .venv/bin/pip install playwright
 fi

@@ -1,13 +1,16 @@
 """Panels that survive save and reopen, in a real JupyterLab and chromium.
 
-A notebook shows the DataInspector, trains the tiny model for 40 steps with its monitor and
-evaluates four rows. The browser sees the live panels, saves the notebook (the Save button;
-the server's pre-save hook from :mod:`workbench.widgets._snapshot` keeps each panel's latest
-static snapshot), the kernel is shut down, and the notebook is opened again: every panel shows its
-final static snapshot (the status ``finished · step 40/40``, the loss curve image, the score
-table, the data summary) and no output says "model not found". The same file altered by hand
-(so no longer trusted, as a notebook mailed to a student is) is sanitized by JupyterLab and
-still shows the charts. Saves ``panels_reopened.png`` under ``test-artifacts/screenshots/``.
+A notebook shows the DataInspector (then applies a new cutoff from a later cell), displays a
+40-step run of the tiny model while it is paused and resumes it in the next cell, and
+evaluates four rows. The browser sees the live panels, and the run's display replaced in place
+by its static snapshot when the run ended. It saves the notebook (the Save button; the
+server's pre-save hook from :mod:`workbench.widgets._snapshot` keeps each panel's latest
+snapshot, the inspector's new cutoff included), the kernel is shut down, and the notebook is
+opened again: every panel shows its final static snapshot (``finished · step 40/40``, the loss
+curve image, the score table, the data summary) and no output says "model not found". The
+same file altered by hand (no longer trusted, as a notebook mailed to a student is) is
+sanitized by JupyterLab and still shows the charts. Saves ``panels_reopened.png`` under
+``test-artifacts/screenshots/``.
 """
 
 from __future__ import annotations

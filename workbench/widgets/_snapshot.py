@@ -18,11 +18,13 @@ display, and the saved file keeps only that fallback:
   JupyterLab applies the update to the cell that displayed the panel (until that cell runs
   again or the page reloads); nbclient (papermill, ``nbconvert --execute``) applies it when it
   arrives during a cell: the end itself, or ``run.wait()``/``ev.wait()`` sending it again.
-- **Saving.** :func:`pre_save_hook`, a Jupyter server extension (installed with the package,
-  ``etc/jupyter/jupyter_server_config.d/tuning_workbench.json``), runs :func:`static_panels`
+- **Saving.** :func:`pre_save_hook`, a Jupyter server extension, runs :func:`static_panels`
   on every notebook the server saves: our outputs get the latest snapshot the kernel wrote
-  (see below) and lose their widget view, their models leave the saved widget state, and any
-  other widget view whose model has no saved state (a progress bar) keeps only its fallback.
+  (see below) and lose their widget view, the saved widget state keeps only models that other
+  outputs still show, and any other widget view whose model has no saved state (a progress
+  bar) keeps only its fallback. A wheel install enables the extension
+  (``etc/jupyter/jupyter_server_config.d/tuning_workbench.json``); an editable install needs
+  ``python -m workbench.widgets._snapshot`` once (see :func:`enable_server_extension`).
 - **The latest snapshot.** A displayed panel writes its snapshot to
   ``<tempdir>/workbench-panels-<uid>/<token>.json`` when it is shown, on a run's state
   changes and evaluations, and at the end; the saving server reads it back by the token in
@@ -854,6 +856,7 @@ def _write(panel: Any, bundle: dict[str, str]) -> bool:
     folder = _folder(create=True)
     if folder is None:
         return False
+    _forget_old(folder)
     path = folder / f"{state['token']}.json"
     staged = folder / f".{state['token']}.{threading.get_ident()}.tmp"
     try:
@@ -865,6 +868,21 @@ def _write(panel: Any, bundle: dict[str, str]) -> bool:
         return False
     state["written"] = time.monotonic()
     return True
+
+
+_FORGOTTEN: set[str] = set()
+KEEP_SNAPSHOTS_DAYS = 30  # snapshot files older than this are removed (once per process)
+
+
+def _forget_old(folder: Path) -> None:
+    if str(folder) in _FORGOTTEN:
+        return
+    _FORGOTTEN.add(str(folder))
+    cutoff = time.time() - KEEP_SNAPSHOTS_DAYS * 86400
+    for path in folder.glob("*.json"):
+        with contextlib.suppress(OSError):
+            if path.lstat().st_mtime < cutoff:
+                path.unlink()
 
 
 def read_snapshot(token: Any, folder: str | Path | None = None) -> dict[str, str] | None:
