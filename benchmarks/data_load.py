@@ -2,16 +2,23 @@
 
 The baseline reads the same JSONL with ``Dataset.from_json`` and tokenizes the chat-template
 rendering with the same tokenizer in one ``map`` (no masks, no checks, no report): the floor
-any loader pays. Both run on a fresh Arrow cache, so nothing is served from an earlier run.
+any loader pays. Every run starts on a fresh Arrow cache, so nothing is served from an
+earlier one. ``--repeat N`` runs the baseline and the batch-wise load N times each,
+alternating, and keeps each one's fastest time (a shared machine is noisy).
+
+The earlier row-by-row way (``batched=False``: every prompt rendered and checked at token
+level) runs once as well, unless ``--no-row-by-row``, and its columns are compared with the
+batch-wise ones: the script fails if a single token, label or problem differs.
 
 Usage:
-    .venv/bin/python benchmarks/data_load.py [--rows 100000]
+    .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import tempfile
@@ -87,17 +94,34 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
     return time.perf_counter() - start
 
 
-def workbench_load(path: Path, tokenizer, cache: str) -> tuple[float, float, PreparedData]:
+def workbench_load(
+    path: Path, tokenizer, cache: str, batched: bool = True
+) -> tuple[float, float, PreparedData]:
     start = time.perf_counter()
-    data = PreparedData.load(path, tokenizer, validation=0.1, max_length=256, cache_dir=cache)
+    data = PreparedData.load(
+        path, tokenizer, validation=0.1, max_length=256, cache_dir=cache, batched=batched
+    )
     loaded = time.perf_counter() - start
     data.report()
     return loaded, time.perf_counter() - start - loaded, data
 
 
+def assert_identical(batched: PreparedData, rows: PreparedData) -> None:
+    """Every column of both splits, and the problem report, equal (else AssertionError)."""
+    for split in ("train", "validation"):
+        a = batched.split(split).with_format("arrow")[:]
+        b = rows.split(split).with_format("arrow")[:]
+        assert a.column_names == b.column_names, split
+        for name in a.column_names:
+            assert a.column(name).equals(b.column(name)), f"{split}: column {name} differs"
+    assert batched.report().problems == rows.report().problems, "problem reports differ"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--no-row-by-row", action="store_true")
     args = parser.parse_args()
     datasets.disable_progress_bars()
     from transformers import AutoTokenizer
@@ -108,20 +132,33 @@ def main() -> None:
         path = root / "data.jsonl"
         write_rows(path, args.rows)
         size_mb = path.stat().st_size / 1e6
-        base = baseline(path, tokenizer, str(root / "cache-base"))
-        loaded, reported, data = workbench_load(path, tokenizer, str(root / "cache-wb"))
-    report = data.report()
-    rows = [
-        ("baseline: from_json + chat template + tokenize", base),
-        ("workbench: PreparedData.load (masks, checks)", loaded),
-        ("workbench: report() (lengths, duplicates, problems)", reported),
-        ("workbench: load + report", loaded + reported),
-    ]
-    print(f"{args.rows} rows, {size_mb:.1f} MB JSONL, tiny BPE tokenizer")
+        runs = []
+        for k in range(args.repeat):
+            base = baseline(path, tokenizer, str(root / f"cache-base-{k}"))
+            loaded, reported, data = workbench_load(path, tokenizer, str(root / f"cache-wb-{k}"))
+            runs.append((base, loaded, reported))
+        base, loaded, reported = (min(r[i] for r in runs) for i in range(3))
+        rows = [
+            ("baseline: from_json + chat template + tokenize", base),
+            ("workbench: PreparedData.load (masks, checks)", loaded),
+            ("workbench: report() (lengths, duplicates, problems)", reported),
+            ("workbench: load + report", loaded + reported),
+        ]
+        if not args.no_row_by_row:
+            old, _, old_data = workbench_load(
+                path, tokenizer, str(root / "cache-rows"), batched=False
+            )
+            assert_identical(data, old_data)
+            rows.append(("earlier row-by-row load (batched=False)", old))
+        report = data.report()
+    print(f"{args.rows} rows, {size_mb:.1f} MB JSONL, tiny BPE tokenizer, best of {args.repeat}")
     print(f"{'step':<55}{'seconds':>9}{'x baseline':>12}")
     for name, seconds in rows:
         print(f"{name:<55}{seconds:>9.2f}{seconds / base:>12.2f}")
     print(f"problems found: {report.by_kind}")
+    if not args.no_row_by_row:
+        print("batch-wise and row-by-row: identical columns and problem report")
+    print("load average after the run: " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Read a source into an Arrow ``datasets.Dataset`` of normalised rows.
 
-Rows are streamed from the source through :meth:`Format.normalise` into
-``Dataset.from_generator``, which writes Arrow batch by batch (a 1 GB JSONL file never sits in
-memory) to a cache keyed by the file's path, size and mtime plus the loading options. A
-failed load leaves no cache behind (datasets writes to a temporary folder and renames).
+Rows are streamed from the source through :meth:`Format.normalise` and written to Arrow
+batch by batch (a 1 GB JSONL file never sits in memory), to a cache file keyed by the file's
+path, size and mtime plus the loading options. A failed load leaves no cache behind (the
+file is written under a temporary name and renamed). The batches are built with
+``pyarrow.RecordBatch.from_pylist``; with ``DataSpec(batched=False)`` the rows go one by one
+through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).
 
 Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
 ``empty_fields``, and the source's own columns as strings (non-strings JSON-encoded; a name
@@ -24,9 +26,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from workbench.data.formats import Format, RowError, detect_format
@@ -37,6 +43,7 @@ from workbench.errors import DataError
 __all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "read_source"]
 
 CODE_VERSION = "1"  # bump when the stored layout changes, to invalidate old caches
+_WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
@@ -212,18 +219,47 @@ def _generate(
     key = json.dumps(
         [CODE_VERSION, source.fingerprint, fmt.name, plan, originals, spec.on_error], sort_keys=True
     )
+    fingerprint = hashlib.sha1(key.encode()).hexdigest()
+    features = _features(fmt, list(originals.values()))
     generator = functools.partial(_rows, source, fmt, plan, originals, spec.on_error)
+    if getattr(spec, "batched", True):
+        return _write_batches(generator, features, fingerprint, spec.cache_dir)
     try:
         return Dataset.from_generator(
             generator,
-            features=_features(fmt, list(originals.values())),
-            fingerprint=hashlib.sha1(key.encode()).hexdigest(),
+            features=features,
+            fingerprint=fingerprint,
             cache_dir=spec.cache_dir,
         )
     except DatasetGenerationError as err:
         if isinstance(err.__cause__, DataError):
             raise err.__cause__ from None
         raise
+
+
+def _write_batches(generator: Any, features: Any, fingerprint: str, cache_dir: str | None) -> Any:
+    """The rows written as Arrow record batches to a cache file (reused when it exists)."""
+    import datasets
+    import pyarrow as pa
+    from datasets.table import MemoryMappedTable
+
+    folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "workbench-sources"
+    path = folder / f"{fingerprint}.arrow"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{fingerprint}.{uuid.uuid4().hex}.incomplete"
+        schema = features.arrow_schema
+        rows = generator()
+        try:
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+                while batch := list(itertools.islice(rows, _WRITE_BATCH)):
+                    out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    table = MemoryMappedTable.from_file(str(path))
+    info = datasets.DatasetInfo(features=features)
+    return datasets.Dataset(table, info=info, fingerprint=fingerprint)
 
 
 def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem, ...]]:

@@ -37,7 +37,7 @@ import numpy as np
 
 from workbench.data.duplicates import duplicate_problems
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
-from workbench.data.templates import check_template
+from workbench.data.templates import SAMPLE_CONVERSATION, check_template
 
 __all__ = ["MAX_LISTED", "DataReport", "LengthStats", "build_report", "length_problems"]
 
@@ -319,10 +319,21 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
     return problems
 
 
+def _sample_check(data: Any) -> Any:
+    """:func:`check_template` on the sample conversation, without its system message for
+    templates that reject one (Mistral's, Gemma 2's raise an error on a system turn)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return check_template(data.template, data.tokenizer)
+    except TemplateError:
+        return check_template(data.template, data.tokenizer, SAMPLE_CONVERSATION[1:])
+
+
 def _dataset_problems(data: Any) -> list[Problem]:
     problems = []
     if not data.is_text:
-        check = check_template(data.template, data.tokenizer)
+        check = _sample_check(data)
         if not check.ok:
             problems.append(Problem(None, "template_mismatch", check.message, None))
     n = len(data.train)

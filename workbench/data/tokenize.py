@@ -1,4 +1,9 @@
-"""Tokenize normalised rows with completion-only labels.
+"""Tokenize normalised rows with completion-only labels, row by row.
+
+This is the reference way (``PreparedData.load(..., batched=False)``): every answer's prompt
+is rendered and tokenized on its own, and every row is checked at token level. The default,
+:class:`~workbench.data.batched.BatchLabeller`, gives the same columns batch-wise and uses
+:class:`Labeller` for a sample of rows and for every row that differs from the rest.
 
 How the mask is computed (and why not ``return_assistant_tokens_mask``): that transformers
 option only works for chat templates with ``{% generation %}`` markers, which most lack.
