@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.errors import DependencyError, SpecError
+from workbench.models.loading import keep_4bit_layout_trainable
 from workbench.train import core
 from workbench.train.core import add_neftune
 from workbench.train.spec import TrainSpec
@@ -155,6 +156,7 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
             use_gradient_checkpointing=spec.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        keep_4bit_layout_trainable(model)  # also done at load; a model may come from elsewhere
     if spec.gradient_checkpointing:
         core.enable_checkpointing(model)
     return core.make_trainable(model, None if spec.method == "full" else spec.lora.to_peft())
