@@ -12,6 +12,8 @@ Usage::
 
     .venv/bin/python benchmarks/train_throughput.py                 # tiny model and Gemma
     .venv/bin/python benchmarks/train_throughput.py --models tiny
+    # padding-free packing (TrainSpec(packing=True)) as a third variant, table printed only:
+    .venv/bin/python benchmarks/train_throughput.py --variants trainer,ours,packed --no-write
     BENCH_GEMMA_STEPS=24 .venv/bin/python benchmarks/train_throughput.py --models gemma
 """
 
@@ -188,11 +190,12 @@ def run_trainer(loaded, train: dict, steps: int) -> dict:
     return {"model": model, "times": times, "shapes": shapes[:steps], "losses": losses}
 
 
-def run_ours(loaded, train: dict, steps: int) -> dict:
-    """Our path: start_run with the same LoRA settings."""
+def run_ours(loaded, train: dict, steps: int, packing: bool | str = "auto") -> dict:
+    """Our path: start_run with the same LoRA settings (``packing=True``: packed rows)."""
     from workbench.events import EventHub
     from workbench.train import LoRA, TrainSpec, start_run
     from workbench.train.batches import collate
+    from workbench.train.packing import pack
 
     spec = TrainSpec(
         max_steps=steps,
@@ -202,6 +205,7 @@ def run_ours(loaded, train: dict, steps: int) -> dict:
         lora=LoRA(**LORA),
         seed=42,
         save_every=10_000,
+        packing=packing,
     )
     run = start_run(
         loaded.model,
@@ -219,8 +223,10 @@ def run_ours(loaded, train: dict, steps: int) -> dict:
     ends = [r.elapsed for r in records]
     times = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     shapes = []
+    packed = run.loop.packing is not None and run.loop.packing.on
     for micro in range(steps):
-        batch = collate(run.loop.train, run.loop.batch_at(micro), 0)
+        rows = run.loop.batch_at(micro)
+        batch = pack(run.loop.train, rows) if packed else collate(run.loop.train, rows, 0)
         shapes.append(
             (
                 int(batch["lengths"].sum()),
@@ -248,7 +254,10 @@ def worker(variant: str, model_name: str, out: Path) -> None:
     held_out = tokenize(loaded.tokenizer, make_rows(EVAL_EXAMPLES, seed=2))
     config = loaded.model.config.get_text_config()
     body = body_params(loaded.model)
-    result = (run_trainer if variant == "trainer" else run_ours)(loaded, train, steps)
+    if variant == "trainer":
+        result = run_trainer(loaded, train, steps)
+    else:
+        result = run_ours(loaded, train, steps, packing=variant == "packed" or "auto")
     timed = slice(1, None)  # the first step pays one-time costs in both
     seconds = sum(result["times"][timed])
     real, padded, rows = (sum(s[k] for s in result["shapes"][timed]) for k in range(3))
@@ -299,9 +308,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(model_name: str) -> list[dict]:
+def measure(model_name: str, variants: list[str]) -> list[dict]:
     results = []
-    for variant in ("trainer", "ours"):
+    for variant in variants:
         out = Path(tempfile.mkdtemp()) / "result.json"
         cmd = [sys.executable, __file__, "--worker", variant, model_name, str(out)]
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -330,6 +339,8 @@ def table(results: list[dict], peak: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="tiny,gemma")
+    parser.add_argument("--variants", default="trainer,ours", help="trainer, ours, packed")
+    parser.add_argument("--no-write", action="store_true", help="print, leave results.md")
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "MODEL", "OUT"))
     args = parser.parse_args()
     if args.worker:
@@ -339,12 +350,18 @@ def main() -> None:
 
     peak = matmul_peak()
     results, ratios = [], []
+    variants = args.variants.split(",")
     for name in args.models.split(","):
-        pair = measure(name)
-        results += pair
-        speed = pair[1]["tokens_per_s"] / pair[0]["tokens_per_s"]
-        memory = pair[1]["peak_rss_gib"] / pair[0]["peak_rss_gib"]
-        ratios.append(f"{name}: ours / Trainer = {speed:.2f}x tokens/s, peak RSS {memory:.2f}x")
+        runs = measure(name, variants)
+        results += runs
+        for base, run in ((runs[0], r) for r in runs[1:]):
+            speed = run["tokens_per_s"] / base["tokens_per_s"]
+            memory = run["peak_rss_gib"] / base["peak_rss_gib"]
+            ratios.append(
+                f"{name}: {run['variant']} / {base['variant'].replace('trainer', 'Trainer')} = "
+                f"{speed:.2f}x tokens/s, "
+                f"peak RSS {memory:.2f}x"
+            )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     text = "\n".join(
         [
@@ -360,7 +377,8 @@ def main() -> None:
         ]
     )
     print(text)
-    (REPO / "benchmarks" / "results.md").write_text(text)
+    if not args.no_write:
+        (REPO / "benchmarks" / "results.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import numpy as np
 from workbench.errors import DataError
 from workbench.train.core import IGNORE_INDEX, epoch_batches, pad_rows, trained_tokens
 
-__all__ = ["IGNORE_INDEX", "Examples", "collate", "epoch_batches"]
+__all__ = ["IGNORE_INDEX", "Examples", "collate", "epoch_batches", "index_trained"]
 
 
 @dataclass(frozen=True)
@@ -127,3 +127,27 @@ def collate(examples: Examples, indices: Sequence[int], pad_id: int) -> dict[str
     return pad_rows(
         [examples.input_ids[i] for i in indices], [examples.labels[i] for i in indices], pad_id
     )
+
+
+def index_trained(batch: dict[str, Any]) -> dict[str, Any]:
+    """Add where the loss trains, computed on the host before the batch moves to a device.
+
+    ``trained_index`` holds the flat positions ``row * width + t`` whose next label
+    (``labels[row, t + 1]``) is trained, in row-major order (the order boolean indexing
+    gives), and ``trained`` their count, so that the loss gathers its rows without a host
+    sync (:func:`~workbench.train.loss.token_loss_sum`).
+
+    Examples:
+        >>> b = index_trained(collate(Examples.from_rows([[1, 2, 3], [4, 5]],
+        ...                                             [[-100, 2, 3], [-100, 5]]), [0, 1], 0))
+        >>> b["trained_index"].tolist(), b["trained"]
+        ([0, 1, 3], 3)
+    """
+    import torch
+
+    labels = batch["labels"]
+    trained = labels[:, 1:] != IGNORE_INDEX
+    rows, cols = torch.nonzero(trained, as_tuple=True)
+    batch["trained_index"] = rows * labels.shape[1] + cols
+    batch["trained"] = int(rows.numel())
+    return batch

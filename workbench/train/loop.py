@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from workbench.train.batches import Examples, collate
+from workbench.train.batches import Examples, collate, index_trained
 from workbench.train.core import BatchPlan
 from workbench.train.guards import (
     check_grad_norm,
@@ -40,6 +40,7 @@ from workbench.train.guards import (
     out_of_memory_error,
 )
 from workbench.train.loss import token_loss_sum
+from workbench.train.packing import Packing, choose_packing, pack
 from workbench.train.prepare import optimizer_groups
 from workbench.train.records import LogRecord, memory_bytes
 from workbench.train.spec import TrainSpec
@@ -61,6 +62,15 @@ class TrainLoop:
     Attributes:
         on_gradients: Called with no arguments after backward and before clipping, while
             the step's gradients are complete and not yet clipped (``None``: nothing is called).
+        packing: Whether the micro-batches are packed into padding-free rows, and why
+            (:class:`~workbench.train.packing.Packing`, from ``spec.packing``), decided at the
+            first step; ``None`` before it, and always in a launched run's rank loop
+            (:class:`~workbench.train.launch.loop.RankLoop` builds its own padded
+            micro-batches, so a launched run never packs).
+
+    A step syncs with the device once for the loss (summed over the micro-batches, then
+    checked for NaN/inf before the update) and once for the gradient norm; where the loss
+    trains is computed on the host (:func:`~workbench.train.batches.index_trained`).
 
     Examples:
         >>> from transformers import AutoModelForCausalLM
@@ -105,6 +115,7 @@ class TrainLoop:
         self.total_micro = self.plan.total_micro(spec.grad_accum, spec.epochs, max_steps)
         self.step, self.micro, self.elapsed = 0, 0, 0.0
         self.on_gradients: Callable[[], None] | None = None
+        self.packing: Packing | None = None
 
     # -- data position --------------------------------------------------------------------
     @property
@@ -190,26 +201,54 @@ class TrainLoop:
 
     # -- one step -------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict[str, Any]]:
+        if self.packing is None:
+            self.packing = choose_packing(
+                self.spec.packing, self.model, self.device, self.spec.neftune_alpha
+            )
         count = min(self.spec.grad_accum, max(1, self.total_micro - self.micro))
-        return [
-            self._to_device(collate(self.train, self.batch_at(self.micro + k), self.pad_id))
-            for k in range(count)
-        ]
+        batches = []
+        for k in range(count):
+            rows = self.batch_at(self.micro + k)
+            batch = (
+                pack(self.train, rows)
+                if self.packing.on
+                else collate(self.train, rows, self.pad_id)
+            )
+            batches.append(self._to_device(index_trained(batch)))
+        return batches
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        for key in ("input_ids", "labels"):
-            batch[key] = batch[key].to(self.device)
+        for key in ("input_ids", "labels", "position_ids", "trained_index"):
+            if key in batch:
+                batch[key] = batch[key].to(self.device)
         return batch
 
     def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
-        total = 0.0
+        sums = []
         for batch in batches:
-            loss_sum, count = token_loss_sum(self.model, batch, self.spec.fast_loss)
-            value = float(loss_sum.detach())
-            check_loss(value / max(count, 1), self.step + 1, self.current_lr())
+            loss_sum, _ = token_loss_sum(self.model, batch, self.spec.fast_loss)
             (loss_sum / trained).backward()
+            sums.append(loss_sum.detach())
+        # One host sync per step; summed in Python floats as before, so the values are equal.
+        total = 0.0
+        for value in _host_floats(sums):
             total += value
+        check_loss(total / max(trained, 1), self.step + 1, self.current_lr())
         return total
+
+    def _counts(self, batches: list[dict[str, Any]]) -> tuple[int, int]:
+        """Trained tokens and all tokens of the step's micro-batches."""
+        trained = sum(
+            b["trained"] if "trained" in b else int((b["labels"][:, 1:] != -100).sum())
+            for b in batches
+        )
+        return trained, sum(int(b["lengths"].sum()) for b in batches)
+
+    def _clip_gradients(self, max_norm: float) -> float:
+        """Clip the gradients to ``max_norm``; their norm before clipping."""
+        import torch
+
+        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
 
     def current_lr(self) -> float:
         """Learning rate of the top layer for the next step.
@@ -253,13 +292,10 @@ class TrainLoop:
             >>> record.step, record.epoch, record.loss > 0
             (1, 0.25, True)
         """
-        import torch
-
         start = time.perf_counter()
         self.model.train()
         batches = self._micro_batches()
-        trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        tokens = sum(int(b["lengths"].sum()) for b in batches)
+        trained, tokens = self._counts(batches)
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self._forward_backward(batches, trained) / trained
@@ -273,8 +309,7 @@ class TrainLoop:
             ) from err
         if self.on_gradients is not None:
             self.on_gradients()
-        clip = self.spec.max_grad_norm or math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        norm = self._clip_gradients(self.spec.max_grad_norm or math.inf)
         check_grad_norm(norm, self.step + 1, self.spec.grad_norm_limit)
         lr = self.current_lr()
         self.optimizer.step()
@@ -332,3 +367,16 @@ class TrainLoop:
         finally:
             self.model.train()
         return total / count if count else None
+
+
+def _host_floats(values: list[Any]) -> list[float]:
+    """Scalar tensors as Python floats, copied to the host in one transfer.
+
+    Examples:
+        >>> import torch
+        >>> _host_floats([torch.tensor(1.5), torch.tensor(2.0)])
+        [1.5, 2.0]
+    """
+    import torch
+
+    return [float(v) for v in torch.stack(values).tolist()]

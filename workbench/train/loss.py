@@ -132,11 +132,16 @@ def token_loss_sum(model: Any, batch: dict[str, Any], fast: bool = True) -> tupl
 
     Batches are right-padded (:func:`~workbench.train.batches.collate`), so no attention mask
     is passed: under causal attention, trailing padding cannot change earlier positions, and
-    padded rows are never read.
+    padded rows are never read. A packed batch (:func:`~workbench.train.packing.pack`) brings
+    ``position_ids``, which both paths pass on: transformers builds the block-causal mask that
+    keeps its examples apart from them.
 
     Args:
         model: A causal LM, plain or peft-wrapped.
-        batch: ``input_ids`` and ``labels`` (``-100`` = not trained), same shape.
+        batch: ``input_ids`` and ``labels`` (``-100`` = not trained), same shape; optionally
+            ``position_ids``, and ``trained_index``/``trained`` from
+            :func:`~workbench.train.batches.index_trained` (then the trained rows are gathered
+            without a host sync; the result is the same).
         fast: Apply the output layer only to trained rows (if the model type allows it).
 
     Returns:
@@ -145,24 +150,39 @@ def token_loss_sum(model: Any, batch: dict[str, Any], fast: bool = True) -> tupl
     Examples:
         >>> from transformers import AutoModelForCausalLM
         >>> from workbench.models.tiny import build_tiny_model
-        >>> from workbench.train.batches import Examples, collate
+        >>> from workbench.train.batches import Examples, collate, index_trained
         >>> model = AutoModelForCausalLM.from_pretrained(build_tiny_model("/tmp/wb-doc-loss-tiny"))
         >>> examples = Examples.from_rows([[1, 5, 6], [1, 7]], [[-100, 5, 6], [-100, 7]])
         >>> total, n = token_loss_sum(model, collate(examples, [0, 1], pad_id=0))
         >>> n, total.dim()
         (3, 0)
+        >>> indexed = index_trained(collate(examples, [0, 1], pad_id=0))
+        >>> bool(token_loss_sum(model, indexed)[0] == total)
+        True
     """
     from torch.nn.functional import cross_entropy
 
     input_ids, labels = batch["input_ids"], batch["labels"]
-    targets = labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    count = int(mask.sum())
+    extra = {"position_ids": batch["position_ids"]} if "position_ids" in batch else {}
+    index = batch.get("trained_index")
+    if index is None:
+        mask = labels[:, 1:] != IGNORE_INDEX
+        count = int(mask.sum())
+        targets = labels[:, 1:][mask]
+    else:  # flat positions row * width + t: their targets sit one column to the right
+        count = int(batch["trained"])
+        targets = labels.reshape(-1).index_select(0, index + 1)
+
+    def gather(states: Any) -> Any:
+        if index is None:
+            return states[:, :-1][mask]
+        return states.reshape(-1, states.shape[-1]).index_select(0, index)
+
     if fast and supports_fast_loss(model):
         lm = causal_lm(model)
-        out = getattr(lm, lm.base_model_prefix)(input_ids=input_ids, use_cache=False)
-        hidden = out[0][:, :-1][mask]
+        backbone = getattr(lm, lm.base_model_prefix)
+        out = backbone(input_ids=input_ids, use_cache=False, **extra)
         softcap = getattr(lm.config, "final_logit_softcapping", None)
-        return _chunked_loss(hidden, lm.get_output_embeddings(), targets[mask], softcap), count
-    logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]
-    return cross_entropy(logits[mask].float(), targets[mask], reduction="sum"), count
+        return _chunked_loss(gather(out[0]), lm.get_output_embeddings(), targets, softcap), count
+    logits = model(input_ids=input_ids, use_cache=False, **extra).logits
+    return cross_entropy(gather(logits).float(), targets, reduction="sum"), count

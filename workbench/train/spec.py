@@ -191,6 +191,15 @@ class TrainSpec:
         track_layer_norms: After every step, record each transformer block's adapter weight
             and gradient norms (``run.layer_norms``, event ``train_layer_norms``); the
             monitor's teaching mode shows them as a heatmap.
+        packing: Train on padding-free rows: each micro-batch's examples concatenated into
+            one row with per-example positions (:mod:`workbench.train.packing`; same loss
+            and gradients up to float rounding; with dropout, LoRA's or the model's, the
+            random masks differ). ``"auto"`` packs on CUDA only (on CPU it did not pay:
+            0.64x-1.02x tokens/s), ``True`` wherever the model keeps packed examples
+            apart; a model that does not (ALiBi or
+            mask-derived positions, an unknown attention kernel) or NEFTune falls back to
+            padded batches with the reason in ``TrainLoop.packing``. A launched run
+            (``launch=``) does not pack.
 
     Examples:
         >>> TrainSpec(max_steps=60, lr=5e-3, batch_size=8).total_steps(64)
@@ -227,6 +236,7 @@ class TrainSpec:
     probe_max_new_tokens: int = 32
     fast_loss: bool = True
     track_layer_norms: bool = False
+    packing: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         _raise(_placeholders(self))
@@ -284,6 +294,9 @@ class TrainSpec:
             None
             if isinstance(self.track_layer_norms, bool)
             else f"track_layer_norms={self.track_layer_norms!r} must be a bool",
+            None
+            if isinstance(self.packing, bool) or self.packing == "auto"
+            else f"packing={self.packing!r} must be 'auto', True or False",
             *[_positive(n, v, k) for n, v, k in optional if v is not None],
         ]
 
