@@ -57,8 +57,9 @@ def trained_session(folder, model_dir, steps=30, save_every=5) -> wb.Session:
 
 def stops(session) -> list[str] | None:
     """The stop strings the session's evaluation uses (its template's end of turn, if known)."""
-    stop = session.data.template.stop
-    return [stop] if stop else None
+    from workbench.chat import chat_stop_strings
+
+    return chat_stop_strings(session.data.template, session.tokenizer) or None
 
 
 def weights(session) -> dict[str, torch.Tensor]:

@@ -138,3 +138,25 @@ def test_few_evaluations_show_all_and_hide_the_picker(tiny_model_dir, tmp_path):
     assert html.count("<tr>") == 1 + len(PROBES)  # header + one row per probe
     assert monitor.probe_step.layout.display == "none"
     monitor.close()
+
+
+def test_probe_answers_end_at_the_templates_end_of_turn(tiny_model_dir, tmp_path):
+    # As an evaluation's answers do: the Gemma run showed probe answers running on past the
+    # JSON into noise, because the probes generated without the template's stop string.
+    import workbench as wb
+    from workbench.models.generation import generate_text
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+    stop = "<|im_end|>"  # the end of turn of the tiny model's own chat template
+    prompt = s.example(0).prompt
+    run = s.train(max_steps=2, wait=True, probes=[prompt])
+    assert run.probe_stops == [stop]
+    assert json.loads((run.run_dir / "run.json").read_text())["probe_stops"] == [stop]
+    want = generate_text(
+        run.model, run.tokenizer, [prompt], run.spec.probe_max_new_tokens, stop_strings=[stop]
+    )
+    assert run.probe_history[-1]["outputs"] == want
+    resumed = wb.Session(tmp_path / "s", verbose=False).resume(run.run_dir, wait=True)
+    assert resumed.probe_stops == [stop]

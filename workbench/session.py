@@ -354,7 +354,10 @@ class Session:
         in the data, such as ``<|im_end|>``, are tokenized as plain text; ``"keep"``: they
         become real control tokens). The model's context length (from its config) caps
         ``max_length``: rows longer than it are reported as ``too_long`` and cut to it.
-        The tokenized data is cached under the run folder.
+        The tokenized data is cached under the run folder. ``batched`` (default ``True``)
+        templates and tokenizes in batches, checking a sample of each conversation shape
+        against the row-by-row way; ``False`` renders every row alone (the earlier way, the
+        same output, about 3x slower).
 
         Examples:
             >>> from workbench.models.tiny import build_tiny_model
@@ -573,6 +576,16 @@ class Session:
         ``lora=wb.LoRA(r=8)``, ``method``...). In a notebook it returns at once and shows the
         TrainingMonitor; elsewhere it blocks and prints progress (``wait`` overrides).
 
+        Scale-out keywords start the same run under ``accelerate launch`` as a child process
+        group, followed live by the same monitor and controls (see
+        :class:`~workbench.train.launch.LaunchSpec`): ``processes=N`` per machine (one per
+        GPU; any number on CPU, over gloo), ``machines=M`` with ``main_address=`` and
+        ``main_port=`` (the other machines' commands are printed), ``fsdp=True`` to shard a
+        model too big for one GPU, or ``accelerate_config=`` a file of your own. The global
+        batch, the data order and the checkpoints are the same as in one process, so the
+        loss curve matches one process's (exactly with ``LoRA(dropout=0)``), and either kind
+        of run resumes the other (:meth:`resume` takes the same keywords).
+
         Examples:
             >>> import shutil
             >>> import workbench as wb
@@ -598,6 +611,7 @@ class Session:
         from workbench.train import TrainSpec, start_run
 
         self._check_run_allows("train")
+        launch = _launch_spec(settings)
         spec = TrainSpec(**settings)
         if self._adapted is not None:
             raise SpecError(
@@ -618,6 +632,8 @@ class Session:
                 self.folder.state().get("model"),
                 wait=_blocking(wait),
                 probes=probes,
+                launch=launch,
+                probe_stops=self._answer_stops(),
             )
         self._adapted = self._run.model
         self._evaluation = None  # it judged the previous model
@@ -625,7 +641,16 @@ class Session:
         self._run.fork_hooks = self._fork_hooks()
         return self._run
 
-    def resume(self, run_dir: str | Path, wait: bool | None = None):
+    def _answer_stops(self) -> list[str] | None:
+        """Where the tuned model's answers end (the data template's end of turn), for
+        probes and evaluations alike, as for the chat (:func:`workbench.chat.chat_stop_strings`)."""
+        if self._data is None:
+            return None
+        from workbench.chat import chat_stop_strings
+
+        return chat_stop_strings(self._data.template, self.tokenizer) or None
+
+    def resume(self, run_dir: str | Path, wait: bool | None = None, **launch: Any):
         """Continue a run from its last complete checkpoint (also in a new process).
 
         ``run_dir`` is a run folder (``runs/demo/runs/run-001``) or a session folder, whose
@@ -650,6 +675,9 @@ class Session:
             /tmp/wb-doc-session-resume/runs/run-001
             >>> run.wait().state, run.status.step
             (<RunState.FINISHED: 'finished'>, 40)
+
+        ``processes=``, ``machines=``, ``fsdp=``... (as for :meth:`train`) go on with the run
+        on other processes: a one-process run resumes on several, and the other way round.
         """
         from workbench.train import resume_run
         from workbench.train.store import read_meta
@@ -667,6 +695,7 @@ class Session:
             wait=_blocking(wait),
             model=self.loaded.model,
             tokenizer=self.tokenizer,
+            launch=_resume_launch(launch),
         )
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
@@ -822,7 +851,7 @@ class Session:
 
         self._check_run_allows("evaluate")
         rows = self._evaluation_rows(data)
-        stop = self._data.template.stop if self._data is not None else None
+        stops = self._answer_stops()
         if checkpoints is not None or correct is not None:  # what each checkpoint fixed, broke
             from workbench.evaluation.checkpoints import evaluate_checkpoints
 
@@ -840,7 +869,7 @@ class Session:
                     generation=generation,
                     limit=limit,
                     out_dir=folder,
-                    stop_strings=[stop] if stop else None,
+                    stop_strings=stops,
                     batch_size=batch_size,
                     events=self.events,
                     exporter=self.export,
@@ -859,7 +888,7 @@ class Session:
                     generation=generation,
                     limit=limit,
                     out_dir=folder,
-                    stop_strings=[stop] if stop else None,
+                    stop_strings=stops,
                     batch_size=batch_size,
                     events=events,
                     run_dir=run_dir,
@@ -1315,7 +1344,7 @@ class Session:
         from workbench.evaluation import run_evaluation
 
         rows = self._evaluation_rows(None)[:limit]
-        stop = self._data.template.stop
+        stops = self._answer_stops()
 
         def score(model, tokenizer) -> dict[str, float]:
             evaluation = run_evaluation(
@@ -1325,7 +1354,7 @@ class Session:
                 metrics=["exact_match", "rouge"],
                 compare_base=False,
                 max_new_tokens=64,
-                stop_strings=[stop] if stop else None,
+                stop_strings=stops,
             )
             return {
                 name: s["tuned"]
@@ -1378,6 +1407,49 @@ def _training_columns(dataset: Any) -> Any:
         return None
     keep = [c for c in ("input_ids", "labels", "attention_mask") if c in dataset.column_names]
     return dataset.select_columns(keep)
+
+
+LAUNCH_OPTIONS = ("processes", "machines", "main_address", "main_port", "fsdp", "accelerate_config")
+
+
+def _launch_spec(settings: dict[str, Any]) -> Any:
+    """Take the launch keywords out of ``settings``: a LaunchSpec, or ``None`` for one process.
+
+    Examples:
+        >>> settings = {"lr": 1e-3, "processes": 2}
+        >>> _launch_spec(settings).processes, settings
+        (2, {'lr': 0.001})
+        >>> _launch_spec({"processes": 1}) is None
+        True
+    """
+    from workbench.train.launch import LaunchSpec
+
+    options = {k: settings.pop(k) for k in LAUNCH_OPTIONS if k in settings}
+    if not options:
+        return None
+    launch = LaunchSpec(**options)
+    alone = launch.world_size == 1 and not launch.fsdp and launch.accelerate_config is None
+    return None if alone else launch
+
+
+def _resume_launch(options: dict[str, Any]) -> Any:
+    """The LaunchSpec of ``resume(folder, processes=...)``; other keywords are refused.
+
+    Examples:
+        >>> _resume_launch({"lr": 1e-3})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: resume() takes no lr=...: a run resumes with its own ...
+    """
+    from workbench.errors import SpecError
+
+    launch = _launch_spec(options)
+    if options:
+        names = ", ".join(f"{k}=" for k in options)
+        raise SpecError(
+            f"resume() takes no {names}: a run resumes with its own settings (fork a run "
+            f"to change them). It takes where to train: {', '.join(LAUNCH_OPTIONS)}."
+        )
+    return launch
 
 
 def _blocking(wait: bool | None) -> bool:

@@ -21,7 +21,7 @@ Examples:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,6 +138,8 @@ class MemoryEstimate:
     activations: int
     logits: int
     overhead: int
+    processes: int = 1
+    fsdp: bool = False
     total: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -183,9 +185,12 @@ class MemoryEstimate:
             'smollm2-135m: lora, float32 on cpu, batch 4 x 128 tokens'
         """
         quant = f" {self.quantization}" if self.quantization else ""
+        share = ""
+        if self.processes > 1:
+            share = f", per process of {self.processes} ({'FSDP' if self.fsdp else 'DDP'})"
         return (
             f"{self.model}: {self.method}{quant}, {self.dtype} on {self.device}, "
-            f"batch {self.batch_size} x {self.seq_len} tokens"
+            f"batch {self.batch_size} x {self.seq_len} tokens{share}"
         )
 
     def __str__(self) -> str:
@@ -290,7 +295,7 @@ def _check_choices(settings: dict[str, Any]) -> list[str]:
 def _check_settings(settings: dict[str, Any]) -> None:
     """Collect every problem with the settings and raise them in one SpecError."""
     problems = _check_choices(settings)
-    for name in ("lora_r", "seq_len", "batch_size"):
+    for name in ("lora_r", "seq_len", "batch_size", "processes"):
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"{name}={value!r}: use a positive integer")
@@ -392,6 +397,8 @@ def estimate_memory(
     method: Method = "lora",
     device: Device = "auto",
     dtype: Dtype = "auto",
+    processes: int = 1,
+    fsdp: bool = False,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step from the model's config alone.
 
@@ -417,6 +424,12 @@ def estimate_memory(
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when torch sees a GPU).
         dtype: Compute dtype; ``"auto"`` is float32 on CPU (no fast bf16 there) and bf16 on
             CUDA.
+        processes: Processes sharing each step (``Session.train(processes=N)``): the
+            estimate is then per process, for its share of ``batch_size`` (the global
+            micro-batch, split across them). With DDP every process holds the whole model
+            plus a second copy of the trained gradients (the reduce buckets).
+        fsdp: Shard weights, gradients and optimizer state across the processes (FSDP):
+            each holds 1/N of them plus one block gathered whole at a time.
 
     Returns:
         A :class:`MemoryEstimate` whose ``total`` is the estimated peak in bytes.
@@ -432,6 +445,11 @@ def estimate_memory(
         True
         >>> estimate_memory("mistral-7b", device="cuda").total > 16 * 2**30
         True
+        >>> one = estimate_memory("mistral-7b", method="full", device="cuda", batch_size=8)
+        >>> eight = estimate_memory("mistral-7b", method="full", device="cuda", batch_size=8,
+        ...                         processes=8, fsdp=True)
+        >>> eight.total < one.total / 4, eight.title().endswith("per process of 8 (FSDP)")
+        (True, True)
     """
     settings = dict(locals())
     _check_settings(settings)
@@ -440,11 +458,28 @@ def estimate_memory(
     plan = _Plan(
         facts=facts, device=resolved, dtype=_resolve_dtype(dtype, resolved), method=method,
         quantization="4bit" if method == "qlora" else quantization, lora_r=lora_r,
-        seq_len=seq_len, batch_size=batch_size, optimizer=optimizer,
+        seq_len=seq_len, batch_size=-(-batch_size // processes), optimizer=optimizer,
         gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
         checkpoint_bytes=checkpoint_bytes,
     )  # fmt: skip
-    return _estimate(plan)
+    return _shared(_estimate(plan), plan, processes, fsdp)
+
+
+def _shared(est: MemoryEstimate, plan: _Plan, processes: int, fsdp: bool) -> MemoryEstimate:
+    """One process's part when ``processes`` share the step (DDP copies, FSDP shards)."""
+    if processes == 1:
+        return est
+    parts = {"weights": est.weights, "adapter": est.adapter, "gradients": est.gradients}
+    parts["optimizer"] = est.optimizer
+    if fsdp:
+        block = est.weights * plan.facts.block_linear_params // max(plan.facts.params, 1)
+        block //= max(plan.facts.layers, 1)
+        parts = {name: -(-value // processes) for name, value in parts.items()}
+        parts["weights"] += block  # the unit being computed is gathered whole
+    else:
+        parts["gradients"] *= 2  # DDP's reduce buckets hold a copy of the trained gradients
+    return replace(est, batch_size=plan.batch_size, processes=processes,
+                               fsdp=fsdp, **parts)  # fmt: skip
 
 
 def _estimate(plan: _Plan) -> MemoryEstimate:

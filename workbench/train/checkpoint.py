@@ -250,23 +250,43 @@ def checkpoint_bytes(model: Any, optimizer: Any) -> int:
 
 
 def _write_files(
-    folder: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
+    folder: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    weights: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
     import torch
     from safetensors.torch import save_file
 
-    weights = {n: p.detach().contiguous().cpu() for n, p in _trainable(model).items()}
+    given = weights is not None  # gathered from a sharded model's ranks
+    if weights is None:
+        weights = {n: p.detach().cpu() for n, p in _trainable(model).items()}
+    weights = {n: t.contiguous() for n, t in weights.items()}
     save_file(weights, str(folder / "trainable.safetensors"))
     if hasattr(model, "peft_config"):
-        model.save_pretrained(str(folder / "adapter"))
-    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+        # peft picks the adapter's tensors out of the state dict given, else its model's own.
+        extra = {"state_dict": weights} if given else {}
+        model.save_pretrained(str(folder / "adapter"), **extra)
+    if optimizer_state is None:
+        optimizer_state = optimizer.state_dict()
+    torch.save(optimizer_state, folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
     torch.save(_rng_state(), folder / "rng.pt")
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
 def save_checkpoint(
-    run_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any], keep: int = 2
+    run_dir: Path,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: dict[str, Any],
+    keep: int = 2,
+    weights: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a verified checkpoint atomically, then prune with :func:`prune_checkpoints`.
 
@@ -277,6 +297,13 @@ def save_checkpoint(
         scheduler: Its learning-rate scheduler.
         state: JSON-ready position and guard state; ``state["step"]`` names the folder.
         keep: How many valid checkpoints to keep, this one included.
+        weights: The trained tensors by name, whole and on CPU, to save instead of the
+            model's own (``None``: the model's). A sharded model (a launched run with
+            ``fsdp=True``) holds only shards: its ranks gather the whole tensors with
+            :func:`~workbench.train.launch.sharded.full_trained_weights` and rank 0 passes them.
+        optimizer_state: Likewise the optimizer's ``state_dict()``, whole, in the plain layout
+            (:func:`~workbench.train.launch.sharded.full_optimizer_state`); ``None``: the
+            optimizer's own. Either way the files are those of a one-process run.
 
     Returns:
         The checkpoint folder, ``run_dir/checkpoints/step-NNNNNNNN``.
@@ -303,7 +330,9 @@ def save_checkpoint(
         translated_write_errors(target.parent, needed),
         staging_folder(target, replace=True) as tmp,
     ):
-        _write_files(tmp, model, optimizer, scheduler, {**state, "format": FORMAT})
+        gathered = {"weights": weights, "optimizer_state": optimizer_state}
+        gathered = {k: v for k, v in gathered.items() if v is not None}
+        _write_files(tmp, model, optimizer, scheduler, {**state, "format": FORMAT}, **gathered)
         write_manifest(tmp, MANIFEST, {"format": FORMAT, "step": int(state["step"])})
     prune_checkpoints(run_dir, keep, target)
     return target
@@ -385,6 +414,11 @@ def load_trained_weights(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Load weights, optimizer, scheduler and RNG from ``path``; return its ``state.json``.
 
+    A sharded model and its optimizer (a launched run with ``fsdp=True``) load the same
+    files: each rank keeps its shard of every tensor
+    (:func:`~workbench.train.launch.sharded.shard_like`), so a checkpoint written by one
+    process resumes on several, and the other way round.
+
     Raises:
         TrainingError: the checkpoint's weights do not match the model's trainable ones, or
             a file of it does not load (check it first with :func:`checkpoint_problem`).
@@ -421,10 +455,12 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
             "was it written for another model or adapter?"
         )
         raise TrainingError(msg)
+    from workbench.train.launch.sharded import shard_like, sharded_optimizer_state
+
     with torch.no_grad():
         for name, param in params.items():
-            param.copy_(weights[name])
-    optimizer.load_state_dict(optimizer_state)
+            param.copy_(shard_like(weights[name], param))
+    optimizer.load_state_dict(sharded_optimizer_state(optimizer, optimizer_state))
     scheduler.load_state_dict(scheduler_state)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -151,6 +151,14 @@ class Run:
         )
         self._monitor: Any = None
         self.fork_hooks: Any = None
+        # What serves the run: a Worker trains in this process; a launched run's worker
+        # follows the processes that train it (workbench.train.launch).
+        self.worker_class: type = Worker
+        # False where another process writes the run folder (the ranks of a launched run,
+        # or the notebook following them): the status, history and probes stay in memory.
+        self.writes_files = True
+        self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
+        self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
         self._superseded_by: Run | None = None  # the fork its model was handed to
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
@@ -793,7 +801,7 @@ class Run:
             self._thread.join()  # the previous worker already published its end; let it exit
         if self._lock is not None:
             self._lock.acquire()
-        worker = Worker(self)
+        worker = self.worker_class(self)
         with self._cond:
             self._worker, self._stop, self._ended_worker = worker, False, None
             self.error = None
@@ -811,7 +819,7 @@ class Run:
                 self._requests.append(request)
                 self._cond.notify_all()
                 return
-            worker = self._last_worker or Worker(self)
+            worker = self._last_worker or self.worker_class(self)
         if request == "eval":
             worker.evaluate()
         else:
@@ -824,10 +832,11 @@ class Run:
         """The current worker published its terminal state (or none was ever started)."""
         return self._worker is None or self._ended_worker is self._worker
 
-    def _next_action(self, worker: Worker) -> str:
+    def _next_action(self, worker: Worker, timeout: float | None = None) -> str:
         """What ``worker`` does next: ``eval``, ``save``, ``pause``, ``step``, ``stop``, ``go``.
 
-        Blocks on the run's condition while the run is paused and nothing is asked.
+        Blocks on the run's condition while the run is paused and nothing is asked; with a
+        ``timeout``, returns ``hold`` (stay paused, ask again) when it passes first.
         """
         with self._cond:
             while True:
@@ -842,7 +851,8 @@ class Run:
                 if self._single_steps:
                     self._single_steps -= 1
                     return "step"
-                self._cond.wait()
+                if not self._cond.wait(timeout):
+                    return "hold"
 
     def _stop_requested(self, worker: Worker) -> bool:
         with self._cond:
@@ -885,7 +895,8 @@ class Run:
             status = self._status
             self._cond.notify_all()
         try:
-            store.write_status(self.run_dir, status.to_dict())
+            if self.writes_files:
+                store.write_status(self.run_dir, status.to_dict())
         except OSError as err:  # the status in memory and the events stay the truth
             logger.warning("could not write %s/status.json: %s", self.run_dir, err)
         self.events.emit(TRAIN_STATE, TrainState(str(self.run_dir), status))
@@ -916,7 +927,8 @@ class Run:
             if worker is not self._worker:
                 return
             self._history.append(record)
-        store.append_jsonl(self.run_dir / store.HISTORY, record.to_dict())
+        if self.writes_files:
+            store.append_jsonl(self.run_dir / store.HISTORY, record.to_dict())
         with self._cond:
             if record.kind == "train":
                 self._status = dataclasses.replace(
@@ -947,7 +959,9 @@ class Run:
                 self.probe_history[same.index(row["step"])] = row
             else:
                 self.probe_history.append(row)
-        if row["step"] in same:
+        if not self.writes_files:
+            pass
+        elif row["step"] in same:
             rows = store.read_jsonl(self.run_dir / store.PROBES)
             gone = [
                 k for k, r in enumerate(rows) if not r.get("base") and r.get("step") == row["step"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from workbench._quiet import quiet_third_party
 from workbench.errors import DataError, SpecError, WorkbenchWarning
-from workbench.events import EventHub
+from workbench.events import PROGRESS, EventHub
 from workbench.train import store
 from workbench.train.batches import Examples
 from workbench.train.checkpoint import (
@@ -111,6 +111,8 @@ def start_run(
     model_spec: dict[str, Any] | None,
     wait: bool,
     probes: list[str] | None = None,
+    launch: Any = None,
+    probe_stops: list[str] | None = None,
 ) -> Run:
     """Check everything, write the run folder, and start training on a background thread.
 
@@ -133,6 +135,10 @@ def start_run(
             reload the model in a new process.
         wait: Block until the run ends, printing one line per step (for scripts).
         probes: Prompts to regenerate at each evaluation, next to the base model's answer.
+        launch: A :class:`~workbench.train.launch.LaunchSpec`: train on its processes (under
+            ``accelerate launch``) instead of this one's background thread.
+        probe_stops: Strings that end a probe's answer (the template's end of turn), as
+            they end an evaluation's.
 
     Returns:
         The :class:`Run` (running, or ended when ``wait``).
@@ -162,6 +168,7 @@ def start_run(
     )
     _check_inputs(spec, validation, probes)
     check_model(model, spec)
+    launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
     kept, notes = _drop_untrained(train)
     total = spec.total_steps(len(kept))
@@ -171,16 +178,66 @@ def start_run(
         "total_steps": total,
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
         "probes": list(probes or []),
+        "probe_stops": list(probe_stops or []),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "examples": {"train": len(train), "validation": len(validation or [])},
+        **({"launch": launch.to_dict()} if launch is not None else {}),
     }
     store.create_run_folder(run_dir, meta, train, validation)
     with _released_on_error(RunLock(run_dir)) as lock:
         store.remove_partial_runs(run_dir)
         for note in notes:
             store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
-        run = _launch(run_dir, events, model, tokenizer, kept, validation, spec, meta, notes, lock)
+        run = _launch(
+            run_dir,
+            events,
+            model,
+            tokenizer,
+            kept,
+            validation,
+            spec,
+            meta,
+            notes,
+            lock,
+            start=launch is None,
+        )
+    if launch is not None:
+        _start_launched(run, launch, lock)
     return _waited(run, wait)
+
+
+def _checked_launch(launch: Any, model_spec: dict[str, Any] | None) -> Any:
+    """``launch`` checked, with its port chosen; every rank must be able to load the model."""
+    if not (model_spec or {}).get("spec"):
+        raise SpecError(
+            "a run on several processes needs a model each process can load by name or "
+            "folder (Session.load_model(name_or_folder)), not a model object built in memory."
+        )
+    if launch.fsdp and (model_spec or {}).get("quantization"):
+        raise SpecError(
+            f"fsdp=True cannot shard a {model_spec['quantization']} (bitsandbytes) base: "
+            "use fsdp=False (DDP: each process holds the quantized copy, which is small), or "
+            "load the model without quantization to shard it."
+        )
+    return launch.checked()
+
+
+def _start_launched(run: Run, launch: Any, lock: RunLock) -> None:
+    """Hand the run to its ranks: rank 0 takes the folder's lock, this process follows."""
+    from workbench.train.launch.follow import LaunchedWorker
+
+    run.launch, run.worker_class, run.writes_files = launch, LaunchedWorker, False
+    run._lock = None
+    lock.release()
+    run.start()
+    if launch.machines > 1:
+        commands = launch.commands(run.run_dir)[1:]
+        text = "\n".join(f"  machine {k}: {line}" for k, line in enumerate(commands, 1))
+        run.events.emit(
+            PROGRESS,
+            f"{run.run_dir.name} waits for {launch.machines - 1} more machine(s). Run on each, "
+            f"with this run folder at the same path (a shared disk):\n{text}",
+        )
 
 
 @contextlib.contextmanager
@@ -211,12 +268,19 @@ def _launch(
     lock: RunLock,
     probe_rows: list[dict[str, Any]] | None = None,
     checkpoint: Path | None = None,
+    make_loop: Callable[..., TrainLoop] = TrainLoop,
+    start: bool = True,
 ) -> Run:
+    """Wrap the model, build the loop and the :class:`Run`, restore ``checkpoint`` and start.
+
+    ``make_loop`` builds the loop (a launched run's ranks pass their own); with ``start``
+    false the run is returned unstarted, for its caller to set up first.
+    """
     quiet_third_party()  # peft's read of a deprecated transformers property warns each run
     model = wrap_model(model, spec)
     if spec.neftune_alpha:
         add_neftune(model, spec.neftune_alpha)
-    loop = TrainLoop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
+    loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
     run = Run(
         run_dir,
         events or EventHub(),
@@ -229,9 +293,11 @@ def _launch(
         probe_rows or [],
         lock=lock,
     )
+    run.probe_stops = list(meta.get("probe_stops") or [])
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
-    run.start()
+    if start:
+        run.start()
     return run
 
 
@@ -276,6 +342,7 @@ def resume_run(
     wait: bool = False,
     model: Any = None,
     tokenizer: Any = None,
+    launch: Any = None,
 ) -> Run:
     """Continue a run from its newest valid checkpoint to its planned step count.
 
@@ -299,6 +366,8 @@ def resume_run(
         wait: Block until the run ends, printing progress.
         model: Optionally the base model already loaded (no adapter attached).
         tokenizer: Its tokenizer (needed with ``model``).
+        launch: A :class:`~workbench.train.launch.LaunchSpec` to go on with on several
+            processes (a run of one process resumes on several, and the other way round).
 
     Raises:
         SpecError: the folder holds no run (nothing is written), or another process or
@@ -314,8 +383,14 @@ def resume_run(
     """
     run_dir = Path(run_dir)
     meta = store.read_meta(run_dir)
+    launch = None if launch is None else launch.checked()
     with _released_on_error(RunLock(run_dir)) as lock:
-        run = _resume_locked(run_dir, meta, lock, events, model, tokenizer)
+        if launch is not None:
+            meta = {**meta, "launch": launch.to_dict()}
+            store.write_meta(run_dir, meta)
+        run = _resume_locked(run_dir, meta, lock, events, model, tokenizer, launch is None)
+    if launch is not None:
+        _start_launched(run, launch, lock)
     return _waited(run, wait)
 
 
@@ -326,6 +401,7 @@ def _resume_locked(
     events: EventHub | None,
     model: Any,
     tokenizer: Any,
+    start: bool = True,
 ) -> Run:
     spec = TrainSpec.from_dict(meta["spec"])
     train = store.load_examples(run_dir, "train")
@@ -355,6 +431,7 @@ def _resume_locked(
         lock,
         probe_rows,
         checkpoint,
+        start=start,
     )
 
 

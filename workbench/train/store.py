@@ -46,6 +46,7 @@ __all__ = [
     "read_meta",
     "remove_partial_runs",
     "rewrite_jsonl",
+    "write_meta",
     "write_status",
 ]
 
@@ -150,6 +151,19 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise SpecError(f"{path} is not a readable run file: {err}.") from err
+
+
+def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Replace ``run.json`` atomically (e.g. a resume on other processes records them).
+
+    Examples:
+        >>> run_dir = Path("/tmp/wb-doc-store-write-meta")
+        >>> run_dir.mkdir(exist_ok=True)
+        >>> write_meta(run_dir, {"total_steps": 8})
+        >>> read_meta(run_dir)["total_steps"]
+        8
+    """
+    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps(meta, indent=1), parents=False)
 
 
 def load_examples(run_dir: Path, split: str) -> Examples | None:

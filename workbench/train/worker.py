@@ -86,6 +86,9 @@ class Worker:
         self._saved_rng: Any = None
         self.stop_message = ""
         self.collapse = CollapseCheck(_vocab_size(run.model))
+        # None: wait while paused until asked; a launched run's ranks ask every few tenths
+        # of a second instead, so that all of them hear the same answer (``hold``).
+        self.hold_timeout: float | None = None
 
     # -- the thread -----------------------------------------------------------------------
     def main(self) -> None:
@@ -158,7 +161,7 @@ class Worker:
     def _between_steps(self) -> bool:
         """Serve requests and hold while paused; ``False`` when the run should end."""
         while True:
-            action = self.run._next_action(self)
+            action = self._next_action()
             if action == "eval" and self.evaluate():
                 self.stop_message = self.run.early.message()
             elif action == "save":
@@ -170,6 +173,10 @@ class Worker:
                 if self.paused:
                     self._leave_pause(publish=going)
                 return going
+
+    def _next_action(self) -> str:
+        """The run's next request for this worker (see :meth:`Run._next_action`)."""
+        return self.run._next_action(self, self.hold_timeout)
 
     def _enter_pause(self) -> None:
         import torch
@@ -271,6 +278,7 @@ class Worker:
             self.run.tokenizer,
             self.run.probes,
             max_new_tokens=self.spec.probe_max_new_tokens,
+            stop_strings=self.run.probe_stops or None,
         )
 
     def _base_probes(self) -> None:
