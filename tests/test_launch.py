@@ -19,6 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch_helpers import ROWS, trained
+from launch_helpers import assert_same_curve as _assert_same_curve
+from launch_helpers import curve as _curve
+from launch_helpers import session as _session
 from test_notebooks import kernel_name  # noqa: F401  (the notebooks' kernelspec fixture)
 
 import workbench as wb
@@ -31,37 +35,9 @@ from workbench.train.checkpoint import (
 from workbench.train.launch.spec import rank_environment
 from workbench.train.status import RunState
 
-ROWS = [
-    {"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(40)
-]
 # dropout 0: dropout masks are drawn per process, so with dropout the curves agree only
 # statistically; everything else (data order, init, optimizer) is the same on any count.
 SETTINGS = {"batch_size": 4, "lr": 1e-3, "lora": wb.LoRA(r=8, dropout=0.0)}
-
-
-def _session(folder: Path, model: Path) -> wb.Session:
-    s = wb.Session(folder, verbose=False)
-    s.load_model(str(model))
-    s.load_data(ROWS)
-    return s
-
-
-def _curve(run) -> list[tuple[str, int, float]]:
-    return [
-        (r.kind, r.step, r.loss if r.kind == "train" else r.eval_loss)
-        for r in run.history
-        if r.kind in ("train", "eval")
-    ]
-
-
-def _assert_same_curve(got, want, tol=1e-5):
-    assert [(k, s) for k, s, _ in got] == [(k, s) for k, s, _ in want]
-    for (kind, step, a), (_, _, b) in zip(got, want, strict=True):
-        assert abs(a - b) < tol, (kind, step, a, b)
-
-
-def _trained(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
 def _rank_pids(run_dir: Path) -> list[int]:
@@ -128,7 +104,7 @@ def test_processes_follow_the_one_process_loss_curve(
     assert run.state is RunState.FINISHED, run.status.error
     _assert_same_curve(_curve(run), _curve(ref))
     # The notebook's model holds the ranks' final weights: the Session goes on as usual.
-    mine, theirs = _trained(s.model), _trained(ref_session.model)
+    mine, theirs = trained(s.model), trained(ref_session.model)
     assert mine.keys() == theirs.keys() and mine
     for name in mine:
         assert torch.allclose(mine[name], theirs[name], atol=1e-5), name

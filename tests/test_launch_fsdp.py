@@ -7,10 +7,13 @@ Real processes on CPU (gloo) with the tiny model, as in ``tests/test_launch.py``
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from launch_helpers import assert_same_curve as _assert_same_curve
+from launch_helpers import curve as _curve
+from launch_helpers import session as _session
+from launch_helpers import trained
 
 import workbench as wb
 from workbench.train import store
@@ -22,40 +25,12 @@ from workbench.train.checkpoint import (
 )
 from workbench.train.status import RunState
 
-ROWS = [
-    {"question": f"What is {i} plus {i}?", "answer": f"{i} plus {i} is {2 * i}."} for i in range(40)
-]
 # dropout 0: dropout masks are drawn per process (see tests/test_launch.py). A small
 # max_grad_norm keeps the clipping at work, so the curve checks that the norm is global.
 SETTINGS = {"batch_size": 4, "lr": 1e-3, "max_grad_norm": 0.5, "lora": wb.LoRA(r=8, dropout=0.0)}
 PROBES = ["What is 3 plus 3?", "What is 7 plus 7?"]
 STEPS = 12
 SAVE_EVERY = 4
-
-
-def _session(folder: Path, model: Path) -> wb.Session:
-    s = wb.Session(folder, verbose=False)
-    s.load_model(str(model))
-    s.load_data(ROWS)
-    return s
-
-
-def _curve(run) -> list[tuple[str, int, float]]:
-    return [
-        (r.kind, r.step, r.loss if r.kind == "train" else r.eval_loss)
-        for r in run.history
-        if r.kind in ("train", "eval")
-    ]
-
-
-def _assert_same_curve(got, want, tol=1e-5):
-    assert [(k, s) for k, s, _ in got] == [(k, s) for k, s, _ in want]
-    for (kind, step, a), (_, _, b) in zip(got, want, strict=True):
-        assert abs(a - b) < tol, (kind, step, a, b)
-
-
-def _trained(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
 
 
 def _assert_close(a, b, where: str, atol: float = 1e-5) -> None:
@@ -113,7 +88,7 @@ def test_sharded_ranks_follow_the_one_process_run(one_process, sharded):
     for (step, a), (_, b) in zip(norms, ref_norms, strict=True):
         assert abs(a - b) < 1e-4 * b, (step, a, b)  # the norm over every rank's shards
     # The notebook's model holds the ranks' final weights.
-    mine, theirs = _trained(s.model), _trained(ref_session.model)
+    mine, theirs = trained(s.model), trained(ref_session.model)
     assert mine.keys() == theirs.keys() and mine
     for name in mine:
         assert torch.allclose(mine[name], theirs[name], atol=1e-5), name

@@ -89,6 +89,7 @@ class Worker:
         # None: wait while paused until asked; a launched run's ranks ask every few tenths
         # of a second instead, so that all of them hear the same answer (``hold``).
         self.hold_timeout: float | None = None
+        self.generate_options: dict[str, Any] = {}  # more ``generate`` keywords for probes
 
     # -- the thread -----------------------------------------------------------------------
     def main(self) -> None:
@@ -256,6 +257,11 @@ class Worker:
             >>> Worker(run).save().name
             'step-00000002'
         """
+        return self._write_checkpoint()
+
+    def _write_checkpoint(self, **gathered: Any) -> Path:
+        """Write the checkpoint; ``gathered`` (``weights=``, ``optimizer_state=``) replaces
+        what the model and optimizer here hold (a sharded rank gathers the whole first)."""
         run = self.run
         path = save_checkpoint(
             run.run_dir,
@@ -264,6 +270,7 @@ class Worker:
             self.loop.scheduler,
             run.checkpoint_state(),
             self.spec.keep_checkpoints,
+            **gathered,
         )
         run._saved_step = self.loop.step
         run._checkpoint_saved(self, path)
@@ -279,6 +286,7 @@ class Worker:
             self.run.probes,
             max_new_tokens=self.spec.probe_max_new_tokens,
             stop_strings=self.run.probe_stops or None,
+            **self.generate_options,
         )
 
     def _base_probes(self) -> None:

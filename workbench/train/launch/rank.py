@@ -45,7 +45,6 @@ from workbench.train import store
 from workbench.train.checkpoint import (
     newest_valid_checkpoint,
     remove_partial_checkpoints,
-    save_checkpoint,
 )
 from workbench.train.launch.control import Control, apply_control, read_control
 from workbench.train.launch.loop import RankLoop
@@ -75,6 +74,11 @@ class RankWorker(Worker):
         self.accelerator = run.loop.accelerator
         self.sharded = run.loop.sharded
         self.hold_timeout = self.hold_seconds
+        if self.sharded:
+            # Every rank generates the probes (each forward pass gathers from all of them),
+            # kept in step by ``synced_gpus``: a rank whose answers ended early goes on
+            # joining forward passes until every rank's have ended.
+            self.generate_options = {"synced_gpus": True}
 
     def _next_action(self) -> str:
         from accelerate.utils import broadcast_object_list
@@ -94,45 +98,11 @@ class RankWorker(Worker):
             weights = full_trained_weights(self.run.model, keep=main)
             optimizer_state = full_optimizer_state(self.loop.optimizer, keep=main)
             if main:
-                return self._write_checkpoint(weights, optimizer_state)
+                return self._write_checkpoint(weights=weights, optimizer_state=optimizer_state)
         elif main:
             return super().save()
         self.run._saved_step = self.loop.step
         return None
-
-    def _write_checkpoint(self, weights: dict[str, Any], optimizer_state: Any) -> Path:
-        """:meth:`Worker.save` with the gathered tensors: the files of a one-process run."""
-        run = self.run
-        path = save_checkpoint(
-            run.run_dir,
-            run.model,
-            self.loop.optimizer,
-            self.loop.scheduler,
-            run.checkpoint_state(),
-            self.spec.keep_checkpoints,
-            weights=weights,
-            optimizer_state=optimizer_state,
-        )
-        run._saved_step = self.loop.step
-        run._checkpoint_saved(self, path)
-        return path
-
-    def _generate(self) -> list[str]:
-        """Sharded, every rank generates (each forward pass gathers from all of them), kept
-        in step by ``generate``'s ``synced_gpus``: a rank whose answers ended early goes on
-        joining forward passes until every rank's have ended."""
-        if not self.sharded:
-            return super()._generate()
-        from workbench.models.generation import generate_text
-
-        self.run.model.train(False)
-        return generate_text(
-            self.run.model,
-            self.run.tokenizer,
-            self.run.probes,
-            max_new_tokens=self.spec.probe_max_new_tokens,
-            synced_gpus=True,
-        )
 
 
 def _redirect_output(run_dir: Path, rank: int) -> None:
