@@ -127,6 +127,7 @@ class LaunchedWorker(Worker):
         self._probes: dict[tuple[bool, int], list[str]] = {}
         self._checkpoints: set[str] = set()
         self._status_mtime = 0.0
+        self._probes_stamp: tuple[int, int] | None = None
         self._loaded_step = self._asked_save_at = -1
         self.process: subprocess.Popen | None = None
 
@@ -228,7 +229,16 @@ class LaunchedWorker(Worker):
                 self.run._log(self, record)
 
     def _read_probes(self) -> None:
-        for row in store.read_jsonl(self.run_dir / store.PROBES):
+        path = self.run_dir / store.PROBES
+        try:
+            info = path.stat()
+        except OSError:
+            return
+        stamp = (info.st_mtime_ns, info.st_size)
+        if stamp == self._probes_stamp:  # read again only when rank 0 has written
+            return
+        self._probes_stamp = stamp
+        for row in store.read_jsonl(path):
             key = (bool(row.get("base")), int(row.get("step", 0)))
             if self._probes.get(key) != row.get("outputs"):
                 self._probes[key] = row.get("outputs")

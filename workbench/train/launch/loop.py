@@ -122,6 +122,7 @@ class RankLoop(TrainLoop):
     ) -> None:
         self.accelerator, self.sharded = accelerator, sharded
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self._trained_per_row = train.trained_tokens()
         self.units = 0  # FSDP units, when sharded
         if sharded:  # before TrainLoop builds the optimizer: it must hold the shards
             self.units = shard_model(model, accelerator.device)
@@ -140,19 +141,19 @@ class RankLoop(TrainLoop):
             mine = rank_rows(rows, self.rank, self.world)
             batch = collate(self.train, mine or rows[:1], self.pad_id)
             batch["weight"] = 1.0 if mine else 0.0  # a stand-in row: joins the reduce only
+            # Every rank knows the whole micro-batch, so the step's counts need no reduce.
+            batch["global_counts"] = (
+                int(self._trained_per_row[rows].sum()),
+                int(self.train.lengths[rows].sum()),
+            )
             batches.append(self._to_device(batch))
         return batches
 
     def _counts(self, batches: list[dict[str, Any]]) -> tuple[int, int]:
-        import torch
-
-        local = [0, 0]
-        for batch in batches:
-            if batch["weight"]:
-                local[0] += int((batch["labels"][:, 1:] != -100).sum())
-                local[1] += int(batch["lengths"].sum())
-        total = self.accelerator.reduce(torch.tensor(local, device=self.device), "sum")
-        return int(total[0]), int(total[1])
+        return (
+            sum(b["global_counts"][0] for b in batches),
+            sum(b["global_counts"][1] for b in batches),
+        )
 
     def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
         import torch
