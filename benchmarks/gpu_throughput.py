@@ -1,16 +1,17 @@
 """Training throughput on one GPU: Trainer + peft, TRL's SFTTrainer and the workbench (issue 12).
 
 One prepared script for a bare GPU machine with torch, transformers, peft and accelerate
-installed (TRL if its wheel was carried in; without it the TRL rows say "skipped"). Nothing
-is downloaded: the models are built from configs with random weights, and the data are
-generated token ids, so no tokenizer or hub is needed.
+installed (bitsandbytes, TRL and datasets if their wheels were carried in: see
+benchmarks/fetch_device_wheels.sh and benchmarks/gpu_device_run.sh; without one, the rows
+that need it say why). Nothing is downloaded: the models are built from configs with random
+weights, and the data are generated token ids, so no tokenizer or hub is needed.
 
 Setting (issue 12): Qwen2.5-0.5B-shaped model (24 layers, hidden 896, intermediate 4864, 14
-heads, 2 KV heads, vocabulary 151,936) and a Qwen2.5-1.5B shape; 960 instruction rows
-(prompts of 40-300 words, answers of 4-24 words; a word is 1-2 tokens, the answer alone is
-trained); LoRA r=16, alpha 32, dropout 0.05 on every linear layer; batch 8, lr 2e-4, one pass
-(120 steps; the 1.5B shape runs 60 by default to keep the whole script under 5 minutes on an
-H200). Every variant runs in its own process, in alternating order, from the same weights:
+heads, 2 KV heads, vocabulary 151,936), a Qwen2.5-1.5B shape, and a Qwen2.5-3B shape on
+request (``--shapes 3b``); 960 instruction rows (prompts of 40-300 words, answers of 4-24
+words; a word is 1-2 tokens, so a row is 244 tokens on average, the answer alone is
+trained); LoRA r=16, alpha 32, dropout 0.05 on every linear layer; batch 8, lr 2e-4. Every
+variant runs in its own process, in alternating order, from the same weights (seed 0):
 
 - ``trainer``: transformers ``Trainer`` + peft as a user writes it: base in bf16,
   ``bf16=True``, a padding collator, every other argument at its default;
@@ -19,27 +20,44 @@ H200). Every variant runs in its own process, in alternating order, from the sam
   checkpointing off;
 - ``workbench``: the training path of ``Session.train`` (``wrap_model`` + ``TrainLoop``,
   ``TrainSpec`` defaults, so ``packing="auto"`` packs on CUDA), ``workbench-padded``: the same
-  with ``packing=False`` (the packing lever alone).
+  with ``packing=False`` (the packing lever alone), ``workbench-compile``: the same with
+  ``TrainSpec(compile=True)`` (a row saying why where the workbench has no such field yet);
+- ``trainer-qlora``: Trainer + peft on the same weights saved once and loaded 4-bit (NF4,
+  double quantization, bf16 compute: peft's QLoRA recipe) with
+  ``prepare_model_for_kbit_training(model)`` at its defaults, as peft's docs show it (which
+  turns gradient checkpointing on); ``workbench-qlora``: ``load_model(quantization="4bit")``
+  and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes.
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
-over the whole run, weights included), useful FLOPs as issue 12 defines them (4 x the base
-model's parameters per real token: forward and input-gradient backward, LoRA and padding not
-counted) as a share of a bf16 matmul peak measured in this run, the mean train loss of the
-last 10 steps, and the mean token loss on the same 32 held-out rows for every variant.
+over training, weights included), each against its own baseline (LoRA rows against
+``trainer``, QLoRA rows against ``trainer-qlora``), useful FLOPs as issue 12 defines them (4 x
+the base model's parameters per real token: forward and input-gradient backward, LoRA and
+padding not counted) as a share of a bf16 matmul peak measured in this run, the mean train
+loss of the last 10 steps, and the mean token loss on the same 32 held-out rows.
+
+A second table (issue 12 item 4) sets each row's measured device peak (the caching
+allocator's peak reservation plus the memory CUDA itself holds outside it: context, kernels,
+library handles) against ``workbench.models.memory.estimate_memory`` for the same model,
+batch and widest micro-batch; ``--out DIR`` writes every raw figure (estimate parts included)
+to ``DIR/results.json`` so ``_OVERHEAD["cuda"]`` and ``_ALLOCATOR_FACTOR["cuda"]`` can be fitted
+from one run.
 
 Usage::
 
     python benchmarks/gpu_throughput.py                       # on the GPU machine
     python benchmarks/gpu_throughput.py --shapes 0.5b --variants trainer,workbench
-    python benchmarks/gpu_throughput.py --smoke               # tiny config on CPU, < 1 minute
+    python benchmarks/gpu_throughput.py --shapes 3b --out /tmp/bench
+    python benchmarks/gpu_throughput.py --smoke               # tiny config on CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,7 +68,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-VARIANTS = ("trainer", "trl", "trl-nogc", "workbench", "workbench-padded")
+VARIANTS = (
+    "trainer",
+    "trl",
+    "trl-nogc",
+    "workbench",
+    "workbench-padded",
+    "workbench-compile",
+    "trainer-qlora",
+    "workbench-qlora",
+)
+QLORA = ("trainer-qlora", "workbench-qlora")
+# The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
+# run cut short by --budget still has these.
+CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
+EXTRA = ("workbench-padded", "trl-nogc", "trl", "workbench-compile")
+# Gradient checkpointing as each variant runs (TRL's default; peft's
+# prepare_model_for_kbit_training turns it on by default), for the memory estimate.
+CHECKPOINTING = {"trl": True, "trainer-qlora": True}
 SHAPES = {
     "0.5b": dict(
         hidden_size=896,
@@ -68,6 +103,14 @@ SHAPES = {
         num_key_value_heads=2,
         vocab_size=151936,
     ),
+    "3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
     "tiny": dict(  # --smoke: the same family, small enough for a CPU
         hidden_size=64,
         intermediate_size=128,
@@ -77,12 +120,35 @@ SHAPES = {
         vocab_size=1024,
     ),
 }
-STEPS = {"0.5b": 120, "1.5b": 60, "tiny": 4}
+# Default run, sized to finish in ~7 minutes on an H200 (gpu_device_run.sh gives it 9). A
+# step is 8 rows of 244 tokens on average, ~1,950 real tokens. Plain Trainer + peft ran the
+# 0.5B shape at ~20k tokens/s, so a step takes ~0.1 s there; the 1.5B shape (3x the
+# weights) ~0.3 s, the 3B one (6x) ~0.6 s; 4-bit about half as fast. Each variant also pays
+# ~15 s of its own (a fresh process: imports, CUDA context, weights, 32 held-out rows),
+# ~25 s for a 4-bit load of 1.5B/3B, and the first 4-bit variant of a shape ~10 s to save
+# the weights it loads.
+#   0.5b, all 8 variants x 80 steps: trainer 8 s, trl (checkpointing) 11, trl-nogc 8,
+#         workbench ~5, padded ~6, trainer-qlora ~15 (4-bit dequantization, checkpointing),
+#         workbench-qlora ~8, compile ~6 + its compilation (~60 s?)
+#         = ~125 s of steps + 8 x 15 s                                         = ~245 s
+#   1.5b, the 4 CORE variants x 50 steps: trainer 15 s, workbench ~8, trainer-qlora ~25,
+#         workbench-qlora ~12 = ~60 s + 2 x 15 + 2 x 25 + 10                   = ~150 s
+#   + the matmul peak (~10 s)                                                  = ~405 s
+# The CORE rows alone (--variants trainer,workbench,trainer-qlora,workbench-qlora: every
+# figure issue 12 sets a bar for) take ~100 + 150 + 10 = ~260 s, inside its 5 minutes.
+# The 3B shape (CORE x 30 steps: trainer ~18 s, workbench ~9, trainer-qlora ~35,
+# workbench-qlora ~18, + 2 x 15 + 2 x 30 + 20 to save 6 GB) takes ~190 s: as
+# `--shapes 0.5b,3b` (~445 s) it fits one device call, added to the default it would not.
+DEFAULT_SHAPES = "0.5b,1.5b"
+STEPS = {"0.5b": 80, "1.5b": 50, "3b": 30, "tiny": 4}
+SHAPE_VARIANTS = {"0.5b": VARIANTS, "tiny": VARIANTS}  # other shapes: CORE unless --variants
 ROWS, HELD_OUT, BATCH, LR, WARMUP_STEPS, LAST = 960, 32, 8, 2e-4, 5, 10
 SMOKE = {"rows": 16, "held_out": 4, "batch": 4, "warmup": 1}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 PAD_ID, EOS_ID = 0, 1
 SKIPPED = "skipped"
+WITHIN = 0.15  # issue 12 item 4: the estimate within 15% of the measured peak
+GiB = 2**30
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -128,12 +194,11 @@ def pad_batch(features: list[dict]) -> dict:
 
 
 # -- model ----------------------------------------------------------------------------------
-def build_model(shape: str, device: str, dtype):
-    """A Qwen2-shaped causal LM with random weights (seed 0), built on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def qwen_config(shape: str):
+    """The Qwen2 config of ``shape`` (Qwen2.5's RoPE base, norms and tied embeddings)."""
+    from transformers import Qwen2Config
 
-    config = Qwen2Config(
+    return Qwen2Config(
         **SHAPES[shape],
         max_position_embeddings=32768,
         rope_theta=1_000_000.0,
@@ -143,10 +208,29 @@ def build_model(shape: str, device: str, dtype):
         eos_token_id=EOS_ID,
         bos_token_id=EOS_ID,
     )
+
+
+def build_model(shape: str, device: str, dtype):
+    """A Qwen2-shaped causal LM with random weights (seed 0), built on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(
+            qwen_config(shape), dtype=dtype, attn_implementation="sdpa"
+        )
     return model
+
+
+def count_params(shape: str) -> int:
+    """Weights of the unquantized model (tied embeddings once), counted on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(qwen_config(shape))
+    return sum(p.numel() for p in model.parameters())
 
 
 def word_tokenizer(vocab: int):
@@ -160,6 +244,57 @@ def word_tokenizer(vocab: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=inner, pad_token="t0", eos_token="t1", unk_token="t2"
     )
+
+
+def save_base(shape: str, device: str, folder: Path) -> None:
+    """Save the seed-0 weights of ``shape`` (and the stand-in tokenizer) for the 4-bit loads."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = build_model(shape, device, dtype)
+    model.save_pretrained(folder)
+    word_tokenizer(SHAPES[shape]["vocab_size"]).save_pretrained(folder)
+
+
+def nf4_config(dtype):
+    """peft's QLoRA recipe, the one ``load_model(quantization="4bit")`` uses too."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def load_base(variant: str, shape: str, plan: dict):
+    """The model a variant starts from: built in 16 bits, or its saved weights loaded 4-bit."""
+    import torch
+
+    device = plan["device"]
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if variant == "trainer-qlora":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            plan["base"][shape],
+            quantization_config=nf4_config(dtype),
+            dtype=dtype,
+            device_map={"": device},
+        )
+    if variant == "workbench-qlora":
+        from workbench.models.loading import load_model
+
+        loaded = load_model(
+            plan["base"][shape],
+            quantization="4bit",
+            dtype="bfloat16" if device == "cuda" else "float32",
+            device=device,
+            on_event=lambda message: None,
+        )
+        return loaded.model
+    return build_model(shape, device, dtype)
 
 
 def lora_config():
@@ -218,18 +353,70 @@ class Clock:
         return self.end - self.start
 
 
-def counting(collate, lengths: list[int]):
-    """Wrap a collator so the real (non-padding) tokens of each batch are recorded in order."""
+class GpuMemory:
+    """The CUDA memory figures of one variant, in bytes (empty on CPU).
+
+    ``context_*``: what the device holds for this process outside torch's caching allocator
+    (CUDA context, kernel images, cuBLAS/bitsandbytes handles), read as used device memory
+    minus the allocator's reservation; the parent process holds no CUDA context, so nothing
+    else is on the device. ``device_peak``: the allocator's peak reservation plus
+    ``context_end``, the figure an out-of-memory error is about and the one
+    ``estimate_memory`` models on CUDA.
+    """
+
+    def __init__(self, device: str) -> None:
+        self.on = device == "cuda"
+        self.facts: dict = {}
+        if self.on:
+            import torch
+
+            torch.zeros(1, device="cuda")  # create the context
+            self.facts["context_start"] = self._outside()
+
+    def _outside(self) -> int:
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        self.facts["device_total"] = total
+        return total - free - torch.cuda.memory_reserved()
+
+    def loaded(self) -> None:
+        """The model is on the device: record its weights, start the peak from here."""
+        if self.on:
+            import torch
+
+            torch.cuda.synchronize()
+            self.facts["loaded_allocated"] = torch.cuda.memory_allocated()
+            self.facts["loaded_reserved"] = torch.cuda.memory_reserved()
+            torch.cuda.reset_peak_memory_stats()
+
+    def trained(self) -> None:
+        """Training is over: record the peaks."""
+        if self.on:
+            import torch
+
+            torch.cuda.synchronize()
+            self.facts["peak_allocated"] = torch.cuda.max_memory_allocated()
+            self.facts["peak_reserved"] = torch.cuda.max_memory_reserved()
+            self.facts["context_end"] = self._outside()
+            self.facts["device_peak"] = self.facts["peak_reserved"] + self.facts["context_end"]
+
+
+def counting(collate, lengths: list[int], widths: list[int], trained: list[int]):
+    """Wrap a collator so each batch's real tokens, width and trained labels are recorded."""
 
     def wrapped(features):
-        lengths.append(sum(len(f["input_ids"]) for f in features))
+        sizes = [len(f["input_ids"]) for f in features]
+        lengths.append(sum(sizes))
+        widths.append(max(sizes))
+        trained.append(sum(sum(t != -100 for t in f["labels"]) for f in features))
         return collate(features)
 
     return wrapped
 
 
 def _hf_training(variant: str, model, train: list[dict], plan: dict, clock: Clock) -> dict:
-    """Trainer + peft, or TRL's SFTTrainer; returns the batch lengths and logged losses."""
+    """Trainer + peft (16-bit or 4-bit base), or TRL's SFTTrainer; lengths and losses."""
     import torch
     from transformers import TrainerCallback
 
@@ -251,11 +438,17 @@ def _hf_training(variant: str, model, train: list[dict], plan: dict, clock: Cloc
         use_cpu=not on_gpu,
     )
     lengths: list[int] = []
+    widths: list[int] = []
+    trained: list[int] = []
     torch.manual_seed(42)  # the adapter's initial weights, as the workbench seeds them
-    if variant == "trainer":
+    if variant in ("trainer", "trainer-qlora"):
         from peft import get_peft_model
         from transformers import Trainer, TrainingArguments
 
+        if variant == "trainer-qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)  # peft's docs: defaults
         args = TrainingArguments(bf16=on_gpu, **common)
         trainer = Trainer(
             model=get_peft_model(model, lora_config()),
@@ -280,28 +473,48 @@ def _hf_training(variant: str, model, train: list[dict], plan: dict, clock: Cloc
             peft_config=lora_config(),
             callbacks=[Timer()],
         )
-    trainer.data_collator = counting(trainer.data_collator, lengths)
+    trainer.data_collator = counting(trainer.data_collator, lengths, widths, trained)
     trainer.train()
     losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
-    return {"model": trainer.model, "lengths": lengths, "last_loss": losses[-1]}
+    steps = plan["steps"]  # the dataloader may have fetched one batch ahead
+    return {
+        "model": trainer.model,
+        "lengths": lengths[:steps],
+        "widths": widths[:steps],
+        "trained": trained[:steps],
+        "last_loss": losses[-1],
+        "packed": False,
+    }
 
 
-def _workbench_training(variant: str, model, train: list[dict], plan: dict, clock: Clock) -> dict:
-    """The workbench's training path: the adapter and loop Session.train builds."""
+def workbench_spec(variant: str, plan: dict):
+    """The ``TrainSpec`` of a workbench variant (raises where the workbench lacks a field)."""
     from workbench.train import LoRA, TrainSpec
-    from workbench.train.batches import Examples
-    from workbench.train.loop import TrainLoop
-    from workbench.train.prepare import wrap_model
 
-    spec = TrainSpec(
+    extra = {}
+    if variant == "workbench-padded":
+        extra["packing"] = False
+    if variant == "workbench-compile":
+        extra["compile"] = True  # TypeError until TrainSpec has the field: a "failed" row
+    if variant == "workbench-qlora":
+        extra["method"] = "qlora"
+    return TrainSpec(
         max_steps=plan["steps"],
         batch_size=plan["batch"],
         lr=LR,
         warmup=0,
         lora=LoRA(**LORA),
         seed=42,
-        packing=False if variant == "workbench-padded" else "auto",
+        **extra,
     )
+
+
+def _workbench_training(spec, model, train: list[dict], plan: dict, clock: Clock) -> dict:
+    """The workbench's training path: the adapter and loop Session.train builds."""
+    from workbench.train.batches import Examples
+    from workbench.train.loop import TrainLoop
+    from workbench.train.prepare import wrap_model
+
     examples = Examples.from_rows([r["input_ids"] for r in train], [r["labels"] for r in train])
     peft_model = wrap_model(model, spec)
     loop = TrainLoop(peft_model, PAD_ID, examples, None, spec, total_steps=plan["steps"])
@@ -309,34 +522,41 @@ def _workbench_training(variant: str, model, train: list[dict], plan: dict, cloc
     for step in range(1, plan["steps"] + 1):
         losses.append(loop.train_step().loss)
         clock.step_done(step)
-    lengths = [int(examples.lengths[loop.batch_at(k)].sum()) for k in range(plan["steps"])]
-    note = loop.packing.reason if loop.packing is not None else ""
+    batches = [loop.batch_at(k) for k in range(plan["steps"])]
+    rows = [examples.lengths[b] for b in batches]
+    labelled = [int((labels != -100).sum()) for labels in examples.labels]
+    packed = loop.packing is not None and loop.packing.on
     return {
         "model": peft_model,
-        "lengths": lengths,
+        "lengths": [int(r.sum()) for r in rows],
+        "widths": [int(r.max()) for r in rows],
+        "trained": [sum(labelled[i] for i in b) for b in batches],
         "last_loss": sum(losses[-LAST:]) / len(losses[-LAST:]),
-        "note": note,
+        "note": loop.packing.reason if loop.packing is not None else "",
+        "packed": packed,
     }
 
 
 def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
     """Train one variant in this process and write its measurements as JSON."""
-    import torch
-
     device = plan["device"]
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # Before anything heavy, so a spec the workbench does not take yet fails in seconds.
+    spec = workbench_spec(variant, plan) if variant.startswith("workbench") else None
     vocab = SHAPES[shape]["vocab_size"]
     words = (40, 300) if shape != "tiny" else (10, 40)
     train = make_rows(plan["rows"], vocab, seed=1, words=words)
     held_out = make_rows(plan["held_out"], vocab, seed=2, words=words)
-    model = build_model(shape, device, dtype)
-    params = sum(p.numel() for p in model.parameters())
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    params = count_params(shape)
+    memory = GpuMemory(device)
+    model = load_base(variant, shape, plan)
+    memory.loaded()
     clock = Clock(device, plan["warmup"], plan["steps"])
-    run = _workbench_training if variant.startswith("workbench") else _hf_training
-    result = run(variant, model, train, plan, clock)
-    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    if spec is not None:
+        result = _workbench_training(spec, model, train, plan, clock)
+    else:
+        result = _hf_training(variant, model, train, plan, clock)
+    memory.trained()
+    facts = memory.facts
     tokens = sum(result["lengths"][plan["warmup"] : plan["steps"]])
     out.write_text(
         json.dumps(
@@ -344,14 +564,21 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
                 "variant": variant,
                 "shape": shape,
                 "steps": plan["steps"],
+                "batch": plan["batch"],
                 "params": params,
                 "tokens_per_s": tokens / clock.seconds,
                 "useful_flops": 4.0 * params * tokens / clock.seconds,
-                "peak_gib": None if peak is None else peak / 2**30,
+                "peak_gib": facts["peak_allocated"] / GiB if facts else None,
                 "train_loss": result["last_loss"],
                 "held_out_loss": held_out_loss(result["model"], held_out, device),
                 "seconds": clock.seconds,
                 "note": result.get("note", ""),
+                "packed": result["packed"],
+                "widest": max(result["widths"]),  # padded width of the widest micro-batch
+                "max_batch_tokens": max(result["lengths"]),  # real tokens, fullest batch
+                "max_padded_tokens": max(w * plan["batch"] for w in result["widths"]),
+                "max_trained_tokens": max(result["trained"]),  # labels of the fullest batch
+                "memory": facts,
             }
         )
     )
@@ -382,122 +609,386 @@ def versions() -> str:
     import torch
 
     found = []
-    for name in ("torch", "transformers", "peft", "accelerate", "trl", "datasets"):
+    names = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets")
+    for name in names:
         try:
             found.append(f"{name} {metadata.version(name)}")
         except metadata.PackageNotFoundError:
             found.append(f"{name} (not installed)")
-    if torch.cuda.is_available():
-        found.append(f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})")
+    if torch.cuda.is_available():  # the device's name comes from the peak's process
+        found.append(f"CUDA {torch.version.cuda}")
     else:
         found.append(f"CPU, {torch.get_num_threads()} threads")
     return ", ".join(found)
 
 
-def has_trl() -> bool:
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def missing_package(variant: str) -> str | None:
+    """Which package ``variant`` needs is not installed here, else ``None``.
+
+    Found without importing it: importing bitsandbytes can start CUDA, and the parent must
+    hold no CUDA context, or each worker's reading of the memory outside its allocator would
+    count the parent's too. A package that is there but does not import fails in the worker,
+    whose row then says why.
+    """
+    from importlib.util import find_spec
+
+    needs = ["trl", "datasets"] if variant.startswith("trl") else []
+    needs += ["bitsandbytes"] if variant in QLORA else []
+    for name in needs:
+        if find_spec(name) is None:
+            return f"{name} is not installed"
+    return None
 
 
-def measure(variant: str, shape: str, plan: dict, timeout: float) -> dict:
-    """Run one variant in a new process; its JSON, or a row saying why there is none."""
-    if variant.startswith("trl") and not has_trl():
-        return {"variant": variant, "shape": shape, SKIPPED: "trl is not installed"}
-    out = Path(tempfile.mkdtemp()) / "result.json"
-    cmd = [sys.executable, __file__, "--worker", variant, shape, str(out), json.dumps(plan)]
+def _subprocess(args: list[str], timeout: float, log: Path | None, title: str):
+    """Run this script with ``args``; (ok, reason). The output's tail goes to ``log``."""
+    cmd = [sys.executable, __file__, *args]
+    started = time.perf_counter()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"variant": variant, "shape": shape, SKIPPED: f"ran past {timeout:.0f} s"}
-    if done.returncode != 0 or not out.exists():
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1))
+    except subprocess.TimeoutExpired as err:
+        output = err.stderr or b""
+        text = output.decode(errors="replace") if isinstance(output, bytes) else output
+        _log(log, title, f"ran past {timeout:.0f} s", text)
+        return False, f"ran past {timeout:.0f} s"
+    took = time.perf_counter() - started
+    _log(log, title, f"exit {done.returncode} after {took:.1f} s", done.stderr)
+    print(f"  ({title}: {took:.1f} s in its process)", flush=True)
+    if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"variant": variant, "shape": shape, SKIPPED: f"failed: {last[:200]}"}
-    return json.loads(out.read_text())
+        return False, f"failed: {last[:200]}"
+    return True, ""
 
 
-def table(results: list[dict], peak: float, on_gpu: bool) -> str:
+def _log(log: Path | None, title: str, status: str, text: str) -> None:
+    if log is None:
+        return
+    tail = "\n".join((text or "").strip().splitlines()[-40:])
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(f"===== {title}: {status}\n{tail}\n\n")
+
+
+def measure(variant: str, shape: str, plan: dict, timeout: float, log: Path | None) -> dict:
+    """Run one variant in a new process; its JSON, or a row saying why there is none."""
+    row = {"variant": variant, "shape": shape}
+    why = missing_package(variant)
+    if why is None and variant in QLORA and not plan["base"].get(shape):
+        why = plan["base_error"].get(shape, "no saved base")
+    if why is not None:
+        return {**row, SKIPPED: why}
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        args = ["--worker", variant, shape, str(out), json.dumps(plan)]
+        ok, why = _subprocess(args, timeout, log, f"{shape} {variant}")
+        if not ok or not out.exists():
+            return {**row, SKIPPED: why or "failed: no result written"}
+        return json.loads(out.read_text())
+
+
+def prepare_base(shape: str, plan: dict, folder: Path, timeout: float, log: Path | None) -> None:
+    """Save the shape's weights once for the 4-bit variants; the reason in plan if it failed."""
+    ok, why = _subprocess(
+        ["--save", shape, str(folder), plan["device"]], timeout, log, f"{shape} save"
+    )
+    if ok:
+        plan["base"][shape] = str(folder)
+    else:
+        plan["base_error"][shape] = f"saving the weights for the 4-bit load {why}"
+
+
+def measure_peak(device: str, timeout: float, log: Path | None) -> tuple[float | None, str]:
+    """The matmul peak and device name, from a process of its own (the parent stays off CUDA)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "peak.json"
+        ok, why = _subprocess(["--peak", device, str(out)], timeout, log, "matmul peak")
+        if not ok or not out.exists():
+            return None, why
+        found = json.loads(out.read_text())
+    return found["flops"], found["name"]
+
+
+def peak_worker(device: str, out: Path) -> None:
+    import torch
+
+    flops = matmul_peak(device)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    out.write_text(json.dumps({"flops": flops, "name": name}))
+
+
+def baseline_of(variant: str) -> str:
+    """The row a variant's ratios are taken against: QLoRA against Trainer + peft in 4 bits."""
+    return "trainer-qlora" if variant in QLORA else "trainer"
+
+
+def table(results: list[dict], peak: float | None, on_gpu: bool) -> str:
     memory = "peak GPU memory GiB" if on_gpu else "peak GPU memory"
     lines = [
         f"| shape | path | tokens/s | x trainer | {memory} | x trainer | useful TFLOP/s "
         "(% of matmul peak) | train loss (last 10 steps) | held-out loss |",
         "|" + "---|" * 9,
     ]
-    base = {r["shape"]: r for r in results if r["variant"] == "trainer" and SKIPPED not in r}
+    base = {
+        (r["shape"], r["variant"]): r
+        for r in results
+        if r["variant"] in ("trainer", "trainer-qlora") and SKIPPED not in r
+    }
     for r in results:
         if SKIPPED in r:
             lines.append(f"| {r['shape']} | {r['variant']} | {SKIPPED}: {r[SKIPPED]} |" + " |" * 6)
             continue
-        ref = base.get(r["shape"])
+        ref = base.get((r["shape"], baseline_of(r["variant"])))
         speed = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
         if r["peak_gib"] is None:
             peak_text, ratio = "n/a (CPU)", "-"
         else:
             peak_text = f"{r['peak_gib']:.1f}"
             ratio = f"{r['peak_gib'] / ref['peak_gib']:.2f}x" if ref else "-"
+        share = f"{r['useful_flops'] / peak:.1%}" if peak else "no peak"
         lines.append(
             f"| {r['shape']} | {r['variant']} | {r['tokens_per_s']:,.0f} | {speed} | "
-            f"{peak_text} | {ratio} | {r['useful_flops'] / 1e12:.2f} "
-            f"({r['useful_flops'] / peak:.1%}) | {r['train_loss']:.4f} | "
-            f"{r['held_out_loss']:.4f} |"
+            f"{peak_text} | {ratio} | {r['useful_flops'] / 1e12:.2f} ({share}) | "
+            f"{r['train_loss']:.4f} | {r['held_out_loss']:.4f} |"
+        )
+    lines.append(
+        "\nx trainer: LoRA rows against trainer (Trainer + peft, bf16 base), QLoRA rows against "
+        "trainer-qlora (Trainer + peft on the same 4-bit NF4 base), same shape."
+    )
+    return "\n".join(lines)
+
+
+def estimate_row(r: dict) -> dict:
+    """``estimate_memory`` for a measured row, with its parts and the fitting inputs."""
+    from workbench.models import memory as mem
+
+    qlora = r["variant"] in QLORA
+    settings = dict(
+        device="cuda",
+        dtype="bfloat16",
+        lora_r=LORA["r"],
+        batch_size=r["batch"],
+        seq_len=r["widest"],
+        quantization="4bit" if qlora else None,
+        method="qlora" if qlora else "lora",
+        gradient_checkpointing=CHECKPOINTING.get(r["variant"], False),
+    )
+    config = qwen_config(r["shape"])
+    config.dtype = "bfloat16"  # the checkpoint's dtype, as a saved config states it
+    est = mem.estimate_memory(config, **settings)
+    factor, overhead = mem._ALLOCATOR_FACTOR["cuda"], mem._OVERHEAD["cuda"]
+    found = {
+        "variant": r["variant"],
+        "shape": r["shape"],
+        "settings": settings,
+        "constants": {"overhead": overhead, "allocator_factor": factor},
+        "parts": {
+            name: getattr(est, name)
+            for name in ("weights", "adapter", "gradients", "optimizer", "activations")
+        }
+        | {"logits": est.logits, "overhead": est.overhead, "total": est.total},
+        # activations = saved * allocator_factor + logits: saved is what the factor multiplies
+        "saved_activations": (est.activations - est.logits) / factor,
+        "packed": r.get("packed", False),
+        "max_batch_tokens": r.get("max_batch_tokens"),
+        "max_trained_tokens": r.get("max_trained_tokens"),
+    }
+    facts = r.get("memory") or {}
+    if facts:
+        measured = facts["device_peak"]
+        found["measured"] = measured
+        found["allocated"] = facts["peak_allocated"]
+        found["ratio"] = measured / est.total
+        found["within"] = abs(measured / est.total - 1) <= WITHIN
+        # What the two constants would have to be for this row alone (the other parts as
+        # estimated): overhead = memory outside the allocator; factor = the rest / saved.
+        static = est.weights + est.adapter + est.gradients + est.optimizer + est.logits
+        rest = facts["peak_reserved"] - static
+        found["implied"] = {
+            "overhead": facts["context_end"],
+            "allocator_factor": rest / found["saved_activations"]
+            if found["saved_activations"]
+            else None,
+        }
+    return found
+
+
+def calibration(results: list[dict]) -> list[dict]:
+    """One estimate per measured row (a row saying why where the estimate itself failed)."""
+    found = []
+    for r in results:
+        if SKIPPED in r:
+            continue
+        try:
+            found.append(estimate_row(r))
+        except Exception as err:  # one row's failure stays in its row
+            found.append({"variant": r["variant"], "shape": r["shape"], "error": repr(err)})
+    return found
+
+
+def calibration_table(rows: list[dict]) -> str:
+    lines = [
+        "### Measured vs estimated peak (estimate_memory, device='cuda', bfloat16, r=16)",
+        "",
+        "| shape | path | batch x widest | measured peak GiB (reserved + CUDA outside) | "
+        "allocated peak GiB | estimated GiB | measured / estimated | within 15% |",
+        "|" + "---|" * 8,
+    ]
+    for c in rows:
+        if "error" in c:
+            lines.append(f"| {c['shape']} | {c['variant']} | estimate failed: {c['error']} |")
+            lines[-1] += " |" * 5
+            continue
+        s = c["settings"]
+        gc = " (gc)" if s["gradient_checkpointing"] else ""
+        size = f"{s['batch_size']} x {s['seq_len']}{gc}"
+        total = f"{c['parts']['total'] / GiB:.2f}"
+        if "measured" in c:
+            measured = f"{c['measured'] / GiB:.2f}"
+            allocated = f"{c['allocated'] / GiB:.2f}" if "allocated" in c else "-"
+            ratio, within = f"{c['ratio']:.2f}", "yes" if c["within"] else "no"
+        else:
+            measured = allocated = "n/a"
+            ratio = within = "-"
+        lines.append(
+            f"| {c['shape']} | {c['variant']} | {size} | {measured} | {allocated} | {total} | "
+            f"{ratio} | {within} |"
+        )
+    fits = [c["implied"] for c in rows if c.get("implied")]
+    if fits:
+        overhead = sorted(f["overhead"] for f in fits)[len(fits) // 2]
+        factors = sorted(f["allocator_factor"] for f in fits if f["allocator_factor"])
+        median = factors[len(factors) // 2] if factors else float("nan")
+        lines.append(
+            f"\nImplied per row, median: overhead {overhead / GiB:.2f} GiB (now "
+            f"{rows[0]['constants']['overhead'] / GiB:.2f}), allocator factor {median:.2f} "
+            f"(now {rows[0]['constants']['allocator_factor']:.2f}); every part is in results.json."
         )
     return "\n".join(lines)
 
 
+def plan_order(shapes: list[str], variants: list[str] | None, rounds: int) -> list[tuple]:
+    """(shape, variant) in run order: CORE rows of every shape first, then the others.
+
+    Within each shape and group the order alternates from one shape or round to the next.
+    """
+    order = []
+    for group in (CORE, EXTRA):
+        for k, shape in enumerate(shapes):
+            chosen = variants or SHAPE_VARIANTS.get(shape, CORE)
+            members = [v for v in group if v in chosen]
+            for round_ in range(rounds):
+                flip = (k + round_) % 2 == 1
+                order += [(shape, v) for v in (members[::-1] if flip else members)]
+    return order
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shapes", default="0.5b,1.5b", help=f"of {sorted(SHAPES)}")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {VARIANTS}")
-    parser.add_argument("--steps", type=int, default=None, help="per shape (default 120 / 60)")
+    parser.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"of {sorted(SHAPES)}")
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"of {VARIANTS}; default: all on 0.5b, {','.join(CORE)} on the others",
+    )
+    parser.add_argument("--steps", type=int, default=None, help=f"per shape (default {STEPS})")
     parser.add_argument("--rounds", type=int, default=1, help="repeat, alternating the order")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds per variant")
-    parser.add_argument("--smoke", action="store_true", help="tiny config on CPU (< 1 minute)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole run")
+    parser.add_argument("--out", default=None, help="folder for results.json, tables.md, logs")
+    parser.add_argument("--smoke", action="store_true", help="tiny config on CPU")
     parser.add_argument("--worker", nargs=4, metavar=("VARIANT", "SHAPE", "OUT", "PLAN"))
+    parser.add_argument("--save", nargs=3, metavar=("SHAPE", "FOLDER", "DEVICE"))
+    parser.add_argument("--peak", nargs=2, metavar=("DEVICE", "OUT"))
     args = parser.parse_args()
     if args.worker:
         variant, shape, out, plan = args.worker
         worker(variant, shape, json.loads(plan), Path(out))
         return
+    if args.save:
+        save_base(args.save[0], args.save[2], Path(args.save[1]))
+        return
+    if args.peak:
+        peak_worker(args.peak[0], Path(args.peak[1]))
+        return
+    run(args)
+
+
+def run(args) -> None:
+    """The parent: measure every (shape, variant) in its own process and print the tables."""
     import torch
 
+    started = time.perf_counter()
+    deadline = started + args.budget if args.budget else math.inf
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     shapes = ["tiny"] if args.smoke else args.shapes.split(",")
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS)) + sorted(set(shapes) - set(SHAPES))
+    variants = args.variants.split(",") if args.variants else None
+    unknown = sorted(set(variants or ()) - set(VARIANTS)) + sorted(set(shapes) - set(SHAPES))
     if unknown:
         raise SystemExit(f"unknown variant or shape {unknown}; variants: {VARIANTS}")
-    started = time.perf_counter()
-    peak = matmul_peak(device)
-    print(f"# Training throughput on one device ({versions()})")
-    print(f"matmul peak measured here: {peak / 1e12:.1f} TFLOP/s ({device})", flush=True)
-    results = []
-    for k, shape in enumerate(shapes):
-        plan = {
-            "device": device,
-            "steps": args.steps or STEPS[shape],
-            "rows": ROWS,
-            "held_out": HELD_OUT,
-            "batch": BATCH,
-            "warmup": WARMUP_STEPS,
-        }
-        if args.smoke:
-            plan.update(SMOKE)
-        for round_ in range(args.rounds):
-            order = variants if (k + round_) % 2 == 0 else variants[::-1]  # alternate
-            for variant in order:
-                result = measure(variant, shape, plan, args.timeout)
-                results.append(result)
-                print(f"  {shape} {variant}: {json.dumps(result)}", flush=True)
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    results.sort(key=lambda r: (shapes.index(r["shape"]), order[r["variant"]]))
-    print()
-    print(table(results, peak, device == "cuda"))
+    out = Path(args.out) if args.out else None
+    log = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / "workers.log"
+        log.write_text("")
+    peak, name = measure_peak(device, min(args.timeout, 120), log)
+    print(f"# Training throughput on one device ({versions()}, {name})")
+    peak_text = f"{peak / 1e12:.1f} TFLOP/s" if peak else f"not measured ({name})"
+    print(f"matmul peak measured here: {peak_text} ({device})", flush=True)
+    report = {"versions": versions(), "device": name, "matmul_peak": peak, "results": []}
+    order = plan_order(shapes, variants, args.rounds)
+    measure_all(order, args, device, deadline, report, out, log)
+    results = report["results"]
+    rank = {v: i for i, v in enumerate(VARIANTS)}
+    results.sort(key=lambda r: (shapes.index(r["shape"]), rank[r["variant"]]))
+    report["calibration"] = calibration(results)
+    text = [table(results, peak, device == "cuda")]
     notes = {r["note"] for r in results if r.get("note")}
-    for note in sorted(notes):
-        print(f"workbench: {note}")
-    print(f"total {time.perf_counter() - started:.0f} s")
+    text += [f"workbench: {note}" for note in sorted(notes)]
+    text += ["", calibration_table(report["calibration"])]
+    report["total_s"] = time.perf_counter() - started
+    text.append(f"\ntotal {report['total_s']:.0f} s")
+    print()
+    print("\n".join(text))
+    _write(out, report)
+    if out is not None:
+        (out / "tables.md").write_text("\n".join(text) + "\n", encoding="utf-8")
+
+
+def measure_all(order, args, device, deadline, report, out, log) -> None:
+    """Measure each (shape, variant) of ``order``, within ``deadline``; rows into ``report``."""
+    plan = {"device": device, "base": {}, "base_error": {}}
+    scratch = Path(tempfile.mkdtemp(prefix="gpu-throughput-"))
+    results = report["results"]
+    try:
+        for shape, variant in order:
+            left = deadline - time.perf_counter()
+            if left < 30:
+                results.append({"variant": variant, "shape": shape, SKIPPED: "out of --budget"})
+                continue
+            if variant in QLORA and shape not in plan["base"] | plan["base_error"]:
+                prepare_base(shape, plan, scratch / shape, min(args.timeout, left - 20), log)
+            step_plan = {
+                **plan,
+                "steps": args.steps or STEPS[shape],
+                "rows": ROWS,
+                "held_out": HELD_OUT,
+                "batch": BATCH,
+                "warmup": WARMUP_STEPS,
+            }
+            if args.smoke:
+                step_plan.update(SMOKE)
+            timeout = min(args.timeout, deadline - time.perf_counter() - 20)
+            result = measure(variant, shape, step_plan, timeout, log)
+            results.append(result)
+            print(f"  {shape} {variant}: {json.dumps(result)}", flush=True)
+            _write(out, report)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write(out: Path | None, report: dict) -> None:
+    if out is not None:
+        (out / "results.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":
