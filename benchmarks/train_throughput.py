@@ -14,6 +14,8 @@ Usage::
     .venv/bin/python benchmarks/train_throughput.py --models tiny
     # padding-free packing (TrainSpec(packing=True)) as a third variant, table printed only:
     .venv/bin/python benchmarks/train_throughput.py --variants trainer,ours,packed --no-write
+    # the training forward under torch.compile (TrainSpec(compile=True)), likewise:
+    .venv/bin/python benchmarks/train_throughput.py --variants trainer,ours,compiled --no-write
     BENCH_GEMMA_STEPS=24 .venv/bin/python benchmarks/train_throughput.py --models gemma
 """
 
@@ -190,8 +192,11 @@ def run_trainer(loaded, train: dict, steps: int) -> dict:
     return {"model": model, "times": times, "shapes": shapes[:steps], "losses": losses}
 
 
-def run_ours(loaded, train: dict, steps: int, packing: bool | str = "auto") -> dict:
-    """Our path: start_run with the same LoRA settings (``packing=True``: packed rows)."""
+def run_ours(
+    loaded, train: dict, steps: int, packing: bool | str = "auto", compile: bool = False
+) -> dict:
+    """Our path: start_run with the same LoRA settings (``packing=True``: packed rows;
+    ``compile=True``: the training forward under torch.compile, its first step not timed)."""
     from workbench.events import EventHub
     from workbench.train import LoRA, TrainSpec, start_run
     from workbench.train.batches import collate
@@ -206,6 +211,7 @@ def run_ours(loaded, train: dict, steps: int, packing: bool | str = "auto") -> d
         seed=42,
         save_every=10_000,
         packing=packing,
+        compile=compile,
     )
     run = start_run(
         loaded.model,
@@ -257,7 +263,8 @@ def worker(variant: str, model_name: str, out: Path) -> None:
     if variant == "trainer":
         result = run_trainer(loaded, train, steps)
     else:
-        result = run_ours(loaded, train, steps, packing=variant == "packed" or "auto")
+        packing = variant == "packed" or "auto"
+        result = run_ours(loaded, train, steps, packing=packing, compile=variant == "compiled")
     timed = slice(1, None)  # the first step pays one-time costs in both
     seconds = sum(result["times"][timed])
     real, padded, rows = (sum(s[k] for s in result["shapes"][timed]) for k in range(3))
@@ -339,7 +346,9 @@ def table(results: list[dict], peak: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="tiny,gemma")
-    parser.add_argument("--variants", default="trainer,ours", help="trainer, ours, packed")
+    parser.add_argument(
+        "--variants", default="trainer,ours", help="trainer, ours, packed, compiled"
+    )
     parser.add_argument("--no-write", action="store_true", help="print, leave results.md")
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "MODEL", "OUT"))
     args = parser.parse_args()

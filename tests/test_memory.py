@@ -154,3 +154,19 @@ def test_unknown_name_lists_known_names():
 def test_folder_without_config_is_rejected(tmp_path):
     with pytest.raises(SpecError, match=r"config\.json"):
         estimate_memory(tmp_path, device="cpu")
+
+
+def test_logit_tokens_count_only_the_logits_the_workbench_computes():
+    plain = estimate_memory("gemma-3-270m", seq_len=256, batch_size=4, device="cpu")
+    trained = estimate_memory(
+        "gemma-3-270m", seq_len=256, batch_size=4, device="cpu", logit_tokens=256
+    )
+    assert trained.total < plain.total and trained.weights == plain.weights
+    # Past 2**26 logits the loss works in recomputed chunks: the logits part stops growing.
+    huge = [
+        estimate_memory("gemma-3-270m", seq_len=2048, batch_size=8, device="cpu", logit_tokens=n)
+        for n in (2**6, 2**9, 2**12)
+    ]
+    assert huge[0].activations < huge[1].activations == huge[2].activations
+    with pytest.raises(SpecError, match="logit_tokens=0: use a positive integer"):
+        estimate_memory("gemma-3-270m", logit_tokens=0)

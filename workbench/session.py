@@ -637,7 +637,7 @@ class Session:
             )
         self._adapted = self._run.model
         self._evaluation = None  # it judged the previous model
-        self._training_summary = spec.to_dict()
+        self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
         return self._run
 

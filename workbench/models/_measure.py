@@ -124,7 +124,16 @@ def _child(args: dict) -> dict:
     torch.manual_seed(0)
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (args["batch_size"], args["seq_len"]), device=args["device"])
-    loss = model(input_ids=ids, labels=ids).loss
+    trained = args.get("trained_per_row")
+    if trained is None:
+        loss = model(input_ids=ids, labels=ids).loss
+    else:  # the workbench's loss: logits only where the last `trained` labels of a row train
+        from workbench.train.loss import token_loss_sum
+
+        labels = ids.clone()
+        labels[:, : args["seq_len"] - trained] = -100
+        total, count = token_loss_sum(model, {"input_ids": ids, "labels": labels})
+        loss = total / count
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -162,6 +171,7 @@ def measure_training_step(
     gradient_checkpointing: bool = False,
     device: Device = "cpu",
     timeout: float = 1800,
+    trained_per_row: int | None = None,
 ) -> StepMeasurement:
     """Run one real training step in a fresh subprocess and return its memory high-water marks.
 
@@ -176,6 +186,10 @@ def measure_training_step(
         gradient_checkpointing: Recompute block activations in the backward pass.
         device: ``"cpu"`` (float32, process RSS) or ``"cuda"`` (bf16, torch's reserved memory).
         timeout: Seconds before the subprocess is killed.
+        trained_per_row: ``None``: the loss of plain transformers (logits for every token).
+            A number: the workbench's training loss
+            (:func:`~workbench.train.loss.token_loss_sum`, logits only where labels train)
+            with the last ``trained_per_row`` labels of each row trained.
 
     Returns:
         A :class:`StepMeasurement` in bytes.
@@ -196,15 +210,21 @@ def measure_training_step(
         seq_len=0: use a positive integer; batch_size=-1: use a positive integer
     """
     _check(quantization, method, seq_len, batch_size, lora_r)
+    if trained_per_row is not None and not 0 < trained_per_row < seq_len:
+        from workbench.errors import SpecError
+
+        msg = f"trained_per_row={trained_per_row!r}: use a number from 1 to seq_len - 1"
+        raise SpecError(msg)
     if method == "qlora":
         quantization = quantization or "4bit"
     args = dict(
         folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
         seq_len=seq_len, batch_size=batch_size, device=device,
-        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing, trained_per_row=trained_per_row,
     )  # fmt: skip
     # The child runs this file as a script, so it imports torch, transformers and peft but
-    # not the workbench: its baseline is what any training process pays.
+    # not the workbench (only its loss, with trained_per_row): its baseline is what any
+    # training process pays.
     command = [sys.executable, str(Path(__file__).resolve()), json.dumps(args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:

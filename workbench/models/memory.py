@@ -216,6 +216,7 @@ class _Plan:
     optimizer: str
     eager_attention: bool
     checkpoint_bytes: int
+    logit_tokens: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -295,7 +296,10 @@ def _check_choices(settings: dict[str, Any]) -> list[str]:
 def _check_settings(settings: dict[str, Any]) -> None:
     """Collect every problem with the settings and raise them in one SpecError."""
     problems = _check_choices(settings)
-    for name in ("lora_r", "seq_len", "batch_size", "processes"):
+    names = ("lora_r", "seq_len", "batch_size", "processes")
+    if settings.get("logit_tokens") is not None:
+        names += ("logit_tokens",)
+    for name in names:
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"{name}={value!r}: use a positive integer")
@@ -367,9 +371,17 @@ def _block_elements(plan: _Plan) -> tuple[int, int]:
     return c_h * facts.hidden, rest  # RMSNorm/LayerNorm compute in float32
 
 
+# The workbench's loss applies the output layer only to trained rows, in chunks of at most
+# this many logits, each recomputed in backward (workbench.train.loss.CHUNK_ELEMENTS).
+_LOSS_CHUNK_ELEMENTS = 2**26
+
+
 def _logits(plan: _Plan) -> int:
     per_element = _LOGIT_COPIES * 4 + (plan.compute_bytes if plan.compute_bytes < 4 else 0)
-    return plan.tokens * plan.facts.vocab * per_element
+    if plan.logit_tokens is None:
+        return plan.tokens * plan.facts.vocab * per_element
+    elements = min(plan.logit_tokens, plan.tokens) * plan.facts.vocab
+    return min(elements, _LOSS_CHUNK_ELEMENTS) * per_element
 
 
 def _activations(plan: _Plan) -> int:
@@ -399,6 +411,7 @@ def estimate_memory(
     dtype: Dtype = "auto",
     processes: int = 1,
     fsdp: bool = False,
+    logit_tokens: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step from the model's config alone.
 
@@ -430,6 +443,10 @@ def estimate_memory(
             plus a second copy of the trained gradients (the reduce buckets).
         fsdp: Shard weights, gradients and optimizer state across the processes (FSDP):
             each holds 1/N of them plus one block gathered whole at a time.
+        logit_tokens: Tokens of the step whose logits are computed. ``None``: every token,
+            as plain transformers computes them. The workbench's training path
+            (``TrainSpec.fast_loss``) computes them only where a label is trained, in
+            chunks of at most 2**26 logits: pass the step's trained tokens.
 
     Returns:
         A :class:`MemoryEstimate` whose ``total`` is the estimated peak in bytes.
@@ -461,6 +478,7 @@ def estimate_memory(
         seq_len=seq_len, batch_size=-(-batch_size // processes), optimizer=optimizer,
         gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
         checkpoint_bytes=checkpoint_bytes,
+        logit_tokens=None if logit_tokens is None else -(-logit_tokens // processes),
     )  # fmt: skip
     return _shared(_estimate(plan), plan, processes, fsdp)
 

@@ -411,6 +411,25 @@ def load_trained_weights(path: str | Path) -> dict[str, Any]:
         raise _damaged(path, err) from err
 
 
+_KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def _same_kernels(optimizer: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the optimizer's own kernel choice in each group.
+
+    ``load_state_dict`` takes every group setting from the file, so a checkpoint written by
+    an unfused AdamW (an older run, or another device) would switch the kernel off, or one
+    written on CUDA with ``fused`` would ask for it where there is none. The update rule is
+    the same either way; only the kernel is the running optimizer's to choose.
+    """
+    current = optimizer.param_groups
+    groups = [
+        {**saved, **{k: mine[k] for k in _KERNEL_FLAGS if k in mine}}
+        for saved, mine in zip(state["param_groups"], current, strict=False)
+    ]
+    return {**state, "param_groups": groups}
+
+
 def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
     """Load weights, optimizer, scheduler and RNG from ``path``; return its ``state.json``.
 
@@ -460,7 +479,9 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
     with torch.no_grad():
         for name, param in params.items():
             param.copy_(shard_like(weights[name], param))
-    optimizer.load_state_dict(sharded_optimizer_state(optimizer, optimizer_state))
+    optimizer.load_state_dict(
+        _same_kernels(optimizer, sharded_optimizer_state(optimizer, optimizer_state))
+    )
     scheduler.load_state_dict(scheduler_state)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():

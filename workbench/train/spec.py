@@ -167,7 +167,10 @@ class TrainSpec:
         lr: Peak learning rate (2e-4 suits LoRA; use ~1e-5 for full fine-tuning).
         scheduler: A ``transformers.get_scheduler`` name.
         warmup: Warm-up: an ``int`` is steps, a ``float`` in [0, 1) a fraction of all steps.
-        batch_size: Examples per forward pass.
+        batch_size: Examples per forward pass, or ``"auto"``: the largest power of two (up
+            to 8 on CPU, 64 on CUDA) whose estimated peak memory at the longest example fits
+            (:mod:`workbench.train.batch_size`), chosen when the run starts and stored in
+            the run's spec as a number; the reason is in ``run.choices``.
         grad_accum: Forward passes accumulated per optimizer step.
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         max_grad_norm: Clip the gradient norm to this (``None``: no clipping).
@@ -200,6 +203,13 @@ class TrainSpec:
             mask-derived positions, an unknown attention kernel) or NEFTune falls back to
             padded batches with the reason in ``TrainLoop.packing``. A launched run
             (``launch=``) does not pack.
+        compile: Run the training forward and backward under ``torch.compile``, with
+            dynamic shapes: one graph for every batch width
+            (:func:`~workbench.train.loop.compiled_loss_sum`).
+            Evaluation, probes and ``generate`` stay eager. The first step pays the
+            compilation (25-45 s for a tiny model on CPU, which then ran 1.2x faster); off by
+            default until it is measured on a GPU
+            (``benchmarks/gpu_throughput.py``, variant ``workbench-compile``).
 
     Examples:
         >>> TrainSpec(max_steps=60, lr=5e-3, batch_size=8).total_steps(64)
@@ -220,7 +230,7 @@ class TrainSpec:
     lr: float = 2e-4
     scheduler: SchedulerName = "linear"
     warmup: int | float = 0.03
-    batch_size: int = 4
+    batch_size: int | Literal["auto"] = 4
     grad_accum: int = 1
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
@@ -237,6 +247,7 @@ class TrainSpec:
     fast_loss: bool = True
     track_layer_norms: bool = False
     packing: bool | Literal["auto"] = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _raise(_placeholders(self))
@@ -281,7 +292,10 @@ class TrainSpec:
             _choice("scheduler", self.scheduler, SchedulerName),
             None if isinstance(self.lora, LoRA) else f"lora={self.lora!r} must be a LoRA(...)",
             _positive("epochs", self.epochs, float),
-            _positive("batch_size", self.batch_size),
+            None
+            if self.batch_size == "auto"
+            else _positive("batch_size", self.batch_size)
+            and f"{_positive('batch_size', self.batch_size)}, or 'auto'",
             _positive("grad_accum", self.grad_accum),
             _positive("weight_decay", self.weight_decay, float, zero=True),
             self._keep_problem(),
@@ -294,6 +308,9 @@ class TrainSpec:
             None
             if isinstance(self.track_layer_norms, bool)
             else f"track_layer_norms={self.track_layer_norms!r} must be a bool",
+            None
+            if isinstance(self.compile, bool)
+            else f"compile={self.compile!r} must be True or False",
             None
             if isinstance(self.packing, bool) or self.packing == "auto"
             else f"packing={self.packing!r} must be 'auto', True or False",
@@ -326,6 +343,8 @@ class TrainSpec:
         """
         if self.max_steps is not None:
             return self.max_steps
+        if self.batch_size == "auto":
+            raise SpecError("batch_size='auto' is chosen when the run starts; no steps before.")
         micro = math.ceil(num_examples / self.batch_size)
         return max(1, math.ceil(self.epochs * micro / self.grad_accum))
 

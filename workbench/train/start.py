@@ -27,6 +27,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -171,10 +172,12 @@ def start_run(
     launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
     kept, notes = _drop_untrained(train)
+    spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     total = spec.total_steps(len(kept))
     meta = {
         "version": 1,
         "spec": spec.to_dict(),
+        **({"batch_size_choice": batch_choice} if batch_choice else {}),
         "total_steps": total,
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
         "probes": list(probes or []),
@@ -203,7 +206,26 @@ def start_run(
         )
     if launch is not None:
         _start_launched(run, launch, lock)
+    if wait and batch_choice:
+        print(batch_choice)  # a script sees the number it trains with, before the steps
     return _waited(run, wait)
+
+
+def _resolved_batch_size(
+    spec: TrainSpec, model: Any, train: Examples, launch: Any
+) -> tuple[TrainSpec, str | None]:
+    """``spec`` with ``batch_size="auto"`` replaced by the size chosen, and the reason."""
+    if spec.batch_size != "auto":
+        return spec, None
+    from workbench.train.batch_size import choose_batch_size
+
+    options = {}
+    if launch is not None:
+        device = "cpu" if launch.on_cpu else "cuda"
+        options = {"device": device, "processes": launch.processes, "fsdp": launch.fsdp}
+    lengths, trained = train.lengths.tolist(), train.trained_tokens().tolist()
+    choice = choose_batch_size(model, lengths, spec, trained, **options)
+    return dataclasses.replace(spec, batch_size=choice.size), choice.reason
 
 
 def _checked_launch(launch: Any, model_spec: dict[str, Any] | None) -> Any:
@@ -294,6 +316,7 @@ def _launch(
         lock=lock,
     )
     run.probe_stops = list(meta.get("probe_stops") or [])
+    run.batch_size_reason = meta.get("batch_size_choice")
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
     if start:

@@ -38,6 +38,7 @@ from workbench.train.guards import check_loss
 from workbench.train.launch.sharded import clip_grad_norm, shard_model
 from workbench.train.loop import TrainLoop
 from workbench.train.loss import token_loss_sum
+from workbench.train.precision import training_precision
 
 __all__ = ["LossModule", "RankLoop", "rank_rows"]
 
@@ -71,13 +72,13 @@ class LossModule(_module_base()):  # type: ignore[misc]
         0
     """
 
-    def __init__(self, model: Any, fast: bool) -> None:
+    def __init__(self, model: Any, fast: bool, loss_sum: Any = token_loss_sum) -> None:
         super().__init__()
-        self.model, self.fast = model, fast
+        self.model, self.fast, self.loss_sum = model, fast, loss_sum
 
     def forward(self, input_ids: Any, labels: Any) -> Any:
         """The sum of the token losses of the batch (a scalar tensor)."""
-        return token_loss_sum(self.model, {"input_ids": input_ids, "labels": labels}, self.fast)[0]
+        return self.loss_sum(self.model, {"input_ids": input_ids, "labels": labels}, self.fast)[0]
 
 
 class RankLoop(TrainLoop):
@@ -128,9 +129,11 @@ class RankLoop(TrainLoop):
             self.units = shard_model(model, accelerator.device)
         super().__init__(model, pad_id, train, validation, spec, total_steps)
         if sharded:
-            self.wrapped = LossModule(model, fast=False)  # through the FSDP hooks
+            self.wrapped = LossModule(model, False, self.loss_sum)  # through the FSDP hooks
         else:
-            self.wrapped = accelerator.prepare_model(LossModule(model, spec.fast_loss))
+            self.wrapped = accelerator.prepare_model(
+                LossModule(model, spec.fast_loss, self.loss_sum)
+            )
 
     # -- a step ---------------------------------------------------------------------------
     def _micro_batches(self) -> list[dict[str, Any]]:
@@ -166,7 +169,8 @@ class RankLoop(TrainLoop):
             synced = k == last or self.sharded
             sync = contextlib.nullcontext() if synced else self.accelerator.no_sync(self.wrapped)
             with sync:
-                loss_sum = self.wrapped(batch["input_ids"], batch["labels"]) * batch["weight"]
+                with training_precision(self.model):
+                    loss_sum = self.wrapped(batch["input_ids"], batch["labels"]) * batch["weight"]
                 self.accelerator.backward(loss_sum * (self.world / trained))
             total += loss_sum.detach().double()
         value = float(self.accelerator.reduce(total, "sum"))
@@ -204,7 +208,7 @@ class RankLoop(TrainLoop):
         sums = torch.zeros(2, dtype=torch.float64)
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), training_precision(self.model):
                 for start, weight in passes:
                     rows = order[start : start + size].tolist()
                     batch = self._to_device(collate(self.validation, rows, self.pad_id))
