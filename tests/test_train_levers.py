@@ -263,3 +263,18 @@ def test_a_blocking_run_prints_the_batch_size_it_chose_first(tmp_path, tiny_mode
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == run.choices["batch_size"] and run.spec.batch_size == 8
     assert any(line.startswith("step 2/2") for line in lines[1:])
+
+
+def test_a_launched_auto_batch_trains_the_one_process_curve_of_that_batch(tmp_path, tiny_model_dir):
+    from launch_helpers import assert_same_curve, curve, session
+
+    settings = dict(max_steps=4, lora=NO_DROPOUT, eval_every=2, lr=5e-3)
+    one = session(tmp_path / "one", tiny_model_dir).train(batch_size=8, wait=False, **settings)
+    one.wait()
+    launched = session(tmp_path / "two", tiny_model_dir).train(
+        batch_size="auto", processes=2, wait=False, **settings
+    )
+    launched.wait()
+    assert launched.state is RunState.FINISHED and launched.spec.batch_size == 8
+    assert launched.choices["batch_size"].startswith("batch_size='auto' chose 8")
+    assert_same_curve(curve(launched), curve(one))

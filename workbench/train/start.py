@@ -219,10 +219,14 @@ def _resolved_batch_size(
         return spec, None
     from workbench.train.batch_size import choose_batch_size
 
-    options = {}
+    options: dict[str, Any] = {}
     if launch is not None:
-        device = "cpu" if launch.on_cpu else "cuda"
-        options = {"device": device, "processes": launch.processes, "fsdp": launch.fsdp}
+        options = {"processes": launch.world_size, "fsdp": launch.fsdp, "device": "cuda"}
+        if launch.on_cpu:  # this machine's ranks share its free memory (beside the notebook)
+            import psutil
+
+            budget = psutil.virtual_memory().available // launch.processes
+            options.update(device="cpu", budget=budget)
     lengths, trained = train.lengths.tolist(), train.trained_tokens().tolist()
     choice = choose_batch_size(model, lengths, spec, trained, **options)
     return dataclasses.replace(spec, batch_size=choice.size), choice.reason
