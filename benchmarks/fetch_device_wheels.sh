@@ -23,8 +23,12 @@
 #                                     loads libbitsandbytes_cuda130.so) and the CPU one: 7 MB;
 #   trl 1.16.0, datasets 5.2.0, dill 0.4.1, multiprocess 0.70.19 (py312)
 #                                     for the TRL rows (TRL imports datasets, which needs the
-#                                     other two).
-# All together 23 MiB (2026-12-01), with the project's tree (~3 MiB) well under the 64 MiB a
+#                                     other two);
+#   liger-kernel 0.8.5                for the workbench-liger row (its fused linear
+#                                     cross-entropy). Pure Python (0.9 MB); it asks torch >=
+#                                     2.1.2 and triton >= 2.3.1, which the image has (triton
+#                                     3.6.0 comes with its torch), so no dependency is carried.
+# All together 24 MiB (2026-12-01), with the project's tree (~3 MiB) well under the 64 MiB a
 # device call may carry; the script fails if the two together pass 60 MiB.
 set -euo pipefail
 
@@ -46,7 +50,7 @@ trap 'rm -rf "$TMP"' EXIT
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$TMP" \
     transformers==5.24.0 peft==0.21.2 regex==2026.11.19 bitsandbytes==0.50.2 \
-    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+    trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 liger-kernel==0.8.5
 
 # bitsandbytes without the libraries of other CUDA versions, ROCm and XPU; RECORD rewritten
 # to match, so pip installs it as the same package.

@@ -26,7 +26,13 @@ variant runs in its own process, in alternating order, from the same weights (se
   double quantization, bf16 compute: peft's QLoRA recipe) with
   ``prepare_model_for_kbit_training(model)`` at its defaults, as peft's docs show it (which
   turns gradient checkpointing on); ``workbench-qlora``: ``load_model(quantization="4bit")``
-  and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes.
+  and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes;
+- ``workbench-liger``: ``workbench`` with its output-layer loss
+  (``workbench.train.loss._chunked_loss``, the cross-entropy of the trained rows) replaced, in
+  its own process only, by Liger-Kernel's fused linear cross-entropy
+  (``LigerFusedLinearCrossEntropyLoss``, Triton): does a fused kernel from a maintained
+  package pay here (issue 12)? Run last (``liger-kernel`` carried in as a wheel; Triton comes
+  with CUDA torch); a row saying why on CPU or where either does not import.
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
@@ -77,12 +83,14 @@ VARIANTS = (
     "workbench-compile",
     "trainer-qlora",
     "workbench-qlora",
+    "workbench-liger",
 )
 QLORA = ("trainer-qlora", "workbench-qlora")
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
-EXTRA = ("workbench-padded", "trl-nogc", "trl", "workbench-compile")
+EXTRA = ("workbench-padded", "trl-nogc", "trl", "workbench-compile", "workbench-liger")
+LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
 # Gradient checkpointing as each variant runs (TRL's default; peft's
 # prepare_model_for_kbit_training turns it on by default), for the memory estimate.
 CHECKPOINTING = {"trl": True, "trainer-qlora": True}
@@ -120,25 +128,27 @@ SHAPES = {
         vocab_size=1024,
     ),
 }
-# Default run, sized to finish in ~7 minutes on an H200 (gpu_device_run.sh gives it 9). A
+# Default run, sized to finish in ~7.5 minutes on an H200 (gpu_device_run.sh gives it 9). A
 # step is 8 rows of 244 tokens on average, ~1,950 real tokens. Plain Trainer + peft ran the
 # 0.5B shape at ~20k tokens/s, so a step takes ~0.1 s there; the 1.5B shape (3x the
 # weights) ~0.3 s, the 3B one (6x) ~0.6 s; 4-bit about half as fast. Each variant also pays
 # ~15 s of its own (a fresh process: imports, CUDA context, weights, 32 held-out rows),
 # ~25 s for a 4-bit load of 1.5B/3B, and the first 4-bit variant of a shape ~10 s to save
 # the weights it loads.
-#   0.5b, all 8 variants x 80 steps: trainer 8 s, trl (checkpointing) 11, trl-nogc 8,
+#   0.5b, all 9 variants x 80 steps: trainer 8 s, trl (checkpointing) 11, trl-nogc 8,
 #         workbench ~5, padded ~6, trainer-qlora ~15 (4-bit dequantization, checkpointing),
-#         workbench-qlora ~8, compile ~6 + its compilation (~60 s?)
-#         = ~125 s of steps + 8 x 15 s                                         = ~245 s
+#         workbench-qlora ~8, compile ~6 + its compilation (~60 s?), liger ~7 (a workbench
+#         row; Liger's kernel walks the ~150 trained rows of a step in chunks of 1-2, each
+#         reading the whole output layer) + ~10 to import it and compile its Triton kernels
+#         = ~140 s of steps + 9 x 15 s                                         = ~275 s
 #   1.5b, the 4 CORE variants x 50 steps: trainer 15 s, workbench ~8, trainer-qlora ~25,
 #         workbench-qlora ~12 = ~60 s + 2 x 15 + 2 x 25 + 10                   = ~150 s
-#   + the matmul peak (~10 s)                                                  = ~405 s
+#   + the matmul peak (~10 s)                                                  = ~435 s
 # The CORE rows alone (--variants trainer,workbench,trainer-qlora,workbench-qlora: every
 # figure issue 12 sets a bar for) take ~100 + 150 + 10 = ~260 s, inside its 5 minutes.
 # The 3B shape (CORE x 30 steps: trainer ~18 s, workbench ~9, trainer-qlora ~35,
 # workbench-qlora ~18, + 2 x 15 + 2 x 30 + 20 to save 6 GB) takes ~190 s: as
-# `--shapes 0.5b,3b` (~445 s) it fits one device call, added to the default it would not.
+# `--shapes 0.5b,3b` (~475 s) it fits one device call, added to the default it would not.
 DEFAULT_SHAPES = "0.5b,1.5b"
 STEPS = {"0.5b": 80, "1.5b": 50, "3b": 30, "tiny": 4}
 SHAPE_VARIANTS = {"0.5b": VARIANTS, "tiny": VARIANTS}  # other shapes: CORE unless --variants
@@ -537,11 +547,76 @@ def _workbench_training(spec, model, train: list[dict], plan: dict, clock: Clock
     }
 
 
+def liger_loss():
+    """Liger-Kernel's fused linear cross-entropy in the place of ``_chunked_loss``, or why not.
+
+    ``(loss, None)``, where ``loss(hidden, head, targets, softcap)`` is the sum of the token
+    cross-entropies of ``hidden`` (trained rows x hidden size) through the output layer
+    ``head``, as ``workbench.train.loss._chunked_loss`` returns it; ``(None, reason)`` where
+    triton or liger_kernel does not import.
+    """
+    try:
+        import triton  # noqa: F401  # ships with CUDA torch; Liger's kernels are Triton
+    except Exception as err:
+        return None, f"triton cannot be imported: {err!r}"
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyLoss,
+        )
+    except Exception as err:
+        return None, f"liger_kernel cannot be imported: {err!r}"
+    losses: dict = {}
+
+    def fused(hidden, head, targets, softcap):
+        cap = softcap or None  # the workbench leaves a cap of 0 out; Liger asserts cap > 0
+        if cap not in losses:
+            losses[cap] = LigerFusedLinearCrossEntropyLoss(reduction="sum", softcap=cap)
+        # forward(lin_weight, _input, target, bias=None), as liger-kernel 0.8.5 reads
+        found = losses[cap](head.weight, hidden.to(head.weight.dtype), targets, head.bias)
+        if isinstance(found, tuple):  # (loss, z_loss) in versions that return both
+            found = found[0]
+        return getattr(found, "loss", found)  # 0.8: a CrossEntropyOutput when asked for more
+
+    return fused, None
+
+
+def warm_liger(fused, model) -> None:
+    """Compile Liger's Triton kernels before the clock starts (no gradient reaches ``model``).
+
+    Triton compiles a kernel again for an integer argument that is a multiple of 16 (here the
+    count of trained rows): a step whose count is one would otherwise compile inside the
+    timed steps, so both cases run once here, forward and backward.
+    """
+    from types import SimpleNamespace
+
+    import torch
+
+    head = model.get_output_embeddings()
+    weight = head.weight.detach()
+    bias = head.bias.detach() if head.bias is not None else None
+    frozen = SimpleNamespace(weight=weight, bias=bias)
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    for rows in (16, 17):
+        hidden = torch.zeros(rows, weight.shape[1], device=weight.device, dtype=weight.dtype)
+        hidden.requires_grad_(True)
+        targets = torch.arange(rows, device=weight.device)
+        (fused(hidden, frozen, targets, softcap) / rows).backward()
+
+
 def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
     """Train one variant in this process and write its measurements as JSON."""
     device = plan["device"]
     # Before anything heavy, so a spec the workbench does not take yet fails in seconds.
     spec = workbench_spec(variant, plan) if variant.startswith("workbench") else None
+    fused = None
+    if variant == LIGER:  # the workbench with Liger's loss, in this process only
+        fused, why = liger_loss()
+        if why is not None:
+            out.write_text(json.dumps({"variant": variant, "shape": shape, SKIPPED: why}))
+            return
+        import workbench.train.loss
+
+        workbench.train.loss._chunked_loss = fused  # token_loss_sum looks it up per call
     vocab = SHAPES[shape]["vocab_size"]
     words = (40, 300) if shape != "tiny" else (10, 40)
     train = make_rows(plan["rows"], vocab, seed=1, words=words)
@@ -549,6 +624,8 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
     params = count_params(shape)
     memory = GpuMemory(device)
     model = load_base(variant, shape, plan)
+    if fused is not None:
+        warm_liger(fused, model)
     memory.loaded()
     clock = Clock(device, plan["warmup"], plan["steps"])
     if spec is not None:
@@ -610,6 +687,7 @@ def versions() -> str:
 
     found = []
     names = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "trl", "datasets")
+    names += ("liger-kernel", "triton")
     for name in names:
         try:
             found.append(f"{name} {metadata.version(name)}")
@@ -634,6 +712,7 @@ def missing_package(variant: str) -> str | None:
 
     needs = ["trl", "datasets"] if variant.startswith("trl") else []
     needs += ["bitsandbytes"] if variant in QLORA else []
+    needs += ["triton", "liger_kernel"] if variant == LIGER else []
     for name in needs:
         if find_spec(name) is None:
             return f"{name} is not installed"
@@ -672,6 +751,8 @@ def measure(variant: str, shape: str, plan: dict, timeout: float, log: Path | No
     """Run one variant in a new process; its JSON, or a row saying why there is none."""
     row = {"variant": variant, "shape": shape}
     why = missing_package(variant)
+    if variant == LIGER and plan["device"] != "cuda":
+        why = "liger-kernel needs CUDA (Triton)"
     if why is None and variant in QLORA and not plan["base"].get(shape):
         why = plan["base_error"].get(shape, "no saved base")
     if why is not None:

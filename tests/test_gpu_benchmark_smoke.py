@@ -70,6 +70,9 @@ def test_smoke_run_prints_a_row_for_every_variant(smoke):
         measured = list(VARIANTS)
     if rows["workbench-compile"][2].startswith("skipped: failed:"):
         measured.remove("workbench-compile")  # a TrainSpec without compile= says why
+    # Liger-Kernel's fused loss is Triton: on CPU its row says so, before any process starts.
+    assert rows["workbench-liger"][2] == "skipped: liger-kernel needs CUDA (Triton)"
+    measured.remove("workbench-liger")
     for variant in measured:
         tokens_per_s, speed, _, _, flops, train_loss, held_out = rows[variant][2:]
         assert float(tokens_per_s.replace(",", "")) > 0, rows[variant]
@@ -142,12 +145,16 @@ def test_gpu_rows_print_ratios_against_their_own_baseline_and_the_estimate():
         row("workbench", 50_000, 5.0, 6.0),
         row("trainer-qlora", 10_000, 8.0, 9.0),
         row("workbench-qlora", 30_000, 2.0, 3.0),
+        row("workbench-liger", 40_000, 4.0, 5.0),
     ]
     rows = {r[1]: r for r in _rows_of(bench.table(results, 8e14, True))}
     assert rows["workbench"][3:6] == ["2.50x", "5.0", "0.42x"]  # against trainer
     assert rows["workbench-qlora"][3:6] == ["3.00x", "2.0", "0.25x"]  # trainer-qlora
     assert rows["workbench"][6] == "100.00 (12.5%)"
+    assert rows["workbench-liger"][3:6] == ["2.00x", "4.0", "0.33x"]  # a LoRA row: trainer
     found = bench.calibration(results)
+    settings = {entry["variant"]: entry["settings"] for entry in found}
+    assert settings["workbench-liger"] == settings["workbench"]  # estimated as the workbench
     text = bench.calibration_table(found)
     lines = {c[1]: c for c in _rows_of(text)}
     for entry in found:

@@ -124,16 +124,19 @@ def _child(args: dict) -> dict:
     torch.manual_seed(0)
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (args["batch_size"], args["seq_len"]), device=args["device"])
-    trained = args.get("trained_per_row")
-    if trained is None:
-        loss = model(input_ids=ids, labels=ids).loss
-    else:  # the workbench's loss: logits only where the last `trained` labels of a row train
-        from workbench.train.loss import token_loss_sum
+    labels = ids.clone()
+    if args.get("trained_per_row"):
+        labels[:, : args["seq_len"] - args["trained_per_row"]] = -100
+    if args.get("loss_function"):  # "module:function" taking (model, batch) -> (sum, count)
+        import importlib
 
-        labels = ids.clone()
-        labels[:, : args["seq_len"] - trained] = -100
-        total, count = token_loss_sum(model, {"input_ids": ids, "labels": labels})
+        module, name = args["loss_function"].split(":")
+        total, count = getattr(importlib.import_module(module), name)(
+            model, {"input_ids": ids, "labels": labels}
+        )
         loss = total / count
+    else:
+        loss = model(input_ids=ids, labels=labels).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -172,6 +175,7 @@ def measure_training_step(
     device: Device = "cpu",
     timeout: float = 1800,
     trained_per_row: int | None = None,
+    loss_function: str | None = None,
 ) -> StepMeasurement:
     """Run one real training step in a fresh subprocess and return its memory high-water marks.
 
@@ -186,10 +190,12 @@ def measure_training_step(
         gradient_checkpointing: Recompute block activations in the backward pass.
         device: ``"cpu"`` (float32, process RSS) or ``"cuda"`` (bf16, torch's reserved memory).
         timeout: Seconds before the subprocess is killed.
-        trained_per_row: ``None``: the loss of plain transformers (logits for every token).
-            A number: the workbench's training loss
-            (:func:`~workbench.train.loss.token_loss_sum`, logits only where labels train)
-            with the last ``trained_per_row`` labels of each row trained.
+        trained_per_row: Train only the last ``trained_per_row`` labels of each row
+            (``None``: every label).
+        loss_function: ``"module:function"`` computing ``(loss_sum, count)`` from
+            ``(model, {"input_ids", "labels"})``, e.g. the workbench's
+            ``"workbench.train.loss:token_loss_sum"`` (logits only where labels train);
+            ``None``: the model's own loss, as plain transformers computes it.
 
     Returns:
         A :class:`StepMeasurement` in bytes.
@@ -221,9 +227,10 @@ def measure_training_step(
         folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
         seq_len=seq_len, batch_size=batch_size, device=device,
         gradient_checkpointing=gradient_checkpointing, trained_per_row=trained_per_row,
+        loss_function=loss_function,
     )  # fmt: skip
     # The child runs this file as a script, so it imports torch, transformers and peft but
-    # not the workbench (only its loss, with trained_per_row): its baseline is what any
+    # not the workbench (only the loss_function asked for): its baseline is what any
     # training process pays.
     command = [sys.executable, str(Path(__file__).resolve()), json.dumps(args)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)

@@ -371,9 +371,9 @@ def _block_elements(plan: _Plan) -> tuple[int, int]:
     return c_h * facts.hidden, rest  # RMSNorm/LayerNorm compute in float32
 
 
-# The workbench's loss applies the output layer only to trained rows, in chunks of at most
-# this many logits, each recomputed in backward (workbench.train.loss.CHUNK_ELEMENTS).
-_LOSS_CHUNK_ELEMENTS = 2**26
+# The workbench's loss (workbench.train.loss) applies the output layer only to trained rows,
+# in chunks of at most this many logits (256 MB in float32), each recomputed in backward.
+LOSS_CHUNK_ELEMENTS = 2**26
 
 
 def _logits(plan: _Plan) -> int:
@@ -381,7 +381,7 @@ def _logits(plan: _Plan) -> int:
     if plan.logit_tokens is None:
         return plan.tokens * plan.facts.vocab * per_element
     elements = min(plan.logit_tokens, plan.tokens) * plan.facts.vocab
-    return min(elements, _LOSS_CHUNK_ELEMENTS) * per_element
+    return min(elements, LOSS_CHUNK_ELEMENTS) * per_element
 
 
 def _activations(plan: _Plan) -> int:

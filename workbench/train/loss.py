@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench.models.memory import LOSS_CHUNK_ELEMENTS
 from workbench.train.core import IGNORE_INDEX
 
 __all__ = ["FAST_LOSS_TYPES", "causal_lm", "supports_fast_loss", "token_loss_sum"]
@@ -50,7 +51,7 @@ FAST_LOSS_TYPES = frozenset(
         "starcoder2",
     }
 )
-CHUNK_ELEMENTS = 2**26  # logits per chunk (256 MB in float32) before chunks are recomputed
+CHUNK_ELEMENTS = LOSS_CHUNK_ELEMENTS  # logits per chunk before chunks are recomputed
 
 
 def causal_lm(model: Any) -> Any:
