@@ -852,6 +852,12 @@ def estimate_row(r: dict) -> dict:
         method="qlora" if qlora else "lora",
         gradient_checkpointing=CHECKPOINTING.get(r["variant"], False),
     )
+    if r["variant"].startswith("workbench") and r.get("max_trained_tokens"):
+        # The workbench's loss computes logits only for trained labels (estimate_memory's
+        # logit_tokens); a packed step is one row of the micro-batch's real tokens.
+        settings["logit_tokens"] = int(r["max_trained_tokens"])
+        if r.get("packed") and r.get("max_batch_tokens"):
+            settings.update(batch_size=1, seq_len=int(r["max_batch_tokens"]))
     config = qwen_config(r["shape"])
     config.dtype = "bfloat16"  # the checkpoint's dtype, as a saved config states it
     est = mem.estimate_memory(config, **settings)
