@@ -76,19 +76,21 @@ def usable_memory(device: str) -> int:
 
 def _estimate_settings(model: Any, spec: Any, device: str) -> dict[str, Any]:
     from workbench.train.loss import causal_lm
+    from workbench.train.precision import compute_dtype
     from workbench.train.prepare import is_4bit, is_quantized
 
-    param = next(model.parameters())
-    dtype = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
     quantization = ("4bit" if is_4bit(model) else "8bit") if is_quantized(model) else None
+    computes_in = str(compute_dtype(model)).removeprefix("torch.")
+    if computes_in not in ("float32", "bfloat16", "float16"):
+        computes_in = "auto"  # a dtype the estimate does not know: its device default
     return {
         "spec": causal_lm(model).config,
         "quantization": quantization,
-        "method": "lora" if spec.method == "qlora" and quantization is None else spec.method,
+        "method": spec.method,
         "lora_r": spec.lora.r,
         "gradient_checkpointing": spec.gradient_checkpointing,
         "device": device,
-        "dtype": dtype.get(str(param.dtype), "auto") if device == "cuda" else "float32",
+        "dtype": "float32" if device == "cpu" else computes_in,
     }
 
 
@@ -161,24 +163,26 @@ def choose_batch_size(
         return est.total
 
     sizes = sorted({2**k for k in range(limit.bit_length()) if 2**k <= limit} | {limit})
-    fitting = [n for n in sizes if peak(n) <= allowed]
+    peaks = {n: peak(n) for n in sizes}
+    fitting = [n for n in sizes if peaks[n] <= allowed]
     size = fitting[-1] if fitting else 1
     gib = 2**30
     where = f"{HEADROOM[device]:.0%} of the {budget / gib:.1f} GiB usable on {device}"
-    reason = (
-        f"batch_size='auto' chose {size}: its estimated peak at the longest example "
-        f"({width} tokens) is {peak(size) / gib:.2f} GiB, within {where}"
-    )
-    if peak(size) > allowed:
+    if not fitting:
         reason = (
             f"batch_size='auto' chose 1, but even that is estimated at "
-            f"{peak(1) / gib:.2f} GiB, over {where}: shorten max_length, use "
+            f"{peaks[1] / gib:.2f} GiB, over {where}: shorten max_length, use "
             "gradient_checkpointing=True or a 4-bit base"
         )
         warnings.warn(reason, WorkbenchWarning, stacklevel=3)
-    elif size < limit:
+        return BatchSizeChoice(size, reason)
+    reason = (
+        f"batch_size='auto' chose {size}: its estimated peak at the longest example "
+        f"({width} tokens) is {peaks[size] / gib:.2f} GiB, within {where}"
+    )
+    if size < limit:
         bigger = sizes[sizes.index(size) + 1]
-        reason += f" (batch {bigger}: {peak(bigger) / gib:.2f} GiB)"
+        reason += f" (batch {bigger}: {peaks[bigger] / gib:.2f} GiB)"
     else:
         reason += f" (the largest it picks on {device}: {limit})"
     return BatchSizeChoice(size, reason)

@@ -292,10 +292,7 @@ class TrainSpec:
             _choice("scheduler", self.scheduler, SchedulerName),
             None if isinstance(self.lora, LoRA) else f"lora={self.lora!r} must be a LoRA(...)",
             _positive("epochs", self.epochs, float),
-            None
-            if self.batch_size == "auto"
-            else _positive("batch_size", self.batch_size)
-            and f"{_positive('batch_size', self.batch_size)}, or 'auto'",
+            self._batch_size_problem(),
             _positive("grad_accum", self.grad_accum),
             _positive("weight_decay", self.weight_decay, float, zero=True),
             self._keep_problem(),
@@ -316,6 +313,10 @@ class TrainSpec:
             else f"packing={self.packing!r} must be 'auto', True or False",
             *[_positive(n, v, k) for n, v, k in optional if v is not None],
         ]
+
+    def _batch_size_problem(self) -> str | None:
+        problem = None if self.batch_size == "auto" else _positive("batch_size", self.batch_size)
+        return problem and f"{problem}, or 'auto'"
 
     def _keep_problem(self) -> str | None:
         if _positive("keep_checkpoints", self.keep_checkpoints) is None:
