@@ -278,3 +278,65 @@ def test_a_launched_auto_batch_trains_the_one_process_curve_of_that_batch(tmp_pa
     assert launched.state is RunState.FINISHED and launched.spec.batch_size == 8
     assert launched.choices["batch_size"].startswith("batch_size='auto' chose 8")
     assert_same_curve(curve(launched), curve(one))
+
+
+# -- host syncs -----------------------------------------------------------------------------
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Records each tensor-to-Python read (a host sync on a GPU) made by the workbench's code."""
+
+    READS = {
+        torch.Tensor.item,
+        torch.Tensor.__float__,
+        torch.Tensor.__int__,
+        torch.Tensor.__bool__,
+        torch.Tensor.tolist,
+        torch.Tensor.numpy,
+        torch.Tensor.cpu,
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.callers: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            import sys
+
+            caller = sys._getframe(1)
+            if "/workbench/" in caller.f_code.co_filename:
+                self.callers.append(caller.f_code.co_name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_training_step_reads_the_device_once_for_its_loss_and_gradient_norm(
+    tiny_model_dir, packing
+):
+    spec = TrainSpec(max_steps=4, batch_size=2, grad_accum=3, packing=packing, lora=NO_DROPOUT)
+    model = wrap_model(fresh(tiny_model_dir).model, spec)
+    loop = TrainLoop(model, 0, _toy_examples(), None, spec, total_steps=4)
+    loop.train_step()  # the first step decides packing
+    with _HostReads() as reads:
+        record = loop.train_step()
+    # _counts sums each batch's `lengths`, which stay on the host (_to_device never moves
+    # them); every other read would stall a GPU in the middle of the step.
+    assert [name for name in reads.callers if name != "_counts"] == ["_host_floats"]
+    assert loop.packing.on is packing
+    # The one transfer still yields the step's loss and norm, checked before the update.
+    assert record.loss > 0 and record.grad_norm > 0
+
+
+def test_a_nan_loss_is_refused_before_the_update_with_one_sync(tiny_model_dir):
+    from workbench.errors import TrainingError
+
+    spec = TrainSpec(max_steps=4, batch_size=2, lora=NO_DROPOUT)
+    model = wrap_model(fresh(tiny_model_dir).model, spec)
+    loop = TrainLoop(model, 0, _toy_examples(), None, spec, total_steps=4)
+    loop.train_step()
+    before = [p.detach().clone() for p in loop.params]
+    plain = loop.loss_sum
+    loop.loss_sum = lambda m, b, fast: (lambda s, n: (s * float("nan"), n))(*plain(m, b, fast))
+    with pytest.raises(TrainingError, match="loss became nan at step 2"):
+        loop.train_step()
+    assert loop.step == 1
+    assert all(torch.equal(p, b) for p, b in zip(loop.params, before, strict=True))

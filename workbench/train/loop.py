@@ -69,9 +69,10 @@ class TrainLoop:
             (:class:`~workbench.train.launch.loop.RankLoop` builds its own padded
             micro-batches, so a launched run never packs).
 
-    A step syncs with the device once for the loss (summed over the micro-batches, then
-    checked for NaN/inf before the update) and once for the gradient norm; where the loss
-    trains is computed on the host (:func:`~workbench.train.batches.index_trained`).
+    A step syncs with the device once: the micro-batches' loss sums and the gradient norm
+    come to the host in one transfer, and both are checked (NaN/inf, exploding norm) before
+    the update; where the loss trains is computed on the host
+    (:func:`~workbench.train.batches.index_trained`).
 
     Examples:
         >>> from transformers import AutoModelForCausalLM
@@ -224,33 +225,33 @@ class TrainLoop:
                 batch[key] = batch[key].to(self.device)
         return batch
 
-    def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
+    def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> list[Any]:
+        """Backward over every micro-batch; their loss sums, still on the device."""
         sums = []
         for batch in batches:
             with training_precision(self.model):
                 loss_sum, _ = self.loss_sum(self.model, batch, self.spec.fast_loss)
             (loss_sum / trained).backward()
             sums.append(loss_sum.detach())
-        # One host sync per step; summed in Python floats as before, so the values are equal.
-        total = 0.0
-        for value in _host_floats(sums):
-            total += value
-        check_loss(total / max(trained, 1), self.step + 1, self.current_lr())
-        return total
+        return sums
 
     def _counts(self, batches: list[dict[str, Any]]) -> tuple[int, int]:
-        """Trained tokens and all tokens of the step's micro-batches."""
-        trained = sum(
-            b["trained"] if "trained" in b else int((b["labels"][:, 1:] != -100).sum())
-            for b in batches
-        )
-        return trained, sum(int(b["lengths"].sum()) for b in batches)
+        """Trained tokens and all tokens of the step's micro-batches, read on the host.
 
-    def _clip_gradients(self, max_norm: float) -> float:
-        """Clip the gradients to ``max_norm``; their norm before clipping."""
+        ``trained`` comes from :func:`~workbench.train.batches.index_trained` and ``lengths``
+        never moves to the device, so no read here waits for it.
+        """
+        trained = tokens = 0
+        for b in batches:
+            trained += b["trained"] if "trained" in b else int((b["labels"][:, 1:] != -100).sum())
+            tokens += int(b["lengths"].sum())
+        return trained, tokens
+
+    def _clip_gradients(self, max_norm: float) -> Any:
+        """Clip the gradients to ``max_norm``; their norm before clipping, on the device."""
         import torch
 
-        return float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        return torch.nn.utils.clip_grad_norm_(self.params, max_norm)
 
     def current_lr(self) -> float:
         """Learning rate of the top layer for the next step.
@@ -300,7 +301,7 @@ class TrainLoop:
         trained, tokens = self._counts(batches)
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            loss = self._forward_backward(batches, trained) / trained
+            sums = self._forward_backward(batches, trained)
         except (RuntimeError, MemoryError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -312,6 +313,11 @@ class TrainLoop:
         if self.on_gradients is not None:
             self.on_gradients()
         norm = self._clip_gradients(self.spec.max_grad_norm or math.inf)
+        # The step's one host sync: the loss sums and the gradient norm in one transfer.
+        # Clipping a NaN step's gradients is harmless: the checks below refuse its update.
+        *values, norm = _host_floats([*sums, norm])
+        loss = math.fsum(values) / trained
+        check_loss(loss, self.step + 1, self.current_lr())
         check_grad_norm(norm, self.step + 1, self.spec.grad_norm_limit)
         lr = self.current_lr()
         self.optimizer.step()
@@ -413,13 +419,21 @@ def compiled_loss_sum() -> Callable[..., tuple[Any, int]]:
 
 
 def _host_floats(values: list[Any]) -> list[float]:
-    """Scalar tensors as Python floats, copied to the host in one transfer.
+    """Scalars (tensors on one device, or numbers) as Python floats, in one transfer.
+
+    Each is widened to float64 first, which is exact for float32 and bfloat16 values, so
+    the floats equal ``float(value)`` one at a time.
 
     Examples:
         >>> import torch
-        >>> _host_floats([torch.tensor(1.5), torch.tensor(2.0)])
-        [1.5, 2.0]
+        >>> _host_floats([torch.tensor(1.5), torch.tensor(2.0, dtype=torch.bfloat16), 3])
+        [1.5, 2.0, 3.0]
     """
     import torch
 
-    return [float(v) for v in torch.stack(values).tolist()]
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    device = tensors[0].device if tensors else "cpu"
+    stacked = torch.stack(
+        [torch.as_tensor(v, device=device).reshape(()).to(torch.float64) for v in values]
+    )
+    return [float(v) for v in stacked.tolist()]

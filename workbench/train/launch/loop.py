@@ -34,7 +34,6 @@ import contextlib
 from typing import Any
 
 from workbench.train.batches import collate
-from workbench.train.guards import check_loss
 from workbench.train.launch.sharded import clip_grad_norm, shard_model
 from workbench.train.loop import TrainLoop
 from workbench.train.loss import token_loss_sum
@@ -158,7 +157,7 @@ class RankLoop(TrainLoop):
             sum(b["global_counts"][1] for b in batches),
         )
 
-    def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> float:
+    def _forward_backward(self, batches: list[dict[str, Any]], trained: int) -> list[Any]:
         import torch
 
         total = torch.zeros((), device=self.device, dtype=torch.float64)
@@ -173,14 +172,12 @@ class RankLoop(TrainLoop):
                     loss_sum = self.wrapped(batch["input_ids"], batch["labels"]) * batch["weight"]
                 self.accelerator.backward(loss_sum * (self.world / trained))
             total += loss_sum.detach().double()
-        value = float(self.accelerator.reduce(total, "sum"))
-        check_loss(value / max(trained, 1), self.step + 1, self.current_lr())
-        return value
+        return [self.accelerator.reduce(total, "sum")]  # every rank's, still on the device
 
-    def _clip_gradients(self, max_norm: float) -> float:
+    def _clip_gradients(self, max_norm: float) -> Any:
         if self.sharded:  # accelerate does not know the shards: the norm over all of them
             return clip_grad_norm(self.params, max_norm)
-        return float(self.accelerator.clip_grad_norm_(self.params, max_norm))
+        return self.accelerator.clip_grad_norm_(self.params, max_norm)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> float | None:
