@@ -118,7 +118,7 @@ def test_a_finished_runs_monitor_bundle_carries_a_static_snapshot(finished_run):
         assert bundle["text/plain"].startswith(f"finished · step {STEPS}/{STEPS}")
         assert_self_contained(html)
         (chart,) = svgs(html)
-        assert "<polyline" in chart and "train loss (smoothed)" in chart and "eval loss" in chart
+        assert "<path" in chart and "train loss (smoothed)" in chart and "eval loss" in chart
         assert "&lt;script&gt;alert(1)&lt;/script&gt; cat =&gt;" in html  # the probe, escaped
         assert "run.monitor()" in html  # how to get the live panel back
     finally:
@@ -320,7 +320,7 @@ def test_the_quickstart_saved_and_exported_shows_the_final_panels(
     steps = TINY["MAX_STEPS"]
     assert f"finished · step {steps}/{steps}" in monitor
     (curve,) = svgs(monitor)
-    assert "train loss" in curve and ("<polyline" in curve or "<circle" in curve)
+    assert "train loss" in curve and ("<path" in curve or "<circle" in curve)
     scores = _panel(html, "eval")
     assert "<td>exact_match</td>" in scores and "<td>json_valid</td>" in scores
     assert re.search(r"<td>exact_match</td><td>[0-9.]+</td>", scores)

@@ -32,7 +32,8 @@ display, and the saved file keeps only that fallback:
   belongs to the user). So a notebook saved in Lab after a run shows the final status, not
   the status at the moment the panel was first displayed.
 
-The chart is an ``<img>`` with an SVG data URI rather than inline ``<svg>``: JupyterLab's
+The charts come from :mod:`workbench.widgets.svg_chart` (re-exported here). Each is an
+``<img>`` with an SVG data URI (:func:`svg_img`) rather than inline ``<svg>``: JupyterLab's
 sanitizer (untrusted notebooks) drops ``<svg>`` but keeps an image's ``src``.
 
 Limits: a page reload while the kernel still runs shows the saved snapshots (``run.monitor()``,
@@ -46,7 +47,7 @@ Examples:
     A two-series chart, as an image any front end shows:
 
     >>> svg = line_chart([{"name": "train <loss>", "x": [1, 2, 3], "y": [3.0, 2.0, 1.5]},
-    ...                   {"name": "eval", "x": [3], "y": [2.2], "markers": True}],
+    ...                   {"name": "eval", "x": [3], "y": [2.2], "dots": True}],
     ...                  title="loss", x_label="step", y_label="loss")
     >>> svg.startswith("<svg"), "train &lt;loss&gt;" in svg, "<script" in svg
     (True, True, False)
@@ -56,9 +57,7 @@ Examples:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import html
 import itertools
 import json
 import math
@@ -74,6 +73,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench.widgets._html import escape, pre, shorten, table
+from workbench.widgets.svg_chart import (
+    bar_chart,
+    finite_points,
+    histogram_chart,
+    line_chart,
+    svg_img,
+)
 
 __all__ = [
     "WIDGET_STATE",
@@ -95,9 +101,6 @@ __all__ = [
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MARKER = "workbench"  # the output metadata key of a panel's output
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-MAX_POINTS = 400  # points per drawn series (longer ones are thinned, the last point kept)
-MAX_MARKERS = 120
 SNAPSHOT_EVERY = 2.0  # seconds between snapshot files written during a run
 MAX_SNAPSHOT_BYTES = 4 * 1024 * 1024
 EXAMPLES_SHOWN = 3  # evaluation rows in the evaluation's snapshot
@@ -107,354 +110,6 @@ _MODEL_REF = re.compile(r"IPY_MODEL_([0-9A-Za-z_-]+)")
 _LOCK = threading.RLock()
 _NOTE = "color:#666;font-size:smaller;margin-top:4px;"
 _BOX = "font-family:var(--jp-ui-font-family, sans-serif);"
-
-
-# -- SVG charts ---------------------------------------------------------------------------
-def _text(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> list[tuple[float, float]]:
-    points = []
-    for x, y in zip(xs, ys, strict=False):
-        try:
-            fx, fy = float(x), float(y)
-        except (TypeError, ValueError):
-            continue
-        if math.isfinite(fx) and math.isfinite(fy):
-            points.append((fx, fy))
-    return points
-
-
-def _thin(points: list[tuple[float, float]], limit: int = MAX_POINTS) -> list[tuple[float, float]]:
-    if len(points) <= limit:
-        return points
-    step = (len(points) - 1) / (limit - 1)
-    return [points[round(i * step)] for i in range(limit)]
-
-
-def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """Round tick values covering ``lo..hi``."""
-    raw = (hi - lo) / max(n, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step - 1e-9)
-    ticks = []
-    for k in range(first, first + 2 * n + 2):
-        value = round(k * step, 12)
-        if value > hi + step * 1e-9:
-            break
-        ticks.append(value)
-    return ticks
-
-
-def _tick_label(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _range(values: list[float], floor: float | None = None) -> tuple[float, float]:
-    lo, hi = min(values), max(values)
-    if floor is not None:
-        lo = min(lo, floor)
-    if hi - lo < 1e-12:
-        pad = abs(hi) * 0.1 or 1.0
-        return (lo if floor is not None else lo - pad), hi + pad
-    pad = (hi - lo) * 0.05
-    return (lo if floor is not None and lo == floor else lo - pad), hi + pad
-
-
-class _Frame:
-    """Plot area of a chart: data to pixel coordinates, axes, ticks and labels."""
-
-    def __init__(self, width: int, height: int, legend: bool) -> None:
-        self.width, self.height = width, height
-        self.left, self.right = 58, width - 14
-        self.top, self.bottom = (44 if legend else 28), height - 40
-
-    def scale(self, xr: tuple[float, float], yr: tuple[float, float]) -> None:
-        self.xr, self.yr = xr, yr
-
-    def x(self, value: float) -> float:
-        lo, hi = self.xr
-        return self.left + (value - lo) / (hi - lo) * (self.right - self.left)
-
-    def y(self, value: float) -> float:
-        lo, hi = self.yr
-        return self.bottom - (value - lo) / (hi - lo) * (self.bottom - self.top)
-
-    def axes(self, x_label: str, y_label: str, x_ticks: bool = True) -> list[str]:
-        parts = [
-            f'<rect x="{self.left}" y="{self.top}" width="{self.right - self.left}" '
-            f'height="{self.bottom - self.top}" fill="none" stroke="#ccc"/>'
-        ]
-        for value in _ticks(*self.yr):
-            py = self.y(value)
-            parts.append(
-                f'<line x1="{self.left}" x2="{self.right}" y1="{py:.1f}" y2="{py:.1f}" '
-                f'stroke="#eee"/><text x="{self.left - 5}" y="{py + 4:.1f}" '
-                f'text-anchor="end">{_text(_tick_label(value))}</text>'
-            )
-        if x_ticks:
-            for value in _ticks(*self.xr):
-                px = self.x(value)
-                parts.append(
-                    f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{self.bottom}" '
-                    f'y2="{self.bottom + 4}" stroke="#888"/><text x="{px:.1f}" '
-                    f'y="{self.bottom + 16}" text-anchor="middle">'
-                    f"{_text(_tick_label(value))}</text>"
-                )
-        middle_x, middle_y = (self.left + self.right) / 2, (self.top + self.bottom) / 2
-        parts.append(
-            f'<text x="{middle_x:.1f}" y="{self.height - 6}" text-anchor="middle">'
-            f"{_text(x_label)}</text>"
-            f'<text x="14" y="{middle_y:.1f}" text-anchor="middle" '
-            f'transform="rotate(-90 14 {middle_y:.1f})">{_text(y_label)}</text>'
-        )
-        return parts
-
-
-def _svg(width: int, height: int, title: str, body: list[str], legend: list[tuple]) -> str:
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11" '
-        f'fill="#333"><title>{_text(title)}</title>'
-        f'<rect width="{width}" height="{height}" fill="#fff"/>'
-        f'<text x="{width / 2:.1f}" y="16" text-anchor="middle" font-size="13">'
-        f"{_text(title)}</text>",
-        *body,
-    ]
-    x = 58.0
-    for name, color, dash, *rest in legend:
-        dashed = ' stroke-dasharray="5 3"' if dash else ""
-        opacity = f' stroke-opacity="{rest[0]:.2f}"' if rest else ""
-        parts.append(
-            f'<line x1="{x:.1f}" x2="{x + 18:.1f}" y1="31" y2="31" stroke="{color}" '
-            f'stroke-width="2"{dashed}{opacity}/><text x="{x + 22:.1f}" y="35">'
-            f"{_text(name)}</text>"
-        )
-        x += 34 + 6.2 * len(str(name))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def line_chart(
-    series: Sequence[dict[str, Any]],
-    title: str = "",
-    x_label: str = "",
-    y_label: str = "",
-    width: int = 560,
-    height: int = 250,
-    vlines: Sequence[float] = (),
-) -> str:
-    """A self-contained SVG line chart with axes, ticks, labels and a legend.
-
-    Args:
-        series: One dict per line: ``name``, ``x``, ``y``, and optionally ``color``,
-            ``dash`` (a dashed line), ``opacity``, ``markers`` (dots at each point).
-            Non-finite points are skipped; long series are thinned to 400 points.
-        title, x_label, y_label: Text (escaped).
-        vlines: x positions of dotted vertical lines (fork points).
-
-    Examples:
-        >>> svg = line_chart([{"name": "loss", "x": [1, 2], "y": [2.0, float("nan")]}])
-        >>> svg.count("<circle"), "<polyline" in svg  # one finite point: a dot
-        (1, False)
-        >>> "no data yet" in line_chart([], title="loss")
-        True
-    """
-    drawn = []
-    for k, s in enumerate(series):
-        points = _thin(_finite(s.get("x", ()), s.get("y", ())))
-        color = s.get("color") or PALETTE[k % len(PALETTE)]
-        drawn.append((s, points, color))
-    legend = [
-        (s.get("name", ""), color, s.get("dash"), max(float(s.get("opacity", 1.0)), 0.5))
-        for s, points, color in drawn
-        if points
-    ]
-    frame = _Frame(width, height, bool(legend))
-    every = [p for _, points, _ in drawn for p in points]
-    if not every:
-        body = [
-            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-            f'fill="#888">no data yet</text>'
-        ]
-        return _svg(width, height, title, body, [])
-    frame.scale(_range([p[0] for p in every]), _range([p[1] for p in every]))
-    body = frame.axes(x_label, y_label)
-    for value in vlines:
-        if frame.xr[0] <= value <= frame.xr[1]:
-            px = frame.x(value)
-            body.append(
-                f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.top}" y2="{frame.bottom}" '
-                f'stroke="#888" stroke-dasharray="2 3"/>'
-            )
-    for s, points, color in drawn:
-        if not points:
-            continue
-        opacity = float(s.get("opacity", 1.0))
-        coords = " ".join(f"{frame.x(x):.1f},{frame.y(y):.1f}" for x, y in points)
-        dash = ' stroke-dasharray="5 3"' if s.get("dash") else ""
-        if len(points) > 1:
-            body.append(
-                f'<polyline fill="none" stroke="{color}" stroke-width="1.6" '
-                f'stroke-opacity="{opacity:.2f}"{dash} points="{coords}"/>'
-            )
-        if s.get("markers") or len(points) == 1:
-            body.extend(
-                f'<circle cx="{frame.x(x):.1f}" cy="{frame.y(y):.1f}" r="3" fill="{color}"/>'
-                for x, y in points[-MAX_MARKERS:]
-            )
-    return _svg(width, height, title, body, legend)
-
-
-def bar_chart(
-    categories: Sequence[str],
-    series: Sequence[dict[str, Any]],
-    title: str = "",
-    y_label: str = "",
-    width: int = 560,
-    height: int = 250,
-) -> str:
-    """A self-contained SVG grouped bar chart, with optional interval whiskers.
-
-    Args:
-        categories: Group labels along x (escaped).
-        series: One dict per bar in a group: ``name``, ``values`` (one per category, NaN
-            for none), optionally ``low``/``high`` (interval ends) and ``color``.
-
-    Examples:
-        >>> svg = bar_chart(["em", "json"], [
-        ...     {"name": "base", "values": [0.0, 0.5]},
-        ...     {"name": "tuned", "values": [0.5, 1.0], "low": [0.2, 0.8], "high": [0.8, 1.0]}])
-        >>> svg.count("<rect") - 2, svg.count('stroke="#333"')  # 4 bars, 2 whiskers (frame, bg)
-        (4, 2)
-    """
-    colors = [s.get("color") or PALETTE[k % len(PALETTE)] for k, s in enumerate(series)]
-    legend = [(s["name"], color, False) for s, color in zip(series, colors, strict=True)]
-    frame = _Frame(width, height, bool(legend))
-    values = [
-        float(v)
-        for s in series
-        for key in ("values", "low", "high")
-        for v in s.get(key, ())
-        if v is not None and math.isfinite(float(v))
-    ]
-    if not categories or not values:
-        body = [
-            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-            f'fill="#888">no scores</text>'
-        ]
-        return _svg(width, height, title, body, [])
-    frame.scale((0.0, float(len(categories))), _range(values, floor=0.0))
-    body = frame.axes("", y_label, x_ticks=False)
-    group = (frame.right - frame.left) / len(categories)
-    bar = group * 0.8 / max(len(series), 1)
-    zero = frame.y(max(frame.yr[0], 0.0))
-    for c, name in enumerate(categories):
-        body.append(
-            f'<text x="{frame.left + group * (c + 0.5):.1f}" y="{frame.bottom + 16}" '
-            f'text-anchor="middle">{_text(shorten(name, 24))}</text>'
-        )
-        for k, s in enumerate(series):
-            value = s["values"][c] if c < len(s["values"]) else math.nan
-            if value is None or not math.isfinite(float(value)):
-                continue
-            x0 = frame.left + group * c + group * 0.1 + bar * k
-            top = frame.y(float(value))
-            body.append(
-                f'<rect x="{x0:.1f}" y="{min(top, zero):.1f}" width="{bar * 0.92:.1f}" '
-                f'height="{abs(zero - top):.1f}" fill="{legend[k][1]}"><title>'
-                f"{_text(s['name'])} {_text(name)}: {float(value):.4g}</title></rect>"
-            )
-            low, high = s.get("low"), s.get("high")
-            if low and high and c < len(low) and c < len(high):
-                lo, hi = float(low[c]), float(high[c])
-                if math.isfinite(lo) and math.isfinite(hi):
-                    mid = x0 + bar * 0.46
-                    body.append(
-                        f'<path d="M{mid:.1f},{frame.y(lo):.1f}V{frame.y(hi):.1f}'
-                        f"M{mid - 4:.1f},{frame.y(lo):.1f}h8M{mid - 4:.1f},{frame.y(hi):.1f}h8"
-                        f'" stroke="#333" fill="none"/>'
-                    )
-    return _svg(width, height, title, body, legend)
-
-
-def histogram_chart(
-    counts: Sequence[int],
-    edges: Sequence[float],
-    cutoff: float | None = None,
-    title: str = "",
-    x_label: str = "",
-    y_label: str = "",
-    width: int = 560,
-    height: int = 230,
-) -> str:
-    """A self-contained SVG histogram, with an optional red cutoff line.
-
-    Examples:
-        >>> svg = histogram_chart([3, 1], [0, 10, 20], cutoff=15, title="lengths")
-        >>> svg.count('fill="#1f77b4"'), "cutoff 15" in svg
-        (2, True)
-    """
-    if not counts or len(edges) != len(counts) + 1:
-        body = [
-            f'<text x="{width / 2:.1f}" y="{height / 2:.1f}" text-anchor="middle" '
-            f'fill="#888">no examples</text>'
-        ]
-        return _svg(width, height, title, body, [])
-    frame = _Frame(width, height, False)
-    lo, hi = float(edges[0]), float(edges[-1])
-    beyond = cutoff is not None and float(cutoff) > hi + (hi - lo) * 0.5  # far right: in words
-    if cutoff is not None and not beyond:
-        lo, hi = min(lo, float(cutoff)), max(hi, float(cutoff))
-    if hi - lo < 1e-12:
-        lo, hi = lo - 1, hi + 1
-    frame.scale((lo, hi), _range([float(c) for c in counts], floor=0.0))
-    body = frame.axes(x_label, y_label)
-    for n, a, b in zip(counts, edges[:-1], edges[1:], strict=False):
-        if not n:
-            continue
-        x0, x1, top = frame.x(float(a)), frame.x(float(b)), frame.y(float(n))
-        body.append(
-            f'<rect x="{x0:.1f}" y="{top:.1f}" width="{max(x1 - x0 - 0.5, 0.5):.1f}" '
-            f'height="{frame.bottom - top:.1f}" fill="#1f77b4"><title>{float(a):.0f}-'
-            f"{float(b):.0f} tokens: {int(n)}</title></rect>"
-        )
-    if cutoff is not None and not beyond:
-        px = frame.x(float(cutoff))
-        anchor, dx = ("end", -3) if px > (frame.left + frame.right) / 2 else ("start", 3)
-        body.append(
-            f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{frame.top}" y2="{frame.bottom}" '
-            f'stroke="#d00" stroke-width="1.5"/><text x="{px + dx:.1f}" y="{frame.top + 12}" '
-            f'text-anchor="{anchor}" fill="#d00">{_text(f"cutoff {cutoff:g}")}</text>'
-        )
-    elif cutoff is not None:
-        body.append(
-            f'<text x="{frame.right - 4}" y="{frame.top + 12}" text-anchor="end" fill="#d00">'
-            f"{_text(f'cutoff {cutoff:g} (beyond the longest example) →')}</text>"
-        )
-    return _svg(width, height, title, body, [])
-
-
-def svg_img(svg: str, alt: str) -> str:
-    """An ``<img>`` showing ``svg`` from a data URI, with ``alt`` text (escaped).
-
-    JupyterLab's sanitizer (untrusted notebooks) drops inline ``<svg>`` but keeps an image's
-    ``src``; nbconvert, GitHub and mail readers show it too.
-
-    Examples:
-        >>> tag = svg_img("<svg/>", 'a "b"')
-        >>> tag.startswith('<img src="data:image/svg+xml;base64,PHN2Zy8+" alt="a &quot;b&quot;"')
-        True
-    """
-    data = base64.b64encode(svg.encode("utf-8")).decode("ascii")
-    match = re.search(r'width="(\d+)" height="(\d+)"', svg)
-    size = f' width="{match.group(1)}" height="{match.group(2)}"' if match else ""
-    return (
-        f'<img src="data:image/svg+xml;base64,{data}" alt="{escape(alt)}"{size} '
-        f'style="max-width:100%;height:auto;">'
-    )
 
 
 # -- each panel's snapshot ---------------------------------------------------------------
@@ -478,9 +133,9 @@ def _monitor(monitor: Any) -> tuple[str, str]:
     series = [
         {"name": "train loss", "x": data["step"], "y": data["loss"], "opacity": 0.35},
         {"name": "train loss (smoothed)", "x": data["step"], "y": data["smoothed"]},
-        {"name": "eval loss", "x": data["eval_step"], "y": data["eval_loss"], "markers": True},
+        {"name": "eval loss", "x": data["eval_step"], "y": data["eval_loss"], "dots": True},
     ]
-    vlines = []
+    forks = []  # dashed vertical lines where a fork starts
     for relative, steps, losses in family:
         start = relative.fork_step if relative.fork_step is not None else -math.inf
         shown = [(s, v) for s, v in zip(steps, losses, strict=False) if s >= start]
@@ -493,10 +148,10 @@ def _monitor(monitor: Any) -> tuple[str, str]:
             }
         )
         if relative.fork_step is not None:
-            vlines.append(relative.fork_step)
+            forks.append({"x": relative.fork_step})
     if monitor._origin is not None:
-        vlines.append(monitor._origin["step"])
-    chart = line_chart(series, title="loss", x_label="step", y_label="loss", vlines=vlines)
+        forks.append({"x": monitor._origin["step"]})
+    chart = line_chart(series, title="loss", x_label="step", y_label="loss", markers=forks)
     alt = _curve_words(data)
     color = "color:#b00;" if state == "failed" else ""
     parts = [
@@ -518,12 +173,12 @@ def _findings(monitor: Any) -> str:
 
 
 def _curve_words(data: dict[str, list[float]]) -> str:
-    points = _finite(data["step"], data["loss"])
+    points = finite_points(data["step"], data["loss"])
     if not points:
         return "loss curve: no training steps yet"
     (s0, l0), (s1, l1) = points[0], points[-1]
     words = f"loss curve: train loss {l0:.4g} at step {s0:g}, {l1:.4g} at step {s1:g}"
-    evals = _finite(data["eval_step"], data["eval_loss"])
+    evals = finite_points(data["eval_step"], data["eval_loss"])
     if evals:
         words += f"; eval loss {evals[-1][1]:.4g} at step {evals[-1][0]:g}"
     return words
