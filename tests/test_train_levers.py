@@ -284,15 +284,17 @@ def test_a_launched_auto_batch_trains_the_one_process_curve_of_that_batch(tmp_pa
 class _HostReads(torch.overrides.TorchFunctionMode):
     """Records each tensor-to-Python read (a host sync on a GPU) made by the workbench's code."""
 
-    READS = {
-        torch.Tensor.item,
-        torch.Tensor.__float__,
-        torch.Tensor.__int__,
-        torch.Tensor.__bool__,
-        torch.Tensor.tolist,
-        torch.Tensor.numpy,
-        torch.Tensor.cpu,
-    }
+    READS = frozenset(
+        {
+            torch.Tensor.item,
+            torch.Tensor.__float__,
+            torch.Tensor.__int__,
+            torch.Tensor.__bool__,
+            torch.Tensor.tolist,
+            torch.Tensor.numpy,
+            torch.Tensor.cpu,
+        }
+    )
 
     def __init__(self):
         super().__init__()
@@ -335,7 +337,12 @@ def test_a_nan_loss_is_refused_before_the_update_with_one_sync(tiny_model_dir):
     loop.train_step()
     before = [p.detach().clone() for p in loop.params]
     plain = loop.loss_sum
-    loop.loss_sum = lambda m, b, fast: (lambda s, n: (s * float("nan"), n))(*plain(m, b, fast))
+
+    def nan_loss(model, batch, fast):
+        loss_sum, count = plain(model, batch, fast)
+        return loss_sum * float("nan"), count
+
+    loop.loss_sum = nan_loss
     with pytest.raises(TrainingError, match="loss became nan at step 2"):
         loop.train_step()
     assert loop.step == 1
