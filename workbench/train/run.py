@@ -135,8 +135,14 @@ class Run:
         # One condition guards the status and the requests; both threads wait on it.
         self._cond = threading.Condition()
         self._requests: deque[str] = deque()
+        # States set but not yet written and emitted, and the thread writing them out.
+        self._outbox: deque[RunStatus] = deque()
+        self._publisher: threading.Thread | None = None
         self._pause = self._stop = False
-        self._single_steps = 0
+        self._single_steps = 0  # step_once() calls the worker has not begun
+        self._stepping = False  # the worker began a single step and is not paused again yet
+        self._resumes = 0  # resume() calls so far: a blocked pause() or step_once() returns
+        self._restarting = False  # a resume() is starting a new worker
         self._worker: Worker | None = None  # the current worker: the only one heard
         self._ended_worker: Worker | None = None
         self._last_worker: Worker | None = None
@@ -319,6 +325,9 @@ class Run:
     def pause(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
         """Pause after the current step; with ``wait``, block until the worker is paused.
 
+        Paused means settled: a single step asked for (:meth:`step_once`) is taken first.
+        The wait also ends when the run ends, or when ``resume()`` is called meanwhile.
+
         Examples:
             >>> import shutil
             >>> from workbench import Session
@@ -341,9 +350,8 @@ class Run:
             self._pause = True
             self._cond.notify_all()
             if wait and not self._on_worker_thread():
-                self._cond.wait_for(
-                    lambda: self._status.state is RunState.PAUSED or self._status.done, timeout
-                )
+                resumes = self._resumes
+                self._cond.wait_for(lambda: self._settled() or self._resumes != resumes, timeout)
             return self._status
 
     def resume(self) -> RunStatus:
@@ -386,21 +394,35 @@ class Run:
                 )
                 raise SessionStateError(msg)
             self._pause, self._single_steps = False, 0
+            self._resumes += 1
             self._cond.notify_all()
-            restart = state is RunState.STOPPED and self.loop.step < self.loop.total_steps
+            # One new worker, even when two threads resume a stopped run at once.
+            restart = (
+                state is RunState.STOPPED
+                and self.loop.step < self.loop.total_steps
+                and not self._restarting
+            )
+            self._restarting = self._restarting or restart
         if restart:
-            self.start()
+            try:
+                self.start()
+            finally:
+                with self._cond:
+                    self._restarting = False
         return self._status
 
     def step_once(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
         """Run exactly one optimizer step on the worker thread, then stay paused.
 
         The worker publishes ``paused -> running -> paused`` (``-> finished`` when that was
-        the last step); an evaluation or checkpoint due at that step happens as usual. With
-        ``wait``, block until the worker is paused again (or the run ended).
+        the last step); an evaluation or checkpoint due at that step happens as usual. Calls
+        made before the worker takes the step each take one more. With ``wait``, block until
+        the worker has taken this step (and any asked before it) and is paused again, or the
+        run ended, or ``resume()`` was called meanwhile.
 
         Raises:
-            SpecError: the run is not paused.
+            SpecError: the run is not paused (or is resuming or stopping, its state still
+                paused for a moment).
 
         Examples:
             >>> import shutil
@@ -422,24 +444,34 @@ class Run:
         """
         with self._cond:
             status = self._status
-            if status.state is not RunState.PAUSED:
-                msg = (
-                    f"step_once needs a paused run, but it is {status.state.value}: call "
-                    "run.pause() first."
-                )
+            state = status.state.value
+            if status.state is RunState.PAUSED and (self._stop or not self._pause):
+                # stop() or resume() was called and the worker has not yet said so: a step
+                # asked now would be left over for a later pause.
+                state = "stopping" if self._stop else "resuming"
+            if state != "paused":
+                msg = f"step_once needs a paused run, but it is {state}: call run.pause() first."
                 raise SpecError(msg)
-            target = status.step + 1
             self._single_steps += 1
+            # After the step under way (begun, not yet logged) and those asked before.
+            target = status.step + self._single_steps + int(self._stepping)
+            resumes = self._resumes
             self._cond.notify_all()
             if wait and not self._on_worker_thread():
                 self._cond.wait_for(
-                    lambda: (
-                        self._status.done
-                        or (self._status.step >= target and self._status.state is RunState.PAUSED)
-                    ),
-                    timeout,
+                    lambda: self._settled(target) or self._resumes != resumes, timeout
                 )
             return self._status
+
+    def _settled(self, step: int = 0) -> bool:
+        """Ended, or paused at ``step`` or later with no single step asked or under way."""
+        status = self._status
+        return status.done or (
+            status.state is RunState.PAUSED
+            and status.step >= step
+            and not self._single_steps
+            and not self._stepping
+        )
 
     def track_layer_norms(self, on: bool = True) -> None:
         """Record per-block adapter weight and gradient norms after every step from now on.
@@ -492,11 +524,12 @@ class Run:
             True
         """
         with self._cond:
-            if self._status.done or self._worker is None:
-                return self._status
+            if self._status.done or self._worker is None or self._stop:
+                return self._status  # a second stop() (a double click) publishes nothing
             self._stop = True
             self._cond.notify_all()
-        self._set_state(self._worker, RunState.STOPPING)
+            worker = self._worker  # not a successor resume() may start meanwhile
+        self._set_state(worker, RunState.STOPPING)
         return self._status
 
     def evaluate_now(self) -> None:
@@ -583,7 +616,8 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def reached() -> bool:
-            return self._ended() or (step is not None and self._status.step >= step)
+            ended = self._ended() and self._published()
+            return ended or (step is not None and self._status.step >= step)
 
         pump = None
         if notebook_kernel() is not None:  # serve the panels' buttons while this blocks
@@ -838,6 +872,7 @@ class Run:
         worker = self.worker_class(self)
         with self._cond:
             self._worker, self._stop, self._ended_worker = worker, False, None
+            self._stepping = False
             self.error = None
         self._set_state(worker, RunState.RUNNING, message="", error=None)
         self._thread = threading.Thread(
@@ -879,11 +914,14 @@ class Run:
                 if self._requests:
                     return self._requests.popleft()
                 if not self._pause:
+                    self._stepping = False
                     return "go"
                 if not worker.paused:
+                    self._stepping = False  # a single step is over: pause again
                     return "pause"
                 if self._single_steps:
                     self._single_steps -= 1
+                    self._stepping = True
                     return "step"
                 if not self._cond.wait(timeout):
                     return "hold"
@@ -926,15 +964,45 @@ class Run:
             ):
                 return False
             self._status = dataclasses.replace(self._status, state=state, **changes)
-            status = self._status
+            self._outbox.append(self._status)
             self._cond.notify_all()
-        try:
-            if self.writes_files:
-                store.write_status(self.run_dir, status.to_dict())
-        except OSError as err:  # the status in memory and the events stay the truth
-            logger.warning("could not write %s/status.json: %s", self.run_dir, err)
-        self.events.emit(TRAIN_STATE, TrainState(str(self.run_dir), status))
+        self._publish_states()
         return True
+
+    def _publish_states(self) -> None:
+        """Write ``status.json`` and emit ``train_state`` for each state set, in order.
+
+        Two threads set states (``stop()`` the caller's, the worker the rest): whichever is
+        publishing goes on with what the other set meanwhile, so neither the file nor the
+        events ever go back to an older state, and no thread waits on another's listeners.
+        """
+        with self._cond:
+            if self._publisher is not None:
+                return  # the thread publishing now publishes this one too
+            self._publisher = threading.current_thread()
+        try:
+            while True:
+                with self._cond:
+                    if not self._outbox:
+                        self._publisher = None
+                        self._cond.notify_all()
+                        return
+                    status = self._outbox.popleft()
+                try:
+                    if self.writes_files:
+                        store.write_status(self.run_dir, status.to_dict())
+                except OSError as err:  # the status in memory and the events stay the truth
+                    logger.warning("could not write %s/status.json: %s", self.run_dir, err)
+                self.events.emit(TRAIN_STATE, TrainState(str(self.run_dir), status))
+        except BaseException:
+            with self._cond:
+                self._publisher = None
+                self._cond.notify_all()
+            raise
+
+    def _published(self) -> bool:
+        """No other thread is still writing out states (this one may be, from a listener)."""
+        return self._publisher is None or self._publisher is threading.current_thread()
 
     def _end(
         self, worker: Worker, state: RunState, err: WorkbenchError | None = None, **changes: Any
