@@ -110,7 +110,7 @@ def test_teaching_monitor_steps_and_fills_the_heatmap(tiny_model_dir, tmp_path):
     run, _recorder, gate = _held_run(tiny_model_dir, tmp_path / "run", SPEC, 2)
     monitor = run.monitor(teaching=True)  # also turns layer-norm tracking on
     assert monitor.teaching and run.monitor() is monitor
-    assert monitor.step_button in monitor.widget.children[1].children
+    assert any(monitor.step_button in getattr(c, "children", ()) for c in monitor.widget.children)
     assert monitor.step_button.disabled  # running
     run.pause(wait=False)
     gate.set()
@@ -139,4 +139,30 @@ def test_teaching_monitor_steps_and_fills_the_heatmap(tiny_model_dir, tmp_path):
     assert monitor.step_button.disabled
     with pytest.raises(SpecError, match="but it is finished"):
         run.step_once()
+    monitor.close()
+
+
+def test_a_step_click_while_a_resume_is_under_way_is_disabled_and_harmless(
+    tiny_model_dir, tmp_path
+):
+    run, _recorder = _paused_at(tiny_model_dir, tmp_path / "run", SPEC, 2)
+    held, gate = threading.Event(), threading.Event()
+
+    def hold_running(payload):  # registered before the monitor: it hears "running" late
+        if payload.status.state is RunState.RUNNING:
+            held.set()
+            gate.wait(30)
+
+    off = run.events.on("train_state", hold_running)
+    monitor = run.monitor(teaching=True)
+    assert not monitor.step_button.disabled  # paused
+    monitor.resume_button.click()
+    assert held.wait(30)  # the worker runs; the monitor still shows paused
+    assert monitor.status_text().startswith("paused")
+    assert monitor.step_button.disabled and monitor.resume_button.disabled
+    monitor.step_button.click()  # a click that lands anyway is refused quietly
+    gate.set()
+    off()
+    assert run.wait(60).state is RunState.FINISHED
+    assert [r.step for r in run.history if r.kind == "train"] == list(range(1, SPEC.max_steps + 1))
     monitor.close()

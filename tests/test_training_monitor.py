@@ -127,3 +127,94 @@ def test_redisplay_a_finished_run_from_its_folder(tiny_model_dir, tmp_path):
     bundle = run._repr_mimebundle_()
     assert bundle["text/plain"].splitlines()[0] == monitor.status_text()
     assert "application/vnd.jupyter.widget-view+json" in bundle
+
+
+# -- the run's own choices (batch_size="auto", packing) -------------------------------------
+AUTO = TrainSpec(max_steps=3, lr=5e-3, batch_size="auto", eval_every=10, save_every=10)
+
+
+def test_the_monitor_shows_the_auto_batch_and_packing_once_the_first_step_decides(
+    tiny_model_dir, tmp_path
+):
+    import json
+
+    events, reached, gate = EventHub(), threading.Event(), threading.Event()
+
+    def hold(payload):  # the base model's probe answers come before the first step
+        if payload.base:
+            reached.set()
+            gate.wait(30)
+
+    events.on("train_probes", hold)
+    run = toy_run(tiny_model_dir, tmp_path / "run", AUTO, events=events, wait=False, probes=PROBES)
+    assert reached.wait(30)
+    monitor = run.monitor()
+    assert run.status.step == 0
+    shown = monitor.choices_html.value
+    assert "<b>batch size 8 (auto)</b>: its estimated peak at the longest example (" in shown
+    assert "<b>packing</b>: decided at the first step" in shown
+    assert monitor.choices_text().startswith("batch size 8 (auto): its estimated peak ")
+    gate.set()
+    # The first step's train_log event brings the decision to the open monitor.
+    assert _until(lambda: "packing off" in monitor.choices_html.value)
+    assert (
+        "<b>packing off</b>: packing=&#x27;auto&#x27; packs on CUDA only; on cpu it did not pay"
+        in monitor.choices_html.value
+    )
+    assert "decided at the first step" not in monitor.choices_html.value
+    assert run.wait(30).state is RunState.FINISHED
+    monitor.refresh()
+    lines = monitor.text().splitlines()
+    assert lines[0] == monitor.status_text()
+    assert lines[1] == (
+        f"batch size 8 (auto): {run.choices['batch_size'].split(': ', 1)[1]} · "
+        f"packing off: {run.choices['packing']}"
+    )
+    meta = json.loads((run.run_dir / "run.json").read_text())
+    assert meta["packing_choice"] == {"on": False, "reason": run.choices["packing"]}
+
+
+def test_a_fixed_batch_shows_only_packing(tiny_model_dir, tmp_path):
+    run = toy_run(tiny_model_dir, tmp_path / "run", SPEC)
+    monitor = run.monitor()
+    assert monitor.choices_text().startswith("packing off: packing='auto' packs on CUDA only")
+    assert "batch size" not in monitor.choices_html.value
+    assert TrainingMonitor.from_folder(run.run_dir).choices_text() == monitor.choices_text()
+
+
+def test_redisplay_from_the_folder_shows_the_choices_live_and_in_the_snapshot(
+    tiny_model_dir, tmp_path
+):
+    run = toy_run(tiny_model_dir, tmp_path / "run", AUTO)
+    live = run.monitor()
+    again = TrainingMonitor.from_folder(run.run_dir)
+    assert again.choices_html.value == live.choices_html.value
+    assert again.choices_text().startswith("batch size 8 (auto): its estimated peak ")
+    assert " · packing off: packing='auto' packs on CUDA only" in again.choices_text()
+    bundle = run._repr_mimebundle_()
+    assert '<div class="wb-train-choices"' in bundle["text/html"]
+    assert "<b>batch size 8 (auto)</b>: its estimated peak" in bundle["text/html"]
+    assert bundle["text/plain"].splitlines()[1] == again.choices_text()
+
+
+def test_a_hostile_reason_is_escaped(tiny_model_dir, tmp_path):
+    import json
+
+    from workbench.widgets import _snapshot
+
+    run = toy_run(tiny_model_dir, tmp_path / "run", AUTO)
+    hostile = "<img src=x onerror=alert(1)> & <script>alert(2)</script>"
+    path = run.run_dir / "run.json"
+    meta = json.loads(path.read_text())
+    meta["batch_size_choice"] = f"batch_size='auto' chose 8: {hostile}"
+    meta["packing_choice"] = {"on": True, "reason": f"packed: {hostile}"}
+    path.write_text(json.dumps(meta))
+    monitor = TrainingMonitor.from_folder(run.run_dir)
+    escaped = "&lt;img src=x onerror=alert(1)&gt; &amp; &lt;script&gt;alert(2)&lt;/script&gt;"
+    assert monitor.choices_html.value.count(escaped) == 2
+    assert "<b>packing on</b>: " + escaped in monitor.choices_html.value
+    html = _snapshot.snapshot_bundle(monitor)["text/html"]
+    assert html.count(escaped) == 2
+    assert "<img src=x" not in monitor.choices_html.value and "<img src=x" not in html
+    assert "<script>" not in html
+    assert monitor.choices_text() == f"batch size 8 (auto): {hostile} · packing on: {hostile}"

@@ -78,6 +78,10 @@ def test_training_monitor_updates_live_and_stops(lab, page):
         )
         expect(status).not_to_have_text(text)
         expect(status).to_contain_text("running")
+        # What the run chose for itself, decided at the first step, under the status line.
+        expect(panel.locator(".wb-train-choices")).to_contain_text(
+            "packing off: packing='auto' packs on CUDA only"
+        )
 
         stop = panel.get_by_role("button", name=_label("Stop"))
         expect(stop).to_be_enabled()

@@ -166,6 +166,7 @@ class Run:
         self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
         self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
         self.batch_size_reason: str | None = None  # set when batch_size="auto" chose
+        self._packing_kept = False  # the first step's packing decision is in run.json
         self._superseded_by: Run | None = None  # the fork its model was handed to
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
@@ -1031,6 +1032,8 @@ class Run:
             self._history.append(record)
         if self.writes_files:
             store.append_jsonl(self.run_dir / store.HISTORY, record.to_dict())
+            if record.kind == "train" and not self._packing_kept:
+                self._keep_packing()
         with self._cond:
             if record.kind == "train":
                 self._status = dataclasses.replace(
@@ -1047,6 +1050,24 @@ class Run:
             status = self._status
             self._cond.notify_all()
         self.events.emit(TRAIN_LOG, TrainLog(str(self.run_dir), record, status))
+
+    def _keep_packing(self) -> None:
+        """Record the first step's packing decision in ``run.json`` (``packing_choice``).
+
+        A folder read later (``TrainingMonitor.from_folder``) shows it; a resumed run's first
+        step records its own decision when it differs.
+        """
+        packing = getattr(self.loop, "packing", None)
+        if packing is None:
+            return
+        self._packing_kept = True
+        choice = {"on": packing.on, "reason": packing.reason}
+        try:
+            meta = store.read_meta(self.run_dir)
+            if meta.get("packing_choice") != choice:
+                store.write_meta(self.run_dir, {**meta, "packing_choice": choice})
+        except (OSError, SpecError) as err:  # the run goes on; run.choices still says it
+            logger.warning("could not record packing in %s/run.json: %s", self.run_dir, err)
 
     def _publish_probes(self, worker: Worker, row: dict[str, Any]) -> None:
         with self._cond:

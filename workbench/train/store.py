@@ -2,7 +2,8 @@
 
 Layout of a run folder::
 
-    run.json          spec, model spec, planned steps, probe prompts (written once)
+    run.json          spec, model spec, planned steps, probe prompts; later the first step's
+                      packing decision and a resume's processes (replaced atomically)
     data/train/       tokenized training data (datasets.save_to_disk)
     data/validation/  tokenized validation data, if any
     history.jsonl     one LogRecord per line

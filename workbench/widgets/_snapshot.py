@@ -157,6 +157,7 @@ def _monitor(monitor: Any) -> tuple[str, str]:
     parts = [
         f'<div class="wb-snapshot-status" style="font-weight:bold;{color}">'
         f"{escape(monitor.status_text())}</div>",
+        monitor._choices_html(),
         _findings(monitor),
         f'<div class="wb-snapshot-chart">{svg_img(chart, alt)}</div>',
         monitor._probes_html(probes),

@@ -5,6 +5,11 @@ plain arrays, and renders them into one plotly ``FigureWidget`` (updated in plac
 at most a few times per second), a status line, control buttons and a probe timeline. Button
 handlers call one :class:`~workbench.train.Run` method each. All text is escaped.
 
+Under the status line, what the run chose for itself, with the reasons (``Run.choices``): the
+batch size ``batch_size="auto"`` picked, and whether it packs its micro-batches. Packing is
+decided at the first step, so a monitor opened earlier says so and picks the decision up with
+the first step's ``train_log`` event; ``run.json`` keeps both for :meth:`from_folder`.
+
 Teaching mode (``teaching=True``) adds a "Single step" button (one optimizer step while
 paused) and a heatmap of each transformer block's adapter gradient or weight norm per step
 (``train_layer_norms`` events), updated in place with the same throttle as the loss plot.
@@ -64,7 +69,7 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
-from workbench.errors import WorkbenchError
+from workbench.errors import SpecError, WorkbenchError
 from workbench.events import (
     TRAIN_LAYER_NORMS,
     TRAIN_LOG,
@@ -119,6 +124,55 @@ def _memory(n: int | None) -> str:
     from workbench._display import format_bytes
 
     return format_bytes(n)
+
+
+PACKING_PENDING = "decided at the first step"
+
+
+def _without(text: str, prefix: str) -> str:
+    return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+def _choice_lines(choices: dict[str, Any]) -> list[tuple[str, str]]:
+    """What a run chose for itself as ``(what, why)`` pairs, in the monitor's words.
+
+    Args:
+        choices: ``"batch_size"``: ``(size, reason)`` when ``batch_size="auto"`` chose;
+            ``"packing"``: ``(on, reason)``, or ``None`` while the first step has not decided.
+
+    Examples:
+        >>> _choice_lines({"batch_size": (8, "batch_size='auto' chose 8: its peak fits"),
+        ...               "packing": (False, "packing=False")})
+        [('batch size 8 (auto)', 'its peak fits'), ('packing off', 'packing=False')]
+        >>> _choice_lines({"packing": None})
+        [('packing', 'decided at the first step')]
+    """
+    lines = []
+    if choices.get("batch_size") is not None:
+        size, reason = choices["batch_size"]
+        why = _without(str(reason), f"batch_size='auto' chose {size}: ")
+        lines.append((f"batch size {size} (auto)", why))
+    if "packing" in choices:
+        if choices["packing"] is None:
+            lines.append(("packing", PACKING_PENDING))
+        else:
+            on, reason = choices["packing"]
+            why = _without(str(reason), "packed: " if on else "not packed: ")
+            lines.append((f"packing {'on' if on else 'off'}", why))
+    return lines
+
+
+def _saved_choices(meta: dict[str, Any]) -> dict[str, Any]:
+    """The choices a run folder's ``run.json`` records (``batch_size_choice``,
+    ``packing_choice``)."""
+    found: dict[str, Any] = {}
+    if meta.get("batch_size_choice"):
+        size = (meta.get("spec") or {}).get("batch_size")
+        found["batch_size"] = (size, meta["batch_size_choice"])
+    packing = meta.get("packing_choice")
+    if isinstance(packing, dict) and "reason" in packing:
+        found["packing"] = (bool(packing.get("on")), packing["reason"])
+    return found
 
 
 _SPREAD, _SPREAD_VALUE = "first, evenly spaced, latest", -1  # the picker's default entry
@@ -178,6 +232,9 @@ class TrainingMonitor:
         figure: The plotly ``FigureWidget`` (loss, eval loss; LR and grad norm below).
         traces: Its traces by name: loss, smoothed, eval_loss, lr, grad_norm.
         status_html: The status line.
+        choices_html: What the run chose for itself, each with its reason: the batch size
+            when ``batch_size="auto"`` chose it, and whether it packs (decided at the first
+            step; "packing: decided at the first step" until then). See :meth:`choices`.
         pause_button, resume_button, stop_button, eval_button, save_button: Controls.
         step_button: "Single step" (shown in teaching mode; enabled only while paused).
         fork_step, fork_lr, fork_button: The fork row: a step with a checkpoint, the fork's
@@ -224,6 +281,7 @@ class TrainingMonitor:
         self.last_fork: Any = None
         self._fork_seen: tuple[Any, ...] = ()  # what the step list was read for (re-read on change)
         self._fork_steps: list[int] = []
+        self._saved: dict[str, Any] = {}  # the choices run.json records (batch size, packing)
         self._build()
         if run is not None:
             # Subscribe, then load the history, under the lock: events that arrive meanwhile
@@ -233,6 +291,7 @@ class TrainingMonitor:
                 self._load(run.history, run.probes, run.probe_base, run.probe_history)
                 self._load_norms(getattr(run, "layer_norms", []))
                 self._load_family(run.run_dir)
+                self._saved = self._read_saved(run.run_dir)
         self._dispatch(self.refresh)  # under the lock: the worker may be rendering too
 
     # -- construction ---------------------------------------------------------------------
@@ -264,6 +323,7 @@ class TrainingMonitor:
         history = [LogRecord.from_dict(r) for r in store.read_jsonl(run_dir / store.HISTORY)]
         monitor = cls(None)
         monitor._status = RunStatus.from_dict(data)
+        monitor._saved = _saved_choices(meta)
         monitor._load(history, meta.get("probes", []), base, [r for r in rows if not r.get("base")])
         monitor._load_family(run_dir)
         monitor.refresh()
@@ -273,6 +333,7 @@ class TrainingMonitor:
         self.figure = self._figure()
         self.traces = dict(zip(TRACES, self.figure.data, strict=True))
         self.status_html = w.HTML()
+        self.choices_html = w.HTML()  # what the run chose for itself: batch size, packing
         self.pause_button = w.Button(description="Pause", icon="pause")
         self.resume_button = w.Button(description="Resume", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger")
@@ -308,6 +369,7 @@ class TrainingMonitor:
         self.widget = w.VBox(
             [
                 self.status_html,
+                self.choices_html,
                 w.HBox(buttons),
                 fork_row,
                 self.findings_html,
@@ -383,7 +445,9 @@ class TrainingMonitor:
         self._render_buttons()
 
     def _on_resume(self, _button: Any) -> None:
-        self._pending = ""
+        # Until the worker reports running, the state still reads paused: no single step
+        # then (the run would refuse it as resuming).
+        self._pending = "resume"
         self.run.resume()
         self._render_buttons()
 
@@ -394,7 +458,11 @@ class TrainingMonitor:
     def _on_step(self, _button: Any) -> None:
         self._pending = "step"  # cleared when the worker reports paused (or ended) again
         self.step_button.disabled = True
-        self.run.step_once(wait=False)
+        try:
+            self.run.step_once(wait=False)
+        except SpecError:  # resumed or stopped from code meanwhile: the state event follows
+            self._pending = ""
+            self._render_buttons()
 
     def _on_evaluate(self, _button: Any) -> None:
         self.run.evaluate_now()
@@ -585,6 +653,7 @@ class TrainingMonitor:
         if self.heatmap is not None:
             self.heatmap.render()
         self.status_html.value = self._status_html()
+        self.choices_html.value = self._choices_html()
         self.findings_html.value = self._findings_html()
         self.probes_html.value = self._probes_html(probes)
         self._render_buttons()
@@ -594,13 +663,70 @@ class TrainingMonitor:
 
         return findings_html(self.run.diagnostics) if self.run is not None else ""
 
+    @staticmethod
+    def _read_saved(run_dir: Path) -> dict[str, Any]:
+        from workbench.train import store
+
+        try:
+            return _saved_choices(store.read_meta(run_dir))
+        except (WorkbenchError, OSError):  # a folder gone or half-written: nothing saved
+            return {}
+
+    def choices(self) -> dict[str, Any]:
+        """What the run chose for itself, as the monitor shows it.
+
+        ``"batch_size"``: ``(size, reason)`` when the run was started with
+        ``batch_size="auto"``; ``"packing"``: ``(on, reason)`` once the first step decided,
+        ``None`` before it (a live run). A static view (:meth:`from_folder`) reads both from
+        ``run.json``. See :attr:`workbench.train.Run.choices`.
+
+        Examples:
+            >>> TrainingMonitor().choices()
+            {}
+        """
+        run = self.run
+        if run is None:
+            return dict(self._saved)
+        found: dict[str, Any] = {}
+        launched = getattr(run, "launch", None) is not None
+        if getattr(run, "batch_size_reason", None):
+            found["batch_size"] = (run.spec.batch_size, run.batch_size_reason)
+        packing = getattr(run.loop, "packing", None)
+        if packing is not None:
+            found["packing"] = (packing.on, packing.reason)
+        elif "packing" in self._saved and (self._status.done or launched):
+            found["packing"] = self._saved["packing"]  # this process never stepped the run
+        elif not self._status.done and not launched:
+            found["packing"] = None  # the first step decides
+        return found
+
+    def choices_text(self) -> str:
+        """The run's choices as one plain-text line (``""`` when it chose nothing).
+
+        Examples:
+            A run with ``batch_size="auto"`` on the CPU reads like ``batch size 8 (auto):
+            its estimated peak ... · packing off: packing='auto' packs on CUDA only; ...``:
+
+            >>> TrainingMonitor().choices_text()
+            ''
+        """
+        return " · ".join(f"{what}: {why}" for what, why in _choice_lines(self.choices()))
+
+    def _choices_html(self) -> str:
+        lines = _choice_lines(self.choices())
+        if not lines:
+            return ""
+        rows = "".join(f"<div><b>{escape(what)}</b>: {escape(why)}</div>" for what, why in lines)
+        return f'<div class="wb-train-choices" style="font-size:0.9em;color:#555;">{rows}</div>'
+
     def _render_buttons(self) -> None:
         state = self._status.state.value if self._status is not None else "finished"
         live = self.run is not None and state in ("running", "paused")
         pausing = self._pending == "pause" and state == "running"
         stepping = self._pending == "step"
+        resuming = self._pending == "resume" and state == "paused"
         self.pause_button.disabled = not live or state == "paused" or pausing or stepping
-        self.step_button.disabled = state != "paused" or self.run is None or stepping
+        self.step_button.disabled = state != "paused" or self.run is None or stepping or resuming
         self.pause_button.description = "Pausing…" if pausing else "Pause"
         can_resume = state == "paused" or (
             state == "stopped"
@@ -608,7 +734,7 @@ class TrainingMonitor:
             and self._status.step < self._status.total_steps
         )
         handed = getattr(self.run, "superseded_by", None) is not None
-        self.resume_button.disabled = not can_resume or handed
+        self.resume_button.disabled = not can_resume or handed or resuming
         self.stop_button.disabled = not live
         self.eval_button.disabled = self.save_button.disabled = not live
         self._render_fork_row(state)
@@ -771,7 +897,7 @@ class TrainingMonitor:
         self.probes_html.value = self._probes_html(probes)
 
     def text(self, last: int = 5) -> str:
-        """Plain-text fallback: the status line and the last records.
+        """Plain-text fallback: the status line, the run's choices and the last records.
 
         Examples:
             With a run, one ``step N/total  loss x`` line follows per record; without one:
@@ -790,7 +916,8 @@ class TrainingMonitor:
             ).replace("  epoch nan", "")
             for s, loss in steps
         ]
-        return "\n".join([self.status_text(), *lines])
+        chosen = self.choices_text()
+        return "\n".join([self.status_text(), *([chosen] if chosen else []), *lines])
 
     def close(self) -> None:
         """Unsubscribe from the run's events and close the widgets.
