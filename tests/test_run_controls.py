@@ -411,3 +411,25 @@ def test_random_control_sequences_from_two_threads(tiny_model_dir, tmp_path, poo
             assert run.status.step == before + accepted, where
         _assert_settled(run, recorder)
     _end(run, recorder)
+
+
+def test_resume_waits_for_an_evaluation_of_the_stopped_run_on_another_thread(
+    tiny_model_dir, tmp_path, pool
+):
+    run, recorder, gate = _start(tiny_model_dir, tmp_path / "run")
+    _end(run, recorder)
+    step = run.status.step
+    gate.arm("eval", step)
+    evaluating = pool.submit(run.evaluate_now)  # served on that thread: no worker runs
+    assert gate.reached.wait(WAIT)
+    resuming = pool.submit(run.resume)
+    time.sleep(1.0)  # room for a resume that does not wait to start a worker
+    assert not resuming.done() and run.state is RunState.STOPPED
+    assert recorder.states[-1] == "stopped"
+    gate.release()
+    evaluating.result(WAIT)
+    assert resuming.result(WAIT).state is RunState.RUNNING  # then it resumes
+    evals = [r for r in run.history if r.kind == "eval"]
+    assert [r.step for r in evals] == [step]  # evaluated the weights it stopped with
+    _end(run, recorder)
+    assert _train_steps(run) == list(range(1, run.status.step + 1))

@@ -143,6 +143,7 @@ class Run:
         self._stepping = False  # the worker began a single step and is not paused again yet
         self._resumes = 0  # resume() calls so far: a blocked pause() or step_once() returns
         self._restarting = False  # a resume() is starting a new worker
+        self._serving: threading.Thread | None = None  # evaluates or saves a stopped run
         self._worker: Worker | None = None  # the current worker: the only one heard
         self._ended_worker: Worker | None = None
         self._last_worker: Worker | None = None
@@ -394,6 +395,12 @@ class Run:
                     "then run.resume()."
                 )
                 raise SessionStateError(msg)
+            me = threading.current_thread()
+            if state is RunState.STOPPED and self._serving not in (None, me):
+                # evaluate_now()/save_now() of the stopped run is using the model on another
+                # thread: a new worker would train it under that evaluation or checkpoint.
+                self._cond.wait_for(lambda: self._serving is None)
+                state = self._status.state
             self._pause, self._single_steps = False, 0
             self._resumes += 1
             self._cond.notify_all()
@@ -882,18 +889,30 @@ class Run:
         self._thread.start()
 
     def _ask(self, request: str) -> None:
-        """Queue a request for the worker, or serve it here when no worker runs."""
+        """Queue a request for the worker, or serve it here when no worker runs.
+
+        Served here one thread at a time, and a resume() from another thread waits for it: the
+        model is never evaluated or saved while it trains or while another thread does so.
+        """
         self._check_not_superseded("evaluate_now" if request == "eval" else "save_now")
+        me = threading.current_thread()
         with self._cond:
-            if self._worker is not None and not self._status.done:
-                self._requests.append(request)
+            self._cond.wait_for(lambda: self._serving in (None, me))
+            if (self._worker is not None and not self._status.done) or self._restarting:
+                self._requests.append(request)  # the (new) worker serves it
                 self._cond.notify_all()
                 return
+            outer, self._serving = self._serving, me
             worker = self._last_worker or self.worker_class(self)
-        if request == "eval":
-            worker.evaluate()
-        else:
-            worker.save()
+        try:
+            if request == "eval":
+                worker.evaluate()
+            else:
+                worker.save()
+        finally:
+            with self._cond:
+                self._serving = outer
+                self._cond.notify_all()
 
     def _on_worker_thread(self) -> bool:
         return threading.current_thread() is self._thread
