@@ -192,6 +192,9 @@ def test_a_run_stores_the_chosen_batch_size_and_resumes_and_forks_with_it(tmp_pa
     fork = run.fork(step=2, lr=1e-3)
     fork.wait()
     assert fork.spec.batch_size == 8 and fork.state is RunState.FINISHED
+    assert fork.choices["batch_size"] == run.choices["batch_size"]  # the parent's choice holds
+    fork_meta = json.loads((fork.run_dir / "run.json").read_text())
+    assert fork_meta["batch_size_choice"] == run.choices["batch_size"]
 
     again = wb.Session(tmp_path / "s2", verbose=False)
     resumed = again.resume(run.run_dir)
