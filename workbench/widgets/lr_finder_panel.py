@@ -1,10 +1,11 @@
 """LRFinderPanel: the loss-versus-learning-rate curve of a sweep, the suggested rate marked.
 
-A view of an :class:`~workbench.train.lr_finder.LRFinderResult`. The chart is a small inline
-SVG (:func:`svg_line_chart`, drawn by :func:`workbench.widgets.svg_chart.line_chart`: log x
-axis, raw and smoothed loss, a dashed line and a dot at the suggested rate), so the same
-picture is the notebook widget, the static ``text/html`` snapshot (no script, no CDN: it
-survives nbconvert and GitHub's viewer) and, as text, the ``text/plain`` fallback. ipywidgets
+A view of an :class:`~workbench.train.lr_finder.LRFinderResult`. The chart is a small SVG
+(:func:`svg_line_chart`, drawn by :func:`workbench.widgets.svg_chart.line_chart`: log x axis,
+raw and smoothed loss, a dashed line and a dot at the suggested rate) shown as an image of a
+data URI, so the same picture is the notebook widget, the static ``text/html`` snapshot (no
+script, no CDN: it survives nbconvert, GitHub's viewer and an untrusted notebook's
+sanitizer) and, as text, the ``text/plain`` fallback. ipywidgets
 loads only when the widget is asked for. Every label goes through
 :func:`~workbench.widgets._html.escape`.
 
@@ -31,7 +32,7 @@ from typing import Any
 from workbench._display import text_table
 from workbench.train.lr_finder import format_lr
 from workbench.widgets._html import escape
-from workbench.widgets.svg_chart import line_chart
+from workbench.widgets.svg_chart import line_chart, svg_img
 
 __all__ = ["LRFinderPanel", "svg_line_chart"]
 
@@ -202,20 +203,27 @@ class LRFinderPanel:
         return "\n".join(lines)
 
     def html(self) -> str:
-        """The static snapshot: escaped advice and facts around the inline SVG chart.
+        """The static snapshot: escaped advice and facts around the chart.
+
+        The chart is an ``<img>`` of :meth:`svg` (a data URI, :func:`svg_img`), as in the other
+        panels' snapshots: JupyterLab's sanitizer drops an inline ``<svg>`` from the output of
+        an untrusted notebook (one saved elsewhere and reopened) but keeps the image.
 
         Examples:
             >>> from workbench.train.lr_finder import LRFinderResult
             >>> result = LRFinderResult.from_curve([1e-4, 1e-3, 1e-2], [3.0, 1.0, 0.9], 0.0)
             >>> html = LRFinderPanel(result).html()
-            >>> html.count("<svg"), "suggested lr 1.0e-4" in html, "<script" in html
-            (1, True, False)
+            >>> html.count('<img src="data:image/svg+xml;base64,'), "<svg" in html
+            (1, False)
+            >>> "suggested lr 1.0e-4" in html, "<script" in html
+            (True, False)
         """
         facts = "<br>".join(escape(f) for f in self._facts() if f)
+        chart = svg_img(self.svg(), f"learning-rate finder: {self.result.advice}")
         return (
             '<div class="wb-lr-finder" style="font-family:sans-serif">'
             f'<div class="wb-lr-advice" style="font-weight:bold;margin:4px 0">'
-            f"{escape(self.result.advice)}</div>{self.svg()}"
+            f"{escape(self.result.advice)}</div>{chart}"
             f'<div class="wb-lr-facts" style="color:#555;font-size:90%">{facts}</div></div>'
         )
 
