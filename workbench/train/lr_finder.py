@@ -297,8 +297,9 @@ class LRFinderResult:
 
         Examples:
             >>> result = LRFinderResult.from_curve([1e-4, 1e-3, 1e-2], [3.0, 1.0, 0.9], 0.0)
-            >>> "<svg" in result.panel().html()
-            True
+            >>> panel = result.panel()
+            >>> "<svg" in panel.svg(), 'src="data:image/svg+xml;base64,' in panel.html()
+            (True, True)
         """
         from workbench.widgets.lr_finder_panel import LRFinderPanel
 
