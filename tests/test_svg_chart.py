@@ -137,6 +137,21 @@ def test_a_long_series_is_thinned_keeping_its_last_point_and_its_gaps():
     assert pieces[-1][-1][0] == float(last.get("x1"))  # the line reaches the last step
 
 
+def test_thinning_keeps_a_spike_and_a_dip_of_one_step():
+    n = 10_000
+    ys = [2.0] * n
+    ys[7777], ys[1234] = 50.0, 0.5  # one diverging step, one lucky batch
+    svg = line_chart([{"name": "loss", "x": list(range(n)), "y": ys}])
+    (drawn,) = runs(svg, "loss")
+    assert len(drawn) <= svg_chart.MAX_POINTS
+    frame_ys = sorted({y for _, y in drawn})  # pixels: the top is the highest loss
+    assert len(frame_ys) == 3  # the flat line, the spike's peak and the dip's bottom
+    spike, flat, dip = frame_ys
+    assert spike < flat < dip
+    xs = [x for x, y in drawn if y == spike], [x for x, y in drawn if y == dip]
+    assert len(xs[0]) == 1 and len(xs[1]) == 1
+
+
 def test_an_empty_chart_says_so():
     for series in ([], [{"name": "loss", "x": [1, 2], "y": [NAN, NAN]}]):
         svg = line_chart(series, title="loss")

@@ -10,7 +10,8 @@ names, marker labels, colours) is escaped.
 labelled ``1e-2``), with markers (a dashed vertical line, an optional dot and a label), dashed
 or faint series, dots at the points, a legend, and a y range that clamps what lies outside it.
 A non-finite value breaks its line (``gaps="break"``) or is left out (``gaps="skip"``); a
-series longer than :data:`MAX_POINTS` is thinned.
+series longer than :data:`MAX_POINTS` is thinned to each slice's lowest and highest points
+(a spike stays visible) and its ends.
 
 Examples:
     >>> svg = line_chart(
@@ -36,7 +37,7 @@ from workbench.widgets._html import escape, shorten
 __all__ = ["bar_chart", "finite_points", "histogram_chart", "line_chart", "svg_img"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-MAX_POINTS = 400  # points per drawn series (longer ones are thinned, the last point kept)
+MAX_POINTS = 400  # points per drawn series (longer ones keep each slice's extremes and the ends)
 MAX_DOTS = 120  # dots per series with ``dots`` (the last ones)
 MARKER_COLOR = "#888"
 LINE_WIDTH = 1.6
@@ -216,6 +217,23 @@ def finite_points(xs: Sequence[Any], ys: Sequence[Any]) -> list[tuple[float, flo
     return [p for x, y in zip(xs, ys, strict=False) if (p := _point(x, y, False)) is not None]
 
 
+def _thinned(cells: list[tuple[float, float] | None]) -> Sequence[int]:
+    """Which points to draw: all up to :data:`MAX_POINTS`, else the first, the last and,
+    in each of ``MAX_POINTS // 2 - 1`` equal slices, the lowest and the highest, so a loss
+    spike or a dip survives the thinning."""
+    count = len(cells)
+    if count <= MAX_POINTS:
+        return range(count)
+    slices = MAX_POINTS // 2 - 1
+    keep = {0, count - 1}
+    for k in range(slices):
+        drawn = [i for i in range(k * count // slices, (k + 1) * count // slices) if cells[i]]
+        if drawn:
+            keep.add(min(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]
+            keep.add(max(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]
+    return sorted(keep)
+
+
 def _runs(
     xs: Sequence[Any], ys: Sequence[Any], log_x: bool, gaps: str
 ) -> list[list[tuple[float, float]]]:
@@ -227,10 +245,7 @@ def _runs(
     cells = [_point(x, y, log_x) for x, y in zip(xs, ys, strict=False)]
     if gaps == "skip":
         cells = [c for c in cells if c is not None]
-    count = len(cells)
-    keep: Sequence[int] = range(count)
-    if count > MAX_POINTS:
-        keep = sorted({round(i * (count - 1) / (MAX_POINTS - 1)) for i in range(MAX_POINTS)})
+    keep = _thinned(cells)
     holes = list(itertools.accumulate((c is None for c in cells), initial=0))
     runs: list[list[tuple[float, float]]] = [[]]
     previous = None
@@ -287,7 +302,7 @@ def line_chart(
             line, 1.6), ``dash`` (a dashed line), ``opacity``, ``dots`` (a dot at each point,
             the last 120). Each line is a ``<path class="wb-chart-line" data-label=name>``;
             a point alone between gaps is drawn as a dot. Series longer than 400 points are
-            thinned, the last point kept.
+            thinned to each slice's lowest and highest points and the ends.
         title, x_label, y_label: Text (escaped).
         width, height: Pixels.
         log_x: A logarithmic x axis (ticks at powers of ten, ``1e-2``); x values that are
