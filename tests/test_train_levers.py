@@ -201,6 +201,9 @@ def test_a_run_stores_the_chosen_batch_size_and_resumes_and_forks_with_it(tmp_pa
     resumed.wait()
     assert resumed.spec.batch_size == 8
     assert resumed.choices["batch_size"] == run.choices["batch_size"]
+    # It took no step here: its packing is what the run's steps decided, from run.json.
+    assert resumed.choices["packing"] == run.choices["packing"]
+    assert resumed.monitor().choices() == run.monitor().choices()
 
 
 # -- bfloat16 autocast on a bfloat16 base ------------------------------------------------------
@@ -277,10 +280,19 @@ def test_a_launched_auto_batch_trains_the_one_process_curve_of_that_batch(tmp_pa
     launched = session(tmp_path / "two", tiny_model_dir).train(
         batch_size="auto", processes=2, wait=False, **settings
     )
+    monitor = launched.monitor()  # open while the ranks start
     launched.wait()
     assert launched.state is RunState.FINISHED and launched.spec.batch_size == 8
     assert launched.choices["batch_size"].startswith("batch_size='auto' chose 8")
     assert_same_curve(curve(launched), curve(one))
+    # Rank 0 decided packing (a launched run pads) and recorded it; the open monitor read it.
+    pads = "not packed: a launched run (launch=) trains on padded batches"
+    assert launched.choices["packing"] == pads
+    assert monitor.choices()["packing"] == (False, pads)
+    monitor.refresh()
+    assert "<b>packing off</b>: a launched run (launch=) trains on padded batches" in (
+        monitor.choices_html.value
+    )
 
 
 # -- host syncs -----------------------------------------------------------------------------

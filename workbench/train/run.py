@@ -205,7 +205,9 @@ class Run:
 
         ``"batch_size"`` when the run was started with ``batch_size="auto"``
         (:mod:`workbench.train.batch_size`); ``"packing"`` once the first step decided
-        whether to pack (``packing="auto"`` packs on CUDA only; :mod:`workbench.train.packing`).
+        whether to pack (``packing="auto"`` packs on CUDA only; :mod:`workbench.train.packing`),
+        in this process or, for a launched run or one resumed from its folder, as ``run.json``
+        recorded it.
 
         Examples:
             >>> import shutil
@@ -227,9 +229,21 @@ class Run:
         if self.batch_size_reason:
             found["batch_size"] = self.batch_size_reason
         packing = getattr(self.loop, "packing", None)
+        saved = self._saved_packing() if packing is None else None
         if packing is not None:
             found["packing"] = packing.reason
+        elif saved is not None:  # decided by a step this process did not run
+            found["packing"] = saved["reason"]
         return found
+
+    def _saved_packing(self) -> dict[str, Any] | None:
+        """``run.json``'s ``packing_choice``: the decision of a step this process did not
+        run (a launched run's rank 0, or the run's steps before a resume from its folder)."""
+        try:
+            choice = store.read_meta(self.run_dir).get("packing_choice")
+        except (OSError, WorkbenchError):  # a folder gone or damaged: nothing recorded
+            return None
+        return choice if isinstance(choice, dict) and "reason" in choice else None
 
     @property
     def status(self) -> RunStatus:

@@ -8,7 +8,9 @@ handlers call one :class:`~workbench.train.Run` method each. All text is escaped
 Under the status line, what the run chose for itself, with the reasons (``Run.choices``): the
 batch size ``batch_size="auto"`` picked, and whether it packs its micro-batches. Packing is
 decided at the first step, so a monitor opened earlier says so and picks the decision up with
-the first step's ``train_log`` event; ``run.json`` keeps both for :meth:`from_folder`.
+the first step's ``train_log`` event; ``run.json`` keeps both for :meth:`from_folder`, for a
+run resumed from its folder (until its own first step) and for a launched run, whose rank 0
+decides (it never packs).
 
 Teaching mode (``teaching=True``) adds a "Single step" button (one optimizer step while
 paused) and a heatmap of each transformer block's adapter gradient or weight norm per step
@@ -495,6 +497,7 @@ class TrainingMonitor:
         if self._mine(payload):
             self._add(payload.record)
             self._status = payload.status
+            self._read_decided_packing()
             self._schedule()
         elif payload.run in self._family:
             self._add_relative(payload.run, payload.record)
@@ -503,6 +506,7 @@ class TrainingMonitor:
     def _on_state(self, payload: TrainState) -> None:
         if self._mine(payload):
             self._status = payload.status
+            self._read_decided_packing()
             if payload.status.state.value != "running":
                 self._pending = ""
             self._dispatch(self.refresh)
@@ -663,6 +667,13 @@ class TrainingMonitor:
 
         return findings_html(self.run.diagnostics) if self.run is not None else ""
 
+    def _read_decided_packing(self) -> None:
+        """Re-read ``run.json`` while another process decides packing (a launched run's rank
+        0 records it just after its first step's record): until it is there, on each event."""
+        if "packing" in self._saved or getattr(self.run.loop, "packing", None) is not None:
+            return
+        self._saved = self._read_saved(self.run.run_dir)
+
     @staticmethod
     def _read_saved(run_dir: Path) -> dict[str, Any]:
         from workbench.train import store
@@ -688,15 +699,14 @@ class TrainingMonitor:
         if run is None:
             return dict(self._saved)
         found: dict[str, Any] = {}
-        launched = getattr(run, "launch", None) is not None
         if getattr(run, "batch_size_reason", None):
             found["batch_size"] = (run.spec.batch_size, run.batch_size_reason)
         packing = getattr(run.loop, "packing", None)
         if packing is not None:
             found["packing"] = (packing.on, packing.reason)
-        elif "packing" in self._saved and (self._status.done or launched):
-            found["packing"] = self._saved["packing"]  # this process never stepped the run
-        elif not self._status.done and not launched:
+        elif "packing" in self._saved:  # a launched run's rank 0, or the steps before a resume
+            found["packing"] = self._saved["packing"]
+        elif not self._status.done:
             found["packing"] = None  # the first step decides
         return found
 

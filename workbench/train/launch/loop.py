@@ -11,6 +11,9 @@ run on N processes follows the same loss curve as on one (up to float rounding):
 - the logged loss, the counts and the validation loss are sums over the ranks
   (``accelerator.reduce``), so every rank takes the same decisions (guards, early stopping).
 
+A launched run trains on padded batches (no packing): ``loop.packing`` says so from the
+start, and rank 0 records it in ``run.json`` at the first step like a one-process run.
+
 With DDP (the default) the model runs through accelerate's DDP wrapper around a
 :class:`LossModule`, so the fast loss (logits only at trained positions) is computed inside
 the wrapped forward. With ``sharded`` (``fsdp=True``) the ranks shard the model with FSDP2
@@ -37,9 +40,12 @@ from workbench.train.batches import collate
 from workbench.train.launch.sharded import clip_grad_norm, shard_model
 from workbench.train.loop import TrainLoop
 from workbench.train.loss import token_loss_sum
+from workbench.train.packing import Packing
 from workbench.train.precision import training_precision
 
 __all__ = ["LossModule", "RankLoop", "rank_rows"]
+
+LAUNCHED_PADS = "not packed: a launched run (launch=) trains on padded batches"
 
 
 def rank_rows(rows: list[int], rank: int, world: int) -> list[int]:
@@ -127,6 +133,7 @@ class RankLoop(TrainLoop):
         if sharded:  # before TrainLoop builds the optimizer: it must hold the shards
             self.units = shard_model(model, accelerator.device)
         super().__init__(model, pad_id, train, validation, spec, total_steps)
+        self.packing = Packing(False, LAUNCHED_PADS)  # recorded in run.json like any run's
         if sharded:
             self.wrapped = LossModule(model, False, self.loss_sum)  # through the FSDP hooks
         else:
