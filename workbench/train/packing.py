@@ -68,10 +68,34 @@ class Packing:
     Examples:
         >>> Packing(False, "packing=False").on
         False
+        >>> Packing.recorded({"packing_choice": Packing(True, "packed").record()})
+        Packing(on=True, reason='packed')
     """
 
     on: bool
     reason: str
+
+    def record(self) -> dict[str, Any]:
+        """The decision as ``run.json`` keeps it (its ``packing_choice``).
+
+        Examples:
+            >>> Packing(False, "packing=False").record()
+            {'on': False, 'reason': 'packing=False'}
+        """
+        return {"on": self.on, "reason": self.reason}
+
+    @classmethod
+    def recorded(cls, meta: dict[str, Any]) -> Packing | None:
+        """The decision a run's ``run.json`` (``meta``) records, ``None`` when it has none.
+
+        Examples:
+            >>> Packing.recorded({}) is None, Packing.recorded({"packing_choice": "?"}) is None
+            (True, True)
+        """
+        choice = meta.get("packing_choice")
+        if not isinstance(choice, dict) or "reason" not in choice:
+            return None
+        return cls(bool(choice.get("on")), str(choice["reason"]))
 
 
 def pack(examples: Any, indices: Sequence[int]) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from workbench.events import (
 from workbench.train import store
 from workbench.train.guards import EarlyStopping
 from workbench.train.loop import TrainLoop
+from workbench.train.packing import Packing
 from workbench.train.records import LogRecord, format_record
 from workbench.train.spec import TrainSpec
 from workbench.train.status import TERMINAL, RunState, RunStatus
@@ -228,22 +229,18 @@ class Run:
         found = {}
         if self.batch_size_reason:
             found["batch_size"] = self.batch_size_reason
-        packing = getattr(self.loop, "packing", None)
-        saved = self._saved_packing() if packing is None else None
+        packing = getattr(self.loop, "packing", None) or self._saved_packing()
         if packing is not None:
             found["packing"] = packing.reason
-        elif saved is not None:  # decided by a step this process did not run
-            found["packing"] = saved["reason"]
         return found
 
-    def _saved_packing(self) -> dict[str, Any] | None:
-        """``run.json``'s ``packing_choice``: the decision of a step this process did not
+    def _saved_packing(self) -> Packing | None:
+        """The packing ``run.json`` records: the decision of a step this process did not
         run (a launched run's rank 0, or the run's steps before a resume from its folder)."""
         try:
-            choice = store.read_meta(self.run_dir).get("packing_choice")
+            return Packing.recorded(store.read_meta(self.run_dir))
         except (OSError, WorkbenchError):  # a folder gone or damaged: nothing recorded
             return None
-        return choice if isinstance(choice, dict) and "reason" in choice else None
 
     @property
     def status(self) -> RunStatus:
@@ -1094,11 +1091,10 @@ class Run:
         if packing is None:
             return
         self._packing_kept = True
-        choice = {"on": packing.on, "reason": packing.reason}
         try:
             meta = store.read_meta(self.run_dir)
-            if meta.get("packing_choice") != choice:
-                store.write_meta(self.run_dir, {**meta, "packing_choice": choice})
+            if Packing.recorded(meta) != packing:
+                store.write_meta(self.run_dir, {**meta, "packing_choice": packing.record()})
         except (OSError, SpecError) as err:  # the run goes on; run.choices still says it
             logger.warning("could not record packing in %s/run.json: %s", self.run_dir, err)
 

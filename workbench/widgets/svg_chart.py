@@ -227,7 +227,8 @@ def _thinned(cells: list[tuple[float, float] | None]) -> Sequence[int]:
     slices = MAX_POINTS // 2 - 1
     keep = {0, count - 1}
     for k in range(slices):
-        drawn = [i for i in range(k * count // slices, (k + 1) * count // slices) if cells[i]]
+        span = range(k * count // slices, (k + 1) * count // slices)
+        drawn = [i for i in span if cells[i] is not None]
         if drawn:
             keep.add(min(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]
             keep.add(max(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]

@@ -167,13 +167,15 @@ def _choice_lines(choices: dict[str, Any]) -> list[tuple[str, str]]:
 def _saved_choices(meta: dict[str, Any]) -> dict[str, Any]:
     """The choices a run folder's ``run.json`` records (``batch_size_choice``,
     ``packing_choice``)."""
+    from workbench.train.packing import Packing
+
     found: dict[str, Any] = {}
     if meta.get("batch_size_choice"):
         size = (meta.get("spec") or {}).get("batch_size")
         found["batch_size"] = (size, meta["batch_size_choice"])
-    packing = meta.get("packing_choice")
-    if isinstance(packing, dict) and "reason" in packing:
-        found["packing"] = (bool(packing.get("on")), packing["reason"])
+    packing = Packing.recorded(meta)
+    if packing is not None:
+        found["packing"] = (packing.on, packing.reason)
     return found
 
 
