@@ -609,9 +609,10 @@ class Session:
         """
         from workbench.errors import SpecError
         from workbench.train import TrainSpec, start_run
+        from workbench.train.launch.spec import launch_from_settings
 
         self._check_run_allows("train")
-        launch = _launch_spec(settings)
+        launch = launch_from_settings(settings)
         spec = TrainSpec(**settings)
         if self._adapted is not None:
             raise SpecError(
@@ -680,6 +681,7 @@ class Session:
         on other processes: a one-process run resumes on several, and the other way round.
         """
         from workbench.train import resume_run
+        from workbench.train.launch.spec import resume_launch
         from workbench.train.store import read_meta
 
         self._check_run_allows("resume")
@@ -695,7 +697,7 @@ class Session:
             wait=_blocking(wait),
             model=self.loaded.model,
             tokenizer=self.tokenizer,
-            launch=_resume_launch(launch),
+            launch=resume_launch(launch),
         )
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
@@ -1288,15 +1290,11 @@ class Session:
 
     def _stop_earlier_server(self, port: int) -> None:
         """Stop the server this session folder started on ``port``, if it still holds it."""
-        import contextlib
-        import os
-        import signal
-
-        from workbench.deploy.serve import port_is_free
+        from workbench.deploy.serve import port_is_free, serves_on, stop_serving_process
 
         entry = self._state().get("servers", {}).get(str(port))
         pid = entry.get("pid") if isinstance(entry, dict) else None
-        if port_is_free(port) or not isinstance(pid, int) or not _serves_on(pid, port):
+        if port_is_free(port) or not isinstance(pid, int) or not serves_on(pid, port):
             return  # free, or held by another program: serve_model says which port is in use
         if any(server.process.pid == pid for server in self._servers):
             return  # this session's own server: the caller holds it, and stops it
@@ -1304,14 +1302,7 @@ class Session:
             f"stopping the server this session folder started on port {port} (process {pid}), "
             "still running from an earlier run"
         )
-        for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-            deadline = time.monotonic() + seconds
-            while not port_is_free(port) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if port_is_free(port):
-                return
+        stop_serving_process(pid, port)
 
     def close(self) -> None:
         """Stop the run (saving its checkpoint), the servers, and the session's listeners.
@@ -1341,28 +1332,9 @@ class Session:
         """Score a model on a few validation rows, to show what quantization costs."""
         if self._data is None or not self._data.validation or self._data.is_text:
             return None
-        from workbench.evaluation import run_evaluation
+        from workbench.evaluation.run import answer_scorer
 
-        rows = self._evaluation_rows(None)[:limit]
-        stops = self._answer_stops()
-
-        def score(model, tokenizer) -> dict[str, float]:
-            evaluation = run_evaluation(
-                model,
-                tokenizer,
-                rows,
-                metrics=["exact_match", "rouge"],
-                compare_base=False,
-                max_new_tokens=64,
-                stop_strings=stops,
-            )
-            return {
-                name: s["tuned"]
-                for name, s in evaluation.scores.items()
-                if name in ("exact_match", "rougeL")
-            }
-
-        return score
+        return answer_scorer(self._evaluation_rows(None)[:limit], self._answer_stops())
 
     def _state(self) -> dict:
         return self.folder.state()
@@ -1385,16 +1357,6 @@ _READ_ONLY_CALLS = frozenset(
 _DEFAULT_MESSAGES = ("Hello!", "Write one sentence about the sea.")
 
 
-def _serves_on(pid: int, port: int) -> bool:
-    """True when process ``pid`` is a ``transformers serve`` on ``port`` (read from /proc)."""
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:  # gone, or no /proc (not Linux): never stop what cannot be identified
-        return False
-    after = args[args.index("--port") + 1] if "--port" in args[:-1] else None
-    return "serve" in args and after == str(port) and any("transformers" in a for a in args)
-
-
 def _llama_cpp_available() -> bool:
     import importlib.util
 
@@ -1407,49 +1369,6 @@ def _training_columns(dataset: Any) -> Any:
         return None
     keep = [c for c in ("input_ids", "labels", "attention_mask") if c in dataset.column_names]
     return dataset.select_columns(keep)
-
-
-LAUNCH_OPTIONS = ("processes", "machines", "main_address", "main_port", "fsdp", "accelerate_config")
-
-
-def _launch_spec(settings: dict[str, Any]) -> Any:
-    """Take the launch keywords out of ``settings``: a LaunchSpec, or ``None`` for one process.
-
-    Examples:
-        >>> settings = {"lr": 1e-3, "processes": 2}
-        >>> _launch_spec(settings).processes, settings
-        (2, {'lr': 0.001})
-        >>> _launch_spec({"processes": 1}) is None
-        True
-    """
-    from workbench.train.launch import LaunchSpec
-
-    options = {k: settings.pop(k) for k in LAUNCH_OPTIONS if k in settings}
-    if not options:
-        return None
-    launch = LaunchSpec(**options)
-    alone = launch.world_size == 1 and not launch.fsdp and launch.accelerate_config is None
-    return None if alone else launch
-
-
-def _resume_launch(options: dict[str, Any]) -> Any:
-    """The LaunchSpec of ``resume(folder, processes=...)``; other keywords are refused.
-
-    Examples:
-        >>> _resume_launch({"lr": 1e-3})  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        workbench.errors.SpecError: resume() takes no lr=...: a run resumes with its own ...
-    """
-    from workbench.errors import SpecError
-
-    launch = _launch_spec(options)
-    if options:
-        names = ", ".join(f"{k}=" for k in options)
-        raise SpecError(
-            f"resume() takes no {names}: a run resumes with its own settings (fork a run "
-            f"to change them). It takes where to train: {', '.join(LAUNCH_OPTIONS)}."
-        )
-    return launch
 
 
 def _blocking(wait: bool | None) -> bool:

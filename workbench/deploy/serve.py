@@ -30,7 +30,9 @@ import atexit
 import contextlib
 import json
 import operator
+import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -42,7 +44,15 @@ from pathlib import Path
 
 from workbench.errors import DependencyError, ServeError, SpecError
 
-__all__ = ["ServeError", "Server", "check_port", "port_is_free", "serve_model"]
+__all__ = [
+    "ServeError",
+    "Server",
+    "check_port",
+    "port_is_free",
+    "serve_model",
+    "serves_on",
+    "stop_serving_process",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -85,6 +95,45 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
         except OSError:
             return False
     return True
+
+
+def serves_on(pid: int, port: int) -> bool:
+    """True when process ``pid`` is a ``transformers serve`` on ``port`` (read from /proc).
+
+    A process that cannot be identified (gone, or no /proc: not Linux) is not one: it is
+    never stopped on a guess.
+
+    Examples:
+        >>> serves_on(os.getpid(), 8000)  # this Python process is no server
+        False
+    """
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    after = args[args.index("--port") + 1] if "--port" in args[:-1] else None
+    return "serve" in args and after == str(port) and any("transformers" in a for a in args)
+
+
+def stop_serving_process(pid: int, port: int) -> bool:
+    """Stop process ``pid`` (SIGTERM, then SIGKILL) until ``port`` is free; True when it is.
+
+    For a server started by an earlier kernel: check it with :func:`serves_on` first.
+
+    Examples:
+        >>> server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        >>> stop_serving_process(server.pid, 1), server.wait(5) != 0  # port 1 is never held
+        (True, True)
+    """
+    for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + seconds
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if port_is_free(port):
+            return True
+    return False
 
 
 @dataclass

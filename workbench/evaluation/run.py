@@ -21,7 +21,7 @@ from workbench.evaluation.probes import read_probes
 from workbench.evaluation.results import EvalRow, Evaluation
 from workbench.events import EVAL_DONE, EVAL_PROGRESS, EvalProgress
 
-__all__ = ["EvalSpec", "is_peft_model", "run_evaluation", "validate_rows"]
+__all__ = ["EvalSpec", "answer_scorer", "is_peft_model", "run_evaluation", "validate_rows"]
 
 Role = Literal["base", "tuned"]
 
@@ -370,3 +370,40 @@ def run_evaluation(
         evaluation = evaluation.save(out_dir)
     _emitter(events)(EVAL_DONE, evaluation)
     return evaluation
+
+
+def answer_scorer(
+    rows: Sequence[dict],
+    stop_strings: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("exact_match", "rouge"),
+    keep: Sequence[str] = ("exact_match", "rougeL"),
+    max_new_tokens: int = 64,
+) -> Callable[[Any, Any], dict[str, float]]:
+    """A ``score(model, tokenizer) -> {name: value}`` of a model's answers to ``rows``.
+
+    Each call evaluates the model it is given (no base column) and keeps the scores named in
+    ``keep``: ``Session.quantize`` scores the model before and after quantizing with it.
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM, AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> path = build_tiny_model("/tmp/wb-doc-answer-scorer")
+        >>> model = AutoModelForCausalLM.from_pretrained(path)
+        >>> score = answer_scorer([{"prompt": "Say red.", "reference": "red"}])
+        >>> score(model, AutoTokenizer.from_pretrained(path))  # the tiny model knows nothing
+        {'exact_match': 0.0, 'rougeL': 0.0}
+    """
+
+    def score(model: Any, tokenizer: Any) -> dict[str, float]:
+        evaluation = run_evaluation(
+            model,
+            tokenizer,
+            rows,
+            metrics=list(metrics),
+            compare_base=False,
+            max_new_tokens=max_new_tokens,
+            stop_strings=stop_strings,
+        )
+        return {name: s["tuned"] for name, s in evaluation.scores.items() if name in keep}
+
+    return score

@@ -26,10 +26,20 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["LAUNCH_FOLDER", "LaunchSpec", "free_port", "rank_command"]
+__all__ = [
+    "LAUNCH_FOLDER",
+    "LAUNCH_OPTIONS",
+    "LaunchSpec",
+    "free_port",
+    "launch_from_settings",
+    "rank_command",
+    "resume_launch",
+]
 
 LAUNCH_FOLDER = "launch"  # <run>/launch/machine-<k>.yaml: the accelerate config of machine k
 RANK_MODULE = "workbench.train.launch.rank"
+# The keywords of Session.train()/resume() that say where a run trains (a LaunchSpec's fields).
+LAUNCH_OPTIONS = ("processes", "machines", "main_address", "main_port", "fsdp", "accelerate_config")
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -295,3 +305,43 @@ def rank_environment(follower_pid: int | None = None) -> dict[str, str]:
     if root not in paths:
         env["PYTHONPATH"] = os.pathsep.join([root, *paths])
     return env
+
+
+def launch_from_settings(settings: dict[str, Any]) -> LaunchSpec | None:
+    """Take the launch keywords out of ``settings``: a LaunchSpec, or ``None`` for one process.
+
+    ``Session.train(**settings)`` passes what is left to its :class:`TrainSpec`.
+
+    Examples:
+        >>> settings = {"lr": 1e-3, "processes": 2}
+        >>> launch_from_settings(settings).processes, settings
+        (2, {'lr': 0.001})
+        >>> launch_from_settings({"processes": 1}) is None
+        True
+    """
+    options = {k: settings.pop(k) for k in LAUNCH_OPTIONS if k in settings}
+    if not options:
+        return None
+    launch = LaunchSpec(**options)
+    alone = launch.world_size == 1 and not launch.fsdp and launch.accelerate_config is None
+    return None if alone else launch
+
+
+def resume_launch(options: dict[str, Any]) -> LaunchSpec | None:
+    """The LaunchSpec of ``Session.resume(folder, processes=...)``; other keywords are refused.
+
+    Examples:
+        >>> resume_launch({"processes": 2}).processes
+        2
+        >>> resume_launch({"lr": 1e-3})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: resume() takes no lr=...: a run resumes with its own ...
+    """
+    launch = launch_from_settings(options)
+    if options:
+        names = ", ".join(f"{k}=" for k in options)
+        raise SpecError(
+            f"resume() takes no {names}: a run resumes with its own settings (fork a run "
+            f"to change them). It takes where to train: {', '.join(LAUNCH_OPTIONS)}."
+        )
+    return launch
