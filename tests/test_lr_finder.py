@@ -27,7 +27,7 @@ from workbench.train.lr_finder import (
     skipped_points,
     steepest_index,
 )
-from workbench.widgets.lr_finder_panel import LRFinderPanel, svg_line_chart
+from workbench.widgets.lr_finder_panel import LRFinderPanel
 
 PAIRS = [("cat", "red"), ("dog", "green"), ("bird", "blue"), ("fish", "apple")]
 CHEAP = {"num_steps": 30, "batch_size": 4}  # a sweep of ~1 s on the tiny models
@@ -345,13 +345,8 @@ def test_the_panel_marks_the_suggested_rate_on_the_curve(tiny_gpt2_dir):
     np.testing.assert_allclose(gaps, gaps[0], atol=0.11)
 
 
-def test_every_label_in_the_chart_and_panel_is_escaped():
+def test_every_label_in_the_panel_is_escaped_the_charts_in_test_svg_chart():
     bad = '<script>alert("x")</script>'
-    lines = [(bad, [1.0, 2.0], '"><script>')]
-    labels = {"title": bad, "x_label": bad, "y_label": bad, "marker": (1e-4, 1.0, bad)}
-    svg = svg_line_chart([1e-4, 1e-3], lines, log_x=True, **labels)
-    # title x3 (aria-label, <title>, heading), axes x2, line label x2, marker, colour x2
-    assert "<script" not in svg and svg.count("&lt;script&gt;") == 10
     result = LRFinderResult.from_curve([1e-4, 1e-3, 1e-2], [3.0, 1.0, 0.9], adapter=bad)
     html = LRFinderPanel(result).html()
     assert "<script" not in html and "&lt;script&gt;" in html

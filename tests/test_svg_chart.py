@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from workbench.train.lr_finder import LRFinderResult
 from workbench.widgets import _snapshot, lr_finder_panel, svg_chart
 from workbench.widgets.svg_chart import bar_chart, histogram_chart, line_chart, svg_img
 
@@ -237,22 +238,12 @@ def test_svg_img_is_a_data_uri_image_of_the_chart():
 def test_the_snapshot_and_the_lr_finder_draw_with_this_module():
     assert _snapshot.line_chart is line_chart and _snapshot.svg_img is svg_img
     assert _snapshot.bar_chart is bar_chart and _snapshot.histogram_chart is histogram_chart
-    svg = lr_finder_panel.svg_line_chart(
-        [1e-4, 1e-3, 1e-2],
-        [("loss", [3.0, 1.0, 0.9], "#9aa5b1"), ("smoothed", [3.0, 1.0, 0.9], "#1f77b4")],
-        log_x=True,
-        marker=(1e-4, 3.0, "suggested 1.0e-4"),
-    )
-    assert parse(svg).get("class") == "wb-chart"
-    assert svg == line_chart(
-        [
-            {"name": "loss", "x": [1e-4, 1e-3, 1e-2], "y": [3.0, 1.0, 0.9], "color": "#9aa5b1"}
-            | {"width": 1},
-            {"name": "smoothed", "x": [1e-4, 1e-3, 1e-2], "y": [3.0, 1.0, 0.9]}
-            | {"color": "#1f77b4", "width": 2},
-        ],
-        width=640,
-        height=340,
-        log_x=True,
-        markers=[{"x": 1e-4, "y": 3.0, "label": "suggested 1.0e-4", "color": "#d62728"}],
-    )
+    assert lr_finder_panel.line_chart is line_chart
+    result = LRFinderResult.from_curve([1e-4, 1e-3, 1e-2], [3.0, 1.0, 0.9], 0.0)
+    root = parse(lr_finder_panel.LRFinderPanel(result).svg())
+    assert root.get("class") == "wb-chart"
+    lines = root.iter(f"{NS}path")
+    labels = [p.get("data-label") for p in lines if p.get("class") == "wb-chart-line"]
+    assert labels == ["loss", "smoothed"]
+    markers = [g for g in root.iter(f"{NS}g") if g.get("class") == "wb-chart-marker"]
+    assert [g.get("data-x") for g in markers] == [str(result.suggested_lr)]

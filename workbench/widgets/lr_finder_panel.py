@@ -1,8 +1,8 @@
 """LRFinderPanel: the loss-versus-learning-rate curve of a sweep, the suggested rate marked.
 
 A view of an :class:`~workbench.train.lr_finder.LRFinderResult`. The chart is a small SVG
-(:func:`svg_line_chart`, drawn by :func:`workbench.widgets.svg_chart.line_chart`: log x axis,
-raw and smoothed loss, a dashed line and a dot at the suggested rate) shown as an image of a
+(drawn by :func:`workbench.widgets.svg_chart.line_chart`: log x axis, raw and smoothed loss,
+a dashed line and a dot at the suggested rate) shown as an image of a
 data URI, so the same picture is the notebook widget, the static ``text/html`` snapshot (no
 script, no CDN: it survives nbconvert, GitHub's viewer and an untrusted notebook's
 sanitizer) and, as text, the ``text/plain`` fallback. ipywidgets
@@ -26,7 +26,6 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 from workbench._display import text_table
@@ -34,67 +33,12 @@ from workbench.train.lr_finder import format_lr
 from workbench.widgets._html import escape
 from workbench.widgets.svg_chart import line_chart, svg_img
 
-__all__ = ["LRFinderPanel", "svg_line_chart"]
+__all__ = ["LRFinderPanel"]
 
 RAW_COLOR = "#9aa5b1"
 SMOOTH_COLOR = "#1f77b4"
 MARKER_COLOR = "#d62728"
 TEXT_ROWS = 8  # curve points listed in the text fallback
-
-
-def svg_line_chart(
-    x: Sequence[float],
-    lines: Sequence[tuple[str, Sequence[float], str]],
-    log_x: bool = False,
-    marker: tuple[float, float | None, str] | None = None,
-    title: str = "",
-    x_label: str = "",
-    y_label: str = "",
-    y_range: tuple[float, float] | None = None,
-    width: int = 640,
-    height: int = 340,
-) -> str:
-    """The sweep's chart: lines over one shared ``x``, drawn by :func:`.svg_chart.line_chart`.
-
-    Args:
-        x: The x value of each point (all > 0 with ``log_x``).
-        lines: ``(label, y values, colour)`` per line, each one pixel wider than the one
-            before; non-finite values break the line, and values outside ``y_range`` are drawn
-            at its edge.
-        log_x: A logarithmic x axis (ticks at powers of ten).
-        marker: ``(x, y or None, label)``: a red dashed vertical line at ``x``, a dot at ``y``.
-        title: Shown above the plot.
-        x_label: Under the x axis.
-        y_label: Beside the y axis.
-        y_range: The y axis range (default: all finite values, padded 5%).
-        width: Pixels.
-        height: Pixels.
-
-    Examples:
-        >>> svg = svg_line_chart([1e-3, 1e-2, 1e-1], [("<loss>", [3.0, 2.0, 2.5], "#000")],
-        ...                      log_x=True, marker=(1e-2, 2.0, "a & b"))
-        >>> svg.count("<path"), "&lt;loss&gt;" in svg, "a &amp; b" in svg, ">1e-2<" in svg
-        (1, True, True, True)
-    """
-    series = [
-        {"name": label, "x": x, "y": ys, "color": colour, "width": 1 + k}
-        for k, (label, ys, colour) in enumerate(lines)
-    ]
-    markers = []
-    if marker is not None:
-        at, y, label = marker
-        markers.append({"x": at, "y": y, "label": label, "color": MARKER_COLOR})
-    return line_chart(
-        series,
-        title=title,
-        x_label=x_label,
-        y_label=y_label,
-        width=width,
-        height=height,
-        log_x=log_x,
-        markers=markers,
-        y_range=y_range,
-    )
 
 
 class LRFinderPanel:
@@ -135,14 +79,22 @@ class LRFinderPanel:
         shown = r.smoothed[:-1] if r.diverged_at is not None and len(r.smoothed) > 2 else r.smoothed
         high = max(v for v in shown if math.isfinite(v))
         y_range = None if high <= low else (low - 0.05 * (high - low), high + 0.05 * (high - low))
-        return svg_line_chart(
-            r.lrs,
-            [("loss", r.losses, RAW_COLOR), ("smoothed", r.smoothed, SMOOTH_COLOR)],
-            log_x=True,
-            marker=(r.suggested_lr, smoothed, f"suggested {format_lr(r.suggested_lr)}"),
+        lines = [("loss", r.losses, RAW_COLOR), ("smoothed", r.smoothed, SMOOTH_COLOR)]
+        series = [  # the smoothed line one pixel wider
+            {"name": name, "x": r.lrs, "y": ys, "color": colour, "width": 1 + k}
+            for k, (name, ys, colour) in enumerate(lines)
+        ]
+        label = f"suggested {format_lr(r.suggested_lr)}"
+        marker = {"x": r.suggested_lr, "y": smoothed, "label": label, "color": MARKER_COLOR}
+        return line_chart(
+            series,
             title="Learning-rate finder",
             x_label="learning rate (log scale)",
             y_label="training loss",
+            width=640,
+            height=340,
+            log_x=True,
+            markers=[marker],
             y_range=y_range,
         )
 
