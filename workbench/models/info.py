@@ -112,7 +112,8 @@ def lora_target_names(model) -> tuple[str, ...]:
 
     Counts ``torch.nn.Linear`` (bitsandbytes' 4-bit and 8-bit layers subclass it) and
     transformers' ``Conv1D`` (GPT-2), and leaves out the output layer, as peft's
-    ``target_modules="all-linear"`` does.
+    ``target_modules="all-linear"`` does, and the mixture-of-experts routers that the
+    workbench's ``"all-linear"`` leaves out (:func:`workbench.train.core.linear_routers`).
 
     Examples:
         >>> from transformers import AutoModelForCausalLM
@@ -125,11 +126,16 @@ def lora_target_names(model) -> tuple[str, ...]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
+    from workbench.train.core import linear_routers
+
     output = model.get_output_embeddings()
     output = getattr(output, "base_layer", output)  # peft may wrap the output layer too
+    routers = set(linear_routers(model))
     names = set()
     for name, module in model.named_modules():
         if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is output:
+            continue
+        if name in routers:
             continue
         parts = name.split(".")
         if any(part.startswith("lora_") for part in parts):

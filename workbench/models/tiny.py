@@ -22,8 +22,8 @@ from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
-TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3"]
-TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3")
+TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3", "llama4"]
+TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3", "llama4")
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -101,6 +101,10 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         return transformers.LlamaConfig(**shape, **common)
     if architecture == "qwen2":
         return transformers.Qwen2Config(**shape, **common)
+    if architecture == "llama4":  # mixture of experts, its router a linear layer of its own
+        return transformers.Llama4TextConfig(
+            **shape, intermediate_size_mlp=hidden * 2, num_local_experts=4, **common
+        )
     return transformers.Gemma3TextConfig(
         **shape, head_dim=16, sliding_window=64, query_pre_attn_scalar=16, **common
     )
@@ -121,7 +125,8 @@ def build_tiny_model(
 
     Args:
         path: Folder to create (replaced if it exists).
-        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"`` or ``"gemma3"``.
+        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"gemma3"`` or
+            ``"llama4"`` (Llama 4's text model: mixture-of-experts layers with a router).
         hidden: Hidden size; attention heads are ``hidden // 16``.
         layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.

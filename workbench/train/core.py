@@ -33,6 +33,7 @@ __all__ = [
     "add_neftune",
     "enable_checkpointing",
     "epoch_batches",
+    "linear_routers",
     "lora_config",
     "make_trainable",
     "optimizer_groups",
@@ -216,10 +217,38 @@ def enable_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
+def linear_routers(model: Any) -> list[str]:
+    """Full names of mixture-of-experts routers that are linear layers with their own forward.
+
+    Llama 4's and Phi-3.5-MoE's routers subclass ``torch.nn.Linear`` but return a tuple
+    (scores, logits): peft's ``"all-linear"`` would wrap them and the wrapper fails on the
+    tuple, so :func:`make_trainable` leaves them out of the adapter (a router stays frozen).
+
+    Examples:
+        >>> import torch
+        >>> class TopKRouter(torch.nn.Linear):
+        ...     def forward(self, x):
+        ...         return super().forward(x).softmax(-1), super().forward(x)
+        >>> block = torch.nn.ModuleDict({"up": torch.nn.Linear(4, 4), "router": TopKRouter(4, 2)})
+        >>> linear_routers(block)
+        ['router']
+    """
+    import torch
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and type(module) is not torch.nn.Linear
+        and "router" in type(module).__name__.lower()
+    ]
+
+
 def make_trainable(model: Any, lora: Any | None) -> Any:
     """Attach a peft adapter for the ``LoraConfig`` ``lora``, or train every weight if ``None``.
 
-    Seed torch first: the adapter's initial weights come from its generator.
+    Seed torch first: the adapter's initial weights come from its generator. With
+    ``target_modules="all-linear"``, the :func:`linear_routers` are excluded.
 
     Returns:
         The model to train, in training mode.
@@ -233,8 +262,14 @@ def make_trainable(model: Any, lora: Any | None) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
         return model.train()
+    import copy
+
     from peft import get_peft_model
 
+    routers = linear_routers(model) if lora.target_modules == "all-linear" else []
+    if routers:
+        lora = copy.copy(lora)
+        lora.exclude_modules = sorted({*(lora.exclude_modules or ()), *routers})
     return get_peft_model(model, lora).train()
 
 
