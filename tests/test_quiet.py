@@ -115,3 +115,22 @@ def test_inside_this_process_the_filters_are_scoped_to_workbench_frames(tiny_mod
         logger.warning("%s: No module named 'kernels' (outside)", KERNELS)
     assert [r.getMessage().rsplit(" ", 1)[-1] for r in caplog.records] == ["(inside)", "(outside)"]
     assert caplog.records[0].getMessage().startswith("a different")
+
+
+def test_peft_s_own_fused_expert_patterns_are_quiet_inside_workbench_calls(tmp_path):
+    from peft import get_peft_model
+
+    from workbench.models.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "moe", "qwen3_moe")
+    lora = LoRA(r=4, dropout=0.0).to_peft()
+    unmatched = "rank_pattern keys did not match any targeted module"
+    with warnings.catch_warnings(record=True) as caught:
+        quiet_third_party()
+        warnings.filterwarnings("always", append=True)  # after ours: show the rest each time
+        make_trainable(AutoModelForCausalLM.from_pretrained(folder), lora)
+        quiet = [str(w.message) for w in caught]
+        get_peft_model(AutoModelForCausalLM.from_pretrained(folder), lora)  # the user's own
+        shown = [str(w.message) for w in caught]
+    assert not any(unmatched in m for m in quiet), quiet
+    assert any(unmatched in m for m in shown), shown

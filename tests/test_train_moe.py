@@ -1,9 +1,12 @@
-"""A mixture-of-experts model trains with the default ``target="all-linear"``.
+"""Mixture-of-experts models train with the default LoRA (``target="all-linear"``).
 
-Llama 4's router subclasses ``torch.nn.Linear`` but returns a tuple; peft's "all-linear"
-wrapped it and the first forward failed (``'tuple' object has no attribute 'dtype'``).
-The workbench leaves such routers out of the adapter, in the notebook's run and in the
-standalone script alike (both go through ``train/core.py``).
+Two shapes of transformers 5 MoE broke peft's "all-linear" at the first forward or at
+wrapping: Llama 4's router subclasses ``torch.nn.Linear`` but returns a tuple (``'tuple'
+object has no attribute 'dtype'``), and the fused 3D expert weights of Qwen3-MoE, OLMoE and
+Mixtral, which peft adapts through a ``ParamWrapper`` that refuses the default dropout
+(``lora.ParamWrapper does not work with lora_dropout != 0``). The workbench leaves such
+routers out and trains fused experts without dropout, saying so; the notebook's run and the
+standalone script share this (``train/core.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import pytest
 import torch
 
 from workbench import Session
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WorkbenchWarning
 from workbench.models.tiny import build_tiny_model
 from workbench.train.checkpoint import latest_checkpoint
 from workbench.train.core import linear_routers
@@ -25,52 +28,92 @@ ROWS = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}"} for i in ra
 
 
 @pytest.fixture(scope="module")
-def llama4_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama4", "llama4")
+def moe_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return {a: build_tiny_model(root / a, a) for a in ("llama4", "qwen3_moe")}
 
 
-def test_a_moe_model_trains_with_its_routers_left_out_of_the_adapter(llama4_dir, tmp_path):
+def _trained(folder, tmp_path, steps=4):
     s = Session(tmp_path / "session", verbose=False)
-    info = s.load_model(str(llama4_dir))
+    s.load_model(str(folder))
+    s.load_data(ROWS)
+    run = s.train(max_steps=steps, lr=5e-3, batch_size=4, wait=True)
+    assert run.state.value == "finished", run.status.error
+    return s, run
+
+
+def _saved_adapter_config(run):
+    return json.loads(
+        (latest_checkpoint(run.run_dir) / "adapter" / "adapter_config.json").read_text()
+    )
+
+
+def _learned(run):
+    losses = [r.loss for r in run.history if r.kind == "train"]
+    return len(losses) == 4 and all(map(math.isfinite, losses)) and losses[-1] < losses[0]
+
+
+def test_a_router_that_returns_a_tuple_is_left_out_of_the_adapter(moe_dirs, tmp_path):
+    s = Session(tmp_path / "info", verbose=False)
+    info = s.load_model(str(moe_dirs["llama4"]))
     assert linear_routers(s.model) == ROUTERS
     assert "router" not in info.lora_targets and "q_proj" in info.lora_targets
-    s.load_data(ROWS)
-    run = s.train(max_steps=4, lr=5e-3, batch_size=4, wait=True)
-    assert run.state.value == "finished", run.status.error
-    losses = [r.loss for r in run.history if r.kind == "train"]
-    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
-    assert losses[-1] < losses[0]  # it learned something through the adapted layers
 
+    s, run = _trained(moe_dirs["llama4"], tmp_path)
+    assert _learned(run)
     names = [name for name, _ in s.model.named_modules()]
     assert not [n for n in names if ".router.lora_" in n]  # the router was not wrapped
     assert [n for n in names if n.endswith("self_attn.q_proj.lora_A")]  # the rest was
-    last = latest_checkpoint(run.run_dir)
-    saved = json.loads((last / "adapter" / "adapter_config.json").read_text())
+    saved = _saved_adapter_config(run)
     assert any(name.endswith("q_proj") for name in saved["target_modules"])
     assert sorted(saved["exclude_modules"]) == ROUTERS  # so plain peft loads it the same way
 
 
-def test_the_exported_adapter_loads_in_plain_peft(llama4_dir, tmp_path):
+def test_fused_experts_train_without_dropout_and_the_run_says_so(moe_dirs, tmp_path):
+    with pytest.warns(WorkbenchWarning, match=r"LoRA dropout 0.05 -> 0: .*qwen3_moe.*gate_up_proj"):
+        s, run = _trained(moe_dirs["qwen3_moe"], tmp_path)
+    assert _learned(run)
+    notes = [r.message for r in run.history if r.kind == "warning"]
+    assert len(notes) == 1 and "fused expert weights" in notes[0]
+    meta = json.loads((run.run_dir / "run.json").read_text())
+    assert meta["spec"]["lora"]["dropout"] == 0.0  # what it trained with, for resume and fork
+    saved = _saved_adapter_config(run)
+    assert saved["lora_dropout"] == 0.0
+    assert {"gate_up_proj", "down_proj"} <= set(saved["target_parameters"])
+    experts = s.model.base_model.model.model.layers[0].mlp.experts
+    assert type(experts).__name__ == "ParamWrapper"  # the experts themselves are adapted
+
+
+def test_a_moe_models_lr_sweep_runs_with_the_default_lora(moe_dirs, tmp_path):
+    s = Session(tmp_path / "session", verbose=False)
+    s.load_model(str(moe_dirs["qwen3_moe"]))
+    s.load_data(ROWS)
+    result = s.find_lr(num_steps=6, batch_size=4)
+    assert len(result.lrs) == len(result.losses) > 0 and math.isfinite(result.suggested_lr)
+    assert not hasattr(s.model, "peft_config")  # the sweep's temporary adapter is gone
+
+
+@pytest.mark.parametrize("architecture", ["llama4", "qwen3_moe"])
+def test_the_exported_adapter_loads_in_plain_peft(moe_dirs, tmp_path, architecture):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    s = Session(tmp_path / "session", verbose=False)
-    s.load_model(str(llama4_dir))
-    s.load_data(ROWS)
-    s.train(max_steps=2, lr=5e-3, batch_size=4, wait=True)
+    s, _ = _trained(moe_dirs[architecture], tmp_path, steps=2)
     folder = s.export("export/adapter", format="adapter")
-    base = AutoModelForCausalLM.from_pretrained(llama4_dir)
-    plain = PeftModel.from_pretrained(base, folder).eval()
+    base = AutoModelForCausalLM.from_pretrained(moe_dirs[architecture]).eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
+        untrained = base(input_ids=ids).logits
+        plain = PeftModel.from_pretrained(base, folder).eval()
         ours = s.model.eval()(input_ids=ids).logits
         theirs = plain(input_ids=ids).logits
+    assert float((ours - untrained).abs().max()) > 1e-4  # training moved it
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
 
 
-def test_a_router_named_as_a_target_is_refused_with_the_layers_there_are(llama4_dir, tmp_path):
+def test_a_router_named_as_a_target_is_refused_with_the_layers_there_are(moe_dirs, tmp_path):
     s = Session(tmp_path / "session", verbose=False)
-    s.load_model(str(llama4_dir))
+    s.load_model(str(moe_dirs["llama4"]))
     s.load_data(ROWS)
     with pytest.raises(SpecError, match=r"LoRA target \['router'\] not found.*'q_proj'"):
         s.train(max_steps=1, lora={"target": ("router",)}, wait=True)

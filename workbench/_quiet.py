@@ -1,6 +1,6 @@
-"""Hide two known third-party messages that are noise to a workbench user, and only those.
+"""Hide three known third-party messages that are noise to a workbench user, and only those.
 
-Two libraries print into every training cell, and neither message is the user's to act on:
+Two libraries print into training cells, and none of these messages is the user's to act on:
 
 * bitsandbytes (0.50, ``bitsandbytes/backends/cpu/ops.py``) logs a warning on its logger
   ``bitsandbytes.backends.cpu.ops`` when it is first imported on a CPU with AVX512-BF16 and
@@ -11,6 +11,12 @@ Two libraries print into every training cell, and neither message is the user's 
   is deprecated`` whenever the property is read. The workbench never reads it: peft's
   ``PeftModel.__init__`` does (``getattr(model, "is_gradient_checkpointing", True)``), inside
   ``get_peft_model``, on every run.
+* peft (0.21, ``tuners/tuners_utils.py``) warns ``RuntimeWarning: The following rank_pattern
+  keys did not match any targeted module and were ignored: ['.*\\.gate_up_proj']`` (and the
+  same of ``alpha_pattern``) when it adapts a transformers 5 mixture of experts' fused expert
+  weights (Qwen3-MoE, OLMoE, Mixtral): its own v4-to-v5 conversion of ``"all-linear"`` adds
+  those patterns. The workbench's ``LoRA`` sets no rank or alpha pattern, so inside a
+  workbench call the patterns are always peft's own.
 
 **Scope.** A message is hidden only while workbench code is on the call stack of the thread
 that emits it (a ``workbench.*`` module's frame: ``Session.train`` and what it calls, the
@@ -25,16 +31,17 @@ documented as not thread-safe. Instead both filters are installed once and never
 
 * a :class:`logging.Filter` on the one logger ``bitsandbytes.backends.cpu.ops``, which drops a
   record when its text starts with the known message and the stack holds a workbench frame;
-* one entry appended to ``warnings.filters`` (``ignore``, ``FutureWarning``, module
-  ``transformers.modeling_utils``) whose message matcher accepts the deprecation text only when
-  the stack holds a workbench frame. ``warnings`` calls the entry's ``.match(text)`` (a
+* one entry per warning appended to ``warnings.filters`` (``ignore``, its category and
+  module: ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
+  ``peft.tuners.tuners_utils``) whose message matcher accepts the known text only when the
+  stack holds a workbench frame. ``warnings`` calls the entry's ``.match(text)`` (a
   compiled regex, or any object with that method); an ``ignore`` does not record the warning
   in the module's ``__warningregistry__``, so a later user-side call still shows it.
 
 The stack is the emitting thread's own, so the rule needs no shared state, nothing to
 restore, and holds in any thread. The entry is appended, after the user's own filters: a user
 who asks for ``warnings.simplefilter("always")`` sees everything, as they asked.
-:func:`quiet_third_party` installs both (again if a ``catch_warnings`` block or
+:func:`quiet_third_party` installs them all (again if a ``catch_warnings`` block or
 ``resetwarnings()`` dropped the entry); it runs when this module is first imported (by
 ``models/loading.py``, so by ``import workbench``) and again where a model is loaded and where
 a run starts.
@@ -72,6 +79,10 @@ BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 _BNB_KERNELS = re.compile(r"Failed to load CPU gemm_4bit_forward from kernels-community\b")
 _GC_DEPRECATED = re.compile(r"`is_gradient_checkpointing` is deprecated", re.IGNORECASE)
 _TRANSFORMERS_MODULE = re.compile(r"transformers\.modeling_utils\Z")
+_PEFT_FUSED_PATTERNS = re.compile(
+    r"The following (rank|alpha)_pattern keys did not match any targeted module"
+)
+_PEFT_MODULE = re.compile(r"peft\.tuners\.tuners_utils\Z")
 _lock = threading.Lock()
 
 
@@ -124,27 +135,25 @@ class _ScopedLogFilter(logging.Filter):
         return not (self.pattern.match(record.getMessage()) and in_workbench_call(2))
 
 
-_GC_ENTRY: tuple[Any, ...] = (
-    "ignore",
-    _ScopedMessage(_GC_DEPRECATED),
-    FutureWarning,
-    _TRANSFORMERS_MODULE,
-    0,
+_WARNING_ENTRIES: tuple[tuple[Any, ...], ...] = (
+    ("ignore", _ScopedMessage(_GC_DEPRECATED), FutureWarning, _TRANSFORMERS_MODULE, 0),
+    ("ignore", _ScopedMessage(_PEFT_FUSED_PATTERNS), RuntimeWarning, _PEFT_MODULE, 0),
 )
 _BNB_FILTER = _ScopedLogFilter(_BNB_KERNELS)
 
 
 def quiet_third_party() -> None:
-    """Install the two scoped filters (idempotent, cheap: call it before noisy work).
+    """Install the scoped filters (idempotent, cheap: call it before noisy work).
 
     Examples:
         >>> quiet_third_party(); quiet_third_party()
-        >>> sum(entry is _GC_ENTRY for entry in warnings.filters)
-        1
+        >>> [sum(entry is ours for entry in warnings.filters) for ours in _WARNING_ENTRIES]
+        [1, 1]
     """
     with _lock:
-        if not any(entry is _GC_ENTRY for entry in warnings.filters):
-            warnings.filters.append(_GC_ENTRY)  # after the user's own filters: theirs win
+        for ours in _WARNING_ENTRIES:
+            if not any(entry is ours for entry in warnings.filters):
+                warnings.filters.append(ours)  # after the user's own filters: theirs win
         logger = logging.getLogger(BNB_LOGGER)  # exists before bitsandbytes is imported
         if _BNB_FILTER not in logger.filters:
             logger.addFilter(_BNB_FILTER)

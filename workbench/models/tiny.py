@@ -22,8 +22,8 @@ from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
-TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3", "llama4"]
-TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3", "llama4")
+TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3", "llama4", "qwen3_moe"]
+TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3", "llama4", "qwen3_moe")
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -105,6 +105,10 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         return transformers.Llama4TextConfig(
             **shape, intermediate_size_mlp=hidden * 2, num_local_experts=4, **common
         )
+    if architecture == "qwen3_moe":  # mixture of experts, the experts fused in 3D weights
+        return transformers.Qwen3MoeConfig(
+            **shape, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, **common
+        )
     return transformers.Gemma3TextConfig(
         **shape, head_dim=16, sliding_window=64, query_pre_attn_scalar=16, **common
     )
@@ -125,8 +129,9 @@ def build_tiny_model(
 
     Args:
         path: Folder to create (replaced if it exists).
-        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"gemma3"`` or
-            ``"llama4"`` (Llama 4's text model: mixture-of-experts layers with a router).
+        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"gemma3"``, or
+            a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
+            layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
         layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.

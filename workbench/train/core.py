@@ -31,6 +31,7 @@ __all__ = [
     "MEGABATCH",
     "BatchPlan",
     "add_neftune",
+    "dropout_free_targets",
     "enable_checkpointing",
     "epoch_batches",
     "linear_routers",
@@ -242,6 +243,34 @@ def linear_routers(model: Any) -> list[str]:
         and type(module) is not torch.nn.Linear
         and "router" in type(module).__name__.lower()
     ]
+
+
+def dropout_free_targets(model: Any, lora: Any) -> list[str]:
+    """The weights peft adapts for the ``LoraConfig`` ``lora`` that cannot take dropout.
+
+    On transformers 5, peft maps ``"all-linear"`` (and the v4 expert names) of some
+    mixture-of-experts models (Mixtral, OLMoE, Qwen3-MoE...) onto their fused expert weights,
+    3D parameters it adapts with a ``ParamWrapper``, which refuses ``lora_dropout != 0``. An
+    empty list when peft adapts no such weight, or cannot say (an older peft).
+
+    Examples:
+        >>> import torch
+        >>> from peft import LoraConfig
+        >>> dropout_free_targets(torch.nn.Linear(2, 2), LoraConfig(target_modules="all-linear"))
+        []
+    """
+    import copy
+
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+    except ImportError:  # a peft without the transformers 5 mapping adapts no fused experts
+        return []
+    probe = copy.deepcopy(lora)
+    try:
+        convert_peft_config_for_transformers(probe, model=model, conversions=None)
+    except (ValueError, AttributeError, TypeError):  # peft's own error comes with the real call
+        return []
+    return sorted(set(probe.target_parameters or ()) - set(lora.target_parameters or ()))
 
 
 def make_trainable(model: Any, lora: Any | None) -> Any:

@@ -71,7 +71,13 @@ from workbench.train.core import IGNORE_INDEX, BatchPlan, pad_id
 from workbench.train.guards import is_out_of_memory, out_of_memory_error
 from workbench.train.loss import token_loss_sum
 from workbench.train.precision import training_precision
-from workbench.train.prepare import add_neftune, check_model, optimizer_groups, wrap_model
+from workbench.train.prepare import (
+    add_neftune,
+    check_model,
+    fit_spec_to_model,
+    optimizer_groups,
+    wrap_model,
+)
 from workbench.train.spec import TrainSpec
 
 __all__ = [
@@ -460,6 +466,7 @@ def _prepare(model: Any, spec: TrainSpec, settings: Mapping[str, Any]) -> tuple[
 
     if not hasattr(model, "peft_config"):
         check_model(model, spec)
+        spec, _ = fit_spec_to_model(model, spec)  # a sweep of a few steps: no need to warn
         return wrap_model(model, spec), "full" if spec.method == "full" else "temporary"
     if spec.method == "full" or "lora" in settings:
         given = "method='full'" if spec.method == "full" else "lora="

@@ -18,6 +18,7 @@ Examples:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from workbench.errors import DependencyError, SpecError
@@ -29,6 +30,7 @@ from workbench.train.spec import TrainSpec
 __all__ = [
     "add_neftune",
     "check_model",
+    "fit_spec_to_model",
     "is_4bit",
     "is_quantized",
     "optimizer_groups",
@@ -124,6 +126,37 @@ def check_model(model: Any, spec: TrainSpec) -> None:
         )
         raise SpecError(msg)
     _check_target(model, spec)
+
+
+def fit_spec_to_model(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | None]:
+    """``spec`` as ``model`` can train it, and what was changed and why (``None``: nothing).
+
+    A mixture of experts whose experts peft adapts as fused 3D weights (Mixtral, OLMoE,
+    Qwen3-MoE on transformers 5) takes no LoRA dropout there, and peft refuses the whole
+    adapter otherwise: the run trains with ``dropout=0`` and says so.
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-moe", architecture="qwen3_moe")
+        >>> model = AutoModelForCausalLM.from_pretrained(folder)
+        >>> fitted, why = fit_spec_to_model(model, TrainSpec())
+        >>> fitted.lora.dropout, why  # doctest: +ELLIPSIS
+        (0.0, "LoRA dropout 0.05 -> 0: peft adapts qwen3_moe's fused expert weights (down_proj, ...
+        >>> fit_spec_to_model(model, fitted) == (fitted, None)
+        True
+    """
+    if spec.method == "full" or not spec.lora.dropout:
+        return spec, None
+    fused = core.dropout_free_targets(model, spec.lora.to_peft())
+    if not fused:
+        return spec, None
+    kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    why = (
+        f"LoRA dropout {spec.lora.dropout:g} -> 0: peft adapts {kind}'s fused expert weights "
+        f"({', '.join(fused)}) only without dropout"
+    )
+    return dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
 
 
 def wrap_model(model: Any, spec: TrainSpec) -> Any:

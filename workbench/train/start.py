@@ -48,7 +48,7 @@ from workbench.train.checkpoint import (
 )
 from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
-from workbench.train.prepare import add_neftune, check_model, wrap_model
+from workbench.train.prepare import add_neftune, check_model, fit_spec_to_model, wrap_model
 from workbench.train.records import LogRecord
 from workbench.train.run import Run
 from workbench.train.spec import TrainSpec
@@ -74,9 +74,14 @@ def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
         f"skipped {len(empty)} training example(s) with no trained token (rows {shown}): "
         "their loss would be a silent 0.0. Often truncation cut the whole answer."
     )
-    warnings.warn(text, WorkbenchWarning, stacklevel=3)
-    record = LogRecord(kind="warning", step=0, epoch=0.0, message=text)
-    return train.subset(np.flatnonzero(counts > 0)), [record]
+    return train.subset(np.flatnonzero(counts > 0)), [_warned(text, depth=2)]
+
+
+def _warned(text: str, depth: int = 1) -> LogRecord:
+    """Warn the caller of ``start_run`` (``depth`` calls up) now; the record keeps it in the
+    run's history."""
+    warnings.warn(text, WorkbenchWarning, stacklevel=2 + depth)
+    return LogRecord(kind="warning", step=0, epoch=0.0, message=text)
 
 
 def _check_inputs(spec: Any, validation: Examples | None, probes: Any) -> None:
@@ -171,7 +176,10 @@ def start_run(
     check_model(model, spec)
     launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
+    spec, fitted = fit_spec_to_model(model, spec)
     kept, notes = _drop_untrained(train)
+    if fitted:
+        notes.insert(0, _warned(f"{fitted}; the run's spec says so."))
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     total = spec.total_steps(len(kept))
     meta = {
