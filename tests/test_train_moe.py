@@ -117,3 +117,25 @@ def test_a_router_named_as_a_target_is_refused_with_the_layers_there_are(moe_dir
     s.load_data(ROWS)
     with pytest.raises(SpecError, match=r"LoRA target \['router'\] not found.*'q_proj'"):
         s.train(max_steps=1, lora={"target": ("router",)}, wait=True)
+
+
+def test_a_qlora_moe_exports_what_it_computes_and_keeps_its_own_weights(moe_dirs, tmp_path):
+    # A 4-bit base whose adapter also covers float weights (the fused experts, the router's
+    # weight): those merge with peft's arithmetic, the 4-bit layers are dequantized.
+    from transformers import AutoModelForCausalLM
+
+    s = Session(tmp_path / "session", verbose=False)
+    s.load_model(str(moe_dirs["qwen3_moe"]), quantization="4bit")
+    s.load_data(ROWS)
+    with pytest.warns(WorkbenchWarning, match="fused expert weights"):
+        run = s.train(method="qlora", max_steps=3, lr=5e-3, batch_size=4, wait=True)
+    assert run.state.value == "finished", run.status.error
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        before = s.model.eval()(input_ids=ids).logits
+        folder = s.export("export/merged")
+        after = s.model(input_ids=ids).logits
+        exported = AutoModelForCausalLM.from_pretrained(folder).eval()(input_ids=ids).logits
+    assert torch.equal(before, after)  # the session's model is as it was, bit for bit
+    torch.testing.assert_close(exported, before, rtol=1e-4, atol=1e-5)
+    assert "quantization_config" not in json.loads((folder / "config.json").read_text())

@@ -77,7 +77,9 @@ def merge_adapter(model: Any) -> Any:
     if getattr(base, "hf_quantizer", None) is None:
         return model.merge_and_unload()
     _replace_quantized_layers(model)
-    merged = model.get_base_model()
+    # What is left adapts float weights (a layer or a mixture of experts' 3D weights that
+    # bitsandbytes did not quantize): peft merges those with its own arithmetic.
+    merged = model.merge_and_unload()
     if hasattr(merged, "peft_config"):
         del merged.peft_config
     # Every quantized layer is now a float one: only drop the quantization config so the
@@ -123,7 +125,7 @@ def plain_model(model: Any) -> Any:
     # Deep-copy the module tree only: each tensor maps to itself, so the copy shares them.
     tensors = [*model.parameters(), *model.buffers()]
     shell = copy.deepcopy(model, memo={id(t): t for t in tensors})
-    if adapted and not quantized:
+    if adapted:
         _own_adapted_weights(shell)
     if adapted:
         return merge_adapter(shell)
@@ -133,10 +135,11 @@ def plain_model(model: Any) -> Any:
 
 
 def _own_adapted_weights(model: Any) -> None:
-    """Give each adapted layer of ``model`` its own copy of its base weights to merge into.
+    """Give each adapted float layer of ``model`` its own copy of its base weights to merge into.
 
     peft merges in place (``weight.data += delta``); the copies keep that away from the
-    tensors ``model`` shares with the caller's model.
+    tensors ``model`` shares with the caller's model. A bitsandbytes base is left as it is:
+    it is dequantized into a new layer instead.
     """
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -145,6 +148,8 @@ def _own_adapted_weights(model: Any) -> None:
         if not isinstance(module, BaseTunerLayer):
             continue
         base = module.get_base_layer()
+        if _is_bnb_layer(base):
+            continue
         for name, param in list(base._parameters.items()):
             if param is not None:
                 base._parameters[name] = torch.nn.Parameter(
@@ -157,15 +162,18 @@ def _is_bnb_layer(module: Any) -> bool:
 
 
 def _replace_quantized_layers(model: Any) -> None:
-    """Replace each adapted or bare bitsandbytes layer by a float Linear (base + delta)."""
+    """Replace each bitsandbytes layer, adapted or bare, by a float Linear (base + delta).
+
+    Adapters over float weights stay, for peft to merge.
+    """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    tuner_names = [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    tuners = {n: m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
     targets = [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, BaseTunerLayer)
-        or (_is_bnb_layer(module) and not any(name.startswith(f"{t}.") for t in tuner_names))
+        if (name in tuners and _is_bnb_layer(module.get_base_layer()))
+        or (_is_bnb_layer(module) and not any(name.startswith(f"{t}.") for t in tuners))
     ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
