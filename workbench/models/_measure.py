@@ -92,7 +92,7 @@ def _peak_bytes(device: str) -> int:
 
 def _load(args: dict):
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
     dtype = torch.float32 if args["device"] == "cpu" else torch.bfloat16
@@ -105,9 +105,21 @@ def _load(args: dict):
         model.enable_input_require_grads()
     if args["method"] != "full":
         lora = LoraConfig(r=args["lora_r"], target_modules="all-linear", task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        return _training_core().make_trainable(model, lora)  # MoE routers left out, as in runs
     model.train()
     return model
+
+
+def _training_core():
+    """``workbench/train/core.py`` loaded from its file, as the standalone script does: the
+    child imports nothing else of the workbench, so its baseline stays a plain process's."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "train" / "core.py"
+    spec = importlib.util.spec_from_file_location("train_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _child(args: dict) -> dict:

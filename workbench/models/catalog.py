@@ -19,7 +19,49 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["CATALOG", "ModelFacts", "facts_from_config", "get_facts"]
+__all__ = ["CATALOG", "Experts", "ModelFacts", "facts_from_config", "get_facts"]
+
+
+@dataclass(frozen=True)
+class Experts:
+    """The mixture-of-experts part of a model: what replaces the MLP in its expert blocks.
+
+    transformers 5 stores each block's experts as fused 3D weights, which bitsandbytes does
+    not quantize and ``"all-linear"`` LoRA adapts only where peft maps them (``adapted``).
+
+    Attributes:
+        count: Routed experts per expert block (``num_local_experts``, ``num_experts``).
+        per_token: Experts each token is routed to (``num_experts_per_tok``).
+        intermediate: Width of one expert's MLP (``moe_intermediate_size``, else
+            ``intermediate_size``).
+        layers: Blocks with experts; the others keep the dense MLP.
+        shared_intermediate: Width of the shared expert MLP beside them (0: none).
+        all_computed: Every token goes through every expert, weighted by its router score
+            (Llama 4), so ``per_token`` does not bound the compute.
+        adapted: peft adapts the fused expert weights (and the router's) under
+            ``target="all-linear"``: one rank-r LoRA per expert.
+        fused_at_load: The checkpoint stores the experts one by one and transformers fuses
+            them into the 3D weights while loading (a copy, not a view of the file).
+
+    Examples:
+        >>> from transformers import Qwen3MoeConfig
+        >>> facts_from_config(Qwen3MoeConfig(num_hidden_layers=4, num_experts=8)).experts.layers
+        4
+    """
+
+    count: int
+    per_token: int
+    intermediate: int
+    layers: int
+    shared_intermediate: int = 0
+    all_computed: bool = False
+    adapted: bool = False
+    fused_at_load: bool = False
+
+    @property
+    def routed(self) -> int:
+        """Experts that compute each token."""
+        return self.count if self.all_computed else self.per_token
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,7 @@ class ModelFacts:
         gated_mlp: The MLP has gate, up and down projections (SwiGLU/GeGLU); ``False`` for
             the two-matrix MLP of GPT-2 style models.
         license: The model's license, as its model card states it.
+        experts: The mixture of experts, ``None`` for a dense model.
     """
 
     name: str
@@ -56,12 +99,19 @@ class ModelFacts:
     tied_embeddings: bool
     gated_mlp: bool = True
     license: str = ""
+    experts: Experts | None = None
 
-    def linear_shapes(self) -> tuple[tuple[int, int], ...]:
+    def _mlp_shapes(self, width: int) -> tuple[tuple[int, int], ...]:
+        up = (self.hidden, width)
+        return (*((up, up) if self.gated_mlp else (up,)), (width, self.hidden))
+
+    def linear_shapes(self, expert_block: bool = False) -> tuple[tuple[int, int], ...]:
         """(in_features, out_features) of each linear layer in one block.
 
         These are the layers peft's ``target_modules="all-linear"`` adapts and that
-        bitsandbytes quantizes (q, k, v, o, then gate, up, down; or fc_in, fc_out).
+        bitsandbytes quantizes (q, k, v, o, then gate, up, down; or fc_in, fc_out). In an
+        expert block (``expert_block=True``) the MLP is the shared expert's, if any: the
+        experts themselves are fused 3D weights, not linear layers.
 
         Returns:
             One ``(in, out)`` pair per linear layer of a block.
@@ -72,14 +122,39 @@ class ModelFacts:
         """
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         attention = ((self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
-        up = (self.hidden, self.intermediate)
-        mlp = (up, up) if self.gated_mlp else (up,)
-        return (*attention, *mlp, (self.intermediate, self.hidden))
+        if not expert_block:
+            return (*attention, *self._mlp_shapes(self.intermediate))
+        shared = self.experts.shared_intermediate if self.experts else 0
+        return (*attention, *(self._mlp_shapes(shared) if shared else ()))
+
+    @property
+    def expert_layers(self) -> int:
+        """Blocks whose MLP is a mixture of experts (0 for a dense model)."""
+        return self.experts.layers if self.experts else 0
+
+    def _per_block(self, count: Any) -> int:
+        """``count(expert_block)`` summed over the model's dense and expert blocks."""
+        dense = self.layers - self.expert_layers
+        return dense * count(False) + self.expert_layers * count(True)
 
     @property
     def block_linear_params(self) -> int:
         """Weights of all linear layers in all blocks: the part that 4/8-bit quantizes."""
-        return self.layers * sum(i * o for i, o in self.linear_shapes())
+        return self._per_block(lambda moe: sum(i * o for i, o in self.linear_shapes(moe)))
+
+    @property
+    def expert_params(self) -> int:
+        """Weights of the fused experts and their routers (kept in float when quantized).
+
+        Examples:
+            >>> get_facts("mistral-7b").expert_params
+            0
+        """
+        if self.experts is None:
+            return 0
+        one = sum(i * o for i, o in self._mlp_shapes(self.experts.intermediate))
+        router = self.hidden * self.experts.count
+        return self.experts.layers * (self.experts.count * one + router)
 
     @property
     def embedding_params(self) -> int:
@@ -100,8 +175,8 @@ class ModelFacts:
     def params(self) -> int:
         """All weights of the model (biases and small extras left out)."""
         return (
-            self.block_linear_params + self.embedding_params + self.lm_head_params
-            + self.norm_params
+            self.block_linear_params + self.expert_params + self.embedding_params
+            + self.lm_head_params + self.norm_params
         )  # fmt: skip
 
     def lora_params(self, r: int) -> int:
@@ -109,6 +184,7 @@ class ModelFacts:
 
         Each adapted ``in -> out`` layer gets ``A: r x in`` and ``B: out x r``, so
         ``r * (in + out)`` weights (Hu et al. 2021, https://arxiv.org/abs/2106.09685).
+        Experts peft adapts get one such pair per expert and fused weight, and the router one.
 
         Args:
             r: LoRA rank.
@@ -120,7 +196,21 @@ class ModelFacts:
             >>> get_facts("gemma-3-270m").lora_params(8)
             1898496
         """
-        return self.layers * r * sum(i + o for i, o in self.linear_shapes())
+        linear = self._per_block(lambda moe: r * sum(i + o for i, o in self.linear_shapes(moe)))
+        if self.experts is None or not self.experts.adapted:
+            return linear
+        experts = self.experts
+        # peft maps "all-linear" onto the experts by the MLP's layer names, which takes the
+        # dense blocks' MLP (same names) off the adapter: measured on Qwen3-MoE, peft 0.21.
+        dense_mlp = self._mlp_shapes(self.intermediate)
+        linear -= (self.layers - experts.layers) * r * sum(i + o for i, o in dense_mlp)
+        one = sum(i + o for i, o in self._mlp_shapes(experts.intermediate))
+        if self.gated_mlp:
+            # gate and up are one fused (hidden -> 2 x width) weight, which peft adapts at
+            # rank 2r (one r for each of the two it replaces): 2 * (h + 2w) + (w + h)
+            one = 3 * self.hidden + 5 * experts.intermediate
+        router = self.hidden + experts.count
+        return linear + experts.layers * r * (experts.count * one + router)
 
 
 # Values copied from each hub id's config.json (all gated-MLP models). Gemma 3 1B checks
@@ -238,10 +328,99 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
     model_type = getattr(text, "model_type", "") or "unknown"
     hub_id = getattr(config, "name_or_path", "") or ""
+    experts = _experts(text, layers)
+    if experts is not None and not getattr(text, "moe_intermediate_size", None):
+        # intermediate_size is the experts' width; a dense block (if any) has its own
+        inter = getattr(text, "intermediate_size_mlp", None) or inter
     return ModelFacts(
         name=name or hub_id or model_type, hub_id=hub_id, architecture=model_type,
         layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         intermediate=inter or 4 * hidden, vocab=vocab,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-        gated_mlp=model_type not in _PLAIN_MLP,
+        gated_mlp=model_type not in _PLAIN_MLP, experts=experts,
     )  # fmt: skip
+
+
+# Mixture-of-experts config keys, as transformers' MoE configs name them.
+_EXPERT_KEYS = {
+    "count": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
+    "per_token": ("num_experts_per_tok", "moe_topk", "top_k"),
+}
+# Model types whose every token goes through every expert (measured with saved-tensor hooks:
+# Llama 4's activations grow with the number of experts, not with num_experts_per_tok).
+_ALL_EXPERTS_COMPUTED = {"llama4", "llama4_text"}
+
+
+def _first_int(config: Any, keys: tuple[str, ...]) -> int:
+    for key in keys:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def _expert_layer_count(config: Any, layers: int) -> int:
+    """Blocks with experts: all, unless the config names dense ones."""
+    listed = getattr(config, "moe_layers", None)
+    if isinstance(listed, (list, tuple)):
+        return len(listed)
+    dense = set(getattr(config, "mlp_only_layers", None) or ())
+    step = getattr(config, "decoder_sparse_step", None) or 1
+    first_dense = getattr(config, "first_k_dense_replace", None) or 0
+    return sum(
+        1 for i in range(layers) if i not in dense and (i + 1) % step == 0 and i >= first_dense
+    )
+
+
+def _experts(config: Any, layers: int) -> Experts | None:
+    count = _first_int(config, _EXPERT_KEYS["count"])
+    if count <= 1:
+        return None
+    model_type = getattr(config, "model_type", "")
+    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    shared = getattr(config, "shared_expert_intermediate_size", None) or 0
+    shared = shared or (getattr(config, "n_shared_experts", None) or 0) * width
+    if model_type in _ALL_EXPERTS_COMPUTED:
+        shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
+    return Experts(
+        count=count,
+        per_token=_first_int(config, _EXPERT_KEYS["per_token"]) or 1,
+        intermediate=width,
+        layers=_expert_layer_count(config, layers),
+        shared_intermediate=shared,
+        all_computed=model_type in _ALL_EXPERTS_COMPUTED,
+        adapted=_peft_adapts_experts(config),
+        fused_at_load=_fused_at_load(model_type),
+    )
+
+
+def _fused_at_load(model_type: str) -> bool:
+    """Whether transformers merges per-expert checkpoint weights into 3D ones at load."""
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        mapping = get_checkpoint_conversion_mapping(model_type) or []
+    except (ImportError, KeyError, ValueError):
+        return False
+    operations = (type(op).__name__ for rule in mapping for op in getattr(rule, "operations", []))
+    return "MergeModulelist" in operations
+
+
+def _peft_adapts_experts(config: Any) -> bool:
+    """Whether peft's ``"all-linear"`` adapts this model's fused expert weights.
+
+    Asked of the model itself, built on the meta device (no memory, no weights).
+    """
+    try:
+        import torch
+        from peft import LoraConfig
+        from transformers import AutoModelForCausalLM
+
+        from workbench.train.core import dropout_free_targets
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ImportError, ValueError, TypeError, KeyError, AttributeError, RuntimeError):
+        return False  # a config transformers cannot build: count the experts as frozen
+    lora = LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM")
+    return bool(dropout_free_targets(model, lora))

@@ -334,14 +334,31 @@ def _resolve_dtype(dtype: str, device: str) -> str:
 def _weights(plan: _Plan) -> int:
     """Base weights; Linear layers of the blocks quantized, embeddings/norms/lm_head not."""
     facts = plan.facts
+    fused = _fused_checkpoint_pages(plan)
     if plan.quantization is None:
-        return facts.params * plan.compute_bytes
-    quantized = facts.block_linear_params
+        return facts.params * plan.compute_bytes + fused
+    quantized = facts.block_linear_params  # the experts' 3D weights are not Linear layers
     kept = facts.params - quantized  # bitsandbytes skips the output layer and embeddings
-    total = quantized * _QUANT_BYTES[plan.quantization] + kept * plan.compute_bytes
+    total = quantized * _QUANT_BYTES[plan.quantization] + kept * plan.compute_bytes + fused
     if plan.device == "cpu":
         total += quantized * (plan.checkpoint_bytes + _CPU_QUANTIZE_WORK_BYTES)
     return int(total)
+
+
+def _fused_checkpoint_pages(plan: _Plan) -> int:
+    """CPU: checkpoint pages that stay resident beside experts fused while loading.
+
+    A float weight loaded as it is stored aliases the memory-mapped checkpoint (counted
+    once). Experts stored one by one and fused into 3D weights at load (transformers 5's
+    conversion for Qwen2/3-MoE, OLMoE, Mixtral, DeepSeek...) are new memory, and the
+    checkpoint pages read for them stay resident too (measured: loading a 108M-weight
+    Qwen3-MoE in float32 peaked at 2.2x its weights above the imports; GraniteMoE, stored
+    fused, at 0x: its weights were not even read yet).
+    """
+    experts = plan.facts.experts
+    if plan.device != "cpu" or experts is None or not experts.fused_at_load:
+        return 0
+    return plan.facts.expert_params * plan.checkpoint_bytes
 
 
 def _trainable(plan: _Plan) -> tuple[int, int]:
@@ -357,18 +374,53 @@ def _optimizer(plan: _Plan) -> int:
     return count * _OPTIMIZER_STATES[plan.optimizer] * per_state
 
 
-def _block_elements(plan: _Plan) -> tuple[int, int]:
+def _block_elements(plan: _Plan, expert_block: bool = False) -> tuple[int, int]:
     """Saved elements per token of one block: (float32 norm part, compute-dtype part)."""
     facts = plan.facts
     family = "gemma" if facts.architecture in _GEMMA else "gated"
     c_h, c_q, c_kv, c_i = _COEFFS[family if facts.gated_mlp else "plain"]
     rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
-    rest += c_i * facts.intermediate
+    if expert_block:
+        rest += _expert_elements(facts.experts, facts.hidden)
+        rest += c_i * facts.experts.shared_intermediate
+    else:
+        rest += c_i * facts.intermediate
     if not facts.gated_mlp or plan.eager_attention:
         rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
     if plan.method != "full":
-        rest += plan.lora_r * len(facts.linear_shapes())
+        rest += plan.lora_r * len(facts.linear_shapes(expert_block))
     return c_h * facts.hidden, rest  # RMSNorm/LayerNorm compute in float32
+
+
+# Saved elements per token of a block's experts, counted with torch's saved-tensor hooks on
+# transformers 5.24 + peft 0.21 (OLMoE, Qwen3-MoE, Mixtral, GraniteMoE, Qwen2-MoE, Llama 4;
+# 8-16 experts, top-2/4, widths 64-128): for each expert that computes the token, 3 x width
+# + hidden (4 x width + 2 x hidden where peft adapts the fused weights, which it computes
+# as base + LoRA), and hidden + experts for the routing (2 x hidden + experts when adapted).
+# Within 4% of the counts but GraniteMoE (+15%) and Mixtral (+11%), which save less.
+_EXPERT_SLOT = {False: (3, 1), True: (4, 2)}  # (x width, x hidden) per computing expert
+_EXPERT_ROUTING = {False: 1, True: 2}  # x hidden per token
+
+
+def _expert_elements(experts: Any, hidden: int) -> int:
+    per_width, per_hidden = _EXPERT_SLOT[experts.adapted]
+    slot = per_width * experts.intermediate + per_hidden * hidden
+    return experts.routed * slot + _EXPERT_ROUTING[experts.adapted] * hidden + experts.count
+
+
+def _adapted_expert_copies(plan: _Plan) -> int:
+    """Bytes of the merged expert weights peft keeps for backward, where it adapts them.
+
+    peft computes adapted fused experts with ``base + delta`` weights, a full copy per block
+    saved for backward (the hook counts: exactly one expert weight set per block), and one
+    more block's worth as the gradient of that copy in backward.
+    """
+    experts = plan.facts.experts
+    if experts is None or not experts.adapted or plan.method == "full":
+        return 0
+    per_block = plan.facts.expert_params // max(experts.layers, 1)
+    kept = 1 if plan.gradient_checkpointing else experts.layers
+    return (kept + 1) * per_block * plan.compute_bytes
 
 
 # The workbench's loss (workbench.train.loss) applies the output layer only to trained rows,
@@ -386,15 +438,23 @@ def _logits(plan: _Plan) -> int:
 
 def _activations(plan: _Plan) -> int:
     """Saved block activations times the allocator factor, plus the logits' copies."""
-    norm_part, rest = _block_elements(plan)
-    block = plan.tokens * (norm_part * 4 + rest * plan.compute_bytes)
+
+    def block(expert_block: bool) -> int:
+        norm_part, rest = _block_elements(plan, expert_block)
+        return plan.tokens * (norm_part * 4 + rest * plan.compute_bytes)
+
+    facts = plan.facts
     if plan.gradient_checkpointing:
         # Only each block's input is kept; one block at a time is recomputed in backward.
-        kept = plan.facts.layers * plan.tokens * plan.facts.hidden * plan.compute_bytes
-        saved = kept + block
+        kept = facts.layers * plan.tokens * facts.hidden * plan.compute_bytes
+        saved = kept + max(block(False), block(True) if facts.expert_layers else 0)
     else:
-        saved = plan.facts.layers * block
-    return int(saved * _ALLOCATOR_FACTOR[plan.device]) + _logits(plan)
+        dense = facts.layers - facts.expert_layers
+        saved = dense * block(False) + (
+            facts.expert_layers * block(True) if dense < facts.layers else 0
+        )
+    allocated = int(saved * _ALLOCATOR_FACTOR[plan.device]) + _adapted_expert_copies(plan)
+    return allocated + _logits(plan)
 
 
 def estimate_memory(
