@@ -90,3 +90,14 @@ def test_a_4bit_base_keeps_its_experts_in_float(moe_folders):
     # pages read to fuse them stay resident beside them.
     assert quantized.weights > 2 * facts.expert_params * 4
     assert plain.weights - quantized.weights < facts.block_linear_params * 4
+
+
+def test_fsdp_gathers_a_whole_expert_block(moe_folders):
+    folder = moe_folders["qwen3_moe"]
+    facts = facts_from_config(AutoConfig.from_pretrained(folder))
+    one = estimate_memory(folder, device="cuda", method="full")
+    sharded = estimate_memory(folder, device="cuda", method="full", processes=4, fsdp=True)
+    gathered = sharded.weights - -(-one.weights // 4)
+    per_expert_block = facts.expert_params // facts.experts.layers
+    assert gathered >= per_expert_block * 2  # bf16: the block's experts come whole
+    assert gathered < 1.2 * facts.largest_block_params * 2

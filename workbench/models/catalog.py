@@ -143,6 +143,22 @@ class ModelFacts:
         return self._per_block(lambda moe: sum(i * o for i, o in self.linear_shapes(moe)))
 
     @property
+    def largest_block_params(self) -> int:
+        """Weights of the largest block (with its experts): what FSDP gathers at once.
+
+        Examples:
+            >>> facts = get_facts("mistral-7b")
+            >>> facts.largest_block_params * facts.layers == facts.block_linear_params
+            True
+        """
+        dense = sum(i * o for i, o in self.linear_shapes())
+        if self.experts is None:
+            return dense
+        experts = self.expert_params // max(self.experts.layers, 1)
+        moe = sum(i * o for i, o in self.linear_shapes(True)) + experts
+        return max(moe, dense if self.layers > self.experts.layers else 0)
+
+    @property
     def expert_params(self) -> int:
         """Weights of the fused experts and their routers (kept in float when quantized).
 

@@ -550,8 +550,7 @@ def _shared(est: MemoryEstimate, plan: _Plan, processes: int, fsdp: bool) -> Mem
     parts = {"weights": est.weights, "adapter": est.adapter, "gradients": est.gradients}
     parts["optimizer"] = est.optimizer
     if fsdp:
-        block = est.weights * plan.facts.block_linear_params // max(plan.facts.params, 1)
-        block //= max(plan.facts.layers, 1)
+        block = est.weights * plan.facts.largest_block_params // max(plan.facts.params, 1)
         parts = {name: -(-value // processes) for name, value in parts.items()}
         parts["weights"] += block  # the unit being computed is gathered whole
     else:
