@@ -58,6 +58,10 @@ def test_a_router_that_returns_a_tuple_is_left_out_of_the_adapter(moe_dirs, tmp_
     info = s.load_model(str(moe_dirs["llama4"]))
     assert linear_routers(s.model) == ROUTERS
     assert "router" not in info.lora_targets and "q_proj" in info.lora_targets
+    assert info.experts == (
+        "4 in every block, all compute every token, one shared; LoRA leaves the experts frozen"
+    )
+    assert ("experts", info.experts) in info.rows()
 
     s, run = _trained(moe_dirs["llama4"], tmp_path)
     assert _learned(run)
@@ -73,6 +77,7 @@ def test_fused_experts_train_without_dropout_and_the_run_says_so(moe_dirs, tmp_p
     with pytest.warns(WorkbenchWarning, match=r"LoRA dropout 0.05 -> 0: .*qwen3_moe.*gate_up_proj"):
         s, run = _trained(moe_dirs["qwen3_moe"], tmp_path)
     assert _learned(run)
+    assert s.model_info().experts == "4 in every block, 2 per token; LoRA adapts each expert"
     notes = [r.message for r in run.history if r.kind == "warning"]
     assert len(notes) == 1 and "fused expert weights" in notes[0]
     meta = json.loads((run.run_dir / "run.json").read_text())

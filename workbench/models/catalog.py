@@ -63,6 +63,20 @@ class Experts:
         """Experts that compute each token."""
         return self.count if self.all_computed else self.per_token
 
+    def describe(self, layers: int) -> str:
+        """One line for a model's facts table (``layers``: the model's block count).
+
+        Examples:
+            >>> Experts(16, 2, 512, 3, adapted=True).describe(4)
+            '16 in 3 of 4 blocks, 2 per token; LoRA adapts each expert'
+        """
+        where = "every block" if self.layers == layers else f"{self.layers} of {layers} blocks"
+
+        routing = "all compute every token" if self.all_computed else f"{self.per_token} per token"
+        shared = ", one shared" if self.shared_intermediate else ""
+        lora = "LoRA adapts each expert" if self.adapted else "LoRA leaves the experts frozen"
+        return f"{self.count} in {where}, {routing}{shared}; {lora}"
+
 
 @dataclass(frozen=True)
 class ModelFacts:

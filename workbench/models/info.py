@@ -39,6 +39,8 @@ class ModelInfo:
         context_length: ``max_position_embeddings`` of the config, when it has one.
         lora_targets: Short names of the linear layers LoRA can adapt.
         terms: Licence note for built-in weights, else empty.
+        experts: For a mixture of experts, how many, how tokens are routed and whether
+            LoRA adapts them; ``None`` for a dense model.
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -67,6 +69,7 @@ class ModelInfo:
     context_length: int | None
     lora_targets: tuple[str, ...]
     terms: str = ""
+    experts: str | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """The facts as ``(label, value)`` pairs, in display order.
@@ -96,6 +99,8 @@ class ModelInfo:
             ("context length", self.context_length),
             ("LoRA targets", ", ".join(self.lora_targets)),
         ]
+        if self.experts:
+            rows.insert(9, ("experts", self.experts))
         if self.terms:
             rows.append(("terms", self.terms))
         return [(label, "-" if value is None else str(value)) for label, value in rows]
@@ -186,7 +191,19 @@ def model_info(loaded) -> ModelInfo:
         context_length=_config_value(config, "max_position_embeddings", "n_positions"),
         lora_targets=lora_target_names(model),
         terms=builtin.terms if builtin else "",
+        experts=_experts_line(config),
     )
+
+
+def _experts_line(config) -> str | None:
+    from workbench.errors import SpecError
+    from workbench.models.catalog import facts_from_config
+
+    try:
+        facts = facts_from_config(config)
+    except SpecError:  # a config without the usual sizes: no expert facts to show either
+        return None
+    return facts.experts.describe(facts.layers) if facts.experts else None
 
 
 def _config_value(config, *names: str) -> int | None:
