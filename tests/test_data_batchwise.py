@@ -481,7 +481,7 @@ def test_malformed_rows_are_reported_the_same_by_file_line_and_field(tmp_path, c
     lines = [json.dumps(r) for r in alpaca_rows(rng, strict=False)]
     lines[3] = '{"instruction": "no output"}'
     lines[7] = "not json at all"
-    lines[9] = '{"instruction": 5, "output": "x"}'
+    lines[9] = '{"instruction": false, "output": "x"}'  # a number would be its text
     lines[11] = "[1, 2]"
     lines.insert(13, "")  # a blank line still counts as a line
     path = tmp_path / "data.jsonl"

@@ -148,7 +148,7 @@ def test_validation_fraction_is_seeded_and_second_source_works(tmp_path, tokeniz
 BAD_LINES = [
     ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n', 2, None, "not valid JSON"),
     ('{"question": "a", "answer": "b"}\n{"question": "c"}\n', 2, "answer", "missing"),
-    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": 5}\n', 2, "answer", "string"),
+    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": true}\n', 2, "answer", "bool"),
     (
         '{"question": "a", "answer": "b"}\n{"question": "c", "answer": ["x"]}\n',
         2,
@@ -172,6 +172,23 @@ def test_bad_rows_raise_with_file_line_and_field(
     assert len(data.train) == 2
     (problem,) = [p for p in data.report().problems if p.kind == "malformed"]
     assert problem.row == line and problem.split == "source" and words in problem.message
+
+
+def test_numbers_are_their_text_in_json_and_csv(tmp_path, tokenizer, cache_dir):
+    # Math and classification sets store answers as numbers; a CSV column of digits is read
+    # as integers. Each becomes its text (a bool or NaN would be a guess: refused above).
+    rows = [{"question": f"{i} + {i}?", "answer": 2 * i if i % 2 else f"{2 * i}"} for i in range(6)]
+    rows[1]["answer"] = 2.5
+    from_json = load(write_jsonl(tmp_path / "mixed.jsonl", rows), tokenizer, cache_dir)
+    csv = tmp_path / "numbers.csv"
+    csv.write_text("question,answer\n" + "".join(f"{i} + {i}?,{2 * i}\n" for i in range(6)))
+    from_csv = load(csv, tokenizer, cache_dir)
+
+    def answers(data):
+        return sorted(data.example(i).answer for i in range(len(data.train)))
+
+    assert answers(from_json) == sorted(str(row["answer"]) for row in rows)  # '2.5' included
+    assert answers(from_csv) == sorted(str(2 * i) for i in range(6))
 
 
 def test_unknown_role_and_non_utf8(tmp_path, tokenizer, cache_dir):

@@ -59,7 +59,7 @@ def test_data_calls_without_data_or_model(tmp_path):
 
 def test_bad_row_names_file_line_and_field(session, tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": 5}\n')
+    path.write_text('{"question": "a", "answer": "b"}\n{"question": "c", "answer": {"x": 5}}\n')
     with pytest.raises(wb.DataError, match=r"bad.jsonl.*line 2.*answer"):
         session.load_data(str(path))
     assert not list(session.run_dir.glob("data-cache/**/*.arrow.tmp*"))

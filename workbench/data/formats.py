@@ -20,10 +20,14 @@ Examples:
     ('qa', {'prompt': 'question', 'answer': 'answer'})
     >>> fmt.normalise({"question": "2+2?", "answer": "4"}, plan).messages[1]
     {'role': 'assistant', 'content': '4'}
+    >>> fmt.normalise({"question": "2+2?", "answer": 4}, plan).messages[1]  # a number's text
+    {'role': 'assistant', 'content': '4'}
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -124,6 +128,11 @@ def _string(
 def _text_parts(value: Any, field: str) -> str:
     if isinstance(value, str):
         return value
+    # A number is its text ("answer": 42, as math and classification sets store them); a
+    # bool or a non-finite float is refused: its text would be a guess.
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if number and (isinstance(value, numbers.Integral) or math.isfinite(value)):
+        return str(value)
     # OpenAI-style content parts: [{"type": "text", "text": "..."}]
     if (
         isinstance(value, list)
