@@ -149,6 +149,7 @@ BAD_LINES = [
     ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": \n', 2, None, "not valid JSON"),
     ('{"question": "a", "answer": "b"}\n{"question": "c"}\n', 2, "answer", "missing"),
     ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": true}\n', 2, "answer", "bool"),
+    ('{"question": "a", "answer": "b"}\n{"question": "c", "answer": NaN}\n', 2, "answer", "nan"),
     (
         '{"question": "a", "answer": "b"}\n{"question": "c", "answer": ["x"]}\n',
         2,
