@@ -205,7 +205,14 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
             f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
         )
     if turn.get(content_key) is None:
-        raise RowError(f"{where}.{content_key}", "missing")
+        why = "missing"
+        if turn.get("tool_calls") or turn.get("function_call"):
+            why = (
+                "missing: this turn calls a tool (tool_calls), and conversations with tool "
+                "calls are not supported yet; skip such rows (on_error='skip') or give the "
+                "turn its text"
+            )
+        raise RowError(f"{where}.{content_key}", why)
     content = _text_parts(turn[content_key], f"{where}.{content_key}")
     if not content.strip() and role != "system":
         empty.append(f"{where}.{content_key}")
