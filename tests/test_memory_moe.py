@@ -101,3 +101,17 @@ def test_fsdp_gathers_a_whole_expert_block(moe_folders):
     per_expert_block = facts.expert_params // facts.experts.layers
     assert gathered >= per_expert_block * 2  # bf16: the block's experts come whole
     assert gathered < 1.2 * facts.largest_block_params * 2
+
+
+def test_a_moe_config_transformers_does_not_know_still_counts_its_experts(tmp_path):
+    import json
+
+    config = {
+        "model_type": "someones_moe", "num_hidden_layers": 4, "hidden_size": 256,
+        "num_attention_heads": 4, "vocab_size": 1000, "intermediate_size": 512,
+        "num_local_experts": 8, "num_experts_per_tok": 2,
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    est = estimate_memory(tmp_path, device="cuda")
+    experts = 4 * 8 * 3 * 256 * 512  # layers x experts x (gate, up, down)
+    assert est.weights >= experts * 2  # bf16, and frozen: peft cannot be asked of this model

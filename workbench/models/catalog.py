@@ -71,7 +71,6 @@ class Experts:
             '16 in 3 of 4 blocks, 2 per token; LoRA adapts each expert'
         """
         where = "every block" if self.layers == layers else f"{self.layers} of {layers} blocks"
-
         routing = "all compute every token" if self.all_computed else f"{self.per_token} per token"
         shared = ", one shared" if self.shared_intermediate else ""
         lora = "LoRA adapts each expert" if self.adapted else "LoRA leaves the experts frozen"
@@ -358,7 +357,7 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
     model_type = getattr(text, "model_type", "") or "unknown"
     hub_id = getattr(config, "name_or_path", "") or ""
-    experts = _experts(text, layers)
+    experts = _experts(text, layers, inter or 4 * hidden)
     if experts is not None and not getattr(text, "moe_intermediate_size", None):
         # intermediate_size is the experts' width; a dense block (if any) has its own
         inter = getattr(text, "intermediate_size_mlp", None) or inter
@@ -402,12 +401,12 @@ def _expert_layer_count(config: Any, layers: int) -> int:
     )
 
 
-def _experts(config: Any, layers: int) -> Experts | None:
+def _experts(config: Any, layers: int, intermediate: int) -> Experts | None:
     count = _first_int(config, _EXPERT_KEYS["count"])
     if count <= 1:
         return None
     model_type = getattr(config, "model_type", "")
-    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
+    width = getattr(config, "moe_intermediate_size", None) or intermediate
     shared = getattr(config, "shared_expert_intermediate_size", None) or 0
     shared = shared or (getattr(config, "n_shared_experts", None) or 0) * width
     if model_type in _ALL_EXPERTS_COMPUTED:
