@@ -127,7 +127,6 @@ def plain_model(model: Any) -> Any:
     shell = copy.deepcopy(model, memo={id(t): t for t in tensors})
     if adapted:
         _own_adapted_weights(shell)
-    if adapted:
         return merge_adapter(shell)
     _replace_quantized_layers(shell)
     shell.hf_quantizer.remove_quantization_config(shell)

@@ -145,15 +145,24 @@ class ModelFacts:
         """Blocks whose MLP is a mixture of experts (0 for a dense model)."""
         return self.experts.layers if self.experts else 0
 
-    def _per_block(self, count: Any) -> int:
-        """``count(expert_block)`` summed over the model's dense and expert blocks."""
+    def sum_over_blocks(self, count: Any) -> int:
+        """``count(expert_block)`` summed over the model's blocks, dense and expert ones.
+
+        ``count`` is asked only of the kinds of block the model has.
+
+        Examples:
+            >>> facts = get_facts("gemma-3-270m")
+            >>> facts.sum_over_blocks(lambda expert_block: 1) == facts.layers
+            True
+        """
         dense = self.layers - self.expert_layers
-        return dense * count(False) + self.expert_layers * count(True)
+        total = dense * count(False) if dense else 0
+        return total + (self.expert_layers * count(True) if self.expert_layers else 0)
 
     @property
     def block_linear_params(self) -> int:
         """Weights of all linear layers in all blocks: the part that 4/8-bit quantizes."""
-        return self._per_block(lambda moe: sum(i * o for i, o in self.linear_shapes(moe)))
+        return self.sum_over_blocks(lambda moe: sum(i * o for i, o in self.linear_shapes(moe)))
 
     @property
     def largest_block_params(self) -> int:
@@ -225,7 +234,11 @@ class ModelFacts:
             >>> get_facts("gemma-3-270m").lora_params(8)
             1898496
         """
-        linear = self._per_block(lambda moe: r * sum(i + o for i, o in self.linear_shapes(moe)))
+
+        def in_plus_out(expert_block: bool) -> int:
+            return sum(i + o for i, o in self.linear_shapes(expert_block))
+
+        linear = r * self.sum_over_blocks(in_plus_out)
         if self.experts is None or not self.experts.adapted:
             return linear
         experts = self.experts
@@ -435,11 +448,24 @@ def _fused_at_load(model_type: str) -> bool:
     return "MergeModulelist" in operations
 
 
+_ADAPTS_EXPERTS: dict[str, bool] = {}  # config JSON -> answer: batch_size="auto" asks often
+
+
 def _peft_adapts_experts(config: Any) -> bool:
     """Whether peft's ``"all-linear"`` adapts this model's fused expert weights.
 
-    Asked of the model itself, built on the meta device (no memory, no weights).
+    Asked of the model itself, built on the meta device (no memory, no weights), once per
+    config.
     """
+    if not hasattr(config, "to_json_string"):
+        return False  # a raw config.json transformers does not know: it cannot be built
+    key = config.to_json_string(use_diff=False)
+    if key not in _ADAPTS_EXPERTS:
+        _ADAPTS_EXPERTS[key] = _ask_peft(config)
+    return _ADAPTS_EXPERTS[key]
+
+
+def _ask_peft(config: Any) -> bool:
     try:
         import torch
         from peft import LoraConfig

@@ -138,9 +138,8 @@ def lora_target_names(model) -> tuple[str, ...]:
     routers = set(linear_routers(model))
     names = set()
     for name, module in model.named_modules():
-        if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is output:
-            continue
-        if name in routers:
+        linear = isinstance(module, (torch.nn.Linear, Conv1D))
+        if not linear or module is output or name in routers:
             continue
         parts = name.split(".")
         if any(part.startswith("lora_") for part in parts):

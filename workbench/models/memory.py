@@ -449,10 +449,7 @@ def _activations(plan: _Plan) -> int:
         kept = facts.layers * plan.tokens * facts.hidden * plan.compute_bytes
         saved = kept + max(block(False), block(True) if facts.expert_layers else 0)
     else:
-        dense = facts.layers - facts.expert_layers
-        saved = dense * block(False) + (
-            facts.expert_layers * block(True) if dense < facts.layers else 0
-        )
+        saved = facts.sum_over_blocks(block)
     allocated = int(saved * _ALLOCATOR_FACTOR[plan.device]) + _adapted_expert_copies(plan)
     return allocated + _logits(plan)
 
