@@ -12,6 +12,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
+        [--layout alpaca|messages|sharegpt] [--tokenizer tiny|gemma]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import datasets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from workbench.data import PreparedData
+from workbench.data.templates import resolve_template
+from workbench.models.loading import resolve_source
 from workbench.models.tiny import build_tiny_model
 
 WORDS = [
@@ -65,17 +68,54 @@ WORDS = [
 ]
 
 
-def write_rows(path: Path, n: int) -> None:
+def _text(rng: random.Random, low: int, high: int) -> str:
+    return " ".join(rng.choices(WORDS, k=rng.randint(low, high)))
+
+
+def _alpaca(rng: random.Random, i: int) -> dict:
+    return {"instruction": _text(rng, 8, 60), "input": f"id {i}", "output": _text(rng, 2, 30)}
+
+
+def _messages(rng: random.Random, i: int) -> dict:
+    """A conversation of 1-4 exchanges, a system turn in half of them."""
+    turns = [{"role": "system", "content": f"You are helper {i}."}] if i % 2 else []
+    for _ in range(rng.randint(1, 4)):
+        turns.append({"role": "user", "content": _text(rng, 4, 40)})
+        turns.append({"role": "assistant", "content": _text(rng, 2, 30)})
+    return {"messages": turns}
+
+
+def _sharegpt(rng: random.Random, i: int) -> dict:
+    roles = {"user": "human", "assistant": "gpt", "system": "system"}
+    turns = _messages(rng, i)["messages"]
+    return {"conversations": [{"from": roles[t["role"]], "value": t["content"]} for t in turns]}
+
+
+ROW_MAKERS = {"alpaca": _alpaca, "messages": _messages, "sharegpt": _sharegpt}
+
+
+def write_rows(path: Path, n: int, layout: str = "alpaca") -> None:
     rng = random.Random(0)
+    make = ROW_MAKERS[layout]
     with path.open("w") as fh:
         for i in range(n):
-            words = rng.choices(WORDS, k=rng.randint(8, 60))
-            row = {
-                "instruction": " ".join(words),
-                "input": f"id {i}",
-                "output": " ".join(rng.choices(WORDS, k=rng.randint(2, 30))),
-            }
-            fh.write(json.dumps(row) + "\n")
+            fh.write(json.dumps(make(rng, i)) + "\n")
+
+
+def _chats(batch: dict) -> list[list[dict]]:
+    """Each row of a ``from_json`` batch as the chat the baseline templates."""
+    if "messages" in batch:
+        return batch["messages"]
+    if "conversations" in batch:
+        roles = {"human": "user", "gpt": "assistant", "system": "system"}
+        return [
+            [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
+            for turns in batch["conversations"]
+        ]
+    return [
+        [{"role": "user", "content": f"{a}\n\n{b}"}, {"role": "assistant", "content": c}]
+        for a, b, c in zip(batch["instruction"], batch["input"], batch["output"], strict=True)
+    ]
 
 
 def baseline(path: Path, tokenizer, cache: str) -> float:
@@ -83,11 +123,7 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
     ds = datasets.Dataset.from_json(str(path), cache_dir=cache)
 
     def tokenize(batch):
-        chats = [
-            [{"role": "user", "content": f"{a}\n\n{b}"}, {"role": "assistant", "content": c}]
-            for a, b, c in zip(batch["instruction"], batch["input"], batch["output"], strict=True)
-        ]
-        texts = tokenizer.apply_chat_template(chats, tokenize=False)
+        texts = tokenizer.apply_chat_template(_chats(batch), tokenize=False)
         return tokenizer(texts, add_special_tokens=False)
 
     ds.map(tokenize, batched=True, remove_columns=ds.column_names)
@@ -122,15 +158,33 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--no-row-by-row", action="store_true")
+    parser.add_argument(
+        "--layout",
+        choices=sorted(ROW_MAKERS),
+        default="alpaca",
+        help="row shape: alpaca (one exchange), messages or sharegpt (1-4 exchanges)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        choices=("tiny", "gemma"),
+        default="tiny",
+        help="tiny BPE (built on the spot) or the built-in Gemma 3 270M's (262k vocabulary)",
+    )
     args = parser.parse_args()
     datasets.disable_progress_bars()
     from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(root / "tiny"))
+        if args.tokenizer == "gemma":
+            folder = resolve_source("gemma-3-270m", on_event=lambda message: None).location
+        else:
+            folder = build_tiny_model(root / "tiny")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        # The base Gemma has no chat template; the baseline renders the one the workbench picks.
+        tokenizer.chat_template = resolve_template(None, tokenizer).source
         path = root / "data.jsonl"
-        write_rows(path, args.rows)
+        write_rows(path, args.rows, args.layout)
         size_mb = path.stat().st_size / 1e6
         runs = []
         for k in range(args.repeat):
@@ -151,7 +205,10 @@ def main() -> None:
             assert_identical(data, old_data)
             rows.append(("earlier row-by-row load (batched=False)", old))
         report = data.report()
-    print(f"{args.rows} rows, {size_mb:.1f} MB JSONL, tiny BPE tokenizer, best of {args.repeat}")
+    print(
+        f"{args.rows} {args.layout} rows, {size_mb:.1f} MB JSONL, "
+        f"{args.tokenizer} tokenizer, best of {args.repeat}"
+    )
     print(f"{'step':<55}{'seconds':>9}{'x baseline':>12}")
     for name, seconds in rows:
         print(f"{name:<55}{seconds:>9.2f}{seconds / base:>12.2f}")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -639,3 +641,18 @@ def test_content_tests_in_templates_are_found():
     assert sensitive_literals(Template("cut", SLICING)) is None
     measuring = "{% for m in messages %}{% if m.content|length > 9 %}x{% endif %}{% endfor %}"
     assert sensitive_literals(Template("len", measuring)) is None
+
+
+@pytest.mark.parametrize("layout", ["alpaca", "messages", "sharegpt"])
+def test_the_load_benchmark_finds_both_ways_identical_on_its_row_shapes(layout):
+    """benchmarks/data_load.py compares the two ways itself and fails if one token differs."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_load.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--rows", "300", "--layout", layout],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"300 {layout} rows" in done.stdout
+    assert "batch-wise and row-by-row: identical columns and problem report" in done.stdout

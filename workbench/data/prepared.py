@@ -30,6 +30,7 @@ import numpy as np
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
 from workbench.data.example import Example, TokenView
+from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
 from workbench.data.loading import Loaded, read_source
 from workbench.data.problems import Problem
@@ -374,8 +375,9 @@ class PreparedData:
             self._fmt.is_text,
             spec.special_tokens_in_text,
         )
+        key = labeller_key(labeller)
         tokenized = [
-            self._tokenize(ds, labeller) if ds is not None else None
+            self._tokenize(ds, labeller, key) if ds is not None else None
             for ds in (self.train, self.validation)
         ]
         return PreparedData(
@@ -390,13 +392,16 @@ class PreparedData:
         )
 
     @staticmethod
-    def _tokenize(dataset: Any, labeller: Labeller | BatchLabeller) -> Any:
+    def _tokenize(dataset: Any, labeller: Labeller | BatchLabeller, settings_key: str) -> Any:
         stale = [c for c in PRODUCED_COLUMNS if c in dataset.column_names]
         dataset = dataset.remove_columns(stale)
+        # Our own cache key: datasets would pickle the whole tokenizer to hash the labeller.
+        key = labelling_fingerprint(dataset._fingerprint, settings_key)
         if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
-            return dataset.map(labeller, batched=True, desc="Tokenizing")
+            return dataset.map(labeller, batched=True, desc="Tokenizing", new_fingerprint=key)
         arrow = dataset.with_format("arrow")
-        return arrow.map(labeller, batched=True, desc="Tokenizing").with_format(None)
+        mapped = arrow.map(labeller, batched=True, desc="Tokenizing", new_fingerprint=key)
+        return mapped.with_format(None)
 
     @property
     def is_text(self) -> bool:
