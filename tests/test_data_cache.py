@@ -3,13 +3,14 @@
 ``PreparedData.load`` names the ``map`` cache itself (``workbench.data.fingerprint``) instead
 of letting ``datasets`` pickle the whole tokenizer once per split. These tests load the same
 file into one Arrow cache folder under changed settings and check that each change gives the
-rows it should (not the cached ones), that an unchanged load reuses the cached file, and that
-the tokenizer is never handed to ``datasets``' hasher.
+rows it should (not the cached ones), that an unchanged load reuses the cached file, that the
+tokenizer is never handed to ``datasets``' hasher, and that a damaged cached file is rebuilt.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from data_fixtures import cache_dir, tokenizer, write_jsonl
 from datasets.fingerprint import Hasher
 
 from workbench.data import PreparedData
+from workbench.errors import WorkbenchWarning
 
 __all__ = ["cache_dir", "tokenizer"]
 
@@ -94,3 +96,54 @@ def test_the_tokenizer_is_never_pickled_for_a_cache_key(
     assert len(data.train) + len(data.validation) == len(ROWS)
     holders = {"Labeller", "BatchLabeller", type(tokenizer).__name__}
     assert not holders & set(hashed), hashed
+
+
+@pytest.mark.parametrize("which", ["tokenized", "source"])
+def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(data_file, tokenizer, cache_dir, which):
+    first = _load(data_file, tokenizer, cache_dir)
+    expected = _ids(first)
+    folder = Path(cache_dir) / "workbench-sources"
+    tokenized = {Path(f["filename"]) for f in first.train.cache_files}
+    tokenized |= {Path(f["filename"]) for f in first.validation.cache_files}
+    sources = set(folder.glob("*.arrow")) - tokenized
+    assert tokenized and sources and all(p.parent == folder for p in tokenized)
+    damaged = tokenized if which == "tokenized" else sources
+    for path in damaged:
+        path.write_bytes(path.read_bytes()[:100])  # truncated, as a full disk would leave it
+    del first
+    with pytest.warns(WorkbenchWarning, match=r"cached copy .*\.arrow is damaged"):
+        again = _load(data_file, tokenizer, cache_dir)
+    assert _ids(again) == expected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)  # rebuilt: the next load is quiet
+        assert _ids(_load(data_file, tokenizer, cache_dir)) == expected
+
+
+@pytest.mark.parametrize(("rows", "fraction"), [(40, 0.25), (37, 0.1), (1000, 0.05)])
+def test_the_validation_split_is_the_rows_datasets_would_pick(
+    tmp_path, tokenizer, cache_dir, rows, fraction
+):
+    """Split in memory (no indices files to be damaged), yet the same rows as datasets' way."""
+    from datasets import Dataset
+
+    path = write_jsonl(tmp_path / "many.jsonl", ROWS * (rows // len(ROWS) + 1))
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:rows]))
+    data = PreparedData.load(path, tokenizer, validation=fraction, seed=7, cache_dir=cache_dir)
+    theirs = Dataset.from_dict({"n": list(range(1, rows + 1))}).train_test_split(
+        test_size=fraction, seed=7
+    )
+    assert list(data.train["source_row"]) == theirs["train"]["n"]
+    assert list(data.validation["source_row"]) == theirs["test"]["n"]
+    made = {p.name for p in Path(cache_dir).rglob("*.arrow")}
+    tokenized = {
+        Path(f["filename"]).name for d in (data.train, data.validation) for f in d.cache_files
+    }
+    assert len(made - tokenized) == 1  # the source's copy; no split indices files
+
+
+def test_a_large_validation_fraction_of_few_rows_keeps_one_training_row(
+    tmp_path, tokenizer, cache_dir
+):
+    path = write_jsonl(tmp_path / "two.jsonl", ROWS[:2])
+    data = PreparedData.load(path, tokenizer, validation=0.9, cache_dir=cache_dir)
+    assert (len(data.train), len(data.validation)) == (1, 1)

@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,9 @@ from typing import Any
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
-from workbench.errors import DataError
+from workbench.errors import DataError, WorkbenchWarning
 
-__all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "read_source"]
+__all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "cached_arrow_table", "read_source"]
 
 CODE_VERSION = "1"  # bump when the stored layout changes, to invalidate old caches
 _WRITE_BATCH = 1000  # rows per Arrow record batch
@@ -245,7 +246,8 @@ def _write_batches(generator: Any, features: Any, fingerprint: str, cache_dir: s
 
     folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "workbench-sources"
     path = folder / f"{fingerprint}.arrow"
-    if not path.exists():
+    table = cached_arrow_table(path)
+    if table is None:
         folder.mkdir(parents=True, exist_ok=True)
         partial = folder / f".{fingerprint}.{uuid.uuid4().hex}.incomplete"
         schema = features.arrow_schema
@@ -257,9 +259,44 @@ def _write_batches(generator: Any, features: Any, fingerprint: str, cache_dir: s
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
-    table = MemoryMappedTable.from_file(str(path))
+        table = MemoryMappedTable.from_file(str(path))
     info = datasets.DatasetInfo(features=features)
     return datasets.Dataset(table, info=info, fingerprint=fingerprint)
+
+
+def cached_arrow_table(path: Path) -> Any:
+    """The Arrow table cached at ``path``; ``None`` when there is none or it is damaged.
+
+    A damaged copy (truncated, overwritten) is deleted with a
+    :class:`~workbench.errors.WorkbenchWarning`, so it is rebuilt from the source instead of
+    failing every later load with pyarrow's "Expected to read ... bytes".
+
+    Examples:
+        >>> import pyarrow as pa
+        >>> from pathlib import Path
+        >>> path = Path("/tmp/wb-doc-cached.arrow")
+        >>> with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([])) as out:
+        ...     pass
+        >>> cached_arrow_table(path).num_rows
+        0
+        >>> _ = path.write_bytes(b"damaged")
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True):
+        ...     cached_arrow_table(path) is None, path.exists()
+        (True, False)
+    """
+    import pyarrow as pa
+    from datasets.table import MemoryMappedTable
+
+    if not path.exists():
+        return None
+    try:
+        return MemoryMappedTable.from_file(str(path))
+    except (pa.ArrowException, OSError) as err:
+        msg = f"cached copy {path} is damaged ({err}); rebuilding it from the source"
+        warnings.warn(msg, WorkbenchWarning, stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem, ...]]:

@@ -20,9 +20,11 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +34,7 @@ from workbench.data.context import fit_to_context
 from workbench.data.example import Example, TokenView
 from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
-from workbench.data.loading import Loaded, read_source
+from workbench.data.loading import Loaded, cached_arrow_table, read_source
 from workbench.data.problems import Problem
 from workbench.data.report import DataReport, build_report
 from workbench.data.sources import open_source
@@ -397,11 +399,15 @@ class PreparedData:
         dataset = dataset.remove_columns(stale)
         # Our own cache key: datasets would pickle the whole tokenizer to hash the labeller.
         key = labelling_fingerprint(dataset._fingerprint, settings_key)
+        cache_file = None
+        if dataset.cache_files:  # next to its input, as datasets would put it
+            cache_file = Path(dataset.cache_files[0]["filename"]).parent / f"cache-{key}.arrow"
+            cached_arrow_table(cache_file)  # a damaged copy is deleted, so it is made again
+        options = {"batched": True, "desc": "Tokenizing", "new_fingerprint": key}
+        options["cache_file_name"] = str(cache_file) if cache_file else None
         if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
-            return dataset.map(labeller, batched=True, desc="Tokenizing", new_fingerprint=key)
-        arrow = dataset.with_format("arrow")
-        mapped = arrow.map(labeller, batched=True, desc="Tokenizing", new_fingerprint=key)
-        return mapped.with_format(None)
+            return dataset.map(labeller, **options)
+        return dataset.with_format("arrow").map(labeller, **options).with_format(None)
 
     @property
     def is_text(self) -> bool:
@@ -754,8 +760,12 @@ def _split(main: Loaded, val: Loaded | None, spec: DataSpec) -> tuple[Any, Any]:
         return main.dataset, val.dataset
     if not spec.validation or len(main.dataset) < 2:
         return main.dataset, None
-    parts = main.dataset.train_test_split(test_size=spec.validation, seed=spec.seed)
-    return parts["train"], parts["test"]
+    # The rows datasets' train_test_split(test_size, seed) picks, but with the indices kept in
+    # memory (it cannot, next to cache files): no cache file of its own to be found damaged.
+    rows = len(main.dataset)
+    n_validation = min(math.ceil(spec.validation * rows), rows - 1)
+    order = np.random.default_rng(spec.seed).permutation(rows)
+    return main.dataset.select(order[n_validation:]), main.dataset.select(order[:n_validation])
 
 
 def load_data(source: Any, tokenizer: Any, **options: Any) -> PreparedData:
