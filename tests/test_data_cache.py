@@ -10,6 +10,8 @@ tokenizer is never handed to ``datasets``' hasher, and that a damaged cached fil
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from datasets.fingerprint import Hasher
 
 from workbench.data import PreparedData
 from workbench.errors import WorkbenchWarning
+from workbench.models.tiny import build_tiny_model
 
 __all__ = ["cache_dir", "tokenizer"]
 
@@ -147,3 +150,29 @@ def test_a_large_validation_fraction_of_few_rows_keeps_one_training_row(
     path = write_jsonl(tmp_path / "two.jsonl", ROWS[:2])
     data = PreparedData.load(path, tokenizer, validation=0.9, cache_dir=cache_dir)
     assert (len(data.train), len(data.validation)) == (1, 1)
+
+
+def test_a_restarted_kernel_reuses_the_pass(data_file, tmp_path, cache_dir):
+    """Two processes (a kernel and its restart) key the same pass alike: no new cache file."""
+    script = (
+        "import sys\n"
+        "from transformers import AutoTokenizer\n"
+        "from workbench.data import PreparedData\n"
+        "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "data = PreparedData.load(sys.argv[2], tokenizer, validation=0.25, cache_dir=sys.argv[3])\n"
+        "files = data.train.cache_files + data.validation.cache_files\n"
+        "print(sorted(f['filename'] for f in files))\n"
+    )
+    folder = build_tiny_model(tmp_path / "tiny")
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(folder), str(data_file), cache_dir],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and "cache-" in runs[0]
+    assert len(list(Path(cache_dir).rglob("*.arrow"))) == 3  # the source and two splits
