@@ -16,7 +16,7 @@ import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 
-ARCHITECTURES = ["llama", "qwen2", "gemma3"]
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -111,6 +111,31 @@ def test_llama_cpp_tokenizes_like_transformers(tmp_path, llama_class, architectu
     im_end = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert llm.metadata["tokenizer.ggml.eot_token_id"] == str(im_end)
     assert llm.metadata["tokenizer.chat_template"] == s.tokenizer.chat_template
+
+
+@pytest.mark.llama_cpp
+def test_mistral_export_warns_that_llama_cpp_drops_its_window(tmp_path, llama_class):
+    """The warning is true: equal logits within the 64-token window, not past it."""
+    with pytest.warns(wb.WorkbenchWarning, match="sliding window of 64 tokens"):
+        s, folder = exported(tmp_path, "mistral")
+    llm = load(llama_class, folder / "model.gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 12)).input_ids
+    assert len(ids) > 100
+    theirs, ours = llama_logits(llm, ids), hf_logits(s.model, ids)
+    assert np.abs(theirs[:64] - ours[:64]).max() < 0.05
+    assert np.abs(theirs[80:] - ours[80:]).max() > 0.05
+
+
+@pytest.mark.llama_cpp
+def test_qwen3_query_and_key_norms_reach_the_file(tmp_path, llama_class):
+    import gguf
+
+    s, folder = exported(tmp_path, "qwen3")
+    names = {t.name for t in gguf.GGUFReader(folder / "model.gguf").tensors}
+    assert {"blk.0.attn_q_norm.weight", "blk.1.attn_k_norm.weight"} <= names
+    ids = s.tokenizer(PROMPTS[1]).input_ids
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
 
 
 def rounded_like_gguf(model, gguf_type):

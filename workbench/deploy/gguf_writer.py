@@ -40,15 +40,22 @@ Examples:
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WorkbenchWarning
 
 __all__ = ["GGUF_ARCHITECTURES", "GGUFType", "check_gguf_type", "write_gguf"]
 
 # transformers model_type -> GGUF architecture this writer supports.
-GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma3_text": "gemma3"}
+GGUF_ARCHITECTURES = {
+    "llama": "llama",
+    "mistral": "llama",  # llama.cpp runs Mistral as Llama (its converter does the same)
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3_text": "gemma3",
+}
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0"]
 # Bytes a quantized type spends per weight (gguf.GGML_QUANT_SIZES: block bytes / block size).
 GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
@@ -105,8 +112,9 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> gpt2 = load_model(str(gpt2), on_event=len)
         >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports gemma3_text, llama, qwen2 models, not \
-'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
+        workbench.errors.SpecError: GGUF export supports gemma3_text, llama, mistral, qwen2, qwen3 \
+models, not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's \
+convert_hf_to_gguf.py instead.
     """
     import gguf
 
@@ -116,6 +124,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
     check_gguf_type(quantization)
     config = model.config
     arch = gguf_architecture(config)
+    _warn_if_window_is_dropped(arch, config)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(Path(str(getattr(config, "_name_or_path", "") or config.model_type)).name)
     writer.add_file_type(_FILE_TYPES[quantization])
@@ -153,6 +162,19 @@ def gguf_architecture(config: Any) -> str:
 
 
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType values
+
+
+def _warn_if_window_is_dropped(arch: str, config: Any) -> None:
+    # llama.cpp's Llama graph (which runs Mistral) has no sliding window: past the window,
+    # the file attends to tokens transformers' Mistral no longer sees.
+    window = getattr(config, "sliding_window", None)
+    if arch == "llama" and window and window < config.max_position_embeddings:
+        msg = (
+            f"GGUF export: {config.model_type} attends within a sliding window of {window} "
+            "tokens; llama.cpp runs it as Llama, over the whole context, so prompts and "
+            f"answers longer than {window} tokens are computed differently there."
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=3)
 
 
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:

@@ -22,8 +22,19 @@ from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
-TinyArchitecture = Literal["llama", "gpt2", "qwen2", "gemma3", "llama4", "qwen3_moe"]
-TINY_ARCHITECTURES: tuple[str, ...] = ("llama", "gpt2", "qwen2", "gemma3", "llama4", "qwen3_moe")
+TinyArchitecture = Literal[
+    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma3", "llama4", "qwen3_moe"
+]
+TINY_ARCHITECTURES: tuple[str, ...] = (
+    "llama",
+    "gpt2",
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "gemma3",
+    "llama4",
+    "qwen3_moe",
+)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -96,22 +107,33 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         num_key_value_heads=max(1, heads // 2),
         intermediate_size=hidden * 2,
         max_position_embeddings=1024,
+        **common,
     )
-    if architecture == "llama":
-        return transformers.LlamaConfig(**shape, **common)
-    if architecture == "qwen2":
-        return transformers.Qwen2Config(**shape, **common)
-    if architecture == "llama4":  # mixture of experts, its router a linear layer of its own
-        return transformers.Llama4TextConfig(
-            **shape, intermediate_size_mlp=hidden * 2, num_local_experts=4, **common
-        )
-    if architecture == "qwen3_moe":  # mixture of experts, the experts fused in 3D weights
-        return transformers.Qwen3MoeConfig(
-            **shape, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden, **common
-        )
-    return transformers.Gemma3TextConfig(
-        **shape, head_dim=16, sliding_window=64, query_pre_attn_scalar=16, **common
-    )
+    # Each family's config class and what sets it apart from Llama's shape.
+    families = {
+        "llama": (transformers.LlamaConfig, {}),
+        "qwen2": (transformers.Qwen2Config, {}),
+        # per-head RMSNorm of queries and keys, a head width of its own
+        "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),
+        # Llama's blocks attending within a sliding window
+        "mistral": (transformers.MistralConfig, {"sliding_window": 64}),
+        # mixture of experts, its router a linear layer of its own
+        "llama4": (
+            transformers.Llama4TextConfig,
+            {"intermediate_size_mlp": hidden * 2, "num_local_experts": 4},
+        ),
+        # mixture of experts, the experts fused in 3D weights
+        "qwen3_moe": (
+            transformers.Qwen3MoeConfig,
+            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden},
+        ),
+        "gemma3": (
+            transformers.Gemma3TextConfig,
+            {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
+        ),
+    }
+    config_class, extra = families[architecture]
+    return config_class(**shape, **extra)
 
 
 def build_tiny_model(
@@ -129,7 +151,8 @@ def build_tiny_model(
 
     Args:
         path: Folder to create (replaced if it exists).
-        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"gemma3"``, or
+        architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
+            (query and key norms), ``"mistral"`` (sliding window), ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
@@ -148,9 +171,9 @@ def build_tiny_model(
         >>> folder = build_tiny_model("/tmp/wb-doc-tiny-gpt2", architecture="gpt2")
         >>> (folder / "model.safetensors").exists()
         True
-        >>> build_tiny_model("/tmp/wb-doc-tiny-bad", architecture="mistral")  # doctest: +ELLIPSIS
+        >>> build_tiny_model("/tmp/wb-doc-tiny-bad", architecture="phi3")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: architecture='mistral' is not one of ('llama', 'gpt2', ...)
+        workbench.errors.SpecError: architecture='phi3' is not one of ('llama', 'gpt2', ...)
     """
     import torch
     from transformers import AutoModelForCausalLM
