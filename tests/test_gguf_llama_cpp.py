@@ -16,7 +16,7 @@ import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -136,6 +136,21 @@ def test_qwen3_query_and_key_norms_reach_the_file(tmp_path, llama_class):
     ids = s.tokenizer(PROMPTS[1]).input_ids
     llm = load(llama_class, folder / "model.gguf")
     assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+
+
+@pytest.mark.llama_cpp
+def test_gemma2_matches_past_its_window_and_refuses_a_pattern_llama_cpp_cannot_run(
+    tmp_path, llama_class
+):
+    s, folder = exported(tmp_path, "gemma2")
+    llm = load(llama_class, folder / "model.gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 12)).input_ids
+    assert len(ids) > 100  # the window is 64: sliding blocks see less than full ones
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    s.model.config.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(wb.SpecError, match="do not alternate sliding and full attention"):
+        s.export("export/swapped", format="gguf")
+    assert not (tmp_path / "run" / "export" / "swapped").exists()
 
 
 def rounded_like_gguf(model, gguf_type):

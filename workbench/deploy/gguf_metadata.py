@@ -14,7 +14,9 @@ written, taken from the transformers config:
 - rope: ``rope.freq_base``, ``rope.scaling.*`` (linear and YaRN; Llama 3's scaling is a
   ``rope_freqs`` tensor, see :func:`rope_freqs`), and for Gemma 3 ``rope.freq_base_swa``;
 - Gemma 3: ``attention.sliding_window``, ``attention.sliding_window_pattern`` (one flag per
-  layer, from ``config.layer_types``) and ``final_logit_softcapping``.
+  layer, from ``config.layer_types``) and ``final_logit_softcapping``;
+- Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
+  itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``.
 
 Examples:
     >>> from transformers import Gemma3TextConfig
@@ -97,6 +99,8 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     }
     if arch == "gemma3":
         facts.update(_gemma3_facts(config, head_dim))
+    if arch == "gemma2":
+        facts.update(_gemma2_facts(config, head_dim))
     return facts
 
 
@@ -146,17 +150,43 @@ def _rope_facts(config: Any) -> dict[str, Any]:
     raise SpecError(msg)
 
 
-def _gemma3_facts(config: Any, head_dim: int) -> dict[str, Any]:
-    # llama.cpp scales Gemma 3 queries by 1/sqrt(head_dim) (27B: by hidden/heads), with no key
-    # to say otherwise; transformers by query_pre_attn_scalar ** -0.5.
+def _check_query_scale(config: Any, head_dim: int, family: str, big_blocks: int) -> None:
+    # llama.cpp scales Gemma queries by 1/sqrt(head_dim) (the 27B, known by its block count:
+    # by hidden/heads), with no key to say otherwise; transformers by
+    # query_pre_attn_scalar ** -0.5.
     scalar = getattr(config, "query_pre_attn_scalar", head_dim)
-    if scalar is not None and int(scalar) != head_dim and config.num_hidden_layers != 62:
+    if scalar is not None and int(scalar) != head_dim and config.num_hidden_layers != big_blocks:
         msg = (
             f"GGUF export: query_pre_attn_scalar={scalar} differs from head_dim={head_dim}; "
-            "llama.cpp's Gemma 3 always scales queries by 1/sqrt(head_dim), so the file "
+            f"llama.cpp's {family} always scales queries by 1/sqrt(head_dim), so the file "
             "would compute something else. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
+
+
+def _gemma2_facts(config: Any, head_dim: int) -> dict[str, Any]:
+    _check_query_scale(config, head_dim, "Gemma 2", 46)
+    facts: dict[str, Any] = {}
+    types = list(getattr(config, "layer_types", None) or [])
+    if "sliding_attention" in types and getattr(config, "sliding_window", None):
+        # llama.cpp's Gemma 2 slides on even blocks and attends fully on odd ones.
+        alternating = [("sliding_attention", "full_attention")[i % 2] for i in range(len(types))]
+        if types != alternating:
+            msg = (
+                f"GGUF export: Gemma 2 layer_types {types} do not alternate sliding and full "
+                "attention from the first block, the only pattern llama.cpp's Gemma 2 runs. "
+                "Export as 'safetensors' instead."
+            )
+            raise SpecError(msg)
+        facts["attention.sliding_window"] = int(config.sliding_window)
+    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if getattr(config, key, None):
+            facts[key] = float(getattr(config, key))
+    return facts
+
+
+def _gemma3_facts(config: Any, head_dim: int) -> dict[str, Any]:
+    _check_query_scale(config, head_dim, "Gemma 3", 62)
     facts: dict[str, Any] = {}
     types = list(getattr(config, "layer_types", None) or [])
     if "sliding_attention" in types and getattr(config, "sliding_window", None):

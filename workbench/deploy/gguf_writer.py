@@ -54,6 +54,7 @@ GGUF_ARCHITECTURES = {
     "mistral": "llama",  # llama.cpp runs Mistral as Llama (its converter does the same)
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0"]
@@ -111,10 +112,10 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> gpt2 = build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-gpt2", architecture="gpt2")
         >>> gpt2 = load_model(str(gpt2), on_event=len)
         >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
+        ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports gemma3_text, llama, mistral, qwen2, qwen3 \
-models, not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's \
-convert_hf_to_gguf.py instead.
+        workbench.errors.SpecError: GGUF export supports gemma2, gemma3_text, llama, ... models, \
+not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
     """
     import gguf
 
@@ -236,6 +237,6 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         shape = data.shape
         split = data.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
         return split.swapaxes(1, 2).reshape(shape)
-    if arch == "gemma3" and gguf_name.endswith("norm"):
+    if arch in ("gemma2", "gemma3") and gguf_name.endswith("norm"):
         return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
     return data

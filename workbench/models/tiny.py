@@ -23,7 +23,7 @@ from workbench.errors import SpecError
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
 TinyArchitecture = Literal[
-    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma3", "llama4", "qwen3_moe"
+    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "llama4", "qwen3_moe"
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = (
     "llama",
@@ -31,6 +31,7 @@ TINY_ARCHITECTURES: tuple[str, ...] = (
     "qwen2",
     "qwen3",
     "mistral",
+    "gemma2",
     "gemma3",
     "llama4",
     "qwen3_moe",
@@ -127,6 +128,11 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Qwen3MoeConfig,
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden},
         ),
+        # soft-capped attention logits, sliding and full attention alternating
+        "gemma2": (
+            transformers.Gemma2Config,
+            {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -152,7 +158,7 @@ def build_tiny_model(
     Args:
         path: Folder to create (replaced if it exists).
         architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
-            (query and key norms), ``"mistral"`` (sliding window), ``"gemma3"``, or
+            (query and key norms), ``"mistral"`` (sliding window), ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
