@@ -16,7 +16,7 @@ import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -114,10 +114,11 @@ def test_llama_cpp_tokenizes_like_transformers(tmp_path, llama_class, architectu
 
 
 @pytest.mark.llama_cpp
-def test_mistral_export_warns_that_llama_cpp_drops_its_window(tmp_path, llama_class):
+@pytest.mark.parametrize("architecture", ["mistral", "phi3"])
+def test_export_warns_that_llama_cpp_drops_the_window(tmp_path, llama_class, architecture):
     """The warning is true: equal logits within the 64-token window, not past it."""
     with pytest.warns(wb.WorkbenchWarning, match="sliding window of 64 tokens"):
-        s, folder = exported(tmp_path, "mistral")
+        s, folder = exported(tmp_path, architecture)
     llm = load(llama_class, folder / "model.gguf")
     ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 12)).input_ids
     assert len(ids) > 100
@@ -153,6 +154,24 @@ def test_gemma2_matches_past_its_window_and_refuses_a_pattern_llama_cpp_cannot_r
     assert not (tmp_path / "run" / "export" / "swapped").exists()
 
 
+@pytest.mark.llama_cpp
+def test_a_model_named_like_phi3_still_tokenizes_like_transformers(tmp_path, llama_class):
+    """llama.cpp applies Phi-3's token rules by file name; a tokenizer without them is renamed."""
+    import gguf
+
+    model_dir = wb.build_tiny_model(tmp_path / "My-Phi-3-copy", "llama")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(model_dir))
+    folder = s.export("export/gguf", format="gguf")
+    name = gguf.GGUFReader(folder / "model.gguf").fields["general.name"].contents()
+    assert name == "my-phi 3-copy"
+    llm = load(llama_class, folder / "model.gguf")  # with the name kept: fails to load
+    for text in TEXTS:
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == (
+            s.tokenizer(text).input_ids
+        ), text
+
+
 def rounded_like_gguf(model, gguf_type):
     """A copy of ``model`` whose matrices went through gguf-py's quantizer and back."""
     import copy
@@ -183,7 +202,7 @@ def relative_rms(expected, got):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "phi3", "qwen3", "gemma2"])
 def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_class, architecture):
     import gguf
 

@@ -54,6 +54,7 @@ GGUF_ARCHITECTURES = {
     "mistral": "llama",  # llama.cpp runs Mistral as Llama (its converter does the same)
     "qwen2": "qwen2",
     "qwen3": "qwen3",
+    "phi3": "phi3",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -127,7 +128,7 @@ not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_t
     arch = gguf_architecture(config)
     _warn_if_window_is_dropped(arch, config)
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_name(Path(str(getattr(config, "_name_or_path", "") or config.model_type)).name)
+    writer.add_name(gguf_model_name(config, tokenizer))
     writer.add_file_type(_FILE_TYPES[quantization])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_hparams(writer, arch, config)
@@ -166,16 +167,53 @@ _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType v
 
 
 def _warn_if_window_is_dropped(arch: str, config: Any) -> None:
-    # llama.cpp's Llama graph (which runs Mistral) has no sliding window: past the window,
-    # the file attends to tokens transformers' Mistral no longer sees.
+    # llama.cpp's Llama graph (which runs Mistral) has no sliding window, and its Phi-3 one
+    # turns the window off: past it, the file attends to tokens transformers no longer sees.
     window = getattr(config, "sliding_window", None)
-    if arch == "llama" and window and window < config.max_position_embeddings:
+    if arch in ("llama", "phi3") and window and window < config.max_position_embeddings:
         msg = (
             f"GGUF export: {config.model_type} attends within a sliding window of {window} "
-            "tokens; llama.cpp runs it as Llama, over the whole context, so prompts and "
-            f"answers longer than {window} tokens are computed differently there."
+            "tokens; llama.cpp attends over the whole context, so prompts and answers "
+            f"longer than {window} tokens are computed differently there."
         )
         warnings.warn(msg, WorkbenchWarning, stacklevel=3)
+
+
+# llama.cpp gives a file whose general.name contains one of these (lower-cased) Phi-3's
+# token rules: whitespace after every special token is dropped, except after these tokens,
+# which it looks up and must find (llama-vocab.cpp).
+_PHI3_NAMES = ("phi-3", "phi3")
+_PHI3_KEPT = ("<unk>", "<s>", "<|endoftext|>", "</s>")
+
+
+def gguf_model_name(config: Any, tokenizer: Any) -> str:
+    """The file's ``general.name``: the model folder's name, unless llama.cpp would misread it.
+
+    llama.cpp applies Phi-3's whitespace rules to any file named like Phi-3 (and fails to
+    load one whose vocabulary lacks Phi-3's tokens). A name that would trigger them for a
+    tokenizer that does not strip whitespace after its special tokens is written with
+    ``phi 3`` instead, so llama.cpp tokenizes as transformers does.
+
+    Examples:
+        >>> from transformers import AutoTokenizer, LlamaConfig
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-name"))
+        >>> gguf_model_name(LlamaConfig(name_or_path="/models/my-tuned-model"), tokenizer)
+        'my-tuned-model'
+        >>> gguf_model_name(LlamaConfig(name_or_path="/models/Phi-3-copy"), tokenizer)
+        'phi 3-copy'
+    """
+    name = Path(str(getattr(config, "_name_or_path", "") or config.model_type)).name
+    lowered = name.lower()
+    if not any(trigger in lowered for trigger in _PHI3_NAMES):
+        return name
+    vocab = tokenizer.get_vocab()
+    special = [t for t in tokenizer.added_tokens_decoder.values() if t.special]
+    if all(token in vocab for token in _PHI3_KEPT) and all(t.rstrip for t in special):
+        return name  # a real Phi-3 tokenizer: llama.cpp's rules are its own
+    for trigger in _PHI3_NAMES:
+        lowered = lowered.replace(trigger, "phi 3")
+    return lowered
 
 
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:

@@ -16,26 +16,25 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
 
 TinyArchitecture = Literal[
-    "llama", "gpt2", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", "llama4", "qwen3_moe"
-]
-TINY_ARCHITECTURES: tuple[str, ...] = (
     "llama",
     "gpt2",
     "qwen2",
     "qwen3",
     "mistral",
+    "phi3",
     "gemma2",
     "gemma3",
     "llama4",
     "qwen3_moe",
-)
+]
+TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
 
@@ -128,6 +127,11 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Qwen3MoeConfig,
             {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden},
         ),
+        # fused query/key/value and gate/up projections, a sliding window, partial rotary
+        "phi3": (
+            transformers.Phi3Config,
+            {"sliding_window": 64, "partial_rotary_factor": 0.5},
+        ),
         # soft-capped attention logits, sliding and full attention alternating
         "gemma2": (
             transformers.Gemma2Config,
@@ -158,7 +162,8 @@ def build_tiny_model(
     Args:
         path: Folder to create (replaced if it exists).
         architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
-            (query and key norms), ``"mistral"`` (sliding window), ``"gemma2"``, ``"gemma3"``, or
+            (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
+            ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
@@ -177,9 +182,9 @@ def build_tiny_model(
         >>> folder = build_tiny_model("/tmp/wb-doc-tiny-gpt2", architecture="gpt2")
         >>> (folder / "model.safetensors").exists()
         True
-        >>> build_tiny_model("/tmp/wb-doc-tiny-bad", architecture="phi3")  # doctest: +ELLIPSIS
+        >>> build_tiny_model("/tmp/wb-doc-tiny-bad", architecture="bloom")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: architecture='phi3' is not one of ('llama', 'gpt2', ...)
+        workbench.errors.SpecError: architecture='bloom' is not one of ('llama', 'gpt2', ...)
     """
     import torch
     from transformers import AutoModelForCausalLM
