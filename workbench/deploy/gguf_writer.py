@@ -46,7 +46,7 @@ from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError, WorkbenchWarning
 
-__all__ = ["GGUF_ARCHITECTURES", "GGUFType", "check_gguf_type", "write_gguf"]
+__all__ = ["GGUF_ARCHITECTURES", "GGUFType", "check_gguf_type", "gguf_model_name", "write_gguf"]
 
 # transformers model_type -> GGUF architecture this writer supports.
 GGUF_ARCHITECTURES = {
