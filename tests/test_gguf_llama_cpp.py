@@ -16,7 +16,7 @@ import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"]
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2", "gemma3"]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -45,9 +45,11 @@ def llama_class():
     return Llama
 
 
-def exported(tmp_path, architecture, gguf_type="f32", hidden=64):
+def exported(tmp_path, architecture, gguf_type="f32", hidden=64, layers=2):
     """A session on a fresh tiny model and the folder of its GGUF export."""
-    model_dir = wb.build_tiny_model(tmp_path / architecture, architecture, hidden=hidden)
+    model_dir = wb.build_tiny_model(
+        tmp_path / architecture, architecture, hidden=hidden, layers=layers
+    )
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(model_dir))
     folder = s.export(f"export/{gguf_type}", format="gguf", gguf_type=gguf_type)
@@ -170,6 +172,21 @@ def test_a_model_named_like_phi3_still_tokenizes_like_transformers(tmp_path, lla
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == (
             s.tokenizer(text).input_ids
         ), text
+
+
+@pytest.mark.llama_cpp
+def test_smollm3_blocks_without_rotary_embeddings_match_and_other_patterns_are_refused(
+    tmp_path, llama_class
+):
+    s, folder = exported(tmp_path, "smollm3", layers=4)
+    assert s.model.config.no_rope_layers == [1, 1, 1, 0]  # the 4th block has no rotary
+    llm = load(llama_class, folder / "model.gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 12)).input_ids
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    s.model.config.no_rope_layers = [1, 0, 1, 0]
+    with pytest.raises(wb.SpecError, match=r"no_rope_layers=\[1, 0, 1, 0\]"):
+        s.export("export/every-other", format="gguf")
+    assert not (tmp_path / "run" / "export" / "every-other").exists()
 
 
 def rounded_like_gguf(model, gguf_type):

@@ -16,7 +16,9 @@ written, taken from the transformers config:
 - Gemma 3: ``attention.sliding_window``, ``attention.sliding_window_pattern`` (one flag per
   layer, from ``config.layer_types``) and ``final_logit_softcapping``;
 - Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
-  itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``.
+  itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``;
+- SmolLM3: nothing more, but its blocks without rotary embeddings must be llama.cpp's fixed
+  every-4th pattern (else the export is refused).
 
 Examples:
     >>> from transformers import Gemma3TextConfig
@@ -101,7 +103,24 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_gemma3_facts(config, head_dim))
     if arch == "gemma2":
         facts.update(_gemma2_facts(config, head_dim))
+    if arch == "smollm3":
+        _check_smollm3_rope_layers(config)
     return facts
+
+
+def _check_smollm3_rope_layers(config: Any) -> None:
+    # llama.cpp's SmolLM3 leaves out rotary embeddings in every 4th block, with no key to
+    # say otherwise; transformers reads the pattern from config.no_rope_layers.
+    layers = config.num_hidden_layers
+    expected = [int((i + 1) % 4 != 0) for i in range(layers)]
+    given = list(getattr(config, "no_rope_layers", None) or expected)
+    if given != expected:
+        msg = (
+            f"GGUF export: SmolLM3 no_rope_layers={given} (1: rotary, 0: none) differ from "
+            "llama.cpp's fixed pattern, no rotary embedding in every 4th block; the file would "
+            "compute something else. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
 
 
 def rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str, Any]:

@@ -55,6 +55,7 @@ GGUF_ARCHITECTURES = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "phi3": "phi3",
+    "smollm3": "smollm3",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -167,10 +168,13 @@ _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType v
 
 
 def _warn_if_window_is_dropped(arch: str, config: Any) -> None:
-    # llama.cpp's Llama graph (which runs Mistral) has no sliding window, and its Phi-3 one
-    # turns the window off: past it, the file attends to tokens transformers no longer sees.
+    # llama.cpp's Llama and SmolLM3 graphs (Llama runs Mistral) have no sliding window, and
+    # its Phi-3 one turns the window off: past it, the file attends to tokens transformers
+    # no longer sees.
     window = getattr(config, "sliding_window", None)
-    if arch in ("llama", "phi3") and window and window < config.max_position_embeddings:
+    if not getattr(config, "use_sliding_window", True):  # Qwen and SmolLM3 configs may say so
+        window = None
+    if arch in ("llama", "phi3", "smollm3") and window and window < config.max_position_embeddings:
         msg = (
             f"GGUF export: {config.model_type} attends within a sliding window of {window} "
             "tokens; llama.cpp attends over the whole context, so prompts and answers "
@@ -267,7 +271,7 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
 
 def _to_gguf_layout(arch: str, gguf_name: str, data, config):
     """Reorder a tensor the way llama.cpp's graph for ``arch`` expects it."""
-    if arch == "llama" and gguf_name.endswith(("attn_q", "attn_k")):
+    if arch in ("llama", "smollm3") and gguf_name.endswith(("attn_q", "attn_k")):
         heads = config.num_attention_heads
         if gguf_name.endswith("attn_k"):
             heads = config.num_key_value_heads

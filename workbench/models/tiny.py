@@ -29,6 +29,7 @@ TinyArchitecture = Literal[
     "qwen3",
     "mistral",
     "phi3",
+    "smollm3",
     "gemma2",
     "gemma3",
     "llama4",
@@ -132,6 +133,8 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Phi3Config,
             {"sliding_window": 64, "partial_rotary_factor": 0.5},
         ),
+        # Llama's blocks, every 4th without rotary embeddings (built with 4 blocks to show it)
+        "smollm3": (transformers.SmolLM3Config, {}),
         # soft-capped attention logits, sliding and full attention alternating
         "gemma2": (
             transformers.Gemma2Config,
@@ -163,7 +166,7 @@ def build_tiny_model(
         path: Folder to create (replaced if it exists).
         architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
             (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
-            ``"gemma2"``, ``"gemma3"``, or
+            ``"smollm3"`` (no rotary embedding in every 4th block), ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
