@@ -16,7 +16,18 @@ import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 
-ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2", "gemma3"]
+ARCHITECTURES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "smollm3",
+    "olmo2",
+    "granite",
+    "gemma2",
+    "gemma3",
+]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -219,7 +230,9 @@ def relative_rms(expected, got):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["llama", "gemma3", "phi3", "qwen3", "gemma2"])
+@pytest.mark.parametrize(
+    "architecture", ["llama", "gemma3", "phi3", "qwen3", "gemma2", "granite", "olmo2"]
+)
 def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_class, architecture):
     import gguf
 

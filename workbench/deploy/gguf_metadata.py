@@ -105,6 +105,11 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_gemma2_facts(config, head_dim))
     if arch == "smollm3":
         _check_smollm3_rope_layers(config)
+    if arch == "granite":  # Granite's four multipliers, each a key llama.cpp requires
+        facts["embedding_scale"] = float(config.embedding_multiplier)
+        facts["residual_scale"] = float(config.residual_multiplier)
+        facts["attention.scale"] = float(config.attention_multiplier)
+        facts["logit_scale"] = float(config.logits_scaling)
     return facts
 
 

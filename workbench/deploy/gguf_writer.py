@@ -56,6 +56,8 @@ GGUF_ARCHITECTURES = {
     "qwen3": "qwen3",
     "phi3": "phi3",
     "smollm3": "smollm3",
+    "olmo2": "olmo2",
+    "granite": "granite",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -220,6 +222,12 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
+_NEEDS_OUTPUT = {"olmo2"}
+# Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
+# permuted from transformers' halves layout, as llama.cpp's converter does.
+_LLAMA_ROTARY = {"llama", "smollm3", "granite"}
+
+
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     import gguf
 
@@ -228,7 +236,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    tied = getattr(config, "tie_word_embeddings", False)
+    # llama.cpp's OLMo 2 graph needs an output matrix even when it is the embedding's.
+    tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
     factors = rope_freqs(config)
     if factors is not None:
         writer.add_tensor("rope_freqs.weight", factors)
@@ -271,7 +280,7 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
 
 def _to_gguf_layout(arch: str, gguf_name: str, data, config):
     """Reorder a tensor the way llama.cpp's graph for ``arch`` expects it."""
-    if arch in ("llama", "smollm3") and gguf_name.endswith(("attn_q", "attn_k")):
+    if arch in _LLAMA_ROTARY and gguf_name.endswith(("attn_q", "attn_k")):
         heads = config.num_attention_heads
         if gguf_name.endswith("attn_k"):
             heads = config.num_key_value_heads

@@ -30,6 +30,8 @@ TinyArchitecture = Literal[
     "mistral",
     "phi3",
     "smollm3",
+    "olmo2",
+    "granite",
     "gemma2",
     "gemma3",
     "llama4",
@@ -135,6 +137,18 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         ),
         # Llama's blocks, every 4th without rotary embeddings (built with 4 blocks to show it)
         "smollm3": (transformers.SmolLM3Config, {}),
+        # norms after attention and MLP, query and key norms over all heads
+        "olmo2": (transformers.Olmo2Config, {}),
+        # Llama's blocks with embedding, residual, attention and logit multipliers
+        "granite": (
+            transformers.GraniteConfig,
+            {
+                "embedding_multiplier": 12.0,
+                "residual_multiplier": 0.22,
+                "attention_multiplier": 1 / 16,
+                "logits_scaling": 8.0,
+            },
+        ),
         # soft-capped attention logits, sliding and full attention alternating
         "gemma2": (
             transformers.Gemma2Config,
@@ -166,7 +180,8 @@ def build_tiny_model(
         path: Folder to create (replaced if it exists).
         architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
             (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
-            ``"smollm3"`` (no rotary embedding in every 4th block), ``"gemma2"``, ``"gemma3"``, or
+            ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
+            each sublayer), ``"granite"`` (scaling multipliers), ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
         hidden: Hidden size; attention heads are ``hidden // 16``.
