@@ -15,19 +15,10 @@ import torch
 import workbench as wb
 from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
+from workbench.models.tiny import TINY_ARCHITECTURES
 
-ARCHITECTURES = [
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "phi3",
-    "smollm3",
-    "olmo2",
-    "granite",
-    "gemma2",
-    "gemma3",
-]
+# Every tiny family the GGUF writer supports (GPT-2 and the mixtures of experts it refuses).
+ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a not in ("gpt2", "llama4", "qwen3_moe")]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",

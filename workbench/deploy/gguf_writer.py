@@ -118,7 +118,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports gemma2, gemma3_text, llama, ... models, \
+        workbench.errors.SpecError: GGUF export supports gemma2, gemma3_text, ... models, \
 not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
     """
     import gguf
