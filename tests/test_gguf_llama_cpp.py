@@ -17,8 +17,8 @@ from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 from workbench.models.tiny import TINY_ARCHITECTURES
 
-# Every tiny family the GGUF writer supports (GPT-2 and the mixtures of experts it refuses).
-ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a not in ("gpt2", "llama4", "qwen3_moe")]
+# Every tiny family the GGUF writer supports (it refuses GPT-2 and Llama 4).
+ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a not in ("gpt2", "llama4")]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -189,6 +189,28 @@ def test_smollm3_blocks_without_rotary_embeddings_match_and_other_patterns_are_r
     with pytest.raises(wb.SpecError, match=r"no_rope_layers=\[1, 0, 1, 0\]"):
         s.export("export/every-other", format="gguf")
     assert not (tmp_path / "run" / "export" / "every-other").exists()
+
+
+@pytest.mark.llama_cpp
+def test_qwen3_moe_experts_are_split_as_llama_cpp_wants_and_odd_routing_is_refused(
+    tmp_path, llama_class
+):
+    import gguf
+
+    s, folder = exported(tmp_path, "qwen3_moe")
+    tensors = {t.name: t for t in gguf.GGUFReader(folder / "model.gguf").tensors}
+    width = s.model.config.moe_intermediate_size
+    for kind in ("gate", "up"):  # written [experts, width, hidden]; listed in ggml's order
+        assert tuple(tensors[f"blk.0.ffn_{kind}_exps.weight"].shape) == (64, width, 4)
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    s.model.config.norm_topk_prob = False
+    with pytest.raises(wb.SpecError, match="norm_topk_prob=False"):
+        s.export("export/unnormalised", format="gguf")
+    s.model.config.norm_topk_prob, s.model.config.mlp_only_layers = True, [0]
+    with pytest.raises(wb.SpecError, match=r"dense blocks \(mlp_only_layers=\[0\]"):
+        s.export("export/dense", format="gguf")
 
 
 def rounded_like_gguf(model, gguf_type):

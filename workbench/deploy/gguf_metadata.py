@@ -105,12 +105,37 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_gemma2_facts(config, head_dim))
     if arch == "smollm3":
         _check_smollm3_rope_layers(config)
+    if arch == "qwen3moe":
+        facts.update(_qwen3moe_facts(config))
     if arch == "granite":  # Granite's four multipliers, each a key llama.cpp requires
         facts["embedding_scale"] = float(config.embedding_multiplier)
         facts["residual_scale"] = float(config.residual_multiplier)
         facts["attention.scale"] = float(config.attention_multiplier)
         facts["logit_scale"] = float(config.logits_scaling)
     return facts
+
+
+def _qwen3moe_facts(config: Any) -> dict[str, Any]:
+    # llama.cpp's Qwen3-MoE graph: every block a mixture, top-k weights renormalised.
+    dense = list(getattr(config, "mlp_only_layers", None) or [])
+    if dense or getattr(config, "decoder_sparse_step", 1) != 1:
+        msg = (
+            f"GGUF export: Qwen3-MoE with dense blocks (mlp_only_layers={dense}, "
+            f"decoder_sparse_step={config.decoder_sparse_step}); llama.cpp's Qwen3-MoE makes "
+            "every block a mixture of experts. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+    if not getattr(config, "norm_topk_prob", True):
+        msg = (
+            "GGUF export: Qwen3-MoE with norm_topk_prob=False; llama.cpp renormalises the "
+            "chosen experts' weights. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+    return {
+        "expert_count": int(config.num_experts),
+        "expert_used_count": int(config.num_experts_per_tok),
+        "expert_feed_forward_length": int(config.moe_intermediate_size),
+    }
 
 
 def _check_smollm3_rope_layers(config: Any) -> None:

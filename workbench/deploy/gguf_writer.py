@@ -58,6 +58,7 @@ GGUF_ARCHITECTURES = {
     "smollm3": "smollm3",
     "olmo2": "olmo2",
     "granite": "granite",
+    "qwen3_moe": "qwen3moe",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -244,14 +245,35 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     for hf_name, tensor in model.state_dict().items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
-        module, _, suffix = hf_name.rpartition(".")
-        gguf_name = names.get_name(module)
-        if gguf_name is None:
-            raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
-        data = _to_gguf_layout(arch, gguf_name, tensor.detach().float().cpu().numpy(), config)
-        name = f"{gguf_name}.{suffix}"
-        qtype = tensor_type(name, data.shape, quantization)
-        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        for part_name, part in _split_fused_experts(hf_name, tensor.detach().float().cpu()):
+            module, _, suffix = part_name.rpartition(".")
+            gguf_name = names.get_name(module)
+            if gguf_name is None:
+                raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
+            data = _to_gguf_layout(arch, gguf_name, part, config)
+            name = f"{gguf_name}.{suffix}"
+            qtype = tensor_type(name, data.shape, quantization)
+            writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:
+    """``(name, array)`` pairs to write for one state-dict entry.
+
+    transformers 5 keeps a mixture of experts' weights fused in 3D tensors named without
+    ``.weight``: ``experts.gate_up_proj`` ``[experts, 2 * width, hidden]`` (the gate half
+    first) and ``experts.down_proj`` ``[experts, hidden, width]``. llama.cpp wants the gate and
+    up halves as separate ``[experts, width, hidden]`` tensors, in that same order of axes.
+    """
+    import numpy as np
+
+    data = tensor.numpy()
+    if hf_name.endswith("experts.gate_up_proj"):
+        gate, up = np.split(data, 2, axis=1)
+        stem = hf_name.removesuffix("gate_up_proj")
+        return [(f"{stem}gate_proj.weight", gate), (f"{stem}up_proj.weight", up)]
+    if hf_name.endswith("experts.down_proj"):
+        return [(f"{hf_name}.weight", data)]
+    return [(hf_name, data)]
 
 
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str):

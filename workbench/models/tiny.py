@@ -126,9 +126,15 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             {"intermediate_size_mlp": hidden * 2, "num_local_experts": 4},
         ),
         # mixture of experts, the experts fused in 3D weights
+        # (the chosen experts' weights renormalised, as in the published Qwen3-MoE models)
         "qwen3_moe": (
             transformers.Qwen3MoeConfig,
-            {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden},
+            {
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": hidden,
+                "norm_topk_prob": True,
+            },
         ),
         # fused query/key/value and gate/up projections, a sliding window, partial rotary
         "phi3": (
