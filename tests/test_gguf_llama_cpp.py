@@ -213,6 +213,14 @@ def test_qwen3_moe_experts_are_split_as_llama_cpp_wants_and_odd_routing_is_refus
         s.export("export/dense", format="gguf")
 
 
+def test_olmoe_with_fewer_key_value_heads_is_refused(tmp_path):
+    s, _ = exported(tmp_path, "olmoe")
+    s.model.config.num_key_value_heads = 2
+    with pytest.raises(wb.SpecError, match="OLMoE with 2 key/value heads for 4 query heads"):
+        s.export("export/gqa", format="gguf")
+    assert not (tmp_path / "run" / "export" / "gqa").exists()
+
+
 def rounded_like_gguf(model, gguf_type):
     """A copy of ``model`` whose matrices went through gguf-py's quantizer and back."""
     import copy

@@ -105,8 +105,14 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_gemma2_facts(config, head_dim))
     if arch == "smollm3":
         _check_smollm3_rope_layers(config)
-    if arch == "qwen3moe":
-        facts.update(_qwen3moe_facts(config))
+    facts.update(_moe_facts(arch, config))
+    if arch == "olmoe" and facts["attention.head_count_kv"] != heads:
+        msg = (
+            f"GGUF export: OLMoE with {facts['attention.head_count_kv']} key/value heads for "
+            f"{heads} query heads; llama.cpp's OLMoE normalises keys over all {heads} heads' "
+            "width, so the file would not load. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
     if arch == "granite":  # Granite's four multipliers, each a key llama.cpp requires
         facts["embedding_scale"] = float(config.embedding_multiplier)
         facts["residual_scale"] = float(config.residual_multiplier)
@@ -115,26 +121,37 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     return facts
 
 
-def _qwen3moe_facts(config: Any) -> dict[str, Any]:
-    # llama.cpp's Qwen3-MoE graph: every block a mixture, top-k weights renormalised.
+# Whether llama.cpp's graph renormalises the chosen experts' weights, per family (its Llama
+# graph, which runs Mixtral, does; it has no key to say otherwise).
+_RENORMALISES = {"qwen3moe": True, "olmoe": False, "llama": True}
+
+
+def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
+    """Expert counts and width of a mixture of experts (empty for a dense model)."""
+    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
+    if not experts:
+        return {}
     dense = list(getattr(config, "mlp_only_layers", None) or [])
     if dense or getattr(config, "decoder_sparse_step", 1) != 1:
         msg = (
-            f"GGUF export: Qwen3-MoE with dense blocks (mlp_only_layers={dense}, "
-            f"decoder_sparse_step={config.decoder_sparse_step}); llama.cpp's Qwen3-MoE makes "
-            "every block a mixture of experts. Export as 'safetensors' instead."
+            f"GGUF export: {config.model_type} with dense blocks (mlp_only_layers={dense}, "
+            f"decoder_sparse_step={config.decoder_sparse_step}); llama.cpp makes every block a "
+            "mixture of experts. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
-    if not getattr(config, "norm_topk_prob", True):
+    given = getattr(config, "norm_topk_prob", None)
+    if given is not None and bool(given) != _RENORMALISES[arch]:
+        done = "renormalises" if _RENORMALISES[arch] else "does not renormalise"
         msg = (
-            "GGUF export: Qwen3-MoE with norm_topk_prob=False; llama.cpp renormalises the "
-            "chosen experts' weights. Export as 'safetensors' instead."
+            f"GGUF export: {config.model_type} with norm_topk_prob={given}; llama.cpp "
+            f"{done} the chosen experts' weights. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
+    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
     return {
-        "expert_count": int(config.num_experts),
+        "expert_count": int(experts),
         "expert_used_count": int(config.num_experts_per_tok),
-        "expert_feed_forward_length": int(config.moe_intermediate_size),
+        "expert_feed_forward_length": int(width),
     }
 
 

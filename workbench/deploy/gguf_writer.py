@@ -59,6 +59,8 @@ GGUF_ARCHITECTURES = {
     "olmo2": "olmo2",
     "granite": "granite",
     "qwen3_moe": "qwen3moe",
+    "mixtral": "llama",  # llama.cpp runs Mixtral as Llama with experts, as its converter does
+    "olmoe": "olmoe",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -223,7 +225,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
-_NEEDS_OUTPUT = {"olmo2"}
+_NEEDS_OUTPUT = {"olmo2", "olmoe"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite"}
@@ -237,7 +239,7 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    # llama.cpp's OLMo 2 graph needs an output matrix even when it is the embedding's.
+    # llama.cpp's OLMo 2 and OLMoE graphs need an output matrix even when it is tied.
     tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
     factors = rope_freqs(config)
     if factors is not None:

@@ -36,6 +36,8 @@ TinyArchitecture = Literal[
     "gemma3",
     "llama4",
     "qwen3_moe",
+    "mixtral",
+    "olmoe",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -160,13 +162,20 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Gemma2Config,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
         ),
+        # Llama's attention, every block's MLP a mixture of experts
+        "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2}),
+        # OLMo 2's norms and a mixture of experts (as many key/value heads as query heads)
+        "olmoe": (
+            transformers.OlmoeConfig,
+            {"num_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": heads},
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
         ),
     }
     config_class, extra = families[architecture]
-    return config_class(**shape, **extra)
+    return config_class(**{**shape, **extra})  # a family's own values win
 
 
 def build_tiny_model(
@@ -189,7 +198,8 @@ def build_tiny_model(
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
-            layer) or ``"qwen3_moe"`` (its experts fused in 3D weights).
+            layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"mixtral"`` or
+            ``"olmoe"``.
         hidden: Hidden size; attention heads are ``hidden // 16``.
         layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.
