@@ -106,19 +106,31 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     if arch == "smollm3":
         _check_smollm3_rope_layers(config)
     facts.update(_moe_facts(arch, config))
-    if arch == "olmoe" and facts["attention.head_count_kv"] != heads:
+    if arch == "olmoe":
+        _check_olmoe_heads(facts["attention.head_count_kv"], heads)
+    if arch == "granite":
+        facts.update(_granite_facts(config))
+    return facts
+
+
+def _check_olmoe_heads(kv_heads: int, heads: int) -> None:
+    if kv_heads != heads:
         msg = (
-            f"GGUF export: OLMoE with {facts['attention.head_count_kv']} key/value heads for "
-            f"{heads} query heads; llama.cpp's OLMoE normalises keys over all {heads} heads' "
-            "width, so the file would not load. Export as 'safetensors' instead."
+            f"GGUF export: OLMoE with {kv_heads} key/value heads for {heads} query heads; "
+            f"llama.cpp's OLMoE normalises keys over all {heads} heads' width, so the file "
+            "would not load. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
-    if arch == "granite":  # Granite's four multipliers, each a key llama.cpp requires
-        facts["embedding_scale"] = float(config.embedding_multiplier)
-        facts["residual_scale"] = float(config.residual_multiplier)
-        facts["attention.scale"] = float(config.attention_multiplier)
-        facts["logit_scale"] = float(config.logits_scaling)
-    return facts
+
+
+def _granite_facts(config: Any) -> dict[str, float]:
+    # Granite's four multipliers, each a key llama.cpp requires.
+    return {
+        "embedding_scale": float(config.embedding_multiplier),
+        "residual_scale": float(config.residual_multiplier),
+        "attention.scale": float(config.attention_multiplier),
+        "logit_scale": float(config.logits_scaling),
+    }
 
 
 # Whether llama.cpp's graph renormalises the chosen experts' weights, per family (its Llama
@@ -128,15 +140,18 @@ _RENORMALISES = {"qwen3moe": True, "olmoe": False, "llama": True}
 
 def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
     """Expert counts and width of a mixture of experts (empty for a dense model)."""
-    experts = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None)
-    if not experts:
+    from workbench.models.catalog import facts_from_config
+
+    experts = facts_from_config(config).experts
+    if experts is None:
         return {}
-    dense = list(getattr(config, "mlp_only_layers", None) or [])
-    if dense or getattr(config, "decoder_sparse_step", 1) != 1:
+    if experts.layers != config.num_hidden_layers:
+        dense = list(getattr(config, "mlp_only_layers", None) or [])
         msg = (
             f"GGUF export: {config.model_type} with dense blocks (mlp_only_layers={dense}, "
-            f"decoder_sparse_step={config.decoder_sparse_step}); llama.cpp makes every block a "
-            "mixture of experts. Export as 'safetensors' instead."
+            f"decoder_sparse_step={getattr(config, 'decoder_sparse_step', 1)}): experts in "
+            f"{experts.layers} of {config.num_hidden_layers} blocks; llama.cpp makes every "
+            "block a mixture of experts. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
     given = getattr(config, "norm_topk_prob", None)
@@ -147,11 +162,10 @@ def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
             f"{done} the chosen experts' weights. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
-    width = getattr(config, "moe_intermediate_size", None) or config.intermediate_size
     return {
-        "expert_count": int(experts),
-        "expert_used_count": int(config.num_experts_per_tok),
-        "expert_feed_forward_length": int(width),
+        "expert_count": experts.count,
+        "expert_used_count": experts.per_token,
+        "expert_feed_forward_length": experts.intermediate,
     }
 
 
