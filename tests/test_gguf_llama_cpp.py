@@ -7,6 +7,8 @@ it). Without it these tests skip, except under CI (``CI`` set), where they fail.
 from __future__ import annotations
 
 import os
+import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -286,6 +288,113 @@ def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_cla
     assert 0.14 <= sizes["q4_0"] / sizes["f32"] < 0.2  # 18 per 32; embedding kept Q8_0
 
 
+def read_back_from_gguf(model, path):
+    """A copy of ``model`` whose matrices are the file's own, dequantized by gguf-py.
+
+    Undoes what the writer did to them (GGUF names, Llama's rotary permutation); the
+    norms stay the model's (the file keeps them in F32).
+    """
+    import copy
+
+    import gguf
+
+    from workbench.deploy.gguf_writer import gguf_architecture
+
+    config = model.config
+    arch = gguf_architecture(config)
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
+    tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
+    back = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in back.named_parameters():
+            gguf_name = f"{names.get_name(name.rpartition('.')[0])}.weight"
+            if param.dim() != 2 or gguf_name not in tensors:  # a norm, or a tied output
+                continue
+            tensor = tensors[gguf_name]
+            data = gguf.quants.dequantize(tensor.data, tensor.tensor_type).reshape(param.shape)
+            if arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+                heads = config.num_attention_heads
+                if gguf_name.endswith("attn_k.weight"):
+                    heads = config.num_key_value_heads
+                data = data.reshape(heads, -1, 2, data.shape[-1]).swapaxes(1, 2)
+            param.copy_(torch.from_numpy(np.ascontiguousarray(data).reshape(param.shape)))
+    return back
+
+
+K_QUANTS = ["q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "qwen3", "phi3"])
+def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
+    tmp_path, llama_class, architecture
+):
+    import gguf
+
+    sizes = {}
+    for gguf_type in K_QUANTS:
+        # hidden 256: every matrix's rows cut into llama.cpp's K-quant blocks of 256
+        s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=256)
+        path = folder / "model.gguf"
+        # the F16 file staged for llama.cpp is gone; the export was checked in llama.cpp
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "Modelfile",
+            "README.md",
+            "export_check.json",
+            "model.gguf",
+        ]
+        reader = gguf.GGUFReader(str(path))
+        file_type = gguf.LlamaFileType[f"MOSTLY_{gguf_type.upper()}"]
+        assert reader.fields["general.file_type"].contents() == file_type
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+        sizes[gguf_type] = sum(int(t.n_bytes) for t in reader.tensors)
+        assert types["blk.0.attn_norm.weight"] == "F32"
+        matrices = Counter(t for n, t in types.items() if n.startswith("blk.") and t != "F32")
+        assert gguf_type[:4].upper() in matrices  # q4_k_m: Q4_K blocks
+        if gguf_type != "q6_k":  # the mixes keep some matrices finer, as llama.cpp's do
+            assert len(matrices) >= 2
+        ids = s.tokenizer(PROMPTS[0]).input_ids
+        sequence = ids + hf_greedy(s.model, ids)
+        llm = load(llama_class, path)
+        # llama.cpp computes with exactly the weights in the file: against transformers with
+        # the file's dequantized matrices, what is left is llama.cpp rounding activations to
+        # 8 bits in blocks of 256 (measured 0.6-6.6% of the logits' spread).
+        file_model = read_back_from_gguf(s.model, path)
+        got = llama_logits(llm, sequence)
+        assert relative_rms(hf_logits(file_model, sequence), got) < 0.1
+    assert list(sizes.values()) == sorted(sizes.values(), reverse=True)  # q6_k biggest
+    # the free-space check counts the F16 file staged for llama.cpp beside the K-quant one
+    from workbench.deploy.export import export_bytes
+
+    staged = s.export("export/f16", format="gguf", gguf_type="f16") / "model.gguf"
+    written = staged.stat().st_size + (tmp_path / "q6_k/run/export/q6_k/model.gguf").stat().st_size
+    assert written <= export_bytes(s.model, "gguf", "q6_k") <= 2 * written
+
+
+def test_k_quant_without_llama_cpp_is_refused_before_anything_is_written(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now fails
+    with pytest.raises(wb.DependencyError, match="pip install llama-cpp-python"):
+        s.export("export/gguf", format="gguf", gguf_type="q4_k_m")
+    assert not (tmp_path / "run" / "export").exists()
+    assert s.export("export/gguf", format="gguf", gguf_type="q4_0").is_dir()  # gguf-py's own
+
+
+@pytest.mark.llama_cpp
+def test_a_failed_llama_cpp_quantization_names_the_file_and_leaves_no_file(tmp_path, llama_class):
+    from workbench.deploy.llama_quantize import quantize_gguf
+
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(b"GGUF" + bytes(60))  # a header and nothing after it
+    with pytest.raises(wb.WriteError, match=f"could not quantize {damaged} to Q4_K_M: .*GGUF"):
+        quantize_gguf(damaged, tmp_path / "model.gguf", "q4_k_m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]
+
+
 def test_modelfile_for_chatml_is_written_beside_the_gguf(tmp_path):
     _, folder = exported(tmp_path, "llama", "q8_0")
     # export_check.json: the export ran in llama.cpp at once and was compared with the model
@@ -315,8 +424,8 @@ def test_modelfile_for_gemma_puts_the_system_text_in_the_first_user_turn():
 def test_gguf_type_is_checked_before_anything_is_written(tmp_path, tiny_model_dir):
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(tiny_model_dir))
-    with pytest.raises(wb.SpecError, match="gguf_type='q4_k_m' is not one of"):
-        s.export("export/gguf", format="gguf", gguf_type="q4_k_m")
+    with pytest.raises(wb.SpecError, match="gguf_type='q4_k_s' is not one of"):
+        s.export("export/gguf", format="gguf", gguf_type="q4_k_s")
     with pytest.raises(wb.SpecError, match="applies to format='gguf' only"):
         s.export("export/merged", format="safetensors", gguf_type="q8_0")
     assert not (tmp_path / "run" / "export").exists() or not any(
@@ -338,3 +447,8 @@ def test_builtin_gemma_gguf_answers_paris_in_llama_cpp(tmp_path, llama_class):
     got = llama_greedy(llm, ids, 4)
     assert s.tokenizer.decode(expected).startswith(" Paris")
     assert got == expected
+    # Q4_K_M, llama.cpp's usual choice, still knows: a quarter of the weights' bytes
+    small = s.export("export/q4_k_m", format="gguf", gguf_type="q4_k_m") / "model.gguf"
+    assert small.stat().st_size < 0.4 * (folder / "model.gguf").stat().st_size
+    answer = llama_greedy(load(llama_class, small), ids, 4)
+    assert s.tokenizer.decode(answer).startswith(" Paris")

@@ -1055,13 +1055,16 @@ class Session:
         other non-empty folder still needs ``overwrite=True``.
 
         ``gguf`` writes ``model.gguf`` (``gguf_type``: ``f32``, ``f16``, ``q8_0`` or ``q4_0``,
-        quantized by the gguf package) with the training chat template and end-of-turn token,
+        quantized by the gguf package, or llama.cpp's K-quants ``q6_k``, ``q5_k_m``,
+        ``q4_k_m``, ``q3_k_m``, ``q2_k``, which need llama-cpp-python) with the training chat
+        template and end-of-turn token,
         and an Ollama ``Modelfile``. When llama-cpp-python is installed, the export is then run
         in llama.cpp and compared with the session's model (:meth:`check_export`); the result
         is saved as ``export_check.json`` and its summary printed.
 
         Raises:
             SpecError: unknown format, or a non-empty target without ``overwrite``.
+            DependencyError: a K-quant ``gguf_type`` without llama-cpp-python.
             WriteError: a read-only target, or no space left on its disk.
 
         Examples:

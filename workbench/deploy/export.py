@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import check_free_space
-from workbench.deploy.gguf_writer import GGUF_BYTES_PER_WEIGHT, GGUFType, check_gguf_type
+from workbench.deploy.gguf_writer import GGUFType, check_gguf_type, gguf_bytes_per_weight
 from workbench.deploy.merge import is_adapted, plain_model
 from workbench.deploy.model_card import ModelCard
 from workbench.deploy.paths import check_writable_target, staged_write
@@ -57,6 +57,7 @@ def check_export(
         SpecError: unknown format or ``gguf_type``, ``gguf_type`` for a format other than
             ``gguf``, non-empty target without ``overwrite``, or ``adapter`` asked for a model
             without one.
+        DependencyError: a K-quant ``gguf_type`` without llama-cpp-python, which makes it.
         WriteError: the target's disk is read-only or has too little free space.
 
     Examples:
@@ -115,13 +116,15 @@ def export_model(
         card: The model card written as README.md.
         overwrite: Replace a non-empty ``target``.
         gguf_type: Tensor type of a ``gguf`` export's weight matrices: ``f32``, ``f16``,
-            ``q8_0`` or ``q4_0`` (see :mod:`workbench.deploy.gguf_writer`).
+            ``q8_0``, ``q4_0``, or a K-quant made by llama.cpp (``q6_k``, ``q5_k_m``,
+            ``q4_k_m``, ``q3_k_m``, ``q2_k``; see :mod:`workbench.deploy.gguf_writer`).
 
     Raises:
         SpecError: unknown format or ``gguf_type``, non-empty target without ``overwrite``,
             or ``adapter`` asked for a model without one.
+        DependencyError: a K-quant ``gguf_type`` without llama-cpp-python, which makes it.
         WriteError: the disk is read-only or full ("no space left on device at PATH, N MB
-            needed"), found before writing or while writing.
+            needed"), found before writing or while writing, or llama.cpp failed to quantize.
 
     Examples:
         >>> export_model(None, None, Path("/tmp/x"), "onnx", ModelCard("tiny", "onnx"))
@@ -139,8 +142,9 @@ def export_bytes(model: Any, export_format: str, gguf_type: GGUFType = "f32") ->
     """Estimate the bytes an export writes: its weights plus the tokenizer files.
 
     Counts what is written, not what is in memory: a 4-bit layer is written dequantized
-    (in its compute dtype), GGUF in its ``gguf_type`` (``q4_0`` counted as ``q8_0``, which
-    its embedding keeps), an adapter is only its LoRA tensors.
+    (in its compute dtype), GGUF in its ``gguf_type`` at its largest
+    (:func:`~workbench.deploy.gguf_writer.gguf_bytes_per_weight`), an adapter is only its
+    LoRA tensors.
 
     Examples:
         >>> from workbench.models.tiny import build_tiny_model
@@ -152,7 +156,7 @@ def export_bytes(model: Any, export_format: str, gguf_type: GGUFType = "f32") ->
     if export_format == "adapter":
         tensors = [p for name, p in model.named_parameters() if "lora_" in name]
         return sum(p.numel() * p.element_size() for p in tensors) + _tokenizer_bytes(model)
-    gguf_size = GGUF_BYTES_PER_WEIGHT["q8_0" if gguf_type == "q4_0" else gguf_type]
+    gguf_size = gguf_bytes_per_weight(gguf_type)
     float_size = gguf_size if export_format == "gguf" else _float_size(model)
     total = 0.0
     for name, param in model.named_parameters():

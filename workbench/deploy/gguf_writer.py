@@ -11,9 +11,11 @@ Tensor types (``quantization``), made by gguf-py's own quantizers (``gguf.quants
 - ``f32``: exact; ``f16``: half the size, rounding only;
 - ``q8_0``: blocks of 32 weights as int8 with one scale (about 8.5 bits a weight);
 - ``q4_0``: blocks of 32 as 4-bit with one scale (4.5 bits), the smallest type gguf-py
-  quantizes on CPU (it has no K-quants such as Q4_K_M; those need llama.cpp's
-  ``llama-quantize``). The token embedding and output matrix stay Q8_0, as
-  ``llama-quantize`` keeps the output at a higher precision than the blocks.
+  quantizes on CPU. The token embedding and output matrix stay Q8_0, as ``llama-quantize``
+  keeps the output at a higher precision than the blocks;
+- ``q6_k``, ``q5_k_m``, ``q4_k_m``, ``q3_k_m``, ``q2_k``: llama.cpp's K-quants, which gguf-py
+  cannot make: an F16 file is written and requantized by llama.cpp itself, through
+  llama-cpp-python (:mod:`workbench.deploy.llama_quantize`).
 
 As in llama.cpp's converter, norms and other 1-D tensors stay F32 (llama.cpp computes with
 them in F32), and a matrix whose rows are not a multiple of 32 falls back to F16.
@@ -46,7 +48,14 @@ from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError, WorkbenchWarning
 
-__all__ = ["GGUF_ARCHITECTURES", "GGUFType", "check_gguf_type", "gguf_model_name", "write_gguf"]
+__all__ = [
+    "GGUF_ARCHITECTURES",
+    "GGUFType",
+    "check_gguf_type",
+    "gguf_bytes_per_weight",
+    "gguf_model_name",
+    "write_gguf",
+]
 
 # transformers model_type -> GGUF architecture this writer supports.
 GGUF_ARCHITECTURES = {
@@ -64,29 +73,47 @@ GGUF_ARCHITECTURES = {
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
-GGUFType = Literal["f32", "f16", "q8_0", "q4_0"]
-# Bytes a quantized type spends per weight (gguf.GGML_QUANT_SIZES: block bytes / block size).
+GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
+# Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
 GGUF_BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 def check_gguf_type(quantization: str) -> None:
-    """Refuse a GGUF tensor type this writer cannot make.
+    """Refuse a GGUF tensor type this writer cannot make, here.
 
     Raises:
         SpecError: ``quantization`` is not one of :data:`GGUFType`.
+        DependencyError: a K-quant, and llama-cpp-python (which makes it) is not installed.
 
     Examples:
-        >>> check_gguf_type("q4_k_m")
+        >>> check_gguf_type("q4_k_s")
         Traceback (most recent call last):
-        workbench.errors.SpecError: gguf_type='q4_k_m' is not one of ('f32', 'f16', 'q8_0', \
-'q4_0'). K-quants such as Q4_K_M need llama.cpp's llama-quantize on an f32 or f16 export.
+        workbench.errors.SpecError: gguf_type='q4_k_s' is not one of ('f32', 'f16', 'q8_0', \
+'q4_0', 'q6_k', 'q5_k_m', 'q4_k_m', 'q3_k_m', 'q2_k').
     """
+    from workbench.deploy.llama_quantize import check_llama_quantizer
+
     if quantization not in get_args(GGUFType):
-        msg = (
-            f"gguf_type={quantization!r} is not one of {get_args(GGUFType)}. K-quants such as "
-            "Q4_K_M need llama.cpp's llama-quantize on an f32 or f16 export."
-        )
-        raise SpecError(msg)
+        raise SpecError(f"gguf_type={quantization!r} is not one of {get_args(GGUFType)}.")
+    check_llama_quantizer(quantization)
+
+
+def gguf_bytes_per_weight(quantization: GGUFType) -> float:
+    """Disk bytes per weight an export in ``quantization`` needs at its largest.
+
+    ``q4_0`` counts as ``q8_0``, which its embedding keeps. A K-quant counts the F16 file
+    staged for llama.cpp plus its own file at Q8_0, the widest type llama.cpp falls back to
+    for rows it cannot cut into blocks of 256.
+
+    Examples:
+        >>> gguf_bytes_per_weight("f16"), gguf_bytes_per_weight("q4_k_m")
+        (2.0, 3.0625)
+    """
+    from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES
+
+    if quantization in LLAMA_CPP_TYPES:
+        return GGUF_BYTES_PER_WEIGHT["f16"] + GGUF_BYTES_PER_WEIGHT["q8_0"]
+    return GGUF_BYTES_PER_WEIGHT["q8_0" if quantization == "q4_0" else quantization]
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = "f32") -> Path:
@@ -101,6 +128,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
     Raises:
         SpecError: an unsupported architecture or ``quantization``, or a setting llama.cpp
             cannot reproduce.
+        DependencyError: a K-quant without llama-cpp-python.
+        WriteError: llama.cpp failed to make the K-quant (its log says why).
 
     Examples:
         >>> import gguf
@@ -124,15 +153,29 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         workbench.errors.SpecError: GGUF export supports gemma2, gemma3_text, ... models, \
 not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
     """
+    from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES, quantize_gguf
+
+    check_gguf_type(quantization)
+    _warn_if_window_is_dropped(gguf_architecture(model.config), model.config)
+    if quantization not in LLAMA_CPP_TYPES:
+        return _write_file(model, tokenizer, path, quantization)
+    staged = path.with_name(f".{path.name}.f16")
+    try:
+        _write_file(model, tokenizer, staged, "f16")
+        return quantize_gguf(staged, path, quantization)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _write_file(model: Any, tokenizer: Any, path: Path, quantization: str) -> Path:
+    """The GGUF file in a type gguf-py makes."""
     import gguf
 
     from workbench.deploy.gguf_metadata import add_hparams
     from workbench.deploy.gguf_vocab import add_tokenizer
 
-    check_gguf_type(quantization)
     config = model.config
     arch = gguf_architecture(config)
-    _warn_if_window_is_dropped(arch, config)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(gguf_model_name(config, tokenizer))
     writer.add_file_type(_FILE_TYPES[quantization])
