@@ -92,6 +92,7 @@ def test_process_killed_mid_build_leaves_no_entry(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "m").exists()  # only a hidden partial folder remains
+    assert len(list(tmp_path.glob(".m.partial-*"))) == 1
     env_before = os.environ.get("WORKBENCH_CACHE")
     os.environ["WORKBENCH_CACHE"] = str(tmp_path)
     try:
@@ -103,6 +104,7 @@ def test_process_killed_mid_build_leaves_no_entry(tmp_path):
             os.environ["WORKBENCH_CACHE"] = env_before
     assert verify_entry(folder) is None
     assert (folder / "model.safetensors").stat().st_size == 4096
+    assert list(tmp_path.glob(".m.partial-*")) == []  # the killed build's files are gone
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -200,6 +201,52 @@ def test_size_estimate_covers_what_is_written(tmp_path, model_dir):
         written = sum(p.stat().st_size for p in folder.iterdir())
         estimate = export_bytes(s.model, export_format)
         assert written <= estimate <= 2 * written + 256 * 1024, export_format
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from workbench.deploy.paths import staged_write
+with staged_write(Path(sys.argv[1])) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"x" * 100_000)
+    print("writing", flush=True)
+    time.sleep(600)
+"""
+
+
+def start_writer(target):
+    """A process exporting to ``target``, stopped while its files are staged."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE, text=True
+    )
+    assert writer.stdout.readline() == "writing\n"
+    return writer
+
+
+def test_a_killed_export_leaves_nothing_once_the_next_export_runs(tmp_path, tiny_model_dir):
+    s = adapted_session(tmp_path, tiny_model_dir)
+    target = tmp_path / "run" / "export" / "merged"
+
+    def staged():
+        return sorted(target.parent.glob(".merged.partial-*"))
+
+    killed = start_writer(target)
+    killed.kill()  # SIGKILL: no clean-up of its own ran
+    killed.wait()
+    assert len(staged()) == 1
+    folder = s.export("export/merged")
+    assert staged() == []
+    assert ".workbench.lock" not in {p.name for p in folder.iterdir()}
+    live = start_writer(target)  # another notebook exporting to the same place right now
+    try:
+        s.export("export/merged")
+        assert len(staged()) == 1 and (staged()[0] / "model.safetensors").is_file()
+        assert (folder / "model.safetensors").stat().st_size > 100_000  # ours, not theirs
+    finally:
+        live.kill()
+        live.wait()
+    s.export("export/merged")  # its writer is gone too: now it is removed
+    assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]
 
 
 # --- quantize and serve check before they export -----------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 from workbench._io import staging_folder, translated_write_errors
 from workbench.errors import SpecError
 
-__all__ = ["check_writable_target", "export_target", "staged_write"]
+__all__ = ["check_writable_target", "export_target", "remove_abandoned_stages", "staged_write"]
 
 
 def export_target(run_dir: Path, path: str | Path) -> Path:
@@ -81,10 +81,12 @@ def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path
     """
     target = Path(target)
     aside: Path | None = None
+    remove_abandoned_stages(target)
     try:
         with (
             translated_write_errors(target, needed_bytes),
             staging_folder(target, replace=True) as tmp,
+            _held(tmp),
             translated_write_errors(target, needed_bytes),  # while the partial files count
         ):
             yield tmp
@@ -97,3 +99,55 @@ def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# A staging folder without a writer's lock file (one made before writers held locks) is
+# taken as abandoned once nobody has touched it for this long.
+_UNLOCKED_STAGE_AGE_S = 3600
+
+
+def remove_abandoned_stages(target: Path) -> list[Path]:
+    """Remove the staging folders (``.NAME.partial-*``) that killed exports to ``target`` left.
+
+    An export killed while writing (a kernel restart, a crash) leaves its staging folder
+    beside ``target``, as large as the export. Each writer holds a lock in its own staging
+    folder (the run folders' :class:`~workbench.train.lock.RunLock`: the kernel drops it when
+    the writer dies, however it dies), so a folder whose lock can be taken is abandoned, and
+    one that a live export in another process is writing is left alone.
+
+    Returns:
+        The folders removed.
+
+    Examples:
+        >>> remove_abandoned_stages(Path("/nonexistent-parent/export"))
+        []
+    """
+    import glob
+    import time
+
+    from workbench.train.lock import LOCK_FILE, RunLock
+
+    pattern = f".{glob.escape(target.name)}.partial-*"
+    removed = []
+    for stage in sorted(target.parent.glob(pattern)) if target.parent.is_dir() else []:
+        if not (stage / LOCK_FILE).is_file():
+            if time.time() - stage.stat().st_mtime < _UNLOCKED_STAGE_AGE_S:
+                continue  # a writer between creating the folder and locking it
+        else:
+            try:
+                RunLock(stage).acquire().release()
+            except SpecError:  # the lock is held: a live export is writing it
+                continue
+        shutil.rmtree(stage, ignore_errors=True)
+        removed.append(stage)
+    return removed
+
+
+@contextlib.contextmanager
+def _held(stage: Path) -> Iterator[None]:
+    """Hold the writer's lock in ``stage``; the lock file is gone before ``stage`` is renamed."""
+    from workbench.train.lock import LOCK_FILE, RunLock
+
+    with RunLock(stage):
+        yield
+    (stage / LOCK_FILE).unlink(missing_ok=True)

@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Callable
@@ -72,7 +73,9 @@ def cached_folder(
 ) -> Path:
     """Return the verified cache folder for ``key``, building it with ``build(tmp)`` if needed.
 
-    A process-wide file lock keeps two processes from building the same entry at once.
+    A process-wide file lock keeps two processes from building the same entry at once, so
+    the staging folder of a build that was killed (a kernel restart while converting) is
+    removed by the next build rather than left in the cache.
 
     Args:
         key: Folder name inside the cache root.
@@ -106,6 +109,9 @@ def cached_folder(
         raise CacheError(msg) from err
     folder = root / key
     with FileLock(str(root / f".{key}.lock")):
+        # Holding the key's lock, any staging folder of it is a killed build's: remove it.
+        for leftover in root.glob(f".{glob.escape(key)}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         if folder.exists():
             problem = verify_entry(folder)
             if problem is None:
