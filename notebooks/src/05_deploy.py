@@ -68,7 +68,9 @@ print("same answer after merging:", after == before)
 #
 # The safetensors folder loads with `transformers` alone, and serves with vLLM or Text
 # Generation Inference. GGUF is the format of llama.cpp and Ollama
-# (`ollama create mymodel -f Modelfile` with `FROM ./model.gguf`).
+# (`ollama create mymodel -f Modelfile` with `FROM ./model.gguf`). This one is exact
+# (`f32`); `gguf_type="q8_0"` or `"q4_0"` makes it smaller, and `"q4_k_m"`, the size most
+# llama.cpp and Ollama users pick, is made by llama.cpp itself (it needs llama-cpp-python).
 
 # %%
 merged = s.export("export/merged")
