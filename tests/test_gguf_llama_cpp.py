@@ -178,6 +178,60 @@ def test_a_model_named_like_phi3_still_tokenizes_like_transformers(tmp_path, lla
         ), text
 
 
+# The split regex of GPT-4o's and Phi-4-mini's tokenizer.json, as they write it.
+GPT4O_SPLIT = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+    r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+"
+    r"[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+@pytest.mark.llama_cpp
+def test_a_gpt4o_split_tokenizer_is_named_so_and_tokenizes_like_transformers(
+    tmp_path, llama_class, tiny_model_dir
+):
+    """Phi-4-mini's split (GPT-4o's o200k regex): llama.cpp must be told "gpt-4o".
+
+    Trained with GPT-2's split, the vocabulary merges across the places where GPT-4o's split
+    cuts ("HelloWorld"), so a file saying "default" tokenizes differently (checked once).
+    """
+    import warnings
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from workbench.deploy.gguf_writer import write_gguf
+
+    words = ["HelloWorld", "JSONParser", "camelCase", "McDonald's", "DON'T", "iPhone", "XMLHttp"]
+    corpus = [
+        " ".join(words[(k + i) % len(words)] for i in range(20)) + " 12345" for k in range(50)
+    ]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=alphabet))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GPT4O_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    assert tokenizer.tokenize("HelloWorld")[:2] == ["Hello", "World"]
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wb.WorkbenchWarning)  # no "no pre-tokenizer known"
+        path = write_gguf(s.model, tokenizer, tmp_path / "model.gguf")
+    llm = llama_class(model_path=str(path), n_ctx=256, verbose=False, vocab_only=True)
+    assert llm.metadata["tokenizer.ggml.pre"] == "gpt-4o"
+    for text in ["HelloWorld JSONParser DON'T 12345", "McDonald's iPhone XMLHttp", *TEXTS]:
+        ids = tokenizer(text).input_ids
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+
+
 @pytest.mark.llama_cpp
 def test_smollm3_blocks_without_rotary_embeddings_match_and_other_patterns_are_refused(
     tmp_path, llama_class
@@ -191,6 +245,72 @@ def test_smollm3_blocks_without_rotary_embeddings_match_and_other_patterns_are_r
     with pytest.raises(wb.SpecError, match=r"no_rope_layers=\[1, 0, 1, 0\]"):
         s.export("export/every-other", format="gguf")
     assert not (tmp_path / "run" / "export" / "every-other").exists()
+
+
+def longrope_phi(tmp_path, long_factor, short_factor):
+    """A tiny Phi-4-mini-like model: LongRoPE from 256 to 1024 tokens, half the head rotated."""
+    import json
+
+    folder = wb.build_tiny_model(tmp_path / "phi-longrope", "phi3")
+    config = json.loads((folder / "config.json").read_text())
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+    config["rope_parameters"] = {
+        **rope,
+        "long_factor": long_factor,
+        "short_factor": short_factor,
+        "original_max_position_embeddings": 256,
+    }
+    config.update(max_position_embeddings=1024, original_max_position_embeddings=256)
+    config.update(partial_rotary_factor=0.5, sliding_window=None)
+    (folder / "config.json").write_text(json.dumps(config))
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    return s
+
+
+@pytest.mark.llama_cpp
+def test_phi3_longrope_matches_with_short_and_long_factors(tmp_path, llama_class):
+    import gguf
+
+    # one factor per rotated frequency: 16-wide heads, half rotated, 4 frequencies
+    s = longrope_phi(tmp_path, [2.9, 1.8, 1.1, 3.4], [1.3, 1.5, 1.0, 1.1])
+    folder = s.export("export/gguf", format="gguf")
+    reader = gguf.GGUFReader(folder / "model.gguf")
+    tensors = {t.name: t.data.tolist() for t in reader.tensors if t.name.startswith("rope_")}
+    assert tensors.keys() == {"rope_factors_long.weight", "rope_factors_short.weight"}
+    assert tensors["rope_factors_long.weight"] == pytest.approx([2.9, 1.8, 1.1, 3.4])
+    assert tensors["rope_factors_short.weight"] == pytest.approx([1.3, 1.5, 1.0, 1.1])
+    assert reader.fields["phi3.rope.dimension_count"].contents() == 8
+    # transformers takes the short factors for inputs up to 256 tokens, llama.cpp for a
+    # context of up to 256 (it rounds n_ctx up to a multiple of 256): the same numbers
+    short = s.tokenizer(PROMPTS[0]).input_ids
+    llm = llama_class(
+        model_path=str(folder / "model.gguf"),
+        n_ctx=256,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+    )
+    assert np.abs(llama_logits(llm, short) - hf_logits(s.model, short)).max() < 0.05
+    # past 256 both take the long factors and the attention factor sqrt(1 + ln 4 / ln 256)
+    long = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 36)).input_ids
+    assert len(long) > 256
+    llm = llama_class(
+        model_path=str(folder / "model.gguf"),
+        n_ctx=512,
+        logits_all=True,
+        verbose=False,
+        n_threads=2,
+    )
+    assert np.abs(llama_logits(llm, long) - hf_logits(s.model, long)).max() < 0.05
+
+
+def test_phi3_longrope_with_a_factor_per_wrong_frequency_count_is_refused(tmp_path):
+    s = longrope_phi(tmp_path, [2.0] * 4, [1.0] * 4)
+    s.model.config.rope_parameters["long_factor"] = [2.0] * 8  # transformers checks at load
+    with pytest.raises(wb.SpecError, match="long_factor has 8 entries; the model rotates 4"):
+        s.export("export/gguf", format="gguf")
+    assert not (tmp_path / "run" / "export" / "gguf").exists()
 
 
 @pytest.mark.llama_cpp

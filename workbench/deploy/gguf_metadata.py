@@ -11,8 +11,9 @@ written, taken from the transformers config:
   ``attention.head_count``/``head_count_kv``, ``attention.key_length``/``value_length``,
   ``rope.dimension_count``, ``vocab_size``;
 - norms: ``attention.layer_norm_rms_epsilon``;
-- rope: ``rope.freq_base``, ``rope.scaling.*`` (linear and YaRN; Llama 3's scaling is a
-  ``rope_freqs`` tensor, see :func:`rope_freqs`), and for Gemma 3 ``rope.freq_base_swa``;
+- rope: ``rope.freq_base``, ``rope.scaling.*`` (linear, YaRN, and Phi-3's LongRoPE
+  attention factor and pretraining context; Llama 3's scaling and LongRoPE's factors are
+  tensors, see :func:`rope_tensors`), and for Gemma 3 ``rope.freq_base_swa``;
 - Gemma 3: ``attention.sliding_window``, ``attention.sliding_window_pattern`` (one flag per
   layer, from ``config.layer_types``) and ``final_logit_softcapping``;
 - Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
@@ -35,7 +36,7 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["add_hparams", "hparams", "rope_freqs"]
+__all__ = ["add_hparams", "hparams", "rope_freqs", "rope_tensors", "rotary_dim"]
 
 
 def add_hparams(writer: Any, arch: str, config: Any) -> None:
@@ -94,10 +95,10 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         "attention.head_count_kv": int(getattr(config, "num_key_value_heads", None) or heads),
         "attention.key_length": int(head_dim),
         "attention.value_length": int(head_dim),
-        "rope.dimension_count": int(head_dim * getattr(config, "partial_rotary_factor", 1.0)),
+        "rope.dimension_count": rotary_dim(config),
         "attention.layer_norm_rms_epsilon": float(config.rms_norm_eps),
         "vocab_size": int(config.vocab_size),
-        **_rope_facts(config),
+        **_rope_facts(config, arch),
     }
     if arch == "gemma3":
         facts.update(_gemma3_facts(config, head_dim))
@@ -205,13 +206,36 @@ def rope_parameters(config: Any, layer_type: str = "full_attention") -> dict[str
     return rope
 
 
-def _rope_facts(config: Any) -> dict[str, Any]:
+def rotary_dim(config: Any) -> int:
+    """How many of each head's dimensions are rotated (Phi-4-mini: three quarters).
+
+    Examples:
+        >>> from transformers import Phi3Config
+        >>> rotary_dim(Phi3Config(hidden_size=3072, num_attention_heads=24,
+        ...                       partial_rotary_factor=0.75))
+        96
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    fraction = rope_parameters(config).get("partial_rotary_factor")
+    if fraction is None:
+        fraction = getattr(config, "partial_rotary_factor", None) or 1.0
+    return int(head_dim * fraction)
+
+
+def _rope_facts(config: Any, arch: str) -> dict[str, Any]:
     rope = rope_parameters(config)
     facts: dict[str, Any] = {"rope.freq_base": float(rope.get("rope_theta", 10000.0))}
     kind = rope.get("rope_type", rope.get("type")) or "default"
     factor = rope.get("factor")
-    if kind in ("default", "llama3"):  # llama3: a rope_freqs tensor, see rope_freqs()
+    if kind in ("default", "llama3"):  # llama3: a rope_freqs tensor, see rope_tensors()
         return facts
+    if kind in ("longrope", "su") and arch == "phi3":  # and two factor tensors
+        original, attention = _longrope_lengths(config, rope)
+        return {
+            **facts,
+            "rope.scaling.attn_factor": attention,
+            "rope.scaling.original_context_length": original,
+        }
     if kind == "linear" and factor:
         return {**facts, "rope.scaling.type": "linear", "rope.scaling.factor": float(factor)}
     if kind == "yarn" and factor:
@@ -278,6 +302,62 @@ def _gemma3_facts(config: Any, head_dim: int) -> dict[str, Any]:
     if getattr(config, "final_logit_softcapping", None):
         facts["final_logit_softcapping"] = float(config.final_logit_softcapping)
     return facts
+
+
+def _longrope_lengths(config: Any, rope: dict[str, Any]) -> tuple[int, float]:
+    """LongRoPE's pretraining context and its attention factor, as transformers computes it."""
+    original = rope.get("original_max_position_embeddings") or getattr(
+        config, "original_max_position_embeddings", config.max_position_embeddings
+    )
+    factor = rope.get("factor") or config.max_position_embeddings / original
+    attention = rope.get("attention_factor")
+    if attention is None:
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    return int(original), float(attention)
+
+
+def rope_tensors(config: Any) -> dict[str, Any]:
+    """The rope tensors llama.cpp reads instead of metadata, by GGUF name (may be empty).
+
+    Llama 3's scaling is ``rope_freqs.weight`` (:func:`rope_freqs`). Phi-3.5's and Phi-4's
+    LongRoPE is two tensors of one factor per rotary frequency: ``rope_factors_short`` for
+    contexts up to the pretraining length and ``rope_factors_long`` past it. transformers
+    switches per input (long factors once an input is longer than
+    ``original_max_position_embeddings``); llama.cpp switches per context size (long factors
+    for every prompt once ``n_ctx`` is larger).
+
+    Raises:
+        SpecError: the factor lists do not have one entry per rotary frequency.
+
+    Examples:
+        >>> from transformers import Phi3Config
+        >>> rope = {"rope_type": "longrope", "rope_theta": 10000.0,
+        ...         "long_factor": [1.0, 2.0], "short_factor": [1.0, 1.0]}
+        >>> config = Phi3Config(hidden_size=16, num_attention_heads=4, rope_parameters=rope,
+        ...                     max_position_embeddings=256, original_max_position_embeddings=64)
+        >>> {name: t.tolist() for name, t in rope_tensors(config).items()}
+        {'rope_factors_long.weight': [1.0, 2.0], 'rope_factors_short.weight': [1.0, 1.0]}
+    """
+    import numpy as np
+
+    freqs = rope_freqs(config)
+    if freqs is not None:
+        return {"rope_freqs.weight": freqs}
+    rope = rope_parameters(config)
+    if (rope.get("rope_type", rope.get("type")) or "").lower() not in ("longrope", "su"):
+        return {}
+    wanted = rotary_dim(config) // 2
+    factors = {}
+    for which in ("long", "short"):
+        values = list(rope.get(f"{which}_factor") or [])
+        if len(values) != wanted:
+            msg = (
+                f"GGUF export: LongRoPE {which}_factor has {len(values)} entries; the model "
+                f"rotates {wanted} frequencies per head, and llama.cpp needs one factor each."
+            )
+            raise SpecError(msg)
+        factors[f"rope_factors_{which}.weight"] = np.asarray(values, dtype=np.float32)
+    return factors
 
 
 def rope_freqs(config: Any):

@@ -44,7 +44,15 @@ _LLAMA3_REGEX = (
     r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 _QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
-_SPLIT_REGEXES = {_LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2"}
+# GPT-4o's o200k split (Phi-4-mini): a capitalised word ends where the next one begins.
+_UPPER, _LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+_GPT4O_REGEX = (
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}*{_LOWER}+{_CONTRACTION}|"
+    rf"[^\r\n\p{{L}}\p{{N}}]?{_UPPER}+{_LOWER}*{_CONTRACTION}|"
+    r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_SPLIT_REGEXES = {_LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2", _GPT4O_REGEX: "gpt-4o"}
 
 
 def add_tokenizer(writer: Any, tokenizer: Any, n_vocab: int) -> None:
@@ -112,8 +120,8 @@ def pre_tokenizer_name(state: dict) -> str:
 
     ``ByteLevel`` with its own regex is GPT-2's split (``gpt-2``); digits split one by one
     before it is SmolLM's (``smollm``); a ``Split`` regex followed by ``ByteLevel`` is
-    matched against Llama 3's and Qwen 2's regexes. Anything else warns and falls back to
-    ``default``, which llama.cpp accepts but may split differently.
+    matched against Llama 3's, Qwen 2's and GPT-4o's (Phi-4-mini's) regexes. Anything else
+    warns and falls back to ``default``, which llama.cpp accepts but may split differently.
 
     Examples:
         >>> pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}})

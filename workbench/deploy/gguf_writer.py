@@ -277,16 +277,15 @@ _LLAMA_ROTARY = {"llama", "smollm3", "granite"}
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     import gguf
 
-    from workbench.deploy.gguf_metadata import rope_freqs
+    from workbench.deploy.gguf_metadata import rope_tensors
 
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
     # llama.cpp's OLMo 2 and OLMoE graphs need an output matrix even when it is tied.
     tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
-    factors = rope_freqs(config)
-    if factors is not None:
-        writer.add_tensor("rope_freqs.weight", factors)
+    for name, factors in rope_tensors(config).items():
+        writer.add_tensor(name, factors)
     for hf_name, tensor in model.state_dict().items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
