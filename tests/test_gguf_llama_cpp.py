@@ -426,8 +426,13 @@ def read_back_from_gguf(model, path):
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
     tensors = {t.name: t for t in gguf.GGUFReader(str(path)).tensors}
 
+    def gguf_name_of(module):  # GraniteMoE's block_sparse_moe under Mixtral's mlp names
+        return names.get_name(module) or names.get_name(
+            module.replace(".block_sparse_moe.", ".mlp.")
+        )
+
     def file_tensor(module):
-        tensor = tensors.get(f"{names.get_name(module)}.weight")
+        tensor = tensors.get(f"{gguf_name_of(module)}.weight")
         return None if tensor is None else gguf.quants.dequantize(tensor.data, tensor.tensor_type)
 
     back = copy.deepcopy(model)
@@ -442,8 +447,9 @@ def read_back_from_gguf(model, path):
             elif param.dim() == 1 or (data := file_tensor(module)) is None:
                 continue  # a norm, or a tied output
             data = data.reshape(param.shape)
-            gguf_name = names.get_name(module) or ""
-            if arch in ("llama", "smollm3", "granite") and gguf_name.endswith(("attn_q", "attn_k")):
+            gguf_name = gguf_name_of(module) or ""
+            rotated = arch in ("llama", "smollm3", "granite", "granitemoe")
+            if rotated and gguf_name.endswith(("attn_q", "attn_k")):
                 heads = config.num_attention_heads
                 if gguf_name.endswith("attn_k"):
                     heads = config.num_key_value_heads
@@ -503,7 +509,7 @@ def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["qwen3_moe", "mixtral", "olmoe"])
+@pytest.mark.parametrize("architecture", ["qwen3_moe", "mixtral", "olmoe", "granitemoe"])
 def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_class, architecture):
     """The 3D expert tensors quantized by gguf-py (q8_0, q4_0) and by llama.cpp (q4_k_m)."""
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):

@@ -109,7 +109,7 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     facts.update(_moe_facts(arch, config))
     if arch == "olmoe":
         _check_olmoe_heads(facts["attention.head_count_kv"], heads)
-    if arch == "granite":
+    if arch in ("granite", "granitemoe"):
         facts.update(_granite_facts(config))
     return facts
 

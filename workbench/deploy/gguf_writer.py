@@ -70,6 +70,7 @@ GGUF_ARCHITECTURES = {
     "qwen3_moe": "qwen3moe",
     "mixtral": "llama",  # llama.cpp runs Mixtral as Llama with experts, as its converter does
     "olmoe": "olmoe",
+    "granitemoe": "granitemoe",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
 }
@@ -271,7 +272,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
 _NEEDS_OUTPUT = {"olmo2", "olmoe"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
-_LLAMA_ROTARY = {"llama", "smollm3", "granite"}
+_LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe"}
 
 
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
@@ -291,7 +292,10 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
             continue
         for part_name, part in _split_fused_experts(hf_name, tensor.detach().float().cpu()):
             module, _, suffix = part_name.rpartition(".")
-            gguf_name = names.get_name(module)
+            # GraniteMoE's block_sparse_moe holds what gguf knows under Mixtral's mlp names
+            gguf_name = names.get_name(module) or names.get_name(
+                module.replace(".block_sparse_moe.", ".mlp.")
+            )
             if gguf_name is None:
                 raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
             data = _to_gguf_layout(arch, gguf_name, part, config)

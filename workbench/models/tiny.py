@@ -38,6 +38,7 @@ TinyArchitecture = Literal[
     "qwen3_moe",
     "mixtral",
     "olmoe",
+    "granitemoe",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -114,6 +115,12 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         max_position_embeddings=1024,
         **common,
     )
+    granite_multipliers = {
+        "embedding_multiplier": 12.0,
+        "residual_multiplier": 0.22,
+        "attention_multiplier": 1 / 16,
+        "logits_scaling": 8.0,
+    }
     # Each family's config class and what sets it apart from Llama's shape.
     families = {
         "llama": (transformers.LlamaConfig, {}),
@@ -148,15 +155,7 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         # norms after attention and MLP, query and key norms over all heads
         "olmo2": (transformers.Olmo2Config, {}),
         # Llama's blocks with embedding, residual, attention and logit multipliers
-        "granite": (
-            transformers.GraniteConfig,
-            {
-                "embedding_multiplier": 12.0,
-                "residual_multiplier": 0.22,
-                "attention_multiplier": 1 / 16,
-                "logits_scaling": 8.0,
-            },
-        ),
+        "granite": (transformers.GraniteConfig, granite_multipliers),
         # soft-capped attention logits, sliding and full attention alternating
         "gemma2": (
             transformers.Gemma2Config,
@@ -168,6 +167,11 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         "olmoe": (
             transformers.OlmoeConfig,
             {"num_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": heads},
+        ),
+        # Granite's multipliers and a mixture of experts (its router a bare weight)
+        "granitemoe": (
+            transformers.GraniteMoeConfig,
+            {**granite_multipliers, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
         "gemma3": (
             transformers.Gemma3TextConfig,
@@ -198,8 +202,8 @@ def build_tiny_model(
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma2"``, ``"gemma3"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
-            layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"mixtral"`` or
-            ``"olmoe"``.
+            layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"mixtral"``,
+            ``"olmoe"`` or ``"granitemoe"``.
         hidden: Hidden size; attention heads are ``hidden // 16``.
         layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.
