@@ -177,6 +177,23 @@ def test_disk_filling_during_the_write_is_a_clear_error_and_leaves_nothing(
     assert_unchanged(s, before_weights, before_text)
 
 
+def test_disk_filling_while_llama_cpp_quantizes_is_a_clear_error_and_leaves_nothing(
+    tmp_path, tiny_model_dir, small_disk, monkeypatch
+):
+    # Room for the F16 file staged for llama.cpp (about 260 kB), not for its Q4_K_M file too.
+    pytest.importorskip("llama_cpp")
+    from workbench.deploy import export
+
+    s = adapted_session(tmp_path, tiny_model_dir)
+    monkeypatch.setattr(export, "export_bytes", lambda model, fmt, **sized: 1000)
+    disk = small_disk(300)
+    target = disk / "out"
+    expected = rf"no space left on device at {re.escape(str(target))} \(\d+\.\d MB needed\)"
+    with pytest.raises(wb.WriteError, match=expected):
+        s.export(target, format="gguf", gguf_type="q4_k_m")
+    assert files_under(disk) == []
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_read_only_target_is_a_clear_error(tmp_path, model_dir, small_disk, overwrite):
     s = adapted_session(tmp_path, model_dir)

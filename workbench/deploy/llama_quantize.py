@@ -19,7 +19,9 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +71,9 @@ def quantize_gguf(source: Path, target: Path, gguf_type: str) -> Path:
 
     Raises:
         DependencyError: llama-cpp-python is not installed.
-        WriteError: llama.cpp could not quantize ``source`` (its last log lines say why).
+        OSError: the disk filled (``errno.ENOSPC``; an export turns it into a WriteError
+            naming its folder and the space it needs).
+        WriteError: llama.cpp could not quantize ``source`` (its log's failure lines say why).
 
     Examples:
         A file llama.cpp cannot read is refused, and nothing is left at the target:
@@ -91,13 +95,27 @@ to Q4_K_M: ...invalid magic characters...
     try:
         done = subprocess.run(command, capture_output=True, text=True, errors="replace")
         if done.returncode != 0:
-            log = "\n".join((done.stderr + done.stdout).strip().splitlines()[-6:])
-            msg = f"llama.cpp could not quantize {source} to {ftype}: {log or 'no log'}"
-            raise WriteError(msg)
+            # llama.cpp reports a full disk as "iostream error", without the OS's reason
+            if shutil.disk_usage(target.parent).free < source.stat().st_size:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))
+            why = _reasons(done.stderr + done.stdout)
+            raise WriteError(f"llama.cpp could not quantize {source} to {ftype}: {why}")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+_FAILURE_WORDS = ("fail", "error", "invalid")
+
+
+def _reasons(log: str) -> str:
+    """The lines of llama.cpp's log that say what failed (else its last lines)."""
+    lines = [line.strip() for line in log.strip().splitlines() if line.strip()]
+    failed = [
+        line for line in lines if any(w in line.lower() for w in ("fail", "error", "invalid"))
+    ]
+    return "\n".join(failed or lines[-3:]) or "no log"
 
 
 def _quantize_here(source: str, target: str, ftype: str) -> int:
