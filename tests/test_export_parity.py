@@ -111,3 +111,27 @@ def test_a_base_model_without_chat_template_is_checked_on_plain_prompts(tmp_path
     saved = json.loads((folder / CHECK_FILE).read_text())
     assert [c["name"] for c in saved["cases"]] == ["probe 1", "probe 2"]
     assert saved["same"] == 2
+
+
+@pytest.mark.llama_cpp
+def test_a_file_llama_cpp_cannot_load_is_a_clear_error_and_the_export_stands(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    needs_llama_cpp()
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    folder = s.export("export/gguf", format="gguf")
+    path = folder / "model.gguf"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut off mid-tensor
+    with pytest.raises(wb.ModelLoadError, match=f"llama.cpp could not load {path}"):
+        s.check_export("export/gguf")
+    # A writer mistake (here: Phi-2's output matrix left out, which llama.cpp requires)
+    # leaves the file written and says, even to a quiet session, that it was not checked.
+    from workbench.deploy import gguf_writer
+    from workbench.models.tiny import build_tiny_model
+
+    monkeypatch.setattr(gguf_writer, "_NEEDS_OUTPUT", set())
+    s.load_model(str(build_tiny_model(tmp_path / "phi", "phi")))
+    with pytest.warns(wb.WorkbenchWarning, match="export check not run: llama.cpp could not"):
+        folder = s.export("export/phi", format="gguf")
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "model.gguf"]

@@ -16,11 +16,18 @@ Examples:
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import NoDataError, NoModelError, SessionStateError, WorkbenchError
+from workbench.errors import (
+    NoDataError,
+    NoModelError,
+    SessionStateError,
+    WorkbenchError,
+    WorkbenchWarning,
+)
 from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
 from workbench.models.info import ModelInfo, model_info
@@ -1115,6 +1122,7 @@ class Session:
                 self.check_export(folder)
             except WorkbenchError as err:  # the export stands; say why it was not checked
                 self._progress(f"export check not run: {err}")
+                warnings.warn(f"export check not run: {err}", WorkbenchWarning, stacklevel=2)
         self.folder.remember(folder, self._writer(), f"{format} export")
         return folder
 

@@ -10,7 +10,8 @@ written, taken from the transformers config:
 - shape: ``context_length``, ``embedding_length``, ``block_count``, ``feed_forward_length``,
   ``attention.head_count``/``head_count_kv``, ``attention.key_length``/``value_length``,
   ``rope.dimension_count``, ``vocab_size``;
-- norms: ``attention.layer_norm_rms_epsilon``;
+- norms: ``attention.layer_norm_rms_epsilon`` (``attention.layer_norm_epsilon`` for the
+  LayerNorm families, Phi-2 and StableLM);
 - rope: ``rope.freq_base``, ``rope.scaling.*`` (linear, YaRN, and Phi-3's LongRoPE
   attention factor and pretraining context; Llama 3's scaling and LongRoPE's factors are
   tensors, see :func:`rope_tensors`), and for Gemma 3 ``rope.freq_base_swa``;
@@ -96,7 +97,7 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         "attention.key_length": int(head_dim),
         "attention.value_length": int(head_dim),
         "rope.dimension_count": rotary_dim(config),
-        "attention.layer_norm_rms_epsilon": float(config.rms_norm_eps),
+        **_norm_epsilon(config),
         "vocab_size": int(config.vocab_size),
         **_rope_facts(config, arch),
     }
@@ -112,6 +113,13 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     if arch in ("granite", "granitemoe"):
         facts.update(_granite_facts(config))
     return facts
+
+
+def _norm_epsilon(config: Any) -> dict[str, float]:
+    # RMSNorm families, and LayerNorm ones (Phi-2, StableLM) under their own key
+    if getattr(config, "rms_norm_eps", None) is not None:
+        return {"attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
+    return {"attention.layer_norm_epsilon": float(config.layer_norm_eps)}
 
 
 def _check_olmoe_heads(kv_heads: int, heads: int) -> None:

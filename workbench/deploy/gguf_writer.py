@@ -71,8 +71,11 @@ GGUF_ARCHITECTURES = {
     "mixtral": "llama",  # llama.cpp runs Mixtral as Llama with experts, as its converter does
     "olmoe": "olmoe",
     "granitemoe": "granitemoe",
+    "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "phi": "phi2",
+    "stablelm": "stablelm",
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -151,7 +154,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports gemma2, gemma3_text, ... models, \
+        workbench.errors.SpecError: GGUF export supports gemma, gemma2, ... models, \
 not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
     """
     from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES, quantize_gguf
@@ -269,7 +272,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
-_NEEDS_OUTPUT = {"olmo2", "olmoe"}
+_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe"}
@@ -283,7 +286,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    # llama.cpp's OLMo 2 and OLMoE graphs need an output matrix even when it is tied.
+    # llama.cpp's OLMo 2, OLMoE, Phi-2 and StableLM graphs need an output matrix even when
+    # it is tied.
     tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
     for name, factors in rope_tensors(config).items():
         writer.add_tensor(name, factors)
@@ -358,6 +362,6 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         shape = data.shape
         split = data.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
         return split.swapaxes(1, 2).reshape(shape)
-    if arch in ("gemma2", "gemma3") and gguf_name.endswith("norm"):
+    if arch in ("gemma", "gemma2", "gemma3") and gguf_name.endswith("norm"):
         return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
     return data

@@ -28,7 +28,7 @@ from typing import Any
 
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
-from workbench.errors import DependencyError, SpecError
+from workbench.errors import DependencyError, ModelLoadError, SpecError
 
 __all__ = [
     "CHECK_FILE",
@@ -266,7 +266,14 @@ def _llama(path: Path, context: int) -> Any:
             ".ci/llama-cpp-setup.sh builds it here)."
         )
         raise DependencyError(msg) from err
-    return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
+    try:
+        return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
+    except ValueError as err:  # llama-cpp-python's words for any file llama.cpp refuses
+        msg = (
+            f"llama.cpp could not load {path}: the file is damaged or describes a model "
+            "llama.cpp cannot build (llama_cpp.Llama(model_path=..., verbose=True) logs why)."
+        )
+        raise ModelLoadError(msg) from err
 
 
 def _exported_side(

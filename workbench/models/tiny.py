@@ -39,6 +39,9 @@ TinyArchitecture = Literal[
     "mixtral",
     "olmoe",
     "granitemoe",
+    "gemma",
+    "phi",
+    "stablelm",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -173,6 +176,15 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.GraniteMoeConfig,
             {**granite_multipliers, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
+        # Gemma 1: (1 + weight) norms, the embedding scaled by sqrt(hidden), GELU
+        "gemma": (transformers.GemmaConfig, {"head_dim": 16}),
+        # Phi-2: LayerNorm with biases, attention and MLP side by side, partial rotary
+        "phi": (transformers.PhiConfig, {"partial_rotary_factor": 0.5}),
+        # StableLM 2: LayerNorm, biased query/key/value, a quarter of each head rotated
+        "stablelm": (
+            transformers.StableLmConfig,
+            {"partial_rotary_factor": 0.25, "use_qkv_bias": True},
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -200,7 +212,8 @@ def build_tiny_model(
         architecture: ``"llama"``, ``"gpt2"`` (Conv1D layers), ``"qwen2"``, ``"qwen3"``
             (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
-            each sublayer), ``"granite"`` (scaling multipliers), ``"gemma2"``, ``"gemma3"``, or
+            each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
+            ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"mixtral"``,
             ``"olmoe"`` or ``"granitemoe"``.
