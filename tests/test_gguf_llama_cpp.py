@@ -247,6 +247,26 @@ def test_smollm3_blocks_without_rotary_embeddings_match_and_other_patterns_are_r
     assert not (tmp_path / "run" / "export" / "every-other").exists()
 
 
+@pytest.mark.llama_cpp
+def test_qwen2_moe_shared_expert_matches_and_renormalised_routing_is_refused(tmp_path, llama_class):
+    import gguf
+
+    s, folder = exported(tmp_path, "qwen2_moe")
+    reader = gguf.GGUFReader(folder / "model.gguf")
+    names = {t.name for t in reader.tensors}
+    assert {"blk.0.ffn_gate_inp_shexp.weight", "blk.1.ffn_down_shexp.weight"} <= names
+    assert reader.fields["qwen2moe.expert_shared_feed_forward_length"].contents() == 128
+    llm = load(llama_class, folder / "model.gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    # llama.cpp's Qwen2-MoE does not renormalise the chosen experts' weights (1.9 logits
+    # apart when transformers does), and no key changes that
+    s.model.config.norm_topk_prob = True
+    with pytest.raises(wb.SpecError, match="norm_topk_prob=True; llama.cpp does not"):
+        s.export("export/renormalised", format="gguf")
+    assert not (tmp_path / "run" / "export" / "renormalised").exists()
+
+
 def longrope_phi(tmp_path, long_factor, short_factor):
     """A tiny Phi-4-mini-like model: LongRoPE from 256 to 1024 tokens, half the head rotated."""
     import json
@@ -509,7 +529,9 @@ def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["qwen3_moe", "mixtral", "olmoe", "granitemoe"])
+@pytest.mark.parametrize(
+    "architecture", ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+)
 def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_class, architecture):
     """The 3D expert tensors quantized by gguf-py (q8_0, q4_0) and by llama.cpp (q4_k_m)."""
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):

@@ -143,8 +143,8 @@ def _granite_facts(config: Any) -> dict[str, float]:
 
 
 # Whether llama.cpp's graph renormalises the chosen experts' weights, per family (its Llama
-# graph, which runs Mixtral, does; it has no key to say otherwise).
-_RENORMALISES = {"qwen3moe": True, "olmoe": False, "llama": True}
+# graph, which runs Mixtral, does; Qwen2-MoE's does not; no key says otherwise).
+_RENORMALISES = {"qwen3moe": True, "olmoe": False, "llama": True, "qwen2moe": False}
 
 
 def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
@@ -171,11 +171,14 @@ def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
             f"{done} the chosen experts' weights. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
-    return {
+    facts = {
         "expert_count": experts.count,
         "expert_used_count": experts.per_token,
         "expert_feed_forward_length": experts.intermediate,
     }
+    if experts.shared_intermediate:  # Qwen2-MoE's shared expert, gated by a sigmoid
+        facts["expert_shared_feed_forward_length"] = experts.shared_intermediate
+    return facts
 
 
 def _check_smollm3_rope_layers(config: Any) -> None:

@@ -67,6 +67,7 @@ GGUF_ARCHITECTURES = {
     "smollm3": "smollm3",
     "olmo2": "olmo2",
     "granite": "granite",
+    "qwen2_moe": "qwen2moe",
     "qwen3_moe": "qwen3moe",
     "mixtral": "llama",  # llama.cpp runs Mixtral as Llama with experts, as its converter does
     "olmoe": "olmoe",
@@ -272,7 +273,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
-_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm"}
+_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe"}
@@ -286,8 +287,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    # llama.cpp's OLMo 2, OLMoE, Phi-2 and StableLM graphs need an output matrix even when
-    # it is tied.
+    # llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM and Qwen2-MoE graphs need an output matrix
+    # even when it is tied.
     tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
     for name, factors in rope_tensors(config).items():
         writer.add_tensor(name, factors)

@@ -42,6 +42,7 @@ TinyArchitecture = Literal[
     "gemma",
     "phi",
     "stablelm",
+    "qwen2_moe",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -176,6 +177,16 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.GraniteMoeConfig,
             {**granite_multipliers, "num_local_experts": 4, "num_experts_per_tok": 2},
         ),
+        # Qwen2-MoE: routed experts (chosen weights not renormalised) and a gated shared one
+        "qwen2_moe": (
+            transformers.Qwen2MoeConfig,
+            {
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": hidden,
+                "shared_expert_intermediate_size": hidden * 2,
+            },
+        ),
         # Gemma 1: (1 + weight) norms, the embedding scaled by sqrt(hidden), GELU
         "gemma": (transformers.GemmaConfig, {"head_dim": 16}),
         # Phi-2: LayerNorm with biases, attention and MLP side by side, partial rotary
@@ -215,8 +226,8 @@ def build_tiny_model(
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
-            layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"mixtral"``,
-            ``"olmoe"`` or ``"granitemoe"``.
+            layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
+            shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
         hidden: Hidden size; attention heads are ``hidden // 16``.
         layers: Number of transformer blocks.
         vocab_size: Size of the byte-level BPE vocabulary trained on the built-in corpus.
