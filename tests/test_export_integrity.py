@@ -266,6 +266,28 @@ def test_a_killed_export_leaves_nothing_once_the_next_export_runs(tmp_path, tiny
     assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]
 
 
+def test_an_export_killed_while_swapping_folders_gets_the_previous_one_back(tmp_path):
+    from workbench.deploy.paths import remove_abandoned_stages
+
+    # A kill between "move the old export aside" and "move the new one in" leaves the old
+    # one aside and the new one staged, its writer dead (no lock holder).
+    target = tmp_path / "export" / "merged"
+    aside = target.with_name(".merged.old-abc123")
+    aside.mkdir(parents=True)
+    (aside / "model.safetensors").write_text("previous")
+    stage = target.with_name(".merged.partial-abc123")
+    stage.mkdir()
+    (stage / "model.safetensors").write_text("new, never swapped in")
+    (stage / ".workbench.lock").write_text("")
+    assert remove_abandoned_stages(target) == [stage]
+    assert (target / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]
+    # A kill after the swap, before the old one was deleted: the old one goes.
+    aside.mkdir()
+    assert remove_abandoned_stages(target) == [aside]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]
+
+
 # --- quantize and serve check before they export -----------------------------------------
 
 

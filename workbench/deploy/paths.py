@@ -107,40 +107,52 @@ _UNLOCKED_STAGE_AGE_S = 3600
 
 
 def remove_abandoned_stages(target: Path) -> list[Path]:
-    """Remove the staging folders (``.NAME.partial-*``) that killed exports to ``target`` left.
+    """Remove what killed exports to ``target`` left beside it; returns the folders removed.
 
     An export killed while writing (a kernel restart, a crash) leaves its staging folder
-    beside ``target``, as large as the export. Each writer holds a lock in its own staging
-    folder (the run folders' :class:`~workbench.train.lock.RunLock`: the kernel drops it when
-    the writer dies, however it dies), so a folder whose lock can be taken is abandoned, and
-    one that a live export in another process is writing is left alone.
-
-    Returns:
-        The folders removed.
+    (``.NAME.partial-*``) beside ``target``, as large as the export. Each writer holds a lock
+    in its own staging folder (the run folders' :class:`~workbench.train.lock.RunLock`: the
+    kernel drops it when the writer dies, however it dies), so a folder whose lock can be
+    taken is abandoned, and one that a live export in another process is writing is left
+    alone. An export killed while swapping its folder in leaves the previous export moved
+    aside (``.NAME.old-*``): it is removed when ``target`` exists, and put back as
+    ``target`` when nothing else is (and no live export is about to).
 
     Examples:
         >>> remove_abandoned_stages(Path("/nonexistent-parent/export"))
         []
     """
     import glob
+
+    if not target.parent.is_dir():
+        return []
+    stages = sorted(target.parent.glob(f".{glob.escape(target.name)}.partial-*"))
+    removed = [stage for stage in stages if _abandoned(stage)]
+    for stage in removed:
+        shutil.rmtree(stage, ignore_errors=True)
+    live = len(stages) > len(removed)
+    for aside in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            removed.append(aside)
+        elif not live:
+            aside.rename(target)  # the previous export, where it was
+    return removed
+
+
+def _abandoned(stage: Path) -> bool:
+    """Whether no live writer holds the staging folder ``stage``."""
     import time
 
     from workbench.train.lock import LOCK_FILE, RunLock
 
-    pattern = f".{glob.escape(target.name)}.partial-*"
-    removed = []
-    for stage in sorted(target.parent.glob(pattern)) if target.parent.is_dir() else []:
-        if not (stage / LOCK_FILE).is_file():
-            if time.time() - stage.stat().st_mtime < _UNLOCKED_STAGE_AGE_S:
-                continue  # a writer between creating the folder and locking it
-        else:
-            try:
-                RunLock(stage).acquire().release()
-            except SpecError:  # the lock is held: a live export is writing it
-                continue
-        shutil.rmtree(stage, ignore_errors=True)
-        removed.append(stage)
-    return removed
+    if not (stage / LOCK_FILE).is_file():  # not yet locked, or made before writers locked
+        return time.time() - stage.stat().st_mtime >= _UNLOCKED_STAGE_AGE_S
+    try:
+        RunLock(stage).acquire().release()
+    except SpecError:  # the lock is held: a live export is writing it
+        return False
+    return True
 
 
 @contextlib.contextmanager
