@@ -161,26 +161,26 @@ not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_t
     from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES, quantize_gguf
 
     check_gguf_type(quantization)
-    _warn_if_window_is_dropped(gguf_architecture(model.config), model.config)
+    arch = gguf_architecture(model.config)
+    _warn_if_window_is_dropped(arch, model.config)
     if quantization not in LLAMA_CPP_TYPES:
-        return _write_file(model, tokenizer, path, quantization)
+        return _write_file(model, tokenizer, path, arch, quantization)
     staged = path.with_name(f".{path.name}.f16")
     try:
-        _write_file(model, tokenizer, staged, "f16")
+        _write_file(model, tokenizer, staged, arch, "f16")
         return quantize_gguf(staged, path, quantization)
     finally:
         staged.unlink(missing_ok=True)
 
 
-def _write_file(model: Any, tokenizer: Any, path: Path, quantization: str) -> Path:
-    """The GGUF file in a type gguf-py makes."""
+def _write_file(model: Any, tokenizer: Any, path: Path, arch: str, quantization: str) -> Path:
+    """The GGUF file of GGUF architecture ``arch`` in a type gguf-py makes."""
     import gguf
 
     from workbench.deploy.gguf_metadata import add_hparams
     from workbench.deploy.gguf_vocab import add_tokenizer
 
     config = model.config
-    arch = gguf_architecture(config)
     writer = gguf.GGUFWriter(str(path), arch)
     writer.add_name(gguf_model_name(config, tokenizer))
     writer.add_file_type(_FILE_TYPES[quantization])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from workbench.errors import DependencyError, WriteError
 
-__all__ = ["LLAMA_CPP_TYPES", "check_llama_quantizer", "quantize_gguf"]
+__all__ = ["LLAMA_CPP_TYPES", "check_llama_quantizer", "quantize_gguf", "require_llama_cpp"]
 
 # gguf_type -> llama.cpp's file type (LLAMA_FTYPE_MOSTLY_<name>), smallest last.
 LLAMA_CPP_TYPES = {
@@ -49,18 +49,32 @@ def check_llama_quantizer(gguf_type: str) -> None:
     Examples:
         >>> check_llama_quantizer("q8_0")  # gguf-py makes it: nothing needed
     """
-    if gguf_type not in LLAMA_CPP_TYPES:
-        return
+    if gguf_type in LLAMA_CPP_TYPES:
+        require_llama_cpp(
+            f"gguf_type={gguf_type!r} is made by llama.cpp's quantizer",
+            "or export gguf_type='q4_0' or 'q8_0', which need nothing more",
+        )
+
+
+def require_llama_cpp(what: str, otherwise: str = "") -> None:
+    """Refuse ``what`` (it runs llama.cpp) when llama-cpp-python cannot be imported.
+
+    Raises:
+        DependencyError: ``llama_cpp`` is missing; the message says how to install it.
+
+    Examples:
+        With llama-cpp-python installed (as the tests install it), nothing is refused:
+
+        >>> require_llama_cpp("the export check runs the file in llama.cpp")
+    """
     try:
         import llama_cpp  # noqa: F401
     except ImportError as err:
         msg = (
-            f"gguf_type={gguf_type!r} is made by llama.cpp's quantizer, through the "
-            "llama-cpp-python package, which is not installed: pip install llama-cpp-python "
-            "(bash .ci/llama-cpp-setup.sh builds it here), or export gguf_type='q4_0' or "
-            "'q8_0', which need nothing more."
+            f"{what}, through the llama-cpp-python package, which is not installed: pip "
+            "install llama-cpp-python (bash .ci/llama-cpp-setup.sh builds it here)"
         )
-        raise DependencyError(msg) from err
+        raise DependencyError(f"{msg}, {otherwise}." if otherwise else f"{msg}.") from err
 
 
 def quantize_gguf(source: Path, target: Path, gguf_type: str) -> Path:

@@ -28,7 +28,7 @@ from typing import Any
 
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
-from workbench.errors import DependencyError, ModelLoadError, SpecError
+from workbench.errors import ModelLoadError, SpecError
 
 __all__ = [
     "CHECK_FILE",
@@ -257,15 +257,11 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
 
 
 def _llama(path: Path, context: int) -> Any:
-    try:
-        from llama_cpp import Llama
-    except ImportError as err:
-        msg = (
-            "the export check runs the file in llama.cpp, through the llama-cpp-python "
-            "package, which is not installed: pip install llama-cpp-python (bash "
-            ".ci/llama-cpp-setup.sh builds it here)."
-        )
-        raise DependencyError(msg) from err
+    from workbench.deploy.llama_quantize import require_llama_cpp
+
+    require_llama_cpp("the export check runs the file in llama.cpp")
+    from llama_cpp import Llama
+
     try:
         return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
     except ValueError as err:  # llama-cpp-python's words for any file llama.cpp refuses

@@ -9,7 +9,9 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import glob
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -122,8 +124,6 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
         >>> remove_abandoned_stages(Path("/nonexistent-parent/export"))
         []
     """
-    import glob
-
     if not target.parent.is_dir():
         return []
     stages = sorted(target.parent.glob(f".{glob.escape(target.name)}.partial-*"))
@@ -142,8 +142,6 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
 
 def _abandoned(stage: Path) -> bool:
     """Whether no live writer holds the staging folder ``stage``."""
-    import time
-
     from workbench.train.lock import LOCK_FILE, RunLock
 
     if not (stage / LOCK_FILE).is_file():  # not yet locked, or made before writers locked
