@@ -133,13 +133,38 @@ def test_export_gguf_reads_back_with_same_greedy_output(tmp_path, architecture):
     assert generate_text(model, s.tokenizer, PROBES, 10) == expected
 
 
-def test_gguf_export_refuses_an_unsupported_architecture(tmp_path, tiny_gpt2_dir):
+def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
     s = wb.Session(tmp_path / "run", verbose=False)
-    s.load_model(str(tiny_gpt2_dir))
-    with pytest.raises(wb.SpecError, match="GGUF export supports .* not 'gpt2'"):
+    s.load_model(str(wb.build_tiny_model(tmp_path / "llama4", "llama4")))
+    with pytest.raises(wb.SpecError, match="GGUF export supports .* not 'llama4_text'"):
         s.export("export/gguf", format="gguf")
-    assert not (tmp_path / "run" / "export" / "gguf").exists()
-    assert not [p for p in (tmp_path / "run" / "export").iterdir()]
+    assert not (tmp_path / "run" / "export").exists()  # refused before anything was merged
+
+
+@pytest.mark.parametrize(
+    ("architecture", "changes", "message"),
+    [
+        ("llama", {"hidden_act": "relu"}, "MLP uses 'relu'; llama.cpp's llama graph computes SiLU"),
+        ("gpt2", {"activation_function": "relu"}, "llama.cpp's gpt2 graph computes GELU"),
+        ("gpt_neox", {"hidden_act": "silu"}, "llama.cpp's gptneox graph computes GELU"),
+        ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scales attention differently"),
+    ],
+)
+def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(
+    tmp_path, architecture, changes, message
+):
+    """No GGUF key says these, so llama.cpp would silently compute another model."""
+    import json
+
+    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    with pytest.raises(wb.SpecError, match=message):
+        s.export("export/gguf", format="gguf")
+    assert not (tmp_path / "run" / "export").exists()
+    assert s.export("export/hf", format="safetensors").is_dir()  # the way out it names
 
 
 def test_export_bad_targets(tmp_path, tiny_model_dir, adapter_dir):

@@ -19,8 +19,8 @@ from workbench.data.templates import TEMPLATES
 from workbench.deploy.modelfile import render_modelfile
 from workbench.models.tiny import TINY_ARCHITECTURES
 
-# Every tiny family the GGUF writer supports (it refuses GPT-2 and Llama 4).
-ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a not in ("gpt2", "llama4")]
+# Every tiny family the GGUF writer supports (it refuses Llama 4).
+ARCHITECTURES = [a for a in TINY_ARCHITECTURES if a != "llama4"]
 PROMPTS = [
     "Question: What is the capital of France? Answer:",
     "<|im_start|>user\nTurn the record into JSON.<|im_end|>\n<|im_start|>assistant\n",
@@ -431,8 +431,9 @@ def test_quantized_types_load_shrink_and_answer_nearly_alike(tmp_path, llama_cla
 def read_back_from_gguf(model, path):
     """A copy of ``model`` whose matrices are the file's own, dequantized by gguf-py.
 
-    Undoes what the writer did to them (GGUF names, Llama's rotary permutation); the
-    norms stay the model's (the file keeps them in F32).
+    Undoes what the writer did to them (GGUF names, Llama's rotary permutation, GPT-2's
+    transposed Conv1D weights, GPT-NeoX's per-head query/key/value); the norms and biases stay
+    the model's (the file keeps them in F32).
     """
     import copy
 
@@ -466,8 +467,13 @@ def read_back_from_gguf(model, path):
                 data = np.concatenate([h.reshape(experts, -1, width) for h in halves], axis=1)
             elif param.dim() == 1 or (data := file_tensor(module)) is None:
                 continue  # a norm, or a tied output
-            data = data.reshape(param.shape)
             gguf_name = gguf_name_of(module) or ""
+            if arch == "gpt2" and not gguf_name.endswith("_embd"):  # Conv1D: [in, out]
+                data = data.reshape(param.shape[::-1]).T
+            if arch == "gptneox" and gguf_name.endswith("attn_qkv"):  # back to per head
+                heads = config.num_attention_heads
+                data = data.reshape(3, heads, -1, data.shape[-1]).swapaxes(0, 1)
+            data = data.reshape(param.shape)
             rotated = arch in ("llama", "smollm3", "granite", "granitemoe")
             if rotated and gguf_name.endswith(("attn_q", "attn_k")):
                 heads = config.num_attention_heads
@@ -544,6 +550,60 @@ def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_c
         # measured 2.5-12% of the logits' spread (against the exact model: 5-74%): the
         # router picks experts from activations llama.cpp has rounded to 8 bits
         assert relative_rms(expected, got) < 0.2, gguf_type
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox"])
+def test_quantized_gpt2_and_gpt_neox_are_computed_as_written(tmp_path, llama_class, architecture):
+    """GPT-2's transposed Conv1D weights and NeoX's reordered query/key/value, quantized."""
+    for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
+        s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=256)
+        path = folder / "model.gguf"
+        ids = s.tokenizer(PROMPTS[0]).input_ids
+        sequence = ids + hf_greedy(s.model, ids)
+        got = llama_logits(load(llama_class, path), sequence)
+        file_model = read_back_from_gguf(s.model, path)
+        # quantized along the wrong axis, the matrices would compute something else entirely
+        assert relative_rms(hf_logits(s.model, sequence), hf_logits(file_model, sequence)) < 0.5
+        assert relative_rms(hf_logits(file_model, sequence), got) < 0.1, gguf_type
+
+
+def gguf_variant(tmp_path, architecture, **changes):
+    """A session on a tiny model with ``changes`` to its config (and fresh weights to fit)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
+    config = AutoConfig.from_pretrained(folder)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    torch.manual_seed(1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    return s
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize(
+    ("architecture", "changes"),
+    [
+        ("gpt_neox", {"use_parallel_residual": False}),
+        ("gpt_neox", {"attention_bias": False}),  # llama.cpp needs the biases: zeros written
+        ("gpt_neox", {"tie_word_embeddings": True}),  # and the output matrix
+        (
+            "gpt_neox",
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
+        ),
+        ("gpt2", {"n_inner": 96, "activation_function": "gelu"}),
+    ],
+    ids=["sequential", "no-attention-bias", "tied", "linear-rope", "gpt2-width"],
+)
+def test_gpt2_and_gpt_neox_variants_match_llama_cpp(tmp_path, llama_class, architecture, changes):
+    s = gguf_variant(tmp_path, architecture, **changes)
+    folder = s.export("export/gguf", format="gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
 
 
 def test_k_quant_without_llama_cpp_is_refused_before_anything_is_written(

@@ -20,7 +20,12 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import check_free_space
-from workbench.deploy.gguf_writer import GGUFType, check_gguf_type, gguf_bytes_per_weight
+from workbench.deploy.gguf_writer import (
+    GGUFType,
+    check_gguf_model,
+    check_gguf_type,
+    gguf_bytes_per_weight,
+)
 from workbench.deploy.merge import is_adapted, plain_model
 from workbench.deploy.model_card import ModelCard
 from workbench.deploy.paths import check_writable_target, staged_write
@@ -55,8 +60,9 @@ def check_export(
 
     Raises:
         SpecError: unknown format or ``gguf_type``, ``gguf_type`` for a format other than
-            ``gguf``, non-empty target without ``overwrite``, or ``adapter`` asked for a model
-            without one.
+            ``gguf``, a ``gguf`` export of a model llama.cpp would run differently
+            (:func:`~workbench.deploy.gguf_writer.check_gguf_model`), non-empty target without
+            ``overwrite``, or ``adapter`` asked for a model without one.
         DependencyError: a K-quant ``gguf_type`` without llama-cpp-python, which makes it.
         WriteError: the target's disk is read-only or has too little free space.
 
@@ -81,6 +87,8 @@ def check_export(
         raise SpecError(msg)
     if export_format == "adapter" and not is_adapted(model):
         raise SpecError("format='adapter' needs a model with an adapter: train one first.")
+    if export_format == "gguf":
+        check_gguf_model(model.config)
     check_writable_target(target, overwrite)
     # (f32 passes two arguments: tests/test_export_integrity.py stubs a two-argument estimate)
     sized = {} if gguf_type == "f32" else {"gguf_type": gguf_type}

@@ -11,7 +11,7 @@ written, taken from the transformers config:
   ``attention.head_count``/``head_count_kv``, ``attention.key_length``/``value_length``,
   ``rope.dimension_count``, ``vocab_size``;
 - norms: ``attention.layer_norm_rms_epsilon`` (``attention.layer_norm_epsilon`` for the
-  LayerNorm families, Phi-2 and StableLM);
+  LayerNorm families, Phi-2, StableLM, GPT-2 and GPT-NeoX);
 - rope: ``rope.freq_base``, ``rope.scaling.*`` (linear, YaRN, and Phi-3's LongRoPE
   attention factor and pretraining context; Llama 3's scaling and LongRoPE's factors are
   tensors, see :func:`rope_tensors`), and for Gemma 3 ``rope.freq_base_swa``;
@@ -20,7 +20,11 @@ written, taken from the transformers config:
 - Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
   itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``;
 - SmolLM3: nothing more, but its blocks without rotary embeddings must be llama.cpp's fixed
-  every-4th pattern (else the export is refused).
+  every-4th pattern (else the export is refused);
+- GPT-NeoX: ``use_parallel_residual``; GPT-2: no rope keys (its positions are learned).
+
+No key names the MLP's activation (each family's graph fixes it), so a config whose
+activation differs from its family's is refused, as are settings no key can express.
 
 Examples:
     >>> from transformers import Gemma3TextConfig
@@ -87,20 +91,27 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     """
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
     facts: dict[str, Any] = {
         "context_length": int(config.max_position_embeddings),
         "embedding_length": int(config.hidden_size),
         "block_count": int(config.num_hidden_layers),
-        "feed_forward_length": int(config.intermediate_size),
+        "feed_forward_length": _feed_forward_length(config),
         "attention.head_count": int(heads),
-        "attention.head_count_kv": int(getattr(config, "num_key_value_heads", None) or heads),
+        # GPT-NeoX configs carry a num_key_value_heads its attention does not use
+        "attention.head_count_kv": int(heads if arch == "gptneox" else kv_heads),
         "attention.key_length": int(head_dim),
         "attention.value_length": int(head_dim),
-        "rope.dimension_count": rotary_dim(config),
         **_norm_epsilon(config),
         "vocab_size": int(config.vocab_size),
-        **_rope_facts(config, arch),
     }
+    _check_activation(arch, config)
+    if arch == "gpt2":
+        _check_gpt2_attention(config)  # learned positions: no rotary facts
+    else:
+        facts.update({"rope.dimension_count": rotary_dim(config), **_rope_facts(config, arch)})
+    if arch == "gptneox":
+        facts["use_parallel_residual"] = bool(config.use_parallel_residual)
     if arch == "gemma3":
         facts.update(_gemma3_facts(config, head_dim))
     if arch == "gemma2":
@@ -115,11 +126,52 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     return facts
 
 
+def _feed_forward_length(config: Any) -> int:
+    # GPT-2 names it n_inner, and None means four times the hidden size
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return int(width or 4 * config.hidden_size)
+
+
 def _norm_epsilon(config: Any) -> dict[str, float]:
-    # RMSNorm families, and LayerNorm ones (Phi-2, StableLM) under their own key
+    # RMSNorm families, and LayerNorm ones (Phi-2, StableLM, GPT-2, GPT-NeoX) under their own key
     if getattr(config, "rms_norm_eps", None) is not None:
         return {"attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
-    return {"attention.layer_norm_epsilon": float(config.layer_norm_eps)}
+    epsilon = getattr(config, "layer_norm_eps", None)
+    if epsilon is None:
+        epsilon = config.layer_norm_epsilon  # GPT-2's name
+    return {"attention.layer_norm_epsilon": float(epsilon)}
+
+
+_GELU = {"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate"}
+_GELU_FAMILIES = {"gemma", "gemma2", "gemma3", "phi2", "gpt2", "gptneox"}
+
+
+def _check_activation(arch: str, config: Any) -> None:
+    # No GGUF key names the MLP's activation: llama.cpp's graph for each family fixes it.
+    # (The GELU variants differ by under 1e-3; llama.cpp computes the tanh one.)
+    names = ("hidden_activation", "hidden_act", "activation_function")
+    activation = next((v for v in (getattr(config, n, None) for n in names) if v), None)
+    expected = _GELU if arch in _GELU_FAMILIES else {"silu", "swish"}
+    if activation is not None and activation not in expected:
+        msg = (
+            f"GGUF export: this {config.model_type} model's MLP uses {activation!r}; "
+            f"llama.cpp's {arch} graph computes {'GELU' if expected is _GELU else 'SiLU'}. "
+            "Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+
+
+def _check_gpt2_attention(config: Any) -> None:
+    # llama.cpp's GPT-2 graph always scales scores by 1/sqrt(head_dim), never by layer depth
+    if not getattr(config, "scale_attn_weights", True) or getattr(
+        config, "scale_attn_by_inverse_layer_idx", False
+    ):
+        msg = (
+            "GGUF export: this GPT-2 config scales attention differently "
+            "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True), which "
+            "llama.cpp's GPT-2 cannot reproduce. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
 
 
 def _check_olmoe_heads(kv_heads: int, heads: int) -> None:

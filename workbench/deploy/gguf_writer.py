@@ -51,6 +51,7 @@ from workbench.errors import SpecError, WorkbenchWarning
 __all__ = [
     "GGUF_ARCHITECTURES",
     "GGUFType",
+    "check_gguf_model",
     "check_gguf_type",
     "gguf_bytes_per_weight",
     "gguf_model_name",
@@ -77,6 +78,8 @@ GGUF_ARCHITECTURES = {
     "gemma3_text": "gemma3",
     "phi": "phi2",
     "stablelm": "stablelm",
+    "gpt2": "gpt2",
+    "gpt_neox": "gptneox",  # Pythia
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -148,20 +151,21 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> len(reader.tensors), reader.fields["llama.attention.key_length"].contents()
         (20, 16)
 
-        A GPT-2 model is refused before anything is written:
+        A Llama 4 model is refused before anything is written:
 
-        >>> gpt2 = build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-gpt2", architecture="gpt2")
-        >>> gpt2 = load_model(str(gpt2), on_event=len)
-        >>> write_gguf(gpt2.model, gpt2.tokenizer, Path("/tmp/wb-doc-deploy-gguf_writer-gpt2.gguf"))
+        >>> llama4 = build_tiny_model("/tmp/wb-doc-deploy-gguf_writer-llama4", "llama4")
+        >>> llama4 = load_model(str(llama4), on_event=len)
+        >>> write_gguf(llama4.model, llama4.tokenizer, Path("/tmp/wb-doc-gguf_writer-llama4.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
         workbench.errors.SpecError: GGUF export supports gemma, gemma2, ... models, \
-not 'gpt2'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py instead.
+not 'llama4_text'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py \
+instead.
     """
     from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES, quantize_gguf
 
     check_gguf_type(quantization)
-    arch = gguf_architecture(model.config)
+    arch = check_gguf_model(model.config)
     _warn_if_window_is_dropped(arch, model.config)
     if quantization not in LLAMA_CPP_TYPES:
         return _write_file(model, tokenizer, path, arch, quantization)
@@ -214,6 +218,31 @@ def gguf_architecture(config: Any) -> str:
             "convert_hf_to_gguf.py instead."
         )
         raise SpecError(msg)
+    return arch
+
+
+def check_gguf_model(config: Any) -> str:
+    """Refuse, before anything is merged or written, a model llama.cpp would run differently.
+
+    Returns its GGUF architecture name.
+
+    Raises:
+        SpecError: an unsupported family, or a setting llama.cpp cannot reproduce (its
+            activation, rope scaling, GPT-2's attention scaling...).
+
+    Examples:
+        >>> from transformers import GPT2Config, LlamaConfig
+        >>> check_gguf_model(GPT2Config(n_embd=64, n_head=4))
+        'gpt2'
+        >>> check_gguf_model(LlamaConfig(hidden_size=64, num_attention_heads=4, hidden_act="relu"))
+        Traceback (most recent call last):
+        workbench.errors.SpecError: GGUF export: this llama model's MLP uses 'relu'; \
+llama.cpp's llama graph computes SiLU. Export as 'safetensors' instead.
+    """
+    from workbench.deploy.gguf_metadata import hparams
+
+    arch = gguf_architecture(config)
+    hparams(arch, config)
     return arch
 
 
@@ -273,7 +302,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
-_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe"}
+_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe", "gptneox"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe"}
@@ -287,10 +316,10 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    # llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM and Qwen2-MoE graphs need an output matrix
-    # even when it is tied.
+    # llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM, Qwen2-MoE and GPT-NeoX graphs need an
+    # output matrix even when it is tied.
     tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
-    for name, factors in rope_tensors(config).items():
+    for name, factors in {**rope_tensors(config), **_absent_biases(arch, config)}.items():
         writer.add_tensor(name, factors)
     for hf_name, tensor in model.state_dict().items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
@@ -307,6 +336,20 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
             name = f"{gguf_name}.{suffix}"
             qtype = tensor_type(name, data.shape, quantization)
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
+    """Zero biases llama.cpp's GPT-NeoX graph requires of a model built without them."""
+    import numpy as np
+
+    if arch != "gptneox" or getattr(config, "attention_bias", True):
+        return {}
+    width = config.hidden_size
+    zeros = {}
+    for block in range(config.num_hidden_layers):
+        zeros[f"blk.{block}.attn_qkv.bias"] = np.zeros(3 * width, dtype=np.float32)
+        zeros[f"blk.{block}.attn_output.bias"] = np.zeros(width, dtype=np.float32)
+    return zeros
 
 
 def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:
@@ -365,4 +408,12 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         return split.swapaxes(1, 2).reshape(shape)
     if arch in ("gemma", "gemma2", "gemma3") and gguf_name.endswith("norm"):
         return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
+    if arch == "gpt2" and data.ndim == 2 and not gguf_name.endswith("_embd"):
+        return data.T.copy()  # GPT-2's Conv1D keeps its weights as [in, out]
+    if arch == "gptneox" and gguf_name.endswith("attn_qkv"):
+        # NeoX interleaves query, key and value per head; llama.cpp reads them one after the
+        # other, each over all heads
+        heads = config.num_attention_heads
+        split = data.reshape(heads, 3, data.shape[0] // heads // 3, *data.shape[1:])
+        return split.swapaxes(0, 1).reshape(data.shape)
     return data

@@ -43,6 +43,7 @@ TinyArchitecture = Literal[
     "phi",
     "stablelm",
     "qwen2_moe",
+    "gpt_neox",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -196,6 +197,12 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.StableLmConfig,
             {"partial_rotary_factor": 0.25, "use_qkv_bias": True},
         ),
+        # GPT-NeoX (Pythia): query/key/value fused per head, a quarter of each head rotated,
+        # attention and MLP side by side, an output matrix of its own
+        "gpt_neox": (
+            transformers.GPTNeoXConfig,
+            {"num_key_value_heads": heads, "tie_word_embeddings": False},
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -224,7 +231,8 @@ def build_tiny_model(
             (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
-            ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``, or
+            ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
+            ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
