@@ -134,3 +134,31 @@ def test_peft_s_own_fused_expert_patterns_are_quiet_inside_workbench_calls(tmp_p
         shown = [str(w.message) for w in caught]
     assert not any(unmatched in m for m in quiet), quiet
     assert any(unmatched in m for m in shown), shown
+
+
+def test_a_gpt2_run_hides_the_conv1d_and_attention_mask_advice_and_a_user_s_peft_call_shows_it(
+    tmp_path, tiny_gpt2_dir
+):
+    # peft's Conv1D note and transformers' attention-mask advice print into every GPT-2 run;
+    # the workbench pads on the right, so the mask changes nothing (test_train_inputs.py shows).
+    err = python(
+        f"""
+        import sys
+        import workbench as wb
+
+        s = wb.Session({str(tmp_path / "session")!r}, verbose=False)
+        s.load_model({str(tiny_gpt2_dir)!r})
+        s.load_data([{{"question": f"What is {{i}} plus {{i}}?", "answer": str(2 * i)}}
+                     for i in range(40)])
+        s.train(max_steps=2, batch_size=4, wait=True)
+        print({MARK!r}, file=sys.stderr)
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(tiny_gpt2_dir)!r})
+        get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"]))
+        """
+    )
+    workbench_part, user_part = err.split(MARK)
+    assert "fan_in_fan_out" not in workbench_part
+    assert "attention_mask" not in workbench_part
+    assert "fan_in_fan_out is set to False but the target module is `Conv1D`" in user_part

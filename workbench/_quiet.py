@@ -1,6 +1,6 @@
-"""Hide three known third-party messages that are noise to a workbench user, and only those.
+"""Hide five known third-party messages that are noise to a workbench user, and only those.
 
-Two libraries print into training cells, and none of these messages is the user's to act on:
+Three libraries print into training cells, and none of these messages is the user's to act on:
 
 * bitsandbytes (0.50, ``bitsandbytes/backends/cpu/ops.py``) logs a warning on its logger
   ``bitsandbytes.backends.cpu.ops`` when it is first imported on a CPU with AVX512-BF16 and
@@ -17,6 +17,17 @@ Two libraries print into training cells, and none of these messages is the user'
   weights (Qwen3-MoE, OLMoE, Mixtral): its own v4-to-v5 conversion of ``"all-linear"`` adds
   those patterns. The workbench's ``LoRA`` sets no rank or alpha pattern, so inside a
   workbench call the patterns are always peft's own.
+* peft (``tuners/lora/layer.py``) warns ``UserWarning: fan_in_fan_out is set to False but the
+  target module is `Conv1D`. Setting fan_in_fan_out to True.`` when it adapts GPT-2's Conv1D
+  layers: the setting is peft's to fix per layer (a model's Linear layers need it False),
+  and it does.
+* transformers (``modeling_utils.py``, GPT-2 and a few other families) logs ``We strongly
+  recommend passing in an `attention_mask` since your input_ids may be padded`` on logger
+  ``transformers.modeling_utils`` when a batch holds the pad token. The workbench pads on the
+  right, so under causal attention no real token sees a pad and the mask would change
+  nothing (``train/loss.py``; ``tests/test_train_inputs.py`` compares). transformers logs it
+  once per process (``warning_once``), so once hidden inside a workbench call it stays
+  unsaid for the user's own calls too.
 
 **Scope.** A message is hidden only while workbench code is on the call stack of the thread
 that emits it (a ``workbench.*`` module's frame: ``Session.train`` and what it calls, the
@@ -27,16 +38,18 @@ every other warning and log record passes untouched, inside workbench calls too.
 **Why this mechanism.** ``warnings.catch_warnings`` swaps the process-wide filter list on entry
 and restores it on exit, so with the training worker thread and the notebook's main thread
 both inside such blocks the restores can interleave and lose (or leave behind) filters; it is
-documented as not thread-safe. Instead both filters are installed once and never removed:
+documented as not thread-safe. Instead the filters are installed once and never removed:
 
-* a :class:`logging.Filter` on the one logger ``bitsandbytes.backends.cpu.ops``, which drops a
-  record when its text starts with the known message and the stack holds a workbench frame;
-* one entry per warning appended to ``warnings.filters`` (``ignore``, its category and
-  module: ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
-  ``peft.tuners.tuners_utils``) whose message matcher accepts the known text only when the
-  stack holds a workbench frame. ``warnings`` calls the entry's ``.match(text)`` (a
-  compiled regex, or any object with that method); an ``ignore`` does not record the warning
-  in the module's ``__warningregistry__``, so a later user-side call still shows it.
+* a :class:`logging.Filter` on each of the loggers ``bitsandbytes.backends.cpu.ops`` and
+  ``transformers.modeling_utils``, which drops a record when its text starts with the known
+  message and the stack holds a workbench frame;
+* one entry per warning appended to ``warnings.filters`` (``ignore``, its category and module:
+  ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
+  ``peft.tuners.tuners_utils``, ``UserWarning`` from ``peft.tuners.lora.layer``) whose message
+  matcher accepts the known text only when the stack holds a workbench frame. ``warnings``
+  calls the entry's ``.match(text)`` (a compiled regex, or any object with that method); an
+  ``ignore`` does not record the warning in the module's ``__warningregistry__``, so a later
+  user-side call still shows it.
 
 The stack is the emitting thread's own, so the rule needs no shared state, nothing to
 restore, and holds in any thread. The entry is appended, after the user's own filters: a user
@@ -71,7 +84,7 @@ import threading
 import warnings
 from typing import Any
 
-__all__ = ["BNB_LOGGER", "in_workbench_call", "quiet_third_party"]
+__all__ = ["BNB_LOGGER", "TRANSFORMERS_LOGGER", "in_workbench_call", "quiet_third_party"]
 
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 """The logger bitsandbytes' CPU backend logs its missing-``kernels`` warning on."""
@@ -83,6 +96,11 @@ _PEFT_FUSED_PATTERNS = re.compile(
     r"The following (rank|alpha)_pattern keys did not match any targeted module"
 )
 _PEFT_MODULE = re.compile(r"peft\.tuners\.tuners_utils\Z")
+_PEFT_CONV1D = re.compile(r"fan_in_fan_out is set to False but the target module is `Conv1D`")
+_PEFT_LORA_LAYER = re.compile(r"peft\.tuners\.lora\.layer\Z")
+TRANSFORMERS_LOGGER = "transformers.modeling_utils"
+"""The logger transformers' models log their missing-``attention_mask`` advice on."""
+_NO_ATTENTION_MASK = re.compile(r"We strongly recommend passing in an `attention_mask`")
 _lock = threading.Lock()
 
 
@@ -138,8 +156,12 @@ class _ScopedLogFilter(logging.Filter):
 _WARNING_ENTRIES: tuple[tuple[Any, ...], ...] = (
     ("ignore", _ScopedMessage(_GC_DEPRECATED), FutureWarning, _TRANSFORMERS_MODULE, 0),
     ("ignore", _ScopedMessage(_PEFT_FUSED_PATTERNS), RuntimeWarning, _PEFT_MODULE, 0),
+    ("ignore", _ScopedMessage(_PEFT_CONV1D), UserWarning, _PEFT_LORA_LAYER, 0),
 )
-_BNB_FILTER = _ScopedLogFilter(_BNB_KERNELS)
+_LOG_FILTERS = {
+    BNB_LOGGER: _ScopedLogFilter(_BNB_KERNELS),
+    TRANSFORMERS_LOGGER: _ScopedLogFilter(_NO_ATTENTION_MASK),
+}
 
 
 def quiet_third_party() -> None:
@@ -148,15 +170,16 @@ def quiet_third_party() -> None:
     Examples:
         >>> quiet_third_party(); quiet_third_party()
         >>> [sum(entry is ours for entry in warnings.filters) for ours in _WARNING_ENTRIES]
-        [1, 1]
+        [1, 1, 1]
     """
     with _lock:
         for ours in _WARNING_ENTRIES:
             if not any(entry is ours for entry in warnings.filters):
                 warnings.filters.append(ours)  # after the user's own filters: theirs win
-        logger = logging.getLogger(BNB_LOGGER)  # exists before bitsandbytes is imported
-        if _BNB_FILTER not in logger.filters:
-            logger.addFilter(_BNB_FILTER)
+        for name, log_filter in _LOG_FILTERS.items():
+            logger = logging.getLogger(name)  # exists before its library is imported
+            if log_filter not in logger.filters:
+                logger.addFilter(log_filter)
 
 
 quiet_third_party()

@@ -141,17 +141,9 @@ class LoRA:
             >>> LoRA(r=4).to_peft().lora_alpha
             8
         """
-        from peft import LoraConfig
+        from workbench.train.core import lora_config
 
-        target = self.target if isinstance(self.target, str) else list(self.target)
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            lora_dropout=self.dropout,
-            target_modules=target,
-            use_dora=self.use_dora,
-            task_type="CAUSAL_LM",
-        )
+        return lora_config(self.r, self.alpha, self.dropout, self.target, self.use_dora)
 
 
 @dataclass(frozen=True)
