@@ -148,6 +148,8 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("gpt2", {"activation_function": "relu"}, "llama.cpp's gpt2 graph computes GELU"),
         ("gpt_neox", {"hidden_act": "silu"}, "llama.cpp's gptneox graph computes GELU"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scales attention differently"),
+        ("ernie4_5", {"use_bias": True}, "ERNIE 4.5 with biased projections"),
+        ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
     ],
 )
 def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(

@@ -595,15 +595,49 @@ def gguf_variant(tmp_path, architecture, **changes):
             {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}},
         ),
         ("gpt2", {"n_inner": 96, "activation_function": "gelu"}),
+        ("starcoder2", {"use_bias": False}),  # zero biases written, as for NeoX
+        ("starcoder2", {"tie_word_embeddings": False}),
     ],
-    ids=["sequential", "no-attention-bias", "tied", "linear-rope", "gpt2-width"],
+    ids=[
+        "sequential",
+        "no-attention-bias",
+        "tied",
+        "linear-rope",
+        "gpt2-width",
+        "starcoder2-no-bias",
+        "starcoder2-untied",
+    ],
 )
-def test_gpt2_and_gpt_neox_variants_match_llama_cpp(tmp_path, llama_class, architecture, changes):
+def test_family_variants_match_llama_cpp(tmp_path, llama_class, architecture, changes):
     s = gguf_variant(tmp_path, architecture, **changes)
     folder = s.export("export/gguf", format="gguf")
     ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
     llm = load(llama_class, folder / "model.gguf")
     assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+
+
+@pytest.mark.llama_cpp
+def test_olmo3_sliding_window_matches_past_it_and_other_patterns_are_refused(tmp_path, llama_class):
+    import gguf
+
+    pattern = ["sliding_attention"] * 3 + ["full_attention"]
+    s = gguf_variant(tmp_path, "olmo3", num_hidden_layers=4, layer_types=pattern, sliding_window=8)
+    folder = s.export("export/gguf", format="gguf")
+    reader = gguf.GGUFReader(folder / "model.gguf")
+    assert reader.fields["general.architecture"].contents() == "olmo2"
+    assert reader.fields["olmo2.attention.sliding_window"].contents() == 8
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    assert len(ids) > 4 * 8  # far past the window
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    s.model.config.layer_types = ["sliding_attention", "full_attention"] * 2
+    with pytest.raises(wb.SpecError, match="llama.cpp slides in every block but each 4th"):
+        s.export("export/alternating", format="gguf")
+    s.model.config.layer_types = pattern
+    s.model.config.rope_parameters["full_attention"] = {"rope_type": "default", "rope_theta": 1e6}
+    with pytest.raises(wb.SpecError, match="llama.cpp uses one for both"):
+        s.export("export/two-ropes", format="gguf")
+    assert not (tmp_path / "run" / "export" / "alternating").exists()
 
 
 def test_k_quant_without_llama_cpp_is_refused_before_anything_is_written(

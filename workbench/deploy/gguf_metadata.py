@@ -21,7 +21,9 @@ written, taken from the transformers config:
   itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``;
 - SmolLM3: nothing more, but its blocks without rotary embeddings must be llama.cpp's fixed
   every-4th pattern (else the export is refused);
-- GPT-NeoX: ``use_parallel_residual``; GPT-2: no rope keys (its positions are learned).
+- GPT-NeoX: ``use_parallel_residual``; GPT-2: no rope keys (its positions are learned);
+- OLMo 3 (written as OLMo 2): ``attention.sliding_window``, the blocks sliding as llama.cpp
+  fixes them (three of every four; else the export is refused).
 
 No key names the MLP's activation (each family's graph fixes it), so a config whose
 activation differs from its family's is refused, as are settings no key can express.
@@ -123,6 +125,13 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         _check_olmoe_heads(facts["attention.head_count_kv"], heads)
     if arch in ("granite", "granitemoe"):
         facts.update(_granite_facts(config))
+    if arch == "olmo2":
+        facts.update(_olmo3_window(config))
+    if arch == "ernie4_5" and getattr(config, "use_bias", False):
+        raise SpecError(
+            "GGUF export: ERNIE 4.5 with biased projections (use_bias=True); llama.cpp's "
+            "ERNIE 4.5 has none, so the file would not load. Export as 'safetensors' instead."
+        )
     return facts
 
 
@@ -136,14 +145,13 @@ def _norm_epsilon(config: Any) -> dict[str, float]:
     # RMSNorm families, and LayerNorm ones (Phi-2, StableLM, GPT-2, GPT-NeoX) under their own key
     if getattr(config, "rms_norm_eps", None) is not None:
         return {"attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
-    epsilon = getattr(config, "layer_norm_eps", None)
-    if epsilon is None:
-        epsilon = config.layer_norm_epsilon  # GPT-2's name
+    names = ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")  # GPT-2's, StarCoder2's
+    epsilon = next(getattr(config, n) for n in names if getattr(config, n, None) is not None)
     return {"attention.layer_norm_epsilon": float(epsilon)}
 
 
 _GELU = {"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate"}
-_GELU_FAMILIES = {"gemma", "gemma2", "gemma3", "phi2", "gpt2", "gptneox"}
+_GELU_FAMILIES = {"gemma", "gemma2", "gemma3", "phi2", "gpt2", "gptneox", "starcoder2"}
 
 
 def _check_activation(arch: str, config: Any) -> None:
@@ -172,6 +180,29 @@ def _check_gpt2_attention(config: Any) -> None:
             "llama.cpp's GPT-2 cannot reproduce. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
+
+
+def _olmo3_window(config: Any) -> dict[str, int]:
+    """OLMo 3's sliding window: llama.cpp's OLMo 2 graph slides in 3 blocks of every 4."""
+    types = list(getattr(config, "layer_types", None) or [])
+    if "sliding_attention" not in types:
+        return {}
+    expected = ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(len(types))]
+    sliding, full = (rope_parameters(config, t) for t in ("sliding_attention", "full_attention"))
+    if types != expected:
+        msg = (
+            f"GGUF export: {config.model_type} with layer_types={types}; llama.cpp slides "
+            "in every block but each 4th. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+    if sliding != full:
+        msg = (
+            f"GGUF export: {config.model_type} with rope {sliding} in its sliding blocks and "
+            f"{full} in its full ones; llama.cpp uses one for both. Export as 'safetensors' "
+            "instead."
+        )
+        raise SpecError(msg)
+    return {"attention.sliding_window": int(config.sliding_window)}
 
 
 def _check_olmoe_heads(kv_heads: int, heads: int) -> None:

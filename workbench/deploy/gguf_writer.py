@@ -80,6 +80,9 @@ GGUF_ARCHITECTURES = {
     "stablelm": "stablelm",
     "gpt2": "gpt2",
     "gpt_neox": "gptneox",  # Pythia
+    "olmo3": "olmo2",  # llama.cpp runs OLMo 3 as OLMo 2 with a sliding window
+    "ernie4_5": "ernie4_5",
+    "starcoder2": "starcoder2",
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -158,7 +161,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> write_gguf(llama4.model, llama4.tokenizer, Path("/tmp/wb-doc-gguf_writer-llama4.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports gemma, gemma2, ... models, \
+        workbench.errors.SpecError: GGUF export supports ernie4_5, gemma, ... models, \
 not 'llama4_text'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py \
 instead.
     """
@@ -250,13 +253,14 @@ _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType v
 
 
 def _warn_if_window_is_dropped(arch: str, config: Any) -> None:
-    # llama.cpp's Llama and SmolLM3 graphs (Llama runs Mistral) have no sliding window, and
-    # its Phi-3 one turns the window off: past it, the file attends to tokens transformers
-    # no longer sees.
+    # llama.cpp's Llama, SmolLM3 and StarCoder2 graphs (Llama runs Mistral) have no sliding
+    # window, and its Phi-3 one turns the window off: past it, the file attends to tokens
+    # transformers no longer sees.
     window = getattr(config, "sliding_window", None)
     if not getattr(config, "use_sliding_window", True):  # Qwen and SmolLM3 configs may say so
         window = None
-    if arch in ("llama", "phi3", "smollm3") and window and window < config.max_position_embeddings:
+    droppers = ("llama", "phi3", "smollm3", "starcoder2")
+    if arch in droppers and window and window < config.max_position_embeddings:
         msg = (
             f"GGUF export: {config.model_type} attends within a sliding window of {window} "
             "tokens; llama.cpp attends over the whole context, so prompts and answers "
@@ -339,17 +343,24 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
 
 
 def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
-    """Zero biases llama.cpp's GPT-NeoX graph requires of a model built without them."""
+    """Zero biases llama.cpp's GPT-NeoX and StarCoder2 graphs require of a model without them."""
     import numpy as np
 
-    if arch != "gptneox" or getattr(config, "attention_bias", True):
+    hidden = config.hidden_size
+    if arch == "gptneox" and not getattr(config, "attention_bias", True):
+        widths = {"attn_qkv": 3 * hidden, "attn_output": hidden}
+    elif arch == "starcoder2" and not getattr(config, "use_bias", True):
+        head_dim = hidden // config.num_attention_heads
+        kv_width = config.num_key_value_heads * head_dim
+        widths = {"attn_q": hidden, "attn_k": kv_width, "attn_v": kv_width, "attn_output": hidden}
+        widths.update(ffn_up=config.intermediate_size, ffn_down=hidden)
+    else:
         return {}
-    width = config.hidden_size
-    zeros = {}
-    for block in range(config.num_hidden_layers):
-        zeros[f"blk.{block}.attn_qkv.bias"] = np.zeros(3 * width, dtype=np.float32)
-        zeros[f"blk.{block}.attn_output.bias"] = np.zeros(width, dtype=np.float32)
-    return zeros
+    return {
+        f"blk.{block}.{name}.bias": np.zeros(width, dtype=np.float32)
+        for block in range(config.num_hidden_layers)
+        for name, width in widths.items()
+    }
 
 
 def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:

@@ -44,6 +44,9 @@ TinyArchitecture = Literal[
     "stablelm",
     "qwen2_moe",
     "gpt_neox",
+    "ernie4_5",
+    "starcoder2",
+    "olmo3",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -203,6 +206,12 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.GPTNeoXConfig,
             {"num_key_value_heads": heads, "tie_word_embeddings": False},
         ),
+        # ERNIE 4.5 (0.3B): Llama's blocks, its rotary on interleaved pairs
+        "ernie4_5": (transformers.Ernie4_5Config, {"head_dim": 16}),
+        # StarCoder2: LayerNorm and biases everywhere, a plain GELU MLP
+        "starcoder2": (transformers.Starcoder2Config, {}),
+        # OLMo 3: OLMo 2's blocks, three of every four attending within a sliding window
+        "olmo3": (transformers.Olmo3Config, {"sliding_window": 64}),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -232,7 +241,8 @@ def build_tiny_model(
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
-            ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), or
+            ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
+            ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
