@@ -83,6 +83,7 @@ GGUF_ARCHITECTURES = {
     "olmo3": "olmo2",  # llama.cpp runs OLMo 3 as OLMo 2 with a sliding window
     "ernie4_5": "ernie4_5",
     "starcoder2": "starcoder2",
+    "glm4": "glm4",
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).

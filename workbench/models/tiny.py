@@ -47,6 +47,7 @@ TinyArchitecture = Literal[
     "ernie4_5",
     "starcoder2",
     "olmo3",
+    "glm4",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -212,6 +213,9 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         "starcoder2": (transformers.Starcoder2Config, {}),
         # OLMo 3: OLMo 2's blocks, three of every four attending within a sliding window
         "olmo3": (transformers.Olmo3Config, {"sliding_window": 64}),
+        # GLM-4: fused gate/up projection, norms after attention and MLP, half of each head
+        # rotated on interleaved pairs
+        "glm4": (transformers.Glm4Config, {"head_dim": 16}),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -242,7 +246,7 @@ def build_tiny_model(
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
-            ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), or
+            ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
