@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -662,6 +663,60 @@ def test_a_failed_llama_cpp_quantization_names_the_file_and_leaves_no_file(tmp_p
     with pytest.raises(wb.WriteError, match=why):
         quantize_gguf(damaged, tmp_path / "model.gguf", "q4_k_m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.gguf"]
+
+
+def quantizer_children(parent_pid):
+    """Pids of the llama.cpp quantizer processes whose parent is ``parent_pid``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone between listing and reading
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent_pid and b"workbench.deploy.llama_quantize" in command:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.llama_cpp
+def test_an_interrupt_during_a_k_quant_leaves_no_export_no_staged_file_and_no_process(
+    tmp_path, llama_class
+):
+    """Jupyter's interrupt (SIGINT to the kernel's process group) while llama.cpp quantizes."""
+    import signal
+    import subprocess
+    import time
+
+    model = wb.build_tiny_model(tmp_path / "model", "llama", hidden=768, layers=6)
+    script = f"""
+import workbench as wb
+s = wb.Session({str(tmp_path / "run")!r}, verbose=False)
+s.load_model({str(model)!r})
+s.export("export/q4", format="gguf", gguf_type="q4_k_m")
+"""
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a kernel has
+    )
+    children, deadline = [], time.monotonic() + 300
+    while not children and kernel.poll() is None and time.monotonic() < deadline:
+        children = quantizer_children(kernel.pid)
+        time.sleep(0.005)
+    assert children, f"llama.cpp's quantizer never ran: {kernel.communicate()[1][-2000:]}"
+    os.killpg(kernel.pid, signal.SIGINT)
+    _, err = kernel.communicate(timeout=120)
+    assert kernel.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    assert "in quantize_gguf" in err  # it landed while llama.cpp quantized
+    export = tmp_path / "run" / "export"
+    assert not export.exists() or sorted(p.name for p in export.iterdir()) == []
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)  # none left running
 
 
 def test_modelfile_for_chatml_is_written_beside_the_gguf(tmp_path):
