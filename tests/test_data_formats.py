@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pandas as pd
@@ -266,3 +267,69 @@ def test_spec_is_validated(tokenizer, cache_dir):
         PreparedData.load([{"text": "a"}], tokenizer, validation=1.5, cache_dir=cache_dir)
     with pytest.raises(SpecError, match="format"):
         PreparedData.load([{"text": "a"}], tokenizer, format="xml", cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("excel-de.csv", 'question;answer\n"Was ist 2+2?";vier\n"Hallo, Welt";hallo\n'),
+        ("tabs.tsv", "question\tanswer\nWhat is 2+2?\tfour, of course\nHello\thi\n"),
+        ("tabs.csv", "question\tanswer\nWhat is 2+2?\tfour, of course\nHello\thi\n"),
+        ("pipes.csv", "question|answer\nWhat is 2+2?|four\nHello|hi\n"),
+        ("commas.csv", 'question,answer\n"What is 2+2; or so?",four\nHello,hi\n'),
+    ],
+)
+def test_csv_delimiter_is_read_from_the_header(tmp_path, tokenizer, cache_dir, name, text):
+    """Spreadsheets saved in many locales separate with semicolons; .tsv files with tabs."""
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    data = load(path, tokenizer, cache_dir)
+    assert data.format == "qa"
+    first, second = data.train[0]["messages"], data.train[1]["messages"]
+    assert [m["content"] for m in first] in (
+        ["Was ist 2+2?", "vier"],
+        ["What is 2+2?", "four, of course"],
+        ["What is 2+2?", "four"],
+        ["What is 2+2; or so?", "four"],
+    )
+    assert second[0]["content"] in ("Hallo, Welt", "Hello")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"data": [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]},
+        {"version": "1.1", "rows": [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]},
+    ],
+    ids=["data", "versioned"],
+)
+@pytest.mark.parametrize("indent", [None, 2], ids=["one-line", "pretty"])
+def test_a_json_object_wrapping_its_rows_is_read_as_those_rows(
+    tmp_path, tokenizer, cache_dir, document, indent
+):
+    document = copy.deepcopy(document)  # the parameters are shared between cases
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps(document, indent=indent))
+    data = load(path, tokenizer, cache_dir)
+    assert [m[-1]["content"] for m in data.train["messages"]] == ["a0", "a1", "a2"]
+    rows = next(v for v in document.values() if isinstance(v, list))
+    rows[1]["answer"] = None  # a bad item is named by its place in the list
+    path.write_text(json.dumps(document, indent=indent))
+    with pytest.raises(DataError, match=r"wrapped\.json, item 2, field 'answer'"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
+    tmp_path, tokenizer, cache_dir
+):
+    rows = [{"question": "q", "answer": "a"}]
+    refused = [("settings.json", {"a": 1, "b": 2}), ("two.json", {"x": rows, "y": rows})]
+    for name, document in refused:
+        path = tmp_path / name
+        path.write_text(json.dumps(document, indent=2))
+        with pytest.raises(DataError, match=rf"{name}: one JSON object with keys \[.*not rows"):
+            load(path, tokenizer, cache_dir)
+    # one chat conversation on one line is a row, not a wrapper of its messages
+    single = tmp_path / "one-chat.json"
+    single.write_text(json.dumps(CHAT_ROW))
+    assert load(single, tokenizer, cache_dir).train[0]["messages"] == CHAT_ROW["messages"]

@@ -230,8 +230,9 @@ class PreparedData:
         """Read ``source``, split off validation, apply the template and tokenize.
 
         Args:
-            source: ``.jsonl``/``.json``/``.csv``/``.parquet`` path, a ``save_to_disk`` folder,
-                ``datasets.Dataset``/``DatasetDict``, pandas ``DataFrame`` or list of dicts.
+            source: ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` path, a
+                ``save_to_disk`` folder, ``datasets.Dataset``/``DatasetDict``, pandas
+                ``DataFrame`` or list of dicts.
             tokenizer: A fast transformers tokenizer.
             format: ``"auto"``, ``"alpaca"``, ``"qa"``, ``"chat"``, ``"sharegpt"`` or ``"text"``.
             validation: Fraction to split off (seeded), a second source, or ``None``/0.

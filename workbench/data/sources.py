@@ -5,8 +5,10 @@ numbers count (``line``, ``row`` or ``item``), and a ``rows()`` iterator of :cla
 A row that cannot be read (bad JSON, bytes that are not UTF-8) comes out as a ``RawRow``
 with ``error`` set instead of raising, so one policy (``on_error``) decides later whether
 to raise or skip. Files are read line by line or batch by batch: a 1 GB JSONL file is never
-held in memory. The one exception is a ``.json`` file holding a single JSON array, which
-Python's ``json`` module can only parse whole.
+held in memory. The one exception is a ``.json`` file holding a single JSON array (or an
+object wrapping one, such as ``{"data": [...]}``), which Python's ``json`` module can only
+parse whole. A CSV file's delimiter is read from its header: commas, or the semicolons and
+tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated).
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -31,7 +33,7 @@ from workbench.errors import DataError
 __all__ = ["SUFFIXES", "RawRow", "Source", "open_source"]
 
 Unit = Literal["line", "row", "item"]
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 _BATCH = 1000
 
 
@@ -102,7 +104,7 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
     """Turn a path or object into a :class:`Source` (and a validation source, if it has one).
 
     Args:
-        source: A ``.jsonl``/``.json``/``.csv``/``.parquet`` path, a folder written by
+        source: A ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` path, a folder written by
             ``datasets.save_to_disk``, a ``datasets.Dataset`` or ``DatasetDict``, a pandas
             ``DataFrame``, or a list of dicts.
 
@@ -128,7 +130,7 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
     if kind in ("Dataset", "DatasetDict"):
         return _dataset_sources(source, kind)
     msg = (
-        f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.parquet path, a folder "
+        f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.tsv/.parquet path, a folder "
         "saved by datasets, a datasets.Dataset, a pandas DataFrame or a list of dicts"
     )
     raise DataError(msg)
@@ -151,6 +153,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         ".jsonl": _read_jsonl,
         ".json": _read_json,
         ".csv": _read_csv,
+        ".tsv": _read_csv,
         ".parquet": _read_parquet,
     }
     reader = readers.get(path.suffix.lower())
@@ -158,7 +161,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         msg = f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}"
         raise DataError(msg)
     unit: Unit = "row" if reader is _read_parquet else "line"
-    if reader is _read_json and _starts_with_array(path):
+    if reader is _read_json and _json_records(path) is not None:
         unit = "item"
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -173,7 +176,10 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 yield RawRow(
-                    number, None, f"bytes that are not UTF-8 (at byte {err.start} of the line)"
+                    number,
+                    None,
+                    f"bytes that are not UTF-8 (at byte {err.start} of the line; save the file "
+                    "as UTF-8)",
                 )
                 continue
             line = line.lstrip("\ufeff") if number == 1 else line
@@ -198,24 +204,82 @@ def _starts_with_array(path: Path) -> bool:
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
-    if not _starts_with_array(path):
+    records = _json_records(path)
+    if records is None:
         yield from _read_jsonl(path)  # many ".json" files are JSON Lines
         return
+    yield from _list_source(records, path.name).read()
+
+
+# Columns a row itself may hold a list of objects in: such a one-row file is not a wrapper.
+_ROW_LISTS = ("messages", "conversations", "conversation")
+
+
+def _json_records(path: Path) -> list[Any] | None:
+    """The items of a ``.json`` file that is one JSON document, or ``None`` for JSON Lines.
+
+    The document is an array of rows, or an object wrapping one (``{"data": [...]}``,
+    ``{"version": 2, "rows": [...]}``): its one value that is a list of objects.
+    """
+    if _starts_with_array(path):
+        return _parse_whole_json(path)
+    first, more = _first_json_line(path)
+    if (first is not None) == more:
+        return None  # JSON Lines, or a single line JSON Lines' own messages judge
+    document = first if first is not None else _parse_whole_json(path)
+    if not isinstance(document, dict):
+        return None
+    wrapped = [
+        key
+        for key, value in document.items()
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+    ]
+    if len(wrapped) == 1 and wrapped[0] not in _ROW_LISTS:
+        return document[wrapped[0]]
+    if first is not None:
+        return None  # a file of one row
+    msg = (
+        f"{path.name}: one JSON object with keys {list(document)[:8]}, not rows; expected an "
+        "array of rows, JSON Lines, or an object holding one list of rows"
+    )
+    raise DataError(msg)
+
+
+def _first_json_line(path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """The first non-empty line as a JSON object (``None``: it is not one), and whether
+    another non-empty line follows it."""
+    first: dict[str, Any] | None = None
+    seen = False
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            if seen:
+                return first, True
+            seen = True
+            try:
+                value = json.loads(raw.decode("utf-8-sig"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                return None, True  # not a line of JSON: a document spread over lines
+            first = value if isinstance(value, dict) else None
+    return first, False
+
+
+def _parse_whole_json(path: Path) -> Any:
     try:
-        items = json.loads(path.read_bytes().decode("utf-8-sig"))
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
-        msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}"
+        msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}; save it as UTF-8"
         raise DataError(msg) from err
     except json.JSONDecodeError as err:
         msg = f"{path.name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
         raise DataError(msg) from err
-    yield from _list_source(items, path.name).read()
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
     # surrogateescape keeps reading past bad bytes; the row holding them is then reported.
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(fh, delimiter=_csv_delimiter(path))
         try:
             for record in reader:
                 yield _csv_row(reader.line_num, record)
@@ -224,12 +288,26 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
             raise DataError(msg) from err
 
 
+def _csv_delimiter(path: Path) -> str:
+    """``,``, unless the header has a single column that way and several split at ``;``,
+    a tab or ``|`` (a ``.tsv`` file: tabs)."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        header = fh.readline()
+    if len(next(csv.reader([header]), [])) > 1:
+        return ","
+    widths = {d: len(next(csv.reader([header], delimiter=d), [])) for d in ";\t|"}
+    best = max(widths, key=widths.__getitem__)
+    return best if widths[best] > 1 else ","
+
+
 def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
     if None in record:
         return RawRow(number, None, "more values than there are columns in the header")
     for value in record.values():
         if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
-            return RawRow(number, None, "bytes that are not UTF-8")
+            return RawRow(number, None, "bytes that are not UTF-8 (save the file as UTF-8)")
     return RawRow(number, dict(record))
 
 
