@@ -329,7 +329,13 @@ def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
         path.write_text(json.dumps(document, indent=2))
         with pytest.raises(DataError, match=rf"{name}: one JSON object with keys \[.*not rows"):
             load(path, tokenizer, cache_dir)
-    # one chat conversation on one line is a row, not a wrapper of its messages
+    # one chat conversation on one line is a row, not a wrapper of its messages; JSON Lines
+    # whose first row is damaged is still JSON Lines (the row is skipped, the rest read)
+    lines = tmp_path / "lines.json"
+    lines.write_text('{"question": "q0", "answer": \n' + json.dumps(rows[0]) + "\n")
+    skipped = load(lines, tokenizer, cache_dir, on_error="skip")
+    assert len(skipped.train) == 1
+    assert any("lines.json, line 1: not valid JSON" in p.message for p in skipped.report().problems)
     single = tmp_path / "one-chat.json"
     single.write_text(json.dumps(CHAT_ROW))
     assert load(single, tokenizer, cache_dir).train[0]["messages"] == CHAT_ROW["messages"]

@@ -161,7 +161,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         msg = f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}"
         raise DataError(msg)
     unit: Unit = "row" if reader is _read_parquet else "line"
-    if reader is _read_json and _json_records(path) is not None:
+    if reader is _read_json and _is_json_document(path):
         unit = "item"
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -221,48 +221,61 @@ def _json_records(path: Path) -> list[Any] | None:
     The document is an array of rows, or an object wrapping one (``{"data": [...]}``,
     ``{"version": 2, "rows": [...]}``): its one value that is a list of objects.
     """
+    if not _is_json_document(path):
+        return None
     if _starts_with_array(path):
         return _parse_whole_json(path)
-    first, more = _first_json_line(path)
-    if (first is not None) == more:
-        return None  # JSON Lines, or a single line JSON Lines' own messages judge
-    document = first if first is not None else _parse_whole_json(path)
-    if not isinstance(document, dict):
-        return None
-    wrapped = [
-        key
-        for key, value in document.items()
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
-    ]
-    if len(wrapped) == 1 and wrapped[0] not in _ROW_LISTS:
-        return document[wrapped[0]]
-    if first is not None:
-        return None  # a file of one row
+    head = _head_rows(path)
+    document = head[0] if len(head) == 1 else _parse_whole_json(path)
+    if isinstance(document, dict) and (key := _wrapping_key(document)) is not None:
+        return document[key]
+    what = type(document).__name__
+    if isinstance(document, dict):
+        what = f"object with keys {list(document)[:8]}"
     msg = (
-        f"{path.name}: one JSON object with keys {list(document)[:8]}, not rows; expected an "
-        "array of rows, JSON Lines, or an object holding one list of rows"
+        f"{path.name}: one JSON {what}, not rows; expected an array of rows, JSON Lines, or "
+        "an object holding one list of rows"
     )
     raise DataError(msg)
 
 
-def _first_json_line(path: Path) -> tuple[dict[str, Any] | None, bool]:
-    """The first non-empty line as a JSON object (``None``: it is not one), and whether
-    another non-empty line follows it."""
-    first: dict[str, Any] | None = None
-    seen = False
+def _is_json_document(path: Path) -> bool:
+    """Whether a ``.json`` file is one JSON document (read whole), not JSON Lines."""
+    if _starts_with_array(path):
+        return True
+    head = _head_rows(path)
+    if len(head) == 1:  # one line: a wrapper, or a single row
+        return head[0] is not None and _wrapping_key(head[0]) is not None
+    # A document spread over lines: neither of its first two lines is a whole JSON object.
+    # (JSON Lines with a damaged first row still has a second one.)
+    return len(head) == 2 and head == [None, None]
+
+
+def _wrapping_key(document: dict[str, Any]) -> str | None:
+    """The one key of ``document`` whose value is a list of rows (``None``: not a wrapper)."""
+    keys = [
+        key
+        for key, value in document.items()
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+    ]
+    return keys[0] if len(keys) == 1 and keys[0] not in _ROW_LISTS else None
+
+
+def _head_rows(path: Path) -> list[dict[str, Any] | None]:
+    """The first two non-empty lines, each as a JSON object (``None``: it is not one)."""
+    head: list[dict[str, Any] | None] = []
     with path.open("rb") as fh:
         for raw in fh:
             if not raw.strip():
                 continue
-            if seen:
-                return first, True
-            seen = True
             try:
                 value = json.loads(raw.decode("utf-8-sig"))
             except (UnicodeDecodeError, json.JSONDecodeError):
-                return None, True  # not a line of JSON: a document spread over lines
-            first = value if isinstance(value, dict) else None
-    return first, False
+                value = None
+            head.append(value if isinstance(value, dict) else None)
+            if len(head) == 2:
+                break
+    return head
 
 
 def _parse_whole_json(path: Path) -> Any:
