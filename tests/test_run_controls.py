@@ -161,7 +161,7 @@ def test_steps_asked_before_the_worker_wakes_are_each_taken_once(tiny_model_dir,
     assert run.step_once(wait=False).state is RunState.PAUSED
     third = pool.submit(run.step_once, timeout=WAIT)  # asked third: returns after the third
     paused = pool.submit(run.pause, timeout=WAIT)  # returns once nothing is left to do
-    assert _until(lambda: run._single_steps == 3)  # the third is asked before the worker goes
+    assert _until(lambda: run.pending_steps == 3)  # the third is asked before the worker goes
     gate.release()
     for future in (third, paused):
         status = future.result(WAIT)
@@ -273,7 +273,7 @@ def test_resume_after_step_once_without_wait(tiny_model_dir, tmp_path, pool):
     assert gate.reached.wait(WAIT)
     run.step_once(wait=False)
     waiting = pool.submit(run.step_once, timeout=WAIT)  # overtaken by resume(): returns
-    assert _until(lambda: run._single_steps == 2)
+    assert _until(lambda: run.pending_steps == 2)
     run.resume()
     gate.release()
     assert waiting.result(WAIT).state in (RunState.PAUSED, RunState.RUNNING, RunState.FINISHED)
@@ -293,7 +293,7 @@ def test_step_once_on_the_last_step_finishes(tiny_model_dir, tmp_path, pool):
     assert gate.reached.wait(WAIT)
     run.step_once(wait=False)  # the last step
     extra = pool.submit(run.step_once, timeout=WAIT)  # no step left for it: it sees the end
-    assert _until(lambda: run._single_steps == 2)
+    assert _until(lambda: run.pending_steps == 2)
     gate.release()
     assert extra.result(WAIT).state is RunState.FINISHED
     status = run.wait(WAIT)

@@ -287,6 +287,31 @@ class Run:
         return self._status.state
 
     @property
+    def pending_steps(self) -> int:
+        """Single steps asked with :meth:`step_once` that the worker has not begun yet.
+
+        Each ``step_once()`` on a paused run adds one; the worker takes them in order, so a
+        cell that asked for three (``wait=False``) sees this count down to 0.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-pending", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-pending", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> _ = run.pause()
+            >>> run.step_once().state, run.pending_steps
+            (<RunState.PAUSED: 'paused'>, 0)
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+        """
+        with self._cond:
+            return self._single_steps
+
+    @property
     def history(self) -> list[LogRecord]:
         """Every logged record so far (train steps, evaluations, warnings), oldest first.
 
