@@ -339,3 +339,44 @@ def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
     single = tmp_path / "one-chat.json"
     single.write_text(json.dumps(CHAT_ROW))
     assert load(single, tokenizer, cache_dir).train[0]["messages"] == CHAT_ROW["messages"]
+
+
+def test_openai_chat_rows_developer_role_and_turn_weights(tmp_path, tokenizer, cache_dir):
+    """OpenAI's fine-tuning format: "developer" is the system message; weight 0 is refused."""
+    chat = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "2+2?", "name": "ada"},
+        {"role": "assistant", "content": "4", "weight": 1},
+    ]
+    path = write_jsonl(tmp_path / "openai.jsonl", [{"messages": chat}, {"messages": chat}])
+    data = load(path, tokenizer, cache_dir)
+    assert [m["role"] for m in data.train[0]["messages"]] == ["system", "user", "assistant"]
+    untrained = [*chat[:2], {"role": "assistant", "content": "5", "weight": 0}]
+    write_jsonl(path, [{"messages": chat}, {"messages": untrained}])
+    why = r"openai\.jsonl, line 2, field 'messages\[2\]\.weight': weight 0 .* not supported"
+    with pytest.raises(DataError, match=why):
+        load(path, tokenizer, cache_dir)
+    assert len(load(path, tokenizer, cache_dir, on_error="skip").train) == 1
+
+
+def test_input_output_pairs_are_prompt_and_answer(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"input": "2+2?", "output": "4"}] * 2)
+    data = load(path, tokenizer, cache_dir)
+    assert data.format == "qa"
+    assert data.train[0]["messages"] == [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    # with an instruction it stays alpaca: the input is the instruction's context
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{**ALPACA}] * 2)
+    assert load(alpaca, tokenizer, cache_dir).format == "alpaca"
+
+
+def test_preference_pairs_get_a_hint_to_tune_on_the_chosen_answers(tmp_path, tokenizer, cache_dir):
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}] * 2
+    path = write_jsonl(tmp_path / "dpo.jsonl", rows)
+    hint = r'preference pairs .*columns=\{"prompt": "prompt", "answer": "chosen"\}'
+    with pytest.raises(DataError, match=hint):
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, columns={"prompt": "prompt", "answer": "chosen"})
+    assert data.train[0]["messages"][-1] == {"role": "assistant", "content": "4"}

@@ -8,8 +8,9 @@ masking rule serve them all. Raw ``text`` stays text (continued pretraining).
 format      columns                                     becomes
 ==========  ==========================================  =====================================
 alpaca      instruction, output (input, system)         system?, user(instruction+input), assistant
-qa          prompt/question, answer/completion/response system?, user, assistant
-chat        messages: [{role, content}]                 the messages
+qa          prompt/question/query (or input), answer/    system?, user, assistant
+            completion/response (or output)
+chat        messages: [{role, content}]                 the messages (developer->system)
 sharegpt    conversations: [{from, value}]              the messages (human->user, gpt->assistant)
 text        text                                        raw text, every token trained
 ==========  ==========================================  =====================================
@@ -66,6 +67,7 @@ _CHAT_ROLES = {
     "assistant": "assistant",
     "tool": "tool",
     "model": "assistant",
+    "developer": "system",  # OpenAI's name for the system message since its o1 models
 }
 _SHAREGPT_ROLES = {
     "human": "user",
@@ -213,6 +215,14 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
                 "turn its text"
             )
         raise RowError(f"{where}.{content_key}", why)
+    if role == "assistant" and turn.get("weight", 1) == 0:
+        # OpenAI's fine-tuning format: weight 0 asks not to train on this turn
+        raise RowError(
+            f"{where}.weight",
+            "weight 0 (do not train on this turn) is not supported yet: every assistant turn "
+            "is trained; remove the turn's weight to train on it, or skip such rows "
+            "(on_error='skip')",
+        )
     content = _text_parts(turn[content_key], f"{where}.{content_key}")
     if not content.strip() and role != "system":
         empty.append(f"{where}.{content_key}")
@@ -333,11 +343,15 @@ def detect_format(
     plan = _available(columns, mapping)
     if name == "auto":
         found = next((f for f in FORMATS.values() if all(r in plan for r in f.required)), None)
+        if found is None and {"input", "output"} <= plan.keys():  # no instruction: a pair
+            found = FORMATS["qa"]
+            plan = {**plan, "prompt": plan["input"], "answer": plan["output"]}
         if found is None:
             msg = (
                 f"{label}: cannot tell the format from the columns {columns}; expected one of "
                 + "; ".join(f"{f.name} ({f.description})" for f in FORMATS.values())
                 + '. Map yours with columns=, e.g. columns={"prompt": "q", "answer": "a"}'
+                + _preference_hint(columns)
             )
             raise DataError(msg)
         return found, _restrict(plan, found)
@@ -350,6 +364,19 @@ def detect_format(
         )
         raise DataError(msg)
     return fmt, _restrict(plan, fmt)
+
+
+def _preference_hint(columns: list[str]) -> str:
+    lowered = {c.lower(): c for c in columns}
+    if not {"chosen", "rejected"} <= lowered.keys():
+        return ""
+    prompt = next((lowered[c] for c in ("prompt", "question", "query") if c in lowered), None)
+    how = f'columns={{"prompt": "{prompt}", "answer": "{lowered["chosen"]}"}}' if prompt else ""
+    return (
+        ". These look like preference pairs (chosen/rejected, for DPO), which the workbench "
+        "does not train on; to tune on the chosen answers, map them"
+        + (f" with {how}" if how else " as prompt and answer")
+    )
 
 
 def _restrict(plan: dict[str, str], fmt: Format) -> dict[str, str]:

@@ -43,7 +43,9 @@ from workbench.errors import DataError, WorkbenchWarning
 
 __all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "cached_arrow_table", "read_source"]
 
-CODE_VERSION = "1"  # bump when the stored layout changes, to invalidate old caches
+# Bump when the stored layout or what a row normalises to changes, to invalidate old caches
+# (2: the developer role, input/output pairs, refused turn weights).
+CODE_VERSION = "2"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
