@@ -535,6 +535,21 @@ def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
     assert written <= export_bytes(s.model, "gguf", "q6_k") <= 2 * written
 
 
+def quantized_logits(tmp_path, llama_class, architecture, gguf_type):
+    """Logits on the first prompt and transformers' answer to it: the exact model's, those of
+    transformers running the file's own (dequantized) matrices, and llama.cpp's."""
+    s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=256)
+    path = folder / "model.gguf"
+    ids = s.tokenizer(PROMPTS[0]).input_ids
+    sequence = ids + hf_greedy(s.model, ids)
+    file_model = read_back_from_gguf(s.model, path)
+    return (
+        hf_logits(s.model, sequence),
+        hf_logits(file_model, sequence),
+        llama_logits(load(llama_class, path), sequence),
+    )
+
+
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize(
     "architecture", ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
@@ -542,12 +557,7 @@ def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
 def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_class, architecture):
     """The 3D expert tensors quantized by gguf-py (q8_0, q4_0) and by llama.cpp (q4_k_m)."""
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
-        s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=256)
-        path = folder / "model.gguf"
-        ids = s.tokenizer(PROMPTS[0]).input_ids
-        sequence = ids + hf_greedy(s.model, ids)
-        got = llama_logits(load(llama_class, path), sequence)
-        expected = hf_logits(read_back_from_gguf(s.model, path), sequence)
+        _, expected, got = quantized_logits(tmp_path, llama_class, architecture, gguf_type)
         # measured 2.5-12% of the logits' spread (against the exact model: 5-74%): the
         # router picks experts from activations llama.cpp has rounded to 8 bits
         assert relative_rms(expected, got) < 0.2, gguf_type
@@ -558,15 +568,10 @@ def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_c
 def test_quantized_gpt2_and_gpt_neox_are_computed_as_written(tmp_path, llama_class, architecture):
     """GPT-2's transposed Conv1D weights and NeoX's reordered query/key/value, quantized."""
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
-        s, folder = exported(tmp_path / gguf_type, architecture, gguf_type, hidden=256)
-        path = folder / "model.gguf"
-        ids = s.tokenizer(PROMPTS[0]).input_ids
-        sequence = ids + hf_greedy(s.model, ids)
-        got = llama_logits(load(llama_class, path), sequence)
-        file_model = read_back_from_gguf(s.model, path)
-        # quantized along the wrong axis, the matrices would compute something else entirely
-        assert relative_rms(hf_logits(s.model, sequence), hf_logits(file_model, sequence)) < 0.5
-        assert relative_rms(hf_logits(file_model, sequence), got) < 0.1, gguf_type
+        exact, expected, got = quantized_logits(tmp_path, llama_class, architecture, gguf_type)
+        # read back along the wrong axis, the matrices would compute something else entirely
+        assert relative_rms(exact, expected) < 0.5
+        assert relative_rms(expected, got) < 0.1, gguf_type
 
 
 def gguf_variant(tmp_path, architecture, **changes):
