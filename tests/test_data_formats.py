@@ -380,3 +380,46 @@ def test_preference_pairs_get_a_hint_to_tune_on_the_chosen_answers(tmp_path, tok
         load(path, tokenizer, cache_dir)
     data = load(path, tokenizer, cache_dir, columns={"prompt": "prompt", "answer": "chosen"})
     assert data.train[0]["messages"][-1] == {"role": "assistant", "content": "4"}
+
+
+@pytest.mark.parametrize("compression", [".gz", ".bz2", ".xz"])
+@pytest.mark.parametrize("kind", [".jsonl", ".json", ".csv"])
+def test_compressed_text_files_are_read_as_they_decompress(
+    tmp_path, tokenizer, cache_dir, kind, compression
+):
+    import bz2
+    import gzip
+    import lzma
+
+    rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(3)]
+    text = {
+        ".jsonl": "\n".join(json.dumps(r) for r in rows),
+        ".json": json.dumps({"data": rows}, indent=2),
+        ".csv": "question;answer\n" + "".join(f"{r['question']};{r['answer']}\n" for r in rows),
+    }[kind]
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[compression]
+    path = tmp_path / f"data{kind}{compression}"
+    with opener(path, "wt", encoding="utf-8") as fh:
+        fh.write(text)
+    data = load(path, tokenizer, cache_dir)
+    assert [m[-1]["content"] for m in data.train["messages"]] == ["0", "2", "4"]
+    # a bad row is still named by its file and line (or item) inside the compressed file
+    rows[1]["answer"] = None
+    bad = {
+        ".jsonl": "\n".join(json.dumps(r) for r in rows).encode(),
+        ".json": json.dumps({"data": rows}, indent=2).encode(),
+        ".csv": b"question;answer\nWhat;4\nbad \xff;x\n",  # not UTF-8
+    }[kind]
+    with opener(path, "wb") as fh:
+        fh.write(bad)
+    where = {".jsonl": "line 2", ".json": "item 2", ".csv": "line 3"}[kind]
+    with pytest.raises(DataError, match=rf"data{kind}{compression}, {where}"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_a_compressed_parquet_or_unknown_file_is_refused(tmp_path, tokenizer, cache_dir):
+    for name in ("data.parquet.gz", "notes.txt.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+        shown = name.partition(".")[2]
+        with pytest.raises(DataError, match=rf"unsupported file type '\.{shown}'"):
+            load(tmp_path / name, tokenizer, cache_dir)

@@ -8,7 +8,8 @@ to raise or skip. Files are read line by line or batch by batch: a 1 GB JSONL fi
 held in memory. The one exception is a ``.json`` file holding a single JSON array (or an
 object wrapping one, such as ``{"data": [...]}``), which Python's ``json`` module can only
 parse whole. A CSV file's delimiter is read from its header: commas, or the semicolons and
-tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated).
+tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated). Text files may
+be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``): they are decompressed as they are read.
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -20,20 +21,23 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from workbench.errors import DataError
 
-__all__ = ["SUFFIXES", "RawRow", "Source", "open_source"]
+__all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
 
 Unit = Literal["line", "row", "item"]
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+# Compressions a text file may carry (``data.jsonl.gz``), read by the standard library.
+COMPRESSIONS = (".gz", ".bz2", ".xz")
 _BATCH = 1000
 
 
@@ -156,9 +160,15 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         ".tsv": _read_csv,
         ".parquet": _read_parquet,
     }
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        msg = f"{path}: unsupported file type {path.suffix!r}; use one of {SUFFIXES}"
+    kind = _file_type(path)
+    reader = readers.get(kind)
+    if reader is None or (reader is _read_parquet and kind != path.suffix.lower()):
+        compressed = path.suffix.lower() in COMPRESSIONS
+        shown = "".join(path.suffixes[-2:]) if compressed else path.suffix
+        msg = (
+            f"{path}: unsupported file type {shown!r}; use one of {SUFFIXES}, the text ones "
+            f"optionally compressed ({', '.join(COMPRESSIONS)})"
+        )
         raise DataError(msg)
     unit: Unit = "row" if reader is _read_parquet else "line"
     if reader is _read_json and _is_json_document(path):
@@ -169,8 +179,34 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
     return Source(path.name, unit, lambda: reader(path), fingerprint), None
 
 
+def _file_type(path: Path) -> str:
+    """``.jsonl`` for ``data.jsonl`` and for ``data.jsonl.gz``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed as they are read when it is compressed."""
+    import bz2
+    import gzip
+    import lzma
+
+    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    opener = openers.get(path.suffix.lower())
+    return opener(path, "rb") if opener else path.open("rb")
+
+
+def _open_text(path: Path) -> IO[str]:
+    # surrogateescape keeps reading past bad bytes; the row holding them is then reported.
+    return io.TextIOWrapper(
+        _open_bytes(path), encoding="utf-8-sig", errors="surrogateescape", newline=""
+    )
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open("rb") as fh:
+    with _open_bytes(path) as fh:
         for number, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -198,7 +234,7 @@ def _parse_json_line(number: int, line: str) -> RawRow:
 
 
 def _starts_with_array(path: Path) -> bool:
-    with path.open("rb") as fh:
+    with _open_bytes(path) as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head.startswith(b"[")
 
@@ -264,7 +300,7 @@ def _wrapping_key(document: dict[str, Any]) -> str | None:
 def _head_rows(path: Path) -> list[dict[str, Any] | None]:
     """The first two non-empty lines, each as a JSON object (``None``: it is not one)."""
     head: list[dict[str, Any] | None] = []
-    with path.open("rb") as fh:
+    with _open_bytes(path) as fh:
         for raw in fh:
             if not raw.strip():
                 continue
@@ -280,7 +316,8 @@ def _head_rows(path: Path) -> list[dict[str, Any] | None]:
 
 def _parse_whole_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_bytes().decode("utf-8-sig"))
+        with _open_bytes(path) as fh:
+            return json.loads(fh.read().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}; save it as UTF-8"
         raise DataError(msg) from err
@@ -290,8 +327,7 @@ def _parse_whole_json(path: Path) -> Any:
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
-    # surrogateescape keeps reading past bad bytes; the row holding them is then reported.
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with _open_text(path) as fh:
         reader = csv.DictReader(fh, delimiter=_csv_delimiter(path))
         try:
             for record in reader:
@@ -304,9 +340,9 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
 def _csv_delimiter(path: Path) -> str:
     """``,``, unless the header has a single column that way and several split at ``;``,
     a tab or ``|`` (a ``.tsv`` file: tabs)."""
-    if path.suffix.lower() == ".tsv":
+    if _file_type(path) == ".tsv":
         return "\t"
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with _open_text(path) as fh:
         header = fh.readline()
     if len(next(csv.reader([header]), [])) > 1:
         return ","
