@@ -257,12 +257,12 @@ def _json_records(path: Path) -> list[Any] | None:
     The document is an array of rows, or an object wrapping one (``{"data": [...]}``,
     ``{"version": 2, "rows": [...]}``): its one value that is a list of objects.
     """
-    if not _is_json_document(path):
+    layout, head = _json_layout(path)
+    if layout == "lines":
         return None
-    if _starts_with_array(path):
-        return _parse_whole_json(path)
-    head = _head_rows(path)
-    document = head[0] if len(head) == 1 else _parse_whole_json(path)
+    document = head[0] if layout == "one-line" else _parse_whole_json(path)
+    if isinstance(document, list):
+        return document
     if isinstance(document, dict) and (key := _wrapping_key(document)) is not None:
         return document[key]
     what = type(document).__name__
@@ -277,14 +277,21 @@ def _json_records(path: Path) -> list[Any] | None:
 
 def _is_json_document(path: Path) -> bool:
     """Whether a ``.json`` file is one JSON document (read whole), not JSON Lines."""
+    return _json_layout(path)[0] != "lines"
+
+
+def _json_layout(path: Path) -> tuple[str, list[dict[str, Any] | None]]:
+    """``"document"`` (an array, or an object over several lines), ``"one-line"`` (one line
+    wrapping a list of rows) or ``"lines"`` (JSON Lines), and the first two lines as rows."""
     if _starts_with_array(path):
-        return True
+        return "document", []
     head = _head_rows(path)
     if len(head) == 1:  # one line: a wrapper, or a single row
-        return head[0] is not None and _wrapping_key(head[0]) is not None
+        wrapper = head[0] is not None and _wrapping_key(head[0]) is not None
+        return ("one-line" if wrapper else "lines"), head
     # A document spread over lines: neither of its first two lines is a whole JSON object.
     # (JSON Lines with a damaged first row still has a second one.)
-    return len(head) == 2 and head == [None, None]
+    return ("document" if head == [None, None] else "lines"), head
 
 
 def _wrapping_key(document: dict[str, Any]) -> str | None:
