@@ -387,6 +387,10 @@ def chat_rows(rng: random.Random, strict: bool) -> list[dict[str, Any]]:
     for marker in ("<think>x</think>", "</think>", "<tool_response>y</tool_response>"):
         rows.append({"messages": _conversation(rng, ["user", "assistant"])})
         rows[-1]["messages"][-1]["content"] = f"{marker} then the answer"
+    for row in rows[::3]:  # OpenAI's per-turn weights: 0 leaves a turn untrained
+        for message in row["messages"]:
+            if message["role"] == "assistant":
+                message["weight"] = rng.choice([0, 1])
     return rows
 
 
@@ -394,7 +398,11 @@ def sharegpt_rows(rng: random.Random, strict: bool) -> list[dict[str, Any]]:
     names = {"user": "human", "assistant": "gpt", "system": "system"}
     rows = []
     for row in chat_rows(rng, strict):
-        turns = [{"from": names[m["role"]], "value": m["content"]} for m in row["messages"]]
+        turns = [
+            {"from": names[m["role"]], "value": m["content"]}
+            | ({"weight": m["weight"]} if "weight" in m else {})
+            for m in row["messages"]
+        ]
         rows.append({"conversations": turns})
     return rows
 
@@ -548,8 +556,11 @@ def test_sources_of_every_kind_are_read_the_same(tmp_path, cache_dir):
 # --- the batch way really takes its shortcuts, and checks them -----------------------------
 
 
-def _table(rows: list[dict[str, Any]]) -> Any:
-    return pa.table({"messages": [r["messages"] for r in rows]})
+def _table(rows: list[dict[str, Any]], untrained: list[list[int]] | None = None) -> Any:
+    columns = {"messages": [r["messages"] for r in rows]}
+    if untrained is not None:
+        columns["untrained_turns"] = untrained
+    return pa.table(columns)
 
 
 # family -> does a plain (user, assistant) / multi-turn row take the layout way?
@@ -583,16 +594,31 @@ def test_plain_rows_take_the_layout_way_except_a_sample(family):
         {"messages": _conversation(rng, ["user", "assistant", "user", "assistant"])}
         for _ in range(40)
     ]
-    for rows, expected in zip((single, multi), LAYOUT_WAY[family], strict=True):
+    # weight-0 turns (OpenAI's per-turn weights): none, either or both answers untrained
+    untrained = [[[], [1], [], [3], [1, 3]][k % 5] for k in range(40)]
+    answers = []
+    ways = (*LAYOUT_WAY[family], LAYOUT_WAY[family][1])
+    cases = zip((single, multi, multi), ways, (None, None, untrained), strict=True)
+    for rows, expected, skip in cases:
         labeller = BatchLabeller(template, tok, None, False)
-        out = labeller(_table(rows))
+        out = labeller(_table(rows, skip))
+        answers.append(out.column("n_answer").to_pylist())
         reference = Labeller(template, tok, None, False)(
-            {"messages": [r["messages"] for r in rows]}
+            {"messages": [r["messages"] for r in rows], "untrained_turns": skip}
         )
         for column, values in reference.items():
             assert out.column(column).to_pylist() == values, column
         assert labeller.checked == (SAMPLE_PER_BATCH if expected else len(rows))
         assert not labeller.distrusted
+    for k, (every, weighted) in enumerate(zip(answers[1], answers[2], strict=True)):
+        if not untrained[k]:
+            assert weighted == every, k
+        elif len(untrained[k]) == 2:
+            assert weighted == 0, k
+        elif untrained[k] == [3]:  # the last answer is trained under every template
+            assert weighted < every, k
+        else:  # Qwen3's renders an earlier answer unlike a last one: no labels there anyway
+            assert weighted <= every, k
 
 
 def test_rows_that_differ_are_all_checked_row_by_row():

@@ -341,8 +341,8 @@ def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
     assert load(single, tokenizer, cache_dir).train[0]["messages"] == CHAT_ROW["messages"]
 
 
-def test_openai_chat_rows_developer_role_and_turn_weights(tmp_path, tokenizer, cache_dir):
-    """OpenAI's fine-tuning format: "developer" is the system message; weight 0 is refused."""
+def test_openai_chat_rows_developer_role(tmp_path, tokenizer, cache_dir):
+    """OpenAI's fine-tuning format: "developer" is the system message, extra keys are ignored."""
     chat = [
         {"role": "developer", "content": "Be brief."},
         {"role": "user", "content": "2+2?", "name": "ada"},
@@ -351,12 +351,93 @@ def test_openai_chat_rows_developer_role_and_turn_weights(tmp_path, tokenizer, c
     path = write_jsonl(tmp_path / "openai.jsonl", [{"messages": chat}, {"messages": chat}])
     data = load(path, tokenizer, cache_dir)
     assert [m["role"] for m in data.train[0]["messages"]] == ["system", "user", "assistant"]
-    untrained = [*chat[:2], {"role": "assistant", "content": "5", "weight": 0}]
-    write_jsonl(path, [{"messages": chat}, {"messages": untrained}])
-    why = r"openai\.jsonl, line 2, field 'messages\[2\]\.weight': weight 0 .* not supported"
+    assert data.train[0]["untrained_turns"] == []
+
+
+def _trained_text(tokenizer, row):
+    return tokenizer.decode([t for t in row["labels"] if t != -100])
+
+
+WEIGHTED = [
+    {"role": "user", "content": "Say hi."},
+    {"role": "assistant", "content": "Whatever, hi.", "weight": 0},
+    {"role": "user", "content": "Politely?"},
+    {"role": "assistant", "content": "Hello there!", "weight": 1},
+]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_assistant_turn_of_weight_0_is_context_not_trained(
+    tmp_path, tokenizer, cache_dir, batched
+):
+    """OpenAI's per-turn weight: a weight-0 answer stays in the prompt and gets no labels."""
+    sharegpt = [
+        {"from": {"user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
+        | ({"weight": m["weight"]} if "weight" in m else {})
+        for m in WEIGHTED
+    ]
+    rows = [{"messages": WEIGHTED}] * 3 + [{"messages": WEIGHTED[:2]}]
+    for name, data_rows in (("chat", rows), ("sharegpt", [{"conversations": sharegpt}] * 3)):
+        path = write_jsonl(tmp_path / f"{name}.jsonl", data_rows)
+        data = load(path, tokenizer, cache_dir, batched=batched)
+        row = data.train[0]
+        assert row["untrained_turns"] == [1], name
+        assert _trained_text(tokenizer, row) == "Hello there!<|im_end|>\n", name
+        assert "Whatever, hi." in tokenizer.decode(row["input_ids"])  # still there as context
+        shown = "".join(t.text for t in data.example(0).tokens if t.trained)
+        assert shown == "Hello there!<|im_end|>\n"
+    # a row whose only answer has weight 0 has nothing to train on, and says so
+    problems = data_problems(tmp_path, tokenizer, cache_dir, rows, batched)
+    assert [(p.row, p.kind) for p in problems] == [(3, "no_trained_tokens")]
+    assert "weight 0" in problems[0].message
+
+
+def test_a_row_is_shown_and_judged_by_its_last_trained_answer(tmp_path, tokenizer, cache_dir):
+    """The preview, example and evaluation reference skip a final weight-0 answer."""
+    rude = [
+        {**WEIGHTED[3], "weight": 1},
+        {"role": "user", "content": "Now rudely?"},
+        {"role": "assistant", "content": "Whatever.", "weight": 0},
+    ]
+    chat = [WEIGHTED[0], *rude]
+    data = load(write_jsonl(tmp_path / "c.jsonl", [{"messages": chat}] * 2), tokenizer, cache_dir)
+    example = data.example(0)
+    assert example.answer == "Hello there!"
+    assert example.prompt.endswith("Say hi.<|im_end|>\n<|im_start|>assistant\n")
+    assert "Whatever." in example.text and "Whatever." not in example.prompt
+    preview = data.preview([0])[0]
+    assert (preview["prompt"], preview["answer"]) == ("Say hi.", "Hello there!")
+
+
+def data_problems(tmp_path, tokenizer, cache_dir, rows, batched):
+    path = write_jsonl(tmp_path / "chat.jsonl", rows)
+    report = load(path, tokenizer, cache_dir, batched=batched).report()
+    return [p for p in report.problems if p.kind == "no_trained_tokens"]
+
+
+@pytest.mark.parametrize("weight", [0.5, -1, 2, "0", [0]])
+def test_a_turn_weight_other_than_0_or_1_names_its_row_and_field(
+    tmp_path, tokenizer, cache_dir, weight
+):
+    odd = [*WEIGHTED[:3], {**WEIGHTED[3], "weight": weight}]
+    path = write_jsonl(tmp_path / "openai.jsonl", [{"messages": WEIGHTED}, {"messages": odd}])
+    why = r"openai\.jsonl, line 2, field 'messages\[3\]\.weight': expected 0 .* or 1"
     with pytest.raises(DataError, match=why):
         load(path, tokenizer, cache_dir)
     assert len(load(path, tokenizer, cache_dir, on_error="skip").train) == 1
+
+
+def test_turn_weights_from_parquet_where_absent_weights_are_null(tmp_path, tokenizer, cache_dir):
+    """A Parquet file gives every message every key: a missing weight is null, so trained."""
+    unweighted = [{k: v for k, v in m.items() if k != "weight"} for m in WEIGHTED]
+    frame = pd.DataFrame({"messages": [WEIGHTED, unweighted, WEIGHTED]})
+    path = tmp_path / "chats.parquet"
+    frame.to_parquet(path)
+    data = load(path, tokenizer, cache_dir)
+    assert [r["untrained_turns"] for r in data.train] == [[1], [], [1]]
+    both = "Whatever, hi.<|im_end|>\nHello there!<|im_end|>\n"
+    assert _trained_text(tokenizer, data.train[1]) == both
+    assert _trained_text(tokenizer, data.train[2]) == "Hello there!<|im_end|>\n"
 
 
 def test_input_output_pairs_are_prompt_and_answer(tmp_path, tokenizer, cache_dir):

@@ -13,7 +13,8 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
 2. **One tokenization.** Only the whole text is tokenized, by the fast tokenizer's Rust
    backend for the whole batch; each boundary becomes the first token that starts at or after
    it (``Encoding.char_to_token``). A prompt agrees with the training text at token level
-   exactly when a token starts at its end; a boundary inside a token is a mismatch.
+   exactly when a token starts at its end; a boundary inside a token is a mismatch. The
+   boundaries of a row's ``untrained_turns`` (weight 0) are dropped, as the row way skips them.
 3. **The row-by-row check where it matters.** Rows that are not plain (an empty content, one
    that starts or ends with whitespace, holds a control token's text, a marker character, or
    a string the template tests content against), rows whose roles have no layout (a template
@@ -52,7 +53,14 @@ import numpy as np
 from workbench.data.layouts import MARKERS, Layout, learn_layout, sensitive_literals
 from workbench.data.special_text import SPECIAL_TEXT_COLUMN, SpecialTokensInText
 from workbench.data.templates import Template
-from workbench.data.tokenize import IGNORE_INDEX, STAT_COLUMNS, TOKEN_COLUMNS, Labeller, _fields
+from workbench.data.tokenize import (
+    IGNORE_INDEX,
+    STAT_COLUMNS,
+    TOKEN_COLUMNS,
+    UNTRAINED_TURNS,
+    Labeller,
+    _fields,
+)
 
 __all__ = ["SAMPLE_PER_BATCH", "BatchLabeller"]
 
@@ -153,7 +161,7 @@ class BatchLabeller:
                 texts = table.column("text").to_pylist()
                 ids, masks, oks, found = self._label_texts(texts)
             else:
-                ids, masks, oks, found = self._label_chats(_conversations(table))
+                ids, masks, oks, found = self._label_chats(_conversations(table), _untrained(table))
             return _with_columns(table, ids, masks, oks, found, self.max_length)
         finally:
             if collecting:
@@ -188,7 +196,9 @@ class BatchLabeller:
     # --- conversations ------------------------------------------------------------------
 
     def _label_chats(
-        self, conversations: list[tuple[tuple[str, ...], list[str]]]
+        self,
+        conversations: list[tuple[tuple[str, ...], list[str]]],
+        untrained: list[list[int]] | None = None,
     ) -> tuple[list[list[int]], list[Any], list[bool], list[str]]:
         n = len(conversations)
         ids: list[list[int]] = [[]] * n
@@ -206,16 +216,16 @@ class BatchLabeller:
                 slow.update(members)
             else:
                 quick += members
-        undecided = self._label_quick(conversations, quick, ids, masks, oks)
+        undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
         slow.update(undecided)
         samples = self._samples(conversations, quick, undecided)
-        row_way = self._label_slow(conversations, sorted(slow | set(samples)), found)
+        row_way = self._label_slow(conversations, untrained, sorted(slow | set(samples)), found)
         for roles in {conversations[k][0] for k in samples}:
             members = [k for k in samples if conversations[k][0] == roles]
             if any(not _same(ids[k], masks[k], oks[k], *row_way[k]) for k in members):
                 self.distrusted.add(roles)
         late = [k for k in quick if conversations[k][0] in self.distrusted and k not in row_way]
-        row_way.update(self._label_slow(conversations, late, found))
+        row_way.update(self._label_slow(conversations, untrained, late, found))
         for k, (row_ids, labels, ok) in row_way.items():
             if k in slow or conversations[k][0] in self.distrusted:
                 ids[k], masks[k], oks[k] = row_ids, labels, ok
@@ -266,6 +276,7 @@ class BatchLabeller:
     def _label_quick(
         self,
         conversations: list[tuple[tuple[str, ...], list[str]]],
+        untrained: list[list[int]] | None,
         quick: list[int],
         ids: list[list[int]],
         masks: list[Any],
@@ -280,11 +291,14 @@ class BatchLabeller:
             composed.append(layout.compose(contents))
         encodings = self._encode([text for text, _ in composed])
         undecided = []
-        for k, (text, turns), enc in zip(quick, composed, encodings, strict=True):
+        for k, (text, composed_turns), enc in zip(quick, composed, encodings, strict=True):
             row_ids = enc.ids
             n, length = len(row_ids), len(text)
             spans: _Spans = []
             ok = True
+            turns = composed_turns
+            if untrained and untrained[k]:  # weight-0 turns are context: no span, no check
+                turns = _trained_turns(turns, self._layouts[conversations[k][0]], untrained[k])
             for prompt_end, own_end in turns:
                 begin = _first_token_at(enc, prompt_end, n, length)
                 end = (n, True) if own_end is None else _first_token_at(enc, own_end, n, length)
@@ -300,6 +314,7 @@ class BatchLabeller:
     def _label_slow(
         self,
         conversations: list[tuple[tuple[str, ...], list[str]]],
+        untrained: list[list[int]] | None,
         rows: list[int],
         found: list[str],
     ) -> dict[int, tuple[list[int], list[int], bool]]:
@@ -310,7 +325,8 @@ class BatchLabeller:
             for k in rows
         ]
         self.checked += len(rows)
-        labelled = self.rows._label_chats(chats, [found[k] for k in rows])
+        skip = [untrained[k] for k in rows] if untrained else None
+        labelled = self.rows._label_chats(chats, [found[k] for k in rows], skip)
         return dict(zip(rows, labelled, strict=True))
 
     def _encode(self, texts: list[str]) -> list[Any]:
@@ -355,6 +371,25 @@ def _conversations(table: Any) -> list[tuple[tuple[str, ...], list[str]]]:
         out.append((tuple(roles[start:end]), contents[start:end]))
         start = end
     return out
+
+
+def _untrained(table: Any) -> list[list[int]] | None:
+    """Per row, the message indices of its untrained assistant turns (``None``: no column)."""
+    if UNTRAINED_TURNS not in table.column_names:
+        return None
+    return [turns or [] for turns in table.column(UNTRAINED_TURNS).to_pylist()]
+
+
+def _trained_turns(
+    turns: list[tuple[int, int | None]], layout: Layout | None, untrained: list[int]
+) -> list[tuple[int, int | None]]:
+    """The composed answer boundaries of the turns not in ``untrained`` (message indices)."""
+    assert layout is not None
+    return [
+        turn
+        for turn, (message, _, _) in zip(turns, layout.turns, strict=True)
+        if message not in untrained
+    ]
 
 
 def _first_token_at(enc: Any, pos: int, n: int, length: int) -> tuple[int, bool] | None:

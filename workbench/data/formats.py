@@ -2,7 +2,9 @@
 
 Every prompt/answer format is normalised to a chat ``messages`` list (``role`` in
 ``system``/``user``/``assistant``/``tool``, ``content`` a string), so one template and one
-masking rule serve them all. Raw ``text`` stays text (continued pretraining).
+masking rule serve them all. Raw ``text`` stays text (continued pretraining). An assistant
+turn with OpenAI's ``weight: 0`` stays in its conversation as context and is not trained on
+(its index is in :attr:`Normalised.untrained`).
 
 ==========  ==========================================  =====================================
 format      columns                                     becomes
@@ -98,15 +100,24 @@ class Normalised:
         messages: The conversation (prompt/answer formats), or ``None`` for raw text.
         text: The raw text (``text`` format), or ``None``.
         empty: Names of fields that are present but empty or only whitespace.
+        untrained: Indices in ``messages`` of assistant turns not to train on (OpenAI's
+            per-turn ``weight: 0``); they stay in the conversation as context.
 
     Examples:
         >>> Normalised(None, "hello", ()).text
         'hello'
+        >>> turns = [{"role": "user", "content": "Hi"},
+        ...          {"role": "assistant", "content": "Hey", "weight": 0},
+        ...          {"role": "user", "content": "Bye"},
+        ...          {"role": "assistant", "content": "Bye!"}]
+        >>> FORMATS["chat"].normalise({"messages": turns}, {}).untrained
+        (1,)
     """
 
     messages: list[dict[str, str]] | None
     text: str | None
     empty: tuple[str, ...]
+    untrained: tuple[int, ...] = ()
 
 
 Plan = Mapping[str, str]  # canonical field -> column in the data
@@ -193,7 +204,12 @@ def _conversation(
         raise RowError(
             f"{column}[0].role", "a conversation must start with a system or user message"
         )
-    return Normalised(messages, None, tuple(empty))
+    untrained = tuple(
+        i
+        for i, (turn, message) in enumerate(zip(turns, messages, strict=True))
+        if message["role"] == "assistant" and not _trained(turn, f"{column}[{i}]")
+    )
+    return Normalised(messages, None, tuple(empty), untrained)
 
 
 def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, str]:
@@ -215,18 +231,24 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
                 "turn its text"
             )
         raise RowError(f"{where}.{content_key}", why)
-    if role == "assistant" and turn.get("weight", 1) == 0:
-        # OpenAI's fine-tuning format: weight 0 asks not to train on this turn
-        raise RowError(
-            f"{where}.weight",
-            "weight 0 (do not train on this turn) is not supported yet: every assistant turn "
-            "is trained; remove the turn's weight to train on it, or skip such rows "
-            "(on_error='skip')",
-        )
     content = _text_parts(turn[content_key], f"{where}.{content_key}")
     if not content.strip() and role != "system":
         empty.append(f"{where}.{content_key}")
     return {"role": role, "content": content}
+
+
+def _trained(turn: dict[str, Any], where: str) -> bool:
+    """An assistant turn's OpenAI ``weight``: 1 (or none) trains on it, 0 keeps it as context."""
+    weight = turn.get("weight")
+    if weight is None:
+        return True
+    if isinstance(weight, numbers.Real) and weight in (0, 1):
+        return bool(weight)
+    shown = repr(weight)[:60]
+    raise RowError(
+        f"{where}.weight",
+        f"expected 0 (do not train on this turn) or 1 (train on it), got {shown}",
+    )
 
 
 def _text(values: Mapping[str, Any], plan: Plan) -> Normalised:
@@ -265,6 +287,16 @@ class Format:
             (True, False)
         """
         return self.name == "text"
+
+    @property
+    def has_turns(self) -> bool:
+        """True for conversations, whose assistant turns can be left untrained (weight 0).
+
+        Examples:
+            >>> FORMATS["chat"].has_turns, FORMATS["alpaca"].has_turns
+            (True, False)
+        """
+        return self.name in ("chat", "sharegpt")
 
     def normalise(self, values: Mapping[str, Any], plan: Plan) -> Normalised:
         """Check one row and return it in normal form.

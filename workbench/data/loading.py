@@ -8,8 +8,9 @@ file is written under a temporary name and renamed). The batches are built with
 through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).
 
 Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
-``empty_fields``, and the source's own columns as strings (non-strings JSON-encoded; a name
-that clashes with a stored column gets an ``original_`` prefix).
+``empty_fields``, for conversations ``untrained_turns`` (indices of assistant turns with
+weight 0), and the source's own columns as strings (non-strings JSON-encoded; a name that
+clashes with a stored column gets an ``original_`` prefix).
 
 Examples:
     >>> from workbench.data.prepared import DataSpec
@@ -39,17 +40,19 @@ from typing import Any
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
+from workbench.data.tokenize import UNTRAINED_TURNS
 from workbench.errors import DataError, WorkbenchWarning
 
 __all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "cached_arrow_table", "read_source"]
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
-# (2: the developer role, input/output pairs, refused turn weights).
-CODE_VERSION = "2"
+# (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns).
+CODE_VERSION = "3"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
+    UNTRAINED_TURNS,
     "text",
     "empty_fields",
     "error",
@@ -112,6 +115,8 @@ def _features(fmt: Format, stored: list[str]) -> Any:
         columns["text"] = string
     else:
         columns["messages"] = List({"role": string, "content": string})
+    if fmt.has_turns:
+        columns[UNTRAINED_TURNS] = List(Value("int32"))
     columns["empty_fields"] = string
     columns.update({name: string for name in stored})
     return Features(columns)
@@ -126,7 +131,8 @@ def _as_string(value: Any) -> str | None:
 def _rows(
     source: Source, fmt: Format, plan: dict[str, str], originals: dict[str, str], on_error: str
 ) -> Iterator[dict[str, Any]]:
-    blank = dict.fromkeys(["messages", "text", "empty_fields", *originals.values()])
+    blank = dict.fromkeys(["messages", UNTRAINED_TURNS, "text", "empty_fields"])
+    blank.update(dict.fromkeys(originals.values()))
     for raw in source.rows():
         try:
             yield _good_row(raw, fmt, plan, originals)
@@ -149,6 +155,8 @@ def _good_row(
     row = fmt.normalise(raw.values, plan)
     out: dict[str, Any] = {"source_row": raw.number, "error": None, "error_field": None}
     out["text" if fmt.is_text else "messages"] = row.text if fmt.is_text else row.messages
+    if fmt.has_turns:
+        out[UNTRAINED_TURNS] = list(row.untrained)
     out["empty_fields"] = ", ".join(row.empty) or None
     out.update({stored: _as_string(raw.values.get(column)) for column, stored in originals.items()})
     return out

@@ -48,6 +48,7 @@ from workbench.data.tokenize import (
     IGNORE_INDEX,
     PRODUCED_COLUMNS,
     STAT_COLUMNS,
+    UNTRAINED_TURNS,
     Labeller,
     special_ids,
 )
@@ -498,13 +499,12 @@ class PreparedData:
         if self.is_text:
             return "", row["text"], row["text"]
         messages = row["messages"]
-        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        last = answers[-1] if answers else len(messages)
+        last = _answer_turn(messages, row.get(UNTRAINED_TURNS))
         prompt = render_prompt(
             self.template, self.tokenizer, messages[:last], add_generation_prompt=True
         )
         text = render_prompt(self.template, self.tokenizer, messages, add_generation_prompt=False)
-        return prompt, messages[last]["content"] if answers else "", text
+        return prompt, messages[last]["content"] if last is not None else "", text
 
     def report(self) -> DataReport:
         """Counts, token lengths, trained share and problems (computed once, then cached).
@@ -668,7 +668,9 @@ class PreparedData:
         if not indices:
             return []
         columns = ["source_row", "n_tokens", "n_answer", "text" if self.is_text else "messages"]
-        rows = self.split(split).select_columns(columns)[indices]
+        dataset = self.split(split)
+        columns += [UNTRAINED_TURNS] if UNTRAINED_TURNS in dataset.column_names else []
+        rows = dataset.select_columns(columns)[indices]
         out = []
         for k, i in enumerate(indices):
             prompt, answer = _preview_texts(rows, k, self.is_text)
@@ -736,9 +738,18 @@ def _preview_texts(rows: dict[str, list[Any]], k: int, is_text: bool) -> tuple[s
     if is_text:
         return "", rows["text"][k]
     messages = rows["messages"][k]
-    answer = next((m["content"] for m in reversed(messages) if m["role"] == "assistant"), "")
-    prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    return prompt, answer
+    last = _answer_turn(messages, rows.get(UNTRAINED_TURNS, [None] * (k + 1))[k])
+    before = messages[:last]
+    prompt = next((m["content"] for m in reversed(before) if m["role"] == "user"), "")
+    return prompt, messages[last]["content"] if last is not None else ""
+
+
+def _answer_turn(messages: list[dict[str, str]], untrained: list[int] | None) -> int | None:
+    """The answer a row is shown and judged by: its last trained assistant turn (weight-0
+    turns are context), else its last assistant turn; ``None`` when it has none."""
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    trained = [i for i in answers if i not in (untrained or ())]
+    return (trained or answers or [None])[-1]
 
 
 def _joined_texts(dataset: Any, is_text: bool) -> Any:

@@ -231,7 +231,12 @@ def length_problems(
 the cut falls in the prompt, so every trained answer token is lost
     """
     problems = [
-        Problem(int(i), "no_trained_tokens", "no assistant answer to train on", split)
+        Problem(
+            int(i),
+            "no_trained_tokens",
+            "no assistant answer to train on (none, or all of weight 0)",
+            split,
+        )
         for i in np.flatnonzero(stats["n_answer"] == 0)
     ]
     if limit is None:

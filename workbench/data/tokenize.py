@@ -27,6 +27,9 @@ one regex per tokenizer and stored per row in ``special_text``; with
 template's own markers stay control tokens (see :mod:`workbench.data.special_text`). The
 same rule applies to every rendering of a row, so prompt ids stay a prefix of the full ids.
 
+An assistant turn listed in the row's ``untrained_turns`` (OpenAI's ``weight: 0``) is not
+rendered on its own at all: it stays in the full text as context, its tokens unlabelled.
+
 Raw text trains on every token except a leading ``bos`` (it is never predicted).
 Truncation keeps the first ``max_length`` tokens; the full length is stored so the cut can
 be reported and a cutoff can be tried without tokenizing again.
@@ -67,6 +70,7 @@ __all__ = [
     "PRODUCED_COLUMNS",
     "STAT_COLUMNS",
     "TOKEN_COLUMNS",
+    "UNTRAINED_TURNS",
     "Labeller",
     "special_ids",
 ]
@@ -77,6 +81,8 @@ STAT_COLUMNS = ("n_tokens", "n_prompt", "n_answer", "answer_start", "answer_end"
 """Per-row statistics, all measured before truncation."""
 PRODUCED_COLUMNS = (*TOKEN_COLUMNS, *STAT_COLUMNS, SPECIAL_TEXT_COLUMN)
 """Every column :class:`Labeller` writes (removed before tokenizing again)."""
+UNTRAINED_TURNS = "untrained_turns"
+"""Input column: per row, the indices in ``messages`` of assistant turns not to train on."""
 
 
 @dataclass
@@ -124,6 +130,15 @@ class Labeller:
         ['messages', 'input_ids', 'labels', 'attention_mask']
         >>> len(data[0]["input_ids"]), data[0]["n_tokens"]  # cut to 8; the full length is kept
         (8, 17)
+
+        An assistant turn in ``untrained_turns`` is context only (OpenAI's ``weight: 0``):
+
+        >>> two = [*chat, {"role": "user", "content": "Bye"},
+        ...        {"role": "assistant", "content": "Ciao"}]
+        >>> out = Labeller(labeller.template, tokenizer, None, False)(
+        ...     {"messages": [two], "untrained_turns": [[1]]})
+        >>> tokenizer.decode([t for t in out["labels"][0] if t != IGNORE_INDEX])
+        'Ciao<|im_end|>\\n'
     """
 
     template: Template
@@ -158,7 +173,7 @@ class Labeller:
             rows = [self._label_text(ids) for ids in self._encode_text(batch["text"], found)]
         else:
             found = [self.guard.describe(_fields(m)) for m in batch["messages"]]
-            rows = self._label_chats(batch["messages"], found)
+            rows = self._label_chats(batch["messages"], found, batch.get(UNTRAINED_TURNS))
         out: dict[str, list[Any]] = {name: [] for name in TOKEN_COLUMNS + STAT_COLUMNS}
         for ids, labels, ok in rows:
             for name, value in self._columns(ids, labels, ok).items():
@@ -200,11 +215,17 @@ class Labeller:
     def _restore(self, text: str, guarded: bool) -> tuple[str, list[Span]]:
         return self.guard.unescape(text) if guarded else (text, [])
 
-    def _plans(self, conversations: list[list[dict[str, str]]], guarded: list[bool]) -> list[_Plan]:
+    def _plans(
+        self,
+        conversations: list[list[dict[str, str]]],
+        guarded: list[bool],
+        untrained: list[Any] | None,
+    ) -> list[_Plan]:
         prompts, uptos, where = [], [], []
         for row, messages in enumerate(conversations):
+            skip = (untrained[row] or ()) if untrained else ()
             for i, message in enumerate(messages):
-                if message["role"] == "assistant":
+                if message["role"] == "assistant" and i not in skip:
                     prompts.append(messages[:i])
                     # A final assistant turn ends with the full text: no extra rendering.
                     uptos.append(messages[: i + 1] if i < len(messages) - 1 else None)
@@ -241,9 +262,14 @@ class Labeller:
         return iter([ids for ids, _ in self.guard.encode(texts, spans)] if texts else [])
 
     def _label_chats(
-        self, conversations: list[list[dict[str, str]]], found: list[str]
+        self,
+        conversations: list[list[dict[str, str]]],
+        found: list[str],
+        untrained: list[Any] | None = None,
     ) -> list[tuple[list[int], list[int], bool]]:
-        plans = self._plans(*self._guarded(conversations, found))
+        """Ids, labels and agreement of each conversation; ``untrained[k]`` holds the message
+        indices of row ``k``'s assistant turns to leave unlabelled (``None``: train them all)."""
+        plans = self._plans(*self._guarded(conversations, found), untrained)
         prompt_ids = self._prompt_ids(plans)
         rows = []
         for plan, (ids, known_starts) in zip(plans, self._encode_fulls(plans), strict=True):
