@@ -463,25 +463,39 @@ def test_preference_pairs_get_a_hint_to_tune_on_the_chosen_answers(tmp_path, tok
     assert data.train[0]["messages"][-1] == {"role": "assistant", "content": "4"}
 
 
-@pytest.mark.parametrize("compression", [".gz", ".bz2", ".xz"])
-@pytest.mark.parametrize("kind", [".jsonl", ".json", ".csv"])
-def test_compressed_text_files_are_read_as_they_decompress(
-    tmp_path, tokenizer, cache_dir, kind, compression
-):
+COMPRESSIONS = [".gz", ".bz2", ".xz", ".zst"]
+
+
+def write_compressed(path, data: bytes) -> None:
+    """``data`` compressed as the suffix of ``path`` says (Zstandard frames by libzstd)."""
     import bz2
     import gzip
     import lzma
 
+    import pyarrow as pa
+
+    if path.suffix == ".zst":
+        with pa.output_stream(str(path), compression="zstd") as fh:
+            fh.write(data)
+        return
+    path.write_bytes(
+        {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[path.suffix](data)
+    )
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("kind", [".jsonl", ".json", ".csv"])
+def test_compressed_text_files_are_read_as_they_decompress(
+    tmp_path, tokenizer, cache_dir, kind, compression
+):
     rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(3)]
     text = {
         ".jsonl": "\n".join(json.dumps(r) for r in rows),
         ".json": json.dumps({"data": rows}, indent=2),
         ".csv": "question;answer\n" + "".join(f"{r['question']};{r['answer']}\n" for r in rows),
     }[kind]
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[compression]
     path = tmp_path / f"data{kind}{compression}"
-    with opener(path, "wt", encoding="utf-8") as fh:
-        fh.write(text)
+    write_compressed(path, text.encode())
     data = load(path, tokenizer, cache_dir)
     assert [m[-1]["content"] for m in data.train["messages"]] == ["0", "2", "4"]
     # a bad row is still named by its file and line (or item) inside the compressed file
@@ -491,11 +505,40 @@ def test_compressed_text_files_are_read_as_they_decompress(
         ".json": json.dumps({"data": rows}, indent=2).encode(),
         ".csv": b"question;answer\nWhat;4\nbad \xff;x\n",  # not UTF-8
     }[kind]
-    with opener(path, "wb") as fh:
-        fh.write(bad)
+    write_compressed(path, bad)
     where = {".jsonl": "line 2", ".json": "item 2", ".csv": "line 3"}[kind]
     with pytest.raises(DataError, match=rf"data{kind}{compression}, {where}"):
         load(path, tokenizer, cache_dir)
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("kind", [".jsonl", ".json", ".csv"])
+def test_a_damaged_or_cut_short_compressed_file_names_itself_and_caches_nothing(
+    tmp_path, tokenizer, kind, compression
+):
+    rows = [{"question": f"What is {i}+{i}? " * 5, "answer": str(2 * i)} for i in range(3000)]
+    text = {
+        ".jsonl": "\n".join(json.dumps(r) for r in rows),
+        ".json": json.dumps(rows, indent=1),
+        ".csv": "question,answer\n" + "".join(f"{r['question']},{r['answer']}\n" for r in rows),
+    }[kind]
+    path = tmp_path / f"data{kind}{compression}"
+    write_compressed(path, text.encode())
+    whole = path.read_bytes()
+    cache = tmp_path / "cache"
+    damaged = {"cut short": whole[: len(whole) // 2]}  # a download stopped half way
+    if compression != ".zst":  # these carry checksums; a Zstandard frame need not (pyarrow's)
+        damaged["damaged"] = whole[: len(whole) // 2] + bytes(64) + whole[len(whole) // 2 + 64 :]
+    for what, data in damaged.items():
+        path.write_bytes(data)
+        why = rf"data{kind}{compression}: the compressed file is damaged or cut short \("
+        # a damaged stream can also decode to bad text first: that row is named instead
+        why += rf"|data{kind}{compression}, (line|item) \d+"
+        for on_error in ("raise", "skip"):
+            with pytest.raises(DataError, match=why):
+                load(path, tokenizer, str(cache), on_error=on_error)
+        stored = [p.name for p in cache.rglob("*") if p.is_file()]
+        assert not [n for n in stored if n.endswith((".arrow", ".incomplete"))], (what, stored)
 
 
 def test_a_compressed_parquet_or_unknown_file_is_refused(tmp_path, tokenizer, cache_dir):

@@ -9,7 +9,8 @@ held in memory. The one exception is a ``.json`` file holding a single JSON arra
 object wrapping one, such as ``{"data": [...]}``), which Python's ``json`` module can only
 parse whole. A CSV file's delimiter is read from its header: commas, or the semicolons and
 tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated). Text files may
-be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``): they are decompressed as they are read.
+be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``, ``.zst``): they are decompressed as they
+are read, and a damaged or cut-short one raises a ``DataError`` naming it.
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -36,8 +37,9 @@ __all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
 
 Unit = Literal["line", "row", "item"]
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
-# Compressions a text file may carry (``data.jsonl.gz``), read by the standard library.
-COMPRESSIONS = (".gz", ".bz2", ".xz")
+# Compressions a text file may carry (``data.jsonl.gz``): the standard library's, and
+# Zstandard (the Pile's and many Hub corpora's ``.jsonl.zst``) through pyarrow.
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _BATCH = 1000
 
 
@@ -189,13 +191,57 @@ def _file_type(path: Path) -> str:
 
 def _open_bytes(path: Path) -> IO[bytes]:
     """The file's bytes, decompressed as they are read when it is compressed."""
+    if path.suffix.lower() not in COMPRESSIONS:
+        return path.open("rb")
+    return io.BufferedReader(_Decompressed(path), buffer_size=1 << 16)
+
+
+class _Decompressed(io.RawIOBase):
+    """A compressed file's text bytes; damage found while reading raises a ``DataError``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.done = 0  # decompressed bytes handed out so far
+        self.stream = _decompressing(path)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        import lzma
+        import zlib
+
+        try:
+            data = self.stream.read(len(buffer))
+        except (EOFError, OSError, ValueError, lzma.LZMAError, zlib.error) as err:
+            read = f"; its first {self.done:,} bytes of text read fine" if self.done else ""
+            msg = (
+                f"{self.path.name}: the compressed file is damaged or cut short ({err}){read}; "
+                "compress it again or fetch a complete copy"
+            )
+            raise DataError(msg) from None
+        buffer[: len(data)] = data
+        self.done += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()
+        super().close()
+
+
+def _decompressing(path: Path) -> Any:
     import bz2
     import gzip
     import lzma
 
-    openers = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-    opener = openers.get(path.suffix.lower())
-    return opener(path, "rb") if opener else path.open("rb")
+    suffix = path.suffix.lower()
+    if suffix == ".zst":
+        import pyarrow as pa
+
+        return pa.input_stream(str(path), compression="zstd")
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix](path, "rb")
 
 
 def _open_text(path: Path) -> IO[str]:
