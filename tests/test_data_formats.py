@@ -354,6 +354,52 @@ def test_openai_chat_rows_developer_role(tmp_path, tokenizer, cache_dir):
     assert data.train[0]["untrained_turns"] == []
 
 
+def test_conversations_held_as_text_in_a_csv_are_read(tmp_path, tokenizer, cache_dir):
+    """pandas writes a list column as its repr, JSON tools as JSON: both are conversations."""
+    chats = [[{"role": "user", "content": f"Hi, {i}?"}, WEIGHTED[3]] for i in range(3)]
+    for name, cells in (("json", [json.dumps(c) for c in chats]), ("repr", chats)):
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame({"messages": cells}).to_csv(path, index=False)
+        data = load(path, tokenizer, cache_dir)
+        assert data.format == "chat", name
+        assert data.train[1]["messages"] == [
+            {"role": "user", "content": "Hi, 1?"},
+            {"role": "assistant", "content": "Hello there!"},
+        ]
+    shared = tmp_path / "sharegpt.csv"
+    turns = [{"from": "human", "value": 'a, "quoted"\nline'}, {"from": "gpt", "value": "b"}]
+    pd.DataFrame({"conversations": [json.dumps(turns)] * 2}).to_csv(shared, index=False)
+    assert load(shared, tokenizer, cache_dir).train[0]["messages"][0]["content"] == (
+        'a, "quoted"\nline'
+    )
+    bad = tmp_path / "bad.csv"
+    cut, words = json.dumps(chats[0])[:-5], "just words"
+    for cell, why in ((cut, "is not a list of messages in JSON"), (words, "got text 'just wo")):
+        pd.DataFrame({"messages": [json.dumps(chats[0]), cell]}).to_csv(bad, index=False)
+        with pytest.raises(DataError, match=rf"bad\.csv, line 3, field 'messages': .*{why}"):
+            load(bad, tokenizer, cache_dir)
+    pd.DataFrame({"messages": [json.dumps(chats[0]), cut, words, ""]}).to_csv(bad, index=False)
+    assert len(load(bad, tokenizer, cache_dir, on_error="skip").train) == 1
+
+
+def test_json_nested_thousands_deep_is_a_bad_row_not_a_crash(tmp_path, tokenizer, cache_dir):
+    deep = "[" * 100_000 + "]" * 100_000
+    good = json.dumps({"question": "q", "answer": "a"})
+    lines = write_jsonl(tmp_path / "deep.jsonl", [good, deep, good])
+    with pytest.raises(DataError, match=r"deep\.jsonl, line 2: JSON nested too deeply"):
+        load(lines, tokenizer, cache_dir)
+    assert len(load(lines, tokenizer, cache_dir, on_error="skip").train) == 2
+    document = tmp_path / "deep.json"
+    document.write_text(deep)
+    with pytest.raises(DataError, match=r"deep\.json: JSON nested too deeply"):
+        load(document, tokenizer, cache_dir)
+    cell = tmp_path / "deep.csv"
+    nested = "[" * 5000 + "]" * 5000  # under the CSV reader's field limit
+    pd.DataFrame({"messages": [json.dumps(WEIGHTED[:2]), nested]}).to_csv(cell, index=False)
+    with pytest.raises(DataError, match=r"deep\.csv, line 3, field 'messages': .*recursion"):
+        load(cell, tokenizer, cache_dir)
+
+
 def _trained_text(tokenizer, row):
     return tokenizer.decode([t for t in row["labels"] if t != -100])
 

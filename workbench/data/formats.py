@@ -4,7 +4,9 @@ Every prompt/answer format is normalised to a chat ``messages`` list (``role`` i
 ``system``/``user``/``assistant``/``tool``, ``content`` a string), so one template and one
 masking rule serve them all. Raw ``text`` stays text (continued pretraining). An assistant
 turn with OpenAI's ``weight: 0`` stays in its conversation as context and is not trained on
-(its index is in :attr:`Normalised.untrained`).
+(its index is in :attr:`Normalised.untrained`). A conversation held as text (a CSV cell, a
+database export) is read as the list it writes, in JSON or in Python's repr (pandas'
+``to_csv``).
 
 ==========  ==========================================  =====================================
 format      columns                                     becomes
@@ -29,6 +31,8 @@ Examples:
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import numbers
 from collections.abc import Callable, Mapping
@@ -196,6 +200,8 @@ def _conversation(
     turns = values.get(column)
     if turns is None:
         raise RowError(column, "missing")
+    if isinstance(turns, str):  # a CSV cell or database text holding the list
+        turns = _list_in_text(turns, column)
     if not isinstance(turns, list) or not turns:
         raise RowError(column, f"expected a non-empty list of messages, got {type(turns).__name__}")
     empty: list[str] = []
@@ -210,6 +216,21 @@ def _conversation(
         if message["role"] == "assistant" and not _trained(turn, f"{column}[{i}]")
     )
     return Normalised(messages, None, tuple(empty), untrained)
+
+
+def _list_in_text(text: str, column: str) -> Any:
+    """The list a text cell writes as JSON, or as Python's repr (pandas' ``to_csv``)."""
+    if not text.lstrip().startswith("["):
+        raise RowError(column, f"expected a non-empty list of messages, got text {text[:60]!r}")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:
+        json_error = err
+    try:
+        return ast.literal_eval(text.strip())  # literals only: nothing in the text runs
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        msg = f"the text is not a list of messages in JSON ({json_error})"
+        raise RowError(column, msg) from None
 
 
 def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, str]:

@@ -41,6 +41,7 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 # Zstandard (the Pile's and many Hub corpora's ``.jsonl.zst``) through pyarrow.
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _BATCH = 1000
+_TOO_DEEP = "JSON nested too deeply to read (lists or objects inside each other, thousands deep)"
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,8 @@ def _parse_json_line(number: int, line: str) -> RawRow:
         value = json.loads(line)
     except json.JSONDecodeError as err:
         return RawRow(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return RawRow(number, None, _TOO_DEEP)
     if not isinstance(value, dict):
         return RawRow(number, None, f"expected a JSON object, got {type(value).__name__}")
     return RawRow(number, value)
@@ -359,7 +362,7 @@ def _head_rows(path: Path) -> list[dict[str, Any] | None]:
                 continue
             try:
                 value = json.loads(raw.decode("utf-8-sig"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 value = None
             head.append(value if isinstance(value, dict) else None)
             if len(head) == 2:
@@ -377,6 +380,8 @@ def _parse_whole_json(path: Path) -> Any:
     except json.JSONDecodeError as err:
         msg = f"{path.name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
         raise DataError(msg) from err
+    except RecursionError:
+        raise DataError(f"{path.name}: {_TOO_DEEP}") from None
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
