@@ -400,6 +400,52 @@ def test_json_nested_thousands_deep_is_a_bad_row_not_a_crash(tmp_path, tokenizer
         load(cell, tokenizer, cache_dir)
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_trl_conversational_prompt_completion_rows(tmp_path, tokenizer, cache_dir, batched):
+    """TRL's prompt/completion as message lists: the completion is trained, the prompt's own
+    assistant turns (few-shot examples) are context."""
+    few_shot = [WEIGHTED[0], {"role": "assistant", "content": "Hi!"}, WEIGHTED[2]]
+    rows = [
+        {"prompt": few_shot, "completion": [WEIGHTED[3]]},
+        {"prompt": [{"role": "system", "content": "Be kind."}, WEIGHTED[0]], "completion": "Hey"},
+        {"prompt": "Plain question?", "completion": [{"role": "assistant", "content": "Yes."}]},
+    ]
+    path = write_jsonl(tmp_path / "trl.jsonl", rows)
+    data = load(path, tokenizer, cache_dir, batched=batched)
+    assert data.format == "qa"
+    assert data.train[0]["messages"] == [
+        *few_shot,
+        {"role": "assistant", "content": "Hello there!"},
+    ]
+    assert data.train[0]["untrained_turns"] == [1]
+    trained = [_trained_text(tokenizer, r) for r in data.train]
+    assert trained == [f"{answer}<|im_end|>\n" for answer in ("Hello there!", "Hey", "Yes.")]
+    assert [m["role"] for m in data.train[1]["messages"]] == ["system", "user", "assistant"]
+    assert data.example(0).answer == "Hello there!"
+    # a bad message inside a list is named by its column and index
+    rows[0]["completion"] = [{"role": "robot", "content": "beep"}]
+    write_jsonl(path, rows)
+    with pytest.raises(DataError, match=r"trl\.jsonl, line 1, field 'completion\[0\]\.role'"):
+        load(path, tokenizer, cache_dir, batched=batched)
+
+
+def test_image_parts_and_implicit_prompt_preferences_say_what_to_do(tmp_path, tokenizer, cache_dir):
+    picture = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    looks = [{"type": "text", "text": "What is this?"}, picture]
+    rows = [{"messages": [{"role": "user", "content": looks}, WEIGHTED[3]]}] * 2
+    path = write_jsonl(tmp_path / "vision.jsonl", rows)
+    why = r"vision\.jsonl, line 1, field 'messages\[0\]\.content': has image_url parts: only text"
+    with pytest.raises(DataError, match=why):
+        load(path, tokenizer, cache_dir)
+    # preference pairs whose chosen side is a whole conversation (TRL's implicit prompt)
+    pairs = [{"chosen": [WEIGHTED[0], WEIGHTED[3]], "rejected": WEIGHTED[:2]}] * 2
+    path = write_jsonl(tmp_path / "dpo.jsonl", pairs)
+    with pytest.raises(DataError, match=r'columns=\{"messages": "chosen"\}'):
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, columns={"messages": "chosen"})
+    assert _trained_text(tokenizer, data.train[0]) == "Hello there!<|im_end|>\n"
+
+
 def _trained_text(tokenizer, row):
     return tokenizer.decode([t for t in row["labels"] if t != -100])
 

@@ -151,12 +151,16 @@ def _text_parts(value: Any, field: str) -> str:
     if number and (isinstance(value, numbers.Integral) or math.isfinite(value)):
         return str(value)
     # OpenAI-style content parts: [{"type": "text", "text": "..."}]
-    if (
-        isinstance(value, list)
-        and value
-        and all(isinstance(p, dict) and p.get("type") == "text" for p in value)
-    ):
-        return "".join(str(p.get("text", "")) for p in value)
+    if isinstance(value, list) and value and all(isinstance(p, dict) for p in value):
+        kinds = sorted({str(p.get("type")) for p in value} - {"text"})
+        if not kinds:
+            return "".join(str(p.get("text", "")) for p in value)
+        if all("type" in p for p in value):
+            msg = (
+                f"has {', '.join(kinds)} parts: only text is tuned (the workbench loads "
+                "text-only models); skip such rows (on_error='skip') or keep their text parts"
+            )
+            raise RowError(field, msg)
     shown = repr(value)[:60]
     raise RowError(field, f"expected a string, got {type(value).__name__} {shown}")
 
@@ -171,10 +175,45 @@ def _alpaca(values: Mapping[str, Any], plan: Plan) -> Normalised:
 
 
 def _qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    if any(_is_messages(values.get(plan.get(f, f))) for f in ("prompt", "answer")):
+        return _conversational_qa(values, plan)
     empty: list[str] = []
     prompt = _string(values, plan, "prompt", empty)
     answer = _string(values, plan, "answer", empty)
     return Normalised(_with_system(values, plan, prompt, answer), None, tuple(empty))
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and any(isinstance(m, dict) and "role" in m for m in value)
+
+
+def _conversational_qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
+    """TRL's conversational prompt-completion rows: message lists (or a string) on each side.
+
+    The completion's assistant turns are trained; assistant turns in the prompt (few-shot
+    examples, earlier turns) are context, as in TRL's completion-only loss.
+    """
+    empty: list[str] = []
+    parts = []
+    for field, role in (("prompt", "user"), ("answer", "assistant")):
+        column = plan.get(field, field)
+        value = values.get(column)
+        if _is_messages(value):
+            parts.append(_messages(value, column, _CHAT_ROLES, empty))
+        else:
+            text = _string(values, plan, field, empty)
+            parts.append(([{"role": role, "content": text}], ()))
+    (prompt, _), (answer, answer_untrained) = parts
+    system = _string(values, plan, "system", [], required=False)
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    if head and prompt[0]["role"] == "system":
+        head = []  # the prompt's own system message wins
+    messages = [*head, *prompt, *answer]
+    _check_start(messages, plan.get("prompt", "prompt"))
+    context = [len(head) + i for i, m in enumerate(prompt) if m["role"] == "assistant"]
+    shift = len(head) + len(prompt)
+    untrained = (*context, *(shift + i for i in answer_untrained))
+    return Normalised(messages, None, tuple(empty), tuple(sorted(untrained)))
 
 
 def _with_system(
@@ -202,20 +241,32 @@ def _conversation(
         raise RowError(column, "missing")
     if isinstance(turns, str):  # a CSV cell or database text holding the list
         turns = _list_in_text(turns, column)
+    empty: list[str] = []
+    messages, untrained = _messages(turns, column, roles, empty)
+    _check_start(messages, column)
+    return Normalised(messages, None, tuple(empty), untrained)
+
+
+def _messages(
+    turns: Any, column: str, roles: dict[str, str], empty: list[str]
+) -> tuple[list[dict[str, str]], tuple[int, ...]]:
+    """The checked messages of a list, and the indices of its weight-0 assistant turns."""
     if not isinstance(turns, list) or not turns:
         raise RowError(column, f"expected a non-empty list of messages, got {type(turns).__name__}")
-    empty: list[str] = []
     messages = [_message(turn, f"{column}[{i}]", roles, empty) for i, turn in enumerate(turns)]
-    if messages[0]["role"] not in ("system", "user"):
-        raise RowError(
-            f"{column}[0].role", "a conversation must start with a system or user message"
-        )
     untrained = tuple(
         i
         for i, (turn, message) in enumerate(zip(turns, messages, strict=True))
         if message["role"] == "assistant" and not _trained(turn, f"{column}[{i}]")
     )
-    return Normalised(messages, None, tuple(empty), untrained)
+    return messages, untrained
+
+
+def _check_start(messages: list[dict[str, str]], column: str) -> None:
+    if messages[0]["role"] not in ("system", "user"):
+        raise RowError(
+            f"{column}[0].role", "a conversation must start with a system or user message"
+        )
 
 
 def _list_in_text(text: str, column: str) -> Any:
@@ -308,16 +359,6 @@ class Format:
             (True, False)
         """
         return self.name == "text"
-
-    @property
-    def has_turns(self) -> bool:
-        """True for conversations, whose assistant turns can be left untrained (weight 0).
-
-        Examples:
-            >>> FORMATS["chat"].has_turns, FORMATS["alpaca"].has_turns
-            (True, False)
-        """
-        return self.name in ("chat", "sharegpt")
 
     def normalise(self, values: Mapping[str, Any], plan: Plan) -> Normalised:
         """Check one row and return it in normal form.
@@ -424,11 +465,15 @@ def _preference_hint(columns: list[str]) -> str:
     if not {"chosen", "rejected"} <= lowered.keys():
         return ""
     prompt = next((lowered[c] for c in ("prompt", "question", "query") if c in lowered), None)
-    how = f'columns={{"prompt": "{prompt}", "answer": "{lowered["chosen"]}"}}' if prompt else ""
+    chosen = lowered["chosen"]
+    how = (
+        f'map them with columns={{"prompt": "{prompt}", "answer": "{chosen}"}}'
+        if prompt
+        else f'map the chosen conversations with columns={{"messages": "{chosen}"}}'
+    )
     return (
         ". These look like preference pairs (chosen/rejected, for DPO), which the workbench "
-        "does not train on; to tune on the chosen answers, map them"
-        + (f" with {how}" if how else " as prompt and answer")
+        f"does not train on; to tune on the chosen answers, {how}"
     )
 
 

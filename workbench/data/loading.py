@@ -8,9 +8,10 @@ file is written under a temporary name and renamed). The batches are built with
 through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).
 
 Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
-``empty_fields``, for conversations ``untrained_turns`` (indices of assistant turns with
-weight 0), and the source's own columns as strings (non-strings JSON-encoded; a name that
-clashes with a stored column gets an ``original_`` prefix).
+``empty_fields``, ``untrained_turns`` (indices of assistant turns that are context only:
+weight 0, or in a conversational prompt), and the source's own columns as strings
+(non-strings JSON-encoded; a name that clashes with a stored column gets an ``original_``
+prefix).
 
 Examples:
     >>> from workbench.data.prepared import DataSpec
@@ -18,7 +19,7 @@ Examples:
     >>> spec = DataSpec(cache_dir="/tmp/wb-doc-loading-cache")
     >>> loaded = read_source(open_source([{"question": "2+2?", "answer": "4"}])[0], spec)
     >>> loaded.dataset.column_names
-    ['source_row', 'messages', 'empty_fields', 'question', 'answer']
+    ['source_row', 'messages', 'untrained_turns', 'empty_fields', 'question', 'answer']
     >>> loaded.dataset[0]["messages"]
     [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
 """
@@ -115,7 +116,7 @@ def _features(fmt: Format, stored: list[str]) -> Any:
         columns["text"] = string
     else:
         columns["messages"] = List({"role": string, "content": string})
-    if fmt.has_turns:
+    if not fmt.is_text:
         columns[UNTRAINED_TURNS] = List(Value("int32"))
     columns["empty_fields"] = string
     columns.update({name: string for name in stored})
@@ -155,7 +156,7 @@ def _good_row(
     row = fmt.normalise(raw.values, plan)
     out: dict[str, Any] = {"source_row": raw.number, "error": None, "error_field": None}
     out["text" if fmt.is_text else "messages"] = row.text if fmt.is_text else row.messages
-    if fmt.has_turns:
+    if not fmt.is_text:
         out[UNTRAINED_TURNS] = list(row.untrained)
     out["empty_fields"] = ", ".join(row.empty) or None
     out.update({stored: _as_string(raw.values.get(column)) for column, stored in originals.items()})
