@@ -44,7 +44,9 @@ train, test = records_to_json(train_size=TRAIN_SIZE, test_size=TEST_SIZE)
 # | text | `text` (raw text, every token trained: continued pretraining) |
 #
 # Every prompt/answer format becomes a chat conversation inside, so one template and one
-# masking rule serve them all.
+# masking rule serve them all. A chat turn meant as context only (not trained) carries
+# OpenAI's `"weight": 0`; TRL's prompt/completion message lists work too, the prompt's own
+# assistant turns kept as context.
 
 # %%
 (files / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
