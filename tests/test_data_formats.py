@@ -446,6 +446,27 @@ def test_image_parts_and_implicit_prompt_preferences_say_what_to_do(tmp_path, to
     assert _trained_text(tokenizer, data.train[0]) == "Hello there!<|im_end|>\n"
 
 
+def test_a_folder_of_data_files_says_how_to_read_them_as_one(tmp_path, tokenizer, cache_dir):
+    """A dataset's shards (train-00000-of-00002.jsonl...) are not a save_to_disk folder."""
+    import datasets
+
+    shards = tmp_path / "dataset" / "data"
+    shards.mkdir(parents=True)
+    for k in range(2):
+        rows = [{"question": f"{k}.{i}?", "answer": str(i)} for i in range(3)]
+        write_jsonl(shards / f"train-0000{k}-of-00002.jsonl", rows)
+    hint = (
+        r"holds data files \(data/train-00000-of-00002\.jsonl, data/train-00001-of-00002\.jsonl"
+        r"\): give one file, or read them as one with datasets\.load_dataset\('json', "
+    )
+    with pytest.raises(DataError, match=hint):
+        load(tmp_path / "dataset", tokenizer, cache_dir)
+    files = sorted(str(p) for p in shards.iterdir())
+    joined = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
+    data = load(joined, tokenizer, cache_dir)
+    assert [m[0]["content"] for m in data.train["messages"]][::3] == ["0.0?", "1.0?"]
+
+
 def _trained_text(tokenizer, row):
     return tokenizer.decode([t for t in row["labels"] if t != -100])
 

@@ -154,7 +154,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
             loaded = datasets.load_from_disk(str(path))
         except (FileNotFoundError, ValueError) as err:
             msg = f"{path}: not a folder written by datasets' save_to_disk ({err})"
-            raise DataError(msg) from err
+            raise DataError(msg + _data_files_hint(path)) from err
         return _dataset_sources(loaded, path.name)
     readers = {
         ".jsonl": _read_jsonl,
@@ -180,6 +180,20 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     fingerprint = hashlib.sha1(key.encode()).hexdigest()
     return Source(path.name, unit, lambda: reader(path), fingerprint), None
+
+
+def _data_files_hint(folder: Path) -> str:
+    """For a folder of data files (a dataset's shards), how to read them as one."""
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and _file_type(p) in SUFFIXES)
+    if not found:
+        return ""
+    kind = _file_type(found[0]).lstrip(".").replace("jsonl", "json").replace("tsv", "csv")
+    shown = ", ".join(str(p.relative_to(folder)) for p in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    return (
+        f". It holds data files ({shown}{more}): give one file, or read them as one with "
+        f"datasets.load_dataset({kind!r}, data_files=[...]) and pass the Dataset"
+    )
 
 
 def _file_type(path: Path) -> str:
