@@ -150,6 +150,12 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scales attention differently"),
         ("ernie4_5", {"use_bias": True}, "ERNIE 4.5 with biased projections"),
         ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
+        ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
+        (
+            "lfm2",
+            {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}},
+            "LFM2 with rope scaling",
+        ),
     ],
 )
 def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(

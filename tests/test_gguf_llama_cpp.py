@@ -564,14 +564,22 @@ def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_c
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox"])
-def test_quantized_gpt2_and_gpt_neox_are_computed_as_written(tmp_path, llama_class, architecture):
-    """GPT-2's transposed Conv1D weights and NeoX's reordered query/key/value, quantized."""
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "lfm2"])
+def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_class, architecture):
+    """GPT-2's transposed Conv1D weights, NeoX's reordered query/key/value and LFM2's
+    squeezed convolution kernels (kept float32: llama.cpp's kernel computes in no other
+    type, and aborts the process on an F16 one), quantized."""
+    import gguf
+
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
         exact, expected, got = quantized_logits(tmp_path, llama_class, architecture, gguf_type)
         # read back along the wrong axis, the matrices would compute something else entirely
         assert relative_rms(exact, expected) < 0.5
         assert relative_rms(expected, got) < 0.1, gguf_type
+        path = tmp_path / gguf_type / "run" / "export" / gguf_type / "model.gguf"
+        kernels = [t for t in gguf.GGUFReader(str(path)).tensors if "shortconv" in t.name]
+        conv = {t.tensor_type.name for t in kernels if t.name.endswith("shortconv.conv.weight")}
+        assert conv == ({"F32"} if architecture == "lfm2" else set())
 
 
 def gguf_variant(tmp_path, architecture, **changes):
@@ -603,6 +611,15 @@ def gguf_variant(tmp_path, architecture, **changes):
         ("gpt2", {"n_inner": 96, "activation_function": "gelu"}),
         ("starcoder2", {"use_bias": False}),  # zero biases written, as for NeoX
         ("starcoder2", {"tie_word_embeddings": False}),
+        ("lfm2", {"layer_types": ["full_attention", "conv"], "conv_L_cache": 4}),
+        ("lfm2", {"tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
+        (
+            "lfm2",
+            {
+                "block_ffn_dim_multiplier": 1.5,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1e6},
+            },
+        ),
     ],
     ids=[
         "sequential",
@@ -612,6 +629,9 @@ def gguf_variant(tmp_path, architecture, **changes):
         "gpt2-width",
         "starcoder2-no-bias",
         "starcoder2-untied",
+        "lfm2-attention-first-wider-conv",
+        "lfm2-untied-plain-width",
+        "lfm2-width-multiplier",
     ],
 )
 def test_family_variants_match_llama_cpp(tmp_path, llama_class, architecture, changes):

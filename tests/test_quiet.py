@@ -162,3 +162,39 @@ def test_a_gpt2_run_hides_the_conv1d_and_attention_mask_advice_and_a_user_s_peft
     assert "fan_in_fan_out" not in workbench_part
     assert "attention_mask" not in workbench_part
     assert "fan_in_fan_out is set to False but the target module is `Conv1D`" in user_part
+
+
+def test_lfm2_s_cuda_kernel_advice_is_hidden_without_cuda_and_shown_to_the_user(tmp_path):
+    # transformers advises installing causal-conv1d (a CUDA-only package) whenever LFM2's
+    # short convolutions run; without CUDA nobody can follow it.
+    import torch
+
+    import workbench as wb
+
+    folder = wb.build_tiny_model(tmp_path / "lfm2", "lfm2")
+    advice = "is falling back to its reference PyTorch implementation"
+    err = python(
+        f"""
+        import workbench as wb
+
+        s = wb.Session({str(tmp_path / "session")!r}, verbose=False)
+        s.load_model({str(folder)!r})
+        s.load_data([{{"question": f"What is {{i}} plus {{i}}?", "answer": str(2 * i)}}
+                     for i in range(40)])
+        s.train(max_steps=2, batch_size=4, wait=True)
+        s.generate("What is 2 plus 2?", max_new_tokens=4)
+        """
+    )
+    assert (advice in err) == torch.cuda.is_available()
+    # the user's own forward pass, in a process of its own (transformers says it once)
+    err = python(
+        f"""
+        import torch
+        import workbench
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained({str(folder)!r})
+        model(torch.tensor([[1, 2, 3]]))
+        """
+    )
+    assert advice in err

@@ -1,4 +1,4 @@
-"""Hide five known third-party messages that are noise to a workbench user, and only those.
+"""Hide six known third-party messages that are noise to a workbench user, and only those.
 
 Three libraries print into training cells, and none of these messages is the user's to act on:
 
@@ -28,6 +28,11 @@ Three libraries print into training cells, and none of these messages is the use
   nothing (``train/loss.py``; ``tests/test_train_inputs.py`` compares). transformers logs it
   once per process (``warning_once``), so once hidden inside a workbench call it stays
   unsaid for the user's own calls too.
+* transformers (``integrations/hub_kernels.py``) logs ```causal_conv1d_fn` is falling back to
+  its reference PyTorch implementation because `causal-conv1d` is not installed ... install
+  `causal-conv1d` for the optimized kernel`` when an LFM2-style model runs its short
+  convolutions. Those kernel packages are CUDA-only: on a machine without CUDA the advice
+  cannot be followed, so it is hidden there (and shown on a GPU machine, where it can).
 
 **Scope.** A message is hidden only while workbench code is on the call stack of the thread
 that emits it (a ``workbench.*`` module's frame: ``Session.train`` and what it calls, the
@@ -84,7 +89,13 @@ import threading
 import warnings
 from typing import Any
 
-__all__ = ["BNB_LOGGER", "TRANSFORMERS_LOGGER", "in_workbench_call", "quiet_third_party"]
+__all__ = [
+    "BNB_LOGGER",
+    "KERNELS_LOGGER",
+    "TRANSFORMERS_LOGGER",
+    "in_workbench_call",
+    "quiet_third_party",
+]
 
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
 """The logger bitsandbytes' CPU backend logs its missing-``kernels`` warning on."""
@@ -98,6 +109,9 @@ _PEFT_FUSED_PATTERNS = re.compile(
 _PEFT_MODULE = re.compile(r"peft\.tuners\.tuners_utils\Z")
 _PEFT_CONV1D = re.compile(r"fan_in_fan_out is set to False but the target module is `Conv1D`")
 _PEFT_LORA_LAYER = re.compile(r"peft\.tuners\.lora\.layer\Z")
+KERNELS_LOGGER = "transformers.integrations.hub_kernels"
+"""The logger transformers logs its missing-kernel-package advice on."""
+_KERNEL_FALLBACK = re.compile(r"`\w+` is falling back to its reference PyTorch implementation")
 TRANSFORMERS_LOGGER = "transformers.modeling_utils"
 """The logger transformers' models log their missing-``attention_mask`` advice on."""
 _NO_ATTENTION_MASK = re.compile(r"We strongly recommend passing in an `attention_mask`")
@@ -143,14 +157,24 @@ class _ScopedMessage:
 
 
 class _ScopedLogFilter(logging.Filter):
-    """Drop the records whose text matches ``pattern`` when logged inside a workbench call."""
+    """Drop the records whose text matches ``pattern`` when logged inside a workbench call
+    (and, with ``without_cuda``, only on a machine where CUDA is not available)."""
 
-    def __init__(self, pattern: re.Pattern[str]) -> None:
+    def __init__(self, pattern: re.Pattern[str], without_cuda: bool = False) -> None:
         super().__init__()
         self.pattern = pattern
+        self.without_cuda = without_cuda
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (self.pattern.match(record.getMessage()) and in_workbench_call(2))
+        if not (self.pattern.match(record.getMessage()) and in_workbench_call(2)):
+            return True
+        return self.without_cuda and _cuda_available()
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 _WARNING_ENTRIES: tuple[tuple[Any, ...], ...] = (
@@ -161,6 +185,7 @@ _WARNING_ENTRIES: tuple[tuple[Any, ...], ...] = (
 _LOG_FILTERS = {
     BNB_LOGGER: _ScopedLogFilter(_BNB_KERNELS),
     TRANSFORMERS_LOGGER: _ScopedLogFilter(_NO_ATTENTION_MASK),
+    KERNELS_LOGGER: _ScopedLogFilter(_KERNEL_FALLBACK, without_cuda=True),
 }
 
 

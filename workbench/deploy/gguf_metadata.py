@@ -127,6 +127,8 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_granite_facts(config))
     if arch == "olmo2":
         facts.update(_olmo3_window(config))
+    if arch == "lfm2":
+        facts.update(_lfm2_facts(config, kv_heads))
     if arch == "ernie4_5" and getattr(config, "use_bias", False):
         raise SpecError(
             "GGUF export: ERNIE 4.5 with biased projections (use_bias=True); llama.cpp's "
@@ -138,13 +140,19 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
 def _feed_forward_length(config: Any) -> int:
     # GPT-2 names it n_inner, and None means four times the hidden size
     width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-    return int(width or 4 * config.hidden_size)
+    width = int(width or 4 * config.hidden_size)
+    if getattr(config, "block_auto_adjust_ff_dim", False):  # LFM2 derives its MLP's width
+        width = int(int(2 * width / 3) * (config.block_ffn_dim_multiplier or 1))
+        width = -(-width // config.block_multiple_of) * config.block_multiple_of
+    return width
 
 
 def _norm_epsilon(config: Any) -> dict[str, float]:
     # RMSNorm families, and LayerNorm ones (Phi-2, StableLM, GPT-2, GPT-NeoX) under their own key
     if getattr(config, "rms_norm_eps", None) is not None:
         return {"attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
+    if config.model_type == "lfm2":  # its RMSNorms' epsilon, under a name of its own
+        return {"attention.layer_norm_rms_epsilon": float(config.norm_eps)}
     names = ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")  # GPT-2's, StarCoder2's
     epsilon = next(getattr(config, n) for n in names if getattr(config, n, None) is not None)
     return {"attention.layer_norm_epsilon": float(epsilon)}
@@ -180,6 +188,25 @@ def _check_gpt2_attention(config: Any) -> None:
             "llama.cpp's GPT-2 cannot reproduce. Export as 'safetensors' instead."
         )
         raise SpecError(msg)
+
+
+def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
+    """LFM2: which blocks are short convolutions (no key/value heads) and their width."""
+    if getattr(config, "conv_bias", False):
+        raise SpecError(
+            "GGUF export: LFM2 with biased convolutions (conv_bias=True); llama.cpp's LFM2 has "
+            "none, so the file would not load. Export as 'safetensors' instead."
+        )
+    if rope_parameters(config).get("rope_type", "default") not in ("default", None):
+        raise SpecError(
+            "GGUF export: LFM2 with rope scaling; llama.cpp's LFM2 rotates without it. "
+            "Export as 'safetensors' instead."
+        )
+    kinds = config.layer_types
+    return {
+        "attention.head_count_kv": [kv_heads if kind != "conv" else 0 for kind in kinds],
+        "shortconv.l_cache": int(config.conv_L_cache),
+    }
 
 
 def _olmo3_window(config: Any) -> dict[str, int]:

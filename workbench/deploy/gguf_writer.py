@@ -84,6 +84,7 @@ GGUF_ARCHITECTURES = {
     "ernie4_5": "ernie4_5",
     "starcoder2": "starcoder2",
     "glm4": "glm4",
+    "lfm2": "lfm2",  # LFM2's short-convolution blocks are llama.cpp's "shortconv" tensors
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -384,6 +385,10 @@ def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:
     return [(hf_name, data)]
 
 
+# Norms stay exact; llama.cpp's short-convolution kernel (LFM2) computes in float32 only.
+_FLOAT32_ONLY = ("norm.weight", "shortconv.conv.weight")
+
+
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
     """The GGML type a tensor is stored in, for a file of type ``quantization``.
 
@@ -396,11 +401,13 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
         'Q8_0'
         >>> tensor_type("blk.0.ffn_down.weight", (64, 100), "q8_0").name
         'F16'
+        >>> tensor_type("blk.0.shortconv.conv.weight", (64, 3), "f16").name
+        'F32'
     """
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     wanted = GGMLQuantizationType[quantization.upper()]
-    if len(shape) <= 1 or name.endswith("norm.weight") or not name.endswith(".weight"):
+    if len(shape) <= 1 or name.endswith(_FLOAT32_ONLY) or not name.endswith(".weight"):
         return GGMLQuantizationType.F32
     if wanted == GGMLQuantizationType.Q4_0 and name.startswith(("token_embd.", "output.")):
         wanted = GGMLQuantizationType.Q8_0
@@ -422,6 +429,8 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
     if arch == "gpt2" and data.ndim == 2 and not gguf_name.endswith("_embd"):
         return data.T.copy()  # GPT-2's Conv1D keeps its weights as [in, out]
+    if arch == "lfm2" and gguf_name.endswith("shortconv.conv"):
+        return data.squeeze(1)  # a depthwise Conv1d's [channels, 1, width]: llama.cpp's 2D
     if arch == "gptneox" and gguf_name.endswith("attn_qkv"):
         # NeoX interleaves query, key and value per head; llama.cpp reads them one after the
         # other, each over all heads

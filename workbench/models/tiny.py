@@ -48,6 +48,7 @@ TinyArchitecture = Literal[
     "starcoder2",
     "olmo3",
     "glm4",
+    "lfm2",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -216,6 +217,15 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         # GLM-4: fused gate/up projection, norms after attention and MLP, half of each head
         # rotated on interleaved pairs
         "glm4": (transformers.Glm4Config, {"head_dim": 16}),
+        # LFM2: gated short convolutions in every other block, attention with query and key
+        # norms in the rest; the MLP width is derived (two thirds, rounded up to 32)
+        "lfm2": (
+            transformers.Lfm2Config,
+            {
+                "layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
+                "block_multiple_of": 32,
+            },
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -246,7 +256,8 @@ def build_tiny_model(
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
-            ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``, or
+            ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
+            ``"lfm2"`` (short convolutions and attention, block by block), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
