@@ -39,6 +39,20 @@ def python(code: str) -> str:
     return done.stderr
 
 
+def short_session_run(session_dir, model_dir) -> str:
+    """Code for a fresh process: a session trains ``model_dir`` two steps on 40 sums."""
+    return f"""
+        import sys
+        import workbench as wb
+
+        s = wb.Session({str(session_dir)!r}, verbose=False)
+        s.load_model({str(model_dir)!r})
+        s.load_data([{{"question": f"What is {{i}} plus {{i}}?", "answer": str(2 * i)}}
+                     for i in range(40)])
+        s.train(max_steps=2, batch_size=4, wait=True)
+        """
+
+
 def cpu_logs_kernels_note() -> bool:
     """bitsandbytes logs the note only on a CPU with AVX512-BF16 (this one, and most servers)."""
     from bitsandbytes.functional import has_avx512bf16
@@ -142,15 +156,8 @@ def test_a_gpt2_run_hides_the_conv1d_and_attention_mask_advice_and_a_user_s_peft
     # peft's Conv1D note and transformers' attention-mask advice print into every GPT-2 run;
     # the workbench pads on the right, so the mask changes nothing (test_train_inputs.py shows).
     err = python(
-        f"""
-        import sys
-        import workbench as wb
-
-        s = wb.Session({str(tmp_path / "session")!r}, verbose=False)
-        s.load_model({str(tiny_gpt2_dir)!r})
-        s.load_data([{{"question": f"What is {{i}} plus {{i}}?", "answer": str(2 * i)}}
-                     for i in range(40)])
-        s.train(max_steps=2, batch_size=4, wait=True)
+        short_session_run(tmp_path / "session", tiny_gpt2_dir)
+        + f"""
         print({MARK!r}, file=sys.stderr)
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM
@@ -174,14 +181,8 @@ def test_lfm2_s_cuda_kernel_advice_is_hidden_without_cuda_and_shown_to_the_user(
     folder = wb.build_tiny_model(tmp_path / "lfm2", "lfm2")
     advice = "is falling back to its reference PyTorch implementation"
     err = python(
-        f"""
-        import workbench as wb
-
-        s = wb.Session({str(tmp_path / "session")!r}, verbose=False)
-        s.load_model({str(folder)!r})
-        s.load_data([{{"question": f"What is {{i}} plus {{i}}?", "answer": str(2 * i)}}
-                     for i in range(40)])
-        s.train(max_steps=2, batch_size=4, wait=True)
+        short_session_run(tmp_path / "session", folder)
+        + """
         s.generate("What is 2 plus 2?", max_new_tokens=4)
         """
     )
