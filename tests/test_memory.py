@@ -170,3 +170,22 @@ def test_logit_tokens_count_only_the_logits_the_workbench_computes():
     assert huge[0].activations < huge[1].activations == huge[2].activations
     with pytest.raises(SpecError, match="logit_tokens=0: use a positive integer"):
         estimate_memory("gemma-3-270m", logit_tokens=0)
+
+
+def test_lfm2_s_derived_mlp_width_is_counted():
+    """LFM2 builds its MLP two thirds as wide as intermediate_size says (rounded up to 256):
+    read as written, the 350M model counted 25% more weights than it has."""
+    import torch
+    from transformers import AutoModelForCausalLM, Lfm2Config
+
+    kinds = ["conv", "conv", "full_attention"] * 5 + ["conv"]
+    config = Lfm2Config(
+        vocab_size=65536, hidden_size=1024, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=8, intermediate_size=6656, layer_types=kinds,
+    )  # fmt: skip
+    with torch.device("meta"):  # LFM2-350M's shape, no memory taken
+        counted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    facts = facts_from_config(config)
+    assert facts.intermediate == 4608
+    # its convolution blocks (in 3x, out 1x) are counted as attention blocks: 3% short
+    assert abs(facts.params - counted) / counted < 0.05

@@ -138,13 +138,10 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
 
 
 def _feed_forward_length(config: Any) -> int:
-    # GPT-2 names it n_inner, and None means four times the hidden size
-    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
-    width = int(width or 4 * config.hidden_size)
-    if getattr(config, "block_auto_adjust_ff_dim", False):  # LFM2 derives its MLP's width
-        width = int(int(2 * width / 3) * (config.block_ffn_dim_multiplier or 1))
-        width = -(-width // config.block_multiple_of) * config.block_multiple_of
-    return width
+    from workbench.models.catalog import mlp_width
+
+    # GPT-2's n_inner of None means four times the hidden size
+    return int(mlp_width(config) or 4 * config.hidden_size)
 
 
 def _norm_epsilon(config: Any) -> dict[str, float]:

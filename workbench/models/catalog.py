@@ -19,7 +19,7 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["CATALOG", "Experts", "ModelFacts", "facts_from_config", "get_facts"]
+__all__ = ["CATALOG", "Experts", "ModelFacts", "facts_from_config", "get_facts", "mlp_width"]
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     heads, vocab = _read(text, "heads"), _read(text, "vocab")
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or hidden // heads
-    inter = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+    inter = mlp_width(text)
     model_type = getattr(text, "model_type", "") or "unknown"
     hub_id = getattr(config, "name_or_path", "") or ""
     experts = _experts(text, layers, inter or 4 * hidden)
@@ -381,6 +381,24 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
         gated_mlp=model_type not in _PLAIN_MLP, experts=experts,
     )  # fmt: skip
+
+
+def mlp_width(config: Any) -> int | None:
+    """The width of a block's MLP as the model builds it (``None``: the config does not say).
+
+    ``intermediate_size``, or GPT-2's ``n_inner``; LFM2 derives its own from it (two thirds,
+    times ``block_ffn_dim_multiplier``, rounded up to ``block_multiple_of``), as its MLP does.
+
+    Examples:
+        >>> from transformers import Lfm2Config
+        >>> mlp_width(Lfm2Config(intermediate_size=6656, block_multiple_of=256))
+        4608
+    """
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    if width and getattr(config, "block_auto_adjust_ff_dim", False):
+        width = int(int(2 * width / 3) * (config.block_ffn_dim_multiplier or 1))
+        width = -(-width // config.block_multiple_of) * config.block_multiple_of
+    return width
 
 
 # Mixture-of-experts config keys, as transformers' MoE configs name them.
