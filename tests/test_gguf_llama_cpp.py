@@ -611,6 +611,20 @@ def gguf_variant(tmp_path, architecture, **changes):
         ("gpt2", {"n_inner": 96, "activation_function": "gelu"}),
         ("starcoder2", {"use_bias": False}),  # zero biases written, as for NeoX
         ("starcoder2", {"tie_word_embeddings": False}),
+        ("exaone4", {"tie_word_embeddings": False}),
+        (
+            "exaone4",
+            {
+                "rope_parameters": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                    "rope_theta": 1e6,
+                }
+            },
+        ),
         ("lfm2", {"layer_types": ["full_attention", "conv"], "conv_L_cache": 4}),
         ("lfm2", {"tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
         (
@@ -629,6 +643,8 @@ def gguf_variant(tmp_path, architecture, **changes):
         "gpt2-width",
         "starcoder2-no-bias",
         "starcoder2-untied",
+        "exaone4-untied",
+        "exaone4-llama3-rope",
         "lfm2-attention-first-wider-conv",
         "lfm2-untied-plain-width",
         "lfm2-width-multiplier",
@@ -664,6 +680,33 @@ def test_olmo3_sliding_window_matches_past_it_and_other_patterns_are_refused(tmp
     with pytest.raises(wb.SpecError, match="llama.cpp uses one for both"):
         s.export("export/two-ropes", format="gguf")
     assert not (tmp_path / "run" / "export" / "alternating").exists()
+
+
+@pytest.mark.llama_cpp
+def test_exaone4_sliding_window_in_the_32b_shape_matches_and_other_shapes_are_refused(
+    tmp_path, llama_class
+):
+    """llama.cpp slides (and rotates) EXAONE 4's blocks only with 64 of them, three of each
+    four sliding; transformers leaves a windowed model's global blocks unrotated."""
+    import gguf
+
+    pattern = ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(64)]
+    s = gguf_variant(
+        tmp_path, "exaone4", num_hidden_layers=64, layer_types=pattern, sliding_window=8
+    )
+    folder = s.export("export/gguf", format="gguf")
+    reader = gguf.GGUFReader(folder / "model.gguf")
+    assert reader.fields["exaone4.attention.sliding_window"].contents() == 8
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    assert len(ids) > 4 * 8  # far past the window
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    for blocks in (4, 64):  # 4 blocks of the same pattern; 64 with another one
+        s.model.config.layer_types = pattern[:blocks] if blocks == 4 else pattern[::-1]
+        s.model.config.num_hidden_layers = blocks
+        with pytest.raises(wb.SpecError, match=f"sliding window over {blocks} blocks"):
+            s.export(f"export/{blocks}", format="gguf")
+        assert not (tmp_path / "run" / "export" / str(blocks)).exists()
 
 
 def test_k_quant_without_llama_cpp_is_refused_before_anything_is_written(

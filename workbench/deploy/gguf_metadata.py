@@ -129,6 +129,8 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_olmo3_window(config))
     if arch == "lfm2":
         facts.update(_lfm2_facts(config, kv_heads))
+    if arch == "exaone4":
+        facts.update(_exaone4_window(config))
     if arch == "ernie4_5" and getattr(config, "use_bias", False):
         raise SpecError(
             "GGUF export: ERNIE 4.5 with biased projections (use_bias=True); llama.cpp's "
@@ -204,6 +206,30 @@ def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
         "attention.head_count_kv": [kv_heads if kind != "conv" else 0 for kind in kinds],
         "shortconv.l_cache": int(config.conv_L_cache),
     }
+
+
+def _exaone4_window(config: Any) -> dict[str, int]:
+    """EXAONE 4's sliding window, which llama.cpp runs only in its 32B shape.
+
+    transformers rotates EXAONE 4's queries and keys only in sliding blocks once a window is
+    set (its global blocks have no position encoding); llama.cpp rotates every block unless
+    the model has 64 blocks, then slides (and rotates) in three of every four.
+    """
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return {}  # every block global and rotated, on both sides
+    types = list(config.layer_types)
+    expected = ["full_attention" if i % 4 == 3 else "sliding_attention" for i in range(64)]
+    if types == expected:
+        return {"attention.sliding_window": int(window)}
+    msg = (
+        f"GGUF export: EXAONE 4 with a sliding window over {len(types)} blocks "
+        f"({types.count('sliding_attention')} sliding); llama.cpp runs EXAONE 4's window only "
+        "in the 32B shape (64 blocks, three of every four sliding), and rotates every block "
+        "otherwise, where transformers leaves the global ones unrotated. Export as "
+        "'safetensors' instead."
+    )
+    raise SpecError(msg)
 
 
 def _olmo3_window(config: Any) -> dict[str, int]:

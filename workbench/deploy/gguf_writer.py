@@ -85,6 +85,7 @@ GGUF_ARCHITECTURES = {
     "starcoder2": "starcoder2",
     "glm4": "glm4",
     "lfm2": "lfm2",  # LFM2's short-convolution blocks are llama.cpp's "shortconv" tensors
+    "exaone4": "exaone4",
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).

@@ -49,6 +49,7 @@ TinyArchitecture = Literal[
     "olmo3",
     "glm4",
     "lfm2",
+    "exaone4",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -226,6 +227,12 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
                 "block_multiple_of": 32,
             },
         ),
+        # EXAONE 4 (1.2B shape): norms only after attention and MLP, query and key norms,
+        # every block global (a sliding window would leave the global blocks unrotated)
+        "exaone4": (
+            transformers.Exaone4Config,
+            {"head_dim": 16, "sliding_window": None, "layer_types": ["full_attention"] * layers},
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -257,7 +264,7 @@ def build_tiny_model(
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
-            ``"lfm2"`` (short convolutions and attention, block by block), or
+            ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``, or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
