@@ -467,6 +467,54 @@ def test_a_folder_of_data_files_says_how_to_read_them_as_one(tmp_path, tokenizer
     assert [m[0]["content"] for m in data.train["messages"]][::3] == ["0.0?", "1.0?"]
 
 
+def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, cache_dir):
+    """As spreadsheets hold data: a blank row above the header, numbers and dates in cells,
+    blank rows below; errors name the row as the spreadsheet numbers it."""
+    import datetime
+
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append([])
+    sheet.append(["question", "answer", None, "added"])
+    for i in range(3):
+        sheet.append([f"What is {i}+{i}?", 2 * i, None, datetime.date(2026, 1, i + 1)])
+    sheet.append([])
+    sheet.append(["Last?", "Yes."])
+    book.create_sheet("notes").append(["not", "data"])
+    path = tmp_path / "sums.xlsx"
+    book.save(path)
+    data = load(path, tokenizer, cache_dir)
+    assert data.format == "qa"
+    assert [m[-1]["content"] for m in data.train["messages"]] == ["0", "2", "4", "Yes."]
+    assert data.train["source_row"] == [3, 4, 5, 7]  # the spreadsheet's own row numbers
+    assert data.example(0).row == {
+        "question": "What is 0+0?",
+        "answer": "0",
+        "added": "2026-01-01T00:00:00",
+    }
+    sheet.append(["Empty?", None])
+    sheet.append(["stray", "x", "a value under no header"])
+    book.save(path)
+    with pytest.raises(DataError, match=r"sums\.xlsx, row 8, field 'answer': missing"):
+        load(path, tokenizer, cache_dir)
+    skipped = load(path, tokenizer, cache_dir, on_error="skip")
+    assert [(p.row, p.kind) for p in skipped.skipped] == [(8, "malformed"), (9, "malformed")]
+    assert "row 9: a value in a column with no header" in skipped.skipped[1].message
+    # what pandas writes (openpyxl underneath), chat conversations as JSON text in a cell
+    chats = [json.dumps([WEIGHTED[0], WEIGHTED[3]])] * 2
+    pd.DataFrame({"messages": chats}).to_excel(tmp_path / "chats.xlsx", index=False)
+    chat = load(tmp_path / "chats.xlsx", tokenizer, cache_dir)
+    assert _trained_text(tokenizer, chat.train[0]) == "Hello there!<|im_end|>\n"
+    (tmp_path / "damaged.xlsx").write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"damaged\.xlsx: not a readable Excel workbook"):
+        load(tmp_path / "damaged.xlsx", tokenizer, cache_dir)
+    (tmp_path / "sums.xlsx.gz").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"unsupported file type '\.xlsx\.gz'"):
+        load(tmp_path / "sums.xlsx.gz", tokenizer, cache_dir)
+
+
 def _trained_text(tokenizer, row):
     return tokenizer.decode([t for t in row["labels"] if t != -100])
 

@@ -10,7 +10,8 @@ object wrapping one, such as ``{"data": [...]}``), which Python's ``json`` modul
 parse whole. A CSV file's delimiter is read from its header: commas, or the semicolons and
 tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated). Text files may
 be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``, ``.zst``): they are decompressed as they
-are read, and a damaged or cut-short one raises a ``DataError`` naming it.
+are read, and a damaged or cut-short one raises a ``DataError`` naming it. An Excel workbook
+(``.xlsx``) is read from its first sheet, rows numbered as the spreadsheet shows them.
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -21,8 +22,10 @@ Examples:
 from __future__ import annotations
 
 import csv
+import datetime
 import hashlib
 import io
+import itertools
 import json
 import math
 import uuid
@@ -36,11 +39,12 @@ from workbench.errors import DataError
 __all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
 
 Unit = Literal["line", "row", "item"]
-SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".xlsx")
 # Compressions a text file may carry (``data.jsonl.gz``): the standard library's, and
 # Zstandard (the Pile's and many Hub corpora's ``.jsonl.zst``) through pyarrow.
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _BATCH = 1000
+_NOT_COMPRESSIBLE = (".parquet", ".xlsx")  # compressed inside already; numbered by row
 _TOO_DEEP = "JSON nested too deeply to read (lists or objects inside each other, thousands deep)"
 
 
@@ -111,7 +115,8 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
     """Turn a path or object into a :class:`Source` (and a validation source, if it has one).
 
     Args:
-        source: A ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` path, a folder written by
+        source: A ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet``/``.xlsx`` path (an Excel
+            workbook: its first sheet, the first non-blank row as header), a folder written by
             ``datasets.save_to_disk``, a ``datasets.Dataset`` or ``DatasetDict``, a pandas
             ``DataFrame``, or a list of dicts.
 
@@ -137,8 +142,8 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
     if kind in ("Dataset", "DatasetDict"):
         return _dataset_sources(source, kind)
     msg = (
-        f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.tsv/.parquet path, a folder "
-        "saved by datasets, a datasets.Dataset, a pandas DataFrame or a list of dicts"
+        f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.tsv/.parquet/.xlsx path, a "
+        "folder saved by datasets, a datasets.Dataset, a pandas DataFrame or a list of dicts"
     )
     raise DataError(msg)
 
@@ -162,10 +167,11 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         ".csv": _read_csv,
         ".tsv": _read_csv,
         ".parquet": _read_parquet,
+        ".xlsx": _read_xlsx,
     }
     kind = _file_type(path)
     reader = readers.get(kind)
-    if reader is None or (reader is _read_parquet and kind != path.suffix.lower()):
+    if reader is None or (kind in _NOT_COMPRESSIBLE and kind != path.suffix.lower()):
         compressed = path.suffix.lower() in COMPRESSIONS
         shown = "".join(path.suffixes[-2:]) if compressed else path.suffix
         msg = (
@@ -173,7 +179,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
             f"optionally compressed ({', '.join(COMPRESSIONS)})"
         )
         raise DataError(msg)
-    unit: Unit = "row" if reader is _read_parquet else "line"
+    unit: Unit = "row" if kind in _NOT_COMPRESSIBLE else "line"
     if reader is _read_json and _is_json_document(path):
         unit = "item"
     stat = path.stat()
@@ -430,6 +436,45 @@ def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
         if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
             return RawRow(number, None, "bytes that are not UTF-8 (save the file as UTF-8)")
     return RawRow(number, dict(record))
+
+
+def _read_xlsx(path: Path) -> Iterator[RawRow]:
+    """The first sheet's rows under its header row, numbered as the spreadsheet shows them."""
+    import zipfile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        book = load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as err:
+        msg = f"{path.name}: not a readable Excel workbook ({err}); save it again as .xlsx or CSV"
+        raise DataError(msg) from None
+    try:
+        rows = book.worksheets[0].iter_rows(values_only=True)
+        header: list[str | None] | None = None
+        for number, cells in enumerate(rows, start=1):
+            if all(cell is None or cell == "" for cell in cells):
+                continue  # blank rows between and after the data, as spreadsheets have
+            if header is None:
+                header = [None if c is None else str(c).strip() for c in cells]
+                continue
+            yield _sheet_row(number, header, cells)
+    finally:
+        book.close()
+
+
+def _sheet_row(number: int, header: list[str | None], cells: tuple[Any, ...]) -> RawRow:
+    values = {}
+    for name, cell in itertools.zip_longest(header, cells):
+        if name is None or name == "":
+            if cell not in (None, ""):
+                return RawRow(number, None, "a value in a column with no header")
+            continue
+        values[name] = (
+            cell.isoformat() if isinstance(cell, (datetime.date, datetime.time)) else cell
+        )
+    return RawRow(number, values)
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
