@@ -465,6 +465,12 @@ def test_a_folder_of_data_files_says_how_to_read_them_as_one(tmp_path, tokenizer
     joined = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
     data = load(joined, tokenizer, cache_dir)
     assert [m[0]["content"] for m in data.train["messages"]][::3] == ["0.0?", "1.0?"]
+    sheets = tmp_path / "sheets"
+    sheets.mkdir()
+    for k in range(2):  # datasets has no Excel builder: pandas reads them
+        pd.DataFrame({"question": ["q"], "answer": ["a"]}).to_excel(sheets / f"{k}.xlsx")
+    with pytest.raises(DataError, match=r"pandas\.concat\(\[pandas\.read_excel\(f\)"):
+        load(sheets, tokenizer, cache_dir)
 
 
 def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, cache_dir):

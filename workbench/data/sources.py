@@ -196,10 +196,12 @@ def _data_files_hint(folder: Path) -> str:
     kind = _file_type(found[0]).lstrip(".").replace("jsonl", "json").replace("tsv", "csv")
     shown = ", ".join(str(p.relative_to(folder)) for p in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
-    return (
-        f". It holds data files ({shown}{more}): give one file, or read them as one with "
-        f"datasets.load_dataset({kind!r}, data_files=[...]) and pass the Dataset"
+    how = (
+        "pandas.concat([pandas.read_excel(f) for f in files]) and pass the DataFrame"
+        if kind == "xlsx"  # datasets has no Excel builder
+        else f"datasets.load_dataset({kind!r}, data_files=[...]) and pass the Dataset"
     )
+    return f". It holds data files ({shown}{more}): give one file, or read them as one with {how}"
 
 
 def _file_type(path: Path) -> str:
