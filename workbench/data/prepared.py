@@ -738,7 +738,8 @@ def _preview_texts(rows: dict[str, list[Any]], k: int, is_text: bool) -> tuple[s
     if is_text:
         return "", rows["text"][k]
     messages = rows["messages"][k]
-    last = _answer_turn(messages, rows.get(UNTRAINED_TURNS, [None] * (k + 1))[k])
+    untrained = rows[UNTRAINED_TURNS][k] if UNTRAINED_TURNS in rows else None
+    last = _answer_turn(messages, untrained)
     before = messages[:last]
     prompt = next((m["content"] for m in reversed(before) if m["role"] == "user"), "")
     return prompt, messages[last]["content"] if last is not None else ""
