@@ -466,6 +466,11 @@ def read_back_from_gguf(model, path):
                 halves = [file_tensor(f"{stem}{half}_proj") for half in ("gate", "up")]
                 experts, _, width = param.shape
                 data = np.concatenate([h.reshape(experts, -1, width) for h in halves], axis=1)
+            elif ".shared_mlp." in name:  # Granite 4.0-H's dense MLP, under Llama's names
+                block = name.split(".shared_mlp.")[0]
+                parts = ("gate", "up") if "input_linear" in name else ("down",)
+                halves = [file_tensor(f"{block}.mlp.{part}_proj") for part in parts]
+                data = np.concatenate([h.reshape(-1, param.shape[1]) for h in halves], axis=0)
             elif param.dim() == 1 or (data := file_tensor(module)) is None:
                 continue  # a norm, or a tied output
             gguf_name = gguf_name_of(module) or ""
@@ -475,7 +480,7 @@ def read_back_from_gguf(model, path):
                 heads = config.num_attention_heads
                 data = data.reshape(3, heads, -1, data.shape[-1]).swapaxes(0, 1)
             data = data.reshape(param.shape)
-            rotated = arch in ("llama", "smollm3", "granite", "granitemoe")
+            rotated = arch in ("llama", "smollm3", "granite", "granitemoe", "granitehybrid")
             if rotated and gguf_name.endswith(("attn_q", "attn_k")):
                 heads = config.num_attention_heads
                 if gguf_name.endswith("attn_k"):
@@ -564,11 +569,12 @@ def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_c
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "lfm2"])
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "lfm2", "granitemoehybrid"])
 def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_class, architecture):
-    """GPT-2's transposed Conv1D weights, NeoX's reordered query/key/value and LFM2's
-    squeezed convolution kernels (kept float32: llama.cpp's kernel computes in no other
-    type, and aborts the process on an F16 one), quantized."""
+    """GPT-2's transposed Conv1D weights, NeoX's reordered query/key/value, LFM2's and
+    Granite 4.0-H's squeezed convolution kernels (kept float32: llama.cpp's kernels compute
+    in no other type, and abort the process on an F16 one) and Mamba-2's A, D and grouped
+    norm, quantized."""
     import gguf
 
     for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
@@ -577,9 +583,10 @@ def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_clas
         assert relative_rms(exact, expected) < 0.5
         assert relative_rms(expected, got) < 0.1, gguf_type
         path = tmp_path / gguf_type / "run" / "export" / gguf_type / "model.gguf"
-        kernels = [t for t in gguf.GGUFReader(str(path)).tensors if "shortconv" in t.name]
-        conv = {t.tensor_type.name for t in kernels if t.name.endswith("shortconv.conv.weight")}
-        assert conv == ({"F32"} if architecture == "lfm2" else set())
+        kernels = ("shortconv.conv.weight", "ssm_conv1d.weight")
+        tensors = gguf.GGUFReader(str(path)).tensors
+        conv = {t.tensor_type.name for t in tensors if t.name.endswith(kernels)}
+        assert conv == ({"F32"} if architecture in ("lfm2", "granitemoehybrid") else set())
 
 
 def gguf_variant(tmp_path, architecture, **changes):
@@ -625,6 +632,8 @@ def gguf_variant(tmp_path, architecture, **changes):
                 }
             },
         ),
+        ("granitemoehybrid", {"mamba_n_groups": 2, "tie_word_embeddings": False}),
+        ("granitemoehybrid", {"position_embedding_type": "rope"}),  # as Bamba rotates
         ("lfm2", {"layer_types": ["full_attention", "conv"], "conv_L_cache": 4}),
         ("lfm2", {"tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
         (
@@ -645,6 +654,8 @@ def gguf_variant(tmp_path, architecture, **changes):
         "starcoder2-untied",
         "exaone4-untied",
         "exaone4-llama3-rope",
+        "granite4h-two-groups-untied",
+        "granite4h-rotary",
         "lfm2-attention-first-wider-conv",
         "lfm2-untied-plain-width",
         "lfm2-width-multiplier",

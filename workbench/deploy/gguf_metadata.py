@@ -123,14 +123,11 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     facts.update(_moe_facts(arch, config))
     if arch == "olmoe":
         _check_olmoe_heads(facts["attention.head_count_kv"], heads)
-    if arch in ("granite", "granitemoe"):
+    if arch in ("granite", "granitemoe", "granitehybrid"):
         facts.update(_granite_facts(config))
     if arch == "olmo2":
         facts.update(_olmo3_window(config))
-    if arch == "lfm2":
-        facts.update(_lfm2_facts(config, kv_heads))
-    if arch == "exaone4":
-        facts.update(_exaone4_window(config))
+    facts.update(_block_kinds_facts(arch, config, kv_heads))
     if arch == "ernie4_5" and getattr(config, "use_bias", False):
         raise SpecError(
             "GGUF export: ERNIE 4.5 with biased projections (use_bias=True); llama.cpp's "
@@ -205,6 +202,48 @@ def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
     return {
         "attention.head_count_kv": [kv_heads if kind != "conv" else 0 for kind in kinds],
         "shortconv.l_cache": int(config.conv_L_cache),
+    }
+
+
+def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
+    """Families whose blocks differ by kind: LFM2's and Granite 4.0-H's recurrent blocks,
+    EXAONE 4's sliding ones."""
+    if arch == "lfm2":
+        return _lfm2_facts(config, kv_heads)
+    if arch == "granitehybrid":
+        return _mamba2_facts(config, kv_heads)
+    if arch == "exaone4":
+        return _exaone4_window(config)
+    return {}
+
+
+def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
+    """Granite 4.0-H: its Mamba-2 blocks' sizes, which blocks attend, and no rotary encoding."""
+    if getattr(config, "num_local_experts", 0):
+        raise SpecError(
+            "GGUF export: Granite 4.0-H with experts (its tiny/small models) is not written "
+            "yet; export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
+    inner = config.mamba_expand * config.hidden_size
+    if config.mamba_n_heads * config.mamba_d_head != inner or config.mamba_proj_bias:
+        raise SpecError(
+            "GGUF export: this Granite 4.0-H's Mamba-2 heads do not fill its inner width (or "
+            "its projections have biases), which llama.cpp's graph assumes. Export as "
+            "'safetensors' instead."
+        )
+    rotary = config.position_embedding_type not in (None, "nope")
+    return {
+        "attention.head_count_kv": [
+            # transformers names the Mamba blocks "linear_attention" once loaded, "mamba" before
+            kv_heads if kind in ("attention", "full_attention") else 0
+            for kind in config.layer_types
+        ],
+        "ssm.conv_kernel": int(config.mamba_d_conv),
+        "ssm.state_size": int(config.mamba_d_state),
+        "ssm.group_count": int(config.mamba_n_groups),
+        "ssm.inner_size": int(inner),
+        "ssm.time_step_rank": int(config.mamba_n_heads),
+        "rope.scaling.finetuned": rotary,  # llama.cpp's switch for Granite's rotary encoding
     }
 
 

@@ -86,6 +86,7 @@ GGUF_ARCHITECTURES = {
     "glm4": "glm4",
     "lfm2": "lfm2",  # LFM2's short-convolution blocks are llama.cpp's "shortconv" tensors
     "exaone4": "exaone4",
+    "granitemoehybrid": "granitehybrid",  # Granite 4.0-H: Mamba-2 and attention blocks
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -164,7 +165,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> write_gguf(llama4.model, llama4.tokenizer, Path("/tmp/wb-doc-gguf_writer-llama4.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports ernie4_5, gemma, ... models, \
+        workbench.errors.SpecError: GGUF export supports ernie4_5, ... models, \
 not 'llama4_text'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py \
 instead.
     """
@@ -312,7 +313,7 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
 _NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe", "gptneox"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
-_LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe"}
+_LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe", "granitehybrid"}
 
 
 def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
@@ -331,16 +332,21 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     for hf_name, tensor in model.state_dict().items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
-        for part_name, part in _split_fused_experts(hf_name, tensor.detach().float().cpu()):
+        parts = _split_fused_experts(hf_name, tensor.detach().float().cpu())
+        if arch == "granitehybrid":
+            parts = [p for name, data in parts for p in _mamba2_parts(name, data, config)]
+        for part_name, part in parts:
             module, _, suffix = part_name.rpartition(".")
             # GraniteMoE's block_sparse_moe holds what gguf knows under Mixtral's mlp names
             gguf_name = names.get_name(module) or names.get_name(
                 module.replace(".block_sparse_moe.", ".mlp.")
             )
+            name = f"{gguf_name}.{suffix}"
+            if gguf_name is None and (whole := names.get_name(part_name)):
+                gguf_name = name = whole  # Mamba-2's A and D: GGUF names without a suffix
             if gguf_name is None:
                 raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
             data = _to_gguf_layout(arch, gguf_name, part, config)
-            name = f"{gguf_name}.{suffix}"
             qtype = tensor_type(name, data.shape, quantization)
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
@@ -387,7 +393,35 @@ def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:
 
 
 # Norms stay exact; llama.cpp's short-convolution kernel (LFM2) computes in float32 only.
-_FLOAT32_ONLY = ("norm.weight", "shortconv.conv.weight")
+_FLOAT32_ONLY = ("norm.weight", "shortconv.conv.weight", "ssm_conv1d.weight")
+
+
+def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]:
+    """Granite 4.0-H's tensors as llama.cpp's converter writes them (its Mamba2Model).
+
+    A is stored as ``-exp(A_log)``; A and D get a unit axis; the gated norm is split into its
+    groups; the bias of the time steps is ``dt_proj``'s; the dense MLP's fused
+    ``input_linear`` is its gate half then its up half, ``output_linear`` its down matrix.
+    """
+    import numpy as np
+
+    stem, _, last = hf_name.rpartition(".")
+    block = stem.removesuffix(".mamba").removesuffix(".shared_mlp.input_linear")
+    block = block.removesuffix(".shared_mlp.output_linear")
+    if hf_name.endswith("shared_mlp.input_linear.weight"):
+        gate, up = np.split(data, 2, axis=0)
+        return [(f"{block}.mlp.gate_proj.weight", gate), (f"{block}.mlp.up_proj.weight", up)]
+    renamed = {
+        "A_log": (hf_name, lambda: -np.exp(data).reshape(-1, 1)),
+        "D": (hf_name, lambda: data.reshape(-1, 1)),
+        "dt_bias": (f"{stem}.dt_proj.bias", lambda: data),
+    }
+    if hf_name.endswith("mamba.norm.weight"):
+        renamed[last] = (hf_name, lambda: data.reshape(config.mamba_n_groups, -1))
+    if hf_name.endswith("shared_mlp.output_linear.weight"):
+        renamed[last] = (f"{block}.mlp.down_proj.weight", lambda: data)
+    name, value = renamed.get(last, (hf_name, lambda: data))
+    return [(name, value())]
 
 
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
@@ -430,7 +464,7 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
     if arch == "gpt2" and data.ndim == 2 and not gguf_name.endswith("_embd"):
         return data.T.copy()  # GPT-2's Conv1D keeps its weights as [in, out]
-    if arch == "lfm2" and gguf_name.endswith("shortconv.conv"):
+    if data.ndim == 3 and gguf_name.endswith(("shortconv.conv", "ssm_conv1d")):
         return data.squeeze(1)  # a depthwise Conv1d's [channels, 1, width]: llama.cpp's 2D
     if arch == "gptneox" and gguf_name.endswith("attn_qkv"):
         # NeoX interleaves query, key and value per head; llama.cpp reads them one after the

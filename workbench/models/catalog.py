@@ -387,13 +387,20 @@ def mlp_width(config: Any) -> int | None:
     """The width of a block's MLP as the model builds it (``None``: the config does not say).
 
     ``intermediate_size``, or GPT-2's ``n_inner``; LFM2 derives its own from it (two thirds,
-    times ``block_ffn_dim_multiplier``, rounded up to ``block_multiple_of``), as its MLP does.
+    times ``block_ffn_dim_multiplier``, rounded up to ``block_multiple_of``), as its MLP does;
+    a Granite 4.0-H without experts has only its shared MLP.
 
     Examples:
-        >>> from transformers import Lfm2Config
+        >>> from transformers import GraniteMoeHybridConfig, Lfm2Config
         >>> mlp_width(Lfm2Config(intermediate_size=6656, block_multiple_of=256))
         4608
+        >>> mlp_width(GraniteMoeHybridConfig(num_local_experts=0, shared_intermediate_size=2048))
+        2048
     """
+    if getattr(config, "num_local_experts", None) == 0 and hasattr(
+        config, "shared_intermediate_size"
+    ):
+        return config.shared_intermediate_size
     width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
     if width and getattr(config, "block_auto_adjust_ff_dim", False):
         width = int(int(2 * width / 3) * (config.block_ffn_dim_multiplier or 1))

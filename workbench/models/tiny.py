@@ -50,6 +50,7 @@ TinyArchitecture = Literal[
     "glm4",
     "lfm2",
     "exaone4",
+    "granitemoehybrid",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -233,6 +234,22 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Exaone4Config,
             {"head_dim": 16, "sliding_window": None, "layer_types": ["full_attention"] * layers},
         ),
+        # Granite 4.0-H (350M, 1B): Mamba-2 blocks and attention blocks without position
+        # encoding, Granite's multipliers, one dense MLP per block
+        "granitemoehybrid": (
+            transformers.GraniteMoeHybridConfig,
+            {
+                **granite_multipliers,
+                "layer_types": ["mamba", "attention"] * (layers // 2) + ["mamba"] * (layers % 2),
+                "num_local_experts": 0,
+                "shared_intermediate_size": hidden * 2,
+                "position_embedding_type": "nope",
+                "mamba_n_heads": heads,
+                "mamba_d_head": 2 * hidden // heads,
+                "mamba_d_state": 16,
+                "mamba_chunk_size": 16,
+            },
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -264,7 +281,8 @@ def build_tiny_model(
             ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
-            ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``, or
+            ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
+            ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
