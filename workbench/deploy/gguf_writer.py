@@ -342,8 +342,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
                 module.replace(".block_sparse_moe.", ".mlp.")
             )
             name = f"{gguf_name}.{suffix}"
-            if gguf_name is None and (whole := names.get_name(part_name)):
-                gguf_name = name = whole  # Mamba-2's A and D: GGUF names without a suffix
+            if gguf_name is None:  # Mamba-2's A and D: GGUF names without a suffix
+                gguf_name = name = names.get_name(part_name)
             if gguf_name is None:
                 raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
             data = _to_gguf_layout(arch, gguf_name, part, config)
@@ -406,22 +406,20 @@ def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]
     import numpy as np
 
     stem, _, last = hf_name.rpartition(".")
-    block = stem.removesuffix(".mamba").removesuffix(".shared_mlp.input_linear")
-    block = block.removesuffix(".shared_mlp.output_linear")
+    block = hf_name.partition(".shared_mlp.")[0]
     if hf_name.endswith("shared_mlp.input_linear.weight"):
         gate, up = np.split(data, 2, axis=0)
         return [(f"{block}.mlp.gate_proj.weight", gate), (f"{block}.mlp.up_proj.weight", up)]
-    renamed = {
-        "A_log": (hf_name, lambda: -np.exp(data).reshape(-1, 1)),
-        "D": (hf_name, lambda: data.reshape(-1, 1)),
-        "dt_bias": (f"{stem}.dt_proj.bias", lambda: data),
-    }
-    if hf_name.endswith("mamba.norm.weight"):
-        renamed[last] = (hf_name, lambda: data.reshape(config.mamba_n_groups, -1))
-    if hf_name.endswith("shared_mlp.output_linear.weight"):
-        renamed[last] = (f"{block}.mlp.down_proj.weight", lambda: data)
-    name, value = renamed.get(last, (hf_name, lambda: data))
-    return [(name, value())]
+    name, value = hf_name, data
+    if last in ("A_log", "D"):
+        value = (-np.exp(data) if last == "A_log" else data).reshape(-1, 1)
+    elif last == "dt_bias":
+        name = f"{stem}.dt_proj.bias"
+    elif hf_name.endswith("mamba.norm.weight"):
+        value = data.reshape(config.mamba_n_groups, -1)
+    elif hf_name.endswith("shared_mlp.output_linear.weight"):
+        name = f"{block}.mlp.down_proj.weight"
+    return [(name, value)]
 
 
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
