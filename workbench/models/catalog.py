@@ -19,7 +19,15 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["CATALOG", "Experts", "ModelFacts", "facts_from_config", "get_facts", "mlp_width"]
+__all__ = [
+    "CATALOG",
+    "Experts",
+    "Mixer",
+    "ModelFacts",
+    "facts_from_config",
+    "get_facts",
+    "mlp_width",
+]
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,80 @@ class Experts:
 
 
 @dataclass(frozen=True)
+class Mixer:
+    """The token mixer of a hybrid model's recurrent blocks: what replaces their attention.
+
+    LFM2's blocks are mostly gated short convolutions; Granite 4.0-H's and Bamba's mostly
+    Mamba-2 state-space layers. Each such block keeps its MLP; only attention is replaced.
+
+    Attributes:
+        kind: ``"short_conv"`` (LFM2) or ``"mamba2"`` (Granite 4.0-H, Bamba).
+        layers: Blocks with this mixer instead of attention.
+        inner: Width the mixer works in (LFM2: ``hidden_size``; Mamba-2: ``mamba_expand``
+            times it).
+        kernel: Width of its depthwise convolution (``conv_L_cache``, ``mamba_d_conv``).
+        heads: Mamba-2 heads (``mamba_n_heads``); 0 for a short convolution.
+        state: Mamba-2 state size per group (``mamba_d_state``).
+        groups: Mamba-2 groups of B and C (``mamba_n_groups``).
+        chunk: Tokens per chunk of Mamba-2's scan (``mamba_chunk_size``).
+        conv_bias: The convolution has a bias.
+        with_experts: How many of its blocks also have experts.
+
+    Examples:
+        >>> from transformers import Lfm2Config
+        >>> kinds = ["conv", "conv", "full_attention"]
+        >>> mixer = facts_from_config(Lfm2Config(num_hidden_layers=3, layer_types=kinds)).mixer
+        >>> mixer.kind, mixer.layers
+        ('short_conv', 2)
+    """
+
+    kind: str
+    layers: int
+    inner: int
+    kernel: int
+    heads: int = 0
+    state: int = 0
+    groups: int = 0
+    chunk: int = 0
+    conv_bias: bool = False
+    with_experts: int = 0
+
+    @property
+    def channels(self) -> int:
+        """Channels of its convolution (Mamba-2 convolves x, B and C together)."""
+        return self.inner + 2 * self.groups * self.state
+
+    def linear_shapes(self, hidden: int) -> tuple[tuple[int, int], ...]:
+        """(in_features, out_features) of its Linear layers: the input and output projections.
+
+        Examples:
+            >>> Mixer("short_conv", layers=10, inner=1024, kernel=3).linear_shapes(1024)
+            ((1024, 3072), (1024, 1024))
+        """
+        if self.kind == "short_conv":  # B, C and x in one projection
+            return (hidden, 3 * hidden), (hidden, hidden)
+        # z (the gate), x, B, C and one time step per head in one projection
+        return (hidden, self.inner + self.channels + self.heads), (self.inner, hidden)
+
+    @property
+    def other_params(self) -> int:
+        """Its weights that are not Linear layers, per block (kept in float when quantized):
+        the convolution, and Mamba-2's A, D, time-step bias and gated norm."""
+        conv = self.channels * (self.kernel + int(self.conv_bias))
+        return conv if self.kind == "short_conv" else conv + 3 * self.heads + self.inner
+
+    def describe(self, layers: int) -> str:
+        """One line for a model's facts table (``layers``: the model's block count).
+
+        Examples:
+            >>> Mixer("mamba2", layers=28, inner=1536, kernel=4, heads=48).describe(32)
+            '28 Mamba-2, 4 attention'
+        """
+        name = {"short_conv": "short-convolution", "mamba2": "Mamba-2"}[self.kind]
+        return f"{self.layers} {name}, {layers - self.layers} attention"
+
+
+@dataclass(frozen=True)
 class ModelFacts:
     """The shape of a decoder-only transformer, as its ``config.json`` gives it.
 
@@ -96,7 +178,13 @@ class ModelFacts:
         gated_mlp: The MLP has gate, up and down projections (SwiGLU/GeGLU); ``False`` for
             the two-matrix MLP of GPT-2 style models.
         license: The model's license, as its model card states it.
+        fused_qkv: q, k and v are one Linear layer (Phi-3's ``qkv_proj``): same weights,
+            one LoRA pair instead of three.
+        fused_gate_up: gate and up are one Linear layer (Phi-3's ``gate_up_proj``,
+            Granite's ``input_linear``).
         experts: The mixture of experts, ``None`` for a dense model.
+        mixer: What replaces attention in a hybrid model's recurrent blocks, ``None`` when
+            every block attends.
     """
 
     name: str
@@ -112,19 +200,27 @@ class ModelFacts:
     tied_embeddings: bool
     gated_mlp: bool = True
     license: str = ""
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
     experts: Experts | None = None
+    mixer: Mixer | None = None
 
     def _mlp_shapes(self, width: int) -> tuple[tuple[int, int], ...]:
+        if self.gated_mlp and self.fused_gate_up:
+            return (self.hidden, 2 * width), (width, self.hidden)
         up = (self.hidden, width)
         return (*((up, up) if self.gated_mlp else (up,)), (width, self.hidden))
 
-    def linear_shapes(self, expert_block: bool = False) -> tuple[tuple[int, int], ...]:
+    def linear_shapes(
+        self, expert_block: bool = False, attention: bool = True
+    ) -> tuple[tuple[int, int], ...]:
         """(in_features, out_features) of each linear layer in one block.
 
         These are the layers peft's ``target_modules="all-linear"`` adapts and that
         bitsandbytes quantizes (q, k, v, o, then gate, up, down; or fc_in, fc_out). In an
         expert block (``expert_block=True``) the MLP is the shared expert's, if any: the
-        experts themselves are fused 3D weights, not linear layers.
+        experts themselves are fused 3D weights, not linear layers. In a hybrid model's
+        recurrent block (``attention=False``) the mixer's projections replace q, k, v, o.
 
         Returns:
             One ``(in, out)`` pair per linear layer of a block.
@@ -134,35 +230,66 @@ class ModelFacts:
             ((640, 1024), (640, 256))
         """
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        attention = ((self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
+        mixing = ((self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
+        if self.fused_qkv:
+            mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
+        if not attention and self.mixer is not None:
+            mixing = self.mixer.linear_shapes(self.hidden)
         if not expert_block:
-            return (*attention, *self._mlp_shapes(self.intermediate))
+            return (*mixing, *self._mlp_shapes(self.intermediate))
         shared = self.experts.shared_intermediate if self.experts else 0
-        return (*attention, *(self._mlp_shapes(shared) if shared else ()))
+        return (*mixing, *(self._mlp_shapes(shared) if shared else ()))
 
     @property
     def expert_layers(self) -> int:
         """Blocks whose MLP is a mixture of experts (0 for a dense model)."""
         return self.experts.layers if self.experts else 0
 
-    def sum_over_blocks(self, count: Any) -> int:
-        """``count(expert_block)`` summed over the model's blocks, dense and expert ones.
+    def block_kinds(self) -> dict[tuple[bool, bool], int]:
+        """How many blocks of each kind the model has, by ``(expert_block, attention)``.
 
-        ``count`` is asked only of the kinds of block the model has.
+        Kinds the model does not have are left out.
+
+        Examples:
+            >>> get_facts("gemma-3-270m").block_kinds()
+            {(False, True): 18}
+        """
+        recurrent = self.mixer.layers if self.mixer else 0
+        recurrent_experts = self.mixer.with_experts if self.mixer else 0
+        counts = {
+            (True, False): recurrent_experts,
+            (True, True): self.expert_layers - recurrent_experts,
+            (False, False): recurrent - recurrent_experts,
+        }
+        counts[(False, True)] = self.layers - sum(counts.values())
+        return {kind: n for kind, n in sorted(counts.items()) if n > 0}
+
+    def sum_over_blocks(self, count: Any) -> int:
+        """``count(expert_block, attention)`` summed over the model's blocks.
+
+        ``count`` is asked only of the kinds of block the model has (see
+        :meth:`block_kinds`).
 
         Examples:
             >>> facts = get_facts("gemma-3-270m")
-            >>> facts.sum_over_blocks(lambda expert_block: 1) == facts.layers
+            >>> facts.sum_over_blocks(lambda expert_block, attention: 1) == facts.layers
             True
         """
-        dense = self.layers - self.expert_layers
-        total = dense * count(False) if dense else 0
-        return total + (self.expert_layers * count(True) if self.expert_layers else 0)
+        return sum(n * count(*kind) for kind, n in self.block_kinds().items())
+
+    def _block_params(self, expert_block: bool, attention: bool) -> int:
+        """Weights of one block of a kind: linear layers, experts and mixer extras."""
+        linear = sum(i * o for i, o in self.linear_shapes(expert_block, attention))
+        experts = self.expert_params // max(self.expert_layers, 1) if expert_block else 0
+        extras = self.mixer.other_params if self.mixer and not attention else 0
+        return linear + experts + extras
 
     @property
     def block_linear_params(self) -> int:
         """Weights of all linear layers in all blocks: the part that 4/8-bit quantizes."""
-        return self.sum_over_blocks(lambda moe: sum(i * o for i, o in self.linear_shapes(moe)))
+        return self.sum_over_blocks(
+            lambda moe, attention: sum(i * o for i, o in self.linear_shapes(moe, attention))
+        )
 
     @property
     def largest_block_params(self) -> int:
@@ -173,12 +300,12 @@ class ModelFacts:
             >>> facts.largest_block_params * facts.layers == facts.block_linear_params
             True
         """
-        dense = sum(i * o for i, o in self.linear_shapes())
-        if self.experts is None:
-            return dense
-        experts = self.expert_params // max(self.experts.layers, 1)
-        moe = sum(i * o for i, o in self.linear_shapes(True)) + experts
-        return max(moe, dense if self.layers > self.experts.layers else 0)
+        return max(self._block_params(*kind) for kind in self.block_kinds())
+
+    @property
+    def mixer_params(self) -> int:
+        """Weights of the recurrent blocks' mixers that are not Linear layers (0: none)."""
+        return self.mixer.layers * self.mixer.other_params if self.mixer else 0
 
     @property
     def expert_params(self) -> int:
@@ -213,8 +340,8 @@ class ModelFacts:
     def params(self) -> int:
         """All weights of the model (biases and small extras left out)."""
         return (
-            self.block_linear_params + self.expert_params + self.embedding_params
-            + self.lm_head_params + self.norm_params
+            self.block_linear_params + self.expert_params + self.mixer_params
+            + self.embedding_params + self.lm_head_params + self.norm_params
         )  # fmt: skip
 
     def lora_params(self, r: int) -> int:
@@ -235,8 +362,8 @@ class ModelFacts:
             1898496
         """
 
-        def in_plus_out(expert_block: bool) -> int:
-            return sum(i + o for i, o in self.linear_shapes(expert_block))
+        def in_plus_out(expert_block: bool, attention: bool) -> int:
+            return sum(i + o for i, o in self.linear_shapes(expert_block, attention))
 
         linear = r * self.sum_over_blocks(in_plus_out)
         if self.experts is None or not self.experts.adapted:
@@ -253,6 +380,15 @@ class ModelFacts:
             one = 3 * self.hidden + 5 * experts.intermediate
         router = self.hidden + experts.count
         return linear + experts.layers * r * (experts.count * one + router)
+
+
+# Model types whose projections transformers fuses into one Linear layer.
+_FUSED_QKV = {"phi3"}
+_FUSED_GATE_UP = {"phi3", "granitemoeshared", "granitemoehybrid"}
+
+
+def _fusions(model_type: str) -> dict[str, bool]:
+    return dict(fused_qkv=model_type in _FUSED_QKV, fused_gate_up=model_type in _FUSED_GATE_UP)
 
 
 # Values copied from each hub id's config.json (all gated-MLP models). Gemma 3 1B checks
@@ -288,7 +424,9 @@ _ROWS = [
      28, 3584, 28, 4, 128, 18944, 152064, False, "apache-2.0"),
 ]  # fmt: skip
 
-CATALOG: dict[str, ModelFacts] = {row[0]: ModelFacts(*row[:11], license=row[11]) for row in _ROWS}
+CATALOG: dict[str, ModelFacts] = {
+    row[0]: ModelFacts(*row[:11], license=row[11], **_fusions(row[2])) for row in _ROWS
+}
 """Models the workbench knows by a short name, with the shape facts of their config.json."""
 
 
@@ -370,7 +508,8 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     inter = mlp_width(text)
     model_type = getattr(text, "model_type", "") or "unknown"
     hub_id = getattr(config, "name_or_path", "") or ""
-    experts = _experts(text, layers, inter or 4 * hidden)
+    expert_blocks = _expert_blocks(text, layers)
+    experts = _experts(text, len(expert_blocks), inter or 4 * hidden)
     if experts is not None and not getattr(text, "moe_intermediate_size", None):
         # intermediate_size is the experts' width; a dense block (if any) has its own
         inter = getattr(text, "intermediate_size_mlp", None) or inter
@@ -379,7 +518,8 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
         intermediate=inter or 4 * hidden, vocab=vocab,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
-        gated_mlp=model_type not in _PLAIN_MLP, experts=experts,
+        gated_mlp=model_type not in _PLAIN_MLP, **_fusions(model_type), experts=experts,
+        mixer=_mixer(text, hidden, expert_blocks if experts else set()),
     )  # fmt: skip
 
 
@@ -426,26 +566,58 @@ def _first_int(config: Any, keys: tuple[str, ...]) -> int:
     return 0
 
 
-def _expert_layer_count(config: Any, layers: int) -> int:
-    """Blocks with experts: all, unless the config names dense ones."""
+def _expert_blocks(config: Any, layers: int) -> set[int]:
+    """Indices of the blocks with experts (if the model has any): all, unless the config
+    names dense ones."""
     listed = getattr(config, "moe_layers", None)
     if isinstance(listed, (list, tuple)):
-        return len(listed)
+        return set(listed)
     dense = set(getattr(config, "mlp_only_layers", None) or ())
     step = getattr(config, "decoder_sparse_step", None) or 1
-    first_dense = getattr(config, "first_k_dense_replace", None) or 0
-    return sum(
-        1 for i in range(layers) if i not in dense and (i + 1) % step == 0 and i >= first_dense
+    first_dense = (
+        getattr(config, "first_k_dense_replace", None)  # DeepSeek
+        or getattr(config, "num_dense_layers", None)  # LFM2-MoE
+        or 0
     )
+    return {i for i in range(layers) if i not in dense and (i + 1) % step == 0 and i >= first_dense}
 
 
-def _experts(config: Any, layers: int, intermediate: int) -> Experts | None:
+# Hybrid families whose non-attention blocks the memory estimate knows, by model type.
+_MIXERS = {"lfm2": "short_conv", "lfm2_moe": "short_conv", "granitemoehybrid": "mamba2",
+           "bamba": "mamba2"}  # fmt: skip
+_ATTENTION_KINDS = {"attention", "full_attention", "sliding_attention"}
+
+
+def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
+    """The recurrent blocks' mixer, from ``layer_types`` (LFM2 says ``"conv"``, Granite
+    4.0-H ``"mamba"`` before loading and ``"linear_attention"`` after, Bamba the latter)."""
+    kind = _MIXERS.get(getattr(config, "model_type", ""))
+    types = getattr(config, "layer_types", None) or ()
+    recurrent = {i for i, name in enumerate(types) if name not in _ATTENTION_KINDS}
+    if kind is None or not recurrent:
+        return None
+    shared = dict(layers=len(recurrent), with_experts=len(recurrent & expert_blocks))
+    if kind == "short_conv":
+        return Mixer(
+            kind, inner=hidden, kernel=int(config.conv_L_cache),
+            conv_bias=bool(getattr(config, "conv_bias", False)), **shared,
+        )  # fmt: skip
+    return Mixer(
+        kind, inner=int(config.mamba_expand * hidden), kernel=int(config.mamba_d_conv),
+        heads=int(config.mamba_n_heads), state=int(config.mamba_d_state),
+        groups=int(config.mamba_n_groups), chunk=int(config.mamba_chunk_size),
+        conv_bias=bool(getattr(config, "mamba_conv_bias", True)), **shared,
+    )  # fmt: skip
+
+
+def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | None:
     count = _first_int(config, _EXPERT_KEYS["count"])
     if count <= 1:
         return None
     model_type = getattr(config, "model_type", "")
     width = getattr(config, "moe_intermediate_size", None) or intermediate
     shared = getattr(config, "shared_expert_intermediate_size", None) or 0
+    shared = shared or getattr(config, "shared_intermediate_size", None) or 0  # Granite's
     shared = shared or (getattr(config, "n_shared_experts", None) or 0) * width
     if model_type in _ALL_EXPERTS_COMPUTED:
         shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
@@ -453,7 +625,7 @@ def _experts(config: Any, layers: int, intermediate: int) -> Experts | None:
         count=count,
         per_token=_first_int(config, _EXPERT_KEYS["per_token"]) or 1,
         intermediate=width,
-        layers=_expert_layer_count(config, layers),
+        layers=expert_layers,
         shared_intermediate=shared,
         all_computed=model_type in _ALL_EXPERTS_COMPUTED,
         adapted=_peft_adapts_experts(config),

@@ -41,6 +41,8 @@ class ModelInfo:
         terms: Licence note for built-in weights, else empty.
         experts: For a mixture of experts, how many, how tokens are routed and whether
             LoRA adapts them; ``None`` for a dense model.
+        blocks: For a hybrid model, how many blocks have each token mixer (``"11
+            short-convolution, 5 attention"``); ``None`` when every block attends.
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -70,6 +72,7 @@ class ModelInfo:
     lora_targets: tuple[str, ...]
     terms: str = ""
     experts: str | None = None
+    blocks: str | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """The facts as ``(label, value)`` pairs, in display order.
@@ -101,6 +104,8 @@ class ModelInfo:
         ]
         if self.experts:
             rows.insert(9, ("experts", self.experts))
+        if self.blocks:
+            rows.insert(9, ("blocks", self.blocks))
         if self.terms:
             rows.append(("terms", self.terms))
         return [(label, "-" if value is None else str(value)) for label, value in rows]
@@ -190,19 +195,23 @@ def model_info(loaded) -> ModelInfo:
         context_length=_config_value(config, "max_position_embeddings", "n_positions"),
         lora_targets=lora_target_names(model),
         terms=builtin.terms if builtin else "",
-        experts=_experts_line(config),
+        **_shape_lines(config),
     )
 
 
-def _experts_line(config) -> str | None:
+def _shape_lines(config) -> dict[str, str | None]:
+    """The experts and hybrid block lines of a model's facts table."""
     from workbench.errors import SpecError
     from workbench.models.catalog import facts_from_config
 
     try:
         facts = facts_from_config(config)
-    except SpecError:  # a config without the usual sizes: no expert facts to show either
-        return None
-    return facts.experts.describe(facts.layers) if facts.experts else None
+    except SpecError:  # a config without the usual sizes: no expert or block facts either
+        return {}
+    return {
+        "experts": facts.experts.describe(facts.layers) if facts.experts else None,
+        "blocks": facts.mixer.describe(facts.layers) if facts.mixer else None,
+    }
 
 
 def _config_value(config, *names: str) -> int | None:

@@ -9,6 +9,8 @@ step (load, peft LoRA on all linear layers, forward + backward + AdamW step) in 
 process and reads its peak RSS. On this project's CPU machines (torch 2.13, transformers
 5.24, peft 0.21, bitsandbytes 0.50) the estimate lands within a few percent of that peak for
 a tiny Llama and for Gemma 3 270M in float32, 4-bit and 8-bit (see tests/test_memory*.py).
+Mixture-of-experts blocks and hybrid models' recurrent blocks (LFM2's short convolutions,
+Granite 4.0-H's and Bamba's Mamba-2 layers) are counted by kind.
 GPU numbers use the same formula in bf16 with assumed, not measured, allocator overheads.
 
 Examples:
@@ -27,7 +29,7 @@ from typing import Any, Literal
 
 from workbench._display import format_bytes, html_table, text_table
 from workbench.errors import SpecError
-from workbench.models.catalog import CATALOG, ModelFacts, facts_from_config, get_facts
+from workbench.models.catalog import CATALOG, Mixer, ModelFacts, facts_from_config, get_facts
 from workbench.types import Method, Quantization
 
 __all__ = ["FitTable", "MemoryEstimate", "estimate_memory", "fit_table"]
@@ -93,10 +95,22 @@ _CPU_QUANTIZE_WORK_BYTES = 2.5
 # block: cH*hidden + cQ*(heads*head_dim) + cKV*(kv_heads*head_dim) + cI*intermediate
 # (+ r per adapted layer). Llama/Qwen2/Mistral: 4, 2, 2, 4 (two RMSNorms, q/k after RoPE and
 # v for SDPA, attention output, and gate, act(gate), up and their product in the MLP).
-# Gemma 2/3 add two sandwich norms and q/k norms: 6, 3, 3, 4. GPT-2 style: 10H + 5I plus
+# Gemma 2/3 add two sandwich norms and q/k norms: 6, 3, 3, 4; q/k norms alone (Qwen3, OLMo
+# 2, EXAONE 4, LFM2's attention blocks): 4, 3, 3, 4. GPT-2 style: 10H + 5I plus
 # 3*heads*seq_len for the attention probabilities its masked attention keeps.
 _GEMMA = {"gemma", "gemma2", "gemma3", "gemma3_text"}
-_COEFFS = {"gated": (4, 2, 2, 4), "gemma": (6, 3, 3, 4), "plain": (10, 0, 0, 5)}
+_QK_NORM = {"qwen3", "olmo2", "exaone4", "lfm2", "lfm2_moe"}
+_COEFFS = {
+    "gated": (4, 2, 2, 4), "gemma": (6, 3, 3, 4), "qk_norm": (4, 3, 3, 4), "plain": (10, 0, 0, 5),
+}  # fmt: skip
+
+# A hybrid's recurrent block saves its two norms (4H), its MLP and LoRA's inputs as an
+# attention block does, and for its mixer, counted the same way on transformers' torch path
+# (no causal-conv1d or mamba_ssm kernels; float32, then bfloat16 for which part stays
+# float32): LFM2's gated short convolution 6H, half of it float32. Mamba-2's chunked scan,
+# fitted over 12 shapes (within 0.1%): 11 x inner (10 of them float32), 3 x heads x chunk
+# (the chunk's decay matrices), 5 x heads x state (B and C per head), 6 x groups x state,
+# and 2 x inner x state / chunk (the states between chunks), all float32 but the groups'.
 _ATTENTION_PROBS = 3  # copies of [heads x seq x seq] kept per block when attention is eager
 
 
@@ -374,22 +388,47 @@ def _optimizer(plan: _Plan) -> int:
     return count * _OPTIMIZER_STATES[plan.optimizer] * per_state
 
 
-def _block_elements(plan: _Plan, expert_block: bool = False) -> tuple[int, int]:
-    """Saved elements per token of one block: (float32 norm part, compute-dtype part)."""
+def _family(facts: ModelFacts) -> str:
+    if not facts.gated_mlp:
+        return "plain"
+    if facts.architecture in _GEMMA:
+        return "gemma"
+    return "qk_norm" if facts.architecture in _QK_NORM else "gated"
+
+
+def _mixer_elements(mixer: Mixer) -> tuple[int, int]:
+    """Saved elements per token of a recurrent block's mixer: (float32, compute dtype)."""
+    if mixer.kind == "short_conv":
+        return 3 * mixer.inner, 3 * mixer.inner
+    float32 = (
+        10 * mixer.inner + 3 * mixer.heads * mixer.chunk + 5 * mixer.heads * mixer.state
+        + 2 * mixer.inner * mixer.state // max(mixer.chunk, 1)
+    )  # fmt: skip
+    return float32, mixer.inner + 6 * mixer.groups * mixer.state
+
+
+def _block_elements(
+    plan: _Plan, expert_block: bool = False, attention: bool = True
+) -> tuple[int, int]:
+    """Saved elements per token of one block: (float32 part, compute-dtype part)."""
     facts = plan.facts
-    family = "gemma" if facts.architecture in _GEMMA else "gated"
-    c_h, c_q, c_kv, c_i = _COEFFS[family if facts.gated_mlp else "plain"]
-    rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
+    c_h, c_q, c_kv, c_i = _COEFFS[_family(facts)]
+    float32 = c_h * facts.hidden  # RMSNorm/LayerNorm compute in float32
+    if attention:
+        rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
+        if not facts.gated_mlp or plan.eager_attention:
+            rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
+    else:
+        mixer_float32, rest = _mixer_elements(facts.mixer)
+        float32 += mixer_float32
     if expert_block:
         rest += _expert_elements(facts.experts, facts.hidden)
         rest += c_i * facts.experts.shared_intermediate
     else:
         rest += c_i * facts.intermediate
-    if not facts.gated_mlp or plan.eager_attention:
-        rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
     if plan.method != "full":
-        rest += plan.lora_r * len(facts.linear_shapes(expert_block))
-    return c_h * facts.hidden, rest  # RMSNorm/LayerNorm compute in float32
+        rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention))
+    return float32, rest
 
 
 # Saved elements per token of a block's experts, counted with torch's saved-tensor hooks on
@@ -439,15 +478,15 @@ def _logits(plan: _Plan) -> int:
 def _activations(plan: _Plan) -> int:
     """Saved block activations times the allocator factor, plus the logits' copies."""
 
-    def block(expert_block: bool) -> int:
-        norm_part, rest = _block_elements(plan, expert_block)
-        return plan.tokens * (norm_part * 4 + rest * plan.compute_bytes)
+    def block(expert_block: bool, attention: bool) -> int:
+        float32, rest = _block_elements(plan, expert_block, attention)
+        return plan.tokens * (float32 * 4 + rest * plan.compute_bytes)
 
     facts = plan.facts
     if plan.gradient_checkpointing:
         # Only each block's input is kept; one block at a time is recomputed in backward.
         kept = facts.layers * plan.tokens * facts.hidden * plan.compute_bytes
-        saved = kept + max(block(False), block(True) if facts.expert_layers else 0)
+        saved = kept + max(block(*kind) for kind in facts.block_kinds())
     else:
         saved = facts.sum_over_blocks(block)
     allocated = int(saved * _ALLOCATOR_FACTOR[plan.device]) + _adapted_expert_copies(plan)
