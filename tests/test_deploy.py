@@ -151,7 +151,6 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("ernie4_5", {"use_bias": True}, "ERNIE 4.5 with biased projections"),
         ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
         ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
-        ("granitemoehybrid", {"num_local_experts": 4}, "Granite 4.0-H with experts"),
         ("granitemoehybrid", {"mamba_proj_bias": True}, "or its projections have biases"),
         (
             "lfm2",

@@ -468,9 +468,12 @@ def read_back_from_gguf(model, path):
                 data = np.concatenate([h.reshape(experts, -1, width) for h in halves], axis=1)
             elif ".shared_mlp." in name:  # Granite 4.0-H's dense MLP, under Llama's names
                 block = name.split(".shared_mlp.")[0]
+                mlp = "mlp.shared_expert" if getattr(config, "num_local_experts", 0) else "mlp"
                 parts = ("gate", "up") if "input_linear" in name else ("down",)
-                halves = [file_tensor(f"{block}.mlp.{part}_proj") for part in parts]
+                halves = [file_tensor(f"{block}.{mlp}.{part}_proj") for part in parts]
                 data = np.concatenate([h.reshape(-1, param.shape[1]) for h in halves], axis=0)
+            elif name.endswith("block_sparse_moe.router.weight") and arch == "granitehybrid":
+                data = file_tensor(f"{name.split('.block_sparse_moe.')[0]}.mlp.gate")
             elif param.dim() == 1 or (data := file_tensor(module)) is None:
                 continue  # a norm, or a tied output
             gguf_name = gguf_name_of(module) or ""
@@ -569,6 +572,20 @@ def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_c
 
 
 @pytest.mark.llama_cpp
+def test_quantized_granite_4_h_with_experts_is_computed_as_written(tmp_path, llama_class):
+    """Granite 4.0-H Tiny/Small's shape: Mamba-2 blocks, routed experts, a shared expert."""
+    experts = {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 48}
+    s = gguf_variant(tmp_path, "granitemoehybrid", **experts)
+    ids = s.tokenizer(PROMPTS[0]).input_ids
+    sequence = ids + hf_greedy(s.model, ids)
+    for gguf_type in ("q8_0", "q4_0", "q4_k_m"):
+        folder = s.export(f"export/{gguf_type}", format="gguf", gguf_type=gguf_type)
+        expected = hf_logits(read_back_from_gguf(s.model, folder / "model.gguf"), sequence)
+        got = llama_logits(load(llama_class, folder / "model.gguf"), sequence)
+        assert relative_rms(expected, got) < 0.1, gguf_type  # measured 0.8% for each type
+
+
+@pytest.mark.llama_cpp
 @pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "lfm2", "granitemoehybrid"])
 def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_class, architecture):
     """GPT-2's transposed Conv1D weights, NeoX's reordered query/key/value, LFM2's and
@@ -634,6 +651,21 @@ def gguf_variant(tmp_path, architecture, **changes):
         ),
         ("granitemoehybrid", {"mamba_n_groups": 2, "tie_word_embeddings": False}),
         ("granitemoehybrid", {"position_embedding_type": "rope"}),  # as Bamba rotates
+        # Tiny/Small: routed experts beside the dense MLP, which becomes their shared expert
+        (
+            "granitemoehybrid",
+            {"num_local_experts": 4, "num_experts_per_tok": 2, "intermediate_size": 48},
+        ),
+        (
+            "granitemoehybrid",
+            {
+                "num_local_experts": 8,
+                "num_experts_per_tok": 1,
+                "intermediate_size": 32,
+                "shared_intermediate_size": 96,
+                "tie_word_embeddings": False,
+            },
+        ),
         ("lfm2", {"layer_types": ["full_attention", "conv"], "conv_L_cache": 4}),
         ("lfm2", {"tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
         (
@@ -656,6 +688,8 @@ def gguf_variant(tmp_path, architecture, **changes):
         "exaone4-llama3-rope",
         "granite4h-two-groups-untied",
         "granite4h-rotary",
+        "granite4h-experts",
+        "granite4h-experts-top1-untied",
         "lfm2-attention-first-wider-conv",
         "lfm2-untied-plain-width",
         "lfm2-width-multiplier",

@@ -219,11 +219,6 @@ def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
 
 def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
     """Granite 4.0-H: its Mamba-2 blocks' sizes, which blocks attend, and no rotary encoding."""
-    if getattr(config, "num_local_experts", 0):
-        raise SpecError(
-            "GGUF export: Granite 4.0-H with experts (its tiny/small models) is not written "
-            "yet; export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py."
-        )
     inner = config.mamba_expand * config.hidden_size
     if config.mamba_n_heads * config.mamba_d_head != inner or config.mamba_proj_bias:
         raise SpecError(
@@ -348,7 +343,8 @@ def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
         "expert_used_count": experts.per_token,
         "expert_feed_forward_length": experts.intermediate,
     }
-    if experts.shared_intermediate:  # Qwen2-MoE's shared expert, gated by a sigmoid
+    # Qwen2-MoE's shared expert (gated by a sigmoid), Granite 4.0-H's dense MLP (ungated)
+    if experts.shared_intermediate:
         facts["expert_shared_feed_forward_length"] = experts.shared_intermediate
     return facts
 

@@ -402,23 +402,29 @@ def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]
     A is stored as ``-exp(A_log)``; A and D get a unit axis; the gated norm is split into its
     groups; the bias of the time steps is ``dt_proj``'s; the dense MLP's fused
     ``input_linear`` is its gate half then its up half, ``output_linear`` its down matrix.
+    With experts (Granite 4.0-H Tiny/Small), that MLP is their shared expert and the router's
+    weight is the experts' gate input.
     """
     import numpy as np
 
     stem, _, last = hf_name.rpartition(".")
     block = hf_name.partition(".shared_mlp.")[0]
+    # beside experts, the dense MLP is their shared expert
+    mlp = "mlp.shared_expert" if getattr(config, "num_local_experts", 0) else "mlp"
     if hf_name.endswith("shared_mlp.input_linear.weight"):
         gate, up = np.split(data, 2, axis=0)
-        return [(f"{block}.mlp.gate_proj.weight", gate), (f"{block}.mlp.up_proj.weight", up)]
+        return [(f"{block}.{mlp}.gate_proj.weight", gate), (f"{block}.{mlp}.up_proj.weight", up)]
     name, value = hf_name, data
-    if last in ("A_log", "D"):
+    if hf_name.endswith("block_sparse_moe.router.weight"):
+        name = f"{hf_name.partition('.block_sparse_moe.')[0]}.mlp.gate.weight"
+    elif last in ("A_log", "D"):
         value = (-np.exp(data) if last == "A_log" else data).reshape(-1, 1)
     elif last == "dt_bias":
         name = f"{stem}.dt_proj.bias"
     elif hf_name.endswith("mamba.norm.weight"):
         value = data.reshape(config.mamba_n_groups, -1)
     elif hf_name.endswith("shared_mlp.output_linear.weight"):
-        name = f"{block}.mlp.down_proj.weight"
+        name = f"{block}.{mlp}.down_proj.weight"
     return [(name, value)]
 
 
