@@ -152,6 +152,9 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
         ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
         ("granitemoehybrid", {"mamba_proj_bias": True}, "or its projections have biases"),
+        ("lfm2_moe", {"norm_topk_prob": False}, "llama.cpp renormalises the chosen experts"),
+        ("lfm2_moe", {"routed_scaling_factor": 2.0}, "does not scale the experts' weights"),
+        ("lfm2_moe", {"tie_word_embeddings": False}, "LFM2-MoE with an output layer of its own"),
         (
             "lfm2",
             {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}},

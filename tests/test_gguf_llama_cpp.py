@@ -560,7 +560,7 @@ def quantized_logits(tmp_path, llama_class, architecture, gguf_type):
 
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize(
-    "architecture", ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe"]
+    "architecture", ["qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "granitemoe", "lfm2_moe"]
 )
 def test_quantized_mixtures_of_experts_are_computed_as_written(tmp_path, llama_class, architecture):
     """The 3D expert tensors quantized by gguf-py (q8_0, q4_0) and by llama.cpp (q4_k_m)."""
@@ -666,6 +666,10 @@ def gguf_variant(tmp_path, architecture, **changes):
                 "tie_word_embeddings": False,
             },
         ),
+        # no routing bias (llama.cpp's graph needs one: zeros are written), every block with
+        # experts, one expert a token
+        ("lfm2_moe", {"use_expert_bias": False}),
+        ("lfm2_moe", {"num_dense_layers": 0, "num_experts_per_tok": 1}),
         ("lfm2", {"layer_types": ["full_attention", "conv"], "conv_L_cache": 4}),
         ("lfm2", {"tie_word_embeddings": False, "block_auto_adjust_ff_dim": False}),
         (
@@ -690,6 +694,8 @@ def gguf_variant(tmp_path, architecture, **changes):
         "granite4h-rotary",
         "granite4h-experts",
         "granite4h-experts-top1-untied",
+        "lfm2-moe-no-routing-bias",
+        "lfm2-moe-no-dense-block-top1",
         "lfm2-attention-first-wider-conv",
         "lfm2-untied-plain-width",
         "lfm2-width-multiplier",

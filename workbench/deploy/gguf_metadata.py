@@ -147,7 +147,7 @@ def _norm_epsilon(config: Any) -> dict[str, float]:
     # RMSNorm families, and LayerNorm ones (Phi-2, StableLM, GPT-2, GPT-NeoX) under their own key
     if getattr(config, "rms_norm_eps", None) is not None:
         return {"attention.layer_norm_rms_epsilon": float(config.rms_norm_eps)}
-    if config.model_type == "lfm2":  # its RMSNorms' epsilon, under a name of its own
+    if config.model_type in ("lfm2", "lfm2_moe"):  # its RMSNorms' epsilon, named its own way
         return {"attention.layer_norm_rms_epsilon": float(config.norm_eps)}
     names = ("layer_norm_eps", "layer_norm_epsilon", "norm_epsilon")  # GPT-2's, StarCoder2's
     epsilon = next(getattr(config, n) for n in names if getattr(config, n, None) is not None)
@@ -208,7 +208,7 @@ def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
 def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
     """Families whose blocks differ by kind: LFM2's and Granite 4.0-H's recurrent blocks,
     EXAONE 4's sliding ones."""
-    if arch == "lfm2":
+    if arch in ("lfm2", "lfm2moe"):
         return _lfm2_facts(config, kv_heads)
     if arch == "granitehybrid":
         return _mamba2_facts(config, kv_heads)
@@ -311,7 +311,10 @@ def _granite_facts(config: Any) -> dict[str, float]:
 
 # Whether llama.cpp's graph renormalises the chosen experts' weights, per family (its Llama
 # graph, which runs Mixtral, does; Qwen2-MoE's does not; no key says otherwise).
-_RENORMALISES = {"qwen3moe": True, "olmoe": False, "llama": True, "qwen2moe": False}
+_RENORMALISES = {
+    "qwen3moe": True, "olmoe": False, "llama": True, "qwen2moe": False, "lfm2moe": True,
+}  # fmt: skip
+_SIGMOID_GATING = 2  # gguf.ExpertGatingFuncType.SIGMOID: LFM2-MoE scores experts by sigmoid
 
 
 def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
@@ -321,7 +324,9 @@ def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
     experts = facts_from_config(config).experts
     if experts is None:
         return {}
-    if experts.layers != config.num_hidden_layers:
+    # LFM2-MoE's first blocks are dense, which llama.cpp's lfm2moe graph is told
+    leading_dense = int(config.num_dense_layers) if arch == "lfm2moe" else 0
+    if experts.layers + leading_dense != config.num_hidden_layers:
         dense = list(getattr(config, "mlp_only_layers", None) or [])
         msg = (
             f"GGUF export: {config.model_type} with dense blocks (mlp_only_layers={dense}, "
@@ -346,7 +351,26 @@ def _moe_facts(arch: str, config: Any) -> dict[str, Any]:
     # Qwen2-MoE's shared expert (gated by a sigmoid), Granite 4.0-H's dense MLP (ungated)
     if experts.shared_intermediate:
         facts["expert_shared_feed_forward_length"] = experts.shared_intermediate
+    if arch == "lfm2moe":
+        facts.update(_lfm2_moe_facts(config), leading_dense_block_count=leading_dense)
     return facts
+
+
+def _lfm2_moe_facts(config: Any) -> dict[str, int]:
+    """LFM2-MoE scores experts by sigmoid (and a learned bias that only picks them)."""
+    if not getattr(config, "tie_word_embeddings", True):
+        raise SpecError(
+            "GGUF export: LFM2-MoE with an output layer of its own (tie_word_embeddings=False); "
+            "llama.cpp's LFM2-MoE has none (it reads the embedding). Export as 'safetensors' "
+            "instead."
+        )
+    scale = getattr(config, "routed_scaling_factor", None)
+    if scale not in (None, 1, 1.0):
+        raise SpecError(
+            f"GGUF export: LFM2-MoE with routed_scaling_factor={scale}; llama.cpp's LFM2-MoE "
+            "does not scale the experts' weights. Export as 'safetensors' instead."
+        )
+    return {"expert_gating_func": _SIGMOID_GATING}
 
 
 def _check_smollm3_rope_layers(config: Any) -> None:

@@ -85,6 +85,7 @@ GGUF_ARCHITECTURES = {
     "starcoder2": "starcoder2",
     "glm4": "glm4",
     "lfm2": "lfm2",  # LFM2's short-convolution blocks are llama.cpp's "shortconv" tensors
+    "lfm2_moe": "lfm2moe",  # and LFM2-MoE's experts after its dense first blocks
     "exaone4": "exaone4",
     "granitemoehybrid": "granitehybrid",  # Granite 4.0-H: Mamba-2 and attention blocks
 }
@@ -352,10 +353,15 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
 
 
 def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
-    """Zero biases llama.cpp's GPT-NeoX and StarCoder2 graphs require of a model without them."""
+    """Zero biases llama.cpp's GPT-NeoX, StarCoder2 and LFM2-MoE graphs require of a model
+    without them."""
     import numpy as np
 
     hidden = config.hidden_size
+    if arch == "lfm2moe" and not getattr(config, "use_expert_bias", True):
+        experts = np.zeros(config.num_experts, dtype=np.float32)  # no bias in picking them
+        blocks = range(config.num_dense_layers, config.num_hidden_layers)
+        return {f"blk.{block}.exp_probs_b.bias": experts for block in blocks}
     if arch == "gptneox" and not getattr(config, "attention_bias", True):
         widths = {"attn_qkv": 3 * hidden, "attn_output": hidden}
     elif arch == "starcoder2" and not getattr(config, "use_bias", True):
@@ -383,6 +389,8 @@ def _split_fused_experts(hf_name: str, tensor: Any) -> list[tuple[str, Any]]:
     import numpy as np
 
     data = tensor.numpy()
+    if hf_name.endswith(".expert_bias"):  # LFM2-MoE's routing bias: GGUF's exp_probs_b.bias
+        return [(f"{hf_name}.bias", data)]
     if hf_name.endswith("experts.gate_up_proj"):
         gate, up = np.split(data, 2, axis=1)
         stem = hf_name.removesuffix("gate_up_proj")

@@ -51,6 +51,7 @@ TinyArchitecture = Literal[
     "lfm2",
     "exaone4",
     "granitemoehybrid",
+    "lfm2_moe",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -228,6 +229,18 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
                 "block_multiple_of": 32,
             },
         ),
+        # LFM2-MoE: LFM2's blocks, the first with a dense MLP, the others with experts picked
+        # by sigmoid scores plus a learned bias
+        "lfm2_moe": (
+            transformers.Lfm2MoeConfig,
+            {
+                "layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
+                "num_dense_layers": 1,
+                "num_experts": 4,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": hidden,
+            },
+        ),
         # EXAONE 4 (1.2B shape): norms only after attention and MLP, query and key norms,
         # every block global (a sliding window would leave the global blocks unrotated)
         "exaone4": (
@@ -282,7 +295,8 @@ def build_tiny_model(
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
             ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
-            ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks), or
+            ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks),
+            ``"lfm2_moe"`` (LFM2 with experts after a dense first block), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
@@ -319,6 +333,10 @@ def build_tiny_model(
     config = _config(architecture, len(tokenizer), hidden, layers, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # a trained LFM2-MoE's routing bias is not zero, as it starts
+        for name, buffer in model.named_buffers():
+            if name.endswith("expert_bias"):
+                buffer.normal_(std=0.5)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
