@@ -23,6 +23,11 @@ from workbench.models.tiny import build_tiny_model
 
 SHAPE = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2)
 MAMBA = dict(mamba_n_heads=12, mamba_d_head=64, mamba_expand=2, mamba_d_state=64)
+DELTANET = dict(
+    linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64,
+    linear_value_head_dim=64,
+    layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+)  # fmt: skip
 CONFIGS = {
     "lfm2": ("lfm2", dict(
         SHAPE, intermediate_size=1536, layer_types=["conv", "conv", "full_attention", "conv"],
@@ -41,6 +46,7 @@ CONFIGS = {
         shared_intermediate_size=512, layer_types=["mamba", "attention", "mamba", "mamba"],
     )),
     "bamba": ("bamba", dict(**SHAPE, **MAMBA, intermediate_size=1024, attn_layer_indices=[1])),
+    "qwen3_5": ("qwen3_5_text", dict(**SHAPE, **DELTANET, head_dim=64, intermediate_size=1024)),
 }  # fmt: skip
 # Blocks by (experts, attention): LFM2-MoE's first two blocks are dense
 BLOCK_KINDS = {
@@ -49,6 +55,7 @@ BLOCK_KINDS = {
     "granite_4_h": {(False, False): 3, (False, True): 1},
     "granite_4_h_experts": {(True, False): 3, (True, True): 1},
     "bamba": {(False, False): 3, (False, True): 1},
+    "qwen3_5": {(False, False): 3, (False, True): 1},
 }
 
 
@@ -117,6 +124,12 @@ def _saved_bytes_per_token(config, tokens: int, seq_len: int) -> float:
             mamba_n_heads=24, mamba_d_head=32, mamba_d_state=128, mamba_n_groups=2,
             mamba_chunk_size=128,
         )),
+        ("qwen3_5", "linear_attention", "full_attention", {}),
+        ("qwen3_5", "full_attention", "linear_attention", {}),
+        # more value heads than key heads, narrower heads
+        ("qwen3_5", "linear_attention", "full_attention", dict(
+            linear_num_value_heads=8, linear_key_head_dim=32, linear_value_head_dim=48,
+        )),
     ],
 )  # fmt: skip
 def test_each_block_kind_saves_what_the_estimate_counts(name, kind, other, changes):
@@ -144,7 +157,7 @@ def hybrid_folders(tmp_path_factory, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     folders = {}
-    for name in ("lfm2", "granite_4_h"):
+    for name in ("lfm2", "granite_4_h", "qwen3_5"):
         torch.manual_seed(0)
         folder = tmp_path_factory.mktemp("hybrid") / name
         model = AutoModelForCausalLM.from_config(_config(name, len(tokenizer), **ids))
@@ -155,7 +168,8 @@ def hybrid_folders(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.mark.parametrize(
-    ("name", "quantization"), [("lfm2", None), ("granite_4_h", None), ("granite_4_h", "4bit")]
+    ("name", "quantization"),
+    [("lfm2", None), ("granite_4_h", None), ("granite_4_h", "4bit"), ("qwen3_5", None)],
 )
 def test_estimate_within_15_percent_of_measured_peak(hybrid_folders, name, quantization):
     settings = dict(quantization=quantization, lora_r=8, seq_len=256, batch_size=4)
@@ -175,3 +189,8 @@ def test_model_facts_say_which_blocks_attend(tmp_path, architecture, blocks):
     assert ("blocks", blocks) in info.rows()
     plain = model_info(load_model(str(build_tiny_model(tmp_path / "llama")), on_event=len))
     assert plain.blocks is None and "blocks" not in dict(plain.rows())
+
+
+def test_model_facts_name_qwen3_5_s_linear_attention_blocks(hybrid_folders):
+    info = model_info(load_model(str(hybrid_folders["qwen3_5"]), on_event=len))
+    assert info.blocks == "3 Gated DeltaNet, 1 attention"

@@ -90,18 +90,23 @@ class Mixer:
     """The token mixer of a hybrid model's recurrent blocks: what replaces their attention.
 
     LFM2's blocks are mostly gated short convolutions; Granite 4.0-H's and Bamba's mostly
-    Mamba-2 state-space layers. Each such block keeps its MLP; only attention is replaced.
+    Mamba-2 state-space layers; Qwen3.5's mostly Gated DeltaNet linear attention. Each such
+    block keeps its MLP; only attention is replaced.
 
     Attributes:
-        kind: ``"short_conv"`` (LFM2) or ``"mamba2"`` (Granite 4.0-H, Bamba).
+        kind: ``"short_conv"`` (LFM2), ``"mamba2"`` (Granite 4.0-H, Bamba) or
+            ``"gated_deltanet"`` (Qwen3.5).
         layers: Blocks with this mixer instead of attention.
         inner: Width the mixer works in (LFM2: ``hidden_size``; Mamba-2: ``mamba_expand``
-            times it).
-        kernel: Width of its depthwise convolution (``conv_L_cache``, ``mamba_d_conv``).
-        heads: Mamba-2 heads (``mamba_n_heads``); 0 for a short convolution.
-        state: Mamba-2 state size per group (``mamba_d_state``).
-        groups: Mamba-2 groups of B and C (``mamba_n_groups``).
-        chunk: Tokens per chunk of Mamba-2's scan (``mamba_chunk_size``).
+            times it; Gated DeltaNet: its value heads times their width).
+        kernel: Width of its depthwise convolution (``conv_L_cache``, ``mamba_d_conv``,
+            ``linear_conv_kernel_dim``).
+        heads: Mamba-2 heads (``mamba_n_heads``), Gated DeltaNet value heads; 0 for a short
+            convolution.
+        state: Mamba-2 state size per group (``mamba_d_state``); Gated DeltaNet key width
+            per head.
+        groups: Mamba-2 groups of B and C (``mamba_n_groups``); Gated DeltaNet key heads.
+        chunk: Tokens per chunk of its scan (``mamba_chunk_size``; 64 for Gated DeltaNet).
         conv_bias: The convolution has a bias.
         with_experts: How many of its blocks also have experts.
 
@@ -126,7 +131,8 @@ class Mixer:
 
     @property
     def channels(self) -> int:
-        """Channels of its convolution (Mamba-2 convolves x, B and C together)."""
+        """Channels of its convolution (Mamba-2 convolves x, B and C together; Gated
+        DeltaNet its queries, keys and values)."""
         return self.inner + 2 * self.groups * self.state
 
     def linear_shapes(self, hidden: int) -> tuple[tuple[int, int], ...]:
@@ -138,6 +144,9 @@ class Mixer:
         """
         if self.kind == "short_conv":  # B, C and x in one projection
             return (hidden, 3 * hidden), (hidden, hidden)
+        if self.kind == "gated_deltanet":  # q, k and v; the output gate; beta; the decay
+            heads = (hidden, self.heads)
+            return (hidden, self.channels), (hidden, self.inner), heads, heads, (self.inner, hidden)
         # z (the gate), x, B, C and one time step per head in one projection
         return (hidden, self.inner + self.channels + self.heads), (self.inner, hidden)
 
@@ -146,7 +155,11 @@ class Mixer:
         """Its weights that are not Linear layers, per block (kept in float when quantized):
         the convolution, and Mamba-2's A, D, time-step bias and gated norm."""
         conv = self.channels * (self.kernel + int(self.conv_bias))
-        return conv if self.kind == "short_conv" else conv + 3 * self.heads + self.inner
+        if self.kind == "short_conv":
+            return conv
+        if self.kind == "gated_deltanet":  # A, the time-step bias, a norm over one head
+            return conv + 2 * self.heads + self.inner // self.heads
+        return conv + 3 * self.heads + self.inner
 
     def describe(self, layers: int) -> str:
         """One line for a model's facts table (``layers``: the model's block count).
@@ -155,7 +168,8 @@ class Mixer:
             >>> Mixer("mamba2", layers=28, inner=1536, kernel=4, heads=48).describe(32)
             '28 Mamba-2, 4 attention'
         """
-        name = {"short_conv": "short-convolution", "mamba2": "Mamba-2"}[self.kind]
+        names = {"short_conv": "short-convolution", "mamba2": "Mamba-2"}
+        name = names.get(self.kind, "Gated DeltaNet")
         return f"{self.layers} {name}, {layers - self.layers} attention"
 
 
@@ -182,6 +196,8 @@ class ModelFacts:
             one LoRA pair instead of three.
         fused_gate_up: gate and up are one Linear layer (Phi-3's ``gate_up_proj``,
             Granite's ``input_linear``).
+        attention_gate: The query projection also makes a gate for the attention output
+            (Qwen3.5): twice as wide.
         experts: The mixture of experts, ``None`` for a dense model.
         mixer: What replaces attention in a hybrid model's recurrent blocks, ``None`` when
             every block attends.
@@ -202,6 +218,7 @@ class ModelFacts:
     license: str = ""
     fused_qkv: bool = False
     fused_gate_up: bool = False
+    attention_gate: bool = False
     experts: Experts | None = None
     mixer: Mixer | None = None
 
@@ -230,7 +247,8 @@ class ModelFacts:
             ((640, 1024), (640, 256))
         """
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        mixing = ((self.hidden, q), (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
+        gated_q = (self.hidden, 2 * q if self.attention_gate else q)
+        mixing = (gated_q, (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
         if self.fused_qkv:
             mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
         if not attention and self.mixer is not None:
@@ -385,10 +403,15 @@ class ModelFacts:
 # Model types whose projections transformers fuses into one Linear layer.
 _FUSED_QKV = {"phi3"}
 _FUSED_GATE_UP = {"phi3", "granitemoeshared", "granitemoehybrid"}
+_GATED_ATTENTION = {"qwen3_5_text"}  # q_proj also makes the output's gate
 
 
 def _fusions(model_type: str) -> dict[str, bool]:
-    return dict(fused_qkv=model_type in _FUSED_QKV, fused_gate_up=model_type in _FUSED_GATE_UP)
+    return dict(
+        fused_qkv=model_type in _FUSED_QKV,
+        fused_gate_up=model_type in _FUSED_GATE_UP,
+        attention_gate=model_type in _GATED_ATTENTION,
+    )
 
 
 # Values copied from each hub id's config.json (all gated-MLP models). Gemma 3 1B checks
@@ -584,13 +607,15 @@ def _expert_blocks(config: Any, layers: int) -> set[int]:
 
 # Hybrid families whose non-attention blocks the memory estimate knows, by model type.
 _MIXERS = {"lfm2": "short_conv", "lfm2_moe": "short_conv", "granitemoehybrid": "mamba2",
-           "bamba": "mamba2"}  # fmt: skip
+           "bamba": "mamba2", "qwen3_5_text": "gated_deltanet"}  # fmt: skip
+_DELTANET_CHUNK = 64  # transformers' chunked gated delta rule
 _ATTENTION_KINDS = {"attention", "full_attention", "sliding_attention"}
 
 
 def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
     """The recurrent blocks' mixer, from ``layer_types`` (LFM2 says ``"conv"``, Granite
-    4.0-H ``"mamba"`` before loading and ``"linear_attention"`` after, Bamba the latter)."""
+    4.0-H ``"mamba"`` before loading and ``"linear_attention"`` after, Bamba and Qwen3.5 the
+    latter)."""
     kind = _MIXERS.get(getattr(config, "model_type", ""))
     types = getattr(config, "layer_types", None) or ()
     recurrent = {i for i, name in enumerate(types) if name not in _ATTENTION_KINDS}
@@ -601,6 +626,14 @@ def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
         return Mixer(
             kind, inner=hidden, kernel=int(config.conv_L_cache),
             conv_bias=bool(getattr(config, "conv_bias", False)), **shared,
+        )  # fmt: skip
+    if kind == "gated_deltanet":
+        heads = int(config.linear_num_value_heads)
+        return Mixer(
+            kind, inner=heads * int(config.linear_value_head_dim),
+            kernel=int(config.linear_conv_kernel_dim), heads=heads,
+            state=int(config.linear_key_head_dim), groups=int(config.linear_num_key_heads),
+            chunk=_DELTANET_CHUNK, **shared,
         )  # fmt: skip
     return Mixer(
         kind, inner=int(config.mamba_expand * hidden), kernel=int(config.mamba_d_conv),

@@ -10,7 +10,7 @@ process and reads its peak RSS. On this project's CPU machines (torch 2.13, tran
 5.24, peft 0.21, bitsandbytes 0.50) the estimate lands within a few percent of that peak for
 a tiny Llama and for Gemma 3 270M in float32, 4-bit and 8-bit (see tests/test_memory*.py).
 Mixture-of-experts blocks and hybrid models' recurrent blocks (LFM2's short convolutions,
-Granite 4.0-H's and Bamba's Mamba-2 layers) are counted by kind.
+Granite 4.0-H's and Bamba's Mamba-2 layers, Qwen3.5's Gated DeltaNet) are counted by kind.
 GPU numbers use the same formula in bf16 with assumed, not measured, allocator overheads.
 
 Examples:
@@ -96,12 +96,14 @@ _CPU_QUANTIZE_WORK_BYTES = 2.5
 # (+ r per adapted layer). Llama/Qwen2/Mistral: 4, 2, 2, 4 (two RMSNorms, q/k after RoPE and
 # v for SDPA, attention output, and gate, act(gate), up and their product in the MLP).
 # Gemma 2/3 add two sandwich norms and q/k norms: 6, 3, 3, 4; q/k norms alone (Qwen3, OLMo
-# 2, EXAONE 4, LFM2's attention blocks): 4, 3, 3, 4. GPT-2 style: 10H + 5I plus
+# 2, EXAONE 4, LFM2's attention blocks): 4, 3, 3, 4; and a gate on the attention output made
+# by a query projection twice as wide (Qwen3.5): 4, 7, 3, 4. GPT-2 style: 10H + 5I plus
 # 3*heads*seq_len for the attention probabilities its masked attention keeps.
 _GEMMA = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 _QK_NORM = {"qwen3", "olmo2", "exaone4", "lfm2", "lfm2_moe"}
 _COEFFS = {
     "gated": (4, 2, 2, 4), "gemma": (6, 3, 3, 4), "qk_norm": (4, 3, 3, 4), "plain": (10, 0, 0, 5),
+    "gated_attention": (4, 7, 3, 4),
 }  # fmt: skip
 
 # A hybrid's recurrent block saves its two norms (4H), its MLP and LoRA's inputs as an
@@ -111,6 +113,10 @@ _COEFFS = {
 # fitted over 12 shapes (within 0.1%): 11 x inner (10 of them float32), 3 x heads x chunk
 # (the chunk's decay matrices), 5 x heads x state (B and C per head), 6 x groups x state,
 # and 2 x inner x state / chunk (the states between chunks), all float32 but the groups'.
+# Qwen3.5's Gated DeltaNet (torch path: no flash-linear-attention), fitted over 12 shapes
+# (within 2%): 9.5 x values' width, 5 x keys' width, 5.5 x value heads x chunk, 10.5 x
+# value heads x key width (queries and keys repeated per value head) and 2 x value heads x
+# key width x value width / chunk (the states); the delta rule runs in float32.
 _ATTENTION_PROBS = 3  # copies of [heads x seq x seq] kept per block when attention is eager
 
 
@@ -393,6 +399,8 @@ def _family(facts: ModelFacts) -> str:
         return "plain"
     if facts.architecture in _GEMMA:
         return "gemma"
+    if facts.attention_gate:
+        return "gated_attention"
     return "qk_norm" if facts.architecture in _QK_NORM else "gated"
 
 
@@ -400,6 +408,14 @@ def _mixer_elements(mixer: Mixer) -> tuple[int, int]:
     """Saved elements per token of a recurrent block's mixer: (float32, compute dtype)."""
     if mixer.kind == "short_conv":
         return 3 * mixer.inner, 3 * mixer.inner
+    if mixer.kind == "gated_deltanet":
+        keys = mixer.groups * mixer.state
+        value_width = mixer.inner // max(mixer.heads, 1)
+        float32 = (
+            8 * mixer.inner + 5.5 * mixer.heads * mixer.chunk + 10.5 * mixer.heads * mixer.state
+            + 2 * mixer.heads * mixer.state * value_width / mixer.chunk
+        )  # fmt: skip
+        return int(float32), int(1.5 * mixer.inner + 5 * keys)
     float32 = (
         10 * mixer.inner + 3 * mixer.heads * mixer.chunk + 5 * mixer.heads * mixer.state
         + 2 * mixer.inner * mixer.state // max(mixer.chunk, 1)
