@@ -586,7 +586,72 @@ def test_quantized_granite_4_h_with_experts_is_computed_as_written(tmp_path, lla
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "lfm2", "granitemoehybrid"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        # more value heads than key heads: llama.cpp wants them tiled, not grouped
+        {"linear_num_value_heads": 12, "layer_types": ["linear_attention", "full_attention"] * 2},
+        # attention in every 3rd block, every dimension rotated, a short convolution
+        {
+            "layer_types": ["linear_attention", "linear_attention", "full_attention"] * 2,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "partial_rotary_factor": 1.0,
+            },
+            "linear_conv_kernel_dim": 2,
+        },
+    ],
+    ids=["trained-norms", "tiled-value-heads", "every-third-full-rotary"],
+)
+def test_qwen3_5_matches_llama_cpp(tmp_path, llama_class, changes):
+    """Qwen3.5's norms scale by (1 + weight): random ones here, as training leaves them."""
+    changes = {"num_hidden_layers": len(changes.get("layer_types", [0, 0])), **changes}
+    s = gguf_variant(tmp_path, "qwen3_5", **changes)
+    with torch.no_grad():
+        for name, weight in s.model.named_parameters():
+            if "norm" in name:
+                weight.normal_(0, 0.3)
+    folder = s.export("export/gguf", format="gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    llm = load(llama_class, folder / "model.gguf")
+    # measured 1e-4-2e-3; rotating by the wrong sections drifted to 0.03-0.18 along the text
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 5e-3
+
+
+@pytest.mark.llama_cpp
+def test_a_multimodal_qwen3_5_checkpoint_exports_its_text_model(tmp_path, llama_class):
+    """Qwen3.5's checkpoints hold a vision tower too: the workbench tunes and exports the
+    text model, which llama.cpp runs as transformers does."""
+    from transformers import (
+        AutoConfig,
+        AutoTokenizer,
+        Qwen3_5Config,
+        Qwen3_5ForConditionalGeneration,
+    )
+
+    tiny = wb.build_tiny_model(tmp_path / "tiny", "qwen3_5")
+    text = AutoConfig.from_pretrained(tiny).to_dict()
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+              "out_hidden_size": text["hidden_size"]}  # fmt: skip
+    torch.manual_seed(0)
+    model = Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision))
+    model.save_pretrained(tmp_path / "multimodal")
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp_path / "multimodal")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tmp_path / "multimodal"))
+    folder = s.export("export/gguf", format="gguf")
+    ids = list(range(5, 60))
+    expected = model(input_ids=torch.tensor([ids])).logits[0].detach().numpy()
+    llm = load(llama_class, folder / "model.gguf")
+    assert np.abs(llama_logits(llm, ids) - expected).max() < 5e-3  # measured 1e-3
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize(
+    "architecture", ["gpt2", "gpt_neox", "lfm2", "granitemoehybrid", "qwen3_5"]
+)
 def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_class, architecture):
     """GPT-2's transposed Conv1D weights, NeoX's reordered query/key/value, LFM2's and
     Granite 4.0-H's squeezed convolution kernels (kept float32: llama.cpp's kernels compute
@@ -603,7 +668,8 @@ def test_quantized_reshaped_weights_are_computed_as_written(tmp_path, llama_clas
         kernels = ("shortconv.conv.weight", "ssm_conv1d.weight")
         tensors = gguf.GGUFReader(str(path)).tensors
         conv = {t.tensor_type.name for t in tensors if t.name.endswith(kernels)}
-        assert conv == ({"F32"} if architecture in ("lfm2", "granitemoehybrid") else set())
+        recurrent = ("lfm2", "granitemoehybrid", "qwen3_5")
+        assert conv == ({"F32"} if architecture in recurrent else set())
 
 
 def gguf_variant(tmp_path, architecture, **changes):

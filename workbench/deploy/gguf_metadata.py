@@ -212,6 +212,8 @@ def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
         return _lfm2_facts(config, kv_heads)
     if arch == "granitehybrid":
         return _mamba2_facts(config, kv_heads)
+    if arch == "qwen35":
+        return _gated_deltanet_facts(config)
     if arch == "exaone4":
         return _exaone4_window(config)
     return {}
@@ -239,6 +241,38 @@ def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
         "ssm.inner_size": int(inner),
         "ssm.time_step_rank": int(config.mamba_n_heads),
         "rope.scaling.finetuned": rotary,  # llama.cpp's switch for Granite's rotary encoding
+    }
+
+
+def _gated_deltanet_facts(config: Any) -> dict[str, Any]:
+    """Qwen3.5: its Gated DeltaNet blocks' sizes, which blocks attend, and the sections of its
+    multimodal rotary encoding (text positions rotate every section alike)."""
+    types = list(config.layer_types)
+    interval = types.index("full_attention") + 1 if "full_attention" in types else 0
+    every = ["full_attention" if (i + 1) % max(interval, 1) == 0 else "linear_attention"
+             for i in range(len(types))]  # fmt: skip
+    key_heads, value_heads = config.linear_num_key_heads, config.linear_num_value_heads
+    widths = config.linear_key_head_dim, config.linear_value_head_dim
+    if interval < 2 or types != every or value_heads % key_heads or widths[0] != widths[1]:
+        raise SpecError(  # interval 1 (no recurrent block) aborts llama.cpp's process
+            f"GGUF export: this Qwen3.5's layer_types ({types}) or linear attention heads "
+            f"({key_heads} key, {value_heads} value, widths {widths}) are not what llama.cpp's "
+            "qwen35 runs (attention in every n-th block, n at least 2; value heads a multiple "
+            "of key heads, as wide). Export as 'safetensors' instead."
+        )
+    # llama.cpp interleaves the rotated pairs over three sections (time, height, width); a
+    # text token has one position in all three, so each pair must fall in one of them: as
+    # many pairs in each as the interleaving gives it (Qwen3.5's own [11, 11, 10] for 32)
+    pairs = rotary_dim(config) // 2
+    sections = [len(range(k, pairs, 3)) for k in range(3)]
+    return {
+        "ssm.conv_kernel": int(config.linear_conv_kernel_dim),
+        "ssm.state_size": int(config.linear_key_head_dim),
+        "ssm.group_count": int(key_heads),
+        "ssm.time_step_rank": int(value_heads),
+        "ssm.inner_size": int(value_heads * config.linear_value_head_dim),
+        "full_attention_interval": interval,
+        "rope.dimension_sections": [*sections, 0],
     }
 
 

@@ -88,6 +88,7 @@ GGUF_ARCHITECTURES = {
     "lfm2_moe": "lfm2moe",  # and LFM2-MoE's experts after its dense first blocks
     "exaone4": "exaone4",
     "granitemoehybrid": "granitehybrid",  # Granite 4.0-H: Mamba-2 and attention blocks
+    "qwen3_5_text": "qwen35",  # Qwen3.5: Gated DeltaNet and gated attention blocks
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 # Bytes a type gguf-py makes spends per weight (gguf.GGML_QUANT_SIZES: block bytes / size).
@@ -327,7 +328,7 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
     # llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM, Qwen2-MoE and GPT-NeoX graphs need an
     # output matrix even when it is tied.
-    tied = getattr(config, "tie_word_embeddings", False) and arch not in _NEEDS_OUTPUT
+    tied = _output_is_the_embedding(model) and arch not in _NEEDS_OUTPUT
     for name, factors in {**rope_tensors(config), **_absent_biases(arch, config)}.items():
         writer.add_tensor(name, factors)
     for hf_name, tensor in model.state_dict().items():
@@ -336,6 +337,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
         parts = _split_fused_experts(hf_name, tensor.detach().float().cpu())
         if arch == "granitehybrid":
             parts = [p for name, data in parts for p in _mamba2_parts(name, data, config)]
+        if arch == "qwen35":
+            parts = [_gated_deltanet_part(name, data, config) for name, data in parts]
         for part_name, part in parts:
             module, _, suffix = part_name.rpartition(".")
             # GraniteMoE's block_sparse_moe holds what gguf knows under Mixtral's mlp names
@@ -350,6 +353,14 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
             data = _to_gguf_layout(arch, gguf_name, part, config)
             qtype = tensor_type(name, data.shape, quantization)
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+def _output_is_the_embedding(model: Any) -> bool:
+    """Whether the output layer is the embedding matrix itself. The weights say so, not the
+    config: transformers leaves them apart when a checkpoint holds two different matrices
+    under a config that asks to tie them (a multimodal Qwen3.5's text model can)."""
+    output, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    return output is not None and output.weight.data_ptr() == embedding.weight.data_ptr()
 
 
 def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
@@ -436,6 +447,52 @@ def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]
     return [(name, value)]
 
 
+def _gated_deltanet_part(hf_name: str, data: Any, config: Any) -> tuple[str, Any]:
+    """Qwen3.5's tensors as llama.cpp's converter writes them (its Qwen3_5TextModel).
+
+    A is stored as ``-exp(A_log)``, the time steps' bias as ``dt_proj``'s; with fewer key
+    heads than value heads, the value heads are reordered from grouped (each key head's
+    together) to tiled (one of each key head's in turn), as llama.cpp's broadcast reads them.
+    """
+    import numpy as np
+
+    name, value = hf_name, data
+    if hf_name.endswith(".A_log"):
+        value = -np.exp(data)
+    elif hf_name.endswith(".dt_bias"):
+        name = hf_name.removesuffix("dt_bias") + "dt_proj.bias"
+    if ".linear_attn." in hf_name:
+        value = _tile_value_heads(hf_name, value, config)
+    return name, value
+
+
+def _tile_value_heads(hf_name: str, data: Any, config: Any) -> Any:
+    key_heads, value_heads = config.linear_num_key_heads, config.linear_num_value_heads
+    if key_heads == value_heads:
+        return data
+    width = config.linear_value_head_dim
+    keys = 2 * key_heads * config.linear_key_head_dim  # q and k before v
+
+    def tiled(rows: Any, axis: int, head_width: int) -> Any:
+        shape = rows.shape
+        grouped = rows.reshape(
+            *shape[:axis], key_heads, value_heads // key_heads, head_width, *shape[axis + 1 :]
+        )
+        return np.swapaxes(grouped, axis, axis + 1).reshape(shape)
+
+    import numpy as np
+
+    if hf_name.endswith(("in_proj_qkv.weight", "conv1d.weight")):
+        return np.concatenate([data[:keys], tiled(data[keys:], 0, width)])
+    if hf_name.endswith("in_proj_z.weight"):
+        return tiled(data, 0, width)
+    if hf_name.endswith(("in_proj_a.weight", "in_proj_b.weight", ".A_log", ".dt_bias")):
+        return tiled(data, 0, 1)
+    if hf_name.endswith("out_proj.weight"):
+        return tiled(data, 1, width)
+    return data
+
+
 def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
     """The GGML type a tensor is stored in, for a file of type ``quantization``.
 
@@ -462,6 +519,10 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
     return wanted if shape[-1] % block_size == 0 else GGMLQuantizationType.F16
 
 
+# Families whose RMSNorms scale by (1 + weight): Gemma's, and Qwen3.5's but its gated norm
+_ONE_PLUS_NORMS = ("gemma", "gemma2", "gemma3", "qwen35")
+
+
 def _to_gguf_layout(arch: str, gguf_name: str, data, config):
     """Reorder a tensor the way llama.cpp's graph for ``arch`` expects it."""
     if arch in _LLAMA_ROTARY and gguf_name.endswith(("attn_q", "attn_k")):
@@ -472,8 +533,8 @@ def _to_gguf_layout(arch: str, gguf_name: str, data, config):
         shape = data.shape
         split = data.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
         return split.swapaxes(1, 2).reshape(shape)
-    if arch in ("gemma", "gemma2", "gemma3") and gguf_name.endswith("norm"):
-        return data + 1  # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum
+    if arch in _ONE_PLUS_NORMS and gguf_name.endswith("norm") and "ssm_norm" not in gguf_name:
+        return data + 1  # an RMSNorm that scales by (1 + weight): GGUF stores the sum
     if arch == "gpt2" and data.ndim == 2 and not gguf_name.endswith("_embd"):
         return data.T.copy()  # GPT-2's Conv1D keeps its weights as [in, out]
     if data.ndim == 3 and gguf_name.endswith(("shortconv.conv", "ssm_conv1d")):

@@ -52,6 +52,7 @@ TinyArchitecture = Literal[
     "exaone4",
     "granitemoehybrid",
     "lfm2_moe",
+    "qwen3_5",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -241,6 +242,20 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
                 "moe_intermediate_size": hidden,
             },
         ),
+        # Qwen3.5: Gated DeltaNet blocks and gated attention ones (a query projection twice
+        # as wide, a quarter of each head rotated), norms that scale by (1 + weight)
+        "qwen3_5": (
+            transformers.Qwen3_5TextConfig,
+            {
+                "head_dim": 16,
+                "layer_types": ["linear_attention", "full_attention"] * (layers // 2)
+                + ["linear_attention"] * (layers % 2),
+                "linear_num_key_heads": heads,
+                "linear_num_value_heads": heads,
+                "linear_key_head_dim": 16,
+                "linear_value_head_dim": 16,
+            },
+        ),
         # EXAONE 4 (1.2B shape): norms only after attention and MLP, query and key norms,
         # every block global (a sliding window would leave the global blocks unrotated)
         "exaone4": (
@@ -296,7 +311,8 @@ def build_tiny_model(
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
             ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
             ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks),
-            ``"lfm2_moe"`` (LFM2 with experts after a dense first block), or
+            ``"lfm2_moe"`` (LFM2 with experts after a dense first block), ``"qwen3_5"``
+            (Qwen3.5: Gated DeltaNet and gated attention blocks), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
             layer), ``"qwen3_moe"`` (its experts fused in 3D weights), ``"qwen2_moe"`` (and a
             shared expert), ``"mixtral"``, ``"olmoe"`` or ``"granitemoe"``.
