@@ -155,6 +155,13 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("lfm2_moe", {"norm_topk_prob": False}, "llama.cpp renormalises the chosen experts"),
         ("lfm2_moe", {"routed_scaling_factor": 2.0}, "does not scale the experts' weights"),
         ("lfm2_moe", {"tie_word_embeddings": False}, "LFM2-MoE with an output layer of its own"),
+        # no recurrent block aborts llama.cpp's process; an irregular pattern it cannot say
+        ("qwen3_5", {"layer_types": ["full_attention"] * 2}, "not what llama.cpp's qwen35 runs"),
+        (
+            "qwen3_5",
+            {"layer_types": ["full_attention", "linear_attention"]},
+            "not what llama.cpp's qwen35 runs",
+        ),
         (
             "lfm2",
             {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6}},
@@ -267,3 +274,20 @@ def test_quantize_reports_scores_before_and_after_when_data_is_loaded(
     for measure in (report.before, report.after):
         assert set(measure.scores) == {"exact_match", "rougeL"}
         assert all(0.0 <= v <= 1.0 for v in measure.scores.values())
+
+
+def test_gguf_export_refuses_qwen3_5_linear_heads_of_two_widths():
+    """llama.cpp's qwen35 reads one width for keys and values: the file would not load."""
+    from transformers import Qwen3_5TextConfig
+
+    from workbench.deploy.gguf_metadata import hparams
+
+    config = Qwen3_5TextConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, layer_types=["linear_attention", "full_attention"],
+        linear_key_head_dim=16, linear_value_head_dim=32,
+    )  # fmt: skip
+    with pytest.raises(wb.SpecError, match=r"widths \(16, 32\)"):
+        hparams("qwen35", config)
+    config.linear_value_head_dim = 16  # then it is written, a quarter of 16 dims rotated
+    assert hparams("qwen35", config)["rope.dimension_sections"] == [1, 1, 0, 0]
