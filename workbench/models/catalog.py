@@ -198,6 +198,10 @@ class ModelFacts:
             Granite's ``input_linear``).
         attention_gate: The query projection also makes a gate for the attention output
             (Qwen3.5): twice as wide.
+        per_layer_input: Width of each block's own token embedding (Gemma 3n and 4's
+            ``hidden_size_per_layer_input``; 0: none), which a gate and a projection in the
+            block mix in.
+        per_layer_vocab: Rows of those per-block embeddings (``vocab_size_per_layer_input``).
         experts: The mixture of experts, ``None`` for a dense model.
         mixer: What replaces attention in a hybrid model's recurrent blocks, ``None`` when
             every block attends.
@@ -219,6 +223,8 @@ class ModelFacts:
     fused_qkv: bool = False
     fused_gate_up: bool = False
     attention_gate: bool = False
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
     experts: Experts | None = None
     mixer: Mixer | None = None
 
@@ -253,6 +259,12 @@ class ModelFacts:
             mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
         if not attention and self.mixer is not None:
             mixing = self.mixer.linear_shapes(self.hidden)
+        if self.per_layer_input:  # the block's own embedding: its gate and its projection
+            mixing = (
+                *mixing,
+                (self.hidden, self.per_layer_input),
+                (self.per_layer_input, self.hidden),
+            )
         if not expert_block:
             return (*mixing, *self._mlp_shapes(self.intermediate))
         shared = self.experts.shared_intermediate if self.experts else 0
@@ -303,11 +315,22 @@ class ModelFacts:
         return linear + experts + extras
 
     @property
+    def per_layer_projection(self) -> tuple[int, int]:
+        """(in, out) of the linear layer that makes every block's share of the per-block
+        embeddings from the token's hidden state ((0, 0): the model has none)."""
+        if not self.per_layer_input:
+            return 0, 0
+        return self.hidden, self.layers * self.per_layer_input
+
+    @property
     def block_linear_params(self) -> int:
-        """Weights of all linear layers in all blocks: the part that 4/8-bit quantizes."""
-        return self.sum_over_blocks(
+        """Weights of all linear layers in all blocks (and the per-block embeddings'
+        projection): the part that 4/8-bit quantizes."""
+        blocks = self.sum_over_blocks(
             lambda moe, attention: sum(i * o for i, o in self.linear_shapes(moe, attention))
         )
+        into, out = self.per_layer_projection
+        return blocks + into * out
 
     @property
     def largest_block_params(self) -> int:
@@ -341,8 +364,15 @@ class ModelFacts:
 
     @property
     def embedding_params(self) -> int:
-        """Weights of the input embedding (``vocab x hidden``)."""
-        return self.vocab * self.hidden
+        """Weights of the input embeddings (``vocab x hidden``, and the per-block ones).
+
+        Examples:
+            >>> from transformers import Gemma4TextConfig
+            >>> facts = facts_from_config(Gemma4TextConfig(num_hidden_layers=2))
+            >>> facts.embedding_params == (262144 * 2304 + 262144 * 2 * 256)
+            True
+        """
+        return self.vocab * self.hidden + self.per_layer_vocab * self.layers * self.per_layer_input
 
     @property
     def lm_head_params(self) -> int:
@@ -383,7 +413,7 @@ class ModelFacts:
         def in_plus_out(expert_block: bool, attention: bool) -> int:
             return sum(i + o for i, o in self.linear_shapes(expert_block, attention))
 
-        linear = r * self.sum_over_blocks(in_plus_out)
+        linear = r * (self.sum_over_blocks(in_plus_out) + sum(self.per_layer_projection))
         if self.experts is None or not self.experts.adapted:
             return linear
         experts = self.experts
@@ -524,6 +554,8 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         3072
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "is_heterogeneous", False):
+        text = _LayerMeans(text)
     layers, hidden = _read(text, "layers"), _read(text, "hidden")
     heads, vocab = _read(text, "heads"), _read(text, "vocab")
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
@@ -542,8 +574,29 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         intermediate=inter or 4 * hidden, vocab=vocab,
         tied_embeddings=bool(getattr(config, "tie_word_embeddings", True)),
         gated_mlp=model_type not in _PLAIN_MLP, **_fusions(model_type), experts=experts,
+        per_layer_input=getattr(text, "hidden_size_per_layer_input", None) or 0,
+        per_layer_vocab=getattr(text, "vocab_size_per_layer_input", None) or 0,
         mixer=_mixer(text, hidden, expert_blocks if experts else set()),
     )  # fmt: skip
+
+
+class _LayerMeans:
+    """A config whose blocks differ (Gemma 4's global blocks have wider heads) read as a
+    uniform one: a per-layer value is its mean over the blocks, which keeps the sums over
+    blocks (weights, saved activations) right where they are linear in it."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self._per_layer = set(config.per_layer_attributes or ())
+
+    def __getattr__(self, key: str) -> Any:
+        if key not in self._per_layer:
+            return getattr(self.config, key)
+        values = [getattr(layer, key) for layer in self.config.per_layer_config]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(numbers) != len(values):
+            return values[0]  # not a number: the first block's
+        return round(sum(numbers) / len(numbers))
 
 
 def mlp_width(config: Any) -> int | None:
@@ -687,6 +740,7 @@ def _peft_adapts_experts(config: Any) -> bool:
     Asked of the model itself, built on the meta device (no memory, no weights), once per
     config.
     """
+    config = getattr(config, "config", config)  # a heterogeneous config's own, to build
     if not hasattr(config, "to_json_string"):
         return False  # a raw config.json transformers does not know: it cannot be built
     key = config.to_json_string(use_diff=False)

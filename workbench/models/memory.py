@@ -97,14 +97,18 @@ _CPU_QUANTIZE_WORK_BYTES = 2.5
 # v for SDPA, attention output, and gate, act(gate), up and their product in the MLP).
 # Gemma 2/3 add two sandwich norms and q/k norms: 6, 3, 3, 4; q/k norms alone (Qwen3, OLMo
 # 2, EXAONE 4, LFM2's attention blocks): 4, 3, 3, 4; and a gate on the attention output made
-# by a query projection twice as wide (Qwen3.5): 4, 7, 3, 4. GPT-2 style: 10H + 5I plus
+# by a query projection twice as wide (Qwen3.5): 4, 7, 3, 4. Gemma 4 (five norms, q/k/v
+# norms, each block's own embedding mixed in: 5 per its width more): 8, 5, 5, 4, fitted on
+# its sliding blocks (its global ones, with wider heads, save less). GPT-2 style: 10H + 5I plus
 # 3*heads*seq_len for the attention probabilities its masked attention keeps.
 _GEMMA = {"gemma", "gemma2", "gemma3", "gemma3_text"}
 _QK_NORM = {"qwen3", "olmo2", "exaone4", "lfm2", "lfm2_moe"}
 _COEFFS = {
     "gated": (4, 2, 2, 4), "gemma": (6, 3, 3, 4), "qk_norm": (4, 3, 3, 4), "plain": (10, 0, 0, 5),
-    "gated_attention": (4, 7, 3, 4),
+    "gated_attention": (4, 7, 3, 4), "gemma4": (8, 5, 5, 4),
 }  # fmt: skip
+_GEMMA4 = {"gemma4_text"}
+_PER_LAYER_INPUT = 5  # saved per width of a block's own embedding (Gemma 4)
 
 # A hybrid's recurrent block saves its two norms (4H), its MLP and LoRA's inputs as an
 # attention block does, and for its mixer, counted the same way on transformers' torch path
@@ -399,6 +403,8 @@ def _family(facts: ModelFacts) -> str:
         return "plain"
     if facts.architecture in _GEMMA:
         return "gemma"
+    if facts.architecture in _GEMMA4:
+        return "gemma4"
     if facts.attention_gate:
         return "gated_attention"
     return "qk_norm" if facts.architecture in _QK_NORM else "gated"
@@ -442,6 +448,7 @@ def _block_elements(
         rest += c_i * facts.experts.shared_intermediate
     else:
         rest += c_i * facts.intermediate
+    rest += _PER_LAYER_INPUT * facts.per_layer_input
     if plan.method != "full":
         rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention))
     return float32, rest
