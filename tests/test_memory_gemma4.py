@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_checks import estimate_error, saved_growth
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import workbench as wb
-from workbench.models._measure import measure_training_step
 from workbench.models.catalog import facts_from_config
-from workbench.models.memory import _ALLOCATOR_FACTOR, estimate_memory
 
 # Four sliding blocks to one global one, as Gemma 4 interleaves them
 KINDS = ["sliding_attention"] * 4 + ["full_attention"]
@@ -61,18 +60,8 @@ def test_weights_and_adapter_of_a_tiny_gemma4():
 def test_saved_activations_per_block_as_the_model_saves():
     """Five blocks (four sliding, one global) added to five: the estimate grows as much as
     the tensors autograd saves, within 10% (measured +5%: its global blocks save less)."""
-    from test_memory_hybrid import _saved_bytes_per_token
-
-    def activations(config):
-        est = estimate_memory(
-            config, device="cpu", dtype="float32", lora_r=8, seq_len=128, batch_size=2
-        )
-        return est.activations / _ALLOCATOR_FACTOR["cpu"]
-
-    five, ten = _config(5), _config(10)
-    saved = _saved_bytes_per_token(ten, 256, 128) - _saved_bytes_per_token(five, 256, 128)
-    estimated = (activations(ten) - activations(five)) / 256
-    assert estimated == pytest.approx(saved, rel=0.1)
+    measured, estimated = saved_growth(_config(5), _config(10))
+    assert estimated == pytest.approx(measured, rel=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +80,7 @@ def gemma4_folder(tmp_path_factory, tiny_model_dir):
 @pytest.mark.parametrize("quantization", [None, "4bit"])
 def test_estimate_within_15_percent_of_measured_peak(gemma4_folder, quantization):
     settings = dict(quantization=quantization, lora_r=8, seq_len=256, batch_size=4)
-    measured = measure_training_step(gemma4_folder, **settings)
-    est = estimate_memory(gemma4_folder, device="cpu", **settings)
-    assert abs(est.total - measured.peak) / measured.peak < 0.15, (est.total, measured)
+    assert abs(estimate_error(gemma4_folder, **settings)) < 0.15
 
 
 def test_a_session_loads_trains_and_answers_with_gemma4(gemma4_folder, tmp_path):

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_checks import estimate_error, saved_growth
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from workbench.models._measure import measure_training_step
 from workbench.models.catalog import facts_from_config
 from workbench.models.info import model_info
 from workbench.models.loading import load_model
-from workbench.models.memory import _ALLOCATOR_FACTOR, estimate_memory
 from workbench.models.tiny import build_tiny_model
 
 SHAPE = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2)
@@ -92,26 +91,6 @@ def test_granite_4_h_350m_counts_its_weights():
     assert facts_from_config(config).params == pytest.approx(counted, rel=1e-4)
 
 
-def _saved_bytes_per_token(config, tokens: int, seq_len: int) -> float:
-    """Bytes autograd saves for backward in one LoRA forward pass, weights left out."""
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    ids = torch.randint(0, config.vocab_size, (tokens // seq_len, seq_len))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(input_ids=ids, labels=ids, use_cache=False)
-    return sum(saved.values()) / tokens
-
-
 @pytest.mark.parametrize(
     ("name", "kind", "other", "changes"),
     [
@@ -135,20 +114,9 @@ def _saved_bytes_per_token(config, tokens: int, seq_len: int) -> float:
 def test_each_block_kind_saves_what_the_estimate_counts(name, kind, other, changes):
     """Two blocks of ``kind`` added to two of ``other``: the estimate's activations grow as
     much as the tensors autograd saves (counted by its hooks: exact, unlike a process's RSS)."""
-    seq_len, tokens = 128, 256
     two = _config(name, num_hidden_layers=2, layer_types=[other] * 2, **changes)
     four = _config(name, num_hidden_layers=4, layer_types=[other] * 2 + [kind] * 2, **changes)
-    measured = _saved_bytes_per_token(four, tokens, seq_len) - _saved_bytes_per_token(
-        two, tokens, seq_len
-    )
-
-    def activations(config):
-        est = estimate_memory(
-            config, device="cpu", dtype="float32", lora_r=8, seq_len=seq_len, batch_size=2
-        )
-        return est.activations / _ALLOCATOR_FACTOR["cpu"] / tokens
-
-    estimated = activations(four) - activations(two)
+    measured, estimated = saved_growth(two, four)
     assert estimated == pytest.approx(measured, rel=0.05)
 
 
@@ -173,9 +141,7 @@ def hybrid_folders(tmp_path_factory, tiny_model_dir):
 )
 def test_estimate_within_15_percent_of_measured_peak(hybrid_folders, name, quantization):
     settings = dict(quantization=quantization, lora_r=8, seq_len=256, batch_size=4)
-    measured = measure_training_step(hybrid_folders[name], **settings)
-    est = estimate_memory(hybrid_folders[name], device="cpu", **settings)
-    assert abs(est.total - measured.peak) / measured.peak < 0.15, (est.total, measured)
+    assert abs(estimate_error(hybrid_folders[name], **settings)) < 0.15
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,58 @@
+"""Helpers shared by the memory-estimate tests: the estimate against a measured step, and the
+bytes autograd saves for backward."""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.models._measure import measure_training_step
+from workbench.models.memory import estimate_memory
+
+
+def estimate_error(folder, **settings) -> float:
+    """(estimated - measured) / measured peak of one training step on CPU, with ``settings``."""
+    measured = measure_training_step(folder, **settings)
+    assert measured.peak >= measured.after_load >= measured.after_imports > 0
+    total = estimate_memory(folder, device="cpu", **settings).total
+    return (total - measured.peak) / measured.peak
+
+
+def saved_bytes_per_token(config, tokens: int, seq_len: int) -> float:
+    """Bytes autograd saves for backward in one LoRA forward pass, weights left out."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, config.vocab_size, (tokens // seq_len, seq_len))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids, labels=ids, use_cache=False)
+    return sum(saved.values()) / tokens
+
+
+def saved_growth(smaller, bigger, seq_len: int = 128, rows: int = 2) -> tuple[float, float]:
+    """What the blocks ``bigger`` adds to ``smaller`` save per token: (measured with the
+    hooks, estimated). The estimate's logits cancel out; its allocator factor is taken off."""
+    from workbench.models.memory import _ALLOCATOR_FACTOR
+
+    tokens = seq_len * rows
+
+    def estimated(config) -> float:
+        est = estimate_memory(
+            config, device="cpu", dtype="float32", lora_r=8, seq_len=seq_len, batch_size=rows
+        )
+        return est.activations / _ALLOCATOR_FACTOR["cpu"] / tokens
+
+    measured = saved_bytes_per_token(bigger, tokens, seq_len)
+    measured -= saved_bytes_per_token(smaller, tokens, seq_len)
+    return measured, estimated(bigger) - estimated(smaller)
