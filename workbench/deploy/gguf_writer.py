@@ -467,6 +467,8 @@ def _gated_deltanet_part(hf_name: str, data: Any, config: Any) -> tuple[str, Any
 
 
 def _tile_value_heads(hf_name: str, data: Any, config: Any) -> Any:
+    import numpy as np
+
     key_heads, value_heads = config.linear_num_key_heads, config.linear_num_value_heads
     if key_heads == value_heads:
         return data
@@ -479,8 +481,6 @@ def _tile_value_heads(hf_name: str, data: Any, config: Any) -> Any:
             *shape[:axis], key_heads, value_heads // key_heads, head_width, *shape[axis + 1 :]
         )
         return np.swapaxes(grouped, axis, axis + 1).reshape(shape)
-
-    import numpy as np
 
     if hf_name.endswith(("in_proj_qkv.weight", "conv1d.weight")):
         return np.concatenate([data[:keys], tiled(data[keys:], 0, width)])

@@ -168,8 +168,9 @@ class Mixer:
             >>> Mixer("mamba2", layers=28, inner=1536, kernel=4, heads=48).describe(32)
             '28 Mamba-2, 4 attention'
         """
-        names = {"short_conv": "short-convolution", "mamba2": "Mamba-2"}
-        name = names.get(self.kind, "Gated DeltaNet")
+        names = {"short_conv": "short-convolution", "mamba2": "Mamba-2",
+                 "gated_deltanet": "Gated DeltaNet"}  # fmt: skip
+        name = names[self.kind]
         return f"{self.layers} {name}, {layers - self.layers} attention"
 
 
@@ -253,8 +254,8 @@ class ModelFacts:
             ((640, 1024), (640, 256))
         """
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        gated_q = (self.hidden, 2 * q if self.attention_gate else q)
-        mixing = (gated_q, (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
+        query = (self.hidden, 2 * q if self.attention_gate else q)  # with its gate, if any
+        mixing = (query, (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
         if self.fused_qkv:
             mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
         if not attention and self.mixer is not None:
