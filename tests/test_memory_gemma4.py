@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import workbench as wb
 from workbench.models.catalog import facts_from_config
+from workbench.models.memory import estimate_memory
 
 # Four sliding blocks to one global one, as Gemma 4 interleaves them
 KINDS = ["sliding_attention"] * 4 + ["full_attention"]
@@ -95,3 +96,16 @@ def test_a_session_loads_trains_and_answers_with_gemma4(gemma4_folder, tmp_path)
     losses = [r.loss for r in run.history if r.kind == "train"]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert isinstance(s.generate("Hello", max_new_tokens=3), str)
+
+
+def test_gemma_3n_s_mlp_widths_listed_block_by_block_are_counted():
+    """Gemma 3n lists intermediate_size per block: its weights could not be summed (a
+    TypeError out of estimate_memory) before."""
+    config = AutoConfig.for_model("gemma3n_text")
+    assert isinstance(config.intermediate_size, list)
+    with torch.device("meta"):
+        counted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    facts = facts_from_config(config)
+    assert facts.params == pytest.approx(counted, rel=1e-3)  # AltUp and LAuReL left out
+    est = estimate_memory(config, device="cpu", seq_len=64, batch_size=1)
+    assert est.weights == pytest.approx(counted * 4, rel=1e-3)  # float32 on CPU

@@ -555,7 +555,7 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         3072
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    if getattr(text, "is_heterogeneous", False):
+    if getattr(text, "is_heterogeneous", False) or _sizes_per_layer(text):
         text = _LayerMeans(text)
     layers, hidden = _read(text, "layers"), _read(text, "hidden")
     heads, vocab = _read(text, "heads"), _read(text, "vocab")
@@ -581,22 +581,34 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     )  # fmt: skip
 
 
+# Sizes a config may give block by block as a list (Gemma 3n's intermediate_size)
+_SIZES = ("intermediate_size", "num_key_value_heads", "num_attention_heads", "head_dim")
+
+
+def _sizes_per_layer(config: Any) -> bool:
+    return any(isinstance(getattr(config, key, None), (list, tuple)) for key in _SIZES)
+
+
 class _LayerMeans:
-    """A config whose blocks differ (Gemma 4's global blocks have wider heads) read as a
-    uniform one: a per-layer value is its mean over the blocks, which keeps the sums over
-    blocks (weights, saved activations) right where they are linear in it."""
+    """A config whose blocks differ (Gemma 4's global blocks have wider heads, Gemma 3n's
+    MLPs are listed block by block) read as a uniform one: a per-layer value is its mean over
+    the blocks, which keeps the sums over blocks (weights, saved activations) right where they
+    are linear in it."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self._per_layer = set(config.per_layer_attributes or ())
+        self._per_layer = set(getattr(config, "per_layer_attributes", None) or ())
 
     def __getattr__(self, key: str) -> Any:
-        if key not in self._per_layer:
-            return getattr(self.config, key)
-        values = [getattr(layer, key) for layer in self.config.per_layer_config]
+        if key in self._per_layer:
+            values = [getattr(layer, key) for layer in self.config.per_layer_config]
+        else:
+            values = getattr(self.config, key)
+            if key not in _SIZES or not isinstance(values, (list, tuple)):
+                return values
         numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        if len(numbers) != len(values):
-            return values[0]  # not a number: the first block's
+        if not numbers or len(numbers) != len(values):
+            return values[0] if values else None  # not numbers: the first block's
         return round(sum(numbers) / len(numbers))
 
 
