@@ -152,6 +152,7 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
         ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
         ("granitemoehybrid", {"mamba_proj_bias": True}, "or its projections have biases"),
+        ("bamba", {"time_step_limit": [0.0, 1.0]}, "clamps its Mamba-2 time steps"),
         ("lfm2_moe", {"norm_topk_prob": False}, "llama.cpp renormalises the chosen experts"),
         ("lfm2_moe", {"routed_scaling_factor": 2.0}, "does not scale the experts' weights"),
         ("lfm2_moe", {"tie_word_embeddings": False}, "LFM2-MoE with an output layer of its own"),

@@ -732,6 +732,11 @@ def gguf_variant(tmp_path, architecture, **changes):
                 "tie_word_embeddings": False,
             },
         ),
+        # Bamba: rotated halves of heads, more groups, its own output layer; biases everywhere
+        ("bamba", {"mamba_n_groups": 2, "tie_word_embeddings": False}),
+        ("bamba", {"attention_bias": True, "mlp_bias": True}),
+        ("bamba", {"mamba_conv_bias": False}),
+        ("granitemoehybrid", {"mamba_conv_bias": False}),  # zeros written: llama.cpp crashes
         # no routing bias (llama.cpp's graph needs one: zeros are written), every block with
         # experts, one expert a token
         ("lfm2_moe", {"use_expert_bias": False}),
@@ -760,6 +765,10 @@ def gguf_variant(tmp_path, architecture, **changes):
         "granite4h-rotary",
         "granite4h-experts",
         "granite4h-experts-top1-untied",
+        "bamba-two-groups-untied",
+        "bamba-biases",
+        "bamba-no-conv-bias",
+        "granite4h-no-conv-bias",
         "lfm2-moe-no-routing-bias",
         "lfm2-moe-no-dense-block-top1",
         "lfm2-attention-first-wider-conv",

@@ -220,20 +220,28 @@ def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
 
 
 def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
-    """Granite 4.0-H: its Mamba-2 blocks' sizes, which blocks attend, and no rotary encoding."""
+    """Granite 4.0-H and Bamba: their Mamba-2 blocks' sizes, which blocks attend, and whether
+    those rotate (Bamba's do, Granite 4.0-H's do not)."""
     inner = config.mamba_expand * config.hidden_size
+    limit = tuple(config.time_step_limit or (0.0, math.inf))
     if config.mamba_n_heads * config.mamba_d_head != inner or config.mamba_proj_bias:
         raise SpecError(
-            "GGUF export: this Granite 4.0-H's Mamba-2 heads do not fill its inner width (or "
-            "its projections have biases), which llama.cpp's graph assumes. Export as "
+            f"GGUF export: this {config.model_type} model's Mamba-2 heads do not fill its inner "
+            "width (or its projections have biases), which llama.cpp's graph assumes. Export "
+            "as 'safetensors' instead."
+        )
+    if limit != (0.0, math.inf):
+        raise SpecError(
+            f"GGUF export: this {config.model_type} model clamps its Mamba-2 time steps to "
+            f"time_step_limit={limit}; llama.cpp's graph never clamps them. Export as "
             "'safetensors' instead."
         )
-    rotary = config.position_embedding_type not in (None, "nope")
+    # Bamba's config has no position_embedding_type: it always rotates
+    rotary = getattr(config, "position_embedding_type", "rope") not in (None, "nope")
+    recurrent = mamba2_blocks(config)
     return {
         "attention.head_count_kv": [
-            # transformers names the Mamba blocks "linear_attention" once loaded, "mamba" before
-            kv_heads if kind in ("attention", "full_attention") else 0
-            for kind in config.layer_types
+            0 if block in recurrent else kv_heads for block in range(config.num_hidden_layers)
         ],
         "ssm.conv_kernel": int(config.mamba_d_conv),
         "ssm.state_size": int(config.mamba_d_state),
@@ -242,6 +250,19 @@ def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
         "ssm.time_step_rank": int(config.mamba_n_heads),
         "rope.scaling.finetuned": rotary,  # llama.cpp's switch for Granite's rotary encoding
     }
+
+
+def mamba2_blocks(config: Any) -> list[int]:
+    """The indices of a Granite 4.0-H or Bamba model's Mamba-2 blocks (the others attend).
+
+    Examples:
+        >>> from transformers import BambaConfig
+        >>> mamba2_blocks(BambaConfig(num_hidden_layers=4, attn_layer_indices=[1, 3]))
+        [0, 2]
+    """
+    # transformers names the attention blocks "attention" or "full_attention", by family
+    kinds = config.layer_types
+    return [i for i, kind in enumerate(kinds) if kind not in ("attention", "full_attention")]
 
 
 def _gated_deltanet_facts(config: Any) -> dict[str, Any]:
@@ -334,12 +355,14 @@ def _check_olmoe_heads(kv_heads: int, heads: int) -> None:
 
 
 def _granite_facts(config: Any) -> dict[str, float]:
-    # Granite's four multipliers, each a key llama.cpp requires.
+    # Granite's four multipliers, each a key llama.cpp's Granite requires; Bamba, which
+    # llama.cpp runs as Granite 4.0-H, has none: the plain scales are written
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return {
-        "embedding_scale": float(config.embedding_multiplier),
-        "residual_scale": float(config.residual_multiplier),
-        "attention.scale": float(config.attention_multiplier),
-        "logit_scale": float(config.logits_scaling),
+        "embedding_scale": float(getattr(config, "embedding_multiplier", 1.0)),
+        "residual_scale": float(getattr(config, "residual_multiplier", 1.0)),
+        "attention.scale": float(getattr(config, "attention_multiplier", head_dim**-0.5)),
+        "logit_scale": float(getattr(config, "logits_scaling", 1.0)),
     }
 
 

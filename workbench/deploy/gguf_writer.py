@@ -46,6 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from workbench.deploy.gguf_metadata import mamba2_blocks, rotary_dim
 from workbench.errors import SpecError, WorkbenchWarning
 
 __all__ = [
@@ -88,6 +89,7 @@ GGUF_ARCHITECTURES = {
     "lfm2_moe": "lfm2moe",  # and LFM2-MoE's experts after its dense first blocks
     "exaone4": "exaone4",
     "granitemoehybrid": "granitehybrid",  # Granite 4.0-H: Mamba-2 and attention blocks
+    "bamba": "granitehybrid",  # the same blocks, half of each attention head rotated
     "qwen3_5_text": "qwen35",  # Qwen3.5: Gated DeltaNet and gated attention blocks
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
@@ -167,7 +169,7 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, quantization: GGUFType = 
         >>> write_gguf(llama4.model, llama4.tokenizer, Path("/tmp/wb-doc-gguf_writer-llama4.gguf"))
         ... # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        workbench.errors.SpecError: GGUF export supports ernie4_5, ... models, \
+        workbench.errors.SpecError: GGUF export supports bamba, ernie4_5, ... models, \
 not 'llama4_text'. Export as 'safetensors' and convert it with llama.cpp's convert_hf_to_gguf.py \
 instead.
     """
@@ -364,11 +366,15 @@ def _output_is_the_embedding(model: Any) -> bool:
 
 
 def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
-    """Zero biases llama.cpp's GPT-NeoX, StarCoder2 and LFM2-MoE graphs require of a model
-    without them."""
+    """Zero biases llama.cpp's GPT-NeoX, StarCoder2, LFM2-MoE and Mamba-2 graphs require of a
+    model without them (its process crashes on a Mamba-2 convolution without one)."""
     import numpy as np
 
     hidden = config.hidden_size
+    if arch == "granitehybrid" and not getattr(config, "mamba_conv_bias", True):
+        state = 2 * config.mamba_n_groups * config.mamba_d_state  # the convolved B and C
+        channels = np.zeros(config.mamba_expand * hidden + state, dtype=np.float32)
+        return {f"blk.{block}.ssm_conv1d.bias": channels for block in mamba2_blocks(config)}
     if arch == "lfm2moe" and not getattr(config, "use_expert_bias", True):
         experts = np.zeros(config.num_experts, dtype=np.float32)  # no bias in picking them
         blocks = range(config.num_dense_layers, config.num_hidden_layers)
@@ -523,16 +529,32 @@ def tensor_type(name: str, shape: tuple[int, ...], quantization: str):
 _ONE_PLUS_NORMS = ("gemma", "gemma2", "gemma3", "qwen35")
 
 
+def _interleave_rotary_pairs(data, heads: int, rotated: int):
+    """Query or key rows from transformers' halves layout to llama.cpp's interleaved pairs
+    (its converter's ``LlamaModel.permute``), over each head's ``rotated`` leading rows only:
+    the rest (Bamba's second half) is not rotated and keeps its place.
+
+    Examples:
+        >>> import numpy as np
+        >>> _interleave_rotary_pairs(np.arange(6), heads=1, rotated=4).tolist()
+        [0, 2, 1, 3, 4, 5]
+    """
+    import numpy as np
+
+    shape = data.shape
+    per_head = data.reshape(heads, shape[0] // heads, *shape[1:])
+    halves = per_head[:, :rotated].reshape(heads, 2, rotated // 2, *shape[1:])
+    pairs = halves.swapaxes(1, 2).reshape(heads, rotated, *shape[1:])
+    return np.concatenate([pairs, per_head[:, rotated:]], axis=1).reshape(shape)
+
+
 def _to_gguf_layout(arch: str, gguf_name: str, data, config):
     """Reorder a tensor the way llama.cpp's graph for ``arch`` expects it."""
     if arch in _LLAMA_ROTARY and gguf_name.endswith(("attn_q", "attn_k")):
         heads = config.num_attention_heads
         if gguf_name.endswith("attn_k"):
             heads = config.num_key_value_heads
-        # llama.cpp's rotary permutation (convert_hf_to_gguf.py, LlamaModel.permute).
-        shape = data.shape
-        split = data.reshape(heads, 2, shape[0] // heads // 2, *shape[1:])
-        return split.swapaxes(1, 2).reshape(shape)
+        return _interleave_rotary_pairs(data, heads, rotary_dim(config))
     if arch in _ONE_PLUS_NORMS and gguf_name.endswith("norm") and "ssm_norm" not in gguf_name:
         return data + 1  # an RMSNorm that scales by (1 + weight): GGUF stores the sum
     if arch == "gpt2" and data.ndim == 2 and not gguf_name.endswith("_embd"):

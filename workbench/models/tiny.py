@@ -53,6 +53,7 @@ TinyArchitecture = Literal[
     "granitemoehybrid",
     "lfm2_moe",
     "qwen3_5",
+    "bamba",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -278,6 +279,17 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
                 "mamba_chunk_size": 16,
             },
         ),
+        # Bamba (9B): Granite 4.0-H's blocks without its multipliers; its attention blocks
+        # rotate half of each head
+        "bamba": (
+            transformers.BambaConfig,
+            {
+                "attn_layer_indices": list(range(1, layers, 2)),
+                "mamba_n_heads": heads,
+                "mamba_d_state": 16,
+                "mamba_chunk_size": 16,
+            },
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -310,7 +322,8 @@ def build_tiny_model(
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
             ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
-            ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks),
+            ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks), ``"bamba"``
+            (Mamba-2 and attention blocks, half of each head rotated),
             ``"lfm2_moe"`` (LFM2 with experts after a dense first block), ``"qwen3_5"``
             (Qwen3.5: Gated DeltaNet and gated attention blocks), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear
