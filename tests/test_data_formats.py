@@ -503,7 +503,7 @@ def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, ca
     sheet.append(["Empty?", None])
     sheet.append(["stray", "x", "a value under no header"])
     book.save(path)
-    with pytest.raises(DataError, match=r"sums\.xlsx, row 8, field 'answer': missing"):
+    with pytest.raises(DataError, match=r"sums\.xlsx\[Sheet\], row 8, field 'answer': missing"):
         load(path, tokenizer, cache_dir)
     skipped = load(path, tokenizer, cache_dir, on_error="skip")
     assert [(p.row, p.kind) for p in skipped.skipped] == [(8, "malformed"), (9, "malformed")]
@@ -519,6 +519,48 @@ def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, ca
     (tmp_path / "sums.xlsx.gz").write_bytes(b"x")
     with pytest.raises(DataError, match=r"unsupported file type '\.xlsx\.gz'"):
         load(tmp_path / "sums.xlsx.gz", tokenizer, cache_dir)
+
+
+def test_a_workbook_s_train_and_validation_sheets_are_its_splits(tmp_path, tokenizer, cache_dir):
+    """As a DatasetDict's splits: the sheet named train (not the notes before it) is trained
+    on, the one named test is the validation split, each read and cached on its own; messages
+    name the sheet."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.title = "notes"
+    book.active.append(["Read me first: the data is on the other sheets."])
+    train = book.create_sheet(" Train ")
+    train.append(["question", "answer"])
+    for i in range(6):
+        train.append([f"What is {i}+{i}?", str(2 * i)])
+    held_out = book.create_sheet("Test")
+    held_out.append(["question", "answer"])
+    held_out.append(["What is 9+9?", "18"])
+    path = tmp_path / "sums.xlsx"
+    book.save(path)
+    data = load(path, tokenizer, cache_dir, validation=0.1)  # the default: a sheet wins
+    assert [m[-1]["content"] for m in data.train["messages"]] == [str(2 * i) for i in range(6)]
+    assert [m[-1]["content"] for m in data.validation["messages"]] == ["18"]
+    assert data.train["source_row"] == [2, 3, 4, 5, 6, 7]
+    held_out.append(["What is 5+5?", None])
+    book.save(path)
+    with pytest.raises(DataError, match=r"sums\.xlsx\[Test\], row 3, field 'answer': missing"):
+        load(path, tokenizer, cache_dir, validation=0.1)
+    book.create_sheet("Eval").append(["question", "answer"])  # eval before test, as splits
+    book.save(path)
+    with pytest.raises(DataError, match=r"sums\.xlsx\[Eval\]: empty \(no rows\)"):
+        load(path, tokenizer, cache_dir, validation=0.1)
+    del book["Test"], book["Eval"]
+    book.save(path)
+    split = load(path, tokenizer, cache_dir, validation=0.5)  # no validation sheet: a split
+    assert len(split.train) == 3 and len(split.validation) == 3
+    single = Workbook()
+    single.active.append(["question", "answer"])
+    single.active.append(["Where?", None])
+    single.save(tmp_path / "one.xlsx")  # one sheet: the message names the file alone
+    with pytest.raises(DataError, match=r"one\.xlsx, row 2, field 'answer': missing"):
+        load(tmp_path / "one.xlsx", tokenizer, cache_dir)
 
 
 def _trained_text(tokenizer, row):

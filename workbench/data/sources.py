@@ -11,7 +11,10 @@ parse whole. A CSV file's delimiter is read from its header: commas, or the semi
 tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated). Text files may
 be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``, ``.zst``): they are decompressed as they
 are read, and a damaged or cut-short one raises a ``DataError`` naming it. An Excel workbook
-(``.xlsx``) is read from its first sheet, rows numbered as the spreadsheet shows them.
+(``.xlsx``) is read from its sheet named ``train`` (else its first sheet), and a sheet named
+``validation``, ``valid``, ``eval`` or ``test`` is its validation split, as in a ``DatasetDict``;
+rows are numbered as the spreadsheet shows them, and messages name the sheet when there are
+several (``book.xlsx[train]``).
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -116,13 +119,13 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
 
     Args:
         source: A ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet``/``.xlsx`` path (an Excel
-            workbook: its first sheet, the first non-blank row as header), a folder written by
-            ``datasets.save_to_disk``, a ``datasets.Dataset`` or ``DatasetDict``, a pandas
-            ``DataFrame``, or a list of dicts.
+            workbook: its ``train`` sheet or else its first, the first non-blank row as
+            header), a folder written by ``datasets.save_to_disk``, a ``datasets.Dataset`` or
+            ``DatasetDict``, a pandas ``DataFrame``, or a list of dicts.
 
     Returns:
-        ``(main, validation)``; ``validation`` is a ``DatasetDict``'s ``validation``,
-        ``valid``, ``eval`` or ``test`` split, else ``None``.
+        ``(main, validation)``; ``validation`` is a ``DatasetDict``'s (or a workbook's)
+        ``validation``, ``valid``, ``eval`` or ``test`` split (sheet), else ``None``.
 
     Raises:
         DataError: The path does not exist, or the kind of source is not supported.
@@ -170,6 +173,8 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
         ".xlsx": _read_xlsx,
     }
     kind = _file_type(path)
+    if kind == ".xlsx" and path.suffix.lower() == ".xlsx":
+        return _workbook_sources(path)
     reader = readers.get(kind)
     if reader is None or (kind in _NOT_COMPRESSIBLE and kind != path.suffix.lower()):
         compressed = path.suffix.lower() in COMPRESSIONS
@@ -182,10 +187,14 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
     unit: Unit = "row" if kind in _NOT_COMPRESSIBLE else "line"
     if reader is _read_json and _is_json_document(path):
         unit = "item"
+    return Source(path.name, unit, lambda: reader(path), _file_fingerprint(path)), None
+
+
+def _file_fingerprint(path: Path, part: str = "") -> str:
+    """The identity of a file's content (path, size, time written) and of ``part`` of it."""
     stat = path.stat()
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    fingerprint = hashlib.sha1(key.encode()).hexdigest()
-    return Source(path.name, unit, lambda: reader(path), fingerprint), None
+    return hashlib.sha1(f"{key}|{part}".encode() if part else key.encode()).hexdigest()
 
 
 def _data_files_hint(folder: Path) -> str:
@@ -440,20 +449,46 @@ def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
     return RawRow(number, dict(record))
 
 
-def _read_xlsx(path: Path) -> Iterator[RawRow]:
-    """The first sheet's rows under its header row, numbered as the spreadsheet shows them."""
+def _workbook_sources(path: Path) -> tuple[Source, Source | None]:
+    """A workbook's training sheet (``train``, else the first) and validation sheet, if any."""
+    book = _open_workbook(path)
+    try:
+        sheets = [sheet.title for sheet in book.worksheets]  # chart sheets hold no rows
+    finally:
+        book.close()
+    by_name = {name.strip().lower(): name for name in reversed(sheets)}  # the first one wins
+    main = by_name.get("train", sheets[0])
+    val = next((by_name[n] for n in _VALIDATION_SPLITS if by_name.get(n, main) != main), None)
+
+    def source(sheet: str) -> Source:
+        label = f"{path.name}[{sheet}]" if len(sheets) > 1 else path.name
+        fingerprint = _file_fingerprint(path, sheet)
+        return Source(label, "row", lambda: _read_xlsx(path, sheet), fingerprint)
+
+    return source(main), (source(val) if val is not None else None)
+
+
+def _open_workbook(path: Path) -> Any:
     import zipfile
 
     from openpyxl import load_workbook
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
-        book = load_workbook(path, read_only=True, data_only=True)
+        return load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as err:
         msg = f"{path.name}: not a readable Excel workbook ({err}); save it again as .xlsx or CSV"
         raise DataError(msg) from None
+
+
+def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
+    """A sheet's rows (the first one's by default) under its header row, numbered as the
+    spreadsheet shows them."""
+    book = _open_workbook(path)
     try:
-        rows = book.worksheets[0].iter_rows(values_only=True)
+        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows(
+            values_only=True
+        )
         header: list[str | None] | None = None
         for number, cells in enumerate(rows, start=1):
             if all(cell is None or cell == "" for cell in cells):
