@@ -124,7 +124,7 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     if arch == "olmoe":
         _check_olmoe_heads(facts["attention.head_count_kv"], heads)
     if arch in ("granite", "granitemoe", "granitehybrid"):
-        facts.update(_granite_facts(config))
+        facts.update(_granite_facts(config, head_dim))
     if arch == "olmo2":
         facts.update(_olmo3_window(config))
     facts.update(_block_kinds_facts(arch, config, kv_heads))
@@ -198,9 +198,8 @@ def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
             "GGUF export: LFM2 with rope scaling; llama.cpp's LFM2 rotates without it. "
             "Export as 'safetensors' instead."
         )
-    kinds = config.layer_types
     return {
-        "attention.head_count_kv": [kv_heads if kind != "conv" else 0 for kind in kinds],
+        "attention.head_count_kv": _kv_heads_per_block(config, kv_heads),
         "shortconv.l_cache": int(config.conv_L_cache),
     }
 
@@ -238,11 +237,8 @@ def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
         )
     # Bamba's config has no position_embedding_type: it always rotates
     rotary = getattr(config, "position_embedding_type", "rope") not in (None, "nope")
-    recurrent = mamba2_blocks(config)
     return {
-        "attention.head_count_kv": [
-            0 if block in recurrent else kv_heads for block in range(config.num_hidden_layers)
-        ],
+        "attention.head_count_kv": _kv_heads_per_block(config, kv_heads),
         "ssm.conv_kernel": int(config.mamba_d_conv),
         "ssm.state_size": int(config.mamba_d_state),
         "ssm.group_count": int(config.mamba_n_groups),
@@ -252,17 +248,12 @@ def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
     }
 
 
-def mamba2_blocks(config: Any) -> list[int]:
-    """The indices of a Granite 4.0-H or Bamba model's Mamba-2 blocks (the others attend).
+def _kv_heads_per_block(config: Any, kv_heads: int) -> list[int]:
+    # llama.cpp learns which blocks of a hybrid attend from their key/value head counts
+    from workbench.models.catalog import recurrent_blocks
 
-    Examples:
-        >>> from transformers import BambaConfig
-        >>> mamba2_blocks(BambaConfig(num_hidden_layers=4, attn_layer_indices=[1, 3]))
-        [0, 2]
-    """
-    # transformers names the attention blocks "attention" or "full_attention", by family
-    kinds = config.layer_types
-    return [i for i, kind in enumerate(kinds) if kind not in ("attention", "full_attention")]
+    recurrent = set(recurrent_blocks(config))
+    return [0 if block in recurrent else kv_heads for block in range(config.num_hidden_layers)]
 
 
 def _gated_deltanet_facts(config: Any) -> dict[str, Any]:
@@ -354,10 +345,9 @@ def _check_olmoe_heads(kv_heads: int, heads: int) -> None:
         raise SpecError(msg)
 
 
-def _granite_facts(config: Any) -> dict[str, float]:
+def _granite_facts(config: Any, head_dim: int) -> dict[str, float]:
     # Granite's four multipliers, each a key llama.cpp's Granite requires; Bamba, which
     # llama.cpp runs as Granite 4.0-H, has none: the plain scales are written
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return {
         "embedding_scale": float(getattr(config, "embedding_multiplier", 1.0)),
         "residual_scale": float(getattr(config, "residual_multiplier", 1.0)),

@@ -46,7 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench.deploy.gguf_metadata import mamba2_blocks, rotary_dim
+from workbench.deploy.gguf_metadata import rotary_dim
 from workbench.errors import SpecError, WorkbenchWarning
 
 __all__ = [
@@ -372,9 +372,10 @@ def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
 
     hidden = config.hidden_size
     if arch == "granitehybrid" and not getattr(config, "mamba_conv_bias", True):
-        state = 2 * config.mamba_n_groups * config.mamba_d_state  # the convolved B and C
-        channels = np.zeros(config.mamba_expand * hidden + state, dtype=np.float32)
-        return {f"blk.{block}.ssm_conv1d.bias": channels for block in mamba2_blocks(config)}
+        from workbench.models.catalog import facts_from_config, recurrent_blocks
+
+        channels = np.zeros(facts_from_config(config).mixer.channels, dtype=np.float32)
+        return {f"blk.{block}.ssm_conv1d.bias": channels for block in recurrent_blocks(config)}
     if arch == "lfm2moe" and not getattr(config, "use_expert_bias", True):
         experts = np.zeros(config.num_experts, dtype=np.float32)  # no bias in picking them
         blocks = range(config.num_dense_layers, config.num_hidden_layers)

@@ -27,6 +27,7 @@ __all__ = [
     "facts_from_config",
     "get_facts",
     "mlp_width",
+    "recurrent_blocks",
 ]
 
 
@@ -678,13 +679,24 @@ _DELTANET_CHUNK = 64  # transformers' chunked gated delta rule
 _ATTENTION_KINDS = {"attention", "full_attention", "sliding_attention"}
 
 
-def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
-    """The recurrent blocks' mixer, from ``layer_types`` (LFM2 says ``"conv"``, Granite
-    4.0-H ``"mamba"`` before loading and ``"linear_attention"`` after, Bamba and Qwen3.5 the
-    latter)."""
-    kind = _MIXERS.get(getattr(config, "model_type", ""))
+def recurrent_blocks(config: Any) -> list[int]:
+    """Indices of a hybrid model's blocks that do not attend, from its ``layer_types`` (LFM2
+    says ``"conv"``, Granite 4.0-H ``"mamba"`` before loading and ``"linear_attention"``
+    after, Bamba and Qwen3.5 the latter); empty when every block attends.
+
+    Examples:
+        >>> from transformers import BambaConfig
+        >>> recurrent_blocks(BambaConfig(num_hidden_layers=4, attn_layer_indices=[1, 3]))
+        [0, 2]
+    """
     types = getattr(config, "layer_types", None) or ()
-    recurrent = {i for i, name in enumerate(types) if name not in _ATTENTION_KINDS}
+    return [i for i, name in enumerate(types) if name not in _ATTENTION_KINDS]
+
+
+def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
+    """The mixer of a hybrid model's recurrent blocks (see :func:`recurrent_blocks`)."""
+    kind = _MIXERS.get(getattr(config, "model_type", ""))
+    recurrent = set(recurrent_blocks(config))
     if kind is None or not recurrent:
         return None
     shared = dict(layers=len(recurrent), with_experts=len(recurrent & expert_blocks))

@@ -105,6 +105,11 @@ def _train_tokenizer(vocab_size: int):
     )
 
 
+def _alternating(recurrent: str, attention: str, layers: int) -> list[str]:
+    """A hybrid's ``layer_types``: a recurrent block, then an attention one, in turn."""
+    return [recurrent if i % 2 == 0 else attention for i in range(layers)]
+
+
 def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokenizer):
     import transformers
 
@@ -227,7 +232,7 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         "lfm2": (
             transformers.Lfm2Config,
             {
-                "layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
+                "layer_types": _alternating("conv", "full_attention", layers),
                 "block_multiple_of": 32,
             },
         ),
@@ -236,7 +241,7 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
         "lfm2_moe": (
             transformers.Lfm2MoeConfig,
             {
-                "layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
+                "layer_types": _alternating("conv", "full_attention", layers),
                 "num_dense_layers": 1,
                 "num_experts": 4,
                 "num_experts_per_tok": 2,
@@ -249,8 +254,7 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Qwen3_5TextConfig,
             {
                 "head_dim": 16,
-                "layer_types": ["linear_attention", "full_attention"] * (layers // 2)
-                + ["linear_attention"] * (layers % 2),
+                "layer_types": _alternating("linear_attention", "full_attention", layers),
                 "linear_num_key_heads": heads,
                 "linear_num_value_heads": heads,
                 "linear_key_head_dim": 16,
@@ -269,7 +273,7 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.GraniteMoeHybridConfig,
             {
                 **granite_multipliers,
-                "layer_types": ["mamba", "attention"] * (layers // 2) + ["mamba"] * (layers % 2),
+                "layer_types": _alternating("mamba", "attention", layers),
                 "num_local_experts": 0,
                 "shared_intermediate_size": hidden * 2,
                 "position_embedding_type": "nope",
