@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 import torch
-from deploy_fixtures import make_adapter
+from deploy_fixtures import LLAMA3_ROPE, make_adapter
 
 import workbench as wb
 from workbench.deploy.serve import port_is_free
@@ -153,6 +153,14 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
         ("granitemoehybrid", {"mamba_proj_bias": True}, "or its projections have biases"),
         ("bamba", {"time_step_limit": [0.0, 1.0]}, "clamps its Mamba-2 time steps"),
+        ("falcon_h1", {"time_step_limit": [0.0, 1.0]}, "clamps its Mamba-2 time steps"),
+        ("falcon_h1", {"mamba_proj_bias": True}, "mamba_proj_bias=True"),
+        # what llama.cpp's falcon-h1 leaves out: attention's output bias, the Mamba-2 output
+        # projection's, a norm before the gate (transformers' default), Llama 3's rope factors
+        ("falcon_h1", {"attention_bias": True}, "Falcon-H1 with attention_bias=True"),
+        ("falcon_h1", {"projectors_bias": True}, "Falcon-H1 with projectors_bias=True"),
+        ("falcon_h1", {"mamba_rms_norm": True}, "Falcon-H1 with mamba_norm_before_gate=True"),
+        ("falcon_h1", {"rope_parameters": LLAMA3_ROPE}, "Falcon-H1 with Llama 3's rope scaling"),
         ("lfm2_moe", {"norm_topk_prob": False}, "llama.cpp renormalises the chosen experts"),
         ("lfm2_moe", {"routed_scaling_factor": 2.0}, "does not scale the experts' weights"),
         ("lfm2_moe", {"tie_word_embeddings": False}, "LFM2-MoE with an output layer of its own"),

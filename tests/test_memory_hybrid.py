@@ -12,13 +12,14 @@ from __future__ import annotations
 import pytest
 import torch
 from memory_checks import estimate_error, saved_growth
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from workbench.models.catalog import facts_from_config
 from workbench.models.info import model_info
 from workbench.models.loading import load_model
 from workbench.models.tiny import build_tiny_model
+from workbench.train.core import make_trainable
 
 SHAPE = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2)
 MAMBA = dict(mamba_n_heads=12, mamba_d_head=64, mamba_expand=2, mamba_d_state=64)
@@ -46,6 +47,15 @@ CONFIGS = {
     )),
     "bamba": ("bamba", dict(**SHAPE, **MAMBA, intermediate_size=1024, attn_layer_indices=[1])),
     "qwen3_5": ("qwen3_5_text", dict(**SHAPE, **DELTANET, head_dim=64, intermediate_size=1024)),
+    # Mamba-2 beside attention in every block, untied output
+    "falcon_h1": ("falcon_h1", dict(
+        **SHAPE, **MAMBA, head_dim=64, mamba_d_ssm=768, intermediate_size=1024,
+        mamba_chunk_size=64, tie_word_embeddings=False,
+    )),
+    "falcon_h1_norm": ("falcon_h1", dict(
+        **SHAPE, **MAMBA, head_dim=64, mamba_d_ssm=768, intermediate_size=1024,
+        mamba_chunk_size=64, mamba_rms_norm=True, mamba_n_groups=2,
+    )),
 }  # fmt: skip
 # Blocks by (experts, attention): LFM2-MoE's first two blocks are dense
 BLOCK_KINDS = {
@@ -55,6 +65,8 @@ BLOCK_KINDS = {
     "granite_4_h_experts": {(True, False): 3, (True, True): 1},
     "bamba": {(False, False): 3, (False, True): 1},
     "qwen3_5": {(False, False): 3, (False, True): 1},
+    "falcon_h1": {(False, True): 4},
+    "falcon_h1_norm": {(False, True): 4},
 }
 
 
@@ -71,7 +83,7 @@ def test_weights_and_adapter_are_counted_as_the_model_has_them(name):
     model = AutoModelForCausalLM.from_config(config)
     # LFM2's query/key norms (head_dim weights each) are the only weights left uncounted
     assert facts.params == pytest.approx(sum(p.numel() for p in model.parameters()), rel=1e-3)
-    lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+    lora = make_trainable(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
     assert facts.lora_params(8) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert facts.block_kinds() == BLOCK_KINDS[name]
 
@@ -120,12 +132,32 @@ def test_each_block_kind_saves_what_the_estimate_counts(name, kind, other, chang
     assert estimated == pytest.approx(measured, rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("name", "changes"),
+    [
+        ("falcon_h1", {}),
+        ("falcon_h1_norm", {}),
+        ("falcon_h1", dict(
+            mamba_n_heads=24, mamba_d_head=32, mamba_d_state=128, mamba_n_groups=2,
+            mamba_chunk_size=128,
+        )),
+    ],
+)  # fmt: skip
+def test_falcon_h1_s_blocks_save_attention_and_mamba_2_together(name, changes):
+    """Falcon-H1 runs a Mamba-2 layer beside attention in every block: two more blocks save
+    what both save (counted as attention alone, the estimate was 0.16-0.30x of it)."""
+    two = _config(name, num_hidden_layers=2, **changes)
+    four = _config(name, num_hidden_layers=4, **changes)
+    measured, estimated = saved_growth(two, four)
+    assert estimated == pytest.approx(measured, rel=0.05)
+
+
 @pytest.fixture(scope="module")
 def hybrid_folders(tmp_path_factory, tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
     folders = {}
-    for name in ("lfm2", "granite_4_h", "qwen3_5"):
+    for name in ("lfm2", "granite_4_h", "qwen3_5", "falcon_h1"):
         torch.manual_seed(0)
         folder = tmp_path_factory.mktemp("hybrid") / name
         model = AutoModelForCausalLM.from_config(_config(name, len(tokenizer), **ids))
@@ -137,16 +169,26 @@ def hybrid_folders(tmp_path_factory, tiny_model_dir):
 
 @pytest.mark.parametrize(
     ("name", "quantization"),
-    [("lfm2", None), ("granite_4_h", None), ("granite_4_h", "4bit"), ("qwen3_5", None)],
-)
+    [
+        ("lfm2", None), ("granite_4_h", None), ("granite_4_h", "4bit"), ("qwen3_5", None),
+        ("falcon_h1", None), ("falcon_h1", "4bit"),
+    ],
+)  # fmt: skip
 def test_estimate_within_15_percent_of_measured_peak(hybrid_folders, name, quantization):
     settings = dict(quantization=quantization, lora_r=8, seq_len=256, batch_size=4)
-    assert abs(estimate_error(hybrid_folders[name], **settings)) < 0.15
+    # Falcon-H1's step peaked at 1019-1054 MiB in 7 processes of 8 and at 908 in one: its
+    # peak is the highest of three
+    runs = 3 if name == "falcon_h1" else 1
+    assert abs(estimate_error(hybrid_folders[name], runs=runs, **settings)) < 0.15
 
 
 @pytest.mark.parametrize(
     ("architecture", "blocks"),
-    [("lfm2", "2 short-convolution, 1 attention"), ("granitemoehybrid", "2 Mamba-2, 1 attention")],
+    [
+        ("lfm2", "2 short-convolution, 1 attention"),
+        ("granitemoehybrid", "2 Mamba-2, 1 attention"),
+        ("falcon_h1", "3 attention + Mamba-2 side by side"),
+    ],
 )
 def test_model_facts_say_which_blocks_attend(tmp_path, architecture, blocks):
     folder = build_tiny_model(tmp_path / architecture, architecture, layers=3)
@@ -160,3 +202,32 @@ def test_model_facts_say_which_blocks_attend(tmp_path, architecture, blocks):
 def test_model_facts_name_qwen3_5_s_linear_attention_blocks(hybrid_folders):
     info = model_info(load_model(str(hybrid_folders["qwen3_5"]), on_event=len))
     assert info.blocks == "3 Gated DeltaNet, 1 attention"
+
+
+@pytest.mark.parametrize(
+    ("model_type", "settings", "why"),
+    [
+        ("nemotron_h", dict(layers_block_type=["mamba", "mlp", "attention", "mlp"]),
+         "each of its blocks is a Mamba-2, attention, MLP or experts layer alone"),
+        ("mamba", {}, "Mamba layers without attention"),
+    ],
+)  # fmt: skip
+def test_a_block_layout_the_estimate_does_not_model_is_refused_not_guessed(
+    tmp_path, tiny_model_dir, model_type, settings, why
+):
+    """Counted as attention + MLP blocks, a tiny Nemotron-H came out at 53M weights with
+    experts in every block (it has 139k, and no experts): better no number than that one."""
+    import workbench as wb
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=4, **settings)
+    with pytest.raises(wb.SpecError, match=f"does not model {model_type} models yet: .*{why}"):
+        facts_from_config(config)
+    folder = tmp_path / model_type
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config.vocab_size = len(tokenizer)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(wb.SpecError, match="does not model"):
+        wb.estimate_memory(str(folder), seq_len=64, batch_size=2)
+    info = model_info(load_model(str(folder), on_event=len))
+    assert info.experts is None and info.blocks is None  # no guessed facts either

@@ -23,7 +23,12 @@ written, taken from the transformers config:
   every-4th pattern (else the export is refused);
 - GPT-NeoX: ``use_parallel_residual``; GPT-2: no rope keys (its positions are learned);
 - OLMo 3 (written as OLMo 2): ``attention.sliding_window``, the blocks sliding as llama.cpp
-  fixes them (three of every four; else the export is refused).
+  fixes them (three of every four; else the export is refused);
+- Mamba-2 hybrids (Granite 4.0-H and Bamba as ``granitehybrid``, Falcon-H1 as
+  ``falcon-h1``): ``ssm.conv_kernel``, ``ssm.state_size``, ``ssm.group_count``,
+  ``ssm.inner_size`` and ``ssm.time_step_rank``; for ``granitehybrid`` a key/value head
+  count per block (0: a Mamba-2 block) and Granite's multipliers. No key carries Falcon-H1's
+  multipliers: the writer folds them into the weights.
 
 No key names the MLP's activation (each family's graph fixes it), so a config whose
 activation differs from its family's is refused, as are settings no key can express.
@@ -205,12 +210,12 @@ def _lfm2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
 
 
 def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
-    """Families whose blocks differ by kind: LFM2's and Granite 4.0-H's recurrent blocks,
-    EXAONE 4's sliding ones."""
+    """Families whose blocks differ by kind (LFM2's and Granite 4.0-H's recurrent blocks,
+    EXAONE 4's sliding ones) or hold two (Falcon-H1: Mamba-2 beside attention in each)."""
     if arch in ("lfm2", "lfm2moe"):
         return _lfm2_facts(config, kv_heads)
-    if arch == "granitehybrid":
-        return _mamba2_facts(config, kv_heads)
+    if arch in ("granitehybrid", "falcon-h1"):
+        return _mamba2_facts(arch, config, kv_heads)
     if arch == "qwen35":
         return _gated_deltanet_facts(config)
     if arch == "exaone4":
@@ -218,16 +223,17 @@ def _block_kinds_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
     return {}
 
 
-def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
-    """Granite 4.0-H and Bamba: their Mamba-2 blocks' sizes, which blocks attend, and whether
-    those rotate (Bamba's do, Granite 4.0-H's do not)."""
-    inner = config.mamba_expand * config.hidden_size
+def _mamba2_facts(arch: str, config: Any, kv_heads: int) -> dict[str, Any]:
+    """Granite 4.0-H, Bamba and Falcon-H1: their Mamba-2 layers' sizes; for the first two,
+    which blocks attend, and whether those rotate (Bamba's do, Granite 4.0-H's do not)."""
+    # Falcon-H1 may set the Mamba-2 width apart from the hidden size (mamba_d_ssm)
+    inner = int(getattr(config, "mamba_d_ssm", None) or config.mamba_expand * config.hidden_size)
     limit = tuple(config.time_step_limit or (0.0, math.inf))
     if config.mamba_n_heads * config.mamba_d_head != inner or config.mamba_proj_bias:
         raise SpecError(
             f"GGUF export: this {config.model_type} model's Mamba-2 heads do not fill its inner "
-            "width (or its projections have biases), which llama.cpp's graph assumes. Export "
-            "as 'safetensors' instead."
+            "width (or its projections have biases: mamba_proj_bias=True), which llama.cpp's "
+            "graph assumes. Export as 'safetensors' instead."
         )
     if limit != (0.0, math.inf):
         raise SpecError(
@@ -235,17 +241,51 @@ def _mamba2_facts(config: Any, kv_heads: int) -> dict[str, Any]:
             f"time_step_limit={limit}; llama.cpp's graph never clamps them. Export as "
             "'safetensors' instead."
         )
-    # Bamba's config has no position_embedding_type: it always rotates
-    rotary = getattr(config, "position_embedding_type", "rope") not in (None, "nope")
-    return {
-        "attention.head_count_kv": _kv_heads_per_block(config, kv_heads),
+    facts = {
         "ssm.conv_kernel": int(config.mamba_d_conv),
         "ssm.state_size": int(config.mamba_d_state),
         "ssm.group_count": int(config.mamba_n_groups),
-        "ssm.inner_size": int(inner),
+        "ssm.inner_size": inner,
         "ssm.time_step_rank": int(config.mamba_n_heads),
+    }
+    if arch == "falcon-h1":  # every block attends, with the model's own key/value heads
+        _check_falcon_h1(config)
+        return facts
+    # Bamba's config has no position_embedding_type: it always rotates
+    rotary = getattr(config, "position_embedding_type", "rope") not in (None, "nope")
+    return {
+        **facts,
+        "attention.head_count_kv": _kv_heads_per_block(config, kv_heads),
         "rope.scaling.finetuned": rotary,  # llama.cpp's switch for Granite's rotary encoding
     }
+
+
+def _check_falcon_h1(config: Any) -> None:
+    """Refuse the Falcon-H1 settings llama.cpp's falcon-h1 graph computes otherwise: it
+    gates the Mamba-2 output before its norm, adds no bias to attention's output or to the
+    Mamba-2 output projection, and rotates without per-frequency factors (Llama 3's
+    scaling)."""
+    if config.mamba_rms_norm and config.mamba_norm_before_gate:
+        raise SpecError(
+            "GGUF export: Falcon-H1 with mamba_norm_before_gate=True (and mamba_rms_norm=True) "
+            "norms its Mamba-2 output before gating it; llama.cpp gates first. Export as "
+            "'safetensors' instead."
+        )
+    if config.attention_bias:
+        raise SpecError(
+            "GGUF export: Falcon-H1 with attention_bias=True; llama.cpp's falcon-h1 never adds "
+            "the bias of attention's output projection. Export as 'safetensors' instead."
+        )
+    if config.projectors_bias:
+        raise SpecError(
+            "GGUF export: Falcon-H1 with projectors_bias=True (a bias on its Mamba-2 output "
+            "projection); llama.cpp's falcon-h1 has none. Export as 'safetensors' instead."
+        )
+    if rope_freqs(config) is not None:
+        raise SpecError(
+            "GGUF export: Falcon-H1 with Llama 3's rope scaling (config.rope_parameters); "
+            "llama.cpp's falcon-h1 rotates without its factors. Export as 'safetensors' instead."
+        )
 
 
 def _kv_heads_per_block(config: Any, kv_heads: int) -> list[int]:

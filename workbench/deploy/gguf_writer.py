@@ -90,6 +90,7 @@ GGUF_ARCHITECTURES = {
     "exaone4": "exaone4",
     "granitemoehybrid": "granitehybrid",  # Granite 4.0-H: Mamba-2 and attention blocks
     "bamba": "granitehybrid",  # the same blocks, half of each attention head rotated
+    "falcon_h1": "falcon-h1",  # Falcon-H1: Mamba-2 beside attention in every block
     "qwen3_5_text": "qwen35",  # Qwen3.5: Gated DeltaNet and gated attention blocks
 }
 GGUFType = Literal["f32", "f16", "q8_0", "q4_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
@@ -314,7 +315,11 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
     return lowered
 
 
-_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe", "gptneox"}
+# llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM, Qwen2-MoE and GPT-NeoX graphs need an output
+# matrix even when it is tied; Falcon-H1's embedding and output fold different multipliers.
+_NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe", "gptneox", "falcon-h1"}
+# Families with Mamba-2 layers, written as llama.cpp's converter writes them (_mamba2_parts)
+_MAMBA2 = {"granitehybrid", "falcon-h1"}
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe", "granitehybrid"}
@@ -328,16 +333,15 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     config = model.config
     arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
     names = gguf.get_tensor_name_map(arch_id, config.num_hidden_layers)
-    # llama.cpp's OLMo 2, OLMoE, Phi-2, StableLM, Qwen2-MoE and GPT-NeoX graphs need an
-    # output matrix even when it is tied.
     tied = _output_is_the_embedding(model) and arch not in _NEEDS_OUTPUT
+    scales = falcon_h1_scales(config) if arch == "falcon-h1" else {}
     for name, factors in {**rope_tensors(config), **_absent_biases(arch, config)}.items():
         writer.add_tensor(name, factors)
     for hf_name, tensor in model.state_dict().items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
         parts = _split_fused_experts(hf_name, tensor.detach().float().cpu())
-        if arch == "granitehybrid":
+        if arch in _MAMBA2:
             parts = [p for name, data in parts for p in _mamba2_parts(name, data, config)]
         if arch == "qwen35":
             parts = [_gated_deltanet_part(name, data, config) for name, data in parts]
@@ -352,7 +356,7 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
                 gguf_name = name = names.get_name(part_name)
             if gguf_name is None:
                 raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
-            data = _to_gguf_layout(arch, gguf_name, part, config)
+            data = _to_gguf_layout(arch, gguf_name, _fold(part_name, part, scales), config)
             qtype = tensor_type(name, data.shape, quantization)
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
 
@@ -371,7 +375,7 @@ def _absent_biases(arch: str, config: Any) -> dict[str, Any]:
     import numpy as np
 
     hidden = config.hidden_size
-    if arch == "granitehybrid" and not getattr(config, "mamba_conv_bias", True):
+    if arch in _MAMBA2 and not getattr(config, "mamba_conv_bias", True):
         from workbench.models.catalog import facts_from_config, recurrent_blocks
 
         channels = np.zeros(facts_from_config(config).mixer.channels, dtype=np.float32)
@@ -423,7 +427,8 @@ _FLOAT32_ONLY = ("norm.weight", "shortconv.conv.weight", "ssm_conv1d.weight")
 
 
 def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]:
-    """Granite 4.0-H's tensors as llama.cpp's converter writes them (its Mamba2Model).
+    """Granite 4.0-H's and Falcon-H1's tensors as llama.cpp's converter writes them (its
+    Mamba2Model).
 
     A is stored as ``-exp(A_log)``; A and D get a unit axis; the gated norm is split into its
     groups; the bias of the time steps is ``dt_proj``'s; the dense MLP's fused
@@ -452,6 +457,60 @@ def _mamba2_parts(hf_name: str, data: Any, config: Any) -> list[tuple[str, Any]]
     elif hf_name.endswith("shared_mlp.output_linear.weight"):
         name = f"{block}.{mlp}.down_proj.weight"
     return [(name, value)]
+
+
+def falcon_h1_scales(config: Any) -> dict[str, Any]:
+    """Falcon-H1's multipliers as factors of its weights and biases, by how their names end.
+
+    transformers scales activations: the embeddings, the logits, attention's input, keys and
+    output, the Mamba-2 layer's input and output (and each part of its input projection, z,
+    x, B, C and the time steps, by ``ssm_multipliers``), the MLP's gate and down
+    projections. llama.cpp's falcon-h1 graph reads none of them, so, as its converter does,
+    each is folded into the weights of the layer it scales (the MLP's biases too; Falcon-H1's
+    other biases are refused, :func:`workbench.deploy.gguf_metadata.hparams`).
+
+    Examples:
+        >>> from transformers import FalconH1Config
+        >>> config = FalconH1Config(hidden_size=8, num_attention_heads=2, mamba_d_ssm=8,
+        ...                         mamba_n_heads=2, mamba_d_state=2, key_multiplier=0.5,
+        ...                         attention_in_multiplier=2.0, ssm_in_multiplier=10.0,
+        ...                         ssm_multipliers=[1.0, 2.0, 3.0, 4.0, 5.0])
+        >>> scales = falcon_h1_scales(config)
+        >>> scales["self_attn.k_proj.weight"], scales["self_attn.q_proj.weight"]
+        (1.0, 2.0)
+        >>> factors = scales["mamba.in_proj.weight"]  # a row each: z, x, B, C, time steps
+        >>> factors.shape, factors[[0, 8, 16, 18, 20], 0].tolist()
+        ((22, 1), [10.0, 20.0, 30.0, 40.0, 50.0])
+    """
+    import numpy as np
+
+    from workbench.models.catalog import facts_from_config
+
+    mixer = facts_from_config(config).mixer
+    widths = [mixer.inner, mixer.inner, *[mixer.groups * mixer.state] * 2, mixer.heads]
+    parts = np.repeat(np.asarray(config.ssm_multipliers, dtype=np.float32), widths)
+    attention_in = config.attention_in_multiplier
+    gate, down = config.mlp_multipliers
+    return {
+        "embed_tokens.weight": config.embedding_multiplier,
+        "lm_head.weight": config.lm_head_multiplier,
+        "self_attn.q_proj.weight": attention_in,
+        "self_attn.k_proj.weight": attention_in * config.key_multiplier,
+        "self_attn.v_proj.weight": attention_in,
+        "self_attn.o_proj.weight": config.attention_out_multiplier,
+        "mamba.in_proj.weight": (config.ssm_in_multiplier * parts)[:, None],
+        "mamba.out_proj.weight": config.ssm_out_multiplier,
+        "feed_forward.gate_proj.weight": gate,
+        "feed_forward.gate_proj.bias": gate,
+        "feed_forward.down_proj.weight": down,
+        "feed_forward.down_proj.bias": down,
+    }
+
+
+def _fold(hf_name: str, data: Any, scales: dict[str, Any]) -> Any:
+    """``data`` times the factor :func:`falcon_h1_scales` (or another such table) gives it."""
+    factor = next((f for end, f in scales.items() if f".{hf_name}".endswith(f".{end}")), None)
+    return data if factor is None else (data * factor).astype(data.dtype)
 
 
 def _gated_deltanet_part(hf_name: str, data: Any, config: Any) -> tuple[str, Any]:

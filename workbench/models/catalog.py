@@ -92,12 +92,13 @@ class Mixer:
 
     LFM2's blocks are mostly gated short convolutions; Granite 4.0-H's and Bamba's mostly
     Mamba-2 state-space layers; Qwen3.5's mostly Gated DeltaNet linear attention. Each such
-    block keeps its MLP; only attention is replaced.
+    block keeps its MLP; only attention is replaced. Falcon-H1's blocks run a Mamba-2 layer
+    beside attention instead (``parallel``).
 
     Attributes:
-        kind: ``"short_conv"`` (LFM2), ``"mamba2"`` (Granite 4.0-H, Bamba) or
+        kind: ``"short_conv"`` (LFM2), ``"mamba2"`` (Granite 4.0-H, Bamba, Falcon-H1) or
             ``"gated_deltanet"`` (Qwen3.5).
-        layers: Blocks with this mixer instead of attention.
+        layers: Blocks with this mixer (instead of attention, unless ``parallel``).
         inner: Width the mixer works in (LFM2: ``hidden_size``; Mamba-2: ``mamba_expand``
             times it; Gated DeltaNet: its value heads times their width).
         kernel: Width of its depthwise convolution (``conv_L_cache``, ``mamba_d_conv``,
@@ -110,6 +111,10 @@ class Mixer:
         chunk: Tokens per chunk of its scan (``mamba_chunk_size``; 64 for Gated DeltaNet).
         conv_bias: The convolution has a bias.
         with_experts: How many of its blocks also have experts.
+        gated_norm: Mamba-2's gated RMSNorm before the output projection (Falcon-H1 may
+            leave it out: ``mamba_rms_norm``).
+        parallel: The mixer runs beside attention in every block, its output added to
+            attention's (Falcon-H1), rather than in place of it.
 
     Examples:
         >>> from transformers import Lfm2Config
@@ -129,6 +134,8 @@ class Mixer:
     chunk: int = 0
     conv_bias: bool = False
     with_experts: int = 0
+    gated_norm: bool = True
+    parallel: bool = False
 
     @property
     def channels(self) -> int:
@@ -136,12 +143,18 @@ class Mixer:
         DeltaNet its queries, keys and values)."""
         return self.inner + 2 * self.groups * self.state
 
-    def linear_shapes(self, hidden: int) -> tuple[tuple[int, int], ...]:
+    def linear_shapes(self, hidden: int, adapted: bool = False) -> tuple[tuple[int, int], ...]:
         """(in_features, out_features) of its Linear layers: the input and output projections.
+
+        With ``adapted=True``, only those LoRA adapts: a Mamba-2 layer's output projection
+        is read by the fused kernel and left out
+        (:func:`workbench.train.core.kernel_read_projections`).
 
         Examples:
             >>> Mixer("short_conv", layers=10, inner=1024, kernel=3).linear_shapes(1024)
             ((1024, 3072), (1024, 1024))
+            >>> Mixer("mamba2", layers=2, inner=64, kernel=4, heads=4).linear_shapes(32, True)
+            ((32, 132),)
         """
         if self.kind == "short_conv":  # B, C and x in one projection
             return (hidden, 3 * hidden), (hidden, hidden)
@@ -149,7 +162,8 @@ class Mixer:
             heads = (hidden, self.heads)
             return (hidden, self.channels), (hidden, self.inner), heads, heads, (self.inner, hidden)
         # z (the gate), x, B, C and one time step per head in one projection
-        return (hidden, self.inner + self.channels + self.heads), (self.inner, hidden)
+        projection = (hidden, self.inner + self.channels + self.heads)
+        return (projection,) if adapted else (projection, (self.inner, hidden))
 
     @property
     def other_params(self) -> int:
@@ -160,7 +174,7 @@ class Mixer:
             return conv
         if self.kind == "gated_deltanet":  # A, the time-step bias, a norm over one head
             return conv + 2 * self.heads + self.inner // self.heads
-        return conv + 3 * self.heads + self.inner
+        return conv + 3 * self.heads + (self.inner if self.gated_norm else 0)
 
     def describe(self, layers: int) -> str:
         """One line for a model's facts table (``layers``: the model's block count).
@@ -168,10 +182,15 @@ class Mixer:
         Examples:
             >>> Mixer("mamba2", layers=28, inner=1536, kernel=4, heads=48).describe(32)
             '28 Mamba-2, 4 attention'
+            >>> beside = Mixer("mamba2", layers=24, inner=1536, kernel=4, parallel=True)
+            >>> beside.describe(24)
+            '24 attention + Mamba-2 side by side'
         """
         names = {"short_conv": "short-convolution", "mamba2": "Mamba-2",
                  "gated_deltanet": "Gated DeltaNet"}  # fmt: skip
         name = names[self.kind]
+        if self.parallel:
+            return f"{layers} attention + {name} side by side"
         return f"{self.layers} {name}, {layers - self.layers} attention"
 
 
@@ -237,7 +256,7 @@ class ModelFacts:
         return (*((up, up) if self.gated_mlp else (up,)), (width, self.hidden))
 
     def linear_shapes(
-        self, expert_block: bool = False, attention: bool = True
+        self, expert_block: bool = False, attention: bool = True, adapted: bool = False
     ) -> tuple[tuple[int, int], ...]:
         """(in_features, out_features) of each linear layer in one block.
 
@@ -245,7 +264,9 @@ class ModelFacts:
         bitsandbytes quantizes (q, k, v, o, then gate, up, down; or fc_in, fc_out). In an
         expert block (``expert_block=True``) the MLP is the shared expert's, if any: the
         experts themselves are fused 3D weights, not linear layers. In a hybrid model's
-        recurrent block (``attention=False``) the mixer's projections replace q, k, v, o.
+        recurrent block (``attention=False``) the mixer's projections replace q, k, v, o;
+        a parallel mixer's (Falcon-H1) come after them. ``adapted=True``: only the layers
+        LoRA adapts (see :meth:`Mixer.linear_shapes`).
 
         Returns:
             One ``(in, out)`` pair per linear layer of a block.
@@ -259,8 +280,10 @@ class ModelFacts:
         mixing = (query, (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
         if self.fused_qkv:
             mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
-        if not attention and self.mixer is not None:
-            mixing = self.mixer.linear_shapes(self.hidden)
+        if self.mixer is not None and not attention:
+            mixing = self.mixer.linear_shapes(self.hidden, adapted)
+        elif self.mixer is not None and self.mixer.parallel:
+            mixing = (*mixing, *self.mixer.linear_shapes(self.hidden, adapted))
         if self.per_layer_input:  # the block's own embedding: its gate and its projection
             mixing = (
                 *mixing,
@@ -286,8 +309,9 @@ class ModelFacts:
             >>> get_facts("gemma-3-270m").block_kinds()
             {(False, True): 18}
         """
-        recurrent = self.mixer.layers if self.mixer else 0
-        recurrent_experts = self.mixer.with_experts if self.mixer else 0
+        replaced = self.mixer is not None and not self.mixer.parallel
+        recurrent = self.mixer.layers if replaced else 0
+        recurrent_experts = self.mixer.with_experts if replaced else 0
         counts = {
             (True, False): recurrent_experts,
             (True, True): self.expert_layers - recurrent_experts,
@@ -313,7 +337,8 @@ class ModelFacts:
         """Weights of one block of a kind: linear layers, experts and mixer extras."""
         linear = sum(i * o for i, o in self.linear_shapes(expert_block, attention))
         experts = self.expert_params // max(self.expert_layers, 1) if expert_block else 0
-        extras = self.mixer.other_params if self.mixer and not attention else 0
+        mixes = self.mixer is not None and (self.mixer.parallel or not attention)
+        extras = self.mixer.other_params if mixes else 0
         return linear + experts + extras
 
     @property
@@ -413,7 +438,7 @@ class ModelFacts:
         """
 
         def in_plus_out(expert_block: bool, attention: bool) -> int:
-            return sum(i + o for i, o in self.linear_shapes(expert_block, attention))
+            return sum(i + o for i, o in self.linear_shapes(expert_block, attention, True))
 
         linear = r * (self.sum_over_blocks(in_plus_out) + sum(self.per_layer_projection))
         if self.experts is None or not self.experts.adapted:
@@ -548,7 +573,9 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         The model's :class:`ModelFacts`.
 
     Raises:
-        SpecError: The config lacks a layer count, width, head count or vocabulary size.
+        SpecError: The config lacks a layer count, width, head count or vocabulary size, or
+            its blocks are laid out in a way the estimate does not model (Nemotron-H's
+            single-purpose blocks, a pure Mamba).
 
     Examples:
         >>> from transformers import GPT2Config
@@ -556,6 +583,10 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         3072
     """
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    unmodelled = _UNMODELLED.get(getattr(text, "model_type", ""))
+    if unmodelled:
+        msg = f"the memory estimate does not model {text.model_type} models yet: {unmodelled}"
+        raise SpecError(msg)
     if getattr(text, "is_heterogeneous", False) or _sizes_per_layer(text):
         text = _LayerMeans(text)
     layers, hidden = _read(text, "layers"), _read(text, "hidden")
@@ -580,6 +611,17 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         per_layer_vocab=getattr(text, "vocab_size_per_layer_input", None) or 0,
         mixer=_mixer(text, hidden, expert_blocks if experts else set()),
     )  # fmt: skip
+
+
+# Families whose blocks are not an attention or recurrent layer followed by an MLP: counted as
+# such, a tiny Nemotron-H came out at 383 times its weights, with experts in every block (the
+# config's defaults; it had none)
+_UNMODELLED = {
+    "nemotron_h": "each of its blocks is a Mamba-2, attention, MLP or experts layer alone",
+    "mamba": "its blocks are Mamba layers without attention or MLP",
+    "mamba2": "its blocks are Mamba-2 layers without attention or MLP",
+    "falcon_mamba": "its blocks are Mamba layers without attention or MLP",
+}
 
 
 # Sizes a config may give block by block as a list (Gemma 3n's intermediate_size)
@@ -674,7 +716,8 @@ def _expert_blocks(config: Any, layers: int) -> set[int]:
 
 # Hybrid families whose non-attention blocks the memory estimate knows, by model type.
 _MIXERS = {"lfm2": "short_conv", "lfm2_moe": "short_conv", "granitemoehybrid": "mamba2",
-           "bamba": "mamba2", "qwen3_5_text": "gated_deltanet"}  # fmt: skip
+           "bamba": "mamba2", "qwen3_5_text": "gated_deltanet", "falcon_h1": "mamba2"}  # fmt: skip
+_PARALLEL_MIXERS = {"falcon_h1"}  # Mamba-2 beside attention in every block
 _DELTANET_CHUNK = 64  # transformers' chunked gated delta rule
 _ATTENTION_KINDS = {"attention", "full_attention", "sliding_attention"}
 
@@ -695,8 +738,10 @@ def recurrent_blocks(config: Any) -> list[int]:
 
 def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
     """The mixer of a hybrid model's recurrent blocks (see :func:`recurrent_blocks`)."""
-    kind = _MIXERS.get(getattr(config, "model_type", ""))
-    recurrent = set(recurrent_blocks(config))
+    model_type = getattr(config, "model_type", "")
+    kind = _MIXERS.get(model_type)
+    parallel = model_type in _PARALLEL_MIXERS
+    recurrent = set(range(_read(config, "layers"))) if parallel else set(recurrent_blocks(config))
     if kind is None or not recurrent:
         return None
     shared = dict(layers=len(recurrent), with_experts=len(recurrent & expert_blocks))
@@ -713,11 +758,13 @@ def _mixer(config: Any, hidden: int, expert_blocks: set[int]) -> Mixer | None:
             state=int(config.linear_key_head_dim), groups=int(config.linear_num_key_heads),
             chunk=_DELTANET_CHUNK, **shared,
         )  # fmt: skip
+    inner = getattr(config, "mamba_d_ssm", None) or int(config.mamba_expand * hidden)
     return Mixer(
-        kind, inner=int(config.mamba_expand * hidden), kernel=int(config.mamba_d_conv),
+        kind, inner=int(inner), kernel=int(config.mamba_d_conv),
         heads=int(config.mamba_n_heads), state=int(config.mamba_d_state),
         groups=int(config.mamba_n_groups), chunk=int(config.mamba_chunk_size),
-        conv_bias=bool(getattr(config, "mamba_conv_bias", True)), **shared,
+        conv_bias=bool(getattr(config, "mamba_conv_bias", True)),
+        gated_norm=bool(getattr(config, "mamba_rms_norm", True)), parallel=parallel, **shared,
     )  # fmt: skip
 
 

@@ -122,8 +122,10 @@ def lora_target_names(model) -> tuple[str, ...]:
 
     Counts ``torch.nn.Linear`` (bitsandbytes' 4-bit and 8-bit layers subclass it) and
     transformers' ``Conv1D`` (GPT-2), and leaves out the output layer, as peft's
-    ``target_modules="all-linear"`` does, and the mixture-of-experts routers that the
-    workbench's ``"all-linear"`` leaves out (:func:`workbench.train.core.linear_routers`).
+    ``target_modules="all-linear"`` does, the mixture-of-experts routers that the
+    workbench's ``"all-linear"`` leaves out (:func:`workbench.train.core.linear_routers`) and
+    the Mamba projections a fused kernel reads directly
+    (:func:`workbench.train.core.kernel_read_projections`), which no adapter may target.
 
     Examples:
         >>> from transformers import AutoModelForCausalLM
@@ -136,15 +138,15 @@ def lora_target_names(model) -> tuple[str, ...]:
     import torch
     from transformers.pytorch_utils import Conv1D
 
-    from workbench.train.core import linear_routers
+    from workbench.train.core import kernel_read_projections, linear_routers
 
     output = model.get_output_embeddings()
     output = getattr(output, "base_layer", output)  # peft may wrap the output layer too
-    routers = set(linear_routers(model))
+    left_out = {*linear_routers(model), *kernel_read_projections(model)}
     names = set()
     for name, module in model.named_modules():
         linear = isinstance(module, (torch.nn.Linear, Conv1D))
-        if not linear or module is output or name in routers:
+        if not linear or module is output or name in left_out:
             continue
         parts = name.split(".")
         if any(part.startswith("lora_") for part in parts):

@@ -436,13 +436,14 @@ def _block_elements(
     facts = plan.facts
     c_h, c_q, c_kv, c_i = _COEFFS[_family(facts)]
     float32 = c_h * facts.hidden  # RMSNorm/LayerNorm compute in float32
+    rest = 0
     if attention:
         rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
         if not facts.gated_mlp or plan.eager_attention:
             rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
-    else:
-        mixer_float32, rest = _mixer_elements(facts.mixer)
-        float32 += mixer_float32
+    if facts.mixer is not None and (facts.mixer.parallel or not attention):
+        mixer_float32, mixer_rest = _mixer_elements(facts.mixer)
+        float32, rest = float32 + mixer_float32, rest + mixer_rest
     if expert_block:
         rest += _expert_elements(facts.experts, facts.hidden)
         rest += c_i * facts.experts.shared_intermediate
@@ -450,7 +451,7 @@ def _block_elements(
         rest += c_i * facts.intermediate
     rest += _PER_LAYER_INPUT * facts.per_layer_input
     if plan.method != "full":
-        rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention))
+        rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention, True))
     return float32, rest
 
 

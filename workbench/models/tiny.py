@@ -54,6 +54,7 @@ TinyArchitecture = Literal[
     "lfm2_moe",
     "qwen3_5",
     "bamba",
+    "falcon_h1",
 ]
 TINY_ARCHITECTURES: tuple[str, ...] = get_args(TinyArchitecture)
 
@@ -294,6 +295,29 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
                 "mamba_chunk_size": 16,
             },
         ),
+        # Falcon-H1 (0.5B-34B): a Mamba-2 layer beside attention in every block, and
+        # multipliers on the embeddings, keys, both mixers' inputs and outputs, the MLP and
+        # the logits (its published values are of this size, none of them 1)
+        "falcon_h1": (
+            transformers.FalconH1Config,
+            {
+                "head_dim": 16,
+                "mamba_d_ssm": 2 * hidden,
+                "mamba_n_heads": heads,
+                "mamba_d_head": 2 * hidden // heads,
+                "mamba_d_state": 16,
+                "mamba_chunk_size": 16,
+                "embedding_multiplier": 2.0,
+                "lm_head_multiplier": 0.5,
+                "attention_in_multiplier": 0.9,
+                "attention_out_multiplier": 0.8,
+                "key_multiplier": 0.7,
+                "ssm_in_multiplier": 1.2,
+                "ssm_out_multiplier": 0.6,
+                "mlp_multipliers": [0.9, 0.8],
+                "ssm_multipliers": [0.7, 0.9, 1.1, 0.8, 1.2],
+            },
+        ),
         "gemma3": (
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
@@ -327,7 +351,8 @@ def build_tiny_model(
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
             ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
             ``"granitemoehybrid"`` (Granite 4.0-H: Mamba-2 and attention blocks), ``"bamba"``
-            (Mamba-2 and attention blocks, half of each head rotated),
+            (Mamba-2 and attention blocks, half of each head rotated), ``"falcon_h1"``
+            (Falcon-H1: Mamba-2 beside attention in every block, with multipliers),
             ``"lfm2_moe"`` (LFM2 with experts after a dense first block), ``"qwen3_5"``
             (Qwen3.5: Gated DeltaNet and gated attention blocks), or
             a mixture of experts: ``"llama4"`` (Llama 4's text model, its router a linear

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workbench.errors import WorkbenchWarning
+from workbench.errors import SpecError, WorkbenchWarning
 
 __all__ = ["AUTO_LIMIT", "HEADROOM", "BatchSizeChoice", "choose_batch_size", "usable_memory"]
 
@@ -131,6 +131,9 @@ def choose_batch_size(
         and the number of examples. When even 1 does not fit, 1 is chosen, a
         :class:`~workbench.errors.WorkbenchWarning` says so, and the reason too.
 
+    Raises:
+        SpecError: The model is one the memory estimate does not model (Nemotron-H).
+
     Examples:
         >>> from transformers import AutoModelForCausalLM
         >>> from workbench.models.tiny import build_tiny_model
@@ -163,7 +166,11 @@ def choose_batch_size(
         return est.total
 
     sizes = sorted({2**k for k in range(limit.bit_length()) if 2**k <= limit} | {limit})
-    peaks = {n: peak(n) for n in sizes}
+    try:
+        peaks = {n: peak(n) for n in sizes}
+    except SpecError as error:
+        raise SpecError(f"batch_size='auto' needs a memory estimate, and {error}; give "
+                        "batch_size a number") from None  # fmt: skip
     fitting = [n for n in sizes if peaks[n] <= allowed]
     size = fitting[-1] if fitting else 1
     gib = 2**30

@@ -34,6 +34,7 @@ __all__ = [
     "dropout_free_targets",
     "enable_checkpointing",
     "epoch_batches",
+    "kernel_read_projections",
     "linear_routers",
     "lora_config",
     "make_trainable",
@@ -245,6 +246,43 @@ def linear_routers(model: Any) -> list[str]:
     ]
 
 
+# Mamba mixers (Mamba, Mamba-2, Bamba, Granite 4.0-H, Falcon-H1, Nemotron-H, Jamba) hand these
+# projections' weights straight to the fused mamba_ssm training kernel when it is installed.
+_KERNEL_READ = ("out_proj", "x_proj", "dt_proj")
+
+
+def kernel_read_projections(model: Any) -> list[str]:
+    """Full names of linear layers whose weight a fused Mamba kernel reads directly.
+
+    In a state-space mixer (a module with ``A_log`` and ``D`` parameters), transformers'
+    training forward passes ``out_proj.weight`` (and Mamba-1's ``x_proj`` and ``dt_proj``
+    weights) to mamba_ssm's fused kernel when that package is installed, as it is on most GPU
+    setups: an adapter there would train on CPU and be silently skipped on such a GPU. peft
+    refuses them for some of these families; :func:`make_trainable` leaves them out for all,
+    so a run means the same on every machine.
+
+    Examples:
+        >>> import torch
+        >>> mixer = torch.nn.Module()
+        >>> mixer.A_log = torch.nn.Parameter(torch.zeros(2))  # a state-space layer's A and D
+        >>> mixer.D = torch.nn.Parameter(torch.ones(2))
+        >>> mixer.in_proj, mixer.out_proj = torch.nn.Linear(4, 8), torch.nn.Linear(4, 4)
+        >>> kernel_read_projections(torch.nn.ModuleDict({"mamba": mixer}))
+        ['mamba.out_proj']
+    """
+    import torch
+
+    names = []
+    for prefix, module in model.named_modules():
+        params = dict(module.named_parameters(recurse=False))
+        if "A_log" not in params or "D" not in params:
+            continue
+        for child_name, child in module.named_children():
+            if child_name in _KERNEL_READ and isinstance(child, torch.nn.Linear):
+                names.append(f"{prefix}.{child_name}" if prefix else child_name)
+    return names
+
+
 def dropout_free_targets(model: Any, lora: Any) -> list[str]:
     """The weights peft adapts for the ``LoraConfig`` ``lora`` that cannot take dropout.
 
@@ -276,8 +314,9 @@ def dropout_free_targets(model: Any, lora: Any) -> list[str]:
 def make_trainable(model: Any, lora: Any | None) -> Any:
     """Attach a peft adapter for the ``LoraConfig`` ``lora``, or train every weight if ``None``.
 
-    Seed torch first: the adapter's initial weights come from its generator. With
-    ``target_modules="all-linear"``, the :func:`linear_routers` are excluded.
+    Seed torch first: the adapter's initial weights come from its generator. The
+    :func:`kernel_read_projections` are always left out; with ``target_modules="all-linear"``
+    the :func:`linear_routers` too.
 
     Returns:
         The model to train, in training mode.
@@ -295,10 +334,12 @@ def make_trainable(model: Any, lora: Any | None) -> Any:
 
     from peft import get_peft_model
 
-    routers = linear_routers(model) if lora.target_modules == "all-linear" else []
-    if routers:
+    left_out = kernel_read_projections(model)
+    if lora.target_modules == "all-linear":
+        left_out += linear_routers(model)
+    if left_out:
         lora = copy.copy(lora)
-        lora.exclude_modules = sorted({*(lora.exclude_modules or ()), *routers})
+        lora.exclude_modules = sorted({*(lora.exclude_modules or ()), *left_out})
     return get_peft_model(model, lora).train()
 
 

@@ -66,11 +66,21 @@ def is_quantized(model: Any) -> bool:
 
 def _check_target(model: Any, spec: TrainSpec) -> None:
     from workbench.models.info import lora_target_names
+    from workbench.train.core import kernel_read_projections
 
     if spec.method == "full" or spec.lora.target == "all-linear":
         return
     available = lora_target_names(model)
     missing = [t for t in spec.lora.target if t not in available]
+    kernel_read = sorted({name.rsplit(".", 1)[-1] for name in kernel_read_projections(model)})
+    refused = [t for t in missing if t in kernel_read]
+    if refused:
+        msg = (
+            f"LoRA target {refused} cannot take an adapter in this model: its Mamba blocks "
+            "hand that layer's weight straight to the fused mamba_ssm kernel, which would "
+            f"skip the adapter on a GPU. Its other linear layers are {list(available)}."
+        )
+        raise SpecError(msg)
     if missing:
         msg = (
             f"LoRA target {missing} not found in this model. Its linear layers are "
