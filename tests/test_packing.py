@@ -177,7 +177,7 @@ def test_a_model_that_cannot_pack_trains_padded_with_the_reason(tmp_path):
     with pytest.warns(WorkbenchWarning, match="packing=True: not packed: opt with sdpa"):
         record = loop.train_step()
     assert loop.packing.on is False
-    assert "lets packed examples attend to each other" in loop.packing.reason
+    assert "lets packed examples see each other" in loop.packing.reason
     assert math.isfinite(record.loss)
     # "auto" on CUDA would fall back the same way, silently; on CPU it does not even check.
     with warnings.catch_warnings():
@@ -217,3 +217,16 @@ def test_packing_setting_is_validated():
         TrainSpec(packing="yes")
     with pytest.raises(SpecError, match="packing=1 must be"):
         TrainSpec(packing=1)
+
+
+@pytest.mark.parametrize("architecture", ["falcon_h1", "lfm2"])
+def test_a_recurrent_hybrid_trains_padded_its_state_would_cross_examples(tmp_path, architecture):
+    """Mamba-2 and short-convolution layers carry a state along the row, which position_ids do
+    not restart: the check sees the second example move and the run trains padded."""
+    folder = build_tiny_model(tmp_path / architecture, architecture)
+    loop = _loop(folder, True, steps=2)
+    with pytest.warns(WorkbenchWarning, match=f"packing=True: not packed: {architecture}"):
+        record = loop.train_step()
+    assert loop.packing.on is False
+    assert "lets packed examples see each other" in loop.packing.reason
+    assert math.isfinite(record.loss)

@@ -190,8 +190,9 @@ def packing_problem(model: Any) -> str | None:
     leak = float((packed - changed).abs().max())
     if leak > leak_tol:
         return (
-            f"{lm.config.model_type} with {impl} attention lets packed examples attend to each "
-            f"other (an example's logits moved by {leak:.3g} when the one before it changed)"
+            f"{lm.config.model_type} with {impl} attention lets packed examples see each other, "
+            "through attention or a recurrent (Mamba, convolution) state (an example's logits "
+            f"moved by {leak:.3g} when the one before it changed)"
         )
     shift = float((packed - alone).abs().max())
     if shift > shift_tol:
