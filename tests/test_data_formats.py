@@ -563,6 +563,34 @@ def test_a_workbook_s_train_and_validation_sheets_are_its_splits(tmp_path, token
         load(tmp_path / "one.xlsx", tokenizer, cache_dir)
 
 
+def test_sheet_picks_the_workbook_sheet_to_train_on(tmp_path, tokenizer, cache_dir):
+    """A workbook whose data sits on a sheet named neither train nor first (a README sheet in
+    front) is read from the sheet asked for; its test sheet is still the validation split."""
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.title = "README"
+    book.active.append(["Questions collected in March; the answers were checked twice."])
+    march = book.create_sheet("March data")
+    march.append(["question", "answer"])
+    for i in range(4):
+        march.append([f"What is {i}+{i}?", str(2 * i)])
+    book.create_sheet("test").append(["question", "answer"])
+    book["test"].append(["What is 9+9?", "18"])
+    path = tmp_path / "march.xlsx"
+    book.save(path)
+    with pytest.raises(DataError, match=r"march\.xlsx\[README\]"):  # the default: the first
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, sheet=" march DATA ", validation=0.1)
+    assert [m[-1]["content"] for m in data.train["messages"]] == ["0", "2", "4", "6"]
+    assert [m[-1]["content"] for m in data.validation["messages"]] == ["18"]
+    with pytest.raises(DataError, match=r"march\.xlsx: no sheet named 'April'; its sheets are "
+                       r"\['README', 'March data', 'test'\]"):  # fmt: skip
+        load(path, tokenizer, cache_dir, sheet="April")
+    with pytest.raises(SpecError, match="sheet='March data' picks a sheet of an Excel workbook"):
+        load([{"question": "q", "answer": "a"}] * 4, tokenizer, cache_dir, sheet="March data")
+
+
 def _trained_text(tokenizer, row):
     return tokenizer.decode([t for t in row["labels"] if t != -100])
 

@@ -35,6 +35,22 @@ def test_load_data_from_a_file_reports_and_records(session, tmp_path):
     assert not example.tokens[0].trained
 
 
+def test_load_data_from_a_workbook_sheet_records_the_sheet(session, tmp_path):
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.title = "notes"
+    data = book.create_sheet("Data")
+    data.append(["question", "answer"])
+    for i in range(12):
+        data.append([f"What is {i} plus {i}?", str(2 * i)])
+    book.save(tmp_path / "sums.xlsx")
+    report = session.load_data(str(tmp_path / "sums.xlsx"), sheet="Data", validation=0.25)
+    assert (report.train, report.validation) == (9, 3)
+    state = json.loads((session.run_dir / "session.json").read_text())
+    assert state["data"]["source"].endswith("sums.xlsx") and state["data"]["sheet"] == "Data"
+
+
 def test_inspector_apply_sets_max_length_on_the_session(session):
     rows = [{"prompt": "word " * (5 + i), "completion": "done"} for i in range(30)]
     session.load_data(rows, validation=0)

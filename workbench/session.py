@@ -357,7 +357,8 @@ class Session:
 
         Takes the keywords of :meth:`workbench.data.PreparedData.load`: ``format``,
         ``validation``, ``max_length``, ``template``, ``on_error``, ``columns``, ``seed``,
-        ``special_tokens_in_text`` (``"split"``, the default: control tokens written as text
+        ``sheet`` (an Excel workbook's sheet to train on), ``special_tokens_in_text``
+        (``"split"``, the default: control tokens written as text
         in the data, such as ``<|im_end|>``, are tokenized as plain text; ``"keep"``: they
         become real control tokens). The model's context length (from its config) caps
         ``max_length``: rows longer than it are reported as ``too_long`` and cut to it.
@@ -389,6 +390,7 @@ class Session:
             {
                 "data": {
                     "source": _describe(source),
+                    **({"sheet": options["sheet"]} if options.get("sheet") else {}),
                     "format": self._data.format,
                     "template": self._data.template.name,
                 }

@@ -227,6 +227,7 @@ class PreparedData:
         context: int | None = None,
         special_tokens_in_text: SpecialTokensInText = "split",
         batched: bool = True,
+        sheet: str | None = None,
     ) -> PreparedData:
         """Read ``source``, split off validation, apply the template and tokenize.
 
@@ -260,6 +261,9 @@ class PreparedData:
             batched: ``True`` (default): batch-wise preparation. ``False``: the earlier
                 row-by-row way (every row's prompt rendered and checked at token level);
                 the same data and report, slower; kept for comparing the two.
+            sheet: For an Excel workbook, the sheet to train on (default: the one named
+                ``train``, else the first); a ``validation``/``eval``/``test`` sheet is still
+                its validation split.
 
         Raises:
             DataError: Unreadable source or (``on_error="raise"``) a malformed row, naming
@@ -320,7 +324,7 @@ class PreparedData:
         if capped:
             warnings.warn(capped, WorkbenchWarning, stacklevel=2)
         resolved = given or resolve_template(spec.template, tokenizer)
-        main_source, dict_validation = open_source(source)
+        main_source, dict_validation = open_source(source, sheet)
         main = read_source(main_source, spec)
         val_source = (
             open_source(second)[0]

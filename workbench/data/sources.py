@@ -11,7 +11,8 @@ parse whole. A CSV file's delimiter is read from its header: commas, or the semi
 tabs of spreadsheets saved in many locales (``.tsv`` files are tab-separated). Text files may
 be compressed (``data.jsonl.gz``, ``.bz2``, ``.xz``, ``.zst``): they are decompressed as they
 are read, and a damaged or cut-short one raises a ``DataError`` naming it. An Excel workbook
-(``.xlsx``) is read from its sheet named ``train`` (else its first sheet), and a sheet named
+(``.xlsx``) is read from the sheet asked for (``sheet=``), else its sheet named ``train``, else
+its first sheet, and a sheet named
 ``validation``, ``valid``, ``eval`` or ``test`` is its validation split, as in a ``DatasetDict``;
 rows are numbered as the spreadsheet shows them, and messages name the sheet when there are
 several (``book.xlsx[train]``).
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from workbench.errors import DataError
+from workbench.errors import DataError, SpecError
 
 __all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
 
@@ -114,7 +115,7 @@ class Source:
         return []
 
 
-def open_source(source: Any) -> tuple[Source, Source | None]:
+def open_source(source: Any, sheet: str | None = None) -> tuple[Source, Source | None]:
     """Turn a path or object into a :class:`Source` (and a validation source, if it has one).
 
     Args:
@@ -122,21 +123,28 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
             workbook: its ``train`` sheet or else its first, the first non-blank row as
             header), a folder written by ``datasets.save_to_disk``, a ``datasets.Dataset`` or
             ``DatasetDict``, a pandas ``DataFrame``, or a list of dicts.
+        sheet: The workbook's sheet to read instead (its name; case and surrounding spaces
+            ignored when no sheet has it exactly). Only for an Excel workbook.
 
     Returns:
         ``(main, validation)``; ``validation`` is a ``DatasetDict``'s (or a workbook's)
         ``validation``, ``valid``, ``eval`` or ``test`` split (sheet), else ``None``.
 
     Raises:
-        DataError: The path does not exist, or the kind of source is not supported.
+        DataError: The path does not exist, the kind of source is not supported, or the
+            workbook has no such ``sheet``.
+        SpecError: ``sheet`` given for a source that is not an Excel workbook.
 
     Examples:
         >>> main, val = open_source([{"text": "hi"}])
         >>> main.label, val
         ('list', None)
     """
+    if sheet is not None and not _is_workbook_path(source):
+        msg = f"sheet={sheet!r} picks a sheet of an Excel workbook (.xlsx); this source is not one"
+        raise SpecError(msg)
     if isinstance(source, (str, Path)):
-        return _open_path(Path(source))
+        return _open_path(Path(source), sheet)
     if isinstance(source, list):
         return _list_source(source, "list"), None
     kind = type(source).__name__
@@ -151,7 +159,11 @@ def open_source(source: Any) -> tuple[Source, Source | None]:
     raise DataError(msg)
 
 
-def _open_path(path: Path) -> tuple[Source, Source | None]:
+def _is_workbook_path(source: Any) -> bool:
+    return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".xlsx"
+
+
+def _open_path(path: Path, sheet: str | None = None) -> tuple[Source, Source | None]:
     if not path.exists():
         msg = f"{path}: no such file or folder"
         raise DataError(msg)
@@ -174,7 +186,7 @@ def _open_path(path: Path) -> tuple[Source, Source | None]:
     }
     kind = _file_type(path)
     if kind == ".xlsx" and path.suffix.lower() == ".xlsx":
-        return _workbook_sources(path)
+        return _workbook_sources(path, sheet)
     reader = readers.get(kind)
     if reader is None or (kind in _NOT_COMPRESSIBLE and kind != path.suffix.lower()):
         compressed = path.suffix.lower() in COMPRESSIONS
@@ -449,15 +461,16 @@ def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
     return RawRow(number, dict(record))
 
 
-def _workbook_sources(path: Path) -> tuple[Source, Source | None]:
-    """A workbook's training sheet (``train``, else the first) and validation sheet, if any."""
+def _workbook_sources(path: Path, sheet: str | None = None) -> tuple[Source, Source | None]:
+    """A workbook's training sheet (``sheet``, else ``train``, else the first) and validation
+    sheet, if any."""
     book = _open_workbook(path)
     try:
-        sheets = [sheet.title for sheet in book.worksheets]  # chart sheets hold no rows
+        sheets = [ws.title for ws in book.worksheets]  # chart sheets hold no rows
     finally:
         book.close()
     by_name = {name.strip().lower(): name for name in reversed(sheets)}  # the first one wins
-    main = by_name.get("train", sheets[0])
+    main = by_name.get("train", sheets[0]) if sheet is None else _named_sheet(path, sheets, sheet)
     val = next((by_name[n] for n in _VALIDATION_SPLITS if by_name.get(n, main) != main), None)
 
     def source(sheet: str) -> Source:
@@ -466,6 +479,17 @@ def _workbook_sources(path: Path) -> tuple[Source, Source | None]:
         return Source(label, "row", lambda: _read_xlsx(path, sheet), fingerprint)
 
     return source(main), (source(val) if val is not None else None)
+
+
+def _named_sheet(path: Path, sheets: list[str], wanted: str) -> str:
+    """The sheet called ``wanted``: exactly, else ignoring case and surrounding spaces."""
+    if wanted in sheets:
+        return wanted
+    loose = [name for name in sheets if name.strip().lower() == str(wanted).strip().lower()]
+    if not loose:
+        msg = f"{path.name}: no sheet named {wanted!r}; its sheets are {sheets}"
+        raise DataError(msg)
+    return loose[0]
 
 
 def _open_workbook(path: Path) -> Any:
