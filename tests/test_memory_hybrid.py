@@ -15,6 +15,7 @@ from memory_checks import estimate_error, saved_growth
 from peft import LoraConfig
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from workbench.errors import SpecError
 from workbench.models.catalog import facts_from_config
 from workbench.models.info import model_info
 from workbench.models.loading import load_model
@@ -210,6 +211,12 @@ def test_model_facts_name_qwen3_5_s_linear_attention_blocks(hybrid_folders):
         ("nemotron_h", dict(layers_block_type=["mamba", "mlp", "attention", "mlp"]),
          "each of its blocks is a Mamba-2, attention, MLP or experts layer alone"),
         ("mamba", {}, "Mamba layers without attention"),
+        # Mamba-2 blocks sharing one attention block: counted as attention, 30% under
+        ("zamba2", dict(
+            num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=8, mamba_headdim=16,
+            mamba_d_state=16, intermediate_size=128, chunk_size=16, num_mem_blocks=1,
+            layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+        ), "their 'hybrid', 'linear_attention' blocks would be counted as attention"),
     ],
 )  # fmt: skip
 def test_a_block_layout_the_estimate_does_not_model_is_refused_not_guessed(
@@ -231,3 +238,18 @@ def test_a_block_layout_the_estimate_does_not_model_is_refused_not_guessed(
         wb.estimate_memory(str(folder), seq_len=64, batch_size=2)
     info = model_info(load_model(str(folder), on_event=len))
     assert info.experts is None and info.blocks is None  # no guessed facts either
+
+
+@pytest.mark.parametrize(
+    ("model_type", "blocks"),
+    [
+        ("jamba", "'mamba'"),
+        ("qwen3_next", "'linear_attention'"),
+        ("recurrent_gemma", "'recurrent'"),
+    ],
+)
+def test_blocks_that_do_not_attend_in_a_family_without_a_mixer_are_refused(model_type, blocks):
+    """Their layer types say which blocks do not attend; a family whose mixer the estimate
+    does not know is refused rather than counted as attention everywhere."""
+    with pytest.raises(SpecError, match=f"does not model {model_type} models yet: .*{blocks}"):
+        facts_from_config(AutoConfig.for_model(model_type))
