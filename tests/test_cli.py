@@ -67,6 +67,34 @@ def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert list((tmp_path / "evaluations").glob("eval-*/scores.json"))
 
 
+def test_demo_on_a_family_the_memory_estimate_does_not_model_says_so_and_trains(
+    tmp_path, tiny_model_dir
+):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = AutoConfig.for_model(
+        "zamba2", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=8, mamba_headdim=16,
+        mamba_d_state=16, intermediate_size=128, chunk_size=16, num_mem_blocks=1,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "zamba2")
+    tokenizer.save_pretrained(tmp_path / "zamba2")
+    result = run_cli(
+        "demo", "--model", str(tmp_path / "zamba2"), "--run-dir", str(tmp_path / "run"),
+        "--train-size", "12", "--test-size", "4", "--max-steps", "3", "--max-new-tokens", "4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "no memory estimate: the memory estimate does not model zamba2 models yet" in (
+        result.stdout
+    )
+    assert "training: finished after 3 steps" in result.stdout
+
+
 def test_demo_with_a_bad_spec_exits_with_a_message(tmp_path):
     result = run_cli("demo", "--model", "no-such-model", "--run-dir", str(tmp_path))
     assert result.returncode == 2
