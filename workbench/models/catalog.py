@@ -720,13 +720,21 @@ _MIXERS = {"lfm2": "short_conv", "lfm2_moe": "short_conv", "granitemoehybrid": "
            "bamba": "mamba2", "qwen3_5_text": "gated_deltanet", "falcon_h1": "mamba2"}  # fmt: skip
 _PARALLEL_MIXERS = {"falcon_h1"}  # Mamba-2 beside attention in every block
 _DELTANET_CHUNK = 64  # transformers' chunked gated delta rule
-_ATTENTION_KINDS = {"attention", "full_attention", "sliding_attention"}
+
+
+def _attention_only(kind: Any) -> bool:
+    """Whether a block kind named in a config is attention alone: ``"full_attention"``,
+    ``"sliding_attention"``, ``"chunked_attention"``..., but not ``"linear_attention"``
+    (Gated DeltaNet), ``"conv"``, ``"mamba"`` or ``"hybrid"`` (a recurrent layer beside
+    attention: Falcon-H1, Zamba2)."""
+    return str(kind) != "linear_attention" and str(kind).endswith("attention")
 
 
 def recurrent_blocks(config: Any) -> list[int]:
-    """Indices of a hybrid model's blocks that do not attend, from its ``layer_types`` (LFM2
-    says ``"conv"``, Granite 4.0-H ``"mamba"`` before loading and ``"linear_attention"``
-    after, Bamba and Qwen3.5 the latter); empty when every block attends.
+    """Indices of a hybrid model's blocks with a recurrent layer, from its ``layer_types``
+    (LFM2 says ``"conv"``, Granite 4.0-H ``"mamba"`` before loading and ``"linear_attention"``
+    after, Bamba and Qwen3.5 the latter, Falcon-H1 ``"hybrid"``: beside attention); empty
+    when every block is attention alone.
 
     Examples:
         >>> from transformers import BambaConfig
@@ -734,7 +742,7 @@ def recurrent_blocks(config: Any) -> list[int]:
         [0, 2]
     """
     types = getattr(config, "layer_types", None) or ()
-    return [i for i, name in enumerate(types) if name not in _ATTENTION_KINDS]
+    return [i for i, kind in enumerate(types) if not _attention_only(kind)]
 
 
 def _refuse_unknown_recurrent_blocks(config: Any, model_type: str) -> None:
@@ -745,9 +753,7 @@ def _refuse_unknown_recurrent_blocks(config: Any, model_type: str) -> None:
     for key in ("layer_types", "layers_block_type", "block_types"):
         listed = getattr(config, key, None)
         kinds |= set(listed) if isinstance(listed, (list, tuple)) else set()
-    recurrent = sorted(
-        str(k) for k in kinds if k == "linear_attention" or not str(k).endswith("attention")
-    )
+    recurrent = sorted(str(kind) for kind in kinds if not _attention_only(kind))
     if recurrent:
         msg = (
             f"the memory estimate does not model {model_type} models yet: their "
