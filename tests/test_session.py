@@ -121,3 +121,31 @@ def test_unknown_event_names_are_refused_and_payloads_are_typed(tmp_path, tiny_m
     assert ("train_state", TrainState.__name__) in seen
     assert {name for name, _ in seen} <= set(__import__("workbench.events").events.EVENTS)
     assert run.state.value == "finished"
+
+
+def test_an_unknown_keyword_is_refused_with_the_names_it_likely_meant(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    with pytest.raises(
+        wb.UnknownSettingError,
+        match=r"load_data\(\) takes no max_len= \(did you mean max_length\?\)",
+    ):
+        s.load_data(rows, max_len=64)
+    assert not s.has_data  # refused before anything was read or cached
+    assert not (tmp_path / "run" / "data-cache").exists()
+    s.load_data(rows)
+    with pytest.raises(TypeError, match=r"train\(\) takes no steps= \(did you mean max_steps\?\)"):
+        s.train(steps=3, wait=True)
+    with pytest.raises(
+        wb.SpecError, match=r"r is a setting of the adapter: lora=wb.LoRA\(r=\.\.\.\)"
+    ):
+        s.train(r=8, max_steps=1, wait=True)
+    with pytest.raises(wb.UnknownSettingError, match=r"It takes: .*processes"):
+        s.train(proceses=2, wait=True)
+    assert s.run is None and not list((tmp_path / "run").glob("runs/*"))  # no run was started
+    with pytest.raises(
+        wb.UnknownSettingError,
+        match=r"chat\(\) takes no max_tokens= \(did you mean max_new_tokens\?\)",
+    ):
+        s.chat(max_tokens=8)

@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "CacheError",
     "DataError",
@@ -27,6 +29,7 @@ __all__ = [
     "SessionStateError",
     "SpecError",
     "TrainingError",
+    "UnknownSettingError",
     "WorkbenchError",
     "WorkbenchWarning",
     "WriteError",
@@ -39,6 +42,49 @@ class WorkbenchError(Exception):
 
 class SpecError(WorkbenchError, ValueError):
     """A setting or argument has a value the workbench cannot use."""
+
+
+class UnknownSettingError(SpecError, TypeError):
+    """A keyword the call does not take: the message names it and the nearest known ones.
+
+    It is a :class:`TypeError` too, as Python's own unexpected keyword error is.
+    """
+
+
+def refuse_unknown(call: str, given: Iterable[str], known: Iterable[str], hint: str = "") -> None:
+    """Raise :class:`UnknownSettingError` for names in ``given`` that ``call`` does not take.
+
+    Each unknown name is told with its closest known names (a typo, or another tool's word
+    for the same setting); ``hint`` is added to the message.
+
+    Examples:
+        >>> refuse_unknown("train()", ["lr"], ["lr", "epochs"])  # all known: no error
+        >>> refuse_unknown("train()", ["step", "lr"], ["lr", "max_steps", "epochs"])
+        Traceback (most recent call last):
+        workbench.errors.UnknownSettingError: train() takes no step= (did you mean max_steps?)...
+    """
+    known = sorted(set(known))
+    unknown = [name for name in given if name not in known]
+    if not unknown:
+        return
+    told = []
+    for name in unknown:
+        close = _close_names(name, known)
+        told.append(f"{name}=" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    msg = f"{call} takes no {', '.join(told)}. It takes: {', '.join(known)}."
+    raise UnknownSettingError(f"{msg} {hint}".strip())
+
+
+def _close_names(name: str, known: list[str]) -> list[str]:
+    """Known names a typo or a synonym of ``name`` most likely meant."""
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
+    lowered = name.lower().strip("_")
+    for other in known:  # "steps" -> "max_steps", "length" -> "max_length"
+        if other not in close and lowered and lowered in other.split("_"):
+            close.append(other)
+    return close[:3]
 
 
 class ModelLoadError(WorkbenchError, ValueError):

@@ -27,6 +27,7 @@ from workbench.errors import (
     SessionStateError,
     WorkbenchError,
     WorkbenchWarning,
+    refuse_unknown,
 )
 from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
@@ -341,6 +342,7 @@ class Session:
         from workbench.chat import chat_template, describe_chat
         from workbench.widgets.chat_panel import ChatPanel
 
+        refuse_unknown("chat()", options, _keywords(ChatPanel, ("reply", "about")))
         template = self._data.template if self._data is not None else None
         template = chat_template(template, self.tokenizer)
         scalable = self.adapter_strength is not None
@@ -382,6 +384,8 @@ class Session:
         from workbench.data.context import model_context
 
         disable_progress_bar()  # progress bars would print into whatever cell is current
+        known = _keywords(PreparedData.load, ("source", "tokenizer"))
+        refuse_unknown("load_data()", options, known)
         options.setdefault("cache_dir", str(self.run_dir / "data-cache"))
         options.setdefault("context", model_context(self.loaded.model.config))
         self._data = PreparedData.load(source, self.tokenizer, **options)
@@ -617,12 +621,14 @@ class Session:
             (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         from workbench.errors import SpecError
-        from workbench.train import TrainSpec, start_run
-        from workbench.train.launch.spec import launch_from_settings
+        from workbench.train import start_run
+        from workbench.train.launch.spec import LAUNCH_OPTIONS, launch_from_settings
+        from workbench.train.spec import train_spec_from_settings
 
         self._check_run_allows("train")
         launch = launch_from_settings(settings)
-        spec = TrainSpec(**settings)
+        also = ("wait", "probes", *LAUNCH_OPTIONS)
+        spec = train_spec_from_settings("train()", settings, also)
         if self._adapted is not None:
             raise SpecError(
                 "the model already carries an adapter from an earlier run: call "
@@ -1374,6 +1380,15 @@ def _llama_cpp_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _keywords(fn: Callable[..., Any], leave: tuple[str, ...]) -> list[str]:
+    """The keyword names ``fn`` takes, less ``leave`` (those the session passes itself)."""
+    import inspect
+
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    parameters = inspect.signature(fn).parameters.values()
+    return [p.name for p in parameters if p.kind in named and p.name not in {"self", *leave}]
 
 
 def _training_columns(dataset: Any) -> Any:

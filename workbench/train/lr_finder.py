@@ -56,7 +56,6 @@ Examples:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -78,7 +77,7 @@ from workbench.train.prepare import (
     optimizer_groups,
     wrap_model,
 )
-from workbench.train.spec import TrainSpec
+from workbench.train.spec import TrainSpec, train_spec_from_settings
 
 __all__ = [
     "SWEEP_OPTIONS",
@@ -492,15 +491,7 @@ def _as_spec(spec: Any, settings: dict[str, Any]) -> TrainSpec:
         return spec
     if spec is not None and not isinstance(spec, Mapping):
         raise SpecError(f"spec={spec!r} must be a TrainSpec(...) or a dict of its fields.")
-    known = {f.name for f in dataclasses.fields(TrainSpec)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        msg = (
-            f"unknown setting(s) {unknown}: find_lr takes the fields of TrainSpec "
-            f"{sorted(known)} and the sweep's own {list(SWEEP_OPTIONS)}."
-        )
-        raise SpecError(msg)
-    return TrainSpec(**settings)
+    return train_spec_from_settings("find_lr()", settings, tuple(SWEEP_OPTIONS))
 
 
 def _check_sweep(start_lr: Any, end_lr: Any, num_steps: Any, smoothing: Any, factor: Any) -> None:

@@ -26,10 +26,10 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from workbench.errors import SpecError, WorkbenchWarning
+from workbench.errors import SpecError, WorkbenchWarning, refuse_unknown
 from workbench.types import Method
 
-__all__ = ["KEEP_ALL", "LoRA", "Method", "SchedulerName", "TrainSpec"]
+__all__ = ["KEEP_ALL", "LoRA", "Method", "SchedulerName", "TrainSpec", "train_spec_from_settings"]
 
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
@@ -387,3 +387,25 @@ class TrainSpec:
         if isinstance(values.get("lora"), dict):
             values["lora"] = LoRA(**values["lora"])
         return cls(**values)
+
+
+def train_spec_from_settings(
+    call: str, settings: dict[str, Any], also: tuple[str, ...] = ()
+) -> TrainSpec:
+    """A :class:`TrainSpec` from a call's keywords; an unknown one is refused by name.
+
+    ``also`` names the call's own keywords besides the spec's fields (told in the message).
+    A keyword of the adapter given to the run (``r=8``) is told where it belongs.
+
+    Examples:
+        >>> train_spec_from_settings("train()", {"lr": 1e-3}).lr
+        0.001
+        >>> train_spec_from_settings("train()", {"r": 8})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.UnknownSettingError: train() takes no r=... lora=wb.LoRA(r=...).
+    """
+    adapter = [f.name for f in dataclasses.fields(LoRA) if f.name in settings]
+    hint = " ".join(f"{n} is a setting of the adapter: lora=wb.LoRA({n}=...)." for n in adapter)
+    known = [f.name for f in dataclasses.fields(TrainSpec)] + list(also)
+    refuse_unknown(call, settings, known, hint)
+    return TrainSpec(**settings)
