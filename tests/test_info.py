@@ -92,3 +92,30 @@ def test_lora_targets_look_through_an_adapter(tiny_model_dir):
     adapted = get_peft_model(loaded.model, LoraConfig(r=4, target_modules="all-linear"))
     assert lora_target_names(adapted) == plain
     assert "base_layer" not in plain and "q_proj" in plain
+
+
+def test_layers_kept_in_lists_are_named_from_their_list(tmp_path):
+    """Zamba2's shared block keeps per-layer adapters in lists of Linear layers: they showed as
+    targets "0" and "1", a name that peft matches against the first item of every list."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workbench.errors import SpecError
+    from workbench.models.info import lora_target_names
+    from workbench.train.prepare import check_model
+    from workbench.train.spec import LoRA, TrainSpec
+
+    config = AutoConfig.for_model(
+        "zamba2", vocab_size=512, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, n_mamba_heads=8, mamba_headdim=16, mamba_d_state=16,
+        intermediate_size=128, chunk_size=16, num_mem_blocks=1, adapter_rank=8,
+        layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    targets = lora_target_names(model)
+    assert not [t for t in targets if t.split(".")[0].isdigit()]
+    assert "gate_up_proj_adapter_list.0.1" in targets and "q_proj" in targets
+    check_model(model, TrainSpec(lora=LoRA(target=("gate_up_proj_adapter_list.0.1",))))
+    with pytest.raises(SpecError, match=r"LoRA target \['0'\] not found.*adapter_list\.0\.0"):
+        check_model(model, TrainSpec(lora=LoRA(target=("0",))))

@@ -151,8 +151,18 @@ def lora_target_names(model) -> tuple[str, ...]:
         parts = name.split(".")
         if any(part.startswith("lora_") for part in parts):
             continue  # an adapter's own matrices, not a layer of the model
-        names.add(parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1])
+        if parts[-1] == "base_layer" and len(parts) > 1:
+            parts = parts[:-1]
+        names.add(_short_name(parts))
     return tuple(sorted(names))
+
+
+def _short_name(parts: list[str]) -> str:
+    """A layer's name as peft's ``target_modules`` matches it: its last part, or from the
+    last named part on when it sits in a list (Zamba2's ``..._adapter_list.0.1``), since a
+    bare ``"0"`` would match the first item of every list in the model."""
+    named = max((i for i, part in enumerate(parts) if not part.isdigit()), default=0)
+    return ".".join(parts[named:])
 
 
 def _count_parameters(model) -> tuple[int, int]:
