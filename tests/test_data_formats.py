@@ -230,6 +230,49 @@ def test_non_utf8_csv_row(tmp_path, tokenizer, cache_dir):
         load(path, tokenizer, cache_dir)
 
 
+@pytest.mark.parametrize(
+    ("name", "encoding"),
+    [
+        ("d.jsonl", "utf-16"),  # Windows PowerShell 5's `>`: UTF-16 LE with a byte order mark
+        ("d.jsonl", "utf-16-be"),
+        ("d.json", "utf-32"),
+        ("d.tsv", "utf-16"),  # Excel's "Unicode Text"
+        ("d.csv", "utf-16"),
+        ("d.jsonl.gz", "utf-16"),
+    ],
+)
+def test_text_files_in_utf16_or_utf32_with_a_byte_order_mark_are_read(
+    tmp_path, tokenizer, cache_dir, name, encoding
+):
+    import gzip
+
+    rows = [{"question": f"Café n°{i} — 2+2?", "answer": f"{i} ✓"} for i in range(3)]
+    kind = name.split(".")[1]
+    if kind in ("csv", "tsv"):
+        sep = "," if kind == "csv" else "\t"
+        text = "\r\n".join(
+            [f"question{sep}answer", *(f"{r['question']}{sep}{r['answer']}" for r in rows)]
+        )
+    elif kind == "json":
+        text = json.dumps(rows, ensure_ascii=False)
+    else:
+        text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+    data = ("\ufeff" + text).encode(encoding) if encoding.endswith("-be") else text.encode(encoding)
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    loaded = load(path, tokenizer, cache_dir)
+    assert [m["messages"][0]["content"] for m in loaded.train] == [r["question"] for r in rows]
+    assert loaded.train[2]["messages"][1]["content"] == "2 ✓"
+
+
+def test_damaged_utf16_names_the_file(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "cut.jsonl"
+    text = json.dumps({"question": "q", "answer": "a"})
+    path.write_bytes(text.encode("utf-16") + "\ud800".encode("utf-16-le", "surrogatepass"))
+    with pytest.raises(DataError, match=r"cut\.jsonl: not valid UTF-16 text"):
+        load(path, tokenizer, cache_dir)
+
+
 @pytest.mark.parametrize("content", ["", "\n\n"])
 def test_empty_file(tmp_path, tokenizer, cache_dir, content):
     path = tmp_path / "empty.jsonl"

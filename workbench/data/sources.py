@@ -234,10 +234,62 @@ def _file_type(path: Path) -> str:
 
 
 def _open_bytes(path: Path) -> IO[bytes]:
-    """The file's bytes, decompressed as they are read when it is compressed."""
+    """The file's text as UTF-8 bytes: decompressed as they are read when it is compressed,
+    and re-encoded when it starts with a UTF-16 or UTF-32 byte order mark."""
     if path.suffix.lower() not in COMPRESSIONS:
-        return path.open("rb")
-    return io.BufferedReader(_Decompressed(path), buffer_size=1 << 16)
+        raw: IO[bytes] = path.open("rb", buffering=1 << 16)
+    else:
+        raw = io.BufferedReader(_Decompressed(path), buffer_size=1 << 16)
+    encoding = _wide_encoding(raw.peek(4)[:4])  # type: ignore[attr-defined]
+    if encoding is None:
+        return raw
+    return io.BufferedReader(_Reencoded(raw, encoding, path), buffer_size=1 << 16)
+
+
+# Byte order marks of the encodings other than UTF-8 a text file announces itself in (Excel's
+# "Unicode Text", Windows PowerShell 5's default for `>` and Out-File: UTF-16 LE); longest first.
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"),
+    (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"),
+    (b"\xfe\xff", "utf-16"),
+)
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    return next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+
+
+class _Reencoded(io.RawIOBase):
+    """A UTF-16/32 text file's content as UTF-8 bytes (its byte order mark dropped)."""
+
+    def __init__(self, raw: IO[bytes], encoding: str, path: Path) -> None:
+        super().__init__()
+        self.text = io.TextIOWrapper(raw, encoding=encoding, errors="strict", newline="")
+        self.path, self.encoding = path, encoding
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            try:
+                chunk = self.text.read(1 << 14)
+            except UnicodeDecodeError as err:
+                msg = f"{self.path.name}: not valid {self.encoding.upper()} text ({err.reason})"
+                raise DataError(msg) from None
+            if not chunk:
+                return 0
+            self.pending = chunk.encode("utf-8", errors="surrogatepass")
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+    def close(self) -> None:
+        if not self.closed:
+            self.text.close()
+        super().close()
 
 
 class _Decompressed(io.RawIOBase):
