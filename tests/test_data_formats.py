@@ -265,6 +265,43 @@ def test_text_files_in_utf16_or_utf32_with_a_byte_order_mark_are_read(
     assert loaded.train[2]["messages"][1]["content"] == "2 ✓"
 
 
+def test_a_legacy_encoding_is_named_with_encoding(tmp_path, tokenizer, cache_dir):
+    """A CSV Excel saved on Windows is cp1252: refused as not UTF-8 with the way to read it,
+    then read with encoding='cp1252' (a validation file too), cached apart from UTF-8."""
+    text = "question;answer\r\nCafé crème?;Oui — très\r\nNaïve?;Déjà vu\r\n"
+    path = tmp_path / "excel.csv"
+    path.write_bytes(text.encode("cp1252"))
+    second = tmp_path / "excel-val.csv"
+    second.write_bytes("question;answer\r\nÉté?;Chaud\r\n".encode("cp1252"))
+    with pytest.raises(
+        DataError, match=r"excel\.csv, line 2: bytes that are not UTF-8.*encoding='cp1252'"
+    ):
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, encoding="cp1252", validation=str(second))
+    assert [r["messages"][1]["content"] for r in data.train] == ["Oui — très", "Déjà vu"]
+    assert data.validation[0]["messages"][0]["content"] == "Été?"
+    latin = load(path, tokenizer, cache_dir, encoding="latin-1")  # not served from the cache
+    assert latin.train[0]["messages"][1]["content"] == "Oui \x97 très"
+    with pytest.raises(SpecError, match=r"encoding='klingon' is not a text encoding"):
+        load(path, tokenizer, cache_dir, encoding="klingon")
+    with pytest.raises(SpecError, match=r"encoding='cp1252' is for text files.*a list is not one"):
+        load([{"question": "q", "answer": "a"}], tokenizer, cache_dir, encoding="cp1252")
+
+
+def test_the_session_records_the_encoding(tmp_path, tiny_model_dir):
+    import workbench as wb
+
+    path = tmp_path / "d.jsonl"
+    rows = [{"question": f"Ça va {i}?", "answer": "Très bien"} for i in range(6)]
+    path.write_bytes("\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode("cp1252"))
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(str(path), encoding="cp1252", validation=None)
+    assert s.example(0).text.count("Très bien") == 1
+    state = json.loads((tmp_path / "run" / "session.json").read_text())
+    assert state["data"]["encoding"] == "cp1252"
+
+
 def test_damaged_utf16_names_the_file(tmp_path, tokenizer, cache_dir):
     path = tmp_path / "cut.jsonl"
     text = json.dumps({"question": "q", "answer": "a"})

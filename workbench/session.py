@@ -359,7 +359,8 @@ class Session:
 
         Takes the keywords of :meth:`workbench.data.PreparedData.load`: ``format``,
         ``validation``, ``max_length``, ``template``, ``on_error``, ``columns``, ``seed``,
-        ``sheet`` (an Excel workbook's sheet to train on), ``special_tokens_in_text``
+        ``sheet`` (an Excel workbook's sheet to train on), ``encoding`` (a text file's when
+        not UTF-8: ``"cp1252"`` for a CSV Excel saved on Windows), ``special_tokens_in_text``
         (``"split"``, the default: control tokens written as text
         in the data, such as ``<|im_end|>``, are tokenized as plain text; ``"keep"``: they
         become real control tokens). The model's context length (from its config) caps
@@ -394,7 +395,7 @@ class Session:
             {
                 "data": {
                     "source": _describe(source),
-                    **({"sheet": options["sheet"]} if options.get("sheet") else {}),
+                    **{key: options[key] for key in ("sheet", "encoding") if options.get(key)},
                     "format": self._data.format,
                     "template": self._data.template.name,
                 }

@@ -228,6 +228,7 @@ class PreparedData:
         special_tokens_in_text: SpecialTokensInText = "split",
         batched: bool = True,
         sheet: str | None = None,
+        encoding: str | None = None,
     ) -> PreparedData:
         """Read ``source``, split off validation, apply the template and tokenize.
 
@@ -264,6 +265,9 @@ class PreparedData:
             sheet: For an Excel workbook, the sheet to train on (default: the one named
                 ``train``, else the first); a ``validation``/``eval``/``test`` sheet is still
                 its validation split.
+            encoding: A text file's encoding when it is not UTF-8 (``"cp1252"`` for a CSV
+                Excel saved on Windows; a validation file is read in it too). ``None``
+                (default): UTF-8, or UTF-16/32 when the file starts with their byte order mark.
 
         Raises:
             DataError: Unreadable source or (``on_error="raise"``) a malformed row, naming
@@ -324,10 +328,10 @@ class PreparedData:
         if capped:
             warnings.warn(capped, WorkbenchWarning, stacklevel=2)
         resolved = given or resolve_template(spec.template, tokenizer)
-        main_source, dict_validation = open_source(source, sheet)
+        main_source, dict_validation = open_source(source, sheet, encoding)
         main = read_source(main_source, spec)
         val_source = (
-            open_source(second)[0]
+            open_source(second, encoding=encoding if isinstance(second, (str, Path)) else None)[0]
             if second is not None
             else dict_validation
             if spec.validation

@@ -49,6 +49,10 @@ SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".xlsx")
 COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
 _BATCH = 1000
 _NOT_COMPRESSIBLE = (".parquet", ".xlsx")  # compressed inside already; numbered by row
+_NOT_UTF8 = (
+    "save the file as UTF-8, or name its encoding: encoding='cp1252' for a CSV Excel saved on "
+    "Windows"
+)
 _TOO_DEEP = "JSON nested too deeply to read (lists or objects inside each other, thousands deep)"
 
 
@@ -115,7 +119,9 @@ class Source:
         return []
 
 
-def open_source(source: Any, sheet: str | None = None) -> tuple[Source, Source | None]:
+def open_source(
+    source: Any, sheet: str | None = None, encoding: str | None = None
+) -> tuple[Source, Source | None]:
     """Turn a path or object into a :class:`Source` (and a validation source, if it has one).
 
     Args:
@@ -125,6 +131,9 @@ def open_source(source: Any, sheet: str | None = None) -> tuple[Source, Source |
             ``DatasetDict``, a pandas ``DataFrame``, or a list of dicts.
         sheet: The workbook's sheet to read instead (its name; case and surrounding spaces
             ignored when no sheet has it exactly). Only for an Excel workbook.
+        encoding: A text file's encoding when it is not UTF-8 (``"cp1252"``: a CSV saved by
+            Excel on Windows). ``None``: UTF-8, or UTF-16/32 when the file starts with their
+            byte order mark.
 
     Returns:
         ``(main, validation)``; ``validation`` is a ``DatasetDict``'s (or a workbook's)
@@ -133,7 +142,8 @@ def open_source(source: Any, sheet: str | None = None) -> tuple[Source, Source |
     Raises:
         DataError: The path does not exist, the kind of source is not supported, or the
             workbook has no such ``sheet``.
-        SpecError: ``sheet`` given for a source that is not an Excel workbook.
+        SpecError: ``sheet`` given for a source that is not an Excel workbook, or
+            ``encoding`` for one that is not a text file, or an encoding Python does not know.
 
     Examples:
         >>> main, val = open_source([{"text": "hi"}])
@@ -143,8 +153,12 @@ def open_source(source: Any, sheet: str | None = None) -> tuple[Source, Source |
     if sheet is not None and not _is_workbook_path(source):
         msg = f"sheet={sheet!r} picks a sheet of an Excel workbook (.xlsx); this source is not one"
         raise SpecError(msg)
+    if encoding is not None:
+        _check_encoding(encoding)
+        if not isinstance(source, (str, Path)):
+            raise SpecError(_not_text(encoding, f"a {type(source).__name__}"))
     if isinstance(source, (str, Path)):
-        return _open_path(Path(source), sheet)
+        return _open_path(Path(source), sheet, encoding)
     if isinstance(source, list):
         return _list_source(source, "list"), None
     kind = type(source).__name__
@@ -163,10 +177,14 @@ def _is_workbook_path(source: Any) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".xlsx"
 
 
-def _open_path(path: Path, sheet: str | None = None) -> tuple[Source, Source | None]:
+def _open_path(
+    path: Path, sheet: str | None = None, encoding: str | None = None
+) -> tuple[Source, Source | None]:
     if not path.exists():
         msg = f"{path}: no such file or folder"
         raise DataError(msg)
+    if path.is_dir() and encoding is not None:
+        raise SpecError(_not_text(encoding, path.name))
     if path.is_dir():
         import datasets
 
@@ -197,9 +215,29 @@ def _open_path(path: Path, sheet: str | None = None) -> tuple[Source, Source | N
         )
         raise DataError(msg)
     unit: Unit = "row" if kind in _NOT_COMPRESSIBLE else "line"
-    if reader is _read_json and _is_json_document(path):
+    if reader is _read_json and _is_json_document(path, encoding):
         unit = "item"
-    return Source(path.name, unit, lambda: reader(path), _file_fingerprint(path)), None
+    if encoding is not None and reader in (_read_parquet, _read_xlsx):
+        raise SpecError(_not_text(encoding, path.name))
+    read = (lambda: reader(path, encoding)) if encoding is not None else (lambda: reader(path))
+    fingerprint = _file_fingerprint(path, f"encoding={encoding}" if encoding else "")
+    return Source(path.name, unit, read, fingerprint), None
+
+
+def _not_text(encoding: str, what: str) -> str:
+    return f"encoding={encoding!r} is for text files (.jsonl, .json, .csv, .tsv); {what} is not one"
+
+
+def _check_encoding(encoding: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        msg = (
+            f"encoding={encoding!r} is not a text encoding Python knows (e.g. 'cp1252', 'latin-1')"
+        )
+        raise SpecError(msg) from None
 
 
 def _file_fingerprint(path: Path, part: str = "") -> str:
@@ -233,14 +271,16 @@ def _file_type(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open_bytes(path: Path) -> IO[bytes]:
+def _open_bytes(path: Path, encoding: str | None = None) -> IO[bytes]:
     """The file's text as UTF-8 bytes: decompressed as they are read when it is compressed,
-    and re-encoded when it starts with a UTF-16 or UTF-32 byte order mark."""
+    and re-encoded from ``encoding``, or from UTF-16 or UTF-32 when the file starts with
+    their byte order mark."""
     if path.suffix.lower() not in COMPRESSIONS:
         raw: IO[bytes] = path.open("rb", buffering=1 << 16)
     else:
         raw = io.BufferedReader(_Decompressed(path), buffer_size=1 << 16)
-    encoding = _wide_encoding(raw.peek(4)[:4])  # type: ignore[attr-defined]
+    if encoding is None or _is_utf8(encoding):
+        encoding = _wide_encoding(raw.peek(4)[:4])  # type: ignore[attr-defined]
     if encoding is None:
         return raw
     return io.BufferedReader(_Reencoded(raw, encoding, path), buffer_size=1 << 16)
@@ -254,6 +294,12 @@ _WIDE_BOMS = (
     (b"\xff\xfe", "utf-16"),
     (b"\xfe\xff", "utf-16"),
 )
+
+
+def _is_utf8(encoding: str) -> bool:
+    import codecs
+
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
 
 
 def _wide_encoding(head: bytes) -> str | None:
@@ -340,15 +386,15 @@ def _decompressing(path: Path) -> Any:
     return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix](path, "rb")
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_text(path: Path, encoding: str | None = None) -> IO[str]:
     # surrogateescape keeps reading past bad bytes; the row holding them is then reported.
     return io.TextIOWrapper(
-        _open_bytes(path), encoding="utf-8-sig", errors="surrogateescape", newline=""
+        _open_bytes(path, encoding), encoding="utf-8-sig", errors="surrogateescape", newline=""
     )
 
 
-def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with _open_bytes(path) as fh:
+def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
+    with _open_bytes(path, encoding) as fh:
         for number, raw in enumerate(fh, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -356,8 +402,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
                 yield RawRow(
                     number,
                     None,
-                    f"bytes that are not UTF-8 (at byte {err.start} of the line; save the file "
-                    "as UTF-8)",
+                    f"bytes that are not UTF-8 (at byte {err.start} of the line; {_NOT_UTF8})",
                 )
                 continue
             line = line.lstrip("\ufeff") if number == 1 else line
@@ -377,16 +422,16 @@ def _parse_json_line(number: int, line: str) -> RawRow:
     return RawRow(number, value)
 
 
-def _starts_with_array(path: Path) -> bool:
-    with _open_bytes(path) as fh:
+def _starts_with_array(path: Path, encoding: str | None = None) -> bool:
+    with _open_bytes(path, encoding) as fh:
         head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return head.startswith(b"[")
 
 
-def _read_json(path: Path) -> Iterator[RawRow]:
-    records = _json_records(path)
+def _read_json(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
+    records = _json_records(path, encoding)
     if records is None:
-        yield from _read_jsonl(path)  # many ".json" files are JSON Lines
+        yield from _read_jsonl(path, encoding)  # many ".json" files are JSON Lines
         return
     yield from _list_source(records, path.name).read()
 
@@ -395,16 +440,16 @@ def _read_json(path: Path) -> Iterator[RawRow]:
 _ROW_LISTS = ("messages", "conversations", "conversation")
 
 
-def _json_records(path: Path) -> list[Any] | None:
+def _json_records(path: Path, encoding: str | None = None) -> list[Any] | None:
     """The items of a ``.json`` file that is one JSON document, or ``None`` for JSON Lines.
 
     The document is an array of rows, or an object wrapping one (``{"data": [...]}``,
     ``{"version": 2, "rows": [...]}``): its one value that is a list of objects.
     """
-    layout, head = _json_layout(path)
+    layout, head = _json_layout(path, encoding)
     if layout == "lines":
         return None
-    document = head[0] if layout == "one-line" else _parse_whole_json(path)
+    document = head[0] if layout == "one-line" else _parse_whole_json(path, encoding)
     if isinstance(document, list):
         return document
     if isinstance(document, dict) and (key := _wrapping_key(document)) is not None:
@@ -419,17 +464,19 @@ def _json_records(path: Path) -> list[Any] | None:
     raise DataError(msg)
 
 
-def _is_json_document(path: Path) -> bool:
+def _is_json_document(path: Path, encoding: str | None = None) -> bool:
     """Whether a ``.json`` file is one JSON document (read whole), not JSON Lines."""
-    return _json_layout(path)[0] != "lines"
+    return _json_layout(path, encoding)[0] != "lines"
 
 
-def _json_layout(path: Path) -> tuple[str, list[dict[str, Any] | None]]:
+def _json_layout(
+    path: Path, encoding: str | None = None
+) -> tuple[str, list[dict[str, Any] | None]]:
     """``"document"`` (an array, or an object over several lines), ``"one-line"`` (one line
     wrapping a list of rows) or ``"lines"`` (JSON Lines), and the first two lines as rows."""
-    if _starts_with_array(path):
+    if _starts_with_array(path, encoding):
         return "document", []
-    head = _head_rows(path)
+    head = _head_rows(path, encoding)
     if len(head) == 1:  # one line: a wrapper, or a single row
         wrapper = head[0] is not None and _wrapping_key(head[0]) is not None
         return ("one-line" if wrapper else "lines"), head
@@ -448,10 +495,10 @@ def _wrapping_key(document: dict[str, Any]) -> str | None:
     return keys[0] if len(keys) == 1 and keys[0] not in _ROW_LISTS else None
 
 
-def _head_rows(path: Path) -> list[dict[str, Any] | None]:
+def _head_rows(path: Path, encoding: str | None = None) -> list[dict[str, Any] | None]:
     """The first two non-empty lines, each as a JSON object (``None``: it is not one)."""
     head: list[dict[str, Any] | None] = []
-    with _open_bytes(path) as fh:
+    with _open_bytes(path, encoding) as fh:
         for raw in fh:
             if not raw.strip():
                 continue
@@ -465,12 +512,12 @@ def _head_rows(path: Path) -> list[dict[str, Any] | None]:
     return head
 
 
-def _parse_whole_json(path: Path) -> Any:
+def _parse_whole_json(path: Path, encoding: str | None = None) -> Any:
     try:
-        with _open_bytes(path) as fh:
+        with _open_bytes(path, encoding) as fh:
             return json.loads(fh.read().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
-        msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}; save it as UTF-8"
+        msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}; {_NOT_UTF8}"
         raise DataError(msg) from err
     except json.JSONDecodeError as err:
         msg = f"{path.name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
@@ -479,9 +526,9 @@ def _parse_whole_json(path: Path) -> Any:
         raise DataError(f"{path.name}: {_TOO_DEEP}") from None
 
 
-def _read_csv(path: Path) -> Iterator[RawRow]:
-    with _open_text(path) as fh:
-        reader = csv.DictReader(fh, delimiter=_csv_delimiter(path))
+def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
+    with _open_text(path, encoding) as fh:
+        reader = csv.DictReader(fh, delimiter=_csv_delimiter(path, encoding))
         try:
             for record in reader:
                 yield _csv_row(reader.line_num, record)
@@ -490,12 +537,12 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
             raise DataError(msg) from err
 
 
-def _csv_delimiter(path: Path) -> str:
+def _csv_delimiter(path: Path, encoding: str | None = None) -> str:
     """``,``, unless the header has a single column that way and several split at ``;``,
     a tab or ``|`` (a ``.tsv`` file: tabs)."""
     if _file_type(path) == ".tsv":
         return "\t"
-    with _open_text(path) as fh:
+    with _open_text(path, encoding) as fh:
         header = fh.readline()
     if len(next(csv.reader([header]), [])) > 1:
         return ","
@@ -509,7 +556,7 @@ def _csv_row(number: int, record: dict[Any, Any]) -> RawRow:
         return RawRow(number, None, "more values than there are columns in the header")
     for value in record.values():
         if isinstance(value, str) and any("\udc80" <= ch <= "\udcff" for ch in value):
-            return RawRow(number, None, "bytes that are not UTF-8 (save the file as UTF-8)")
+            return RawRow(number, None, f"bytes that are not UTF-8 ({_NOT_UTF8})")
     return RawRow(number, dict(record))
 
 
