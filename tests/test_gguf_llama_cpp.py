@@ -1011,3 +1011,49 @@ def test_builtin_gemma_gguf_answers_paris_in_llama_cpp(tmp_path, llama_class):
     assert small.stat().st_size < 0.4 * (folder / "model.gguf").stat().st_size
     answer = llama_greedy(load(llama_class, small), ids, 4)
     assert s.tokenizer.decode(answer).startswith(" Paris")
+
+
+def _bare_tokenizer_model(folder):
+    """A tiny Llama whose tokenizer is a bare BPE: no chat template, no eos, pad or unk."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(["say the colour red green blue 0 1 2 3"] * 10, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, initializer_range=0.2,
+        pad_token_id=None, bos_token_id=None, eos_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.llama_cpp
+def test_a_tokenizer_without_special_tokens_trains_generates_and_exports(tmp_path, llama_class):
+    """A bare BPE tokenizer (no chat template, end-of-sequence or pad token): the alpaca
+    template's eos_token crashed load_data in Jinja, then batching had no pad token and the
+    GGUF check gave transformers an empty list of end tokens."""
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(_bare_tokenizer_model(tmp_path / "bare")))
+    rows = [{"question": f"say {c}", "answer": f"{c} {c}"} for c in ["red", "green", "blue"] * 4]
+    report = s.load_data(rows, validation=0.25)
+    assert report.template == "chatml"  # answers end at a text marker, not a missing eos
+    assert s.example(0).text.endswith("<|im_end|>\n")
+    with pytest.raises(wb.SpecError, match=r"'eos_token' is undefined: the tokenizer has no"):
+        s.load_data(rows, template="alpaca")
+    run = s.train(max_steps=2, batch_size=4, wait=True)
+    assert run.state.value == "finished"
+    assert isinstance(s.generate(["say red", "say green blue"], max_new_tokens=3), list)
+    s.export("export/gguf", format="gguf")
+    report = s.check_export("export/gguf", max_new_tokens=6)
+    assert report.all_same, report

@@ -154,12 +154,26 @@ TEMPLATES: dict[str, Template] = {
 def _render(
     conversations: list[list[dict[str, str]]], source: str, generation: bool, tokens: dict
 ) -> list[str]:
+    from jinja2.exceptions import UndefinedError
     from transformers.utils.chat_template_utils import render_jinja_template
 
     # The renderer behind tokenizer.apply_chat_template, called once for a whole batch.
-    rendered, _ = render_jinja_template(
-        conversations, chat_template=source, add_generation_prompt=generation, **tokens
-    )
+    try:
+        rendered, _ = render_jinja_template(
+            conversations, chat_template=source, add_generation_prompt=generation, **tokens
+        )
+    except UndefinedError as err:
+        missing = (
+            f"{err.message}: the tokenizer has no such special token"
+            if "_token" in (err.message or "")
+            else err.message
+        )
+        msg = (
+            f"the chat template cannot be rendered ({missing}); give the tokenizer that "
+            "token, or pick a template that does without it (template='chatml' marks turns "
+            "with text)"
+        )
+        raise SpecError(msg) from None
     return list(rendered)
 
 
@@ -172,7 +186,8 @@ def resolve_template(template: Template | str | None, tokenizer: Any) -> Templat
 
     With ``template=None``: the tokenizer's chat template if it has one; otherwise ``gemma``
     for tokenizers that know ``<start_of_turn>``, ``chatml`` for those that know
-    ``<|im_start|>``, else ``alpaca``.
+    ``<|im_start|>`` or have no end-of-sequence token (alpaca ends answers with it), else
+    ``alpaca``.
 
     Args:
         template: ``None``, a :class:`Template`, a name in :data:`TEMPLATES`, ``"tokenizer"``,
@@ -216,8 +231,8 @@ def _default_template(tokenizer: Any) -> Template:
         return resolve_template("tokenizer", tokenizer)
     if _has_token(tokenizer, "<start_of_turn>"):
         return TEMPLATES["gemma"]
-    if _has_token(tokenizer, "<|im_start|>"):
-        return TEMPLATES["chatml"]
+    if _has_token(tokenizer, "<|im_start|>") or not getattr(tokenizer, "eos_token", None):
+        return TEMPLATES["chatml"]  # alpaca ends answers with eos: without one, it never stops
     return TEMPLATES["alpaca"]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
 from workbench.errors import ModelLoadError, SpecError
+from workbench.train.core import pad_id
 
 __all__ = [
     "CHECK_FILE",
@@ -346,8 +347,8 @@ def _session_side(
                 attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                eos_token_id=[e for e in ends if e is not None],
-                pad_token_id=tokenizer.pad_token_id or ends[0],
+                eos_token_id=[e for e in ends if e is not None] or None,  # none: no stop
+                pad_token_id=pad_id(tokenizer),
             )
     finally:
         model.train(was_training)

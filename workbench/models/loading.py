@@ -316,12 +316,22 @@ def load_model(
     quant_config = _quantization_config(quantization, dtype)
     source = resolve_source(spec, on_event)
     model, tokenizer = _from_pretrained(source, quant_config, dtype, device, trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _give_pad_token(tokenizer)
     quantization = quantization or _saved_quantization(model)
     if quantization is not None:
         keep_4bit_layout_trainable(model)
     return LoadedModel(model.eval(), tokenizer, source, quantization, dtype, device)
+
+
+def _give_pad_token(tokenizer: Any) -> None:
+    """Batches need a pad token: the end-of-sequence one, else the unknown one, else token 0.
+
+    Padding is masked out wherever it is used, so which token pads changes no result; a
+    tokenizer with none of them (a bare BPE) could not batch at all.
+    """
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.pad_token = fallback or tokenizer.convert_ids_to_tokens(0)
 
 
 def keep_4bit_layout_trainable(model: Any) -> int:
