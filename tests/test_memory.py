@@ -6,7 +6,7 @@ import pytest
 from memory_checks import estimate_error
 
 from workbench.errors import SpecError
-from workbench.models.catalog import CATALOG, facts_from_config, get_facts
+from workbench.models.catalog import CATALOG, facts_from_config, get_facts, matched_to_model
 from workbench.models.memory import FitTable, MemoryEstimate, estimate_memory, fit_table
 
 GiB = 2**30
@@ -215,3 +215,120 @@ def test_fused_projections_take_one_lora_pair(model_type, settings):
     assert facts.params == sum(p.numel() for p in model.parameters())
     lora = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
     assert facts.lora_params(8) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+
+
+def _built_counts(config):
+    """(all weights, weights of the list of blocks) of the model built from ``config``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    blocks = next(m for m in model.modules() if isinstance(m, torch.nn.ModuleList))
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in blocks.parameters())
+
+
+@pytest.mark.parametrize(
+    ("model_type", "settings"),
+    [
+        ("falcon", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                        multi_query=True, parallel_attn=True)),  # Falcon-7B: one key/value head
+        ("mpt", dict(d_model=128, n_layers=2, n_heads=8, expansion_ratio=3)),  # 4x, as built
+        # an intermediate_size their classes do not declare: kept, never read by the model
+        ("bloom", dict(hidden_size=128, n_layer=2, n_head=8, intermediate_size=100)),
+        ("gpt_bigcode", dict(n_embd=128, n_layer=2, n_head=8, multi_query=True,
+                             intermediate_size=100)),
+        ("xglm", dict(d_model=128, num_layers=2, attention_heads=8, ffn_dim=512)),
+        ("biogpt", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                        intermediate_size=512)),
+        ("nemotron", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                          num_key_value_heads=2, intermediate_size=384, head_dim=16)),
+        ("arcee", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                       num_key_value_heads=2, intermediate_size=384)),
+        ("apertus", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                         num_key_value_heads=2, intermediate_size=384)),
+        ("persimmon", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                           intermediate_size=512)),
+    ],
+)  # fmt: skip
+def test_plain_mlp_and_multi_query_families_are_read_as_the_model_builds_them(model_type, settings):
+    """These families' MLPs are two matrices, not gate/up/down: read as gated, their blocks
+    counted 18-37% more weights than the model has (Falcon-7B's one key/value head too). A
+    width under a key the family does not declare was read as the MLP's (BLOOM's is always
+    four times the hidden size)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, vocab_size=512, **settings)
+    total, in_blocks = _built_counts(config)
+    facts = matched_to_model(facts_from_config(config), config)
+    assert facts.params_in_blocks == pytest.approx(in_blocks, rel=0.05)  # biases left out
+    assert facts.params == total  # the rest (biases, learned positions) as other_params
+    estimate = estimate_memory(config, device="cpu", dtype="float32")
+    assert estimate.weights == 4 * total
+
+
+def test_weights_are_the_models_own_count_learned_positions_and_biases_included(
+    tmp_path, tiny_gpt2_dir
+):
+    """Tiny GPT-2's 1024 learned positions are a third of its weights: the estimate left them
+    out before (and every bias)."""
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_gpt2_dir))
+    counted = sum(p.numel() for p in s.model.parameters())
+    assert s.estimate_memory().weights == 4 * counted
+    assert estimate_memory(tiny_gpt2_dir, device="cpu").weights == 4 * counted
+
+
+@pytest.mark.parametrize(
+    ("model_type", "settings"),
+    [
+        ("doge", dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128)),  # dynamic mask attention
+        ("jetmoe", dict(hidden_size=64, num_hidden_layers=2, num_key_value_heads=4,
+                        kv_channels=16, intermediate_size=128, num_local_experts=4)),
+    ],
+)  # fmt: skip
+def test_a_block_layout_the_estimate_does_not_know_is_refused_not_guessed(
+    tmp_path, model_type, settings
+):
+    """Doge's blocks were counted at thousands of times their weights, JetMoE's attention
+    experts at 86%: the count read from the config is checked against the model built from it
+    (on the meta device) and a layout off by more than 10% is refused, naming both counts."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, vocab_size=512, **settings)
+    _, in_blocks = _built_counts(config)
+    with pytest.raises(SpecError, match=rf"does not model {model_type} models yet: their blocks "
+                       rf"hold {in_blocks:,} weights and it reads"):  # fmt: skip
+        estimate_memory(config, device="cpu")
+    config.save_pretrained(tmp_path)
+    with pytest.raises(SpecError, match=f"does not model {model_type} models yet"):
+        estimate_memory(tmp_path, device="cpu")
+
+
+def test_model_info_shows_no_expert_line_the_model_does_not_have(tmp_path, tiny_model_dir):
+    """Doge's config lists 16,384 experts it builds only with is_moe=True: model_info said
+    "16384 in every block" of a dense model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import workbench as wb
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = AutoConfig.for_model(
+        "doge", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "doge")
+    tokenizer.save_pretrained(tmp_path / "doge")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tmp_path / "doge"))
+    info = s.model_info()
+    assert info.experts is None and "experts" not in str(info)
+    assert "q_proj" in info.lora_targets
+    with pytest.raises(SpecError, match="does not model doge models yet"):
+        s.estimate_memory()

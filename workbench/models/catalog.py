@@ -14,7 +14,7 @@ Examples:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from workbench.errors import SpecError
@@ -26,6 +26,7 @@ __all__ = [
     "ModelFacts",
     "facts_from_config",
     "get_facts",
+    "matched_to_model",
     "mlp_width",
     "recurrent_blocks",
 ]
@@ -226,6 +227,9 @@ class ModelFacts:
         experts: The mixture of experts, ``None`` for a dense model.
         mixer: What replaces attention in a hybrid model's recurrent blocks, ``None`` when
             every block attends.
+        other_params: Weights outside the structure the other fields describe (learned position
+            embeddings, biases; negative where it counts a norm the model lacks), so that
+            :attr:`params` is the model's own count; set from the model built from the config.
     """
 
     name: str
@@ -248,6 +252,7 @@ class ModelFacts:
     per_layer_vocab: int = 0
     experts: Experts | None = None
     mixer: Mixer | None = None
+    other_params: int = 0
 
     def _mlp_shapes(self, width: int) -> tuple[tuple[int, int], ...]:
         if self.gated_mlp and self.fused_gate_up:
@@ -413,11 +418,20 @@ class ModelFacts:
 
     @property
     def params(self) -> int:
-        """All weights of the model (biases and small extras left out)."""
+        """All weights of the model (biases and small extras left out, unless counted in
+        :attr:`other_params`)."""
         return (
             self.block_linear_params + self.expert_params + self.mixer_params
-            + self.embedding_params + self.lm_head_params + self.norm_params
+            + self.embedding_params + self.lm_head_params + self.norm_params + self.other_params
         )  # fmt: skip
+
+    @property
+    def params_in_blocks(self) -> int:
+        """Weights inside the transformer blocks (each block's linear layers, experts, mixer
+        and two norms), as the model's list of blocks holds them."""
+        into, out = self.per_layer_projection
+        outside = self.embedding_params + self.lm_head_params + self.hidden + into * out
+        return self.params - self.other_params - outside
 
     def lora_params(self, r: int) -> int:
         """Weights of a rank-``r`` LoRA adapter on every linear layer of every block.
@@ -539,7 +553,8 @@ def get_facts(name: str) -> ModelFacts:
 
 # Model types whose MLP is two matrices (fc_in, fc_out) instead of gate/up/down.
 _PLAIN_MLP = {"gpt2", "gpt_neox", "gptj", "gpt_bigcode", "opt", "phi", "falcon", "bloom",
-              "starcoder2", "codegen", "gpt_neo"}  # fmt: skip
+              "starcoder2", "codegen", "gpt_neo", "mpt", "xglm", "biogpt", "nemotron", "arcee",
+              "apertus", "persimmon", "nanochat", "jais2"}  # fmt: skip
 
 # transformers' names for each fact, newest first (GPT-2 style configs use n_*).
 _KEYS = {
@@ -592,8 +607,8 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         text = _LayerMeans(text)
     layers, hidden = _read(text, "layers"), _read(text, "hidden")
     heads, vocab = _read(text, "heads"), _read(text, "vocab")
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_heads = _kv_heads(text, heads)
+    head_dim = _declared(text, "head_dim") or hidden // heads
     inter = mlp_width(text)
     model_type = getattr(text, "model_type", "") or "unknown"
     hub_id = getattr(config, "name_or_path", "") or ""
@@ -612,6 +627,91 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         per_layer_vocab=getattr(text, "vocab_size_per_layer_input", None) or 0,
         mixer=_mixer(text, hidden, expert_blocks if experts else set()),
     )  # fmt: skip
+
+
+# How far the blocks' weights read from a config may be from the model's own count: biases
+# and small extras make up to ~3% of a tiny test model's blocks; a structure the facts do
+# not describe (another attention, another MLP) is off by more.
+_BLOCK_COUNT_TOLERANCE = 0.10
+
+
+def matched_to_model(facts: ModelFacts, config: Any) -> ModelFacts:
+    """``facts`` read from ``config``, checked against the model the config builds, with
+    :attr:`~ModelFacts.other_params` set so that :attr:`~ModelFacts.params` is its count.
+
+    The model is built on the meta device (no memory), once per config (a multimodal
+    config's text model). A config transformers cannot build is taken as read.
+
+    Raises:
+        SpecError: The blocks' weights read from the config are more than 10% off the
+            model's own: the estimate would be wrong in a way it cannot tell.
+
+    Examples:
+        >>> from transformers import BloomConfig
+        >>> config = BloomConfig(hidden_size=64, n_layer=2, n_head=4, vocab_size=512)
+        >>> facts = matched_to_model(facts_from_config(config), config)
+        >>> facts.params, facts.other_params  # biases and the embedding's norm
+        (132992, 1600)
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    counts = _model_counts(text, facts.layers)
+    if counts is None:
+        return facts
+    total, in_blocks = counts
+    read = facts.params_in_blocks
+    if in_blocks and abs(read - in_blocks) > _BLOCK_COUNT_TOLERANCE * in_blocks:
+        msg = (
+            f"the memory estimate does not model {facts.architecture} models yet: their "
+            f"blocks hold {in_blocks:,} weights and it reads {read:,} from the config (an "
+            "attention, MLP or experts layout it does not know)"
+        )
+        raise SpecError(msg)
+    return replace(facts, other_params=total - facts.params)
+
+
+_MODEL_COUNTS: dict[str, tuple[int, int] | None] = {}  # config JSON -> (all, in blocks)
+
+
+def _model_counts(config: Any, layers: int) -> tuple[int, int] | None:
+    """(weights, weights in the list of blocks) of the model ``config`` builds, or ``None``."""
+    if not hasattr(config, "to_json_string"):
+        return None  # a raw config.json transformers does not know: it cannot be built
+    key = config.to_json_string(use_diff=False)
+    if key not in _MODEL_COUNTS:
+        _MODEL_COUNTS[key] = _count_on_meta(config, layers)
+    return _MODEL_COUNTS[key]
+
+
+def _count_on_meta(config: Any, layers: int) -> tuple[int, int] | None:
+    import warnings
+
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # a config's own advice, said again at load
+        try:
+            with warnings.catch_warnings(), torch.device("meta"):
+                warnings.simplefilter("ignore")
+                model = AutoModelForCausalLM.from_config(config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception:
+        return None
+    total = sum(p.numel() for p in model.parameters())
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
+    in_blocks = max((sum(p.numel() for p in m.parameters()) for m in blocks), default=0)
+    return total, in_blocks
+
+
+def _kv_heads(config: Any, heads: int) -> int:
+    """Key/value heads; Falcon's ``multi_query`` (before its new decoder architecture) is one."""
+    if getattr(config, "model_type", "") == "falcon":
+        multi_query = config.multi_query and not config.new_decoder_architecture
+        return 1 if multi_query else config.num_kv_heads or heads
+    return getattr(config, "num_key_value_heads", None) or heads  # set after init by some
 
 
 # Families whose blocks are not an attention or recurrent layer followed by an MLP: counted as
@@ -674,11 +774,38 @@ def mlp_width(config: Any) -> int | None:
         config, "shared_intermediate_size"
     ):
         return config.shared_intermediate_size
-    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    width = _declared_width(config)
     if width and getattr(config, "block_auto_adjust_ff_dim", False):
         width = int(int(2 * width / 3) * (config.block_ffn_dim_multiplier or 1))
         width = -(-width // config.block_multiple_of) * config.block_multiple_of
     return width
+
+
+# The MLP width as each family's config names it (Llama, GPT-2, OPT, Falcon).
+_WIDTH_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size")
+
+
+def _declared_width(config: Any) -> int | None:
+    """The MLP width under the key the config's class declares: a key it does not declare
+    (``intermediate_size`` given to a GPT-2 or BLOOM config) is kept but never read by the
+    model. ``None``: the family's MLP is four times the hidden size (BLOOM; MPT too, whatever
+    its ``expansion_ratio`` says, as transformers builds it)."""
+    return next(filter(None, (_declared(config, key) for key in _WIDTH_KEYS)), None)
+
+
+def _declared(config: Any, key: str) -> Any:
+    """``config.key`` if the config's class declares that field (else ``None``): a key given
+    to a class that does not declare it is kept as an attribute the model never reads. A raw
+    ``config.json`` read as attributes declares whatever it holds."""
+    import dataclasses
+
+    inner = config.config if isinstance(config, _LayerMeans) else config
+    declared = (
+        {f.name for f in dataclasses.fields(inner)} if dataclasses.is_dataclass(inner) else ()
+    )
+    if declared and key not in declared and not hasattr(type(inner), key):  # not a property
+        return None
+    return getattr(config, key, None)
 
 
 # Mixture-of-experts config keys, as transformers' MoE configs name them.

@@ -214,11 +214,11 @@ def model_info(loaded) -> ModelInfo:
 def _shape_lines(config) -> dict[str, str | None]:
     """The experts and hybrid block lines of a model's facts table."""
     from workbench.errors import SpecError
-    from workbench.models.catalog import facts_from_config
+    from workbench.models.catalog import facts_from_config, matched_to_model
 
     try:
-        facts = facts_from_config(config)
-    except SpecError:  # a config without the usual sizes: no expert or block facts either
+        facts = matched_to_model(facts_from_config(config), config)
+    except SpecError:  # sizes missing, or a layout the facts misread: no such lines either
         return {}
     return {
         "experts": facts.experts.describe(facts.layers) if facts.experts else None,

@@ -29,7 +29,14 @@ from typing import Any, Literal
 
 from workbench._display import format_bytes, html_table, text_table
 from workbench.errors import SpecError
-from workbench.models.catalog import CATALOG, Mixer, ModelFacts, facts_from_config, get_facts
+from workbench.models.catalog import (
+    CATALOG,
+    Mixer,
+    ModelFacts,
+    facts_from_config,
+    get_facts,
+    matched_to_model,
+)
 from workbench.types import Method, Quantization
 
 __all__ = ["FitTable", "MemoryEstimate", "estimate_memory", "fit_table"]
@@ -260,7 +267,8 @@ def _config_dtype(config: Any) -> int:
 
 def _from_config(config: Any, name: str | None = None) -> tuple[ModelFacts, bool, int]:
     eager = getattr(config, "_attn_implementation", None) == "eager"
-    return facts_from_config(config, name=name), eager, _config_dtype(config)
+    facts = matched_to_model(facts_from_config(config, name=name), config)
+    return facts, eager, _config_dtype(config)
 
 
 def _from_folder(folder: Path) -> tuple[ModelFacts, bool, int]:
