@@ -28,3 +28,43 @@ def test_evaluating_a_4bit_model_does_not_change_its_training(tiny_model_dir, tm
         other = losses(tmp_path / f"b{case}", *case)
         for (a, ga), (b, gb) in zip(plain, other, strict=True):
             assert abs(a - b) < 1e-5 and abs(ga - gb) < 1e-4, (case, plain, other)
+
+
+def _tiny_falcon(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, FalconConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = FalconConfig(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "falcon")
+    tokenizer.save_pretrained(tmp_path / "falcon")
+    return tmp_path / "falcon"
+
+
+def test_a_family_bitsandbytes_cannot_quantize_is_refused_not_trained_as_qlora(
+    tmp_path, tiny_model_dir, capfd
+):
+    """Falcon's layers subclass torch.nn.Linear, which transformers' bitsandbytes conversion
+    skips: a "4bit" Falcon kept every weight in float32, reported quantization 4bit and
+    trained as QLoRA. Now the load says why it cannot, keeps the session's model, and the
+    same model trains as LoRA."""
+    import pytest
+
+    folder = _tiny_falcon(tmp_path, tiny_model_dir)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    for quantization in ("4bit", "8bit"):
+        with pytest.raises(wb.ModelLoadError, match=rf"quantization='{quantization}' quantized "
+                           r"none of the linear layers .*8 FalconLinear layers"):  # fmt: skip
+            s.load_model(str(folder), quantization=quantization)
+    assert "eetq" not in capfd.readouterr().err  # transformers' line that names another library
+    assert s.model_info().model_type == "llama"  # the session's model is kept
+    s.load_model(str(folder))
+    s.load_data([{"question": f"say {i}", "answer": f"{i}"} for i in range(8)], validation=None)
+    run = s.train(max_steps=2, batch_size=4, wait=True)
+    assert run.state.value == "finished" and s.model_info().quantization is None

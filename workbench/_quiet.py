@@ -1,6 +1,7 @@
-"""Hide six known third-party messages that are noise to a workbench user, and only those.
+"""Hide seven known third-party messages that are noise to a workbench user, and only those.
 
-Three libraries print into training cells, and none of these messages is the user's to act on:
+Three libraries print into training and loading cells, and none of these messages is the
+user's to act on:
 
 * bitsandbytes (0.50, ``bitsandbytes/backends/cpu/ops.py``) logs a warning on its logger
   ``bitsandbytes.backends.cpu.ops`` when it is first imported on a CPU with AVX512-BF16 and
@@ -34,6 +35,12 @@ Three libraries print into training cells, and none of these messages is the use
   convolutions. Those kernel packages are CUDA-only: on a machine without CUDA the advice
   cannot be followed, so it is hidden there (and shown on a GPU machine, where it can).
 
+* transformers (5.x, ``integrations/bitsandbytes.py``) logs ``You are loading your model using
+  eetq but no linear modules were found in your model`` when bitsandbytes quantized no layer
+  (it names the wrong library). The workbench then raises its own error, which says why
+  (``models/loading.py``: Falcon's layers subclass ``torch.nn.Linear``), so inside a
+  workbench call the misleading line is dropped.
+
 **Scope.** A message is hidden only while workbench code is on the call stack of the thread
 that emits it (a ``workbench.*`` module's frame: ``Session.train`` and what it calls, the
 training worker thread, a panel's handler). The same message from the user's own code (their
@@ -45,9 +52,10 @@ and restores it on exit, so with the training worker thread and the notebook's m
 both inside such blocks the restores can interleave and lose (or leave behind) filters; it is
 documented as not thread-safe. Instead the filters are installed once and never removed:
 
-* a :class:`logging.Filter` on each of the loggers ``bitsandbytes.backends.cpu.ops`` and
-  ``transformers.modeling_utils``, which drops a record when its text starts with the known
-  message and the stack holds a workbench frame;
+* a :class:`logging.Filter` on each of the loggers ``bitsandbytes.backends.cpu.ops``,
+  ``transformers.modeling_utils``, ``transformers.integrations.hub_kernels`` and
+  ``transformers.integrations.bitsandbytes``, which drops a record when its text starts with
+  the known message and the stack holds a workbench frame;
 * one entry per warning appended to ``warnings.filters`` (``ignore``, its category and module:
   ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
   ``peft.tuners.tuners_utils``, ``UserWarning`` from ``peft.tuners.lora.layer``) whose message
@@ -90,6 +98,7 @@ import warnings
 from typing import Any
 
 __all__ = [
+    "BNB_INTEGRATION_LOGGER",
     "BNB_LOGGER",
     "KERNELS_LOGGER",
     "TRANSFORMERS_LOGGER",
@@ -115,6 +124,9 @@ _KERNEL_FALLBACK = re.compile(r"`\w+` is falling back to its reference PyTorch i
 TRANSFORMERS_LOGGER = "transformers.modeling_utils"
 """The logger transformers' models log their missing-``attention_mask`` advice on."""
 _NO_ATTENTION_MASK = re.compile(r"We strongly recommend passing in an `attention_mask`")
+BNB_INTEGRATION_LOGGER = "transformers.integrations.bitsandbytes"
+"""The logger transformers logs its bitsandbytes conversion messages on."""
+_NOTHING_QUANTIZED = re.compile(r"You are loading your model using eetq but no linear modules")
 _lock = threading.Lock()
 
 
@@ -186,6 +198,7 @@ _LOG_FILTERS = {
     BNB_LOGGER: _ScopedLogFilter(_BNB_KERNELS),
     TRANSFORMERS_LOGGER: _ScopedLogFilter(_NO_ATTENTION_MASK),
     KERNELS_LOGGER: _ScopedLogFilter(_KERNEL_FALLBACK, without_cuda=True),
+    BNB_INTEGRATION_LOGGER: _ScopedLogFilter(_NOTHING_QUANTIZED),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._quiet import quiet_third_party
-from workbench.errors import DependencyError, ModelLoadError, SpecError
+from workbench.errors import DependencyError, ModelLoadError, SpecError, WorkbenchWarning
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder
 from workbench.models.gguf import convert_gguf, gguf_architecture
@@ -316,11 +316,54 @@ def load_model(
     quant_config = _quantization_config(quantization, dtype)
     source = resolve_source(spec, on_event)
     model, tokenizer = _from_pretrained(source, quant_config, dtype, device, trust_remote_code)
+    if quant_config is not None:
+        _check_quantized(model, quantization, source.spec)
     _give_pad_token(tokenizer)
     quantization = quantization or _saved_quantization(model)
     if quantization is not None:
         keep_4bit_layout_trainable(model)
     return LoadedModel(model.eval(), tokenizer, source, quantization, dtype, device)
+
+
+def _check_quantized(model: Any, quantization: str, spec: str) -> None:
+    """Say so when bitsandbytes left linear layers of the blocks unquantized.
+
+    transformers converts ``torch.nn.Linear`` itself (and GPT-2's ``Conv1D``), not its
+    subclasses: Falcon's ``FalconLinear`` layers all stay float, and the model would be
+    trained as QLoRA while holding full-precision weights.
+
+    Raises:
+        ModelLoadError: Not one linear layer was quantized.
+    """
+    import warnings
+
+    import bitsandbytes as bnb
+    import torch
+
+    from workbench.train.core import linear_routers
+
+    output, routers = model.get_output_embeddings(), set(linear_routers(model))
+    quantized, left = 0, {}
+    for name, module in model.named_modules():
+        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            quantized += 1
+        elif isinstance(module, torch.nn.Linear) and module is not output and name not in routers:
+            left.setdefault(type(module).__name__, []).append(name)
+    if not left:
+        return
+    kinds = ", ".join(
+        f"{len(names)} {kind} layers ({names[0]}, ...)" for kind, names in left.items()
+    )
+    if not quantized:
+        msg = (
+            f"quantization={quantization!r} quantized none of the linear layers of {spec!r}: "
+            f"bitsandbytes' conversion in transformers takes torch.nn.Linear itself, and its "
+            f"{kinds} are a subclass. Load it without quantization (LoRA on full-precision "
+            "weights)."
+        )
+        raise ModelLoadError(msg)
+    msg = f"quantization={quantization!r} left {kinds} of {spec!r} unquantized (float)"
+    warnings.warn(msg, WorkbenchWarning, stacklevel=3)
 
 
 def _give_pad_token(tokenizer: Any) -> None:
