@@ -14,7 +14,7 @@ from workbench.data import (
     render_prompt,
     resolve_template,
 )
-from workbench.errors import SpecError
+from workbench.errors import DataError, SpecError
 
 __all__ = ["cache_dir", "plain_tokenizer", "tokenizer"]
 
@@ -149,3 +149,62 @@ def test_encode_prompt_is_the_training_prefix(tokenizer, cache_dir):
     assert data.train[0]["input_ids"][: len(ids)] == ids
     assert data.train[0]["labels"][len(ids)] != IGNORE_INDEX
     assert data.train[0]["labels"][len(ids) - 1] == IGNORE_INDEX
+
+
+# Gemma 2's and Mistral's templates raise on a system turn and on roles that do not alternate.
+STRICT = (
+    "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] }}"
+    "{{ '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_turns_the_chat_template_refuses_are_named_or_skipped(
+    tmp_path, tokenizer, cache_dir, batched
+):
+    """A system turn under a template that refuses one raised Jinja's TemplateError out of
+    the tokenizing map, with no file or row, and on_error="skip" could not skip it."""
+    import json
+
+    def turns(*roles):
+        return {"messages": [{"role": r, "content": f"{r} {i}"} for i, r in enumerate(roles)]}
+
+    rows = [turns("user", "assistant")] * 3 + [turns("system", "user", "assistant")]
+    rows += [turns("user", "user", "assistant"), turns("user", "assistant", "user", "assistant")]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    strict = Template("strict", STRICT, "custom")
+    with pytest.raises(
+        DataError,
+        match=r"chats\.jsonl, line 4, field 'messages': the chat template \('strict'\) refuses "
+        r"this conversation: System role not supported; drop the system turn",
+    ):
+        load(path, tokenizer, cache_dir, template=strict, batched=batched)
+    data = load(path, tokenizer, cache_dir, template=strict, on_error="skip", batched=batched)
+    assert [len(r["messages"]) for r in data.train] == [2, 2, 2, 4]
+    refused = {p.row: p.message for p in data.report().problems if p.kind == "malformed"}
+    assert set(refused) == {4, 5} and "roles must alternate" in refused[5]
+    validation = tmp_path / "val.jsonl"
+    validation.write_text(json.dumps(turns("system", "user", "assistant")))
+    # every row of the validation file refused: nothing to validate on
+    with pytest.raises(DataError, match=r"val\.jsonl: no usable rows .*line 1, field 'messages'"):
+        load(
+            path, tokenizer, cache_dir, template=strict, validation=str(validation), on_error="skip"
+        )
+
+
+def test_a_chat_turn_the_template_refuses_is_a_spec_error(tmp_path, tiny_model_dir):
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.tokenizer.chat_template = STRICT
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with pytest.raises(wb.SpecError, match=r"refuses these turns: System role not supported"):
+        s.generate(turns, chat=True, max_new_tokens=2)
+    assert isinstance(s.generate(turns[1:], chat=True, max_new_tokens=2), str)

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from workbench.data.templates import Template, render_many, resolve_template
 from workbench.errors import SpecError
 from workbench.models.generation import stop_token_ids
@@ -176,7 +178,11 @@ def chat_inputs(
     if not items:
         raise SpecError("prompt is empty: give a message or a list of messages.")
     conversations = [conversation(item) for item in items]
-    prompts = render_many(resolved, tokenizer, conversations, add_generation_prompt=True)
+    try:
+        prompts = render_many(resolved, tokenizer, conversations, add_generation_prompt=True)
+    except TemplateError as err:  # Gemma's, Mistral's: "System role not supported"
+        msg = f"the chat template ({resolved.name!r}) refuses these turns: {err.message or err}"
+        raise SpecError(msg) from None
     return ChatInputs(prompts, chat_stop_strings(resolved, tokenizer), single, resolved)
 
 

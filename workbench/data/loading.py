@@ -44,7 +44,14 @@ from workbench.data.sources import RawRow, Source
 from workbench.data.tokenize import UNTRAINED_TURNS
 from workbench.errors import DataError, WorkbenchWarning
 
-__all__ = ["CODE_VERSION", "RESERVED_COLUMNS", "Loaded", "cached_arrow_table", "read_source"]
+__all__ = [
+    "CODE_VERSION",
+    "RESERVED_COLUMNS",
+    "Loaded",
+    "cached_arrow_table",
+    "read_source",
+    "refuse_template_rejects",
+]
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
 # (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns).
@@ -324,3 +331,111 @@ def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem,
             skipped.append(Problem(row["source_row"], "malformed", str(message), "source"))
         dataset = dataset.select(np.flatnonzero(~failed))
     return dataset.remove_columns(["error", "error_field"]), tuple(skipped)
+
+
+def refuse_template_rejects(
+    loaded: Loaded, source: Source, template: Any, tokenizer: Any, on_error: str
+) -> Loaded:
+    """Rows whose turns the chat template refuses, raised naming the first or skipped.
+
+    Templates such as Gemma's or Mistral's raise on a system turn ("System role not
+    supported") or on roles that do not alternate. Each sequence of roles is rendered once,
+    on its first row (as for training: the whole conversation and each answer's prompt).
+
+    Raises:
+        DataError: ``on_error="raise"`` and a row is refused (file, line, ``messages`` and
+            the template's own words), or every row is.
+
+    Examples:
+        >>> from workbench.data.prepared import DataSpec
+        >>> from workbench.data.sources import open_source
+        >>> from workbench.data.templates import Template
+        >>> no_system = Template("strict", "{% if messages[0]['role'] == 'system' %}"
+        ...     "{{ raise_exception('System role not supported') }}{% endif %}"
+        ...     "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+        >>> rows = [{"messages": [{"role": "system", "content": "Be brief."},
+        ...                       {"role": "user", "content": "Hi"},
+        ...                       {"role": "assistant", "content": "Hello"}]},
+        ...         {"question": "2+2?", "answer": "4"}]
+        >>> source = open_source([rows[0], {"messages": rows[0]["messages"][1:]}])[0]
+        >>> loaded = read_source(source, DataSpec(cache_dir="/tmp/wb-doc-loading-cache"))
+        >>> kept = refuse_template_rejects(loaded, source, no_system, None, "skip")
+        >>> len(kept.dataset), [(p.row, p.kind) for p in kept.skipped]
+        (1, [(1, 'malformed')])
+        >>> refuse_template_rejects(loaded, source, no_system, None, "raise")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.DataError: list, row 1, field 'messages': the chat template \
+('strict') refuses this conversation: System role not supported; ...
+    """
+    import numpy as np
+
+    if loaded.format.is_text:
+        return loaded
+    shapes = _role_sequences(loaded.dataset)
+    firsts: dict[tuple[str, ...], int] = {}
+    for k, roles in enumerate(shapes):
+        firsts.setdefault(roles, k)
+    refused = {}
+    for roles, k in firsts.items():
+        reason = _template_refusal(template, tokenizer, loaded.dataset[k]["messages"])
+        if reason is not None:
+            refused[roles] = reason
+    if not refused:
+        return loaded
+    bad = [k for k, roles in enumerate(shapes) if roles in refused]
+    rows = loaded.dataset.select_columns(["source_row"])[bad]["source_row"]
+    errors = [
+        _data_error(
+            source, row, "messages", _refusal_message(template, shapes[k], refused[shapes[k]])
+        )
+        for k, row in zip(bad, rows, strict=True)
+    ]
+    if on_error == "raise" or len(bad) == len(shapes):
+        if on_error != "raise":
+            raise DataError(
+                f"{source.label}: no usable rows ({len(bad)} refused, e.g. {errors[0]})"
+            )
+        raise errors[0]
+    keep = np.setdiff1d(np.arange(len(shapes)), bad)
+    problems = tuple(
+        Problem(row, "malformed", str(err), "source") for row, err in zip(rows, errors, strict=True)
+    )
+    return Loaded(
+        loaded.dataset.select(keep), loaded.skipped + problems, loaded.format, loaded.originals
+    )
+
+
+def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
+    """Each row's sequence of roles, read from the Arrow ``messages`` column."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")[:].column("messages").combine_chunks()
+    roles = pc.struct_field(pc.list_flatten(column), "role").to_pylist()
+    offsets = column.offsets.to_pylist()
+    return [tuple(roles[a:b]) for a, b in itertools.pairwise(offsets)]
+
+
+def _template_refusal(template: Any, tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
+    """The template's own words when it refuses ``messages`` or an answer's prompt of them."""
+    from jinja2.exceptions import TemplateError
+
+    from workbench.data.templates import render_many
+
+    prompts = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant" and i]
+    try:
+        render_many(template, tokenizer, [messages], False)
+        if prompts:
+            render_many(template, tokenizer, prompts, True)
+    except TemplateError as err:
+        return str(err.message or err)
+    return None
+
+
+def _refusal_message(template: Any, roles: tuple[str, ...], reason: str) -> str:
+    fix = (
+        "drop the system turn or put its text in the first user turn, or pick another "
+        "template (template='chatml')"
+        if "system" in roles
+        else "change the turns, or pick another template (template='chatml')"
+    )
+    return f"the chat template ({template.name!r}) refuses this conversation: {reason}; {fix}"

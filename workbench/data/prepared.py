@@ -34,7 +34,12 @@ from workbench.data.context import fit_to_context
 from workbench.data.example import Example, TokenView
 from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
-from workbench.data.loading import Loaded, cached_arrow_table, read_source
+from workbench.data.loading import (
+    Loaded,
+    cached_arrow_table,
+    read_source,
+    refuse_template_rejects,
+)
 from workbench.data.problems import Problem
 from workbench.data.report import DataReport, build_report
 from workbench.data.sources import open_source
@@ -330,6 +335,7 @@ class PreparedData:
         resolved = given or resolve_template(spec.template, tokenizer)
         main_source, dict_validation = open_source(source, sheet, encoding)
         main = read_source(main_source, spec)
+        main = refuse_template_rejects(main, main_source, resolved, tokenizer, spec.on_error)
         val_source = (
             open_source(second, encoding=encoding if isinstance(second, (str, Path)) else None)[0]
             if second is not None
@@ -337,7 +343,10 @@ class PreparedData:
             if spec.validation
             else None
         )
-        val = read_source(val_source, spec, main.format.name) if val_source is not None else None
+        val = None
+        if val_source is not None:
+            val = read_source(val_source, spec, main.format.name)
+            val = refuse_template_rejects(val, val_source, resolved, tokenizer, spec.on_error)
         train, validation = _split(main, val, spec)
         skipped = main.skipped + (val.skipped if val else ())
         raw = cls(
