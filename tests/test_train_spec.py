@@ -44,7 +44,9 @@ def test_bad_settings_raise_one_clear_error(kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"r": 0}, r"r=0 must be an integer > 0"),
+        ({"r": 0}, r"^r=0 must be an integer > 0\.$"),  # no second error about its alpha
+        ({"r": 8.5}, r"^r=8\.5 must be an integer > 0\.$"),
+        ({"r": 8, "alpha": -1}, r"^alpha=-1 must be a number > 0\.$"),
         ({"dropout": 1.0}, r"dropout=1.0 must be in \[0, 1\)"),
         ({"target": []}, r"target=\(\) must be 'all-linear' or a non-empty list"),
     ],

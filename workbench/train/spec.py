@@ -108,7 +108,7 @@ class LoRA:
     def __post_init__(self) -> None:
         _raise(_placeholders(self))
         # alpha defaults to 2 * r, the common choice, so LoRA(r=8) scales updates by 2.
-        if self.alpha is None and isinstance(self.r, int):
+        if self.alpha is None and isinstance(self.r, int) and self.r > 0:
             object.__setattr__(self, "alpha", 2 * self.r)
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
@@ -120,7 +120,7 @@ class LoRA:
         _raise(
             [
                 _positive("r", self.r),
-                _positive("alpha", self.alpha, float),
+                None if self.alpha is None else _positive("alpha", self.alpha, float),
                 None
                 if isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1
                 else f"dropout={self.dropout!r} must be in [0, 1)",
