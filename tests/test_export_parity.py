@@ -114,7 +114,7 @@ def test_a_base_model_without_chat_template_is_checked_on_plain_prompts(tmp_path
 
 
 @pytest.mark.llama_cpp
-def test_a_file_llama_cpp_cannot_load_is_a_clear_error_and_the_export_stands(
+def test_a_file_llama_cpp_cannot_load_is_a_clear_error_and_never_an_export(
     tmp_path, tiny_model_dir, monkeypatch
 ):
     needs_llama_cpp()
@@ -125,13 +125,14 @@ def test_a_file_llama_cpp_cannot_load_is_a_clear_error_and_the_export_stands(
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut off mid-tensor
     with pytest.raises(wb.ModelLoadError, match=f"llama.cpp could not load {path}"):
         s.check_export("export/gguf")
-    # A writer mistake (here: Phi-2's output matrix left out, which llama.cpp requires)
-    # leaves the file written and says, even to a quiet session, that it was not checked.
+    # A writer mistake (here: Phi-2's output matrix left out, which llama.cpp requires) is
+    # caught while the file is still staged: llama.cpp's reason is given, nothing is written.
     from workbench.deploy import gguf_writer
     from workbench.models.tiny import build_tiny_model
 
     monkeypatch.setattr(gguf_writer, "_NEEDS_OUTPUT", set())
     s.load_model(str(build_tiny_model(tmp_path / "phi", "phi")))
-    with pytest.warns(wb.WorkbenchWarning, match="export check not run: llama.cpp could not"):
-        folder = s.export("export/phi", format="gguf")
-    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "model.gguf"]
+    with pytest.raises(wb.SpecError, match=r"llama\.cpp cannot load the file written for this "
+                       r"phi model \(.*tensor 'output\.weight' not found"):  # fmt: skip
+        s.export("export/phi", format="gguf")
+    assert not (tmp_path / "s" / "export" / "phi").exists()

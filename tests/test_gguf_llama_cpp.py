@@ -1057,3 +1057,32 @@ def test_a_tokenizer_without_special_tokens_trains_generates_and_exports(tmp_pat
     s.export("export/gguf", format="gguf")
     report = s.check_export("export/gguf", max_new_tokens=6)
     assert report.all_same, report
+
+
+@pytest.mark.llama_cpp
+def test_a_gguf_llama_cpp_cannot_load_is_refused_and_the_target_kept(tmp_path, llama_class):
+    """An OLMo 2 with attention biases: llama.cpp's olmo2 graph has none, and refused the
+    file the export left behind (the export only warned that its check could not run)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Olmo2Config
+
+    tokenizer = AutoTokenizer.from_pretrained(wb.build_tiny_model(tmp_path / "llama"))
+    config = Olmo2Config(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128, attention_bias=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "olmo2")
+    tokenizer.save_pretrained(tmp_path / "olmo2")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tmp_path / "olmo2"))
+    target = tmp_path / "run" / "export" / "gguf"
+    target.mkdir(parents=True)
+    (target / "model.gguf").write_bytes(b"an earlier export")
+    refused = r"cannot load the file written for this olmo2 model \(.*wrong number of tensors"
+    with pytest.raises(wb.SpecError, match=refused + r".*\); nothing was written"):
+        s.export("export/gguf", format="gguf", overwrite=True)
+    assert [p.name for p in target.iterdir()] == ["model.gguf"]
+    assert (target / "model.gguf").read_bytes() == b"an earlier export"
+    assert not [p for p in target.parent.iterdir() if p.name != "gguf"]  # no staging left

@@ -211,8 +211,17 @@ def _write_adapter(model: Any, tokenizer: Any, folder: Path, _gguf_type: str) ->
 def _write_gguf(model: Any, tokenizer: Any, folder: Path, gguf_type: GGUFType) -> None:
     from workbench.deploy.gguf_writer import write_gguf
     from workbench.deploy.modelfile import write_modelfile
+    from workbench.deploy.parity import llama_cpp_load_error
 
     write_gguf(plain_model(model), tokenizer, folder / "model.gguf", gguf_type)
+    refused = llama_cpp_load_error(folder / "model.gguf")  # None: it loads, or cannot be asked
+    if refused is not None:  # still staged: the target keeps what it held
+        msg = (
+            f"GGUF export: llama.cpp cannot load the file written for this "
+            f"{model.config.model_type} model ({refused}); nothing was written. Export "
+            "'safetensors' instead."
+        )
+        raise SpecError(msg)
     write_modelfile(folder, tokenizer)
 
 

@@ -268,9 +268,38 @@ def _llama(path: Path, context: int) -> Any:
     except ValueError as err:  # llama-cpp-python's words for any file llama.cpp refuses
         msg = (
             f"llama.cpp could not load {path}: the file is damaged or describes a model "
-            "llama.cpp cannot build (llama_cpp.Llama(model_path=..., verbose=True) logs why)."
+            f"llama.cpp cannot build ({llama_cpp_load_error(path) or 'it gives no reason'})."
         )
         raise ModelLoadError(msg) from err
+
+
+def llama_cpp_load_error(path: str | Path) -> str | None:
+    """Why llama.cpp refuses to load the GGUF at ``path`` in its own words, or ``None`` when
+    it loads (or llama-cpp-python is not installed to ask).
+
+    Examples:
+        >>> from pathlib import Path
+        >>> bad = Path("/tmp/wb-doc-not.gguf")
+        >>> _ = bad.write_bytes(b"GGUF" + bytes(20))
+        >>> "error" in llama_cpp_load_error(bad)
+        True
+    """
+    import contextlib
+    import io
+
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    log = io.StringIO()  # verbose=True sends llama.cpp's log to sys.stderr (False: /dev/null)
+    try:
+        with contextlib.redirect_stderr(log):
+            Llama(model_path=str(path), n_ctx=16, n_threads=1, verbose=True).close()
+    except ValueError:
+        lines = [line.strip() for line in log.getvalue().splitlines()]
+        errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
+        return "; ".join(errors[:3]) or "llama.cpp gave no reason"
+    return None
 
 
 def _exported_side(
