@@ -308,25 +308,20 @@ def test_a_block_layout_the_estimate_does_not_know_is_refused_not_guessed(
         estimate_memory(tmp_path, device="cpu")
 
 
-def test_model_info_shows_no_expert_line_the_model_does_not_have(tmp_path, tiny_model_dir):
+def test_model_info_shows_no_expert_line_the_model_does_not_have(tmp_path):
     """Doge's config lists 16,384 experts it builds only with is_moe=True: model_info said
     "16384 in every block" of a dense model."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig
 
     import workbench as wb
+    from workbench.models.tiny import build_model_from_config
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = AutoConfig.for_model(
-        "doge", vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-        pad_token_id=tokenizer.pad_token_id,
+        "doge", hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=128,
     )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "doge")
-    tokenizer.save_pretrained(tmp_path / "doge")
     s = wb.Session(tmp_path / "run", verbose=False)
-    s.load_model(str(tmp_path / "doge"))
+    s.load_model(str(build_model_from_config(tmp_path / "doge", config)))
     info = s.model_info()
     assert info.experts is None and "experts" not in str(info)
     assert "q_proj" in info.lora_targets

@@ -30,20 +30,15 @@ def test_evaluating_a_4bit_model_does_not_change_its_training(tiny_model_dir, tm
             assert abs(a - b) < 1e-5 and abs(ga - gb) < 1e-4, (case, plain, other)
 
 
-def _tiny_falcon(tmp_path, tiny_model_dir):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, FalconConfig
+def _tiny_falcon(tmp_path):
+    from transformers import FalconConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    from workbench.models.tiny import build_model_from_config
+
     config = FalconConfig(
-        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        initializer_range=0.2, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "falcon")
-    tokenizer.save_pretrained(tmp_path / "falcon")
-    return tmp_path / "falcon"
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2
+    )
+    return build_model_from_config(tmp_path / "falcon", config)
 
 
 def test_a_family_bitsandbytes_cannot_quantize_is_refused_not_trained_as_qlora(
@@ -55,7 +50,7 @@ def test_a_family_bitsandbytes_cannot_quantize_is_refused_not_trained_as_qlora(
     same model trains as LoRA."""
     import pytest
 
-    folder = _tiny_falcon(tmp_path, tiny_model_dir)
+    folder = _tiny_falcon(tmp_path)
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(tiny_model_dir))
     for quantization in ("4bit", "8bit"):

@@ -16,11 +16,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError
 
-__all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_tiny_model"]
+__all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_model_from_config", "build_tiny_model"]
 
 TinyArchitecture = Literal[
     "llama",
@@ -378,17 +378,46 @@ def build_tiny_model(
         Traceback (most recent call last):
         workbench.errors.SpecError: architecture='bloom' is not one of ('llama', 'gpt2', ...)
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     if architecture not in TINY_ARCHITECTURES:
         msg = f"architecture={architecture!r} is not one of {TINY_ARCHITECTURES}"
         raise SpecError(msg)
-    target = Path(path)
     tokenizer = _train_tokenizer(vocab_size)
     if chat_template:
         tokenizer.chat_template = CHATML_TEMPLATE
     config = _config(architecture, len(tokenizer), hidden, layers, tokenizer)
+    return _write(path, config, tokenizer, seed)
+
+
+def build_model_from_config(path: str | Path, config: Any, seed: int = 0) -> Path:
+    """Write a randomly initialised model of any transformers ``config`` with the tiny tokenizer.
+
+    For a family :func:`build_tiny_model` does not list: the config's sizes are kept, its
+    vocabulary and special token ids become the tokenizer's (a ChatML chat template, as
+    there). The folder is complete or absent, as there.
+
+    Examples:
+        >>> from transformers import BloomConfig
+        >>> config = BloomConfig(hidden_size=32, n_layer=2, n_head=2)
+        >>> folder = build_model_from_config("/tmp/wb-doc-tiny-bloom", config)
+        >>> from transformers import AutoConfig
+        >>> AutoConfig.from_pretrained(folder).vocab_size
+        512
+    """
+    tokenizer = _train_tokenizer(512)
+    tokenizer.chat_template = CHATML_TEMPLATE
+    config.vocab_size = len(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    return _write(path, config, tokenizer, seed)
+
+
+def _write(path: str | Path, config: Any, tokenizer: Any, seed: int) -> Path:
+    """The model of ``config`` (seeded random weights) and ``tokenizer``, staged and renamed."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = Path(path)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # a trained LFM2-MoE's routing bias is not zero, as it starts
