@@ -189,6 +189,12 @@ def test_turns_the_chat_template_refuses_are_named_or_skipped(
     assert [len(r["messages"]) for r in data.train] == [2, 2, 2, 4]
     refused = {p.row: p.message for p in data.report().problems if p.kind == "malformed"}
     assert set(refused) == {4, 5} and "roles must alternate" in refused[5]
+    broken_first = tmp_path / "broken.jsonl"  # a row skipped before the template's check
+    broken_first.write_text("{not json\n" + path.read_text())
+    data = load(broken_first, tokenizer, cache_dir, template=strict, on_error="skip")
+    assert [len(r["messages"]) for r in data.train] == [2, 2, 2, 4]
+    skipped = sorted(p.row for p in data.report().problems if p.kind == "malformed")
+    assert skipped == [1, 5, 6]
     validation = tmp_path / "val.jsonl"
     validation.write_text(json.dumps(turns("system", "user", "assistant")))
     # every row of the validation file refused: nothing to validate on

@@ -411,8 +411,9 @@ def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
 
     column = dataset.with_format("arrow")[:].column("messages").combine_chunks()
     roles = pc.struct_field(pc.list_flatten(column), "role").to_pylist()
-    offsets = column.offsets.to_pylist()
-    return [tuple(roles[a:b]) for a, b in itertools.pairwise(offsets)]
+    lengths = pc.list_value_length(column).to_pylist()  # right for a sliced column too
+    starts = [0, *itertools.accumulate(lengths)][:-1]
+    return [tuple(roles[a : a + n]) for a, n in zip(starts, lengths, strict=True)]
 
 
 def _template_refusal(template: Any, tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
