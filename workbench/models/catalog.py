@@ -669,20 +669,35 @@ def matched_to_model(facts: ModelFacts, config: Any) -> ModelFacts:
     return replace(facts, other_params=total - facts.params)
 
 
-_MODEL_COUNTS: dict[str, tuple[int, int] | None] = {}  # config JSON -> (all, in blocks)
-
-
 def _model_counts(config: Any, layers: int) -> tuple[int, int] | None:
     """(weights, weights in the list of blocks) of the model ``config`` builds, or ``None``."""
+    import torch
+
+    model = _built_on_meta(config)
+    if model is None:
+        return None
+    total = sum(p.numel() for p in model.parameters())
+    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
+    in_blocks = max((sum(p.numel() for p in m.parameters()) for m in blocks), default=0)
+    return total, in_blocks
+
+
+_META_MODELS: dict[str, Any] = {}  # config JSON -> the model built on the meta device, or None
+
+
+def _built_on_meta(config: Any) -> Any:
+    """The model ``config`` builds, on the meta device (no memory, no weights), once per
+    config; ``None`` for a config transformers cannot build (a raw config.json it does not
+    know, a family it lacks)."""
     if not hasattr(config, "to_json_string"):
-        return None  # a raw config.json transformers does not know: it cannot be built
+        return None
     key = config.to_json_string(use_diff=False)
-    if key not in _MODEL_COUNTS:
-        _MODEL_COUNTS[key] = _count_on_meta(config, layers)
-    return _MODEL_COUNTS[key]
+    if key not in _META_MODELS:
+        _META_MODELS[key] = _build_on_meta(config)
+    return _META_MODELS[key]
 
 
-def _count_on_meta(config: Any, layers: int) -> tuple[int, int] | None:
+def _build_on_meta(config: Any) -> Any:
     import warnings
 
     try:
@@ -695,15 +710,11 @@ def _count_on_meta(config: Any, layers: int) -> tuple[int, int] | None:
         try:
             with warnings.catch_warnings(), torch.device("meta"):
                 warnings.simplefilter("ignore")
-                model = AutoModelForCausalLM.from_config(config)
+                return AutoModelForCausalLM.from_config(config)
         finally:
             hf_logging.set_verbosity(verbosity)
     except Exception:
         return None
-    total = sum(p.numel() for p in model.parameters())
-    blocks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == layers]
-    in_blocks = max((sum(p.numel() for p in m.parameters()) for m in blocks), default=0)
-    return total, in_blocks
 
 
 def _kv_heads(config: Any, heads: int) -> int:
@@ -958,35 +969,17 @@ def _fused_at_load(model_type: str) -> bool:
     return "MergeModulelist" in operations
 
 
-_ADAPTS_EXPERTS: dict[str, bool] = {}  # config JSON -> answer: batch_size="auto" asks often
-
-
 def _peft_adapts_experts(config: Any) -> bool:
     """Whether peft's ``"all-linear"`` adapts this model's fused expert weights.
 
-    Asked of the model itself, built on the meta device (no memory, no weights), once per
-    config.
+    Asked of the model itself, built on the meta device (:func:`_built_on_meta`).
     """
-    config = getattr(config, "config", config)  # a heterogeneous config's own, to build
-    if not hasattr(config, "to_json_string"):
-        return False  # a raw config.json transformers does not know: it cannot be built
-    key = config.to_json_string(use_diff=False)
-    if key not in _ADAPTS_EXPERTS:
-        _ADAPTS_EXPERTS[key] = _ask_peft(config)
-    return _ADAPTS_EXPERTS[key]
+    from peft import LoraConfig
 
+    from workbench.train.core import dropout_free_targets
 
-def _ask_peft(config: Any) -> bool:
-    try:
-        import torch
-        from peft import LoraConfig
-        from transformers import AutoModelForCausalLM
-
-        from workbench.train.core import dropout_free_targets
-
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except (ImportError, ValueError, TypeError, KeyError, AttributeError, RuntimeError):
+    model = _built_on_meta(getattr(config, "config", config))  # a heterogeneous config's own
+    if model is None:
         return False  # a config transformers cannot build: count the experts as frozen
     lora = LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM")
     return bool(dropout_free_targets(model, lora))
