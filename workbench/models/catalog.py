@@ -22,6 +22,7 @@ from workbench.errors import SpecError
 __all__ = [
     "CATALOG",
     "Experts",
+    "LatentAttention",
     "Mixer",
     "ModelFacts",
     "facts_from_config",
@@ -85,6 +86,63 @@ class Experts:
         shared = ", one shared" if self.shared_intermediate else ""
         lora = "LoRA adapts each expert" if self.adapted else "LoRA leaves the experts frozen"
         return f"{self.count} in {where}, {routing}{shared}; {lora}"
+
+
+@dataclass(frozen=True)
+class LatentAttention:
+    """Multi-head latent attention (MLA), as DeepSeek-V2/V3, MiniCPM3, GLM-4.7-Flash and
+    Youtu-LLM attend: keys and values come up from one small latent per token, queries
+    (optionally) from another, instead of from the hidden state.
+
+    Each block has ``kv_a_proj_with_mqa`` (hidden -> latent + rope), ``kv_b_proj``
+    (latent -> heads x (nope + value)), the query's ``q_a_proj`` and ``q_b_proj`` through its
+    latent (or one ``q_proj`` when ``query_rank`` is 0), and ``o_proj``; a norm on each latent.
+
+    Attributes:
+        query_rank: Width of the query latent (``q_lora_rank``; 0: no query latent).
+        kv_rank: Width of the key/value latent (``kv_lora_rank``).
+        nope: Per-head query/key width without rotary positions (``qk_nope_head_dim``).
+        rope: Per-head query/key width with rotary positions (``qk_rope_head_dim``), shared
+            by all heads on the key side.
+        value: Per-head value width (``v_head_dim``).
+
+    Examples:
+        >>> mla = LatentAttention(query_rank=48, kv_rank=32, nope=16, rope=8, value=16)
+        >>> mla.linear_shapes(hidden=64, heads=4)
+        ((64, 48), (48, 96), (64, 40), (32, 128), (64, 64))
+    """
+
+    query_rank: int
+    kv_rank: int
+    nope: int
+    rope: int
+    value: int
+
+    def linear_shapes(self, hidden: int, heads: int) -> tuple[tuple[int, int], ...]:
+        """(in_features, out_features) of its Linear layers in one block, queries first."""
+        query_key = heads * (self.nope + self.rope)
+        query = ((hidden, self.query_rank), (self.query_rank, query_key))
+        if not self.query_rank:
+            query = ((hidden, query_key),)
+        latent = (hidden, self.kv_rank + self.rope)  # with the key's shared rotary part
+        key_value = (self.kv_rank, heads * (self.nope + self.value))
+        return (*query, latent, key_value, (heads * self.value, hidden))
+
+    @property
+    def norm_params(self) -> int:
+        """Weights of the norms on its latents, per block."""
+        return self.query_rank + self.kv_rank
+
+    def describe(self) -> str:
+        """One line for a model's facts table.
+
+        Examples:
+            >>> LatentAttention(1536, 512, 128, 64, 128).describe()
+            'latent (MLA): keys and values from a 512-wide latent, queries from a 1536-wide one'
+        """
+        query = f"queries from a {self.query_rank}-wide one" if self.query_rank else ""
+        keys = f"latent (MLA): keys and values from a {self.kv_rank}-wide latent"
+        return f"{keys}, {query}" if query else keys
 
 
 @dataclass(frozen=True)
@@ -227,6 +285,9 @@ class ModelFacts:
         experts: The mixture of experts, ``None`` for a dense model.
         mixer: What replaces attention in a hybrid model's recurrent blocks, ``None`` when
             every block attends.
+        latent_attention: The blocks attend through latents (DeepSeek's MLA), ``None`` for
+            the usual q, k, v and o projections (then ``heads``, ``kv_heads`` and
+            ``head_dim`` describe them).
         other_params: Weights outside the structure the other fields describe (learned position
             embeddings, biases; negative where it counts a norm the model lacks), so that
             :attr:`params` is the model's own count; set from the model built from the config.
@@ -252,6 +313,7 @@ class ModelFacts:
     per_layer_vocab: int = 0
     experts: Experts | None = None
     mixer: Mixer | None = None
+    latent_attention: LatentAttention | None = None
     other_params: int = 0
 
     def _mlp_shapes(self, width: int) -> tuple[tuple[int, int], ...]:
@@ -271,7 +333,7 @@ class ModelFacts:
         experts themselves are fused 3D weights, not linear layers. In a hybrid model's
         recurrent block (``attention=False``) the mixer's projections replace q, k, v, o;
         a parallel mixer's (Falcon-H1) come after them. ``adapted=True``: only the layers
-        LoRA adapts (see :meth:`Mixer.linear_shapes`).
+        LoRA adapts (see :meth:`Mixer.linear_shapes`; no MLP where peft adapts the experts).
 
         Returns:
             One ``(in, out)`` pair per linear layer of a block.
@@ -280,11 +342,7 @@ class ModelFacts:
             >>> get_facts("gemma-3-270m").linear_shapes()[:2]
             ((640, 1024), (640, 256))
         """
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        query = (self.hidden, 2 * q if self.attention_gate else q)  # with its gate, if any
-        mixing = (query, (self.hidden, kv), (self.hidden, kv), (q, self.hidden))
-        if self.fused_qkv:
-            mixing = ((self.hidden, q + 2 * kv), (q, self.hidden))
+        mixing = self._attention_shapes()
         if self.mixer is not None and not attention:
             mixing = self.mixer.linear_shapes(self.hidden, adapted)
         elif self.mixer is not None and self.mixer.parallel:
@@ -295,10 +353,25 @@ class ModelFacts:
                 (self.hidden, self.per_layer_input),
                 (self.per_layer_input, self.hidden),
             )
+        # peft 0.21 maps "all-linear" onto adapted experts by the MLP's layer names
+        # (gate_proj, up_proj, down_proj), which takes every other Linear layer of those
+        # names off the adapter: the dense blocks' MLPs and the shared experts (measured on
+        # Qwen3-MoE and DeepSeek-V3).
+        if adapted and self.experts is not None and self.experts.adapted:
+            return mixing
         if not expert_block:
             return (*mixing, *self._mlp_shapes(self.intermediate))
         shared = self.experts.shared_intermediate if self.experts else 0
         return (*mixing, *(self._mlp_shapes(shared) if shared else ()))
+
+    def _attention_shapes(self) -> tuple[tuple[int, int], ...]:
+        if self.latent_attention is not None:
+            return self.latent_attention.linear_shapes(self.hidden, self.heads)
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.fused_qkv:
+            return (self.hidden, q + 2 * kv), (q, self.hidden)
+        query = (self.hidden, 2 * q if self.attention_gate else q)  # with its gate, if any
+        return query, (self.hidden, kv), (self.hidden, kv), (q, self.hidden)
 
     @property
     def expert_layers(self) -> int:
@@ -413,8 +486,13 @@ class ModelFacts:
 
     @property
     def norm_params(self) -> int:
-        """Weights of the normalisation layers (two per block and a final one)."""
-        return (2 * self.layers + 1) * self.hidden
+        """Weights of the normalisation layers (two per block and a final one, and those on
+        the latents of latent attention)."""
+        blocks = (2 * self.layers + 1) * self.hidden
+        if self.latent_attention is None:
+            return blocks
+        attending = self.sum_over_blocks(lambda expert_block, attention: int(attention))
+        return blocks + attending * self.latent_attention.norm_params
 
     @property
     def params(self) -> int:
@@ -458,10 +536,6 @@ class ModelFacts:
         if self.experts is None or not self.experts.adapted:
             return linear
         experts = self.experts
-        # peft maps "all-linear" onto the experts by the MLP's layer names, which takes the
-        # dense blocks' MLP (same names) off the adapter: measured on Qwen3-MoE, peft 0.21.
-        dense_mlp = self._mlp_shapes(self.intermediate)
-        linear -= (self.layers - experts.layers) * r * sum(i + o for i, o in dense_mlp)
         one = sum(i + o for i, o in self._mlp_shapes(experts.intermediate))
         if self.gated_mlp:
             # gate and up are one fused (hidden -> 2 x width) weight, which peft adapts at
@@ -626,6 +700,7 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
         per_layer_input=getattr(text, "hidden_size_per_layer_input", None) or 0,
         per_layer_vocab=getattr(text, "vocab_size_per_layer_input", None) or 0,
         mixer=_mixer(text, hidden, expert_blocks if experts else set()),
+        latent_attention=_latent_attention(text),
     )  # fmt: skip
 
 
@@ -715,6 +790,20 @@ def _build_on_meta(config: Any) -> Any:
             hf_logging.set_verbosity(verbosity)
     except Exception:
         return None
+
+
+def _latent_attention(config: Any) -> LatentAttention | None:
+    """The config's latent attention (``kv_lora_rank`` and the per-head widths), if any."""
+    kv_rank = _declared(config, "kv_lora_rank")
+    if not isinstance(kv_rank, int) or kv_rank <= 0:
+        return None
+    widths = {
+        key: _declared(config, name) or 0
+        for key, name in (("nope", "qk_nope_head_dim"), ("rope", "qk_rope_head_dim"),
+                          ("value", "v_head_dim"))
+    }  # fmt: skip
+    query_rank = _declared(config, "q_lora_rank") or 0
+    return LatentAttention(query_rank=query_rank, kv_rank=kv_rank, **widths)
 
 
 def _kv_heads(config: Any, heads: int) -> int:
@@ -822,7 +911,7 @@ def _declared(config: Any, key: str) -> Any:
 # Mixture-of-experts config keys, as transformers' MoE configs name them.
 _EXPERT_KEYS = {
     "count": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
-    "per_token": ("num_experts_per_tok", "moe_topk", "top_k"),
+    "per_token": ("num_experts_per_tok", "moe_topk", "top_k", "moe_k"),
 }
 # Model types whose every token goes through every expert (measured with saved-tensor hooks:
 # Llama 4's activations grow with the number of experts, not with num_experts_per_tok).
@@ -842,15 +931,23 @@ def _expert_blocks(config: Any, layers: int) -> set[int]:
     names dense ones."""
     listed = getattr(config, "moe_layers", None)
     if isinstance(listed, (list, tuple)):
-        return set(listed)
+        return {i for i in listed if isinstance(i, int) and 0 <= i < layers}
+    kinds = getattr(config, "mlp_layer_types", None)  # "dense" or "sparse" per block
+    if isinstance(kinds, (list, tuple)) and kinds:
+        return {i for i, kind in enumerate(kinds[:layers]) if kind != "dense"}
     dense = set(getattr(config, "mlp_only_layers", None) or ())
-    step = getattr(config, "decoder_sparse_step", None) or 1
-    first_dense = (
-        getattr(config, "first_k_dense_replace", None)  # DeepSeek
-        or getattr(config, "num_dense_layers", None)  # LFM2-MoE
-        or 0
-    )
-    return {i for i in range(layers) if i not in dense and (i + 1) % step == 0 and i >= first_dense}
+    step = _first_int(config, ("decoder_sparse_step", "moe_layer_interval")) or 1
+    first = _first_int(config, _FIRST_EXPERT_BLOCK)
+    end = _first_int(config, ("moe_layer_end_index",))  # inclusive (ERNIE 4.5)
+    last = min(end, layers - 1) if end else layers - 1
+    return {i for i in range(first, last + 1) if i not in dense and (i + 1) % step == 0}
+
+
+_FIRST_EXPERT_BLOCK = (
+    "first_k_dense_replace",  # DeepSeek
+    "num_dense_layers",  # LFM2-MoE
+    "moe_layer_start_index",  # ERNIE 4.5
+)
 
 
 # Hybrid families whose non-attention blocks the memory estimate knows, by model type.
@@ -943,6 +1040,7 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
     shared = getattr(config, "shared_expert_intermediate_size", None) or 0
     shared = shared or getattr(config, "shared_intermediate_size", None) or 0  # Granite's
     shared = shared or (getattr(config, "n_shared_experts", None) or 0) * width
+    shared = shared or (getattr(config, "moe_num_shared_experts", None) or 0) * width  # ERNIE
     if model_type in _ALL_EXPERTS_COMPUTED:
         shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
     return Experts(

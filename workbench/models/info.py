@@ -43,6 +43,8 @@ class ModelInfo:
             LoRA adapts them; ``None`` for a dense model.
         blocks: For a hybrid model, how many blocks have each token mixer (``"11
             short-convolution, 5 attention"``); ``None`` when every block attends.
+        attention: For latent attention (DeepSeek's MLA), the widths of its latents;
+            ``None`` for the usual query, key and value projections.
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -73,6 +75,7 @@ class ModelInfo:
     terms: str = ""
     experts: str | None = None
     blocks: str | None = None
+    attention: str | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """The facts as ``(label, value)`` pairs, in display order.
@@ -106,6 +109,8 @@ class ModelInfo:
             rows.insert(9, ("experts", self.experts))
         if self.blocks:
             rows.insert(9, ("blocks", self.blocks))
+        if self.attention:
+            rows.insert(9, ("attention", self.attention))
         if self.terms:
             rows.append(("terms", self.terms))
         return [(label, "-" if value is None else str(value)) for label, value in rows]
@@ -212,7 +217,7 @@ def model_info(loaded) -> ModelInfo:
 
 
 def _shape_lines(config) -> dict[str, str | None]:
-    """The experts and hybrid block lines of a model's facts table."""
+    """The experts, hybrid block and latent attention lines of a model's facts table."""
     from workbench.errors import SpecError
     from workbench.models.catalog import facts_from_config, matched_to_model
 
@@ -223,6 +228,7 @@ def _shape_lines(config) -> dict[str, str | None]:
     return {
         "experts": facts.experts.describe(facts.layers) if facts.experts else None,
         "blocks": facts.mixer.describe(facts.layers) if facts.mixer else None,
+        "attention": facts.latent_attention.describe() if facts.latent_attention else None,
     }
 
 

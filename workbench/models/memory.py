@@ -31,6 +31,7 @@ from workbench._display import format_bytes, html_table, text_table
 from workbench.errors import SpecError
 from workbench.models.catalog import (
     CATALOG,
+    LatentAttention,
     Mixer,
     ModelFacts,
     facts_from_config,
@@ -445,22 +446,48 @@ def _block_elements(
     c_h, c_q, c_kv, c_i = _COEFFS[_family(facts)]
     float32 = c_h * facts.hidden  # RMSNorm/LayerNorm compute in float32
     rest = 0
-    if attention:
+    if attention and facts.latent_attention is not None:
+        rest = _latent_attention_elements(facts.latent_attention, facts.heads, plan)
+    elif attention:
         rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
         if not facts.gated_mlp or plan.eager_attention:
             rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
     if facts.mixer is not None and (facts.mixer.parallel or not attention):
         mixer_float32, mixer_rest = _mixer_elements(facts.mixer)
         float32, rest = float32 + mixer_float32, rest + mixer_rest
+    width = facts.experts.shared_intermediate if expert_block else facts.intermediate
     if expert_block:
         rest += _expert_elements(facts.experts, facts.hidden)
-        rest += c_i * facts.experts.shared_intermediate
-    else:
-        rest += c_i * facts.intermediate
+    rest += c_i * width
+    if width and plan.method != "full" and facts.experts is not None and facts.experts.adapted:
+        # peft leaves this MLP without LoRA (ModelFacts.linear_shapes): it keeps one
+        # intermediate- and one hidden-wide tensor fewer (measured on Llama and DeepSeek-V3)
+        rest -= width + facts.hidden
     rest += _PER_LAYER_INPUT * facts.per_layer_input
     if plan.method != "full":
         rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention, True))
     return float32, rest
+
+
+def _latent_attention_elements(mla: LatentAttention, heads: int, plan: _Plan) -> int:
+    """Saved elements per token of latent attention (DeepSeek's MLA), in the compute dtype.
+
+    Counted with torch's saved-tensor hooks (transformers 5.24, DeepSeek-V2/V3 and MiniCPM3,
+    SDPA on CPU): each latent twice (its projection, its norm), the key's rotary part, and
+    per head twice the query, key and value widths. Where the query/key width differs from
+    the value width (DeepSeek: 192 and 128), SDPA has no fused kernel for it and its math
+    path keeps the attention weights, ``seq_len`` per head; with equal widths (GLM-4.7-Flash)
+    the fused kernel keeps 1.5 x the value width + 1 per head.
+    """
+    latents = 2 * mla.query_rank + 2 * mla.kv_rank + mla.rope
+    per_head = 2 * (mla.nope + mla.rope + mla.value)
+    if plan.eager_attention:
+        per_head += _ATTENTION_PROBS * plan.seq_len
+    elif mla.nope + mla.rope != mla.value:
+        per_head += plan.seq_len
+    else:
+        per_head += 1.5 * mla.value + 1
+    return int(latents + heads * per_head)
 
 
 # Saved elements per token of a block's experts, counted with torch's saved-tensor hooks on
