@@ -148,7 +148,12 @@ def test_gguf_export_refuses_an_unsupported_architecture(tmp_path):
         ("gpt2", {"activation_function": "relu"}, "llama.cpp's gpt2 graph computes GELU"),
         ("gpt_neox", {"hidden_act": "silu"}, "llama.cpp's gptneox graph computes GELU"),
         ("gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scales attention differently"),
-        ("ernie4_5", {"use_bias": True}, "ERNIE 4.5 with biased projections"),
+        # biases llama.cpp's graph lacks: the file would not load ("wrong number of tensors")
+        ("ernie4_5", {"use_bias": True}, "ernie4_5 with use_bias=True; llama.cpp's ernie4_5 has"),
+        ("qwen3", {"attention_bias": True}, "qwen3 with attention_bias=True; llama.cpp's qwen3"),
+        ("gemma3", {"attention_bias": True}, "gemma3_text with attention_bias=True"),
+        ("smollm3", {"mlp_bias": True}, "smollm3 with mlp_bias=True; llama.cpp's smollm3 has no"),
+        ("olmoe", {"attention_bias": True}, "olmoe with attention_bias=True"),
         ("starcoder2", {"hidden_act": "relu"}, "llama.cpp's starcoder2 graph computes GELU"),
         ("lfm2", {"conv_bias": True}, "LFM2 with biased convolutions"),
         ("granitemoehybrid", {"mamba_proj_bias": True}, "or its projections have biases"),

@@ -133,12 +133,31 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
     if arch == "olmo2":
         facts.update(_olmo3_window(config))
     facts.update(_block_kinds_facts(arch, config, kv_heads))
-    if arch == "ernie4_5" and getattr(config, "use_bias", False):
-        raise SpecError(
-            "GGUF export: ERNIE 4.5 with biased projections (use_bias=True); llama.cpp's "
-            "ERNIE 4.5 has none, so the file would not load. Export as 'safetensors' instead."
-        )
+    _check_biases(arch, config)
     return facts
+
+
+# Bias settings of families whose llama.cpp graph has no such bias tensors: a file with them
+# fails to load ("wrong number of tensors"). Found by exporting each tiny family with each
+# bias flag of its config switched (llama.cpp b7000s via llama-cpp-python 0.3.36); Llama,
+# Granite, Bamba, GLM-4, Qwen2-MoE, StableLM and GPT-NeoX load theirs.
+_BIASES_LLAMA_CPP_LACKS = {
+    "qwen3": ("attention_bias",), "qwen3_moe": ("attention_bias",),
+    "qwen3_5_text": ("attention_bias",), "smollm3": ("attention_bias", "mlp_bias"),
+    "olmo2": ("attention_bias",), "olmo3": ("attention_bias",), "olmoe": ("attention_bias",),
+    "gemma": ("attention_bias",), "gemma2": ("attention_bias",),
+    "gemma3_text": ("attention_bias",), "ernie4_5": ("use_bias",),
+}  # fmt: skip
+
+
+def _check_biases(arch: str, config: Any) -> None:
+    """Refuse, before anything is written, biases llama.cpp's graph for the family lacks."""
+    for flag in _BIASES_LLAMA_CPP_LACKS.get(config.model_type, ()):
+        if getattr(config, flag, False):
+            raise SpecError(
+                f"GGUF export: {config.model_type} with {flag}=True; llama.cpp's {arch} has no "
+                "such biases, so the file would not load. Export as 'safetensors' instead."
+            )
 
 
 def _feed_forward_length(config: Any) -> int:
