@@ -41,6 +41,49 @@ def test_report_says_where_the_first_token_differs():
     assert str(report).startswith("Export check of m.gguf: 1 of 3 answers the same.")
 
 
+def test_a_difference_at_a_near_tie_is_said_apart_from_a_real_one(tmp_path):
+    """A random or barely trained model often has two next tokens all but tied: llama.cpp's
+    arithmetic may pick the other one, which is not an export fault."""
+    tie = ParityCase("tie", [1], [1], "ab", "a", [3, 4], [3], tie_gap=0.004)
+    real = ParityCase("real", [1], [1], "ab", "ac", [3, 4], [3, 5], tie_gap=2.5)
+    report = ParityReport("m.gguf", (ParityCase("same", [1], [1], "a", "a", [3], [3]), tie, real))
+    assert (tie.near_tie, real.near_tie) == (True, False)
+    assert report.near_tie_count == 1 and not report.all_same
+    assert report.summary() == (
+        "Export check of m.gguf: 1 of 3 answers the same; 1 more differs only at a near tie of "
+        "the tuned model (rounding picks either token)."
+    )
+    assert report.rows()[1][1] == "differs at answer token 2 (a near tie: 0.004 std apart)"
+    assert report.rows()[2][1] == "differs at answer token 2"
+    saved = json.loads(report.save(tmp_path).read_text())
+    assert [(c["near_tie"], c["tie_gap"]) for c in saved["cases"]] == [
+        (False, None), (True, 0.004), (False, 2.5)
+    ]  # fmt: skip
+
+
+def test_the_tie_gap_is_read_from_the_tuned_model_s_own_logits(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench.deploy.parity import NEAR_TIE, _tie_gap
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = [5, 6, 7]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1]
+    best, worst = int(logits.argmax()), int(logits.argmin())
+    other = (best + 1) % logits.numel()
+    # llama.cpp picked the model's own best token where the session answered another: a tie
+    assert _tie_gap(model, prompt, [other], [best], None) == 0.0
+    gap = _tie_gap(model, prompt, [best], [worst], None)
+    assert gap == pytest.approx(float((logits.max() - logits.min()) / logits.std()), rel=1e-5)
+    assert gap > NEAR_TIE
+    # llama.cpp stopped at an end token where the session went on: that token is compared
+    assert _tie_gap(model, prompt, [best], [], ended_at=worst) == gap
+    assert _tie_gap(model, prompt, [best], [], ended_at=None) is None  # unknown: no claim
+    assert _tie_gap(model, prompt, [best], [best], None) is None  # no difference
+
+
 def test_report_escapes_model_text_and_saves_json(tmp_path):
     hostile = ParityCase("<script>", [1], [1], "<img src=x onerror=alert(1)>", "ok", [2], [5])
     report = ParityReport("m.gguf", (hostile,))
@@ -85,6 +128,21 @@ def test_an_export_answers_like_the_tuned_model_in_llama_cpp(tmp_path, architect
 
 
 @pytest.mark.llama_cpp
+def test_an_export_of_another_model_differs_and_not_at_near_ties(tmp_path, tiny_model_dir):
+    """The file is the base model's, the session's model trained since: real differences,
+    each measured far from a tie in the session model's logits."""
+    needs_llama_cpp()
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    folder = s.export("export/gguf", format="gguf")
+    s.train(max_steps=6, lr=2e-2, batch_size=4, wait=True)
+    report = check_gguf(folder, s.model, s.tokenizer, None, conversations_of(s.data, limit=3))
+    assert report.same_count == 0 and report.near_tie_count == 0
+    assert all(case.tie_gap > 0.1 for case in report.cases), [c.tie_gap for c in report.cases]
+
+
+@pytest.mark.llama_cpp
 def test_a_template_that_renders_differently_is_caught(tmp_path, tiny_model_dir):
     needs_llama_cpp()
     s = wb.Session(tmp_path / "s", verbose=False)
@@ -97,6 +155,7 @@ def test_a_template_that_renders_differently_is_caught(tmp_path, tiny_model_dir)
     report = check_gguf(folder, s.model, s.tokenizer, "alpaca", conversations)
     assert report.same_count == 0
     assert all(c.first_difference.startswith("prompt token") for c in report.cases)
+    assert all(c.tie_gap is None for c in report.cases)  # other prompts: no tie to measure
 
 
 @pytest.mark.llama_cpp

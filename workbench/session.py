@@ -1155,6 +1155,9 @@ class Session:
         template stored in it, as Ollama or a llama.cpp server would run it; the run's probe
         prompts go to both as plain text. Greedy answers are compared token by token, and the
         report (a table in a notebook) is saved as ``export_check.json`` beside the file.
+        Where an answer first differs, the tuned model's own logits say whether it was a near
+        tie there (llama.cpp's token within 0.1 standard deviations of its best: rounding
+        picks either, common in random or barely trained models) or a real difference.
         ``export(..., format="gguf")`` runs this check itself when llama-cpp-python is installed.
 
         Examples:

@@ -33,6 +33,7 @@ from workbench.train.core import pad_id
 
 __all__ = [
     "CHECK_FILE",
+    "NEAR_TIE",
     "ParityCase",
     "ParityReport",
     "check_gguf",
@@ -42,6 +43,10 @@ __all__ = [
 
 CHECK_FILE = "export_check.json"
 Messages = list[dict[str, str]]
+# A difference where llama.cpp's token is within this many standard deviations of the tuned
+# model's logits below its best is a near tie: Q8_0's rounding moved picks by up to 0.03
+# (tests/test_gguf_llama_cpp.py), an F32 file's arithmetic by far less.
+NEAR_TIE = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,9 @@ class ParityCase:
         exported_answer: The exported file's greedy answer in llama.cpp.
         answer_ids: The session's answer tokens.
         exported_answer_ids: The export's answer tokens.
+        tie_gap: Where the answers first differ, how far the token llama.cpp picked was below
+            the tuned model's best there, in the tuned model's logits (in standard deviations
+            of those logits); ``None`` where they do not differ or it was not measured.
 
     Examples:
         >>> ParityCase("p", [1], [1], "a", "a", [3], [3]).same
@@ -69,6 +77,19 @@ class ParityCase:
     exported_answer: str
     answer_ids: list[int]
     exported_answer_ids: list[int]
+    tie_gap: float | None = None
+
+    @property
+    def near_tie(self) -> bool:
+        """The answers differ first where the tuned model itself nearly tied: llama.cpp's
+        token was within :data:`NEAR_TIE` standard deviations of its best (numerical noise of
+        another runtime, or of rounded weights, picks either).
+
+        Examples:
+            >>> ParityCase("p", [1], [1], "a", "b", [3], [4], tie_gap=0.002).near_tie
+            True
+        """
+        return self.tie_gap is not None and self.tie_gap < NEAR_TIE
 
     @property
     def same(self) -> bool:
@@ -126,6 +147,17 @@ class ParityReport:
         return sum(case.same for case in self.cases)
 
     @property
+    def near_tie_count(self) -> int:
+        """How many cases differ first at a near tie of the tuned model (see
+        :attr:`ParityCase.near_tie`).
+
+        Examples:
+            >>> ParityReport("m.gguf", ()).near_tie_count
+            0
+        """
+        return sum(case.near_tie for case in self.cases)
+
+    @property
     def all_same(self) -> bool:
         """Every case the same (and at least one case).
 
@@ -136,15 +168,19 @@ class ParityReport:
         return bool(self.cases) and self.same_count == len(self.cases)
 
     def summary(self) -> str:
-        """One line: how many answers are the same.
+        """One line: how many answers are the same (and how many differ only at near ties).
 
         Examples:
             >>> ParityReport("m.gguf", ()).summary()
             'Export check of m.gguf: 0 of 0 answers the same.'
         """
-        return (
-            f"Export check of {self.gguf}: {self.same_count} of {len(self.cases)} answers the same."
-        )
+        total = len(self.cases)
+        line = f"Export check of {self.gguf}: {self.same_count} of {total} answers the same"
+        ties = self.near_tie_count
+        if ties:
+            line += f"; {ties} more differ{'s' if ties == 1 else ''} only at a near tie of the "
+            line += "tuned model (rounding picks either token)"
+        return line + "."
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """Table rows: case, same or where it first differs, tuned answer, exported answer.
@@ -154,13 +190,7 @@ class ParityReport:
             [('p', 'differs at answer token 1', 'a', 'b')]
         """
         return [
-            (
-                case.name,
-                "same" if case.same else f"differs at {case.first_difference}",
-                case.answer,
-                case.exported_answer,
-            )
-            for case in self.cases
+            (case.name, _result(case), case.answer, case.exported_answer) for case in self.cases
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,7 +205,12 @@ class ParityReport:
             "same": self.same_count,
             "total": len(self.cases),
             "cases": [
-                {**asdict(case), "same": case.same, "first_difference": case.first_difference}
+                {
+                    **asdict(case),
+                    "same": case.same,
+                    "first_difference": case.first_difference,
+                    "near_tie": case.near_tie,
+                }
                 for case in self.cases
             ],
         }
@@ -201,6 +236,14 @@ class ParityReport:
     def _repr_html_(self) -> str:
         header = ("case", "result", "tuned model", "exported GGUF")
         return html_table(self.rows(), header, title=self.summary())
+
+
+def _result(case: ParityCase) -> str:
+    if case.same:
+        return "same"
+    if case.near_tie:
+        return f"differs at {case.first_difference} (a near tie: {case.tie_gap:.3f} std apart)"
+    return f"differs at {case.first_difference}"
 
 
 def _first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -304,8 +347,9 @@ def llama_cpp_load_error(path: str | Path) -> str | None:
 
 def _exported_side(
     llm: Any, messages: Messages | None, raw: str | None, max_new_tokens: int
-) -> tuple[list[int], list[int], str]:
-    """Prompt ids, answer ids and answer text from llama.cpp, with the file's own template."""
+) -> tuple[list[int], list[int], str, int | None]:
+    """Prompt ids, answer ids, answer text and the end token it stopped at (``None``: none)
+    from llama.cpp, with the file's own template."""
     if messages is not None:
         prompt, stops = _render_with_file_template(llm, messages)
     else:
@@ -313,10 +357,14 @@ def _exported_side(
     prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
     ends = {llm.token_eos(), *_end_of_turn_ids(llm)}
     answer: list[int] = []
+    ended_at = None
     for token in llm.generate(
         prompt_ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True
     ):
-        if token in ends or len(answer) >= max_new_tokens:
+        if len(answer) >= max_new_tokens:
+            break
+        if token in ends:
+            ended_at = int(token)
             break
         answer.append(int(token))
         text = llm.detokenize(answer).decode("utf-8", errors="replace")
@@ -325,7 +373,35 @@ def _exported_side(
     text = llm.detokenize(answer).decode("utf-8", errors="replace")
     for stop in stops:
         text = text.split(stop)[0] if stop else text
-    return prompt_ids, answer, text
+    return prompt_ids, answer, text, ended_at
+
+
+def _tie_gap(
+    model: Any, prompt_ids: list[int], answer: list[int], theirs: list[int], ended_at: int | None
+) -> float | None:
+    """Where the answers first differ: how far below the tuned model's best logit the token
+    llama.cpp picked was, in standard deviations of those logits (``None``: they do not
+    differ, or llama.cpp's token there is unknown)."""
+    import torch
+
+    index = _first_mismatch(answer, theirs)
+    if index is None:
+        return None
+    picked = theirs[index] if index < len(theirs) else ended_at
+    if picked is None:
+        return None
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ids = torch.tensor([prompt_ids + answer[:index]], device=device)
+            logits = model(input_ids=ids).logits[0, -1].float()
+    finally:
+        model.train(was_training)
+    if picked >= logits.numel():
+        return None
+    return float((logits.max() - logits[picked]) / logits.std())
 
 
 def _render_with_file_template(llm: Any, messages: Messages) -> tuple[str, list[str]]:
@@ -447,5 +523,9 @@ def check_gguf(
     for name, prompt, messages in prompts:
         mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
         theirs = _exported_side(llm, messages, prompt if messages is None else None, max_new_tokens)
-        cases.append(ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1], theirs[1]))
+        gap = None
+        if mine[0] == theirs[0]:  # same prompt: compare where the answers part
+            gap = _tie_gap(model, mine[0], mine[1], theirs[1], theirs[3])
+        case = ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1], theirs[1], gap)
+        cases.append(case)
     return ParityReport(str(gguf), tuple(cases))
