@@ -204,6 +204,45 @@ def test_turns_the_chat_template_refuses_are_named_or_skipped(
         )
 
 
+# A template that refuses by what a turn says, not by its role: the role check renders one
+# row per sequence of roles and passes; the refusal comes while tokenizing.
+BY_CONTENT = (
+    "{% for message in messages %}{% if 'forbidden' in message['content'] %}"
+    "{{ raise_exception('No forbidden words, please') }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_turns_a_template_refuses_by_content_are_named_or_skipped(
+    tmp_path, tokenizer, cache_dir, batched
+):
+    """Jinja's bare TemplateError came out of the tokenizing map, with no file or row, and
+    on_error="skip" could not skip it."""
+    import json
+
+    rows = [
+        {"messages": [{"role": "user", "content": f"say {word}"},
+                      {"role": "assistant", "content": word}]}
+        for word in ("one", "two", "forbidden fruit", "three", "forbidden", "four")
+    ]  # fmt: skip
+    path = tmp_path / "chats.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    strict = Template("by-content", BY_CONTENT, "custom")
+    with pytest.raises(
+        DataError,
+        match=r"chats\.jsonl, line 3, field 'messages': the chat template \('by-content'\) "
+        r"refuses this conversation: No forbidden words, please",
+    ):
+        load(path, tokenizer, cache_dir, template=strict, batched=batched)
+    data = load(path, tokenizer, cache_dir, template=strict, on_error="skip", batched=batched)
+    kept = [r["messages"][1]["content"] for r in data.train]
+    assert sorted(kept) == ["four", "one", "three", "two"]
+    refused = sorted(p.row for p in data.report().problems if p.kind == "malformed")
+    assert refused == [3, 5]
+
+
 def test_a_chat_turn_the_template_refuses_is_a_spec_error(tmp_path, tiny_model_dir):
     import workbench as wb
 

@@ -334,13 +334,20 @@ def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem,
 
 
 def refuse_template_rejects(
-    loaded: Loaded, source: Source, template: Any, tokenizer: Any, on_error: str
+    loaded: Loaded,
+    source: Source,
+    template: Any,
+    tokenizer: Any,
+    on_error: str,
+    every_row: bool = False,
 ) -> Loaded:
     """Rows whose turns the chat template refuses, raised naming the first or skipped.
 
     Templates such as Gemma's or Mistral's raise on a system turn ("System role not
     supported") or on roles that do not alternate. Each sequence of roles is rendered once,
-    on its first row (as for training: the whole conversation and each answer's prompt).
+    on its first row (as for training: the whole conversation and each answer's prompt);
+    with ``every_row=True``, every row is, for a template that refuses by what the turns say
+    (found when tokenizing fails).
 
     Raises:
         DataError: ``on_error="raise"`` and a row is refused (file, line, ``messages`` and
@@ -372,21 +379,22 @@ def refuse_template_rejects(
     if loaded.format.is_text:
         return loaded
     shapes = _role_sequences(loaded.dataset)
-    firsts: dict[tuple[str, ...], int] = {}
-    for k, roles in enumerate(shapes):
-        firsts.setdefault(roles, k)
+    keys: list[Any] = list(range(len(shapes))) if every_row else shapes
+    firsts: dict[Any, int] = {}
+    for k, key in enumerate(keys):
+        firsts.setdefault(key, k)
     refused = {}
-    for roles, k in firsts.items():
+    for key, k in firsts.items():
         reason = _template_refusal(template, tokenizer, loaded.dataset[k]["messages"])
         if reason is not None:
-            refused[roles] = reason
+            refused[key] = reason
     if not refused:
         return loaded
-    bad = [k for k, roles in enumerate(shapes) if roles in refused]
+    bad = [k for k, key in enumerate(keys) if key in refused]
     rows = loaded.dataset.select_columns(["source_row"])[bad]["source_row"]
     errors = [
         _data_error(
-            source, row, "messages", _refusal_message(template, shapes[k], refused[shapes[k]])
+            source, row, "messages", _refusal_message(template, shapes[k], refused[keys[k]])
         )
         for k, row in zip(bad, rows, strict=True)
     ]

@@ -334,8 +334,6 @@ class PreparedData:
             warnings.warn(capped, WorkbenchWarning, stacklevel=2)
         resolved = given or resolve_template(spec.template, tokenizer)
         main_source, dict_validation = open_source(source, sheet, encoding)
-        main = read_source(main_source, spec)
-        main = refuse_template_rejects(main, main_source, resolved, tokenizer, spec.on_error)
         val_source = (
             open_source(second, encoding=encoding if isinstance(second, (str, Path)) else None)[0]
             if second is not None
@@ -343,24 +341,45 @@ class PreparedData:
             if spec.validation
             else None
         )
-        val = None
+        read = [(main_source, read_source(main_source, spec))]
         if val_source is not None:
-            val = read_source(val_source, spec, main.format.name)
-            val = refuse_template_rejects(val, val_source, resolved, tokenizer, spec.on_error)
-        train, validation = _split(main, val, spec)
-        skipped = main.skipped + (val.skipped if val else ())
-        raw = cls(
-            train,
-            validation,
-            fmt=main.format,
-            template=resolved,
-            tokenizer=tokenizer,
-            spec=spec,
-            source=main_source.label,
-            skipped=skipped,
-            originals=main.originals,
-        )
-        return raw._retokenized(cutoff)
+            read.append((val_source, read_source(val_source, spec, read[0][1].format.name)))
+
+        def prepared(every_row: bool) -> PreparedData:
+            on_error = spec.on_error
+            checked = [
+                refuse_template_rejects(loaded, source, resolved, tokenizer, on_error, every_row)
+                for source, loaded in read
+            ]
+            main, val = checked[0], (checked[1] if len(checked) == 2 else None)
+            train, validation = _split(main, val, spec)
+            raw = cls(
+                train,
+                validation,
+                fmt=main.format,
+                template=resolved,
+                tokenizer=tokenizer,
+                spec=spec,
+                source=main_source.label,
+                skipped=main.skipped + (val.skipped if val else ()),
+                originals=main.originals,
+            )
+            return raw._retokenized(cutoff)
+
+        from jinja2.exceptions import TemplateError
+
+        try:
+            return prepared(every_row=False)
+        except TemplateError:  # refused by what a turn says, not by roles: find each such row
+            pass
+        try:
+            return prepared(every_row=True)
+        except TemplateError as err:
+            msg = (
+                f"{main_source.label}: the chat template ({resolved.name!r}) failed while "
+                f"tokenizing: {err.message or err}"
+            )
+            raise DataError(msg) from err
 
     def with_max_length(self, max_length: int | None) -> PreparedData:
         """A copy tokenized again with another cutoff (``None``: the model's context, if known).
