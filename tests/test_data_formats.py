@@ -84,6 +84,18 @@ def test_column_mapping_and_format_override(tmp_path, tokenizer, cache_dir):
     assert as_text.format == "text" and as_text.train[0]["text"] == "2+2?"
 
 
+def test_a_spreadsheet_s_header_in_capitals_with_spaces_is_read(tmp_path, tokenizer, cache_dir):
+    """Excel and Google Sheets exports keep a header's stray spaces and capitals."""
+    path = tmp_path / "sheet.csv"
+    path.write_text(" Question ,ANSWER\n2+2?,4\n3+3?,\n")
+    data = load(path, tokenizer, cache_dir)
+    assert data.format == "qa"
+    assert data.train[0]["messages"][1]["content"] == "4"
+    assert data.example(0).row == {" Question ": "2+2?", "ANSWER": "4"}
+    empty = [(p.row, p.message) for p in data.report().problems if p.kind == "empty_field"]
+    assert empty == [(1, "empty: ANSWER")]  # named as the file names it
+
+
 def test_unknown_columns_name_the_file_and_suggest_mapping(tmp_path, tokenizer, cache_dir):
     path = write_jsonl(tmp_path / "odd.jsonl", [{"foo": "x", "bar": "y"}])
     with pytest.raises(DataError, match=r"odd\.jsonl.*columns=") as err:

@@ -396,7 +396,7 @@ FORMATS: dict[str, Format] = {
 def _available(columns: list[str], mapping: Mapping[str, str] | None) -> dict[str, str]:
     plan = dict(mapping or {})
     for column in columns:
-        name = column.lower()
+        name = column.strip().lower()  # " Question " from a spreadsheet's header
         canonical = name if name in CANONICAL_FIELDS else _ALIASES.get(name)
         if canonical and canonical not in plan:
             plan[canonical] = column
