@@ -118,6 +118,14 @@ def test_model_info_names_the_latents_and_the_estimate_is_given(tmp_path, latent
         "latent (MLA): keys and values from a 128-wide latent, queries from a 192-wide one"
     )
     assert ("attention", info.attention) in info.rows()
+    assert info.experts.endswith(
+        "LoRA adapts each expert (peft leaves the shared expert and dense blocks' MLP without LoRA)"
+    )
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)], validation=None)
+    s.train(max_steps=1, batch_size=2, wait=True)
+    adapted = {n for n, p in s.model.named_parameters() if p.requires_grad}
+    assert any(".mlp.experts." in n for n in adapted)  # what the line says, as trained
+    assert not any(".shared_experts." in n or ".layers.0.mlp." in n for n in adapted)
     assert s.estimate_memory().weights > 4 * info.parameters  # + the fused experts' pages
 
 

@@ -78,13 +78,23 @@ class Experts:
         """One line for a model's facts table (``layers``: the model's block count).
 
         Examples:
-            >>> Experts(16, 2, 512, 3, adapted=True).describe(4)
-            '16 in 3 of 4 blocks, 2 per token; LoRA adapts each expert'
+            >>> Experts(16, 2, 512, 4, adapted=True).describe(4)
+            '16 in every block, 2 per token; LoRA adapts each expert'
+            >>> Experts(16, 2, 512, 3, shared_intermediate=512, adapted=True).describe(4)[-66:]
+            "(peft leaves the shared expert and dense blocks' MLP without LoRA)"
         """
         where = "every block" if self.layers == layers else f"{self.layers} of {layers} blocks"
         routing = "all compute every token" if self.all_computed else f"{self.per_token} per token"
         shared = ", one shared" if self.shared_intermediate else ""
         lora = "LoRA adapts each expert" if self.adapted else "LoRA leaves the experts frozen"
+        others = [
+            name
+            for name, present in (("shared expert", self.shared_intermediate),
+                                  ("dense blocks' MLP", self.layers < layers))
+            if present
+        ]  # fmt: skip
+        if self.adapted and others:  # see ModelFacts.linear_shapes
+            lora += f" (peft leaves the {' and '.join(others)} without LoRA)"
         return f"{self.count} in {where}, {routing}{shared}; {lora}"
 
 
