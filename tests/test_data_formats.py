@@ -109,9 +109,13 @@ def test_mapped_column_that_does_not_exist(tmp_path, tokenizer, cache_dir):
         load(path, tokenizer, cache_dir, columns={"prompt": "zzz", "answer": "a"})
 
 
-@pytest.mark.parametrize("kind", ["json", "csv", "parquet", "disk", "dataset", "frame", "list"])
+@pytest.mark.parametrize(
+    "kind",
+    ["json", "csv", "parquet", "disk", "dataset", "frame", "polars", "list", "tuple", "generator"],
+)
 def test_every_source_kind(tmp_path, tokenizer, cache_dir, kind):
     import datasets
+    import polars
 
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)]
     frame = pd.DataFrame(rows)
@@ -124,12 +128,28 @@ def test_every_source_kind(tmp_path, tokenizer, cache_dir, kind):
         ),
         "dataset": lambda: datasets.Dataset.from_list(rows),
         "frame": lambda: frame,
+        "polars": lambda: polars.DataFrame(rows),
         "list": lambda: rows,
+        "tuple": lambda: tuple(rows),
+        "generator": lambda: (row for row in rows),
     }[kind]()
     data = load(source, tokenizer, cache_dir)
     assert data.format == "qa"
     assert [data.train[i]["messages"][1]["content"] for i in range(4)] == ["a0", "a1", "a2", "a3"]
     assert data.train[3]["source_row"] == (5 if kind == "csv" else 4)  # CSV counts lines (header)
+
+
+def test_rows_from_polars_or_a_generator_name_their_row_when_bad(tokenizer, cache_dir):
+    import polars
+
+    frame = polars.DataFrame({"question": ["q1", None, "q3"], "answer": ["a1", "a2", "a3"]})
+    with pytest.raises(DataError, match=r"DataFrame, row 2, field 'question': missing"):
+        load(frame, tokenizer, cache_dir)
+    rows = ({"question": f"q{i}", "answer": None if i == 2 else "a"} for i in range(1, 4))
+    with pytest.raises(DataError, match=r"generator, row 2, field 'answer': missing"):
+        load(rows, tokenizer, cache_dir)
+    with pytest.raises(DataError, match=r"cannot read data from a set: .*polars DataFrame"):
+        load({"question"}, tokenizer, cache_dir)
 
 
 def test_dataset_dict_uses_its_validation_split(tokenizer, cache_dir):

@@ -128,7 +128,8 @@ def open_source(
         source: A ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet``/``.xlsx`` path (an Excel
             workbook: its ``train`` sheet or else its first, the first non-blank row as
             header), a folder written by ``datasets.save_to_disk``, a ``datasets.Dataset`` or
-            ``DatasetDict``, a pandas ``DataFrame``, or a list of dicts.
+            ``DatasetDict``, a pandas or polars ``DataFrame``, or a list, tuple or generator
+            of dicts (a generator is read once, when called).
         sheet: The workbook's sheet to read instead (its name; case and surrounding spaces
             ignored when no sheet has it exactly). Only for an Excel workbook.
         encoding: A text file's encoding when it is not UTF-8 (``"cp1252"``: a CSV saved by
@@ -159,16 +160,21 @@ def open_source(
             raise SpecError(_not_text(encoding, f"a {type(source).__name__}"))
     if isinstance(source, (str, Path)):
         return _open_path(Path(source), sheet, encoding)
-    if isinstance(source, list):
-        return _list_source(source, "list"), None
+    if isinstance(source, (list, tuple)):
+        return _list_source(list(source), "list"), None
     kind = type(source).__name__
+    if kind == "DataFrame" and type(source).__module__.startswith("polars"):
+        return _polars_source(source), None
     if kind == "DataFrame":
         return _dataframe_source(source), None
     if kind in ("Dataset", "DatasetDict"):
         return _dataset_sources(source, kind)
+    if isinstance(source, Iterator):  # a generator of rows: read once, here
+        return _list_source(list(source), "generator"), None
     msg = (
         f"cannot read data from a {kind}: give a .jsonl/.json/.csv/.tsv/.parquet/.xlsx path, a "
-        "folder saved by datasets, a datasets.Dataset, a pandas DataFrame or a list of dicts"
+        "folder saved by datasets, a datasets.Dataset, a pandas or polars DataFrame, or a list "
+        "(or generator) of dicts"
     )
     raise DataError(msg)
 
@@ -655,7 +661,7 @@ def _list_source(items: list[Any], label: str) -> Source:
             else:
                 yield RawRow(number, None, f"expected a dict, got {type(item).__name__}")
 
-    unit: Unit = "row" if label == "list" else "item"
+    unit: Unit = "row" if label in ("list", "generator") else "item"
     return Source(label, unit, read, uuid.uuid4().hex)
 
 
@@ -663,6 +669,16 @@ def _dataframe_source(frame: Any) -> Source:
     def read() -> Iterator[RawRow]:
         for start in range(0, len(frame), _BATCH):
             records = frame.iloc[start : start + _BATCH].to_dict("records")
+            for offset, values in enumerate(records):
+                yield RawRow(start + offset + 1, {k: _no_nan(v) for k, v in values.items()})
+
+    return Source("DataFrame", "row", read, uuid.uuid4().hex)
+
+
+def _polars_source(frame: Any) -> Source:
+    def read() -> Iterator[RawRow]:
+        for start in range(0, frame.height, _BATCH):
+            records = frame.slice(start, _BATCH).to_dicts()
             for offset, values in enumerate(records):
                 yield RawRow(start + offset + 1, {k: _no_nan(v) for k, v in values.items()})
 
