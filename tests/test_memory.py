@@ -308,6 +308,19 @@ def test_a_block_layout_the_estimate_does_not_know_is_refused_not_guessed(
         estimate_memory(tmp_path, device="cpu")
 
 
+def test_a_config_whose_block_count_the_model_does_not_build_is_refused():
+    """BART's causal LM is its decoder: num_hidden_layers reads the encoder's layers. With no
+    list of that many blocks in the model, the check against it was skipped, silently."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        "bart", encoder_layers=2, decoder_layers=3, d_model=64, encoder_attention_heads=4,
+        decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=512,
+    )  # fmt: skip
+    with pytest.raises(SpecError, match="reads 2 blocks from the config, and the model holds no"):
+        estimate_memory(config, device="cpu")
+
+
 def test_model_info_shows_no_expert_line_the_model_does_not_have(tmp_path):
     """Doge's config lists 16,384 experts it builds only with is_moe=True: model_info said
     "16384 in every block" of a dense model."""

@@ -729,7 +729,8 @@ def matched_to_model(facts: ModelFacts, config: Any) -> ModelFacts:
 
     Raises:
         SpecError: The blocks' weights read from the config are more than 10% off the
-            model's own: the estimate would be wrong in a way it cannot tell.
+            model's own, or the model has no list of as many blocks as the config reads (an
+            encoder-decoder's decoder): the estimate would be wrong in a way it cannot tell.
 
     Examples:
         >>> from transformers import BloomConfig
@@ -743,8 +744,14 @@ def matched_to_model(facts: ModelFacts, config: Any) -> ModelFacts:
     if counts is None:
         return facts
     total, in_blocks = counts
+    if not in_blocks:
+        msg = (
+            f"the memory estimate does not model {facts.architecture} models yet: it reads "
+            f"{facts.layers} blocks from the config, and the model holds no list of that many"
+        )
+        raise SpecError(msg)
     read = facts.params_in_blocks
-    if in_blocks and abs(read - in_blocks) > _BLOCK_COUNT_TOLERANCE * in_blocks:
+    if abs(read - in_blocks) > _BLOCK_COUNT_TOLERANCE * in_blocks:
         msg = (
             f"the memory estimate does not model {facts.architecture} models yet: their "
             f"blocks hold {in_blocks:,} weights and it reads {read:,} from the config (an "
