@@ -195,3 +195,47 @@ def test_a_file_llama_cpp_cannot_load_is_a_clear_error_and_never_an_export(
                        r"phi model \(.*tensor 'output\.weight' not found"):  # fmt: skip
         s.export("export/phi", format="gguf")
     assert not (tmp_path / "s" / "export" / "phi").exists()
+
+
+def test_a_merged_export_is_checked_in_plain_transformers(tmp_path, tiny_model_dir):
+    """The merged folder answers like the session's model in a process without the workbench;
+    a folder whose generation_config.json lacks the end-of-turn token runs on past it. (The
+    export itself left <|im_end|> out when the template was the tokenizer's own: found here.)"""
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    # long enough for its answers to end at <|im_end|>
+    s.train(max_steps=30, lr=5e-3, batch_size=4, wait=True, probes=["What is 7 plus 7?"])
+    folder = s.export("export/merged")
+    report = s.check_export("export/merged", max_new_tokens=12)
+    assert report.runtime == "transformers" and len(report.cases) == 4
+    assert report.same_count + report.near_tie_count == 4, str(report)
+    saved = json.loads((folder / CHECK_FILE).read_text())
+    assert (saved["runtime"], saved["export"], saved["total"]) == ("transformers", str(folder), 4)
+    assert "export in transformers" in str(report)
+
+    config_path = folder / "generation_config.json"
+    config = json.loads(config_path.read_text())
+    end_of_turn = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in config["eos_token_id"]  # what the export wrote, and what is cut here
+    config["eos_token_id"] = [t for t in config["eos_token_id"] if t != end_of_turn]
+    config_path.write_text(json.dumps(config))
+    assert all(len(c.answer_ids) < 12 for c in report.cases)  # each answer ended
+    broken = s.check_export("export/merged", max_new_tokens=12)
+    assert broken.same_count == broken.near_tie_count == 0
+    for case in broken.cases:  # same tokens up to the end of turn, which the export runs past
+        assert case.first_difference == f"answer token {len(case.answer_ids) + 1}"
+        assert case.tie_gap is None and len(case.exported_answer_ids) > len(case.answer_ids)
+
+
+def test_check_export_names_what_it_can_check(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.export("export/adapter-less", format="safetensors")
+    (tmp_path / "s" / "notes").mkdir()
+    with pytest.raises(wb.SpecError, match=r"notes is not an export to check: a GGUF file"):
+        s.check_export("notes")
+    damaged = tmp_path / "s" / "export" / "adapter-less" / "model.safetensors"
+    damaged.write_bytes(b"not safetensors")
+    with pytest.raises(wb.ModelLoadError, match=r"plain transformers could not load or run"):
+        s.check_export("export/adapter-less")

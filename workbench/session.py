@@ -25,6 +25,7 @@ from workbench.errors import (
     NoDataError,
     NoModelError,
     SessionStateError,
+    SpecError,
     WorkbenchError,
     WorkbenchWarning,
     refuse_unknown,
@@ -1148,36 +1149,49 @@ class Session:
     def check_export(
         self, path: str | Path = "export/gguf", limit: int = 4, max_new_tokens: int = 32
     ):
-        """Check that an exported GGUF answers like the session's model, in llama.cpp itself.
+        """Check that an export answers like the session's model, in the program that runs it.
 
-        The first ``limit`` validation conversations (cut before their answer) go through the
-        session's model with its training template and through the file with the chat
-        template stored in it, as Ollama or a llama.cpp server would run it; the run's probe
-        prompts go to both as plain text. Greedy answers are compared token by token, and the
-        report (a table in a notebook) is saved as ``export_check.json`` beside the file.
-        Where an answer first differs, the tuned model's own logits say whether it was a near
-        tie there (llama.cpp's token within 0.1 standard deviations of its best: rounding
-        picks either, common in random or barely trained models) or a real difference.
+        A GGUF (a file, or a folder holding one) runs in llama.cpp itself; a merged folder
+        (``format="safetensors"``) in plain transformers, in a separate process that does not
+        import the workbench. The first ``limit`` validation conversations (cut before their
+        answer) go through the session's model with its training template and through the
+        export with the chat template stored in it, as Ollama, a llama.cpp server or a
+        transformers script would run it; the run's probe prompts go to both as plain text.
+        Greedy answers are compared token by token, and the report (a table in a notebook) is
+        saved as ``export_check.json`` beside the file. Where an answer first differs, the
+        tuned model's own logits say whether it was a near tie there (the export's token within
+        0.1 standard deviations of its best: rounding picks either, common in random or barely
+        trained models) or a real difference.
         ``export(..., format="gguf")`` runs this check itself when llama-cpp-python is installed.
 
         Examples:
-            It needs llama-cpp-python, which the workbench does not install, so the check
-            itself is described rather than run: after ``s.export("export/gguf",
-            format="gguf")``, ``report = s.check_export("export/gguf")`` gives a report whose
-            ``all_same`` is ``True`` when every answer matched token for token, and whose
-            ``cases[i].first_difference`` is ``None`` for a case that matched. Without a GGUF
-            at the path, it says so before loading anything:
-
-            >>> Session("/tmp/wb-doc-session-check", verbose=False).check_export("export/gguf")
-            ... # doctest: +ELLIPSIS
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> s = Session("/tmp/wb-doc-session-check", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-check-tiny")))
+            >>> _ = s.export("export/merged", overwrite=True)
+            >>> report = s.check_export("export/merged", limit=1, max_new_tokens=4)
+            >>> report.all_same, report.runtime
+            (True, 'transformers')
+            >>> s.check_export("export/gguf")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.errors.SpecError: /tmp/wb-doc-session-check/export/gguf is not a GGUF file ...
+            workbench.errors.SpecError: /tmp/wb-doc-session-check/export/gguf is not an export ...
         """
         from workbench.deploy import export_target
+        from workbench.deploy.merged_check import check_merged, is_merged_export
         from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
 
         self._check_run_allows("check_export")
-        gguf = gguf_path_of(export_target(self.run_dir, path))
+        target = export_target(self.run_dir, path)
+        merged = is_merged_export(target)
+        if not merged:
+            try:
+                gguf = gguf_path_of(target)
+            except SpecError:
+                msg = (
+                    f"{target} is not an export to check: a GGUF file, a folder holding one, "
+                    "or a merged model folder (config.json and model.safetensors)."
+                )
+                raise SpecError(msg) from None
         probes = list(self._run.probes if self._run is not None else [])[:limit]
         conversations = conversations_of(self._data, limit)
         if not conversations and self.tokenizer.chat_template:
@@ -1189,13 +1203,15 @@ class Session:
             probes = probes or list(_DEFAULT_MESSAGES)
         raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes)]
         template = self._data.template if self._data is not None else None
-        report = check_gguf(
-            gguf, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
+        check, exported = (check_merged, target) if merged else (check_gguf, gguf)
+        report = check(
+            exported, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
         )
-        earlier = self.folder.written_earlier(gguf.parent)
-        report.save(gguf.parent)
+        folder = target if merged else gguf.parent
+        earlier = self.folder.written_earlier(folder)
+        report.save(folder)
         if earlier is not None:  # still the session's export, with its check beside it
-            self.folder.remember(gguf.parent, earlier.get("by", ""), earlier.get("what", ""))
+            self.folder.remember(folder, earlier.get("by", ""), earlier.get("what", ""))
         self._progress(report.summary())
         return report
 

@@ -121,11 +121,14 @@ class ParityCase:
 
 @dataclass(frozen=True)
 class ParityReport:
-    """The result of :func:`check_gguf`: one :class:`ParityCase` per conversation.
+    """The result of :func:`check_gguf` (or of
+    :func:`~workbench.deploy.merged_check.check_merged`): one :class:`ParityCase` per
+    conversation.
 
     Attributes:
-        gguf: The exported file.
+        export: The exported file (or merged folder).
         cases: The compared conversations.
+        runtime: What ran the export: ``"llama.cpp"`` or ``"transformers"``.
 
     Examples:
         >>> report = ParityReport("m.gguf", (ParityCase("p", [1], [1], "a", "a", [3], [3]),))
@@ -133,8 +136,9 @@ class ParityReport:
         (True, 'Export check of m.gguf: 1 of 1 answers the same.')
     """
 
-    gguf: str
+    export: str
     cases: tuple[ParityCase, ...]
+    runtime: str = "llama.cpp"
 
     @property
     def same_count(self) -> int:
@@ -175,7 +179,7 @@ class ParityReport:
             'Export check of m.gguf: 0 of 0 answers the same.'
         """
         total = len(self.cases)
-        line = f"Export check of {self.gguf}: {self.same_count} of {total} answers the same"
+        line = f"Export check of {self.export}: {self.same_count} of {total} answers the same"
         ties = self.near_tie_count
         if ties:
             line += f"; {ties} more differ{'s' if ties == 1 else ''} only at a near tie of the "
@@ -201,7 +205,8 @@ class ParityReport:
             0
         """
         return {
-            "gguf": self.gguf,
+            "export": self.export,
+            "runtime": self.runtime,
             "same": self.same_count,
             "total": len(self.cases),
             "cases": [
@@ -228,14 +233,15 @@ class ParityReport:
             target = target / CHECK_FILE
         return atomic_write_text(target, json.dumps(self.to_dict(), indent=1))
 
+    def _header(self) -> tuple[str, str, str, str]:
+        return ("case", "result", "tuned model", f"export in {self.runtime}")
+
     def __str__(self) -> str:
-        header = ("case", "result", "tuned model", "exported GGUF")
         rows = [(a, b, _short(c), _short(d)) for a, b, c, d in self.rows()]
-        return self.summary() + "\n" + text_table(rows, header)
+        return self.summary() + "\n" + text_table(rows, self._header())
 
     def _repr_html_(self) -> str:
-        header = ("case", "result", "tuned model", "exported GGUF")
-        return html_table(self.rows(), header, title=self.summary())
+        return html_table(self.rows(), self._header(), title=self.summary())
 
 
 def _result(case: ParityCase) -> str:
@@ -401,6 +407,8 @@ def _tie_gap(
         model.train(was_training)
     if picked >= logits.numel():
         return None
+    if index >= len(answer) and int(logits.argmax()) == picked:
+        return None  # the same token, on which one side ended and the other went on: no tie
     return float((logits.max() - logits[picked]) / logits.std())
 
 
@@ -506,13 +514,15 @@ def check_gguf(
         Traceback (most recent call last):
         workbench.errors.SpecError: nothing to compare: give conversations or raw_prompts.
     """
+    from workbench.chat import chat_stop_strings
     from workbench.data.templates import render_prompt, resolve_template
 
     gguf = gguf_path_of(path)
     if not conversations and not raw_prompts:
         raise SpecError("nothing to compare: give conversations or raw_prompts.")
     resolved = resolve_template(template, tokenizer)
-    stop = getattr(resolved, "stop", None)
+    stops = chat_stop_strings(resolved, tokenizer)  # as the session's chat and probes stop
+    stop = stops[0] if stops else None
     prompts = [
         (name, render_prompt(resolved, tokenizer, msgs), msgs) for name, msgs in conversations
     ]

@@ -36,13 +36,29 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
         True
         >>> tokenizer.convert_ids_to_tokens(model.generation_config.eos_token_id)
         ['</s>', '<|im_end|>']
+
+        A tokenizer's own template that ends turns with ``<|im_end|>`` while its eos is
+        ``</s>`` (a base model's ChatML) gets the same, with or without a template given:
+
+        >>> own = load_model(str(build_tiny_model("/tmp/wb-doc-deploy-session_glue-own")),
+        ...                  on_event=len)
+        >>> ship_tokenizer(own.tokenizer, own.model, None)
+        >>> own.tokenizer.convert_ids_to_tokens(own.model.generation_config.eos_token_id)
+        ['</s>', '<|im_end|>']
     """
-    if template is None:
+    from workbench.chat import chat_stop_strings
+    from workbench.data.templates import resolve_template
+
+    if template is None and not getattr(tokenizer, "chat_template", None):
         return
+    if template is None:  # no data loaded: the tokenizer's own template ends turns
+        template = resolve_template("tokenizer", tokenizer)
     if not tokenizer.chat_template:
         tokenizer.chat_template = template.source
-    stop = getattr(template, "stop", None)
-    stop_id = tokenizer.convert_tokens_to_ids(stop) if stop else None
+    # the template's stop, else the end-of-turn token it writes (a base model's own ChatML
+    # template, as Qwen2.5's base models have, with only <|endoftext|> as eos)
+    stops = chat_stop_strings(template, tokenizer)
+    stop_id = tokenizer.convert_tokens_to_ids(stops[0]) if stops else None
     if stop_id is None or stop_id == tokenizer.unk_token_id:
         return
     config = model.generation_config
