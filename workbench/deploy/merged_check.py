@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy.parity import Messages, ParityCase, ParityReport, _session_side, _tie_gap
+from workbench.deploy.parity import Messages, ParityReport, _compared, _prompts
 from workbench.errors import ModelLoadError, SpecError
 
 __all__ = ["MERGED_WEIGHTS", "check_merged", "is_merged_export"]
@@ -109,38 +109,26 @@ def check_merged(
         >>> report.summary()
         'Export check of /tmp/wb-doc-merged-check: 1 of 1 answers the same.'
     """
-    from workbench.chat import chat_stop_strings
-    from workbench.data.templates import render_prompt, resolve_template
-
     folder = Path(folder)
     if not is_merged_export(folder):
         raise SpecError(f"{folder} is not a merged export (config.json and model.safetensors).")
-    if not conversations and not raw_prompts:
-        raise SpecError("nothing to compare: give conversations or raw_prompts.")
+    stop, prompts = _prompts(tokenizer, template, conversations, raw_prompts)
     if conversations and not _has_chat_template(folder):
         raise SpecError(
             f"{folder} carries no chat template, so chat prompts cannot be rendered as a "
             "serving stack would: export again."
         )
-    resolved = resolve_template(template, tokenizer)
-    stops = chat_stop_strings(resolved, tokenizer)  # as the session's chat and probes stop
-    stop = stops[0] if stops else None
-    jobs = [(name, render_prompt(resolved, tokenizer, msgs), msgs) for name, msgs in conversations]
-    jobs += [(name, text, None) for name, text in raw_prompts]
-    exported = _run_plain_transformers(
-        folder,
-        [{"messages": msgs, "text": text} for _, text, msgs in jobs],
-        max_new_tokens,
-    )
-    cases = []
-    for (name, prompt, _), theirs in zip(jobs, exported, strict=True):
-        mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
-        gap = None
-        if mine[0] == theirs["prompt_ids"]:
-            gap = _tie_gap(model, mine[0], mine[1], theirs["answer_ids"], theirs["ended_at"])
-        prompt_ids, answer_ids, text = theirs["prompt_ids"], theirs["answer_ids"], theirs["text"]
-        cases.append(ParityCase(name, mine[0], prompt_ids, mine[2], text, mine[1], answer_ids, gap))
+    jobs = [{"messages": messages, "text": text} for _, text, messages in prompts]
+    exported = _run_plain_transformers(folder, jobs, max_new_tokens)
+    cases = [
+        _compared(name, model, tokenizer, prompt, stop, max_new_tokens, *_fields(theirs))
+        for (name, prompt, _), theirs in zip(prompts, exported, strict=True)
+    ]
     return ParityReport(str(folder), tuple(cases), runtime="transformers")
+
+
+def _fields(answer: dict[str, Any]) -> tuple[Any, ...]:
+    return answer["prompt_ids"], answer["answer_ids"], answer["text"], answer["ended_at"]
 
 
 def _has_chat_template(folder: Path) -> bool:

@@ -470,6 +470,45 @@ def _session_side(
     return prompt_ids, answer, text.split(stop)[0] if stop else text
 
 
+def _prompts(
+    tokenizer: Any,
+    template: Any,
+    conversations: Sequence[tuple[str, Messages]],
+    raw_prompts: Sequence[tuple[str, str]],
+) -> tuple[str | None, list[tuple[str, str, Messages | None]]]:
+    """Where the session's answers stop, and ``(name, prompt, messages)`` for each case: the
+    conversations rendered with the training template, the raw prompts as they are."""
+    from workbench.chat import chat_stop_strings
+    from workbench.data.templates import render_prompt, resolve_template
+
+    if not conversations and not raw_prompts:
+        raise SpecError("nothing to compare: give conversations or raw_prompts.")
+    resolved = resolve_template(template, tokenizer)
+    stops = chat_stop_strings(resolved, tokenizer)  # as the session's chat and probes stop
+    prompts = [(n, render_prompt(resolved, tokenizer, msgs), msgs) for n, msgs in conversations]
+    prompts += [(name, text, None) for name, text in raw_prompts]
+    return (stops[0] if stops else None), prompts
+
+
+def _compared(
+    name: str,
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    stop: str | None,
+    max_new_tokens: int,
+    *theirs: Any,
+) -> ParityCase:
+    """One case: the session's greedy answer to ``prompt`` against the export's, ``theirs``
+    being its prompt ids, answer ids, answer text and the end token it stopped at."""
+    prompt_ids, answer_ids, text, ended_at = theirs
+    mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
+    gap = None
+    if mine[0] == prompt_ids:  # same prompt: compare where the answers part
+        gap = _tie_gap(model, mine[0], mine[1], answer_ids, ended_at)
+    return ParityCase(name, mine[0], prompt_ids, mine[2], text, mine[1], answer_ids, gap)
+
+
 def check_gguf(
     path: str | Path,
     model: Any,
@@ -514,28 +553,12 @@ def check_gguf(
         Traceback (most recent call last):
         workbench.errors.SpecError: nothing to compare: give conversations or raw_prompts.
     """
-    from workbench.chat import chat_stop_strings
-    from workbench.data.templates import render_prompt, resolve_template
-
     gguf = gguf_path_of(path)
-    if not conversations and not raw_prompts:
-        raise SpecError("nothing to compare: give conversations or raw_prompts.")
-    resolved = resolve_template(template, tokenizer)
-    stops = chat_stop_strings(resolved, tokenizer)  # as the session's chat and probes stop
-    stop = stops[0] if stops else None
-    prompts = [
-        (name, render_prompt(resolved, tokenizer, msgs), msgs) for name, msgs in conversations
-    ]
-    prompts += [(name, text, None) for name, text in raw_prompts]
+    stop, prompts = _prompts(tokenizer, template, conversations, raw_prompts)
     longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for _, p, _ in prompts)
     llm = _llama(gguf, context=longest + max_new_tokens + 64)
     cases = []
     for name, prompt, messages in prompts:
-        mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
         theirs = _exported_side(llm, messages, prompt if messages is None else None, max_new_tokens)
-        gap = None
-        if mine[0] == theirs[0]:  # same prompt: compare where the answers part
-            gap = _tie_gap(model, mine[0], mine[1], theirs[1], theirs[3])
-        case = ParityCase(name, mine[0], theirs[0], mine[2], theirs[2], mine[1], theirs[1], gap)
-        cases.append(case)
+        cases.append(_compared(name, model, tokenizer, prompt, stop, max_new_tokens, *theirs))
     return ParityReport(str(gguf), tuple(cases))
