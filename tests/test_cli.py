@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -65,6 +66,9 @@ def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):
     assert page.count("js-plotly-plot") + page.count("plotly-graph-div") >= 3
     assert (tmp_path / "export" / "merged" / "model.safetensors").is_file()
     assert list((tmp_path / "evaluations").glob("eval-*/scores.json"))
+    checked = json.loads((tmp_path / "export" / "merged" / "export_check.json").read_text())
+    assert checked["runtime"] == "transformers" and checked["total"] == 4
+    assert "export check in plain transformers: " in out and " of 4 answers the same" in out
 
 
 def test_demo_on_a_family_the_memory_estimate_does_not_model_says_so_and_trains(

@@ -81,7 +81,8 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The quickstart path, headless: data, training, base vs tuned, export, report.html."""
+    """The quickstart path, headless: data, training, base vs tuned, export (checked in plain
+    transformers), report.html."""
     import workbench as wb
     from workbench.report import write_report
     from workbench.tasks import json_valid, records_to_json
@@ -115,15 +116,17 @@ def _demo(args: argparse.Namespace) -> int:
     print(evaluation)
     _section("export")
     folder = session.export("export/merged", overwrite=True)
+    check = session.check_export("export/merged", max_new_tokens=args.max_new_tokens)
+    print(check)  # the export in plain transformers, in another process, against the session
     page = write_report(
         session.run_dir / "report.html",
         "Tuning Workbench demo",
         data_report=report,
         history=run.history,
         evaluation=evaluation,
-        summary=_summary_lines(session, run, evaluation, folder),
+        summary=_summary_lines(session, run, evaluation, folder, check),
     )
-    print("\n".join(_summary_lines(session, run, evaluation, folder)))
+    print("\n".join(_summary_lines(session, run, evaluation, folder, check)))
     print(f"report:   {page}")
     return 0 if run.state == "finished" else 1
 
@@ -132,14 +135,17 @@ def _section(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def _summary_lines(session, run, evaluation, folder) -> list[str]:
+def _summary_lines(session, run, evaluation, folder, check) -> list[str]:
     match = evaluation.scores.get("exact_match", {})
+    ties = f", {check.near_tie_count} more at near ties" if check.near_tie_count else ""
     return [
         f"model:    {session.loaded.source.spec}",
         f"training: {run.state} after {run.status.step} steps",
         f"exact match on {len(evaluation.rows)} held-out records: "
         f"base {match.get('base', 0):.2f} -> tuned {match.get('tuned', 0):.2f}",
         f"exported: {folder}",
+        f"export check in plain transformers: {check.same_count} of {len(check.cases)} answers "
+        f"the same{ties}",
     ]
 
 
