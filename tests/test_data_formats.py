@@ -225,22 +225,6 @@ def test_numbers_are_their_text_in_json_and_csv(tmp_path, tokenizer, cache_dir):
     assert answers(from_csv) == sorted(str(2 * i) for i in range(6))
 
 
-def test_a_tool_call_turn_says_tool_calls_are_not_supported(tmp_path, tokenizer, cache_dir):
-    call = {"type": "function", "function": {"name": "add", "arguments": "{}"}}
-    row = {
-        "messages": [
-            {"role": "user", "content": "2 + 2?"},
-            {"role": "assistant", "content": None, "tool_calls": [call]},
-            {"role": "tool", "content": "4"},
-            {"role": "assistant", "content": "4"},
-        ]
-    }
-    path = write_jsonl(tmp_path / "tools.jsonl", [CHAT_ROW, row])
-    with pytest.raises(DataError, match=r"line 2, field 'messages\[1\].content'.*tool calls"):
-        load(path, tokenizer, cache_dir)
-    assert len(load(path, tokenizer, cache_dir, on_error="skip").train) == 1
-
-
 def test_unknown_role_and_non_utf8(tmp_path, tokenizer, cache_dir):
     bad_role = {"messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "b"}]}
     path = tmp_path / "chat.jsonl"

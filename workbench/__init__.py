@@ -48,11 +48,13 @@ _LAZY = {
     "RunState": "workbench.train",
     "Evaluation": "workbench.evaluation",
     "compare": "workbench.evaluation",
+    "parse_tool_calls": "workbench.data.tool_calls",
 }
 
 
 def __getattr__(name: str):
-    """Import the memory tools on first use, so ``import workbench`` stays light."""
+    """Import the memory, training, evaluation and tool-call helpers on first use, so
+    ``import workbench`` stays light."""
     if name in _LAZY:
         import importlib
 
@@ -90,4 +92,5 @@ __all__ = [
     "compare",
     "estimate_memory",
     "fit_table",
+    "parse_tool_calls",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 from jinja2.exceptions import TemplateError
 
 from workbench.data.templates import Template, render_many, resolve_template
+from workbench.data.tool_calls import check_template_writes_tools, tool_calls_of, tools_of
 from workbench.errors import SpecError
 from workbench.models.generation import stop_token_ids
 
@@ -40,7 +41,7 @@ __all__ = [
 END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 """End-of-turn tokens looked for in a tokenizer's own chat template, which names no stop."""
 
-_ROLES = ("system", "user", "assistant")
+_ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,15 @@ def chat_stop_strings(template: Template, tokenizer: Any) -> list[str]:
     ][:1]
 
 
-def conversation(message: str | Sequence[dict[str, str]]) -> list[dict[str, str]]:
+def conversation(message: str | Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One message as a user turn, or a checked copy of a list of ``{role, content}`` turns.
 
-    The last turn must be the user's (the model answers it).
+    The last turn must be the user's or a tool's result (the model answers it). An assistant
+    turn may call tools (OpenAI's ``tool_calls``; its content may then be ``None``).
 
     Raises:
-        SpecError: an empty conversation, an unknown role, a content that is not text, or a
-            last turn that is not the user's.
+        SpecError: an empty conversation, an unknown role, a content that is not text, a
+            malformed tool call, or a last turn that is neither the user's nor a tool's.
 
     Examples:
         >>> conversation("Hi")
@@ -125,7 +127,7 @@ def conversation(message: str | Sequence[dict[str, str]]) -> list[dict[str, str]
         ...               {"role": "assistant", "content": "Hello"}])
         Traceback (most recent call last):
         workbench.errors.SpecError: the last turn is the assistant's: a chat ends with the user's \
-turn, which the model answers.
+turn (or a tool's result), which the model answers.
     """
     if isinstance(message, str):
         return [{"role": "user", "content": message}]
@@ -133,21 +135,45 @@ turn, which the model answers.
     if not turns:
         raise SpecError("a conversation needs at least one {'role': 'user', 'content': ...} turn.")
     for i, turn in enumerate(turns):
+        if turn.get("role") == "assistant" and turn.get("tool_calls"):
+            turn["tool_calls"] = _checked_calls(turn["tool_calls"], i)
+            turn["content"] = turn.get("content") or ""
         if turn.get("role") not in _ROLES or not isinstance(turn.get("content"), str):
             raise SpecError(
                 f"turn {i} is {turn!r}: each turn needs a role in {list(_ROLES)} and a text "
                 "content."
             )
-    if turns[-1]["role"] != "user":
+    if turns[-1]["role"] not in ("user", "tool"):
         raise SpecError(
-            f"the last turn is the {turns[-1]['role']}'s: a chat ends with the user's turn, "
-            "which the model answers."
+            f"the last turn is the {turns[-1]['role']}'s: a chat ends with the user's turn "
+            "(or a tool's result), which the model answers."
         )
     return turns
 
 
+def _checked_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    from workbench.data.formats import RowError
+
+    try:
+        return tool_calls_of(calls, f"turn {index}")
+    except RowError as err:
+        raise SpecError(f"{err.field}: {err.message}") from None
+
+
+def _checked_tools(tools: Any) -> list[dict[str, Any]] | None:
+    from workbench.data.formats import RowError
+
+    try:
+        return tools_of(tools, "tools")
+    except RowError as err:
+        raise SpecError(f"{err.field}: {err.message}") from None
+
+
 def chat_inputs(
-    prompt: str | Sequence[Any], tokenizer: Any, template: Template | str | None = None
+    prompt: str | Sequence[Any],
+    tokenizer: Any,
+    template: Template | str | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> ChatInputs:
     """Render chat prompts for generation, with the stop strings that end their answers.
 
@@ -156,6 +182,8 @@ def chat_inputs(
             list of ``{"role", "content"}`` turns (one conversation), or a list of such lists.
         tokenizer: Its special tokens go into the template (and its template is the fallback).
         template: The template the data was loaded with (``data.template``), or ``None``.
+        tools: Tools offered to the model (OpenAI's function schemas), as in training data's
+            ``tools``; refused when the template does not write them.
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -178,11 +206,22 @@ def chat_inputs(
     if not items:
         raise SpecError("prompt is empty: give a message or a list of messages.")
     conversations = [conversation(item) for item in items]
+    offered = _checked_tools(tools)
+    each = [offered] * len(conversations) if offered else None
     try:
-        prompts = render_many(resolved, tokenizer, conversations, add_generation_prompt=True)
+        prompts = render_many(resolved, tokenizer, conversations, True, each)
     except TemplateError as err:  # Gemma's, Mistral's: "System role not supported"
         msg = f"the chat template ({resolved.name!r}) refuses these turns: {err.message or err}"
         raise SpecError(msg) from None
+    for rendered, turns in zip(prompts, conversations, strict=True):
+        dropped = check_template_writes_tools(rendered, turns, offered, rendered)
+        if dropped:
+            msg = (
+                f"the chat template ({resolved.name!r}) cannot take these tools: {dropped}; "
+                "chat with the template the model was tuned with "
+                "(load_data(..., template='chatml') writes tools)"
+            )
+            raise SpecError(msg)
     return ChatInputs(prompts, chat_stop_strings(resolved, tokenizer), single, resolved)
 
 

@@ -236,6 +236,7 @@ class Session:
         prompt: str | list[str] | list[dict[str, str]],
         max_new_tokens: int = 64,
         chat: bool = False,
+        tools: list[dict[str, Any]] | None = None,
         **generation: Any,
     ):
         """Complete a prompt (or a list of prompts) with the model as it is now.
@@ -245,7 +246,11 @@ class Session:
         With ``chat=True`` each prompt is one user turn (a list of ``{"role", "content"}``
         turns is one conversation) rendered with the template the data was loaded with (else
         the tokenizer's chat template), and the answer ends at the template's stop string,
-        as in :meth:`chat` (see :mod:`workbench.chat`).
+        as in :meth:`chat` (see :mod:`workbench.chat`). ``tools=`` offers tools (OpenAI's
+        function schemas) as tool-calling training data does; the answer holds the calls as
+        the template writes them (:func:`~workbench.data.tool_calls.parse_tool_calls` reads
+        the built-in templates' ``<tool_call>`` blocks), and a conversation may go on with
+        the calls and a ``tool`` turn holding their result.
 
         Examples:
             >>> from workbench.models.tiny import build_tiny_model
@@ -258,11 +263,13 @@ class Session:
             False
         """
         self._check_run_allows("generate")
+        if tools and not chat:
+            raise SpecError("tools= needs chat=True: tools are offered in a chat template.")
         if chat:
             from workbench.chat import chat_inputs
 
             template = self._data.template if self._data is not None else None
-            inputs = chat_inputs(prompt, self.tokenizer, template)
+            inputs = chat_inputs(prompt, self.tokenizer, template, tools)
             stops = [*(generation.pop("stop_strings", None) or []), *inputs.stop_strings]
             outputs = generate_text(
                 self.model, self.tokenizer, inputs.prompts, max_new_tokens, stops, **generation

@@ -35,6 +35,7 @@ from workbench.data.templates import (
     resolve_template,
 )
 from workbench.data.tokenize import IGNORE_INDEX
+from workbench.data.tool_calls import parse_tool_calls
 
 __all__ = [
     "FORMATS",
@@ -59,6 +60,7 @@ __all__ = [
     "encode_prompt",
     "load_data",
     "model_context",
+    "parse_tool_calls",
     "render_prompt",
     "resolve_template",
 ]

@@ -61,6 +61,7 @@ from workbench.data.tokenize import (
     Labeller,
     _fields,
 )
+from workbench.data.tool_calls import TOOL_CALLING
 
 __all__ = ["SAMPLE_PER_BATCH", "BatchLabeller"]
 
@@ -161,7 +162,9 @@ class BatchLabeller:
                 texts = table.column("text").to_pylist()
                 ids, masks, oks, found = self._label_texts(texts)
             else:
-                ids, masks, oks, found = self._label_chats(_conversations(table), _untrained(table))
+                ids, masks, oks, found = self._label_chats(
+                    _conversations(table), _untrained(table), _tool_calling(table)
+                )
             return _with_columns(table, ids, masks, oks, found, self.max_length)
         finally:
             if collecting:
@@ -199,6 +202,7 @@ class BatchLabeller:
         self,
         conversations: list[tuple[tuple[str, ...], list[str]]],
         untrained: list[list[int]] | None = None,
+        tool_calling: list[str | None] | None = None,
     ) -> tuple[list[list[int]], list[Any], list[bool], list[str]]:
         n = len(conversations)
         ids: list[list[int]] = [[]] * n
@@ -206,6 +210,8 @@ class BatchLabeller:
         oks = [True] * n
         found = [""] * n
         plain = self._plain(conversations, found)
+        if tool_calling:  # tools and calls are rendered by the template: the row way
+            plain = [k for k in plain if tool_calling[k] is None]
         groups: dict[tuple[str, ...], list[int]] = {}
         for k in plain:
             groups.setdefault(conversations[k][0], []).append(k)
@@ -219,13 +225,14 @@ class BatchLabeller:
         undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
         slow.update(undecided)
         samples = self._samples(conversations, quick, undecided)
-        row_way = self._label_slow(conversations, untrained, sorted(slow | set(samples)), found)
+        rows = sorted(slow | set(samples))
+        row_way = self._label_slow(conversations, untrained, rows, found, tool_calling)
         for roles in {conversations[k][0] for k in samples}:
             members = [k for k in samples if conversations[k][0] == roles]
             if any(not _same(ids[k], masks[k], oks[k], *row_way[k]) for k in members):
                 self.distrusted.add(roles)
         late = [k for k in quick if conversations[k][0] in self.distrusted and k not in row_way]
-        row_way.update(self._label_slow(conversations, untrained, late, found))
+        row_way.update(self._label_slow(conversations, untrained, late, found, tool_calling))
         for k, (row_ids, labels, ok) in row_way.items():
             if k in slow or conversations[k][0] in self.distrusted:
                 ids[k], masks[k], oks[k] = row_ids, labels, ok
@@ -317,6 +324,7 @@ class BatchLabeller:
         untrained: list[list[int]] | None,
         rows: list[int],
         found: list[str],
+        tool_calling: list[str | None] | None = None,
     ) -> dict[int, tuple[list[int], list[int], bool]]:
         if not rows:
             return {}
@@ -326,7 +334,8 @@ class BatchLabeller:
         ]
         self.checked += len(rows)
         skip = [untrained[k] for k in rows] if untrained else None
-        labelled = self.rows._label_chats(chats, [found[k] for k in rows], skip)
+        tools = [tool_calling[k] for k in rows] if tool_calling else None
+        labelled = self.rows._label_chats(chats, [found[k] for k in rows], skip, tools)
         return dict(zip(rows, labelled, strict=True))
 
     def _encode(self, texts: list[str]) -> list[Any]:
@@ -378,6 +387,15 @@ def _untrained(table: Any) -> list[list[int]] | None:
     if UNTRAINED_TURNS not in table.column_names:
         return None
     return [turns or [] for turns in table.column(UNTRAINED_TURNS).to_pylist()]
+
+
+def _tool_calling(table: Any) -> list[str | None] | None:
+    """Per row, its :data:`TOOL_CALLING` cell (``None``: no column, or no row uses tools)."""
+    if TOOL_CALLING not in table.column_names or table.column(TOOL_CALLING).null_count == len(
+        table
+    ):
+        return None
+    return table.column(TOOL_CALLING).to_pylist()
 
 
 def _trained_turns(

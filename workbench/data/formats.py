@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from workbench.data.tool_calls import tool_calls_of, tool_turn_extras, tools_of
 from workbench.errors import DataError
 
 __all__ = [
@@ -64,6 +65,7 @@ CANONICAL_FIELDS: tuple[str, ...] = (
     "messages",
     "conversations",
     "text",
+    "tools",
 )
 # Common column names that mean a canonical field (matched case-insensitively).
 _ALIASES = {"question": "prompt", "completion": "answer", "response": "answer", "query": "prompt"}
@@ -106,6 +108,11 @@ class Normalised:
         empty: Names of fields that are present but empty or only whitespace.
         untrained: Indices in ``messages`` of assistant turns not to train on (OpenAI's
             per-turn ``weight: 0``); they stay in the conversation as context.
+        tools: The tools offered to the model (the row's ``tools``), or ``None``.
+
+    A message holds ``role`` and ``content``, and, for tool calling, an assistant turn's
+    ``tool_calls`` and a tool turn's ``tool_call_id``/``name``
+    (see :mod:`workbench.data.tool_calls`).
 
     Examples:
         >>> Normalised(None, "hello", ()).text
@@ -118,10 +125,11 @@ class Normalised:
         (1,)
     """
 
-    messages: list[dict[str, str]] | None
+    messages: list[dict[str, Any]] | None
     text: str | None
     empty: tuple[str, ...]
     untrained: tuple[int, ...] = ()
+    tools: list[dict[str, Any]] | None = None
 
 
 Plan = Mapping[str, str]  # canonical field -> column in the data
@@ -213,7 +221,8 @@ def _conversational_qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
     context = [len(head) + i for i, m in enumerate(prompt) if m["role"] == "assistant"]
     shift = len(head) + len(prompt)
     untrained = (*context, *(shift + i for i in answer_untrained))
-    return Normalised(messages, None, tuple(empty), tuple(sorted(untrained)))
+    tools = _tools(values, plan)
+    return Normalised(messages, None, tuple(empty), tuple(sorted(untrained)), tools)
 
 
 def _with_system(
@@ -244,12 +253,17 @@ def _conversation(
     empty: list[str] = []
     messages, untrained = _messages(turns, column, roles, empty)
     _check_start(messages, column)
-    return Normalised(messages, None, tuple(empty), untrained)
+    return Normalised(messages, None, tuple(empty), untrained, _tools(values, plan))
+
+
+def _tools(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]] | None:
+    column = plan.get("tools", "tools")
+    return tools_of(values.get(column), column)
 
 
 def _messages(
     turns: Any, column: str, roles: dict[str, str], empty: list[str]
-) -> tuple[list[dict[str, str]], tuple[int, ...]]:
+) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
     """The checked messages of a list, and the indices of its weight-0 assistant turns."""
     if not isinstance(turns, list) or not turns:
         raise RowError(column, f"expected a non-empty list of messages, got {type(turns).__name__}")
@@ -284,7 +298,7 @@ def _list_in_text(text: str, column: str) -> Any:
         raise RowError(column, msg) from None
 
 
-def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, str]:
+def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, Any]:
     if not isinstance(turn, dict):
         raise RowError(where, f"expected a message object, got {type(turn).__name__}")
     role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
@@ -294,19 +308,26 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
         raise RowError(
             f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
         )
-    if turn.get(content_key) is None:
-        why = "missing"
-        if turn.get("tool_calls") or turn.get("function_call"):
-            why = (
-                "missing: this turn calls a tool (tool_calls), and conversations with tool "
-                "calls are not supported yet; skip such rows (on_error='skip') or give the "
-                "turn its text"
-            )
-        raise RowError(f"{where}.{content_key}", why)
-    content = _text_parts(turn[content_key], f"{where}.{content_key}")
-    if not content.strip() and role != "system":
+    extras = _tool_fields(turn, role, where)
+    if turn.get(content_key) is None and "tool_calls" not in extras:
+        raise RowError(f"{where}.{content_key}", "missing")
+    content = _text_parts(turn.get(content_key) or "", f"{where}.{content_key}")
+    if not content.strip() and role != "system" and "tool_calls" not in extras:
         empty.append(f"{where}.{content_key}")
-    return {"role": role, "content": content}
+    return {"role": role, "content": content, **extras}
+
+
+def _tool_fields(turn: dict[str, Any], role: str, where: str) -> dict[str, Any]:
+    """An assistant turn's tool calls (OpenAI's ``tool_calls``, or the older single
+    ``function_call``), a tool turn's ``tool_call_id``/``name``; ``{}`` for other turns."""
+    calls = turn.get("tool_calls")
+    if calls is None and turn.get("function_call") is not None:
+        calls = [{"function": turn["function_call"]}]
+    if calls is not None and calls != []:
+        if role != "assistant":
+            raise RowError(f"{where}.tool_calls", f"only an assistant turn calls tools, not {role}")
+        return {"tool_calls": tool_calls_of(calls, where)}
+    return tool_turn_extras(turn) if role == "tool" else {}
 
 
 def _trained(turn: dict[str, Any], where: str) -> bool:
@@ -375,9 +396,13 @@ class Format:
 
 # Detection order: the first format whose required fields are all present wins.
 FORMATS: dict[str, Format] = {
-    "chat": Format("chat", ("messages",), (), "messages: list of {role, content}", _chat),
+    "chat": Format("chat", ("messages",), ("tools",), "messages: list of {role, content}", _chat),
     "sharegpt": Format(
-        "sharegpt", ("conversations",), (), "ShareGPT conversations: {from, value}", _sharegpt
+        "sharegpt",
+        ("conversations",),
+        ("tools",),
+        "ShareGPT conversations: {from, value}",
+        _sharegpt,
     ),
     "alpaca": Format(
         "alpaca",
@@ -387,7 +412,11 @@ FORMATS: dict[str, Format] = {
         _alpaca,
     ),
     "qa": Format(
-        "qa", ("prompt", "answer"), ("system",), "question/answer or prompt/completion", _qa
+        "qa",
+        ("prompt", "answer"),
+        ("system", "tools"),
+        "question/answer or prompt/completion",
+        _qa,
     ),
     "text": Format("text", ("text",), (), "raw text for continued pretraining", _text),
 }

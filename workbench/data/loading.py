@@ -9,7 +9,9 @@ through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).
 
 Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
 ``empty_fields``, ``untrained_turns`` (indices of assistant turns that are context only:
-weight 0, or in a conversational prompt), and the source's own columns as strings
+weight 0, or in a conversational prompt), ``tool_calling`` (a row's tools and its turns'
+tool calls as JSON text, null without them: :mod:`workbench.data.tool_calls`), and the
+source's own columns as strings
 (non-strings JSON-encoded; a name that clashes with a stored column gets an ``original_``
 prefix).
 
@@ -18,8 +20,9 @@ Examples:
     >>> from workbench.data.sources import open_source
     >>> spec = DataSpec(cache_dir="/tmp/wb-doc-loading-cache")
     >>> loaded = read_source(open_source([{"question": "2+2?", "answer": "4"}])[0], spec)
-    >>> loaded.dataset.column_names
-    ['source_row', 'messages', 'untrained_turns', 'empty_fields', 'question', 'answer']
+    >>> loaded.dataset.column_names  # doctest: +NORMALIZE_WHITESPACE
+    ['source_row', 'messages', 'untrained_turns', 'tool_calling', 'empty_fields',
+     'question', 'answer']
     >>> loaded.dataset[0]["messages"]
     [{'role': 'user', 'content': '2+2?'}, {'role': 'assistant', 'content': '4'}]
 """
@@ -42,6 +45,12 @@ from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
 from workbench.data.tokenize import UNTRAINED_TURNS
+from workbench.data.tool_calls import (
+    TOOL_CALLING,
+    check_template_writes_tools,
+    encode_tool_calling,
+    with_tool_calling,
+)
 from workbench.errors import DataError, WorkbenchWarning
 
 __all__ = [
@@ -55,12 +64,13 @@ __all__ = [
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
 # (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns).
-CODE_VERSION = "3"
+CODE_VERSION = "4"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
     UNTRAINED_TURNS,
+    TOOL_CALLING,
     "text",
     "empty_fields",
     "error",
@@ -125,6 +135,7 @@ def _features(fmt: Format, stored: list[str]) -> Any:
         columns["messages"] = List({"role": string, "content": string})
     if not fmt.is_text:
         columns[UNTRAINED_TURNS] = List(Value("int32"))
+        columns[TOOL_CALLING] = string
     columns["empty_fields"] = string
     columns.update({name: string for name in stored})
     return Features(columns)
@@ -139,7 +150,7 @@ def _as_string(value: Any) -> str | None:
 def _rows(
     source: Source, fmt: Format, plan: dict[str, str], originals: dict[str, str], on_error: str
 ) -> Iterator[dict[str, Any]]:
-    blank = dict.fromkeys(["messages", UNTRAINED_TURNS, "text", "empty_fields"])
+    blank = dict.fromkeys(["messages", UNTRAINED_TURNS, TOOL_CALLING, "text", "empty_fields"])
     blank.update(dict.fromkeys(originals.values()))
     for raw in source.rows():
         try:
@@ -162,12 +173,21 @@ def _good_row(
         raise RowError("", raw.error or "unreadable")
     row = fmt.normalise(raw.values, plan)
     out: dict[str, Any] = {"source_row": raw.number, "error": None, "error_field": None}
-    out["text" if fmt.is_text else "messages"] = row.text if fmt.is_text else row.messages
-    if not fmt.is_text:
+    if fmt.is_text:
+        out["text"] = row.text
+    else:
+        assert row.messages is not None
+        out["messages"] = [{"role": m["role"], "content": m["content"]} for m in row.messages]
         out[UNTRAINED_TURNS] = list(row.untrained)
+        extras = {i: _extra_fields(m) for i, m in enumerate(row.messages) if len(m) > 2}
+        out[TOOL_CALLING] = encode_tool_calling(row.tools, extras)
     out["empty_fields"] = ", ".join(row.empty) or None
     out.update({stored: _as_string(raw.values.get(column)) for column, stored in originals.items()})
     return out
+
+
+def _extra_fields(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k not in ("role", "content")}
 
 
 def _data_error(source: Source, number: int, field: str, message: str) -> DataError:
@@ -379,13 +399,17 @@ def refuse_template_rejects(
     if loaded.format.is_text:
         return loaded
     shapes = _role_sequences(loaded.dataset)
-    keys: list[Any] = list(range(len(shapes))) if every_row else shapes
+    table = loaded.dataset.select_columns([TOOL_CALLING]).with_format("arrow")[:]
+    calling = table.column(TOOL_CALLING).is_valid().to_pylist()
+    # Rows with tools are each checked: whether a template writes them depends on their text.
+    keys: list[Any] = [k if every_row or calling[k] else shape for k, shape in enumerate(shapes)]
     firsts: dict[Any, int] = {}
     for k, key in enumerate(keys):
         firsts.setdefault(key, k)
     refused = {}
     for key, k in firsts.items():
-        reason = _template_refusal(template, tokenizer, loaded.dataset[k]["messages"])
+        row = loaded.dataset[k]
+        reason = _template_refusal(template, tokenizer, row["messages"], row[TOOL_CALLING])
         if reason is not None:
             refused[key] = reason
     if not refused:
@@ -424,27 +448,42 @@ def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
     return [tuple(roles[a : a + n]) for a, n in zip(starts, lengths, strict=True)]
 
 
-def _template_refusal(template: Any, tokenizer: Any, messages: list[dict[str, str]]) -> str | None:
-    """The template's own words when it refuses ``messages`` or an answer's prompt of them."""
+def _template_refusal(
+    template: Any, tokenizer: Any, messages: list[dict[str, str]], tool_calling: str | None = None
+) -> str | None:
+    """The template's own words when it refuses ``messages`` or an answer's prompt of them,
+    or why its rendering drops the row's tool calls or tools."""
     from jinja2.exceptions import TemplateError
 
     from workbench.data.templates import render_many
 
+    messages, tools = with_tool_calling(messages, tool_calling)
     prompts = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant" and i]
+    offered = [tools] if tools else None
     try:
-        render_many(template, tokenizer, [messages], False)
+        full = render_many(template, tokenizer, [messages], False, offered)[0]
+        rendered = []
         if prompts:
-            render_many(template, tokenizer, prompts, True)
-    except TemplateError as err:
-        return str(err.message or err)
-    return None
+            each = offered * len(prompts) if offered else None
+            rendered = render_many(template, tokenizer, prompts, True, each)
+    except (TemplateError, TypeError, AttributeError) as err:
+        return str(getattr(err, "message", None) or err)
+    if not tool_calling:
+        return None
+    return check_template_writes_tools(full, messages, tools, (rendered or [None])[0])
 
 
 def _refusal_message(template: Any, roles: tuple[str, ...], reason: str) -> str:
-    fix = (
-        "drop the system turn or put its text in the first user turn, or pick another "
-        "template (template='chatml')"
-        if "system" in roles
-        else "change the turns, or pick another template (template='chatml')"
-    )
+    if "tool" in reason and "does not write" in reason:
+        fix = (
+            "pick a template that writes them: the model's own if it was made for tool calling, "
+            "or template='chatml' (Hermes-style <tool_call> blocks)"
+        )
+    elif "system" in roles:
+        fix = (
+            "drop the system turn or put its text in the first user turn, or pick another "
+            "template (template='chatml')"
+        )
+    else:
+        fix = "change the turns, or pick another template (template='chatml')"
     return f"the chat template ({template.name!r}) refuses this conversation: {reason}; {fix}"

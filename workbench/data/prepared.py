@@ -57,6 +57,7 @@ from workbench.data.tokenize import (
     Labeller,
     special_ids,
 )
+from workbench.data.tool_calls import TOOL_CALLING, turn_text, with_tool_calling
 from workbench.errors import DataError, SpecError, WorkbenchWarning
 
 __all__ = ["DataSpec", "PreparedData", "load_data"]
@@ -534,13 +535,28 @@ class PreparedData:
     def _texts_of(self, row: dict[str, Any]) -> tuple[str, str, str]:
         if self.is_text:
             return "", row["text"], row["text"]
-        messages = row["messages"]
+        messages, tools = with_tool_calling(row["messages"], row.get(TOOL_CALLING))
         last = _answer_turn(messages, row.get(UNTRAINED_TURNS))
-        prompt = render_prompt(
-            self.template, self.tokenizer, messages[:last], add_generation_prompt=True
-        )
-        text = render_prompt(self.template, self.tokenizer, messages, add_generation_prompt=False)
-        return prompt, messages[last]["content"] if last is not None else "", text
+        prompt = render_prompt(self.template, self.tokenizer, messages[:last], True, tools)
+        text = render_prompt(self.template, self.tokenizer, messages, False, tools)
+        if last is None:
+            return prompt, "", text
+        if not messages[last].get("tool_calls"):
+            return prompt, messages[last]["content"], text
+        # A calling turn's answer is what the template writes for it (the model's output).
+        upto = render_prompt(self.template, self.tokenizer, messages[: last + 1], False, tools)
+        return prompt, self._written_answer(prompt, upto), text
+
+    def _written_answer(self, prompt: str, upto: str) -> str:
+        from workbench.chat import chat_stop_strings
+
+        written = upto[len(prompt) :] if upto.startswith(prompt) else upto
+        ends = [*chat_stop_strings(self.template, self.tokenizer), self.tokenizer.eos_token]
+        written = written.rstrip()
+        for end in filter(None, ends):
+            if end in written:
+                written = written[: written.index(end)]
+        return written.strip()
 
     def report(self) -> DataReport:
         """Counts, token lengths, trained share and problems (computed once, then cached).
@@ -705,7 +721,7 @@ class PreparedData:
             return []
         columns = ["source_row", "n_tokens", "n_answer", "text" if self.is_text else "messages"]
         dataset = self.split(split)
-        columns += [UNTRAINED_TURNS] if UNTRAINED_TURNS in dataset.column_names else []
+        columns += [c for c in (UNTRAINED_TURNS, TOOL_CALLING) if c in dataset.column_names]
         rows = dataset.select_columns(columns)[indices]
         out = []
         for k, i in enumerate(indices):
@@ -773,12 +789,13 @@ class PreparedData:
 def _preview_texts(rows: dict[str, list[Any]], k: int, is_text: bool) -> tuple[str, str]:
     if is_text:
         return "", rows["text"][k]
-    messages = rows["messages"][k]
+    stored = rows[TOOL_CALLING][k] if TOOL_CALLING in rows else None
+    messages, _ = with_tool_calling(rows["messages"][k], stored)
     untrained = rows[UNTRAINED_TURNS][k] if UNTRAINED_TURNS in rows else None
     last = _answer_turn(messages, untrained)
     before = messages[:last]
     prompt = next((m["content"] for m in reversed(before) if m["role"] == "user"), "")
-    return prompt, messages[last]["content"] if last is not None else ""
+    return prompt, turn_text(messages[last]) if last is not None else ""
 
 
 def _answer_turn(messages: list[dict[str, str]], untrained: list[int] | None) -> int | None:
@@ -794,14 +811,21 @@ def _joined_texts(dataset: Any, is_text: bool) -> Any:
     import pyarrow.compute as pc
 
     column = "text" if is_text else "messages"
-    values = (
-        dataset.select_columns([column]).with_format("arrow")[:].column(column).combine_chunks()
-    )
+    wanted = [column] + [TOOL_CALLING] * (not is_text and TOOL_CALLING in dataset.column_names)
+    table = dataset.select_columns(wanted).with_format("arrow")[:]
+    values = table.column(column).combine_chunks()
     if is_text:
         return values
     contents = pc.struct_field(pc.list_flatten(values), "content")
     offsets = pc.subtract(values.offsets, values.offsets[0])
-    return pc.binary_join(pa.ListArray.from_arrays(offsets, contents), "\n")
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, contents), "\n")
+    if TOOL_CALLING not in table.column_names:
+        return joined
+    # Tools and calls are part of a row: two rows asking the same but calling differently
+    # are not duplicates, and a search for a function's name finds the rows that call it.
+    calling = table.column(TOOL_CALLING).combine_chunks()
+    with_calls = pc.binary_join_element_wise(joined, calling, "\n")
+    return pc.if_else(pc.is_valid(calling), with_calls, joined)
 
 
 def _split(main: Loaded, val: Loaded | None, spec: DataSpec) -> tuple[Any, Any]:

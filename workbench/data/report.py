@@ -38,6 +38,7 @@ import numpy as np
 from workbench.data.duplicates import duplicate_problems
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
+from workbench.data.tool_calls import TOOL_CALLING
 
 __all__ = ["MAX_LISTED", "DataReport", "LengthStats", "build_report", "length_problems"]
 
@@ -109,6 +110,7 @@ class DataReport:
         problems: Every problem found.
         histogram: ``(counts, edges)`` of total lengths, for plotting.
         context: The model's context length, when the data was prepared for a model.
+        tool_rows: Examples with tools offered or tool calls (both splits).
 
     Examples:
         >>> from transformers import AutoTokenizer
@@ -136,6 +138,7 @@ class DataReport:
     problems: tuple[Problem, ...]
     histogram: tuple[tuple[int, ...], tuple[float, ...]] = field(repr=False, default=((), ()))
     context: int | None = None
+    tool_rows: int = 0
 
     def count(self, kind: str) -> int:
         """Number of problems of ``kind``.
@@ -188,6 +191,9 @@ class DataReport:
             f"trained tokens: {self.trained_share:.1%} of all tokens",
             f"{'tokens':<8}{'min':>7}{'median':>9}{'mean':>9}{'p95':>9}{'max':>7}",
         ]
+        if self.tool_rows:
+            calls = f"tool calling: {self.tool_rows} examples with tools or calls"
+            out.insert(2, calls + " (calls trained, tool results context)")
         for part, s in self.lengths.items():
             out.append(f"{part:<8}{s.min:>7}{s.median:>9.1f}{s.mean:>9.1f}{s.p95:>9.1f}{s.max:>7}")
         summary = ", ".join(f"{n} {kind}" for kind, n in self.by_kind.items()) or "none"
@@ -392,7 +398,15 @@ def build_report(data: Any) -> DataReport:
         problems=tuple(problems),
         histogram=_histogram(stats["n_tokens"]),
         context=data.spec.context,
+        tool_rows=sum(_tool_rows(data.split(split)) for split in splits),
     )
+
+
+def _tool_rows(dataset: Any) -> int:
+    if TOOL_CALLING not in dataset.column_names:
+        return 0
+    column = dataset.select_columns([TOOL_CALLING]).with_format("arrow")[:].column(TOOL_CALLING)
+    return len(column) - column.null_count
 
 
 def _histogram(lengths: np.ndarray, bins: int = 50) -> tuple[tuple[int, ...], tuple[float, ...]]:

@@ -21,6 +21,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -40,7 +41,7 @@ __all__ = [
     "resolve_template",
 ]
 
-Messages = Sequence[dict[str, str]]
+Messages = Sequence[dict[str, Any]]
 Origin = Literal["tokenizer", "builtin", "custom"]
 
 _ALPACA = (
@@ -56,22 +57,51 @@ _ALPACA = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
 )
+# Tool calling in the built-ins, in the Hermes convention Qwen 2.5 and many tuned models use:
+# the tools are listed as JSON in a <tools> block of the system text, and each call is written
+# as <tool_call>{"name": ..., "arguments": {...}}</tool_call> after the turn's text.
+_TOOLS_TEXT = (
+    "{% set listed = namespace(text='') %}{% if tools %}{% set listed.text = 'You may call one "
+    'or more of these tools. Write each call as <tool_call>{"name": ..., "arguments": '
+    "{...}}</tool_call>.\n<tools>' %}{% for tool in tools %}"
+    "{% set listed.text = listed.text + '\n' + (tool | tojson) %}{% endfor %}"
+    "{% set listed.text = listed.text + '\n</tools>' %}{% endif %}"
+    "{% set tools_text = listed.text %}"
+)
+_CALLS = (
+    "{% for call in message.tool_calls or [] %}"
+    "{{ ('\n' if content or not loop.first else '') + '<tool_call>\n' }}"
+    "{{ ({'name': call.function.name, 'arguments': call.function.arguments} | tojson) }}"
+    "{{ '\n</tool_call>' }}{% endfor %}"
+)
 _CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
+    _TOOLS_TEXT + "{% set skip_system = false %}"
+    "{% if tools %}{% set system = messages[0]['content'] + '\n\n' "
+    "if messages[0]['role'] == 'system' else '' %}"
+    "{% set skip_system = messages[0]['role'] == 'system' %}"
+    "{{ '<|im_start|>system\n' + system + tools_text + '<|im_end|>\n' }}{% endif %}"
+    "{% for message in messages %}{% if not (loop.first and skip_system) %}"
+    "{% set content = message['content'] %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content }}" + _CALLS + "{{ '<|im_end|>' + '\n' }}"
+    "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 # Follows Gemma 3's own chat template: the system text is prepended to the first user turn.
+# Gemma has no tool role: a tool's result is a user turn inside <tool_response> tags.
 _GEMMA = (
-    "{% if bos_token %}{{ bos_token }}{% endif %}"
-    "{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}"
+    _TOOLS_TEXT + "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] %}"
     "{% set loop_messages = messages[1:] %}"
     "{% else %}{% set prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% if tools_text %}{% set prefix = prefix + ('\n\n' if prefix else '') + tools_text %}"
+    "{% endif %}{% if prefix %}{% set prefix = prefix + '\n\n' %}{% endif %}"
     "{% for message in loop_messages %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{% set content = message['content'] | trim %}"
+    "{% if role == 'tool' %}{% set role = 'user' %}"
+    "{% set content = '<tool_response>\n' + content + '\n</tool_response>' %}{% endif %}"
     "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') }}"
-    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}"
+    "{{ content }}" + _CALLS + "{{ '<end_of_turn>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
@@ -152,7 +182,35 @@ TEMPLATES: dict[str, Template] = {
 
 
 def _render(
-    conversations: list[list[dict[str, str]]], source: str, generation: bool, tokens: dict
+    conversations: list[list[dict[str, Any]]],
+    source: str,
+    generation: bool,
+    tokens: dict,
+    tools: Sequence[list[dict[str, Any]] | None] | None = None,
+) -> list[str]:
+    """Render conversations, each with its own tools (``None``: none offered)."""
+    if tools is None or not any(tools):
+        return _render_batch(conversations, source, generation, tokens, None)
+    rendered: list[str] = [""] * len(conversations)
+    groups: dict[str, list[int]] = {}
+    for k, offered in enumerate(tools):
+        groups.setdefault(json.dumps(offered, sort_keys=True), []).append(k)
+    for members in groups.values():
+        offered = tools[members[0]] or None
+        texts = _render_batch(
+            [conversations[k] for k in members], source, generation, tokens, offered
+        )
+        for k, text in zip(members, texts, strict=True):
+            rendered[k] = text
+    return rendered
+
+
+def _render_batch(
+    conversations: list[list[dict[str, Any]]],
+    source: str,
+    generation: bool,
+    tokens: dict,
+    tools: list[dict[str, Any]] | None,
 ) -> list[str]:
     from jinja2.exceptions import UndefinedError
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -160,7 +218,11 @@ def _render(
     # The renderer behind tokenizer.apply_chat_template, called once for a whole batch.
     try:
         rendered, _ = render_jinja_template(
-            conversations, chat_template=source, add_generation_prompt=generation, **tokens
+            conversations,
+            tools=tools,
+            chat_template=source,
+            add_generation_prompt=generation,
+            **tokens,
         )
     except UndefinedError as err:
         missing = (
@@ -239,17 +301,20 @@ def _default_template(tokenizer: Any) -> Template:
 def render_many(
     template: Template,
     tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
+    conversations: list[list[dict[str, Any]]],
     add_generation_prompt: bool,
+    tools: Sequence[list[dict[str, Any]] | None] | None = None,
 ) -> list[str]:
     """Render many conversations at once (what training uses; same output as :func:`render_prompt`).
+
+    ``tools[k]`` lists the tools offered in conversation ``k`` (``None``: none anywhere).
 
     Examples:
         >>> render_many(TEMPLATES["chatml"], None, [[{"role": "user", "content": "a"}]], True)
         ['<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\n']
     """
     tokens = dict(tokenizer.special_tokens_map) if tokenizer is not None else {}
-    return _render(conversations, template.source, add_generation_prompt, tokens)
+    return _render(conversations, template.source, add_generation_prompt, tokens, tools)
 
 
 def render_prompt(
@@ -257,6 +322,7 @@ def render_prompt(
     tokenizer: Any,
     messages: Messages,
     add_generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """Render ``messages`` to text: THE function used for training and inference alike.
 
@@ -268,13 +334,15 @@ def render_prompt(
         tokenizer: Supplies ``bos_token``/``eos_token`` and, for ``None``, its chat template.
         messages: ``[{"role": ..., "content": ...}, ...]``.
         add_generation_prompt: Append the header that opens an assistant turn (inference).
+        tools: The tools offered (OpenAI's function schemas), for templates that write them.
 
     Examples:
         >>> render_prompt("chatml", None, [{"role": "user", "content": "Hi"}])
         '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     resolved = resolve_template(template, tokenizer)
-    return render_many(resolved, tokenizer, [list(messages)], add_generation_prompt)[0]
+    offered = [tools] if tools else None
+    return render_many(resolved, tokenizer, [list(messages)], add_generation_prompt, offered)[0]
 
 
 def encode(tokenizer: Any, texts: list[str], offsets: bool = False) -> Any:

@@ -52,6 +52,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +65,7 @@ from workbench.data.special_text import (
     special_ids,
 )
 from workbench.data.templates import Template, encode, render_many
+from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
 __all__ = [
     "IGNORE_INDEX",
@@ -173,7 +175,9 @@ class Labeller:
             rows = [self._label_text(ids) for ids in self._encode_text(batch["text"], found)]
         else:
             found = [self.guard.describe(_fields(m)) for m in batch["messages"]]
-            rows = self._label_chats(batch["messages"], found, batch.get(UNTRAINED_TURNS))
+            rows = self._label_chats(
+                batch["messages"], found, batch.get(UNTRAINED_TURNS), batch.get(TOOL_CALLING)
+            )
         out: dict[str, list[Any]] = {name: [] for name in TOKEN_COLUMNS + STAT_COLUMNS}
         for ids, labels, ok in rows:
             for name, value in self._columns(ids, labels, ok).items():
@@ -217,9 +221,10 @@ class Labeller:
 
     def _plans(
         self,
-        conversations: list[list[dict[str, str]]],
+        conversations: list[list[dict[str, Any]]],
         guarded: list[bool],
         untrained: list[Any] | None,
+        tools: list[Any] | None = None,
     ) -> list[_Plan]:
         prompts, uptos, where = [], [], []
         for row, messages in enumerate(conversations):
@@ -230,10 +235,13 @@ class Labeller:
                     # A final assistant turn ends with the full text: no extra rendering.
                     uptos.append(messages[: i + 1] if i < len(messages) - 1 else None)
                     where.append(row)
-        fulls = render_many(self.template, self.tokenizer, conversations, False)
-        prompt_texts = render_many(self.template, self.tokenizer, prompts, True) if prompts else []
+        render = functools.partial(render_many, self.template, self.tokenizer)
+        offered = (lambda rows: [tools[r] for r in rows]) if tools else (lambda rows: None)
+        fulls = render(conversations, False, tools)
+        prompt_texts = render(prompts, True, offered(where)) if prompts else []
         inner = [u for u in uptos if u is not None]
-        rendered = iter(render_many(self.template, self.tokenizer, inner, False) if inner else [])
+        inner_rows = [r for r, u in zip(where, uptos, strict=True) if u is not None]
+        rendered = iter(render(inner, False, offered(inner_rows)) if inner else [])
         restored = [self._restore(full, g) for full, g in zip(fulls, guarded, strict=True)]
         plans = [_Plan(full, spans=spans) for full, spans in restored]
         for row, raw_prompt, upto in zip(where, prompt_texts, uptos, strict=True):
@@ -266,10 +274,19 @@ class Labeller:
         conversations: list[list[dict[str, str]]],
         found: list[str],
         untrained: list[Any] | None = None,
+        tool_calling: list[str | None] | None = None,
     ) -> list[tuple[list[int], list[int], bool]]:
         """Ids, labels and agreement of each conversation; ``untrained[k]`` holds the message
-        indices of row ``k``'s assistant turns to leave unlabelled (``None``: train them all)."""
-        plans = self._plans(*self._guarded(conversations, found), untrained)
+        indices of row ``k``'s assistant turns to leave unlabelled (``None``: train them all),
+        ``tool_calling[k]`` its tools and tool fields (:data:`TOOL_CALLING`)."""
+        tools = None
+        if tool_calling and any(tool_calling):
+            pairs = [
+                with_tool_calling(c, t) for c, t in zip(conversations, tool_calling, strict=True)
+            ]
+            conversations = [messages for messages, _ in pairs]
+            tools = [offered for _, offered in pairs]
+        plans = self._plans(*self._guarded(conversations, found), untrained, tools)
         prompt_ids = self._prompt_ids(plans)
         rows = []
         for plan, (ids, known_starts) in zip(plans, self._encode_fulls(plans), strict=True):

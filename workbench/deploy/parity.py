@@ -286,7 +286,8 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
     """The first ``limit`` validation conversations, each cut before its last answer.
 
     Falls back to the training split when there is no validation split; raw-text data has
-    no conversations (``[]``).
+    no conversations (``[]``). Rows with tools or tool calls are left out: the check sends
+    plain chat to the exported model.
 
     Examples:
         >>> conversations_of(None)
@@ -298,9 +299,14 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
         "validation" if prepared.validation is not None and len(prepared.validation) else ("train")
     )
     rows = prepared.split(split)
-    found = []
-    for i in range(min(limit, len(rows))):
-        messages = rows[i]["messages"]
+    found: list[tuple[str, Messages]] = []
+    for i in range(min(len(rows), 1000)):  # a bounded look past rows with tools
+        if len(found) == limit:
+            break
+        row = rows[i]
+        if row.get("tool_calling"):
+            continue
+        messages = row["messages"]
         answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
         found.append((f"{split} row {i + 1}", messages[: answers[-1]] if answers else messages))
     return found

@@ -3,7 +3,7 @@
 Examples:
     >>> from workbench.evaluation import METRICS, EvalRow, Evaluation
     >>> sorted(METRICS)
-    ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge']
+    ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge', 'tool_calls']
 
     With a model, :func:`run_evaluation` makes an :class:`Evaluation` (its docstring runs
     one on the tiny model); here one is built by hand, saved and read back without a model:

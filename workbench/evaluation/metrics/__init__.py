@@ -12,11 +12,13 @@ bleu           bleu: sacrebleu corpus BLEU (evaluate's ``sacrebleu`` ``score``) 
 chrf           chrf: sacrebleu corpus chrF                                       0-100
 exact_match    exact_match (``strip=True`` by default; published options work)  0-1
 perplexity     perplexity: mean of exp(mean token NLL of the reference)         lower better
+tool_calls     tool_calls: share of rows whose calls match the reference's      0-1
+               (names and arguments, in any order; no call where none is due)
 =============  ===============================================================  ============
 
 Examples:
     >>> sorted(METRICS)
-    ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge']
+    ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge', 'tool_calls']
     >>> m = register_metric("starts_same", lambda p, r: float(p[:1] == r[:1]))
     >>> resolve_metrics(["starts_same"])[0].name
     'starts_same'
@@ -24,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -51,6 +54,7 @@ __all__ = [
     "module_path",
     "register_metric",
     "resolve_metrics",
+    "same_tool_calls",
 ]
 
 
@@ -211,6 +215,32 @@ def _register_builtins() -> None:
     METRICS["bleu"] = Metric("bleu", SacreScorer("bleu"))
     METRICS["chrf"] = Metric("chrf", SacreScorer("chrf"))
     METRICS["perplexity"] = Metric("perplexity", PerplexityScorer(), False, needs_model=True)
+    METRICS["tool_calls"] = Metric("tool_calls", FunctionScorer(same_tool_calls, "tool_calls"))
+
+
+def same_tool_calls(prediction: str, reference: str) -> float:
+    """1.0 when the answer makes the reference's tool calls, else 0.0 (metric ``tool_calls``).
+
+    Calls are read from ``<tool_call>`` blocks (:func:`~workbench.data.tool_calls.
+    parse_tool_calls`) and compared by name and arguments, in any order: a different JSON
+    spacing or key order is the same call. A reference without calls wants none.
+
+    Examples:
+        >>> ref = '<tool_call>\\n{"name": "add", "arguments": {"a": 1, "b": 2}}\\n</tool_call>'
+        >>> same_tool_calls('<tool_call>{"arguments": {"b": 2, "a": 1}, "name": "add"}', ref)
+        1.0
+        >>> same_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>', ref)
+        0.0
+        >>> same_tool_calls("It is 3.", "It is three.")
+        1.0
+    """
+    from workbench.data.tool_calls import parse_tool_calls
+
+    def calls(text: str) -> list[str]:
+        found = parse_tool_calls(text)
+        return sorted(json.dumps(c["function"], sort_keys=True) for c in found)
+
+    return float(calls(prediction) == calls(reference))
 
 
 _register_builtins()

@@ -1,0 +1,357 @@
+"""Tool-calling conversations: OpenAI's tool_calls turns, tool results and a row's tools.
+
+Real files, the tiny model's real tokenizer, and three templates that write tools three
+ways: the built-in ChatML and Gemma (Hermes-style <tool_call> blocks) and a Mistral-like one
+written here with its own markers, so nothing depends on one convention.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+
+import pytest
+from data_fixtures import cache_dir, load, tokenizer, write_jsonl
+
+import workbench as wb
+from workbench.data.tokenize import IGNORE_INDEX
+from workbench.errors import DataError
+
+__all__ = ["cache_dir", "tokenizer"]  # fixtures used by name
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "add",
+            "description": "Add two numbers",
+            "parameters": {"type": "object", "properties": {"a": {"type": "number"}}},
+        },
+    }
+]
+# Mistral-like: tools in [AVAILABLE_TOOLS], calls as a JSON list after [TOOL_CALLS], results
+# in [TOOL_RESULTS] with the call's id; a calling turn is detected by the key, as Llama 3.1's
+# template does ('tool_calls' in message).
+OWN_MARKERS = (
+    "{{ bos_token }}{% if tools %}[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]"
+    "{% endif %}{% for message in messages %}"
+    "{% if message.role == 'user' %}[INST]{{ message.content }}[/INST]"
+    "{% elif message.role == 'tool' %}[TOOL_RESULTS]"
+    "{{ {'call_id': message.tool_call_id, 'content': message.content} | tojson }}"
+    "[/TOOL_RESULTS]"
+    "{% elif 'tool_calls' in message %}[TOOL_CALLS]"
+    "{{ message.tool_calls | map(attribute='function') | list | tojson }}{{ eos_token }}"
+    "{% else %}{{ message.content }}{{ eos_token }}{% endif %}{% endfor %}"
+)
+
+
+def _call(i, arguments_as_text=True):
+    arguments = {"a": i, "b": i}
+    return {
+        "id": f"call_{i}",
+        "type": "function",
+        "function": {
+            "name": "add",
+            "arguments": json.dumps(arguments) if arguments_as_text else arguments,
+        },
+    }
+
+
+def _tool_row(i, arguments_as_text=True):
+    return {
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": None, "tool_calls": [_call(i, arguments_as_text)]},
+            {"role": "tool", "tool_call_id": f"call_{i}", "content": str(2 * i)},
+            {"role": "assistant", "content": f"It is {2 * i}."},
+        ],
+    }
+
+
+def _plain_row(i):
+    return {
+        "messages": [
+            {"role": "user", "content": f"Say {i}"},
+            {"role": "assistant", "content": str(i)},
+        ]
+    }
+
+
+def _trained_text(data, i, tok):
+    labels = data.train[i]["labels"]
+    return tok.decode([t for t in labels if t != IGNORE_INDEX])
+
+
+def _row_with_calls(data):
+    return next(k for k in range(len(data.train)) if data.train[k]["tool_calling"])
+
+
+@pytest.mark.parametrize("template", ["chatml", "gemma", OWN_MARKERS])
+def test_calls_are_trained_results_are_context_and_tools_are_in_the_prompt(
+    tmp_path, tokenizer, cache_dir, template
+):
+    rows = [_tool_row(i) if i % 2 else _plain_row(i) for i in range(12)]
+    path = write_jsonl(tmp_path / "tools.jsonl", rows)
+    data = load(path, tokenizer, cache_dir, template=template)
+    assert len(data.train) == 12
+    assert [p.kind for p in data.report().problems] == ["small_dataset"]  # nothing refused
+    assert data.report().lines()[2] == (
+        "tool calling: 6 examples with tools or calls (calls trained, tool results context)"
+    )
+    k = _row_with_calls(data)
+    i = int(data.train[k]["source_row"]) - 1
+    trained = _trained_text(data, k, tokenizer)
+    assert '"add"' in trained and f'"a": {i}' in trained  # the call is learned
+    assert f"It is {2 * i}." in trained  # and the answer after the result
+    example = data.example(k)
+    untrained = "".join(t.text for t in example.tokens if not t.trained)
+    assert "Add two numbers" in untrained and "Add two numbers" not in trained  # tools: prompt
+    result_at = example.text.index(str(2 * i), example.text.index('"b"'))
+    assert result_at < example.text.index(f"It is {2 * i}.")
+    assert str(2 * i) not in trained.replace(f"It is {2 * i}.", "")  # the result: context
+    assert example.answer == f"It is {2 * i}."
+    assert "Add two numbers" in example.prompt
+
+
+@pytest.mark.parametrize("template", ["chatml", "gemma", OWN_MARKERS])
+def test_the_batch_way_labels_tool_rows_as_the_row_way_does(
+    tmp_path, tokenizer, cache_dir, template
+):
+    rows = [_tool_row(i) if i % 3 == 0 else _plain_row(i) for i in range(30)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    batch = load(path, tokenizer, cache_dir, template=template)
+    row_way = load(path, tokenizer, str(tmp_path / "other"), template=template, batched=False)
+    for k in range(len(rows)):
+        assert batch.train[k]["input_ids"] == row_way.train[k]["input_ids"]
+        assert batch.train[k]["labels"] == row_way.train[k]["labels"]
+        assert batch.train[k]["template_ok"]
+
+
+def test_arguments_as_json_text_or_as_an_object_train_the_same(tmp_path, tokenizer, cache_dir):
+    text = load([_tool_row(3, True)], tokenizer, cache_dir, template="chatml")
+    obj = load([_tool_row(3, False)], tokenizer, str(tmp_path / "c2"), template="chatml")
+    assert text.train[0]["input_ids"] == obj.train[0]["input_ids"]
+    assert text.train[0]["labels"] == obj.train[0]["labels"]
+
+
+def test_a_call_as_the_last_turn_is_the_answer_the_model_is_judged_by(
+    tmp_path, tokenizer, cache_dir
+):
+    row = _tool_row(2)
+    row["messages"] = row["messages"][:2]  # single-step calling data (xLAM-style)
+    data = load([row], tokenizer, cache_dir, template="chatml")
+    written = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 2}}\n</tool_call>'
+    assert data.example(0).answer == written
+    assert data.preview([0])[0]["answer"] == 'add({"a": 2, "b": 2})'
+    assert _trained_text(data, 0, tokenizer) == written + "<|im_end|>\n"
+
+
+def test_a_template_that_drops_tool_calls_is_refused_naming_the_row(tmp_path, tokenizer, cache_dir):
+    path = write_jsonl(tmp_path / "tools.jsonl", [_plain_row(0), _tool_row(1), _plain_row(2)])
+    # The tiny tokenizer's own ChatML template writes content only.
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir)
+    message = str(err.value)
+    assert "tools.jsonl, line 2, field 'messages'" in message
+    assert "does not write tool calls ('add' is missing" in message
+    assert "template='chatml'" in message
+    skipped = load(path, tokenizer, cache_dir, on_error="skip")
+    assert len(skipped.train) == 2
+    refused = [p.row for p in skipped.report().problems if p.kind == "malformed"]
+    assert refused == [2]
+
+
+def test_a_template_that_drops_the_tools_offered_is_refused(tmp_path, tokenizer, cache_dir):
+    calls_only = (
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}"
+        "{% for c in m.tool_calls or [] %}{{ c.function.name }}{% endfor %}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    with pytest.raises(DataError, match=r"does not write the tools offered \(tools=\)"):
+        load([_tool_row(1)], tokenizer, cache_dir, template=calls_only)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "why"),
+    [
+        (
+            lambda r: r["messages"][1]["tool_calls"][0]["function"].update(arguments="{a: 1"),
+            "messages[1].tool_calls[0].function.arguments",
+            "the arguments are not JSON",
+        ),
+        (
+            lambda r: r["messages"][1]["tool_calls"][0]["function"].pop("name"),
+            "messages[1].tool_calls[0].function.name",
+            "missing",
+        ),
+        (
+            lambda r: r["messages"][1].update(tool_calls="add(1, 2)"),
+            "messages[1].tool_calls",
+            "expected a non-empty list of calls",
+        ),
+        (
+            lambda r: r["messages"][0].update(tool_calls=[_call(1)]),
+            "messages[0].tool_calls",
+            "only an assistant turn calls tools",
+        ),
+        (
+            lambda r: r.update(tools=[{"type": "function"}]),
+            "tools[0]",
+            "expected a tool object with a function name",
+        ),
+        (lambda r: r.update(tools="[not json"), "tools", "the tools are not JSON"),
+    ],
+)
+def test_bad_tool_fields_name_the_file_line_and_field(
+    tmp_path, tokenizer, cache_dir, change, field, why
+):
+    bad = _tool_row(1)
+    change(bad)
+    path = write_jsonl(tmp_path / "bad.jsonl", [_tool_row(0), bad])
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir, template="chatml")
+    assert f"bad.jsonl, line 2, field {field!r}: {why}" in str(err.value)
+    assert not list((tmp_path / "arrow-cache").rglob("*.arrow"))  # nothing half-written
+
+
+def test_tools_and_messages_as_json_text_in_a_csv(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "calls.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["messages", "tools"])
+        for i in range(3):
+            row = _tool_row(i)
+            writer.writerow([json.dumps(row["messages"]), json.dumps(row["tools"])])
+    from_csv = load(path, tokenizer, cache_dir, template="chatml")
+    from_list = load(
+        [_tool_row(i) for i in range(3)], tokenizer, str(tmp_path / "c2"), template="chatml"
+    )
+    assert from_csv.format == "chat"
+    for k in range(3):
+        assert from_csv.train[k]["labels"] == from_list.train[k]["labels"]
+
+
+def test_the_older_function_call_field_is_a_tool_call(tmp_path, tokenizer, cache_dir):
+    row = _tool_row(4)
+    row["messages"][1] = {
+        "role": "assistant",
+        "content": "",
+        "function_call": {"name": "add", "arguments": '{"a": 4, "b": 4}'},
+    }
+    new = load([_tool_row(4)], tokenizer, cache_dir, template="chatml")
+    old = load([row], tokenizer, str(tmp_path / "c2"), template="chatml")
+    assert _trained_text(old, 0, tokenizer) == _trained_text(new, 0, tokenizer)
+
+
+def test_a_session_trains_on_tool_calls_and_evaluates_the_call(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = []
+    for i in range(16):
+        row = _tool_row(i)
+        row["messages"] = row["messages"][:2]
+        rows.append(row)
+    s.load_data(rows, validation=0.25, template="chatml")
+    assert s.example(0).answer.startswith('<tool_call>\n{"name": "add"')
+    run = s.train(max_steps=2, wait=True)
+    assert run.state == "finished"
+    assert [r.kind for r in run.history].count("train") == 2
+    assert all(r.loss > 0 for r in run.history if r.kind == "train")
+    ev = s.evaluate(metrics=["exact_match", "tool_calls"], limit=2, max_new_tokens=4)
+    assert len(ev.rows) == 2
+    assert all(row.reference.startswith("<tool_call>") for row in ev.rows)
+    assert all("Add two numbers" in row.prompt for row in ev.rows)  # the tools were offered
+    # four new tokens cannot hold a whole call: no row makes the reference's call
+    assert ev.scores["tool_calls"]["tuned"] == 0.0
+
+    # Chat with tools, then go on after the call with its result, as an agent loop does.
+    answer = s.generate("What is 3 + 3?", chat=True, tools=TOOLS, max_new_tokens=4)
+    assert isinstance(answer, str)
+    calling = {"role": "assistant", "content": None, "tool_calls": [_call(3)]}
+    turns = [{"role": "user", "content": "What is 3 + 3?"}, calling]
+    turns.append({"role": "tool", "tool_call_id": "call_3", "content": "6"})
+    assert isinstance(s.generate(turns, chat=True, tools=TOOLS, max_new_tokens=4), str)
+    with pytest.raises(wb.SpecError, match=r"tools= needs chat=True"):
+        s.generate("What is 3 + 3?", tools=TOOLS)
+    with pytest.raises(wb.SpecError, match=r"tools\[0\]: expected a tool object"):
+        s.generate("What is 3 + 3?", chat=True, tools=[{"type": "function"}])
+
+
+def test_chat_with_tools_is_refused_by_a_template_that_drops_them(tokenizer):
+    from workbench.chat import chat_inputs
+
+    with pytest.raises(wb.SpecError, match=r"\('tokenizer'\) cannot take these tools: it does"):
+        chat_inputs("What is 3 + 3?", tokenizer, None, TOOLS)
+    inputs = chat_inputs("What is 3 + 3?", tokenizer, "chatml", TOOLS)
+    assert "<tools>" in inputs.prompts[0] and inputs.stop_strings == ["<|im_end|>"]
+
+
+def test_calls_are_read_from_answers_and_scored_by_name_and_arguments():
+    from workbench.evaluation.metrics import same_tool_calls
+
+    parse_tool_calls = wb.parse_tool_calls  # as a notebook reaches it
+
+    two = (
+        'Checking.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n'
+        '<tool_call>{"name": "now", "arguments": "{}"}</tool_call>'
+    )
+    assert [c["function"] for c in parse_tool_calls(two)] == [
+        {"name": "add", "arguments": {"a": 1}},
+        {"name": "now", "arguments": {}},
+    ]
+    cut = '<tool_call>\n{"name": "add", "arguments": {"a": 1}}'  # max_new_tokens ran out
+    assert len(parse_tool_calls(cut)) == 1
+    for broken in ('<tool_call>{"name": "add", "arg', "<tool_call>[1, 2]</tool_call>", "add(1)"):
+        assert parse_tool_calls(broken) == []
+    swapped = (
+        '<tool_call>{"name": "now", "arguments": {}}</tool_call>'
+        '<tool_call>{"arguments": {"a": 1}, "name": "add"}</tool_call>'
+    )
+    assert same_tool_calls(swapped, two) == 1.0  # in any order, keys in any order
+    assert same_tool_calls(cut, two) == 0.0  # a call missing
+    assert same_tool_calls("Sure, 2.", two) == 0.0
+    assert same_tool_calls(cut, "It is 2.") == 0.0  # a call where none is due
+
+
+def test_the_export_check_takes_conversations_without_tools(tmp_path, tokenizer, cache_dir):
+    from workbench.deploy.parity import conversations_of
+
+    rows = [_tool_row(0), _plain_row(1), _tool_row(2), _plain_row(3)]
+    data = load(rows, tokenizer, cache_dir, template="chatml")
+    found = conversations_of(data, limit=4)
+    assert [name for name, _ in found] == ["train row 2", "train row 4"]
+    assert found[0][1] == [{"role": "user", "content": "Say 1"}]
+
+
+def test_the_data_inspector_shows_calls_escaped(tmp_path, tokenizer, cache_dir):
+    from workbench.widgets.data_inspector import DataInspector
+
+    hostile = "<img src=x onerror=alert(1)>"
+    row = _tool_row(5)
+    row["messages"] = row["messages"][:2]
+    row["messages"][1]["tool_calls"][0]["function"]["arguments"] = {"a": hostile}
+    data = load([row, _plain_row(1)], tokenizer, cache_dir, template="chatml")
+    inspector = DataInspector(data)
+    inspector.show_example(0, "train")
+    table, example = inspector.table_html.value, inspector.example_html.value
+    assert "<img" not in table and "<img" not in example
+    text = html.unescape(re.sub(r"<[^>]+>", "", example.replace("↵<br>", "\n")))
+    assert hostile in text  # shown as text, token by token
+    assert f"add({{&quot;a&quot;: &quot;{html.escape(hostile)}" in table
+
+
+def test_rows_that_call_differently_are_not_duplicates_and_search_finds_calls(
+    tmp_path, tokenizer, cache_dir
+):
+    first, second = _tool_row(2), _tool_row(2)
+    for row in (first, second):
+        row["messages"] = row["messages"][:2]
+    second["messages"][1]["tool_calls"][0]["function"]["arguments"] = '{"a": 2, "b": 3}'
+    data = load([first, second, _plain_row(1)], tokenizer, cache_dir, template="chatml")
+    assert "duplicate" not in [p.kind for p in data.report().problems]  # near, not the same
+    assert list(data.search('"b": 3')) == [1]
+    again = load([first, first, _plain_row(1)], tokenizer, str(tmp_path / "c2"), template="chatml")
+    assert [p.kind for p in again.report().problems if "duplicate" in p.kind] == ["duplicate"]

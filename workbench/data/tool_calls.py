@@ -1,0 +1,269 @@
+"""Tool calling in conversations: OpenAI's ``tool_calls`` turns and a row's ``tools`` list.
+
+A chat row may hold assistant turns that call tools, tool turns that answer them, and the
+tools on offer::
+
+    {"tools": [{"type": "function", "function": {"name": "add", "parameters": {...}}}],
+     "messages": [{"role": "user", "content": "2 + 2?"},
+                  {"role": "assistant", "tool_calls": [{"type": "function",
+                      "function": {"name": "add", "arguments": "{\\"a\\": 2, \\"b\\": 2}"}}]},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+                  {"role": "assistant", "content": "2 + 2 = 4."}]}
+
+Each call is normalised to the form chat templates read (``{"type": "function", "function":
+{"name", "arguments"}}`` with ``arguments`` a dict, parsed when the data holds JSON text, as
+OpenAI's API writes it). The template renders the calls and the tools (``tools=`` of
+``apply_chat_template``), and an assistant turn's calls are trained like its text; tool
+results are context. What the messages hold beyond ``role`` and ``content`` is stored per
+row as JSON text in the :data:`TOOL_CALLING` column, so rows without tools keep the plain
+``{role, content}`` shape (and the fast batch way).
+
+Examples:
+    >>> calls = tool_calls_of([{"function": {"name": "add", "arguments": '{"a": 2}'}}], "m[1]")
+    >>> calls
+    [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 2}}}]
+    >>> stored = encode_tool_calling(None, {1: {"tool_calls": calls}})
+    >>> turns = [{"role": "user", "content": "2?"}, {"role": "assistant", "content": ""}]
+    >>> with_tool_calling(turns, stored)[0][1]["tool_calls"][0]["function"]["name"]
+    'add'
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "TOOL_CALLING",
+    "check_template_writes_tools",
+    "encode_tool_calling",
+    "parse_tool_calls",
+    "tool_calls_of",
+    "tool_turn_extras",
+    "tools_of",
+    "turn_text",
+    "with_tool_calling",
+]
+
+TOOL_CALLING = "tool_calling"
+"""Column of a row's tools and per-turn tool fields, as JSON text (null: none)."""
+
+_TOOL_TURN_KEYS = ("tool_call_id", "name")
+_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def _row_error(field: str, message: str) -> Exception:
+    from workbench.data.formats import RowError
+
+    return RowError(field, message)
+
+
+def _arguments(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError as err:
+            raise _row_error(where, f"the arguments are not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise _row_error(where, f"expected the arguments as an object, got {type(value).__name__}")
+    return value
+
+
+def tool_calls_of(value: Any, where: str) -> list[dict[str, Any]]:
+    """A turn's ``tool_calls`` in the form templates read, checked.
+
+    Accepts OpenAI's ``{"type": "function", "function": {"name", "arguments"}}`` (arguments as
+    JSON text or an object) and the flat ``{"name", "arguments"}`` some data sets use.
+
+    Raises:
+        RowError: Not a list of calls, a call without a name, or arguments that are not a
+            JSON object; the field names the call (``messages[1].tool_calls[0].function``).
+
+    Examples:
+        >>> tool_calls_of([{"name": "now", "arguments": {}}], "messages[1]")
+        [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}]
+        >>> tool_calls_of([{"function": {"arguments": "{}"}}], "messages[1]")
+        Traceback (most recent call last):
+        workbench.data.formats.RowError: missing
+    """
+    field = f"{where}.tool_calls"
+    if not isinstance(value, list) or not value:
+        raise _row_error(field, f"expected a non-empty list of calls, got {value!r:.60}")
+    calls = []
+    for i, call in enumerate(value):
+        at = f"{field}[{i}]"
+        if not isinstance(call, dict):
+            raise _row_error(at, f"expected a call object, got {type(call).__name__}")
+        function = call.get("function", call)
+        if not isinstance(function, dict):
+            raise _row_error(f"{at}.function", "expected an object with name and arguments")
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise _row_error(f"{at}.function.name", "missing")
+        arguments = _arguments(function.get("arguments"), f"{at}.function.arguments")
+        normal: dict[str, Any] = {"type": "function", "function": {"name": name}}
+        normal["function"]["arguments"] = arguments
+        if isinstance(call.get("id"), str):
+            normal["id"] = call["id"]
+        calls.append(normal)
+    return calls
+
+
+def tool_turn_extras(turn: Mapping[str, Any]) -> dict[str, str]:
+    """What a tool turn says about the call it answers (``tool_call_id``, ``name``).
+
+    Examples:
+        >>> tool_turn_extras({"role": "tool", "content": "4", "tool_call_id": "c1"})
+        {'tool_call_id': 'c1'}
+    """
+    return {k: turn[k] for k in _TOOL_TURN_KEYS if isinstance(turn.get(k), str)}
+
+
+def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
+    """A row's ``tools`` (OpenAI's function schemas), checked; ``None`` when it has none.
+
+    JSON text (a CSV cell) is read as the list it writes.
+
+    Raises:
+        RowError: Not a list of tool objects, or a tool without a name.
+
+    Examples:
+        >>> tools_of('[{"type": "function", "function": {"name": "add"}}]', "tools")
+        [{'type': 'function', 'function': {'name': 'add'}}]
+        >>> tools_of([], "tools") is None
+        True
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise _row_error(field, f"the tools are not JSON ({err})") from None
+    if not isinstance(value, list):
+        raise _row_error(field, f"expected a list of tools, got {type(value).__name__}")
+    for i, tool in enumerate(value):
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _row_error(f"{field}[{i}]", "expected a tool object with a function name")
+    return value or None
+
+
+def encode_tool_calling(
+    tools: list[dict[str, Any]] | None, extras: Mapping[int, dict[str, Any]]
+) -> str | None:
+    """The :data:`TOOL_CALLING` cell of a row (``None`` when it has no tools or calls).
+
+    Examples:
+        >>> encode_tool_calling(None, {}) is None
+        True
+        >>> encode_tool_calling(None, {2: {"tool_call_id": "c1"}})
+        '{"tools": null, "turns": {"2": {"tool_call_id": "c1"}}}'
+    """
+    if not tools and not extras:
+        return None
+    turns = {str(i): extra for i, extra in sorted(extras.items())}
+    return json.dumps({"tools": tools, "turns": turns}, ensure_ascii=False)
+
+
+def with_tool_calling(
+    messages: Sequence[Mapping[str, Any]], stored: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages with their tool fields put back, and the row's tools.
+
+    Examples:
+        >>> with_tool_calling([{"role": "user", "content": "Hi"}], None)
+        ([{'role': 'user', 'content': 'Hi'}], None)
+    """
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if not stored:
+        return plain, None
+    data = json.loads(stored)
+    for index, extra in data.get("turns", {}).items():
+        plain[int(index)].update(extra)
+    return plain, data.get("tools")
+
+
+def check_template_writes_tools(
+    rendered: str,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Any] | None,
+    prompt: str | None = None,
+) -> str | None:
+    """Why a rendering drops tool calling (a template that ignores it), or ``None``.
+
+    A template without tool support renders a calling turn as its (often empty) text and
+    leaves the tools out: training would teach the model to answer nothing. Each call's name
+    must be in ``rendered`` (the whole conversation), each tool's in ``prompt`` (the first
+    answer's prompt: the tools are offered before the model answers).
+
+    Examples:
+        >>> turn = {"role": "assistant", "content": "",
+        ...         "tool_calls": [{"function": {"name": "add", "arguments": {}}}]}
+        >>> check_template_writes_tools("<user>2+2?<assistant>", [turn], None)
+        "it does not write tool calls ('add' is missing from its rendering)"
+    """
+    for message in messages:
+        for call in message.get("tool_calls", ()):
+            if call["function"]["name"] not in rendered:
+                name = call["function"]["name"]
+                return f"it does not write tool calls ({name!r} is missing from its rendering)"
+    for tool in tools or ():
+        name = tool.get("function", tool)["name"]
+        if name not in (rendered if prompt is None else prompt):
+            return (
+                f"it does not write the tools offered (tools=): {name!r} is missing from the prompt"
+            )
+    return None
+
+
+def turn_text(message: Mapping[str, Any]) -> str:
+    """A turn's text with its calls written as ``name({arguments})``, for previews.
+
+    Examples:
+        >>> turn_text({"role": "assistant", "content": "",
+        ...            "tool_calls": [{"function": {"name": "add", "arguments": {"a": 2}}}]})
+        'add({"a": 2})'
+    """
+    calls = [
+        f"{c['function']['name']}({json.dumps(c['function']['arguments'], ensure_ascii=False)})"
+        for c in message.get("tool_calls", ())
+    ]
+    return "\n".join(filter(None, [message["content"], *calls]))
+
+
+def parse_tool_calls(text: str) -> list[dict[str, Any]]:
+    """The calls in a model's answer written as the built-in templates write them.
+
+    Each ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block (Hermes style; a
+    last block cut off by ``max_new_tokens`` counts when its JSON is whole) becomes a call in
+    OpenAI's form. Blocks that are not such JSON are left out: a model's text is untrusted.
+
+    Examples:
+        >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
+        [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 1}}}]
+        >>> parse_tool_calls("It is 4.")
+        []
+    """
+    calls = []
+    for block in _HERMES_CALL.findall(text):
+        try:
+            value = json.loads(block)
+        except ValueError:
+            continue
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            continue
+        arguments = value.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                continue
+        if isinstance(arguments, dict):
+            function = {"name": value["name"], "arguments": arguments}
+            calls.append({"type": "function", "function": function})
+    return calls
