@@ -69,6 +69,8 @@ def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):
     checked = json.loads((tmp_path / "export" / "merged" / "export_check.json").read_text())
     assert checked["runtime"] == "transformers" and checked["total"] == 4
     assert "export check in plain transformers: " in out and " of 4 answers the same" in out
+    assert out.count("Export check of ") == 1  # the summary once, then the table of cases
+    assert "export in transformers" in out  # the table's header
 
 
 def test_demo_on_a_family_the_memory_estimate_does_not_model_says_so_and_trains(

@@ -117,7 +117,7 @@ def _demo(args: argparse.Namespace) -> int:
     _section("export")
     folder = session.export("export/merged", overwrite=True)
     check = session.check_export("export/merged", max_new_tokens=args.max_new_tokens)
-    print(check)  # the export in plain transformers, in another process, against the session
+    print(check.table())  # check_export has printed its summary line
     page = write_report(
         session.run_dir / "report.html",
         "Tuning Workbench demo",

@@ -236,9 +236,20 @@ class ParityReport:
     def _header(self) -> tuple[str, str, str, str]:
         return ("case", "result", "tuned model", f"export in {self.runtime}")
 
-    def __str__(self) -> str:
+    def table(self) -> str:
+        """The cases as a text table (answers shortened), without the summary line.
+
+        Examples:
+            >>> report = ParityReport("m", (ParityCase("p", [1], [1], "a", "a", [3], [3]),))
+            >>> print(report.table())
+            case  result  tuned model  export in llama.cpp
+            p     same    a            a
+        """
         rows = [(a, b, _short(c), _short(d)) for a, b, c, d in self.rows()]
-        return self.summary() + "\n" + text_table(rows, self._header())
+        return text_table(rows, self._header())
+
+    def __str__(self) -> str:
+        return self.summary() + "\n" + self.table()
 
     def _repr_html_(self) -> str:
         return html_table(self.rows(), self._header(), title=self.summary())
