@@ -304,6 +304,7 @@ def test_calls_are_read_from_answers_and_scored_by_name_and_arguments():
     ]
     cut = '<tool_call>\n{"name": "add", "arguments": {"a": 1}}'  # max_new_tokens ran out
     assert len(parse_tool_calls(cut)) == 1
+    assert len(parse_tool_calls(cut + "\n</to")) == 1  # even inside the closing tag
     for broken in ('<tool_call>{"name": "add", "arg', "<tool_call>[1, 2]</tool_call>", "add(1)"):
         assert parse_tool_calls(broken) == []
     swapped = (

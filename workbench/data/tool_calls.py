@@ -40,6 +40,7 @@ __all__ = [
     "check_template_writes_tools",
     "encode_tool_calling",
     "parse_tool_calls",
+    "response_template",
     "tool_calls_of",
     "tool_turn_extras",
     "tools_of",
@@ -51,7 +52,7 @@ TOOL_CALLING = "tool_calling"
 """Column of a row's tools and per-turn tool fields, as JSON text (null: none)."""
 
 _TOOL_TURN_KEYS = ("tool_call_id", "name")
-_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_HERMES_CALL = re.compile(r"<tool_call>\s*")
 
 
 def _row_error(field: str, message: str) -> Exception:
@@ -239,8 +240,8 @@ def turn_text(message: Mapping[str, Any]) -> str:
 def parse_tool_calls(text: str) -> list[dict[str, Any]]:
     """The calls in a model's answer written as the built-in templates write them.
 
-    Each ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block (Hermes style; a
-    last block cut off by ``max_new_tokens`` counts when its JSON is whole) becomes a call in
+    Each ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block (Hermes style; one
+    cut off by ``max_new_tokens`` counts when its JSON object is whole) becomes a call in
     OpenAI's form. Blocks that are not such JSON are left out: a model's text is untrusted.
 
     Examples:
@@ -250,9 +251,10 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
         []
     """
     calls = []
-    for block in _HERMES_CALL.findall(text):
-        try:
-            value = json.loads(block)
+    decoder = json.JSONDecoder()
+    for opening in _HERMES_CALL.finditer(text):
+        try:  # the object after the tag (its closing tag may be cut off)
+            value, _ = decoder.raw_decode(text, opening.end())
         except ValueError:
             continue
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
@@ -267,3 +269,40 @@ def parse_tool_calls(text: str) -> list[dict[str, Any]]:
             function = {"name": value["name"], "arguments": arguments}
             calls.append({"type": "function", "function": function})
     return calls
+
+
+def response_template(template: Any, end_markers: Sequence[str]) -> dict[str, Any] | None:
+    """How a server reads an answer back into content and tool calls (``None``: no way known).
+
+    For the built-in templates, which write calls as ``<tool_call>{json}</tool_call>``, this
+    is transformers' declarative response template (``tokenizer.response_template``, kept in
+    ``tokenizer_config.json``): ``transformers serve`` then answers an OpenAI client's
+    ``tools=`` request with ``tool_calls`` instead of raw text.
+
+    Examples:
+        >>> from workbench.data.templates import TEMPLATES
+        >>> reader = response_template(TEMPLATES["chatml"], ["<|im_end|>"])
+        >>> reader["start_anchor"], reader["fields"]["tool_calls"]["close"]
+        ('<|im_start|>assistant\\n', '</tool_call>')
+        >>> response_template(TEMPLATES["alpaca"], ["</s>"]) is None
+        True
+    """
+    if template.origin != "builtin" or "<tool_call>" not in template.source or not end_markers:
+        return None
+    ends = "|".join(re.escape(marker) for marker in end_markers)
+    turn = [{"role": "user", "content": "x"}]
+    opened = template.render(turn, True)[len(template.render(turn, False)) :]
+    return {
+        "defaults": {"role": "assistant"},
+        "start_anchor": opened,  # the header that opens the model's turn
+        "fields": {
+            "tool_calls": {
+                "open_pattern": r"\s*<tool_call>",
+                "close": "</tool_call>",
+                "repeats": True,
+                "content": "json",
+                "transform": {"type": "function", "function": "{content}"},
+            },
+            "content": {"close_pattern": rf"\s*(?:{ends})", "content": "text"},
+        },
+    }

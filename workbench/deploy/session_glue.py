@@ -17,7 +17,10 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     """Give the tokenizer the training template and make generation stop at its end of turn.
 
     A base model such as the built-in Gemma has no chat template of its own; the exported model
-    must carry the one it was trained with, or a server would format prompts differently.
+    must carry the one it was trained with (also in place of its own, when the data was
+    loaded with another), or a server would format prompts differently. With a built-in
+    template, the tokenizer also gets the ``response_template`` that reads its tool calls
+    back (see :func:`~workbench.data.tool_calls.response_template`).
 
     Examples:
         A tiny model built without a chat template gets the ChatML one it was trained with,
@@ -48,16 +51,20 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     """
     from workbench.chat import chat_stop_strings
     from workbench.data.templates import resolve_template
+    from workbench.data.tool_calls import response_template
 
     if template is None and not getattr(tokenizer, "chat_template", None):
         return
     if template is None:  # no data loaded: the tokenizer's own template ends turns
         template = resolve_template("tokenizer", tokenizer)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = template.source
+    if template.origin != "tokenizer" or not tokenizer.chat_template:
+        tokenizer.chat_template = template.source  # the one it was tuned with
     # the template's stop, else the end-of-turn token it writes (a base model's own ChatML
     # template, as Qwen2.5's base models have, with only <|endoftext|> as eos)
     stops = chat_stop_strings(template, tokenizer)
+    reader = response_template(template, [*stops, *filter(None, [tokenizer.eos_token])])
+    if reader is not None:
+        tokenizer.response_template = reader
     stop_id = tokenizer.convert_tokens_to_ids(stops[0]) if stops else None
     if stop_id is None or stop_id == tokenizer.unk_token_id:
         return
