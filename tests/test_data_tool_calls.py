@@ -356,3 +356,42 @@ def test_rows_that_call_differently_are_not_duplicates_and_search_finds_calls(
     assert list(data.search('"b": 3')) == [1]
     again = load([first, first, _plain_row(1)], tokenizer, str(tmp_path / "c2"), template="chatml")
     assert [p.kind for p in again.report().problems if "duplicate" in p.kind] == ["duplicate"]
+
+
+def test_sharegpt_function_call_and_observation_turns_are_calls_and_results(
+    tmp_path, tokenizer, cache_dir
+):
+    """LLaMA-Factory's tool format: the call as JSON text in a function_call turn."""
+    sharegpt = {
+        "conversations": [
+            {"from": "human", "value": "What is 4 + 4?"},
+            {
+                "from": "function_call",
+                "value": json.dumps({"name": "add", "arguments": {"a": 4, "b": 4}}),
+            },
+            {"from": "observation", "value": "8"},
+            {"from": "gpt", "value": "It is 8."},
+        ],
+        "tools": json.dumps(TOOLS),
+    }
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [sharegpt])
+    from_sharegpt = load(path, tokenizer, cache_dir, template="chatml")
+    openai = load([_tool_row(4)], tokenizer, str(tmp_path / "c2"), template="chatml")
+    assert from_sharegpt.format == "sharegpt"
+    assert _trained_text(from_sharegpt, 0, tokenizer) == _trained_text(openai, 0, tokenizer)
+    bad = dict(
+        sharegpt,
+        conversations=[
+            *sharegpt["conversations"][:1],
+            {"from": "function_call", "value": "add(4, 4)"},
+        ],
+    )
+    with pytest.raises(
+        DataError, match=r"line 1, field 'conversations\[1\].value': the call is not JSON"
+    ):
+        load(
+            write_jsonl(tmp_path / "bad.jsonl", [bad]),
+            tokenizer,
+            str(tmp_path / "c3"),
+            template="chatml",
+        )

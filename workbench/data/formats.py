@@ -86,6 +86,7 @@ _SHAREGPT_ROLES = {
     "tool": "tool",
     "function": "tool",
     "observation": "tool",
+    "function_call": "assistant",  # LLaMA-Factory's: the value is the call as JSON
 }
 
 
@@ -308,6 +309,9 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
         raise RowError(
             f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
         )
+    if role_key == "from" and str(raw_role).lower() == "function_call":
+        calls = _calls_in_value(turn.get(content_key), f"{where}.{content_key}")
+        return {"role": "assistant", "content": "", "tool_calls": tool_calls_of(calls, where)}
     extras = _tool_fields(turn, role, where)
     if turn.get(content_key) is None and "tool_calls" not in extras:
         raise RowError(f"{where}.{content_key}", "missing")
@@ -315,6 +319,17 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
     if not content.strip() and role != "system" and "tool_calls" not in extras:
         empty.append(f"{where}.{content_key}")
     return {"role": role, "content": content, **extras}
+
+
+def _calls_in_value(value: Any, where: str) -> list[Any]:
+    """A ShareGPT ``function_call`` turn's value: one ``{name, arguments}`` call or a list of
+    them, as JSON text (LLaMA-Factory's tool-calling format) or already parsed."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise RowError(where, f"the call is not JSON ({err})") from None
+    return value if isinstance(value, list) else [value]
 
 
 def _tool_fields(turn: dict[str, Any], role: str, where: str) -> dict[str, Any]:
