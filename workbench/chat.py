@@ -136,7 +136,7 @@ turn (or a tool's result), which the model answers.
         raise SpecError("a conversation needs at least one {'role': 'user', 'content': ...} turn.")
     for i, turn in enumerate(turns):
         if turn.get("role") == "assistant" and turn.get("tool_calls"):
-            turn["tool_calls"] = _checked_calls(turn["tool_calls"], i)
+            turn["tool_calls"] = _checked(tool_calls_of, turn["tool_calls"], f"turn {i}")
             turn["content"] = turn.get("content") or ""
         if turn.get("role") not in _ROLES or not isinstance(turn.get("content"), str):
             raise SpecError(
@@ -151,20 +151,12 @@ turn (or a tool's result), which the model answers.
     return turns
 
 
-def _checked_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+def _checked(check: Any, value: Any, where: str) -> Any:
+    """``check(value, where)`` (a data-row check), its complaint raised as a ``SpecError``."""
     from workbench.data.formats import RowError
 
     try:
-        return tool_calls_of(calls, f"turn {index}")
-    except RowError as err:
-        raise SpecError(f"{err.field}: {err.message}") from None
-
-
-def _checked_tools(tools: Any) -> list[dict[str, Any]] | None:
-    from workbench.data.formats import RowError
-
-    try:
-        return tools_of(tools, "tools")
+        return check(value, where)
     except RowError as err:
         raise SpecError(f"{err.field}: {err.message}") from None
 
@@ -206,7 +198,7 @@ def chat_inputs(
     if not items:
         raise SpecError("prompt is empty: give a message or a list of messages.")
     conversations = [conversation(item) for item in items]
-    offered = _checked_tools(tools)
+    offered = _checked(tools_of, tools, "tools")
     each = [offered] * len(conversations) if offered else None
     try:
         prompts = render_many(resolved, tokenizer, conversations, True, each)

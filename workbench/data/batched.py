@@ -391,11 +391,10 @@ def _untrained(table: Any) -> list[list[int]] | None:
 
 def _tool_calling(table: Any) -> list[str | None] | None:
     """Per row, its :data:`TOOL_CALLING` cell (``None``: no column, or no row uses tools)."""
-    if TOOL_CALLING not in table.column_names or table.column(TOOL_CALLING).null_count == len(
-        table
-    ):
+    if TOOL_CALLING not in table.column_names:
         return None
-    return table.column(TOOL_CALLING).to_pylist()
+    column = table.column(TOOL_CALLING)
+    return None if column.null_count == len(column) else column.to_pylist()
 
 
 def _trained_turns(

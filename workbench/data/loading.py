@@ -179,6 +179,7 @@ def _good_row(
         assert row.messages is not None
         out["messages"] = [{"role": m["role"], "content": m["content"]} for m in row.messages]
         out[UNTRAINED_TURNS] = list(row.untrained)
+        # a message beyond {role, content} carries tool fields (most rows have none)
         extras = {i: _extra_fields(m) for i, m in enumerate(row.messages) if len(m) > 2}
         out[TOOL_CALLING] = encode_tool_calling(row.tools, extras)
     out["empty_fields"] = ", ".join(row.empty) or None
@@ -417,9 +418,7 @@ def refuse_template_rejects(
     bad = [k for k, key in enumerate(keys) if key in refused]
     rows = loaded.dataset.select_columns(["source_row"])[bad]["source_row"]
     errors = [
-        _data_error(
-            source, row, "messages", _refusal_message(template, shapes[k], refused[keys[k]])
-        )
+        _data_error(source, row, "messages", refused[keys[k]])
         for k, row in zip(bad, rows, strict=True)
     ]
     if on_error == "raise" or len(bad) == len(shapes):
@@ -451,8 +450,8 @@ def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
 def _template_refusal(
     template: Any, tokenizer: Any, messages: list[dict[str, str]], tool_calling: str | None = None
 ) -> str | None:
-    """The template's own words when it refuses ``messages`` or an answer's prompt of them,
-    or why its rendering drops the row's tool calls or tools."""
+    """Why the template refuses ``messages`` or an answer's prompt of them (its own words), or
+    drops the row's tool calls or tools, with the fix; ``None`` when it renders them all."""
     from jinja2.exceptions import TemplateError
 
     from workbench.data.templates import render_many
@@ -467,23 +466,25 @@ def _template_refusal(
             each = offered * len(prompts) if offered else None
             rendered = render_many(template, tokenizer, prompts, True, each)
     except (TemplateError, TypeError, AttributeError) as err:
-        return str(getattr(err, "message", None) or err)
-    if not tool_calling:
-        return None
-    return check_template_writes_tools(full, messages, tools, (rendered or [None])[0])
+        reason = str(getattr(err, "message", None) or err)
+        has_system = any(m["role"] == "system" for m in messages)
+        return _refusal_message(template, reason, _SYSTEM_FIX if has_system else _TURNS_FIX)
+    dropped = None
+    if tool_calling:
+        dropped = check_template_writes_tools(full, messages, tools, (rendered or [None])[0])
+    return _refusal_message(template, dropped, _TOOLS_FIX) if dropped else None
 
 
-def _refusal_message(template: Any, roles: tuple[str, ...], reason: str) -> str:
-    if "tool" in reason and "does not write" in reason:
-        fix = (
-            "pick a template that writes them: the model's own if it was made for tool calling, "
-            "or template='chatml' (Hermes-style <tool_call> blocks)"
-        )
-    elif "system" in roles:
-        fix = (
-            "drop the system turn or put its text in the first user turn, or pick another "
-            "template (template='chatml')"
-        )
-    else:
-        fix = "change the turns, or pick another template (template='chatml')"
+_SYSTEM_FIX = (
+    "drop the system turn or put its text in the first user turn, or pick another "
+    "template (template='chatml')"
+)
+_TURNS_FIX = "change the turns, or pick another template (template='chatml')"
+_TOOLS_FIX = (
+    "pick a template that writes them: the model's own if it was made for tool calling, "
+    "or template='chatml' (Hermes-style <tool_call> blocks)"
+)
+
+
+def _refusal_message(template: Any, reason: str, fix: str) -> str:
     return f"the chat template ({template.name!r}) refuses this conversation: {reason}; {fix}"

@@ -549,14 +549,11 @@ class PreparedData:
 
     def _written_answer(self, prompt: str, upto: str) -> str:
         from workbench.chat import chat_stop_strings
+        from workbench.models.generation import cut_at_stop
 
         written = upto[len(prompt) :] if upto.startswith(prompt) else upto
         ends = [*chat_stop_strings(self.template, self.tokenizer), self.tokenizer.eos_token]
-        written = written.rstrip()
-        for end in filter(None, ends):
-            if end in written:
-                written = written[: written.index(end)]
-        return written.strip()
+        return cut_at_stop(written, ends).strip()
 
     def report(self) -> DataReport:
         """Counts, token lengths, trained share and problems (computed once, then cached).

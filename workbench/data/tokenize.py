@@ -236,7 +236,10 @@ class Labeller:
                     uptos.append(messages[: i + 1] if i < len(messages) - 1 else None)
                     where.append(row)
         render = functools.partial(render_many, self.template, self.tokenizer)
-        offered = (lambda rows: [tools[r] for r in rows]) if tools else (lambda rows: None)
+
+        def offered(rows: list[int]) -> list[Any] | None:
+            return [tools[r] for r in rows] if tools else None
+
         fulls = render(conversations, False, tools)
         prompt_texts = render(prompts, True, offered(where)) if prompts else []
         inner = [u for u in uptos if u is not None]

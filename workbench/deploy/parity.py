@@ -28,6 +28,7 @@ from typing import Any
 
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
+from workbench.data.tool_calls import TOOL_CALLING
 from workbench.errors import ModelLoadError, SpecError
 from workbench.train.core import pad_id
 
@@ -315,7 +316,7 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
         if len(found) == limit:
             break
         row = rows[i]
-        if row.get("tool_calling"):
+        if row.get(TOOL_CALLING):
             continue
         messages = row["messages"]
         answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
