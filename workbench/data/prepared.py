@@ -549,11 +549,15 @@ class PreparedData:
 
     def _written_answer(self, prompt: str, upto: str) -> str:
         from workbench.chat import chat_stop_strings
-        from workbench.models.generation import cut_at_stop
 
+        # data/ may not import models/ (tests/test_architecture.py), so not cut_at_stop
         written = upto[len(prompt) :] if upto.startswith(prompt) else upto
         ends = [*chat_stop_strings(self.template, self.tokenizer), self.tokenizer.eos_token]
-        return cut_at_stop(written, ends).strip()
+        written = written.rstrip()
+        for end in filter(None, ends):
+            if end in written:
+                written = written[: written.index(end)]
+        return written.strip()
 
     def report(self) -> DataReport:
         """Counts, token lengths, trained share and problems (computed once, then cached).
