@@ -112,3 +112,15 @@ def test_the_export_carries_the_template_it_was_tuned_with(tuned, tiny_model_dir
     assert own is not None and "<tool_call>" not in own  # the base model's own: no tools
     assert shipped.chat_template == tuned.data.template.source
     assert shipped.response_template["start_anchor"] == "<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("form", ["safetensors", "gguf"])
+def test_the_export_check_sends_the_tools_and_compares_the_call(tuned, form):
+    folder = tuned.export(f"export/checked-{form}", format=form, overwrite=True)
+    report = tuned.check_export(folder, max_new_tokens=40)
+    case = report.cases[0]
+    assert case.name == "train row 1"
+    assert case.prompt_ids == case.exported_prompt_ids  # tools rendered alike on both sides
+    assert "The weather in a city" in tuned.tokenizer.decode(case.exported_prompt_ids)
+    assert wb.parse_tool_calls(case.exported_answer) == [CALL]  # the export calls the tool
+    assert case.same and report.all_same

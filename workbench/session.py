@@ -876,7 +876,7 @@ class Session:
         from workbench.evaluation import run_evaluation
 
         self._check_run_allows("evaluate")
-        rows = self._evaluation_rows(data)
+        rows = self._evaluation_rows(data, metrics)
         stops = self._answer_stops()
         if checkpoints is not None or correct is not None:  # what each checkpoint fixed, broke
             from workbench.evaluation.checkpoints import evaluate_checkpoints
@@ -981,7 +981,7 @@ class Session:
         found = diagnose(history, self._data, self._evaluation, total)
         return Diagnosis(found)
 
-    def _evaluation_rows(self, data: Any) -> list[dict]:
+    def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:
         from workbench.errors import SpecError
 
         if data is None:
@@ -1005,8 +1005,11 @@ class Session:
             split = "train"
         if prepared.is_text:
             raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
-        examples = (prepared.example(i, split) for i in range(len(prepared.split(split))))
-        return [{"prompt": ex.prompt, "reference": ex.answer} for ex in examples]
+        examples = [prepared.example(i, split) for i in range(len(prepared.split(split)))]
+        rows = [{"prompt": ex.prompt, "reference": ex.answer} for ex in examples]
+        if "tool_calls" in _metric_names(metrics):
+            _check_calls_readable(prepared, split, rows)
+        return rows
 
     def _last_run_dir(self) -> Path | None:
         return getattr(self.run, "run_dir", None)
@@ -1163,7 +1166,9 @@ class Session:
         import the workbench. The first ``limit`` validation conversations (cut before their
         answer) go through the session's model with its training template and through the
         export with the chat template stored in it, as Ollama, a llama.cpp server or a
-        transformers script would run it; the run's probe prompts go to both as plain text.
+        transformers script would run it (a conversation with tools offers them on both
+        sides, so a tuned call is compared too); the run's probe prompts go to both as plain
+        text.
         Greedy answers are compared token by token, and the report (a table in a notebook) is
         saved as ``export_check.json`` beside the file. Where an answer first differs, the
         tuned model's own logits say whether it was a near tie there (the export's token within
@@ -1442,3 +1447,32 @@ def _describe(source: Any) -> str:
         if hasattr(source, "__len__")
         else (f"<{type(source).__name__}>")
     )
+
+
+def _metric_names(metrics: Any) -> set[str]:
+    """The built-in metric names asked for (by name, as a mapping key, or alone)."""
+    if isinstance(metrics, str):
+        return {metrics}
+    return {m for m in (metrics or ()) if isinstance(m, str)}
+
+
+def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
+    """Refuse the ``tool_calls`` metric when the template writes calls it cannot read: every
+    answer would then score as "no call wanted, none made"."""
+    from workbench.data.tool_calls import TOOL_CALLING, answer_calls, parse_tool_calls
+    from workbench.errors import EvaluationError
+
+    table = prepared.split(split)
+    if TOOL_CALLING not in table.column_names:
+        return
+    for i, (stored, row) in enumerate(zip(table[TOOL_CALLING], rows, strict=True)):
+        calls = bool(stored) and answer_calls(table[i]["messages"], stored)
+        if calls and not parse_tool_calls(row["reference"]):
+            raise EvaluationError(
+                f"metric 'tool_calls' cannot read the calls template "
+                f"{prepared.template.name!r} writes ({split} row {i + 1}'s answer: "
+                f"{row['reference'][:80]!r}): it reads calls written as JSON "
+                '({"name": ..., "arguments": ...}, as Hermes, Qwen, Mistral and Llama 3 '
+                "write them). Train with template='chatml', or score with a metric of "
+                "your own."
+            )

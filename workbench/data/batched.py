@@ -59,7 +59,6 @@ from workbench.data.tokenize import (
     TOKEN_COLUMNS,
     UNTRAINED_TURNS,
     Labeller,
-    _fields,
 )
 from workbench.data.tool_calls import TOOL_CALLING
 
@@ -212,6 +211,9 @@ class BatchLabeller:
         plain = self._plain(conversations, found)
         if tool_calling:  # tools and calls are rendered by the template: the row way
             plain = [k for k in plain if tool_calling[k] is None]
+            for k, cell in enumerate(tool_calling):
+                if cell is not None:
+                    found[k] = self.rows.describe(_messages(conversations[k]), cell)
         groups: dict[tuple[str, ...], list[int]] = {}
         for k in plain:
             groups.setdefault(conversations[k][0], []).append(k)
@@ -251,8 +253,7 @@ class BatchLabeller:
                     odd = True
                     break
             if odd:
-                messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
-                found[k] = self.rows.guard.describe(_fields(messages))
+                found[k] = self.rows.describe(_messages((roles, contents)))
             elif self.plain_possible:
                 plain.append(k)
         return plain
@@ -328,10 +329,7 @@ class BatchLabeller:
     ) -> dict[int, tuple[list[int], list[int], bool]]:
         if not rows:
             return {}
-        chats = [
-            [{"role": r, "content": c} for r, c in zip(*conversations[k], strict=True)]
-            for k in rows
-        ]
+        chats = [_messages(conversations[k]) for k in rows]
         self.checked += len(rows)
         skip = [untrained[k] for k in rows] if untrained else None
         tools = [tool_calling[k] for k in rows] if tool_calling else None
@@ -362,6 +360,11 @@ def _unsafe_pattern(
     parts = [MARKERS] + ([guard.pattern] if guard is not None else [])
     parts += [re.escape(s) for s in sorted(literals or (), key=lambda s: (-len(s), s))]
     return re.compile("|".join(f"(?:{p})" for p in parts))
+
+
+def _messages(conversation: tuple[tuple[str, ...], list[str]]) -> list[dict[str, str]]:
+    roles, contents = conversation
+    return [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
 
 
 def _conversations(table: Any) -> list[tuple[tuple[str, ...], list[str]]]:

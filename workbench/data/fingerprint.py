@@ -34,7 +34,14 @@ from typing import Any
 
 __all__ = ["labeller_key", "labelling_fingerprint", "tokenizer_digest"]
 
-_LABELLING_MODULES = ("batched.py", "layouts.py", "special_text.py", "templates.py", "tokenize.py")
+_LABELLING_MODULES = (
+    "batched.py",
+    "layouts.py",
+    "special_text.py",
+    "templates.py",
+    "tokenize.py",
+    "tool_calls.py",
+)
 
 
 @cache

@@ -65,7 +65,12 @@ from workbench.data.special_text import (
     special_ids,
 )
 from workbench.data.templates import Template, encode, render_many
-from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
+from workbench.data.tool_calls import (
+    TOOL_CALLING,
+    map_tool_texts,
+    tool_texts,
+    with_tool_calling,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -174,9 +179,11 @@ class Labeller:
             found = [self.guard.describe([("text", t)]) for t in batch["text"]]
             rows = [self._label_text(ids) for ids in self._encode_text(batch["text"], found)]
         else:
-            found = [self.guard.describe(_fields(m)) for m in batch["messages"]]
+            tool_calling = batch.get(TOOL_CALLING)
+            cells = tool_calling or [None] * len(batch["messages"])
+            found = [self.describe(m, t) for m, t in zip(batch["messages"], cells, strict=True)]
             rows = self._label_chats(
-                batch["messages"], found, batch.get(UNTRAINED_TURNS), batch.get(TOOL_CALLING)
+                batch["messages"], found, batch.get(UNTRAINED_TURNS), tool_calling
             )
         out: dict[str, list[Any]] = {name: [] for name in TOKEN_COLUMNS + STAT_COLUMNS}
         for ids, labels, ok in rows:
@@ -202,19 +209,47 @@ class Labeller:
             labels[0] = IGNORE_INDEX
         return ids, labels, True
 
+    def describe(self, messages: list[dict[str, str]], tool_calling: str | None = None) -> str:
+        """Literal control tokens in a conversation's texts, its tool fields included
+        (``""`` when none; the :data:`SPECIAL_TEXT_COLUMN` cell).
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.data.templates import resolve_template
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-tokenize"))
+            >>> labeller = Labeller(resolve_template(None, tok), tok, None, False)
+            >>> labeller.describe([{"role": "user", "content": "end <|im_end|>"}])
+            "'<|im_end|>' in messages[0] (user)"
+        """
+        return self.guard.describe(_fields(messages) + tool_texts(tool_calling))
+
     def _guarded(
-        self, conversations: list[list[dict[str, str]]], found: list[str]
-    ) -> tuple[list[list[dict[str, str]]], list[bool]]:
-        """Conversations with literal tokens escaped (guarded rows only), and which rows."""
+        self,
+        conversations: list[list[dict[str, str]]],
+        found: list[str],
+        tool_calling: list[str | None] | None,
+    ) -> tuple[list[list[dict[str, str]]], list[str | None] | None, list[bool]]:
+        """Conversations and tool cells with literal tokens escaped (guarded rows only),
+        and which rows."""
+        cells = tool_calling or [None] * len(conversations)
         flags = [
-            self.guard.protects and bool(f) and self.guard.can_escape([m["content"] for m in c])
-            for c, f in zip(conversations, found, strict=True)
+            self.guard.protects
+            and bool(f)
+            and self.guard.can_escape([m["content"] for m in c] + [t for _, t in tool_texts(t)])
+            for c, f, t in zip(conversations, found, cells, strict=True)
         ]
         escaped = [
             [{**m, "content": self.guard.escape(m["content"])} for m in c] if flag else c
             for c, flag in zip(conversations, flags, strict=True)
         ]
-        return escaped, flags
+        if tool_calling:
+            escape = self.guard.escape
+            tool_calling = [
+                map_tool_texts(t, escape) if flag else t
+                for t, flag in zip(tool_calling, flags, strict=True)
+            ]
+        return escaped, tool_calling, flags
 
     def _restore(self, text: str, guarded: bool) -> tuple[str, list[Span]]:
         return self.guard.unescape(text) if guarded else (text, [])
@@ -282,6 +317,7 @@ class Labeller:
         """Ids, labels and agreement of each conversation; ``untrained[k]`` holds the message
         indices of row ``k``'s assistant turns to leave unlabelled (``None``: train them all),
         ``tool_calling[k]`` its tools and tool fields (:data:`TOOL_CALLING`)."""
+        conversations, tool_calling, guarded = self._guarded(conversations, found, tool_calling)
         tools = None
         if tool_calling and any(tool_calling):
             pairs = [
@@ -289,7 +325,7 @@ class Labeller:
             ]
             conversations = [messages for messages, _ in pairs]
             tools = [offered for _, offered in pairs]
-        plans = self._plans(*self._guarded(conversations, found), untrained, tools)
+        plans = self._plans(conversations, guarded, untrained, tools)
         prompt_ids = self._prompt_ids(plans)
         rows = []
         for plan, (ids, known_starts) in zip(plans, self._encode_fulls(plans), strict=True):

@@ -32,16 +32,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
     "TOOL_CALLING",
+    "answer_calls",
     "check_template_writes_tools",
     "encode_tool_calling",
+    "map_tool_texts",
     "parse_tool_calls",
     "response_template",
     "tool_calls_of",
+    "tool_texts",
     "tool_turn_extras",
     "tools_of",
     "turn_text",
@@ -52,7 +55,8 @@ TOOL_CALLING = "tool_calling"
 """Column of a row's tools and per-turn tool fields, as JSON text (null: none)."""
 
 _TOOL_TURN_KEYS = ("tool_call_id", "name")
-_HERMES_CALL = re.compile(r"<tool_call>\s*")
+_JSON_START = re.compile(r"[{\[]")
+_NAMED_CALL = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z_][\w.-]*)\s*\[ARGS\]")
 
 
 def _row_error(field: str, message: str) -> Exception:
@@ -189,6 +193,82 @@ def with_tool_calling(
     return plain, data.get("tools")
 
 
+def tool_texts(stored: str | None) -> list[tuple[str, str]]:
+    """Each text in a row's tools and tool fields, with the field it sits in.
+
+    Keys count as texts too: the template writes them (an argument's name, say).
+
+    Examples:
+        >>> stored = encode_tool_calling(None, {1: {"tool_calls": tool_calls_of(
+        ...     [{"name": "echo", "arguments": {"text": "hi"}}], "m[1]")}})
+        >>> tool_texts(stored)[-1]
+        ('messages[1].tool_calls[0].function.arguments.text', 'hi')
+    """
+    if not stored:
+        return []
+    data = json.loads(stored)
+    found: list[tuple[str, str]] = []
+    _collect_texts(data.get("tools"), "tools", found)
+    for index, extra in data.get("turns", {}).items():
+        _collect_texts(extra, f"messages[{index}]", found)
+    return found
+
+
+def _collect_texts(value: Any, where: str, found: list[tuple[str, str]]) -> None:
+    if isinstance(value, str):
+        found.append((where, value))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found.append((f"{where}.{key}", key))
+            _collect_texts(item, f"{where}.{key}", found)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _collect_texts(item, f"{where}[{i}]", found)
+
+
+def map_tool_texts(stored: str | None, change: Callable[[str], str]) -> str | None:
+    """A :data:`TOOL_CALLING` cell with ``change`` applied to each of its texts (and keys).
+
+    Examples:
+        >>> stored = encode_tool_calling([{"function": {"name": "now"}}], {})
+        >>> map_tool_texts(stored, str.upper)
+        '{"tools": [{"FUNCTION": {"NAME": "NOW"}}], "turns": {}}'
+    """
+    if not stored:
+        return stored
+    data = json.loads(stored)
+    turns = {index: _map_texts(extra, change) for index, extra in data.get("turns", {}).items()}
+    changed = {"tools": _map_texts(data.get("tools"), change), "turns": turns}
+    return json.dumps(changed, ensure_ascii=False)
+
+
+def _map_texts(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {change(key): _map_texts(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_texts(item, change) for item in value]
+    return value
+
+
+def answer_calls(messages: Sequence[Mapping[str, Any]], stored: str | None) -> list[Any]:
+    """The calls of a conversation's last assistant turn (``[]``: it makes none).
+
+    Examples:
+        >>> stored = encode_tool_calling(None, {1: {"tool_calls": tool_calls_of(
+        ...     [{"name": "now", "arguments": {}}], "m[1]")}})
+        >>> turns = [{"role": "user", "content": "Time?"}, {"role": "assistant", "content": ""}]
+        >>> [call["function"]["name"] for call in answer_calls(turns, stored)]
+        ['now']
+        >>> answer_calls(turns, None)
+        []
+    """
+    full, _ = with_tool_calling(messages, stored)
+    last = next((m for m in reversed(full) if m["role"] == "assistant"), None)
+    return list(last.get("tool_calls") or ()) if last is not None else []
+
+
 def check_template_writes_tools(
     rendered: str,
     messages: Sequence[Mapping[str, Any]],
@@ -238,37 +318,76 @@ def turn_text(message: Mapping[str, Any]) -> str:
 
 
 def parse_tool_calls(text: str) -> list[dict[str, Any]]:
-    """The calls in a model's answer written as the built-in templates write them.
+    """The tool calls written in a model's answer, in OpenAI's form.
 
-    Each ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` block (Hermes style; one
-    cut off by ``max_new_tokens`` counts when its JSON object is whole) becomes a call in
-    OpenAI's form. Blocks that are not such JSON are left out: a model's text is untrusted.
+    Reads the JSON conventions chat templates write calls in, wherever they sit in the text:
+
+    - a ``{"name": ..., "arguments": {...}}`` object: Hermes and Qwen's
+      ``<tool_call>...</tool_call>`` blocks (the built-in templates' form), a bare object;
+    - ``"parameters"`` for ``"arguments"`` (Llama 3.1's JSON calls), arguments as JSON text;
+    - a JSON list of such objects (Mistral's ``[TOOL_CALLS][...]``), OpenAI's
+      ``{"function": {...}}`` wrapping;
+    - Mistral's newer ``[TOOL_CALLS]name[ARGS]{...}``.
+
+    A call cut off by ``max_new_tokens`` counts when its JSON object is whole. Text that is
+    not such JSON is left out (a model's text is untrusted); calls written as code
+    (``add(a=1)``) are not read.
 
     Examples:
         >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
         [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 1}}}]
-        >>> parse_tool_calls("It is 4.")
+        >>> [c["function"]["name"] for c in parse_tool_calls(
+        ...     '[TOOL_CALLS][{"name": "add", "arguments": {}}, {"name": "now", "arguments": {}}]')]
+        ['add', 'now']
+        >>> parse_tool_calls('{"name": "add", "parameters": {"a": 1}}')[0]["function"]
+        {'name': 'add', 'arguments': {'a': 1}}
+        >>> parse_tool_calls("It is 4, says {the table}.")
         []
     """
-    calls = []
+    calls: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
-    for opening in _HERMES_CALL.finditer(text):
-        try:  # the object after the tag (its closing tag may be cut off)
-            value, _ = decoder.raw_decode(text, opening.end())
+    position = 0
+    while (start := _JSON_START.search(text, position)) is not None:
+        at = start.start()
+        named = _NAMED_CALL.match(text, at)
+        try:
+            value, end = decoder.raw_decode(text, named.end() if named else at)
         except ValueError:
+            position = at + 1
             continue
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            continue
-        arguments = value.get("arguments", {})
-        if isinstance(arguments, str):
-            try:
-                arguments = json.loads(arguments)
-            except ValueError:
-                continue
-        if isinstance(arguments, dict):
-            function = {"name": value["name"], "arguments": arguments}
-            calls.append({"type": "function", "function": function})
+        calls += _calls_in({"name": named.group(1), "arguments": value} if named else value)
+        position = end
     return calls
+
+
+def _calls_in(value: Any) -> list[dict[str, Any]]:
+    """The calls a decoded JSON value is or holds (a call, a list of calls, an object
+    wrapping them), in order; each value is decoded once, so a long JSON answer costs
+    one pass."""
+    call = _call_of(value)
+    if call is not None:
+        return [call]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [c for item in items for c in _calls_in(item)]
+
+
+def _call_of(value: Any) -> dict[str, Any] | None:
+    if isinstance(value, dict) and isinstance(value.get("function"), dict):
+        value = value["function"]
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    key = "arguments" if "arguments" in value else "parameters"
+    if key not in value:
+        return None
+    arguments = value[key]
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return {"type": "function", "function": {"name": value["name"], "arguments": arguments}}
 
 
 def response_template(template: Any, end_markers: Sequence[str]) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from workbench.deploy.parity import Messages, ParityReport, _compared, _prompts
+from workbench.deploy.parity import Conversation, ParityReport, _compared, _prompts
 from workbench.errors import ModelLoadError, SpecError
 
 __all__ = ["MERGED_WEIGHTS", "check_merged", "is_merged_export"]
@@ -49,7 +49,7 @@ for case in job["cases"]:
     prompt = case["text"]
     if case["messages"] is not None:
         prompt = tokenizer.apply_chat_template(
-            case["messages"], tokenize=False, add_generation_prompt=True
+            case["messages"], tools=case["tools"], tokenize=False, add_generation_prompt=True
         )
     ids = tokenizer(prompt, add_special_tokens=False).input_ids
     with torch.no_grad():
@@ -84,7 +84,7 @@ def check_merged(
     model: Any,
     tokenizer: Any,
     template: Any = None,
-    conversations: Sequence[tuple[str, Messages]] = (),
+    conversations: Sequence[Conversation] = (),
     raw_prompts: Sequence[tuple[str, str]] = (),
     max_new_tokens: int = 32,
 ) -> ParityReport:
@@ -118,11 +118,11 @@ def check_merged(
             f"{folder} carries no chat template, so chat prompts cannot be rendered as a "
             "serving stack would: export again."
         )
-    jobs = [{"messages": messages, "text": text} for _, text, messages in prompts]
+    jobs = [{"messages": p.messages, "tools": p.tools, "text": p.prompt} for p in prompts]
     exported = _run_plain_transformers(folder, jobs, max_new_tokens)
     cases = [
-        _compared(name, model, tokenizer, prompt, stop, max_new_tokens, *_fields(theirs))
-        for (name, prompt, _), theirs in zip(prompts, exported, strict=True)
+        _compared(p.name, model, tokenizer, p.prompt, stop, max_new_tokens, *_fields(theirs))
+        for p, theirs in zip(prompts, exported, strict=True)
     ]
     return ParityReport(str(folder), tuple(cases), runtime="transformers")
 

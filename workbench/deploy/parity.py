@@ -28,7 +28,7 @@ from typing import Any
 
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
-from workbench.data.tool_calls import TOOL_CALLING
+from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 from workbench.errors import ModelLoadError, SpecError
 from workbench.train.core import pad_id
 
@@ -37,13 +37,17 @@ __all__ = [
     "NEAR_TIE",
     "ParityCase",
     "ParityReport",
+    "PromptCase",
     "check_gguf",
     "conversations_of",
     "gguf_path_of",
 ]
 
 CHECK_FILE = "export_check.json"
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
+Tools = list[dict[str, Any]]
+Conversation = tuple[str, Messages] | tuple[str, Messages, Tools | None]
+"""``(name, messages)``, or ``(name, messages, tools)`` for a conversation with tools on offer."""
 # A difference where llama.cpp's token is within this many standard deviations of the tuned
 # model's logits below its best is a near tie: Q8_0's rounding moved picks by up to 0.03
 # (tests/test_gguf_llama_cpp.py), an F32 file's arithmetic by far less.
@@ -294,12 +298,13 @@ def gguf_path_of(path: str | Path) -> Path:
     return found[0]
 
 
-def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]]:
+def conversations_of(prepared: Any, limit: int = 4) -> list[Conversation]:
     """The first ``limit`` validation conversations, each cut before its last answer.
 
     Falls back to the training split when there is no validation split; raw-text data has
-    no conversations (``[]``). Rows with tools or tool calls are left out: the check sends
-    plain chat to the exported model.
+    no conversations (``[]``). A row with tools comes as ``(name, messages, tools)``, its
+    messages holding their calls and tool results, so the check sends the export what a
+    client with ``tools=`` would, and the answer compared may be a call.
 
     Examples:
         >>> conversations_of(None)
@@ -311,16 +316,14 @@ def conversations_of(prepared: Any, limit: int = 4) -> list[tuple[str, Messages]
         "validation" if prepared.validation is not None and len(prepared.validation) else ("train")
     )
     rows = prepared.split(split)
-    found: list[tuple[str, Messages]] = []
-    for i in range(min(len(rows), 1000)):  # a bounded look past rows with tools
-        if len(found) == limit:
-            break
+    found: list[Conversation] = []
+    for i in range(min(len(rows), limit)):
         row = rows[i]
-        if row.get(TOOL_CALLING):
-            continue
-        messages = row["messages"]
+        messages, tools = with_tool_calling(row["messages"], row.get(TOOL_CALLING))
         answers = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-        found.append((f"{split} row {i + 1}", messages[: answers[-1]] if answers else messages))
+        cut = messages[: answers[-1]] if answers else messages
+        name = f"{split} row {i + 1}"
+        found.append((name, cut, tools) if tools else (name, cut))
     return found
 
 
@@ -370,14 +373,14 @@ def llama_cpp_load_error(path: str | Path) -> str | None:
 
 
 def _exported_side(
-    llm: Any, messages: Messages | None, raw: str | None, max_new_tokens: int
+    llm: Any, case: PromptCase, max_new_tokens: int
 ) -> tuple[list[int], list[int], str, int | None]:
     """Prompt ids, answer ids, answer text and the end token it stopped at (``None``: none)
     from llama.cpp, with the file's own template."""
-    if messages is not None:
-        prompt, stops = _render_with_file_template(llm, messages)
+    if case.messages is not None:
+        prompt, stops = _render_with_file_template(llm, case.messages, case.tools)
     else:
-        prompt, stops = raw or "", []
+        prompt, stops = case.prompt, []
     prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
     ends = {llm.token_eos(), *_end_of_turn_ids(llm)}
     answer: list[int] = []
@@ -430,7 +433,9 @@ def _tie_gap(
     return float((logits.max() - logits[picked]) / logits.std())
 
 
-def _render_with_file_template(llm: Any, messages: Messages) -> tuple[str, list[str]]:
+def _render_with_file_template(
+    llm: Any, messages: Messages, tools: Tools | None = None
+) -> tuple[str, list[str]]:
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     meta = llm.metadata
@@ -447,7 +452,7 @@ def _render_with_file_template(llm: Any, messages: Messages) -> tuple[str, list[
     formatter = Jinja2ChatFormatter(
         template, eos_token=vocab[1], bos_token=vocab[0], add_generation_prompt=True
     )
-    rendered = formatter(messages=messages)
+    rendered = formatter(messages=messages, tools=tools)
     stops = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop or ""]
     return rendered.prompt, [s for s in stops if s]
 
@@ -488,14 +493,36 @@ def _session_side(
     return prompt_ids, answer, text.split(stop)[0] if stop else text
 
 
+@dataclass(frozen=True)
+class PromptCase:
+    """One case to run on both sides: the session's prompt, and what the export renders.
+
+    Attributes:
+        name: Where it came from (``validation row 3``, ``probe 1``).
+        prompt: The prompt as the session renders it (its training template).
+        messages: The conversation the export renders with its own template (``None``: a
+            raw prompt, sent as it is).
+        tools: The tools on offer (``None``: none).
+
+    Examples:
+        >>> PromptCase("probe 1", "Once upon", None).tools is None
+        True
+    """
+
+    name: str
+    prompt: str
+    messages: Messages | None
+    tools: Tools | None = None
+
+
 def _prompts(
     tokenizer: Any,
     template: Any,
-    conversations: Sequence[tuple[str, Messages]],
+    conversations: Sequence[Conversation],
     raw_prompts: Sequence[tuple[str, str]],
-) -> tuple[str | None, list[tuple[str, str, Messages | None]]]:
-    """Where the session's answers stop, and ``(name, prompt, messages)`` for each case: the
-    conversations rendered with the training template, the raw prompts as they are."""
+) -> tuple[str | None, list[PromptCase]]:
+    """Where the session's answers stop, and each case: the conversations rendered with the
+    training template (with their tools), the raw prompts as they are."""
     from workbench.chat import chat_stop_strings
     from workbench.data.templates import render_prompt, resolve_template
 
@@ -503,9 +530,13 @@ def _prompts(
         raise SpecError("nothing to compare: give conversations or raw_prompts.")
     resolved = resolve_template(template, tokenizer)
     stops = chat_stop_strings(resolved, tokenizer)  # as the session's chat and probes stop
-    prompts = [(n, render_prompt(resolved, tokenizer, msgs), msgs) for n, msgs in conversations]
-    prompts += [(name, text, None) for name, text in raw_prompts]
-    return (stops[0] if stops else None), prompts
+    cases = []
+    for name, messages, *offered in conversations:
+        tools = offered[0] if offered else None
+        prompt = render_prompt(resolved, tokenizer, messages, True, tools)
+        cases.append(PromptCase(name, prompt, messages, tools))
+    cases += [PromptCase(name, text, None) for name, text in raw_prompts]
+    return (stops[0] if stops else None), cases
 
 
 def _compared(
@@ -532,7 +563,7 @@ def check_gguf(
     model: Any,
     tokenizer: Any,
     template: Any = None,
-    conversations: Sequence[tuple[str, Messages]] = (),
+    conversations: Sequence[Conversation] = (),
     raw_prompts: Sequence[tuple[str, str]] = (),
     max_new_tokens: int = 32,
 ) -> ParityReport:
@@ -545,7 +576,8 @@ def check_gguf(
         template: The training template (a :class:`~workbench.data.templates.Template`, a
             name, or ``None`` for the tokenizer's own): renders ``conversations`` on the
             session's side; the file's stored chat template renders them on the other.
-        conversations: ``(name, messages)`` pairs; the messages end with the user's turn.
+        conversations: ``(name, messages)`` pairs, or ``(name, messages, tools)`` with the
+            tools on offer; the messages end before the answer compared.
         raw_prompts: ``(name, text)`` pairs sent as they are (no template) to both sides.
         max_new_tokens: Longest answer compared.
 
@@ -573,10 +605,12 @@ def check_gguf(
     """
     gguf = gguf_path_of(path)
     stop, prompts = _prompts(tokenizer, template, conversations, raw_prompts)
-    longest = max(len(tokenizer(p, add_special_tokens=False).input_ids) for _, p, _ in prompts)
+    longest = max(len(tokenizer(p.prompt, add_special_tokens=False).input_ids) for p in prompts)
     llm = _llama(gguf, context=longest + max_new_tokens + 64)
     cases = []
-    for name, prompt, messages in prompts:
-        theirs = _exported_side(llm, messages, prompt if messages is None else None, max_new_tokens)
-        cases.append(_compared(name, model, tokenizer, prompt, stop, max_new_tokens, *theirs))
+    for case in prompts:
+        theirs = _exported_side(llm, case, max_new_tokens)
+        cases.append(
+            _compared(case.name, model, tokenizer, case.prompt, stop, max_new_tokens, *theirs)
+        )
     return ParityReport(str(gguf), tuple(cases))

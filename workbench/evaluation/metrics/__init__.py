@@ -221,9 +221,10 @@ def _register_builtins() -> None:
 def same_tool_calls(prediction: str, reference: str) -> float:
     """1.0 when the answer makes the reference's tool calls, else 0.0 (metric ``tool_calls``).
 
-    Calls are read from ``<tool_call>`` blocks (:func:`~workbench.data.tool_calls.
-    parse_tool_calls`) and compared by name and arguments, in any order: a different JSON
-    spacing or key order is the same call. A reference without calls wants none.
+    Calls are read as :func:`~workbench.data.tool_calls.parse_tool_calls` reads them (the
+    JSON forms of Hermes ``<tool_call>`` blocks, Mistral's ``[TOOL_CALLS]``, Llama 3's
+    objects) and compared by name and arguments, in any order: a different JSON spacing or
+    key order is the same call. A reference without calls wants none.
 
     Examples:
         >>> ref = '<tool_call>\\n{"name": "add", "arguments": {"a": 1, "b": 2}}\\n</tool_call>'
