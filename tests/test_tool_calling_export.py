@@ -124,3 +124,11 @@ def test_the_export_check_sends_the_tools_and_compares_the_call(tuned, form):
     assert "The weather in a city" in tuned.tokenizer.decode(case.exported_prompt_ids)
     assert wb.parse_tool_calls(case.exported_answer) == [CALL]  # the export calls the tool
     assert case.same and report.all_same
+    if form == "gguf":  # Ollama 0.30+ renders with the GGUF's template: the training one
+        import gguf
+
+        reader = gguf.GGUFReader(str(folder / "model.gguf"))
+        assert reader.fields["tokenizer.chat_template"].contents() == tuned.data.template.source
+        assert "# Tools: the chat template in the GGUF writes tools" in (
+            (folder / "Modelfile").read_text()
+        )

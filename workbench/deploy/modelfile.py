@@ -7,6 +7,13 @@ the tiny model and Qwen), Gemma (``<start_of_turn>``; a system message goes befo
 user message, as in Gemma's own template). A chat template of another form gets
 no ``TEMPLATE`` line and a comment saying so: Ollama then guesses from the file.
 
+Tools: the Go templates write none. Ollama 0.30 and later compare the two templates and,
+when the GGUF's chat template (the one the model was tuned with) handles tools and the
+``TEMPLATE`` does not, render chats with the GGUF's template (llama.cpp's Jinja engine), so
+a model tuned on tool calls gets its tools and calls as trained; the Modelfile says so in a
+comment. A Go copy would lose that: Ollama would then prefer it, and Go's JSON spells the
+tools and arguments differently from the training text.
+
 Beginning-of-text is not in the templates: llama.cpp adds it itself when the GGUF says
 ``tokenizer.ggml.add_bos_token``. Gemma's Jinja template trims each message; Go templates
 have no trim, so Ollama sends messages as given.
@@ -47,6 +54,18 @@ OLLAMA_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
+_TOOLS_NOTE = (
+    "# Tools: the chat template in the GGUF writes tools and tool calls and the TEMPLATE\n"
+    "# below does not, so Ollama 0.30 and later render chats with the GGUF's template (the\n"
+    "# one the model was tuned with); older Ollama versions use the TEMPLATE, without tools."
+)
+
+
+def _writes_tools(chat_template: str) -> bool:
+    """Whether a Jinja chat template handles tools, by Ollama's own test of the text."""
+    return "tools" in chat_template or "tool_call" in chat_template
+
+
 def render_modelfile(chat_template: str | None, gguf_name: str = "model.gguf") -> str:
     """The Modelfile text for a GGUF whose tokenizer has ``chat_template``.
 
@@ -55,6 +74,8 @@ def render_modelfile(chat_template: str | None, gguf_name: str = "model.gguf") -
         >>> text = render_modelfile(TEMPLATES["gemma"].source)
         >>> [line for line in text.splitlines() if line.startswith("PARAMETER")]
         ['PARAMETER stop "<end_of_turn>"']
+        >>> render_modelfile(TEMPLATES["chatml"].source).count("# Tools:")  # it writes tools
+        1
         >>> print(render_modelfile(None))
         FROM ./model.gguf
         # No TEMPLATE: the model has no chat template, so Ollama sends prompts as they are.
@@ -75,6 +96,8 @@ def render_modelfile(chat_template: str | None, gguf_name: str = "model.gguf") -
         stops: tuple[str, ...] = tuple(filter(None, [end_of_turn(chat_template)]))
     else:
         template, stops = known
+        if _writes_tools(chat_template or ""):
+            lines.append(_TOOLS_NOTE)
         lines.append(f'TEMPLATE """{template}"""')
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     return "\n".join(lines) + "\n"
