@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -213,6 +215,14 @@ def test_a_merged_export_is_checked_in_plain_transformers(tmp_path, tiny_model_d
     saved = json.loads((folder / CHECK_FILE).read_text())
     assert (saved["runtime"], saved["export"], saved["total"]) == ("transformers", str(folder), 4)
     assert "export in transformers" in str(report)
+    question = "What is 7 plus 7?"
+    snippet = _use_snippet(folder).replace('"Hello"', repr(question))
+    done = subprocess.run(
+        [sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = s.generate(question, chat=True, max_new_tokens=64).strip()
+    assert answer and done.stdout.strip() == answer  # the README's way answers the same
 
     config_path = folder / "generation_config.json"
     config = json.loads(config_path.read_text())
@@ -239,3 +249,60 @@ def test_check_export_names_what_it_can_check(tmp_path, tiny_model_dir):
     damaged.write_bytes(b"not safetensors")
     with pytest.raises(wb.ModelLoadError, match=r"plain transformers could not load or run"):
         s.check_export("export/adapter-less")
+
+
+def _use_snippet(folder):
+    """The Python block of the export's README, pointed at the folder."""
+    readme = (folder / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    return code.replace("path/to/this/folder", str(folder))
+
+
+@pytest.mark.parametrize("quantization", [None, "4bit"])
+def test_an_adapter_export_is_checked_in_peft_on_its_base(tmp_path, tiny_model_dir, quantization):
+    """peft, in a process without the workbench, loads the base the adapter names (quantized
+    as it was for training), and answers like the session; the README's snippet runs."""
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir), quantization=quantization)
+    s.load_data(ROWS, validation=ROWS[:3])
+    s.train(max_steps=30, lr=5e-3, batch_size=4, wait=True)
+    folder = s.export("export/adapter", format="adapter")
+    end_of_turn = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert (
+        end_of_turn in json.loads((folder / "generation_config.json").read_text())["eos_token_id"]
+    )
+    report = s.check_export("export/adapter", max_new_tokens=12)
+    assert report.runtime == "transformers + peft" and len(report.cases) == 3
+    assert report.same_count + report.near_tie_count == 3, str(report)
+    assert all(c.prompt_ids == c.exported_prompt_ids for c in report.cases)
+    assert json.loads((folder / CHECK_FILE).read_text())["runtime"] == "transformers + peft"
+
+    question = "What is 3 plus 3?"
+    snippet = _use_snippet(folder).replace('"Hello"', repr(question))
+    done = subprocess.run(
+        [sys.executable, "-c", snippet],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the README's way answers as the session does, and stops at the end of turn
+    answer = s.generate(question, chat=True, max_new_tokens=64).strip()
+    assert answer and done.stdout.strip() == answer
+
+
+def test_an_adapter_whose_base_is_gone_is_a_clear_error(tmp_path, tiny_model_dir):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(base))
+    s.load_data(ROWS)
+    s.train(max_steps=1, wait=True)
+    s.export("export/adapter", format="adapter")
+    shutil.rmtree(base)
+    with pytest.raises(wb.SpecError, match=r"base model '.*base' \(base_model_name_or_path"):
+        s.check_export("export/adapter")

@@ -1162,8 +1162,9 @@ class Session:
         """Check that an export answers like the session's model, in the program that runs it.
 
         A GGUF (a file, or a folder holding one) runs in llama.cpp itself; a merged folder
-        (``format="safetensors"``) in plain transformers, in a separate process that does not
-        import the workbench. The first ``limit`` validation conversations (cut before their
+        (``format="safetensors"``) in plain transformers, an adapter folder
+        (``format="adapter"``) in peft on its base model, each in a separate process that does
+        not import the workbench. The first ``limit`` validation conversations (cut before their
         answer) go through the session's model with its training template and through the
         export with the chat template stored in it, as Ollama, a llama.cpp server or a
         transformers script would run it (a conversation with tools offers them on both
@@ -1189,19 +1190,28 @@ class Session:
             workbench.errors.SpecError: /tmp/wb-doc-session-check/export/gguf is not an export ...
         """
         from workbench.deploy import export_target
-        from workbench.deploy.merged_check import check_merged, is_merged_export
+        from workbench.deploy.merged_check import (
+            check_adapter,
+            check_merged,
+            is_adapter_export,
+            is_merged_export,
+        )
         from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
 
         self._check_run_allows("check_export")
         target = export_target(self.run_dir, path)
-        merged = is_merged_export(target)
-        if not merged:
+        if is_merged_export(target):
+            check, exported = check_merged, target
+        elif is_adapter_export(target):
+            check, exported = check_adapter, target
+        else:
             try:
-                gguf = gguf_path_of(target)
+                check, exported = check_gguf, gguf_path_of(target)
             except SpecError:
                 msg = (
                     f"{target} is not an export to check: a GGUF file, a folder holding one, "
-                    "or a merged model folder (config.json and model.safetensors)."
+                    "a merged model folder (config.json and model.safetensors) or an adapter "
+                    "folder (adapter_config.json and adapter_model.safetensors)."
                 )
                 raise SpecError(msg) from None
         probes = list(self._run.probes if self._run is not None else [])[:limit]
@@ -1215,11 +1225,10 @@ class Session:
             probes = probes or list(_DEFAULT_MESSAGES)
         raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes)]
         template = self._data.template if self._data is not None else None
-        check, exported = (check_merged, target) if merged else (check_gguf, gguf)
         report = check(
             exported, self.model, self.tokenizer, template, conversations, raw, max_new_tokens
         )
-        folder = target if merged else gguf.parent
+        folder = exported.parent if check is check_gguf else target
         earlier = self.folder.written_earlier(folder)
         report.save(folder)
         if earlier is not None:  # still the session's export, with its check beside it

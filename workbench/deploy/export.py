@@ -206,6 +206,9 @@ def _write_adapter(model: Any, tokenizer: Any, folder: Path, _gguf_type: str) ->
     adapter = {name: p.detach() for name, p in model.named_parameters() if "lora_" in name}
     model.save_pretrained(folder, state_dict=adapter)
     tokenizer.save_pretrained(folder)
+    # peft leaves it out: without it, generation on the base runs past the end-of-turn token
+    # the training template ends answers with (the README shows how to load it)
+    model.generation_config.save_pretrained(folder)
 
 
 def _write_gguf(model: Any, tokenizer: Any, folder: Path, gguf_type: GGUFType) -> None:

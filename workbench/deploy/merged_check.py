@@ -1,13 +1,19 @@
-"""Does a merged export answer like the tuned model? Greedy, in plain transformers, elsewhere.
+"""Does a merged or adapter export answer like the tuned model? Greedy, in plain transformers.
 
-The merged folder (``export(..., format="safetensors")``) is loaded by plain transformers in a
-separate Python process that never imports the workbench, as a user's script or a serving
-stack would load it: ``AutoModelForCausalLM`` and ``AutoTokenizer`` from the folder, its chat
-template rendering the conversations, its ``generation_config.json`` saying when an answer
-ends. The same conversations go through the session's model with its training template. A
-merge that changed the weights, a template or an end-of-turn token the folder lacks shows up
-as a different answer, compared token by token as for a GGUF
-(:mod:`workbench.deploy.parity`).
+The export is loaded in a separate Python process that never imports the workbench, as a
+user's script or a serving stack would load it:
+
+- a merged folder (``export(..., format="safetensors")``): ``AutoModelForCausalLM`` and
+  ``AutoTokenizer`` from the folder, its ``generation_config.json`` saying when an answer ends;
+- an adapter folder (``format="adapter"``): peft's ``AutoPeftModelForCausalLM``, which loads
+  the base model the adapter names (``base_model_name_or_path``) and puts the adapter on it,
+  quantized as the session's base was, with the folder's tokenizer and
+  ``generation_config.json``, as the folder's README shows.
+
+The folder's chat template renders the conversations; the same conversations go through the
+session's model with its training template. A merge that changed the weights, an adapter
+that does not fit its base, a template or an end-of-turn token the folder lacks shows up as
+a different answer, compared token by token as for a GGUF (:mod:`workbench.deploy.parity`).
 
 Examples:
     >>> MERGED_WEIGHTS
@@ -21,15 +27,24 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from workbench.deploy.parity import Conversation, ParityReport, _compared, _prompts
 from workbench.errors import ModelLoadError, SpecError
 
-__all__ = ["MERGED_WEIGHTS", "check_merged", "is_merged_export"]
+__all__ = [
+    "ADAPTER_WEIGHTS",
+    "MERGED_WEIGHTS",
+    "check_adapter",
+    "check_merged",
+    "is_adapter_export",
+    "is_merged_export",
+]
 
 MERGED_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 # Run by the other process: only torch and transformers, reading the job from stdin and
 # writing the answers as the last line of stdout.
@@ -40,7 +55,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 job = json.loads(sys.stdin.read())
 tokenizer = AutoTokenizer.from_pretrained(job["folder"])
-model = AutoModelForCausalLM.from_pretrained(job["folder"]).eval()
+if job["adapter"]:  # as the adapter folder's README says to load it
+    from peft import AutoPeftModelForCausalLM
+    from transformers import BitsAndBytesConfig, GenerationConfig
+
+    options = {"dtype": getattr(torch, job["dtype"])}
+    if job["quantization"]:
+        options["quantization_config"] = BitsAndBytesConfig.from_dict(job["quantization"])
+    model = AutoPeftModelForCausalLM.from_pretrained(job["folder"], **options).eval()
+    model.generation_config = GenerationConfig.from_pretrained(job["folder"])
+else:
+    model = AutoModelForCausalLM.from_pretrained(job["folder"]).eval()
 ends = model.generation_config.eos_token_id
 ends = [ends] if isinstance(ends, int) else list(ends or [])
 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (ends or [0])[0]
@@ -65,6 +90,18 @@ for case in job["cases"]:
     answers.append({"prompt_ids": ids, "answer_ids": answer, "text": text, "ended_at": ended})
 print("\n" + json.dumps(answers))
 """
+
+
+def is_adapter_export(path: str | Path) -> bool:
+    """Whether ``path`` is a folder holding a peft adapter (``adapter_config.json`` and weights).
+
+    Examples:
+        >>> is_adapter_export("/nonexistent")
+        False
+    """
+    folder = Path(path)
+    has_weights = any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
+    return folder.is_dir() and (folder / "adapter_config.json").is_file() and has_weights
 
 
 def is_merged_export(path: str | Path) -> bool:
@@ -112,19 +149,87 @@ def check_merged(
     folder = Path(folder)
     if not is_merged_export(folder):
         raise SpecError(f"{folder} is not a merged export (config.json and model.safetensors).")
+    job = {"adapter": False}
+    return _check_in_plain_transformers(
+        folder, job, model, tokenizer, template, conversations, raw_prompts, max_new_tokens
+    )
+
+
+def check_adapter(
+    folder: str | Path,
+    model: Any,
+    tokenizer: Any,
+    template: Any = None,
+    conversations: Sequence[Conversation] = (),
+    raw_prompts: Sequence[tuple[str, str]] = (),
+    max_new_tokens: int = 32,
+) -> ParityReport:
+    """Run conversations greedily through ``model`` and through the adapter ``folder`` loaded
+    by plain peft on its base model in another process; compare.
+
+    Takes the arguments of :func:`check_merged`. The base is loaded in ``model``'s dtype and,
+    when ``model``'s base is quantized (QLoRA), with the same bitsandbytes settings.
+
+    Raises:
+        SpecError: ``folder`` is not an adapter export, its base model is not where the
+            adapter says, nothing to compare, or the folder has no chat template.
+        ModelLoadError: peft could not load or run the adapter (its words).
+
+    Examples:
+        A merged model's folder is no adapter:
+
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = build_tiny_model("/tmp/wb-doc-adapter-check")
+        >>> check_adapter(folder, None, None)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /tmp/wb-doc-adapter-check is not an adapter export ...
+    """
+    folder = Path(folder)
+    if not is_adapter_export(folder):
+        raise SpecError(
+            f"{folder} is not an adapter export (adapter_config.json and "
+            "adapter_model.safetensors)."
+        )
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base or not (Path(base).is_dir() or (folder / base).is_dir()):
+        raise SpecError(
+            f"{folder}: the adapter's base model {base!r} (base_model_name_or_path in "
+            "adapter_config.json) is not on this machine, so peft cannot load the adapter."
+        )
+    quantization = getattr(model.config, "quantization_config", None)
+    if quantization is not None and not isinstance(quantization, dict):
+        quantization = quantization.to_dict()
+    dtype = str(next(p.dtype for p in model.parameters() if p.is_floating_point()))
+    job = {"adapter": True, "dtype": dtype.removeprefix("torch."), "quantization": quantization}
+    report = _check_in_plain_transformers(
+        folder, job, model, tokenizer, template, conversations, raw_prompts, max_new_tokens
+    )
+    return replace(report, runtime="transformers + peft")
+
+
+def _check_in_plain_transformers(
+    folder: Path,
+    job: dict[str, Any],
+    model: Any,
+    tokenizer: Any,
+    template: Any,
+    conversations: Sequence[Conversation],
+    raw_prompts: Sequence[tuple[str, str]],
+    max_new_tokens: int,
+) -> ParityReport:
     stop, prompts = _prompts(tokenizer, template, conversations, raw_prompts)
     if conversations and not _has_chat_template(folder):
         raise SpecError(
             f"{folder} carries no chat template, so chat prompts cannot be rendered as a "
             "serving stack would: export again."
         )
-    jobs = [{"messages": p.messages, "tools": p.tools, "text": p.prompt} for p in prompts]
-    exported = _run_plain_transformers(folder, jobs, max_new_tokens)
-    cases = [
+    cases = [{"messages": p.messages, "tools": p.tools, "text": p.prompt} for p in prompts]
+    exported = _run_plain_transformers(folder, {**job, "cases": cases}, max_new_tokens)
+    compared = [
         _compared(p.name, model, tokenizer, p.prompt, stop, max_new_tokens, *_fields(theirs))
         for p, theirs in zip(prompts, exported, strict=True)
     ]
-    return ParityReport(str(folder), tuple(cases), runtime="transformers")
+    return ParityReport(str(folder), tuple(compared), runtime="transformers")
 
 
 def _fields(answer: dict[str, Any]) -> tuple[Any, ...]:
@@ -139,14 +244,15 @@ def _has_chat_template(folder: Path) -> bool:
 
 
 def _run_plain_transformers(
-    folder: Path, cases: list[dict[str, Any]], max_new_tokens: int
+    folder: Path, job: dict[str, Any], max_new_tokens: int
 ) -> list[dict[str, Any]]:
-    """The answers of the folder's model in a fresh process that imports only transformers."""
-    job = json.dumps({"folder": str(folder), "cases": cases, "max_new_tokens": max_new_tokens})
+    """The answers of the folder's model in a fresh process that imports only transformers
+    (and peft, for an adapter)."""
+    text = json.dumps({**job, "folder": str(folder), "max_new_tokens": max_new_tokens})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-c", _CHILD],
-        input=job,
+        input=text,
         capture_output=True,
         text=True,
         errors="replace",
@@ -158,5 +264,6 @@ def _run_plain_transformers(
     if done.returncode != 0 or not lines:
         said = [line for line in done.stderr.strip().splitlines() if line.strip()]
         reason = said[-1] if said else f"exit status {done.returncode}"
-        raise ModelLoadError(f"plain transformers could not load or run {folder}: {reason}")
+        runtime = "peft" if job["adapter"] else "plain transformers"
+        raise ModelLoadError(f"{runtime} could not load or run {folder}: {reason}")
     return json.loads(lines[-1])

@@ -25,6 +25,9 @@ class ModelCard:
         training: Training settings (learning rate, epochs, LoRA rank...).
         scores: Final evaluation scores, ``{metric: {"base": x, "tuned": y}}``.
         terms: The licence note of the base weights.
+        quantization: How the base was quantized for training (``"4bit"``, ``"8bit"``,
+            ``None``): an adapter is loaded on a base quantized the same way.
+        dtype: The dtype the base was trained in (``"float32"``, ``"bfloat16"``).
 
     Examples:
         >>> ModelCard("m", "adapter", scores={"rouge1": {"base": 0.1, "tuned": 0.5}}).render()[:3]
@@ -37,6 +40,8 @@ class ModelCard:
     training: dict = field(default_factory=dict)
     scores: dict = field(default_factory=dict)
     terms: str = ""
+    quantization: str | None = None
+    dtype: str = "float32"
 
     def render(self) -> str:
         """The README.md text: YAML front matter, then sections.
@@ -44,6 +49,12 @@ class ModelCard:
         Examples:
             >>> "## Training" in ModelCard("m", "adapter", training={"lr": 1e-4}).render()
             True
+
+            Each format says how a plain script loads it:
+
+            >>> card = ModelCard("m", "adapter", quantization="4bit").render()
+            >>> "AutoPeftModelForCausalLM" in card, "load_in_4bit=True" in card
+            (True, True)
         """
         library = "peft" if self.export_format == "adapter" else "transformers"
         lines = [
@@ -58,6 +69,7 @@ class ModelCard:
             f"Exported by Tuning Workbench as `{self.export_format}`.",
             "",
         ]
+        lines += self._section("Use", self._usage_block())
         lines += self._section("Data", self.data_summary or "not recorded")
         lines += self._section("Training", self._training_block())
         lines += self._section("Evaluation", self._scores_block())
@@ -67,6 +79,54 @@ class ModelCard:
     @staticmethod
     def _section(title: str, body: str) -> list[str]:
         return [f"## {title}", "", body, ""]
+
+    def _usage_block(self) -> str:
+        """How a plain script or server loads this folder (the export check runs the same)."""
+        if self.export_format == "gguf":
+            return (
+                "```bash\nollama create my-model -f Modelfile   # or: llama-server -m "
+                "model.gguf\n```"
+            )
+        if self.export_format != "adapter":
+            loading = [
+                "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                "",
+                'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")',
+            ]
+        else:
+            quantized = ", BitsAndBytesConfig" if self.quantization else ""
+            loading = [
+                "import torch",
+                "from peft import AutoPeftModelForCausalLM",
+                f"from transformers import AutoTokenizer{quantized}, GenerationConfig",
+                "",
+                "# loads the base model named in adapter_config.json, then the adapter on it",
+                'model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder", '
+                f"dtype=torch.{self.dtype}{self._quantization_argument()})",
+                "# peft keeps the base's: this one ends answers at the training template's end",
+                'model.generation_config = GenerationConfig.from_pretrained("path/to/this/folder")',
+            ]
+        using = [
+            'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',
+            'messages = [{"role": "user", "content": "Hello"}]',
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, "
+            'return_tensors="pt", return_dict=True)',
+            "output = model.generate(**inputs, max_new_tokens=64)",
+            'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], '
+            "skip_special_tokens=True))",
+        ]
+        return "```python\n" + "\n".join(loading + using) + "\n```"
+
+    def _quantization_argument(self) -> str:
+        if self.quantization == "8bit":
+            return ",\n    quantization_config=BitsAndBytesConfig(load_in_8bit=True)"
+        if self.quantization == "4bit":  # as the workbench loaded it for QLoRA
+            return (
+                ",\n    quantization_config=BitsAndBytesConfig(load_in_4bit=True, "
+                'bnb_4bit_quant_type="nf4",\n        bnb_4bit_use_double_quant=True, '
+                f"bnb_4bit_compute_dtype=torch.{self.dtype})"
+            )
+        return ""
 
     def _training_block(self) -> str:
         if not self.training:

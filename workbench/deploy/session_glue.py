@@ -99,4 +99,6 @@ def card_for(session: Any, export_format: str) -> ModelCard:
         training=session.training_summary(),
         scores=session.scores_summary(),
         terms=builtin.terms if builtin else "",
+        quantization=session.loaded.quantization,
+        dtype=session.loaded.dtype,
     )
