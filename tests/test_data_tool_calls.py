@@ -488,3 +488,56 @@ def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_ca
     with pytest.raises(EvaluationError, match=r"cannot read the calls template .* writes"):
         s.evaluate(metrics=["tool_calls", "exact_match"], max_new_tokens=2)
     assert s.evaluate(metrics=["exact_match"], limit=1, max_new_tokens=2).rows  # others work
+
+
+def _xlam_row(i, answers=None):
+    """A row as Salesforce's xlam-function-calling-60k stores it: JSON text in each cell."""
+    tools = [
+        {
+            "name": "weather",
+            "description": "The weather in a city",
+            "parameters": {"city": {"type": "str", "description": "The city", "default": ""}},
+        }
+    ]
+    calls = [{"name": "weather", "arguments": {"city": f"City {i}"}}]
+    if i % 2:
+        calls.append({"name": "weather", "arguments": {"city": "Rome"}})
+    return {
+        "id": i,
+        "query": f"Weather in City {i}?",
+        "tools": json.dumps(tools),
+        "answers": json.dumps(calls) if answers is None else answers,
+    }
+
+
+def test_xlam_rows_train_their_answers_as_tool_calls(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "xlam.json"
+    path.write_text(json.dumps([_xlam_row(i) for i in range(6)]))
+    data = load(path, tokenizer, cache_dir, template="chatml")
+    report = data.report()
+    assert report.format == "qa" and len(data.train) == 6
+    assert "tool calling: 6 examples with tools or calls" in str(report)
+    example = data.example(1)
+    assert "The weather in a city" in example.prompt  # the tools are offered
+    calls = wb.parse_tool_calls(example.answer)
+    assert [c["function"]["arguments"]["city"] for c in calls] == ["City 1", "Rome"]
+    assert wb.parse_tool_calls(_trained_text(data, 1, tokenizer)) == calls  # and trained
+
+
+def test_a_qa_row_with_tools_and_a_text_answer_keeps_its_tools(tmp_path, tokenizer, cache_dir):
+    rows = [_xlam_row(0, answers="I cannot look that up."), _xlam_row(1)]
+    data = load(rows, tokenizer, cache_dir, template="chatml")
+    assert data.example(0).answer == "I cannot look that up."
+    assert "The weather in a city" in data.example(0).prompt  # not dropped
+
+
+def test_a_bad_call_in_xlam_answers_names_the_row_and_field(tmp_path, tokenizer, cache_dir):
+    bad = _xlam_row(1, answers='[{"name": "weather", "arguments": "{city: Rome"}]')
+    path = tmp_path / "xlam.json"
+    path.write_text(json.dumps([_xlam_row(0), bad]))
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir, template="chatml")
+    assert "field 'answers.tool_calls[0].function.arguments': the arguments are not JSON" in str(
+        err.value
+    )
+    assert "xlam.json, item 2" in str(err.value)

@@ -12,8 +12,9 @@ database export) is read as the list it writes, in JSON or in Python's repr (pan
 format      columns                                     becomes
 ==========  ==========================================  =====================================
 alpaca      instruction, output (input, system)         system?, user(instruction+input), assistant
-qa          prompt/question/query (or input), answer/    system?, user, assistant
-            completion/response (or output)
+qa          prompt/question/query (or input), answer/    system?, user, assistant (its
+            completion/response (or output); with         tool calls, when a row with tools
+            tools, answers (xLAM)                         answers with a list of calls)
 chat        messages: [{role, content}]                 the messages (developer->system)
 sharegpt    conversations: [{from, value}]              the messages (human->user, gpt->assistant)
 text        text                                        raw text, every token trained
@@ -187,9 +188,32 @@ def _qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
     if any(_is_messages(values.get(plan.get(f, f))) for f in ("prompt", "answer")):
         return _conversational_qa(values, plan)
     empty: list[str] = []
+    tools = _tools(values, plan)
     prompt = _string(values, plan, "prompt", empty)
-    answer = _string(values, plan, "answer", empty)
-    return Normalised(_with_system(values, plan, prompt, answer), None, tuple(empty))
+    calls = _answer_calls(values, plan) if tools else None
+    answer = "" if calls else _string(values, plan, "answer", empty)
+    messages = _with_system(values, plan, prompt, answer)
+    if calls:
+        messages[-1]["tool_calls"] = calls
+    return Normalised(messages, None, tuple(empty), (), tools)
+
+
+def _answer_calls(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]] | None:
+    """The answer as tool calls, when a row offering tools answers with a list of
+    ``{"name", "arguments"}`` objects (as JSON text or a list: Salesforce's xLAM sets)."""
+    column = plan.get("answer", "answer")
+    value = values.get(column)
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None  # a text answer that starts with "["
+    if isinstance(value, dict):
+        value = [value]
+    is_call = [isinstance(c, dict) and ("function" in c or "arguments" in c) for c in value or ()]
+    if not isinstance(value, list) or not value or not all(is_call):
+        return None
+    return tool_calls_of(value, column)
 
 
 def _is_messages(value: Any) -> bool:
@@ -484,6 +508,10 @@ def detect_format(
         if found is None and {"input", "output"} <= plan.keys():  # no instruction: a pair
             found = FORMATS["qa"]
             plan = {**plan, "prompt": plan["input"], "answer": plan["output"]}
+        answers = next((c for c in columns if c.strip().lower() == "answers"), None)
+        if found is None and answers and {"prompt", "tools"} <= plan.keys():  # xLAM's calls
+            found = FORMATS["qa"]
+            plan = {**plan, "answer": answers}
         if found is None:
             msg = (
                 f"{label}: cannot tell the format from the columns {columns}; expected one of "

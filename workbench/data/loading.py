@@ -63,8 +63,9 @@ __all__ = [
 ]
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
-# (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns).
-CODE_VERSION = "4"
+# (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns;
+# 4: tool calling; 5: qa rows keep their tools, and answer with calls).
+CODE_VERSION = "5"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
