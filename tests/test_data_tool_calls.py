@@ -541,3 +541,20 @@ def test_a_bad_call_in_xlam_answers_names_the_row_and_field(tmp_path, tokenizer,
         err.value
     )
     assert "xlam.json, item 2" in str(err.value)
+
+
+def test_a_tools_column_that_means_something_else_says_how_to_fix_it(
+    tmp_path, tokenizer, cache_dir
+):
+    path = tmp_path / "diy.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer", "Tools"])
+        writer.writerow(["How to hang a shelf?", "Drill, then screw.", "drill, screws"])
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir)
+    assert "diy.csv, line 2, field 'Tools': the tools are not JSON" in str(err.value)
+    assert "rename it if it means something else" in str(err.value)
+    moved = tmp_path / "renamed.csv"
+    moved.write_text(path.read_text().replace("Tools", "Needed"))
+    assert load(moved, tokenizer, str(tmp_path / "c2")).example(0).answer == "Drill, then screw."

@@ -283,7 +283,14 @@ def _conversation(
 
 def _tools(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]] | None:
     column = plan.get("tools", "tools")
-    return tools_of(values.get(column), column)
+    try:
+        return tools_of(values.get(column), column)
+    except RowError as err:  # a spreadsheet's "Tools" column may mean something else
+        hint = (
+            f"; a {column!r} column holds the function schemas offered to the model (OpenAI's "
+            "tools=): rename it if it means something else"
+        )
+        raise RowError(err.field, err.message + hint) from None
 
 
 def _messages(
