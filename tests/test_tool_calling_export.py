@@ -132,3 +132,18 @@ def test_the_export_check_sends_the_tools_and_compares_the_call(tuned, form):
         assert "# Tools: the chat template in the GGUF writes tools" in (
             (folder / "Modelfile").read_text()
         )
+
+
+def test_the_chat_panel_offers_the_tools_and_shows_the_call(tuned, tmp_path, tiny_model_dir):
+    panel = tuned.chat(tools=TOOLS, max_new_tokens=60)
+    turn = panel.send("Weather in Paris?")
+    assert wb.parse_tool_calls(turn.answer) == [CALL]
+    text = panel.text()
+    assert "tools offered: weather" in text.splitlines()[0]
+    assert 'calls weather({"city": "Paris"})' in text
+    assert "calls <code>weather({&quot;city&quot;: &quot;Paris&quot;})</code>" in panel.html()
+    # a template that would drop the tools is refused when the panel opens, not at a send
+    other = wb.Session(tmp_path / "other", verbose=False)
+    other.load_model(str(tiny_model_dir))
+    with pytest.raises(wb.SpecError, match=r"cannot take these tools"):
+        other.chat(tools=TOOLS)

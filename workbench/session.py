@@ -328,11 +328,12 @@ class Session:
         strength = set_adapter_strength(self.model, strength)
         return strength
 
-    def chat(self, **options: Any):
+    def chat(self, tools: list[dict[str, Any]] | None = None, **options: Any):
         """The chat panel: messages in the tuned template, a strength dial, base vs tuned.
 
-        Sends go through :meth:`generate` with ``chat=True``, the dial through
-        :meth:`set_adapter_strength`. Keywords go to
+        Sends go through :meth:`generate` with ``chat=True`` (and ``tools``, OpenAI's
+        function schemas, offered with every message: the panel then also shows the calls an
+        answer makes), the dial through :meth:`set_adapter_strength`. Keywords go to
         :class:`~workbench.widgets.chat_panel.ChatPanel` (``max_new_tokens``,
         ``side_by_side``, ``remember``). Shows the conversation as text outside a notebook.
 
@@ -347,18 +348,25 @@ class Session:
             Chat: template 'tokenizer' (tokenizer), answers stop at '<|im_end|>' (side by side off)
         """
         self._check_run_allows("chat")
-        from workbench.chat import chat_template, describe_chat
+        from workbench.chat import chat_inputs, chat_template, describe_chat
         from workbench.widgets.chat_panel import ChatPanel
 
         refuse_unknown("chat()", options, _keywords(ChatPanel, ("reply", "about")))
         template = self._data.template if self._data is not None else None
         template = chat_template(template, self.tokenizer)
+        about = describe_chat(template, self.tokenizer)
+        if tools is not None:  # a template that drops tools is refused now, not at a send
+            chat_inputs("Hello", self.tokenizer, template, tools)
+            names = ", ".join(t.get("function", t)["name"] for t in tools)
+            about += f"; tools offered: {names}"
         scalable = self.adapter_strength is not None
         return ChatPanel(
-            lambda messages, max_new_tokens: self.generate(messages, max_new_tokens, chat=True),
+            lambda messages, max_new_tokens: self.generate(
+                messages, max_new_tokens, chat=True, tools=tools
+            ),
             self.set_adapter_strength if scalable else None,
             get_strength=lambda: self.adapter_strength,
-            about=describe_chat(template, self.tokenizer),
+            about=about,
             **options,
         )
 

@@ -7,6 +7,9 @@ renders the template the model was tuned with and stops at its end of turn) and
 up to 1.5 on the dial). The "side by side" toggle answers each message twice, at strength 0
 (base) and at the dial's strength (tuned), in two columns, then leaves the dial where it was.
 
+An answer that calls tools (written as the template writes calls) also shows each call as
+``name({arguments})`` under it.
+
 Each widget callback calls one method (:meth:`ChatPanel.send`, :meth:`ChatPanel.apply_strength`,
 :meth:`ChatPanel.clear`), which is what tests drive headless. Messages and answers are
 untrusted text and are escaped. A refused call (a run training, say) shows its message in
@@ -271,7 +274,9 @@ class ChatPanel:
         lines = [f"{head} ({', '.join(state)})"]
         for turn in self.turns:
             lines.append(f"you: {turn.message}")
-            lines += [f"{label}: {answer}" for label, answer in turn.answers]
+            for label, answer in turn.answers:
+                lines.append(f"{label}: {answer}")
+                lines += [f"  calls {call}" for call in _calls(answer)]
         if not self.turns:
             lines.append("(no messages yet)")
         return "\n".join(lines)
@@ -292,10 +297,8 @@ class ChatPanel:
         parts.append(f'<div style="{_LABEL}">{escape(head)}</div>')
         for turn in self.turns:
             parts.append(_block("you", turn.message, "#eef4ff"))
-            columns = "".join(
-                f'<div style="flex:1;min-width:0;">{_block(label, answer, "#f7f7f7")}</div>'
-                for label, answer in turn.answers
-            )
+            blocks = [_block(label, text, "#f7f7f7", answer=True) for label, text in turn.answers]
+            columns = "".join(f'<div style="flex:1;min-width:0;">{b}</div>' for b in blocks)
             parts.append(f'<div style="display:flex;gap:8px;">{columns}</div>')
         if not self.turns:
             parts.append(f'<div style="{_LABEL}">(no messages yet)</div>')
@@ -356,8 +359,20 @@ class ChatPanel:
         self.history_html.value = self.html()
 
 
-def _block(label: str, text: str, background: str) -> str:
+def _block(label: str, text: str, background: str, answer: bool = False) -> str:
+    """A labelled text box; an answer's tool calls are listed under it."""
+    calls = "".join(
+        f'<div style="{_LABEL}">calls <code>{escape(call)}</code></div>'
+        for call in (_calls(text) if answer else ())
+    )
     return (
         f'<div style="{_LABEL}">{escape(label)}</div>'
-        f'<div style="{_BOX}background:{background};">{escape(text)}</div>'
+        f'<div style="{_BOX}background:{background};">{escape(text)}</div>{calls}'
     )
+
+
+def _calls(answer: str) -> list[str]:
+    """The tool calls an answer makes, each as ``name({arguments})`` (none: ``[]``)."""
+    from workbench.data.tool_calls import parse_tool_calls, turn_text
+
+    return [turn_text({"content": "", "tool_calls": [c]}) for c in parse_tool_calls(answer)]
