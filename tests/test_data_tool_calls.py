@@ -558,3 +558,21 @@ def test_a_tools_column_that_means_something_else_says_how_to_fix_it(
     moved = tmp_path / "renamed.csv"
     moved.write_text(path.read_text().replace("Tools", "Needed"))
     assert load(moved, tokenizer, str(tmp_path / "c2")).example(0).answer == "Drill, then screw."
+
+
+def test_a_template_that_refuses_one_tool_row_names_that_row(tmp_path, tokenizer, cache_dir):
+    from workbench.data.templates import TEMPLATES
+
+    guarded = (
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{% if c.function.name == 'rm' %}{{ raise_exception('rm is not allowed') }}{% endif %}"
+        "{% endfor %}{% endfor %}" + TEMPLATES["chatml"].source
+    )
+    rows = [_tool_row(i) for i in range(6)]
+    rows[3]["messages"][1]["tool_calls"][0]["function"]["name"] = "rm"
+    path = write_jsonl(tmp_path / "tools.jsonl", rows)
+    with pytest.raises(DataError, match=r"tools.jsonl, line 4, field 'messages': .*rm is not"):
+        load(path, tokenizer, cache_dir, template=guarded)
+    kept = load(path, tokenizer, str(tmp_path / "c2"), template=guarded, on_error="skip")
+    assert len(kept.train) == 5
+    assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [4]
