@@ -12,7 +12,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
-        [--layout alpaca|messages|sharegpt] [--tokenizer tiny|gemma]
+        [--layout alpaca|messages|sharegpt|tools] [--tokenizer tiny|gemma]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import datasets
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
 
 from workbench.data import PreparedData
-from workbench.data.templates import resolve_template
+from workbench.data.templates import TEMPLATES, resolve_template
 from workbench.models.loading import resolve_source
 from workbench.models.tiny import build_tiny_model
 
@@ -91,7 +91,31 @@ def _sharegpt(rng: random.Random, i: int) -> dict:
     return {"conversations": [{"from": roles[t["role"]], "value": t["content"]} for t in turns]}
 
 
-ROW_MAKERS = {"alpaca": _alpaca, "messages": _messages, "sharegpt": _sharegpt}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def _tools(rng: random.Random, i: int) -> dict:
+    """A tool-calling exchange: a question, a call, its result, the answer (OpenAI's form)."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": f"c{i}"}}}
+    turns = [
+        {"role": "user", "content": _text(rng, 4, 40)},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": _text(rng, 2, 10)},
+        {"role": "assistant", "content": _text(rng, 2, 30)},
+    ]
+    return {"tools": TOOLS, "messages": turns}
+
+
+ROW_MAKERS = {"alpaca": _alpaca, "messages": _messages, "sharegpt": _sharegpt, "tools": _tools}
 
 
 def write_rows(path: Path, n: int, layout: str = "alpaca") -> None:
@@ -123,7 +147,8 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
     ds = datasets.Dataset.from_json(str(path), cache_dir=cache)
 
     def tokenize(batch):
-        texts = tokenizer.apply_chat_template(_chats(batch), tokenize=False)
+        tools = batch["tools"][0] if "tools" in batch else None  # one list for every row
+        texts = tokenizer.apply_chat_template(_chats(batch), tools=tools, tokenize=False)
         return tokenizer(texts, add_special_tokens=False)
 
     ds.map(tokenize, batched=True, remove_columns=ds.column_names)
@@ -131,11 +156,17 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
 
 
 def workbench_load(
-    path: Path, tokenizer, cache: str, batched: bool = True
+    path: Path, tokenizer, cache: str, batched: bool = True, template: str | None = None
 ) -> tuple[float, float, PreparedData]:
     start = time.perf_counter()
     data = PreparedData.load(
-        path, tokenizer, validation=0.1, max_length=256, cache_dir=cache, batched=batched
+        path,
+        tokenizer,
+        validation=0.1,
+        max_length=1024 if template else 256,  # the tools text alone is ~190 tokens
+        cache_dir=cache,
+        batched=batched,
+        template=template,
     )
     loaded = time.perf_counter() - start
     data.report()
@@ -162,7 +193,8 @@ def main() -> None:
         "--layout",
         choices=sorted(ROW_MAKERS),
         default="alpaca",
-        help="row shape: alpaca (one exchange), messages or sharegpt (1-4 exchanges)",
+        help="row shape: alpaca (one exchange), messages or sharegpt (1-4 exchanges), tools "
+        "(a call, its result, the answer)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -181,15 +213,20 @@ def main() -> None:
         else:
             folder = build_tiny_model(root / "tiny")
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        # The base Gemma has no chat template; the baseline renders the one the workbench picks.
-        tokenizer.chat_template = resolve_template(None, tokenizer).source
+        # The base Gemma has no chat template; the baseline renders the one the workbench picks
+        # (the built-in ChatML for tool calls: the tiny model's own has no tools).
+        template = "chatml" if args.layout == "tools" else None
+        chosen = TEMPLATES[template] if template else resolve_template(None, tokenizer)
+        tokenizer.chat_template = chosen.source
         path = root / "data.jsonl"
         write_rows(path, args.rows, args.layout)
         size_mb = path.stat().st_size / 1e6
         runs = []
         for k in range(args.repeat):
             base = baseline(path, tokenizer, str(root / f"cache-base-{k}"))
-            loaded, reported, data = workbench_load(path, tokenizer, str(root / f"cache-wb-{k}"))
+            loaded, reported, data = workbench_load(
+                path, tokenizer, str(root / f"cache-wb-{k}"), template=template
+            )
             runs.append((base, loaded, reported))
         base, loaded, reported = (min(r[i] for r in runs) for i in range(3))
         rows = [
@@ -200,7 +237,7 @@ def main() -> None:
         ]
         if not args.no_row_by_row:
             old, _, old_data = workbench_load(
-                path, tokenizer, str(root / "cache-rows"), batched=False
+                path, tokenizer, str(root / "cache-rows"), batched=False, template=template
             )
             assert_identical(data, old_data)
             rows.append(("earlier row-by-row load (batched=False)", old))
