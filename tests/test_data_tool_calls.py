@@ -448,7 +448,7 @@ def test_control_tokens_in_calls_and_tools_stay_plain_text_and_are_reported(
     assert kept_tokens.count("<|im_end|>") == 5  # "keep": the data's become control tokens
 
 
-def test_calls_are_read_in_the_json_forms_other_templates_write():
+def test_calls_are_read_in_the_forms_other_templates_write():
     parse = wb.parse_tool_calls
     add = {"name": "add", "arguments": {"a": 1}}
     now = {"name": "now", "arguments": {}}
@@ -460,12 +460,26 @@ def test_calls_are_read_in_the_json_forms_other_templates_write():
         '"parameters": "{}"}',
         "openai wrapped": '{"tool_calls": [{"type": "function", "function": {"name": "add", '
         '"arguments": "{\\"a\\": 1}"}}, {"function": {"name": "now", "arguments": {}}}]}',
+        "pythonic": "Sure: [add(a=1), now()]",
+        "functiongemma": "<start_function_call>call:add{a:1}<end_function_call>"
+        "<start_function_call>call:now{}<end_function_call>",
     }
     for form, text in written.items():
         assert [c["function"] for c in parse(text)] == [add, now], form
     # JSON that is no call, braces in prose, calls written as code: nothing read
-    for text in ('{"name": "Ada", "age": 36}', "use {x} and [y]", "add(a=1)", '[1, {"a": 2}]'):
+    nothing = (
+        '{"name": "Ada", "age": 36}',
+        "use {x} and [y](link)",
+        "add(a=1)",
+        '[1, {"a": 2}]',
+        "[add(1, 2)]",  # positional: no argument names
+        '[add(a=open("/etc/passwd"))]',  # not a literal: nothing runs, nothing read
+        "<start_function_call>call:add{a:<escape>cut off",
+    )
+    for text in nothing:
         assert parse(text) == [], text
+    strings = parse("<start_function_call>call:say{text:<escape>a, {b}: c<escape>,n:[1,2]}")
+    assert strings[0]["function"]["arguments"] == {"text": "a, {b}: c", "n": [1, 2]}
 
 
 def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_calls(

@@ -35,6 +35,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from workbench.data.call_formats import parse_tool_calls
+
 __all__ = [
     "TOOL_CALLING",
     "answer_calls",
@@ -55,8 +57,6 @@ TOOL_CALLING = "tool_calling"
 """Column of a row's tools and per-turn tool fields, as JSON text (null: none)."""
 
 _TOOL_TURN_KEYS = ("tool_call_id", "name")
-_JSON_START = re.compile(r"[{\[]")
-_NAMED_CALL = re.compile(r"\[TOOL_CALLS\]\s*([A-Za-z_][\w.-]*)\s*\[ARGS\]")
 
 
 def _row_error(field: str, message: str) -> Exception:
@@ -315,79 +315,6 @@ def turn_text(message: Mapping[str, Any]) -> str:
         for c in message.get("tool_calls", ())
     ]
     return "\n".join(filter(None, [message["content"], *calls]))
-
-
-def parse_tool_calls(text: str) -> list[dict[str, Any]]:
-    """The tool calls written in a model's answer, in OpenAI's form.
-
-    Reads the JSON conventions chat templates write calls in, wherever they sit in the text:
-
-    - a ``{"name": ..., "arguments": {...}}`` object: Hermes and Qwen's
-      ``<tool_call>...</tool_call>`` blocks (the built-in templates' form), a bare object;
-    - ``"parameters"`` for ``"arguments"`` (Llama 3.1's JSON calls), arguments as JSON text;
-    - a JSON list of such objects (Mistral's ``[TOOL_CALLS][...]``), OpenAI's
-      ``{"function": {...}}`` wrapping;
-    - Mistral's newer ``[TOOL_CALLS]name[ARGS]{...}``.
-
-    A call cut off by ``max_new_tokens`` counts when its JSON object is whole. Text that is
-    not such JSON is left out (a model's text is untrusted); calls written as code
-    (``add(a=1)``) are not read.
-
-    Examples:
-        >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
-        [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 1}}}]
-        >>> [c["function"]["name"] for c in parse_tool_calls(
-        ...     '[TOOL_CALLS][{"name": "add", "arguments": {}}, {"name": "now", "arguments": {}}]')]
-        ['add', 'now']
-        >>> parse_tool_calls('{"name": "add", "parameters": {"a": 1}}')[0]["function"]
-        {'name': 'add', 'arguments': {'a': 1}}
-        >>> parse_tool_calls("It is 4, says {the table}.")
-        []
-    """
-    calls: list[dict[str, Any]] = []
-    decoder = json.JSONDecoder()
-    position = 0
-    while (start := _JSON_START.search(text, position)) is not None:
-        at = start.start()
-        named = _NAMED_CALL.match(text, at)
-        try:
-            value, end = decoder.raw_decode(text, named.end() if named else at)
-        except ValueError:
-            position = at + 1
-            continue
-        calls += _calls_in({"name": named.group(1), "arguments": value} if named else value)
-        position = end
-    return calls
-
-
-def _calls_in(value: Any) -> list[dict[str, Any]]:
-    """The calls a decoded JSON value is or holds (a call, a list of calls, an object
-    wrapping them), in order; each value is decoded once, so a long JSON answer costs
-    one pass."""
-    call = _call_of(value)
-    if call is not None:
-        return [call]
-    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    return [c for item in items for c in _calls_in(item)]
-
-
-def _call_of(value: Any) -> dict[str, Any] | None:
-    if isinstance(value, dict) and isinstance(value.get("function"), dict):
-        value = value["function"]
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        return None
-    key = "arguments" if "arguments" in value else "parameters"
-    if key not in value:
-        return None
-    arguments = value[key]
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
-            return None
-    if not isinstance(arguments, dict):
-        return None
-    return {"type": "function", "function": {"name": value["name"], "arguments": arguments}}
 
 
 def response_template(template: Any, end_markers: Sequence[str]) -> dict[str, Any] | None:

@@ -1,0 +1,218 @@
+"""Read the tool calls a model wrote, in the forms chat templates write them.
+
+A model's answer is untrusted text: nothing in it runs, and what does not parse as a call is
+left out. The forms read, wherever they sit in the answer:
+
+==============================  ===============================================================
+form                            written as
+==============================  ===============================================================
+JSON object (Hermes, Qwen)      ``<tool_call>{"name": "f", "arguments": {...}}</tool_call>``,
+                                or bare; ``"parameters"`` for ``"arguments"`` (Llama 3.1)
+JSON list (Mistral)             ``[TOOL_CALLS][{"name": "f", "arguments": {...}}, ...]``
+Mistral v11                     ``[TOOL_CALLS]f[ARGS]{...}``
+OpenAI's wrapping               ``{"function": {"name": "f", "arguments": "{...}"}}``
+pythonic (Llama 3.2, Gemma)     ``[f(a=1, b="x"), g()]``: a list of calls with keyword literals
+FunctionGemma                   ``<start_function_call>call:f{a:<escape>x<escape>,n:2}``
+                                ``<end_function_call>``
+==============================  ===============================================================
+
+Examples:
+    >>> [c["function"] for c in parse_tool_calls('[add(a=1, b=2), now()]')]
+    [{'name': 'add', 'arguments': {'a': 1, 'b': 2}}, {'name': 'now', 'arguments': {}}]
+    >>> parse_tool_calls("<start_function_call>call:weather{city:<escape>Paris<escape>}"
+    ...                  "<end_function_call>")[0]["function"]
+    {'name': 'weather', 'arguments': {'city': 'Paris'}}
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from typing import Any
+
+__all__ = ["parse_tool_calls"]
+
+_STARTS = re.compile(
+    r"(?P<gemma><start_function_call>\s*call:(?P<gemma_name>[A-Za-z_][\w.-]*)\s*(?=\{))"
+    r"|(?P<named>\[TOOL_CALLS\]\s*(?P<named_name>[A-Za-z_][\w.-]*)\s*\[ARGS\])"
+    r"|(?P<pythonic>\[\s*[A-Za-z_][\w.]*\s*\()"
+    r"|[{\[]"
+)
+_ESCAPE = "<escape>"
+_MAX_PYTHONIC_ENDS = 64  # closing brackets tried for one pythonic list
+Call = dict[str, Any]
+
+
+def parse_tool_calls(text: str) -> list[Call]:
+    """The tool calls written in a model's answer, in OpenAI's form, in order.
+
+    See the module's table for the forms read. A call cut off by ``max_new_tokens`` counts
+    when its arguments are whole. Calls written in a form not listed (``add(a=1)`` outside a
+    list, prose) are not read.
+
+    Examples:
+        >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
+        [{'type': 'function', 'function': {'name': 'add', 'arguments': {'a': 1}}}]
+        >>> [c["function"]["name"] for c in parse_tool_calls(
+        ...     '[TOOL_CALLS][{"name": "add", "arguments": {}}, {"name": "now", "arguments": {}}]')]
+        ['add', 'now']
+        >>> parse_tool_calls('{"name": "add", "parameters": {"a": 1}}')[0]["function"]
+        {'name': 'add', 'arguments': {'a': 1}}
+        >>> parse_tool_calls("It is 4, says {the table}, or [see above](link).")
+        []
+    """
+    calls: list[Call] = []
+    decoder = json.JSONDecoder()
+    position = 0
+    while (start := _STARTS.search(text, position)) is not None:
+        found, end = _read_at(text, start, decoder)
+        calls += found
+        position = end if end is not None else start.start() + 1
+    return calls
+
+
+def _read_at(
+    text: str, start: re.Match[str], decoder: json.JSONDecoder
+) -> tuple[list[Call], int | None]:
+    """The calls read from ``start`` and where reading ended (``None``: nothing parsed)."""
+    if start.group("gemma"):
+        read = _gemma_value(text, start.end())
+        if read is None or not isinstance(read[0], dict):
+            return [], None
+        return [_call(start.group("gemma_name"), read[0])], read[1]
+    if start.group("pythonic"):
+        read = _pythonic_calls(text, start.start())
+        return read if read is not None else ([], None)
+    at = start.end() if start.group("named") else start.start()
+    try:
+        value, end = decoder.raw_decode(text, at)
+    except ValueError:
+        return [], None
+    if start.group("named"):
+        value = {"name": start.group("named_name"), "arguments": value}
+    return _calls_in(value), end
+
+
+def _call(name: str, arguments: dict[str, Any]) -> Call:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _calls_in(value: Any) -> list[Call]:
+    """The calls a decoded JSON value is or holds (a call, a list of calls, an object
+    wrapping them), in order; each value is decoded once, so a long JSON answer costs
+    one pass."""
+    call = _call_of(value)
+    if call is not None:
+        return [call]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return [c for item in items for c in _calls_in(item)]
+
+
+def _call_of(value: Any) -> Call | None:
+    if isinstance(value, dict) and isinstance(value.get("function"), dict):
+        value = value["function"]
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    key = "arguments" if "arguments" in value else "parameters"
+    if key not in value:
+        return None
+    arguments = value[key]
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except ValueError:
+            return None
+    return _call(value["name"], arguments) if isinstance(arguments, dict) else None
+
+
+# --- pythonic: [f(a=1), g(b="x")] ---------------------------------------------------------
+
+
+def _pythonic_calls(text: str, start: int) -> tuple[list[Call], int] | None:
+    """The calls of a ``[f(a=1), ...]`` list at ``start``, read with :mod:`ast` (literals
+    only: nothing runs), and the end of the list; ``None`` when it is no such list."""
+    end = start
+    for _ in range(_MAX_PYTHONIC_ENDS):
+        end = text.find("]", end + 1)
+        if end < 0:
+            return None
+        try:
+            tree = ast.parse(text[start : end + 1], mode="eval").body
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        calls = _pythonic_list(tree)
+        return (calls, end + 1) if calls is not None else None
+    return None
+
+
+def _pythonic_list(tree: ast.AST) -> list[Call] | None:
+    if not isinstance(tree, ast.List) or not tree.elts:
+        return None
+    calls = []
+    for node in tree.elts:
+        if not isinstance(node, ast.Call) or node.args or any(k.arg is None for k in node.keywords):
+            return None
+        try:
+            arguments = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+            name = ast.unparse(node.func)
+        except (ValueError, TypeError, SyntaxError, RecursionError):
+            return None
+        if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+            return None
+        calls.append(_call(name, arguments))
+    return calls
+
+
+# --- FunctionGemma: call:f{a:<escape>x<escape>,n:2} -------------------------------------
+
+
+def _gemma_value(text: str, at: int) -> tuple[Any, int] | None:
+    """A FunctionGemma value at ``at`` and the index after it (``None``: malformed).
+
+    Strings sit between ``<escape>`` tokens, objects are ``{key:value,...}`` with bare keys,
+    lists ``[value,...]``; anything else is a bare number, ``true``/``false``/``null``, or
+    text up to the next ``,``, ``}`` or ``]``.
+    """
+    if text.startswith(_ESCAPE, at):
+        close = text.find(_ESCAPE, at + len(_ESCAPE))
+        return None if close < 0 else (text[at + len(_ESCAPE) : close], close + len(_ESCAPE))
+    if at < len(text) and text[at] in "{[":
+        return _gemma_container(text, at)
+    match = re.compile(r"[^,}\]]*").match(text, at)
+    assert match is not None  # the pattern matches the empty string
+    bare = match.group().strip()
+    if not bare:
+        return None
+    try:
+        return json.loads(bare), match.end()  # a number, true, false, null
+    except ValueError:
+        return bare, match.end()
+
+
+def _gemma_container(text: str, at: int) -> tuple[Any, int] | None:
+    closing = "}" if text[at] == "{" else "]"
+    items: list[Any] = []
+    pairs: dict[str, Any] = {}
+    at += 1
+    while at < len(text) and text[at] != closing:
+        if closing == "}":
+            colon = text.find(":", at)
+            if colon < 0:
+                return None
+            key = text[at:colon].strip()
+            read = _gemma_value(text, colon + 1)
+            if read is None or not key:
+                return None
+            pairs[key], at = read
+        else:
+            read = _gemma_value(text, at)
+            if read is None:
+                return None
+            value, at = read
+            items.append(value)
+        if at < len(text) and text[at] == ",":
+            at += 1
+    if at >= len(text):
+        return None  # cut off before it closed
+    return (pairs if closing == "}" else items), at + 1
