@@ -99,9 +99,7 @@ def is_adapter_export(path: str | Path) -> bool:
         >>> is_adapter_export("/nonexistent")
         False
     """
-    folder = Path(path)
-    has_weights = any((folder / name).is_file() for name in ADAPTER_WEIGHTS)
-    return folder.is_dir() and (folder / "adapter_config.json").is_file() and has_weights
+    return _holds(Path(path), "adapter_config.json", ADAPTER_WEIGHTS)
 
 
 def is_merged_export(path: str | Path) -> bool:
@@ -111,9 +109,12 @@ def is_merged_export(path: str | Path) -> bool:
         >>> is_merged_export("/nonexistent")
         False
     """
-    folder = Path(path)
-    has_weights = any((folder / name).is_file() for name in MERGED_WEIGHTS)
-    return folder.is_dir() and (folder / "config.json").is_file() and has_weights
+    return _holds(Path(path), "config.json", MERGED_WEIGHTS)
+
+
+def _holds(folder: Path, config: str, weights: Sequence[str]) -> bool:
+    has_weights = any((folder / name).is_file() for name in weights)
+    return folder.is_dir() and (folder / config).is_file() and has_weights
 
 
 def check_merged(
