@@ -67,7 +67,6 @@ __all__ = [
 # 4: tool calling; 5: qa rows keep their tools, and answer with calls).
 CODE_VERSION = "5"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
-_CHECK_BATCH = 1000  # rows per batch of the template check
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
@@ -410,15 +409,11 @@ def refuse_template_rejects(
     for k, key in enumerate(keys):
         firsts.setdefault(key, k)
     refused = {}
-    checked = list(firsts.items())
-    for start in range(0, len(checked), _CHECK_BATCH):
-        part = checked[start : start + _CHECK_BATCH]
-        rows = loaded.dataset[[k for _, k in part]]
-        pairs = list(zip(rows["messages"], rows[TOOL_CALLING], strict=True))
-        reasons = _template_refusals(template, tokenizer, pairs)
-        for (key, _), reason in zip(part, reasons, strict=True):
-            if reason is not None:
-                refused[key] = reason
+    for key, k in firsts.items():
+        row = loaded.dataset[k]
+        reason = _template_refusal(template, tokenizer, row["messages"], row[TOOL_CALLING])
+        if reason is not None:
+            refused[key] = reason
     if not refused:
         return loaded
     bad = [k for k, key in enumerate(keys) if key in refused]
@@ -453,56 +448,6 @@ def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
     return [tuple(roles[a : a + n]) for a, n in zip(starts, lengths, strict=True)]
 
 
-def _template_refusals(
-    template: Any, tokenizer: Any, rows: list[tuple[list[dict[str, str]], str | None]]
-) -> list[str | None]:
-    """:func:`_template_refusal` of each ``(messages, tool_calling)`` row, rendered in one
-    batch (a row of tools each is rendered anyway); row by row when the batch raises, to
-    tell which row the template refuses."""
-    from jinja2.exceptions import TemplateError
-
-    from workbench.data.templates import render_many
-
-    if len(rows) < 2:
-        return [_template_refusal(template, tokenizer, *row) for row in rows]
-    pairs = [with_tool_calling(messages, stored) for messages, stored in rows]
-    prompts = [
-        (k, messages[:i]) for k, (messages, _) in enumerate(pairs) for i in _answers(messages)
-    ]
-    try:
-        fulls = render_many(
-            template, tokenizer, [m for m, _ in pairs], False, [t for _, t in pairs]
-        )
-        texts = (
-            render_many(
-                template,
-                tokenizer,
-                [p for _, p in prompts],
-                True,
-                [pairs[k][1] for k, _ in prompts],
-            )
-            if prompts
-            else []
-        )
-    except (TemplateError, TypeError, AttributeError):
-        return [_template_refusal(template, tokenizer, *row) for row in rows]
-    first_prompt: dict[int, str] = {}
-    for (k, _), text in zip(prompts, texts, strict=True):
-        first_prompt.setdefault(k, text)
-    reasons: list[str | None] = []
-    for k, ((messages, tools), (_, stored)) in enumerate(zip(pairs, rows, strict=True)):
-        dropped = None
-        if stored:
-            dropped = check_template_writes_tools(fulls[k], messages, tools, first_prompt.get(k))
-        reasons.append(_refusal_message(template, dropped, _TOOLS_FIX) if dropped else None)
-    return reasons
-
-
-def _answers(messages: list[dict[str, Any]]) -> list[int]:
-    """Indices of the assistant turns that have a prompt before them."""
-    return [i for i, m in enumerate(messages) if m["role"] == "assistant" and i]
-
-
 def _template_refusal(
     template: Any, tokenizer: Any, messages: list[dict[str, str]], tool_calling: str | None = None
 ) -> str | None:
@@ -513,7 +458,7 @@ def _template_refusal(
     from workbench.data.templates import render_many
 
     messages, tools = with_tool_calling(messages, tool_calling)
-    prompts = [messages[:i] for i in _answers(messages)]
+    prompts = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant" and i]
     offered = [tools] if tools else None
     try:
         full = render_many(template, tokenizer, [messages], False, offered)[0]
