@@ -669,7 +669,7 @@ def test_content_tests_in_templates_are_found():
     assert sensitive_literals(Template("len", measuring)) is None
 
 
-@pytest.mark.parametrize("layout", ["alpaca", "messages", "sharegpt"])
+@pytest.mark.parametrize("layout", ["alpaca", "messages", "sharegpt", "tools"])
 def test_the_load_benchmark_finds_both_ways_identical_on_its_row_shapes(layout):
     """benchmarks/data_load.py compares the two ways itself and fails if one token differs."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_load.py"

@@ -174,6 +174,61 @@ def test_a_template_that_drops_the_tools_offered_is_refused(tmp_path, tokenizer,
         load([_tool_row(1)], tokenizer, cache_dir, template=calls_only)
 
 
+@pytest.mark.parametrize("template", ["chatml", OWN_MARKERS])
+def test_tool_rows_are_labelled_from_renderings_batch_wise_except_a_sample(
+    tmp_path, tokenizer, cache_dir, template
+):
+    from workbench.data.batched import SAMPLE_PER_BATCH, BatchLabeller
+    from workbench.data.tokenize import Labeller
+
+    rows = [_tool_row(i) for i in range(24)]
+    for k in range(0, 24, 4):  # OpenAI's per-turn weight: the call turn as context only
+        rows[k]["messages"][1]["weight"] = 0
+    data = load(
+        write_jsonl(tmp_path / "calls.jsonl", rows),
+        tokenizer,
+        cache_dir,
+        template=template,
+        batched=False,
+    )
+    columns = ["messages", "tool_calling", "untrained_turns"]
+    table = data.train.with_format("arrow")[:].select(columns)
+    labeller = BatchLabeller(data.template, tokenizer, None, False)
+    out = labeller(table)
+    reference = Labeller(data.template, tokenizer, None, False)(table.to_pydict())
+    for column, values in reference.items():
+        assert out.column(column).to_pylist() == values, column
+    assert labeller.checked == SAMPLE_PER_BATCH  # the rest: one tokenization, by offsets
+    assert not labeller.distrusted
+    assert out.column("n_answer").to_pylist() == data.train["n_answer"]
+    assert all(out.column("template_ok").to_pylist())
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_template_that_drops_one_rows_call_is_refused_naming_that_row(
+    tmp_path, tokenizer, cache_dir, batched
+):
+    # Writes every call but one named 'secret': only the rendering of that row shows it,
+    # and it is not the first row of its sequence of roles (the one checked before labelling).
+    drops_one = (
+        "{% if tools %}tools: {{ tools | tojson }}\n{% endif %}{% for m in messages %}"
+        "{{ m.role }}: {{ m.content or '' }}{% for c in m.tool_calls or [] %}"
+        "{% if c.function.name != 'secret' %}call {{ c.function | tojson }}{% endif %}"
+        "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    secret = _tool_row(3)
+    secret["messages"][1]["tool_calls"][0]["function"]["name"] = "secret"
+    rows = [_tool_row(1), _tool_row(2), secret, _tool_row(4)]
+    path = write_jsonl(tmp_path / "calls.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir, template=drops_one, batched=batched)
+    assert "calls.jsonl, line 3, field 'messages'" in str(err.value)
+    assert "does not write tool calls ('secret' is missing" in str(err.value)
+    kept = load(path, tokenizer, cache_dir, template=drops_one, on_error="skip", batched=batched)
+    assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [3]
+    assert len(kept.train) == 3
+
+
 @pytest.mark.parametrize(
     ("change", "field", "why"),
     [
@@ -463,6 +518,8 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "pythonic": "Sure: [add(a=1), now()]",
         "functiongemma": "<start_function_call>call:add{a:1}<end_function_call>"
         "<start_function_call>call:now{}<end_function_call>",
+        "qwen3-coder xml": "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>\n"
+        "</function>\n</tool_call>\n<tool_call>\n<function=now>\n</function>\n</tool_call>",
     }
     for form, text in written.items():
         assert [c["function"] for c in parse(text)] == [add, now], form

@@ -22,7 +22,13 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
    that fall in a gap between tokens go through :class:`Labeller` itself. So does a sample:
    the first :data:`SAMPLE_PER_BATCH` plain rows of each group in each batch, whose results
    must equal the batch results; if one differs, the group is labelled row by row from then on.
-4. **Vectorised columns.** Labels, truncation and length statistics are computed with numpy
+4. **Rows with tools** (a ``tool_calling`` cell): the template writes their tools and calls,
+   which no layout can place, so each is rendered by Jinja as the row way renders it (whole
+   text, each answer's prompt, each inner answer's end), checked to write its calls and
+   tools, and then tokenized with the batch like the rest, boundaries by character offset.
+   A sample of them per batch goes through :class:`Labeller` too; if one differs, every
+   row with tools is labelled row by row from then on.
+5. **Vectorised columns.** Labels, truncation and length statistics are computed with numpy
    on the flat token array of the batch and handed to ``datasets`` as an Arrow table.
 
 Examples:
@@ -60,7 +66,7 @@ from workbench.data.tokenize import (
     UNTRAINED_TURNS,
     Labeller,
 )
-from workbench.data.tool_calls import TOOL_CALLING
+from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
 __all__ = ["SAMPLE_PER_BATCH", "BatchLabeller"]
 
@@ -69,6 +75,7 @@ SAMPLE_PER_BATCH = 4
 
 _GAP = 16  # characters scanned past a boundary that no token covers
 _Spans = list[tuple[int, int]]  # trained token ranges of a row, from the batch way
+_RENDERED = ("<rows with tools>",)  # the group of rows labelled from the template's renderings
 
 
 class BatchLabeller:
@@ -209,34 +216,41 @@ class BatchLabeller:
         oks = [True] * n
         found = [""] * n
         plain = self._plain(conversations, found)
-        if tool_calling:  # tools and calls are rendered by the template: the row way
+        rendered: list[int] = []
+        if tool_calling:  # tools and calls are written by the template: rendered row by row
             plain = [k for k in plain if tool_calling[k] is None]
             for k, cell in enumerate(tool_calling):
                 if cell is not None:
                     found[k] = self.rows.describe(_messages(conversations[k]), cell)
+                    if not found[k] and self.fast and _RENDERED not in self.distrusted:
+                        rendered.append(k)
         groups: dict[tuple[str, ...], list[int]] = {}
         for k in plain:
             groups.setdefault(conversations[k][0], []).append(k)
         quick: list[int] = []
-        slow = set(range(n)) - set(plain)
+        slow = set(range(n)) - set(plain) - set(rendered)
         for roles, members in groups.items():
             if self._layout(roles) is None:
                 slow.update(members)
             else:
                 quick += members
         undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
+        undecided += self._label_rendered(
+            conversations, untrained, tool_calling, rendered, ids, masks, oks
+        )
         slow.update(undecided)
-        samples = self._samples(conversations, quick, undecided)
+        group = {k: conversations[k][0] for k in quick} | dict.fromkeys(rendered, _RENDERED)
+        samples = self._samples(group, quick + rendered, undecided)
         rows = sorted(slow | set(samples))
         row_way = self._label_slow(conversations, untrained, rows, found, tool_calling)
-        for roles in {conversations[k][0] for k in samples}:
-            members = [k for k in samples if conversations[k][0] == roles]
+        for key in {group[k] for k in samples}:
+            members = [k for k in samples if group[k] == key]
             if any(not _same(ids[k], masks[k], oks[k], *row_way[k]) for k in members):
-                self.distrusted.add(roles)
-        late = [k for k in quick if conversations[k][0] in self.distrusted and k not in row_way]
+                self.distrusted.add(key)
+        late = [k for k in group if group[k] in self.distrusted and k not in row_way]
         row_way.update(self._label_slow(conversations, untrained, late, found, tool_calling))
         for k, (row_ids, labels, ok) in row_way.items():
-            if k in slow or conversations[k][0] in self.distrusted:
+            if k in slow or group.get(k) in self.distrusted:
                 ids[k], masks[k], oks[k] = row_ids, labels, ok
         return ids, masks, oks, found
 
@@ -266,18 +280,16 @@ class BatchLabeller:
         return self._layouts[roles]
 
     def _samples(
-        self,
-        conversations: list[tuple[tuple[str, ...], list[str]]],
-        quick: list[int],
-        undecided: list[int],
+        self, group: dict[int, tuple[str, ...]], fast: list[int], undecided: list[int]
     ) -> list[int]:
+        """The first :data:`SAMPLE_PER_BATCH` rows of each group labelled the fast way."""
         skip = set(undecided)
         taken: dict[tuple[str, ...], int] = {}
         samples = []
-        for k in quick:
-            roles = conversations[k][0]
-            if k not in skip and taken.get(roles, 0) < SAMPLE_PER_BATCH:
-                taken[roles] = taken.get(roles, 0) + 1
+        for k in fast:
+            key = group[k]
+            if k not in skip and taken.get(key, 0) < SAMPLE_PER_BATCH:
+                taken[key] = taken.get(key, 0) + 1
                 samples.append(k)
         return samples
 
@@ -300,23 +312,45 @@ class BatchLabeller:
         encodings = self._encode([text for text, _ in composed])
         undecided = []
         for k, (text, composed_turns), enc in zip(quick, composed, encodings, strict=True):
-            row_ids = enc.ids
-            n, length = len(row_ids), len(text)
-            spans: _Spans = []
-            ok = True
             turns = composed_turns
             if untrained and untrained[k]:  # weight-0 turns are context: no span, no check
                 turns = _trained_turns(turns, self._layouts[conversations[k][0]], untrained[k])
-            for prompt_end, own_end in turns:
-                begin = _first_token_at(enc, prompt_end, n, length)
-                end = (n, True) if own_end is None else _first_token_at(enc, own_end, n, length)
-                if begin is None or end is None:
-                    undecided.append(k)
-                    break
-                ok &= begin[1]
-                spans.append((begin[0], max(begin[0], end[0])))
+            placed = _place(enc, len(text), turns)
+            if placed is None:
+                undecided.append(k)
             else:
-                ids[k], masks[k], oks[k] = row_ids, spans, ok
+                ids[k], masks[k], oks[k] = enc.ids, *placed
+        return undecided
+
+    def _label_rendered(
+        self,
+        conversations: list[tuple[tuple[str, ...], list[str]]],
+        untrained: list[list[int]] | None,
+        tool_calling: list[str | None] | None,
+        rows: list[int],
+        ids: list[list[int]],
+        masks: list[Any],
+        oks: list[bool],
+    ) -> list[int]:
+        """Label rows with tools from the template's own renderings (the row way's), with
+        one batch tokenization and boundaries by character offset (the layout way's);
+        returns the rows to label row by row (a prompt that is not a prefix of the text, a
+        boundary in a gap)."""
+        if not rows or tool_calling is None:
+            return []
+        pairs = [with_tool_calling(_messages(conversations[k]), tool_calling[k]) for k in rows]
+        skip = [untrained[k] for k in rows] if untrained else None
+        chats = [messages for messages, _ in pairs]
+        plans = self.rows._plans(chats, [False] * len(rows), skip, [t for _, t in pairs])
+        encodings = self._encode([plan.full for plan in plans])
+        undecided = []
+        for k, plan, enc in zip(rows, plans, encodings, strict=True):
+            turns = [(len(p), None if upto is plan.full else len(upto)) for p, upto in plan.turns]
+            placed = _place(enc, len(plan.full), turns) if plan.ok else None
+            if placed is None:
+                undecided.append(k)
+            else:
+                ids[k], masks[k], oks[k] = enc.ids, *placed
         return undecided
 
     def _label_slow(
@@ -410,6 +444,25 @@ def _trained_turns(
         for turn, (message, _, _) in zip(turns, layout.turns, strict=True)
         if message not in untrained
     ]
+
+
+def _place(
+    enc: Any, length: int, turns: list[tuple[int, int | None]]
+) -> tuple[_Spans, bool] | None:
+    """Trained token spans of a text from each answer's ``(prompt end, own end)`` character
+    offsets (``None``: to the end), and whether every prompt ends on a token boundary;
+    ``None`` when a boundary cannot be placed."""
+    n = len(enc.ids)
+    spans: _Spans = []
+    ok = True
+    for prompt_end, own_end in turns:
+        begin = _first_token_at(enc, prompt_end, n, length)
+        end = (n, True) if own_end is None else _first_token_at(enc, own_end, n, length)
+        if begin is None or end is None:
+            return None
+        ok &= begin[1]
+        spans.append((begin[0], max(begin[0], end[0])))
+    return spans, ok
 
 
 def _first_token_at(enc: Any, pos: int, n: int, length: int) -> tuple[int, bool] | None:

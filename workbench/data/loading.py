@@ -366,10 +366,11 @@ def refuse_template_rejects(
     """Rows whose turns the chat template refuses, raised naming the first or skipped.
 
     Templates such as Gemma's or Mistral's raise on a system turn ("System role not
-    supported") or on roles that do not alternate. Each sequence of roles is rendered once,
-    on its first row (as for training: the whole conversation and each answer's prompt);
-    with ``every_row=True``, every row is, for a template that refuses by what the turns say
-    (found when tokenizing fails).
+    supported") or on roles that do not alternate, and some write no tool calls. Each
+    sequence of roles (with tools or without) is rendered once, on its first row (as for
+    training: the whole conversation and each answer's prompt); with ``every_row=True``,
+    every row is, for a template that refuses or drops tools by what the turns say (found
+    when tokenizing fails).
 
     Raises:
         DataError: ``on_error="raise"`` and a row is refused (file, line, ``messages`` and
@@ -403,8 +404,9 @@ def refuse_template_rejects(
     shapes = _role_sequences(loaded.dataset)
     table = loaded.dataset.select_columns([TOOL_CALLING]).with_format("arrow")[:]
     calling = table.column(TOOL_CALLING).is_valid().to_pylist()
-    # Rows with tools are each checked: whether a template writes them depends on their text.
-    keys: list[Any] = [k if every_row or calling[k] else shape for k, shape in enumerate(shapes)]
+    # Whether a template writes a row's tools depends on their text too: labelling checks
+    # every such row on its own renderings (ToolsNotWrittenError), and then every_row comes here.
+    keys: list[Any] = [k if every_row else (shape, calling[k]) for k, shape in enumerate(shapes)]
     firsts: dict[Any, int] = {}
     for k, key in enumerate(keys):
         firsts.setdefault(key, k)

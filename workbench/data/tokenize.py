@@ -67,6 +67,8 @@ from workbench.data.special_text import (
 from workbench.data.templates import Template, encode, render_many
 from workbench.data.tool_calls import (
     TOOL_CALLING,
+    ToolsNotWrittenError,
+    check_template_writes_tools,
     map_tool_texts,
     tool_texts,
     with_tool_calling,
@@ -105,6 +107,28 @@ class _Plan:
     ok: bool = True
     spans: list[Span] = field(default_factory=list)
     prompt_spans: list[list[Span]] = field(default_factory=list)
+
+
+def _refuse_dropped_tools(
+    conversations: list[list[dict[str, Any]]],
+    tools: list[Any] | None,
+    fulls: list[str],
+    first_prompts: dict[int, str],
+) -> None:
+    """Raise :class:`ToolsNotWrittenError` when a row's rendering leaves out its calls or tools.
+
+    Loading checks one row per sequence of roles before labelling; this checks every row
+    with tools on the renderings labelling makes anyway (the first trained answer's prompt
+    offers the tools), so no row is rendered twice for the check.
+    """
+    for row, messages in enumerate(conversations):
+        offered = tools[row] if tools else None
+        if offered or any("tool_calls" in m for m in messages):
+            reason = check_template_writes_tools(
+                fulls[row], messages, offered, first_prompts.get(row)
+            )
+            if reason:
+                raise ToolsNotWrittenError(reason)
 
 
 def _fields(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -277,6 +301,10 @@ class Labeller:
 
         fulls = render(conversations, False, tools)
         prompt_texts = render(prompts, True, offered(where)) if prompts else []
+        first_prompts: dict[int, str] = {}
+        for row, text in zip(where, prompt_texts, strict=True):
+            first_prompts.setdefault(row, text)
+        _refuse_dropped_tools(conversations, tools, fulls, first_prompts)
         inner = [u for u in uptos if u is not None]
         inner_rows = [r for r, u in zip(where, uptos, strict=True) if u is not None]
         rendered = iter(render(inner, False, offered(inner_rows)) if inner else [])

@@ -35,10 +35,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jinja2.exceptions import TemplateError
+
 from workbench.data.call_formats import parse_tool_calls
 
 __all__ = [
     "TOOL_CALLING",
+    "ToolsNotWrittenError",
     "answer_calls",
     "check_template_writes_tools",
     "encode_tool_calling",
@@ -57,6 +60,14 @@ TOOL_CALLING = "tool_calling"
 """Column of a row's tools and per-turn tool fields, as JSON text (null: none)."""
 
 _TOOL_TURN_KEYS = ("tool_call_id", "name")
+
+
+class ToolsNotWrittenError(TemplateError):
+    """A rendering left out a row's tool calls or tools (raised while labelling).
+
+    A ``TemplateError``: loading then checks every row before labelling and names each one
+    the template drops (:func:`check_template_writes_tools` gives the words).
+    """
 
 
 def _row_error(field: str, message: str) -> Exception:
