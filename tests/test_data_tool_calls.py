@@ -532,11 +532,48 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "[add(1, 2)]",  # positional: no argument names
         '[add(a=open("/etc/passwd"))]',  # not a literal: nothing runs, nothing read
         "<start_function_call>call:add{a:<escape>cut off",
+        "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>",  # cut off
     )
     for text in nothing:
         assert parse(text) == [], text
     strings = parse("<start_function_call>call:say{text:<escape>a, {b}: c<escape>,n:[1,2]}")
     assert strings[0]["function"]["arguments"] == {"text": "a, {b}: c", "n": [1, 2]}
+    xml = parse(
+        "<function=say>\n<parameter=text>\nline one\n{not json}\n</parameter>\n"
+        '<parameter=options>\n{"loud": true}\n</parameter>\n</function>'
+    )
+    assert xml[0]["function"]["arguments"] == {
+        "text": "line one\n{not json}",
+        "options": {"loud": True},
+    }
+
+
+# Qwen3-Coder's way (its template's tool-call part, written here): XML-ish tags, a value as
+# text when it is a string and as JSON otherwise.
+XML_CALLS = OWN_MARKERS.replace(
+    "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
+    "{% for c in message.tool_calls %}<tool_call>\n<function={{ c.function.name }}>\n"
+    "{% for k, v in c.function.arguments | items %}<parameter={{ k }}>\n"
+    "{{ v if v is string else v | tojson }}\n</parameter>\n{% endfor %}"
+    "</function>\n</tool_call>{% endfor %}",
+)
+
+
+def test_xml_calls_as_qwen3_coder_writes_them_are_trained_and_scored(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{**_tool_row(i), "messages": _tool_row(i)["messages"][:2]} for i in range(8)]
+    s.load_data(rows, validation=0.25, template=XML_CALLS)
+    answer = s.data.example(0).answer
+    assert answer.startswith("<tool_call>\n<function=add>\n<parameter=a>\n")
+    i = int(s.data.train[0]["source_row"]) - 1
+    assert wb.parse_tool_calls(answer)[0]["function"] == {
+        "name": "add",
+        "arguments": {"a": i, "b": i},
+    }
+    ev = s.evaluate(metrics=["tool_calls"], limit=2, max_new_tokens=2, compare_base=False)
+    assert all(len(wb.parse_tool_calls(row.reference)) == 1 for row in ev.rows)
+    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call
 
 
 def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_calls(

@@ -1490,6 +1490,7 @@ def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
                 f"{prepared.template.name!r} writes ({split} row {i + 1}'s answer: "
                 f"{row['reference'][:80]!r}): it reads calls written as JSON "
                 '({"name": ..., "arguments": ...}, as Hermes, Qwen, Mistral and Llama 3 '
-                "write them), pythonic lists ([f(a=1)]) and FunctionGemma's calls. Train "
+                "write them), pythonic lists ([f(a=1)]), FunctionGemma's calls and "
+                "Qwen3-Coder's <function=f> tags. Train "
                 "with template='chatml', or score with a metric of your own."
             )

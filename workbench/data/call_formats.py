@@ -14,6 +14,9 @@ OpenAI's wrapping               ``{"function": {"name": "f", "arguments": "{...}
 pythonic (Llama 3.2, Gemma)     ``[f(a=1, b="x"), g()]``: a list of calls with keyword literals
 FunctionGemma                   ``<start_function_call>call:f{a:<escape>x<escape>,n:2}``
                                 ``<end_function_call>``
+XML-ish (Qwen3-Coder)           ``<function=f><parameter=a>1</parameter></function>``: a value
+                                that parses as JSON is read as JSON (``1``, ``[2]``), any
+                                other as text, as the template writes them
 ==============================  ===============================================================
 
 Examples:
@@ -22,6 +25,10 @@ Examples:
     >>> parse_tool_calls("<start_function_call>call:weather{city:<escape>Paris<escape>}"
     ...                  "<end_function_call>")[0]["function"]
     {'name': 'weather', 'arguments': {'city': 'Paris'}}
+    >>> parse_tool_calls("<tool_call>\\n<function=weather>\\n<parameter=city>\\nParis\\n"
+    ...                  "</parameter>\\n<parameter=days>\\n3\\n</parameter>\\n</function>"
+    ...                  )[0]["function"]
+    {'name': 'weather', 'arguments': {'city': 'Paris', 'days': 3}}
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ __all__ = ["parse_tool_calls"]
 _STARTS = re.compile(
     r"(?P<gemma><start_function_call>\s*call:(?P<gemma_name>[A-Za-z_][\w.-]*)\s*(?=\{))"
     r"|(?P<named>\[TOOL_CALLS\]\s*(?P<named_name>[A-Za-z_][\w.-]*)\s*\[ARGS\])"
+    r"|(?P<xml><function=(?P<xml_name>[A-Za-z_][\w.-]*)>)"
     r"|(?P<pythonic>\[\s*[A-Za-z_][\w.]*\s*\()"
     r"|[{\[]"
 )
 _ESCAPE = "<escape>"
+_XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 _MAX_PYTHONIC_ENDS = 64  # closing brackets tried for one pythonic list
 Call = dict[str, Any]
 
@@ -81,6 +90,8 @@ def _read_at(
         if read is None or not isinstance(read[0], dict):
             return [], None
         return [_call(start.group("gemma_name"), read[0])], read[1]
+    if start.group("xml"):
+        return _xml_call(text, start)
     if start.group("pythonic"):
         read = _pythonic_calls(text, start.start())
         return read if read is not None else ([], None)
@@ -124,6 +135,23 @@ def _call_of(value: Any) -> Call | None:
         except ValueError:
             return None
     return _call(value["name"], arguments) if isinstance(arguments, dict) else None
+
+
+# --- XML-ish: <function=f><parameter=a>1</parameter></function> -------------------------
+
+
+def _xml_call(text: str, start: re.Match[str]) -> tuple[list[Call], int | None]:
+    """The call whose ``<function=...>`` tag is ``start``, when its ``</function>`` is there."""
+    close = text.find("</function>", start.end())
+    if close < 0:
+        return [], None  # cut off before its arguments were whole
+    arguments = {}
+    for name, value in _XML_PARAMETER.findall(text, start.end(), close):
+        try:
+            arguments[name.strip()] = json.loads(value)
+        except ValueError:
+            arguments[name.strip()] = value
+    return [_call(start.group("xml_name"), arguments)], close + len("</function>")
 
 
 # --- pythonic: [f(a=1), g(b="x")] ---------------------------------------------------------
