@@ -174,6 +174,48 @@ def test_a_template_that_drops_the_tools_offered_is_refused(tmp_path, tokenizer,
         load([_tool_row(1)], tokenizer, cache_dir, template=calls_only)
 
 
+# Lists the tools, then writes an answer's text only: the calls' names are in the prompt.
+TOOLS_BUT_NO_CALLS = (
+    "{% if tools %}tools: {{ tools | tojson }}\n{% endif %}{% for m in messages %}"
+    "{{ m.role }}: {{ m.content or '' }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+# Writes only the first of an answer's calls, as a template made for one call at a time.
+FIRST_CALL_ONLY = TOOLS_BUT_NO_CALLS.replace(
+    "{{ m.content or '' }}",
+    "{{ m.content or '' }}{% if m.tool_calls %}{{ m.tool_calls[0].function | tojson }}{% endif %}",
+)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize(
+    ("template", "why"),
+    [
+        (TOOLS_BUT_NO_CALLS, "does not write tool calls ('add' is missing from its rendering)"),
+        (
+            FIRST_CALL_ONLY,
+            "messages[1] and later turns call 'add' 2 times, its rendering writes it 1",
+        ),
+    ],
+)
+def test_calls_the_template_drops_are_refused_though_the_tools_list_names_them(
+    tmp_path, tokenizer, cache_dir, batched, template, why
+):
+    rows = [_tool_row(i) for i in range(6)]
+    for row in rows[3:]:  # parallel calls from the fourth row on
+        row["messages"][1]["tool_calls"].append(_call(9))
+    path = write_jsonl(tmp_path / "calls.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir, template=template, batched=batched)
+    first = 1 if template == TOOLS_BUT_NO_CALLS else 4
+    assert f"calls.jsonl, line {first}, field 'messages'" in str(err.value)
+    assert why in str(err.value)
+    if template == FIRST_CALL_ONLY:  # single calls are written: those rows are kept
+        kept = load(path, tokenizer, cache_dir, template=template, on_error="skip", batched=batched)
+        assert len(kept.train) == 3
+        assert sorted(p.row for p in kept.report().problems if p.kind == "malformed") == [4, 5, 6]
+
+
 @pytest.mark.parametrize("template", ["chatml", OWN_MARKERS])
 def test_tool_rows_are_labelled_from_renderings_batch_wise_except_a_sample(
     tmp_path, tokenizer, cache_dir, template

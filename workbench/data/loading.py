@@ -460,7 +460,8 @@ def _template_refusal(
     from workbench.data.templates import render_many
 
     messages, tools = with_tool_calling(messages, tool_calling)
-    prompts = [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant" and i]
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i]
+    prompts = [messages[:i] for i in answers]
     offered = [tools] if tools else None
     try:
         full = render_many(template, tokenizer, [messages], False, offered)[0]
@@ -474,7 +475,10 @@ def _template_refusal(
         return _refusal_message(template, reason, _SYSTEM_FIX if has_system else _TURNS_FIX)
     dropped = None
     if tool_calling:
-        dropped = check_template_writes_tools(full, messages, tools, (rendered or [None])[0])
+        starts = {i: len(p) for i, p in zip(answers, rendered, strict=True) if full.startswith(p)}
+        dropped = check_template_writes_tools(
+            full, messages, tools, (rendered or [None])[0], starts
+        )
     return _refusal_message(template, dropped, _TOOLS_FIX) if dropped else None
 
 

@@ -113,20 +113,25 @@ def _refuse_dropped_tools(
     conversations: list[list[dict[str, Any]]],
     tools: list[Any] | None,
     fulls: list[str],
-    first_prompts: dict[int, str],
+    prompts: list[tuple[int, int, str]],
 ) -> None:
     """Raise :class:`ToolsNotWrittenError` when a row's rendering leaves out its calls or tools.
 
     Loading checks one row per sequence of roles before labelling; this checks every row
-    with tools on the renderings labelling makes anyway (the first trained answer's prompt
-    offers the tools), so no row is rendered twice for the check.
+    with tools on the renderings labelling makes anyway (``prompts``: row, message index and
+    prompt of each trained answer, in order), so no row is rendered twice for the check.
     """
+    by_row: dict[int, list[tuple[int, str]]] = {}
+    for row, turn, text in prompts:
+        by_row.setdefault(row, []).append((turn, text))
     for row, messages in enumerate(conversations):
         offered = tools[row] if tools else None
         if offered or any("tool_calls" in m for m in messages):
-            reason = check_template_writes_tools(
-                fulls[row], messages, offered, first_prompts.get(row)
-            )
+            own = by_row.get(row, [])
+            full = fulls[row]
+            starts = {turn: len(text) for turn, text in own if full.startswith(text)}
+            first = own[0][1] if own else None
+            reason = check_template_writes_tools(full, messages, offered, first, starts)
             if reason:
                 raise ToolsNotWrittenError(reason)
 
@@ -285,12 +290,13 @@ class Labeller:
         untrained: list[Any] | None,
         tools: list[Any] | None = None,
     ) -> list[_Plan]:
-        prompts, uptos, where = [], [], []
+        prompts, uptos, where, turn_of = [], [], [], []
         for row, messages in enumerate(conversations):
             skip = (untrained[row] or ()) if untrained else ()
             for i, message in enumerate(messages):
                 if message["role"] == "assistant" and i not in skip:
                     prompts.append(messages[:i])
+                    turn_of.append(i)
                     # A final assistant turn ends with the full text: no extra rendering.
                     uptos.append(messages[: i + 1] if i < len(messages) - 1 else None)
                     where.append(row)
@@ -301,10 +307,8 @@ class Labeller:
 
         fulls = render(conversations, False, tools)
         prompt_texts = render(prompts, True, offered(where)) if prompts else []
-        first_prompts: dict[int, str] = {}
-        for row, text in zip(where, prompt_texts, strict=True):
-            first_prompts.setdefault(row, text)
-        _refuse_dropped_tools(conversations, tools, fulls, first_prompts)
+        answered = list(zip(where, turn_of, prompt_texts, strict=True))
+        _refuse_dropped_tools(conversations, tools, fulls, answered)
         inner = [u for u in uptos if u is not None]
         inner_rows = [r for r, u in zip(where, uptos, strict=True) if u is not None]
         rendered = iter(render(inner, False, offered(inner_rows)) if inner else [])

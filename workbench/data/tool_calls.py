@@ -285,25 +285,42 @@ def check_template_writes_tools(
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[Any] | None,
     prompt: str | None = None,
+    answer_starts: Mapping[int, int] | None = None,
 ) -> str | None:
     """Why a rendering drops tool calling (a template that ignores it), or ``None``.
 
     A template without tool support renders a calling turn as its (often empty) text and
-    leaves the tools out: training would teach the model to answer nothing. Each call's name
-    must be in ``rendered`` (the whole conversation), each tool's in ``prompt`` (the first
-    answer's prompt: the tools are offered before the model answers).
+    leaves the tools out: training would teach the model to answer nothing. Each tool's name
+    must be in ``prompt`` (the first answer's prompt: the tools are offered before the model
+    answers; ``rendered`` when not given). Each call's name must be in ``rendered`` (the whole
+    conversation); where ``answer_starts`` gives the offset at which a calling turn's answer
+    starts in ``rendered`` (its prompt's length), it must be written after it, as often as
+    that turn and later ones call it: the tools listed in the prompt do not count, nor does
+    one written call for two.
 
     Examples:
         >>> turn = {"role": "assistant", "content": "",
         ...         "tool_calls": [{"function": {"name": "add", "arguments": {}}}]}
         >>> check_template_writes_tools("<user>2+2?<assistant>", [turn], None)
         "it does not write tool calls ('add' is missing from its rendering)"
+        >>> listed_only = "<tools>add</tools><user>2+2?<assistant>"
+        >>> check_template_writes_tools(listed_only, [{}, turn], None, None, {1: len(listed_only)})
+        "it does not write tool calls ('add' is missing from its rendering)"
     """
-    for message in messages:
-        for call in message.get("tool_calls", ()):
-            if call["function"]["name"] not in rendered:
-                name = call["function"]["name"]
+    names = [[c["function"]["name"] for c in m.get("tool_calls", ())] for m in messages]
+    for i, called in enumerate(names):
+        start = (answer_starts or {}).get(i)
+        answer = rendered if start is None else rendered[start:]
+        for name in dict.fromkeys(called):
+            wanted = sum(later.count(name) for later in names[i:]) if start is not None else 1
+            written = answer.count(name)
+            if not written:
                 return f"it does not write tool calls ({name!r} is missing from its rendering)"
+            if written < wanted:
+                return (
+                    f"it does not write every tool call (messages[{i}] and later turns call "
+                    f"{name!r} {wanted} times, its rendering writes it {written})"
+                )
     for tool in tools or ():
         name = tool.get("function", tool)["name"]
         if name not in (rendered if prompt is None else prompt):
