@@ -206,7 +206,7 @@ def chat_inputs(
         msg = f"the chat template ({resolved.name!r}) refuses these turns: {err.message or err}"
         raise SpecError(msg) from None
     for rendered, turns in zip(prompts, conversations, strict=True):
-        dropped = check_template_writes_tools(rendered, turns, offered, rendered)
+        dropped = check_template_writes_tools(rendered, turns, offered)
         if dropped:
             msg = (
                 f"the chat template ({resolved.name!r}) cannot take these tools: {dropped}; "

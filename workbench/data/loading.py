@@ -475,10 +475,8 @@ def _template_refusal(
         return _refusal_message(template, reason, _SYSTEM_FIX if has_system else _TURNS_FIX)
     dropped = None
     if tool_calling:
-        starts = {i: len(p) for i, p in zip(answers, rendered, strict=True) if full.startswith(p)}
-        dropped = check_template_writes_tools(
-            full, messages, tools, (rendered or [None])[0], starts
-        )
+        answered = dict(zip(answers, rendered, strict=True))
+        dropped = check_template_writes_tools(full, messages, tools, answered)
     return _refusal_message(template, dropped, _TOOLS_FIX) if dropped else None
 
 

@@ -121,17 +121,13 @@ def _refuse_dropped_tools(
     with tools on the renderings labelling makes anyway (``prompts``: row, message index and
     prompt of each trained answer, in order), so no row is rendered twice for the check.
     """
-    by_row: dict[int, list[tuple[int, str]]] = {}
+    by_row: dict[int, dict[int, str]] = {}
     for row, turn, text in prompts:
-        by_row.setdefault(row, []).append((turn, text))
+        by_row.setdefault(row, {})[turn] = text
     for row, messages in enumerate(conversations):
         offered = tools[row] if tools else None
         if offered or any("tool_calls" in m for m in messages):
-            own = by_row.get(row, [])
-            full = fulls[row]
-            starts = {turn: len(text) for turn, text in own if full.startswith(text)}
-            first = own[0][1] if own else None
-            reason = check_template_writes_tools(full, messages, offered, first, starts)
+            reason = check_template_writes_tools(fulls[row], messages, offered, by_row.get(row))
             if reason:
                 raise ToolsNotWrittenError(reason)
 

@@ -284,19 +284,18 @@ def check_template_writes_tools(
     rendered: str,
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[Any] | None,
-    prompt: str | None = None,
-    answer_starts: Mapping[int, int] | None = None,
+    prompts: Mapping[int, str] | None = None,
 ) -> str | None:
     """Why a rendering drops tool calling (a template that ignores it), or ``None``.
 
     A template without tool support renders a calling turn as its (often empty) text and
-    leaves the tools out: training would teach the model to answer nothing. Each tool's name
-    must be in ``prompt`` (the first answer's prompt: the tools are offered before the model
-    answers; ``rendered`` when not given). Each call's name must be in ``rendered`` (the whole
-    conversation); where ``answer_starts`` gives the offset at which a calling turn's answer
-    starts in ``rendered`` (its prompt's length), it must be written after it, as often as
-    that turn and later ones call it: the tools listed in the prompt do not count, nor does
-    one written call for two.
+    leaves the tools out: training would teach the model to answer nothing. ``prompts`` maps
+    the index of an assistant turn to its prompt's rendering. Each tool's name must be in the
+    first of them (the tools are offered before the model answers; ``rendered``, the whole
+    conversation, when none is given). Each call's name must be in ``rendered``; where its
+    turn's prompt begins ``rendered``, it must be written after that prompt, as often as that
+    turn and later ones call it: the tools listed in the prompt do not count, nor does one
+    written call for two.
 
     Examples:
         >>> turn = {"role": "assistant", "content": "",
@@ -304,12 +303,14 @@ def check_template_writes_tools(
         >>> check_template_writes_tools("<user>2+2?<assistant>", [turn], None)
         "it does not write tool calls ('add' is missing from its rendering)"
         >>> listed_only = "<tools>add</tools><user>2+2?<assistant>"
-        >>> check_template_writes_tools(listed_only, [{}, turn], None, None, {1: len(listed_only)})
+        >>> check_template_writes_tools(listed_only, [{}, turn], None, {1: listed_only})
         "it does not write tool calls ('add' is missing from its rendering)"
     """
+    prompts = prompts or {}
+    starts = {i: len(p) for i, p in prompts.items() if rendered.startswith(p)}
     names = [[c["function"]["name"] for c in m.get("tool_calls", ())] for m in messages]
     for i, called in enumerate(names):
-        start = (answer_starts or {}).get(i)
+        start = starts.get(i)
         answer = rendered if start is None else rendered[start:]
         for name in dict.fromkeys(called):
             wanted = sum(later.count(name) for later in names[i:]) if start is not None else 1
@@ -321,9 +322,10 @@ def check_template_writes_tools(
                     f"it does not write every tool call (messages[{i}] and later turns call "
                     f"{name!r} {wanted} times, its rendering writes it {written})"
                 )
+    offered_in = prompts[min(prompts)] if prompts else rendered
     for tool in tools or ():
         name = tool.get("function", tool)["name"]
-        if name not in (rendered if prompt is None else prompt):
+        if name not in offered_in:
             return (
                 f"it does not write the tools offered (tools=): {name!r} is missing from the prompt"
             )
