@@ -2,7 +2,8 @@
 
 A learner runs a notebook, restarts the kernel (or not) and runs it again in the same folder.
 Every tutorial and workshop solution runs here twice in a row in one working folder, each
-time in a fresh kernel (which is also the kernel-restart case), on the tiny model. Both runs
+time in a fresh kernel (which is also the kernel-restart case), on the tiny model; the first
+run is each notebook's plain top-to-bottom run, so this is also where they are run. Both runs
 must succeed cell for cell, and what the second run writes must be the next of everything:
 its numbered run and evaluation folders follow the first run's, and its exports replace the
 first run's (the session folder remembers what it wrote, so no ``overwrite=True`` is needed).

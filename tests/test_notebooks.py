@@ -4,7 +4,8 @@ Every notebook opens with a cell tagged ``parameters`` (``MODEL = "gemma-3-270m"
 sizes). The tests append their own values to that cell: the tiny model's folder and small
 sizes, so a notebook runs in seconds to a minute. The tiny model learns nothing useful in a
 few steps, so these runs check that every cell works, never the quality of the answers; the
-demo's quality claim is for Gemma (the slow test runs the quickstart with it).
+demo's quality claim is for Gemma (the slow test runs the quickstart with it). The tiny-model
+runs live in ``test_notebook_reruns.py``, which runs each notebook twice in one folder.
 
 Notebooks run in a kernel of this interpreter (a kernelspec written to a temporary
 ``JUPYTER_PATH``), with the repository on ``PYTHONPATH`` and a temporary working folder, so
@@ -260,15 +261,8 @@ def test_notebook_code_parses_and_has_a_parameters_cell(path):
 # -- running them ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", TUTORIALS + SOLUTIONS, ids=lambda p: p.name)
-def test_notebook_runs_on_the_tiny_model(path, tiny_model_dir, kernel_name, tmp_path):
-    values = {
-        **TINY,
-        **PER_NOTEBOOK.get(path.stem, {}),
-        "MODEL": str(tiny_model_dir),
-        "PORT": free_port(),
-    }
-    execute(path, values, tmp_path / "work", kernel_name)
+# Each tutorial and solution runs on the tiny model in tests/test_notebook_reruns.py: twice in
+# one folder, the first run being the plain top-to-bottom run.
 
 
 @pytest.mark.slow
