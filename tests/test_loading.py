@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -145,12 +146,79 @@ def test_4bit_without_bitsandbytes_names_the_fix(tiny_model_dir):
     assert "pip install bitsandbytes" in result.stdout
 
 
-def test_hub_id_without_network_explains(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no answer"])
+def test_hub_id_without_network_explains(monkeypatch, why):
+    from huggingface_hub import constants
+
+    if why == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        reason = "HF_HUB_OFFLINE is set"
+    else:  # nothing listens there: what a machine without the hub sees
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+        reason = "127.0.0.1:9 does not answer"
     assert resolve_source("someone/some-model", quiet).kind == "hub"
-    with pytest.raises(wb.ModelLoadError, match="No model hub is reachable"):
-        load_model("someone/some-model", on_event=quiet)
+    messages: list[str] = []
+    with pytest.raises(wb.ModelLoadError, match="no model hub is reachable here") as caught:
+        load_model("someone/some-model", on_event=messages.append)
+    assert reason in str(caught.value)
+    assert "has no usable copy of it" in str(caught.value)
+    assert "pass its folder" in str(caught.value)
+    assert messages[-1].startswith(f"no model hub here ({reason}")
+
+
+HUB_SCRIPT = """
+import sys
+from workbench.models.loading import load_model
+messages = []
+try:
+    loaded = load_model(sys.argv[1], on_event=messages.append)
+    print("loaded", type(loaded.model).__name__)
+except Exception as err:
+    print(type(err).__name__, err)
+print("\\n".join(messages))
+"""
+
+
+def hub_cache_with(tmp_path: Path, repo_id: str, folder: Path) -> Path:
+    """A hub cache (``HF_HOME``) holding ``folder`` as ``repo_id``'s main revision."""
+    home = tmp_path / "hf-home"
+    repo = home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return home
+
+
+def run_without_hub(tmp_path: Path, home: Path, spec: str) -> str:
+    # A hub address where nothing listens: what a machine without the hub sees, at once.
+    env = {**os.environ, "HF_HOME": str(home), "HF_ENDPOINT": "http://127.0.0.1:9"}
+    env.pop("HF_HUB_OFFLINE", None)
+    done = subprocess.run(
+        [sys.executable, "-c", HUB_SCRIPT, spec],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Retrying" not in done.stderr  # not the hub client's five retries (~45 s)
+    return done.stdout
+
+
+def test_a_hub_id_in_the_hub_cache_loads_without_the_hub(tmp_path, tiny_model_dir):
+    home = hub_cache_with(tmp_path, "someone/tiny", tiny_model_dir)
+    out = run_without_hub(tmp_path, home, "someone/tiny")
+    assert "loaded LlamaForCausalLM" in out, out
+    assert "no model hub here (127.0.0.1:9 does not answer" in out, out
+
+
+def test_a_hub_id_not_in_the_hub_cache_says_so_without_the_hub(tmp_path, tiny_model_dir):
+    home = hub_cache_with(tmp_path, "someone/tiny", tiny_model_dir)
+    out = run_without_hub(tmp_path, home, "someone/other")
+    assert out.startswith("ModelLoadError could not load 'someone/other': no model hub"), out
+    assert f"the hub cache ({home / 'hub'}) has no usable copy of it" in out, out
 
 
 def test_remote_code_stays_off_by_default(tiny_model_dir, tmp_path):

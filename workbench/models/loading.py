@@ -23,6 +23,7 @@ from workbench.errors import DependencyError, ModelLoadError, SpecError, Workben
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder
 from workbench.models.gguf import convert_gguf, gguf_architecture
+from workbench.models.hub import cached_hub_snapshot, hub_unreachable
 from workbench.types import DType, Quantization
 
 __all__ = ["DType", "LoadedModel", "ModelSource", "Quantization", "load_model", "resolve_source"]
@@ -315,7 +316,9 @@ def load_model(
     device, dtype = _resolve_device_dtype(device, dtype)
     quant_config = _quantization_config(quantization, dtype)
     source = resolve_source(spec, on_event)
-    model, tokenizer = _from_pretrained(source, quant_config, dtype, device, trust_remote_code)
+    model, tokenizer = _from_pretrained(
+        source, quant_config, dtype, device, trust_remote_code, on_event
+    )
     if quant_config is not None:
         _check_quantized(model, quantization, source.spec)
     _give_pad_token(tokenizer)
@@ -425,7 +428,7 @@ def _saved_quantization(model) -> Quantization | None:
     return "8bit" if facts.get("load_in_8bit") else None
 
 
-def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
+def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_event=None):
     import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -433,11 +436,16 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
     options = dict(trust_remote_code=trust_remote_code)
     if quant_config is not None:  # passing None would override a pre-quantized checkpoint's own
         options["quantization_config"] = quant_config
+    location = source.location
+    offline = hub_unreachable() if source.kind == "hub" else None
+    if offline and on_event is not None:
+        on_event(f"no model hub here ({offline}): looking for {source.spec} in the hub cache")
     try:
-        remote = trust_remote_code
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=remote)
+        if offline:  # the cached snapshot's folder: the hub client would retry for ~45 s first
+            location = cached_hub_snapshot(source.location)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
-            source.location,
+            location,
             dtype=getattr(torch, dtype),
             device_map={"": device},
             use_safetensors=True,
@@ -450,7 +458,18 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code):
         )
         raise ModelLoadError(msg) from err
     except (OSError, ValueError, KeyError) as err:
-        hint = " No model hub is reachable here: download it elsewhere and pass its folder."
-        msg = f"could not load {source.spec!r} from {source.location}: {err}."
-        raise ModelLoadError(msg + (hint if source.kind == "hub" else "")) from err
+        raise ModelLoadError(_load_failure(source, err, offline)) from err
     return model, tokenizer
+
+
+def _load_failure(source: ModelSource, err: Exception, offline: str | None) -> str:
+    if offline:
+        from huggingface_hub import constants
+
+        return (
+            f"could not load {source.spec!r}: no model hub is reachable here ({offline}) and "
+            f"the hub cache ({constants.HF_HUB_CACHE}) has no usable copy of it "
+            f"({str(err).splitlines()[0][:200]}). Download it on a machine with the hub and "
+            "pass its folder (or copy that hub cache here)."
+        )
+    return f"could not load {source.spec!r} from {source.location}: {err}."

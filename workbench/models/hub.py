@@ -1,0 +1,76 @@
+"""Whether the model hub can be reached, asked once and quickly before a hub id is loaded.
+
+Without a network the hub client retries each request five times with growing pauses: about
+45 seconds before a hub id fails, and as long before a model already in the local hub cache
+is found there. One short connection attempt tells the two cases apart at once, so a
+machine without the hub loads cached hub ids straight from the cache and says plainly why
+an uncached one cannot load.
+
+Examples:
+    >>> from unittest import mock
+    >>> from huggingface_hub import constants
+    >>> with mock.patch.object(constants, "ENDPOINT", "http://127.0.0.1:9"):
+    ...     hub_unreachable()  # doctest: +ELLIPSIS
+    '127.0.0.1:9 does not answer (...)'
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+__all__ = ["cached_hub_snapshot", "hub_unreachable"]
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached (one connection attempt), or ``None`` if it can.
+
+    The hub is the one the hub client uses (``HF_ENDPOINT`` when it was imported). Behind a
+    proxy the proxy decides, so this says ``None`` and leaves the trying to the hub client.
+
+    Examples:
+        >>> import os
+        >>> from unittest import mock
+        >>> import huggingface_hub  # imported outside the patch, as in a session
+        >>> with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):
+        ...     hub_unreachable()
+        'HF_HUB_OFFLINE is set'
+    """
+    from huggingface_hub import constants
+
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")) or constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{host}:{port} does not answer ({err.strerror or err})"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def cached_hub_snapshot(repo_id: str) -> str:
+    """The folder of ``repo_id``'s main revision in the local hub cache, without the network.
+
+    Raises:
+        OSError: the hub cache holds no copy of ``repo_id`` (the hub client's
+            ``LocalEntryNotFoundError``).
+
+    Examples:
+        >>> cached_hub_snapshot("someone/never-downloaded")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        huggingface_hub.errors.LocalEntryNotFoundError: ...
+    """
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo_id, local_files_only=True)
