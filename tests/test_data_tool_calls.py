@@ -246,18 +246,22 @@ def test_tool_rows_are_labelled_from_renderings_batch_wise_except_a_sample(
     assert all(out.column("template_ok").to_pylist())
 
 
+# Writes every call but one named 'secret'.
+DROPS_SECRET = (
+    "{% if tools %}tools: {{ tools | tojson }}\n{% endif %}{% for m in messages %}"
+    "{{ m.role }}: {{ m.content or '' }}{% for c in m.tool_calls or [] %}"
+    "{% if c.function.name != 'secret' %}call {{ c.function | tojson }}{% endif %}"
+    "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_template_that_drops_one_rows_call_is_refused_naming_that_row(
     tmp_path, tokenizer, cache_dir, batched
 ):
-    # Writes every call but one named 'secret': only the rendering of that row shows it,
-    # and it is not the first row of its sequence of roles (the one checked before labelling).
-    drops_one = (
-        "{% if tools %}tools: {{ tools | tojson }}\n{% endif %}{% for m in messages %}"
-        "{{ m.role }}: {{ m.content or '' }}{% for c in m.tool_calls or [] %}"
-        "{% if c.function.name != 'secret' %}call {{ c.function | tojson }}{% endif %}"
-        "{% endfor %}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
-    )
+    # Only the rendering of the row calling 'secret' shows it is dropped, and it is not the
+    # first row of its sequence of roles (the one checked before labelling).
+    drops_one = DROPS_SECRET
     secret = _tool_row(3)
     secret["messages"][1]["tool_calls"][0]["function"]["name"] = "secret"
     rows = [_tool_row(1), _tool_row(2), secret, _tool_row(4)]
@@ -269,6 +273,27 @@ def test_a_template_that_drops_one_rows_call_is_refused_naming_that_row(
     kept = load(path, tokenizer, cache_dir, template=drops_one, on_error="skip", batched=batched)
     assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [3]
     assert len(kept.train) == 3
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_dropped_call_in_an_untrained_turn_is_refused_like_a_trained_one(
+    tmp_path, tokenizer, cache_dir, batched
+):
+    # The row's calling turn has weight 0 (context only) and the tools block names 'secret',
+    # so only a check after that turn's own prompt sees the call is not written.
+    secret = _tool_row(3)
+    secret["tools"] = [*TOOLS, {**TOOLS[0], "function": {**TOOLS[0]["function"], "name": "secret"}}]
+    secret["messages"][1]["tool_calls"][0]["function"]["name"] = "secret"
+    rows = [_tool_row(1), _tool_row(2), secret, _tool_row(4)]
+    for row in rows:
+        row["messages"][1]["weight"] = 0
+    path = write_jsonl(tmp_path / "calls.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load(path, tokenizer, cache_dir, template=DROPS_SECRET, batched=batched)
+    assert "calls.jsonl, line 3, field 'messages'" in str(err.value)
+    assert "does not write tool calls ('secret' is missing" in str(err.value)
+    kept = load(path, tokenizer, cache_dir, template=DROPS_SECRET, on_error="skip", batched=batched)
+    assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [3]
 
 
 @pytest.mark.parametrize(

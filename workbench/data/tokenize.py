@@ -119,7 +119,8 @@ def _refuse_dropped_tools(
 
     Loading checks one row per sequence of roles before labelling; this checks every row
     with tools on the renderings labelling makes anyway (``prompts``: row, message index and
-    prompt of each trained answer, in order), so no row is rendered twice for the check.
+    prompt of each trained answer), so no row is rendered twice for the check; only the
+    prompts of untrained (weight 0) calling turns are rendered for it alone.
     """
     by_row: dict[int, dict[int, str]] = {}
     for row, turn, text in prompts:
@@ -304,6 +305,7 @@ class Labeller:
         fulls = render(conversations, False, tools)
         prompt_texts = render(prompts, True, offered(where)) if prompts else []
         answered = list(zip(where, turn_of, prompt_texts, strict=True))
+        answered += self._untrained_call_prompts(conversations, untrained, render, offered)
         _refuse_dropped_tools(conversations, tools, fulls, answered)
         inner = [u for u in uptos if u is not None]
         inner_rows = [r for r, u in zip(where, uptos, strict=True) if u is not None]
@@ -318,6 +320,24 @@ class Labeller:
             plan.turns.append((prompt, text))
             plan.prompt_spans.append(spans)
         return plans
+
+    @staticmethod
+    def _untrained_call_prompts(conversations, untrained, render, offered):
+        """``(row, turn, prompt)`` of each untrained (weight 0) calling turn, for the check
+        that the template writes its calls after its prompt, as it does for trained turns.
+        """
+        turns = [
+            (row, i)
+            for row, skip in enumerate(untrained or ())
+            for i in skip or ()
+            if conversations[row][i].get("tool_calls")
+        ]
+        if not turns:
+            return []
+        texts = render(
+            [conversations[r][:i] for r, i in turns], True, offered([r for r, _ in turns])
+        )
+        return [(r, i, text) for (r, i), text in zip(turns, texts, strict=True)]
 
     def _encode_fulls(self, plans: list[_Plan]) -> list[tuple[list[int], list[int] | None]]:
         """Ids of each full text, with token start offsets where a turn ends mid-text."""
