@@ -83,7 +83,7 @@ FORBIDDEN = [
             },
             "shared modules sit at the bottom",
         )
-        for shared in SHARED
+        for shared in sorted(SHARED)
     ],
 ]
 
