@@ -22,6 +22,7 @@ Examples:
     >>> m = register_metric("starts_same", lambda p, r: float(p[:1] == r[:1]))
     >>> resolve_metrics(["starts_same"])[0].name
     'starts_same'
+    >>> _ = METRICS.pop("starts_same")  # the registry is process-wide: leave it as it was
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def register_metric(
     Examples:
         >>> register_metric("length_ratio", lambda p, r: len(p) / max(len(r), 1)).name
         'length_ratio'
+        >>> _ = METRICS.pop("length_ratio")  # process-wide: other examples list METRICS
     """
     entry = _from_object(name, metric, higher_is_better)
     METRICS[name] = entry
