@@ -255,38 +255,22 @@ DROPS_SECRET = (
 )
 
 
+@pytest.mark.parametrize("untrained", [False, True])
 @pytest.mark.parametrize("batched", [True, False])
 def test_a_template_that_drops_one_rows_call_is_refused_naming_that_row(
-    tmp_path, tokenizer, cache_dir, batched
+    tmp_path, tokenizer, cache_dir, batched, untrained
 ):
     # Only the rendering of the row calling 'secret' shows it is dropped, and it is not the
-    # first row of its sequence of roles (the one checked before labelling).
-    drops_one = DROPS_SECRET
-    secret = _tool_row(3)
-    secret["messages"][1]["tool_calls"][0]["function"]["name"] = "secret"
-    rows = [_tool_row(1), _tool_row(2), secret, _tool_row(4)]
-    path = write_jsonl(tmp_path / "calls.jsonl", rows)
-    with pytest.raises(DataError) as err:
-        load(path, tokenizer, cache_dir, template=drops_one, batched=batched)
-    assert "calls.jsonl, line 3, field 'messages'" in str(err.value)
-    assert "does not write tool calls ('secret' is missing" in str(err.value)
-    kept = load(path, tokenizer, cache_dir, template=drops_one, on_error="skip", batched=batched)
-    assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [3]
-    assert len(kept.train) == 3
-
-
-@pytest.mark.parametrize("batched", [True, False])
-def test_a_dropped_call_in_an_untrained_turn_is_refused_like_a_trained_one(
-    tmp_path, tokenizer, cache_dir, batched
-):
-    # The row's calling turn has weight 0 (context only) and the tools block names 'secret',
+    # first row of its sequence of roles (the one checked before labelling). Untrained: the
+    # calling turns have weight 0 (context only) and the row's tools block names 'secret',
     # so only a check after that turn's own prompt sees the call is not written.
     secret = _tool_row(3)
-    secret["tools"] = [*TOOLS, {**TOOLS[0], "function": {**TOOLS[0]["function"], "name": "secret"}}]
     secret["messages"][1]["tool_calls"][0]["function"]["name"] = "secret"
     rows = [_tool_row(1), _tool_row(2), secret, _tool_row(4)]
-    for row in rows:
-        row["messages"][1]["weight"] = 0
+    if untrained:
+        secret["tools"] = [*TOOLS, {"type": "function", "function": {"name": "secret"}}]
+        for row in rows:
+            row["messages"][1]["weight"] = 0
     path = write_jsonl(tmp_path / "calls.jsonl", rows)
     with pytest.raises(DataError) as err:
         load(path, tokenizer, cache_dir, template=DROPS_SECRET, batched=batched)
@@ -294,6 +278,7 @@ def test_a_dropped_call_in_an_untrained_turn_is_refused_like_a_trained_one(
     assert "does not write tool calls ('secret' is missing" in str(err.value)
     kept = load(path, tokenizer, cache_dir, template=DROPS_SECRET, on_error="skip", batched=batched)
     assert [p.row for p in kept.report().problems if p.kind == "malformed"] == [3]
+    assert len(kept.train) == 3
 
 
 @pytest.mark.parametrize(
