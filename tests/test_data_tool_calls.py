@@ -684,6 +684,69 @@ def test_xlam_rows_train_their_answers_as_tool_calls(tmp_path, tokenizer, cache_
     assert wb.parse_tool_calls(_trained_text(data, 1, tokenizer)) == calls  # and trained
 
 
+def test_xlam_tools_are_trained_as_a_chat_request_offers_them(tmp_path, tokenizer, cache_dir):
+    """xLAM lists parameters flat with Python type names; a served model is offered tools as
+    OpenAI's JSON Schema: the training prompt is the prompt that request renders."""
+    from workbench.chat import chat_inputs
+
+    flat = {
+        "name": "giveaways",
+        "description": "Live giveaways",
+        "parameters": {
+            "type": {"description": "Kind of giveaway", "type": "str", "default": "game"},
+            "platforms": {"description": "Where", "type": "List[str], optional"},
+            "limit": {"description": "How many", "type": "Optional[int]", "default": 5},
+            "filters": {"description": "Extra", "type": "Dict[str, Any]"},
+            "callback": {"description": "Hook", "type": "Callable"},
+        },
+    }
+    row = {"query": "Any games?", "tools": json.dumps([flat]), "answers": "No tool needed."}
+    data = load([row], tokenizer, cache_dir, template="chatml")
+    requested = {
+        "type": "function",
+        "function": {
+            "name": "giveaways",
+            "description": "Live giveaways",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "type": {
+                        "type": "string",
+                        "description": "Kind of giveaway",
+                        "default": "game",
+                    },
+                    "platforms": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "description": "Where",
+                    },
+                    "limit": {"type": "integer", "description": "How many", "default": 5},
+                    "filters": {"type": "object", "description": "Extra"},
+                    "callback": {"description": "Hook"},
+                },
+                "required": ["type", "filters", "callback"],
+            },
+        },
+    }
+    served = chat_inputs("Any games?", tokenizer, data.template, tools=[requested]).prompts[0]
+    assert data.example(0).prompt == served
+    assert '"required": ["type", "filters", "callback"]' in served
+
+
+def test_a_bare_function_tool_is_wrapped_and_a_schema_is_kept(tmp_path, tokenizer, cache_dir):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    }
+    bare = {"name": "weather", "description": "Weather", "parameters": schema}
+    untyped = {"name": "time", "parameters": {"properties": {"zone": {"type": "string"}}}}
+    rows = [{"query": "Rome?", "tools": [bare, untyped], "answers": "Sunny."}]
+    data = load(rows, tokenizer, cache_dir, template="chatml")
+    wrapped = [{"type": "function", "function": bare}, {"type": "function", "function": untyped}]
+    assert json.loads(data.train[0]["tool_calling"])["tools"] == wrapped
+
+
 def test_a_qa_row_with_tools_and_a_text_answer_keeps_its_tools(tmp_path, tokenizer, cache_dir):
     rows = [_xlam_row(0, answers="I cannot look that up."), _xlam_row(1)]
     data = load(rows, tokenizer, cache_dir, template="chatml")

@@ -142,7 +142,11 @@ def tool_turn_extras(turn: Mapping[str, Any]) -> dict[str, str]:
 def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
     """A row's ``tools`` (OpenAI's function schemas), checked; ``None`` when it has none.
 
-    JSON text (a CSV cell) is read as the list it writes.
+    JSON text (a CSV cell) is read as the list it writes. Each tool takes the form a chat
+    request sends (``{"type": "function", "function": {...}}``), so the model trains on the
+    tools as it will be offered them when served: a bare function object is wrapped, and a
+    flat parameter list (Salesforce's xLAM sets: ``{"city": {"type": "str, optional"}}``)
+    becomes a JSON Schema object (``"string"``, ``"required"`` for the ones not optional).
 
     Raises:
         RowError: Not a list of tool objects, or a tool without a name.
@@ -152,6 +156,14 @@ def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
         [{'type': 'function', 'function': {'name': 'add'}}]
         >>> tools_of([], "tools") is None
         True
+
+        An xLAM tool:
+
+        >>> flat = {"name": "add", "parameters": {"a": {"type": "int"},
+        ...                                       "b": {"type": "int, optional", "default": 0}}}
+        >>> tools_of([flat], "tools")[0]["function"]["parameters"]  # doctest: +NORMALIZE_WHITESPACE
+        {'type': 'object', 'properties': {'a': {'type': 'integer'},
+         'b': {'type': 'integer', 'default': 0}}, 'required': ['a']}
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -166,7 +178,83 @@ def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
         function = tool.get("function", tool) if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             raise _row_error(f"{field}[{i}]", "expected a tool object with a function name")
-    return value or None
+    return [_as_request_tool(tool) for tool in value] or None
+
+
+def _as_request_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """``tool`` as a chat request sends it: wrapped, its parameters a JSON Schema object."""
+    function = tool.get("function", tool)
+    parameters = function.get("parameters")
+    if _is_flat_parameter_list(parameters):
+        function = {**function, "parameters": _json_schema_object(parameters)}
+    if "function" in tool:
+        return {**tool, "function": function} if function is not tool["function"] else tool
+    return {"type": "function", "function": function}
+
+
+def _is_flat_parameter_list(parameters: Any) -> bool:
+    """Whether ``parameters`` names each parameter at the top (xLAM) rather than being a
+    JSON Schema object (``{"type": "object", "properties": ...}``). A parameter may itself
+    be called ``type`` or ``properties``: a schema's are a string and a dict of dicts."""
+    if not isinstance(parameters, dict) or not parameters:
+        return False
+    if not all(isinstance(spec, dict) for spec in parameters.values()):
+        return False  # a schema: its "type" is a string, its "required" a list
+    inner = parameters.get("properties")
+    return not (isinstance(inner, dict) and all(isinstance(v, dict) for v in inner.values()))
+
+
+def _json_schema_object(parameters: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    properties, required = {}, []
+    for name, spec in parameters.items():
+        kind = spec.get("type")
+        optional = isinstance(kind, str) and "optional" in kind.lower()
+        if isinstance(spec.get("required"), bool):  # some sets say so per parameter
+            optional = not spec["required"]
+        prop = {k: v for k, v in spec.items() if k not in ("type", "required")}
+        schema = _json_schema_type(kind) if isinstance(kind, str) else None
+        properties[name] = {**schema, **prop} if schema else prop
+        if not optional:
+            required.append(name)
+    found = {"type": "object", "properties": properties}
+    return {**found, "required": required} if required else found
+
+
+_PYTHON_TYPES = {
+    "str": "string",
+    "string": "string",
+    "int": "integer",
+    "integer": "integer",
+    "float": "number",
+    "number": "number",
+    "bool": "boolean",
+    "boolean": "boolean",
+    "list": "array",
+    "tuple": "array",
+    "set": "array",
+    "sequence": "array",
+    "array": "array",
+    "dict": "object",
+    "mapping": "object",
+    "object": "object",
+}
+
+
+def _json_schema_type(kind: str) -> dict[str, Any] | None:
+    """A Python-style type name (``"List[int], optional"``) as a JSON Schema ``type`` (with
+    ``items`` for a list of a plain type); ``None`` for ``Any``, unions and the unknown."""
+    text = re.sub(r",?\s*optional\s*$", "", kind.strip(), flags=re.IGNORECASE).strip()
+    wrapped = re.fullmatch(r"Optional\[(.*)\]", text)
+    text = wrapped.group(1).strip() if wrapped else text
+    outer, _, inner = text.partition("[")
+    found = _PYTHON_TYPES.get(outer.strip().lower())
+    if found is None:
+        return None
+    schema: dict[str, Any] = {"type": found}
+    item = _PYTHON_TYPES.get(inner.rstrip("]").strip().lower()) if inner else None
+    if found == "array" and item and "[" not in inner.rstrip("]"):
+        schema["items"] = {"type": item}
+    return schema
 
 
 def encode_tool_calling(
