@@ -917,6 +917,102 @@ def quantizer_children(parent_pid):
     return found
 
 
+def process_state(pid):
+    """The state letter of process ``pid`` (``"T"``: stopped), or ``"gone"``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@pytest.fixture
+def interrupt_in_llama_log(monkeypatch):
+    """Sends this process Jupyter's interrupt (SIGINT) from inside llama-cpp-python's log
+    callback, the first time llama.cpp logs: where ctypes used to drop it."""
+    import signal
+
+    import llama_cpp._logger
+
+    real = llama_cpp._logger.logger
+
+    class InterruptOnFirstRead:
+        """The callback's logger: its level, read on each log line, sends the interrupt
+        once armed, and only under a call of the function named ``within`` when set."""
+
+        armed = sent = False
+        within = None
+
+        @property
+        def level(self):
+            ready = InterruptOnFirstRead.armed and not InterruptOnFirstRead.sent
+            if ready and (self.within is None or self._called_from(self.within)):
+                InterruptOnFirstRead.sent = True
+                os.kill(os.getpid(), signal.SIGINT)
+            return real.level
+
+        @staticmethod
+        def _called_from(name):
+            frame = sys._getframe()
+            while frame is not None and frame.f_code.co_name != name:
+                frame = frame.f_back
+            return frame is not None
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    monkeypatch.setattr(llama_cpp._logger, "logger", InterruptOnFirstRead())
+    return InterruptOnFirstRead
+
+
+@pytest.mark.llama_cpp
+def test_an_interrupt_while_llama_cpp_loads_the_export_stops_it(
+    tmp_path, llama_class, interrupt_in_llama_log
+):
+    """The interrupt lands while llama.cpp loads the new file to prove it (before the export
+    is put in place): the export stops, and nothing is left at the target."""
+    model = wb.build_tiny_model(tmp_path / "model", "llama")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(model))
+    interrupt_in_llama_log.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        s.export("export/gguf", format="gguf")
+    assert interrupt_in_llama_log.sent
+    export = tmp_path / "run" / "export"
+    assert not export.exists() or sorted(p.name for p in export.iterdir()) == []
+    assert s.export("export/gguf", format="gguf").joinpath("model.gguf").is_file()  # again
+
+
+@pytest.mark.llama_cpp
+def test_an_interrupt_while_the_check_runs_the_export_stops_the_check(
+    tmp_path, llama_class, interrupt_in_llama_log
+):
+    s, folder = exported(tmp_path, "llama")
+    (folder / "export_check.json").unlink()
+    interrupt_in_llama_log.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        s.check_export(folder)
+    assert interrupt_in_llama_log.sent
+    assert not (folder / "export_check.json").exists()  # no report of a check that stopped
+
+
+@pytest.mark.llama_cpp
+def test_an_export_whose_check_was_interrupted_is_replaced_by_the_same_call(
+    tmp_path, llama_class, interrupt_in_llama_log
+):
+    """The cell run again after an interrupt in the export's own check: the written export
+    is still the session's, so it is replaced (no overwrite=True needed) and checked."""
+    model = wb.build_tiny_model(tmp_path / "model", "llama")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(model))
+    interrupt_in_llama_log.armed, interrupt_in_llama_log.within = True, "check_gguf"
+    with pytest.raises(KeyboardInterrupt):
+        s.export("export/gguf", format="gguf")
+    folder = tmp_path / "run" / "export" / "gguf"
+    assert sorted(p.name for p in folder.iterdir()) == ["Modelfile", "README.md", "model.gguf"]
+    assert s.export("export/gguf", format="gguf") == folder
+    assert (folder / "export_check.json").is_file()
+
+
 @pytest.mark.llama_cpp
 def test_an_interrupt_during_a_k_quant_leaves_no_export_no_staged_file_and_no_process(
     tmp_path, llama_class
@@ -945,7 +1041,15 @@ s.export("export/q4", format="gguf", gguf_type="q4_k_m")
         children = quantizer_children(kernel.pid)
         time.sleep(0.005)
     assert children, f"llama.cpp's quantizer never ran: {kernel.communicate()[1][-2000:]}"
+    # Frozen, the quantizer is still quantizing when the interrupt lands, however long this
+    # process is kept off the CPU (it was not always: the kernel had moved on to the load
+    # check, where llama-cpp-python's log callback used to swallow the interrupt).
+    for pid in children:
+        os.kill(pid, signal.SIGSTOP)
+    assert all(process_state(pid) == "T" for pid in children), "it ended before it was frozen"
     os.killpg(kernel.pid, signal.SIGINT)
+    for pid in children:
+        os.kill(pid, signal.SIGCONT)
     _, err = kernel.communicate(timeout=120)
     assert kernel.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
     assert "in quantize_gguf" in err  # it landed while llama.cpp quantized

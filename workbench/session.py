@@ -1145,13 +1145,15 @@ class Session:
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
         self._progress(f"exported {format} to {folder}")
+        # remembered before the check: an export whose check is interrupted is still this
+        # session's, for the same call run again to replace
+        self.folder.remember(folder, self._writer(), f"{format} export")
         if format == "gguf" and _llama_cpp_available():
             try:
                 self.check_export(folder)
             except WorkbenchError as err:  # the export stands; say why it was not checked
                 self._progress(f"export check not run: {err}")
                 warnings.warn(f"export check not run: {err}", WorkbenchWarning, stacklevel=2)
-        self.folder.remember(folder, self._writer(), f"{format} export")
         return folder
 
     def _writer(self) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from workbench._display import html_table, text_table
 from workbench._io import atomic_write_text
 from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
+from workbench.deploy.llama_interrupts import keeping_interrupts
 from workbench.errors import ModelLoadError, SpecError
 from workbench.train.core import pad_id
 
@@ -334,7 +335,8 @@ def _llama(path: Path, context: int) -> Any:
     from llama_cpp import Llama
 
     try:
-        return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
+        with keeping_interrupts():  # llama.cpp logs every step of a load
+            return Llama(model_path=str(path), n_ctx=context, n_threads=2, verbose=False, seed=0)
     except ValueError as err:  # llama-cpp-python's words for any file llama.cpp refuses
         msg = (
             f"llama.cpp could not load {path}: the file is damaged or describes a model "
@@ -363,7 +365,7 @@ def llama_cpp_load_error(path: str | Path) -> str | None:
         return None
     log = io.StringIO()  # verbose=True sends llama.cpp's log to sys.stderr (False: /dev/null)
     try:
-        with contextlib.redirect_stderr(log):
+        with contextlib.redirect_stderr(log), keeping_interrupts():
             Llama(model_path=str(path), n_ctx=16, n_threads=1, verbose=True).close()
     except ValueError:
         lines = [line.strip() for line in log.getvalue().splitlines()]
@@ -608,9 +610,14 @@ def check_gguf(
     longest = max(len(tokenizer(p.prompt, add_special_tokens=False).input_ids) for p in prompts)
     llm = _llama(gguf, context=longest + max_new_tokens + 64)
     cases = []
-    for case in prompts:
-        theirs = _exported_side(llm, case, max_new_tokens)
-        cases.append(
-            _compared(case.name, model, tokenizer, case.prompt, stop, max_new_tokens, *theirs)
-        )
+    try:
+        for case in prompts:
+            with keeping_interrupts():
+                theirs = _exported_side(llm, case, max_new_tokens)
+            cases.append(
+                _compared(case.name, model, tokenizer, case.prompt, stop, max_new_tokens, *theirs)
+            )
+    finally:
+        with keeping_interrupts():  # freeing logs too
+            llm.close()
     return ParityReport(str(gguf), tuple(cases))
