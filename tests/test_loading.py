@@ -146,16 +146,31 @@ def test_4bit_without_bitsandbytes_names_the_fix(tiny_model_dir):
     assert "pip install bitsandbytes" in result.stdout
 
 
-@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no answer"])
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no answer", "hung", "proxy"])
 def test_hub_id_without_network_explains(monkeypatch, why):
+    import socket
+
     from huggingface_hub import constants
 
+    from workbench.models.hub import PROXY_VARIABLES
+
+    for name in (*PROXY_VARIABLES, "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
     if why == "HF_HUB_OFFLINE":
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         reason = "HF_HUB_OFFLINE is set"
-    else:  # nothing listens there: what a machine without the hub sees
+    elif why == "no answer":  # nothing listens there: what a machine without the hub sees
         monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
-        reason = "127.0.0.1:9 does not answer"
+        reason = "127.0.0.1:9 does not answer (Connection refused)"
+    elif why == "hung":  # takes the connection, never replies (the hub client would retry)
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        reason = f"127.0.0.1:{port} does not answer (no reply within 3 s)"
+    else:  # the proxy the environment names is the way out, and it is down
+        monkeypatch.setattr(constants, "ENDPOINT", "http://hub.example")
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        reason = "hub.example:80 does not answer (Connection refused, through the proxy in "
     assert resolve_source("someone/some-model", quiet).kind == "hub"
     messages: list[str] = []
     with pytest.raises(wb.ModelLoadError, match="no model hub is reachable here") as caught:

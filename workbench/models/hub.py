@@ -2,7 +2,7 @@
 
 Without a network the hub client retries each request five times with growing pauses: about
 45 seconds before a hub id fails, and as long before a model already in the local hub cache
-is found there. One short connection attempt tells the two cases apart at once, so a
+is found there. One short request tells the two cases apart at once, so a
 machine without the hub loads cached hub ids straight from the cache and says plainly why
 an uncached one cannot load.
 
@@ -17,7 +17,6 @@ Examples:
 from __future__ import annotations
 
 import os
-import socket
 from urllib.parse import urlsplit
 
 __all__ = ["cached_hub_snapshot", "hub_unreachable"]
@@ -26,10 +25,13 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
-    """Why the model hub cannot be reached (one connection attempt), or ``None`` if it can.
+    """Why the model hub cannot be reached (one request, ``timeout`` seconds a step), or
+    ``None`` if it answers.
 
-    The hub is the one the hub client uses (``HF_ENDPOINT`` when it was imported). Behind a
-    proxy the proxy decides, so this says ``None`` and leaves the trying to the hub client.
+    The hub is the one the hub client uses (``HF_ENDPOINT`` when it was imported); the
+    request goes through the proxy the environment names, as the hub client's would. Any
+    answer counts: what the hub then says about a model is the hub client's to report. A hub
+    that takes the connection but never answers is unreachable too.
 
     Examples:
         >>> import os
@@ -39,20 +41,30 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
         ...     hub_unreachable()
         'HF_HUB_OFFLINE is set'
     """
+    import httpx
     from huggingface_hub import constants
 
     if _truthy(os.environ.get("HF_HUB_OFFLINE")) or constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    if any(os.environ.get(name) for name in PROXY_VARIABLES):
-        return None
     endpoint = urlsplit(constants.ENDPOINT)
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    proxy = next((name for name in PROXY_VARIABLES if os.environ.get(name)), None)
+    through = f", through the proxy in {proxy}" if proxy else ""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"{host}:{port} does not answer ({err.strerror or err})"
+        httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+    except httpx.TimeoutException:
+        return f"{host}:{port} does not answer (no reply within {timeout:g} s{through})"
+    except (httpx.HTTPError, OSError) as err:
+        return f"{host}:{port} does not answer ({_reason(err)}{through})"
+    return None
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost cause's words (the OS's, for a refused or unresolved connection)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
 
 
 def _truthy(value: str | None) -> bool:
