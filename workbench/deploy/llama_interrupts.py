@@ -50,11 +50,11 @@ def keeping_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or not callable(previous):
         yield
         return
-    kept: list[FrameType | None] = []
+    kept: list[int] = []
 
     def on_interrupt(signum: int, frame: FrameType | None) -> None:
         if _in_log_callback(frame):
-            kept.append(frame)  # raising here would be swallowed by ctypes
+            kept.append(signum)  # raising here would be swallowed by ctypes
             return
         previous(signum, frame)
 
