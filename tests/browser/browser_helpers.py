@@ -26,7 +26,9 @@ import re
 import secrets
 import signal
 import subprocess
+import time
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,11 @@ SERVER_START_TIMEOUT = 60
 PAGE_LOAD_TIMEOUT = 60
 RUN_TIMEOUT = 120
 WIDGET_TIMEOUT = 30
+KERNEL_START_TIMEOUT = 120
+RUN_ALL_CLICK_TIMEOUT = 10
+# Dialogs JupyterLab itself opens while a notebook's kernel starts (see answer_kernel_dialogs).
+KERNEL_START_DIALOGS = ("Kernel Restarting", "Error Starting Kernel", "Select Kernel")
+KERNEL = "python3"  # the kernel spec of the notebooks written here
 
 # The visible notebook (JupyterLab hides inactive panels with lm-mod-hidden).
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
@@ -59,17 +66,26 @@ NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 @dataclass
 class Lab:
-    """A running ``jupyter lab``: loopback port, token, root folder (for notebooks), log."""
+    """A running ``jupyter lab``: loopback port, token, root folder (for notebooks), log.
+
+    ``home`` holds its isolated settings and state; kernel specs written under ``kernels``
+    are offered by the server (its ``JUPYTER_PATH`` starts there).
+    """
 
     port: int
     token: str
     root: Path
+    home: Path
     log: Path
     process: subprocess.Popen = field(repr=False)
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def kernels(self) -> Path:
+        return self.home / "data" / "kernels"
 
     def url(self, path: str) -> str:
         """``path`` on the server with the token, e.g. ``lab.url("lab/tree/x.ipynb")``."""
@@ -126,7 +142,7 @@ def write_notebook(lab: Lab, name: str, cells: list[str]) -> Path:
 
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
-        "name": "python3",
+        "name": KERNEL,
         "display_name": "Python 3",
         "language": "python",
     }
@@ -173,19 +189,24 @@ def run_notebook_in_lab(
 ) -> None:
     """Open ``notebook_path`` (under the lab root) in JupyterLab, run all cells, wait until done.
 
-    Waits for the kernel to be idle, runs "Run All Cells" from the command palette (the Run
-    menu as a fallback), then waits until every code cell shows an execution count (no
-    ``[*]``, no blank prompt) and the kernel is idle again. ``page`` comes from the ``page``
-    fixture (it knows its server as ``page.lab``).
+    ``open_notebook_in_lab``, then ``start_run_all``, then ``wait_for_all_cells``. ``page``
+    comes from the ``page`` fixture (it knows its server as ``page.lab``).
 
     Raises:
         AssertionError: A cell raised (its traceback text is in the message), unless
-            ``allow_errors``.
+            ``allow_errors``; or JupyterLab showed a dialog no user would expect.
         playwright.sync_api.TimeoutError: Not done within ``timeout`` seconds.
     """
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-    from playwright.sync_api import expect
+    open_notebook_in_lab(page, notebook_path)
+    start_run_all(page)
+    wait_for_all_cells(page, timeout, allow_errors)
 
+
+def open_notebook_in_lab(page, notebook_path: Path | str, kernel: bool = True) -> str:
+    """Open ``notebook_path`` alone in a fresh workspace; its path relative to the lab root.
+
+    With ``kernel``, returns once the notebook's kernel is idle (``wait_for_kernel``).
+    """
     lab: Lab = page.lab
     relative = Path(notebook_path).resolve().relative_to(lab.root.resolve()).as_posix()
     # A fresh, reset workspace: only this notebook is open (lab remembers open tabs per
@@ -198,14 +219,117 @@ def run_notebook_in_lab(
     page.locator(f"{NOTEBOOK} .jp-Cell").first.wait_for(
         state="visible", timeout=PAGE_LOAD_TIMEOUT * 1000
     )
-    expect(_idle_kernel(page)).to_have_count(1, timeout=PAGE_LOAD_TIMEOUT * 1000)
-    for attempt in range(3):  # a lost click/shortcut (focus elsewhere) would wait forever
-        _run_all_cells(page, use_menu=attempt > 0)
-        with contextlib.suppress(PlaywrightTimeoutError):
-            page.wait_for_function(_STARTED, timeout=15_000, polling=250)
+    if kernel:
+        wait_for_kernel(page, relative)
+    return relative
+
+
+def wait_for_kernel(page, relative: str, timeout: float = KERNEL_START_TIMEOUT) -> None:
+    """Wait until the kernel of notebook ``relative`` is idle, in the server and in the page.
+
+    The page's execution indicator says "idle" before any kernel exists, so the server's
+    session list is the proof. JupyterLab's own kernel-start dialogs are answered on the way
+    (``answer_kernel_dialogs``).
+    """
+    lab: Lab = page.lab
+    deadline = time.monotonic() + timeout
+    while True:
+        answer_kernel_dialogs(page)
+        state = _server_kernel_state(lab, relative)
+        if state == "idle" and _idle_kernel(page).count() == 1 and not _open_dialogs(page):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the kernel of {relative} is not idle after {timeout:.0f} s (server says "
+                f"{state!r}); server log:\n{lab.log_tail()}"
+            )
+        page.wait_for_timeout(250)
+
+
+def _server_kernel_state(lab: Lab, relative: str) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        for session in lab.api("sessions"):
+            if session.get("path") == relative and session.get("kernel"):
+                return session["kernel"].get("execution_state")
+    return None
+
+
+def answer_kernel_dialogs(page) -> list[str]:
+    """Answer JupyterLab's kernel-start dialogs as a user would; the titles answered.
+
+    A kernel that dies while it starts (for instance when another process takes the port it
+    was given) brings "Kernel Restarting"; a session that cannot be created brings "Error
+    Starting Kernel" and then "Select Kernel". A user clicks OK, or picks the notebook's
+    Python kernel, and carries on: so do the tests (their notebooks use ``KERNEL``), with a
+    warning that keeps the dialog's text in the test log. Any other dialog fails the test
+    with its text.
+    """
+    answered = []
+    for _ in range(5):
+        dialogs = _open_dialogs(page)
+        if not dialogs:
             break
-    else:
-        raise AssertionError("Run All Cells did not start any cell (3 tries)")
+        title, body = dialogs[0]
+        if title not in KERNEL_START_DIALOGS:
+            raise AssertionError(f"JupyterLab shows a dialog {title!r}: {body[:2000]}")
+        warnings.warn(
+            f"JupyterLab showed {title!r} ({body[:500]}); answered it as a user would",
+            stacklevel=2,
+        )
+        dialog = page.locator(".jp-Dialog").first
+        if title == "Select Kernel":
+            dialog.locator("select").select_option(
+                value=json.dumps({"name": KERNEL}, separators=(",", ":"))  # JSON.stringify
+            )
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").click(timeout=WIDGET_TIMEOUT * 1000)
+        with contextlib.suppress(Exception):  # the next dialog may reuse the element
+            dialog.wait_for(state="detached", timeout=5000)
+        answered.append(title)
+    return answered
+
+
+def _open_dialogs(page) -> list[tuple[str, str]]:
+    """(title, body text) of each dialog open in the page."""
+    return [
+        (title.strip(), " ".join(body.split()))
+        for title, body in page.evaluate(
+            """() => [...document.querySelectorAll('.jp-Dialog')].map(d => [
+              d.querySelector('.jp-Dialog-header')?.textContent || '',
+              d.querySelector('.jp-Dialog-body')?.textContent || ''])"""
+        )
+    ]
+
+
+def start_run_all(page, attempts: int = 3) -> None:
+    """Run All Cells in the open notebook; returns once a cell has started.
+
+    Answers kernel-start dialogs first (``answer_kernel_dialogs``). A lost click or shortcut
+    (focus elsewhere) would wait forever, so each try that starts no cell within 15 s is
+    followed by another, through the Run menu.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for attempt in range(attempts):
+        answer_kernel_dialogs(page)
+        with contextlib.suppress(PlaywrightTimeoutError):
+            _run_all_cells(page, use_menu=attempt > 0)
+            page.wait_for_function(_STARTED, timeout=15_000, polling=250)
+            return
+    raise AssertionError(
+        f"Run All Cells did not start any cell ({attempts} tries); dialogs open: "
+        f"{_open_dialogs(page)}"
+    )
+
+
+def wait_for_all_cells(page, timeout: float = RUN_TIMEOUT, allow_errors: bool = False) -> None:
+    """Wait until every code cell shows an execution count and the kernel is idle again.
+
+    Raises:
+        AssertionError: A cell raised (its traceback text is in the message), unless
+            ``allow_errors``.
+    """
+    from playwright.sync_api import expect
+
     page.wait_for_function(_ALL_CELLS_DONE, timeout=timeout * 1000, polling=250)
     expect(_idle_kernel(page)).to_have_count(1, timeout=timeout * 1000)
     failures = page.evaluate(_CELL_ERRORS)
@@ -215,7 +339,7 @@ def run_notebook_in_lab(
 
 def _run_all_cells(page, use_menu: bool = False) -> None:
     """Run All Cells through the command palette (Ctrl+Shift+C), else through the Run menu."""
-    page.locator(f"{NOTEBOOK} .jp-Cell").first.click()
+    page.locator(f"{NOTEBOOK} .jp-Cell").first.click(timeout=RUN_ALL_CLICK_TIMEOUT * 1000)
     page.keyboard.press("Escape")  # command mode: keys go to the app, not the cell editor
     label = re.compile(r"^\s*Run All Cells\s*$")
     try:
@@ -230,8 +354,12 @@ def _run_all_cells(page, use_menu: bool = False) -> None:
         ).first.click(timeout=5000)
     except Exception:
         page.keyboard.press("Escape")
-        page.locator(".lm-MenuBar-itemLabel").filter(has_text=re.compile(r"^Run$")).click()
-        page.locator(".lm-Menu-itemLabel").filter(has_text=label).first.click()
+        page.locator(".lm-MenuBar-itemLabel").filter(has_text=re.compile(r"^Run$")).click(
+            timeout=RUN_ALL_CLICK_TIMEOUT * 1000
+        )
+        page.locator(".lm-Menu-itemLabel").filter(has_text=label).first.click(
+            timeout=RUN_ALL_CLICK_TIMEOUT * 1000
+        )
 
 
 def panel_output(page, selector: str):

@@ -85,6 +85,10 @@ def _lab_environment(home: Path) -> dict[str, str]:
     env["JUPYTERLAB_SETTINGS_DIR"] = str(home / "settings")
     env["JUPYTERLAB_WORKSPACES_DIR"] = str(home / "workspaces")
     env["IPYTHONDIR"] = str(home / "ipython")
+    # Kernel specs a test adds (``lab.kernels``) come first; the installed ones stay found.
+    env["JUPYTER_PATH"] = os.pathsep.join(
+        filter(None, [str(home / "data"), env.get("JUPYTER_PATH")])
+    )
     env.setdefault("WORKBENCH_CACHE", str(REPO / ".cache" / "workbench"))
     env["HF_HUB_OFFLINE"] = "1"  # notebooks here use local models only
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -126,7 +130,7 @@ def lab(browser_requirements, tmp_path_factory):
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, stopped as one
         )
-    server = Lab(port=port, token=token, root=root, log=log, process=process)
+    server = Lab(port=port, token=token, root=root, home=home, log=log, process=process)
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:

@@ -16,16 +16,14 @@ sanitized by JupyterLab and still shows the charts. Saves ``panels_reopened.png`
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from browser_helpers import (
     NOTEBOOK,
-    PAGE_LOAD_TIMEOUT,
     WIDGET_TIMEOUT,
+    open_notebook_in_lab,
     panel_output,
     run_notebook_in_lab,
     screenshot,
@@ -55,20 +53,6 @@ CELLS = [
 HOOK_LOADED = "workbench: saved notebooks keep static panels"
 SAVE_TIMEOUT = 30
 IMAGE_LOADED = "img => img.complete && img.naturalWidth > 0"
-
-
-def _open(page, path: Path) -> None:
-    """Open ``path`` (under the lab root) in a fresh workspace, without running anything."""
-    lab = page.lab
-    relative = path.resolve().relative_to(lab.root.resolve()).as_posix()
-    workspace = f"wb-{secrets.token_hex(4)}"
-    page.goto(
-        lab.url(f"lab/workspaces/{workspace}/tree/{quote(relative)}?reset"),
-        timeout=PAGE_LOAD_TIMEOUT * 1000,
-    )
-    page.locator(f"{NOTEBOOK} .jp-Cell").first.wait_for(
-        state="visible", timeout=PAGE_LOAD_TIMEOUT * 1000
-    )
 
 
 def _output(page, selector: str):
@@ -158,7 +142,7 @@ def test_panels_survive_save_and_reopen(lab, page):
         assert "widgets" not in json.loads(notebook.read_text())["metadata"]
 
         shutdown_kernels(lab, notebook)
-        _open(page, notebook)
+        open_notebook_in_lab(page, notebook, kernel=False)
         _assert_static_panels(page)
         screenshot(page, "panels_reopened", _output(page, ".wb-snapshot-monitor"))
 
@@ -172,7 +156,7 @@ def test_panels_survive_save_and_reopen(lab, page):
         )
         untrusted.write_text(json.dumps(nb))
         shutdown_kernels(lab, notebook)
-        _open(page, untrusted)
+        open_notebook_in_lab(page, untrusted, kernel=False)
         expect(page.locator(f"{NOTEBOOK} .wb-sentinel")).to_contain_text("sentinel")
         expect(page.locator(f"{NOTEBOOK} .wb-sentinel svg")).to_have_count(0)
         _assert_static_panels(page)

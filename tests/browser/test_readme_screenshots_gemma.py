@@ -25,24 +25,20 @@ import contextlib
 import io
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from browser_helpers import (
     _ALL_CELLS_DONE,
     _CELL_ERRORS,
-    _STARTED,
     NOTEBOOK,
-    PAGE_LOAD_TIMEOUT,
     SCREENSHOTS,
-    _idle_kernel,
-    _run_all_cells,
+    open_notebook_in_lab,
     screenshot,
     shutdown_kernels,
+    start_run_all,
     write_notebook,
 )
 
@@ -195,35 +191,6 @@ def _wait(page, predicate, timeout: float, what: str, every_ms: int = 500):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
         page.wait_for_timeout(every_ms)
-
-
-def _open_and_run_all(page, notebook: Path) -> None:
-    """Open ``notebook`` in a fresh workspace and start Run All Cells; returns once started.
-
-    ``run_notebook_in_lab`` does the same and then waits for the end; here the test takes
-    pictures of the live monitor while the cells still run.
-    """
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-    from playwright.sync_api import expect
-
-    lab = page.lab
-    relative = notebook.resolve().relative_to(lab.root.resolve()).as_posix()
-    page.goto(
-        lab.url(f"lab/workspaces/wb-{secrets.token_hex(4)}/tree/{quote(relative)}?reset"),
-        timeout=PAGE_LOAD_TIMEOUT * 1000,
-    )
-    page.locator(f"{NOTEBOOK} .jp-Cell").first.wait_for(
-        state="visible", timeout=PAGE_LOAD_TIMEOUT * 1000
-    )
-    expect(_idle_kernel(page)).to_have_count(1, timeout=PAGE_LOAD_TIMEOUT * 1000)
-    for attempt in range(3):
-        _run_all_cells(page, use_menu=attempt > 0)
-        try:
-            page.wait_for_function(_STARTED, timeout=15_000, polling=250)
-            return
-        except PlaywrightTimeoutError:
-            continue
-    raise AssertionError("Run All Cells did not start any cell (3 tries)")
 
 
 def _take_frames(page, panel, timeout: float) -> list[Frame]:
@@ -492,7 +459,8 @@ def test_readme_screenshots_from_a_gemma_run(lab, page):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     notebook = write_notebook(lab, "readme_gemma", CELLS)
     try:
-        _open_and_run_all(page, notebook)
+        open_notebook_in_lab(page, notebook)
+        start_run_all(page)  # returns once started: the pictures are taken while it runs
         deadline = Deadline(RUN_ALL_TIMEOUT)
         _data_inspector(page, deadline)
         _live_monitor(page, deadline)

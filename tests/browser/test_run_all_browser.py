@@ -18,25 +18,20 @@ import contextlib
 import itertools
 import json
 import re
-import secrets
 import time
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from browser_helpers import (
     _ALL_CELLS_DONE,
-    _STARTED,
     NOTEBOOK,
-    PAGE_LOAD_TIMEOUT,
     SCREENSHOTS,
     WIDGET_TIMEOUT,
-    _idle_kernel,
-    _run_all_cells,
+    open_notebook_in_lab,
     panel_output,
     run_notebook_in_lab,
     screenshot,
     shutdown_kernels,
+    start_run_all,
     write_notebook,
 )
 
@@ -107,29 +102,6 @@ def _until(predicate, timeout: float = CLICK_TIMEOUT, every: float = 0.25):
         time.sleep(every)
         value = predicate()
     return value
-
-
-def _start_run_all(page, notebook: Path) -> None:
-    """Open ``notebook`` in a fresh workspace and start Run All Cells (without waiting)."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
-    from playwright.sync_api import expect
-
-    relative = notebook.resolve().relative_to(page.lab.root.resolve()).as_posix()
-    workspace = f"wb-{secrets.token_hex(4)}"
-    page.goto(
-        page.lab.url(f"lab/workspaces/{workspace}/tree/{quote(relative)}?reset"),
-        timeout=PAGE_LOAD_TIMEOUT * 1000,
-    )
-    page.locator(f"{NOTEBOOK} .jp-Cell").first.wait_for(
-        state="visible", timeout=PAGE_LOAD_TIMEOUT * 1000
-    )
-    expect(_idle_kernel(page)).to_have_count(1, timeout=PAGE_LOAD_TIMEOUT * 1000)
-    for attempt in range(3):
-        _run_all_cells(page, use_menu=attempt > 0)
-        with contextlib.suppress(PlaywrightTimeoutError):
-            page.wait_for_function(_STARTED, timeout=15_000, polling=250)
-            return
-    raise AssertionError("Run All Cells did not start any cell (3 tries)")
 
 
 def _prompts(page) -> list[str]:
@@ -208,7 +180,8 @@ def test_pause_resume_and_stop_act_while_run_wait_blocks(lab, page):
         ],
     )
     try:
-        _start_run_all(page, notebook)
+        open_notebook_in_lab(page, notebook)
+        start_run_all(page)
         page.locator(f"{NOTEBOOK} .wb-training-monitor").first.wait_for(timeout=RUN_TIMEOUT * 1000)
         panel = panel_output(page, ".wb-training-monitor")
         status = panel.locator(".wb-train-status")
