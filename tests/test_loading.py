@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,8 +148,41 @@ def test_4bit_without_bitsandbytes_names_the_fix(tiny_model_dir):
     assert "pip install bitsandbytes" in result.stdout
 
 
-@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "no answer", "hung", "proxy"])
-def test_hub_id_without_network_explains(monkeypatch, why):
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """Answers every request with the status in the server's ``status`` (a proxy saying no)."""
+
+    def do_HEAD(self):
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def answering_server():
+    """``start(status)``: a local HTTP server answering ``status``; its port."""
+    servers = []
+
+    def start(status: int) -> int:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+        server.status = status
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server.server_address[1]
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["HF_HUB_OFFLINE", "no answer", "hung", "proxy", "proxy wants credentials", "bad gateway"],
+)
+def test_hub_id_without_network_explains(monkeypatch, answering_server, why):
     import socket
 
     from huggingface_hub import constants
@@ -167,10 +202,21 @@ def test_hub_id_without_network_explains(monkeypatch, why):
         port = listener.getsockname()[1]
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
         reason = f"127.0.0.1:{port} does not answer (no reply within 3 s)"
-    else:  # the proxy the environment names is the way out, and it is down
+    elif why == "proxy":  # the proxy the environment names is the way out, and it is down
         monkeypatch.setattr(constants, "ENDPOINT", "http://hub.example")
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
         reason = "hub.example:80 does not answer (Connection refused, through the proxy in "
+    elif why == "proxy wants credentials":  # the proxy answers in the hub's place
+        monkeypatch.setattr(constants, "ENDPOINT", "http://hub.example")
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{answering_server(407)}")
+        reason = (
+            "hub.example:80 does not answer (the proxy in HTTP_PROXY answered "
+            "407 Proxy Authentication Required)"
+        )
+    else:  # a gateway in front of a hub mirror cannot reach it
+        port = answering_server(502)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        reason = f"127.0.0.1:{port} does not answer (a gateway in front of it answered 502 Bad"
     assert resolve_source("someone/some-model", quiet).kind == "hub"
     messages: list[str] = []
     with pytest.raises(wb.ModelLoadError, match="no model hub is reachable here") as caught:
@@ -179,6 +225,21 @@ def test_hub_id_without_network_explains(monkeypatch, why):
     assert "has no usable copy of it" in str(caught.value)
     assert "pass its folder" in str(caught.value)
     assert messages[-1].startswith(f"no model hub here ({reason}")
+
+
+@pytest.mark.parametrize("status", [200, 401, 404, 500])
+def test_any_answer_of_the_hub_itself_counts_as_reachable(monkeypatch, answering_server, status):
+    """What the hub says about a model is the hub client's to report, not a missing network."""
+    from huggingface_hub import constants
+
+    from workbench.models.hub import PROXY_VARIABLES, hub_unreachable
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{answering_server(status)}")
+    assert hub_unreachable() is None
 
 
 HUB_SCRIPT = """

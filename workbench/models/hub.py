@@ -22,6 +22,9 @@ from urllib.parse import urlsplit
 __all__ = ["cached_hub_snapshot", "hub_unreachable"]
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")
+# Answers that come from a proxy or gateway on the way, not from the hub: the proxy wants
+# credentials, or could not reach (or wait for) the hub behind it.
+NOT_THE_HUB_ANSWERING = {407, 502, 503, 504}
 
 
 def hub_unreachable(timeout: float = 3.0) -> str | None:
@@ -30,8 +33,10 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
 
     The hub is the one the hub client uses (``HF_ENDPOINT`` when it was imported); the
     request goes through the proxy the environment names, as the hub client's would. Any
-    answer counts: what the hub then says about a model is the hub client's to report. A hub
-    that takes the connection but never answers is unreachable too.
+    answer of the hub counts (what it then says about a model is the hub client's to
+    report); a proxy or gateway answering for it that it wants credentials (407) or cannot
+    reach it (502, 503, 504) does not. A hub that takes the connection but never answers is
+    unreachable too.
 
     Examples:
         >>> import os
@@ -52,11 +57,17 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     proxy = next((name for name in PROXY_VARIABLES if os.environ.get(name)), None)
     through = f", through the proxy in {proxy}" if proxy else ""
     try:
-        httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
+        response = httpx.head(constants.ENDPOINT, timeout=timeout, follow_redirects=False)
     except httpx.TimeoutException:
         return f"{host}:{port} does not answer (no reply within {timeout:g} s{through})"
     except (httpx.HTTPError, OSError) as err:
         return f"{host}:{port} does not answer ({_reason(err)}{through})"
+    if response.status_code in NOT_THE_HUB_ANSWERING:
+        who = f"the proxy in {proxy}" if proxy else "a gateway in front of it"
+        return (
+            f"{host}:{port} does not answer ({who} answered "
+            f"{response.status_code} {response.reason_phrase})"
+        )
     return None
 
 
