@@ -733,6 +733,38 @@ def test_xlam_tools_are_trained_as_a_chat_request_offers_them(tmp_path, tokenize
     assert '"required": ["type", "filters", "callback"]' in served
 
 
+@pytest.mark.parametrize(
+    ("python_type", "schema"),
+    [
+        (
+            "List[List[int]]",
+            {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+        ),
+        ("typing.Tuple[float, ...]", {"type": "array", "items": {"type": "number"}}),
+        ("Tuple[int, str]", {"type": "array"}),
+        ("Dict[str, float]", {"type": "object", "additionalProperties": {"type": "number"}}),
+        ("Union[int, str]", {"type": ["integer", "string"]}),
+        ("int | None", {"type": "integer"}),
+        (
+            "Optional[Union[str, List[str]]]",
+            {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+        ),
+        (
+            "Literal['celsius', 'fahrenheit'], optional",
+            {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        ),
+        ("Literal[1, 'a, b']", {"enum": [1, "a, b"]}),
+        ("Union[int, Callable]", None),  # a type list without Callable would refuse its values
+        ("Literal[some_name]", None),
+    ],
+)
+def test_xlam_type_names_become_json_schema(python_type, schema):
+    flat = {"name": "f", "parameters": {"x": {"type": python_type, "description": "X"}}}
+    (tool,) = wb.data.tool_calls.tools_of([flat], "tools")
+    expected = {**(schema or {}), "description": "X"}
+    assert tool["function"]["parameters"]["properties"]["x"] == expected
+
+
 def test_a_bare_function_tool_is_wrapped_and_a_schema_is_kept(tmp_path, tokenizer, cache_dir):
     schema = {
         "type": "object",

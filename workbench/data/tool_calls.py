@@ -30,6 +30,7 @@ Examples:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -146,7 +147,9 @@ def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
     request sends (``{"type": "function", "function": {...}}``), so the model trains on the
     tools as it will be offered them when served: a bare function object is wrapped, and a
     flat parameter list (Salesforce's xLAM sets: ``{"city": {"type": "str, optional"}}``)
-    becomes a JSON Schema object (``"string"``, ``"required"`` for the ones not optional).
+    becomes a JSON Schema object (``"string"``, ``"required"`` for the ones not optional;
+    nested lists and dicts, unions and ``Literal`` too; no ``type`` for ``Any``, ``Callable``
+    or an unknown name, rather than a wrong one).
 
     Raises:
         RowError: Not a list of tool objects, or a tool without a name.
@@ -241,20 +244,90 @@ _PYTHON_TYPES = {
 
 
 def _json_schema_type(kind: str) -> dict[str, Any] | None:
-    """A Python-style type name (``"List[int], optional"``) as a JSON Schema ``type`` (with
-    ``items`` for a list of a plain type); ``None`` for ``Any``, unions and the unknown."""
-    text = re.sub(r",?\s*optional\s*$", "", kind.strip(), flags=re.IGNORECASE).strip()
-    wrapped = re.fullmatch(r"Optional\[(.*)\]", text)
-    text = wrapped.group(1).strip() if wrapped else text
-    outer, _, inner = text.partition("[")
-    found = _PYTHON_TYPES.get(outer.strip().lower())
+    """A Python-style type name (``"List[int], optional"``) as JSON Schema; ``None`` for
+    ``Any``, ``Callable`` and the unknown (a guessed type would misdescribe the tool)."""
+    text = re.sub(r",?\s*optional\s*$", "", kind.strip(), flags=re.IGNORECASE)
+    return _type_expression_schema(text)
+
+
+def _type_expression_schema(text: str) -> dict[str, Any] | None:
+    """``str``, ``List[List[int]]``, ``Dict[str, float]``, ``Union[int, str]``, ``int | None``,
+    ``Literal['a', 'b']``, ``typing.Optional[str]``... as JSON Schema, else ``None``."""
+    text = text.strip()
+    members = _split_top_level(text, "|")
+    if len(members) > 1:
+        return _union_schema(members)
+    outer, bracket, rest = text.partition("[")
+    name = outer.strip().rsplit(".", 1)[-1].lower()  # typing.List -> list
+    if bracket:
+        args = _split_top_level(rest[:-1], ",") if rest.endswith("]") else None
+        return _generic_schema(name, args) if args else None
+    found = _PYTHON_TYPES.get(name)
+    return {"type": found} if found else None
+
+
+def _generic_schema(name: str, args: list[str]) -> dict[str, Any] | None:
+    """``name[args]``: ``Optional``, ``Union``, ``Literal``, a list or tuple, a dict."""
+    if name in ("optional", "union"):
+        return _union_schema(args)
+    if name == "literal":
+        return _literal_schema(args)
+    found = _PYTHON_TYPES.get(name)
+    part = None
+    if found == "array":
+        items = [arg for arg in args if arg != "..."]  # Tuple[int, ...]
+        part = ("items", items[0]) if len(set(items)) == 1 else None
+    elif found == "object" and len(args) == 2:
+        part = ("additionalProperties", args[1])
     if found is None:
         return None
-    schema: dict[str, Any] = {"type": found}
-    item = _PYTHON_TYPES.get(inner.rstrip("]").strip().lower()) if inner else None
-    if found == "array" and item and "[" not in inner.rstrip("]"):
-        schema["items"] = {"type": item}
-    return schema
+    inner = _type_expression_schema(part[1]) if part else None
+    return {"type": found, part[0]: inner} if inner else {"type": found}
+
+
+def _union_schema(members: list[str]) -> dict[str, Any] | None:
+    """One of ``members`` (``None`` among them only makes it optional); ``None`` when one of
+    them is unknown, since a type list missing it would refuse its values."""
+    schemas = [_type_expression_schema(m) for m in members if m not in ("None", "NoneType")]
+    if not schemas or any(schema is None for schema in schemas):
+        return None
+    if len(schemas) == 1:
+        return schemas[0]
+    if all(schema.keys() == {"type"} for schema in schemas):
+        return {"type": list(dict.fromkeys(schema["type"] for schema in schemas))}
+    return {"anyOf": schemas}
+
+
+def _literal_schema(args: list[str]) -> dict[str, Any] | None:
+    try:
+        values = [ast.literal_eval(arg) for arg in args]
+    except (ValueError, SyntaxError):
+        return None
+    kinds = {_JSON_TYPE_OF.get(type(value)) for value in values}
+    if None in kinds:
+        return None
+    return {"type": kinds.pop(), "enum": values} if len(kinds) == 1 else {"enum": values}
+
+
+_JSON_TYPE_OF = {str: "string", int: "integer", float: "number", bool: "boolean"}
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` outside brackets and quotes, each part stripped."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, char in enumerate(text):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
 
 
 def encode_tool_calling(
