@@ -602,13 +602,42 @@ def test_calls_are_read_in_the_forms_other_templates_write():
 
 # Qwen3-Coder's way (its template's tool-call part, written here): XML-ish tags, a value as
 # text when it is a string and as JSON otherwise.
-XML_CALLS = OWN_MARKERS.replace(
-    "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
+XML_CALL_PART = (
     "{% for c in message.tool_calls %}<tool_call>\n<function={{ c.function.name }}>\n"
     "{% for k, v in c.function.arguments | items %}<parameter={{ k }}>\n"
     "{{ v if v is string else v | tojson }}\n</parameter>\n{% endfor %}"
-    "</function>\n</tool_call>{% endfor %}",
+    "</function>\n</tool_call>{% endfor %}"
 )
+XML_CALLS = OWN_MARKERS.replace(
+    "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
+    XML_CALL_PART,
+)
+
+
+def test_xml_values_keep_the_type_the_offered_tools_declare():
+    """Qwen3-Coder writes a string argument as bare text, so "10115" and 10115 look alike:
+    the tools the model was offered tell them apart."""
+    import jinja2
+
+    arguments = {"zip": "10115", "days": 3, "note": "[1, 2]", "tags": ["a"]}
+    message = {"tool_calls": [{"function": {"name": "weather", "arguments": arguments}}]}
+    written = jinja2.Environment().from_string(XML_CALL_PART).render(message=message)
+    assert "<parameter=zip>\n10115\n</parameter>" in written
+    read = wb.parse_tool_calls(written)[0]["function"]["arguments"]
+    assert read == {"zip": 10115, "days": 3, "note": [1, 2], "tags": ["a"]}
+    declared = {
+        "type": "object",
+        "properties": {
+            "zip": {"type": "string"},
+            "days": {"type": "integer"},
+            "note": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    offered = [{"type": "function", "function": {"name": "weather", "parameters": declared}}]
+    assert wb.parse_tool_calls(written, tools=offered)[0]["function"]["arguments"] == arguments
+    other = [{"name": "forecast", "parameters": declared}]  # another function's schema
+    assert wb.parse_tool_calls(written, tools=other)[0]["function"]["arguments"] == read
 
 
 def test_xml_calls_as_qwen3_coder_writes_them_are_trained_and_scored(tmp_path, tiny_model_dir):

@@ -16,7 +16,8 @@ FunctionGemma                   ``<start_function_call>call:f{a:<escape>x<escape
                                 ``<end_function_call>``
 XML-ish (Qwen3-Coder)           ``<function=f><parameter=a>1</parameter></function>``: a value
                                 that parses as JSON is read as JSON (``1``, ``[2]``), any
-                                other as text, as the template writes them
+                                other as text, as the template writes them; with ``tools``,
+                                a parameter declared a string stays text (``"10115"``)
 ==============================  ===============================================================
 
 Examples:
@@ -53,12 +54,14 @@ _MAX_PYTHONIC_ENDS = 64  # closing brackets tried for one pythonic list
 Call = dict[str, Any]
 
 
-def parse_tool_calls(text: str) -> list[Call]:
+def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> list[Call]:
     """The tool calls written in a model's answer, in OpenAI's form, in order.
 
     See the module's table for the forms read. A call cut off by ``max_new_tokens`` counts
     when its arguments are whole. Calls written in a form not listed (``add(a=1)`` outside a
-    list, prose) are not read.
+    list, prose) are not read. ``tools``, the function schemas the model was offered (as a
+    chat request sends them, or bare), settle what only they can: a Qwen3-Coder value
+    written ``10115`` is the text ``"10115"`` where its parameter is declared a string.
 
     Examples:
         >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
@@ -70,19 +73,30 @@ def parse_tool_calls(text: str) -> list[Call]:
         {'name': 'add', 'arguments': {'a': 1}}
         >>> parse_tool_calls("It is 4, says {the table}, or [see above](link).")
         []
+        >>> code = "<function=lookup><parameter=code>10115</parameter></function>"
+        >>> parse_tool_calls(code)[0]["function"]["arguments"]
+        {'code': 10115}
+        >>> tool = {"name": "lookup", "parameters": {"type": "object",
+        ...         "properties": {"code": {"type": "string"}}}}
+        >>> parse_tool_calls(code, tools=[tool])[0]["function"]["arguments"]
+        {'code': '10115'}
     """
     calls: list[Call] = []
     decoder = json.JSONDecoder()
+    strings = _string_parameters(tools)
     position = 0
     while (start := _STARTS.search(text, position)) is not None:
-        found, end = _read_at(text, start, decoder)
+        found, end = _read_at(text, start, decoder, strings)
         calls += found
         position = end if end is not None else start.start() + 1
     return calls
 
 
 def _read_at(
-    text: str, start: re.Match[str], decoder: json.JSONDecoder
+    text: str,
+    start: re.Match[str],
+    decoder: json.JSONDecoder,
+    strings: dict[str, set[str]],
 ) -> tuple[list[Call], int | None]:
     """The calls read from ``start`` and where reading ended (``None``: nothing parsed)."""
     if start.group("gemma"):
@@ -91,7 +105,7 @@ def _read_at(
             return [], None
         return [_call(start.group("gemma_name"), read[0])], read[1]
     if start.group("xml"):
-        return _xml_call(text, start)
+        return _xml_call(text, start, strings.get(start.group("xml_name"), set()))
     if start.group("pythonic"):
         read = _pythonic_calls(text, start.start())
         return read if read is not None else ([], None)
@@ -137,20 +151,38 @@ def _call_of(value: Any) -> Call | None:
     return _call(value["name"], arguments) if isinstance(arguments, dict) else None
 
 
+def _string_parameters(tools: list[dict[str, Any]] | None) -> dict[str, set[str]]:
+    """For each offered function, the parameters its schema declares only as strings."""
+    found: dict[str, set[str]] = {}
+    for tool in tools or ():
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        properties = (function.get("parameters") or {}).get("properties") or {}
+        found[function["name"]] = {
+            name
+            for name, schema in properties.items()
+            if isinstance(schema, dict) and schema.get("type") in ("string", ["string"])
+        }
+    return found
+
+
 # --- XML-ish: <function=f><parameter=a>1</parameter></function> -------------------------
 
 
-def _xml_call(text: str, start: re.Match[str]) -> tuple[list[Call], int | None]:
-    """The call whose ``<function=...>`` tag is ``start``, when its ``</function>`` is there."""
+def _xml_call(text: str, start: re.Match[str], strings: set[str]) -> tuple[list[Call], int | None]:
+    """The call whose ``<function=...>`` tag is ``start``, when its ``</function>`` is there;
+    the parameters named in ``strings`` are declared strings and kept as text."""
     close = text.find("</function>", start.end())
     if close < 0:
         return [], None  # cut off before its arguments were whole
     arguments = {}
-    for name, value in _XML_PARAMETER.findall(text, start.end(), close):
+    for raw_name, value in _XML_PARAMETER.findall(text, start.end(), close):
+        name = raw_name.strip()
         try:
-            arguments[name.strip()] = json.loads(value)
+            arguments[name] = value if name in strings else json.loads(value)
         except ValueError:
-            arguments[name.strip()] = value
+            arguments[name] = value
     return [_call(start.group("xml_name"), arguments)], close + len("</function>")
 
 
