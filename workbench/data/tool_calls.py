@@ -273,16 +273,15 @@ def _generic_schema(name: str, args: list[str]) -> dict[str, Any] | None:
     if name == "literal":
         return _literal_schema(args)
     found = _PYTHON_TYPES.get(name)
-    part = None
-    if found == "array":
-        items = [arg for arg in args if arg != "..."]  # Tuple[int, ...]
-        part = ("items", items[0]) if len(set(items)) == 1 else None
-    elif found == "object" and len(args) == 2:
-        part = ("additionalProperties", args[1])
-    if found is None:
-        return None
-    inner = _type_expression_schema(part[1]) if part else None
-    return {"type": found, part[0]: inner} if inner else {"type": found}
+    if found == "array":  # List[int], Tuple[int, ...]; Tuple[int, str] has no one item type
+        items = {arg for arg in args if arg != "..."}
+        key, inner = "items", items.pop() if len(items) == 1 else None
+    elif found == "object":  # Dict[str, float]
+        key, inner = "additionalProperties", args[1] if len(args) == 2 else None
+    else:
+        return {"type": found} if found else None
+    schema = _type_expression_schema(inner) if inner else None
+    return {"type": found, key: schema} if schema else {"type": found}
 
 
 def _union_schema(members: list[str]) -> dict[str, Any] | None:
