@@ -208,8 +208,14 @@ def test_harness_sees_markup_that_runs(lab, page):
     notebook = write_notebook(lab, "control", [cell])
     run_notebook_in_lab(page, notebook)
     panel_output(page, ".widget-html")
-    # The handler fires when the lab server answers the image's request with a 404: on the
-    # first page of a cold server (CI runs this test first) that took over 10 s once.
-    page.wait_for_function("document.title === 'XSS'", timeout=WIDGET_TIMEOUT * 1000)
+    # The handler fires when the lab server answers the image's request: on the first page
+    # of a cold server (CI runs this test first) that took over 10 s once. JupyterLab
+    # rewrites the title whenever it saves its layout, so the titles recorded since page
+    # load are searched, not the current one (which missed a handler that had run, in CI).
+    page.wait_for_function(
+        "(window.__titles || []).concat([document.title]).includes('XSS')",
+        timeout=2 * WIDGET_TIMEOUT * 1000,
+        polling=100,
+    )
     assert "XSS" in titles(page)
     assert page.locator('.jp-OutputArea img[src="x"]').count() == 1
