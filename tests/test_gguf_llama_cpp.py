@@ -925,6 +925,20 @@ def process_state(pid):
         return "gone"
 
 
+def stopped_state(pid, timeout=30.0):
+    """The state of ``pid`` once a SIGSTOP sent to it has landed (``"T"``), or the state it
+    ended in: the signal is delivered when the kernel next schedules it, later on a busy
+    machine."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (state := process_state(pid)) not in ("T", "Z", "X", "gone"):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return state
+
+
 @pytest.fixture
 def interrupt_in_llama_log(monkeypatch):
     """Sends this process Jupyter's interrupt (SIGINT) from inside llama-cpp-python's log
@@ -1046,7 +1060,8 @@ s.export("export/q4", format="gguf", gguf_type="q4_k_m")
     # check, where llama-cpp-python's log callback used to swallow the interrupt).
     for pid in children:
         os.kill(pid, signal.SIGSTOP)
-    assert all(process_state(pid) == "T" for pid in children), "it ended before it was frozen"
+    states = [stopped_state(pid) for pid in children]
+    assert states == ["T"] * len(children), f"it ended before it was frozen: {states}"
     os.killpg(kernel.pid, signal.SIGINT)
     for pid in children:
         os.kill(pid, signal.SIGCONT)
