@@ -570,6 +570,7 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "pythonic": "Sure: [add(a=1), now()]",
         "functiongemma": "<start_function_call>call:add{a:1}<end_function_call>"
         "<start_function_call>call:now{}<end_function_call>",
+        "gemma 4": "<|tool_call>call:add{a:1}<tool_call|><|tool_call>call:now{}<tool_call|>",
         "qwen3-coder xml": "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>\n"
         "</function>\n</tool_call>\n<tool_call>\n<function=now>\n</function>\n</tool_call>",
     }
@@ -584,6 +585,7 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "[add(1, 2)]",  # positional: no argument names
         '[add(a=open("/etc/passwd"))]',  # not a literal: nothing runs, nothing read
         "<start_function_call>call:add{a:<escape>cut off",
+        '<|tool_call>call:add{a:<|"|>cut off',
         "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>",  # cut off
     )
     for text in nothing:
@@ -598,6 +600,68 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "text": "line one\n{not json}",
         "options": {"loud": True},
     }
+
+
+# What transformers' own reader (`tokenizer.parse_response`) is told about Gemma 4's calls, as
+# `transformers serve` declares it; kept here in case that private table moves.
+GEMMA4_RESPONSE = {
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"<\|tool_call>call:(?P<name>\w+)",
+            "close": "<tool_call|>",
+            "repeats": True,
+            "content": "json",
+            "content_args": {"unquoted_keys": True, "string_delims": [['<|"|>', '<|"|>']]},
+            "transform": {
+                "type": "function",
+                "function": {"name": "{name}", "arguments": "{content}"},
+            },
+        },
+        "content": {"close": ["<turn|>", "<|tool_response>", "<eos>"], "content": "text"},
+    },
+}
+
+
+def _gemma4_response_schema():
+    try:
+        from transformers.cli.serving.utils import _RESPONSE_TEMPLATE_FALLBACKS
+    except ImportError:
+        return GEMMA4_RESPONSE
+    return next(
+        (v for k, v in _RESPONSE_TEMPLATE_FALLBACKS.items() if "gemma4" in k), GEMMA4_RESPONSE
+    )
+
+
+def test_gemma4_calls_are_read_as_transformers_reads_them(tokenizer):
+    """Gemma 4 writes calls as FunctionGemma does, with its own tokens and string quotes;
+    transformers' reader, told the format as `transformers serve` tells it, is the judge."""
+    q = '<|"|>'
+    answers = [
+        f"<|tool_call>call:weather{{city:{q}Paris, FR{q},days:3}}<tool_call|>",
+        f"Let me look.<|tool_call>call:search{{query:{q}a {{b}}: [c]{q},limit:-2.5,"
+        f"exact:false,tags:[{q}x{q},7],filter:{{lang:{q}de{q},safe:true}}}}<tool_call|>"
+        "<|tool_call>call:now{}<tool_call|>",
+        f'<|tool_call>call:say{{text:{q}Grüße, 你好 \\ "quoted"{q}}}<tool_call|><turn|>',
+        "No call needed: it is 4.<turn|>",
+    ]
+    schema = _gemma4_response_schema()
+    for text in answers:
+        theirs = tokenizer.parse_response(text, schema, prefix="").get("tool_calls", [])
+        ours = wb.parse_tool_calls(text)
+        assert [c["function"] for c in ours] == [c["function"] for c in theirs], text
+    assert wb.parse_tool_calls(answers[1])[0]["function"]["arguments"]["filter"] == {
+        "lang": "de",
+        "safe": True,
+    }
+
+
+GEMMA4_CALLS = OWN_MARKERS.replace(
+    "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
+    "{% for c in message.tool_calls %}<|tool_call>call:{{ c.function.name }}{{ '{' }}"
+    "{% for k, v in c.function.arguments | items %}{{ k }}:"
+    '{% if v is string %}<|"|>{{ v }}<|"|>{% else %}{{ v | tojson }}{% endif %}'
+    "{% if not loop.last %},{% endif %}{% endfor %}{{ '}' }}<tool_call|>{% endfor %}",
+)
 
 
 # Qwen3-Coder's way (its template's tool-call part, written here): XML-ish tags, a value as
@@ -640,21 +704,31 @@ def test_xml_values_keep_the_type_the_offered_tools_declare():
     assert wb.parse_tool_calls(written, tools=other)[0]["function"]["arguments"] == read
 
 
-def test_xml_calls_as_qwen3_coder_writes_them_are_trained_and_scored(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize(
+    ("template", "written"),
+    [
+        (XML_CALLS, "<tool_call>\n<function=add>\n<parameter=a>\n{i}\n</parameter>\n"),
+        (GEMMA4_CALLS, "<|tool_call>call:add{{a:{i},b:{i}}}<tool_call|>"),
+    ],
+    ids=["qwen3-coder", "gemma4"],
+)
+def test_calls_other_templates_write_are_trained_and_scored(
+    tmp_path, tiny_model_dir, template, written
+):
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(tiny_model_dir))
     rows = [{**_tool_row(i), "messages": _tool_row(i)["messages"][:2]} for i in range(8)]
-    s.load_data(rows, validation=0.25, template=XML_CALLS)
+    s.load_data(rows, validation=0.25, template=template)
     answer = s.data.example(0).answer
-    assert answer.startswith("<tool_call>\n<function=add>\n<parameter=a>\n")
     i = int(s.data.train[0]["source_row"]) - 1
+    assert answer.startswith(written.format(i=i))
     assert wb.parse_tool_calls(answer)[0]["function"] == {
         "name": "add",
         "arguments": {"a": i, "b": i},
     }
     ev = s.evaluate(metrics=["tool_calls"], limit=2, max_new_tokens=2, compare_base=False)
     assert all(len(wb.parse_tool_calls(row.reference)) == 1 for row in ev.rows)
-    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call
+    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call: not vacuous 1.0
 
 
 def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_calls(
@@ -677,6 +751,24 @@ def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_ca
     with pytest.raises(EvaluationError, match=r"cannot read the calls template .* writes"):
         s.evaluate(metrics=["tool_calls", "exact_match"], max_new_tokens=2)
     assert s.evaluate(metrics=["exact_match"], limit=1, max_new_tokens=2).rows  # others work
+    # the first call readable, the second written as code: scoring it would judge half a row
+    first_only = OWN_MARKERS.replace(
+        "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
+        "[TOOL_CALLS]{{ [message.tool_calls[0].function] | tojson }}"
+        "{% for c in message.tool_calls[1:] %} {{ c.function.name }}(){% endfor %}",
+    )
+    twice = [
+        {**row, "messages": [row["messages"][0], {**row["messages"][1], "tool_calls": calls}]}
+        for row in rows
+        for calls in [[*row["messages"][1]["tool_calls"], _now_call()]]
+    ]
+    s.load_data(twice, validation=0.25, template=first_only)
+    with pytest.raises(EvaluationError, match=r"calls \['add', 'now'\], .* reads as \['add'\]"):
+        s.evaluate(metrics=["tool_calls"], max_new_tokens=2)
+
+
+def _now_call():
+    return {"id": "call_now", "type": "function", "function": {"name": "now", "arguments": {}}}
 
 
 def _xlam_row(i, answers=None):
@@ -770,7 +862,16 @@ def test_xlam_tools_are_trained_as_a_chat_request_offers_them(tmp_path, tokenize
             {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
         ),
         ("typing.Tuple[float, ...]", {"type": "array", "items": {"type": "number"}}),
-        ("Tuple[int, str]", {"type": "array"}),
+        (
+            "Tuple[int, str]",
+            {
+                "type": "array",
+                "minItems": 2,
+                "maxItems": 2,
+                "prefixItems": [{"type": "integer"}, {"type": "string"}],
+            },
+        ),
+        ("tuple[int, Widget]", {"type": "array", "minItems": 2, "maxItems": 2}),
         ("Dict[str, float]", {"type": "object", "additionalProperties": {"type": "number"}}),
         ("Union[int, str]", {"type": ["integer", "string"]}),
         ("int | None", {"type": "integer"}),

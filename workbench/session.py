@@ -356,8 +356,10 @@ class Session:
         template = chat_template(template, self.tokenizer)
         about = describe_chat(template, self.tokenizer)
         if tools is not None:  # a template that drops tools is refused now, not at a send
+            from workbench.data.call_formats import function_of
+
             chat_inputs("Hello", self.tokenizer, template, tools)
-            names = ", ".join(t.get("function", t)["name"] for t in tools)
+            names = ", ".join(function_of(t)["name"] for t in tools)
             about += f"; tools offered: {names}"
         scalable = self.adapter_strength is not None
         return ChatPanel(
@@ -1476,8 +1478,8 @@ def _metric_names(metrics: Any) -> set[str]:
 
 
 def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
-    """Refuse the ``tool_calls`` metric when the template writes calls it cannot read: every
-    answer would then score as "no call wanted, none made"."""
+    """Refuse the ``tool_calls`` metric when the template writes calls it cannot read (every
+    answer would then score as "no call wanted, none made") or reads only some of them."""
     from workbench.data.tool_calls import TOOL_CALLING, answer_calls, parse_tool_calls
     from workbench.errors import EvaluationError
 
@@ -1485,14 +1487,16 @@ def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
     if TOOL_CALLING not in table.column_names:
         return
     for i, (stored, row) in enumerate(zip(table[TOOL_CALLING], rows, strict=True)):
-        calls = bool(stored) and answer_calls(table[i]["messages"], stored)
-        if calls and not parse_tool_calls(row["reference"]):
+        calls = answer_calls(table[i]["messages"], stored) if stored else []
+        wanted = sorted(c["function"]["name"] for c in calls)
+        read = sorted(c["function"]["name"] for c in parse_tool_calls(row["reference"]))
+        if wanted and read != wanted:
             raise EvaluationError(
                 f"metric 'tool_calls' cannot read the calls template "
-                f"{prepared.template.name!r} writes ({split} row {i + 1}'s answer: "
-                f"{row['reference'][:80]!r}): it reads calls written as JSON "
-                '({"name": ..., "arguments": ...}, as Hermes, Qwen, Mistral and Llama 3 '
-                "write them), pythonic lists ([f(a=1)]), FunctionGemma's calls and "
-                "Qwen3-Coder's <function=f> tags. Train "
-                "with template='chatml', or score with a metric of your own."
+                f"{prepared.template.name!r} writes ({split} row {i + 1} calls {wanted}, its "
+                f"answer {row['reference'][:80]!r} reads as {read}): it reads calls written "
+                'as JSON ({"name": ..., "arguments": ...}, as Hermes, Qwen, Mistral and Llama 3 '
+                "write them), pythonic lists ([f(a=1)]), FunctionGemma's and Gemma 4's calls "
+                "and Qwen3-Coder's <function=f> tags. Train with template='chatml', or score "
+                "with a metric of your own."
             )

@@ -14,6 +14,7 @@ OpenAI's wrapping               ``{"function": {"name": "f", "arguments": "{...}
 pythonic (Llama 3.2, Gemma)     ``[f(a=1, b="x"), g()]``: a list of calls with keyword literals
 FunctionGemma                   ``<start_function_call>call:f{a:<escape>x<escape>,n:2}``
                                 ``<end_function_call>``
+Gemma 4                         ``<|tool_call>call:f{a:<|"|>x<|"|>,n:2}<tool_call|>``
 XML-ish (Qwen3-Coder)           ``<function=f><parameter=a>1</parameter></function>``: a value
                                 that parses as JSON is read as JSON (``1``, ``[2]``), any
                                 other as text, as the template writes them; with ``tools``,
@@ -39,16 +40,17 @@ import json
 import re
 from typing import Any
 
-__all__ = ["parse_tool_calls"]
+__all__ = ["function_of", "parse_tool_calls"]
 
 _STARTS = re.compile(
-    r"(?P<gemma><start_function_call>\s*call:(?P<gemma_name>[A-Za-z_][\w.-]*)\s*(?=\{))"
+    r"(?P<gemma>(?:<start_function_call>|<\|tool_call>)\s*call:"
+    r"(?P<gemma_name>[A-Za-z_][\w.-]*)\s*(?=\{))"
     r"|(?P<named>\[TOOL_CALLS\]\s*(?P<named_name>[A-Za-z_][\w.-]*)\s*\[ARGS\])"
     r"|(?P<xml><function=(?P<xml_name>[A-Za-z_][\w.-]*)>)"
     r"|(?P<pythonic>\[\s*[A-Za-z_][\w.]*\s*\()"
     r"|[{\[]"
 )
-_ESCAPE = "<escape>"
+_STRING_DELIMITERS = ("<escape>", '<|"|>')  # FunctionGemma's, Gemma 4's
 _XML_PARAMETER = re.compile(r"<parameter=([^>\n]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
 _MAX_PYTHONIC_ENDS = 64  # closing brackets tried for one pythonic list
 Call = dict[str, Any]
@@ -151,12 +153,27 @@ def _call_of(value: Any) -> Call | None:
     return _call(value["name"], arguments) if isinstance(arguments, dict) else None
 
 
+def function_of(tool: Any) -> dict[str, Any] | None:
+    """A tool's function object, as a chat request wraps it or bare; ``None`` when ``tool``
+    is no object with a function name.
+
+    Examples:
+        >>> function_of({"type": "function", "function": {"name": "add"}})
+        {'name': 'add'}
+        >>> function_of({"name": "add"}), function_of({"function": {}}), function_of("add")
+        ({'name': 'add'}, None, None)
+    """
+    function = tool.get("function", tool) if isinstance(tool, dict) else None
+    named = isinstance(function, dict) and isinstance(function.get("name"), str)
+    return function if named else None
+
+
 def _string_parameters(tools: list[dict[str, Any]] | None) -> dict[str, set[str]]:
     """For each offered function, the parameters its schema declares only as strings."""
     found: dict[str, set[str]] = {}
     for tool in tools or ():
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        function = function_of(tool)
+        if function is None:
             continue
         properties = (function.get("parameters") or {}).get("properties") or {}
         found[function["name"]] = {
@@ -224,19 +241,22 @@ def _pythonic_list(tree: ast.AST) -> list[Call] | None:
     return calls
 
 
-# --- FunctionGemma: call:f{a:<escape>x<escape>,n:2} -------------------------------------
+# --- FunctionGemma and Gemma 4: call:f{a:<escape>x<escape>,n:2} ------------------------
 
 
 def _gemma_value(text: str, at: int) -> tuple[Any, int] | None:
-    """A FunctionGemma value at ``at`` and the index after it (``None``: malformed).
+    """A FunctionGemma or Gemma 4 value at ``at`` and the index after it (``None``: malformed).
 
-    Strings sit between ``<escape>`` tokens, objects are ``{key:value,...}`` with bare keys,
-    lists ``[value,...]``; anything else is a bare number, ``true``/``false``/``null``, or
-    text up to the next ``,``, ``}`` or ``]``.
+    Strings sit between ``<escape>`` tokens (Gemma 4: ``<|"|>``), objects are
+    ``{key:value,...}`` with bare keys, lists ``[value,...]``; anything else is a bare number,
+    ``true``/``false``/``null``, or text up to the next ``,``, ``}`` or ``]``. Space between
+    the parts is allowed.
     """
-    if text.startswith(_ESCAPE, at):
-        close = text.find(_ESCAPE, at + len(_ESCAPE))
-        return None if close < 0 else (text[at + len(_ESCAPE) : close], close + len(_ESCAPE))
+    at = _after_space(text, at)
+    delimiter = next((d for d in _STRING_DELIMITERS if text.startswith(d, at)), None)
+    if delimiter is not None:
+        close = text.find(delimiter, at + len(delimiter))
+        return None if close < 0 else (text[at + len(delimiter) : close], close + len(delimiter))
     if at < len(text) and text[at] in "{[":
         return _gemma_container(text, at)
     match = re.compile(r"[^,}\]]*").match(text, at)
@@ -254,7 +274,7 @@ def _gemma_container(text: str, at: int) -> tuple[Any, int] | None:
     closing = "}" if text[at] == "{" else "]"
     items: list[Any] = []
     pairs: dict[str, Any] = {}
-    at += 1
+    at = _after_space(text, at + 1)
     while at < len(text) and text[at] != closing:
         if closing == "}":
             colon = text.find(":", at)
@@ -271,8 +291,15 @@ def _gemma_container(text: str, at: int) -> tuple[Any, int] | None:
                 return None
             value, at = read
             items.append(value)
+        at = _after_space(text, at)
         if at < len(text) and text[at] == ",":
-            at += 1
+            at = _after_space(text, at + 1)
     if at >= len(text):
         return None  # cut off before it closed
     return (pairs if closing == "}" else items), at + 1
+
+
+def _after_space(text: str, at: int) -> int:
+    while at < len(text) and text[at].isspace():
+        at += 1
+    return at

@@ -38,7 +38,7 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
-from workbench.data.call_formats import parse_tool_calls
+from workbench.data.call_formats import function_of, parse_tool_calls
 
 __all__ = [
     "TOOL_CALLING",
@@ -178,15 +178,14 @@ def tools_of(value: Any, field: str) -> list[dict[str, Any]] | None:
     if not isinstance(value, list):
         raise _row_error(field, f"expected a list of tools, got {type(value).__name__}")
     for i, tool in enumerate(value):
-        function = tool.get("function", tool) if isinstance(tool, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        if function_of(tool) is None:
             raise _row_error(f"{field}[{i}]", "expected a tool object with a function name")
     return [_as_request_tool(tool) for tool in value] or None
 
 
 def _as_request_tool(tool: dict[str, Any]) -> dict[str, Any]:
     """``tool`` as a chat request sends it: wrapped, its parameters a JSON Schema object."""
-    function = tool.get("function", tool)
+    function = function_of(tool)
     parameters = function.get("parameters")
     if _is_flat_parameter_list(parameters):
         function = {**function, "parameters": _json_schema_object(parameters)}
@@ -273,7 +272,9 @@ def _generic_schema(name: str, args: list[str]) -> dict[str, Any] | None:
     if name == "literal":
         return _literal_schema(args)
     found = _PYTHON_TYPES.get(name)
-    if found == "array":  # List[int], Tuple[int, ...]; Tuple[int, str] has no one item type
+    if name == "tuple" and len(args) > 1 and "..." not in args:  # Tuple[int, str]: each place
+        return _fixed_tuple_schema(args)
+    if found == "array":  # List[int], Tuple[int, ...]
         items = {arg for arg in args if arg != "..."}
         key, inner = "items", items.pop() if len(items) == 1 else None
     elif found == "object":  # Dict[str, float]
@@ -282,6 +283,16 @@ def _generic_schema(name: str, args: list[str]) -> dict[str, Any] | None:
         return {"type": found} if found else None
     schema = _type_expression_schema(inner) if inner else None
     return {"type": found, key: schema} if schema else {"type": found}
+
+
+def _fixed_tuple_schema(places: list[str]) -> dict[str, Any]:
+    """``Tuple[int, str]``: an array of that length, each place typed (JSON Schema's
+    ``prefixItems``) when every place's type is known."""
+    schema: dict[str, Any] = {"type": "array", "minItems": len(places), "maxItems": len(places)}
+    typed = [_type_expression_schema(place) for place in places]
+    if all(typed):
+        schema["prefixItems"] = typed
+    return schema
 
 
 def _union_schema(members: list[str]) -> dict[str, Any] | None:
@@ -484,7 +495,7 @@ def check_template_writes_tools(
                 )
     offered_in = prompts[min(prompts)] if prompts else rendered
     for tool in tools or ():
-        name = tool.get("function", tool)["name"]
+        name = function_of(tool)["name"]
         if name not in offered_in:
             return (
                 f"it does not write the tools offered (tools=): {name!r} is missing from the prompt"
