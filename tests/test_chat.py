@@ -159,6 +159,45 @@ def test_chat_renders_the_data_template_and_stops_at_its_end_of_turn(tuned):
     assert "<|im_end|>" not in answer and "<|im_start|>" not in answer
 
 
+class _Writes:
+    """A logits processor that makes the model write ``rows[i]``'s ids for prompt ``i``, then
+    its eos: generation as it runs, with the answer chosen."""
+
+    def __init__(self, rows, prompt_length, eos):
+        self.rows, self.prompt_length, self.eos = rows, prompt_length, eos
+
+    def __call__(self, input_ids, scores):
+        step = input_ids.shape[1] - self.prompt_length
+        forced = torch.full_like(scores, float("-inf"))
+        for i, row in enumerate(self.rows):
+            forced[i, row[step] if step < len(row) else self.eos] = 0.0
+        return forced
+
+
+def test_special_tokens_the_model_writes_stay_in_its_answer(tmp_path):
+    """Gemma 4 and Mistral write tool calls with special tokens: an answer decoded without
+    them loses its calls. Only the end token and the padding after it are left out."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|tool_call>", "<tool_call|>"]})
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(len(tokenizer))
+    call = "<|tool_call>call:add{a:1}<tool_call|>"
+    assert (
+        tokenizer.decode(tokenizer.encode(call, add_special_tokens=False), skip_special_tokens=True)
+        == "call:add{a:1}"
+    )
+    rows = [tokenizer.encode(text, add_special_tokens=False) for text in (call, "Hi")]
+    prompts = ["Add one", "Hello there, how are you"]  # unequal: the batch is left padded
+    length = tokenizer(prompts, padding=True, return_tensors="pt").input_ids.shape[1]
+    writes = LogitsProcessorList([_Writes(rows, length, tokenizer.eos_token_id)])
+    answers = generate_text(model, tokenizer, prompts, 16, logits_processor=writes)
+    assert answers == [call, "Hi"]  # "Hi" ended early: no eos, no padding in its text
+    assert wb.parse_tool_calls(answers[0])[0]["function"] == {"name": "add", "arguments": {"a": 1}}
+
+
 def test_chat_takes_a_batch_or_a_conversation(tuned):
     batch = tuned.generate(["record 3", "record 5"], max_new_tokens=N, chat=True)
     assert batch == [

@@ -91,7 +91,11 @@ def test_export_safetensors_loads_without_workbench(tmp_path, tiny_model_dir, ad
         "t.padding_side = 'left'\n"
         f"b = t({PROBES[:2]!r}, return_tensors='pt', padding=True)\n"
         "o = m.generate(**b, max_new_tokens=8, do_sample=False, pad_token_id=t.pad_token_id)\n"
-        "print(json.dumps(t.batch_decode(o[:, b.input_ids.shape[1]:], skip_special_tokens=True)))\n"
+        "e = m.generation_config.eos_token_id\n"  # an answer ends there; other tokens stay
+        "ends = {t.eos_token_id, t.pad_token_id, *(e if isinstance(e, list) else [e])}\n"
+        "rows = [r[: next((i for i, x in enumerate(r) if x in ends), len(r))]\n"
+        "        for r in o[:, b.input_ids.shape[1]:].tolist()]\n"
+        "print(json.dumps([t.decode(r) for r in rows]))\n"
         "print('workbench' in sys.modules)\n"
     )
     result = subprocess.run(

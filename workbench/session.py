@@ -241,7 +241,8 @@ class Session:
     ):
         """Complete a prompt (or a list of prompts) with the model as it is now.
 
-        Greedy unless ``do_sample=True`` is passed. Returns the new text only.
+        Greedy unless ``do_sample=True`` is passed. Returns the new text only, as the model
+        wrote it (special tokens included; it ends before its end token and padding).
 
         With ``chat=True`` each prompt is one user turn (a list of ``{"role", "content"}``
         turns is one conversation) rendered with the template the data was loaded with (else

@@ -90,7 +90,12 @@ def generate_text(
     stop_strings: Sequence[str] | None = None,
     **generation: Any,
 ) -> list[str]:
-    """Complete each prompt and return only the new text, decoded without special tokens.
+    """Complete each prompt and return only the new text, as the model wrote it.
+
+    A completion ends before its end token (eos, a one-token stop) and padding; any other
+    special token it wrote stays in the text, as a chat template would write it: a tool-call
+    marker such as Gemma 4's ``<|tool_call>`` or Mistral's ``[TOOL_CALLS]`` is part of the
+    answer (:func:`~workbench.data.tool_calls.parse_tool_calls` needs it).
 
     Prompts are batched with left padding, so every completion starts right after its prompt.
     Greedy by default (``do_sample=False``); any ``generate`` keyword passes through.
@@ -131,6 +136,20 @@ def generate_text(
     _stop_settings(model, tokenizer, stops, generation)
     with torch.no_grad():
         output = model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
-    new_tokens = output[:, batch["input_ids"].shape[1] :]
-    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+    ends = _end_ids(model, tokenizer, generation)
+    texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]
     return [cut_at_stop(t, stops) for t in texts] if stops else texts
+
+
+def _end_ids(model: Any, tokenizer: Any, generation: dict) -> set[int]:
+    """The ids that end a completion: eos (the model's, the tokenizer's, one-token stops)
+    and the padding ``generate`` writes after a completion that ended early."""
+    eos = generation.get("eos_token_id", model.generation_config.eos_token_id)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    found = {*eos, tokenizer.eos_token_id, generation.get("pad_token_id")}
+    return {int(i) for i in found if i is not None}
+
+
+def _until_end(ids: list[int], ends: set[int]) -> list[int]:
+    return next((ids[:i] for i, token in enumerate(ids) if token in ends), ids)
