@@ -11,6 +11,7 @@ import csv
 import html
 import json
 import re
+import warnings
 
 import pytest
 from data_fixtures import cache_dir, load, tokenizer, write_jsonl
@@ -765,6 +766,22 @@ def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_ca
     s.load_data(twice, validation=0.25, template=first_only)
     with pytest.raises(EvaluationError, match=r"calls \['add', 'now'\], .* reads as \['add'\]"):
         s.evaluate(metrics=["tool_calls"], max_new_tokens=2)
+
+
+def test_the_tool_calls_metric_warns_when_no_plain_answer_reads_as_a_call(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    own_form = [{"question": f"add {i} and 1", "answer": f"CALL add a={i} b=1"} for i in range(8)]
+    s.load_data(own_form, validation=0.25)
+    with pytest.warns(wb.WorkbenchWarning, match=r"none of the 2 reference answers .* validation"):
+        ev = s.evaluate(metrics=["tool_calls"], max_new_tokens=2, compare_base=False)
+    assert ev.scores["tool_calls"]["tuned"] == 1.0  # the vacuous score the warning explains
+    pythonic = [{"question": f"add {i} and 1", "answer": f"[add(a={i}, b=1)]"} for i in range(8)]
+    s.load_data(pythonic, validation=0.25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wb.WorkbenchWarning)
+        ev = s.evaluate(metrics=["tool_calls"], max_new_tokens=2, compare_base=False)
+    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call
 
 
 def _now_call():

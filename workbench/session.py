@@ -1480,14 +1480,27 @@ def _metric_names(metrics: Any) -> set[str]:
 
 def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
     """Refuse the ``tool_calls`` metric when the template writes calls it cannot read (every
-    answer would then score as "no call wanted, none made") or reads only some of them."""
+    answer would then score as "no call wanted, none made") or reads only some of them;
+    warn when rows without stored calls have no answer it reads as a call (the same
+    vacuous score, but such rows may rightly want none)."""
     from workbench.data.tool_calls import TOOL_CALLING, answer_calls, parse_tool_calls
     from workbench.errors import EvaluationError
 
     table = prepared.split(split)
-    if TOOL_CALLING not in table.column_names:
+    stored_cells = table[TOOL_CALLING] if TOOL_CALLING in table.column_names else []
+    if not any(stored_cells):  # plain prompt/answer rows: the answers are the only record
+        if not any(parse_tool_calls(row["reference"]) for row in rows):
+            warnings.warn(
+                f"metric 'tool_calls': none of the {len(rows)} reference answers of the "
+                f"{split} rows makes a call it can read, so each row scores 1.0 exactly when "
+                "the answer makes no call either. If the answers do call tools, they are "
+                "written in a form it does not read (see parse_tool_calls); store them as "
+                "tool_calls in the rows' messages, or score with a metric of your own.",
+                WorkbenchWarning,
+                stacklevel=4,
+            )
         return
-    for i, (stored, row) in enumerate(zip(table[TOOL_CALLING], rows, strict=True)):
+    for i, (stored, row) in enumerate(zip(stored_cells, rows, strict=True)):
         calls = answer_calls(table[i]["messages"], stored) if stored else []
         wanted = sorted(c["function"]["name"] for c in calls)
         read = sorted(c["function"]["name"] for c in parse_tool_calls(row["reference"]))
