@@ -412,3 +412,23 @@ def test_the_dial_works_beyond_plain_llama(
     turn = panel.send("record 3")
     assert [label for label, _ in turn.answers] == ["base (strength 0)", "tuned (strength 1.00)"]
     assert turn.answer == s.generate("record 3", max_new_tokens=4, chat=True)
+
+
+def test_the_chat_panel_reads_calls_as_the_offered_tools_declare_them():
+    from workbench.widgets.chat_panel import ChatPanel
+
+    written = "<function=lookup><parameter=code>10115</parameter></function>"
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}},
+        },
+    }
+    offered = ChatPanel(lambda messages, max_new_tokens: written, tools=[tool])
+    offered.send("Where is 10115?")
+    assert 'calls lookup({"code": "10115"})' in offered.text()
+    assert "lookup({&quot;code&quot;: &quot;10115&quot;})" in offered.html()
+    bare = ChatPanel(lambda messages, max_new_tokens: written)
+    bare.send("Where is 10115?")
+    assert 'calls lookup({"code": 10115})' in bare.text()  # no schema: read as JSON

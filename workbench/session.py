@@ -352,7 +352,7 @@ class Session:
         from workbench.chat import chat_inputs, chat_template, describe_chat
         from workbench.widgets.chat_panel import ChatPanel
 
-        refuse_unknown("chat()", options, _keywords(ChatPanel, ("reply", "about")))
+        refuse_unknown("chat()", options, _keywords(ChatPanel, ("reply", "about", "tools")))
         template = self._data.template if self._data is not None else None
         template = chat_template(template, self.tokenizer)
         about = describe_chat(template, self.tokenizer)
@@ -370,6 +370,7 @@ class Session:
             self.set_adapter_strength if scalable else None,
             get_strength=lambda: self.adapter_strength,
             about=about,
+            tools=tools,
             **options,
         )
 

@@ -29,7 +29,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,9 @@ class ChatPanel:
         side_by_side: Start with base and tuned side by side.
         remember: Send earlier turns too (a conversation) instead of each message alone.
         about: One line shown on top (the template and its stop string).
+        tools: The function schemas offered with each message, used to read the calls an
+            answer makes as their parameters are declared (a Qwen3-Coder ``10115`` stays
+            the text ``"10115"`` where it is declared a string).
 
     Examples:
         >>> level = {"x": 1.0}
@@ -117,8 +120,10 @@ class ChatPanel:
         side_by_side: bool = False,
         remember: bool = False,
         about: str = "",
+        tools: list[dict[str, Any]] | None = None,
     ) -> None:
         self.reply = reply
+        self.tools = tools
         self.set_strength = set_strength
         self.get_strength = get_strength
         self.about = about
@@ -276,7 +281,7 @@ class ChatPanel:
             lines.append(f"you: {turn.message}")
             for label, answer in turn.answers:
                 lines.append(f"{label}: {answer}")
-                lines += [f"  calls {call}" for call in _calls(answer)]
+                lines += [f"  calls {call}" for call in _calls(answer, self.tools)]
         if not self.turns:
             lines.append("(no messages yet)")
         return "\n".join(lines)
@@ -297,7 +302,10 @@ class ChatPanel:
         parts.append(f'<div style="{_LABEL}">{escape(head)}</div>')
         for turn in self.turns:
             parts.append(_block("you", turn.message, "#eef4ff"))
-            blocks = [_block(label, text, "#f7f7f7", answer=True) for label, text in turn.answers]
+            blocks = [
+                _block(label, text, "#f7f7f7", calls=_calls(text, self.tools))
+                for label, text in turn.answers
+            ]
             columns = "".join(f'<div style="flex:1;min-width:0;">{b}</div>' for b in blocks)
             parts.append(f'<div style="display:flex;gap:8px;">{columns}</div>')
         if not self.turns:
@@ -359,20 +367,20 @@ class ChatPanel:
         self.history_html.value = self.html()
 
 
-def _block(label: str, text: str, background: str, answer: bool = False) -> str:
-    """A labelled text box; an answer's tool calls are listed under it."""
-    calls = "".join(
-        f'<div style="{_LABEL}">calls <code>{escape(call)}</code></div>'
-        for call in (_calls(text) if answer else ())
+def _block(label: str, text: str, background: str, calls: Sequence[str] = ()) -> str:
+    """A labelled text box; an answer's tool ``calls`` are listed under it."""
+    listed = "".join(
+        f'<div style="{_LABEL}">calls <code>{escape(call)}</code></div>' for call in calls
     )
     return (
         f'<div style="{_LABEL}">{escape(label)}</div>'
-        f'<div style="{_BOX}background:{background};">{escape(text)}</div>{calls}'
+        f'<div style="{_BOX}background:{background};">{escape(text)}</div>{listed}'
     )
 
 
-def _calls(answer: str) -> list[str]:
+def _calls(answer: str, tools: list[dict[str, Any]] | None) -> list[str]:
     """The tool calls an answer makes, each as ``name({arguments})`` (none: ``[]``)."""
     from workbench.data.tool_calls import parse_tool_calls, turn_text
 
-    return [turn_text({"content": "", "tool_calls": [c]}) for c in parse_tool_calls(answer)]
+    found = parse_tool_calls(answer, tools=tools)
+    return [turn_text({"content": "", "tool_calls": [c]}) for c in found]
