@@ -1208,3 +1208,121 @@ def test_a_gguf_llama_cpp_cannot_load_is_refused_and_the_target_kept(
     assert [p.name for p in target.iterdir()] == ["model.gguf"]
     assert (target / "model.gguf").read_bytes() == b"an earlier export"
     assert not [p for p in target.parent.iterdir() if p.name != "gguf"]  # no staging left
+
+
+def gemma4_session(tmp_path, **changes):
+    """A session on a tiny Gemma 4 built from a fresh config (its per-block settings follow
+    the block kinds only when the config is made with them), with trained-looking norms."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(wb.build_tiny_model(tmp_path / "tiny", "gemma4"))
+    kinds = changes.pop("layer_types", ["sliding_attention", "full_attention"])
+    settings = dict(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        global_head_dim=32, intermediate_size=128, hidden_size_per_layer_input=8,
+        sliding_window=64, vocab_size=len(tokenizer), vocab_size_per_layer_input=len(tokenizer),
+        initializer_range=0.2, num_hidden_layers=len(kinds), layer_types=kinds,
+    )  # fmt: skip
+    config = AutoConfig.for_model("gemma4_text", **{**settings, **changes})
+    folder = wb.models.tiny.build_model_from_config(tmp_path / "gemma4", config)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    with torch.no_grad():
+        for name, weight in s.model.named_parameters():
+            if name.endswith("norm.weight"):
+                weight.normal_(1.0, 0.2)
+    return s
+
+
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        # E2B's shape: the last blocks reuse the keys and values of the last sliding and
+        # global block before them, and their MLPs are twice as wide
+        {
+            "layer_types": ["sliding_attention", "full_attention"] * 2,
+            "num_kv_shared_layers": 2,
+            "use_double_wide_mlp": True,
+        },
+        # the larger ones: global blocks with their keys as values and fewer heads for them,
+        # no per-block embeddings, capped logits, every dimension of a global head rotated
+        {
+            "attention_k_eq_v": True,
+            "num_global_key_value_heads": 1,
+            "hidden_size_per_layer_input": 0,
+            "final_logit_softcapping": 5.0,
+            "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+            },
+        },
+        {"sliding_window": 8},  # the text runs past the window
+    ],
+    ids=["e2b-like", "shared-kv-double-mlp", "k-eq-v-capped-full-rotary", "past-the-window"],
+)
+def test_gemma4_matches_llama_cpp(tmp_path, llama_class, changes):
+    s = gemma4_session(tmp_path, **changes)
+    folder = s.export("export/gguf", format="gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 6)).input_ids
+    # keys and values kept in f32: Gemma 4 attends unscaled, sharply, and f16 ones drift by
+    # up to 0.06 over four blocks
+    llm = llama_class(model_path=str(folder / "model.gguf"), n_ctx=256, logits_all=True,
+                      verbose=False, n_threads=2, type_k=0, type_v=0)  # fmt: skip
+    # measured 0.002-0.025; logits capped at 30 by llama.cpp's default were 0.3 off, global
+    # heads rotated whole 3.2
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+    assert llama_greedy(llm, ids[:20]) == hf_greedy(s.model, ids[:20])
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"layer_types": ["full_attention", "sliding_attention", "sliding_attention",
+                             "full_attention"], "num_kv_shared_layers": 2},
+            r"shares keys and values from block 3 on, and the blocks before it end "
+            r"\['full_attention', 'sliding_attention'\]",
+        ),
+        (
+            {"enable_moe_block": True, "num_experts": 2, "top_k_experts": 1,
+             "moe_intermediate_size": 32},
+            r"mixture-of-experts blocks",
+        ),
+        ({"attention_bias": True}, r"attention biases"),
+    ],
+    ids=["shared-kv-after-a-sliding-block", "experts", "biases"],
+)  # fmt: skip
+def test_gemma4_settings_llama_cpp_runs_otherwise_are_refused(tmp_path, changes, message):
+    s = gemma4_session(tmp_path, **changes)
+    with pytest.raises(wb.SpecError, match=message):
+        s.export("export/gguf", format="gguf")
+    assert not (tmp_path / "run" / "export" / "gguf").exists()  # nothing half-written
+
+
+@pytest.mark.llama_cpp
+def test_a_multimodal_gemma4_checkpoint_exports_its_language_model(tmp_path, llama_class):
+    """Gemma 4's checkpoints hold vision (and audio) towers too and load as one multimodal
+    model: the GGUF holds its language model, which llama.cpp runs as transformers does."""
+    import gguf
+    from transformers import AutoConfig, AutoTokenizer, Gemma4Config
+
+    tiny = wb.build_tiny_model(tmp_path / "tiny", "gemma4")
+    text = AutoConfig.from_pretrained(tiny).to_dict()
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16}  # fmt: skip
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None)
+    folder = wb.models.tiny.build_model_from_config(tmp_path / "multimodal", config)
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(folder)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    assert type(s.model).__name__ == "Gemma4ForConditionalGeneration"
+    exported = s.export("export/gguf", format="gguf")
+    reader = gguf.GGUFReader(str(exported / "model.gguf"))
+    names = [t.name for t in reader.tensors]
+    assert "per_layer_token_embd.weight" in names and not any("v." in n[:2] for n in names)
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 3)).input_ids
+    llm = llama_class(model_path=str(exported / "model.gguf"), n_ctx=256, logits_all=True,
+                      verbose=False, n_threads=2, type_k=0, type_v=0)  # fmt: skip
+    assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05

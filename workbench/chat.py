@@ -38,8 +38,15 @@ __all__ = [
     "describe_chat",
 ]
 
-END_OF_TURN_TOKENS: tuple[str, ...] = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
-"""End-of-turn tokens looked for in a tokenizer's own chat template, which names no stop."""
+END_OF_TURN_TOKENS: tuple[str, ...] = (
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<turn|>",
+)
+"""End-of-turn tokens looked for in a tokenizer's own chat template, which names no stop:
+ChatML's, Gemma's, Llama 3's, Phi-3's and Gemma 4's, the ones llama.cpp also knows by text."""
 
 _ROLES = ("system", "user", "assistant", "tool")
 

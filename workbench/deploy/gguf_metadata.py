@@ -17,6 +17,9 @@ written, taken from the transformers config:
   tensors, see :func:`rope_tensors`), and for Gemma 3 ``rope.freq_base_swa``;
 - Gemma 3: ``attention.sliding_window``, ``attention.sliding_window_pattern`` (one flag per
   layer, from ``config.layer_types``) and ``final_logit_softcapping``;
+- Gemma 4: its sliding and global blocks' own head widths, rope bases and rotated widths,
+  per-block key/value heads and MLP widths, shared keys and values and per-block token
+  embeddings (:mod:`workbench.deploy.gguf_gemma4`);
 - Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
   itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``;
 - SmolLM3: nothing more, but its blocks without rotary embeddings must be llama.cpp's fixed
@@ -96,6 +99,11 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         >>> facts["attention.key_length"], facts["rope.dimension_count"]
         (16, 16)
     """
+    if arch == "gemma4":  # its facts differ block by block
+        from workbench.deploy.gguf_gemma4 import gemma4_hparams
+
+        _check_activation(arch, config)
+        return gemma4_hparams(config)
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -179,7 +187,7 @@ def _norm_epsilon(config: Any) -> dict[str, float]:
 
 
 _GELU = {"gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "gelu_python", "gelu_accurate"}
-_GELU_FAMILIES = {"gemma", "gemma2", "gemma3", "phi2", "gpt2", "gptneox", "starcoder2"}
+_GELU_FAMILIES = {"gemma", "gemma2", "gemma3", "gemma4", "phi2", "gpt2", "gptneox", "starcoder2"}
 
 
 def _check_activation(arch: str, config: Any) -> None:
@@ -649,6 +657,10 @@ def rope_tensors(config: Any) -> dict[str, Any]:
     """
     import numpy as np
 
+    if getattr(config, "model_type", None) == "gemma4_text":  # its global blocks' proportional rope
+        from workbench.deploy.gguf_gemma4 import gemma4_rope_freqs
+
+        return {"rope_freqs.weight": gemma4_rope_freqs(config)}
     freqs = rope_freqs(config)
     if freqs is not None:
         return {"rope_freqs.weight": freqs}

@@ -26,6 +26,7 @@ import json
 import warnings
 from typing import Any
 
+from workbench.chat import END_OF_TURN_TOKENS
 from workbench.errors import WorkbenchWarning
 
 __all__ = ["END_OF_TURN_TOKENS", "add_tokenizer", "end_of_turn", "pre_tokenizer_name"]
@@ -33,9 +34,6 @@ __all__ = ["END_OF_TURN_TOKENS", "add_tokenizer", "end_of_turn", "pre_tokenizer_
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = range(
     1, 7
 )
-# The end-of-turn markers of common chat formats (ChatML, Gemma, Llama 3, Phi-3), the ones
-# llama.cpp itself also recognises by text when a file names no eot id.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>")
 
 # Split-regexes of known byte-level BPE tokenizers -> llama.cpp's pre-tokenizer name
 # (llama-vocab.cpp). The regexes are the ones in those models' tokenizer.json.
@@ -109,6 +107,8 @@ def end_of_turn(chat_template: str | None) -> str | None:
     Examples:
         >>> end_of_turn("{{ '<start_of_turn>' + role }}...{{ '<end_of_turn>' }}")
         '<end_of_turn>'
+        >>> end_of_turn("{{ '<|turn>' + role }}...{{ '<turn|>' }}")  # Gemma 4's
+        '<turn|>'
         >>> end_of_turn(None) is None
         True
     """

@@ -77,6 +77,7 @@ GGUF_ARCHITECTURES = {
     "gemma": "gemma",
     "gemma2": "gemma2",
     "gemma3_text": "gemma3",
+    "gemma4_text": "gemma4",  # its per-block token embeddings, shared keys and values
     "phi": "phi2",
     "stablelm": "stablelm",
     "gpt2": "gpt2",
@@ -177,6 +178,7 @@ instead.
     from workbench.deploy.llama_quantize import LLAMA_CPP_TYPES, quantize_gguf
 
     check_gguf_type(quantization)
+    model = _language_model(model)
     arch = check_gguf_model(model.config)
     _warn_if_window_is_dropped(arch, model.config)
     if quantization not in LLAMA_CPP_TYPES:
@@ -253,9 +255,43 @@ llama.cpp's llama graph computes SiLU. Export as 'safetensors' instead.
     """
     from workbench.deploy.gguf_metadata import hparams
 
+    config = _MULTIMODAL.get(config.model_type, lambda c: c)(config)
     arch = gguf_architecture(config)
     hparams(arch, config)
     return arch
+
+
+# Multimodal checkpoints whose language model the writer exports: their text config
+_MULTIMODAL = {"gemma4": lambda config: config.get_text_config()}
+
+
+class _LanguageModel:
+    """The language model of a multimodal checkpoint, read as the writer reads a causal LM:
+    its text config, and its weights under the names a text-only checkpoint gives them."""
+
+    _PREFIX = "model.language_model."
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.config = model.config.get_text_config()
+
+    def get_input_embeddings(self) -> Any:
+        return self._model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> Any:
+        return self._model.get_output_embeddings()
+
+    def state_dict(self) -> dict[str, Any]:
+        weights = self._model.state_dict()
+        text = {f"model.{k.removeprefix(self._PREFIX)}": v for k, v in weights.items()
+                if k.startswith(self._PREFIX)}  # fmt: skip
+        return {**text, **{k: v for k, v in weights.items() if k.startswith("lm_head.")}}
+
+
+def _language_model(model: Any) -> Any:
+    """``model``, or the language model of a multimodal one (its vision and audio towers are
+    not written: llama.cpp takes those from a separate projector file)."""
+    return _LanguageModel(model) if model.config.model_type in _MULTIMODAL else model
 
 
 _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType values
@@ -320,6 +356,9 @@ def gguf_model_name(config: Any, tokenizer: Any) -> str:
 _NEEDS_OUTPUT = {"olmo2", "olmoe", "phi2", "stablelm", "qwen2moe", "gptneox", "falcon-h1"}
 # Families with Mamba-2 layers, written as llama.cpp's converter writes them (_mamba2_parts)
 _MAMBA2 = {"granitehybrid", "falcon-h1"}
+# Buffers gguf-py names without a suffix that llama.cpp reads as ``.weight`` (Gemma 4's
+# per-block output scale)
+_SCALES_READ_AS_WEIGHTS = ("layer_output_scale",)
 # Families llama.cpp rotates as Llama does (pairs interleaved): their query and key rows are
 # permuted from transformers' halves layout, as llama.cpp's converter does.
 _LLAMA_ROTARY = {"llama", "smollm3", "granite", "granitemoe", "granitehybrid"}
@@ -354,6 +393,8 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
             name = f"{gguf_name}.{suffix}"
             if gguf_name is None:  # Mamba-2's A and D: GGUF names without a suffix
                 gguf_name = name = names.get_name(part_name)
+                if name is not None and name.endswith(_SCALES_READ_AS_WEIGHTS):
+                    name += ".weight"
             if gguf_name is None:
                 raise SpecError(f"GGUF export: no GGUF name for tensor {hf_name!r} ({arch}).")
             data = _to_gguf_layout(arch, gguf_name, _fold(part_name, part, scales), config)

@@ -34,6 +34,7 @@ TinyArchitecture = Literal[
     "granite",
     "gemma2",
     "gemma3",
+    "gemma4",
     "llama4",
     "qwen3_moe",
     "mixtral",
@@ -322,6 +323,25 @@ def _config(architecture: str, vocab_size: int, hidden: int, layers: int, tokeni
             transformers.Gemma3TextConfig,
             {"head_dim": 16, "sliding_window": 64, "query_pre_attn_scalar": 16},
         ),
+        # Gemma 4: sliding and global blocks in turn, the global ones with wider heads and a
+        # quarter of each rotated; each block with its own token embedding
+        "gemma4": (
+            transformers.Gemma4TextConfig,
+            {
+                "head_dim": 16,
+                "global_head_dim": 32,
+                "sliding_window": 64,
+                "hidden_size_per_layer_input": 8,
+                "vocab_size_per_layer_input": vocab_size,
+                "layer_types": [
+                    *(
+                        "full_attention" if i % 2 else "sliding_attention"
+                        for i in range(layers - 1)
+                    ),
+                    "full_attention",  # transformers makes the last block global
+                ],
+            },
+        ),
     }
     config_class, extra = families[architecture]
     return config_class(**{**shape, **extra})  # a family's own values win
@@ -346,7 +366,8 @@ def build_tiny_model(
             (query and key norms), ``"mistral"`` (sliding window), ``"phi3"`` (fused projections),
             ``"smollm3"`` (no rotary embedding in every 4th block), ``"olmo2"`` (norms after
             each sublayer), ``"granite"`` (scaling multipliers), ``"gemma"``, ``"gemma2"``,
-            ``"gemma3"``, ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
+            ``"gemma3"``, ``"gemma4"`` (per-block token embeddings, wider global heads),
+            ``"phi"`` (Phi-2: LayerNorm, parallel blocks), ``"stablelm"``,
             ``"gpt_neox"`` (Pythia: fused query/key/value, untied output), ``"ernie4_5"``,
             ``"starcoder2"``, ``"olmo3"`` (OLMo 2 with sliding windows), ``"glm4"``,
             ``"lfm2"`` (short convolutions and attention, block by block), ``"exaone4"``,
@@ -420,10 +441,12 @@ def _write(path: str | Path, config: Any, tokenizer: Any, seed: int) -> Path:
     target = Path(path)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # a trained LFM2-MoE's routing bias is not zero, as it starts
-        for name, buffer in model.named_buffers():
+    with torch.no_grad():  # trained, an LFM2-MoE's routing bias is not zero, as it starts,
+        for name, buffer in model.named_buffers():  # nor a Gemma 4 block's output scale 1
             if name.endswith("expert_bias"):
                 buffer.normal_(std=0.5)
+            if name.endswith("layer_scalar"):
+                buffer.uniform_(0.5, 1.5)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
