@@ -504,7 +504,7 @@ K_QUANTS = ["q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k"]
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.parametrize("architecture", ["llama", "gemma3", "qwen3", "phi3"])
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "qwen3", "phi3", "gemma4"])
 def test_k_quants_are_made_by_llama_cpp_and_computed_as_written(
     tmp_path, llama_class, architecture
 ):
@@ -1326,3 +1326,23 @@ def test_a_multimodal_gemma4_checkpoint_exports_its_language_model(tmp_path, lla
     llm = llama_class(model_path=str(exported / "model.gguf"), n_ctx=256, logits_all=True,
                       verbose=False, n_threads=2, type_k=0, type_v=0)  # fmt: skip
     assert np.abs(llama_logits(llm, ids) - hf_logits(s.model, ids)).max() < 0.05
+
+
+@pytest.mark.llama_cpp
+def test_a_tuned_gemma4_exports_and_answers_alike_in_llama_cpp(tmp_path, llama_class):
+    """LoRA on every linear layer of a Gemma 4 (its per-block gates and projections too),
+    merged, written to Q8_0, and checked in llama.cpp on the validation conversations."""
+    import json
+
+    from workbench.tasks import records_to_json
+
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(wb.build_tiny_model(tmp_path / "gemma4", "gemma4", hidden=128)))
+    train, test = records_to_json()
+    s.load_data(train[:16], validation=test[:4])
+    s.train(max_steps=4, batch_size=4, lora=wb.LoRA(r=8), lr=2e-3)
+    folder = s.export("export/gguf", format="gguf", gguf_type="q8_0")
+    check = json.loads((folder / "export_check.json").read_text())
+    assert len(check["cases"]) == 4
+    report = s.check_export(folder)
+    assert report.same_count + report.near_tie_count == 4, report.table()
