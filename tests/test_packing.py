@@ -24,7 +24,7 @@ from workbench.train.loss import token_loss_sum
 from workbench.train.packing import choose_packing, pack, packing_problem
 from workbench.train.prepare import wrap_model
 
-ARCHITECTURES = ["llama", "gpt2", "qwen2", "gemma3", "llama4"]
+ARCHITECTURES = ["llama", "gpt2", "qwen2", "gemma3", "llama4", "gemma4"]
 # Dropout draws masks of the row's shape, so packed and padded steps are only comparable
 # without it: none in the adapter, none in GPT-2's blocks (its config has 0.1 by default).
 NO_DROPOUT = LoRA(r=8, dropout=0.0)
