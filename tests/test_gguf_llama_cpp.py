@@ -1346,3 +1346,68 @@ def test_a_tuned_gemma4_exports_and_answers_alike_in_llama_cpp(tmp_path, llama_c
     assert len(check["cases"]) == 4
     report = s.check_export(folder)
     assert report.same_count + report.near_tie_count == 4, report.table()
+
+
+def _gemma_style_tokenizer(folder):
+    """transformers' GemmaTokenizer (Gemma 3's and 4's pipeline: spaces as ▁, BPE with byte
+    fallback) over a small vocabulary trained here, with Gemma's turn markers."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, GemmaTokenizer
+
+    corpus = [
+        "The quick brown fox jumps over the lazy dog.\n\nIndented  code:\n    x = 1\n\n\n",
+        "café 🚀 don't 2024 3.14\nline two\n\nline  four   spaced",
+    ] * 20
+    bpe = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    bpe.normalizer = normalizers.Replace(" ", "\u2581")
+    bpe.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous")
+    special = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+    pieces = special + [f"<0x{i:02X}>" for i in range(256)]
+    bpe.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=pieces, show_progress=False)
+    )
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = GemmaTokenizer(vocab=model["vocab"], merges=merges)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]}
+    )
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.mark.llama_cpp
+def test_a_gemma_style_tokenizer_tokenizes_in_llama_cpp_as_in_transformers(tmp_path, llama_class):
+    """Gemma's SentencePiece-style BPE is written as llama.cpp's SentencePiece vocabulary with
+    merge-order scores: spaces, runs of newlines, byte fallback and turn markers split alike."""
+    from transformers import AutoConfig
+
+    tokenizer = _gemma_style_tokenizer(tmp_path / "tokenizer")
+    config = AutoConfig.for_model(
+        "gemma4_text", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, global_head_dim=32, intermediate_size=128, num_hidden_layers=2,
+        hidden_size_per_layer_input=8, layer_types=["sliding_attention", "full_attention"],
+        vocab_size=len(tokenizer), vocab_size_per_layer_input=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tmp_path / "model"))
+    llm = load(llama_class, s.export("export/gguf", format="gguf") / "model.gguf")
+    texts = [
+        "The quick brown fox\n\njumps", "  two leading spaces\n\n\nthree newlines",
+        "café 🚀 don't 2024 3.14 ünseen", "x\n\n\n\n\ny", "<start_of_turn>user\nHi<end_of_turn>\n",
+        "tabs\tand\r\nCRLF", "    x = 1\n\n\n",
+    ]  # fmt: skip
+    for text in texts:
+        expected = s.tokenizer(text).input_ids
+        assert llm.tokenize(text.encode(), add_bos=True, special=True) == expected, text
+    unseen = s.tokenizer.convert_ids_to_tokens(s.tokenizer("ünseen").input_ids)
+    assert any(piece.startswith("<0x") for piece in unseen)  # byte fallback was exercised
