@@ -16,7 +16,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import workbench as wb
-from workbench.models.catalog import facts_from_config
+from workbench.models.catalog import facts_from_config, matched_to_model
 from workbench.models.memory import estimate_memory
 
 # Four sliding blocks to one global one, as Gemma 4 interleaves them
@@ -109,3 +109,43 @@ def test_gemma_3n_s_mlp_widths_listed_block_by_block_are_counted():
     assert facts.params == pytest.approx(counted, rel=1e-3)  # AltUp and LAuReL left out
     est = estimate_memory(config, device="cpu", seq_len=64, batch_size=1)
     assert est.weights == pytest.approx(counted * 4, rel=1e-3)  # float32 on CPU
+
+
+# E2B's layout: the last blocks reuse earlier blocks' keys and values (no key or value
+# projections of their own) and have MLPs twice as wide
+SHARED_KV = {"num_kv_shared_layers": 5, "use_double_wide_mlp": True}
+
+
+def test_blocks_sharing_keys_and_values_with_wide_mlps_are_counted():
+    """The wide MLPs were not counted: an E2B-shaped model's blocks read 12% under their
+    weights, and the estimate refused the model ("does not model gemma4_text models")."""
+    e2b = _config(
+        35, vocab_size=262144, hidden_size=1536, intermediate_size=6144, num_attention_heads=8,
+        num_key_value_heads=1, head_dim=256, global_head_dim=512, hidden_size_per_layer_input=256,
+        num_kv_shared_layers=20, use_double_wide_mlp=True, sliding_window=512,
+    )  # fmt: skip
+    for config in (e2b, _config(10, **SHARED_KV)):
+        with torch.device("meta"):
+            counted = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        facts = matched_to_model(facts_from_config(config), config)  # refused before
+        # the shared blocks' key and value projections (absent) are still counted: 0.4% of
+        # E2B's weights, 2.5% of this tiny model's
+        assert facts_from_config(config).params == pytest.approx(counted, rel=0.03)
+        assert facts.params == counted
+
+
+@pytest.fixture(scope="module")
+def shared_kv_folder(tmp_path_factory, tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = {k: getattr(tokenizer, k) for k in ("pad_token_id", "bos_token_id", "eos_token_id")}
+    folder = tmp_path_factory.mktemp("gemma4-shared") / "gemma4"
+    config = _config(10, vocab_size=len(tokenizer), **SHARED_KV, **ids)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_estimate_of_shared_keys_and_values_within_15_percent(shared_kv_folder):
+    settings = dict(quantization=None, lora_r=8, seq_len=256, batch_size=4)
+    assert abs(estimate_error(shared_kv_folder, **settings)) < 0.15

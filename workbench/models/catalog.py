@@ -851,8 +851,9 @@ def _sizes_per_layer(config: Any) -> bool:
 
 
 class _LayerMeans:
-    """A config whose blocks differ (Gemma 4's global blocks have wider heads, Gemma 3n's
-    MLPs are listed block by block) read as a uniform one: a per-layer value is its mean over
+    """A config whose blocks differ (Gemma 4's global blocks have wider heads and its last
+    blocks may have wider MLPs, Gemma 3n's MLPs are listed block by block) read as a uniform
+    one: a per-layer value is its mean over
     the blocks, which keeps the sums over blocks (weights, saved activations) right where they
     are linear in it."""
 
@@ -863,6 +864,11 @@ class _LayerMeans:
     def __getattr__(self, key: str) -> Any:
         if key in self._per_layer:
             values = [getattr(layer, key) for layer in self.config.per_layer_config]
+        elif key == "intermediate_size" and getattr(self.config, "use_double_wide_mlp", False):
+            # Gemma 4 E2B: the blocks that reuse an earlier block's keys and values have MLPs
+            # twice as wide (the config says so only through these two settings)
+            width, modes = self.config.intermediate_size, self.config.kv_sharing_modes
+            values = [width * (2 if mode == "reuse" else 1) for mode in modes]
         else:
             values = getattr(self.config, key)
             if key not in _SIZES or not isinstance(values, (list, tuple)):
