@@ -574,6 +574,8 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "gemma 4": "<|tool_call>call:add{a:1}<tool_call|><|tool_call>call:now{}<tool_call|>",
         "qwen3-coder xml": "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>\n"
         "</function>\n</tool_call>\n<tool_call>\n<function=now>\n</function>\n</tool_call>",
+        "gemma 3 fence": "Checking.\n```tool_code\nprint(add(a=1))\nnow()\n```\nDone.",
+        "gemma 3 fence cut off": "```tool_code\nadd(a=1)\nnow()\nweath",
     }
     for form, text in written.items():
         assert [c["function"] for c in parse(text)] == [add, now], form
@@ -588,6 +590,10 @@ def test_calls_are_read_in_the_forms_other_templates_write():
         "<start_function_call>call:add{a:<escape>cut off",
         '<|tool_call>call:add{a:<|"|>cut off',
         "<tool_call>\n<function=add>\n<parameter=a>\n1\n</parameter>",  # cut off
+        '```tool_code\nimport os\nos.remove(path="x")\n```',  # code, not calls
+        "```tool_code\nresult = add(a=1)\n```",
+        "```python\nadd(a=1)\n```",  # a code example, not a tool_code fence
+        '```tool_code\nadd(a=1, b="cut',
     )
     for text in nothing:
         assert parse(text) == [], text

@@ -1511,7 +1511,8 @@ def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
                 f"{prepared.template.name!r} writes ({split} row {i + 1} calls {wanted}, its "
                 f"answer {row['reference'][:80]!r} reads as {read}): it reads calls written "
                 'as JSON ({"name": ..., "arguments": ...}, as Hermes, Qwen, Mistral and Llama 3 '
-                "write them), pythonic lists ([f(a=1)]), FunctionGemma's and Gemma 4's calls "
+                "write them), pythonic lists ([f(a=1)]) and tool_code fences, FunctionGemma's "
+                "and Gemma 4's calls "
                 "and Qwen3-Coder's <function=f> tags. Train with template='chatml', or score "
                 "with a metric of your own."
             )

@@ -12,6 +12,8 @@ JSON list (Mistral)             ``[TOOL_CALLS][{"name": "f", "arguments": {...}}
 Mistral v11                     ``[TOOL_CALLS]f[ARGS]{...}``
 OpenAI's wrapping               ``{"function": {"name": "f", "arguments": "{...}"}}``
 pythonic (Llama 3.2, Gemma)     ``[f(a=1, b="x"), g()]``: a list of calls with keyword literals
+Gemma 3's code fence            a Markdown fence opened as ``tool_code``, one call per line:
+                                ``f(a=1)``, or ``print(f(a=1))`` as Google's examples write it
 FunctionGemma                   ``<start_function_call>call:f{a:<escape>x<escape>,n:2}``
                                 ``<end_function_call>``
 Gemma 4                         ``<|tool_call>call:f{a:<|"|>x<|"|>,n:2}<tool_call|>``
@@ -48,6 +50,7 @@ _STARTS = re.compile(
     r"|(?P<named>\[TOOL_CALLS\]\s*(?P<named_name>[A-Za-z_][\w.-]*)\s*\[ARGS\])"
     r"|(?P<xml><function=(?P<xml_name>[A-Za-z_][\w.-]*)>)"
     r"|(?P<pythonic>\[\s*[A-Za-z_][\w.]*\s*\()"
+    r"|(?P<fence>```tool_code[ \t]*\r?\n)"
     r"|[{\[]"
 )
 _STRING_DELIMITERS = ("<escape>", '<|"|>')  # FunctionGemma's, Gemma 4's
@@ -61,9 +64,10 @@ def parse_tool_calls(text: str, tools: list[dict[str, Any]] | None = None) -> li
 
     See the module's table for the forms read. A call cut off by ``max_new_tokens`` counts
     when its arguments are whole. Calls written in a form not listed (``add(a=1)`` outside a
-    list, prose) are not read. ``tools``, the function schemas the model was offered (as a
-    chat request sends them, or bare), settle what only they can: a Qwen3-Coder value
-    written ``10115`` is the text ``"10115"`` where its parameter is declared a string.
+    list or a ``tool_code`` fence, prose) are not read. ``tools``, the function schemas the
+    model was offered (as a chat request sends them, or bare), settle what only they can: a
+    Qwen3-Coder value written ``10115`` is the text ``"10115"`` where its parameter is
+    declared a string.
 
     Examples:
         >>> parse_tool_calls('<tool_call>\\n{"name": "add", "arguments": {"a": 1}}\\n</tool_call>')
@@ -108,8 +112,11 @@ def _read_at(
         return [_call(start.group("gemma_name"), read[0])], read[1]
     if start.group("xml"):
         return _xml_call(text, start, strings.get(start.group("xml_name"), set()))
-    if start.group("pythonic"):
-        read = _pythonic_calls(text, start.start())
+    if start.group("pythonic") or start.group("fence"):
+        if start.group("pythonic"):
+            read = _pythonic_calls(text, start.start())
+        else:
+            read = _fenced_calls(text, start.end())
         return read if read is not None else ([], None)
     at = start.end() if start.group("named") else start.start()
     try:
@@ -226,8 +233,37 @@ def _pythonic_calls(text: str, start: int) -> tuple[list[Call], int] | None:
 def _pythonic_list(tree: ast.AST) -> list[Call] | None:
     if not isinstance(tree, ast.List) or not tree.elts:
         return None
+    return _keyword_calls(tree.elts)
+
+
+def _fenced_calls(text: str, at: int) -> tuple[list[Call], int] | None:
+    """The calls of a ``tool_code`` fence whose body starts at ``at``, one statement each
+    (``f(a=1)``, or ``print(f(a=1))`` as Google's Gemma 3 examples write them), and the end
+    of the fence. A fence cut off by ``max_new_tokens`` keeps its whole lines; any other
+    code in the body means it is code, not calls: ``None``."""
+    close = text.find("```", at)
+    body = text[at:] if close < 0 else text[at:close]
+    if close < 0:  # cut off: the last line may be half a call
+        body = body[: body.rfind("\n") + 1] if "\n" in body else ""
+    try:
+        statements = ast.parse(body).body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
     calls = []
-    for node in tree.elts:
+    for statement in statements:
+        node = statement.value if isinstance(statement, ast.Expr) else None
+        printed = isinstance(node, ast.Call) and ast.unparse(node.func) == "print"
+        if printed and len(node.args) == 1 and not node.keywords:
+            node = node.args[0]
+        calls.append(node)
+    read = _keyword_calls(calls) if calls else None
+    return (read, len(text) if close < 0 else close + 3) if read else None
+
+
+def _keyword_calls(nodes: list[Any]) -> list[Call] | None:
+    """The calls ``nodes`` are, each ``name(keyword=literal, ...)``; ``None`` when one is not."""
+    calls = []
+    for node in nodes:
         if not isinstance(node, ast.Call) or node.args or any(k.arg is None for k in node.keywords):
             return None
         try:

@@ -225,7 +225,8 @@ def same_tool_calls(prediction: str, reference: str) -> float:
 
     Calls are read as :func:`~workbench.data.tool_calls.parse_tool_calls` reads them (the
     JSON forms of Hermes ``<tool_call>`` blocks, Mistral's ``[TOOL_CALLS]``, Llama 3's
-    objects, pythonic ``[f(a=1)]`` lists, FunctionGemma's and Gemma 4's calls, Qwen3-Coder's
+    objects, pythonic ``[f(a=1)]`` lists and Gemma 3's ``tool_code`` fences, FunctionGemma's
+    and Gemma 4's calls, Qwen3-Coder's
     ``<function=f>`` tags) and compared by name and arguments, in any order: a different
     JSON spacing or key order is the same call. A reference without calls wants none.
 
