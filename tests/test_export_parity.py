@@ -306,3 +306,19 @@ def test_an_adapter_whose_base_is_gone_is_a_clear_error(tmp_path, tiny_model_dir
     shutil.rmtree(base)
     with pytest.raises(wb.SpecError, match=r"base model '.*base' \(base_model_name_or_path"):
         s.check_export("export/adapter")
+
+
+def test_special_tokens_the_tuned_model_writes_stay_in_its_answer_text(tiny_model_dir):
+    """A Gemma 4 or Mistral call is written with special tokens: the check's texts keep them
+    (only the end token goes), as the session's generate does."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.deploy.parity import _session_side
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    call = tokenizer.convert_tokens_to_ids("<|im_start|>")  # a special token, not an end
+    model.generation_config.sequence_bias = {(call,): 100.0}  # the model writes it, always
+    _, answer, text = _session_side(model, tokenizer, "Hello", "<|im_end|>", 3)
+    assert answer == [call] * 3
+    assert text == "<|im_start|>" * 3

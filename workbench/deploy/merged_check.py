@@ -86,7 +86,7 @@ for case in job["cases"]:
     new = output[0, len(ids):].tolist()
     ended = next((token for token in new if token in ends), None)
     answer = new[: new.index(ended)] if ended is not None else new
-    text = tokenizer.decode(answer, skip_special_tokens=True)
+    text = tokenizer.decode(answer)  # as the session's: special tokens written stay
     answers.append({"prompt_ids": ids, "answer_ids": answer, "text": text, "ended_at": ended})
 print("\n" + json.dumps(answers))
 """

@@ -396,10 +396,10 @@ def _exported_side(
             ended_at = int(token)
             break
         answer.append(int(token))
-        text = llm.detokenize(answer).decode("utf-8", errors="replace")
+        text = llm.detokenize(answer, special=True).decode("utf-8", errors="replace")
         if any(stop and stop in text for stop in stops):
             break
-    text = llm.detokenize(answer).decode("utf-8", errors="replace")
+    text = llm.detokenize(answer, special=True).decode("utf-8", errors="replace")
     for stop in stops:
         text = text.split(stop)[0] if stop else text
     return prompt_ids, answer, text, ended_at
@@ -491,7 +491,7 @@ def _session_side(
     finally:
         model.train(was_training)
     answer = [int(t) for t in output[0, len(prompt_ids) :].tolist() if t not in ends]
-    text = tokenizer.decode(answer, skip_special_tokens=True)
+    text = tokenizer.decode(answer)  # special tokens the model wrote (a call's) stay
     return prompt_ids, answer, text.split(stop)[0] if stop else text
 
 
