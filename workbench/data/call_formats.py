@@ -113,10 +113,10 @@ def _read_at(
     if start.group("xml"):
         return _xml_call(text, start, strings.get(start.group("xml_name"), set()))
     if start.group("pythonic") or start.group("fence"):
-        if start.group("pythonic"):
-            read = _pythonic_calls(text, start.start())
-        else:
-            read = _fenced_calls(text, start.end())
+        pythonic = start.group("pythonic")
+        read = (
+            _pythonic_calls(text, start.start()) if pythonic else _fenced_calls(text, start.end())
+        )
         return read if read is not None else ([], None)
     at = start.end() if start.group("named") else start.start()
     try:

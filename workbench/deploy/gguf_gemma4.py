@@ -35,7 +35,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench.deploy.gguf_metadata import rope_parameters
 from workbench.errors import SpecError
+from workbench.models.catalog import gemma4_mlp_widths
 
 __all__ = ["gemma4_hparams", "gemma4_rope_freqs"]
 
@@ -70,9 +72,9 @@ def gemma4_hparams(config: Any) -> dict[str, Any]:
     global_dim = _one([c.head_dim for c, s in zip(layers, sliding, strict=True) if not s])
     local_dim = _one([c.head_dim for c, s in zip(layers, sliding, strict=True) if s])
     kv_heads = [int(c.num_key_value_heads) for c in layers]
-    widths = [int(config.intermediate_size) * (2 if _double_wide(config, i) else 1) for i in blocks]
-    local = _rope(config, "sliding_attention")
-    full = _rope(config, "full_attention")
+    widths = gemma4_mlp_widths(config)
+    local = rope_parameters(config, "sliding_attention")
+    full = rope_parameters(config, "full_attention")
     facts: dict[str, Any] = {
         "context_length": int(config.max_position_embeddings),
         "embedding_length": int(config.hidden_size),
@@ -117,7 +119,7 @@ def gemma4_rope_freqs(config: Any):
     kinds = list(config.layer_types)
     block = kinds.index("full_attention")
     head_dim = int(config.per_layer_config[block].head_dim)
-    rope = _rope(config, "full_attention")
+    rope = rope_parameters(config, "full_attention")
     if rope.get("rope_type", "default") == "proportional":
         rotated = int(rope.get("partial_rotary_factor", 1.0) * head_dim // 2)
     else:
@@ -139,8 +141,8 @@ def _check(config: Any) -> None:
     for flag, why in refusals.items():
         if getattr(config, flag, None):
             raise SpecError(f"GGUF export: Gemma 4 with {why}. {_SAFETENSORS}")
-    local = _rope(config, "sliding_attention")
-    full = _rope(config, "full_attention")
+    local = rope_parameters(config, "sliding_attention")
+    full = rope_parameters(config, "full_attention")
     if (
         local.get("rope_type", "default") != "default"
         or local.get("partial_rotary_factor", 1.0) != 1
@@ -184,17 +186,6 @@ def _check_shared_kv(config: Any) -> None:
             "keys and values from a sliding block followed by a global one there, so its "
             f"answers would differ. {_SAFETENSORS}"
         )
-
-
-def _double_wide(config: Any, block: int) -> bool:
-    reuses = block >= config.num_hidden_layers - int(config.num_kv_shared_layers or 0)
-    return bool(getattr(config, "use_double_wide_mlp", False)) and reuses
-
-
-def _rope(config: Any, kind: str) -> dict[str, Any]:
-    from workbench.deploy.gguf_metadata import rope_parameters
-
-    return rope_parameters(config, kind)
 
 
 def _one(values: list[int]) -> int | None:

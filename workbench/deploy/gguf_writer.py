@@ -255,14 +255,15 @@ llama.cpp's llama graph computes SiLU. Export as 'safetensors' instead.
     """
     from workbench.deploy.gguf_metadata import hparams
 
-    config = _MULTIMODAL.get(config.model_type, lambda c: c)(config)
+    if config.model_type in _MULTIMODAL:
+        config = config.get_text_config()
     arch = gguf_architecture(config)
     hparams(arch, config)
     return arch
 
 
-# Multimodal checkpoints whose language model the writer exports: their text config
-_MULTIMODAL = {"gemma4": lambda config: config.get_text_config()}
+# Multimodal checkpoints whose language model the writer exports
+_MULTIMODAL = {"gemma4"}
 
 
 class _LanguageModel:

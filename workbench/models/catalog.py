@@ -26,6 +26,7 @@ __all__ = [
     "Mixer",
     "ModelFacts",
     "facts_from_config",
+    "gemma4_mlp_widths",
     "get_facts",
     "matched_to_model",
     "mlp_width",
@@ -865,10 +866,7 @@ class _LayerMeans:
         if key in self._per_layer:
             values = [getattr(layer, key) for layer in self.config.per_layer_config]
         elif key == "intermediate_size" and getattr(self.config, "use_double_wide_mlp", False):
-            # Gemma 4 E2B: the blocks that reuse an earlier block's keys and values have MLPs
-            # twice as wide (the config says so only through these two settings)
-            width, modes = self.config.intermediate_size, self.config.kv_sharing_modes
-            values = [width * (2 if mode == "reuse" else 1) for mode in modes]
+            values = gemma4_mlp_widths(self.config)
         else:
             values = getattr(self.config, key)
             if key not in _SIZES or not isinstance(values, (list, tuple)):
@@ -877,6 +875,24 @@ class _LayerMeans:
         if not numbers or len(numbers) != len(values):
             return values[0] if values else None  # not numbers: the first block's
         return round(sum(numbers) / len(numbers))
+
+
+def gemma4_mlp_widths(config: Any) -> list[int]:
+    """Each block's MLP width in a Gemma 4 text config: ``intermediate_size``, twice that on
+    the blocks that reuse an earlier block's keys and values when ``use_double_wide_mlp``
+    (E2B's last 20; the config says so only through these two settings).
+
+    Examples:
+        >>> from transformers import AutoConfig
+        >>> config = AutoConfig.for_model("gemma4_text", num_hidden_layers=3,
+        ...     intermediate_size=8, num_kv_shared_layers=1, use_double_wide_mlp=True,
+        ...     layer_types=["sliding_attention", "full_attention", "full_attention"])
+        >>> gemma4_mlp_widths(config)
+        [8, 8, 16]
+    """
+    double = 2 if getattr(config, "use_double_wide_mlp", False) else 1
+    width = int(config.intermediate_size)
+    return [width * (double if mode == "reuse" else 1) for mode in config.kv_sharing_modes]
 
 
 def mlp_width(config: Any) -> int | None:
