@@ -16,7 +16,8 @@
 #   tables.md     the two tables (throughput; measured vs estimated peak);
 #   results.json  every row's raw figures, memory estimate parts included (rewritten after
 #                 each variant, so a run cut short still leaves what it measured);
-#   workers.log   the last 40 lines of each variant's process (why a row failed).
+#   workers.log   the last 40 lines of each variant's process (why a row failed);
+#   profiles.md   the workbench rows' profiled steps: wall vs kernel time, busiest ops.
 # Environment: PYTHON (python3), WHEELS (.cache/device-wheels; "none": install nothing),
 # OUT (./gpu-out when unset), LIMIT (seconds for everything, 570), SITE (where the wheels go).
 set -uo pipefail

@@ -40,7 +40,10 @@ over training, weights included), each against its own baseline (LoRA rows again
 ``trainer``, QLoRA rows against ``trainer-qlora``), useful FLOPs as issue 12 defines them (4 x
 the base model's parameters per real token: forward and input-gradient backward, LoRA and
 padding not counted) as a share of a bf16 matmul peak measured in this run, the mean train
-loss of the last 10 steps, and the mean token loss on the same 32 held-out rows.
+loss of the last 10 steps, and the mean token loss on the same 32 held-out rows. After those,
+each workbench row runs 3 more steps under torch's profiler (``--out``: ``profiles.md``): time
+per step, the kernels' busy time within it (a step that waits on Python and kernel launches
+shows it) and the busiest ops.
 
 A second table (issue 12 item 4) sets each row's measured device peak (the caching
 allocator's peak reservation plus the memory CUDA itself holds outside it: context, kernels,
@@ -153,6 +156,7 @@ DEFAULT_SHAPES = "0.5b,1.5b"
 STEPS = {"0.5b": 80, "1.5b": 50, "3b": 30, "tiny": 4}
 SHAPE_VARIANTS = {"0.5b": VARIANTS, "tiny": VARIANTS}  # other shapes: CORE unless --variants
 ROWS, HELD_OUT, BATCH, LR, WARMUP_STEPS, LAST = 960, 32, 8, 2e-4, 5, 10
+PROFILE_STEPS = 3  # workbench rows: steps profiled after the timed ones (profiles.md)
 SMOKE = {"rows": 16, "held_out": 4, "batch": 4, "warmup": 1}
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05}
 PAD_ID, EOS_ID = 0, 1
@@ -544,7 +548,49 @@ def _workbench_training(spec, model, train: list[dict], plan: dict, clock: Clock
         "last_loss": sum(losses[-LAST:]) / len(losses[-LAST:]),
         "note": loop.packing.reason if loop.packing is not None else "",
         "packed": packed,
+        "more_steps": loop.train_step,
     }
+
+
+def profile_steps(step, device: str, count: int = PROFILE_STEPS) -> dict:
+    """Run ``step()`` ``count`` more times under torch's profiler; where the time goes.
+
+    Run after the timed steps and the held-out loss, so neither moves. On a GPU:
+    ``wall_ms`` and ``gpu_busy_ms`` per step (the kernels' summed time: far below the wall
+    time means the step waits on Python and kernel launches, not on the chip), ``kernels``
+    per step, and the ops taking the most device time; on CPU the ops taking the most CPU
+    time. ``{"error": ...}`` where the profiler fails: the row keeps its figures.
+    """
+    try:
+        import torch
+        from torch.autograd import DeviceType
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if device == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+            torch.cuda.synchronize()
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            for _ in range(count):
+                step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+        found = {"steps": count, "wall_ms": 1e3 * wall / count}
+        if device == "cuda":
+            kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            busy = sum(e.time_range.elapsed_us() for e in kernels) / 1e3
+            found.update(gpu_busy_ms=busy / count, kernels=len(kernels) / count)
+            by = "self_device_time_total"
+        else:
+            by = "self_cpu_time_total"
+        found["table"] = prof.key_averages().table(
+            sort_by=by, row_limit=18, max_name_column_width=60
+        )
+        return found
+    except Exception as err:  # a profile is extra: its failure must not lose the row
+        return {"error": repr(err)}
 
 
 def liger_loss():
@@ -635,6 +681,8 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
     memory.trained()
     facts = memory.facts
     tokens = sum(result["lengths"][plan["warmup"] : plan["steps"]])
+    held_out_loss_ = held_out_loss(result["model"], held_out, device)
+    profiled = profile_steps(result["more_steps"], device) if "more_steps" in result else None
     out.write_text(
         json.dumps(
             {
@@ -647,7 +695,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
                 "useful_flops": 4.0 * params * tokens / clock.seconds,
                 "peak_gib": facts["peak_allocated"] / GiB if facts else None,
                 "train_loss": result["last_loss"],
-                "held_out_loss": held_out_loss(result["model"], held_out, device),
+                "held_out_loss": held_out_loss_,
                 "seconds": clock.seconds,
                 "note": result.get("note", ""),
                 "packed": result["packed"],
@@ -656,6 +704,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
                 "max_padded_tokens": max(w * plan["batch"] for w in result["widths"]),
                 "max_trained_tokens": max(result["trained"]),  # labels of the fullest batch
                 "memory": facts,
+                "profile": profiled,
             }
         )
     )
@@ -952,6 +1001,28 @@ def calibration_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def profiles_text(results: list[dict]) -> str:
+    """Each profiled row's time per step, GPU busy time and busiest ops, as one text."""
+    parts = []
+    for r in results:
+        found = r.get("profile")
+        if not found:
+            continue
+        title = f"## {r['shape']} {r['variant']}"
+        if "error" in found:
+            parts.append(f"{title}\n\nprofile failed: {found['error']}\n")
+            continue
+        line = f"{found['wall_ms']:.1f} ms per step over {found['steps']} steps"
+        if "gpu_busy_ms" in found:
+            share = found["gpu_busy_ms"] / found["wall_ms"]
+            line += (
+                f"; kernels busy {found['gpu_busy_ms']:.1f} ms ({share:.0%}), "
+                f"{found['kernels']:.0f} kernels per step"
+            )
+        parts.append(f"{title}\n\n{line}\n\n```\n{found['table']}\n```\n")
+    return "\n".join(parts) or "no profiled rows\n"
+
+
 def plan_order(shapes: list[str], variants: list[str] | None, rounds: int) -> list[tuple]:
     """(shape, variant) in run order: CORE rows of every shape first, then the others.
 
@@ -1033,6 +1104,8 @@ def run(args) -> None:
     text += [f"workbench: {note}" for note in sorted(notes)]
     text += ["", calibration_table(report["calibration"])]
     report["total_s"] = time.perf_counter() - started
+    if out is not None:
+        (out / "profiles.md").write_text(profiles_text(results), encoding="utf-8")
     text.append(f"\ntotal {report['total_s']:.0f} s")
     print()
     print("\n".join(text))
@@ -1067,7 +1140,11 @@ def measure_all(order, args, device, deadline, report, out, log) -> None:
             timeout = min(args.timeout, deadline - time.perf_counter() - 20)
             result = measure(variant, shape, step_plan, timeout, log)
             results.append(result)
-            print(f"  {shape} {variant}: {json.dumps(result)}", flush=True)
+            brief = {k: v for k, v in result.items() if k != "profile"}
+            found = result.get("profile") or {}
+            if "gpu_busy_ms" in found:
+                brief["profile"] = {k: found[k] for k in ("wall_ms", "gpu_busy_ms", "kernels")}
+            print(f"  {shape} {variant}: {json.dumps(brief)}", flush=True)
             _write(out, report)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

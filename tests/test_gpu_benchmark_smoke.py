@@ -172,3 +172,16 @@ def _rows_of(text: str) -> list[list[str]]:
         for line in text.splitlines()
         if line.startswith("| 0.5b")
     ]
+
+
+def test_smoke_run_profiles_the_workbench_rows_after_their_timed_steps(smoke):
+    _, _, _, out = smoke
+    profiles = (out / "profiles.md").read_text()
+    report = json.loads((out / "results.json").read_text())
+    for r in report["results"]:
+        if r["variant"] in ("workbench", "workbench-padded", "workbench-qlora"):
+            assert r["profile"]["steps"] == 3 and r["profile"]["wall_ms"] > 0, r
+            assert f"## tiny {r['variant']}\n" in profiles
+            assert "Self CPU" in r["profile"]["table"]  # torch's own table of the ops
+        elif r["variant"] in ("trainer", "trainer-qlora"):
+            assert r.get("profile") is None  # Trainer rows run their steps as Trainer does
