@@ -63,3 +63,48 @@ def test_a_family_bitsandbytes_cannot_quantize_is_refused_not_trained_as_qlora(
     s.load_data([{"question": f"say {i}", "answer": f"{i}"} for i in range(8)], validation=None)
     run = s.train(max_steps=2, batch_size=4, wait=True)
     assert run.state.value == "finished" and s.model_info().quantization is None
+
+
+def test_a_bfloat16_4bit_base_trains_in_bfloat16_as_peft_upcast_does(tiny_model_dir):
+    """The 16-bit weights bitsandbytes leaves (embeddings, norms, output layer) stay bfloat16
+    on a bfloat16 base (peft's prepare_model_for_kbit_training cast them to float32: on an
+    H200 that cost 2 GiB of a 7.5 GiB run and a cast around every layer), while the adapter
+    trains in float32; the losses are those of peft's upcast recipe within bfloat16 noise."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from workbench.train import LoRA, TrainSpec
+    from workbench.train.batches import Examples
+    from workbench.train.loop import TrainLoop
+    from workbench.train.prepare import wrap_model
+
+    nf4 = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+    )
+    spec = TrainSpec(max_steps=6, batch_size=4, lr=5e-3, lora=LoRA(r=8, dropout=0.0), warmup=0)
+    ids = [[1] + [(7 * (i % 2) + k) % 200 + 3 for k in range(12)] for i in range(24)]
+    examples = Examples.from_rows(ids, [[-100] * 6 + row[6:] for row in ids])
+
+    def run(upcast_first):
+        base = AutoModelForCausalLM.from_pretrained(
+            str(tiny_model_dir), quantization_config=nf4, dtype=torch.bfloat16
+        )
+        if upcast_first:  # the recipe wrap_model followed before
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+        model = wrap_model(base, spec)
+        loop = TrainLoop(model, 0, examples, None, spec, total_steps=6)
+        losses = [loop.train_step().loss for _ in range(6)]
+        return model, losses
+
+    model, losses = run(upcast_first=False)
+    lm = model.get_base_model()
+    assert lm.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert lm.model.norm.weight.dtype == torch.bfloat16
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert losses[-1] < losses[0] - 0.1, losses
+    upcast_model, upcast = run(upcast_first=True)
+    assert upcast_model.get_base_model().model.norm.weight.dtype == torch.float32
+    for ours, theirs in zip(losses, upcast, strict=True):
+        assert abs(ours - theirs) < 0.02 * theirs, (losses, upcast)

@@ -12,6 +12,9 @@ with ``bf16=True``.
 A float32 base (the CPU default) is left alone; so is a float16 base, which would need loss
 scaling to train safely under autocast.
 
+On CUDA the same context also keeps PyTorch's scaled-dot-product attention off its cuDNN
+kernel (:func:`attention_kernels`).
+
 Examples:
     >>> import torch
     >>> from transformers import AutoModelForCausalLM
@@ -28,11 +31,12 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from workbench.train.loss import causal_lm
 
-__all__ = ["compute_dtype", "training_precision"]
+__all__ = ["attention_kernels", "compute_dtype", "training_precision"]
 
 
 def compute_dtype(model: Any) -> Any:
@@ -63,8 +67,39 @@ def compute_dtype(model: Any) -> Any:
     return lm.get_input_embeddings().weight.dtype
 
 
-def training_precision(model: Any) -> contextlib.AbstractContextManager:
-    """A context for the training forward: bfloat16 autocast on a bfloat16 base, else nothing.
+def attention_kernels(device_type: str) -> contextlib.AbstractContextManager:
+    """On CUDA, PyTorch's flash, memory-efficient or math attention, not cuDNN's.
+
+    PyTorch picks cuDNN's attention on Hopper GPUs, and cuDNN builds a graph for each new
+    sequence length, forward and backward: milliseconds of host time each. Training batches
+    change length every step (packed rows, padded widths), so on one H200 (0.5B Qwen2 shape,
+    torch 2.11, benchmarks/gpu-runs/2026-12-04-h200) the attention calls took 140 ms of host
+    time in a 476 ms step whose kernels ran 42 ms in all. Flash attention (a causal batch
+    without a mask) and the memory-efficient kernel (a packed row's block mask) launch in
+    microseconds at any length. The backward runs the kernel its forward chose. Elsewhere
+    nothing changes.
+
+    Examples:
+        >>> import torch
+        >>> with attention_kernels("cuda"):
+        ...     torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()
+        (False, True)
+        >>> with attention_kernels("cpu"):
+        ...     torch.backends.cuda.cudnn_sdp_enabled()
+        True
+    """
+    if device_type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kinds = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(kinds)
+
+
+@contextlib.contextmanager
+def training_precision(model: Any) -> Iterator[None]:
+    """The context of a training forward: bfloat16 autocast on a bfloat16 base, else none;
+    on CUDA also :func:`attention_kernels`.
 
     Examples:
         >>> import torch
@@ -77,7 +112,9 @@ def training_precision(model: Any) -> contextlib.AbstractContextManager:
     """
     import torch
 
-    if compute_dtype(model) != torch.bfloat16:
-        return contextlib.nullcontext()
     device = next(model.parameters()).device.type
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(attention_kernels(device))
+        if compute_dtype(model) == torch.bfloat16:
+            stack.enter_context(torch.autocast(device_type=device, dtype=torch.bfloat16))
+        yield
