@@ -7,8 +7,9 @@
 # Then, through the device tool, in one call:
 #     run(command="bash benchmarks/gpu_device_run.sh", carry=[".cache/device-wheels"],
 #         timeout_s=600)
-# Arguments go to gpu_throughput.py (e.g. `--shapes 0.5b,3b`); the default run is sized
-# for ~7 of the 9 minutes allowed here. A dry run on a machine without a GPU:
+# Arguments go to gpu_throughput.py (e.g. `--shapes 0.5b,3b`). On the H200 of 2026-12-04
+# (a slow host: rows took 73-93 s) the default run's CORE rows fill most of the 9 minutes;
+# --budget skips the rows that do not fit and says so. A dry run without a GPU:
 #     PYTHON=.venv/bin/python WHEELS=none OUT=/tmp/gpu-out bash benchmarks/gpu_device_run.sh --smoke
 #
 # $OUT receives (each at most a few MB; the tool brings back 8 files):

@@ -32,7 +32,12 @@ variant runs in its own process, in alternating order, from the same weights (se
   its own process only, by Liger-Kernel's fused linear cross-entropy
   (``LigerFusedLinearCrossEntropyLoss``, Triton): does a fused kernel from a maintained
   package pay here (issue 12)? Run last (``liger-kernel`` carried in as a wheel; Triton comes
-  with CUDA torch); a row saying why on CPU or where either does not import.
+  with CUDA torch); a row saying why on CPU or where either does not import;
+- ablations of two levers found by the first GPU run: ``workbench-cudnn``, the workbench with
+  attention left to PyTorch's choice (cuDNN's on Hopper) instead of
+  ``workbench.train.precision.attention_kernels``; ``workbench-qlora-upcast``,
+  ``workbench-qlora`` after peft's ``prepare_model_for_kbit_training`` (16-bit weights cast
+  to float32), as ``wrap_model`` prepared a 4-bit base before.
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
@@ -87,12 +92,23 @@ VARIANTS = (
     "trainer-qlora",
     "workbench-qlora",
     "workbench-liger",
+    "workbench-cudnn",
+    "workbench-qlora-upcast",
 )
-QLORA = ("trainer-qlora", "workbench-qlora")
+QLORA = ("trainer-qlora", "workbench-qlora", "workbench-qlora-upcast")
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
-EXTRA = ("workbench-padded", "trl-nogc", "trl", "workbench-compile", "workbench-liger")
+# compile first: on a host-bound machine fewer, fused launches are the lever left (2026-12-04).
+EXTRA = (
+    "workbench-compile",
+    "trl-nogc",
+    "trl",
+    "workbench-padded",
+    "workbench-cudnn",
+    "workbench-qlora-upcast",
+    "workbench-liger",
+)
 LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
 # Gradient checkpointing as each variant runs (TRL's default; peft's
 # prepare_model_for_kbit_training turns it on by default), for the memory estimate.
@@ -131,29 +147,21 @@ SHAPES = {
         vocab_size=1024,
     ),
 }
-# Default run, sized to finish in ~7.5 minutes on an H200 (gpu_device_run.sh gives it 9). A
-# step is 8 rows of 244 tokens on average, ~1,950 real tokens. Plain Trainer + peft ran the
-# 0.5B shape at ~20k tokens/s, so a step takes ~0.1 s there; the 1.5B shape (3x the
-# weights) ~0.3 s, the 3B one (6x) ~0.6 s; 4-bit about half as fast. Each variant also pays
-# ~15 s of its own (a fresh process: imports, CUDA context, weights, 32 held-out rows),
-# ~25 s for a 4-bit load of 1.5B/3B, and the first 4-bit variant of a shape ~10 s to save
-# the weights it loads.
-#   0.5b, all 9 variants x 80 steps: trainer 8 s, trl (checkpointing) 11, trl-nogc 8,
-#         workbench ~5, padded ~6, trainer-qlora ~15 (4-bit dequantization, checkpointing),
-#         workbench-qlora ~8, compile ~6 + its compilation (~60 s?), liger ~7 (a workbench
-#         row; Liger's kernel walks the ~150 trained rows of a step in chunks of 1-2, each
-#         reading the whole output layer) + ~10 to import it and compile its Triton kernels
-#         = ~140 s of steps + 9 x 15 s                                         = ~275 s
-#   1.5b, the 4 CORE variants x 50 steps: trainer 15 s, workbench ~8, trainer-qlora ~25,
-#         workbench-qlora ~12 = ~60 s + 2 x 15 + 2 x 25 + 10                   = ~150 s
-#   + the matmul peak (~10 s)                                                  = ~435 s
-# The CORE rows alone (--variants trainer,workbench,trainer-qlora,workbench-qlora: every
-# figure issue 12 sets a bar for) take ~100 + 150 + 10 = ~260 s, inside its 5 minutes.
-# The 3B shape (CORE x 30 steps: trainer ~18 s, workbench ~9, trainer-qlora ~35,
-# workbench-qlora ~18, + 2 x 15 + 2 x 30 + 20 to save 6 GB) takes ~190 s: as
-# `--shapes 0.5b,3b` (~475 s) it fits one device call, added to the default it would not.
+# Default run, sized from the one run measured so far (H200, 2026-12-04,
+# benchmarks/gpu-runs/2026-12-04-h200). A step is 8 rows of 244 tokens on average, ~1,950
+# real tokens. That machine's host was slow: every path waited on Python and kernel launches
+# (the chip was busy 7-15% of a step), so a step took ~0.4 s at 0.5B for Trainer + peft and
+# the workbench alike (4,400-4,700 tokens/s; the issue had measured 19,800 elsewhere), 0.65 s
+# in 4 bits, ~0.5 s for 1.5B in 4 bits; the chip's share grows with the shape. Each row also
+# paid 35-55 s of its own (a fresh process: imports, CUDA context, weights, warm-up, the
+# held-out rows; each row's "phases" now say which), and the first 4-bit row of a shape
+# ~17 s to save the weights it loads. At 40 and 30 steps the CORE rows (every figure issue
+# 12 sets a bar for) take ~4 x 60 s per shape, ~520 s for both, so within the 9 minutes of
+# gpu_device_run.sh the EXTRA rows run only when the host is faster; --budget skips what
+# does not fit and says so. Issue 12's 5 minutes hold for one shape (`--shapes 0.5b
+# --variants trainer,workbench,trainer-qlora,workbench-qlora`) on such a host.
 DEFAULT_SHAPES = "0.5b,1.5b"
-STEPS = {"0.5b": 80, "1.5b": 50, "3b": 30, "tiny": 4}
+STEPS = {"0.5b": 40, "1.5b": 30, "3b": 20, "tiny": 4}
 SHAPE_VARIANTS = {"0.5b": VARIANTS, "tiny": VARIANTS}  # other shapes: CORE unless --variants
 ROWS, HELD_OUT, BATCH, LR, WARMUP_STEPS, LAST = 960, 32, 8, 2e-4, 5, 10
 PROFILE_STEPS = 3  # workbench rows: steps profiled after the timed ones (profiles.md)
@@ -297,7 +305,7 @@ def load_base(variant: str, shape: str, plan: dict):
             dtype=dtype,
             device_map={"": device},
         )
-    if variant == "workbench-qlora":
+    if variant in ("workbench-qlora", "workbench-qlora-upcast"):
         from workbench.models.loading import load_model
 
         loaded = load_model(
@@ -307,7 +315,15 @@ def load_base(variant: str, shape: str, plan: dict):
             device=device,
             on_event=lambda message: None,
         )
+        if variant == "workbench-qlora-upcast":  # peft's recipe, as wrap_model did before
+            from peft import prepare_model_for_kbit_training
+
+            return prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
         return loaded.model
+    if variant.startswith("workbench") and device == "cuda":
+        from workbench.models.loading import expandable_cuda_segments
+
+        expandable_cuda_segments()  # what load_model does for a model loaded on CUDA
     return build_model(shape, device, dtype)
 
 
@@ -365,6 +381,29 @@ class Clock:
     @property
     def seconds(self) -> float:
         return self.end - self.start
+
+
+class Phases:
+    """Seconds a worker spends in each phase, from its process's start (imports included).
+
+    The timed steps are a part of ``train``; the rest is what a row costs beyond them, which
+    sizes the default run (on the 2026-12-04 H200 rows took 73-93 s for 33-52 s of steps).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        try:
+            import psutil
+
+            self.last = time.perf_counter() - (time.time() - psutil.Process().create_time())
+            self.mark("start")
+        except Exception:  # no psutil: the first phase starts here
+            self.last = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.last, 2)
+        self.last = now
 
 
 class GpuMemory:
@@ -510,7 +549,7 @@ def workbench_spec(variant: str, plan: dict):
         extra["packing"] = False
     if variant == "workbench-compile":
         extra["compile"] = True  # TypeError until TrainSpec has the field: a "failed" row
-    if variant == "workbench-qlora":
+    if variant in ("workbench-qlora", "workbench-qlora-upcast"):
         extra["method"] = "qlora"
     return TrainSpec(
         max_steps=plan["steps"],
@@ -655,6 +694,12 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
     # Before anything heavy, so a spec the workbench does not take yet fails in seconds.
     spec = workbench_spec(variant, plan) if variant.startswith("workbench") else None
     fused = None
+    if variant == "workbench-cudnn":  # attention as PyTorch picks it, as before 2026-12-04
+        import contextlib
+
+        import workbench.train.precision
+
+        workbench.train.precision.attention_kernels = lambda device: contextlib.nullcontext()
     if variant == LIGER:  # the workbench with Liger's loss, in this process only
         fused, why = liger_loss()
         if why is not None:
@@ -663,26 +708,32 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.loss
 
         workbench.train.loss._chunked_loss = fused  # token_loss_sum looks it up per call
+    phases = Phases()
     vocab = SHAPES[shape]["vocab_size"]
     words = (40, 300) if shape != "tiny" else (10, 40)
     train = make_rows(plan["rows"], vocab, seed=1, words=words)
     held_out = make_rows(plan["held_out"], vocab, seed=2, words=words)
     params = count_params(shape)
+    phases.mark("imports_rows")
     memory = GpuMemory(device)
     model = load_base(variant, shape, plan)
     if fused is not None:
         warm_liger(fused, model)
     memory.loaded()
+    phases.mark("load")
     clock = Clock(device, plan["warmup"], plan["steps"])
     if spec is not None:
         result = _workbench_training(spec, model, train, plan, clock)
     else:
         result = _hf_training(variant, model, train, plan, clock)
     memory.trained()
+    phases.mark("train")
     facts = memory.facts
     tokens = sum(result["lengths"][plan["warmup"] : plan["steps"]])
     held_out_loss_ = held_out_loss(result["model"], held_out, device)
+    phases.mark("held_out")
     profiled = profile_steps(result["more_steps"], device) if "more_steps" in result else None
+    phases.mark("profile")
     out.write_text(
         json.dumps(
             {
@@ -705,6 +756,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
                 "max_trained_tokens": max(result["trained"]),  # labels of the fullest batch
                 "memory": facts,
                 "profile": profiled,
+                "phases": phases.seconds,
             }
         )
     )
@@ -1144,6 +1196,7 @@ def measure_all(order, args, device, deadline, report, out, log) -> None:
             found = result.get("profile") or {}
             if "gpu_busy_ms" in found:
                 brief["profile"] = {k: found[k] for k in ("wall_ms", "gpu_busy_ms", "kernels")}
+            brief.pop("memory", None)  # in results.json; the phases say where the time went
             print(f"  {shape} {variant}: {json.dumps(brief)}", flush=True)
             _write(out, report)
     finally:

@@ -185,3 +185,12 @@ def test_smoke_run_profiles_the_workbench_rows_after_their_timed_steps(smoke):
             assert "Self CPU" in r["profile"]["table"]  # torch's own table of the ops
         elif r["variant"] in ("trainer", "trainer-qlora"):
             assert r.get("profile") is None  # Trainer rows run their steps as Trainer does
+        if "phases" in r:  # where a row's time went, its process's start included
+            assert list(r["phases"])[-5:] == [
+                "imports_rows",
+                "load",
+                "train",
+                "held_out",
+                "profile",
+            ]
+            assert r["phases"]["train"] > 0 and all(v >= 0 for v in r["phases"].values()), r
