@@ -209,7 +209,7 @@ def freeze_quantized_base(model: Any) -> int:
     weights, made the embeddings feed float32 activations through the whole residual stream
     and added a cast before and after every layer: measured on one H200 (0.5B Qwen2 shape,
     QLoRA, benchmarks/gpu-runs/2026-12-04-h200), the run peaked at 9.6 GiB against 7.5 GiB
-    for the same model unquantized, with ~1,400 more copy kernels per step. So only float16
+    for the same model unquantized, with ~480 more casts per step. So only float16
     weights are cast; bfloat16 ones stay as loaded. Gradient checkpointing is
     :func:`~workbench.train.core.enable_checkpointing`'s job (non-reentrant: no input hook).
     Returns how many weights were cast.
