@@ -45,24 +45,52 @@ main() {
     wheels=("$WHEELS"/*.whl)
     if [[ "$WHEELS" != none && ${#wheels[@]} -gt 0 ]]; then
         echo "## installing ${#wheels[@]} carried wheels into $SITE"
-        install=("$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir
-            --upgrade --target "$SITE")
-        if ! "${install[@]}" "${wheels[@]}"; then
-            echo "pip could not install them together; one at a time:"
+        # A wheel is a zip of what goes into site-packages: extracting them is what pip
+        # --target does for these (no scripts, no dependencies), in seconds instead of the
+        # 49 s pip and eight import checks took on the 2026-12-04 machine. pip is the fallback.
+        if ! "$PYTHON" - "$SITE" "${wheels[@]}" <<'PY'
+import sys
+import zipfile
+
+site, *wheels = sys.argv[1:]
+for wheel in wheels:
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+PY
+        then
+            echo "extracting failed; pip, one wheel at a time:"
             for wheel in "${wheels[@]}"; do
-                "${install[@]}" "$wheel" || echo "left out $wheel"
+                "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+                    --upgrade --target "$SITE" "$wheel" || echo "left out $wheel"
             done
         fi
         export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
         # A carried package that does not import there is dropped, so the image's own
-        # version (if any) is used instead; the rows that need a missing one say so.
-        for pkg in regex transformers peft bitsandbytes dill multiprocess datasets trl; do
-            [[ -d "$SITE/$pkg" ]] || continue
-            if ! err=$("$PYTHON" -c "import $pkg" 2>&1); then
-                echo "carried $pkg does not import, using the image's own: ${err##*$'\n'}"
-                rm -rf "${SITE:?}/$pkg" "$SITE/$pkg"-*.dist-info
-            fi
-        done
+        # version (if any) is used instead; the rows that need a missing one say so. One
+        # process checks them all (torch and transformers load once), in dependency order.
+        "$PYTHON" - "$SITE" <<'PY'
+import glob
+import importlib
+import os
+import shutil
+import sys
+
+site = sys.argv[1]
+for pkg in ("regex", "transformers", "peft", "bitsandbytes", "dill", "multiprocess",
+            "datasets", "trl", "liger_kernel"):
+    if not os.path.isdir(os.path.join(site, pkg)):
+        continue
+    try:
+        importlib.import_module(pkg)
+    except Exception as err:
+        print(f"carried {pkg} does not import, using the image's own: {err!r}"[:300])
+        found = glob.glob(os.path.join(site, pkg + "-*.dist-info"))
+        for path in [os.path.join(site, pkg), *found]:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in [m for m in sys.modules if m == pkg or m.startswith(pkg + ".")]:
+            del sys.modules[name]
+        importlib.invalidate_caches()
+PY
         echo "(installed after $(elapsed) s)"
     fi
 
