@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -194,3 +195,53 @@ def test_smoke_run_profiles_the_workbench_rows_after_their_timed_steps(smoke):
                 "profile",
             ]
             assert r["phases"]["train"] > 0 and all(v >= 0 for v in r["phases"].values()), r
+
+
+def _wheel(folder: Path, name: str, init: str) -> Path:
+    """A minimal wheel (a zip of the package and its dist-info), built on the spot."""
+    import zipfile
+
+    path = folder / f"{name}-0.0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}/__init__.py", init)
+        archive.writestr(f"{name}-0.0.1.dist-info/METADATA", f"Name: {name}\nVersion: 0.0.1\n")
+    return path
+
+
+def test_the_device_script_installs_carried_wheels_and_drops_one_that_does_not_import(tmp_path):
+    # benchmarks/gpu_device_run.sh is the one command of a lent GPU machine: it extracts the
+    # carried wheels into a site folder, drops a carried package that does not import there
+    # (so the image's own is used) and runs the benchmark, leaving its files under $OUT.
+    wheels, site, out = tmp_path / "wheels", tmp_path / "site", tmp_path / "out"
+    wheels.mkdir()
+    _wheel(wheels, "wbprobe", "VALUE = 42\n")
+    _wheel(wheels, "dill", "raise ImportError('broken on purpose')\n")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "WHEELS": str(wheels),
+        "SITE": str(site),
+        "OUT": str(out),
+        "LIMIT": "300",
+    }
+    done = subprocess.run(
+        [
+            "bash",
+            str(REPO / "benchmarks" / "gpu_device_run.sh"),
+            "--smoke",
+            "--variants",
+            "trainer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (out / "device.log").read_text()
+    assert "## installing 2 carried wheels" in log
+    assert "carried dill does not import, using the image's own" in log
+    assert (site / "wbprobe" / "__init__.py").read_text() == "VALUE = 42\n"
+    assert not (site / "dill").exists() and not list(site.glob("dill-*.dist-info"))
+    rows = _rows((out / "tables.md").read_text(), 9)
+    assert float(rows["trainer"][2].replace(",", "")) > 0, rows
