@@ -95,7 +95,8 @@ VARIANTS = (
     "workbench-cudnn",
     "workbench-qlora-upcast",
 )
-QLORA = ("trainer-qlora", "workbench-qlora", "workbench-qlora-upcast")
+WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast")  # load_model(quantization="4bit")
+QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
@@ -305,7 +306,7 @@ def load_base(variant: str, shape: str, plan: dict):
             dtype=dtype,
             device_map={"": device},
         )
-    if variant in ("workbench-qlora", "workbench-qlora-upcast"):
+    if variant in WORKBENCH_QLORA:
         from workbench.models.loading import load_model
 
         loaded = load_model(
@@ -549,7 +550,7 @@ def workbench_spec(variant: str, plan: dict):
         extra["packing"] = False
     if variant == "workbench-compile":
         extra["compile"] = True  # TypeError until TrainSpec has the field: a "failed" row
-    if variant in ("workbench-qlora", "workbench-qlora-upcast"):
+    if variant in WORKBENCH_QLORA:
         extra["method"] = "qlora"
     return TrainSpec(
         max_steps=plan["steps"],
