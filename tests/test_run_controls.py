@@ -35,8 +35,9 @@ from workbench.train.checkpoint import latest_checkpoint
 SPEC = TrainSpec(max_steps=500, lr=5e-3, batch_size=2, eval_every=1000, save_every=1000, seed=5)
 WAIT = 90.0  # generous: a loaded 2-core machine may take seconds per control
 
-# Which train_state may follow which. stop() publishes "stopping" from the caller's thread,
-# so a worker that ends first makes "running"/"paused" -> "stopped" (the "stopping" refused).
+# Which train_state may follow which. stop() sets "stopping" under the lock the worker
+# waits on, so a run stopped by the user always passes through it; a launched run's states
+# come from its child's status file, which may skip it ("running"/"paused" -> "stopped").
 LEGAL = {
     "running": {"paused", "stopping", "stopped", "finished", "failed"},
     "paused": {"running", "stopping", "stopped", "failed"},
@@ -220,6 +221,33 @@ def test_stop_during_a_single_step_saves_that_step(tiny_model_dir, tmp_path, poo
     assert run.step_once(timeout=WAIT).step == at + 1
     _assert_settled(run, recorder, step=at + 1)
     _end(run, recorder)
+
+
+def test_stop_of_a_paused_run_reports_stopping_even_when_the_worker_ends_at_once(
+    tiny_model_dir, tmp_path
+):
+    # A paused worker wakes on stop() and may save and end before stop() returns: stop()
+    # still reports (and publishes) the "stopping" it set, every time.
+    run, recorder, _ = _start(tiny_model_dir, tmp_path / "run")
+    for _ in range(3):
+        assert run.stop().state is RunState.STOPPING
+        assert run.wait(WAIT).state is RunState.STOPPED
+        assert recorder.states[-2:] == ["stopping", "stopped"], recorder.states
+        run.resume()
+        assert run.pause(timeout=WAIT).state is RunState.PAUSED
+    # The worst interleaving, forced: any later state change from this thread waits until
+    # the worker has ended the run (as a caller preempted right after asking would).
+    caller, set_state = threading.current_thread(), run._set_state
+
+    def late_from_the_caller(worker, state, **changes):
+        if threading.current_thread() is caller:
+            assert _until(lambda: run.status.done)
+        return set_state(worker, state, **changes)
+
+    run._set_state = late_from_the_caller
+    assert run.stop().state is RunState.STOPPING
+    assert run.wait(WAIT).state is RunState.STOPPED
+    assert recorder.states[-2:] == ["stopping", "stopped"], recorder.states
 
 
 def test_stop_while_a_single_step_is_asked_but_not_begun(tiny_model_dir, tmp_path):

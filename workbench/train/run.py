@@ -571,10 +571,12 @@ class Run:
             if self._status.done or self._worker is None or self._stop:
                 return self._status  # a second stop() (a double click) publishes nothing
             self._stop = True
-            self._cond.notify_all()
-            worker = self._worker  # not a successor resume() may start meanwhile
-        self._set_state(worker, RunState.STOPPING)
-        return self._status
+            # Set under the same lock as the flag: the worker may end the run as soon as it
+            # wakes, and stop() must still report (and publish) the stopping it asked for.
+            self._apply_state(self._worker, RunState.STOPPING)
+            stopping = self._status
+        self._publish_states()
+        return stopping
 
     def evaluate_now(self) -> None:
         """Evaluate (and regenerate probes) at the next step boundary, even while paused.
@@ -1010,19 +1012,25 @@ class Run:
     # -- publishing: only the current worker's news reaches the status and the events ------
     def _set_state(self, worker: Worker | None, state: RunState, **changes: Any) -> bool:
         with self._cond:
-            current = self._status.state
-            stale = worker is not self._worker
-            # stop() wins over a worker's late running/paused; an ended run stays ended.
-            if (
-                stale
-                or (current in TERMINAL and state is not RunState.RUNNING)
-                or (current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED))
-            ):
-                return False
-            self._status = dataclasses.replace(self._status, state=state, **changes)
-            self._outbox.append(self._status)
-            self._cond.notify_all()
-        self._publish_states()
+            applied = self._apply_state(worker, state, **changes)
+        if applied:
+            self._publish_states()
+        return applied
+
+    def _apply_state(self, worker: Worker | None, state: RunState, **changes: Any) -> bool:
+        """Change the status and queue it for publishing; the caller holds ``_cond``."""
+        current = self._status.state
+        stale = worker is not self._worker
+        # stop() wins over a worker's late running/paused; an ended run stays ended.
+        if (
+            stale
+            or (current in TERMINAL and state is not RunState.RUNNING)
+            or (current is RunState.STOPPING and state in (RunState.RUNNING, RunState.PAUSED))
+        ):
+            return False
+        self._status = dataclasses.replace(self._status, state=state, **changes)
+        self._outbox.append(self._status)
+        self._cond.notify_all()
         return True
 
     def _publish_states(self) -> None:
