@@ -122,6 +122,27 @@ def _training_core():
     return module
 
 
+def _settle_the_allocator() -> None:
+    """Put glibc's malloc in the state a running kernel is in before the step is measured.
+
+    glibc raises its mmap threshold (to at most 32 MiB, and keeps up to twice that of freed
+    heap memory) the first time it frees a large mmapped block. Whether the child's loading
+    happened to free one before the step made the same step peak at either of two levels, up
+    to 30% apart (a tiny Gemma 4: 1.0 or 1.37 GiB from run to run). A notebook kernel has
+    freed such blocks long before it trains, so the child starts in that settled state.
+    No-op where the C library has no ``mallopt`` (not glibc).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 64 << 20)
+
+
 def _child(args: dict) -> dict:
     """Run in the subprocess: imports, load, one step; print the high-water marks."""
     import peft  # noqa: F401  (imported for the baseline, as a training kernel would)
@@ -129,6 +150,7 @@ def _child(args: dict) -> dict:
     import transformers  # noqa: F401
 
     after_imports = _peak_bytes("cpu")
+    _settle_the_allocator()
     model = _load(args)
     after_load = _peak_bytes(args["device"])
     params = [p for p in model.parameters() if p.requires_grad]
