@@ -264,9 +264,13 @@ def expandable_cuda_segments() -> bool:
     )
     if "expandable_segments" in settings or not torch.cuda.is_available():
         return False
+    # torch 2.11 deprecated (with a FutureWarning per call) the torch.cuda spelling
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or getattr(
+        torch.cuda.memory, "_set_allocator_settings", None
+    )
     try:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
-    except (AttributeError, RuntimeError):  # a torch without the call, or a platform without it
+        setter("expandable_segments:True")
+    except (TypeError, RuntimeError):  # a torch without either call, or a platform without it
         return False
     return True
 
