@@ -37,7 +37,9 @@ variant runs in its own process, in alternating order, from the same weights (se
   attention left to PyTorch's choice (cuDNN's on Hopper) instead of
   ``workbench.train.precision.attention_kernels``; ``workbench-qlora-upcast``,
   ``workbench-qlora`` after peft's ``prepare_model_for_kbit_training`` (16-bit weights cast
-  to float32), as ``wrap_model`` prepared a 4-bit base before.
+  to float32), as ``wrap_model`` prepared a 4-bit base before; ``workbench-peft-inputs``,
+  the workbench with peft's LoRA forward as it comes (each adapted layer keeps its own
+  float32 copy of its input after dropout) instead of ``workbench.train.core.lean_lora_inputs``.
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
@@ -94,6 +96,7 @@ VARIANTS = (
     "workbench-liger",
     "workbench-cudnn",
     "workbench-qlora-upcast",
+    "workbench-peft-inputs",
 )
 WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast")  # load_model(quantization="4bit")
 QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
@@ -106,6 +109,7 @@ EXTRA = (
     "trl-nogc",
     "trl",
     "workbench-padded",
+    "workbench-peft-inputs",
     "workbench-cudnn",
     "workbench-qlora-upcast",
     "workbench-liger",
@@ -701,6 +705,10 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.precision
 
         workbench.train.precision.attention_kernels = lambda device: contextlib.nullcontext()
+    if variant == "workbench-peft-inputs":  # peft's LoRA forward, as before 2026-12-04
+        import workbench.train.core
+
+        workbench.train.core.lean_lora_inputs = lambda model: 0
     if variant == LIGER:  # the workbench with Liger's loss, in this process only
         fused, why = liger_loss()
         if why is not None:
