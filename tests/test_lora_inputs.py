@@ -128,6 +128,21 @@ def test_evaluation_ignores_dropout_and_the_saved_adapter_loads_in_plain_peft(
         torch.testing.assert_close(plain(input_ids=ids).logits, first, rtol=1e-5, atol=1e-5)
 
 
+def test_a_lean_model_pickles_and_copies(tiny_model_dir):
+    import copy
+    import pickle
+
+    model, _ = _adapted(tiny_model_dir, lean=True)
+    ids = _ids(tiny_model_dir)
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+            layer = twin.base_model.model.model.layers[1].mlp.up_proj.lora_A["default"]
+            assert type(layer).__name__ == "DropoutLinear" and layer.dropout_p == 0.1
+            torch.testing.assert_close(twin(input_ids=ids).logits, expected, rtol=0, atol=0)
+
+
 def test_dora_layers_are_left_to_peft(tiny_model_dir):
     model, changed = _adapted(tiny_model_dir, lean=True, use_dora=True)
     assert changed == 0

@@ -424,8 +424,16 @@ def _dropout_linear_class() -> type:
         def extra_repr(self) -> str:
             return f"{super().extra_repr()}, dropout={self.dropout_p}"
 
+    DropoutLinear.__module__ = __name__  # pickled by name, found by __getattr__ below
+    DropoutLinear.__qualname__ = "DropoutLinear"
     _LEAN_LINEAR.append(DropoutLinear)
     return DropoutLinear
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DropoutLinear":  # built on first use, so that unpickling can find it
+        return _dropout_linear_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _layer_scale(name: str, layers: int, decay: float | None) -> float:
