@@ -72,6 +72,20 @@ def test_same_losses_and_gradients_as_peft_with_dropout(tiny_model_dir, monkeypa
     assert _steps(no_dropout, ids)[0][1:] != pytest.approx(peft_losses[1:], abs=1e-6)
 
 
+def test_inside_checkpointed_blocks_too(tiny_model_dir, recomputed_on_cpu):
+    # gradient checkpointing recomputes whole blocks; the recomputed product nests inside
+    ids = _ids(tiny_model_dir)
+    results = []
+    for lean in (False, True):
+        model, _ = _adapted(tiny_model_dir, lean=lean)
+        core.enable_checkpointing(model)
+        results.append(_steps(model, ids))
+    (peft_losses, peft_grads), (lean_losses, lean_grads) = results
+    assert lean_losses == pytest.approx(peft_losses, abs=1e-6)
+    for a, b in zip(peft_grads, lean_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
 def _kept_bytes(model, ids) -> int:
     """What a bfloat16-autocast forward keeps for backward, weights left out."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
