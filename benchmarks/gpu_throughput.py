@@ -103,13 +103,15 @@ QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
-# compile first: on a host-bound machine fewer, fused launches are the lever left (2026-12-04).
+# The LoRA input lever's ablation first (its memory effect is the open question of
+# 2026-12-04's second run), then compile: on a host-bound machine fewer, fused launches are
+# the lever left.
 EXTRA = (
+    "workbench-peft-inputs",
     "workbench-compile",
     "trl-nogc",
     "trl",
     "workbench-padded",
-    "workbench-peft-inputs",
     "workbench-cudnn",
     "workbench-qlora-upcast",
     "workbench-liger",
