@@ -130,7 +130,8 @@ def _settle_the_allocator() -> None:
     happened to free one before the step made the same step peak at either of two levels, up
     to 30% apart (a tiny Gemma 4: 1.0 or 1.37 GiB from run to run). A notebook kernel has
     freed such blocks long before it trains, so the child starts in that settled state.
-    No-op where the C library has no ``mallopt`` (not glibc).
+    It narrows the spread, without removing it (the tests compare with the highest of a few
+    steps). No-op where the C library has no ``mallopt`` (not glibc).
     """
     import ctypes
 

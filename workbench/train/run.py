@@ -571,6 +571,7 @@ class Run:
             if self._status.done or self._worker is None or self._stop:
                 return self._status  # a second stop() (a double click) publishes nothing
             self._stop = True
+            self._cond.notify_all()  # wakes a paused worker, whatever the state below does
             # Set under the same lock as the flag: the worker may end the run as soon as it
             # wakes, and stop() must still report (and publish) the stopping it asked for.
             self._apply_state(self._worker, RunState.STOPPING)
