@@ -19,6 +19,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -394,13 +395,11 @@ def lean_lora_inputs(model: Any) -> int:
 # Devices where a LoRA input after dropout is kept rather than drawn again in backward: on
 # CPU a mask costs 15 ns an element, a quarter of a step (2 cores, a Qwen2-shaped model).
 KEEPS_DROPPED_INPUTS = {"cpu"}
-_LEAN_LINEAR: list[type] = []  # built on first use: this module imports torch lazily
 
 
+@functools.cache  # built on first use: this module imports torch lazily
 def _dropout_linear_class() -> type:
     """``torch.nn.Linear`` with its input's dropout folded in (see :func:`lean_lora_inputs`)."""
-    if _LEAN_LINEAR:
-        return _LEAN_LINEAR[0]
     import torch
     from torch.utils.checkpoint import checkpoint
 
@@ -426,7 +425,6 @@ def _dropout_linear_class() -> type:
 
     DropoutLinear.__module__ = __name__  # pickled by name, found by __getattr__ below
     DropoutLinear.__qualname__ = "DropoutLinear"
-    _LEAN_LINEAR.append(DropoutLinear)
     return DropoutLinear
 
 
