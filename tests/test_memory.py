@@ -217,6 +217,37 @@ def test_fused_projections_take_one_lora_pair(model_type, settings):
     assert facts.lora_params(8) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize(
+    ("model_type", "settings"),
+    [
+        ("gpt2", dict(n_embd=128, n_layer=2, n_head=8)),  # c_attn
+        ("gpt_neox", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                          intermediate_size=512)),  # query_key_value
+        ("gpt_bigcode", dict(n_embd=128, n_layer=2, n_head=8, multi_query=True)),
+        ("falcon", dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
+                        multi_query=True, parallel_attn=True)),
+        ("bloom", dict(hidden_size=128, n_layer=2, n_head=8)),
+        ("mpt", dict(d_model=128, n_layers=2, n_heads=8)),  # Wqkv
+    ],
+)  # fmt: skip
+def test_fused_query_key_value_layers_take_one_lora_pair(model_type, settings):
+    """These families build q, k and v as one layer, which peft adapts with one A/B pair (and
+    on CPU one dropout mask): read as three layers, the adapter and the masks came out too big."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=512, **settings)
+    facts = matched_to_model(facts_from_config(config), config)
+    torch.manual_seed(0)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_config(config), LoraConfig(r=8, target_modules="all-linear")
+    )
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert facts.lora_params(8) == trained
+    assert len(facts.linear_shapes(adapted=True)) == 4  # qkv, its output, the MLP's two
+
+
 def _built_counts(config):
     """(all weights, weights of the list of blocks) of the model built from ``config``."""
     import torch

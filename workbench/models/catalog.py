@@ -557,7 +557,7 @@ class ModelFacts:
 
 
 # Model types whose projections transformers fuses into one Linear layer.
-_FUSED_QKV = {"phi3"}
+_FUSED_QKV = {"phi3", "gpt2", "gpt_neox", "gpt_bigcode", "falcon", "bloom", "mpt"}
 _FUSED_GATE_UP = {"phi3", "granitemoeshared", "granitemoehybrid"}
 _GATED_ATTENTION = {"qwen3_5_text"}  # q_proj also makes the output's gate
 
