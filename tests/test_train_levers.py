@@ -100,6 +100,22 @@ def test_compile_trains_the_same_curve_and_leaves_the_model_eager(tmp_path, tiny
     assert compiled.spec.compile is True
 
 
+def test_compile_with_dropout_trains_as_eager(tmp_path, tiny_model_dir):
+    # the adapters' dropout is an autograd step of the workbench's own (train/core.py): under
+    # torch.compile it runs, and draws the masks eager draws
+    spec = TrainSpec(max_steps=3, lr=5e-3, batch_size=4, lora=LoRA(r=8, dropout=0.1))
+    eager = toy_run(tiny_model_dir, tmp_path / "eager", spec)
+    compiled = toy_run(
+        tiny_model_dir, tmp_path / "compiled", TrainSpec(**{**vars(spec), "compile": True})
+    )
+    assert eager.state is compiled.state is RunState.FINISHED
+    assert train_losses(compiled) == pytest.approx(train_losses(eager), abs=1e-5)
+    no_dropout = toy_run(
+        tiny_model_dir, tmp_path / "plain", TrainSpec(**{**vars(spec), "lora": NO_DROPOUT})
+    )
+    assert train_losses(no_dropout)[1:] != pytest.approx(train_losses(eager)[1:], abs=1e-5)
+
+
 def test_compile_and_packing_can_change_in_a_fork_and_bad_values_are_named(
     tmp_path, tiny_model_dir
 ):

@@ -351,15 +351,15 @@ def lean_lora_inputs(model: Any) -> int:
     """Make peft's plain LoRA layers keep one input per layer for backward, not copies of it.
 
     peft computes ``lora_B(lora_A(dropout(x.to(adapter dtype))))``: for a bfloat16 base under
-    autocast, each adapted layer held a float32 copy of its input after dropout, and q, k and
-    v (gate and up) each their own, though they read the same ``x``: over a third of what a
-    step keeps for backward on a Qwen2-shaped model with dropout 0.05. Here ``lora_A`` takes
-    the dropout over (the layer's dropout becomes ``Identity``) and casts ``x`` only where
-    no autocast does it; under dropout on an accelerator it recomputes ``dropout(x) @ A`` in
-    backward with the same random mask (torch's checkpoint of that one product), so only
-    ``x`` itself, shared by the layers that read it, is kept (on CPU, where drawing the mask
-    again would cost more than the memory is worth, the dropped copy is kept as before).
-    Outputs and gradients are those of peft's forward.
+    autocast, each adapted layer held a float32 copy of its input after dropout and its float
+    mask, and q, k and v (gate and up) each their own, though they read the same ``x``: over a
+    third of what a step keeps for backward on a Qwen2-shaped model with dropout 0.05. Here
+    ``lora_A`` takes the dropout over (the layer's dropout becomes ``Identity``), casts ``x``
+    only where no autocast does it, and keeps for backward only ``x`` itself (shared by the
+    layers that read it) and the dropout's mask: one byte an element on CPU; nothing on a
+    CUDA device, where backward draws the same mask again from the generator's saved state.
+    Outputs and gradients are those of peft's forward: with the very masks peft draws on CPU;
+    on CUDA with others of the same law (peft's fused dropout kernel draws its own way).
     DoRA and the other variants, and layers other than ``nn.Linear`` adapters, are left as
     they are. Returns how many adapters were changed.
 
@@ -378,7 +378,9 @@ def lean_lora_inputs(model: Any) -> int:
         plain = [
             name
             for name, lora_A in getattr(module, "lora_A", {}).items()
-            if type(lora_A) is torch.nn.Linear and name not in getattr(module, "lora_variant", {})
+            if type(lora_A) is torch.nn.Linear
+            and lora_A.bias is None
+            and name not in getattr(module, "lora_variant", {})
         ]
         if not plain or len(plain) != len(module.lora_A) or not hasattr(module, "lora_dropout"):
             continue
@@ -392,33 +394,96 @@ def lean_lora_inputs(model: Any) -> int:
     return changed
 
 
-# Devices where a LoRA input after dropout is kept rather than drawn again in backward: on
-# CPU a mask costs 15 ns an element, a quarter of a step (2 cores, a Qwen2-shaped model).
-KEEPS_DROPPED_INPUTS = {"cpu"}
+# Device types whose dropout masks are drawn again in backward rather than kept: on CUDA a
+# mask costs next to nothing; on CPU it costs 15 ns an element, a quarter of a step (2 cores,
+# a Qwen2-shaped model), so the mask is kept there, at one byte an element.
+REDRAWS_MASKS_ON = {"cuda"}
 
 
 @functools.cache  # built on first use: this module imports torch lazily
+def _dropped_projection() -> type:
+    """``dropout(x) @ weight.T`` as one autograd step that keeps ``x``, not ``dropout(x)``.
+
+    The dropout's scale is applied to the product's few columns (the adapter's rank), not to
+    ``x``, so each direction makes one pass over ``x``'s size, as dropout itself does.
+    """
+    import torch
+
+    class DroppedProjection(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, p: float, dtype: Any) -> Any:
+            generator = _default_generator(x.device)
+            redraws = x.device.type in REDRAWS_MASKS_ON
+            state = generator.get_state() if redraws else None
+            dropped = _dropped_positions(x, p, generator)
+            ctx.save_for_backward(x, weight, None if redraws else dropped)
+            ctx.p, ctx.dtype, ctx.generator, ctx.state = p, dtype, generator, state
+            kept = x.to(dtype).masked_fill(dropped, 0)
+            return torch.nn.functional.linear(kept, weight.to(dtype)) * (1.0 / (1.0 - p))
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            x, weight, dropped = ctx.saved_tensors
+            if dropped is None:
+                dropped = _redrawn(ctx.generator, ctx.state, x, ctx.p)
+            grad = grad * (1.0 / (1.0 - ctx.p))  # the rank's few columns, not x's many
+            grad_x = grad_weight = None
+            if ctx.needs_input_grad[0]:
+                grad_x = (grad @ weight.to(ctx.dtype)).masked_fill_(dropped, 0).to(x.dtype)
+            if ctx.needs_input_grad[1]:
+                kept = x.to(ctx.dtype).masked_fill(dropped, 0)
+                grad_weight = (grad.flatten(0, -2).t() @ kept.flatten(0, -2)).to(weight.dtype)
+            return grad_x, grad_weight, None, None
+
+    return DroppedProjection
+
+
+def _default_generator(device: Any) -> Any:
+    """The generator that ``device``'s random draws take by default."""
+    import torch
+
+    if device.type == "cpu":
+        return torch.default_generator
+    return torch.get_device_module(device).default_generators[device.index]
+
+
+def _dropped_positions(x: Any, p: float, generator: Any) -> Any:
+    """Where dropout with rate ``p`` zeroes ``x`` (on CPU, where ``torch.nn.Dropout`` does)."""
+    import torch
+
+    kept = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+    return kept.bernoulli_(1.0 - p, generator=generator).logical_not_()
+
+
+def _redrawn(generator: Any, state: Any, x: Any, p: float) -> Any:
+    """:func:`_dropped_positions` as drawn when ``generator`` was at ``state``."""
+    now = generator.get_state()
+    generator.set_state(state)
+    try:
+        return _dropped_positions(x, p, generator)
+    finally:
+        generator.set_state(now)
+
+
+@functools.cache
 def _dropout_linear_class() -> type:
     """``torch.nn.Linear`` with its input's dropout folded in (see :func:`lean_lora_inputs`)."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     class DropoutLinear(torch.nn.Linear):
         dropout_p = 0.0
 
         def forward(self, x: Any) -> Any:
-            autocast = torch.is_autocast_enabled(x.device.type)
-            if not autocast and x.dtype != self.weight.dtype:
-                x = x.to(self.weight.dtype)
-            recompute = self.training and self.dropout_p > 0 and torch.is_grad_enabled()
-            # keeps x (shared with its sibling layers), not the dropped copy and its mask
-            if recompute and x.device.type not in KEEPS_DROPPED_INPUTS:
-                return checkpoint(self._dropped, x, use_reentrant=False)
-            return self._dropped(x)
-
-        def _dropped(self, x: Any) -> Any:
-            x = torch.nn.functional.dropout(x, self.dropout_p, self.training)
-            return torch.nn.functional.linear(x, self.weight, self.bias)
+            device = x.device.type
+            dtype = (
+                torch.get_autocast_dtype(device)
+                if torch.is_autocast_enabled(device)
+                else self.weight.dtype
+            )
+            if self.training and self.dropout_p > 0 and torch.is_grad_enabled():
+                return _dropped_projection().apply(x, self.weight, self.dropout_p, dtype)
+            x = torch.nn.functional.dropout(x.to(dtype), self.dropout_p, self.training)
+            return torch.nn.functional.linear(x, self.weight.to(dtype))
 
         def extra_repr(self) -> str:
             return f"{super().extra_repr()}, dropout={self.dropout_p}"
