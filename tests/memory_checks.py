@@ -28,17 +28,20 @@ def estimate_error(folder, runs: int = 1, **settings) -> float:
     return (total - max(peaks)) / max(peaks)
 
 
-def saved_bytes_per_token(config, tokens: int, seq_len: int) -> float:
-    """Bytes autograd saves for backward in one LoRA forward pass (the workbench's adapter),
-    weights left out."""
+def saved_bytes_per_token(config, tokens: int, seq_len: int, lora_dropout=0.05) -> float:
+    """Bytes autograd saves for backward in one LoRA training forward pass (the workbench's
+    adapter, with dropout as ``TrainSpec``'s default), weights left out."""
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
-    from workbench.train.core import make_trainable
+    from workbench.train.core import dropout_free_targets, make_trainable
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
-    model = make_trainable(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+    lora = LoraConfig(r=8, target_modules="all-linear")
+    if not dropout_free_targets(model, lora):  # fused experts train without, as in runs
+        lora.lora_dropout = lora_dropout
+    model = make_trainable(model, lora)
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from memory_checks import estimate_error
+from memory_checks import estimate_error, saved_bytes_per_token
 
 from workbench.errors import SpecError
 from workbench.models.catalog import CATALOG, facts_from_config, get_facts, matched_to_model
@@ -133,6 +133,8 @@ def test_settings_move_the_estimate_the_right_way():
         (dict(method="prefix"), "method='prefix'"),
         (dict(method="full", quantization="4bit"), "method='full'"),
         (dict(device="tpu"), "device='tpu'"),
+        (dict(lora_dropout=1.0), "lora_dropout=1.0"),
+        (dict(lora_dropout="0.1"), "lora_dropout='0.1'"),
         (dict(spec=42), "spec=42"),
     ],
 )
@@ -141,6 +143,42 @@ def test_bad_inputs_raise_spec_error(settings, field):
     with pytest.raises(SpecError) as err:
         estimate_memory(**settings)
     assert field in str(err.value)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2", "gemma3", "phi3", "lfm2"])
+def test_dropout_masks_kept_on_cpu_are_what_the_estimate_adds(tmp_path, architecture):
+    # the adapters keep one byte per input element of each adapted layer (counted with
+    # autograd's saved-tensor hooks), and nothing else for the dropout
+    from transformers import AutoConfig
+
+    from workbench.models.memory import _ALLOCATOR_FACTOR
+    from workbench.models.tiny import build_tiny_model
+
+    config = AutoConfig.from_pretrained(build_tiny_model(tmp_path / "m", architecture))
+    seq_len, rows = 32, 2
+    with_masks = saved_bytes_per_token(config, seq_len * rows, seq_len, lora_dropout=0.05)
+    without = saved_bytes_per_token(config, seq_len * rows, seq_len, lora_dropout=0.0)
+
+    def activations(dropout: float) -> int:
+        settings = dict(seq_len=seq_len, batch_size=rows, lora_r=8, dtype="float32")
+        return estimate_memory(config, lora_dropout=dropout, device="cpu", **settings).activations
+
+    estimated = (activations(0.05) - activations(0.0)) / _ALLOCATOR_FACTOR["cpu"] / (seq_len * rows)
+    assert with_masks - without == pytest.approx(estimated, abs=1), architecture
+    assert with_masks > without
+    # on CUDA the masks are drawn again in backward: the estimate adds nothing there
+    cuda = {
+        d: estimate_memory(config, lora_dropout=d, device="cuda").activations for d in (0, 0.05)
+    }
+    assert cuda[0] == cuda[0.05]
+
+
+def test_a_bad_dropout_is_named_before_a_step_is_measured():
+    from workbench.models._measure import measure_training_step
+
+    with pytest.raises(SpecError, match=r"lora_dropout=-0.1: use a number from 0") as err:
+        measure_training_step("/no/such/folder", lora_dropout=-0.1, batch_size=0)
+    assert "batch_size=0" in str(err.value)  # every problem in one message
 
 
 def test_unknown_name_lists_known_names():

@@ -104,8 +104,11 @@ def _load(args: dict):
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     if args["method"] != "full":
+        core = _training_core()
         lora = LoraConfig(r=args["lora_r"], target_modules="all-linear", task_type="CAUSAL_LM")
-        return _training_core().make_trainable(model, lora)  # MoE routers left out, as in runs
+        if not core.dropout_free_targets(model, lora):  # fused experts: none, as in runs
+            lora.lora_dropout = args["lora_dropout"]
+        return core.make_trainable(model, lora)  # MoE routers left out, as in runs
     model.train()
     return model
 
@@ -183,8 +186,9 @@ def _child(args: dict) -> dict:
     }
 
 
-def _check(quantization, method, seq_len: int, batch_size: int, lora_r: int) -> None:
+def _check(quantization, method, seq_len: int, batch_size: int, lora_r: int, dropout) -> None:
     from workbench.errors import SpecError
+    from workbench.models.memory import _dropout_problems
 
     problems = []
     if quantization not in (None, "4bit", "8bit"):
@@ -194,6 +198,7 @@ def _check(quantization, method, seq_len: int, batch_size: int, lora_r: int) -> 
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size), ("lora_r", lora_r)):
         if not isinstance(value, int) or value <= 0:
             problems.append(f"{name}={value!r}: use a positive integer")
+    problems += _dropout_problems(dropout)
     if problems:
         raise SpecError("cannot measure a training step: " + "; ".join(problems))
 
@@ -204,6 +209,7 @@ def measure_training_step(
     quantization: Quantization | None = None,
     method: Method = "lora",
     lora_r: int = 8,
+    lora_dropout: float = 0.05,
     seq_len: int = 512,
     batch_size: int = 4,
     gradient_checkpointing: bool = False,
@@ -220,6 +226,7 @@ def measure_training_step(
         method: ``"full"`` trains every weight; ``"lora"`` and ``"qlora"`` train a LoRA adapter
             of rank ``lora_r`` on all linear layers. ``"qlora"`` implies ``"4bit"``.
         lora_r: LoRA rank.
+        lora_dropout: Dropout on the adapter's inputs (``TrainSpec``'s default 0.05).
         seq_len: Tokens per sequence of the random batch.
         batch_size: Sequences in the batch.
         gradient_checkpointing: Recompute block activations in the backward pass.
@@ -250,7 +257,7 @@ def measure_training_step(
         workbench.errors.SpecError: cannot measure a training step:
         seq_len=0: use a positive integer; batch_size=-1: use a positive integer
     """
-    _check(quantization, method, seq_len, batch_size, lora_r)
+    _check(quantization, method, seq_len, batch_size, lora_r, lora_dropout)
     if trained_per_row is not None and not 0 < trained_per_row < seq_len:
         from workbench.errors import SpecError
 
@@ -260,7 +267,7 @@ def measure_training_step(
         quantization = quantization or "4bit"
     args = dict(
         folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
-        seq_len=seq_len, batch_size=batch_size, device=device,
+        lora_dropout=lora_dropout, seq_len=seq_len, batch_size=batch_size, device=device,
         gradient_checkpointing=gradient_checkpointing, trained_per_row=trained_per_row,
         loss_function=loss_function,
     )  # fmt: skip

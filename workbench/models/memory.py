@@ -242,6 +242,7 @@ class _Plan:
     method: str
     quantization: str | None
     lora_r: int
+    lora_dropout: float
     seq_len: int
     batch_size: int
     gradient_checkpointing: bool
@@ -336,6 +337,7 @@ def _check_settings(settings: dict[str, Any]) -> None:
         value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.append(f"{name}={value!r}: use a positive integer")
+    problems += _dropout_problems(settings["lora_dropout"])
     method, quant = settings["method"], settings["quantization"]
     if method == "full" and quant is not None:
         problems.append(
@@ -346,6 +348,13 @@ def _check_settings(settings: dict[str, Any]) -> None:
         problems.append("method='qlora' with quantization='8bit': QLoRA is 4-bit; use '4bit'")
     if problems:
         raise SpecError("cannot estimate memory: " + "; ".join(problems))
+
+
+def _dropout_problems(dropout: Any) -> list[str]:
+    """What is wrong with a ``lora_dropout`` setting, if anything (shared with the measuring)."""
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+        return [f"lora_dropout={dropout!r}: use a number from 0 up to (not including) 1"]
+    return []
 
 
 def _resolve_device(device: str) -> str:
@@ -469,6 +478,22 @@ def _block_elements(
     return float32, rest
 
 
+def _dropout_masks(plan: _Plan, expert_block: bool, attention: bool) -> int:
+    """Bytes per token of one block's LoRA dropout masks, kept for backward.
+
+    The workbench's adapters keep each adapted layer's mask, a byte per input element, on
+    CPU; on CUDA they draw it again in backward instead
+    (:func:`workbench.train.core.lean_lora_inputs`). Where peft adapts fused experts the
+    run has no dropout (:func:`workbench.train.prepare.fit_spec_to_model`).
+    """
+    facts = plan.facts
+    if plan.method == "full" or not plan.lora_dropout or plan.device != "cpu":
+        return 0
+    if facts.experts is not None and facts.experts.adapted:
+        return 0
+    return sum(width for width, _ in facts.linear_shapes(expert_block, attention, True))
+
+
 def _latent_attention_elements(mla: LatentAttention, heads: int, plan: _Plan) -> int:
     """Saved elements per token of latent attention (DeepSeek's MLA), in the compute dtype.
 
@@ -539,7 +564,8 @@ def _activations(plan: _Plan) -> int:
 
     def block(expert_block: bool, attention: bool) -> int:
         float32, rest = _block_elements(plan, expert_block, attention)
-        return plan.tokens * (float32 * 4 + rest * plan.compute_bytes)
+        masks = _dropout_masks(plan, expert_block, attention)
+        return plan.tokens * (float32 * 4 + rest * plan.compute_bytes + masks)
 
     facts = plan.facts
     if plan.gradient_checkpointing:
@@ -557,6 +583,7 @@ def estimate_memory(
     *,
     quantization: Quantization | None = None,
     lora_r: int = 8,
+    lora_dropout: float = 0.05,
     seq_len: int = 512,
     batch_size: int = 4,
     gradient_checkpointing: bool = False,
@@ -582,6 +609,8 @@ def estimate_memory(
             :class:`~workbench.models.catalog.ModelFacts`.
         quantization: ``None``, ``"4bit"`` (bitsandbytes NF4, double quant) or ``"8bit"``.
         lora_r: LoRA rank; the adapter covers every linear layer of every block.
+        lora_dropout: Dropout on the adapter's inputs (``TrainSpec``'s default): on CPU
+            each adapted layer keeps its mask for backward, a byte per input element.
         seq_len: Tokens per sequence.
         batch_size: Sequences per step (per device; gradient accumulation adds nothing).
         gradient_checkpointing: Keep only each block's input and recompute the rest.
@@ -630,7 +659,8 @@ def estimate_memory(
     plan = _Plan(
         facts=facts, device=resolved, dtype=_resolve_dtype(dtype, resolved), method=method,
         quantization="4bit" if method == "qlora" else quantization, lora_r=lora_r,
-        seq_len=seq_len, batch_size=-(-batch_size // processes), optimizer=optimizer,
+        lora_dropout=float(lora_dropout), seq_len=seq_len,
+        batch_size=-(-batch_size // processes), optimizer=optimizer,
         gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
         checkpoint_bytes=checkpoint_bytes,
         logit_tokens=None if logit_tokens is None else -(-logit_tokens // processes),

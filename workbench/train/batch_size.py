@@ -88,6 +88,7 @@ def _estimate_settings(model: Any, spec: Any, device: str) -> dict[str, Any]:
         "quantization": quantization,
         "method": spec.method,
         "lora_r": spec.lora.r,
+        "lora_dropout": spec.lora.dropout,
         "gradient_checkpointing": spec.gradient_checkpointing,
         "device": device,
         "dtype": "float32" if device == "cpu" else computes_in,
