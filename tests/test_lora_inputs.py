@@ -9,6 +9,8 @@ as peft's forward, and less kept for backward.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -71,6 +73,25 @@ def test_same_losses_and_gradients_as_peft_with_dropout(tiny_model_dir, monkeypa
     # the masks really drop: the same model without dropout trains differently
     no_dropout, _ = _adapted(tiny_model_dir, lean=True, dropout=0.0)
     assert _steps(no_dropout, ids)[0][1:] != pytest.approx(peft_losses[1:], abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(16,), (3, 16), (2, 3, 16)])
+def test_one_layer_matches_dropout_then_linear_for_any_leading_dims(shape):
+    from workbench.train.core import DropoutLinear
+
+    layer = torch.nn.Linear(16, 4, bias=False)
+    lean = copy.deepcopy(layer)
+    lean.__class__, lean.dropout_p = DropoutLinear, 0.1
+    x = torch.randn(shape)
+    grads = []
+    for forward in (lambda x: layer(torch.nn.functional.dropout(x, 0.1, True)), lean):
+        x_in = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        (forward(x_in) * torch.arange(4.0)).sum().backward()
+        grads.append((x_in.grad, forward.weight.grad if forward is lean else layer.weight.grad))
+    (x_plain, w_plain), (x_lean, w_lean) = grads
+    torch.testing.assert_close(x_lean, x_plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w_lean, w_plain, rtol=1e-5, atol=1e-6)
 
 
 def test_inside_checkpointed_blocks_too(tiny_model_dir, recomputed_on_cpu):
@@ -163,7 +184,6 @@ def test_evaluation_ignores_dropout_and_the_saved_adapter_loads_in_plain_peft(
 
 
 def test_a_lean_model_pickles_and_copies(tiny_model_dir):
-    import copy
     import pickle
 
     model, _ = _adapted(tiny_model_dir, lean=True)

@@ -432,7 +432,9 @@ def _dropped_projection() -> type:
                 grad_x = (grad @ weight.to(ctx.dtype)).masked_fill_(dropped, 0).to(x.dtype)
             if ctx.needs_input_grad[1]:
                 kept = x.to(ctx.dtype).masked_fill(dropped, 0)
-                grad_weight = (grad.flatten(0, -2).t() @ kept.flatten(0, -2)).to(weight.dtype)
+                flat_grad = grad.reshape(-1, grad.shape[-1])  # any leading dims, or none
+                flat_kept = kept.reshape(-1, kept.shape[-1])
+                grad_weight = (flat_grad.t() @ flat_kept).to(weight.dtype)
             return grad_x, grad_weight, None, None
 
     return DroppedProjection
