@@ -482,12 +482,14 @@ def _dropout_masks(plan: _Plan, expert_block: bool, attention: bool) -> int:
     """Bytes per token of one block's LoRA dropout masks, kept for backward.
 
     The workbench's adapters keep each adapted layer's mask, a byte per input element, on
-    CPU; on CUDA they draw it again in backward instead
-    (:func:`workbench.train.core.lean_lora_inputs`). Where peft adapts fused experts the
+    CPU; on the devices of ``REDRAWS_MASKS_ON`` (CUDA) they draw it again in backward
+    instead (:func:`workbench.train.core.lean_lora_inputs`). Where peft adapts fused experts the
     run has no dropout (:func:`workbench.train.prepare.fit_spec_to_model`).
     """
+    from workbench.train.core import REDRAWS_MASKS_ON
+
     facts = plan.facts
-    if plan.method == "full" or not plan.lora_dropout or plan.device != "cpu":
+    if plan.method == "full" or not plan.lora_dropout or plan.device in REDRAWS_MASKS_ON:
         return 0
     if facts.experts is not None and facts.experts.adapted:
         return 0
