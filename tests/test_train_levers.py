@@ -100,16 +100,16 @@ def test_compile_trains_the_same_curve_and_leaves_the_model_eager(tmp_path, tiny
     assert compiled.spec.compile is True
 
 
-def test_compile_with_dropout_trains_as_eager(tmp_path, tiny_model_dir):
-    # the adapters' dropout is an autograd step of the workbench's own (train/core.py): under
-    # torch.compile it runs, and draws the masks eager draws
+def test_compile_with_dropout_trains_close_to_eager(tmp_path, tiny_model_dir):
+    # compiled, the adapters' dropout is left to torch.compile, which draws its own masks:
+    # close to eager, not equal (that its gradients are unbiased: test_lora_inputs.py)
     spec = TrainSpec(max_steps=3, lr=5e-3, batch_size=4, lora=LoRA(r=8, dropout=0.1))
     eager = toy_run(tiny_model_dir, tmp_path / "eager", spec)
     compiled = toy_run(
         tiny_model_dir, tmp_path / "compiled", TrainSpec(**{**vars(spec), "compile": True})
     )
     assert eager.state is compiled.state is RunState.FINISHED
-    assert train_losses(compiled) == pytest.approx(train_losses(eager), abs=1e-5)
+    assert train_losses(compiled) == pytest.approx(train_losses(eager), abs=0.02)
     no_dropout = toy_run(
         tiny_model_dir, tmp_path / "plain", TrainSpec(**{**vars(spec), "lora": NO_DROPOUT})
     )
