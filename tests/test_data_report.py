@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pytest
 from data_fixtures import CHAT_ROW, cache_dir, load, tokenizer, write_jsonl
 
 from workbench.data import PROBLEM_KINDS, PreparedData, Problem
@@ -57,6 +58,65 @@ def test_duplicates_near_duplicates_and_leaks(tokenizer, cache_dir):
     assert (near.split, near.row) == ("train", 32) and "train row 31" in near.message
     leaks = sorted((p.row, "nearly" in p.message) for p in _kinds(data, "leak"))
     assert leaks == [(0, False), (1, True)]
+
+
+def _rows_with_a_duplicate():
+    rows = [_qa(i) for i in range(40)] + [_qa(5)]  # row 40 repeats row 5
+    return rows
+
+
+def test_the_duplicate_scan_runs_beside_tokenizing_once_per_rows(tokenizer, cache_dir, monkeypatch):
+    import threading
+
+    from workbench.data import prepared
+
+    scans = []
+
+    def scan(train, validation=None):
+        scans.append((threading.current_thread().name, len(train), len(validation or ())))
+        return duplicate_problems(train, validation)
+
+    monkeypatch.setattr(prepared, "duplicate_problems", scan)
+    rows = _rows_with_a_duplicate()
+    data = PreparedData.load(rows, tokenizer, validation=None, cache_dir=cache_dir)
+    shorter = data.with_max_length(12)  # the same rows, tokenized again: not scanned again
+    (dup,) = _kinds(data, "duplicate")
+    assert (dup.split, dup.row) == ("train", 40) and "train row 5" in dup.message
+    assert [(p.kind, p.row) for p in _kinds(shorter, "duplicate")] == [("duplicate", 40)]
+    assert len(scans) == 1 and scans[0][0].startswith("workbench-duplicates")
+    assert scans[0][1:] == (41, 0)
+
+
+def test_a_failed_duplicate_scan_fails_the_report_not_silently(tokenizer, cache_dir, monkeypatch):
+    from workbench.data import prepared
+
+    def broken(train, validation=None):
+        raise MemoryError("no room for the scan")
+
+    monkeypatch.setattr(prepared, "duplicate_problems", broken)
+    data = PreparedData.load([_qa(i) for i in range(20)], tokenizer, cache_dir=cache_dir)
+    assert len(data.train) + len(data.validation) == 20  # the rows themselves are loaded
+    with pytest.raises(MemoryError, match="no room for the scan"):
+        data.report()
+
+
+def test_split_texts_gathered_at_once_equal_the_row_by_row_gather(tokenizer, cache_dir):
+    import datasets
+
+    from workbench.data.prepared import _columns
+
+    chats = [[{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]
+             for i in range(30)]  # fmt: skip
+    table = datasets.Dataset.from_dict({"messages": chats, "n": list(range(30))})
+    for split in (table.select([7, 3, 29, 0]), table.select([]), table):  # indexed, or not
+        expected = split.select_columns(["messages", "n"]).with_format("arrow")[:]
+        assert _columns(split, ["messages", "n"]).equals(expected)
+    assert _columns(table.select([7, 3]), ["n"]).column("n").to_pylist() == [7, 3]
+    rows = [_qa(i) for i in range(50)]
+    data = PreparedData.load(rows, tokenizer, validation=0.2, cache_dir=cache_dir)
+    questions = [r["question"] for r in rows]
+    picked = [questions[r - 1] for r in data.validation["source_row"]]
+    assert [t.split("\n")[0] for t in data.texts("validation").to_pylist()] == picked
 
 
 def test_near_duplicates_scale_without_pairs(tokenizer):
@@ -137,3 +197,14 @@ def test_problem_kind_is_checked():
     assert "leak" in PROBLEM_KINDS
     with pytest.raises(SpecError, match="kind"):
         Problem(0, "oops", "x", "train")
+
+
+def test_loaded_data_pickles_and_copies_with_its_duplicates(tokenizer, cache_dir):
+    import copy
+    import pickle
+
+    rows = _rows_with_a_duplicate()
+    data = PreparedData.load(rows, tokenizer, validation=None, cache_dir=cache_dir)
+    for twin in (pickle.loads(pickle.dumps(data)), copy.deepcopy(data)):
+        assert [(p.kind, p.row) for p in twin.duplicate_problems()] == [("duplicate", 40)]
+        assert twin.report().train == data.report().train

@@ -23,6 +23,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ import numpy as np
 
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
+from workbench.data.duplicates import duplicate_problems
 from workbench.data.example import Example, TokenView
 from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
@@ -215,6 +217,8 @@ class PreparedData:
         self._originals = originals
         self._report: DataReport | None = None
         self._cache: dict[tuple[str, str | None], Any] = {}
+        # the duplicate scan: running (a Future), done (its problems) or not started (None)
+        self._duplicates: Future[list[Problem]] | list[Problem] | None = None
 
     @classmethod
     def load(
@@ -417,11 +421,12 @@ class PreparedData:
             spec.special_tokens_in_text,
         )
         key = labeller_key(labeller)
+        duplicates = self._duplicate_scan()  # the same rows and texts at any cutoff
         tokenized = [
             self._tokenize(ds, labeller, key) if ds is not None else None
             for ds in (self.train, self.validation)
         ]
-        return PreparedData(
+        data = PreparedData(
             *tokenized,
             fmt=self._fmt,
             template=self.template,
@@ -431,6 +436,53 @@ class PreparedData:
             skipped=self.skipped,
             originals=self._originals,
         )
+        data._duplicates = duplicates
+        return data
+
+    def _duplicate_scan(self) -> Future[list[Problem]] | list[Problem]:
+        """The duplicate and near-duplicate scan of these rows, started once in a thread.
+
+        It reads only the rows' texts, so it runs while the rows are tokenized: Arrow and
+        numpy do its work without holding the GIL, on the core tokenizing leaves free (100k
+        rows: 3.8 s of scan that ``load_data``'s report waited for after tokenizing).
+        """
+        if self._duplicates is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="workbench-duplicates")
+            self._duplicates = pool.submit(self._scan_duplicates)
+            pool.shutdown(wait=False)  # the thread ends with the scan
+        return self._duplicates
+
+    def _scan_duplicates(self) -> list[Problem]:
+        # joined here, not through texts(): its cache is the caller's thread's
+        train = _joined_texts(self.train, self.is_text)
+        validation = None
+        if self.validation is not None:
+            validation = _joined_texts(self.validation, self.is_text)
+        return duplicate_problems(train, validation)
+
+    def duplicate_problems(self) -> list[Problem]:
+        """Duplicate, near-duplicate and leaked rows (see
+        :func:`~workbench.data.duplicates.duplicate_problems`), scanned once per loaded data.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "2 plus 2?", "answer": "4"}] * 2
+            >>> data = PreparedData.load(rows, tokenizer, validation=None)
+            >>> [(p.kind, p.row) for p in data.duplicate_problems()]
+            [('duplicate', 1)]
+        """
+        scan = self._duplicate_scan()
+        if isinstance(scan, Future):
+            self._duplicates = scan = scan.result()
+        return list(scan)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or deep-copied) with the scan's problems, not the thread running it."""
+        state = self.__dict__.copy()
+        state["_duplicates"] = self.duplicate_problems()
+        return state
 
     @staticmethod
     def _tokenize(dataset: Any, labeller: Labeller | BatchLabeller, settings_key: str) -> Any:
@@ -807,13 +859,26 @@ def _answer_turn(messages: list[dict[str, str]], untrained: list[int] | None) ->
     return (trained or answers or [None])[-1]
 
 
+def _columns(dataset: Any, names: list[str]) -> Any:
+    """``names`` of every row of ``dataset`` as one Arrow table.
+
+    A split picks its rows through an index, which ``datasets`` gathers row by row (1.3 s
+    for 90k rows of messages); Arrow's ``take`` gathers them at once (0.1 s).
+    """
+    indices = getattr(dataset, "_indices", None)  # datasets' own field: checked, not assumed
+    backing = getattr(getattr(dataset, "data", None), "table", None)
+    if indices is None or backing is None or indices.num_columns != 1:
+        return dataset.select_columns(names).with_format("arrow")[:]
+    return backing.select(names).take(indices.column(0))
+
+
 def _joined_texts(dataset: Any, is_text: bool) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     column = "text" if is_text else "messages"
     wanted = [column] + [TOOL_CALLING] * (not is_text and TOOL_CALLING in dataset.column_names)
-    table = dataset.select_columns(wanted).with_format("arrow")[:]
+    table = _columns(dataset, wanted)
     values = table.column(column).combine_chunks()
     if is_text:
         return values

@@ -35,7 +35,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from workbench.data.duplicates import duplicate_problems
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
 from workbench.data.tool_calls import TOOL_CALLING
@@ -378,8 +377,7 @@ def build_report(data: Any) -> DataReport:
     problems = _dataset_problems(data) + list(data.skipped)
     for split in splits:
         problems += _split_problems(data, split)
-    val_texts = data.texts("validation") if data.validation is not None else None
-    problems += duplicate_problems(data.texts("train"), val_texts)
+    problems += data.duplicate_problems()
     order = {None: 0, "source": 1, "train": 2, "validation": 3}
     problems.sort(key=lambda p: (order[p.split], p.row if p.row is not None else -1))
     stats = data.stats(None)
