@@ -12,7 +12,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
-        [--layout alpaca|messages|sharegpt|tools] [--tokenizer tiny|gemma]
+        [--layout alpaca|messages|sharegpt|tools|tools-mixed] [--tokenizer tiny|gemma]
 """
 
 from __future__ import annotations
@@ -115,7 +115,56 @@ def _tools(rng: random.Random, i: int) -> dict:
     return {"tools": TOOLS, "messages": turns}
 
 
-ROW_MAKERS = {"alpaca": _alpaca, "messages": _messages, "sharegpt": _sharegpt, "tools": _tools}
+MORE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"The {name} in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    for name in ("time", "population")
+]
+
+
+def _tools_mixed(rng: random.Random, i: int) -> dict:
+    """Tool rows of several shapes: one call, parallel calls, two exchanges, a call as the
+    answer (xLAM's rows), with one to three tools; arguments as JSON text (OpenAI's form)."""
+    offered = [*TOOLS, *MORE_TOOLS][: rng.randint(1, 3)]
+
+    def call(k: int) -> dict:
+        name = rng.choice(offered)["function"]["name"]
+        arguments = json.dumps({"city": f"c{i}-{k}"})
+        return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+    def exchange(calls: int) -> list[dict]:
+        turns = [
+            {"role": "user", "content": _text(rng, 4, 40)},
+            {"role": "assistant", "content": "", "tool_calls": [call(k) for k in range(calls)]},
+        ]
+        turns += [{"role": "tool", "content": _text(rng, 2, 10)} for _ in range(calls)]
+        return [*turns, {"role": "assistant", "content": _text(rng, 2, 30)}]
+
+    shape = rng.randrange(4)
+    if shape == 0:
+        turns = exchange(1)
+    elif shape == 1:
+        turns = exchange(2)
+    elif shape == 2:
+        turns = exchange(1) + exchange(1)
+    else:
+        turns = exchange(1)[:2]
+    return {"tools": offered, "messages": turns}
+
+
+ROW_MAKERS = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "tools": _tools,
+    "tools-mixed": _tools_mixed,
+}
 
 
 def write_rows(path: Path, n: int, layout: str = "alpaca") -> None:
@@ -147,8 +196,16 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
     ds = datasets.Dataset.from_json(str(path), cache_dir=cache)
 
     def tokenize(batch):
-        tools = batch["tools"][0] if "tools" in batch else None  # one list for every row
-        texts = tokenizer.apply_chat_template(_chats(batch), tools=tools, tokenize=False)
+        chats = _chats(batch)
+        offered = batch.get("tools")
+        if offered and any(tools != offered[0] for tools in offered):  # a list per row
+            texts = [
+                tokenizer.apply_chat_template(chat, tools=tools, tokenize=False)
+                for chat, tools in zip(chats, offered, strict=True)
+            ]
+        else:  # one list (or none) for every row: one call for the batch
+            tools = offered[0] if offered else None
+            texts = tokenizer.apply_chat_template(chats, tools=tools, tokenize=False)
         return tokenizer(texts, add_special_tokens=False)
 
     ds.map(tokenize, batched=True, remove_columns=ds.column_names)
@@ -194,7 +251,8 @@ def main() -> None:
         choices=sorted(ROW_MAKERS),
         default="alpaca",
         help="row shape: alpaca (one exchange), messages or sharegpt (1-4 exchanges), tools "
-        "(a call, its result, the answer)",
+        "(a call, its result, the answer), tools-mixed (one call, parallel calls, two "
+        "exchanges or a call as the answer; 1-3 tools a row)",
     )
     parser.add_argument(
         "--tokenizer",
@@ -215,7 +273,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         # The base Gemma has no chat template; the baseline renders the one the workbench picks
         # (the built-in ChatML for tool calls: the tiny model's own has no tools).
-        template = "chatml" if args.layout == "tools" else None
+        template = "chatml" if args.layout.startswith("tools") else None
         chosen = TEMPLATES[template] if template else resolve_template(None, tokenizer)
         tokenizer.chat_template = chosen.source
         path = root / "data.jsonl"

@@ -176,3 +176,25 @@ def test_a_restarted_kernel_reuses_the_pass(data_file, tmp_path, cache_dir):
     ]
     assert runs[0] == runs[1] and "cache-" in runs[0]
     assert len(list(Path(cache_dir).rglob("*.arrow"))) == 3  # the source and two splits
+
+
+def test_the_cache_key_covers_every_module_that_labels():
+    # Editing any data module the labellers import must change the cached pass's key.
+    import ast
+    from pathlib import Path
+
+    from workbench.data import fingerprint
+
+    folder = Path(fingerprint.__file__).parent
+    keyed = set(fingerprint._LABELLING_MODULES)
+    seen, todo = set(), ["batched.py", "tokenize.py"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((folder / name).read_text())):
+            module = getattr(node, "module", None) or ""
+            if isinstance(node, ast.ImportFrom) and module.startswith("workbench.data."):
+                todo.append(module.rsplit(".", 1)[1] + ".py")
+    assert seen <= keyed, sorted(seen - keyed)

@@ -221,7 +221,7 @@ def test_calls_the_template_drops_are_refused_though_the_tools_list_names_them(
 def test_tool_rows_are_labelled_from_renderings_batch_wise_except_a_sample(
     tmp_path, tokenizer, cache_dir, template
 ):
-    from workbench.data.batched import SAMPLE_PER_BATCH, BatchLabeller
+    from workbench.data.batched import LEARN_PER_BATCH, SAMPLE_PER_BATCH, BatchLabeller
     from workbench.data.tokenize import Labeller
 
     rows = [_tool_row(i) for i in range(24)]
@@ -241,7 +241,11 @@ def test_tool_rows_are_labelled_from_renderings_batch_wise_except_a_sample(
     reference = Labeller(data.template, tokenizer, None, False)(table.to_pydict())
     for column, values in reference.items():
         assert out.column(column).to_pylist() == values, column
-    assert labeller.checked == SAMPLE_PER_BATCH  # the rest: one tokenization, by offsets
+    # Two shapes: 6 rows with an untrained call (all rendered as the row way renders them)
+    # and 18 without (2 rendered so to learn anchors, 16 rendered once and placed by them). A
+    # sample of each way is checked row by row; the rest: one tokenization.
+    assert labeller.anchored == 18 - LEARN_PER_BATCH
+    assert labeller.checked == 2 * SAMPLE_PER_BATCH
     assert not labeller.distrusted
     assert out.column("n_answer").to_pylist() == data.train["n_answer"]
     assert all(out.column("template_ok").to_pylist())

@@ -23,11 +23,17 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
    the first :data:`SAMPLE_PER_BATCH` plain rows of each group in each batch, whose results
    must equal the batch results; if one differs, the group is labelled row by row from then on.
 4. **Rows with tools** (a ``tool_calling`` cell): the template writes their tools and calls,
-   which no layout can place, so each is rendered by Jinja as the row way renders it (whole
-   text, each answer's prompt, each inner answer's end), checked to write its calls and
-   tools, and then tokenized with the batch like the rest, boundaries by character offset.
-   A sample of them per batch goes through :class:`Labeller` too; if one differs, every
-   row with tools is labelled row by row from then on.
+   which no layout can place. Rows are grouped by *shape* (roles, calls per turn, tools or
+   not, empty contents). The first :data:`LEARN_PER_BATCH` rows of a new shape are rendered
+   by Jinja as the row way renders them (whole text, each answer's prompt, each inner
+   answer's end); they teach the shape's *anchors*, the template's text around each answer
+   boundary (:mod:`~workbench.data.anchors`). Every other row of the shape is rendered once
+   and its boundaries found by anchor; a row whose text holds an anchor more or less often
+   than the learned rows (or has untrained turns, or content the template tests) is rendered
+   the row way. Each rendering is checked to write its calls and tools, then tokenized with
+   the batch, boundaries by character offset. A sample of each shape's rows placed by
+   anchor, and one of all rows rendered the row way, goes through :class:`Labeller` too;
+   if one differs, those rows are labelled row by row from then on.
 5. **Vectorised columns.** Labels, truncation and length statistics are computed with numpy
    on the flat token array of the batch and handed to ``datasets`` as an Arrow table.
 
@@ -52,30 +58,38 @@ from __future__ import annotations
 import gc
 import itertools
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from workbench.data.anchors import Anchors, Boundaries, glue_lengths, mark_contents
 from workbench.data.layouts import MARKERS, Layout, learn_layout, sensitive_literals
 from workbench.data.special_text import SPECIAL_TEXT_COLUMN, SpecialTokensInText
-from workbench.data.templates import Template
+from workbench.data.templates import Template, render_many
 from workbench.data.tokenize import (
     IGNORE_INDEX,
     STAT_COLUMNS,
     TOKEN_COLUMNS,
     UNTRAINED_TURNS,
     Labeller,
+    _refuse_dropped_tools,
 )
 from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
-__all__ = ["SAMPLE_PER_BATCH", "BatchLabeller"]
+__all__ = ["LEARN_PER_BATCH", "SAMPLE_PER_BATCH", "BatchLabeller"]
 
 SAMPLE_PER_BATCH = 4
 """Plain rows per role sequence and batch that are also labelled row by row, as a check."""
 
 _GAP = 16  # characters scanned past a boundary that no token covers
 _Spans = list[tuple[int, int]]  # trained token ranges of a row, from the batch way
-_RENDERED = ("<rows with tools>",)  # the group of rows labelled from the template's renderings
+_RENDERED = ("<rows with tools>",)  # the start of a shape of rows with tools
+_BY_ANCHORS = "<placed by anchors>"  # ends the sample group of a shape's rows rendered once
+# The sample group of all rows with tools rendered as the row way renders them.
+_BY_RENDERINGS = (*_RENDERED, "<placed by renderings>")
+
+LEARN_PER_BATCH = 2
+"""Rows with tools per new shape and batch rendered the row way to learn its anchors from."""
 
 
 class BatchLabeller:
@@ -92,7 +106,10 @@ class BatchLabeller:
     Attributes:
         rows: The row-by-row :class:`~workbench.data.tokenize.Labeller` (checks, odd rows).
         checked: Rows labelled row by row so far (the sample plus rows that are not plain).
-        distrusted: Role sequences whose sample disagreed (labelled row by row since).
+        anchored: Rows with tools rendered once, their answers placed by anchor
+            (:mod:`~workbench.data.anchors`), so far.
+        distrusted: Role sequences (or shapes of rows with tools, with the way they were
+            placed) whose sample disagreed (labelled row by row since).
 
     Examples:
         >>> from datasets import Dataset
@@ -129,13 +146,15 @@ class BatchLabeller:
 
     def _reset(self) -> None:
         self._layouts: dict[tuple[str, ...], Layout | None] = {}
+        self._anchors: dict[tuple[str, ...], Anchors] = {}
         self.distrusted: set[tuple[str, ...]] = set()
         self.checked = 0
+        self.anchored = 0
 
     def __getstate__(self) -> dict[str, Any]:
         # What datasets hashes for the cache fingerprint: the settings, not what was learned.
         state = dict(self.__dict__)
-        for name in ("_layouts", "distrusted", "checked"):
+        for name in ("_layouts", "_anchors", "distrusted", "checked", "anchored"):
             state.pop(name, None)
         return state
 
@@ -216,31 +235,24 @@ class BatchLabeller:
         oks = [True] * n
         found = [""] * n
         plain = self._plain(conversations, found)
-        rendered: list[int] = []
-        if tool_calling:  # tools and calls are written by the template: rendered row by row
-            plain = [k for k in plain if tool_calling[k] is None]
-            for k, cell in enumerate(tool_calling):
-                if cell is not None:
-                    found[k] = self.rows.describe(_messages(conversations[k]), cell)
-                    if not found[k] and self.fast and _RENDERED not in self.distrusted:
-                        rendered.append(k)
+        tool_rows = self._tool_rows(conversations, untrained, tool_calling, found)
+        plain = [k for k in plain if not tool_calling or tool_calling[k] is None]
         groups: dict[tuple[str, ...], list[int]] = {}
         for k in plain:
             groups.setdefault(conversations[k][0], []).append(k)
         quick: list[int] = []
-        slow = set(range(n)) - set(plain) - set(rendered)
+        slow = set(range(n)) - set(plain) - set(tool_rows)
         for roles, members in groups.items():
             if self._layout(roles) is None:
                 slow.update(members)
             else:
                 quick += members
         undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
-        undecided += self._label_rendered(
-            conversations, untrained, tool_calling, rendered, ids, masks, oks
-        )
+        rendered, unplaced = self._label_rendered(tool_rows, untrained, ids, masks, oks)
+        undecided += unplaced
         slow.update(undecided)
-        group = {k: conversations[k][0] for k in quick} | dict.fromkeys(rendered, _RENDERED)
-        samples = self._samples(group, quick + rendered, undecided)
+        group = {k: conversations[k][0] for k in quick} | rendered
+        samples = self._samples(group, quick + list(rendered), undecided)
         rows = sorted(slow | set(samples))
         row_way = self._label_slow(conversations, untrained, rows, found, tool_calling)
         for key in {group[k] for k in samples}:
@@ -322,36 +334,180 @@ class BatchLabeller:
                 ids[k], masks[k], oks[k] = enc.ids, *placed
         return undecided
 
-    def _label_rendered(
+    def _tool_rows(
         self,
         conversations: list[tuple[tuple[str, ...], list[str]]],
         untrained: list[list[int]] | None,
         tool_calling: list[str | None] | None,
-        rows: list[int],
+        found: list[str],
+    ) -> dict[int, _ToolRow]:
+        """The rows with tools to label from renderings; fills ``found`` for each row with
+        tools (its tool fields count too)."""
+        rows: dict[int, _ToolRow] = {}
+        for k, cell in enumerate(tool_calling or ()):
+            if cell is not None:
+                found[k] = self.rows.describe(_messages(conversations[k]), cell)
+                if not found[k] and self.fast:
+                    row = self._tool_row(conversations[k], cell, untrained, k)
+                    if _BY_RENDERINGS not in self.distrusted:
+                        rows[k] = row
+        return rows
+
+    def _tool_row(
+        self,
+        conversation: tuple[tuple[str, ...], list[str]],
+        cell: str,
+        untrained: list[list[int]] | None,
+        k: int,
+    ) -> _ToolRow:
+        messages, tools = with_tool_calling(_messages(conversation), cell)
+        skip = (untrained[k] or []) if untrained else []
+        shape = (
+            *_RENDERED,
+            "tools" if tools else "no tools",
+            *(_turn_shape(message, i in skip) for i, message in enumerate(messages)),
+        )
+        # Untrained calling turns need their own prompts for the check that calls are
+        # written; content the template tests may change the text around a boundary.
+        anchorable = not skip and not any(c and self.unsafe.search(c) for c in conversation[1])
+        return _ToolRow(messages, tools, shape, anchorable)
+
+    def _label_rendered(
+        self,
+        tool_rows: dict[int, _ToolRow],
+        untrained: list[list[int]] | None,
         ids: list[list[int]],
         masks: list[Any],
         oks: list[bool],
-    ) -> list[int]:
-        """Label rows with tools from the template's own renderings (the row way's), with
-        one batch tokenization and boundaries by character offset (the layout way's);
-        returns the rows to label row by row (a prompt that is not a prefix of the text, a
-        boundary in a gap)."""
-        if not rows or tool_calling is None:
-            return []
-        pairs = [with_tool_calling(_messages(conversations[k]), tool_calling[k]) for k in rows]
-        skip = [untrained[k] for k in rows] if untrained else None
-        chats = [messages for messages, _ in pairs]
-        plans = self.rows._plans(chats, [False] * len(rows), skip, [t for _, t in pairs])
-        encodings = self._encode([plan.full for plan in plans])
+    ) -> tuple[dict[int, tuple[str, ...]], list[int]]:
+        """Label rows with tools from the template's renderings, with one batch tokenization
+        and boundaries by character offset (the layout way's).
+
+        A row of a shape whose anchors are known is rendered once and its boundaries found
+        by anchor (:mod:`~workbench.data.anchors`); the others are rendered as the row way
+        renders them (whole text, each answer's prompt, each inner answer's end) and teach
+        their shape's anchors. Returns each labelled row's sample group (rows placed by
+        anchor: their shape's, first; the others: one group) and the rows to label row by
+        row (a prompt that is not a prefix of the text, a boundary in a gap).
+        """
+        if not tool_rows:
+            return {}, []
+        planned, learning, candidates = self._route(tool_rows)
+        texts: dict[int, tuple[str, Boundaries | None]] = {}
+        self._render_planned(tool_rows, planned, learning, untrained, texts)
+        unplaced = self._render_anchored(tool_rows, candidates, texts)
+        self._render_planned(tool_rows, unplaced, unplaced, untrained, texts)
+        anchored = [k for k in candidates if k in texts and k not in set(unplaced)]
+        groups = {k: (*tool_rows[k].shape, _BY_ANCHORS) for k in anchored}
+        groups.update((k, _BY_RENDERINGS) for k in planned + unplaced)
+        rows = list(groups)
+        encodings = self._encode([texts[k][0] for k in rows])
         undecided = []
-        for k, plan, enc in zip(rows, plans, encodings, strict=True):
-            turns = [(len(p), None if upto is plan.full else len(upto)) for p, upto in plan.turns]
-            placed = _place(enc, len(plan.full), turns) if plan.ok else None
+        for k, enc in zip(rows, encodings, strict=True):
+            text, turns = texts[k]
+            placed = _place(enc, len(text), turns) if turns is not None else None
             if placed is None:
                 undecided.append(k)
             else:
                 ids[k], masks[k], oks[k] = enc.ids, *placed
-        return undecided
+        return groups, undecided
+
+    def _route(self, tool_rows: dict[int, _ToolRow]) -> tuple[list[int], list[int], list[int]]:
+        """``(rows rendered the row way, those of them to learn anchors from, rows to place
+        by anchor)``."""
+        by_shape: dict[tuple[str, ...], list[int]] = {}
+        for k, row in tool_rows.items():
+            by_shape.setdefault(row.shape, []).append(k)
+        planned: list[int] = []
+        learning: list[int] = []
+        candidates: list[int] = []
+        for shape, members in by_shape.items():
+            anchors = self._anchors.setdefault(shape, Anchors(None))
+            eligible = [k for k in members if tool_rows[k].anchorable]
+            if anchors.broken or (*shape, _BY_ANCHORS) in self.distrusted:
+                eligible = []
+            planned += [k for k in members if k not in set(eligible)]
+            if eligible and anchors.marks is None:
+                first = eligible[:LEARN_PER_BATCH]
+                planned += first
+                learning += first
+                eligible = eligible[len(first) :]
+            candidates += eligible
+        return planned, learning, candidates
+
+    def _render_planned(
+        self,
+        tool_rows: dict[int, _ToolRow],
+        rows: list[int],
+        learning: list[int],
+        untrained: list[list[int]] | None,
+        texts: dict[int, tuple[str, Boundaries | None]],
+    ) -> None:
+        """Render ``rows`` the row way into ``texts``; ``learning`` rows teach anchors."""
+        if not rows:
+            return
+        chats = [tool_rows[k].messages for k in rows]
+        skip = [untrained[k] for k in rows] if untrained else None
+        offered = [tool_rows[k].tools for k in rows]
+        plans = self.rows._plans(chats, [False] * len(rows), skip, offered)
+        learn = set(learning)
+        for k, plan in zip(rows, plans, strict=True):
+            turns: Boundaries | None = None
+            if plan.ok:
+                turns = _boundaries(plan)
+                if k in learn:
+                    self._learn(tool_rows[k], plan.full, turns)
+            texts[k] = (plan.full, turns)
+
+    def _learn(self, row: _ToolRow, text: str, turns: Boundaries) -> None:
+        """Teach ``row``'s shape its anchors; the first time, how far the template's own
+        text reaches around each boundary (from a rendering whose contents are markers)."""
+        anchors = self._anchors[row.shape]
+        if anchors.glue is None:
+            marked = self.rows._plans([mark_contents(row.messages)], [False], None, [row.tools])
+            if marked[0].ok:
+                anchors.glue = glue_lengths(marked[0].full, _boundaries(marked[0]))
+        anchors.learn(text, turns)
+
+    def _render_anchored(
+        self,
+        tool_rows: dict[int, _ToolRow],
+        rows: list[int],
+        texts: dict[int, tuple[str, Boundaries | None]],
+    ) -> list[int]:
+        """Render ``rows`` once each and place their boundaries by anchor into ``texts``;
+        returns the rows that could not be placed. Refuses a rendering that drops calls or
+        tools, as the row way does (:class:`~workbench.data.tool_calls.ToolsNotWrittenError`)."""
+        unplaced = [k for k in rows if self._anchors[tool_rows[k].shape].marks is None]
+        rows = [k for k in rows if self._anchors[tool_rows[k].shape].marks is not None]
+        fulls = render_many(
+            self.template,
+            self.tokenizer,
+            [tool_rows[k].messages for k in rows],
+            False,
+            [tool_rows[k].tools for k in rows],
+        )
+        placed: list[tuple[_ToolRow, str, Boundaries]] = []
+        for k, full in zip(rows, fulls, strict=True):
+            turns = self._anchors[tool_rows[k].shape].place(full)
+            if turns is None:
+                unplaced.append(k)
+            else:
+                texts[k] = (full, turns)
+                placed.append((tool_rows[k], full, turns))
+        self.anchored += len(placed)
+        answered = [
+            (j, i, full[:start])
+            for j, (row, full, turns) in enumerate(placed)
+            for i, (start, _) in zip(_answers(row.messages), turns, strict=True)
+        ]
+        _refuse_dropped_tools(
+            [row.messages for row, _, _ in placed],
+            [row.tools for row, _, _ in placed],
+            [full for _, full, _ in placed],
+            answered,
+        )
+        return unplaced
 
     def _label_slow(
         self,
@@ -432,6 +588,30 @@ def _tool_calling(table: Any) -> list[str | None] | None:
         return None
     column = table.column(TOOL_CALLING)
     return None if column.null_count == len(column) else column.to_pylist()
+
+
+class _ToolRow(NamedTuple):
+    """A row with tools as the template renders it, and its shape (roles, calls, tools)."""
+
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]] | None
+    shape: tuple[str, ...]
+    anchorable: bool  # its boundaries may be placed by its shape's anchors
+
+
+def _turn_shape(message: dict[str, Any], untrained: bool) -> str:
+    calls = len(message.get("tool_calls") or ())
+    empty = " empty" if not message["content"] else ""
+    return f"{message['role']} {calls} calls{' untrained' if untrained else ''}{empty}"
+
+
+def _boundaries(plan: Any) -> Boundaries:
+    """Each answer's ``(prompt end, own end)`` in a row way's plan (``None``: the text's end)."""
+    return [(len(p), None if u is plan.full else len(u)) for p, u in plan.turns]
+
+
+def _answers(messages: list[dict[str, Any]]) -> list[int]:
+    return [i for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
 def _trained_turns(

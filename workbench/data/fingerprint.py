@@ -34,8 +34,11 @@ from typing import Any
 
 __all__ = ["labeller_key", "labelling_fingerprint", "tokenizer_digest"]
 
-_LABELLING_MODULES = (
+_LABELLING_MODULES = (  # every data module the labellers import (a test checks)
+    "anchors.py",
     "batched.py",
+    "call_formats.py",
+    "formats.py",
     "layouts.py",
     "special_text.py",
     "templates.py",

@@ -42,7 +42,7 @@ from typing import Any
 
 from workbench.data.templates import Template, render_many
 
-__all__ = ["MARKERS", "Layout", "learn_layout", "sensitive_literals"]
+__all__ = ["MARKERS", "Layout", "learn_layout", "marker", "sensitive_literals"]
 
 MARKERS = "[\U000f0000-\U0010ffff]"
 """Regex of the private-use characters a layout reserves (contents holding one are not plain)."""
@@ -103,8 +103,18 @@ class Layout:
         return "".join(parts), turns
 
 
+def marker(k: int) -> str:
+    """The ``k``-th content marker (private-use characters around ``k``).
+
+    Examples:
+        >>> marker(2)
+        '\U000f00002\U000f0001'
+    """
+    return f"{_OPEN}{k}{_CLOSE}"
+
+
 def _markers(n: int) -> list[str]:
-    return [f"{_OPEN}{k}{_CLOSE}" for k in range(n)]
+    return [marker(k) for k in range(n)]
 
 
 def _conversation(roles: tuple[str, ...], contents: list[str]) -> list[dict[str, str]]:
