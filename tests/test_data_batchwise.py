@@ -626,14 +626,63 @@ def test_rows_that_differ_are_all_checked_row_by_row():
     template = resolve_template(None, tok)
     rng = random.Random(3)
     rows = [{"messages": _conversation(rng, ["user", "assistant"])} for _ in range(30)]
-    rows[10]["messages"][1]["content"] = " leading space"  # trim would change it
+    rows[10]["messages"][1]["content"] = " leading space"  # a sample group of its own
     rows[11]["messages"][0]["content"] = "has <|im_end|> in it"  # control token text
     rows[12]["messages"] = _conversation(rng, ["system", "user", "assistant"])  # own roles
     rows[13]["messages"][1]["content"] = ""  # empty
     labeller = BatchLabeller(template, tok, None, False)
     labeller(_table(rows))
-    # 4 sampled plain (user, assistant) rows, 3 odd rows, and the one (system, ...) row
+    # 4 sampled plain (user, assistant) rows, the one edged with whitespace (its group's
+    # sample), 2 odd rows, and the one (system, ...) row
     assert labeller.checked == SAMPLE_PER_BATCH + 4
+
+
+EDGES = [" ", "\n", "\t", "\r\n", "\u3000", "  \n", "\n\n"]
+
+
+# family -> does the template keep (or strip) whitespace at every content's edges?
+@pytest.mark.parametrize(
+    ("family", "by_layout"),
+    [("chatml", True), ("llama3", True), ("gemma", True), ("alpaca", True), ("qwen3", False)],
+)
+def test_contents_edged_with_whitespace_take_the_layout_way_where_it_is_kept_or_stripped(
+    family, by_layout
+):
+    # ChatML and Alpaca keep edges, Llama 3 trims every content, Gemma all but a system
+    # turn's; Qwen3 strips only newlines before a last answer: those rows go row by row.
+    tok = family_tokenizer(family)
+    template = resolve_template(family_template(family), tok)
+    rng = random.Random(11)
+    rows = [{"messages": _conversation(rng, ["user", "assistant"])} for _ in range(40)]
+    for row in rows:
+        for message in row["messages"]:
+            message["content"] = rng.choice(EDGES) + message["content"] + rng.choice(EDGES)
+    labeller = BatchLabeller(template, tok, None, False)
+    out = labeller(_table(rows))
+    reference = Labeller(template, tok, None, False)({"messages": [r["messages"] for r in rows]})
+    for column, values in reference.items():
+        assert out.column(column).to_pylist() == values, column
+    assert labeller.checked == (SAMPLE_PER_BATCH if by_layout else len(rows))
+    assert not labeller.distrusted
+
+
+def test_a_wrong_guess_about_edges_is_caught_by_the_sample():
+    tok = family_tokenizer("chatml")
+    template = resolve_template(None, tok)
+    rng = random.Random(12)
+    rows = [{"messages": _conversation(rng, ["user", "assistant"])} for _ in range(30)]
+    for row in rows[::2]:
+        row["messages"][1]["content"] = " " + row["messages"][1]["content"] + "\n"
+    labeller = BatchLabeller(template, tok, None, False)
+    right = learn_layout(template, tok, ("user", "assistant"))
+    assert right.strips == (False, False)  # ChatML keeps edges; say it strips them
+    labeller._layouts[("user", "assistant")] = type(right)(
+        right.roles, right.segments, right.turns, (True, True)
+    )
+    out = labeller(_table(rows))
+    reference = Labeller(template, tok, None, False)({"messages": [r["messages"] for r in rows]})
+    assert out.column("labels").to_pylist() == reference["labels"]
+    assert labeller.distrusted == {("user", "assistant", "<edged with whitespace>")}
 
 
 def test_a_sample_that_disagrees_sends_its_roles_row_by_row():
@@ -669,7 +718,7 @@ def test_content_tests_in_templates_are_found():
     assert sensitive_literals(Template("len", measuring)) is None
 
 
-@pytest.mark.parametrize("layout", ["alpaca", "messages", "sharegpt", "tools"])
+@pytest.mark.parametrize("layout", ["alpaca", "messages", "sharegpt", "tools", "tools-mixed"])
 def test_the_load_benchmark_finds_both_ways_identical_on_its_row_shapes(layout):
     """benchmarks/data_load.py compares the two ways itself and fails if one token differs."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "data_load.py"

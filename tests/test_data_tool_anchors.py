@@ -4,8 +4,9 @@ Messy rows of several shapes (one call, parallel calls, two exchanges with a sys
 call as the last turn, text beside a call, whitespace-edged and empty texts) and rows whose
 texts hold the very text the template writes around an answer, under seven templates that
 write tools their own ways (ChatML/Hermes, Gemma, Mistral-like brackets, plain words, lines,
-Qwen3 with its reasoning rules, Llama 3.1 with tools in the first user message). Every column of the batch way must equal the row way's, and most rows
-must have been placed by anchor (else the test would not test it).
+Qwen3 with its reasoning rules, Llama 3.1 with tools in the first user message). Every column
+of the batch way must equal the row way's, and most rows must have been placed by anchor
+(else the test would not test it).
 """
 
 from __future__ import annotations

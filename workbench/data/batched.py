@@ -16,12 +16,14 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
    exactly when a token starts at its end; a boundary inside a token is a mismatch. The
    boundaries of a row's ``untrained_turns`` (weight 0) are dropped, as the row way skips them.
 3. **The row-by-row check where it matters.** Rows that are not plain (an empty content, one
-   that starts or ends with whitespace, holds a control token's text, a marker character, or
-   a string the template tests content against), rows whose roles have no layout (a template
-   that rejects them, or whose prompt is not a prefix of the training text), and boundaries
-   that fall in a gap between tokens go through :class:`Labeller` itself. So does a sample:
-   the first :data:`SAMPLE_PER_BATCH` plain rows of each group in each batch, whose results
-   must equal the batch results; if one differs, the group is labelled row by row from then on.
+   that holds a control token's text, a marker character, or a string the template tests
+   content against), rows whose roles have no layout (a template that rejects them, or whose
+   prompt is not a prefix of the training text), rows with a content that starts or ends
+   with whitespace where the template neither keeps nor strips it whole (``Layout.strips``),
+   and boundaries that fall in a gap between tokens go through :class:`Labeller` itself. So
+   does a sample: the first :data:`SAMPLE_PER_BATCH` plain rows of each group in each batch
+   (rows edged with whitespace are a group apart), whose results must equal the batch
+   results; if one differs, the group is labelled row by row from then on.
 4. **Rows with tools** (a ``tool_calling`` cell): the template writes their tools and calls,
    which no layout can place. Rows are grouped by *shape* (roles, calls per turn, tools or
    not, empty contents). The first :data:`LEARN_PER_BATCH` rows of a new shape are rendered
@@ -84,6 +86,7 @@ SAMPLE_PER_BATCH = 4
 _GAP = 16  # characters scanned past a boundary that no token covers
 _Spans = list[tuple[int, int]]  # trained token ranges of a row, from the batch way
 _RENDERED = ("<rows with tools>",)  # the start of a shape of rows with tools
+_EDGED = "<edged with whitespace>"  # ends the sample group of a layout's edged rows
 _BY_ANCHORS = "<placed by anchors>"  # ends the sample group of a shape's rows rendered once
 # The sample group of all rows with tools rendered as the row way renders them.
 _BY_RENDERINGS = (*_RENDERED, "<placed by renderings>")
@@ -234,7 +237,7 @@ class BatchLabeller:
         masks: list[Any] = [None] * n
         oks = [True] * n
         found = [""] * n
-        plain = self._plain(conversations, found)
+        plain, edged = self._plain(conversations, found)
         tool_rows = self._tool_rows(conversations, untrained, tool_calling, found)
         plain = [k for k in plain if not tool_calling or tool_calling[k] is None]
         groups: dict[tuple[str, ...], list[int]] = {}
@@ -243,15 +246,20 @@ class BatchLabeller:
         quick: list[int] = []
         slow = set(range(n)) - set(plain) - set(tool_rows)
         for roles, members in groups.items():
-            if self._layout(roles) is None:
+            layout = self._layout(roles)
+            if layout is None:
                 slow.update(members)
+                continue
+            if layout.strips is None or (*roles, _EDGED) in self.distrusted:
+                slow.update(k for k in members if k in edged)
+                quick += [k for k in members if k not in edged]
             else:
                 quick += members
         undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
         rendered, unplaced = self._label_rendered(tool_rows, untrained, ids, masks, oks)
         undecided += unplaced
         slow.update(undecided)
-        group = {k: conversations[k][0] for k in quick} | rendered
+        group = {k: _sample_group(conversations[k][0], k in edged) for k in quick} | rendered
         samples = self._samples(group, quick + list(rendered), undecided)
         rows = sorted(slow | set(samples))
         row_way = self._label_slow(conversations, untrained, rows, found, tool_calling)
@@ -268,21 +276,26 @@ class BatchLabeller:
 
     def _plain(
         self, conversations: list[tuple[tuple[str, ...], list[str]]], found: list[str]
-    ) -> list[int]:
-        """Indices of plain rows; fills ``found`` for rows with control-token text."""
+    ) -> tuple[list[int], set[int]]:
+        """Indices of plain rows, and those of them with a content edged with whitespace
+        (plain where the layout keeps or strips edges); fills ``found`` for the others."""
         search = self.unsafe.search
         plain = []
+        edged = set()
         for k, (roles, contents) in enumerate(conversations):
-            odd = False
+            odd = edges = False
             for c in contents:
-                if not c or c[0].isspace() or c[-1].isspace() or search(c):
+                if not c or search(c):
                     odd = True
                     break
+                edges = edges or c[0].isspace() or c[-1].isspace()
             if odd:
                 found[k] = self.rows.describe(_messages((roles, contents)))
             elif self.plain_possible:
                 plain.append(k)
-        return plain
+                if edges:
+                    edged.add(k)
+        return plain, edged
 
     def _layout(self, roles: tuple[str, ...]) -> Layout | None:
         if roles in self.distrusted:
@@ -603,6 +616,11 @@ def _turn_shape(message: dict[str, Any], untrained: bool) -> str:
     calls = len(message.get("tool_calls") or ())
     empty = " empty" if not message["content"] else ""
     return f"{message['role']} {calls} calls{' untrained' if untrained else ''}{empty}"
+
+
+def _sample_group(roles: tuple[str, ...], edged: bool) -> tuple[str, ...]:
+    """Rows with contents edged with whitespace are checked apart from the others."""
+    return (*roles, _EDGED) if edged else roles
 
 
 def _boundaries(plan: Any) -> Boundaries:

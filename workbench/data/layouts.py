@@ -18,9 +18,12 @@ A layout is only learned when every rendering it replaces provably behaves like 
 Templates that branch on content (Qwen3's ``'</think>' in content``) are handled by
 :func:`sensitive_literals`: the strings a template compares content with, or passes to a
 method or filter together with content, found in its Jinja syntax tree. A content that
-holds one of them, is empty, starts or ends with whitespace (``trim`` and ``lstrip`` change
-it), holds a private-use character (the markers) or a control token's text is not *plain*:
-such rows are rendered per row with Jinja (see :mod:`workbench.data.batched`).
+holds one of them, is empty, holds a private-use character (the markers) or a control
+token's text is not *plain*: such rows are rendered per row with Jinja (see
+:mod:`workbench.data.batched`). Whitespace at a content's edges is plain where a probe edged
+with several kinds of it comes out whole or stripped (``Layout.strips``: ChatML keeps it,
+Llama 3's ``trim`` strips it); not where a template strips some of it (Qwen3's
+``lstrip('\\n')`` before a last answer).
 
 Examples:
     >>> from workbench.data.templates import TEMPLATES
@@ -51,6 +54,9 @@ _OPEN, _CLOSE = "\U000f0000", "\U000f0001"
 # Inner whitespace, both cases, quotes, markup, a backslash, accents, an emoji: a template that
 # escapes, trims inside, changes case or re-encodes content changes it: no layout is learned.
 _PROBE = "a\n Bc\t<'\"&>{{ x }}{% y %}#\\ é É \U0001f600 Z 1.5"
+# Whitespace of several kinds around a probe: a template that keeps it, or strips all of it
+# (Jinja's trim, Python's strip()), renders contents edged with whitespace by a layout too.
+_EDGES = ("\n \t\r\n\u3000", " \t\n\u00a0\n ")
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,9 @@ class Layout:
         turns: Per assistant message ``(index, back, after)``: its inference prompt ends
             ``back`` characters before its content; its own rendering ends ``after``
             characters past its content (``None`` for the last message: the whole text).
+        strips: Per content, whether the template strips its edge whitespace (``trim``);
+            ``None`` when contents that start or end with whitespace come out neither
+            whole nor stripped (such rows are rendered one by one).
 
     Examples:
         >>> from workbench.data.templates import TEMPLATES
@@ -74,6 +83,7 @@ class Layout:
     roles: tuple[str, ...]
     segments: tuple[str, ...]
     turns: tuple[tuple[int, int, int | None], ...]
+    strips: tuple[bool, ...] | None = None
 
     def compose(self, contents: list[str]) -> tuple[str, list[tuple[int, int | None]]]:
         """The rendered text, and per answer ``(prompt end, own end)`` character offsets.
@@ -88,6 +98,8 @@ class Layout:
             >>> [(text[:p][-10:], text[:e][-12:] if e else None) for p, e in turns]
             [('assistant\\n', 'b<|im_end|>\\n'), ('assistant\\n', None)]
         """
+        if self.strips and any(self.strips):
+            contents = [c.strip() if s else c for c, s in zip(contents, self.strips, strict=True)]
         segments = self.segments
         parts = [segments[0]]
         starts = []
@@ -140,11 +152,14 @@ def _turns(
     roles: tuple[str, ...],
     contents: list[str],
     segments: list[str],
+    shown: list[str] | None = None,
 ) -> list[tuple[int, int, int | None]] | None:
-    """Per assistant message ``(index, back, after)`` for these contents, or ``None``."""
-    full = "".join(s + c for s, c in zip(segments, [*contents, ""], strict=True))
+    """Per assistant message ``(index, back, after)`` for these contents, or ``None``;
+    ``shown``: the contents as the template writes them (default: verbatim)."""
+    shown = contents if shown is None else shown
+    full = "".join(s + c for s, c in zip(segments, [*shown, ""], strict=True))
     spans, pos = [], 0
-    for segment, content in zip(segments, contents, strict=False):
+    for segment, content in zip(segments, shown, strict=False):
         pos += len(segment)
         spans.append((pos, pos + len(content)))
         pos += len(content)
@@ -211,9 +226,42 @@ def learn_layout(template: Template, tokenizer: Any, roles: tuple[str, ...]) -> 
         turns = _turns(template, tokenizer, roles, markers, segments)
         if turns is None or _turns(template, tokenizer, roles, probes, segments) != turns:
             return None
+        strips = _strips(template, tokenizer, roles, probes, segments, turns)
     except Exception:
         return None
-    return Layout(roles, tuple(segments), tuple(turns))
+    return Layout(roles, tuple(segments), tuple(turns), strips)
+
+
+def _strips(
+    template: Template,
+    tokenizer: Any,
+    roles: tuple[str, ...],
+    probes: list[str],
+    segments: list[str],
+    turns: list[tuple[int, int, int | None]],
+) -> tuple[bool, ...] | None:
+    """Per content, whether the template strips edge whitespace (else it keeps it), read
+    from a rendering of probes edged with whitespace; ``None`` when it does neither (it
+    strips newlines only, say) or the answers' boundaries move."""
+    lead, trail = _EDGES
+    edged = [f"{lead}{p}{trail}" for p in probes]
+    text = render_many(template, tokenizer, [_conversation(roles, edged)], False)[0]
+    if not text.startswith(segments[0]):
+        return None
+    pos, strips, shown = len(segments[0]), [], []
+    for content, segment in zip(edged, segments[1:], strict=True):
+        for strip in (False, True):
+            written = content.strip() if strip else content
+            if text.startswith(written + segment, pos):
+                break
+        else:
+            return None
+        strips.append(strip)
+        shown.append(written)
+        pos += len(written) + len(segment)
+    if pos != len(text) or _turns(template, tokenizer, roles, edged, segments, shown) != turns:
+        return None
+    return tuple(strips)
 
 
 def sensitive_literals(template: Template) -> frozenset[str] | None:
@@ -227,8 +275,8 @@ def sensitive_literals(template: Template) -> frozenset[str] | None:
     ``None`` (no row is plain) when the template cannot be parsed or measures content: a
     length (``| length``, ``| truncate``, ``| wordwrap``...), a slice (``content[:50]``) or a
     loop over it; a short probe would not show what those do to a long answer. Whitespace
-    arguments of ``strip``/``trim`` are left out (contents that start or end with whitespace
-    are never plain).
+    arguments of ``strip``/``trim`` are left out (what a template does to whitespace at a
+    content's edges is read from a rendering, see ``Layout.strips``).
 
     Examples:
         >>> from workbench.data.templates import TEMPLATES, Template
