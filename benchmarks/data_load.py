@@ -13,6 +13,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
         [--layout alpaca|messages|sharegpt|tools|tools-mixed] [--tokenizer tiny|gemma]
+        [--edged 0.3]
 """
 
 from __future__ import annotations
@@ -167,12 +168,33 @@ ROW_MAKERS = {
 }
 
 
-def write_rows(path: Path, n: int, layout: str = "alpaca") -> None:
+EDGES = ["", " ", "\n", "\n\n", "  ", "\t"]
+
+
+def _edged(rng: random.Random, value: object, text: bool = False) -> object:
+    """Every text of a row given whitespace at its edges, as scraped and exported data has."""
+    if isinstance(value, str) and value and text:
+        return rng.choice(EDGES[1:]) + value + rng.choice(EDGES)
+    if isinstance(value, list):
+        return [_edged(rng, v, text) for v in value]
+    if isinstance(value, dict):
+        return {k: _edged(rng, v, k in _TEXTS) for k, v in value.items()}
+    return value
+
+
+_TEXTS = ("content", "value", "instruction", "output")
+
+
+def write_rows(path: Path, n: int, layout: str = "alpaca", edged: float = 0.0) -> None:
+    """``n`` rows of ``layout``; a share ``edged`` of them with whitespace around their texts."""
     rng = random.Random(0)
     make = ROW_MAKERS[layout]
     with path.open("w") as fh:
         for i in range(n):
-            fh.write(json.dumps(make(rng, i)) + "\n")
+            row = make(rng, i)
+            if rng.random() < edged:
+                row = _edged(rng, row)
+            fh.write(json.dumps(row) + "\n")
 
 
 def _chats(batch: dict) -> list[list[dict]]:
@@ -260,6 +282,12 @@ def main() -> None:
         default="tiny",
         help="tiny BPE (built on the spot) or the built-in Gemma 3 270M's (262k vocabulary)",
     )
+    parser.add_argument(
+        "--edged",
+        type=float,
+        default=0.0,
+        help="share of rows whose texts start and end with whitespace (messy real data)",
+    )
     args = parser.parse_args()
     datasets.disable_progress_bars()
     from transformers import AutoTokenizer
@@ -277,7 +305,7 @@ def main() -> None:
         chosen = TEMPLATES[template] if template else resolve_template(None, tokenizer)
         tokenizer.chat_template = chosen.source
         path = root / "data.jsonl"
-        write_rows(path, args.rows, args.layout)
+        write_rows(path, args.rows, args.layout, args.edged)
         size_mb = path.stat().st_size / 1e6
         runs = []
         for k in range(args.repeat):
@@ -301,7 +329,7 @@ def main() -> None:
             rows.append(("earlier row-by-row load (batched=False)", old))
         report = data.report()
     print(
-        f"{args.rows} {args.layout} rows, {size_mb:.1f} MB JSONL, "
+        f"{args.rows} {args.layout} rows ({args.edged:.0%} edged), {size_mb:.1f} MB JSONL, "
         f"{args.tokenizer} tokenizer, best of {args.repeat}"
     )
     print(f"{'step':<55}{'seconds':>9}{'x baseline':>12}")

@@ -705,6 +705,33 @@ def test_a_sample_that_disagrees_sends_its_roles_row_by_row():
     assert labeller.checked == 2 * len(rows)
 
 
+def test_a_group_is_sampled_less_once_its_samples_agreed_and_still_checked():
+    from workbench.data.batched import SAMPLE_WHEN_TRUSTED, TRUSTED_AFTER
+
+    tok = family_tokenizer("chatml")
+    template = resolve_template(None, tok)
+    rng = random.Random(5)
+    labeller = BatchLabeller(template, tok, None, False)
+    reference = Labeller(template, tok, None, False)
+    trusting = TRUSTED_AFTER // SAMPLE_PER_BATCH
+    for batch in range(trusting + 2):
+        rows = [{"messages": _conversation(rng, ["user", "assistant"])} for _ in range(20)]
+        labeller(_table(rows))
+        full = min(batch + 1, trusting)
+        assert labeller.checked == full * SAMPLE_PER_BATCH + max(0, batch + 1 - trusting)
+    assert labeller.checked == TRUSTED_AFTER + 2 * SAMPLE_WHEN_TRUSTED
+    # A layout gone wrong now is still caught by the one row a batch.
+    wrong = labeller._layouts[("user", "assistant")]
+    labeller._layouts[("user", "assistant")] = type(wrong)(
+        wrong.roles, (wrong.segments[0], wrong.segments[1] + " ", wrong.segments[2]), wrong.turns
+    )
+    rows = [{"messages": _conversation(rng, ["user", "assistant"])} for _ in range(20)]
+    out = labeller(_table(rows))
+    expected = reference({"messages": [r["messages"] for r in rows]})
+    assert out.column("labels").to_pylist() == expected["labels"]
+    assert labeller.distrusted == {("user", "assistant")}
+
+
 def test_content_tests_in_templates_are_found():
     assert sensitive_literals(Template("q3", QWEN3)) == {
         "<tool_response>",

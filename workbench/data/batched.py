@@ -22,8 +22,9 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
    with whitespace where the template neither keeps nor strips it whole (``Layout.strips``),
    and boundaries that fall in a gap between tokens go through :class:`Labeller` itself. So
    does a sample: the first :data:`SAMPLE_PER_BATCH` plain rows of each group in each batch
-   (rows edged with whitespace are a group apart), whose results must equal the batch
-   results; if one differs, the group is labelled row by row from then on.
+   (rows edged with whitespace are a group apart; one a batch once :data:`TRUSTED_AFTER`
+   agreed), whose results must equal the batch results; if one differs, the group is
+   labelled row by row from then on.
 4. **Rows with tools** (a ``tool_calling`` cell): the template writes their tools and calls,
    which no layout can place. Rows are grouped by *shape* (roles, calls per turn, tools or
    not, empty contents). The first :data:`LEARN_PER_BATCH` rows of a new shape are rendered
@@ -78,10 +79,19 @@ from workbench.data.tokenize import (
 )
 from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
-__all__ = ["LEARN_PER_BATCH", "SAMPLE_PER_BATCH", "BatchLabeller"]
+__all__ = [
+    "LEARN_PER_BATCH",
+    "SAMPLE_PER_BATCH",
+    "SAMPLE_WHEN_TRUSTED",
+    "TRUSTED_AFTER",
+    "BatchLabeller",
+]
 
 SAMPLE_PER_BATCH = 4
 """Plain rows per role sequence and batch that are also labelled row by row, as a check."""
+TRUSTED_AFTER = 16
+"""Agreeing sample rows after which a group is sampled :data:`SAMPLE_WHEN_TRUSTED` a batch."""
+SAMPLE_WHEN_TRUSTED = 1
 
 _GAP = 16  # characters scanned past a boundary that no token covers
 _Spans = list[tuple[int, int]]  # trained token ranges of a row, from the batch way
@@ -150,6 +160,7 @@ class BatchLabeller:
     def _reset(self) -> None:
         self._layouts: dict[tuple[str, ...], Layout | None] = {}
         self._anchors: dict[tuple[str, ...], Anchors] = {}
+        self._agreed: dict[tuple[str, ...], int] = {}
         self.distrusted: set[tuple[str, ...]] = set()
         self.checked = 0
         self.anchored = 0
@@ -157,7 +168,7 @@ class BatchLabeller:
     def __getstate__(self) -> dict[str, Any]:
         # What datasets hashes for the cache fingerprint: the settings, not what was learned.
         state = dict(self.__dict__)
-        for name in ("_layouts", "_anchors", "distrusted", "checked", "anchored"):
+        for name in ("_layouts", "_anchors", "_agreed", "distrusted", "checked", "anchored"):
             state.pop(name, None)
         return state
 
@@ -267,6 +278,8 @@ class BatchLabeller:
             members = [k for k in samples if group[k] == key]
             if any(not _same(ids[k], masks[k], oks[k], *row_way[k]) for k in members):
                 self.distrusted.add(key)
+            else:
+                self._agreed[key] = self._agreed.get(key, 0) + len(members)
         late = [k for k in group if group[k] in self.distrusted and k not in row_way]
         row_way.update(self._label_slow(conversations, untrained, late, found, tool_calling))
         for k, (row_ids, labels, ok) in row_way.items():
@@ -307,13 +320,18 @@ class BatchLabeller:
     def _samples(
         self, group: dict[int, tuple[str, ...]], fast: list[int], undecided: list[int]
     ) -> list[int]:
-        """The first :data:`SAMPLE_PER_BATCH` rows of each group labelled the fast way."""
+        """The first :data:`SAMPLE_PER_BATCH` rows of each group labelled the fast way
+        (:data:`SAMPLE_WHEN_TRUSTED` once :data:`TRUSTED_AFTER` of its samples agreed: what a
+        sample catches is the template's, and shows in the first batches)."""
         skip = set(undecided)
         taken: dict[tuple[str, ...], int] = {}
         samples = []
         for k in fast:
             key = group[k]
-            if k not in skip and taken.get(key, 0) < SAMPLE_PER_BATCH:
+            wanted = SAMPLE_PER_BATCH
+            if self._agreed.get(key, 0) >= TRUSTED_AFTER:
+                wanted = SAMPLE_WHEN_TRUSTED
+            if k not in skip and taken.get(key, 0) < wanted:
                 taken[key] = taken.get(key, 0) + 1
                 samples.append(k)
         return samples
