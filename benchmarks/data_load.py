@@ -13,7 +13,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
         [--layout alpaca|messages|sharegpt|tools|tools-mixed] [--tokenizer tiny|gemma]
-        [--edged 0.3]
+        [--edged 0.3] [--empty-system]
 """
 
 from __future__ import annotations
@@ -185,8 +185,11 @@ def _edged(rng: random.Random, value: object, text: bool = False) -> object:
 _TEXTS = ("content", "value", "instruction", "output")
 
 
-def write_rows(path: Path, n: int, layout: str = "alpaca", edged: float = 0.0) -> None:
-    """``n`` rows of ``layout``; a share ``edged`` of them with whitespace around their texts."""
+def write_rows(
+    path: Path, n: int, layout: str = "alpaca", edged: float = 0.0, empty_system: bool = False
+) -> None:
+    """``n`` rows of ``layout``; a share ``edged`` of them with whitespace around their texts;
+    ``empty_system``: every conversation opens with an empty system turn (as some exports do)."""
     rng = random.Random(0)
     make = ROW_MAKERS[layout]
     with path.open("w") as fh:
@@ -194,6 +197,9 @@ def write_rows(path: Path, n: int, layout: str = "alpaca", edged: float = 0.0) -
             row = make(rng, i)
             if rng.random() < edged:
                 row = _edged(rng, row)
+            if empty_system and "messages" in row:
+                turns = [t for t in row["messages"] if t["role"] != "system"]
+                row["messages"] = [{"role": "system", "content": ""}, *turns]
             fh.write(json.dumps(row) + "\n")
 
 
@@ -288,6 +294,11 @@ def main() -> None:
         default=0.0,
         help="share of rows whose texts start and end with whitespace (messy real data)",
     )
+    parser.add_argument(
+        "--empty-system",
+        action="store_true",
+        help="every conversation opens with an empty system turn (messages and tools layouts)",
+    )
     args = parser.parse_args()
     datasets.disable_progress_bars()
     from transformers import AutoTokenizer
@@ -305,7 +316,7 @@ def main() -> None:
         chosen = TEMPLATES[template] if template else resolve_template(None, tokenizer)
         tokenizer.chat_template = chosen.source
         path = root / "data.jsonl"
-        write_rows(path, args.rows, args.layout, args.edged)
+        write_rows(path, args.rows, args.layout, args.edged, args.empty_system)
         size_mb = path.stat().st_size / 1e6
         runs = []
         for k in range(args.repeat):

@@ -666,6 +666,33 @@ def test_contents_edged_with_whitespace_take_the_layout_way_where_it_is_kept_or_
     assert not labeller.distrusted
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in STRICT])
+def test_an_empty_system_prompt_or_question_takes_a_layout_of_its_own(family):
+    # Exports often carry an empty system turn in every row; a template may write an empty
+    # content otherwise than a full one (or a default prompt for none), so such rows get a
+    # layout of their own. An empty answer has nothing to place: row by row.
+    tok = family_tokenizer(family)
+    template = resolve_template(family_template(family), tok)
+    rng = random.Random(13)
+    roles = ["system", "user", "assistant", "user", "assistant"]
+    rows = [{"messages": _conversation(rng, roles)} for _ in range(30)]
+    for row in rows:
+        row["messages"][0]["content"] = ""
+    for row in rows[::3]:
+        row["messages"][3]["content"] = ""
+    rows[-1]["messages"][4]["content"] = ""
+    labeller = BatchLabeller(template, tok, None, False)
+    out = labeller(_table(rows))
+    reference = Labeller(template, tok, None, False)({"messages": [r["messages"] for r in rows]})
+    for column, values in reference.items():
+        assert out.column(column).to_pylist() == values, column
+    by_layout = LAYOUT_WAY[family][1]  # whether multi-turn rows take the layout way at all
+    # two layouts (empty system; empty system and second question), a sample of each, and
+    # the row with an empty answer
+    assert labeller.checked == (2 * SAMPLE_PER_BATCH + 1 if by_layout else len(rows))
+    assert not labeller.distrusted
+
+
 def test_a_wrong_guess_about_edges_is_caught_by_the_sample():
     tok = family_tokenizer("chatml")
     template = resolve_template(None, tok)

@@ -5,7 +5,8 @@ and each answer's prompt with Jinja, tokenizes both, and compares the ids (the a
 check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statistics and
 ``template_ok`` with far less work per row:
 
-1. **Templating by layout.** Rows are grouped by their sequence of roles; for each group the
+1. **Templating by layout.** Rows are grouped by their sequence of roles (and which of their
+   contents are empty: an empty system prompt, say); for each group the
    template is rendered once with markers (:func:`~workbench.data.layouts.learn_layout`), and
    every *plain* row of the group is rendered by joining strings. The mask boundaries (end of
    the inference prompt, end of each answer's own rendering) come with it as character
@@ -15,8 +16,8 @@ check). :class:`BatchLabeller` gets the same ``input_ids``, ``labels``, statisti
    it (``Encoding.char_to_token``). A prompt agrees with the training text at token level
    exactly when a token starts at its end; a boundary inside a token is a mismatch. The
    boundaries of a row's ``untrained_turns`` (weight 0) are dropped, as the row way skips them.
-3. **The row-by-row check where it matters.** Rows that are not plain (an empty content, one
-   that holds a control token's text, a marker character, or a string the template tests
+3. **The row-by-row check where it matters.** Rows that are not plain (an empty answer, a
+   content that holds a control token's text, a marker character, or a string the template tests
    content against), rows whose roles have no layout (a template that rejects them, or whose
    prompt is not a prefix of the training text), rows with a content that starts or ends
    with whitespace where the template neither keeps nor strips it whole (``Layout.strips``),
@@ -96,6 +97,7 @@ SAMPLE_WHEN_TRUSTED = 1
 _GAP = 16  # characters scanned past a boundary that no token covers
 _Spans = list[tuple[int, int]]  # trained token ranges of a row, from the batch way
 _RENDERED = ("<rows with tools>",)  # the start of a shape of rows with tools
+_EMPTY = "<empty contents at>"  # in a layout's key, before the positions of empty contents
 _EDGED = "<edged with whitespace>"  # ends the sample group of a layout's edged rows
 _BY_ANCHORS = "<placed by anchors>"  # ends the sample group of a shape's rows rendered once
 # The sample group of all rows with tools rendered as the row way renders them.
@@ -250,27 +252,28 @@ class BatchLabeller:
         found = [""] * n
         plain, edged = self._plain(conversations, found)
         tool_rows = self._tool_rows(conversations, untrained, tool_calling, found)
-        plain = [k for k in plain if not tool_calling or tool_calling[k] is None]
+        if tool_calling:
+            plain = {k: key for k, key in plain.items() if tool_calling[k] is None}
         groups: dict[tuple[str, ...], list[int]] = {}
-        for k in plain:
-            groups.setdefault(conversations[k][0], []).append(k)
+        for k, key in plain.items():
+            groups.setdefault(key, []).append(k)
         quick: list[int] = []
         slow = set(range(n)) - set(plain) - set(tool_rows)
-        for roles, members in groups.items():
-            layout = self._layout(roles)
+        for key, members in groups.items():
+            layout = self._layout(key)
             if layout is None:
                 slow.update(members)
                 continue
-            if layout.strips is None or (*roles, _EDGED) in self.distrusted:
+            if layout.strips is None or (*key, _EDGED) in self.distrusted:
                 slow.update(k for k in members if k in edged)
                 quick += [k for k in members if k not in edged]
             else:
                 quick += members
-        undecided = self._label_quick(conversations, untrained, quick, ids, masks, oks)
+        undecided = self._label_quick(conversations, untrained, quick, plain, ids, masks, oks)
         rendered, unplaced = self._label_rendered(tool_rows, untrained, ids, masks, oks)
         undecided += unplaced
         slow.update(undecided)
-        group = {k: _sample_group(conversations[k][0], k in edged) for k in quick} | rendered
+        group = {k: _sample_group(plain[k], k in edged) for k in quick} | rendered
         samples = self._samples(group, quick + list(rendered), undecided)
         rows = sorted(slow | set(samples))
         row_way = self._label_slow(conversations, untrained, rows, found, tool_calling)
@@ -289,33 +292,42 @@ class BatchLabeller:
 
     def _plain(
         self, conversations: list[tuple[tuple[str, ...], list[str]]], found: list[str]
-    ) -> tuple[list[int], set[int]]:
-        """Indices of plain rows, and those of them with a content edged with whitespace
-        (plain where the layout keeps or strips edges); fills ``found`` for the others."""
+    ) -> tuple[dict[int, tuple[str, ...]], set[int]]:
+        """Plain rows with their layout's key (:func:`_layout_key`), and those of them with
+        a content edged with whitespace (plain where the layout keeps or strips edges); fills
+        ``found`` for the others."""
         search = self.unsafe.search
-        plain = []
+        plain = {}
         edged = set()
         for k, (roles, contents) in enumerate(conversations):
             odd = edges = False
-            for c in contents:
-                if not c or search(c):
+            empty: list[int] = []
+            for i, c in enumerate(contents):
+                if not c:
+                    if roles[i] == "assistant":  # an empty answer: nothing to place
+                        odd = True
+                        break
+                    empty.append(i)
+                elif search(c):
                     odd = True
                     break
-                edges = edges or c[0].isspace() or c[-1].isspace()
+                else:
+                    edges = edges or c[0].isspace() or c[-1].isspace()
             if odd:
                 found[k] = self.rows.describe(_messages((roles, contents)))
             elif self.plain_possible:
-                plain.append(k)
+                plain[k] = _layout_key(roles, empty)
                 if edges:
                     edged.add(k)
         return plain, edged
 
-    def _layout(self, roles: tuple[str, ...]) -> Layout | None:
-        if roles in self.distrusted:
+    def _layout(self, key: tuple[str, ...]) -> Layout | None:
+        if key in self.distrusted:
             return None
-        if roles not in self._layouts:
-            self._layouts[roles] = learn_layout(self.template, self.tokenizer, roles)
-        return self._layouts[roles]
+        if key not in self._layouts:
+            roles, empty = _roles_and_empty(key)
+            self._layouts[key] = learn_layout(self.template, self.tokenizer, roles, empty)
+        return self._layouts[key]
 
     def _samples(
         self, group: dict[int, tuple[str, ...]], fast: list[int], undecided: list[int]
@@ -341,6 +353,7 @@ class BatchLabeller:
         conversations: list[tuple[tuple[str, ...], list[str]]],
         untrained: list[list[int]] | None,
         quick: list[int],
+        keys: dict[int, tuple[str, ...]],
         ids: list[list[int]],
         masks: list[Any],
         oks: list[bool],
@@ -348,16 +361,15 @@ class BatchLabeller:
         """Label rows by layout; returns the rows a boundary could not place (row way)."""
         composed = []
         for k in quick:
-            roles, contents = conversations[k]
-            layout = self._layouts[roles]
+            layout = self._layouts[keys[k]]
             assert layout is not None
-            composed.append(layout.compose(contents))
+            composed.append(layout.compose(conversations[k][1]))
         encodings = self._encode([text for text, _ in composed])
         undecided = []
         for k, (text, composed_turns), enc in zip(quick, composed, encodings, strict=True):
             turns = composed_turns
             if untrained and untrained[k]:  # weight-0 turns are context: no span, no check
-                turns = _trained_turns(turns, self._layouts[conversations[k][0]], untrained[k])
+                turns = _trained_turns(turns, self._layouts[keys[k]], untrained[k])
             placed = _place(enc, len(text), turns)
             if placed is None:
                 undecided.append(k)
@@ -634,6 +646,19 @@ def _turn_shape(message: dict[str, Any], untrained: bool) -> str:
     calls = len(message.get("tool_calls") or ())
     empty = " empty" if not message["content"] else ""
     return f"{message['role']} {calls} calls{' untrained' if untrained else ''}{empty}"
+
+
+def _layout_key(roles: tuple[str, ...], empty: list[int]) -> tuple[str, ...]:
+    """A layout's key: the roles, and the positions of empty contents if any (an empty
+    system prompt may be written otherwise than a full one)."""
+    return (*roles, _EMPTY, *map(str, empty)) if empty else roles
+
+
+def _roles_and_empty(key: tuple[str, ...]) -> tuple[tuple[str, ...], frozenset[int]]:
+    if _EMPTY not in key:
+        return key, frozenset()
+    at = key.index(_EMPTY)
+    return key[:at], frozenset(int(i) for i in key[at + 1 :])
 
 
 def _sample_group(roles: tuple[str, ...], edged: bool) -> tuple[str, ...]:

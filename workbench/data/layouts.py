@@ -18,8 +18,8 @@ A layout is only learned when every rendering it replaces provably behaves like 
 Templates that branch on content (Qwen3's ``'</think>' in content``) are handled by
 :func:`sensitive_literals`: the strings a template compares content with, or passes to a
 method or filter together with content, found in its Jinja syntax tree. A content that
-holds one of them, is empty, holds a private-use character (the markers) or a control
-token's text is not *plain*: such rows are rendered per row with Jinja (see
+holds one of them, an empty answer, a private-use character (the markers) or a control
+token's text is not *plain* (other empty contents have layouts of their own): such rows are rendered per row with Jinja (see
 :mod:`workbench.data.batched`). Whitespace at a content's edges is plain where a probe edged
 with several kinds of it comes out whole or stripped (``Layout.strips``: ChatML keeps it,
 Llama 3's ``trim`` strips it); not where a template strips some of it (Qwen3's
@@ -186,12 +186,16 @@ def _turns(
     return turns
 
 
-def learn_layout(template: Template, tokenizer: Any, roles: tuple[str, ...]) -> Layout | None:
+def learn_layout(
+    template: Template, tokenizer: Any, roles: tuple[str, ...], empty: frozenset[int] = frozenset()
+) -> Layout | None:
     """The layout of ``roles`` under ``template``, or ``None`` when it has none.
 
     ``None`` when rendering fails (a template that rejects the roles), when contents do not
     come out verbatim, or when a prompt or an answer's own rendering is not a prefix of the
-    whole (then rows with these roles are rendered and checked one by one).
+    whole (then rows with these roles are rendered and checked one by one). ``empty``: the
+    positions of contents that are empty (an empty system prompt, say; not an answer): the
+    template may write them otherwise, so such rows have layouts of their own.
 
     Examples:
         >>> from workbench.data.templates import TEMPLATES, Template
@@ -205,12 +209,21 @@ def learn_layout(template: Template, tokenizer: Any, roles: tuple[str, ...]) -> 
         >>> tojson = "{% for m in messages %}{{ m['content'] | tojson }}{% endfor %}"
         >>> learn_layout(Template("x", tojson), None, ("user", "assistant")) is None
         True
+        >>> empty_system = learn_layout(TEMPLATES["chatml"], None, roles, frozenset({0}))
+        >>> print(empty_system.compose(["", "Hi", "Hello"])[0])
+        <|im_start|>system
+        <|im_end|>
+        <|im_start|>user
+        Hi<|im_end|>
+        <|im_start|>assistant
+        Hello<|im_end|>
+        <BLANKLINE>
     """
     n = len(roles)
-    if not n:
+    if not n or any(roles[i] == "assistant" for i in empty):
         return None
-    markers = _markers(n)
-    probes = [f"{m}{_PROBE}" for m in markers]
+    markers = ["" if i in empty else m for i, m in enumerate(_markers(n))]
+    probes = [f"{m}{_PROBE}" if m else "" for m in markers]
     try:
         full, probed = render_many(
             template,
@@ -218,9 +231,10 @@ def learn_layout(template: Template, tokenizer: Any, roles: tuple[str, ...]) -> 
             [_conversation(roles, markers), _conversation(roles, probes)],
             False,
         )
-        segments = _split(full, markers)
-        if segments is None:
+        split = _split(full, [m for m in markers if m])
+        if split is None:
             return None
+        segments = _with_empty_contents(split, [bool(m) for m in markers])
         if probed != "".join(s + c for s, c in zip(segments, [*probes, ""], strict=True)):
             return None
         turns = _turns(template, tokenizer, roles, markers, segments)
@@ -230,6 +244,20 @@ def learn_layout(template: Template, tokenizer: Any, roles: tuple[str, ...]) -> 
     except Exception:
         return None
     return Layout(roles, tuple(segments), tuple(turns), strips)
+
+
+def _with_empty_contents(split: list[str], present: list[bool]) -> list[str]:
+    """Segments around every content, from those around the non-empty ones: the text between
+    two non-empty contents goes before the first empty one between them (the others get
+    ``""``), so joining still gives the rendering."""
+    segments = []
+    rest = iter(split)
+    pending = next(rest)
+    for here in present:
+        segments.append(pending)
+        pending = next(rest) if here else ""
+    segments.append(pending)
+    return segments
 
 
 def _strips(
@@ -244,7 +272,7 @@ def _strips(
     from a rendering of probes edged with whitespace; ``None`` when it does neither (it
     strips newlines only, say) or the answers' boundaries move."""
     lead, trail = _EDGES
-    edged = [f"{lead}{p}{trail}" for p in probes]
+    edged = [f"{lead}{p}{trail}" if p else "" for p in probes]
     text = render_many(template, tokenizer, [_conversation(roles, edged)], False)[0]
     if not text.startswith(segments[0]):
         return None
