@@ -19,11 +19,11 @@ Templates that branch on content (Qwen3's ``'</think>' in content``) are handled
 :func:`sensitive_literals`: the strings a template compares content with, or passes to a
 method or filter together with content, found in its Jinja syntax tree. A content that
 holds one of them, an empty answer, a private-use character (the markers) or a control
-token's text is not *plain* (other empty contents have layouts of their own): such rows are rendered per row with Jinja (see
-:mod:`workbench.data.batched`). Whitespace at a content's edges is plain where a probe edged
-with several kinds of it comes out whole or stripped (``Layout.strips``: ChatML keeps it,
-Llama 3's ``trim`` strips it); not where a template strips some of it (Qwen3's
-``lstrip('\\n')`` before a last answer).
+token's text is not *plain* (other empty contents have layouts of their own): such rows
+are rendered per row with Jinja (see :mod:`workbench.data.batched`). Whitespace at a
+content's edges is plain where a probe edged with several kinds of it comes out whole or
+stripped (``Layout.strips``: ChatML keeps it, Llama 3's ``trim`` strips it); not where a
+template strips some of it (Qwen3's ``lstrip('\\n')`` before a last answer).
 
 Examples:
     >>> from workbench.data.templates import TEMPLATES
