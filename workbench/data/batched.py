@@ -440,7 +440,8 @@ class BatchLabeller:
         self._render_planned(tool_rows, planned, learning, untrained, texts)
         unplaced = self._render_anchored(tool_rows, candidates, texts)
         self._render_planned(tool_rows, unplaced, unplaced, untrained, texts)
-        anchored = [k for k in candidates if k in texts and k not in set(unplaced)]
+        left = set(unplaced)
+        anchored = [k for k in candidates if k in texts and k not in left]
         groups = {k: (*tool_rows[k].shape, _BY_ANCHORS) for k in anchored}
         groups.update((k, _BY_RENDERINGS) for k in planned + unplaced)
         rows = list(groups)
@@ -469,7 +470,8 @@ class BatchLabeller:
             eligible = [k for k in members if tool_rows[k].anchorable]
             if anchors.broken or (*shape, _BY_ANCHORS) in self.distrusted:
                 eligible = []
-            planned += [k for k in members if k not in set(eligible)]
+            chosen = set(eligible)
+            planned += [k for k in members if k not in chosen]
             if eligible and anchors.marks is None:
                 first = eligible[:LEARN_PER_BATCH]
                 planned += first
