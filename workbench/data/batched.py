@@ -390,10 +390,8 @@ class BatchLabeller:
         for k, cell in enumerate(tool_calling or ()):
             if cell is not None:
                 found[k] = self.rows.describe(_messages(conversations[k]), cell)
-                if not found[k] and self.fast:
-                    row = self._tool_row(conversations[k], cell, untrained, k)
-                    if _BY_RENDERINGS not in self.distrusted:
-                        rows[k] = row
+                if not found[k] and self.fast and _BY_RENDERINGS not in self.distrusted:
+                    rows[k] = self._tool_row(conversations[k], cell, untrained, k)
         return rows
 
     def _tool_row(
@@ -441,7 +439,7 @@ class BatchLabeller:
         unplaced = self._render_anchored(tool_rows, candidates, texts)
         self._render_planned(tool_rows, unplaced, unplaced, untrained, texts)
         left = set(unplaced)
-        anchored = [k for k in candidates if k in texts and k not in left]
+        anchored = [k for k in candidates if k not in left]
         groups = {k: (*tool_rows[k].shape, _BY_ANCHORS) for k in anchored}
         groups.update((k, _BY_RENDERINGS) for k in planned + unplaced)
         rows = list(groups)
