@@ -76,9 +76,8 @@ from workbench.data.tokenize import (
     TOKEN_COLUMNS,
     UNTRAINED_TURNS,
     Labeller,
-    _refuse_dropped_tools,
 )
-from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
+from workbench.data.tool_calls import TOOL_CALLING, refuse_dropped_tools, with_tool_calling
 
 __all__ = [
     "LEARN_PER_BATCH",
@@ -544,7 +543,7 @@ class BatchLabeller:
             for j, (row, full, turns) in enumerate(placed)
             for i, (start, _) in zip(_answers(row.messages), turns, strict=True)
         ]
-        _refuse_dropped_tools(
+        refuse_dropped_tools(
             [row.messages for row, _, _ in placed],
             [row.tools for row, _, _ in placed],
             [full for _, full, _ in placed],

@@ -67,9 +67,8 @@ from workbench.data.special_text import (
 from workbench.data.templates import Template, encode, render_many
 from workbench.data.tool_calls import (
     TOOL_CALLING,
-    ToolsNotWrittenError,
-    check_template_writes_tools,
     map_tool_texts,
+    refuse_dropped_tools,
     tool_texts,
     with_tool_calling,
 )
@@ -107,30 +106,6 @@ class _Plan:
     ok: bool = True
     spans: list[Span] = field(default_factory=list)
     prompt_spans: list[list[Span]] = field(default_factory=list)
-
-
-def _refuse_dropped_tools(
-    conversations: list[list[dict[str, Any]]],
-    tools: list[Any] | None,
-    fulls: list[str],
-    prompts: list[tuple[int, int, str]],
-) -> None:
-    """Raise :class:`ToolsNotWrittenError` when a row's rendering leaves out its calls or tools.
-
-    Loading checks one row per sequence of roles before labelling; this checks every row
-    with tools on the renderings labelling makes anyway (``prompts``: row, message index and
-    prompt of each trained answer), so no row is rendered twice for the check; only the
-    prompts of untrained (weight 0) calling turns are rendered for it alone.
-    """
-    by_row: dict[int, dict[int, str]] = {}
-    for row, turn, text in prompts:
-        by_row.setdefault(row, {})[turn] = text
-    for row, messages in enumerate(conversations):
-        offered = tools[row] if tools else None
-        if offered or any("tool_calls" in m for m in messages):
-            reason = check_template_writes_tools(fulls[row], messages, offered, by_row.get(row))
-            if reason:
-                raise ToolsNotWrittenError(reason)
 
 
 def _fields(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
@@ -306,7 +281,7 @@ class Labeller:
         prompt_texts = render(prompts, True, offered(where)) if prompts else []
         answered = list(zip(where, turn_of, prompt_texts, strict=True))
         answered += self._untrained_call_prompts(conversations, untrained, render, offered)
-        _refuse_dropped_tools(conversations, tools, fulls, answered)
+        refuse_dropped_tools(conversations, tools, fulls, answered)
         inner = [u for u in uptos if u is not None]
         inner_rows = [r for r, u in zip(where, uptos, strict=True) if u is not None]
         rendered = iter(render(inner, False, offered(inner_rows)) if inner else [])

@@ -48,6 +48,7 @@ __all__ = [
     "encode_tool_calling",
     "map_tool_texts",
     "parse_tool_calls",
+    "refuse_dropped_tools",
     "response_template",
     "tool_calls_of",
     "tool_texts",
@@ -501,6 +502,42 @@ def check_template_writes_tools(
                 f"it does not write the tools offered (tools=): {name!r} is missing from the prompt"
             )
     return None
+
+
+def refuse_dropped_tools(
+    conversations: Sequence[Sequence[Mapping[str, Any]]],
+    tools: Sequence[Any] | None,
+    fulls: Sequence[str],
+    prompts: Sequence[tuple[int, int, str]],
+) -> None:
+    """Raise :class:`ToolsNotWrittenError` when a row's rendering leaves out its calls or tools.
+
+    Loading checks one row per sequence of roles before labelling; this checks every row
+    with tools on the renderings labelling makes anyway (``fulls``: each row's whole
+    rendering; ``prompts``: row, message index and prompt of each trained answer), so no row
+    is rendered twice for the check; only the prompts of untrained (weight 0) calling turns
+    are rendered for it alone.
+
+    Examples:
+        >>> call = {"role": "assistant", "content": "",
+        ...         "tool_calls": [{"function": {"name": "add", "arguments": {}}}]}
+        >>> rows = [[{"role": "user", "content": "2+2?"}, call]]
+        >>> refuse_dropped_tools(rows, None, ["<user>2+2?<call>add()"], [(0, 1, "<user>2+2?")])
+        >>> try:
+        ...     refuse_dropped_tools(rows, None, ["<user>2+2?<assistant>"], [])
+        ... except ToolsNotWrittenError as error:
+        ...     print(error)
+        it does not write tool calls ('add' is missing from its rendering)
+    """
+    by_row: dict[int, dict[int, str]] = {}
+    for row, turn, text in prompts:
+        by_row.setdefault(row, {})[turn] = text
+    for row, messages in enumerate(conversations):
+        offered = tools[row] if tools else None
+        if offered or any("tool_calls" in m for m in messages):
+            reason = check_template_writes_tools(fulls[row], messages, offered, by_row.get(row))
+            if reason:
+                raise ToolsNotWrittenError(reason)
 
 
 def turn_text(message: Mapping[str, Any]) -> str:
