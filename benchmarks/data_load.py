@@ -169,6 +169,7 @@ ROW_MAKERS = {
 
 
 EDGES = ["", " ", "\n", "\n\n", "  ", "\t"]
+_TEXTS = ("content", "value", "instruction", "output")  # the fields whose texts get edges
 
 
 def _edged(rng: random.Random, value: object, text: bool = False) -> object:
@@ -180,9 +181,6 @@ def _edged(rng: random.Random, value: object, text: bool = False) -> object:
     if isinstance(value, dict):
         return {k: _edged(rng, v, k in _TEXTS) for k, v in value.items()}
     return value
-
-
-_TEXTS = ("content", "value", "instruction", "output")
 
 
 def write_rows(
