@@ -12,7 +12,7 @@ batch-wise ones: the script fails if a single token, label or problem differs.
 
 Usage:
     .venv/bin/python benchmarks/data_load.py [--rows 100000] [--repeat 3] [--no-row-by-row]
-        [--layout alpaca|messages|sharegpt|tools|tools-mixed] [--tokenizer tiny|gemma]
+        [--layout alpaca|qa|text|messages|sharegpt|tools|tools-mixed] [--tokenizer tiny|gemma]
         [--edged 0.3] [--empty-system]
 """
 
@@ -84,6 +84,16 @@ def _messages(rng: random.Random, i: int) -> dict:
         turns.append({"role": "user", "content": _text(rng, 4, 40)})
         turns.append({"role": "assistant", "content": _text(rng, 2, 30)})
     return {"messages": turns}
+
+
+def _qa(rng: random.Random, i: int) -> dict:
+    """A question and its answer, named as completion datasets name them."""
+    return {"question": _text(rng, 8, 60), "completion": _text(rng, 2, 30)}
+
+
+def _plain_text(rng: random.Random, i: int) -> dict:
+    """Raw text for continued pretraining: a few sentences."""
+    return {"text": ". ".join(_text(rng, 4, 20) for _ in range(rng.randint(1, 6)))}
 
 
 def _sharegpt(rng: random.Random, i: int) -> dict:
@@ -161,6 +171,8 @@ def _tools_mixed(rng: random.Random, i: int) -> dict:
 
 ROW_MAKERS = {
     "alpaca": _alpaca,
+    "qa": _qa,
+    "text": _plain_text,
     "messages": _messages,
     "sharegpt": _sharegpt,
     "tools": _tools,
@@ -169,7 +181,15 @@ ROW_MAKERS = {
 
 
 EDGES = ["", " ", "\n", "\n\n", "  ", "\t"]
-_TEXTS = ("content", "value", "instruction", "output")  # the fields whose texts get edges
+_TEXTS = (
+    "content",
+    "value",
+    "instruction",
+    "output",
+    "question",
+    "completion",
+    "text",
+)  # the fields whose texts get edges
 
 
 def _edged(rng: random.Random, value: object, text: bool = False) -> object:
@@ -211,6 +231,11 @@ def _chats(batch: dict) -> list[list[dict]]:
             [{"role": roles[t["from"]], "content": t["value"]} for t in turns]
             for turns in batch["conversations"]
         ]
+    if "question" in batch:
+        return [
+            [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+            for q, a in zip(batch["question"], batch["completion"], strict=True)
+        ]
     return [
         [{"role": "user", "content": f"{a}\n\n{b}"}, {"role": "assistant", "content": c}]
         for a, b, c in zip(batch["instruction"], batch["input"], batch["output"], strict=True)
@@ -222,6 +247,8 @@ def baseline(path: Path, tokenizer, cache: str) -> float:
     ds = datasets.Dataset.from_json(str(path), cache_dir=cache)
 
     def tokenize(batch):
+        if "text" in batch:  # raw text: no template
+            return tokenizer(batch["text"], add_special_tokens=False)
         chats = _chats(batch)
         offered = batch.get("tools")
         if offered and any(tools != offered[0] for tools in offered):  # a list per row
@@ -276,7 +303,8 @@ def main() -> None:
         "--layout",
         choices=sorted(ROW_MAKERS),
         default="alpaca",
-        help="row shape: alpaca (one exchange), messages or sharegpt (1-4 exchanges), tools "
+        help="row shape: alpaca (one exchange), qa (question/completion), text (raw text, no "
+        "template), messages or sharegpt (1-4 exchanges), tools "
         "(a call, its result, the answer), tools-mixed (one call, parallel calls, two "
         "exchanges or a call as the answer; 1-3 tools a row)",
     )
