@@ -50,6 +50,8 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,6 +62,7 @@ __all__ = [
     "NEAR_THRESHOLD",
     "TEMPLATE_MIN_ROWS",
     "TEMPLATE_SHARE",
+    "ScanStoppedError",
     "duplicate_problems",
     "normalise_texts",
 ]
@@ -84,6 +87,15 @@ _NEAR_MEANS = (
 )
 
 
+class ScanStoppedError(Exception):
+    """Raised by :func:`duplicate_problems` when its ``stop`` says the scan is no longer wanted."""
+
+
+def _check(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise ScanStoppedError
+
+
 def normalise_texts(texts: pa.Array) -> pa.Array:
     """Lower-case, collapse whitespace, trim.
 
@@ -96,12 +108,18 @@ def normalise_texts(texts: pa.Array) -> pa.Array:
     return pc.utf8_trim_whitespace(collapsed)
 
 
-def duplicate_problems(train: pa.Array, validation: pa.Array | None = None) -> list[Problem]:
+def duplicate_problems(
+    train: pa.Array,
+    validation: pa.Array | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> list[Problem]:
     """Find duplicates within each split, and validation rows that repeat training rows.
 
     Args:
         train: One text per training row (all of a row's contents joined).
         validation: The same for validation rows, or ``None``.
+        stop: Asked between the scan's steps; when it returns true the scan ends with
+            :class:`ScanStoppedError` (a race of two scans: the loser stops).
 
     Returns:
         ``duplicate``/``near_duplicate`` problems per split and ``leak`` for validation rows.
@@ -121,24 +139,29 @@ def duplicate_problems(train: pa.Array, validation: pa.Array | None = None) -> l
         pairs are shared (near = 80% or more, not counting text many rows share, like an
         instruction)
         [near_duplicate] train row 3: the same words as train row 0; only punctuation differs
+        >>> duplicate_problems(pa.array(["a", "a"]), stop=lambda: True)
+        Traceback (most recent call last):
+        workbench.data.duplicates.ScanStoppedError
     """
     n_train = len(train)
+    _check(stop)
     texts = normalise_texts(
         pa.concat_arrays([train, validation]) if validation is not None else train
     )
+    _check(stop)
     codes = pc.dictionary_encode(texts).indices.to_numpy(zero_copy_only=False)
     _, first_index = np.unique(codes, return_index=True)  # codes are 0..k-1, in first-seen order
     distinct = np.zeros(len(codes), bool)
     distinct[first_index] = True
     repeats = np.flatnonzero(~distinct)
     problems = [_exact(int(i), int(first_index[codes[i]]), n_train) for i in repeats]
-    for row, partner, similarity, same_words in _near_pairs(texts, distinct, n_train):
+    for row, partner, similarity, same_words in _near_pairs(texts, distinct, n_train, stop):
         problems.append(_near(row, partner, similarity, same_words, n_train))
     return sorted(problems, key=lambda p: (p.split != "train", p.row))
 
 
 def _near_pairs(
-    texts: pa.Array, distinct: np.ndarray, n_train: int
+    texts: pa.Array, distinct: np.ndarray, n_train: int, stop: Callable[[], bool] | None = None
 ) -> list[tuple[int, int, float, bool]]:
     """``(row, partner, similarity, same_words)`` for each distinct row near an earlier one.
 
@@ -147,12 +170,15 @@ def _near_pairs(
     ``same_words`` marks rows whose words are the same, in the same order.
     """
     words = pc.split_pattern_regex(texts, pattern=_WORD_SPLIT)
+    _check(stop)
     found = _same_words(words, distinct)
     shingle, row = _shingles(words)
+    _check(stop)
     shingle, row = _without_template(shingle, row, distinct)
     keep = distinct[row]
     shingle, row = shingle[keep], row[keep]
     sig, sig_rows = _signatures(shingle, row)
+    _check(stop)
     pairs = _candidates(sig, sig_rows)
     if len(pairs):
         # The signatures estimate each pair's similarity (32 hashes: standard error <= 0.09);
@@ -239,9 +265,12 @@ def _signatures(shingle: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.nd
     mult = rng.integers(1, 2**63, _HASHES, dtype=np.uint64) | np.uint64(1)
     add = rng.integers(0, 2**63, _HASHES, dtype=np.uint64)
     sig = np.empty((len(starts), _HASHES), np.uint64)
+    permuted = np.empty_like(hashes)  # one buffer for all hashes: no new array per hash
     with np.errstate(over="ignore"):
         for k in range(_HASHES):
-            sig[:, k] = np.minimum.reduceat(hashes * mult[k] + add[k], starts)
+            np.multiply(hashes, mult[k], out=permuted)
+            np.add(permuted, add[k], out=permuted)
+            sig[:, k] = np.minimum.reduceat(permuted, starts)
     return sig, row[starts]
 
 

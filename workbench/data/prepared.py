@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from workbench.data.loading import (
 )
 from workbench.data.problems import Problem
 from workbench.data.report import DataReport, build_report
+from workbench.data.scan_thread import BackgroundScan
 from workbench.data.sources import open_source
 from workbench.data.special_text import (
     SPECIAL_TEXT_COLUMN,
@@ -217,8 +217,8 @@ class PreparedData:
         self._originals = originals
         self._report: DataReport | None = None
         self._cache: dict[tuple[str, str | None], Any] = {}
-        # the duplicate scan: running (a Future), done (its problems) or not started (None)
-        self._duplicates: Future[list[Problem]] | list[Problem] | None = None
+        # the duplicate scan: running, done (its problems) or not started (None)
+        self._duplicates: BackgroundScan | list[Problem] | None = None
 
     @classmethod
     def load(
@@ -439,26 +439,24 @@ class PreparedData:
         data._duplicates = duplicates
         return data
 
-    def _duplicate_scan(self) -> Future[list[Problem]] | list[Problem]:
+    def _duplicate_scan(self) -> BackgroundScan | list[Problem]:
         """The duplicate and near-duplicate scan of these rows, started once in a thread.
 
         It reads only the rows' texts, so it runs while the rows are tokenized: Arrow and
-        numpy do its work without holding the GIL, on the core tokenizing leaves free (100k
-        rows: 3.8 s of scan that ``load_data``'s report waited for after tokenizing).
+        numpy do its work without holding the GIL, on the CPU tokenizing leaves idle (see
+        :mod:`~workbench.data.scan_thread`).
         """
         if self._duplicates is None:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="workbench-duplicates")
-            self._duplicates = pool.submit(self._scan_duplicates)
-            pool.shutdown(wait=False)  # the thread ends with the scan
+            self._duplicates = BackgroundScan(self._scan_duplicates)
         return self._duplicates
 
-    def _scan_duplicates(self) -> list[Problem]:
+    def _scan_duplicates(self, stop: Callable[[], bool]) -> list[Problem]:
         # joined here, not through texts(): its cache is the caller's thread's
         train = _joined_texts(self.train, self.is_text)
         validation = None
         if self.validation is not None:
             validation = _joined_texts(self.validation, self.is_text)
-        return duplicate_problems(train, validation)
+        return duplicate_problems(train, validation, stop)
 
     def duplicate_problems(self) -> list[Problem]:
         """Duplicate, near-duplicate and leaked rows (see
@@ -474,7 +472,7 @@ class PreparedData:
             [('duplicate', 1)]
         """
         scan = self._duplicate_scan()
-        if isinstance(scan, Future):
+        if isinstance(scan, BackgroundScan):
             self._duplicates = scan = scan.result()
         return list(scan)
 
