@@ -4,10 +4,12 @@ Loading starts the scan in a thread at the lowest priority (nice 19, Linux), so 
 the CPU the tokenizer's own threads leave idle instead of preempting them (100k alpaca rows:
 load + report 1.21x the plain ``datasets`` pipeline at normal priority, 1.08x so). That
 priority would starve the scan on a machine other processes keep busy (a workshop server,
-a second kernel training: 20k rows waited 56 s instead of 4 s), so when someone waits for
-the result and the scan is not done, a second scan starts at normal priority and the first
-to finish wins; the other stops at its next step (see ``stop`` in
-:func:`~workbench.data.duplicates.duplicate_problems`).
+a second kernel training: 20k rows waited 56 s instead of 4 s), so while someone waits for
+the result, the scan's share of a core is watched: once it gets less than a quarter, a
+second scan starts at normal priority and the first to finish wins; the other stops at its
+next step (see ``stop`` in :func:`~workbench.data.duplicates.duplicate_problems`). A scan
+that is getting the CPU is not raced: two would hold twice the memory (about 4 MB per 1000
+rows of 50 words).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +27,15 @@ from workbench.data.duplicates import ScanStoppedError
 __all__ = ["BackgroundScan"]
 
 THREAD_NAME = "workbench-duplicates"
+LOOK_EVERY = 0.25
+"""Seconds between looks at a waited-for scan's CPU time."""
+STARVED_SHARE = 0.25
+"""A low-priority scan given less than this share of a core between two looks is starved."""
 
 
 class BackgroundScan:
     """``scan(stop)`` run in a low-priority thread; :meth:`result` waits for it (racing a
-    normal-priority run when it is not done yet).
+    normal-priority run if it starves).
 
     Examples:
         >>> scan = BackgroundScan(lambda stop: ["found"])
@@ -43,6 +50,7 @@ class BackgroundScan:
         self._found: list[Any] = []
         self._error: BaseException | None = None
         self._raced = False
+        self._clock: int | None = None  # the low-priority thread's CPU clock, once lowered
         self._start(low_priority=True)
 
     def _start(self, low_priority: bool) -> None:
@@ -52,8 +60,8 @@ class BackgroundScan:
         threading.Thread(target=self._run, args=(low_priority,), name=name).start()
 
     def _run(self, low_priority: bool) -> None:
-        if low_priority:
-            _lower_thread_priority()
+        if low_priority and _lower_thread_priority():
+            self._clock = time.pthread_getcpuclockid(threading.get_ident())
         try:
             found = self._scan(self._done.is_set)
         except ScanStoppedError:  # the other run finished first
@@ -70,7 +78,7 @@ class BackgroundScan:
                 self._done.set()
 
     def result(self) -> list[Any]:
-        """The scan's result (its error raised), racing a normal-priority run if not done.
+        """The scan's result (its error raised), racing a normal-priority run if it starves.
 
         Examples:
             >>> def broken(stop):
@@ -79,23 +87,52 @@ class BackgroundScan:
             Traceback (most recent call last):
             MemoryError: no room
         """
-        with self._lock:
-            race = not self._done.is_set() and not self._raced
-            self._raced = self._raced or race
-        if race:
-            self._start(low_priority=False)
+        seen = self._cpu_seconds(), time.monotonic()
+        while not self._done.wait(LOOK_EVERY):
+            now = self._cpu_seconds(), time.monotonic()
+            if _starved(seen, now):
+                self._race()
+                break
+            seen = now
         self._done.wait()
         if self._error is not None:
             raise self._error
         return list(self._found)
 
+    def _cpu_seconds(self) -> float | None:
+        """CPU time of the low-priority thread; None while unknown (not lowered, ended)."""
+        if self._clock is None:
+            return None
+        try:  # the clock names the thread by its kernel id: an ended one is an error, not UB
+            return time.clock_gettime(self._clock)
+        except OSError:
+            return None
 
-def _lower_thread_priority() -> None:
-    """Give the calling thread the lowest CPU priority (nice 19), on Linux only: there a
-    thread has its own nice value; elsewhere ``setpriority`` would take the id for a process's.
-    Threads it starts inherit the value: the scan starts none (a test checks it in a fresh
-    process)."""
+    def _race(self) -> None:
+        with self._lock:
+            race = not self._done.is_set() and not self._raced
+            self._raced = self._raced or race
+        if race:
+            self._start(low_priority=False)
+
+
+def _starved(seen: tuple[float | None, float], now: tuple[float | None, float]) -> bool:
+    """Whether a thread's CPU time grew by less than :data:`STARVED_SHARE` of the wall time
+    between two ``(cpu seconds, monotonic seconds)`` looks (unknown CPU time: not starved)."""
+    (cpu_before, wall_before), (cpu_now, wall_now) = seen, now
+    if cpu_before is None or cpu_now is None:
+        return False
+    return cpu_now - cpu_before < STARVED_SHARE * (wall_now - wall_before)
+
+
+def _lower_thread_priority() -> bool:
+    """Give the calling thread the lowest CPU priority (nice 19); whether it did. Linux only:
+    there a thread has its own nice value; elsewhere ``setpriority`` would take the id for a
+    process's. Threads it starts inherit the value: the scan starts none (a test checks it in
+    a fresh process)."""
     if sys.platform != "linux":
-        return
+        return False
     with contextlib.suppress(OSError):  # a sandbox may forbid it: then normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        return True
+    return False
