@@ -163,6 +163,69 @@ def test_a_background_scan_getting_cpu_is_not_raced(tokenizer, cache_dir, monkey
     assert names == ["workbench-duplicates-idle"]
 
 
+_EXIT_DURING_SCAN = """
+import sys, time
+from pathlib import Path
+from transformers import AutoTokenizer
+from workbench.data import PreparedData, prepared
+from workbench.data.duplicates import ScanStoppedError
+
+def scan(train, validation=None, stop=None):  # a scan of many steps
+    for _ in range(2400):
+        if stop():
+            Path(sys.argv[3]).write_text("stopped")
+            raise ScanStoppedError
+        time.sleep(0.05)
+    Path(sys.argv[3]).write_text("ran to its end")
+    return []
+
+prepared.duplicate_problems = scan
+rows = [{"question": f"q{i}", "answer": "a"} for i in range(20)]
+PreparedData.load(rows, AutoTokenizer.from_pretrained(sys.argv[1]), cache_dir=sys.argv[2])
+print("loaded; the script ends without the report")
+"""
+
+
+def test_a_program_ending_stops_the_background_scan_instead_of_waiting_for_it(tokenizer, tmp_path):
+    script, marker = tmp_path / "exit.py", tmp_path / "scan.txt"
+    script.write_text(_EXIT_DURING_SCAN)
+    out = subprocess.run(
+        [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "c"), str(marker)],
+        capture_output=True, text=True, timeout=100, check=True,
+    )  # fmt: skip
+    assert "loaded" in out.stdout
+    assert marker.read_text() == "stopped"  # not "ran to its end" (two minutes of steps)
+
+
+_LOAD_AFTER_MAIN_ENDED = """
+import sys, threading, time
+from transformers import AutoTokenizer
+from workbench.data import PreparedData
+
+def work():
+    while threading.main_thread().is_alive():  # the main thread has returned
+        time.sleep(0.05)
+    rows = [{"question": f"q{i}", "answer": "a"} for i in (*range(20), 3)]
+    data = PreparedData.load(rows, AutoTokenizer.from_pretrained(sys.argv[1]), validation=None,
+                             cache_dir=sys.argv[2])
+    print([(p.kind, p.row) for p in data.duplicate_problems()])
+
+threading.Thread(target=work).start()
+"""
+
+
+def test_a_report_asked_after_the_main_thread_ended_still_gets_its_scan(tokenizer, tmp_path):
+    # The background scan gives way to a program ending; a thread that still waits for the
+    # report (the main thread returned, a worker loads data) gets a scan of its own.
+    script = tmp_path / "after_main.py"
+    script.write_text(_LOAD_AFTER_MAIN_ENDED)
+    out = subprocess.run(
+        [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=100, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "[('duplicate', 20)]"
+
+
 _THREAD_PRIORITIES = """
 import json, os, sys, threading, time
 from transformers import AutoTokenizer

@@ -9,7 +9,9 @@ the result, the scan's share of a core is watched: once it gets less than a quar
 second scan starts at normal priority and the first to finish wins; the other stops at its
 next step (see ``stop`` in :func:`~workbench.data.duplicates.duplicate_problems`). A scan
 that is getting the CPU is not raced: two would hold twice the memory (about 4 MB per 1000
-rows of 50 words).
+rows of 50 words). The background scan also gives way when the program ends (a script that
+never asks for the report does not wait for it at exit); a report still awaited then gets a
+scan of its own.
 """
 
 from __future__ import annotations
@@ -51,25 +53,34 @@ class BackgroundScan:
         self._error: BaseException | None = None
         self._raced = False
         self._clock: int | None = None  # the low-priority thread's CPU clock, once lowered
-        self._start(low_priority=True)
+        self._idle = self._start(low_priority=True)
 
-    def _start(self, low_priority: bool) -> None:
+    def _start(self, low_priority: bool) -> threading.Thread:
         name = f"{THREAD_NAME}-{'idle' if low_priority else 'awaited'}"
         # not a daemon: interpreter exit waits for the step in progress instead of freezing
         # a thread inside numpy or Arrow
-        threading.Thread(target=self._run, args=(low_priority,), name=name).start()
+        thread = threading.Thread(target=self._run, args=(low_priority,), name=name)
+        thread.start()
+        return thread
 
     def _run(self, low_priority: bool) -> None:
         if low_priority and _lower_thread_priority():
             self._clock = time.pthread_getcpuclockid(threading.get_ident())
+        # the background run also gives way to the program ending; a waited-for one does not
+        stop = self._unwanted if low_priority else self._done.is_set
         try:
-            found = self._scan(self._done.is_set)
-        except ScanStoppedError:  # the other run finished first
+            found = self._scan(stop)
+        except ScanStoppedError:  # the other run finished first, or the program is ending
             return
         except BaseException as err:  # handed to the caller of result()
             self._finish([], err)
         else:
             self._finish(found, None)
+
+    def _unwanted(self) -> bool:
+        # The main thread is marked ended before exit joins the other threads: a script (or a
+        # kernel shutting down) does not wait for a scan no one will read.
+        return self._done.is_set() or not threading.main_thread().is_alive()
 
     def _finish(self, found: list[Any], error: BaseException | None) -> None:
         with self._lock:
@@ -90,7 +101,7 @@ class BackgroundScan:
         seen = self._cpu_seconds(), time.monotonic()
         while not self._done.wait(LOOK_EVERY):
             now = self._cpu_seconds(), time.monotonic()
-            if _starved(seen, now):
+            if _starved(seen, now) or not self._idle.is_alive():  # starved, or gave way
                 self._race()
                 break
             seen = now
