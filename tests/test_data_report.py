@@ -163,6 +163,15 @@ def test_a_background_scan_getting_cpu_is_not_raced(tokenizer, cache_dir, monkey
     assert names == ["workbench-duplicates-idle"]
 
 
+def _run_in_fresh_process(source, tokenizer, tmp_path, *more_args, timeout=300):
+    """Stdout of ``source`` run as a script with the tokenizer's folder, a cache folder and
+    ``more_args`` as its arguments."""
+    script = tmp_path / "script.py"
+    script.write_text(source)
+    args = [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "c"), *more_args]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
 _EXIT_DURING_SCAN = """
 import sys, time
 from pathlib import Path
@@ -187,13 +196,10 @@ print("loaded; the script ends without the report")
 
 
 def test_a_program_ending_stops_the_background_scan_instead_of_waiting_for_it(tokenizer, tmp_path):
-    script, marker = tmp_path / "exit.py", tmp_path / "scan.txt"
-    script.write_text(_EXIT_DURING_SCAN)
-    out = subprocess.run(
-        [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "c"), str(marker)],
-        capture_output=True, text=True, timeout=100, check=True,
-    )  # fmt: skip
-    assert "loaded" in out.stdout
+    marker = tmp_path / "scan.txt"
+    assert "loaded" in _run_in_fresh_process(
+        _EXIT_DURING_SCAN, tokenizer, tmp_path, str(marker), timeout=100
+    )
     assert marker.read_text() == "stopped"  # not "ran to its end" (two minutes of steps)
 
 
@@ -217,13 +223,8 @@ threading.Thread(target=work).start()
 def test_a_report_asked_after_the_main_thread_ended_still_gets_its_scan(tokenizer, tmp_path):
     # The background scan gives way to a program ending; a thread that still waits for the
     # report (the main thread returned, a worker loads data) gets a scan of its own.
-    script = tmp_path / "after_main.py"
-    script.write_text(_LOAD_AFTER_MAIN_ENDED)
-    out = subprocess.run(
-        [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=100, check=True,
-    )  # fmt: skip
-    assert out.stdout.strip().splitlines()[-1] == "[('duplicate', 20)]"
+    out = _run_in_fresh_process(_LOAD_AFTER_MAIN_ENDED, tokenizer, tmp_path, timeout=100)
+    assert out.strip().splitlines()[-1] == "[('duplicate', 20)]"
 
 
 _THREAD_PRIORITIES = """
@@ -263,12 +264,7 @@ print(json.dumps({"scan": seen, "after": threads(),
 def test_the_duplicate_scan_takes_only_idle_cpu_and_leaves_no_thread_slowed(tokenizer, tmp_path):
     # A fresh process: Arrow's and the tokenizer's worker threads start there, and must not
     # inherit the scan thread's priority (the next load's tokenizing would crawl).
-    script = tmp_path / "priorities.py"
-    script.write_text(_THREAD_PRIORITIES)
-    out = subprocess.run(
-        [sys.executable, str(script), tokenizer.name_or_path, str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=300, check=True,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
+    out = _run_in_fresh_process(_THREAD_PRIORITIES, tokenizer, tmp_path).strip().splitlines()[-1]
     found = json.loads(out)
     nice = {name: n for name, _, n in found["scan"]}
     assert nice.get("workbench-duplicates-idle", 19) == 19, out
