@@ -163,6 +163,41 @@ def test_a_background_scan_getting_cpu_is_not_raced(tokenizer, cache_dir, monkey
     assert names == ["workbench-duplicates-idle"]
 
 
+def test_dropped_data_stops_its_background_scan_and_a_copy_keeps_it(tokenizer, cache_dir,
+                                                                    monkeypatch):  # fmt: skip
+    # A notebook cell that loads again drops the last data: its scan (which holds the rows'
+    # memory for the length of a scan) must not run on for no one.
+    import gc
+    import threading
+    import weakref
+
+    from workbench.data import prepared
+    from workbench.data.duplicates import ScanStoppedError
+
+    outcome = []
+
+    def endless(train, validation=None, stop=None):  # ends only when told to stop
+        while not stop():
+            threading.Event().wait(0.01)
+        outcome.append(threading.current_thread().name)
+        raise ScanStoppedError
+
+    monkeypatch.setattr(prepared, "duplicate_problems", endless)
+    data = PreparedData.load([_qa(i) for i in range(20)], tokenizer, cache_dir=cache_dir)
+    (scan,) = [t for t in threading.enumerate() if t.name == "workbench-duplicates-idle"]
+    copy = data.with_max_length(8)
+    dropped = weakref.ref(data)
+    del data
+    gc.collect()
+    assert dropped() is None  # the running scan does not keep the data alive
+    scan.join(0.5)
+    assert scan.is_alive() and outcome == []  # the copy shares the scan and still holds it
+    del copy
+    gc.collect()
+    scan.join(30)
+    assert not scan.is_alive() and outcome == ["workbench-duplicates-idle"]
+
+
 def _run_in_fresh_process(source, tokenizer, tmp_path, *more_args, timeout=300):
     """Stdout of ``source`` run as a script with the tokenizer's folder, a cache folder and
     ``more_args`` as its arguments."""

@@ -20,6 +20,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ import numpy as np
 
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
-from workbench.data.duplicates import duplicate_problems
+from workbench.data.duplicates import ScanStoppedError, duplicate_problems
 from workbench.data.example import Example, TokenView
 from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
@@ -437,6 +438,8 @@ class PreparedData:
             originals=self._originals,
         )
         data._duplicates = duplicates
+        if isinstance(duplicates, BackgroundScan):
+            duplicates.hold(data)
         return data
 
     def _duplicate_scan(self) -> BackgroundScan | list[Problem]:
@@ -447,16 +450,11 @@ class PreparedData:
         :mod:`~workbench.data.scan_thread`).
         """
         if self._duplicates is None:
-            self._duplicates = BackgroundScan(self._scan_duplicates)
+            # the scan holds the rows, not this object: dropped data stops its scan
+            scan = functools.partial(_scan_duplicates, self.train, self.validation, self.is_text)
+            self._duplicates = BackgroundScan(scan)
+            self._duplicates.hold(self)
         return self._duplicates
-
-    def _scan_duplicates(self, stop: Callable[[], bool]) -> list[Problem]:
-        # joined here, not through texts(): its cache is the caller's thread's
-        train = _joined_texts(self.train, self.is_text)
-        validation = None
-        if self.validation is not None:
-            validation = _joined_texts(self.validation, self.is_text)
-        return duplicate_problems(train, validation, stop)
 
     def duplicate_problems(self) -> list[Problem]:
         """Duplicate, near-duplicate and leaked rows (see
@@ -868,6 +866,17 @@ def _columns(dataset: Any, names: list[str]) -> Any:
     if indices is None or backing is None or indices.num_columns != 1:
         return dataset.select_columns(names).with_format("arrow")[:]
     return backing.select(names).take(indices.column(0))
+
+
+def _scan_duplicates(
+    train: Any, validation: Any, is_text: bool, stop: Callable[[], bool]
+) -> list[Problem]:
+    if stop():  # dropped before the thread got a turn: the rows are not read at all
+        raise ScanStoppedError
+    # joined here, not through texts(): its cache is the caller's thread's
+    train_texts = _joined_texts(train, is_text)
+    validation_texts = None if validation is None else _joined_texts(validation, is_text)
+    return duplicate_problems(train_texts, validation_texts, stop)
 
 
 def _joined_texts(dataset: Any, is_text: bool) -> Any:

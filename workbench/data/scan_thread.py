@@ -10,8 +10,10 @@ second scan starts at normal priority and the first to finish wins; the other st
 next step (see ``stop`` in :func:`~workbench.data.duplicates.duplicate_problems`). A scan
 that is getting the CPU is not raced: two would hold twice the memory (about 4 MB per 1000
 rows of 50 words). The background scan also gives way when the program ends (a script that
-never asks for the report does not wait for it at exit); a report still awaited then gets a
-scan of its own.
+never asks for the report does not wait for it at exit; a report still awaited then gets a
+scan of its own), and every run stops once nothing holds the scan any more (see :meth:`hold`:
+a notebook cell that loads data again leaves no scans of the dropped data running, each
+holding its rows' memory).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +55,8 @@ class BackgroundScan:
         self._found: list[Any] = []
         self._error: BaseException | None = None
         self._raced = False
+        self._holders: weakref.WeakSet[object] = weakref.WeakSet()
+        self._held = False  # never held: never abandoned
         self._clock: int | None = None  # the low-priority thread's CPU clock, once lowered
         self._idle = self._start(low_priority=True)
 
@@ -67,7 +72,7 @@ class BackgroundScan:
         if low_priority and _lower_thread_priority():
             self._clock = time.pthread_getcpuclockid(threading.get_ident())
         # the background run also gives way to the program ending; a waited-for one does not
-        stop = self._unwanted if low_priority else self._done.is_set
+        stop = self._unwanted if low_priority else self._settled
         try:
             found = self._scan(stop)
         except ScanStoppedError:  # the other run finished first, or the program is ending
@@ -77,10 +82,38 @@ class BackgroundScan:
         else:
             self._finish(found, None)
 
+    def hold(self, holder: object) -> None:
+        """Keep the scan running while ``holder`` lives: once every holder has been collected,
+        each run stops at its next step (no one is left to ask for the result).
+
+        Examples:
+            >>> import threading
+            >>> class Data: ...
+            >>> def endless(stop):
+            ...     while not stop():
+            ...         threading.Event().wait(0.01)
+            ...     raise ScanStoppedError
+            >>> data = Data()
+            >>> scan = BackgroundScan(endless)
+            >>> scan.hold(data)
+            >>> del data
+            >>> scan._idle.join(10)
+            >>> scan._idle.is_alive()
+            False
+        """
+        # a weak set, not counts kept by finalizers: those could run from a collection inside
+        # a section holding the lock they would need
+        self._holders.add(holder)
+        self._held = True
+
+    def _settled(self) -> bool:
+        """Whether a run is no longer needed: one has finished, or no holder is left."""
+        return self._done.is_set() or (self._held and not self._holders)
+
     def _unwanted(self) -> bool:
         # The main thread is marked ended before exit joins the other threads: a script (or a
         # kernel shutting down) does not wait for a scan no one will read.
-        return self._done.is_set() or not threading.main_thread().is_alive()
+        return self._settled() or not threading.main_thread().is_alive()
 
     def _finish(self, found: list[Any], error: BaseException | None) -> None:
         with self._lock:
