@@ -452,8 +452,7 @@ class PreparedData:
         if self._duplicates is None:
             # the scan holds the rows, not this object: dropped data stops its scan
             scan = functools.partial(_scan_duplicates, self.train, self.validation, self.is_text)
-            self._duplicates = BackgroundScan(scan)
-            self._duplicates.hold(self)
+            self._duplicates = BackgroundScan(scan, holder=self)
         return self._duplicates
 
     def duplicate_problems(self) -> list[Problem]:

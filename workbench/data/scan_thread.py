@@ -40,7 +40,8 @@ STARVED_SHARE = 0.25
 
 class BackgroundScan:
     """``scan(stop)`` run in a low-priority thread; :meth:`result` waits for it (racing a
-    normal-priority run if it starves).
+    normal-priority run if it starves). Given a ``holder``, the scan stops once it and every
+    later one (:meth:`hold`) have been collected.
 
     Examples:
         >>> scan = BackgroundScan(lambda stop: ["found"])
@@ -48,15 +49,17 @@ class BackgroundScan:
         ['found']
     """
 
-    def __init__(self, scan: Callable[[Callable[[], bool]], list[Any]]) -> None:
+    def __init__(
+        self, scan: Callable[[Callable[[], bool]], list[Any]], holder: object | None = None
+    ) -> None:
         self._scan = scan
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._found: list[Any] = []
         self._error: BaseException | None = None
         self._raced = False
-        self._holders: weakref.WeakSet[object] = weakref.WeakSet()
-        self._held = False  # never held: never abandoned
+        # None: never held, so never abandoned (see hold)
+        self._holders = None if holder is None else weakref.WeakSet([holder])
         self._clock: int | None = None  # the low-priority thread's CPU clock, once lowered
         self._idle = self._start(low_priority=True)
 
@@ -102,13 +105,16 @@ class BackgroundScan:
             False
         """
         # a weak set, not counts kept by finalizers: those could run from a collection inside
-        # a section holding the lock they would need
-        self._holders.add(holder)
-        self._held = True
+        # a section holding the lock they would need; made holding its first member, so a
+        # scan never sees it empty before that
+        if self._holders is None:
+            self._holders = weakref.WeakSet([holder])
+        else:
+            self._holders.add(holder)
 
     def _settled(self) -> bool:
         """Whether a run is no longer needed: one has finished, or no holder is left."""
-        return self._done.is_set() or (self._held and not self._holders)
+        return self._done.is_set() or (self._holders is not None and not self._holders)
 
     def _unwanted(self) -> bool:
         # The main thread is marked ended before exit joins the other threads: a script (or a
