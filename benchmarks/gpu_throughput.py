@@ -26,7 +26,9 @@ variant runs in its own process, in alternating order, from the same weights (se
   double quantization, bf16 compute: peft's QLoRA recipe) with
   ``prepare_model_for_kbit_training(model)`` at its defaults, as peft's docs show it (which
   turns gradient checkpointing on); ``workbench-qlora``: ``load_model(quantization="4bit")``
-  and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes;
+  and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes (whose
+  ``gradient_checkpointing="auto"`` checkpoints a 4-bit base too), ``workbench-qlora-nogc``:
+  the same with ``gradient_checkpointing=False`` (the speed it trades for the memory);
 - ``workbench-liger``: ``workbench`` with its output-layer loss
   (``workbench.train.loss._chunked_loss``, the cross-entropy of the trained rows) replaced, in
   its own process only, by Liger-Kernel's fused linear cross-entropy
@@ -97,8 +99,10 @@ VARIANTS = (
     "workbench-cudnn",
     "workbench-qlora-upcast",
     "workbench-peft-inputs",
+    "workbench-qlora-nogc",
 )
-WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast")  # load_model(quantization="4bit")
+# load_model(quantization="4bit")
+WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast", "workbench-qlora-nogc")
 QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
@@ -108,6 +112,7 @@ CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
 # the lever left.
 EXTRA = (
     "workbench-peft-inputs",
+    "workbench-qlora-nogc",
     "workbench-compile",
     "trl-nogc",
     "trl",
@@ -118,8 +123,14 @@ EXTRA = (
 )
 LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
 # Gradient checkpointing as each variant runs (TRL's default; peft's
-# prepare_model_for_kbit_training turns it on by default), for the memory estimate.
-CHECKPOINTING = {"trl": True, "trainer-qlora": True}
+# prepare_model_for_kbit_training turns it on by default, the workbench's "auto" for a 4-bit
+# base), for the memory estimate.
+CHECKPOINTING = {
+    "trl": True,
+    "trainer-qlora": True,
+    "workbench-qlora": True,
+    "workbench-qlora-upcast": True,
+}
 SHAPES = {
     "0.5b": dict(
         hidden_size=896,
@@ -558,6 +569,8 @@ def workbench_spec(variant: str, plan: dict):
         extra["compile"] = True  # TypeError until TrainSpec has the field: a "failed" row
     if variant in WORKBENCH_QLORA:
         extra["method"] = "qlora"
+    if variant == "workbench-qlora-nogc":
+        extra["gradient_checkpointing"] = False
     return TrainSpec(
         max_steps=plan["steps"],
         batch_size=plan["batch"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import workbench as wb
 
 ROWS = [
@@ -108,3 +110,60 @@ def test_a_bfloat16_4bit_base_trains_in_bfloat16_as_peft_upcast_does(tiny_model_
     assert upcast_model.get_base_model().model.norm.weight.dtype == torch.float32
     for ours, theirs in zip(losses, upcast, strict=True):
         assert abs(ours - theirs) < 0.02 * theirs, (losses, upcast)
+
+
+def test_a_4bit_base_checkpoints_by_default_on_cuda_and_trains_as_without(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """gradient_checkpointing="auto" (the default) turns checkpointing on for a 4-bit base on
+    CUDA (forced on CPU here by ``CHECKPOINTS_QUANTIZED_ON``), as peft's QLoRA recipe does,
+    and says so in the run's choices, its run.json, a fork's and the monitor; the losses and
+    gradient norms are those of the same run without it (the recomputed blocks draw the same
+    dropout masks). A 16-bit base trains without it, and so does any base on CPU as it is."""
+    from workbench.train import core
+    from workbench.train.run import RunState
+    from workbench.widgets.training_monitor import TrainingMonitor
+
+    def trained(folder, quantization="4bit", **changes):
+        s = wb.Session(folder, verbose=False)
+        s.load_model(str(tiny_model_dir), quantization=quantization)
+        s.load_data(ROWS)
+        settings = {**SETTINGS, "lora": wb.LoRA(r=8), "save_every": 2, **changes}
+        return s.train(max_steps=4, wait=True, **settings)
+
+    on_cpu = trained(tmp_path / "cpu")
+    assert on_cpu.spec.gradient_checkpointing is False
+    assert "gradient_checkpointing" not in on_cpu.choices
+
+    monkeypatch.setattr(core, "CHECKPOINTS_QUANTIZED_ON", {"cpu"})  # as on CUDA
+    auto = trained(tmp_path / "auto")
+    why = auto.choices["gradient_checkpointing"]
+    assert auto.spec.gradient_checkpointing is True and auto.model.is_activation_checkpointing
+    assert why.startswith("gradient_checkpointing='auto': on for a 4-bit base")
+    meta = json.loads((auto.run_dir / "run.json").read_text())
+    assert meta["spec"]["gradient_checkpointing"] is True
+    assert meta["gradient_checkpointing_choice"] == why
+    shown = TrainingMonitor.from_folder(auto.run_dir).choices_text()
+    assert "gradient checkpointing on (auto): for a 4-bit base, as in peft's" in shown
+
+    off = trained(tmp_path / "off", gradient_checkpointing=False)
+    assert off.spec.gradient_checkpointing is False and not off.model.is_activation_checkpointing
+    assert "gradient_checkpointing" not in off.choices
+    steps = [(a, b) for a, b in zip(auto.history, off.history, strict=True) if a.kind == "train"]
+    assert len(steps) == 4
+    for a, b in steps:
+        assert abs(a.loss - b.loss) < 1e-5 and abs(a.grad_norm - b.grad_norm) < 1e-4
+    assert [a.loss for a, _ in steps] == [a.loss for a in on_cpu.history if a.kind == "train"]
+
+    fork = auto.fork(step=2, lr=5e-4)
+    assert fork.wait().state is RunState.FINISHED
+    assert fork.spec.gradient_checkpointing is True
+    assert fork.choices["gradient_checkpointing"] == why
+    fork_meta = json.loads((fork.run_dir / "run.json").read_text())
+    assert fork_meta["gradient_checkpointing_choice"] == why
+
+    plain = trained(tmp_path / "plain", quantization=None)
+    assert plain.spec.gradient_checkpointing is False
+    assert "gradient_checkpointing" not in plain.choices
+    plain_meta = json.loads((plain.run_dir / "run.json").read_text())
+    assert "gradient_checkpointing_choice" not in plain_meta

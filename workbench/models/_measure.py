@@ -212,7 +212,7 @@ def measure_training_step(
     lora_dropout: float = 0.05,
     seq_len: int = 512,
     batch_size: int = 4,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | Literal["auto"] = "auto",
     device: Device = "cpu",
     timeout: float = 1800,
     trained_per_row: int | None = None,
@@ -229,7 +229,8 @@ def measure_training_step(
         lora_dropout: Dropout on the adapter's inputs (``TrainSpec``'s default 0.05).
         seq_len: Tokens per sequence of the random batch.
         batch_size: Sequences in the batch.
-        gradient_checkpointing: Recompute block activations in the backward pass.
+        gradient_checkpointing: Recompute block activations in the backward pass;
+            ``"auto"``: for a quantized base on CUDA, as training's ``"auto"`` does.
         device: ``"cpu"`` (float32, process RSS) or ``"cuda"`` (bf16, torch's reserved memory).
         timeout: Seconds before the subprocess is killed.
         trained_per_row: Train only the last ``trained_per_row`` labels of each row
@@ -265,6 +266,10 @@ def measure_training_step(
         raise SpecError(msg)
     if method == "qlora":
         quantization = quantization or "4bit"
+    if gradient_checkpointing == "auto":
+        from workbench.train.core import CHECKPOINTS_QUANTIZED_ON
+
+        gradient_checkpointing = quantization is not None and device in CHECKPOINTS_QUANTIZED_ON
     args = dict(
         folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
         lora_dropout=lora_dropout, seq_len=seq_len, batch_size=batch_size, device=device,

@@ -346,6 +346,9 @@ def _check_settings(settings: dict[str, Any]) -> None:
         )
     if method == "qlora" and quant == "8bit":
         problems.append("method='qlora' with quantization='8bit': QLoRA is 4-bit; use '4bit'")
+    checkpointing = settings["gradient_checkpointing"]
+    if not isinstance(checkpointing, bool) and checkpointing != "auto":
+        problems.append(f"gradient_checkpointing={checkpointing!r}: use 'auto', True or False")
     if problems:
         raise SpecError("cannot estimate memory: " + "; ".join(problems))
 
@@ -533,6 +536,12 @@ def _expert_elements(experts: Any, hidden: int) -> int:
     return experts.routed * slot + _EXPERT_ROUTING[experts.adapted] * hidden + experts.count
 
 
+def _checkpointing_frees(plan: _Plan) -> bool:
+    """Whether checkpointing lowers the peak as the estimate counts it: on CUDA, whose
+    caching allocator reuses what each block frees; not on CPU (``estimate_memory``)."""
+    return plan.gradient_checkpointing and plan.device != "cpu"
+
+
 def _adapted_expert_copies(plan: _Plan) -> int:
     """Bytes of the merged expert weights peft keeps for backward, where it adapts them.
 
@@ -544,7 +553,7 @@ def _adapted_expert_copies(plan: _Plan) -> int:
     if experts is None or not experts.adapted or plan.method == "full":
         return 0
     per_block = plan.facts.expert_params // max(experts.layers, 1)
-    kept = 1 if plan.gradient_checkpointing else experts.layers
+    kept = 1 if _checkpointing_frees(plan) else experts.layers
     return (kept + 1) * per_block * plan.compute_bytes
 
 
@@ -570,7 +579,7 @@ def _activations(plan: _Plan) -> int:
         return plan.tokens * (float32 * 4 + rest * plan.compute_bytes + masks)
 
     facts = plan.facts
-    if plan.gradient_checkpointing:
+    if _checkpointing_frees(plan):
         # Only each block's input is kept; one block at a time is recomputed in backward.
         kept = facts.layers * plan.tokens * facts.hidden * plan.compute_bytes
         saved = kept + max(block(*kind) for kind in facts.block_kinds())
@@ -588,7 +597,7 @@ def estimate_memory(
     lora_dropout: float = 0.05,
     seq_len: int = 512,
     batch_size: int = 4,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | Literal["auto"] = "auto",
     optimizer: Optimizer = "adamw",
     method: Method = "lora",
     device: Device = "auto",
@@ -615,7 +624,11 @@ def estimate_memory(
             each adapted layer keeps its mask for backward, a byte per input element.
         seq_len: Tokens per sequence.
         batch_size: Sequences per step (per device; gradient accumulation adds nothing).
-        gradient_checkpointing: Keep only each block's input and recompute the rest.
+        gradient_checkpointing: Keep only each block's input and recompute the rest;
+            ``"auto"``: for a quantized base on CUDA, as training's ``"auto"`` does. On
+            CPU it is counted as saving nothing: glibc's malloc kept 0.4-1x of the
+            activations a checkpointed step freed (tiny Llama, Qwen2, Gemma 4 and hybrid
+            models), so only an estimate without the saving stays on the safe side.
         optimizer: ``"adamw"`` (two moments per trainable weight), ``"adamw_8bit"`` or
             ``"sgd"`` (no state).
         method: ``"full"`` trains every weight, ``"lora"`` an adapter, ``"qlora"`` an
@@ -658,9 +671,12 @@ def estimate_memory(
     _check_settings(settings)
     facts, eager, checkpoint_bytes = _resolve_spec(spec)
     resolved = _resolve_device(device)
+    quantization = "4bit" if method == "qlora" else quantization
+    if gradient_checkpointing == "auto":
+        gradient_checkpointing = _checkpoints_by_default(quantization, resolved)
     plan = _Plan(
         facts=facts, device=resolved, dtype=_resolve_dtype(dtype, resolved), method=method,
-        quantization="4bit" if method == "qlora" else quantization, lora_r=lora_r,
+        quantization=quantization, lora_r=lora_r,
         lora_dropout=float(lora_dropout), seq_len=seq_len,
         batch_size=-(-batch_size // processes), optimizer=optimizer,
         gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
@@ -684,6 +700,14 @@ def _shared(est: MemoryEstimate, plan: _Plan, processes: int, fsdp: bool) -> Mem
         parts["gradients"] *= 2  # DDP's reduce buckets hold a copy of the trained gradients
     return replace(est, batch_size=plan.batch_size, processes=processes,
                                fsdp=fsdp, **parts)  # fmt: skip
+
+
+def _checkpoints_by_default(quantization: str | None, device: str) -> bool:
+    """What training's ``gradient_checkpointing="auto"`` decides: on for a quantized base
+    on the devices of ``CHECKPOINTS_QUANTIZED_ON`` (CUDA)."""
+    from workbench.train.core import CHECKPOINTS_QUANTIZED_ON
+
+    return quantization is not None and device in CHECKPOINTS_QUANTIZED_ON
 
 
 def _estimate(plan: _Plan) -> MemoryEstimate:
@@ -778,7 +802,8 @@ def fit_table(
     """Estimate every catalog model with full, LoRA and QLoRA training, and say what fits.
 
     Full and LoRA train on the compute dtype (float32 on CPU, bf16 on CUDA); QLoRA on a
-    4-bit base.
+    4-bit base, on CUDA with gradient checkpointing, as training's
+    ``gradient_checkpointing="auto"`` does.
 
     Args:
         seq_len: Tokens per sequence.

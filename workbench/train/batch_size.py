@@ -77,7 +77,7 @@ def usable_memory(device: str) -> int:
 def _estimate_settings(model: Any, spec: Any, device: str) -> dict[str, Any]:
     from workbench.train.loss import causal_lm
     from workbench.train.precision import compute_dtype
-    from workbench.train.prepare import is_4bit, is_quantized
+    from workbench.train.prepare import choose_checkpointing, is_4bit, is_quantized
 
     quantization = ("4bit" if is_4bit(model) else "8bit") if is_quantized(model) else None
     computes_in = str(compute_dtype(model)).removeprefix("torch.")
@@ -89,7 +89,7 @@ def _estimate_settings(model: Any, spec: Any, device: str) -> dict[str, Any]:
         "method": spec.method,
         "lora_r": spec.lora.r,
         "lora_dropout": spec.lora.dropout,
-        "gradient_checkpointing": spec.gradient_checkpointing,
+        "gradient_checkpointing": choose_checkpointing(model, spec)[0].gradient_checkpointing,
         "device": device,
         "dtype": "float32" if device == "cpu" else computes_in,
     }

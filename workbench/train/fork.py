@@ -539,8 +539,8 @@ def _plan(
     return {
         "version": 1,
         "spec": spec.to_dict(),
-        # batch_size is not forkable: the parent's choice (and its reason) holds for the fork.
-        **({"batch_size_choice": parent.batch_size_reason} if parent.batch_size_reason else {}),
+        # Neither is forkable: the parent's batch size and checkpointing (and why) hold for it.
+        **{f"{name}_choice": why for name, why in parent.start_choices.items()},
         "total_steps": total,
         "model_spec": _meta(parent.run_dir).get("model_spec") or {},
         "probes": list(parent.probes),
@@ -589,7 +589,7 @@ def _start(
             probe_rows,
             lock=lock,
         )
-        run.batch_size_reason = meta.get("batch_size_choice")
+        run.start_choices = store.chosen_at_start(meta)
         run.restore_state(_reschedule(loop, checkpoint))
         state = run.checkpoint_state()
         save_checkpoint(

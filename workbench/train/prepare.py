@@ -30,6 +30,7 @@ from workbench.train.spec import TrainSpec
 __all__ = [
     "add_neftune",
     "check_model",
+    "choose_checkpointing",
     "fit_spec_to_model",
     "freeze_quantized_base",
     "is_4bit",
@@ -170,6 +171,47 @@ def fit_spec_to_model(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | Non
     return dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
 
 
+def choose_checkpointing(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | None]:
+    """``spec`` with ``gradient_checkpointing="auto"`` decided for ``model``, and why it was
+    turned on (``None``: it was given, or left off).
+
+    ``"auto"`` checkpoints a quantized base on CUDA, as peft's QLoRA recipe
+    (``prepare_model_for_kbit_training``) does: a run on a 4- or 8-bit base is about memory,
+    and without checkpointing its activations, not its weights, set the peak. A 16-bit base
+    trains without it, for speed, and so does any base on CPU
+    (:data:`~workbench.train.core.CHECKPOINTS_QUANTIZED_ON` says why).
+
+    Examples:
+        >>> from workbench.models.loading import load_model
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> folder = str(build_tiny_model("/tmp/wb-doc-prepare-tiny"))
+        >>> four_bit = load_model(folder, quantization="4bit", on_event=lambda m: None).model
+        >>> choose_checkpointing(four_bit, TrainSpec(method="qlora"))  # on CPU: off
+        (TrainSpec(...gradient_checkpointing=False...), None)
+        >>> choose_checkpointing(four_bit, TrainSpec(gradient_checkpointing=True))[0] == (
+        ...     TrainSpec(gradient_checkpointing=True))
+        True
+    """
+    if spec.gradient_checkpointing != "auto":
+        return spec, None
+    on = is_quantized(model) and _weights_device(model) in core.CHECKPOINTS_QUANTIZED_ON
+    why = None
+    if on:
+        bits = "4-bit" if is_4bit(model) else "8-bit"
+        why = (
+            f"gradient_checkpointing='auto': on for a {bits} base, as in peft's QLoRA recipe "
+            "(each block keeps only its input and recomputes the rest in backward: far less "
+            "memory for about a third more compute; gradient_checkpointing=False for speed)"
+        )
+    return dataclasses.replace(spec, gradient_checkpointing=on), why
+
+
+def _weights_device(model: Any) -> str:
+    """The device type of ``model``'s first weight (``"cpu"`` for a model without any)."""
+    first = next(iter(model.parameters()), None)
+    return "cpu" if first is None else first.device.type
+
+
 def wrap_model(model: Any, spec: TrainSpec) -> Any:
     """Prepare ``model`` for training: peft LoRA/DoRA adapter, or every weight for "full".
 
@@ -195,6 +237,7 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
     if is_quantized(model):
         freeze_quantized_base(model)
         keep_4bit_layout_trainable(model)  # also done at load; a model may come from elsewhere
+    spec, _ = choose_checkpointing(model, spec)
     if spec.gradient_checkpointing:
         core.enable_checkpointing(model)
     return core.make_trainable(model, None if spec.method == "full" else spec.lora.to_peft())

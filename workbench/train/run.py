@@ -167,7 +167,8 @@ class Run:
         self.writes_files = True
         self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
         self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
-        self.batch_size_reason: str | None = None  # set when batch_size="auto" chose
+        # why each setting given as "auto" was decided as it was when the run started
+        self.start_choices: dict[str, str] = {}
         self._packing_kept = False  # the first step's packing decision is in run.json
         self._superseded_by: Run | None = None  # the fork its model was handed to
         self.error: WorkbenchError | None = None
@@ -205,10 +206,12 @@ class Run:
         """Settings the run chose for itself, each with its reason.
 
         ``"batch_size"`` when the run was started with ``batch_size="auto"``
-        (:mod:`workbench.train.batch_size`); ``"packing"`` once the first step decided
-        whether to pack (``packing="auto"`` packs on CUDA only; :mod:`workbench.train.packing`),
-        in this process or, for a launched run or one resumed from its folder, as ``run.json``
-        recorded it.
+        (:mod:`workbench.train.batch_size`); ``"gradient_checkpointing"`` when ``"auto"``
+        turned it on for a quantized base on CUDA
+        (:func:`~workbench.train.prepare.choose_checkpointing`); ``"packing"`` once the first
+        step decided whether to pack (``packing="auto"`` packs on CUDA only;
+        :mod:`workbench.train.packing`), in this process or, for a launched run or one resumed
+        from its folder, as ``run.json`` recorded it.
 
         Examples:
             >>> import shutil
@@ -226,9 +229,7 @@ class Run:
             >>> run.choices["packing"][:41]
             "packing='auto' packs on CUDA only; on cpu"
         """
-        found = {}
-        if self.batch_size_reason:
-            found["batch_size"] = self.batch_size_reason
+        found = dict(self.start_choices)
         packing = getattr(self.loop, "packing", None) or self._saved_packing()
         if packing is not None:
             found["packing"] = packing.reason

@@ -48,7 +48,13 @@ from workbench.train.checkpoint import (
 )
 from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
-from workbench.train.prepare import add_neftune, check_model, fit_spec_to_model, wrap_model
+from workbench.train.prepare import (
+    add_neftune,
+    check_model,
+    choose_checkpointing,
+    fit_spec_to_model,
+    wrap_model,
+)
 from workbench.train.records import LogRecord
 from workbench.train.run import Run
 from workbench.train.spec import TrainSpec
@@ -177,15 +183,17 @@ def start_run(
     launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
     spec, fitted = fit_spec_to_model(model, spec)
+    spec, checkpointing = choose_checkpointing(model, spec)
     kept, notes = _drop_untrained(train)
     if fitted:
         notes.insert(0, _warned(f"{fitted}; the run's spec says so."))
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
+    chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
     meta = {
         "version": 1,
         "spec": spec.to_dict(),
-        **({"batch_size_choice": batch_choice} if batch_choice else {}),
+        **{f"{name}_choice": why for name, why in chosen.items() if why},
         "total_steps": total,
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
         "probes": list(probes or []),
@@ -214,8 +222,9 @@ def start_run(
         )
     if launch is not None:
         _start_launched(run, launch, lock)
-    if wait and batch_choice:
-        print(batch_choice)  # a script sees the number it trains with, before the steps
+    if wait:  # a script sees how it trains (batch size, checkpointing) before the steps
+        for why in filter(None, chosen.values()):
+            print(why)
     return _waited(run, wait)
 
 
@@ -328,7 +337,7 @@ def _launch(
         lock=lock,
     )
     run.probe_stops = list(meta.get("probe_stops") or [])
-    run.batch_size_reason = meta.get("batch_size_choice")
+    run.start_choices = store.chosen_at_start(meta)
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))
     if start:

@@ -2,8 +2,9 @@
 
 Layout of a run folder::
 
-    run.json          spec, model spec, planned steps, probe prompts; later the first step's
-                      packing decision and a resume's processes (replaced atomically)
+    run.json          spec, model spec, planned steps, probe prompts, the reasons of the
+                      settings chosen at the start (``<setting>_choice``); later the first
+                      step's packing decision and a resume's processes (replaced atomically)
     data/train/       tokenized training data (datasets.save_to_disk)
     data/validation/  tokenized validation data, if any
     history.jsonl     one LogRecord per line
@@ -38,9 +39,11 @@ __all__ = [
     "HISTORY",
     "PROBES",
     "RUN_FILE",
+    "STARTING_CHOICES",
     "STATUS",
     "append_jsonl",
     "check_new_folder",
+    "chosen_at_start",
     "create_run_folder",
     "load_examples",
     "read_jsonl",
@@ -52,6 +55,19 @@ __all__ = [
 ]
 
 RUN_FILE, HISTORY, PROBES, STATUS = "run.json", "history.jsonl", "probes.jsonl", "status.json"
+# Settings given as "auto" that a run decides when it starts; run.json keeps each reason
+# under "<setting>_choice" next to the decided value in its spec.
+STARTING_CHOICES = ("batch_size", "gradient_checkpointing")
+
+
+def chosen_at_start(meta: dict[str, Any]) -> dict[str, str]:
+    """The reasons ``run.json`` keeps for the settings its run chose when it started.
+
+    Examples:
+        >>> chosen_at_start({"spec": {}, "batch_size_choice": "batch_size='auto' chose 8"})
+        {'batch_size': "batch_size='auto' chose 8"}
+    """
+    return {name: meta[f"{name}_choice"] for name in STARTING_CHOICES if meta.get(f"{name}_choice")}
 
 
 def check_new_folder(run_dir: Path) -> None:

@@ -6,7 +6,8 @@ at most a few times per second), a status line, control buttons and a probe time
 handlers call one :class:`~workbench.train.Run` method each. All text is escaped.
 
 Under the status line, what the run chose for itself, with the reasons (``Run.choices``): the
-batch size ``batch_size="auto"`` picked, and whether it packs its micro-batches. Packing is
+batch size ``batch_size="auto"`` picked, gradient checkpointing when ``"auto"`` turned it on
+for a quantized base, and whether it packs its micro-batches. Packing is
 decided at the first step, so a monitor opened earlier says so and picks the decision up with
 the first step's ``train_log`` event; ``run.json`` keeps both for :meth:`from_folder`, for a
 run resumed from its folder (until its own first step) and for a launched run, whose rank 0
@@ -140,6 +141,7 @@ def _choice_lines(choices: dict[str, Any]) -> list[tuple[str, str]]:
 
     Args:
         choices: ``"batch_size"``: ``(size, reason)`` when ``batch_size="auto"`` chose;
+            ``"gradient_checkpointing"``: ``(on, reason)`` when ``"auto"`` chose;
             ``"packing"``: ``(on, reason)``, or ``None`` while the first step has not decided.
 
     Examples:
@@ -148,12 +150,19 @@ def _choice_lines(choices: dict[str, Any]) -> list[tuple[str, str]]:
         [('batch size 8 (auto)', 'its peak fits'), ('packing off', 'packing=False')]
         >>> _choice_lines({"packing": None})
         [('packing', 'decided at the first step')]
+        >>> _choice_lines({"gradient_checkpointing": (True, "gradient_checkpointing='auto': "
+        ...                "on for a 4-bit base")})
+        [('gradient checkpointing on (auto)', 'for a 4-bit base')]
     """
     lines = []
     if choices.get("batch_size") is not None:
         size, reason = choices["batch_size"]
         why = _without(str(reason), f"batch_size='auto' chose {size}: ")
         lines.append((f"batch size {size} (auto)", why))
+    if choices.get("gradient_checkpointing") is not None:
+        on, reason = choices["gradient_checkpointing"]
+        why = _without(str(reason), f"gradient_checkpointing='auto': {'on' if on else 'off'} ")
+        lines.append((f"gradient checkpointing {'on' if on else 'off'} (auto)", why))
     if "packing" in choices:
         if choices["packing"] is None:
             lines.append(("packing", PACKING_PENDING))
@@ -166,13 +175,14 @@ def _choice_lines(choices: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _saved_choices(meta: dict[str, Any]) -> dict[str, Any]:
     """The choices a run folder's ``run.json`` records (``batch_size_choice``,
-    ``packing_choice``)."""
+    ``gradient_checkpointing_choice``, ``packing_choice``)."""
     from workbench.train.packing import Packing
+    from workbench.train.store import chosen_at_start
 
-    found: dict[str, Any] = {}
-    if meta.get("batch_size_choice"):
-        size = (meta.get("spec") or {}).get("batch_size")
-        found["batch_size"] = (size, meta["batch_size_choice"])
+    spec = meta.get("spec") or {}
+    found: dict[str, Any] = {
+        name: (spec.get(name), why) for name, why in chosen_at_start(meta).items()
+    }
     packing = Packing.recorded(meta)
     if packing is not None:
         found["packing"] = (packing.on, packing.reason)
@@ -689,7 +699,8 @@ class TrainingMonitor:
         """What the run chose for itself, as the monitor shows it.
 
         ``"batch_size"``: ``(size, reason)`` when the run was started with
-        ``batch_size="auto"``; ``"packing"``: ``(on, reason)`` once the first step decided,
+        ``batch_size="auto"``; ``"gradient_checkpointing"``: ``(True, reason)`` when
+        ``"auto"`` turned it on; ``"packing"``: ``(on, reason)`` once the first step decided,
         ``None`` before it (a live run). A static view (:meth:`from_folder`) reads both from
         ``run.json``. See :attr:`workbench.train.Run.choices`.
 
@@ -700,9 +711,10 @@ class TrainingMonitor:
         run = self.run
         if run is None:
             return dict(self._saved)
-        found: dict[str, Any] = {}
-        if getattr(run, "batch_size_reason", None):
-            found["batch_size"] = (run.spec.batch_size, run.batch_size_reason)
+        found: dict[str, Any] = {
+            name: (getattr(run.spec, name), why)
+            for name, why in getattr(run, "start_choices", {}).items()
+        }
         packing = getattr(run.loop, "packing", None)
         if packing is not None:
             found["packing"] = (packing.on, packing.reason)
