@@ -27,7 +27,7 @@ variant runs in its own process, in alternating order, from the same weights (se
   ``prepare_model_for_kbit_training(model)`` at its defaults, as peft's docs show it (which
   turns gradient checkpointing on); ``workbench-qlora``: ``load_model(quantization="4bit")``
   and ``wrap_model`` with ``TrainSpec(method="qlora")``, the path ``Session`` takes (whose
-  ``gradient_checkpointing="auto"`` checkpoints a 4-bit base too), ``workbench-qlora-nogc``:
+  ``gradient_checkpointing="auto"`` checkpoints a 4-bit base on CUDA), ``workbench-qlora-nogc``:
   the same with ``gradient_checkpointing=False`` (the speed it trades for the memory);
 - ``workbench-liger``: ``workbench`` with its output-layer loss
   (``workbench.train.loss._chunked_loss``, the cross-entropy of the trained rows) replaced, in
@@ -122,15 +122,10 @@ EXTRA = (
     "workbench-liger",
 )
 LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
-# Gradient checkpointing as each variant runs (TRL's default; peft's
-# prepare_model_for_kbit_training turns it on by default, the workbench's "auto" for a 4-bit
-# base), for the memory estimate.
-CHECKPOINTING = {
-    "trl": True,
-    "trainer-qlora": True,
-    "workbench-qlora": True,
-    "workbench-qlora-upcast": True,
-}
+# Gradient checkpointing as each baseline runs (TRL's default; peft's
+# prepare_model_for_kbit_training turns it on by default), for the memory estimate; a
+# workbench row records what its "auto" decided ("checkpointed": on for a 4-bit base on CUDA).
+CHECKPOINTING = {"trl": True, "trainer-qlora": True}
 SHAPES = {
     "0.5b": dict(
         hidden_size=896,
@@ -586,9 +581,10 @@ def _workbench_training(spec, model, train: list[dict], plan: dict, clock: Clock
     """The workbench's training path: the adapter and loop Session.train builds."""
     from workbench.train.batches import Examples
     from workbench.train.loop import TrainLoop
-    from workbench.train.prepare import wrap_model
+    from workbench.train.prepare import choose_checkpointing, wrap_model
 
     examples = Examples.from_rows([r["input_ids"] for r in train], [r["labels"] for r in train])
+    checkpointed = choose_checkpointing(model, spec)[0].gradient_checkpointing
     peft_model = wrap_model(model, spec)
     loop = TrainLoop(peft_model, PAD_ID, examples, None, spec, total_steps=plan["steps"])
     losses = []
@@ -607,6 +603,7 @@ def _workbench_training(spec, model, train: list[dict], plan: dict, clock: Clock
         "last_loss": sum(losses[-LAST:]) / len(losses[-LAST:]),
         "note": loop.packing.reason if loop.packing is not None else "",
         "packed": packed,
+        "checkpointed": checkpointed,
         "more_steps": loop.train_step,
     }
 
@@ -774,6 +771,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
                 "seconds": clock.seconds,
                 "note": result.get("note", ""),
                 "packed": result["packed"],
+                "checkpointed": result.get("checkpointed", CHECKPOINTING.get(variant, False)),
                 "widest": max(result["widths"]),  # padded width of the widest micro-batch
                 "max_batch_tokens": max(result["lengths"]),  # real tokens, fullest batch
                 "max_padded_tokens": max(w * plan["batch"] for w in result["widths"]),
@@ -975,7 +973,7 @@ def estimate_row(r: dict) -> dict:
         seq_len=r["widest"],
         quantization="4bit" if qlora else None,
         method="qlora" if qlora else "lora",
-        gradient_checkpointing=CHECKPOINTING.get(r["variant"], False),
+        gradient_checkpointing=r.get("checkpointed", CHECKPOINTING.get(r["variant"], False)),
     )
     if r["variant"].startswith("workbench") and r.get("max_trained_tokens"):
         # The workbench's loss computes logits only for trained labels (estimate_memory's

@@ -100,8 +100,10 @@ def test_smoke_run_prints_measured_against_estimated_memory(smoke):
         assert re.fullmatch(r"4 x \d+( \(gc\))?", size), row  # batch x widest micro-batch
         assert (measured_peak, allocated, ratio, within) == ("n/a", "n/a", "-", "-"), row
         assert float(estimate) > 0, row
-    # peft's prepare_model_for_kbit_training turns gradient checkpointing on by default.
+    # peft's prepare_model_for_kbit_training turns gradient checkpointing on by default; the
+    # workbench's "auto" does for a 4-bit base on CUDA only, and the row says what it did.
     assert rows["trainer-qlora"][2].endswith("(gc)")
+    assert not rows["workbench-qlora"][2].endswith("(gc)")
 
 
 def test_smoke_run_writes_the_figures_a_calibration_needs(smoke):
@@ -111,6 +113,9 @@ def test_smoke_run_writes_the_figures_a_calibration_needs(smoke):
     by_variant = {c["variant"]: c for c in report["calibration"]}
     assert by_variant["workbench-qlora"]["settings"]["quantization"] == "4bit"
     assert by_variant["workbench"]["settings"]["quantization"] is None
+    rows = {r["variant"]: r for r in report["results"]}
+    assert rows["workbench-qlora"]["checkpointed"] is False  # on CPU; on CUDA "auto" turns it on
+    assert by_variant["workbench-qlora"]["settings"]["gradient_checkpointing"] is False
     for entry in report["calibration"]:
         parts = entry["parts"]
         assert parts["total"] == sum(parts[name] for name in PARTS), entry
