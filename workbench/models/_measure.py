@@ -267,9 +267,9 @@ def measure_training_step(
     if method == "qlora":
         quantization = quantization or "4bit"
     if gradient_checkpointing == "auto":
-        from workbench.train.core import CHECKPOINTS_QUANTIZED_ON
+        from workbench.train.core import checkpoints_by_default
 
-        gradient_checkpointing = quantization is not None and device in CHECKPOINTS_QUANTIZED_ON
+        gradient_checkpointing = checkpoints_by_default(quantization is not None, device)
     args = dict(
         folder=str(folder), quantization=quantization, method=method, lora_r=lora_r,
         lora_dropout=lora_dropout, seq_len=seq_len, batch_size=batch_size, device=device,

@@ -673,7 +673,9 @@ def estimate_memory(
     resolved = _resolve_device(device)
     quantization = "4bit" if method == "qlora" else quantization
     if gradient_checkpointing == "auto":
-        gradient_checkpointing = _checkpoints_by_default(quantization, resolved)
+        from workbench.train.core import checkpoints_by_default
+
+        gradient_checkpointing = checkpoints_by_default(quantization is not None, resolved)
     plan = _Plan(
         facts=facts, device=resolved, dtype=_resolve_dtype(dtype, resolved), method=method,
         quantization=quantization, lora_r=lora_r,
@@ -700,14 +702,6 @@ def _shared(est: MemoryEstimate, plan: _Plan, processes: int, fsdp: bool) -> Mem
         parts["gradients"] *= 2  # DDP's reduce buckets hold a copy of the trained gradients
     return replace(est, batch_size=plan.batch_size, processes=processes,
                                fsdp=fsdp, **parts)  # fmt: skip
-
-
-def _checkpoints_by_default(quantization: str | None, device: str) -> bool:
-    """What training's ``gradient_checkpointing="auto"`` decides: on for a quantized base
-    on the devices of ``CHECKPOINTS_QUANTIZED_ON`` (CUDA)."""
-    from workbench.train.core import CHECKPOINTS_QUANTIZED_ON
-
-    return quantization is not None and device in CHECKPOINTS_QUANTIZED_ON
 
 
 def _estimate(plan: _Plan) -> MemoryEstimate:

@@ -216,6 +216,16 @@ def lora_config(
 CHECKPOINTS_QUANTIZED_ON = {"cuda"}
 
 
+def checkpoints_by_default(quantized: bool, device: str) -> bool:
+    """What ``gradient_checkpointing="auto"`` decides for a base on ``device`` (a type).
+
+    Examples:
+        >>> checkpoints_by_default(True, "cuda"), checkpoints_by_default(True, "cpu")
+        (True, False)
+    """
+    return quantized and device in CHECKPOINTS_QUANTIZED_ON
+
+
 def enable_checkpointing(model: Any) -> None:
     """Recompute activations in backward (non-reentrant) and turn off the KV cache.
 

@@ -194,7 +194,7 @@ def choose_checkpointing(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | 
     """
     if spec.gradient_checkpointing != "auto":
         return spec, None
-    on = is_quantized(model) and _weights_device(model) in core.CHECKPOINTS_QUANTIZED_ON
+    on = core.checkpoints_by_default(is_quantized(model), _weights_device(model))
     why = None
     if on:
         bits = "4-bit" if is_4bit(model) else "8-bit"
