@@ -41,7 +41,10 @@ variant runs in its own process, in alternating order, from the same weights (se
   ``workbench-qlora`` after peft's ``prepare_model_for_kbit_training`` (16-bit weights cast
   to float32), as ``wrap_model`` prepared a 4-bit base before; ``workbench-peft-inputs``,
   the workbench with peft's LoRA forward as it comes (each adapted layer keeps its own
-  float32 copy of its input after dropout) instead of ``workbench.train.core.lean_lora_inputs``.
+  float32 copy of its input after dropout) instead of ``workbench.train.core.lean_lora_inputs``;
+  ``workbench-mlp-as-written``, the workbench with its gated MLPs run as transformers writes
+  them (four intermediate-wide tensors kept for backward) instead of
+  ``workbench.train.core.lean_gated_mlps`` (two).
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
@@ -100,6 +103,7 @@ VARIANTS = (
     "workbench-qlora-upcast",
     "workbench-peft-inputs",
     "workbench-qlora-nogc",
+    "workbench-mlp-as-written",
 )
 # load_model(quantization="4bit")
 WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast", "workbench-qlora-nogc")
@@ -107,10 +111,11 @@ QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
-# The LoRA input lever's ablation first (its memory effect is the open question of
-# 2026-12-04's second run), then compile: on a host-bound machine fewer, fused launches are
-# the lever left.
+# The memory levers' ablations first (the gated MLP's of 2026-12-05, the LoRA input's of
+# 2026-12-04: their effect on the GPU's peak is the open question), then compile: on a
+# host-bound machine fewer, fused launches are the lever left.
 EXTRA = (
+    "workbench-mlp-as-written",
     "workbench-peft-inputs",
     "workbench-qlora-nogc",
     "workbench-compile",
@@ -121,6 +126,7 @@ EXTRA = (
     "workbench-qlora-upcast",
     "workbench-liger",
 )
+MLP_AS_WRITTEN = "workbench-mlp-as-written"
 LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
 # Gradient checkpointing as each baseline runs (TRL's default; peft's
 # prepare_model_for_kbit_training turns it on by default), for the memory estimate; a
@@ -721,6 +727,10 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.core
 
         workbench.train.core.lean_lora_inputs = lambda model: 0
+    if variant == MLP_AS_WRITTEN:  # the MLP keeps its four tensors, as before 2026-12-05
+        import workbench.train.core
+
+        workbench.train.core.LEAN_MLP_ON = set()
     if variant == LIGER:  # the workbench with Liger's loss, in this process only
         fused, why = liger_loss()
         if why is not None:
@@ -960,6 +970,20 @@ def table(results: list[dict], peak: float | None, on_gpu: bool) -> str:
     return "\n".join(lines)
 
 
+def _estimate_as_run(variant: str, config, settings: dict):
+    """``estimate_memory`` with the MLP kept as the variant's worker kept it."""
+    from workbench.models import memory as mem
+    from workbench.train import core
+
+    lean_on = core.LEAN_MLP_ON
+    if variant == MLP_AS_WRITTEN:
+        core.LEAN_MLP_ON = set()
+    try:
+        return mem.estimate_memory(config, **settings)
+    finally:
+        core.LEAN_MLP_ON = lean_on
+
+
 def estimate_row(r: dict) -> dict:
     """``estimate_memory`` for a measured row, with its parts and the fitting inputs."""
     from workbench.models import memory as mem
@@ -983,7 +1007,7 @@ def estimate_row(r: dict) -> dict:
             settings.update(batch_size=1, seq_len=int(r["max_batch_tokens"]))
     config = qwen_config(r["shape"])
     config.dtype = "bfloat16"  # the checkpoint's dtype, as a saved config states it
-    est = mem.estimate_memory(config, **settings)
+    est = _estimate_as_run(r["variant"], config, settings)
     factor, overhead = mem._ALLOCATOR_FACTOR["cuda"], mem._OVERHEAD["cuda"]
     found = {
         "variant": r["variant"],

@@ -29,8 +29,8 @@ def estimate_error(folder, runs: int = 1, **settings) -> float:
 
 
 def saved_bytes_per_token(config, tokens: int, seq_len: int, lora_dropout=0.05) -> float:
-    """Bytes autograd saves for backward in one LoRA training forward pass (the workbench's
-    adapter, with dropout as ``TrainSpec``'s default), weights left out."""
+    """Bytes per token autograd saves for backward in one LoRA training forward pass (the
+    workbench's adapter, with dropout as ``TrainSpec``'s default), weights left out."""
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
 
@@ -42,6 +42,14 @@ def saved_bytes_per_token(config, tokens: int, seq_len: int, lora_dropout=0.05) 
     if not dropout_free_targets(model, lora):  # fused experts train without, as in runs
         lora.lora_dropout = lora_dropout
     model = make_trainable(model, lora)
+    ids = torch.randint(0, config.vocab_size, (tokens // seq_len, seq_len))
+    saved = kept_for_backward(model, lambda: model(input_ids=ids, labels=ids, use_cache=False))
+    return saved / tokens
+
+
+def kept_for_backward(model, forward) -> int:
+    """Bytes autograd keeps for backward while ``forward()`` runs, ``model``'s weights left
+    out (each storage once, however many tensors view it)."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -51,10 +59,9 @@ def saved_bytes_per_token(config, tokens: int, seq_len: int, lora_dropout=0.05) 
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    ids = torch.randint(0, config.vocab_size, (tokens // seq_len, seq_len))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(input_ids=ids, labels=ids, use_cache=False)
-    return sum(saved.values()) / tokens
+        forward()
+    return sum(saved.values())
 
 
 def saved_growth(smaller, bigger, seq_len: int = 128, rows: int = 2) -> tuple[float, float]:

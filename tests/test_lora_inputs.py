@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from memory_checks import kept_for_backward
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -110,22 +111,9 @@ def test_inside_checkpointed_blocks_too(tiny_model_dir, recomputed_on_cpu):
 
 def _kept_bytes(model, ids, autocast=True) -> int:
     """What a (bfloat16-autocast) forward keeps for backward, weights left out."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def keep(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     torch.manual_seed(1)
-    with (
-        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
-        torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor),
-    ):
-        model(input_ids=ids, labels=ids)
-    return sum(saved.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        return kept_for_backward(model, lambda: model(input_ids=ids, labels=ids))
 
 
 def test_a_bfloat16_base_under_autocast_keeps_less_for_backward(tiny_model_dir, monkeypatch):

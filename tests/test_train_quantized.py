@@ -167,3 +167,23 @@ def test_a_4bit_base_checkpoints_by_default_on_cuda_and_trains_as_without(
     assert "gradient_checkpointing" not in plain.choices
     plain_meta = json.loads((plain.run_dir / "run.json").read_text())
     assert "gradient_checkpointing_choice" not in plain_meta
+
+
+def test_a_run_launched_on_gpus_decides_checkpointing_for_their_device(tiny_model_dir):
+    """The notebook's copy may stay on CPU (as the README advises for processes=N) while the
+    launched processes train on GPUs: "auto" is decided for the processes' device, as the
+    batch size is."""
+    from workbench.models.loading import load_model
+    from workbench.train.launch.spec import LaunchSpec
+    from workbench.train.prepare import choose_checkpointing
+    from workbench.train.spec import TrainSpec
+    from workbench.train.start import _launch_device
+
+    model = load_model(str(tiny_model_dir), quantization="4bit", on_event=lambda m: None).model
+    assert (_launch_device(None), _launch_device(LaunchSpec(cpu=True))) == (None, "cpu")
+    on_gpus = _launch_device(LaunchSpec(processes=2, cpu=False))
+    assert on_gpus == "cuda"
+    spec, why = choose_checkpointing(model, TrainSpec(method="qlora"), on_gpus)
+    assert spec.gradient_checkpointing is True and why.startswith("gradient_checkpointing='auto'")
+    here, why = choose_checkpointing(model, TrainSpec(method="qlora"))  # where the weights are
+    assert here.gradient_checkpointing is False and why is None

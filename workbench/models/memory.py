@@ -116,6 +116,17 @@ _COEFFS = {
     "gated_attention": (4, 7, 3, 4), "gemma4": (8, 5, 5, 4),
 }  # fmt: skip
 _GEMMA4 = {"gemma4_text"}
+# Model types whose gated MLPs (dense, or shared experts) the workbench's training makes keep
+# two intermediate-wide tensors, not four, where LEAN_MLP_ON (workbench.train.core.
+# lean_gated_mlps; tests/test_lean_mlp.py checks the tiny architectures, DeepSeek-V3, Cohere
+# and Jamba; DeepSeek-V2, MiniCPM3 and GLM-4-MoE checked by hand). Others count as written.
+_LEAN_MLP = {
+    "llama", "qwen2", "qwen3", "mistral", "phi3", "smollm3", "olmo2", "olmo3", "granite",
+    "gemma", "gemma2", "gemma3", "gemma3_text", "gemma4_text", "llama4_text", "stablelm",
+    "qwen2_moe", "qwen3_moe", "ernie4_5", "glm4", "glm4_moe", "lfm2", "lfm2_moe", "exaone4",
+    "granitemoehybrid", "qwen3_5_text", "bamba", "jamba", "deepseek_v2", "deepseek_v3",
+    "minicpm3", "cohere",
+}  # fmt: skip
 _PER_LAYER_INPUT = 5  # saved per width of a block's own embedding (Gemma 4)
 
 # A hybrid's recurrent block saves its two norms (4H), its MLP and LoRA's inputs as an
@@ -470,11 +481,13 @@ def _block_elements(
     width = facts.experts.shared_intermediate if expert_block else facts.intermediate
     if expert_block:
         rest += _expert_elements(facts.experts, facts.hidden)
-    rest += c_i * width
+    lean = _lean_mlp(plan)
+    rest += (2 if lean else c_i) * width  # lean: gate(x) and up(x) only
     if width and plan.method != "full" and facts.experts is not None and facts.experts.adapted:
-        # peft leaves this MLP without LoRA (ModelFacts.linear_shapes): it keeps one
-        # intermediate- and one hidden-wide tensor fewer (measured on Llama and DeepSeek-V3)
-        rest -= width + facts.hidden
+        # peft leaves this MLP without LoRA (ModelFacts.linear_shapes): it keeps one hidden-
+        # wide tensor fewer, and as written one intermediate-wide (measured on Llama and
+        # DeepSeek-V3): its frozen down projection needs no input
+        rest -= facts.hidden + (0 if lean else width)
     rest += _PER_LAYER_INPUT * facts.per_layer_input
     if plan.method != "full":
         rest += plan.lora_r * len(facts.linear_shapes(expert_block, attention, True))
@@ -534,6 +547,19 @@ def _expert_elements(experts: Any, hidden: int) -> int:
     per_width, per_hidden = _EXPERT_SLOT[experts.adapted]
     slot = per_width * experts.intermediate + per_hidden * hidden
     return experts.routed * slot + _EXPERT_ROUTING[experts.adapted] * hidden + experts.count
+
+
+def _lean_mlp(plan: _Plan) -> bool:
+    """Whether the gated MLPs keep ``gate(x)`` and ``up(x)`` only: on the devices of
+    ``LEAN_MLP_ON`` (CUDA), outside checkpointed blocks, for the model types that do."""
+    from workbench.train.core import LEAN_MLP_ON
+
+    return (
+        plan.device in LEAN_MLP_ON
+        and not plan.gradient_checkpointing
+        and plan.facts.gated_mlp
+        and plan.facts.architecture in _LEAN_MLP
+    )
 
 
 def _checkpointing_frees(plan: _Plan) -> bool:

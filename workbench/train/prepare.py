@@ -171,7 +171,9 @@ def fit_spec_to_model(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | Non
     return dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
 
 
-def choose_checkpointing(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | None]:
+def choose_checkpointing(
+    model: Any, spec: TrainSpec, device: str | None = None
+) -> tuple[TrainSpec, str | None]:
     """``spec`` with ``gradient_checkpointing="auto"`` decided for ``model``, and why it was
     turned on (``None``: it was given, or left off).
 
@@ -179,7 +181,9 @@ def choose_checkpointing(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | 
     (``prepare_model_for_kbit_training``) does: a run on a 4- or 8-bit base is about memory,
     and without checkpointing its activations, not its weights, set the peak. A 16-bit base
     trains without it, for speed, and so does any base on CPU
-    (:data:`~workbench.train.core.CHECKPOINTS_QUANTIZED_ON` says why).
+    (:data:`~workbench.train.core.CHECKPOINTS_QUANTIZED_ON` says why). ``device`` is the
+    device type the run trains on (``None``: where ``model``'s weights are); a launched
+    run's processes may train on GPUs while the notebook's copy stays on CPU.
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -188,13 +192,16 @@ def choose_checkpointing(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | 
         >>> four_bit = load_model(folder, quantization="4bit", on_event=lambda m: None).model
         >>> choose_checkpointing(four_bit, TrainSpec(method="qlora"))  # on CPU: off
         (TrainSpec(...gradient_checkpointing=False...), None)
+        >>> choose_checkpointing(four_bit, TrainSpec(), device="cuda")[0].gradient_checkpointing
+        True
         >>> choose_checkpointing(four_bit, TrainSpec(gradient_checkpointing=True))[0] == (
         ...     TrainSpec(gradient_checkpointing=True))
         True
     """
     if spec.gradient_checkpointing != "auto":
         return spec, None
-    on = core.checkpoints_by_default(is_quantized(model), _weights_device(model))
+    device = device or _weights_device(model)
+    on = core.checkpoints_by_default(is_quantized(model), device)
     why = None
     if on:
         bits = "4-bit" if is_4bit(model) else "8-bit"

@@ -183,7 +183,7 @@ def start_run(
     launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
     spec, fitted = fit_spec_to_model(model, spec)
-    spec, checkpointing = choose_checkpointing(model, spec)
+    spec, checkpointing = choose_checkpointing(model, spec, _launch_device(launch))
     kept, notes = _drop_untrained(train)
     if fitted:
         notes.insert(0, _warned(f"{fitted}; the run's spec says so."))
@@ -238,8 +238,9 @@ def _resolved_batch_size(
 
     options: dict[str, Any] = {}
     if launch is not None:
-        options = {"processes": launch.world_size, "fsdp": launch.fsdp, "device": "cuda"}
-        if launch.on_cpu:  # this machine's ranks share its free memory (beside the notebook)
+        device = _launch_device(launch)
+        options = {"processes": launch.world_size, "fsdp": launch.fsdp, "device": device}
+        if device == "cpu":  # this machine's ranks share its free memory (beside the notebook)
             import psutil
 
             budget = psutil.virtual_memory().available // launch.processes
@@ -247,6 +248,14 @@ def _resolved_batch_size(
     lengths, trained = train.lengths.tolist(), train.trained_tokens().tolist()
     choice = choose_batch_size(model, lengths, spec, trained, **options)
     return dataclasses.replace(spec, batch_size=choice.size), choice.reason
+
+
+def _launch_device(launch: Any) -> str | None:
+    """The device type a launched run's processes train on (``None``: not launched, the run
+    trains where the model is)."""
+    if launch is None:
+        return None
+    return "cpu" if launch.on_cpu else "cuda"
 
 
 def _checked_launch(launch: Any, model_spec: dict[str, Any] | None) -> Any:
