@@ -286,3 +286,38 @@ def test_a_4bit_base_and_dora_train_the_same(
     assert lean[0] == written[0]
     for a, b in zip(written[1], lean[1], strict=True):
         assert torch.equal(a, b)
+
+
+class _UpFirstMLP(torch.nn.Module):
+    """``up(x) * act(gate(x))``: Python calls ``up`` first, so its dropout mask comes first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj = torch.nn.Linear(16, 32), torch.nn.Linear(16, 32)
+        self.down_proj, self.act_fn = torch.nn.Linear(32, 16), torch.nn.GELU()
+
+    def forward(self, x):
+        return self.down_proj(self.up_proj(x) * self.act_fn(self.gate_proj(x)))
+
+
+def test_projections_are_called_in_the_forward_s_order(lean_on_cpu, monkeypatch):
+    lora = LoraConfig(r=4, target_modules=["gate_proj", "up_proj", "down_proj"], lora_dropout=0.3)
+    lora.init_lora_weights = False  # the adapters' dropout shows in the output
+
+    def gradients(lean: bool):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(_UpFirstMLP())
+        with pytest.MonkeyPatch.context() as patch:
+            if not lean:
+                patch.setattr(core, "lean_gated_mlps", lambda model: 0)
+            net = make_trainable(net, lora)
+        x = torch.randn(3, 5, 16, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        net(x).square().sum().backward()
+        return [p.grad for p in net.parameters() if p.requires_grad]
+
+    written = gradients(False)
+    calls = _counting_products(monkeypatch)
+    lean = gradients(True)
+    assert calls[0] == 1
+    assert all(torch.equal(a, b) for a, b in zip(written, lean, strict=True))

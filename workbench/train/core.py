@@ -566,8 +566,9 @@ def lean_gated_mlps(model: Any) -> int:
     fine-tuning): over two thirds of what a Qwen2-shaped block keeps. Here the product keeps
     only ``gate(x)`` and ``up(x)``, and whatever ``down`` keeps of its input is computed again
     from them in backward, one elementwise pass. Losses and gradients are those of the
-    module's own forward (the same operations). A module whose forward does not give exactly
-    that on a random input is left as it is; forwards without gradients, under
+    module's own forward (the same operations, the projections called in the same order). A
+    module whose forward's source is not exactly that is left as it is; forwards without
+    gradients, under
     ``torch.compile`` (the compiler chooses what to keep), inside checkpointed blocks (which
     keep even less) and on devices not in ``LEAN_MLP_ON`` (CUDA) run as written. Returns how
     many MLPs were changed; calling it again changes none.
@@ -590,8 +591,9 @@ def lean_gated_mlps(model: Any) -> int:
         if "forward" in vars(module):  # an instance's own forward (this one, a wrapper's) stays
             continue
         for layout in _GATED_LAYOUTS:
-            if _computes_gated_product(module, layout):
-                module.forward = _LeanGatedForward(module, layout)
+            up_first = _gated_order(module, layout)
+            if up_first is not None:
+                module.forward = _LeanGatedForward(module, layout, up_first)
                 changed += 1
                 break
     return changed
@@ -605,14 +607,20 @@ def _activation(module: Any, layout: _Layout) -> Any:
     return getattr(module, layout.act)
 
 
-def _gate_and_up(module: Any, layout: _Layout, x: Any) -> tuple[Any, Any]:
+def _gate_and_up(module: Any, layout: _Layout, x: Any, up_first: bool) -> tuple[Any, Any]:
+    """``gate(x)`` and ``up(x)``, the projections called in the forward's order (their
+    dropout masks are drawn in that order)."""
     if layout.up is None:
         return getattr(module, layout.gate)(x).chunk(2, dim=-1)
+    if up_first:
+        up = getattr(module, layout.up)(x)
+        return getattr(module, layout.gate)(x), up
     return getattr(module, layout.gate)(x), getattr(module, layout.up)(x)
 
 
-def _computes_gated_product(module: Any, layout: _Layout) -> bool:
-    """Whether ``module``'s forward is ``down(act(gate(x)) * up(x))`` in ``layout``'s names.
+def _gated_order(module: Any, layout: _Layout) -> bool | None:
+    """Whether ``module``'s forward is ``down(act(gate(x)) * up(x))`` in ``layout``'s names:
+    ``None`` if not, else whether it calls ``up`` first (``up(x) * act(gate(x))``).
 
     Read from the forward's source, not run: a trial forward has side effects (bitsandbytes
     repacks a 4-bit weight, or fixes its compute dtype, on the first call).
@@ -621,14 +629,15 @@ def _computes_gated_product(module: Any, layout: _Layout) -> bool:
 
     names = [layout.gate, layout.down] + ([layout.up] if layout.up else [])
     if not all(isinstance(getattr(module, n, None), torch.nn.Module) for n in names):
-        return False
+        return None
     if layout.act != "silu" and not callable(getattr(module, layout.act, None)):
-        return False
-    return _forward_expression(type(module)) in _gated_expressions(layout)
+        return None
+    return _gated_expressions(layout).get(_forward_expression(type(module)))
 
 
-def _gated_expressions(layout: _Layout) -> tuple[tuple, ...]:
-    """The expressions (as :func:`_forward_expression` writes them) of the gated product."""
+def _gated_expressions(layout: _Layout) -> dict[tuple, bool]:
+    """The expressions (as :func:`_forward_expression` writes them) of the gated product,
+    each with whether ``up`` comes first."""
     x = ("input",)
     if layout.up is None:
         halves = ("chunk", ("call", layout.gate, x))
@@ -636,7 +645,10 @@ def _gated_expressions(layout: _Layout) -> tuple[tuple, ...]:
     else:
         gate, up = ("call", layout.gate, x), ("call", layout.up, x)
     act = ("fn", "silu", gate) if layout.act == "silu" else ("call", layout.act, gate)
-    return tuple(("call", layout.down, product) for product in (("mul", act, up), ("mul", up, act)))
+    return {
+        ("call", layout.down, ("mul", act, up)): False,
+        ("call", layout.down, ("mul", up, act)): True,
+    }
 
 
 @functools.cache
@@ -733,8 +745,8 @@ class _LeanGatedForward:
     A plain object rather than a closure, so a model holding it still deep-copies and pickles.
     """
 
-    def __init__(self, module: Any, layout: _Layout) -> None:
-        self.module, self.layout = module, layout
+    def __init__(self, module: Any, layout: _Layout, up_first: bool) -> None:
+        self.module, self.layout, self.up_first = module, layout, up_first
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         import torch
@@ -750,7 +762,7 @@ class _LeanGatedForward:
         ):
             return type(module).forward(module, x, *args, **kwargs)
         act, down = _activation(module, layout), getattr(module, layout.down)
-        gate, up = _gate_and_up(module, layout, x)
+        gate, up = _gate_and_up(module, layout, x, self.up_first)
         product = _gated_product().apply(gate, up, act)
         if product.numel() == 0:
             return down(product)
