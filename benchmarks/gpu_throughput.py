@@ -44,7 +44,9 @@ variant runs in its own process, in alternating order, from the same weights (se
   float32 copy of its input after dropout) instead of ``workbench.train.core.lean_lora_inputs``;
   ``workbench-mlp-as-written``, the workbench with its gated MLPs run as transformers writes
   them (four intermediate-wide tensors kept for backward) instead of
-  ``workbench.train.core.lean_gated_mlps`` (two).
+  ``workbench.train.core.lean_gated_mlps`` (two); ``workbench-norms-as-written``, its
+  RMSNorms keeping float32 copies of their bfloat16 inputs, as transformers' do, instead of
+  ``workbench.train.core.lean_norm_inputs``.
 
 Printed per variant: tokens/s (real, non-padding tokens of the steps after the warm-up,
 timed between two ``cuda.synchronize()``), peak GPU memory (``torch.cuda.max_memory_allocated``
@@ -104,6 +106,7 @@ VARIANTS = (
     "workbench-peft-inputs",
     "workbench-qlora-nogc",
     "workbench-mlp-as-written",
+    "workbench-norms-as-written",
 )
 # load_model(quantization="4bit")
 WORKBENCH_QLORA = ("workbench-qlora", "workbench-qlora-upcast", "workbench-qlora-nogc")
@@ -111,11 +114,12 @@ QLORA = ("trainer-qlora", *WORKBENCH_QLORA)
 # The figures issue 12 asks for, run first on every shape; the rest (EXTRA) after them, so a
 # run cut short by --budget still has these.
 CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
-# The memory levers' ablations first (the gated MLP's of 2026-12-05, the LoRA input's of
+# The memory levers' ablations first (the gated MLP's and norms' of 2026-12-05, the LoRA input's of
 # 2026-12-04: their effect on the GPU's peak is the open question), then compile: on a
 # host-bound machine fewer, fused launches are the lever left.
 EXTRA = (
     "workbench-mlp-as-written",
+    "workbench-norms-as-written",
     "workbench-peft-inputs",
     "workbench-qlora-nogc",
     "workbench-compile",
@@ -731,6 +735,10 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.core
 
         workbench.train.core.LEAN_MLP_ON = set()
+    if variant == "workbench-norms-as-written":  # float32 copies kept, as before 2026-12-05
+        import workbench.train.core
+
+        workbench.train.core.LEAN_NORM_ON = set()
     if variant == LIGER:  # the workbench with Liger's loss, in this process only
         fused, why = liger_loss()
         if why is not None:

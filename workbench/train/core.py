@@ -38,6 +38,7 @@ __all__ = [
     "kernel_read_projections",
     "lean_gated_mlps",
     "lean_lora_inputs",
+    "lean_norm_inputs",
     "linear_routers",
     "lora_config",
     "make_trainable",
@@ -352,6 +353,7 @@ def make_trainable(model: Any, lora: Any | None) -> Any:
         for param in model.parameters():
             param.requires_grad_(True)
         lean_gated_mlps(model)
+        lean_norm_inputs(model)
         return model.train()
     import copy
 
@@ -366,6 +368,7 @@ def make_trainable(model: Any, lora: Any | None) -> Any:
     model = get_peft_model(model, lora)
     lean_lora_inputs(model)
     lean_gated_mlps(model)
+    lean_norm_inputs(model)
     return model.train()
 
 
@@ -841,6 +844,128 @@ def _gated_product() -> type:
             return grad_gate, grad_up, None
 
     return GatedProduct
+
+
+# Device types where RMSNorms keep their 16-bit input for backward instead of its float32
+# copy (lean_norm_inputs), for the reason of LEAN_MLP_ON; on CPU the compute is float32 by
+# default, which has no copy to spare.
+LEAN_NORM_ON = {"cuda"}
+_SIXTEEN_BIT = ("bfloat16", "float16")
+
+
+def lean_norm_inputs(model: Any) -> int:
+    """Make each RMSNorm keep its 16-bit input for backward, not the float32 copy it makes.
+
+    transformers' RMSNorms compute in float32: for a bfloat16 input they keep a float32 copy
+    of it for backward, twice its size (on a Gemma 3 270M-shaped block, with
+    :func:`lean_gated_mlps`, 15.5 of the 33.5 KB kept per token). Here any float32 tensor a
+    norm keeps that is exactly its input made float32 (checked element by element) is kept as
+    the input itself and made float32 again in backward: the same values, so the same losses
+    and gradients. Done with forward hooks, not a new forward: transformers swaps an RMSNorm's
+    forward for a hub kernel's, or back, whenever the model changes mode. Norms given float32
+    (the CPU default), forwards without gradients, under ``torch.compile``, inside
+    checkpointed blocks and on devices not in ``LEAN_NORM_ON`` (CUDA) run as written.
+    Returns how many norms were changed; calling it again changes none.
+
+    Examples:
+        >>> import torch
+        >>> class RMSNorm(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         x32 = x.float()
+        ...         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+        >>> norms = torch.nn.ModuleList([RMSNorm(), torch.nn.LayerNorm(4)])
+        >>> lean_norm_inputs(norms), lean_norm_inputs(norms)
+        (1, 0)
+    """
+    changed = 0
+    for module in model.modules():
+        if type(module).__name__.endswith("RMSNorm") and not getattr(module, "_lean_norm", False):
+            hooks = _LeanNormHooks()
+            module.register_forward_pre_hook(hooks.enter)
+            module.register_forward_hook(hooks.leave, always_call=True)
+            module._lean_norm = True
+            changed += 1
+    return changed
+
+
+class _LeanNormHooks:
+    """An RMSNorm's forward hooks: keep its 16-bit input in place of its float32 copy."""
+
+    def __init__(self) -> None:
+        self.entered: list[Any] = []  # per forward under way: its saved-tensor hooks, or None
+
+    def enter(self, module: Any, args: tuple) -> None:
+        import torch
+
+        if torch.compiler.is_compiling():
+            return
+        x = args[0] if len(args) == 1 else None
+        if (
+            x is None
+            or str(x.dtype).removeprefix("torch.") not in _SIXTEEN_BIT
+            or x.device.type not in LEAN_NORM_ON
+            or not (module.training and torch.is_grad_enabled())
+            or _checkpointing()
+        ):
+            self.entered.append(None)
+            return
+        hooks = torch.autograd.graph.saved_tensors_hooks(*_float_copy_hooks(x))
+        hooks.__enter__()
+        self.entered.append(hooks)
+
+    def leave(self, module: Any, args: tuple, output: Any) -> None:
+        import torch
+
+        if torch.compiler.is_compiling() or not self.entered:
+            return
+        hooks = self.entered.pop()
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
+
+
+def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
+    """Saved-tensor hooks that keep ``x`` in place of any exact float32 copy of it."""
+    import torch
+
+    outer_pack, outer_unpack = _outer_hooks()
+    copies: dict[int, bool] = {}
+    packed_input: list[Any] = []  # the input as hooks already in place keep it, once
+
+    def is_copy(tensor: Any) -> bool:
+        if tensor.dtype != torch.float32 or tensor.shape != x.shape:
+            return False
+        storage = tensor.untyped_storage()
+        if tensor.storage_offset() or storage.nbytes() != 4 * tensor.numel():
+            return False  # a view into something bigger
+        if storage.data_ptr() not in copies:
+            copies[storage.data_ptr()] = bool(torch.equal(tensor, x.float()))
+        return copies[storage.data_ptr()]
+
+    def pack(tensor: Any) -> Any:
+        if not is_copy(tensor):
+            return outer_pack(tensor)
+        if not packed_input:
+            packed_input.append(outer_pack(x))
+        return _FloatCopy(packed_input[0], tensor.stride())
+
+    def unpack(packed: Any) -> Any:
+        if not isinstance(packed, _FloatCopy):
+            return outer_unpack(packed)
+        kept = outer_unpack(packed.input_)
+        again = torch.empty_strided(kept.shape, packed.stride, dtype=torch.float32,
+                                    device=kept.device)  # fmt: skip
+        return again.copy_(kept)  # laid out as the copy was
+
+    return pack, unpack
+
+
+class _FloatCopy:
+    """A float32 copy of ``input`` a norm kept, to be made again in backward."""
+
+    __slots__ = ("input_", "stride")
+
+    def __init__(self, input_: Any, stride: tuple[int, ...]) -> None:
+        self.input_, self.stride = input_, stride
 
 
 def __getattr__(name: str) -> Any:
