@@ -755,14 +755,7 @@ class _LeanGatedForward:
         import torch
 
         module, layout = self.module, self.layout
-        if (
-            args
-            or kwargs
-            or x.device.type not in LEAN_MLP_ON
-            or not (module.training and torch.is_grad_enabled())
-            or torch.compiler.is_compiling()
-            or _checkpointing()
-        ):
+        if args or kwargs or not _keeps_less(module, x, LEAN_MLP_ON):
             return type(module).forward(module, x, *args, **kwargs)
         act, down = _activation(module, layout), getattr(module, layout.down)
         gate, up = _gate_and_up(module, layout, x, self.up_first)
@@ -787,6 +780,21 @@ class _LeanGatedForward:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             return down(product)
+
+
+def _keeps_less(module: Any, x: Any, devices: set[str]) -> bool:
+    """Whether a lean forward applies: a training forward with gradients on one of
+    ``devices``, not traced by ``torch.compile`` (the compiler chooses what to keep) nor
+    inside a checkpointed block (which keeps less still)."""
+    import torch
+
+    return (
+        x.device.type in devices
+        and module.training
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and not _checkpointing()
+    )
 
 
 def _outer_hooks() -> tuple[Any, Any]:
@@ -903,9 +911,7 @@ class _LeanNormHooks:
         if (
             x is None
             or str(x.dtype).removeprefix("torch.") not in _SIXTEEN_BIT
-            or x.device.type not in LEAN_NORM_ON
-            or not (module.training and torch.is_grad_enabled())
-            or _checkpointing()
+            or not _keeps_less(module, x, LEAN_NORM_ON)
         ):
             self.entered.append(None)
             return
