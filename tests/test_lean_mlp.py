@@ -212,14 +212,17 @@ def test_a_lean_model_deep_copies_and_pickles(lean_on_cpu):
         _steps(other, steps=1)  # and trains
 
 
-def test_the_estimate_knows_which_model_types_keep_lean_mlps():
-    """``memory._LEAN_MLP`` says, per model type, what ``lean_gated_mlps`` does to it."""
+def checked_configs() -> list:
+    """Configs of every tiny architecture, DeepSeek-V3 (latent attention, a dense block
+    before the experts), Cohere (LayerNorms beside a gated MLP) and Jamba (Mamba blocks):
+    the models the estimate's lists of lean model types are checked against."""
     from transformers import CohereConfig, DeepseekV3Config, JambaConfig
 
-    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128)
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=256)
     small.update(num_key_value_heads=2, intermediate_size=128)
     configs = [_config(architecture, 256, 64, 2, IDS) for architecture in TINY_ARCHITECTURES]
-    configs += [
+    return [
+        *configs,
         DeepseekV3Config(**small, moe_intermediate_size=32, n_routed_experts=4, n_group=1,
                          first_k_dense_replace=1, num_experts_per_tok=2, topk_group=1,
                          q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
@@ -228,7 +231,11 @@ def test_the_estimate_knows_which_model_types_keep_lean_mlps():
         JambaConfig(**small, num_experts=1, attn_layer_offset=1, attn_layer_period=2,
                     mamba_d_state=8),
     ]  # fmt: skip
-    for config in configs:
+
+
+def test_the_estimate_knows_which_model_types_keep_lean_mlps():
+    """``memory._LEAN_MLP`` says, per model type, what ``lean_gated_mlps`` does to it."""
+    for config in checked_configs():
         if config.model_type == "qwen3_moe":
             config.mlp_only_layers = [0]  # one dense MLP beside the experts
         torch.manual_seed(0)

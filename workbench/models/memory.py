@@ -129,6 +129,31 @@ _LEAN_MLP = {
 }  # fmt: skip
 _PER_LAYER_INPUT = 5  # saved per width of a block's own embedding (Gemma 4)
 
+# RMSNorm inputs of one block, as (hidden, query, key/value) widths, whose float32 copies the
+# workbench's training keeps as the 16-bit inputs themselves, 2 bytes less per element, where
+# LEAN_NORM_ON (workbench.train.core.lean_norm_inputs); latent attention adds its latents'
+# norms, a recurrent block only the hidden-wide ones. Counted with saved-tensor hooks on every
+# tiny architecture and DeepSeek-V3 (tests/test_lean_norm.py); DeepSeek-V2, MiniCPM3 and
+# GLM-4-MoE read from their code. Model types not listed count none: LayerNorms (Cohere,
+# StableLM, GPT-2 style), or not checked. Some save more than counted: Llama 4 (q/k norms
+# left out: its blocks without RoPE have none), GLM-4-MoE (its optional q/k norms), Gemma 4
+# (its global blocks' heads are wider).
+_LEAN_NORMS = {
+    **dict.fromkeys((
+        "llama", "qwen2", "mistral", "phi3", "smollm3", "granite", "gemma", "llama4_text",
+        "mixtral", "granitemoe", "qwen2_moe", "ernie4_5", "granitemoehybrid", "bamba",
+        "falcon_h1", "deepseek_v2", "deepseek_v3", "minicpm3", "glm4_moe",
+    ), (2, 0, 0)),
+    **dict.fromkeys((
+        "qwen3", "qwen3_moe", "olmoe", "olmo2", "olmo3", "exaone4", "lfm2", "lfm2_moe",
+        "qwen3_5_text",
+    ), (2, 1, 1)),
+    **dict.fromkeys(("gemma2", "glm4"), (4, 0, 0)),
+    **dict.fromkeys(("gemma3", "gemma3_text"), (4, 1, 1)),
+    "gemma4_text": (5, 1, 2),
+}  # fmt: skip
+_POST_NORM = {"olmo2", "olmo3", "exaone4"}  # norms after attention and MLP, none before
+
 # A hybrid's recurrent block saves its two norms (4H), its MLP and LoRA's inputs as an
 # attention block does, and for its mixer, counted the same way on transformers' torch path
 # (no causal-conv1d or mamba_ssm kernels; float32, then bfloat16 for which part stays
@@ -562,6 +587,45 @@ def _lean_mlp(plan: _Plan) -> bool:
     )
 
 
+def _lean_norms(plan: _Plan) -> bool:
+    """Whether RMSNorms keep their 16-bit inputs, not float32 copies, for backward: on the
+    devices of ``LEAN_NORM_ON`` (CUDA), in 16 bits, outside checkpointed blocks."""
+    from workbench.train.core import LEAN_NORM_ON
+
+    return (
+        plan.device in LEAN_NORM_ON
+        and plan.compute_bytes == 2
+        and not plan.gradient_checkpointing
+        and plan.facts.architecture in _LEAN_NORMS
+    )
+
+
+def _lean_norm_savings(plan: _Plan, attention: bool) -> int:
+    """Bytes per token one block's RMSNorms keep less with :func:`_lean_norms`."""
+    if not _lean_norms(plan):
+        return 0
+    facts = plan.facts
+    hidden, query, key_value = _LEAN_NORMS[facts.architecture]
+    widths = hidden * facts.hidden
+    if attention and facts.latent_attention is not None:
+        widths += facts.latent_attention.query_rank + facts.latent_attention.kv_rank
+    elif attention:
+        widths += (query * facts.heads + key_value * facts.kv_heads) * facts.head_dim
+    return 2 * widths  # 4 bytes of a float32 copy, 2 of the 16-bit input
+
+
+def _lean_norm_savings_outside_blocks(plan: _Plan) -> int:
+    """Bytes per token the norms outside the blocks keep less: the final norm's copy, less
+    the first block's input norm, whose input (the frozen embedding) needs no gradient
+    under LoRA, and Gemma 4's norm of the blocks' own embeddings."""
+    if not _lean_norms(plan):
+        return 0
+    facts = plan.facts
+    first_without_gradient = plan.method != "full" and facts.architecture not in _POST_NORM
+    widths = facts.hidden * (1 - first_without_gradient) + facts.layers * facts.per_layer_input
+    return 2 * widths
+
+
 def _checkpointing_frees(plan: _Plan) -> bool:
     """Whether checkpointing lowers the peak as the estimate counts it: on CUDA, whose
     caching allocator reuses what each block frees; not on CPU (``estimate_memory``)."""
@@ -602,7 +666,8 @@ def _activations(plan: _Plan) -> int:
     def block(expert_block: bool, attention: bool) -> int:
         float32, rest = _block_elements(plan, expert_block, attention)
         masks = _dropout_masks(plan, expert_block, attention)
-        return plan.tokens * (float32 * 4 + rest * plan.compute_bytes + masks)
+        kept = float32 * 4 + rest * plan.compute_bytes + masks
+        return plan.tokens * (kept - _lean_norm_savings(plan, attention))
 
     facts = plan.facts
     if _checkpointing_frees(plan):
@@ -611,6 +676,7 @@ def _activations(plan: _Plan) -> int:
         saved = kept + max(block(*kind) for kind in facts.block_kinds())
     else:
         saved = facts.sum_over_blocks(block)
+        saved -= plan.tokens * _lean_norm_savings_outside_blocks(plan)
     allocated = int(saved * _ALLOCATOR_FACTOR[plan.device]) + _adapted_expert_copies(plan)
     return allocated + _logits(plan)
 

@@ -868,9 +868,10 @@ def lean_norm_inputs(model: Any) -> int:
     of it for backward, twice its size (on a Gemma 3 270M-shaped block, with
     :func:`lean_gated_mlps`, 15.5 of the 33.5 KB kept per token). Here any float32 tensor a
     norm keeps that is exactly its input made float32 (checked element by element) is kept as
-    the input itself and made float32 again in backward: the same values, so the same losses
-    and gradients. Done with forward hooks, not a new forward: transformers swaps an RMSNorm's
-    forward for a hub kernel's, or back, whenever the model changes mode. Norms given float32
+    the input itself (a compact copy where the input is part of a bigger tensor) and made
+    float32 again in backward: the same values, so the same losses and gradients. Done with
+    forward hooks, not a new forward: transformers swaps an RMSNorm's forward for a hub
+    kernel's, or back, whenever the model changes mode. Norms given float32
     (the CPU default), forwards without gradients, under ``torch.compile``, inside
     checkpointed blocks and on devices not in ``LEAN_NORM_ON`` (CUDA) run as written.
     Returns how many norms were changed; calling it again changes none.
@@ -951,7 +952,7 @@ def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
         if not is_copy(tensor):
             return outer_pack(tensor)
         if not packed_input:
-            packed_input.append(outer_pack(x))
+            packed_input.append(outer_pack(x if _whole_storage(x) else x.detach().clone()))
         return _FloatCopy(packed_input[0], tensor.stride())
 
     def unpack(packed: Any) -> Any:
@@ -963,6 +964,12 @@ def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
         return again.copy_(kept)  # laid out as the copy was
 
     return pack, unpack
+
+
+def _whole_storage(x: Any) -> bool:
+    """Whether ``x`` spans its storage: keeping a part (Qwen3.5's query, half of what its
+    projection made) would keep the whole, so a compact copy of the part is kept instead."""
+    return x.untyped_storage().nbytes() == x.numel() * x.element_size()
 
 
 class _FloatCopy:
