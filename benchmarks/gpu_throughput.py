@@ -91,6 +91,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+# Ablations of the workbench's memory levers (workbench.train.core): each runs without one.
+MLP_AS_WRITTEN = "workbench-mlp-as-written"
+NORMS_AS_WRITTEN = "workbench-norms-as-written"
+PEFT_INPUTS = "workbench-peft-inputs"
 VARIANTS = (
     "trainer",
     "trl",
@@ -118,9 +122,9 @@ CORE = ("trainer", "workbench", "trainer-qlora", "workbench-qlora")
 # 2026-12-04: their effect on the GPU's peak is the open question), then compile: on a
 # host-bound machine fewer, fused launches are the lever left.
 EXTRA = (
-    "workbench-mlp-as-written",
-    "workbench-norms-as-written",
-    "workbench-peft-inputs",
+    MLP_AS_WRITTEN,
+    NORMS_AS_WRITTEN,
+    PEFT_INPUTS,
     "workbench-qlora-nogc",
     "workbench-compile",
     "trl-nogc",
@@ -130,7 +134,6 @@ EXTRA = (
     "workbench-qlora-upcast",
     "workbench-liger",
 )
-MLP_AS_WRITTEN = "workbench-mlp-as-written"
 LIGER = "workbench-liger"  # needs CUDA: Liger-Kernel's kernels are Triton
 # Gradient checkpointing as each baseline runs (TRL's default; peft's
 # prepare_model_for_kbit_training turns it on by default), for the memory estimate; a
@@ -727,7 +730,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.precision
 
         workbench.train.precision.attention_kernels = lambda device: contextlib.nullcontext()
-    if variant == "workbench-peft-inputs":  # peft's LoRA forward, as before 2026-12-04
+    if variant == PEFT_INPUTS:  # peft's LoRA forward, as before 2026-12-04
         import workbench.train.core
 
         workbench.train.core.lean_lora_inputs = lambda model: 0
@@ -735,7 +738,7 @@ def worker(variant: str, shape: str, plan: dict, out: Path) -> None:
         import workbench.train.core
 
         workbench.train.core.LEAN_MLP_ON = set()
-    if variant == "workbench-norms-as-written":  # float32 copies kept, as before 2026-12-05
+    if variant == NORMS_AS_WRITTEN:  # float32 copies kept, as before 2026-12-05
         import workbench.train.core
 
         workbench.train.core.LEAN_NORM_ON = set()
@@ -978,18 +981,34 @@ def table(results: list[dict], peak: float | None, on_gpu: bool) -> str:
     return "\n".join(lines)
 
 
+# The workbench's memory levers (workbench.train.core) a variant's worker ran without, by the
+# switch that turns each off: the baselines (plain transformers + peft, TRL) have none.
+_ALL_LEVERS = ("LEAN_MLP_ON", "LEAN_NORM_ON", "REDRAWS_MASKS_ON")
+_LEVERS_OFF = {
+    MLP_AS_WRITTEN: ("LEAN_MLP_ON",),
+    NORMS_AS_WRITTEN: ("LEAN_NORM_ON",),
+    PEFT_INPUTS: ("REDRAWS_MASKS_ON",),
+}
+
+
 def _estimate_as_run(variant: str, config, settings: dict):
-    """``estimate_memory`` with the MLP kept as the variant's worker kept it."""
+    """``estimate_memory`` with the levers the variant's worker ran with, and no others.
+
+    A baseline's estimate is the closest the workbench's model gets to it: peft's dropout
+    also keeps each adapted layer's dropped input, which the estimate does not count.
+    """
     from workbench.models import memory as mem
     from workbench.train import core
 
-    lean_on = core.LEAN_MLP_ON
-    if variant == MLP_AS_WRITTEN:
-        core.LEAN_MLP_ON = set()
+    off = _LEVERS_OFF.get(variant, ()) if variant.startswith("workbench") else _ALL_LEVERS
+    saved = {name: getattr(core, name) for name in off}
     try:
+        for name in off:
+            setattr(core, name, set())
         return mem.estimate_memory(config, **settings)
     finally:
-        core.LEAN_MLP_ON = lean_on
+        for name, devices in saved.items():
+            setattr(core, name, devices)
 
 
 def estimate_row(r: dict) -> dict:

@@ -126,26 +126,33 @@ def test_smoke_run_writes_the_figures_a_calibration_needs(smoke):
     assert "===== tiny workbench-qlora: exit 0" in (out / "workers.log").read_text()
 
 
-def test_gpu_rows_print_ratios_against_their_own_baseline_and_the_estimate():
-    # The CUDA branch of the two tables, from rows shaped as a GPU worker writes them (the
-    # figures are made up; no GPU here): 0.5b, batch 8, widest micro-batch 434 tokens.
+def _gpu_row(variant, tokens_per_s=20_000, peak_gib=10.0, device_peak_gib=12.0) -> dict:
+    """A result row shaped as a GPU worker writes it (made-up figures; no GPU here): 0.5b,
+    batch 8, widest micro-batch 434 tokens."""
+    gib = 2**30
+    memory = {
+        "peak_allocated": int(peak_gib * gib),
+        "peak_reserved": int((device_peak_gib - 0.5) * gib),
+        "context_end": gib // 2,
+        "device_peak": int(device_peak_gib * gib),
+    }
+    return dict(
+        variant=variant, shape="0.5b", batch=8, widest=434, packed=False,
+        tokens_per_s=tokens_per_s, useful_flops=1e14, peak_gib=peak_gib,
+        train_loss=6.5, held_out_loss=6.6, memory=memory, max_batch_tokens=2000,
+    )  # fmt: skip
+
+
+def _bench():
     sys.path.insert(0, str(REPO / "benchmarks"))
-    import gpu_throughput as bench
+    import gpu_throughput
 
-    def row(variant, tokens_per_s, peak_gib, device_peak_gib):
-        gib = 2**30
-        memory = {
-            "peak_allocated": int(peak_gib * gib),
-            "peak_reserved": int((device_peak_gib - 0.5) * gib),
-            "context_end": gib // 2,
-            "device_peak": int(device_peak_gib * gib),
-        }
-        return dict(
-            variant=variant, shape="0.5b", batch=8, widest=434, packed=False,
-            tokens_per_s=tokens_per_s, useful_flops=1e14, peak_gib=peak_gib,
-            train_loss=6.5, held_out_loss=6.6, memory=memory, max_batch_tokens=2000,
-        )  # fmt: skip
+    return gpu_throughput
 
+
+def test_gpu_rows_print_ratios_against_their_own_baseline_and_the_estimate():
+    # The CUDA branch of the two tables.
+    bench, row = _bench(), _gpu_row
     results = [
         row("trainer", 20_000, 12.0, 14.0),
         row("workbench", 50_000, 5.0, 6.0),
@@ -170,6 +177,28 @@ def test_gpu_rows_print_ratios_against_their_own_baseline_and_the_estimate():
         assert lines[entry["variant"]][7] == ("yes" if entry["within"] else "no")
         assert entry["implied"]["overhead"] == 2**30 // 2
     assert "Implied per row, median: overhead 0.50 GiB" in text
+
+
+def test_each_row_is_estimated_with_the_memory_levers_its_worker_ran_with():
+    from workbench.models.memory import estimate_memory
+    from workbench.train import core
+
+    bench = _bench()
+    switches = (core.LEAN_MLP_ON, core.LEAN_NORM_ON, core.REDRAWS_MASKS_ON)
+    variants = ("trainer", "workbench", *bench._LEVERS_OFF)
+    found = {c["variant"]: c for c in bench.calibration([_gpu_row(v) for v in variants])}
+    activations = {variant: c["parts"]["activations"] for variant, c in found.items()}
+    assert switches == (core.LEAN_MLP_ON, core.LEAN_NORM_ON, core.REDRAWS_MASKS_ON)
+    for ablation in bench._LEVERS_OFF:  # each ablation keeps more than the workbench...
+        assert activations["workbench"] < activations[ablation] < activations["trainer"]
+    # ...and plain transformers + peft has none of the levers
+    with pytest.MonkeyPatch.context() as patch:
+        for name in bench._ALL_LEVERS:
+            patch.setattr(core, name, set())
+        config = bench.qwen_config("0.5b")
+        config.dtype = "bfloat16"
+        plain = estimate_memory(config, **found["trainer"]["settings"])
+    assert found["trainer"]["parts"]["total"] == plain.total
 
 
 def _rows_of(text: str) -> list[list[str]]:
