@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from memory_checks import kept_for_backward
 from peft import LoraConfig
 from test_lean_mlp import IDS, _steps, checked_configs
 from transformers import AutoModelForCausalLM
@@ -169,6 +170,39 @@ def test_the_estimate_counts_lean_norms_only_where_they_apply():
             assert memory.estimate_memory(config, **settings, **shape) == off, settings
             patch.setattr(core, "LEAN_NORM_ON", set())
     assert plain.activations < as_written.activations
+
+
+class _SquaredRMSNorm(torch.nn.Module):
+    """Keeps ``x.float()`` (pow and mul save it) and, with ``other``, a float32 tensor of
+    the same values that is not a conversion of its input."""
+
+    def __init__(self, other: bool = False) -> None:
+        super().__init__()
+        self.other = other
+
+    def forward(self, x):
+        x32 = (x * 1).float() if self.other else x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+
+@pytest.mark.parametrize("leaf", [False, True])
+def test_only_conversions_of_the_input_are_kept_as_the_input(lean_on_cpu, leaf):
+    def kept(norm):
+        lean_norm_inputs(norm)
+        source = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+        x = source.bfloat16().requires_grad_() if leaf else source.requires_grad_().bfloat16()
+        saved = kept_for_backward(norm, lambda: norm(x))
+        norm(x).float().pow(2).sum().backward()
+        return saved, x.grad if leaf else source.grad
+
+    as_written = _SquaredRMSNorm()
+    as_written._lean_norm = True  # lean_norm_inputs leaves it alone
+    written, written_grad = kept(as_written)
+    converted, converted_grad = kept(_SquaredRMSNorm())
+    other, _ = kept(_SquaredRMSNorm(other=True))
+    assert written - converted == 3 * 8 * 2  # 4 bytes of the copy for 2 of the input
+    assert torch.equal(written_grad, converted_grad)
+    assert other == written  # the float32 copy of x * 1 is kept: not a conversion of x
 
 
 def test_float32_norms_and_cpu_run_as_written(monkeypatch):

@@ -867,7 +867,7 @@ def lean_norm_inputs(model: Any) -> int:
     transformers' RMSNorms compute in float32: for a bfloat16 input they keep a float32 copy
     of it for backward, twice its size (on a Gemma 3 270M-shaped block, with
     :func:`lean_gated_mlps`, 15.5 of the 33.5 KB kept per token). Here any float32 tensor a
-    norm keeps that is exactly its input made float32 (checked element by element) is kept as
+    norm keeps that autograd made by converting its input to float32 is kept as
     the input itself (a compact copy where the input is part of a bigger tensor) and made
     float32 again in backward: the same values, so the same losses and gradients. Done with
     forward hooks, not a new forward: transformers swaps an RMSNorm's forward for a hub
@@ -931,22 +931,21 @@ class _LeanNormHooks:
 
 
 def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
-    """Saved-tensor hooks that keep ``x`` in place of any exact float32 copy of it."""
+    """Saved-tensor hooks that keep ``x`` in place of any float32 copy made of it."""
     import torch
 
     outer_pack, outer_unpack = _outer_hooks()
-    copies: dict[int, bool] = {}
     packed_input: list[Any] = []  # the input as hooks already in place keep it, once
 
     def is_copy(tensor: Any) -> bool:
+        # Known by its autograd history, not by its values: reading a comparison's result
+        # would wait for the GPU at every norm.
         if tensor.dtype != torch.float32 or tensor.shape != x.shape:
             return False
         storage = tensor.untyped_storage()
         if tensor.storage_offset() or storage.nbytes() != 4 * tensor.numel():
             return False  # a view into something bigger
-        if storage.data_ptr() not in copies:
-            copies[storage.data_ptr()] = bool(torch.equal(tensor, x.float()))
-        return copies[storage.data_ptr()]
+        return _converted_from(tensor, x)
 
     def pack(tensor: Any) -> Any:
         if not is_copy(tensor):
@@ -964,6 +963,18 @@ def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
         return again.copy_(kept)  # laid out as the copy was
 
     return pack, unpack
+
+
+def _converted_from(tensor: Any, x: Any) -> bool:
+    """Whether autograd made ``tensor`` by converting ``x`` itself (``x.float()``,
+    ``x.to(torch.float32)``) on the same device: the same values, bit for bit."""
+    node = tensor.grad_fn
+    if node is None or node.name() != "ToCopyBackward0" or tensor.device != x.device:
+        return False
+    source, output = node.next_functions[0]
+    if x.grad_fn is not None:
+        return source is x.grad_fn and output == x.output_nr
+    return getattr(source, "variable", None) is x  # a leaf
 
 
 def _whole_storage(x: Any) -> bool:
