@@ -17,6 +17,7 @@ import pytest
 import torch
 from memory_checks import kept_for_backward
 from peft import LoraConfig
+from training_checks import adamw_steps
 from transformers import AutoModelForCausalLM
 
 import workbench as wb
@@ -54,21 +55,9 @@ def _trainable(architecture, lean: bool, method="lora", dropout=0.1, dtype=torch
 
 
 def _steps(model, steps=3, autocast=False):
-    """Losses and gradients of a few AdamW steps from one seed (dropout masks included)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    """Losses and gradients of a few AdamW steps on two rows of 24 tokens."""
     ids = torch.randint(3, 256, (2, 24), generator=torch.Generator().manual_seed(3))
-    torch.manual_seed(1)
-    losses, grads = [], []
-    for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        loss.backward()
-        losses.append(loss.item())
-        grads.append(torch.cat([p.grad.flatten().float() for p in params]))
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses, grads
+    return adamw_steps(model, ids, steps, autocast)
 
 
 def _saved_bytes(model, tokens=(2, 32)) -> int:

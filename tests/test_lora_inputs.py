@@ -15,6 +15,7 @@ import pytest
 import torch
 from memory_checks import kept_for_backward
 from peft import LoraConfig, PeftModel, get_peft_model
+from training_checks import adamw_steps
 from transformers import AutoModelForCausalLM
 
 from workbench.train import core
@@ -36,23 +37,6 @@ def _adapted(folder, lean: bool, dtype=torch.float32, dropout=0.1, **lora):
     return model.train(), changed
 
 
-def _steps(model, ids, steps=3, autocast=False):
-    """Losses and the adapter's gradients of a few AdamW steps from one seed."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
-    torch.manual_seed(1)  # the dropout masks
-    losses, grads = [], []
-    for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        losses.append(loss.item())
-        grads.append(torch.cat([p.grad.flatten().float() for p in params]))
-        optimizer.step()
-        optimizer.zero_grad()
-    return losses, grads
-
-
 def _ids(folder, rows=2, length=24):
     vocab = AutoModelForCausalLM.from_pretrained(folder).config.vocab_size
     return torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(3))
@@ -66,14 +50,14 @@ def test_same_losses_and_gradients_as_peft_with_dropout(tiny_model_dir, monkeypa
     peft_model, _ = _adapted(tiny_model_dir, lean=False)
     lean_model, changed = _adapted(tiny_model_dir, lean=True)
     assert changed == 7 * 2  # q, k, v, o, gate, up, down in each of the two blocks
-    peft_losses, peft_grads = _steps(peft_model, ids)
-    lean_losses, lean_grads = _steps(lean_model, ids)
+    peft_losses, peft_grads = adamw_steps(peft_model, ids)
+    lean_losses, lean_grads = adamw_steps(lean_model, ids)
     assert lean_losses == pytest.approx(peft_losses, abs=1e-6)
     for a, b in zip(peft_grads, lean_grads, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)  # float32 rounding
     # the masks really drop: the same model without dropout trains differently
     no_dropout, _ = _adapted(tiny_model_dir, lean=True, dropout=0.0)
-    assert _steps(no_dropout, ids)[0][1:] != pytest.approx(peft_losses[1:], abs=1e-6)
+    assert adamw_steps(no_dropout, ids)[0][1:] != pytest.approx(peft_losses[1:], abs=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(16,), (3, 16), (2, 3, 16)])
@@ -102,7 +86,7 @@ def test_inside_checkpointed_blocks_too(tiny_model_dir, recomputed_on_cpu):
     for lean in (False, True):
         model, _ = _adapted(tiny_model_dir, lean=lean)
         core.enable_checkpointing(model)
-        results.append(_steps(model, ids))
+        results.append(adamw_steps(model, ids))
     (peft_losses, peft_grads), (lean_losses, lean_grads) = results
     assert lean_losses == pytest.approx(peft_losses, abs=1e-6)
     for a, b in zip(peft_grads, lean_grads, strict=True):
@@ -128,8 +112,12 @@ def test_a_bfloat16_base_under_autocast_keeps_less_for_backward(tiny_model_dir, 
     kept[True] = _kept_bytes(_adapted(tiny_model_dir, True, torch.bfloat16)[0], ids)
     assert kept[True] < 0.7 * kept[False], kept  # measured 0.61 (0.56 on a Qwen2 0.5B block)
     # and the training is peft's: same losses within bfloat16 rounding
-    peft_losses, _ = _steps(_adapted(tiny_model_dir, False, torch.bfloat16)[0], ids, autocast=True)
-    lean_losses, _ = _steps(_adapted(tiny_model_dir, True, torch.bfloat16)[0], ids, autocast=True)
+    peft_losses, _ = adamw_steps(
+        _adapted(tiny_model_dir, False, torch.bfloat16)[0], ids, autocast=True
+    )
+    lean_losses, _ = adamw_steps(
+        _adapted(tiny_model_dir, True, torch.bfloat16)[0], ids, autocast=True
+    )
     assert lean_losses == pytest.approx(peft_losses, rel=2e-3)
 
 
@@ -206,7 +194,7 @@ def test_a_4bit_base_trains_as_under_peft(tiny_model_dir, recomputed_on_cpu):
         model = make_trainable(base, lora) if lean else get_peft_model(base, lora).train()
         down_a = model.base_model.model.model.layers[0].mlp.down_proj.lora_A["default"]
         assert (type(down_a).__name__ == "DropoutLinear") is lean
-        losses[lean] = _steps(model, ids)[0]
+        losses[lean] = adamw_steps(model, ids)[0]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
 
 
