@@ -1113,13 +1113,15 @@ def calibration_table(rows: list[dict]) -> str:
             f"| {c['shape']} | {c['variant']} | {size} | {measured} | {allocated} | {total} | "
             f"{ratio} | {within} |"
         )
-    fits = [c["implied"] for c in rows if c.get("implied")]
+    # The constants are the workbench's: fitted on its rows only (the estimate does not model
+    # what peft's dropout keeps in a baseline's, nor what TRL adds).
+    fits = [c["implied"] for c in rows if c.get("implied") and c["variant"].startswith("workbench")]
     if fits:
         overhead = sorted(f["overhead"] for f in fits)[len(fits) // 2]
         factors = sorted(f["allocator_factor"] for f in fits if f["allocator_factor"])
         median = factors[len(factors) // 2] if factors else float("nan")
         lines.append(
-            f"\nImplied per row, median: overhead {overhead / GiB:.2f} GiB (now "
+            f"\nImplied per workbench row, median: overhead {overhead / GiB:.2f} GiB (now "
             f"{rows[0]['constants']['overhead'] / GiB:.2f}), allocator factor {median:.2f} "
             f"(now {rows[0]['constants']['allocator_factor']:.2f}); every part is in results.json."
         )

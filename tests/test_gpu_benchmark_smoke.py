@@ -176,7 +176,10 @@ def test_gpu_rows_print_ratios_against_their_own_baseline_and_the_estimate():
         assert abs(measured / estimate - float(lines[entry["variant"]][6])) < 0.02
         assert lines[entry["variant"]][7] == ("yes" if entry["within"] else "no")
         assert entry["implied"]["overhead"] == 2**30 // 2
-    assert "Implied per row, median: overhead 0.50 GiB" in text
+    assert "Implied per workbench row, median: overhead 0.50 GiB" in text
+    factors = sorted(c["implied"]["allocator_factor"] for c in found
+                     if c["variant"].startswith("workbench"))  # fmt: skip
+    assert f"allocator factor {factors[1]:.2f} (now" in text  # the middle of three
 
 
 def test_each_row_is_estimated_with_the_memory_levers_its_worker_ran_with():
