@@ -105,8 +105,8 @@ def test_the_float32_copies_are_kept_as_the_16_bit_inputs(lean_on_cpu):
 
 
 # Where the estimate may count less than the norms save (memory._LEAN_NORMS): Gemma 4's
-# global blocks have wider heads than its sliding ones, Llama 4's q/k norms are left out
-# (its blocks without RoPE have none).
+# global blocks have other head widths and counts than its sliding ones (counted at their
+# mean), Llama 4's q/k norms are left out (its blocks without RoPE have none).
 _COUNTED_LOW = {"gemma4_text", "llama4_text"}
 
 

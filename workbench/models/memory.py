@@ -136,8 +136,8 @@ _PER_LAYER_INPUT = 5  # saved per width of a block's own embedding (Gemma 4)
 # tiny architecture and DeepSeek-V3 (tests/test_lean_norm.py); DeepSeek-V2, MiniCPM3 and
 # GLM-4-MoE read from their code. Model types not listed count none: LayerNorms (Cohere,
 # StableLM, GPT-2 style), or not checked. Some save more than counted: Llama 4 (q/k norms
-# left out: its blocks without RoPE have none), GLM-4-MoE (its optional q/k norms), Gemma 4
-# (its global blocks' heads are wider).
+# left out: its blocks without RoPE have none), GLM-4-MoE (its optional q/k norms). Gemma 4
+# is counted at its blocks' mean head width (the tiny one's count is exact).
 _LEAN_NORMS = {
     **dict.fromkeys((
         "llama", "qwen2", "mistral", "phi3", "smollm3", "granite", "gemma", "llama4_text",
