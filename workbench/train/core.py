@@ -939,13 +939,11 @@ def _float_copy_hooks(x: Any) -> tuple[Any, Any]:
 
     def is_copy(tensor: Any) -> bool:
         # Known by its autograd history, not by its values: reading a comparison's result
-        # would wait for the GPU at every norm.
-        if tensor.dtype != torch.float32 or tensor.shape != x.shape:
-            return False
-        storage = tensor.untyped_storage()
-        if tensor.storage_offset() or storage.nbytes() != 4 * tensor.numel():
-            return False  # a view into something bigger
-        return _converted_from(tensor, x)
+        # would wait for the GPU at every norm. (A conversion's output is a tensor of its
+        # own, never a view into a bigger one.)
+        return (
+            tensor.dtype == torch.float32 and tensor.shape == x.shape and _converted_from(tensor, x)
+        )
 
     def pack(tensor: Any) -> Any:
         if not is_copy(tensor):
