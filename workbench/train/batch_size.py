@@ -52,22 +52,22 @@ class BatchSizeChoice:
     reason: str
 
 
-def usable_memory(device: str) -> int:
+def usable_memory(device: Any) -> int:
     """Bytes this process can use for training on ``device`` (what it holds plus what is free).
 
-    CUDA: the GPU's free memory plus what torch's allocator already reserved here. CPU: this
-    process's resident memory plus the memory the OS reports available (its estimate of what
-    can be used without swapping).
+    CUDA (``"cuda"``, ``"cuda:N"`` or a ``torch.device``): that GPU's free memory plus what
+    torch's allocator already reserved there. CPU: this process's resident memory plus the
+    memory the OS reports available (its estimate of what can be used without swapping).
 
     Examples:
         >>> usable_memory("cpu") > 2**28
         True
     """
-    if device == "cuda":
-        import torch
+    import torch
 
-        free, _total = torch.cuda.mem_get_info()
-        return int(free + torch.cuda.memory_reserved())
+    if torch.device(device).type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device))
     import psutil
 
     rss = psutil.Process(os.getpid()).memory_info().rss
@@ -123,7 +123,8 @@ def choose_batch_size(
             gradient checkpointing).
         budget: Bytes to fit in (``None``: :func:`usable_memory` of the device); the
             estimated peak may take :data:`HEADROOM` of it.
-        device: ``"cpu"`` or ``"cuda"`` (``None``: where the model's weights are).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``None``: where the model's weights
+            are).
         processes, fsdp: A launched run's processes per step, and sharding: the estimate
             is then per process for its share of the batch.
 
@@ -145,11 +146,13 @@ def choose_batch_size(
     """
     import warnings
 
+    import torch
+
     from workbench.models.memory import estimate_memory
 
-    device = device or next(model.parameters()).device.type
-    device = "cuda" if device == "cuda" else "cpu"
-    budget = usable_memory(device) if budget is None else int(budget)
+    where_trained = device or next(model.parameters()).device
+    device = "cuda" if torch.device(where_trained).type == "cuda" else "cpu"
+    budget = usable_memory(where_trained) if budget is None else int(budget)
     allowed = int(budget * HEADROOM[device])
     width, limit = max(lengths), max(1, min(AUTO_LIMIT[device], len(lengths)))
     settings = _estimate_settings(model, spec, device)

@@ -333,7 +333,7 @@ class TrainLoop:
             lr=lr,
             grad_norm=norm,
             tokens_per_s=tokens / seconds,
-            memory=memory_bytes(),
+            memory=memory_bytes(self.device),
             elapsed=round(self.elapsed, 3),
         )
 

@@ -75,17 +75,22 @@ class LogRecord:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def memory_bytes() -> int:
-    """Bytes in use: peak CUDA memory when a GPU is used, else the process's RSS.
+def memory_bytes(device: Any = None) -> int:
+    """Bytes in use: peak CUDA memory on the GPU trained on, else the process's RSS.
+
+    Args:
+        device: The training device (a ``torch.device`` or its name); ``None`` or a CPU:
+            the process's RSS. A CUDA device reads that GPU's own peak, not the current
+            one's (a model loaded with ``device="cuda:1"`` trains there).
 
     Examples:
-        >>> memory_bytes() > 0
-        True
+        >>> memory_bytes() > 0, memory_bytes("cpu") > 0
+        (True, True)
     """
     import torch
 
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated())
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
     import psutil
 
     return int(psutil.Process(os.getpid()).memory_info().rss)
