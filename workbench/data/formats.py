@@ -333,7 +333,10 @@ def _list_in_text(text: str, column: str) -> Any:
 def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, Any]:
     if not isinstance(turn, dict):
         raise RowError(where, f"expected a message object, got {type(turn).__name__}")
-    role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
+    sharegpt = "role" not in turn and ("from" in turn or "value" in turn)
+    role_key, content_key = ("from", "value") if sharegpt else ("role", "content")
+    if role_key not in turn:
+        raise RowError(f"{where}.{role_key}", f"missing (each message needs a {role_key!r})")
     raw_role = turn.get(role_key)
     role = roles.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
     if role is None:

@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -151,20 +152,49 @@ def _as_string(value: Any) -> str | None:
 def _rows(
     source: Source, fmt: Format, plan: dict[str, str], originals: dict[str, str], on_error: str
 ) -> Iterator[dict[str, Any]]:
-    blank = dict.fromkeys(["messages", UNTRAINED_TURNS, TOOL_CALLING, "text", "empty_fields"])
-    blank.update(dict.fromkeys(originals.values()))
     for raw in source.rows():
         try:
             yield _good_row(raw, fmt, plan, originals)
         except RowError as err:
-            if on_error == "raise":
-                raise _data_error(source, raw.number, err.field, err.message) from None
-            yield {
-                **blank,
-                "source_row": raw.number,
-                "error": err.message,
-                "error_field": err.field,
-            }
+            yield _bad_row(source, raw.number, err, originals, on_error)
+
+
+def _bad_row(
+    source: Source, number: int, err: RowError, originals: dict[str, str], on_error: str
+) -> dict[str, Any]:
+    """The stored form of a malformed row (``on_error="skip"``); raises with ``"raise"``."""
+    if on_error == "raise":
+        raise _data_error(source, number, err.field, err.message) from None
+    blank = dict.fromkeys(["messages", UNTRAINED_TURNS, TOOL_CALLING, "text", "empty_fields"])
+    blank.update(dict.fromkeys(originals.values()))
+    return {**blank, "source_row": number, "error": err.message, "error_field": err.field}
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _unencodable(row: dict[str, Any], originals: dict[str, str]) -> RowError | None:
+    """Why a row's text has no UTF-8 form (a lone surrogate), naming its field; else None.
+
+    JSON can escape half of a character (``"\\ud83d"``, an emoji cut in two by a truncation)
+    and Python keeps it, but Arrow cannot store it. Each source column is stored as text, so
+    one of them shows where it came from.
+    """
+    stored = {name: column for column, name in originals.items()}
+    texts = [(stored[k], v) for k, v in row.items() if k in stored]
+    texts += [
+        (f"messages[{i}].content", m["content"]) for i, m in enumerate(row.get("messages") or [])
+    ]
+    texts += [("text", row.get("text")), (TOOL_CALLING, row.get(TOOL_CALLING))]
+    for field, text in texts:
+        if isinstance(text, str) and (found := _LONE_SURROGATE.search(text)):
+            message = (
+                f"text with a lone surrogate {found.group()!r} at character {found.start()}, half "
+                'of a character (an emoji cut in two, or a JSON escape such as "\\ud83d" '
+                "without its pair): it has no UTF-8 form; remove it or restore the character"
+            )
+            return RowError(field, message)
+    return None
 
 
 def _good_row(
@@ -263,11 +293,20 @@ def _generate(
     fingerprint = hashlib.sha1(key.encode()).hexdigest()
     features = _features(fmt, list(originals.values()))
     generator = functools.partial(_rows, source, fmt, plan, originals, spec.on_error)
+
+    def encodable(row: dict[str, Any]) -> dict[str, Any]:
+        err = _unencodable(row, originals)
+        return (
+            row
+            if err is None
+            else _bad_row(source, row["source_row"], err, originals, spec.on_error)
+        )
+
     if getattr(spec, "batched", True):
-        return _write_batches(generator, features, fingerprint, spec.cache_dir)
+        return _write_batches(generator, features, fingerprint, spec.cache_dir, encodable)
     try:
         return Dataset.from_generator(
-            generator,
+            lambda: map(encodable, generator()),
             features=features,
             fingerprint=fingerprint,
             cache_dir=spec.cache_dir,
@@ -278,8 +317,14 @@ def _generate(
         raise
 
 
-def _write_batches(generator: Any, features: Any, fingerprint: str, cache_dir: str | None) -> Any:
-    """The rows written as Arrow record batches to a cache file (reused when it exists)."""
+def _write_batches(
+    generator: Any, features: Any, fingerprint: str, cache_dir: str | None, encodable: Any
+) -> Any:
+    """The rows written as Arrow record batches to a cache file (reused when it exists).
+
+    ``encodable(row)`` turns a row Arrow cannot encode into a malformed one (or raises); it
+    runs only over a batch that failed, so the rows of every other batch pay nothing for it.
+    """
     import datasets
     import pyarrow as pa
     from datasets.table import MemoryMappedTable
@@ -295,13 +340,22 @@ def _write_batches(generator: Any, features: Any, fingerprint: str, cache_dir: s
         try:
             with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
                 while batch := list(itertools.islice(rows, _WRITE_BATCH)):
-                    out.write_batch(pa.RecordBatch.from_pylist(batch, schema=schema))
+                    out.write_batch(_record_batch(batch, schema, encodable))
             os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
         table = MemoryMappedTable.from_file(str(path))
     info = datasets.DatasetInfo(features=features)
     return datasets.Dataset(table, info=info, fingerprint=fingerprint)
+
+
+def _record_batch(rows: list[dict[str, Any]], schema: Any, encodable: Any) -> Any:
+    import pyarrow as pa
+
+    try:
+        return pa.RecordBatch.from_pylist(rows, schema=schema)
+    except UnicodeEncodeError:
+        return pa.RecordBatch.from_pylist([encodable(row) for row in rows], schema=schema)
 
 
 def cached_arrow_table(path: Path) -> Any:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from workbench.data.formats import detect_format
 from workbench.errors import DataError, SpecError
 
 __all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
@@ -247,9 +248,17 @@ def _check_encoding(encoding: str) -> None:
 
 
 def _file_fingerprint(path: Path, part: str = "") -> str:
-    """The identity of a file's content (path, size, time written) and of ``part`` of it."""
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    """The identity of a file's content (path and bytes) and of ``part`` of it.
+
+    The bytes are hashed, not only the size and time written: ``cp -p``, ``rsync -t``, an
+    unpacked archive or a file system with coarse times (FAT, some network shares) can leave
+    an edited file with both unchanged, and the cache would serve the old rows.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    key = f"{path.resolve()}|{digest.hexdigest()}"
     return hashlib.sha1(f"{key}|{part}".encode() if part else key.encode()).hexdigest()
 
 
@@ -450,7 +459,8 @@ def _json_records(path: Path, encoding: str | None = None) -> list[Any] | None:
     """The items of a ``.json`` file that is one JSON document, or ``None`` for JSON Lines.
 
     The document is an array of rows, or an object wrapping one (``{"data": [...]}``,
-    ``{"version": 2, "rows": [...]}``): its one value that is a list of objects.
+    ``{"version": 2, "rows": [...]}``): its one value that is a list of objects; or one row
+    of a known format written over several lines.
     """
     layout, head = _json_layout(path, encoding)
     if layout == "lines":
@@ -460,6 +470,8 @@ def _json_records(path: Path, encoding: str | None = None) -> list[Any] | None:
         return document
     if isinstance(document, dict) and (key := _wrapping_key(document)) is not None:
         return document[key]
+    if isinstance(document, dict) and _is_a_row(list(document)):
+        return [document]  # one row, written over several lines
     what = type(document).__name__
     if isinstance(document, dict):
         what = f"object with keys {list(document)[:8]}"
@@ -492,13 +504,30 @@ def _json_layout(
 
 
 def _wrapping_key(document: dict[str, Any]) -> str | None:
-    """The one key of ``document`` whose value is a list of rows (``None``: not a wrapper)."""
+    """The one key of ``document`` whose value is a list of rows (``None``: not a wrapper).
+
+    A document whose own keys make a row of a known format, and whose list's objects do not,
+    is one row holding a list (``{"instruction": ..., "output": ..., "sources": [{...}]}``).
+    """
     keys = [
         key
         for key, value in document.items()
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
     ]
-    return keys[0] if len(keys) == 1 and keys[0] not in _ROW_LISTS else None
+    if len(keys) != 1 or keys[0] in _ROW_LISTS:
+        return None
+    if _is_a_row(list(document)) and not _is_a_row(list(document[keys[0]][0])):
+        return None
+    return keys[0]
+
+
+def _is_a_row(columns: list[str]) -> bool:
+    """Whether these columns make a row of a format the loader detects on its own."""
+    try:
+        detect_format(columns, None, "")
+    except DataError:
+        return False
+    return True
 
 
 def _head_rows(path: Path, encoding: str | None = None) -> list[dict[str, Any] | None]:
@@ -532,15 +561,68 @@ def _parse_whole_json(path: Path, encoding: str | None = None) -> Any:
         raise DataError(f"{path.name}: {_TOO_DEEP}") from None
 
 
+# Python's csv refuses a cell over 128 KiB by default; a document in a cell can be longer.
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    delimiter = _csv_delimiter(path, encoding)
     with _open_text(path, encoding) as fh:
-        reader = csv.DictReader(fh, delimiter=_csv_delimiter(path, encoding))
+        reader = csv.DictReader(fh, delimiter=delimiter)
         try:
+            _refuse_repeated_columns(reader.fieldnames or [], f"{path.name}, line 1")
+            record = None
             for record in reader:
-                yield _csv_row(reader.line_num, record)
+                yield _csv_row(reader.line_num - _line_breaks(record), record)
         except csv.Error as err:
             msg = f"{path.name}, line {reader.line_num}: not valid CSV ({err})"
             raise DataError(msg) from err
+    if record is not None and _line_breaks(record):
+        _refuse_unclosed_quote(path, encoding, delimiter, reader.line_num - _line_breaks(record))
+
+
+def _line_breaks(record: dict[Any, Any]) -> int:
+    """Line breaks inside a record's quoted cells (how many lines it spans, less one)."""
+    breaks = 0
+    for value in record.values():
+        if isinstance(value, str) and ("\n" in value or "\r" in value):
+            breaks += value.count("\n") + value.count("\r") - value.count("\r\n")
+    return breaks
+
+
+def _refuse_unclosed_quote(path: Path, encoding: str | None, delimiter: str, start: int) -> None:
+    """Raise when the last record, which spans lines, runs to the end of the file inside a
+    quote: Python's csv then takes every line after the quote as part of one cell.
+
+    ``start`` is the record's first line, or the one before (the file's last line break is
+    inside the cell when the quote is not closed); the strict reader finds which.
+    """
+    with _open_text(path, encoding) as fh:
+        strict = csv.reader(itertools.islice(fh, start - 1, None), delimiter=delimiter, strict=True)
+        read = 0
+        try:
+            for _ in strict:
+                read = strict.line_num
+        except csv.Error as err:
+            if "unexpected end of data" not in str(err):
+                return  # a looser quirk the default reader accepts: not the case looked for
+            msg = (
+                f"{path.name}, line {start + read}: a quoted cell is never closed, so every line "
+                "after it would be read into that one cell; close the quote (a quote inside "
+                'a quoted cell is written twice: "")'
+            )
+            raise DataError(msg) from None
+
+
+def _refuse_repeated_columns(names: list[Any], where: str) -> None:
+    """Raise when a header names a column twice: a reader keeps only one of them."""
+    seen: set[str] = set()
+    for name in names:
+        if name is not None and str(name).strip() and str(name) in seen:
+            msg = f"{where}: the header names the column {str(name)!r} twice; rename one of them"
+            raise DataError(msg)
+        seen.add(str(name))
 
 
 def _csv_delimiter(path: Path, encoding: str | None = None) -> str:
@@ -624,6 +706,8 @@ def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
                 continue  # blank rows between and after the data, as spreadsheets have
             if header is None:
                 header = [None if c is None else str(c).strip() for c in cells]
+                where = f"{path.name}" + (f"[{sheet}]" if sheet is not None else "")
+                _refuse_repeated_columns(header, f"{where}, row {number}")
                 continue
             yield _sheet_row(number, header, cells)
     finally:
@@ -644,13 +728,21 @@ def _sheet_row(number: int, header: list[str | None], cells: tuple[Any, ...]) ->
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     number = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
-        for values in batch.to_pylist():
-            number += 1
-            yield RawRow(number, values)
+    try:
+        parquet = pq.ParquetFile(path)
+        _refuse_repeated_columns(parquet.schema_arrow.names, path.name)
+        for batch in parquet.iter_batches(batch_size=_BATCH):
+            for values in batch.to_pylist():
+                number += 1
+                yield RawRow(number, values)
+    except (pa.ArrowException, OSError) as err:
+        where = f"{path.name}, after row {number}" if number else path.name
+        msg = f"{where}: not a readable Parquet file ({err}); write it again, or use JSONL or CSV"
+        raise DataError(msg) from None
 
 
 def _list_source(items: list[Any], label: str) -> Source:
@@ -666,6 +758,8 @@ def _list_source(items: list[Any], label: str) -> Source:
 
 
 def _dataframe_source(frame: Any) -> Source:
+    _refuse_repeated_columns(list(frame.columns), "DataFrame")
+
     def read() -> Iterator[RawRow]:
         for start in range(0, len(frame), _BATCH):
             records = frame.iloc[start : start + _BATCH].to_dict("records")
