@@ -2,7 +2,7 @@
 
 Rows are streamed from the source through :meth:`Format.normalise` and written to Arrow
 batch by batch (a 1 GB JSONL file never sits in memory), to a cache file keyed by the file's
-path, size and mtime plus the loading options. A failed load leaves no cache behind (the
+path and a hash of its bytes plus the loading options. A failed load leaves no cache behind (the
 file is written under a temporary name and renamed). The batches are built with
 ``pyarrow.RecordBatch.from_pylist``; with ``DataSpec(batched=False)`` the rows go one by one
 through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).

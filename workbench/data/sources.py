@@ -84,7 +84,7 @@ class Source:
         label: Name used in messages, e.g. ``"data.jsonl"`` or ``"DataFrame"``.
         unit: What ``RawRow.number`` counts: ``"line"``, ``"row"`` or ``"item"``.
         read: Returns a fresh iterator over the rows.
-        fingerprint: Stable identity of the content (path, size, mtime), or a random one
+        fingerprint: Stable identity of the content (path and a hash of its bytes), or a random one
             for in-memory objects; used as the Arrow cache key.
 
     Examples:
