@@ -280,6 +280,37 @@ def test_serve_answers_a_chat_completion_on_loopback(tmp_path, tiny_model_dir, a
     assert port_is_free(port)
 
 
+def test_the_server_samples_at_a_temperature_and_refuses_several_choices(
+    tmp_path, tiny_model_dir, adapter_dir
+):
+    """The export's generation config answers greedily (the tiny base's does); transformers
+    serve alone would then answer every temperature with the greedy text."""
+    import openai
+
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    server = s.serve(port=18000 + (hash(str(tmp_path)) % 1000))
+    client = openai.OpenAI(base_url=server.url, api_key="unused")
+    question = [{"role": "user", "content": "What is 2 plus 2?"}]
+
+    def answer(**settings):
+        reply = client.chat.completions.create(
+            model=str(server.folder), messages=question, max_tokens=8, **settings
+        )
+        return reply.choices[0].message.content
+
+    try:
+        greedy = s.generate(question, chat=True, max_new_tokens=8)
+        assert answer() == answer(temperature=0) == greedy
+        sampled = [answer(temperature=1.5, seed=seed) for seed in (1, 1, 2, 3)]
+        assert sampled[0] == sampled[1]  # the same seed samples the same answer
+        assert len(set(sampled[1:])) == 3 and greedy not in sampled
+        with pytest.raises(openai.BadRequestError) as refused:
+            answer(n=2, temperature=1.0)
+        assert refused.value.response.json()["detail"].startswith("n=2: this server gives one")
+    finally:
+        s.close()
+
+
 def test_quantize_reports_scores_before_and_after_when_data_is_loaded(
     tmp_path, tiny_model_dir, adapter_dir
 ):

@@ -2,7 +2,9 @@
 
 The server is transformers' own (FastAPI + Uvicorn), started as a child process bound to
 loopback. :class:`Server` waits until it answers, says how to call it, and stops it on
-``stop()`` or when the Python process (the kernel) exits.
+``stop()`` or when the Python process (the kernel) exits. It is started through
+:mod:`workbench.deploy._serving`, so a request with ``temperature`` above 0 samples even when
+the model's ``generation_config.json`` answers greedily, and ``n`` above 1 is refused.
 
 Examples:
     Serving loads the model in a new process and takes tens of seconds, so it is shown here,
@@ -55,6 +57,7 @@ __all__ = [
 ]
 
 LOOPBACK = "127.0.0.1"
+_LAUNCHER = "workbench.deploy._serving"
 
 
 def check_port(port: object) -> int:
@@ -112,7 +115,8 @@ def serves_on(pid: int, port: int) -> bool:
     except OSError:
         return False
     after = args[args.index("--port") + 1] if "--port" in args[:-1] else None
-    return "serve" in args and after == str(port) and any("transformers" in a for a in args)
+    ours = any("transformers" in a or _LAUNCHER in a for a in args)
+    return "serve" in args and after == str(port) and ours
 
 
 def stop_serving_process(pid: int, port: int) -> bool:
@@ -317,7 +321,7 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
     command = [
         sys.executable,
         "-c",
-        "from transformers.cli.transformers import main; main()",
+        f"from {_LAUNCHER} import main; main()",  # transformers serve, sampling when asked
         "serve",
         str(folder),
         "--host",
