@@ -44,3 +44,27 @@ def test_compare_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvaluationError, match="no history.jsonl and no saved evaluation"):
         compare([tmp_path / "empty"])
+
+
+def test_compare_shows_the_scores_session_evaluate_saved_for_each_run(tmp_path, tiny_model_dir):
+    """``Session.evaluate`` saves under the session folder's ``evaluations/``; compare finds
+    each run's own there, and a copy saved into the run folder too counts once."""
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(
+        [{"question": f"What is {i}?", "answer": str(i)} for i in range(12)], validation=0.34
+    )
+    scored = {}
+    for lr in (1e-4, 1e-3):
+        s.load_model(str(tiny_model_dir))  # a fresh adapter for each run
+        run = s.train(max_steps=2, batch_size=4, lr=lr)
+        ev = s.evaluate(metrics=["exact_match", "rouge"], max_new_tokens=3)
+        assert ev.settings["run"] == run.run_dir.name
+        scored[run.run_dir] = ev.scores["rougeL"]["tuned"]
+    first, second = scored
+    ev.save(second / "evaluation")  # the notebook's step: a copy in the run folder
+    records = wb.compare([first, second]).records()
+    assert [r["rougeL_tuned"] for r in records] == [scored[first], scored[second]]
+    assert [len(r.evaluations) for r in wb.compare([first, second]).runs] == [1, 1]

@@ -168,3 +168,62 @@ def test_options_and_perplexity():
     ppl = METRICS["perplexity"].score(Column(("", ""), ("", ""), (0.0, math.log(3))), _idx(2))
     assert ppl["perplexity"].value == pytest.approx(2.0)
     assert METRICS["perplexity"].higher_is_better is False
+
+
+def test_workbench_rouge_gives_rouge_score_s_numbers_on_english_with_and_without_stemming():
+    for stem in (False, True):
+        metric = METRICS["rouge"].with_options(use_stemmer=stem) if stem else METRICS["rouge"]
+        scores = metric.score(Column(tuple(PREDS), tuple(REFS)), INDICES)
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stem)
+        expected = [scorer.score(r, p)["rougeL"].fmeasure for r, p in zip(REFS, PREDS, strict=True)]
+        assert scores["rougeL"].per_example == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("猫が寝ている", "猫が寝ている", 1.0),  # Japanese: no spaces, a word per character
+        ("今天天气很好", "今天天气不好", 5 / 6),
+        ("Кошка спит на диване", "Кошка спит", 2 / 3),
+        ("القطة نائمة", "القطة نائمة", 1.0),
+        ("नमस्ते दुनिया", "नमस्ते दुनिया", 1.0),  # Devanagari's vowel signs are marks, in words
+        ("café au lait", "café noir", 0.4),
+    ],
+)
+def test_rouge_scores_text_in_any_script(prediction, reference, expected):
+    """rouge-score alone keeps [a-z0-9] only: every one of these would score 0."""
+    scores = METRICS["rouge"].score(Column((prediction,), (reference,)), _idx(1))
+    assert scores["rouge1"].value == pytest.approx(expected)
+
+
+def test_a_custom_metric_must_return_a_finite_number():
+    for value in (float("nan"), np.float32("nan"), float("inf"), -np.inf, 10**400):
+        register_metric("odd", lambda p, r, value=value: value)
+        with pytest.raises(EvaluationError, match=r"metric 'odd' returned .* a finite number"):
+            METRICS["odd"].score(Column(("a",), ("b",)), _idx(1))
+    register_metric("numpy", lambda p, r: np.float32(0.25))
+    assert METRICS["numpy"].score(Column(("a",), ("b",)), _idx(1))["numpy"].value == 0.25
+
+
+def test_two_metrics_giving_a_score_of_the_same_name_are_refused_before_any_answer():
+    def rougeL(prediction, reference):  # noqa: N802 - the clash is the point
+        return 0.123
+
+    with pytest.raises(EvaluationError, match=r"'rouge' and 'rougeL' both give a score named"):
+        resolve_metrics(["rouge", rougeL])
+    assert [m.name for m in resolve_metrics({"rouge": {"rouge_types": ["rouge1"]}})] == ["rouge"]
+    resolve_metrics([METRICS["rouge"].with_options(rouge_types=["rouge1"]), rougeL])
+
+
+def test_json_valid_is_json_as_rfc_8259_reads_it():
+    from workbench.tasks import json_valid
+
+    assert json_valid('{"age": 36}', "") == 1.0
+    for text in (
+        '{"age": NaN}',
+        '{"age": Infinity}',
+        '{"age": -Infinity}',
+        "[1, 2]",
+        "```json\n{}\n```",
+    ):
+        assert json_valid(text, "") == 0.0

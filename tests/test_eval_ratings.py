@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,62 @@ def test_ratings_survive_sigkill_mid_session(tmp_path):
     resumed = ev.rater()
     assert len(resumed.remaining) == 1  # a new session resumes after the rated rows
     assert ev.ratings_summary().n == 2
+
+
+LINE_SEPARATORS = "\u2028 \u2029 \u0085"  # kept raw in JSON; str.splitlines splits at each
+
+
+def test_text_with_unicode_line_separators_survives_a_reload(tmp_path):
+    """Text pasted from a PDF or a web page carries them: rows and comments must come back."""
+    from dataclasses import replace
+
+    from workbench.evaluation import Evaluation
+
+    ev = handmade_evaluation()
+    rows = list(ev.rows)
+    rows[1] = replace(
+        rows[1], prompt=f"pasted{LINE_SEPARATORS}text", outputs={"base": "a\u0085", "tuned": "b"}
+    )
+    ev = replace(ev, rows=tuple(rows)).save(tmp_path / "ev")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)  # no line looks torn
+        reloaded = Evaluation.load(tmp_path / "ev")
+    assert reloaded.rows == ev.rows and len(reloaded.rows) == 3
+    rater = reloaded.rater()
+    rater.rate("A", comment=f"first{LINE_SEPARATORS}line", row=1)
+    assert [r.comment for r in read_ratings(reloaded.ratings_path)] == [
+        f"first{LINE_SEPARATORS}line"
+    ]
+    with pytest.raises(EvaluationError, match="already rated"):
+        rater.rate("B", row=1)
+    assert reloaded.ratings_summary().n == 1
+
+
+def test_ratings_follow_the_answers_they_judged_when_saved(tmp_path):
+    from dataclasses import replace
+
+    ev = handmade_evaluation().save(tmp_path / "ev")
+    ev.rater().rate("A", row=2)
+    copy = ev.save(tmp_path / "run" / "evaluation")  # the notebook's "save into the run" step
+    assert [r.row for r in read_ratings(copy.ratings_path)] == [2]
+    assert copy.ratings_summary().n == 1
+    rescored = replace(ev, scores={}).save()  # same answers, other scores: ratings stay
+    assert rescored.ratings_summary().n == 1
+    other = replace(ev, rows=ev.rows[:2]).save(tmp_path / "other")
+    other.rater().rate("B", row=0)
+    with pytest.warns(WorkbenchWarning, match=r"ratings of other answers .*ratings\.replaced-"):
+        over = other.save(tmp_path / "ev")  # other answers over the rated folder
+    assert over.ratings_summary().n == 1  # row 0 of 'other', taken along; not row 2 of before
+    assert [r.row for r in read_ratings(over.ratings_path)] == [0]
+    (aside,) = (tmp_path / "ev").glob("ratings.replaced-*.jsonl")
+    assert [r.row for r in read_ratings(aside)] == [2]
+
+
+def test_the_summary_counts_only_rows_the_evaluation_has(tmp_path):
+    from dataclasses import replace
+
+    ev = handmade_evaluation().save(tmp_path / "ev")
+    append_rating(ev.ratings_path, Rating(2, "tuned", "A"))
+    shorter = replace(ev, rows=ev.rows[:2])
+    assert shorter.ratings_summary().n == 0
+    assert shorter.rater().progress() == (0, 2)

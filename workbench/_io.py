@@ -20,6 +20,7 @@ __all__ = [
     "append_jsonl",
     "atomic_write_text",
     "check_free_space",
+    "json_lines",
     "read_jsonl",
     "rewrite_jsonl",
     "sha256_file",
@@ -344,6 +345,22 @@ def append_jsonl(path: str | Path, row: dict, sync: bool = False) -> None:
             os.fsync(handle.fileno())
 
 
+def json_lines(text: str) -> list[str]:
+    r"""The lines of a JSON-lines text, split at ``\n`` only.
+
+    ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and other separators that JSON
+    written with ``ensure_ascii=False`` keeps raw inside a string (text pasted from a PDF or
+    a web page), which would tear such a record in two.
+
+    Examples:
+        >>> text = json.dumps({"a": "x\u2028y"}, ensure_ascii=False) + "\n" + '{"a": 2}\n'
+        >>> len(text.splitlines()), [json.loads(line) for line in json_lines(text)]
+        (3, [{'a': 'x\u2028y'}, {'a': 2}])
+    """
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Read a JSON-lines file; torn lines (writes cut by a kill) are skipped.
 
@@ -358,7 +375,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     target = Path(path)
     if not target.is_file():
         return []
-    lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = json_lines(target.read_text(encoding="utf-8", errors="replace"))
     rows, torn = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():

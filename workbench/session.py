@@ -843,7 +843,8 @@ class Session:
 
         The base model is the same weights with the adapter switched off: no second copy.
         Returns an :class:`~workbench.evaluation.Evaluation` (its panel in a notebook), saved
-        under ``evaluations/`` in the run folder.
+        under ``evaluations/`` in the session folder, naming the run it evaluated (so
+        ``wb.compare([run.run_dir])`` shows its scores).
 
         In a notebook it returns at once (``wait=False``; ``wait=True`` blocks, as it always
         does elsewhere) an :class:`~workbench.evaluation.background.EvaluationRun`: it shows a

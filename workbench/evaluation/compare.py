@@ -130,12 +130,28 @@ def format_score(value: float) -> str:
 
 
 def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
-    found = [
+    """The evaluations saved in a run folder, and those ``Session.evaluate`` saved in its
+    session folder's ``evaluations/`` naming this run, oldest first; a copy saved in two
+    places counts once."""
+    found = _saved_in(folder)
+    if folder.parent.name == "runs":
+        others = _saved_in(folder.parent.parent / "evaluations")
+        found += [e for e in others if e.settings.get("run") == folder.name]
+    unique = {json.dumps(e.settings, sort_keys=True, default=str): e for e in found}
+    ordered = sorted(
+        unique.values(), key=lambda e: (str(e.settings.get("created", "")), str(e.path))
+    )
+    return tuple(ordered)
+
+
+def _saved_in(folder: Path) -> list[Evaluation]:
+    if not folder.is_dir():
+        return []
+    return [
         Evaluation.load(p.parent)
         for p in sorted(folder.rglob("scores.json"))
         if (p.parent / "settings.json").is_file()
     ]
-    return tuple(sorted(found, key=lambda e: (str(e.settings.get("created", "")), str(e.path))))
 
 
 def _read_run(path: str | Path) -> RunResults:

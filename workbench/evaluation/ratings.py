@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
 
-from workbench._io import append_jsonl
+from workbench._io import append_jsonl, json_lines
 from workbench.errors import EvaluationError, WorkbenchWarning
 
 __all__ = [
@@ -168,7 +168,7 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
 def _read_unlocked(target: Path) -> list[Rating]:
     if not target.is_file():
         return []
-    lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    lines = json_lines(target.read_text(encoding="utf-8", errors="replace"))
     ratings, bad = [], []
     for number, line in enumerate(lines, 1):
         if not line.strip():

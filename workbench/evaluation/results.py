@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from workbench._display import text_table
 from workbench._io import atomic_write_text, read_jsonl, staging_folder
-from workbench.errors import EvaluationError
+from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.ratings import RATINGS_FILE, RatingSummary, read_ratings, summarize
 
 __all__ = ["FILES", "EvalRow", "Evaluation"]
@@ -250,7 +253,8 @@ class Evaluation:
             >>> Evaluation({}, (), {}).ratings_summary().n
             0
         """
-        return summarize(read_ratings(self.ratings_path) if self.ratings_path else [])
+        ratings = read_ratings(self.ratings_path) if self.ratings_path else []
+        return summarize([r for r in ratings if r.row < len(self.rows)])
 
     def rater(self, seed: int = 0) -> Any:
         """A :class:`~workbench.evaluation.ratings.BlindRater` writing to :attr:`ratings_path`.
@@ -291,6 +295,10 @@ class Evaluation:
 
         A new folder is written under a temporary name and renamed; an existing one (which
         may hold ``ratings.jsonl``) has each file replaced atomically, settings last.
+        Ratings follow the answers they judged: saved elsewhere, the evaluation takes its
+        ratings along; saved over an evaluation whose prompts or answers differ, that one's
+        ratings are kept aside as ``ratings.replaced-<time>.jsonl`` (with a warning), never
+        counted for answers nobody rated.
 
         Returns:
             The evaluation with ``path`` set.
@@ -309,10 +317,46 @@ class Evaluation:
             with staging_folder(target) as tmp:
                 for name, text in texts.items():
                     (tmp / name).write_text(text, encoding="utf-8")
+                self._take_ratings_to(tmp)
         else:
+            self._set_aside_ratings_of_other_answers(target)
             for name in sorted(texts, key=lambda n: n == "settings.json"):
                 atomic_write_text(target / name, texts[name])
+            if not (target / RATINGS_FILE).exists():
+                self._take_ratings_to(target)
         return replace(self, path=target)
+
+    def _rated(self) -> list[tuple]:
+        """What a rating judges, row by row: the prompt, the reference and the answers."""
+        return [(r.prompt, r.reference, r.outputs) for r in self.rows]
+
+    def _judges_these_answers(self, folder: Path) -> bool:
+        """Whether the ratings in ``folder`` judged this evaluation's answers."""
+        try:
+            return Evaluation.load(folder)._rated() == self._rated()
+        except EvaluationError:
+            return False  # damaged: its ratings cannot be matched to answers
+
+    def _take_ratings_to(self, folder: Path) -> None:
+        """Copy the ratings of these answers, from where this evaluation was saved, along."""
+        source = self.ratings_path
+        if source is None or not source.is_file() or source.parent.resolve() == folder.resolve():
+            return
+        if self._judges_these_answers(source.parent):
+            atomic_write_text(folder / RATINGS_FILE, source.read_text(encoding="utf-8"))
+
+    def _set_aside_ratings_of_other_answers(self, folder: Path) -> None:
+        ratings = folder / RATINGS_FILE
+        if not ratings.is_file() or self._judges_these_answers(folder):
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        aside = folder / f"ratings.replaced-{stamp}.jsonl"
+        os.replace(ratings, aside)
+        msg = (
+            f"{folder} held ratings of other answers than this evaluation's; they are kept in "
+            f"{aside.name}, and this evaluation starts with none"
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=3)
 
     @classmethod
     def load(cls, path: str | Path) -> Evaluation:

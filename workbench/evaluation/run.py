@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from workbench.errors import EvaluationError, SpecError
 from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
-from workbench.evaluation.metrics import Column, Metric, resolve_metrics
+from workbench.evaluation.metrics import Column, Metric, resolve_metrics, score_name_clash
 from workbench.evaluation.perplexity import TokenLosses, reference_losses
 from workbench.evaluation.probes import read_probes
 from workbench.evaluation.results import EvalRow, Evaluation
@@ -183,10 +183,13 @@ def _score(
     indices = resample_indices(len(references), spec.n_resamples, spec.seed)
     scores: dict[str, dict[str, Any]] = {}
     per_example: dict[str, dict[str, tuple[float, ...]]] = {}
+    given_by: dict[str, str] = {}
     for metric in metrics:
         for role, out in outputs.items():
             column = Column(tuple(out.texts), references, tuple(o.loss for o in out.losses))
             for name, scored in metric.score(column, indices).items():
+                if given_by.setdefault(name, metric.name) != metric.name:
+                    raise EvaluationError(score_name_clash(name, given_by[name], metric.name))
                 entry = scores.setdefault(name, {"higher_is_better": metric.higher_is_better})
                 entry[role], entry[f"{role}_ci"] = scored.value, scored.ci
                 per_example.setdefault(name, {})[role] = scored.per_example
@@ -316,7 +319,8 @@ def run_evaluation(
         batch_size: Prompts per batch.
         events: An ``EventHub`` or ``fn(name, payload)``: ``eval_progress`` (after each batch,
             with the batch's answers) and ``eval_done``.
-        run_dir: A training run folder; its ``probes.jsonl`` is kept for the panel's timeline.
+        run_dir: A training run folder; its ``probes.jsonl`` is kept for the panel's timeline,
+            and its name in the settings (``"run"``), where ``compare`` looks for it.
         seed: Seed of the bootstrap intervals.
         cancelled: ``fn() -> bool``, asked before each batch (and before scoring): True stops
             the evaluation with an ``EvaluationError`` and nothing is saved
@@ -361,11 +365,10 @@ def run_evaluation(
         seed=seed,
     )
     evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events, cancelled)
-    if run_dir is not None:
+    if run_dir is not None:  # compare([run_dir]) finds it by this name
         probes = read_probes(run_dir)
-        evaluation = Evaluation(
-            evaluation.scores, evaluation.rows, evaluation.settings, None, probes
-        )
+        settings = {**evaluation.settings, "run": Path(run_dir).name}
+        evaluation = Evaluation(evaluation.scores, evaluation.rows, settings, None, probes)
     if out_dir is not None:
         evaluation = evaluation.save(out_dir)
     _emitter(events)(EVAL_DONE, evaluation)

@@ -169,11 +169,20 @@ def records_to_json(
 def json_valid(prediction: str, reference: str) -> float:
     """1.0 when ``prediction`` parses as a JSON object, else 0.0 (a custom metric).
 
+    JSON as RFC 8259 and ``JSON.parse`` read it: Python's ``NaN`` and ``Infinity``, which
+    ``json.loads`` accepts, are not JSON.
+
     Examples:
         >>> json_valid('{"name": "Ada"}', ""), json_valid("Ada is 36", "")
         (1.0, 0.0)
+        >>> json_valid('{"age": NaN}', ""), json_valid('{"age": -Infinity}', "")
+        (0.0, 0.0)
     """
     try:
-        return float(isinstance(json.loads(prediction.strip()), dict))
+        return float(isinstance(json.loads(prediction.strip(), parse_constant=_not_json), dict))
     except ValueError:
         return 0.0
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")

@@ -8,6 +8,7 @@ is fetched from the hub. ``perplexity`` is computed from the loaded model itself
 name           scores (keys of ``Evaluation.scores``)                            scale
 =============  ===============================================================  ============
 rouge          rouge1, rouge2, rougeL, rougeLsum: mean per-example F-measure     0-1
+               (words of any script: :class:`~._scorers.RougeWords`)
 bleu           bleu: sacrebleu corpus BLEU (evaluate's ``sacrebleu`` ``score``)  0-100
 chrf           chrf: sacrebleu corpus chrF                                       0-100
 exact_match    exact_match (``strip=True`` by default; published options work)  0-1
@@ -35,6 +36,7 @@ from typing import Any
 from workbench.errors import EvaluationError
 from workbench.evaluation.metrics._scorers import (
     MODULES_DIR,
+    ROUGE_TYPES,
     Column,
     FunctionScorer,
     ModuleScorer,
@@ -56,6 +58,7 @@ __all__ = [
     "register_metric",
     "resolve_metrics",
     "same_tool_calls",
+    "score_name_clash",
 ]
 
 
@@ -93,6 +96,18 @@ class Metric:
             raise EvaluationError(msg)
         merged = {**self.scorer.options, **options}
         return replace(self, scorer=replace(self.scorer, options=merged), options=merged)
+
+    def score_names(self) -> tuple[str, ...]:
+        """The names of the scores this metric gives, as far as known before scoring (a
+        custom ``score`` object may give others).
+
+        Examples:
+            >>> METRICS["rouge"].score_names(), METRICS["bleu"].score_names()
+            (('rouge1', 'rouge2', 'rougeL', 'rougeLsum'), ('bleu',))
+        """
+        if isinstance(self.scorer, RougeScorer):
+            return tuple(self.scorer.options.get("rouge_types", ROUGE_TYPES))
+        return (self.name,)
 
     def score(self, column: Column, indices: Any) -> dict[str, Scored]:
         """Score one column (see :class:`~workbench.evaluation.metrics.Column`).
@@ -207,7 +222,27 @@ def resolve_metrics(metrics: Sequence[Any] | Mapping[str, dict] | None) -> list[
     names = [m.name for m in resolved]
     if len(set(names)) != len(names):
         raise EvaluationError(f"metrics {names} name the same metric twice")
+    given: dict[str, str] = {}
+    for metric in resolved:
+        for score in metric.score_names():
+            if score in given:
+                raise EvaluationError(score_name_clash(score, given[score], metric.name))
+            given[score] = metric.name
     return resolved
+
+
+def score_name_clash(score: str, first: str, second: str) -> str:
+    """The refusal of two metrics that give a score of the same name (one would hide the
+    other's).
+
+    Examples:
+        >>> score_name_clash("rougeL", "rouge", "rougeL")  # doctest: +ELLIPSIS
+        "metrics 'rouge' and 'rougeL' both give a score named 'rougeL', so one would replace..."
+    """
+    return (
+        f"metrics {first!r} and {second!r} both give a score named {score!r}, so one would "
+        "replace the other; rename the function (or its name attribute)"
+    )
 
 
 def _register_builtins() -> None:

@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
@@ -106,9 +107,15 @@ def _mean_scored(values: list[float], indices: np.ndarray) -> Scored:
 
 
 def _number(name: str, index: int, value: Any) -> float:
-    if isinstance(value, Real) and not (isinstance(value, float) and math.isnan(value)):
-        return float(value)
-    msg = f"metric {name!r} returned {value!r} for example {index}: it must return a number"
+    """``value`` as a finite float, or a refusal naming the metric and the example (NaN,
+    infinity and numbers too large for a float included, numpy's as Python's)."""
+    number = math.nan
+    if isinstance(value, Real):
+        with contextlib.suppress(OverflowError):
+            number = float(value)
+    if math.isfinite(number):
+        return number
+    msg = f"metric {name!r} returned {value!r} for example {index}: it must return a finite number"
     raise EvaluationError(msg)
 
 
@@ -221,6 +228,70 @@ class ModuleScorer:
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
+# Scripts written without spaces between words: each character is a word for ROUGE (as
+# multilingual ROUGE setups split Chinese and Japanese): CJK ideographs, kana, Thai, Lao,
+# Khmer, Myanmar.
+_UNSPACED = (
+    (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F),
+    (0x20000, 0x2FA1F), (0x0E00, 0x0EFF), (0x1780, 0x17FF), (0x1000, 0x109F),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RougeWords:
+    """rouge-score's tokenizer, for every script (ROUGE's default ``tokenizer``).
+
+    rouge-score keeps only ``[a-z0-9]``, so identical Chinese, Russian or Arabic answers
+    score 0. Here letters, digits and marks of any script make words, and a character of a
+    script written without spaces is a word of its own. ASCII text gets rouge-score's own
+    tokens (stemmed alike with ``use_stemmer=True``), so English scores are the published
+    ones.
+
+    Examples:
+        >>> RougeWords()("The cat's hat!"), RougeWords()("Кошка спит."), RougeWords()("猫が寝る")
+        (['the', 'cat', 's', 'hat'], ['кошка', 'спит'], ['猫', 'が', '寝', 'る'])
+        >>> RougeWords(stem=True)("running dogs")
+        ['run', 'dog']
+    """
+
+    stem: bool = False
+
+    def __call__(self, text: str) -> list[str]:
+        from rouge_score import tokenize
+
+        stemmer = _porter() if self.stem else None
+        if text.isascii():
+            return tokenize.tokenize(text, stemmer)
+        words = _words(text.lower())
+        if stemmer is not None:
+            words = [stemmer.stem(w) if len(w) > 3 and w.isascii() else w for w in words]
+        return words
+
+
+def _words(text: str) -> list[str]:
+    import unicodedata
+
+    words: list[str] = []
+    word: list[str] = []
+    for char in text:
+        code = ord(char)
+        if any(low <= code <= high for low, high in _UNSPACED):
+            words += ["".join(word), char] if word else [char]
+            word = []
+        elif unicodedata.category(char)[0] in "LNM":
+            word.append(char)
+        elif word:
+            words.append("".join(word))
+            word = []
+    return words + (["".join(word)] if word else [])
+
+
+@functools.cache
+def _porter() -> Any:
+    from nltk.stem import porter
+
+    return porter.PorterStemmer()
+
 
 @dataclass(frozen=True)
 class RougeScorer:
@@ -248,6 +319,8 @@ class RougeScorer:
         """
         module = load_module(str(MODULES_DIR / "rouge"))
         options = {**self.options, "use_aggregator": False}
+        if options.get("tokenizer") is None:
+            options["tokenizer"] = RougeWords(bool(options.get("use_stemmer", False)))
         result = _compute(module, "rouge", column, options, "all rows")
         return {key: _mean_scored(list(result[key]), indices) for key in result}
 
