@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,12 @@ def test_info_reports_versions_device_and_cache(tmp_path):
     result = run_cli("info", env=env)
     assert result.returncode == 0, result.stderr
     assert "transformers" in result.stdout and "torch" in result.stdout
+    from importlib.metadata import version
+
+    assert re.search(
+        rf"tuning-workbench +{re.escape(version('tuning-workbench'))}\n", result.stdout
+    )
+    assert "not installed" not in result.stdout.split("bitsandbytes")[0]
     assert "no GPU" in result.stdout or "cuda" in result.stdout
     assert str(tmp_path / "empty-cache") in result.stdout
     assert "built-in gemma-3-270m  not cached yet" in result.stdout

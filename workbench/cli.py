@@ -26,7 +26,7 @@ from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 __all__ = ["environment_facts", "main"]
 
 PACKAGES = (
-    "workbench",
+    "tuning-workbench",  # this package's distribution name (it imports as workbench)
     "torch",
     "transformers",
     "peft",
