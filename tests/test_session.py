@@ -20,6 +20,7 @@ def test_session_owns_a_run_folder_and_records_the_model(tmp_path, tiny_model_di
         "quantization": "8bit",
         "dtype": "float32",
         "device": "cpu",
+        "trust_remote_code": False,
     }
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
 

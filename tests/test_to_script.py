@@ -193,3 +193,62 @@ def test_bad_input_raises_and_writes_nothing(scaled, tmp_path, case):
         write_training_script(source, target)
     assert sorted(p.name for p in target.parent.iterdir()) == before
     assert not (target / CONFIG_FILE).exists()
+
+
+def _model_with_its_own_code(folder: Path, tiny_model_dir: Path) -> Path:
+    """The tiny llama under a model type of its own, whose classes ship as code in the folder
+    (``auto_map``), as remote-code checkpoints on the hub do."""
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "configuration_own.py").write_text(
+        "from transformers import LlamaConfig\n\n\n"
+        "class OwnConfig(LlamaConfig):\n    model_type = 'own_llama'\n"
+    )
+    (folder / "modeling_own.py").write_text(
+        "from transformers import LlamaForCausalLM\n\n"
+        "from .configuration_own import OwnConfig\n\n\n"
+        "class OwnForCausalLM(LlamaForCausalLM):\n    config_class = OwnConfig\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="own_llama",
+        architectures=["OwnForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_own.OwnConfig",
+            "AutoModelForCausalLM": "modeling_own.OwnForCausalLM",
+        },
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_the_script_trains_the_model_the_session_loaded_from_any_working_folder(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A relative model folder is kept as the folder it named when loaded (another working
+    folder may hold another model of that name), and trust_remote_code goes with it."""
+    import workbench as wb
+    from workbench.models.tiny import build_tiny_model
+    from workbench.train.store import read_meta
+
+    own = _model_with_its_own_code(tmp_path / "models" / "tiny", tiny_model_dir)
+    monkeypatch.chdir(tmp_path / "models")
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model("tiny", trust_remote_code=True)
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(8)], validation=None)
+    run = s.train(max_steps=1, batch_size=4, lora=wb.LoRA(r=4, dropout=0.0))
+    assert read_meta(run.run_dir)["model_spec"]["spec"] == str(own)
+    build_tiny_model(tmp_path / "elsewhere" / "tiny", "gpt2")  # same name, another model
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    script = s.to_script(tmp_path / "script")
+    config = json.loads((script / CONFIG_FILE).read_text())
+    assert (config["model"], config["trust_remote_code"]) == (str(own), True)
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(_without_workbench(tmp_path))}
+    command = [sys.executable, str(script / "train.py"), "--cpu", "--max-steps", "1"]
+    done = subprocess.run(
+        [*command, "--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [
+        1
+    ]

@@ -169,10 +169,11 @@ class Session:
         self._record(
             {
                 "model": {
-                    "spec": str(spec),
+                    "spec": loaded.source.lasting_spec,
                     "quantization": quantization,
                     "dtype": loaded.dtype,
                     "device": loaded.device,
+                    "trust_remote_code": trust_remote_code,
                 }
             }
         )

@@ -57,6 +57,12 @@ def parse_args(config):
         "--dtype", default=config["dtype"], choices=["auto", "float32", "bfloat16", "float16"]
     )
     parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo), to test")
+    parser.add_argument(
+        "--trust-remote-code",
+        action=argparse.BooleanOptionalAction,
+        default=config.get("trust_remote_code", False),
+        help="run the code the model folder ships (the run loaded it so)",
+    )
     args = parser.parse_args()
     if not args.model:
         parser.error("the run names no base model: pass --model")
@@ -131,8 +137,11 @@ def load_model(args, spec):
     if dtype == "auto":
         gpu = torch.cuda.is_available() and not args.cpu
         dtype = "bfloat16" if gpu and torch.cuda.is_bf16_supported() else "float32"
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, dtype))
+    trust = args.trust_remote_code
+    tokenizer = AutoTokenizer.from_pretrained(args.model, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype=getattr(torch, dtype), trust_remote_code=trust
+    )
     if spec["gradient_checkpointing"]:
         core.enable_checkpointing(model)
     torch.manual_seed(spec["seed"])  # as the workbench: the adapter's initial weights

@@ -100,7 +100,7 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
     """
     run_dir, target = Path(run_dir).resolve(), Path(path)
     config = _script_config(run_dir, read_meta(run_dir))
-    layers = _decoder_layers(config["model"]) if fsdp else None
+    layers = _decoder_layers(config["model"], config["trust_remote_code"]) if fsdp else None
     _check_target(target)
     with staging_folder(target, replace=target.exists()) as tmp:
         for name, (package, source) in _SOURCES.items():
@@ -149,6 +149,7 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "data": str(run_dir / "data" / "train"),
         "model": _model_location(model_spec.get("spec")),
         "dtype": model_spec.get("dtype") or "auto",
+        "trust_remote_code": bool(model_spec.get("trust_remote_code")),
         "spec": spec,
         "total_steps": meta["total_steps"],
     }
@@ -164,7 +165,7 @@ def _model_location(spec: str | None) -> str | None:
     return source.location if source.kind == "hub" else str(Path(source.location).resolve())
 
 
-def _decoder_layers(location: str | None) -> list[str]:
+def _decoder_layers(location: str | None, trust_remote_code: bool = False) -> list[str]:
     """Class names of the model's decoder layers (``_no_split_modules``), for FSDP wrapping."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -172,7 +173,9 @@ def _decoder_layers(location: str | None) -> list[str]:
     if location is None:
         raise SpecError("the run names no base model, so fsdp=True cannot find its layers.")
     try:
-        config = transformers.AutoConfig.from_pretrained(location)
+        config = transformers.AutoConfig.from_pretrained(
+            location, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError) as err:
         msg = f"fsdp=True needs the base model's config.json, which {location} lacks: {err}"
         raise SpecError(msg) from err

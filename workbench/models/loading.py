@@ -60,6 +60,21 @@ class ModelSource:
     kind: SourceKind
     location: str
 
+    @property
+    def lasting_spec(self) -> str:
+        """The spec as a record keeps it: a folder or ``.gguf`` file as an absolute path, so
+        the run, its resume and its script find the same model from any working folder.
+
+        Examples:
+            >>> ModelSource("org/model", "hub", "org/model").lasting_spec
+            'org/model'
+            >>> ModelSource("models/tiny", "folder", "models/tiny").lasting_spec.startswith("/")
+            True
+        """
+        if self.kind in ("folder", "gguf"):
+            return str(Path(self.spec).expanduser().resolve())
+        return self.spec
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -61,7 +61,7 @@ from workbench.train.spec import TrainSpec
 
 __all__ = ["resume_run", "start_run"]
 
-MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device")
+MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device", "trust_remote_code")
 
 
 def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
@@ -371,7 +371,7 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
             "load the base model with Session.load_model(...), then Session.resume(folder)."
         )
         raise SpecError(msg)
-    options = {k: model_spec[k] for k in ("quantization", "dtype", "device") if model_spec.get(k)}
+    options = {k: model_spec[k] for k in MODEL_SPEC_KEYS[1:] if model_spec.get(k)}
     loaded = load_model(model_spec["spec"], on_event=lambda _msg: None, **options)
     return loaded.model, loaded.tokenizer
 

@@ -129,7 +129,8 @@ def _load_model(
     model_spec = meta.get("model_spec") or {}
     if not model_spec.get("spec"):
         raise SpecError(f"{run_dir}/run.json names no model (model_spec.spec is empty).")
-    options = {k: model_spec[k] for k in ("quantization", "dtype") if model_spec.get(k)}
+    keys = ("quantization", "dtype", "trust_remote_code")
+    options = {k: model_spec[k] for k in keys if model_spec.get(k)}
     if sharded:
         return _load_on_cpu(model_spec["spec"], device, options)
     loaded = load_model(model_spec["spec"], on_event=lambda _m: None, device=device, **options)
@@ -153,7 +154,8 @@ def _load_on_cpu(spec: str, device: str, options: dict[str, Any]) -> tuple[Any, 
     quiet_third_party()
     _, dtype = _resolve_device_dtype(device, options.get("dtype", "auto"))
     source = resolve_source(spec, lambda _m: None)
-    model, tokenizer = _from_pretrained(source, None, dtype, "cpu", False)
+    trust = bool(options.get("trust_remote_code"))
+    model, tokenizer = _from_pretrained(source, None, dtype, "cpu", trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer
