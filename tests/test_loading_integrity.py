@@ -196,3 +196,53 @@ def test_manifest_of_the_wrong_shape_is_rebuilt(tmp_path, monkeypatch, manifest)
     assert again == folder and len(builds) == 2
     assert "rebuilding" in messages[0] and "unreadable manifest" in messages[0]
     assert verify_entry(again) is None
+
+
+def _rewrite_weights(folder, change):
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    save_file(change(load_file(path)), path, metadata={"format": "pt"})
+
+
+def test_weights_under_other_names_are_refused_not_left_random(tmp_path, model_dir):
+    folder = copy_of(model_dir, tmp_path)
+    _rewrite_weights(folder, lambda weights: {f"zz.{k}": v for k, v in weights.items()})
+    with pytest.raises(wb.ModelLoadError, match=r"its weights lack \d+ tensor\(s\) .*left random"):
+        load_model(str(folder), on_event=quiet)
+
+
+def test_a_config_with_more_layers_than_the_weights_is_refused(tmp_path, tiny_model_dir):
+    folder = copy_of(tiny_model_dir, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 4}))
+    with pytest.raises(wb.ModelLoadError, match=r"lack \d+ tensor\(s\) .*model\.layers\.[23]\."):
+        load_model(str(folder), on_event=quiet)
+
+
+def test_weights_of_other_shapes_or_a_config_that_is_not_an_object_name_the_folder(
+    tmp_path, tiny_model_dir
+):
+    folder = copy_of(tiny_model_dir, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "intermediate_size": 40}))
+    with pytest.raises(wb.ModelLoadError, match=f"could not load .* from {folder}"):
+        load_model(str(folder), on_event=quiet)
+    (folder / "config.json").write_text("[1]")
+    with pytest.raises(wb.ModelLoadError, match=f"could not load .* from {folder}"):
+        load_model(str(folder), on_event=quiet)
+
+
+def test_weights_that_are_a_broken_link_name_the_folder(tmp_path, tiny_model_dir):
+    folder = copy_of(tiny_model_dir, tmp_path)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.safetensors").symlink_to(tmp_path / "deleted-blob")  # a hub cache's blob gone
+    with pytest.raises(wb.ModelLoadError, match=str(folder)):
+        load_model(str(folder), on_event=quiet)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_gpu_this_machine_lacks_is_refused_before_loading(tiny_model_dir, device):
+    with pytest.raises(wb.SpecError, match=rf"device='{device}': torch sees 0 CUDA GPUs here"):
+        load_model(str(tiny_model_dir), device=device, on_event=quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from memory_checks import estimate_error, saved_bytes_per_token
 
 from workbench.errors import SpecError
@@ -437,3 +438,30 @@ def test_model_info_shows_no_expert_line_the_model_does_not_have(tmp_path):
     assert "q_proj" in info.lora_targets
     with pytest.raises(SpecError, match="does not model doge models yet"):
         s.estimate_memory()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[1]", "holds a list, not a model config"),
+        ("{bad", "is not valid JSON"),
+        ("", "valid JSON"),
+    ],
+)
+def test_a_damaged_config_json_is_named(tmp_path, text, said):
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(SpecError, match=f"{tmp_path / 'config.json'} .*{said}"):
+        estimate_memory(str(tmp_path))
+
+
+@pytest.mark.parametrize("available", ["16GB", -1, 0, True])
+def test_fit_table_refuses_a_budget_that_is_not_bytes(available):
+    with pytest.raises(SpecError, match="give a positive number of bytes"):
+        fit_table(available=available, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_fit_table_for_a_gpu_this_machine_lacks_asks_for_its_memory():
+    with pytest.raises(SpecError, match="no CUDA GPU here .* give available="):
+        fit_table(device="cuda")
+    assert fit_table(device="cuda", available=24 * 2**30, seq_len=64).device == "cuda"

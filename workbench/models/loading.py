@@ -192,6 +192,9 @@ def _check_safetensors(path: Path) -> None:
     A truncated download or a file of random bytes is found here, before transformers reads
     it (its SafetensorError names neither the file nor the cause).
     """
+    if not path.is_file():  # a link whose target is gone (a hub cache's blob deleted), a folder
+        msg = f"{path} is not a readable file (a broken link, or a folder): copy the model again."
+        raise ModelLoadError(msg)
     size = path.stat().st_size
     try:
         with open(path, "rb") as handle:
@@ -299,6 +302,7 @@ def _resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise SpecError(f"device={device!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    _check_device_exists(device)
     on_gpu = device.startswith("cuda")
     if dtype == "auto":
         dtype = "bfloat16" if on_gpu and torch.cuda.is_bf16_supported() else "float32"
@@ -310,6 +314,23 @@ def _resolve_device_dtype(device: str, dtype: str) -> tuple[str, str]:
         )
         raise SpecError(msg)
     return device, dtype
+
+
+def _check_device_exists(device: str) -> None:
+    """Refuse a device torch does not see here, before loading onto it."""
+    import torch
+
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise SpecError("device='mps': this torch sees no Apple GPU; use device='auto' or 'cpu'.")
+    if not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
+        seen = f"{count} CUDA GPU{'s' if count != 1 else ''}"
+        msg = f"device={device!r}: torch sees {seen} here{build}; use device='auto' or 'cpu'."
+        raise SpecError(msg)
 
 
 def _quantization_config(quantization: str | None, dtype: str):
@@ -507,11 +528,12 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
         if offline:  # the cached snapshot's folder: the hub client would retry for ~45 s first
             location = cached_hub_snapshot(source.location)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
+        model, loading = AutoModelForCausalLM.from_pretrained(
             location,
             dtype=getattr(torch, dtype),
             device_map={"": device},
             use_safetensors=True,
+            output_loading_info=True,
             **options,
         )
     except SafetensorError as err:
@@ -520,9 +542,27 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
             ".safetensors file there is damaged or truncated: copy or download it again."
         )
         raise ModelLoadError(msg) from err
-    except (OSError, ValueError, KeyError) as err:
+    # A config.json that is not an object, a shard index without a weight map, weights of
+    # other shapes than the config's: transformers raises these as they come.
+    except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise ModelLoadError(_load_failure(source, err, offline)) from err
+    _refuse_missing_weights(source, loading.get("missing_keys") or [])
     return model, tokenizer
+
+
+def _refuse_missing_weights(source: ModelSource, missing: list[str]) -> None:
+    """Refuse a model whose checkpoint lacks weights its config has: transformers would
+    leave them random (a config with more layers, tensors under other names)."""
+    if not missing:
+        return
+    shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+    msg = (
+        f"could not load {source.spec!r} from {source.location}: its weights lack "
+        f"{len(missing)} tensor(s) that its config.json builds ({shown}), which would be "
+        "left random. The weights belong to another model or config: copy or download the "
+        "folder again."
+    )
+    raise ModelLoadError(msg)
 
 
 def _load_failure(source: ModelSource, err: Exception, offline: str | None) -> str:

@@ -319,10 +319,21 @@ def _from_folder(folder: Path) -> tuple[ModelFacts, bool, int]:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
-    except (ValueError, KeyError, OSError):  # an unknown model_type: read the raw JSON
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        config = _Namespace(raw.get("text_config", raw))
+    except (ValueError, KeyError, OSError, TypeError):  # an unknown model_type: the raw JSON
+        config = _Namespace(_raw_config(path))
     return _from_config(config, name=folder.name)
+
+
+def _raw_config(path: Path) -> dict[str, Any]:
+    """A config.json's settings (a multimodal one's text model's), or a refusal naming it."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise SpecError(f"{path} is not valid JSON ({err}); copy the model folder again") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path} holds a {type(raw).__name__}, not a model config object")
+    text = raw.get("text_config", raw)
+    return text if isinstance(text, dict) else raw
 
 
 class _Namespace:
@@ -871,11 +882,24 @@ def _available_memory(device: str) -> int:
     if device == "cuda":
         import torch
 
+        if not torch.cuda.is_available():
+            msg = (
+                "device='cuda' with no available=: torch sees no CUDA GPU here to read free "
+                "memory from; give available=<bytes> (e.g. 24 * 2**30) for the GPU you plan on"
+            )
+            raise SpecError(msg)
         free, _total = torch.cuda.mem_get_info()
         return int(free)
     import psutil
 
     return int(psutil.virtual_memory().available)
+
+
+def _checked_budget(available: Any) -> int:
+    if isinstance(available, bool) or not isinstance(available, (int, float)) or available <= 0:
+        msg = f"available={available!r}: give a positive number of bytes, e.g. 16 * 2**30"
+        raise SpecError(msg)
+    return int(available)
 
 
 def fit_table(
@@ -911,7 +935,7 @@ def fit_table(
         [False, False, True]
     """
     resolved = _resolve_device(device) if device in DEVICES else device
-    budget = _available_memory(resolved) if available is None else int(available)
+    budget = _available_memory(resolved) if available is None else _checked_budget(available)
     records = []
     for name, facts in CATALOG.items():
         for method in METHODS:
