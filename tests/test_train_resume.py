@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from train_helpers import toy_run, train_losses
 
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WorkbenchWarning
 from workbench.events import EventHub
 from workbench.train import RunState, TrainSpec, resume_run
 from workbench.train.checkpoint import latest_checkpoint
@@ -63,6 +63,20 @@ def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
     )
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert latest_checkpoint(run_dir).name == "step-00000010"
+    from workbench.widgets.training_monitor import TrainingMonitor
+
+    # status.json still says "running" (it is written when the state changes), but nobody
+    # holds the folder: the monitor of the folder says where the run really ended.
+    assert '"state": "running"' in (run_dir / "status.json").read_text()
+    dead = TrainingMonitor.from_folder(run_dir)
+    assert dead.status_text().startswith("failed · step 12/30"), dead.status_text()
+    assert "interrupted at step 12" in dead.status_text()
+    assert f"Session.resume('{run_dir}') goes on from step 10" in dead.status_text()
+    status = (run_dir / "status.json").read_text()
+    (run_dir / "status.json").write_text(status[:20])  # damaged: read from the history
+    with pytest.warns(WorkbenchWarning, match="status.json is damaged"):
+        assert TrainingMonitor.from_folder(run_dir).status_text().startswith("failed · step 12/30")
+    (run_dir / "status.json").write_text(status)
     # What a kill in the middle of a save leaves behind: a hidden partial folder.
     partial = run_dir / "checkpoints" / ".step-00000015.partial-abc"
     partial.mkdir()
@@ -73,8 +87,6 @@ def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
     assert "step 11/30" in resumed.stdout and "step 10/30" not in resumed.stdout
 
     straight = toy_run(tiny_model_dir, tmp_path / "straight", eval(SPEC))
-    from workbench.widgets.training_monitor import TrainingMonitor
-
     monitor = TrainingMonitor.from_folder(run_dir)
     assert list(monitor.traces["loss"].x) == list(range(1, 31))
     assert list(monitor.traces["loss"].y) == pytest.approx(train_losses(straight), rel=1e-5)

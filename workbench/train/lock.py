@@ -36,7 +36,7 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["LOCK_FILE", "RunLock", "lock_holder"]
+__all__ = ["LOCK_FILE", "RunLock", "is_held", "lock_holder"]
 
 LOCK_FILE = ".workbench.lock"
 # On Windows msvcrt locks a byte range and a locked range cannot be read by others, so the
@@ -63,6 +63,38 @@ def lock_holder(run_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) else None
+
+
+def is_held(run_dir: str | Path) -> bool:
+    """Whether a live process (this one included) holds the lock of ``run_dir`` now.
+
+    It tries the lock and gives it straight back, writing nothing: a run whose state says
+    "running" in a folder nobody holds was ended without a word (killed, a kernel restart).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> with RunLock(folder):
+        ...     is_held(folder)
+        True
+        >>> is_held(folder), is_held("/nonexistent-run")
+        (False, False)
+    """
+    path = Path(run_dir) / LOCK_FILE
+    with _registry_lock:
+        if str(Path(run_dir).resolve()) in _held:
+            return True
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False  # no lock file (or none readable): nobody took it
+    try:
+        if not _try_lock(fd):
+            return True
+        _unlock(fd)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:

@@ -28,11 +28,12 @@ from __future__ import annotations
 import glob
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 from workbench._io import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl, staging_folder
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WorkbenchWarning
 from workbench.train.batches import Examples
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "load_examples",
     "read_jsonl",
     "read_meta",
+    "read_status",
     "remove_partial_runs",
     "rewrite_jsonl",
     "write_meta",
@@ -215,3 +217,67 @@ def write_status(run_dir: Path, status: dict[str, Any]) -> None:
         {'state': 'running', 'step': 3}
     """
     atomic_write_text(run_dir / STATUS, json.dumps(status, indent=1), parents=False)
+
+
+_LIVE_STATES = ("created", "running", "paused", "stopping")
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """The run's status as its folder tells it, honest about a trainer that is gone.
+
+    ``status.json`` is written when the state changes, so a process killed while training
+    (SIGKILL, a kernel restart, a machine going down) leaves it saying "running" at the
+    step it started from. When no live process holds the folder's lock, such a run is
+    reported as failed at the last step its history records, with the way on; a damaged
+    ``status.json`` is named in a warning and the status is read from the history.
+
+    Examples:
+        >>> run_dir = Path("/tmp/wb-doc-store-read-status")
+        >>> run_dir.mkdir(exist_ok=True)
+        >>> write_status(run_dir, {"state": "finished", "step": 8, "total_steps": 8})
+        >>> read_status(run_dir)["state"]
+        'finished'
+    """
+    from workbench.train.lock import is_held
+
+    run_dir = Path(run_dir)
+    status = _status_file(run_dir)
+    if status.get("state", "created") in _LIVE_STATES and not is_held(run_dir):
+        status.update(_interrupted(run_dir, status))
+    return status
+
+
+def _status_file(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / STATUS
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        status = None
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{path} is damaged ({err}); the run's status is read from its history",
+                      WorkbenchWarning, stacklevel=3)  # fmt: skip
+        status = None
+    if not isinstance(status, dict):
+        status = {"run_dir": str(run_dir)}
+        if (run_dir / RUN_FILE).is_file():
+            status["total_steps"] = read_meta(run_dir).get("total_steps", 0)
+    return status
+
+
+def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
+    """The status of a run whose trainer ended without finishing: its last recorded step."""
+    from workbench.train.checkpoint import checkpoint_step, newest_valid_checkpoint
+
+    steps = [r for r in read_jsonl(run_dir / HISTORY) if r.get("kind") == "train"]
+    last = steps[-1] if steps else {}
+    checkpoint, _skipped = newest_valid_checkpoint(run_dir)
+    since = f"step {checkpoint_step(checkpoint)}" if checkpoint is not None else "step 0"
+    error = (
+        f"interrupted at step {last.get('step', status.get('step', 0))}: the process "
+        "training it ended without finishing (killed, or its kernel restarted); "
+        f"Session.resume({str(run_dir)!r}) goes on from {since}"
+    )
+    update = {"state": "failed", "error": error, "message": error}
+    if last:
+        update.update(step=last["step"], loss=last.get("loss"), epoch=last.get("epoch", 0.0))
+    return update

@@ -61,7 +61,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -326,12 +325,7 @@ class TrainingMonitor:
 
         run_dir = Path(run_dir)
         meta = store.read_meta(run_dir)
-        status_file = run_dir / store.STATUS
-        data = (
-            json.loads(status_file.read_text())
-            if status_file.is_file()
-            else {"total_steps": meta["total_steps"], "run_dir": str(run_dir)}
-        )
+        data = store.read_status(run_dir)
         rows = store.read_jsonl(run_dir / store.PROBES)
         base = next((r["outputs"] for r in rows if r.get("base")), [])
         history = [LogRecord.from_dict(r) for r in store.read_jsonl(run_dir / store.HISTORY)]
