@@ -122,3 +122,34 @@ def test_resuming_a_folder_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(SpecError, match="holds no training run"):
         resume_run(tmp_path / "absent", EventHub())
     assert not (tmp_path / "absent").exists()
+
+
+def test_a_run_whose_checkpoints_were_deleted_restarts_with_a_warning(tiny_model_dir, tmp_path):
+    import shutil
+
+    from train_helpers import fresh
+
+    run = toy_run(
+        tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=4, batch_size=8, save_every=2)
+    )
+    shutil.rmtree(run.run_dir / "checkpoints")
+    with pytest.warns(WorkbenchWarning, match="restarts from step 0; it had reached step 4"):
+        again = resume_run(
+            run.run_dir,
+            EventHub(),
+            wait=True,
+            model=fresh(tiny_model_dir).model,
+            tokenizer=run.tokenizer,
+        )
+    assert again.state is RunState.FINISHED and len(train_losses(again)) == 4
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, "x"])
+def test_a_seed_torch_cannot_take_is_refused_before_a_run_folder_is_made(tmp_path, seed):
+    with pytest.raises(SpecError, match=f"seed={seed!r} must be"):
+        TrainSpec(seed=seed)
+    from workbench.data.prepared import DataSpec
+
+    if not isinstance(seed, int) or seed < 0:
+        with pytest.raises(SpecError, match=f"seed={seed!r} must be an integer >= 0"):
+            DataSpec(seed=seed)

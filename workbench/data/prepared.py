@@ -160,6 +160,8 @@ class DataSpec:
             )
         if not isinstance(self.batched, bool):
             errors.append(f"batched={self.batched!r} must be True or False")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            errors.append(f"seed={self.seed!r} must be an integer >= 0")
         if errors:
             raise SpecError("; ".join(errors))
 

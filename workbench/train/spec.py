@@ -69,6 +69,14 @@ def _positive(name: str, value: Any, kind: type = int, zero: bool = False) -> st
     return f"{name}={value!r} must be {noun} {bound}"
 
 
+# torch.manual_seed takes 64-bit seeds; a larger one failed after the run folder was made.
+_SEED_LIMIT = 2**63
+
+
+def _seed_range(seed: int) -> str | None:
+    return None if seed < _SEED_LIMIT else f"seed={seed!r} must be below 2**63"
+
+
 def _choice(name: str, value: Any, literal: Any) -> str | None:
     options = get_args(literal)
     return None if value in options else f"{name}={value!r} is not one of {options}"
@@ -296,7 +304,7 @@ class TrainSpec:
             _positive("grad_accum", self.grad_accum),
             _positive("weight_decay", self.weight_decay, float, zero=True),
             self._keep_problem(),
-            _positive("seed", self.seed, zero=True),
+            _positive("seed", self.seed, zero=True) or _seed_range(self.seed),
             _positive("probe_max_new_tokens", self.probe_max_new_tokens),
             self._warmup_problem(),
             None

@@ -468,6 +468,8 @@ def _resume_locked(
     check_model(model, spec)
     checkpoint, skipped = newest_valid_checkpoint(run_dir)
     kept, _ = _drop_untrained_quietly(train)
+    if checkpoint is None and not skipped:
+        _warn_of_a_restart(run_dir)
     history = _history_until(run_dir, json_step(checkpoint))
     history += _skipped_notes(run_dir, skipped, checkpoint, history)
     probe_rows = _probes_until(run_dir, json_step(checkpoint))
@@ -486,6 +488,20 @@ def _resume_locked(
         checkpoint,
         start=start,
     )
+
+
+def _warn_of_a_restart(run_dir: Path) -> None:
+    """Say so when a run that trained has no checkpoint at all to resume from (the
+    checkpoints folder deleted, or none saved yet): it starts again from step 0."""
+    steps = [r.get("step", 0) for r in store.read_jsonl(run_dir / store.HISTORY)]
+    reached = max([s for s in steps if isinstance(s, int)], default=0)
+    if reached > 0:
+        msg = (
+            f"{run_dir} has no checkpoint (its checkpoints folder is gone, or the run stopped "
+            f"before its first save), so the run restarts from step 0; it had reached step "
+            f"{reached}"
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
 
 
 def _skipped_notes(
