@@ -207,3 +207,15 @@ def test_the_monitor_overlays_parent_and_forks_and_its_button_forks(tmp_path, ti
     assert "none past its start at step 12" in monitor.fork_html.value
     for m in (monitor, seen):
         m.close()
+
+
+def test_a_damaged_checkpoint_is_named_not_called_missing_or_pruned(tmp_path, tiny_model_dir):
+    s = _session(tmp_path, tiny_model_dir)
+    run = s.train(max_steps=6, lr=5e-3, batch_size=8, save_every=2, keep_checkpoints="all")
+    weights = next((run.run_dir / "checkpoints" / "step-00000004").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-8] + b"damaged!")
+    with pytest.raises(SpecError, match=r"checkpoint at step 4 is damaged \(.*steps \[2, 6\]"):
+        run.fork(step=4)
+    with pytest.warns(wb.WorkbenchWarning, match="step-00000004 is damaged .* left out"):
+        grid = s.evaluate(checkpoints="all", metrics=["exact_match"], max_new_tokens=2, limit=2)
+    assert grid.steps == (2, 6)

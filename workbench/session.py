@@ -1034,7 +1034,14 @@ class Session:
 
         run_dir = self._last_run_dir()
         found = ckpt.list_checkpoints(run_dir) if run_dir is not None else []
-        valid = [path for path in found if ckpt.checkpoint_problem(path) is None]
+        valid = []
+        for path in found:
+            problem = ckpt.checkpoint_problem(path)
+            if problem is None:
+                valid.append(path)
+            else:  # named, not left out in silence (it would read as pruned)
+                warnings.warn(f"{path} is damaged ({problem}); it is left out",
+                              WorkbenchWarning, stacklevel=3)  # fmt: skip
         return {ckpt.checkpoint_step(p): (lambda p=p: ckpt.load_trained_weights(p)) for p in valid}
 
     # --- deployment -------------------------------------------------------------------

@@ -379,6 +379,15 @@ def _check_state(parent: Run) -> None:
 
 
 def _no_checkpoint(parent: Run, step: int) -> SpecError:
+    path = parent.run_dir / "checkpoints" / f"step-{step:08d}"
+    problem = checkpoint_problem(path) if path.is_dir() else None
+    if problem is not None:
+        usable = [s for s in fork_steps(parent) if _checkpoint_at(parent.run_dir, s)]
+        msg = (
+            f"{parent.run_dir.name}'s checkpoint at step {step} is damaged ({problem}), so "
+            f"it cannot be forked from; intact checkpoints: steps {usable}."
+        )
+        return SpecError(msg)
     steps = fork_steps(parent)
     have = f"checkpoints exist at steps {steps}" if steps else "it has no checkpoint yet"
     keep = parent.spec.keep_checkpoints
