@@ -42,26 +42,42 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
     With ``parents=False`` a missing folder is an error, not created: a file that belongs in
     a folder someone deleted must not bring the folder back.
 
+    A full disk, a read-only file system or a refused permission is a
+    :class:`~workbench.errors.WriteError` naming ``path`` (not the temporary file).
+
     Examples:
         >>> p = atomic_write_text("/tmp/wb-doc.txt", "hello")
         >>> p.read_text()
         'hello'
     """
     target = Path(path)
-    if parents:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        if parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as err:
+        _raise_as_write_error(err, target, len(text.encode()))
+        raise
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            _raise_as_write_error(err, target, len(text.encode()))
         raise
     return target
+
+
+def _raise_as_write_error(err: OSError, path: Path, needed_bytes: int) -> None:
+    """Raise ``err``'s :class:`WriteError` when it is a full disk or a refused write."""
+    translated = write_error(err, path, needed_bytes)
+    if translated is not err:
+        raise translated from err
 
 
 @contextlib.contextmanager
@@ -177,16 +193,20 @@ def write_error(err: OSError, path: str | Path, needed_bytes: int | None = None)
     return err
 
 
-# Rust libraries (safetensors, tokenizers) report an OS error in their message only.
-_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# Rust libraries (safetensors, tokenizers) report an OS error in their message only, as
+# "(os error 28)"; Arrow as "[errno 28]".
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)|\[errno (\d+)\]", re.IGNORECASE)
 
 
 def _os_error_of(err: BaseException) -> OSError | None:
-    """``err`` as an OSError: itself, or one rebuilt from a Rust "(os error N)" message."""
-    if isinstance(err, OSError):
+    """``err`` as an OSError with its errno: itself, or one rebuilt from the number a
+    library's message gives ("(os error N)", "[errno N]")."""
+    if isinstance(err, OSError) and err.errno is not None:
         return err
     found = _RUST_OS_ERROR.search(str(err))
-    return OSError(int(found[1]), str(err)) if found else None
+    if found:
+        return OSError(int(found[1] or found[2]), str(err))
+    return err if isinstance(err, OSError) else None
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._io import translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
@@ -338,10 +339,11 @@ def _write_batches(
         schema = features.arrow_schema
         rows = generator()
         try:
-            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
-                while batch := list(itertools.islice(rows, _WRITE_BATCH)):
-                    out.write_batch(_record_batch(batch, schema, encodable))
-            os.replace(partial, path)
+            with translated_write_errors(folder):  # a full disk in Arrow's words: "[errno 28]"
+                with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+                    while batch := list(itertools.islice(rows, _WRITE_BATCH)):
+                        out.write_batch(_record_batch(batch, schema, encodable))
+                os.replace(partial, path)
         finally:
             partial.unlink(missing_ok=True)
         table = MemoryMappedTable.from_file(str(path))

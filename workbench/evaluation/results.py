@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import text_table
-from workbench._io import atomic_write_text, read_jsonl, staging_folder
+from workbench._io import atomic_write_text, read_jsonl, staging_folder, translated_write_errors
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.ratings import RATINGS_FILE, RatingSummary, read_ratings, summarize
 
@@ -314,7 +314,7 @@ class Evaluation:
             raise EvaluationError("save(path): give a folder; this evaluation was never saved")
         texts = self._texts()
         if not target.exists():
-            with staging_folder(target) as tmp:
+            with translated_write_errors(target), staging_folder(target) as tmp:
                 for name, text in texts.items():
                     (tmp / name).write_text(text, encoding="utf-8")
                 self._take_ratings_to(tmp)

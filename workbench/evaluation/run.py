@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench.errors import EvaluationError, SpecError
+from workbench.errors import EvaluationError, SpecError, WorkbenchWarning, WriteError
 from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
 from workbench.evaluation.metrics import Column, Metric, resolve_metrics, score_name_clash
 from workbench.evaluation.perplexity import TokenLosses, reference_losses
@@ -370,9 +371,23 @@ def run_evaluation(
         settings = {**evaluation.settings, "run": Path(run_dir).name}
         evaluation = Evaluation(evaluation.scores, evaluation.rows, settings, None, probes)
     if out_dir is not None:
-        evaluation = evaluation.save(out_dir)
+        evaluation = _saved(evaluation, out_dir)
     _emitter(events)(EVAL_DONE, evaluation)
     return evaluation
+
+
+def _saved(evaluation: Evaluation, folder: str | Path) -> Evaluation:
+    """The evaluation saved in ``folder``; where it cannot be written (a full disk), the
+    finished evaluation unsaved, with a warning, rather than its answers lost."""
+    try:
+        return evaluation.save(folder)
+    except WriteError as err:
+        msg = (
+            f"the evaluation is done but could not be saved ({err}); it is returned unsaved: "
+            "ev.save(folder) writes it where there is room"
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
+        return evaluation
 
 
 def answer_scorer(

@@ -1,0 +1,65 @@
+"""A disk that fills up while the session writes: a WriteError naming the path, nothing
+half-written, and finished work kept (a real tmpfs from the ``small_disk`` fixture)."""
+
+from __future__ import annotations
+
+import pytest
+from data_fixtures import tokenizer
+
+from workbench._io import atomic_write_text
+from workbench.errors import WorkbenchWarning, WriteError
+
+__all__ = ["tokenizer"]  # a fixture used by name
+
+
+def _fill(folder):
+    """Take every free byte of the disk ``folder`` is on."""
+    with open(folder / "filler", "wb", buffering=0) as handle:  # nothing left to flush
+        try:
+            while True:
+                handle.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+def test_a_small_file_written_to_a_full_disk_names_the_file_not_its_temporary(small_disk):
+    disk = small_disk(64)
+    _fill(disk)
+    with pytest.raises(WriteError, match=f"no space left on device at {disk / 'session.json'}"):
+        atomic_write_text(disk / "session.json", "x" * 10_000)
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_loading_data_onto_a_full_disk_names_the_cache_and_leaves_nothing(small_disk, tokenizer):
+    from workbench.data import PreparedData
+
+    disk = small_disk(256)
+    rows = [{"question": f"question {i} " * 20, "answer": f"answer {i} " * 20} for i in range(2000)]
+    with pytest.raises(WriteError, match=f"no space left on device at {disk}"):
+        PreparedData.load(rows, tokenizer, cache_dir=str(disk), validation=None)
+    assert not list(disk.rglob("*.arrow")) and not list(disk.rglob("*.incomplete"))
+
+
+def test_an_evaluation_that_cannot_be_saved_is_returned_with_its_answers(
+    small_disk, tiny_model_dir
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.evaluation import run_evaluation
+
+    disk = small_disk(64)
+    _fill(disk)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    rows = [{"prompt": f"Say {i}.", "reference": str(i)} for i in range(3)]
+    with pytest.warns(WorkbenchWarning, match="done but could not be saved .*no space left"):
+        ev = run_evaluation(
+            model,
+            AutoTokenizer.from_pretrained(tiny_model_dir),
+            rows,
+            metrics=["exact_match"],
+            compare_base=False,
+            max_new_tokens=2,
+            out_dir=disk / "eval-001",
+        )
+    assert ev.path is None and len(ev.rows) == 3 and "exact_match" in ev.scores
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written folder
