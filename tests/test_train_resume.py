@@ -153,3 +153,24 @@ def test_a_seed_torch_cannot_take_is_refused_before_a_run_folder_is_made(tmp_pat
     if not isinstance(seed, int) or seed < 0:
         with pytest.raises(SpecError, match=f"seed={seed!r} must be an integer >= 0"):
             DataSpec(seed=seed)
+
+
+def test_a_run_whose_base_model_moved_resumes_where_it_is_now(tiny_model_dir, tmp_path):
+    import shutil
+
+    import workbench as wb
+    from workbench.errors import ModelLoadError
+    from workbench.train.store import read_meta
+
+    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(base))
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(16)], validation=None)
+    run = s.train(max_steps=6, batch_size=8, save_every=2)
+    moved = base.rename(tmp_path / "moved")
+    later = wb.Session(tmp_path / "s", verbose=False)
+    with pytest.raises(ModelLoadError, match=r"run\.json names; if it has moved, .*model="):
+        later.resume(run.run_dir)
+    resumed = later.resume(run.run_dir, model=str(moved), wait=True)
+    assert resumed.state is RunState.FINISHED and resumed.status.step == 6
+    assert read_meta(run.run_dir)["model_spec"]["spec"] == str(moved)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import (
+    ModelLoadError,
     NoDataError,
     NoModelError,
     SessionStateError,
@@ -688,11 +689,19 @@ class Session:
 
         return chat_stop_strings(self._data.template, self.tokenizer) or None
 
-    def resume(self, run_dir: str | Path, wait: bool | None = None, **launch: Any):
+    def resume(
+        self,
+        run_dir: str | Path,
+        wait: bool | None = None,
+        model: str | Path | None = None,
+        **launch: Any,
+    ):
         """Continue a run from its last complete checkpoint (also in a new process).
 
         ``run_dir`` is a run folder (``runs/demo/runs/run-001``) or a session folder, whose
-        latest run is then resumed (and named in a progress message).
+        latest run is then resumed (and named in a progress message). The base model is the
+        one the run's ``run.json`` names; where that folder has moved, ``model=`` names it
+        now (and ``run.json`` keeps the new place for later resumes).
 
         Examples:
             >>> import shutil
@@ -724,9 +733,7 @@ class Session:
         self._check_run_allows("resume")
         run_dir = self._run_folder(Path(run_dir).expanduser())
         meta = read_meta(run_dir)
-        model_spec = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
-        if model_spec.get("spec"):
-            self.load_model(model_spec.pop("spec"), **model_spec)
+        self._load_base_of(run_dir, meta, model)
         reset_adapter_strength(self.loaded.model)  # a run never resumes from a scaled adapter
         self._run = resume_run(
             run_dir,
@@ -740,6 +747,30 @@ class Session:
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
         return self._run
+
+    def _load_base_of(self, run_dir: Path, meta: dict, model: str | Path | None) -> None:
+        """Load the base model a resumed run trains: ``model``, else the one run.json names."""
+        from workbench.train.store import write_meta
+
+        settings = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
+        recorded = settings.pop("spec", None)
+        if model is None and recorded is None:
+            return  # a run of a model built in memory: the loaded model goes on with it
+        try:
+            self.load_model(str(model or recorded), **settings)
+        except ModelLoadError as err:
+            if model is not None:
+                raise
+            msg = (
+                f"{err} It is the base model {run_dir / 'run.json'} names; if it has moved, "
+                "pass where it is now: Session.resume(folder, model='<its folder>')."
+            )
+            raise ModelLoadError(msg) from err
+        if model is not None:
+            spec = self.loaded.source.lasting_spec
+            write_meta(
+                run_dir, {**meta, "model_spec": {**meta.get("model_spec", {}), "spec": spec}}
+            )
 
     def find_lr(self, **settings: Any):
         """Sweep the learning rate on the loaded data and suggest one (a panel in a notebook).
