@@ -246,3 +246,18 @@ def test_weights_that_are_a_broken_link_name_the_folder(tmp_path, tiny_model_dir
 def test_a_gpu_this_machine_lacks_is_refused_before_loading(tiny_model_dir, device):
     with pytest.raises(wb.SpecError, match=rf"device='{device}': torch sees 0 CUDA GPUs here"):
         load_model(str(tiny_model_dir), device=device, on_event=quiet)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_an_encoder_is_refused_not_trained_as_a_causal_model(tmp_path, tiny_model_dir, kind):
+    """transformers loads BERT as BertLMHeadModel, whose tokens see the ones after them."""
+    from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer
+
+    config = AutoConfig.for_model(
+        kind, vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64,
+    )  # fmt: skip
+    AutoModelForMaskedLM.from_config(config).save_pretrained(tmp_path / kind)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / kind)
+    with pytest.raises(wb.ModelLoadError, match=f"is a {kind} encoder: .*see the tokens after it"):
+        load_model(str(tmp_path / kind), on_event=quiet)

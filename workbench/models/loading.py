@@ -547,7 +547,39 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
     except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise ModelLoadError(_load_failure(source, err, offline)) from err
     _refuse_missing_weights(source, loading.get("missing_keys") or [])
+    _refuse_encoder(source, model)
     return model, tokenizer
+
+
+def _refuse_encoder(source: ModelSource, model: Any) -> None:
+    """Refuse an encoder (BERT, RoBERTa, ELECTRA...) that transformers would load as a causal
+    LM: its attention is bidirectional, so each token would see the answer after it.
+
+    Configs with ``is_decoder=False`` are such encoders, or decoders that use the flag for
+    something else (GPT-NeoX): a forward pass tells them apart, by whether the first token's
+    logits change when a later token does.
+    """
+    config = model.config
+    if getattr(config, "is_decoder", None) is not False or config.is_encoder_decoder:
+        return
+    if not _first_token_sees_later_ones(model):
+        return
+    msg = (
+        f"{source.spec!r} is a {config.model_type} encoder: its attention lets every "
+        "token see the tokens after it, so it cannot learn to write an answer it is "
+        "shown. Tune a decoder (a causal language model such as Gemma, Llama, Qwen)."
+    )
+    raise ModelLoadError(msg)
+
+
+def _first_token_sees_later_ones(model: Any) -> bool:
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3], [1, 2, 4]], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, 0].float()
+    return not torch.allclose(logits[0], logits[1], atol=1e-4)
 
 
 def _refuse_missing_weights(source: ModelSource, missing: list[str]) -> None:
