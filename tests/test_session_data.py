@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,25 @@ def test_bad_row_names_file_line_and_field(session, tmp_path):
     with pytest.raises(wb.DataError, match=r"bad.jsonl.*line 2.*answer"):
         session.load_data(str(path))
     assert not list(session.run_dir.glob("data-cache/**/*.arrow.tmp*"))
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_at_load_data(tmp_path, tiny_model_dir):
+    """Ids past the embedding's rows failed later, in torch.embedding, with IndexError."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "small-vocabulary"))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    model.resize_token_embeddings(300)  # the tokenizer keeps its 512 tokens
+    model.save_pretrained(folder)
+    assert len(AutoTokenizer.from_pretrained(folder)) > 300
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(folder))
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(8)]
+    with pytest.raises(
+        wb.DataError, match=r"train row \d+ \(source row \d+\): token id \d+ .* 300 rows"
+    ):
+        s.load_data(rows, validation=None)
+    with pytest.raises(wb.NoDataError):
+        _ = s.data  # nothing half-loaded

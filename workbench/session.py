@@ -405,13 +405,17 @@ class Session:
 
         from workbench.data import PreparedData
         from workbench.data.context import model_context
+        from workbench.data.vocabulary import refuse_ids_beyond
 
         disable_progress_bar()  # progress bars would print into whatever cell is current
         known = _keywords(PreparedData.load, ("source", "tokenizer"))
         refuse_unknown("load_data()", options, known)
         options.setdefault("cache_dir", str(self.run_dir / "data-cache"))
         options.setdefault("context", model_context(self.loaded.model.config))
-        self._data = PreparedData.load(source, self.tokenizer, **options)
+        data = PreparedData.load(source, self.tokenizer, **options)
+        rows = self.loaded.model.get_input_embeddings().num_embeddings
+        refuse_ids_beyond(data, rows, self.tokenizer)
+        self._data = data
         report = self._data.report()
         self._record(
             {
