@@ -109,10 +109,11 @@ def test_demo_on_a_family_the_memory_estimate_does_not_model_says_so_and_trains(
 
 
 def test_demo_with_a_bad_spec_exits_with_a_message(tmp_path):
-    result = run_cli("demo", "--model", "no-such-model", "--run-dir", str(tmp_path))
+    result = run_cli("demo", "--model", "no-such-model", "--run-dir", str(tmp_path / "demo"))
     assert result.returncode == 2
     assert "error: unknown model spec 'no-such-model'" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists()  # no empty run folder left behind
 
 
 @pytest.mark.slow

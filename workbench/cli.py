@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import platform
 import sys
@@ -87,9 +88,16 @@ def _demo(args: argparse.Namespace) -> int:
     from workbench.report import write_report
     from workbench.tasks import json_valid, records_to_json
 
+    existed = Path(args.run_dir).exists()
     session = wb.Session(args.run_dir)
     _section("model")
-    print(session.load_model(args.model))
+    try:
+        print(session.load_model(args.model))
+    except wb.WorkbenchError:
+        if not existed:  # a model that does not load leaves no empty run folder behind
+            with contextlib.suppress(OSError):
+                Path(args.run_dir).rmdir()
+        raise
     _section("data: free-text records -> JSON")
     train, test = records_to_json(args.train_size, args.test_size)
     report = session.load_data(train, validation=test)
