@@ -174,3 +174,20 @@ def test_a_run_whose_base_model_moved_resumes_where_it_is_now(tiny_model_dir, tm
     resumed = later.resume(run.run_dir, model=str(moved), wait=True)
     assert resumed.state is RunState.FINISHED and resumed.status.step == 6
     assert read_meta(run.run_dir)["model_spec"]["spec"] == str(moved)
+
+
+def test_a_run_whose_tokenized_data_was_damaged_is_not_resumed(tiny_model_dir, tmp_path):
+    """It trained on from the damaged rows and failed in torch.embedding at every resume."""
+    from train_helpers import fresh
+
+    run = toy_run(
+        tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=4, batch_size=8, save_every=2)
+    )
+    (arrow,) = (run.run_dir / "data" / "train").glob("*.arrow")
+    data = bytearray(arrow.read_bytes())
+    data[-200:-136] = bytes(64)  # 64 bytes of token ids overwritten, the size unchanged
+    arrow.write_bytes(bytes(data))
+    with pytest.raises(SpecError, match=r"data is damaged \(train/.*\.arrow does not match its"):
+        resume_run(
+            run.run_dir, EventHub(), model=fresh(tiny_model_dir).model, tokenizer=run.tokenizer
+        )

@@ -457,6 +457,7 @@ def _resume_locked(
     start: bool = True,
 ) -> Run:
     spec = TrainSpec.from_dict(meta["spec"])
+    store.check_data(run_dir)
     train = store.load_examples(run_dir, "train")
     if train is None:
         raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")

@@ -32,7 +32,15 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from workbench._io import append_jsonl, atomic_write_text, read_jsonl, rewrite_jsonl, staging_folder
+from workbench._io import (
+    append_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    rewrite_jsonl,
+    staging_folder,
+    verify_manifest,
+    write_manifest,
+)
 from workbench.errors import SpecError, WorkbenchWarning
 from workbench.train.batches import Examples
 
@@ -43,6 +51,7 @@ __all__ = [
     "STARTING_CHOICES",
     "STATUS",
     "append_jsonl",
+    "check_data",
     "check_new_folder",
     "chosen_at_start",
     "create_run_folder",
@@ -57,6 +66,7 @@ __all__ = [
 ]
 
 RUN_FILE, HISTORY, PROBES, STATUS = "run.json", "history.jsonl", "probes.jsonl", "status.json"
+DATA_MANIFEST = "manifest.json"  # in data/: sizes and SHA-256 of the tokenized data
 # Settings given as "auto" that a run decides when it starts; run.json keeps each reason
 # under "<setting>_choice" next to the decided value in its spec.
 STARTING_CHOICES = ("batch_size", "gradient_checkpointing")
@@ -124,8 +134,33 @@ def create_run_folder(
         _save_examples(train, tmp / "data" / "train")
         if validation is not None:
             _save_examples(validation, tmp / "data" / "validation")
+        write_manifest(tmp / "data", DATA_MANIFEST)
         (tmp / RUN_FILE).write_text(json.dumps(meta, indent=1))
     return run_dir
+
+
+def check_data(run_dir: str | Path) -> None:
+    """Refuse a run whose tokenized data changed since it was written (its manifest's
+    sizes and SHA-256): resuming would train on other tokens, or crash inside torch.
+
+    Runs written before the manifest existed are not checked.
+
+    Examples:
+        >>> from workbench.train.batches import Examples
+        >>> train = Examples.from_rows([[1, 2, 3]], [[-100, 2, 3]])
+        >>> run_dir = create_run_folder(Path("/tmp/wb-doc-store-check"), {}, train, None)
+        >>> check_data(run_dir)  # intact
+    """
+    folder = Path(run_dir) / "data"
+    if not (folder / DATA_MANIFEST).is_file():
+        return
+    problem = verify_manifest(folder, DATA_MANIFEST)
+    if problem is not None:
+        msg = (
+            f"{folder} is damaged ({problem}): the run's tokenized data is not what it "
+            "trained on, so it cannot be resumed; train a new run from the data"
+        )
+        raise SpecError(msg)
 
 
 def remove_partial_runs(run_dir: Path) -> list[Path]:
