@@ -135,7 +135,7 @@ def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
     places counts once."""
     found = _saved_in(folder)
     if folder.parent.name == "runs":
-        others = _saved_in(folder.parent.parent / "evaluations")
+        others = _saved_in(folder.parent.parent / "evaluations", skip_damaged=True)
         found += [e for e in others if e.settings.get("run") == folder.name]
     unique = {json.dumps(e.settings, sort_keys=True, default=str): e for e in found}
     ordered = sorted(
@@ -144,14 +144,21 @@ def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
     return tuple(ordered)
 
 
-def _saved_in(folder: Path) -> list[Evaluation]:
+def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
+    """Evaluations saved under ``folder``; with ``skip_damaged``, those that load (the
+    session's other evaluations are not the run's own to refuse compare over)."""
     if not folder.is_dir():
         return []
-    return [
-        Evaluation.load(p.parent)
-        for p in sorted(folder.rglob("scores.json"))
-        if (p.parent / "settings.json").is_file()
-    ]
+    found = []
+    for path in sorted(folder.rglob("scores.json")):
+        if not (path.parent / "settings.json").is_file():
+            continue
+        try:
+            found.append(Evaluation.load(path.parent))
+        except EvaluationError:
+            if not skip_damaged:
+                raise
+    return found
 
 
 def _read_run(path: str | Path) -> RunResults:
