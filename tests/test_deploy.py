@@ -193,9 +193,13 @@ def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(
     """No GGUF key says these, so llama.cpp would silently compute another model."""
     import json
 
+    from transformers import AutoModelForCausalLM
+
     folder = wb.build_tiny_model(tmp_path / architecture, architecture)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    # weights for what the change adds (biases, norms): load_model refuses missing ones
+    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(folder))
     with pytest.raises(wb.SpecError, match=message):
