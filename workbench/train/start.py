@@ -457,10 +457,10 @@ def _resume_locked(
     start: bool = True,
 ) -> Run:
     spec = TrainSpec.from_dict(meta["spec"])
+    if not (run_dir / "data" / "train").is_dir():
+        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
     store.check_data(run_dir)
     train = store.load_examples(run_dir, "train")
-    if train is None:
-        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
     validation = store.load_examples(run_dir, "validation")
     store.remove_partial_runs(run_dir)
     remove_partial_checkpoints(run_dir)
