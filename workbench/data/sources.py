@@ -578,8 +578,9 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
         except csv.Error as err:
             msg = f"{path.name}, line {reader.line_num}: not valid CSV ({err})"
             raise DataError(msg) from err
-    if record is not None and _line_breaks(record):
-        _refuse_unclosed_quote(path, encoding, delimiter, reader.line_num - _line_breaks(record))
+    breaks = 0 if record is None else _line_breaks(record)
+    if breaks:
+        _refuse_unclosed_quote(path, encoding, delimiter, reader.line_num - breaks)
 
 
 def _line_breaks(record: dict[Any, Any]) -> int:

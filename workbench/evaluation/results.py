@@ -331,11 +331,13 @@ class Evaluation:
         return [(r.prompt, r.reference, r.outputs) for r in self.rows]
 
     def _judges_these_answers(self, folder: Path) -> bool:
-        """Whether the ratings in ``folder`` judged this evaluation's answers."""
-        try:
-            return Evaluation.load(folder)._rated() == self._rated()
-        except EvaluationError:
-            return False  # damaged: its ratings cannot be matched to answers
+        """Whether the ratings in ``folder`` judged this evaluation's answers (only its
+        ``rows.jsonl`` is read; without one, its ratings cannot be matched to answers)."""
+        if not (folder / "rows.jsonl").is_file():
+            return False
+        rows = [r for r in read_jsonl(folder / "rows.jsonl") if isinstance(r, dict)]
+        rated = [(r.get("prompt"), r.get("reference"), r.get("outputs")) for r in rows]
+        return rated == self._rated()
 
     def _take_ratings_to(self, folder: Path) -> None:
         """Copy the ratings of these answers, from where this evaluation was saved, along."""

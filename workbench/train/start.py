@@ -376,8 +376,9 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
     return loaded.model, loaded.tokenizer
 
 
-def _history_until(run_dir: Path, step: int) -> list[LogRecord]:
-    rows = [r for r in store.read_jsonl(run_dir / store.HISTORY) if r.get("step", 0) <= step]
+def _history_until(run_dir: Path, rows: list[dict[str, Any]], step: int) -> list[LogRecord]:
+    """Keep (and rewrite) the history ``rows`` logged up to ``step``; later ones are redone."""
+    rows = [r for r in rows if r.get("step", 0) <= step]
     store.rewrite_jsonl(run_dir / store.HISTORY, rows)
     return [LogRecord.from_dict(r) for r in rows]
 
@@ -469,9 +470,10 @@ def _resume_locked(
     check_model(model, spec)
     checkpoint, skipped = newest_valid_checkpoint(run_dir)
     kept, _ = _drop_untrained_quietly(train)
+    logged = store.read_jsonl(run_dir / store.HISTORY)
     if checkpoint is None and not skipped:
-        _warn_of_a_restart(run_dir)
-    history = _history_until(run_dir, json_step(checkpoint))
+        _warn_of_a_restart(run_dir, logged)
+    history = _history_until(run_dir, logged, json_step(checkpoint))
     history += _skipped_notes(run_dir, skipped, checkpoint, history)
     probe_rows = _probes_until(run_dir, json_step(checkpoint))
     return _launch(
@@ -491,10 +493,11 @@ def _resume_locked(
     )
 
 
-def _warn_of_a_restart(run_dir: Path) -> None:
-    """Say so when a run that trained has no checkpoint at all to resume from (the
-    checkpoints folder deleted, or none saved yet): it starts again from step 0."""
-    steps = [r.get("step", 0) for r in store.read_jsonl(run_dir / store.HISTORY)]
+def _warn_of_a_restart(run_dir: Path, logged: list[dict[str, Any]]) -> None:
+    """Say so when a run that trained (``logged``: its history) has no checkpoint at all to
+    resume from (the checkpoints folder deleted, or none saved yet): it starts again from
+    step 0."""
+    steps = [r.get("step", 0) for r in logged]
     reached = max([s for s in steps if isinstance(s, int)], default=0)
     if reached > 0:
         msg = (
