@@ -146,3 +146,31 @@ def test_corrupted_gguf_conversion_is_rebuilt(tiny_gguf, tmp_path, monkeypatch):
     assert any("does not match its SHA-256" in m and "rebuilding" in m for m in messages)
     assert verify_entry(first) is None
     assert (first / "model.safetensors").read_bytes() == weights  # converted afresh, the same
+
+
+def test_gguf_edited_in_place_is_converted_again(tiny_gguf, tmp_path, monkeypatch):
+    # An edit that keeps the file's size and mtime (as `cp -p`, `rsync -t` or `touch -r`
+    # leave it) must not be served the conversion of the earlier file.
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    first = Path(resolve_source(str(tiny_gguf), on_event=lambda m: None).location)
+    old_weights = load_file(first / "model.safetensors")
+    before = tiny_gguf.stat()
+    data = bytearray(tiny_gguf.read_bytes())
+    data[-8:] = bytes(b ^ 0x10 for b in data[-8:])  # the last tensor's last values
+    tiny_gguf.write_bytes(bytes(data))
+    os.utime(tiny_gguf, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (tiny_gguf.stat().st_size, tiny_gguf.stat().st_mtime_ns) == (
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    messages: list[str] = []
+    second = Path(resolve_source(str(tiny_gguf), on_event=messages.append).location)
+    assert second != first
+    assert verify_entry(second) is None
+    new_weights = load_file(second / "model.safetensors")
+    changed = [k for k in old_weights if not old_weights[k].equal(new_weights[k])]
+    assert len(changed) == 1, changed  # the edited tensor, converted afresh
+    assert not first.exists()  # the earlier file's conversion is not left on disk
+    assert any(f"removed {first.name}" in m for m in messages), messages

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from pathlib import Path
 from workbench._io import staging_folder, verify_manifest, write_manifest
 from workbench.errors import CacheError
 
-__all__ = ["MANIFEST", "cache_root", "cached_folder", "verify_entry"]
+__all__ = ["MANIFEST", "cache_root", "cached_folder", "remove_superseded", "verify_entry"]
 
 MANIFEST = "workbench-cache.json"
 CACHE_ENV = "WORKBENCH_CACHE"
@@ -122,3 +123,47 @@ def cached_folder(
             build(tmp)
             write_manifest(tmp, MANIFEST, {"source": source})
     return folder
+
+
+def remove_superseded(keep: Path, field: str, value: str) -> list[Path]:
+    """Remove the cache entries, other than ``keep``, built from the same source: those whose
+    manifest's ``source[field]`` is ``value`` (conversions of a file that has changed since,
+    which would otherwise stay on disk, a full copy of the model each).
+
+    An entry another process is building or rebuilding (its lock is held) is left alone.
+
+    Returns:
+        The folders removed.
+
+    Examples:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WORKBENCH_CACHE": "/tmp/wb-doc-superseded"}):
+        ...     old = cached_folder("v1", lambda tmp: None, {"gguf": "/m.gguf"})
+        ...     new = cached_folder("v2", lambda tmp: None, {"gguf": "/m.gguf"})
+        ...     removed = remove_superseded(new, "gguf", "/m.gguf")
+        >>> removed == [old], old.exists(), new.exists()
+        (True, False, True)
+    """
+    from filelock import FileLock, Timeout
+
+    removed = []
+    for entry in sorted(keep.parent.iterdir()):
+        if entry == keep or entry.name.startswith(".") or _source_of(entry).get(field) != value:
+            continue
+        try:
+            with FileLock(str(keep.parent / f".{entry.name}.lock"), timeout=0):
+                shutil.rmtree(entry, ignore_errors=True)
+        except Timeout:
+            continue
+        removed.append(entry)
+    return removed
+
+
+def _source_of(entry: Path) -> dict:
+    """The ``source`` facts in an entry's manifest (empty when it has none or is damaged)."""
+    try:
+        source = json.loads((entry / MANIFEST).read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return source if isinstance(source, dict) else {}

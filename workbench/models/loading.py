@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 from workbench._quiet import quiet_third_party
 from workbench.errors import DependencyError, ModelLoadError, SpecError, WorkbenchWarning
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
-from workbench.models.cache import cache_root, cached_folder
+from workbench.models.cache import cache_root, cached_folder, remove_superseded
 from workbench.models.gguf import convert_gguf, gguf_architecture
 from workbench.models.hub import cached_hub_snapshot, hub_unreachable
 from workbench.types import DType, Quantization
@@ -101,7 +101,12 @@ class LoadedModel:
 def _gguf_source(spec: str, path: Path, on_event: Callable[[str], None]) -> ModelSource:
     gguf_architecture(path)
     stat = path.stat()
-    fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    # Hashing a multi-gigabyte file at each load would cost seconds; the inode and the
+    # change time (which a write always moves and `touch`, `cp -p` or `rsync -t` cannot set
+    # back) tell an edited file apart even when its size and mtime are kept.
+    fingerprint = (
+        f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}:{stat.st_ctime_ns}"
+    )
     key = f"gguf-{path.stem}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
     on_event(f"looking for a converted copy of {path.name} in the cache")
     folder = cached_folder(
@@ -110,6 +115,8 @@ def _gguf_source(spec: str, path: Path, on_event: Callable[[str], None]) -> Mode
         {"gguf": str(path.resolve()), "size": stat.st_size},
         on_event,
     )
+    for old in remove_superseded(folder, "gguf", str(path.resolve())):
+        on_event(f"removed {old.name}, the converted copy of an earlier {path.name}")
     return ModelSource(spec, "gguf", str(folder))
 
 
