@@ -17,12 +17,14 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from jinja2.exceptions import TemplateError
 
+from workbench.data.prompts import chat_prompt_ids
+from workbench.data.special_text import SpecialTokensInText
 from workbench.data.templates import Template, render_many, resolve_template
 from workbench.data.tool_calls import check_template_writes_tools, tool_calls_of, tools_of
 from workbench.errors import SpecError
@@ -60,6 +62,9 @@ class ChatInputs:
         stop_strings: Where an answer ends (the template's end of turn); may be empty.
         single: The input was one message or one conversation (so one answer, not a list).
         template: The template used.
+        prompt_ids: Each prompt's token ids as training tokenized its prompts (control
+            tokens written in a message stay plain text: :mod:`workbench.data.prompts`);
+            ``None`` without a tokenizer.
 
     Examples:
         >>> ChatInputs(["p"], [], True, None).single
@@ -70,6 +75,7 @@ class ChatInputs:
     stop_strings: list[str]
     single: bool
     template: Template | None
+    prompt_ids: list[list[int]] | None = None
 
 
 def chat_template(template: Template | str | None, tokenizer: Any) -> Template:
@@ -173,6 +179,7 @@ def chat_inputs(
     tokenizer: Any,
     template: Template | str | None = None,
     tools: list[dict[str, Any]] | None = None,
+    special_tokens_in_text: SpecialTokensInText = "split",
 ) -> ChatInputs:
     """Render chat prompts for generation, with the stop strings that end their answers.
 
@@ -183,6 +190,9 @@ def chat_inputs(
         template: The template the data was loaded with (``data.template``), or ``None``.
         tools: Tools offered to the model (OpenAI's function schemas), as in training data's
             ``tools``; refused when the template does not write them.
+        special_tokens_in_text: What a control token written as text in a message becomes
+            in ``prompt_ids``: ``"split"`` plain text (the default, as training does), or
+            ``"keep"`` a control token (for data loaded with it).
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -198,8 +208,10 @@ def chat_inputs(
         <BLANKLINE>
     """
     resolved = chat_template(template, tokenizer)
+    if isinstance(prompt, Mapping):  # one message: a conversation of one turn
+        prompt = [prompt]
     items = [prompt] if isinstance(prompt, str) else list(prompt)
-    single = isinstance(prompt, str) or bool(items and isinstance(items[0], dict))
+    single = isinstance(prompt, str) or bool(items and isinstance(items[0], Mapping))
     if single and not isinstance(prompt, str):
         items = [items]
     if not items:
@@ -221,7 +233,11 @@ def chat_inputs(
                 "(load_data(..., template='chatml') writes tools)"
             )
             raise SpecError(msg)
-    return ChatInputs(prompts, chat_stop_strings(resolved, tokenizer), single, resolved)
+    ids = None
+    if tokenizer is not None:
+        ids = chat_prompt_ids(resolved, tokenizer, conversations, each, special_tokens_in_text)
+    stops = chat_stop_strings(resolved, tokenizer)
+    return ChatInputs(prompts, stops, single, resolved, ids)
 
 
 def describe_chat(template: Template, tokenizer: Any) -> str:

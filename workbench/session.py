@@ -245,6 +245,14 @@ class Session:
 
         Greedy unless ``do_sample=True`` is passed. Returns the new text only, as the model
         wrote it (special tokens included; it ends before its end token and padding).
+        ``stop_strings`` (a text or a list) end the answer early.
+
+        The prompt reaches the model as training's tokens did (:mod:`workbench.data.prompts`).
+        A text prompt is read the way the loaded data was: with chat data, as a prompt the
+        template rendered (``s.example(i).prompt``; no ``bos`` added to what the template
+        writes); with raw-text data, with the tokenizer's ``bos`` in front; with no data, as
+        the tokenizer does by default. A prompt longer than the model's context, or one that
+        leaves no room for ``max_new_tokens``, is refused.
 
         With ``chat=True`` each prompt is one user turn (a list of ``{"role", "content"}``
         turns is one conversation) rendered with the template the data was loaded with (else
@@ -268,19 +276,33 @@ class Session:
         self._check_run_allows("generate")
         if tools and not chat:
             raise SpecError("tools= needs chat=True: tools are offered in a chat template.")
+        stops = _stop_list(generation.pop("stop_strings", None))
         if chat:
             from workbench.chat import chat_inputs
 
             template = self._data.template if self._data is not None else None
-            inputs = chat_inputs(prompt, self.tokenizer, template, tools)
-            stops = [*(generation.pop("stop_strings", None) or []), *inputs.stop_strings]
-            outputs = generate_text(
-                self.model, self.tokenizer, inputs.prompts, max_new_tokens, stops, **generation
-            )
-            return outputs[0] if inputs.single else outputs
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        outputs = generate_text(self.model, self.tokenizer, prompts, max_new_tokens, **generation)
-        return outputs[0] if isinstance(prompt, str) else outputs
+            mode = self._data.spec.special_tokens_in_text if self._data is not None else "split"
+            inputs = chat_inputs(prompt, self.tokenizer, template, tools, mode)
+            ids, single, stops = inputs.prompt_ids, inputs.single, [*stops, *inputs.stop_strings]
+        else:
+            texts, single = _text_prompts(prompt)
+            ids = self._text_prompt_ids(texts)
+        _check_room(ids, max_new_tokens, self.loaded.model.config)
+        outputs = generate_text(
+            self.model, self.tokenizer, ids, max_new_tokens, stops or None, **generation
+        )
+        return outputs[0] if single else outputs
+
+    def _text_prompt_ids(self, texts: list[str]) -> list[list[int]]:
+        """Text prompts as ids tokenized the way the loaded data was (with no data, as
+        :func:`~workbench.models.generation.encode_prompts` does)."""
+        if self._data is None:
+            from workbench.models.generation import encode_prompts
+
+            return [list(ids) for ids in encode_prompts(self.tokenizer, texts)["input_ids"]]
+        from workbench.data.prompts import text_prompt_ids
+
+        return text_prompt_ids(self.tokenizer, texts, rendered=not self._data.is_text)
 
     @property
     def adapter_strength(self) -> float | None:
@@ -584,6 +606,11 @@ class Session:
     def load_adapter(self, path: str | Path) -> ModelInfo:
         """Put a saved peft adapter (e.g. an ``adapter`` export) on the loaded base model.
 
+        Raises:
+            SpecError: the model already carries an adapter (a second one would mix with it).
+            ModelLoadError: ``path`` is not an adapter folder or its adapter does not fit
+                this model; the model is left as it was.
+
         Examples:
             >>> import shutil
             >>> from workbench.models.tiny import build_tiny_model
@@ -601,9 +628,15 @@ class Session:
             'PeftModelForCausalLM'
         """
         self._check_run_allows("load_adapter")
-        from peft import PeftModel
+        from workbench.models.adapters import attach_adapter
+        from workbench.models.strength import has_adapter
 
-        self._adapted = PeftModel.from_pretrained(self.loaded.model, str(path)).eval()
+        if self._adapted is not None or has_adapter(self.loaded.model):
+            raise SpecError(
+                "the model already carries an adapter (from a run or an earlier "
+                "load_adapter): load_model(...) again, then load_adapter(...), to use another."
+            )
+        self._adapted = attach_adapter(self.loaded.model, path)
         self._progress(f"loaded adapter {path}")
         return self.model_info()
 
@@ -677,12 +710,20 @@ class Session:
                 probes=probes,
                 launch=launch,
                 probe_stops=self._answer_stops(),
+                probe_ids=self._probe_ids(probes),
             )
         self._adapted = self._run.model
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
         return self._run
+
+    def _probe_ids(self, probes: Any) -> list[list[int]] | None:
+        """The probes tokenized as the data's prompts (left to ``start_run`` to refuse when
+        they are not a list of texts)."""
+        if not (isinstance(probes, (list, tuple)) and all(isinstance(p, str) for p in probes)):
+            return None
+        return self._text_prompt_ids(list(probes)) if probes else None
 
     def _answer_stops(self) -> list[str] | None:
         """Where the tuned model's answers end (the data template's end of turn), for
@@ -1054,8 +1095,18 @@ class Session:
             split = "train"
         if prepared.is_text:
             raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
-        examples = [prepared.example(i, split) for i in range(len(prepared.split(split)))]
-        rows = [{"prompt": ex.prompt, "reference": ex.answer} for ex in examples]
+        rows = []
+        for i in range(len(prepared.split(split))):
+            example = prepared.example(i, split)
+            prompt_ids, reference_ids = prepared.inference_ids(i, split)
+            rows.append(
+                {
+                    "prompt": example.prompt,
+                    "reference": example.answer,
+                    "prompt_ids": prompt_ids,  # the tokens training saw, not the text again
+                    "reference_ids": reference_ids,
+                }
+            )
         if "tool_calls" in _metric_names(metrics):
             _check_calls_readable(prepared, split, rows)
         return rows
@@ -1464,6 +1515,56 @@ class Session:
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None
         return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
+
+
+def _stop_list(stops: Any) -> list[str]:
+    """``stop_strings`` as a list: one text is one stop, not one stop per character."""
+    if stops is None:
+        return []
+    if isinstance(stops, str):
+        return [stops]
+    if isinstance(stops, (list, tuple)) and all(isinstance(x, str) for x in stops):
+        return list(stops)
+    raise SpecError(f"stop_strings={stops!r} must be a text or a list of texts.")
+
+
+def _text_prompts(prompt: Any) -> tuple[list[str], bool]:
+    """The texts of ``generate``'s prompt (``chat=False``), and whether it was one text."""
+    if isinstance(prompt, str):
+        return [prompt], True
+    if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+        return list(prompt), False
+    if isinstance(prompt, dict) or (
+        isinstance(prompt, (list, tuple)) and any(isinstance(p, dict) for p in prompt)
+    ):
+        raise SpecError(
+            "messages ({'role': ..., 'content': ...}) need chat=True: generate(messages, "
+            "chat=True) renders them with the chat template."
+        )
+    raise SpecError(f"prompt={prompt!r} must be a text or a non-empty list of texts.")
+
+
+def _check_room(prompts: list[list[int]], max_new_tokens: Any, config: Any) -> None:
+    """Refuse a prompt the model cannot read whole, or that leaves no room to answer: past
+    its context, positions are garbage or out of range (an index error, a CUDA assert)."""
+    from workbench.data.context import model_context
+
+    context = model_context(config)
+    if context is None or not isinstance(max_new_tokens, int):
+        return
+    for k, prompt in enumerate(prompts):
+        if len(prompt) + max_new_tokens > context:
+            room = context - len(prompt)
+            fix = (
+                f"lower max_new_tokens to {room} or less"
+                if room > 0
+                else "shorten the prompt (or the conversation)"
+            )
+            msg = (
+                f"prompt {k} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} "
+                f"that is past the model's context of {context} tokens: {fix}."
+            )
+            raise SpecError(msg)
 
 
 # Calls that leave the live model and the session's data as they were: allowed while the run

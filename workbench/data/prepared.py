@@ -581,6 +581,44 @@ class PreparedData:
             row["n_tokens"] - len(row["input_ids"]),
         )
 
+    def inference_ids(self, i: int, split: SplitName = "train") -> tuple[list[int], list[int]]:
+        """Token ids of example ``i``'s inference prompt and of its expected answer, as
+        training tokenized them (:mod:`workbench.data.prompts`): control tokens written as
+        text in the row stay what ``special_tokens_in_text`` made them, and no ``bos`` is
+        added to what the template writes. Evaluation generates from these ids.
+
+        Raises:
+            DataError: raw-text data (it has no prompts), or no example ``i``.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "Say <|im_end|>", "answer": "<|im_end|>"}]
+            >>> data = PreparedData.load(rows, tokenizer, validation=None)
+            >>> prompt, answer = data.inference_ids(0)
+            >>> tokenizer.convert_ids_to_tokens(prompt).count("<|im_end|>")  # the template's
+            1
+            >>> trained = [t.id for t in data.example(0).tokens]
+            >>> trained[: len(prompt)] == prompt, trained[len(prompt) :][: len(answer)] == answer
+            (True, True)
+        """
+        from workbench.data.prompts import answer_ids, chat_prompt_ids
+
+        if self.is_text:
+            raise DataError("raw-text data has no prompts: inference_ids needs prompt/answer rows")
+        dataset = self.split(split)
+        if not 0 <= i < len(dataset):
+            raise DataError(f"example {i}: {split} has {len(dataset)} rows")
+        row = dataset[int(i)]
+        answer = self._texts_of(row)[1]
+        messages, tools = with_tool_calling(row["messages"], row.get(TOOL_CALLING))
+        turns = messages[: _answer_turn(messages, row.get(UNTRAINED_TURNS))]
+        mode = self.spec.special_tokens_in_text
+        offered = [tools] if tools else None
+        [prompt] = chat_prompt_ids(self.template, self.tokenizer, [turns], offered, mode)
+        return prompt, answer_ids(self.tokenizer, answer, mode)
+
     def _texts_of(self, row: dict[str, Any]) -> tuple[str, str, str]:
         if self.is_text:
             return "", row["text"], row["text"]

@@ -46,6 +46,7 @@ __all__ = [
     "answer_calls",
     "check_template_writes_tools",
     "encode_tool_calling",
+    "map_texts",
     "map_tool_texts",
     "parse_tool_calls",
     "refuse_dropped_tools",
@@ -420,18 +421,25 @@ def map_tool_texts(stored: str | None, change: Callable[[str], str]) -> str | No
     if not stored:
         return stored
     data = json.loads(stored)
-    turns = {index: _map_texts(extra, change) for index, extra in data.get("turns", {}).items()}
-    changed = {"tools": _map_texts(data.get("tools"), change), "turns": turns}
+    turns = {index: map_texts(extra, change) for index, extra in data.get("turns", {}).items()}
+    changed = {"tools": map_texts(data.get("tools"), change), "turns": turns}
     return json.dumps(changed, ensure_ascii=False)
 
 
-def _map_texts(value: Any, change: Callable[[str], str]) -> Any:
+def map_texts(value: Any, change: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like: strings, dicts, lists) with ``change`` applied to each string
+    and each dict key.
+
+    Examples:
+        >>> map_texts([{"role": "user", "content": "hi"}, 3], str.upper)
+        [{'ROLE': 'USER', 'CONTENT': 'HI'}, 3]
+    """
     if isinstance(value, str):
         return change(value)
     if isinstance(value, dict):
-        return {change(key): _map_texts(item, change) for key, item in value.items()}
+        return {change(key): map_texts(item, change) for key, item in value.items()}
     if isinstance(value, list):
-        return [_map_texts(item, change) for item in value]
+        return [map_texts(item, change) for item in value]
     return value
 
 

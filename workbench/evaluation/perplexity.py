@@ -11,6 +11,7 @@ small even with a 262k vocabulary.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,13 +47,18 @@ class TokenLosses:
         return math.exp(self.loss)
 
 
-def _encode(tokenizer: Any, prompt: str, reference: str) -> tuple[list[int], list[int]]:
-    # The prompt is tokenized exactly as generation tokenizes it, then the reference follows.
+def _encode(
+    tokenizer: Any, prompt: str | Sequence[int], reference: str | Sequence[int]
+) -> tuple[list[int], list[int]]:
+    # A text prompt is tokenized exactly as generation tokenizes it, then the reference
+    # follows; token ids are taken as they are.
     from workbench.models.generation import encode_prompts
 
-    prompt_ids = encode_prompts(tokenizer, [prompt])["input_ids"][0]
-    reference_ids = tokenizer(reference, add_special_tokens=False)["input_ids"]
-    return list(prompt_ids), list(reference_ids)
+    if isinstance(prompt, str):
+        prompt = encode_prompts(tokenizer, [prompt])["input_ids"][0]
+    if isinstance(reference, str):
+        reference = tokenizer(reference, add_special_tokens=False)["input_ids"]
+    return list(prompt), list(reference)
 
 
 def _batch_tensors(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Any, Any]:
@@ -96,15 +102,19 @@ def _batch_losses(model: Any, tokenizer: Any, pairs: list[tuple[list[int], list[
 
 
 def reference_losses(
-    model: Any, tokenizer: Any, prompts: list[str], references: list[str], batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str | Sequence[int]],
+    references: Sequence[str | Sequence[int]],
+    batch_size: int = 8,
 ) -> list[TokenLosses]:
     """Loss of each reference given its prompt, per example and per token.
 
     Args:
         model: A causal LM (a peft model as it is: adapter on unless disabled by the caller).
         tokenizer: Its tokenizer.
-        prompts: Prompts rendered for inference.
-        references: Expected answers.
+        prompts: Prompts rendered for inference (texts, or their token ids).
+        references: Expected answers (texts, or their token ids).
         batch_size: Examples per forward pass.
 
     Returns:

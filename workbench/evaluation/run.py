@@ -93,6 +93,13 @@ def validate_rows(rows: Sequence[dict] | None, limit: int | None = None) -> list
             if not isinstance(row[key], str):
                 kind = type(row[key]).__name__
                 raise EvaluationError(f"row {i}: field {key!r} must be a string, got {kind}")
+        for key in ("prompt_ids", "reference_ids"):
+            ids = row.get(key)
+            if ids is not None and not (
+                isinstance(ids, list) and all(type(t) is int and t >= 0 for t in ids)
+            ):
+                msg = f"row {i}: field {key!r} must be a list of token ids (ints >= 0)"
+                raise EvaluationError(msg)
     return rows
 
 
@@ -154,7 +161,7 @@ def _run_column(
 ) -> _Outputs:
     from workbench.models.generation import generate_text
 
-    prompts = [r["prompt"] for r in rows]
+    prompts = [r.get("prompt_ids") or r["prompt"] for r in rows]
     texts: list[str] = []
     with _adapter(model, role):
         for start in range(0, len(prompts), spec.batch_size):
@@ -171,9 +178,8 @@ def _run_column(
             texts += new
             emit(EVAL_PROGRESS, EvalProgress(role, len(texts), len(prompts), tuple(new)))
         _check_cancelled(cancelled, f"after {role} {len(texts)}/{len(prompts)}")
-        losses = reference_losses(
-            model, tokenizer, prompts, [r["reference"] for r in rows], spec.batch_size
-        )
+        references = [r.get("reference_ids") or r["reference"] for r in rows]
+        losses = reference_losses(model, tokenizer, prompts, references, spec.batch_size)
     return _Outputs(texts, losses)
 
 
@@ -307,7 +313,10 @@ def run_evaluation(
     Args:
         model: A ``PeftModel`` (tuned) or a plain causal LM.
         tokenizer: Its tokenizer.
-        rows: ``[{"prompt": rendered prompt, "reference": answer, "id": optional}, ...]``.
+        rows: ``[{"prompt": rendered prompt, "reference": answer, "id": optional}, ...]``;
+            optional ``"prompt_ids"`` and ``"reference_ids"`` (the tokens training saw:
+            :meth:`~workbench.data.PreparedData.inference_ids`) are used instead of
+            tokenizing the texts again.
         metrics: Names from :data:`~workbench.evaluation.METRICS`, functions
             ``f(prediction, reference) -> float``, ``evaluate.EvaluationModule`` instances, or
             ``{name: options}`` (e.g. ``{"exact_match": {"ignore_case": True}}``).

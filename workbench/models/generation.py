@@ -85,7 +85,7 @@ def _stop_settings(model: Any, tokenizer: Any, stops: Sequence[str], generation:
 def generate_text(
     model: Any,
     tokenizer: Any,
-    prompts: list[str],
+    prompts: Sequence[str | Sequence[int]],
     max_new_tokens: int = 64,
     stop_strings: Sequence[str] | None = None,
     **generation: Any,
@@ -97,14 +97,17 @@ def generate_text(
     marker such as Gemma 4's ``<|tool_call>`` or Mistral's ``[TOOL_CALLS]`` is part of the
     answer (:func:`~workbench.data.tool_calls.parse_tool_calls` needs it).
 
-    Prompts are batched with left padding, so every completion starts right after its prompt.
+    A prompt is text (tokenized by :func:`encode_prompts`) or token ids, used as they are
+    (:mod:`workbench.data.prompts` makes the ids training saw). Prompts are batched with
+    left padding, so every completion starts right after its prompt.
     Greedy by default (``do_sample=False``); any ``generate`` keyword passes through.
     ``stop_strings`` (e.g. a template's end of turn ``"<|im_end|>"``) end a completion: a
     stop that is one token becomes an extra eos id, a longer one goes to ``generate``'s
     ``stop_strings``, and the returned text is cut before the first stop string.
 
     Raises:
-        SpecError: ``max_new_tokens`` is not a positive integer or ``prompts`` is empty.
+        SpecError: ``max_new_tokens`` is not a positive integer, ``prompts`` or one of them
+            is empty, or ``generate`` refuses a setting (a negative temperature, say).
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -123,23 +126,45 @@ def generate_text(
         raise SpecError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
     if not prompts:
         raise SpecError("prompts is empty: give at least one prompt.")
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = encode_prompts(tokenizer, prompts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = padding_side
-    batch = batch.to(next(model.parameters()).device)
+    batch = _left_padded(tokenizer, _prompt_ids(tokenizer, prompts))
+    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     generation.setdefault("do_sample", False)
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
     stops = [s for s in (stop_strings or []) if s]
     _stop_settings(model, tokenizer, stops, generation)
     with torch.no_grad():
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
+        try:
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
+        except ValueError as err:  # generation settings transformers refuses, before any step
+            raise SpecError(f"generate refused these settings: {err}") from None
     new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     ends = _end_ids(model, tokenizer, generation)
     texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]
     return [cut_at_stop(t, stops) for t in texts] if stops else texts
+
+
+def _prompt_ids(tokenizer: Any, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+    """Each prompt's ids (texts tokenized together, by :func:`encode_prompts`); an empty
+    prompt is refused (the model has nothing to continue)."""
+    texts = [p for p in prompts if isinstance(p, str)]
+    encoded = iter(encode_prompts(tokenizer, texts)["input_ids"] if texts else [])
+    ids = [list(next(encoded)) if isinstance(p, str) else list(p) for p in prompts]
+    empty = [k for k, row in enumerate(ids) if not row]
+    if empty:
+        msg = f"prompt {empty[0]} is empty (no tokens): give the model some text to continue."
+        raise SpecError(msg)
+    return ids
+
+
+def _left_padded(tokenizer: Any, rows: list[list[int]]) -> dict[str, Any]:
+    """``input_ids`` and ``attention_mask`` with each row padded on the left."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(row) for row in rows)
+    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _end_ids(model: Any, tokenizer: Any, generation: dict) -> set[int]:

@@ -553,6 +553,8 @@ def _plan(
         "total_steps": total,
         "model_spec": _meta(parent.run_dir).get("model_spec") or {},
         "probes": list(parent.probes),
+        "probe_stops": list(parent.probe_stops),
+        **({"probe_ids": parent.probe_ids} if parent.probe_ids else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "examples": {"train": len(train), "validation": len(validation or [])},
         "forked_from": {"run": parent.run_dir.name, "step": step},
@@ -598,6 +600,8 @@ def _start(
             probe_rows,
             lock=lock,
         )
+        run.probe_stops = list(meta.get("probe_stops") or [])
+        run.probe_ids = meta.get("probe_ids")
         run.start_choices = store.chosen_at_start(meta)
         run.restore_state(_reschedule(loop, checkpoint))
         state = run.checkpoint_state()

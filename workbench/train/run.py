@@ -167,6 +167,7 @@ class Run:
         self.writes_files = True
         self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
         self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
+        self.probe_ids: list[list[int]] | None = None  # the probes as the data's tokens
         # why each setting given as "auto" was decided as it was when the run started
         self.start_choices: dict[str, str] = {}
         self._packing_kept = False  # the first step's packing decision is in run.json

@@ -125,6 +125,7 @@ def start_run(
     probes: list[str] | None = None,
     launch: Any = None,
     probe_stops: list[str] | None = None,
+    probe_ids: list[list[int]] | None = None,
 ) -> Run:
     """Check everything, write the run folder, and start training on a background thread.
 
@@ -151,6 +152,9 @@ def start_run(
             ``accelerate launch``) instead of this one's background thread.
         probe_stops: Strings that end a probe's answer (the template's end of turn), as
             they end an evaluation's.
+        probe_ids: The probes' token ids, one list per probe, as the data's prompts were
+            tokenized (:func:`workbench.data.prompts.text_prompt_ids`); ``None``: the texts
+            are tokenized by :func:`~workbench.models.generation.encode_prompts`.
 
     Returns:
         The :class:`Run` (running, or ended when ``wait``).
@@ -198,6 +202,7 @@ def start_run(
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
         "probes": list(probes or []),
         "probe_stops": list(probe_stops or []),
+        **({"probe_ids": [list(ids) for ids in probe_ids]} if probe_ids else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "examples": {"train": len(train), "validation": len(validation or [])},
         **({"launch": launch.to_dict()} if launch is not None else {}),
@@ -346,6 +351,7 @@ def _launch(
         lock=lock,
     )
     run.probe_stops = list(meta.get("probe_stops") or [])
+    run.probe_ids = meta.get("probe_ids")
     run.start_choices = store.chosen_at_start(meta)
     if checkpoint is not None:
         run.restore_state(load_checkpoint(checkpoint, model, loop.optimizer, loop.scheduler))

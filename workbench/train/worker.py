@@ -283,7 +283,7 @@ class Worker:
         return generate_text(
             self.run.model,
             self.run.tokenizer,
-            self.run.probes,
+            self.run.probe_ids or self.run.probes,
             max_new_tokens=self.spec.probe_max_new_tokens,
             stop_strings=self.run.probe_stops or None,
             **self.generate_options,

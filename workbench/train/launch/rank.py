@@ -215,7 +215,8 @@ def _build_run(run_dir: Path, accelerator: Any, sharded: bool = False) -> Any:
     kept, _ = _drop_untrained_quietly(train)
     history, probe_rows = [], []
     if main:
-        history = _history_until(run_dir, json_step(checkpoint))
+        logged = store.read_jsonl(run_dir / store.HISTORY)
+        history = _history_until(run_dir, logged, json_step(checkpoint))
         history += _skipped_notes(run_dir, skipped, checkpoint, history)
         probe_rows = _probes_until(run_dir, json_step(checkpoint))
     if sharded:  # every rank generates the probes: each must know if the base ones are done
@@ -229,7 +230,7 @@ def _build_run(run_dir: Path, accelerator: Any, sharded: bool = False) -> Any:
         validation,
         spec,
         # DDP: rank 0 alone generates the probes; sharded: every rank takes part.
-        meta if main or sharded else {**meta, "probes": []},
+        meta if main or sharded else {**meta, "probes": [], "probe_ids": None},
         history,
         lock,
         probe_rows,
