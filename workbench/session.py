@@ -1230,9 +1230,11 @@ class Session:
             self._exported, self._exported_version = exported  # the live model is not that one
             return folder
         from workbench.deploy import check_export, export_model, export_target
+        from workbench.deploy.paths import refuse_session_folders
         from workbench.deploy.session_glue import card_for, ship_tokenizer
 
         target = export_target(self.run_dir, path)
+        refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
         replace = overwrite or earlier is not None
         check_export(self.model, target, format, replace, gguf_type)  # before anything changes
@@ -1244,6 +1246,8 @@ class Session:
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
         self._progress(f"exported {format} to {folder}")
+        if card.strength_note():
+            warnings.warn(card.strength_note(), WorkbenchWarning, stacklevel=2)
         # remembered before the check: an export whose check is interrupted is still this
         # session's, for the same call run again to replace
         self.folder.remember(folder, self._writer(), f"{format} export")
@@ -1371,7 +1375,15 @@ class Session:
         """The latest safetensors export, made anew when missing or older than the model."""
         current = self._exported is not None and (self._exported / "config.json").is_file()
         if not current or self._exported_version != self._model_version():
-            self.export("export/merged", overwrite=True)
+            try:  # replaces only this session's own unchanged export: never a user's files
+                self.export("export/merged")
+            except SpecError as err:
+                msg = (
+                    f"quantize() and serve() first export the model as it is now to "
+                    f"export/merged: {err} Move your files out of it, or export there "
+                    "yourself first (export('export/merged', overwrite=True))."
+                )
+                raise SpecError(msg) from None
         return self._exported
 
     def _model_version(self) -> tuple:
@@ -1390,7 +1402,10 @@ class Session:
 
         The quantized model goes to ``path`` (default ``export/quantized-4bit`` or ``-8bit``
         in the session folder); like :meth:`export`, a folder this session folder wrote
-        before, unchanged since, is replaced without ``overwrite=True``.
+        before, unchanged since, is replaced without ``overwrite=True``. The model as it is
+        now is exported to ``export/merged`` first unless the latest export there is of it;
+        a folder there that holds anything else (files of yours, another checkpoint's export
+        changed since) is refused, never replaced.
 
         Examples:
             >>> import shutil
@@ -1404,9 +1419,11 @@ class Session:
         """
         self._check_run_allows("quantize")
         from workbench.deploy import export_target, quantize_export
+        from workbench.deploy.paths import refuse_session_folders
         from workbench.deploy.quantize import check_quantize_target
 
         target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
+        refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
         replace = overwrite or earlier is not None
         check_quantize_target(target, quantization, replace)  # before exporting anything

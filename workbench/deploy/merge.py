@@ -73,6 +73,7 @@ def merge_adapter(model: Any) -> Any:
     """
     if not is_adapted(model):
         raise SpecError("there is no adapter to merge: train or load an adapter first.")
+    _drop_switched_off(model)
     base = model.get_base_model()
     if getattr(base, "hf_quantizer", None) is None:
         return model.merge_and_unload()
@@ -156,6 +157,19 @@ def _own_adapted_weights(model: Any) -> None:
                 )
 
 
+def _drop_switched_off(model: Any) -> None:
+    """Put back the base layer of each adapted layer whose adapters are switched off (a
+    DoRA adapter at strength 0): peft's merge would fold them in anyway, while the model
+    computes without them."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer) and module.disable_adapters:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+
+
 def _is_bnb_layer(module: Any) -> bool:
     return type(module).__module__.startswith("bitsandbytes")
 
@@ -188,9 +202,11 @@ def _merged_linear(module: Any):
     wrapper = module if hasattr(module, "get_base_layer") else None
     base = wrapper.get_base_layer() if wrapper is not None else module
     weight = _dequantized(base).float()
+    unmerged = weight
     for adapter in wrapper.active_adapters if wrapper is not None else ():
         if adapter in wrapper.lora_A:
-            weight = weight + wrapper.get_delta_weight(adapter).float()
+            delta = wrapper.get_delta_weight(adapter).float()
+            weight = _dora_factor(wrapper, adapter, unmerged, delta) * (weight + delta)
     dtype = getattr(base, "compute_dtype", None) or torch.float32
     out_features, in_features = weight.shape
     if issubclass(getattr(base, "source_cls", torch.nn.Linear), Conv1D):
@@ -206,6 +222,20 @@ def _merged_linear(module: Any):
     else:
         layer.bias = torch.nn.Parameter(base.bias.detach().to(dtype), requires_grad=False)
     return layer
+
+
+def _dora_factor(wrapper: Any, adapter: str, base: Any, delta: Any) -> Any:
+    """What a DoRA adapter multiplies each output row by once merged: its learned magnitude
+    over the row's norm in the unmerged weight plus the update (peft's own rule); ``1`` for
+    plain LoRA. Another peft variant is refused rather than merged wrong."""
+    variant = getattr(wrapper, "lora_variant", {}).get(adapter)
+    if variant is None:
+        return 1.0
+    if type(variant).__name__ != "DoraLinearVariant":
+        msg = f"cannot merge a {type(variant).__name__} adapter over a quantized base."
+        raise SpecError(msg)
+    magnitude = wrapper.lora_magnitude_vector[adapter].weight.detach().float()
+    return (magnitude / (base + delta).norm(dim=1)).view(-1, 1)
 
 
 def _dequantized(layer: Any):

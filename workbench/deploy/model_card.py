@@ -28,6 +28,8 @@ class ModelCard:
         quantization: How the base was quantized for training (``"4bit"``, ``"8bit"``,
             ``None``): an adapter is loaded on a base quantized the same way.
         dtype: The dtype the base was trained in (``"float32"``, ``"bfloat16"``).
+        adapter_strength: The session's adapter strength at export (``None``: no adapter,
+            or the tuned strength 1).
 
     Examples:
         >>> ModelCard("m", "adapter", scores={"rouge1": {"base": 0.1, "tuned": 0.5}}).render()[:3]
@@ -42,6 +44,7 @@ class ModelCard:
     terms: str = ""
     quantization: str | None = None
     dtype: str = "float32"
+    adapter_strength: float | None = None
 
     def render(self) -> str:
         """The README.md text: YAML front matter, then sections.
@@ -69,12 +72,35 @@ class ModelCard:
             f"Exported by Tuning Workbench as `{self.export_format}`.",
             "",
         ]
+        if self.strength_note():
+            lines += [self.strength_note(), ""]
         lines += self._section("Use", self._usage_block())
         lines += self._section("Data", self.data_summary or "not recorded")
         lines += self._section("Training", self._training_block())
         lines += self._section("Evaluation", self._scores_block())
         lines += self._section("Licence", self.terms or "See the base model's licence.")
         return "\n".join(lines)
+
+    def strength_note(self) -> str:
+        """What the export holds when the session scaled its adapter (``""`` at strength 1).
+
+        Examples:
+            >>> ModelCard("m", "safetensors", adapter_strength=0.5).strength_note()
+            'The adapter is merged at strength 0.5 (set_adapter_strength), not as trained (1).'
+            >>> ModelCard("m", "adapter", adapter_strength=0.5).strength_note()[:48]
+            'The adapter is saved as trained (strength 1): th'
+        """
+        if self.adapter_strength is None or self.adapter_strength == 1.0:
+            return ""
+        if self.export_format == "adapter":
+            return (
+                "The adapter is saved as trained (strength 1): the session's strength "
+                f"{self.adapter_strength:g} is not part of it."
+            )
+        return (
+            f"The adapter is merged at strength {self.adapter_strength:g} "
+            "(set_adapter_strength), not as trained (1)."
+        )
 
     @staticmethod
     def _section(title: str, body: str) -> list[str]:

@@ -18,7 +18,17 @@ from pathlib import Path
 from workbench._io import staging_folder, translated_write_errors
 from workbench.errors import SpecError
 
-__all__ = ["check_writable_target", "export_target", "remove_abandoned_stages", "staged_write"]
+__all__ = [
+    "SESSION_OWNED",
+    "check_writable_target",
+    "export_target",
+    "refuse_session_folders",
+    "remove_abandoned_stages",
+    "staged_write",
+]
+
+SESSION_OWNED = ("runs", "evaluations", "data-cache")
+"""Folders of a session folder that the session itself writes: no export goes in them."""
 
 
 def export_target(run_dir: Path, path: str | Path) -> Path:
@@ -44,6 +54,39 @@ def export_target(run_dir: Path, path: str | Path) -> Path:
         )
         raise SpecError(msg)
     return resolved
+
+
+def refuse_session_folders(run_dir: Path, target: Path) -> None:
+    """Refuse an export into the session folder itself, a folder holding it, or one of the
+    folders it writes (:data:`SESSION_OWNED`): replacing any of them, even with
+    ``overwrite=True``, would delete the session's runs, evaluations and data.
+
+    Examples:
+        >>> refuse_session_folders(Path("/tmp/s"), Path("/tmp/s/export/merged"))
+        >>> refuse_session_folders(Path("/tmp/s"), Path("/tmp/s"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /tmp/s is the session folder /tmp/s: an export there ...
+        >>> refuse_session_folders(Path("/tmp/s"), Path("/tmp/s/runs/run-001"))
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /tmp/s/runs/run-001 is inside runs/, which the session ...
+    """
+    root, resolved = run_dir.resolve(), target.resolve()
+    if resolved == root or resolved in root.parents:
+        where = "is the session folder" if resolved == root else "holds the session folder"
+        msg = (
+            f"{target} {where} {run_dir}: an export there would replace its runs, evaluations "
+            "and data. Give a folder of its own, such as 'export/merged'."
+        )
+        raise SpecError(msg)
+    for name in SESSION_OWNED:
+        owned = root / name
+        if resolved == owned or owned in resolved.parents:
+            msg = (
+                f"{target} is inside {name}/, which the session writes itself; give a folder "
+                "of its own, such as 'export/merged'."
+            )
+            raise SpecError(msg)
 
 
 def check_writable_target(target: Path, overwrite: bool) -> None:

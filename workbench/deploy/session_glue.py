@@ -101,4 +101,5 @@ def card_for(session: Any, export_format: str) -> ModelCard:
         terms=builtin.terms if builtin else "",
         quantization=session.loaded.quantization,
         dtype=session.loaded.dtype,
+        adapter_strength=session.adapter_strength,
     )

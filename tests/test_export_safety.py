@@ -1,0 +1,128 @@
+"""Exports never replace what is not theirs, and hold what the session's model computes.
+
+- ``quantize()`` and ``serve()`` export the model first: a user's files in
+  ``export/merged`` are refused, never replaced.
+- No export goes into the session folder, a folder holding it, or its runs/evaluations/data.
+- DoRA over a 4-bit base merges with its learned magnitude, and a DoRA adapter switched off
+  at strength 0 is not merged in: the export computes what the session shows, in a plain
+  transformers process without the workbench.
+- An export of a scaled adapter says so, in a warning and in the model card.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import workbench as wb
+from workbench.errors import SpecError, WorkbenchWarning
+
+ROWS = [{"question": f"What is {k} plus {k}?", "answer": str(2 * k)} for k in range(8)]
+TEXT = "What is 3 plus 3?"
+
+LAST_LOGITS = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+assert "workbench" not in sys.modules
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
+ids = AutoTokenizer.from_pretrained(sys.argv[1])(sys.argv[2], return_tensors="pt")
+with torch.no_grad():
+    print(json.dumps(model(**ids).logits[0, -1].tolist()))
+"""
+
+
+def plain_logits(folder) -> torch.Tensor:
+    """The export's last logits for TEXT, computed by plain transformers in its own process."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", LAST_LOGITS, str(folder), TEXT],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def session_logits(s) -> torch.Tensor:
+    ids = s.tokenizer(TEXT, return_tensors="pt")
+    with torch.no_grad():
+        return s.model(**ids).logits[0, -1].float()
+
+
+def trained(tmp_path, model_dir, steps=2, **options):
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(model_dir), **options.pop("model", {}))
+    s.load_data(ROWS)
+    assert s.train(max_steps=steps, wait=False, **options).wait().state.value == "finished"
+    return s
+
+
+def test_quantize_refuses_to_replace_your_files_in_export_merged(tmp_path, tiny_model_dir):
+    s = trained(tmp_path, tiny_model_dir)
+    merged = s.export("export/merged")
+    notes = merged / "NOTES.md"
+    notes.write_text("mine")
+    weights = (merged / "model.safetensors").read_bytes()
+    s.set_adapter_strength(0.5)  # the model changed since that export: quantize exports anew
+    with pytest.raises(SpecError, match="quantize\\(\\) and serve\\(\\) first export"):
+        s.quantize("8bit", probes=["hi"])
+    assert notes.read_text() == "mine"
+    assert (merged / "model.safetensors").read_bytes() == weights
+    assert not (s.run_dir / "export" / "quantized-8bit").exists()
+
+
+@pytest.mark.parametrize("path", ["", ".", "runs", "runs/run-001", "evaluations/x", "data-cache"])
+def test_no_export_replaces_the_session_folder_or_what_it_writes(tmp_path, tiny_model_dir, path):
+    s = trained(tmp_path, tiny_model_dir)
+    before = sorted(p.relative_to(s.run_dir) for p in s.run_dir.rglob("*"))
+    with pytest.raises(SpecError, match="session"):
+        s.export(path, overwrite=True)
+    with pytest.raises(SpecError, match="session"):
+        s.export(str(s.run_dir.parent), overwrite=True)  # absolute, and holding the session
+    assert sorted(p.relative_to(s.run_dir) for p in s.run_dir.rglob("*")) == before
+
+
+def test_dora_over_a_4bit_base_merges_with_its_magnitude(tmp_path, tiny_model_dir):
+    lora = wb.LoRA(r=8, use_dora=True)
+    s = trained(
+        tmp_path, tiny_model_dir, steps=6, lr=2e-2, lora=lora, model={"quantization": "4bit"}
+    )
+    tuned = session_logits(s)
+    with s.model.disable_adapter():
+        moved = (tuned - session_logits(s)).abs().max()
+    assert moved > 0.1  # the adapter changes the answer: a dropped magnitude would show
+    assert (plain_logits(s.export("export/merged")) - tuned).abs().max() < 1e-3
+    s.merge()
+    assert (session_logits(s) - tuned).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("quantization", [None, "4bit"])
+def test_dora_at_strength_zero_exports_the_base_model(tmp_path, tiny_model_dir, quantization):
+    lora = wb.LoRA(r=8, use_dora=True)
+    s = trained(
+        tmp_path, tiny_model_dir, steps=6, lr=2e-2, lora=lora, model={"quantization": quantization}
+    )
+    tuned = session_logits(s)
+    s.set_adapter_strength(0)
+    base = session_logits(s)
+    assert (base - tuned).abs().max() > 0.1
+    with pytest.warns(WorkbenchWarning, match="merged at strength 0 "):
+        folder = s.export("export/base")
+    assert (plain_logits(folder) - base).abs().max() < 1e-3
+    assert "merged at strength 0 (set_adapter_strength)" in (folder / "README.md").read_text()
+
+
+def test_an_adapter_export_says_the_strength_is_not_in_it(tmp_path, tiny_model_dir):
+    s = trained(tmp_path, tiny_model_dir)
+    s.set_adapter_strength(0.3)
+    with pytest.warns(WorkbenchWarning, match="saved as trained .strength 1.: the session's str"):
+        folder = s.export("export/adapter", format="adapter")
+    assert "strength 0.3 is not part of it" in (folder / "README.md").read_text()
+    s.set_adapter_strength(1.0)
+    card = (s.export("export/adapter", format="adapter") / "README.md").read_text()
+    assert "strength" not in card
