@@ -252,3 +252,22 @@ def test_the_script_trains_the_model_the_session_loaded_from_any_working_folder(
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [
         1
     ]
+
+
+def test_a_forked_run_is_refused_not_trained_from_scratch(tiny_model_dir, tmp_path):
+    # The script trains one run from step 0 with one set of settings; a fork changed them
+    # at a later step, so its script would train something else without a word.
+    from workbench import Session
+
+    s = Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+    parent = s.train(max_steps=4, save_every=2, keep_checkpoints="all", wait=False)
+    assert parent.wait().state.value == "finished"
+    fork = parent.fork(step=2, lr=1e-3, wait=True)
+    assert s.run is fork
+    with pytest.raises(SpecError, match=r"was forked from run-001 at step 2 with lr=0.001"):
+        s.to_script("script")
+    assert not (s.run_dir / "script").exists()
+    parent_script = write_training_script(parent.run_dir, tmp_path / "parent-script")
+    assert (parent_script / CONFIG_FILE).is_file()  # a run trained from the start still is

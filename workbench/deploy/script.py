@@ -68,8 +68,9 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
 
     Raises:
         SpecError: ``run_dir`` holds no run, the run cannot be scaled out (``qlora``, a
-            quantized base), ``path`` holds other files, or with ``fsdp`` the decoder layer
-            class cannot be found. Nothing is written.
+            quantized base, a fork of another run at a later step), ``path`` holds other
+            files, or with ``fsdp`` the decoder layer class cannot be found. Nothing is
+            written.
         ModelLoadError: the run's base model can no longer be found.
 
     Examples:
@@ -142,6 +143,15 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         )
     if not (run_dir / "data" / "train").is_dir():
         problems.append(f"{run_dir} has no data/train folder, so it is not a complete run")
+    forked = meta.get("forked_from")
+    if isinstance(forked, dict):
+        changes = ", ".join(f"{k}={v!r}" for k, v in (meta.get("fork_changes") or {}).items())
+        problems.append(
+            f"{run_dir.name} was forked from {forked.get('run')} at step {forked.get('step')}"
+            f"{f' with {changes}' if changes else ''}; the script trains one run from step 0 "
+            "with one set of settings, which is not this run. Write the script of a run "
+            "trained from the start (train again with these settings)"
+        )
     if problems:
         raise SpecError("; ".join(problems) + ".")
     return {
