@@ -118,6 +118,9 @@ def test_deleted_run_and_evaluation_folders_are_never_reused(tmp_path, model_dir
     s.load_model(str(tiny_model_dir))
     third = s.train(max_steps=2, lr=5e-3, batch_size=8, wait=True)
     assert third.run_dir.name == "run-003" and third.state is RunState.FINISHED
+    shutil.rmtree(third.run_dir)  # the latest: its name is still not given to another run
+    s.load_model(str(tiny_model_dir))
+    assert s.train(max_steps=1, lr=5e-3, batch_size=8, wait=True).run_dir.name == "run-004"
 
     evals = [s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2) for _ in range(2)]
     assert [e.path.name for e in evals] == ["eval-001", "eval-002"]
@@ -126,6 +129,40 @@ def test_deleted_run_and_evaluation_folders_are_never_reused(tmp_path, model_dir
     latest = s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2)
     assert latest.path.name == "eval-003"
     assert {p.name: p.read_bytes() for p in evals[1].path.iterdir()} == kept
+    shutil.rmtree(latest.path)
+    assert s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2).path.name == "eval-004"
+
+
+def test_two_processes_sharing_a_session_folder_keep_each_others_records(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from workbench.session_folder import SessionFolder\n"
+        "folder = SessionFolder(sys.argv[1])\n"
+        "for i in range(60):\n"
+        "    folder.record({f'{sys.argv[2]}-{i}': i})\n"
+        "    folder.remember(folder.root, by=sys.argv[2], what=str(i))\n"
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), tag]) for tag in "ab"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    from workbench.session_folder import SessionFolder
+
+    state = SessionFolder(tmp_path).state()
+    assert {f"{tag}-{i}" for tag in "ab" for i in range(60)} <= set(state)
+
+
+def test_a_state_file_damaged_twice_keeps_both_copies(tmp_path):
+    from workbench.session_folder import SessionFolder
+
+    folder = SessionFolder(tmp_path)
+    for damage in ("{not json", "[1, 2]"):
+        (tmp_path / "session.json").write_text(damage)
+        with pytest.warns(WorkbenchWarning, match="was damaged"):
+            assert folder.state() == {}
+    assert (tmp_path / "session.json.damaged").read_text() == "{not json"
+    assert (tmp_path / "session.json.damaged-2").read_text() == "[1, 2]"
 
 
 def test_a_failed_train_call_leaves_no_empty_run_folder(tmp_path, tiny_model_dir):

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ FolderKind = Literal["runs", "evaluations"]
 _PREFIX: dict[str, str] = {"runs": "run", "evaluations": "eval"}
 STATE_FILE = "session.json"
 WRITTEN = "written"  # the key in session.json of the folders the session wrote
+NUMBERED = "numbered"  # the key in session.json of the highest number used, per kind
 
 
 def _listing(folder: Path) -> dict[str, list[int]]:
@@ -86,6 +88,10 @@ class SessionFolder:
     def reserve(self, kind: FolderKind) -> Path:
         """Create the next numbered folder of ``kind`` exclusively (empty) and return it.
 
+        Numbers go on from the highest folder there is or ever was (``session.json`` keeps
+        the highest one used, :meth:`reserved` when its block succeeds), so a deleted run's
+        name is never given to another run, whose records would be taken for its.
+
         Examples:
             >>> SessionFolder("/tmp/wb-doc-folder-b").reserve("evaluations").parent.name
             'evaluations'
@@ -93,7 +99,10 @@ class SessionFolder:
         parent = self.root / kind
         parent.mkdir(parents=True, exist_ok=True)
         existing = self.numbered(kind)
-        number = int(existing[-1].name.rsplit("-", 1)[1]) + 1 if existing else 1
+        highest = int(existing[-1].name.rsplit("-", 1)[1]) if existing else 0
+        used = self.state().get(NUMBERED, {})
+        kept = used.get(kind) if isinstance(used, dict) else None
+        number = max(highest, kept if isinstance(kept, int) else 0) + 1
         while True:
             folder = parent / f"{_PREFIX[kind]}-{number:03d}"
             try:
@@ -119,6 +128,17 @@ class SessionFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds while empty: nothing written is ever removed
             raise
+        self._keep_highest(kind, int(folder.name.rsplit("-", 1)[1]))
+
+    def _keep_highest(self, kind: FolderKind, number: int) -> None:
+        def raise_to(state: dict[str, Any]) -> None:
+            used = state.get(NUMBERED)
+            used = dict(used) if isinstance(used, dict) else {}
+            kept = used.get(kind)
+            used[kind] = max(number, kept if isinstance(kept, int) else 0)
+            state[NUMBERED] = used
+
+        self.update(raise_to)
 
     def latest_run(self) -> Path | None:
         """The newest run folder that holds a run (``run.json``), or ``None``.
@@ -150,6 +170,10 @@ class SessionFolder:
         if isinstance(state, dict):
             return state
         aside = path.with_name(STATE_FILE + ".damaged")
+        copies = 1
+        while aside.exists():  # an earlier damaged copy is kept too
+            copies += 1
+            aside = path.with_name(f"{STATE_FILE}.damaged-{copies}")
         path.replace(aside)
         warnings.warn(
             f"{path} was damaged (not a JSON object); kept it as {aside.name} and "
@@ -174,14 +198,20 @@ class SessionFolder:
             >>> folder.state()["written"]["export"]["by"]
             'run-001'
         """
-        written = {
-            key: entry
-            for key, entry in self.state().get(WRITTEN, {}).items()
-            if isinstance(entry, dict) and self._path(key).is_dir()
-        }
         path = Path(folder)
-        written[self._key(path)] = {"by": by, "what": what, "files": _listing(path)}
-        self.record({WRITTEN: written})
+        entry = {"by": by, "what": what, "files": _listing(path)}
+
+        def add(state: dict[str, Any]) -> None:
+            earlier = state.get(WRITTEN, {})
+            written = {
+                key: kept
+                for key, kept in (earlier.items() if isinstance(earlier, dict) else [])
+                if isinstance(kept, dict) and self._path(key).is_dir()
+            }
+            written[self._key(path)] = entry
+            state[WRITTEN] = written
+
+        self.update(add)
 
     def written_earlier(self, folder: str | Path) -> dict[str, Any] | None:
         """The record of ``folder`` if this session folder wrote it and nobody changed it since.
@@ -227,6 +257,35 @@ class SessionFolder:
             >>> folder.record({"a": 1}); folder.record({"b": 2}); sorted(folder.state())
             ['a', 'b']
         """
-        state = self.state()
-        state.update(facts)
-        atomic_write_text(self.root / STATE_FILE, json.dumps(state, indent=2))
+        self.update(lambda state: state.update(facts))
+
+    def update(self, change: Callable[[dict[str, Any]], Any]) -> None:
+        """Apply ``change`` to the contents of ``session.json`` and write them, atomically and
+        under a lock: two processes sharing the folder never lose each other's records.
+
+        Examples:
+            >>> folder = SessionFolder("/tmp/wb-doc-folder-e")
+            >>> folder.update(lambda state: state.update(n=state.get("n", 0) + 1))
+            >>> folder.state()["n"] >= 1
+            True
+        """
+        with self._locked():
+            state = self.state()
+            change(state)
+            atomic_write_text(self.root / STATE_FILE, json.dumps(state, indent=2))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on the session folder itself (``flock`` on its directory:
+        no lock file is left in the user's folder). Without ``fcntl`` (Windows), no lock."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        handle = os.open(self.root, os.O_RDONLY)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(handle)  # closing releases the lock
