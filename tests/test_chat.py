@@ -112,6 +112,16 @@ def test_bad_strengths_are_refused_and_change_nothing(tuned):
     assert tuned.adapter_strength == 0.4
 
 
+def test_numpy_and_torch_scalars_set_the_strength(tuned):
+    import numpy as np
+
+    for value in (np.float32(0.25), np.float64(0.5), torch.tensor(0.75), np.int64(1)):
+        assert tuned.set_adapter_strength(value) == float(value)
+        assert tuned.adapter_strength == float(value)
+    with pytest.raises(SpecError, match="must be a number >= 0"):
+        tuned.set_adapter_strength(np.array([0.5, 0.5]))
+
+
 def test_a_model_without_an_adapter_has_no_strength(tmp_path, tiny_model_dir):
     s = wb.Session(tmp_path / "plain", verbose=False)
     s.load_model(str(tiny_model_dir))

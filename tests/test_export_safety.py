@@ -126,3 +126,15 @@ def test_an_adapter_export_says_the_strength_is_not_in_it(tmp_path, tiny_model_d
     s.set_adapter_strength(1.0)
     card = (s.export("export/adapter", format="adapter") / "README.md").read_text()
     assert "strength" not in card
+
+
+def test_quantize_refuses_odd_probes_and_words(tmp_path, tiny_model_dir):
+    s = trained(tmp_path, tiny_model_dir)
+    with pytest.raises(SpecError, match="probes='hello' must be a list of non-empty prompt"):
+        s.quantize("8bit", probes="hello")
+    with pytest.raises(SpecError, match="quantization=None is not one of '4bit', '8bit'"):
+        s.quantize(None)
+    assert not (s.run_dir / "export").exists()  # refused before anything was exported
+    s.merge()
+    with pytest.raises(SpecError, match="after merge\\(\\), the adapter is part of the weights"):
+        s.export("export/adapter", format="adapter")

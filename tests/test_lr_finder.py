@@ -373,3 +373,10 @@ def test_scripts_never_load_the_widgets():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_settings_the_sweep_cannot_use_are_named_in_a_warning(tmp_path, tiny_model_dir):
+    s = session(tmp_path, tiny_model_dir)
+    with pytest.warns(wb.WorkbenchWarning, match=r"find_lr ignores lr=, max_steps=: the sweep"):
+        result = s.find_lr(lr=1e-3, max_steps=5, **CHEAP)
+    assert len(result.lrs) == CHEAP["num_steps"]  # the sweep ran its own steps and rates

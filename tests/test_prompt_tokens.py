@@ -189,6 +189,14 @@ def test_an_empty_prompt_and_bad_settings_are_refused_in_words(plain):
         plain.generate("hi", max_new_tokens=4, do_sample=True, temperature=-1.0)
 
 
+def test_several_answers_per_prompt_and_broken_text_are_refused(plain):
+    with pytest.raises(SpecError, match="num_return_sequences=2: one answer comes back"):
+        plain.generate("hi", max_new_tokens=4, do_sample=True, num_return_sequences=2)
+    for prompt, chat in (("hi \ud83d", False), ([{"role": "user", "content": "\ud83d"}], True)):
+        with pytest.raises(SpecError, match="half of a UTF-16 surrogate pair"):
+            plain.generate(prompt, max_new_tokens=4, chat=chat)
+
+
 def test_a_prompt_past_the_context_is_refused_with_the_room_left(plain):
     context = plain.model.config.max_position_embeddings
     prompt = "a" * (context - 10)

@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -277,6 +278,7 @@ class Session:
         if tools and not chat:
             raise SpecError("tools= needs chat=True: tools are offered in a chat template.")
         stops = _stop_list(generation.pop("stop_strings", None))
+        _refuse_broken_text(prompt)
         if chat:
             from workbench.chat import chat_inputs
 
@@ -1427,8 +1429,12 @@ class Session:
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
         replace = overwrite or earlier is not None
         check_quantize_target(target, quantization, replace)  # before exporting anything
+        if probes is not None and not (
+            isinstance(probes, (list, tuple)) and all(isinstance(p, str) and p for p in probes)
+        ):
+            raise SpecError(f"probes={probes!r} must be a list of non-empty prompt strings.")
         source = self._exported_folder()
-        probes = probes or self._probe_prompts()
+        probes = self._text_prompt_ids(list(probes or self._probe_prompts()))
         self._say_replacing(target, earlier)
         report = quantize_export(
             source, target, quantization, probes, self._scorer(), overwrite=replace
@@ -1543,6 +1549,20 @@ def _stop_list(stops: Any) -> list[str]:
     if isinstance(stops, (list, tuple)) and all(isinstance(x, str) for x in stops):
         return list(stops)
     raise SpecError(f"stop_strings={stops!r} must be a text or a list of texts.")
+
+
+def _refuse_broken_text(prompt: Any) -> None:
+    """Refuse a prompt holding a lone surrogate (half of an emoji's UTF-16 pair, as a bad
+    JSON escape leaves it): no tokenizer can encode it."""
+    try:
+        json.dumps(prompt, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start : err.end]
+        msg = (
+            f"the prompt holds {bad!r}, half of a UTF-16 surrogate pair, which is not text: "
+            "mend the string it came from (often a JSON escape of half an emoji)."
+        )
+        raise SpecError(msg) from None
 
 
 def _text_prompts(prompt: Any) -> tuple[list[str], bool]:

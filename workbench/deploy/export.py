@@ -75,7 +75,8 @@ def check_export(
         workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
         >>> check_export(model, Path("/tmp/wb-export-check"), "adapter")
         Traceback (most recent call last):
-        workbench.errors.SpecError: format='adapter' needs a model with an adapter: train one first.
+        workbench.errors.SpecError: format='adapter' needs a model with an adapter: train one \
+first (after merge(), the adapter is part of the weights: export those as safetensors).
         >>> check_export(model, Path("/tmp/wb-export-check"), "safetensors") > 0
         True
     """
@@ -86,7 +87,10 @@ def check_export(
         msg = f"gguf_type={gguf_type!r} applies to format='gguf' only, not {export_format!r}."
         raise SpecError(msg)
     if export_format == "adapter" and not is_adapted(model):
-        raise SpecError("format='adapter' needs a model with an adapter: train one first.")
+        raise SpecError(
+            "format='adapter' needs a model with an adapter: train one first (after merge(), "
+            "the adapter is part of the weights: export those as safetensors)."
+        )
     if export_format == "gguf":
         check_gguf_model(model.config)
     check_writable_target(target, overwrite)

@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def measure_model(
     model: Any,
     tokenizer: Any,
     folder: Path,
-    probes: list[str],
+    probes: Sequence[str | Sequence[int]],
     max_new_tokens: int = 32,
     score: ScoreFn | None = None,
 ) -> ModelMeasure:
@@ -170,10 +170,10 @@ def check_quantize_target(target: Path, quantization: str, overwrite: bool = Fal
         >>> check_quantize_target(Path("/tmp/wb-q-doc"), "4bit")
         >>> check_quantize_target(Path("/tmp/wb-q-doc"), "2bit")
         Traceback (most recent call last):
-        workbench.errors.SpecError: quantization='2bit' is not one of None, '4bit', '8bit'.
+        workbench.errors.SpecError: quantization='2bit' is not one of '4bit', '8bit'.
     """
     if quantization not in ("4bit", "8bit"):
-        raise SpecError(f"quantization={quantization!r} is not one of None, '4bit', '8bit'.")
+        raise SpecError(f"quantization={quantization!r} is not one of '4bit', '8bit'.")
     check_writable_target(target, overwrite)
     check_free_space(target.parent, 0, f"the quantized model {target}")
 
@@ -182,7 +182,7 @@ def quantize_export(
     source: str | Path,
     target: str | Path,
     quantization: str,
-    probes: list[str],
+    probes: Sequence[str | Sequence[int]],
     score: ScoreFn | None = None,
     overwrite: bool = False,
 ) -> QuantizeReport:
@@ -204,7 +204,7 @@ def quantize_export(
     Examples:
         >>> quantize_export("out", "q", "2bit", ["Hi"])
         Traceback (most recent call last):
-        workbench.errors.SpecError: quantization='2bit' is not one of None, '4bit', '8bit'.
+        workbench.errors.SpecError: quantization='2bit' is not one of '4bit', '8bit'.
     """
     from workbench.models.loading import load_model
 

@@ -126,6 +126,12 @@ def generate_text(
         raise SpecError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
     if not prompts:
         raise SpecError("prompts is empty: give at least one prompt.")
+    if generation.get("num_return_sequences", 1) != 1:
+        msg = (
+            f"num_return_sequences={generation['num_return_sequences']!r}: one answer comes "
+            "back per prompt; give the prompt several times (with do_sample=True) for more."
+        )
+        raise SpecError(msg)
     batch = _left_padded(tokenizer, _prompt_ids(tokenizer, prompts))
     batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
     generation.setdefault("do_sample", False)

@@ -154,7 +154,11 @@ def reset_adapter_strength(model: Any) -> None:
 
 
 def _checked(strength: Any) -> float:
-    number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+    import numbers
+
+    if hasattr(strength, "item") and getattr(strength, "ndim", None) == 0:
+        strength = strength.item()  # a numpy or torch scalar, as a dial or a sweep gives
+    number = isinstance(strength, numbers.Real) and not isinstance(strength, bool)
     if not number or not math.isfinite(strength) or strength < 0:
         raise SpecError(
             f"strength={strength!r} must be a number >= 0 (0 is the base model, 1 the tuned one)."

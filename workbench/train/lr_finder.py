@@ -58,13 +58,14 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from workbench.errors import DataError, SpecError, TrainingError
+from workbench.errors import DataError, SpecError, TrainingError, WorkbenchWarning
 from workbench.train.batches import Examples, collate
 from workbench.train.core import IGNORE_INDEX, BatchPlan, pad_id
 from workbench.train.guards import is_out_of_memory, out_of_memory_error
@@ -93,6 +94,8 @@ __all__ = [
 
 # The sweep's own keywords; every other keyword of ``Session.find_lr`` is a TrainSpec field.
 SWEEP_OPTIONS = ("start_lr", "end_lr", "num_steps", "smoothing", "diverge_factor")
+# TrainSpec fields a sweep has no use for: it sets the rate itself, one step per rate.
+SWEEP_IGNORES = ("lr", "scheduler", "warmup", "epochs", "max_steps", "eval_every", "save_every")
 MIN_STEPS = 5  # fewer points leave no slope to read
 
 
@@ -601,6 +604,13 @@ def find_lr(
 labels): load data first (Session.load_data(...)).
     """
     settings = dict(spec) if isinstance(spec, Mapping) else {}
+    ignored = [name for name in SWEEP_IGNORES if name in settings]
+    if ignored:
+        msg = (
+            f"find_lr ignores {', '.join(f'{n}=' for n in ignored)}: the sweep sets the rate "
+            "itself, one step per rate (start_lr=, end_lr=, num_steps= shape it)."
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=2)
     spec = _as_spec(spec, settings)
     _check_sweep(start_lr, end_lr, num_steps, smoothing, diverge_factor)
     examples = _examples(train_dataset)
