@@ -42,6 +42,7 @@ Examples:
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -377,7 +378,7 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
     scales = falcon_h1_scales(config) if arch == "falcon-h1" else {}
     for name, factors in {**rope_tensors(config), **_absent_biases(arch, config)}.items():
         writer.add_tensor(name, factors)
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in _stacked_head_norms(model.state_dict()).items():
         if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
             continue
         parts = _split_fused_experts(hf_name, tensor.detach().float().cpu())
@@ -401,6 +402,37 @@ def _add_tensors(writer: Any, arch: str, model: Any, quantization: str) -> None:
             data = _to_gguf_layout(arch, gguf_name, _fold(part_name, part, scales), config)
             qtype = tensor_type(name, data.shape, quantization)
             writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+
+
+_HEAD_NORM = re.compile(r"^(.*\.[qk]_layernorm)\.norms\.(\d+)\.weight$")
+
+
+def _stacked_head_norms(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with StableLM's per-head query and key LayerNorms (``q_layernorm.norms.{h}``)
+    stacked into one ``q_layernorm.weight`` of shape (heads, head width) per block, the one
+    tensor llama.cpp's StableLM graph reads for them (``attn_q_norm``, ``attn_k_norm``).
+
+    Examples:
+        >>> import torch
+        >>> norms = {f"m.q_layernorm.norms.{h}.weight": torch.full((2,), h) for h in (1, 0)}
+        >>> {k: v.tolist() for k, v in _stacked_head_norms(norms).items()}
+        {'m.q_layernorm.weight': [[0, 0], [1, 1]]}
+    """
+    import torch
+
+    heads: dict[str, dict[int, Any]] = {}
+    out: dict[str, Any] = {}
+    for name, tensor in state.items():
+        match = _HEAD_NORM.match(name)
+        if match is None:
+            out[name] = tensor
+            continue
+        group = f"{match.group(1)}.weight"
+        out.setdefault(group, None)  # keeps the block's place in the order
+        heads.setdefault(group, {})[int(match.group(2))] = tensor
+    for group, per_head in heads.items():
+        out[group] = torch.stack([per_head[h] for h in sorted(per_head)])
+    return out
 
 
 def _output_is_the_embedding(model: Any) -> bool:
