@@ -461,3 +461,24 @@ def test_resume_waits_for_an_evaluation_of_the_stopped_run_on_another_thread(
     assert [r.step for r in evals] == [step]  # evaluated the weights it stopped with
     _end(run, recorder)
     assert _train_steps(run) == list(range(1, run.status.step + 1))
+
+
+def test_evaluating_the_same_step_again_does_not_count_against_early_stopping(
+    tiny_model_dir, tmp_path
+):
+    # Paused right after a scheduled evaluation: "Evaluate now" clicked twice evaluates the
+    # same weights twice. With patience 1, each used to count as "no improvement", and the
+    # second click ended a run that was still improving.
+    spec = TrainSpec(max_steps=500, lr=5e-3, batch_size=2, eval_every=1, early_stopping=1, seed=5)
+    run, recorder, _ = _start(tiny_model_dir, tmp_path / "run", spec)
+    step = run.status.step
+    evals = [r for r in run.history if r.kind == "eval"]
+    assert evals and evals[-1].step == step  # evaluated at the step it paused on
+    run.evaluate_now()
+    run.evaluate_now()
+    assert _until(lambda: len([r for r in run.history if r.kind == "eval"]) == len(evals) + 2)
+    again = [r for r in run.history if r.kind == "eval"][-2:]
+    assert [r.step for r in again] == [step, step]
+    assert [r.eval_loss for r in again] == [evals[-1].eval_loss] * 2  # the same weights
+    assert run.status.state is RunState.PAUSED and run.early.bad == 0
+    _end(run, recorder)

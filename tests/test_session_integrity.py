@@ -299,3 +299,37 @@ def test_the_session_writes_the_accelerate_script_of_its_run(tmp_path, tiny_mode
         p.name for p in folder.iterdir()
     }
     assert not hasattr(s.run, "to_script")  # train/ never imports deploy/
+
+
+def test_an_interrupt_while_train_blocks_stops_the_run_and_keeps_it(tmp_path, tiny_model_dir):
+    # Ctrl-C (or a notebook's stop button) during a blocking train() used to leave the run
+    # training behind the session's back (s.run was None), or abort a script's process.
+    import _thread
+    import json
+    import threading
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    status = tmp_path / "s" / "runs" / "run-001" / "status.json"
+
+    history = status.with_name("history.jsonl")
+
+    def interrupt_after_two_steps():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if history.is_file() and history.read_text().count('"kind": "train"') >= 2:
+                break
+            time.sleep(0.02)
+        _thread.interrupt_main()  # as Ctrl-C: raised in the main thread, which waits
+
+    threading.Thread(target=interrupt_after_two_steps, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        s.train(max_steps=5000, lr=5e-3, batch_size=2, wait=True)
+    run = s.run
+    assert run is not None and run.status.state is RunState.STOPPED
+    assert json.loads(status.read_text())["state"] == "stopped"
+    stopped_at = run.status.step
+    assert (run.run_dir / "checkpoints" / f"step-{stopped_at:08d}").is_dir()
+    time.sleep(0.5)
+    assert run.status.step == stopped_at  # nothing trains on behind the session
+    with pytest.raises(SpecError, match="already carries an adapter"):
+        s.train(max_steps=2)

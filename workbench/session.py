@@ -649,7 +649,10 @@ class Session:
 
         Keywords build a :class:`~workbench.train.TrainSpec` (``epochs``, ``lr``,
         ``lora=wb.LoRA(r=8)``, ``method``...). In a notebook it returns at once and shows the
-        TrainingMonitor; elsewhere it blocks and prints progress (``wait`` overrides).
+        TrainingMonitor; elsewhere it blocks and prints progress (``wait`` overrides). An
+        interrupt while it blocks (Ctrl-C, the notebook's stop button) stops the run as
+        ``run.stop()`` does, saving the step it reached (``s.resume`` goes on from it), then
+        raises ``KeyboardInterrupt``.
 
         Scale-out keywords start the same run under ``accelerate launch`` as a child process
         group, followed live by the same monitor and controls (see
@@ -708,7 +711,7 @@ class Session:
                 run_dir,
                 self.events,
                 self.folder.state().get("model"),
-                wait=_blocking(wait),
+                wait=False,  # blocked on below, once the session knows its run
                 probes=probes,
                 launch=launch,
                 probe_stops=self._answer_stops(),
@@ -718,7 +721,7 @@ class Session:
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
-        return self._run
+        return _waited_stopping_on_interrupt(self._run, _blocking(wait))
 
     def _probe_ids(self, probes: Any) -> list[list[int]] | None:
         """The probes tokenized as the data's prompts (left to ``start_run`` to refuse when
@@ -785,7 +788,7 @@ class Session:
         self._run = resume_run(
             run_dir,
             self.events,
-            wait=_blocking(wait),
+            wait=False,
             model=self.loaded.model,
             tokenizer=self.tokenizer,
             launch=resume_launch(launch),
@@ -793,7 +796,7 @@ class Session:
         self._adapted = self._run.model
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
-        return self._run
+        return _waited_stopping_on_interrupt(self._run, _blocking(wait))
 
     def _load_base_of(self, run_dir: Path, meta: dict, model: str | Path | None) -> None:
         """Load the base model a resumed run trains: ``model``, else the one run.json names."""
@@ -1634,6 +1637,22 @@ def _training_columns(dataset: Any) -> Any:
         return None
     keep = [c for c in ("input_ids", "labels", "attention_mask") if c in dataset.column_names]
     return dataset.select_columns(keep)
+
+
+def _waited_stopping_on_interrupt(run: Any, wait: bool) -> Any:
+    """Block until ``run`` ends when ``wait``, printing progress. An interrupt (Ctrl-C, a
+    notebook's stop button) while blocked stops the run as ``run.stop()`` does, saving the
+    step it reached, before it goes on: a script would otherwise exit under a training
+    thread, and a notebook keep a run training that it no longer waits for."""
+    if not wait:
+        return run
+    try:
+        run.wait(progress=True)
+    except KeyboardInterrupt:
+        run.stop()
+        run.wait()
+        raise
+    return run
 
 
 def _blocking(wait: bool | None) -> bool:

@@ -217,6 +217,9 @@ class Worker:
         import torch
 
         run, loop = self.run, self.loop
+        # The same weights evaluated again ("Evaluate now" at an evaluated step) say nothing
+        # new: early stopping counts each step's evaluation once.
+        repeated = run._eval_step == loop.step
         saved_rng = torch.get_rng_state()
         was_training = run.model.training
         try:
@@ -238,7 +241,7 @@ class Worker:
             torch.set_rng_state(saved_rng)
             run.model.train(was_training)
         run._eval_step = loop.step
-        return eval_loss is not None and run.early.update(eval_loss)
+        return eval_loss is not None and not repeated and run.early.update(eval_loss)
 
     def save(self) -> Path:
         """Write a checkpoint of the run as it is now.
