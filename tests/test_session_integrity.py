@@ -333,3 +333,30 @@ def test_an_interrupt_while_train_blocks_stops_the_run_and_keeps_it(tmp_path, ti
     assert run.status.step == stopped_at  # nothing trains on behind the session
     with pytest.raises(SpecError, match="already carries an adapter"):
         s.train(max_steps=2)
+
+
+def test_a_new_model_is_not_credited_with_the_earlier_run_or_data(tmp_path, tiny_model_dir):
+    # load_model used to keep the earlier run's training settings and scores (the next
+    # export's model card claimed them), credit the next evaluation to that run, and keep
+    # data tokenized by another tokenizer, which then trained on ids the new one misreads.
+    from workbench.errors import NoDataError
+    from workbench.models.tiny import build_tiny_model
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    assert s.train(max_steps=2, lr=5e-3, batch_size=8, wait=True).state is RunState.FINISHED
+    assert s.evaluate(metrics=["exact_match"], max_new_tokens=2).settings["run"] == "run-001"
+    s.load_model(str(tiny_model_dir))  # the same tokenizer: the data stays
+    assert s.has_data and s.training_summary() == {} and s.scores_summary() == {}
+    again = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    assert again.settings.get("run") is None and again.columns == ("tuned",)
+    card = (s.export("export/base") / "README.md").read_text()
+    assert "## Training\n\nnot recorded" in card  # this model's own evaluation only:
+    assert "| exact_match | - |" in card
+    assert all(finding.step is None for finding in s.diagnose())  # none about a run
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    with pytest.warns(WorkbenchWarning, match="tokenized for the earlier model's tokenizer"):
+        s.load_model(str(other))
+    assert not s.has_data
+    with pytest.raises(NoDataError):
+        s.train(max_steps=1)

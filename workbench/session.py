@@ -82,6 +82,7 @@ class Session:
         self._exported_version: tuple = ()
         self._servers: list = []
         self._run: Any = None
+        self._run_of_model: Any = None  # the run whose weights the model holds (None: none)
         self._training_summary: dict = {}
         self._scores_summary: dict = {}
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
@@ -165,6 +166,7 @@ class Session:
         start = time.monotonic()
         self._progress(f"loading {spec}")
         loaded = load_model(spec, quantization, dtype, device, trust_remote_code, self._progress)
+        self._forget_the_earlier_model(loaded.tokenizer)
         self._loaded, self._adapted, self._exported = loaded, None, None
         info = model_info(loaded)
         self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
@@ -181,6 +183,21 @@ class Session:
         )
         self.events.emit(MODEL_LOADED, info)
         return info
+
+    def _forget_the_earlier_model(self, tokenizer: Any) -> None:
+        """What described the earlier model does not describe a new one: its run, training
+        settings, evaluation and scores (no longer credited to it in evaluations and model
+        cards), and data tokenized by another tokenizer (dropped, saying so)."""
+        self._run_of_model = None
+        self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
+        if self._data is not None and not _tokenizes_alike(self._data, tokenizer):
+            self._data = None
+            warnings.warn(
+                "the loaded data was tokenized for the earlier model's tokenizer, which this "
+                "model's differs from: load_data(...) again to use it with this model.",
+                WorkbenchWarning,
+                stacklevel=3,
+            )
 
     @property
     def loaded(self) -> LoadedModel:
@@ -717,7 +734,7 @@ class Session:
                 probe_stops=self._answer_stops(),
                 probe_ids=self._probe_ids(probes),
             )
-        self._adapted = self._run.model
+        self._adapted, self._run_of_model = self._run.model, self._run
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
@@ -793,7 +810,7 @@ class Session:
             tokenizer=self.tokenizer,
             launch=resume_launch(launch),
         )
-        self._adapted = self._run.model
+        self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
         return _waited_stopping_on_interrupt(self._run, _blocking(wait))
@@ -874,7 +891,7 @@ class Session:
             return _training_columns(prepared.train), _training_columns(prepared.validation)
 
         def adopt(fork) -> None:
-            self._run, self._adapted = fork, fork.model
+            self._run, self._adapted, self._run_of_model = fork, fork.model, fork
             self._training_summary = fork.spec.to_dict()
 
         return ForkHooks(check=check, data=data, adopt=adopt)
@@ -1070,7 +1087,7 @@ class Session:
         from workbench.diagnostics import diagnose
         from workbench.widgets._findings import Diagnosis
 
-        run = self._run
+        run = self._model_run()
         history = run.history if run is not None else None
         total = run.status.total_steps if run is not None else None
         found = diagnose(history, self._data, self._evaluation, total)
@@ -1117,7 +1134,13 @@ class Session:
         return rows
 
     def _last_run_dir(self) -> Path | None:
-        return getattr(self.run, "run_dir", None)
+        """The folder of the run whose weights the model holds (``None`` after a
+        ``load_model`` or ``load_adapter`` since: that run did not train this model)."""
+        run = self._model_run()
+        return None if run is None else run.run_dir
+
+    def _model_run(self) -> Any:
+        return self._run if self._run is not None and self._run is self._run_of_model else None
 
     def _checkpoints(self) -> dict[int, Callable[[], dict]]:
         """Readers of the trained weights of each complete checkpoint of the latest run."""
@@ -1266,7 +1289,8 @@ class Session:
 
     def _writer(self) -> str:
         """Who writes an export now, as :meth:`_say_replacing` names it later."""
-        return self._run.run_dir.name if self._run is not None else "this session folder"
+        run = self._model_run()
+        return run.run_dir.name if run is not None else "this session folder"
 
     def _say_replacing(self, target: Path, earlier: dict | None) -> None:
         """Say that ``target``, written by this session folder before (``earlier``, from
@@ -1653,6 +1677,21 @@ def _waited_stopping_on_interrupt(run: Any, wait: bool) -> Any:
         run.wait()
         raise
     return run
+
+
+def _tokenizes_alike(data: Any, tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` gives ``data``'s texts the ids its own tokenizer gave: the same
+    vocabulary and special tokens, and the same chat template when the data was rendered
+    with the tokenizer's own."""
+    before = data.tokenizer
+    if before is tokenizer:
+        return True
+    same = before.get_vocab() == tokenizer.get_vocab() and (
+        before.special_tokens_map == tokenizer.special_tokens_map
+    )
+    if data.template.origin == "tokenizer":
+        same = same and before.chat_template == tokenizer.chat_template
+    return same
 
 
 def _blocking(wait: bool | None) -> bool:
