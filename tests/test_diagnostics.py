@@ -189,7 +189,8 @@ def test_worse_than_base_on_references_the_base_model_wrote(tmp_path, tiny_model
     s = session(tmp_path, tiny_model_dir)
     s.load_data([{"question": f"Name a colour {i}", "answer": "zebra"} for i in range(8)])
     s.train(max_steps=10, lr=1e-2, batch_size=4, wait=True)
-    questions = [f"Tell me about {w}" for w in ("cats", "dogs", "rain", "snow", "maps", "tea")]
+    words = ("cats", "dogs", "rain", "snow", "maps", "tea", "bread", "ships", "clocks", "rivers")
+    questions = [f"Tell me about {w}{end}" for w in words for end in ("", " today")]
     first = s.evaluate(
         data=[{"question": q, "answer": "x"} for q in questions],
         metrics=["exact_match"],
@@ -200,7 +201,7 @@ def test_worse_than_base_on_references_the_base_model_wrote(tmp_path, tiny_model
         for q, r in zip(questions, first.rows, strict=True)
         if r.base.strip() and r.base.strip() != r.tuned.strip()
     ]
-    assert len(rows) >= 4
+    assert len(rows) >= 10  # enough rows for an interval (MIN_ROWS_FOR_AN_INTERVAL)
     evaluation = s.evaluate(data=rows, metrics=["exact_match"], max_new_tokens=6)
     assert evaluation.scores["exact_match"]["base"] == 1.0
     assert evaluation.scores["exact_match"]["tuned"] == 0.0
@@ -214,8 +215,22 @@ def test_worse_than_base_on_references_the_base_model_wrote(tmp_path, tiny_model
     assert "sorted_rows('exact_match', descending=False)" in finding.suggestion
 
 
+def test_a_handful_of_rows_is_never_significantly_worse():
+    # One or a few rows that all went the base's way give a bootstrap interval that
+    # excludes 0: it used to be reported as a warning, "significantly worse".
+    for n in (1, 3, 9):
+        rows = tuple(
+            EvalRow(i, "Q", "A", {}, {"perplexity": {"base": 180.0, "tuned": 210.0}})
+            for i in range(n)
+        )
+        scores = {"perplexity": {"base": 180.0, "tuned": 210.0, "higher_is_better": False}}
+        finding = worse_than_base(scores, rows)
+        assert finding.severity == "info"
+        assert f"too few rows ({n}) for an interval): may be worse" in finding.evidence
+
+
 def test_worse_than_base_says_may_be_when_the_interval_holds_zero():
-    marks = [(1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (0.0, 0.0)]
+    marks = [(1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (0.0, 0.0)] * 2
     rows = tuple(
         EvalRow(i, "Q", "A", {}, {"exact_match": {"base": b, "tuned": t}})
         for i, (b, t) in enumerate(marks)

@@ -498,6 +498,11 @@ row 3 (after normalising whitespace and case)): “2+2? 4”
 
 
 # -- evaluation rule ------------------------------------------------------------------------
+MIN_ROWS_FOR_AN_INTERVAL = 10
+"""Fewer evaluated rows than this get no "significantly": a bootstrap of 1-9 rows that all
+went one way gives an interval that excludes 0 without meaning it."""
+
+
 def worse_than_base(
     scores: Mapping[str, Mapping[str, Any]],
     rows: Sequence[Any] = (),
@@ -526,6 +531,14 @@ def worse_than_base(
 [25, 35] overlap): may be worse')
         >>> worse_than_base({"bleu": {"base": 1.0, "tuned": 2.0}}) is None
         True
+
+        Under :data:`MIN_ROWS_FOR_AN_INTERVAL` rows, no verdict is "significant":
+
+        >>> from workbench.evaluation.results import EvalRow
+        >>> rows = [EvalRow(0, "p", "r", {}, scores={"em": {"base": 1.0, "tuned": 0.0}})]
+        >>> one = worse_than_base({"em": {"base": 1.0, "tuned": 0.0}}, rows)
+        >>> one.severity, one.evidence.split("; ")[1]
+        ('info', 'too few rows (1) for an interval): may be worse')
     """
     worse = []
     for name, s in scores.items():
@@ -539,9 +552,12 @@ def worse_than_base(
     if not worse:
         return None
     parts, significant = [], False
+    few = 0 < len(rows) < MIN_ROWS_FOR_AN_INTERVAL
     for name, base, tuned, sign, s in worse:
         interval = _paired_interval(name, base, tuned, rows, seed, n_resamples)
-        if interval is not None:
+        if few:  # a bootstrap over a handful of rows says nothing it can stand behind
+            sure, how = False, f"too few rows ({len(rows)}) for an interval"
+        elif interval is not None:
             lo, hi = interval
             sure = hi < 0 if sign > 0 else lo > 0
             how = f"95% CI of the difference [{_num(lo)}, {_num(hi)}]"
@@ -635,7 +651,7 @@ def diagnose_evaluation(evaluation: Evaluation) -> list[Finding]:
     Examples:
         >>> from workbench.evaluation.results import EvalRow, Evaluation
         >>> rows = tuple(EvalRow(i, "Q", "A", {"base": "A", "tuned": "B"},
-        ...                      {"exact_match": {"base": 1.0, "tuned": 0.0}}) for i in range(4))
+        ...                      {"exact_match": {"base": 1.0, "tuned": 0.0}}) for i in range(12))
         >>> scores = {"exact_match": {"base": 1.0, "base_ci": (1.0, 1.0), "tuned": 0.0,
         ...                           "tuned_ci": (0.0, 0.0), "higher_is_better": True}}
         >>> [f.evidence for f in diagnose_evaluation(Evaluation(scores, rows, {}))]
