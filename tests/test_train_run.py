@@ -230,3 +230,28 @@ def test_qlora_trains_on_a_4bit_tiny_model(tiny_model_dir, tmp_path):
     import bitsandbytes as bnb
 
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in run.model.modules())
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "gpt_neox", "llama"])
+def test_full_training_decays_only_below_the_top_block(architecture, tmp_path):
+    # The final norm and an untied head sit above the top block, at the full rate; the
+    # embeddings below block 0. GPT-2's ln_f ("ln_" has no "norm") and any untied lm_head
+    # used to get the lowest rate of all, decay ** layers.
+    from workbench.models.tiny import build_tiny_model
+    from workbench.train.core import optimizer_groups
+
+    loaded = fresh(build_tiny_model(tmp_path / architecture, architecture))
+    groups = optimizer_groups(loaded.model, 1e-3, 0.0, 0.5)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(loaded.model.named_parameters())
+    layers = loaded.model.config.num_hidden_layers
+    embedding = loaded.model.get_input_embeddings().weight
+    assert rate[id(embedding)] == pytest.approx(1e-3 * 0.5**layers)
+    above = [n for n in named if n.startswith(("transformer.ln_f", "model.norm", "gpt_neox.final"))]
+    assert above and all(rate[id(named[n])] == pytest.approx(1e-3) for n in above)
+    top = [n for n in named if f".{layers - 1}." in n]
+    assert top and all(rate[id(named[n])] == pytest.approx(1e-3) for n in top)
+    head = loaded.model.get_output_embeddings().weight
+    assert (head is embedding) == (architecture != "gpt_neox")  # NeoX's head is its own
+    if head is not embedding:
+        assert rate[id(head)] == pytest.approx(1e-3)

@@ -996,13 +996,26 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _layer_scale(name: str, layers: int, decay: float | None) -> float:
+def _layer_scale(name: str, layers: int, decay: float | None, below: bool = False) -> float:
+    """The learning-rate factor of parameter ``name``: ``decay`` per block below the top.
+    ``below``: a parameter outside the blocks that sits below block 0 (an embedding); the
+    others outside them (the final norm, an untied head) sit above the top block."""
     if not decay or decay == 1:
         return 1.0
     match = _LAYER.search(name)
-    depth = int(match.group(1)) if match else (layers if "norm" in name else -1)
-    # Embeddings (no layer number) sit below layer 0; the final norm and head above the top.
+    depth = int(match.group(1)) if match else (-1 if below else layers)
     return float(decay ** max(0, layers - 1 - depth))
+
+
+def _below_the_blocks(model: Any) -> set[int]:
+    """Ids of the embedding parameters (token and position tables): what sits below block 0."""
+    import torch
+
+    found = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and not _LAYER.search(f"{name}."):
+            found.update(id(p) for p in module.parameters())
+    return found
 
 
 def optimizer_groups(
@@ -1017,10 +1030,11 @@ def optimizer_groups(
         model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     )
     layers = int(getattr(config, "num_hidden_layers", 1))
+    below = _below_the_blocks(model) if layer_lr_decay else set()
     groups: dict[tuple[float, float], list[Any]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            scale = _layer_scale(name, layers, layer_lr_decay)
+            scale = _layer_scale(name, layers, layer_lr_decay, id(param) in below)
             decay = weight_decay if param.ndim >= 2 else 0.0
             groups.setdefault((scale, decay), []).append(param)
     return [
