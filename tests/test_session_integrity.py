@@ -9,6 +9,7 @@ import shutil
 import time
 
 import pytest
+import torch
 
 import workbench as wb
 from workbench.errors import SessionStateError, SpecError, WorkbenchWarning
@@ -360,3 +361,32 @@ def test_a_new_model_is_not_credited_with_the_earlier_run_or_data(tmp_path, tiny
     assert not s.has_data
     with pytest.raises(NoDataError):
         s.train(max_steps=1)
+
+
+def test_a_merged_run_leaves_no_training_hooks_for_the_next(tmp_path, tiny_model_dir):
+    # NEFTune's noise hook and gradient checkpointing outlived the run that asked for them:
+    # after merge(), the next run trained with noise it did not ask for, and every export's
+    # config.json said use_cache=false.
+    import json
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    first = s.train(
+        max_steps=2, batch_size=4, neftune_alpha=5.0, gradient_checkpointing=True, wait=True
+    )
+    assert first.state is RunState.FINISHED
+    folder = s.export("export/first")
+    assert json.loads((folder / "config.json").read_text()).get("use_cache", True) is True
+    s.merge()
+
+    def noise_hooks(model):
+        hooks = model.get_input_embeddings()._forward_hooks.values()
+        return [h for h in hooks if getattr(h, "_workbench_neftune", False)]
+
+    assert not noise_hooks(s.model) and not s.model.is_activation_checkpointing
+    second = s.train(max_steps=1, batch_size=4, gradient_checkpointing=False, wait=True)
+    base = second.model.get_base_model()
+    assert not noise_hooks(base) and not base.is_activation_checkpointing
+    base.train()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(base.get_input_embeddings()(ids), base.get_input_embeddings()(ids))

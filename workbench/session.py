@@ -1183,8 +1183,10 @@ class Session:
         from dataclasses import replace
 
         from workbench.deploy import merge_adapter
+        from workbench.train.core import remove_training_hooks
 
         merged = merge_adapter(self._adapted if self._adapted is not None else self.model)
+        remove_training_hooks(merged)  # the run's NEFTune noise and checkpointing
         self._loaded = replace(self.loaded, model=merged.eval(), quantization=None)
         self._adapted = None
         self._progress("merged the adapter into the base weights")

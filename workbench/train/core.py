@@ -229,7 +229,11 @@ def checkpoints_by_default(quantized: bool, device: str) -> bool:
 
 
 def enable_checkpointing(model: Any) -> None:
-    """Recompute activations in backward (non-reentrant) and turn off the KV cache.
+    """Recompute activations in backward (non-reentrant).
+
+    The config's ``use_cache`` is left alone (training's forward passes ask for no cache
+    themselves): setting it off, as recipes do, went on into every later export's
+    ``config.json``.
 
     Examples:
         >>> # enable_checkpointing(model)
@@ -239,7 +243,6 @@ def enable_checkpointing(model: Any) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.config.use_cache = False
 
 
 def linear_routers(model: Any) -> list[str]:
@@ -1084,4 +1087,29 @@ def add_neftune(model: Any, alpha: float) -> Any:
         scale = alpha / (output.size(1) * output.size(2)) ** 0.5
         return output + torch.zeros_like(output).uniform_(-scale, scale)
 
+    hook._workbench_neftune = True  # type: ignore[attr-defined]  # found again by the mark
     return model.get_input_embeddings().register_forward_hook(hook)
+
+
+def remove_training_hooks(model: Any) -> None:
+    """Take off what an earlier run put on ``model`` to train it: NEFTune's noise on the
+    input embeddings, and gradient checkpointing. A model merged after a run keeps both
+    otherwise, and the next run would train with noise it did not ask for.
+
+    Examples:
+        >>> import torch
+        >>> embedding = torch.nn.Embedding(4, 2)
+        >>> model = torch.nn.Module(); model.get_input_embeddings = lambda: embedding
+        >>> _ = add_neftune(model, 5.0)
+        >>> remove_training_hooks(model); len(embedding._forward_hooks)
+        0
+    """
+    embeddings = model.get_input_embeddings()
+    for key, hook in list(embeddings._forward_hooks.items()):
+        if getattr(hook, "_workbench_neftune", False):
+            del embeddings._forward_hooks[key]
+    if getattr(model, "is_activation_checkpointing", None) is not None:  # transformers 5
+        if model.is_activation_checkpointing:
+            model.activation_checkpointing_disable()
+    elif getattr(model, "is_gradient_checkpointing", False):
+        model.gradient_checkpointing_disable()

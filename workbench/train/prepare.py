@@ -244,6 +244,7 @@ def wrap_model(model: Any, spec: TrainSpec) -> Any:
     if is_quantized(model):
         freeze_quantized_base(model)
         keep_4bit_layout_trainable(model)  # also done at load; a model may come from elsewhere
+    core.remove_training_hooks(model)  # an earlier run's, on a model merged since
     spec, _ = choose_checkpointing(model, spec)
     if spec.gradient_checkpointing:
         core.enable_checkpointing(model)
