@@ -390,3 +390,24 @@ def test_a_merged_run_leaves_no_training_hooks_for_the_next(tmp_path, tiny_model
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
         assert torch.equal(base.get_input_embeddings()(ids), base.get_input_embeddings()(ids))
+
+
+def test_a_start_that_fails_after_wrapping_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    # A setting only the optimizer or scheduler refuses used to fail after the adapter was
+    # put on the model and the run folder made: every later train() then refused "an
+    # adapter already attached". The failure is injected where such a refusal comes from.
+    from workbench.models.strength import lora_layers
+    from workbench.train import loop as loop_module
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+
+    def refused(*args, **kwargs):
+        raise ValueError("lr_end (1e-07) must be smaller than initial lr (1e-08)")
+
+    monkeypatch.setattr(loop_module.TrainLoop, "__init__", refused)
+    with pytest.raises(ValueError, match="lr_end"):
+        s.train(max_steps=2, wait=True)
+    monkeypatch.undo()
+    assert lora_layers(s.model) == [] and s.run is None
+    assert not (tmp_path / "s" / "runs" / "run-001").exists()
+    assert s.train(max_steps=1, wait=True).state is RunState.FINISHED

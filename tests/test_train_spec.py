@@ -28,6 +28,10 @@ def test_defaults_follow_the_checklist():
         ({"lr": -1e-4}, r"lr=-0.0001 must be a number > 0"),
         ({"method": "prefix"}, r"method='prefix' is not one of \('lora', 'qlora', 'full'\)"),
         ({"scheduler": "step"}, r"scheduler='step' is not one of"),
+        (  # transformers refused it only once the run folder was made and the model wrapped
+            {"scheduler": "polynomial", "lr": 1e-8},
+            r"lr=1e-08 with scheduler='polynomial' must be above 1e-07",
+        ),
         ({"batch_size": 0}, r"batch_size=0 must be an integer > 0"),
         ({"grad_accum": 1.5}, r"grad_accum=1.5 must be an integer > 0"),
         ({"warmup": 1.5}, r"warmup=1.5 must be an int \(steps\) or a float fraction"),

@@ -31,6 +31,7 @@ from workbench.types import Method
 
 __all__ = ["KEEP_ALL", "LoRA", "Method", "SchedulerName", "TrainSpec", "train_spec_from_settings"]
 
+POLYNOMIAL_END_LR = 1e-7  # transformers' get_polynomial_decay_schedule_with_warmup lr_end
 SchedulerName = Literal[
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
 ]
@@ -298,6 +299,7 @@ class TrainSpec:
         return [
             _choice("method", self.method, Method),
             _choice("scheduler", self.scheduler, SchedulerName),
+            self._polynomial_problem(),
             None if isinstance(self.lora, LoRA) else f"lora={self.lora!r} must be a LoRA(...)",
             _positive("epochs", self.epochs, float),
             self._batch_size_problem(),
@@ -340,6 +342,17 @@ class TrainSpec:
             f"keep_checkpoints={self.keep_checkpoints!r} must be an integer > 0, or None / "
             "'all' to keep every checkpoint"
         )
+
+    def _polynomial_problem(self) -> str | None:
+        """transformers' polynomial schedule decays to 1e-7: a rate at or below it is refused
+        there, after the run folder was made; here it is refused first."""
+        low = isinstance(self.lr, (int, float)) and 0 < self.lr <= POLYNOMIAL_END_LR
+        if self.scheduler == "polynomial" and low:
+            return (
+                f"lr={self.lr!r} with scheduler='polynomial' must be above "
+                f"{POLYNOMIAL_END_LR:g}, the rate that schedule decays to"
+            )
+        return None
 
     def _warmup_problem(self) -> str | None:
         if isinstance(self.warmup, bool):

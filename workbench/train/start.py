@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -208,7 +209,7 @@ def start_run(
         **({"launch": launch.to_dict()} if launch is not None else {}),
     }
     store.create_run_folder(run_dir, meta, train, validation)
-    with _released_on_error(RunLock(run_dir)) as lock:
+    with _undone_on_error(model, run_dir), _released_on_error(RunLock(run_dir)) as lock:
         store.remove_partial_runs(run_dir)
         for note in notes:
             store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
@@ -231,6 +232,24 @@ def start_run(
         for why in filter(None, chosen.values()):
             print(why)
     return _waited(run, wait)
+
+
+@contextlib.contextmanager
+def _undone_on_error(model: Any, run_dir: Path) -> Iterator[None]:
+    """A start that fails before the run starts leaves nothing: the adapter layers it put
+    on ``model`` are taken out again and the new run folder is removed (a setting that
+    only the optimizer or the scheduler refuses would otherwise leave the model carrying an
+    adapter that every later ``train()`` refuses, and a run folder with no run in it)."""
+    from workbench.models.adapters import remove_adapter_layers
+    from workbench.train.core import remove_training_hooks
+
+    try:
+        yield
+    except BaseException:
+        remove_adapter_layers(model)
+        remove_training_hooks(model)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def _resolved_batch_size(
