@@ -73,6 +73,10 @@ def test_data_problems(tiny_model_dir, tmp_path):
         _start(loaded, tmp_path / "run", TrainSpec(), train=all_masked)
     with pytest.raises(SpecError, match=r"probes=\[''\] must be a list of non-empty prompt"):
         _start(loaded, tmp_path / "run", TrainSpec(), probes=[""])
+    # a validation split whose answers were all cut has no eval loss to stop on: early
+    # stopping used to be accepted and then never acted
+    with pytest.raises(SpecError, match="no validation example has a trained token"):
+        _start(loaded, tmp_path / "run", TrainSpec(early_stopping=1), validation=all_masked)
     assert not (tmp_path / "run").exists()
 
 

@@ -100,6 +100,14 @@ def _check_inputs(spec: Any, validation: Examples | None, probes: Any) -> None:
             "data was given: pass validation data or early_stopping=None."
         )
         raise SpecError(msg)
+    if spec.early_stopping and not (validation.trained_tokens() > 0).any():
+        msg = (
+            f"early_stopping={spec.early_stopping} watches the eval loss, but no validation "
+            "example has a trained token (max_length cut every answer, or the template "
+            "masks them all), so there is no eval loss: raise max_length, or pass "
+            "early_stopping=None."
+        )
+        raise SpecError(msg)
     if probes is not None and not (
         isinstance(probes, (list, tuple)) and all(isinstance(p, str) and p for p in probes)
     ):
