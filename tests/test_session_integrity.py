@@ -411,3 +411,46 @@ def test_a_start_that_fails_after_wrapping_leaves_nothing(tmp_path, tiny_model_d
     assert lora_layers(s.model) == [] and s.run is None
     assert not (tmp_path / "s" / "runs" / "run-001").exists()
     assert s.train(max_steps=1, wait=True).state is RunState.FINISHED
+
+
+def test_a_collapsed_run_points_to_a_checkpoint_from_before_the_collapse(tmp_path, tiny_model_dir):
+    # It used to name the newest checkpoint, saved after the loss had collapsed, and say
+    # Session.resume goes on from it: resuming went on with a dead model.
+    import re
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with pytest.warns(WorkbenchWarning, match="far above"):
+        run = s.train(
+            max_steps=30, lr=1000.0, batch_size=8, eval_every=100, save_every=1,
+            keep_checkpoints="all", wait=True,
+        )  # fmt: skip
+    assert run.state is RunState.FAILED and "collapsed" in run.status.error
+    uniform = math.log(len(s.tokenizer))
+    losses = {r.step: r.loss for r in run.history if r.kind == "train"}
+    bad = [step for step, loss in losses.items() if loss >= 0.99 * uniform]  # no better
+    first_bad = min(step for step in bad if all(s_ in bad for s_ in range(step, max(bad) + 1)))
+    error = run.status.error
+    assert f"before the loss went bad (at step {first_bad})" in error
+    assert "Session.resume(...) goes on from it" not in error
+    named = re.search(r"is step-(\d+): run\.fork\(step=(\d+), lr=\.\.\.\)", error)
+    if first_bad > 1:  # a checkpoint of every step: the one just before the collapse
+        assert named and int(named.group(1)) == int(named.group(2)) == first_bad - 1
+    else:  # lr=1000 breaks the tiny model at its first step: nothing to go back to
+        assert "No checkpoint from before the loss went bad (at step 1)" in error
+
+
+def test_a_fork_that_collapses_points_back_to_the_step_it_forked_from(tmp_path, tiny_model_dir):
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    parent = s.train(
+        max_steps=60, lr=5e-3, batch_size=8, eval_every=100, save_every=10,
+        keep_checkpoints="all", wait=False,
+    )  # fmt: skip
+    parent.wait(step=20)
+    parent.stop()
+    assert parent.wait().state is RunState.STOPPED
+    uniform = math.log(len(s.tokenizer))
+    assert [r.loss for r in parent.history if r.kind == "train"][-1] < 0.9 * uniform
+    with pytest.warns(WorkbenchWarning, match="far above"):
+        fork = parent.fork(step=20, lr=1000.0, wait=True)
+    assert fork.state is RunState.FAILED, fork.status.error
+    assert "is step-00000020: run.fork(step=20, lr=...) goes on from it" in fork.status.error

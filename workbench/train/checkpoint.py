@@ -184,14 +184,17 @@ def newest_valid_checkpoint(run_dir: str | Path) -> tuple[Path | None, list[tupl
     return None, skipped
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint of a run that passes the quick check (sizes), or ``None``.
+def latest_checkpoint(run_dir: str | Path, before: int | None = None) -> Path | None:
+    """The newest checkpoint of a run that passes the quick check (sizes), or ``None``;
+    with ``before``, the newest of a step below it.
 
     Examples:
         >>> latest_checkpoint("/nonexistent-run") is None
         True
     """
     for path in reversed(list_checkpoints(run_dir)):
+        if before is not None and checkpoint_step(path) >= before:
+            continue
         if checkpoint_problem(path, full=False) is None:
             return path
     return None

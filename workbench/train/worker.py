@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
 from workbench.train import store
-from workbench.train.checkpoint import latest_checkpoint, save_checkpoint
+from workbench.train.checkpoint import checkpoint_step, latest_checkpoint, save_checkpoint
 from workbench.train.guards import CollapseCheck, TrainingError
 from workbench.train.records import LogRecord
 from workbench.train.status import RunState
@@ -34,7 +34,7 @@ from workbench.train.status import RunState
 if TYPE_CHECKING:
     from workbench.train.run import Run
 
-__all__ = ["Worker", "checkpoint_note"]
+__all__ = ["Worker", "checkpoint_note", "recovery_note"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,28 @@ def checkpoint_note(checkpoint: Path | None) -> str:
     return (
         f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
         "goes on from it."
+    )
+
+
+def recovery_note(run_dir: Path, went_bad_at: int) -> str:
+    """What a collapsed or diverged run can go back to: resuming the newest checkpoint would
+    go on from weights saved after the loss went bad, at the rate that broke them.
+
+    Examples:
+        >>> print(recovery_note(Path("/nonexistent-run"), 7)[:64])
+        No checkpoint from before the loss went bad (at step 7) is kept:
+    """
+    good = latest_checkpoint(run_dir, before=went_bad_at)
+    if good is None:
+        return (
+            f"No checkpoint from before the loss went bad (at step {went_bad_at}) is kept: "
+            "train again with a lower lr."
+        )
+    step = checkpoint_step(good)
+    return (
+        f"The last checkpoint from before the loss went bad (at step {went_bad_at}) is "
+        f"{good.name}: run.fork(step={step}, lr=...) goes on from it at a lower rate "
+        "(Session.resume would go on from a later, broken one)."
     )
 
 
@@ -114,10 +136,16 @@ class Worker:
             logger.exception("training run %s failed", self.run.run_dir)
             self._fail(TrainingError(f"training failed: {type(err).__name__}: {err}"))
 
-    def _fail(self, err: WorkbenchError) -> None:
+    def _fail(self, err: WorkbenchError, went_bad_at: int | None = None) -> None:
         self.run.model.train(False)
         if isinstance(err, TrainingError):
-            err = type(err)(f"{err} {checkpoint_note(latest_checkpoint(self.run.run_dir))}")
+            run_dir = self.run.run_dir
+            note = (
+                checkpoint_note(latest_checkpoint(run_dir))
+                if went_bad_at is None
+                else recovery_note(run_dir, went_bad_at)
+            )
+            err = type(err)(f"{err} {note}")
         self.run._end(self, RunState.FAILED, error=str(err), message="failed", err=err)
 
     def _train(self) -> None:
@@ -360,8 +388,21 @@ class Worker:
             "try lr=2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning, and keep max_grad_norm "
             "set."
         )
-        self._fail(TrainingError(msg))
+        self._fail(TrainingError(msg), went_bad_at=self._went_bad_at())
         return True
+
+    def _went_bad_at(self) -> int:
+        """The first step of the stretch the run ends on whose losses are no better than
+        guessing every token (at or above ln(vocabulary)): the weights saved from then on
+        are the broken ones (a collapsed run sits at it, a diverged one above)."""
+        floor = 0.99 * self.collapse.uniform_loss
+        records = [r for r in self.run.history if r.kind == "train" and r.loss is not None]
+        first = records[-1].step if records else self.loop.step
+        for record in reversed(records):
+            if record.loss < floor:
+                break
+            first = record.step
+        return first
 
     def _output_is_constant(self) -> bool:
         """One forward pass on two training examples: is every position's prediction equal?"""
