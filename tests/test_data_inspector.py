@@ -288,6 +288,13 @@ def test_an_older_panel_goes_stale_and_refuses(session):
     old.apply_button.click()
     with pytest.raises(SessionStateError, match="stale"):
         old.apply_cutoff()
+    # A saved notebook shows the old panel as stale too, not its data as the current one.
+    from workbench.widgets._snapshot import snapshot_bundle
+
+    bundle = snapshot_bundle(old)
+    note = f"stale: the session's data changed since this panel was made (now max_length={cutoff})"
+    assert note in html_lib.unescape(bundle["text/html"]) and note in bundle["text/plain"]
+    assert "stale" not in snapshot_bundle(new)["text/plain"]
     assert applied == [cutoff] and session.data.spec.max_length == cutoff
 
     # New data from load_data makes the newer panel stale too.

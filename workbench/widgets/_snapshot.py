@@ -300,7 +300,11 @@ def _inspector(panel: Any) -> tuple[str, str]:
     if more > 0:
         problems += f"<li>{escape(f'... and {more} more (report.problems)')}</li>"
     facts = itertools.takewhile(lambda line: not line.startswith("problems ("), report.lines())
+    # A panel whose data the session has replaced says so in its snapshot too: a saved
+    # notebook must not show the old data as the current one.
+    stale = [f"<div><b>{escape(panel._stale_message())}</b></div>"] if panel.stale else []
     parts = [
+        *stale,
         pre("\n".join(facts)),
         f'<div class="wb-snapshot-chart">{svg_img(chart, alt)}</div>',
         f"<div><b>{escape(f'problems ({len(report.problems)})')}</b></div>",
@@ -310,7 +314,8 @@ def _inspector(panel: Any) -> tuple[str, str]:
             "the rows, the token view and the length cutoff."
         ),
     ]
-    return _wrap("inspector", parts), str(report)
+    text = f"{panel._stale_message()}\n{report}" if panel.stale else str(report)
+    return _wrap("inspector", parts), text
 
 
 _KINDS = {
