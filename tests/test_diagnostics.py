@@ -370,3 +370,21 @@ def test_findings_and_their_views():
     assert findings_html([]) == "" and findings_text([]) == ""
     assert str(Diagnosis()).startswith("no findings")
     assert diagnosis.text() == findings_text([info, warning])
+
+
+def test_cut_answers_get_advice_the_context_allows(tmp_path, tiny_model_dir):
+    # Examples longer than the model's context: "raise max_length to <longest>" could not be
+    # followed (set_max_length caps it), and once capped the same advice came back.
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    context = s.model.config.max_position_embeddings
+    long = " ".join(["word"] * (context + 200))
+    rows = [{"question": f"q{i}", "answer": long if i == 0 else f"a{i}"} for i in range(20)]
+    s.load_data(rows, validation=None, max_length=64)
+    cut = only(s.diagnose(), "answers_cut")
+    assert f"raise max_length to {context} (the model reads at most {context}" in cut.suggestion
+    with pytest.warns(wb.WorkbenchWarning):
+        s.set_max_length(10_000)  # capped at the context
+    capped = only(s.diagnose(), "answers_cut")
+    assert capped.title == "Answers cut by the model's context"
+    assert f"longer context than {context} tokens" in capped.suggestion

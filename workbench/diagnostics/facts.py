@@ -100,6 +100,7 @@ class DataFacts:
         cutoff: Tokens kept per example (``max_length``, capped by the model context), or
             ``None`` when nothing is cut.
         cutoff_source: ``"max_length"`` or ``"context"``: what sets ``cutoff``.
+        context: The model's context length (``None``: unknown).
         cut_answers: Examples whose answer loses trained tokens at ``cutoff``.
         answered: ``{"train": n, "validation": n}``: examples with an answer to train on.
         leaks: Validation rows that repeat training rows (the report's ``leak`` problems).
@@ -116,6 +117,7 @@ class DataFacts:
     after_answer: str | None = None
     cutoff: int | None = None
     cutoff_source: str = "max_length"
+    context: int | None = None
     cut_answers: tuple[CutAnswer, ...] = ()
     answered: dict[str, int] | None = None
     leaks: tuple[Leak, ...] = ()
@@ -155,11 +157,9 @@ def _measure(data: Any) -> DataFacts:
 
     cutoff, _ = fit_to_context(data.spec.max_length, data.spec.context)
     context = data.spec.context
-    source = (
-        "context"
-        if context is not None and cutoff == context and data.spec.max_length != cutoff
-        else "max_length"
-    )
+    # At the context, the context is what cuts, whether max_length was capped to it or set
+    # to it: raising max_length cannot help there.
+    source = "context" if context is not None and cutoff == context else "max_length"
     after = None if data.is_text else _after_answer(data)
     stops = _stop_ids(data, after)
     n_val = len(data.validation) if data.validation is not None else 0
@@ -172,6 +172,7 @@ def _measure(data: Any) -> DataFacts:
         after_answer=after,
         cutoff=cutoff,
         cutoff_source=source,
+        context=context,
         cut_answers=cut,
         answered=answered,
         leaks=_leaks(data),

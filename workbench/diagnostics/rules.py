@@ -457,10 +457,15 @@ def answers_cut(facts: DataFacts, share: float = 0.01) -> Finding | None:
         )
         title = "Answers cut by the model's context"
     else:
+        room = longest if facts.context is None else min(longest, facts.context)
+        beyond = (
+            f" (the model reads at most {facts.context}: shorten the longer ones)"
+            if room < longest
+            else " (the longest cut example)"
+        )
         suggestion = (
-            f"raise max_length to {longest} (the longest cut example), or shorten those "
-            "answers; a cut answer teaches the model to stop mid-answer and never trains "
-            "its end-of-turn token"
+            f"raise max_length to {room}{beyond}, or shorten those answers; a cut answer "
+            "teaches the model to stop mid-answer and never trains its end-of-turn token"
         )
         title = "Answers cut by max_length"
     return Finding("answers_cut", "warning" if serious else "info", title, evidence, suggestion)
