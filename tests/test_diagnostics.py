@@ -388,3 +388,31 @@ def test_cut_answers_get_advice_the_context_allows(tmp_path, tiny_model_dir):
     capped = only(s.diagnose(), "answers_cut")
     assert capped.title == "Answers cut by the model's context"
     assert f"longer context than {context} tokens" in capped.suggestion
+
+
+def test_an_early_stopped_run_is_told_as_it_is(tmp_path, tiny_model_dir):
+    # It used to get "set early_stopping=2" as advice, an ETA in its status, and a snapshot
+    # note saying run.resume() continues it.
+    from workbench.widgets._snapshot import snapshot_bundle
+
+    s = session(tmp_path, tiny_model_dir)
+    train = [
+        {"question": f"What colour is item {i}?", "answer": a}
+        for i, a in enumerate(["red", "green", "blue", "apple"])
+    ]
+    val = [
+        {"question": f"Which shape is thing {i}?", "answer": a}
+        for i, a in enumerate(["square", "circle", "cone", "star"])
+    ]
+    s.load_data(train, validation=val)
+    run = s.train(max_steps=60, lr=1e-2, batch_size=4, eval_every=1, early_stopping=2, wait=True)
+    assert run.state.value == "stopped" and run.status.message.startswith("early stopping")
+    assert run.status.step < 60
+    status = run.monitor().status_text()
+    assert status.startswith("stopped") and "ETA" not in status
+    note = snapshot_bundle(run.monitor())["text/html"]
+    assert "Stopped by early stopping at step" in note and "run.resume() continues" not in note
+    for found in (run.diagnostics, s.diagnose()):
+        advice = only(found, "overfitting").suggestion  # it stopped on a rising eval loss
+        assert "early_stopping=2 stopped the run" in advice
+        assert "set early_stopping" not in advice

@@ -1090,7 +1090,8 @@ class Session:
         run = self._model_run()
         history = run.history if run is not None else None
         total = run.status.total_steps if run is not None else None
-        found = diagnose(history, self._data, self._evaluation, total)
+        patience = run.spec.early_stopping if run is not None else None
+        found = diagnose(history, self._data, self._evaluation, total, patience)
         return Diagnosis(found)
 
     def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:

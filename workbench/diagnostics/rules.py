@@ -113,7 +113,10 @@ def _train_points(history: Sequence[LogRecord], field: str) -> list[tuple[int, f
 
 # -- run rules ------------------------------------------------------------------------------
 def overfitting(
-    history: Sequence[LogRecord], patience: int = 2, min_rise: float = 0.005
+    history: Sequence[LogRecord],
+    patience: int = 2,
+    min_rise: float = 0.005,
+    early_stopping: int | None = None,
 ) -> Finding | None:
     """Eval loss rising for ``patience`` evaluations in a row while the training loss falls.
 
@@ -185,11 +188,20 @@ def overfitting(
         f"{_num(smoothed[a])} to {_num(smoothed[b])}{now}; the lowest eval loss was "
         f"{_num(lowest.eval_loss)} at step {lowest.step} (epoch {lowest.epoch:.2f})"
     )
-    suggestion = (
-        f"stop earlier: train for about {lowest.step} steps (max_steps={lowest.step}, or "
-        f"epochs={max(lowest.epoch, 0.01):.2g}), or set early_stopping={patience} to stop "
-        "when the eval loss stops improving; a lower lr, fewer epochs or more data also help"
-    )
+    if early_stopping:  # it stopped the run, but on the last step's weights, not the best's
+        suggestion = (
+            f"early_stopping={early_stopping} stopped the run, but the model holds its last "
+            f"step's weights: export(checkpoint=...) or evaluate(checkpoints=...) the "
+            f"checkpoint nearest step {lowest.step}, where the eval loss was lowest; a lower "
+            "lr, fewer epochs or more data also help"
+        )
+    else:
+        suggestion = (
+            f"stop earlier: train for about {lowest.step} steps (max_steps={lowest.step}, or "
+            f"epochs={max(lowest.epoch, 0.01):.2g}), or set early_stopping={patience} to stop "
+            "when the eval loss stops improving; a lower lr, fewer epochs or more data also "
+            "help"
+        )
     return Finding(
         "overfitting",
         "warning",
@@ -619,7 +631,10 @@ def _paired_interval(
 
 # -- combined -------------------------------------------------------------------------------
 def diagnose_run(
-    history: Sequence[LogRecord], total_steps: int | None = None, patience: int = 2
+    history: Sequence[LogRecord],
+    total_steps: int | None = None,
+    patience: int = 2,
+    early_stopping: int | None = None,
 ) -> list[Finding]:
     """Every run rule on a history (live or finished): overfitting, flat loss, spikes.
 
@@ -631,7 +646,7 @@ def diagnose_run(
         []
     """
     found = [
-        overfitting(history, patience),
+        overfitting(history, patience, early_stopping=early_stopping),
         flat_loss(history, total_steps),
         grad_spikes(history),
     ]
@@ -678,8 +693,11 @@ def diagnose(
     data: PreparedData | DataFacts | None = None,
     evaluation: Evaluation | None = None,
     total_steps: int | None = None,
+    early_stopping: int | None = None,
 ) -> list[Finding]:
     """All rules on whatever is given; warnings first, then infos (each in rule order).
+
+    ``early_stopping``: the run's patience, when it had one (its advice differs).
 
     Examples:
         >>> diagnose()
@@ -690,7 +708,7 @@ def diagnose(
     """
     found: list[Finding] = []
     if history:
-        found += diagnose_run(history, total_steps)
+        found += diagnose_run(history, total_steps, early_stopping=early_stopping)
     if data is not None:
         found += diagnose_data(data)
     if evaluation is not None:

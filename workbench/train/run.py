@@ -359,7 +359,13 @@ class Run:
         from workbench.diagnostics import diagnose_run
         from workbench.widgets._findings import Diagnosis
 
-        return Diagnosis(diagnose_run(self.history, total_steps=self._status.total_steps))
+        return Diagnosis(
+            diagnose_run(
+                self.history,
+                total_steps=self._status.total_steps,
+                early_stopping=self.spec.early_stopping,
+            )
+        )
 
     # -- controls (called from the main thread) -------------------------------------------
     def pause(self, wait: bool = True, timeout: float | None = None) -> RunStatus:

@@ -189,6 +189,12 @@ def _monitor_note(monitor: Any, state: str) -> str:
     name = monitor.run.run_dir.name if monitor.run is not None else "this run"
     base = f"Static snapshot of the training monitor of {name}."
     status = monitor._status
+    if state == "stopped" and status is not None and status.message.startswith("early stop"):
+        return (
+            f"{base} Stopped by early stopping at step {status.step} of "
+            f"{status.total_steps}: the eval loss stopped improving. run.monitor() shows the "
+            "live panel again."
+        )
     if state == "stopped" and status is not None and status.step < status.total_steps:
         return (
             f"{base} Stopped at step {status.step} of {status.total_steps}: run.resume() "

@@ -848,7 +848,7 @@ class TrainingMonitor:
             f"epoch {s.epoch:.2f}",
             rate,
             f"elapsed {_clock(s.elapsed)}",
-            f"ETA {_clock(s.eta)}",
+            *([] if s.done else [f"ETA {_clock(s.eta)}"]),  # an ended run has none
             f"memory {_memory(s.memory)}",
         ]
         if s.loss is not None:
