@@ -185,6 +185,20 @@ def test_the_rule_finds_the_steepest_rate_of_a_known_curve(center):
     assert result.alternatives["valley"] < 10 ** (center + 1.5)
 
 
+def test_a_flat_or_noisy_curve_gets_no_confident_suggestion():
+    # Any drop, a rounding error included, used to read as "the loss falls fastest here".
+    import random as rnd
+
+    lrs = exponential_lrs(1e-7, 1.0, 60)
+    noise = rnd.Random(0)
+    for losses in ([5.0] * 60, [5.0 + noise.uniform(-0.02, 0.02) for _ in range(60)]):
+        result = LRFinderResult.from_curve(lrs, losses)
+        assert "(unreliable)" in result.advice, result.advice
+        assert "did not fall by 2% anywhere in the sweep" in result.reason
+    falling = [5.0 - 3.0 * k / 59 for k in range(60)]
+    assert "(unreliable)" not in LRFinderResult.from_curve(lrs, falling).advice
+
+
 def test_a_curve_that_never_falls_says_the_suggestion_is_unreliable():
     result = LRFinderResult.from_curve(exponential_lrs(1e-6, 1e-2, 8), np.linspace(2, 3, 8))
     assert "(unreliable)" in result.advice and "did not fall" in result.reason

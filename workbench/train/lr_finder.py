@@ -94,6 +94,7 @@ __all__ = [
 
 # The sweep's own keywords; every other keyword of ``Session.find_lr`` is a TrainSpec field.
 SWEEP_OPTIONS = ("start_lr", "end_lr", "num_steps", "smoothing", "diverge_factor")
+MIN_FALL = 0.02  # the smoothed loss must fall this share below its start for a suggestion
 # TrainSpec fields a sweep has no use for: it sets the rate itself, one step per rate.
 SWEEP_IGNORES = ("lr", "scheduler", "warmup", "epochs", "max_steps", "eval_every", "save_every")
 MIN_STEPS = 5  # fewer points leave no slope to read
@@ -259,13 +260,20 @@ class LRFinderResult:
         skipped = skipped_points(len(lrs), smoothing)
         index = steepest_index(lrs, smoothed, skipped)
         suggested = lrs[index]
-        falls = len(lrs) > 1 and smoothed[index + 1] < smoothed[index]
+        first = float(smoothed[min(skipped, len(lrs) - 1)])
+        fell = first - float(np.min(smoothed[skipped:])) if skipped < len(lrs) else 0.0
+        # A drop of a rounding error on a flat or noisy curve is not a loss that falls.
+        falls = (
+            len(lrs) > 1
+            and smoothed[index + 1] < smoothed[index]
+            and fell >= MIN_FALL * abs(first)
+        )
         if falls:
             reason = "the loss falls fastest here"
         elif len(lrs) > 1:
             reason = (
-                "the loss did not fall anywhere in the sweep, so no rate here trains well: "
-                "check the data, or sweep lower with start_lr="
+                f"the loss did not fall by {MIN_FALL:.0%} anywhere in the sweep, so no rate "
+                "here trains well: check the data, or sweep lower with start_lr="
             )
         else:
             reason = "the loss blew up at the first step: sweep lower with start_lr="
