@@ -416,3 +416,17 @@ def test_an_early_stopped_run_is_told_as_it_is(tmp_path, tiny_model_dir):
         advice = only(found, "overfitting").suggestion  # it stopped on a rising eval loss
         assert "early_stopping=2 stopped the run" in advice
         assert "set early_stopping" not in advice
+
+
+def test_a_failed_run_is_the_first_finding(tmp_path, tiny_model_dir):
+    # A collapsed run used to get "no findings: nothing looks wrong in the run".
+    s = session(tmp_path, tiny_model_dir)
+    s.load_data([{"question": f"q{i} is", "answer": f"a{i}"} for i in range(16)])
+    with pytest.warns(wb.WorkbenchWarning, match="far above"):
+        run = s.train(max_steps=30, lr=1000.0, batch_size=8, eval_every=100, wait=True)
+    assert run.state.value == "failed"
+    for found in (s.diagnose(), run.diagnostics):
+        first = found[0]
+        assert (first.kind, first.severity) == ("run_failed", "warning")
+        assert first.step == run.status.step
+        assert first.evidence == run.status.error and first.title.startswith("The run failed")

@@ -1091,7 +1091,8 @@ class Session:
         history = run.history if run is not None else None
         total = run.status.total_steps if run is not None else None
         patience = run.spec.early_stopping if run is not None else None
-        found = diagnose(history, self._data, self._evaluation, total, patience)
+        failed = run.status.error if run is not None and run.state is RunState.FAILED else None
+        found = diagnose(history, self._data, self._evaluation, total, patience, failed)
         return Diagnosis(found)
 
     def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:

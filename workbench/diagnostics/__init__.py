@@ -30,6 +30,7 @@ from workbench.diagnostics.rules import (
     flat_loss,
     grad_spikes,
     overfitting,
+    run_failed,
     validation_leak,
     worse_than_base,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "flat_loss",
     "grad_spikes",
     "overfitting",
+    "run_failed",
     "validation_leak",
     "worse_than_base",
 ]

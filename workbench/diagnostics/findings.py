@@ -27,6 +27,7 @@ Severity = Literal["warning", "info"]
 SEVERITIES: tuple[str, ...] = get_args(Severity)
 
 FindingKind = Literal[
+    "run_failed",
     "overfitting",
     "flat_loss",
     "grad_spikes",

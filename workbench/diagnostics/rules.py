@@ -7,6 +7,8 @@ evaluation's ``scores`` (and its rows, for a paired interval). Thresholds, and w
 ===========================  =================================================================
 rule (``kind``)              fires when
 ===========================  =================================================================
+``run_failed``               the run failed (a collapse, a divergence, an error): its error,
+                             which names what to change and what to go on from, comes first.
 ``overfitting``              the eval loss rose at ``patience`` (2) or more consecutive
                              evaluations, by at least ``min_rise`` (0.5%) in all, while the
                              smoothed training loss fell over the same span (smoothed: the
@@ -81,6 +83,7 @@ __all__ = [
     "flat_loss",
     "grad_spikes",
     "overfitting",
+    "run_failed",
     "validation_leak",
     "worse_than_base",
 ]
@@ -629,6 +632,30 @@ def _paired_interval(
     return float(lo), float(hi)
 
 
+# -- the run's end ----------------------------------------------------------------------------
+def run_failed(error: str | None, step: int | None = None) -> Finding | None:
+    """The run failed: its other findings describe the steps before, not a usable model.
+
+    Examples:
+        >>> run_failed(None) is None
+        True
+        >>> run_failed("the run collapsed at step 8: ...", 8).title
+        'The run failed at step 8'
+    """
+    if not error:
+        return None
+    where = f" at step {step}" if step else ""
+    return Finding(
+        "run_failed",
+        "warning",
+        f"The run failed{where}",
+        error,
+        "follow the error's advice (what to change, what to go on from) before using this "
+        "model: its weights are the failed run's",
+        step=step,
+    )
+
+
 # -- combined -------------------------------------------------------------------------------
 def diagnose_run(
     history: Sequence[LogRecord],
@@ -694,10 +721,12 @@ def diagnose(
     evaluation: Evaluation | None = None,
     total_steps: int | None = None,
     early_stopping: int | None = None,
+    failed: str | None = None,
 ) -> list[Finding]:
     """All rules on whatever is given; warnings first, then infos (each in rule order).
 
-    ``early_stopping``: the run's patience, when it had one (its advice differs).
+    ``early_stopping``: the run's patience, when it had one (its advice differs);
+    ``failed``: the run's error, when it failed.
 
     Examples:
         >>> diagnose()
@@ -707,6 +736,8 @@ def diagnose(
         ['end_of_turn_untrained']
     """
     found: list[Finding] = []
+    step = max((r.step for r in history or ()), default=None)
+    found += [f for f in (run_failed(failed, step),) if f is not None]
     if history:
         found += diagnose_run(history, total_steps, early_stopping=early_stopping)
     if data is not None:

@@ -264,9 +264,7 @@ class LRFinderResult:
         fell = first - float(np.min(smoothed[skipped:])) if skipped < len(lrs) else 0.0
         # A drop of a rounding error on a flat or noisy curve is not a loss that falls.
         falls = (
-            len(lrs) > 1
-            and smoothed[index + 1] < smoothed[index]
-            and fell >= MIN_FALL * abs(first)
+            len(lrs) > 1 and smoothed[index + 1] < smoothed[index] and fell >= MIN_FALL * abs(first)
         )
         if falls:
             reason = "the loss falls fastest here"

@@ -356,16 +356,17 @@ class Run:
             >>> [(f.kind, f.step) for f in run.diagnostics]  # lr 1e-9 trains nothing
             [('flat_loss', 5)]
         """
-        from workbench.diagnostics import diagnose_run
+        from workbench.diagnostics import diagnose
         from workbench.widgets._findings import Diagnosis
 
-        return Diagnosis(
-            diagnose_run(
-                self.history,
-                total_steps=self._status.total_steps,
-                early_stopping=self.spec.early_stopping,
-            )
+        failed = self._status.error if self._status.state is RunState.FAILED else None
+        found = diagnose(
+            self.history,
+            total_steps=self._status.total_steps,
+            early_stopping=self.spec.early_stopping,
+            failed=failed,
         )
+        return Diagnosis(found)
 
     # -- controls (called from the main thread) -------------------------------------------
     def pause(self, wait: bool = True, timeout: float | None = None) -> RunStatus:
