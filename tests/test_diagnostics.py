@@ -430,3 +430,21 @@ def test_a_failed_run_is_the_first_finding(tmp_path, tiny_model_dir):
         assert (first.kind, first.severity) == ("run_failed", "warning")
         assert first.step == run.status.step
         assert first.evidence == run.status.error and first.title.startswith("The run failed")
+
+
+def test_data_that_trains_nothing_does_not_blame_the_template(tmp_path, tiny_model_dir):
+    # Every assistant turn weight 0: nothing trains, which the data report lists; the
+    # finding used to tell the user to change a template that was fine.
+    s = session(tmp_path, tiny_model_dir)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}", "weight": 0},
+            ]
+        }
+        for i in range(8)
+    ]
+    report = s.load_data(rows, validation=None)
+    assert any(p.kind == "no_trained_tokens" for p in report.problems)
+    assert "end_of_turn_untrained" not in s.diagnose().kinds

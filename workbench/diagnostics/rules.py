@@ -383,9 +383,17 @@ writes '\\n\\n' after an answer
         >>> end_of_turn_untrained(DataFacts(train_rows=8, stop_tokens=("</s>",),
         ...                                 stop_trained_rows=8)) is None
         True
+
+        When no row trains anything (every turn weight 0), the template is not to blame:
+
+        >>> end_of_turn_untrained(DataFacts(train_rows=8, stop_tokens=("</s>",),
+        ...                                 stop_trained_rows=0, answered={"train": 0})) is None
+        True
     """
     if not facts.train_rows or not facts.stop_tokens or facts.stop_trained_rows != 0:
         return None
+    if facts.answered is not None and facts.answered.get("train") == 0:
+        return None  # nothing trains at all (no_trained_tokens): the template is not why
     tokens = " or ".join(repr(t) for t in facts.stop_tokens)
     after = (
         f"; the template writes {facts.after_answer!r} after an answer"
