@@ -35,3 +35,33 @@ def test_report_embeds_charts_and_escapes_outputs(tmp_path):
     assert page.count("plotly-graph-div") == 2  # loss curves and scores
     assert "window.Plotly" in page  # plotly.js embedded, so the page works offline
     assert not list(tmp_path.glob(".*"))  # written through a temporary file, nothing left
+
+
+def test_the_page_says_what_it_covers_and_gives_each_score_its_own_axis(tmp_path):
+    # Perplexity in the thousands shared one axis with exact match in [0, 1] (flattened to
+    # nothing), with no "lower is better"; and the page never said what it left out.
+    rows = tuple(
+        EvalRow(i, "p", "r", {"base": "b", "tuned": "t"},
+                {"perplexity": {"base": 3759.0, "tuned": 1110.0},
+                 "exact_match": {"base": 0.0, "tuned": 1.0}})
+        for i in range(2)
+    )  # fmt: skip
+    scores = {
+        "perplexity": {"base": 3759.0, "tuned": 1110.0, "higher_is_better": False,
+                       "base_ci": (3000.0, 4500.0), "tuned_ci": (900.0, 1300.0)},
+        "exact_match": {"base": 0.0, "tuned": 1.0, "higher_is_better": True},
+    }  # fmt: skip
+    evaluation = Evaluation(scores, rows, {"columns": ["base", "tuned"], "run": "run-003"})
+    page = write_report(tmp_path / "r.html", "t", evaluation=evaluation).read_text()
+    assert (
+        "Covers: evaluation of run-003 (2 rows; base, tuned). Not included: data, training history."
+    ) in page
+    assert "perplexity (lower is better)" in page and "exact_match (higher is better)" in page
+    from workbench.report import _scores_figure
+
+    traces = _scores_figure(scores).data
+    assert len({(t.xaxis, t.yaxis) for t in traces}) == 2  # one axis pair per score
+    ppl = next(t for t in traces if t.name == "tuned" and list(t.y) == [1110.0])
+    assert list(ppl.error_y.array) == [190.0] and list(ppl.error_y.arrayminus) == [210.0]
+    empty = write_report(tmp_path / "e.html", "nothing").read_text()
+    assert "Covers: nothing. Not included: data, training history, evaluation." in empty

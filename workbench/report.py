@@ -62,16 +62,57 @@ def _loss_figure(history: Sequence[Any]):
 
 
 def _scores_figure(scores: dict):
-    import plotly.graph_objects as go
+    """One small chart per score, each on its own axis (perplexity in the hundreds beside
+    exact match in [0, 1] would flatten the latter), with its 95% interval and which way is
+    better."""
+    from plotly.subplots import make_subplots
 
-    figure = go.Figure()
     names = list(scores)
-    for column in ("base", "tuned"):
-        values = [scores[m].get(column) for m in names]
-        if any(v is not None for v in values):
-            figure.add_bar(x=names, y=values, name=column)
-    figure.update_layout(title="Scores: base vs tuned", barmode="group", height=320)
+    titles = [
+        f"{name} ({'higher' if scores[name].get('higher_is_better', True) else 'lower'} is better)"
+        for name in names
+    ]
+    figure = make_subplots(rows=1, cols=len(names), subplot_titles=titles)
+    colours = {"base": "#9ca3af", "tuned": "#2563eb"}
+    for col, name in enumerate(names, 1):
+        for column in ("base", "tuned"):
+            value = scores[name].get(column)
+            if value is None:
+                continue
+            ci = scores[name].get(f"{column}_ci")
+            error = None
+            if ci is not None and all(v is not None for v in ci):
+                error = dict(type="data", symmetric=False, array=[ci[1] - value],
+                             arrayminus=[value - ci[0]])  # fmt: skip
+            figure.add_bar(
+                x=[column], y=[value], name=column, marker_color=colours[column],
+                error_y=error, showlegend=False, row=1, col=col,
+            )  # fmt: skip
+    figure.update_layout(title="Scores: base vs tuned (95% intervals)", height=340)
     return figure
+
+
+def _coverage(data_report: Any, history: Sequence[Any], evaluation: Any) -> str:
+    """One line on what the page holds, and what it does not."""
+    held, missing = [], []
+    if data_report is not None:
+        held.append(f"data ({data_report.train} train, {data_report.validation} validation rows)")
+    else:
+        missing.append("data")
+    steps = [_get(r, "step") for r in history if _get(r, "kind") == "train"]
+    if steps:
+        held.append(f"training history (steps {min(steps)}-{max(steps)})")
+    else:
+        missing.append("training history")
+    if evaluation is not None:
+        settings = getattr(evaluation, "settings", {}) or {}
+        of = f" of {settings['run']}" if settings.get("run") else ""
+        columns = ", ".join(getattr(evaluation, "columns", ()) or ())
+        held.append(f"evaluation{of} ({len(evaluation.rows)} rows; {columns})")
+    else:
+        missing.append("evaluation")
+    line = "Covers: " + ("; ".join(held) if held else "nothing")
+    return line + (f". Not included: {', '.join(missing)}." if missing else ".")
 
 
 def _get(record: Any, name: str):
@@ -317,6 +358,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
     ]
     parts += [f"<p>{html.escape(line)}</p>" for line in summary]
+    parts.append(f"<p><i>{html.escape(_coverage(data_report, history, evaluation))}</i></p>")
     figures = []
     if data_report is not None:
         figures.append(_histogram_figure(data_report))
