@@ -454,3 +454,21 @@ def test_a_fork_that_collapses_points_back_to_the_step_it_forked_from(tmp_path, 
         fork = parent.fork(step=20, lr=1000.0, wait=True)
     assert fork.state is RunState.FAILED, fork.status.error
     assert "is step-00000020: run.fork(step=20, lr=...) goes on from it" in fork.status.error
+
+
+def test_a_warmup_the_run_cannot_use_is_said_and_a_high_lr_warned_once(tmp_path, tiny_model_dir):
+    import warnings as w
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with pytest.warns(WorkbenchWarning, match=r"warmup=3 is ignored by scheduler='constant'"):
+        run = s.train(max_steps=4, scheduler="constant", warmup=3, wait=True)
+    assert any("ignored by scheduler='constant'" in (r.message or "") for r in run.history)
+    s.load_model(str(tiny_model_dir))
+    with pytest.warns(WorkbenchWarning, match=r"warmup=10 is 10 steps, as long as the whole run"):
+        s.train(max_steps=4, warmup=10, wait=True)
+    s.load_model(str(tiny_model_dir))
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        s.train(max_steps=1, lr=0.02, batch_size="auto", wait=True)
+    lr_warnings = [c for c in caught if "is far above" in str(c.message)]
+    assert len(lr_warnings) == 1  # not once more for each choice made on the user's behalf

@@ -25,7 +25,7 @@ from workbench.errors import DependencyError, SpecError
 from workbench.models.loading import keep_4bit_layout_trainable
 from workbench.train import core
 from workbench.train.core import add_neftune
-from workbench.train.spec import TrainSpec
+from workbench.train.spec import TrainSpec, respec
 
 __all__ = [
     "add_neftune",
@@ -168,7 +168,7 @@ def fit_spec_to_model(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | Non
         f"LoRA dropout {spec.lora.dropout:g} -> 0: peft adapts {kind}'s fused expert weights "
         f"({', '.join(fused)}) only without dropout"
     )
-    return dataclasses.replace(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
+    return respec(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
 
 
 def choose_checkpointing(
@@ -210,7 +210,7 @@ def choose_checkpointing(
             "(each block keeps only its input and recomputes the rest in backward: far less "
             "memory for about a third more compute; gradient_checkpointing=False for speed)"
         )
-    return dataclasses.replace(spec, gradient_checkpointing=on), why
+    return respec(spec, gradient_checkpointing=on), why
 
 
 def _weights_device(model: Any) -> str:

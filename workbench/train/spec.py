@@ -29,7 +29,15 @@ from typing import Any, Literal, get_args
 from workbench.errors import SpecError, WorkbenchWarning, refuse_unknown
 from workbench.types import Method
 
-__all__ = ["KEEP_ALL", "LoRA", "Method", "SchedulerName", "TrainSpec", "train_spec_from_settings"]
+__all__ = [
+    "KEEP_ALL",
+    "LoRA",
+    "Method",
+    "SchedulerName",
+    "TrainSpec",
+    "respec",
+    "train_spec_from_settings",
+]
 
 POLYNOMIAL_END_LR = 1e-7  # transformers' get_polynomial_decay_schedule_with_warmup lr_end
 SchedulerName = Literal[
@@ -423,6 +431,20 @@ class TrainSpec:
         if isinstance(values.get("lora"), dict):
             values["lora"] = LoRA(**values["lora"])
         return cls(**values)
+
+
+def respec(spec: TrainSpec, **changes: Any) -> TrainSpec:
+    """``spec`` with ``changes``, for choices made on the user's behalf (a batch size, a
+    dropout, checkpointing): checked again, but not warned about again (its lr warning was
+    given when the user made it).
+
+    Examples:
+        >>> respec(TrainSpec(), batch_size=2).batch_size
+        2
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"lr=.* is far above", WorkbenchWarning)
+        return dataclasses.replace(spec, **changes)
 
 
 def train_spec_from_settings(

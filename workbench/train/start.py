@@ -27,7 +27,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import shutil
 import time
 import warnings
@@ -58,7 +57,7 @@ from workbench.train.prepare import (
 )
 from workbench.train.records import LogRecord
 from workbench.train.run import Run
-from workbench.train.spec import TrainSpec
+from workbench.train.spec import TrainSpec, respec
 
 __all__ = ["resume_run", "start_run"]
 
@@ -82,6 +81,24 @@ def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
         "their loss would be a silent 0.0. Often truncation cut the whole answer."
     )
     return train.subset(np.flatnonzero(counts > 0)), [_warned(text, depth=2)]
+
+
+def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
+    """A warm-up the schedule ignores, or one as long as the run (the rate never reaches
+    ``lr``): both said, neither refused."""
+    default = TrainSpec.__dataclass_fields__["warmup"].default
+    if spec.scheduler == "constant" and spec.warmup not in (0, default):
+        return [
+            f"warmup={spec.warmup!r} is ignored by scheduler='constant', which trains at lr "
+            "from the first step: use scheduler='constant_with_warmup' to warm up."
+        ]
+    steps = spec.warmup_steps(total)
+    if spec.scheduler != "constant" and total > 1 and steps >= total:
+        return [
+            f"warmup={spec.warmup!r} is {steps} steps, as long as the whole run ({total} "
+            f"steps): the rate never reaches lr={spec.lr:g}."
+        ]
+    return []
 
 
 def _warned(text: str, depth: int = 1) -> LogRecord:
@@ -203,6 +220,8 @@ def start_run(
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
+    for text in _warmup_notes(spec, total):  # a loop, not a comprehension: its own frame
+        notes.append(_warned(text))  # would point the warning at this file
     meta = {
         "version": 1,
         "spec": spec.to_dict(),
@@ -279,7 +298,7 @@ def _resolved_batch_size(
             options.update(device="cpu", budget=budget)
     lengths, trained = train.lengths.tolist(), train.trained_tokens().tolist()
     choice = choose_batch_size(model, lengths, spec, trained, **options)
-    return dataclasses.replace(spec, batch_size=choice.size), choice.reason
+    return respec(spec, batch_size=choice.size), choice.reason
 
 
 def _launch_device(launch: Any) -> str | None:
