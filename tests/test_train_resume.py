@@ -72,6 +72,15 @@ def test_sigkill_then_resume_in_a_new_process(tiny_model_dir, tmp_path):
     assert dead.status_text().startswith("failed · step 12/30"), dead.status_text()
     assert "interrupted at step 12" in dead.status_text()
     assert f"Session.resume('{run_dir}') goes on from step 10" in dead.status_text()
+    # The history's numbers, not the blank ones of a status file written at the start.
+    import json
+
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    last_train = [r for r in history if r["kind"] == "train"][-1]
+    assert dead._status.elapsed == last_train["elapsed"] > 0
+    assert "memory -" not in dead.status_text()
+    evals = [r["eval_loss"] for r in history if r["kind"] == "eval"]  # at step 10
+    assert evals and f"eval {evals[-1]:.4f}" in dead.status_text()
     status = (run_dir / "status.json").read_text()
     (run_dir / "status.json").write_text(status[:20])  # damaged: read from the history
     with pytest.warns(WorkbenchWarning, match="status.json is damaged"):

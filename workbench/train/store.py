@@ -303,7 +303,9 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
     """The status of a run whose trainer ended without finishing: its last recorded step."""
     from workbench.train.checkpoint import checkpoint_step, newest_valid_checkpoint
 
-    steps = [r for r in read_jsonl(run_dir / HISTORY) if r.get("kind") == "train"]
+    history = read_jsonl(run_dir / HISTORY)
+    steps = [r for r in history if r.get("kind") == "train"]
+    evals = [r for r in history if r.get("kind") == "eval" and r.get("eval_loss") is not None]
     last = steps[-1] if steps else {}
     checkpoint, _skipped = newest_valid_checkpoint(run_dir)
     since = f"step {checkpoint_step(checkpoint)}" if checkpoint is not None else "step 0"
@@ -313,6 +315,11 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
         f"Session.resume({str(run_dir)!r}) goes on from {since}"
     )
     update = {"state": "failed", "error": error, "message": error}
-    if last:
+    if last:  # what the history knows of the steps the status file never saw
         update.update(step=last["step"], loss=last.get("loss"), epoch=last.get("epoch", 0.0))
+        for name in ("elapsed", "tokens_per_s", "memory"):
+            if last.get(name) is not None:
+                update[name] = last[name]
+    if evals:
+        update["eval_loss"] = evals[-1]["eval_loss"]
     return update
