@@ -55,8 +55,9 @@ def num(value: float) -> str:
 
 
 # -- run rules, provoked by real runs --------------------------------------------------------
-def test_overfitting_four_rows_many_epochs_high_lr(tmp_path, tiny_model_dir):
-    s = session(tmp_path, tiny_model_dir)
+def overfitting_rows() -> tuple[list[dict], list[dict]]:
+    """Four training rows learnt by heart, and validation rows about something else: many
+    epochs at a high lr drive the eval loss up while the training loss falls."""
     train = [
         {"question": f"What colour is item {i}?", "answer": a}
         for i, a in enumerate(["red", "green", "blue", "apple"])
@@ -65,6 +66,12 @@ def test_overfitting_four_rows_many_epochs_high_lr(tmp_path, tiny_model_dir):
         {"question": f"Which shape is thing {i}?", "answer": a}
         for i, a in enumerate(["square", "circle", "cone", "star"])
     ]
+    return train, val
+
+
+def test_overfitting_four_rows_many_epochs_high_lr(tmp_path, tiny_model_dir):
+    s = session(tmp_path, tiny_model_dir)
+    train, val = overfitting_rows()
     s.load_data(train, validation=val)
     run = s.train(max_steps=30, lr=1e-2, batch_size=4, eval_every=1, wait=True)
     finding = only(run.diagnostics, "overfitting")
@@ -396,14 +403,7 @@ def test_an_early_stopped_run_is_told_as_it_is(tmp_path, tiny_model_dir):
     from workbench.widgets._snapshot import snapshot_bundle
 
     s = session(tmp_path, tiny_model_dir)
-    train = [
-        {"question": f"What colour is item {i}?", "answer": a}
-        for i, a in enumerate(["red", "green", "blue", "apple"])
-    ]
-    val = [
-        {"question": f"Which shape is thing {i}?", "answer": a}
-        for i, a in enumerate(["square", "circle", "cone", "star"])
-    ]
+    train, val = overfitting_rows()
     s.load_data(train, validation=val)
     run = s.train(max_steps=60, lr=1e-2, batch_size=4, eval_every=1, early_stopping=2, wait=True)
     assert run.state.value == "stopped" and run.status.message.startswith("early stopping")
