@@ -249,6 +249,12 @@ def test_quantize_saves_a_smaller_model_and_a_table(
     ]
     reloaded = wb.Session(tmp_path / "q", verbose=False).load_model(str(report.folder))
     assert reloaded.quantization == quantization
+    card = (report.folder / "README.md").read_text()  # the export's card, and how it loads
+    assert card.startswith("---\nbase_model:") and "## Training" in card
+    assert (
+        f"## Quantization\n\nThis copy of `merged` is quantized with bitsandbytes ({quantization}"
+        in card
+    )
     assert "<" not in report._repr_html_().split("<caption>")[1].split("</caption>")[0]
 
 

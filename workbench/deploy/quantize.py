@@ -178,6 +178,19 @@ def check_quantize_target(target: Path, quantization: str, overwrite: bool = Fal
     check_free_space(target.parent, 0, f"the quantized model {target}")
 
 
+def _quantized_card(source: Path, quantization: str) -> str:
+    """The source export's model card, with how this copy was quantized and how it loads."""
+    card = source / "README.md"
+    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {source.name}\n"
+    note = (
+        f"## Quantization\n\nThis copy of `{source.name}` is quantized with bitsandbytes "
+        f"({quantization}{', NF4' if quantization == '4bit' else ''}); its config.json holds "
+        'the quantization_config, so `AutoModelForCausalLM.from_pretrained("path/to/this/'
+        'folder")` loads it quantized (bitsandbytes must be installed).\n'
+    )
+    return text.rstrip() + "\n\n" + note
+
+
 def quantize_export(
     source: str | Path,
     target: str | Path,
@@ -219,5 +232,6 @@ def quantize_export(
     with staged_write(target, needed) as tmp:
         quantized.model.save_pretrained(tmp)
         quantized.tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(_quantized_card(source, quantization), encoding="utf-8")
     after = measure_model(quantized.model, quantized.tokenizer, target, probes, score=score)
     return QuantizeReport(quantization, target, before, after)
