@@ -1119,18 +1119,8 @@ class Session:
             split = "train"
         if prepared.is_text:
             raise SpecError("evaluation needs prompt/answer rows; this data is raw text.")
-        rows = []
-        for i in range(len(prepared.split(split))):
-            example = prepared.example(i, split)
-            prompt_ids, reference_ids = prepared.inference_ids(i, split)
-            rows.append(
-                {
-                    "prompt": example.prompt,
-                    "reference": example.answer,
-                    "prompt_ids": prompt_ids,  # the tokens training saw, not the text again
-                    "reference_ids": reference_ids,
-                }
-            )
+        # with the tokens training saw, not the texts to tokenize again
+        rows = [prepared.inference_row(i, split) for i in range(len(prepared.split(split)))]
         if "tool_calls" in _metric_names(metrics):
             _check_calls_readable(prepared, split, rows)
         return rows
@@ -1454,16 +1444,14 @@ class Session:
         from workbench.deploy import export_target, quantize_export
         from workbench.deploy.paths import refuse_session_folders
         from workbench.deploy.quantize import check_quantize_target
+        from workbench.train.start import check_probes
 
         target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
         refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
         replace = overwrite or earlier is not None
         check_quantize_target(target, quantization, replace)  # before exporting anything
-        if probes is not None and not (
-            isinstance(probes, (list, tuple)) and all(isinstance(p, str) and p for p in probes)
-        ):
-            raise SpecError(f"probes={probes!r} must be a list of non-empty prompt strings.")
+        check_probes(probes)
         source = self._exported_folder()
         probes = self._text_prompt_ids(list(probes or self._probe_prompts()))
         self._say_replacing(target, earlier)

@@ -54,6 +54,13 @@ def _listing(folder: Path) -> dict[str, list[int]]:
     return listing
 
 
+def _highest_used(state: dict[str, Any], kind: str) -> int:
+    """The highest number ``session.json`` says a folder of ``kind`` was given (0: none)."""
+    used = state.get(NUMBERED)
+    kept = used.get(kind) if isinstance(used, dict) else None
+    return kept if isinstance(kept, int) else 0
+
+
 class SessionFolder:
     """A session's root folder and what lives in it.
 
@@ -100,9 +107,7 @@ class SessionFolder:
         parent.mkdir(parents=True, exist_ok=True)
         existing = self.numbered(kind)
         highest = int(existing[-1].name.rsplit("-", 1)[1]) if existing else 0
-        used = self.state().get(NUMBERED, {})
-        kept = used.get(kind) if isinstance(used, dict) else None
-        number = max(highest, kept if isinstance(kept, int) else 0) + 1
+        number = max(highest, _highest_used(self.state(), kind)) + 1
         while True:
             folder = parent / f"{_PREFIX[kind]}-{number:03d}"
             try:
@@ -134,8 +139,7 @@ class SessionFolder:
         def raise_to(state: dict[str, Any]) -> None:
             used = state.get(NUMBERED)
             used = dict(used) if isinstance(used, dict) else {}
-            kept = used.get(kind)
-            used[kind] = max(number, kept if isinstance(kept, int) else 0)
+            used[kind] = max(number, _highest_used(state, kind))
             state[NUMBERED] = used
 
         self.update(raise_to)

@@ -603,6 +603,24 @@ class PreparedData:
             >>> trained[: len(prompt)] == prompt, trained[len(prompt) :][: len(answer)] == answer
             (True, True)
         """
+        row = self.inference_row(i, split)
+        return row["prompt_ids"], row["reference_ids"]
+
+    def inference_row(self, i: int, split: SplitName = "train") -> dict[str, Any]:
+        """Example ``i`` as an evaluation row: its rendered ``prompt`` and ``reference``
+        answer (the texts of :meth:`example`) and their :meth:`inference_ids`
+        (``prompt_ids``, ``reference_ids``), the row rendered once. It raises as
+        :meth:`inference_ids` does.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> data = PreparedData.load([{"question": "Hi", "answer": "Yo"}], tokenizer,
+            ...                          validation=None)
+            >>> sorted(data.inference_row(0)), data.inference_row(0)["reference"]
+            (['prompt', 'prompt_ids', 'reference', 'reference_ids'], 'Yo')
+        """
         from workbench.data.prompts import answer_ids, chat_prompt_ids
 
         if self.is_text:
@@ -611,13 +629,18 @@ class PreparedData:
         if not 0 <= i < len(dataset):
             raise DataError(f"example {i}: {split} has {len(dataset)} rows")
         row = dataset[int(i)]
-        answer = self._texts_of(row)[1]
+        prompt, answer, _ = self._texts_of(row)
         messages, tools = with_tool_calling(row["messages"], row.get(TOOL_CALLING))
         turns = messages[: _answer_turn(messages, row.get(UNTRAINED_TURNS))]
         mode = self.spec.special_tokens_in_text
         offered = [tools] if tools else None
-        [prompt] = chat_prompt_ids(self.template, self.tokenizer, [turns], offered, mode)
-        return prompt, answer_ids(self.tokenizer, answer, mode)
+        [prompt_ids] = chat_prompt_ids(self.template, self.tokenizer, [turns], offered, mode)
+        return {
+            "prompt": prompt,
+            "reference": answer,
+            "prompt_ids": prompt_ids,
+            "reference_ids": answer_ids(self.tokenizer, answer, mode),
+        }
 
     def _texts_of(self, row: dict[str, Any]) -> tuple[str, str, str]:
         if self.is_text:

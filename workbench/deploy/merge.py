@@ -161,13 +161,9 @@ def _drop_switched_off(model: Any) -> None:
     """Put back the base layer of each adapted layer whose adapters are switched off (a
     DoRA adapter at strength 0): peft's merge would fold them in anyway, while the model
     computes without them."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from workbench.models.adapters import remove_adapter_layers
 
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer) and module.disable_adapters:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
+    remove_adapter_layers(model, where=lambda layer: layer.disable_adapters)
 
 
 def _is_bnb_layer(module: Any) -> bool:

@@ -17,6 +17,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,10 @@ def attach_adapter(model: Any, path: str | Path) -> Any:
         raise ModelLoadError(msg) from err
 
 
-def remove_adapter_layers(model: Any) -> int:
-    """Replace every peft tuner layer in ``model`` by the base layer it wraps; returns how
-    many were replaced (the model is then the plain base model again).
+def remove_adapter_layers(model: Any, where: Callable[[Any], bool] | None = None) -> int:
+    """Replace every peft tuner layer in ``model`` (with ``where``, those it accepts) by the
+    base layer it wraps; returns how many were replaced. With no ``where`` the model is then
+    the plain base model again.
 
     Examples:
         >>> import torch
@@ -78,12 +80,16 @@ def remove_adapter_layers(model: Any) -> int:
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    found = [(name, m) for name, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+    found = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, BaseTunerLayer) and (where is None or where(m))
+    ]
     for name, layer in found:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer.get_base_layer())
-    for attribute in ("peft_config", "_hf_peft_config_loaded"):
+    for attribute in ("peft_config", "_hf_peft_config_loaded") if where is None else ():
         if attribute in getattr(model, "__dict__", {}):
             delattr(model, attribute)
     return len(found)

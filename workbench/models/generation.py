@@ -132,8 +132,9 @@ def generate_text(
             "back per prompt; give the prompt several times (with do_sample=True) for more."
         )
         raise SpecError(msg)
-    batch = _left_padded(tokenizer, _prompt_ids(tokenizer, prompts))
-    batch = {k: v.to(next(model.parameters()).device) for k, v in batch.items()}
+    rows = {"input_ids": _prompt_ids(tokenizer, prompts)}
+    batch = tokenizer.pad(rows, padding=True, padding_side="left", return_tensors="pt")
+    batch = batch.to(next(model.parameters()).device)
     generation.setdefault("do_sample", False)
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
     stops = [s for s in (stop_strings or []) if s]
@@ -160,17 +161,6 @@ def _prompt_ids(tokenizer: Any, prompts: Sequence[str | Sequence[int]]) -> list[
         msg = f"prompt {empty[0]} is empty (no tokens): give the model some text to continue."
         raise SpecError(msg)
     return ids
-
-
-def _left_padded(tokenizer: Any, rows: list[list[int]]) -> dict[str, Any]:
-    """``input_ids`` and ``attention_mask`` with each row padded on the left."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(row) for row in rows)
-    ids = torch.tensor([[pad] * (width - len(row)) + row for row in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows])
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _end_ids(model: Any, tokenizer: Any, generation: dict) -> set[int]:

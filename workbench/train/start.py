@@ -125,6 +125,17 @@ def _check_inputs(spec: Any, validation: Examples | None, probes: Any) -> None:
             "early_stopping=None."
         )
         raise SpecError(msg)
+    check_probes(probes)
+
+
+def check_probes(probes: Any) -> None:
+    """Refuse probes that are not a list of non-empty prompt texts (``None``: none).
+
+    Examples:
+        >>> check_probes("hello")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: probes='hello' must be a list of non-empty prompt strings.
+    """
     if probes is not None and not (
         isinstance(probes, (list, tuple)) and all(isinstance(p, str) and p for p in probes)
     ):
