@@ -378,3 +378,32 @@ def test_a_guard_fails_a_launched_run_with_the_one_process_message(tiny_model_di
     assert ref.state is run.state is RunState.FAILED
     assert run.status.error == ref.status.error
     assert run.status.error.startswith("the run collapsed at step")
+
+
+def test_a_launched_run_ends_on_its_best_weights_like_one_process(tiny_model_dir, tmp_path):
+    # Early stopping keeps the best evaluation's checkpoint on rank 0 and the notebook's model
+    # takes its weights at the end, as a run in this process does.
+    from test_early_stopping import TRAIN, VALIDATION
+
+    settings = {**SETTINGS, "lr": 1e-2, "eval_every": 1, "early_stopping": 2, "max_steps": 60}
+
+    def session(name):
+        s = wb.Session(tmp_path / name, verbose=False)
+        s.load_model(str(tiny_model_dir))
+        s.load_data(TRAIN, validation=VALIDATION)
+        return s
+
+    ref = session("ref").train(wait=True, **settings)
+    s = session("launched")
+    run = s.train(processes=2, wait=True, **settings)
+    assert run.state is ref.state is RunState.STOPPED, run.status.error
+    assert ref.weights_step < ref.status.step  # the eval loss rose before the run stopped
+    assert (run.status.step, run.weights_step) == (ref.status.step, ref.weights_step)
+    assert run.status.message == ref.status.message
+    best = run.run_dir / "checkpoints" / f"step-{run.weights_step:08d}"
+    saved = load_trained_weights(best)
+    mine = {n: p.detach() for n, p in s.model.named_parameters() if p.requires_grad}
+    assert mine.keys() == saved.keys()
+    for name, tensor in mine.items():
+        assert torch.allclose(tensor, saved[name], atol=1e-6), name
+        assert torch.allclose(tensor, ref.model.get_parameter(name), atol=1e-5), name

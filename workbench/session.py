@@ -607,11 +607,19 @@ class Session:
     def training_summary(self) -> dict:
         """Settings of the last training run, for model cards (empty before training).
 
+        When early stopping put back an earlier step's weights, ``weights_from_step`` says
+        which, with the steps the run trained (``steps_trained``).
+
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).training_summary()
             {}
         """
-        return dict(self._training_summary)
+        summary = dict(self._training_summary)
+        run = self._model_run()
+        if summary and run is not None and run.weights_step != run.loop.step:
+            summary["weights_from_step"] = run.weights_step  # the lowest eval loss's
+            summary["steps_trained"] = run.loop.step
+        return summary
 
     def scores_summary(self) -> dict:
         """Base and tuned scores of the last evaluation (empty before evaluating).

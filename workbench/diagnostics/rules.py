@@ -191,11 +191,10 @@ def overfitting(
         f"{_num(smoothed[a])} to {_num(smoothed[b])}{now}; the lowest eval loss was "
         f"{_num(lowest.eval_loss)} at step {lowest.step} (epoch {lowest.epoch:.2f})"
     )
-    if early_stopping:  # it stopped the run, but on the last step's weights, not the best's
+    if early_stopping:  # it stopped the run and put back the best evaluation's weights
         suggestion = (
-            f"early_stopping={early_stopping} stopped the run, but the model holds its last "
-            f"step's weights: export(checkpoint=...) or evaluate(checkpoints=...) the "
-            f"checkpoint nearest step {lowest.step}, where the eval loss was lowest; a lower "
+            f"early_stopping={early_stopping} stopped the run and put back the weights of "
+            f"step {lowest.step}, where the eval loss was lowest (run.weights_step); a lower "
             "lr, fewer epochs or more data also help"
         )
     else:

@@ -55,6 +55,7 @@ from workbench.train.guards import TrainingError
 __all__ = [
     "CHECKPOINTS",
     "MANIFEST",
+    "best_checkpoint",
     "checkpoint_bytes",
     "checkpoint_problem",
     "checkpoint_step",
@@ -62,10 +63,13 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_trained_weights",
+    "load_weights_into",
     "newest_valid_checkpoint",
     "prune_checkpoints",
     "remove_partial_checkpoints",
+    "rng_state",
     "save_checkpoint",
+    "set_rng_state",
 ]
 
 CHECKPOINTS = "checkpoints"
@@ -200,6 +204,26 @@ def latest_checkpoint(run_dir: str | Path, before: int | None = None) -> Path | 
     return None
 
 
+def best_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of a run's lowest eval loss, as early stopping kept it, or ``None``.
+
+    The newest valid checkpoint's state names the step (``early_best_step``, written by runs
+    with ``early_stopping``); ``None`` without early stopping, or when that checkpoint is gone
+    or damaged.
+
+    Examples:
+        >>> best_checkpoint("/nonexistent-run") is None
+        True
+    """
+    newest, _ = newest_valid_checkpoint(run_dir)
+    state = _read_state(newest)[0] if newest is not None else None
+    step = int((state or {}).get("early_best_step", -1))
+    if step < 0:
+        return None
+    path = Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+    return path if path.is_dir() and checkpoint_problem(path) is None else None
+
+
 def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     """Remove the staging folders (``.step-*.partial-*``) that a killed writer left.
 
@@ -217,13 +241,32 @@ def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
     return found
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The random generators' states, as a checkpoint stores them (``rng.pt``).
+
+    Examples:
+        >>> import torch
+        >>> saved = rng_state()
+        >>> first = torch.rand(1)
+        >>> set_rng_state(saved)
+        >>> torch.equal(torch.rand(1), first)
+        True
+    """
     import torch
 
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back what :func:`rng_state` returned (see its example)."""
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _trainable(model: Any) -> dict[str, Any]:
@@ -277,7 +320,7 @@ def _write_files(
         optimizer_state = optimizer.state_dict()
     torch.save(optimizer_state, folder / "optimizer.pt")
     torch.save(scheduler.state_dict(), folder / "scheduler.pt")
-    torch.save(_rng_state(), folder / "rng.pt")
+    torch.save(rng_state(), folder / "rng.pt")
     (folder / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
@@ -337,11 +380,13 @@ def save_checkpoint(
         gathered = {k: v for k, v in gathered.items() if v is not None}
         _write_files(tmp, model, optimizer, scheduler, {**state, "format": FORMAT}, **gathered)
         write_manifest(tmp, MANIFEST, {"format": FORMAT, "step": int(state["step"])})
-    prune_checkpoints(run_dir, keep, target)
+    prune_checkpoints(run_dir, keep, target, best=state.get("early_best_step"))
     return target
 
 
-def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> list[Path]:
+def prune_checkpoints(
+    run_dir: str | Path, keep: int, newest: Path, best: int | None = None
+) -> list[Path]:
     """Delete checkpoints older than ``newest`` beyond the ``keep`` newest valid ones.
 
     Only checkpoints that pass the quick check count towards ``keep``, so damaged ones never
@@ -354,6 +399,8 @@ def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> list[Path
         run_dir: The run folder.
         keep: Valid checkpoints to keep, ``newest`` included (at least 1).
         newest: The checkpoint just written (it is never deleted).
+        best: The step of the lowest eval loss of a run with early stopping: its checkpoint
+            is kept besides the ``keep`` newest, as the run ends on its weights.
 
     Returns:
         The deleted folders.
@@ -366,6 +413,7 @@ def prune_checkpoints(run_dir: str | Path, keep: int, newest: Path) -> list[Path
     older = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) < step]
     valid = [p for p in older if checkpoint_problem(p, full=False) is None]
     kept = set(valid[len(valid) - (keep - 1) :]) if keep > 1 else set()
+    kept |= {p for p in valid if checkpoint_step(p) == best}
     deleted = [p for p in older if p not in kept]
     for path in deleted:
         shutil.rmtree(path, ignore_errors=True)
@@ -412,6 +460,46 @@ def load_trained_weights(path: str | Path) -> dict[str, Any]:
         return load_file(str(path / "trainable.safetensors"))
     except (SafetensorError, OSError, RuntimeError) as err:
         raise _damaged(path, err) from err
+
+
+def load_weights_into(path: str | Path, model: Any) -> None:
+    """Put the trained weights of checkpoint ``path`` into ``model`` (not the optimizer).
+
+    Raises:
+        TrainingError: the checkpoint is damaged or was written for other trainable weights.
+
+    Examples:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        >>> sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+        >>> saved = save_checkpoint("/tmp/wb-doc-checkpoint-into", layer, opt, sched, {"step": 3})
+        >>> before = layer.weight.detach().clone()
+        >>> with torch.no_grad():
+        ...     _ = layer.weight.zero_()
+        >>> load_weights_into(saved, layer)
+        >>> torch.equal(layer.weight, before)
+        True
+    """
+    _copy_weights(Path(path), load_trained_weights(path), model)
+
+
+def _copy_weights(path: Path, weights: dict[str, Any], model: Any) -> None:
+    import torch
+
+    from workbench.train.launch.sharded import shard_like
+
+    params = _trainable(model)
+    if set(weights) != set(params):
+        extra = sorted(set(weights) ^ set(params))[:5]
+        msg = (
+            f"checkpoint {path} does not match the model's trainable weights (e.g. {extra}); "
+            "was it written for another model or adapter?"
+        )
+        raise TrainingError(msg)
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(shard_like(weights[name], param))
 
 
 _KERNEL_FLAGS = ("fused", "foreach", "capturable", "differentiable")
@@ -463,30 +551,17 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> d
         Traceback (most recent call last):
         workbench.errors.TrainingError: checkpoint ... does not match the model's trainable ...
     """
-    import torch
 
     state, problem = _read_state(path)
     if state is None:
         raise TrainingError(f"checkpoint {path} is damaged: {problem}.")
     weights, (optimizer_state, scheduler_state, rng) = _load_tensors(path)
-    params = _trainable(model)
-    if set(weights) != set(params):
-        extra = sorted(set(weights) ^ set(params))[:5]
-        msg = (
-            f"checkpoint {path} does not match the model's trainable weights (e.g. {extra}); "
-            "was it written for another model or adapter?"
-        )
-        raise TrainingError(msg)
-    from workbench.train.launch.sharded import shard_like, sharded_optimizer_state
+    _copy_weights(path, weights, model)
+    from workbench.train.launch.sharded import sharded_optimizer_state
 
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(shard_like(weights[name], param))
     optimizer.load_state_dict(
         _same_kernels(optimizer, sharded_optimizer_state(optimizer, optimizer_state))
     )
     scheduler.load_state_dict(scheduler_state)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    set_rng_state(rng)
     return state

@@ -84,6 +84,7 @@ class EarlyStopping:
         patience: Evaluations without improvement that stop the run (``None``: never).
         best: Lowest eval loss so far.
         bad: Evaluations since the best.
+        best_step: The step of the lowest eval loss (``-1`` before the first evaluation).
 
     Examples:
         >>> EarlyStopping(patience=None).update(9.0)
@@ -93,16 +94,18 @@ class EarlyStopping:
     patience: int | None
     best: float = math.inf
     bad: int = 0
+    best_step: int = -1
 
-    def update(self, eval_loss: float) -> bool:
-        """Record an eval loss; ``True`` when the run should stop.
+    def update(self, eval_loss: float, step: int = -1) -> bool:
+        """Record the eval loss of ``step``; ``True`` when the run should stop.
 
         Examples:
-            >>> EarlyStopping(patience=1).update(1.0)
-            False
+            >>> early = EarlyStopping(patience=1)
+            >>> early.update(1.0, step=4), early.update(1.2, step=8), early.best_step
+            (False, True, 4)
         """
         if eval_loss < self.best:
-            self.best, self.bad = eval_loss, 0
+            self.best, self.bad, self.best_step = eval_loss, 0, step
         else:
             self.bad += 1
         return self.patience is not None and self.bad >= self.patience
@@ -111,12 +114,13 @@ class EarlyStopping:
         """Why the run stopped early.
 
         Examples:
-            >>> EarlyStopping(patience=3, best=1.5, bad=3).message()
-            'early stopping: eval loss did not improve for 3 evaluations (best 1.5).'
+            >>> EarlyStopping(patience=3, best=1.5, bad=3, best_step=40).message()
+            'early stopping: eval loss did not improve for 3 evaluations (best 1.5 at step 40).'
         """
+        at = f" at step {self.best_step}" if self.best_step >= 0 else ""
         return (
             f"early stopping: eval loss did not improve for {self.bad} evaluations "
-            f"(best {self.best:.4g})."
+            f"(best {self.best:.4g}{at})."
         )
 
 

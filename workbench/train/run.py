@@ -48,6 +48,12 @@ from workbench.events import (
     TrainState,
 )
 from workbench.train import store
+from workbench.train.checkpoint import (
+    CHECKPOINTS,
+    checkpoint_step,
+    load_weights_into,
+    set_rng_state,
+)
 from workbench.train.guards import EarlyStopping
 from workbench.train.loop import TrainLoop
 from workbench.train.packing import Packing
@@ -150,6 +156,12 @@ class Run:
         self._last_worker: Worker | None = None
         self._thread: threading.Thread | None = None
         self._saved_step = self._eval_step = -1
+        # The step of the weights the model holds when early stopping put back the best
+        # evaluation's (Worker.restore_best); None: the last step's.
+        self._weights_step: int | None = None
+        # The random generators as the last worker left them: a stopped run resumed here
+        # draws the dropout masks it would have drawn without the stop, whatever ran between.
+        self._rng_at_end: dict[str, Any] | None = None
         self._status = RunStatus(
             total_steps=loop.total_steps,
             step=loop.step,
@@ -925,6 +937,7 @@ class Run:
             self._thread.join()  # the previous worker already published its end; let it exit
         if self._lock is not None:
             self._lock.acquire()
+        self._back_to_last_step()
         worker = self.worker_class(self)
         with self._cond:
             self._worker, self._stop, self._ended_worker = worker, False, None
@@ -935,6 +948,35 @@ class Run:
             target=worker.main, name=f"train:{self.run_dir.name}", daemon=True
         )
         self._thread.start()
+
+    def _back_to_last_step(self) -> None:
+        """A stopped run goes on as it stopped: with its last step's weights (early stopping
+        ended it on its best) and random generators (others may have used them since)."""
+        if self._weights_step is not None:
+            last = self.run_dir / CHECKPOINTS / f"step-{self.loop.step:08d}"
+            load_weights_into(last, self.model)
+            self._weights_step = None
+        if self._rng_at_end is not None:
+            set_rng_state(self._rng_at_end)
+            self._rng_at_end = None
+
+    @property
+    def weights_step(self) -> int:
+        """The step whose weights the model holds: the last one trained, or with
+        ``early_stopping`` the step of the lowest eval loss, which the run ends on.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-weights-step", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-weights-step", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> s.train(max_steps=2, wait=False).wait().step, s.run.weights_step
+            (2, 2)
+        """
+        return self._weights_step if self._weights_step is not None else self.loop.step
 
     def _ask(self, request: str) -> None:
         """Queue a request for the worker, or serve it here when no worker runs.
@@ -1196,7 +1238,7 @@ class Run:
 
     def _checkpoint_saved(self, worker: Worker, path: Path) -> None:
         self.events.emit(
-            TRAIN_CHECKPOINT, TrainCheckpoint(str(self.run_dir), self.loop.step, str(path))
+            TRAIN_CHECKPOINT, TrainCheckpoint(str(self.run_dir), checkpoint_step(path), str(path))
         )
 
     def _capture_grad_norms(self) -> None:
@@ -1222,7 +1264,7 @@ class Run:
             >>> _ = run.wait()
             >>> state = run.checkpoint_state()
             >>> sorted(state)
-            ['early_bad', 'early_best', 'elapsed', 'eval_step', 'micro', 'step']
+            ['early_bad', 'early_best', 'early_best_step', 'elapsed', 'eval_step', 'micro', 'step']
             >>> state["step"], state["eval_step"]
             (2, 2)
         """
@@ -1230,6 +1272,8 @@ class Run:
             **self.loop.state(),
             "early_best": self.early.best,
             "early_bad": self.early.bad,
+            # its checkpoint is kept from pruning: the run ends on its weights
+            "early_best_step": self.early.best_step if self.spec.early_stopping else -1,
             "eval_step": self._eval_step,
         }
 
@@ -1257,6 +1301,7 @@ class Run:
         """
         self.loop.restore(state)
         self.early.best, self.early.bad = float(state["early_best"]), int(state["early_bad"])
+        self.early.best_step = int(state.get("early_best_step", -1))  # older checkpoints lack it
         self._eval_step = int(state.get("eval_step", -1))
         self._saved_step = self.loop.step
         with self._cond:

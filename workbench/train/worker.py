@@ -26,7 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 from workbench.errors import WorkbenchError
 from workbench.train import store
-from workbench.train.checkpoint import checkpoint_step, latest_checkpoint, save_checkpoint
+from workbench.train.checkpoint import (
+    best_checkpoint,
+    checkpoint_step,
+    latest_checkpoint,
+    load_weights_into,
+    rng_state,
+    save_checkpoint,
+)
 from workbench.train.guards import CollapseCheck, TrainingError
 from workbench.train.records import LogRecord
 from workbench.train.status import RunState
@@ -164,7 +171,7 @@ class Worker:
             if loop.step % run.eval_every == 0 and self.evaluate():
                 self.stop_message = run.early.message()
                 break
-            if loop.step % run.save_every == 0:
+            if loop.step % run.save_every == 0 and run._saved_step != loop.step:
                 self.save()
         self._finish()
 
@@ -176,10 +183,32 @@ class Worker:
         if run._saved_step != loop.step:
             self.save()
         run.model.train(False)
+        run._rng_at_end = rng_state()
+        restored = self.restore_best()
         if ended_early:
-            run._end(self, RunState.STOPPED, message=self.stop_message or "stopped by the user")
+            message = self.stop_message or "stopped by the user"
+            run._end(self, RunState.STOPPED, message=" ".join(filter(None, [message, restored])))
         else:
-            run._end(self, RunState.FINISHED, message=self.collapse.warning or "")
+            message = " ".join(filter(None, [self.collapse.warning, restored]))
+            run._end(self, RunState.FINISHED, message=message)
+
+    def restore_best(self) -> str:
+        """With ``early_stopping``, end on the weights of the lowest eval loss (as Hugging
+        Face's ``load_best_model_at_end``); say so, or ``""`` when the last step's are best.
+
+        The last step's weights stay in its checkpoint, which ``resume`` continues from.
+        """
+        if not self.spec.early_stopping:
+            return ""
+        best = best_checkpoint(self.run.run_dir)
+        if best is None or checkpoint_step(best) == self.loop.step:
+            return ""
+        load_weights_into(best, self.run.model)
+        self.run._weights_step = checkpoint_step(best)
+        return (
+            f"The model holds the weights of step {checkpoint_step(best)}, where the eval loss "
+            f"was lowest; step {self.loop.step}'s are in its checkpoint."
+        )
 
     def _check_folder(self) -> None:
         """A run whose folder was deleted must not go on writing a headless copy of it."""
@@ -245,9 +274,11 @@ class Worker:
         import torch
 
         run, loop = self.run, self.loop
-        # The same weights evaluated again ("Evaluate now" at an evaluated step) say nothing
-        # new: early stopping counts each step's evaluation once.
-        repeated = run._eval_step == loop.step
+        # The same weights evaluated again ("Evaluate now" at an evaluated step, or of the
+        # best step's weights an ended run holds) say nothing new: early stopping counts
+        # each step's evaluation once.
+        step, restored = run.weights_step, run._weights_step is not None
+        repeated = run._eval_step == step or restored
         saved_rng = torch.get_rng_state()
         was_training = run.model.training
         try:
@@ -257,8 +288,8 @@ class Worker:
                     self,
                     LogRecord(
                         kind="eval",
-                        step=loop.step,
-                        epoch=round(loop.epoch, 4),
+                        step=step,
+                        epoch=self._epoch_at(step),
                         eval_loss=eval_loss,
                         elapsed=loop.elapsed,
                     ),
@@ -268,8 +299,14 @@ class Worker:
         finally:
             torch.set_rng_state(saved_rng)
             run.model.train(was_training)
-        run._eval_step = loop.step
-        return eval_loss is not None and not repeated and run.early.update(eval_loss)
+        if not restored:
+            run._eval_step = loop.step
+        if eval_loss is None or repeated:
+            return False
+        stop = run.early.update(eval_loss, step=loop.step)
+        if self.spec.early_stopping and run.early.best_step == loop.step:
+            self.save()  # the run ends on the best weights: they need a checkpoint
+        return stop
 
     def save(self) -> Path:
         """Write a checkpoint of the run as it is now.
@@ -288,7 +325,24 @@ class Worker:
             >>> Worker(run).save().name
             'step-00000002'
         """
+        if self.run._weights_step is not None:  # the best step's weights: saved already
+            path = best_checkpoint(self.run.run_dir)
+            if path is None:
+                msg = (
+                    f"the model holds the weights of step {self.run._weights_step} (the lowest "
+                    "eval loss, put back by early stopping), and its checkpoint is gone: "
+                    "export(...) saves them."
+                )
+                raise TrainingError(msg)
+            self.run._checkpoint_saved(self, path)
+            return path
         return self._write_checkpoint()
+
+    def _epoch_at(self, step: int) -> float:
+        """The epoch at ``step``: now, or for an earlier step as its training record says."""
+        if step == self.loop.step:
+            return round(self.loop.epoch, 4)
+        return next((r.epoch for r in self.run.history if r.step == step), 0.0)
 
     def _write_checkpoint(self, **gathered: Any) -> Path:
         """Write the checkpoint; ``gathered`` (``weights=``, ``optimizer_state=``) replaces

@@ -190,10 +190,16 @@ def _monitor_note(monitor: Any, state: str) -> str:
     base = f"Static snapshot of the training monitor of {name}."
     status = monitor._status
     if state == "stopped" and status is not None and status.message.startswith("early stop"):
+        run = monitor.run
+        kept = (
+            f"; the model holds the weights of step {run.weights_step}, where it was lowest"
+            if run is not None and run.weights_step != status.step
+            else ""
+        )
         return (
             f"{base} Stopped by early stopping at step {status.step} of "
-            f"{status.total_steps}: the eval loss stopped improving. run.monitor() shows the "
-            "live panel again."
+            f"{status.total_steps}: the eval loss stopped improving{kept}. run.monitor() "
+            "shows the live panel again."
         )
     if state == "stopped" and status is not None and status.step < status.total_steps:
         return (

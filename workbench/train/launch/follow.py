@@ -302,6 +302,7 @@ class LaunchedWorker(Worker):
         state = status.get("state")
         if returncode == 0 and state in ("finished", "stopped"):
             self._load_newest_checkpoint()
+            self.restore_best()  # rank 0's status message says so already
             self.run._end(self, RunState(state), message=status.get("message") or "")
             return
         rank, code, _ = failed_rank(self._launcher_output())
