@@ -118,3 +118,37 @@ def test_generate_text_stop_strings(trained):  # noqa: F811
     assert stopped == list(TASK.values())  # eos id for the one-token end of turn
     cut = generate_text(model, tok, prompts, 6, stop_strings=[END, "ee", "lu"])  # both kinds
     assert cut == ["red", "gr", "b", "cat"]
+
+
+def test_rows_past_the_context_are_refused_before_generating_or_scored_as_far_as_they_fit(
+    tmp_path,
+):
+    # GPT-2 raised a bare IndexError from its position embedding after generating every
+    # answer; Llama scored 22k tokens against a context of 1024 without a word.
+    import workbench as wb
+    from workbench.errors import SpecError, WorkbenchWarning
+    from workbench.models.tiny import build_tiny_model
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(build_tiny_model(tmp_path / "gpt2", "gpt2")))
+    context = s.model.config.n_positions
+    long = " ".join(f"w{i}" for i in range(context))
+    rows = [{"question": "What is 1 plus 1?", "answer": "2"}]
+    with pytest.raises(SpecError) as refused:
+        s.evaluate(data=[*rows, {"question": long, "answer": "x"}], max_new_tokens=4)
+    assert str(refused.value).startswith("row 1 has ")
+    assert f"past the model's context of {context} tokens: leave such rows out" in str(
+        refused.value
+    )
+    assert not list((tmp_path / "s").glob("evaluations/*"))  # nothing generated or saved
+
+    with pytest.warns(WorkbenchWarning, match=r"row 1 runs past the model's context of 1024"):
+        ev = s.evaluate(
+            data=[*rows, {"question": "Write.", "answer": long}],
+            metrics=["perplexity"],
+            max_new_tokens=4,
+        )
+    fitted = ev.rows[1]
+    prompt = s._evaluation_rows([{"question": "Write.", "answer": long}])[0]
+    assert len(fitted.tokens) == context - len(prompt["prompt_ids"])
+    assert ev.scores["perplexity"]["tuned"] > 1 and ev.rows[0].tokens == ("2",)

@@ -306,7 +306,9 @@ class Session:
         else:
             texts, single = _text_prompts(prompt)
             ids = self._text_prompt_ids(texts)
-        _check_room(ids, max_new_tokens, self.loaded.model.config)
+        from workbench.data.context import check_room
+
+        check_room(ids, max_new_tokens, self.loaded.model.config)
         outputs = generate_text(
             self.model, self.tokenizer, ids, max_new_tokens, stops or None, **generation
         )
@@ -1606,29 +1608,6 @@ def _text_prompts(prompt: Any) -> tuple[list[str], bool]:
             "chat=True) renders them with the chat template."
         )
     raise SpecError(f"prompt={prompt!r} must be a text or a non-empty list of texts.")
-
-
-def _check_room(prompts: list[list[int]], max_new_tokens: Any, config: Any) -> None:
-    """Refuse a prompt the model cannot read whole, or that leaves no room to answer: past
-    its context, positions are garbage or out of range (an index error, a CUDA assert)."""
-    from workbench.data.context import model_context
-
-    context = model_context(config)
-    if context is None or not isinstance(max_new_tokens, int):
-        return
-    for k, prompt in enumerate(prompts):
-        if len(prompt) + max_new_tokens > context:
-            room = context - len(prompt)
-            fix = (
-                f"lower max_new_tokens to {room} or less"
-                if room > 0
-                else "shorten the prompt (or the conversation)"
-            )
-            msg = (
-                f"prompt {k} has {len(prompt)} tokens; with max_new_tokens={max_new_tokens} "
-                f"that is past the model's context of {context} tokens: {fix}."
-            )
-            raise SpecError(msg)
 
 
 # Calls that leave the live model and the session's data as they were: allowed while the run

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CONTEXT_FIELDS", "fit_to_context", "model_context"]
+from workbench.errors import SpecError
+
+__all__ = ["CONTEXT_FIELDS", "check_room", "fit_to_context", "model_context"]
 
 CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
 """Config attributes that hold the context length, in the order they are tried."""
@@ -66,3 +68,48 @@ def fit_to_context(max_length: int | None, context: int | None) -> tuple[int | N
         "examples are cut there, since the model has no positions past it"
     )
     return context, msg
+
+
+def check_room(
+    prompts: list[list[int]],
+    max_new_tokens: Any,
+    config: Any,
+    what: str = "prompt",
+    shorten: str = "shorten the prompt (or the conversation)",
+) -> None:
+    """Refuse prompts the model cannot read whole, or that leave no room to answer: past
+    its context, positions are garbage or out of range (an index error, a CUDA assert).
+
+    Args:
+        prompts: The prompts' token ids.
+        max_new_tokens: Tokens to generate after each.
+        config: The model's config (its context, :func:`model_context`).
+        what: What a prompt is called in the message (``"prompt"``, ``"row"``).
+        shorten: The fix when not even one new token fits.
+
+    Raises:
+        SpecError: naming the first such prompt, how many there are, and the fix.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> check_room([[1] * 10, [1] * 70, [1] * 90], 8, SimpleNamespace(n_positions=64))
+        Traceback (most recent call last):
+        workbench.errors.SpecError: prompt 1 has 70 tokens; with max_new_tokens=8 that is \
+past the model's context of 64 tokens (2 prompts: 1, 2): shorten the prompt (or the conversation).
+    """
+    context = model_context(config)
+    if context is None or not isinstance(max_new_tokens, int):
+        return
+    over = [k for k, prompt in enumerate(prompts) if len(prompt) + max_new_tokens > context]
+    if not over:
+        return
+    room = context - max(len(prompts[k]) for k in over)
+    fix = f"lower max_new_tokens to {room} or less" if room > 0 else shorten
+    listed = ", ".join(str(k) for k in over[:8]) + (", ..." if len(over) > 8 else "")
+    more = f" ({len(over)} {what}s: {listed})" if len(over) > 1 else ""
+    first = over[0]
+    msg = (
+        f"{what} {first} has {len(prompts[first])} tokens; with max_new_tokens="
+        f"{max_new_tokens} that is past the model's context of {context} tokens{more}: {fix}."
+    )
+    raise SpecError(msg)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["TokenLosses", "reference_losses"]
+__all__ = ["TokenLosses", "encode_pair", "reference_losses"]
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,18 @@ class TokenLosses:
         return math.exp(self.loss)
 
 
-def _encode(
+def encode_pair(
     tokenizer: Any, prompt: str | Sequence[int], reference: str | Sequence[int]
 ) -> tuple[list[int], list[int]]:
-    # A text prompt is tokenized exactly as generation tokenizes it, then the reference
-    # follows; token ids are taken as they are.
+    """The token ids of a prompt and its reference, as :func:`reference_losses` reads them.
+
+    A text prompt is tokenized exactly as generation tokenizes it, then the reference
+    follows; token ids are taken as they are.
+
+    Examples:
+        >>> encode_pair(None, [1, 2], [3])
+        ([1, 2], [3])
+    """
     from workbench.models.generation import encode_prompts
 
     if isinstance(prompt, str):
@@ -110,6 +117,9 @@ def reference_losses(
 ) -> list[TokenLosses]:
     """Loss of each reference given its prompt, per example and per token.
 
+    A reference running past the model's context is scored as far as it fits (training cut
+    such a row there too); the tokens of :class:`TokenLosses` are those scored.
+
     Args:
         model: A causal LM (a peft model as it is: adapter on unless disabled by the caller).
         tokenizer: Its tokenizer.
@@ -132,7 +142,12 @@ def reference_losses(
         >>> all(t.loss > 0 and t.perplexity > 1 for t in losses)
         True
     """
-    pairs = [_encode(tokenizer, p, r) for p, r in zip(prompts, references, strict=True)]
+    from workbench.data.context import model_context
+
+    context = model_context(getattr(model, "config", None))
+    pairs = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, references, strict=True)]
+    if context is not None:  # the part of a reference that fits, as training cut it
+        pairs = [(p, r[: max(context - len(p), 0)]) for p, r in pairs]
     out: list[TokenLosses] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from workbench.errors import EvaluationError, SpecError, WorkbenchWarning, WriteError
 from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
 from workbench.evaluation.metrics import Column, Metric, resolve_metrics, score_name_clash
-from workbench.evaluation.perplexity import TokenLosses, reference_losses
+from workbench.evaluation.perplexity import TokenLosses, encode_pair, reference_losses
 from workbench.evaluation.probes import read_probes
 from workbench.evaluation.results import EvalRow, Evaluation
 from workbench.events import EVAL_DONE, EVAL_PROGRESS, EvalProgress
@@ -267,6 +267,7 @@ def evaluate_with_spec(
         workbench.errors.EvaluationError: no rows to evaluate: give rows=[{'prompt': ...
     """
     rows = validate_rows(rows, spec.limit)
+    _check_the_context(model, tokenizer, rows, spec)
     emit = _emitter(events)
     columns = _columns(model, spec)
     was_training = getattr(model, "training", False)
@@ -282,6 +283,44 @@ def evaluate_with_spec(
     scores, per_example = _score(metrics, outputs, references, spec)
     settings = _settings(model, metrics, spec, columns, len(rows))
     return Evaluation(scores, _rows(rows, outputs, per_example), settings)
+
+
+def _ids(tokenizer: Any, row: dict) -> tuple[list[int], list[int]]:
+    prompt, reference = row.get("prompt_ids") or row["prompt"], row.get("reference_ids")
+    return encode_pair(tokenizer, prompt, reference or row["reference"])
+
+
+def _check_the_context(model: Any, tokenizer: Any, rows: list[dict], spec: EvalSpec) -> None:
+    """Before anything is generated: refuse rows whose prompt leaves no room to answer in the
+    model's context; warn of references scored only as far as they fit."""
+    from workbench.data.context import check_room, model_context
+
+    config = getattr(model, "config", None)
+    context = model_context(config)
+    if context is None:
+        return
+    pairs = [
+        encode_pair(
+            tokenizer, r.get("prompt_ids") or r["prompt"], r.get("reference_ids") or r["reference"]
+        )
+        for r in rows
+    ]
+    check_room(
+        [p for p, _ in pairs],
+        spec.max_new_tokens,
+        config,
+        what="row",
+        shorten="leave such rows out of the evaluation (evaluate(data=...) without them)",
+    )
+    cut = [k for k, (p, r) in enumerate(pairs) if len(p) + len(r) > context]
+    if cut:
+        listed = ", ".join(str(k) for k in cut[:8]) + (", ..." if len(cut) > 8 else "")
+        which = f"row {listed} runs" if len(cut) == 1 else f"{len(cut)} rows ({listed}) run"
+        msg = (
+            f"{which} past the model's context of {context} tokens: the reference loss and "
+            "perplexity cover the part of the reference that fits, as training cut it."
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=3)
 
 
 def run_evaluation(
