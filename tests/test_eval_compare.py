@@ -68,3 +68,63 @@ def test_compare_shows_the_scores_session_evaluate_saved_for_each_run(tmp_path, 
     records = wb.compare([first, second]).records()
     assert [r["rougeL_tuned"] for r in records] == [scored[first], scored[second]]
     assert [len(r.evaluations) for r in wb.compare([first, second]).runs] == [1, 1]
+
+
+def test_compare_says_what_each_latest_evaluation_measured(tmp_path, tiny_model_dir):
+    # compare showed a run's latest evaluation whatever it was: one row of other data, an
+    # adapter switched off, or a checkpoint sweep's earlier weights; a session folder was
+    # read as one run. A damaged evaluation broke compare for every run, or quietly gave an
+    # older one's scores.
+    import workbench as wb
+    from workbench.errors import WorkbenchWarning
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(12)]
+    s.load_data(rows[:8], validation=rows[8:])
+    run = s.train(max_steps=2, batch_size=4)
+    full = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    s.evaluate(checkpoints="all", metrics=["exact_match"], max_new_tokens=2, limit=1)
+    record = wb.compare(tmp_path / "s").records()[0]  # a session folder: its runs
+    assert record["run"] == run.run_dir.name
+    assert (record["eval_rows"], record["eval_data"]) == (4, "validation split")
+    assert "adapter_strength" not in record
+
+    s.set_adapter_strength(0.0)
+    s.evaluate(data=[{"question": "other?", "answer": "x"}], metrics=["exact_match"])
+    header, rows = wb.compare([run.run_dir]).table()
+    shown = dict(zip(header, rows[0], strict=True))
+    assert shown["eval_rows"] == "1" and shown["eval_data"].startswith("data= (list)")
+    assert shown["adapter_strength"] == "0"
+
+    latest = sorted((tmp_path / "s" / "evaluations").glob("eval-*"))[-1]
+    (latest / "rows.jsonl").write_text("")  # emptied
+    with pytest.raises(EvaluationError, match=r"it holds 0 rows, settings.json says 1"):
+        wb.Evaluation.load(latest)
+    with pytest.warns(WorkbenchWarning, match=rf"left out of the comparison: {latest}"):
+        record = wb.compare([run.run_dir]).records()[0]
+    assert record["eval_rows"] == 4 and record["exact_match_tuned"] == pytest.approx(
+        full.scores["exact_match"]["tuned"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "says"),
+    [
+        ("scores.json", "[]", "scores.json is damaged: it holds a list, not a JSON object"),
+        ("scores.json", '{"em": {"base_ci": null}}', "scores.json is damaged: "),
+        ("settings.json", "[1]", "settings.json is damaged: it holds a list"),
+        ("rows.jsonl", "{}\n", "rows.jsonl is damaged at line 1: "),
+    ],
+)
+def test_a_damaged_evaluation_file_is_named(tmp_path, file, text, says):
+    folder = handmade_evaluation().save(tmp_path / "ev").path
+    (folder / file).write_text(text)
+    with pytest.raises(EvaluationError, match=rf"{folder / file} is damaged"):
+        try:
+            from workbench.evaluation import Evaluation
+
+            Evaluation.load(folder)
+        except EvaluationError as err:
+            assert says in str(err)
+            raise

@@ -17,6 +17,10 @@ from workbench.evaluation.metrics import Column, resolve_metrics
 PREDS = ["the cat sat on the mat", "hello there general kenobi", "", "a quick brown fox"]
 REFS = ["the cat is on the mat", "hello there", "nothing here", "the quick brown fox jumps"]
 INDICES = resample_indices(len(PREDS), 300, seed=0)
+# Intervals need at least MIN_ROWS_FOR_AN_INTERVAL rows: the four examples three times over
+# (mean ROUGE is the same on the repeated corpus).
+PREDS3, REFS3 = tuple(PREDS * 3), tuple(REFS * 3)
+INDICES3 = resample_indices(len(PREDS3), 300, seed=0)
 
 
 @pytest.fixture(autouse=True)
@@ -59,18 +63,26 @@ def test_rouge_module_aggregate_is_the_published_bootstrap_mid():
 
 
 def test_workbench_rouge_is_mean_of_per_example_fmeasure():
-    scores = METRICS["rouge"].score(Column(tuple(PREDS), tuple(REFS)), INDICES)
+    scores = METRICS["rouge"].score(Column(PREDS3, REFS3), INDICES3)
     assert scores["rouge1"].value == pytest.approx((0.8333333 + 0.6666667 + 0 + 0.6666667) / 4)
     lo, hi = scores["rouge1"].ci
-    assert lo <= scores["rouge1"].value <= hi
+    assert lo <= scores["rouge1"].value <= hi and lo < hi
+
+
+def test_fewer_than_ten_rows_get_no_interval():
+    # A bootstrap of four rows gave "95% intervals" such as [0, 0] when all scored alike.
+    for name in ("rouge", "bleu", "exact_match"):
+        for scored in METRICS[name].score(Column(tuple(PREDS), tuple(REFS)), INDICES).values():
+            assert all(math.isnan(x) for x in scored.ci), name
+            assert math.isfinite(scored.value)
 
 
 def test_bleu_is_sacrebleu_corpus_bleu_pinned():
     result = _load("bleu").compute(predictions=PREDS, references=REFS)
     assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)
     assert result["score"] == pytest.approx(29.249712395093642, abs=1e-9)
-    scored = METRICS["bleu"].score(Column(tuple(PREDS), tuple(REFS)), INDICES)["bleu"]
-    assert scored.value == pytest.approx(result["score"])
+    scored = METRICS["bleu"].score(Column(PREDS3, REFS3), INDICES3)["bleu"]
+    assert scored.value == pytest.approx(sacrebleu.corpus_bleu(PREDS3, [REFS3]).score)
     assert scored.per_example[0] == pytest.approx(
         sacrebleu.sentence_bleu(PREDS[0], [REFS[0]]).score
     )
@@ -227,3 +239,13 @@ def test_json_valid_is_json_as_rfc_8259_reads_it():
         "```json\n{}\n```",
     ):
         assert json_valid(text, "") == 0.0
+
+
+def test_perplexity_leaves_out_a_reference_without_tokens():
+    # One empty reference made the whole perplexity NaN ("-") next to a finite interval.
+    losses = (float("nan"), *[math.log(4.0)] * 11)
+    column = Column(("",) * 12, ("", *["x"] * 11), losses)
+    scored = METRICS["perplexity"].score(column, resample_indices(12, 100))["perplexity"]
+    assert scored.value == pytest.approx(4.0)
+    assert scored.ci == pytest.approx((4.0, 4.0))
+    assert math.isnan(scored.per_example[0])

@@ -1023,6 +1023,7 @@ class Session:
                     exporter=self.export,
                 )
         model, run_dir = self.model, self._last_run_dir()
+        about = self._evaluation_about(data)
 
         def work(events: Any = self.events, cancelled: Any = None):
             with self.folder.reserved("evaluations") as folder:
@@ -1041,6 +1042,7 @@ class Session:
                     events=events,
                     run_dir=run_dir,
                     cancelled=cancelled,
+                    about=about,
                 )
             self._scores_summary = {
                 name: {k: v for k, v in score.items() if k in ("base", "tuned")}
@@ -1104,6 +1106,20 @@ class Session:
         failed = run.status.error if run is not None and run.state is RunState.FAILED else None
         found = diagnose(history, self._data, self._evaluation, total, patience, failed)
         return Diagnosis(found)
+
+    def _evaluation_about(self, data: Any) -> dict[str, Any]:
+        """What an evaluation's settings say it measured, for ``compare``: the rows, and
+        the adapter's strength where it is not as trained."""
+        if data is None:
+            about: dict[str, Any] = {"data": "validation split"}
+        elif isinstance(data, (str, Path)):
+            about = {"data": str(data)}
+        else:
+            about = {"data": f"data= ({type(data).__name__})"}
+        strength = self.adapter_strength
+        if strength is not None and strength != 1:
+            about["adapter_strength"] = strength
+        return about
 
     def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:
         from workbench.errors import SpecError

@@ -67,6 +67,7 @@ import numpy as np
 
 from workbench.diagnostics.facts import DataFacts, data_facts
 from workbench.diagnostics.findings import Finding
+from workbench.evaluation.bootstrap import MIN_ROWS_FOR_AN_INTERVAL
 
 if TYPE_CHECKING:
     from workbench.data import PreparedData
@@ -525,9 +526,6 @@ row 3 (after normalising whitespace and case)): “2+2? 4”
 
 
 # -- evaluation rule ------------------------------------------------------------------------
-MIN_ROWS_FOR_AN_INTERVAL = 10
-"""Fewer evaluated rows than this get no "significantly": a bootstrap of 1-9 rows that all
-went one way gives an interval that excludes 0 without meaning it."""
 
 
 def worse_than_base(

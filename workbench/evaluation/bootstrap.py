@@ -3,23 +3,55 @@
 One matrix of resampled example indices is drawn per evaluation and shared by every metric
 and by both columns (base, tuned), so the intervals are paired and reproducible (seeded).
 
+Under :data:`MIN_ROWS_FOR_AN_INTERVAL` examples there is no interval (NaN): a bootstrap of
+a handful of rows that all scored alike gives a zero-width "95% interval" such as [0, 0].
+Examples without a value (NaN: a reference without tokens has no perplexity) are left out
+of each mean.
+
 Examples:
-    >>> idx = resample_indices(4, n_resamples=200, seed=0)
-    >>> lo, hi = mean_ci([0.0, 1.0, 1.0, 1.0], idx)
+    >>> idx = resample_indices(12, n_resamples=200, seed=0)
+    >>> lo, hi = mean_ci([0.0, 1.0, 1.0, 1.0] * 3, idx)
     >>> 0.0 <= lo <= 0.75 <= hi <= 1.0
     True
+    >>> mean_ci([1.0, 1.0, 1.0], resample_indices(3, 50))  # too few rows for an interval
+    (nan, nan)
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "N_RESAMPLES", "mean_ci", "percentile_ci", "resample_indices"]
+__all__ = [
+    "CONFIDENCE",
+    "MIN_ROWS_FOR_AN_INTERVAL",
+    "N_RESAMPLES",
+    "mean_ci",
+    "nan_mean",
+    "percentile_ci",
+    "resample_indices",
+]
 
 N_RESAMPLES = 1000
 CONFIDENCE = 0.95
+MIN_ROWS_FOR_AN_INTERVAL = 10
+"""Fewer examples than this get no interval, and no verdict is "significant": a bootstrap
+of 1-9 rows that all went one way gives an interval that excludes 0 without meaning it."""
+_NO_INTERVAL = (float("nan"), float("nan"))
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is).
+
+    Examples:
+        >>> nan_mean([1.0, float("nan"), 3.0]), nan_mean([float("nan")])
+        (2.0, nan)
+    """
+    finite = [v for v in values if not math.isnan(v)]
+    return math.fsum(finite) / len(finite) if finite else float("nan")
 
 
 def resample_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -34,6 +66,8 @@ def resample_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> n
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
+    if np.isnan(values).all():
+        return _NO_INTERVAL
     tail = (1.0 - confidence) / 2 * 100
     lo, hi = np.nanpercentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
@@ -45,13 +79,16 @@ def mean_ci(
     """Interval of the mean of ``values`` over the resamples in ``indices``.
 
     Examples:
-        >>> mean_ci([2.0, 2.0], resample_indices(2, 10))
+        >>> mean_ci([2.0, float("nan")] * 5, resample_indices(10, 10))
         (2.0, 2.0)
     """
     array = np.asarray(values, dtype=float)
-    if array.size == 0:
-        return (float("nan"), float("nan"))
-    return _interval(array[indices].mean(axis=1), confidence)
+    if array.size < MIN_ROWS_FOR_AN_INTERVAL:
+        return _NO_INTERVAL
+    with warnings.catch_warnings():  # a resample of NaNs only has no mean: it is skipped
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(array[indices], axis=1)
+    return _interval(means, confidence)
 
 
 def percentile_ci(
@@ -62,10 +99,10 @@ def percentile_ci(
     """Interval of any corpus ``statistic(index_array)`` (e.g. corpus BLEU) over resamples.
 
     Examples:
-        >>> data = np.array([1.0, 3.0])
-        >>> percentile_ci(lambda idx: float(data[idx].max()), resample_indices(2, 50))
-        (1.0, 3.0)
+        >>> data = np.full(10, 3.0)
+        >>> percentile_ci(lambda idx: float(data[idx].max()), resample_indices(10, 50))
+        (3.0, 3.0)
     """
-    if indices.shape[1] == 0:
-        return (float("nan"), float("nan"))
+    if indices.shape[1] < MIN_ROWS_FOR_AN_INTERVAL:
+        return _NO_INTERVAL
     return _interval(np.array([statistic(row) for row in indices], dtype=float), confidence)

@@ -2,7 +2,10 @@
 
 Each run folder is read as written: ``history.jsonl`` (records with ``step``, ``loss``,
 ``eval_loss``), ``run.json`` (its settings) and every saved evaluation below it (a folder
-with ``scores.json``); the latest evaluation of a run gives its scores.
+with ``scores.json``); the latest evaluation of a run's own weights gives its scores (not a
+checkpoint sweep's), with how many rows it scored, which data, and the adapter strength
+when an evaluation had it at another than 1. A damaged evaluation of the session is left
+out with a warning naming its file.
 
 In a notebook, a bare ``cmp`` shows the figure and the table.
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +38,7 @@ from typing import Any
 
 from workbench._display import html_table, text_table
 from workbench._io import read_jsonl
-from workbench.errors import EvaluationError
+from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.results import Evaluation
 
 __all__ = ["Comparison", "RunResults", "compare", "format_score", "score_scale"]
@@ -137,6 +141,8 @@ def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
     if folder.parent.name == "runs":
         others = _saved_in(folder.parent.parent / "evaluations", skip_damaged=True)
         found += [e for e in others if e.settings.get("run") == folder.name]
+    # a checkpoint sweep's evaluations are of earlier weights, not the run's own
+    found = [e for e in found if "checkpoint_step" not in e.settings]
     unique = {json.dumps(e.settings, sort_keys=True, default=str): e for e in found}
     ordered = sorted(
         unique.values(), key=lambda e: (str(e.settings.get("created", "")), str(e.path))
@@ -155,10 +161,21 @@ def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
             continue
         try:
             found.append(Evaluation.load(path.parent))
-        except EvaluationError:
+        except EvaluationError as err:
             if not skip_damaged:
                 raise
+            warnings.warn(f"left out of the comparison: {err}", WorkbenchWarning, stacklevel=4)
     return found
+
+
+def _run_folders(folder: Path) -> list[Path]:
+    """``folder`` itself, or for a session folder (``session.json``, ``runs/``) its runs."""
+    if not (folder / "session.json").is_file() or (folder / "history.jsonl").is_file():
+        return [folder]
+    runs = sorted(p for p in (folder / "runs").glob("*") if (p / "run.json").is_file())
+    if not runs:
+        raise EvaluationError(f"session folder {folder} has no training runs to compare yet")
+    return runs
 
 
 def _read_run(path: str | Path) -> RunResults:
@@ -225,6 +242,12 @@ class Comparison:
                 "final_eval_loss": run.final("eval_loss"),
                 "best_eval_loss": min(evals) if evals else float("nan"),
             }
+            latest = run.latest.settings if run.latest is not None else {}
+            if self._evaluated():
+                record["eval_rows"] = latest.get("rows")
+                record["eval_data"] = latest.get("data")
+            if self._scaled():
+                record["adapter_strength"] = latest.get("adapter_strength", 1)
             scores = run.latest.scores if run.latest is not None else {}
             for name in self.score_names():
                 for column in ("base", "tuned"):
@@ -241,8 +264,20 @@ class Comparison:
         """
         records = self.records()
         header = ["run", "steps", "final_loss", "final_eval_loss", "best_eval_loss"]
+        header += ["eval_rows", "eval_data"] if self._evaluated() else []
+        header += ["adapter_strength"] if self._scaled() else []
         header += [f"{n}_{c}" for n in self.score_names() for c in ("base", "tuned")]
         return header, [[_fmt(r.get(h)) for h in header] for r in records]
+
+    def _evaluated(self) -> bool:
+        return any(run.latest is not None for run in self.runs)
+
+    def _scaled(self) -> bool:
+        """Whether a run's latest evaluation had its adapter at another strength than 1."""
+        return any(
+            run.latest is not None and "adapter_strength" in run.latest.settings
+            for run in self.runs
+        )
 
     def __str__(self) -> str:
         header, rows = self.table()
@@ -350,7 +385,8 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
     """Read several run folders for a side-by-side view of losses and scores.
 
     Args:
-        run_dirs: Training run folders (each with ``history.jsonl`` and/or saved evaluations).
+        run_dirs: Training run folders (each with ``history.jsonl`` and/or saved
+            evaluations); a session folder stands for all of its runs.
 
     Returns:
         A :class:`Comparison`.
@@ -367,7 +403,7 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
         run_dirs = [run_dirs]
     if not run_dirs:
         raise EvaluationError("compare([...]): give at least one run folder")
-    runs = [_read_run(p) for p in run_dirs]
+    runs = [_read_run(p) for given in run_dirs for p in _run_folders(Path(given))]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use paths
         runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations) for r in runs]

@@ -34,8 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import text_table
-from workbench._io import atomic_write_text, read_jsonl, staging_folder, translated_write_errors
+from workbench._io import (
+    atomic_write_text,
+    json_lines,
+    read_jsonl,
+    staging_folder,
+    translated_write_errors,
+)
 from workbench.errors import EvaluationError, WorkbenchWarning
+from workbench.evaluation.bootstrap import MIN_ROWS_FOR_AN_INTERVAL
 from workbench.evaluation.ratings import RATINGS_FILE, RatingSummary, read_ratings, summarize
 
 __all__ = ["FILES", "EvalRow", "Evaluation"]
@@ -279,11 +286,12 @@ class Evaluation:
 
     # -- files ------------------------------------------------------------------------------
     def _texts(self) -> dict[str, str]:
+        # A missing value (NaN) is written as null: NaN is not JSON to JSON.parse or jq.
         texts = {
             "settings.json": json.dumps(self.settings, indent=2, default=str) + "\n",
-            "scores.json": json.dumps(self.scores, indent=2) + "\n",
+            "scores.json": json.dumps(_nulls(self.scores), indent=2) + "\n",
             "rows.jsonl": "".join(
-                json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self.rows
+                json.dumps(_nulls(r.to_dict()), ensure_ascii=False) + "\n" for r in self.rows
             ),
         }
         if self.probes:
@@ -377,15 +385,9 @@ class Evaluation:
             if not (folder / name).is_file():
                 msg = f"{folder} is not an evaluation folder: {name} is missing"
                 raise EvaluationError(msg)
-        try:
-            settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
-            scores = json.loads((folder / "scores.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise EvaluationError(f"{folder}: unreadable JSON: {err}") from err
-        for entry in scores.values():
-            for key in [k for k in entry if k.endswith("_ci")]:
-                entry[key] = tuple(entry[key])
-        rows = tuple(EvalRow.from_dict(r) for r in read_jsonl(folder / "rows.jsonl"))
+        settings = _json_object(folder / "settings.json")
+        scores = _read_scores(folder / "scores.json")
+        rows = _read_rows(folder / "rows.jsonl", settings.get("rows"))
         probes = tuple(read_jsonl(folder / "probes.jsonl"))
         return cls(scores, rows, settings, folder, probes)
 
@@ -422,6 +424,12 @@ class Evaluation:
             f"Evaluation of {len(self.rows)} examples{where}",
             text_table(self.score_table(), header=head),
         ]
+        shown = [_ci(s.get(f"{c}_ci")) for s in self.scores.values() for c in ("base", "tuned")]
+        if 0 < len(self.rows) < MIN_ROWS_FOR_AN_INTERVAL and "[-, -]" in shown:
+            lines.append(
+                f"no 95% intervals: {len(self.rows)} rows are too few "
+                f"(they need {MIN_ROWS_FOR_AN_INTERVAL})"
+            )
         summary = self.ratings_summary()
         if summary.n:
             lines.append(f"human (blind A/B): {summary}")
@@ -457,3 +465,87 @@ class Evaluation:
 
     def _ipython_display_(self) -> None:
         self.panel()._ipython_display_()  # live tabs plus a static snapshot for saved files
+
+
+def _nulls(value: Any) -> Any:
+    """``value`` with every non-finite float as ``None`` (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_nulls(v) for v in value]
+    return value
+
+
+def _number(value: Any) -> float:
+    """A saved score as a float: null (a missing value) reads as NaN."""
+    if value is None:
+        return _NAN
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number or null, got {value!r}"[:120])
+    return float(value)
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvaluationError(f"{path} is damaged: unreadable JSON ({err}).") from err
+    if not isinstance(data, dict):
+        msg = f"{path} is damaged: it holds a {type(data).__name__}, not a JSON object."
+        raise EvaluationError(msg)
+    return data
+
+
+def _read_scores(path: Path) -> dict[str, dict[str, Any]]:
+    scores = _json_object(path)
+    try:
+        for name, entry in scores.items():
+            if not isinstance(entry, dict):
+                raise TypeError(f"score {name!r} is a {type(entry).__name__}, not an object")
+            for key in list(entry):
+                if key.endswith("_ci"):
+                    low, high = entry[key]
+                    entry[key] = (_number(low), _number(high))
+                elif key in ("base", "tuned"):
+                    entry[key] = _number(entry[key])
+    except (TypeError, ValueError) as err:
+        raise EvaluationError(f"{path} is damaged: {err}.") from err
+    return scores
+
+
+def _read_rows(path: Path, expected: Any) -> tuple[EvalRow, ...]:
+    """Every row of ``rows.jsonl``; the file is written whole, so any damage is refused
+    rather than leaving rows out (ratings and the panel find rows by their index)."""
+    try:
+        lines = json_lines(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise EvaluationError(f"{path} is damaged: {err}.") from err
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_row(json.loads(line)))
+        except (TypeError, ValueError, KeyError, AttributeError) as err:
+            msg = f"{path} is damaged at line {number}: {str(err)[:200]}."
+            raise EvaluationError(msg) from err
+    if isinstance(expected, int) and len(rows) != expected:
+        msg = f"{path} is damaged: it holds {len(rows)} rows, settings.json says {expected}."
+        raise EvaluationError(msg)
+    if [r.index for r in rows] != list(range(len(rows))):
+        raise EvaluationError(f"{path} is damaged: its rows are not numbered 0, 1, 2, ...")
+    return tuple(rows)
+
+
+def _row(data: Any) -> EvalRow:
+    if not isinstance(data, dict):
+        raise TypeError(f"a row is a {type(data).__name__}, not an object")
+    row = EvalRow.from_dict(data)
+    numbers = {
+        "scores": {n: {k: _number(v) for k, v in c.items()} for n, c in row.scores.items()},
+        "losses": {k: _number(v) for k, v in row.losses.items()},
+        "token_losses": {k: tuple(map(_number, v)) for k, v in row.token_losses.items()},
+    }
+    return replace(row, **numbers)

@@ -339,6 +339,7 @@ def run_evaluation(
     run_dir: str | Path | None = None,
     seed: int = 0,
     cancelled: Cancelled = None,
+    about: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Generate answers for ``rows`` with the tuned and the base model and score both.
 
@@ -374,6 +375,8 @@ def run_evaluation(
         cancelled: ``fn() -> bool``, asked before each batch (and before scoring): True stops
             the evaluation with an ``EvaluationError`` and nothing is saved
             (:mod:`workbench.evaluation.background` uses it for ``cancel()``).
+        about: More for the settings to record, shown by ``compare`` (the Session's:
+            ``data``, what the rows are; ``adapter_strength`` when it is not 1).
 
     Returns:
         The :class:`~workbench.evaluation.Evaluation`.
@@ -414,9 +417,11 @@ def run_evaluation(
         seed=seed,
     )
     evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events, cancelled)
-    if run_dir is not None:  # compare([run_dir]) finds it by this name
-        probes = read_probes(run_dir)
-        settings = {**evaluation.settings, "run": Path(run_dir).name}
+    if run_dir is not None or about:
+        probes = read_probes(run_dir) if run_dir is not None else ()
+        settings = {**evaluation.settings, **(about or {})}
+        if run_dir is not None:  # compare([run_dir]) finds it by this name
+            settings["run"] = Path(run_dir).name
         evaluation = Evaluation(evaluation.scores, evaluation.rows, settings, None, probes)
     if out_dir is not None:
         evaluation = _saved(evaluation, out_dir)

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from workbench.errors import EvaluationError
-from workbench.evaluation.bootstrap import mean_ci, percentile_ci
+from workbench.evaluation.bootstrap import mean_ci, nan_mean, percentile_ci
 
 __all__ = [
     "MODULES_DIR",
@@ -102,8 +102,8 @@ def load_module(path: str) -> Any:
 
 
 def _mean_scored(values: list[float], indices: np.ndarray) -> Scored:
-    value = float(np.mean(values)) if values else float("nan")
-    return Scored(value, tuple(float(v) for v in values), mean_ci(values, indices))
+    """The mean over the examples that have a value (NaN: none, e.g. no reference token)."""
+    return Scored(nan_mean(values), tuple(float(v) for v in values), mean_ci(values, indices))
 
 
 def _number(name: str, index: int, value: Any) -> float:
@@ -333,7 +333,8 @@ class SacreScorer:
     statistics (as sacrebleu's own paired bootstrap does), so it is fast and exact.
 
     Examples:
-        >>> s = SacreScorer("chrf").score(Column(("the cat",), ("the cat",)), np.zeros((5, 1), int))
+        >>> column = Column(("the cat",) * 10, ("the cat",) * 10)
+        >>> s = SacreScorer("chrf").score(column, np.zeros((5, 10), int))
         >>> s["chrf"].value, s["chrf"].ci
         (100.0, (100.0, 100.0))
     """
