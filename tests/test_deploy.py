@@ -321,6 +321,100 @@ def test_the_server_samples_at_a_temperature_and_refuses_several_choices(
         s.close()
 
 
+def test_served_answers_end_at_their_stop_and_within_the_context(
+    tmp_path, tiny_model_dir, adapter_dir
+):
+    # transformers serve kept the stop text in the answer (OpenAI leaves it out, and so does
+    # s.generate), ran a client's max_tokens past the context, and took serve(path=) from
+    # the working directory instead of the session folder.
+    import openai
+
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    folder = s.export("export/served")
+    server = s.serve(port=18000 + (hash(str(tmp_path)) % 1000), path="export/served")
+    assert server.folder == folder
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    question = [{"role": "user", "content": "What is 2 plus 2?"}]
+    full = s.generate(question, chat=True, max_new_tokens=12)
+    stop = full[4:7]
+    expected = s.generate(question, chat=True, max_new_tokens=12, stop_strings=[stop])
+    assert expected == full[: full.index(stop)]
+
+    def ask(**settings):
+        return client.chat.completions.create(
+            model=str(server.folder), messages=question, temperature=0, **settings
+        )
+
+    try:
+        reply = ask(max_tokens=12, stop=[stop])
+        assert reply.choices[0].message.content == expected
+        assert reply.choices[0].finish_reason == "stop"
+        chunks = ask(max_tokens=12, stop=[stop], stream=True)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == expected
+        text = (
+            client.completions.create(
+                model=str(server.folder), prompt="The sky is", max_tokens=12, temperature=0
+            )
+            .choices[0]
+            .text
+        )
+        cut = (
+            client.completions.create(
+                model=str(server.folder), prompt="The sky is", max_tokens=12, stop=text[3:5]
+            )
+            .choices[0]
+            .text
+        )
+        assert cut == text[: text.index(text[3:5])]
+        context = s.model.config.max_position_embeddings
+        count = context
+        while True:  # a prompt that leaves the answer 20-60 tokens of room
+            message = [{"role": "user", "content": " ".join(["sky"] * count)}]
+            text = s.tokenizer.apply_chat_template(
+                message, add_generation_prompt=True, tokenize=False
+            )
+            if len(s.tokenizer(text, add_special_tokens=False).input_ids) < context - 20:
+                break
+            count -= 20
+        long = client.chat.completions.create(
+            model=str(server.folder),
+            messages=message,
+            max_tokens=context * 4,  # a client's default, far past the context
+            temperature=0,
+        )
+        assert long.usage.prompt_tokens > context - 60
+        assert long.usage.total_tokens == context and long.choices[0].finish_reason == "length"
+    finally:
+        s.close()
+
+
+def test_a_family_the_server_reads_its_own_way_is_served_what_it_was_tuned_on(tmp_path):
+    # transformers serve reads Qwen answers with a ChatML parser whatever the model was tuned
+    # with: a Qwen tuned with template="alpaca" was answered with its whole prompt.
+    import openai
+
+    from workbench.models.tiny import build_tiny_model
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(build_tiny_model(tmp_path / "qwen", "qwen2")))
+    turns = [[("user", f"What is {i} plus {i}?"), ("assistant", str(2 * i))] for i in range(8)]
+    chat = [{"messages": [{"role": r, "content": c} for r, c in turn]} for turn in turns]
+    s.load_data(chat, template="alpaca")
+    s.train(max_steps=1, batch_size=4, wait=True)
+    server = s.serve(port=18000 + (hash(str(tmp_path)) % 1000))
+    question = [{"role": "user", "content": "What is 3 plus 3?"}]
+    try:
+        client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model=str(server.folder), messages=question, max_tokens=8, temperature=0
+        )
+        assert reply.choices[0].message.content == s.generate(question, chat=True, max_new_tokens=8)
+        assert "### Instruction" not in reply.choices[0].message.content
+    finally:
+        s.close()
+
+
 def test_quantize_reports_scores_before_and_after_when_data_is_loaded(
     tmp_path, tiny_model_dir, adapter_dir
 ):

@@ -325,3 +325,34 @@ def test_serve_model_checks_the_port_itself(tmp_path, port):
 
     with pytest.raises(wb.SpecError, match=r"1 to 65535"):
         serve_model(tmp_path, port)
+
+
+def test_serving_an_adapter_or_gguf_export_says_what_to_serve(tmp_path, tiny_model_dir):
+    # both used to be told "not a model folder (no config.json): export the model first"
+    s = adapted_session(tmp_path, tiny_model_dir)
+    adapter = s.export("export/adapter", format="adapter")
+    with pytest.raises(wb.SpecError, match=r"is an adapter export: the server takes a merged"):
+        s.serve(port=18999, path="export/adapter")  # relative to the session folder
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(wb.SpecError, match=r"holds a GGUF file: .* llama-server"):
+        s.serve(port=18999, path=tmp_path / "g")
+    assert adapter.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"limit": 0}, "limit=0 must be an integer of 1 or more"),
+        ({"limit": -1}, "limit=-1 must be"),
+        ({"max_new_tokens": 0}, "max_new_tokens=0 must be"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens=2.5 must be"),
+    ],
+)
+def test_check_export_refuses_bad_settings_before_starting_anything(
+    tmp_path, tiny_model_dir, settings, says
+):
+    # limit=0 checked two default messages; max_new_tokens=0 blamed the export after ~4 s
+    s = adapted_session(tmp_path, tiny_model_dir)
+    with pytest.raises(wb.SpecError, match=says):
+        s.check_export("export/nothing-yet", **settings)

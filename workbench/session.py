@@ -1361,6 +1361,9 @@ class Session:
         from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
 
         self._check_run_allows("check_export")
+        for name, value in (("limit", limit), ("max_new_tokens", max_new_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpecError(f"{name}={value!r} must be an integer of 1 or more.")
         target = export_target(self.run_dir, path)
         if is_merged_export(target):
             check, exported = check_merged, target
@@ -1513,10 +1516,11 @@ class Session:
             workbench.errors.SpecError: port=0 is not a valid port: give an int from 1 to 65535...
         """
         self._check_run_allows("serve")
-        from workbench.deploy import check_port, serve_model
+        from workbench.deploy import check_port, export_target, serve_model
 
         check_port(port)  # before exporting anything: a bad port must not cost an export
-        folder = Path(path) if path else self._exported_folder()
+        # a relative path lives in the session folder, as for export() and check_export()
+        folder = export_target(self.run_dir, path) if path else self._exported_folder()
         self._stop_earlier_server(port)
         server = serve_model(folder, port)
         self._servers.append(server)

@@ -44,6 +44,7 @@ __all__ = [
     "TOOL_CALLING",
     "ToolsNotWrittenError",
     "answer_calls",
+    "answer_template",
     "check_template_writes_tools",
     "encode_tool_calling",
     "map_texts",
@@ -581,20 +582,37 @@ def response_template(template: Any, end_markers: Sequence[str]) -> dict[str, An
     """
     if template.origin != "builtin" or "<tool_call>" not in template.source or not end_markers:
         return None
+    reader = answer_template(template, end_markers)
+    reader["fields"] = {
+        "tool_calls": {
+            "open_pattern": r"\s*<tool_call>",
+            "close": "</tool_call>",
+            "repeats": True,
+            "content": "json",
+            "transform": {"type": "function", "function": "{content}"},
+        },
+        **reader["fields"],
+    }
+    return reader
+
+
+def answer_template(template: Any, end_markers: Sequence[str]) -> dict[str, Any]:
+    """A response template that reads an answer as plain text up to the end of its turn.
+
+    For a server whose own fallback for the model family (``transformers serve`` has one for
+    Qwen and Gemma 4) expects another template's turns than the one the model was tuned with.
+
+    Examples:
+        >>> from workbench.data.templates import TEMPLATES
+        >>> reader = answer_template(TEMPLATES["alpaca"], ["</s>"])
+        >>> reader["start_anchor"], reader["fields"]["content"]["close_pattern"]
+        ('### Response:\\n', '\\\\s*(?:</s>)')
+    """
     ends = "|".join(re.escape(marker) for marker in end_markers)
     turn = [{"role": "user", "content": "x"}]
     opened = template.render(turn, True)[len(template.render(turn, False)) :]
-    return {
-        "defaults": {"role": "assistant"},
-        "start_anchor": opened,  # the header that opens the model's turn
-        "fields": {
-            "tool_calls": {
-                "open_pattern": r"\s*<tool_call>",
-                "close": "</tool_call>",
-                "repeats": True,
-                "content": "json",
-                "transform": {"type": "function", "function": "{content}"},
-            },
-            "content": {"close_pattern": rf"\s*(?:{ends})", "content": "text"},
-        },
-    }
+    reader: dict[str, Any] = {"defaults": {"role": "assistant"}}
+    if opened:
+        reader["start_anchor"] = opened  # the header that opens the model's turn
+    reader["fields"] = {"content": {"close_pattern": rf"\s*(?:{ends})", "content": "text"}}
+    return reader

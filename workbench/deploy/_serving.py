@@ -9,8 +9,14 @@ apply as transformers reads them). A request that names ``do_sample`` itself in 
 ``generation_config`` keeps it. ``n`` above 1 (several answers per request), which the
 server would ignore and answer once, is refused with a 400 that says to send ``n`` requests.
 
-If a transformers release moves the method this wraps, the server runs as transformers
-wrote it (:func:`sample_when_asked` returns ``False``).
+Answers also end as OpenAI's do (:func:`end_answers_as_openai`): the ``stop`` text that
+ended an answer is not part of it (transformers keeps it), streamed or not, and an answer
+gets no more tokens than the model's context has room for after the prompt (a client's
+``max_tokens=4096`` ran GPT-2 past its 1024 positions into an IndexError, a 500, and Llama
+past its context); a prompt that leaves no room is a 400 for GPT-2-style configs too.
+
+If a transformers release moves the methods this wraps, the server runs as transformers
+wrote it (:func:`sample_when_asked` and :func:`end_answers_as_openai` return ``False``).
 
 Examples:
     >>> sample_when_asked()  # installs the wrapper, once
@@ -33,7 +39,7 @@ import functools
 import json
 from typing import Any
 
-__all__ = ["main", "sample_when_asked"]
+__all__ = ["cut_at_stop", "end_answers_as_openai", "main", "sample_when_asked"]
 
 
 def sample_when_asked() -> bool:
@@ -88,9 +94,177 @@ def _refuse_several_choices(body: dict) -> None:
         raise HTTPException(status_code=400, detail=detail)
 
 
+def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    """``text`` up to the first of ``stops`` in it, and whether one was found.
+
+    Examples:
+        >>> cut_at_stop("4 ### next", ["###", " ##"])
+        ('4', True)
+        >>> cut_at_stop("4", ["###"])
+        ('4', False)
+    """
+    found = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
+    return (text[: min(found)], True) if found else (text, False)
+
+
+class _StopCutter:
+    """Cuts streamed text at the first stop string: text that may begin one is held back
+    until the next piece says whether it does.
+
+    Examples:
+        >>> cutter = _StopCutter(["###"])
+        >>> [cutter.feed(piece) for piece in ("4 #", "#", "# more", "ignored")]
+        ['4 ', '', '', '']
+        >>> cutter.flush()
+        ''
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops, self.held, self.stopped = [s for s in stops if s], "", False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        text, self.stopped = cut_at_stop(self.held + text, self.stops)
+        if self.stopped:
+            self.held = ""
+            return text
+        keep = max(
+            (k for stop in self.stops for k in range(1, len(stop)) if text.endswith(stop[:k])),
+            default=0,
+        )
+        self.held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep]
+
+    def flush(self) -> str:
+        held, self.held = self.held, ""
+        return "" if self.stopped else held
+
+
+def _content_of(event: dict) -> tuple[dict | None, str | None]:
+    """The choice of a streamed chunk and the name of its text field, if it carries text."""
+    choices = event.get("choices") or []
+    if not choices:
+        return None, None
+    choice = choices[0]
+    if isinstance(choice.get("delta"), dict) and choice["delta"].get("content") is not None:
+        return choice["delta"], "content"
+    if choice.get("text") is not None and "delta" not in choice:
+        return choice, "text"
+    return None, None
+
+
+async def _cut_stream(chunks: Any, stops: list[str]) -> Any:
+    """The SSE chunks of a streamed answer, its text cut at the first stop string."""
+    cutter, template = _StopCutter(stops), None
+    async for chunk in chunks:
+        out = []
+        for part in chunk.split("\n\n"):
+            if not part.startswith("data: ") or part == "data: [DONE]":
+                out += [part] if part else []
+                continue
+            event = json.loads(part[len("data: ") :])
+            holder, field = _content_of(event)
+            if holder is None:
+                rest = cutter.flush()
+                if rest and template is not None:  # the held text, before the closing chunk
+                    last = json.loads(template)
+                    _content_of(last)[0][_content_of(last)[1]] = rest
+                    out.append("data: " + json.dumps(last, ensure_ascii=False))
+                out.append(part)
+                continue
+            template = json.dumps(event, ensure_ascii=False)
+            text = cutter.feed(holder[field])
+            if text:
+                holder[field] = text
+                out.append("data: " + json.dumps(event, ensure_ascii=False))
+        if out:
+            yield "".join(f"{part}\n\n" for part in out)
+
+
+def _room_for_the_answer(engine: Any, inputs: dict, settings: dict) -> None:
+    """Refuse a prompt the model's context cannot hold (for configs transformers reads no
+    context from, GPT-2's ``n_positions``); cap ``max_new_tokens`` to the room after it."""
+    from fastapi import HTTPException
+    from transformers.cli.serving.utils import prompt_length
+
+    from workbench.data.context import model_context
+
+    context = model_context(engine.model_config)
+    if context is None:
+        return
+    length = prompt_length(inputs)
+    if length >= context:
+        detail = f"the prompt has {length} tokens; the model reads at most {context}."
+        raise HTTPException(status_code=400, detail=detail)
+    wanted = settings.get("max_new_tokens")
+    if isinstance(wanted, int) and length + wanted > context:
+        settings["max_new_tokens"] = context - length  # the answer ends there: "length"
+
+
+def _stops(settings: dict) -> list[str]:
+    stops = settings.get("stop_strings") or []
+    return [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str)]
+
+
+def end_answers_as_openai() -> bool:
+    """Cut served answers at their ``stop`` text and within the model's context, in the
+    chat and the completions endpoints; ``False`` when transformers has no such methods.
+
+    Examples:
+        >>> end_answers_as_openai(), end_answers_as_openai()  # a second call changes nothing
+        (True, True)
+    """
+    try:
+        from fastapi.responses import JSONResponse
+        from transformers.cli.serving.chat_completion import ChatCompletionHandler
+        from transformers.cli.serving.completion import CompletionHandler
+    except ImportError:
+        return False
+    handlers = (ChatCompletionHandler, CompletionHandler)
+    if not all(hasattr(h, "_streaming") and hasattr(h, "_non_streaming") for h in handlers):
+        return False
+    for handler in handlers:
+        if not getattr(handler._non_streaming, "ends_as_openai", False):
+            _end_as_openai(handler, JSONResponse)
+    return True
+
+
+def _end_as_openai(handler: Any, json_response: Any) -> None:
+    streaming, non_streaming = handler._streaming, handler._non_streaming
+
+    @functools.wraps(non_streaming)
+    async def answered(self, request_id, engine, inputs, settings, *args, **kw):
+        _room_for_the_answer(engine, inputs, settings)
+        response = await non_streaming(self, request_id, engine, inputs, settings, *args, **kw)
+        stops = _stops(settings)
+        if not stops:
+            return response
+        body = json.loads(response.body)
+        for choice in body.get("choices", []):
+            holder = choice.get("message") or choice
+            field = "content" if "message" in choice else "text"
+            if isinstance(holder.get(field), str):
+                holder[field] = cut_at_stop(holder[field], stops)[0]
+        return json_response(body, media_type="application/json")
+
+    @functools.wraps(streaming)
+    def streamed(self, request_id, engine, inputs, settings, *args, **kw):
+        _room_for_the_answer(engine, inputs, settings)
+        response = streaming(self, request_id, engine, inputs, settings, *args, **kw)
+        stops = _stops(settings)
+        if stops:
+            response.body_iterator = _cut_stream(response.body_iterator, stops)
+        return response
+
+    answered.ends_as_openai = True  # type: ignore[attr-defined]
+    handler._non_streaming, handler._streaming = answered, streamed
+
+
 def main() -> None:
     """Run ``transformers serve`` with the arguments of this process, sampling when asked."""
     sample_when_asked()
+    end_answers_as_openai()
     from transformers.cli.transformers import main as transformers_main
 
     transformers_main()

@@ -291,6 +291,23 @@ def _check_serving_installed() -> None:
         raise DependencyError(msg) from err
 
 
+def _not_servable(folder: Path) -> str:
+    """Why ``folder`` cannot be served, with what to serve instead."""
+    if (folder / "adapter_config.json").is_file():
+        return (
+            f"{folder} is an adapter export: the server takes a merged model folder. Serve "
+            "the session's model with s.serve() (it exports one), or "
+            "s.export(path, format='safetensors') and serve that path."
+        )
+    if folder.suffix == ".gguf" or any(folder.glob("*.gguf")):
+        return (
+            f"{folder} holds a GGUF file: this server (transformers serve) takes a merged "
+            "model folder; serve the GGUF with llama.cpp's llama-server, or serve "
+            "s.export(path, format='safetensors')."
+        )
+    return f"{folder} is not a model folder (no config.json): export the model first."
+
+
 def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> Server:
     """Start ``transformers serve`` for ``folder`` on loopback and wait until it answers.
 
@@ -312,8 +329,7 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
     port = check_port(port)
     folder = Path(folder).resolve()
     if not (folder / "config.json").is_file():
-        msg = f"{folder} is not a model folder (no config.json): export the model first."
-        raise SpecError(msg)
+        raise SpecError(_not_servable(folder))
     if not port_is_free(port):
         raise SpecError(f"port {port} on {LOOPBACK} is in use; choose another port.")
     _check_serving_installed()

@@ -6,6 +6,7 @@ the README.md it writes beside the export; each function's docstring shows it on
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from workbench.deploy.model_card import ModelCard
@@ -51,7 +52,7 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     """
     from workbench.chat import chat_stop_strings
     from workbench.data.templates import resolve_template
-    from workbench.data.tool_calls import response_template
+    from workbench.data.tool_calls import answer_template, response_template
 
     if template is None and not getattr(tokenizer, "chat_template", None):
         return
@@ -62,7 +63,10 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     # the template's stop, else the end-of-turn token it writes (a base model's own ChatML
     # template, as Qwen2.5's base models have, with only <|endoftext|> as eos)
     stops = chat_stop_strings(template, tokenizer)
-    reader = response_template(template, [*stops, *filter(None, [tokenizer.eos_token])])
+    ends = [*stops, *filter(None, [tokenizer.eos_token])]
+    reader = response_template(template, ends)
+    if reader is None and ends and not _server_reads(tokenizer, model, template, ends):
+        reader = answer_template(template, ends)
     if reader is not None:
         tokenizer.response_template = reader
     stop_id = tokenizer.convert_tokens_to_ids(stops[0]) if stops else None
@@ -73,6 +77,33 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
     ids = [eos] if isinstance(eos, int) else list(eos or [])
     if stop_id not in ids:
         config.eos_token_id = [*ids, stop_id]
+
+
+def _server_reads(tokenizer: Any, model: Any, template: Any, ends: list[str]) -> bool:
+    """Whether ``transformers serve`` reads this template's answers right without a
+    ``response_template``: it has none for the family (raw text passes through), or its
+    fallback (Qwen's, Gemma 4's) finds the template's turn header and ends where it ends.
+    A Qwen tuned with ``template="alpaca"`` was answered with its whole prompt echoed."""
+    try:
+        from transformers.cli.serving.utils import get_response_template
+    except ImportError:
+        return True
+    if getattr(tokenizer, "response_template", None) is not None:
+        return True  # the tokenizer ships its own
+    fallback = get_response_template(tokenizer, model.config)
+    if fallback is None:
+        return True
+    turn = [{"role": "user", "content": "x"}]
+    anchors = fallback.get("start_anchor") or []
+    anchors = [anchors] if isinstance(anchors, str) else list(anchors)
+    prompt = template.render(turn, True)
+    if not any(anchor in prompt for anchor in anchors):
+        return False
+    content = fallback.get("fields", {}).get("content", {})
+    closes = content.get("close") or []
+    closes = [closes] if isinstance(closes, str) else list(closes)
+    pattern = content.get("close_pattern")
+    return all(end in closes or (pattern is not None and re.search(pattern, end)) for end in ends)
 
 
 def card_for(session: Any, export_format: str) -> ModelCard:
