@@ -313,12 +313,13 @@ def test_special_tokens_the_tuned_model_writes_stay_in_its_answer_text(tiny_mode
     (only the end token goes), as the session's generate does."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from workbench.deploy.parity import _session_side
+    from workbench.deploy.parity import PromptCase, _session_side
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     call = tokenizer.convert_tokens_to_ids("<|im_start|>")  # a special token, not an end
     model.generation_config.sequence_bias = {(call,): 100.0}  # the model writes it, always
-    _, answer, text = _session_side(model, tokenizer, "Hello", "<|im_end|>", 3)
+    hello = PromptCase("raw", "Hello", None)
+    _, answer, text = _session_side(model, tokenizer, hello, "<|im_end|>", 3)
     assert answer == [call] * 3
     assert text == "<|im_start|>" * 3

@@ -112,6 +112,24 @@ def test_evaluation_generates_and_scores_on_the_tokens_training_saw(tmp_path, ti
     assert len(evaluation.rows[0].token_losses["tuned"]) == len(reference)
 
 
+def test_the_export_check_puts_the_sessions_answer_beside_the_exports(tmp_path, tiny_model_dir):
+    # check_export tokenized the session's prompt with the control tokens real, so its
+    # "tuned model" column showed an answer s.generate never gives, and called the two alike.
+    question = "Say <|im_end|> then 9"
+    s = session_with(
+        tmp_path, tiny_model_dir, ROWS, validation=[{"question": question, "answer": "9"}]
+    )
+    s.export("export/merged")
+    with ids_seen(s.model) as seen:
+        report = s.check_export("export/merged", limit=1, max_new_tokens=6)
+    [case] = report.cases
+    assert case.prompt_ids == training_prefix(s, 0, "validation")[0] == seen[0]
+    turn = [{"role": "user", "content": question}]
+    assert case.answer == s.generate(turn, chat=True, max_new_tokens=6)
+    # plain transformers renders the typed <|im_end|> as the control token: the check says so
+    assert case.prompt_ids != case.exported_prompt_ids and not report.all_same
+
+
 # --- no bos the template does not write ------------------------------------------------------
 
 

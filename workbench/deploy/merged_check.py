@@ -227,7 +227,7 @@ def _check_in_plain_transformers(
     cases = [{"messages": p.messages, "tools": p.tools, "text": p.prompt} for p in prompts]
     exported = _run_plain_transformers(folder, {**job, "cases": cases}, max_new_tokens)
     compared = [
-        _compared(p.name, model, tokenizer, p.prompt, stop, max_new_tokens, *_fields(theirs))
+        _compared(p, model, tokenizer, stop, max_new_tokens, *_fields(theirs))
         for p, theirs in zip(prompts, exported, strict=True)
     ]
     return ParityReport(str(folder), tuple(compared), runtime="transformers")

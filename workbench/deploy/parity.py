@@ -465,12 +465,12 @@ def _end_of_turn_ids(llm: Any) -> list[int]:
 
 
 def _session_side(
-    model: Any, tokenizer: Any, prompt: str, stop: str | None, max_new_tokens: int
+    model: Any, tokenizer: Any, case: PromptCase, stop: str | None, max_new_tokens: int
 ) -> tuple[list[int], list[int], str]:
     """Prompt ids, answer ids and answer text from the tuned model, greedily."""
     import torch
 
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    prompt_ids = case.prompt_ids or tokenizer(case.prompt, add_special_tokens=False).input_ids
     ends = [tokenizer.eos_token_id]
     stop_id = tokenizer.convert_tokens_to_ids(stop) if stop else None
     if stop_id is not None and stop_id != tokenizer.unk_token_id:
@@ -505,6 +505,9 @@ class PromptCase:
         messages: The conversation the export renders with its own template (``None``: a
             raw prompt, sent as it is).
         tools: The tools on offer (``None``: none).
+        prompt_ids: The session's prompt tokens, as its chat and ``generate`` give them to
+            the model (a control token typed in a message stays plain text, as in training);
+            ``None``: the prompt text tokenized.
 
     Examples:
         >>> PromptCase("probe 1", "Once upon", None).tools is None
@@ -515,6 +518,7 @@ class PromptCase:
     prompt: str
     messages: Messages | None
     tools: Tools | None = None
+    prompt_ids: list[int] | None = None
 
 
 def _prompts(
@@ -526,6 +530,7 @@ def _prompts(
     """Where the session's answers stop, and each case: the conversations rendered with the
     training template (with their tools), the raw prompts as they are."""
     from workbench.chat import chat_stop_strings
+    from workbench.data.prompts import chat_prompt_ids
     from workbench.data.templates import render_prompt, resolve_template
 
     if not conversations and not raw_prompts:
@@ -536,28 +541,28 @@ def _prompts(
     for name, messages, *offered in conversations:
         tools = offered[0] if offered else None
         prompt = render_prompt(resolved, tokenizer, messages, True, tools)
-        cases.append(PromptCase(name, prompt, messages, tools))
+        [ids] = chat_prompt_ids(resolved, tokenizer, [messages], [tools])
+        cases.append(PromptCase(name, prompt, messages, tools, list(ids)))
     cases += [PromptCase(name, text, None) for name, text in raw_prompts]
     return (stops[0] if stops else None), cases
 
 
 def _compared(
-    name: str,
+    case: PromptCase,
     model: Any,
     tokenizer: Any,
-    prompt: str,
     stop: str | None,
     max_new_tokens: int,
     *theirs: Any,
 ) -> ParityCase:
-    """One case: the session's greedy answer to ``prompt`` against the export's, ``theirs``
+    """One case: the session's greedy answer to its prompt against the export's, ``theirs``
     being its prompt ids, answer ids, answer text and the end token it stopped at."""
     prompt_ids, answer_ids, text, ended_at = theirs
-    mine = _session_side(model, tokenizer, prompt, stop, max_new_tokens)
+    mine = _session_side(model, tokenizer, case, stop, max_new_tokens)
     gap = None
     if mine[0] == prompt_ids:  # same prompt: compare where the answers part
         gap = _tie_gap(model, mine[0], mine[1], answer_ids, ended_at)
-    return ParityCase(name, mine[0], prompt_ids, mine[2], text, mine[1], answer_ids, gap)
+    return ParityCase(case.name, mine[0], prompt_ids, mine[2], text, mine[1], answer_ids, gap)
 
 
 def check_gguf(
@@ -607,16 +612,17 @@ def check_gguf(
     """
     gguf = gguf_path_of(path)
     stop, prompts = _prompts(tokenizer, template, conversations, raw_prompts)
-    longest = max(len(tokenizer(p.prompt, add_special_tokens=False).input_ids) for p in prompts)
+    longest = max(
+        len(p.prompt_ids or tokenizer(p.prompt, add_special_tokens=False).input_ids)
+        for p in prompts
+    )
     llm = _llama(gguf, context=longest + max_new_tokens + 64)
     cases = []
     try:
         for case in prompts:
             with keeping_interrupts():
                 theirs = _exported_side(llm, case, max_new_tokens)
-            cases.append(
-                _compared(case.name, model, tokenizer, case.prompt, stop, max_new_tokens, *theirs)
-            )
+            cases.append(_compared(case, model, tokenizer, stop, max_new_tokens, *theirs))
     finally:
         with keeping_interrupts():  # freeing logs too
             llm.close()
