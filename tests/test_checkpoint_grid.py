@@ -360,3 +360,17 @@ def test_the_export_button_calls_the_callback_with_the_chosen_step():
     panel.export_button.click()
     assert calls == [20] and panel.status_html.value == "exported step 20 to &lt;out20&gt;"
     assert CheckpointGrid(handmade()).export_button.disabled
+
+
+def test_a_sweep_after_load_model_names_the_reason(tmp_path, tiny_model_dir):
+    # it said "the latest run has none that are complete; train first" though it had them
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)], validation=0.25)
+    run = s.train(max_steps=2, batch_size=4, wait=True)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(SpecError, match=rf"not the one {run.run_dir.name} trained .*s.resume"):
+        s.evaluate(checkpoints="all", metrics=["exact_match"])
+    assert not list((tmp_path / "s").glob("evaluations/eval-*"))

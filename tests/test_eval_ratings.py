@@ -166,3 +166,19 @@ def test_the_summary_counts_only_rows_the_evaluation_has(tmp_path):
     shorter = replace(ev, rows=ev.rows[:2])
     assert shorter.ratings_summary().n == 0
     assert shorter.rater().progress() == (0, 2)
+
+
+def test_rating_an_evaluation_whose_folder_was_deleted_is_refused(tmp_path):
+    # it used to make a folder holding ratings alone, which a later save() set aside as
+    # "ratings of other answers"
+    import shutil
+
+    ev = handmade_evaluation().save(tmp_path / "ev")
+    rater = ev.rater()
+    rater.rate("A")
+    shutil.rmtree(tmp_path / "ev")
+    with pytest.raises(EvaluationError, match=r"ev is gone .* nothing written"):
+        rater.rate("B")
+    with pytest.raises(EvaluationError, match=r"is gone"):
+        rater.change(rater.order[0], "tie")
+    assert not (tmp_path / "ev").exists()

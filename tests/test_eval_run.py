@@ -154,3 +154,23 @@ def test_rows_past_the_context_are_refused_before_generating_or_scored_as_far_as
     prompt = s._evaluation_rows([{"question": "Write.", "answer": long}])[0]
     assert len(fitted.tokens) == context - len(prompt["prompt_ids"])
     assert ev.scores["perplexity"]["tuned"] > 1 and ev.rows[0].tokens == ("2",)
+
+
+def test_a_metric_that_cannot_score_fails_before_anything_is_generated(trained):  # noqa: F811
+    model, tok, _ = trained
+    generated = []
+    with pytest.raises(EvaluationError, match=r"bogus.*found before generating"):
+        run_evaluation(
+            model,
+            tok,
+            toy_rows(),
+            metrics={"exact_match": {"bogus": 1}},
+            events=lambda name, payload: generated.append(name),
+        )
+    assert generated == []
+
+    def loss(prediction, reference):
+        return 0.0
+
+    with pytest.raises(EvaluationError, match=r"score named 'loss', which the panel"):
+        run_evaluation(model, tok, toy_rows(), metrics=[loss])

@@ -65,3 +65,21 @@ def test_the_page_says_what_it_covers_and_gives_each_score_its_own_axis(tmp_path
     assert list(ppl.error_y.array) == [190.0] and list(ppl.error_y.arrayminus) == [210.0]
     empty = write_report(tmp_path / "e.html", "nothing").read_text()
     assert "Covers: nothing. Not included: data, training history, evaluation." in empty
+
+
+def test_each_score_chart_starts_at_zero_and_shows_no_interval_it_lacks():
+    # an all-zero exact match was drawn on an axis from -1 to 1; a missing interval (under
+    # 10 rows) must not become an error bar
+    from workbench.report import _scores_figure
+
+    nan = float("nan")
+    perplexity = {"base": 1500.0, "tuned": 1200.0, "base_ci": (1000.0, 2000.0)}
+    figure = _scores_figure(
+        {
+            "exact_match": {"base": 0.0, "tuned": 0.0, "base_ci": (nan, nan)},
+            "perplexity": {**perplexity, "higher_is_better": False},
+        }
+    )
+    assert list(figure.layout.yaxis.range) == [0.0, 1.0]
+    assert list(figure.layout.yaxis2.range) == [0.0, 2300.0]
+    assert [bar.error_y.array for bar in figure.data] == [None, None, (500.0,), None]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._io import atomic_write_text
+from workbench.evaluation.compare import score_scale
 
 __all__ = ["write_report"]
 
@@ -75,19 +76,24 @@ def _scores_figure(scores: dict):
     figure = make_subplots(rows=1, cols=len(names), subplot_titles=titles)
     colours = {"base": "#9ca3af", "tuned": "#2563eb"}
     for col, name in enumerate(names, 1):
+        shown = []
         for column in ("base", "tuned"):
             value = scores[name].get(column)
             if value is None:
                 continue
             ci = scores[name].get(f"{column}_ci")
             error = None
-            if ci is not None and all(v is not None for v in ci):
+            shown.append(value)
+            if ci is not None and all(v is not None and math.isfinite(v) for v in ci):
+                shown += list(ci)
                 error = dict(type="data", symmetric=False, array=[ci[1] - value],
                              arrayminus=[value - ci[0]])  # fmt: skip
             figure.add_bar(
                 x=[column], y=[value], name=column, marker_color=colours[column],
                 error_y=error, showlegend=False, row=1, col=col,
             )  # fmt: skip
+        higher = scores[name].get("higher_is_better", True)
+        figure.update_yaxes(range=score_scale(name, shown, higher)[1], row=1, col=col)
     figure.update_layout(title="Scores: base vs tuned (95% intervals)", height=340)
     return figure
 

@@ -1165,6 +1165,13 @@ class Session:
         from workbench.train import checkpoint as ckpt
 
         run_dir = self._last_run_dir()
+        if run_dir is None and self._run is not None:
+            msg = (
+                f"the model loaded now is not the one {self._run.run_dir.name} trained "
+                "(load_model or load_adapter came after it), so its checkpoints do not fit "
+                f"it: s.resume('{self._run.run_dir}') brings that run's model back first."
+            )
+            raise SpecError(msg)
         found = ckpt.list_checkpoints(run_dir) if run_dir is not None else []
         valid = []
         for path in found:

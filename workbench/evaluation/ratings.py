@@ -326,6 +326,8 @@ class BlindRater:
         rows: ``Evaluation.rows`` (each with ``prompt``, ``reference``, ``base``, ``tuned``).
         path: The ratings file (``<evaluation folder>/ratings.jsonl``).
         seed: Seed of the order and of the A/B assignment.
+        in_evaluation: The file belongs in a saved evaluation's folder: a rating after that
+            folder was deleted is refused rather than starting a folder of ratings alone.
 
     Examples:
         >>> from workbench.evaluation import EvalRow
@@ -343,8 +345,11 @@ class BlindRater:
         (1, [0])
     """
 
-    def __init__(self, rows: list, path: str | Path, seed: int = 0) -> None:
+    def __init__(
+        self, rows: list, path: str | Path, seed: int = 0, in_evaluation: bool = False
+    ) -> None:
         self.rows, self.path = list(rows), Path(path)
+        self.in_evaluation = in_evaluation
         rng = random.Random(seed)
         self.order = rng.sample(range(len(self.rows)), len(self.rows))
         self.a_is: dict[int, Side] = {
@@ -468,6 +473,7 @@ class BlindRater:
         self.pair(target)  # a row of this evaluation
         rating = Rating(target, self.a_is[target], verdict, score, comment, time.time())
         self.shown = None
+        self._check_folder()
         with _locked(self.path, exclusive=True):
             before = latest_ratings(_read_unlocked(self.path)).get(target)
             if before is not None:
@@ -478,6 +484,15 @@ class BlindRater:
                 )
                 raise EvaluationError(msg)
             return _append_unlocked(self.path, rating)
+
+    def _check_folder(self) -> None:
+        if self.in_evaluation and not self.path.parent.is_dir():
+            msg = (
+                f"the evaluation folder {self.path.parent} is gone (deleted since it was "
+                "loaded): nothing written; ev.save(folder) writes the evaluation again, with "
+                "its answers, and rating goes on there"
+            )
+            raise EvaluationError(msg)
 
     def change(
         self, row: int, verdict: Verdict, score: int | None = None, comment: str = ""
@@ -504,6 +519,7 @@ class BlindRater:
         """
         self.pair(row)
         Rating(row, "base", verdict, score, comment)  # invalid input fails before the lock
+        self._check_folder()
         with _locked(self.path, exclusive=True):
             before = latest_ratings(_read_unlocked(self.path)).get(row)
             if before is None:

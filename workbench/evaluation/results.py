@@ -282,7 +282,7 @@ class Evaluation:
                 "(call save(path) first)"
             )
             raise EvaluationError(msg)
-        return BlindRater(list(self.rows), self.ratings_path, seed)
+        return BlindRater(list(self.rows), self.ratings_path, seed, in_evaluation=True)
 
     # -- files ------------------------------------------------------------------------------
     def _texts(self) -> dict[str, str]:

@@ -267,6 +267,7 @@ def evaluate_with_spec(
         workbench.errors.EvaluationError: no rows to evaluate: give rows=[{'prompt': ...
     """
     rows = validate_rows(rows, spec.limit)
+    _try_the_metrics(metrics, rows)
     _check_the_context(model, tokenizer, rows, spec)
     emit = _emitter(events)
     columns = _columns(model, spec)
@@ -283,6 +284,21 @@ def evaluate_with_spec(
     scores, per_example = _score(metrics, outputs, references, spec)
     settings = _settings(model, metrics, spec, columns, len(rows))
     return Evaluation(scores, _rows(rows, outputs, per_example), settings)
+
+
+def _try_the_metrics(metrics: list[Metric], rows: list[dict]) -> None:
+    """Score the first row's reference against itself before anything is generated: a
+    metric that cannot score at all (an unknown option, a bug, a non-number) fails in a
+    moment, not after every answer of both columns was generated."""
+    reference = rows[0]["reference"]
+    column = Column((reference,), (reference,), (0.0,))
+    indices = resample_indices(1, 2)
+    for metric in metrics:
+        try:
+            metric.score(column, indices)
+        except EvaluationError as err:
+            msg = f"{err} (found before generating, on row 0's reference as the answer)"
+            raise EvaluationError(msg) from err
 
 
 def _ids(tokenizer: Any, row: dict) -> tuple[list[int], list[int]]:

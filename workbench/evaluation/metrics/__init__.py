@@ -227,8 +227,20 @@ def resolve_metrics(metrics: Sequence[Any] | Mapping[str, dict] | None) -> list[
         for score in metric.score_names():
             if score in given:
                 raise EvaluationError(score_name_clash(score, given[score], metric.name))
+            if score in RESERVED_SCORE_NAMES:
+                msg = (
+                    f"metric {metric.name!r} gives a score named {score!r}, which the panel "
+                    "and sorted_rows() use for the row order or the reference loss: give the "
+                    "function another name (def my_loss(prediction, reference): ...)."
+                )
+                raise EvaluationError(msg)
             given[score] = metric.name
     return resolved
+
+
+RESERVED_SCORE_NAMES = frozenset({"index", "loss"})
+"""Names :meth:`~workbench.evaluation.Evaluation.sorted_rows` reads as the row's position and
+its reference loss: a score of that name would be hidden behind them."""
 
 
 def score_name_clash(score: str, first: str, second: str) -> str:
