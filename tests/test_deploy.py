@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import pytest
@@ -317,6 +318,21 @@ def test_the_server_samples_at_a_temperature_and_refuses_several_choices(
         with pytest.raises(openai.BadRequestError) as refused:
             answer(n=2, temperature=1.0)
         assert refused.value.response.json()["detail"].startswith("n=2: this server gives one")
+        # malformed requests were a bare 500, or (temperature=-1) accepted
+        for body, says in (
+            ({"messages": [{"content": "hi"}]}, "messages[0] has no 'role'"),
+            ({"messages": question, "temperature": -1}, "temperature=-1 must be a number"),
+            ({"messages": question, "stream": True, "max_tokens": 0}, "max_tokens=0 must be"),
+        ):
+            request = urllib.request.Request(
+                f"{server.url}/chat/completions",
+                data=json.dumps({"model": str(server.folder), **body}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with pytest.raises(urllib.error.HTTPError) as failed:
+                urllib.request.urlopen(request, timeout=60)
+            assert failed.value.code == 400
+            assert json.loads(failed.value.read())["detail"].startswith(says)
     finally:
         s.close()
 

@@ -39,7 +39,13 @@ import functools
 import json
 from typing import Any
 
-__all__ = ["cut_at_stop", "end_answers_as_openai", "main", "sample_when_asked"]
+__all__ = [
+    "cut_at_stop",
+    "end_answers_as_openai",
+    "main",
+    "request_problem",
+    "sample_when_asked",
+]
 
 
 def sample_when_asked() -> bool:
@@ -87,9 +93,12 @@ def _refuse_several_choices(body: dict) -> None:
 
     n = body.get("n")
     if n is not None and n != 1:
+        several = isinstance(n, int) and not isinstance(n, bool) and n > 1
         detail = (
             f"n={n!r}: this server gives one answer per request; send {n} requests "
             "(with temperature above 0 they sample different answers)"
+            if several
+            else f"n={n!r} must be 1 (one answer per request), or left out"
         )
         raise HTTPException(status_code=400, detail=detail)
 
@@ -227,7 +236,71 @@ def end_answers_as_openai() -> bool:
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
             _end_as_openai(handler, JSONResponse)
+    validate = ChatCompletionHandler._validate_request
+    if not getattr(validate, "checks_fields", False):
+
+        @functools.wraps(validate)
+        def validating(self: Any, body: dict) -> None:
+            validate(self, body)
+            problem = request_problem(body)
+            if problem:
+                from fastapi import HTTPException
+
+                raise HTTPException(status_code=400, detail=problem)
+
+        validating.checks_fields = True  # type: ignore[attr-defined]
+        ChatCompletionHandler._validate_request = validating
     return True
+
+
+def request_problem(body: Any) -> str | None:
+    """What is wrong with a chat request's body, naming the field, or ``None`` (a 400 rather
+    than transformers' bare 500 for a message without a role).
+
+    Examples:
+        >>> request_problem({"messages": [{"content": "hi"}]})
+        "messages[0] has no 'role' (a string: 'system', 'user', 'assistant' or 'tool')"
+        >>> request_problem({"messages": [{"role": "user", "content": "hi"}], "top_p": 5})
+        'top_p=5 must be a number in (0, 1]'
+    """
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    return _messages_problem(body.get("messages")) or _settings_problem(body)
+
+
+def _messages_problem(messages: Any) -> str | None:
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list of {'role': ..., 'content': ...} objects"
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict):
+            return f"messages[{k}] must be an object, not {type(message).__name__}"
+        if not isinstance(message.get("role"), str):
+            return (
+                f"messages[{k}] has no 'role' (a string: 'system', 'user', 'assistant' or 'tool')"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            return f"messages[{k}].content must be a string or a list of parts"
+    return None
+
+
+def _settings_problem(body: dict) -> str | None:
+    ranges = {"temperature": (0.0, 2.0, True), "top_p": (0.0, 1.0, False)}
+    for name, (low, high, low_allowed) in ranges.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not (low <= value <= high) or (value == low and not low_allowed):
+            bracket = "[" if low_allowed else "("
+            return f"{name}={value!r} must be a number in {bracket}{low:g}, {high:g}]"
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"{name}={value!r} must be an integer of 1 or more"
+        if value is not None and value < 1:
+            return f"{name}={value!r} must be an integer of 1 or more"
+    return None
 
 
 def _end_as_openai(handler: Any, json_response: Any) -> None:
