@@ -199,3 +199,23 @@ def test_lfm2_s_cuda_kernel_advice_is_hidden_without_cuda_and_shown_to_the_user(
         """
     )
     assert advice in err
+
+
+def test_an_8bit_model_s_input_cast_is_quiet_in_workbench_calls_and_shown_to_the_user(
+    tmp_path, tiny_model_dir, caplog
+):
+    # bitsandbytes logged it at every forward pass: about 1,500 lines for one quantize("8bit")
+    import torch
+
+    import workbench as wb
+    from workbench._quiet import BNB_MATMUL_LOGGER
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir), quantization="8bit")
+    with caplog.at_level(logging.WARNING, logger=BNB_MATMUL_LOGGER):
+        s.generate("Hello", max_new_tokens=4)
+        inside = [r.getMessage() for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
+        with torch.no_grad():
+            s.model(torch.tensor([[1, 2, 3]]))  # the user's own call
+        outside = [r.getMessage() for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
+    assert inside == [] and outside

@@ -1,4 +1,4 @@
-"""Hide seven known third-party messages that are noise to a workbench user, and only those.
+"""Hide eight known third-party messages that are noise to a workbench user, and only those.
 
 Three libraries print into training and loading cells, and none of these messages is the
 user's to act on:
@@ -35,6 +35,10 @@ user's to act on:
   convolutions. Those kernel packages are CUDA-only: on a machine without CUDA the advice
   cannot be followed, so it is hidden there (and shown on a GPU machine, where it can).
 
+* bitsandbytes (0.50, ``autograd/_functions.py``) logs ``MatMul8bitLt: inputs will be cast
+  from torch.float32 to float16 during quantization`` on every forward pass of every 8-bit
+  layer (about 1,500 lines for one ``quantize("8bit")`` of the tiny model): LLM.int8 always
+  quantizes its inputs so, and there is nothing for the user to change.
 * transformers (5.x, ``integrations/bitsandbytes.py``) logs ``You are loading your model using
   eetq but no linear modules were found in your model`` when bitsandbytes quantized no layer
   (it names the wrong library). The workbench then raises its own error, which says why
@@ -53,9 +57,10 @@ both inside such blocks the restores can interleave and lose (or leave behind) f
 documented as not thread-safe. Instead the filters are installed once and never removed:
 
 * a :class:`logging.Filter` on each of the loggers ``bitsandbytes.backends.cpu.ops``,
-  ``transformers.modeling_utils``, ``transformers.integrations.hub_kernels`` and
-  ``transformers.integrations.bitsandbytes``, which drops a record when its text starts with
-  the known message and the stack holds a workbench frame;
+  ``bitsandbytes.autograd._functions``, ``transformers.modeling_utils``,
+  ``transformers.integrations.hub_kernels`` and ``transformers.integrations.bitsandbytes``,
+  which drops a record when its text starts with the known message and the stack holds a
+  workbench frame;
 * one entry per warning appended to ``warnings.filters`` (``ignore``, its category and module:
   ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
   ``peft.tuners.tuners_utils``, ``UserWarning`` from ``peft.tuners.lora.layer``) whose message
@@ -127,6 +132,9 @@ _NO_ATTENTION_MASK = re.compile(r"We strongly recommend passing in an `attention
 BNB_INTEGRATION_LOGGER = "transformers.integrations.bitsandbytes"
 """The logger transformers logs its bitsandbytes conversion messages on."""
 _NOTHING_QUANTIZED = re.compile(r"You are loading your model using eetq but no linear modules")
+BNB_MATMUL_LOGGER = "bitsandbytes.autograd._functions"
+"""The logger bitsandbytes' 8-bit matmul logs its input cast on, at every forward pass."""
+_INT8_CAST = re.compile(r"MatMul8bitLt: inputs will be cast from \S+ to float16")
 _lock = threading.Lock()
 
 
@@ -199,6 +207,7 @@ _LOG_FILTERS = {
     TRANSFORMERS_LOGGER: _ScopedLogFilter(_NO_ATTENTION_MASK),
     KERNELS_LOGGER: _ScopedLogFilter(_KERNEL_FALLBACK, without_cuda=True),
     BNB_INTEGRATION_LOGGER: _ScopedLogFilter(_NOTHING_QUANTIZED),
+    BNB_MATMUL_LOGGER: _ScopedLogFilter(_INT8_CAST),
 }
 
 
