@@ -128,3 +128,27 @@ def test_a_damaged_evaluation_file_is_named(tmp_path, file, text, says):
         except EvaluationError as err:
             assert says in str(err)
             raise
+
+
+def test_an_untrained_model_is_evaluated_and_exported_as_the_base(tmp_path, tiny_model_dir):
+    # its scores were labelled "tuned", and its export's card said "Fine-tuned ..." (lora)
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(12)]
+    s.load_data(rows[:8], validation=rows[8:])
+    ev = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    assert ev.columns == ("base",) and "tuned" not in ev.scores["exact_match"]
+    card = (s.export("export/plain") / "README.md").read_text()
+    assert f"\n# {tiny_model_dir}\n" in card and "tags: [tuning-workbench]" in card
+    assert "## Data\n\nnot recorded" in card  # no run trained on the loaded data
+
+    run = s.train(max_steps=1, batch_size=4, wait=True)
+    s.load_data(rows[:3] * 2)  # other data, loaded after the run
+    card = (s.export("export/tuned") / "README.md").read_text()
+    assert "# Fine-tuned" in card and "tags: [tuning-workbench, lora]" in card
+    assert "train 8, validation 4" in card  # the run's data, not the data loaded now
+    s.merge()
+    assert s.evaluate(data=rows[8:], metrics=["exact_match"]).columns == ("tuned",)
+    assert run.state.value == "finished"

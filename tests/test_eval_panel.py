@@ -78,3 +78,19 @@ def test_panel_after_reload_and_diff_escaping(saved):
     assert panel.order and panel.show_tokens(2, "base")
     left, right = diff_html("<a> same", "<b> same")
     assert "&lt;a&gt;" in left and "&lt;b&gt;" in right and "<a>" not in left + right
+
+
+def test_a_score_without_an_interval_sends_no_nan_to_the_browser(tmp_path):
+    # Under 10 rows there is no interval (NaN): the panel sent NaN in the figure, which is
+    # not JSON, and the kernel printed "Message serialization failed" into the user's cell.
+    nan = float("nan")
+    ev = handmade_evaluation()
+    for entry in ev.scores.values():
+        entry["base_ci"] = entry["tuned_ci"] = (nan, nan)
+    ev.scores["perplexity"] = {"base": nan, "tuned": 12.0, "higher_is_better": False}
+    panel = EvalPanel(ev.save(tmp_path / "ev"))
+    json.dumps(panel.figure.to_dict(), allow_nan=False)  # raises on NaN
+    bars = {(bar.xaxis, bar.name): bar for bar in panel.figure.data}
+    assert bars[("x", "tuned")].error_y.visible is False
+    assert bars[("x2", "tuned")].y == (12.0,) and bars[("x2", "base")].y == (None,)
+    assert "no 95% interval" in bars[("x", "tuned")].hovertemplate

@@ -291,3 +291,23 @@ def test_a_second_adapter_is_refused_rather_than_mixed(tmp_path, tiny_model_dir,
         s.load_adapter(adapter_dir)
     assert len(lora_layers(s.model)) == layers
     assert s.generate("hi", max_new_tokens=6) == tuned
+
+
+def test_a_raw_text_model_s_export_puts_bos_in_front_as_training_did(tmp_path, tiny_model_dir):
+    # Raw-text training writes <s> before each text; the exported tokenizer did not add it,
+    # so the server (plain tokenizer(prompt)) answered a prompt the model never saw.
+    from transformers import AutoTokenizer
+
+    texts = [{"text": f"The number {i} doubled is {2 * i}."} for i in range(12)]
+    s = session_with(tmp_path, tiny_model_dir, texts)
+    s.train(max_steps=1, batch_size=4, probes=["The number 3 doubled is"], wait=True)
+    folder = s.export("export/merged")
+    bos = s.tokenizer.bos_token_id
+    shipped = AutoTokenizer.from_pretrained(folder)
+    with ids_seen(s.model) as seen:
+        s.generate("The number 3 doubled is", max_new_tokens=1)
+    assert shipped("The number 3 doubled is").input_ids == seen[0] and seen[0][0] == bos
+    assert s.tokenizer("The").input_ids[0] != bos  # the session's own tokenizer is as it was
+    report = s.check_export("export/merged", max_new_tokens=6)
+    probe = next(case for case in report.cases if case.name == "probe 1")
+    assert probe.prompt_ids == probe.exported_prompt_ids == seen[0]

@@ -200,3 +200,37 @@ def test_a_run_whose_tokenized_data_was_damaged_is_not_resumed(tiny_model_dir, t
         resume_run(
             run.run_dir, EventHub(), model=fresh(tiny_model_dir).model, tokenizer=run.tokenizer
         )
+
+
+@pytest.mark.parametrize("problem", ["held", "bad settings"])
+def test_a_refused_resume_leaves_the_sessions_model_and_run_as_they_were(
+    tiny_model_dir, tmp_path, problem
+):
+    # Session.resume loaded the other run's base model before the run was checked: a refusal
+    # threw away the session's trained adapter, while s.run still named its run.
+    import json
+
+    import workbench as wb
+    from workbench.train.lock import RunLock
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    other = wb.Session(tmp_path / "other", verbose=False)
+    other.load_model(str(tiny_model_dir))
+    other.load_data(rows)
+    elsewhere = other.train(max_steps=1, batch_size=4, wait=True).run_dir
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(rows)
+    mine = s.train(max_steps=2, batch_size=4, wait=True)
+    model, answer = s.model, s.generate("q1", max_new_tokens=4)
+    if problem == "bad settings":
+        meta = json.loads((elsewhere / "run.json").read_text())
+        meta["spec"]["method"] = "bogus"
+        (elsewhere / "run.json").write_text(json.dumps(meta))
+        with pytest.raises(SpecError, match="bogus"):
+            s.resume(elsewhere)
+    else:
+        with RunLock(elsewhere), pytest.raises(SpecError, match="already being trained"):
+            s.resume(elsewhere)
+    assert s.model is model and s.run is mine and type(s.model).__name__.startswith("Peft")
+    assert s.generate("q1", max_new_tokens=4) == answer

@@ -83,6 +83,8 @@ class Session:
         self._servers: list = []
         self._run: Any = None
         self._run_of_model: Any = None  # the run whose weights the model holds (None: none)
+        self._merged = False  # an adapter (trained or loaded) is merged into the model
+        self._data_of_run: Any = None  # the data the run of the model trained on
         self._training_summary: dict = {}
         self._scores_summary: dict = {}
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
@@ -188,7 +190,7 @@ class Session:
         """What described the earlier model does not describe a new one: its run, training
         settings, evaluation and scores (no longer credited to it in evaluations and model
         cards), and data tokenized by another tokenizer (dropped, saying so)."""
-        self._run_of_model = None
+        self._run_of_model, self._merged = None, False
         self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
         if self._data is not None and not _tokenizes_alike(self._data, tokenizer):
             self._data = None
@@ -606,6 +608,31 @@ class Session:
         """
         return self._data is not None
 
+    @property
+    def holds_tuned_weights(self) -> bool:
+        """Whether the model's weights were tuned: by a run, or an adapter loaded, merged or
+        not (``False``: a base model as loaded, which evaluations call ``base``).
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).holds_tuned_weights
+            False
+        """
+        return self._adapted is not None or self._run_of_model is not None or self._merged
+
+    def trained_data_summary(self) -> str:
+        """The report of the data the model's run trained on, for model cards (``""``: not
+        known here, e.g. a run resumed in a new process, an adapter loaded, no training).
+
+        Data loaded after the run is not the run's: a card must not describe it.
+
+        Examples:
+            >>> Session("/tmp/wb-doc-empty", verbose=False).trained_data_summary()
+            ''
+        """
+        if self._run_of_model is None or self._data_of_run is None:
+            return ""
+        return str(self._data_of_run.report())
+
     def training_summary(self) -> dict:
         """Settings of the last training run, for model cards (empty before training).
 
@@ -745,6 +772,7 @@ class Session:
                 probe_ids=self._probe_ids(probes),
             )
         self._adapted, self._run_of_model = self._run.model, self._run
+        self._data_of_run = self._data
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
@@ -803,12 +831,13 @@ class Session:
         ``processes=``, ``machines=``, ``fsdp=``... (as for :meth:`train`) go on with the run
         on other processes: a one-process run resumes on several, and the other way round.
         """
-        from workbench.train import resume_run
+        from workbench.train import check_resumable, resume_run
         from workbench.train.launch.spec import resume_launch
         from workbench.train.store import read_meta
 
         self._check_run_allows("resume")
         run_dir = self._run_folder(Path(run_dir).expanduser())
+        check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
         self._load_base_of(run_dir, meta, model)
         reset_adapter_strength(self.loaded.model)  # a run never resumes from a scaled adapter
@@ -1024,6 +1053,9 @@ class Session:
                 )
         model, run_dir = self.model, self._last_run_dir()
         about = self._evaluation_about(data)
+        tuned = self.holds_tuned_weights
+        if self._merged and compare_base:
+            self._progress("the adapter is merged: one column, no base (its weights are gone)")
 
         def work(events: Any = self.events, cancelled: Any = None):
             with self.folder.reserved("evaluations") as folder:
@@ -1043,6 +1075,7 @@ class Session:
                     run_dir=run_dir,
                     cancelled=cancelled,
                     about=about,
+                    plain_model_role="tuned" if tuned else "base",  # an untrained model
                 )
             self._scores_summary = {
                 name: {k: v for k, v in score.items() if k in ("base", "tuned")}
@@ -1065,7 +1098,7 @@ class Session:
 
         resolve_metrics(metrics)  # a bad metric or setting fails here, not on the worker
         EvalSpec(compare_base, max_new_tokens, limit=limit, batch_size=batch_size)
-        columns = evaluation_columns(model, compare_base)
+        columns = evaluation_columns(model, compare_base, "tuned" if tuned else "base")
         self._evaluation_run = EvaluationRun(work, rows, columns, limit, self.events)
         return self._evaluation_run
 
@@ -1213,7 +1246,7 @@ class Session:
         merged = merge_adapter(self._adapted if self._adapted is not None else self.model)
         remove_training_hooks(merged)  # the run's NEFTune noise and checkpointing
         self._loaded = replace(self.loaded, model=merged.eval(), quantization=None)
-        self._adapted = None
+        self._adapted, self._merged = None, True
         self._progress("merged the adapter into the base weights")
         return model_info(self._loaded)
 
@@ -1286,7 +1319,7 @@ class Session:
             return folder
         from workbench.deploy import check_export, export_model, export_target
         from workbench.deploy.paths import refuse_session_folders
-        from workbench.deploy.session_glue import card_for, ship_tokenizer
+        from workbench.deploy.session_glue import card_for, raw_text_tokenizer, ship_tokenizer
 
         target = export_target(self.run_dir, path)
         refuse_session_folders(self.run_dir, target)
@@ -1296,7 +1329,9 @@ class Session:
         self._say_replacing(target, earlier)
         ship_tokenizer(self.tokenizer, self._loaded.model, self._data and self._data.template)
         card = card_for(self, format)
-        folder = export_model(self.model, self.tokenizer, target, format, card, replace, gguf_type)
+        raw_text = self._data is not None and self._data.is_text
+        tokenizer = raw_text_tokenizer(self.tokenizer) if raw_text else self.tokenizer
+        folder = export_model(self.model, tokenizer, target, format, card, replace, gguf_type)
         if format == "safetensors":
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
@@ -1395,7 +1430,9 @@ class Session:
             ]
         elif not conversations:  # a base model without a chat template: plain completions
             probes = probes or list(_DEFAULT_MESSAGES)
-        raw = [(f"probe {i + 1}", text) for i, text in enumerate(probes)]
+        # with the ids the session's generate gives the model (a raw-text model's bos too)
+        ids = self._text_prompt_ids(probes) if probes else []
+        raw = [(f"probe {i + 1}", text, ids[i]) for i, text in enumerate(probes)]
         template = self._data.template if self._data is not None else None
         report = check(
             exported, self.model, self.tokenizer, template, conversations, raw, max_new_tokens

@@ -76,7 +76,7 @@ for case in job["cases"]:
         prompt = tokenizer.apply_chat_template(
             case["messages"], tools=case["tools"], tokenize=False, add_generation_prompt=True
         )
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = tokenizer(prompt, add_special_tokens=case["plain"]).input_ids
     with torch.no_grad():
         output = model.generate(
             torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -224,7 +224,15 @@ def _check_in_plain_transformers(
             f"{folder} carries no chat template, so chat prompts cannot be rendered as a "
             "serving stack would: export again."
         )
-    cases = [{"messages": p.messages, "tools": p.tools, "text": p.prompt} for p in prompts]
+    cases = [
+        {
+            "messages": p.messages,
+            "tools": p.tools,
+            "text": p.prompt,
+            "plain": p.bos_added,
+        }
+        for p in prompts
+    ]
     exported = _run_plain_transformers(folder, {**job, "cases": cases}, max_new_tokens)
     compared = [
         _compared(p, model, tokenizer, stop, max_new_tokens, *_fields(theirs))

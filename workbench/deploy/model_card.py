@@ -30,6 +30,8 @@ class ModelCard:
         dtype: The dtype the base was trained in (``"float32"``, ``"bfloat16"``).
         adapter_strength: The session's adapter strength at export (``None``: no adapter,
             or the tuned strength 1).
+        tuned: The weights were tuned (a run, a loaded adapter, merged or not); ``False``:
+            a base model exported as it was loaded, which the card does not call fine-tuned.
 
     Examples:
         >>> ModelCard("m", "adapter", scores={"rouge1": {"base": 0.1, "tuned": 0.5}}).render()[:3]
@@ -45,6 +47,7 @@ class ModelCard:
     quantization: str | None = None
     dtype: str = "float32"
     adapter_strength: float | None = None
+    tuned: bool = True
 
     def render(self) -> str:
         """The README.md text: YAML front matter, then sections.
@@ -60,14 +63,16 @@ class ModelCard:
             (True, True)
         """
         library = "peft" if self.export_format == "adapter" else "transformers"
+        method = str(self.training.get("method") or "lora") if self.tuned else ""
+        tags = ", ".join(["tuning-workbench", *([method] if method else [])])
         lines = [
             "---",
             f"base_model: {self.base_model}",
             f"library_name: {library}",
-            "tags: [tuning-workbench, lora]",
+            f"tags: [{tags}]",
             "---",
             "",
-            f"# Fine-tuned {self.base_model}",
+            f"# Fine-tuned {self.base_model}" if self.tuned else f"# {self.base_model}",
             "",
             f"Exported by Tuning Workbench as `{self.export_format}`.",
             "",

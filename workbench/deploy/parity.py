@@ -383,7 +383,7 @@ def _exported_side(
         prompt, stops = _render_with_file_template(llm, case.messages, case.tools)
     else:
         prompt, stops = case.prompt, []
-    prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True))
+    prompt_ids = list(llm.tokenize(prompt.encode("utf-8"), add_bos=case.bos_added, special=True))
     ends = {llm.token_eos(), *_end_of_turn_ids(llm)}
     answer: list[int] = []
     ended_at = None
@@ -508,6 +508,9 @@ class PromptCase:
         prompt_ids: The session's prompt tokens, as its chat and ``generate`` give them to
             the model (a control token typed in a message stays plain text, as in training);
             ``None``: the prompt text tokenized.
+        bos_added: The session put ``bos`` before this raw prompt itself (a model tuned on
+            raw text): the export's side adds it too, as its tokenizer does for a plain
+            ``tokenizer(text)`` (``session_glue.raw_text_tokenizer``).
 
     Examples:
         >>> PromptCase("probe 1", "Once upon", None).tools is None
@@ -519,6 +522,7 @@ class PromptCase:
     messages: Messages | None
     tools: Tools | None = None
     prompt_ids: list[int] | None = None
+    bos_added: bool = False
 
 
 def _prompts(
@@ -543,7 +547,13 @@ def _prompts(
         prompt = render_prompt(resolved, tokenizer, messages, True, tools)
         [ids] = chat_prompt_ids(resolved, tokenizer, [messages], [tools])
         cases.append(PromptCase(name, prompt, messages, tools, list(ids)))
-    cases += [PromptCase(name, text, None) for name, text in raw_prompts]
+    bos = getattr(tokenizer, "bos_token", None)
+    for name, text, *given in raw_prompts:  # (name, text) or (name, text, the session's ids)
+        ids = list(given[0]) if given else None
+        added = (
+            bool(bos) and (ids or [])[:1] == [tokenizer.bos_token_id] and not text.startswith(bos)
+        )
+        cases.append(PromptCase(name, text, None, None, ids, added))
     return (stops[0] if stops else None), cases
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from workbench.deploy.model_card import ModelCard
 
-__all__ = ["card_for", "ship_tokenizer"]
+__all__ = ["card_for", "raw_text_tokenizer", "ship_tokenizer"]
 
 
 def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
@@ -79,6 +79,33 @@ def ship_tokenizer(tokenizer: Any, model: Any, template: Any | None) -> None:
         config.eos_token_id = [*ids, stop_id]
 
 
+def raw_text_tokenizer(tokenizer: Any) -> Any:
+    """The tokenizer to ship with a model tuned on raw text: one that puts ``bos`` in front,
+    as raw-text training wrote it, where the tokenizer would not by itself (a plain
+    ``tokenizer(prompt)``, the server's included, then gives the model what training gave).
+    The session's own tokenizer is not changed.
+
+    Examples:
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-glue-bos"))
+        >>> shipped = raw_text_tokenizer(tokenizer)
+        >>> shipped("Hi").input_ids[0] == tokenizer.bos_token_id != tokenizer("Hi").input_ids[0]
+        True
+    """
+    import copy
+
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or tokenizer("x").input_ids[:1] == [bos]:
+        return tokenizer
+    shipped = copy.deepcopy(tokenizer)
+    try:
+        shipped.add_bos_token = True
+    except (AttributeError, ValueError):
+        return tokenizer
+    return shipped if shipped("x").input_ids[:1] == [bos] else tokenizer
+
+
 def _server_reads(tokenizer: Any, model: Any, template: Any, ends: list[str]) -> bool:
     """Whether ``transformers serve`` reads this template's answers right without a
     ``response_template``: it has none for the family (raw text passes through), or its
@@ -126,11 +153,12 @@ def card_for(session: Any, export_format: str) -> ModelCard:
     return ModelCard(
         base_model=spec,
         export_format=export_format,
-        data_summary=str(session.data_report()) if session.has_data else "",
+        data_summary=session.trained_data_summary(),
         training=session.training_summary(),
         scores=session.scores_summary(),
         terms=builtin.terms if builtin else "",
         quantization=session.loaded.quantization,
         dtype=session.loaded.dtype,
         adapter_strength=session.adapter_strength,
+        tuned=session.holds_tuned_weights,
     )

@@ -61,14 +61,17 @@ _FORWARDED = frozenset(
 Work = Callable[[Callable[[str, Any], None], Callable[[], bool]], Evaluation]
 
 
-def evaluation_columns(model: Any, compare_base: bool = True) -> tuple[str, ...]:
+def evaluation_columns(
+    model: Any, compare_base: bool = True, plain_model_role: str = "tuned"
+) -> tuple[str, ...]:
     """The columns an evaluation of ``model`` generates, in order (base first).
 
     Examples:
         >>> evaluation_columns(object())  # a plain model: one column
         ('tuned',)
     """
-    return tuple(_columns(model, EvalSpec(compare_base=compare_base)))
+    spec = EvalSpec(compare_base=compare_base, plain_model_role=plain_model_role)
+    return tuple(_columns(model, spec))
 
 
 def _clock(seconds: float | None) -> str:

@@ -356,6 +356,7 @@ def run_evaluation(
     seed: int = 0,
     cancelled: Cancelled = None,
     about: dict[str, Any] | None = None,
+    plain_model_role: Role = "tuned",
 ) -> Evaluation:
     """Generate answers for ``rows`` with the tuned and the base model and score both.
 
@@ -393,6 +394,8 @@ def run_evaluation(
             (:mod:`workbench.evaluation.background` uses it for ``cancel()``).
         about: More for the settings to record, shown by ``compare`` (the Session's:
             ``data``, what the rows are; ``adapter_strength`` when it is not 1).
+        plain_model_role: The column of a model without an adapter: ``"tuned"`` (a merged
+            model), or ``"base"`` (one nothing tuned).
 
     Returns:
         The :class:`~workbench.evaluation.Evaluation`.
@@ -430,6 +433,7 @@ def run_evaluation(
         limit,
         tuple(stop_strings or ()),
         batch_size,
+        plain_model_role,
         seed=seed,
     )
     evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events, cancelled)

@@ -453,6 +453,28 @@ def _probes_until(run_dir: Path, step: int) -> list[dict[str, Any]]:
     return rows
 
 
+def check_resumable(run_dir: str | Path) -> None:
+    """Refuse a run that cannot be resumed, before anything is loaded or changed: no run in
+    the folder, settings that no longer check, its data missing, or another process (or
+    another run object here) training it.
+
+    :meth:`Session.resume` calls it before loading the run's base model, so a refused resume
+    leaves the session's own model, adapter and run as they were.
+
+    Examples:
+        >>> check_resumable("/nonexistent-run")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /nonexistent-run holds no training run (no run.json)...
+    """
+    run_dir = Path(run_dir)
+    meta = store.read_meta(run_dir)
+    TrainSpec.from_dict(meta["spec"])
+    if not (run_dir / "data" / "train").is_dir():
+        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
+    with RunLock(run_dir):  # taken and given back: held elsewhere, it refuses saying by whom
+        pass
+
+
 def resume_run(
     run_dir: str | Path,
     events: EventHub | None = None,

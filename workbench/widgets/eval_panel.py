@@ -222,10 +222,21 @@ class EvalPanel:
 
     def _bar(self, name: str, column: str) -> dict[str, Any]:
         """One column's bar of one score, its interval as error bars (value in the hover)."""
+        # NaN is not JSON: a missing value or interval (under 10 rows) is None, no error bar
         entry = self.evaluation.scores[name]
-        value = float(entry.get(column, math.nan))
-        lo, hi = (float(x) for x in entry.get(f"{column}_ci", (math.nan, math.nan)))
-        error = dict(type="data", array=[hi - value], arrayminus=[value - lo], visible=True)
+        value = _finite(entry.get(column))
+        lo, hi = (_finite(x) for x in entry.get(f"{column}_ci") or (None, None))
+        interval = value is not None and lo is not None and hi is not None
+        error = (
+            dict(type="data", array=[hi - value], arrayminus=[value - lo], visible=True)
+            if interval
+            else dict(visible=False)
+        )
+        hover = (
+            "<br>95% interval %{customdata[0]:.4g} to %{customdata[1]:.4g}"
+            if interval
+            else "<br>no 95% interval"
+        )
         return dict(
             x=[column],
             y=[value],
@@ -233,8 +244,7 @@ class EvalPanel:
             marker_color=_COLORS.get(column, "#ff7f0e"),
             error_y=error,
             customdata=[[lo, hi]],
-            hovertemplate="%{x}: %{y:.4g}<br>95% interval %{customdata[0]:.4g} to "
-            "%{customdata[1]:.4g}<extra></extra>",
+            hovertemplate="%{x}: %{y:.4g}" + hover + "<extra></extra>",
         )
 
     # -- examples -------------------------------------------------------------------------
@@ -377,3 +387,11 @@ class EvalPanel:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         bundle.update(snapshot_bundle(self))
         return bundle
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` where it is missing or not finite (NaN)."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
