@@ -448,3 +448,17 @@ def test_data_that_trains_nothing_does_not_blame_the_template(tmp_path, tiny_mod
     report = s.load_data(rows, validation=None)
     assert any(p.kind == "no_trained_tokens" for p in report.problems)
     assert "end_of_turn_untrained" not in s.diagnose().kinds
+
+
+def test_a_session_with_nothing_to_judge_says_so(tmp_path, tiny_model_dir):
+    # a fresh Session (after a kernel restart) was told "nothing looks wrong in the run, the
+    # data or the evaluation" though it had none of them
+    s = wb.Session(tmp_path / "s", verbose=False)
+    assert str(s.diagnose()).startswith("nothing to judge yet: this session has no run")
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i} is", "answer": f"a{i}"} for i in range(40)])
+    diagnosis = s.diagnose()
+    assert diagnosis.kinds == [] and str(diagnosis) == (
+        "no findings: nothing looks wrong in the data"
+    )
+    assert "nothing looks wrong in the data" in diagnosis._repr_mimebundle_()["text/html"]

@@ -182,3 +182,20 @@ def test_rating_an_evaluation_whose_folder_was_deleted_is_refused(tmp_path):
     with pytest.raises(EvaluationError, match=r"is gone"):
         rater.change(rater.order[0], "tie")
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_bare_rater_in_a_notebook_is_the_rating_panel_with_a_static_snapshot(tmp_path):
+    # ev.rater() showed "<workbench.evaluation.ratings.BlindRater at 0x...>", and the rating
+    # panel had no static fallback (a saved notebook showed a VBox repr)
+    from workbench.widgets._snapshot import snapshot_bundle
+    from workbench.widgets.ab_rating import ABRating
+
+    ev = handmade_evaluation().save(tmp_path / "ev")
+    rater = ev.rater()
+    assert rater.evaluation is ev and repr(rater).startswith("BlindRater(0 of 3 rated")
+    rater.rate("tie")
+    bundle = ABRating(ev)._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    assert bundle["text/plain"].startswith("Blind A/B rating: 1 of 3 rated; tuned better 0")
+    assert "wb-snapshot-ab-rating" in bundle["text/html"]
+    assert snapshot_bundle(ABRating(ev))["text/html"] == bundle["text/html"]

@@ -133,6 +133,13 @@ def test_deleted_run_and_evaluation_folders_are_never_reused(tmp_path, model_dir
     shutil.rmtree(latest.path)
     assert s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2).path.name == "eval-004"
 
+    # The whole session folder deleted, session.json with it: the live session still never
+    # gives run-001 to another run (an evaluation of the old model names run-004 there).
+    shutil.rmtree(tmp_path / "s")
+    assert s.evaluate(metrics=["exact_match"], max_new_tokens=2, limit=2).path.name == "eval-005"
+    s.load_model(str(tiny_model_dir))
+    assert s.train(max_steps=1, lr=5e-3, batch_size=8, wait=True).run_dir.name == "run-005"
+
 
 def test_two_processes_sharing_a_session_folder_keep_each_others_records(tmp_path):
     import subprocess
@@ -323,10 +330,14 @@ def test_an_interrupt_while_train_blocks_stops_the_run_and_keeps_it(tmp_path, ti
         _thread.interrupt_main()  # as Ctrl-C: raised in the main thread, which waits
 
     threading.Thread(target=interrupt_after_two_steps, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as interrupted:
         s.train(max_steps=5000, lr=5e-3, batch_size=2, wait=True)
     run = s.run
     assert run is not None and run.status.state is RunState.STOPPED
+    assert str(interrupted.value) == (  # the cell's `run = ...` never got its value
+        f"interrupted: run-001 stopped at step {run.status.step} of 5000; Session.run holds "
+        "it (s.run), s.run.resume() goes on"
+    )
     assert json.loads(status.read_text())["state"] == "stopped"
     stopped_at = run.status.step
     assert (run.run_dir / "checkpoints" / f"step-{stopped_at:08d}").is_dir()

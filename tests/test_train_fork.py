@@ -219,3 +219,21 @@ def test_a_damaged_checkpoint_is_named_not_called_missing_or_pruned(tmp_path, ti
     with pytest.warns(wb.WorkbenchWarning, match="step-00000004 is damaged .* left out"):
         grid = s.evaluate(checkpoints="all", metrics=["exact_match"], max_new_tokens=2, limit=2)
     assert grid.steps == (2, 6)
+
+
+def test_a_deleted_run_folder_is_named_not_told_to_train_more(tmp_path, tiny_model_dir):
+    # fork said "it has no checkpoint yet ... save_every", a sweep said "train first"
+    import shutil
+
+    import workbench as wb
+    from workbench.errors import SpecError
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)], validation=0.25)
+    run = s.train(max_steps=2, batch_size=4, save_every=1, wait=True)
+    shutil.rmtree(run.run_dir)
+    with pytest.raises(SpecError, match=r"run-001 was deleted, with its checkpoints"):
+        run.fork(step=1, lr=1e-4)
+    with pytest.raises(SpecError, match=r"run-001 was deleted, with its checkpoints"):
+        s.evaluate(checkpoints="all", metrics=["exact_match"])

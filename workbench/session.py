@@ -1138,7 +1138,8 @@ class Session:
         patience = run.spec.early_stopping if run is not None else None
         failed = run.status.error if run is not None and run.state is RunState.FAILED else None
         found = diagnose(history, self._data, self._evaluation, total, patience, failed)
-        return Diagnosis(found)
+        present = {"run": run, "data": self._data, "evaluation": self._evaluation}
+        return Diagnosis(found, tuple(what for what, it in present.items() if it is not None))
 
     def _evaluation_about(self, data: Any) -> dict[str, Any]:
         """What an evaluation's settings say it measured, for ``compare``: the rows, and
@@ -1205,6 +1206,8 @@ class Session:
                 f"it: s.resume('{self._run.run_dir}') brings that run's model back first."
             )
             raise SpecError(msg)
+        if run_dir is not None and not run_dir.is_dir():
+            raise SpecError(f"{run_dir} was deleted, with its checkpoints: none to evaluate.")
         found = ckpt.list_checkpoints(run_dir) if run_dir is not None else []
         valid = []
         for path in found:
@@ -1717,8 +1720,13 @@ def _waited_stopping_on_interrupt(run: Any, wait: bool) -> Any:
         run.wait(progress=True)
     except KeyboardInterrupt:
         run.stop()
-        run.wait()
-        raise
+        status = run.wait()
+        # the cell's `run = s.train(...)` never got its value: say where the run is
+        msg = (
+            f"interrupted: {run.run_dir.name} {status.state.value} at step {status.step} of "
+            f"{status.total_steps}; Session.run holds it (s.run), s.run.resume() goes on"
+        )
+        raise KeyboardInterrupt(msg) from None
     return run
 
 

@@ -75,6 +75,9 @@ class SessionFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
+        # the highest number this object gave, per kind: kept even when the whole folder
+        # (session.json with it) is deleted under a live session
+        self._given: dict[str, int] = {}
 
     def numbered(self, kind: FolderKind) -> list[Path]:
         """The existing numbered folders of ``kind``, lowest number first.
@@ -96,8 +99,9 @@ class SessionFolder:
         """Create the next numbered folder of ``kind`` exclusively (empty) and return it.
 
         Numbers go on from the highest folder there is or ever was (``session.json`` keeps
-        the highest one used, :meth:`reserved` when its block succeeds), so a deleted run's
-        name is never given to another run, whose records would be taken for its.
+        the highest one used, :meth:`reserved` when its block succeeds, and this object the
+        highest it gave, should the whole folder be deleted), so a deleted run's name is
+        never given to another run, whose records would be taken for its.
 
         Examples:
             >>> SessionFolder("/tmp/wb-doc-folder-b").reserve("evaluations").parent.name
@@ -107,7 +111,7 @@ class SessionFolder:
         parent.mkdir(parents=True, exist_ok=True)
         existing = self.numbered(kind)
         highest = int(existing[-1].name.rsplit("-", 1)[1]) if existing else 0
-        number = max(highest, _highest_used(self.state(), kind)) + 1
+        number = max(highest, _highest_used(self.state(), kind), self._given.get(kind, 0)) + 1
         while True:
             folder = parent / f"{_PREFIX[kind]}-{number:03d}"
             try:
@@ -115,6 +119,7 @@ class SessionFolder:
             except FileExistsError:
                 number += 1  # another process took it a moment ago
                 continue
+            self._given[kind] = number
             return folder
 
     @contextlib.contextmanager

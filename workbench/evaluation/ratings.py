@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from workbench._io import append_jsonl, json_lines
 from workbench.errors import EvaluationError, WorkbenchWarning
@@ -348,8 +348,9 @@ class BlindRater:
     def __init__(
         self, rows: list, path: str | Path, seed: int = 0, in_evaluation: bool = False
     ) -> None:
-        self.rows, self.path = list(rows), Path(path)
+        self.rows, self.path, self.seed = list(rows), Path(path), seed
         self.in_evaluation = in_evaluation
+        self.evaluation: Any = None  # the Evaluation it rates, for its panel in a notebook
         rng = random.Random(seed)
         self.order = rng.sample(range(len(self.rows)), len(self.rows))
         self.a_is: dict[int, Side] = {
@@ -484,6 +485,21 @@ class BlindRater:
                 )
                 raise EvaluationError(msg)
             return _append_unlocked(self.path, rating)
+
+    def _ipython_display_(self) -> None:
+        """In a notebook, the rating panel (:class:`~workbench.widgets.ab_rating.ABRating`)."""
+        if self.evaluation is None:
+            print(repr(self))
+            return
+        from IPython.display import display
+
+        from workbench.widgets.ab_rating import ABRating
+
+        display(ABRating(self.evaluation, self.seed))
+
+    def __repr__(self) -> str:
+        rated, total = self.progress()
+        return f"BlindRater({rated} of {total} rated, {self.path})"
 
     def _check_folder(self) -> None:
         if self.in_evaluation and not self.path.parent.is_dir():

@@ -282,7 +282,9 @@ class Evaluation:
                 "(call save(path) first)"
             )
             raise EvaluationError(msg)
-        return BlindRater(list(self.rows), self.ratings_path, seed, in_evaluation=True)
+        rater = BlindRater(list(self.rows), self.ratings_path, seed, in_evaluation=True)
+        rater.evaluation = self  # a bare ev.rater() in a notebook shows the rating panel
+        return rater
 
     # -- files ------------------------------------------------------------------------------
     def _texts(self) -> dict[str, str]:

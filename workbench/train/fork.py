@@ -379,6 +379,13 @@ def _check_state(parent: Run) -> None:
 
 
 def _no_checkpoint(parent: Run, step: int) -> SpecError:
+    if not parent.run_dir.is_dir():
+        msg = (
+            f"{parent.run_dir} was deleted, with its checkpoints: there is nothing to fork "
+            "from. The model in memory still holds the run's last weights (export it, or "
+            "train a new run)."
+        )
+        return SpecError(msg)
     path = parent.run_dir / "checkpoints" / f"step-{step:08d}"
     problem = checkpoint_problem(path) if path.is_dir() else None
     if problem is not None:

@@ -102,7 +102,20 @@ class Diagnosis(list):
         no findings: nothing looks wrong in the run, the data or the evaluation
         >>> sorted(d._repr_mimebundle_())
         ['text/html', 'text/plain']
+
+        ``judged`` says what there was to look at; with nothing, it says so rather than
+        that all is well:
+
+        >>> print(Diagnosis(judged=("data",)))
+        no findings: nothing looks wrong in the data
+        >>> print(Diagnosis(judged=()))  # doctest: +NORMALIZE_WHITESPACE
+        nothing to judge yet: this session has no run, data or evaluation (train, load_data or
+        evaluate first)
     """
+
+    def __init__(self, items: Any = (), judged: tuple[str, ...] | None = None) -> None:
+        super().__init__(items)
+        self.judged = judged  # None: the run, the data and the evaluation
 
     @property
     def kinds(self) -> list[str]:
@@ -133,7 +146,19 @@ class Diagnosis(list):
             >>> Diagnosis([Finding("grad_spikes", "info", "t", "e", "s")]).text().splitlines()[0]
             '[info] t'
         """
-        return findings_text(self) or NONE_TEXT
+        return findings_text(self) or self._none_text()
+
+    def _none_text(self) -> str:
+        if self.judged is None:
+            return NONE_TEXT
+        if not self.judged:
+            return (
+                "nothing to judge yet: this session has no run, data or evaluation (train, "
+                "load_data or evaluate first)"
+            )
+        names = [f"the {what}" for what in self.judged]
+        listed = ", ".join(names[:-1]) + (" or " if len(names) > 1 else "") + names[-1]
+        return f"no findings: nothing looks wrong in {listed}"
 
     def __str__(self) -> str:
         return self.text()
@@ -142,5 +167,5 @@ class Diagnosis(list):
         return self.text()
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
-        html = findings_html(self) or f"<p>{escape(NONE_TEXT)}</p>"
+        html = findings_html(self) or f"<p>{escape(self._none_text())}</p>"
         return {"text/plain": self.text(), "text/html": html}

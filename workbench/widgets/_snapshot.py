@@ -330,7 +330,22 @@ def _inspector(panel: Any) -> tuple[str, str]:
     return _wrap("inspector", parts), text
 
 
+def _ab_rating(panel: Any) -> tuple[str, str]:
+    from workbench.evaluation.ratings import read_ratings, summarize
+
+    rated, total = panel.rater.progress()
+    summary = summarize(read_ratings(panel.rater.path))
+    text = f"Blind A/B rating: {rated} of {total} rated; {summary}"
+    parts = [
+        "<div><b>Blind A/B rating</b> " + escape(f"({rated} of {total} rated)") + "</div>",
+        f"<div>{escape(str(summary))}</div>",
+        "<div><i>Static snapshot: in a live kernel, ev.rater() shows the rating panel.</i></div>",
+    ]
+    return _wrap("ab-rating", parts), text
+
+
 _KINDS = {
+    "ABRating": ("ab-rating", _ab_rating),
     "TrainingMonitor": ("training-monitor", _monitor),
     "EvalPanel": ("eval-panel", _eval_panel),
     "DataInspector": ("data-inspector", _inspector),

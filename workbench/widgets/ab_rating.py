@@ -126,6 +126,18 @@ class ABRating:
         self.a_html.value = f"<div style='{_BOX}'>{escape(a)}</div>"
         self.b_html.value = f"<div style='{_BOX}'>{escape(b)}</div>"
 
+    def _ipython_display_(self) -> None:
+        from workbench.widgets._snapshot import show
+
+        show(self)  # the widget view plus a static snapshot (progress and summary)
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        from workbench.widgets._snapshot import snapshot_bundle
+
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle.update(snapshot_bundle(self))
+        return bundle
+
     def _show_progress(self) -> None:
         rated, total = self.rater.progress()
         self.progress.value = f"{rated} of {total} rated"
