@@ -218,3 +218,19 @@ def test_a_hostile_reason_is_escaped(tiny_model_dir, tmp_path):
     assert "<img src=x" not in monitor.choices_html.value and "<img src=x" not in html
     assert "<script>" not in html
     assert monitor.choices_text() == f"batch size 8 (auto): {hostile} · packing on: {hostile}"
+
+
+def test_a_run_training_elsewhere_shows_the_steps_its_history_holds(tiny_model_dir, tmp_path):
+    # status.json is written at state changes only: a run another kernel trains showed
+    # "running · step 0/20" from its folder while its history was at step 20
+    import json
+
+    from workbench.train.lock import RunLock
+
+    toy_run(tiny_model_dir, tmp_path / "run", SPEC)
+    status = tmp_path / "run" / "status.json"
+    started = {**json.loads(status.read_text()), "state": "running", "step": 0, "epoch": 0.0}
+    status.write_text(json.dumps(started))
+    with RunLock(tmp_path / "run"):  # held: as by the process training it
+        text = TrainingMonitor.from_folder(tmp_path / "run").status_text()
+    assert text.startswith("running · step 20/20 · epoch 2.50 · loss ")

@@ -277,9 +277,29 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
 
     run_dir = Path(run_dir)
     status = _status_file(run_dir)
-    if status.get("state", "created") in _LIVE_STATES and not is_held(run_dir):
-        status.update(_interrupted(run_dir, status))
+    if status.get("state", "created") in _LIVE_STATES:
+        if is_held(run_dir):  # training elsewhere: the history has the steps since
+            status.update(_progress(read_jsonl(run_dir / HISTORY), status))
+        else:
+            status.update(_interrupted(run_dir, status))
     return status
+
+
+def _progress(history: list[dict[str, Any]], status: dict[str, Any]) -> dict[str, Any]:
+    """The step, loss and eval loss a run's history holds past what its status file says
+    (written at state changes only): a run another process trains is not at step 0."""
+    steps = [r for r in history if r.get("kind") == "train"]
+    evals = [r for r in history if r.get("kind") == "eval" and r.get("eval_loss") is not None]
+    last = steps[-1] if steps else {}
+    if not last or last.get("step", 0) <= status.get("step", 0):
+        return {}
+    update = {"step": last["step"], "loss": last.get("loss"), "epoch": last.get("epoch", 0.0)}
+    for name in ("elapsed", "tokens_per_s", "memory"):
+        if last.get(name) is not None:
+            update[name] = last[name]
+    if evals:
+        update["eval_loss"] = evals[-1]["eval_loss"]
+    return update
 
 
 def _status_file(run_dir: Path) -> dict[str, Any]:
@@ -305,7 +325,6 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
 
     history = read_jsonl(run_dir / HISTORY)
     steps = [r for r in history if r.get("kind") == "train"]
-    evals = [r for r in history if r.get("kind") == "eval" and r.get("eval_loss") is not None]
     last = steps[-1] if steps else {}
     checkpoint, _skipped = newest_valid_checkpoint(run_dir)
     since = f"step {checkpoint_step(checkpoint)}" if checkpoint is not None else "step 0"
@@ -314,12 +333,5 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
         "training it ended without finishing (killed, or its kernel restarted); "
         f"Session.resume({str(run_dir)!r}) goes on from {since}"
     )
-    update = {"state": "failed", "error": error, "message": error}
-    if last:  # what the history knows of the steps the status file never saw
-        update.update(step=last["step"], loss=last.get("loss"), epoch=last.get("epoch", 0.0))
-        for name in ("elapsed", "tokens_per_s", "memory"):
-            if last.get(name) is not None:
-                update[name] = last[name]
-    if evals:
-        update["eval_loss"] = evals[-1]["eval_loss"]
-    return update
+    # what the history knows of the steps the status file never saw
+    return {"state": "failed", "error": error, "message": error, **_progress(history, {})}
