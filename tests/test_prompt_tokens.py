@@ -311,3 +311,26 @@ def test_a_raw_text_model_s_export_puts_bos_in_front_as_training_did(tmp_path, t
     report = s.check_export("export/merged", max_new_tokens=6)
     probe = next(case for case in report.cases if case.name == "probe 1")
     assert probe.prompt_ids == probe.exported_prompt_ids == seen[0]
+
+
+def test_a_model_of_recurrent_blocks_only_generates_and_evaluates(tmp_path):
+    # RecurrentGemma with no attention block: transformers' cache fails ("get_mask_sizes can
+    # only be called on Attention layers"), told as "generate refused these settings" the
+    # user never gave; evaluation died on it in its reference-loss pass.
+    from transformers import RecurrentGemmaConfig
+
+    from workbench.models.tiny import build_model_from_config
+
+    config = RecurrentGemmaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        lru_width=64, attention_window_size=64,
+    )  # fmt: skip
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(build_model_from_config(tmp_path / "rg", config)))
+    s.load_data(ROWS, validation=ROWS[:2])
+    answer = s.generate("q1", max_new_tokens=3)
+    assert answer == s.generate("q1", max_new_tokens=3, use_cache=False)
+    ev = s.evaluate(metrics=["exact_match"], max_new_tokens=3)
+    assert len(ev.rows) == 2 and all(len(r.tokens) > 0 for r in ev.rows)
+    with pytest.raises(SpecError, match=r"generate refused these settings \(do_sample, temp"):
+        s.generate("q1", max_new_tokens=3, do_sample=True, temperature=-1.0)

@@ -144,3 +144,16 @@ def test_a_qlora_moe_exports_what_it_computes_and_keeps_its_own_weights(moe_dirs
     assert torch.equal(before, after)  # the session's model is as it was, bit for bit
     torch.testing.assert_close(exported, before, rtol=1e-4, atol=1e-5)
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
+
+
+def test_dora_on_fused_experts_is_refused_before_anything_starts(moe_dirs, tmp_path):
+    # it warned it was setting dropout to 0 to go ahead, then died in peft with
+    # "lora.ParamWrapper does not work with use_dora=True"
+    s = Session(tmp_path / "session", verbose=False)
+    s.load_model(str(moe_dirs["qwen3_moe"]))
+    s.load_data(ROWS)
+    with pytest.raises(SpecError, match=r"use_dora=True: peft cannot put DoRA on qwen3_moe"):
+        s.train(max_steps=1, lora={"use_dora": True}, wait=True)
+    assert not list((tmp_path / "session").glob("runs/run-*"))
+    attention = {"use_dora": True, "target": ("q_proj", "v_proj")}  # the way out it names
+    assert s.train(max_steps=1, lora=attention, wait=True).state.value == "finished"

@@ -95,7 +95,8 @@ def _batch_losses(model: Any, tokenizer: Any, pairs: list[tuple[list[int], list[
             attention_mask=mask.to(device),
             position_ids=positions.to(device),
             logits_to_keep=keep,
-        )
+            use_cache=False,  # one pass: a cache is memory spent (and recurrent-only
+        )  # models such as RecurrentGemma without attention fail to build one)
     logprobs = torch.log_softmax(out.logits[:, -keep:-1].float(), dim=-1).cpu()
     results = []
     for row, (_, ref) in enumerate(pairs):

@@ -40,6 +40,34 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], **options: Any):
     return tokenizer(list(prompts), add_special_tokens=not written, **options)
 
 
+def _generated(
+    model: Any, batch: Any, max_new_tokens: int, generation: dict, asked: list[str]
+) -> Any:
+    """``model.generate``'s output; a ``ValueError`` (raised before any step) named as what
+    it is: a setting the caller gave that transformers refuses, or the model's own limit."""
+    import torch
+
+    with torch.no_grad():
+        try:
+            return model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
+        except ValueError as err:
+            if "Cache" in str(err) and "use_cache" not in generation:
+                # a model of recurrent blocks only (RecurrentGemma with no attention block)
+                # fails in transformers' cache; it generates without one
+                try:
+                    return model.generate(
+                        **batch, max_new_tokens=max_new_tokens, use_cache=False, **generation
+                    )
+                except ValueError:
+                    pass
+            if asked:
+                msg = f"generate refused these settings ({', '.join(asked)}): {err}"
+            else:
+                kind = getattr(getattr(model, "config", None), "model_type", "this model")
+                msg = f"transformers' generate cannot run {kind} as it is: {err}"
+            raise SpecError(msg) from None
+
+
 def stop_token_ids(tokenizer: Any, stop_strings: Sequence[str]) -> list[int]:
     """Ids of the stop strings that are single tokens (``<|im_end|>``, ``<end_of_turn>``).
 
@@ -120,7 +148,6 @@ def generate_text(
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=0 must be a positive integer.
     """
-    import torch
 
     if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
         raise SpecError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
@@ -135,15 +162,12 @@ def generate_text(
     rows = {"input_ids": _prompt_ids(tokenizer, prompts)}
     batch = tokenizer.pad(rows, padding=True, padding_side="left", return_tensors="pt")
     batch = batch.to(next(model.parameters()).device)
+    asked = sorted(generation)  # the caller's own settings, before the defaults join them
     generation.setdefault("do_sample", False)
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
     stops = [s for s in (stop_strings or []) if s]
     _stop_settings(model, tokenizer, stops, generation)
-    with torch.no_grad():
-        try:
-            output = model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
-        except ValueError as err:  # generation settings transformers refuses, before any step
-            raise SpecError(f"generate refused these settings: {err}") from None
+    output = _generated(model, batch, max_new_tokens, generation, asked)
     new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     ends = _end_ids(model, tokenizer, generation)
     texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]

@@ -154,19 +154,29 @@ def fit_spec_to_model(model: Any, spec: TrainSpec) -> tuple[TrainSpec, str | Non
         >>> model = AutoModelForCausalLM.from_pretrained(folder)
         >>> fitted, why = fit_spec_to_model(model, TrainSpec())
         >>> fitted.lora.dropout, why  # doctest: +ELLIPSIS
-        (0.0, "LoRA dropout 0.05 -> 0: peft adapts qwen3_moe's fused expert weights (down_proj, ...
+        (0.0, "LoRA dropout 0.05 -> 0: peft adapts qwen3_moe's fused expert weights and its ...")
         >>> fit_spec_to_model(model, fitted) == (fitted, None)
         True
     """
-    if spec.method == "full" or not spec.lora.dropout:
+    if spec.method == "full" or not (spec.lora.dropout or spec.lora.use_dora):
         return spec, None
     fused = core.dropout_free_targets(model, spec.lora.to_peft())
     if not fused:
         return spec, None
     kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if spec.lora.use_dora:
+        msg = (
+            f"use_dora=True: peft cannot put DoRA on {kind}'s weights that it adapts as "
+            f"parameters (fused experts, router: {', '.join(fused)}). Train with "
+            "use_dora=False, or name a target=[...] without them (e.g. the attention "
+            "projections)."
+        )
+        raise SpecError(msg)
+    if not spec.lora.dropout:
+        return spec, None
     why = (
         f"LoRA dropout {spec.lora.dropout:g} -> 0: peft adapts {kind}'s fused expert weights "
-        f"({', '.join(fused)}) only without dropout"
+        f"and its router ({', '.join(fused)}) only without dropout"
     )
     return respec(spec, lora=dataclasses.replace(spec.lora, dropout=0.0)), why
 
