@@ -185,3 +185,44 @@ def test_one_row_holding_a_list_of_objects_is_a_row_not_a_wrapper(
     wrapper = {"source": "export", "data": [{"instruction": "q", "output": "wrapped"}]}
     path.write_text(json.dumps(wrapper, indent=indent))
     assert _answers(load(path, tokenizer, cache_dir)) == ["wrapped"]
+
+
+def test_a_key_given_twice_in_a_json_line_is_refused(tmp_path, tokenizer, cache_dir):
+    # json keeps the last value silently: the row trained on "second" with no problem listed
+    path = tmp_path / "twice.jsonl"
+    lines = [
+        '{"question": "q1", "answer": "a1"}',
+        '{"question": "q2", "answer": "x", "answer": "y"}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"twice\.jsonl, line 2: the key 'answer' is given twice"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_an_empty_wrapped_array_is_a_file_of_no_rows(tmp_path, tokenizer, cache_dir):
+    path = tmp_path / "empty.json"
+    path.write_text('{"data": []}')
+    with pytest.raises(DataError, match=r"empty\.json: empty \(no rows\)"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_an_unclosed_quote_in_the_first_column_is_named_not_a_missing_cell(
+    tmp_path, tokenizer, cache_dir
+):
+    # it blamed line 2 (a valid row) for a missing 'answer'
+    path = tmp_path / "open.csv"
+    path.write_text('question,answer\nq1,a1\n"unclosed quote,a2\nq3,a3\nq4,a4\n')
+    with pytest.raises(DataError, match=r"open\.csv, line 3: a quoted cell is never closed"):
+        load(path, tokenizer, cache_dir)
+
+
+def test_a_row_of_another_format_says_so(tmp_path, tokenizer, cache_dir):
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    rows = [*[{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)], {"messages": chat}]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    says = (
+        r"mixed\.jsonl, line 4, field 'question': missing: this row's columns \['messages'\] "
+        r"are of the chat format, but the file was read as qa"
+    )
+    with pytest.raises(DataError, match=says):
+        load(path, tokenizer, cache_dir)

@@ -66,8 +66,9 @@ __all__ = [
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
 # (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns;
-# 4: tool calling; 5: qa rows keep their tools, and answer with calls).
-CODE_VERSION = "5"
+# 4: tool calling; 5: qa rows keep their tools, and answer with calls; 6: a JSON line that
+# gives a key twice is refused, and {"data": []} read as a file of no rows).
+CODE_VERSION = "6"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 RESERVED_COLUMNS = (
     "source_row",
@@ -198,12 +199,34 @@ def _unencodable(row: dict[str, Any], originals: dict[str, str]) -> RowError | N
     return None
 
 
+def _another_format(err: RowError, values: dict[str, Any], fmt: Format) -> RowError:
+    """``err``, saying so when the row is of another format than the one the file was read
+    as (a file that mixes chat rows with question/answer rows, say)."""
+    if not err.message.startswith("missing"):
+        return err
+    try:
+        other, _plan = detect_format(list(values), None, "")
+    except DataError:
+        return err
+    if other.name == fmt.name:
+        return err
+    message = (
+        f"{err.message}: this row's columns {sorted(values)[:8]} are of the {other.name} "
+        f"format, but the file was read as {fmt.name} from its first rows; keep one format "
+        "per file (split it, and load the part you mean), or map the columns with columns="
+    )
+    return RowError(err.field, message)
+
+
 def _good_row(
     raw: RawRow, fmt: Format, plan: dict[str, str], originals: dict[str, str]
 ) -> dict[str, Any]:
     if raw.values is None:
         raise RowError("", raw.error or "unreadable")
-    row = fmt.normalise(raw.values, plan)
+    try:
+        row = fmt.normalise(raw.values, plan)
+    except RowError as err:
+        raise _another_format(err, raw.values, fmt) from None
     out: dict[str, Any] = {"source_row": raw.number, "error": None, "error_field": None}
     if fmt.is_text:
         out["text"] = row.text

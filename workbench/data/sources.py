@@ -425,9 +425,25 @@ def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
                 yield _parse_json_line(number, line)
 
 
+class _DuplicateKeyError(ValueError):
+    """An object in the JSON names a key twice: ``json`` keeps the last value silently."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise _DuplicateKeyError(twice)
+    return value
+
+
 def _parse_json_line(number: int, line: str) -> RawRow:
     try:
-        value = json.loads(line)
+        value = json.loads(line, object_pairs_hook=_unique_keys)
+    except _DuplicateKeyError as err:
+        msg = f"the key {str(err)!r} is given twice (JSON readers keep one of them silently)"
+        return RawRow(number, None, msg)
     except json.JSONDecodeError as err:
         return RawRow(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
     except RecursionError:
@@ -512,11 +528,12 @@ def _wrapping_key(document: dict[str, Any]) -> str | None:
     keys = [
         key
         for key, value in document.items()
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value)
     ]
     if len(keys) != 1 or keys[0] in _ROW_LISTS:
         return None
-    if _is_a_row(list(document)) and not _is_a_row(list(document[keys[0]][0])):
+    rows = document[keys[0]]  # may be empty: {"data": []} is a file of no rows
+    if _is_a_row(list(document)) and not (rows and _is_a_row(list(rows[0]))):
         return None
     return keys[0]
 
@@ -572,15 +589,22 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
         reader = csv.DictReader(fh, delimiter=delimiter)
         try:
             _refuse_repeated_columns(reader.fieldnames or [], f"{path.name}, line 1")
-            record = None
+            # Each row goes out once the next is read: a quote never closed swallows the rest
+            # of the file into the last row, which must be refused as that, not handed on
+            # first as a row with a missing cell.
+            record = row = None
             for record in reader:
-                yield _csv_row(reader.line_num - _line_breaks(record), record)
+                if row is not None:
+                    yield row
+                row = _csv_row(reader.line_num - _line_breaks(record), record)
         except csv.Error as err:
             msg = f"{path.name}, line {reader.line_num}: not valid CSV ({err})"
             raise DataError(msg) from err
     breaks = 0 if record is None else _line_breaks(record)
     if breaks:
         _refuse_unclosed_quote(path, encoding, delimiter, reader.line_num - breaks)
+    if row is not None:
+        yield row
 
 
 def _line_breaks(record: dict[Any, Any]) -> int:
