@@ -138,3 +138,19 @@ def test_fast_loss_equals_the_full_logits_loss(tmp_path, architecture):
         input_ids=batch["input_ids"], attention_mask=mask, labels=batch["labels"]
     ).loss
     assert float(fast) / n_fast == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_a_target_given_by_its_full_module_name_adapts_that_layer_alone(tmp_path, tiny_model_dir):
+    # peft takes full names; the check refused one as "not found in this model"
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+    one = "model.layers.0.self_attn.q_proj"
+    run = s.train(max_steps=1, batch_size=4, lora={"target": (one,)}, wait=True)
+    adapted = sorted({n.split(".lora_")[0] for n, _ in s.model.named_parameters() if "lora_" in n})
+    assert run.state.value == "finished" and adapted == [f"base_model.model.{one}"]
+    with pytest.raises(wb.SpecError, match=r"LoRA target \['model.layers.9.q_proj'\] not found"):
+        s.load_model(str(tiny_model_dir))
+        s.train(max_steps=1, lora={"target": ("model.layers.9.q_proj",)}, wait=True)

@@ -73,7 +73,13 @@ def _check_target(model: Any, spec: TrainSpec) -> None:
     if spec.method == "full" or spec.lora.target == "all-linear":
         return
     available = lora_target_names(model)
-    missing = [t for t in spec.lora.target if t not in available]
+    # peft also takes a module's full name (or a tail of it): "model.layers.0.self_attn.q_proj"
+    full = [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] in available]
+    missing = [
+        t
+        for t in spec.lora.target
+        if t not in available and not any(n == t or n.endswith(f".{t}") for n in full)
+    ]
     kernel_read = sorted({name.rsplit(".", 1)[-1] for name in kernel_read_projections(model)})
     refused = [t for t in missing if t in kernel_read]
     if refused:
