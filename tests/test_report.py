@@ -83,3 +83,26 @@ def test_each_score_chart_starts_at_zero_and_shows_no_interval_it_lacks():
     assert list(figure.layout.yaxis.range) == [0.0, 1.0]
     assert list(figure.layout.yaxis2.range) == [0.0, 2300.0]
     assert [bar.error_y.array for bar in figure.data] == [None, None, (500.0,), None]
+
+
+def test_a_session_writes_its_own_report(tmp_path, tiny_model_dir):
+    # only `python -m workbench demo` wrote report.html; a user's session had no way to
+    import re
+
+    import workbench as wb
+
+    hostile = "<script>alert(1)</script>"
+    rows = [{"question": f"{hostile} q{i}", "answer": f"a{i}"} for i in range(12)]
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(rows[:8], validation=rows[8:])
+    run = s.train(max_steps=2, batch_size=4, wait=True)
+    s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    page = s.report(title="My <b>run</b>")
+    assert page == tmp_path / "s" / "report.html"
+    text = page.read_text()
+    assert "<h1>My &lt;b&gt;run&lt;/b&gt;</h1>" in text
+    assert f"run: {run.run_dir.name}, finished at step 2 of 2" in text
+    assert "exact_match" in text and "train 8, validation 4" in text
+    assert hostile not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert not re.search(r"<script[^>]+src=", text)  # plotly inlined: opens offline

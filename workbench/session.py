@@ -1102,6 +1102,54 @@ class Session:
         self._evaluation_run = EvaluationRun(work, rows, columns, limit, self.events)
         return self._evaluation_run
 
+    def report(self, path: str | Path = "report.html", title: str | None = None) -> Path:
+        """Write a self-contained HTML page of the session: the data the model trained on,
+        the run's loss curves, the latest evaluation's scores (base vs tuned, 95% intervals)
+        and examples. It opens offline (plotly is inlined) and escapes every text it shows.
+
+        Args:
+            path: Where to write it; a relative path lives in the session folder.
+            title: The page's heading (default: the session folder's name).
+
+        Returns:
+            The page's path.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-session-report", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-session-report", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-session-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> _ = s.train(max_steps=2, wait=False).wait()
+            >>> page = s.report()
+            >>> page.name, "Loss" in page.read_text() or "loss" in page.read_text()
+            ('report.html', True)
+        """
+        from workbench.deploy import export_target
+        from workbench.report import write_report
+
+        target = export_target(self.run_dir, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        run = self._model_run()
+        data = self._data_of_run if run is not None else self._data
+        summary = [f"model: {self._loaded.source.spec}"] if self._loaded is not None else []
+        if run is not None:
+            status = run.status
+            summary.append(
+                f"run: {run.run_dir.name}, {status.state.value} at step {status.step} of "
+                f"{status.total_steps}; the model holds step {run.weights_step}'s weights"
+            )
+        return write_report(
+            target,
+            title or f"Tuning Workbench: {self.run_dir.name}",
+            data_report=data.report() if data is not None else None,
+            history=run.history if run is not None else (),
+            evaluation=self._evaluation,
+            summary=summary,
+            template=data.template if data is not None else None,
+        )
+
     def diagnose(self):
         """Findings in words about the latest run, the loaded data and the latest evaluation.
 
