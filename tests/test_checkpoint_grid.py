@@ -374,3 +374,17 @@ def test_a_sweep_after_load_model_names_the_reason(tmp_path, tiny_model_dir):
     with pytest.raises(SpecError, match=rf"not the one {run.run_dir.name} trained .*s.resume"):
         s.evaluate(checkpoints="all", metrics=["exact_match"])
     assert not list((tmp_path / "s").glob("evaluations/eval-*"))
+
+
+def test_no_column_is_called_best_when_no_step_gets_anything_right():
+    # it said "best step 1 (0/4 right)" and highlighted step 1
+    from workbench.evaluation.checkpoints import CheckpointEvaluation
+    from workbench.widgets.checkpoint_grid import CheckpointGrid, grid_html
+
+    result = CheckpointEvaluation((1, 2), ((False, False), (False, False)), prompts=("a", "b"))
+    assert result.marked_best is None and result.best_step == 1
+    assert result.header().endswith("; no step gets an example right")
+    assert " best" not in result.text().splitlines()[1]
+    assert "<b>best</b>" not in grid_html(result)
+    panel = CheckpointGrid(result)
+    assert [label for label, _ in panel.step_select.options] == ["step 1", "step 2"]

@@ -1614,6 +1614,13 @@ class Session:
         from workbench.deploy import check_port, export_target, serve_model
 
         check_port(port)  # before exporting anything: a bad port must not cost an export
+        mine = [server for server in self._servers if server.running and server.port == port]
+        if mine:
+            raise SpecError(
+                f"port {port} is in use by this session's own server (an earlier "
+                f"s.serve(port={port}), serving {mine[0].folder}): stop it first "
+                "(server.stop(), or s.close() for all), or serve on another port."
+            )
         # a relative path lives in the session folder, as for export() and check_export()
         folder = export_target(self.run_dir, path) if path else self._exported_folder()
         self._stop_earlier_server(port)

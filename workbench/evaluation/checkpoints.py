@@ -382,6 +382,18 @@ class CheckpointEvaluation:
         counts = self.right_counts
         return max(self.steps, key=lambda s: (counts[s], -s))
 
+    @property
+    def marked_best(self) -> int | None:
+        """:attr:`best_step` where a step gets any example right; ``None`` where none does
+        (no column is called best then).
+
+        Examples:
+            >>> CheckpointEvaluation((1, 2), ((False, False),)).marked_best is None
+            True
+        """
+        best = self.best_step
+        return best if self.right_counts[best] else None
+
     def _column(self, step: int) -> int:
         if step not in self.steps:
             raise SpecError(f"step {step!r} was not evaluated; the steps are {list(self.steps)}")
@@ -466,11 +478,13 @@ class CheckpointEvaluation:
             >>> CheckpointEvaluation((1,), ((True,),), correct="f(prediction, reference)").header()
             'Checkpoints: 1 examples, right = f(prediction, reference); best step 1 (1/1 right)'
         """
-        best = self.best_step
-        return (
-            f"Checkpoints: {len(self.grid)} examples, right = {self.correct}; "
+        best = self.marked_best
+        found = (
             f"best step {best} ({self.right_counts[best]}/{len(self.grid)} right)"
+            if best is not None
+            else "no step gets an example right"
         )
+        return f"Checkpoints: {len(self.grid)} examples, right = {self.correct}; {found}"
 
     def score_rows(self) -> list[tuple[str, list[str]]]:
         """The grid's score lines: rows right, the rule's metric mean and the loss, per column.
@@ -504,7 +518,7 @@ class CheckpointEvaluation:
             #0       -     ✗    ✓▲      Q?
             ▲ first right  ▼ broke again (right before, wrong here)
         """
-        best = self.best_step
+        best = self.marked_best
         head = ["example", "base", *[f"{s} best" if s == best else str(s) for s in self.steps]]
         table: list[list[str]] = [[name, *values, ""] for name, values in self.score_rows()]
         for i, row in enumerate(self.grid):

@@ -78,7 +78,7 @@ def grid_html(result: Any) -> str:
         >>> html.count("✓"), html.count("✗"), html.count("▲"), "<script" in html
         (1, 1, 2, False)
     """
-    best = result.best_step
+    best = result.marked_best
     steps = result.steps
     head = [f'<th style="{_HEAD}">#</th>', f'<th style="{_HEAD}text-align:left;">input</th>']
     head.append(f'<th style="{_HEAD}text-align:center;">base</th>')
@@ -140,11 +140,11 @@ class CheckpointGrid:
 
     def __init__(self, result: Any, on_export: Callable[[int], Any] | None = None) -> None:
         self.result, self.on_export = result, on_export
-        best = result.best_step
+        best = result.marked_best
         self.grid = w.HTML(grid_html(result))
         self.step_select = w.Dropdown(
             options=[(f"step {s}" + (" (best)" if s == best else ""), s) for s in result.steps],
-            value=best,
+            value=result.best_step,
             description="checkpoint",
         )
         self.export_button = w.Button(
@@ -165,7 +165,7 @@ class CheckpointGrid:
         )
         self.step_select.observe(lambda change: self.select(change["new"]), names="value")
         self.export_button.on_click(lambda _button: self.export())
-        self.select(best)
+        self.select(result.best_step)
 
     def select(self, step: int) -> str:
         """Show what ``step`` fixed and broke (compared with the column before it).

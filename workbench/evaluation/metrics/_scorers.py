@@ -115,7 +115,9 @@ def _number(name: str, index: int, value: Any) -> float:
             number = float(value)
     if math.isfinite(number):
         return number
-    msg = f"metric {name!r} returned {value!r} for example {index}: it must return a finite number"
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else f"{shown[:40]}... ({len(shown)} characters)"
+    msg = f"metric {name!r} returned {shown} for example {index}: it must return a finite number"
     raise EvaluationError(msg)
 
 
