@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_diagnostics import overfitting_rows
 
 import workbench as wb
 from workbench.train import RunState
@@ -13,14 +14,7 @@ from workbench.train.checkpoint import list_checkpoints, load_trained_weights
 
 # Four training rows learnt by heart and validation rows about something else: at a high
 # lr the eval loss falls for a few steps, then rises while the training loss goes on falling.
-TRAIN = [
-    {"question": f"What colour is item {i}?", "answer": a}
-    for i, a in enumerate(["red", "green", "blue", "apple"])
-]
-VALIDATION = [
-    {"question": f"Which shape is thing {i}?", "answer": a}
-    for i, a in enumerate(["square", "circle", "cone", "star"])
-]
+TRAIN, VALIDATION = overfitting_rows()
 SETTINGS = {"max_steps": 60, "lr": 1e-2, "batch_size": 4, "eval_every": 1, "seed": 7}
 
 
