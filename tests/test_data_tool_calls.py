@@ -739,7 +739,7 @@ def test_calls_other_templates_write_are_trained_and_scored(
     }
     ev = s.evaluate(metrics=["tool_calls"], limit=2, max_new_tokens=2, compare_base=False)
     assert all(len(wb.parse_tool_calls(row.reference)) == 1 for row in ev.rows)
-    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call: not vacuous 1.0
+    assert ev.scores["tool_calls"]["base"] == 0.0  # two tokens make no call: not vacuous 1.0
 
 
 def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_calls(
@@ -752,7 +752,7 @@ def test_the_tool_calls_metric_reads_another_templates_calls_and_refuses_code_ca
     ev = s.evaluate(metrics=["tool_calls"], limit=2, max_new_tokens=2, compare_base=False)
     assert all(row.reference.startswith("[TOOL_CALLS]") for row in ev.rows)
     assert all(len(wb.parse_tool_calls(row.reference)) == 1 for row in ev.rows)
-    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call: not vacuous 1.0
+    assert ev.scores["tool_calls"]["base"] == 0.0  # two tokens make no call: not vacuous 1.0
     as_code = OWN_MARKERS.replace(
         "[TOOL_CALLS]{{ message.tool_calls | map(attribute='function') | list | tojson }}",
         "{% for c in message.tool_calls %}{{ c.function.name }}(a={{ c.function.arguments.a }})"
@@ -785,13 +785,13 @@ def test_the_tool_calls_metric_warns_when_no_plain_answer_reads_as_a_call(tmp_pa
     s.load_data(own_form, validation=0.25)
     with pytest.warns(wb.WorkbenchWarning, match=r"none of the 2 reference answers .* validation"):
         ev = s.evaluate(metrics=["tool_calls"], max_new_tokens=2, compare_base=False)
-    assert ev.scores["tool_calls"]["tuned"] == 1.0  # the vacuous score the warning explains
+    assert ev.scores["tool_calls"]["base"] == 1.0  # the vacuous score the warning explains
     pythonic = [{"question": f"add {i} and 1", "answer": f"[add(a={i}, b=1)]"} for i in range(8)]
     s.load_data(pythonic, validation=0.25)
     with warnings.catch_warnings():
         warnings.simplefilter("error", wb.WorkbenchWarning)
         ev = s.evaluate(metrics=["tool_calls"], max_new_tokens=2, compare_base=False)
-    assert ev.scores["tool_calls"]["tuned"] == 0.0  # two tokens make no call
+    assert ev.scores["tool_calls"]["base"] == 0.0  # two tokens make no call
 
 
 def _now_call():

@@ -323,6 +323,8 @@ def test_the_server_samples_at_a_temperature_and_refuses_several_choices(
             ({"messages": [{"content": "hi"}]}, "messages[0] has no 'role'"),
             ({"messages": question, "temperature": -1}, "temperature=-1 must be a number"),
             ({"messages": question, "stream": True, "max_tokens": 0}, "max_tokens=0 must be"),
+            ({"messages": question, "stop": 5}, "stop=5 must be a string or a list of strings"),
+            ({"messages": [{"role": "user", "content": ["hi"]}]}, "messages[0].content must"),
         ):
             request = urllib.request.Request(
                 f"{server.url}/chat/completions",

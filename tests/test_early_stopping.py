@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,71 @@ def test_without_early_stopping_the_run_keeps_its_last_weights(tmp_path, tiny_mo
     state = json.loads((_checkpoint(run, 12) / "state.json").read_text())
     assert state["early_best_step"] == -1  # no best checkpoint is kept beyond keep_checkpoints
     assert len(list_checkpoints(run.run_dir)) == 2
+
+
+def test_a_resume_that_cannot_go_on_says_why_and_leaves_the_folder_free(tmp_path, tiny_model_dir):
+    # run.resume() took the folder's lock, then failed to load the last step's weights and
+    # kept it: every later resume, here or by a new Session, was refused
+    import shutil
+
+    from workbench.train.lock import is_held
+
+    s = _session(tmp_path / "s", tiny_model_dir)
+    run = s.train(**SETTINGS, early_stopping=2, wait=True)
+    last = run.status.step
+    shutil.rmtree(_checkpoint(run, last))
+    with pytest.raises(wb.SpecError, match=rf"cannot go on from step {last} here: .* is gone"):
+        run.resume()
+    assert not is_held(run.run_dir) and run.state is RunState.STOPPED
+    again = wb.Session(tmp_path / "s", verbose=False).resume(run.run_dir, wait=True)
+    assert again.state is RunState.STOPPED  # went on from the best checkpoint, stopped again
+
+
+def test_a_fork_judges_its_own_evaluations_and_a_missing_best_is_said(tmp_path, tiny_model_dir):
+    # a fork inherited the parent's best step (in the parent's folder, out of its reach) and
+    # ended on its worst weights saying "best ... at step 9"
+    import shutil
+
+    s = _session(tmp_path / "s", tiny_model_dir)
+    run = s.train(**SETTINGS, early_stopping=2, wait=True)
+    last = run.status.step
+    fork = run.fork(step=last, lr=1e-2, wait=True)
+    best = fork.early.best_step
+    assert best > last and fork.weights_step == best
+    assert f"(best {fork.early.best:.4g} at step {best})" in fork.status.message
+
+    # every checkpoint deleted after step 10 (on the training thread, so at that step): the
+    # best step's is gone, and the run ends on its last weights, saying so
+    other_session = _session(tmp_path / "t", tiny_model_dir)
+
+    def delete_checkpoints(payload):
+        if payload.record.kind == "train" and payload.record.step == 10:
+            shutil.rmtree(Path(payload.run) / "checkpoints")
+
+    other_session.on("train_log", delete_checkpoints)
+    other = other_session.train(**{**SETTINGS, "max_steps": 12}, early_stopping=50, wait=True)
+    best = other.early.best_step
+    assert best < 10 and other.weights_step == 12
+    assert f"The checkpoint of step {best}, where the eval loss was lowest, is gone" in (
+        other.status.message
+    )
+
+
+def test_the_overfitting_advice_names_the_weights_the_model_holds():
+    # diagnose() said early stopping "put back the weights of step 2" for a run that failed,
+    # was still training, or lost its best checkpoint
+    from workbench.diagnostics.rules import overfitting
+    from workbench.train.records import LogRecord
+
+    losses, evals = [3.0, 2.0, 1.5, 1.0, 0.5], [3.0, 2.5, 2.6, 2.8, 2.9]
+    history = []
+    for step, (train, ev) in enumerate(zip(losses, evals, strict=True), 1):
+        history += [LogRecord("train", step, step / 5, loss=train),
+                    LogRecord("eval", step, step / 5, eval_loss=ev)]  # fmt: skip
+    restored = overfitting(history, early_stopping=2, weights_step=2).suggestion
+    assert restored.startswith(
+        "early_stopping=2 stopped the run and put back the weights of step 2"
+    )
+    kept = overfitting(history, early_stopping=2, weights_step=5).suggestion
+    assert kept.startswith("early_stopping=2 is set, but the model holds step 5's weights, not")
+    assert "those of step 2, where the eval loss was lowest" in kept

@@ -153,7 +153,7 @@ def test_rows_past_the_context_are_refused_before_generating_or_scored_as_far_as
     fitted = ev.rows[1]
     prompt = s._evaluation_rows([{"question": "Write.", "answer": long}])[0]
     assert len(fitted.tokens) == context - len(prompt["prompt_ids"])
-    assert ev.scores["perplexity"]["tuned"] > 1 and ev.rows[0].tokens == ("2",)
+    assert ev.scores["perplexity"]["base"] > 1 and ev.rows[0].tokens == ("2",)
 
 
 def test_a_metric_that_cannot_score_fails_before_anything_is_generated(trained):  # noqa: F811
@@ -174,3 +174,17 @@ def test_a_metric_that_cannot_score_fails_before_anything_is_generated(trained):
 
     with pytest.raises(EvaluationError, match=r"score named 'loss', which the panel"):
         run_evaluation(model, tok, toy_rows(), metrics=[loss])
+
+
+def test_a_users_own_metric_is_not_tried_on_the_reference_first(trained):  # noqa: F811
+    # the dry run refused a working metric that cannot score a reference against itself
+    # (one reading an answer format the references lack, or one needing several rows)
+    model, tok, _ = trained
+
+    def answer_after_colon(prediction, reference):
+        if prediction == reference:
+            raise IndexError("no 'Answer:' in the text")  # what the dry run would have hit
+        return float(reference in prediction)
+
+    ev = run_evaluation(model, tok, toy_rows(), metrics=[answer_after_colon], max_new_tokens=4)
+    assert "answer_after_colon" in ev.scores

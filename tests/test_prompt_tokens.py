@@ -109,7 +109,7 @@ def test_evaluation_generates_and_scores_on_the_tokens_training_saw(tmp_path, ti
     end = s.tokenizer.convert_tokens_to_ids("<|im_end|>")
     reference = answer[: answer.index(end)]  # the answer, before the template's end of turn
     assert prefix + reference in seen  # the reference's loss
-    assert len(evaluation.rows[0].token_losses["tuned"]) == len(reference)
+    assert len(evaluation.rows[0].token_losses["base"]) == len(reference)
 
 
 def test_the_export_check_puts_the_sessions_answer_beside_the_exports(tmp_path, tiny_model_dir):

@@ -360,10 +360,10 @@ def test_a_new_model_is_not_credited_with_the_earlier_run_or_data(tmp_path, tiny
     s.load_model(str(tiny_model_dir))  # the same tokenizer: the data stays
     assert s.has_data and s.training_summary() == {} and s.scores_summary() == {}
     again = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
-    assert again.settings.get("run") is None and again.columns == ("tuned",)
+    assert again.settings.get("run") is None and again.columns == ("base",)  # nothing tuned it
     card = (s.export("export/base") / "README.md").read_text()
     assert "## Training\n\nnot recorded" in card  # this model's own evaluation only:
-    assert "| exact_match | - |" in card
+    assert "| exact_match | 0 | - |" in card  # scored as the base it is
     assert all(finding.step is None for finding in s.diagnose())  # none about a run
 
     other = build_tiny_model(tmp_path / "other", vocab_size=300)

@@ -1108,7 +1108,8 @@ class Session:
         and examples. It opens offline (plotly is inlined) and escapes every text it shows.
 
         Args:
-            path: Where to write it; a relative path lives in the session folder.
+            path: Where to write it (a folder: ``report.html`` in it); a relative path lives
+                in the session folder.
             title: The page's heading (default: the session folder's name).
 
         Returns:
@@ -1130,6 +1131,8 @@ class Session:
         from workbench.report import write_report
 
         target = export_target(self.run_dir, path)
+        if target.is_dir():  # a folder: the page goes in it
+            target = target / "report.html"
         target.parent.mkdir(parents=True, exist_ok=True)
         run = self._model_run()
         data = self._data_of_run if run is not None else self._data
@@ -1185,7 +1188,8 @@ class Session:
         total = run.status.total_steps if run is not None else None
         patience = run.spec.early_stopping if run is not None else None
         failed = run.status.error if run is not None and run.state is RunState.FAILED else None
-        found = diagnose(history, self._data, self._evaluation, total, patience, failed)
+        held = run.weights_step if run is not None else None
+        found = diagnose(history, self._data, self._evaluation, total, patience, failed, held)
         present = {"run": run, "data": self._data, "evaluation": self._evaluation}
         return Diagnosis(found, tuple(what for what, it in present.items() if it is not None))
 

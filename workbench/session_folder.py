@@ -75,8 +75,8 @@ class SessionFolder:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         self.root.mkdir(parents=True, exist_ok=True)
-        # the highest number this object gave, per kind: kept even when the whole folder
-        # (session.json with it) is deleted under a live session
+        # the highest number this object gave to a block that succeeded, per kind: kept even
+        # when the whole folder (session.json with it) is deleted under a live session
         self._given: dict[str, int] = {}
 
     def numbered(self, kind: FolderKind) -> list[Path]:
@@ -119,7 +119,6 @@ class SessionFolder:
             except FileExistsError:
                 number += 1  # another process took it a moment ago
                 continue
-            self._given[kind] = number
             return folder
 
     @contextlib.contextmanager
@@ -138,7 +137,9 @@ class SessionFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds while empty: nothing written is ever removed
             raise
-        self._keep_highest(kind, int(folder.name.rsplit("-", 1)[1]))
+        number = int(folder.name.rsplit("-", 1)[1])
+        self._given[kind] = max(number, self._given.get(kind, 0))
+        self._keep_highest(kind, number)
 
     def _keep_highest(self, kind: FolderKind, number: int) -> None:
         def raise_to(state: dict[str, Any]) -> None:

@@ -236,21 +236,50 @@ def end_answers_as_openai() -> bool:
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
             _end_as_openai(handler, JSONResponse)
-    validate = ChatCompletionHandler._validate_request
-    if not getattr(validate, "checks_fields", False):
-
-        @functools.wraps(validate)
-        def validating(self: Any, body: dict) -> None:
-            validate(self, body)
-            problem = request_problem(body)
-            if problem:
-                from fastapi import HTTPException
-
-                raise HTTPException(status_code=400, detail=problem)
-
-        validating.checks_fields = True  # type: ignore[attr-defined]
-        ChatCompletionHandler._validate_request = validating
+    _check_fields(ChatCompletionHandler, request_problem)
+    _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
     return True
+
+
+def _check_fields(handler: Any, problem_of: Any) -> None:
+    """Make ``handler`` answer a request ``problem_of`` finds fault with by a 400 naming the
+    field, and read an empty stop as none."""
+    validate = handler._validate_request
+    if getattr(validate, "checks_fields", False):
+        return
+
+    @functools.wraps(validate)
+    def validating(self: Any, body: dict) -> None:
+        validate(self, body)
+        problem = problem_of(body) if isinstance(body, dict) else None
+        if problem:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail=problem)
+        _without_empty_stops(body)
+
+    validating.checks_fields = True  # type: ignore[attr-defined]
+    handler._validate_request = validating
+
+
+def _without_empty_stops(body: dict) -> None:
+    """An empty stop string ends nothing (transformers cut the answer after one token, and
+    refused ``stop=[]``): ``""`` and ``[]`` mean no stop.
+
+    Examples:
+        >>> body = {"stop": ["", "END"]}; _without_empty_stops(body); body
+        {'stop': ['END']}
+        >>> body = {"stop": ""}; _without_empty_stops(body); body
+        {}
+    """
+    stop = body.get("stop")
+    if stop is None:
+        return
+    kept = [s for s in ([stop] if isinstance(stop, str) else stop) if s]
+    if kept:
+        body["stop"] = kept
+    else:
+        del body["stop"]
 
 
 def request_problem(body: Any) -> str | None:
@@ -279,8 +308,12 @@ def _messages_problem(messages: Any) -> str | None:
                 f"messages[{k}] has no 'role' (a string: 'system', 'user', 'assistant' or 'tool')"
             )
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            return f"messages[{k}].content must be a string or a list of parts"
+        parts = isinstance(content, list) and all(isinstance(part, dict) for part in content)
+        if content is not None and not (isinstance(content, str) or parts):
+            return (
+                f"messages[{k}].content must be a string or a list of parts "
+                '({"type": "text", "text": ...})'
+            )
     return None
 
 
@@ -294,6 +327,11 @@ def _settings_problem(body: dict) -> str | None:
         if not number or not (low <= value <= high) or (value == low and not low_allowed):
             bracket = "[" if low_allowed else "("
             return f"{name}={value!r} must be a number in {bracket}{low:g}, {high:g}]"
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(x, str) for x in stop))
+    ):
+        return f"stop={stop!r} must be a string or a list of strings"
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -121,6 +121,7 @@ def overfitting(
     patience: int = 2,
     min_rise: float = 0.005,
     early_stopping: int | None = None,
+    weights_step: int | None = None,
 ) -> Finding | None:
     """Eval loss rising for ``patience`` evaluations in a row while the training loss falls.
 
@@ -192,11 +193,19 @@ def overfitting(
         f"{_num(smoothed[a])} to {_num(smoothed[b])}{now}; the lowest eval loss was "
         f"{_num(lowest.eval_loss)} at step {lowest.step} (epoch {lowest.epoch:.2f})"
     )
-    if early_stopping:  # it stopped the run and put back the best evaluation's weights
+    if early_stopping and weights_step == lowest.step:  # it ended on the best weights
         suggestion = (
             f"early_stopping={early_stopping} stopped the run and put back the weights of "
             f"step {lowest.step}, where the eval loss was lowest (run.weights_step); a lower "
             "lr, fewer epochs or more data also help"
+        )
+    elif early_stopping:  # still training, failed, or its best checkpoint is gone
+        held = "its last step's" if weights_step is None else f"step {weights_step}'s"
+        suggestion = (
+            f"early_stopping={early_stopping} is set, but the model holds {held} weights, not "
+            f"those of step {lowest.step}, where the eval loss was lowest: "
+            "export(checkpoint=...) or evaluate(checkpoints=...) the checkpoint nearest it; "
+            "a lower lr, fewer epochs or more data also help"
         )
     else:
         suggestion = (
@@ -667,6 +676,7 @@ def diagnose_run(
     total_steps: int | None = None,
     patience: int = 2,
     early_stopping: int | None = None,
+    weights_step: int | None = None,
 ) -> list[Finding]:
     """Every run rule on a history (live or finished): overfitting, flat loss, spikes.
 
@@ -678,7 +688,7 @@ def diagnose_run(
         []
     """
     found = [
-        overfitting(history, patience, early_stopping=early_stopping),
+        overfitting(history, patience, early_stopping=early_stopping, weights_step=weights_step),
         flat_loss(history, total_steps),
         grad_spikes(history),
     ]
@@ -727,11 +737,13 @@ def diagnose(
     total_steps: int | None = None,
     early_stopping: int | None = None,
     failed: str | None = None,
+    weights_step: int | None = None,
 ) -> list[Finding]:
     """All rules on whatever is given; warnings first, then infos (each in rule order).
 
     ``early_stopping``: the run's patience, when it had one (its advice differs);
-    ``failed``: the run's error, when it failed.
+    ``failed``: the run's error, when it failed; ``weights_step``: the step whose weights
+    the model holds (``run.weights_step``), which the overfitting advice names.
 
     Examples:
         >>> diagnose()
@@ -744,7 +756,9 @@ def diagnose(
     step = max((r.step for r in history or ()), default=None)
     found += [f for f in (run_failed(failed, step),) if f is not None]
     if history:
-        found += diagnose_run(history, total_steps, early_stopping=early_stopping)
+        found += diagnose_run(
+            history, total_steps, early_stopping=early_stopping, weights_step=weights_step
+        )
     if data is not None:
         found += diagnose_data(data)
     if evaluation is not None:

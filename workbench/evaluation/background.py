@@ -576,7 +576,9 @@ def start_evaluation(
         Traceback (most recent call last):
         workbench.errors.EvaluationError: no rows to evaluate: give rows=[{'prompt': ...
     """
-    columns = evaluation_columns(model, options.get("compare_base", True))
+    columns = evaluation_columns(
+        model, options.get("compare_base", True), options.get("plain_model_role", "tuned")
+    )
 
     def work(emit: Callable[[str, Any], None], cancelled: Callable[[], bool]) -> Evaluation:
         return run_evaluation(model, tokenizer, rows, events=emit, cancelled=cancelled, **options)

@@ -287,13 +287,18 @@ def evaluate_with_spec(
 
 
 def _try_the_metrics(metrics: list[Metric], rows: list[dict]) -> None:
-    """Score the first row's reference against itself before anything is generated: a
-    metric that cannot score at all (an unknown option, a bug, a non-number) fails in a
-    moment, not after every answer of both columns was generated."""
+    """Score the first row's reference against itself with each built-in metric before
+    anything is generated: one given options it does not take fails in a moment, not after
+    every answer of both columns was generated. A user's own metric is not tried: it may
+    need several rows, or answers in a form the reference does not have."""
+    from workbench.evaluation.metrics import METRICS
+
     reference = rows[0]["reference"]
     column = Column((reference,), (reference,), (0.0,))
     indices = resample_indices(1, 2)
     for metric in metrics:
+        if metric.name not in METRICS:
+            continue
         try:
             metric.score(column, indices)
         except EvaluationError as err:
@@ -315,12 +320,7 @@ def _check_the_context(model: Any, tokenizer: Any, rows: list[dict], spec: EvalS
     context = model_context(config)
     if context is None:
         return
-    pairs = [
-        encode_pair(
-            tokenizer, r.get("prompt_ids") or r["prompt"], r.get("reference_ids") or r["reference"]
-        )
-        for r in rows
-    ]
+    pairs = [_ids(tokenizer, row) for row in rows]
     check_room(
         [p for p, _ in pairs],
         spec.max_new_tokens,

@@ -81,6 +81,7 @@ from workbench.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from workbench.train.guards import EarlyStopping
 from workbench.train.records import LogRecord
 from workbench.train.spec import KEEP_ALL, TrainSpec
 from workbench.train.status import RunState
@@ -611,6 +612,9 @@ def _start(
         run.probe_ids = meta.get("probe_ids")
         run.start_choices = store.chosen_at_start(meta)
         run.restore_state(_reschedule(loop, checkpoint))
+        # A fork's early stopping judges the fork's own evaluations: the parent's best lives
+        # in the parent's folder, out of reach of the fork's end (which ends on its best).
+        run.early = EarlyStopping(spec.early_stopping)
         state = run.checkpoint_state()
         save_checkpoint(
             run_dir, model, loop.optimizer, loop.scheduler, state, spec.keep_checkpoints

@@ -377,6 +377,7 @@ class Run:
             total_steps=self._status.total_steps,
             early_stopping=self.spec.early_stopping,
             failed=failed,
+            weights_step=self.weights_step,
         )
         return Diagnosis(found)
 
@@ -935,9 +936,9 @@ class Run:
         """
         if self._thread is not None and self._thread.is_alive():
             self._thread.join()  # the previous worker already published its end; let it exit
+        self._back_to_last_step()  # before the lock: if it cannot, nothing is held
         if self._lock is not None:
             self._lock.acquire()
-        self._back_to_last_step()
         worker = self.worker_class(self)
         with self._cond:
             self._worker, self._stop, self._ended_worker = worker, False, None
@@ -954,6 +955,15 @@ class Run:
         ended it on its best) and random generators (others may have used them since)."""
         if self._weights_step is not None:
             last = self.run_dir / CHECKPOINTS / f"step-{self.loop.step:08d}"
+            if not last.is_dir():
+                msg = (
+                    f"the run cannot go on from step {self.loop.step} here: that step's "
+                    f"checkpoint {last} is gone, and the model holds step "
+                    f"{self._weights_step}'s weights (early stopping's best). "
+                    f"Session.resume({str(self.run_dir)!r}) goes on from its newest intact "
+                    "checkpoint."
+                )
+                raise SpecError(msg)
             load_weights_into(last, self.model)
             self._weights_step = None
         if self._rng_at_end is not None:

@@ -198,11 +198,15 @@ class Worker:
 
         The last step's weights stay in its checkpoint, which ``resume`` continues from.
         """
-        if not self.spec.early_stopping:
+        best_step = self.run.early.best_step
+        if not self.spec.early_stopping or best_step < 0 or best_step == self.loop.step:
             return ""
         best = best_checkpoint(self.run.run_dir)
-        if best is None or checkpoint_step(best) == self.loop.step:
-            return ""
+        if best is None or checkpoint_step(best) != best_step:
+            return (
+                f"The checkpoint of step {best_step}, where the eval loss was lowest, is gone: "
+                f"the model holds step {self.loop.step}'s weights."
+            )
         load_weights_into(best, self.run.model)
         self.run._weights_step = checkpoint_step(best)
         return (
