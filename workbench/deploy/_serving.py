@@ -178,7 +178,8 @@ async def _cut_stream(chunks: Any, stops: list[str]) -> Any:
                 rest = cutter.flush()
                 if rest and template is not None:  # the held text, before the closing chunk
                     last = json.loads(template)
-                    _content_of(last)[0][_content_of(last)[1]] = rest
+                    last_holder, last_field = _content_of(last)
+                    last_holder[last_field] = rest
                     out.append("data: " + json.dumps(last, ensure_ascii=False))
                 out.append(part)
                 continue

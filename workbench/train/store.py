@@ -323,15 +323,13 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
     """The status of a run whose trainer ended without finishing: its last recorded step."""
     from workbench.train.checkpoint import checkpoint_step, newest_valid_checkpoint
 
-    history = read_jsonl(run_dir / HISTORY)
-    steps = [r for r in history if r.get("kind") == "train"]
-    last = steps[-1] if steps else {}
+    # what the history knows of the steps the status file never saw
+    progress = _progress(read_jsonl(run_dir / HISTORY), {})
     checkpoint, _skipped = newest_valid_checkpoint(run_dir)
     since = f"step {checkpoint_step(checkpoint)}" if checkpoint is not None else "step 0"
     error = (
-        f"interrupted at step {last.get('step', status.get('step', 0))}: the process "
+        f"interrupted at step {progress.get('step', status.get('step', 0))}: the process "
         "training it ended without finishing (killed, or its kernel restarted); "
         f"Session.resume({str(run_dir)!r}) goes on from {since}"
     )
-    # what the history knows of the steps the status file never saw
-    return {"state": "failed", "error": error, "message": error, **_progress(history, {})}
+    return {"state": "failed", "error": error, "message": error, **progress}
