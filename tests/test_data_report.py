@@ -362,6 +362,38 @@ def test_empty_field_and_no_assistant_turn(tmp_path, tokenizer, cache_dir):
     assert none.row == 1 and "no assistant" in none.message
 
 
+def test_turns_after_the_last_answer_are_reported_with_their_token_cost(tokenizer, cache_dir):
+    def turn(role, text):
+        return {"role": role, "content": text}
+
+    trailing = {"messages": [*CHAT_ROW["messages"], turn("user", "And 4+4?")]}
+    sharegpt_two = {
+        "conversations": [
+            {"from": "human", "value": "Hi"},
+            {"from": "gpt", "value": "Hello"},
+            {"from": "human", "value": "Still there?"},
+            {"from": "human", "value": "Hello?"},
+        ]
+    }
+    untrained_last = {"messages": [*CHAT_ROW["messages"], {**turn("assistant", "x"), "weight": 0}]}
+    data = load([CHAT_ROW, trailing, untrained_last], tokenizer, cache_dir)
+    (one,) = _kinds(data, "unanswered_turn")  # a weight-0 last answer is the user's choice
+    tokens = data.example(1).tokens
+    last_trained = max(i for i, t in enumerate(tokens) if t.trained)
+    after_answer = tokens[last_trained + 1 :]
+    assert one.row == 1 and one.message.startswith(
+        f"the conversation goes on after its last answer with a user turn ({len(after_answer)} "
+        "tokens) that trains nothing"
+    )
+    assert "And 4+4?" in "".join(t.text for t in after_answer)
+    data = load([sharegpt_two], tokenizer, cache_dir)
+    (two,) = _kinds(data, "unanswered_turn")
+    assert "with 2 turns (user, user)" in two.message and "drop them" in two.message
+    assert data.report().count("unanswered_turn") == 1 and not _kinds(
+        load([CHAT_ROW], tokenizer, cache_dir), "unanswered_turn"
+    )
+
+
 def test_truncation_problem_kinds(tokenizer, cache_dir):
     long_prompt = {"question": LONG, "answer": "ok"}
     long_answer = {"question": "hi", "answer": LONG}

@@ -77,6 +77,20 @@ def test_fewer_than_ten_rows_get_no_interval():
             assert math.isfinite(scored.value)
 
 
+def test_exact_match_on_rows_that_all_agree_gets_a_wilson_interval_not_zero_width():
+    # A bootstrap of 12 rows that all matched said [1, 1]; a proportion's interval does not.
+    same = ("the cat",) * 12
+    all_right = METRICS["exact_match"].score(Column(same, same), resample_indices(12, 300))
+    lo, hi = all_right["exact_match"].ci
+    assert all_right["exact_match"].value == 1.0
+    assert lo == pytest.approx(0.7575, abs=1e-4) and hi == 1.0  # Wilson, 12 of 12
+    all_wrong = METRICS["exact_match"].score(
+        Column(same, ("a dog",) * 12), resample_indices(12, 300)
+    )
+    lo, hi = all_wrong["exact_match"].ci
+    assert lo == 0.0 and hi == pytest.approx(0.2425, abs=1e-4)
+
+
 def test_bleu_is_sacrebleu_corpus_bleu_pinned():
     result = _load("bleu").compute(predictions=PREDS, references=REFS)
     assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)

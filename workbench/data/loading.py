@@ -62,6 +62,7 @@ __all__ = [
     "cached_arrow_table",
     "read_source",
     "refuse_template_rejects",
+    "role_sequences",
 ]
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
@@ -480,7 +481,7 @@ def refuse_template_rejects(
 
     if loaded.format.is_text:
         return loaded
-    shapes = _role_sequences(loaded.dataset)
+    shapes = role_sequences(loaded.dataset)
     table = loaded.dataset.select_columns([TOOL_CALLING]).with_format("arrow")[:]
     calling = table.column(TOOL_CALLING).is_valid().to_pylist()
     # Whether a template writes a row's tools depends on their text too: labelling checks
@@ -518,8 +519,15 @@ def refuse_template_rejects(
     )
 
 
-def _role_sequences(dataset: Any) -> list[tuple[str, ...]]:
-    """Each row's sequence of roles, read from the Arrow ``messages`` column."""
+def role_sequences(dataset: Any) -> list[tuple[str, ...]]:
+    """Each row's sequence of roles, read from the Arrow ``messages`` column.
+
+    Examples:
+        >>> import datasets
+        >>> turns = [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]]
+        >>> role_sequences(datasets.Dataset.from_dict({"messages": turns}))
+        [('user', 'assistant')]
+    """
     import pyarrow.compute as pc
 
     column = dataset.with_format("arrow")[:].column("messages").combine_chunks()

@@ -22,6 +22,7 @@ ProblemKind = Literal[
     "near_duplicate",
     "leak",
     "no_trained_tokens",
+    "unanswered_turn",
     "truncated_answer",
     "too_long",
     "template_mismatch",

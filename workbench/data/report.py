@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from workbench.data.loading import role_sequences
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
 from workbench.data.tool_calls import TOOL_CALLING
@@ -322,10 +323,46 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
         problems.append(Problem(int(i), "template_mismatch", msg, split))
     for i, fields in data.empty_fields(split):
         problems.append(Problem(i, "empty_field", f"empty: {fields}", split))
+    if not data.is_text:
+        problems += unanswered_turns(role_sequences(data.split(split)), stats, split)
     effect = _SPECIAL_TEXT_EFFECT[data.spec.special_tokens_in_text]
     for i, what in data.special_text(split):
         msg = f"control token written as text: {what}; {effect}"
         problems.append(Problem(i, "special_token_text", msg, split))
+    return problems
+
+
+def unanswered_turns(
+    roles: list[tuple[str, ...]], stats: dict[str, np.ndarray], split: str
+) -> list[Problem]:
+    """Conversations that go on past their last answer (a user turn, a tool result).
+
+    Those turns train nothing: no trained token comes after them, so they only cost tokens.
+    Often the answer they asked for was lost (a scrape or an export cut short). Rows with no
+    trained token at all are ``no_trained_tokens`` instead.
+
+    Examples:
+        >>> stats = {"n_answer": np.array([3, 3]), "n_tokens": np.array([20, 30]),
+        ...          "answer_end": np.array([20, 21])}
+        >>> [str(p) for p in unanswered_turns(
+        ...     [("user", "assistant"), ("user", "assistant", "user")], stats, "train")]
+        ['[unanswered_turn] train row 1: the conversation goes on after its last answer \
+with a user turn (9 tokens) that trains nothing; drop it, or add the answer that should follow']
+    """
+    problems = []
+    for i, sequence in enumerate(roles):
+        after = next((k for k, role in enumerate(reversed(sequence)) if role == "assistant"), 0)
+        if not after or stats["n_answer"][i] == 0:
+            continue
+        tail = sequence[-after:]
+        turns = f"a {tail[0]} turn" if after == 1 else f"{after} turns ({', '.join(tail)})"
+        n_tokens = int(stats["n_tokens"][i] - stats["answer_end"][i])
+        msg = (
+            f"the conversation goes on after its last answer with {turns} ({n_tokens} tokens) "
+            f"that train{'s' if after == 1 else ''} nothing; drop "
+            f"{'it' if after == 1 else 'them'}, or add the answer that should follow"
+        )
+        problems.append(Problem(i, "unanswered_turn", msg, split))
     return problems
 
 

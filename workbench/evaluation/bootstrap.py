@@ -1,7 +1,10 @@
-"""Percentile bootstrap confidence intervals over examples.
+"""Confidence intervals over examples: percentile bootstrap, and Wilson for 0/1 scores.
 
 One matrix of resampled example indices is drawn per evaluation and shared by every metric
 and by both columns (base, tuned), so the intervals are paired and reproducible (seeded).
+A score that is 0 or 1 on every example (exact match, a pass/fail function) is a proportion
+and gets a Wilson score interval instead: a bootstrap of 20 rows that all scored 1 says
+[1, 1], as if no 21st row could fail; Wilson says [0.84, 1].
 
 Under :data:`MIN_ROWS_FOR_AN_INTERVAL` examples there is no interval (NaN): a bootstrap of
 a handful of rows that all scored alike gives a zero-width "95% interval" such as [0, 0].
@@ -15,11 +18,14 @@ Examples:
     True
     >>> mean_ci([1.0, 1.0, 1.0], resample_indices(3, 50))  # too few rows for an interval
     (nan, nan)
+    >>> [round(x, 3) for x in mean_ci([1.0] * 20, resample_indices(20))]  # 0/1: Wilson
+    [0.839, 1.0]
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -33,6 +39,7 @@ __all__ = [
     "nan_mean",
     "percentile_ci",
     "resample_indices",
+    "wilson_interval",
 ]
 
 N_RESAMPLES = 1000
@@ -52,6 +59,21 @@ def nan_mean(values: Sequence[float]) -> float:
     """
     finite = [v for v in values if not math.isnan(v)]
     return math.fsum(finite) / len(finite) if finite else float("nan")
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default).
+
+    Examples:
+        >>> [round(x, 3) for x in wilson_interval(8, 10)]
+        [0.49, 0.943]
+    """
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def resample_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -76,15 +98,22 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 def mean_ci(
     values: Sequence[float], indices: np.ndarray, confidence: float = CONFIDENCE
 ) -> tuple[float, float]:
-    """Interval of the mean of ``values`` over the resamples in ``indices``.
+    """Interval of the mean of ``values`` over the resamples in ``indices``; a Wilson
+    interval when every value that is not NaN is 0 or 1.
 
     Examples:
         >>> mean_ci([2.0, float("nan")] * 5, resample_indices(10, 10))
         (2.0, 2.0)
+        >>> [round(x, 2) for x in mean_ci([0.0, 1.0, float("nan")] * 10, resample_indices(30))]
+        [0.3, 0.7]
     """
     array = np.asarray(values, dtype=float)
     if array.size < MIN_ROWS_FOR_AN_INTERVAL:
         return _NO_INTERVAL
+    scored = array[~np.isnan(array)]
+    if scored.size and np.isin(scored, (0.0, 1.0)).all():
+        z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+        return wilson_interval(float(scored.sum()), int(scored.size), z)
     with warnings.catch_warnings():  # a resample of NaNs only has no mean: it is skipped
         warnings.simplefilter("ignore", RuntimeWarning)
         means = np.nanmean(array[indices], axis=1)

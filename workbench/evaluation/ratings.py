@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
@@ -39,6 +38,7 @@ from typing import Any, Literal, get_args
 
 from workbench._io import append_jsonl, json_lines
 from workbench.errors import EvaluationError, WorkbenchWarning
+from workbench.evaluation.bootstrap import wilson_interval
 
 __all__ = [
     "RATINGS_FILE",
@@ -246,21 +246,6 @@ def latest_ratings(ratings: list[Rating]) -> dict[int, Rating]:
         'tie'
     """
     return {r.row: r for r in ratings}
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default).
-
-    Examples:
-        >>> [round(x, 3) for x in wilson_interval(8, 10)]
-        [0.49, 0.943]
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 @dataclass(frozen=True)
