@@ -29,6 +29,7 @@ from train_helpers import toy_run
 from workbench.data import PreparedData
 from workbench.evaluation import EvalRow, Evaluation
 from workbench.evaluation.background import EvaluationRun
+from workbench.evaluation.compare import compare as wb_compare
 from workbench.events import EventHub
 from workbench.train import TrainSpec
 from workbench.widgets import _snapshot
@@ -225,6 +226,52 @@ def test_a_displayed_evaluation_becomes_its_scores_when_it_ends(shell):
     shell.display_pub.parent_header = {"msg_id": "cell-3"}
     ev.wait()  # a later cell that waits sends it again (nbclient applies only its own cell's)
     assert len(_displays(shell)) == 3
+
+
+def test_a_displayed_comparison_carries_its_charts_and_saves_without_the_figure(shell, tmp_path):
+    # The plotly figure is a widget: once the kernel is gone it said "model not found" and
+    # only the table was left. Its output carries the same charts as images now.
+    names = ["lr <b onmouseover=x>", "lr-5e-4"]
+    for name, losses, tuned in [(names[0], [3.0, 2.0], 0.25), (names[1], [3.0, 1.0], 0.75)]:
+        folder = tmp_path / name
+        folder.mkdir()
+        lines = [{"kind": "train", "step": i + 1, "loss": x} for i, x in enumerate(losses)]
+        (folder / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        ev = handmade_evaluation()
+        ev.scores["exact_match"]["tuned"] = tuned
+        ev.save(folder / "evaluations" / "eval-1")
+    cmp = wb_compare([tmp_path / n for n in names])
+    cmp._ipython_display_()
+    figure, table_output = shell.captured.outputs[-2:]
+    assert WIDGET_VIEW in figure.data and "<table" in table_output.data["text/html"]
+    html = figure.data["text/html"]
+    assert_self_contained(html)
+    loss_chart, score_chart = svgs(html)
+    assert "lr &lt;b onmouseover=x&gt; loss" in loss_chart and "lr-5e-4 loss" in loss_chart
+    assert "exact_match" in score_chart and "0.75" in score_chart and "<b " not in html
+    model_id = figure.data[WIDGET_VIEW]["model_id"]
+    saved = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "data": dict(figure.data),
+                        "metadata": figure.metadata,
+                    }
+                ],
+            }
+        ],
+        "metadata": {"widgets": {WIDGET_STATE: {"state": {model_id: {"state": {}}}}}},
+    }
+    assert _snapshot.static_panels(saved, tmp_path / "no-snapshots") == 1
+    (output,) = saved["cells"][0]["outputs"]
+    assert (
+        sorted(output["data"]) == ["text/html", "text/plain"]
+        and output["data"]["text/html"] == html
+    )
+    assert "widgets" not in saved["metadata"]  # the figure's state went with its view
 
 
 def test_a_panel_shown_outside_ipython_prints_its_text(capsys):

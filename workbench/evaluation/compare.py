@@ -7,7 +7,10 @@ checkpoint sweep's), with how many rows it scored, which data, and the adapter s
 when an evaluation had it at another than 1. A damaged evaluation of the session is left
 out with a warning naming its file.
 
-In a notebook, a bare ``cmp`` shows the figure and the table.
+In a notebook, a bare ``cmp`` shows the figure and the table. The figure's output also
+carries the same charts as SVG images (:meth:`Comparison.static_html`), which is what a saved,
+reopened or converted notebook shows, as it does for the other panels
+(:mod:`workbench.widgets._snapshot`).
 
 Examples:
     >>> import json
@@ -40,6 +43,8 @@ from workbench._display import html_table, text_table
 from workbench._io import read_jsonl
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.results import Evaluation
+from workbench.widgets._html import escape
+from workbench.widgets.svg_chart import PALETTE, bar_chart, line_chart, svg_img
 
 __all__ = ["Comparison", "RunResults", "compare", "format_score", "score_scale"]
 
@@ -360,6 +365,56 @@ class Comparison:
         fig.update_xaxes(title_text="step", row=1, col=1)
         return fig
 
+    def static_html(self) -> str:
+        """The figure as self-contained SVG images: the loss curves, then a chart per score.
+
+        Escaped, no script and no URL: what a notebook shows once the kernel is gone.
+
+        Examples:
+            >>> run = RunResults("a<b>", Path("runs/a"), ({"step": 1, "loss": 2.0},), {}, ())
+            >>> html = Comparison((run,)).static_html()
+            >>> html.count("<img "), 'alt="a&lt;b&gt;: final loss 2"' in html, "a<b>" in html
+            (1, True, False)
+        """
+        series = []
+        for k, run in enumerate(self.runs):
+            color = PALETTE[k % len(PALETTE)]
+            for key, dash in (("loss", False), ("eval_loss", True)):
+                steps, values = run.curve(key)
+                if steps:
+                    series.append(
+                        {
+                            "name": f"{run.name} {key}",
+                            "x": steps,
+                            "y": values,
+                            "color": color,
+                            "dash": dash,
+                        }
+                    )
+        alt = "; ".join(f"{run.name}: final loss {_fmt(run.final('loss'))}" for run in self.runs)
+        images = [svg_img(line_chart(series, "loss (lower is better)", "step", "loss"), alt)]
+        for name in self.score_names():
+            title, _ = score_scale(name, self._score_values(name), self._higher_is_better(name))
+            shown = [r for r in self.runs if r.latest is not None and name in r.latest.scores]
+            entries = [r.latest.scores[name] for r in shown]
+            intervals = [e.get("tuned_ci") or (math.nan, math.nan) for e in entries]
+            tuned = {
+                "name": "tuned",
+                "values": [e.get("tuned", math.nan) for e in entries],
+                "low": [lo for lo, _ in intervals],
+                "high": [hi for _, hi in intervals],
+            }
+            words = ", ".join(
+                f"{r.name} {_fmt(v)}" for r, v in zip(shown, tuned["values"], strict=True)
+            )
+            chart = bar_chart([r.name for r in shown], [tuned], title, width=360, height=220)
+            images.append(svg_img(chart, f"{name}: {words}"))
+        charts = "".join(f'<div class="wb-snapshot-chart">{image}</div>' for image in images)
+        head = escape(f"Comparison of {len(self.runs)} runs")
+        return (
+            f'<div class="wb-snapshot wb-snapshot-compare"><div><b>{head}</b></div>{charts}</div>'
+        )
+
     def _score_values(self, name: str) -> list[float]:
         return [
             r.latest.scores[name].get("tuned", float("nan"))
@@ -377,7 +432,18 @@ class Comparison:
         import plotly.graph_objects as go
         from IPython.display import HTML, display
 
-        display(go.FigureWidget(self.figure()))
+        from workbench.widgets._snapshot import MARKER
+
+        live = go.FigureWidget(self.figure())
+        bundle = {
+            **live._repr_mimebundle_(),
+            "text/html": self.static_html(),
+            "text/plain": f"Comparison of {len(self.runs)} runs: loss curves and scores",
+        }
+        # Marked as a panel's output: a saving server keeps the static charts and drops the
+        # figure's widget view and its ~5 MB of widget state (see widgets/_snapshot).
+        marker = {"panel": "comparison", "snapshot": None, "model_id": live.model_id}
+        display(bundle, raw=True, metadata={MARKER: marker})
         display(HTML(self._repr_html_()))
 
 
