@@ -101,8 +101,34 @@ def test_the_tokenizer_is_never_pickled_for_a_cache_key(
     assert not holders & set(hashed), hashed
 
 
+def _cut_between_batches(path: Path) -> None:
+    """Keep the stream's first half of record batches, without the end marker: what a copy
+    cut short, or a writer killed between two batches, leaves."""
+    import pyarrow as pa
+
+    reader = pa.ipc.open_stream(pa.OSFile(str(path)))
+    batches = list(reader)
+    sink = pa.BufferOutputStream()
+    writer = pa.ipc.new_stream(sink, reader.schema)
+    for batch in batches[: len(batches) // 2]:
+        writer.write_batch(batch)
+    prefix = sink.getvalue().to_pybytes()  # (writer not closed: no end marker)
+    assert path.read_bytes().startswith(prefix)
+    path.write_bytes(prefix)
+
+
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as a full disk would leave it
+
+
+@pytest.mark.parametrize("cut", [_cut_short, _cut_between_batches])
 @pytest.mark.parametrize("which", ["tokenized", "source"])
-def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(data_file, tokenizer, cache_dir, which):
+def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(
+    tmp_path, tokenizer, cache_dir, which, cut
+):
+    # A cut between batches (of 1,000 rows) read as a valid table of fewer rows, unreported.
+    many = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}"} for i in range(2500)]
+    data_file = write_jsonl(tmp_path / "rows.jsonl", ROWS if cut is _cut_short else many)
     first = _load(data_file, tokenizer, cache_dir)
     expected = _ids(first)
     folder = Path(cache_dir) / "workbench-sources"
@@ -115,7 +141,7 @@ def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(data_file, tokenizer, c
     # short under a reader is a SIGBUS (the data loader itself never writes a file in place).
     first.duplicate_problems()
     for path in damaged:
-        path.write_bytes(path.read_bytes()[:100])  # truncated, as a full disk would leave it
+        cut(path)
     del first
     with pytest.warns(WorkbenchWarning, match=r"cached copy .*\.arrow is damaged"):
         again = _load(data_file, tokenizer, cache_dir)
@@ -179,6 +205,51 @@ def test_a_restarted_kernel_reuses_the_pass(data_file, tmp_path, cache_dir):
     ]
     assert runs[0] == runs[1] and "cache-" in runs[0]
     assert len(list(Path(cache_dir).rglob("*.arrow"))) == 3  # the source and two splits
+
+
+def test_a_killed_loads_partial_files_are_cleared_by_the_next_load(data_file, tokenizer, cache_dir):
+    """A load killed mid-write left its partial copy (tens of MB) in the cache for good."""
+    import os
+    import time
+
+    folder = Path(cache_dir) / "workbench-sources"
+    folder.mkdir(parents=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.strip()
+    host = __import__("socket").gethostname()
+    ours = folder / f".{'0' * 40}.{host}-{dead}.{'1' * 32}.incomplete"  # its writer is gone
+    live = folder / f".{'0' * 40}.{host}-{os.getpid()}.{'2' * 32}.incomplete"
+    old_tmp, new_tmp = folder / "tmpab12cd", folder / "tmpef34gh"  # datasets' map partials
+    for path in (ours, live, old_tmp, new_tmp):
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old_tmp, (hours_ago, hours_ago))
+    data = _load(data_file, tokenizer, cache_dir)
+    assert len(data.train) == 30
+    assert not ours.exists() and not old_tmp.exists()
+    assert live.exists() and new_tmp.exists()  # a live writer's, and one written just now
+
+
+def test_in_memory_rows_loaded_again_reuse_their_cached_copy(tokenizer, cache_dir):
+    """Each load of a DataFrame or list wrote a new copy: a cell run 4 times took 4x the disk."""
+    import pandas as pd
+
+    frame = pd.DataFrame(ROWS)
+    first = _load(frame, tokenizer, cache_dir)
+    files = sorted(Path(cache_dir).rglob("*.arrow"))
+    again = _load(pd.DataFrame(ROWS), tokenizer, cache_dir)
+    assert _ids(again) == _ids(first) and sorted(Path(cache_dir).rglob("*.arrow")) == files
+    _load(list(ROWS), tokenizer, cache_dir)
+    _load(list(ROWS), tokenizer, cache_dir)
+    assert len(list(Path(cache_dir).rglob("*.arrow"))) == len(files) + 3  # one list copy
+    changed = frame.copy()
+    changed.loc[0, "answer"] = "0 giraffe"
+    data = _load(changed, tokenizer, cache_dir)
+    assert "0 giraffe" in list(data.train["answer"]) + list(data.validation["answer"])
 
 
 def test_the_cache_key_covers_every_module_that_labels():

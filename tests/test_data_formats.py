@@ -73,6 +73,38 @@ def test_sharegpt_roles_are_mapped(tmp_path, tokenizer, cache_dir):
     assert [m["role"] for m in data.train[0]["messages"]] == ["system", "user", "assistant"]
 
 
+def test_a_system_column_beside_the_turns_opens_the_conversation(tmp_path, tokenizer, cache_dir):
+    # LLaMA-Factory's ShareGPT layout: the system prompt was dropped without a word.
+    system = "You are a calculator. Answer with digits only."
+    sharegpt = {
+        "conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}],
+        "system": system,
+    }
+    chat = {
+        "messages": [
+            {"role": "user", "content": "3+3?"},
+            {"role": "assistant", "content": "five", "weight": 0},
+            {"role": "user", "content": "Again?"},
+            {"role": "assistant", "content": "6"},
+        ],
+        "system": system,
+    }
+    own = {
+        "messages": [{"role": "system", "content": "Be brief."}, *chat["messages"][:2]],
+        "system": system,
+    }
+    no_system = {**chat, "system": ""}
+    data = load(write_jsonl(tmp_path / "s.jsonl", [sharegpt]), tokenizer, cache_dir)
+    assert data.train[0]["messages"][0] == {"role": "system", "content": system}
+    assert system in data.example(0).text and data.example(0).trained_text == "4<|im_end|>\n"
+    data = load([chat, own, no_system], tokenizer, cache_dir)
+    opened = data.train[0]["messages"]
+    assert [m["role"] for m in opened] == ["system", "user", "assistant", "user", "assistant"]
+    assert data.example(0).trained_text == "6<|im_end|>\n"  # the weight-0 turn stays untrained
+    assert data.train[1]["messages"][0]["content"] == "Be brief."  # its own system wins
+    assert data.train[2]["messages"][0]["role"] == "user"
+
+
 def test_column_mapping_and_format_override(tmp_path, tokenizer, cache_dir):
     path = tmp_path / "qa.csv"
     pd.DataFrame({"q": ["2+2?", "3+3?"], "a": ["4", "6"]}).to_csv(path, index=False)
@@ -176,6 +208,20 @@ def test_validation_fraction_is_seeded_and_second_source_works(tmp_path, tokeniz
     assert len(c.train) == 20 and c.validation["text"] == ["held out"]
     none = PreparedData.load(rows, tokenizer, validation=None, cache_dir=cache_dir)
     assert none.validation is None
+
+
+def test_a_validation_file_with_other_columns_shows_its_own_rows(tmp_path, tokenizer, cache_dir):
+    # Training rows carry an `id`; the validation file writes prompt/completion: showing a
+    # validation example looked the training columns up in it (KeyError: 'id').
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"id": i, "question": f"What is {i}+1?", "answer": str(i + 1)} for i in range(6)],
+    )
+    val = write_jsonl(tmp_path / "val.jsonl", [{"prompt": "What is 9+2?", "completion": "11"}])
+    data = PreparedData.load(train, tokenizer, validation=val, cache_dir=cache_dir)
+    shown = data.example(0, "validation")
+    assert shown.row == {"prompt": "What is 9+2?", "completion": "11"}
+    assert shown.answer == "11" and data.example(0).row["id"] == "0"
 
 
 BAD_LINES = [

@@ -832,6 +832,26 @@ def test_xlam_rows_train_their_answers_as_tool_calls(tmp_path, tokenizer, cache_
     assert wb.parse_tool_calls(_trained_text(data, 1, tokenizer)) == calls  # and trained
 
 
+def test_xlam_answers_cut_short_are_refused_and_python_repr_is_read(tmp_path, tokenizer, cache_dir):
+    # A cut-short call list trained as plain text, teaching the model to write broken calls.
+    cut = '[{"name": "weather", "arguments": {"city": "Oslo"}'
+    rows = [_xlam_row(0), _xlam_row(1, cut)]
+    with pytest.raises(
+        DataError,
+        match=r"list, row 2, field 'answers': the text is not a list "
+        r"of tool calls in JSON \(Expecting",
+    ):
+        load(rows, tokenizer, cache_dir, template="chatml")
+    skipped = load(rows, tokenizer, cache_dir, template="chatml", on_error="skip")
+    assert len(skipped.train) == 1 and skipped.report().count("malformed") == 1
+    python = "[{'name': 'weather', 'arguments': {'city': 'Oslo'}}]"  # pandas' to_csv of a list
+    data = load([_xlam_row(1, python)], tokenizer, cache_dir, template="chatml")
+    calls = wb.parse_tool_calls(_trained_text(data, 0, tokenizer))
+    assert [c["function"]["arguments"] for c in calls] == [{"city": "Oslo"}]
+    text = load([_xlam_row(1, "[1] is the footnote.")], tokenizer, cache_dir, template="chatml")
+    assert text.example(0).answer == "[1] is the footnote."  # text that opens no object
+
+
 def test_xlam_tools_are_trained_as_a_chat_request_offers_them(tmp_path, tokenizer, cache_dir):
     """xLAM lists parameters flat with Python type names; a served model is offered tools as
     OpenAI's JSON Schema: the training prompt is the prompt that request renders."""

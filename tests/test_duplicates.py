@@ -175,6 +175,21 @@ def test_words_of_any_script_count():
     assert "only punctuation" not in problems[0].message  # "café" and "cafe" are not the same
 
 
+def test_the_same_text_in_composed_and_decomposed_unicode_is_a_duplicate_and_a_leak():
+    # Text pasted on macOS arrives decomposed ("e" + a combining accent): it looked the same
+    # and was neither a duplicate nor a leak.
+    import unicodedata
+
+    row = "Trong tiếng Việt, chữ “ở” và “ơ” khác nhau; Grüße aus Köln, déjà vu"
+    nfd = unicodedata.normalize("NFD", row)
+    assert nfd != row
+    problems = duplicate_problems(pa.array([row, nfd, "other"]), pa.array([nfd]))
+    assert [(p.kind, p.split, p.row) for p in problems] == [
+        ("duplicate", "train", 1),
+        ("leak", "validation", 0),
+    ]
+
+
 @pytest.mark.parametrize(("train_size", "test_size"), [(64, 16), (600, 60)])
 def test_the_demo_data_shows_no_duplicate_problems(tokenizer, tmp_path, train_size, test_size):
     train, test = records_to_json(train_size, test_size)

@@ -97,14 +97,18 @@ def _check(stop: Callable[[], bool] | None) -> None:
 
 
 def normalise_texts(texts: pa.Array) -> pa.Array:
-    """Lower-case, collapse whitespace, trim.
+    """One Unicode form (NFKC), lower-case, collapse whitespace, trim.
+
+    NFKC makes text pasted from macOS (decomposed: "e" + a combining accent) the same as
+    the composed form, and a no-break space a space.
 
     Examples:
-        >>> normalise_texts(pa.array(["  A\\n b "])).to_pylist()
-        ['a b']
+        >>> normalise_texts(pa.array(["  A\\n b ", "Cafe\u0301\u00a0X"])).to_pylist()
+        ['a b', 'café x']
     """
     # split and joined rather than a regex replace: 3x faster on 100k rows
-    collapsed = pc.binary_join(pc.ascii_split_whitespace(pc.utf8_lower(texts)), " ")
+    one_form = pc.utf8_normalize(texts, form="NFKC")
+    collapsed = pc.binary_join(pc.ascii_split_whitespace(pc.utf8_lower(one_form)), " ")
     return pc.utf8_trim_whitespace(collapsed)
 
 

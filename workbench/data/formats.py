@@ -15,8 +15,9 @@ alpaca      instruction, output (input, system)         system?, user(instructio
 qa          prompt/question/query (or input), answer/    system?, user, assistant (its
             completion/response (or output); with         tool calls, when a row with tools
             tools, answers (xLAM)                         answers with a list of calls)
-chat        messages: [{role, content}]                 the messages (developer->system)
-sharegpt    conversations: [{from, value}]              the messages (human->user, gpt->assistant)
+chat        messages: [{role, content}] (system)        system?, the messages (developer->system)
+sharegpt    conversations: [{from, value}] (system)     system?, the messages (human->user,
+                                                        gpt->assistant)
 text        text                                        raw text, every token trained
 ==========  ==========================================  =====================================
 
@@ -200,14 +201,19 @@ def _qa(values: Mapping[str, Any], plan: Plan) -> Normalised:
 
 def _answer_calls(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]] | None:
     """The answer as tool calls, when a row offering tools answers with a list of
-    ``{"name", "arguments"}`` objects (as JSON text or a list: Salesforce's xLAM sets)."""
+    ``{"name", "arguments"}`` objects (as JSON text, Python's repr or a list: Salesforce's
+    xLAM sets). Text that opens a list of objects and does not close it is refused: trained
+    as plain text, a cut-short call list would teach the model to write one."""
     column = plan.get("answer", "answer")
     value = values.get(column)
     if isinstance(value, str) and value.lstrip().startswith("["):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None  # a text answer that starts with "["
+        if value.lstrip()[1:].lstrip().startswith("{"):
+            value = _list_in_text(value, column, "tool calls")
+        else:
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None  # a text answer that starts with "["
     if isinstance(value, dict):
         value = [value]
     is_call = [isinstance(c, dict) and ("function" in c or "arguments" in c) for c in value or ()]
@@ -277,6 +283,12 @@ def _conversation(
         turns = _list_in_text(turns, column)
     empty: list[str] = []
     messages, untrained = _messages(turns, column, roles, empty)
+    # A system column beside the turns (LLaMA-Factory's ShareGPT layout) opens the
+    # conversation, unless the conversation has a system message of its own.
+    system = _string(values, plan, "system", [], required=False)
+    if system.strip() and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+        untrained = tuple(i + 1 for i in untrained)
     _check_start(messages, column)
     return Normalised(messages, None, tuple(empty), untrained, _tools(values, plan))
 
@@ -315,10 +327,10 @@ def _check_start(messages: list[dict[str, str]], column: str) -> None:
         )
 
 
-def _list_in_text(text: str, column: str) -> Any:
+def _list_in_text(text: str, column: str, what: str = "messages") -> Any:
     """The list a text cell writes as JSON, or as Python's repr (pandas' ``to_csv``)."""
     if not text.lstrip().startswith("["):
-        raise RowError(column, f"expected a non-empty list of messages, got text {text[:60]!r}")
+        raise RowError(column, f"expected a non-empty list of {what}, got text {text[:60]!r}")
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as err:
@@ -326,7 +338,7 @@ def _list_in_text(text: str, column: str) -> Any:
     try:
         return ast.literal_eval(text.strip())  # literals only: nothing in the text runs
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        msg = f"the text is not a list of messages in JSON ({json_error})"
+        msg = f"the text is not a list of {what} in JSON ({json_error})"
         raise RowError(column, msg) from None
 
 
@@ -445,11 +457,13 @@ class Format:
 
 # Detection order: the first format whose required fields are all present wins.
 FORMATS: dict[str, Format] = {
-    "chat": Format("chat", ("messages",), ("tools",), "messages: list of {role, content}", _chat),
+    "chat": Format(
+        "chat", ("messages",), ("tools", "system"), "messages: list of {role, content}", _chat
+    ),
     "sharegpt": Format(
         "sharegpt",
         ("conversations",),
-        ("tools",),
+        ("tools", "system"),
         "ShareGPT conversations: {from, value}",
         _sharegpt,
     ),

@@ -29,12 +29,14 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import json
 import os
 import re
+import socket
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -60,6 +62,7 @@ __all__ = [
     "RESERVED_COLUMNS",
     "Loaded",
     "cached_arrow_table",
+    "clear_leftovers",
     "read_source",
     "refuse_template_rejects",
     "role_sequences",
@@ -68,9 +71,12 @@ __all__ = [
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
 # (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns;
 # 4: tool calling; 5: qa rows keep their tools, and answer with calls; 6: a JSON line that
-# gives a key twice is refused, and {"data": []} read as a file of no rows).
-CODE_VERSION = "6"
+# gives a key twice is refused, and {"data": []} read as a file of no rows; 7: a system
+# column beside chat or ShareGPT turns opens the conversation).
+CODE_VERSION = "7"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what closing an Arrow stream writes
+_LEFTOVER_AGE = 3600.0  # seconds unmodified before a temporary file of a killed writer goes
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
@@ -359,7 +365,8 @@ def _write_batches(
     table = cached_arrow_table(path)
     if table is None:
         folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f".{fingerprint}.{uuid.uuid4().hex}.incomplete"
+        clear_leftovers(folder)
+        partial = folder / f".{fingerprint}.{_WRITER}.{uuid.uuid4().hex}.incomplete"
         schema = features.arrow_schema
         rows = generator()
         try:
@@ -373,6 +380,53 @@ def _write_batches(
         table = MemoryMappedTable.from_file(str(path))
     info = datasets.DatasetInfo(features=features)
     return datasets.Dataset(table, info=info, fingerprint=fingerprint)
+
+
+_WRITER = f"{socket.gethostname()}-{os.getpid()}"
+
+
+def clear_leftovers(folder: Path) -> list[str]:
+    """Delete what killed writers left in a cache folder; returns the names deleted.
+
+    A load killed mid-write (a kernel restart, out of memory) leaves its partial file: ours
+    (``.<key>.<host>-<pid>.<id>.incomplete``, gone at once when that process on this host is
+    gone) or datasets' (``tmp*`` of a tokenizing pass). Any of them unmodified for an hour
+    goes too (its writer is unknown, on another host, or from an older version); a writer
+    touches its file with every batch, so a live one keeps its own.
+
+    Examples:
+        >>> import tempfile; folder = Path(tempfile.mkdtemp())
+        >>> dead = folder / f".key.{socket.gethostname()}-999999999.0.incomplete"
+        >>> live = folder / f".key.{_WRITER}.1.incomplete"
+        >>> _ = dead.write_bytes(b"x"), live.write_bytes(b"x")
+        >>> len(clear_leftovers(folder)), dead.exists(), live.exists()
+        (1, False, True)
+    """
+    import time
+
+    deleted = []
+    for file in [*folder.glob(".*.incomplete"), *folder.glob("tmp*")]:
+        with contextlib.suppress(OSError):
+            writer = file.name.removesuffix(".incomplete").partition(".")[2].partition(".")[2]
+            old = time.time() - file.stat().st_mtime > _LEFTOVER_AGE
+            if file.is_file() and (old or _writer_gone(writer.rpartition(".")[0])):
+                file.unlink()
+                deleted.append(file.name)
+    return deleted
+
+
+def _writer_gone(writer: str) -> bool:
+    """Whether the process named ``<host>-<pid>`` is on this host and no longer running."""
+    host, _, pid = writer.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 def _record_batch(rows: list[dict[str, Any]], schema: Any, encodable: Any) -> Any:
@@ -389,7 +443,9 @@ def cached_arrow_table(path: Path) -> Any:
 
     A damaged copy (truncated, overwritten) is deleted with a
     :class:`~workbench.errors.WorkbenchWarning`, so it is rebuilt from the source instead of
-    failing every later load with pyarrow's "Expected to read ... bytes".
+    failing every later load with pyarrow's "Expected to read ... bytes". A copy cut short
+    between two record batches reads as a valid shorter table, so a file must also end with
+    the stream's end marker, which only a writer that finished writes.
 
     Examples:
         >>> import pyarrow as pa
@@ -411,6 +467,10 @@ def cached_arrow_table(path: Path) -> Any:
     if not path.exists():
         return None
     try:
+        with path.open("rb") as file:
+            file.seek(max(0, path.stat().st_size - len(_END_OF_STREAM)))
+            if file.read() != _END_OF_STREAM:
+                raise OSError("it ends before the stream's end marker: cut short")
         return MemoryMappedTable.from_file(str(path))
     except (pa.ArrowException, OSError) as err:
         msg = f"cached copy {path} is damaged ({err}); rebuilding it from the source"

@@ -39,6 +39,7 @@ from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
 from workbench.data.loading import (
     Loaded,
     cached_arrow_table,
+    clear_leftovers,
     read_source,
     refuse_template_rejects,
 )
@@ -370,7 +371,7 @@ class PreparedData:
                 spec=spec,
                 source=main_source.label,
                 skipped=main.skipped + (val.skipped if val else ()),
-                originals=main.originals,
+                originals=tuple(dict.fromkeys(main.originals + (val.originals if val else ()))),
             )
             return raw._retokenized(cutoff)
 
@@ -491,6 +492,7 @@ class PreparedData:
         if dataset.cache_files:  # next to its input, as datasets would put it
             cache_file = Path(dataset.cache_files[0]["filename"]).parent / f"cache-{key}.arrow"
             cached_arrow_table(cache_file)  # a damaged copy is deleted, so it is made again
+            clear_leftovers(cache_file.parent)
         options = {"batched": True, "desc": "Tokenizing", "new_fingerprint": key}
         options["cache_file_name"] = str(cache_file) if cache_file else None
         if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
@@ -576,7 +578,7 @@ class PreparedData:
             prompt,
             answer,
             text,
-            {k: row[k] for k in self._originals},
+            {k: row[k] for k in self._originals if k in row},  # a validation file's own
             row["source_row"],
             row["n_tokens"] - len(row["input_ids"]),
         )

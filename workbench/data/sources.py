@@ -32,6 +32,7 @@ import io
 import itertools
 import json
 import math
+import pickle
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from typing import IO, Any, Literal
 from workbench.data.formats import detect_format
 from workbench.errors import DataError, SpecError
 
-__all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "open_source"]
+__all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "content_key", "open_source"]
 
 Unit = Literal["line", "row", "item"]
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".xlsx")
@@ -84,8 +85,8 @@ class Source:
         label: Name used in messages, e.g. ``"data.jsonl"`` or ``"DataFrame"``.
         unit: What ``RawRow.number`` counts: ``"line"``, ``"row"`` or ``"item"``.
         read: Returns a fresh iterator over the rows.
-        fingerprint: Stable identity of the content (path and a hash of its bytes), or a random one
-            for in-memory objects; used as the Arrow cache key.
+        fingerprint: Stable identity of the content (path and a hash of its bytes; the hash
+            of in-memory rows, :func:`content_key`); used as the Arrow cache key.
 
     Examples:
         >>> src = open_source([{"a": "1"}])[0]
@@ -779,7 +780,7 @@ def _list_source(items: list[Any], label: str) -> Source:
                 yield RawRow(number, None, f"expected a dict, got {type(item).__name__}")
 
     unit: Unit = "row" if label in ("list", "generator") else "item"
-    return Source(label, unit, read, uuid.uuid4().hex)
+    return Source(label, unit, read, content_key(items))
 
 
 def _dataframe_source(frame: Any) -> Source:
@@ -791,7 +792,7 @@ def _dataframe_source(frame: Any) -> Source:
             for offset, values in enumerate(records):
                 yield RawRow(start + offset + 1, {k: _no_nan(v) for k, v in values.items()})
 
-    return Source("DataFrame", "row", read, uuid.uuid4().hex)
+    return Source("DataFrame", "row", read, content_key(frame))
 
 
 def _polars_source(frame: Any) -> Source:
@@ -801,7 +802,42 @@ def _polars_source(frame: Any) -> Source:
             for offset, values in enumerate(records):
                 yield RawRow(start + offset + 1, {k: _no_nan(v) for k, v in values.items()})
 
-    return Source("DataFrame", "row", read, uuid.uuid4().hex)
+    return Source("DataFrame", "row", read, content_key(frame))
+
+
+class _Digest:
+    """A file-like sink that only hashes what is written to it."""
+
+    def __init__(self) -> None:
+        self.sha1 = hashlib.sha1(usedforsecurity=False)
+
+    def write(self, chunk: bytes) -> None:
+        self.sha1.update(chunk)
+
+
+def content_key(data: Any) -> str:
+    """A cache key for in-memory rows (a list, a DataFrame): the hash of their pickle.
+
+    Loading the same rows again (a notebook cell run twice) reuses their cached copy instead
+    of writing a new one each time; changed rows get another key. Types count (``1`` is not
+    ``"1"``). Rows that cannot be pickled get a key of their own (no reuse). The pickle is
+    hashed as it is written, never held whole in memory.
+
+    Examples:
+        >>> rows = [{"question": "Hi", "answer": "Hello"}]
+        >>> content_key(rows) == content_key([dict(r) for r in rows])
+        True
+        >>> content_key([{"answer": 1}]) == content_key([{"answer": "1"}])
+        False
+        >>> content_key([lambda: 0]) == content_key([lambda: 0])  # cannot be pickled
+        False
+    """
+    digest = _Digest()
+    try:
+        pickle.Pickler(digest, protocol=5).dump(data)
+    except (pickle.PicklingError, TypeError, AttributeError, ValueError, RecursionError):
+        return uuid.uuid4().hex
+    return "mem-" + digest.sha1.hexdigest()
 
 
 def _no_nan(value: Any) -> Any:
