@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pandas as pd
 import pytest
 from data_fixtures import CHAT_ROW, cache_dir, load, plain_tokenizer, tokenizer, write_jsonl
 
 from workbench.data import PreparedData
-from workbench.errors import DataError, SpecError
+from workbench.errors import DataError, SpecError, WorkbenchWarning
 
 __all__ = ["cache_dir", "plain_tokenizer", "tokenizer"]  # fixtures used by name
 
@@ -197,6 +198,28 @@ def test_dataset_dict_uses_its_validation_split(tokenizer, cache_dir):
     assert len(data.train) == 6 and len(data.validation) == 1
 
 
+def test_a_dataset_dict_without_a_train_split_warns_before_training_on_held_out_rows(
+    tokenizer, cache_dir
+):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"text": f"t{i}"} for i in range(4)])
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"DatasetDict has no 'train' split: training on "
+        r"its 'test' split \(4 rows\), usually held out",
+    ):
+        data = PreparedData.load(
+            datasets.DatasetDict({"test": rows}), tokenizer, cache_dir=cache_dir, validation=None
+        )
+    assert len(data.train) == 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)
+        PreparedData.load(datasets.DatasetDict({"sft": rows}), tokenizer, cache_dir=cache_dir)
+    with pytest.raises(DataError, match="the DatasetDict has no splits"):
+        PreparedData.load(datasets.DatasetDict({}), tokenizer, cache_dir=cache_dir)
+
+
 def test_validation_fraction_is_seeded_and_second_source_works(tmp_path, tokenizer, cache_dir):
     rows = [{"text": f"row {i}"} for i in range(20)]
     a = PreparedData.load(rows, tokenizer, validation=0.25, seed=3, cache_dir=cache_dir)
@@ -350,6 +373,35 @@ def test_a_legacy_encoding_is_named_with_encoding(tmp_path, tokenizer, cache_dir
         load([{"question": "q", "answer": "a"}], tokenizer, cache_dir, encoding="cp1252")
 
 
+def test_a_legacy_encoding_given_for_a_utf8_file_is_questioned(tmp_path, tokenizer, cache_dir):
+    # The loader's own hint names cp1252, so users try it on any file: a UTF-8 one loaded as
+    # "PrÃ¨s de la gare" without a word, and one with UTF-8's byte order mark failed with
+    # "cannot tell the format from the columns ['ï»¿question', 'answer']".
+    row = {"question": "Où est la gare?", "answer": "Près de la poste"}
+    path = write_jsonl(tmp_path / "utf8.jsonl", [json.dumps(row, ensure_ascii=False)])
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"utf8\.jsonl: the file reads as UTF-8 .* "
+        r"encoding='latin-1' reads 'Où' as 'OÃ¹'",
+    ):
+        load(path, tokenizer, cache_dir, encoding="latin-1")
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("\ufeffquestion,answer\nCafé?,Oui\n".encode())
+    with pytest.raises(
+        DataError,
+        match=r"bom\.csv: the file starts with UTF-8's byte order "
+        r"mark, so it is UTF-8, not encoding='cp1252': leave encoding out",
+    ):
+        load(bom, tokenizer, cache_dir, encoding="cp1252")
+    legacy = tmp_path / "legacy.csv"
+    legacy.write_bytes("question,answer\nCafé?,Oui — très\n".encode("cp1252"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)  # really cp1252: no question asked
+        data = load(legacy, tokenizer, cache_dir, encoding="cp1252")
+        assert data.train[0]["messages"][1]["content"] == "Oui — très"
+        load(path, tokenizer, cache_dir, encoding="utf-8")
+
+
 def test_the_session_records_the_encoding(tmp_path, tiny_model_dir):
     import workbench as wb
 
@@ -461,15 +513,40 @@ def test_a_json_object_wrapping_its_rows_is_read_as_those_rows(
         load(path, tokenizer, cache_dir)
 
 
+@pytest.mark.parametrize("orient", ["columns", "index", "split", "table"])
+@pytest.mark.parametrize("indent", [0, 2], ids=["one-line", "pretty"])
+def test_what_pandas_to_json_writes_is_read_as_its_rows(
+    tmp_path, tokenizer, cache_dir, orient, indent
+):
+    # df.to_json("x.json") (orient="columns", the default) said "field 'question': expected
+    # a string, got dict {'0': 'q0', ...}".
+    frame = pd.DataFrame({"question": [f"q{i}" for i in range(12)], "answer": ["a"] * 12})
+    frame.loc[11, "answer"] = "last"
+    path = tmp_path / "frame.json"
+    frame.to_json(path, orient=orient, indent=indent)
+    data = load(path, tokenizer, cache_dir)
+    assert len(data.train) == 12 and data.format == "qa"
+    assert [m[0]["content"] for m in data.train["messages"]][::11] == ["q0", "q11"]
+    assert data.train[11]["messages"][1]["content"] == "last"
+
+
 def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
     tmp_path, tokenizer, cache_dir
 ):
     rows = [{"question": "q", "answer": "a"}]
-    refused = [("settings.json", {"a": 1, "b": 2}), ("two.json", {"x": rows, "y": rows})]
-    for name, document in refused:
-        path = tmp_path / name
-        path.write_text(json.dumps(document, indent=2))
-        with pytest.raises(DataError, match=rf"{name}: one JSON object with keys \[.*not rows"):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"a": 1, "b": 2}, indent=2))
+    with pytest.raises(DataError, match=r"settings.json: one JSON object with keys \[.*not rows"):
+        load(path, tokenizer, cache_dir)
+    for indent in (None, 2):  # on one line it said "cannot tell the format from ['train', ...]"
+        path = tmp_path / "splits.json"
+        path.write_text(json.dumps({"train": rows, "test": rows}, indent=indent))
+        with pytest.raises(
+            DataError,
+            match=r"splits.json: one JSON object holding several "
+            r"lists of rows \('train', 'test'\): give one list per file, or .* "
+            r"field='train'\)",
+        ):
             load(path, tokenizer, cache_dir)
     # one chat conversation on one line is a row, not a wrapper of its messages; JSON Lines
     # whose first row is damaged is still JSON Lines (the row is skipped, the rest read)
@@ -918,6 +995,29 @@ def test_a_damaged_or_cut_short_compressed_file_names_itself_and_caches_nothing(
                 load(path, tokenizer, str(cache), on_error=on_error)
         stored = [p.name for p in cache.rglob("*") if p.is_file()]
         assert not [n for n in stored if n.endswith((".arrow", ".incomplete"))], (what, stored)
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("kind", [".jsonl", ".csv"])
+def test_compressed_data_under_a_text_name_says_what_it_holds(
+    tmp_path, tokenizer, cache_dir, kind, compression
+):
+    # It said "bytes that are not UTF-8 ... encoding='cp1252'" (garbage if followed) for a
+    # .jsonl and "empty (no rows)" for a .csv.
+    packed = tmp_path / f"data{kind}{compression}"
+    write_compressed(packed, b'{"question": "a", "answer": "b"}\n' * 50)
+    path = packed.rename(tmp_path / f"data{kind}")
+    what = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "Zstandard"}[compression]
+    with pytest.raises(
+        DataError,
+        match=rf"data{kind}: the file holds {what}-compressed data, "
+        rf"not text: name it data{kind}\{compression}",
+    ):
+        load(path, tokenizer, cache_dir)
+    frame = tmp_path / "frame.parquet"
+    pd.DataFrame({"question": ["a"], "answer": ["b"]}).to_parquet(frame)
+    with pytest.raises(DataError, match=r"holds a Parquet file, not text: name it frame.parquet"):
+        load(frame.rename(tmp_path / "frame.jsonl"), tokenizer, cache_dir)
 
 
 def test_a_compressed_parquet_or_unknown_file_is_refused(tmp_path, tokenizer, cache_dir):

@@ -217,6 +217,20 @@ def test_everything_is_escaped(data):
     assert XSS in shown and SCRIPT in shown  # shown as text, token by token
 
 
+def test_characters_split_over_byte_tokens_read_as_written(tokenizer, cache_dir):
+    # Each token was decoded alone: "مرحبا 🙂" showed as [�][�][�]... in the view,
+    # the inspector and the trained text.
+    answer = "مرحبا 🙂 你好 “déjà”"
+    data = load([{"question": "Say hi", "answer": answer}], tokenizer, cache_dir)
+    example = data.example(0)
+    assert example.trained_text == answer + "<|im_end|>\n"
+    assert "�" not in str(example) and len(example.tokens) == len(data.train[0]["input_ids"])
+    ins = DataInspector(data)
+    ins.show_example(0, "train")
+    shown = html_lib.unescape(re.sub(r"<[^>]+>", "", ins.example_html.value.replace("↵<br>", "\n")))
+    assert answer in shown and "�" not in shown
+
+
 def test_large_data_renders_one_page(tokenizer, cache_dir):
     rows = [{"text": f"A preamble every row has.\n\nrow {i}"} for i in range(3000)]
     ins = DataInspector(load(rows, tokenizer, cache_dir), page_size=25)

@@ -13,7 +13,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Example", "TokenView"]
+__all__ = ["Example", "TokenView", "token_texts"]
+
+_REPLACEMENT = "\ufffd"
+_LONGEST_CHARACTER = 4  # byte tokens: UTF-8 writes a character in at most 4 bytes
+
+
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
+    """Each token's text, for showing tokens one by one.
+
+    A character that byte-level tokenizers split over several tokens (an emoji, Arabic,
+    most of Chinese) decodes to "\ufffd" token by token; those tokens are decoded together and
+    the character is shown on the first of them, the others showing nothing, so the row
+    reads as written and every token keeps its place.
+
+    Examples:
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-example"))
+        >>> ids = tokenizer("ok 🙂", add_special_tokens=False)["input_ids"]
+        >>> [tokenizer.decode([i]) for i in ids][-4:]
+        ['�', '�', '�', '�']
+        >>> token_texts(tokenizer, ids)[-4:]
+        ['🙂', '', '', '']
+    """
+    pieces = tokenizer.batch_decode([[i] for i in ids])
+    i = 0
+    while i < len(pieces):
+        if _REPLACEMENT in pieces[i]:
+            for end in range(i + 2, min(i + _LONGEST_CHARACTER, len(ids)) + 1):
+                joined = tokenizer.decode(ids[i:end])
+                if _REPLACEMENT not in joined:
+                    pieces[i:end] = [joined] + [""] * (end - i - 1)
+                    i = end - 1
+                    break
+        i += 1
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -21,7 +56,9 @@ class TokenView:
     """One token of an example.
 
     Attributes:
-        text: The token decoded on its own (special tokens as written, e.g. ``<|im_end|>``).
+        text: The token decoded on its own (special tokens as written, e.g. ``<|im_end|>``);
+            a character split over several tokens is the first one's text, the others are
+            empty (:func:`token_texts`).
         id: Token id.
         trained: True when it carries a label (the loss is computed on it).
         special: True for the tokenizer's special tokens.

@@ -33,7 +33,7 @@ import numpy as np
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
 from workbench.data.duplicates import ScanStoppedError, duplicate_problems
-from workbench.data.example import Example, TokenView
+from workbench.data.example import Example, TokenView, token_texts
 from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
 from workbench.data.loading import (
@@ -565,7 +565,7 @@ class PreparedData:
             raise DataError(msg)
         row = dataset[int(i)]
         specials = special_ids(self.tokenizer)
-        pieces = self.tokenizer.batch_decode([[t] for t in row["input_ids"]])
+        pieces = token_texts(self.tokenizer, row["input_ids"])
         tokens = tuple(
             TokenView(text, tid, label != IGNORE_INDEX, tid in specials)
             for text, tid, label in zip(pieces, row["input_ids"], row["labels"], strict=True)

@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
@@ -33,16 +34,26 @@ import itertools
 import json
 import math
 import pickle
+import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from workbench.data.formats import detect_format
-from workbench.errors import DataError, SpecError
+from workbench.errors import DataError, SpecError, WorkbenchWarning
 
-__all__ = ["COMPRESSIONS", "SUFFIXES", "RawRow", "Source", "content_key", "open_source"]
+__all__ = [
+    "COMPRESSIONS",
+    "SUFFIXES",
+    "RawRow",
+    "Source",
+    "content_key",
+    "open_source",
+    "pandas_rows",
+]
 
 Unit = Literal["line", "row", "item"]
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".xlsx")
@@ -222,6 +233,13 @@ def _open_path(
             f"optionally compressed ({', '.join(COMPRESSIONS)})"
         )
         raise DataError(msg)
+    _refuse_binary_as_text(path, kind)
+    if (
+        encoding is not None
+        and not _is_utf8(encoding)
+        and reader not in (_read_parquet, _read_xlsx)
+    ):
+        _check_encoding_fits(path, encoding)
     unit: Unit = "row" if kind in _NOT_COMPRESSIBLE else "line"
     if reader is _read_json and _is_json_document(path, encoding):
         unit = "item"
@@ -230,6 +248,73 @@ def _open_path(
     read = (lambda: reader(path, encoding)) if encoding is not None else (lambda: reader(path))
     fingerprint = _file_fingerprint(path, f"encoding={encoding}" if encoding else "")
     return Source(path.name, unit, read, fingerprint), None
+
+
+# What a file's first bytes say it is, when its name says text.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data", "name it {name}.gz"),
+    (b"\xfd7zXZ\x00", "xz-compressed data", "name it {name}.xz"),
+    (b"\x28\xb5\x2f\xfd", "Zstandard-compressed data", "name it {name}.zst"),
+    (b"PAR1", "a Parquet file", "name it {stem}.parquet"),
+    (
+        b"PK\x03\x04",
+        "a zip archive (an Excel workbook is one)",
+        "unpack it, or name a workbook {stem}.xlsx",
+    ),
+)
+
+
+def _refuse_binary_as_text(path: Path, kind: str) -> None:
+    """A text file's name on compressed or binary data: say what it holds, not that its
+    bytes are not UTF-8 (which suggested an encoding) or that a CSV is empty."""
+    if kind not in (".jsonl", ".json", ".csv", ".tsv") or path.suffix.lower() in COMPRESSIONS:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(10)
+    bzip2 = head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY"
+    found = [(what, fix) for magic, what, fix in _MAGIC if head.startswith(magic)]
+    if bzip2:
+        found = [("bzip2-compressed data", "name it {name}.bz2")]
+    if found:
+        what, fix = found[0]
+        msg = (
+            f"{path}: the file holds {what}, not text: {fix.format(name=path.name, stem=path.stem)}"
+        )
+        raise DataError(msg)
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _check_encoding_fits(path: Path, encoding: str) -> None:
+    """Refuse ``encoding`` for a file whose byte order mark says UTF-8, and warn when its
+    non-ASCII bytes are valid UTF-8 (then ``latin-1`` or ``cp1252`` turn "Près" into "PrÃ¨s")."""
+    with contextlib.closing(_open_bytes(path)) as stream:
+        head = stream.read(1 << 20)
+    if head.startswith(_UTF8_BOM):
+        msg = (
+            f"{path}: the file starts with UTF-8's byte order mark, so it is UTF-8, not "
+            f"encoding={encoding!r}: leave encoding out"
+        )
+        raise DataError(msg)
+    if head.isascii():
+        return
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:  # not UTF-8, unless the sample ends inside a character
+        if err.reason != "unexpected end of data" or len(head) < 1 << 20:
+            return
+        text = head[: err.start].decode("utf-8")
+    found = re.search(r"\w*[^\x00-\x7f]\w*", text)
+    if found is None:
+        return
+    word = found.group()[:40]
+    msg = (
+        f"{path}: the file reads as UTF-8 (its non-ASCII bytes are valid UTF-8), and "
+        f"encoding={encoding!r} reads {word!r} as {word.encode().decode(encoding, 'replace')!r}; "
+        "leave encoding out unless the text is really in that encoding"
+    )
+    warnings.warn(msg, WorkbenchWarning, stacklevel=4)
 
 
 def _not_text(encoding: str, what: str) -> str:
@@ -487,9 +572,19 @@ def _json_records(path: Path, encoding: str | None = None) -> list[Any] | None:
         return document
     if isinstance(document, dict) and (key := _wrapping_key(document)) is not None:
         return document[key]
+    if isinstance(document, dict) and (rows := pandas_rows(document)) is not None:
+        return rows
     if isinstance(document, dict) and _is_a_row(list(document)):
         return [document]  # one row, written over several lines
     what = type(document).__name__
+    if isinstance(document, dict) and len(lists := _lists_of_rows(document)) > 1:
+        named = ", ".join(repr(k) for k in lists[:4])
+        msg = (
+            f"{path.name}: one JSON object holding several lists of rows ({named}): give one "
+            f"list per file, or read one with datasets.load_dataset('json', data_files=..., "
+            f"field={lists[0]!r}) and pass the Dataset"
+        )
+        raise DataError(msg)
     if isinstance(document, dict):
         what = f"object with keys {list(document)[:8]}"
     msg = (
@@ -513,11 +608,49 @@ def _json_layout(
         return "document", []
     head = _head_rows(path, encoding)
     if len(head) == 1:  # one line: a wrapper, or a single row
-        wrapper = head[0] is not None and _wrapping_key(head[0]) is not None
+        wrapper = head[0] is not None and (
+            _wrapping_key(head[0]) is not None
+            or pandas_rows(head[0]) is not None
+            or (len(_lists_of_rows(head[0])) > 1 and not _is_a_row(list(head[0])))
+        )
         return ("one-line" if wrapper else "lines"), head
     # A document spread over lines: neither of its first two lines is a whole JSON object.
     # (JSON Lines with a damaged first row still has a second one.)
     return ("document" if head == [None, None] else "lines"), head
+
+
+def pandas_rows(document: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The rows of a document pandas' ``DataFrame.to_json`` wrote with ``orient="columns"``
+    (its default), ``"index"`` or ``"split"``; ``None`` for any other document.
+
+    Examples:
+        >>> pandas_rows({"question": {"0": "2+2?", "1": "3+3?"}, "answer": {"0": "4", "1": "6"}})
+        [{'question': '2+2?', 'answer': '4'}, {'question': '3+3?', 'answer': '6'}]
+        >>> pandas_rows({"columns": ["text"], "index": [0], "data": [["hi"]]})
+        [{'text': 'hi'}]
+        >>> pandas_rows({"question": "2+2?", "answer": "4"}) is None  # one row
+        True
+    """
+    if set(document) in ({"columns", "data"}, {"columns", "index", "data"}):
+        return _split_rows(document["columns"], document["data"])
+    values = list(document.values())
+    if not values or not all(isinstance(v, dict) for v in values):
+        return None
+    keys = list(values[0])
+    if any(set(v) != set(keys) for v in values):
+        return None
+    if _is_a_row(list(document)):  # orient="columns": {column: {index: value}}
+        return [{column: document[column][i] for column in document} for i in keys]
+    return values if _is_a_row(keys) else None  # orient="index": {index: row}
+
+
+def _split_rows(columns: Any, data: Any) -> list[dict[str, Any]] | None:
+    """The rows of ``orient="split"``: column names and a list of value lists."""
+    if not isinstance(columns, list) or not isinstance(data, list):
+        return None
+    if not all(isinstance(r, list) and len(r) == len(columns) for r in data):
+        return None
+    return [dict(zip(columns, r, strict=True)) for r in data]
 
 
 def _wrapping_key(document: dict[str, Any]) -> str | None:
@@ -526,17 +659,22 @@ def _wrapping_key(document: dict[str, Any]) -> str | None:
     A document whose own keys make a row of a known format, and whose list's objects do not,
     is one row holding a list (``{"instruction": ..., "output": ..., "sources": [{...}]}``).
     """
-    keys = [
-        key
-        for key, value in document.items()
-        if isinstance(value, list) and all(isinstance(v, dict) for v in value)
-    ]
+    keys = _lists_of_rows(document)
     if len(keys) != 1 or keys[0] in _ROW_LISTS:
         return None
     rows = document[keys[0]]  # may be empty: {"data": []} is a file of no rows
     if _is_a_row(list(document)) and not (rows and _is_a_row(list(rows[0]))):
         return None
     return keys[0]
+
+
+def _lists_of_rows(document: dict[str, Any]) -> list[str]:
+    """The keys of ``document`` whose values are lists of objects."""
+    return [
+        key
+        for key, value in document.items()
+        if isinstance(value, list) and all(isinstance(v, dict) for v in value)
+    ]
 
 
 def _is_a_row(columns: list[str]) -> bool:
@@ -851,7 +989,18 @@ def _dataset_sources(data: Any, label: str) -> tuple[Source, Source | None]:
     if type(data).__name__ != "DatasetDict":
         return _dataset_source(data, label), None
     names = list(data)
+    if not names:
+        msg = f"{label}: the DatasetDict has no splits"
+        raise DataError(msg)
     main = "train" if "train" in data else names[0]
+    if main in _VALIDATION_SPLITS:
+        n = len(data[main])
+        msg = (
+            f"{label} has no 'train' split: training on its {main!r} split ({n} "
+            f"row{'s' if n != 1 else ''}), usually held out for evaluation; pass that split "
+            f"itself (a Dataset) to say you mean it, or the split to train on"
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
     val = next((n for n in _VALIDATION_SPLITS if n in data and n != main), None)
     main_source = _dataset_source(data[main], f"{label}[{main}]")
     return main_source, (_dataset_source(data[val], f"{label}[{val}]") if val else None)

@@ -142,8 +142,15 @@ def reference_losses(
         [((' four',), 1), ((' red',), 1)]
         >>> all(t.loss > 0 and t.perplexity > 1 for t in losses)
         True
+
+        A character split over byte tokens shows on its first token:
+
+        >>> emoji = reference_losses(loaded.model, loaded.tokenizer, prompts[:1], ["🙂"])[0]
+        >>> emoji.tokens, len(emoji.token_losses)
+        (('🙂', '', '', ''), 4)
     """
     from workbench.data.context import model_context
+    from workbench.data.example import token_texts
 
     context = model_context(getattr(model, "config", None))
     pairs = [encode_pair(tokenizer, p, r) for p, r in zip(prompts, references, strict=True)]
@@ -153,7 +160,7 @@ def reference_losses(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         for (_, ref), nll in zip(chunk, _batch_losses(model, tokenizer, chunk), strict=True):
-            tokens = tuple(tokenizer.decode([i]) for i in ref)
+            tokens = tuple(token_texts(tokenizer, list(ref)))
             loss = sum(nll) / len(nll) if nll else float("nan")
             out.append(TokenLosses(loss, tokens, tuple(round(x, 5) for x in nll)))
     return out
