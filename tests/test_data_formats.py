@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import warnings
 
 import pandas as pd
@@ -245,6 +246,35 @@ def test_a_validation_file_with_other_columns_shows_its_own_rows(tmp_path, token
     shown = data.example(0, "validation")
     assert shown.row == {"prompt": "What is 9+2?", "completion": "11"}
     assert shown.answer == "11" and data.example(0).row["id"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ('{"question": "a", "answer": "b"},\n', "a comma after the object; JSON Lines has"),
+        ('{"question": "a", "answer": "b",}\n', "a comma before '}' (JSON allows no trailing"),
+        ("{'question': 'a', 'answer': 'b'}\n", "single quotes; JSON needs double quotes"),
+        ('{"question": "a", "answer": "b"}\r{"question": "c", "answer": "d"}\r', "carriage"),
+        ('{"question": "a", "answer": "b"}\n'.encode("utf-16-le").decode("latin-1"), "UTF-16"),
+        ('{"question": "a", "answer": "b', "Unterminated string starting at column 29)"),
+    ],
+    ids=["comma-after", "trailing-comma", "single-quotes", "cr-only", "utf16-no-bom", "cut"],
+)
+def test_a_json_line_s_error_says_what_usually_causes_it(
+    tmp_path, tokenizer, cache_dir, text, hint
+):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(text.encode("latin-1") if hint == "UTF-16" else text.encode())
+    with pytest.raises(
+        DataError, match=rf"rows\.jsonl, line 1: not valid JSON \(.*{re.escape(hint)}"
+    ):
+        load(path, tokenizer, cache_dir)
+
+
+def test_a_role_written_with_spaces_around_it_is_read(tokenizer, cache_dir):
+    turns = [{"role": " user", "content": "Hi"}, {"role": "Assistant ", "content": "Hello"}]
+    data = load([{"messages": turns}], tokenizer, cache_dir)
+    assert [m["role"] for m in data.train[0]["messages"]] == ["user", "assistant"]
 
 
 BAD_LINES = [

@@ -350,12 +350,12 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
     if role_key not in turn:
         raise RowError(f"{where}.{role_key}", f"missing (each message needs a {role_key!r})")
     raw_role = turn.get(role_key)
-    role = roles.get(str(raw_role).lower()) if isinstance(raw_role, str) else None
+    role = roles.get(raw_role.strip().lower()) if isinstance(raw_role, str) else None
     if role is None:
         raise RowError(
             f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
         )
-    if role_key == "from" and str(raw_role).lower() == "function_call":
+    if role_key == "from" and raw_role.strip().lower() == "function_call":
         calls = _calls_in_value(turn.get(content_key), f"{where}.{content_key}")
         return {"role": "assistant", "content": "", "tool_calls": tool_calls_of(calls, where)}
     extras = _tool_fields(turn, role, where)

@@ -524,6 +524,51 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return value
 
 
+def _not_valid_json(err: json.JSONDecodeError) -> str:
+    at = "" if err.msg.endswith(" at") else " at"  # "Unterminated string starting at"
+    return f"not valid JSON ({err.msg}{at} column {err.colno}){json_hint(err)}"
+
+
+def json_hint(err: json.JSONDecodeError) -> str:
+    """What usually causes a JSON error that Python's parser words in its own terms.
+
+    Examples:
+        >>> try:
+        ...     json.loads('{"question": "2+2?", "answer": "4",}')
+        ... except json.JSONDecodeError as err:
+        ...     print(json_hint(err))
+        : a comma before '}' (JSON allows no trailing comma)
+    """
+    before = err.doc[: err.pos].rstrip()[-1:]
+    at = err.doc[err.pos : err.pos + 1]
+    extra = err.msg == "Extra data"
+    causes = [
+        (
+            "\x00" in err.doc[:200],
+            "NUL bytes between the characters: UTF-16 without a byte order mark? give "
+            "encoding='utf-16-le' (or 'utf-16-be')",
+        ),
+        (
+            before == "," and at != "" and at in "}]",
+            f"a comma before {at!r} (JSON allows no trailing comma)",
+        ),
+        (
+            err.msg.startswith("Expecting property name") and at == "'",
+            "single quotes; JSON needs double quotes (is it a Python dict's repr?)",
+        ),
+        (
+            extra and "\r" in err.doc[: err.pos + 1],
+            "lines end with a carriage return alone (old Mac line ends); save with \\n",
+        ),
+        (
+            extra and err.doc[err.pos :].lstrip().startswith(","),
+            "a comma after the object; JSON Lines has one object per line and no commas",
+        ),
+        (extra, "more than one JSON value where one was expected"),
+    ]
+    return next((f": {why}" for found, why in causes if found), "")
+
+
 def _parse_json_line(number: int, line: str) -> RawRow:
     try:
         value = json.loads(line, object_pairs_hook=_unique_keys)
@@ -531,7 +576,7 @@ def _parse_json_line(number: int, line: str) -> RawRow:
         msg = f"the key {str(err)!r} is given twice (JSON readers keep one of them silently)"
         return RawRow(number, None, msg)
     except json.JSONDecodeError as err:
-        return RawRow(number, None, f"not valid JSON ({err.msg} at column {err.colno})")
+        return RawRow(number, None, _not_valid_json(err))
     except RecursionError:
         return RawRow(number, None, _TOO_DEEP)
     if not isinstance(value, dict):
@@ -711,8 +756,7 @@ def _parse_whole_json(path: Path, encoding: str | None = None) -> Any:
         msg = f"{path.name}: bytes that are not UTF-8 at byte {err.start}; {_NOT_UTF8}"
         raise DataError(msg) from err
     except json.JSONDecodeError as err:
-        msg = f"{path.name}, line {err.lineno}: not valid JSON ({err.msg} at column {err.colno})"
-        raise DataError(msg) from err
+        raise DataError(f"{path.name}, line {err.lineno}: {_not_valid_json(err)}") from err
     except RecursionError:
         raise DataError(f"{path.name}: {_TOO_DEEP}") from None
 
