@@ -225,6 +225,50 @@ def test_export_bad_targets(tmp_path, tiny_model_dir, adapter_dir):
     assert not (folder / "keep.txt").exists()
 
 
+def test_export_arguments_that_looked_like_others_are_refused_before_anything_is_written(
+    tmp_path, tiny_model_dir, adapter_dir
+):
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own")
+    for no in ("no", "false", 0):  # "no" is truthy: the folder of notes was replaced
+        with pytest.raises(wb.SpecError, match=rf"overwrite={no!r} must be True or False"):
+            s.export(mine, format="adapter", overwrite=no)
+        with pytest.raises(wb.SpecError, match=rf"overwrite={no!r} must be True or False"):
+            s.quantize("8bit", path=mine, overwrite=no)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    for path in (123, None):
+        with pytest.raises(wb.SpecError, match=rf"path={path!r} is not a folder path"):
+            s.export(path)
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("x")
+    with pytest.raises(wb.SpecError, match=r"a-file\.txt is a file, so .*sub cannot be made in"):
+        s.export(a_file / "sub")  # was FileExistsError: [Errno 17] from the staging folder
+    with pytest.raises(wb.SpecError, match="no checkpoints to export"):
+        s.export("export/at", checkpoint=3)
+    gguf = s.export("export/gguf", format="gguf", gguf_type="F16")  # llama.cpp's own spelling
+    assert (gguf / "model.gguf").is_file()
+
+
+def test_an_export_to_a_symbolic_link_is_written_where_it_points(
+    tmp_path, tiny_model_dir, adapter_dir
+):
+    # The link was renamed aside (left as a hidden .link.old-* for good) and a folder put in
+    # its place; what it pointed to was left as it was.
+    s = session_with_adapter(tmp_path, tiny_model_dir, adapter_dir)
+    real = tmp_path / "bigdisk" / "out"
+    real.mkdir(parents=True)
+    link = tmp_path / "export-link"
+    link.symlink_to(real)
+    folder = s.export(link, format="adapter")
+    assert folder == real and link.is_symlink() and (real / "adapter_config.json").is_file()
+    again = s.export(link, format="adapter")  # this session's own: replaced, through the link
+    assert again == real and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in real.parent.iterdir()) == ["out"]
+
+
 def test_adapter_export_without_adapter(tmp_path, tiny_model_dir):
     s = wb.Session(tmp_path / "run", verbose=False)
     s.load_model(str(tiny_model_dir))

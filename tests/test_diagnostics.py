@@ -143,6 +143,26 @@ def test_end_of_turn_never_trained_with_a_template_that_writes_none(tmp_path, ti
     assert "end_of_turn_untrained" not in s.diagnose().kinds
 
 
+def test_a_built_in_template_whose_end_is_no_token_says_exports_will_not_stop(tmp_path):
+    """'gemma' on a Llama tokenizer: the session stopped at '<end_of_turn>' by text while
+    exports (which stop at end tokens only) wrote on, and the finding did not say why."""
+    folder = wb.build_tiny_model(tmp_path / "llama", "llama", chat_template=False)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    assert len(s.tokenizer.tokenize("<end_of_turn>")) > 1
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    s.load_data(rows, validation=None, template="gemma")
+    finding = only(s.diagnose(), "end_of_turn_untrained")
+    assert finding.evidence.endswith(
+        "'<end_of_turn>' is no token of this tokenizer: the session's own generate stops at "
+        "it by searching the text, but an export (plain transformers, llama.cpp, a server) "
+        "stops only at an end token, and writes on"
+    )
+    assert "template='alpaca'" in finding.suggestion and "chatml" not in finding.suggestion
+    s.load_data(rows, validation=None, template="alpaca")  # ends answers with eos: trained
+    assert "end_of_turn_untrained" not in s.diagnose().kinds
+
+
 def test_answers_cut_by_a_small_max_length(tmp_path, tiny_model_dir):
     s = session(tmp_path, tiny_model_dir)
     rows = [

@@ -86,6 +86,29 @@ def test_the_tie_gap_is_read_from_the_tuned_model_s_own_logits(tiny_model_dir):
     assert _tie_gap(model, prompt, [best], [best], None) is None  # no difference
 
 
+def test_an_export_that_runs_past_a_stop_text_is_not_the_same(tiny_model_dir):
+    """A template whose end of turn is no token of the tokenizer (the built-in 'gemma' one on
+    a Llama tokenizer): the session ends answers at the text, an export only at end tokens,
+    and writes on. The check called those answers the same (same tokens, text cut alike)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.deploy.parity import PromptCase, _compared, _session_side
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    case = PromptCase("row 1", "What is 2 plus 2?", None)
+    prompt, whole, text = _session_side(model, tokenizer, case, None, 16)
+    assert len(whole) == 16
+    stop = tokenizer.decode(whole[6:9])  # text the model writes mid-answer, as a stop
+    cut_prompt, cut, cut_text = _session_side(model, tokenizer, case, stop, 16)
+    assert cut_prompt == prompt and cut_text == text.split(stop)[0]
+    assert whole[: len(cut)] == cut and len(cut) <= 6 and tokenizer.decode(cut) == cut_text
+    ran_on = _compared(case, model, tokenizer, stop, 16, prompt, whole, text, None)
+    assert not ran_on.same and ran_on.first_difference == f"answer token {len(cut) + 1}"
+    stopped = _compared(case, model, tokenizer, stop, 16, prompt, cut, cut_text, None)
+    assert stopped.same
+
+
 def test_report_escapes_model_text_and_saves_json(tmp_path):
     hostile = ParityCase("<script>", [1], [1], "<img src=x onerror=alert(1)>", "ok", [2], [5])
     report = ParityReport("m.gguf", (hostile,))

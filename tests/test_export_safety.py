@@ -117,6 +117,44 @@ def test_dora_at_strength_zero_exports_the_base_model(tmp_path, tiny_model_dir, 
     assert "merged at strength 0 (set_adapter_strength)" in (folder / "README.md").read_text()
 
 
+def readme_logits(folder) -> torch.Tensor:
+    """The last logits for TEXT of the model the folder's README "Use" lines load, run as
+    written in a plain Python process (the path put in, the chat part left out)."""
+    card = (folder / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("\n```", 1)[0]
+    loading = code.split("tokenizer = AutoTokenizer", 1)[0].replace(
+        "path/to/this/folder", str(folder)
+    )
+    script = loading + (
+        "import json, sys\n"
+        "assert 'workbench' not in sys.modules\n"
+        f"ids = AutoTokenizer.from_pretrained({str(folder)!r})({TEXT!r}, return_tensors='pt')\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps(model.eval()(**ids).logits[0, -1].tolist()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_a_qlora_adapter_loaded_as_its_readme_says_computes_what_the_session_does(
+    tmp_path, tiny_model_dir, use_dora
+):
+    # On CPUs with AVX512-BF16 bitsandbytes repacks 4-bit weights on the first forward and
+    # peft's DoRA read them in that layout: the README's lines gave logits 3-4 off.
+    lora = wb.LoRA(r=8, use_dora=use_dora)
+    s = trained(
+        tmp_path, tiny_model_dir, steps=6, lr=2e-2, lora=lora, model={"quantization": "4bit"}
+    )
+    folder = s.export("export/adapter", format="adapter")
+    assert (readme_logits(folder) - session_logits(s)).abs().max() < 1e-3
+    report = s.check_export(folder)
+    assert report.all_same, str(report)
+
+
 def test_an_adapter_export_says_the_strength_is_not_in_it(tmp_path, tiny_model_dir):
     s = trained(tmp_path, tiny_model_dir)
     s.set_adapter_strength(0.3)

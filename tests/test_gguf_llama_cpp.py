@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -133,6 +134,24 @@ def test_export_warns_that_llama_cpp_drops_the_window(tmp_path, llama_class, arc
     theirs, ours = llama_logits(llm, ids), hf_logits(s.model, ids)
     assert np.abs(theirs[:64] - ours[:64]).max() < 0.05
     assert np.abs(theirs[80:] - ours[80:]).max() > 0.05
+
+
+@pytest.mark.llama_cpp
+def test_a_qwen2_sliding_window_is_warned_of_too(tmp_path, llama_class):
+    """Qwen2 exported its window silently: llama.cpp's Qwen2 graph has none."""
+    window = {"use_sliding_window": True, "sliding_window": 8}
+    with pytest.warns(wb.WorkbenchWarning, match="qwen2 attends within a sliding window of 8"):
+        s = gguf_variant(tmp_path, "qwen2", **window, layer_types=["sliding_attention"] * 2)
+        folder = s.export("export/gguf", format="gguf")
+    llm = load(llama_class, folder / "model.gguf")
+    ids = s.tokenizer(" ".join(["the quick brown fox jumps over the lazy dog"] * 4)).input_ids
+    theirs, ours = llama_logits(llm, ids), hf_logits(s.model, ids)
+    assert np.abs(theirs[:8] - ours[:8]).max() < 0.05
+    assert np.abs(theirs[16:] - ours[16:]).max() > 0.05
+    full = {**window, "layer_types": ["full_attention"] * 2}  # max_window_layers past them all
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wb.WorkbenchWarning)
+        gguf_variant(tmp_path / "full", "qwen2", **full).export("export/gguf", format="gguf")
 
 
 @pytest.mark.llama_cpp

@@ -1246,7 +1246,7 @@ class Session:
     def _model_run(self) -> Any:
         return self._run if self._run is not None and self._run is self._run_of_model else None
 
-    def _checkpoints(self) -> dict[int, Callable[[], dict]]:
+    def _checkpoints(self, purpose: str = "evaluate") -> dict[int, Callable[[], dict]]:
         """Readers of the trained weights of each complete checkpoint of the latest run."""
         from workbench.train import checkpoint as ckpt
 
@@ -1259,7 +1259,7 @@ class Session:
             )
             raise SpecError(msg)
         if run_dir is not None and not run_dir.is_dir():
-            raise SpecError(f"{run_dir} was deleted, with its checkpoints: none to evaluate.")
+            raise SpecError(f"{run_dir} was deleted, with its checkpoints: none to {purpose}.")
         found = ckpt.list_checkpoints(run_dir) if run_dir is not None else []
         valid = []
         for path in found:
@@ -1362,20 +1362,23 @@ class Session:
             'merged'
         """
         self._check_run_allows("export")
+        if isinstance(gguf_type, str):
+            gguf_type = gguf_type.lower()  # llama.cpp writes its types as Q8_0, Q4_K_M
         if checkpoint is not None:  # that checkpoint's trained weights, for this export only
             from workbench.evaluation.checkpoints import choose_steps, weights_loaded
 
-            readers = self._checkpoints()
-            (step,) = choose_steps([checkpoint], list(readers))
+            readers = self._checkpoints("export")
+            (step,) = choose_steps([checkpoint], list(readers), "export")
             exported = self._exported, self._exported_version
             with weights_loaded(self.model, readers[step](), f"the checkpoint at step {step}"):
                 folder = self.export(path, format, overwrite, gguf_type)
             self._exported, self._exported_version = exported  # the live model is not that one
             return folder
         from workbench.deploy import check_export, export_model, export_target
-        from workbench.deploy.paths import refuse_session_folders
+        from workbench.deploy.paths import check_overwrite, refuse_session_folders
         from workbench.deploy.session_glue import card_for, raw_text_tokenizer, ship_tokenizer
 
+        check_overwrite(overwrite)
         target = export_target(self.run_dir, path)
         refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
@@ -1570,10 +1573,11 @@ class Session:
         """
         self._check_run_allows("quantize")
         from workbench.deploy import export_target, quantize_export
-        from workbench.deploy.paths import refuse_session_folders
+        from workbench.deploy.paths import check_overwrite, refuse_session_folders
         from workbench.deploy.quantize import check_quantize_target
         from workbench.train.start import check_probes
 
+        check_overwrite(overwrite)
         target = export_target(self.run_dir, path or f"export/quantized-{quantization}")
         refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run

@@ -300,13 +300,16 @@ _FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_0": 2}  # gguf.LlamaFileType v
 
 
 def _warn_if_window_is_dropped(arch: str, config: Any) -> None:
-    # llama.cpp's Llama, SmolLM3 and StarCoder2 graphs (Llama runs Mistral) have no sliding
-    # window, and its Phi-3 one turns the window off: past it, the file attends to tokens
-    # transformers no longer sees.
+    # llama.cpp's Llama, Qwen 2/3 (and their MoE), SmolLM3 and StarCoder2 graphs (Llama runs
+    # Mistral) have no sliding window, and its Phi-3 one turns the window off: past it, the
+    # file attends to tokens transformers no longer sees.
     window = getattr(config, "sliding_window", None)
     if not getattr(config, "use_sliding_window", True):  # Qwen and SmolLM3 configs may say so
         window = None
-    droppers = ("llama", "phi3", "smollm3", "starcoder2")
+    layer_types = getattr(config, "layer_types", None) or []
+    if layer_types and "sliding_attention" not in layer_types:  # Qwen2's max_window_layers
+        window = None
+    droppers = ("llama", "phi3", "smollm3", "starcoder2", "qwen2", "qwen3", "qwen2moe", "qwen3moe")
     if arch in droppers and window and window < config.max_position_embeddings:
         msg = (
             f"GGUF export: {config.model_type} attends within a sliding window of {window} "

@@ -64,6 +64,9 @@ if job["adapter"]:  # as the adapter folder's README says to load it
         options["quantization_config"] = BitsAndBytesConfig.from_dict(job["quantization"])
     model = AutoPeftModelForCausalLM.from_pretrained(job["folder"], **options).eval()
     model.generation_config = GenerationConfig.from_pretrained(job["folder"])
+    for module in model.modules():  # the plain 4-bit layout, as the README's lines keep it
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 else:
     model = AutoModelForCausalLM.from_pretrained(job["folder"]).eval()
 ends = model.generation_config.eos_token_id

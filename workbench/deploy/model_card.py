@@ -14,6 +14,17 @@ from dataclasses import dataclass, field
 __all__ = ["ModelCard"]
 
 
+# On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights for its inference kernel on
+# the first forward, and peft's DoRA reads the weights in that layout: a QLoRA + DoRA adapter
+# answered otherwise than the session (logits off by 3-4 on a tiny model). Plain layout:
+_KEEP_4BIT_LAYOUT = [
+    "# keep bitsandbytes' plain 4-bit layout on CPUs with AVX512-BF16 (DoRA reads it)",
+    "for module in model.modules():",
+    '    if hasattr(module, "support_avx512bf16_for_cpu"):',
+    "        module.support_avx512bf16_for_cpu = False",
+]
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Facts about an exported model, rendered as a Hugging Face style README.md.
@@ -136,6 +147,7 @@ class ModelCard:
                 f"dtype=torch.{self.dtype}{self._quantization_argument()})",
                 "# peft keeps the base's: this one ends answers at the training template's end",
                 'model.generation_config = GenerationConfig.from_pretrained("path/to/this/folder")',
+                *(_KEEP_4BIT_LAYOUT if self.quantization == "4bit" else []),
             ]
         using = [
             'tokenizer = AutoTokenizer.from_pretrained("path/to/this/folder")',

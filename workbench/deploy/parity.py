@@ -492,7 +492,20 @@ def _session_side(
         model.train(was_training)
     answer = [int(t) for t in output[0, len(prompt_ids) :].tolist() if t not in ends]
     text = tokenizer.decode(answer)  # special tokens the model wrote (a call's) stay
-    return prompt_ids, answer, text.split(stop)[0] if stop else text
+    if stop and stop in text:  # a stop that is text, not a token: the answer ends before it
+        text = text.split(stop)[0]
+        answer = answer[: _tokens_before(tokenizer, answer, text)]
+    return prompt_ids, answer, text
+
+
+def _tokens_before(tokenizer: Any, answer: list[int], text: str) -> int:
+    """How many of ``answer``'s tokens decode to (a prefix of) ``text``: where the session
+    cut an answer at its stop text. An export stops only at end tokens, so when it writes
+    the stop text and goes on, its answer differs from there."""
+    kept = 0
+    while kept < len(answer) and text.startswith(tokenizer.decode(answer[: kept + 1])):
+        kept += 1
+    return kept
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from workbench.errors import SpecError
 
 __all__ = [
     "SESSION_OWNED",
+    "check_overwrite",
     "check_writable_target",
     "export_target",
     "refuse_session_folders",
@@ -34,26 +36,36 @@ SESSION_OWNED = ("runs", "evaluations", "data-cache")
 def export_target(run_dir: Path, path: str | Path) -> Path:
     """Resolve ``path``: relative paths live in ``run_dir`` and may not climb out of it.
 
+    A symbolic link on the way is followed: the export is written where the link points
+    (on that disk), and the link stays as it was.
+
     Raises:
-        SpecError: a relative path uses ``..`` to leave the run folder.
+        SpecError: ``path`` is not a path, or a relative one uses ``..`` to leave the run
+            folder.
 
     Examples:
         >>> export_target(Path("/tmp/run"), "../elsewhere")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         workbench.errors.SpecError: path '../elsewhere' leaves the run folder /tmp/run ...
+        >>> export_target(Path("/tmp/run"), 123)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: path=123 is not a folder path: give a str or a pathlib.Path
     """
+    if not isinstance(path, (str, os.PathLike)):
+        msg = f"path={path!r} is not a folder path: give a str or a pathlib.Path"
+        raise SpecError(msg)
     given = Path(path).expanduser()
     if given.is_absolute():
-        return given
+        return given.resolve()
     root = run_dir.resolve()
-    resolved = (root / given).resolve()
-    if resolved != root and root not in resolved.parents:
+    lexical = Path(os.path.normpath(root / given))  # where the words say, before any link
+    if lexical != root and root not in lexical.parents:
         msg = (
             f"path {str(path)!r} leaves the run folder {run_dir} through '..'. Give a path "
             "inside it, or an absolute path if you mean another place."
         )
         raise SpecError(msg)
-    return resolved
+    return lexical.resolve()
 
 
 def refuse_session_folders(run_dir: Path, target: Path) -> None:
@@ -95,11 +107,30 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     Examples:
         >>> check_writable_target(Path("/nonexistent/out"), overwrite=False)
     """
+    check_overwrite(overwrite)
     if target.is_file():
         raise SpecError(f"{target} is a file; give a folder path to export to.")
+    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        msg = f"{blocking} is a file, so {target} cannot be made in it; give a folder path."
+        raise SpecError(msg)
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         msg = f"{target} exists and is not empty; pass overwrite=True to replace it."
         raise SpecError(msg)
+
+
+def check_overwrite(overwrite: object) -> None:
+    """Refuse an ``overwrite`` that is not a bool: ``overwrite="no"`` is truthy, and replaced
+    a folder of the user's own files.
+
+    Examples:
+        >>> check_overwrite(True)
+        >>> check_overwrite("no")
+        Traceback (most recent call last):
+        workbench.errors.SpecError: overwrite='no' must be True or False
+    """
+    if not isinstance(overwrite, bool):
+        raise SpecError(f"overwrite={overwrite!r} must be True or False")
 
 
 @contextlib.contextmanager

@@ -97,6 +97,8 @@ class DataFacts:
         stop_trained_rows: Training rows whose labels train at least one of ``stop_tokens``
             (``None``: not measured, e.g. a multi-token stop text).
         after_answer: The text the template writes right after an answer (``None``: unknown).
+        stop_text: The template's ``stop`` when it is no token of this tokenizer (a built-in
+            template on another family's tokenizer): only a text search stops there.
         cutoff: Tokens kept per example (``max_length``, capped by the model context), or
             ``None`` when nothing is cut.
         cutoff_source: ``"max_length"`` or ``"context"``: what sets ``cutoff``.
@@ -115,6 +117,7 @@ class DataFacts:
     stop_tokens: tuple[str, ...] = ()
     stop_trained_rows: int | None = None
     after_answer: str | None = None
+    stop_text: str | None = None
     cutoff: int | None = None
     cutoff_source: str = "max_length"
     context: int | None = None
@@ -170,6 +173,7 @@ def _measure(data: Any) -> DataFacts:
         stop_tokens=tuple(stops.values()),
         stop_trained_rows=_rows_training(data.train, list(stops)) if stops else None,
         after_answer=after,
+        stop_text=_text_only_stop(data),
         cutoff=cutoff,
         cutoff_source=source,
         context=context,
@@ -189,6 +193,11 @@ def _after_answer(data: Any) -> str | None:
     except Exception:  # a template that needs other roles: the tokens are still checked
         return None
     return text.split(_SENTINEL, 1)[1] if _SENTINEL in text else None
+
+
+def _text_only_stop(data: Any) -> str | None:
+    stop = data.template.stop
+    return stop if stop and _single_id(data.tokenizer, stop) is None else None
 
 
 def _single_id(tokenizer: Any, text: str) -> int | None:

@@ -416,14 +416,27 @@ writes '\\n\\n' after an answer
         if n_cut
         else ""
     )
+    text_stop = (
+        f"; {facts.stop_text!r} is no token of this tokenizer: the session's own generate "
+        "stops at it by searching the text, but an export (plain transformers, llama.cpp, "
+        "a server) stops only at an end token, and writes on"
+        if facts.stop_text
+        else ""
+    )
     evidence = (
         f"none of the {facts.train_rows} training rows has {tokens} among its trained "
-        f"tokens{after}{cut}"
+        f"tokens{after}{cut}{text_stop}"
     )
     writes_stop = facts.after_answer is not None and any(
         t in facts.after_answer for t in facts.stop_tokens
     )
-    if n_cut and writes_stop:  # the template is right; the cutoff removes its stop token
+    if facts.stop_text:  # a built-in template on another family's tokenizer
+        suggestion = (
+            "use the tokenizer's own chat template (template='tokenizer'), or "
+            "template='alpaca', which ends each answer with this tokenizer's eos token, so "
+            "an export stops where the session does"
+        )
+    elif n_cut and writes_stop:  # the template is right; the cutoff removes its stop token
         suggestion = (
             "keep whole answers: raise max_length (or shorten the answers) so each example "
             "ends inside it; without a trained end-of-turn token the model never learns to "

@@ -83,8 +83,10 @@ def step_folder(step: int) -> str:
     return f"step-{int(step):08d}"
 
 
-def choose_steps(checkpoints: Any, available: Sequence[int]) -> list[int]:
-    """The steps to evaluate, sorted: ``"all"``, a list of steps, or one step.
+def choose_steps(
+    checkpoints: Any, available: Sequence[int], purpose: str = "evaluate"
+) -> list[int]:
+    """The steps to evaluate (or to ``purpose``), sorted: ``"all"``, a list of steps, or one.
 
     Raises:
         SpecError: no checkpoints at all, a step without a checkpoint (the message lists the
@@ -106,7 +108,7 @@ def choose_steps(checkpoints: Any, available: Sequence[int]) -> list[int]:
     steps = sorted(set(available))
     if not steps:
         msg = (
-            "no checkpoints to evaluate: the latest run has none that are complete; train "
+            f"no checkpoints to {purpose}: the latest run has none that are complete; train "
             "first (a checkpoint is written every save_every steps and at the end)."
         )
         raise SpecError(msg)
