@@ -394,3 +394,20 @@ def test_settings_the_sweep_cannot_use_are_named_in_a_warning(tmp_path, tiny_mod
     with pytest.warns(wb.WorkbenchWarning, match=r"find_lr ignores lr=, max_steps=: the sweep"):
         result = s.find_lr(lr=1e-3, max_steps=5, **CHEAP)
     assert len(result.lrs) == CHEAP["num_steps"]  # the sweep ran its own steps and rates
+
+
+def test_train_does_not_warn_against_the_rate_find_lr_measured(tmp_path, tiny_model_dir):
+    # The finder suggested ~0.03 on the tiny model (the best rate there), and train() then
+    # warned that it was "far above" what LoRA trains at, pointing at spec.py, not the user.
+    import warnings as w
+
+    s = session(tmp_path, tiny_model_dir)
+    suggested = s.find_lr(num_steps=40, batch_size=4).suggested_lr
+    assert suggested > 0.01  # above the rule of thumb the warning states
+    with w.catch_warnings():
+        w.simplefilter("error", wb.WorkbenchWarning)
+        s.train(lr=suggested, max_steps=2, batch_size=4, wait=True)
+    s.load_model(str(tiny_model_dir))  # another model: the measurement no longer holds
+    with pytest.warns(wb.WorkbenchWarning, match="is far above") as said:
+        s.train(lr=suggested, max_steps=1, batch_size=4, wait=True)
+    assert [r.filename for r in said if "far above" in str(r.message)] == [__file__]

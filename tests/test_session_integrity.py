@@ -403,6 +403,38 @@ def test_a_merged_run_leaves_no_training_hooks_for_the_next(tmp_path, tiny_model
         assert torch.equal(base.get_input_embeddings()(ids), base.get_input_embeddings()(ids))
 
 
+def test_neftune_noise_is_on_only_while_the_run_trains(tmp_path, tiny_model_dir):
+    # The hook stayed on the model after the run: find_lr on the tuned model (train-mode
+    # forwards) got noise it did not ask for, losses up to 3.1 apart.
+    def noise_hooks(model):
+        hooks = model.get_input_embeddings()._forward_hooks.values()
+        return [h for h in hooks if getattr(h, "_workbench_neftune", False)]
+
+    def losses(run):
+        return [r.loss for r in run.history if r.kind == "train"]
+
+    options = {"max_steps": 30, "batch_size": 4, "seed": 3, "eval_every": 100}
+    whole = session_with_data(tmp_path / "a", tiny_model_dir)
+    noisy = whole.train(neftune_alpha=5.0, wait=True, **options)
+    assert noisy.state is RunState.FINISHED and not noise_hooks(whole.model)
+    quiet = session_with_data(tmp_path / "b", tiny_model_dir).train(wait=True, **options)
+    assert losses(quiet) != losses(noisy)  # the noise was there while it trained
+    embeddings = whole.model.get_input_embeddings()
+    whole.model.train()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(embeddings(ids), embeddings(ids))
+    whole.model.train(False)
+    stopped_session = session_with_data(tmp_path / "c", tiny_model_dir)
+    run = stopped_session.train(neftune_alpha=5.0, wait=False, **options)
+    run.stop()
+    if run.wait().state is RunState.STOPPED:
+        assert not noise_hooks(stopped_session.model)
+        run.resume()
+        assert run.wait().state is RunState.FINISHED
+    assert losses(run) == losses(noisy) and not noise_hooks(stopped_session.model)
+
+
 def test_a_start_that_fails_after_wrapping_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
     # A setting only the optimizer or scheduler refuses used to fail after the adapter was
     # put on the model and the run folder made: every later train() then refused "an
@@ -465,6 +497,76 @@ def test_a_fork_that_collapses_points_back_to_the_step_it_forked_from(tmp_path, 
         fork = parent.fork(step=20, lr=1000.0, wait=True)
     assert fork.state is RunState.FAILED, fork.status.error
     assert "is step-00000020: run.fork(step=20, lr=...) goes on from it" in fork.status.error
+
+
+def test_a_one_step_run_trains_and_an_explicit_whole_run_warmup_is_said(tmp_path, tiny_model_dir):
+    # The default warm-up (3%) rounded up to the only step, at lr 0: the run "finished"
+    # with every LoRA B matrix still zero, the tuned model the base, and nothing said.
+    import warnings as w
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with w.catch_warnings():
+        w.simplefilter("error", WorkbenchWarning)
+        run = s.train(max_steps=1, lr=5e-3, batch_size=4, wait=True)
+    lora_b = [p for n, p in run.model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)
+    assert [r.lr for r in run.history if r.kind == "train"] == [pytest.approx(5e-3)]
+    s.load_model(str(tiny_model_dir))
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"warmup=1 is 1 steps, as long as the whole run "
+        r"\(1 step \(its first step, at lr 0, trains nothing\)\)",
+    ):
+        s.train(max_steps=1, warmup=1, wait=True)
+
+
+def test_a_lora_rank_above_every_adapted_layer_is_said(tmp_path, tiny_model_dir):
+    # r=1000 on hidden size 64 trained 19x the model's parameters in silence.
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"LoRA r=1000 is above the rank any adapted "
+        r"layer can take .*at most 64 here.*r=64 learns the same",
+    ) as said:
+        run = s.train(lora=wb.LoRA(r=1000), max_steps=1, wait=True)
+    assert [r.filename for r in said if "LoRA r=1000" in str(r.message)] == [__file__]
+    assert any("LoRA r=1000" in (r.message or "") for r in run.history if r.kind == "warning")
+    s.load_model(str(tiny_model_dir))
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error", WorkbenchWarning)
+        s.train(lora=wb.LoRA(r=64, target=["q_proj"]), max_steps=1, wait=True)
+
+
+def test_a_second_run_training_beside_another_in_one_process_is_warned(tmp_path, tiny_model_dir):
+    # Two sessions' runs at once shared torch's generator: with dropout, neither repeated
+    # its seed (losses 0.08 apart from the same run alone), and nothing said so.
+    import time
+    import warnings as w
+
+    first = session_with_data(tmp_path / "a", tiny_model_dir)
+    second = session_with_data(tmp_path / "b", tiny_model_dir)
+    running = first.train(max_steps=400, batch_size=4, wait=False)
+    deadline = time.time() + 60
+    while running.status.step < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with pytest.warns(
+            WorkbenchWarning,
+            match=r"run-001 is training in this process too: "
+            r"both runs draw their random numbers",
+        ) as said:
+            beside = second.train(max_steps=2, batch_size=4, wait=True)
+        assert [r.filename for r in said if "in this process too" in str(r.message)] == [__file__]
+        assert any("in this process too" in (r.message or "") for r in beside.history)
+    finally:
+        running.stop()
+        running.wait()
+    second.load_model(str(tiny_model_dir))
+    with w.catch_warnings():
+        w.simplefilter("error", WorkbenchWarning)
+        second.train(max_steps=1, batch_size=4, wait=True)  # the other one has ended
 
 
 def test_a_warmup_the_run_cannot_use_is_said_and_a_high_lr_warned_once(tmp_path, tiny_model_dir):

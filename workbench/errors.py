@@ -14,7 +14,10 @@ Examples:
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "CacheError",
@@ -33,7 +36,10 @@ __all__ = [
     "WorkbenchError",
     "WorkbenchWarning",
     "WriteError",
+    "warn_user",
 ]
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
 class WorkbenchError(Exception):
@@ -146,3 +152,22 @@ class ServeError(WorkbenchError, RuntimeError):
 
 class WorkbenchWarning(UserWarning):
     """A warning about a setting that works but is probably not what was meant."""
+
+
+def warn_user(text: str, category: type[Warning] = WorkbenchWarning) -> None:
+    """Warn at the first caller outside the workbench: the user's line (a notebook cell, a
+    script), however deep in the package the warning is found.
+
+    Examples:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as said:
+        ...     warnings.simplefilter("always")
+        ...     warn_user("lr is high")
+        >>> said[0].filename == __file__ or said[0].filename.startswith("<doctest")
+        True
+    """
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    # (a thread of the package's own, a run's worker, has no user frame: its direct caller)
+    warnings.warn(text, category, stacklevel=level + 1 if frame is not None else 2)

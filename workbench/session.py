@@ -90,6 +90,7 @@ class Session:
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
         self._evaluation_run: Any = None  # a background evaluate(wait=False), while it runs
         self._unsubscribers: list[Callable[[], None]] = []
+        self._measured_lr: float | None = None  # find_lr's suggestion for this model and data
         if verbose:
             self._unsubscribers.append(
                 self.events.on(PROGRESS, lambda message: print(message, flush=True))
@@ -192,6 +193,7 @@ class Session:
         cards), and data tokenized by another tokenizer (dropped, saying so)."""
         self._run_of_model, self._merged = None, False
         self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
+        self._measured_lr = None
         if self._data is not None and not _tokenizes_alike(self._data, tokenizer):
             self._data = None
             warnings.warn(
@@ -460,7 +462,7 @@ class Session:
         data = PreparedData.load(source, self.tokenizer, **options)
         rows = self.loaded.model.get_input_embeddings().num_embeddings
         refuse_ids_beyond(data, rows, self.tokenizer)
-        self._data = data
+        self._data, self._measured_lr = data, None
         report = self._data.report()
         self._record(
             {
@@ -539,7 +541,7 @@ class Session:
             1024
         """
         self._check_run_allows("set_max_length")
-        self._data = self.data.with_max_length(max_length)
+        self._data, self._measured_lr = self.data.with_max_length(max_length), None
         self.events.emit(DATA_LOADED, self._data.report())
         return self._data.report()
 
@@ -747,7 +749,13 @@ class Session:
         self._check_run_allows("train")
         launch = launch_from_settings(settings)
         also = ("wait", "probes", *LAUNCH_OPTIONS)
-        spec = train_spec_from_settings("train()", settings, also)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            spec = train_spec_from_settings("train()", settings, also)
+        for warning in said:  # said again at the caller's line, not the spec's
+            measured = "is far above" in str(warning.message) and spec.lr == self._measured_lr
+            if not measured:  # find_lr measured that rate on this model and data
+                warnings.warn(warning.message, warning.category, stacklevel=2)
         if self._adapted is not None:
             raise SpecError(
                 "the model already carries an adapter from an earlier run: call "
@@ -903,7 +911,9 @@ class Session:
 
         model, train = self.model, _training_columns(self.data.train)
         sweep = {k: settings.pop(k) for k in SWEEP_OPTIONS if k in settings}
-        return find_lr(model, self.tokenizer, train, settings, on_event=self._progress, **sweep)
+        result = find_lr(model, self.tokenizer, train, settings, on_event=self._progress, **sweep)
+        self._measured_lr = result.suggested_lr
+        return result
 
     def _fork_hooks(self):
         """What ``run.fork(...)`` asks of the session: checks, re-cut data, adopting the fork.

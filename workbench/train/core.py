@@ -1061,13 +1061,22 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def warmup_steps(warmup: int | float, total: int) -> int:
-    """Warm-up steps: ``warmup`` itself if an int, else that fraction of ``total`` rounded up.
+    """Warm-up steps: ``warmup`` itself if an int, else that fraction of ``total`` rounded up
+    (as transformers' ``warmup_ratio``), but never the whole run.
+
+    A warm-up starts at lr 0, so the default 3% of a 1-step run (a quick check, or a few
+    rows in large batches) rounded up to that one step, which trained nothing: the run
+    ended "finished" with the adapter as it started. A fraction leaves the last step out.
 
     Examples:
         >>> warmup_steps(0.1, 50), warmup_steps(3, 50)
         (5, 3)
+        >>> warmup_steps(0.03, 1), warmup_steps(0.03, 2), warmup_steps(0.99, 10)
+        (0, 1, 9)
     """
-    return warmup if isinstance(warmup, int) else math.ceil(warmup * total)
+    if isinstance(warmup, int):
+        return warmup
+    return max(0, min(math.ceil(warmup * total), total - 1))
 
 
 def add_neftune(model: Any, alpha: float) -> Any:

@@ -36,6 +36,7 @@ __all__ = [
     "is_4bit",
     "is_quantized",
     "optimizer_groups",
+    "rank_note",
     "wrap_model",
 ]
 
@@ -95,6 +96,44 @@ def _check_target(model: Any, spec: TrainSpec) -> None:
             f"{list(available)}; use some of these or target='all-linear'."
         )
         raise SpecError(msg)
+
+
+def rank_note(model: Any, spec: TrainSpec) -> str | None:
+    """What to say when the LoRA rank is above what any adapted layer can hold.
+
+    A layer's update ``B @ A`` has rank at most ``min(in, out)``: a larger ``r`` only adds
+    parameters (and checkpoint bytes) that learn nothing more.
+
+    Examples:
+        >>> from transformers import AutoModelForCausalLM
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> from workbench.train.spec import LoRA
+        >>> folder = build_tiny_model("/tmp/wb-doc-prepare-tiny")
+        >>> model = AutoModelForCausalLM.from_pretrained(folder)
+        >>> print(rank_note(model, TrainSpec(lora=LoRA(r=1000))))  # doctest: +ELLIPSIS
+        LoRA r=1000 is above the rank any adapted layer can take (the smaller of its input and \
+output sizes: at most 64 here); the extra rank only adds parameters: r=64 learns the same
+        >>> rank_note(model, TrainSpec(lora=LoRA(r=16))) is None
+        True
+    """
+    if spec.method == "full":
+        return None
+    target = spec.lora.target
+    sizes = [
+        min(module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "in_features", None), int)
+        and isinstance(getattr(module, "out_features", None), int)
+        and name.rsplit(".", 1)[-1] != "lm_head"
+        and (target == "all-linear" or any(name == t or name.endswith(f".{t}") for t in target))
+    ]
+    if not sizes or spec.lora.r <= max(sizes):
+        return None
+    return (
+        f"LoRA r={spec.lora.r} is above the rank any adapted layer can take (the smaller of "
+        f"its input and output sizes: at most {max(sizes)} here); the extra rank only adds "
+        f"parameters: r={max(sizes)} learns the same"
+    )
 
 
 def check_model(model: Any, spec: TrainSpec) -> None:

@@ -784,7 +784,6 @@ class Run:
                 paused at (it is stopped first, saving it). Keep more checkpoints with
                 ``save_every=`` and ``keep_checkpoints="all"``.
             wait: Block until the fork ends, printing progress. By default, like
-            ``Session.train``: block in a script, return at once in a notebook. By default, like
                 ``Session.train``: block in a script, return at once in a notebook.
             **changes: ``lr``, ``epochs``, ``max_steps``, ``scheduler``, ``warmup``,
                 ``early_stopping``, ``eval_every``, ``save_every``, ``keep_checkpoints``,

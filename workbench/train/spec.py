@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from workbench.errors import SpecError, WorkbenchWarning, refuse_unknown
+from workbench.train.core import warmup_steps
 from workbench.types import Method
 
 __all__ = [
@@ -386,13 +387,13 @@ class TrainSpec:
         return max(1, math.ceil(self.epochs * micro / self.grad_accum))
 
     def warmup_steps(self, total: int) -> int:
-        """Warm-up steps for a run of ``total`` steps.
+        """Warm-up steps for a run of ``total`` steps (:func:`~workbench.train.core.warmup_steps`).
 
         Examples:
             >>> TrainSpec(warmup=0.1).warmup_steps(50), TrainSpec(warmup=3).warmup_steps(50)
             (5, 3)
         """
-        return self.warmup if isinstance(self.warmup, int) else math.ceil(self.warmup * total)
+        return warmup_steps(self.warmup, total)
 
     def every(self, total: int) -> tuple[int, int]:
         """``(eval_every, save_every)`` resolved for a run of ``total`` steps.

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from workbench._quiet import quiet_third_party
-from workbench.errors import DataError, SpecError, WorkbenchWarning
+from workbench.errors import DataError, SpecError, WorkbenchWarning, warn_user
 from workbench.events import PROGRESS, EventHub
 from workbench.train import store
 from workbench.train.batches import Examples
@@ -49,15 +49,16 @@ from workbench.train.checkpoint import (
 from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
 from workbench.train.prepare import (
-    add_neftune,
     check_model,
     choose_checkpointing,
     fit_spec_to_model,
+    rank_note,
     wrap_model,
 )
 from workbench.train.records import LogRecord
 from workbench.train.run import Run
 from workbench.train.spec import TrainSpec, respec
+from workbench.train.worker import runs_training
 
 __all__ = ["resume_run", "start_run"]
 
@@ -80,7 +81,7 @@ def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
         f"skipped {len(empty)} training example(s) with no trained token (rows {shown}): "
         "their loss would be a silent 0.0. Often truncation cut the whole answer."
     )
-    return train.subset(np.flatnonzero(counts > 0)), [_warned(text, depth=2)]
+    return train.subset(np.flatnonzero(counts > 0)), [_warned(text)]
 
 
 def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
@@ -93,18 +94,27 @@ def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
             "from the first step: use scheduler='constant_with_warmup' to warm up."
         ]
     steps = spec.warmup_steps(total)
-    if spec.scheduler != "constant" and total > 1 and steps >= total:
+    if spec.scheduler != "constant" and steps >= total:
+        only = " (its first step, at lr 0, trains nothing)" if total == 1 else ""
         return [
             f"warmup={spec.warmup!r} is {steps} steps, as long as the whole run ({total} "
-            f"steps): the rate never reaches lr={spec.lr:g}."
+            f"step{'s' if total != 1 else ''}{only}): the rate never reaches lr={spec.lr:g}."
         ]
     return []
 
 
-def _warned(text: str, depth: int = 1) -> LogRecord:
-    """Warn the caller of ``start_run`` (``depth`` calls up) now; the record keeps it in the
-    run's history."""
-    warnings.warn(text, WorkbenchWarning, stacklevel=2 + depth)
+def _side_by_side(other: Any) -> str:
+    return (
+        f"{other.run_dir.name} is training in this process too: both runs draw their random "
+        "numbers (LoRA dropout, NEFTune) from torch's one generator, so neither repeats with "
+        "its seed; train one at a time, or each in its own process (a script, or launch=)"
+    )
+
+
+def _warned(text: str) -> LogRecord:
+    """Warn at the user's line now (:func:`~workbench.errors.warn_user`); the record keeps it
+    in the run's history."""
+    warn_user(text)
     return LogRecord(kind="warning", step=0, epoch=0.0, message=text)
 
 
@@ -228,11 +238,14 @@ def start_run(
     kept, notes = _drop_untrained(train)
     if fitted:
         notes.insert(0, _warned(f"{fitted}; the run's spec says so."))
+    if (too_high := rank_note(model, spec)) is not None:
+        notes.append(_warned(f"{too_high}."))
+    if others := runs_training():
+        notes.append(_warned(_side_by_side(others[0])))
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
-    for text in _warmup_notes(spec, total):  # a loop, not a comprehension: its own frame
-        notes.append(_warned(text))  # would point the warning at this file
+    notes += [_warned(text) for text in _warmup_notes(spec, total)]
     meta = {
         "version": 1,
         "spec": spec.to_dict(),
@@ -392,8 +405,6 @@ def _launch(
     """
     quiet_third_party()  # peft's read of a deprecated transformers property warns each run
     model = wrap_model(model, spec)
-    if spec.neftune_alpha:
-        add_neftune(model, spec.neftune_alpha)
     loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
     run = Run(
         run_dir,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +36,14 @@ from workbench.train.checkpoint import (
     save_checkpoint,
 )
 from workbench.train.guards import CollapseCheck, TrainingError
+from workbench.train.prepare import add_neftune
 from workbench.train.records import LogRecord
 from workbench.train.status import RunState
 
 if TYPE_CHECKING:
     from workbench.train.run import Run
 
-__all__ = ["Worker", "checkpoint_note", "recovery_note"]
+__all__ = ["Worker", "checkpoint_note", "recovery_note", "runs_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,19 @@ def recovery_note(run_dir: Path, went_bad_at: int) -> str:
     )
 
 
+_TRAINING: weakref.WeakSet = weakref.WeakSet()  # runs whose worker trains (or is paused)
+
+
+def runs_training() -> list[Any]:
+    """The runs of this process whose worker is training now, or paused between steps.
+
+    Examples:
+        >>> runs_training()
+        []
+    """
+    return list(_TRAINING)
+
+
 class Worker:
     """Runs the steps of one start of a run on its own thread.
 
@@ -113,6 +128,7 @@ class Worker:
         self.run, self.loop, self.spec = run, run.loop, run.spec
         self.paused = False
         self._saved_rng: Any = None
+        self._noise: Any = None  # NEFTune's hook while this worker trains
         self.stop_message = ""
         self.collapse = CollapseCheck(_vocab_size(run.model))
         # None: wait while paused until asked; a launched run's ranks ask every few tenths
@@ -143,8 +159,15 @@ class Worker:
             logger.exception("training run %s failed", self.run.run_dir)
             self._fail(TrainingError(f"training failed: {type(err).__name__}: {err}"))
 
+    def _noise_off(self) -> None:
+        _TRAINING.discard(self.run)
+        if self._noise is not None:
+            self._noise.remove()
+            self._noise = None
+
     def _fail(self, err: WorkbenchError, went_bad_at: int | None = None) -> None:
         self.run.model.train(False)
+        self._noise_off()
         if isinstance(err, TrainingError):
             run_dir = self.run.run_dir
             note = (
@@ -157,6 +180,11 @@ class Worker:
 
     def _train(self) -> None:
         run, loop = self.run, self.loop
+        # NEFTune's noise is on only while this worker trains: left on after the run, any
+        # train-mode forward (find_lr on the tuned model) got noise it did not ask for.
+        if self.spec.neftune_alpha and self._noise is None:
+            self._noise = add_neftune(run.model, self.spec.neftune_alpha)
+        _TRAINING.add(run)
         if run.probes and not run.probe_base:
             self._base_probes()
         while loop.step < loop.total_steps:
@@ -183,6 +211,7 @@ class Worker:
         if run._saved_step != loop.step:
             self.save()
         run.model.train(False)
+        self._noise_off()
         run._rng_at_end = rng_state()
         restored = self.restore_best()
         if ended_early:
