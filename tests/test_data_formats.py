@@ -585,6 +585,13 @@ def test_a_json_object_that_holds_no_single_list_of_rows_is_refused_by_name(
     skipped = load(lines, tokenizer, cache_dir, on_error="skip")
     assert len(skipped.train) == 1
     assert any("lines.json, line 1: not valid JSON" in p.message for p in skipped.report().problems)
+    # Two damaged first rows: it was read as one document, and failed at a line that is fine
+    two_bad = tmp_path / "two-bad.json"
+    good = "".join(json.dumps({"question": f"q{i}", "answer": "a"}) + "\n" for i in range(4))
+    two_bad.write_text('{"question": "q0", "answer": \n{"question": \n' + good)
+    with pytest.raises(DataError, match=r"two-bad\.json, line 1: not valid JSON"):
+        load(two_bad, tokenizer, cache_dir)
+    assert len(load(two_bad, tokenizer, cache_dir, on_error="skip").train) == 4
     single = tmp_path / "one-chat.json"
     single.write_text(json.dumps(CHAT_ROW))
     assert load(single, tokenizer, cache_dir).train[0]["messages"] == CHAT_ROW["messages"]

@@ -537,6 +537,13 @@ def test_a_lora_rank_above_every_adapted_layer_is_said(tmp_path, tiny_model_dir)
     with w.catch_warnings():
         w.simplefilter("error", WorkbenchWarning)
         s.train(lora=wb.LoRA(r=64, target=["q_proj"]), max_steps=1, wait=True)
+    s.load_model(str(tiny_model_dir))
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"lora=LoRA\(r=4, ...\) is not used by "
+        r"method='full', which trains every weight",
+    ):
+        s.train(method="full", lora=wb.LoRA(r=4), lr=1e-5, max_steps=1, wait=True)
 
 
 def test_a_second_run_training_beside_another_in_one_process_is_warned(tmp_path, tiny_model_dir):

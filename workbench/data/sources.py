@@ -660,8 +660,11 @@ def _json_layout(
         )
         return ("one-line" if wrapper else "lines"), head
     # A document spread over lines: neither of its first two lines is a whole JSON object.
-    # (JSON Lines with a damaged first row still has a second one.)
-    return ("document" if head == [None, None] else "lines"), head
+    # (JSON Lines with a damaged first row still has a second one; with two damaged first
+    # rows, more whole objects follow, where a pretty document has at most one per list.)
+    if head[:2] == [None, None] and sum(r is not None for r in head[2:]) < 2:
+        return "document", head[:2]
+    return "lines", head[:2]
 
 
 def pandas_rows(document: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -731,8 +734,10 @@ def _is_a_row(columns: list[str]) -> bool:
     return True
 
 
-def _head_rows(path: Path, encoding: str | None = None) -> list[dict[str, Any] | None]:
-    """The first two non-empty lines, each as a JSON object (``None``: it is not one)."""
+def _head_rows(
+    path: Path, encoding: str | None = None, lines: int = 8
+) -> list[dict[str, Any] | None]:
+    """The first ``lines`` non-empty lines, each as a JSON object (``None``: it is not one)."""
     head: list[dict[str, Any] | None] = []
     with _open_bytes(path, encoding) as fh:
         for raw in fh:
@@ -743,7 +748,7 @@ def _head_rows(path: Path, encoding: str | None = None) -> list[dict[str, Any] |
             except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
                 value = None
             head.append(value if isinstance(value, dict) else None)
-            if len(head) == 2:
+            if len(head) == lines:
                 break
     return head
 

@@ -57,7 +57,7 @@ from workbench.train.prepare import (
 )
 from workbench.train.records import LogRecord
 from workbench.train.run import Run
-from workbench.train.spec import TrainSpec, respec
+from workbench.train.spec import LoRA, TrainSpec, respec
 from workbench.train.worker import runs_training
 
 __all__ = ["resume_run", "start_run"]
@@ -99,6 +99,21 @@ def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
         return [
             f"warmup={spec.warmup!r} is {steps} steps, as long as the whole run ({total} "
             f"step{'s' if total != 1 else ''}{only}): the rate never reaches lr={spec.lr:g}."
+        ]
+    return []
+
+
+def _unused_settings(spec: TrainSpec) -> list[str]:
+    """Settings the run cannot use as given: said, not refused.
+
+    Examples:
+        >>> _unused_settings(TrainSpec(method="full", lora=LoRA(r=4)))
+        ["lora=LoRA(r=4, ...) is not used by method='full', which trains every weight"]
+    """
+    if spec.method == "full" and spec.lora != LoRA():
+        return [
+            f"lora=LoRA(r={spec.lora.r}, ...) is not used by method='full', which trains "
+            "every weight"
         ]
     return []
 
@@ -242,6 +257,7 @@ def start_run(
         notes.append(_warned(f"{too_high}."))
     if others := runs_training():
         notes.append(_warned(_side_by_side(others[0])))
+    notes += [_warned(text) for text in _unused_settings(spec)]
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
