@@ -90,6 +90,23 @@ def _row_with_calls(data):
     return next(k for k in range(len(data.train)) if data.train[k]["tool_calling"])
 
 
+def test_calls_that_do_not_fit_the_row_s_tools_are_reported(tokenizer, cache_dir):
+    # Both loaded without a word: the model learned to call a tool it was not given, and
+    # trained on a result no call asked for.
+    unknown = _tool_row(1)
+    unknown["messages"][1]["tool_calls"][0]["function"]["name"] = "multiply"
+    orphan = _tool_row(2)
+    orphan["messages"] = [orphan["messages"][0], *orphan["messages"][2:]]
+    data = load(
+        [_tool_row(0), unknown, orphan, _tool_row(3)], tokenizer, cache_dir, template="chatml"
+    )
+    found = [(p.row, p.message) for p in data.report().problems if p.kind == "tool_mismatch"]
+    assert found == [
+        (1, "messages[1] calls 'multiply', which the row's tools do not offer (add)"),
+        (2, "messages[1] is a tool result, but no call comes before it"),
+    ]
+
+
 @pytest.mark.parametrize("template", ["chatml", "gemma", OWN_MARKERS])
 def test_calls_are_trained_results_are_context_and_tools_are_in_the_prompt(
     tmp_path, tokenizer, cache_dir, template

@@ -23,6 +23,7 @@ ProblemKind = Literal[
     "leak",
     "no_trained_tokens",
     "unanswered_turn",
+    "tool_mismatch",
     "truncated_answer",
     "too_long",
     "template_mismatch",

@@ -38,7 +38,7 @@ import numpy as np
 from workbench.data.loading import role_sequences
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
-from workbench.data.tool_calls import TOOL_CALLING
+from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
 __all__ = ["MAX_LISTED", "DataReport", "LengthStats", "build_report", "length_problems"]
 
@@ -325,6 +325,7 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
         problems.append(Problem(i, "empty_field", f"empty: {fields}", split))
     if not data.is_text:
         problems += unanswered_turns(role_sequences(data.split(split)), stats, split)
+        problems += tool_mismatches(data.split(split), split)
     effect = _SPECIAL_TEXT_EFFECT[data.spec.special_tokens_in_text]
     for i, what in data.special_text(split):
         msg = f"control token written as text: {what}; {effect}"
@@ -364,6 +365,53 @@ with a user turn (9 tokens) that trains nothing; drop it, or add the answer that
         )
         problems.append(Problem(i, "unanswered_turn", msg, split))
     return problems
+
+
+def tool_mismatches(dataset: Any, split: str) -> list[Problem]:
+    """Rows whose tool calls do not fit their tools: a call to a tool the row does not offer
+    (the model learns to call what it was not given), and a tool result that answers no call.
+
+    Examples:
+        >>> import datasets, json
+        >>> add = {"type": "function", "function": {"name": "add", "parameters": {}}}
+        >>> call = {"type": "function", "function": {"name": "mul", "arguments": {}}}
+        >>> stored = json.dumps({"tools": [add], "turns": {"1": {"tool_calls": [call]}}})
+        >>> turns = [{"role": "user", "content": "2*3?"}, {"role": "assistant", "content": ""},
+        ...          {"role": "tool", "content": "6"}, {"role": "assistant", "content": "6"}]
+        >>> rows = datasets.Dataset.from_dict({"messages": [turns], TOOL_CALLING: [stored]})
+        >>> print(tool_mismatches(rows, "train")[0].message)
+        messages[1] calls 'mul', which the row's tools do not offer (add)
+    """
+    if TOOL_CALLING not in dataset.column_names:
+        return []
+    table = dataset.select_columns(["messages", TOOL_CALLING]).with_format("arrow")[:]
+    stored = table.column(TOOL_CALLING)
+    problems = []
+    for i in np.flatnonzero(stored.is_valid().to_numpy(zero_copy_only=False)):
+        messages, tools = with_tool_calling(
+            table.column("messages")[int(i)].as_py(), stored[int(i)].as_py()
+        )
+        for message in _tool_misfits(messages, tools):
+            problems.append(Problem(int(i), "tool_mismatch", message, split))
+    return problems
+
+
+def _tool_misfits(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[str]:
+    offered = [str(t.get("function", t).get("name")) for t in tools or [] if isinstance(t, dict)]
+    found, called = [], False
+    for k, message in enumerate(messages):
+        calls = message.get("tool_calls") or []
+        called = called or bool(calls)
+        for call in calls:
+            name = str((call.get("function") or call).get("name"))
+            if offered and name not in offered:
+                found.append(
+                    f"messages[{k}] calls {name!r}, which the row's tools do not offer "
+                    f"({', '.join(offered)})"
+                )
+        if message["role"] == "tool" and not called:
+            found.append(f"messages[{k}] is a tool result, but no call comes before it")
+    return found
 
 
 def _sample_check(data: Any) -> Any:
