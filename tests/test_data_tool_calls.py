@@ -332,6 +332,11 @@ def test_a_template_that_drops_one_rows_call_is_refused_naming_that_row(
             "expected a tool object with a function name",
         ),
         (lambda r: r.update(tools="[not json"), "tools", "the tools are not JSON"),
+        (  # flat calls, as some sets write them: named as written
+            lambda r: r["messages"][1].update(tool_calls=[{"arguments": "{}"}]),
+            "messages[1].tool_calls[0].name",
+            "missing",
+        ),
     ],
 )
 def test_bad_tool_fields_name_the_file_line_and_field(
@@ -344,6 +349,22 @@ def test_bad_tool_fields_name_the_file_line_and_field(
         load(path, tokenizer, cache_dir, template="chatml")
     assert f"bad.jsonl, line 2, field {field!r}: {why}" in str(err.value)
     assert not list((tmp_path / "arrow-cache").rglob("*.arrow"))  # nothing half-written
+
+
+def test_a_function_call_turn_without_a_name_is_named_by_its_value(tokenizer, cache_dir):
+    # LLaMA-Factory's ShareGPT calls: the error named conversations[1].tool_calls[0]
+    # .function.name, a field the user's data does not have.
+    row = {
+        "tools": json.dumps(TOOLS),
+        "conversations": [
+            {"from": "human", "value": "2 + 2?"},
+            {"from": "function_call", "value": '{"arguments": {"a": 2}}'},
+            {"from": "observation", "value": "4"},
+            {"from": "gpt", "value": "4"},
+        ],
+    }
+    with pytest.raises(DataError, match=r"row 1, field 'conversations\[1\]\.value\[0\]\.name'"):
+        load([row], tokenizer, cache_dir, template="chatml")
 
 
 def test_tools_and_messages_as_json_text_in_a_csv(tmp_path, tokenizer, cache_dir):
@@ -986,9 +1007,8 @@ def test_a_bad_call_in_xlam_answers_names_the_row_and_field(tmp_path, tokenizer,
     path.write_text(json.dumps([_xlam_row(0), bad]))
     with pytest.raises(DataError) as err:
         load(path, tokenizer, cache_dir, template="chatml")
-    assert "field 'answers.tool_calls[0].function.arguments': the arguments are not JSON" in str(
-        err.value
-    )
+    # named as the column writes it (it has no tool_calls or function fields)
+    assert "field 'answers[0].arguments': the arguments are not JSON" in str(err.value)
     assert "xlam.json, item 2" in str(err.value)
 
 

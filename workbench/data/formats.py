@@ -219,7 +219,7 @@ def _answer_calls(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]]
     is_call = [isinstance(c, dict) and ("function" in c or "arguments" in c) for c in value or ()]
     if not isinstance(value, list) or not value or not all(is_call):
         return None
-    return tool_calls_of(value, column)
+    return tool_calls_of(value, column, column)  # the list the answers column holds
 
 
 def _is_messages(value: Any) -> bool:
@@ -356,8 +356,9 @@ def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> 
             f"{where}.{role_key}", f"unknown role {raw_role!r}; expected one of {sorted(roles)}"
         )
     if role_key == "from" and raw_role.strip().lower() == "function_call":
-        calls = _calls_in_value(turn.get(content_key), f"{where}.{content_key}")
-        return {"role": "assistant", "content": "", "tool_calls": tool_calls_of(calls, where)}
+        value = f"{where}.{content_key}"
+        calls = tool_calls_of(_calls_in_value(turn.get(content_key), value), where, value)
+        return {"role": "assistant", "content": "", "tool_calls": calls}
     extras = _tool_fields(turn, role, where)
     if turn.get(content_key) is None and "tool_calls" not in extras:
         raise RowError(f"{where}.{content_key}", "missing")

@@ -93,24 +93,29 @@ def _arguments(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def tool_calls_of(value: Any, where: str) -> list[dict[str, Any]]:
+def tool_calls_of(value: Any, where: str, field: str | None = None) -> list[dict[str, Any]]:
     """A turn's ``tool_calls`` in the form templates read, checked.
 
     Accepts OpenAI's ``{"type": "function", "function": {"name", "arguments"}}`` (arguments as
     JSON text or an object) and the flat ``{"name", "arguments"}`` some data sets use.
+    ``field`` is where the data holds the calls (default ``<where>.tool_calls``; a ShareGPT
+    ``function_call`` turn holds them in its ``value``).
 
     Raises:
         RowError: Not a list of calls, a call without a name, or arguments that are not a
-            JSON object; the field names the call (``messages[1].tool_calls[0].function``).
+            JSON object; the field names the call as the data writes it
+            (``messages[1].tool_calls[0].function.name``, ``conversations[1].value[0].name``).
 
     Examples:
         >>> tool_calls_of([{"name": "now", "arguments": {}}], "messages[1]")
         [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}]
-        >>> tool_calls_of([{"function": {"arguments": "{}"}}], "messages[1]")
-        Traceback (most recent call last):
-        workbench.data.formats.RowError: missing
+        >>> try:
+        ...     tool_calls_of([{"arguments": "{}"}], "c[1]", "c[1].value")
+        ... except Exception as err:
+        ...     print(err.field, err.message)
+        c[1].value[0].name missing
     """
-    field = f"{where}.tool_calls"
+    field = field or f"{where}.tool_calls"
     if not isinstance(value, list) or not value:
         raise _row_error(field, f"expected a non-empty list of calls, got {value!r:.60}")
     calls = []
@@ -119,12 +124,13 @@ def tool_calls_of(value: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(call, dict):
             raise _row_error(at, f"expected a call object, got {type(call).__name__}")
         function = call.get("function", call)
+        inner = f"{at}.function" if "function" in call else at  # as the data nests it
         if not isinstance(function, dict):
-            raise _row_error(f"{at}.function", "expected an object with name and arguments")
+            raise _row_error(inner, "expected an object with name and arguments")
         name = function.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise _row_error(f"{at}.function.name", "missing")
-        arguments = _arguments(function.get("arguments"), f"{at}.function.arguments")
+            raise _row_error(f"{inner}.name", "missing")
+        arguments = _arguments(function.get("arguments"), f"{inner}.arguments")
         normal: dict[str, Any] = {"type": "function", "function": {"name": name}}
         normal["function"]["arguments"] = arguments
         if isinstance(call.get("id"), str):
