@@ -209,11 +209,11 @@ def test_a_dataset_dict_without_a_train_split_warns_before_training_on_held_out_
         WorkbenchWarning,
         match=r"DatasetDict has no 'train' split: training on "
         r"its 'test' split \(4 rows\), usually held out",
-    ):
+    ) as said:
         data = PreparedData.load(
             datasets.DatasetDict({"test": rows}), tokenizer, cache_dir=cache_dir, validation=None
         )
-    assert len(data.train) == 4
+    assert len(data.train) == 4 and [w.filename for w in said] == [__file__]
     with warnings.catch_warnings():
         warnings.simplefilter("error", WorkbenchWarning)
         PreparedData.load(datasets.DatasetDict({"sft": rows}), tokenizer, cache_dir=cache_dir)
@@ -413,8 +413,9 @@ def test_a_legacy_encoding_given_for_a_utf8_file_is_questioned(tmp_path, tokeniz
         WorkbenchWarning,
         match=r"utf8\.jsonl: the file reads as UTF-8 .* "
         r"encoding='latin-1' reads 'Où' as 'OÃ¹'",
-    ):
-        load(path, tokenizer, cache_dir, encoding="latin-1")
+    ) as said:
+        PreparedData.load(path, tokenizer, cache_dir=cache_dir, encoding="latin-1")
+    assert [w.filename for w in said] == [__file__]  # the user's line, not the package's
     bom = tmp_path / "bom.csv"
     bom.write_bytes("\ufeffquestion,answer\nCafé?,Oui\n".encode())
     with pytest.raises(

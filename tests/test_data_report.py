@@ -386,6 +386,13 @@ def test_turns_after_the_last_answer_are_reported_with_their_token_cost(tokenize
         "tokens) that trains nothing"
     )
     assert "And 4+4?" in "".join(t.text for t in after_answer)
+    # a weight-0 answer inside the tail: every turn after the last trained answer is named
+    tail = [*CHAT_ROW["messages"], turn("user", "Again?"), {**turn("assistant", "x"), "weight": 0}]
+    mixed = load([{"messages": [*tail, turn("user", "ok")]}], tokenizer, cache_dir)
+    (three,) = _kinds(mixed, "unanswered_turn")
+    tokens = mixed.example(0).tokens
+    after = len(tokens) - 1 - max(i for i, t in enumerate(tokens) if t.trained)
+    assert f"with 3 turns (user, assistant, user) ({after} tokens)" in three.message
     data = load([sharegpt_two], tokenizer, cache_dir)
     (two,) = _kinds(data, "unanswered_turn")
     assert "with 2 turns (user, user)" in two.message and "drop them" in two.message

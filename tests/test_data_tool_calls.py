@@ -876,8 +876,8 @@ def test_xlam_answers_cut_short_are_refused_and_python_repr_is_read(tmp_path, to
     rows = [_xlam_row(0), _xlam_row(1, cut)]
     with pytest.raises(
         DataError,
-        match=r"list, row 2, field 'answers': the text is not a list "
-        r"of tool calls in JSON \(Expecting",
+        match=r"list, row 2, field 'answers': the list of tool calls breaks off "
+        r"at its end, cut short\? \(Expecting",
     ):
         load(rows, tokenizer, cache_dir, template="chatml")
     skipped = load(rows, tokenizer, cache_dir, template="chatml", on_error="skip")
@@ -886,8 +886,12 @@ def test_xlam_answers_cut_short_are_refused_and_python_repr_is_read(tmp_path, to
     data = load([_xlam_row(1, python)], tokenizer, cache_dir, template="chatml")
     calls = wb.parse_tool_calls(_trained_text(data, 0, tokenizer))
     assert [c["function"]["arguments"] for c in calls] == [{"city": "Oslo"}]
-    text = load([_xlam_row(1, "[1] is the footnote.")], tokenizer, cache_dir, template="chatml")
-    assert text.example(0).answer == "[1] is the footnote."  # text that opens no object
+    answers = ["[1] is the footnote.", '[{"id": 1}, {"id": 2}] are the records you asked for.']
+    answers.append("[{a, b}] is the set of both.")  # text that goes on past its list
+    text = load(
+        [_xlam_row(i, a) for i, a in enumerate(answers)], tokenizer, cache_dir, template="chatml"
+    )
+    assert [text.example(i).answer for i in range(3)] == answers
 
 
 def test_xlam_tools_are_trained_as_a_chat_request_offers_them(tmp_path, tokenizer, cache_dir):

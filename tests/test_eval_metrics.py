@@ -91,6 +91,19 @@ def test_exact_match_on_rows_that_all_agree_gets_a_wilson_interval_not_zero_widt
     assert lo == 0.0 and hi == pytest.approx(0.2425, abs=1e-4)
 
 
+def test_a_pass_fail_function_gets_a_wilson_interval_and_a_continuous_one_its_bootstrap():
+    from workbench.evaluation.metrics._scorers import FunctionScorer
+
+    same = Column(("a",) * 12, ("a",) * 12)
+    indices = resample_indices(12, 300)
+    passed = FunctionScorer(lambda p, r: p == r, "passed").score(same, indices)["passed"]
+    assert passed.ci == pytest.approx((0.7575, 1.0), abs=1e-4)  # bools: pass/fail per row
+    # a word count of 1 on every row is no proportion: no Wilson interval made up for it
+    words = FunctionScorer(lambda p, r: len(p.split()), "words").score(same, indices)["words"]
+    assert words.ci == (1.0, 1.0)
+    assert METRICS["tool_calls"].score(same, indices)["tool_calls"].ci[0] < 1.0
+
+
 def test_bleu_is_sacrebleu_corpus_bleu_pinned():
     result = _load("bleu").compute(predictions=PREDS, references=REFS)
     assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)

@@ -107,6 +107,12 @@ def test_an_export_that_runs_past_a_stop_text_is_not_the_same(tiny_model_dir):
     assert not ran_on.same and ran_on.first_difference == f"answer token {len(cut) + 1}"
     stopped = _compared(case, model, tokenizer, stop, 16, prompt, cut, cut_text, None)
     assert stopped.same
+    # a character over several byte tokens decodes to U+FFFD until its last one: not a stop
+    from workbench.deploy.parity import _tokens_before
+
+    written = tokenizer("Près 🙂 fin<end_of_turn>and more", add_special_tokens=False).input_ids
+    kept = _tokens_before(tokenizer, written, "Près 🙂 fin")
+    assert tokenizer.decode(written[:kept]) == "Près 🙂 fin"
 
 
 def test_report_escapes_model_text_and_saves_json(tmp_path):

@@ -404,6 +404,10 @@ def test_train_does_not_warn_against_the_rate_find_lr_measured(tmp_path, tiny_mo
     s = session(tmp_path, tiny_model_dir)
     suggested = s.find_lr(num_steps=40, batch_size=4).suggested_lr
     assert suggested > 0.01  # above the rule of thumb the warning states
+    with pytest.warns(wb.WorkbenchWarning, match="is far above what full"):  # not measured
+        s.train(method="full", lr=suggested, max_steps=1, batch_size=4, wait=True)
+    s.load_model(str(tiny_model_dir))
+    assert s.find_lr(num_steps=40, batch_size=4).suggested_lr == suggested  # repeatable
     with w.catch_warnings():
         w.simplefilter("error", wb.WorkbenchWarning)
         s.train(lr=suggested, max_steps=2, batch_size=4, wait=True)

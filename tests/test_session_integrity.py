@@ -514,7 +514,7 @@ def test_a_one_step_run_trains_and_an_explicit_whole_run_warmup_is_said(tmp_path
     s.load_model(str(tiny_model_dir))
     with pytest.warns(
         WorkbenchWarning,
-        match=r"warmup=1 is 1 steps, as long as the whole run "
+        match=r"warmup=1 is 1 step, as long as the whole run "
         r"\(1 step \(its first step, at lr 0, trains nothing\)\)",
     ):
         s.train(max_steps=1, warmup=1, wait=True)

@@ -21,6 +21,7 @@ __all__ = [
     "atomic_write_text",
     "check_free_space",
     "json_lines",
+    "process_alive",
     "read_jsonl",
     "rewrite_jsonl",
     "sha256_file",
@@ -34,6 +35,24 @@ __all__ = [
 _MB = 1024 * 1024
 # A little room beyond the estimate: file system metadata, a JSON file or two, the card.
 _SPACE_MARGIN = 1.05
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (one of another user counts as alive).
+
+    Examples:
+        >>> process_alive(os.getpid()), process_alive(999_999_999)
+        (True, False)
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # not a pid this system can have
+        return False
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path:

@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import warnings
 from collections.abc import Iterable
@@ -39,7 +41,7 @@ __all__ = [
     "warn_user",
 ]
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = str(Path(__file__).resolve().parent)  # the real path: links resolved
 
 
 class WorkbenchError(Exception):
@@ -163,11 +165,20 @@ def warn_user(text: str, category: type[Warning] = WorkbenchWarning) -> None:
         >>> with warnings.catch_warnings(record=True) as said:
         ...     warnings.simplefilter("always")
         ...     warn_user("lr is high")
-        >>> said[0].filename == __file__ or said[0].filename.startswith("<doctest")
+        >>> said[0].filename.startswith("<doctest")  # this example's line, not errors.py
         True
     """
     level, frame = 1, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and _in_package(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     # (a thread of the package's own, a run's worker, has no user frame: its direct caller)
     warnings.warn(text, category, stacklevel=level + 1 if frame is not None else 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_package(filename: str) -> bool:
+    """Whether ``filename`` is one of the package's files (also when imported through a
+    symbolic link; ``workbench_notes/x.py`` beside it is not)."""
+    return any(
+        path.startswith(_PACKAGE + os.sep) for path in (filename, os.path.realpath(filename))
+    )

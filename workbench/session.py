@@ -90,7 +90,8 @@ class Session:
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
         self._evaluation_run: Any = None  # a background evaluate(wait=False), while it runs
         self._unsubscribers: list[Callable[[], None]] = []
-        self._measured_lr: float | None = None  # find_lr's suggestion for this model and data
+        # find_lr's suggestion for this model and data, and the method it was measured for
+        self._measured_lr: tuple[float, str] | None = None
         if verbose:
             self._unsubscribers.append(
                 self.events.on(PROGRESS, lambda message: print(message, flush=True))
@@ -753,7 +754,10 @@ class Session:
             warnings.simplefilter("always")
             spec = train_spec_from_settings("train()", settings, also)
         for warning in said:  # said again at the caller's line, not the spec's
-            measured = "is far above" in str(warning.message) and spec.lr == self._measured_lr
+            measured = "is far above" in str(warning.message) and self._measured_lr == (
+                spec.lr,
+                spec.method,
+            )
             if not measured:  # find_lr measured that rate on this model and data
                 warnings.warn(warning.message, warning.category, stacklevel=2)
         if self._adapted is not None:
@@ -911,8 +915,9 @@ class Session:
 
         model, train = self.model, _training_columns(self.data.train)
         sweep = {k: settings.pop(k) for k in SWEEP_OPTIONS if k in settings}
+        method = settings.get("method", "lora")
         result = find_lr(model, self.tokenizer, train, settings, on_event=self._progress, **sweep)
-        self._measured_lr = result.suggested_lr
+        self._measured_lr = (result.suggested_lr, method)
         return result
 
     def _fork_hooks(self):

@@ -207,19 +207,28 @@ def _answer_calls(values: Mapping[str, Any], plan: Plan) -> list[dict[str, Any]]
     column = plan.get("answer", "answer")
     value = values.get(column)
     if isinstance(value, str) and value.lstrip().startswith("["):
-        if value.lstrip()[1:].lstrip().startswith("{"):
-            value = _list_in_text(value, column, "tool calls")
-        else:
-            try:
-                value = json.loads(value)
-            except ValueError:
-                return None  # a text answer that starts with "["
+        value = _calls_in_text(value, column)
+        if value is None:
+            return None  # a text answer that starts with "["
     if isinstance(value, dict):
         value = [value]
     is_call = [isinstance(c, dict) and ("function" in c or "arguments" in c) for c in value or ()]
     if not isinstance(value, list) or not value or not all(is_call):
         return None
     return tool_calls_of(value, column, column)  # the list the answers column holds
+
+
+def _calls_in_text(text: str, column: str) -> Any:
+    """The list an answer's text writes as JSON or Python's repr; ``None`` for text that is
+    not one; refused when it breaks off at its end (a call list cut short)."""
+    value, json_error = _literal_in_text(text)
+    if json_error is None:
+        return value
+    cut = getattr(json_error, "pos", -1) >= len(text.rstrip())  # ended before it closed
+    if cut and text.lstrip()[1:].lstrip().startswith("{"):
+        msg = f"the list of tool calls breaks off at its end, cut short? ({json_error})"
+        raise RowError(column, msg)
+    return None
 
 
 def _is_messages(value: Any) -> bool:
@@ -327,19 +336,28 @@ def _check_start(messages: list[dict[str, str]], column: str) -> None:
         )
 
 
-def _list_in_text(text: str, column: str, what: str = "messages") -> Any:
+def _list_in_text(text: str, column: str) -> Any:
     """The list a text cell writes as JSON, or as Python's repr (pandas' ``to_csv``)."""
     if not text.lstrip().startswith("["):
-        raise RowError(column, f"expected a non-empty list of {what}, got text {text[:60]!r}")
+        raise RowError(column, f"expected a non-empty list of messages, got text {text[:60]!r}")
+    value, json_error = _literal_in_text(text)
+    if json_error is not None:
+        msg = f"the text is not a list of messages in JSON ({json_error})"
+        raise RowError(column, msg)
+    return value
+
+
+def _literal_in_text(text: str) -> tuple[Any, Exception | None]:
+    """What ``text`` writes as JSON, or as Python's repr (literals only: nothing in the
+    text runs); ``(None, the JSON error)`` when it is neither."""
     try:
-        return json.loads(text)
+        return json.loads(text), None
     except (ValueError, RecursionError) as err:
         json_error = err
     try:
-        return ast.literal_eval(text.strip())  # literals only: nothing in the text runs
+        return ast.literal_eval(text.strip()), None
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        msg = f"the text is not a list of {what} in JSON ({json_error})"
-        raise RowError(column, msg) from None
+        return None, json_error
 
 
 def _message(turn: Any, where: str, roles: dict[str, str], empty: list[str]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench._io import translated_write_errors
+from workbench._io import process_alive, translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
@@ -418,15 +418,7 @@ def clear_leftovers(folder: Path) -> list[str]:
 def _writer_gone(writer: str) -> bool:
     """Whether the process named ``<host>-<pid>`` is on this host and no longer running."""
     host, _, pid = writer.rpartition("-")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
 def _record_batch(rows: list[dict[str, Any]], schema: Any, encodable: Any) -> Any:

@@ -38,6 +38,7 @@ import numpy as np
 from workbench.data.loading import role_sequences
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
+from workbench.data.tokenize import UNTRAINED_TURNS
 from workbench.data.tool_calls import TOOL_CALLING, with_tool_calling
 
 __all__ = ["MAX_LISTED", "DataReport", "LengthStats", "build_report", "length_problems"]
@@ -324,7 +325,9 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
     for i, fields in data.empty_fields(split):
         problems.append(Problem(i, "empty_field", f"empty: {fields}", split))
     if not data.is_text:
-        problems += unanswered_turns(role_sequences(data.split(split)), stats, split)
+        dataset = data.split(split)
+        untrained = dataset.select_columns([UNTRAINED_TURNS])[UNTRAINED_TURNS]
+        problems += unanswered_turns(role_sequences(dataset), stats, split, list(untrained))
         problems += tool_mismatches(data.split(split), split)
     effect = _SPECIAL_TEXT_EFFECT[data.spec.special_tokens_in_text]
     for i, what in data.special_text(split):
@@ -334,13 +337,18 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
 
 
 def unanswered_turns(
-    roles: list[tuple[str, ...]], stats: dict[str, np.ndarray], split: str
+    roles: list[tuple[str, ...]],
+    stats: dict[str, np.ndarray],
+    split: str,
+    untrained: list[list[int] | None] | None = None,
 ) -> list[Problem]:
     """Conversations that go on past their last answer (a user turn, a tool result).
 
     Those turns train nothing: no trained token comes after them, so they only cost tokens.
     Often the answer they asked for was lost (a scrape or an export cut short). Rows with no
-    trained token at all are ``no_trained_tokens`` instead.
+    trained token at all are ``no_trained_tokens`` instead; a conversation that ends on an
+    answer of weight 0 ends as its author chose. The turns named, and their tokens, are all
+    those after the last trained answer (``untrained``: each row's weight-0 turns).
 
     Examples:
         >>> stats = {"n_answer": np.array([3, 3]), "n_tokens": np.array([20, 30]),
@@ -352,10 +360,14 @@ with a user turn (9 tokens) that trains nothing; drop it, or add the answer that
     """
     problems = []
     for i, sequence in enumerate(roles):
-        after = next((k for k, role in enumerate(reversed(sequence)) if role == "assistant"), 0)
-        if not after or stats["n_answer"][i] == 0:
+        if not sequence or sequence[-1] == "assistant" or stats["n_answer"][i] == 0:
             continue
-        tail = sequence[-after:]
+        skipped = set((untrained or [None] * len(roles))[i] or ())
+        trained = [k for k, role in enumerate(sequence) if role == "assistant" and k not in skipped]
+        if not trained:
+            continue
+        tail = sequence[trained[-1] + 1 :]
+        after = len(tail)
         turns = f"a {tail[0]} turn" if after == 1 else f"{after} turns ({', '.join(tail)})"
         n_tokens = int(stats["n_tokens"][i] - stats["answer_end"][i])
         msg = (

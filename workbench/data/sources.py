@@ -36,14 +36,13 @@ import math
 import pickle
 import re
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from workbench.data.formats import detect_format
-from workbench.errors import DataError, SpecError, WorkbenchWarning
+from workbench.errors import DataError, SpecError, warn_user
 
 __all__ = [
     "COMPRESSIONS",
@@ -314,7 +313,7 @@ def _check_encoding_fits(path: Path, encoding: str) -> None:
         f"encoding={encoding!r} reads {word!r} as {word.encode().decode(encoding, 'replace')!r}; "
         "leave encoding out unless the text is really in that encoding"
     )
-    warnings.warn(msg, WorkbenchWarning, stacklevel=4)
+    warn_user(msg)
 
 
 def _not_text(encoding: str, what: str) -> str:
@@ -622,7 +621,7 @@ def _json_records(path: Path, encoding: str | None = None) -> list[Any] | None:
     if isinstance(document, dict) and _is_a_row(list(document)):
         return [document]  # one row, written over several lines
     what = type(document).__name__
-    if isinstance(document, dict) and len(lists := _lists_of_rows(document)) > 1:
+    if isinstance(document, dict) and len(lists := _split_lists(document)) > 1:
         named = ", ".join(repr(k) for k in lists[:4])
         msg = (
             f"{path.name}: one JSON object holding several lists of rows ({named}): give one "
@@ -656,15 +655,26 @@ def _json_layout(
         wrapper = head[0] is not None and (
             _wrapping_key(head[0]) is not None
             or pandas_rows(head[0]) is not None
-            or (len(_lists_of_rows(head[0])) > 1 and not _is_a_row(list(head[0])))
+            or len(_split_lists(head[0])) > 1
         )
         return ("one-line" if wrapper else "lines"), head
     # A document spread over lines: neither of its first two lines is a whole JSON object.
     # (JSON Lines with a damaged first row still has a second one; with two damaged first
-    # rows, more whole objects follow, where a pretty document has at most one per list.)
-    if head[:2] == [None, None] and sum(r is not None for r in head[2:]) < 2:
-        return "document", head[:2]
-    return "lines", head[:2]
+    # rows, whole objects follow, and the file does not parse as one document.)
+    if head[:2] != [None, None]:
+        return "lines", head[:2]
+    if sum(r is not None for r in head[2:]) >= 2 and not _parses_whole(path, encoding):
+        return "lines", head[:2]
+    return "document", head[:2]
+
+
+def _parses_whole(path: Path, encoding: str | None) -> bool:
+    """Whether the file is one JSON document (JSON Lines of two or more rows never is)."""
+    try:
+        _parse_whole_json(path, encoding)
+    except DataError:
+        return False
+    return True
 
 
 def pandas_rows(document: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -723,6 +733,12 @@ def _lists_of_rows(document: dict[str, Any]) -> list[str]:
         for key, value in document.items()
         if isinstance(value, list) and all(isinstance(v, dict) for v in value)
     ]
+
+
+def _split_lists(document: dict[str, Any]) -> list[str]:
+    """The keys of ``document`` named like splits (``train``, ``test``...) that hold lists of
+    rows: a file of several splits, not one row of a format with two list fields."""
+    return [k for k in _lists_of_rows(document) if k.strip().lower() in _SPLIT_NAMES]
 
 
 def _is_a_row(columns: list[str]) -> bool:
@@ -1032,6 +1048,7 @@ def _no_nan(value: Any) -> Any:
 
 
 _VALIDATION_SPLITS = ("validation", "valid", "eval", "test")
+_SPLIT_NAMES = ("train", "training", *_VALIDATION_SPLITS, "dev", "evaluation")
 
 
 def _dataset_sources(data: Any, label: str) -> tuple[Source, Source | None]:
@@ -1049,7 +1066,7 @@ def _dataset_sources(data: Any, label: str) -> tuple[Source, Source | None]:
             f"row{'s' if n != 1 else ''}), usually held out for evaluation; pass that split "
             f"itself (a Dataset) to say you mean it, or the split to train on"
         )
-        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
+        warn_user(msg)
     val = next((n for n in _VALIDATION_SPLITS if n in data and n != main), None)
     main_source = _dataset_source(data[main], f"{label}[{main}]")
     return main_source, (_dataset_source(data[val], f"{label}[{val}]") if val else None)

@@ -501,11 +501,9 @@ def _session_side(
 def _tokens_before(tokenizer: Any, answer: list[int], text: str) -> int:
     """How many of ``answer``'s tokens decode to (a prefix of) ``text``: where the session
     cut an answer at its stop text. An export stops only at end tokens, so when it writes
-    the stop text and goes on, its answer differs from there."""
-    kept = 0
-    while kept < len(answer) and text.startswith(tokenizer.decode(answer[: kept + 1])):
-        kept += 1
-    return kept
+    the stop text and goes on, its answer differs from there. (The longest such prefix: a
+    character split over byte tokens decodes to U+FFFD until its last token.)"""
+    return max(k for k in range(len(answer) + 1) if text.startswith(tokenizer.decode(answer[:k])))
 
 
 @dataclass(frozen=True)

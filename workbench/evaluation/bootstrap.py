@@ -2,9 +2,10 @@
 
 One matrix of resampled example indices is drawn per evaluation and shared by every metric
 and by both columns (base, tuned), so the intervals are paired and reproducible (seeded).
-A score that is 0 or 1 on every example (exact match, a pass/fail function) is a proportion
-and gets a Wilson score interval instead: a bootstrap of 20 rows that all scored 1 says
-[1, 1], as if no 21st row could fail; Wilson says [0.84, 1].
+A score that is a proportion (exact match, a pass/fail function: its scorer says so) gets a
+Wilson score interval instead: a bootstrap of 20 rows that all scored 1 says [1, 1], as if no
+21st row could fail; Wilson says [0.84, 1]. A continuous score that happens to be 0 or 1 on
+every row keeps its bootstrap.
 
 Under :data:`MIN_ROWS_FOR_AN_INTERVAL` examples there is no interval (NaN): a bootstrap of
 a handful of rows that all scored alike gives a zero-width "95% interval" such as [0, 0].
@@ -18,7 +19,7 @@ Examples:
     True
     >>> mean_ci([1.0, 1.0, 1.0], resample_indices(3, 50))  # too few rows for an interval
     (nan, nan)
-    >>> [round(x, 3) for x in mean_ci([1.0] * 20, resample_indices(20))]  # 0/1: Wilson
+    >>> [round(x, 3) for x in mean_ci([1.0] * 20, resample_indices(20), proportion=True)]
     [0.839, 1.0]
 """
 
@@ -96,22 +97,26 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
 
 
 def mean_ci(
-    values: Sequence[float], indices: np.ndarray, confidence: float = CONFIDENCE
+    values: Sequence[float],
+    indices: np.ndarray,
+    confidence: float = CONFIDENCE,
+    proportion: bool = False,
 ) -> tuple[float, float]:
     """Interval of the mean of ``values`` over the resamples in ``indices``; a Wilson
-    interval when every value that is not NaN is 0 or 1.
+    interval for a ``proportion`` (every value that is not NaN 0 or 1).
 
     Examples:
         >>> mean_ci([2.0, float("nan")] * 5, resample_indices(10, 10))
         (2.0, 2.0)
-        >>> [round(x, 2) for x in mean_ci([0.0, 1.0, float("nan")] * 10, resample_indices(30))]
+        >>> halves = [0.0, 1.0, float("nan")] * 10
+        >>> [round(x, 2) for x in mean_ci(halves, resample_indices(30), proportion=True)]
         [0.3, 0.7]
     """
     array = np.asarray(values, dtype=float)
     if array.size < MIN_ROWS_FOR_AN_INTERVAL:
         return _NO_INTERVAL
     scored = array[~np.isnan(array)]
-    if scored.size and np.isin(scored, (0.0, 1.0)).all():
+    if proportion and scored.size and np.isin(scored, (0.0, 1.0)).all():
         z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
         return wilson_interval(float(scored.sum()), int(scored.size), z)
     with warnings.catch_warnings():  # a resample of NaNs only has no mean: it is skipped

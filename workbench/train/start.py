@@ -97,7 +97,8 @@ def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
     if spec.scheduler != "constant" and steps >= total:
         only = " (its first step, at lr 0, trains nothing)" if total == 1 else ""
         return [
-            f"warmup={spec.warmup!r} is {steps} steps, as long as the whole run ({total} "
+            f"warmup={spec.warmup!r} is {steps} step{'s' if steps != 1 else ''}, as long as "
+            f"the whole run ({total} "
             f"step{'s' if total != 1 else ''}{only}): the rate never reaches lr={spec.lr:g}."
         ]
     return []

@@ -258,13 +258,16 @@ def score_name_clash(score: str, first: str, second: str) -> str:
 
 
 def _register_builtins() -> None:
-    em = ModuleScorer(module_path("exact_match"), "exact_match", options={"strip": True})
+    em = ModuleScorer(
+        module_path("exact_match"), "exact_match", options={"strip": True}, proportion=True
+    )
     METRICS["exact_match"] = Metric("exact_match", replace(em, per_example=True))
     METRICS["rouge"] = Metric("rouge", RougeScorer())
     METRICS["bleu"] = Metric("bleu", SacreScorer("bleu"))
     METRICS["chrf"] = Metric("chrf", SacreScorer("chrf"))
     METRICS["perplexity"] = Metric("perplexity", PerplexityScorer(), False, needs_model=True)
-    METRICS["tool_calls"] = Metric("tool_calls", FunctionScorer(same_tool_calls, "tool_calls"))
+    calls = FunctionScorer(same_tool_calls, "tool_calls", proportion=True)
+    METRICS["tool_calls"] = Metric("tool_calls", calls)
 
 
 def same_tool_calls(prediction: str, reference: str) -> float:

@@ -101,9 +101,11 @@ def load_module(path: str) -> Any:
     return evaluate.load(path)
 
 
-def _mean_scored(values: list[float], indices: np.ndarray) -> Scored:
-    """The mean over the examples that have a value (NaN: none, e.g. no reference token)."""
-    return Scored(nan_mean(values), tuple(float(v) for v in values), mean_ci(values, indices))
+def _mean_scored(values: list[float], indices: np.ndarray, proportion: bool = False) -> Scored:
+    """The mean over the examples that have a value (NaN: none, e.g. no reference token);
+    a ``proportion`` (pass/fail per row) gets a Wilson interval."""
+    interval = mean_ci(values, indices, proportion=proportion)
+    return Scored(nan_mean(values), tuple(float(v) for v in values), interval)
 
 
 def _number(name: str, index: int, value: Any) -> float:
@@ -125,6 +127,9 @@ def _number(name: str, index: int, value: Any) -> float:
 class FunctionScorer:
     """A user function ``f(prediction, reference) -> float``; the score is the mean.
 
+    A function that returns bools, or one registered as a ``proportion``, is pass/fail per
+    row: its interval is a Wilson one.
+
     Examples:
         >>> s = FunctionScorer(lambda p, r: len(p), "length")
         >>> s.score(Column(("ab",), ("",)), np.zeros((3, 1), int))["length"].value
@@ -133,6 +138,7 @@ class FunctionScorer:
 
     fn: Any
     name: str
+    proportion: bool = False
 
     def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
         """Call the function on every row and average.
@@ -143,7 +149,7 @@ class FunctionScorer:
             Traceback (most recent call last):
             workbench.errors.EvaluationError: metric 'm' returned 'a' for example 0...
         """
-        values = []
+        values, passed = [], []
         for i, (pred, ref) in enumerate(zip(column.predictions, column.references, strict=True)):
             try:
                 result = self.fn(pred, ref)
@@ -151,7 +157,9 @@ class FunctionScorer:
                 msg = f"metric {self.name!r} raised on example {i}: {type(err).__name__}: {err}"
                 raise EvaluationError(msg) from err
             values.append(_number(self.name, i, result))
-        return {self.name: _mean_scored(values, indices)}
+            passed.append(isinstance(result, (bool, np.bool_)))
+        proportion = self.proportion or (bool(passed) and all(passed))
+        return {self.name: _mean_scored(values, indices, proportion)}
 
 
 def _compute(module: Any, name: str, column: Column, options: dict, where: str) -> dict:
@@ -196,6 +204,7 @@ class ModuleScorer:
     key: str | None = None
     options: dict = field(default_factory=dict)
     per_example: bool = False
+    proportion: bool = False  # pass/fail per row (exact match): a Wilson interval
 
     def _module(self) -> Any:
         return load_module(self.source) if isinstance(self.source, str) else self.source
@@ -220,7 +229,8 @@ class ModuleScorer:
             values = [float(v) for v in result["per_example"]]
         else:
             values = [self._one(module, column, i) for i in range(len(column.predictions))]
-        return {self.name: Scored(value, tuple(values), mean_ci(values, indices))}
+        interval = mean_ci(values, indices, proportion=self.proportion)
+        return {self.name: Scored(value, tuple(values), interval)}
 
     def _one(self, module: Any, column: Column, i: int) -> float:
         one = Column((column.predictions[i],), (column.references[i],))

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench._io import process_alive
 from workbench._quiet import quiet_third_party
 from workbench.errors import SpecError
 from workbench.train import store
@@ -161,16 +162,6 @@ def _load_on_cpu(spec: str, device: str, options: dict[str, Any]) -> tuple[Any, 
     return model.eval(), tokenizer
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _follow_control(run: Any, run_dir: Path) -> None:
     """Rank 0's thread: apply the notebook's control file; stop if the notebook is gone."""
     follower = int(os.environ.get("WORKBENCH_FOLLOWER_PID") or 0)
@@ -180,7 +171,7 @@ def _follow_control(run: Any, run_dir: Path) -> None:
             seen = apply_control(run, seen, read_control(run_dir))
         except SpecError as err:  # e.g. step_once before the pause took effect: ask again
             print(f"control: {err}", flush=True)
-        if follower and not _alive(follower):
+        if follower and not process_alive(follower):
             print(f"the notebook (pid {follower}) is gone: stopping the run", flush=True)
             run.stop()
             return
