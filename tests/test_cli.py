@@ -116,6 +116,64 @@ def test_demo_with_a_bad_spec_exits_with_a_message(tmp_path):
     assert not (tmp_path / "demo").exists()  # no empty run folder left behind
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--max-new-tokens", "0", "'0' must be above 0"),  # was found after training
+        ("--train-size", "-5", "'-5' must be above 0"),  # was "list: empty (no rows)"
+        ("--lr", "nan", "'nan' must be above 0"),
+        ("--batch-size", "eight", "'eight' is not a number"),
+        ("--run-dir", "", "give a folder"),  # ran in the current folder
+    ],
+)
+def test_demo_refuses_a_bad_flag_before_anything_runs(tmp_path, flag, value, says):
+    result = run_cli("demo", "--run-dir", str(tmp_path / "demo"), flag, value)
+    assert result.returncode == 2 and f"argument {flag}: {says}" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "demo").exists()
+
+
+def test_demo_in_a_folder_that_is_a_file_says_so(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for run_dir in (a_file, a_file / "sub"):  # were FileExistsError, NotADirectoryError
+        result = run_cli("demo", "--run-dir", str(run_dir), "--model", "tiny")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"error: {a_file} is a file, so {run_dir} cannot be a folder" in result.stderr
+    assert a_file.read_text() == "mine"
+
+
+def test_ctrl_c_in_the_demo_ends_with_one_line_and_status_130(tmp_path, tiny_model_dir):
+    # It printed a traceback ending in notebook advice (s.run.resume()), exit status 1.
+    import signal
+    import time
+
+    command = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "demo",
+        "--model",
+        str(tiny_model_dir),
+        "--run-dir",
+        str(tmp_path / "demo"),
+        "--max-steps",
+        "100000",
+        "--batch-size",
+        "2",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    for line in process.stdout:
+        if "=== training ===" in line or time.time() > deadline:
+            break
+    time.sleep(3)  # into the steps
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"interrupted; {tmp_path / 'demo'} keeps what was done" in err
+
+
 @pytest.mark.slow
 def test_info_sees_the_cached_gemma(gemma_folder):
     result = run_cli("info")

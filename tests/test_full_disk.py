@@ -63,3 +63,17 @@ def test_an_evaluation_that_cannot_be_saved_is_returned_with_its_answers(
         )
     assert ev.path is None and len(ev.rows) == 3 and "exact_match" in ev.scores
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written folder
+
+
+def test_what_a_killed_writer_left_beside_a_file_is_cleared_by_the_next_write(tmp_path):
+    # A report page written while the process was killed left its 55 MB temporary for good.
+    import os
+    import time
+
+    old, fresh = tmp_path / ".report.html.a1b2c3", tmp_path / ".report.html.d4e5f6"
+    old.write_text("half a page")
+    fresh.write_text("a page being written now")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    atomic_write_text(tmp_path / "report.html", "<html></html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.html.d4e5f6", "report.html"]

@@ -106,3 +106,27 @@ def test_a_session_writes_its_own_report(tmp_path, tiny_model_dir):
     assert "exact_match" in text and "train 8, validation 4" in text
     assert hostile not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert not re.search(r"<script[^>]+src=", text)  # plotly inlined: opens offline
+
+
+def test_a_failed_run_s_report_says_why_and_a_bad_path_is_named(tmp_path, tiny_model_dir):
+    import shutil
+
+    import pytest
+
+    import workbench as wb
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(rows, validation=None)
+    run = s.train(max_steps=2000, batch_size=2, wait=False)
+    while run.status.step < 1:
+        run.wait(0.05)
+    shutil.rmtree(run.run_dir)  # the run folder deleted while it trains: the run fails
+    assert run.wait().state.value == "failed"
+    text = s.report(tmp_path / "out").read_text()
+    assert "why it failed: cannot write to the run folder" in text
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(wb.SpecError, match=r"a-file is a file, so .* cannot be a folder"):
+        s.report(a_file / "sub" / "report.html")  # was FileExistsError from mkdir

@@ -14,13 +14,14 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from workbench.errors import WorkbenchError, WorkbenchWarning, WriteError
+from workbench.errors import SpecError, WorkbenchError, WorkbenchWarning, WriteError
 
 __all__ = [
     "append_jsonl",
     "atomic_write_text",
     "check_free_space",
     "json_lines",
+    "make_folder",
     "process_alive",
     "read_jsonl",
     "rewrite_jsonl",
@@ -35,6 +36,33 @@ __all__ = [
 _MB = 1024 * 1024
 # A little room beyond the estimate: file system metadata, a JSON file or two, the card.
 _SPACE_MARGIN = 1.05
+
+
+def make_folder(path: str | Path) -> Path:
+    """Create folder ``path`` (and its parents), or say plainly why it cannot be.
+
+    Raises:
+        SpecError: a file stands where the folder or one of its parents should be.
+        WriteError: a read-only file system, or no permission to write there.
+
+    Examples:
+        >>> make_folder("/tmp/wb-doc-io-folder/a/b").is_dir()
+        True
+        >>> _ = Path("/tmp/wb-doc-io-file").write_text("x")
+        >>> make_folder("/tmp/wb-doc-io-file/sub")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: /tmp/wb-doc-io-file is a file, so /tmp/wb-doc-io-file/sub ...
+    """
+    folder = Path(path).expanduser()
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        msg = f"{blocking} is a file, so {folder} cannot be a folder; give a folder path."
+        raise SpecError(msg)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(err, folder) from err
+    return folder
 
 
 def process_alive(pid: int) -> bool:
@@ -73,6 +101,7 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
     try:
         if parents:
             target.parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale_temporaries(target)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as err:
         _raise_as_write_error(err, target, len(text.encode()))
@@ -90,6 +119,21 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
             _raise_as_write_error(err, target, len(text.encode()))
         raise
     return target
+
+
+_STALE_TEMPORARY_S = 3600.0  # a writer writes its file in seconds; one this old was killed
+
+
+def _clear_stale_temporaries(target: Path) -> None:
+    """Delete the temporary files that writers of ``target`` killed mid-write left (a
+    55 MB report page stayed for good), leaving any a live writer may be filling."""
+    import glob
+    import time
+
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - leftover.stat().st_mtime > _STALE_TEMPORARY_S:
+                leftover.unlink()
 
 
 def _raise_as_write_error(err: OSError, path: Path, needed_bytes: int) -> None:

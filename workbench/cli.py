@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import math
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 from workbench.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
@@ -169,16 +171,44 @@ def _parser() -> argparse.ArgumentParser:
         "demo", help="the quickstart headless: data, training, base vs tuned, export, report"
     )
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model spec (default: %(default)s)")
-    demo.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--train-size", type=int, default=64)
-    demo.add_argument("--test-size", type=int, default=16)
-    demo.add_argument("--epochs", type=int, default=2)
-    demo.add_argument("--max-steps", type=int, default=None)
-    demo.add_argument("--batch-size", type=int, default=8)
-    demo.add_argument("--lr", type=float, default=5e-4)
-    demo.add_argument("--max-new-tokens", type=int, default=48)
+    demo.add_argument(
+        "--run-dir", type=_folder, default=Path("runs/demo"), help="(default: %(default)s)"
+    )
+    count = "(default: %(default)s)"
+    demo.add_argument("--train-size", type=_positive(int), default=64, help=f"rows {count}")
+    demo.add_argument("--test-size", type=_positive(int), default=16, help=f"rows {count}")
+    demo.add_argument("--epochs", type=_positive(float), default=2, help=count)
+    demo.add_argument("--max-steps", type=_positive(int), default=None, help="overrides --epochs")
+    demo.add_argument("--batch-size", type=_positive(int), default=8, help=count)
+    demo.add_argument("--lr", type=_positive(float), default=5e-4, help=count)
+    demo.add_argument(
+        "--max-new-tokens", type=_positive(int), default=48, help=f"per answer {count}"
+    )
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _positive(kind: type) -> Any:
+    """An argparse type: a positive ``kind`` (a finite one), refused before anything runs."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def _folder(text: str) -> Path:
+    """An argparse type: a folder path, not an empty one (which meant the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a folder, e.g. runs/demo")
+    return Path(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,3 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     except WorkbenchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a run stopped by Ctrl-C keeps its checkpoint
+        where = getattr(args, "run_dir", None)
+        kept = f"; {where} keeps what was done (Session.resume(folder) goes on)" if where else ""
+        print(f"interrupted{kept}", file=sys.stderr)
+        return 130

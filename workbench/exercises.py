@@ -37,8 +37,11 @@ from typing import Any
 from IPython.core.error import InputRejected
 
 __all__ = [
+    "ExerciseCheckError",
     "ExerciseGap",
     "Gap",
+    "check",
+    "check_type",
     "disable_gap_check",
     "enable_gap_check",
     "find_gaps",
@@ -79,6 +82,54 @@ class ExerciseGap(InputRejected):
 
     def _render_traceback_(self) -> list[str]:
         return [str(self)]
+
+
+class ExerciseCheckError(AssertionError):
+    """An exercise's check that does not hold: one line saying what to look at.
+
+    Shown as its message alone (no traceback), like :class:`ExerciseGap`; an
+    ``AssertionError``, so code that catches those still does.
+
+    Examples:
+        >>> ExerciseCheckError("BEST_LR should be 0.0005")._render_traceback_()
+        ['Not yet: BEST_LR should be 0.0005']
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"Not yet: {self}"]
+
+
+def check(condition: Any, message: str) -> None:
+    """Raise :class:`ExerciseCheckError` with ``message`` unless ``condition`` holds.
+
+    Examples:
+        >>> check(2 > 1, "never said")
+        >>> check(1 > 2, "one is not above two")
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: one is not above two
+    """
+    if not condition:
+        raise ExerciseCheckError(message)
+
+
+def check_type(value: Any, expected: type | tuple[type, ...], name: str, what: str) -> None:
+    """Raise :class:`ExerciseCheckError` unless ``value`` is an ``expected`` (a ``bool`` is
+    no ``int`` here).
+
+    Examples:
+        >>> check_type("256", int, "CUTOFF", "a number of tokens")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: CUTOFF should be a number of tokens (int), ...
+    """
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    wrong_bool = isinstance(value, bool) and bool not in kinds
+    if isinstance(value, kinds) and not wrong_bool:
+        return
+    names = " or ".join(k.__name__ for k in kinds)
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    msg = f"{name} should be {what} ({names}), got {type(value).__name__} {shown}"
+    raise ExerciseCheckError(msg)
 
 
 def find_gaps(source: str) -> list[Gap]:

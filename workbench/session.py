@@ -1142,13 +1142,14 @@ class Session:
             >>> page.name, "Loss" in page.read_text() or "loss" in page.read_text()
             ('report.html', True)
         """
+        from workbench._io import make_folder
         from workbench.deploy import export_target
         from workbench.report import write_report
 
         target = export_target(self.run_dir, path)
         if target.is_dir():  # a folder: the page goes in it
             target = target / "report.html"
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(target.parent)
         run = self._model_run()
         data = self._data_of_run if run is not None else self._data
         summary = [f"model: {self._loaded.source.spec}"] if self._loaded is not None else []
@@ -1158,6 +1159,8 @@ class Session:
                 f"run: {run.run_dir.name}, {status.state.value} at step {status.step} of "
                 f"{status.total_steps}; the model holds step {run.weights_step}'s weights"
             )
+            if status.error:  # a failed run: why, as its status says it
+                summary.append(f"why it failed: {status.error}")
         return write_report(
             target,
             title or f"Tuning Workbench: {self.run_dir.name}",

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench._io import atomic_write_text
+from workbench._io import atomic_write_text, make_folder
 from workbench.errors import WorkbenchWarning
 
 __all__ = ["FolderKind", "SessionFolder"]
@@ -73,8 +73,7 @@ class SessionFolder:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = make_folder(root)  # a file in the way, a read-only disk: said plainly
         # the highest number this object gave to a block that succeeded, per kind: kept even
         # when the whole folder (session.json with it) is deleted under a live session
         self._given: dict[str, int] = {}

@@ -101,9 +101,17 @@ print(report.by_kind)
 # **Check.**
 
 # %%
+from workbench.exercises import check, check_type
+
+check_type(clean, list, "clean", "a list of the good rows")
+check(hasattr(report, "count"), f"report should be what s.load_data returns, not {report!r:.60}")
 for kind in ("malformed", "duplicate", "leak", "empty_field", "no_trained_tokens",
              "truncated_answer", "too_long"):
-    assert report.count(kind) == 0, f"still {report.count(kind)} {kind} problem(s)"
+    check(report.count(kind) == 0, f"the report still has {report.count(kind)} {kind} problem(s)")
+check(all(row in rows for row in clean),
+      "clean holds rows that are not the colleague's: build it from the rows as read")
+good = len(train) - 1  # every row but the copies, the held-out one, the empty and the long
+check(report.train == good, f"clean should keep every good row: {good}, not {report.train}")
 print(f"clean: {report.train} training rows")
 
 # %% [markdown]

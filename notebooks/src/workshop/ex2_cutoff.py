@@ -97,11 +97,28 @@ print(f"{at_cutoff / 2**30:.2f} GiB at {CUTOFF} tokens vs {at_longest / 2**30:.2
 # **Check.**
 
 # %%
+from workbench.data import PreparedData
+from workbench.exercises import check, check_type
+
+check_type(CUTOFF, int, "CUTOFF", "a number of tokens")
 longest = report.lengths["total"].max
-assert CUTOFF % 16 == 0 and longest > CUTOFF
-assert report_cut.max_length == CUTOFF
-assert report_cut.count("no_trained_tokens") == report_cut.count("truncated_answer") == 0
-assert len(kept) >= len(rows) - len(rows) // 10
+check(CUTOFF % 16 == 0 and 0 < CUTOFF < longest,
+      f"CUTOFF should be a multiple of 16 below the longest example ({longest}), not {CUTOFF}")
+whole = PreparedData.load(rows, s.tokenizer, validation=test)  # every row, uncut
+allowed = len(rows) // 10
+smallest = next(c for c in range(16, longest + 16, 16)
+                if whole.truncation_at(c)["answers"] <= allowed)
+check(smallest == CUTOFF,
+      f"CUTOFF {CUTOFF} is not the smallest multiple of 16 that cuts at most {allowed} answers")
+check(hasattr(report_cut, "count"), "report_cut should be what s.load_data(...) returns")
+check(report_cut.max_length == CUTOFF, f"load the kept rows with max_length={CUTOFF}")
+check(report_cut.count("no_trained_tokens") + report_cut.count("truncated_answer") == 0,
+      "report_cut still cuts answers: drop the rows whose answers the cutoff cuts")
+check_type(kept, list, "kept", "a list of rows")
+check(all(row in rows for row in kept), "kept holds rows that are not from rows")
+dropped = whole.truncation_at(CUTOFF, "train")["answers"]
+check(len(kept) == len(rows) - dropped,
+      f"keep every row whose answer fits: {len(rows) - dropped} of them, not {len(kept)}")
 print(f"cutoff {CUTOFF}: {len(kept)} of {len(rows)} rows kept, no answer cut")
 
 # %% [markdown]

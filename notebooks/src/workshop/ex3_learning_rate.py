@@ -61,8 +61,19 @@ print("eval loss by lr:", final, "-> BEST_LR =", BEST_LR)
 # **Check.**
 
 # %%
-assert len(LRS) >= 3 and BEST_LR in LRS
-assert all(run.status.state.value == "finished" for run in runs.values())
+from workbench.exercises import check, check_type
+
+check_type(LRS, (list, tuple), "LRS", "the learning rates tried")
+check(len(LRS) >= 3 and all(isinstance(lr, float) and lr > 0 for lr in LRS),
+      f"LRS should hold three or more positive rates, not {LRS}")
+check(max(LRS) / min(LRS) >= 100, f"spread the rates over a wide range (factors of 10): {LRS}")
+check_type(runs, dict, "runs", "the runs by learning rate")
+check(all(run.status.state.value == "finished" for run in runs.values()),
+      "every run should have finished")
+final = {lr: run.status.eval_loss for lr, run in runs.items()}
+best = min(final, key=final.get)
+check(best == BEST_LR, f"BEST_LR should be the rate with the lowest eval loss, {best:g}, "
+      f"not {BEST_LR!r}")
 print("best learning rate:", BEST_LR)
 
 # %% [markdown]

@@ -98,11 +98,22 @@ print(ev.ratings_summary())
 # **Check.**
 
 # %%
-assert json_valid('{"a": 1}', "") == 1.0 and json_valid("{a: 1}", "") == 0.0
+from workbench.exercises import check
+
 ref = json.dumps({"name": "Ada", "age": 36, "city": None, "job": "baker"})
-assert fields_correct(ref, ref) == 1.0 and fields_correct("not json", ref) == 0.0
-assert fields_correct('{"name": "Ada", "age": 37, "city": null, "job": "cook"}', ref) == 0.5
-assert {"exact_match", "json_valid", "fields_correct"} <= set(ev.scores)
+for answer, want in [('{"a": 1}', 1.0), ("[1, 2]", 1.0), ("36", 1.0), ("{a: 1}", 0.0),
+                     ('{"broken', 0.0), ("Ada is 36", 0.0)]:
+    got = json_valid(answer, ref)
+    check(got == want, f"json_valid({answer!r}, ref) should be {want}, got {got!r}")
+for answer, want in [(ref, 1.0), ("not json", 0.0), ("36", 0.0), ('"Ada"', 0.0),
+                     ('{"name": "Ada", "city": "Paris"}', 0.25),
+                     ('{"name": "Ada", "age": 37, "city": null, "job": "cook"}', 0.5),
+                     ('{"name": "Ada", "age": 36, "city": null, "job": "baker", "x": 1}', 1.0)]:
+    got = fields_correct(answer, ref)
+    check(got == want, f"fields_correct({answer!r}, ref) should be {want}, got {got!r}")
+check(hasattr(ev, "scores"), f"ev should be what s.evaluate(...) returns, got {ev!r:.60}")
+missing = {"exact_match", "json_valid", "fields_correct"} - set(ev.scores)
+check(not missing, f"evaluate with these metrics too: {sorted(missing)}")
 print(ev.scores["fields_correct"])
 
 # %% [markdown]

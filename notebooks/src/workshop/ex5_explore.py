@@ -78,10 +78,17 @@ print("before:", sorted(FOUND), "after:", sorted(after))
 # **Check.**
 
 # %%
-assert {"flat_loss", "answers_cut"} <= FOUND, FOUND
-assert finder.suggested_lr == GOOD_LR and GOOD_LR > 1e-6
-assert "answers_cut" not in after and "end_of_turn_untrained" not in after, after
-assert fixed.status.state.value == "finished"
+from workbench.exercises import check, check_type
+
+check_type(FOUND, set, "FOUND", "the kinds of the findings")
+check({"flat_loss", "answers_cut"} <= FOUND, f"FOUND should hold the broken run's kinds: {FOUND}")
+check(finder.suggested_lr == GOOD_LR and GOOD_LR > 1e-6, "GOOD_LR should be its suggestion")
+check(fixed.status.state.value == "finished", "the new run should have finished")
+check_type(after, set, "after", "the kinds of the new run's findings")
+now = set(s.diagnose().kinds)
+check(after == now, f"after should be the kinds s.diagnose() finds now, {sorted(now)}")
+check("answers_cut" not in after and "end_of_turn_untrained" not in after,
+      f"the new run still has {sorted(after & {'answers_cut', 'end_of_turn_untrained'})}")
 print("found", sorted(FOUND), "and fixed them; the finder suggested", f"{GOOD_LR:.1e}")
 
 # %% [markdown]
