@@ -41,6 +41,7 @@ __all__ = [
     "ExerciseGap",
     "Gap",
     "check",
+    "check_call",
     "check_type",
     "disable_gap_check",
     "enable_gap_check",
@@ -130,6 +131,23 @@ def check_type(value: Any, expected: type | tuple[type, ...], name: str, what: s
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     msg = f"{name} should be {what} ({names}), got {type(value).__name__} {shown}"
     raise ExerciseCheckError(msg)
+
+
+def check_call(function: Any, *args: Any) -> Any:
+    """``function(*args)``, or :class:`ExerciseCheckError` naming the call if it raises.
+
+    Examples:
+        >>> check_call(len, "abc")
+        3
+        >>> check_call(int, "x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: int('x') raised ValueError: invalid literal ...
+    """
+    try:
+        return function(*args)
+    except Exception as err:  # the participant's code: any error is a check to fix
+        call = f"{getattr(function, '__name__', 'function')}({', '.join(map(repr, args))})"
+        raise ExerciseCheckError(f"{call} raised {type(err).__name__}: {err}") from None
 
 
 def find_gaps(source: str) -> list[Gap]:
