@@ -38,6 +38,13 @@ def test_info_reports_versions_device_and_cache(tmp_path):
     assert "no GPU" in result.stdout or "cuda" in result.stdout
     assert str(tmp_path / "empty-cache") in result.stdout
     assert "built-in gemma-3-270m  not cached yet" in result.stdout
+    assert "cannot be used" not in result.stdout
+    # a cache that cannot be made said "not cached yet" with status 0; demo then failed
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    env = dict(os.environ, WORKBENCH_CACHE=str(a_file / "cache"))
+    said = run_cli("info", env=env).stdout
+    assert f"{a_file / 'cache'} (cannot be used: {a_file} is a file)" in said
 
 
 def test_demo_on_a_tiny_model(tmp_path, tiny_model_dir):

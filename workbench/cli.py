@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -60,12 +61,23 @@ def environment_facts() -> list[tuple[str, str]]:
             facts.append((name, "not installed"))
     facts.append(("device", _device()))
     root = cache_root()
-    facts.append(("cache", str(root)))
+    facts.append(("cache", f"{root}{_unusable(root)}"))
     for spec, model in BUILTIN_MODELS.items():
         entry = root / f"{spec}-{model.sha256[:12]}"
         cached = entry.exists() and verify_entry(entry) is None
         facts.append((f"built-in {spec}", "cached" if cached else "not cached yet"))
     return facts
+
+
+def _unusable(root: Path) -> str:
+    """Why a model cannot be cached at ``root`` (``""``: it can), for a teacher to see
+    before a workshop rather than when the demo starts."""
+    place = next((p for p in (root, *root.parents) if p.exists()), None)
+    if place is None or not place.is_dir():
+        return f" (cannot be used: {place} is a file)"
+    if not os.access(place, os.W_OK):
+        return f" (cannot be used: {place} is not writable)"
+    return ""
 
 
 def _device() -> str:
