@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,11 @@ from pathlib import Path
 from workbench.errors import SpecError, WorkbenchError, WorkbenchWarning, WriteError
 
 __all__ = [
+    "STALE_AFTER_S",
     "append_jsonl",
     "atomic_write_text",
     "check_free_space",
+    "file_in_the_way",
     "json_lines",
     "make_folder",
     "process_alive",
@@ -27,6 +30,7 @@ __all__ = [
     "rewrite_jsonl",
     "sha256_file",
     "staging_folder",
+    "stale",
     "translated_write_errors",
     "verify_manifest",
     "write_error",
@@ -34,8 +38,35 @@ __all__ = [
 ]
 
 _MB = 1024 * 1024
+STALE_AFTER_S = 3600.0  # unmodified this long, a temporary file's writer was killed
 # A little room beyond the estimate: file system metadata, a JSON file or two, the card.
 _SPACE_MARGIN = 1.05
+
+
+def file_in_the_way(folder: str | Path) -> Path | None:
+    """The file standing where ``folder`` or one of its parents should be (``None``: none).
+
+    Examples:
+        >>> _ = Path("/tmp/wb-doc-io-way").write_text("x")
+        >>> file_in_the_way("/tmp/wb-doc-io-way/a/b"), file_in_the_way("/tmp")
+        (PosixPath('/tmp/wb-doc-io-way'), None)
+    """
+    path = Path(folder).expanduser()
+    return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+
+
+def stale(path: Path) -> bool:
+    """Whether ``path`` went unmodified for :data:`STALE_AFTER_S`: a writer touches its file
+    as it writes, so one this old was left by a writer that was killed.
+
+    Examples:
+        >>> stale(Path("/nonexistent-wb-doc"))
+        False
+    """
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
 
 
 def make_folder(path: str | Path) -> Path:
@@ -54,7 +85,7 @@ def make_folder(path: str | Path) -> Path:
         workbench.errors.SpecError: /tmp/wb-doc-io-file is a file, so /tmp/wb-doc-io-file/sub ...
     """
     folder = Path(path).expanduser()
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(folder)
     if blocking is not None:
         msg = f"{blocking} is a file, so {folder} cannot be a folder; give a folder path."
         raise SpecError(msg)
@@ -121,18 +152,14 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
     return target
 
 
-_STALE_TEMPORARY_S = 3600.0  # a writer writes its file in seconds; one this old was killed
-
-
 def _clear_stale_temporaries(target: Path) -> None:
     """Delete the temporary files that writers of ``target`` killed mid-write left (a
     55 MB report page stayed for good), leaving any a live writer may be filling."""
     import glob
-    import time
 
     for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
-        with contextlib.suppress(OSError):
-            if time.time() - leftover.stat().st_mtime > _STALE_TEMPORARY_S:
+        if leftover.is_file() and stale(leftover):
+            with contextlib.suppress(OSError):
                 leftover.unlink()
 
 

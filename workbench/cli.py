@@ -72,9 +72,12 @@ def environment_facts() -> list[tuple[str, str]]:
 def _unusable(root: Path) -> str:
     """Why a model cannot be cached at ``root`` (``""``: it can), for a teacher to see
     before a workshop rather than when the demo starts."""
-    place = next((p for p in (root, *root.parents) if p.exists()), None)
-    if place is None or not place.is_dir():
-        return f" (cannot be used: {place} is a file)"
+    from workbench._io import file_in_the_way
+
+    blocking = file_in_the_way(root)
+    if blocking is not None:
+        return f" (cannot be used: {blocking} is a file)"
+    place = next(p for p in (root, *root.parents) if p.exists())
     if not os.access(place, os.W_OK):
         return f" (cannot be used: {place} is not writable)"
     return ""

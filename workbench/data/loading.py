@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench._io import process_alive, translated_write_errors
+from workbench._io import process_alive, stale, translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
@@ -76,7 +76,6 @@ __all__ = [
 CODE_VERSION = "7"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what closing an Arrow stream writes
-_LEFTOVER_AGE = 3600.0  # seconds unmodified before a temporary file of a killed writer goes
 RESERVED_COLUMNS = (
     "source_row",
     "messages",
@@ -402,14 +401,11 @@ def clear_leftovers(folder: Path) -> list[str]:
         >>> len(clear_leftovers(folder)), dead.exists(), live.exists()
         (1, False, True)
     """
-    import time
-
     deleted = []
     for file in [*folder.glob(".*.incomplete"), *folder.glob("tmp*")]:
-        with contextlib.suppress(OSError):
-            writer = file.name.removesuffix(".incomplete").partition(".")[2].partition(".")[2]
-            old = time.time() - file.stat().st_mtime > _LEFTOVER_AGE
-            if file.is_file() and (old or _writer_gone(writer.rpartition(".")[0])):
+        writer = file.name.removesuffix(".incomplete").partition(".")[2].partition(".")[2]
+        if file.is_file() and (stale(file) or _writer_gone(writer.rpartition(".")[0])):
+            with contextlib.suppress(OSError):
                 file.unlink()
                 deleted.append(file.name)
     return deleted

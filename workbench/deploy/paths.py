@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from workbench._io import staging_folder, translated_write_errors
+from workbench._io import file_in_the_way, staging_folder, translated_write_errors
 from workbench.errors import SpecError
 
 __all__ = [
@@ -110,7 +110,7 @@ def check_writable_target(target: Path, overwrite: bool) -> None:
     check_overwrite(overwrite)
     if target.is_file():
         raise SpecError(f"{target} is a file; give a folder path to export to.")
-    blocking = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    blocking = file_in_the_way(target.parent)
     if blocking is not None:
         msg = f"{blocking} is a file, so {target} cannot be made in it; give a folder path."
         raise SpecError(msg)
