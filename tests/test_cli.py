@@ -139,6 +139,17 @@ def test_demo_refuses_a_bad_flag_before_anything_runs(tmp_path, flag, value, say
     assert "Traceback" not in result.stderr and not (tmp_path / "demo").exists()
 
 
+def test_an_unknown_flag_is_named_with_its_command_usage(tmp_path):
+    result = run_cli("demo", "--bogus", "--run-dir", str(tmp_path / "demo"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # it showed the top-level usage, which lists no demo flags
+    assert result.stderr.startswith("usage: python -m workbench demo [-h] [--model MODEL]")
+    assert "error: unrecognized arguments: --bogus" in result.stderr
+    assert not (tmp_path / "demo").exists()
+    said = run_cli("info", "--verbose").stderr
+    assert said.startswith("usage: python -m workbench info [-h]") and "--verbose" in said
+
+
 def test_demo_in_a_folder_that_is_a_file_says_so(tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")

@@ -181,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions, device, cache and built-in models")
-    info.set_defaults(run=_info)
+    info.set_defaults(run=_info, usage_of=info)
     demo = commands.add_parser(
         "demo", help="the quickstart headless: data, training, base vs tuned, export, report"
     )
@@ -199,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--max-new-tokens", type=_positive(int), default=48, help=f"per answer {count}"
     )
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, usage_of=demo)
     return parser
 
 
@@ -242,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     from workbench.errors import WorkbenchError
 
-    args = _parser().parse_args(argv)
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # named by the command's own usage, not the top level's
+        args.usage_of.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except WorkbenchError as err:
