@@ -3,6 +3,7 @@ that diverge say so, and the Run's control flow never lets ``wait()`` return ear
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -544,6 +545,28 @@ def test_a_lora_rank_above_every_adapted_layer_is_said(tmp_path, tiny_model_dir)
         r"method='full', which trains every weight",
     ):
         s.train(method="full", lora=wb.LoRA(r=4), lr=1e-5, max_steps=1, wait=True)
+
+
+def test_a_batch_size_above_the_rows_is_said_and_recorded_as_the_rows(tmp_path, tiny_model_dir):
+    # batch_size=100 on 32 rows took all 32 each step and was recorded (and planned for in
+    # memory) as 100, in silence.
+    import warnings as w
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    with pytest.warns(
+        WorkbenchWarning,
+        match=r"batch_size=100 is above the 32 training examples: each step takes all 32, "
+        r"so the run uses batch_size=32",
+    ):
+        large = s.train(max_steps=2, batch_size=100, wait=True)
+    assert large.spec.batch_size == 32
+    assert json.loads((large.run_dir / "run.json").read_text())["spec"]["batch_size"] == 32
+    s.load_model(str(tiny_model_dir))
+    with w.catch_warnings():
+        w.simplefilter("error", WorkbenchWarning)
+        exact = s.train(max_steps=2, batch_size=32, wait=True)
+    losses = [[r.loss for r in run.history if r.kind == "train"] for run in (large, exact)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6) and len(losses[0]) == 2
 
 
 def test_a_second_run_training_beside_another_in_one_process_is_warned(tmp_path, tiny_model_dir):

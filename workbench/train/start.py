@@ -119,6 +119,28 @@ def _unused_settings(spec: TrainSpec) -> list[str]:
     return []
 
 
+def _batch_within_rows(spec: TrainSpec, rows: int) -> tuple[TrainSpec, str | None]:
+    """``spec`` with a ``batch_size`` above the training rows brought down to them, and what
+    to say: each step takes every row either way, and the run's record (and the memory it is
+    planned for) should say so.
+
+    Examples:
+        >>> spec, note = _batch_within_rows(TrainSpec(batch_size=64), 10)
+        >>> spec.batch_size, note
+        (10, 'batch_size=64 is above the 10 training examples: each step takes all 10, so \
+the run uses batch_size=10')
+        >>> _batch_within_rows(TrainSpec(batch_size=8), 10)[1] is None
+        True
+    """
+    if spec.batch_size == "auto" or spec.batch_size <= rows:
+        return spec, None
+    note = (
+        f"batch_size={spec.batch_size} is above the {rows} training examples: each step takes "
+        f"all {rows}, so the run uses batch_size={rows}"
+    )
+    return respec(spec, batch_size=rows), note
+
+
 def _side_by_side(other: Any) -> str:
     return (
         f"{other.run_dir.name} is training in this process too: both runs draw their random "
@@ -260,6 +282,8 @@ def start_run(
         notes.append(_warned(_side_by_side(others[0])))
     notes += [_warned(text) for text in _unused_settings(spec)]
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
+    spec, batch_note = _batch_within_rows(spec, len(kept))
+    notes += [_warned(text) for text in filter(None, [batch_note])]
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
     notes += [_warned(text) for text in _warmup_notes(spec, total)]
