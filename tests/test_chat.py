@@ -208,6 +208,25 @@ def test_special_tokens_the_model_writes_stay_in_its_answer(tmp_path):
     assert wb.parse_tool_calls(answers[0])[0]["function"] == {"name": "add", "arguments": {"a": 1}}
 
 
+def test_a_pad_token_the_model_writes_does_not_end_its_answer(tmp_path):
+    """generate goes on after a pad token the model chose (so does an export): the answer
+    was cut there, showing less than the exported model would say."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    words = [tokenizer.encode(w, add_special_tokens=False) for w in ("Hi", " there")]
+    row = [*words[0], tokenizer.pad_token_id, *words[1]]
+    prompts = ["Hello", "Hello there, how are you"]  # the first is left padded
+    length = tokenizer(prompts, padding=True, return_tensors="pt").input_ids.shape[1]
+    writes = LogitsProcessorList([_Writes([row, words[0]], length, tokenizer.eos_token_id)])
+    answers = generate_text(model, tokenizer, prompts, 16, logits_processor=writes)
+    assert answers == [tokenizer.decode(row), "Hi"]
+    assert answers[0] == f"Hi{tokenizer.pad_token} there"
+
+
 def test_chat_takes_a_batch_or_a_conversation(tuned):
     batch = tuned.generate(["record 3", "record 5"], max_new_tokens=N, chat=True)
     assert batch == [

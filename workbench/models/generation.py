@@ -120,8 +120,9 @@ def generate_text(
 ) -> list[str]:
     """Complete each prompt and return only the new text, as the model wrote it.
 
-    A completion ends before its end token (eos, a one-token stop) and padding; any other
-    special token it wrote stays in the text, as a chat template would write it: a tool-call
+    A completion ends before its end token (eos, a one-token stop); ``generate`` pads only
+    after one. Any other special token it wrote stays in the text, as a chat template would
+    write it (a pad token it chose too: an exported model goes on after it): a tool-call
     marker such as Gemma 4's ``<|tool_call>`` or Mistral's ``[TOOL_CALLS]`` is part of the
     answer (:func:`~workbench.data.tool_calls.parse_tool_calls` needs it).
 
@@ -188,11 +189,13 @@ def _prompt_ids(tokenizer: Any, prompts: Sequence[str | Sequence[int]]) -> list[
 
 
 def _end_ids(model: Any, tokenizer: Any, generation: dict) -> set[int]:
-    """The ids that end a completion: eos (the model's, the tokenizer's, one-token stops)
-    and the padding ``generate`` writes after a completion that ended early."""
+    """The ids that end a completion: eos (the model's, the tokenizer's, one-token stops).
+
+    Not the pad id: ``generate`` writes padding only after an end, and a pad token the model
+    chose itself does not stop ``generate`` (nor an exported model), so the text goes on."""
     eos = generation.get("eos_token_id", model.generation_config.eos_token_id)
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    found = {*eos, tokenizer.eos_token_id, generation.get("pad_token_id")}
+    found = {*eos, tokenizer.eos_token_id}
     return {int(i) for i in found if i is not None}
 
 
