@@ -140,6 +140,66 @@ def test_an_export_this_session_folder_wrote_is_replaced_on_a_rerun(tmp_path, ti
     again.close()
 
 
+KILLED_EXPORT = """
+import os, pathlib, signal, sys
+import workbench as wb
+from tests.test_notebook_reruns import trained_session
+
+folder, model, moment = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+s = trained_session(folder, model)
+if moment == "after the swap":  # the export is in place, session.json not yet told
+    record = wb.Session._record
+    def killed(self, change):
+        if "exports" in change:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return record(self, change)
+    wb.Session._record = killed
+else:  # "before the swap": the previous export is about to be moved aside
+    s.export("export/merged")
+    rename = pathlib.Path.rename
+    def killed(self, target):
+        if self.name == "merged":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return rename(self, target)
+    pathlib.Path.rename = killed
+s.export("export/merged")
+"""
+
+
+@pytest.mark.parametrize("moment", ["after the swap", "before the swap"])
+def test_an_export_killed_as_it_is_placed_is_still_the_session_folders(
+    tmp_path, tiny_model_dir, moment
+):
+    # Killed just after its rename, the export was refused on the rerun ("exists and is not
+    # empty; pass overwrite=True"): session.json learned of it only after the rename.
+    import subprocess
+    import sys
+
+    from workbench.errors import SpecError
+
+    child = [sys.executable, "-c", KILLED_EXPORT, str(tmp_path / "s"), str(tiny_model_dir)]
+    killed = subprocess.run([*child, moment], cwd=REPO, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    folder = tmp_path / "s" / "export" / "merged"
+    assert (folder / "model.safetensors").is_file()
+    again = trained_session(tmp_path / "s", tiny_model_dir)
+    messages: list[str] = []
+    again.on("progress", messages.append)
+    assert again.export("export/merged") == folder
+    assert f"replacing the export written by run-001: {folder}" in messages
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["merged"]  # nothing left over
+    written = json.loads((tmp_path / "s" / "session.json").read_text())["written"]
+    assert (
+        written["export/merged"]["by"] == "run-002"
+        and "until_placed" not in written["export/merged"]
+    )
+    # A folder changed by hand is still refused, whichever record it would have matched.
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="not empty; pass overwrite=True"):
+        again.export("export/merged")
+    again.close()
+
+
 def test_a_replacement_that_fails_leaves_the_old_folder(tmp_path):
     from workbench.deploy.paths import staged_write
 

@@ -1407,7 +1407,10 @@ class Session:
         card = card_for(self, format)
         raw_text = self._data is not None and self._data.is_text
         tokenizer = raw_text_tokenizer(self.tokenizer) if raw_text else self.tokenizer
-        folder = export_model(self.model, tokenizer, target, format, card, replace, gguf_type)
+        before_placing = self._recorder(target, f"{format} export")
+        folder = export_model(
+            self.model, tokenizer, target, format, card, replace, gguf_type, before_placing
+        )
         if format == "safetensors":
             self._exported, self._exported_version = folder, self._model_version()
         self._record({"exports": {**self._state().get("exports", {}), format: str(folder)}})
@@ -1429,6 +1432,14 @@ class Session:
         """Who writes an export now, as :meth:`_say_replacing` names it later."""
         run = self._model_run()
         return run.run_dir.name if run is not None else "this session folder"
+
+    def _recorder(self, target: Path, what: str) -> Callable[[Path], None]:
+        """A ``before_placing`` for :func:`~workbench.deploy.paths.staged_write`: the new
+        folder is recorded in ``session.json`` before it is renamed into place, so a process
+        killed just after the rename leaves an export the same call replaces again (it was
+        refused without ``overwrite=True``). Until the rename, the folder standing there keeps
+        its record too (:meth:`SessionFolder.remember`)."""
+        return lambda staged: self.folder.remember(target, self._writer(), what, staged)
 
     def _say_replacing(self, target: Path, earlier: dict | None) -> None:
         """Say that ``target``, written by this session folder before (``earlier``, from
@@ -1605,10 +1616,12 @@ class Session:
         source = self._exported_folder()
         probes = self._text_prompt_ids(list(probes or self._probe_prompts()))
         self._say_replacing(target, earlier)
+        what = f"{quantization} quantized model"
+        recorder = self._recorder(target, what)
         report = quantize_export(
-            source, target, quantization, probes, self._scorer(), overwrite=replace
+            source, target, quantization, probes, self._scorer(), replace, recorder
         )
-        self.folder.remember(report.folder, self._writer(), f"{quantization} quantized model")
+        self.folder.remember(report.folder, self._writer(), what)
         self._progress(f"quantized to {report.folder}")
         return report
 

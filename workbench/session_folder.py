@@ -41,14 +41,18 @@ FolderKind = Literal["runs", "evaluations"]
 _PREFIX: dict[str, str] = {"runs": "run", "evaluations": "eval"}
 STATE_FILE = "session.json"
 WRITTEN = "written"  # the key in session.json of the folders the session wrote
+UNTIL_PLACED = "until_placed"  # a written folder's record while its replacement is renamed in
 NUMBERED = "numbered"  # the key in session.json of the highest number used, per kind
 
 
 def _listing(folder: Path) -> dict[str, list[int]]:
-    """``{relative path: [size, mtime_ns]}`` of every file under ``folder``."""
+    """``{relative path: [size, mtime_ns]}`` of every file under ``folder`` (a staged
+    folder's writer lock is not one: it is gone before the folder is placed)."""
+    from workbench.train.lock import LOCK_FILE
+
     listing = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and path.relative_to(folder).as_posix() != LOCK_FILE:
             stat = path.stat()
             listing[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
     return listing
@@ -192,12 +196,19 @@ class SessionFolder:
         )
         return {}
 
-    def remember(self, folder: str | Path, by: str, what: str) -> None:
+    def remember(
+        self, folder: str | Path, by: str, what: str, staged: str | Path | None = None
+    ) -> None:
         """Record in ``session.json`` that this session folder wrote ``folder``, as it is now.
 
         The record keeps the size and modification time of each of its files, so
         :meth:`written_earlier` can tell whether the folder is still exactly what was written.
         Records of folders that no longer exist are dropped.
+
+        ``staged``: the complete folder about to be renamed to ``folder`` (its files keep
+        their sizes and times through the rename). Recorded before the rename, a process
+        killed just after it leaves an export the next run still knows as its own; the
+        folder standing there until then stays this session's too.
 
         Examples:
             >>> import tempfile
@@ -208,7 +219,10 @@ class SessionFolder:
             'run-001'
         """
         path = Path(folder)
-        entry = {"by": by, "what": what, "files": _listing(path)}
+        entry: dict[str, Any] = {"by": by, "what": what, "files": _listing(Path(staged or path))}
+        standing = self.written_earlier(path) if staged is not None else None
+        if standing is not None:
+            entry[UNTIL_PLACED] = {key: standing.get(key) for key in ("by", "what", "files")}
 
         def add(state: dict[str, Any]) -> None:
             earlier = state.get(WRITTEN, {})
@@ -246,7 +260,15 @@ class SessionFolder:
         entry = self.state().get(WRITTEN, {}).get(self._key(path))
         if not isinstance(entry, dict) or not path.is_dir():
             return None
-        return entry if entry.get("files") == _listing(path) else None
+        listing = _listing(path)
+        return next(
+            (
+                kept
+                for kept in (entry, entry.get(UNTIL_PLACED))
+                if isinstance(kept, dict) and kept.get("files") == listing
+            ),
+            None,
+        )
 
     def _key(self, path: Path) -> str:
         """``path`` relative to the root when inside it (the folder may move), else absolute."""

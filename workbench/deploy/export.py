@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -110,6 +111,7 @@ def export_model(
     card: ModelCard,
     overwrite: bool = False,
     gguf_type: GGUFType = "f32",
+    before_placing: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` to ``target`` in ``export_format`` with its tokenizer and model card.
 
@@ -130,6 +132,8 @@ def export_model(
         gguf_type: Tensor type of a ``gguf`` export's weight matrices: ``f32``, ``f16``,
             ``q8_0``, ``q4_0``, or a K-quant made by llama.cpp (``q6_k``, ``q5_k_m``,
             ``q4_k_m``, ``q3_k_m``, ``q2_k``; see :mod:`workbench.deploy.gguf_writer`).
+        before_placing: Called with the complete staging folder just before it is renamed
+            to ``target`` (:func:`~workbench.deploy.paths.staged_write`).
 
     Raises:
         SpecError: unknown format or ``gguf_type``, non-empty target without ``overwrite``,
@@ -144,7 +148,7 @@ def export_model(
         workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
     """
     needed = check_export(model, target, export_format, overwrite, gguf_type)
-    with staged_write(target, needed) as tmp:
+    with staged_write(target, needed, before_placing) as tmp:
         _WRITERS[export_format](model, tokenizer, tmp, gguf_type)
         (tmp / "README.md").write_text(card.render(), encoding="utf-8")
     return target

@@ -13,7 +13,7 @@ import glob
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from workbench._io import file_in_the_way, staging_folder, translated_write_errors
@@ -134,8 +134,16 @@ def check_overwrite(overwrite: object) -> None:
 
 
 @contextlib.contextmanager
-def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path]:
+def staged_write(
+    target: Path,
+    needed_bytes: int | None = None,
+    before_placing: Callable[[Path], None] | None = None,
+) -> Iterator[Path]:
     """Yield a staging folder renamed to ``target`` on success, removed on any failure.
+
+    ``before_placing(staging_folder)`` runs once the folder is complete, just before the
+    rename (to record it where a process killed after the rename still finds the record;
+    the writer's lock file in it is not part of the export).
 
     A full disk or a read-only file system met while writing becomes a :class:`WriteError`
     naming ``target`` (and the MB needed), whichever library reported it and in whatever
@@ -166,6 +174,8 @@ def staged_write(target: Path, needed_bytes: int | None = None) -> Iterator[Path
             translated_write_errors(target, needed_bytes),  # while the partial files count
         ):
             yield tmp
+            if before_placing is not None:
+                before_placing(tmp)
             if target.is_dir():  # the new folder is complete: move the old one out of its way
                 aside = target.with_name(f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
                 target.rename(aside)

@@ -198,6 +198,7 @@ def quantize_export(
     probes: Sequence[str | Sequence[int]],
     score: ScoreFn | None = None,
     overwrite: bool = False,
+    before_placing: Callable[[Path], None] | None = None,
 ) -> QuantizeReport:
     """Load the exported ``source`` folder quantized, save it to ``target``, compare both.
 
@@ -208,6 +209,8 @@ def quantize_export(
         probes: Prompts used to measure generation latency and speed.
         score: Optional ``score(model, tokenizer) -> {metric: value}`` run before and after.
         overwrite: Replace a non-empty ``target``.
+        before_placing: Called with the complete staging folder just before it is renamed
+            to ``target`` (:func:`~workbench.deploy.paths.staged_write`).
 
     Raises:
         SpecError: unknown quantization word or a non-empty target.
@@ -229,7 +232,7 @@ def quantize_export(
     quantized = load_model(str(source), quantization=quantization, on_event=lambda m: None)
     needed = int(quantized.model.get_memory_footprint())  # about what save_pretrained writes
     check_free_space(target.parent, needed, f"the quantized model {target}")
-    with staged_write(target, needed) as tmp:
+    with staged_write(target, needed, before_placing) as tmp:
         quantized.model.save_pretrained(tmp)
         quantized.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(_quantized_card(source, quantization), encoding="utf-8")
