@@ -151,6 +151,32 @@ def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(
         assert _ids(_load(data_file, tokenizer, cache_dir)) == expected
 
 
+def test_a_copy_cut_after_a_batch_ending_in_the_markers_bytes_is_damaged(tmp_path):
+    # The check read the file's last 8 bytes only: a batch whose int32 column ends -1, 0
+    # ends in those very bytes, so a copy cut right after it read as valid, half its rows.
+    import pyarrow as pa
+
+    from workbench.data.loading import cached_arrow_table
+
+    table = pa.table({"labels": pa.array([5, 6, -1, 0], pa.int32())})
+    whole = tmp_path / "whole.arrow"
+    with pa.OSFile(str(whole), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as out:
+        out.write_table(table)
+        out.write_table(table)
+    assert cached_arrow_table(whole).num_rows == 8
+    with pa.memory_map(str(whole)) as source:  # where the first batch's message ends
+        reader = pa.ipc.MessageReader.open_stream(source)
+        reader.read_next_message(), reader.read_next_message()
+        first_batch_end = source.tell()
+    cut = tmp_path / "cut.arrow"
+    cut.write_bytes(whole.read_bytes()[:first_batch_end])
+    assert cut.read_bytes().endswith(b"\xff\xff\xff\xff\x00\x00\x00\x00")
+    assert pa.ipc.open_stream(pa.memory_map(str(cut))).read_all().num_rows == 4
+    with pytest.warns(WorkbenchWarning, match=r"cut\.arrow is damaged .*end marker"):
+        assert cached_arrow_table(cut) is None
+    assert not cut.exists()
+
+
 @pytest.mark.parametrize(("rows", "fraction"), [(40, 0.25), (37, 0.1), (1000, 0.05)])
 def test_the_validation_split_is_the_rows_datasets_would_pick(
     tmp_path, tokenizer, cache_dir, rows, fraction

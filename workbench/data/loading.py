@@ -455,16 +455,34 @@ def cached_arrow_table(path: Path) -> Any:
     if not path.exists():
         return None
     try:
-        with path.open("rb") as file:
-            file.seek(max(0, path.stat().st_size - len(_END_OF_STREAM)))
-            if file.read() != _END_OF_STREAM:
-                raise OSError("it ends before the stream's end marker: cut short")
+        _check_stream_end(path)
         return MemoryMappedTable.from_file(str(path))
     except (pa.ArrowException, OSError) as err:
         msg = f"cached copy {path} is damaged ({err}); rebuilding it from the source"
         warnings.warn(msg, WorkbenchWarning, stacklevel=2)
         path.unlink(missing_ok=True)
         return None
+
+
+def _check_stream_end(path: Path) -> None:
+    """Raise ``OSError`` unless the Arrow stream at ``path`` ends with its end marker right
+    after its last message. The file's last 8 bytes alone can be a cut batch's own (an int32
+    column ending ``-1, 0`` holds the marker's bytes), so the messages are walked (headers
+    only, on a memory map) to where the last one ends."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(path)) as source:
+        messages = pa.ipc.MessageReader.open_stream(source)
+        last_end = 0
+        while True:
+            try:
+                messages.read_next_message()
+            except StopIteration:
+                break
+            last_end = source.tell()
+        source.seek(last_end)
+        if source.read() != _END_OF_STREAM:
+            raise OSError("it ends before the stream's end marker: cut short")
 
 
 def _split_off_errors(dataset: Any, source: Source) -> tuple[Any, tuple[Problem, ...]]:
