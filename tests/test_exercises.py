@@ -125,6 +125,14 @@ def test_the_gap_check_in_a_real_kernel(kernel_name, tmp_path):
         "enable_gap_check()\nimport IPython\n"
         "print(sum(type(t).__name__ == '_GapCheck' "
         "for t in IPython.get_ipython().ast_transformers))",
+        # Stubs and sentinels are code: a Protocol's methods, abstract ones, `=...` defaults.
+        "import abc\nfrom typing import Protocol\n\nclass Scorer(Protocol):\n"
+        "    def __call__(self, prediction: str) -> float: ...\n\n"
+        "class Base(abc.ABC):\n    @abc.abstractmethod\n    def score(self): ...\n\n"
+        "def pick(value=...):\n    return value is ...\n\nprint('stubs', pick())",
+        # A magic's code is checked too, and quoted as typed (it was IPython's rewrite).
+        "%time LR = ...",
+        "%%time\nimport math\nSTEPS = ...",
     ]
     nb = new_notebook(cells=[new_code_cell(source) for source in cells])
     from nbclient import NotebookClient
@@ -162,6 +170,17 @@ def test_the_gap_check_in_a_real_kernel(kernel_name, tmp_path):
 
     assert not errors_of(nb.cells[6]) and "512" in all_text(nb.cells[6])
     assert not errors_of(nb.cells[7]) and all_text(nb.cells[7]).strip() == "1"
+    # they were gaps: "line 5 `def __call__(...) -> float: ...` in `__call__`"
+    assert not errors_of(nb.cells[8]) and all_text(nb.cells[8]).strip() == "stubs True"
+    for cell, line in (
+        (nb.cells[9], "line 1 `%time LR = ...`"),
+        (nb.cells[10], "line 3 `STEPS = ...`"),
+    ):
+        (magic,) = errors_of(cell)
+        assert magic["ename"] == "ExerciseGap" and magic["traceback"] == [
+            f"This cell has a gap to fill in: {line}. Replace the `...` with your answer, "
+            "then run the cell again."
+        ]
 
 
 def test_the_workbench_calls_a_placeholder_a_placeholder(tiny_model_dir, tmp_path):

@@ -15,7 +15,10 @@ without a gap runs as always, and its errors show their usual traceback.
 
 A gap is an Ellipsis literal where a value or a statement goes: ``x = ...``, ``f(...)``,
 ``[...]``, a line or a function body that is only ``...``. An Ellipsis inside brackets that
-index (``array[..., 0]``, ``Callable[..., int]``) or in an annotation is code, not a gap.
+index (``array[..., 0]``, ``Callable[..., int]``), in an annotation, as a sentinel
+(``def f(x=...)``, ``x is ...``) or as a stub's body (a ``Protocol``'s methods,
+``@abstractmethod`` and ``@overload`` ones) is code, not a gap. A magic's code
+(``%time x = ...``) is checked too, and quoted as typed.
 
 Examples:
     >>> [(gap.line, gap.text) for gap in find_gaps("CUTOFF = ...\\nchecked = f(CUTOFF)")]
@@ -163,6 +166,8 @@ def find_gaps(source: str) -> list[Gap]:
         []
         >>> find_gaps("if x ...")
         []
+        >>> find_gaps("def pick(value=...):\\n    return value is ...")  # a sentinel
+        []
     """
     try:
         tree = ast.parse(source)
@@ -201,12 +206,14 @@ class _GapCheck(ast.NodeTransformer):
 
     def __init__(self) -> None:
         super().__init__()
-        self.source = ""  # the cell being run, as IPython parsed it (set before each cell)
+        self.source = ""  # the cell being run, as typed (set before each cell)
 
     def remember(self, info: Any) -> None:
-        self.source = info.transformed_cell or info.raw_cell or ""
+        self.source = info.raw_cell or info.transformed_cell or ""
 
     def visit(self, node: ast.AST) -> ast.AST:
+        # A magic's code (%time x = ..., a %%time cell) comes here too, parsed on its own:
+        # its gaps are quoted from the cell as typed (see _quoted).
         gaps = _gaps(node, self.source.splitlines())
         if gaps:
             raise ExerciseGap(gap_message(gaps))
@@ -214,8 +221,27 @@ class _GapCheck(ast.NodeTransformer):
 
 
 def _gaps(tree: ast.AST, lines: list[str]) -> list[Gap]:
-    code: set[int] = set()  # ids of Ellipsis nodes that are code: indexing, annotations
-    bodies: dict[int, str] = {}  # line of a function body that is a bare `...` -> function
+    code = _ellipses_that_are_code(tree)
+    bodies: dict[int, str] = {}  # id of a function body's bare `...` -> the function's name
+    owner: dict[int, ast.stmt] = {}  # id of a node -> the innermost statement holding it
+    for node in ast.walk(tree):  # breadth first: inner statements come later, and win
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            bodies.update({id(stmt.value): node.name for stmt in node.body if _is_bare(stmt)})
+        if isinstance(node, ast.stmt):
+            owner.update({id(inner): node for inner in ast.walk(node)})
+    found: dict[int, Gap] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value is Ellipsis and id(node) not in code:
+            line, text = _quoted(node, owner.get(id(node)), lines)
+            found.setdefault(line, Gap(line, text, bodies.get(id(node), "")))
+    return [found[line] for line in sorted(found)]
+
+
+def _ellipses_that_are_code(tree: ast.AST) -> set[int]:
+    """Ids of the Ellipsis nodes that are code, not gaps: in brackets that index, in
+    annotations, as a default or in an ``is`` test (a sentinel), and the bodies of stubs (a
+    ``Protocol``'s methods, ``@abstractmethod`` and ``@overload`` ones)."""
+    code: set[int] = set()
     for node in ast.walk(tree):
         roots: list[ast.AST | None] = []
         if isinstance(node, ast.Subscript):
@@ -223,22 +249,51 @@ def _gaps(tree: ast.AST, lines: list[str]) -> list[Gap]:
         elif isinstance(node, (ast.AnnAssign, ast.arg)):
             roots.append(node.annotation)
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            roots.append(node.returns)
-            bodies.update({stmt.lineno: node.name for stmt in node.body if _is_bare(stmt)})
+            roots += [node.returns, *node.args.defaults, *node.args.kw_defaults]
+            if _names_of(node.decorator_list) & {"abstractmethod", "overload"}:
+                roots += node.body
+        elif isinstance(node, ast.ClassDef) and "Protocol" in _names_of(node.bases):
+            roots += node.body
+        elif isinstance(node, ast.Compare) and any(
+            isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops
+        ):
+            roots += [node.left, *node.comparators]  # `value is ...`: a sentinel's test
         for root in roots:
             if root is not None:
                 code.update(id(n) for n in ast.walk(root))
-    found = sorted(
-        {
-            node.lineno
-            for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and node.value is Ellipsis and id(node) not in code
-        }
-    )
-    return [
-        Gap(n, lines[n - 1].strip() if 0 < n <= len(lines) else "...", bodies.get(n, ""))
-        for n in found
-    ]
+    return code
+
+
+def _names_of(expressions: list[ast.expr]) -> set[str]:
+    """The last name of each expression: ``abc.abstractmethod`` -> ``abstractmethod``."""
+    names = set()
+    for expression in expressions:
+        named = expression  # `Protocol[T]` and `decorator(...)` name what they wrap
+        while isinstance(named, (ast.Call, ast.Subscript)):
+            named = named.func if isinstance(named, ast.Call) else named.value
+        if isinstance(named, ast.Attribute):
+            names.add(named.attr)
+        elif isinstance(named, ast.Name):
+            names.add(named.id)
+    return names
+
+
+def _quoted(gap: ast.Constant, statement: ast.stmt | None, lines: list[str]) -> tuple[int, str]:
+    """The line of the cell that holds ``gap``, and its text.
+
+    The gap's own position holds when the code parsed is the cell itself. Code a magic runs
+    (``%time x = ...``, the body of a ``%%time`` cell) is parsed on its own, so its
+    positions are its own: the gap's statement is found in the cell by its text instead.
+    """
+    at = gap.lineno
+    if 0 < at <= len(lines) and lines[at - 1][gap.col_offset : gap.end_col_offset] == "...":
+        return at, lines[at - 1].strip()
+    said = ast.unparse(statement) if statement is not None else "..."
+    first = said.splitlines()[0] if said else "..."
+    for number, line in enumerate(lines, 1):
+        if first in line:
+            return number, line.strip()
+    return at, first
 
 
 def _is_bare(stmt: ast.stmt) -> bool:
