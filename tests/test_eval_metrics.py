@@ -89,6 +89,11 @@ def test_exact_match_on_rows_that_all_agree_gets_a_wilson_interval_not_zero_widt
     )
     lo, hi = all_wrong["exact_match"].ci
     assert lo == 0.0 and hi == pytest.approx(0.2425, abs=1e-4)
+    for n in (10, 14, 24, 25, 28):  # rounding showed "[2.776e-17, 0.2775]" and 0.9999...
+        rows = resample_indices(n, 300)
+        wrong = METRICS["exact_match"].score(Column(same[:1] * n, ("a dog",) * n), rows)
+        right = METRICS["exact_match"].score(Column(same[:1] * n, same[:1] * n), rows)
+        assert wrong["exact_match"].ci[0] == 0.0 and right["exact_match"].ci[1] == 1.0, n
 
 
 def test_a_pass_fail_function_gets_a_wilson_interval_and_a_continuous_one_its_bootstrap():
@@ -98,6 +103,11 @@ def test_a_pass_fail_function_gets_a_wilson_interval_and_a_continuous_one_its_bo
     indices = resample_indices(12, 300)
     passed = FunctionScorer(lambda p, r: p == r, "passed").score(same, indices)["passed"]
     assert passed.ci == pytest.approx((0.7575, 1.0), abs=1e-4)  # bools: pass/fail per row
+    # numpy's bool too (it was refused: "returned np.True_ ... must return a finite number")
+    numpy_bool = FunctionScorer(lambda p, r: (np.array([p]) == r).all(), "numpy").score(
+        same, indices
+    )
+    assert numpy_bool["numpy"].value == 1.0 and numpy_bool["numpy"].ci == passed.ci
     # a word count of 1 on every row is no proportion: no Wilson interval made up for it
     words = FunctionScorer(lambda p, r: len(p.split()), "words").score(same, indices)["words"]
     assert words.ci == (1.0, 1.0)

@@ -65,16 +65,23 @@ def nan_mean(values: Sequence[float]) -> float:
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a proportion (95% by default).
 
+    None right has 0 as its lower bound and all right 1 as its upper, exactly (rounding left
+    2.8e-17 and 0.9999999999999999, shown as such).
+
     Examples:
         >>> [round(x, 3) for x in wilson_interval(8, 10)]
         [0.49, 0.943]
+        >>> wilson_interval(0, 10)[0], wilson_interval(10, 10)[1]
+        (0.0, 1.0)
     """
     if n == 0:
         return (0.0, 1.0)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return (low, high)
 
 
 def resample_indices(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np.ndarray:

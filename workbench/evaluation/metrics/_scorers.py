@@ -112,7 +112,7 @@ def _number(name: str, index: int, value: Any) -> float:
     """``value`` as a finite float, or a refusal naming the metric and the example (NaN,
     infinity and numbers too large for a float included, numpy's as Python's)."""
     number = math.nan
-    if isinstance(value, Real):
+    if isinstance(value, (Real, np.bool_)):  # np.bool_ is no numbers.Real
         with contextlib.suppress(OverflowError):
             number = float(value)
     if math.isfinite(number):
