@@ -214,6 +214,45 @@ def test_a_metric_error_surfaces_from_wait_with_its_name(session):
         session.evaluate(data=ROWS, metrics=["blue"], wait=False)
 
 
+def test_answers_generated_before_a_metric_fails_are_scored_by_the_same_call_again(session):
+    # A user's metric raising on the last row threw away every generated answer: fixing it
+    # meant generating both columns again (minutes to hours on a real model).
+    forwards = []
+    hook = session.model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    broken = {"on": True}
+
+    def overlap(prediction: str, reference: str) -> float:
+        if broken["on"]:
+            raise ZeroDivisionError("my bug")
+        return float(prediction == reference)
+
+    asked = {"data": ROWS, "max_new_tokens": 6, "batch_size": 2, "wait": True}
+    before = eval_folders(session)
+    try:
+        with pytest.raises(EvaluationError, match=r"metric 'overlap' raised .*answers are kept"):
+            session.evaluate(metrics=["exact_match", overlap], **asked)
+        assert forwards and eval_folders(session) == before  # nothing saved half-scored
+        generating = len(forwards)
+        broken["on"] = False
+        forwards.clear()
+        scored = session.evaluate(metrics=["exact_match", overlap], **asked)
+        assert forwards == []  # nothing generated again
+        again = session.evaluate(metrics=["exact_match", overlap], **asked)
+        assert len(forwards) == generating  # used once: the next call generates
+        assert [r.outputs for r in scored.rows] == [r.outputs for r in again.rows]
+        assert scored.scores == again.scores and scored.scores["overlap"]["tuned"] == 0.0
+        # other settings (or another model) generate their own answers
+        broken["on"] = True
+        with pytest.raises(EvaluationError, match="answers are kept"):
+            session.evaluate(metrics=[overlap], **asked)
+        broken["on"] = False
+        forwards.clear()
+        session.evaluate(metrics=[overlap], **{**asked, "max_new_tokens": 5})
+        assert len(forwards) > 0
+    finally:
+        hook.remove()
+
+
 def test_a_paused_run_keeps_evaluation_blocking(tiny_model_dir, tmp_path):
     s = wb.Session(tmp_path / "paused", verbose=False)
     s.load_model(str(tiny_model_dir))

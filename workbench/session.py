@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.errors import (
+    EvaluationError,
     ModelLoadError,
     NoDataError,
     NoModelError,
@@ -89,6 +91,8 @@ class Session:
         self._scores_summary: dict = {}
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
         self._evaluation_run: Any = None  # a background evaluate(wait=False), while it runs
+        # answers of an evaluation whose scoring failed: (what they answer, the model, answers)
+        self._kept_answers: tuple[str, Any, dict] | None = None
         self._unsubscribers: list[Callable[[], None]] = []
         # find_lr's suggestion for this model and data, and the method it was measured for
         self._measured_lr: tuple[float, str] | None = None
@@ -1071,9 +1075,12 @@ class Session:
         tuned = self.holds_tuned_weights
         if self._merged and compare_base:
             self._progress("the adapter is merged: one column, no base (its weights are gone)")
+        asked = (rows, compare_base, max_new_tokens, generation, limit, batch_size, stops)
+        answers_of = self._answers_key(*asked)
 
         def work(events: Any = self.events, cancelled: Any = None):
-            with self.folder.reserved("evaluations") as folder:
+            kept = self._answers_kept_for(answers_of)
+            with self.folder.reserved("evaluations") as folder, self._keeping_answers(answers_of):
                 evaluation = run_evaluation(
                     model,
                     self.tokenizer,
@@ -1091,6 +1098,7 @@ class Session:
                     cancelled=cancelled,
                     about=about,
                     plain_model_role="tuned" if tuned else "base",  # an untrained model
+                    generated=kept,
                 )
             self._scores_summary = {
                 name: {k: v for k, v in score.items() if k in ("base", "tuned")}
@@ -1116,6 +1124,49 @@ class Session:
         columns = evaluation_columns(model, compare_base, "tuned" if tuned else "base")
         self._evaluation_run = EvaluationRun(work, rows, columns, limit, self.events)
         return self._evaluation_run
+
+    def _answers_key(self, *asked: Any) -> str:
+        """What an evaluation's answers depend on: the model's weights as they are now, the
+        rows and the generation settings (not the metrics)."""
+        import hashlib
+
+        run = self._model_run()
+        step = self._run.status.step if self._run is not None else None
+        weights = (run and str(run.run_dir), step, self.adapter_strength, self._merged)
+        text = json.dumps([weights, *asked], default=repr, sort_keys=True)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _answers_kept_for(self, key: str) -> dict | None:
+        """The answers kept from an evaluation whose scoring failed, when they answer ``key``
+        with this very model (held weakly: a model loaded since is another one)."""
+        if self._kept_answers is None:
+            return None
+        kept_key, model, answers = self._kept_answers
+        if kept_key != key or model() is not self.model:
+            return None
+        self._progress("scoring the answers kept from the evaluation whose scoring failed")
+        return answers
+
+    @contextlib.contextmanager
+    def _keeping_answers(self, key: str):
+        """Keep the answers of an evaluation whose metric fails after generating (a user's
+        function raising on one row): the same call, the metric fixed, scores them instead of
+        generating them all again."""
+        import weakref
+
+        try:
+            yield
+        except EvaluationError as err:
+            answers = getattr(err, "generated", None)
+            if answers is None:
+                raise
+            self._kept_answers = (key, weakref.ref(self.model), answers)
+            msg = (
+                f"{err}. The generated answers are kept: evaluate again with the same data "
+                "and settings (the metric fixed) to score them without generating them again."
+            )
+            raise EvaluationError(msg) from err
+        self._kept_answers = None
 
     def report(self, path: str | Path = "report.html", title: str | None = None) -> Path:
         """Write a self-contained HTML page of the session: the data the model trained on,

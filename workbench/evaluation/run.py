@@ -252,11 +252,17 @@ def evaluate_with_spec(
     spec: EvalSpec,
     events: Events = None,
     cancelled: Cancelled = None,
+    generated: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Run an evaluation from a built :class:`EvalSpec` (what :func:`run_evaluation` calls).
 
     ``cancelled`` is asked before each batch; when it answers True the evaluation stops
     with an :class:`~workbench.errors.EvaluationError` saying so, before anything is saved.
+
+    A metric that fails once the answers are generated (a user's function raising on one
+    row) raises an :class:`~workbench.errors.EvaluationError` whose ``generated`` attribute
+    holds the answers; given back as ``generated=``, for the same model, rows and spec, they
+    are scored without generating them again.
 
     Examples:
         Rows are checked before the model is touched:
@@ -269,21 +275,43 @@ def evaluate_with_spec(
     rows = validate_rows(rows, spec.limit)
     _try_the_metrics(metrics, rows)
     _check_the_context(model, tokenizer, rows, spec)
-    emit = _emitter(events)
     columns = _columns(model, spec)
+    emit = _emitter(events)
+    if generated is not None and list(generated) == list(columns):
+        outputs = generated
+        for role, out in outputs.items():  # a progress panel shows them as if generated
+            emit(EVAL_PROGRESS, EvalProgress(role, len(rows), len(rows), tuple(out.texts)))
+    else:
+        outputs = _generated(model, tokenizer, rows, spec, columns, emit, cancelled)
+    references = tuple(r["reference"] for r in rows)
+    try:
+        scores, per_example = _score(metrics, outputs, references, spec)
+    except EvaluationError as err:
+        err.generated = outputs  # for the caller to keep: scoring again needs no generating
+        raise
+    settings = _settings(model, metrics, spec, columns, len(rows))
+    return Evaluation(scores, _rows(rows, outputs, per_example), settings)
+
+
+def _generated(
+    model: Any,
+    tokenizer: Any,
+    rows: list[dict],
+    spec: EvalSpec,
+    columns: list[Role],
+    emit: Callable[[str, Any], None],
+    cancelled: Cancelled,
+) -> dict[str, _Outputs]:
+    """Each column's answers and reference losses, the model in eval mode meanwhile."""
     was_training = getattr(model, "training", False)
     model.eval()  # adapter dropout off: evaluation is deterministic
     try:
-        outputs = {
+        return {
             role: _run_column(model, tokenizer, rows, spec, role, emit, cancelled)
             for role in columns
         }
     finally:
         model.train(was_training)
-    references = tuple(r["reference"] for r in rows)
-    scores, per_example = _score(metrics, outputs, references, spec)
-    settings = _settings(model, metrics, spec, columns, len(rows))
-    return Evaluation(scores, _rows(rows, outputs, per_example), settings)
 
 
 def _try_the_metrics(metrics: list[Metric], rows: list[dict]) -> None:
@@ -357,6 +385,7 @@ def run_evaluation(
     cancelled: Cancelled = None,
     about: dict[str, Any] | None = None,
     plain_model_role: Role = "tuned",
+    generated: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Generate answers for ``rows`` with the tuned and the base model and score both.
 
@@ -396,6 +425,9 @@ def run_evaluation(
             ``data``, what the rows are; ``adapter_strength`` when it is not 1).
         plain_model_role: The column of a model without an adapter: ``"tuned"`` (a merged
             model), or ``"base"`` (one nothing tuned).
+        generated: The answers an earlier call generated before its scoring failed (its
+            error's ``generated``): scored instead of generating again. Give them only for
+            the same model, rows and settings.
 
     Returns:
         The :class:`~workbench.evaluation.Evaluation`.
@@ -436,7 +468,9 @@ def run_evaluation(
         plain_model_role,
         seed=seed,
     )
-    evaluation = evaluate_with_spec(model, tokenizer, rows, resolved, spec, events, cancelled)
+    evaluation = evaluate_with_spec(
+        model, tokenizer, rows, resolved, spec, events, cancelled, generated
+    )
     if run_dir is not None or about:
         probes = read_probes(run_dir) if run_dir is not None else ()
         settings = {**evaluation.settings, **(about or {})}
