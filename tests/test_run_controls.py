@@ -279,11 +279,12 @@ def test_step_once_right_after_resume_is_refused_and_leaves_nothing_behind(
     run.evaluate_now()
     assert gate.reached.wait(WAIT)  # the worker is busy: the state still says paused
     run.resume()
-    assert run.state is RunState.PAUSED
+    assert run.state is RunState.PAUSED and run.resuming  # what the session's checks read
     with pytest.raises(SpecError, match="step_once needs a paused run, but it is resuming"):
         run.step_once(wait=False)
     gate.release()
     run.wait(step=start + 2, timeout=WAIT)
+    assert not run.resuming
     at = run.pause(timeout=WAIT).step
     # Paused means paused: no step asked earlier sneaks in now.
     assert run.step_once(timeout=WAIT).step == at + 1

@@ -128,9 +128,14 @@ class Session:
             return
         status = run.status
         state = status.state
-        if not status.active or (state is RunState.PAUSED and call in _READ_ONLY_CALLS):
+        # resume() just called: the worker wakes a moment later, and trains
+        resuming = state is RunState.PAUSED and getattr(run, "resuming", False)
+        if not status.active or (
+            state is RunState.PAUSED and not resuming and call in _READ_ONLY_CALLS
+        ):
             return
-        where = f"{run.run_dir.name} is {state.value} (step {status.step}/{status.total_steps})"
+        said = "resuming" if resuming else state.value
+        where = f"{run.run_dir.name} is {said} (step {status.step}/{status.total_steps})"
         if state is RunState.STOPPING:
             fix = f"call run.wait() until it has stopped, then {call}()."
         elif call in _READ_ONLY_CALLS:

@@ -301,6 +301,31 @@ class Run:
         return self._status.state
 
     @property
+    def resuming(self) -> bool:
+        """``resume()`` was called on the paused run and its worker has not taken it up yet
+        (tens of milliseconds): ``state`` still says paused, but the run trains from now on.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-resuming", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-resuming", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=100, wait=False)
+            >>> run.pause().state, run.resuming
+            (<RunState.PAUSED: 'paused'>, False)
+            >>> _ = run.resume(); run.resuming or run.state.value == "running"
+            True
+            >>> run.stop().state, run.wait().state
+            (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
+        """
+        with self._cond:
+            paused = self._status.state is RunState.PAUSED
+            return paused and not self._pause and not self._stop
+
+    @property
     def pending_steps(self) -> int:
         """Single steps asked with :meth:`step_once` that the worker has not begun yet.
 
