@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -114,6 +115,40 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+_FILE_MODE, _FOLDER_MODE = 0o666, 0o777  # before the umask, as open() and mkdir() create
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once (by setting it: there is no other portable way, and
+    setting it is not thread-safe)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``open``/``mkdir`` would
+    under the umask: a staged folder and files written through temporaries (mkdtemp,
+    mkstemp, safetensors' writer) are private, so another user (a server in a container,
+    a second machine of a run on a shared disk) could read config.json but not the weights.
+
+    Examples:
+        >>> import stat, tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "weights.bin").write_bytes(b"x"); (folder / "weights.bin").chmod(0o600)
+        >>> _as_created(folder)
+        >>> oct(stat.S_IMODE((folder / "weights.bin").stat().st_mode)) == oct(0o666 & ~_umask())
+        True
+    """
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        runnable = path.is_dir() or path.stat().st_mode & 0o111  # a script stays runnable
+        path.chmod((_FOLDER_MODE if runnable else _FILE_MODE) & ~mask)
+
+
 def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename.
 
@@ -142,6 +177,7 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _FILE_MODE & ~_umask())  # mkstemp makes it private (0600)
         os.replace(tmp, target)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -191,7 +227,7 @@ def staging_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
             if not replace:
                 raise FileExistsError(final)
             shutil.rmtree(final)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the final folder should not be
+        _as_created(tmp)  # mkdtemp (and some writers' own temporaries) make them private
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
