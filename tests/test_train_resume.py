@@ -185,6 +185,31 @@ def test_a_run_whose_base_model_moved_resumes_where_it_is_now(tiny_model_dir, tm
     assert read_meta(run.run_dir)["model_spec"]["spec"] == str(moved)
 
 
+def test_a_resume_refused_for_the_wrong_model_leaves_run_json_naming_the_right_one(
+    tiny_model_dir, tiny_gpt2_dir, tmp_path
+):
+    # run.json named the wrong model before its checkpoint refused it: every plain resume
+    # after that loaded it again and failed ("checkpoint ... does not match").
+    import workbench as wb
+    from workbench.errors import WorkbenchError
+    from workbench.train.store import read_meta
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(16)], validation=None)
+    run = s.train(max_steps=40, batch_size=8, save_every=1, wait=False)
+    run.pause()  # then stopped with its checkpoint, as a notebook leaves a run
+    assert run.stop() and run.wait().state is RunState.STOPPED
+    s.close()
+    meta = read_meta(run.run_dir)
+    later = wb.Session(tmp_path / "s", verbose=False)
+    with pytest.raises(WorkbenchError, match="does not match"):
+        later.resume(run.run_dir, model=str(tiny_gpt2_dir))
+    assert read_meta(run.run_dir)["model_spec"] == meta["model_spec"]
+    again = wb.Session(tmp_path / "s", verbose=False).resume(run.run_dir, wait=True)
+    assert (again.state, again.status.step) == (RunState.FINISHED, 40)
+
+
 def test_a_run_whose_tokenized_data_was_damaged_is_not_resumed(tiny_model_dir, tmp_path):
     """It trained on from the damaged rows and failed in torch.embedding at every resume."""
     from train_helpers import fresh

@@ -854,7 +854,7 @@ class Session:
         """
         from workbench.train import check_resumable, resume_run
         from workbench.train.launch.spec import resume_launch
-        from workbench.train.store import read_meta
+        from workbench.train.store import read_meta, write_meta
 
         self._check_run_allows("resume")
         run_dir = self._run_folder(Path(run_dir).expanduser())
@@ -862,14 +862,19 @@ class Session:
         meta = read_meta(run_dir)
         self._load_base_of(run_dir, meta, model)
         reset_adapter_strength(self.loaded.model)  # a run never resumes from a scaled adapter
-        self._run = resume_run(
-            run_dir,
-            self.events,
-            wait=False,
-            model=self.loaded.model,
-            tokenizer=self.tokenizer,
-            launch=resume_launch(launch),
-        )
+        try:
+            self._run = resume_run(
+                run_dir,
+                self.events,
+                wait=False,
+                model=self.loaded.model,
+                tokenizer=self.tokenizer,
+                launch=resume_launch(launch),
+            )
+        except BaseException:
+            if model is not None:  # run.json named the given model: the run never went on
+                write_meta(run_dir, meta)
+            raise
         self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
