@@ -388,3 +388,50 @@ def test_sigkill_during_a_checkpoint_write_then_damage_then_resume(tiny_model_di
     assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 31))
     assert losses == pytest.approx(train_losses(straight), rel=1e-5)
     assert losses[-1] == pytest.approx(train_losses(straight)[-1], rel=1e-5)
+
+
+RUN_FILE_DAMAGES = {
+    "run.json not UTF-8": ("run.json", b"\xff\xfe{garbage", "codec can't decode"),
+    "run.json empty": ("run.json", b"", "Expecting value"),
+    "run.json a list": ("run.json", b"[1, 2]", "no JSON object"),
+}
+
+
+@pytest.mark.parametrize("damage", list(RUN_FILE_DAMAGES))
+def test_a_damaged_run_file_is_named_wherever_the_run_is_read(finished, tmp_path, damage):
+    # These were UnicodeDecodeError, JSONDecodeError or AttributeError from deep inside.
+    import workbench as wb
+    from workbench.errors import WorkbenchError
+    from workbench.train import check_resumable
+    from workbench.widgets import TrainingMonitor
+
+    run_dir = _copy(finished, tmp_path)
+    name, content, says = RUN_FILE_DAMAGES[damage]
+    (run_dir / name).write_bytes(content)
+    named = rf"run\.json is not a readable run file: .*{says}"
+    for read in (check_resumable, TrainingMonitor.from_folder, lambda f: wb.compare([f])):
+        with pytest.raises(WorkbenchError, match=named):
+            read(run_dir)
+
+
+def test_damaged_lines_in_a_runs_records_are_skipped_and_named(finished, tmp_path):
+    import workbench as wb
+    from workbench.errors import SpecError
+    from workbench.train import check_resumable
+    from workbench.widgets import TrainingMonitor
+
+    run_dir = _copy(finished, tmp_path)
+    meta = json.loads((run_dir / "run.json").read_text())
+    history = run_dir / "history.jsonl"
+    lines = history.read_text().splitlines()
+    history.write_text("\n".join([lines[0], "[1, 2]", "7", *lines[1:]]) + "\n")
+    (run_dir / "status.json").write_text(json.dumps({"state": "bogus", "step": 8}))
+    with pytest.warns(WorkbenchWarning, match=r"history\.jsonl: skipped line\(s\) 2, 3"):
+        results = wb.compare([run_dir])  # was AttributeError: 'list' object has no 'get'
+    assert results.runs[0].curve("loss")[0] == list(range(1, 9))
+    with pytest.warns(WorkbenchWarning, match=r"status\.json is damaged \(unknown state 'bogus'\)"):
+        monitor = TrainingMonitor.from_folder(run_dir)  # was ValueError: not a RunState
+    assert monitor._status.step == 8 and "8/8" in monitor.status_html.value
+    (run_dir / "run.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "spec"}))
+    with pytest.raises(SpecError, match=r"run\.json holds no training settings \('spec'\)"):
+        check_resumable(run_dir)  # was KeyError: 'spec'

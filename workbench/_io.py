@@ -527,13 +527,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:  # torn, or JSON that is no record (a number, a list): damage
             torn.append(number)
     if [n for n in torn if n != len(lines)]:
         warnings.warn(
             f"{target}: skipped line(s) {', '.join(map(str, torn))}, which are not "
-            "JSON (writes cut short by a kill, or damage).",
+            "JSON objects (writes cut short by a kill, or damage).",
             WorkbenchWarning,
             stacklevel=2,
         )

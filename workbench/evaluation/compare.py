@@ -183,6 +183,17 @@ def _run_folders(folder: Path) -> list[Path]:
     return runs
 
 
+def _run_settings(path: Path) -> dict:
+    """A run's ``run.json``, or an error naming it when it is damaged."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSON and UTF-8 errors are ValueErrors
+        raise EvaluationError(f"{path} is not a readable run file: {err}.") from err
+    if not isinstance(settings, dict):
+        raise EvaluationError(f"{path} is not a readable run file: it holds no JSON object.")
+    return settings
+
+
 def _read_run(path: str | Path) -> RunResults:
     folder = Path(path)
     if not folder.is_dir():
@@ -190,7 +201,7 @@ def _read_run(path: str | Path) -> RunResults:
     history = tuple(read_jsonl(folder / "history.jsonl"))
     settings: dict = {}
     if (folder / "run.json").is_file():
-        settings = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        settings = _run_settings(folder / "run.json")
     evaluations = _evaluations(folder)
     if not history and not evaluations:
         msg = f"run folder {folder} has no history.jsonl and no saved evaluation to compare"

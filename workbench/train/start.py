@@ -520,6 +520,8 @@ def check_resumable(run_dir: str | Path) -> None:
     """
     run_dir = Path(run_dir)
     meta = store.read_meta(run_dir)
+    if not isinstance(meta.get("spec"), dict):
+        raise SpecError(f"{run_dir / store.RUN_FILE} holds no training settings ('spec').")
     TrainSpec.from_dict(meta["spec"])
     if not (run_dir / "data" / "train").is_dir():
         raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")

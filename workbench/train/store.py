@@ -43,6 +43,9 @@ from workbench._io import (
 )
 from workbench.errors import SpecError, WorkbenchWarning
 from workbench.train.batches import Examples
+from workbench.train.status import RunState
+
+_STATES = {state.value for state in RunState}
 
 __all__ = [
     "HISTORY",
@@ -202,9 +205,12 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         )
         raise SpecError(msg)
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSON and UTF-8 errors are ValueErrors
         raise SpecError(f"{path} is not a readable run file: {err}.") from err
+    if not isinstance(meta, dict):
+        raise SpecError(f"{path} is not a readable run file: it holds no JSON object.")
+    return meta
 
 
 def write_meta(run_dir: str | Path, meta: dict[str, Any]) -> None:
@@ -306,6 +312,8 @@ def _status_file(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATUS
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(status, dict) and status.get("state", "created") not in _STATES:
+            raise ValueError(f"unknown state {status['state']!r}")
     except FileNotFoundError:
         status = None
     except (OSError, ValueError) as err:
