@@ -65,6 +65,44 @@ def test_an_evaluation_that_cannot_be_saved_is_returned_with_its_answers(
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written folder
 
 
+def test_a_sessions_evaluation_on_a_full_disk_is_returned_not_lost(small_disk, tiny_model_dir):
+    # It warned "returned unsaved", then raised recording eval-001 in session.json.
+    import workbench as wb
+
+    disk = small_disk(512)
+    s = wb.Session(disk / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    _fill(disk)
+    rows = [{"question": f"Say {i}.", "answer": str(i)} for i in range(3)]
+    with pytest.warns(WorkbenchWarning) as said:
+        ev = s.evaluate(data=rows, metrics=["exact_match"], max_new_tokens=2, wait=True)
+    assert len(ev.rows) == 3 and "exact_match" in ev.scores and ev.path is None
+    messages = [str(w.message) for w in said]
+    assert any("done but could not be saved" in m for m in messages)
+    assert any(
+        "eval-001 could not be recorded in session.json: no space left" in m for m in messages
+    )
+    s.close()
+
+
+def test_an_export_to_another_disk_stands_when_the_session_folders_disk_is_full(
+    small_disk, tiny_model_dir, tmp_path
+):
+    # The run's error says "export still works"; it failed writing session.json instead.
+    from transformers import AutoModelForCausalLM
+
+    import workbench as wb
+
+    disk = small_disk(512)
+    s = wb.Session(disk / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    _fill(disk)
+    with pytest.warns(WorkbenchWarning, match=r"session\.json was not updated \(no space left"):
+        folder = s.export(tmp_path / "elsewhere")
+    assert AutoModelForCausalLM.from_pretrained(folder).config.model_type == "llama"
+    s.close()
+
+
 def test_what_a_killed_writer_left_beside_a_file_is_cleared_by_the_next_write(tmp_path):
     # A report page written while the process was killed left its 55 MB temporary for good.
     import os

@@ -32,7 +32,9 @@ from workbench.errors import (
     SpecError,
     WorkbenchError,
     WorkbenchWarning,
+    WriteError,
     refuse_unknown,
+    warn_user,
 )
 from workbench.events import DATA_LOADED, MODEL_LOADED, PROGRESS, EventHub
 from workbench.models.generation import generate_text
@@ -1480,7 +1482,7 @@ class Session:
             warnings.warn(card.strength_note(), WorkbenchWarning, stacklevel=2)
         # remembered before the check: an export whose check is interrupted is still this
         # session's, for the same call run again to replace
-        self.folder.remember(folder, self._writer(), f"{format} export")
+        self._remember(folder, self._writer(), f"{format} export")
         if format == "gguf" and _llama_cpp_available():
             try:
                 self.check_export(folder)
@@ -1500,7 +1502,7 @@ class Session:
         killed just after the rename leaves an export the same call replaces again (it was
         refused without ``overwrite=True``). Until the rename, the folder standing there keeps
         its record too (:meth:`SessionFolder.remember`)."""
-        return lambda staged: self.folder.remember(target, self._writer(), what, staged)
+        return lambda staged: self._remember(target, self._writer(), what, staged)
 
     def _say_replacing(self, target: Path, earlier: dict | None) -> None:
         """Say that ``target``, written by this session folder before (``earlier``, from
@@ -1589,7 +1591,7 @@ class Session:
         earlier = self.folder.written_earlier(folder)
         report.save(folder)
         if earlier is not None:  # still the session's export, with its check beside it
-            self.folder.remember(folder, earlier.get("by", ""), earlier.get("what", ""))
+            self._remember(folder, earlier.get("by", ""), earlier.get("what", ""))
         self._progress(report.summary())
         return report
 
@@ -1682,7 +1684,7 @@ class Session:
         report = quantize_export(
             source, target, quantization, probes, self._scorer(), replace, recorder
         )
-        self.folder.remember(report.folder, self._writer(), what)
+        self._remember(report.folder, self._writer(), what)
         self._progress(f"quantized to {report.folder}")
         return report
 
@@ -1784,7 +1786,20 @@ class Session:
 
     def _record(self, facts: dict) -> None:
         """Merge ``facts`` into ``session.json`` in the run folder, atomically."""
-        self.folder.record(facts)
+        self._kept_on_record_failure(self.folder.record, facts)
+
+    def _remember(self, *args: Any) -> None:
+        """:meth:`SessionFolder.remember`, which a full disk must not fail either."""
+        self._kept_on_record_failure(self.folder.remember, *args)
+
+    def _kept_on_record_failure(self, write: Callable[..., None], *args: Any) -> None:
+        """Write a record to ``session.json``; a full or read-only disk warns instead of
+        failing the work the record is about (an export written to another disk, a loaded
+        model): it is done, only the session folder's note of it is missing."""
+        try:
+            write(*args)
+        except WriteError as err:
+            warn_user(f"session.json was not updated ({err}); what was done stands")
 
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None

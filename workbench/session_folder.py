@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workbench._io import atomic_write_text, make_folder
-from workbench.errors import WorkbenchWarning
+from workbench.errors import WorkbenchWarning, WriteError
 
 __all__ = ["FolderKind", "SessionFolder"]
 
@@ -142,7 +142,15 @@ class SessionFolder:
             raise
         number = int(folder.name.rsplit("-", 1)[1])
         self._given[kind] = max(number, self._given.get(kind, 0))
-        self._keep_highest(kind, number)
+        try:
+            self._keep_highest(kind, number)
+        except WriteError as err:  # a full disk must not cost the block's result (the
+            # folder itself, and this session's memory, keep the number from being reused)
+            warnings.warn(
+                f"{folder.name} could not be recorded in session.json: {err}",
+                WorkbenchWarning,
+                stacklevel=3,
+            )
 
     def _keep_highest(self, kind: FolderKind, number: int) -> None:
         def raise_to(state: dict[str, Any]) -> None:
