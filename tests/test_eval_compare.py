@@ -91,7 +91,14 @@ def test_compare_says_what_each_latest_evaluation_measured(tmp_path, tiny_model_
     assert "adapter_strength" not in record
 
     s.set_adapter_strength(0.0)
-    s.evaluate(data=[{"question": "other?", "answer": "x"}], metrics=["exact_match"])
+    other = s.evaluate(data=[{"question": "other?", "answer": "x"}], metrics=["exact_match"])
+    # print, the panel and the report said "tuned" and "evaluation of run-001" only
+    measured = "on data= (list); tuned column at adapter strength 0"
+    assert str(other).splitlines()[0].startswith(f"Evaluation of 1 examples ({measured})")
+    assert f"<p>Measured {measured}.</p>" in other.panel().scores_html.value
+    s.set_adapter_strength(1.0)
+    assert f"1 rows; base, tuned; {measured})" in s.report().read_text()
+    assert "Measured" not in full.panel().scores_html.value and "(" not in str(full).split("\n")[0]
     header, rows = wb.compare([run.run_dir]).table()
     shown = dict(zip(header, rows[0], strict=True))
     assert shown["eval_rows"] == "1" and shown["eval_data"].startswith("data= (list)")

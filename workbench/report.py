@@ -114,7 +114,9 @@ def _coverage(data_report: Any, history: Sequence[Any], evaluation: Any) -> str:
         settings = getattr(evaluation, "settings", {}) or {}
         of = f" of {settings['run']}" if settings.get("run") else ""
         columns = ", ".join(getattr(evaluation, "columns", ()) or ())
-        held.append(f"evaluation{of} ({len(evaluation.rows)} rows; {columns})")
+        measured = evaluation.measured() if hasattr(evaluation, "measured") else ""
+        measured = f"; {measured}" if measured else ""
+        held.append(f"evaluation{of} ({len(evaluation.rows)} rows; {columns}{measured})")
     else:
         missing.append("evaluation")
     line = "Covers: " + ("; ".join(held) if held else "nothing")

@@ -394,6 +394,26 @@ class Evaluation:
         return cls(scores, rows, settings, folder, probes)
 
     # -- display ----------------------------------------------------------------------------
+    def measured(self) -> str:
+        """What the scores measured, where it is not the plain case: the data (when not the
+        validation split) and the adapter's strength (when not 1); ``""`` otherwise. Every
+        view of the scores (``print``, the panel, the report) says it next to them.
+
+        Examples:
+            >>> Evaluation({}, (), {"data": "tickets.jsonl", "adapter_strength": 0.0}).measured()
+            'on tickets.jsonl; tuned column at adapter strength 0'
+            >>> Evaluation({}, (), {"data": "validation split"}).measured()
+            ''
+        """
+        parts = []
+        data = self.settings.get("data")
+        if data and data != "validation split":
+            parts.append(f"on {data}")
+        strength = self.settings.get("adapter_strength")
+        if isinstance(strength, (int, float)) and strength != 1:
+            parts.append(f"tuned column at adapter strength {strength:g}")
+        return "; ".join(parts)
+
     def score_table(self) -> list[tuple[str, ...]]:
         """Rows of (score, base, base CI, tuned, tuned CI, gain) as text.
 
@@ -422,8 +442,9 @@ class Evaluation:
     def __str__(self) -> str:
         head = ("score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain")
         where = f" saved in {self.path}" if self.path else ""
+        measured = f" ({self.measured()})" if self.measured() else ""
         lines = [
-            f"Evaluation of {len(self.rows)} examples{where}",
+            f"Evaluation of {len(self.rows)} examples{measured}{where}",
             text_table(self.score_table(), header=head),
         ]
         shown = [_ci(s.get(f"{c}_ci")) for s in self.scores.values() for c in ("base", "tuned")]

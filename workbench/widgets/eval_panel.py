@@ -197,7 +197,8 @@ class EvalPanel:
     def _show_scores(self) -> None:
         ev = self.evaluation
         header = ["score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain"]
-        self.scores_html.value = table(header, ev.score_table())
+        measured = f"<p>Measured {escape(ev.measured())}.</p>" if ev.measured() else ""
+        self.scores_html.value = measured + table(header, ev.score_table())
         self.findings_html.value = self._findings_html()
         with self.figure.batch_update():
             self.figure.data = ()
