@@ -253,6 +253,14 @@ def test_answers_generated_before_a_metric_fails_are_scored_by_the_same_call_aga
         hook.remove()
 
 
+def test_the_datas_own_ids_reach_the_evaluation_rows_and_their_file(session):
+    # EvalRow.id ("the row's id if the input had one") was always None.
+    rows = [{"id": f"ticket-{1000 + i}", "question": f"q{i}", "answer": f"a{i}"} for i in range(3)]
+    ev = session.evaluate(data=rows, metrics=["exact_match"], max_new_tokens=2, wait=True)
+    assert [r.id for r in ev.rows] == ["ticket-1000", "ticket-1001", "ticket-1002"]
+    assert [r.id for r in Evaluation.load(ev.path).rows] == [r.id for r in ev.rows]
+
+
 def test_a_paused_run_keeps_evaluation_blocking(tiny_model_dir, tmp_path):
     s = wb.Session(tmp_path / "paused", verbose=False)
     s.load_model(str(tiny_model_dir))

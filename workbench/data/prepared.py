@@ -611,8 +611,8 @@ class PreparedData:
     def inference_row(self, i: int, split: SplitName = "train") -> dict[str, Any]:
         """Example ``i`` as an evaluation row: its rendered ``prompt`` and ``reference``
         answer (the texts of :meth:`example`) and their :meth:`inference_ids`
-        (``prompt_ids``, ``reference_ids``), the row rendered once. It raises as
-        :meth:`inference_ids` does.
+        (``prompt_ids``, ``reference_ids``), the row rendered once, and the data's ``id``
+        where it has one. It raises as :meth:`inference_ids` does.
 
         Examples:
             >>> from transformers import AutoTokenizer
@@ -637,11 +637,13 @@ class PreparedData:
         mode = self.spec.special_tokens_in_text
         offered = [tools] if tools else None
         [prompt_ids] = chat_prompt_ids(self.template, self.tokenizer, [turns], offered, mode)
+        kept_id = row.get("id")  # the data's own id column, to find the row again
         return {
             "prompt": prompt,
             "reference": answer,
             "prompt_ids": prompt_ids,
             "reference_ids": answer_ids(self.tokenizer, answer, mode),
+            **({"id": kept_id} if kept_id is not None else {}),
         }
 
     def _texts_of(self, row: dict[str, Any]) -> tuple[str, str, str]:
