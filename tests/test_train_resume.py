@@ -203,11 +203,42 @@ def test_a_resume_refused_for_the_wrong_model_leaves_run_json_naming_the_right_o
     s.close()
     meta = read_meta(run.run_dir)
     later = wb.Session(tmp_path / "s", verbose=False)
-    with pytest.raises(WorkbenchError, match="does not match"):
+    with pytest.raises(WorkbenchError, match="is not the one run-001 started from"):
         later.resume(run.run_dir, model=str(tiny_gpt2_dir))
     assert read_meta(run.run_dir)["model_spec"] == meta["model_spec"]
     again = wb.Session(tmp_path / "s", verbose=False).resume(run.run_dir, wait=True)
     assert (again.state, again.status.step) == (RunState.FINISHED, 40)
+
+
+def test_a_run_is_not_resumed_on_another_model_of_its_architecture(tiny_model_dir, tmp_path):
+    # Another checkpoint of the same family (the instruct model for the base) resumed in
+    # silence: the loss jumped from 3.9 to 17.6 and run.json named the wrong base for good.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import workbench as wb
+    from workbench.train.store import read_meta
+
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.01)
+    other.save_pretrained(tmp_path / "other")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "other")
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(16)], validation=None)
+    run = s.train(max_steps=40, batch_size=8, save_every=1, wait=False)
+    run.pause()
+    assert run.stop() and run.wait().state is RunState.STOPPED
+    s.close()
+    recorded = read_meta(run.run_dir)
+    later = wb.Session(tmp_path / "s", verbose=False)
+    with pytest.raises(SpecError, match=r"this base model is not the one run-001 started from"):
+        later.resume(run.run_dir, model=str(tmp_path / "other"))
+    assert read_meta(run.run_dir) == recorded
+    resumed = later.resume(run.run_dir, wait=True)  # on its own base it goes on
+    assert (resumed.state, resumed.status.step) == (RunState.FINISHED, 40)
 
 
 def test_a_run_whose_tokenized_data_was_damaged_is_not_resumed(tiny_model_dir, tmp_path):

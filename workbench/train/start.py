@@ -49,6 +49,7 @@ from workbench.train.checkpoint import (
 from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
 from workbench.train.prepare import (
+    base_fingerprint,
     check_model,
     choose_checkpointing,
     fit_spec_to_model,
@@ -269,6 +270,7 @@ def start_run(
     )
     _check_inputs(spec, validation, probes)
     check_model(model, spec)
+    fingerprint = base_fingerprint(model)  # before the adapter goes on
     launch = None if launch is None else _checked_launch(launch, model_spec)
     store.check_new_folder(run_dir)
     spec, fitted = fit_spec_to_model(model, spec)
@@ -293,6 +295,7 @@ def start_run(
         **{f"{name}_choice": why for name, why in chosen.items() if why},
         "total_steps": total,
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
+        "base_fingerprint": fingerprint,
         "probes": list(probes or []),
         "probe_stops": list(probe_stops or []),
         **({"probe_ids": [list(ids) for ids in probe_ids]} if probe_ids else {}),
@@ -607,6 +610,7 @@ def _resume_locked(
     if model is None:
         model, tokenizer = _reload_model(meta, run_dir)
     check_model(model, spec)
+    _check_same_base(model, meta, run_dir)
     checkpoint, skipped = newest_valid_checkpoint(run_dir)
     kept, _ = _drop_untrained_quietly(train)
     logged = store.read_jsonl(run_dir / store.HISTORY)
@@ -630,6 +634,23 @@ def _resume_locked(
         checkpoint,
         start=start,
     )
+
+
+def _check_same_base(model: Any, meta: dict[str, Any], run_dir: Path) -> None:
+    """Refuse a base model other than the one the run started from (another checkpoint of
+    the same architecture, or the folder run.json names changed since): its checkpoint's
+    adapter would go on from weights it was not trained on, the loss jumping (3.9 to 17.6
+    in one step) and run.json naming the wrong base for good. Runs recorded before the
+    fingerprint existed are not checked."""
+    recorded = meta.get("base_fingerprint")
+    if recorded is None or base_fingerprint(model) == recorded:
+        return
+    msg = (
+        f"this base model is not the one {run_dir.name} started from (its weights differ from "
+        f"those recorded in {run_dir / store.RUN_FILE} then): resume it on that model, loaded "
+        "as it was (same dtype and quantization), or start a new run on this one."
+    )
+    raise SpecError(msg)
 
 
 def _warn_of_a_restart(run_dir: Path, logged: list[dict[str, Any]]) -> None:
