@@ -229,7 +229,7 @@ def test_nan_at_the_first_step_does_not_promise_a_checkpoint(tmp_path, tiny_mode
     run = s.train(max_steps=5, lr=5e-3, batch_size=8, wait=True)
     assert run.state is RunState.FAILED
     assert run.status.error.startswith("the training loss became nan at step 1")
-    assert "No checkpoint was written before this" in run.status.error
+    assert "No complete checkpoint is kept" in run.status.error
     assert "is kept" not in run.status.error
 
 

@@ -146,7 +146,7 @@ def _side_by_side(other: Any) -> str:
     return (
         f"{other.run_dir.name} is training in this process too: both runs draw their random "
         "numbers (LoRA dropout, NEFTune) from torch's one generator, so neither repeats with "
-        "its seed; train one at a time, or each in its own process (a script, or launch=)"
+        "its seed; train one at a time, or each in its own process (a script, or processes=)"
     )
 
 

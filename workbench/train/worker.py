@@ -14,7 +14,7 @@ identical to an uninterrupted one.
 Examples:
     >>> from workbench.train.worker import checkpoint_note
     >>> checkpoint_note(None)
-    'No checkpoint was written before this, so the run cannot be resumed from one.'
+    'No complete checkpoint is kept, so the run cannot be resumed from one.'
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def checkpoint_note(checkpoint: Path | None) -> str:
         >>> print(checkpoint_note(Path("runs/a/checkpoints/step-00000010")))
         The last complete checkpoint, step-00000010, is kept: Session.resume(...) goes on from it.
     """
-    if checkpoint is None:
-        return "No checkpoint was written before this, so the run cannot be resumed from one."
+    if checkpoint is None:  # none written, or none left (deleted with the run folder)
+        return "No complete checkpoint is kept, so the run cannot be resumed from one."
     return (
         f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
         "goes on from it."
