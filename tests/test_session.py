@@ -47,6 +47,20 @@ def test_verbose_session_prints_progress(tmp_path, tiny_model_dir, capsys):
     assert f"loading {tiny_model_dir}" in capsys.readouterr().out
 
 
+def test_a_quiet_sessions_blocking_run_prints_nothing(tmp_path, tiny_model_dir, capsys):
+    # verbose=False still printed "step 1/2 ... loss ..." and "finished" for each run
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    for verbose, printed in ((False, []), (True, ["step 1/2", "step 2/2", "finished"])):
+        s = wb.Session(tmp_path / str(verbose), verbose=verbose)
+        s.load_model(str(tiny_model_dir))
+        s.load_data(rows, validation=None)
+        capsys.readouterr()
+        s.train(max_steps=2, batch_size=4, wait=True)
+        out = capsys.readouterr().out
+        assert [p for p in ("step 1/2", "step 2/2", "finished") if p in out] == printed
+        s.close()
+
+
 def test_model_and_tokenizer_are_the_transformers_objects(tmp_path, tiny_model_dir):
     from transformers import PreTrainedModel
 

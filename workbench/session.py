@@ -55,7 +55,8 @@ class Session:
 
     Args:
         run_dir: Folder for everything the session writes (created if missing).
-        verbose: Print progress messages (model conversion, loading) as they happen.
+        verbose: Print progress messages (model conversion, loading) as they happen, and a
+            line per step while ``train(wait=True)`` blocks.
 
     Events (subscribe with :meth:`on`; names and payload types in :mod:`workbench.events`):
     ``progress`` (a message), ``model_loaded`` (:class:`ModelInfo`), ``data_loaded``
@@ -78,6 +79,7 @@ class Session:
     def __init__(self, run_dir: str | Path = "runs/default", verbose: bool = True) -> None:
         self.folder = SessionFolder(run_dir)
         self.run_dir = self.folder.root
+        self._verbose = verbose  # also: a blocking train() prints a line per step
         self.events = EventHub()
         self._loaded: LoadedModel | None = None
         self._data: PreparedData | None = None
@@ -799,7 +801,7 @@ class Session:
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
-        return _waited_stopping_on_interrupt(self._run, _blocking(wait))
+        return _waited_stopping_on_interrupt(self._run, _blocking(wait), self._verbose)
 
     def _probe_ids(self, probes: Any) -> list[list[int]] | None:
         """The probes tokenized as the data's prompts (left to ``start_run`` to refuse when
@@ -880,7 +882,7 @@ class Session:
         self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
-        return _waited_stopping_on_interrupt(self._run, _blocking(wait))
+        return _waited_stopping_on_interrupt(self._run, _blocking(wait), self._verbose)
 
     def _load_base_of(self, run_dir: Path, meta: dict, model: str | Path | None) -> None:
         """Load the base model a resumed run trains: ``model``, else the one run.json names."""
@@ -1879,15 +1881,16 @@ def _training_columns(dataset: Any) -> Any:
     return dataset.select_columns(keep)
 
 
-def _waited_stopping_on_interrupt(run: Any, wait: bool) -> Any:
-    """Block until ``run`` ends when ``wait``, printing progress. An interrupt (Ctrl-C, a
+def _waited_stopping_on_interrupt(run: Any, wait: bool, progress: bool = True) -> Any:
+    """Block until ``run`` ends when ``wait``, printing progress (a line per step, unless
+    the session is not ``verbose``). An interrupt (Ctrl-C, a
     notebook's stop button) while blocked stops the run as ``run.stop()`` does, saving the
     step it reached, before it goes on: a script would otherwise exit under a training
     thread, and a notebook keep a run training that it no longer waits for."""
     if not wait:
         return run
     try:
-        run.wait(progress=True)
+        run.wait(progress=progress)
     except KeyboardInterrupt:
         run.stop()
         status = run.wait()
