@@ -37,11 +37,16 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
+import threading
+import time
 from typing import Any
 
 __all__ = [
     "cut_at_stop",
     "end_answers_as_openai",
+    "exit_with_parent",
     "main",
     "request_problem",
     "sample_when_asked",
@@ -174,36 +179,56 @@ async def _cut_stream(chunks: Any, stops: list[str]) -> Any:
                 continue
             event = json.loads(part[len("data: ") :])
             holder, field = _content_of(event)
-            if holder is None:
-                rest = cutter.flush()
-                if rest and template is not None:  # the held text, before the closing chunk
-                    last = json.loads(template)
-                    last_holder, last_field = _content_of(last)
-                    last_holder[last_field] = rest
-                    out.append("data: " + json.dumps(last, ensure_ascii=False))
-                out.append(part)
+            closing = _finish_reason(event) is not None
+            if holder is not None and not closing:
+                template = json.dumps(event, ensure_ascii=False)
+                text = cutter.feed(holder[field])
+                if text:
+                    holder[field] = text
+                    out.append("data: " + json.dumps(event, ensure_ascii=False))
                 continue
-            template = json.dumps(event, ensure_ascii=False)
-            text = cutter.feed(holder[field])
-            if text:
-                holder[field] = text
-                out.append("data: " + json.dumps(event, ensure_ascii=False))
+            if holder is not None:  # a closing chunk with text (the completions' ""): the rest
+                holder[field] = cutter.feed(holder[field]) + cutter.flush()
+            elif (rest := cutter.flush()) and template is not None:  # held text, before it
+                last = json.loads(template)
+                last_holder, last_field = _content_of(last)
+                last_holder[last_field] = rest
+                out.append("data: " + json.dumps(last, ensure_ascii=False))
+            if closing and cutter.stopped:
+                _stopped_at_a_stop(event["choices"][0])
+            out.append("data: " + json.dumps(event, ensure_ascii=False))
         if out:
             yield "".join(f"{part}\n\n" for part in out)
 
 
+def _finish_reason(event: dict) -> str | None:
+    choices = event.get("choices") or []
+    return choices[0].get("finish_reason") if choices else None
+
+
+def _stopped_at_a_stop(choice: dict) -> None:
+    """Say ``"stop"`` for an answer a stop string ended, as OpenAI does: transformers says
+    ``"length"`` when the stop came with the last token ``max_tokens`` allowed."""
+    if choice.get("finish_reason") == "length":
+        choice["finish_reason"] = "stop"
+
+
 def _room_for_the_answer(engine: Any, inputs: dict, settings: dict) -> None:
-    """Refuse a prompt the model's context cannot hold (for configs transformers reads no
-    context from, GPT-2's ``n_positions``); cap ``max_new_tokens`` to the room after it."""
+    """Refuse an empty prompt (the model failed on it, a 500) and a prompt the model's context
+    cannot hold (for configs transformers reads no context from, GPT-2's ``n_positions``);
+    cap ``max_new_tokens`` to the room after it."""
     from fastapi import HTTPException
     from transformers.cli.serving.utils import prompt_length
 
     from workbench.data.context import model_context
 
+    length = prompt_length(inputs)
+    if length == 0:  # the completions endpoint reads a missing prompt as ""
+        detail = 'prompt is empty or missing: give the text to continue, e.g. "prompt": "Once"'
+        raise HTTPException(status_code=400, detail=detail)
     context = model_context(engine.model_config)
     if context is None:
         return
-    length = prompt_length(inputs)
     if length >= context:
         detail = f"the prompt has {length} tokens; the model reads at most {context}."
         raise HTTPException(status_code=400, detail=detail)
@@ -238,6 +263,7 @@ def end_answers_as_openai() -> bool:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
             _end_as_openai(handler, JSONResponse)
     _check_fields(ChatCompletionHandler, request_problem)
+    _refuse_media_for_text_models()
     _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
     return True
 
@@ -308,13 +334,113 @@ def _messages_problem(messages: Any) -> str | None:
             return (
                 f"messages[{k}] has no 'role' (a string: 'system', 'user', 'assistant' or 'tool')"
             )
+        where = f"messages[{k}]"
+        problem = _content_problem(where, message.get("content")) or _tool_calls_problem(
+            where, message.get("tool_calls")
+        )
+        if problem:
+            return problem
+    return None
+
+
+_TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+def _content_problem(where: str, content: Any) -> str | None:
+    """What is wrong with a message's content (a string, or a list of typed parts).
+
+    Examples:
+        >>> _content_problem("messages[0]", [{"type": "text", "text": 5}])
+        'messages[0].content[0].text must be a string'
+    """
+    if content is None or isinstance(content, str):
+        return None
+    if not isinstance(content, list) or not all(isinstance(part, dict) for part in content):
+        return (
+            f'{where}.content must be a string or a list of parts ({{"type": "text", "text": ...}})'
+        )
+    for j, part in enumerate(content):
+        if not isinstance(part.get("type"), str):
+            return f"{where}.content[{j}] has no 'type' (a string: 'text' for a text part)"
+        if part["type"] in _TEXT_PARTS and not isinstance(part.get("text"), str):
+            return f"{where}.content[{j}].text must be a string"
+    return None
+
+
+def _tool_calls_problem(where: str, calls: Any) -> str | None:
+    """What is wrong with an assistant message's ``tool_calls`` (transformers failed on it
+    with a 500).
+
+    Examples:
+        >>> _tool_calls_problem("messages[1]", "oops")  # doctest: +ELLIPSIS
+        "messages[1].tool_calls must be a list of ..."
+        >>> _tool_calls_problem("messages[1]", [{"function": {"name": "f", "arguments": "{}"}}])
+    """
+    shape = "{'type': 'function', 'function': {'name': ..., 'arguments': ...}} objects"
+    if not calls:
+        return None  # transformers reads none then
+    if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+        return f"{where}.tool_calls must be a list of {shape}"
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}].function"
+        function = call.get("function") or call  # transformers reads a bare function too
+        if not isinstance(function, dict):
+            return f"{at} must be an object ({{'name': ..., 'arguments': ...}})"
+        if not isinstance(function.get("name"), str):
+            return f"{at} has no 'name' (a string)"
+        if not isinstance(_json_object(function.get("arguments")), dict):
+            return f"{at}.arguments must be a JSON object (as text, or an object)"
+    return None
+
+
+def _json_object(arguments: Any) -> Any:
+    if not isinstance(arguments, str):
+        return arguments
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return None
+
+
+def _refuse_media_for_text_models() -> None:
+    """Answer an image, audio or video part sent to a text-only model by a 400 naming it:
+    transformers dropped such parts without a word and answered the rest."""
+    try:
+        from transformers.cli.serving.utils import BaseHandler, Modality
+    except ImportError:
+        return
+    convert = getattr(BaseHandler, "get_processor_inputs_from_messages", None)
+    if convert is None or getattr(convert, "refuses_media", False):
+        return
+
+    @functools.wraps(convert)
+    def converting(messages: list[dict], modality: Any) -> list[dict]:
+        problem = _media_problem(messages) if modality == Modality.LLM else None
+        if problem:
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail=problem)
+        return convert(messages, modality)
+
+    converting.refuses_media = True  # type: ignore[attr-defined]
+    BaseHandler.get_processor_inputs_from_messages = staticmethod(converting)
+
+
+def _media_problem(messages: list[dict]) -> str | None:
+    """The first content part a text-only model cannot read, named.
+
+    Examples:
+        >>> _media_problem([{"role": "user", "content": [{"type": "image_url"}]}])
+        "messages[0].content[0] has type 'image_url': this model reads text only"
+    """
+    for k, message in enumerate(messages):
         content = message.get("content")
-        parts = isinstance(content, list) and all(isinstance(part, dict) for part in content)
-        if content is not None and not (isinstance(content, str) or parts):
-            return (
-                f"messages[{k}].content must be a string or a list of parts "
-                '({"type": "text", "text": ...})'
-            )
+        if message.get("tool_calls") or not isinstance(content, list):
+            continue  # transformers reads no content beside tool calls
+        for j, part in enumerate(content):
+            if part.get("type") not in _TEXT_PARTS:
+                kind = part.get("type")
+                return f"messages[{k}].content[{j}] has type {kind!r}: this model reads text only"
     return None
 
 
@@ -357,7 +483,9 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
             holder = choice.get("message") or choice
             field = "content" if "message" in choice else "text"
             if isinstance(holder.get(field), str):
-                holder[field] = cut_at_stop(holder[field], stops)[0]
+                holder[field], stopped = cut_at_stop(holder[field], stops)
+                if stopped:
+                    _stopped_at_a_stop(choice)
         return json_response(body, media_type="application/json")
 
     @functools.wraps(streaming)
@@ -373,10 +501,40 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
     handler._non_streaming, handler._streaming = answered, streamed
 
 
-def main() -> None:
-    """Run ``transformers serve`` with the arguments of this process, sampling when asked."""
+def main(parent: int | None = None) -> None:
+    """Run ``transformers serve`` with the arguments of this process, sampling when asked;
+    with ``parent``, the id of the process that started it, until that process ends."""
+    if parent is not None:
+        exit_with_parent(parent)
     sample_when_asked()
     end_answers_as_openai()
     from transformers.cli.transformers import main as transformers_main
 
     transformers_main()
+
+
+def exit_with_parent(parent: int, every: float = 0.5) -> threading.Thread:
+    """End this process once process ``parent`` has ended, however it ended: a kernel killed
+    by SIGTERM or SIGKILL runs no atexit, and left its server holding the port and the
+    model's memory. This process is then handed to another parent, which is how it knows
+    (on Linux and macOS alike); the model's process transformers started ends with it.
+
+    Examples:
+        A process told that its parent is process 1 (which it is not) ends at once:
+
+        >>> import subprocess
+        >>> code = "import time; from workbench.deploy._serving import exit_with_parent as e; "
+        >>> code += "e(1); time.sleep(60)"
+        >>> subprocess.run([sys.executable, "-c", code], capture_output=True).returncode
+        1
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        print(f"the process that started this server ({parent}) has ended", file=sys.stderr)
+        os._exit(1)
+
+    watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    watcher.start()
+    return watcher

@@ -33,6 +33,7 @@ import contextlib
 import json
 import operator
 import os
+import re
 import shlex
 import signal
 import socket
@@ -50,6 +51,7 @@ __all__ = [
     "ServeError",
     "Server",
     "check_port",
+    "failure_cause",
     "port_is_free",
     "serve_model",
     "serves_on",
@@ -196,8 +198,10 @@ class Server:
         """Send one chat completion request and return the answer text.
 
         It needs a running server (see the module docstring): for example
-        ``server.chat("Say hi", max_tokens=8)`` returns the model's answer as a string, and a
-        server that is not running raises ``urllib.error.URLError``.
+        ``server.chat("Say hi", max_tokens=8)`` returns the model's answer as a string, a
+        request the server refuses raises :class:`ServeError` with the server's reason
+        (``max_tokens=0`` must be 1 or more), and a server that is not running raises
+        ``urllib.error.URLError``.
         """
         body = {
             "model": str(self.folder),
@@ -278,8 +282,35 @@ def _post(url: str, body: dict, timeout: float) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return json.loads(response.read())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as refused:
+        why = _refusal_reason(refused.read().decode(errors="replace"))
+        msg = f"the server refused the request (HTTP {refused.code}): {why}"
+        raise ServeError(msg) from refused
+
+
+def _refusal_reason(body: str) -> str:
+    """The explanation in an error response: FastAPI's ``detail``, OpenAI's
+    ``error.message``, else the body itself.
+
+    Examples:
+        >>> _refusal_reason('{"detail": "max_tokens=0 must be an integer of 1 or more"}')
+        'max_tokens=0 must be an integer of 1 or more'
+        >>> _refusal_reason('{"error": {"message": "no such model"}}')
+        'no such model'
+        >>> _refusal_reason("Internal Server Error")
+        'Internal Server Error'
+    """
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        return body[:500]
+    error = reply.get("error") if isinstance(reply, dict) else None
+    reason = reply.get("detail") if isinstance(reply, dict) else None
+    reason = reason or (error.get("message") if isinstance(error, dict) else error)
+    return str(reason or body)[:500]
 
 
 def _check_serving_installed() -> None:
@@ -319,7 +350,8 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
     Raises:
         SpecError: the port is not an int from 1 to 65535 or is in use, or the folder is not a
             model folder.
-        ServeError: the server exited or did not answer in time (its log is quoted).
+        ServeError: the server exited (the message leads with the cause and names the log)
+            or did not answer in time.
 
     Examples:
         >>> serve_model("/tmp/absent-model")  # doctest: +ELLIPSIS
@@ -337,7 +369,8 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
     command = [
         sys.executable,
         "-c",
-        f"from {_LAUNCHER} import main; main()",  # transformers serve, sampling when asked
+        # transformers serve, sampling when asked, ending when this process ends
+        f"from {_LAUNCHER} import main; main(parent={os.getpid()})",
         "serve",
         str(folder),
         "--host",
@@ -357,8 +390,11 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.running:
-            tail = server.log.read_text(errors="replace")[-2000:]
-            raise ServeError(f"the server exited with code {server.process.returncode}:\n{tail}")
+            cause = failure_cause(server.log.read_text(errors="replace"))
+            raise ServeError(
+                f"the server exited with code {server.process.returncode}: {cause}\n"
+                f"The server's log, with the whole traceback: {server.log}"
+            )
         with contextlib.suppress(urllib.error.URLError, OSError):
             health = f"http://{LOOPBACK}:{server.port}/health"
             with urllib.request.urlopen(health, timeout=2) as response:
@@ -367,3 +403,25 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
         time.sleep(0.5)
     server.stop()
     raise ServeError(f"the server did not answer within {timeout:.0f}s; see {server.log}")
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def failure_cause(log: str) -> str:
+    """The line of a failed process's ``log`` that says why it failed: its last exception
+    line (a traceback ends with it), else its last line.
+
+    Examples:
+        >>> failure_cause('''Traceback (most recent call last):
+        ...   File "serve.py", line 3, in load
+        ...     raise message
+        ... RuntimeError: SafetensorError: invalid header length
+        ... ''')
+        'RuntimeError: SafetensorError: invalid header length'
+        >>> failure_cause("INFO: starting\\nKilled")
+        'Killed'
+    """
+    lines = [line for line in log.splitlines() if line.strip()]
+    causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (causes or lines or ["(the log is empty)"])[-1][:500]
