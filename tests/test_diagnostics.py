@@ -151,7 +151,13 @@ def test_a_built_in_template_whose_end_is_no_token_says_exports_will_not_stop(tm
     s.load_model(str(folder))
     assert len(s.tokenizer.tokenize("<end_of_turn>")) > 1
     rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
-    s.load_data(rows, validation=None, template="gemma")
+    # said when the data loads, not only if diagnose() is asked (a served model wrote on)
+    with pytest.warns(
+        wb.WorkbenchWarning,
+        match=r"template 'gemma' ends each answer with '<end_of_turn>', which is no token of "
+        r"this tokenizer: .* an export .* writes on; use template='tokenizer'",
+    ):
+        s.load_data(rows, validation=None, template="gemma")
     finding = only(s.diagnose(), "end_of_turn_untrained")
     assert finding.evidence.endswith(
         "'<end_of_turn>' is no token of this tokenizer: the session's own generate stops at "

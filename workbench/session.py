@@ -466,6 +466,7 @@ class Session:
 
         from workbench.data import PreparedData
         from workbench.data.context import model_context
+        from workbench.data.templates import text_only_stop
         from workbench.data.vocabulary import refuse_ids_beyond
 
         disable_progress_bar()  # progress bars would print into whatever cell is current
@@ -477,6 +478,13 @@ class Session:
         rows = self.loaded.model.get_input_embeddings().num_embeddings
         refuse_ids_beyond(data, rows, self.tokenizer)
         self._data, self._measured_lr = data, None
+        if (stop := text_only_stop(data.template, self.tokenizer)) is not None:
+            warn_user(
+                f"template {data.template.name!r} ends each answer with {stop!r}, which is no "
+                "token of this tokenizer: generate() here stops at it by searching the text, "
+                "but an export (transformers, llama.cpp, a server) stops only at an end token "
+                "and writes on; use template='tokenizer' (its own) or template='alpaca'"
+            )
         report = self._data.report()
         self._record(
             {

@@ -39,6 +39,7 @@ __all__ = [
     "render_many",
     "render_prompt",
     "resolve_template",
+    "text_only_stop",
 ]
 
 Messages = Sequence[dict[str, Any]]
@@ -360,6 +361,24 @@ def encode(tokenizer: Any, texts: list[str], offsets: bool = False) -> Any:
         [[(0, 1), (1, 2)]]
     """
     return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=offsets)
+
+
+def text_only_stop(template: Template, tokenizer: Any) -> str | None:
+    """The template's end of turn when this tokenizer has no single token for it (a built-in
+    template on another family's tokenizer), else ``None``: the session's generate stops
+    there by searching the text, but an export stops only at an end token, and writes on.
+
+    Examples:
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-templates"))
+        >>> [text_only_stop(TEMPLATES[name], tokenizer) for name in ("gemma", "chatml")]
+        ['<end_of_turn>', None]
+    """
+    stop = template.stop
+    if not stop:
+        return None
+    return stop if len(encode(tokenizer, [stop])["input_ids"][0]) != 1 else None
 
 
 def encode_prompt(template: Template | str | None, tokenizer: Any, messages: Messages) -> list[int]:

@@ -196,8 +196,9 @@ def _after_answer(data: Any) -> str | None:
 
 
 def _text_only_stop(data: Any) -> str | None:
-    stop = data.template.stop
-    return stop if stop and _single_id(data.tokenizer, stop) is None else None
+    from workbench.data.templates import text_only_stop
+
+    return text_only_stop(data.template, data.tokenizer)
 
 
 def _single_id(tokenizer: Any, text: str) -> int | None:
