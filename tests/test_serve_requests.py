@@ -146,6 +146,16 @@ def test_a_well_formed_tool_turn_is_still_answered(server):
     assert status == 200, text
 
 
+def test_tools_offered_to_a_template_that_does_not_write_them_are_refused(server):
+    # The server answered as if no tools were offered: the prompt was the same 20 tokens.
+    question = [{"role": "user", "content": "What is 2+2?"}]
+    tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
+    status, body = post(server, "chat/completions", {"messages": question, "tools": [tool]})
+    assert status == 400 and "chat template does not write tools" in body
+    status, _ = post(server, "chat/completions", {"messages": question, "max_tokens": 2})
+    assert status == 200
+
+
 def test_server_chat_says_why_the_server_refused(server):
     # It raised "HTTPError: HTTP Error 400: Bad Request", and no more.
     with pytest.raises(ServeError, match=r"HTTP 400.*max_tokens=0 must be an integer of 1"):

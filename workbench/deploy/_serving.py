@@ -242,9 +242,11 @@ def _stops(settings: dict) -> list[str]:
     return [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str)]
 
 
-def end_answers_as_openai() -> bool:
+def end_answers_as_openai(tools_written: bool = True) -> bool:
     """Cut served answers at their ``stop`` text and within the model's context, in the
     chat and the completions endpoints; ``False`` when transformers has no such methods.
+    Requests are checked first (:func:`request_problem`; offering tools is refused when
+    ``tools_written`` is ``False``, a chat template that would leave them out).
 
     Examples:
         >>> end_answers_as_openai(), end_answers_as_openai()  # a second call changes nothing
@@ -262,7 +264,7 @@ def end_answers_as_openai() -> bool:
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
             _end_as_openai(handler, JSONResponse)
-    _check_fields(ChatCompletionHandler, request_problem)
+    _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
     _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
     return True
@@ -309,7 +311,7 @@ def _without_empty_stops(body: dict) -> None:
         del body["stop"]
 
 
-def request_problem(body: Any) -> str | None:
+def request_problem(body: Any, tools_written: bool = True) -> str | None:
     """What is wrong with a chat request's body, naming the field, or ``None`` (a 400 rather
     than transformers' bare 500 for a message without a role).
 
@@ -318,9 +320,18 @@ def request_problem(body: Any) -> str | None:
         "messages[0] has no 'role' (a string: 'system', 'user', 'assistant' or 'tool')"
         >>> request_problem({"messages": [{"role": "user", "content": "hi"}], "top_p": 5})
         'top_p=5 must be a number in (0, 1]'
+        >>> request_problem({"messages": [{"role": "user", "content": "hi"}], "tools": [{}]},
+        ...                 tools_written=False)  # doctest: +ELLIPSIS
+        "tools: this model's chat template does not write tools, ..."
     """
     if not isinstance(body, dict):
         return "the request body must be a JSON object"
+    if body.get("tools") and not tools_written:
+        return (
+            "tools: this model's chat template does not write tools, so the model would never "
+            "see them; serve a model tuned with a template that does (load_data(..., "
+            "template='chatml'))"
+        )
     return _messages_problem(body.get("messages")) or _settings_problem(body)
 
 
@@ -501,13 +512,15 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
     handler._non_streaming, handler._streaming = answered, streamed
 
 
-def main(parent: int | None = None) -> None:
+def main(parent: int | None = None, tools: bool = True) -> None:
     """Run ``transformers serve`` with the arguments of this process, sampling when asked;
-    with ``parent``, the id of the process that started it, until that process ends."""
+    with ``parent``, the id of the process that started it, until that process ends; with
+    ``tools=False`` (a chat template that does not write them), refusing requests that
+    offer tools."""
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()
-    end_answers_as_openai()
+    end_answers_as_openai(tools_written=tools)
     from transformers.cli.transformers import main as transformers_main
 
     transformers_main()

@@ -56,6 +56,7 @@ __all__ = [
     "serve_model",
     "serves_on",
     "stop_serving_process",
+    "template_writes_tools",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -370,7 +371,8 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
         sys.executable,
         "-c",
         # transformers serve, sampling when asked, ending when this process ends
-        f"from {_LAUNCHER} import main; main(parent={os.getpid()})",
+        f"from {_LAUNCHER} import main; "
+        f"main(parent={os.getpid()}, tools={template_writes_tools(folder)})",
         "serve",
         str(folder),
         "--host",
@@ -384,6 +386,41 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
     atexit.register(server.stop)
     _wait_until_ready(server, timeout)
     return server
+
+
+def template_writes_tools(folder: str | Path) -> bool:
+    """Whether the chat template saved in ``folder`` writes the tools a request offers (a
+    template without tool support leaves them out, and the model never sees them).
+
+    Examples:
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> template_writes_tools(build_tiny_model("/tmp/wb-doc-serve-tools"))  # plain ChatML
+        False
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception:  # a damaged folder: the server's own start says why, naming the cause
+        return True
+    if not getattr(tokenizer, "chat_template", None):
+        return False
+    probe = {
+        "type": "function",
+        "function": {
+            "name": "workbench_probe_tool",
+            "description": "a tool offered to see whether the template writes it",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    turns = [{"role": "user", "content": "Hello"}]
+    try:
+        text = tokenizer.apply_chat_template(
+            turns, tools=[probe], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # a template that refuses tools outright (TemplateError, and others)
+        return False
+    return "workbench_probe_tool" in text
 
 
 def _wait_until_ready(server: Server, timeout: float) -> None:
