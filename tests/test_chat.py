@@ -461,3 +461,13 @@ def test_the_chat_panel_reads_calls_as_the_offered_tools_declare_them():
     bare = ChatPanel(lambda messages, max_new_tokens: written)
     bare.send("Where is 10115?")
     assert 'calls lookup({"code": 10115})' in bare.text()  # no schema: read as JSON
+
+
+def test_a_bool_for_max_new_tokens_and_a_list_sent_to_the_panel_are_refused(tuned):
+    # max_new_tokens=True generated one token; send(["a", "b"]) raised AttributeError
+    with pytest.raises(SpecError, match=r"max_new_tokens=True must be a positive integer"):
+        tuned.generate("record 3", max_new_tokens=True)
+    panel = tuned.chat()
+    with pytest.raises(SpecError, match=r"send\(\) takes one message as text, not list"):
+        panel.send(["record 3", "record 5"])
+    assert panel.turns == []

@@ -148,9 +148,16 @@ def generate_text(
         >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_new_tokens=0)
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=0 must be a positive integer.
+        >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_new_tokens=True)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: max_new_tokens=True must be a positive integer.
     """
 
-    if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+    if (
+        not isinstance(max_new_tokens, int)
+        or isinstance(max_new_tokens, bool)
+        or max_new_tokens <= 0
+    ):
         raise SpecError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
     if not prompts:
         raise SpecError("prompts is empty: give at least one prompt.")

@@ -35,7 +35,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench.errors import WorkbenchError
+from workbench.errors import SpecError, WorkbenchError
 from workbench.widgets._html import escape
 
 __all__ = ["ChatPanel", "ChatTurn"]
@@ -223,8 +223,14 @@ class ChatPanel:
             '3'
             >>> panel.send("   ") is None, panel.status.value
             (True, '<span style="color:#b00;">type a message first</span>')
+            >>> panel.send(["a", "b"])
+            Traceback (most recent call last):
+            workbench.errors.SpecError: send() takes one message as text, not list
         """
         text = self.message.value if message is None else message
+        if not isinstance(text, str):  # a list of messages is chat(...)'s, not one message
+            msg = f"send() takes one message as text, not {type(text).__name__}"
+            raise SpecError(msg)
         if not text.strip():
             self.status.value = '<span style="color:#b00;">type a message first</span>'
             return None
