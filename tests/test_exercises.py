@@ -133,6 +133,10 @@ def test_the_gap_check_in_a_real_kernel(kernel_name, tmp_path):
         # A magic's code is checked too, and quoted as typed (it was IPython's rewrite).
         "%time LR = ...",
         "%%time\nimport math\nSTEPS = ...",
+        # A gap beside a sentinel's test or inside a default is still a gap; two in a magic
+        # cell are each on their own line.
+        "def pick(x=make(...)):\n    return x\nassert answer(...) is not None",
+        "%%time\nA = ...\nB = ...",
     ]
     nb = new_notebook(cells=[new_code_cell(source) for source in cells])
     from nbclient import NotebookClient
@@ -179,6 +183,15 @@ def test_the_gap_check_in_a_real_kernel(kernel_name, tmp_path):
         (magic,) = errors_of(cell)
         assert magic["ename"] == "ExerciseGap" and magic["traceback"] == [
             f"This cell has a gap to fill in: {line}. Replace the `...` with your answer, "
+            "then run the cell again."
+        ]
+    for cell, lines in (
+        (nb.cells[11], "line 1 `def pick(x=make(...)):`, line 3 `assert answer(...) is not None`"),
+        (nb.cells[12], "line 2 `A = ...`, line 3 `B = ...`"),
+    ):
+        (two,) = errors_of(cell)
+        assert two["traceback"] == [
+            f"This cell has 2 gaps to fill in: {lines}. Replace each `...` with your answer, "
             "then run the cell again."
         ]
 

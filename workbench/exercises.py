@@ -34,6 +34,7 @@ Examples:
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,44 +224,50 @@ class _GapCheck(ast.NodeTransformer):
 def _gaps(tree: ast.AST, lines: list[str]) -> list[Gap]:
     code = _ellipses_that_are_code(tree)
     bodies: dict[int, str] = {}  # id of a function body's bare `...` -> the function's name
-    owner: dict[int, ast.stmt] = {}  # id of a node -> the innermost statement holding it
-    for node in ast.walk(tree):  # breadth first: inner statements come later, and win
+    for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             bodies.update({id(stmt.value): node.name for stmt in node.body if _is_bare(stmt)})
-        if isinstance(node, ast.stmt):
-            owner.update({id(inner): node for inner in ast.walk(node)})
     found: dict[int, Gap] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and node.value is Ellipsis and id(node) not in code:
-            line, text = _quoted(node, owner.get(id(node)), lines)
+            line, text = _quoted(node, lines)
             found.setdefault(line, Gap(line, text, bodies.get(id(node), "")))
     return [found[line] for line in sorted(found)]
 
 
 def _ellipses_that_are_code(tree: ast.AST) -> set[int]:
-    """Ids of the Ellipsis nodes that are code, not gaps: in brackets that index, in
-    annotations, as a default or in an ``is`` test (a sentinel), and the bodies of stubs (a
-    ``Protocol``'s methods, ``@abstractmethod`` and ``@overload`` ones)."""
+    """Ids of the Ellipsis nodes that are code, not gaps: in brackets that index and in
+    annotations (any depth); a bare ``...`` as a default or an operand of ``is`` (a
+    sentinel); the bare ``...`` body of a stub (a ``Protocol``'s methods, ``@abstractmethod``
+    and ``@overload`` ones). A gap beside them (``f(...) is None``, ``x=make(...)``) stays
+    one."""
     code: set[int] = set()
+    sentinels: list[ast.AST | None] = []
     for node in ast.walk(tree):
-        roots: list[ast.AST | None] = []
         if isinstance(node, ast.Subscript):
-            roots.append(node.slice)
-        elif isinstance(node, (ast.AnnAssign, ast.arg)):
-            roots.append(node.annotation)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            roots += [node.returns, *node.args.defaults, *node.args.kw_defaults]
-            if _names_of(node.decorator_list) & {"abstractmethod", "overload"}:
-                roots += node.body
+            code.update(id(n) for n in ast.walk(node.slice))
+        elif isinstance(node, (ast.AnnAssign, ast.arg)) and node.annotation is not None:
+            code.update(id(n) for n in ast.walk(node.annotation))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            sentinels += [*node.args.defaults, *node.args.kw_defaults]
+            returns = getattr(node, "returns", None)
+            if returns is not None:
+                code.update(id(n) for n in ast.walk(returns))
+            if _names_of(getattr(node, "decorator_list", [])) & {"abstractmethod", "overload"}:
+                sentinels += [stmt.value for stmt in node.body if _is_bare(stmt)]
         elif isinstance(node, ast.ClassDef) and "Protocol" in _names_of(node.bases):
-            roots += node.body
+            for stmt in node.body:
+                body = (
+                    stmt.body
+                    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef)
+                    else [stmt]
+                )
+                sentinels += [inner.value for inner in body if _is_bare(inner)]
         elif isinstance(node, ast.Compare) and any(
             isinstance(op, (ast.Is, ast.IsNot)) for op in node.ops
         ):
-            roots += [node.left, *node.comparators]  # `value is ...`: a sentinel's test
-        for root in roots:
-            if root is not None:
-                code.update(id(n) for n in ast.walk(root))
+            sentinels += [node.left, *node.comparators]  # `value is ...`
+    code.update(id(n) for n in sentinels if isinstance(n, ast.Constant) and n.value is Ellipsis)
     return code
 
 
@@ -278,22 +285,50 @@ def _names_of(expressions: list[ast.expr]) -> set[str]:
     return names
 
 
-def _quoted(gap: ast.Constant, statement: ast.stmt | None, lines: list[str]) -> tuple[int, str]:
-    """The line of the cell that holds ``gap``, and its text.
+def _quoted(gap: ast.Constant, lines: list[str]) -> tuple[int, str]:
+    """The line of the cell as typed (``lines``) that holds ``gap``, and its text.
 
-    The gap's own position holds when the code parsed is the cell itself. Code a magic runs
-    (``%time x = ...``, the body of a ``%%time`` cell) is parsed on its own, so its
-    positions are its own: the gap's statement is found in the cell by its text instead.
+    The gap's own position holds when the code parsed is the cell itself. A magic's code is
+    parsed on its own: a ``%%time`` cell's body starts on the cell's second line, and a
+    ``%time x = ...`` line's code after the magic's name and options.
+
+    Examples:
+        >>> gap = ast.parse("x = ...").body[0].value
+        >>> _quoted(gap, ["%%time", "x = ..."]), _quoted(gap, ["# x = ...?", "%time x = ..."])
+        ((2, 'x = ...'), (2, '%time x = ...'))
     """
-    at = gap.lineno
-    if 0 < at <= len(lines) and lines[at - 1][gap.col_offset : gap.end_col_offset] == "...":
+    at, column, width = gap.lineno, gap.col_offset, gap.end_col_offset - gap.col_offset
+
+    def holds(number: int, start: int) -> bool:
+        return 0 < number <= len(lines) and lines[number - 1][start : start + width] == "..."
+
+    if lines and lines[0].lstrip().startswith("%%"):  # only its body is ever parsed
+        return (at + 1, lines[at].strip()) if holds(at + 1, column) else (at + 1, "...")
+    if holds(at, column):
         return at, lines[at - 1].strip()
-    said = ast.unparse(statement) if statement is not None else "..."
-    first = said.splitlines()[0] if said else "..."
-    for number, line in enumerate(lines, 1):
-        if first in line:
-            return number, line.strip()
-    return at, first
+    if at == 1:
+        for number, line in enumerate(lines, 1):
+            start = _line_magic_code(line)
+            if start is not None and holds(number, start + column):
+                return number, line.strip()
+    return at, "..."
+
+
+def _line_magic_code(line: str) -> int | None:
+    """Where the code of a ``%magic [options] code`` line begins: the first place after the
+    magic's name from which the rest parses as Python (``None``: no line magic)."""
+    magic = re.match(r"\s*%(?!%)\w+", line)
+    if magic is None:
+        return None
+    for start in range(magic.end(), len(line)):
+        if line[start].isspace():
+            continue
+        try:
+            ast.parse(line[start:])
+        except SyntaxError:
+            continue
+        return start
+    return None
 
 
 def _is_bare(stmt: ast.stmt) -> bool:
