@@ -433,5 +433,9 @@ def test_damaged_lines_in_a_runs_records_are_skipped_and_named(finished, tmp_pat
         monitor = TrainingMonitor.from_folder(run_dir)  # was ValueError: not a RunState
     assert monitor._status.step == 8 and "8/8" in monitor.status_html.value
     (run_dir / "run.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "spec"}))
-    with pytest.raises(SpecError, match=r"run\.json holds no training settings \('spec'\)"):
-        check_resumable(run_dir)  # was KeyError: 'spec'
+    for resume in (check_resumable, resume_run):  # were KeyError: 'spec'
+        with pytest.raises(SpecError, match=r"run\.json holds no training settings \('spec'\)"):
+            resume(run_dir)
+    (run_dir / "status.json").write_text(json.dumps({"state": ["running"], "step": 8}))
+    with pytest.warns(WorkbenchWarning, match=r"unknown state \['running'\]"):
+        TrainingMonitor.from_folder(run_dir)  # was TypeError: unhashable type: 'list'

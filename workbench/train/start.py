@@ -522,14 +522,20 @@ def check_resumable(run_dir: str | Path) -> None:
         workbench.errors.SpecError: /nonexistent-run holds no training run (no run.json)...
     """
     run_dir = Path(run_dir)
-    meta = store.read_meta(run_dir)
-    if not isinstance(meta.get("spec"), dict):
-        raise SpecError(f"{run_dir / store.RUN_FILE} holds no training settings ('spec').")
-    TrainSpec.from_dict(meta["spec"])
-    if not (run_dir / "data" / "train").is_dir():
-        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
+    _run_spec(store.read_meta(run_dir), run_dir)
     with RunLock(run_dir):  # taken and given back: held elsewhere, it refuses saying by whom
         pass
+
+
+def _run_spec(meta: dict[str, Any], run_dir: Path) -> TrainSpec:
+    """The run's settings from its ``run.json`` (``meta``), refused when they are missing or
+    no longer check, or when the folder holds no training data."""
+    if not isinstance(meta.get("spec"), dict):
+        raise SpecError(f"{run_dir / store.RUN_FILE} holds no training settings ('spec').")
+    spec = TrainSpec.from_dict(meta["spec"])
+    if not (run_dir / "data" / "train").is_dir():
+        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
+    return spec
 
 
 def resume_run(
@@ -599,9 +605,7 @@ def _resume_locked(
     tokenizer: Any,
     start: bool = True,
 ) -> Run:
-    spec = TrainSpec.from_dict(meta["spec"])
-    if not (run_dir / "data" / "train").is_dir():
-        raise SpecError(f"{run_dir} holds a run.json but no data/train folder; it is not a run.")
+    spec = _run_spec(meta, run_dir)
     store.check_data(run_dir)
     train = store.load_examples(run_dir, "train")
     validation = store.load_examples(run_dir, "validation")

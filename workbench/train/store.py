@@ -312,8 +312,9 @@ def _status_file(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATUS
     try:
         status = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(status, dict) and status.get("state", "created") not in _STATES:
-            raise ValueError(f"unknown state {status['state']!r}")
+        state = status.get("state", "created") if isinstance(status, dict) else "created"
+        if not isinstance(state, str) or state not in _STATES:
+            raise ValueError(f"unknown state {state!r}")
     except FileNotFoundError:
         status = None
     except (OSError, ValueError) as err:
