@@ -167,6 +167,11 @@ def test_a_built_in_template_whose_end_is_no_token_says_exports_will_not_stop(tm
     assert "template='alpaca'" in finding.suggestion and "chatml" not in finding.suggestion
     s.load_data(rows, validation=None, template="alpaca")  # ends answers with eos: trained
     assert "end_of_turn_untrained" not in s.diagnose().kinds
+    import warnings
+
+    with warnings.catch_warnings():  # raw text uses no template: nothing to say
+        warnings.simplefilter("error", wb.WorkbenchWarning)
+        s.load_data([{"text": f"line {i}"} for i in range(8)], validation=None, template="gemma")
 
 
 def test_answers_cut_by_a_small_max_length(tmp_path, tiny_model_dir):

@@ -55,9 +55,12 @@ def test_a_quiet_sessions_blocking_run_prints_nothing(tmp_path, tiny_model_dir, 
         s.load_model(str(tiny_model_dir))
         s.load_data(rows, validation=None)
         capsys.readouterr()
-        s.train(max_steps=2, batch_size=4, wait=True)
+        run = s.train(max_steps=2, batch_size=4, save_every=1, wait=True)
         out = capsys.readouterr().out
         assert [p for p in ("step 1/2", "step 2/2", "finished") if p in out] == printed
+        run.fork(step=1, max_steps=3, wait=True)  # a blocking fork too
+        out = capsys.readouterr().out
+        assert ("step 3/3" in out) is verbose
         s.close()
 
 

@@ -229,7 +229,7 @@ def test_nan_at_the_first_step_does_not_promise_a_checkpoint(tmp_path, tiny_mode
     run = s.train(max_steps=5, lr=5e-3, batch_size=8, wait=True)
     assert run.state is RunState.FAILED
     assert run.status.error.startswith("the training loss became nan at step 1")
-    assert "No complete checkpoint is kept" in run.status.error
+    assert "No complete checkpoint is left" in run.status.error
     assert "is kept" not in run.status.error
 
 
@@ -299,7 +299,7 @@ def test_deleting_the_run_folder_mid_run_fails_it_clearly(tmp_path, tiny_model_d
     status = run.wait(timeout=120)
     assert status.state is RunState.FAILED
     assert status.error.startswith(f"cannot write to the run folder {run.run_dir}")
-    assert "No checkpoint was written" in status.error
+    assert "No complete checkpoint is left" in status.error
     assert isinstance(s.generate("1 cat", max_new_tokens=2), str)
 
 

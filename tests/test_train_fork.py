@@ -153,6 +153,9 @@ def test_the_session_adopts_the_fork_and_recuts_the_data(tmp_path, tiny_model_di
     assert int(fork.loop.train.lengths.max()) <= longest - 4
     meta = json.loads((fork.run_dir / "run.json").read_text())
     assert meta["fork_changes"] == {"max_length": longest - 4}
+    # resumed, a fork is checked against its parent's base as its parent would be
+    parents = json.loads((parent.run_dir / "run.json").read_text())
+    assert meta["base_fingerprint"] == parents["base_fingerprint"]
     assert isinstance(s.generate("1 cat", max_new_tokens=3), str)
     s.load_model(str(tiny_model_dir))  # the session's model is no longer the run's
     with pytest.raises(SessionStateError, match="no longer the one it trained"):

@@ -132,8 +132,11 @@ class Session:
             return
         status = run.status
         state = status.state
-        # resume() just called: the worker wakes a moment later, and trains
-        resuming = state is RunState.PAUSED and getattr(run, "resuming", False)
+        # resume() just called: the worker wakes a moment later, and trains (read again
+        # after: a worker that woke between the two reads says running by then)
+        resuming = state is RunState.PAUSED and (
+            getattr(run, "resuming", False) or run.status.state is not RunState.PAUSED
+        )
         if not status.active or (
             state is RunState.PAUSED and not resuming and call in _READ_ONLY_CALLS
         ):
@@ -478,7 +481,8 @@ class Session:
         rows = self.loaded.model.get_input_embeddings().num_embeddings
         refuse_ids_beyond(data, rows, self.tokenizer)
         self._data, self._measured_lr = data, None
-        if (stop := text_only_stop(data.template, self.tokenizer)) is not None:
+        stop = None if data.is_text else text_only_stop(data.template, self.tokenizer)
+        if stop is not None:
             warn_user(
                 f"template {data.template.name!r} ends each answer with {stop!r}, which is no "
                 "token of this tokenizer: generate() here stops at it by searching the text, "
@@ -885,7 +889,8 @@ class Session:
             )
         except BaseException:
             if model is not None:  # run.json named the given model: the run never went on
-                write_meta(run_dir, meta)
+                with contextlib.suppress(OSError, WorkbenchError):  # the refusal matters more
+                    write_meta(run_dir, meta)
             raise
         self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
@@ -974,7 +979,7 @@ class Session:
             self._run, self._adapted, self._run_of_model = fork, fork.model, fork
             self._training_summary = fork.spec.to_dict()
 
-        return ForkHooks(check=check, data=data, adopt=adopt)
+        return ForkHooks(check=check, data=data, adopt=adopt, progress=self._verbose)
 
     def _run_folder(self, folder: Path) -> Path:
         """``folder`` itself when it holds a run, else the latest run of a session folder."""

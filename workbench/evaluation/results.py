@@ -442,7 +442,7 @@ class Evaluation:
     def __str__(self) -> str:
         head = ("score", "base", "base 95% CI", "tuned", "tuned 95% CI", "gain")
         where = f" saved in {self.path}" if self.path else ""
-        measured = f" ({self.measured()})" if self.measured() else ""
+        measured = f" ({said})" if (said := self.measured()) else ""
         lines = [
             f"Evaluation of {len(self.rows)} examples{measured}{where}",
             text_table(self.score_table(), header=head),

@@ -160,6 +160,7 @@ class ForkHooks:
         data: ``data(max_length)`` returns ``(train, validation)`` tokenized again with that
             cutoff (``max_length=`` in a fork needs it).
         adopt: Called with the started fork (the session makes it its current run).
+        progress: Whether a fork that blocks prints a line per step.
 
     Examples:
         >>> hooks = ForkHooks(adopt=print)
@@ -170,6 +171,7 @@ class ForkHooks:
     check: Callable[[Run], None] | None = None
     data: Callable[[int | None], tuple[Any, Any]] | None = None
     adopt: Callable[[Run], None] | None = None
+    progress: bool = True  # a blocking fork prints a line per step (a quiet session: not)
 
 
 @dataclass(frozen=True)
@@ -560,6 +562,8 @@ def _plan(
         **{f"{name}_choice": why for name, why in parent.start_choices.items()},
         "total_steps": total,
         "model_spec": _meta(parent.run_dir).get("model_spec") or {},
+        # the same base as its parent's: a resume checks it (train/start.py)
+        **{k: v for k, v in _meta(parent.run_dir).items() if k == "base_fingerprint"},
         "probes": list(parent.probes),
         "probe_stops": list(parent.probe_stops),
         **({"probe_ids": parent.probe_ids} if parent.probe_ids else {}),
@@ -696,5 +700,5 @@ def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -
     if hooks is not None and hooks.adopt is not None:
         hooks.adopt(run)
     if wait if wait is not None else not in_notebook():
-        run.wait(progress=True)
+        run.wait(progress=hooks is None or hooks.progress)
     return run

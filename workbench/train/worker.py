@@ -14,7 +14,7 @@ identical to an uninterrupted one.
 Examples:
     >>> from workbench.train.worker import checkpoint_note
     >>> checkpoint_note(None)
-    'No complete checkpoint is kept, so the run cannot be resumed from one.'
+    'No complete checkpoint is left to resume the run from.'
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def checkpoint_note(checkpoint: Path | None) -> str:
         The last complete checkpoint, step-00000010, is kept: Session.resume(...) goes on from it.
     """
     if checkpoint is None:  # none written, or none left (deleted with the run folder)
-        return "No complete checkpoint is kept, so the run cannot be resumed from one."
+        return "No complete checkpoint is left to resume the run from."
     return (
         f"The last complete checkpoint, {checkpoint.name}, is kept: Session.resume(...) "
         "goes on from it."
