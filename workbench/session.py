@@ -1741,7 +1741,9 @@ class Session:
         # a relative path lives in the session folder, as for export() and check_export()
         folder = export_target(self.run_dir, path) if path else self._exported_folder()
         self._stop_earlier_server(port)
-        server = serve_model(folder, port)
+        data = self._data_of_run or self._data  # what the served weights were trained on
+        trained = data.spec.special_tokens_in_text if data is not None else "split"
+        server = serve_model(folder, port, control_text=trained)
         self._servers.append(server)
         servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}
         self._record({"servers": servers})

@@ -242,11 +242,12 @@ def _stops(settings: dict) -> list[str]:
     return [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str)]
 
 
-def end_answers_as_openai(tools_written: bool = True) -> bool:
+def end_answers_as_openai(tools_written: bool = True, control_text: str = "split") -> bool:
     """Cut served answers at their ``stop`` text and within the model's context, in the
     chat and the completions endpoints; ``False`` when transformers has no such methods.
     Requests are checked first (:func:`request_problem`; offering tools is refused when
-    ``tools_written`` is ``False``, a chat template that would leave them out).
+    ``tools_written`` is ``False``, a chat template that would leave them out); with
+    ``control_text="split"`` a control token typed in a message stays text.
 
     Examples:
         >>> end_answers_as_openai(), end_answers_as_openai()  # a second call changes nothing
@@ -266,7 +267,8 @@ def end_answers_as_openai(tools_written: bool = True) -> bool:
             _end_as_openai(handler, JSONResponse)
     _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
-    _control_text_stays_text()
+    if control_text == "split":
+        _control_text_stays_text()
     _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
     return True
 
@@ -444,8 +446,8 @@ def _control_text_stays_text() -> None:
     forged turn. transformers tokenized the rendered chat whole, reading such text as the
     template's own tokens: an app's user could write the assistant's turn.
 
-    Text-only models with their own chat template only; anything else (images, a request's
-    ``chat_template_kwargs``, content given in parts) is rendered by transformers as before.
+    Text-only models with a chat template only; anything else (images, a request's
+    ``chat_template_kwargs``) is rendered by transformers as before.
     """
     try:
         from transformers.cli.serving.utils import BaseHandler, Modality
@@ -569,15 +571,16 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
     handler._non_streaming, handler._streaming = answered, streamed
 
 
-def main(parent: int | None = None, tools: bool = True) -> None:
+def main(parent: int | None = None, tools: bool = True, control_text: str = "split") -> None:
     """Run ``transformers serve`` with the arguments of this process, sampling when asked;
     with ``parent``, the id of the process that started it, until that process ends; with
     ``tools=False`` (a chat template that does not write them), refusing requests that
-    offer tools."""
+    offer tools; ``control_text`` as the model was trained (``"split"``: a control token
+    typed in a message is text; ``"keep"``: it is the token)."""
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()
-    end_answers_as_openai(tools_written=tools)
+    end_answers_as_openai(tools_written=tools, control_text=control_text)
     from transformers.cli.transformers import main as transformers_main
 
     transformers_main()

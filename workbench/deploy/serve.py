@@ -340,13 +340,18 @@ def _not_servable(folder: Path) -> str:
     return f"{folder} is not a model folder (no config.json): export the model first."
 
 
-def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> Server:
+def serve_model(
+    folder: str | Path, port: int = 8000, timeout: float = 300, control_text: str = "split"
+) -> Server:
     """Start ``transformers serve`` for ``folder`` on loopback and wait until it answers.
 
     Args:
         folder: An exported model folder (safetensors, with tokenizer and chat template).
         port: The loopback port; it must be free (no other port is picked silently).
         timeout: Seconds to wait for the model to load and answer.
+        control_text: What a control token typed in a message is, as the model was trained
+            (the data's ``special_tokens_in_text``): ``"split"``, plain text; ``"keep"``, the
+            control token (transformers' own way).
 
     Raises:
         SpecError: the port is not an int from 1 to 65535 or is in use, or the folder is not a
@@ -372,7 +377,8 @@ def serve_model(folder: str | Path, port: int = 8000, timeout: float = 300) -> S
         "-c",
         # transformers serve, sampling when asked, ending when this process ends
         f"from {_LAUNCHER} import main; "
-        f"main(parent={os.getpid()}, tools={template_writes_tools(folder)})",
+        f"main(parent={os.getpid()}, tools={template_writes_tools(folder)}, "
+        f"control_text={control_text!r})",
         "serve",
         str(folder),
         "--host",
