@@ -234,9 +234,14 @@ def test_a_run_is_not_resumed_on_another_model_of_its_architecture(tiny_model_di
     s.close()
     recorded = read_meta(run.run_dir)
     later = wb.Session(tmp_path / "s", verbose=False)
+    later.load_model(str(tiny_model_dir))  # a session with a model of its own
+    own, answer = later.model, later.generate("q1?", max_new_tokens=4)
     with pytest.raises(SpecError, match=r"this base model is not the one run-001 started from"):
         later.resume(run.run_dir, model=str(tmp_path / "other"))
     assert read_meta(run.run_dir) == recorded
+    # the refusal did not cost the session its model (it held the refused one)
+    assert later.model is own and later.generate("q1?", max_new_tokens=4) == answer
+    assert later.folder.state()["model"]["spec"] == str(tiny_model_dir)
     resumed = later.resume(run.run_dir, wait=True)  # on its own base it goes on
     assert (resumed.state, resumed.status.step) == (RunState.FINISHED, 40)
 

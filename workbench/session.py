@@ -876,26 +876,56 @@ class Session:
         run_dir = self._run_folder(Path(run_dir).expanduser())
         check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
-        self._load_base_of(run_dir, meta, model)
-        reset_adapter_strength(self.loaded.model)  # a run never resumes from a scaled adapter
-        try:
-            self._run = resume_run(
-                run_dir,
-                self.events,
-                wait=False,
-                model=self.loaded.model,
-                tokenizer=self.tokenizer,
-                launch=resume_launch(launch),
-            )
-        except BaseException:
-            if model is not None:  # run.json named the given model: the run never went on
-                with contextlib.suppress(OSError, WorkbenchError):  # the refusal matters more
-                    write_meta(run_dir, meta)
-            raise
+        with self._model_kept_if_refused():
+            self._load_base_of(run_dir, meta, model)
+            reset_adapter_strength(self.loaded.model)  # never resumed from a scaled adapter
+            try:
+                self._run = resume_run(
+                    run_dir,
+                    self.events,
+                    wait=False,
+                    model=self.loaded.model,
+                    tokenizer=self.tokenizer,
+                    launch=resume_launch(launch),
+                )
+            except BaseException:
+                if model is not None:  # run.json named the given model: the run never went on
+                    with contextlib.suppress(OSError, WorkbenchError):  # the refusal matters
+                        write_meta(run_dir, meta)
+                raise
         self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
         return _waited_stopping_on_interrupt(self._run, _blocking(wait), self._verbose)
+
+    @contextlib.contextmanager
+    def _model_kept_if_refused(self):
+        """A resume refused once its base model is loaded (another model than the run's: its
+        fingerprint or its checkpoint says so) gives the session back the model, adapter,
+        data and records it had: a refusal must not cost the session its model."""
+        names = (
+            "_loaded",
+            "_adapted",
+            "_exported",
+            "_exported_version",
+            "_run_of_model",
+            "_merged",
+            "_training_summary",
+            "_scores_summary",
+            "_evaluation",
+            "_measured_lr",
+            "_data",
+        )
+        kept = {name: getattr(self, name) for name in names}
+        record = self._state().get("model")
+        try:
+            yield
+        except BaseException:
+            for name, value in kept.items():
+                setattr(self, name, value)
+            if record is not None:
+                self._record({"model": record})
+            raise
 
     def _load_base_of(self, run_dir: Path, meta: dict, model: str | Path | None) -> None:
         """Load the base model a resumed run trains: ``model``, else the one run.json names."""
