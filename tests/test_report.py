@@ -109,9 +109,8 @@ def test_a_session_writes_its_own_report(tmp_path, tiny_model_dir):
 
 
 def test_a_failed_run_s_report_says_why_and_a_bad_path_is_named(tmp_path, tiny_model_dir):
-    import shutil
-
     import pytest
+    from train_helpers import delete_under_a_writer
 
     import workbench as wb
 
@@ -122,7 +121,7 @@ def test_a_failed_run_s_report_says_why_and_a_bad_path_is_named(tmp_path, tiny_m
     run = s.train(max_steps=2000, batch_size=2, wait=False)
     while run.status.step < 1:
         run.wait(0.05)
-    shutil.rmtree(run.run_dir)  # the run folder deleted while it trains: the run fails
+    delete_under_a_writer(run.run_dir)  # the run folder deleted while it trains: it fails
     assert run.wait().state.value == "failed"
     text = s.report(tmp_path / "out").read_text()
     assert "why it failed: cannot write to the run folder" in text

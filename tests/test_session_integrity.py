@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from train_helpers import delete_under_a_writer
 
 import workbench as wb
 from workbench.errors import SessionStateError, SpecError, WorkbenchWarning
@@ -293,8 +294,7 @@ def test_deleting_the_run_folder_mid_run_fails_it_clearly(tmp_path, tiny_model_d
     s = session_with_data(tmp_path / "s", tiny_model_dir)
     run = s.train(max_steps=400, lr=5e-3, batch_size=4, eval_every=1000, wait=False)
     run.pause()
-    while run.run_dir.exists():  # the paused worker may still be renaming status.json
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+    delete_under_a_writer(run.run_dir)  # the paused worker may still be renaming status.json
     run.resume()
     status = run.wait(timeout=120)
     assert status.state is RunState.FAILED

@@ -56,3 +56,12 @@ class Recorder:
     def __init__(self, events: EventHub) -> None:
         self.states: list[str] = []
         self.off = events.on("train_state", lambda p: self.states.append(p.status.state.value))
+
+
+def delete_under_a_writer(folder: Path) -> None:
+    """Delete ``folder`` while a run's worker may still be writing into it (a file it renames
+    into place between two removals made ``shutil.rmtree`` fail with "Directory not empty")."""
+    import shutil
+
+    while folder.exists():
+        shutil.rmtree(folder, ignore_errors=True)
