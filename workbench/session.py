@@ -903,26 +903,12 @@ class Session:
         """A resume refused once its base model is loaded (another model than the run's: its
         fingerprint or its checkpoint says so) gives the session back the model, adapter,
         data and records it had: a refusal must not cost the session its model."""
-        names = (
-            "_loaded",
-            "_adapted",
-            "_exported",
-            "_exported_version",
-            "_run_of_model",
-            "_merged",
-            "_training_summary",
-            "_scores_summary",
-            "_evaluation",
-            "_measured_lr",
-            "_data",
-        )
-        kept = {name: getattr(self, name) for name in names}
+        kept = dict(vars(self))  # what load_model replaces or forgets; nothing is mutated
         record = self._state().get("model")
         try:
             yield
         except BaseException:
-            for name, value in kept.items():
-                setattr(self, name, value)
+            vars(self).update(kept)
             if record is not None:
                 self._record({"model": record})
             raise
@@ -1187,9 +1173,7 @@ class Session:
         rows and the generation settings (not the metrics)."""
         import hashlib
 
-        run = self._model_run()
-        step = self._run.status.step if self._run is not None else None
-        weights = (run and str(run.run_dir), step, self.adapter_strength, self._merged)
+        weights = (*self._model_version(), self._merged)
         text = json.dumps([weights, *asked], default=repr, sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

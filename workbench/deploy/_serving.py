@@ -65,23 +65,43 @@ def sample_when_asked() -> bool:
         from transformers.cli.serving.utils import BaseHandler
     except ImportError:
         return False
-    build = getattr(BaseHandler, "_build_generation_kwargs", None)
-    if build is None:
+
+    def sampling(build: Any) -> Any:
+        def building(self: Any, body: dict, model_generation_config: Any) -> dict:
+            _refuse_several_choices(body)
+            settings = build(self, body, model_generation_config)
+            temperature = body.get("temperature")
+            if temperature is not None and float(temperature) > 0 and not _names_do_sample(body):
+                settings["do_sample"] = True
+            return settings
+
+        return building
+
+    return _wrap_once(BaseHandler, "_build_generation_kwargs", "samples_when_asked", sampling)
+
+
+def _wrap_once(owner: Any, name: str, marker: str, wrap: Any, static: bool = False) -> bool:
+    """Replace ``owner.name`` by ``wrap(original)`` once per process: the wrapper carries
+    ``marker``, so a second call (a second ``serve`` in one process) changes nothing.
+    ``False`` when transformers has no such method.
+
+    Examples:
+        >>> class Handler:
+        ...     def answer(self):
+        ...         return "a"
+        >>> loud = lambda original: lambda self: original(self).upper()
+        >>> _wrap_once(Handler, "answer", "loud", loud), _wrap_once(Handler, "answer", "loud", loud)
+        (True, True)
+        >>> Handler().answer(), _wrap_once(Handler, "missing", "loud", loud)
+        ('A', False)
+    """
+    original = getattr(owner, name, None)
+    if original is None:
         return False
-    if getattr(build, "samples_when_asked", False):
-        return True
-
-    @functools.wraps(build)
-    def building(self: Any, body: dict, model_generation_config: Any) -> dict:
-        _refuse_several_choices(body)
-        settings = build(self, body, model_generation_config)
-        temperature = body.get("temperature")
-        if temperature is not None and float(temperature) > 0 and not _names_do_sample(body):
-            settings["do_sample"] = True
-        return settings
-
-    building.samples_when_asked = True  # type: ignore[attr-defined]
-    BaseHandler._build_generation_kwargs = building
+    if not getattr(original, marker, False):
+        wrapped = functools.wraps(original)(wrap(original))
+        setattr(wrapped, marker, True)
+        setattr(owner, name, staticmethod(wrapped) if static else wrapped)
     return True
 
 
@@ -276,22 +296,20 @@ def end_answers_as_openai(tools_written: bool = True, control_text: str = "split
 def _check_fields(handler: Any, problem_of: Any) -> None:
     """Make ``handler`` answer a request ``problem_of`` finds fault with by a 400 naming the
     field, and read an empty stop as none."""
-    validate = handler._validate_request
-    if getattr(validate, "checks_fields", False):
-        return
 
-    @functools.wraps(validate)
-    def validating(self: Any, body: dict) -> None:
-        validate(self, body)
-        problem = problem_of(body) if isinstance(body, dict) else None
-        if problem:
-            from fastapi import HTTPException
+    def checking(validate: Any) -> Any:
+        def validating(self: Any, body: dict) -> None:
+            validate(self, body)
+            problem = problem_of(body) if isinstance(body, dict) else None
+            if problem:
+                from fastapi import HTTPException
 
-            raise HTTPException(status_code=400, detail=problem)
-        _without_empty_stops(body)
+                raise HTTPException(status_code=400, detail=problem)
+            _without_empty_stops(body)
 
-    validating.checks_fields = True  # type: ignore[attr-defined]
-    handler._validate_request = validating
+        return validating
+
+    _wrap_once(handler, "_validate_request", "checks_fields", checking)
 
 
 def _without_empty_stops(body: dict) -> None:
@@ -423,21 +441,20 @@ def _refuse_media_for_text_models() -> None:
         from transformers.cli.serving.utils import BaseHandler, Modality
     except ImportError:
         return
-    convert = getattr(BaseHandler, "get_processor_inputs_from_messages", None)
-    if convert is None or getattr(convert, "refuses_media", False):
-        return
 
-    @functools.wraps(convert)
-    def converting(messages: list[dict], modality: Any) -> list[dict]:
-        problem = _media_problem(messages) if modality == Modality.LLM else None
-        if problem:
-            from fastapi import HTTPException
+    def refusing(convert: Any) -> Any:
+        def converting(messages: list[dict], modality: Any) -> list[dict]:
+            problem = _media_problem(messages) if modality == Modality.LLM else None
+            if problem:
+                from fastapi import HTTPException
 
-            raise HTTPException(status_code=400, detail=problem)
-        return convert(messages, modality)
+                raise HTTPException(status_code=400, detail=problem)
+            return convert(messages, modality)
 
-    converting.refuses_media = True  # type: ignore[attr-defined]
-    BaseHandler.get_processor_inputs_from_messages = staticmethod(converting)
+        return converting
+
+    name = "get_processor_inputs_from_messages"
+    _wrap_once(BaseHandler, name, "refuses_media", refusing, static=True)
 
 
 def _control_text_stays_text() -> None:
@@ -453,24 +470,22 @@ def _control_text_stays_text() -> None:
         from transformers.cli.serving.utils import BaseHandler, Modality
     except ImportError:
         return
-    render = getattr(BaseHandler, "render_messages", None)
-    if render is None or getattr(render, "keeps_control_text", False):
-        return
 
-    @functools.wraps(render)
-    def rendering(self: Any, engine: Any, messages: list[dict], body: dict) -> Any:
-        tokenizer = engine.processor
-        plain = engine.modality == Modality.LLM and not self._chat_template_kwargs(body)
-        if not (plain and getattr(tokenizer, "chat_template", None)):
-            return render(self, engine, messages, body)
-        turns = self.get_processor_inputs_from_messages(messages, engine.modality)
-        if not all(isinstance(t.get("content"), (str, type(None))) for t in turns):
-            return render(self, engine, messages, body)
-        ids = _chat_ids(tokenizer, turns, self._normalize_tools(body.get("tools")))
-        return _as_rendered(ids, engine.use_cb)
+    def as_text(render: Any) -> Any:
+        def rendering(self: Any, engine: Any, messages: list[dict], body: dict) -> Any:
+            tokenizer = engine.processor
+            plain = engine.modality == Modality.LLM and not self._chat_template_kwargs(body)
+            if not (plain and getattr(tokenizer, "chat_template", None)):
+                return render(self, engine, messages, body)
+            turns = self.get_processor_inputs_from_messages(messages, engine.modality)
+            if not all(isinstance(t.get("content"), (str, type(None))) for t in turns):
+                return render(self, engine, messages, body)
+            ids = _chat_ids(tokenizer, turns, self._normalize_tools(body.get("tools")))
+            return _as_rendered(ids, engine.use_cb)
 
-    rendering.keeps_control_text = True  # type: ignore[attr-defined]
-    BaseHandler.render_messages = rendering
+        return rendering
+
+    _wrap_once(BaseHandler, "render_messages", "keeps_control_text", as_text)
 
 
 def _chat_ids(tokenizer: Any, turns: list[dict], tools: list[dict] | None) -> list[int]:

@@ -285,7 +285,8 @@ def start_run(
     notes += [_warned(text) for text in _unused_settings(spec)]
     spec, batch_choice = _resolved_batch_size(spec, model, kept, launch)
     spec, batch_note = _batch_within_rows(spec, len(kept))
-    notes += [_warned(text) for text in filter(None, [batch_note])]
+    if batch_note is not None:
+        notes.append(_warned(batch_note))
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
     notes += [_warned(text) for text in _warmup_notes(spec, total)]
