@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory_checks import estimate_error, saved_bytes_per_token
+from memory_checks import RUNS_FOR_A_15_PERCENT_BAR, estimate_error, saved_bytes_per_token
 
 from workbench.errors import SpecError
 from workbench.models.catalog import CATALOG, facts_from_config, get_facts, matched_to_model
@@ -130,11 +130,13 @@ def test_settings_move_the_estimate_the_right_way():
     assert lora == estimate_memory("qwen2.5-0.5b", device="cuda", gradient_checkpointing=False)
 
 
-def test_checkpointing_on_cpu_is_estimated_on_the_safe_side(tmp_path):
+def test_checkpointing_on_cpu_is_estimated_as_an_unchecked_step(tmp_path):
     """glibc's malloc keeps much of what a checkpointed forward frees, so a checkpointed
-    step on CPU peaked at 0.4-1x the activations of an unchecked one (a 6-layer Llama shape:
-    0.8x); counted as saving nothing, the estimate stays above the measured peak without
-    being far over it."""
+    step on CPU peaked at 0.4-1x the activations of an unchecked one; the estimate counts it
+    as saving nothing. That is as close as the unchecked estimate, not safer: on this 6-layer
+    Llama shape the unchecked estimate is 10-12% under its measured peak, and checkpointed
+    peaks ranged from 6% above the estimate (a busy machine) to 19% below it, so the bar is
+    the 15% on the highest of three that the other shapes' estimates meet."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from workbench.models.tiny import build_tiny_model
@@ -147,8 +149,8 @@ def test_checkpointing_on_cpu_is_estimated_on_the_safe_side(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     settings = dict(lora_r=8, seq_len=512, batch_size=4, gradient_checkpointing=True)
-    error = estimate_error(tmp_path / "llama", runs=2, **settings)
-    assert -0.05 < error < 0.3
+    error = estimate_error(tmp_path / "llama", runs=RUNS_FOR_A_15_PERCENT_BAR, **settings)
+    assert abs(error) < 0.15
 
 
 @pytest.mark.parametrize(
