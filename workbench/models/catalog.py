@@ -302,6 +302,13 @@ class ModelFacts:
         other_params: Weights outside the structure the other fields describe (learned position
             embeddings, biases; negative where it counts a norm the model lacks), so that
             :attr:`params` is the model's own count; set from the model built from the config.
+
+    Examples:
+        >>> facts = get_facts("smollm2-135m")
+        >>> facts.architecture, facts.layers, facts.hidden, facts.heads, facts.kv_heads
+        ('llama', 30, 576, 9, 3)
+        >>> facts.params, facts.tied_embeddings, facts.experts is None
+        (134515008, True, True)
     """
 
     name: str

@@ -190,6 +190,16 @@ class MemoryEstimate:
         overhead: The runtime itself: torch/transformers process baseline on CPU, CUDA
             context on GPU.
         total: The sum of all parts except ``logits`` (already in ``activations``).
+
+    Examples:
+        >>> est = estimate_memory("smollm2-135m", device="cpu", seq_len=256, batch_size=4)
+        >>> est.method, est.dtype, est.weights == 134515008 * 4
+        ('lora', 'float32', True)
+        >>> parts = est.weights + est.adapter + est.gradients + est.optimizer + est.activations
+        >>> est.total == parts + est.overhead
+        True
+        >>> est.fits(est.total), est.fits(est.total - 1)
+        (True, False)
     """
 
     model: str
@@ -831,6 +841,12 @@ class FitTable:
         available: The memory compared against, in bytes.
         seq_len: Tokens per sequence of the estimates.
         batch_size: Sequences per step of the estimates.
+
+    Examples:
+        >>> table = fit_table(seq_len=256, batch_size=1, device="cpu", available=8 * 2**30)
+        >>> first = table.records[0]
+        >>> first["model"], first["method"], first["peak"] < first["available"], first["fits"]
+        ('gemma-3-270m', 'full', True, True)
     """
 
     records: list[dict[str, Any]]

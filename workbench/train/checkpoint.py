@@ -261,7 +261,16 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` returned (see its example)."""
+    """Put back what :func:`rng_state` returned.
+
+    Examples:
+        >>> import torch
+        >>> saved = rng_state()
+        >>> drawn = torch.randint(0, 1000, (3,))
+        >>> set_rng_state(saved)
+        >>> torch.equal(torch.randint(0, 1000, (3,)), drawn)
+        True
+    """
     import torch
 
     torch.set_rng_state(state["torch"])

@@ -113,7 +113,19 @@ class LaunchedWorker(Worker):
     notebook's model (which holds the final weights by then).
 
     Examples:
-        See :meth:`Session.train` with ``processes=2``; ``tests/test_launch.py`` runs it.
+        :meth:`Session.train` with ``processes=2`` starts the ranks and follows them with one
+        (``tests/test_launch.py`` runs pauses, kills and resumes through it):
+
+        >>> import shutil
+        >>> from workbench import Session
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> shutil.rmtree("/tmp/wb-doc-launched", ignore_errors=True)
+        >>> s = Session("/tmp/wb-doc-launched", verbose=False)
+        >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-launched-tiny")))
+        >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+        >>> run = s.train(max_steps=2, processes=2)
+        >>> run.state.value, run.launch.processes, [r.step for r in run.history][-1]
+        ('finished', 2, 2)
     """
 
     poll_seconds = 0.25
