@@ -161,8 +161,8 @@ def test_a_built_in_template_whose_end_is_no_token_says_exports_will_not_stop(tm
     finding = only(s.diagnose(), "end_of_turn_untrained")
     assert finding.evidence.endswith(
         "'<end_of_turn>' is no token of this tokenizer: the session's own generate stops at "
-        "it by searching the text, but an export (plain transformers, llama.cpp, a server) "
-        "stops only at an end token, and writes on"
+        "it by searching the text, and so does s.serve(), but an export (plain transformers, "
+        "llama.cpp, another server) stops only at an end token, and writes on"
     )
     assert "template='alpaca'" in finding.suggestion and "chatml" not in finding.suggestion
     s.load_data(rows, validation=None, template="alpaca")  # ends answers with eos: trained

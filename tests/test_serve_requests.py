@@ -268,3 +268,55 @@ def test_the_server_ends_with_the_process_that_started_it(tiny_model_dir, sig):
         kernel.stdout.close()
         if pid is not None and running(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_turn_end_no_token_writes_ends_served_chat_answers(server, tiny_model_dir):
+    # A template whose end of turn is text to this tokenizer ends s.generate's answers by
+    # searching the text; the server wrote on to max_tokens past it.
+    import openai
+
+    def answers(served, **settings):
+        client = openai.OpenAI(base_url=served.url, api_key="unused", max_retries=0)
+        common = dict(model=str(served.folder), max_tokens=12, temperature=0, **settings)
+        ask = [{"role": "user", "content": "Hello"}]
+        reply = client.chat.completions.create(messages=ask, **common)
+        chunks = client.chat.completions.create(messages=ask, stream=True, **common)
+        choices = [choice for chunk in chunks for choice in chunk.choices]
+        streamed = ("".join(c.delta.content or "" for c in choices), choices[-1].finish_reason)
+        choice = reply.choices[0]
+        completion = client.completions.create(prompt="Hello", **common).choices[0]
+        return (choice.message.content, choice.finish_reason), streamed, reply.usage, completion
+
+    (full, why), _, usage, completion = answers(server)
+    assert why == "length" and usage.completion_tokens == 12 and len(full) >= 7
+    turn_end = full[4:7]
+    cut = (full[: full.index(turn_end)], "stop")
+    served = serve_model(tiny_model_dir, port=free_port(), turn_end=turn_end)
+    try:
+        plain, streamed, usage, raw = answers(served)
+    finally:
+        served.stop()
+    assert plain == streamed == cut
+    assert usage.completion_tokens < 12  # generation stopped there, not only the text
+    assert (raw.text, raw.finish_reason) == (completion.text, completion.finish_reason)
+
+
+def test_a_session_serves_a_text_only_turn_end_as_its_generate_ends_answers(tmp_path):
+    import warnings
+
+    from workbench import Session
+    from workbench.models.tiny import build_tiny_model
+
+    s = Session(tmp_path / "session", verbose=False)
+    s.load_model(str(build_tiny_model(tmp_path / "tiny")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the warning that exports would write on
+        s.load_data([{"question": "Say yes", "answer": "yes"}] * 16, template="gemma")
+    s.train(max_steps=60, lr=1e-2, batch_size=4)
+    expected = s.generate("Say yes", chat=True, max_new_tokens=20)
+    assert expected == "yes"
+    server = s.serve(port=free_port())
+    try:
+        assert server.chat("Say yes", max_tokens=20) == expected
+    finally:
+        server.stop()

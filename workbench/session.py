@@ -485,9 +485,10 @@ class Session:
         if stop is not None:
             warn_user(
                 f"template {data.template.name!r} ends each answer with {stop!r}, which is no "
-                "token of this tokenizer: generate() here stops at it by searching the text, "
-                "but an export (transformers, llama.cpp, a server) stops only at an end token "
-                "and writes on; use template='tokenizer' (its own) or template='alpaca'"
+                "token of this tokenizer: generate() and s.serve() stop at it by searching the "
+                "text, but an export (transformers, llama.cpp, another server) stops only at "
+                "an end token and writes on; use template='tokenizer' (its own) or "
+                "template='alpaca'"
             )
         report = self._data.report()
         self._record(
@@ -1742,6 +1743,7 @@ class Session:
             workbench.errors.SpecError: port=0 is not a valid port: give an int from 1 to 65535...
         """
         self._check_run_allows("serve")
+        from workbench.data.templates import text_only_stop
         from workbench.deploy import check_port, export_target, serve_model
 
         check_port(port)  # before exporting anything: a bad port must not cost an export
@@ -1757,7 +1759,10 @@ class Session:
         self._stop_earlier_server(port)
         data = self._data_of_run or self._data  # what the served weights were trained on
         trained = data.spec.special_tokens_in_text if data is not None else "split"
-        server = serve_model(folder, port, control_text=trained)
+        turn_end = (
+            None if data is None or data.is_text else text_only_stop(data.template, self.tokenizer)
+        )
+        server = serve_model(folder, port, control_text=trained, turn_end=turn_end)
         self._servers.append(server)
         servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}
         self._record({"servers": servers})

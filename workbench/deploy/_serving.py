@@ -262,12 +262,22 @@ def _stops(settings: dict) -> list[str]:
     return [stops] if isinstance(stops, str) else [s for s in stops if isinstance(s, str)]
 
 
-def end_answers_as_openai(tools_written: bool = True, control_text: str = "split") -> bool:
+# The end of turn a chat answer also stops at when no token of the tokenizer writes it (a
+# built-in template on another family's tokenizer); read per request, set by the process's
+# main (the handlers are wrapped once per process).
+_served: dict[str, str | None] = {"turn_end": None}
+
+
+def end_answers_as_openai(
+    tools_written: bool = True, control_text: str = "split", turn_end: str | None = None
+) -> bool:
     """Cut served answers at their ``stop`` text and within the model's context, in the
     chat and the completions endpoints; ``False`` when transformers has no such methods.
     Requests are checked first (:func:`request_problem`; offering tools is refused when
     ``tools_written`` is ``False``, a chat template that would leave them out); with
-    ``control_text="split"`` a control token typed in a message stays text.
+    ``control_text="split"`` a control token typed in a message stays text; ``turn_end``:
+    text that ends every chat answer as a stop string would (generation stops there too),
+    for a template whose end of turn is no token of the tokenizer.
 
     Examples:
         >>> end_answers_as_openai(), end_answers_as_openai()  # a second call changes nothing
@@ -282,9 +292,10 @@ def end_answers_as_openai(tools_written: bool = True, control_text: str = "split
     handlers = (ChatCompletionHandler, CompletionHandler)
     if not all(hasattr(h, "_streaming") and hasattr(h, "_non_streaming") for h in handlers):
         return False
+    _served["turn_end"] = turn_end or None
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
-            _end_as_openai(handler, JSONResponse)
+            _end_as_openai(handler, JSONResponse, chat=handler is ChatCompletionHandler)
     _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
     if control_text == "split":
@@ -553,12 +564,24 @@ def _settings_problem(body: dict) -> str | None:
     return None
 
 
-def _end_as_openai(handler: Any, json_response: Any) -> None:
+def _stop_at_turn_end(settings: dict) -> None:
+    """Add the served template's text-only end of turn to a chat request's stop strings."""
+    turn_end = _served["turn_end"]
+    if turn_end is None:
+        return
+    stops = _stops(settings)
+    if turn_end not in stops:
+        settings["stop_strings"] = [*stops, turn_end]
+
+
+def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
     streaming, non_streaming = handler._streaming, handler._non_streaming
 
     @functools.wraps(non_streaming)
     async def answered(self, request_id, engine, inputs, settings, *args, **kw):
         _room_for_the_answer(engine, inputs, settings)
+        if chat:
+            _stop_at_turn_end(settings)
         response = await non_streaming(self, request_id, engine, inputs, settings, *args, **kw)
         stops = _stops(settings)
         if not stops:
@@ -576,6 +599,8 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
     @functools.wraps(streaming)
     def streamed(self, request_id, engine, inputs, settings, *args, **kw):
         _room_for_the_answer(engine, inputs, settings)
+        if chat:
+            _stop_at_turn_end(settings)
         response = streaming(self, request_id, engine, inputs, settings, *args, **kw)
         stops = _stops(settings)
         if stops:
@@ -586,16 +611,22 @@ def _end_as_openai(handler: Any, json_response: Any) -> None:
     handler._non_streaming, handler._streaming = answered, streamed
 
 
-def main(parent: int | None = None, tools: bool = True, control_text: str = "split") -> None:
+def main(
+    parent: int | None = None,
+    tools: bool = True,
+    control_text: str = "split",
+    turn_end: str | None = None,
+) -> None:
     """Run ``transformers serve`` with the arguments of this process, sampling when asked;
     with ``parent``, the id of the process that started it, until that process ends; with
     ``tools=False`` (a chat template that does not write them), refusing requests that
     offer tools; ``control_text`` as the model was trained (``"split"``: a control token
-    typed in a message is text; ``"keep"``: it is the token)."""
+    typed in a message is text; ``"keep"``: it is the token); ``turn_end``: the text that
+    ends a chat answer where no token does."""
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()
-    end_answers_as_openai(tools_written=tools, control_text=control_text)
+    end_answers_as_openai(tools_written=tools, control_text=control_text, turn_end=turn_end)
     from transformers.cli.transformers import main as transformers_main
 
     transformers_main()

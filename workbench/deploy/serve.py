@@ -341,7 +341,11 @@ def _not_servable(folder: Path) -> str:
 
 
 def serve_model(
-    folder: str | Path, port: int = 8000, timeout: float = 300, control_text: str = "split"
+    folder: str | Path,
+    port: int = 8000,
+    timeout: float = 300,
+    control_text: str = "split",
+    turn_end: str | None = None,
 ) -> Server:
     """Start ``transformers serve`` for ``folder`` on loopback and wait until it answers.
 
@@ -352,6 +356,9 @@ def serve_model(
         control_text: What a control token typed in a message is, as the model was trained
             (the data's ``special_tokens_in_text``): ``"split"``, plain text; ``"keep"``, the
             control token (transformers' own way).
+        turn_end: The training template's end of turn where no token of the tokenizer
+            writes it (:func:`workbench.data.templates.text_only_stop`): chat answers stop
+            at that text, as ``s.generate`` does, instead of writing on to ``max_tokens``.
 
     Raises:
         SpecError: the port is not an int from 1 to 65535 or is in use, or the folder is not a
@@ -378,7 +385,7 @@ def serve_model(
         # transformers serve, sampling when asked, ending when this process ends
         f"from {_LAUNCHER} import main; "
         f"main(parent={os.getpid()}, tools={template_writes_tools(folder)}, "
-        f"control_text={control_text!r})",
+        f"control_text={control_text!r}, turn_end={turn_end!r})",
         "serve",
         str(folder),
         "--host",

@@ -418,8 +418,8 @@ writes '\\n\\n' after an answer
     )
     text_stop = (
         f"; {facts.stop_text!r} is no token of this tokenizer: the session's own generate "
-        "stops at it by searching the text, but an export (plain transformers, llama.cpp, "
-        "a server) stops only at an end token, and writes on"
+        "stops at it by searching the text, and so does s.serve(), but an export (plain "
+        "transformers, llama.cpp, another server) stops only at an end token, and writes on"
         if facts.stop_text
         else ""
     )
