@@ -393,3 +393,24 @@ def test_chat_rows_are_labelled_by_the_varying_user_message(tokenizer, cache_dir
     assert "<b>" not in ins.shared_html.value and "&lt;b&gt;facts" in ins.shared_html.value
     shown = html_lib.unescape(re.sub(r"<[^>]+>", "", ins.example_html.value))
     assert f"<|im_start|>system↵{system}<|im_end|>↵<|im_start|>user↵{people[0]}" in shown
+
+
+def test_apply_refused_while_a_run_trains_says_so_under_the_button(session):
+    # The click's SessionStateError went to ipywidgets' log: nothing changed and nothing said.
+    panel = session.inspect_data()
+    before = session.data.spec.max_length
+    run = session.train(max_steps=5000, wait=False)
+    try:
+        panel.set_cutoff(_some_cut(session.data))
+        panel.apply_button.click()  # asks first
+        panel.apply_button.click()
+        note = html_lib.unescape(panel.apply_note.value)
+        assert "refused while run-001 is running" in note, note
+        assert session.data.spec.max_length == before
+        assert panel.apply_state == "confirm" and not panel.apply_button.disabled
+    finally:
+        run.stop()
+        run.wait()
+    panel.apply_button.click()
+    panel.apply_button.click()
+    assert session.data.spec.max_length == panel.cutoff and panel.apply_note.value == ""

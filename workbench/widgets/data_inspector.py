@@ -701,7 +701,8 @@ The token view shows every token.</i>'
         into "Cut N answers? Apply anyway"; the second applies. Moving the cutoff asks again.
 
         Returns:
-            What ``on_apply_max_length`` returned, or ``None`` when nothing was applied.
+            What ``on_apply_max_length`` returned, or ``None`` when nothing was applied (a
+            refusal, such as a run training on the session, is shown under the button).
 
         Examples:
             >>> from transformers import AutoTokenizer
@@ -727,7 +728,12 @@ The token view shows every token.</i>'
             self._update_apply()
             return None
         if state in ("armed", "ready"):
-            return self.apply_cutoff()
+            try:
+                return self.apply_cutoff()
+            except WorkbenchError as refused:  # e.g. a run trains: a click must say so
+                self._armed = None
+                self._update_apply()
+                self.apply_note.value = f'<span style="{_NOTE}">{escape(str(refused))}</span>'
         return None
 
     def apply_cutoff(self) -> Any:
