@@ -378,3 +378,90 @@ def test_the_quickstart_saved_and_exported_shows_the_final_panels(
     keep = os.environ.get("WORKBENCH_NOTEBOOK_OUTPUTS")
     if keep:
         Path(keep, "01_quickstart_static.html").write_text(html)
+
+
+def _snapshot_text(panel) -> str:
+    """What a saving server would put in the notebook for ``panel`` now: its snapshot file."""
+    token = _snapshot._state(panel)["token"]
+    saved = read_snapshot(token)
+    assert saved is not None, "the displayed panel wrote no snapshot"
+    return saved["text/plain"]
+
+
+def test_a_notebook_saved_mid_run_shows_the_step_it_was_saved_at(
+    shell, tiny_model_dir, tmp_path, monkeypatch
+):
+    # Only state changes and probes wrote the snapshot: saved at step 6 of a run without
+    # probes, the notebook showed the step the panel was displayed at.
+    monkeypatch.setattr(_snapshot, "SNAPSHOT_EVERY", 0.0)  # each log, not every 2 s
+    events, gates, reached = EventHub(), {}, {}
+    for step in (2, 6):
+        gates[step], reached[step] = threading.Event(), threading.Event()
+
+    def hold(payload):
+        step = payload.record.step
+        if payload.record.kind == "train" and step in gates:
+            reached[step].set()
+            gates[step].wait(60)
+
+    events.on("train_log", hold)
+    spec = TrainSpec(max_steps=8, lr=5e-3, batch_size=8)
+    run = toy_run(tiny_model_dir, tmp_path / "run-001", spec, events=events, wait=False)
+    try:
+        assert reached[2].wait(60)
+        monitor = run.monitor()
+        monitor._ipython_display_()
+        assert "step 2/8" in _snapshot_text(monitor)
+        gates[2].set()
+        assert reached[6].wait(60)  # held before the monitor hears step 6
+        assert "running · step 5/8" in _snapshot_text(monitor)
+    finally:
+        for gate in gates.values():
+            gate.set()
+        run.wait()
+
+
+def test_a_notebook_saved_mid_evaluation_shows_the_rows_answered(shell, monkeypatch):
+    from workbench.evaluation.background import EvalProgress
+
+    monkeypatch.setattr(_snapshot, "SNAPSHOT_EVERY", 0.0)
+    shown, answered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def work(emit, cancelled):
+        shown.wait(30)  # rows answered after the panel was displayed
+        emit("eval_progress", EvalProgress("base", 2, 3, ("x", "y")))
+        answered.set()
+        release.wait(30)
+        return handmade_evaluation()
+
+    ev = EvaluationRun(work, [{"prompt": "Q", "reference": "A"}] * 3, ("base", "tuned"))
+    try:
+        ev._ipython_display_()
+        assert "base 0/3" in _snapshot_text(ev.monitor())
+        shown.set()
+        assert answered.wait(30)
+        assert "base 2/3" in _snapshot_text(ev.monitor()), _snapshot_text(ev.monitor())
+    finally:
+        release.set()
+        ev.wait()
+
+
+def test_a_saved_notebook_keeps_the_chat_typed_in_its_panel(shell):
+    # The panel's output was its HTML at display time: "(no messages yet)" once saved.
+    from workbench.widgets.chat_panel import ChatPanel
+
+    panel = ChatPanel(lambda messages, max_new_tokens: "<b>hi</b> there")
+    panel._ipython_display_()
+    [shown] = _displays(shell)
+    assert shown.metadata["workbench"]["panel"] == "chat" and WIDGET_VIEW in shown.data
+    assert "(no messages yet)" in shown.data["text/html"]
+    panel.send("Tell me <i>something</i> 🙂")
+    saved = read_snapshot(shown.metadata["workbench"]["snapshot"])
+    assert "you: Tell me <i>something</i> 🙂\nmodel: <b>hi</b> there" in saved["text/plain"]
+    html = saved["text/html"]
+    assert "Tell me &lt;i&gt;something&lt;/i&gt; 🙂" in html and "&lt;b&gt;hi&lt;/b&gt;" in html
+    assert "<b>hi" not in html and "<script" not in html
+    panel.clear()
+    assert (
+        "(no messages yet)" in read_snapshot(shown.metadata["workbench"]["snapshot"])["text/plain"]
+    )

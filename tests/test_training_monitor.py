@@ -234,3 +234,23 @@ def test_a_run_training_elsewhere_shows_the_steps_its_history_holds(tiny_model_d
     with RunLock(tmp_path / "run"):  # held: as by the process training it
         text = TrainingMonitor.from_folder(tmp_path / "run").status_text()
     assert text.startswith("running · step 20/20 · epoch 2.50 · loss ")
+
+
+def test_a_monitor_opened_mid_run_shows_no_status_older_than_its_curve(tiny_model_dir, tmp_path):
+    # The status was read before the history: "step 26" over a curve of 31 points.
+    run = toy_run(tiny_model_dir, tmp_path / "run", TrainSpec(max_steps=4000), wait=False)
+    behind = []
+    try:
+        while run.status.step < 5:
+            time.sleep(0.01)
+        for _ in range(40):
+            monitor = TrainingMonitor(run)
+            with monitor._lock:
+                curve_end = max(monitor._data["step"], default=0)
+                if monitor._status.step < curve_end:
+                    behind.append((monitor._status.step, curve_end))
+            monitor.close()
+    finally:
+        run.stop()
+        run.wait()
+    assert behind == []

@@ -344,8 +344,14 @@ def _ab_rating(panel: Any) -> tuple[str, str]:
     return _wrap("ab-rating", parts), text
 
 
+def _chat(panel: Any) -> tuple[str, str]:
+    note = _note("Static snapshot of the chat. In a live kernel, s.chat() opens a live one.")
+    return _wrap("chat", [panel.html(), note]), panel.text()
+
+
 _KINDS = {
     "ABRating": ("ab-rating", _ab_rating),
+    "ChatPanel": ("chat", _chat),
     "TrainingMonitor": ("training-monitor", _monitor),
     "EvalPanel": ("eval-panel", _eval_panel),
     "DataInspector": ("data-inspector", _inspector),

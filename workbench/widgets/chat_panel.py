@@ -319,6 +319,11 @@ class ChatPanel:
         parts.append("</div>")
         return "".join(parts)
 
+    def _ipython_display_(self) -> None:
+        from workbench.widgets._snapshot import show
+
+        show(self)  # with a display id: a saved notebook keeps the conversation as it stands
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         # Without widgets (a static page, a terminal) the conversation still shows.
@@ -370,7 +375,10 @@ class ChatPanel:
         self.status.value = f'<span style="color:#b00;">{escape(err)}</span>'
 
     def _show(self) -> None:
+        from workbench.widgets._snapshot import save_snapshot
+
         self.history_html.value = self.html()
+        save_snapshot(self)  # what a notebook saved now shows (only once displayed)
 
 
 def _block(label: str, text: str, background: str, calls: Sequence[str] = ()) -> str:

@@ -35,6 +35,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -116,6 +117,12 @@ class EvalProgressPanel:
     # -- events (any thread): schedule a render -------------------------------------------
     def _on_progress(self, _payload: Any) -> None:
         self._schedule()
+        from workbench.widgets import _snapshot
+
+        try:  # a notebook saved mid-evaluation showed "0 of N" from when it was displayed
+            _snapshot.save_snapshot(self, every=_snapshot.SNAPSHOT_EVERY)
+        except Exception:  # the live panel and the evaluation go on without a snapshot
+            logging.getLogger(__name__).exception("could not update the evaluation's snapshot")
 
     def _on_end(self, _run: Any) -> None:
         self._dispatch(self.refresh)

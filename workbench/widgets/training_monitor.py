@@ -284,7 +284,7 @@ class TrainingMonitor:
             k: [] for k in ("step", "loss", "smoothed", "lr", "grad_norm", "eval_step", "eval_loss")
         }
         self._ema = (0.0, 0)
-        self._status: Any = run.status if run is not None else None
+        self._status: Any = None  # a run's is read after its history (below)
         self._probes: dict[str, Any] = {"prompts": [], "base": [], "rows": []}
         self._last_render, self._timer, self._pending = 0.0, None, ""
         self._unsubscribe: list[Any] = []
@@ -305,6 +305,8 @@ class TrainingMonitor:
                 self._load_norms(getattr(run, "layer_norms", []))
                 self._load_family(run.run_dir)
                 self._saved = self._read_saved(run.run_dir)
+                # after the history: read first, it showed a step older than the curve
+                self._status = run.status
         self._dispatch(self.refresh)  # under the lock: the worker may be rendering too
 
     # -- construction ---------------------------------------------------------------------
@@ -502,9 +504,12 @@ class TrainingMonitor:
     def _on_log(self, payload: TrainLog) -> None:
         if self._mine(payload):
             self._add(payload.record)
-            self._status = payload.status
+            with self._lock:  # a log that waited on __init__'s lock is older than its status
+                if self._status is None or payload.status.step >= self._status.step:
+                    self._status = payload.status
             self._read_decided_packing()
             self._schedule()
+            self._save_snapshot_now_and_then()
         elif payload.run in self._family:
             self._add_relative(payload.run, payload.record)
             self._schedule()
@@ -543,7 +548,15 @@ class TrainingMonitor:
             with self._lock:
                 self._add_probe_row(payload)
             self._dispatch(self.refresh)
+            self._save_snapshot_now_and_then()
+
+    def _save_snapshot_now_and_then(self) -> None:
+        """Keep a displayed panel's saved form near the live one while the run trains (a
+        notebook saved mid-run showed the status of the last pause or resume)."""
+        try:
             _snapshot.save_snapshot(self, every=_snapshot.SNAPSHOT_EVERY)
+        except Exception:  # the live panel and the run go on without a snapshot
+            logging.getLogger(__name__).exception("could not update the monitor's snapshot")
 
     # -- state ----------------------------------------------------------------------------
     def _add(self, record: Any) -> None:
