@@ -619,3 +619,35 @@ def test_a_warmup_the_run_cannot_use_is_said_and_a_high_lr_warned_once(tmp_path,
         s.train(max_steps=1, lr=0.02, batch_size="auto", wait=True)
     lr_warnings = [c for c in caught if "is far above" in str(c.message)]
     assert len(lr_warnings) == 1  # not once more for each choice made on the user's behalf
+
+
+def test_an_interrupt_while_a_fork_blocks_stops_the_fork(tmp_path, tiny_model_dir):
+    # The fork went on training unseen, and the session refused generate() while it did.
+    import _thread
+    import threading
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    parent = s.train(max_steps=4, save_every=2, keep_checkpoints="all", lr=5e-3, batch_size=2)
+    history = parent.run_dir.parent / "run-002" / "history.jsonl"
+
+    def interrupt_after_two_steps():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            # the fork's history starts with the parent's two steps: two more of its own
+            if history.is_file() and history.read_text().count('"kind": "train"') >= 4:
+                break
+            time.sleep(0.02)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_after_two_steps, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        parent.fork(2, max_steps=5000, wait=True)
+    fork = s.run
+    assert fork.run_dir.name == "run-002" and fork.status.state is RunState.STOPPED
+    assert str(interrupted.value).startswith(
+        f"interrupted: run-002 stopped at step {fork.status.step} of 5000"
+    )
+    stopped_at = fork.status.step
+    time.sleep(0.5)
+    assert fork.status.step == stopped_at  # nothing trains on behind the session
+    assert isinstance(s.generate("q1", max_new_tokens=2), str)

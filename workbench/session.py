@@ -814,7 +814,9 @@ class Session:
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
         self._run.fork_hooks = self._fork_hooks()
-        return _waited_stopping_on_interrupt(self._run, _blocking(wait), self._verbose)
+        from workbench.train.run import block_until_ended
+
+        return block_until_ended(self._run, self._verbose) if _blocking(wait) else self._run
 
     def _probe_ids(self, probes: Any) -> list[list[int]] | None:
         """The probes tokenized as the data's prompts (left to ``start_run`` to refuse when
@@ -897,7 +899,9 @@ class Session:
         self._adapted, self._run_of_model = self._run.model, self._run
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
-        return _waited_stopping_on_interrupt(self._run, _blocking(wait), self._verbose)
+        from workbench.train.run import block_until_ended
+
+        return block_until_ended(self._run, self._verbose) if _blocking(wait) else self._run
 
     @contextlib.contextmanager
     def _model_kept_if_refused(self):
@@ -1913,28 +1917,6 @@ def _training_columns(dataset: Any) -> Any:
         return None
     keep = [c for c in ("input_ids", "labels", "attention_mask") if c in dataset.column_names]
     return dataset.select_columns(keep)
-
-
-def _waited_stopping_on_interrupt(run: Any, wait: bool, progress: bool = True) -> Any:
-    """Block until ``run`` ends when ``wait``, printing progress (a line per step, unless
-    the session is not ``verbose``). An interrupt (Ctrl-C, a
-    notebook's stop button) while blocked stops the run as ``run.stop()`` does, saving the
-    step it reached, before it goes on: a script would otherwise exit under a training
-    thread, and a notebook keep a run training that it no longer waits for."""
-    if not wait:
-        return run
-    try:
-        run.wait(progress=progress)
-    except KeyboardInterrupt:
-        run.stop()
-        status = run.wait()
-        # the cell's `run = s.train(...)` never got its value: say where the run is
-        msg = (
-            f"interrupted: {run.run_dir.name} {status.state.value} at step {status.step} of "
-            f"{status.total_steps}; Session.run holds it (s.run), s.run.resume() goes on"
-        )
-        raise KeyboardInterrupt(msg) from None
-    return run
 
 
 def _tokenizes_alike(data: Any, tokenizer: Any) -> bool:

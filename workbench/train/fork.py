@@ -700,5 +700,8 @@ def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -
     if hooks is not None and hooks.adopt is not None:
         hooks.adopt(run)
     if wait if wait is not None else not in_notebook():
-        run.wait(progress=hooks is None or hooks.progress)
+        from workbench.train.run import block_until_ended
+
+        # an interrupt stops the fork as it stops a blocking train (it went on training unseen)
+        block_until_ended(run, progress=hooks is None or hooks.progress)
     return run

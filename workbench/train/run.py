@@ -69,6 +69,7 @@ __all__ = [
     "EVENT_PROBES",
     "EVENT_STATE",
     "Run",
+    "block_until_ended",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1342,3 +1343,38 @@ class Run:
             self._status = dataclasses.replace(
                 self._status, step=self.loop.step, epoch=self.loop.epoch, elapsed=self.loop.elapsed
             )
+
+
+def block_until_ended(run: Run, progress: bool = True) -> Run:
+    """Block until ``run`` ends, printing progress (a line per step with ``progress``), as
+    ``train``, ``resume`` and ``fork`` do when they wait.
+
+    An interrupt (Ctrl-C, a notebook's stop button) while blocked stops the run as
+    ``run.stop()`` does, saving the step it reached, before it goes on: a script would
+    otherwise exit under a training thread, and a notebook keep a run training that it no
+    longer waits for. (A plain ``run.wait()`` interrupted leaves the run training.)
+
+    Examples:
+        >>> import shutil
+        >>> from workbench import Session
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> shutil.rmtree("/tmp/wb-doc-run-block", ignore_errors=True)
+        >>> s = Session("/tmp/wb-doc-run-block", verbose=False)
+        >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+        >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+        >>> run = s.train(max_steps=2, wait=False)
+        >>> block_until_ended(run, progress=False) is run, run.state.value
+        (True, 'finished')
+    """
+    try:
+        run.wait(progress=progress)
+    except KeyboardInterrupt:
+        run.stop()
+        status = run.wait()
+        # the cell's `run = s.train(...)` never got its value: say where the run is
+        msg = (
+            f"interrupted: {run.run_dir.name} {status.state.value} at step {status.step} of "
+            f"{status.total_steps}; Session.run holds it (s.run), s.run.resume() goes on"
+        )
+        raise KeyboardInterrupt(msg) from None
+    return run
