@@ -278,6 +278,8 @@ def test_a_server_left_running_by_the_session_folder_is_stopped_on_a_rerun(
     again.on("progress", messages.append)
     try:
         server = again.serve(port=port)
+        # stopped and reaped: killed by its pid alone, it stayed a zombie per rerun
+        assert not Path(f"/proc/{old.process.pid}").exists()
         assert not old.running
         assert any(
             f"stopping the server this session folder started on port {port}" in m for m in messages
@@ -301,3 +303,35 @@ def test_a_port_held_by_another_program_is_still_refused(tmp_path, tiny_model_di
         with pytest.raises(SpecError, match=f"port {port} on 127.0.0.1 is in use"):
             s.serve(port=port)
     s.close()
+
+
+def test_an_interrupted_serve_leaves_no_server_behind(tmp_path, tiny_model_dir):
+    # Ctrl-C while serve() waited for the model left the child serving on the port, held
+    # by nobody: s.close() could not stop it and the next serve(port) was refused.
+    import _thread
+    import threading
+
+    pytest.importorskip("fastapi")
+    port = free_port()
+    s = trained_session(tmp_path / "s", tiny_model_dir)
+    log = tmp_path / "s" / "export" / f"serve-{port}.log"
+
+    def interrupt_once_started():
+        deadline = time.monotonic() + 120
+        while not log.is_file() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        s.serve(port=port)
+    from workbench.deploy.serve import port_is_free
+
+    time.sleep(3)  # what the child would have needed to load and bind
+    assert port_is_free(port)
+    server = s.serve(port=port)
+    try:
+        assert server.chat("Hello", max_tokens=4) is not None
+    finally:
+        s.close()
+    assert not server.running and port_is_free(port)

@@ -1767,7 +1767,7 @@ class Session:
             None if data is None or data.is_text else text_only_stop(data.template, self.tokenizer)
         )
         server = serve_model(folder, port, control_text=trained, turn_end=turn_end)
-        self._servers.append(server)
+        self._servers = [*(kept for kept in self._servers if kept.running), server]
         servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}
         self._record({"servers": servers})
         self._progress(server.usage())

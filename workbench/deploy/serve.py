@@ -52,6 +52,7 @@ __all__ = [
     "Server",
     "check_port",
     "failure_cause",
+    "listens_on",
     "port_is_free",
     "serve_model",
     "serves_on",
@@ -122,16 +123,67 @@ def serves_on(pid: int, port: int) -> bool:
     return "serve" in args and after == str(port) and ours
 
 
+# This process's servers by process id: stopped (and reaped) at exit, or by
+# stop_serving_process when a re-run session stops its earlier server by pid.
+_STARTED: dict[int, Server] = {}
+
+
+@atexit.register
+def _stop_started_servers() -> None:
+    for server in list(_STARTED.values()):
+        server.stop()
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the listening socket of ``port`` on loopback (read from
+    /proc; ``True`` where there is none to read, as on macOS: it cannot be told).
+
+    Examples:
+        >>> import socket
+        >>> listener = socket.create_server((LOOPBACK, 0))
+        >>> port = listener.getsockname()[1]
+        >>> listens_on(os.getpid(), port), listens_on(1, port)
+        (True, False)
+        >>> listener.close()
+    """
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not tables[0].is_file():
+        return True
+    inodes = set()
+    for table in tables:
+        with contextlib.suppress(OSError):
+            for line in table.read_text().splitlines()[1:]:
+                fields = line.split()
+                listening = fields[3] == "0A"
+                if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(fields[9])
+    sockets = {f"socket:[{inode}]" for inode in inodes}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
+                return True
+    return False
+
+
 def stop_serving_process(pid: int, port: int) -> bool:
     """Stop process ``pid`` (SIGTERM, then SIGKILL) until ``port`` is free; True when it is.
 
-    For a server started by an earlier kernel: check it with :func:`serves_on` first.
+    For a server started by an earlier kernel: check it with :func:`serves_on` first. One
+    this process started (an earlier session object's) is stopped through its ``Server``,
+    which also reaps it: a killed child nobody waits for stays a zombie.
 
     Examples:
         >>> server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         >>> stop_serving_process(server.pid, 1), server.wait(5) != 0  # port 1 is never held
         (True, True)
     """
+    started = _STARTED.get(pid)
+    if started is not None:
+        started.stop()
     for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -274,6 +326,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        _STARTED.pop(self.process.pid, None)
 
     def __str__(self) -> str:
         return self.usage()
@@ -396,8 +449,12 @@ def serve_model(
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     server = Server(folder, port, process, log)
-    atexit.register(server.stop)
-    _wait_until_ready(server, timeout)
+    _STARTED[process.pid] = server
+    try:
+        _wait_until_ready(server, timeout)
+    except BaseException:  # an interrupt too: a server nobody holds would serve on unseen
+        server.stop()
+        raise
     return server
 
 
@@ -448,7 +505,8 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
         with contextlib.suppress(urllib.error.URLError, OSError):
             health = f"http://{LOOPBACK}:{server.port}/health"
             with urllib.request.urlopen(health, timeout=2) as response:
-                if response.status == 200:
+                # another program that took the port meanwhile answers too: not ready
+                if response.status == 200 and listens_on(server.process.pid, server.port):
                     return
         time.sleep(0.5)
     server.stop()
