@@ -295,3 +295,39 @@ def test_a_refused_resume_leaves_the_sessions_model_and_run_as_they_were(
             s.resume(elsewhere)
     assert s.model is model and s.run is mine and type(s.model).__name__.startswith("Peft")
     assert s.generate("q1", max_new_tokens=4) == answer
+
+
+def test_a_stopped_handle_refuses_to_resume_a_folder_another_run_went_on_with(
+    tmp_path, tiny_model_dir
+):
+    # The old handle (or its monitor's Resume button) trained on from its own step 3 after
+    # s.resume(folder) had reached step 8: steps 4-6 twice in history.jsonl, the
+    # checkpoints of two trajectories mixed, status.json behind the newest checkpoint.
+    import json
+
+    import workbench as wb
+    from workbench.errors import SessionStateError
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    old = s.train(max_steps=1000, save_every=3, wait=False)
+    old.wait(step=3)
+    old.stop()
+    old.wait()
+    new = s.resume(old.run_dir, wait=False)
+    new.wait(step=old.status.step + 4)
+    new.stop()
+    reached = new.wait().step
+    with pytest.raises(SessionStateError) as refused:
+        old.resume()
+    assert str(refused.value).startswith(
+        f"resume() is refused: run-001 went on without this Run: its folder says stopped at "
+        f"step {reached}, where this Run stopped at step {old.status.step}"
+    )
+    history = [json.loads(line) for line in (old.run_dir / "history.jsonl").open()]
+    steps = [row["step"] for row in history if row.get("kind") == "train"]
+    assert steps == sorted(set(steps)) and steps[-1] == reached
+    assert new.resume().state is RunState.RUNNING  # the Run that went on still can
+    new.stop()
+    new.wait()

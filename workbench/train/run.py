@@ -445,8 +445,9 @@ class Run:
 
         Raises:
             SpecError: the run finished or failed, so there is nothing to continue.
-            SessionStateError: the run is still stopping (``wait()`` for it first), or it
-                was forked and its model now trains the fork (:attr:`superseded_by`).
+            SessionStateError: the run is still stopping (``wait()`` for it first), it
+                was forked and its model now trains the fork (:attr:`superseded_by`), or
+                another Run resumed its folder since it stopped.
 
         Examples:
             >>> import shutil
@@ -465,6 +466,8 @@ class Run:
             (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
         self._check_not_superseded("resume")
+        if self._status.state is RunState.STOPPED:
+            self._check_folder_not_moved_on()
         with self._cond:
             state = self._status.state
             if state in (RunState.FINISHED, RunState.FAILED):
@@ -920,6 +923,27 @@ class Run:
             workbench.errors.SessionStateError: save_now() is refused: run-001 handed its model ...
         """
         return self._superseded_by
+
+    def _check_folder_not_moved_on(self) -> None:
+        """Refuse to restart a stopped handle whose folder another Run has trained on since
+        (a ``Session.resume`` of the folder, here or in another kernel): going on from this
+        handle's step appended a second trajectory to the history and the checkpoints."""
+        try:
+            recorded = store.read_status(self.run_dir)
+        except (OSError, WorkbenchError, ValueError):
+            return  # unreadable: the restart itself says what is wrong with the folder
+        step, state = recorded.get("step"), recorded.get("state")
+        if step == self._status.step and state == RunState.STOPPED.value:
+            return
+        if not isinstance(step, int) or isinstance(step, bool):
+            return
+        msg = (
+            f"resume() is refused: {self.run_dir.name} went on without this Run: its folder "
+            f"says {state} at step {step}, where this Run stopped at step "
+            f"{self._status.step} (another Run resumed it). Use that Run (s.run), or "
+            f"Session.resume({str(self.run_dir)!r}) to go on from the folder's last checkpoint."
+        )
+        raise SessionStateError(msg)
 
     def _check_not_superseded(self, call: str) -> None:
         fork = self._superseded_by
