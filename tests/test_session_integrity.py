@@ -651,3 +651,54 @@ def test_an_interrupt_while_a_fork_blocks_stops_the_fork(tmp_path, tiny_model_di
     time.sleep(0.5)
     assert fork.status.step == stopped_at  # nothing trains on behind the session
     assert isinstance(s.generate("q1", max_new_tokens=2), str)
+
+
+def test_a_script_ending_under_a_background_run_stops_it_with_its_step_saved(
+    tmp_path, tiny_model_dir
+):
+    # The process aborted ("terminate called without an active exception") and the run
+    # folder kept no checkpoint, its status "running" at step 0.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import workbench as wb
+        s = wb.Session({str(tmp_path / "s")!r}, verbose=False)
+        s.load_model({str(tiny_model_dir)!r})
+        s.load_data([{{"question": f"q{{i}}", "answer": f"a{{i}}"}} for i in range(16)])
+        run = s.train(max_steps=5000, wait=False)
+        run.wait(step=3)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
+    assert "stopping run-001: the process is ending" in done.stderr
+    run_dir = tmp_path / "s" / "runs" / "run-001"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "stopped" and status["step"] >= 3
+    assert (run_dir / "checkpoints" / f"step-{status['step']:08d}").is_dir()
+
+
+def test_a_run_paused_by_an_earlier_session_object_goes_on_in_the_new_one(tmp_path, tiny_model_dir):
+    # Run All again while a run was paused: its worker waited for a resume nobody could
+    # send, holding the model and the folder's lock, and s.resume(folder) was refused.
+    first = session_with_data(tmp_path / "s", tiny_model_dir)
+    paused = first.train(max_steps=5000, lr=5e-3, batch_size=2, wait=False)
+    paused.pause()
+    paused_at = paused.status.step
+    again = session_with_data(tmp_path / "s", tiny_model_dir)
+    said: list[str] = []
+    again.on("progress", said.append)
+    run = again.resume(paused.run_dir, wait=False)
+    try:
+        assert paused.status.state is RunState.STOPPED and paused.status.step == paused_at
+        assert "stopping run-001, paused in this kernel, to go on with its folder here" in said
+        run.wait(step=paused_at + 2)
+        steps = [r.step for r in run.history if r.kind == "train"]
+        assert steps == list(range(1, steps[-1] + 1))  # from the paused step on, once each
+    finally:
+        run.stop()
+        run.wait()

@@ -877,6 +877,7 @@ class Session:
 
         self._check_run_allows("resume")
         run_dir = self._run_folder(Path(run_dir).expanduser())
+        self._stop_paused_run_of(run_dir)
         check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
         with self._model_kept_if_refused():
@@ -902,6 +903,21 @@ class Session:
         from workbench.train.run import block_until_ended
 
         return block_until_ended(self._run, self._verbose) if _blocking(wait) else self._run
+
+    def _stop_paused_run_of(self, run_dir: Path) -> None:
+        """Stop a run of this process paused on ``run_dir`` (an earlier Session object's, a
+        notebook run again), saving its step, so the folder goes on here: it waited for a
+        resume nobody could send, holding its model and the folder's lock."""
+        from workbench.train.worker import runs_training
+
+        folder = run_dir.resolve()
+        for run in runs_training():
+            if Path(run.run_dir).resolve() == folder and run.status.state is RunState.PAUSED:
+                self._progress(
+                    f"stopping {run_dir.name}, paused in this kernel, to go on with its folder here"
+                )
+                run.stop()
+                run.wait()
 
     @contextlib.contextmanager
     def _model_kept_if_refused(self):

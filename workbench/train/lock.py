@@ -252,8 +252,10 @@ class RunLock:
     def _same_process_message(self) -> str:
         return (
             f"{self.run_dir} is already being trained by this process (pid {os.getpid()}): "
-            "a Run started or resumed here still holds it. Use that Run, or call its "
-            "stop() and wait() before resuming the folder again."
+            "a Run started or resumed here still holds it (an earlier Session's, if the "
+            "notebook was run again). Use that Run, or stop it (its monitor's Stop button, "
+            "or run.stop() and run.wait()); a paused one is stopped for you, with its step "
+            "saved, when Session.resume() is asked for its folder."
         )
 
     def _other_process_message(self) -> str:

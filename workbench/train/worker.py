@@ -19,8 +19,10 @@ Examples:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import sys
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +88,22 @@ def recovery_note(run_dir: Path, went_bad_at: int) -> str:
 
 
 _TRAINING: weakref.WeakSet = weakref.WeakSet()  # runs whose worker trains (or is paused)
+
+
+_EXIT_STOP_SECONDS = 120
+
+
+@atexit.register
+def _stop_runs_at_exit() -> None:
+    """A process ending under a training thread (a script's last line after
+    ``train(wait=False)``, a kernel shut down) stops each run as ``run.stop()`` does,
+    saving its step: the thread died mid-step, the process aborted ("terminate called
+    without an active exception") and the folder kept no checkpoint."""
+    for run in runs_training():
+        print(f"stopping {run.run_dir.name}: the process is ending", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            run.stop()
+            run.wait(timeout=_EXIT_STOP_SECONDS)  # a step that hangs must not hang the exit
 
 
 def runs_training() -> list[Any]:
