@@ -119,3 +119,25 @@ def test_layers_kept_in_lists_are_named_from_their_list(tmp_path):
     check_model(model, TrainSpec(lora=LoRA(target=("gate_up_proj_adapter_list.0.1",))))
     with pytest.raises(SpecError, match=r"LoRA target \['0'\] not found.*adapter_list\.0\.0"):
         check_model(model, TrainSpec(lora=LoRA(target=("0",))))
+
+
+def test_the_shapes_built_to_count_weights_are_kept_per_shape_and_few(tmp_path, tiny_model_dir):
+    # Keyed by the config with its folder in it, every folder loaded added a model built on
+    # the meta device for good (40 copies of one tiny model: 40 entries).
+    import shutil
+
+    from transformers import AutoConfig
+
+    from workbench.models import catalog
+
+    catalog._META_MODELS.clear()
+    for i in range(3):
+        copy = shutil.copytree(tiny_model_dir, tmp_path / f"copy-{i}")
+        config = AutoConfig.from_pretrained(copy)
+        catalog.matched_to_model(catalog.facts_from_config(config), config)
+    assert len(catalog._META_MODELS) == 1  # one shape, three folders
+    for width in range(catalog._META_MODELS_KEPT + 3):
+        config = AutoConfig.from_pretrained(tiny_model_dir)
+        config.intermediate_size += 8 * (width + 1)
+        catalog.matched_to_model(catalog.facts_from_config(config), config)
+    assert len(catalog._META_MODELS) == catalog._META_MODELS_KEPT

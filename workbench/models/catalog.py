@@ -14,6 +14,8 @@ Examples:
 
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -782,18 +784,25 @@ def _model_counts(config: Any, layers: int) -> tuple[int, int] | None:
     return total, in_blocks
 
 
-_META_MODELS: dict[str, Any] = {}  # config JSON -> the model built on the meta device, or None
+# config JSON -> the model built on the meta device, or None; the most recent few only
+_META_MODELS: OrderedDict[str, Any] = OrderedDict()
+_META_MODELS_KEPT = 8
+_NOT_SHAPE = ("_name_or_path", "transformers_version")  # the same model from another folder
 
 
 def _built_on_meta(config: Any) -> Any:
     """The model ``config`` builds, on the meta device (no memory, no weights), once per
-    config; ``None`` for a config transformers cannot build (a raw config.json it does not
-    know, a family it lacks)."""
-    if not hasattr(config, "to_json_string"):
+    shape of config (a kernel loading many folders keeps the last few); ``None`` for a config
+    transformers cannot build (a raw config.json it does not know, a family it lacks)."""
+    if not hasattr(config, "to_dict"):
         return None
-    key = config.to_json_string(use_diff=False)
+    settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_SHAPE}
+    key = json.dumps(settings, sort_keys=True, default=str)
     if key not in _META_MODELS:
         _META_MODELS[key] = _build_on_meta(config)
+        while len(_META_MODELS) > _META_MODELS_KEPT:
+            _META_MODELS.popitem(last=False)
+    _META_MODELS.move_to_end(key)
     return _META_MODELS[key]
 
 
