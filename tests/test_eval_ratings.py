@@ -199,3 +199,25 @@ def test_a_bare_rater_in_a_notebook_is_the_rating_panel_with_a_static_snapshot(t
     assert bundle["text/plain"].startswith("Blind A/B rating: 1 of 3 rated; tuned better 0")
     assert "wb-snapshot-ab-rating" in bundle["text/html"]
     assert snapshot_bundle(ABRating(ev))["text/html"] == bundle["text/html"]
+
+
+def test_a_rating_the_folder_cannot_take_is_said_in_the_panel_and_kept(tmp_path):
+    # The click's OSError went to ipywidgets' log: the panel said nothing, the verdict lost.
+    from workbench.evaluation import EvalRow, Evaluation
+    from workbench.widgets.ab_rating import ABRating
+
+    rows = tuple(EvalRow(i, "Q", "A", {"base": "B", "tuned": "A"}) for i in range(3))
+    ev = Evaluation({}, rows, {"columns": ["base", "tuned"]}).save(tmp_path / "ev")
+    panel = ABRating(ev)
+    ratings = Path(panel.rater.path)
+    ratings.mkdir()  # the file cannot be written (a real failure, as a full disk would be)
+    panel.score.value, panel.comment.value = 4, "clearer"
+    shown = panel.current_row
+    panel.a_button.click()
+    assert panel.notice.value.startswith("<i>not saved: [Errno 21] Is a directory")
+    assert "stay here to rate again" in panel.notice.value
+    assert (panel.score.value, panel.comment.value, panel.current_row) == (4, "clearer", shown)
+    assert panel.progress.value == "0 of 3 rated"
+    ratings.rmdir()
+    panel.a_button.click()
+    assert panel.progress.value == "1 of 3 rated" and panel.notice.value == ""

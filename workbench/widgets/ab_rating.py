@@ -35,7 +35,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench.errors import EvaluationError
+from workbench.errors import EvaluationError, WorkbenchError
 from workbench.widgets._html import escape
 
 __all__ = ["ABRating"]
@@ -259,6 +259,10 @@ class ABRating:
             else:
                 notice = str(err)
             self.show_current(notice)
+            return None
+        except (OSError, WorkbenchError) as err:  # the write failed: the click must say so
+            kept = "The pair, score and comment stay here to rate again."
+            self.notice.value = f"<i>{escape(f'not saved: {err}. {kept}')}</i>"
             return None
         self.score.value, self.comment.value = None, ""
         self.show_current(notice)
