@@ -157,3 +157,35 @@ def test_dora_on_fused_experts_is_refused_before_anything_starts(moe_dirs, tmp_p
     assert not list((tmp_path / "session").glob("runs/run-*"))
     attention = {"use_dora": True, "target": ("q_proj", "v_proj")}  # the way out it names
     assert s.train(max_steps=1, lora=attention, wait=True).state.value == "finished"
+
+
+def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path):
+    # Qwen3-MoE with a dense first block: peft 0.21 maps "all-linear"'s MLP names onto the
+    # fused experts and dropped the dense MLP's three linear layers: untrained, unsaid.
+    import warnings
+
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    import workbench as wb
+    from workbench.models.tiny import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    config = AutoConfig.for_model(
+        "qwen3_moe", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=[0],
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "moe")
+    tokenizer.save_pretrained(tmp_path / "moe")
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tmp_path / "moe"))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = s.train(max_steps=2)
+    said = [str(w.message) for w in caught if "train no adapter" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(
+        "3 linear layers of this qwen3_moe model train no adapter and keep the base's weights: "
+        "model.layers.0.mlp.gate_proj, model.layers.0.mlp.up_proj, model.layers.0.mlp.down_proj."
+    )
+    assert [r.message for r in run.history if r.kind == "warning"].count(said[0]) == 1

@@ -40,6 +40,7 @@ __all__ = [
     "lean_lora_inputs",
     "lean_norm_inputs",
     "linear_routers",
+    "linears_without_adapter",
     "lora_config",
     "make_trainable",
     "optimizer_groups",
@@ -335,6 +336,37 @@ def dropout_free_targets(model: Any, lora: Any) -> list[str]:
     except (ValueError, AttributeError, TypeError):  # peft's own error comes with the real call
         return []
     return sorted(set(probe.target_parameters or ()) - set(lora.target_parameters or ()))
+
+
+def linears_without_adapter(model: Any) -> list[str]:
+    """Full names of the linear layers of a peft ``model`` that carry no LoRA, apart from the
+    output layer and what :func:`make_trainable` leaves out on purpose.
+
+    With ``"all-linear"`` it should be none. peft 0.21 maps the MLP names of some
+    mixture-of-experts families (Qwen3-MoE, OLMoE, DeepSeek...) onto their fused experts
+    and drops them as modules, so a dense block's MLP or a shared expert, plain linear
+    layers of those names, were left untrained in silence.
+
+    Examples:
+        >>> import torch
+        >>> from peft import LoraConfig, get_peft_model
+        >>> net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        >>> linears_without_adapter(get_peft_model(net, LoraConfig(target_modules=["0"])))
+        ['1']
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    meant = {*kernel_read_projections(base), *linear_routers(base)}
+    left = []
+    for name, module in base.named_modules():
+        parts = name.split(".")
+        inside_adapter = parts[-1] == "base_layer" or any(p.startswith("lora_") for p in parts)
+        plain = type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
+        if plain and module is not output and not inside_adapter and name not in meant:
+            left.append(name)
+    return left
 
 
 def make_trainable(model: Any, lora: Any | None) -> Any:

@@ -450,6 +450,9 @@ def _launch(
     """
     quiet_third_party()  # peft's read of a deprecated transformers property warns each run
     model = wrap_model(model, spec)
+    left = _left_without_adapter(model, spec)
+    if left and all(record.message != left for record in history):
+        history.append(_warned(left))
     loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
     run = Run(
         run_dir,
@@ -471,6 +474,28 @@ def _launch(
     if start:
         run.start()
     return run
+
+
+def _left_without_adapter(model: Any, spec: TrainSpec) -> str | None:
+    """Say which linear layers peft left without a LoRA, if any (see
+    :func:`~workbench.train.core.linears_without_adapter`)."""
+    if spec.method == "full":
+        return None
+    from workbench.train.core import linears_without_adapter
+
+    left = linears_without_adapter(model)
+    if not left:
+        return None
+    import peft
+
+    kind = getattr(getattr(model, "config", None), "model_type", "this")
+    shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+    return (
+        f"{len(left)} linear layers of this {kind} model train no adapter and keep the base's "
+        f"weights: {shown}. peft {peft.__version__} takes their names for the fused experts' "
+        "weights and leaves these plain layers out (a dense block's MLP, a shared expert); "
+        "every other linear layer is adapted"
+    )
 
 
 def _waited(run: Run, wait: bool) -> Run:
