@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import re
 
 import workbench
 
@@ -20,7 +21,8 @@ def _has_example(obj, module) -> bool:
     if ">>>" in (inspect.getdoc(obj) or ""):
         return True
     module_lines = (module.__doc__ or "").splitlines()
-    return any(">>>" in line and obj.__name__ in line for line in module_lines)
+    used = re.compile(rf"\b{re.escape(obj.__name__)}\b")
+    return any(">>>" in line and used.search(line) for line in module_lines)
 
 
 def _public_objects(module):

@@ -314,19 +314,20 @@ def test_an_interrupted_serve_leaves_no_server_behind(tmp_path, tiny_model_dir):
     pytest.importorskip("fastapi")
     port = free_port()
     s = trained_session(tmp_path / "s", tiny_model_dir)
-    log = tmp_path / "s" / "export" / f"serve-{port}.log"
+    from workbench.deploy import serve as serving
 
     def interrupt_once_started():
         deadline = time.monotonic() + 120
-        while not log.is_file() and time.monotonic() < deadline:
+        while not serving._STARTED and time.monotonic() < deadline:
             time.sleep(0.01)
-        _thread.interrupt_main()
+        _thread.interrupt_main()  # while serve() waits for the model to answer
 
     threading.Thread(target=interrupt_once_started, daemon=True).start()
     with pytest.raises(KeyboardInterrupt):
         s.serve(port=port)
     from workbench.deploy.serve import port_is_free
 
+    assert not serving._STARTED  # stopped and forgotten
     time.sleep(3)  # what the child would have needed to load and bind
     assert port_is_free(port)
     server = s.serve(port=port)

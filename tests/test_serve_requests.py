@@ -320,3 +320,26 @@ def test_a_session_serves_a_text_only_turn_end_as_its_generate_ends_answers(tmp_
         assert server.chat("Say yes", max_tokens=20) == expected
     finally:
         server.stop()
+
+
+def test_a_port_held_by_a_process_the_server_started_counts_as_its_own():
+    # A server whose listening socket belongs to a child of the process started (a shell
+    # wrapper, a worker) waited its whole timeout, then said it did not answer.
+    from workbench.deploy.serve import listens_on
+
+    port = free_port()
+    code = f"import socket, time; s = socket.create_server(('127.0.0.1', {port})); time.sleep(60)"
+    wrapper = subprocess.Popen(["sh", "-c", f'{sys.executable} -c "{code}"; true'])
+    try:
+        deadline = time.monotonic() + 30
+        while port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listens_on(wrapper.pid, port)
+        bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert not listens_on(bystander.pid, port)
+        bystander.kill()
+        bystander.wait()
+    finally:
+        subprocess.run(["pkill", "-P", str(wrapper.pid)], check=False)
+        wrapper.kill()
+        wrapper.wait()

@@ -653,8 +653,9 @@ def test_an_interrupt_while_a_fork_blocks_stops_the_fork(tmp_path, tiny_model_di
     assert isinstance(s.generate("q1", max_new_tokens=2), str)
 
 
+@pytest.mark.parametrize("stderr_closed", [False, True], ids=["stderr", "stderr-closed"])
 def test_a_script_ending_under_a_background_run_stops_it_with_its_step_saved(
-    tmp_path, tiny_model_dir
+    tmp_path, tiny_model_dir, stderr_closed
 ):
     # The process aborted ("terminate called without an active exception") and the run
     # folder kept no checkpoint, its status "running" at step 0.
@@ -672,10 +673,12 @@ def test_a_script_ending_under_a_background_run_stops_it_with_its_step_saved(
         run.wait(step=3)
         """
     )
+    script += "import sys; sys.stderr.close()\n" if stderr_closed else ""  # print must not stop it
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "terminate called" not in done.stderr
-    assert "stopping run-001: the process is ending" in done.stderr
+    said = f"stopping {tmp_path / 's' / 'runs' / 'run-001'}: the process is ending"
+    assert (said in done.stderr) is not stderr_closed
     run_dir = tmp_path / "s" / "runs" / "run-001"
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "stopped" and status["step"] >= 3
@@ -702,3 +705,55 @@ def test_a_run_paused_by_an_earlier_session_object_goes_on_in_the_new_one(tmp_pa
     finally:
         run.stop()
         run.wait()
+
+
+def test_a_refused_resume_leaves_the_paused_run_of_an_earlier_session_paused(
+    tmp_path, tiny_model_dir
+):
+    first = session_with_data(tmp_path / "s", tiny_model_dir)
+    paused = first.train(max_steps=5000, lr=5e-3, batch_size=2, wait=False)
+    paused.pause()
+    again = session_with_data(tmp_path / "s", tiny_model_dir)
+    try:
+        with pytest.raises(SpecError, match="processes=0 must be a positive int"):
+            again.resume(paused.run_dir, wait=False, processes=0)
+        assert paused.status.state is RunState.PAUSED
+    finally:
+        paused.stop()
+        paused.wait()
+
+
+def test_a_forked_child_ending_leaves_the_parents_runs_training(tmp_path, tiny_model_dir):
+    # The child stopped the parent's runs it inherited: "stopping" written into the live
+    # status.json, then 120 s waiting for a thread that did not exist in it.
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys, time
+        import workbench as wb
+        s = wb.Session({str(tmp_path / "s")!r}, verbose=False)
+        s.load_model({str(tiny_model_dir)!r})
+        s.load_data([{{"question": f"q{{i}}", "answer": f"a{{i}}"}} for i in range(16)])
+        run = s.train(max_steps=100000, wait=False)
+        run.wait(step=3)
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)  # a normal end: the exit handlers run in the child
+        started = time.monotonic()
+        os.waitpid(child, 0)
+        took = time.monotonic() - started
+        state = json.loads((run.run_dir / "status.json").read_text())["state"]
+        print("CHILD", round(took, 1), state, run.status.state.value, flush=True)
+        run.stop()
+        run.wait()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("CHILD"))
+    _, took, on_disk, in_memory = line.split()
+    assert (on_disk, in_memory) == ("running", "running") and float(took) < 30, line

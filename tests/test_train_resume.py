@@ -331,3 +331,51 @@ def test_a_stopped_handle_refuses_to_resume_a_folder_another_run_went_on_with(
     assert new.resume().state is RunState.RUNNING  # the Run that went on still can
     new.stop()
     new.wait()
+
+
+def test_a_handle_resumed_right_after_it_stopped_is_not_taken_for_a_moved_on_one(
+    tmp_path, tiny_model_dir
+):
+    # Its state read "stopped" before its worker had written status.json ("stopping" at
+    # the step before, or read back as failed): the resume was refused as if another Run
+    # had gone on with the folder.
+    import time
+
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    run = s.train(max_steps=100000, wait=False)
+    try:
+        for _ in range(10):
+            run.wait(step=run.status.step + 1)
+            run.stop()
+            while run.status.state is not RunState.STOPPED:
+                time.sleep(0.001)
+            assert run.resume().state is RunState.RUNNING
+    finally:
+        run.stop()
+        run.wait()
+
+
+def test_the_monitor_says_why_its_resume_button_was_refused(tmp_path, tiny_model_dir):
+    # The refusal went to the traitlets log: nothing said, the button seemingly ignored.
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    old = s.train(max_steps=1000, save_every=3, wait=False)
+    old.wait(step=3)
+    old.stop()
+    old.wait()
+    monitor = old.monitor()
+    new = s.resume(old.run_dir, wait=False)
+    new.wait(step=old.status.step + 2)
+    new.stop()
+    new.wait()
+    monitor.resume_button.click()
+    assert "went on without this Run" in monitor.refusal_html.value
+    assert old.status.state is RunState.STOPPED
+    monitor.close()

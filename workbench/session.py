@@ -877,6 +877,8 @@ class Session:
 
         self._check_run_allows("resume")
         run_dir = self._run_folder(Path(run_dir).expanduser())
+        launch = resume_launch(launch)  # refused before anything changes
+        read_meta(run_dir)  # a damaged run.json too
         self._stop_paused_run_of(run_dir)
         check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
@@ -890,7 +892,7 @@ class Session:
                     wait=False,
                     model=self.loaded.model,
                     tokenizer=self.tokenizer,
-                    launch=resume_launch(launch),
+                    launch=launch,
                 )
             except BaseException:
                 if model is not None:  # run.json named the given model: the run never went on

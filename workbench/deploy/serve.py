@@ -39,9 +39,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,16 +137,19 @@ def _stop_started_servers() -> None:
 
 
 def listens_on(pid: int, port: int) -> bool:
-    """Whether process ``pid`` holds the listening socket of ``port`` on loopback (read from
-    /proc; ``True`` where there is none to read, as on macOS: it cannot be told).
+    """Whether process ``pid`` (or a process it started) holds the listening socket of
+    ``port`` (read from /proc; ``True`` where no table lists it, as on macOS or WSL1: it
+    cannot be told).
 
     Examples:
         >>> import socket
         >>> listener = socket.create_server((LOOPBACK, 0))
         >>> port = listener.getsockname()[1]
-        >>> listens_on(os.getpid(), port), listens_on(1, port)
+        >>> other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        >>> listens_on(os.getpid(), port), listens_on(other.pid, port)
         (True, False)
-        >>> listener.close()
+        >>> other.kill(), other.wait() != 0, listener.close()
+        (None, True, None)
     """
     tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
     if not tables[0].is_file():
@@ -157,7 +162,13 @@ def listens_on(pid: int, port: int) -> bool:
                 listening = fields[3] == "0A"
                 if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(fields[9])
+    if not inodes:
+        return True  # no table lists it (WSL1): it cannot be told
     sockets = {f"socket:[{inode}]" for inode in inodes}
+    return any(_holds_socket(each, sockets) for each in (pid, *_descendants(pid)))
+
+
+def _holds_socket(pid: int, sockets: set[str]) -> bool:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:  # gone
@@ -167,6 +178,22 @@ def listens_on(pid: int, port: int) -> bool:
             if os.readlink(f"/proc/{pid}/fd/{fd}") in sockets:
                 return True
     return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Processes started by ``pid``, and by them (read from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
 
 
 def stop_serving_process(pid: int, port: int) -> bool:
@@ -182,8 +209,12 @@ def stop_serving_process(pid: int, port: int) -> bool:
         (True, True)
     """
     started = _STARTED.get(pid)
-    if started is not None:
+    if started is not None:  # stopped and reaped: its pid may be another process's now
         started.stop()
+        deadline = time.monotonic() + 15
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return port_is_free(port)
     for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
@@ -446,16 +477,33 @@ def serve_model(
         "--port",
         str(port),
     ]
-    with open(log, "wb") as out:
+    with _interrupts_held(), open(log, "wb") as out:  # none between the start and the record
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(folder, port, process, log)
-    _STARTED[process.pid] = server
+        server = Server(folder, port, process, log)
+        _STARTED[process.pid] = server
     try:
         _wait_until_ready(server, timeout)
     except BaseException:  # an interrupt too: a server nobody holds would serve on unseen
         server.stop()
         raise
     return server
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold an interrupt (SIGINT: Ctrl-C, Jupyter's stop button) until the block ends, then
+    raise it: one landing inside ``Popen`` left a started server that nothing recorded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)
 
 
 def template_writes_tools(folder: str | Path) -> bool:

@@ -933,10 +933,8 @@ class Run:
         except (OSError, WorkbenchError, ValueError):
             return  # unreadable: the restart itself says what is wrong with the folder
         step, state = recorded.get("step"), recorded.get("state")
-        if step == self._status.step and state == RunState.STOPPED.value:
-            return
-        if not isinstance(step, int) or isinstance(step, bool):
-            return
+        if not isinstance(step, int) or isinstance(step, bool) or step <= self._status.step:
+            return  # not further on: this handle's own stop may still be being written
         msg = (
             f"resume() is refused: {self.run_dir.name} went on without this Run: its folder "
             f"says {state} at step {step}, where this Run stopped at step "

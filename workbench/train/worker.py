@@ -22,7 +22,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import os
 import sys
+import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,11 +101,20 @@ def _stop_runs_at_exit() -> None:
     ``train(wait=False)``, a kernel shut down) stops each run as ``run.stop()`` does,
     saving its step: the thread died mid-step, the process aborted ("terminate called
     without an active exception") and the folder kept no checkpoint."""
-    for run in runs_training():
-        print(f"stopping {run.run_dir.name}: the process is ending", file=sys.stderr)
+    runs = runs_training()
+    for run in runs:  # all asked first, then waited for together
+        with contextlib.suppress(Exception):  # a closed stderr must not cancel the stop
+            print(f"stopping {run.run_dir}: the process is ending", file=sys.stderr)
         with contextlib.suppress(Exception):
             run.stop()
-            run.wait(timeout=_EXIT_STOP_SECONDS)  # a step that hangs must not hang the exit
+    deadline = time.monotonic() + _EXIT_STOP_SECONDS  # a step that hangs must not hang exit
+    for run in runs:
+        with contextlib.suppress(Exception):
+            run.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+# A forked child inherits the parent's runs but not their threads: it must not stop them.
+os.register_at_fork(after_in_child=_TRAINING.clear)
 
 
 def runs_training() -> list[Any]:

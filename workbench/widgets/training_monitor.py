@@ -356,12 +356,16 @@ class TrainingMonitor:
         )
         self.probes_html = w.HTML()
         self.probe_step = self._probe_step_picker()  # a step to show next to first and latest
-        self.pause_button.on_click(self._on_pause)
-        self.resume_button.on_click(self._on_resume)
-        self.stop_button.on_click(self._on_stop)
-        self.eval_button.on_click(self._on_evaluate)
-        self.save_button.on_click(self._on_save)
-        self.step_button.on_click(self._on_step)
+        self.refusal_html = w.HTML()  # why the last button click was refused, if it was
+        for button, handler in (
+            (self.pause_button, self._on_pause),
+            (self.resume_button, self._on_resume),
+            (self.stop_button, self._on_stop),
+            (self.eval_button, self._on_evaluate),
+            (self.save_button, self._on_save),
+            (self.step_button, self._on_step),
+        ):
+            button.on_click(self._saying_refusals(handler))
         buttons = [
             self.pause_button,
             self.resume_button,
@@ -381,6 +385,7 @@ class TrainingMonitor:
                 self.status_html,
                 self.choices_html,
                 w.HBox(buttons),
+                self.refusal_html,
                 fork_row,
                 self.findings_html,
                 *plots,
@@ -449,6 +454,21 @@ class TrainingMonitor:
             self._unsubscribe.append(events.on(TRAIN_LAYER_NORMS, self._on_layer_norms))
 
     # -- button handlers: one Run call each -----------------------------------------------
+    def _saying_refusals(self, handler: Any) -> Any:
+        """``handler`` for a button: a refusal (a run resumed elsewhere, forked...) is shown
+        under the buttons; it went to the traitlets log, the click seemingly ignored."""
+
+        def clicked(button: Any) -> None:
+            self.refusal_html.value = ""
+            try:
+                handler(button)
+            except WorkbenchError as err:
+                self._pending = ""
+                self.refusal_html.value = f'<span style="color:#b00;">{escape(str(err))}</span>'
+                self._render_buttons()
+
+        return clicked
+
     def _on_pause(self, _button: Any) -> None:
         self._pending = "pause"
         self.run.pause(wait=False)
