@@ -661,18 +661,8 @@ def test_a_script_ending_under_a_background_run_stops_it_with_its_step_saved(
     # folder kept no checkpoint, its status "running" at step 0.
     import subprocess
     import sys
-    import textwrap
 
-    script = textwrap.dedent(
-        f"""
-        import workbench as wb
-        s = wb.Session({str(tmp_path / "s")!r}, verbose=False)
-        s.load_model({str(tiny_model_dir)!r})
-        s.load_data([{{"question": f"q{{i}}", "answer": f"a{{i}}"}} for i in range(16)])
-        run = s.train(max_steps=5000, wait=False)
-        run.wait(step=3)
-        """
-    )
+    script = _training_in_the_background(tmp_path / "s", tiny_model_dir, 5000)
     script += "import sys; sys.stderr.close()\n" if stderr_closed else ""  # print must not stop it
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -730,15 +720,10 @@ def test_a_forked_child_ending_leaves_the_parents_runs_training(tmp_path, tiny_m
     import sys
     import textwrap
 
-    script = textwrap.dedent(
-        f"""
+    script = _training_in_the_background(tmp_path / "s", tiny_model_dir, 100000)
+    script += textwrap.dedent(
+        """
         import json, os, sys, time
-        import workbench as wb
-        s = wb.Session({str(tmp_path / "s")!r}, verbose=False)
-        s.load_model({str(tiny_model_dir)!r})
-        s.load_data([{{"question": f"q{{i}}", "answer": f"a{{i}}"}} for i in range(16)])
-        run = s.train(max_steps=100000, wait=False)
-        run.wait(step=3)
         child = os.fork()
         if child == 0:
             sys.exit(0)  # a normal end: the exit handlers run in the child
@@ -757,3 +742,19 @@ def test_a_forked_child_ending_leaves_the_parents_runs_training(tmp_path, tiny_m
     line = next(x for x in done.stdout.splitlines() if x.startswith("CHILD"))
     _, took, on_disk, in_memory = line.split()
     assert (on_disk, in_memory) == ("running", "running") and float(took) < 30, line
+
+
+def _training_in_the_background(folder, model_dir, steps: int) -> str:
+    """A script's lines: a session training ``steps`` in the background, past step 3."""
+    import textwrap
+
+    return textwrap.dedent(
+        f"""
+        import workbench as wb
+        s = wb.Session({str(folder)!r}, verbose=False)
+        s.load_model({str(model_dir)!r})
+        s.load_data([{{"question": f"q{{i}}", "answer": f"a{{i}}"}} for i in range(16)])
+        run = s.train(max_steps={steps}, wait=False)
+        run.wait(step=3)
+        """
+    )

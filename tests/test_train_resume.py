@@ -305,12 +305,9 @@ def test_a_stopped_handle_refuses_to_resume_a_folder_another_run_went_on_with(
     # checkpoints of two trajectories mixed, status.json behind the newest checkpoint.
     import json
 
-    import workbench as wb
     from workbench.errors import SessionStateError
 
-    s = wb.Session(tmp_path / "s", verbose=False)
-    s.load_model(str(tiny_model_dir))
-    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    s = _session(tmp_path, tiny_model_dir)
     old = s.train(max_steps=1000, save_every=3, wait=False)
     old.wait(step=3)
     old.stop()
@@ -341,11 +338,7 @@ def test_a_handle_resumed_right_after_it_stopped_is_not_taken_for_a_moved_on_one
     # had gone on with the folder.
     import time
 
-    import workbench as wb
-
-    s = wb.Session(tmp_path / "s", verbose=False)
-    s.load_model(str(tiny_model_dir))
-    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    s = _session(tmp_path, tiny_model_dir)
     run = s.train(max_steps=100000, wait=False)
     try:
         for _ in range(10):
@@ -361,11 +354,8 @@ def test_a_handle_resumed_right_after_it_stopped_is_not_taken_for_a_moved_on_one
 
 def test_the_monitor_says_why_its_resume_button_was_refused(tmp_path, tiny_model_dir):
     # The refusal went to the traitlets log: nothing said, the button seemingly ignored.
-    import workbench as wb
 
-    s = wb.Session(tmp_path / "s", verbose=False)
-    s.load_model(str(tiny_model_dir))
-    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    s = _session(tmp_path, tiny_model_dir)
     old = s.train(max_steps=1000, save_every=3, wait=False)
     old.wait(step=3)
     old.stop()
@@ -379,3 +369,12 @@ def test_the_monitor_says_why_its_resume_button_was_refused(tmp_path, tiny_model
     assert "went on without this Run" in monitor.refusal_html.value
     assert old.status.state is RunState.STOPPED
     monitor.close()
+
+
+def _session(tmp_path, tiny_model_dir):
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
+    return s
