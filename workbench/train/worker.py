@@ -114,7 +114,8 @@ def _stop_runs_at_exit() -> None:
 
 
 # A forked child inherits the parent's runs but not their threads: it must not stop them.
-os.register_at_fork(after_in_child=_TRAINING.clear)
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_TRAINING.clear)
 
 
 def runs_training() -> list[Any]:
