@@ -189,3 +189,16 @@ def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path):
         "model.layers.0.mlp.gate_proj, model.layers.0.mlp.up_proj, model.layers.0.mlp.down_proj."
     )
     assert [r.message for r in run.history if r.kind == "warning"].count(said[0]) == 1
+
+
+def test_layers_a_named_target_leaves_out_are_not_warned_about(tmp_path, tiny_model_dir):
+    import warnings
+
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wb.WorkbenchWarning)
+        s.train(lora=wb.LoRA(r=8, target=["q_proj"]), max_steps=1)

@@ -479,7 +479,7 @@ def _launch(
 def _left_without_adapter(model: Any, spec: TrainSpec) -> str | None:
     """Say which linear layers peft left without a LoRA, if any (see
     :func:`~workbench.train.core.linears_without_adapter`)."""
-    if spec.method == "full":
+    if spec.method == "full" or spec.lora.target != "all-linear":  # a list leaves out on purpose
         return None
     from workbench.train.core import linears_without_adapter
 
