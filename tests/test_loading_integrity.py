@@ -261,3 +261,18 @@ def test_an_encoder_is_refused_not_trained_as_a_causal_model(tmp_path, tiny_mode
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / kind)
     with pytest.raises(wb.ModelLoadError, match=f"is a {kind} encoder: .*see the tokens after it"):
         load_model(str(tmp_path / kind), on_event=quiet)
+
+
+def test_an_encoder_decoder_is_refused_saying_what_it_is(tmp_path, tiny_model_dir):
+    # transformers' own message listed some 300 config classes the causal LM could be.
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    config = T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=512)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "t5")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "t5")
+    with pytest.raises(wb.ModelLoadError) as refused:
+        load_model(str(tmp_path / "t5"), on_event=quiet)
+    message = str(refused.value)
+    assert "it is a t5 encoder-decoder (sequence-to-sequence) model: the workbench" in message
+    assert "tunes decoder-only causal language models. Tune a decoder" in message
+    assert len(message) < 600

@@ -614,4 +614,28 @@ def _load_failure(source: ModelSource, err: Exception, offline: str | None) -> s
             f"({str(err).splitlines()[0][:200]}). Download it on a machine with the hub and "
             "pass its folder (or copy that hub cache here)."
         )
+    if "Unrecognized configuration class" in str(err):
+        return _no_causal_model(source, err)
     return f"could not load {source.spec!r} from {source.location}: {err}."
+
+
+def _no_causal_model(source: ModelSource, err: Exception) -> str:
+    """Say what kind of model transformers has no causal language model for (its own
+    message lists some 300 config classes)."""
+    try:
+        config = json.loads((Path(source.location) / "config.json").read_text())
+    except (OSError, ValueError):
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    kind = config.get("model_type", "this")
+    if config.get("is_encoder_decoder"):
+        what = (
+            f"a {kind} encoder-decoder (sequence-to-sequence) model: the workbench tunes "
+            "decoder-only causal language models"
+        )
+    else:
+        what = f"a {kind} model, for which transformers has no causal language model"
+    return (
+        f"could not load {source.spec!r} from {source.location}: it is {what}. Tune a "
+        f"decoder such as Gemma, Llama or Qwen. ({str(err).splitlines()[0][:160]})"
+    )
