@@ -469,7 +469,6 @@ class Session:
 
         from workbench.data import PreparedData
         from workbench.data.context import model_context
-        from workbench.data.templates import text_only_stop
         from workbench.data.vocabulary import refuse_ids_beyond
 
         disable_progress_bar()  # progress bars would print into whatever cell is current
@@ -481,7 +480,7 @@ class Session:
         rows = self.loaded.model.get_input_embeddings().num_embeddings
         refuse_ids_beyond(data, rows, self.tokenizer)
         self._data, self._measured_lr = data, None
-        stop = None if data.is_text else text_only_stop(data.template, self.tokenizer)
+        stop = data.text_only_stop
         if stop is not None:
             warn_user(
                 f"template {data.template.name!r} ends each answer with {stop!r}, which is no "
@@ -1765,7 +1764,6 @@ class Session:
             workbench.errors.SpecError: port=0 is not a valid port: give an int from 1 to 65535...
         """
         self._check_run_allows("serve")
-        from workbench.data.templates import text_only_stop
         from workbench.deploy import check_port, export_target, serve_model
 
         check_port(port)  # before exporting anything: a bad port must not cost an export
@@ -1781,9 +1779,7 @@ class Session:
         self._stop_earlier_server(port)
         data = self._data_of_run or self._data  # what the served weights were trained on
         trained = data.spec.special_tokens_in_text if data is not None else "split"
-        turn_end = (
-            None if data is None or data.is_text else text_only_stop(data.template, self.tokenizer)
-        )
+        turn_end = data.text_only_stop if data is not None else None
         server = serve_model(folder, port, control_text=trained, turn_end=turn_end)
         self._servers = [*(kept for kept in self._servers if kept.running), server]
         servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}

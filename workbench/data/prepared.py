@@ -514,6 +514,25 @@ class PreparedData:
         """
         return self._fmt.is_text
 
+    @property
+    def text_only_stop(self) -> str | None:
+        """The template's end of turn where no token of the tokenizer writes it (see
+        :func:`~workbench.data.templates.text_only_stop`); ``None`` for raw text.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "q", "answer": "a"}] * 4
+            >>> PreparedData.load(rows, tokenizer, template="gemma").text_only_stop
+            '<end_of_turn>'
+            >>> PreparedData.load(rows, tokenizer, template="chatml").text_only_stop is None
+            True
+        """
+        from workbench.data.templates import text_only_stop
+
+        return None if self.is_text else text_only_stop(self.template, self.tokenizer)
+
     def split(self, name: SplitName) -> Any:
         """The dataset of split ``name``.
 

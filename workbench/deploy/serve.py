@@ -211,19 +211,21 @@ def stop_serving_process(pid: int, port: int) -> bool:
     started = _STARTED.get(pid)
     if started is not None:  # stopped and reaped: its pid may be another process's now
         started.stop()
-        deadline = time.monotonic() + 15
-        while not port_is_free(port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return port_is_free(port)
+        return _freed(port, 15)
     for sig, seconds in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        deadline = time.monotonic() + seconds
-        while not port_is_free(port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if port_is_free(port):
+        if _freed(port, seconds):
             return True
     return False
+
+
+def _freed(port: int, seconds: float) -> bool:
+    """Whether ``port`` is free within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return port_is_free(port)
 
 
 @dataclass

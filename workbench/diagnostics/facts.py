@@ -173,7 +173,7 @@ def _measure(data: Any) -> DataFacts:
         stop_tokens=tuple(stops.values()),
         stop_trained_rows=_rows_training(data.train, list(stops)) if stops else None,
         after_answer=after,
-        stop_text=_text_only_stop(data),
+        stop_text=data.text_only_stop,
         cutoff=cutoff,
         cutoff_source=source,
         context=context,
@@ -193,12 +193,6 @@ def _after_answer(data: Any) -> str | None:
     except Exception:  # a template that needs other roles: the tokens are still checked
         return None
     return text.split(_SENTINEL, 1)[1] if _SENTINEL in text else None
-
-
-def _text_only_stop(data: Any) -> str | None:
-    from workbench.data.templates import text_only_stop
-
-    return text_only_stop(data.template, data.tokenizer)
 
 
 def _single_id(tokenizer: Any, text: str) -> int | None:
