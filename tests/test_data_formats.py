@@ -730,6 +730,46 @@ def test_a_folder_of_data_files_says_how_to_read_them_as_one(tmp_path, tokenizer
         load(sheets, tokenizer, cache_dir)
 
 
+def test_excel_cells_are_the_text_they_show(tmp_path, tokenizer, cache_dir):
+    """A person who typed 25%, 3.50 or a date in a spreadsheet trains on what they see, not on
+    0.25, 3.5 or 1995-03-01T00:00:00 (each cell carries its value and its number format)."""
+    import datetime
+
+    from openpyxl import Workbook
+
+    shown = {
+        "share": (0.25, "0%", "25%"),
+        "rate": (0.1234, "0.00%", "12.34%"),
+        "price": (3.5, "0.00", "3.50"),
+        "debt": (-1234.5, '"$"#,##0.00_);("$"#,##0.00)', "($1,234.50)"),
+        "zero": (0, '_(* #,##0.00_);_(* \\(#,##0.00\\);_(* "-"??_);_(@_)', "-"),
+        "euros": (12.3, "#,##0.00 [$€-407]", "12.30 €"),
+        "count": (1234567, "#,##0", "1,234,567"),
+        "sum": (0.1 + 0.2, "General", "0.3"),
+        "tiny": (0.000123, "0.00E+00", "1.23E-04"),
+        "day": (datetime.date(1995, 3, 1), "yyyy-mm-dd", "1995-03-01"),
+        "named": (datetime.datetime(1995, 3, 1), "dddd, mmmm d, yyyy", "Wednesday, March 1, 1995"),
+        "short": (datetime.datetime(1995, 3, 1), "mm-dd-yy", "1995-03-01"),  # locale's: ISO
+        "clock": (datetime.time(14, 30), "h:mm AM/PM", "2:30 PM"),
+        "lap": (datetime.time(0, 5, 7, 500000), "mm:ss.0", "05:07.5"),
+        "hours": (datetime.timedelta(hours=30, minutes=5), "[h]:mm", "30:05"),
+        "yes": (True, "General", "TRUE"),
+        "typed": ("0.25", "0%", "0.25"),  # text stays the text typed
+        "fraction": (0.125, "# ?/?", "0.125"),  # a format not read: the number's own text
+    }
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["question", "answer"])
+    for number, (name, (value, number_format, _)) in enumerate(shown.items(), start=2):
+        sheet.append([f"What is the {name}?", value])
+        sheet.cell(number, 2).number_format = number_format
+    book.save(tmp_path / "shown.xlsx")
+    data = load(tmp_path / "shown.xlsx", tokenizer, cache_dir)
+    rows = [data.example(i).row for i in range(len(data.train))]
+    answers = {row["question"]: row["answer"] for row in rows}
+    assert answers == {f"What is the {name}?": text for name, (_, _, text) in shown.items()}
+
+
 def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, cache_dir):
     """As spreadsheets hold data: a blank row above the header, numbers and dates in cells,
     blank rows below; errors name the row as the spreadsheet numbers it."""
@@ -755,7 +795,7 @@ def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, ca
     assert data.example(0).row == {
         "question": "What is 0+0?",
         "answer": "0",
-        "added": "2026-01-01T00:00:00",
+        "added": "2026-01-01",  # as the cell shows it (openpyxl writes dates as yyyy-mm-dd)
     }
     sheet.append(["Empty?", None])
     sheet.append(["stray", "x", "a value under no header"])

@@ -72,8 +72,9 @@ __all__ = [
 # (2: the developer role, input/output pairs, refused turn weights; 3: untrained_turns;
 # 4: tool calling; 5: qa rows keep their tools, and answer with calls; 6: a JSON line that
 # gives a key twice is refused, and {"data": []} read as a file of no rows; 7: a system
-# column beside chat or ShareGPT turns opens the conversation).
-CODE_VERSION = "7"
+# column beside chat or ShareGPT turns opens the conversation; 8: spreadsheet cells are the
+# text they show, 25% not 0.25).
+CODE_VERSION = "8"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what closing an Arrow stream writes
 RESERVED_COLUMNS = (

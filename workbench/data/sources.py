@@ -14,8 +14,9 @@ are read, and a damaged or cut-short one raises a ``DataError`` naming it. An Ex
 (``.xlsx``) is read from the sheet asked for (``sheet=``), else its sheet named ``train``, else
 its first sheet, and a sheet named
 ``validation``, ``valid``, ``eval`` or ``test`` is its validation split, as in a ``DatasetDict``;
-rows are numbered as the spreadsheet shows them, and messages name the sheet when there are
-several (``book.xlsx[train]``).
+rows are numbered as the spreadsheet shows them, cells read as the text they show (``25%``,
+``3.50``, ``1 March 1995``: :mod:`workbench.data.spreadsheet_text`), and messages name the
+sheet when there are several (``book.xlsx[train]``).
 
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import datetime
 import hashlib
 import io
 import itertools
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from workbench.data.formats import detect_format
+from workbench.data.spreadsheet_text import shown_text
 from workbench.errors import DataError, SpecError, warn_user
 
 __all__ = [
@@ -926,11 +927,10 @@ def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
     spreadsheet shows them."""
     book = _open_workbook(path)
     try:
-        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows(
-            values_only=True
-        )
+        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows()
         header: list[str | None] | None = None
-        for number, cells in enumerate(rows, start=1):
+        for number, row in enumerate(rows, start=1):
+            cells = tuple(shown_text(c.value, getattr(c, "number_format", None)) for c in row)
             if all(cell is None or cell == "" for cell in cells):
                 continue  # blank rows between and after the data, as spreadsheets have
             if header is None:
@@ -950,9 +950,7 @@ def _sheet_row(number: int, header: list[str | None], cells: tuple[Any, ...]) ->
             if cell not in (None, ""):
                 return RawRow(number, None, "a value in a column with no header")
             continue
-        values[name] = (
-            cell.isoformat() if isinstance(cell, (datetime.date, datetime.time)) else cell
-        )
+        values[name] = cell
     return RawRow(number, values)
 
 
