@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import calendar
 import datetime
+import functools
 import math
 import re
 from decimal import ROUND_HALF_UP, Decimal
@@ -71,14 +72,15 @@ def shown_text(value: Any, number_format: str | None = "General") -> Any:
     return value
 
 
-def _sections(fmt: str) -> list[str]:
+@functools.lru_cache(maxsize=256)  # a sheet has a few formats and many cells
+def _sections(fmt: str) -> tuple[str, ...]:
     """A format's ``;``-separated sections (positive; negative; zero; text)."""
     sections, start = [], 0
     for match in re.finditer(r'"[^"]*"|\\.|;', fmt):
         if match.group() == ";":
             sections.append(fmt[start : match.start()])
             start = match.end()
-    return [*sections, fmt[start:]]
+    return (*sections, fmt[start:])
 
 
 def _number_text(value: float, fmt: str) -> str:
@@ -131,7 +133,8 @@ def _scientific(value: float, places: str, plus: str, exponent: str) -> str:
     return f"{mantissa}E{shown_sign}{abs(int(power)):0{len(exponent)}d}"
 
 
-def _pieces(section: str) -> list[tuple[str, bool]]:
+@functools.lru_cache(maxsize=256)
+def _pieces(section: str) -> tuple[tuple[str, bool], ...]:
     """The section as (text, is_code) pieces: literals resolved, codes kept to be filled."""
     pieces: list[tuple[str, bool]] = []
     position = 0
@@ -148,7 +151,7 @@ def _pieces(section: str) -> list[tuple[str, bool]]:
             pieces.append((token[2:-1].split("-")[0], False))
         position = match.end()  # fills and colours ([Red]) show nothing
     pieces.append((section[position:], True))
-    return [(text, is_code) for text, is_code in pieces if text]
+    return tuple((text, is_code) for text, is_code in pieces if text)
 
 
 def _digits(value: float, run: str) -> str:
