@@ -159,9 +159,11 @@ def test_dora_on_fused_experts_is_refused_before_anything_starts(moe_dirs, tmp_p
     assert s.train(max_steps=1, lora=attention, wait=True).state.value == "finished"
 
 
-def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path):
+@pytest.mark.parametrize("quantization", [None, "4bit", "8bit"])
+def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path, quantization):
     # Qwen3-MoE with a dense first block: peft 0.21 maps "all-linear"'s MLP names onto the
-    # fused experts and dropped the dense MLP's three linear layers: untrained, unsaid.
+    # fused experts and dropped the dense MLP's three linear layers: untrained, unsaid. In
+    # 4 and 8 bits they are bitsandbytes layers, not nn.Linear: the warning went missing.
     import warnings
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -178,7 +180,7 @@ def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "moe")
     tokenizer.save_pretrained(tmp_path / "moe")
     s = wb.Session(tmp_path / "s", verbose=False)
-    s.load_model(str(tmp_path / "moe"))
+    s.load_model(str(tmp_path / "moe"), quantization=quantization)
     s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -338,6 +338,17 @@ def dropout_free_targets(model: Any, lora: Any) -> list[str]:
     return sorted(set(probe.target_parameters or ()) - set(lora.target_parameters or ()))
 
 
+def _quantized_or_conv1d_linear(module: Any) -> bool:
+    """A bitsandbytes 4-bit or 8-bit linear layer (not peft's LoRA layer of the same class
+    name, which wraps one), or GPT-2's ``Conv1D``: linear layers that are not ``nn.Linear``."""
+    kind = type(module)
+    bnb = kind.__module__.startswith("bitsandbytes") and kind.__name__ in (
+        "Linear4bit",
+        "Linear8bitLt",
+    )
+    return bnb or kind.__name__ == "Conv1D"
+
+
 def linears_without_adapter(model: Any) -> list[str]:
     """Full names of the linear layers of a peft ``model`` that carry no LoRA, apart from the
     output layer and what :func:`make_trainable` leaves out on purpose.
@@ -363,7 +374,7 @@ def linears_without_adapter(model: Any) -> list[str]:
     for name, module in base.named_modules():
         parts = name.split(".")
         inside_adapter = parts[-1] == "base_layer" or any(p.startswith("lora_") for p in parts)
-        plain = type(module) is torch.nn.Linear or type(module).__name__ == "Conv1D"
+        plain = type(module) is torch.nn.Linear or _quantized_or_conv1d_linear(module)
         if plain and module is not output and not inside_adapter and name not in meant:
             left.append(name)
     return left
