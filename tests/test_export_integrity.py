@@ -310,6 +310,22 @@ def test_quantize_exports_without_merging_the_session(tmp_path, tiny_model_dir):
     assert_unchanged(s, before_weights, before_text)
 
 
+def test_a_quantized_model_that_fails_its_measurement_leaves_no_folder(tmp_path, tiny_model_dir):
+    # The quantized model was placed first and measured after: a score that fails (or a
+    # family whose code fails on quantized weights) left a complete-looking export behind.
+    from workbench.deploy import quantize_export
+
+    def failing_score(model, tokenizer):  # scores the float model, fails on the 4-bit one
+        if getattr(model, "is_loaded_in_4bit", False):
+            raise RuntimeError("the scorer failed")
+        return {"score": 1.0}
+
+    target = tmp_path / "quantized"
+    with pytest.raises(RuntimeError, match="the scorer failed"):
+        quantize_export(tiny_model_dir, target, "4bit", ["Hello"], score=failing_score)
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("port", [-1, 0, 70000, "8000", True, 3.5, None])
 def test_bad_serve_port_is_refused_at_once(tmp_path, tiny_model_dir, port):
     s = adapted_session(tmp_path, tiny_model_dir)

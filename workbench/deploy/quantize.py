@@ -236,5 +236,7 @@ def quantize_export(
         quantized.model.save_pretrained(tmp)
         quantized.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(_quantized_card(source, quantization), encoding="utf-8")
-    after = measure_model(quantized.model, quantized.tokenizer, target, probes, score=score)
+        # Measured before it is placed: a model that cannot generate (a family whose code
+        # fails on quantized weights) leaves no folder that looks like a good export.
+        after = measure_model(quantized.model, quantized.tokenizer, tmp, probes, score=score)
     return QuantizeReport(quantization, target, before, after)

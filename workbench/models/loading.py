@@ -437,11 +437,13 @@ def _check_quantized(model: Any, quantization: str, spec: str) -> None:
     from workbench.train.core import linear_routers
 
     output, routers = model.get_output_embeddings(), set(linear_routers(model))
+    kept_float = _READ_AS_WEIGHTS.get(model.config.model_type, ())
     quantized, left = 0, {}
     for name, module in model.named_modules():
+        meant = module is output or name in routers or name.rpartition(".")[2] in kept_float
         if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
             quantized += 1
-        elif isinstance(module, torch.nn.Linear) and module is not output and name not in routers:
+        elif isinstance(module, torch.nn.Linear) and not meant:
             left.setdefault(type(module).__name__, []).append(name)
     if not left:
         return
@@ -535,6 +537,8 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
         if offline:  # the cached snapshot's folder: the hub client would retry for ~45 s first
             location = cached_hub_snapshot(source.location)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        if quant_config is not None:
+            _keep_read_weights_float(quant_config, location, trust_remote_code)
         model, loading = AutoModelForCausalLM.from_pretrained(
             location,
             dtype=getattr(torch, dtype),
@@ -556,6 +560,22 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
     _refuse_missing_weights(source, loading.get("missing_keys") or [])
     _refuse_encoder(source, model)
     return model, tokenizer
+
+
+# Linear layers whose weight a family's transformers code reads as a plain tensor (Mamba's
+# scan computes `dt_proj.weight @ x`): quantized, every forward fails on the packed weight
+# (Falcon-Mamba and Jamba call the layer when quantized). Kept in float, with the output
+# layer that bitsandbytes' default list keeps (a list given replaces the default).
+_READ_AS_WEIGHTS = {"mamba": ("dt_proj", "lm_head")}
+
+
+def _keep_read_weights_float(quant_config: Any, location: str, trust_remote_code: bool) -> None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    kept = _READ_AS_WEIGHTS.get(getattr(config, "model_type", ""))
+    if kept:
+        quant_config.llm_int8_skip_modules = list(kept)
 
 
 def _refuse_encoder(source: ModelSource, model: Any) -> None:
