@@ -234,3 +234,32 @@ def test_mamba_trains_and_exports_in_4bit_and_8bit(tmp_path):
         [sys.executable, "-c", check, str(report.folder)], capture_output=True, text=True
     )
     assert plain.returncode == 0 and plain.stdout.split()[-1] == "Linear", plain.stderr[-2000:]
+
+
+def test_a_family_whose_8bit_forward_fails_on_cpu_is_refused_at_load(tmp_path, tiny_model_dir):
+    """bitsandbytes' CPU 8-bit layer fails in eval mode on DeepSeek-V3's 4-D `kv_b_proj`
+    input: the load said nothing, then training failed at its first evaluation and generate
+    failed, with a bare shape error. Now the load says so and keeps the session's model."""
+    import pytest
+    from transformers import DeepseekV3Config
+
+    from workbench.models.tiny import build_model_from_config
+
+    config = DeepseekV3Config(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, n_shared_experts=1, n_routed_experts=4,
+        num_experts_per_tok=2, n_group=1, topk_group=1, first_k_dense_replace=1,
+        kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+    )  # fmt: skip
+    folder = build_model_from_config(tmp_path / "deepseek", config)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(wb.ModelLoadError, match=r"quantization='8bit' loaded .*deepseek.*, but "
+                       r"its forward fails in bitsandbytes' 8-bit layers on CPU \(.*\); load it "
+                       r"with quantization='4bit'"):  # fmt: skip
+        s.load_model(str(folder), quantization="8bit")
+    assert s.model_info().architecture == "LlamaForCausalLM"  # the model it had is kept
+    s.load_model(str(folder), quantization="4bit")  # the way out it names
+    s.load_data(ROWS)
+    run = s.train(max_steps=2, eval_every=1, wait=True, **SETTINGS)
+    assert run.state.value == "finished" and isinstance(s.generate("Hi", max_new_tokens=2), str)

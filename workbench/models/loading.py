@@ -412,6 +412,8 @@ def load_model(
     )
     if quant_config is not None:
         _check_quantized(model, quantization, source.spec)
+    if quantization == "8bit" and device == "cpu":
+        _check_8bit_forward(model, source.spec)
     _give_pad_token(tokenizer)
     quantization = quantization or _saved_quantization(model)
     if quantization is not None:
@@ -460,6 +462,36 @@ def _check_quantized(model: Any, quantization: str, spec: str) -> None:
         raise ModelLoadError(msg)
     msg = f"quantization={quantization!r} left {kinds} of {spec!r} unquantized (float)"
     warnings.warn(msg, WorkbenchWarning, stacklevel=3)
+
+
+def _check_8bit_forward(model: Any, spec: str) -> None:
+    """Refuse at load a model whose 8-bit forward fails on CPU, rather than at its first
+    evaluation or ``generate``.
+
+    bitsandbytes 0.50's CPU 8-bit layer fails in eval mode on an input of more than three
+    dimensions (a shape error in its row quantization), which DeepSeek-V3's attention hands
+    its ``kv_b_proj``; training mode takes another path and works. Three tokens through the
+    model in eval mode find any such family.
+
+    Raises:
+        ModelLoadError: The forward fails.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros((1, 3), dtype=torch.long), use_cache=False)
+    except RuntimeError as err:
+        msg = (
+            f"quantization='8bit' loaded {spec!r}, but its forward fails in bitsandbytes' "
+            f"8-bit layers on CPU ({err}); load it with quantization='4bit' (QLoRA) or "
+            "without quantization."
+        )
+        raise ModelLoadError(msg) from None
+    finally:
+        model.train(was_training)
 
 
 def _give_pad_token(tokenizer: Any) -> None:
