@@ -204,24 +204,35 @@ def test_model_facts_name_qwen3_5_s_linear_attention_blocks(hybrid_folders):
 
 
 @pytest.mark.parametrize(
-    ("model_type", "settings", "why"),
+    ("model_type", "settings", "why", "blocks", "experts"),
     [
         ("nemotron_h", dict(layers_block_type=["mamba", "mlp", "attention", "mlp"]),
-         "each of its blocks is a Mamba-2, attention, MLP or experts layer alone"),
-        ("mamba", {}, "Mamba layers without attention"),
+         "each of its blocks is a Mamba-2, attention, MLP or experts layer alone",
+         "1 linear_attention, 2 mlp, 1 full_attention", None),  # in transformers' words
+        ("mamba", {}, "Mamba layers without attention", None, None),
         # Mamba-2 blocks sharing one attention block: counted as attention, 30% under
         ("zamba2", dict(
             num_attention_heads=4, num_key_value_heads=4, n_mamba_heads=8, mamba_headdim=16,
             mamba_d_state=16, intermediate_size=128, chunk_size=16, num_mem_blocks=1,
             layers_block_type=["mamba", "hybrid", "mamba", "hybrid"],
-        ), "their 'hybrid', 'linear_attention' blocks would be counted as attention"),
+        ), "their 'hybrid', 'linear_attention' blocks would be counted as attention",
+         "2 linear_attention, 2 hybrid", None),
+        # Mamba (v1) blocks and experts in every other block, which peft does not adapt: the
+        # facts table said neither (no experts line: nothing said LoRA leaves them frozen)
+        ("jamba", dict(
+            num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+            attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+            expert_layer_offset=1, num_experts=4, mamba_d_state=8, mamba_dt_rank=8,
+        ), "their 'mamba' blocks would be counted as attention", "2 mamba, 2 attention",
+         "4 in 2 of 4 blocks, 2 per token; LoRA leaves the experts frozen"),
     ],
 )  # fmt: skip
 def test_a_block_layout_the_estimate_does_not_model_is_refused_not_guessed(
-    tmp_path, tiny_model_dir, model_type, settings, why
+    tmp_path, tiny_model_dir, model_type, settings, why, blocks, experts
 ):
     """Counted as attention + MLP blocks, a tiny Nemotron-H came out at 53M weights with
-    experts in every block (it has 139k, and no experts): better no number than that one."""
+    experts in every block (it has 139k, and no experts): better no number than that one.
+    The model's facts table still says what the config lists: its blocks and experts."""
     import workbench as wb
 
     config = AutoConfig.for_model(model_type, hidden_size=64, num_hidden_layers=4, **settings)
@@ -235,7 +246,7 @@ def test_a_block_layout_the_estimate_does_not_model_is_refused_not_guessed(
     with pytest.raises(wb.SpecError, match="does not model"):
         wb.estimate_memory(str(folder), seq_len=64, batch_size=2)
     info = model_info(load_model(str(folder), on_event=len))
-    assert info.experts is None and info.blocks is None  # no guessed facts either
+    assert (info.blocks, info.experts) == (blocks, experts)
 
 
 @pytest.mark.parametrize(

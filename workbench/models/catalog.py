@@ -15,7 +15,7 @@ Examples:
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +27,8 @@ __all__ = [
     "LatentAttention",
     "Mixer",
     "ModelFacts",
+    "block_kinds",
+    "experts_from_config",
     "facts_from_config",
     "gemma4_mlp_widths",
     "get_facts",
@@ -724,6 +726,45 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     )  # fmt: skip
 
 
+def experts_from_config(config: Any) -> Experts | None:
+    """The experts of a mixture-of-experts ``config`` (``None`` for a dense one), read even
+    for a model whose layout :func:`facts_from_config` refuses (Jamba's Mamba blocks).
+
+    Raises:
+        SpecError: The config lacks a layer count or width.
+
+    Examples:
+        >>> from transformers import JambaConfig
+        >>> experts_from_config(JambaConfig(num_hidden_layers=4, num_experts=8)).describe(4)
+        '8 in 2 of 4 blocks, 2 per token; LoRA leaves the experts frozen'
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers, hidden = _read(text, "layers"), _read(text, "hidden")
+    expert_blocks = _expert_blocks(text, layers)
+    if not expert_blocks:
+        return None
+    return _experts(text, len(expert_blocks), mlp_width(text) or 4 * hidden)
+
+
+def block_kinds(config: Any) -> str | None:
+    """How many blocks of each kind a hybrid ``config`` lists, in order of first appearance;
+    ``None`` when it lists none or only one kind.
+
+    Examples:
+        >>> from transformers import JambaConfig
+        >>> block_kinds(JambaConfig(num_hidden_layers=4, attn_layer_period=4, attn_layer_offset=3))
+        '3 mamba, 1 attention'
+    """
+    for key in ("block_types", "layers_block_type", "layer_types"):
+        listed = getattr(config, key, None)
+        if isinstance(listed, (list, tuple)) and listed:
+            counts = Counter(str(kind) for kind in listed)
+            if len(counts) > 1:
+                return ", ".join(f"{n} {kind}" for kind, n in counts.items())
+            return None
+    return None
+
+
 # How far the blocks' weights read from a config may be from the model's own count: biases
 # and small extras make up to ~3% of a tiny test model's blocks; a structure the facts do
 # not describe (another attention, another MLP) is off by more.
@@ -990,6 +1031,13 @@ def _expert_blocks(config: Any, layers: int) -> set[int]:
     kinds = getattr(config, "mlp_layer_types", None)  # "dense" or "sparse" per block
     if isinstance(kinds, (list, tuple)) and kinds:
         return {i for i, kind in enumerate(kinds[:layers]) if kind != "dense"}
+    single_purpose = getattr(config, "layers_block_type", None)  # Nemotron-H: "moe" blocks
+    if isinstance(single_purpose, (list, tuple)) and {"mlp", "moe"} & set(single_purpose):
+        return {i for i, kind in enumerate(single_purpose[:layers]) if kind == "moe"}
+    period = getattr(config, "expert_layer_period", None)  # Jamba: every period-th block
+    if isinstance(period, int) and period > 0:
+        offset = getattr(config, "expert_layer_offset", None) or 0
+        return {i for i in range(layers) if i % period == offset}
     dense = set(getattr(config, "mlp_only_layers", None) or ())
     step = _first_int(config, ("decoder_sparse_step", "moe_layer_interval")) or 1
     first = _first_int(config, _FIRST_EXPERT_BLOCK)
@@ -1040,9 +1088,11 @@ def _refuse_unknown_recurrent_blocks(config: Any, model_type: str) -> None:
     ``layers_block_type`` or ``block_types``) of a family whose mixer is not modelled:
     counted as attention, a Zamba2 shape came out 30% under its measured peak."""
     kinds = set()
-    for key in ("layer_types", "layers_block_type", "block_types"):
+    for key in ("block_types", "layers_block_type", "layer_types"):  # the family's own first
         listed = getattr(config, key, None)
-        kinds |= set(listed) if isinstance(listed, (list, tuple)) else set()
+        if isinstance(listed, (list, tuple)) and listed:
+            kinds = set(listed)  # Jamba's layer_types calls its Mamba "linear_attention"
+            break
     recurrent = sorted(str(kind) for kind in kinds if not _attention_only(kind))
     if recurrent:
         msg = (

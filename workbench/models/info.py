@@ -223,12 +223,30 @@ def _shape_lines(config) -> dict[str, str | None]:
 
     try:
         facts = matched_to_model(facts_from_config(config), config)
-    except SpecError:  # sizes missing, or a layout the facts misread: no such lines either
-        return {}
+    except SpecError:  # sizes missing, or a layout the memory facts do not model
+        return _lines_without_facts(config)
     return {
         "experts": facts.experts.describe(facts.layers) if facts.experts else None,
         "blocks": facts.mixer.describe(facts.layers) if facts.mixer else None,
         "attention": facts.latent_attention.describe() if facts.latent_attention else None,
+    }
+
+
+def _lines_without_facts(config) -> dict[str, str | None]:
+    """The experts and block kinds of a model whose layout the memory facts do not model
+    (Jamba): still worth saying, above all that LoRA leaves its experts frozen."""
+    from workbench.errors import SpecError
+    from workbench.models.catalog import block_kinds, experts_from_config
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    try:
+        experts = experts_from_config(text)
+    except SpecError:  # no layer count or width to read them against
+        experts = None
+    layers = _config_value(text, "num_hidden_layers", "n_layer", "num_layers")
+    return {
+        "experts": experts.describe(layers) if experts and layers else None,
+        "blocks": block_kinds(text),
     }
 
 
