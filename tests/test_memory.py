@@ -467,3 +467,64 @@ def test_fit_table_for_a_gpu_this_machine_lacks_asks_for_its_memory():
     with pytest.raises(SpecError, match="no CUDA GPU here .* give available="):
         fit_table(device="cuda")
     assert fit_table(device="cuda", available=24 * 2**30, seq_len=64).device == "cuda"
+
+
+def _attention_config(tmp_path, family):
+    """A tiny config of ``family`` as a folder's config.json reads (no attention chosen)."""
+    from transformers import AutoConfig
+
+    from workbench.models.tiny import build_model_from_config, build_tiny_model
+
+    built = {
+        "vaultgemma": dict(intermediate_size=128, num_key_value_heads=2, head_dim=16),
+        "gpt_oss": dict(
+            intermediate_size=64, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+            num_experts_per_tok=2, layer_types=["sliding_attention", "full_attention"],
+        ),
+    }  # fmt: skip
+    if family in built:
+        config = AutoConfig.for_model(
+            family, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, **built[family]
+        )
+        return AutoConfig.from_pretrained(build_model_from_config(tmp_path / family, config))
+    return AutoConfig.from_pretrained(build_tiny_model(tmp_path / family, family))
+
+
+@pytest.mark.parametrize(
+    ("family", "copies"),
+    [
+        ("llama", 0),  # SDPA: no attention weights kept
+        ("gpt_neox", 0),  # a plain MLP, SDPA: none either (it was counted as 3)
+        ("gpt2", 3),  # attention dropout 0.1: softmax, mask, dropped weights
+        ("gemma2", 2),  # no SDPA in transformers: eager, softcapped scores and softmax
+        ("vaultgemma", 2),
+        ("gpt_oss", 1),  # eager (sinks), no softcap
+    ],
+)
+def test_attention_weights_kept_for_backward_are_counted_as_transformers_runs_them(
+    tmp_path, family, copies
+):
+    """Gemma 2, VaultGemma and GPT-OSS cannot run SDPA: transformers loads them eager, which
+    keeps each head's seq x seq weights. Their folders' configs do not say so, and the
+    estimate counted SDPA: half the measured peak (-47 to -56% at 8 x 1024 tokens). What
+    grows with the sequence at a fixed token count is those weights alone; it is compared
+    with autograd's saved-tensor hooks."""
+    from workbench.models.memory import _ALLOCATOR_FACTOR
+
+    config = _attention_config(tmp_path, family)
+    facts = facts_from_config(config)
+    tokens, short, long = 256, 64, 128
+
+    def estimated(seq_len: int) -> float:
+        est = estimate_memory(
+            config, device="cpu", dtype="float32", lora_r=8, seq_len=seq_len,
+            batch_size=tokens // seq_len, lora_dropout=0.05,
+        )  # fmt: skip
+        return est.activations / _ALLOCATOR_FACTOR["cpu"] / tokens
+
+    measured = saved_bytes_per_token(config, tokens, long) - saved_bytes_per_token(
+        config, tokens, short
+    )
+    per_copy = 4 * facts.heads * facts.layers * (long - short)  # float32 bytes per token
+    assert measured / per_copy == pytest.approx(copies, abs=0.05), family
+    assert (estimated(long) - estimated(short)) / per_copy == pytest.approx(copies, abs=0.05)

@@ -212,19 +212,20 @@ def model_info(loaded) -> ModelInfo:
         context_length=_config_value(config, "max_position_embeddings", "n_positions"),
         lora_targets=lora_target_names(model),
         terms=builtin.terms if builtin else "",
-        **_shape_lines(config),
+        **_shape_lines(model),
     )
 
 
-def _shape_lines(config) -> dict[str, str | None]:
+def _shape_lines(model) -> dict[str, str | None]:
     """The experts, hybrid block and latent attention lines of a model's facts table."""
     from workbench.errors import SpecError
     from workbench.models.catalog import facts_from_config, matched_to_model
 
+    config = model.config
     try:
         facts = matched_to_model(facts_from_config(config), config)
     except SpecError:  # sizes missing, or a layout the memory facts do not model
-        return _lines_without_facts(config)
+        return _lines_without_facts(model)
     return {
         "experts": facts.experts.describe(facts.layers) if facts.experts else None,
         "blocks": facts.mixer.describe(facts.layers) if facts.mixer else None,
@@ -232,15 +233,18 @@ def _shape_lines(config) -> dict[str, str | None]:
     }
 
 
-def _lines_without_facts(config) -> dict[str, str | None]:
+def _lines_without_facts(model) -> dict[str, str | None]:
     """The experts and block kinds of a model whose layout the memory facts do not model
-    (Jamba): still worth saying, above all that LoRA leaves its experts frozen."""
+    (Jamba): still worth saying, above all that LoRA leaves its experts frozen. Experts only
+    where the model built them (Doge's config lists 16,384 it builds only with is_moe)."""
     from workbench.errors import SpecError
     from workbench.models.catalog import block_kinds, experts_from_config
 
+    config = model.config
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    built = any(name.rpartition(".")[2] == "experts" for name, _ in model.named_modules())
     try:
-        experts = experts_from_config(text)
+        experts = experts_from_config(text) if built else None
     except SpecError:  # no layer count or width to read them against
         experts = None
     layers = _config_value(text, "num_hidden_layers", "n_layer", "num_layers")

@@ -165,7 +165,14 @@ _POST_NORM = {"olmo2", "olmo3", "exaone4"}  # norms after attention and MLP, non
 # (within 2%): 9.5 x values' width, 5 x keys' width, 5.5 x value heads x chunk, 10.5 x
 # value heads x key width (queries and keys repeated per value head) and 2 x value heads x
 # key width x value width / chunk (the states); the delta rule runs in float32.
-_ATTENTION_PROBS = 3  # copies of [heads x seq x seq] kept per block when attention is eager
+# Copies of each head's seq x seq attention weights a block keeps for backward, counted with
+# saved-tensor hooks (transformers 5.25, CPU, float32): eager attention keeps the softmax's
+# output (Llama, GPT-NeoX, GPT-OSS forced or by default: 1), and the softcapped scores
+# before it (Gemma 2, VaultGemma: 2); attention dropout adds its mask and the dropped
+# weights (2 more). SDPA keeps none, unless attention dropout is on, when it keeps what
+# eager does (GPT-2's attn_pdrop 0.1: 3). Not measured on CUDA.
+_SOFTMAX_OUTPUT, _SOFTCAPPED_SCORES, _ATTENTION_DROPOUT = 1, 1, 2
+_ATTENTION_PROBS_UNKNOWN = 3  # a catalog entry without a config, plain MLP (GPT-2's era)
 
 
 @dataclass(frozen=True)
@@ -293,7 +300,7 @@ class _Plan:
     batch_size: int
     gradient_checkpointing: bool
     optimizer: str
-    eager_attention: bool
+    attention_probs: int  # copies of [heads x seq x seq] kept per block (0: none)
     checkpoint_bytes: int
     logit_tokens: int | None = None
 
@@ -313,13 +320,49 @@ def _config_dtype(config: Any) -> int:
     return _DTYPE_BYTES.get(name, 2)
 
 
-def _from_config(config: Any, name: str | None = None) -> tuple[ModelFacts, bool, int]:
-    eager = getattr(config, "_attn_implementation", None) == "eager"
+def _runs_eager(config: Any) -> bool:
+    """Whether transformers runs this config's attention eagerly: as the config says once a
+    model set it, else as it will (a family without SDPA support, such as Gemma 2,
+    VaultGemma and GPT-OSS, loads with eager attention: counted as SDPA, its estimate from a
+    folder was half the measured peak)."""
+    chosen = getattr(config, "_attn_implementation", None)
+    if chosen is not None:
+        return chosen == "eager"
+    try:
+        from transformers import AutoModelForCausalLM
+
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    except (ImportError, KeyError, ValueError):  # a raw config.json or an unknown type
+        return False
+    return not getattr(model_class, "_supports_sdpa", True)
+
+
+def _attention_probs(config: Any) -> int:
+    """Copies of each head's attention weights a block of ``config`` keeps for backward."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    dropout = any(
+        isinstance(value, (int, float)) and value > 0
+        for value in (getattr(text, key, None) for key in _ATTENTION_DROPOUT_KEYS)
+    )
+    if not _runs_eager(text):
+        return _SOFTMAX_OUTPUT + _ATTENTION_DROPOUT if dropout else 0
+    softcap = bool(getattr(text, "attn_logit_softcapping", None))
+    return (
+        _SOFTMAX_OUTPUT
+        + (_SOFTCAPPED_SCORES if softcap else 0)
+        + (_ATTENTION_DROPOUT if dropout else 0)
+    )
+
+
+_ATTENTION_DROPOUT_KEYS = ("attention_dropout", "attn_pdrop", "attention_probs_dropout_prob")
+
+
+def _from_config(config: Any, name: str | None = None) -> tuple[ModelFacts, int, int]:
     facts = matched_to_model(facts_from_config(config, name=name), config)
-    return facts, eager, _config_dtype(config)
+    return facts, _attention_probs(config), _config_dtype(config)
 
 
-def _from_folder(folder: Path) -> tuple[ModelFacts, bool, int]:
+def _from_folder(folder: Path) -> tuple[ModelFacts, int, int]:
     """Read ``config.json`` only (no weights), through transformers when it knows the type."""
     path = folder / "config.json"
     if not path.is_file():
@@ -353,16 +396,18 @@ class _Namespace:
         self.__dict__.update(values)
 
 
-def _resolve_spec(spec: Any) -> tuple[ModelFacts, bool, int]:
-    """ModelFacts, eager attention, checkpoint bytes per weight for any supported spec."""
+def _resolve_spec(spec: Any) -> tuple[ModelFacts, int, int]:
+    """ModelFacts, attention weights' copies kept per block, checkpoint bytes per weight."""
     if isinstance(spec, ModelFacts):
-        return spec, False, 2
+        return spec, _probs_without_config(spec), 2
     if isinstance(spec, (str, Path)):
         if isinstance(spec, str) and spec.strip().lower() in CATALOG:
-            return get_facts(spec), False, 2  # hub checkpoints of the catalog are 16-bit
+            facts = get_facts(spec)  # hub checkpoints of the catalog are 16-bit
+            return facts, _probs_without_config(facts), 2
         if Path(spec).expanduser().is_dir():
             return _from_folder(Path(spec).expanduser())
-        return get_facts(str(spec)), False, 2  # raises a SpecError listing known names
+        facts = get_facts(str(spec))  # raises a SpecError listing known names
+        return facts, _probs_without_config(facts), 2
     if hasattr(spec, "to_dict") or hasattr(spec, "get_text_config"):
         return _from_config(spec)
     msg = (
@@ -370,6 +415,12 @@ def _resolve_spec(spec: Any) -> tuple[ModelFacts, bool, int]:
         f"use one of {sorted(CATALOG)}, a folder with config.json, or AutoConfig output"
     )
     raise SpecError(msg)
+
+
+def _probs_without_config(facts: ModelFacts) -> int:
+    """Without a config to say how attention runs: SDPA without dropout for today's gated-MLP
+    families, eager with dropout for a plain-MLP one."""
+    return 0 if facts.gated_mlp else _ATTENTION_PROBS_UNKNOWN
 
 
 def _check_choices(settings: dict[str, Any]) -> list[str]:
@@ -519,8 +570,7 @@ def _block_elements(
         rest = _latent_attention_elements(facts.latent_attention, facts.heads, plan)
     elif attention:
         rest = c_q * facts.heads * facts.head_dim + c_kv * facts.kv_heads * facts.head_dim
-        if not facts.gated_mlp or plan.eager_attention:
-            rest += _ATTENTION_PROBS * facts.heads * plan.seq_len
+        rest += plan.attention_probs * facts.heads * plan.seq_len
     if facts.mixer is not None and (facts.mixer.parallel or not attention):
         mixer_float32, mixer_rest = _mixer_elements(facts.mixer)
         float32, rest = float32 + mixer_float32, rest + mixer_rest
@@ -570,8 +620,8 @@ def _latent_attention_elements(mla: LatentAttention, heads: int, plan: _Plan) ->
     """
     latents = 2 * mla.query_rank + 2 * mla.kv_rank + mla.rope
     per_head = 2 * (mla.nope + mla.rope + mla.value)
-    if plan.eager_attention:
-        per_head += _ATTENTION_PROBS * plan.seq_len
+    if plan.attention_probs:
+        per_head += plan.attention_probs * plan.seq_len
     elif mla.nope + mla.rope != mla.value:
         per_head += plan.seq_len
     else:
@@ -782,7 +832,7 @@ def estimate_memory(
     """
     settings = dict(locals())
     _check_settings(settings)
-    facts, eager, checkpoint_bytes = _resolve_spec(spec)
+    facts, attention_probs, checkpoint_bytes = _resolve_spec(spec)
     resolved = _resolve_device(device)
     quantization = "4bit" if method == "qlora" else quantization
     if gradient_checkpointing == "auto":
@@ -794,7 +844,7 @@ def estimate_memory(
         quantization=quantization, lora_r=lora_r,
         lora_dropout=float(lora_dropout), seq_len=seq_len,
         batch_size=-(-batch_size // processes), optimizer=optimizer,
-        gradient_checkpointing=gradient_checkpointing, eager_attention=eager,
+        gradient_checkpointing=gradient_checkpointing, attention_probs=attention_probs,
         checkpoint_bytes=checkpoint_bytes,
         logit_tokens=None if logit_tokens is None else -(-logit_tokens // processes),
     )  # fmt: skip
