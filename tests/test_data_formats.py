@@ -736,6 +736,7 @@ def test_excel_cells_are_the_text_they_show(tmp_path, tokenizer, cache_dir):
     import datetime
 
     from openpyxl import Workbook
+    from openpyxl.styles.numbers import BUILTIN_FORMATS
 
     shown = {
         "share": (0.25, "0%", "25%"),
@@ -756,6 +757,16 @@ def test_excel_cells_are_the_text_they_show(tmp_path, tokenizer, cache_dir):
         "yes": (True, "General", "TRUE"),
         "typed": ("0.25", "0%", "0.25"),  # text stays the text typed
         "fraction": (0.125, "# ?/?", "0.125"),  # a format not read: the number's own text
+        # found against LibreOffice's rendering of 4,700 cells:
+        "ssn": (123456789, "000-00-0000", "123-45-6789"),  # text between digits
+        "code": (7, "0,000", "0,007"),  # leading zeros with a thousands separator
+        "big": (123456789012345678, "#,##0", "123,456,789,012,346,000"),  # 15 digits
+        "huge": (1e30, "0", "1" + "0" * 30),  # beyond decimal's default 28 digits
+        "half": (0.125, "0.0E+00", "1.3E-01"),  # half away from zero, as fixed decimals
+        "tier": (2.5, "[>=1000]#,##0;0", "3"),  # a condition picks the section
+        "shift": (datetime.timedelta(hours=30, minutes=5), "[Red][h]:mm", "30:05"),
+        "label": ("hello", '0;0;0;"<"@">"', "<hello>"),  # the text section
+        "accounting": (1234.5, BUILTIN_FORMATS[44], "$1,234.50"),  # openpyxl's id 44 string
     }
     book = Workbook()
     sheet = book.active
