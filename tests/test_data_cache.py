@@ -10,6 +10,7 @@ tokenizer is never handed to ``datasets``' hasher, and that a damaged cached fil
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 import warnings
@@ -121,14 +122,26 @@ def _cut_short(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:100])  # truncated, as a full disk would leave it
 
 
-@pytest.mark.parametrize("cut", [_cut_short, _cut_between_batches])
+def _flip_a_bit(path: Path) -> None:
+    # A bit flipped in a string column's offsets made pyarrow abort the whole process
+    # ("terminate called after throwing an instance of 'std::length_error'"), a kernel dead
+    # on every rerun; elsewhere a flip read as other text. Written anew, not in place: a
+    # mapped file rewritten in place under a reader is a SIGBUS.
+    data = bytearray(path.read_bytes())
+    data[len(data) * 2 // 3] ^= 1
+    flipped = path.with_name(path.name + ".flipped")
+    flipped.write_bytes(bytes(data))
+    os.replace(flipped, path)
+
+
+@pytest.mark.parametrize("cut", [_cut_short, _cut_between_batches, _flip_a_bit])
 @pytest.mark.parametrize("which", ["tokenized", "source"])
 def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(
     tmp_path, tokenizer, cache_dir, which, cut
 ):
     # A cut between batches (of 1,000 rows) read as a valid table of fewer rows, unreported.
     many = [{"question": f"What is {i} plus {i}?", "answer": f"{2 * i}"} for i in range(2500)]
-    data_file = write_jsonl(tmp_path / "rows.jsonl", ROWS if cut is _cut_short else many)
+    data_file = write_jsonl(tmp_path / "rows.jsonl", many if cut is _cut_between_batches else ROWS)
     first = _load(data_file, tokenizer, cache_dir)
     expected = _ids(first)
     folder = Path(cache_dir) / "workbench-sources"
@@ -156,13 +169,14 @@ def test_a_copy_cut_after_a_batch_ending_in_the_markers_bytes_is_damaged(tmp_pat
     # ends in those very bytes, so a copy cut right after it read as valid, half its rows.
     import pyarrow as pa
 
-    from workbench.data.loading import cached_arrow_table
+    from workbench.data.loading import cached_arrow_table, write_checksum
 
     table = pa.table({"labels": pa.array([5, 6, -1, 0], pa.int32())})
     whole = tmp_path / "whole.arrow"
     with pa.OSFile(str(whole), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as out:
         out.write_table(table)
         out.write_table(table)
+    write_checksum(whole)
     assert cached_arrow_table(whole).num_rows == 8
     with pa.memory_map(str(whole)) as source:  # where the first batch's message ends
         reader = pa.ipc.MessageReader.open_stream(source)

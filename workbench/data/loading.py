@@ -39,12 +39,13 @@ import re
 import socket
 import uuid
 import warnings
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench._io import process_alive, stale, translated_write_errors
+from workbench._io import atomic_write_text, process_alive, stale, translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
 from workbench.data.sources import RawRow, Source
@@ -66,6 +67,7 @@ __all__ = [
     "read_source",
     "refuse_template_rejects",
     "role_sequences",
+    "write_checksum",
 ]
 
 # Bump when the stored layout or what a row normalises to changes, to invalidate old caches
@@ -375,6 +377,7 @@ def _write_batches(
                     while batch := list(itertools.islice(rows, _WRITE_BATCH)):
                         out.write_batch(_record_batch(batch, schema, encodable))
                 os.replace(partial, path)
+                write_checksum(path)
         finally:
             partial.unlink(missing_ok=True)
         table = MemoryMappedTable.from_file(str(path))
@@ -434,7 +437,10 @@ def cached_arrow_table(path: Path) -> Any:
     :class:`~workbench.errors.WorkbenchWarning`, so it is rebuilt from the source instead of
     failing every later load with pyarrow's "Expected to read ... bytes". A copy cut short
     between two record batches reads as a valid shorter table, so a file must also end with
-    the stream's end marker, which only a writer that finished writes.
+    the stream's end marker, which only a writer that finished writes. And it must match the
+    checksum written beside it once it was complete (:func:`write_checksum`): one flipped
+    bit in a string's offsets made pyarrow abort the whole process (a kernel that died on
+    every rerun), elsewhere it was read as other text.
 
     Examples:
         >>> import pyarrow as pa
@@ -442,6 +448,7 @@ def cached_arrow_table(path: Path) -> Any:
         >>> path = Path("/tmp/wb-doc-cached.arrow")
         >>> with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, pa.schema([])) as out:
         ...     pass
+        >>> _ = write_checksum(path)  # written whole
         >>> cached_arrow_table(path).num_rows
         0
         >>> _ = path.write_bytes(b"damaged")
@@ -457,12 +464,62 @@ def cached_arrow_table(path: Path) -> Any:
         return None
     try:
         _check_stream_end(path)
+        _check_checksum(path)
         return MemoryMappedTable.from_file(str(path))
     except (pa.ArrowException, OSError) as err:
         msg = f"cached copy {path} is damaged ({err}); rebuilding it from the source"
         warnings.warn(msg, WorkbenchWarning, stacklevel=2)
         path.unlink(missing_ok=True)
+        _checksum_file(path).unlink(missing_ok=True)
         return None
+
+
+def write_checksum(path: Path, keep_existing: bool = False) -> Path:
+    """Write the CRC-32 and size of the complete file ``path`` beside it (``<name>.crc32``),
+    which :func:`cached_arrow_table` checks; returns the checksum file.
+
+    Args:
+        path: A file written whole.
+        keep_existing: Leave a checksum file that is there already (a reused cache's, which
+            :func:`cached_arrow_table` has just checked).
+
+    Examples:
+        >>> path = Path("/tmp/wb-doc-checksum.arrow")
+        >>> _ = path.write_bytes(b"complete")
+        >>> write_checksum(path).read_text()
+        '4267d023 8'
+    """
+    checksum = _checksum_file(path)
+    if keep_existing and checksum.exists():
+        return checksum
+    return atomic_write_text(checksum, _checksum(path))
+
+
+def _checksum_file(path: Path) -> Path:
+    return path.with_name(path.name + ".crc32")
+
+
+def _checksum(path: Path) -> str:
+    """CRC-32 and size: catches any flipped bit and any change of length, at memory speed."""
+    crc, size = 0, 0
+    with path.open("rb") as file:
+        while block := file.read(_CHECKSUM_BLOCK):
+            crc, size = zlib.crc32(block, crc), size + len(block)
+    return f"{crc:08x} {size}"
+
+
+_CHECKSUM_BLOCK = 8 * 1024 * 1024
+
+
+def _check_checksum(path: Path) -> None:
+    """Raise ``OSError`` unless ``path`` matches the checksum written when it was complete
+    (a file without one was left by a writer killed before it could write it)."""
+    try:
+        expected = _checksum_file(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise OSError("it has no checksum: its writer did not finish") from None
+    if _checksum(path) != expected:
+        raise OSError("its checksum differs from the one written with it: changed on disk")
 
 
 def _check_stream_end(path: Path) -> None:

@@ -42,6 +42,7 @@ from workbench.data.loading import (
     clear_leftovers,
     read_source,
     refuse_template_rejects,
+    write_checksum,
 )
 from workbench.data.problems import Problem
 from workbench.data.report import DataReport, build_report
@@ -496,8 +497,12 @@ class PreparedData:
         options = {"batched": True, "desc": "Tokenizing", "new_fingerprint": key}
         options["cache_file_name"] = str(cache_file) if cache_file else None
         if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
-            return dataset.map(labeller, **options)
-        return dataset.with_format("arrow").map(labeller, **options).with_format(None)
+            mapped = dataset.map(labeller, **options)
+        else:
+            mapped = dataset.with_format("arrow").map(labeller, **options).with_format(None)
+        if cache_file is not None and cache_file.exists():  # datasets wrote it whole
+            write_checksum(cache_file, keep_existing=True)  # what later loads check
+        return mapped
 
     @property
     def is_text(self) -> bool:
