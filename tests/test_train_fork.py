@@ -240,3 +240,38 @@ def test_a_deleted_run_folder_is_named_not_told_to_train_more(tmp_path, tiny_mod
         run.fork(step=1, lr=1e-4)
     with pytest.raises(SpecError, match=r"run-001 was deleted, with its checkpoints"):
         s.evaluate(checkpoints="all", metrics=["exact_match"])
+
+
+def test_a_fork_killed_before_its_first_checkpoint_is_refused_not_restarted_from_zero(
+    tmp_path, tiny_model_dir
+):
+    """The fork's folder is placed before its starting checkpoint is written: a process
+    killed in between left a fork that resume trained from step 0 at the fork's lr, still
+    labelled "forked from run-001 at step 4". Now resume says so and how to fork again."""
+    import subprocess
+    import sys
+
+    child = f"""
+import os, signal, workbench as wb, workbench.train.store as store
+s = wb.Session({str(tmp_path)!r}, verbose=False)
+s.load_model({str(tiny_model_dir)!r})
+s.load_data({_rows(32)!r})
+parent = s.train(max_steps=8, lr=5e-3, batch_size=4, save_every=2, keep_checkpoints="all",
+                 seed=5, wait=True)
+store.rewrite_jsonl = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # the kill
+parent.fork(step=4, lr=1e-3, wait=True)
+"""
+    killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _folders(tmp_path) == ["run-001", "run-002"]
+    s = wb.Session(tmp_path, verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(SpecError, match=r"run-002 is a fork of run-001 at step 4 that has no "
+                       r"valid checkpoint of its own .* Fork run-001 again \(run = session"
+                       r"\.resume\('.*run-001'\); run\.fork\(step=4, \.\.\.\)\)"):  # fmt: skip
+        s.resume(tmp_path / "runs" / "run-002", wait=True)
+    assert not list((tmp_path / "runs" / "run-002").glob("checkpoints/step-*"))  # untouched
+    parent = s.resume(tmp_path / "runs" / "run-001", wait=True)  # the way out it names
+    fork = parent.fork(step=4, lr=1e-3, wait=True)
+    assert fork.state is RunState.FINISHED and fork.run_dir.name == "run-003"
+    assert [r.step for r in fork.history if r.kind == "train"][4:] == [5, 6, 7, 8]

@@ -99,6 +99,7 @@ __all__ = [
     "fork_steps",
     "forked_from",
     "forks_of",
+    "refuse_unstarted_fork",
     "relatives",
 ]
 
@@ -214,6 +215,36 @@ def forked_from(run_dir: str | Path) -> dict[str, Any] | None:
     """
     origin = _meta(Path(run_dir)).get("forked_from")
     return {"run": origin["run"], "step": int(origin["step"])} if origin else None
+
+
+def refuse_unstarted_fork(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume a fork that has no valid checkpoint of its own.
+
+    A fork's folder is placed before its starting checkpoint (the parent's weights and
+    optimizer at the fork's step, its schedule rebuilt) is written: a process killed in
+    between left a fork that resume trained from step 0, at the fork's settings, still
+    labelled as forked from the parent's step. Its start is in the parent's folder.
+
+    Raises:
+        SpecError: ``meta`` (the folder's ``run.json``) says it is a fork.
+
+    Examples:
+        >>> refuse_unstarted_fork(Path("runs/run-002"), {"forked_from": {"run": "run-001",
+        ...                                                               "step": 4}})
+        Traceback (most recent call last):
+        workbench.errors.SpecError: runs/run-002 is a fork of run-001 at step 4 that ...
+    """
+    origin = meta.get("forked_from")
+    if not isinstance(origin, dict):
+        return
+    parent, step = origin.get("run"), origin.get("step")
+    msg = (
+        f"{run_dir} is a fork of {parent} at step {step} that has no valid checkpoint of its "
+        "own (stopped before its first one was written): it cannot start again from step 0. "
+        f"Fork {parent} again (run = session.resume({str(run_dir.parent / str(parent))!r}); "
+        f"run.fork(step={step}, ...)) and delete {run_dir}."
+    )
+    raise SpecError(msg)
 
 
 def _natural(path: Path) -> list[Any]:

@@ -642,6 +642,10 @@ def _resume_locked(
     check_model(model, spec)
     _check_same_base(model, meta, run_dir)
     checkpoint, skipped = newest_valid_checkpoint(run_dir)
+    if checkpoint is None:
+        from workbench.train.fork import refuse_unstarted_fork
+
+        refuse_unstarted_fork(run_dir, meta)
     kept, _ = _drop_untrained_quietly(train)
     logged = store.read_jsonl(run_dir / store.HISTORY)
     if checkpoint is None and not skipped:
