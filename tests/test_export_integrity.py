@@ -288,6 +288,33 @@ def test_an_export_killed_while_swapping_folders_gets_the_previous_one_back(tmp_
     assert sorted(p.name for p in target.parent.iterdir()) == ["merged"]
 
 
+def test_an_export_killed_as_it_replaces_the_previous_one_leaves_the_previous_in_place(
+    tmp_path, tiny_model_dir
+):
+    # The previous export was moved aside before the new one was renamed in: a kill in
+    # between left nothing at export/merged ("path ... does not exist" to load_model), and
+    # the staged copy, its lock already gone, counted as live for an hour. Now the two are
+    # exchanged in one step: export/merged is the previous export or the new one, never none.
+    target = tmp_path / "s" / "export" / "merged"
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.export("export/merged")
+    previous = {p.name: p.read_bytes() for p in target.iterdir()}
+    child = (
+        "import os, signal, workbench as wb, workbench._io as io\n"
+        f"s = wb.Session({str(tmp_path / 's')!r}, verbose=False)\n"
+        f"s.load_model({str(tiny_model_dir)!r})\n"
+        "io._as_created = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # the kill\n"
+        "s.export('export/merged')\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == previous
+    from workbench.models.loading import load_model
+
+    assert load_model(str(target), on_event=len).model is not None
+
+
 # --- quantize and serve check before they export -----------------------------------------
 
 

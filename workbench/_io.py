@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import hashlib
@@ -223,15 +224,73 @@ def staging_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():
-            if not replace:
-                raise FileExistsError(final)
-            shutil.rmtree(final)
+        if final.exists() and not replace:
+            raise FileExistsError(final)
         _as_created(tmp)  # mkdtemp (and some writers' own temporaries) make them private
-        tmp.rename(final)
+        _place(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _place(new: Path, final: Path) -> None:
+    """Rename the complete folder ``new`` to ``final``, replacing what is there so that
+    ``final`` is never missing: the two are exchanged in one step where the system can
+    (Linux's ``renameat2``), else the old one is renamed aside first and put back on
+    failure; either way the old one is removed once the new one is in place. (Removing the
+    old folder first left nothing at ``final`` for a process killed in between.)"""
+    if not final.exists():
+        new.rename(final)
+        return
+    if _exchange(new, final):
+        if new.is_symlink():  # a link was in the way: it goes, what it points to stays
+            new.unlink()
+        else:
+            shutil.rmtree(new, ignore_errors=True)  # now the old folder
+        return
+    aside = final.with_name(f".{final.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    final.rename(aside)
+    try:
+        new.rename(final)
+    except BaseException:
+        aside.rename(final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap ``a`` and ``b`` atomically; ``False`` where the system or file system cannot."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    at_cwd = -100
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # not on this file system (or kernel): the fallback
+    raise OSError(code, os.strerror(code), str(b))
+
+
+@functools.cache
+def _renameat2():
+    """libc's ``renameat2``, or ``None`` off Linux and on a libc without it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+    return function
 
 
 def sha256_file(path: str | Path, block: int = 4 * 1024 * 1024) -> str:

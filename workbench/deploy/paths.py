@@ -151,8 +151,9 @@ def staged_write(
     partial files are still on it.
 
     An existing ``target`` (the caller decided it may be replaced) is kept until the new
-    folder is complete: then it is renamed aside, the new one renamed into place, and only
-    then the old one removed. On any failure before that the old folder is left as it was.
+    folder is complete: then the two are exchanged in one step (where the file system
+    cannot, the old one is renamed aside first), and only then the old one removed. On any
+    failure before that the old folder is left as it was, and ``target`` is never missing.
 
     Examples:
         >>> import shutil; shutil.rmtree("/tmp/wb-staged-doc", ignore_errors=True)
@@ -164,27 +165,16 @@ def staged_write(
         ['b.txt']
     """
     target = Path(target)
-    aside: Path | None = None
     remove_abandoned_stages(target)
-    try:
-        with (
-            translated_write_errors(target, needed_bytes),
-            staging_folder(target, replace=True) as tmp,
-            _held(tmp),
-            translated_write_errors(target, needed_bytes),  # while the partial files count
-        ):
-            yield tmp
-            if before_placing is not None:
-                before_placing(tmp)
-            if target.is_dir():  # the new folder is complete: move the old one out of its way
-                aside = target.with_name(f".{target.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
-                target.rename(aside)
-    except BaseException:
-        if aside is not None and aside.is_dir() and not target.exists():
-            aside.rename(target)  # the swap failed: the old folder is back where it was
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
+    with (
+        translated_write_errors(target, needed_bytes),
+        staging_folder(target, replace=True) as tmp,
+        _held(tmp),
+        translated_write_errors(target, needed_bytes),  # while the partial files count
+    ):
+        yield tmp
+        if before_placing is not None:
+            before_placing(tmp)
 
 
 # A staging folder without a writer's lock file (one made before writers held locks) is
