@@ -1452,3 +1452,41 @@ def test_stablelm_per_head_query_key_norms_match_llama_cpp(tmp_path, llama_class
     # measured 2e-3-7e-3, as StableLM without these norms (2e-3-0.017); heads stacked in
     # reverse order measured 2.6-9.4
     assert exported_logits_gap(s, llama_class) < 0.05
+
+
+def test_the_quantizer_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    """A killed exporter (out of memory, a kernel restart) left llama.cpp's quantizer running
+    for minutes, reparented, writing into a staging file nobody would place. Its source is a
+    pipe no one writes here, so it waits inside llama.cpp until its parent is killed."""
+    import signal
+    import subprocess
+    import time
+
+    pytest.importorskip("llama_cpp")
+    fifo = tmp_path / "never-written.gguf"
+    os.mkfifo(fifo)
+    parent = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'workbench.deploy.llama_quantize', "
+        f"{str(fifo)!r}, {str(tmp_path / 'out.gguf')!r}, 'Q8_0'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    starter = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True)
+    quantizer = int(starter.stdout.readline())
+    time.sleep(3)  # the quantizer is up and waiting in llama.cpp for its source
+    assert Path(f"/proc/{quantizer}").exists()
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{quantizer}/status").exists() and time.monotonic() < deadline:
+        state = Path(f"/proc/{quantizer}/status").read_text()
+        if "State:\tZ" in state:
+            break  # ended, waiting for init to reap it
+        time.sleep(0.2)
+    alive = Path(f"/proc/{quantizer}/status").exists() and (
+        "State:\tZ" not in Path(f"/proc/{quantizer}/status").read_text()
+    )
+    if alive:
+        os.kill(quantizer, signal.SIGKILL)
+    assert not alive, "the quantizer outlived the process that started it"

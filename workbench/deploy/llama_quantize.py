@@ -144,6 +144,11 @@ def _quantize_here(source: str, target: str, ftype: str) -> int:
 
 
 if __name__ == "__main__":
+    from workbench.deploy._serving import exit_with_parent
+
+    # A killed exporter (out of memory, a kernel restart) left its quantizer running for
+    # minutes, reparented, writing into the staging file nobody would place.
+    exit_with_parent(os.getppid())
     status = _quantize_here(*sys.argv[1:4])
     if status != 0:
         print(f"llama_model_quantize returned {status}", file=sys.stderr)

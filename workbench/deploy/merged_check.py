@@ -49,8 +49,17 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 # Run by the other process: only torch and transformers, reading the job from stdin and
 # writing the answers as the last line of stdout.
 _CHILD = r"""
-import json, sys
+import json, os, sys, threading, time
 import torch
+
+
+def exit_with_parent(parent):  # a killed check leaves no model computing for nobody
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 job = json.loads(sys.stdin.read())
