@@ -85,6 +85,24 @@ def test_a_sessions_evaluation_on_a_full_disk_is_returned_not_lost(small_disk, t
     s.close()
 
 
+def test_training_onto_a_full_disk_names_the_run_folder_and_leaves_nothing(
+    small_disk, tiny_model_dir
+):
+    # datasets' save_to_disk of the run's tokenized data raised a bare "[Errno 28] No space
+    # left on device" naming no folder.
+    import workbench as wb
+
+    disk = small_disk(512)
+    s = wb.Session(disk / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"What is {i}?", "answer": str(i)} for i in range(200)])
+    _fill(disk)
+    with pytest.raises(wb.WriteError, match=r"no space left on device at .*runs.run-001"):
+        s.train(max_steps=1, wait=True)
+    assert [p.name for p in (disk / "s" / "runs").iterdir()] == []
+    s.close()
+
+
 def test_an_export_to_another_disk_stands_when_the_session_folders_disk_is_full(
     small_disk, tiny_model_dir, tmp_path
 ):

@@ -38,6 +38,7 @@ from workbench._io import (
     read_jsonl,
     rewrite_jsonl,
     staging_folder,
+    translated_write_errors,
     verify_manifest,
     write_manifest,
 )
@@ -133,7 +134,8 @@ def create_run_folder(
         >>> sorted(p.name for p in run_dir.iterdir())
         ['data', 'run.json']
     """
-    with staging_folder(run_dir, replace=run_dir.exists()) as tmp:
+    # A full disk met by datasets' save_to_disk was a bare "[Errno 28]" naming no folder.
+    with translated_write_errors(run_dir), staging_folder(run_dir, replace=run_dir.exists()) as tmp:
         _save_examples(train, tmp / "data" / "train")
         if validation is not None:
             _save_examples(validation, tmp / "data" / "validation")
