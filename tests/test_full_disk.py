@@ -103,6 +103,20 @@ def test_training_onto_a_full_disk_names_the_run_folder_and_leaves_nothing(
     s.close()
 
 
+def test_a_rating_onto_a_full_disk_names_the_ratings_file(small_disk):
+    # A headless rater's append raised a bare "[Errno 28] No space left on device".
+    import workbench as wb
+    from workbench.evaluation.ratings import RATINGS_FILE, Rating, append_rating, read_ratings
+
+    disk = small_disk(64)
+    path = disk / RATINGS_FILE
+    append_rating(path, Rating(0, "tuned", "A"))
+    _fill(disk)
+    with pytest.raises(wb.WriteError, match=rf"no space left on device at .*{RATINGS_FILE}"):
+        append_rating(path, Rating(1, "tuned", "B", comment="why " * 4096))  # a new page
+    assert [r.row for r in read_ratings(path)] == [0]  # the earlier verdict is kept
+
+
 def test_an_export_to_another_disk_stands_when_the_session_folders_disk_is_full(
     small_disk, tiny_model_dir, tmp_path
 ):

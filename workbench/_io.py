@@ -542,12 +542,13 @@ def append_jsonl(path: str | Path, row: dict, sync: bool = False) -> None:
         ('WorkbenchWarning', 'skipped line(s) 2, which are not')
     """
     target = Path(path)
-    _end_torn_line(target)
-    with open(target, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
-        if sync:
-            os.fsync(handle.fileno())
+    with translated_write_errors(target):  # a read-only folder, a full disk: named
+        _end_torn_line(target)
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
 
 
 def json_lines(text: str) -> list[str]:
