@@ -147,6 +147,17 @@ def test_deleted_run_and_evaluation_folders_are_never_reused(tmp_path, model_dir
     assert s.train(max_steps=1, lr=5e-3, batch_size=8, wait=True).run_dir.name == "run-005"
 
 
+def test_save_now_on_a_run_whose_folder_was_deleted_is_refused(tmp_path, model_dir):
+    # It made runs/run-001/checkpoints/step-* alone, with no run.json: nothing could resume
+    # it ("holds no training run"), and save_now() said nothing.
+    s = session_with_data(tmp_path, model_dir)
+    run = s.train(max_steps=2, wait=True)
+    shutil.rmtree(run.run_dir)
+    with pytest.raises(SpecError, match=r"run-001 was deleted: there is no run folder to save"):
+        run.save_now()
+    assert not run.run_dir.exists()
+
+
 def test_two_processes_sharing_a_session_folder_keep_each_others_records(tmp_path):
     import subprocess
     import sys

@@ -29,7 +29,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.errors import WorkbenchError
+from workbench.errors import SpecError, WorkbenchError
 from workbench.train import store
 from workbench.train.checkpoint import (
     best_checkpoint,
@@ -388,6 +388,14 @@ class Worker:
             >>> Worker(run).save().name
             'step-00000002'
         """
+        if not (self.run.run_dir / store.RUN_FILE).is_file():
+            # save_now() on a run whose folder was deleted made a checkpoints folder alone,
+            # with no run.json: nothing could resume it, and it said nothing.
+            msg = (
+                f"{self.run.run_dir} was deleted: there is no run folder to save a checkpoint "
+                "in. export(...) saves the model as it is now."
+            )
+            raise SpecError(msg)
         if self.run._weights_step is not None:  # the best step's weights: saved already
             path = best_checkpoint(self.run.run_dir)
             if path is None:
