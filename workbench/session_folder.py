@@ -10,7 +10,9 @@ Layout::
 
 A new numbered folder takes the highest existing number + 1 and is created exclusively
 (``mkdir`` fails if the name exists), so a deleted folder never makes a later call reuse or
-overwrite a name, and two processes on one session folder never get the same number.
+overwrite a name, and two processes on one session folder never get the same number. An
+evaluation folder stays empty until its save renames the complete content in; one that a
+killed process left empty is removed when the session next reserves an evaluation folder.
 
 Examples:
     >>> import tempfile
@@ -27,12 +29,13 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench._io import atomic_write_text, make_folder
+from workbench._io import atomic_write_text, make_folder, stale
 from workbench.errors import WorkbenchWarning, WriteError
 
 __all__ = ["FolderKind", "SessionFolder"]
@@ -43,6 +46,9 @@ STATE_FILE = "session.json"
 WRITTEN = "written"  # the key in session.json of the folders the session wrote
 UNTIL_PLACED = "until_placed"  # a written folder's record while its replacement is renamed in
 NUMBERED = "numbered"  # the key in session.json of the highest number used, per kind
+# What an evaluation folder's save writes last (a checkpoint grid's: grid.json): with neither,
+# the folder holds no complete evaluation.
+WRITTEN_LAST = ("settings.json", "grid.json")
 
 
 def _listing(folder: Path) -> dict[str, list[int]]:
@@ -63,6 +69,52 @@ def _highest_used(state: dict[str, Any], kind: str) -> int:
     used = state.get(NUMBERED)
     kept = used.get(kind) if isinstance(used, dict) else None
     return kept if isinstance(kept, int) else 0
+
+
+def _writer_lock_folder(folder: Path) -> Path:
+    """Where the writer of the evaluation folder ``folder`` holds its lock: beside it, so the
+    folder stays empty until its complete content is renamed in."""
+    return folder.with_name(f".{folder.name}.writer")
+
+
+@contextlib.contextmanager
+def _writer_held(folder: Path, kind: str) -> Iterator[None]:
+    """Hold the writer's lock of the evaluation folder ``folder`` while the block runs."""
+    if kind != "evaluations":  # a run folder holds its own lock (workbench.train.lock)
+        yield
+        return
+    from workbench.train.lock import RunLock
+
+    lock_folder = _writer_lock_folder(folder)
+    try:
+        lock_folder.mkdir(exist_ok=True)
+        lock: RunLock | None = RunLock(lock_folder).acquire()
+    except OSError:  # a full disk: the evaluation goes on, its folder kept until it is stale
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+        shutil.rmtree(lock_folder, ignore_errors=True)
+
+
+def _abandoned_evaluation(folder: Path) -> bool:
+    """Whether the evaluation folder ``folder`` will never be completed: no live writer and
+    nothing written last. The writer is asked first: it places its complete folder before
+    it lets go of its lock, so a folder seen unlocked and then incomplete stays so."""
+    from workbench.train.lock import LOCK_FILE, is_held
+
+    lock_folder = _writer_lock_folder(folder)
+    if is_held(lock_folder) or any((folder / name).exists() for name in WRITTEN_LAST):
+        return False
+    if (lock_folder / LOCK_FILE).exists():  # its writer died holding it
+        return True
+    # an earlier version's (no lock): once nobody touched it for long, and only files it wrote
+    known = {"scores.json", "rows.jsonl", "probes.jsonl"}
+    return stale(folder) and all(
+        p.is_file() and (p.name in known or p.name.startswith(".")) for p in folder.iterdir()
+    )
 
 
 class SessionFolder:
@@ -128,6 +180,10 @@ class SessionFolder:
     def reserved(self, kind: FolderKind) -> Iterator[Path]:
         """:meth:`reserve` a folder; remove it again if the block fails and left it empty.
 
+        An evaluation folder's writer holds a lock beside it while the block runs, and the
+        evaluations killed before they saved are removed
+        (:meth:`remove_abandoned_evaluations`).
+
         Examples:
             >>> with SessionFolder("/tmp/wb-doc-folder-c").reserved("runs") as folder:
             ...     folder.is_dir()
@@ -135,7 +191,10 @@ class SessionFolder:
         """
         folder = self.reserve(kind)
         try:
-            yield folder
+            with _writer_held(folder, kind):
+                if kind == "evaluations":  # after reserving: numbers go on past theirs
+                    self.remove_abandoned_evaluations()
+                yield folder
         except BaseException:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only succeeds while empty: nothing written is ever removed
@@ -151,6 +210,31 @@ class SessionFolder:
                 WorkbenchWarning,
                 stacklevel=3,
             )
+
+    def remove_abandoned_evaluations(self) -> list[Path]:
+        """Remove the evaluation folders that processes killed before they saved left behind
+        (empty, or half-written by an earlier version), with their staging folders; returns
+        the folders removed.
+
+        A folder holding its ``settings.json`` (or a checkpoint grid's ``grid.json``) is
+        complete and never removed, nor one whose evaluation still runs: its writer holds a
+        lock beside it while it runs (``.eval-NNN.writer``), which the system releases when
+        the writer dies, however it dies.
+
+        Examples:
+            >>> import tempfile
+            >>> folder = SessionFolder(tempfile.mkdtemp())
+            >>> with folder.reserved("evaluations") as running:
+            ...     folder.remove_abandoned_evaluations(), running.is_dir()
+            ([], True)
+        """
+        parent = self.root / "evaluations"
+        removed = [f for f in self.numbered("evaluations") if _abandoned_evaluation(f)]
+        for folder in removed:
+            for leftover in parent.glob(f".{folder.name}.*"):  # its staging folder and lock
+                shutil.rmtree(leftover, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+        return removed
 
     def _keep_highest(self, kind: FolderKind, number: int) -> None:
         def raise_to(state: dict[str, Any]) -> None:
@@ -265,7 +349,7 @@ class SessionFolder:
             True
         """
         path = Path(folder)
-        entry = self.state().get(WRITTEN, {}).get(self._key(path))
+        entry = self._written().get(self._key(path))
         if not isinstance(entry, dict) or not path.is_dir():
             return None
         listing = _listing(path)
@@ -277,6 +361,20 @@ class SessionFolder:
             ),
             None,
         )
+
+    def _written(self) -> dict[str, Any]:
+        """``session.json``'s records of the folders written from here (none when its field
+        has another shape: then none is this session's to replace, which is the safe way)."""
+        written = self.state().get(WRITTEN, {})
+        if isinstance(written, dict):
+            return written
+        msg = (
+            f"{self.root / STATE_FILE} is damaged: {WRITTEN!r} is a {type(written).__name__}, "
+            "not an object, so which folders this session wrote is not known; none is "
+            "replaced unless you ask (overwrite=True), and the next record repairs the field."
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
+        return {}
 
     def _key(self, path: Path) -> str:
         """``path`` relative to the root when inside it (the folder may move), else absolute."""

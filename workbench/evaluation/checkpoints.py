@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import text_table
-from workbench._io import atomic_write_text
+from workbench._io import atomic_write_text, staging_folder, translated_write_errors
 from workbench.errors import EvaluationError, SpecError
 from workbench.evaluation.metrics import resolve_metrics
-from workbench.evaluation.results import EvalRow, Evaluation
+from workbench.evaluation.results import EvalRow, Evaluation, unsaved_reason, unwritten
 from workbench.evaluation.run import EvalSpec, evaluate_with_spec, validate_rows
 from workbench.events import PROGRESS
 
@@ -628,6 +628,9 @@ class CheckpointEvaluation:
     def save(self, path: str | Path | None = None) -> CheckpointEvaluation:
         """Write each step's evaluation (``step-NNNNNNNN/``) and then ``grid.json``.
 
+        A new or empty folder (the session's reserved ``eval-NNN``) is written beside it and
+        renamed in whole, so a process killed while saving leaves no half-written grid.
+
         Examples:
             >>> import shutil
             >>> shutil.rmtree("/tmp/wb-doc-checkpoints-save", ignore_errors=True)
@@ -638,11 +641,21 @@ class CheckpointEvaluation:
         target = Path(path) if path is not None else self.path
         if target is None:
             raise EvaluationError("save(path): give a folder; this grid was never saved")
-        evaluations = {
-            step: ev.save(target / step_folder(step)) for step, ev in self.evaluations.items()
-        }
-        atomic_write_text(target / GRID_FILE, _grid_json(self.to_dict()))
+        if not unwritten(target):
+            return replace(self, evaluations=self._write(target), path=target)
+        with translated_write_errors(target), staging_folder(target, replace=True) as tmp:
+            staged = self._write(tmp)
+        evaluations = {s: replace(ev, path=target / step_folder(s)) for s, ev in staged.items()}
         return replace(self, evaluations=evaluations, path=target)
+
+    def _write(self, folder: Path) -> dict[int, Evaluation]:
+        """Write the steps' evaluations into ``folder``, then ``grid.json``, the mark of a
+        complete grid; returns the evaluations as saved."""
+        evaluations = {
+            step: ev.save(folder / step_folder(step)) for step, ev in self.evaluations.items()
+        }
+        atomic_write_text(folder / GRID_FILE, _grid_json(self.to_dict()))
+        return evaluations
 
     @classmethod
     def load(cls, path: str | Path) -> CheckpointEvaluation:
@@ -660,6 +673,8 @@ class CheckpointEvaluation:
         folder = Path(path)
         try:
             data = json.loads((folder / GRID_FILE).read_text(encoding="utf-8"))
+        except FileNotFoundError as err:
+            raise EvaluationError(f"{folder} {unsaved_reason(folder, GRID_FILE)}") from err
         except (OSError, ValueError) as err:
             msg = f"{folder} is not a checkpoint grid: {GRID_FILE} is missing or unreadable"
             raise EvaluationError(f"{msg} ({type(err).__name__})") from err

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._display import html_table, text_table
-from workbench._io import read_jsonl
+from workbench._io import json_lines, read_jsonl
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.results import Evaluation
 from workbench.widgets._html import escape
@@ -162,8 +162,9 @@ def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
         return []
     found = []
     for path in sorted(folder.rglob("scores.json")):
-        if not (path.parent / "settings.json").is_file():
-            continue
+        hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+        if hidden or not (path.parent / "settings.json").is_file():
+            continue  # a save's staging folder (a killed one's too) is no evaluation yet
         try:
             found.append(Evaluation.load(path.parent))
         except EvaluationError as err:
@@ -194,11 +195,43 @@ def _run_settings(path: Path) -> dict:
     return settings
 
 
+def _unplottable(row: dict) -> str | None:
+    """Why a history record cannot be drawn (a step or loss that is not a number), or ``None``."""
+    for key in ("step", "loss", "eval_loss"):
+        value = row.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key!r} is {value!r}, not a number"[:100]
+    return None
+
+
+def _history(path: Path) -> tuple[dict, ...]:
+    """A run's ``history.jsonl``; records whose step or loss is not a number (damage) are
+    left out with a warning naming the file and line, as lines that are not JSON are."""
+    rows = read_jsonl(path)
+    kept = tuple(row for row in rows if _unplottable(row) is None)
+    if len(kept) < len(rows):
+        lines = json_lines(path.read_text(encoding="utf-8", errors="replace"))
+        damaged = [(n, why) for n, line in enumerate(lines, 1) if (why := _line_unplottable(line))]
+        numbers = ", ".join(str(n) for n, _ in damaged)
+        said = "; ".join(f"line {n}: {why}" for n, why in damaged[:3])
+        msg = f"{path}: skipped line(s) {numbers}, whose step or loss is no number ({said})."
+        warnings.warn(msg, WorkbenchWarning, stacklevel=3)
+    return kept
+
+
+def _line_unplottable(line: str) -> str | None:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # not JSON: read_jsonl said so
+    return _unplottable(row) if isinstance(row, dict) else None
+
+
 def _read_run(path: str | Path) -> RunResults:
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(f"run folder {folder} does not exist")
-    history = tuple(read_jsonl(folder / "history.jsonl"))
+    history = _history(folder / "history.jsonl")
     settings: dict = {}
     if (folder / "run.json").is_file():
         settings = _run_settings(folder / "run.json")

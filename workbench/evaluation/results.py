@@ -49,6 +49,12 @@ __all__ = ["FILES", "EvalRow", "Evaluation"]
 
 FILES = ("settings.json", "scores.json", "rows.jsonl")
 _NAN = float("nan")
+# The file a save writes last, for each kind of evaluation folder: its other kind's, what that
+# kind is, and the class that loads it.
+_WRITTEN_LAST = {
+    "settings.json": ("grid.json", "a checkpoint grid", "CheckpointEvaluation"),
+    "grid.json": ("settings.json", "a single evaluation", "Evaluation"),
+}
 
 
 @dataclass(frozen=True)
@@ -303,8 +309,10 @@ class Evaluation:
     def save(self, path: str | Path | None = None) -> Evaluation:
         """Write the evaluation to ``path`` (default: where it was loaded from), atomically.
 
-        A new folder is written under a temporary name and renamed; an existing one (which
-        may hold ``ratings.jsonl``) has each file replaced atomically, settings last.
+        A new folder, or an empty one (the session reserves ``evaluations/eval-NNN`` so), is
+        written under a temporary name beside it and renamed in, so a process killed while
+        saving never leaves a half-written evaluation; an existing one (which may hold
+        ``ratings.jsonl``) has each file replaced atomically, settings last.
         Ratings follow the answers they judged: saved elsewhere, the evaluation takes its
         ratings along; saved over an evaluation whose prompts or answers differ, that one's
         ratings are kept aside as ``ratings.replaced-<time>.jsonl`` (with a warning), never
@@ -323,10 +331,10 @@ class Evaluation:
         if target is None:
             raise EvaluationError("save(path): give a folder; this evaluation was never saved")
         texts = self._texts()
-        if not target.exists():
-            with translated_write_errors(target), staging_folder(target) as tmp:
-                for name, text in texts.items():
-                    (tmp / name).write_text(text, encoding="utf-8")
+        if unwritten(target):  # staged and renamed in: complete at once, or not there
+            with translated_write_errors(target), staging_folder(target, replace=True) as tmp:
+                for name in sorted(texts, key=lambda n: n == "settings.json"):
+                    (tmp / name).write_text(texts[name], encoding="utf-8")
                 self._take_ratings_to(tmp)
         else:
             self._set_aside_ratings_of_other_answers(target)
@@ -385,8 +393,7 @@ class Evaluation:
         folder = Path(path)
         for name in FILES:
             if not (folder / name).is_file():
-                msg = f"{folder} is not an evaluation folder: {name} is missing"
-                raise EvaluationError(msg)
+                raise EvaluationError(f"{folder} {unsaved_reason(folder, name)}")
         settings = _json_object(folder / "settings.json")
         scores = _read_scores(folder / "scores.json")
         rows = _read_rows(folder / "rows.jsonl", settings.get("rows"))
@@ -488,6 +495,48 @@ class Evaluation:
 
     def _ipython_display_(self) -> None:
         self.panel()._ipython_display_()  # live tabs plus a static snapshot for saved files
+
+
+def unwritten(folder: str | Path) -> bool:
+    """Whether ``folder`` is absent or empty (as the session reserves an evaluation folder):
+    a save stages its content beside it and renames it in whole.
+
+    Examples:
+        >>> import tempfile
+        >>> unwritten(tempfile.mkdtemp()), unwritten("/nonexistent-eval"), unwritten("/tmp")
+        (True, True, False)
+    """
+    path = Path(folder)
+    return not path.exists() or (path.is_dir() and not any(path.iterdir()))
+
+
+def unsaved_reason(folder: str | Path, missing: str) -> str:
+    """What ``folder``, which lacks the file ``missing``, is (for a message that names it):
+    empty, half-written, the other kind of evaluation, or no evaluation at all.
+
+    Examples:
+        >>> import tempfile
+        >>> unsaved_reason(tempfile.mkdtemp(), "settings.json")[:40]
+        'holds no saved evaluation: it is empty ('
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        return f"is not an evaluation folder: {missing} is missing"
+    if not any(p for p in path.iterdir() if not p.name.startswith(".")):
+        return (
+            "holds no saved evaluation: it is empty (an evaluation still running saves into "
+            "it when done; one whose process was killed before it saved leaves it so, and "
+            "the session removes it when it next evaluates)"
+        )
+    if missing not in _WRITTEN_LAST:
+        return f"is not an evaluation folder: {missing} is missing"
+    other, kind, loader = _WRITTEN_LAST[missing]
+    if (path / other).is_file():
+        return f"is {kind}: load it with {loader}.load(folder)"
+    return (
+        f"is a half-written evaluation: {missing}, which a save writes last, is missing "
+        "(the process saving it was killed); evaluate again"
+    )
 
 
 def _nulls(value: Any) -> Any:

@@ -56,7 +56,7 @@ from workbench.train.prepare import (
     rank_note,
     wrap_model,
 )
-from workbench.train.records import LogRecord
+from workbench.train.records import LogRecord, history_rows
 from workbench.train.run import Run
 from workbench.train.spec import LoRA, TrainSpec, respec
 from workbench.train.worker import runs_training
@@ -453,7 +453,8 @@ def _launch(
     left = _left_without_adapter(model, spec)
     if left and all(record.message != left for record in history):
         history.append(_warned(left))
-    loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, meta["total_steps"])
+    total = _total_steps_of(meta, run_dir)
+    loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, total)
     run = Run(
         run_dir,
         events or EventHub(),
@@ -461,7 +462,7 @@ def _launch(
         tokenizer,
         loop,
         spec,
-        meta["probes"],
+        probes_of_run(meta, run_dir),
         history,
         probe_rows or [],
         lock=lock,
@@ -520,9 +521,47 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
     return loaded.model, loaded.tokenizer
 
 
+def _total_steps_of(meta: dict[str, Any], run_dir: Path) -> int:
+    """The run's planned step count from its ``run.json`` (``meta``), refused when damaged."""
+    total = meta.get("total_steps")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        msg = (
+            f"{run_dir / store.RUN_FILE} is damaged: 'total_steps' is {total!r}, not a "
+            "positive whole number of steps (it is the step count the run was planned with)."
+        )
+        raise SpecError(msg)
+    return total
+
+
+def probes_of_run(meta: dict[str, Any], run_dir: str | Path) -> list[str]:
+    """The probe prompts a run's ``run.json`` (``meta``) keeps: none when it names none.
+
+    Raises:
+        SpecError: the field is not a list of prompt texts (the message names the file).
+
+    Examples:
+        >>> probes_of_run({"probes": ["2+2?"]}, "runs/run-001"), probes_of_run({}, "runs/a")
+        (['2+2?'], [])
+        >>> probes_of_run({"probes": "2+2?"}, "runs/run-001")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: runs/run-001/run.json is damaged: 'probes' is '2+2?', ...
+    """
+    probes = meta.get("probes")
+    if probes is None:  # a run.json written without them, or edited: the run has none
+        return []
+    if not isinstance(probes, list) or not all(isinstance(p, str) and p for p in probes):
+        msg = (
+            f"{Path(run_dir) / store.RUN_FILE} is damaged: 'probes' is {probes!r:.80}, not a "
+            "list of prompt texts; correct the field, or remove it for a run without probes."
+        )
+        raise SpecError(msg)
+    return probes
+
+
 def _history_until(run_dir: Path, rows: list[dict[str, Any]], step: int) -> list[LogRecord]:
-    """Keep (and rewrite) the history ``rows`` logged up to ``step``; later ones are redone."""
-    rows = [r for r in rows if r.get("step", 0) <= step]
+    """Keep (and rewrite) the history ``rows`` logged up to ``step``; later ones are redone,
+    and rows that are no record (damage) are dropped with a warning naming their lines."""
+    rows = [r for r in history_rows(run_dir / store.HISTORY, rows) if r["step"] <= step]
     store.rewrite_jsonl(run_dir / store.HISTORY, rows)
     return [LogRecord.from_dict(r) for r in rows]
 

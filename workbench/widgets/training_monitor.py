@@ -322,7 +322,8 @@ class TrainingMonitor:
             workbench.errors.SpecError: /nonexistent-run holds no training run (no run.json). ...
         """
         from workbench.train import store
-        from workbench.train.records import LogRecord
+        from workbench.train.records import LogRecord, history_rows
+        from workbench.train.start import probes_of_run
         from workbench.train.status import RunStatus
 
         run_dir = Path(run_dir)
@@ -330,11 +331,12 @@ class TrainingMonitor:
         data = store.read_status(run_dir)
         rows = store.read_jsonl(run_dir / store.PROBES)
         base = next((r["outputs"] for r in rows if r.get("base")), [])
-        history = [LogRecord.from_dict(r) for r in store.read_jsonl(run_dir / store.HISTORY)]
+        history = [LogRecord.from_dict(r) for r in history_rows(run_dir / store.HISTORY)]
+        prompts = probes_of_run(meta, run_dir)
         monitor = cls(None)
         monitor._status = RunStatus.from_dict(data)
         monitor._saved = _saved_choices(meta)
-        monitor._load(history, meta.get("probes", []), base, [r for r in rows if not r.get("base")])
+        monitor._load(history, prompts, base, [r for r in rows if not r.get("base")])
         monitor._load_family(run_dir)
         monitor.refresh()
         return monitor
@@ -618,6 +620,7 @@ class TrainingMonitor:
         """Read the parent's and forks' losses from their folders (new relatives only)."""
         from workbench.train import store
         from workbench.train.fork import forked_from, relatives
+        from workbench.train.records import history_rows
 
         self._origin = forked_from(run_dir)
         for relative in relatives(run_dir):
@@ -625,7 +628,7 @@ class TrainingMonitor:
             if key in self._family:
                 continue
             self._family[key] = {"relative": relative, "step": [], "loss": []}
-            for row in store.read_jsonl(Path(relative.run_dir) / store.HISTORY):
+            for row in history_rows(Path(relative.run_dir) / store.HISTORY):
                 if row.get("kind") == "train" and row.get("loss") is not None:
                     self._add_relative(key, row)
 
