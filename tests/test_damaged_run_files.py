@@ -138,3 +138,22 @@ def test_session_json_written_as_a_list_is_named_and_repaired(session, tiny_mode
     with pytest.warns(WorkbenchWarning, match=r"session\.json is damaged"):
         later.export("export/merged", overwrite=True)
     assert "export/merged" in json.loads(state_file.read_text())["written"]
+
+
+def test_a_killed_runs_damaged_history_still_opens_in_the_monitor(session):
+    # A run killed while training (its status file says "running") has its progress read from
+    # the history past the status file's step: a step written as text failed that comparison
+    # with a bare TypeError before the damaged line was ever skipped.
+    run_dir = session / "runs" / "run-001"
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps({**status, "state": "running", "step": 1}))
+    history = run_dir / "history.jsonl"
+    lines = history.read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if json.loads(line)["kind"] == "train")
+    lines[last] = json.dumps({**json.loads(lines[last]), "step": "4"})
+    history.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monitor = TrainingMonitor.from_folder(run_dir)
+    assert _said(caught, history)
+    assert "step 3/4" in monitor.text().splitlines()[0]  # its last record, the step skipped

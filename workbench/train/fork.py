@@ -82,7 +82,7 @@ from workbench.train.checkpoint import (
     save_checkpoint,
 )
 from workbench.train.guards import EarlyStopping
-from workbench.train.records import LogRecord
+from workbench.train.records import LogRecord, history_rows
 from workbench.train.spec import KEEP_ALL, TrainSpec
 from workbench.train.status import RunState
 
@@ -556,9 +556,7 @@ def _reschedule(loop: Any, path: Path) -> dict[str, Any]:
 
 
 def _parent_rows(parent: Run, step: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    history = [
-        r for r in store.read_jsonl(parent.run_dir / store.HISTORY) if r.get("step", 0) <= step
-    ]
+    history = [r for r in history_rows(parent.run_dir / store.HISTORY) if r["step"] <= step]
     probes = [
         r
         for r in store.read_jsonl(parent.run_dir / store.PROBES)

@@ -44,6 +44,7 @@ from workbench._io import (
 )
 from workbench.errors import SpecError, WorkbenchWarning
 from workbench.train.batches import Examples
+from workbench.train.records import history_rows
 from workbench.train.status import RunState
 
 _STATES = {state.value for state in RunState}
@@ -287,7 +288,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     status = _status_file(run_dir)
     if status.get("state", "created") in _LIVE_STATES:
         if is_held(run_dir):  # training elsewhere: the history has the steps since
-            status.update(_progress(read_jsonl(run_dir / HISTORY), status))
+            status.update(_progress(history_rows(run_dir / HISTORY), status))
         else:
             status.update(_interrupted(run_dir, status))
     return status
@@ -335,7 +336,7 @@ def _interrupted(run_dir: Path, status: dict[str, Any]) -> dict[str, Any]:
     from workbench.train.checkpoint import checkpoint_step, newest_valid_checkpoint
 
     # what the history knows of the steps the status file never saw
-    progress = _progress(read_jsonl(run_dir / HISTORY), {})
+    progress = _progress(history_rows(run_dir / HISTORY), {})
     checkpoint, _skipped = newest_valid_checkpoint(run_dir)
     since = f"step {checkpoint_step(checkpoint)}" if checkpoint is not None else "step 0"
     error = (
