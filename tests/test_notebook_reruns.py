@@ -154,14 +154,15 @@ if moment == "after the swap":  # the export is in place, session.json not yet t
             os.kill(os.getpid(), signal.SIGKILL)
         return record(self, change)
     wb.Session._record = killed
-else:  # "before the swap": the previous export is about to be moved aside
+else:  # "before the swap": the new export is complete, about to replace the previous one
+    import workbench._io
     s.export("export/merged")
-    rename = pathlib.Path.rename
-    def killed(self, target):
-        if self.name == "merged":
+    place = workbench._io._place
+    def killed(new, final):
+        if final.name == "merged" and final.exists():
             os.kill(os.getpid(), signal.SIGKILL)
-        return rename(self, target)
-    pathlib.Path.rename = killed
+        return place(new, final)
+    workbench._io._place = killed
 s.export("export/merged")
 """
 

@@ -164,17 +164,25 @@ def staged_write(
         >>> sorted(p.name for p in Path("/tmp/wb-staged-doc").iterdir())
         ['b.txt']
     """
+    from workbench.train.lock import RunLock
+
     target = Path(target)
     remove_abandoned_stages(target)
-    with (
-        translated_write_errors(target, needed_bytes),
-        staging_folder(target, replace=True) as tmp,
-        _held(tmp),
-        translated_write_errors(target, needed_bytes),  # while the partial files count
-    ):
+    held: list[RunLock] = []
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(translated_write_errors(target, needed_bytes))
+        # The writer's lock in the stage is given back only after the stage is placed (its
+        # file goes along and is removed there): a writer killed at any moment before leaves
+        # a stage whose free lock says it is abandoned. Removed before placing, the stage of
+        # a writer killed right then looked like an old version's, kept for an hour.
+        stack.callback(lambda: [lock.release() for lock in held])
+        tmp = stack.enter_context(staging_folder(target, replace=True))
+        held.append(RunLock(tmp).acquire())
+        stack.enter_context(translated_write_errors(target, needed_bytes))  # partial files count
         yield tmp
         if before_placing is not None:
             before_placing(tmp)
+    _remove_free_lock_file(target)
 
 
 # A staging folder without a writer's lock file (one made before writers held locks) is
@@ -205,6 +213,7 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
     for stage in removed:
         shutil.rmtree(stage, ignore_errors=True)
     live = len(stages) > len(removed)
+    _remove_free_lock_file(target)  # a writer killed right after placing its folder
     for aside in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
         if target.exists():
             shutil.rmtree(aside, ignore_errors=True)
@@ -212,6 +221,14 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
         elif not live:
             aside.rename(target)  # the previous export, where it was
     return removed
+
+
+def _remove_free_lock_file(folder: Path) -> None:
+    """Remove the writer's lock file a placed folder brought along, once nobody holds it."""
+    from workbench.train.lock import LOCK_FILE, is_held
+
+    if (folder / LOCK_FILE).is_file() and not is_held(folder):
+        (folder / LOCK_FILE).unlink(missing_ok=True)
 
 
 def _abandoned(stage: Path) -> bool:
@@ -225,13 +242,3 @@ def _abandoned(stage: Path) -> bool:
     except SpecError:  # the lock is held: a live export is writing it
         return False
     return True
-
-
-@contextlib.contextmanager
-def _held(stage: Path) -> Iterator[None]:
-    """Hold the writer's lock in ``stage``; the lock file is gone before ``stage`` is renamed."""
-    from workbench.train.lock import LOCK_FILE, RunLock
-
-    with RunLock(stage):
-        yield
-    (stage / LOCK_FILE).unlink(missing_ok=True)
