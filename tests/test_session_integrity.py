@@ -158,6 +158,37 @@ def test_save_now_on_a_run_whose_folder_was_deleted_is_refused(tmp_path, model_d
     assert not run.run_dir.exists()
 
 
+def test_a_train_killed_while_writing_its_run_folder_leaves_nothing_for_good(tmp_path, model_dir):
+    # It left an empty runs/run-001 and .run-001.partial-* (a copy of the tokenized data)
+    # for good: the next run took run-002 and cleaned only its own name's leftovers.
+    import os
+    import subprocess
+    import sys
+
+    child = f"""
+import os, signal, workbench as wb, workbench.train.store as store
+s = wb.Session({str(tmp_path)!r}, verbose=False)
+s.load_model({str(model_dir)!r})
+s.load_data({toy_rows(16)!r})
+store.write_manifest = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # data written
+s.train(max_steps=1, wait=True)
+"""
+    killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    runs = tmp_path / "runs"
+    left = sorted(p.name for p in runs.iterdir())
+    assert left[0].startswith(".run-001.partial-") and left[1:] == ["run-001"]
+    s = session_with_data(tmp_path, model_dir)
+    s.train(max_steps=1, wait=True)  # within the hour: a start in progress is never touched
+    assert len(list(runs.iterdir())) == 3
+    hour_ago = time.time() - 3700
+    for path in [*runs.glob(".run-001.partial-*"), runs / "run-001"]:
+        for inner in [path, *path.rglob("*")]:
+            os.utime(inner, (hour_ago, hour_ago))
+    session_with_data(tmp_path, model_dir).train(max_steps=1, wait=True)
+    assert sorted(p.name for p in runs.iterdir()) == ["run-002", "run-003"]
+
+
 def test_two_processes_sharing_a_session_folder_keep_each_others_records(tmp_path):
     import subprocess
     import sys

@@ -30,12 +30,13 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench._io import atomic_write_text, make_folder, stale
+from workbench._io import STALE_AFTER_S, atomic_write_text, make_folder, stale
 from workbench.errors import WorkbenchWarning, WriteError
 
 __all__ = ["FolderKind", "SessionFolder"]
@@ -97,6 +98,17 @@ def _writer_held(folder: Path, kind: str) -> Iterator[None]:
         if lock is not None:
             lock.release()
         shutil.rmtree(lock_folder, ignore_errors=True)
+
+
+def _untouched_for_an_hour(paths: list[Path]) -> bool:
+    """Whether nothing in ``paths`` (folders, walked) was modified for an hour."""
+    newest = 0.0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            newest = max(
+                [newest, path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))]
+            )
+    return time.time() - newest >= STALE_AFTER_S
 
 
 def _abandoned_evaluation(folder: Path) -> bool:
@@ -194,6 +206,8 @@ class SessionFolder:
             with _writer_held(folder, kind):
                 if kind == "evaluations":  # after reserving: numbers go on past theirs
                     self.remove_abandoned_evaluations()
+                else:
+                    self.remove_abandoned_run_starts()
                 yield folder
         except BaseException:
             with contextlib.suppress(OSError):
@@ -210,6 +224,33 @@ class SessionFolder:
                 WorkbenchWarning,
                 stacklevel=3,
             )
+
+    def remove_abandoned_run_starts(self) -> list[Path]:
+        """Remove what ``train()`` calls killed while writing their run folder left: the
+        reserved run folder, still empty, and its staging folder (``.run-NNN.partial-*``, a
+        copy of the tokenized data), once nothing in them changed for an hour (a start in
+        another process writes into its staging folder; it holds no lock before its folder
+        is placed). Returns the run folders removed.
+
+        Examples:
+            >>> import tempfile
+            >>> folder = SessionFolder(tempfile.mkdtemp())
+            >>> left = folder.reserve("runs")  # a start killed before it wrote anything
+            >>> old = time.time() - 2 * STALE_AFTER_S
+            >>> os.utime(left, (old, old))
+            >>> [p.name for p in folder.remove_abandoned_run_starts()], left.exists()
+            (['run-001'], False)
+        """
+        removed = []
+        for run in self.numbered("runs"):
+            stages = list(run.parent.glob(f".{run.name}.partial-*"))
+            if _untouched_for_an_hour([run, *stages]) and not any(run.iterdir()):
+                for stage in stages:
+                    shutil.rmtree(stage, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    run.rmdir()  # only while still empty
+                    removed.append(run)
+        return removed
 
     def remove_abandoned_evaluations(self) -> list[Path]:
         """Remove the evaluation folders that processes killed before they saved left behind
