@@ -30,13 +30,12 @@ import json
 import os
 import re
 import shutil
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench._io import STALE_AFTER_S, atomic_write_text, make_folder, stale
+from workbench._io import atomic_write_text, make_folder, stale
 from workbench.errors import WorkbenchWarning, WriteError
 
 __all__ = ["FolderKind", "SessionFolder"]
@@ -102,13 +101,7 @@ def _writer_held(folder: Path, kind: str) -> Iterator[None]:
 
 def _untouched_for_an_hour(paths: list[Path]) -> bool:
     """Whether nothing in ``paths`` (folders, walked) was modified for an hour."""
-    newest = 0.0
-    for path in paths:
-        with contextlib.suppress(OSError):
-            newest = max(
-                [newest, path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))]
-            )
-    return time.time() - newest >= STALE_AFTER_S
+    return all(stale(p) for path in paths for p in (path, *path.rglob("*")))
 
 
 def _abandoned_evaluation(folder: Path) -> bool:
@@ -233,7 +226,8 @@ class SessionFolder:
         is placed). Returns the run folders removed.
 
         Examples:
-            >>> import tempfile
+            >>> import os, tempfile, time
+            >>> from workbench._io import STALE_AFTER_S
             >>> folder = SessionFolder(tempfile.mkdtemp())
             >>> left = folder.reserve("runs")  # a start killed before it wrote anything
             >>> old = time.time() - 2 * STALE_AFTER_S
