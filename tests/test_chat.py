@@ -471,3 +471,13 @@ def test_a_bool_for_max_new_tokens_and_a_list_sent_to_the_panel_are_refused(tune
     with pytest.raises(SpecError, match=r"send\(\) takes one message as text, not list"):
         panel.send(["record 3", "record 5"])
     assert panel.turns == []
+
+
+def test_a_rendered_text_prompt_ends_at_the_templates_end_of_turn_as_the_chat_does(tuned):
+    prompt = tuned.example(3).prompt
+    assert prompt == "<|im_start|>user\nrecord 3<|im_end|>\n<|im_start|>assistant\n"
+    answer = tuned.generate(prompt, max_new_tokens=N)
+    # the tuned model writes its end of turn and would go on into another turn after it
+    assert answer == tuned.generate("record 3", max_new_tokens=N, chat=True)
+    assert answer.startswith('{"n":') and "<|im_end|>" not in answer
+    assert tuned.generate(prompt, max_new_tokens=N, stop_strings='"n"') == "{"

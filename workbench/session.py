@@ -289,9 +289,10 @@ class Session:
         The prompt reaches the model as training's tokens did (:mod:`workbench.data.prompts`).
         A text prompt is read the way the loaded data was: with chat data, as a prompt the
         template rendered (``s.example(i).prompt``; no ``bos`` added to what the template
-        writes); with raw-text data, with the tokenizer's ``bos`` in front; with no data, as
-        the tokenizer does by default. A prompt longer than the model's context, or one that
-        leaves no room for ``max_new_tokens``, is refused.
+        writes), and the answer ends at the template's end of turn, as probes and
+        evaluations end; with raw-text data, with the tokenizer's ``bos`` in front; with no
+        data, as the tokenizer does by default. A prompt longer than the model's context, or
+        one that leaves no room for ``max_new_tokens``, is refused.
 
         With ``chat=True`` each prompt is one user turn (a list of ``{"role", "content"}``
         turns is one conversation) rendered with the template the data was loaded with (else
@@ -327,6 +328,7 @@ class Session:
         else:
             texts, single = _text_prompts(prompt)
             ids = self._text_prompt_ids(texts)
+            stops = [*stops, *(self._answer_stops() or [])]
         from workbench.data.context import check_room
 
         check_room(ids, max_new_tokens, self.loaded.model.config)
