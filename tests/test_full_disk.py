@@ -3,6 +3,9 @@ half-written, and finished work kept (a real tmpfs from the ``small_disk`` fixtu
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 from data_fixtures import tokenizer
 
@@ -147,3 +150,20 @@ def test_what_a_killed_writer_left_beside_a_file_is_cleared_by_the_next_write(tm
     os.utime(old, (hours_ago, hours_ago))
     atomic_write_text(tmp_path / "report.html", "<html></html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".report.html.d4e5f6", "report.html"]
+
+
+def test_a_run_lock_that_cannot_name_its_holder_is_not_taken(small_disk):
+    from workbench.train.lock import RunLock, is_held
+
+    disk = small_disk(64)
+    run_dir = disk / "run-001"
+    run_dir.mkdir()
+    _fill(disk)
+    lock_file = run_dir / ".workbench.lock"
+    with pytest.raises(WriteError, match=f"no space left on device at {lock_file}"):
+        RunLock(run_dir).acquire()
+    assert not is_held(run_dir)  # the refused lock is given back, not kept by an open file
+    (disk / "filler").unlink()
+    lock = RunLock(run_dir).acquire()
+    assert lock.held and json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench._io import translated_write_errors
 from workbench.errors import SpecError
 
 __all__ = ["LOCK_FILE", "RunLock", "is_held", "lock_holder"]
@@ -181,6 +182,8 @@ class RunLock:
             SpecError: another process, or another ``RunLock`` of this process, holds it (the
                 message names the folder, the holder's pid and what to do), or the folder
                 does not exist.
+            WriteError: the holder's name cannot be written in the lock file (a full disk);
+                the lock is not taken.
 
         Examples:
             >>> import tempfile
@@ -193,11 +196,15 @@ class RunLock:
             if self._key in _held:
                 raise SpecError(self._same_process_message())
             fd = self._open()
-            if not _try_lock(fd):
-                os.close(fd)
-                raise SpecError(self._other_process_message())
-            self.previous = lock_holder(self.run_dir)
-            self._write_owner(fd)
+            try:
+                if not _try_lock(fd):
+                    raise SpecError(self._other_process_message())
+                self.previous = lock_holder(self.run_dir)
+                with translated_write_errors(self.path):
+                    self._write_owner(fd)
+            except BaseException:
+                os.close(fd)  # gives the lock back: a lock nobody holds must not stay taken
+                raise
             self._fd = fd
             _held[self._key] = self
         return self
