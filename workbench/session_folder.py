@@ -89,7 +89,9 @@ def _writer_held(folder: Path, kind: str) -> Iterator[None]:
     try:
         lock_folder.mkdir(exist_ok=True)
         lock: RunLock | None = RunLock(lock_folder).acquire()
-    except OSError:  # a full disk: the evaluation goes on, its folder kept until it is stale
+    except (OSError, WriteError):  # a full disk: the evaluation goes on, its folder kept
+        # until it is stale (with no lock file beside it: a free one says its writer died)
+        shutil.rmtree(lock_folder, ignore_errors=True)
         lock = None
     try:
         yield

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from workbench._io import file_in_the_way, staging_folder, translated_write_errors
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WriteError
 
 __all__ = [
     "SESSION_OWNED",
@@ -239,6 +239,6 @@ def _abandoned(stage: Path) -> bool:
         return time.time() - stage.stat().st_mtime >= _UNLOCKED_STAGE_AGE_S
     try:
         RunLock(stage).acquire().release()
-    except SpecError:  # the lock is held: a live export is writing it
+    except (SpecError, WriteError):  # held by a live export, or unknown on a full disk
         return False
     return True
