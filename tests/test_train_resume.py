@@ -120,6 +120,14 @@ def test_resume_continues_in_process_from_a_stopped_folder(tiny_model_dir, tmp_p
     )
     assert again.state is RunState.FINISHED and again.status.step == 6
     assert len(train_losses(again)) == 6
+    # a finished run resumed keeps the figures of its last step and evaluation
+    for name in ("loss", "eval_loss", "tokens_per_s", "memory"):
+        kept = getattr(again.status, name)
+        assert kept is not None and kept == pytest.approx(getattr(run.status, name)), name
+    from workbench.widgets.training_monitor import TrainingMonitor
+
+    line = TrainingMonitor.from_folder(tmp_path / "run").status_text()
+    assert f"loss {run.status.loss:.4f}" in line and "- tok/s" not in line
 
 
 def test_resuming_a_folder_without_a_run_is_a_clear_error(tmp_path):

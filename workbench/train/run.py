@@ -1201,12 +1201,12 @@ class Run:
         with self._cond:
             if worker is not self._worker:
                 return
-            self._history.append(record)
-        if self.writes_files:
+        if self.writes_files:  # on disk first: a waiter woken at this step finds it there
             store.append_jsonl(self.run_dir / store.HISTORY, record.to_dict())
             if record.kind == "train" and not self._packing_kept:
                 self._keep_packing()
-        with self._cond:
+        with self._cond:  # the history and the status together: none is read ahead of the other
+            self._history.append(record)
             if record.kind == "train":
                 self._status = dataclasses.replace(
                     self._status,
@@ -1363,8 +1363,29 @@ class Run:
         self._saved_step = self.loop.step
         with self._cond:
             self._status = dataclasses.replace(
-                self._status, step=self.loop.step, epoch=self.loop.epoch, elapsed=self.loop.elapsed
+                self._status,
+                step=self.loop.step,
+                epoch=self.loop.epoch,
+                elapsed=self.loop.elapsed,
+                **self._last_logged(self.loop.step),
             )
+
+    def _last_logged(self, step: int) -> dict[str, Any]:
+        """The status figures the history logged up to ``step`` (a resumed run shows its
+        checkpoint's loss until it logs a step, and a finished one resumed keeps its own)."""
+        trained = [r for r in self._history if r.kind == "train" and r.step <= step]
+        evals = [
+            r
+            for r in self._history
+            if r.kind == "eval" and r.step <= step and r.eval_loss is not None
+        ]
+        last = trained[-1] if trained else None
+        figures = {
+            "loss": last.loss if last else None,
+            "tokens_per_s": last.tokens_per_s if last else None,
+            "memory": last.memory if last else None,
+        }
+        return {**figures, "eval_loss": evals[-1].eval_loss if evals else None}
 
 
 def block_until_ended(run: Run, progress: bool = True) -> Run:
