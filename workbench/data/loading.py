@@ -75,8 +75,9 @@ __all__ = [
 # 4: tool calling; 5: qa rows keep their tools, and answer with calls; 6: a JSON line that
 # gives a key twice is refused, and {"data": []} read as a file of no rows; 7: a system
 # column beside chat or ShareGPT turns opens the conversation; 8: spreadsheet cells are the
-# text they show, 25% not 0.25).
-CODE_VERSION = "8"
+# text they show, 25% not 0.25; 9: each copy has a checksum beside it, which version 8's
+# first copies lack: read by this version, they would be warned of as writes left unfinished).
+CODE_VERSION = "9"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what closing an Arrow stream writes
 RESERVED_COLUMNS = (
@@ -513,7 +514,8 @@ _CHECKSUM_BLOCK = 8 * 1024 * 1024
 
 def _check_checksum(path: Path) -> None:
     """Raise ``OSError`` unless ``path`` matches the checksum written when it was complete
-    (a file without one was left by a writer killed before it could write it)."""
+    (a file without one was left by a writer killed before it could write it: the copies of
+    versions before the checksums have other keys, :data:`CODE_VERSION`)."""
     try:
         expected = _checksum_file(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
