@@ -188,3 +188,15 @@ def test_a_users_own_metric_is_not_tried_on_the_reference_first(trained):  # noq
 
     ev = run_evaluation(model, tok, toy_rows(), metrics=[answer_after_colon], max_new_tokens=4)
     assert "answer_after_colon" in ev.scores
+
+
+def test_intervals_an_earlier_version_saved_for_too_few_rows_are_read_as_none(tmp_path):
+    from tests.eval_fixtures import handmade_evaluation
+
+    old = handmade_evaluation()  # 3 rows, saved with an interval as versions before 10 rows
+    assert old.scores["exact_match"]["tuned_ci"] == (0.0, 1.0)
+    old.save(tmp_path / "eval-001")
+    loaded = Evaluation.load(tmp_path / "eval-001")
+    assert all(math.isnan(x) for x in loaded.scores["exact_match"]["tuned_ci"])
+    assert loaded.score_table()[0][2:5] == ("[-, -]", "0.3333", "[-, -]")
+    assert "no 95% intervals: 3 rows are too few (they need 10)" in str(loaded)

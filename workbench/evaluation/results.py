@@ -9,15 +9,17 @@ Examples:
     ...                 {"exact_match": {"base": 0.0, "tuned": 1.0}}),
     ...         EvalRow(1, "3+3?", "6", {"base": "6", "tuned": "6"},
     ...                 {"exact_match": {"base": 1.0, "tuned": 1.0}}))
-    >>> scores = {"exact_match": {"base": 0.5, "base_ci": (0.0, 1.0), "tuned": 1.0,
-    ...                           "tuned_ci": (1.0, 1.0), "higher_is_better": True}}
+    >>> nan = float("nan")  # two rows are too few for an interval (it takes ten)
+    >>> scores = {"exact_match": {"base": 0.5, "base_ci": (nan, nan), "tuned": 1.0,
+    ...                           "tuned_ci": (nan, nan), "higher_is_better": True}}
     >>> Evaluation(scores, rows, {"columns": ["base", "tuned"]}).save("/tmp/wb-doc-results")
     Evaluation(rows=2, scores=['exact_match'], path=/tmp/wb-doc-results)
     >>> ev = Evaluation.load("/tmp/wb-doc-results")
     >>> print(ev)
     Evaluation of 2 examples saved in /tmp/wb-doc-results
     score        base  base 95% CI  tuned  tuned 95% CI  gain
-    exact_match  0.5   [0, 1]       1      [1, 1]        0.5
+    exact_match  0.5   [-, -]       1      [-, -]        0.5
+    no 95% intervals: 2 rows are too few (they need 10)
     >>> ev.sorted_rows("exact_match")[0].prompt, ev.ratings_summary().n
     ('2+2?', 0)
 """
@@ -397,6 +399,8 @@ class Evaluation:
         settings = _json_object(folder / "settings.json")
         scores = _read_scores(folder / "scores.json")
         rows = _read_rows(folder / "rows.jsonl", settings.get("rows"))
+        if len(rows) < MIN_ROWS_FOR_AN_INTERVAL:  # earlier versions saved one (0 wide)
+            scores = _without_intervals(scores)
         probes = tuple(read_jsonl(folder / "probes.jsonl"))
         return cls(scores, rows, settings, folder, probes)
 
@@ -585,6 +589,15 @@ def _read_scores(path: Path) -> dict[str, dict[str, Any]]:
     except (TypeError, ValueError) as err:
         raise EvaluationError(f"{path} is damaged: {err}.") from err
     return scores
+
+
+def _without_intervals(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The scores with every 95% interval unknown, as this version computes them for too few
+    rows (:data:`~workbench.evaluation.bootstrap.MIN_ROWS_FOR_AN_INTERVAL`)."""
+    return {
+        name: {k: (_NAN, _NAN) if k.endswith("_ci") else v for k, v in entry.items()}
+        for name, entry in scores.items()
+    }
 
 
 def _read_rows(path: Path, expected: Any) -> tuple[EvalRow, ...]:
