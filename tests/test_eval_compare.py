@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.eval_fixtures import handmade_evaluation
+from workbench.errors import WorkbenchWarning
 from workbench.evaluation import EvaluationError, compare
 
 
@@ -159,3 +160,37 @@ def test_an_untrained_model_is_evaluated_and_exported_as_the_base(tmp_path, tiny
     s.merge()
     assert s.evaluate(data=rows[8:], metrics=["exact_match"]).columns == ("tuned",)
     assert run.state.value == "finished"
+
+
+def test_an_evaluation_an_earlier_version_saved_without_its_run_is_named_not_dropped(tmp_path):
+    session = tmp_path / "session"
+    (session / "session.json").parent.mkdir()
+    (session / "session.json").write_text("{}")
+    _run(session / "runs" / "run-001", [3.0, 2.0], [(2, 2.1)], 0.5)
+    (session / "runs" / "run-001" / "run.json").write_text("{}")
+    old = handmade_evaluation()
+    assert "run" not in old.settings  # as versions before the run was recorded saved it
+    old.scores["exact_match"]["tuned"] = 0.75
+    old.save(session / "evaluations" / "eval-001")
+    with pytest.warns(WorkbenchWarning, match=r"left out of the comparison: evaluations/eval-001 "):
+        records = compare([session]).records()
+    assert [r["exact_match_tuned"] for r in records] == [0.5]  # the run's own, not the guess
+
+
+def test_a_base_model_evaluated_before_any_run_is_not_taken_for_an_old_version(
+    tmp_path, tiny_model_dir
+):
+    import warnings
+
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"What is {i}?", "answer": str(i)} for i in range(12)])
+    base = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    assert base.settings["run"] is None
+    run = s.train(max_steps=1, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)
+        records = wb.compare(tmp_path / "s").records()
+    assert [r["run"] for r in records] == [run.run_dir.name]

@@ -1329,7 +1329,7 @@ class Session:
 
     def _evaluation_about(self, data: Any) -> dict[str, Any]:
         """What an evaluation's settings say it measured, for ``compare``: the rows, and
-        the adapter's strength where it is not as trained."""
+        the adapter's strength where it is not as trained, and the run (``None``: none)."""
         if data is None:
             about: dict[str, Any] = {"data": "validation split"}
         elif isinstance(data, (str, Path)):
@@ -1339,6 +1339,7 @@ class Session:
         strength = self.adapter_strength
         if strength is not None and strength != 1:
             about["adapter_strength"] = strength
+        about["run"] = None  # the run that trained the weights, where one did (run_evaluation)
         return about
 
     def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:

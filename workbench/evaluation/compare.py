@@ -181,7 +181,27 @@ def _run_folders(folder: Path) -> list[Path]:
     runs = sorted(p for p in (folder / "runs").glob("*") if (p / "run.json").is_file())
     if not runs:
         raise EvaluationError(f"session folder {folder} has no training runs to compare yet")
+    _warn_of_evaluations_naming_no_run(folder / "evaluations")
     return runs
+
+
+def _warn_of_evaluations_naming_no_run(folder: Path) -> None:
+    """Say which of a session's evaluations compare cannot place: those an earlier version
+    saved without the run they evaluated (a ``run`` setting), left out rather than guessed."""
+    unplaced = [
+        e.path
+        for e in _saved_in(folder, skip_damaged=True)
+        if "run" not in e.settings and "checkpoint_step" not in e.settings
+    ]
+    if unplaced:
+        names = ", ".join(str(Path(p).relative_to(folder.parent)) for p in unplaced)
+        msg = (
+            f"left out of the comparison: {names} (saved by an earlier version of the "
+            "workbench, which did not record which run, if any, trained the weights it "
+            "evaluated); Evaluation.load(folder) shows each, and s.evaluate() again scores "
+            "the run the session holds"
+        )
+        warnings.warn(msg, WorkbenchWarning, stacklevel=4)
 
 
 def _run_settings(path: Path) -> dict:
