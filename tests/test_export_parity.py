@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -265,6 +266,26 @@ def test_a_merged_export_is_checked_in_plain_transformers(tmp_path, tiny_model_d
     for case in broken.cases:  # same tokens up to the end of turn, which the export runs past
         assert case.first_difference == f"answer token {len(case.answer_ids) + 1}"
         assert case.tie_gap is None and len(case.exported_answer_ids) > len(case.answer_ids)
+
+
+def test_a_check_of_another_runs_export_says_whose_weights_each_holds(tmp_path, tiny_model_dir):
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(ROWS, validation=ROWS[:3])
+    s.train(max_steps=4, lr=5e-3, batch_size=4, wait=True)
+    folder = s.export("export/merged")
+    own = s.check_export("export/merged", limit=1, max_new_tokens=4)
+    assert own.note == "" and own.summary().endswith("answers the same.")
+    s.load_model(str(tiny_model_dir))
+    s.train(max_steps=8, lr=5e-3, batch_size=4, wait=True)
+    other = s.check_export("export/merged", limit=1, max_new_tokens=4)
+    said = "The export holds run-001's weights, the session's model run-002's weights"
+    assert said in other.summary() and said in str(other)
+    assert html.escape(said) in other._repr_html_()
+    assert json.loads((folder / CHECK_FILE).read_text())["note"] == other.note
+    s.load_model(str(tiny_model_dir))  # no run's weights now
+    base = s.check_export("export/merged", limit=1, max_new_tokens=4)
+    assert "the session's model weights no run trained" in base.note
 
 
 def test_check_export_names_what_it_can_check(tmp_path, tiny_model_dir):

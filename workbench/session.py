@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 import warnings
@@ -1548,7 +1549,7 @@ class Session:
     def _writer(self) -> str:
         """Who writes an export now, as :meth:`_say_replacing` names it later."""
         run = self._model_run()
-        return run.run_dir.name if run is not None else "this session folder"
+        return run.run_dir.name if run is not None else _NO_RUN
 
     def _recorder(self, target: Path, what: str) -> Callable[[Path], None]:
         """A ``before_placing`` for :func:`~workbench.deploy.paths.staged_write`: the new
@@ -1643,11 +1644,30 @@ class Session:
         )
         folder = exported.parent if check is check_gguf else target
         earlier = self.folder.written_earlier(folder)
+        note = self._other_writer_note(earlier)
+        if note:
+            report = dataclasses.replace(report, note=note)
         report.save(folder)
         if earlier is not None:  # still the session's export, with its check beside it
             self._remember(folder, earlier.get("by", ""), earlier.get("what", ""))
         self._progress(report.summary())
         return report
+
+    def _other_writer_note(self, earlier: dict | None) -> str:
+        """What a check must say when the export holds other weights than the session's
+        model (written by another run, as ``session.json`` records): its answers differ where
+        the two models do, which is no fault of the export."""
+        by, now = (earlier or {}).get("by"), self._writer()
+        if not by or by == now:
+            return ""
+
+        def weights(writer: str) -> str:
+            return "weights no run trained" if writer == _NO_RUN else f"{writer}'s weights"
+
+        return (
+            f"The export holds {weights(by)}, the session's model {weights(now)}: answers "
+            "differ where the two models do. Export again to check the model the session holds."
+        )
 
     def to_script(self, path: str | Path, fsdp: bool = False) -> Path:
         """Write the latest run as a standalone ``accelerate`` folder (several GPUs, no workbench).
@@ -1861,6 +1881,9 @@ class Session:
     def __repr__(self) -> str:
         model = self._loaded.source.spec if self._loaded else None
         return f"Session(run_dir={str(self.run_dir)!r}, model={model!r})"
+
+
+_NO_RUN = "this session folder"  # who wrote an export no run's weights are in (session.json)
 
 
 def _stop_list(stops: Any) -> list[str]:

@@ -135,6 +135,8 @@ class ParityReport:
         export: The exported file (or merged folder).
         cases: The compared conversations.
         runtime: What ran the export: ``"llama.cpp"`` or ``"transformers"``.
+        note: What the reader must know to read the counts (the export holds another run's
+            weights than the model it was compared with); ``""`` when nothing.
 
     Examples:
         >>> report = ParityReport("m.gguf", (ParityCase("p", [1], [1], "a", "a", [3], [3]),))
@@ -145,6 +147,7 @@ class ParityReport:
     export: str
     cases: tuple[ParityCase, ...]
     runtime: str = "llama.cpp"
+    note: str = ""
 
     @property
     def same_count(self) -> int:
@@ -190,7 +193,7 @@ class ParityReport:
         if ties:
             line += f"; {ties} more differ{'s' if ties == 1 else ''} only at a near tie of the "
             line += "tuned model (rounding picks either token)"
-        return line + "."
+        return f"{line}. {self.note}" if self.note else line + "."
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """Table rows: case, same or where it first differs, tuned answer, exported answer.
@@ -215,6 +218,7 @@ class ParityReport:
             "runtime": self.runtime,
             "same": self.same_count,
             "total": len(self.cases),
+            "note": self.note,
             "cases": [
                 {
                     **asdict(case),
