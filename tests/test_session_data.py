@@ -102,3 +102,18 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_load_data(tmp_path, tin
         s.load_data(rows, validation=None)
     with pytest.raises(wb.NoDataError):
         _ = s.data  # nothing half-loaded
+
+
+def test_a_session_opened_again_says_which_data_its_folder_loaded(session, tmp_path):
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(12)]
+    path = write_jsonl(tmp_path / "tickets.jsonl", rows)
+    session.load_data(str(path), template="chatml")
+    again = wb.Session(session.run_dir, verbose=False)  # a new kernel, the same folder
+    said = rf"last loaded {path}: s\.load_data\('{path}', template='chatml'\) loads it again"
+    with pytest.raises(wb.NoDataError, match=said):
+        _ = again.data
+    with pytest.raises(wb.NoDataError, match=said):
+        again.data_report()
+    session.load_data(rows)
+    with pytest.raises(wb.NoDataError, match=r"s\.load_data\(rows\) with those rows"):
+        _ = wb.Session(session.run_dir, verbose=False).data

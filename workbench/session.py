@@ -516,8 +516,34 @@ class Session:
             workbench.errors.NoDataError: no data is loaded: call session.load_data(...) first.
         """
         if self._data is None:
-            raise NoDataError("no data is loaded: call session.load_data(...) first.")
+            raise NoDataError(self._no_data_message())
         return self._data
+
+    def _no_data_message(self) -> str:
+        """Why there is no data, and, where ``session.json`` says what this folder loaded last
+        (a session opened again after a restart), the call that loads it again."""
+        said = "no data is loaded: call session.load_data(...) first."
+        try:
+            last = self._state().get("data")
+        except (OSError, WorkbenchError):
+            return said
+        if not isinstance(last, dict) or not isinstance(last.get("source"), str):
+            return said
+        source, template = last["source"], last.get("template")
+        options = "".join(
+            f", {key}={last[key]!r}" for key in ("sheet", "encoding") if last.get(key)
+        )
+        if isinstance(template, str) and template != "tokenizer":
+            options += f", template={template!r}"
+        if source.startswith("<"):  # rows given in code: only the notebook has them
+            call = f"s.load_data(rows{options}) with those rows"
+        else:
+            call = f"s.load_data({source!r}{options})"
+        return (
+            f"no data is loaded in this session object; {self.run_dir / 'session.json'} says "
+            f"this folder last loaded {source}: {call} loads it again (with the validation "
+            "split and other options it was given then)."
+        )
 
     def example(self, i: int, split: str = "train") -> Example:
         """Example ``i`` as the model sees it: tokens with text, id and trained flag.
@@ -848,7 +874,9 @@ class Session:
         ``run_dir`` is a run folder (``runs/demo/runs/run-001``) or a session folder, whose
         latest run is then resumed (and named in a progress message). The base model is the
         one the run's ``run.json`` names; where that folder has moved, ``model=`` names it
-        now (and ``run.json`` keeps the new place for later resumes).
+        now (and ``run.json`` keeps the new place for later resumes). The run goes on with
+        the tokens its folder keeps; the session's data is not loaded again (evaluating needs
+        it: what needs data and finds none names the call that loads what the folder loaded).
 
         Examples:
             >>> import shutil
