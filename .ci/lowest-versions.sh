@@ -10,8 +10,9 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q torch==2.13.0
 "$venv/bin/pip" install -q $(python3 .ci/lowest_requirements.py) \
     pytest pytest-xdist nbformat nbclient ipykernel openai pillow polars
+"$venv/bin/pip" install -q --no-deps -e .  # the project itself, with nothing upgraded
 "$venv/bin/pip" list --format=freeze > .cache/lowest-versions.txt
-PYTHONPATH="$PWD" "$venv/bin/python" -m pytest -p no:cacheprovider -n 2 --dist loadfile -q \
+"$venv/bin/python" -m pytest -p no:cacheprovider -n 2 --dist loadfile -q \
     -m "not slow and not browser and not llama_cpp and not gpu" \
     tests/test_session.py tests/test_train_run.py tests/test_train_quantized.py \
     tests/test_data_formats.py tests/test_data_templates.py tests/test_loading.py \
