@@ -208,6 +208,24 @@ def test_special_tokens_the_model_writes_stay_in_its_answer(tmp_path):
     assert wb.parse_tool_calls(answers[0])[0]["function"] == {"name": "add", "arguments": {"a": 1}}
 
 
+def test_a_character_the_token_limit_cuts_is_left_out_as_streaming_leaves_it(tmp_path):
+    """A Chinese character is three byte tokens here: an answer cut after two of them ended
+    in a replacement character, shown in evaluations and the report."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessorList
+
+    folder = build_tiny_model(tmp_path / "tiny")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    answer = tokenizer.encode("你好我", add_special_tokens=False)
+    assert len(answer) > 3 and tokenizer.decode(answer[:-1]).endswith("\ufffd")
+    length = tokenizer(["Say hello"], return_tensors="pt").input_ids.shape[1]
+    writes = LogitsProcessorList([_Writes([answer], length, tokenizer.eos_token_id)])
+    cut = generate_text(model, tokenizer, ["Say hello"], len(answer) - 1, logits_processor=writes)
+    assert cut == ["你好"]
+    whole = generate_text(model, tokenizer, ["Say hello"], len(answer), logits_processor=writes)
+    assert whole == ["你好我"]
+
+
 def test_a_pad_token_the_model_writes_does_not_end_its_answer(tmp_path):
     """generate goes on after a pad token the model chose (so does an export): the answer
     was cut there, showing less than the exported model would say."""

@@ -78,6 +78,21 @@ def test_a_streamed_completion_cut_at_its_stop_ends_as_the_unstreamed_one(server
     assert plain(stop=[never_met]) == streamed(stop=[never_met]) == (full, "length")
 
 
+def test_an_answer_cut_inside_a_character_is_the_same_streamed_or_not(server):
+    # The tiny model writes byte tokens: an answer cut after part of a character's bytes
+    # ended in U+FFFD unstreamed, where the streamer held those bytes back ("heck!" streamed,
+    # "heck!\ufffd" not, at max_tokens=4).
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    for max_tokens in range(1, 13):
+        asked = dict(model=str(server.folder), prompt="Hello", max_tokens=max_tokens, temperature=0)
+        plain = client.completions.create(**asked).choices[0].text
+        chunks = client.completions.create(**asked, stream=True)
+        streamed = "".join(c.text for chunk in chunks for c in chunk.choices)
+        assert plain == streamed and not plain.endswith("\ufffd"), max_tokens
+
+
 @pytest.mark.parametrize(
     "body",
     [{"prompt": ""}, {}, {"prompt": "", "stream": True}],

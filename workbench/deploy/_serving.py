@@ -584,8 +584,6 @@ def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
             _stop_at_turn_end(settings)
         response = await non_streaming(self, request_id, engine, inputs, settings, *args, **kw)
         stops = _stops(settings)
-        if not stops:
-            return response
         body = json.loads(response.body)
         for choice in body.get("choices", []):
             holder = choice.get("message") or choice
@@ -594,6 +592,8 @@ def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
                 holder[field], stopped = cut_at_stop(holder[field], stops)
                 if stopped:
                     _stopped_at_a_stop(choice)
+                # a character max_tokens cut in two decodes to U+FFFD; streamed, it is left out
+                holder[field] = holder[field].rstrip("\ufffd")
         return json_response(body, media_type="application/json")
 
     @functools.wraps(streaming)

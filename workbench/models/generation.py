@@ -16,7 +16,13 @@ from typing import Any
 
 from workbench.errors import SpecError
 
-__all__ = ["cut_at_stop", "encode_prompts", "generate_text", "stop_token_ids"]
+__all__ = [
+    "cut_at_stop",
+    "encode_prompts",
+    "generate_text",
+    "stop_token_ids",
+    "without_a_cut_character",
+]
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], **options: Any):
@@ -124,7 +130,9 @@ def generate_text(
     after one. Any other special token it wrote stays in the text, as a chat template would
     write it (a pad token it chose too: an exported model goes on after it): a tool-call
     marker such as Gemma 4's ``<|tool_call>`` or Mistral's ``[TOOL_CALLS]`` is part of the
-    answer (:func:`~workbench.data.tool_calls.parse_tool_calls` needs it).
+    answer (:func:`~workbench.data.tool_calls.parse_tool_calls` needs it). A character the
+    token limit cut in the middle (its bytes split over tokens) is left out, as a streamed
+    answer leaves it out (:func:`without_a_cut_character`).
 
     A prompt is text (tokenized by :func:`encode_prompts`) or token ids, used as they are
     (:mod:`workbench.data.prompts` makes the ids training saw). Prompts are batched with
@@ -179,7 +187,21 @@ def generate_text(
     new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     ends = _end_ids(model, tokenizer, generation)
     texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]
-    return [cut_at_stop(t, stops) for t in texts] if stops else texts
+    texts = [cut_at_stop(t, stops) for t in texts] if stops else texts
+    return [without_a_cut_character(t) for t in texts]
+
+
+def without_a_cut_character(text: str) -> str:
+    """``text`` without the replacement characters (U+FFFD) that end it where its last
+    tokens held only part of a character's bytes: the token limit cut the answer inside a
+    Chinese character or an emoji. A streamed answer never shows them (the streamer holds
+    such bytes back), so the same answer is the same text either way.
+
+    Examples:
+        >>> without_a_cut_character("我\ufffd"), without_a_cut_character("a\ufffdb")
+        ('我', 'a\ufffdb')
+    """
+    return text.rstrip("\ufffd")
 
 
 def _prompt_ids(tokenizer: Any, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
