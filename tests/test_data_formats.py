@@ -255,16 +255,15 @@ def test_a_validation_file_with_other_columns_shows_its_own_rows(tmp_path, token
         ('{"question": "a", "answer": "b",}\n', "a comma before '}' (JSON allows no trailing"),
         ("{'question': 'a', 'answer': 'b'}\n", "single quotes; JSON needs double quotes"),
         ('{"question": "a", "answer": "b"}\r{"question": "c", "answer": "d"}\r', "carriage"),
-        ('{"question": "a", "answer": "b"}\n'.encode("utf-16-le").decode("latin-1"), "UTF-16"),
         ('{"question": "a", "answer": "b', "Unterminated string starting at column 29)"),
     ],
-    ids=["comma-after", "trailing-comma", "single-quotes", "cr-only", "utf16-no-bom", "cut"],
+    ids=["comma-after", "trailing-comma", "single-quotes", "cr-only", "cut"],
 )
 def test_a_json_line_s_error_says_what_usually_causes_it(
     tmp_path, tokenizer, cache_dir, text, hint
 ):
     path = tmp_path / "rows.jsonl"
-    path.write_bytes(text.encode("latin-1") if hint == "UTF-16" else text.encode())
+    path.write_bytes(text.encode())
     with pytest.raises(
         DataError, match=rf"rows\.jsonl, line 1: not valid JSON \(.*{re.escape(hint)}"
     ):
@@ -431,6 +430,39 @@ def test_a_legacy_encoding_given_for_a_utf8_file_is_questioned(tmp_path, tokeniz
         data = load(legacy, tokenizer, cache_dir, encoding="cp1252")
         assert data.train[0]["messages"][1]["content"] == "Oui — très"
         load(path, tokenizer, cache_dir, encoding="utf-8")
+
+
+def test_utf16_and_undecodable_files_say_which_encoding_and_line(tmp_path, tokenizer, cache_dir):
+    # A UTF-16 file without its mark failed with "cannot tell the format from the columns
+    # ['i\x00n\x00...']"; one with its mark, or a UTF-8 file, given encoding='cp1252' failed
+    # with "not valid CP1252 text (character maps to <undefined>)": no line, no way out.
+    text = "question,answer\nCafé?,Oui\n"
+    unmarked = tmp_path / "unmarked.csv"
+    unmarked.write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"unmarked\.csv: the file looks like UTF-16 text "
+                       r"without a byte order mark .*: pass encoding='utf-16-le'"):  # fmt: skip
+        load(unmarked, tokenizer, cache_dir)
+    data = load(unmarked, tokenizer, cache_dir, encoding="utf-16-le")
+    assert data.train[0]["messages"][1]["content"] == "Oui"
+    big = tmp_path / "big.csv"
+    big.write_bytes(text.encode("utf-16-be"))
+    with pytest.raises(DataError, match=r"pass encoding='utf-16-be'"):
+        load(big, tokenizer, cache_dir)
+    lines = tmp_path / "rows.jsonl"  # JSON Lines too (its error said "not valid JSON")
+    lines.write_bytes('{"question": "a", "answer": "b"}\n'.encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"rows\.jsonl: the file looks like UTF-16 text"):
+        load(lines, tokenizer, cache_dir)
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(text.encode("utf-16"))
+    with pytest.raises(DataError, match=r"marked\.csv: the file starts with UTF-16's byte "
+                       r"order mark, so it is UTF-16, not encoding='cp1252'"):  # fmt: skip
+        load(marked, tokenizer, cache_dir, encoding="cp1252")
+    chinese = tmp_path / "chinese.csv"
+    chinese.write_text("question,answer\n" + "a,b\n" * 5 + "可以吗?,可以\n", encoding="utf-8")
+    said = r"chinese\.csv: not valid CP1252 text at line 7 .*; it reads as UTF-8: leave encoding"
+    with pytest.raises(DataError, match=said), warnings.catch_warnings():
+        warnings.simplefilter("ignore", WorkbenchWarning)  # "reads as UTF-8" said first
+        load(chinese, tokenizer, cache_dir, encoding="cp1252")
 
 
 def test_the_session_records_the_encoding(tmp_path, tiny_model_dir):

@@ -234,6 +234,8 @@ def _open_path(
         )
         raise DataError(msg)
     _refuse_binary_as_text(path, kind)
+    if encoding is None:
+        _refuse_unmarked_utf16(path, kind)
     if (
         encoding is not None
         and not _is_utf8(encoding)
@@ -264,6 +266,28 @@ _MAGIC = (
 )
 
 
+def _refuse_unmarked_utf16(path: Path, kind: str) -> None:
+    """A text file in UTF-16 without its byte order mark (every other byte 0 for Latin text):
+    say so and name the encoding, rather than read it as UTF-8 full of NUL characters."""
+    if kind not in (".jsonl", ".json", ".csv", ".tsv") or path.suffix.lower() in COMPRESSIONS:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    head = head[: len(head) // 2 * 2]
+    if len(head) < 8 or _wide_encoding(head) is not None:
+        return
+    pairs = len(head) // 2
+    little = sum(1 for i in range(1, len(head), 2) if head[i] == 0 and head[i - 1] != 0)
+    big = sum(1 for i in range(0, len(head), 2) if head[i] == 0 and head[i + 1] != 0)
+    for zeros, name in ((little, "utf-16-le"), (big, "utf-16-be")):
+        if zeros > pairs // 2:
+            msg = (
+                f"{path}: the file looks like UTF-16 text without a byte order mark (every "
+                f"other byte is 0): pass encoding={name!r}, or save it as UTF-8"
+            )
+            raise DataError(msg)
+
+
 def _refuse_binary_as_text(path: Path, kind: str) -> None:
     """A text file's name on compressed or binary data: say what it holds, not that its
     bytes are not UTF-8 (which suggested an encoding) or that a CSV is empty."""
@@ -287,14 +311,16 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _check_encoding_fits(path: Path, encoding: str) -> None:
-    """Refuse ``encoding`` for a file whose byte order mark says UTF-8, and warn when its
-    non-ASCII bytes are valid UTF-8 (then ``latin-1`` or ``cp1252`` turn "Près" into "PrÃ¨s")."""
+    """Refuse ``encoding`` for a file whose byte order mark says UTF-8 (or UTF-16, UTF-32),
+    and warn when its non-ASCII bytes are valid UTF-8 (then ``latin-1`` or ``cp1252`` turn
+    "Près" into "PrÃ¨s")."""
     with contextlib.closing(_open_bytes(path)) as stream:
         head = stream.read(1 << 20)
-    if head.startswith(_UTF8_BOM):
+    marked = "UTF-8" if head.startswith(_UTF8_BOM) else _wide_encoding(_first_bytes(path))
+    if marked is not None:
         msg = (
-            f"{path}: the file starts with UTF-8's byte order mark, so it is UTF-8, not "
-            f"encoding={encoding!r}: leave encoding out"
+            f"{path}: the file starts with {marked.upper()}'s byte order mark, so it is "
+            f"{marked.upper()}, not encoding={encoding!r}: leave encoding out"
         )
         raise DataError(msg)
     if head.isascii():
@@ -397,6 +423,15 @@ _WIDE_BOMS = (
 )
 
 
+def _first_bytes(path: Path) -> bytes:
+    """The first four bytes of the file's text, as written (decompressed, not re-encoded)."""
+    if path.suffix.lower() not in COMPRESSIONS:
+        with path.open("rb") as fh:
+            return fh.read(4)
+    with contextlib.closing(_Decompressed(path)) as stream:
+        return stream.read(4)
+
+
 def _is_utf8(encoding: str) -> bool:
     import codecs
 
@@ -424,7 +459,12 @@ class _Reencoded(io.RawIOBase):
             try:
                 chunk = self.text.read(1 << 14)
             except UnicodeDecodeError as err:
-                msg = f"{self.path.name}: not valid {self.encoding.upper()} text ({err.reason})"
+                line = _first_undecodable_line(self.path, self.encoding)
+                where = f" at line {line}" if line else ""
+                msg = (
+                    f"{self.path.name}: not valid {self.encoding.upper()} text{where} "
+                    f"({err.reason}){_utf8_hint(self.path)}"
+                )
                 raise DataError(msg) from None
             if not chunk:
                 return 0
@@ -437,6 +477,34 @@ class _Reencoded(io.RawIOBase):
         if not self.closed:
             self.text.close()
         super().close()
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    """The number of the first line of ``path`` that is not ``encoding`` text."""
+    import codecs
+
+    decoder, lines = codecs.getincrementaldecoder(encoding)(errors="strict"), 1
+    opened = path.open("rb") if path.suffix.lower() not in COMPRESSIONS else _Decompressed(path)
+    with contextlib.closing(opened) as stream:
+        while chunk := stream.read(1 << 16):
+            try:
+                lines += decoder.decode(chunk).count("\n")
+            except UnicodeDecodeError as err:
+                return lines + chunk[: err.start].decode(encoding, "replace").count("\n")
+    return None
+
+
+def _utf8_hint(path: Path) -> str:
+    """``"; it reads as UTF-8: leave encoding out"`` where the file's bytes are UTF-8."""
+    opened = path.open("rb") if path.suffix.lower() not in COMPRESSIONS else _Decompressed(path)
+    with contextlib.closing(opened) as stream:
+        head = stream.read(1 << 20)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.reason != "unexpected end of data" or len(head) < 1 << 20:
+            return ""
+    return "; it reads as UTF-8: leave encoding out"
 
 
 class _Decompressed(io.RawIOBase):
