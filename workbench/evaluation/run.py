@@ -199,6 +199,7 @@ def _score(
                     raise EvaluationError(score_name_clash(name, given_by[name], metric.name))
                 entry = scores.setdefault(name, {"higher_is_better": metric.higher_is_better})
                 entry[role], entry[f"{role}_ci"] = scored.value, scored.ci
+                entry.update(scored.settings)  # what the metric chose itself (BLEU's tokenize)
                 per_example.setdefault(name, {})[role] = scored.per_example
     return scores, per_example
 

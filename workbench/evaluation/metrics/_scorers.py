@@ -28,6 +28,7 @@ from workbench.evaluation.bootstrap import mean_ci, nan_mean, percentile_ci
 
 __all__ = [
     "MODULES_DIR",
+    "UNSPACED_CHARS",
     "Column",
     "FunctionScorer",
     "ModuleScorer",
@@ -36,7 +37,9 @@ __all__ = [
     "SacreScorer",
     "Scored",
     "Scorer",
+    "bleu_tokenize",
     "load_module",
+    "nfc",
 ]
 
 MODULES_DIR = Path(__file__).resolve().parent
@@ -69,6 +72,8 @@ class Scored:
         value: The corpus score (what the published module reports).
         per_example: The score of each row alone.
         ci: Bootstrap confidence interval of ``value``.
+        settings: Options the scorer chose from the text (BLEU's ``tokenize``), to report
+            with the options the caller gave.
 
     Examples:
         >>> Scored(1.0, (1.0,), (1.0, 1.0)).value
@@ -78,6 +83,7 @@ class Scored:
     value: float
     per_example: tuple[float, ...]
     ci: tuple[float, float]
+    settings: dict = field(default_factory=dict)
 
 
 class Scorer(Protocol):
@@ -241,12 +247,61 @@ class ModuleScorer:
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 # Scripts written without spaces between words: each character is a word for ROUGE (as
-# multilingual ROUGE setups split Chinese and Japanese): CJK ideographs, kana, Thai, Lao,
-# Khmer, Myanmar.
-_UNSPACED = (
-    (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F),
-    (0x20000, 0x2FA1F), (0x0E00, 0x0EFF), (0x1780, 0x17FF), (0x1000, 0x109F),
+# multilingual ROUGE setups split Chinese and Japanese) and for the word diff. Han
+# ideographs (Chinese, and Japanese kanji) apart from the others (kana, Thai, Lao, Khmer,
+# Myanmar), as sacrebleu has a tokenizer for Chinese ("zh") and only "char" for the rest.
+_HAN = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+_OTHER_UNSPACED = (
+    (0x3040, 0x30FF), (0xFF66, 0xFF9F), (0x0E00, 0x0EFF), (0x1780, 0x17FF), (0x1000, 0x109F),
 )  # fmt: skip
+_UNSPACED = _HAN + _OTHER_UNSPACED
+UNSPACED_CHARS = "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _UNSPACED)
+"""The characters of scripts written without spaces, as the inside of a regex ``[...]``."""
+
+
+def _in(ranges: tuple[tuple[int, int], ...], char: str) -> bool:
+    return any(low <= ord(char) <= high for low, high in ranges)
+
+
+def nfc(texts: Any) -> Any:
+    """A text, or a list of texts or of lists of them, in Unicode NFC.
+
+    The same letters can be stored precomposed (``é``) or as a letter and a combining mark
+    (``e`` + U+0301); every text metric compares them after this, so both read alike.
+
+    Examples:
+        >>> nfc(["cafe\\u0301", ["e\\u0301"]]) == ["caf\\u00e9", ["\\u00e9"]]
+        True
+    """
+    import unicodedata
+
+    if isinstance(texts, str):
+        return unicodedata.normalize("NFC", texts)
+    return [nfc(text) for text in texts]
+
+
+def bleu_tokenize(references: Any) -> str:
+    """The sacrebleu tokenizer for these references, as sacrebleu advises for their script.
+
+    ``"13a"`` (sacrebleu's default) splits at spaces, so an unspaced sentence is one word and
+    a perfect Chinese or Thai answer scores 0. Chinese characters get ``"zh"``; when most
+    words are of another script written without spaces (Japanese kana, Thai, Lao, Khmer,
+    Myanmar: ``"ja-mecab"`` needs MeCab) ``"char"``; anything else ``"13a"``. Only the
+    references decide, so every model's answers are scored alike.
+
+    Examples:
+        >>> bleu_tokenize(["the cat"]), bleu_tokenize(["猫在睡觉"]), bleu_tokenize(["猫が寝る"])
+        ('13a', 'zh', 'char')
+        >>> bleu_tokenize([["แมวนอน", "the cat"]])
+        'char'
+    """
+    texts = [references] if isinstance(references, str) else nfc(list(references))
+    texts = [t for text in texts for t in ([text] if isinstance(text, str) else text)]
+    chars = [c for text in texts for c in text if _in(_UNSPACED, c)]
+    words = sum(len(_words(text)) for text in texts)
+    if 2 * len(chars) >= words and any(_in(_OTHER_UNSPACED, c) for c in chars):
+        return "char"
+    return "zh" if any(_in(_HAN, c) for c in chars) else "13a"
 
 
 @dataclass(frozen=True)
@@ -286,8 +341,7 @@ def _words(text: str) -> list[str]:
     words: list[str] = []
     word: list[str] = []
     for char in text:
-        code = ord(char)
-        if any(low <= code <= high for low, high in _UNSPACED):
+        if _in(_UNSPACED, char):
             words += ["".join(word), char] if word else [char]
             word = []
         elif unicodedata.category(char)[0] in "LNM":
@@ -342,7 +396,9 @@ class SacreScorer:
     """Corpus BLEU or chrF through the shipped module, with a corpus-level bootstrap.
 
     The interval recomputes the corpus score on each resample from sacrebleu's sufficient
-    statistics (as sacrebleu's own paired bootstrap does), so it is fast and exact.
+    statistics (as sacrebleu's own paired bootstrap does), so it is fast and exact. BLEU
+    without a ``tokenize`` option gets :func:`bleu_tokenize`'s choice, reported in the
+    score's ``settings``.
 
     Examples:
         >>> column = Column(("the cat",) * 10, ("the cat",) * 10)
@@ -361,29 +417,35 @@ class SacreScorer:
             >>> s = SacreScorer("bleu").score(Column(("",), ("x",)), np.zeros((1, 1), int))
             >>> s["bleu"].value
             0.0
+            >>> column = Column(("猫在睡觉",), ("猫在睡觉",))
+            >>> s = SacreScorer("bleu").score(column, np.zeros((1, 1), int))
+            >>> round(s["bleu"].value, 6), s["bleu"].settings
+            (100.0, {'tokenize': 'zh'})
         """
+        options = dict(self.options)
+        if self.kind == "bleu" and options.get("tokenize") is None:
+            options["tokenize"] = bleu_tokenize(column.references)
         module = load_module(str(MODULES_DIR / self.kind))
-        result = _compute(module, self.kind, column, {**self.options, "per_example": True}, "all")
-        statistic = self._statistic(column)
+        result = _compute(module, self.kind, column, {**options, "per_example": True}, "all")
+        statistic = self._statistic(column, options)
         values = tuple(float(v) for v in result["per_example"])
         interval = percentile_ci(statistic, indices)
-        return {self.kind: Scored(float(result["score"]), values, interval)}
+        settings = {"tokenize": options["tokenize"]} if self.kind == "bleu" else {}
+        return {self.kind: Scored(float(result["score"]), values, interval, settings)}
 
-    def _statistic(self, column: Column) -> Any:
-        metric = self._sacrebleu()
-        stats = np.asarray(
-            metric._extract_corpus_statistics(list(column.predictions), [list(column.references)])
-        )
+    def _statistic(self, column: Column, options: dict) -> Any:
+        metric = self._sacrebleu(options)
+        texts = nfc(list(column.predictions)), [nfc(list(column.references))]
+        stats = np.asarray(metric._extract_corpus_statistics(*texts))
 
         def statistic(rows: np.ndarray) -> float:
             return float(metric._compute_score_from_stats(stats[rows].sum(axis=0).tolist()).score)
 
         return statistic
 
-    def _sacrebleu(self) -> Any:
+    def _sacrebleu(self, o: dict) -> Any:
         from sacrebleu import BLEU, CHRF
 
-        o = self.options
         if self.kind == "chrf":
             keys = ("char_order", "word_order", "beta", "lowercase", "whitespace", "eps_smoothing")
             return CHRF(**{k: o[k] for k in keys if k in o})

@@ -1,7 +1,11 @@
 """BLEU on sacrebleu: corpus BLEU, as evaluate's published ``sacrebleu`` module (offline copy).
 
-The workbench's ``bleu`` is sacrebleu's corpus BLEU on a 0-100 scale (13a tokenizer,
-exponential smoothing), the number evaluate's ``sacrebleu`` module reports as ``score``. It is
+The workbench's ``bleu`` is sacrebleu's corpus BLEU on a 0-100 scale (exponential
+smoothing), the number evaluate's ``sacrebleu`` module reports as ``score``. Two differences:
+texts are compared in Unicode NFC, and without a ``tokenize`` the tokenizer suits the
+references' script (``"zh"`` for Chinese, ``"char"`` for Japanese kana, Thai, Lao, Khmer,
+Myanmar, else sacrebleu's ``"13a"``; see ``bleu_tokenize``), so a perfect Chinese answer
+scores 100, not 0; the result's ``tokenize`` names the one used. It is
 not evaluate's older ``bleu`` module (TensorFlow NMT's ``compute_bleu``, on a 0-1 scale).
 Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``.
 """
@@ -9,6 +13,8 @@ Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``
 import datasets
 import evaluate
 from sacrebleu import BLEU
+
+from workbench.evaluation.metrics._scorers import bleu_tokenize, nfc
 
 _DESCRIPTION = """
 Corpus BLEU (sacrebleu), 0-100.
@@ -22,17 +28,21 @@ Args:
     smooth_value: Value for ``floor`` and ``add-k`` smoothing.
     force: Ignore tokenized-input warnings.
     lowercase: Lower-case before scoring.
-    tokenize: sacrebleu tokenizer name (default ``"13a"``).
+    tokenize: sacrebleu tokenizer name (default: chosen from the references' script, see
+        ``bleu_tokenize``: ``"zh"``, ``"char"`` or ``"13a"``).
     use_effective_order: Skip n-gram orders with no matches (for sentence BLEU).
     per_example: Also return ``"per_example"``: sentence BLEU of each pair (workbench addition).
 Returns:
-    score, counts, totals, precisions, bp, sys_len, ref_len (as the published module).
+    score, counts, totals, precisions, bp, sys_len, ref_len (as the published module), and
+    tokenize: the tokenizer used (workbench addition).
 Examples:
     >>> from workbench.evaluation import module_path
     >>> m = evaluate.load(module_path("bleu"))
     >>> m.compute(predictions=["the cat sat on the mat"], references=["the cat sat on the mat"])[
     ...     "score"]
     100.00000000000004
+    >>> m.compute(predictions=["猫在睡觉"], references=["猫在睡觉"])["tokenize"]
+    'zh'
 """
 
 
@@ -74,6 +84,8 @@ class Bleu(evaluate.Metric):
         use_effective_order=False,
         per_example=False,
     ):
+        predictions, references = nfc(predictions), nfc(references)
+        tokenize = tokenize or bleu_tokenize(references)
         bleu = BLEU(
             lowercase=lowercase,
             force=force,
@@ -92,6 +104,7 @@ class Bleu(evaluate.Metric):
             "bp": output.bp,
             "sys_len": output.sys_len,
             "ref_len": output.ref_len,
+            "tokenize": tokenize,
         }
         if per_example:
             # Sentence BLEU needs effective order (sacrebleu's advice), else most are 0.

@@ -1,11 +1,15 @@
 """chrF on sacrebleu, as evaluate's published ``chrf`` module (offline copy), 0-100.
 
-Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``.
+Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``. Texts are
+compared in Unicode NFC (a precomposed ``é`` and ``e`` + U+0301 read alike), otherwise the
+numbers are the published module's.
 """
 
 import datasets
 import evaluate
 from sacrebleu import CHRF
+
+from workbench.evaluation.metrics._scorers import nfc
 
 _DESCRIPTION = """
 Corpus chrF / chrF++ (sacrebleu), 0-100.
@@ -70,6 +74,7 @@ class ChrF(evaluate.Metric):
         eps_smoothing=False,
         per_example=False,
     ):
+        predictions, references = nfc(predictions), nfc(references)
         chrf = CHRF(char_order, word_order, beta, lowercase, whitespace, eps_smoothing)
         streams = _transpose(references)
         output = chrf.corpus_score(predictions, streams)

@@ -1,7 +1,10 @@
 """Exact match, as evaluate's published ``exact_match`` module, plus ``strip``.
 
 Shipped with the workbench so it loads offline: ``evaluate.load(<this folder>)``.
-With ``strip=False`` (the default) the numbers equal the published module's.
+With ``strip=False`` (the default) the numbers equal the published module's, except that
+texts are compared in Unicode NFC (a precomposed ``é`` and ``e`` + U+0301 read alike) and
+``ignore_case`` no longer cuts off a text that lower-casing lengthens (numpy's ``char.lower``
+keeps the array's width, so ``"İSTANBUL"`` and ``"İSTANBUX"`` both became ``"i̇stanbu"``).
 """
 
 import re
@@ -10,6 +13,8 @@ import string
 import datasets
 import evaluate
 import numpy as np
+
+from workbench.evaluation.metrics._scorers import nfc
 
 _DESCRIPTION = """
 Fraction of predictions equal to their reference after optional normalisation.
@@ -36,11 +41,12 @@ Examples:
 
 
 def _normalise(texts, regexes, ignore_case, ignore_punctuation, ignore_numbers, strip):
-    texts = np.asarray(texts)
+    texts = list(texts)
     for regex in regexes or []:
-        texts = np.array([re.sub(regex, "", x) for x in texts])
+        texts = [re.sub(regex, "", x) for x in texts]
     if ignore_case:
-        texts = np.char.lower(texts)
+        texts = [x.lower() for x in texts]  # not np.char.lower: it cuts "İ" -> "i̇" short
+    texts = np.asarray(texts, dtype=str)
     if ignore_punctuation:
         texts = np.char.translate(texts, table=str.maketrans("", "", string.punctuation))
     if ignore_numbers:
@@ -78,6 +84,7 @@ class ExactMatch(evaluate.Metric):
         strip=False,
         per_example=False,
     ):
+        predictions, references = nfc(predictions), nfc(references)
         options = (regexes_to_ignore, ignore_case, ignore_punctuation, ignore_numbers, strip)
         preds = _normalise(predictions, *options)
         refs = _normalise(references, *options)

@@ -5,11 +5,14 @@ arguments and the same algorithm as the published module: ``RougeScorer`` per ex
 ``use_aggregator=True`` the result is rouge-score's ``BootstrapAggregator`` median F-measure
 (it resamples with numpy's global random state, so it moves slightly between calls, exactly
 as the published module does); with ``use_aggregator=False`` it is the per-example F-measures.
+Texts are compared in Unicode NFC (a precomposed ``é`` and ``e`` + U+0301 read alike).
 """
 
 import datasets
 import evaluate
 from rouge_score import rouge_scorer, scoring
+
+from workbench.evaluation.metrics._scorers import nfc
 
 _DESCRIPTION = """
 ROUGE-1, ROUGE-2, ROUGE-L and ROUGE-Lsum F-measures (Google's rouge-score package).
@@ -68,6 +71,7 @@ class Rouge(evaluate.Metric):
         use_stemmer=False,
         tokenizer=None,
     ):
+        predictions, references = nfc(predictions), nfc(references)
         rouge_types = rouge_types or ["rouge1", "rouge2", "rougeL", "rougeLsum"]
         multi_ref = isinstance(references[0], list)
         scorer = rouge_scorer.RougeScorer(
