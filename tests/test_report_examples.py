@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import pytest
 
+from workbench._display import escape_html
 from workbench.evaluation import Evaluation, run_evaluation
 from workbench.report import write_report
 from workbench.tasks import INSTRUCTION, json_valid, records_to_json
@@ -94,7 +95,7 @@ def test_answers_are_marked_right_or_wrong_with_a_legend(report):
             mark = "✓" if right else "✗"
             assert cell == (
                 f'<span class="mark" title="{"right" if right else "wrong"}">{mark}</span> '
-                f"{html.escape(row.outputs[column])}"
+                f"{escape_html(row.outputs[column])}"  # control characters shown
             )
     assert evaluation.rows[0].scores["exact_match"]["tuned"] == 1.0
     assert section.count("✓</span>") == sum(

@@ -1,7 +1,10 @@
 """Plain-text and escaped-HTML tables shared by the objects a notebook displays.
 
-Every cell goes through :func:`html.escape`: model names, dataset text and outputs are
-untrusted and must never run as markup.
+Every cell goes through :func:`escape_html`: model names, dataset text and outputs are
+untrusted and must never run as markup. Text in any script shows as written: a cell of
+Hebrew or Arabic gets its own direction (:func:`text_dir`), wide characters count two
+columns in plain-text tables (:func:`display_width`), and :data:`UNSPACED_RANGES` names the
+scripts written without spaces between words (shared by the data checks and label cutting).
 
 Examples:
     >>> print(text_table([("a", "1"), ("bb", "22")], header=("k", "v")))
@@ -13,10 +16,51 @@ Examples:
 from __future__ import annotations
 
 import html
+import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["format_bytes", "html_table", "in_notebook", "notebook_kernel", "text_table"]
+__all__ = [
+    "HAN_RANGES",
+    "OTHER_UNSPACED_RANGES",
+    "UNSPACED_CHARS",
+    "UNSPACED_RANGES",
+    "continues_grapheme",
+    "display_width",
+    "escape_html",
+    "format_bytes",
+    "html_table",
+    "in_notebook",
+    "is_unspaced",
+    "isolate",
+    "notebook_kernel",
+    "text_dir",
+    "text_table",
+]
+
+HAN_RANGES = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+"""Code point ranges of the Han ideographs (Chinese, Japanese kanji)."""
+OTHER_UNSPACED_RANGES = (
+    (0x0E00, 0x0EFF), (0x1000, 0x109F), (0x1780, 0x17FF), (0x3040, 0x30FF), (0xFF66, 0xFF9F),
+)  # fmt: skip
+"""The other scripts written without spaces: Thai and Lao, Myanmar, Khmer, kana, half-width
+katakana (sacrebleu has a tokenizer for Chinese, and only ``char`` for these)."""
+UNSPACED_RANGES = HAN_RANGES + OTHER_UNSPACED_RANGES
+"""Code point ranges of scripts written without spaces between words, where each character
+counts as a word (ROUGE, BLEU's tokenizer, the word diff, near-duplicates, row labels)."""
+UNSPACED_CHARS = "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSPACED_RANGES) + "]"
+"""A regex character class of :data:`UNSPACED_RANGES` (Python ``re`` and Arrow's RE2 both read
+it)."""
+
+# Hebrew, Arabic, Syriac, Thaana, NKo and the other right-to-left blocks, their presentation
+# forms, and the marks and controls that start right-to-left text.
+_RTL = re.compile(
+    "[\u0590-\u08ff\u200f\u202b\u202e\u2067\ufb1d-\ufdff\ufe70-\ufefe"
+    "\U00010800-\U00010fff\U0001e800-\U0001efff]"
+)
+# C0 and C1 controls, DEL, but not tab, newline and carriage return: invalid in HTML.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def notebook_kernel() -> Any:
@@ -64,18 +108,115 @@ def format_bytes(n: float | None) -> str:
     return f"{n:.2f} GiB"  # pragma: no cover - the loop always returns
 
 
+def escape_html(value: object) -> str:
+    """Escape any value for HTML text or a quoted attribute, control characters shown.
+
+    Control characters (other than tab, newline and carriage return) are invalid in HTML;
+    C0 ones show as their control pictures (U+2400 block), DEL as ``␡``, C1 ones as ``\\xNN``.
+
+    Examples:
+        >>> escape_html('<a href="x">\\x03\\x13\\x7f\\x85\\t')
+        '&lt;a href=&quot;x&quot;&gt;␃␓␡\\\\x85\\t'
+    """
+    return _CONTROL.sub(_control_picture, html.escape(str(value), quote=True))
+
+
+def _control_picture(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code < 0x20:
+        return chr(0x2400 + code)
+    return "\u2421" if code == 0x7F else f"\\x{code:02x}"
+
+
+def text_dir(text: object) -> str:
+    """`` dir="auto"`` for the element holding ``text`` when it has right-to-left letters.
+
+    The browser then reads the text's direction from its first strong letter, so a Hebrew
+    or Arabic row shows right-to-left with its punctuation and numbers in place, while the
+    panel around it stays left-to-right. Text without right-to-left characters looks the
+    same either way, so it gets ``""`` (and its HTML is unchanged).
+
+    Examples:
+        >>> f"<td{text_dir('השעה 14:30.')}>", f"<td{text_dir('14:30.')}>"
+        ('<td dir="auto">', '<td>')
+    """
+    return ' dir="auto"' if _RTL.search(str(text)) else ""
+
+
+def isolate(text: str) -> str:
+    """``text`` in Unicode isolates (FSI ... PDI) when it has right-to-left letters: the plain
+    text form of :func:`text_dir`, for text shown where no markup goes (a list's labels).
+
+    Examples:
+        >>> isolate("שלום."), isolate("hi.")
+        ('\u2068שלום.\u2069', 'hi.')
+    """
+    return f"\u2068{text}\u2069" if _RTL.search(text) else text
+
+
+def is_unspaced(char: str) -> bool:
+    """True for a character of a script written without spaces (:data:`UNSPACED_RANGES`).
+
+    Examples:
+        >>> is_unspaced("语"), is_unspaced("ก"), is_unspaced("a")
+        (True, True, False)
+    """
+    code = ord(char)
+    return any(low <= code <= high for low, high in UNSPACED_RANGES)
+
+
+def continues_grapheme(text: str, i: int) -> bool:
+    """True when ``text[i]`` belongs to the character before it (a combining mark, a
+    variation selector, a joiner or what follows one): a cut at ``i`` would split it.
+
+    Examples:
+        >>> continues_grapheme("e\u0301x", 1), continues_grapheme("e\u0301x", 2)
+        (True, False)
+    """
+    if i <= 0 or i >= len(text):
+        return False
+    return (
+        unicodedata.category(text[i]) in ("Mn", "Mc", "Me")
+        or text[i] == "\u200d"
+        or text[i - 1] == "\u200d"
+    )
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide East Asian characters count 2, combining
+    marks and invisible format characters 0.
+
+    Examples:
+        >>> display_width("abc"), display_width("中文"), display_width("e\u0301")
+        (3, 4, 1)
+    """
+    return sum(_width(char) for char in text)
+
+
+def _width(char: str) -> int:
+    if unicodedata.category(char) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
 def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = None) -> str:
-    """Align rows into columns separated by two spaces.
+    """Align rows into columns separated by two spaces, padded by display width.
 
     Examples:
         >>> text_table([("x", 1)])
         'x  1'
+        >>> print(text_table([("中文", 1), ("abcd", 2)]))
+        中文  1
+        abcd  2
     """
     table = [list(map(str, header))] if header else []
     table += [[str(cell) for cell in row] for row in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    widths = [max(display_width(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table
+        "  ".join(
+            c + " " * (w - display_width(c)) for c, w in zip(row, widths, strict=True)
+        ).rstrip()
+        for row in table
     ]
     return "\n".join(lines)
 
@@ -104,16 +245,16 @@ def html_table(
         >>> 'title="a &quot;b&quot;"' in html_table([[1]], ["n"], row_titles=['a "b"'])
         True
     """
-    parts = [f'<table class="{html.escape(css_class)}">']
+    parts = [f'<table class="{escape_html(css_class)}">']
     if title:
-        parts.append(f"<caption>{html.escape(str(title))}</caption>")
+        parts.append(f"<caption{text_dir(title)}>{escape_html(title)}</caption>")
     if header:
-        cells = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        cells = "".join(f"<th{text_dir(h)}>{escape_html(h)}</th>" for h in header)
         parts.append(f"<thead><tr>{cells}</tr></thead>")
     parts.append("<tbody>")
     for k, row in enumerate(rows):
-        tip = f' title="{html.escape(str(row_titles[k]), quote=True)}"' if row_titles else ""
-        cells = "".join(f"<td>{html.escape(str(c))}</td>" for c in row)
+        tip = f' title="{escape_html(row_titles[k])}"' if row_titles else ""
+        cells = "".join(f"<td{text_dir(c)}>{escape_html(c)}</td>" for c in row)
         parts.append(f"<tr{tip}>{cells}</tr>")
     parts.append("</tbody></table>")
     return "".join(parts)

@@ -1,7 +1,9 @@
 """A standalone HTML report of a session: length histogram, loss curves, scores, examples.
 
 The page embeds plotly.js once, so it opens offline. All dataset text and model outputs are
-escaped.
+escaped (control characters shown as pictures), and each table cell and preformatted block
+takes its direction from its own text (``unicode-bidi: plaintext``), so Hebrew and Arabic
+read right-to-left on the left-to-right page.
 
 Examples:
     >>> path = write_report(Path("/tmp/wb-doc-report.html"), title="empty")
@@ -11,7 +13,6 @@ Examples:
 
 from __future__ import annotations
 
-import html
 import math
 import re
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from workbench._display import escape_html
 from workbench._io import atomic_write_text
 from workbench.evaluation.compare import score_scale
 
@@ -243,12 +245,12 @@ def _mark_score(evaluation: Any, rows: list[Any]) -> str | None:
 
 def _answer_cell(text: str, value: Any, higher_is_better: bool) -> str:
     if not isinstance(value, int | float) or math.isnan(value):
-        return f"<td>{html.escape(text)}</td>"
+        return f"<td>{escape_html(text)}</td>"
     right = (float(value) == 1.0) == higher_is_better
     kind, mark = ("right", "\u2713") if right else ("wrong", "\u2717")
     return (
         f'<td class="{kind}"><span class="mark" title="{kind}">{mark}</span> '
-        f"{html.escape(text)}</td>"
+        f"{escape_html(text)}</td>"
     )
 
 
@@ -282,7 +284,7 @@ def _examples_section(
     parts = ["<h2>Examples</h2>"]
     if score is not None:
         parts.append(
-            f"<p class='legend'>\u2713 right, \u2717 wrong by {html.escape(score)} "
+            f"<p class='legend'>\u2713 right, \u2717 wrong by {escape_html(score)} "
             "(its per-row score); unmarked: not scored.</p>"
         )
     else:
@@ -290,19 +292,19 @@ def _examples_section(
     if shared:
         parts.append(
             "<p><b>Instruction (the same in every row):</b></p>"
-            f"<pre class='instruction'>{html.escape(shared)}</pre>"
+            f"<pre class='instruction'>{escape_html(shared)}</pre>"
         )
     if len(all_rows) > len(rows):
         parts.append(f"<p>the first {len(rows)} of {len(all_rows)} rows</p>")
-    header = "".join(f"<th>{html.escape(h)}</th>" for h in ("#", "input", "reference", *columns))
+    header = "".join(f"<th>{escape_html(h)}</th>" for h in ("#", "input", "reference", *columns))
     body = []
     for row, shown in zip(rows, inputs, strict=True):
         outputs = _get(row, "outputs") or {}
         row_scores = ((_get(row, "scores") or {}).get(score) or {}) if score else {}
         cells = [
-            f"<td>{html.escape(str(_get(row, 'index')))}</td>",
-            f"<td>{html.escape(shown)}</td>",
-            f"<td>{html.escape(str(_get(row, 'reference') or ''))}</td>",
+            f"<td>{escape_html(str(_get(row, 'index')))}</td>",
+            f"<td>{escape_html(shown)}</td>",
+            f"<td>{escape_html(str(_get(row, 'reference') or ''))}</td>",
             *[_answer_cell(str(outputs.get(c) or ""), row_scores.get(c), higher) for c in columns],
         ]
         body.append(f"<tr>{''.join(cells)}</tr>")
@@ -319,6 +321,7 @@ table.workbench { border-collapse: collapse; font-size: 12px; }
 table.workbench td, table.workbench th { border: 1px solid #ccc; padding: 4px; vertical-align: top;
   white-space: pre-wrap; }
 pre { white-space: pre-wrap; margin: 0; }
+table.workbench td, pre { unicode-bidi: plaintext; text-align: start; }
 table.examples td.right { background: #e6f4e6; }
 table.examples td.wrong { background: #fbe7e7; }
 table.examples .mark { font-weight: bold; }
@@ -362,11 +365,11 @@ def write_report(
 
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>{STYLE}</head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        f"<title>{escape_html(title)}</title>{STYLE}</head><body>",
+        f"<h1>{escape_html(title)}</h1>",
     ]
-    parts += [f"<p>{html.escape(line)}</p>" for line in summary]
-    parts.append(f"<p><i>{html.escape(_coverage(data_report, history, evaluation))}</i></p>")
+    parts += [f"<p>{escape_html(line)}</p>" for line in summary]
+    parts.append(f"<p><i>{escape_html(_coverage(data_report, history, evaluation))}</i></p>")
     figures = []
     if data_report is not None:
         figures.append(_histogram_figure(data_report))
@@ -377,9 +380,9 @@ def write_report(
     for i, figure in enumerate(figures):
         parts.append(pio.to_html(figure, full_html=False, include_plotlyjs=(i == 0)))
     if data_report is not None:
-        parts.append(f"<h2>Data</h2><pre>{html.escape(str(data_report))}</pre>")
+        parts.append(f"<h2>Data</h2><pre>{escape_html(str(data_report))}</pre>")
     if evaluation is not None:
-        parts.append(f"<h2>Evaluation</h2><pre>{html.escape(str(evaluation))}</pre>")
+        parts.append(f"<h2>Evaluation</h2><pre>{escape_html(str(evaluation))}</pre>")
         parts.append(_examples_section(evaluation, data_report, template))
     parts.append("</body></html>")
     return Path(atomic_write_text(path, "\n".join(parts)))

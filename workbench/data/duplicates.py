@@ -6,11 +6,12 @@ dictionary encoding of those keys finds repeats. Rows with the same words in the
 (only punctuation differs) are near duplicates at 100%.
 
 **Near**, what the data report calls it: two rows whose sets of *word pairs* (adjacent words,
-after lower-casing; a one-word row is its word) have a Jaccard similarity of at least
-:data:`NEAR_THRESHOLD` (80%), counted on exact sets, not estimated, and **not counting template
-text**: a word pair found in more than :data:`TEMPLATE_SHARE` of the distinct rows (and in at
-least :data:`TEMPLATE_MIN_ROWS` of them) is an instruction, a system prompt or a fixed phrase,
-not what makes two rows copies of each other.
+after lower-casing; a one-word row is its word; in scripts written without spaces, Chinese,
+Japanese, Thai, Lao, Khmer and Myanmar, each character is a word) have a Jaccard similarity
+of at least :data:`NEAR_THRESHOLD` (80%), counted on exact sets, not estimated, and **not
+counting template text**: a word pair found in more than :data:`TEMPLATE_SHARE` of the
+distinct rows (and in at least :data:`TEMPLATE_MIN_ROWS` of them) is an instruction, a system
+prompt or a fixed phrase, not what makes two rows copies of each other.
 
 Why these numbers:
 
@@ -57,6 +58,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workbench._display import UNSPACED_CHARS
 from workbench.data.problems import Problem
 
 __all__ = [
@@ -80,6 +82,7 @@ are near duplicates, not a template."""
 _HASHES, _BANDS = 32, 8
 _ROWS_PER_BAND = _HASHES // _BANDS
 _WORD_SPLIT = r"[^\p{L}\p{N}]+"  # letters and digits of any script make words
+_UNSPACED = f"({UNSPACED_CHARS})"  # ... and a character of an unspaced script is one word
 _BUCKET_WINDOW = 10  # a row meets at most this many later rows of one LSH bucket
 _PAIR_CHUNK = 4_000_000  # shingles compared per batch of candidate pairs (bounds memory)
 _SAME = "(after normalising whitespace and case)"
@@ -175,7 +178,8 @@ def _near_pairs(
     out. ``similarity`` is the exact Jaccard of the two rows' non-template word pairs;
     ``same_words`` marks rows whose words are the same, in the same order.
     """
-    words = pc.split_pattern_regex(texts, pattern=_WORD_SPLIT)
+    spaced = pc.replace_substring_regex(texts, pattern=_UNSPACED, replacement=r" \1 ")
+    words = pc.split_pattern_regex(spaced, pattern=_WORD_SPLIT)
     _check(stop)
     found = _same_words(words, distinct)
     shingle, row = _shingles(words)

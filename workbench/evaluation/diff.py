@@ -12,13 +12,14 @@ import re
 import unicodedata
 from typing import Literal
 
-from workbench.evaluation.metrics._scorers import UNSPACED_CHARS, nfc
+from workbench._display import UNSPACED_CHARS
+from workbench.evaluation.metrics._scorers import nfc
 
 __all__ = ["Segment", "word_diff"]
 
 Segment = tuple[Literal["equal", "delete", "insert"], str]
 # A character of a script written without spaces (Chinese, Japanese, Thai...) is a word.
-_WORDS = re.compile(rf"(?:[{UNSPACED_CHARS}]|[^\s{UNSPACED_CHARS}]+)\s*|\s+")
+_WORDS = re.compile(rf"(?:{UNSPACED_CHARS}|[^\s{UNSPACED_CHARS[1:-1]}]+)\s*|\s+")
 
 
 def word_diff(old: str, new: str) -> list[Segment]:

@@ -2,7 +2,9 @@
 
 ``ipywidgets.HTML`` runs the scripts and event handlers it is given, and data rows and model
 outputs are untrusted, so widgets build HTML only from these helpers: text is escaped (quotes
-included, so it is safe inside attributes too) and nothing else is interpolated.
+included, so it is safe inside attributes too; control characters shown as pictures) and
+nothing else is interpolated. An element holding data text gets ``text_dir(text)`` among its
+attributes, so right-to-left text keeps its own direction inside a left-to-right panel.
 
 Examples:
     >>> escape('<img src=x onerror="alert(1)">')
@@ -13,34 +15,40 @@ Examples:
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from workbench._display import html_table
+from workbench._display import continues_grapheme, escape_html, html_table, text_dir
 
-__all__ = ["escape", "pre", "shorten", "table", "token_span"]
+__all__ = ["escape", "pre", "shorten", "table", "text_dir", "token_span"]
 
 
 def escape(value: Any) -> str:
-    """Escape any value for HTML text or a quoted attribute.
+    """Escape any value for HTML text or a quoted attribute, control characters shown
+    (:func:`~workbench._display.escape_html`).
 
     Examples:
-        >>> escape("a & b")
-        'a &amp; b'
+        >>> escape("a & b\\x03")
+        'a &amp; b␃'
     """
-    return html.escape(str(value), quote=True)
+    return escape_html(value)
 
 
 def shorten(text: str, limit: int = 120) -> str:
-    """Cut ``text`` to ``limit`` characters (with an ellipsis); escape separately.
+    """Cut ``text`` to ``limit`` characters (with an ellipsis, never inside a letter with its
+    combining marks); escape separately.
 
     Examples:
-        >>> shorten("abcdef", 4)
-        'abc…'
+        >>> shorten("abcdef", 4), shorten("abce\\u0301f", 5)
+        ('abc…', 'abc…')
     """
     text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit:
+        return text
+    end = limit - 1
+    while end > 0 and continues_grapheme(text, end):
+        end -= 1
+    return text[:end] + "…"
 
 
 def table(
@@ -82,7 +90,7 @@ def pre(text: str) -> str:
     """Preformatted, escaped text.
 
     Examples:
-        >>> pre("<x>")
-        '<pre>&lt;x&gt;</pre>'
+        >>> pre("<x>"), pre("שלום")
+        ('<pre>&lt;x&gt;</pre>', '<pre dir="auto">שלום</pre>')
     """
-    return f"<pre>{escape(text)}</pre>"
+    return f"<pre{text_dir(text)}>{escape(text)}</pre>"

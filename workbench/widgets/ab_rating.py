@@ -36,7 +36,7 @@ from typing import Any
 import ipywidgets as w
 
 from workbench.errors import EvaluationError, WorkbenchError
-from workbench.widgets._html import escape
+from workbench.widgets._html import escape, text_dir
 
 __all__ = ["ABRating"]
 
@@ -122,9 +122,8 @@ class ABRating:
 
     def _show_pair(self, pair: tuple[int, str, str, str]) -> None:
         self.current_row, prompt, a, b = pair
-        self.prompt_html.value = f"<b>prompt</b><div style='{_BOX}'>{escape(prompt)}</div>"
-        self.a_html.value = f"<div style='{_BOX}'>{escape(a)}</div>"
-        self.b_html.value = f"<div style='{_BOX}'>{escape(b)}</div>"
+        self.prompt_html.value = f"<b>prompt</b>{_box(prompt)}"
+        self.a_html.value, self.b_html.value = _box(a), _box(b)
 
     def _ipython_display_(self) -> None:
         from workbench.widgets._snapshot import show
@@ -285,3 +284,7 @@ class ABRating:
             self._show_progress()
         if self.on_rated is not None:
             self.on_rated(rating)
+
+
+def _box(text: str) -> str:
+    return f"<div{text_dir(text)} style='{_BOX}'>{escape(text)}</div>"

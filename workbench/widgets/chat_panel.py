@@ -36,7 +36,7 @@ from typing import Any
 import ipywidgets as w
 
 from workbench.errors import SpecError, WorkbenchError
-from workbench.widgets._html import escape
+from workbench.widgets._html import escape, text_dir
 
 __all__ = ["ChatPanel", "ChatTurn"]
 
@@ -388,7 +388,7 @@ def _block(label: str, text: str, background: str, calls: Sequence[str] = ()) ->
     )
     return (
         f'<div style="{_LABEL}">{escape(label)}</div>'
-        f'<div style="{_BOX}background:{background};">{escape(text)}</div>{listed}'
+        f'<div{text_dir(text)} style="{_BOX}background:{background};">{escape(text)}</div>{listed}'
     )
 
 

@@ -35,7 +35,7 @@ import ipywidgets as w
 
 from workbench.errors import WorkbenchError
 from workbench.evaluation.checkpoints import BROKE, FIRST, short_input
-from workbench.widgets._html import escape, shorten
+from workbench.widgets._html import escape, shorten, text_dir
 
 __all__ = ["CheckpointGrid", "grid_html"]
 
@@ -97,10 +97,11 @@ def grid_html(result: Any) -> str:
     body = []
     for i, row in enumerate(result.grid):
         prompt_tip = f"prompt: {result.prompts[i]}\nreference: {result.references[i]}"
+        shown = short_input(result.prompts[i])
         cells = [
             f'<td style="{_CELL}color:#666;">{i}</td>',
-            f'<td style="{_CELL}text-align:left;white-space:nowrap;" title="{escape(prompt_tip)}">'
-            f"{escape(short_input(result.prompts[i]))}</td>",
+            f'<td{text_dir(shown)} style="{_CELL}text-align:start;white-space:nowrap;" '
+            f'title="{escape(prompt_tip)}">{escape(shown)}</td>',
             _cell(result.base[i], "", _tip(result, i, None, result.base[i], "")),
         ]
         for j, ok in enumerate(row):

@@ -53,11 +53,11 @@ from typing import Any
 import ipywidgets as w
 import numpy as np
 
-from workbench._display import format_bytes
+from workbench._display import continues_grapheme, format_bytes, is_unspaced
 from workbench.data.special_text import TextGuard, special_strings
 from workbench.errors import SessionStateError, WorkbenchError
 from workbench.events import DATA_LOADED
-from workbench.widgets._html import escape, pre, shorten, table, token_span
+from workbench.widgets._html import escape, pre, shorten, table, text_dir, token_span
 
 __all__ = ["LABEL_CHARS", "MAX_PROBLEMS_LISTED", "PAGE_SIZE", "DataInspector"]
 
@@ -915,7 +915,8 @@ def _example_html(example: Any) -> str:
         + " "
         + token_span("special", "special tokens", ["masked", "special"])
     )
-    return f'<div>{head} &nbsp; {legend}</div><div style="{_BOX}">{"".join(spans)}</div>'
+    direction = text_dir("".join(t.text for t in example.tokens))
+    return f'<div>{head} &nbsp; {legend}</div><div{direction} style="{_BOX}">{"".join(spans)}</div>'
 
 
 def _listen_for_new_data(panel: DataInspector, events: Any) -> None:
@@ -1050,10 +1051,20 @@ class _RowLabels:
 
 
 def _common_start(texts: list[str], minimum: int = 16) -> str:
-    """The start all ``texts`` share, cut back to a word boundary; ``""`` if short."""
+    """The start all ``texts`` share, cut back to a word boundary; ``""`` if short.
+
+    In scripts written without spaces (Chinese, Japanese, Thai...) every character boundary
+    is a word boundary, except inside a letter with its combining marks.
+    """
     shortest = min(texts, key=len)
     end = next((i for i, c in enumerate(shortest) if any(t[i] != c for t in texts)), len(shortest))
-    start = shortest[:end]
-    if start and not all(len(t) == len(start) or t[len(start)] == " " for t in texts):
-        start = start[: start.rfind(" ") + 1]
-    return start if len(start) >= minimum else ""
+    while end and not all(_word_boundary(t, end) for t in texts):
+        end -= 1
+    return shortest[:end] if end >= minimum else ""
+
+
+def _word_boundary(text: str, i: int) -> bool:
+    if i >= len(text) or " " in (text[i - 1], text[i]):
+        return True
+    unspaced = is_unspaced(text[i - 1]) or is_unspaced(text[i])
+    return unspaced and not continues_grapheme(text, i)

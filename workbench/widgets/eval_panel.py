@@ -30,10 +30,11 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench._display import isolate
 from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
 from workbench.evaluation.ratings import read_ratings, summarize
-from workbench.widgets._html import escape, pre, shorten, table
+from workbench.widgets._html import escape, pre, shorten, table, text_dir
 
 __all__ = ["EvalPanel", "diff_html", "token_loss_html"]
 
@@ -277,7 +278,7 @@ class EvalPanel:
     def _label(self, row: Any, key: str) -> str:
         value = self.evaluation.row_key(row, key)
         tag = "gain" if len(self.evaluation.columns) == 2 and key != "index" else key
-        return f"#{row.index}  {tag} {_fmt(value)}  |  {shorten(row.prompt, 80)}"
+        return f"#{row.index}  {tag} {_fmt(value)}  |  {isolate(shorten(row.prompt, 80))}"
 
     def open_row(self, index: int | None) -> str:
         """Show row ``index``: prompt, reference, and the answers side by side with diffs.
@@ -306,11 +307,15 @@ class EvalPanel:
         cols = self.evaluation.columns
         head = f"<b>prompt</b>{pre(row.prompt)}<b>reference</b>{pre(row.reference)}"
         if len(cols) == 2:
-            cells = diff_html(row.base, row.tuned)
+            texts, cells = (row.base, row.tuned), diff_html(row.base, row.tuned)
         else:
-            cells = (escape(row.outputs[cols[0]]),)
+            texts = (row.outputs[cols[0]],)
+            cells = (escape(texts[0]),)
         scores = {n: ", ".join(f"{c} {v:.3g}" for c, v in s.items()) for n, s in row.scores.items()}
-        parts = "".join(f"<td style='{_BOX}vertical-align:top;width:50%'>{c}</td>" for c in cells)
+        parts = "".join(
+            f"<td{text_dir(t)} style='{_BOX}vertical-align:top;width:50%'>{c}</td>"
+            for t, c in zip(texts, cells, strict=True)
+        )
         heads = "".join(f"<th>{escape(c)}</th>" for c in cols)
         facts = table(["score", "per column"], [[n, s] for n, s in scores.items()])
         return f"{head}<table style='width:100%'><tr>{heads}</tr><tr>{parts}</tr></table>{facts}"
@@ -338,7 +343,8 @@ class EvalPanel:
         losses = list(row.token_losses.get(column, ()))
         note = f"loss {row.losses.get(column, float('nan')):.3f} (mean NLL per token)"
         shaded = token_loss_html(list(row.tokens), losses) if losses else "no token losses stored"
-        self.tokens_html.value = f"<div>{escape(note)}</div><div style='{_BOX}'>{shaded}</div>"
+        box = f"<div{text_dir(''.join(row.tokens))} style='{_BOX}'>{shaded}</div>"
+        self.tokens_html.value = f"<div>{escape(note)}</div>{box}"
         return self.tokens_html.value
 
     # -- probes and human eval --------------------------------------------------------------

@@ -83,7 +83,7 @@ from workbench.events import (
     TrainState,
 )
 from workbench.widgets import _snapshot
-from workbench.widgets._html import escape
+from workbench.widgets._html import escape, text_dir
 
 __all__ = ["TrainingMonitor"]
 
@@ -220,8 +220,9 @@ def _probe_table(headers: list[str], body: list[list[Any]]) -> str:
     share = 78 / max(len(headers) - 1, 1)
     cols = '<col style="width:22%">' + f'<col style="width:{share:.1f}%">' * (len(headers) - 1)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    cell = '<td{} style="{}">{}</td>'
     rows = "".join(
-        "<tr>" + "".join(f'<td style="{_CELL}">{escape(c)}</td>' for c in row) + "</tr>"
+        "<tr>" + "".join(cell.format(text_dir(c), _CELL, escape(c)) for c in row) + "</tr>"
         for row in body
     )
     table = (

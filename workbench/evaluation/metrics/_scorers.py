@@ -23,12 +23,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from workbench._display import HAN_RANGES, OTHER_UNSPACED_RANGES, UNSPACED_RANGES
 from workbench.errors import EvaluationError
 from workbench.evaluation.bootstrap import mean_ci, nan_mean, percentile_ci
 
 __all__ = [
     "MODULES_DIR",
-    "UNSPACED_CHARS",
     "Column",
     "FunctionScorer",
     "ModuleScorer",
@@ -247,16 +247,8 @@ class ModuleScorer:
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 # Scripts written without spaces between words: each character is a word for ROUGE (as
-# multilingual ROUGE setups split Chinese and Japanese) and for the word diff. Han
-# ideographs (Chinese, and Japanese kanji) apart from the others (kana, Thai, Lao, Khmer,
-# Myanmar), as sacrebleu has a tokenizer for Chinese ("zh") and only "char" for the rest.
-_HAN = ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
-_OTHER_UNSPACED = (
-    (0x3040, 0x30FF), (0xFF66, 0xFF9F), (0x0E00, 0x0EFF), (0x1780, 0x17FF), (0x1000, 0x109F),
-)  # fmt: skip
-_UNSPACED = _HAN + _OTHER_UNSPACED
-UNSPACED_CHARS = "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _UNSPACED)
-"""The characters of scripts written without spaces, as the inside of a regex ``[...]``."""
+# multilingual ROUGE setups split Chinese and Japanese); Han apart for BLEU's "zh" tokenizer.
+_HAN, _OTHER_UNSPACED, _UNSPACED = HAN_RANGES, OTHER_UNSPACED_RANGES, UNSPACED_RANGES
 
 
 def _in(ranges: tuple[tuple[int, int], ...], char: str) -> bool:
