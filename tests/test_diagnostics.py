@@ -493,3 +493,25 @@ def test_a_session_with_nothing_to_judge_says_so(tmp_path, tiny_model_dir):
         "no findings: nothing looks wrong in the data"
     )
     assert "nothing looks wrong in the data" in diagnosis._repr_mimebundle_()["text/html"]
+
+
+def test_running_medians_are_the_median_of_the_steps_before_each():
+    # grad_spikes took a median per step in a loop: 208 ms per live render at 20,000 steps
+    import numpy as np
+
+    from workbench.diagnostics.rules import _running_medians, grad_spikes
+
+    rng = np.random.default_rng(1)
+    for n, window, first in [(0, 25, 5), (6, 25, 5), (26, 25, 5), (300, 25, 5), (40, 3, 5)]:
+        values = rng.lognormal(0, 1, n)
+        expected = [
+            np.median(values[max(0, i - window) : i]) if i >= first else np.nan for i in range(n)
+        ]
+        assert np.allclose(_running_medians(values, window, first), expected, equal_nan=True)
+    norms = rng.lognormal(0, 0.3, 20_000)
+    norms[[100, 5_000, 15_000]] *= 40
+    history = [
+        LogRecord("train", s, 0.1, loss=1.0, grad_norm=float(g)) for s, g in enumerate(norms, 1)
+    ]
+    assert grad_spikes(history).evidence.startswith("3 steps had a gradient norm over 5x")
+    assert "step 5001" in grad_spikes(history).evidence

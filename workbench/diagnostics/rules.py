@@ -226,13 +226,17 @@ def overfitting(
 
 def _smoothed_at_evals(train: list[tuple[int, float]], steps: list[int]) -> list[float | None]:
     """Mean training loss since the previous evaluation, at each evaluation step."""
+    order = sorted(range(len(train)), key=lambda i: train[i][0])  # stable: the latest last
+    at = np.array([train[i][0] for i in order], dtype=float)
+    losses = [train[i][1] for i in order]
     out: list[float | None] = []
     previous = -math.inf
     for step in steps:
-        window = [loss for s, loss in train if previous < s <= step]
-        if not window:  # two evaluations at one step: use the latest loss logged before it
-            window = [loss for s, loss in train if s <= step][-1:]
-        out.append(fmean(window) if window else None)
+        start, end = np.searchsorted(at, [previous, step], side="right")
+        if end > start:
+            out.append(fmean(losses[start:end]))
+        else:  # two evaluations at one step: the latest loss logged before it
+            out.append(losses[end - 1] if end else None)
         previous = max(previous, step)
     return out
 
@@ -319,6 +323,20 @@ def _sure_fall(points: Sequence[tuple[int, float]]) -> float | None:
     return (-slope - 2 * se) * (xs[-1] - xs[0])
 
 
+def _running_medians(values: np.ndarray, window: int, first: int) -> np.ndarray:
+    """The median of the ``window`` values before each value (fewer at the start), NaN
+    before index ``first``: all at once, as the live monitor asks at every render."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    medians = np.full(len(values), np.nan)
+    for i in range(first, min(window, len(values))):
+        medians[i] = np.median(values[:i])
+    if len(values) > window:
+        medians[window:] = np.median(sliding_window_view(values[:-1], window), axis=1)
+    medians[:first] = np.nan
+    return medians
+
+
 def grad_spikes(
     history: Sequence[LogRecord], factor: float = 5.0, window: int = 25, min_history: int = 5
 ) -> Finding | None:
@@ -348,11 +366,11 @@ def grad_spikes(
     if len(points) <= min_history:
         return None
     norms = np.array([g for _, g in points])
-    spikes = []
-    for i in range(min_history, len(points)):
-        median = float(np.median(norms[max(0, i - window) : i]))
-        if median > 0 and norms[i] > factor * median:
-            spikes.append((points[i][0], float(norms[i]), median))
+    medians = _running_medians(norms, window, min_history)
+    spikes = [
+        (points[i][0], float(norms[i]), float(medians[i]))
+        for i in np.flatnonzero((medians > 0) & (norms > factor * medians))
+    ]
     if not spikes:
         return None
     largest = sorted(spikes, key=lambda s: s[1] / s[2], reverse=True)[:_LISTED]
