@@ -255,3 +255,34 @@ def test_full_training_decays_only_below_the_top_block(architecture, tmp_path):
     assert (head is embedding) == (architecture != "gpt_neox")  # NeoX's head is its own
     if head is not embedding:
         assert rate[id(head)] == pytest.approx(1e-3)
+
+
+def test_a_large_validation_split_is_said_and_eval_rows_scores_a_fixed_part(
+    tmp_path, tiny_model_dir
+):
+    # Each evaluation scored every validation row: with 10% of a million rows held out, the
+    # evaluations cost many times the steps between them.
+    import workbench as wb
+    from workbench.errors import WorkbenchWarning
+
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(2_540)]
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(rows[:40], validation=rows[40:])
+    with pytest.warns(WorkbenchWarning, match=r"each of the 2 evaluations scores all 2,500 "
+                      r"validation rows.*eval_rows=2000"):  # fmt: skip
+        s.train(max_steps=2, eval_every=1, batch_size=4, wait=True)
+    s.load_model(str(tiny_model_dir))  # a fresh adapter for each run
+    part = s.train(max_steps=2, eval_every=1, batch_size=4, eval_rows=10, wait=True)
+    s.load_model(str(tiny_model_dir))
+    s.load_data(rows[:40], validation=rows[40:50])  # those ten rows alone
+    alone = s.train(max_steps=2, eval_every=1, batch_size=4, wait=True)
+    evals = [[r.eval_loss for r in run.history if r.kind == "eval"] for run in (part, alone)]
+    assert len(evals[0]) == 2 and evals[0] == pytest.approx(evals[1], rel=1e-6)
+    assert store_spec(part)["eval_rows"] == 10
+
+
+def store_spec(run):
+    import json
+
+    return json.loads((run.run_dir / "run.json").read_text())["spec"]

@@ -339,7 +339,8 @@ class TrainLoop:
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> float | None:
-        """Mean loss over every trained validation token (``None`` without validation data).
+        """Mean loss over every trained validation token (``None`` without validation data),
+        of the first ``spec.eval_rows`` validation rows where it is set.
 
         Leaves the model in training mode and consumes no random numbers.
 
@@ -360,7 +361,8 @@ class TrainLoop:
 
         if self.validation is None or not len(self.validation):
             return None
-        order = np.argsort(-self.validation.lengths, kind="stable")
+        scored = self.validation.lengths[: self.spec.eval_rows]  # None: every row
+        order = np.argsort(-scored, kind="stable")
         size = self.spec.batch_size
         total, count = 0.0, 0
         self.model.eval()

@@ -187,6 +187,10 @@ class TrainSpec:
         grad_norm_limit: Stop the run (failed) when the gradient norm before clipping exceeds
             this: an exploding gradient. ``None`` turns the guard off (NaN/inf still stop).
         eval_every: Evaluate every N steps (``None``: about ten times per run).
+        eval_rows: Validation rows each evaluation during training scores: its first N (the
+            split is already a random draw), the same rows every time (``None``: all). A
+            large validation split (10% of a million rows) made each evaluation cost more
+            than the steps between them; the run's start says so.
         save_every: Checkpoint every N steps (``None``: about four times per run); a
             checkpoint is also written at the end.
         keep_checkpoints: How many of the newest checkpoints to keep. ``None`` or ``"all"``
@@ -254,6 +258,7 @@ class TrainSpec:
     max_grad_norm: float | None = 1.0
     grad_norm_limit: float | None = 1e4
     eval_every: int | None = None
+    eval_rows: int | None = None
     save_every: int | None = None
     keep_checkpoints: int | Literal["all"] | None = 2
     seed: int = 42
@@ -298,6 +303,7 @@ class TrainSpec:
         optional = [
             ("max_steps", self.max_steps, int),
             ("eval_every", self.eval_every, int),
+            ("eval_rows", self.eval_rows, int),
             ("save_every", self.save_every, int),
             ("early_stopping", self.early_stopping, int),
             ("neftune_alpha", self.neftune_alpha, float),

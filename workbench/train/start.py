@@ -105,6 +105,34 @@ def _warmup_notes(spec: TrainSpec, total: int) -> list[str]:
     return []
 
 
+def _evaluation_cost_notes(spec: TrainSpec, total: int, validation: Any) -> list[str]:
+    """Evaluations that cost more than the training between them (a forward pass over a
+    row is about a third of a training step's work on it): said, with the setting to use.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> big = SimpleNamespace(lengths=[9] * 100_000)
+        >>> print(_evaluation_cost_notes(TrainSpec(max_steps=100), 100, big)[0])
+        ... # doctest: +NORMALIZE_WHITESPACE
+        each of the 10 evaluations scores all 100,000 validation rows, more work than the 10
+        steps between them train (40 rows): eval_rows=2000 scores the same 2,000 rows each
+        time (s.evaluate() still scores every row)
+    """
+    if validation is None or spec.eval_rows is not None:
+        return []
+    rows = len(validation.lengths)
+    every, _ = spec.every(total)
+    trained = every * spec.batch_size * spec.grad_accum if isinstance(spec.batch_size, int) else 0
+    if not trained or rows <= max(2_000, 3 * trained):
+        return []
+    return [
+        f"each of the {max(1, total // every)} evaluations scores all {rows:,} validation rows, "
+        f"more work than the {every} steps between them train ({trained:,} rows): "
+        "eval_rows=2000 scores the same 2,000 rows each time (s.evaluate() still scores "
+        "every row)"
+    ]
+
+
 def _unused_settings(spec: TrainSpec) -> list[str]:
     """Settings the run cannot use as given: said, not refused.
 
@@ -290,6 +318,7 @@ def start_run(
     chosen = {"gradient_checkpointing": checkpointing, "batch_size": batch_choice}
     total = spec.total_steps(len(kept))
     notes += [_warned(text) for text in _warmup_notes(spec, total)]
+    notes += [_warned(text) for text in _evaluation_cost_notes(spec, total, validation)]
     meta = {
         "version": 1,
         "spec": spec.to_dict(),
