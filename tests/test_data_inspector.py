@@ -414,3 +414,19 @@ def test_apply_refused_while_a_run_trains_says_so_under_the_button(session):
     panel.apply_button.click()
     panel.apply_button.click()
     assert session.data.spec.max_length == panel.cutoff and panel.apply_note.value == ""
+
+
+def test_search_finds_a_word_however_its_accent_or_width_is_written(tokenizer, cache_dir):
+    # "Café" found only the rows typed the same way; "FULL" did not find "ＦＵＬＬ"
+    rows = [
+        {"question": "Cafe\u0301 au lait?", "answer": "ＦＵＬＬ cup"},
+        {"question": "Café noir?", "answer": "full"},
+        {"question": "tea", "answer": "none"},
+    ] * 4
+    data = load(rows, tokenizer, cache_dir, validation=None)
+    with_cafe = [i for i in range(12) if "tea" not in data.texts("train")[i].as_py()]
+    for query in ("Café", "cafe\u0301", "FULL", "ｃａｆé"):
+        assert data.search(query).tolist() == with_cafe, query
+    panel = DataInspector(data)
+    panel.search("ＣＡＦÉ")
+    assert panel.matches == 8 and panel.page_label.value == "page 1 of 1 (8 rows)"

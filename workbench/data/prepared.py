@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import unicodedata
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -819,6 +820,9 @@ class PreparedData:
     def search(self, query: str, split: SplitName = "train") -> np.ndarray:
         """Indices of rows whose text contains ``query`` (case-insensitive; all rows if empty).
 
+        Text and query are compared in Unicode NFKC: an accent typed as a separate mark, and
+        full-width letters (``ＦＵＬＬ``), find the same rows as their usual forms.
+
         Examples:
             >>> from transformers import AutoTokenizer
             >>> from workbench.models.tiny import build_tiny_model
@@ -835,8 +839,20 @@ class PreparedData:
         texts = self.texts(split)
         if not query:
             return np.arange(len(texts))
-        found = pc.match_substring(texts, query, ignore_case=True)
+        query = unicodedata.normalize("NFKC", query)
+        found = pc.match_substring(self._search_texts(split), query, ignore_case=True)
         return np.flatnonzero(found.to_numpy(zero_copy_only=False))
+
+    def _search_texts(self, split: SplitName) -> Any:
+        """The rows' texts in NFKC, kept once made (ASCII text is its own NFKC: no copy)."""
+        import pyarrow.compute as pc
+
+        key = ("search_texts", split)
+        if key not in self._cache:
+            texts = self.texts(split)
+            ascii_only = pc.all(pc.string_is_ascii(texts)).as_py() in (True, None)
+            self._cache[key] = texts if ascii_only else pc.utf8_normalize(texts, form="NFKC")
+        return self._cache[key]
 
     def preview(self, indices: Any, split: SplitName = "train") -> list[dict[str, Any]]:
         """Short rows for a table page: index, source row, prompt, answer, token counts.
