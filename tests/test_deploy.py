@@ -103,7 +103,8 @@ def test_export_safetensors_loads_without_workbench(tmp_path, tiny_model_dir, ad
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
     )
     lines = result.stdout.strip().splitlines()
-    assert json.loads(lines[0]) == expected, result.stderr
+    # generate leaves out a character the token limit cut in two (plain decode shows U+FFFD)
+    assert [t.rstrip("\ufffd") for t in json.loads(lines[0])] == expected, result.stderr
     assert lines[1] == "False"
 
 
