@@ -233,9 +233,7 @@ def _open_path(
             f"optionally compressed ({', '.join(COMPRESSIONS)})"
         )
         raise DataError(msg)
-    _refuse_binary_as_text(path, kind)
-    if encoding is None:
-        _refuse_unmarked_utf16(path, kind)
+    _refuse_what_is_not_text(path, kind, encoding)
     if (
         encoding is not None
         and not _is_utf8(encoding)
@@ -266,13 +264,21 @@ _MAGIC = (
 )
 
 
-def _refuse_unmarked_utf16(path: Path, kind: str) -> None:
-    """A text file in UTF-16 without its byte order mark (every other byte 0 for Latin text):
-    say so and name the encoding, rather than read it as UTF-8 full of NUL characters."""
+def _refuse_what_is_not_text(path: Path, kind: str, encoding: str | None) -> None:
+    """A text file's name on binary data, or (no encoding given) on UTF-16 without its mark:
+    one read of the file's head for both checks."""
     if kind not in (".jsonl", ".json", ".csv", ".tsv") or path.suffix.lower() in COMPRESSIONS:
         return
     with path.open("rb") as fh:
         head = fh.read(4096)
+    _refuse_binary_as_text(path, head)
+    if encoding is None:
+        _refuse_unmarked_utf16(path, head)
+
+
+def _refuse_unmarked_utf16(path: Path, head: bytes) -> None:
+    """A text file in UTF-16 without its byte order mark (every other byte 0 for Latin text):
+    say so and name the encoding, rather than read it as UTF-8 full of NUL characters."""
     head = head[: len(head) // 2 * 2]
     if len(head) < 8 or _wide_encoding(head) is not None:
         return
@@ -288,13 +294,9 @@ def _refuse_unmarked_utf16(path: Path, kind: str) -> None:
             raise DataError(msg)
 
 
-def _refuse_binary_as_text(path: Path, kind: str) -> None:
+def _refuse_binary_as_text(path: Path, head: bytes) -> None:
     """A text file's name on compressed or binary data: say what it holds, not that its
     bytes are not UTF-8 (which suggested an encoding) or that a CSV is empty."""
-    if kind not in (".jsonl", ".json", ".csv", ".tsv") or path.suffix.lower() in COMPRESSIONS:
-        return
-    with path.open("rb") as fh:
-        head = fh.read(10)
     bzip2 = head[:3] == b"BZh" and head[3:4].isdigit() and head[4:10] == b"1AY&SY"
     found = [(what, fix) for magic, what, fix in _MAGIC if head.startswith(magic)]
     if bzip2:
@@ -323,14 +325,9 @@ def _check_encoding_fits(path: Path, encoding: str) -> None:
             f"{marked.upper()}, not encoding={encoding!r}: leave encoding out"
         )
         raise DataError(msg)
-    if head.isascii():
+    text = None if head.isascii() else _utf8_text(head)
+    if text is None:
         return
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as err:  # not UTF-8, unless the sample ends inside a character
-        if err.reason != "unexpected end of data" or len(head) < 1 << 20:
-            return
-        text = head[: err.start].decode("utf-8")
     found = re.search(r"\w*[^\x00-\x7f]\w*", text)
     if found is None:
         return
@@ -423,13 +420,26 @@ _WIDE_BOMS = (
 )
 
 
+def _written_bytes(path: Path) -> IO[bytes]:
+    """The file's bytes as written: decompressed, not re-encoded (:func:`_open_bytes` is)."""
+    return path.open("rb") if path.suffix.lower() not in COMPRESSIONS else _Decompressed(path)
+
+
 def _first_bytes(path: Path) -> bytes:
-    """The first four bytes of the file's text, as written (decompressed, not re-encoded)."""
-    if path.suffix.lower() not in COMPRESSIONS:
-        with path.open("rb") as fh:
-            return fh.read(4)
-    with contextlib.closing(_Decompressed(path)) as stream:
+    """The first four bytes of the file's text, as written."""
+    with contextlib.closing(_written_bytes(path)) as stream:
         return stream.read(4)
+
+
+def _utf8_text(head: bytes) -> str | None:
+    """``head`` read as UTF-8 (a character cut at a full sample's end left out), or ``None``
+    where it is not UTF-8."""
+    try:
+        return head.decode("utf-8")
+    except UnicodeDecodeError as err:  # not UTF-8, unless the sample ends inside a character
+        if err.reason != "unexpected end of data" or len(head) < 1 << 20:
+            return None
+        return head[: err.start].decode("utf-8")
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -484,8 +494,7 @@ def _first_undecodable_line(path: Path, encoding: str) -> int | None:
     import codecs
 
     decoder, lines = codecs.getincrementaldecoder(encoding)(errors="strict"), 1
-    opened = path.open("rb") if path.suffix.lower() not in COMPRESSIONS else _Decompressed(path)
-    with contextlib.closing(opened) as stream:
+    with contextlib.closing(_written_bytes(path)) as stream:
         while chunk := stream.read(1 << 16):
             try:
                 lines += decoder.decode(chunk).count("\n")
@@ -496,15 +505,9 @@ def _first_undecodable_line(path: Path, encoding: str) -> int | None:
 
 def _utf8_hint(path: Path) -> str:
     """``"; it reads as UTF-8: leave encoding out"`` where the file's bytes are UTF-8."""
-    opened = path.open("rb") if path.suffix.lower() not in COMPRESSIONS else _Decompressed(path)
-    with contextlib.closing(opened) as stream:
+    with contextlib.closing(_written_bytes(path)) as stream:
         head = stream.read(1 << 20)
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as err:
-        if err.reason != "unexpected end of data" or len(head) < 1 << 20:
-            return ""
-    return "; it reads as UTF-8: leave encoding out"
+    return "; it reads as UTF-8: leave encoding out" if _utf8_text(head) is not None else ""
 
 
 class _Decompressed(io.RawIOBase):
