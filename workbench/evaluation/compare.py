@@ -31,10 +31,11 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,13 +139,15 @@ def format_score(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
 
 
-def _evaluations(folder: Path) -> tuple[Evaluation, ...]:
+def _evaluations(
+    folder: Path, saved_in: Callable[[Path], list[Evaluation]]
+) -> tuple[Evaluation, ...]:
     """The evaluations saved in a run folder, and those ``Session.evaluate`` saved in its
     session folder's ``evaluations/`` naming this run, oldest first; a copy saved in two
     places counts once."""
     found = _saved_in(folder)
     if folder.parent.name == "runs":
-        others = _saved_in(folder.parent.parent / "evaluations", skip_damaged=True)
+        others = saved_in(folder.parent.parent / "evaluations")
         found += [e for e in others if e.settings.get("run") == folder.name]
     # a checkpoint sweep's evaluations are of earlier weights, not the run's own
     found = [e for e in found if "checkpoint_step" not in e.settings]
@@ -174,27 +177,25 @@ def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
     return found
 
 
-def _run_folders(folder: Path) -> list[Path]:
+def _run_folders(folder: Path, saved_in: Callable[[Path], list[Evaluation]]) -> list[Path]:
     """``folder`` itself, or for a session folder (``session.json``, ``runs/``) its runs."""
     if not (folder / "session.json").is_file() or (folder / "history.jsonl").is_file():
         return [folder]
     runs = sorted(p for p in (folder / "runs").glob("*") if (p / "run.json").is_file())
     if not runs:
         raise EvaluationError(f"session folder {folder} has no training runs to compare yet")
-    _warn_of_evaluations_naming_no_run(folder / "evaluations")
+    _warn_of_evaluations_naming_no_run(saved_in(folder / "evaluations"), folder)
     return runs
 
 
-def _warn_of_evaluations_naming_no_run(folder: Path) -> None:
+def _warn_of_evaluations_naming_no_run(saved: list[Evaluation], session: Path) -> None:
     """Say which of a session's evaluations compare cannot place: those an earlier version
     saved without the run they evaluated (a ``run`` setting), left out rather than guessed."""
     unplaced = [
-        e.path
-        for e in _saved_in(folder, skip_damaged=True)
-        if "run" not in e.settings and "checkpoint_step" not in e.settings
+        e.path for e in saved if "run" not in e.settings and "checkpoint_step" not in e.settings
     ]
     if unplaced:
-        names = ", ".join(str(Path(p).relative_to(folder.parent)) for p in unplaced)
+        names = ", ".join(str(Path(p).relative_to(session)) for p in unplaced)
         msg = (
             f"left out of the comparison: {names} (saved by an earlier version of the "
             "workbench, which did not record which run, if any, trained the weights it "
@@ -247,7 +248,7 @@ def _line_unplottable(line: str) -> str | None:
     return _unplottable(row) if isinstance(row, dict) else None
 
 
-def _read_run(path: str | Path) -> RunResults:
+def _read_run(path: str | Path, saved_in: Callable[[Path], list[Evaluation]]) -> RunResults:
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(f"run folder {folder} does not exist")
@@ -255,7 +256,7 @@ def _read_run(path: str | Path) -> RunResults:
     settings: dict = {}
     if (folder / "run.json").is_file():
         settings = _run_settings(folder / "run.json")
-    evaluations = _evaluations(folder)
+    evaluations = _evaluations(folder, saved_in)
     if not history and not evaluations:
         msg = f"run folder {folder} has no history.jsonl and no saved evaluation to compare"
         raise EvaluationError(msg)
@@ -533,7 +534,11 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
         run_dirs = [run_dirs]
     if not run_dirs:
         raise EvaluationError("compare([...]): give at least one run folder")
-    runs = [_read_run(p) for given in run_dirs for p in _run_folders(Path(given))]
+    # a session folder's evaluations/ is read once, however many of its runs are compared
+    saved_in = functools.cache(lambda folder: _saved_in(folder, skip_damaged=True))
+    runs = [
+        _read_run(p, saved_in) for given in run_dirs for p in _run_folders(Path(given), saved_in)
+    ]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use paths
         runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations) for r in runs]
