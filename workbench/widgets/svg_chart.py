@@ -32,9 +32,18 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from workbench.widgets._html import escape, shorten
 
-__all__ = ["bar_chart", "finite_points", "histogram_chart", "line_chart", "svg_img"]
+__all__ = [
+    "bar_chart",
+    "finite_points",
+    "histogram_chart",
+    "line_chart",
+    "svg_img",
+    "thinned_indices",
+]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 MAX_POINTS = 400  # points per drawn series (longer ones keep each slice's extremes and the ends)
@@ -217,22 +226,38 @@ def finite_points(xs: Sequence[Any], ys: Sequence[Any]) -> list[tuple[float, flo
     return [p for x, y in zip(xs, ys, strict=False) if (p := _point(x, y, False)) is not None]
 
 
+def thinned_indices(values: Any, limit: int = MAX_POINTS) -> np.ndarray:
+    """Which of ``values`` to draw: all up to ``limit``, else the first, the last and, in
+    each of ``limit // 2 - 1`` equal slices, the lowest and the highest (non-NaN) value, so a
+    loss spike or a dip survives the thinning. Sorted positions into ``values``.
+
+    Examples:
+        >>> values = [0.0] * 1000
+        >>> values[500] = 9.0  # a spike
+        >>> keep = thinned_indices(values, limit=20)
+        >>> len(keep) <= 20, 500 in keep, int(keep[0]), int(keep[-1])
+        (True, True, 0, 999)
+        >>> thinned_indices([3.0, float("nan"), 1.0]).tolist()  # short: every point
+        [0, 1, 2]
+    """
+    y = np.asarray(values, dtype=np.float64)
+    count = len(y)
+    if count <= limit:
+        return np.arange(count)
+    slices = max(limit // 2 - 1, 1)
+    slice_of = np.arange(count) * slices // count
+    starts = np.searchsorted(slice_of, np.arange(slices))
+    missing = np.isnan(y)
+    lowest = np.lexsort((np.where(missing, np.inf, y), slice_of))[starts]
+    highest = np.lexsort((np.where(missing, np.inf, -y), slice_of))[starts]
+    keep = np.concatenate([[0, count - 1], lowest[~missing[lowest]], highest[~missing[highest]]])
+    return np.unique(keep)
+
+
 def _thinned(cells: list[tuple[float, float] | None]) -> Sequence[int]:
-    """Which points to draw: all up to :data:`MAX_POINTS`, else the first, the last and,
-    in each of ``MAX_POINTS // 2 - 1`` equal slices, the lowest and the highest, so a loss
-    spike or a dip survives the thinning."""
-    count = len(cells)
-    if count <= MAX_POINTS:
-        return range(count)
-    slices = MAX_POINTS // 2 - 1
-    keep = {0, count - 1}
-    for k in range(slices):
-        span = range(k * count // slices, (k + 1) * count // slices)
-        drawn = [i for i in span if cells[i] is not None]
-        if drawn:
-            keep.add(min(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]
-            keep.add(max(drawn, key=lambda i: cells[i][1]))  # type: ignore[index]
-    return sorted(keep)
+    """Which cells to draw (:func:`thinned_indices` of their y values)."""
+    values = [math.nan if cell is None else cell[1] for cell in cells]
+    return thinned_indices(values).tolist()
 
 
 def _runs(
