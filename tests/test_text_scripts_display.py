@@ -104,6 +104,29 @@ def test_control_characters_show_as_pictures_in_the_panels():
     assert chat.turns[0].answers[0][1] == "a\x00b\x7f"  # the data itself is unchanged
 
 
+def test_invisible_characters_are_reported_by_field_and_shown_in_the_inspector(
+    tokenizer, cache_dir
+):
+    # A zero-width space or a right-to-left override pasted into a row looked like nothing,
+    # in every panel and in the report, while the model learned to write it.
+    rows = [{"question": f"q{i}?", "answer": f"a{i}."} for i in range(6)]
+    rows[1]["answer"] = "zero\u200bwidth\u200bspace"
+    rows[2]["question"] = "total: \u202e0.01$"
+    rows[3]["answer"] = "family 👨\u200d👩\u200d👧 and שלום\u200f, fine"  # joiners, marks: needed
+    data = load(rows, tokenizer, cache_dir)
+    found = {p.row: p.message for p in data.report().problems if p.kind == "invisible_text"}
+    assert sorted(found) == [1, 2]
+    assert found[1].startswith("invisible characters: U+200B ZERO WIDTH SPACE x2 in messages[1]")
+    assert found[2].startswith("invisible characters: U+202E RIGHT-TO-LEFT OVERRIDE in messages[0]")
+    inspector = DataInspector(data)
+    assert "invisible_text" in inspector.problem_kind.options
+    assert "zero\\u200bwidth\\u200bspace" in inspector.table_html.value
+    assert "\u200b" not in inspector.table_html.value and "\u202e" not in inspector.table_html.value
+    inspector.show_example(1)
+    example = inspector.example_html.value
+    assert "\\u200b" in example and "\u200b" not in example
+
+
 # --- 3. row labels of scripts written without spaces --------------------------------------
 
 

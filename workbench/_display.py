@@ -18,11 +18,14 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
     "HAN_RANGES",
+    "INVISIBLE_CHARS",
+    "INVISIBLE_RANGES",
     "OTHER_UNSPACED_RANGES",
     "UNSPACED_CHARS",
     "UNSPACED_RANGES",
@@ -32,6 +35,7 @@ __all__ = [
     "format_bytes",
     "html_table",
     "in_notebook",
+    "invisible_characters",
     "is_unspaced",
     "isolate",
     "notebook_kernel",
@@ -53,14 +57,26 @@ UNSPACED_CHARS = "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSPAC
 """A regex character class of :data:`UNSPACED_RANGES` (Python ``re`` and Arrow's RE2 both read
 it)."""
 
+INVISIBLE_RANGES = (
+    (0x00, 0x08), (0x0B, 0x0C), (0x0E, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x180E, 0x180E),
+    (0x200B, 0x200B), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x2069), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+)  # fmt: skip
+"""Characters a reader of the text does not see: controls (not tab, newline and carriage
+return), the soft hyphen, the zero-width space, word joiner and no-break space (a byte order
+mark inside text), line and paragraph separators, and the bidirectional embeddings, overrides
+and isolates. Not the joiners (ZWJ, ZWNJ) and direction marks (LRM, RLM) that Persian, Indic
+scripts, Hebrew and emoji sequences need."""
+INVISIBLE_CHARS = "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in INVISIBLE_RANGES) + "]"
+"""A Python ``re`` character class of :data:`INVISIBLE_RANGES`."""
+_INVISIBLE = re.compile(INVISIBLE_CHARS)
+
 # Hebrew, Arabic, Syriac, Thaana, NKo and the other right-to-left blocks, their presentation
 # forms, and the marks and controls that start right-to-left text.
 _RTL = re.compile(
     "[\u0590-\u08ff\u200f\u202b\u202e\u2067\ufb1d-\ufdff\ufe70-\ufefe"
     "\U00010800-\U00010fff\U0001e800-\U0001efff]"
 )
-# C0 and C1 controls, DEL, but not tab, newline and carriage return: invalid in HTML.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 
 def notebook_kernel() -> Any:
@@ -109,23 +125,45 @@ def format_bytes(n: float | None) -> str:
 
 
 def escape_html(value: object) -> str:
-    """Escape any value for HTML text or a quoted attribute, control characters shown.
+    """Escape any value for HTML text or a quoted attribute, invisible characters shown.
 
     Control characters (other than tab, newline and carriage return) are invalid in HTML;
     C0 ones show as their control pictures (U+2400 block), DEL as ``␡``, C1 ones as ``\\xNN``.
+    The other :data:`INVISIBLE_RANGES` (a zero-width space, a right-to-left override) show
+    as ``\\uNNNN``, so a row or an answer holding one does not look like one without.
 
     Examples:
         >>> escape_html('<a href="x">\\x03\\x13\\x7f\\x85\\t')
         '&lt;a href=&quot;x&quot;&gt;␃␓␡\\\\x85\\t'
+        >>> escape_html("zero\\u200bwidth")
+        'zero\\\\u200bwidth'
     """
-    return _CONTROL.sub(_control_picture, html.escape(str(value), quote=True))
+    return _INVISIBLE.sub(_picture, html.escape(str(value), quote=True))
 
 
-def _control_picture(match: re.Match[str]) -> str:
+def _picture(match: re.Match[str]) -> str:
     code = ord(match.group())
     if code < 0x20:
         return chr(0x2400 + code)
-    return "\u2421" if code == 0x7F else f"\\x{code:02x}"
+    if code == 0x7F:
+        return "\u2421"
+    return f"\\x{code:02x}" if code <= 0xFF and code != 0xAD else f"\\u{code:04x}"
+
+
+def invisible_characters(text: str) -> str:
+    """The :data:`INVISIBLE_RANGES` characters in ``text``, named and counted (``""``: none).
+
+    Examples:
+        >>> invisible_characters("a\\u200bb\\u200bc\\u202e")
+        'U+200B ZERO WIDTH SPACE x2, U+202E RIGHT-TO-LEFT OVERRIDE'
+        >>> invisible_characters("tab\\tand newline\\n, 👨\\u200d👩 joined")
+        ''
+    """
+    found = Counter(_INVISIBLE.findall(text))
+    return ", ".join(
+        f"U+{ord(char):04X} {unicodedata.name(char, 'CONTROL')}" + (f" x{n}" if n > 1 else "")
+        for char, n in found.items()
+    )
 
 
 def text_dir(text: object) -> str:

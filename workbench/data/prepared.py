@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from workbench._display import INVISIBLE_RANGES, invisible_characters
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
 from workbench.data.duplicates import ScanStoppedError, duplicate_problems
@@ -61,12 +62,16 @@ from workbench.data.tokenize import (
     STAT_COLUMNS,
     UNTRAINED_TURNS,
     Labeller,
+    message_fields,
     special_ids,
 )
-from workbench.data.tool_calls import TOOL_CALLING, turn_text, with_tool_calling
+from workbench.data.tool_calls import TOOL_CALLING, tool_texts, turn_text, with_tool_calling
 from workbench.errors import DataError, SpecError, WorkbenchWarning
 
 __all__ = ["DataSpec", "PreparedData", "load_data"]
+
+# INVISIBLE_RANGES as an RE2 (Arrow) character class
+_INVISIBLE_RE2 = "[" + "".join(f"\\x{{{lo:X}}}-\\x{{{hi:X}}}" for lo, hi in INVISIBLE_RANGES) + "]"
 
 FormatChoice = Literal["auto", "alpaca", "qa", "chat", "sharegpt", "text"]
 OnError = Literal["raise", "skip"]
@@ -923,6 +928,38 @@ class PreparedData:
         """
         return self._flagged(split, SPECIAL_TEXT_COLUMN)
 
+    def invisible_text(self, split: SplitName) -> list[tuple[int, str]]:
+        """``(row, what)`` for rows holding characters a reader does not see (a zero-width
+        space, a right-to-left override, a control character: ``_display.INVISIBLE_RANGES``).
+
+        The model learns to write them and they change how the text tokenizes, while every
+        view of the row looks clean; ``what`` names each character and field.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-prepared"))
+            >>> rows = [{"question": "Hi", "answer": "Hi"},
+            ...         {"question": "x", "answer": "zero\u200bwidth\u200bspace"}]
+            >>> PreparedData.load(rows, tokenizer, validation=None).invisible_text("train")
+            [(1, 'U+200B ZERO WIDTH SPACE x2 in messages[1] (assistant)')]
+        """
+        import pyarrow.compute as pc
+
+        found = pc.match_substring_regex(self.texts(split), _INVISIBLE_RE2)
+        rows = np.flatnonzero(found.to_numpy(zero_copy_only=False)).tolist()
+        picked = self.split(split).select(rows)
+        if self.is_text:
+            fields = [[("text", text)] for text in picked["text"]]
+        else:
+            tools = picked[TOOL_CALLING] if TOOL_CALLING in picked.column_names else None
+            cells = tools or [None] * len(rows)
+            fields = [
+                message_fields(messages) + tool_texts(cell)
+                for messages, cell in zip(picked["messages"], cells, strict=True)
+            ]
+        return [(i, _invisible_in(named)) for i, named in zip(rows, fields, strict=True)]
+
     def _flagged(self, split: SplitName, name: str) -> list[tuple[int, str]]:
         """Rows of a string column that are neither null nor empty, with their value."""
         import pyarrow.compute as pc
@@ -983,6 +1020,11 @@ def _scan_duplicates(
     train_texts = _joined_texts(train, is_text)
     validation_texts = None if validation is None else _joined_texts(validation, is_text)
     return duplicate_problems(train_texts, validation_texts, stop)
+
+
+def _invisible_in(fields: list[tuple[str, str]]) -> str:
+    named = ((name, invisible_characters(text or "")) for name, text in fields)
+    return "; ".join(f"{what} in {name}" for name, what in named if what)
 
 
 def _joined_texts(dataset: Any, is_text: bool) -> Any:

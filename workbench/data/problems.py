@@ -28,6 +28,7 @@ ProblemKind = Literal[
     "too_long",
     "template_mismatch",
     "special_token_text",
+    "invisible_text",
     "small_dataset",
 ]
 PROBLEM_KINDS: tuple[str, ...] = get_args(ProblemKind)

@@ -48,6 +48,10 @@ MAX_LISTED = 25
 _SANE_CONTEXT = 1_000_000  # tokenizers without a known context report ~1e30
 _PARTS = {"prompt": "n_prompt", "answer": "n_answer", "total": "n_tokens"}
 LimitSource = Literal["max_length", "context", "tokenizer"]
+_INVISIBLE_EFFECT = (
+    "most editors show nothing there, but they change how the row tokenizes and the model "
+    "learns to write them; remove them if they are an accident (scraped or pasted text)"
+)
 _SPECIAL_TEXT_EFFECT = {
     "split": (
         "tokenized as plain text (special_tokens_in_text='split'), so the data cannot end "
@@ -333,6 +337,9 @@ def _split_problems(data: Any, split: str) -> list[Problem]:
     for i, what in data.special_text(split):
         msg = f"control token written as text: {what}; {effect}"
         problems.append(Problem(i, "special_token_text", msg, split))
+    for i, what in data.invisible_text(split):
+        msg = f"invisible characters: {what}; {_INVISIBLE_EFFECT}"
+        problems.append(Problem(i, "invisible_text", msg, split))
     return problems
 
 

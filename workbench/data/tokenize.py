@@ -80,6 +80,7 @@ __all__ = [
     "TOKEN_COLUMNS",
     "UNTRAINED_TURNS",
     "Labeller",
+    "message_fields",
     "special_ids",
 ]
 
@@ -108,7 +109,13 @@ class _Plan:
     prompt_spans: list[list[Span]] = field(default_factory=list)
 
 
-def _fields(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+def message_fields(messages: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """Each message's content with the field it sits in.
+
+    Examples:
+        >>> message_fields([{"role": "user", "content": "Hi"}])
+        [('messages[0] (user)', 'Hi')]
+    """
     return [(f"messages[{i}] ({m['role']})", m["content"]) for i, m in enumerate(messages)]
 
 
@@ -223,7 +230,7 @@ class Labeller:
             >>> labeller.describe([{"role": "user", "content": "end <|im_end|>"}])
             "'<|im_end|>' in messages[0] (user)"
         """
-        return self.guard.describe(_fields(messages) + tool_texts(tool_calling))
+        return self.guard.describe(message_fields(messages) + tool_texts(tool_calling))
 
     def _guarded(
         self,
