@@ -129,3 +129,52 @@ def test_a_failed_run_s_report_says_why_and_a_bad_path_is_named(tmp_path, tiny_m
     a_file.write_text("x")
     with pytest.raises(wb.SpecError, match=r"a-file is a file, so .* cannot be a folder"):
         s.report(a_file / "sub" / "report.html")  # was FileExistsError from mkdir
+
+
+def test_markup_in_score_run_and_column_names_is_shown_as_text_on_every_plotly_chart(tmp_path):
+    # plotly reads <a href>, <b> and <span style> in titles, trace names and tick labels: a
+    # metric named with a link put a phishing link on report.html's chart, and run or column
+    # names from a handed folder did the same in compare and the eval panel.
+    import json
+
+    from workbench.evaluation import compare
+    from workbench.report import _scores_figure
+    from workbench.widgets.eval_panel import EvalPanel
+
+    link = '<a href="https://evil.example">CLICK</a>'
+    labels = []
+    figure = _scores_figure({link: {"base": 0.0, "tuned": 1.0}})
+    labels += [a.text for a in figure.layout.annotations]
+    rows = (EvalRow(0, "p", "r", {"base": "b", "tuned": "t"}, {link: {"base": 0.0, "tuned": 1.0}}),)
+    scores = {link: {"base": 0.0, "tuned": 1.0}}
+    panel = EvalPanel(Evaluation(scores, rows, {"columns": ["base", "tuned"]}))
+    labels += [a.text for a in panel.figure.layout.annotations]
+    run = tmp_path / link.replace("/", "_")
+    run.mkdir()
+    (run / "history.jsonl").write_text(json.dumps({"kind": "train", "step": 1, "loss": 2.0}))
+    Evaluation(scores, rows, {"columns": ["base", "tuned"]}).save(run / "evaluations" / "e")
+    chart = compare([run]).figure()
+    labels += [a.text for a in chart.layout.annotations] + [t.name for t in chart.data]
+    assert len(labels) >= 5 and not [label for label in labels if "<a" in label or "<" in label]
+    assert '&lt;a href="https://evil.example"&gt;CLICK&lt;/a&gt; (higher is better)' in labels
+
+
+def test_a_link_named_as_the_report_is_replaced_by_it_never_written_through(tmp_path):
+    # A handed session folder with report.html -> ~/.bashrc: s.report() replaced the user's
+    # file with the page.
+    import workbench as wb
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("my notes")
+    folder = tmp_path / "handed"
+    folder.mkdir()
+    (folder / "report.html").symlink_to(victim)
+    (folder / "out").mkdir()
+    (folder / "out" / "page.html").symlink_to(victim)
+    s = wb.Session(folder, verbose=False)
+    page = s.report()
+    assert page == folder.resolve() / "report.html" and not page.is_symlink()
+    assert "<!doctype html>" in page.read_text()
+    named = s.report(folder / "out" / "page.html")
+    assert not named.is_symlink() and named.parent == (folder / "out").resolve()
+    assert victim.read_text() == "my notes"

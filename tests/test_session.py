@@ -167,3 +167,36 @@ def test_an_unknown_keyword_is_refused_with_the_names_it_likely_meant(tmp_path, 
         match=r"chat\(\) takes no max_tokens= \(did you mean max_new_tokens\?\)",
     ):
         s.chat(max_tokens=8)
+
+
+BROKEN_PIPE_SCRIPT = """
+import json, sys
+import workbench as wb
+s = wb.Session(sys.argv[1])
+s.load_model(sys.argv[2])
+s.load_data([{{"question": f"q{{i}}?", "answer": f"a{{i}}"}} for i in range(16)], validation=None)
+run = s.train(max_steps={steps}, lr=5e-3, batch_size=4)
+"""
+
+
+def test_a_script_piped_into_head_trains_to_the_end(tmp_path, tiny_model_dir):
+    # `python train.py | head -1` closed stdout after the first line: the next progress line
+    # raised BrokenPipeError out of s.train(), and the run was recorded "stopped by the user".
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(BROKEN_PIPE_SCRIPT.format(steps=6))
+    folder = tmp_path / "s"
+    with subprocess.Popen(
+        [sys.executable, str(script), str(folder), str(tiny_model_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        first = proc.stdout.readline()
+        proc.stdout.close()  # the reader goes away, as `head -1` does
+        _, errors = proc.communicate(timeout=300)
+    assert first and proc.returncode == 0, errors.decode()[-2000:]
+    status = json.loads((folder / "runs" / "run-001" / "status.json").read_text())
+    assert (status["state"], status["step"]) == ("finished", 6)
+    assert b"BrokenPipeError" not in errors

@@ -127,6 +127,25 @@ def test_invisible_characters_are_reported_by_field_and_shown_in_the_inspector(
     assert "\\u200b" in example and "\u200b" not in example
 
 
+def test_terminal_escape_sequences_in_rows_and_file_names_are_printed_as_pictures(
+    tokenizer, cache_dir, tmp_path
+):
+    # print(s.example(0)) retitled and recoloured the terminal, and a file name holding
+    # "\x1b[2J" cleared the screen when the data report was printed.
+    import json
+
+    from workbench._display import text_table
+
+    hostile = "\x1b]0;PWNED\x07\x1b[31mRED\x1b[2J"
+    source = tmp_path / f"data{hostile}.jsonl"
+    rows = [{"question": f"q{i} {hostile}", "answer": f"a{i}"} for i in range(4)]
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load(str(source), tokenizer, cache_dir)
+    printed = [str(data.report()), str(data.example(0)), text_table([(hostile, 1)])]
+    assert not [text for text in printed if "\x1b" in text or "\x07" in text]
+    assert all("␛]0;PWNED␇␛[31mRED␛[2J" in text for text in printed)
+
+
 # --- 3. row labels of scripts written without spaces --------------------------------------
 
 

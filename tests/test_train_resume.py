@@ -193,6 +193,66 @@ def test_a_run_whose_base_model_moved_resumes_where_it_is_now(tiny_model_dir, tm
     assert read_meta(run.run_dir)["model_spec"]["spec"] == str(moved)
 
 
+SHIPPED_CODE = """
+from pathlib import Path
+from transformers import LlamaConfig, LlamaForCausalLM
+
+Path({marker!r}).touch()  # the proof that the folder's code ran
+
+
+class ShippedConfig(LlamaConfig):
+    pass
+
+
+class ShippedModel(LlamaForCausalLM):
+    config_class = ShippedConfig
+"""
+
+
+def _model_with_shipped_code(tiny_model_dir: Path, folder: Path) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {
+        "AutoConfig": "shipped.ShippedConfig",
+        "AutoModelForCausalLM": "shipped.ShippedModel",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "shipped.py").write_text(SHIPPED_CODE.format(marker=str(folder / "ran")))
+    return folder
+
+
+def test_a_handed_run_folder_runs_its_models_code_only_when_the_resume_allows_it(
+    tiny_model_dir, tmp_path
+):
+    # run.json's trust_remote_code was obeyed: resuming a folder someone handed over ran
+    # the Python code of whatever model folder its run.json named, without a word.
+    import workbench as wb
+
+    shipped = _model_with_shipped_code(tiny_model_dir, tmp_path / "shipped")
+    s = wb.Session(tmp_path / "theirs", verbose=False)
+    s.load_model(str(shipped), trust_remote_code=True)
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(16)], validation=None)
+    run = s.train(max_steps=6, batch_size=8, save_every=2, wait=False)
+    run.stop()
+    run.wait()
+    (shipped / "ran").unlink()
+    for module in [m for m in sys.modules if "shipped" in m]:  # transformers caches it
+        del sys.modules[module]
+    meta = (Path(run.run_dir) / "run.json").read_bytes()
+    later = wb.Session(tmp_path / "mine", verbose=False)
+    with pytest.raises(SpecError, match=r"run\.json: its base model .*trust_remote_code=True"):
+        later.resume(run.run_dir)
+    with pytest.raises(SpecError, match=r"trust_remote_code=True"):
+        resume_run(run.run_dir)
+    assert not (shipped / "ran").exists()
+    assert (Path(run.run_dir) / "run.json").read_bytes() == meta
+    resumed = later.resume(run.run_dir, trust_remote_code=True, wait=True)
+    assert resumed.state is RunState.FINISHED and (shipped / "ran").exists()
+
+
 def test_a_resume_refused_for_the_wrong_model_leaves_run_json_naming_the_right_one(
     tiny_model_dir, tiny_gpt2_dir, tmp_path
 ):

@@ -16,7 +16,9 @@ Examples:
 from __future__ import annotations
 
 import html
+import os
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -39,6 +41,9 @@ __all__ = [
     "is_unspaced",
     "isolate",
     "notebook_kernel",
+    "plotly_text",
+    "print_line",
+    "printable",
     "text_dir",
     "text_table",
 ]
@@ -139,6 +144,49 @@ def escape_html(value: object) -> str:
         'zero\\\\u200bwidth'
     """
     return _INVISIBLE.sub(_picture, html.escape(str(value), quote=True))
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print to a terminal: the :data:`INVISIBLE_RANGES` characters shown as
+    :func:`escape_html` shows them (an escape sequence in a data row or a model's answer
+    could retitle, recolour or clear the terminal, or hide what a line says).
+
+    Examples:
+        >>> printable("q5 \\x1b]0;TITLE\\x07\\x1b[31mRED\\tok\\n")
+        'q5 ␛]0;TITLE␇␛[31mRED\\tok\\n'
+    """
+    return _INVISIBLE.sub(_picture, text)
+
+
+def print_line(text: str) -> None:
+    """Print a progress line, :func:`printable`; a reader that went away (``| head -1``
+    closed the pipe) leaves the work going on without its output, never stopped by it.
+
+    Examples:
+        >>> print_line("step 1/6  loss \\x1b[31m2.5")
+        step 1/6  loss ␛[31m2.5
+    """
+    try:
+        print(printable(text), flush=True)
+    except BrokenPipeError:
+        # What Python's documentation advises: the rest of the output goes nowhere, and the
+        # interpreter's own flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
+def plotly_text(value: object) -> str:
+    """``value`` as a plotly chart label (a title, a trace's name, a tick label).
+
+    plotly reads a few HTML tags in its labels (``<a href>``, ``<b>``, ``<span style>``), so
+    a metric or run name holding markup became a link or styled text on the chart; escaped,
+    plotly shows the characters as written.
+
+    Examples:
+        >>> plotly_text('<a href="https://x">click</a> & co')
+        '&lt;a href="https://x"&gt;click&lt;/a&gt; &amp; co'
+    """
+    return html.escape(str(value), quote=False)
 
 
 def _picture(match: re.Match[str]) -> str:
@@ -248,7 +296,7 @@ def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = 
         abcd  2
     """
     table = [list(map(str, header))] if header else []
-    table += [[str(cell) for cell in row] for row in rows]
+    table += [[printable(str(cell)) for cell in row] for row in rows]
     widths = [max(display_width(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [
         "  ".join(

@@ -20,7 +20,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from workbench._display import escape_html
+from workbench._display import escape_html, plotly_text
 from workbench._io import atomic_write_text
 from workbench.evaluation.compare import score_scale
 
@@ -72,7 +72,8 @@ def _scores_figure(scores: dict):
 
     names = list(scores)
     titles = [
-        f"{name} ({'higher' if scores[name].get('higher_is_better', True) else 'lower'} is better)"
+        f"{plotly_text(name)} "
+        f"({'higher' if scores[name].get('higher_is_better', True) else 'lower'} is better)"
         for name in names
     ]
     figure = make_subplots(rows=1, cols=len(names), subplot_titles=titles)

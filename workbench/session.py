@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench._display import print_line
 from workbench.errors import (
     EvaluationError,
     ModelLoadError,
@@ -102,9 +103,7 @@ class Session:
         # find_lr's suggestion for this model and data, and the method it was measured for
         self._measured_lr: tuple[float, str] | None = None
         if verbose:
-            self._unsubscribers.append(
-                self.events.on(PROGRESS, lambda message: print(message, flush=True))
-            )
+            self._unsubscribers.append(self.events.on(PROGRESS, print_line))
 
     def on(self, event: str, fn: Callable[[Any], Any]) -> Callable[[], None]:
         """Call ``fn(payload)`` on each ``event``; returns a function that unsubscribes.
@@ -867,6 +866,7 @@ class Session:
         run_dir: str | Path,
         wait: bool | None = None,
         model: str | Path | None = None,
+        trust_remote_code: bool = False,
         **launch: Any,
     ):
         """Continue a run from its last complete checkpoint (also in a new process).
@@ -874,7 +874,9 @@ class Session:
         ``run_dir`` is a run folder (``runs/demo/runs/run-001``) or a session folder, whose
         latest run is then resumed (and named in a progress message). The base model is the
         one the run's ``run.json`` names; where that folder has moved, ``model=`` names it
-        now (and ``run.json`` keeps the new place for later resumes). The run goes on with
+        now (and ``run.json`` keeps the new place for later resumes). A base that was loaded
+        with ``trust_remote_code=True`` runs its shipped code again only when this call says
+        ``trust_remote_code=True`` too: a run folder can come from anyone. The run goes on with
         the tokens its folder keeps; the session's data is not loaded again (evaluating needs
         it: what needs data and finds none names the call that loads what the folder loaded).
 
@@ -913,7 +915,7 @@ class Session:
         check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
         with self._model_kept_if_refused():
-            self._load_base_of(run_dir, meta, model)
+            self._load_base_of(run_dir, meta, model, trust_remote_code)
             reset_adapter_strength(self.loaded.model)  # never resumed from a scaled adapter
             try:
                 self._run = resume_run(
@@ -923,6 +925,7 @@ class Session:
                     model=self.loaded.model,
                     tokenizer=self.tokenizer,
                     launch=launch,
+                    trust_remote_code=trust_remote_code,
                 )
             except BaseException:
                 if model is not None:  # run.json named the given model: the run never went on
@@ -966,14 +969,22 @@ class Session:
                 self._record({"model": record})
             raise
 
-    def _load_base_of(self, run_dir: Path, meta: dict, model: str | Path | None) -> None:
-        """Load the base model a resumed run trains: ``model``, else the one run.json names."""
+    def _load_base_of(
+        self, run_dir: Path, meta: dict, model: str | Path | None, trust_remote_code: bool
+    ) -> None:
+        """Load the base model a resumed run trains: ``model``, else the one run.json names
+        (its shipped code run only when the caller allows it, whatever run.json says)."""
+        from workbench.train import check_remote_code_allowed
         from workbench.train.store import write_meta
 
         settings = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
         recorded = settings.pop("spec", None)
+        settings.pop("trust_remote_code", None)
         if model is None and recorded is None:
             return  # a run of a model built in memory: the loaded model goes on with it
+        check_remote_code_allowed(meta, run_dir, trust_remote_code)
+        if trust_remote_code:
+            settings["trust_remote_code"] = True
         try:
             self.load_model(str(model or recorded), **settings)
         except ModelLoadError as err:
@@ -1294,6 +1305,9 @@ class Session:
         target = export_target(self.run_dir, path)
         if target.is_dir():  # a folder: the page goes in it
             target = target / "report.html"
+        else:  # a link named as the page is replaced by it, never written through
+            given = Path(path).expanduser()
+            target = export_target(self.run_dir, given.parent) / given.name
         make_folder(target.parent)
         run = self._model_run()
         data = self._data_of_run if run is not None else self._data

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from workbench._display import printable
+
 __all__ = ["Example", "TokenView", "token_texts"]
 
 _REPLACEMENT = "\ufffd"
@@ -135,4 +137,4 @@ class Example:
             f", {self.cut} cut" if self.cut else ""
         )
         body = "".join(f"[{t.text}]" if t.trained else t.text for t in self.tokens)
-        return f"{head}\n{body}"
+        return printable(f"{head}\n{body}")

@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from workbench._display import printable
 from workbench.data.loading import role_sequences
 from workbench.data.problems import SMALL_DATASET_ROWS, Problem
 from workbench.data.templates import SAMPLE_CONVERSATION, check_template
@@ -209,7 +210,7 @@ class DataReport:
         return out
 
     def __str__(self) -> str:
-        return "\n".join(self.lines())
+        return printable("\n".join(self.lines()))
 
     def _repr_html_(self) -> str:
         return "<pre>" + html.escape(str(self)) + "</pre>"

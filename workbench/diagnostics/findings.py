@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from workbench._display import printable
 from workbench.errors import SpecError
 
 __all__ = ["KINDS", "SEVERITIES", "Finding", "FindingKind", "Severity"]
@@ -94,7 +95,7 @@ class Finding:
               try: drop them
         """
         where = f" (step {self.step})" if self.step is not None else ""
-        return (
+        return printable(
             f"[{self.severity}] {self.title}{where}\n"
             f"  evidence: {self.evidence}\n"
             f"  try: {self.suggestion}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench._display import html_table, text_table
+from workbench._display import html_table, plotly_text, text_table
 from workbench._io import json_lines, read_jsonl
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.results import Evaluation
@@ -380,7 +380,7 @@ class Comparison:
             cols=cols,
             specs=[[{"colspan": cols}] + [None] * (cols - 1)]
             + [[{}] * cols for _ in range(rows - 1)],
-            subplot_titles=["loss ↓ lower is better", *[title for title, _ in scales]],
+            subplot_titles=["loss ↓ lower is better", *[plotly_text(t) for t, _ in scales]],
             vertical_spacing=min(0.3, 70 / (300 + 240 * (rows - 1))),  # ~70px for titles
             horizontal_spacing=0.08,
         )
@@ -393,7 +393,7 @@ class Comparison:
                         go.Scatter(
                             x=steps,
                             y=values,
-                            name=f"{run.name} {key}",
+                            name=plotly_text(f"{run.name} {key}"),
                             line=dict(color=color, dash=dash),
                         ),
                         row=1,
@@ -406,9 +406,9 @@ class Comparison:
                 value = scores[name].get("tuned", float("nan"))
                 fig.add_trace(
                     go.Bar(
-                        x=[run.name],
+                        x=[plotly_text(run.name)],
                         y=[value],
-                        name=f"{run.name} scores",
+                        name=plotly_text(f"{run.name} scores"),
                         legendgroup=f"{run.name} scores",
                         showlegend=i == 0,
                         marker_color=color,

@@ -39,7 +39,12 @@ from workbench.train.run import (
     Run,
 )
 from workbench.train.spec import LoRA, Method, SchedulerName, TrainSpec
-from workbench.train.start import check_resumable, resume_run, start_run
+from workbench.train.start import (
+    check_remote_code_allowed,
+    check_resumable,
+    resume_run,
+    start_run,
+)
 from workbench.train.status import RunState, RunStatus
 
 __all__ = [
@@ -58,6 +63,7 @@ __all__ = [
     "SchedulerName",
     "TrainSpec",
     "TrainingError",
+    "check_remote_code_allowed",
     "check_resumable",
     "resume_run",
     "start_run",

@@ -707,7 +707,7 @@ class Run:
             >>> status.state, status.step, run.wait().state
             (<RunState.FINISHED: 'finished'>, 6, <RunState.FINISHED: 'finished'>)
         """
-        from workbench._display import notebook_kernel
+        from workbench._display import notebook_kernel, print_line
 
         lines: list[str] = []
         unsubscribe = self._subscribe_lines(lines) if progress else (lambda: None)
@@ -732,7 +732,7 @@ class Run:
                     batch, lines[:] = list(lines), []
                     ended = reached()
                 for line in batch:
-                    print(line, flush=True)
+                    print_line(line)
                 if ended or (deadline is not None and time.monotonic() >= deadline):
                     if self._status.done and self._monitor is not None:
                         self._monitor.finalise()  # sent from this cell: nbclient applies it

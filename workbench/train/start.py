@@ -61,7 +61,7 @@ from workbench.train.run import Run
 from workbench.train.spec import LoRA, TrainSpec, respec
 from workbench.train.worker import runs_training
 
-__all__ = ["resume_run", "start_run"]
+__all__ = ["check_remote_code_allowed", "resume_run", "start_run"]
 
 MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device", "trust_remote_code")
 
@@ -535,6 +535,36 @@ def _waited(run: Run, wait: bool) -> Run:
     return run
 
 
+def check_remote_code_allowed(meta: dict[str, Any], run_dir: Path, allowed: bool) -> None:
+    """Refuse to load a run's base model with its shipped code unless the caller allows it.
+
+    ``run.json`` records ``trust_remote_code`` as the run was started, but a run folder can
+    come from anyone (a course's shared folder, a colleague's archive): resuming it must not
+    run the code of whatever model folder it names because a file says so.
+
+    Raises:
+        SpecError: ``run.json`` says the base ran its own code and ``allowed`` is false.
+
+    Examples:
+        >>> meta = {"model_spec": {"spec": "/models/custom", "trust_remote_code": True}}
+        >>> check_remote_code_allowed(meta, Path("runs/run-001"), allowed=True)
+        >>> check_remote_code_allowed(meta, Path("runs/run-001"), allowed=False)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: runs/run-001/run.json: its base model /models/custom was \
+loaded with trust_remote_code=True, so resuming it runs Python code shipped with that model \
+folder. Nothing is run from a file's say-so: read that code, then pass trust_remote_code=True \
+(Session.resume(folder, trust_remote_code=True)).
+    """
+    model_spec = meta.get("model_spec") or {}
+    if model_spec.get("trust_remote_code") is True and not allowed:
+        raise SpecError(
+            f"{run_dir / store.RUN_FILE}: its base model {model_spec.get('spec')} was loaded "
+            "with trust_remote_code=True, so resuming it runs Python code shipped with that "
+            "model folder. Nothing is run from a file's say-so: read that code, then pass "
+            "trust_remote_code=True (Session.resume(folder, trust_remote_code=True))."
+        )
+
+
 def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
     from workbench.models.loading import load_model
 
@@ -639,6 +669,7 @@ def resume_run(
     model: Any = None,
     tokenizer: Any = None,
     launch: Any = None,
+    trust_remote_code: bool = False,
 ) -> Run:
     """Continue a run from its newest valid checkpoint to its planned step count.
 
@@ -664,10 +695,13 @@ def resume_run(
         tokenizer: Its tokenizer (needed with ``model``).
         launch: A :class:`~workbench.train.launch.LaunchSpec` to go on with on several
             processes (a run of one process resumes on several, and the other way round).
+        trust_remote_code: Let a base model reloaded from ``run.json`` run the code shipped
+            with it. Never read from the folder: see :func:`check_remote_code_allowed`.
 
     Raises:
         SpecError: the folder holds no run (nothing is written), or another process or
-            ``Run`` trains it (the message names its pid and what to do).
+            ``Run`` trains it (the message names its pid and what to do), or its base model
+            needs its own code to run and ``trust_remote_code`` was not given.
         TrainingError: the newest valid checkpoint was written for another model.
 
     Examples:
@@ -680,6 +714,8 @@ def resume_run(
     run_dir = Path(run_dir)
     meta = store.read_meta(run_dir)
     launch = None if launch is None else launch.checked()
+    if model is None or launch is not None:  # the base is loaded from what run.json says
+        check_remote_code_allowed(meta, run_dir, trust_remote_code)
     with _released_on_error(RunLock(run_dir)) as lock:
         if launch is not None:
             meta = {**meta, "launch": launch.to_dict()}

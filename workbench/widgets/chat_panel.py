@@ -35,6 +35,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench._display import printable
 from workbench.errors import SpecError, WorkbenchError
 from workbench.widgets._html import escape, text_dir
 
@@ -290,7 +291,7 @@ class ChatPanel:
                 lines += [f"  calls {call}" for call in _calls(answer, self.tools)]
         if not self.turns:
             lines.append("(no messages yet)")
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
     def html(self) -> str:
         """The conversation as self-contained HTML: inline styles, no scripts, all text escaped.

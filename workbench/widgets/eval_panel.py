@@ -30,7 +30,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench._display import isolate
+from workbench._display import isolate, plotly_text
 from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
 from workbench.evaluation.ratings import read_ratings, summarize
@@ -169,7 +169,7 @@ class EvalPanel:
         names = list(ev.scores)
         cols = max(1, min(len(names), SCORE_COLUMNS))
         rows = max(1, math.ceil(len(names) / cols))
-        titles = [score_scale(n, [], ev.higher_is_better(n))[0] for n in names]
+        titles = [plotly_text(score_scale(n, [], ev.higher_is_better(n))[0]) for n in names]
         fig = make_subplots(
             rows=rows,
             cols=cols,
@@ -212,7 +212,7 @@ class EvalPanel:
                 _title, y_range = score_scale(name, bounds, ev.higher_is_better(name))
                 self.figure.layout[f"yaxis{axis}"].range = y_range
                 self.figure.layout[f"xaxis{axis}"].update(  # "tuned: 0.5" under each bar
-                    tickvals=list(ev.columns),
+                    tickvals=[plotly_text(column) for column in ev.columns],
                     ticktext=[f"{b['name']}: {format_score(b['y'][0])}" for b in bars],
                 )
 
@@ -240,9 +240,9 @@ class EvalPanel:
             else "<br>no 95% interval"
         )
         return dict(
-            x=[column],
+            x=[plotly_text(column)],
             y=[value],
-            name=column,
+            name=plotly_text(column),
             marker_color=_COLORS.get(column, "#ff7f0e"),
             error_y=error,
             customdata=[[lo, hi]],

@@ -43,6 +43,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench._display import printable
 from workbench.events import EVAL_PROGRESS
 from workbench.widgets._html import escape, shorten, table
 
@@ -280,7 +281,7 @@ class EvalProgressPanel:
         for r in snap.rows[-last:]:
             answers = "  ".join(f"{c}: {shorten(r[c], 60)}" for c in snap.progress if c in r)
             lines.append(f"#{r['index']}  {answers}")
-        return "\n".join(lines)
+        return printable("\n".join(lines))
 
     def close(self) -> None:
         """Unsubscribe from the evaluation's events and close the widgets.
