@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import threading
@@ -90,6 +91,67 @@ def test_file_that_is_not_gguf(tmp_path):
     fake.write_bytes(b"this is not a gguf file at all" * 10)
     with pytest.raises(wb.ModelLoadError, match="not a readable GGUF file"):
         load_model(str(fake), on_event=quiet)
+
+
+def _gguf_kv(key: bytes, value_type: int, value: bytes) -> bytes:
+    return struct.pack("<Q", len(key)) + key + struct.pack("<I", value_type) + value
+
+
+def _gguf_string(length: int, text: bytes = b"") -> bytes:
+    return struct.pack("<Q", length) + text
+
+
+_ARCH = _gguf_kv(b"general.architecture", 8, _gguf_string(5, b"llama"))
+
+
+@pytest.mark.parametrize(
+    ("header", "claim"),
+    [
+        (struct.pack("<IQQ", 3, 2**62, 1) + _ARCH, "4,611,686,018,427,387,904 tensors"),
+        (struct.pack("<IQQ", 3, 0, 2**62) + _ARCH, "4,611,686,018,427,387,904 metadata keys"),
+        (
+            struct.pack("<IQQ", 3, 0, 1)
+            + _gguf_kv(b"general.architecture", 8, _gguf_string(2**60)),
+            "the value of 'general.architecture' of 1,152,921,504,606,846,976 bytes",
+        ),
+        (
+            struct.pack("<IQQ", 3, 0, 2)
+            + _ARCH
+            + _gguf_kv(b"tokens", 9, struct.pack("<IQ", 4, 2**40)),
+            "the value of 'tokens', an array of 1,099,511,627,776 items",
+        ),
+    ],
+    ids=["tensors", "keys", "string", "array"],
+)
+def test_a_gguf_header_claiming_more_than_the_file_holds_is_refused_at_once(
+    tmp_path, header, claim
+):
+    # gguf's reader believed the array's count: a minute of allocating, then a SystemError
+    path = tmp_path / "claims.gguf"
+    path.write_bytes(b"GGUF" + header + b"\0" * 64)
+    with pytest.raises(wb.ModelLoadError) as caught:
+        load_model(str(path), on_event=quiet)
+    assert str(caught.value).startswith(f"{path} is not a readable GGUF file (it claims {claim}, ")
+    assert "damaged, cut short or not a GGUF model" in str(caught.value)
+
+
+def test_a_gguf_header_of_arrays_nested_thousands_deep_is_refused(tmp_path):
+    path = tmp_path / "nested.gguf"
+    nested = struct.pack("<IQ", 9, 1) * 5000 + struct.pack("<IQ", 0, 0)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 2) + _ARCH + _gguf_kv(b"deep", 9, nested))
+    with pytest.raises(wb.ModelLoadError, match=r"\(arrays nested in arrays thousands deep\)\.$"):
+        load_model(str(path), on_event=quiet)
+
+
+def test_a_gguf_error_shows_the_files_bytes_escaped(tmp_path):
+    key = b"general.\x00\x1b[2Jname"  # a NUL and a terminal's clear-screen
+    path = tmp_path / "odd-key.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _gguf_kv(key, 8, _gguf_string(2**60)))
+    with pytest.raises(wb.ModelLoadError) as caught:
+        load_model(str(path), on_event=quiet)
+    message = str(caught.value)
+    assert "\x00" not in message and "\x1b" not in message
+    assert r"the value of 'general.\x00\x1b[2Jname' of 1,152,921,504,606,846,976 bytes" in message
 
 
 def test_gguf_of_an_architecture_transformers_cannot_read(tmp_path):

@@ -5,7 +5,9 @@ batch by batch (a 1 GB JSONL file never sits in memory), to a cache file keyed b
 path and a hash of its bytes plus the loading options. A failed load leaves no cache behind (the
 file is written under a temporary name and renamed). The batches are built with
 ``pyarrow.RecordBatch.from_pylist``; with ``DataSpec(batched=False)`` the rows go one by one
-through ``Dataset.from_generator`` instead (the earlier way, same rows, slower).
+through ``Dataset.from_generator`` instead (the earlier way, same rows, slower). Either way
+each batch is checked in Arrow before it is stored: a field over :data:`MAX_FIELD_BYTES` is a
+malformed row, named by file, row and field, and never read back into Python.
 
 Stored columns: ``source_row`` (1-based line/row in the source), ``messages`` (or ``text``),
 ``empty_fields``, ``untrained_turns`` (indices of assistant turns that are context only:
@@ -48,7 +50,7 @@ from typing import Any
 from workbench._io import atomic_write_text, process_alive, stale, translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
-from workbench.data.sources import RawRow, Source
+from workbench.data.sources import RawRow, Source, _size
 from workbench.data.tokenize import UNTRAINED_TURNS
 from workbench.data.tool_calls import (
     TOOL_CALLING,
@@ -60,6 +62,7 @@ from workbench.errors import DataError, WorkbenchWarning
 
 __all__ = [
     "CODE_VERSION",
+    "MAX_FIELD_BYTES",
     "RESERVED_COLUMNS",
     "Loaded",
     "cached_arrow_table",
@@ -79,6 +82,11 @@ __all__ = [
 # first copies lack: read by this version, they would be warned of as writes left unfinished).
 CODE_VERSION = "9"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
+# The most UTF-8 text one field (a cell, a turn's content) may hold: far beyond any model's
+# context. A longer one (a gigabyte-long cell from a 1 MB .gz or .xlsx) is refused as it is
+# stored, before anything reads it back into Python.
+MAX_FIELD_BYTES = 64 * 2**20
+_NORMALISED = ("messages", "text", TOOL_CALLING)  # named after the source's own columns
 _END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"  # what closing an Arrow stream writes
 RESERVED_COLUMNS = (
     "source_row",
@@ -336,11 +344,24 @@ def _generate(
             else _bad_row(source, row["source_row"], err, originals, spec.on_error)
         )
 
+    shown = {stored: column for column, stored in originals.items()}
+
+    def too_long(row: dict[str, Any], field: str, size: int) -> dict[str, Any]:
+        err = RowError(shown.get(field, field), _too_long_message(size))
+        return _bad_row(source, row["source_row"], err, originals, spec.on_error)
+
+    checks = (encodable, too_long)
     if getattr(spec, "batched", True):
-        return _write_batches(generator, features, fingerprint, spec.cache_dir, encodable)
+        return _write_batches(generator, features, fingerprint, spec.cache_dir, checks)
+
+    def checked() -> Iterator[dict[str, Any]]:  # the rows as _write_batches would store them
+        rows, schema = generator(), features.arrow_schema
+        while batch := list(itertools.islice(rows, _WRITE_BATCH)):
+            yield from _record_batch(batch, schema, checks)[0]
+
     try:
         return Dataset.from_generator(
-            lambda: map(encodable, generator()),
+            checked,
             features=features,
             fingerprint=fingerprint,
             cache_dir=spec.cache_dir,
@@ -352,13 +373,10 @@ def _generate(
 
 
 def _write_batches(
-    generator: Any, features: Any, fingerprint: str, cache_dir: str | None, encodable: Any
+    generator: Any, features: Any, fingerprint: str, cache_dir: str | None, checks: Any
 ) -> Any:
-    """The rows written as Arrow record batches to a cache file (reused when it exists).
-
-    ``encodable(row)`` turns a row Arrow cannot encode into a malformed one (or raises); it
-    runs only over a batch that failed, so the rows of every other batch pay nothing for it.
-    """
+    """The rows written as Arrow record batches to a cache file (reused when it exists), each
+    batch checked by :func:`_record_batch` with ``checks`` before it is written."""
     import datasets
     import pyarrow as pa
     from datasets.table import MemoryMappedTable
@@ -376,7 +394,7 @@ def _write_batches(
             with translated_write_errors(folder):  # a full disk in Arrow's words: "[errno 28]"
                 with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
                     while batch := list(itertools.islice(rows, _WRITE_BATCH)):
-                        out.write_batch(_record_batch(batch, schema, encodable))
+                        out.write_batch(_record_batch(batch, schema, checks)[1])
                 os.replace(partial, path)
                 write_checksum(path)
         finally:
@@ -422,13 +440,60 @@ def _writer_gone(writer: str) -> bool:
     return host == socket.gethostname() and pid.isdigit() and not process_alive(int(pid))
 
 
-def _record_batch(rows: list[dict[str, Any]], schema: Any, encodable: Any) -> Any:
+def _record_batch(rows: list[dict[str, Any]], schema: Any, checks: Any) -> tuple[list, Any]:
+    """``rows`` as an Arrow record batch, and the rows it holds.
+
+    ``checks`` is ``(encodable, too_long)``: ``encodable(row)`` turns a row Arrow cannot
+    encode into a malformed one, ``too_long(row, field, size)`` one with a field over
+    :data:`MAX_FIELD_BYTES` (each raises with ``on_error="raise"``). They run only over a
+    batch that needs them, so the rows of every other batch pay nothing for them.
+    """
     import pyarrow as pa
 
+    encodable, too_long = checks
     try:
-        return pa.RecordBatch.from_pylist(rows, schema=schema)
+        batch = pa.RecordBatch.from_pylist(rows, schema=schema)
     except UnicodeEncodeError:
-        return pa.RecordBatch.from_pylist([encodable(row) for row in rows], schema=schema)
+        rows = [encodable(row) for row in rows]
+        batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+    over = _fields_over_limit(batch)
+    if over:
+        rows = [too_long(row, *over[k]) if k in over else row for k, row in enumerate(rows)]
+        batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+    return rows, batch
+
+
+def _fields_over_limit(batch: Any) -> dict[int, tuple[str, int]]:
+    """Each row of ``batch`` with a text over :data:`MAX_FIELD_BYTES`: its index, the first
+    such field (a source column before a normalised one) and its size. Sizes come from
+    Arrow's offsets: no text is read."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    found: dict[int, tuple[str, int]] = {}
+    for name in sorted(batch.schema.names, key=lambda name: name in _NORMALISED):
+        column = batch.column(name)
+        if name == "messages":
+            turns = pc.list_flatten(column)
+            sizes = pc.binary_length(pc.struct_field(turns, "content"))
+            rows = pc.list_parent_indices(column).to_numpy()
+            first_turn = column.offsets.to_numpy()
+            for k in pc.indices_nonzero(pc.greater(sizes, MAX_FIELD_BYTES)).to_pylist():
+                row = int(rows[k])
+                turn = k - int(first_turn[row] - first_turn[0])
+                found.setdefault(row, (f"messages[{turn}].content", sizes[k].as_py()))
+        elif pa.types.is_string(column.type):
+            sizes = pc.binary_length(column)
+            for row in pc.indices_nonzero(pc.greater(sizes, MAX_FIELD_BYTES)).to_pylist():
+                found.setdefault(row, (name, sizes[row].as_py()))
+    return found
+
+
+def _too_long_message(size: int) -> str:
+    return (
+        f"a text of {_size(size)}, longer than the {_size(MAX_FIELD_BYTES)} one field may hold "
+        "(far more than any model reads at once): shorten it, or split it over rows"
+    )
 
 
 def cached_arrow_table(path: Path) -> Any:

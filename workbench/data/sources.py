@@ -18,6 +18,12 @@ rows are numbered as the spreadsheet shows them, cells read as the text they sho
 ``3.50``, ``1 March 1995``: :mod:`workbench.data.spreadsheet_text`), and messages name the
 sheet when there are several (``book.xlsx[train]``).
 
+Files made to exhaust memory are refused by name: a JSON line over :data:`MAX_LINE_BYTES` (a
+gigabyte of one line in a 1 MB ``.gz``) is never held whole, a workbook part that inflates
+over :data:`MAX_INFLATE_RATIO` times (a zip bomb) is not opened, and workbook XML declaring
+entities (external ones that read other files, or ones that expand without end) is refused,
+as defusedxml refuses it to openpyxl.
+
 Examples:
     >>> src = open_source([{"text": "hello"}, {"text": "bye"}])[0]
     >>> [(r.number, r.values) for r in src.rows()]
@@ -47,6 +53,8 @@ from workbench.errors import DataError, SpecError, warn_user
 
 __all__ = [
     "COMPRESSIONS",
+    "MAX_INFLATE_RATIO",
+    "MAX_LINE_BYTES",
     "SUFFIXES",
     "RawRow",
     "Source",
@@ -567,7 +575,10 @@ def _open_text(path: Path, encoding: str | None = None) -> IO[str]:
 
 def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
     with _open_bytes(path, encoding) as fh:
-        for number, raw in enumerate(fh, start=1):
+        for number, raw in enumerate(_bounded_lines(fh), start=1):
+            if raw is None:
+                yield RawRow(number, None, _LINE_TOO_LONG.format(limit=_size(MAX_LINE_BYTES)))
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -580,6 +591,28 @@ def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
             line = line.lstrip("\ufeff") if number == 1 else line
             if line.strip():
                 yield _parse_json_line(number, line)
+
+
+# A JSON line longer than this is refused unread, so no line, however long (a gigabyte of
+# text in a 1 MB .gz), is held in memory whole: four fields at loading's MAX_FIELD_BYTES.
+MAX_LINE_BYTES = 256 * 2**20
+_LINE_TOO_LONG = (
+    "a line longer than {limit}, the most one row may hold (far more text than any model "
+    "reads at once): split the row, or shorten its texts"
+)
+
+
+def _bounded_lines(stream: IO[bytes]) -> Iterator[bytes | None]:
+    """The lines of ``stream``, ``None`` for one over :data:`MAX_LINE_BYTES` (read past a
+    megabyte at a time, never held whole)."""
+    limit = MAX_LINE_BYTES
+    while line := stream.readline(limit + 1):
+        if len(line) <= limit or line.endswith(b"\n"):
+            yield line
+            continue
+        while (rest := stream.readline(1 << 20)) and not rest.endswith(b"\n"):
+            pass
+        yield None
 
 
 class _DuplicateKeyError(ValueError):
@@ -987,10 +1020,60 @@ def _open_workbook(path: Path) -> Any:
     from openpyxl.utils.exceptions import InvalidFileException
 
     try:
+        _refuse_zip_bomb(path)
         return load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError, OSError) as err:
-        msg = f"{path.name}: not a readable Excel workbook ({err}); save it again as .xlsx or CSV"
-        raise DataError(msg) from None
+        raise DataError(_not_a_workbook(path, str(err))) from None
+    except ValueError as err:  # openpyxl's words for XML it (or defusedxml) refused
+        raise DataError(_not_a_workbook(path, _xml_refusal(err))) from None
+
+
+def _not_a_workbook(path: Path, why: str) -> str:
+    return f"{path.name}: not a readable Excel workbook ({why}); save it again as .xlsx or CSV"
+
+
+def _xml_refusal(err: ValueError) -> str:
+    """Why openpyxl could not read a workbook's XML, in a line (its own message is three)."""
+    from defusedxml import DefusedXmlException
+
+    cause = err.__cause__ or err
+    if isinstance(cause, DefusedXmlException):
+        return (
+            f"its XML declares entities or a DTD ({type(cause).__name__}), which Excel never "
+            "writes and which can read other files or expand without end: refused"
+        )
+    return f"invalid XML: {cause}"
+
+
+# A workbook part that inflates more than this many times its compressed size is refused, as
+# Apache POI (ZipSecureFile) does: even a sheet of 100,000 identical rows (pandas' to_excel)
+# inflates about 18 times, since each cell names its own reference. Parts up to
+# _INFLATE_GRACE are not judged.
+MAX_INFLATE_RATIO = 100
+_INFLATE_GRACE = 1 << 20
+
+
+def _refuse_zip_bomb(path: Path) -> None:
+    """Raise ``OSError`` when a part of the workbook at ``path`` is a zip bomb: a megabyte
+    that inflates to a gigabyte of one cell's text, which openpyxl would hold in memory."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for part in archive.infolist():
+            if part.file_size > max(_INFLATE_GRACE, MAX_INFLATE_RATIO * part.compress_size):
+                msg = (
+                    f"its part {part.filename!r} inflates from {_size(part.compress_size)} to "
+                    f"{_size(part.file_size)}, over {MAX_INFLATE_RATIO} times: a zip bomb, not "
+                    "what a spreadsheet program writes"
+                )
+                raise OSError(msg)
+
+
+def _size(size: int) -> str:
+    """``"900 bytes"``, ``"2.5 MiB"``, ``"64 MiB"``."""
+    if size < 2**20:
+        return f"{size:,} bytes"
+    return f"{size / 2**20:,.1f}".removesuffix(".0") + " MiB"
 
 
 def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
