@@ -45,6 +45,7 @@ def chat_prompt_ids(
     conversations: Sequence[list[dict[str, Any]]],
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
     special_tokens_in_text: SpecialTokensInText = "split",
+    options: dict[str, Any] | None = None,
 ) -> list[list[int]]:
     """Token ids of each conversation's inference prompt (the model's turn header appended).
 
@@ -59,6 +60,8 @@ def chat_prompt_ids(
         conversations: Each a list of ``{"role", "content"}`` turns (tool fields allowed).
         tools: ``tools[k]``: the tools offered in conversation ``k`` (``None``: none).
         special_tokens_in_text: The data's rule (``"split"`` by default, as in training).
+        options: The template's own variables for every conversation (a served request's
+            ``chat_template_kwargs``); text in them follows the same rule.
 
     Examples:
         >>> from transformers import AutoTokenizer
@@ -75,14 +78,22 @@ def chat_prompt_ids(
     """
     guard = TextGuard.of(tokenizer, special_tokens_in_text)
     offered = list(tools) if tools else [None] * len(conversations)
-    guarded = [_holds_literals(guard, c, t) for c, t in zip(conversations, offered, strict=True)]
+    if options and _holds_literals(guard, options, None):
+        options = map_texts(options, guard.escape)
+        guarded = [True] * len(conversations)  # each rendering holds the escaped options
+    else:
+        guarded = [
+            _holds_literals(guard, c, t) for c, t in zip(conversations, offered, strict=True)
+        ]
     escaped = [
         map_texts(c, guard.escape) if g else c for c, g in zip(conversations, guarded, strict=True)
     ]
     escaped_tools = [
         map_texts(t, guard.escape) if g and t else t for t, g in zip(offered, guarded, strict=True)
     ]
-    texts = render_many(template, tokenizer, escaped, True, escaped_tools if tools else None)
+    texts = render_many(
+        template, tokenizer, escaped, True, escaped_tools if tools else None, options
+    )
     restored = [
         guard.unescape(text) if g else (text, []) for text, g in zip(texts, guarded, strict=True)
     ]

@@ -305,17 +305,21 @@ def render_many(
     conversations: list[list[dict[str, Any]]],
     add_generation_prompt: bool,
     tools: Sequence[list[dict[str, Any]] | None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Render many conversations at once (what training uses; same output as :func:`render_prompt`).
 
-    ``tools[k]`` lists the tools offered in conversation ``k`` (``None``: none anywhere).
+    ``tools[k]`` lists the tools offered in conversation ``k`` (``None``: none anywhere);
+    ``options`` are the template's own variables (Qwen3's ``enable_thinking``), as a served
+    request's ``chat_template_kwargs`` give them.
 
     Examples:
         >>> render_many(TEMPLATES["chatml"], None, [[{"role": "user", "content": "a"}]], True)
         ['<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\n']
     """
     tokens = dict(tokenizer.special_tokens_map) if tokenizer is not None else {}
-    return _render(conversations, template.source, add_generation_prompt, tokens, tools)
+    variables = {**tokens, **(options or {})}
+    return _render(conversations, template.source, add_generation_prompt, variables, tools)
 
 
 def render_prompt(

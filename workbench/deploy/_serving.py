@@ -15,6 +15,12 @@ gets no more tokens than the model's context has room for after the prompt (a cl
 ``max_tokens=4096`` ran GPT-2 past its 1024 positions into an IndexError, a 500, and Llama
 past its context); a prompt that leaves no room is a 400 for GPT-2-style configs too.
 
+Requests are guarded as a server on one's own machine needs (:func:`guard_app`): one whose
+``Host`` is not loopback's (or the host it listens on) is a 400, so a web page cannot reach
+the model through DNS rebinding, and a body over :data:`MAX_BODY_BYTES` is a 413 before it
+is read; a prompt with more characters than the context can hold as tokens is a 400 before
+it is tokenized.
+
 If a transformers release moves the methods this wraps, the server runs as transformers
 wrote it (:func:`sample_when_asked` and :func:`end_answers_as_openai` return ``False``).
 
@@ -44,13 +50,21 @@ import time
 from typing import Any
 
 __all__ = [
+    "MAX_BODY_BYTES",
     "cut_at_stop",
     "end_answers_as_openai",
     "exit_with_parent",
+    "guard_app",
+    "guard_requests",
     "main",
     "request_problem",
     "sample_when_asked",
+    "trusted_hosts",
 ]
+
+# A request body over this is answered 413 before it is read: an 18 MB prompt was read whole
+# and tokenized for 20 s only to be refused as longer than the context.
+MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def sample_when_asked() -> bool:
@@ -263,9 +277,10 @@ def _stops(settings: dict) -> list[str]:
 
 
 # The end of turn a chat answer also stops at when no token of the tokenizer writes it (a
-# built-in template on another family's tokenizer); read per request, set by the process's
-# main (the handlers are wrapped once per process).
-_served: dict[str, str | None] = {"turn_end": None}
+# built-in template on another family's tokenizer), read per request, and the host the server
+# listens on, read as its app is built; set by the process's main (transformers is wrapped
+# once per process).
+_served: dict[str, str | None] = {"turn_end": None, "host": None}
 
 
 def end_answers_as_openai(
@@ -301,6 +316,8 @@ def end_answers_as_openai(
     if control_text == "split":
         _control_text_stays_text()
     _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
+    _refuse_text_past_context(ChatCompletionHandler, _chat_characters)
+    _refuse_text_past_context(CompletionHandler, _prompt_characters)
     return True
 
 
@@ -321,6 +338,90 @@ def _check_fields(handler: Any, problem_of: Any) -> None:
         return validating
 
     _wrap_once(handler, "_validate_request", "checks_fields", checking)
+
+
+def _refuse_text_past_context(handler: Any, characters_of: Any) -> None:
+    """Make ``handler`` refuse, before tokenizing it, a prompt with more characters than the
+    model's context can hold as tokens (``characters_of(body)``: a lower bound of the prompt's
+    length): tokenizing megabytes of text took seconds, only for the prompt to be refused."""
+
+    def checking(validate: Any) -> Any:
+        def validating(self: Any, body: dict) -> None:
+            validate(self, body)
+            characters = characters_of(body) if isinstance(body, dict) else 0
+            if characters:
+                _check_characters(self.model_manager.get_engine(body.get("model")), characters)
+
+        return validating
+
+    _wrap_once(handler, "_validate_request", "refuses_text_past_context", checking)
+
+
+def _check_characters(engine: Any, characters: int) -> None:
+    """A 400 as :func:`_room_for_the_answer` gives when ``characters`` of text are sure to be
+    more tokens than the context holds: no token is longer than the vocabulary's longest."""
+    from fastapi import HTTPException
+
+    from workbench.data.context import model_context
+
+    context = model_context(engine.model_config)
+    longest = _longest_token(getattr(engine.processor, "tokenizer", engine.processor))
+    fewest = -(-characters // longest) if longest else 0
+    if context is not None and fewest >= context:
+        detail = (
+            f"the prompt has {characters} characters, so at least {fewest} tokens; the model "
+            f"reads at most {context}."
+        )
+        raise HTTPException(status_code=400, detail=detail)
+
+
+# Each served tokenizer's longest token, in characters, by id (the tokenizer kept alive with it)
+_longest: dict[int, tuple[Any, int]] = {}
+
+
+def _longest_token(tokenizer: Any) -> int:
+    """The characters of ``tokenizer``'s longest token as written in its vocabulary (at
+    least the text it stands for: a byte-level token writes a character per byte); ``0``
+    when there is no vocabulary to read.
+
+    Examples:
+        >>> from transformers import AutoTokenizer
+        >>> from workbench.models.tiny import build_tiny_model
+        >>> _longest_token(AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-long")))
+        12
+    """
+    if id(tokenizer) not in _longest:
+        get_vocab = getattr(tokenizer, "get_vocab", None)
+        vocabulary = get_vocab() if callable(get_vocab) else {}
+        _longest[id(tokenizer)] = (tokenizer, max(map(len, vocabulary), default=0))
+    return _longest[id(tokenizer)][1]
+
+
+def _chat_characters(body: dict) -> int:
+    """The characters of a chat request's message text (its prompt has them all, and more).
+
+    Examples:
+        >>> _chat_characters({"messages": [{"role": "user", "content": "hi"},
+        ...     {"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "x"}]}]})
+        5
+    """
+    total = 0
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else [{"text": content}]
+        total += sum(len(p["text"]) for p in parts if isinstance(p.get("text"), str))
+    return total
+
+
+def _prompt_characters(body: dict) -> int:
+    """The characters of a completion request's prompt.
+
+    Examples:
+        >>> _prompt_characters({"prompt": "Once"}), _prompt_characters({"prompt": [1, 2]})
+        (4, 0)
+    """
+    prompt = body.get("prompt")
+    return len(prompt) if isinstance(prompt, str) else 0
 
 
 def _without_empty_stops(body: dict) -> None:
@@ -474,8 +575,8 @@ def _control_text_stays_text() -> None:
     forged turn. transformers tokenized the rendered chat whole, reading such text as the
     template's own tokens: an app's user could write the assistant's turn.
 
-    Text-only models with a chat template only; anything else (images, a request's
-    ``chat_template_kwargs``) is rendered by transformers as before.
+    Text-only models with a chat template only, with or without the request's
+    ``chat_template_kwargs``; anything else (images) is rendered by transformers as before.
     """
     try:
         from transformers.cli.serving.utils import BaseHandler, Modality
@@ -485,13 +586,14 @@ def _control_text_stays_text() -> None:
     def as_text(render: Any) -> Any:
         def rendering(self: Any, engine: Any, messages: list[dict], body: dict) -> Any:
             tokenizer = engine.processor
-            plain = engine.modality == Modality.LLM and not self._chat_template_kwargs(body)
+            plain = engine.modality == Modality.LLM
             if not (plain and getattr(tokenizer, "chat_template", None)):
                 return render(self, engine, messages, body)
             turns = self.get_processor_inputs_from_messages(messages, engine.modality)
             if not all(isinstance(t.get("content"), (str, type(None))) for t in turns):
                 return render(self, engine, messages, body)
-            ids = _chat_ids(tokenizer, turns, self._normalize_tools(body.get("tools")))
+            tools = self._normalize_tools(body.get("tools"))
+            ids = _chat_ids(tokenizer, turns, tools, self._chat_template_kwargs(body))
             return _as_rendered(ids, engine.use_cb)
 
         return rendering
@@ -499,14 +601,40 @@ def _control_text_stays_text() -> None:
     _wrap_once(BaseHandler, "render_messages", "keeps_control_text", as_text)
 
 
-def _chat_ids(tokenizer: Any, turns: list[dict], tools: list[dict] | None) -> list[int]:
+def _chat_ids(
+    tokenizer: Any, turns: list[dict], tools: list[dict] | None, options: dict | None = None
+) -> list[int]:
     """The prompt's ids as :func:`~workbench.data.prompts.chat_prompt_ids` makes them for
-    ``Session.generate``: control tokens written in a message stay text."""
+    ``Session.generate``: control tokens written in a message stay text; ``options``: the
+    request's ``chat_template_kwargs`` (Qwen3's ``enable_thinking``), given to the template."""
+    from fastapi import HTTPException
+
     from workbench.data.prompts import chat_prompt_ids
     from workbench.data.templates import resolve_template
 
+    taken = sorted(_RENDERER_ARGUMENTS.intersection(options or {}))
+    if taken:
+        detail = f"chat_template_kwargs cannot set {', '.join(taken)}: the server sets it"
+        raise HTTPException(status_code=400, detail=detail)
     template = resolve_template(None, tokenizer)  # the chat template the export ships
-    return chat_prompt_ids(template, tokenizer, [turns], [tools] if tools else None)[0]
+    offered = [tools] if tools else None
+    return chat_prompt_ids(template, tokenizer, [turns], offered, options=options or None)[0]
+
+
+# What the template renderer takes itself: as template options they failed with a 500, or
+# changed the rendering (continue_final_message).
+_RENDERER_ARGUMENTS = frozenset(
+    {
+        "add_generation_prompt",
+        "chat_template",
+        "continue_final_message",
+        "conversations",
+        "documents",
+        "messages",
+        "return_assistant_tokens_mask",
+        "tools",
+    }
+)
 
 
 def _as_rendered(ids: list[int], flat: bool) -> Any:
@@ -611,6 +739,124 @@ def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
     handler._non_streaming, handler._streaming = answered, streamed
 
 
+def trusted_hosts(host: str = "localhost") -> list[str]:
+    """The ``Host`` headers a server listening on ``host`` answers (port aside): loopback's
+    names, and ``host``. Any other is a web page's request through DNS rebinding (a name
+    of the attacker's that turned to 127.0.0.1), to be refused.
+
+    Examples:
+        >>> trusted_hosts("127.0.0.1")
+        ['localhost', '127.0.0.1', '[::1]']
+        >>> trusted_hosts("fe80::1")[-1], trusted_hosts("gpu-box.lan")[-1]
+        ('[fe80::1]', 'gpu-box.lan')
+    """
+    named = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    loopback = ["localhost", "127.0.0.1", "[::1]"]
+    return loopback + ([named.lower()] if named.lower() not in loopback else [])
+
+
+class _BodyLimit:
+    """ASGI middleware answering a request whose body is over ``limit`` bytes with a 413,
+    before reading it: at once when its ``Content-Length`` says so, else (chunked) as soon as
+    what came passes the limit."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None:  # uvicorn reads no more than it declares
+            too_big = declared.strip().isdigit() and int(declared) > self.limit
+            return await (self._refuse if too_big else self.app)(scope, receive, send)
+        received, size = [], 0
+        while not received or received[-1].get("more_body"):
+            received.append(await receive())
+            size += len(received[-1].get("body", b""))
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+        replay = iter(received)
+
+        async def replayed() -> dict:
+            return next(replay, None) or await receive()
+
+        return await self.app(scope, replayed, send)
+
+    async def _refuse(self, scope: dict, receive: Any, send: Any) -> None:
+        from starlette.responses import JSONResponse
+
+        detail = (
+            f"the request body is over {self.limit} bytes ({self.limit / 2**20:g} MiB): the "
+            "server reads no more; send a shorter prompt"
+        )
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def guard_app(app: Any, host: str = "localhost", limit: int = MAX_BODY_BYTES) -> Any:
+    """Make ``app`` (a Starlette or FastAPI app, before it starts) refuse a request whose
+    ``Host`` is not one of :func:`trusted_hosts` (400) and a body over ``limit`` bytes (413).
+
+    Examples:
+        >>> from starlette.applications import Starlette
+        >>> from starlette.testclient import TestClient
+        >>> app = guard_app(Starlette(), "127.0.0.1", limit=10)
+        >>> client = TestClient(app, base_url="http://127.0.0.1:8000")
+        >>> [client.get("/", headers={"Host": host}).status_code
+        ...  for host in ("evil.example", "localhost:8000")]  # no route: 404, past the guard
+        [400, 404]
+        >>> client.post("/", content=b"x" * 11).status_code
+        413
+    """
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+    app.add_middleware(_BodyLimit, limit=limit)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host))
+    return app
+
+
+def guard_requests(host: str = "localhost") -> bool:
+    """Make every app transformers' server builds :func:`guard_app`-ed for ``host``, the
+    host it listens on; ``False`` when transformers builds it elsewhere.
+
+    Examples:
+        >>> guard_requests("127.0.0.1"), guard_requests("127.0.0.1")  # wraps once
+        (True, True)
+    """
+    try:
+        from transformers.cli.serving import server
+    except ImportError:
+        return False
+    _served["host"] = host
+
+    def guarding(build: Any) -> Any:
+        def building(*args: Any, **kwargs: Any) -> Any:
+            return guard_app(build(*args, **kwargs), _served["host"] or "localhost")
+
+        return building
+
+    return _wrap_once(server, "build_server", "guards_requests", guarding)
+
+
+def _listening_host(argv: list[str]) -> str:
+    """The host a ``transformers serve`` command line listens on (its default: localhost).
+
+    Examples:
+        >>> _listening_host(["serve", "m", "--host", "0.0.0.0"]), _listening_host(["--host=::1"])
+        ('0.0.0.0', '::1')
+        >>> _listening_host(["serve", "m"])
+        'localhost'
+    """
+    for k, arg in enumerate(argv):
+        if arg == "--host" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith("--host="):
+            return arg.split("=", 1)[1]
+    return "localhost"
+
+
 def main(
     parent: int | None = None,
     tools: bool = True,
@@ -622,10 +868,13 @@ def main(
     ``tools=False`` (a chat template that does not write them), refusing requests that
     offer tools; ``control_text`` as the model was trained (``"split"``: a control token
     typed in a message is text; ``"keep"``: it is the token); ``turn_end``: the text that
-    ends a chat answer where no token does."""
+    ends a chat answer where no token does. Requests naming another ``Host`` than loopback
+    or the ``--host`` it listens on, and bodies over :data:`MAX_BODY_BYTES`, are refused
+    (:func:`guard_app`)."""
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()
+    guard_requests(_listening_host(sys.argv))
     end_answers_as_openai(tools_written=tools, control_text=control_text, turn_end=turn_end)
     from transformers.cli.transformers import main as transformers_main
 

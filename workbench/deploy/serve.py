@@ -46,6 +46,8 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
 
 from workbench.errors import DependencyError, ServeError, SpecError
 
@@ -55,6 +57,7 @@ __all__ = [
     "check_port",
     "failure_cause",
     "listens_on",
+    "open_log",
     "port_is_free",
     "serve_model",
     "serves_on",
@@ -479,7 +482,7 @@ def serve_model(
         "--port",
         str(port),
     ]
-    with _interrupts_held(), open(log, "wb") as out:  # none between the start and the record
+    with _interrupts_held(), open_log(log) as out:  # none between the start and the record
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         server = Server(folder, port, process, log)
         _STARTED[process.pid] = server
@@ -489,6 +492,34 @@ def serve_model(
         server.stop()
         raise
     return server
+
+
+def open_log(path: str | Path) -> BinaryIO:
+    """Open ``path`` to write a server log afresh, never through a link: a symlink or hard
+    link in its place is removed (a handed session folder held ``serve-8123.log -> ~/notes``,
+    and the server's log replaced the notes), the file it pointed to left as it was.
+
+    Raises:
+        OSError: something else took the place meanwhile (``ELOOP``: a new symlink).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / "notes.txt").write_text("keep me")
+        7
+        >>> (folder / "serve-8000.log").symlink_to(folder / "notes.txt")
+        >>> with open_log(folder / "serve-8000.log") as log:
+        ...     _ = log.write(b"INFO: started")
+        >>> (folder / "notes.txt").read_text(), (folder / "serve-8000.log").is_symlink()
+        ('keep me', False)
+    """
+    with contextlib.suppress(FileNotFoundError):
+        found = os.lstat(path)
+        if not S_ISREG(found.st_mode) or found.st_nlink > 1:
+            os.unlink(path)
+    no_follow = getattr(os, "O_NOFOLLOW", 0)  # not on Windows
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | no_follow
+    return os.fdopen(os.open(path, flags, 0o666), "wb")
 
 
 @contextlib.contextmanager
