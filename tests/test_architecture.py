@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "workbench"
-SHARED = {"errors", "types", "events", "_io", "_display", "_quiet"}
+SHARED = {"errors", "types", "events", "_io", "_display", "_quiet", "_numbers"}
 
 
 def part_of(path: Path) -> str:

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from workbench.cli import _parser
+
 
 def run_cli(*args, env=None):
     return subprocess.run(
@@ -128,7 +130,7 @@ def test_demo_with_a_bad_spec_exits_with_a_message(tmp_path):
     [
         ("--max-new-tokens", "0", "'0' must be above 0"),  # was found after training
         ("--train-size", "-5", "'-5' must be above 0"),  # was "list: empty (no rows)"
-        ("--lr", "nan", "'nan' must be above 0"),
+        ("--lr", "nan", "'nan' must be a finite number above 0"),
         ("--batch-size", "eight", "'eight' is not a number"),
         ("--run-dir", "", "give a folder"),  # ran in the current folder
     ],
@@ -137,6 +139,28 @@ def test_demo_refuses_a_bad_flag_before_anything_runs(tmp_path, flag, value, say
     result = run_cli("demo", "--run-dir", str(tmp_path / "demo"), flag, value)
     assert result.returncode == 2 and f"argument {flag}: {says}" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--max-steps", "2.5", "'2.5' is not a whole number"),  # was "is not a number"
+        ("--epochs", "inf", "'inf' must be a finite number above 0"),  # was "must be above 0"
+        ("--batch-size", "-inf", "'-inf' must be a finite number above 0"),
+        ("--train-size", "0", "'0' must be above 0"),
+        ("--test-size", "ten", "'ten' is not a number"),
+    ],
+)
+def test_the_parser_says_what_is_wrong_with_a_number(capsys, flag, value, says):
+    with pytest.raises(SystemExit) as exited:
+        _parser().parse_args(["demo", f"{flag}={value}"])  # "=": "-inf" is no flag
+    assert exited.value.code == 2
+    assert f"argument {flag}: {says}\n" in capsys.readouterr().err
+
+
+def test_the_parser_takes_a_whole_number_written_as_a_float():
+    args = _parser().parse_args(["demo", "--max-steps", "1e3", "--epochs", "0.5"])
+    assert (args.max_steps, args.epochs) == (1000, 0.5) and type(args.max_steps) is int
 
 
 def test_an_unknown_flag_is_named_with_its_command_usage(tmp_path):

@@ -61,7 +61,7 @@ documented as not thread-safe. Instead the filters are installed once and never 
   ``transformers.integrations.hub_kernels`` and ``transformers.integrations.bitsandbytes``,
   which drops a record when its text starts with the known message and the stack holds a
   workbench frame;
-* one entry per warning appended to ``warnings.filters`` (``ignore``, its category and module:
+* one entry per warning at the head of ``warnings.filters`` (``ignore``, its category and module:
   ``FutureWarning`` from ``transformers.modeling_utils``, ``RuntimeWarning`` from
   ``peft.tuners.tuners_utils``, ``UserWarning`` from ``peft.tuners.lora.layer``) whose message
   matcher accepts the known text only when the stack holds a workbench frame. ``warnings``
@@ -70,12 +70,20 @@ documented as not thread-safe. Instead the filters are installed once and never 
   user-side call still shows it.
 
 The stack is the emitting thread's own, so the rule needs no shared state, nothing to
-restore, and holds in any thread. The entry is appended, after the user's own filters: a user
-who asks for ``warnings.simplefilter("always")`` sees everything, as they asked.
-:func:`quiet_third_party` installs them all (again if a ``catch_warnings`` block or
-``resetwarnings()`` dropped the entry); it runs when this module is first imported (by
-``models/loading.py``, so by ``import workbench``) and again where a model is loaded and where
-a run starts.
+restore, and holds in any thread. The entries go first in ``warnings.filters``, before the
+user's own: under ``python -W error`` or pytest's ``filterwarnings = error`` (filters put in
+front of any appended one) peft's read of the deprecated property failed every
+``s.train()``. Matched by text, category, module and a workbench frame, they catch nothing
+else, so every other warning, the user's own included, still meets the user's filters.
+:func:`quiet_third_party` puts them first (again if a ``catch_warnings`` block, a later
+``simplefilter`` or ``resetwarnings()`` moved or dropped them); it runs when this module is
+first imported (by ``models/loading.py``, so by ``import workbench``) and again where a model
+is loaded and where a run starts.
+
+**Progress bars.** transformers draws ``\\r`` bars on stderr as it reads and writes weights
+("Loading weights", "Writing model shards"): :func:`no_transformers_bars` turns them off
+around the workbench's own loads and saves (datasets' bars are off the same way, in
+``train/store.py``).
 
 Examples:
     The bitsandbytes message is dropped when workbench code logs it (here the event hub, which
@@ -95,11 +103,13 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -108,6 +118,7 @@ __all__ = [
     "KERNELS_LOGGER",
     "TRANSFORMERS_LOGGER",
     "in_workbench_call",
+    "no_transformers_bars",
     "quiet_third_party",
 ]
 
@@ -218,15 +229,76 @@ def quiet_third_party() -> None:
         >>> quiet_third_party(); quiet_third_party()
         >>> [sum(entry is ours for entry in warnings.filters) for ours in _WARNING_ENTRIES]
         [1, 1, 1]
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error")  # as `python -W error` or pytest's config
+        ...     quiet_third_party()
+        ...     warnings.filters[: len(_WARNING_ENTRIES)] == list(_WARNING_ENTRIES)
+        True
     """
     with _lock:
-        for ours in _WARNING_ENTRIES:
-            if not any(entry is ours for entry in warnings.filters):
-                warnings.filters.append(ours)  # after the user's own filters: theirs win
+        _put_ours_first()
         for name, log_filter in _LOG_FILTERS.items():
             logger = logging.getLogger(name)  # exists before its library is imported
             if log_filter not in logger.filters:
                 logger.addFilter(log_filter)
+
+
+def _put_ours_first() -> None:
+    """Our entries at the head of ``warnings.filters``, the user's after them in their order."""
+    filters = warnings.filters
+    if list(map(id, filters[: len(_WARNING_ENTRIES)])) == list(map(id, _WARNING_ENTRIES)):
+        return
+    others = [f for f in filters if not any(f is ours for ours in _WARNING_ENTRIES)]
+    filters[:] = [*_WARNING_ENTRIES, *others]
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:  # warnings caches its decisions until told the filters changed
+        mutated()
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """transformers' progress bars off for the block, then as they were.
+
+    transformers' switch turns the hub's download bars off too: they are put back at once
+    (a download can take minutes). Where ``HF_HUB_DISABLE_PROGRESS_BARS`` is set, it decides
+    and nothing is switched.
+
+    Examples:
+        >>> from transformers.utils import logging as hf_logging
+        >>> with no_transformers_bars():
+        ...     hf_logging.is_progress_bar_enabled()
+        False
+        >>> hf_logging.is_progress_bar_enabled()
+        True
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as hf_logging
+
+    if constants.HF_HUB_DISABLE_PROGRESS_BARS is not None or not (
+        hf_logging.is_progress_bar_enabled()
+    ):
+        yield
+        return
+    hub_off = are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    _hub_bars(hub_off)
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        _hub_bars(hub_off)
+
+
+def _hub_bars(off: bool) -> None:
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    if are_progress_bars_disabled() != off:
+        (disable_progress_bars if off else enable_progress_bars)()
 
 
 quiet_third_party()

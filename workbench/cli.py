@@ -204,19 +204,40 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _positive(kind: type) -> Any:
-    """An argparse type: a positive ``kind`` (a finite one), refused before anything runs."""
+    """An argparse type: a positive ``kind`` (a finite one), refused before anything runs.
+
+    Examples:
+        >>> steps = _positive(int)
+        >>> steps("3"), steps("1e3"), _positive(float)("2.5")
+        (3, 1000, 2.5)
+        >>> steps("2.5")
+        Traceback (most recent call last):
+        argparse.ArgumentTypeError: '2.5' is not a whole number
+    """
 
     def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and value > 0):
+        value = _number(text, kind)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number above 0")
+        if isinstance(value, float) and kind is int and not value.is_integer():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if value <= 0:
             raise argparse.ArgumentTypeError(f"{text!r} must be above 0")
-        return value
+        return kind(value)
 
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+def _number(text: str, kind: type) -> int | float:
+    """``text`` as a float, or for an ``int`` one written as one, that int (exact however
+    large)."""
+    with contextlib.suppress(ValueError):
+        return int(text) if kind is int else float(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
 def _folder(text: str) -> Path:

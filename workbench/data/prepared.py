@@ -32,6 +32,7 @@ from typing import Any, Literal
 import numpy as np
 
 from workbench._display import INVISIBLE_RANGES, invisible_characters
+from workbench._numbers import plain_fields, plain_number
 from workbench.data.batched import BatchLabeller
 from workbench.data.context import fit_to_context
 from workbench.data.duplicates import ScanStoppedError, duplicate_problems
@@ -141,6 +142,7 @@ class DataSpec:
             raise SpecError(
                 "; ".join(f"{n}=... is a placeholder: fill in your answer" for n in gaps)
             )
+        plain_fields(self)  # seed=np.int64(7) from a sweep: an int, as the manifest needs
         errors = []
         if self.format != "auto" and self.format not in FORMATS:
             errors.append(f"format={self.format!r} must be 'auto' or one of {list(FORMATS)}")
@@ -148,9 +150,7 @@ class DataSpec:
             errors.append(
                 f"validation={self.validation!r} must be a fraction in [0, 1), a source, or None"
             )
-        if self.max_length is not None and (
-            not isinstance(self.max_length, int) or self.max_length < 1
-        ):
+        if self.max_length is not None and not _count(self.max_length):
             errors.append(f"max_length={self.max_length!r} must be a positive int or None")
         if self.on_error not in ("raise", "skip"):
             errors.append(f"on_error={self.on_error!r} must be 'raise' or 'skip'")
@@ -160,7 +160,7 @@ class DataSpec:
                     f"columns[{key!r}]={value!r}: keys must be in {CANONICAL_FIELDS}, "
                     "values column names"
                 )
-        if self.context is not None and (not isinstance(self.context, int) or self.context < 1):
+        if self.context is not None and not _count(self.context):
             errors.append(f"context={self.context!r} must be a positive int or None")
         if self.special_tokens_in_text not in SPECIAL_TOKENS_IN_TEXT:
             errors.append(
@@ -174,10 +174,16 @@ class DataSpec:
             raise SpecError("; ".join(errors))
 
 
+def _count(value: Any) -> bool:
+    """Whether ``value`` is an integer of 1 or more (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _build_spec(
     validation: Any, template: Any, **kwargs: Any
 ) -> tuple[DataSpec, Any, Template | None]:
     """Split the notebook-friendly arguments into a spec plus non-serialisable parts."""
+    validation = plain_number(validation)  # np.float32(0.2) is a fraction, not a source
     second = None if validation is None or isinstance(validation, (int, float)) else validation
     fraction = None if second is not None else validation
     given = template if isinstance(template, Template) else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench._numbers import plain_fields
 from workbench.errors import EvaluationError, SpecError, WorkbenchWarning, WriteError
 from workbench.evaluation.bootstrap import N_RESAMPLES, resample_indices
 from workbench.evaluation.metrics import Column, Metric, resolve_metrics, score_name_clash
@@ -59,14 +60,18 @@ class EvalSpec:
     n_resamples: int = N_RESAMPLES
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # limit=np.int64(8) from a sweep: an int
         for name in ("max_new_tokens", "batch_size", "n_resamples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise SpecError(f"{name}={value!r} must be a positive integer")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit <= 0):
+            if not _positive_int(getattr(self, name)):
+                raise SpecError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.limit is not None and not _positive_int(self.limit):
             raise SpecError(f"limit={self.limit!r} must be a positive integer or None")
         if self.plain_model_role not in ("base", "tuned"):
             raise SpecError(f"plain_model_role={self.plain_model_role!r}: 'base' or 'tuned'")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def validate_rows(rows: Sequence[dict] | None, limit: int | None = None) -> list[dict]:

@@ -11,9 +11,13 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ast
+import contextlib
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from workbench._numbers import plain_number
 from workbench.errors import SpecError
 
 __all__ = [
@@ -46,6 +50,44 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], **options: Any):
     return tokenizer(list(prompts), add_special_tokens=not written, **options)
 
 
+# transformers' refusal of keywords no generation setting or model input takes
+_UNUSED = re.compile(r"model_kwargs` are not used by the model: (\[[^\]]*\])")
+
+
+def _refused(err: ValueError, asked: list[str]) -> list[str]:
+    """The settings transformers refused: those it names as unused, else all the caller's.
+
+    Examples:
+        >>> err = ValueError("The following `model_kwargs` are not used by the model: ['sed']")
+        >>> _refused(err, ["do_sample", "sed"]), _refused(ValueError("bad"), ["top_k"])
+        (['sed'], ['top_k'])
+    """
+    found = _UNUSED.search(str(err))
+    named = [str(k) for k in ast.literal_eval(found.group(1))] if found else []
+    return named or asked
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: Any) -> Iterator[None]:
+    """Seed torch's generator of ``device`` (and the CPU's) for the block only.
+
+    ``generate`` takes no ``torch.Generator`` and samples from the global one: seeding it
+    inside ``fork_rng`` repeats the sample and leaves the caller's random state as it was.
+    """
+    if seed is None:
+        yield
+        return
+    import torch
+
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
 def _generated(
     model: Any, batch: Any, max_new_tokens: int, generation: dict, asked: list[str]
 ) -> Any:
@@ -53,7 +95,8 @@ def _generated(
     it is: a setting the caller gave that transformers refuses, or the model's own limit."""
     import torch
 
-    with torch.no_grad():
+    seed = generation.pop("seed", None)
+    with torch.no_grad(), _seeded(seed, batch["input_ids"].device):
         try:
             return model.generate(**batch, max_new_tokens=max_new_tokens, **generation)
         except ValueError as err:
@@ -67,7 +110,7 @@ def _generated(
                 except ValueError:
                     pass
             if asked:
-                msg = f"generate refused these settings ({', '.join(asked)}): {err}"
+                msg = f"generate refused these settings ({', '.join(_refused(err, asked))}): {err}"
             else:
                 kind = getattr(getattr(model, "config", None), "model_type", "this model")
                 msg = f"transformers' generate cannot run {kind} as it is: {err}"
@@ -138,13 +181,16 @@ def generate_text(
     (:mod:`workbench.data.prompts` makes the ids training saw). Prompts are batched with
     left padding, so every completion starts right after its prompt.
     Greedy by default (``do_sample=False``); any ``generate`` keyword passes through.
+    ``seed=`` makes sampling repeatable: torch's generator is seeded for this call only, and
+    the caller's random state is left as it was.
     ``stop_strings`` (e.g. a template's end of turn ``"<|im_end|>"``) end a completion: a
     stop that is one token becomes an extra eos id, a longer one goes to ``generate``'s
     ``stop_strings``, and the returned text is cut before the first stop string.
 
     Raises:
-        SpecError: ``max_new_tokens`` is not a positive integer, ``prompts`` or one of them
-            is empty, or ``generate`` refuses a setting (a negative temperature, say).
+        SpecError: ``max_new_tokens`` is not a positive integer, ``seed`` not an integer
+            >= 0, ``prompts`` or one of them is empty, or ``generate`` refuses a setting (a
+            negative temperature, say).
 
     Examples:
         >>> from workbench.models.loading import load_model
@@ -153,6 +199,10 @@ def generate_text(
         >>> texts = generate_text(loaded.model, loaded.tokenizer, ["Hello", "Hi"], max_new_tokens=2)
         >>> len(texts), all(isinstance(t, str) for t in texts)
         (2, True)
+        >>> sample = dict(max_new_tokens=4, do_sample=True, seed=5)
+        >>> generate_text(loaded.model, loaded.tokenizer, ["Hi"], **sample) == generate_text(
+        ...     loaded.model, loaded.tokenizer, ["Hi"], **sample)
+        True
         >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_new_tokens=0)
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=0 must be a positive integer.
@@ -160,13 +210,13 @@ def generate_text(
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=True must be a positive integer.
     """
-
-    if (
-        not isinstance(max_new_tokens, int)
-        or isinstance(max_new_tokens, bool)
-        or max_new_tokens <= 0
-    ):
+    max_new_tokens = plain_number(max_new_tokens)
+    if not _whole(max_new_tokens) or max_new_tokens <= 0:
         raise SpecError(f"max_new_tokens={max_new_tokens!r} must be a positive integer.")
+    if generation.get("seed") is not None:
+        generation["seed"] = seed = plain_number(generation["seed"])
+        if not _whole(seed) or not 0 <= seed < 2**64:  # torch's seeds are 64-bit
+            raise SpecError(f"seed={seed!r} must be an integer >= 0 (below 2**64).")
     if not prompts:
         raise SpecError("prompts is empty: give at least one prompt.")
     if generation.get("num_return_sequences", 1) != 1:
@@ -178,7 +228,8 @@ def generate_text(
     rows = {"input_ids": _prompt_ids(tokenizer, prompts)}
     batch = tokenizer.pad(rows, padding=True, padding_side="left", return_tensors="pt")
     batch = batch.to(next(model.parameters()).device)
-    asked = sorted(generation)  # the caller's own settings, before the defaults join them
+    # the caller's own generate settings, before the defaults join them
+    asked = sorted(k for k in generation if k != "seed")
     generation.setdefault("do_sample", False)
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
     stops = [s for s in (stop_strings or []) if s]
@@ -189,6 +240,10 @@ def generate_text(
     texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]
     texts = [cut_at_stop(t, stops) for t in texts] if stops else texts
     return [without_a_cut_character(t) for t in texts]
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def without_a_cut_character(text: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench._quiet import quiet_third_party
+from workbench._quiet import no_transformers_bars, quiet_third_party
 from workbench.errors import DependencyError, ModelLoadError, SpecError, WorkbenchWarning
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
 from workbench.models.cache import cache_root, cached_folder, remove_superseded
@@ -406,10 +406,11 @@ def load_model(
     if device.startswith("cuda"):
         expandable_cuda_segments()
     quant_config = _quantization_config(quantization, dtype)
-    source = resolve_source(spec, on_event)
-    model, tokenizer = _from_pretrained(
-        source, quant_config, dtype, device, trust_remote_code, on_event
-    )
+    with no_transformers_bars():  # "\r" bars in the user's cell, whatever the verbosity
+        source = resolve_source(spec, on_event)  # a GGUF's conversion writes weights
+        model, tokenizer = _from_pretrained(
+            source, quant_config, dtype, device, trust_remote_code, on_event
+        )
     if quant_config is not None:
         _check_quantized(model, quantization, source.spec)
     if quantization == "8bit" and device == "cpu":

@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from workbench._display import in_notebook
+from workbench._numbers import plain_number
 from workbench.errors import SessionStateError, SpecError
 from workbench.train import store
 from workbench.train.batches import Examples
@@ -368,7 +369,7 @@ def _forked_spec(
             f"is {current!r}). Start a new run with Session.train(...) for that."
         )
     has_cutoff = "max_length" in changes
-    max_length = changes.pop("max_length", None)
+    max_length = plain_number(changes.pop("max_length", None))
     if max_length is not None and (
         not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0
     ):
@@ -715,6 +716,7 @@ def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -
         workbench.errors.SessionStateError: resume() is refused: run-001 handed its model to ...
     """
     changes = dict(changes)
+    step = plain_number(step)  # run.fork(step=steps[-1]) of a numpy array of steps
     spec, differ, has_cutoff, max_length = _forked_spec(parent, changes)
     _check_state(parent)
     hooks = parent.fork_hooks

@@ -65,6 +65,8 @@ from typing import Any
 
 import numpy as np
 
+from workbench._numbers import plain_number
+from workbench._quiet import quiet_third_party
 from workbench.errors import DataError, SpecError, TrainingError, WorkbenchWarning
 from workbench.train.batches import Examples, collate
 from workbench.train.core import IGNORE_INDEX, BatchPlan, pad_id
@@ -475,6 +477,7 @@ def _prepare(model: Any, spec: TrainSpec, settings: Mapping[str, Any]) -> tuple[
     if not hasattr(model, "peft_config"):
         check_model(model, spec)
         spec, _ = fit_spec_to_model(model, spec)  # a sweep of a few steps: no need to warn
+        quiet_third_party()  # peft reads a deprecated transformers property as it wraps
         return wrap_model(model, spec), "full" if spec.method == "full" else "temporary"
     if spec.method == "full" or "lora" in settings:
         given = "method='full'" if spec.method == "full" else "lora="
@@ -618,6 +621,8 @@ labels): load data first (Session.load_data(...)).
         )
         warnings.warn(msg, WorkbenchWarning, stacklevel=2)
     spec = _as_spec(spec, settings)
+    sweep = (start_lr, end_lr, num_steps, smoothing, diverge_factor)
+    start_lr, end_lr, num_steps, smoothing, diverge_factor = map(plain_number, sweep)
     _check_sweep(start_lr, end_lr, num_steps, smoothing, diverge_factor)
     examples = _examples(train_dataset)
     lrs = exponential_lrs(float(start_lr), float(end_lr), num_steps)

@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from workbench._numbers import plain_fields
 from workbench.errors import SpecError, WorkbenchWarning, refuse_unknown
 from workbench.train.core import warmup_steps
 from workbench.types import Method
@@ -125,6 +126,7 @@ class LoRA:
 
     def __post_init__(self) -> None:
         _raise(_placeholders(self))
+        plain_fields(self)  # r=np.int64(8) from a sweep: an int, as run.json needs
         # alpha defaults to 2 * r, the common choice, so LoRA(r=8) scales updates by 2.
         if self.alpha is None and isinstance(self.r, int) and self.r > 0:
             object.__setattr__(self, "alpha", 2 * self.r)
@@ -274,6 +276,7 @@ class TrainSpec:
 
     def __post_init__(self) -> None:
         _raise(_placeholders(self))
+        plain_fields(self)  # max_steps=np.int64(2) from a sweep: an int, as run.json needs
         if isinstance(self.lora, dict):
             object.__setattr__(self, "lora", LoRA(**self.lora))
         if self.keep_checkpoints is None or self.keep_checkpoints == "all":
