@@ -200,3 +200,26 @@ def test_a_script_piped_into_head_trains_to_the_end(tmp_path, tiny_model_dir):
     status = json.loads((folder / "runs" / "run-001" / "status.json").read_text())
     assert (status["state"], status["step"]) == ("finished", 6)
     assert b"BrokenPipeError" not in errors
+
+
+def test_a_relative_session_folder_stays_where_it_was_made_after_a_chdir(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    # Session("runs/a") then os.chdir(...) in a later cell: the evaluation and export went
+    # to the new folder's runs/a, and a run training meanwhile failed writing its status.
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    monkeypatch.chdir(work)
+    s = wb.Session("runs/a", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(12)], validation=0.25)
+    run = s.train(max_steps=8, batch_size=4, save_every=4, wait=False)
+    monkeypatch.chdir(other)
+    assert run.wait(120).state.value == "finished"
+    exported = s.export("export/merged")
+    evaluation = s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+    assert s.run_dir == work / "runs" / "a" and run.run_dir.parent == work / "runs" / "a" / "runs"
+    assert exported == work / "runs" / "a" / "export" / "merged"
+    assert evaluation.path.parent == work / "runs" / "a" / "evaluations"
+    assert not (other / "runs").exists()

@@ -136,7 +136,9 @@ class SessionFolder:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = make_folder(root)  # a file in the way, a read-only disk: said plainly
+        # made absolute once: a relative folder followed a later os.chdir (a notebook cell),
+        # splitting the session between two folders and failing a run training meanwhile
+        self.root = make_folder(root).absolute()  # a file in the way, a read-only disk: said
         # the highest number this object gave to a block that succeeded, per kind: kept even
         # when the whole folder (session.json with it) is deleted under a live session
         self._given: dict[str, int] = {}
