@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ __all__ = [
     "sha256_file",
     "staging_folder",
     "stale",
+    "temporary_stem",
     "translated_write_errors",
     "verify_manifest",
     "write_error",
@@ -43,6 +45,43 @@ _MB = 1024 * 1024
 STALE_AFTER_S = 3600.0  # unmodified this long, a temporary file's writer was killed
 # A little room beyond the estimate: file system metadata, a JSON file or two, the card.
 _SPACE_MARGIN = 1.05
+_NAME_MAX = 255  # bytes in one path component, on Linux and macOS file systems
+# The most a temporary adds to a name: "." before, ".partial-" and mkdtemp's 8 characters after.
+_TEMPORARY_AFFIXES = 18
+
+
+def temporary_stem(name: str) -> str:
+    """The part of ``name`` that the temporaries of a file or folder ``name`` start with
+    (after a dot): ``name`` itself, or for a name too long to take their affixes within 255
+    bytes, its start, a ``~`` and a hash of it (the same for the same name, so a cleanup of
+    ``.{temporary_stem(name)}.partial-*`` finds what a killed writer left).
+
+    Examples:
+        >>> temporary_stem("report.html")
+        'report.html'
+        >>> short = temporary_stem("x" * 246)
+        >>> len(short), short[-10:]
+        (237, 'x~8cc53d63')
+    """
+    limit = _NAME_MAX - _TEMPORARY_AFFIXES
+    if len(os.fsencode(name)) <= limit:
+        return name
+    digest = hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    head = name
+    while len(os.fsencode(head)) > limit - len(digest) - 1:
+        head = head[:-1]
+    return f"{head}~{digest}"
+
+
+def _expanded(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded; a name such as ``~old-runs`` that
+    names no user stays as it is (``Path.expanduser`` raises RuntimeError on it)."""
+    return Path(os.path.expanduser(os.fspath(path)))
+
+
+def _dangling_link(path: Path) -> Path | None:
+    """``path`` or the parent of it that is a symbolic link to something missing, if any."""
+    return next((p for p in (path, *path.parents) if p.is_symlink() and not p.exists()), None)
 
 
 def file_in_the_way(folder: str | Path) -> Path | None:
@@ -53,7 +92,7 @@ def file_in_the_way(folder: str | Path) -> Path | None:
         >>> file_in_the_way("/tmp/wb-doc-io-way/a/b"), file_in_the_way("/tmp")
         (PosixPath('/tmp/wb-doc-io-way'), None)
     """
-    path = Path(folder).expanduser()
+    path = _expanded(folder)
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
@@ -76,7 +115,8 @@ def make_folder(path: str | Path) -> Path:
 
     Raises:
         SpecError: a file stands where the folder or one of its parents should be.
-        WriteError: a read-only file system, or no permission to write there.
+        WriteError: a read-only file system, no permission to write there, or the folder
+            is a link to a folder that no longer exists.
 
     Examples:
         >>> make_folder("/tmp/wb-doc-io-folder/a/b").is_dir()
@@ -86,11 +126,19 @@ def make_folder(path: str | Path) -> Path:
         Traceback (most recent call last):
         workbench.errors.SpecError: /tmp/wb-doc-io-file is a file, so /tmp/wb-doc-io-file/sub ...
     """
-    folder = Path(path).expanduser()
+    folder = _expanded(path)
     blocking = file_in_the_way(folder)
     if blocking is not None:
         msg = f"{blocking} is a file, so {folder} cannot be a folder; give a folder path."
         raise SpecError(msg)
+    dangling = _dangling_link(folder)
+    if dangling is not None:
+        raise _write_error(
+            errno.EEXIST,
+            f"{dangling} is a link to {os.readlink(dangling)}, a folder that no longer "
+            f"exists, so {folder} cannot be created there: remove the link or point it at "
+            "an existing folder.",
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -119,12 +167,25 @@ def process_alive(pid: int) -> bool:
 _FILE_MODE, _FOLDER_MODE = 0o666, 0o777  # before the umask, as open() and mkdir() create
 
 
-@functools.cache
+_umask_lock = threading.Lock()
+
+
 def _umask() -> int:
-    """The process's umask, read once (by setting it: there is no other portable way, and
-    setting it is not thread-safe)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The process's umask now: read at every call, as a notebook may change it at any time.
+
+    Linux shows it in /proc/self/status; elsewhere it is read by setting it and setting it
+    back, under a lock so that two of these reads never see each other's setting.
+    """
+    with (
+        contextlib.suppress(OSError, ValueError, IndexError),
+        open("/proc/self/status", encoding="ascii", errors="replace") as status,
+    ):
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
 
 
@@ -169,7 +230,7 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
         if parents:
             target.parent.mkdir(parents=True, exist_ok=True)
         _clear_stale_temporaries(target)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{temporary_stem(target.name)}.", dir=target.parent)
     except OSError as err:
         _raise_as_write_error(err, target, len(text.encode()))
         raise
@@ -194,13 +255,13 @@ def _clear_stale_temporaries(target: Path) -> None:
     55 MB report page stayed for good), leaving any a live writer may be filling."""
     import glob
 
-    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*"):
+    for leftover in target.parent.glob(f".{glob.escape(temporary_stem(target.name))}.*"):
         if leftover.is_file() and stale(leftover):
             with contextlib.suppress(OSError):
                 leftover.unlink()
 
 
-def _raise_as_write_error(err: OSError, path: Path, needed_bytes: int) -> None:
+def _raise_as_write_error(err: OSError, path: Path, needed_bytes: int | None) -> None:
     """Raise ``err``'s :class:`WriteError` when it is a full disk or a refused write."""
     translated = write_error(err, path, needed_bytes)
     if translated is not err:
@@ -211,7 +272,9 @@ def _raise_as_write_error(err: OSError, path: Path, needed_bytes: int) -> None:
 def staging_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``target`` and rename it to ``target`` on success.
 
-    On any error the temporary folder is removed and ``target`` is left as it was.
+    On any error the temporary folder is removed and ``target`` is left as it was. A name
+    too long for the file system, or a folder that cannot be written, is a
+    :class:`~workbench.errors.WriteError` naming ``target``, raised before anything is written.
 
     Examples:
         >>> with staging_folder("/tmp/wb-doc-folder", replace=True) as tmp:
@@ -220,8 +283,15 @@ def staging_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
         'x'
     """
     final = Path(target)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        if len(os.fsencode(final.name)) > _NAME_MAX:  # refused before anything is written
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(final))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{temporary_stem(final.name)}.partial-"
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+    except OSError as err:
+        _raise_as_write_error(err, final, None)
+        raise
     try:
         yield tmp
         if final.exists() and not replace:
@@ -248,7 +318,7 @@ def _place(new: Path, final: Path) -> None:
         else:
             shutil.rmtree(new, ignore_errors=True)  # now the old folder
         return
-    aside = final.with_name(f".{final.name}.old-{new.name.rsplit('-', 1)[-1]}")
+    aside = final.with_name(f".{temporary_stem(final.name)}.old-{new.name.rsplit('-', 1)[-1]}")
     final.rename(aside)
     try:
         new.rename(final)
@@ -374,6 +444,12 @@ def write_error(err: OSError, path: str | Path, needed_bytes: int | None = None)
             code,
             f"cannot write to {path}: {os.strerror(code).lower()}. "
             "Choose a folder you can write to.",
+        )
+    if code == errno.ENAMETOOLONG:
+        return _write_error(
+            code,
+            f"cannot write to {path}: its name is too long (at most {_NAME_MAX} bytes a "
+            "name, 4096 a whole path). Choose a shorter name.",
         )
     return err
 

@@ -73,14 +73,9 @@ class ModelCard:
             >>> "AutoPeftModelForCausalLM" in card, "load_in_4bit=True" in card
             (True, True)
         """
-        library = "peft" if self.export_format == "adapter" else "transformers"
-        method = str(self.training.get("method") or "lora") if self.tuned else ""
-        tags = ", ".join(["tuning-workbench", *([method] if method else [])])
         lines = [
             "---",
-            f"base_model: {self.base_model}",
-            f"library_name: {library}",
-            f"tags: [{tags}]",
+            self._front_matter(),
             "---",
             "",
             f"# Fine-tuned {self.base_model}" if self.tuned else f"# {self.base_model}",
@@ -96,6 +91,21 @@ class ModelCard:
         lines += self._section("Evaluation", self._scores_block())
         lines += self._section("Licence", self.terms or "See the base model's licence.")
         return "\n".join(lines)
+
+    def _front_matter(self) -> str:
+        """The YAML metadata, quoted where a value needs it (a path holding ": " or " #")."""
+        import yaml
+
+        method = str(self.training.get("method") or "lora") if self.tuned else ""
+        facts = {
+            "base_model": str(self.base_model),
+            "library_name": "peft" if self.export_format == "adapter" else "transformers",
+            "tags": ["tuning-workbench", *([method] if method else [])],
+        }
+        text = yaml.safe_dump(
+            facts, sort_keys=False, allow_unicode=True, default_flow_style=None, width=1 << 30
+        )
+        return text.rstrip("\n")
 
     def strength_note(self) -> str:
         """What the export holds when the session scaled its adapter (``""`` at strength 1).

@@ -135,7 +135,7 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
     if exclusive:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
     except OSError:
         if exclusive:
             raise

@@ -23,14 +23,15 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from workbench._io import staging_folder, verify_manifest, write_manifest
+from workbench._io import staging_folder, temporary_stem, verify_manifest, write_manifest
 from workbench.errors import CacheError
 
 __all__ = ["MANIFEST", "cache_root", "cached_folder", "remove_superseded", "verify_entry"]
@@ -50,7 +51,7 @@ def cache_root() -> Path:
         '/tmp/wb-doc-cache'
     """
     if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
+        return Path(os.path.expanduser(os.environ[CACHE_ENV]))
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("workbench"))
@@ -74,9 +75,10 @@ def cached_folder(
 ) -> Path:
     """Return the verified cache folder for ``key``, building it with ``build(tmp)`` if needed.
 
-    A process-wide file lock keeps two processes from building the same entry at once, so
-    the staging folder of a build that was killed (a kernel restart while converting) is
-    removed by the next build rather than left in the cache.
+    A complete entry is returned without taking a lock, so a read-only shared cache serves
+    what it holds. Otherwise a process-wide file lock keeps two processes from building the
+    same entry at once, so the staging folder of a build that was killed (a kernel restart
+    while converting) is removed by the next build rather than left in the cache.
 
     Args:
         key: Folder name inside the cache root.
@@ -88,7 +90,8 @@ def cached_folder(
         The complete, verified folder.
 
     Raises:
-        CacheError: The cache folder can't be written.
+        CacheError: The entry is missing or incomplete and the cache folder can't be
+            written (the message names it and ``WORKBENCH_CACHE``).
 
     Examples:
         >>> import os
@@ -100,18 +103,18 @@ def cached_folder(
         >>> (folder / "x.txt").read_text()
         '1'
     """
-    from filelock import FileLock
-
     root = cache_root()
+    folder = root / key
+    if folder.is_dir() and verify_entry(folder) is None:
+        return folder
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         msg = f"cannot create the model cache {root}: {err}. Set {CACHE_ENV} to a writable folder."
         raise CacheError(msg) from err
-    folder = root / key
-    with FileLock(str(root / f".{key}.lock")):
+    with _entry_lock(root, key):
         # Holding the key's lock, any staging folder of it is a killed build's: remove it.
-        for leftover in root.glob(f".{glob.escape(key)}.partial-*"):
+        for leftover in root.glob(f".{glob.escape(temporary_stem(key))}.partial-*"):
             shutil.rmtree(leftover, ignore_errors=True)
         if folder.exists():
             problem = verify_entry(folder)
@@ -123,6 +126,28 @@ def cached_folder(
             build(tmp)
             write_manifest(tmp, MANIFEST, {"source": source})
     return folder
+
+
+@contextlib.contextmanager
+def _entry_lock(root: Path, key: str) -> Iterator[None]:
+    """Hold the lock of entry ``key``; a cache folder where its lock file cannot be made
+    (read-only, another user's) is a :class:`CacheError` naming it."""
+    from filelock import FileLock
+
+    lock = FileLock(str(root / f".{key}.lock"))
+    try:
+        lock.acquire()
+    except OSError as err:
+        msg = (
+            f"cannot build {key} in the model cache {root}: its lock file cannot be "
+            f"created ({err.strerror or err}); the folder is not writable. Set {CACHE_ENV} "
+            "to a folder you can write to."
+        )
+        raise CacheError(msg) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def remove_superseded(keep: Path, field: str, value: str) -> list[Path]:
@@ -154,7 +179,7 @@ def remove_superseded(keep: Path, field: str, value: str) -> list[Path]:
         try:
             with FileLock(str(keep.parent / f".{entry.name}.lock"), timeout=0):
                 shutil.rmtree(entry, ignore_errors=True)
-        except Timeout:
+        except (Timeout, OSError):  # being built, or a cache this user cannot change
             continue
         removed.append(entry)
     return removed

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from workbench._io import _as_created
 from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_model_from_config", "build_tiny_model"]
@@ -452,6 +453,7 @@ def _write(path: str | Path, config: Any, tokenizer: Any, seed: int) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _as_created(staging)  # mkdtemp made it 0700 (and safetensors its file 0600)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._io import translated_write_errors
-from workbench.errors import SpecError
+from workbench.errors import SpecError, WriteError
 
 __all__ = ["LOCK_FILE", "RunLock", "is_held", "lock_holder"]
 
@@ -182,8 +183,9 @@ class RunLock:
             SpecError: another process, or another ``RunLock`` of this process, holds it (the
                 message names the folder, the holder's pid and what to do), or the folder
                 does not exist.
-            WriteError: the holder's name cannot be written in the lock file (a full disk);
-                the lock is not taken.
+            WriteError: the lock file cannot be created or opened (a folder this user
+                cannot write: another user's, read-only), or the holder's name cannot be
+                written in it (a full disk); the lock is not taken.
 
         Examples:
             >>> import tempfile
@@ -240,11 +242,26 @@ class RunLock:
 
     def _open(self) -> int:
         try:
-            # No O_TRUNC: a refused opener must not erase the holder's pid.
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # No O_TRUNC: a refused opener must not erase the holder's pid. 0o666 less the
+            # umask, as open() makes files: a group-shared folder's teammate can resume.
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except FileNotFoundError as err:
             msg = f"{self.run_dir} is not a folder: give a run folder (one holding run.json)."
             raise SpecError(msg) from err
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            raise self._unwritable(err) from err
+
+    def _unwritable(self, err: OSError) -> WriteError:
+        error = WriteError(
+            f"cannot take the lock of {self.run_dir}: its lock file {self.path} cannot be "
+            f"opened for writing ({os.strerror(err.errno).lower()}), so the folder is not "
+            "writable by you (another user's run, or a read-only disk). To go on training "
+            "it, copy the run folder into a session folder of your own and resume the copy."
+        )
+        error.errno = err.errno
+        return error
 
     def _write_owner(self, fd: int) -> None:
         owner = {

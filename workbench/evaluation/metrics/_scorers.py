@@ -98,13 +98,43 @@ class Scorer(Protocol):
 def load_module(path: str) -> Any:
     """Load a local evaluate module folder once (offline: no hub access).
 
+    The shipped modules are imported as part of the package and kept in memory, so scoring
+    writes nothing under ``HF_HOME`` (``evaluate.load`` copies a module into
+    ``HF_HOME/modules`` and keeps its inputs in ``HF_HOME/metrics``: a read-only or shared
+    cache made every evaluation fail). Other folders go through ``evaluate.load``, in memory.
+
     Examples:
         >>> load_module(str(MODULES_DIR / "exact_match")).name
         'exact_match'
     """
+    folder = Path(path)
+    if folder.parent == MODULES_DIR and (folder / f"{folder.name}.py").is_file():
+        return _shipped_module(folder.name)
     import evaluate
 
-    return evaluate.load(path)
+    return evaluate.load(path, keep_in_memory=True)
+
+
+def _shipped_module(name: str) -> Any:
+    """An instance of the ``evaluate.Metric`` that the shipped module ``name`` defines."""
+    import importlib
+    import inspect
+    import tempfile
+
+    import evaluate
+
+    code = importlib.import_module(f"{__package__}.{name}.{name}")
+    metric = next(
+        item
+        for item in vars(code).values()
+        if isinstance(item, type)
+        and issubclass(item, evaluate.Metric)
+        and item.__module__ == code.__name__
+        and not inspect.isabstract(item)
+    )
+    # Metric() makes an (unused, when kept in memory) data folder: a throwaway one.
+    with tempfile.TemporaryDirectory(prefix="workbench-metric-") as scratch:
+        return metric(keep_in_memory=True, cache_dir=scratch)
 
 
 def _mean_scored(values: list[float], indices: np.ndarray, proportion: bool = False) -> Scored:
