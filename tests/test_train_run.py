@@ -286,3 +286,40 @@ def store_spec(run):
     import json
 
     return json.loads((run.run_dir / "run.json").read_text())["spec"]
+
+
+def test_grad_accum_trains_the_rows_and_losses_of_the_larger_batch(tiny_model_dir, tmp_path):
+    # The out-of-memory hint says batch_size=4 with grad_accum=2 is "the same effective
+    # batch": each micro-batch was drawn on its own, so every step trained other rows and
+    # the losses differed by up to 0.76.
+    lora = LoRA(r=4, dropout=0.0)
+    settings = dict(max_steps=6, lr=5e-3, eval_every=100, save_every=100, seed=4, lora=lora)
+    big = toy_run(tiny_model_dir, tmp_path / "big", TrainSpec(batch_size=8, **settings), n=48)
+    small = TrainSpec(batch_size=4, grad_accum=2, **settings)
+    accumulated = toy_run(tiny_model_dir, tmp_path / "small", small, n=48)
+    steps = [sorted(rows) for rows in big.loop.plan.steps(6, 1, 6)]
+    assert [sorted(rows) for rows in accumulated.loop.plan.steps(6, 2, 12)] == steps
+    assert train_losses(accumulated) == pytest.approx(train_losses(big), abs=2e-5)
+    grads = [[r.grad_norm for r in run.history if r.kind == "train"] for run in (big, accumulated)]
+    assert grads[1] == pytest.approx(grads[0], rel=1e-4)
+
+
+def test_a_run_started_before_step_order_resumes_on_its_own_rows(tiny_model_dir, tmp_path):
+    from workbench.train.core import epoch_batches
+    from workbench.train.store import read_meta, write_meta
+
+    spec = TrainSpec(max_steps=6, lr=5e-3, batch_size=4, grad_accum=2, save_every=3)
+    run = toy_run(tiny_model_dir, tmp_path / "run", spec, n=44, wait=False)
+    run.wait()
+    meta = read_meta(run.run_dir)
+    assert meta["batch_order"] == "step" and run.loop.plan.by_step
+    del meta["batch_order"]  # as an earlier version wrote it
+    write_meta(run.run_dir, meta)
+    from workbench.train import resume_run
+
+    resumed = resume_run(run.run_dir, model=fresh(tiny_model_dir).model,
+                         tokenizer=fresh(tiny_model_dir).tokenizer)
+    lengths = resumed.loop.train.lengths
+    assert resumed.loop.batch_at(0) == epoch_batches(lengths, 4, spec.seed, 0, 2, by_step=False)[0]
+    resumed.stop()
+    resumed.wait()

@@ -125,7 +125,10 @@ def load_data(path, spec, steps, by_steps):
     counts = core.trained_tokens(data["labels"])
     kept = core.trained_rows(counts)  # as the workbench, skip rows with no trained token
     lengths = np.array([len(ids) for ids in data["input_ids"]])
-    plan = core.BatchPlan(lengths[kept], spec["batch_size"], spec["seed"])
+    by_step = spec.get("batch_order") == "step"  # the run's own order (older runs: none)
+    plan = core.BatchPlan(
+        lengths[kept], spec["batch_size"], spec["seed"], spec["grad_accum"], by_step
+    )
     total = plan.total_micro(spec["grad_accum"], spec["epochs"], steps if by_steps else None)
     rows = [[int(kept[i]) for i in step] for step in plan.steps(steps, spec["grad_accum"], total)]
     return data, rows, [int(counts[step].sum()) for step in rows]
@@ -267,7 +270,7 @@ def prepare(args, spec, steps, by_steps):
 def main():
     """Train as the run did, log every step, save once."""
     config = json.loads((Path(__file__).resolve().parent / CONFIG_FILE).read_text())
-    args, spec = parse_args(config), config["spec"]
+    args, spec = parse_args(config), {**config["spec"], "batch_order": config.get("batch_order")}
     steps = args.max_steps or config["total_steps"]
     by_steps = args.max_steps is not None or spec["max_steps"] is not None
     accelerator, tokenizer, step_tokens, prepared = prepare(args, spec, steps, by_steps)

@@ -162,6 +162,7 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "trust_remote_code": bool(model_spec.get("trust_remote_code")),
         "spec": spec,
         "total_steps": meta["total_steps"],
+        "batch_order": meta.get("batch_order"),  # how the run drew its rows (core.BatchPlan)
     }
 
 
@@ -276,8 +277,9 @@ Options: `--model` (another copy of the base model), `--data` (the tokenized dat
 accelerate_config.yaml --num_processes 2 train.py --cpu`; note that `accelerate launch --cpu`
 itself starts one process unless mpirun is set up).
 
-With LoRA dropout > 0 (or NEFTune) the random masks differ between process counts, so runs
-then agree statistically, not to the last digit.
+With LoRA dropout > 0 (or NEFTune) the random masks differ between process counts, and
+from the workbench's own run (this script draws them in its own order), so runs then agree
+statistically, not to the last digit; with `LoRA(dropout=0)` they agree to float rounding.
 
 ## FSDP
 

@@ -81,26 +81,52 @@ def trained_rows(counts: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(counts) > 0)
 
 
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches of one epoch: shuffled, grouped by length, in a shuffled order.
+def epoch_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    grad_accum: int = 1,
+    by_step: bool = True,
+) -> list[list[int]]:
+    """The micro-batches of one epoch: shuffled, grouped by length, in a shuffled order.
 
-    A pure function of ``(seed, epoch)``, so a resumed run sees the batches an uninterrupted
-    one would. Grouping by length (like transformers' ``LengthGroupedSampler``) keeps padding low.
+    A pure function of its arguments, so a resumed run sees the batches an uninterrupted one
+    would. Grouping by length (like transformers' ``LengthGroupedSampler``) keeps padding low.
+
+    ``by_step``: the rows are drawn an optimizer step (``batch_size * grad_accum`` rows) at a
+    time and each step's rows cut into its micro-batches, the shortest step last; so
+    ``batch_size=4, grad_accum=2`` trains on the rows of ``batch_size=8`` in each step (the
+    same run in less memory) while the rows divide into whole steps, or up to the epoch's
+    last step. ``by_step=False``: each micro-batch drawn on its own, the order of runs
+    started before step order (their resumes keep it).
 
     Examples:
-        >>> epoch_batches(np.array([5, 1, 4, 2]), 2, seed=1, epoch=0) == epoch_batches(
-        ...     np.array([5, 1, 4, 2]), 2, seed=1, epoch=0)
+        >>> lengths = np.array([5, 1, 4, 2, 7, 3, 6, 8])
+        >>> big = epoch_batches(lengths, 4, seed=1, epoch=0)
+        >>> small = epoch_batches(lengths, 2, seed=1, epoch=0, grad_accum=2)
+        >>> [sorted(a + b) for a, b in zip(small[::2], small[1::2])] == [sorted(s) for s in big]
         True
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
-    group = batch_size * MEGABATCH
-    batches: list[list[int]] = []
+    rows_per_step = batch_size * grad_accum if by_step else batch_size
+    group = rows_per_step * MEGABATCH
+    steps: list[np.ndarray] = []
     for start in range(0, len(order), group):
         chunk = order[start : start + group]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches += [chunk[i : i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
+        steps += [chunk[i : i + rows_per_step] for i in range(0, len(chunk), rows_per_step)]
+    if not by_step:
+        return [steps[i].tolist() for i in rng.permutation(len(steps))]
+    full = [step for step in steps if len(step) == rows_per_step]
+    short = [step for step in steps if len(step) < rows_per_step]  # one at most
+    ordered = [full[i] for i in rng.permutation(len(full))] + short
+    return [
+        step[i : i + batch_size].tolist()
+        for step in ordered
+        for i in range(0, len(step), batch_size)
+    ]
 
 
 class BatchPlan:
@@ -110,6 +136,9 @@ class BatchPlan:
         lengths: Tokens per (trained) example.
         batch_size: Examples per micro-batch.
         seed: The run's seed.
+        grad_accum: Micro-batches per optimizer step.
+        by_step: Draw rows a step at a time (:func:`epoch_batches`); ``False`` for runs
+            started before, which resume in their own order.
 
     Examples:
         >>> plan = BatchPlan(np.array([4, 3, 2, 1]), batch_size=2, seed=0)
@@ -119,8 +148,16 @@ class BatchPlan:
         [0, 1, 2, 3]
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        seed: int,
+        grad_accum: int = 1,
+        by_step: bool = True,
+    ) -> None:
         self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.grad_accum, self.by_step = grad_accum, by_step
         self.per_epoch = math.ceil(len(lengths) / batch_size)
         self._epoch: tuple[int, list[list[int]]] = (-1, [])
 
@@ -144,7 +181,10 @@ class BatchPlan:
         """
         epoch, index = divmod(micro, self.per_epoch)
         if self._epoch[0] != epoch:
-            self._epoch = (epoch, epoch_batches(self.lengths, self.batch_size, self.seed, epoch))
+            batches = epoch_batches(
+                self.lengths, self.batch_size, self.seed, epoch, self.grad_accum, self.by_step
+            )
+            self._epoch = (epoch, batches)
         return self._epoch[1][index]
 
     def steps(self, steps: int, grad_accum: int, total_micro: int) -> list[list[int]]:

@@ -591,6 +591,8 @@ def _plan(
         # Neither is forkable: the parent's batch size and checkpointing (and why) hold for it.
         **{f"{name}_choice": why for name, why in parent.start_choices.items()},
         "total_steps": total,
+        # the parent's rows up to the fork: drawn its way
+        **{k: v for k, v in _meta(parent.run_dir).items() if k == "batch_order"},
         "model_spec": _meta(parent.run_dir).get("model_spec") or {},
         # the same base as its parent's: a resume checks it (train/start.py)
         **{k: v for k, v in _meta(parent.run_dir).items() if k == "base_fingerprint"},
@@ -614,7 +616,7 @@ def _start(
     from workbench.train.lock import RunLock
     from workbench.train.loop import TrainLoop
     from workbench.train.run import Run
-    from workbench.train.start import _pad_id, _released_on_error
+    from workbench.train.start import _pad_id, _released_on_error, by_step
 
     train, validation, notes = data
     spec = TrainSpec.from_dict(meta["spec"])
@@ -627,9 +629,8 @@ def _start(
         store.rewrite_jsonl(run_dir / store.HISTORY, history)
         store.rewrite_jsonl(run_dir / store.PROBES, probe_rows)
         model = parent.model
-        loop = TrainLoop(
-            model, _pad_id(parent.tokenizer), train, validation, spec, meta["total_steps"]
-        )
+        pad_id, total = _pad_id(parent.tokenizer), meta["total_steps"]
+        loop = TrainLoop(model, pad_id, train, validation, spec, total, by_step(meta))
         run = Run(
             run_dir,
             parent.events,

@@ -59,6 +59,9 @@ class TrainLoop:
         validation: Validation examples, or ``None``.
         spec: The run's settings.
         total_steps: Optimizer steps planned.
+        by_step: Rows drawn a step at a time (see :func:`~workbench.train.core.epoch_batches`);
+            ``False`` for a run started before that order (its ``run.json`` has no
+            ``batch_order``), so it resumes on the rows it would have trained.
 
     Attributes:
         on_gradients: Called with no arguments after backward and before clipping, while
@@ -96,6 +99,7 @@ class TrainLoop:
         validation: Examples | None,
         spec: TrainSpec,
         total_steps: int,
+        by_step: bool = True,
     ) -> None:
         from transformers import get_scheduler
 
@@ -110,7 +114,7 @@ class TrainLoop:
             num_warmup_steps=spec.warmup_steps(total_steps),
             num_training_steps=total_steps,
         )
-        self.plan = BatchPlan(train.lengths, spec.batch_size, spec.seed)
+        self.plan = BatchPlan(train.lengths, spec.batch_size, spec.seed, spec.grad_accum, by_step)
         self.micro_per_epoch = self.plan.per_epoch
         max_steps = total_steps if spec.max_steps is not None else None
         self.total_micro = self.plan.total_micro(spec.grad_accum, spec.epochs, max_steps)

@@ -688,7 +688,7 @@ def _sweep(
     optimizer = torch.optim.AdamW(optimizer_groups(model, spec), lr=spec.lr)
     scales = [group["lr"] / spec.lr for group in optimizer.param_groups]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    plan = BatchPlan(examples.lengths, spec.batch_size, spec.seed)
+    plan = BatchPlan(examples.lengths, spec.batch_size, spec.seed, spec.grad_accum)
     device = next(model.parameters()).device
     clip = spec.max_grad_norm or math.inf
     every = max(1, len(lrs) // 6)

@@ -63,6 +63,10 @@ from workbench.train.worker import runs_training
 
 __all__ = ["check_remote_code_allowed", "resume_run", "start_run"]
 
+# How a run draws its rows (run.json's "batch_order"): "step", an optimizer step's rows at a
+# time, so grad_accum changes memory, not the run. Runs started before have none and keep
+# drawing each micro-batch on its own (see core.epoch_batches), so they resume on their rows.
+BATCH_ORDER = "step"
 MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device", "trust_remote_code")
 
 
@@ -324,6 +328,7 @@ def start_run(
         "spec": spec.to_dict(),
         **{f"{name}_choice": why for name, why in chosen.items() if why},
         "total_steps": total,
+        "batch_order": BATCH_ORDER,
         "model_spec": {k: (model_spec or {}).get(k) for k in MODEL_SPEC_KEYS},
         "base_fingerprint": fingerprint,
         "probes": list(probes or []),
@@ -483,7 +488,7 @@ def _launch(
     if left and all(record.message != left for record in history):
         history.append(_warned(left))
     total = _total_steps_of(meta, run_dir)
-    loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, total)
+    loop = make_loop(model, _pad_id(tokenizer), train, validation, spec, total, by_step(meta))
     run = Run(
         run_dir,
         events or EventHub(),
@@ -533,6 +538,16 @@ def _waited(run: Run, wait: bool) -> Run:
     if wait:
         run.wait(progress=True)
     return run
+
+
+def by_step(meta: dict[str, Any]) -> bool:
+    """Whether the run of ``meta`` (its ``run.json``) draws its rows a step at a time.
+
+    Examples:
+        >>> by_step({"batch_order": "step"}), by_step({})  # the second: an older run
+        (True, False)
+    """
+    return meta.get("batch_order") == BATCH_ORDER
 
 
 def check_remote_code_allowed(meta: dict[str, Any], run_dir: Path, allowed: bool) -> None:

@@ -109,7 +109,7 @@ class RankLoop(TrainLoop):
         >>> spec = TrainSpec(max_steps=2, batch_size=2)
         >>> train = Examples.from_rows([[1, 5, 6, 7]] * 4, [[-100, 5, 6, 7]] * 4)
         >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
-        >>> loop = RankLoop(model, 0, train, train, spec, 2, Accelerator(cpu=True))
+        >>> loop = RankLoop(model, 0, train, train, spec, 2, accelerator=Accelerator(cpu=True))
         >>> record = loop.train_step()
         >>> record.step, record.loss > 0, loop.evaluate() > 0
         (1, True, True)
@@ -123,6 +123,8 @@ class RankLoop(TrainLoop):
         validation: Any,
         spec: Any,
         total_steps: int,
+        by_step: bool = True,
+        *,
         accelerator: Any,
         sharded: bool = False,
     ) -> None:
@@ -132,7 +134,7 @@ class RankLoop(TrainLoop):
         self.units = 0  # FSDP units, when sharded
         if sharded:  # before TrainLoop builds the optimizer: it must hold the shards
             self.units = shard_model(model, accelerator.device)
-        super().__init__(model, pad_id, train, validation, spec, total_steps)
+        super().__init__(model, pad_id, train, validation, spec, total_steps, by_step)
         self.packing = Packing(False, LAUNCHED_PADS)  # recorded in run.json like any run's
         if sharded:
             self.wrapped = LossModule(model, False, self.loss_sum)  # through the FSDP hooks
