@@ -25,6 +25,7 @@ __all__ = [
     "append_jsonl",
     "atomic_write_text",
     "check_free_space",
+    "expand_home",
     "file_in_the_way",
     "json_lines",
     "make_folder",
@@ -77,6 +78,17 @@ def _expanded(path: str | Path) -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded; a name such as ``~old-runs`` that
     names no user stays as it is (``Path.expanduser`` raises RuntimeError on it)."""
     return Path(os.path.expanduser(os.fspath(path)))
+
+
+def expand_home(path: str | Path) -> Path:
+    """``path`` with a leading ``~`` or ``~user`` expanded, for a user's path argument; a
+    name such as ``~old-runs`` that names no user is a relative name, as the shell takes it.
+
+    Examples:
+        >>> expand_home("~old-runs/model"), expand_home("~") == Path.home()
+        (PosixPath('~old-runs/model'), True)
+    """
+    return _expanded(path)
 
 
 def _dangling_link(path: Path) -> Path | None:

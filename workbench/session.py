@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench._display import print_line
+from workbench._io import expand_home
+from workbench._numbers import plain_number
 from workbench.errors import (
     EvaluationError,
     ModelLoadError,
@@ -908,7 +910,7 @@ class Session:
         from workbench.train.store import read_meta, write_meta
 
         self._check_run_allows("resume")
-        run_dir = self._run_folder(Path(run_dir).expanduser())
+        run_dir = self._run_folder(expand_home(run_dir))
         launch = resume_launch(launch)  # refused before anything changes
         read_meta(run_dir)  # a damaged run.json too
         self._stop_paused_run_of(run_dir)
@@ -1306,7 +1308,7 @@ class Session:
         if target.is_dir():  # a folder: the page goes in it
             target = target / "report.html"
         else:  # a link named as the page is replaced by it, never written through
-            given = Path(path).expanduser()
+            given = expand_home(path)
             target = export_target(self.run_dir, given.parent) / given.name
         make_folder(target.parent)
         run = self._model_run()
@@ -1650,6 +1652,7 @@ class Session:
         from workbench.deploy.parity import check_gguf, conversations_of, gguf_path_of
 
         self._check_run_allows("check_export")
+        limit, max_new_tokens = plain_number(limit), plain_number(max_new_tokens)
         for name, value in (("limit", limit), ("max_new_tokens", max_new_tokens)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpecError(f"{name}={value!r} must be an integer of 1 or more.")

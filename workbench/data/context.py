@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench._numbers import plain_number
 from workbench.errors import SpecError
 
 __all__ = ["CONTEXT_FIELDS", "check_room", "fit_to_context", "model_context"]
@@ -98,6 +99,7 @@ def check_room(
 past the model's context of 64 tokens (2 prompts: 1, 2): shorten the prompt (or the conversation).
     """
     context = model_context(config)
+    max_new_tokens = plain_number(max_new_tokens)  # np.int64 skipped the check
     if context is None or not isinstance(max_new_tokens, int):
         return
     over = [k for k, prompt in enumerate(prompts) if len(prompt) + max_new_tokens > context]

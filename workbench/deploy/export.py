@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import check_free_space
+from workbench._quiet import no_transformers_bars
 from workbench.deploy.gguf_writer import (
     GGUFType,
     check_gguf_model,
@@ -148,8 +149,8 @@ def export_model(
         workbench.errors.SpecError: format='onnx' is not one of ('safetensors', 'adapter', 'gguf').
     """
     needed = check_export(model, target, export_format, overwrite, gguf_type)
-    with staged_write(target, needed, before_placing) as tmp:
-        _WRITERS[export_format](model, tokenizer, tmp, gguf_type)
+    with staged_write(target, needed, before_placing) as tmp, no_transformers_bars():
+        _WRITERS[export_format](model, tokenizer, tmp, gguf_type)  # no "\r" bars in the cell
         (tmp / "README.md").write_text(card.render(), encoding="utf-8")
     return target
 

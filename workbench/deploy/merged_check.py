@@ -271,6 +271,8 @@ def _run_plain_transformers(
     (and peft, for an adapter)."""
     text = json.dumps({**job, "folder": str(folder), "max_new_tokens": max_new_tokens})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # Its stderr's last line is the reason given: a loading bar's is none (a killed child)
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     done = subprocess.run(
         [sys.executable, "-c", _CHILD],
         input=text,

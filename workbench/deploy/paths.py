@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from workbench._io import file_in_the_way, staging_folder, translated_write_errors
+from workbench._io import (
+    expand_home,
+    file_in_the_way,
+    staging_folder,
+    temporary_stem,
+    translated_write_errors,
+)
 from workbench.errors import SpecError, WriteError
 
 __all__ = [
@@ -54,7 +60,7 @@ def export_target(run_dir: Path, path: str | Path) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         msg = f"path={path!r} is not a folder path: give a str or a pathlib.Path"
         raise SpecError(msg)
-    given = Path(path).expanduser()
+    given = expand_home(path)  # "~exp" names no user: a folder in the run folder
     if given.is_absolute():
         return given.resolve()
     root = run_dir.resolve()
@@ -208,13 +214,14 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
     """
     if not target.parent.is_dir():
         return []
-    stages = sorted(target.parent.glob(f".{glob.escape(target.name)}.partial-*"))
+    stem = glob.escape(temporary_stem(target.name))  # as staging_folder names them
+    stages = sorted(target.parent.glob(f".{stem}.partial-*"))
     removed = [stage for stage in stages if _abandoned(stage)]
     for stage in removed:
         shutil.rmtree(stage, ignore_errors=True)
     live = len(stages) > len(removed)
     _remove_free_lock_file(target)  # a writer killed right after placing its folder
-    for aside in sorted(target.parent.glob(f".{glob.escape(target.name)}.old-*")):
+    for aside in sorted(target.parent.glob(f".{stem}.old-*")):
         if target.exists():
             shutil.rmtree(aside, ignore_errors=True)
             removed.append(aside)

@@ -25,6 +25,7 @@ from typing import Any
 
 from workbench._display import format_bytes, html_table, text_table
 from workbench._io import check_free_space
+from workbench._quiet import no_transformers_bars
 from workbench.deploy.paths import check_writable_target, staged_write
 from workbench.errors import SpecError
 from workbench.models.generation import generate_text
@@ -233,8 +234,9 @@ def quantize_export(
     needed = int(quantized.model.get_memory_footprint())  # about what save_pretrained writes
     check_free_space(target.parent, needed, f"the quantized model {target}")
     with staged_write(target, needed, before_placing) as tmp:
-        quantized.model.save_pretrained(tmp)
-        quantized.tokenizer.save_pretrained(tmp)
+        with no_transformers_bars():  # no "\r" bars in the cell
+            quantized.model.save_pretrained(tmp)
+            quantized.tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(_quantized_card(source, quantization), encoding="utf-8")
         # Measured before it is placed: a model that cannot generate (a family whose code
         # fails on quantized weights) leaves no folder that looks like a good export.

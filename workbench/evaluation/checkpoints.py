@@ -50,6 +50,7 @@ from typing import Any
 
 from workbench._display import text_table
 from workbench._io import atomic_write_text, staging_folder, translated_write_errors
+from workbench._numbers import plain_number
 from workbench.errors import EvaluationError, SpecError
 from workbench.evaluation.metrics import resolve_metrics
 from workbench.evaluation.results import EvalRow, Evaluation, unsaved_reason, unwritten
@@ -116,12 +117,14 @@ def choose_steps(
         if checkpoints != "all":
             raise SpecError(f"checkpoints={checkpoints!r}: give 'all' or a list of steps.")
         return steps
+    if hasattr(checkpoints, "tolist"):  # numpy's steps (an array or one) or a pandas column
+        checkpoints = checkpoints.tolist()
     if isinstance(checkpoints, int) and not isinstance(checkpoints, bool):
         checkpoints = [checkpoints]
     if not isinstance(checkpoints, Sequence) or not checkpoints:
         raise SpecError(f"checkpoints={checkpoints!r}: give 'all' or a non-empty list of steps.")
     wanted = []
-    for step in checkpoints:
+    for step in map(plain_number, checkpoints):  # list(np.arange(...)) holds np.int64
         if not isinstance(step, int) or isinstance(step, bool):
             raise SpecError(f"checkpoints: {step!r} is not a step number; give ints.")
         if step not in steps:

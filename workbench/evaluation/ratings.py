@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import append_jsonl, json_lines
+from workbench._numbers import plain_fields
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.bootstrap import wilson_interval
 
@@ -90,6 +91,7 @@ class Rating:
     id: str = ""
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # row=np.int64(3) from a numpy index: an int, as JSON needs
         if isinstance(self.row, bool) or not isinstance(self.row, int) or self.row < 0:
             raise EvaluationError(f"row={self.row!r} must be a row index (an int >= 0)")
         if self.verdict not in get_args(Verdict):

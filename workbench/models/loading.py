@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from workbench._io import expand_home
 from workbench._quiet import no_transformers_bars, quiet_third_party
 from workbench.errors import DependencyError, ModelLoadError, SpecError, WorkbenchWarning
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
@@ -72,7 +73,7 @@ class ModelSource:
             True
         """
         if self.kind in ("folder", "gguf"):
-            return str(Path(self.spec).expanduser().resolve())
+            return str(expand_home(self.spec).resolve())
         return self.spec
 
 
@@ -242,7 +243,7 @@ def resolve_source(spec: str, on_event: Callable[[str], None] = print) -> ModelS
     text = str(spec)
     if text in BUILTIN_MODELS:
         return _builtin_source(text, on_event)
-    path = Path(text).expanduser()
+    path = expand_home(text)  # "~backup-model" names no user: a relative folder
     if text.lower().endswith(".gguf"):
         return _gguf_source(text, path, on_event)
     if path.is_dir():

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workbench._display import format_bytes, html_table, text_table
+from workbench._io import expand_home
+from workbench._numbers import plain_number
 from workbench.errors import SpecError
 from workbench.models.catalog import (
     CATALOG,
@@ -404,8 +406,8 @@ def _resolve_spec(spec: Any) -> tuple[ModelFacts, int, int]:
         if isinstance(spec, str) and spec.strip().lower() in CATALOG:
             facts = get_facts(spec)  # hub checkpoints of the catalog are 16-bit
             return facts, _probs_without_config(facts), 2
-        if Path(spec).expanduser().is_dir():
-            return _from_folder(Path(spec).expanduser())
+        if expand_home(spec).is_dir():
+            return _from_folder(expand_home(spec))
         facts = get_facts(str(spec))  # raises a SpecError listing known names
         return facts, _probs_without_config(facts), 2
     if hasattr(spec, "to_dict") or hasattr(spec, "get_text_config"):
@@ -830,6 +832,9 @@ def estimate_memory(
         >>> eight.total < one.total / 4, eight.title().endswith("per process of 8 (FSDP)")
         (True, True)
     """
+    lora_r, lora_dropout, seq_len, batch_size, processes, logit_tokens = map(
+        plain_number, (lora_r, lora_dropout, seq_len, batch_size, processes, logit_tokens)
+    )  # np.int64(512) from a sweep's np.arange is the 512 it is
     settings = dict(locals())
     _check_settings(settings)
     facts, attention_probs, checkpoint_bytes = _resolve_spec(spec)
@@ -962,6 +967,7 @@ def _available_memory(device: str) -> int:
 
 
 def _checked_budget(available: Any) -> int:
+    available = plain_number(available)  # np.float32 is no float
     if isinstance(available, bool) or not isinstance(available, (int, float)) or available <= 0:
         msg = f"available={available!r}: give a positive number of bytes, e.g. 16 * 2**30"
         raise SpecError(msg)
@@ -1000,6 +1006,7 @@ def fit_table(
         >>> [r["fits"] for r in table.records if r["model"] == "mistral-7b"]
         [False, False, True]
     """
+    seq_len, batch_size, lora_r = map(plain_number, (seq_len, batch_size, lora_r))
     resolved = _resolve_device(device) if device in DEVICES else device
     budget = _available_memory(resolved) if available is None else _checked_budget(available)
     records = []

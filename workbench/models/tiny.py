@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from workbench._io import _as_created
+from workbench._quiet import no_transformers_bars
 from workbench.errors import SpecError
 
 __all__ = ["CHATML_TEMPLATE", "TINY_ARCHITECTURES", "build_model_from_config", "build_tiny_model"]
@@ -451,8 +452,9 @@ def _write(path: str | Path, config: Any, tokenizer: Any, seed: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+        with no_transformers_bars():  # "Writing model shards" in the cell
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
         _as_created(staging)  # mkdtemp made it 0700 (and safetensors its file 0600)
         if target.exists():
             shutil.rmtree(target)

@@ -50,6 +50,7 @@ from workbench._io import (
     verify_manifest,
     write_manifest,
 )
+from workbench._quiet import no_transformers_bars
 from workbench.train.guards import TrainingError
 
 __all__ = [
@@ -324,7 +325,8 @@ def _write_files(
     if hasattr(model, "peft_config"):
         # peft picks the adapter's tensors out of the state dict given, else its model's own.
         extra = {"state_dict": weights} if given else {}
-        model.save_pretrained(str(folder / "adapter"), **extra)
+        with no_transformers_bars():  # a bar per checkpoint in the training cell
+            model.save_pretrained(str(folder / "adapter"), **extra)
     if optimizer_state is None:
         optimizer_state = optimizer.state_dict()
     torch.save(optimizer_state, folder / "optimizer.pt")

@@ -38,6 +38,7 @@ from workbench._io import (
     read_jsonl,
     rewrite_jsonl,
     staging_folder,
+    temporary_stem,
     translated_write_errors,
     verify_manifest,
     write_manifest,
@@ -179,7 +180,7 @@ def remove_partial_runs(run_dir: Path) -> list[Path]:
         >>> remove_partial_runs(Path("/nonexistent-parent/run"))
         []
     """
-    pattern = f".{glob.escape(run_dir.name)}.partial-*"
+    pattern = f".{glob.escape(temporary_stem(run_dir.name))}.partial-*"  # as staged
     found = sorted(run_dir.parent.glob(pattern)) if run_dir.parent.is_dir() else []
     for path in found:
         shutil.rmtree(path, ignore_errors=True)

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench._io import process_alive
-from workbench._quiet import quiet_third_party
+from workbench._quiet import no_transformers_bars, quiet_third_party
 from workbench.errors import SpecError
 from workbench.train import store
 from workbench.train.checkpoint import (
@@ -144,7 +144,6 @@ def _load_on_cpu(spec: str, device: str, options: dict[str, Any]) -> tuple[Any, 
     For a sharded run: ``fully_shard`` then moves each rank's shards to ``device``, unit by
     unit, so the device never holds the whole model (the point of ``fsdp=True``).
     """
-    from workbench._quiet import quiet_third_party
     from workbench.models.loading import _from_pretrained, _resolve_device_dtype, resolve_source
 
     if options.get("quantization"):
@@ -154,9 +153,10 @@ def _load_on_cpu(spec: str, device: str, options: dict[str, Any]) -> tuple[Any, 
         )
     quiet_third_party()
     _, dtype = _resolve_device_dtype(device, options.get("dtype", "auto"))
-    source = resolve_source(spec, lambda _m: None)
     trust = bool(options.get("trust_remote_code"))
-    model, tokenizer = _from_pretrained(source, None, dtype, "cpu", trust)
+    with no_transformers_bars():  # one "Loading weights" bar per rank in the run's log
+        source = resolve_source(spec, lambda _m: None)  # a GGUF's conversion writes weights
+        model, tokenizer = _from_pretrained(source, None, dtype, "cpu", trust)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from workbench._numbers import plain_fields
 from workbench.errors import SpecError
 
 __all__ = [
@@ -104,6 +105,7 @@ class LaunchSpec:
     cpu: bool | None = None
 
     def __post_init__(self) -> None:
+        plain_fields(self)  # processes=np.int64(2) from a sweep: an int, as run.json needs
         for name, what in (
             ("processes", "training processes per machine"),
             ("machines", "machines taking part"),
@@ -112,7 +114,9 @@ class LaunchSpec:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SpecError(f"{name}={value!r} must be a positive int ({what}).")
         port = self.main_port
-        if port is not None and (not isinstance(port, int) or not 1 <= port <= 65535):
+        if port is not None and (
+            not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
+        ):
             raise SpecError(f"main_port={port!r} must be a TCP port (1-65535) or None.")
         if not isinstance(self.fsdp, bool):
             raise SpecError(f"fsdp={self.fsdp!r} must be True or False.")
