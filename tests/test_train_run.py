@@ -317,8 +317,9 @@ def test_a_run_started_before_step_order_resumes_on_its_own_rows(tiny_model_dir,
     write_meta(run.run_dir, meta)
     from workbench.train import resume_run
 
-    resumed = resume_run(run.run_dir, model=fresh(tiny_model_dir).model,
-                         tokenizer=fresh(tiny_model_dir).tokenizer)
+    resumed = resume_run(
+        run.run_dir, model=fresh(tiny_model_dir).model, tokenizer=fresh(tiny_model_dir).tokenizer
+    )
     lengths = resumed.loop.train.lengths
     assert resumed.loop.batch_at(0) == epoch_batches(lengths, 4, spec.seed, 0, 2, by_step=False)[0]
     resumed.stop()
