@@ -66,7 +66,7 @@ def test_a_field_over_the_limit_names_the_file_row_and_field(
     huge = {"instruction": "q", "output": "A" * (2 * 2**20)}  # 2 KB once compressed
     path = _write_gz(tmp_path / "big.jsonl.gz", [json.dumps(r) for r in [*GOOD[:2], huge, *GOOD]])
     expected = (
-        r"big\.jsonl\.gz, line 3, field 'output': a text of 2 MiB, longer than the 1 MiB one "
+        r"big\.jsonl\.gz, line 3, field 'output': a text of 2.00 MiB, longer than the 1.00 MiB one "
         r"field may hold \(far more than any model reads at once\)"
     )
     with pytest.raises(DataError, match=expected):
@@ -75,7 +75,7 @@ def test_a_field_over_the_limit_names_the_file_row_and_field(
     data = load(path, tokenizer, cache_dir, batched=batched, on_error="skip")
     assert len(data.train) == 6
     assert [(p.kind, p.row) for p in data.skipped] == [("malformed", 3)]
-    assert "field 'output': a text of 2 MiB" in data.skipped[0].message
+    assert "field 'output': a text of 2.00 MiB" in data.skipped[0].message
 
 
 def test_a_chat_turn_over_the_limit_is_named_by_its_turn(
@@ -86,7 +86,7 @@ def test_a_chat_turn_over_the_limit_is_named_by_its_turn(
     short, long = ({"role": "assistant", "content": text} for text in ("yo", "B" * 2**17))
     rows = [{"messages": [user, short]}, {"messages": [user, long]}]
     path = _write_gz(tmp_path / "chat.jsonl.gz", [json.dumps(r) for r in rows])
-    expected = r"chat\.jsonl\.gz, line 2, field 'messages\[1\]\.content': a text of 131,072 bytes"
+    expected = r"chat\.jsonl\.gz, line 2, field 'messages\[1\]\.content': a text of 128\.00 KiB"
     with pytest.raises(DataError, match=expected):
         load(path, tokenizer, cache_dir)
     assert _no_arrow_files(tmp_path)
@@ -99,8 +99,8 @@ def test_a_workbook_cell_over_the_limit_names_its_sheet_row(
     rows = _row(1, "instruction", "output") + _row(2, "q", "a") + _row(3, "C" * 20_000, "a")
     path = _workbook(tmp_path / "book.xlsx", f"{HEAD}<sheetData>{rows}</sheetData></worksheet>")
     expected = (
-        r"book\.xlsx, row 3, field 'instruction': a text of 20,000 bytes, longer than the "
-        r"16,384 bytes one field may hold"
+        r"book\.xlsx, row 3, field 'instruction': a text of 19\.53 KiB, longer than the "
+        r"16\.00 KiB one field may hold"
     )
     with pytest.raises(DataError, match=expected):
         load(path, tokenizer, cache_dir)
@@ -112,7 +112,7 @@ def test_a_line_over_the_limit_is_refused_unread(tmp_path, tokenizer, cache_dir,
     monkeypatch.setattr(sources, "MAX_LINE_BYTES", 2**20)
     huge = json.dumps({"instruction": "q", "output": "A" * (3 * 2**20)})
     path = _write_gz(tmp_path / "long.jsonl.gz", [json.dumps(GOOD[0]), huge, json.dumps(GOOD[1])])
-    expected = r"long\.jsonl\.gz, line 2: a line longer than 1 MiB, the most one row may hold"
+    expected = r"long\.jsonl\.gz, line 2: a line longer than 1\.00 MiB, the most one row may hold"
     with pytest.raises(DataError, match=expected):
         load(path, tokenizer, cache_dir)
     assert _no_arrow_files(tmp_path)
@@ -127,7 +127,7 @@ def test_a_workbook_that_inflates_like_a_zip_bomb_is_refused(tmp_path, tokenizer
     path = _workbook(tmp_path / "bomb.xlsx", f"{HEAD}<sheetData>{rows}</sheetData></worksheet>")
     expected = (
         r"bomb\.xlsx: not a readable Excel workbook \(its part 'xl/worksheets/sheet1\.xml' "
-        r"inflates from [\d,]+ bytes to 2 MiB, over 100 times: a zip bomb"
+        r"inflates from [\d.]+ KiB to 2\.00 MiB, over 100 times: a zip bomb"
     )
     with pytest.raises(DataError, match=expected):
         load(path, tokenizer, cache_dir)

@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench._display import format_bytes
 from workbench._io import atomic_write_text, process_alive, stale, translated_write_errors
 from workbench.data.formats import Format, RowError, detect_format
 from workbench.data.problems import Problem
-from workbench.data.sources import RawRow, Source, _size
+from workbench.data.sources import RawRow, Source
 from workbench.data.tokenize import UNTRAINED_TURNS
 from workbench.data.tool_calls import (
     TOOL_CALLING,
@@ -491,8 +492,9 @@ def _fields_over_limit(batch: Any) -> dict[int, tuple[str, int]]:
 
 def _too_long_message(size: int) -> str:
     return (
-        f"a text of {_size(size)}, longer than the {_size(MAX_FIELD_BYTES)} one field may hold "
-        "(far more than any model reads at once): shorten it, or split it over rows"
+        f"a text of {format_bytes(size)}, longer than the {format_bytes(MAX_FIELD_BYTES)} one "
+        "field may hold (far more than any model reads at once): shorten it, or split it over "
+        "rows"
     )
 
 

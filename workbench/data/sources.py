@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from workbench._display import format_bytes
 from workbench.data.formats import detect_format
 from workbench.data.spreadsheet_text import shown_text
 from workbench.errors import DataError, SpecError, warn_user
@@ -577,7 +578,9 @@ def _read_jsonl(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
     with _open_bytes(path, encoding) as fh:
         for number, raw in enumerate(_bounded_lines(fh), start=1):
             if raw is None:
-                yield RawRow(number, None, _LINE_TOO_LONG.format(limit=_size(MAX_LINE_BYTES)))
+                yield RawRow(
+                    number, None, _LINE_TOO_LONG.format(limit=format_bytes(MAX_LINE_BYTES))
+                )
                 continue
             try:
                 line = raw.decode("utf-8")
@@ -1061,19 +1064,12 @@ def _refuse_zip_bomb(path: Path) -> None:
     with zipfile.ZipFile(path) as archive:
         for part in archive.infolist():
             if part.file_size > max(_INFLATE_GRACE, MAX_INFLATE_RATIO * part.compress_size):
+                packed, unpacked = format_bytes(part.compress_size), format_bytes(part.file_size)
                 msg = (
-                    f"its part {part.filename!r} inflates from {_size(part.compress_size)} to "
-                    f"{_size(part.file_size)}, over {MAX_INFLATE_RATIO} times: a zip bomb, not "
-                    "what a spreadsheet program writes"
+                    f"its part {part.filename!r} inflates from {packed} to {unpacked}, over "
+                    f"{MAX_INFLATE_RATIO} times: a zip bomb, not what a spreadsheet program writes"
                 )
                 raise OSError(msg)
-
-
-def _size(size: int) -> str:
-    """``"900 bytes"``, ``"2.5 MiB"``, ``"64 MiB"``."""
-    if size < 2**20:
-        return f"{size:,} bytes"
-    return f"{size / 2**20:,.1f}".removesuffix(".0") + " MiB"
 
 
 def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
