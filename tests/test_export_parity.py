@@ -286,6 +286,15 @@ def test_a_check_of_another_runs_export_says_whose_weights_each_holds(tmp_path, 
     s.load_model(str(tiny_model_dir))  # no run's weights now
     base = s.check_export("export/merged", limit=1, max_new_tokens=4)
     assert "the session's model weights no run trained" in base.note
+    # The export's own adapter on the base: "4 of 4 answers the same. The export holds
+    # run-001's weights, the session's model weights no run trained" contradicted itself.
+    s.load_model(str(tiny_model_dir))
+    s.train(max_steps=2, lr=5e-3, batch_size=4, wait=True)
+    s.export("export/adapter", format="adapter")
+    s.load_model(str(tiny_model_dir))
+    s.load_adapter(s.run_dir / "export" / "adapter")
+    loaded = s.check_export("export/adapter", limit=1, max_new_tokens=4)
+    assert loaded.note == "" and loaded.summary().endswith("answers the same.")
 
 
 def test_check_export_names_what_it_can_check(tmp_path, tiny_model_dir):

@@ -271,3 +271,24 @@ def test_a_forked_run_is_refused_not_trained_from_scratch(tiny_model_dir, tmp_pa
     assert not (s.run_dir / "script").exists()
     parent_script = write_training_script(parent.run_dir, tmp_path / "parent-script")
     assert (parent_script / CONFIG_FILE).is_file()  # a run trained from the start still is
+
+
+def test_a_handed_runs_script_runs_its_models_code_only_when_the_caller_says_so(
+    tmp_path, tiny_model_dir
+):
+    # write_training_script copied run.json's trust_remote_code into the script's config, and
+    # with fsdp=True read the base's config with it in the user's own kernel.
+    import workbench as wb
+    from workbench.deploy.script import write_training_script
+    from workbench.errors import SpecError
+
+    own = _model_with_its_own_code(tmp_path / "models" / "tiny", tiny_model_dir)
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(own), trust_remote_code=True)
+    s.load_data([{"question": f"q{i}?", "answer": f"a{i}"} for i in range(8)], validation=None)
+    run = s.train(max_steps=1, batch_size=4)
+    with pytest.raises(SpecError, match=r"trust_remote_code=True"):
+        write_training_script(run.run_dir, tmp_path / "refused", fsdp=True)
+    assert not (tmp_path / "refused").exists()
+    folder = write_training_script(run.run_dir, tmp_path / "script", trust_remote_code=True)
+    assert json.loads((folder / CONFIG_FILE).read_text())["trust_remote_code"] is True

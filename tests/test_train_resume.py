@@ -446,3 +446,31 @@ def _session(tmp_path, tiny_model_dir):
     s.load_model(str(tiny_model_dir))
     s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(16)])
     return s
+
+
+def test_a_launched_rank_takes_trust_from_its_launcher_never_from_run_json(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # The ranks of a launched run read trust_remote_code from run.json (any truthy value:
+    # "true" and 1 passed the resume's check, which asked `is True`).
+    from workbench.train.launch.rank import _load_model
+    from workbench.train.launch.spec import TRUST_VARIABLE, rank_environment
+
+    shipped = _model_with_shipped_code(tiny_model_dir, tmp_path / "shipped")
+    meta = {"model_spec": {"spec": str(shipped), "trust_remote_code": "true"}}
+    monkeypatch.setenv(TRUST_VARIABLE, "1")  # as if the user's shell had it: not passed on
+    assert TRUST_VARIABLE not in rank_environment(1)
+    monkeypatch.delenv(TRUST_VARIABLE)
+    with pytest.raises(SpecError, match=r"trust_remote_code=True"):
+        _load_model(meta, tmp_path / "run", "cpu")
+    from workbench.train import check_remote_code_allowed
+
+    for truthy in ("true", 1):
+        with pytest.raises(SpecError, match=r"trust_remote_code=True"):
+            check_remote_code_allowed(
+                {"model_spec": {"trust_remote_code": truthy}}, tmp_path, False
+            )
+    assert not (shipped / "ran").exists()
+    monkeypatch.setenv(TRUST_VARIABLE, "1")  # what the launcher sets when the caller allowed
+    model, _ = _load_model(meta, tmp_path / "run", "cpu")
+    assert (shipped / "ran").exists() and model is not None

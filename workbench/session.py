@@ -88,6 +88,7 @@ class Session:
         self._loaded: LoadedModel | None = None
         self._data: PreparedData | None = None
         self._adapted: Any = None  # the peft model once an adapter is trained or loaded
+        self._adapter_folder: tuple[Any, Path] | None = None  # load_adapter's (model, folder)
         self._exported: Path | None = None
         self._exported_version: tuple = ()
         self._servers: list = []
@@ -751,6 +752,7 @@ class Session:
                 "load_adapter): load_model(...) again, then load_adapter(...), to use another."
             )
         self._adapted = attach_adapter(self.loaded.model, path)
+        self._adapter_folder = (self._adapted, Path(expand_home(path)).resolve())
         self._progress(f"loaded adapter {path}")
         return self.model_info()
 
@@ -1689,7 +1691,7 @@ class Session:
         )
         folder = exported.parent if check is check_gguf else target
         earlier = self.folder.written_earlier(folder)
-        note = self._other_writer_note(earlier)
+        note = self._other_writer_note(earlier, folder)
         if note:
             report = dataclasses.replace(report, note=note)
         report.save(folder)
@@ -1698,12 +1700,13 @@ class Session:
         self._progress(report.summary())
         return report
 
-    def _other_writer_note(self, earlier: dict | None) -> str:
+    def _other_writer_note(self, earlier: dict | None, folder: Path) -> str:
         """What a check must say when the export holds other weights than the session's
         model (written by another run, as ``session.json`` records): its answers differ where
-        the two models do, which is no fault of the export."""
+        the two models do, which is no fault of the export. Not when the session's model is
+        that export, put on the base by ``load_adapter(folder)`` and not trained since."""
         by, now = (earlier or {}).get("by"), self._writer()
-        if not by or by == now:
+        if not by or by == now or self._holds_adapter_of(folder):
             return ""
 
         def weights(writer: str) -> str:
@@ -1712,6 +1715,15 @@ class Session:
         return (
             f"The export holds {weights(by)}, the session's model {weights(now)}: answers "
             "differ where the two models do. Export again to check the model the session holds."
+        )
+
+    def _holds_adapter_of(self, folder: Path) -> bool:
+        loaded = self._adapter_folder
+        return (
+            loaded is not None
+            and loaded[0] is self._adapted
+            and self._model_run() is None
+            and loaded[1] == folder.resolve()
         )
 
     def to_script(self, path: str | Path, fsdp: bool = False) -> Path:
@@ -1734,7 +1746,9 @@ class Session:
         if self.run is None:
             msg = "no run to write as a script: train first, or s.resume(folder)."
             raise SessionStateError(msg)
-        return write_training_script(self.run.run_dir, export_target(self.run_dir, path), fsdp)
+        target = export_target(self.run_dir, path)
+        trusted = self.run.trust_remote_code  # as the caller loaded or resumed it
+        return write_training_script(self.run.run_dir, target, fsdp, trusted)
 
     def _exported_folder(self) -> Path:
         """The latest safetensors export, made anew when missing or older than the model."""

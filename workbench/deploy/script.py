@@ -52,7 +52,9 @@ _SOURCES = {
 }
 
 
-def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = False) -> Path:
+def write_training_script(
+    run_dir: str | Path, path: str | Path, fsdp: bool = False, trust_remote_code: bool = False
+) -> Path:
     """Write a standalone ``accelerate`` script and configs that reproduce a run.
 
     The folder is written under a temporary name and renamed, so it is complete or absent.
@@ -62,6 +64,8 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
         path: Folder to create: absent, empty, or written earlier by this function.
         fsdp: Also write ``fsdp_config.yaml`` for models too large for one GPU. It names the
             model's decoder layer class, read from the base model's ``config.json``.
+        trust_remote_code: Let the script (and ``fsdp``'s read of the config) run the code
+            shipped with the base model: the caller's word, never ``run.json``'s.
 
     Returns:
         The folder.
@@ -99,8 +103,12 @@ def write_training_script(run_dir: str | Path, path: str | Path, fsdp: bool = Fa
 
             accelerate launch --config_file scale-out/fsdp_config.yaml scale-out/train.py --out out
     """
+    from workbench.train import check_remote_code_allowed
+
     run_dir, target = Path(run_dir).resolve(), Path(path)
-    config = _script_config(run_dir, read_meta(run_dir))
+    meta = read_meta(run_dir)
+    check_remote_code_allowed(meta, run_dir, trust_remote_code)
+    config = {**_script_config(run_dir, meta), "trust_remote_code": trust_remote_code}
     layers = _decoder_layers(config["model"], config["trust_remote_code"]) if fsdp else None
     _check_target(target)
     with staging_folder(target, replace=target.exists()) as tmp:
@@ -159,7 +167,6 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         "data": str(run_dir / "data" / "train"),
         "model": _model_location(model_spec.get("spec")),
         "dtype": model_spec.get("dtype") or "auto",
-        "trust_remote_code": bool(model_spec.get("trust_remote_code")),
         "spec": spec,
         "total_steps": meta["total_steps"],
         "batch_order": meta.get("batch_order"),  # how the run drew its rows (core.BatchPlan)

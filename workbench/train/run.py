@@ -179,6 +179,9 @@ class Run:
         # or the notebook following them): the status, history and probes stay in memory.
         self.writes_files = True
         self.launch: Any = None  # the LaunchSpec of a launched run (None: this process)
+        # Whether the caller let the base run its shipped code: a launched run's ranks load
+        # it again, told so by their launcher (never by run.json, which anyone can write).
+        self.trust_remote_code = False
         self.probe_stops: list[str] = []  # end-of-turn strings that end a probe's answer
         self.probe_ids: list[list[int]] | None = None  # the probes as the data's tokens
         # why each setting given as "auto" was decided as it was when the run started

@@ -46,6 +46,7 @@ from workbench.train.checkpoint import (
     newest_valid_checkpoint,
     remove_partial_checkpoints,
 )
+from workbench.train.launch.spec import TRUST_VARIABLE
 from workbench.train.lock import RunLock
 from workbench.train.loop import TrainLoop
 from workbench.train.prepare import (
@@ -356,6 +357,7 @@ def start_run(
             lock,
             start=launch is None,
         )
+    run.trust_remote_code = bool((model_spec or {}).get("trust_remote_code"))  # the caller's
     if launch is not None:
         _start_launched(run, launch, lock)
     if wait:  # a script sees how it trains (batch size, checkpointing) before the steps
@@ -437,7 +439,8 @@ def _start_launched(run: Run, launch: Any, lock: RunLock) -> None:
     lock.release()
     run.start()
     if launch.machines > 1:
-        commands = launch.commands(run.run_dir)[1:]
+        trusted = f"{TRUST_VARIABLE}=1 " if run.trust_remote_code else ""
+        commands = [trusted + command for command in launch.commands(run.run_dir)[1:]]
         text = "\n".join(f"  machine {k}: {line}" for k, line in enumerate(commands, 1))
         run.events.emit(
             PROGRESS,
@@ -571,7 +574,7 @@ folder. Nothing is run from a file's say-so: read that code, then pass trust_rem
 (Session.resume(folder, trust_remote_code=True)).
     """
     model_spec = meta.get("model_spec") or {}
-    if model_spec.get("trust_remote_code") is True and not allowed:
+    if model_spec.get("trust_remote_code") and not allowed:  # 1, "true": the loaders' truth
         raise SpecError(
             f"{run_dir / store.RUN_FILE}: its base model {model_spec.get('spec')} was loaded "
             "with trust_remote_code=True, so resuming it runs Python code shipped with that "
@@ -736,6 +739,7 @@ def resume_run(
             meta = {**meta, "launch": launch.to_dict()}
             store.write_meta(run_dir, meta)
         run = _resume_locked(run_dir, meta, lock, events, model, tokenizer, launch is None)
+        run.trust_remote_code = trust_remote_code
     if launch is not None:
         _start_launched(run, launch, lock)
     return _waited(run, wait)

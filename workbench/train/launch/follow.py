@@ -172,7 +172,7 @@ class LaunchedWorker(Worker):
         write_control(self.run_dir, self._control)
         self._mark_known_files()
         self.launch.write_configs(self.run_dir)
-        env = rank_environment(os.getpid())
+        env = rank_environment(os.getpid(), self.run.trust_remote_code)
         if self.launch.on_cpu:  # one share of the cores each, not all of them each
             share = max(1, (os.cpu_count() or 1) // self.launch.processes)
             env.setdefault("OMP_NUM_THREADS", str(share))

@@ -50,7 +50,7 @@ from workbench.train.checkpoint import (
 from workbench.train.launch.control import Control, apply_control, read_control
 from workbench.train.launch.loop import RankLoop
 from workbench.train.launch.sharded import full_optimizer_state, full_trained_weights
-from workbench.train.launch.spec import LaunchSpec
+from workbench.train.launch.spec import TRUST_VARIABLE, LaunchSpec
 from workbench.train.lock import RunLock
 from workbench.train.spec import TrainSpec
 from workbench.train.status import RunState
@@ -126,12 +126,14 @@ def _load_model(
     meta: dict[str, Any], run_dir: Path, device: str, sharded: bool = False
 ) -> tuple[Any, Any]:
     from workbench.models.loading import load_model
+    from workbench.train.start import check_remote_code_allowed
 
     model_spec = meta.get("model_spec") or {}
     if not model_spec.get("spec"):
         raise SpecError(f"{run_dir}/run.json names no model (model_spec.spec is empty).")
-    keys = ("quantization", "dtype", "trust_remote_code")
-    options = {k: model_spec[k] for k in keys if model_spec.get(k)}
+    options = {k: model_spec[k] for k in ("quantization", "dtype") if model_spec.get(k)}
+    options["trust_remote_code"] = os.environ.get(TRUST_VARIABLE) == "1"  # never run.json's
+    check_remote_code_allowed(meta, run_dir, options["trust_remote_code"])
     if sharded:
         return _load_on_cpu(model_spec["spec"], device, options)
     loaded = load_model(model_spec["spec"], on_event=lambda _m: None, device=device, **options)

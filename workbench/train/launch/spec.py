@@ -271,6 +271,11 @@ class LaunchSpec:
         return [shlex.join(rank_command(run_dir, k)) for k in range(self.machines)]
 
 
+TRUST_VARIABLE = "WORKBENCH_TRUST_REMOTE_CODE"
+"""Set to ``1`` in a rank's environment when the caller allowed the base's shipped code: the
+ranks read everything else from ``run.json``, but not that."""
+
+
 def rank_command(run_dir: Path, machine_rank: int) -> list[str]:
     """``accelerate launch`` of the rank program on machine ``machine_rank``, as argv.
 
@@ -291,15 +296,24 @@ def rank_command(run_dir: Path, machine_rank: int) -> list[str]:
     ]
 
 
-def rank_environment(follower_pid: int | None = None) -> dict[str, str]:
+def rank_environment(
+    follower_pid: int | None = None, trust_remote_code: bool = False
+) -> dict[str, str]:
     """The environment the ranks start in: this one, offline, one thread per process on CPU
-    unless set, and the pid of the notebook following them (they stop if it dies).
+    unless set, the pid of the notebook following them (they stop if it dies), and
+    :data:`TRUST_VARIABLE` only where the caller let the base run its shipped code.
 
     Examples:
         >>> rank_environment(123)["WORKBENCH_FOLLOWER_PID"]
         '123'
+        >>> TRUST_VARIABLE in rank_environment(), rank_environment(trust_remote_code=True)[
+        ...     TRUST_VARIABLE]
+        (False, '1')
     """
     env = dict(os.environ)
+    env.pop(TRUST_VARIABLE, None)
+    if trust_remote_code:
+        env[TRUST_VARIABLE] = "1"
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if follower_pid is not None:
