@@ -91,8 +91,27 @@ def test_a_killed_export_of_a_long_name_is_cleared_by_the_next(session, tmp_path
 
 def test_a_killed_start_of_a_long_run_name_is_cleared(tmp_path):
     run_dir = tmp_path / ("r" * 240)
-    stage = _left_by_a_killed_writer(tmp_path / f".{temporary_stem(run_dir.name)}.partial-k1ll")
+    stage = _left_by_a_killed_writer(tmp_path / f".{temporary_stem(run_dir.name)}.partial-k1ll3d00")
     assert remove_partial_runs(run_dir) == [stage] and not stage.exists()
+
+
+def test_a_killed_start_is_cleared_and_a_sibling_runs_start_is_not(tmp_path):
+    # The cleanup of run "a" (.a.partial-*) removed the staging folder of run "a.partial-x"
+    # starting in another process.
+    sibling = _left_by_a_killed_writer(tmp_path / ".a.partial-x.partial-k1ll3d00")
+    ours = _left_by_a_killed_writer(tmp_path / ".a.partial-k1ll3d00")
+    assert remove_partial_runs(tmp_path / "a") == [ours]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [sibling.name]
+
+
+def test_a_cache_build_clears_its_killed_build_and_not_a_sibling_entrys(tmp_path, monkeypatch):
+    from workbench.models.cache import cached_folder
+
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path))
+    sibling = _left_by_a_killed_writer(tmp_path / ".a.partial-x.partial-k1ll3d00")
+    _left_by_a_killed_writer(tmp_path / ".a.partial-k1ll3d00")
+    cached_folder("a", lambda tmp: (tmp / "x.txt").write_text("1"), {})
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == [sibling.name, "a"]
 
 
 # numpy numbers

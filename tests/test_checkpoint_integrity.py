@@ -183,7 +183,7 @@ def test_leftover_staging_folders_are_removed_at_resume(finished, tmp_path):
     run_dir = _copy(finished, tmp_path)
     partials = [
         run_dir / "checkpoints" / ".step-00000012.partial-abcd",
-        tmp_path / ".run.partial-wxyz",
+        tmp_path / ".run.partial-wxyz0000",
     ]
     other = tmp_path / ".other-run.partial-1234"  # another run's: not ours to remove
     for folder in (*partials, other):

@@ -272,10 +272,10 @@ def test_an_export_killed_while_swapping_folders_gets_the_previous_one_back(tmp_
     # A kill between "move the old export aside" and "move the new one in" leaves the old
     # one aside and the new one staged, its writer dead (no lock holder).
     target = tmp_path / "export" / "merged"
-    aside = target.with_name(".merged.old-abc123")
+    aside = target.with_name(".merged.old-abc12345")
     aside.mkdir(parents=True)
     (aside / "model.safetensors").write_text("previous")
-    stage = target.with_name(".merged.partial-abc123")
+    stage = target.with_name(".merged.partial-abc12345")
     stage.mkdir()
     (stage / "model.safetensors").write_text("new, never swapped in")
     (stage / ".workbench.lock").write_text("")
@@ -399,3 +399,29 @@ def test_check_export_refuses_bad_settings_before_starting_anything(
     s = adapted_session(tmp_path, tiny_model_dir)
     with pytest.raises(wb.SpecError, match=says):
         s.check_export("export/nothing-yet", **settings)
+
+
+def test_an_export_cleanup_leaves_a_users_hidden_folders_and_a_siblings_stage(tmp_path):
+    import os
+
+    from workbench.deploy.paths import remove_abandoned_stages
+
+    # .model.old-backup (the user's) was deleted beside an existing model, and renamed
+    # into model where there was none; run for "a", the stage of export "a.partial-x" went.
+    def folder(name: str):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_text(name)
+        then = (tmp_path / name).stat().st_mtime - 3 * 3600
+        os.utime(tmp_path / name, (then, then))
+        return tmp_path / name
+
+    backup, sibling = folder(".model.old-backup"), folder(".a.partial-x.partial-k1ll3d00")
+    assert remove_abandoned_stages(tmp_path / "model") == []  # no model: not put back
+    assert remove_abandoned_stages(tmp_path / "a") == []
+    folder("model")
+    killed = [folder(".model.partial-k1ll3d00"), folder(".model.old-k1ll3d00")]
+    assert remove_abandoned_stages(tmp_path / "model") == killed
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [backup.name, sibling.name, "model"]
+    )
+    assert (backup / "model.safetensors").read_text() == ".model.old-backup"

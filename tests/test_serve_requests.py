@@ -490,3 +490,59 @@ def test_the_server_log_never_writes_through_a_symlink(tmp_path, tiny_model_dir)
     assert notes.read_bytes() == b"IMPORTANT USER NOTES\n"
     assert served.log == log and not log.is_symlink()
     assert "Uvicorn running" in log.read_text()
+
+
+def get_models(host: str) -> bytes:
+    """A raw request for the model list naming ``host``."""
+    return f"GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+
+
+def test_a_refused_host_is_named_with_how_to_allow_a_proxy(server):
+    # A proxy forwarding the browser's Host (jupyter-server-proxy, VS Code or Colab port
+    # forwarding) met starlette's bare "Invalid host header" and no hint.
+    status, text = raw_status(server, get_models("proxy.example:8888"))
+    detail = json.loads(text)["detail"]
+    assert status == 400 and "Host 'proxy.example:8888'" in detail
+    assert "localhost, 127.0.0.1, [::1] (any port)" in detail
+    assert "set WORKBENCH_SERVE_HOSTS=proxy.example " in detail
+
+
+def test_a_host_named_in_workbench_serve_hosts_is_answered(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_SERVE_HOSTS", "lab.lan, proxy.example")
+    served = serve_model(tiny_model_dir, port=free_port())
+    try:
+        hosts = ("proxy.example:8888", "proxy.example", "evil.example")
+        statuses = [raw_status(served, get_models(host))[0] for host in hosts]
+    finally:
+        served.stop()
+    assert statuses == [200, 200, 400]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"messages": [{"role": "user", "content": ["hi"]}]},
+        {"messages": [{"content": ["hi"]}]},
+        {"messages": 5},
+        {"messages": None},
+    ],
+)
+def test_a_malformed_chat_request_is_a_4xx_never_a_500(server, body):
+    status, text = post(server, "chat/completions", {**body, "max_tokens": 1})
+    assert 400 <= status < 500, (status, text)
+
+
+def test_a_prompt_list_longer_than_the_context_is_refused_before_tokenizing(server):
+    # A list prompt skipped the length check: megabytes of it were tokenized first.
+    status, text = post(server, "completions", {"prompt": ["x" * 500_000] * 2, "max_tokens": 1})
+    assert status == 400 and "the prompt has 1000000 characters" in json.loads(text)["detail"]
+
+
+def test_counting_a_malformed_requests_characters_never_raises():
+    # An AttributeError (a part that is no object) or TypeError (messages: 5) here is a 500,
+    # should the request reach the count before the field checks answer it.
+    from workbench.deploy._serving import _chat_characters, _prompt_characters
+
+    bodies = [{"messages": [{"content": ["hi"]}]}, {"messages": 5}, {"messages": "hi"}]
+    assert [_chat_characters(body) for body in bodies] == [0, 0, 0]
+    assert _prompt_characters({"prompt": ["abc", 1, "de"]}) == 5

@@ -163,6 +163,37 @@ def test_a_killed_writers_temporary_of_a_long_name_is_cleared(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
 
 
+def _hours_old(path: Path) -> Path:
+    then = path.stat().st_mtime - 3 * 3600
+    os.utime(path, (then, then))
+    return path
+
+
+def test_a_cleanup_of_killed_writes_leaves_a_users_own_hidden_files(tmp_path):
+    # An export's README.md was rewritten and vim's .README.md.swp beside it, an hour
+    # unchanged, was deleted as a killed writer's temporary.
+    atomic_write_text(tmp_path / "README.md", "first")
+    swap = tmp_path / ".README.md.swp"
+    swap.write_bytes(b"vim's recovery data")
+    killed = tmp_path / ".README.md.k1ll3d_0"  # mkstemp's shape: 8 characters
+    killed.write_text("half")
+    for path in (swap, killed):
+        _hours_old(path)
+    atomic_write_text(tmp_path / "README.md", "second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".README.md.swp", "README.md"]
+    assert swap.read_bytes() == b"vim's recovery data"
+
+
+def test_a_tiny_model_of_a_long_name_is_built_and_rebuilt(tmp_path):
+    # OSError: File name too long (its own staging folder: the name, a dot and 8 more)
+    target = tmp_path / ("m" * 250)
+    folder = wb.build_tiny_model(target)
+    files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert wb.build_tiny_model(target) == target
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == files
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
 def test_exports_to_long_folder_names(tmp_path, tiny_model_dir):
     s = wb.Session(tmp_path / "s", verbose=False)
     s.load_model(str(tiny_model_dir))

@@ -29,12 +29,14 @@ __all__ = [
     "file_in_the_way",
     "json_lines",
     "make_folder",
+    "open_lock_file",
     "process_alive",
     "read_jsonl",
     "rewrite_jsonl",
     "sha256_file",
     "staging_folder",
     "stale",
+    "temporaries",
     "temporary_stem",
     "translated_write_errors",
     "verify_manifest",
@@ -49,6 +51,9 @@ _SPACE_MARGIN = 1.05
 _NAME_MAX = 255  # bytes in one path component, on Linux and macOS file systems
 # The most a temporary adds to a name: "." before, ".partial-" and mkdtemp's 8 characters after.
 _TEMPORARY_AFFIXES = 18
+# What mkstemp and mkdtemp add after a prefix: 8 of tempfile's characters, no other shape.
+_RANDOM_PART = "[a-z0-9_]{8}"
+_KIND_INFIX = {"file": "", "staging": "partial-", "aside": "old-"}
 
 
 def temporary_stem(name: str) -> str:
@@ -72,6 +77,32 @@ def temporary_stem(name: str) -> str:
     while len(os.fsencode(head)) > limit - len(digest) - 1:
         head = head[:-1]
     return f"{head}~{digest}"
+
+
+def temporaries(target: str | Path, kind: str) -> list[Path]:
+    """The temporaries of one ``kind`` that writers of ``target`` made beside it, in the
+    exact shape they are made, so that a cleanup never takes a user's file: ``"file"``,
+    :func:`atomic_write_text`'s ``.{stem}.XXXXXXXX``; ``"staging"``, :func:`staging_folder`'s
+    ``.{stem}.partial-XXXXXXXX``; ``"aside"``, the previous folder it moves aside,
+    ``.{stem}.old-XXXXXXXX`` (``stem``: :func:`temporary_stem`; ``XXXXXXXX``: tempfile's 8
+    random characters).
+
+    Examples:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> for name in (".a.partial-k1ll3d00", ".a.partial-x.partial-k1ll3d00", ".a.old-backup"):
+        ...     (folder / name).mkdir()
+        >>> temporaries(folder / "a", "staging") == [folder / ".a.partial-k1ll3d00"]
+        True
+        >>> temporaries(folder / "a", "aside")  # the user's .a.old-backup is not one
+        []
+    """
+    final = Path(target)
+    prefix = f".{temporary_stem(final.name)}.{_KIND_INFIX[kind]}"
+    shape = re.compile(re.escape(prefix) + _RANDOM_PART)
+    try:
+        return sorted(p for p in final.parent.iterdir() if shape.fullmatch(p.name))
+    except OSError:  # no folder there (yet, or any more)
+        return []
 
 
 def _expanded(path: str | Path) -> Path:
@@ -265,9 +296,7 @@ def atomic_write_text(path: str | Path, text: str, parents: bool = True) -> Path
 def _clear_stale_temporaries(target: Path) -> None:
     """Delete the temporary files that writers of ``target`` killed mid-write left (a
     55 MB report page stayed for good), leaving any a live writer may be filling."""
-    import glob
-
-    for leftover in target.parent.glob(f".{glob.escape(temporary_stem(target.name))}.*"):
+    for leftover in temporaries(target, "file"):
         if leftover.is_file() and stale(leftover):
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -701,3 +730,29 @@ def rewrite_jsonl(path: str | Path, rows: list[dict]) -> None:
         [{'a': 1}]
     """
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def open_lock_file(path: Path, create: bool = True) -> int:
+    """Open a lock file for ``flock``: for writing where this user may, else read-only.
+
+    ``flock`` needs no write access, so a lock file another user made 0644 (an earlier
+    version's, or under umask 022) in a group-shared folder still locks for the group: it
+    was read as "nobody holds it" and a paused run shown as killed, and a teammate could not
+    resume or rate. Its holder's name is then not written.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / ".lock"
+        >>> fd = open_lock_file(path); _ = os.write(fd, b"x"); os.close(fd)
+        >>> path.chmod(0o444)
+        >>> os.close(open_lock_file(path))  # as any user: read-only (root could write)
+    """
+    flags = os.O_CREAT if create else 0
+    try:
+        # No O_TRUNC: a refused opener must not erase the holder's pid. 0o666 less the
+        # umask, as open() makes files: a group-shared folder's teammate can resume.
+        return os.open(path, os.O_RDWR | flags, 0o666)
+    except PermissionError:
+        if not path.exists():
+            raise
+        return os.open(path, os.O_RDONLY)

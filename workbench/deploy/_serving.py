@@ -50,6 +50,7 @@ import time
 from typing import Any
 
 __all__ = [
+    "HOSTS_ENV",
     "MAX_BODY_BYTES",
     "cut_at_stop",
     "end_answers_as_openai",
@@ -65,6 +66,8 @@ __all__ = [
 # A request body over this is answered 413 before it is read: an 18 MB prompt was read whole
 # and tokenized for 20 s only to be refused as longer than the context.
 MAX_BODY_BYTES = 8 * 1024 * 1024
+HOSTS_ENV = "WORKBENCH_SERVE_HOSTS"
+"""Host names (comma-separated) a server answers besides :func:`trusted_hosts`, read at start."""
 
 
 def sample_when_asked() -> bool:
@@ -404,24 +407,33 @@ def _chat_characters(body: dict) -> int:
         >>> _chat_characters({"messages": [{"role": "user", "content": "hi"},
         ...     {"role": "user", "content": [{"type": "text", "text": "abc"}, {"type": "x"}]}]})
         5
+        >>> _chat_characters({"messages": [{"content": ["hi"]}]}), _chat_characters({"messages": 5})
+        (0, 0)
     """
+    messages = body.get("messages")
+    if not isinstance(messages, list):  # transformers' own check answers it
+        return 0
     total = 0
-    for message in body.get("messages") or []:
+    for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         parts = content if isinstance(content, list) else [{"text": content}]
-        total += sum(len(p["text"]) for p in parts if isinstance(p.get("text"), str))
+        texts = (p.get("text") for p in parts if isinstance(p, dict))
+        total += sum(len(text) for text in texts if isinstance(text, str))
     return total
 
 
 def _prompt_characters(body: dict) -> int:
-    """The characters of a completion request's prompt.
+    """The characters of a completion request's prompt (of its strings, for a list).
 
     Examples:
         >>> _prompt_characters({"prompt": "Once"}), _prompt_characters({"prompt": [1, 2]})
         (4, 0)
+        >>> _prompt_characters({"prompt": ["Once", "upon"]})
+        8
     """
     prompt = body.get("prompt")
-    return len(prompt) if isinstance(prompt, str) else 0
+    parts = prompt if isinstance(prompt, list) else [prompt]
+    return sum(len(part) for part in parts if isinstance(part, str))
 
 
 def _without_empty_stops(body: dict) -> None:
@@ -795,9 +807,59 @@ class _BodyLimit:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
+def _extra_hosts(environ: Any = None) -> list[str]:
+    """The host names :data:`HOSTS_ENV` adds (``environ``: ``os.environ`` when not given).
+
+    Examples:
+        >>> _extra_hosts({"WORKBENCH_SERVE_HOSTS": " Proxy.example, ,lab.lan"})
+        ['proxy.example', 'lab.lan']
+    """
+    value = (os.environ if environ is None else environ).get(HOSTS_ENV, "")
+    return [name.strip().lower() for name in value.split(",") if name.strip()]
+
+
+class _HostCheck:
+    """ASGI middleware: starlette's ``Host`` check, whose bare "Invalid host header" 400
+    left a user behind a proxy with no hint, answering instead with a 400 that names the
+    host refused, the hosts allowed and :data:`HOSTS_ENV`."""
+
+    def __init__(self, app: Any, allowed_hosts: list[str]) -> None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        self.app, self.allowed = app, allowed_hosts
+        self.check = TrustedHostMiddleware(self._passed, allowed_hosts=allowed_hosts)
+
+    @staticmethod
+    async def _passed(scope: dict, receive: Any, send: Any) -> None:
+        scope["workbench.trusted_host"] = True
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        async def dropped(message: dict) -> None:  # starlette's own refusal, replaced below
+            return None
+
+        await self.check(scope, receive, dropped)
+        if scope.pop("workbench.trusted_host", False):
+            return await self.app(scope, receive, send)
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        host = Headers(scope=scope).get("host", "")
+        name = host if host.endswith("]") else host.rsplit(":", 1)[0]
+        detail = (
+            f"this server answers requests for {', '.join(self.allowed)} (any port), not for "
+            f"Host {host!r}: other names are refused so that a web page cannot reach the model "
+            "through DNS rebinding. Behind a proxy that forwards the browser's Host "
+            f"(jupyter-server-proxy, VS Code or Colab port forwarding), set {HOSTS_ENV}="
+            f"{name or '<host>'} (names separated by commas) in the environment of the process "
+            "that starts the server, and start it again."
+        )
+        await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+
+
 def guard_app(app: Any, host: str = "localhost", limit: int = MAX_BODY_BYTES) -> Any:
     """Make ``app`` (a Starlette or FastAPI app, before it starts) refuse a request whose
-    ``Host`` is not one of :func:`trusted_hosts` (400) and a body over ``limit`` bytes (413).
+    ``Host`` is neither one of :func:`trusted_hosts` nor of :func:`_extra_hosts` (400, naming
+    :data:`HOSTS_ENV`) and a body over ``limit`` bytes (413).
 
     Examples:
         >>> from starlette.applications import Starlette
@@ -810,10 +872,10 @@ def guard_app(app: Any, host: str = "localhost", limit: int = MAX_BODY_BYTES) ->
         >>> client.post("/", content=b"x" * 11).status_code
         413
     """
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-
+    allowed = trusted_hosts(host)
+    allowed += [name for name in _extra_hosts() if name not in allowed]
     app.add_middleware(_BodyLimit, limit=limit)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=trusted_hosts(host))
+    app.add_middleware(_HostCheck, allowed_hosts=allowed)
     return app
 
 
@@ -868,9 +930,9 @@ def main(
     ``tools=False`` (a chat template that does not write them), refusing requests that
     offer tools; ``control_text`` as the model was trained (``"split"``: a control token
     typed in a message is text; ``"keep"``: it is the token); ``turn_end``: the text that
-    ends a chat answer where no token does. Requests naming another ``Host`` than loopback
-    or the ``--host`` it listens on, and bodies over :data:`MAX_BODY_BYTES`, are refused
-    (:func:`guard_app`)."""
+    ends a chat answer where no token does. Requests naming another ``Host`` than loopback,
+    the ``--host`` it listens on or one :data:`HOSTS_ENV` names, and bodies over
+    :data:`MAX_BODY_BYTES`, are refused (:func:`guard_app`)."""
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()

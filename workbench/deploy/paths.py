@@ -9,7 +9,6 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import time
@@ -20,7 +19,7 @@ from workbench._io import (
     expand_home,
     file_in_the_way,
     staging_folder,
-    temporary_stem,
+    temporaries,
     translated_write_errors,
 )
 from workbench.errors import SpecError, WriteError
@@ -200,12 +199,13 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
     """Remove what killed exports to ``target`` left beside it; returns the folders removed.
 
     An export killed while writing (a kernel restart, a crash) leaves its staging folder
-    (``.NAME.partial-*``) beside ``target``, as large as the export. Each writer holds a lock
-    in its own staging folder (the run folders' :class:`~workbench.train.lock.RunLock`: the
-    kernel drops it when the writer dies, however it dies), so a folder whose lock can be
-    taken is abandoned, and one that a live export in another process is writing is left
-    alone. An export killed while swapping its folder in leaves the previous export moved
-    aside (``.NAME.old-*``): it is removed when ``target`` exists, and put back as
+    (``.NAME.partial-XXXXXXXX``, as :func:`~workbench._io.temporaries` matches them) beside
+    ``target``, as large as the export. Each writer holds a lock in its own staging folder
+    (the run folders' :class:`~workbench.train.lock.RunLock`: the kernel drops it when the
+    writer dies, however it dies), so a folder whose lock can be taken is abandoned, and
+    one that a live export in another process is writing is left alone. An export killed
+    while swapping its folder in leaves the previous export moved aside
+    (``.NAME.old-XXXXXXXX``): it is removed when ``target`` exists, and put back as
     ``target`` when nothing else is (and no live export is about to).
 
     Examples:
@@ -214,14 +214,13 @@ def remove_abandoned_stages(target: Path) -> list[Path]:
     """
     if not target.parent.is_dir():
         return []
-    stem = glob.escape(temporary_stem(target.name))  # as staging_folder names them
-    stages = sorted(target.parent.glob(f".{stem}.partial-*"))
+    stages = temporaries(target, "staging")
     removed = [stage for stage in stages if _abandoned(stage)]
     for stage in removed:
         shutil.rmtree(stage, ignore_errors=True)
     live = len(stages) > len(removed)
     _remove_free_lock_file(target)  # a writer killed right after placing its folder
-    for aside in sorted(target.parent.glob(f".{stem}.old-*")):
+    for aside in temporaries(target, "aside"):
         if target.exists():
             shutil.rmtree(aside, ignore_errors=True)
             removed.append(aside)

@@ -24,14 +24,13 @@ Examples:
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from workbench._io import staging_folder, temporary_stem, verify_manifest, write_manifest
+from workbench._io import staging_folder, temporaries, verify_manifest, write_manifest
 from workbench.errors import CacheError
 
 __all__ = ["MANIFEST", "cache_root", "cached_folder", "remove_superseded", "verify_entry"]
@@ -114,7 +113,7 @@ def cached_folder(
         raise CacheError(msg) from err
     with _entry_lock(root, key):
         # Holding the key's lock, any staging folder of it is a killed build's: remove it.
-        for leftover in root.glob(f".{glob.escape(temporary_stem(key))}.partial-*"):
+        for leftover in temporaries(folder, "staging"):
             shutil.rmtree(leftover, ignore_errors=True)
         if folder.exists():
             problem = verify_entry(folder)

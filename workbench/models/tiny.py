@@ -13,12 +13,10 @@ Examples:
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench._io import _as_created
+from workbench._io import staging_folder
 from workbench._quiet import no_transformers_bars
 from workbench.errors import SpecError
 
@@ -449,17 +447,7 @@ def _write(path: str | Path, config: Any, tokenizer: Any, seed: int) -> Path:
                 buffer.normal_(std=0.5)
             if name.endswith("layer_scalar"):
                 buffer.uniform_(0.5, 1.5)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        with no_transformers_bars():  # "Writing model shards" in the cell
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-        _as_created(staging)  # mkdtemp made it 0700 (and safetensors its file 0600)
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with staging_folder(target, replace=True) as staging, no_transformers_bars():
+        model.save_pretrained(staging)  # no "Writing model shards" bar in the cell
+        tokenizer.save_pretrained(staging)
     return target

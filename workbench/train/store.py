@@ -25,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import glob
 import json
 import shutil
 import warnings
@@ -38,7 +37,7 @@ from workbench._io import (
     read_jsonl,
     rewrite_jsonl,
     staging_folder,
-    temporary_stem,
+    temporaries,
     translated_write_errors,
     verify_manifest,
     write_manifest,
@@ -171,7 +170,8 @@ def check_data(run_dir: str | Path) -> None:
 
 
 def remove_partial_runs(run_dir: Path) -> list[Path]:
-    """Remove the staging folders (``.NAME.partial-*``) a killed start left beside ``run_dir``.
+    """Remove the staging folders (``.NAME.partial-XXXXXXXX``) a killed start left beside
+    ``run_dir`` (:func:`~workbench._io.temporaries`).
 
     Only this run's name is matched: staging folders of other runs may belong to a start in
     progress in another process. Call it while holding the run's lock.
@@ -180,8 +180,7 @@ def remove_partial_runs(run_dir: Path) -> list[Path]:
         >>> remove_partial_runs(Path("/nonexistent-parent/run"))
         []
     """
-    pattern = f".{glob.escape(temporary_stem(run_dir.name))}.partial-*"  # as staged
-    found = sorted(run_dir.parent.glob(pattern)) if run_dir.parent.is_dir() else []
+    found = temporaries(run_dir, "staging")
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     return found
