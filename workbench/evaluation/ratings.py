@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench._io import append_jsonl, json_lines
+from workbench._io import append_jsonl, json_lines, open_lock_file
 from workbench._numbers import plain_fields
 from workbench.errors import EvaluationError, WorkbenchWarning
 from workbench.evaluation.bootstrap import wilson_interval
@@ -137,7 +137,7 @@ def _locked(path: Path, exclusive: bool) -> Iterator[None]:
     if exclusive:
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)  # less the umask
+        fd = open_lock_file(_lock_path(path))  # another user's 0644 one: read-only
     except OSError:
         if exclusive:
             raise

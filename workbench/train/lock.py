@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench._io import translated_write_errors
+from workbench._io import open_lock_file, translated_write_errors
 from workbench.errors import SpecError, WriteError
 
 __all__ = ["LOCK_FILE", "RunLock", "is_held", "lock_holder"]
@@ -87,7 +87,7 @@ def is_held(run_dir: str | Path) -> bool:
         if str(Path(run_dir).resolve()) in _held:
             return True
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = open_lock_file(path, create=False)
     except OSError:
         return False  # no lock file (or none readable): nobody took it
     try:
@@ -95,8 +95,19 @@ def is_held(run_dir: str | Path) -> bool:
             return True
         _unlock(fd)
         return False
+    except OSError:  # a lock this user cannot take (NFS without write access): no verdict
+        return True  # a run said to be running is not called dead on no evidence
     finally:
         os.close(fd)
+
+
+def _writable(fd: int) -> bool:
+    """Whether ``fd`` was opened for writing (:func:`open_lock_file` falls back to read-only)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows (untested): always opened for writing
+        return True
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
 def _try_lock(fd: int) -> bool:
@@ -199,11 +210,12 @@ class RunLock:
                 raise SpecError(self._same_process_message())
             fd = self._open()
             try:
-                if not _try_lock(fd):
+                if not self._locked(fd):
                     raise SpecError(self._other_process_message())
                 self.previous = lock_holder(self.run_dir)
-                with translated_write_errors(self.path):
-                    self._write_owner(fd)
+                if _writable(fd):  # a read-only lock file (another user's) names nobody
+                    with translated_write_errors(self.path):
+                        self._write_owner(fd)
             except BaseException:
                 os.close(fd)  # gives the lock back: a lock nobody holds must not stay taken
                 raise
@@ -226,7 +238,8 @@ class RunLock:
                 return
             _held.pop(self._key, None)
             try:
-                os.ftruncate(fd, 0)  # a released lock names nobody
+                if _writable(fd):
+                    os.ftruncate(fd, 0)  # a released lock names nobody
                 _unlock(fd)
             finally:
                 os.close(fd)
@@ -240,11 +253,17 @@ class RunLock:
     def __repr__(self) -> str:
         return f"RunLock({str(self.run_dir)!r}, held={self.held})"
 
+    def _locked(self, fd: int) -> bool:
+        """Lock ``fd`` now (``False``: another holds it); a lock file open read-only that
+        cannot be locked (NFS needs write access) is this user's unwritable folder."""
+        try:
+            return _try_lock(fd)
+        except OSError as err:
+            raise self._unwritable(err) from err
+
     def _open(self) -> int:
         try:
-            # No O_TRUNC: a refused opener must not erase the holder's pid. 0o666 less the
-            # umask, as open() makes files: a group-shared folder's teammate can resume.
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            return open_lock_file(self.path)
         except FileNotFoundError as err:
             msg = f"{self.run_dir} is not a folder: give a run folder (one holding run.json)."
             raise SpecError(msg) from err
@@ -256,9 +275,10 @@ class RunLock:
     def _unwritable(self, err: OSError) -> WriteError:
         error = WriteError(
             f"cannot take the lock of {self.run_dir}: its lock file {self.path} cannot be "
-            f"opened for writing ({os.strerror(err.errno).lower()}), so the folder is not "
-            "writable by you (another user's run, or a read-only disk). To go on training "
-            "it, copy the run folder into a session folder of your own and resume the copy."
+            f"opened or locked ({os.strerror(err.errno).lower()}), so the folder is not "
+            "writable by you (another user's run, or a read-only disk; where it is a shared "
+            "folder, the lock file's owner can `chmod g+w` it). To go on training it, copy "
+            "the run folder into a session folder of your own and resume the copy."
         )
         error.errno = err.errno
         return error
