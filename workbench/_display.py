@@ -63,18 +63,22 @@ UNSPACED_CHARS = "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in UNSPAC
 it)."""
 
 INVISIBLE_RANGES = (
-    (0x00, 0x08), (0x0B, 0x0C), (0x0E, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x180E, 0x180E),
-    (0x200B, 0x200B), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x2069), (0xFEFF, 0xFEFF),
-    (0xFFF9, 0xFFFB),
+    (0x00, 0x08), (0x0B, 0x0C), (0x0E, 0x1F), (0x7F, 0x9F), (0xAD, 0xAD), (0x034F, 0x034F),
+    (0x115F, 0x1160), (0x200B, 0x200B), (0x2028, 0x202E), (0x2060, 0x2064), (0x2066, 0x206F),
+    (0x3164, 0x3164), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF9, 0xFFFB), (0xE0000, 0xE007F),
 )  # fmt: skip
 """Characters a reader of the text does not see: controls (not tab, newline and carriage
-return), the soft hyphen, the zero-width space, word joiner and no-break space (a byte order
-mark inside text), line and paragraph separators, and the bidirectional embeddings, overrides
-and isolates. Not the joiners (ZWJ, ZWNJ) and direction marks (LRM, RLM) that Persian, Indic
-scripts, Hebrew and emoji sequences need."""
+return), the soft hyphen, the combining grapheme joiner, the Hangul fillers (blank letters),
+the zero-width space, word joiner and no-break space (a byte order mark inside text), line
+and paragraph separators, the bidirectional embeddings, overrides and isolates, and the tag
+characters (invisible ASCII, used to hide instructions in text a model reads) outside the
+emoji flags they spell (🏴 + tags: Scotland's). Not the joiners (ZWJ, ZWNJ), direction marks
+(LRM, RLM) and variation selectors that Persian, Indic scripts, Hebrew, Japanese names and
+emoji sequences need."""
 INVISIBLE_CHARS = "[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in INVISIBLE_RANGES) + "]"
 """A Python ``re`` character class of :data:`INVISIBLE_RANGES`."""
-_INVISIBLE = re.compile(INVISIBLE_CHARS)
+_TAG_FLAG = "\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f"  # an emoji flag's tag spelling
+_INVISIBLE = re.compile(f"({_TAG_FLAG})|{INVISIBLE_CHARS}")
 
 # Hebrew, Arabic, Syriac, Thaana, NKo and the other right-to-left blocks, their presentation
 # forms, and the marks and controls that start right-to-left text.
@@ -148,14 +152,17 @@ def escape_html(value: object) -> str:
 
 def printable(text: str) -> str:
     """``text`` safe to print to a terminal: the :data:`INVISIBLE_RANGES` characters shown as
-    :func:`escape_html` shows them (an escape sequence in a data row or a model's answer
-    could retitle, recolour or clear the terminal, or hide what a line says).
+    :func:`escape_html` shows them, and a carriage return not ending a line as ``␍`` (an
+    escape sequence in a data row or a model's answer could retitle, recolour or clear the
+    terminal; ``"ok\\rEVIL"`` prints as ``EVIL``).
 
     Examples:
-        >>> printable("q5 \\x1b]0;TITLE\\x07\\x1b[31mRED\\tok\\n")
-        'q5 ␛]0;TITLE␇␛[31mRED\\tok\\n'
+        >>> printable("q5 \\x1b]0;TITLE\\x07\\x1b[31mRED\\tok\\r\\n")
+        'q5 ␛]0;TITLE␇␛[31mRED\\tok\\r\\n'
+        >>> printable("ok\\rEVIL")
+        'ok␍EVIL'
     """
-    return _INVISIBLE.sub(_picture, text)
+    return _LONE_RETURN.sub("\u240d", _INVISIBLE.sub(_picture, text))
 
 
 def print_line(text: str) -> None:
@@ -189,13 +196,20 @@ def plotly_text(value: object) -> str:
     return html.escape(str(value), quote=False)
 
 
+_LONE_RETURN = re.compile("\r(?!\n)")
+
+
 def _picture(match: re.Match[str]) -> str:
+    if match.group(1):  # an emoji flag spelled in tags: shown as it is
+        return match.group()
     code = ord(match.group())
     if code < 0x20:
         return chr(0x2400 + code)
     if code == 0x7F:
         return "\u2421"
-    return f"\\x{code:02x}" if code <= 0xFF and code != 0xAD else f"\\u{code:04x}"
+    if code <= 0xFF and code != 0xAD:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def invisible_characters(text: str) -> str:
@@ -206,8 +220,12 @@ def invisible_characters(text: str) -> str:
         'U+200B ZERO WIDTH SPACE x2, U+202E RIGHT-TO-LEFT OVERRIDE'
         >>> invisible_characters("tab\\tand newline\\n, 👨\\u200d👩 joined")
         ''
+        >>> tags = "".join(chr(0xE0000 + ord(c)) for c in "gbsct")
+        >>> scotland = "\\U0001f3f4" + tags + "\\U000e007f"
+        >>> invisible_characters(scotland), invisible_characters("hi" + chr(0xE0041))
+        ('', 'U+E0041 TAG LATIN CAPITAL LETTER A')
     """
-    found = Counter(_INVISIBLE.findall(text))
+    found = Counter(m.group() for m in _INVISIBLE.finditer(text) if not m.group(1))
     return ", ".join(
         f"U+{ord(char):04X} {unicodedata.name(char, 'CONTROL')}" + (f" x{n}" if n > 1 else "")
         for char, n in found.items()
@@ -295,7 +313,7 @@ def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = 
         中文  1
         abcd  2
     """
-    table = [list(map(str, header))] if header else []
+    table = [[printable(str(cell)) for cell in header]] if header else []
     table += [[printable(str(cell)) for cell in row] for row in rows]
     widths = [max(display_width(row[i]) for row in table) for i in range(len(table[0]))]
     lines = [

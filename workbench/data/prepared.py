@@ -964,7 +964,8 @@ class PreparedData:
                 message_fields(messages) + tool_texts(cell)
                 for messages, cell in zip(picked["messages"], cells, strict=True)
             ]
-        return [(i, _invisible_in(named)) for i, named in zip(rows, fields, strict=True)]
+        found = [(i, _invisible_in(named)) for i, named in zip(rows, fields, strict=True)]
+        return [(i, what) for i, what in found if what]  # not an emoji flag's tags alone
 
     def _flagged(self, split: SplitName, name: str) -> list[tuple[int, str]]:
         """Rows of a string column that are neither null nor empty, with their value."""
