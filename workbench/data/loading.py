@@ -80,8 +80,9 @@ __all__ = [
 # gives a key twice is refused, and {"data": []} read as a file of no rows; 7: a system
 # column beside chat or ShareGPT turns opens the conversation; 8: spreadsheet cells are the
 # text they show, 25% not 0.25; 9: each copy has a checksum beside it, which version 8's
-# first copies lack: read by this version, they would be warned of as writes left unfinished).
-CODE_VERSION = "9"
+# first copies lack: read by this version, they would be warned of as writes left unfinished;
+# 10: a field over MAX_FIELD_BYTES is a malformed row, which a version-9 copy may hold).
+CODE_VERSION = "10"
 _WRITE_BATCH = 1000  # rows per Arrow record batch
 # The most UTF-8 text one field (a cell, a turn's content) may hold: far beyond any model's
 # context. A longer one (a gigabyte-long cell from a 1 MB .gz or .xlsx) is refused as it is
