@@ -143,13 +143,13 @@ def test_what_a_killed_writer_left_beside_a_file_is_cleared_by_the_next_write(tm
     import os
     import time
 
-    old, fresh = tmp_path / ".report.html.a1b2c3", tmp_path / ".report.html.d4e5f6"
+    old, fresh = tmp_path / ".report.html.a1b2c3d4", tmp_path / ".report.html.d4e5f6g7"
     old.write_text("half a page")
     fresh.write_text("a page being written now")
     hours_ago = time.time() - 2 * 3600
     os.utime(old, (hours_ago, hours_ago))
     atomic_write_text(tmp_path / "report.html", "<html></html>")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.html.d4e5f6", "report.html"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.html.d4e5f6g7", "report.html"]
 
 
 def test_a_run_lock_that_cannot_name_its_holder_is_not_taken(small_disk):
