@@ -59,7 +59,10 @@ def _listing(folder: Path) -> dict[str, list[int]]:
     listing = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.relative_to(folder).as_posix() != LOCK_FILE:
-            stat = path.stat()
+            try:
+                stat = path.stat()
+            except FileNotFoundError:  # another writer's temporary, renamed since the listing
+                continue
             listing[path.relative_to(folder).as_posix()] = [stat.st_size, stat.st_mtime_ns]
     return listing
 
