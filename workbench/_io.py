@@ -105,21 +105,16 @@ def temporaries(target: str | Path, kind: str) -> list[Path]:
         return []
 
 
-def _expanded(path: str | Path) -> Path:
-    """``path`` with a leading ``~`` or ``~user`` expanded; a name such as ``~old-runs`` that
-    names no user stays as it is (``Path.expanduser`` raises RuntimeError on it)."""
-    return Path(os.path.expanduser(os.fspath(path)))
-
-
 def expand_home(path: str | Path) -> Path:
     """``path`` with a leading ``~`` or ``~user`` expanded, for a user's path argument; a
-    name such as ``~old-runs`` that names no user is a relative name, as the shell takes it.
+    name such as ``~old-runs`` that names no user is a relative name, as the shell takes it
+    (``Path.expanduser`` raises RuntimeError on it).
 
     Examples:
         >>> expand_home("~old-runs/model"), expand_home("~") == Path.home()
         (PosixPath('~old-runs/model'), True)
     """
-    return _expanded(path)
+    return Path(os.path.expanduser(os.fspath(path)))
 
 
 def _dangling_link(path: Path) -> Path | None:
@@ -135,7 +130,7 @@ def file_in_the_way(folder: str | Path) -> Path | None:
         >>> file_in_the_way("/tmp/wb-doc-io-way/a/b"), file_in_the_way("/tmp")
         (PosixPath('/tmp/wb-doc-io-way'), None)
     """
-    path = _expanded(folder)
+    path = expand_home(folder)
     return next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
 
 
@@ -169,7 +164,7 @@ def make_folder(path: str | Path) -> Path:
         Traceback (most recent call last):
         workbench.errors.SpecError: /tmp/wb-doc-io-file is a file, so /tmp/wb-doc-io-file/sub ...
     """
-    folder = _expanded(path)
+    folder = expand_home(path)
     blocking = file_in_the_way(folder)
     if blocking is not None:
         msg = f"{blocking} is a file, so {folder} cannot be a folder; give a folder path."
