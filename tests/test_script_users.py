@@ -86,6 +86,12 @@ def test_a_bool_or_a_fraction_is_still_refused_by_name(make, says):
         make()
 
 
+def test_a_whole_number_in_float32_keeps_its_exact_value():
+    # 16 GiB prints as 1.7179869e+10 in float32; its shortest text is not the number held.
+    table = wb.fit_table(seq_len=256, available=np.float32(16 * 2**30), device="cuda")
+    assert table.records[0]["available"] == 16 * 2**30
+
+
 def test_load_data_and_generate_take_numpy_integers_and_still_refuse_bools(session):
     report = session.load_data(ROWS, seed=np.int64(7))
     assert report.train > 0

@@ -45,10 +45,20 @@ def plain_number(value: Any) -> Any:
 
 def _float(value: numbers.Real) -> float:
     """The float a number prints as, where it prints as one: ``np.float32(1e-4)`` is stored
-    as the ``1e-4`` that was written, not as ``9.999999747378752e-05``."""
+    as the ``1e-4`` that was written, not as ``9.999999747378752e-05``. A whole number keeps
+    its exact value: ``np.float32(2**34)`` prints as ``1.7179869e+10`` but holds 17179869184.
+
+    Examples:
+        >>> import numpy as np
+        >>> _float(np.float32(1e-4)), _float(np.float32(16 * 2**30)), _float(np.float16(0.1))
+        (0.0001, 17179869184.0, 0.1)
+    """
+    exact = float(value)
+    if exact.is_integer():
+        return exact
     with contextlib.suppress(ValueError):
         return float(str(value))
-    return float(value)
+    return exact
 
 
 def plain_fields(instance: Any) -> None:
