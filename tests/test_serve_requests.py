@@ -440,15 +440,19 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(server):
     assert status == 400 and "1000000 characters" in text  # under the limit: read
 
 
-@pytest.mark.parametrize("endpoint", ["chat/completions", "completions"])
+@pytest.mark.parametrize("endpoint", ["chat/completions", "completions", "responses"])
 def test_a_prompt_longer_than_the_context_can_hold_is_refused_before_tokenizing(server, endpoint):
     # It was tokenized whole (20 s for 18 MB) before its token count was found too long.
     def status_and_detail(prompt: str) -> tuple[int, str]:
         if endpoint == "completions":
-            body = {"prompt": prompt}
+            body = {"prompt": prompt, "max_tokens": 1}
+        elif endpoint == "responses":
+            part = {"type": "input_text", "text": prompt}
+            body = {"input": [{"role": "user", "content": [part]}], "max_output_tokens": 1}
         else:
-            body = {"messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]}]}
-        status, text = post(server, endpoint, {**body, "max_tokens": 1})
+            part = {"type": "text", "text": prompt}
+            body = {"messages": [{"role": "user", "content": [part]}], "max_tokens": 1}
+        status, text = post(server, endpoint, body)
         return status, json.loads(text).get("detail") if status == 400 else text
 
     # the tiny model: 1,024 tokens of context, none longer than 12 characters

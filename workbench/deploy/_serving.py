@@ -305,6 +305,7 @@ def end_answers_as_openai(
         from fastapi.responses import JSONResponse
         from transformers.cli.serving.chat_completion import ChatCompletionHandler
         from transformers.cli.serving.completion import CompletionHandler
+        from transformers.cli.serving.response import ResponseHandler
     except ImportError:
         return False
     handlers = (ChatCompletionHandler, CompletionHandler)
@@ -321,6 +322,7 @@ def end_answers_as_openai(
     _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
     _refuse_text_past_context(ChatCompletionHandler, _chat_characters)
     _refuse_text_past_context(CompletionHandler, _prompt_characters)
+    _refuse_text_past_context(ResponseHandler, _response_characters)
     return True
 
 
@@ -434,6 +436,44 @@ def _prompt_characters(body: dict) -> int:
     prompt = body.get("prompt")
     parts = prompt if isinstance(prompt, list) else [prompt]
     return sum(len(part) for part in parts if isinstance(part, str))
+
+
+def _response_characters(body: dict) -> int:
+    """The characters of a ``/v1/responses`` request's text: its ``instructions`` and its
+    ``input`` (a string, or items with a ``content`` string or text parts, or a tool's
+    ``output``). The instructions replace a leading system message, so that one is not
+    counted.
+
+    Examples:
+        >>> _response_characters({"input": "hello", "instructions": "Be brief."})
+        14
+        >>> _response_characters({"instructions": "ab", "input": [
+        ...     {"role": "system", "content": "replaced"},
+        ...     {"role": "user", "content": [{"type": "input_text", "text": "abc"}]},
+        ...     {"type": "function_call_output", "output": "de"}]})
+        7
+        >>> _response_characters({"input": [{"type": "input_text", "text": "hi"}, 5]})
+        2
+    """
+    instructions = body.get("instructions")
+    total = len(instructions) if isinstance(instructions, str) and instructions else 0
+    items = body.get("input")
+    if isinstance(items, str):
+        return total + len(items)
+    if not isinstance(items, list):  # transformers' own check answers it
+        return total
+    # A reasoning item's text reaches the prompt only if the template writes it.
+    items = [item for item in items if isinstance(item, dict) and item.get("type") != "reasoning"]
+    if total and items and items[0].get("role") == "system":
+        items = items[1:]
+    for item in items:
+        content = item.get("content", item.get("output"))
+        parts = content if isinstance(content, list) else [{"text": content}]
+        if "text" in item:  # a flat content list's part
+            parts = [item]
+        texts = (p.get("text") for p in parts if isinstance(p, dict))
+        total += sum(len(text) for text in texts if isinstance(text, str))
+    return total
 
 
 def _without_empty_stops(body: dict) -> None:
