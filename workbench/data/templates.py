@@ -29,6 +29,7 @@ from typing import Any, Literal
 from workbench.errors import SpecError
 
 __all__ = [
+    "RENDERER_ARGUMENTS",
     "SAMPLE_CONVERSATION",
     "TEMPLATES",
     "Template",
@@ -299,6 +300,22 @@ def _default_template(tokenizer: Any) -> Template:
     return TEMPLATES["alpaca"]
 
 
+# The renderer's own arguments: as template options they failed with a TypeError, or changed
+# the rendering (continue_final_message).
+RENDERER_ARGUMENTS = frozenset(
+    {
+        "add_generation_prompt",
+        "chat_template",
+        "continue_final_message",
+        "conversations",
+        "documents",
+        "messages",
+        "return_assistant_tokens_mask",
+        "tools",
+    }
+)
+
+
 def render_many(
     template: Template,
     tokenizer: Any,
@@ -313,10 +330,22 @@ def render_many(
     ``options`` are the template's own variables (Qwen3's ``enable_thinking``), as a served
     request's ``chat_template_kwargs`` give them.
 
+    Raises:
+        SpecError: ``options`` name one of the renderer's own arguments
+            (:data:`RENDERER_ARGUMENTS`).
+
     Examples:
         >>> render_many(TEMPLATES["chatml"], None, [[{"role": "user", "content": "a"}]], True)
         ['<|im_start|>user\\na<|im_end|>\\n<|im_start|>assistant\\n']
+        >>> render_many(TEMPLATES["chatml"], None, [[]], True, options={"tools": []})
+        Traceback (most recent call last):
+        ...
+        workbench.errors.SpecError: template options cannot set tools: the renderer sets it
     """
+    taken = sorted(RENDERER_ARGUMENTS.intersection(options or {}))
+    if taken:
+        msg = f"template options cannot set {', '.join(taken)}: the renderer sets it"
+        raise SpecError(msg)
     tokens = dict(tokenizer.special_tokens_map) if tokenizer is not None else {}
     variables = {**tokens, **(options or {})}
     return _render(conversations, template.source, add_generation_prompt, variables, tools)

@@ -662,31 +662,15 @@ def _chat_ids(
     from fastapi import HTTPException
 
     from workbench.data.prompts import chat_prompt_ids
-    from workbench.data.templates import resolve_template
+    from workbench.data.templates import RENDERER_ARGUMENTS, resolve_template
 
-    taken = sorted(_RENDERER_ARGUMENTS.intersection(options or {}))
-    if taken:
+    taken = sorted(RENDERER_ARGUMENTS.intersection(options or {}))
+    if taken:  # checked by the renderer too; here to name the request's field
         detail = f"chat_template_kwargs cannot set {', '.join(taken)}: the server sets it"
         raise HTTPException(status_code=400, detail=detail)
     template = resolve_template(None, tokenizer)  # the chat template the export ships
     offered = [tools] if tools else None
     return chat_prompt_ids(template, tokenizer, [turns], offered, options=options or None)[0]
-
-
-# What the template renderer takes itself: as template options they failed with a 500, or
-# changed the rendering (continue_final_message).
-_RENDERER_ARGUMENTS = frozenset(
-    {
-        "add_generation_prompt",
-        "chat_template",
-        "continue_final_message",
-        "conversations",
-        "documents",
-        "messages",
-        "return_assistant_tokens_mask",
-        "tools",
-    }
-)
 
 
 def _as_rendered(ids: list[int], flat: bool) -> Any:
