@@ -800,3 +800,27 @@ def _training_in_the_background(folder, model_dir, steps: int) -> str:
         run.wait(step=3)
         """
     )
+
+
+def test_after_a_merge_the_next_run_s_base_column_says_it_is_the_merged_model(
+    tmp_path, tiny_model_dir
+):
+    # After merge() and a second train(), evaluate() said "one column, no base", then showed
+    # a base column holding run-001's merged model, credited to no one.
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    s.train(max_steps=2, batch_size=4, wait=True)
+    s.merge()
+    s.train(max_steps=1, batch_size=4, wait=True)
+    said: list[str] = []
+    s.on("progress", said.append)
+    ev = s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=2)
+    assert ev.columns == ("base", "tuned") and not any("no base" in m for m in said)
+    assert (
+        "base: the loaded model with run-001 merged in (what run-002 started from), not "
+        "the model as loaded" in said
+    )
+    assert ev.measured() == "base column: the loaded model with run-001 merged in"
+    assert wb.Evaluation.load(ev.path).measured() == ev.measured()  # kept in settings.json
+    s.merge()
+    assert s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=2).columns == ("tuned",)
+    assert "the adapter is merged: one column, no base (its weights are gone)" in said

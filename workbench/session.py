@@ -95,6 +95,7 @@ class Session:
         self._run: Any = None
         self._run_of_model: Any = None  # the run whose weights the model holds (None: none)
         self._merged = False  # an adapter (trained or loaded) is merged into the model
+        self._merged_from: list[str] = []  # whose adapters were merged: "run-001", a folder
         self._data_of_run: Any = None  # the data the run of the model trained on
         self._training_summary: dict = {}
         self._scores_summary: dict = {}
@@ -211,7 +212,7 @@ class Session:
         """What described the earlier model does not describe a new one: its run, training
         settings, evaluation and scores (no longer credited to it in evaluations and model
         cards), and data tokenized by another tokenizer (dropped, saying so)."""
-        self._run_of_model, self._merged = None, False
+        self._run_of_model, self._merged, self._merged_from = None, False, []
         self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
         self._measured_lr = None
         if self._data is not None and not _tokenizes_alike(self._data, tokenizer):
@@ -1185,7 +1186,7 @@ class Session:
         about = self._evaluation_about(data)
         tuned = self.holds_tuned_weights
         if self._merged and compare_base:
-            self._progress("the adapter is merged: one column, no base (its weights are gone)")
+            self._say_what_base_is(about, model)
         asked = (rows, compare_base, max_new_tokens, generation, limit, batch_size, stops)
         answers_of = self._answers_key(*asked)
 
@@ -1374,6 +1375,31 @@ class Session:
         present = {"run": run, "data": self._data, "evaluation": self._evaluation}
         return Diagnosis(found, tuple(what for what, it in present.items() if it is not None))
 
+    def _adapter_source(self) -> str:
+        """Whose adapter the model carries: its run's folder name, or the folder it was
+        loaded from."""
+        if self._run_of_model is not None:
+            return self._run_of_model.run_dir.name
+        if self._adapter_folder is not None and self._adapter_folder[0] is self._adapted:
+            return str(self._adapter_folder[1])
+        return "an adapter"
+
+    def _say_what_base_is(self, about: dict[str, Any], model: Any) -> None:
+        """After a merge the base weights are gone: with no adapter on the merged model
+        there is no base column; with one trained or loaded on it, its base column is the
+        merged model, which the evaluation's settings record (``base``)."""
+        from workbench.evaluation.run import is_peft_model
+
+        if not is_peft_model(model):
+            self._progress("the adapter is merged: one column, no base (its weights are gone)")
+            return
+        merged = " and ".join(self._merged_from)
+        about["base"] = f"the loaded model with {merged} merged in"
+        self._progress(
+            f"base: the loaded model with {merged} merged in (what {self._adapter_source()} "
+            "started from), not the model as loaded"
+        )
+
     def _evaluation_about(self, data: Any) -> dict[str, Any]:
         """What an evaluation's settings say it measured, for ``compare``: the rows, and
         the adapter's strength where it is not as trained, and the run (``None``: none)."""
@@ -1480,10 +1506,12 @@ class Session:
         from workbench.deploy import merge_adapter
         from workbench.train.core import remove_training_hooks
 
+        merged_from = self._adapter_source()
         merged = merge_adapter(self._adapted if self._adapted is not None else self.model)
         remove_training_hooks(merged)  # the run's NEFTune noise and checkpointing
         self._loaded = replace(self.loaded, model=merged.eval(), quantization=None)
         self._adapted, self._merged = None, True
+        self._merged_from.append(merged_from)
         self._progress("merged the adapter into the base weights")
         return model_info(self._loaded)
 

@@ -407,12 +407,16 @@ class Evaluation:
     # -- display ----------------------------------------------------------------------------
     def measured(self) -> str:
         """What the scores measured, where it is not the plain case: the data (when not the
-        validation split) and the adapter's strength (when not 1); ``""`` otherwise. Every
-        view of the scores (``print``, the panel, the report) says it next to them.
+        validation split), the adapter's strength (when not 1) and the base column's model
+        (when not the model as loaded: an adapter trained on a merged one); ``""``
+        otherwise. Every view of the scores (``print``, the panel, the report) says it next
+        to them.
 
         Examples:
             >>> Evaluation({}, (), {"data": "tickets.jsonl", "adapter_strength": 0.0}).measured()
             'on tickets.jsonl; tuned column at adapter strength 0'
+            >>> Evaluation({}, (), {"base": "the loaded model with run-001 merged in"}).measured()
+            'base column: the loaded model with run-001 merged in'
             >>> Evaluation({}, (), {"data": "validation split"}).measured()
             ''
         """
@@ -423,6 +427,9 @@ class Evaluation:
         strength = self.settings.get("adapter_strength")
         if isinstance(strength, (int, float)) and strength != 1:
             parts.append(f"tuned column at adapter strength {strength:g}")
+        base = self.settings.get("base")
+        if isinstance(base, str) and base:
+            parts.append(f"base column: {base}")
         return "; ".join(parts)
 
     def score_table(self) -> list[tuple[str, ...]]:
