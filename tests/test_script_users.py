@@ -120,6 +120,22 @@ def test_generate_names_only_the_setting_transformers_does_not_use(session):
         session.generate("Hi", max_new_tokens=2, seed=2.5)
 
 
+def test_a_temperature_samples_and_max_length_is_refused_for_max_new_tokens(session):
+    # temperature=1.5 alone stayed greedy and max_length=5 was ignored (81 tokens came
+    # back), each with only a transformers log line; the server samples at a temperature.
+    prompt, greedy = "What is 1 plus 1?", session.generate("What is 1 plus 1?", max_new_tokens=8)
+    hot = {session.generate(prompt, max_new_tokens=8, temperature=1.5, seed=k) for k in range(4)}
+    assert len(hot) > 1
+    kept_greedy = session.generate(prompt, max_new_tokens=8, temperature=1.5, do_sample=False)
+    assert kept_greedy == greedy == session.generate(prompt, max_new_tokens=8, temperature=0)
+    with pytest.raises(
+        SpecError,
+        match=r"max_length=5 counts the prompt's tokens too; give "
+        r"the new tokens as max_new_tokens=5\.",
+    ):
+        session.generate(prompt, max_length=5)
+
+
 def test_a_script_under_python_w_error_trains(tmp_path, tiny_model_dir):
     # peft's get_peft_model reads transformers' deprecated is_gradient_checkpointing: under
     # -W error that FutureWarning, which the workbench hides, failed every s.train().

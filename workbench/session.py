@@ -286,7 +286,9 @@ class Session:
     ):
         """Complete a prompt (or a list of prompts) with the model as it is now.
 
-        Greedy unless ``do_sample=True`` is passed. Returns the new text only, as the model
+        Greedy unless ``do_sample=True`` or a ``temperature`` above 0 is passed (as the
+        server samples). ``max_new_tokens`` counts the new tokens (``max_length``, which
+        counts the prompt too, is refused). Returns the new text only, as the model
         wrote it (special tokens included; it ends before its end token and padding).
         ``stop_strings`` (a text or a list) end the answer early.
 

@@ -180,7 +180,10 @@ def generate_text(
     A prompt is text (tokenized by :func:`encode_prompts`) or token ids, used as they are
     (:mod:`workbench.data.prompts` makes the ids training saw). Prompts are batched with
     left padding, so every completion starts right after its prompt.
-    Greedy by default (``do_sample=False``); any ``generate`` keyword passes through.
+    Greedy by default (``do_sample=False``); a ``temperature`` above 0 samples, as the
+    server does (``do_sample=False`` keeps it greedy); any ``generate`` keyword passes
+    through, but ``max_length`` (which counts the prompt's tokens too) is refused for
+    ``max_new_tokens``: given both, transformers silently used ``max_new_tokens``.
     ``seed=`` makes sampling repeatable: torch's generator is seeded for this call only, and
     the caller's random state is left as it was.
     ``stop_strings`` (e.g. a template's end of turn ``"<|im_end|>"``) end a completion: a
@@ -209,6 +212,9 @@ def generate_text(
         >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_new_tokens=True)
         Traceback (most recent call last):
         workbench.errors.SpecError: max_new_tokens=True must be a positive integer.
+        >>> generate_text(loaded.model, loaded.tokenizer, ["Hello"], max_length=5)
+        Traceback (most recent call last):
+        workbench.errors.SpecError: max_length=5 counts the prompt's tokens too; give the ...
     """
     max_new_tokens = plain_number(max_new_tokens)
     if not _whole(max_new_tokens) or max_new_tokens <= 0:
@@ -217,6 +223,13 @@ def generate_text(
         generation["seed"] = seed = plain_number(generation["seed"])
         if not _whole(seed) or not 0 <= seed < 2**64:  # torch's seeds are 64-bit
             raise SpecError(f"seed={seed!r} must be an integer >= 0 (below 2**64).")
+    if "max_length" in generation:
+        length = generation["max_length"]
+        msg = (
+            f"max_length={length!r} counts the prompt's tokens too; give the new tokens as "
+            f"max_new_tokens={length!r}."
+        )
+        raise SpecError(msg)
     if not prompts:
         raise SpecError("prompts is empty: give at least one prompt.")
     if generation.get("num_return_sequences", 1) != 1:
@@ -230,7 +243,7 @@ def generate_text(
     batch = batch.to(next(model.parameters()).device)
     # the caller's own generate settings, before the defaults join them
     asked = sorted(k for k in generation if k != "seed")
-    generation.setdefault("do_sample", False)
+    generation.setdefault("do_sample", _asks_to_sample(generation.get("temperature")))
     generation.setdefault("pad_token_id", tokenizer.pad_token_id)
     stops = [s for s in (stop_strings or []) if s]
     _stop_settings(model, tokenizer, stops, generation)
@@ -240,6 +253,18 @@ def generate_text(
     texts = [tokenizer.decode(_until_end(row, ends)) for row in new_tokens]
     texts = [cut_at_stop(t, stops) for t in texts] if stops else texts
     return [without_a_cut_character(t) for t in texts]
+
+
+def _asks_to_sample(temperature: Any) -> bool:
+    """A temperature above 0 asks to sample (transformers ignored it, greedy, with a log line).
+
+    Examples:
+        >>> _asks_to_sample(0.7), _asks_to_sample(0), _asks_to_sample(None), _asks_to_sample("hot")
+        (True, False, False, False)
+    """
+    temperature = plain_number(temperature)
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    return number and temperature > 0
 
 
 def _whole(value: Any) -> bool:
