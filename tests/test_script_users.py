@@ -101,6 +101,14 @@ def test_load_data_and_generate_take_numpy_integers_and_still_refuse_bools(sessi
         session.generate("Hi", max_new_tokens=True)
 
 
+def test_set_max_length_takes_a_numpy_integer(session):
+    # A cutoff computed with numpy failed inside: "Object of type int64 is not JSON
+    # serializable", where load_data(max_length=np.int64(32)) was taken.
+    session.load_data(ROWS)
+    assert session.set_max_length(np.int64(12)).max_length == 12
+    assert type(session.data.spec.max_length) is int
+
+
 def test_a_seeded_sample_repeats_and_leaves_the_caller_s_random_state_alone(session):
     torch.manual_seed(123)
     before = torch.random.get_rng_state()

@@ -421,7 +421,8 @@ class PreparedData:
             >>> data.spec.max_length is None  # the original is unchanged
             True
         """
-        dataclasses.replace(self.spec, max_length=max_length)  # a wrong value: SpecError first
+        # a wrong value: SpecError first; a numpy integer: a plain int (json writes the key)
+        max_length = dataclasses.replace(self.spec, max_length=max_length).max_length
         cutoff, capped = fit_to_context(max_length, self.spec.context)
         if capped:
             warnings.warn(capped, WorkbenchWarning, stacklevel=2)
