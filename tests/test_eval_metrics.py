@@ -114,6 +114,17 @@ def test_a_pass_fail_function_gets_a_wilson_interval_and_a_continuous_one_its_bo
     assert METRICS["tool_calls"].score(same, indices)["tool_calls"].ci[0] < 1.0
 
 
+def test_the_demo_s_json_valid_is_pass_fail_with_a_wilson_interval():
+    # It returned 1.0/0.0, so the demo printed "json_valid 0 [0, 0]", a zero-width interval
+    # the README says a pass/fail score never gets.
+    from workbench.evaluation.metrics._scorers import FunctionScorer
+    from workbench.tasks import json_valid
+
+    answers = Column(('{"name": "Ada"}',) * 12, ("",) * 12)
+    scored = FunctionScorer(json_valid, "json_valid").score(answers, resample_indices(12, 300))
+    assert scored["json_valid"].ci == pytest.approx((0.7575, 1.0), abs=1e-4)
+
+
 def test_bleu_is_sacrebleu_corpus_bleu_pinned():
     result = _load("bleu").compute(predictions=PREDS, references=REFS)
     assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(PREDS, [REFS]).score)

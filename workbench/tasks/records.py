@@ -166,22 +166,23 @@ def records_to_json(
     return train, test
 
 
-def json_valid(prediction: str, reference: str) -> float:
-    """1.0 when ``prediction`` parses as a JSON object, else 0.0 (a custom metric).
+def json_valid(prediction: str, reference: str) -> bool:
+    """Whether ``prediction`` parses as a JSON object (a custom metric, pass/fail per row, so
+    its score gets a Wilson interval, as exact match does).
 
     JSON as RFC 8259 and ``JSON.parse`` read it: Python's ``NaN`` and ``Infinity``, which
     ``json.loads`` accepts, are not JSON.
 
     Examples:
         >>> json_valid('{"name": "Ada"}', ""), json_valid("Ada is 36", "")
-        (1.0, 0.0)
+        (True, False)
         >>> json_valid('{"age": NaN}', ""), json_valid('{"age": -Infinity}', "")
-        (0.0, 0.0)
+        (False, False)
     """
     try:
-        return float(isinstance(json.loads(prediction.strip(), parse_constant=_not_json), dict))
+        return isinstance(json.loads(prediction.strip(), parse_constant=_not_json), dict)
     except ValueError:
-        return 0.0
+        return False
 
 
 def _not_json(constant: str) -> None:
