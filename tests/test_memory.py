@@ -529,3 +529,28 @@ def test_attention_weights_kept_for_backward_are_counted_as_transformers_runs_th
     per_copy = 4 * facts.heads * facts.layers * (long - short)  # float32 bytes per token
     assert measured / per_copy == pytest.approx(copies, abs=0.05), family
     assert (estimated(long) - estimated(short)) / per_copy == pytest.approx(copies, abs=0.05)
+
+
+def test_the_readme_s_fsdp_example_figures_are_the_estimate_s():
+    # The README's mistral-7b figures (86 / 72 / 12 GiB) were left behind by estimate changes.
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    said = re.search(
+        r"mistral-7b full fine-tuning at batch 8 x 512, (\d+) GiB on one GPU, (\d+) GiB per "
+        r"GPU with 8-way DDP, (\d+) GiB per GPU with 8-way FSDP",
+        readme,
+    )
+    assert said, "the README's FSDP example is gone: update this test"
+    cases = [{}, {"processes": 8}, {"processes": 8, "fsdp": True}]
+    estimated = [
+        round(
+            estimate_memory(
+                "mistral-7b", method="full", seq_len=512, batch_size=8, device="cuda", **case
+            ).total
+            / 2**30
+        )
+        for case in cases
+    ]
+    assert [int(x) for x in said.groups()] == estimated

@@ -1340,11 +1340,11 @@ class Session:
     def diagnose(self):
         """Findings in words about the latest run, the loaded data and the latest evaluation.
 
-        Each :class:`~workbench.diagnostics.Finding` has a ``kind`` (``overfitting``,
-        ``flat_loss``, ``grad_spikes``, ``end_of_turn_untrained``, ``answers_cut``,
-        ``validation_leak``, ``worse_than_base``), a ``severity``, the ``evidence`` (steps,
-        losses, counts, rows) and one ``suggestion``; the rules and their thresholds are in
-        :mod:`workbench.diagnostics.rules`. Returns a
+        Each :class:`~workbench.diagnostics.Finding` has a ``kind`` (``run_failed``,
+        ``overfitting``, ``flat_loss``, ``grad_spikes``, ``end_of_turn_untrained``,
+        ``answers_cut``, ``validation_leak``, ``worse_than_base``), a ``severity``, the
+        ``evidence`` (steps, losses, counts, rows) and one ``suggestion``; the rules and their
+        thresholds are in :mod:`workbench.diagnostics.rules`. Returns a
         :class:`~workbench.widgets._findings.Diagnosis`: a list that prints as text and shows
         as a coloured list in a notebook.
 

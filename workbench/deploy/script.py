@@ -251,7 +251,8 @@ def _readme(run_dir: Path, layers: list[str] | None) -> str:
         FSDP_README.replace("{layers}", ", ".join(layers))
         if layers
         else "For FSDP (models too large for one GPU) write the folder again with "
-        "`workbench.deploy.script.write_training_script(run_dir, path, fsdp=True)`.\n"
+        "`s.to_script(path, fsdp=True)` (or, without a session, "
+        "`workbench.deploy.script.write_training_script(run_dir, path, fsdp=True)`).\n"
     )
     return README.replace("{run_dir}", str(run_dir)).replace("{fsdp}", fsdp)
 
