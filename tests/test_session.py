@@ -155,10 +155,29 @@ def test_an_unknown_keyword_is_refused_with_the_names_it_likely_meant(tmp_path, 
     s.load_data(rows)
     with pytest.raises(TypeError, match=r"train\(\) takes no steps= \(did you mean max_steps\?\)"):
         s.train(steps=3, wait=True)
+    # r= was told "did you mean lr?" first; other tools' words got no hint at all
     with pytest.raises(
-        wb.SpecError, match=r"r is a setting of the adapter: lora=wb.LoRA\(r=\.\.\.\)"
+        wb.SpecError, match=r"takes no r= \(a setting of the adapter: lora=wb.LoRA\(r=\.\.\.\)\)"
     ):
         s.train(r=8, max_steps=1, wait=True)
+    told = {
+        "learning_rate": "learning_rate= (did you mean lr?)",
+        "num_train_epochs": "num_train_epochs= (did you mean epochs?)",
+        "per_device_train_batch_size": "per_device_train_batch_size= (did you mean batch_size?)",
+        "gradient_accumulation_steps": "gradient_accumulation_steps= (did you mean grad_accum?)",
+        "lora_alpha": "lora_alpha= (a setting of the adapter: lora=wb.LoRA(alpha=...))",
+        "max_length": "max_length= (the data's cutoff: load_data(..., max_length=...) or "
+        "s.set_max_length(...))",
+    }
+    for name, says in told.items():
+        with pytest.raises(wb.UnknownSettingError) as refused:
+            s.train(**{name: 2}, wait=True)
+        assert f"train() takes no {says}. It takes: " in str(refused.value)
+    for make in (lambda: wb.LoRA(rank=8), lambda: wb.TrainSpec(lora={"rank": 4})):
+        with pytest.raises(
+            wb.UnknownSettingError, match=r"LoRA\(\) takes no rank= \(did you mean r\?\)"
+        ):
+            make()
     with pytest.raises(wb.UnknownSettingError, match=r"It takes: .*processes"):
         s.train(proceses=2, wait=True)
     assert s.run is None and not list((tmp_path / "run").glob("runs/*"))  # no run was started

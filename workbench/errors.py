@@ -20,8 +20,10 @@ import sys
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 __all__ = [
+    "OTHER_TOOLS_WORDS",
     "CacheError",
     "DataError",
     "DependencyError",
@@ -59,17 +61,27 @@ class UnknownSettingError(SpecError, TypeError):
     """
 
 
-def refuse_unknown(call: str, given: Iterable[str], known: Iterable[str], hint: str = "") -> None:
+def refuse_unknown(
+    call: str,
+    given: Iterable[str],
+    known: Iterable[str],
+    hint: str = "",
+    elsewhere: dict[str, str] | None = None,
+) -> None:
     """Raise :class:`UnknownSettingError` for names in ``given`` that ``call`` does not take.
 
     Each unknown name is told with its closest known names (a typo, or another tool's word
-    for the same setting); ``hint`` is added to the message.
+    for the same setting: :data:`OTHER_TOOLS_WORDS`), or, when ``elsewhere`` has it, with
+    where it belongs instead; ``hint`` is added to the message.
 
     Examples:
         >>> refuse_unknown("train()", ["lr"], ["lr", "epochs"])  # all known: no error
         >>> refuse_unknown("train()", ["step", "lr"], ["lr", "max_steps", "epochs"])
         Traceback (most recent call last):
         workbench.errors.UnknownSettingError: train() takes no step= (did you mean max_steps?)...
+        >>> refuse_unknown("train()", ["learning_rate"], ["lr", "epochs"])
+        Traceback (most recent call last):
+        workbench.errors.UnknownSettingError: train() takes no learning_rate= (did you mean lr?)...
     """
     known = sorted(set(known))
     unknown = [name for name in given if name not in known]
@@ -77,16 +89,86 @@ def refuse_unknown(call: str, given: Iterable[str], known: Iterable[str], hint: 
         return
     told = []
     for name in unknown:
+        if elsewhere and name in elsewhere:
+            told.append(f"{name}= ({elsewhere[name]})")
+            continue
         close = _close_names(name, known)
         told.append(f"{name}=" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
     msg = f"{call} takes no {', '.join(told)}. It takes: {', '.join(known)}."
     raise UnknownSettingError(f"{msg} {hint}".strip())
 
 
+# Other tools' words (transformers' TrainingArguments, peft's LoraConfig, TRL, Axolotl) for
+# the workbench's settings, told first when a call takes the workbench's word.
+OTHER_TOOLS_WORDS = {
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "warmup_ratio": "warmup",
+    "warmup_steps": "warmup",
+    "lr_scheduler_type": "scheduler",
+    "lr_scheduler": "scheduler",
+    "max_seq_length": "max_length",
+    "max_seq_len": "max_length",
+    "sequence_len": "max_length",
+    "cutoff_len": "max_length",
+    "eval_steps": "eval_every",
+    "save_steps": "save_every",
+    "save_total_limit": "keep_checkpoints",
+    "neftune_noise_alpha": "neftune_alpha",
+    "torch_compile": "compile",
+    "early_stopping_patience": "early_stopping",
+    "lora_r": "r",
+    "rank": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "target_modules": "target",
+    "lora_target_modules": "target",
+}
+
+
+def refuses_unknown_keywords(cls: type) -> type:
+    """Make a dataclass's constructor refuse a keyword it does not take with
+    :class:`UnknownSettingError`, told with the nearest names (``LoRA(rank=8)``: did you mean
+    ``r``?), where Python said only "unexpected keyword argument".
+
+    Examples:
+        >>> from dataclasses import dataclass
+        >>> @refuses_unknown_keywords
+        ... @dataclass(frozen=True)
+        ... class Adapter:
+        ...     r: int = 8
+        >>> Adapter(r=4).r
+        4
+        >>> Adapter(lora_r=4)
+        Traceback (most recent call last):
+        workbench.errors.UnknownSettingError: Adapter() takes no lora_r= (did you mean r?)...
+    """
+    import dataclasses
+
+    build = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(build)
+    def checked(self: Any, *args: Any, **settings: Any) -> None:
+        refuse_unknown(f"{cls.__name__}()", settings, names)
+        build(self, *args, **settings)
+
+    cls.__init__ = checked
+    return cls
+
+
 def _close_names(name: str, known: list[str]) -> list[str]:
     """Known names a typo or a synonym of ``name`` most likely meant."""
     import difflib
 
+    word = OTHER_TOOLS_WORDS.get(name)
+    if word in known:
+        return [word]
     close = difflib.get_close_matches(name, known, n=2, cutoff=0.6)
     lowered = name.lower().strip("_")
     for other in known:  # "steps" -> "max_steps", "length" -> "max_length"

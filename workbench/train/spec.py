@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from workbench._numbers import plain_fields
-from workbench.errors import SpecError, WorkbenchWarning, refuse_unknown
+from workbench.errors import (
+    OTHER_TOOLS_WORDS,
+    SpecError,
+    WorkbenchWarning,
+    refuse_unknown,
+    refuses_unknown_keywords,
+)
 from workbench.train.core import warmup_steps
 from workbench.types import Method
 
@@ -99,6 +105,7 @@ def _raise(problems: list[str | None], hint: str = "") -> None:
         raise SpecError("; ".join(found) + (f" {hint}" if hint else "") + ".")
 
 
+@refuses_unknown_keywords
 @dataclass(frozen=True)
 class LoRA:
     """A LoRA adapter (Hu et al. 2021, arXiv:2106.09685), optionally DoRA (arXiv:2402.09353).
@@ -166,6 +173,7 @@ class LoRA:
         return lora_config(self.r, self.alpha, self.dropout, self.target, self.use_dora)
 
 
+@refuses_unknown_keywords
 @dataclass(frozen=True)
 class TrainSpec:
     """Every setting of a training run. Defaults follow the fine-tuning checklist.
@@ -463,17 +471,35 @@ def train_spec_from_settings(
     """A :class:`TrainSpec` from a call's keywords; an unknown one is refused by name.
 
     ``also`` names the call's own keywords besides the spec's fields (told in the message).
-    A keyword of the adapter given to the run (``r=8``) is told where it belongs.
+    A keyword of the adapter given to the run (``r=8``, ``lora_alpha=16``) or of the data
+    (``max_length``) is told where it belongs.
 
     Examples:
         >>> train_spec_from_settings("train()", {"lr": 1e-3}).lr
         0.001
-        >>> train_spec_from_settings("train()", {"r": 8})  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        workbench.errors.UnknownSettingError: train() takes no r=... lora=wb.LoRA(r=...).
+        >>> try:
+        ...     train_spec_from_settings("train()", {"lora_alpha": 8})
+        ... except SpecError as err:
+        ...     print(str(err).split(". It takes")[0])
+        train() takes no lora_alpha= (a setting of the adapter: lora=wb.LoRA(alpha=...))
     """
-    adapter = [f.name for f in dataclasses.fields(LoRA) if f.name in settings]
-    hint = " ".join(f"{n} is a setting of the adapter: lora=wb.LoRA({n}=...)." for n in adapter)
     known = [f.name for f in dataclasses.fields(TrainSpec)] + list(also)
-    refuse_unknown(call, settings, known, hint)
+    refuse_unknown(call, settings, known, elsewhere=_belongs_elsewhere(settings, known))
     return TrainSpec(**settings)
+
+
+def _belongs_elsewhere(settings: dict[str, Any], known: list[str]) -> dict[str, str]:
+    """Where each of ``settings`` that a run does not take belongs: the adapter, the data."""
+    adapter = {f.name for f in dataclasses.fields(LoRA)}
+    where = {}
+    for name in settings:
+        word = OTHER_TOOLS_WORDS.get(name, name)
+        if name in known or word in known:
+            continue
+        if word in adapter:
+            where[name] = f"a setting of the adapter: lora=wb.LoRA({word}=...)"
+        elif word == "max_length":
+            where[name] = (
+                "the data's cutoff: load_data(..., max_length=...) or s.set_max_length(...)"
+            )
+    return where
