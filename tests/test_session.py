@@ -242,3 +242,16 @@ def test_a_relative_session_folder_stays_where_it_was_made_after_a_chdir(
     assert exported == work / "runs" / "a" / "export" / "merged"
     assert evaluation.path.parent == work / "runs" / "a" / "evaluations"
     assert not (other / "runs").exists()
+
+
+def test_one_metric_function_is_taken_alone_as_one_name_is(tmp_path, tiny_model_dir):
+    # metrics="exact_match" was taken, metrics=my_fn a bare "'function' object is not iterable".
+    def short(prediction: str, reference: str) -> bool:
+        return len(prediction) < 1000
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+    s.load_data(rows, validation=rows[:2])
+    ev = s.evaluate(metrics=short, max_new_tokens=2)
+    assert list(ev.scores) == ["short"] and ev.scores["short"]["base"] == 1.0

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -2085,7 +2085,9 @@ def _metric_names(metrics: Any) -> set[str]:
     """The built-in metric names asked for (by name, as a mapping key, or alone)."""
     if isinstance(metrics, str):
         return {metrics}
-    return {m for m in (metrics or ()) if isinstance(m, str)}
+    if metrics is None or not isinstance(metrics, Iterable):  # one function or module
+        return set()
+    return {m for m in metrics if isinstance(m, str)}
 
 
 def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:

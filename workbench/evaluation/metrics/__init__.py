@@ -29,7 +29,7 @@ Examples:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -207,14 +207,18 @@ def resolve_metrics(metrics: Sequence[Any] | Mapping[str, dict] | None) -> list[
     Examples:
         >>> [m.name for m in resolve_metrics({"exact_match": {"ignore_case": True}})]
         ['exact_match']
+        >>> def short(prediction, reference):
+        ...     return len(prediction) < 80
+        >>> [m.name for m in resolve_metrics(short)]  # one function, as one name
+        ['short']
         >>> resolve_metrics(["blue"])
         Traceback (most recent call last):
         workbench.errors.EvaluationError: unknown metric 'blue'; known metrics: ...
     """
     if metrics is None:
         metrics = ["rouge", "bleu", "exact_match"]
-    if isinstance(metrics, str):
-        metrics = [metrics]
+    if isinstance(metrics, str) or not isinstance(metrics, (Iterable, Mapping)):
+        metrics = [metrics]  # one name, function or module
     if isinstance(metrics, Mapping):
         resolved = [_lookup(k).with_options(**(v or {})) for k, v in metrics.items()]
     else:
