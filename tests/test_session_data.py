@@ -117,3 +117,22 @@ def test_a_session_opened_again_says_which_data_its_folder_loaded(session, tmp_p
     session.load_data(rows)
     with pytest.raises(wb.NoDataError, match=r"s\.load_data\(rows\) with those rows"):
         _ = wb.Session(session.run_dir, verbose=False).data
+    # with no model either, the model comes first: load_data needs its tokenizer
+    with pytest.raises(wb.NoDataError) as refused:
+        again.train(max_steps=1)
+    assert str(refused.value).startswith(
+        "no model is loaded: call session.load_model(...) first; then: no data is loaded in "
+        "this session object;"
+    )
+
+
+def test_train_or_evaluate_before_anything_is_loaded_names_the_model_first(tmp_path):
+    # It said "call session.load_data(...) first", which then said to load a model.
+    s = wb.Session(tmp_path / "fresh", verbose=False)
+    for call in (lambda: s.train(max_steps=1), lambda: s.evaluate()):
+        with pytest.raises(wb.NoDataError) as refused:
+            call()
+        assert str(refused.value) == (
+            "no model or data is loaded: call session.load_model(...), then "
+            "session.load_data(...)."
+        )

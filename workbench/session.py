@@ -526,7 +526,19 @@ class Session:
 
     def _no_data_message(self) -> str:
         """Why there is no data, and, where ``session.json`` says what this folder loaded last
-        (a session opened again after a restart), the call that loads it again."""
+        (a session opened again after a restart), the call that loads it again; with no
+        model either, the model first (loading data needs its tokenizer)."""
+        said = self._how_to_load_data()
+        if self._loaded is None:
+            if said.startswith("no data is loaded: "):
+                return (
+                    "no model or data is loaded: call session.load_model(...), then "
+                    "session.load_data(...)."
+                )
+            return f"no model is loaded: call session.load_model(...) first; then: {said}"
+        return said
+
+    def _how_to_load_data(self) -> str:
         said = "no data is loaded: call session.load_data(...) first."
         try:
             last = self._state().get("data")
