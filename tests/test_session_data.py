@@ -133,6 +133,5 @@ def test_train_or_evaluate_before_anything_is_loaded_names_the_model_first(tmp_p
         with pytest.raises(wb.NoDataError) as refused:
             call()
         assert str(refused.value) == (
-            "no model or data is loaded: call session.load_model(...), then "
-            "session.load_data(...)."
+            "no model or data is loaded: call session.load_model(...), then session.load_data(...)."
         )
