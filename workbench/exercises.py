@@ -34,7 +34,9 @@ Examples:
 from __future__ import annotations
 
 import ast
+import numbers
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ __all__ = [
     "Gap",
     "check",
     "check_call",
+    "check_defined",
+    "check_number",
     "check_type",
     "disable_gap_check",
     "enable_gap_check",
@@ -131,10 +135,88 @@ def check_type(value: Any, expected: type | tuple[type, ...], name: str, what: s
     if isinstance(value, kinds) and not wrong_bool:
         return
     names = " or ".join(k.__name__ for k in kinds)
-    shown = repr(value)
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
-    msg = f"{name} should be {what} ({names}), got {type(value).__name__} {shown}"
+    msg = f"{name} should be {what} ({names}), got {type(value).__name__} {_shown(value)}"
     raise ExerciseCheckError(msg)
+
+
+def check_defined(namespace: Mapping[str, Any], *names: str) -> None:
+    """Raise :class:`ExerciseCheckError` unless every one of ``names`` is set in ``namespace``
+    (a check cell passes ``globals()``) to something other than a gap (``...``).
+
+    A check cell run before its exercise cells says so in one line, instead of a
+    ``NameError``'s traceback for the first name it reads.
+
+    Examples:
+        >>> check_defined({"LRS": [1e-4, 1e-3, 1e-2]}, "LRS")
+        >>> check_defined({}, "LRS")  # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: LRS is not set yet: fill in and run the
+        exercise cells above, then run this check again
+        >>> check_defined({"LRS": [1e-4]}, "LRS", "runs", "BEST_LR")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: runs and BEST_LR are not set yet: ...
+        >>> check_defined({"BEST_LR": ...}, "BEST_LR")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: BEST_LR is still `...`: replace it with ...
+    """
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise ExerciseCheckError(
+            f"{_listed(missing)} {verb} not set yet: fill in and run the exercise cells above, "
+            "then run this check again"
+        )
+    gaps = [name for name in names if namespace[name] is Ellipsis]
+    if gaps:
+        verb = "is" if len(gaps) == 1 else "are"
+        raise ExerciseCheckError(
+            f"{_listed(gaps)} {verb} still `...`: replace it with your answer, run its cell, "
+            "then run this check again"
+        )
+
+
+def check_number(value: Any, name: str, *, whole: bool = False, positive: bool = False) -> None:
+    """Raise :class:`ExerciseCheckError` unless ``value`` is a number (a whole one if
+    ``whole``, above 0 if ``positive``).
+
+    Any real number counts (``1``, ``5e-4``, numpy's), a ``bool`` does not; text that looks
+    like a number (``"1e-4"``) is named as text, to write without quotes.
+
+    Examples:
+        >>> check_number(1, "LRS[2]", positive=True)
+        >>> check_number("1e-4", "LRS[0]")  # doctest: +NORMALIZE_WHITESPACE
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: LRS[0] should be a number, not the text
+        '1e-4': write it without quotes
+        >>> check_number(231.4, "CUTOFF", whole=True)
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: CUTOFF should be a whole number, not 231.4
+        >>> check_number(0, "BEST_LR", positive=True)
+        Traceback (most recent call last):
+        workbench.exercises.ExerciseCheckError: BEST_LR should be above 0, not 0
+    """
+    if isinstance(value, str):
+        msg = f"{name} should be a number, not the text {_shown(value)}: write it without quotes"
+        raise ExerciseCheckError(msg)
+    kind = numbers.Integral if whole else numbers.Real
+    if not isinstance(value, kind) or isinstance(value, bool):
+        number = "a whole number" if whole else "a number"
+        shown = _shown(value)
+        got = shown if isinstance(value, numbers.Real) else f"{type(value).__name__} {shown}"
+        raise ExerciseCheckError(f"{name} should be {number}, not {got}")
+    if positive and not value > 0:
+        raise ExerciseCheckError(f"{name} should be above 0, not {_shown(value)}")
+
+
+def _listed(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _shown(value: Any) -> str:
+    """``value``'s repr on one line, cut to 60 characters."""
+    shown = " ".join(repr(value).split())
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def check_call(function: Any, *args: Any) -> Any:

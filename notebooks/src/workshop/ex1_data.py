@@ -101,8 +101,9 @@ print(report.by_kind)
 # **Check.**
 
 # %%
-from workbench.exercises import check, check_type
+from workbench.exercises import check, check_defined, check_type
 
+check_defined(globals(), "report", "clean")
 check_type(clean, list, "clean", "a list of the good rows")
 check(hasattr(report, "count"), f"report should be what s.load_data returns, not {report!r:.60}")
 for kind in ("malformed", "duplicate", "leak", "empty_field", "no_trained_tokens",

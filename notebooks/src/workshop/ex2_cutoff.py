@@ -98,9 +98,10 @@ print(f"{at_cutoff / 2**30:.2f} GiB at {CUTOFF} tokens vs {at_longest / 2**30:.2
 
 # %%
 from workbench.data import PreparedData
-from workbench.exercises import check, check_type
+from workbench.exercises import check, check_defined, check_number, check_type
 
-check_type(CUTOFF, int, "CUTOFF", "a number of tokens")
+check_defined(globals(), "CUTOFF")
+check_number(CUTOFF, "CUTOFF", whole=True, positive=True)
 longest = report.lengths["total"].max
 check(CUTOFF % 16 == 0 and 0 < CUTOFF < longest,
       f"CUTOFF should be a multiple of 16 below the longest example ({longest}), not {CUTOFF}")
@@ -110,6 +111,7 @@ smallest = next(c for c in range(16, longest + 16, 16)
                 if whole.truncation_at(c)["answers"] <= allowed)
 check(smallest == CUTOFF,
       f"CUTOFF {CUTOFF} is not the smallest multiple of 16 that cuts at most {allowed} answers")
+check_defined(globals(), "kept", "report_cut")
 check(hasattr(report_cut, "count"), "report_cut should be what s.load_data(...) returns")
 check(report_cut.max_length == CUTOFF, f"load the kept rows with max_length={CUTOFF}")
 check(report_cut.count("no_trained_tokens") + report_cut.count("truncated_answer") == 0,

@@ -19,7 +19,7 @@ train, test = records_to_json(train_size=TRAIN_SIZE, test_size=TEST_SIZE)
 
 def short_run(lr):
     """Train a fresh LoRA adapter for STEPS steps at ``lr``; returns the run."""
-    s = wb.Session(f"runs/ex3/lr-{lr:g}", verbose=False)
+    s = wb.Session(f"runs/ex3/lr-{lr}", verbose=False)
     s.load_model(MODEL)
     s.load_data(train, validation=test)
     return s.train(lora=wb.LoRA(r=8), lr=lr, max_steps=STEPS, batch_size=BATCH_SIZE,
@@ -61,15 +61,29 @@ print("eval loss by lr:", final, "-> BEST_LR =", BEST_LR)
 # **Check.**
 
 # %%
-from workbench.exercises import check, check_type
+from numbers import Real
 
+from workbench.exercises import check, check_defined, check_number, check_type
+
+check_defined(globals(), "LRS")
 check_type(LRS, (list, tuple), "LRS", "the learning rates tried")
-check(len(LRS) >= 3 and all(isinstance(lr, float) and lr > 0 for lr in LRS),
-      f"LRS should hold three or more positive rates, not {LRS}")
+for i, lr in enumerate(LRS):
+    check_number(lr, f"LRS[{i}]", positive=True)
+check(len(set(LRS)) >= 3, f"LRS should hold three or more different rates, not {LRS}")
 check(max(LRS) / min(LRS) >= 100, f"spread the rates over a wide range (factors of 10): {LRS}")
+check_defined(globals(), "runs")
 check_type(runs, dict, "runs", "the runs by learning rate")
-check(all(run.status.state.value == "finished" for run in runs.values()),
-      "every run should have finished")
+for lr in runs:
+    check(isinstance(lr, Real) and not isinstance(lr, bool),
+          "runs should be keyed by the learning rates themselves "
+          f"(runs = {{lr: short_run(lr) for lr in LRS}}), not by {type(lr).__name__} {lr!r}")
+check(set(LRS) <= set(runs), f"runs has no run for {sorted(set(LRS) - set(runs))} of LRS")
+for lr, run in runs.items():
+    check(hasattr(run, "status"), f"runs[{lr!r}] should be what short_run returns, not {run!r:.60}")
+    state = run.status.state.value
+    check(state == "finished", f"the run at lr={lr!r} should have finished, not be {state}")
+check_defined(globals(), "BEST_LR")
+check_number(BEST_LR, "BEST_LR", positive=True)
 final = {lr: run.status.eval_loss for lr, run in runs.items()}
 best = min(final, key=final.get)
 check(best == BEST_LR, f"BEST_LR should be the rate with the lowest eval loss, {best:g}, "

@@ -98,8 +98,9 @@ print(ev.ratings_summary())
 # **Check.**
 
 # %%
-from workbench.exercises import check, check_call
+from workbench.exercises import check, check_call, check_defined
 
+check_defined(globals(), "json_valid", "fields_correct")
 ref = json.dumps({"name": "Ada", "age": 36, "city": None, "job": "baker"})
 for answer, want in [('{"a": 1}', 1.0), ("[1, 2]", 1.0), ("36", 1.0), ("{a: 1}", 0.0),
                      ('{"broken', 0.0), ("Ada is 36", 0.0)]:
@@ -111,6 +112,7 @@ for answer, want in [(ref, 1.0), ("not json", 0.0), ("36", 0.0), ('"Ada"', 0.0),
                      ('{"name": "Ada", "age": 36, "city": null, "job": "baker", "x": 1}', 1.0)]:
     got = check_call(fields_correct, answer, ref)
     check(got == want, f"fields_correct({answer!r}, ref) should be {want}, got {got!r}")
+check_defined(globals(), "ev")
 check(hasattr(ev, "scores"), f"ev should be what s.evaluate(...) returns, got {ev!r:.60}")
 missing = {"exact_match", "json_valid", "fields_correct"} - set(ev.scores)
 check(not missing, f"evaluate with these metrics too: {sorted(missing)}")

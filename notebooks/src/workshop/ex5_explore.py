@@ -78,11 +78,20 @@ print("before:", sorted(FOUND), "after:", sorted(after))
 # **Check.**
 
 # %%
-from workbench.exercises import check, check_type
+from workbench.exercises import check, check_defined, check_number, check_type
 
+check_defined(globals(), "FOUND")
 check_type(FOUND, set, "FOUND", "the kinds of the findings")
 check({"flat_loss", "answers_cut"} <= FOUND, f"FOUND should hold the broken run's kinds: {FOUND}")
-check(finder.suggested_lr == GOOD_LR and GOOD_LR > 1e-6, "GOOD_LR should be its suggestion")
+check_defined(globals(), "finder", "GOOD_LR")
+check(hasattr(finder, "suggested_lr"), f"finder should be what s.find_lr(...) returns, not "
+      f"{finder!r:.60}")
+check_number(GOOD_LR, "GOOD_LR", positive=True)
+check(finder.suggested_lr == GOOD_LR, f"GOOD_LR should be the finder's suggestion, "
+      f"{finder.suggested_lr:.1e}, not {GOOD_LR!r}")
+check(GOOD_LR > 1e-6, f"GOOD_LR should be well above the broken run's 1e-7, not {GOOD_LR:.1e}")
+check_defined(globals(), "fixed", "after")
+check(hasattr(fixed, "status"), f"fixed should be what s.train(...) returns, not {fixed!r:.60}")
 check(fixed.status.state.value == "finished", "the new run should have finished")
 check_type(after, set, "after", "the kinds of the new run's findings")
 now = set(s.diagnose().kinds)
