@@ -135,3 +135,15 @@ def test_train_or_evaluate_before_anything_is_loaded_names_the_model_first(tmp_p
         assert str(refused.value) == (
             "no model or data is loaded: call session.load_model(...), then session.load_data(...)."
         )
+
+
+def test_a_list_of_texts_or_a_dict_of_columns_is_told_what_a_row_looks_like(session):
+    # A list of strings said only "list: no readable rows"; a dict of lists named no way out.
+    with pytest.raises(wb.DataError) as refused:
+        session.load_data(["What is 2 plus 2?", "Name a colour."])
+    assert str(refused.value) == (
+        "list, row 1: expected a dict such as {'question': ..., 'answer': ...} ({'text': ...} "
+        "for raw text), got the text 'What is 2 plus 2?'"
+    )
+    with pytest.raises(wb.DataError, match=r"a dict of columns: pandas\.DataFrame\(columns\)"):
+        session.load_data({"question": ["q"], "answer": ["a"]})

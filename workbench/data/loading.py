@@ -317,7 +317,7 @@ def read_source(source: Source, spec: Any, format_name: str | None = None) -> Lo
 
 def _raise_empty(source: Source) -> None:
     first = next(source.rows(), None)
-    if first is not None and first.error and source.unit != "row":
+    if first is not None and first.error:
         raise _data_error(source, first.number, "", first.error)
     msg = (
         f"{source.label}: empty (no rows)" if first is None else f"{source.label}: no readable rows"

@@ -198,6 +198,8 @@ def open_source(
         "folder saved by datasets, a datasets.Dataset, a pandas or polars DataFrame, or a list "
         "(or generator) of dicts"
     )
+    if isinstance(source, dict):
+        msg += " (a dict of columns: pandas.DataFrame(columns) reads it; one row: [row])"
     raise DataError(msg)
 
 
@@ -1122,13 +1124,27 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
         raise DataError(msg) from None
 
 
+def _not_a_row(item: Any) -> str:
+    """Why ``item`` of a list is no row, and what a row looks like.
+
+    Examples:
+        >>> _not_a_row("What is 2 plus 2?").split("got ")[1], _not_a_row(7).split("got ")[1]
+        ("the text 'What is 2 plus 2?'", 'int')
+    """
+    got = f"the text {item[:40]!r}" if isinstance(item, str) else type(item).__name__
+    return (
+        "expected a dict such as {'question': ..., 'answer': ...} ({'text': ...} for raw "
+        f"text), got {got}"
+    )
+
+
 def _list_source(items: list[Any], label: str) -> Source:
     def read() -> Iterator[RawRow]:
         for number, item in enumerate(items, start=1):
             if isinstance(item, dict):
                 yield RawRow(number, item)
             else:
-                yield RawRow(number, None, f"expected a dict, got {type(item).__name__}")
+                yield RawRow(number, None, _not_a_row(item))
 
     unit: Unit = "row" if label in ("list", "generator") else "item"
     return Source(label, unit, read, content_key(items))
