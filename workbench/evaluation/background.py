@@ -527,8 +527,12 @@ class EvaluationRun:
             >>> _ = ev.cancel()
             >>> ev.monitor() is ev.monitor(), ev.monitor().status_text()[:6]
             (True, 'failed')
+            >>> closed = ev.monitor()
+            >>> closed.close()
+            >>> ev.monitor() is closed  # a closed panel is built anew
+            False
         """
-        if self._monitor is None:
+        if self._monitor is None or self._monitor.widget.comm is None:  # none, or closed
             from workbench.widgets.eval_progress import EvalProgressPanel
 
             options = {} if max_rows is None else {"max_rows": max_rows}

@@ -774,10 +774,14 @@ class Run:
             >>> teaching is monitor, teaching.teaching
             (False, True)
             >>> teaching.close()
+            >>> run.monitor(teaching=True) is teaching  # a closed monitor is built anew
+            False
+            >>> run.monitor().close()
             >>> monitor.close()
         """
         current = self._monitor
-        if current is None or (teaching is not None and current.teaching != teaching):
+        closed = current is not None and current.widget.comm is None  # monitor.close()d
+        if current is None or closed or (teaching is not None and current.teaching != teaching):
             from workbench.widgets.training_monitor import TrainingMonitor
 
             if teaching is None:

@@ -36,6 +36,7 @@ from typing import Any
 import ipywidgets as w
 
 from workbench.errors import EvaluationError, WorkbenchError
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, text_dir
 
 __all__ = ["ABRating"]
@@ -129,6 +130,20 @@ class ABRating:
         from workbench.widgets._snapshot import show
 
         show(self)  # the widget view plus a static snapshot (progress and summary)
+
+    def close(self) -> None:
+        """Close the panel's widgets, every one of them (a closed panel can be collected).
+
+        Examples:
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> row = EvalRow(0, "Q", "A", {"base": "B", "tuned": "A"})
+            >>> ev = Evaluation({}, (row,), {"columns": ["base", "tuned"]})
+            >>> ab = ABRating(ev.save("/tmp/wb-doc-ab-rating-close"))
+            >>> ab.close()
+            >>> ab.widget.comm is None and ab.tie_button.comm is None
+            True
+        """
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         from workbench.widgets._snapshot import snapshot_bundle

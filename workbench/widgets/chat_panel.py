@@ -37,6 +37,7 @@ import ipywidgets as w
 
 from workbench._display import printable
 from workbench.errors import SpecError, WorkbenchError
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, text_dir
 
 __all__ = ["ChatPanel", "ChatTurn"]
@@ -324,6 +325,17 @@ class ChatPanel:
         from workbench.widgets._snapshot import show
 
         show(self)  # with a display id: a saved notebook keeps the conversation as it stands
+
+    def close(self) -> None:
+        """Close the panel's widgets, every one of them (a closed panel can be collected).
+
+        Examples:
+            >>> panel = ChatPanel(lambda messages, max_new_tokens: "hi", lambda x: None)
+            >>> panel.close()
+            >>> panel.widget.comm is None
+            True
+        """
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)

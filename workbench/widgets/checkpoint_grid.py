@@ -35,6 +35,7 @@ import ipywidgets as w
 
 from workbench.errors import WorkbenchError
 from workbench.evaluation.checkpoints import BROKE, FIRST, short_input
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, shorten, text_dir
 
 __all__ = ["CheckpointGrid", "grid_html"]
@@ -226,6 +227,18 @@ class CheckpointGrid:
             1
         """
         return self.grid.value
+
+    def close(self) -> None:
+        """Close the panel's widgets, every one of them (a closed panel can be collected).
+
+        Examples:
+            >>> from workbench.evaluation.checkpoints import CheckpointEvaluation
+            >>> panel = CheckpointGrid(CheckpointEvaluation((5, 10), ((True, True),)))
+            >>> panel.close()
+            >>> panel.widget.comm is None and panel.export_button.comm is None
+            True
+        """
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)

@@ -57,6 +57,7 @@ from workbench._display import continues_grapheme, format_bytes, is_unspaced
 from workbench.data.special_text import TextGuard, special_strings
 from workbench.errors import SessionStateError, WorkbenchError
 from workbench.events import DATA_LOADED
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, pre, shorten, table, text_dir, token_span
 
 __all__ = ["LABEL_CHARS", "MAX_PROBLEMS_LISTED", "PAGE_SIZE", "DataInspector"]
@@ -131,11 +132,12 @@ class DataInspector:
         self._armed: int | None = None
         self._applying = False
         self._markers: tuple[Any, re.Pattern[str] | None] = (None, None)
+        self._stop_listening: Callable[[], None] = _nothing
         self._build_widgets()
         self._connect()
         self.set_data(data)
         if events is not None:
-            _listen_for_new_data(self, events)
+            self._stop_listening = _listen_for_new_data(self, events)
 
     # -- layout -------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -868,6 +870,25 @@ The token view shows every token.</i>'
         if problem.clickable:
             self.show_example(problem.row, problem.split)
 
+    def close(self) -> None:
+        """Stop following the session's data and close the panel's widgets, every one of them.
+
+        Examples:
+            >>> from transformers import AutoTokenizer
+            >>> from workbench.data import PreparedData
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> tok = AutoTokenizer.from_pretrained(build_tiny_model("/tmp/wb-doc-data-inspector"))
+            >>> rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
+            >>> cache = "/tmp/wb-doc-data-inspector-cache"
+            >>> ins = DataInspector(PreparedData.load(rows, tok, validation=None, cache_dir=cache))
+            >>> ins.close()
+            >>> ins.widget.comm is None and ins.page_label.comm is None
+            True
+        """
+        self._stop_listening()
+        self._stop_listening = _nothing
+        close_panel(self)
+
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)
         # Front ends without widget support show text/plain: make it the report's facts.
@@ -919,8 +940,13 @@ def _example_html(example: Any) -> str:
     return f'<div>{head} &nbsp; {legend}</div><div{direction} style="{_BOX}">{"".join(spans)}</div>'
 
 
-def _listen_for_new_data(panel: DataInspector, events: Any) -> None:
-    """Re-check staleness on each ``data_loaded``; holds the panel weakly."""
+def _nothing() -> None:
+    """No listener to stop."""
+
+
+def _listen_for_new_data(panel: DataInspector, events: Any) -> Callable[[], None]:
+    """Re-check staleness on each ``data_loaded``; holds the panel weakly. Returns the call
+    that stops listening."""
     ref = weakref.ref(panel)
     off: list[Callable[[], None]] = []
 
@@ -933,6 +959,7 @@ def _listen_for_new_data(panel: DataInspector, events: Any) -> None:
         alive._show_staleness()
 
     off.append(events.on(DATA_LOADED, on_data_loaded))
+    return off[0]
 
 
 def _max_length_text(value: int | None, sep: str = ": ") -> str:

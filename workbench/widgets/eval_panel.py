@@ -34,6 +34,7 @@ from workbench._display import isolate, plotly_text
 from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
 from workbench.evaluation.ratings import read_ratings, summarize
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, pre, shorten, table, text_dir
 
 __all__ = ["EvalPanel", "diff_html", "token_loss_html"]
@@ -387,6 +388,19 @@ class EvalPanel:
         from workbench.widgets._snapshot import show
 
         show(self)  # the widget view plus a static snapshot (scores, bars, examples)
+
+    def close(self) -> None:
+        """Close the panel's widgets, every one of them (a closed panel can be collected).
+
+        Examples:
+            >>> from workbench.evaluation import EvalRow, Evaluation
+            >>> rows = (EvalRow(0, "Q", "A", {"base": "B", "tuned": "A"}),)
+            >>> panel = EvalPanel(Evaluation({}, rows, {"columns": ["base", "tuned"]}))
+            >>> panel.close()
+            >>> panel.widget.comm is None and panel.detail_html.comm is None
+            True
+        """
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         from workbench.widgets._snapshot import snapshot_bundle

@@ -45,6 +45,7 @@ import ipywidgets as w
 
 from workbench._display import printable
 from workbench.events import EVAL_PROGRESS
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, shorten, table
 
 __all__ = ["EvalProgressPanel"]
@@ -107,9 +108,8 @@ class EvalProgressPanel:
         self.cancel_button = w.Button(description="Cancel", icon="stop", button_style="danger")
         self.cancel_button.on_click(self._on_cancel)
         self.rows_html = w.HTML()
-        self.widget = w.VBox(
-            [w.HBox([self.bar, self.cancel_button]), self.status_html, self.rows_html]
-        )
+        self.controls = w.HBox([self.bar, self.cancel_button])
+        self.widget = w.VBox([self.controls, self.status_html, self.rows_html])
         self.widget.add_class("wb-eval-progress")  # a stable hook for browser tests
         self._unsubscribe = [evaluation_run.events.on(EVAL_PROGRESS, self._on_progress)]
         self.refresh()
@@ -303,7 +303,7 @@ class EvalProgressPanel:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = None
-        self.widget.close()
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         from workbench.widgets._snapshot import snapshot_bundle

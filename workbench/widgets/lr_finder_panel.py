@@ -30,6 +30,7 @@ from typing import Any
 
 from workbench._display import text_table
 from workbench.train.lr_finder import format_lr
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape
 from workbench.widgets.svg_chart import line_chart, svg_img
 
@@ -195,6 +196,20 @@ class LRFinderPanel:
 
             self._widget = w.HTML(value=self.html())
         return self._widget
+
+    def close(self) -> None:
+        """Close the panel's widgets, every one of them (a closed panel can be collected).
+
+        Examples:
+            >>> from workbench.train.lr_finder import LRFinderResult
+            >>> result = LRFinderResult.from_curve([1e-4, 1e-3, 1e-2], [3.0, 1.0, 0.9], 0.0)
+            >>> shown = LRFinderPanel(result)
+            >>> view = shown.widget
+            >>> shown.close()
+            >>> view.comm is None
+            True
+        """
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)

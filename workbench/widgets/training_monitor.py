@@ -83,6 +83,7 @@ from workbench.events import (
     TrainState,
 )
 from workbench.widgets import _snapshot
+from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, text_dir
 from workbench.widgets.svg_chart import thinned_indices
 
@@ -985,7 +986,8 @@ class TrainingMonitor:
         return "\n".join([self.status_text(), *([chosen] if chosen else []), *lines])
 
     def close(self) -> None:
-        """Unsubscribe from the run's events and close the widgets.
+        """Unsubscribe from the run's events and close the widgets, every one of them (a
+        closed monitor, and the run, model and optimizer it views, can be collected).
 
         Examples:
             >>> monitor = TrainingMonitor()
@@ -998,7 +1000,7 @@ class TrainingMonitor:
         self._unsubscribe = []
         if self._timer is not None:
             self._timer.cancel()
-        self.widget.close()
+        close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         bundle = self.widget._repr_mimebundle_(**kwargs)
