@@ -70,7 +70,9 @@ def test_data_calls_without_data_or_model(tmp_path):
     s = wb.Session(tmp_path, verbose=False)
     with pytest.raises(wb.NoModelError):
         s.load_data([{"text": "x"}])
-    with pytest.raises(wb.session.NoDataError, match="call session.load_data"):
+    with pytest.raises(
+        wb.session.NoDataError, match=r"load_model\(\.\.\.\), then session\.load_data"
+    ):
         s.data_report()
 
 
