@@ -9,6 +9,7 @@ monitors closed, 580 widgets were open and ten models alive (a kernel kept all d
 from __future__ import annotations
 
 import gc
+import html
 import weakref
 
 import pytest
@@ -81,3 +82,32 @@ def test_a_closed_evaluation_progress_panel_closes_the_result_panel_too(session)
     left, _ = open_after_closing(running.monitor)
     assert left == 0
     assert running.monitor().widget.comm is not None  # asked again: a new, open panel
+
+
+def test_an_open_monitor_of_an_earlier_run_lets_its_model_go_with_the_next_model(
+    session, tiny_model_dir
+):
+    # A monitor left open (as a notebook leaves every displayed one) held its run, and the
+    # run its model and optimizer: each load_model + train in a kernel kept one more model.
+    from workbench.errors import SessionStateError
+
+    run = session.train(max_steps=6, batch_size=4, save_every=1, wait=False)
+    run.wait(step=3)
+    run.stop()
+    stopped_at = run.wait().step
+    monitor = run.monitor()
+    model, optimizer = weakref.ref(run.model), weakref.ref(run.loop.optimizer)
+    session.load_model(str(tiny_model_dir))
+    gc.collect()
+    assert model() is None and optimizer() is None
+    assert monitor.status_text().startswith("stopped") and run.status.step == stopped_at
+    assert len(run.history) > 0 and monitor.widget.comm is not None  # the view stays
+    said = "run-001's model and optimizer were let go of when the session loaded another model"
+    for call in (run.resume, run.evaluate_now, run.save_now, lambda: run.fork(step=2)):
+        with pytest.raises(SessionStateError, match=said):
+            call()
+    monitor.fork_step.value = 2
+    monitor.fork_button.click()  # the view says it, rather than ignoring the click
+    assert html.escape(f"fork() is refused: {said}") in monitor.fork_html.value
+    resumed = session.resume(run.run_dir)  # from its checkpoint, as the refusals say
+    assert resumed.wait().step == 6

@@ -211,7 +211,11 @@ class Session:
     def _forget_the_earlier_model(self, tokenizer: Any) -> None:
         """What described the earlier model does not describe a new one: its run, training
         settings, evaluation and scores (no longer credited to it in evaluations and model
-        cards), and data tokenized by another tokenizer (dropped, saying so)."""
+        cards), and data tokenized by another tokenizer (dropped, saying so). Its ended run
+        lets go of the earlier model and optimizer (a monitor left open in the notebook kept
+        them alive, a model per run)."""
+        if self._run is not None:
+            self._run.let_go("the session loaded another model")
         self._run_of_model, self._merged, self._merged_from = None, False, []
         self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
         self._measured_lr = None

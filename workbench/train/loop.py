@@ -123,6 +123,30 @@ class TrainLoop:
         self.packing: Packing | None = None
         self.loss_sum = compiled_loss_sum() if spec.compile else token_loss_sum
 
+    def let_go(self) -> None:
+        """Drop the model, optimizer, scheduler and data (the run has ended and its session
+        moved on); the step, epoch and time stay readable.
+
+        Examples:
+            >>> from transformers import AutoModelForCausalLM
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> from workbench.train.batches import Examples
+            >>> from workbench.train.prepare import wrap_model
+            >>> folder = build_tiny_model("/tmp/wb-doc-loop-tiny")
+            >>> spec = TrainSpec(max_steps=4, batch_size=2)
+            >>> model = wrap_model(AutoModelForCausalLM.from_pretrained(folder), spec)
+            >>> train = Examples.from_rows([[1, 5, 6, 7]] * 8, [[-100, 5, 6, 7]] * 8)
+            >>> loop = TrainLoop(model, 0, train, None, spec, total_steps=4)
+            >>> _ = loop.train_step()
+            >>> loop.let_go()
+            >>> loop.model, loop.optimizer, loop.step
+            (None, None, 1)
+        """
+        self.model = self.optimizer = self.scheduler = None
+        self.train = self.validation = None
+        self.params = []
+        self.on_gradients = None
+
     # -- data position --------------------------------------------------------------------
     @property
     def epoch(self) -> float:

@@ -188,6 +188,7 @@ class Run:
         self.start_choices: dict[str, str] = {}
         self._packing_kept = False  # the first step's packing decision is in run.json
         self._superseded_by: Run | None = None  # the fork its model was handed to
+        self._let_go: str | None = None  # why its model and optimizer were let go of
         self.error: WorkbenchError | None = None
         self.layer_norms: list[dict[str, Any]] = []
         self._grad_norms: list[float] | None = None
@@ -216,6 +217,8 @@ class Run:
             >>> len(generate_text(run.model, run.tokenizer, ["Hi", "Bye"], max_new_tokens=3))
             2
         """
+        if self._let_go is not None:
+            raise SessionStateError(self._let_go_message("run.model"))
         return self._model
 
     @property
@@ -468,9 +471,9 @@ class Run:
             >>> run.stop().state, run.wait().state
             (<RunState.STOPPING: 'stopping'>, <RunState.STOPPED: 'stopped'>)
         """
-        self._check_not_superseded("resume")
-        if self._status.state is RunState.STOPPED:
+        if self._status.state is RunState.STOPPED:  # another Run went on: say that first
             self._check_folder_not_moved_on()
+        self._check_not_superseded("resume")
         with self._cond:
             state = self._status.state
             if state in (RunState.FINISHED, RunState.FAILED):
@@ -853,6 +856,8 @@ class Run:
         """
         from workbench.train.fork import fork_run
 
+        if self._let_go is not None:  # its model, which the fork would train, is gone
+            raise SessionStateError(self._let_go_message("fork()"))
         return fork_run(self, step, wait=wait, **changes)
 
     @property
@@ -959,6 +964,53 @@ class Run:
                 f"Session.resume({str(self.run_dir)!r}) continues it on a reloaded model."
             )
             raise SessionStateError(msg)
+        if self._let_go is not None:
+            raise SessionStateError(self._let_go_message(f"{call}()"))
+
+    def _let_go_message(self, call: str) -> str:
+        return (
+            f"{call} is refused: {self.run_dir.name}'s model and optimizer were let go of "
+            f"when {self._let_go}. Its checkpoints keep them: "
+            f"Session.resume({str(self.run_dir)!r}) continues it on a reloaded model."
+        )
+
+    def let_go(self, why: str) -> bool:
+        """Drop the model, optimizer and data an ended run holds, once its session has moved
+        on (``why``: "the session loaded another model"); its history, status and folder
+        stay. Returns whether it let go (a run that is not ended keeps everything).
+
+        A view of the run (its monitor, kept open in the notebook) otherwise kept a whole
+        model and optimizer alive per run, all day. Afterwards :attr:`model`, ``resume()``,
+        ``evaluate_now()`` and ``save_now()`` say why they cannot, and how to go on from the
+        run's checkpoints.
+
+        Examples:
+            >>> import shutil
+            >>> from workbench import Session
+            >>> from workbench.models.tiny import build_tiny_model
+            >>> shutil.rmtree("/tmp/wb-doc-run-let-go", ignore_errors=True)
+            >>> s = Session("/tmp/wb-doc-run-let-go", verbose=False)
+            >>> _ = s.load_model(str(build_tiny_model("/tmp/wb-doc-run-tiny")))
+            >>> _ = s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
+            >>> run = s.train(max_steps=2, wait=False)
+            >>> run.let_go("the session loaded another model")  # still training: kept
+            False
+            >>> _ = run.wait()
+            >>> run.let_go("the session loaded another model"), run.status.step
+            (True, 2)
+            >>> run.model  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.SessionStateError: run.model is refused: run-001's model and ...
+        """
+        with self._cond:
+            busy = self._serving is not None or self._restarting
+            if not self._status.done or busy or not self._ended():
+                return False
+            self._let_go = why
+            self._model = self._last_worker = self._ended_worker = self._worker = None
+            self._norm_groups = None
+        self.loop.let_go()
+        return True
 
     def __repr__(self) -> str:
         s = self._status
