@@ -550,3 +550,15 @@ def test_counting_a_malformed_requests_characters_never_raises():
     bodies = [{"messages": [{"content": ["hi"]}]}, {"messages": 5}, {"messages": "hi"}]
     assert [_chat_characters(body) for body in bodies] == [0, 0, 0]
     assert _prompt_characters({"prompt": ["abc", 1, "de"]}) == 5
+
+
+def test_a_stopped_server_leaves_no_temporary_folder(tiny_model_dir):
+    # Each server ended by SIGTERM left its multiprocessing folder (pymp-*) in /tmp.
+    served = serve_model(tiny_model_dir, port=free_port())
+    try:
+        assert served.chat("Hello", max_tokens=2) is not None
+        scratch = served.scratch
+        assert scratch.is_dir() and any(p.name.startswith("pymp-") for p in scratch.iterdir())
+    finally:
+        served.stop()
+    assert not scratch.exists()

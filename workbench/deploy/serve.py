@@ -35,10 +35,12 @@ import operator
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -240,6 +242,9 @@ class Server:
         port: The loopback port.
         process: The child process.
         log: File holding the server's output.
+        scratch: The folder the process writes its temporary files in (its ``TMPDIR``),
+            removed when it stops: a server ended by SIGTERM cleans up nothing itself, and
+            left a ``pymp-*`` folder in the system's temporary folder per start.
 
     Examples:
         :func:`serve_model` starts the process and returns its ``Server``; one built by hand
@@ -259,6 +264,7 @@ class Server:
     port: int
     process: subprocess.Popen
     log: Path
+    scratch: Path | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -363,6 +369,8 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         _STARTED.pop(self.process.pid, None)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __str__(self) -> str:
         return self.usage()
@@ -483,8 +491,16 @@ def serve_model(
         str(port),
     ]
     with _interrupts_held(), open_log(log) as out:  # none between the start and the record
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        server = Server(folder, port, process, log)
+        scratch = Path(tempfile.mkdtemp(prefix=f"workbench-serve-{port}-"))
+        environment = {**os.environ, "TMPDIR": str(scratch)}
+        try:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env=environment
+            )
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        server = Server(folder, port, process, log, scratch)
         _STARTED[process.pid] = server
     try:
         _wait_until_ready(server, timeout)
