@@ -255,9 +255,11 @@ def test_a_validation_file_with_other_columns_shows_its_own_rows(tmp_path, token
         ('{"question": "a", "answer": "b",}\n', "a comma before '}' (JSON allows no trailing"),
         ("{'question': 'a', 'answer': 'b'}\n", "single quotes; JSON needs double quotes"),
         ('{"question": "a", "answer": "b"}\r{"question": "c", "answer": "d"}\r', "carriage"),
-        ('{"question": "a", "answer": "b', "Unterminated string starting at column 29)"),
+        ('{"question": "a", "answer": "b', "at column 29): the line ends inside a text, with"),
+        ('{"question": "a", "answer": "b\n', "the line ends inside a text, with no closing quote"),
+        ('{"question": "a", "answer": "b"\n', "the line ends before its JSON does (was it cut"),
     ],
-    ids=["comma-after", "trailing-comma", "single-quotes", "cr-only", "cut"],
+    ids=["comma-after", "trailing-comma", "single-quotes", "cr-only", "cut", "cut-eol", "no-brace"],
 )
 def test_a_json_line_s_error_says_what_usually_causes_it(
     tmp_path, tokenizer, cache_dir, text, hint
@@ -1147,3 +1149,15 @@ def test_a_compressed_parquet_or_unknown_file_is_refused(tmp_path, tokenizer, ca
         shown = name.partition(".")[2]
         with pytest.raises(DataError, match=rf"unsupported file type '\.{shown}'"):
             load(tmp_path / name, tokenizer, cache_dir)
+
+
+def test_a_missing_file_names_the_file_beside_it_that_was_likely_meant(
+    tmp_path, tokenizer, cache_dir
+):
+    # "people.json: no such file or folder", with people.jsonl right beside it.
+    (tmp_path / "people.jsonl").write_text('{"question": "a", "answer": "b"}\n')
+    with pytest.raises(DataError) as missing:
+        load(tmp_path / "people.json", tokenizer, cache_dir)
+    assert str(missing.value) == (
+        f"{tmp_path / 'people.json'}: no such file or folder (did you mean people.jsonl?)"
+    )

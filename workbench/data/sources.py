@@ -203,6 +203,27 @@ def open_source(
     raise DataError(msg)
 
 
+def _nearby_names(path: Path) -> str:
+    """``" (did you mean ...?)"`` naming the files beside a missing ``path`` whose names are
+    close to its name (``people.json`` for ``people.jsonl``), or ``""``.
+
+    Examples:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "people.jsonl").write_text("")
+        >>> _nearby_names(folder / "people.json"), _nearby_names(folder / "cats.csv")
+        (' (did you mean people.jsonl?)', '')
+    """
+    import difflib
+
+    try:
+        names = [p.name for p in path.parent.iterdir()]
+    except OSError:  # no folder there either
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.8)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def _is_workbook_path(source: Any) -> bool:
     return isinstance(source, (str, Path)) and Path(source).suffix.lower() == ".xlsx"
 
@@ -211,8 +232,7 @@ def _open_path(
     path: Path, sheet: str | None = None, encoding: str | None = None
 ) -> tuple[Source, Source | None]:
     if not path.exists():
-        msg = f"{path}: no such file or folder"
-        raise DataError(msg)
+        raise DataError(f"{path}: no such file or folder{_nearby_names(path)}")
     if path.is_dir() and encoding is not None:
         raise SpecError(_not_text(encoding, path.name))
     if path.is_dir():
@@ -647,11 +667,26 @@ def json_hint(err: json.JSONDecodeError) -> str:
         ... except json.JSONDecodeError as err:
         ...     print(json_hint(err))
         : a comma before '}' (JSON allows no trailing comma)
+        >>> try:
+        ...     json.loads('{"question": "2+2?", "answer": "fo\\n')
+        ... except json.JSONDecodeError as err:
+        ...     print(json_hint(err))
+        : the line ends inside a text, with no closing quote (was it cut short?)
     """
     before = err.doc[: err.pos].rstrip()[-1:]
     at = err.doc[err.pos : err.pos + 1]
     extra = err.msg == "Extra data"
+    at_the_end = not err.doc[err.pos :].strip()
     causes = [
+        (
+            err.msg.startswith("Unterminated string")
+            or (err.msg.startswith("Invalid control character") and at_the_end),
+            "the line ends inside a text, with no closing quote (was it cut short?)",
+        ),
+        (
+            err.msg.startswith("Expecting") and at_the_end,
+            "the line ends before its JSON does (was it cut short?)",
+        ),
         (
             "\x00" in err.doc[:200],
             "NUL bytes between the characters: UTF-16 without a byte order mark? give "
