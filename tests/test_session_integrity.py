@@ -824,3 +824,20 @@ def test_after_a_merge_the_next_run_s_base_column_says_it_is_the_merged_model(
     s.merge()
     assert s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=2).columns == ("tuned",)
     assert "the adapter is merged: one column, no base (its weights are gone)" in said
+
+
+def test_an_interrupted_evaluation_says_it_saved_nothing(tmp_path, tiny_model_dir):
+    # A bare KeyboardInterrupt from inside attention, where train() says where its run is.
+    import _thread
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    s.train(max_steps=1, batch_size=4, wait=True)
+    off = s.on("eval_progress", lambda _payload: _thread.interrupt_main())
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        s.evaluate(metrics=["exact_match"], max_new_tokens=64, batch_size=1)
+    off()
+    assert str(interrupted.value).startswith(
+        "interrupted: the evaluation stopped before it finished and saved nothing"
+    )
+    assert not list((tmp_path / "s" / "evaluations").glob("eval-*"))
+    assert s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=2).columns

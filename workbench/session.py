@@ -1244,7 +1244,15 @@ class Session:
                     "run.resume() would train the model it generates with. Call evaluate() "
                     "with wait=True, or run.stop() and run.wait() first."
                 )
-            return work()
+            try:
+                return work()
+            except KeyboardInterrupt:  # the cell's `ev = s.evaluate(...)` got nothing: say so
+                msg = (
+                    "interrupted: the evaluation stopped before it finished and saved nothing "
+                    "(its folder under evaluations/ was removed); evaluate(...) again starts "
+                    "over, evaluate(..., wait=False) runs in the background with a Cancel button"
+                )
+                raise KeyboardInterrupt(msg) from None
         from workbench.evaluation import EvalSpec
         from workbench.evaluation.background import EvaluationRun, evaluation_columns
         from workbench.evaluation.metrics import resolve_metrics
