@@ -193,3 +193,16 @@ def test_loading_a_model_draws_no_progress_bar_on_stderr(tmp_path, tiny_model_di
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Loading weights" not in done.stderr and "\r" not in done.stderr, done.stderr
+
+
+def test_a_data_row_given_to_generate_is_told_apart_from_a_chat_turn(session):
+    # It said messages need chat=True; with chat=True, that each turn needs a role.
+    with pytest.raises(SpecError) as refused:
+        session.generate({"instruction": "Say the number 3", "output": "3"})
+    assert str(refused.value) == (
+        "prompt is a dict with the fields 'instruction', 'output', which looks like a data "
+        "row, not a chat turn: give the text to complete, e.g. generate(row['instruction']); "
+        "s.example(i).prompt is a loaded row's prompt as the model reads it"
+    )
+    with pytest.raises(SpecError, match=r"need chat=True"):
+        session.generate({"role": "user", "content": "Hi"})

@@ -2030,6 +2030,17 @@ def _text_prompts(prompt: Any) -> tuple[list[str], bool]:
         return [prompt], True
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
         return list(prompt), False
+    row = prompt if isinstance(prompt, dict) else None
+    if row is not None and "role" not in row and "content" not in row:
+        fields = ", ".join(map(repr, list(row)[:4]))
+        first = next((k for k, v in row.items() if isinstance(v, str)), None)
+        example = f"generate(row[{first!r}])" if first else "generate(text)"
+        msg = (
+            f"prompt is a dict with the fields {fields}, which looks like a data row, not a "
+            f"chat turn: give the text to complete, e.g. {example}; s.example(i).prompt is "
+            "a loaded row's prompt as the model reads it"
+        )
+        raise SpecError(msg)
     if isinstance(prompt, dict) or (
         isinstance(prompt, (list, tuple)) and any(isinstance(p, dict) for p in prompt)
     ):
