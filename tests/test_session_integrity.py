@@ -841,3 +841,25 @@ def test_an_interrupted_evaluation_says_it_saved_nothing(tmp_path, tiny_model_di
     )
     assert not list((tmp_path / "s" / "evaluations").glob("eval-*"))
     assert s.evaluate(metrics=["exact_match"], limit=2, max_new_tokens=2).columns
+
+
+def test_a_notebook_run_again_stops_the_run_its_earlier_session_left_paused(
+    tmp_path, tiny_model_dir
+):
+    # Run All again while a run was paused: the old Session's run waited for a resume
+    # nobody could send, with its thread, lock and model, one more per rerun.
+    import threading
+
+    first = session_with_data(tmp_path / "s", tiny_model_dir)
+    left = first.train(max_steps=1000, batch_size=4, wait=False)
+    left.pause()
+    again = session_with_data(tmp_path / "s", tiny_model_dir)
+    said: list[str] = []
+    again.on("progress", said.append)
+    run = again.train(max_steps=1, batch_size=4, wait=True)
+    assert run.run_dir.name == "run-002" and left.status.state is RunState.STOPPED
+    assert any(m.startswith("stopping run-001, left paused by an earlier Session") for m in said)
+    assert not [t for t in threading.enumerate() if t.name.startswith("train:run-001")]
+    assert left.resume().state is RunState.RUNNING  # its own Session can still go on with it
+    left.stop()
+    left.wait()

@@ -841,6 +841,7 @@ class Session:
                 "the model already carries an adapter from an earlier run: call "
                 "load_model(...) again to train a fresh one, or merge() first."
             )
+        self._stop_runs_left_paused()
         data, model = self.data, self.loaded.model
         reset_adapter_strength(model)  # a run never starts from a scaled adapter
         with self.folder.reserved("runs") as run_dir:
@@ -973,6 +974,25 @@ class Session:
             if Path(run.run_dir).resolve() == folder and run.status.state is RunState.PAUSED:
                 self._progress(
                     f"stopping {run_dir.name}, paused in this kernel, to go on with its folder here"
+                )
+                run.stop()
+                run.wait()
+
+    def _stop_runs_left_paused(self) -> None:
+        """Stop the runs that other Session objects of this process left paused in this
+        folder (a notebook run again from the top while a run was paused), saving their
+        step: each waited for a resume nobody could send any more, holding a training
+        thread, the run's lock and, through its Session, a model."""
+        from workbench.train.worker import runs_training
+
+        runs = (self.folder.root / "runs").resolve()
+        for run in runs_training():
+            mine = run.events is self.events
+            here = Path(run.run_dir).resolve().parent == runs
+            if here and not mine and run.status.state is RunState.PAUSED:
+                self._progress(
+                    f"stopping {run.run_dir.name}, left paused by an earlier Session on this "
+                    f"folder (its step is saved; Session.resume({str(run.run_dir)!r}) goes on)"
                 )
                 run.stop()
                 run.wait()
