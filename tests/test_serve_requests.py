@@ -269,7 +269,7 @@ CHILD = """
 import sys, time
 from workbench.deploy.serve import serve_model
 server = serve_model(sys.argv[1], port=int(sys.argv[2]))
-print(server.process.pid, flush=True)
+print(server.process.pid, server.scratch, flush=True)
 time.sleep(600)
 """
 
@@ -285,7 +285,8 @@ def running(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_the_server_ends_with_the_process_that_started_it(tiny_model_dir, sig):
-    # atexit does not run on a signal: the server was left holding the port and the model.
+    # atexit does not run on a signal: the server was left holding the port and the model
+    # (and then its temporary folder, which its parent removes on stop()).
     port = free_port()
     kernel = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tiny_model_dir), str(port)],
@@ -294,7 +295,9 @@ def test_the_server_ends_with_the_process_that_started_it(tiny_model_dir, sig):
     )
     pid = None
     try:
-        pid = int(kernel.stdout.readline())
+        said = kernel.stdout.readline().split()
+        pid, scratch = int(said[0]), Path(said[1])
+        assert scratch.is_dir()
         kernel.send_signal(sig)
         kernel.wait(60)
         for _ in range(600):  # the server notices its parent is gone within a second or two
@@ -303,6 +306,7 @@ def test_the_server_ends_with_the_process_that_started_it(tiny_model_dir, sig):
             time.sleep(0.1)
         assert not running(pid)
         assert port_is_free(port)
+        assert not scratch.exists()
     finally:
         kernel.kill()
         kernel.wait()

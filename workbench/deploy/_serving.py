@@ -967,6 +967,29 @@ def main(
     transformers_main()
 
 
+SCRATCH_PREFIX = "workbench-serve-"
+"""The name :func:`~workbench.deploy.serve.serve_model` gives a server's own ``TMPDIR``."""
+
+
+def _remove_own_scratch(environ: Any = None) -> None:
+    """Remove this server's ``TMPDIR`` when serve_model made it (its parent, which removes
+    it on ``stop()``, has ended).
+
+    Examples:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+        >>> _remove_own_scratch({"TMPDIR": folder}), os.path.exists(folder)
+        (None, False)
+        >>> _remove_own_scratch({"TMPDIR": "/tmp"}), os.path.exists("/tmp")  # not ours: kept
+        (None, True)
+    """
+    import shutil
+
+    folder = (os.environ if environ is None else environ).get("TMPDIR", "")
+    if os.path.basename(folder.rstrip("/")).startswith(SCRATCH_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def exit_with_parent(parent: int, every: float = 0.5) -> threading.Thread:
     """End this process once process ``parent`` has ended, however it ended: a kernel killed
     by SIGTERM or SIGKILL runs no atexit, and left its server holding the port and the
@@ -987,6 +1010,7 @@ def exit_with_parent(parent: int, every: float = 0.5) -> threading.Thread:
         while os.getppid() == parent:
             time.sleep(every)
         print(f"the process that started this server ({parent}) has ended", file=sys.stderr)
+        _remove_own_scratch()
         os._exit(1)
 
     watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)

@@ -51,6 +51,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import BinaryIO
 
+from workbench.deploy._serving import SCRATCH_PREFIX
 from workbench.errors import DependencyError, ServeError, SpecError
 
 __all__ = [
@@ -491,7 +492,7 @@ def serve_model(
         str(port),
     ]
     with _interrupts_held(), open_log(log) as out:  # none between the start and the record
-        scratch = Path(tempfile.mkdtemp(prefix=f"workbench-serve-{port}-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{port}-"))
         environment = {**os.environ, "TMPDIR": str(scratch)}
         try:
             process = subprocess.Popen(
