@@ -111,3 +111,55 @@ def test_an_open_monitor_of_an_earlier_run_lets_its_model_go_with_the_next_model
     assert html.escape(f"fork() is refused: {said}") in monitor.fork_html.value
     resumed = session.resume(run.run_dir)  # from its checkpoint, as the refusals say
     assert resumed.wait().step == 6
+
+
+def test_closing_a_parent_s_monitor_leaves_its_fork_s_monitor_open(session):
+    # The Fork button shows the fork's own monitor inside the parent's: closing the parent
+    # closed the fork's (which stayed subscribed, and was built again when asked for).
+    run = session.train(max_steps=6, batch_size=4, save_every=2, wait=True)
+    parent = run.monitor()
+    parent.fork_step.value = 4
+    parent.fork_button.click()
+    fork = parent.last_fork
+    fork.wait()
+    shown = fork.monitor()  # also shown in a cell of its own, as s.run.monitor()
+    assert parent.fork_box.children == (shown.widget,)
+    parent.close()
+    assert shown.widget.comm is not None and fork.monitor() is shown
+    shown.close()
+
+
+def test_every_earlier_run_lets_go_a_fork_s_parent_and_a_run_before_a_merge(
+    session, tiny_model_dir
+):
+    # Only the latest run let go: a fork's parent, and a run replaced after merge(), kept
+    # their optimizers (and the parent the model) alive behind their open monitors.
+    first = session.train(max_steps=4, batch_size=4, save_every=2, wait=True)
+    first.monitor()
+    fork = first.fork(step=2, lr=1e-4, wait=True)
+    fork.monitor()
+    held = [weakref.ref(r.loop.optimizer) for r in (first, fork)] + [weakref.ref(fork.model)]
+    session.merge()
+    after_merge = session.train(max_steps=1, batch_size=4, wait=True)
+    after_merge.monitor()
+    held.append(weakref.ref(after_merge.loop.optimizer))
+    session.load_model(str(tiny_model_dir))
+    gc.collect()
+    assert [ref() is None for ref in held] == [True] * 4
+
+
+def test_a_refused_resume_leaves_the_session_s_run_as_it_was(session, tmp_path):
+    # The refused resume had loaded its base, and that let go of the session's own run:
+    # run.resume() said another model was loaded, though the session had its model back.
+    from workbench.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    run = session.train(max_steps=50, batch_size=4, save_every=2, wait=False)
+    run.wait(step=2)
+    run.stop()
+    run.wait()
+    with pytest.raises(wb.WorkbenchError):
+        session.resume(run.run_dir, model=str(other), wait=False)
+    assert run.model is session.model and run.resume().state.value == "running"
+    run.stop()
+    run.wait()

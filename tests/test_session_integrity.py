@@ -863,3 +863,20 @@ def test_a_notebook_run_again_stops_the_run_its_earlier_session_left_paused(
     assert left.resume().state is RunState.RUNNING  # its own Session can still go on with it
     left.stop()
     left.wait()
+
+
+def test_a_refused_train_leaves_another_session_s_paused_run_alone(tmp_path, tiny_model_dir):
+    # A notebook run again, not yet at its load_data cell: train() was refused, but the
+    # earlier Session's paused run had been stopped already.
+    from workbench.errors import NoDataError
+
+    first = session_with_data(tmp_path / "s", tiny_model_dir)
+    left = first.train(max_steps=1000, batch_size=4, wait=False)
+    left.pause()
+    again = wb.Session(tmp_path / "s", verbose=False)
+    again.load_model(str(tiny_model_dir))
+    with pytest.raises(NoDataError):
+        again.train(max_steps=1)
+    assert left.status.state is RunState.PAUSED
+    left.stop()
+    left.wait()

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,8 @@ class Session:
         self._servers: list = []
         self._run: Any = None
         self._run_of_model: Any = None  # the run whose weights the model holds (None: none)
+        self._runs_held: weakref.WeakSet = weakref.WeakSet()  # trained, resumed, forked here
+        self._let_go_deferred: list | None = None  # runs to let go once a resume is taken
         self._merged = False  # an adapter (trained or loaded) is merged into the model
         self._merged_from: list[str] = []  # whose adapters were merged: "run-001", a folder
         self._data_of_run: Any = None  # the data the run of the model trained on
@@ -214,8 +217,11 @@ class Session:
         cards), and data tokenized by another tokenizer (dropped, saying so). Its ended run
         lets go of the earlier model and optimizer (a monitor left open in the notebook kept
         them alive, a model per run)."""
-        if self._run is not None:
-            self._run.let_go("the session loaded another model")
+        earlier = list(self._runs_held)  # the latest, forks' parents, runs before a merge
+        if self._let_go_deferred is not None:  # a resume, which may yet be refused
+            self._let_go_deferred.extend(earlier)
+        else:
+            _let_go_of(earlier)
         self._run_of_model, self._merged, self._merged_from = None, False, []
         self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
         self._measured_lr = None
@@ -841,8 +847,8 @@ class Session:
                 "the model already carries an adapter from an earlier run: call "
                 "load_model(...) again to train a fresh one, or merge() first."
             )
-        self._stop_runs_left_paused()
         data, model = self.data, self.loaded.model
+        self._stop_runs_left_paused()  # once nothing refuses this train()
         reset_adapter_strength(model)  # a run never starts from a scaled adapter
         with self.folder.reserved("runs") as run_dir:
             self._run = start_run(
@@ -861,6 +867,7 @@ class Session:
                 probe_ids=self._probe_ids(probes),
             )
         self._adapted, self._run_of_model = self._run.model, self._run
+        self._runs_held.add(self._run)
         self._data_of_run = self._data
         self._evaluation = None  # it judged the previous model
         self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
@@ -957,6 +964,7 @@ class Session:
                         write_meta(run_dir, meta)
                 raise
         self._adapted, self._run_of_model = self._run.model, self._run
+        self._runs_held.add(self._run)
         self._training_summary = meta.get("spec", {})
         self._run.fork_hooks = self._fork_hooks()
         from workbench.train.run import block_until_ended
@@ -1004,6 +1012,7 @@ class Session:
         data and records it had: a refusal must not cost the session its model."""
         kept = dict(vars(self))  # what load_model replaces or forgets; nothing is mutated
         record = self._state().get("model")
+        self._let_go_deferred = []  # the earlier runs keep their model until it is taken
         try:
             yield
         except BaseException:
@@ -1011,6 +1020,8 @@ class Session:
             if record is not None:
                 self._record({"model": record})
             raise
+        deferred, self._let_go_deferred = self._let_go_deferred, None
+        _let_go_of(deferred)
 
     def _load_base_of(
         self, run_dir: Path, meta: dict, model: str | Path | None, trust_remote_code: bool
@@ -1100,6 +1111,7 @@ class Session:
 
         def adopt(fork) -> None:
             self._run, self._adapted, self._run_of_model = fork, fork.model, fork
+            self._runs_held.add(fork)
             self._training_summary = fork.spec.to_dict()
 
         return ForkHooks(check=check, data=data, adopt=adopt, progress=self._verbose)
@@ -2134,6 +2146,13 @@ def _describe(source: Any) -> str:
         if hasattr(source, "__len__")
         else (f"<{type(source).__name__}>")
     )
+
+
+def _let_go_of(runs: list) -> None:
+    """Each ended run of ``runs`` lets go of its model, optimizer and data (the session
+    loaded another model; a run still going keeps them)."""
+    for run in runs:
+        run.let_go("the session loaded another model")
 
 
 def _metric_names(metrics: Any) -> set[str]:

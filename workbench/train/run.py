@@ -1003,6 +1003,8 @@ class Run:
             workbench.errors.SessionStateError: run.model is refused: run-001's model and ...
         """
         with self._cond:
+            if self._let_go is not None:
+                return True  # let go already
             busy = self._serving is not None or self._restarting
             if not self._status.done or busy or not self._ended():
                 return False

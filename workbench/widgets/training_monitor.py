@@ -1000,6 +1000,7 @@ class TrainingMonitor:
         self._unsubscribe = []
         if self._timer is not None:
             self._timer.cancel()
+        self.fork_box.children = ()  # the fork's own monitor, which lives on: not this one's
         close_panel(self)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
