@@ -566,3 +566,51 @@ def test_a_stopped_server_leaves_no_temporary_folder(tiny_model_dir):
     finally:
         served.stop()
     assert not scratch.exists()
+
+
+def test_the_openai_client_says_why_a_request_was_refused(server):
+    # FastAPI's {"detail": ...} left the client with "Error code: 400" and no reason.
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=str(server.folder), messages=[{"role": "user", "content": "Hi"}], n=2
+        )
+    assert refused.value.message.startswith("Error code: 400 - ")
+    assert "n=2" in refused.value.body["message"] and refused.value.type == "invalid_request_error"
+    status, text = post(server, "chat/completions", {"messages": [], "max_tokens": 1})
+    assert status == 400 and json.loads(text)["detail"] == json.loads(text)["error"]["message"]
+
+
+def test_a_stream_ends_with_done_and_keeps_one_created_time(server):
+    # transformers sent no "data: [DONE]", and stamped each completions chunk anew.
+    for endpoint, body in [
+        ("completions", {"prompt": "Once upon", "max_tokens": 24}),
+        ("chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}),
+    ]:
+        status, text = post(server, endpoint, {**body, "stream": True, "temperature": 0})
+        events = [part for part in text.split("\n\n") if part]
+        assert status == 200 and events[-1] == "data: [DONE]", endpoint
+        created = {json.loads(e[len("data: ") :])["created"] for e in events[:-1]}
+        assert len(created) == 1, endpoint
+
+
+def test_a_responses_answer_stays_within_the_context(tiny_gpt2_dir):
+    # max_output_tokens past GPT-2's 1024 positions was a 500 (IndexError) on /v1/responses,
+    # where chat and completions cut the answer at the context.
+    import openai
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(tiny_gpt2_dir)("hello " * 100).input_ids
+    prompt = "hello " * (100 * 900 // len(tokens))  # about 900 of the 1024 positions
+    served = serve_model(tiny_gpt2_dir, port=free_port())
+    try:
+        client = openai.OpenAI(base_url=served.url, api_key="unused", max_retries=0)
+        reply = client.responses.create(
+            model=str(served.folder), input=prompt, max_output_tokens=500
+        )
+        assert reply.usage.input_tokens + reply.usage.output_tokens <= 1024
+        assert not reply.output_text.endswith("\ufffd")  # a character cut in two: left out
+    finally:
+        served.stop()

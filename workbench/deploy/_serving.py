@@ -315,6 +315,8 @@ def end_answers_as_openai(
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
             _end_as_openai(handler, JSONResponse, chat=handler is ChatCompletionHandler)
+    if not getattr(ResponseHandler._non_streaming, "keeps_in_context", False):
+        _keep_responses_in_context(ResponseHandler, JSONResponse)
     _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
     if control_text == "split":
@@ -769,9 +771,62 @@ def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
         stops = _stops(settings)
         if stops:
             response.body_iterator = _cut_stream(response.body_iterator, stops)
+        response.body_iterator = _ended_as_openai(response.body_iterator)
         return response
 
     answered.ends_as_openai = True  # type: ignore[attr-defined]
+    handler._non_streaming, handler._streaming = answered, streamed
+
+
+async def _ended_as_openai(chunks: Any) -> Any:
+    """The SSE chunks of a streamed answer as OpenAI sends them: one ``created`` for the
+    whole stream (transformers' completions stamped each chunk anew) and ``data: [DONE]``
+    last (transformers sent none; a client waiting for it never saw the stream end)."""
+    created, done = None, False
+    async for chunk in chunks:
+        parts = []
+        for part in chunk.split("\n\n"):
+            done = done or part == "data: [DONE]"
+            event = json.loads(part[len("data: ") :]) if part.startswith("data: {") else None
+            if isinstance(event, dict) and "created" in event:
+                created = event["created"] if created is None else created
+                if event["created"] != created:
+                    event["created"] = created
+                    parts.append("data: " + json.dumps(event, ensure_ascii=False))
+                    continue
+            if part:
+                parts.append(part)
+        if parts:
+            yield "".join(f"{part}\n\n" for part in parts)
+    if not done:
+        yield "data: [DONE]\n\n"
+
+
+def _keep_responses_in_context(handler: Any, json_response: Any) -> None:
+    """Make ``/v1/responses`` answers fit the context as chat answers do: its
+    ``max_output_tokens`` ran GPT-2 past its positions (a 500) and Llama past its context;
+    and leave out a character the limit cut in two (U+FFFD), as its stream does."""
+    streaming, non_streaming = handler._streaming, handler._non_streaming
+
+    @functools.wraps(non_streaming)
+    async def answered(self, request_id, engine, body, inputs, settings, *args, **kw):
+        _room_for_the_answer(engine, inputs, settings)
+        response = await non_streaming(
+            self, request_id, engine, body, inputs, settings, *args, **kw
+        )
+        data = json.loads(response.body)
+        for item in data.get("output") or []:
+            for part in (item.get("content") or []) if isinstance(item, dict) else []:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    part["text"] = part["text"].rstrip("\ufffd")
+        return json_response(data, status_code=response.status_code)
+
+    @functools.wraps(streaming)
+    def streamed(self, request_id, engine, body, inputs, settings, *args, **kw):
+        _room_for_the_answer(engine, inputs, settings)
+        return streaming(self, request_id, engine, body, inputs, settings, *args, **kw)
+
+    answered.keeps_in_context = True  # type: ignore[attr-defined]
     handler._non_streaming, handler._streaming = answered, streamed
 
 
@@ -900,7 +955,68 @@ def guard_app(app: Any, host: str = "localhost", limit: int = MAX_BODY_BYTES) ->
     allowed += [name for name in _extra_hosts() if name not in allowed]
     app.add_middleware(_BodyLimit, limit=limit)
     app.add_middleware(_HostCheck, allowed_hosts=allowed)
+    app.add_middleware(_OpenAIErrors)  # outermost: the guards' refusals too
     return app
+
+
+def openai_error(body: Any, status: int) -> Any:
+    """An error response's JSON ``body`` in OpenAI's shape, ``{"error": {"message", "type",
+    "param", "code"}}``, keeping its ``detail``: the openai client reads the reason from
+    ``error.message`` only, and said just "Error code: 400" for FastAPI's ``{"detail"}``.
+
+    Examples:
+        >>> openai_error({"detail": "n=2: send 2 requests"}, 400)["error"]["message"]
+        'n=2: send 2 requests'
+        >>> openai_error({"error": "engine dead"}, 503)["error"]["type"]
+        'server_error'
+        >>> openai_error({"error": {"message": "kept"}}, 400)
+        {'error': {'message': 'kept'}}
+    """
+    if not isinstance(body, dict) or isinstance(body.get("error"), dict):
+        return body
+    said = body.get("detail", body.get("error", ""))
+    message = said if isinstance(said, str) else json.dumps(said, ensure_ascii=False)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    error = {"message": message, "type": kind, "param": None, "code": None}
+    return {**body, "error": error}
+
+
+class _OpenAIErrors:
+    """ASGI middleware: every JSON error response in OpenAI's shape (:func:`openai_error`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            return await self.app(scope, receive, send)
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def reshaping(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers") or [])
+                json_body = headers.get(b"content-type", b"").startswith(b"application/json")
+                if message["status"] >= 400 and json_body:
+                    start = message  # held until the whole (small) body is here
+                    return
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            try:
+                body = json.dumps(openai_error(json.loads(b"".join(chunks)), start["status"]))
+                data = body.encode()
+            except ValueError:  # not JSON after all: as it was
+                data = b"".join(chunks)
+            headers = [(k, v) for k, v in start.get("headers") or [] if k != b"content-length"]
+            headers.append((b"content-length", str(len(data)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": data})
+
+        await self.app(scope, receive, reshaping)
 
 
 def guard_requests(host: str = "localhost") -> bool:

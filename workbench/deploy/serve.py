@@ -611,12 +611,16 @@ def _wait_until_ready(server: Server, timeout: float) -> None:
     raise ServeError(f"the server did not answer within {timeout:.0f}s; see {server.log}")
 
 
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+# An exception's line (a traceback ends with it), or a logged error (uvicorn's
+# "ERROR:    [Errno 98] ... address already in use", which no traceback follows)
+_EXCEPTION_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b|(ERROR|CRITICAL):\s+\S).*"
+)
 
 
 def failure_cause(log: str) -> str:
     """The line of a failed process's ``log`` that says why it failed: its last exception
-    line (a traceback ends with it), else its last line.
+    line (a traceback ends with it) or logged error, else its last line.
 
     Examples:
         >>> failure_cause('''Traceback (most recent call last):
@@ -627,6 +631,8 @@ def failure_cause(log: str) -> str:
         'RuntimeError: SafetensorError: invalid header length'
         >>> failure_cause("INFO: starting\\nKilled")
         'Killed'
+        >>> failure_cause("ERROR:    [Errno 98] address already in use\\n  warnings.warn(")
+        'ERROR:    [Errno 98] address already in use'
     """
     lines = [line for line in log.splitlines() if line.strip()]
     causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
