@@ -8,6 +8,7 @@ import pytest
 
 from tests.eval_fixtures import XSS, handmade_evaluation
 from workbench.evaluation import Evaluation
+from workbench.widgets._html import pre
 from workbench.widgets.eval_panel import EvalPanel, diff_html
 
 ESCAPED = "&lt;img src=x onerror=alert(1)&gt;"
@@ -94,3 +95,15 @@ def test_a_score_without_an_interval_sends_no_nan_to_the_browser(tmp_path):
     assert bars[("x", "tuned")].error_y.visible is False
     assert bars[("x2", "tuned")].y == (12.0,) and bars[("x2", "base")].y == (None,)
     assert "no 95% interval" in bars[("x", "tuned")].hovertemplate
+
+
+def test_the_panel_counts_the_ratings_the_evaluation_counts(saved):
+    # A rating of a row the evaluation does not hold (a hand-edited file) was counted by the
+    # panel's human-eval tab, and by nothing else (print, the report, the A/B progress).
+    panel = EvalPanel(saved)
+    panel.ab.a_button.click()
+    with saved.ratings_path.open("a") as ratings:
+        ratings.write(json.dumps({"row": 99999, "a_is": "tuned", "verdict": "A"}) + "\n")
+    panel.refresh_ratings()
+    assert saved.ratings_summary().n == 1
+    assert panel.ratings_html.value == pre(str(saved.ratings_summary()))

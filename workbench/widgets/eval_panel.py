@@ -33,7 +33,6 @@ import ipywidgets as w
 from workbench._display import isolate, plotly_text
 from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
-from workbench.evaluation.ratings import read_ratings, summarize
 from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, pre, shorten, table, text_dir
 
@@ -376,7 +375,8 @@ class EvalPanel:
                 "<i>blind A/B needs base and tuned answers and a saved evaluation</i>"
             )
             return self.ratings_html.value
-        self.ratings_html.value = pre(str(summarize(read_ratings(ev.ratings_path))))
+        # the evaluation's own count: a rating of a row it does not hold is not one of its
+        self.ratings_html.value = pre(str(ev.ratings_summary()))
         if not self.ab_box.children:
             from workbench.widgets.ab_rating import ABRating
 
