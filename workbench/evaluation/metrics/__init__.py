@@ -20,7 +20,7 @@ tool_calls     tool_calls: share of rows whose calls match the reference's      
 Examples:
     >>> sorted(METRICS)
     ['bleu', 'chrf', 'exact_match', 'perplexity', 'rouge', 'tool_calls']
-    >>> m = register_metric("starts_same", lambda p, r: float(p[:1] == r[:1]))
+    >>> m = register_metric("starts_same", lambda p, r: p[:1] == r[:1])  # bools: pass/fail
     >>> resolve_metrics(["starts_same"])[0].name
     'starts_same'
     >>> _ = METRICS.pop("starts_same")  # the registry is process-wide: leave it as it was
@@ -165,7 +165,8 @@ def register_metric(
 
     Args:
         name: The name to use in ``metrics=[...]`` (replaces an existing one).
-        metric: A function ``f(prediction, reference) -> float`` (averaged over rows), an
+        metric: A function ``f(prediction, reference) -> float`` (averaged over rows; one
+            returning bools is pass/fail and its score gets a Wilson interval), an
             ``evaluate.EvaluationModule``, a local evaluate module folder, a :class:`Metric`,
             or any object with ``score(column, indices)``.
         higher_is_better: ``False`` for error-like metrics.
