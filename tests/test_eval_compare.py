@@ -194,3 +194,34 @@ def test_a_base_model_evaluated_before_any_run_is_not_taken_for_an_old_version(
         warnings.simplefilter("error", WorkbenchWarning)
         records = wb.compare(tmp_path / "s").records()
     assert [r["run"] for r in records] == [run.run_dir.name]
+
+
+def test_runs_evaluated_otherwise_are_said_not_measured_alike(tmp_path, tiny_model_dir):
+    # Two different validation lists both read "data= (list)", and a run evaluated with
+    # 16 new tokens instead of 2 seemed to gain: one column, nothing said.
+    import workbench as wb
+
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(24)]
+
+    def evaluated(name, validation, **settings):
+        s = wb.Session(tmp_path / name, verbose=False)
+        s.load_model(str(tiny_model_dir))
+        s.load_data(rows, validation=validation)
+        s.train(max_steps=1, batch_size=4, wait=True)
+        s.evaluate(data=validation, metrics=["exact_match"], **settings)
+        return s.run.run_dir
+
+    same = evaluated("a", rows[:4], max_new_tokens=2)
+    other_rows = evaluated("b", rows[4:8], max_new_tokens=2)
+    longer = evaluated("c", rows[:4], max_new_tokens=16)
+    alike = compare([same, evaluated("d", rows[:4], max_new_tokens=2)])
+    assert alike.unlike() == []
+    with pytest.warns(WorkbenchWarning, match="not measured alike: the rows"):
+        unlike = compare([same, other_rows, longer])
+    assert [line.split(" differs")[0] for line in unlike.unlike()] == [
+        "the rows (prompts and references)",
+        "max_new_tokens",
+    ]
+    # the runs share a folder name, so they are named by their paths
+    assert f"Not measured alike: max_new_tokens differs: {longer} 16; " in str(unlike)
+    assert "Not measured alike" in unlike._repr_html_()

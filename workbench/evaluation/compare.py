@@ -263,6 +263,19 @@ def _read_run(path: str | Path, saved_in: Callable[[Path], list[Evaluation]]) ->
     return RunResults(folder.name, folder, history, settings, evaluations)
 
 
+# The settings an evaluation's scores depend on, with the words a note names them by.
+_MEASURED_ALIKE = (
+    ("rows_fingerprint", "the rows (prompts and references)"),
+    ("data", "the data"),
+    ("rows", "the number of rows"),
+    ("max_new_tokens", "max_new_tokens"),
+    ("generation", "the generation settings"),
+    ("metric_options", "the metric options"),
+    ("stop_strings", "the stop strings"),
+    ("base", "the base column's model"),
+)
+
+
 def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -339,6 +352,45 @@ class Comparison:
         header += [f"{n}_{c}" for n in self.score_names() for c in ("base", "tuned")]
         return header, [[_fmt(r.get(h)) for h in header] for r in records]
 
+    def unlike(self) -> list[str]:
+        """How the runs' latest evaluations were not measured alike, one line per setting
+        that differs (the rows, their source, answer length, generation settings, metric
+        options, stop strings, the base column's model); ``[]`` when they were.
+
+        Scores measured otherwise (other rows, longer answers) stood side by side in one
+        column with nothing said.
+
+        Examples:
+            >>> def run(name, **settings):
+            ...     ev = Evaluation({}, (), {"data": "validation split", **settings})
+            ...     return RunResults(name, Path(name), (), {}, (ev,))
+            >>> runs = (run("a", max_new_tokens=2), run("b", max_new_tokens=2),
+            ...         run("c", max_new_tokens=16))
+            >>> Comparison(runs).unlike()
+            ['max_new_tokens differs: c 16; a, b 2']
+        """
+        latest = {run.name: run.latest.settings for run in self.runs if run.latest is not None}
+        prints = [settings.get("rows_fingerprint") for settings in latest.values()]
+        same_rows = None not in prints and len(set(prints)) == 1  # however they were given
+        lines = []
+        for key, label in _MEASURED_ALIKE:
+            if same_rows and key in ("data", "rows"):
+                continue
+            given = {name: settings.get(key) for name, settings in latest.items()}
+            if key == "rows_fingerprint":  # older evaluations kept none: compare the rest
+                given = {name: value for name, value in given.items() if value is not None}
+            groups: dict[str, list[str]] = {}
+            for name, value in given.items():
+                groups.setdefault(json.dumps(value, sort_keys=True, default=str), []).append(name)
+            if len(groups) > 1:
+                ordered = sorted(groups.items(), key=lambda group: len(group[1]))
+                said = "; ".join(
+                    f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''} {value}"
+                    for value, names in ordered
+                )
+                lines.append(f"{label} differs: {said}")
+        return lines
+
     def _evaluated(self) -> bool:
         return any(run.latest is not None for run in self.runs)
 
@@ -351,11 +403,17 @@ class Comparison:
 
     def __str__(self) -> str:
         header, rows = self.table()
-        return f"Comparison of {len(self.runs)} runs\n" + text_table(rows, header=header)
+        text = f"Comparison of {len(self.runs)} runs\n" + text_table(rows, header=header)
+        return text + "".join(f"\nNot measured alike: {line}" for line in self.unlike())
 
     def _repr_html_(self) -> str:
         header, rows = self.table()
-        return html_table(rows, header=header, title=f"Comparison of {len(self.runs)} runs")
+        table = html_table(rows, header=header, title=f"Comparison of {len(self.runs)} runs")
+        notes = "".join(
+            f'<p style="color:#b00;">Not measured alike: {escape(line)}</p>'
+            for line in self.unlike()
+        )
+        return table + notes
 
     def figure(self) -> Any:
         """A plotly figure: loss curves (solid train, dotted eval), then one chart per score.
@@ -542,4 +600,8 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use paths
         runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations) for r in runs]
-    return Comparison(tuple(runs))
+    comparison = Comparison(tuple(runs))
+    for line in comparison.unlike():
+        msg = f"the runs' latest evaluations were not measured alike: {line}"
+        warnings.warn(msg, WorkbenchWarning, stacklevel=2)
+    return comparison

@@ -7,6 +7,7 @@ table (base, tuned, their 95% intervals and the gain).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -232,13 +233,36 @@ def _rows(rows: list[dict], outputs: dict[str, _Outputs], per_example: dict) -> 
     return tuple(built)
 
 
-def _settings(model: Any, metrics: list[Metric], spec: EvalSpec, columns: list, n: int) -> dict:
+def rows_fingerprint(rows: Sequence[dict]) -> str:
+    """A short hash of the rows' prompts and references: two evaluations on the same rows
+    share it, whatever their data was called (``data= (list)``, a file since changed).
+
+    Examples:
+        >>> rows_fingerprint([{"prompt": "Q", "reference": "A"}])
+        '822a30b15b9dc9f1'
+        >>> rows_fingerprint([{"prompt": "Q", "reference": "B"}]) != rows_fingerprint(
+        ...     [{"prompt": "Q", "reference": "A"}])
+        True
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for row in rows:
+        text = json.dumps([row.get("prompt"), row.get("reference")], ensure_ascii=False)
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _settings(
+    model: Any, metrics: list[Metric], spec: EvalSpec, columns: list, rows: Sequence[dict]
+) -> dict:
     return {
         "model": str(getattr(getattr(model, "config", None), "_name_or_path", "")),
         "metrics": [m.name for m in metrics],
         "metric_options": {m.name: m.options for m in metrics if m.options},
         "columns": list(columns),
-        "rows": n,
+        "rows": len(rows),
+        "rows_fingerprint": rows_fingerprint(rows),
         "max_new_tokens": spec.max_new_tokens,
         "generation": spec.generation,
         "stop_strings": list(spec.stop_strings),
@@ -295,7 +319,7 @@ def evaluate_with_spec(
     except EvaluationError as err:
         err.generated = outputs  # for the caller to keep: scoring again needs no generating
         raise
-    settings = _settings(model, metrics, spec, columns, len(rows))
+    settings = _settings(model, metrics, spec, columns, rows)
     return Evaluation(scores, _rows(rows, outputs, per_example), settings)
 
 
