@@ -17,6 +17,9 @@ Examples:
     >>> panel = EvalPanel(ev)
     >>> panel.sort_by("em"), [label for label, _ in panel.rows_select.options]
     ([0, 1], ['#0  gain +1  |  sky?', '#1  gain -1  |  grass?'])
+    >>> _ = panel.sort_by("index")
+    >>> [label for label, _ in panel.rows_select.options]  # the position once, exact
+    ['#1  |  grass?', '#0  |  sky?']
     >>> '<span style="background:#c8f0c8;">blue</span>' in panel.open_row(0)
     True
     >>> 'title="loss 4.000"' in panel.show_tokens(0, "base")
@@ -276,6 +279,8 @@ class EvalPanel:
         return self.order
 
     def _label(self, row: Any, key: str) -> str:
+        if key == "index":  # "#4999  index +5e+03" said the position twice, rounded
+            return f"#{row.index}  |  {isolate(shorten(row.prompt, 80))}"
         value = self.evaluation.row_key(row, key)
         tag = "gain" if len(self.evaluation.columns) == 2 and key != "index" else key
         return f"#{row.index}  {tag} {_fmt(value)}  |  {isolate(shorten(row.prompt, 80))}"
