@@ -526,9 +526,9 @@ class Session:
         """The loaded data (train and validation splits, template, report).
 
         Examples:
-            >>> Session("/tmp/wb-doc-empty", verbose=False).data
+            >>> Session("/tmp/wb-doc-empty", verbose=False).data  # doctest: +ELLIPSIS
             Traceback (most recent call last):
-            workbench.errors.NoDataError: no data is loaded: call session.load_data(...) first.
+            workbench.errors.NoDataError: no model or data is loaded: call session.load_model...
         """
         if self._data is None:
             raise NoDataError(self._no_data_message())
