@@ -975,33 +975,38 @@ class Session:
         """Stop a run of this process paused on ``run_dir`` (an earlier Session object's, a
         notebook run again), saving its step, so the folder goes on here: it waited for a
         resume nobody could send, holding its model and the folder's lock."""
-        from workbench.train.worker import runs_training
-
         folder = run_dir.resolve()
-        for run in runs_training():
-            if Path(run.run_dir).resolve() == folder and run.status.state is RunState.PAUSED:
-                self._progress(
-                    f"stopping {run_dir.name}, paused in this kernel, to go on with its folder here"
-                )
-                run.stop()
-                run.wait()
+        self._stop_paused_runs(
+            lambda run: Path(run.run_dir).resolve() == folder,
+            lambda run: (
+                f"stopping {run_dir.name}, paused in this kernel, to go on with its folder here"
+            ),
+        )
 
     def _stop_runs_left_paused(self) -> None:
         """Stop the runs that other Session objects of this process left paused in this
         folder (a notebook run again from the top while a run was paused), saving their
         step: each waited for a resume nobody could send any more, holding a training
         thread, the run's lock and, through its Session, a model."""
+        runs = (self.folder.root / "runs").resolve()
+        self._stop_paused_runs(
+            lambda run: (
+                run.events is not self.events and Path(run.run_dir).resolve().parent == runs
+            ),
+            lambda run: (
+                f"stopping {run.run_dir.name}, left paused by an earlier Session on "
+                f"this folder (its step is saved; Session.resume({str(run.run_dir)!r}) goes on)"
+            ),
+        )
+
+    def _stop_paused_runs(self, picked: Callable[[Any], bool], say: Callable[[Any], str]) -> None:
+        """Stop each run of this process paused now that ``picked`` picks, saying
+        ``say(run)`` first; its step is saved, as ``run.stop()`` saves it."""
         from workbench.train.worker import runs_training
 
-        runs = (self.folder.root / "runs").resolve()
         for run in runs_training():
-            mine = run.events is self.events
-            here = Path(run.run_dir).resolve().parent == runs
-            if here and not mine and run.status.state is RunState.PAUSED:
-                self._progress(
-                    f"stopping {run.run_dir.name}, left paused by an earlier Session on this "
-                    f"folder (its step is saved; Session.resume({str(run.run_dir)!r}) goes on)"
-                )
+            if run.status.state is RunState.PAUSED and picked(run):
+                self._progress(say(run))
                 run.stop()
                 run.wait()
 
