@@ -538,24 +538,25 @@ class Session:
         """Why there is no data, and, where ``session.json`` says what this folder loaded last
         (a session opened again after a restart), the call that loads it again; with no
         model either, the model first (loading data needs its tokenizer)."""
-        said = self._how_to_load_data()
+        again = self._how_to_load_data_again()
         if self._loaded is None:
-            if said.startswith("no data is loaded: "):
+            if again is None:
                 return (
                     "no model or data is loaded: call session.load_model(...), then "
                     "session.load_data(...)."
                 )
-            return f"no model is loaded: call session.load_model(...) first; then: {said}"
-        return said
+            return f"no model is loaded: call session.load_model(...) first; then: {again}"
+        return again or "no data is loaded: call session.load_data(...) first."
 
-    def _how_to_load_data(self) -> str:
-        said = "no data is loaded: call session.load_data(...) first."
+    def _how_to_load_data_again(self) -> str | None:
+        """The call that loads again what ``session.json`` says this folder loaded last;
+        ``None`` where it says nothing readable."""
         try:
             last = self._state().get("data")
         except (OSError, WorkbenchError):
-            return said
+            return None
         if not isinstance(last, dict) or not isinstance(last.get("source"), str):
-            return said
+            return None
         source, template = last["source"], last.get("template")
         options = "".join(
             f", {key}={last[key]!r}" for key in ("sheet", "encoding") if last.get(key)
@@ -1238,10 +1239,10 @@ class Session:
                     exporter=self.export,
                 )
         model, run_dir = self.model, self._last_run_dir()
-        about = self._evaluation_about(data)
+        about = self._evaluation_about(data, model, compare_base)
         tuned = self.holds_tuned_weights
         if self._merged and compare_base:
-            self._say_what_base_is(about, model)
+            self._say_what_base_is(about)
         asked = (rows, compare_base, max_new_tokens, generation, limit, batch_size, stops)
         answers_of = self._answers_key(*asked)
 
@@ -1447,25 +1448,26 @@ class Session:
             return str(self._adapter_folder[1])
         return "an adapter"
 
-    def _say_what_base_is(self, about: dict[str, Any], model: Any) -> None:
+    def _say_what_base_is(self, about: dict[str, Any]) -> None:
         """After a merge the base weights are gone: with no adapter on the merged model
         there is no base column; with one trained or loaded on it, its base column is the
-        merged model, which the evaluation's settings record (``base``)."""
-        from workbench.evaluation.run import is_peft_model
-
-        if not is_peft_model(model):
+        merged model (``about["base"]``, from :meth:`_evaluation_about`)."""
+        if "base" not in about:
             self._progress("the adapter is merged: one column, no base (its weights are gone)")
             return
-        merged = " and ".join(self._merged_from)
-        about["base"] = f"the loaded model with {merged} merged in"
         self._progress(
-            f"base: the loaded model with {merged} merged in (what {self._adapter_source()} "
-            "started from), not the model as loaded"
+            f"base: {about['base']} (what {self._adapter_source()} started from), not the "
+            "model as loaded"
         )
 
-    def _evaluation_about(self, data: Any) -> dict[str, Any]:
-        """What an evaluation's settings say it measured, for ``compare``: the rows, and
-        the adapter's strength where it is not as trained, and the run (``None``: none)."""
+    def _evaluation_about(
+        self, data: Any, model: Any = None, compare_base: bool = False
+    ) -> dict[str, Any]:
+        """What an evaluation's settings say it measured, for ``compare``: the rows, the
+        adapter's strength where it is not as trained, the run (``None``: none), and after a
+        merge with an adapter on top, what its base column holds (``base``)."""
+        from workbench.evaluation.run import is_peft_model
+
         if data is None:
             about: dict[str, Any] = {"data": "validation split"}
         elif isinstance(data, (str, Path)):
@@ -1476,6 +1478,8 @@ class Session:
         if strength is not None and strength != 1:
             about["adapter_strength"] = strength
         about["run"] = None  # the run that trained the weights, where one did (run_evaluation)
+        if self._merged and compare_base and is_peft_model(model):
+            about["base"] = f"the loaded model with {' and '.join(self._merged_from)} merged in"
         return about
 
     def _evaluation_rows(self, data: Any, metrics: Any = ()) -> list[dict]:

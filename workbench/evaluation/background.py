@@ -532,7 +532,9 @@ class EvaluationRun:
             >>> ev.monitor() is closed  # a closed panel is built anew
             False
         """
-        if self._monitor is None or self._monitor.widget.comm is None:  # none, or closed
+        from workbench.widgets._closing import is_closed
+
+        if self._monitor is None or is_closed(self._monitor):
             from workbench.widgets.eval_progress import EvalProgressPanel
 
             options = {} if max_rows is None else {"max_rows": max_rows}

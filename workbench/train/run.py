@@ -782,9 +782,14 @@ class Run:
             >>> run.monitor().close()
             >>> monitor.close()
         """
+        from workbench.widgets._closing import is_closed
+
         current = self._monitor
-        closed = current is not None and current.widget.comm is None  # monitor.close()d
-        if current is None or closed or (teaching is not None and current.teaching != teaching):
+        if (
+            current is None
+            or is_closed(current)
+            or (teaching is not None and current.teaching != teaching)
+        ):
             from workbench.widgets.training_monitor import TrainingMonitor
 
             if teaching is None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["close_panel", "close_tree"]
+__all__ = ["close_panel", "close_tree", "is_closed"]
 
 
 def close_tree(*roots: Any) -> None:
@@ -67,6 +67,25 @@ def close_panel(panel: Any) -> None:
         True
     """
     close_tree(*_held_by(panel, set()))
+
+
+def is_closed(panel: Any) -> bool:
+    """Whether ``panel`` was closed (its ``widget`` no longer reaches a front end): one
+    asked for again is then built anew.
+
+    Examples:
+        >>> import ipywidgets as w
+        >>> class Panel:
+        ...     def __init__(self):
+        ...         self.widget = w.VBox()
+        >>> panel = Panel()
+        >>> is_closed(panel)
+        False
+        >>> close_panel(panel)
+        >>> is_closed(panel)
+        True
+    """
+    return panel.widget.comm is None
 
 
 def _held_by(panel: Any, seen: set[int]) -> list[Any]:
