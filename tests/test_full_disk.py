@@ -167,3 +167,21 @@ def test_a_run_lock_that_cannot_name_its_holder_is_not_taken(small_disk):
     lock = RunLock(run_dir).acquire()
     assert lock.held and json.loads(lock_file.read_text())["pid"] == os.getpid()
     lock.release()
+
+
+def test_a_training_script_onto_a_full_disk_names_the_folder_and_leaves_nothing(
+    small_disk, tiny_model_dir, tmp_path
+):
+    # to_script raised a bare "[Errno 28] No space left on device" naming no folder.
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"What is {i}?", "answer": str(i)} for i in range(16)])
+    s.train(max_steps=1, wait=True)
+    disk = small_disk(64)
+    _fill(disk)
+    with pytest.raises(wb.WriteError, match=r"no space left on device at .*disk-0.script"):
+        s.to_script(disk / "script")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no half-written folder
+    s.close()

@@ -37,7 +37,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from workbench._io import staging_folder
+from workbench._io import staging_folder, translated_write_errors
 from workbench.errors import SpecError
 from workbench.train.store import read_meta
 
@@ -76,6 +76,7 @@ def write_training_script(
             files, or with ``fsdp`` the decoder layer class cannot be found. Nothing is
             written.
         ModelLoadError: the run's base model can no longer be found.
+        WriteError: the disk is full or read-only (naming ``path``); nothing is left there.
 
     Examples:
         A one-step run of the tiny model, and its script with the FSDP config:
@@ -111,7 +112,7 @@ def write_training_script(
     config = {**_script_config(run_dir, meta), "trust_remote_code": trust_remote_code}
     layers = _decoder_layers(config["model"], config["trust_remote_code"]) if fsdp else None
     _check_target(target)
-    with staging_folder(target, replace=target.exists()) as tmp:
+    with translated_write_errors(target), staging_folder(target, replace=target.exists()) as tmp:
         for name, (package, source) in _SOURCES.items():
             (tmp / name).write_text(files(package).joinpath(source).read_text(encoding="utf-8"))
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
