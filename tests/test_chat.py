@@ -293,6 +293,16 @@ def test_without_any_template_chat_says_what_to_do(tmp_path):
     assert isinstance(s.generate("Hi", max_new_tokens=3), str)  # plain completion still works
 
 
+def test_a_message_given_to_chat_says_chat_takes_tools(tmp_path, tiny_model_dir):
+    # s.chat("Hello") said "tools: the tools are not JSON (Expecting value...)".
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    for message in ("Hello", [{"role": "user", "content": "Hello"}]):
+        with pytest.raises(SpecError, match=r"its argument is tools=.*not a message.*send"):
+            s.chat(message)
+    assert s.chat(max_new_tokens=2).send("Hello").answer == s.generate("Hello", 2, chat=True)
+
+
 # --- the panel ------------------------------------------------------------------------
 
 

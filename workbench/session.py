@@ -440,6 +440,7 @@ class Session:
         template = self._data.template if self._data is not None else None
         template = chat_template(template, self.tokenizer)
         about = describe_chat(template, self.tokenizer)
+        _refuse_a_message_as_tools(tools)
         if tools is not None:  # a template that drops tools is refused now, not at a send
             from workbench.data.call_formats import function_of
 
@@ -2210,3 +2211,16 @@ def _check_calls_readable(prepared: Any, split: str, rows: list[dict]) -> None:
                 "and Qwen3-Coder's <function=f> tags. Train with template='chatml', or score "
                 "with a metric of your own."
             )
+
+
+def _refuse_a_message_as_tools(tools: Any) -> None:
+    """``chat("Hello")`` or ``chat(messages)``: a message given where ``chat()`` takes the
+    tools it offers; said as such, not as tools that are not JSON."""
+    first = tools[0] if isinstance(tools, list) and tools else None
+    is_text = isinstance(tools, str) and not tools.lstrip().startswith("[")
+    if is_text or (isinstance(first, dict) and "role" in first):
+        raise SpecError(
+            "chat() opens the chat panel; its argument is tools= (OpenAI function schemas "
+            "the model may call), not a message. Type the message in the panel, or send it "
+            "from code: s.chat().send('Hello'), or s.generate('Hello', chat=True)."
+        )
