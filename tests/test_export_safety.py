@@ -87,6 +87,26 @@ def test_no_export_replaces_the_session_folder_or_what_it_writes(tmp_path, tiny_
     assert sorted(p.relative_to(s.run_dir) for p in s.run_dir.rglob("*")) == before
 
 
+@pytest.mark.parametrize("fmt", ["gguf", "safetensors"])
+def test_an_export_named_like_a_file_is_refused_naming_the_folder_to_give(
+    tmp_path, tiny_model_dir, fmt
+):
+    # export("tiny.gguf", format="gguf") made a folder tiny.gguf/ holding model.gguf, which
+    # llama.cpp cannot open; without format="gguf" the folder held safetensors.
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    for name in ("tiny.gguf", "tiny.safetensors"):
+        with pytest.raises(
+            SpecError,
+            match=rf"names a .* file, but an export is a folder.*"
+            rf"export\('{tmp_path / 'tiny'}', format='{fmt}'\)",
+        ):
+            s.export(tmp_path / name, format=fmt)
+        assert not (tmp_path / name).exists()
+    inside = {"gguf": "model.gguf", "safetensors": "model.safetensors"}[fmt]
+    assert (s.export(tmp_path / "tiny", format=fmt) / inside).is_file()
+
+
 def test_dora_over_a_4bit_base_merges_with_its_magnitude(tmp_path, tiny_model_dir):
     lora = wb.LoRA(r=8, use_dora=True)
     s = trained(

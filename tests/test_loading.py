@@ -174,6 +174,20 @@ def test_missing_gguf_file(tmp_path):
         load_model(str(tmp_path / "absent.gguf"), on_event=quiet)
 
 
+def test_a_gguf_export_folder_loads_its_model_gguf(tmp_path, tiny_model_dir):
+    # load_model("export/gguf") said "has no config.json, so it is not a transformers model
+    # folder"; a folder named "x.gguf" (a model folder) said "GGUF file ... does not exist".
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    folder = s.export("export/gguf", format="gguf")
+    said: list[str] = []
+    loaded = load_model(str(folder), on_event=said.append)
+    assert loaded.source.kind == "gguf" and loaded.source.spec == str(folder / "model.gguf")
+    assert any("one GGUF file: loading model.gguf" in line for line in said)
+    plain = shutil.copytree(tiny_model_dir, tmp_path / "named.gguf")  # a model folder
+    assert load_model(str(plain), on_event=quiet).source.kind == "folder"
+
+
 @pytest.mark.parametrize("word", ["4-bit", "int4", "nf4", "16bit"])
 def test_unknown_quantization_word(tiny_model_dir, word):
     with pytest.raises(wb.SpecError, match=f"quantization='{word}' is not one of"):

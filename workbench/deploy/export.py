@@ -62,7 +62,8 @@ def check_export(
 
     Raises:
         SpecError: unknown format or ``gguf_type``, ``gguf_type`` for a format other than
-            ``gguf``, a ``gguf`` export of a model llama.cpp would run differently
+            ``gguf``, a target named like a file (``model.gguf``), a ``gguf`` export of a
+            model llama.cpp would run differently
             (:func:`~workbench.deploy.gguf_writer.check_gguf_model`), non-empty target without
             ``overwrite``, or ``adapter`` asked for a model without one.
         DependencyError: a K-quant ``gguf_type`` without llama-cpp-python, which makes it.
@@ -93,6 +94,7 @@ first (after merge(), the adapter is part of the weights: export those as safete
             "format='adapter' needs a model with an adapter: train one first (after merge(), "
             "the adapter is part of the weights: export those as safetensors)."
         )
+    _refuse_a_file_name(target, export_format)
     if export_format == "gguf":
         check_gguf_model(model.config)
     check_writable_target(target, overwrite)
@@ -102,6 +104,24 @@ first (after merge(), the adapter is part of the weights: export those as safete
     # The files are staged beside the target, so its parent is where they must fit.
     check_free_space(target.parent, needed, f"the {export_format} export to {target}")
     return needed
+
+
+_FILE_SUFFIXES = (".gguf", ".safetensors")
+
+
+def _refuse_a_file_name(target: Path, export_format: str) -> None:
+    """An export is a folder: ``export("model.gguf")`` would make a folder named like a file,
+    which llama.cpp cannot open (and, without ``format="gguf"``, holding safetensors)."""
+    if target.suffix.lower() not in _FILE_SUFFIXES:
+        return
+    inside = {"gguf": "model.gguf", "adapter": "adapter_model.safetensors"}
+    folder = target.with_suffix("")
+    raise SpecError(
+        f"{target} names a {target.suffix} file, but an export is a folder (its weights, "
+        f"tokenizer, README.md{', Modelfile' if export_format == 'gguf' else ''}): give a "
+        f"folder, as export({str(folder)!r}, format={export_format!r}) writes "
+        f"{folder / inside.get(export_format, 'model.safetensors')}."
+    )
 
 
 def export_model(

@@ -135,6 +135,15 @@ def _builtin_source(spec: str, on_event: Callable[[str], None]) -> ModelSource:
     return ModelSource(spec, "builtin", str(folder))
 
 
+def _lone_gguf_in(folder: Path) -> Path | None:
+    """The one ``.gguf`` file of a folder without ``config.json`` (an ``export(...,
+    format="gguf")`` folder), else ``None``."""
+    if (folder / "config.json").exists():
+        return None
+    found = [p for p in folder.glob("*.gguf") if p.is_file() and not p.name.startswith(".")]
+    return found[0] if len(found) == 1 else None
+
+
 def _check_folder(path: Path) -> None:
     """Refuse a folder transformers would not load safely, naming the file that is wrong."""
     if not (path / "config.json").is_file():
@@ -244,11 +253,15 @@ def resolve_source(spec: str, on_event: Callable[[str], None] = print) -> ModelS
     if text in BUILTIN_MODELS:
         return _builtin_source(text, on_event)
     path = expand_home(text)  # "~backup-model" names no user: a relative folder
-    if text.lower().endswith(".gguf"):
-        return _gguf_source(text, path, on_event)
     if path.is_dir():
+        inside = _lone_gguf_in(path)
+        if inside is not None:  # a GGUF export's folder: model.gguf, Modelfile, README.md
+            on_event(f"{path} holds no config.json but one GGUF file: loading {inside.name}")
+            return _gguf_source(str(inside), inside, on_event)
         _check_folder(path)
         return ModelSource(text, "folder", str(path))
+    if text.lower().endswith(".gguf"):
+        return _gguf_source(text, path, on_event)
     if path.exists():
         msg = f"{path} is a file; give a model folder, a .gguf file, a hub id or a built-in name."
         raise ModelLoadError(msg)
