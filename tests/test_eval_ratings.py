@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -75,7 +76,8 @@ def test_torn_last_line_is_skipped_and_repaired(tmp_path):
     with pytest.warns(WorkbenchWarning, match=r"ratings\.jsonl: skipped line\(s\) 2"):
         assert [r.row for r in read_ratings(path)] == [0]
     append_rating(path, Rating(2, "base", "tie"))
-    with pytest.warns(WorkbenchWarning, match=r"skipped line\(s\) 2"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", WorkbenchWarning)  # the same damage: said once, above
         assert [r.row for r in read_ratings(path)] == [0, 2]
 
 
@@ -221,3 +223,65 @@ def test_a_rating_the_folder_cannot_take_is_said_in_the_panel_and_kept(tmp_path)
     ratings.rmdir()
     panel.a_button.click()
     assert panel.progress.value == "1 of 3 rated" and panel.notice.value == ""
+
+
+def damage_warnings(caught: list) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, WorkbenchWarning)]
+
+
+def test_a_hand_edited_row_is_read_when_whole_and_named_when_not(tmp_path):
+    # "row": 8.0 (pandas' to_json, a JSON round-trip through floats) was skipped as "a write
+    # cut short by a kill", which sent the user looking for a crash that never happened.
+    from workbench.evaluation import EvalRow, Evaluation
+    from workbench.widgets.ab_rating import ABRating
+
+    rows = tuple(EvalRow(i, f"Q{i}", "A", {"base": "B", "tuned": "A"}) for i in range(10))
+    ev = Evaluation({}, rows, {"columns": ["base", "tuned"]}).save(tmp_path / "ev")
+    append_rating(ev.ratings_path, Rating(0, "tuned", "A"))
+    with ev.ratings_path.open("a") as handle:
+        for row in (8.0, 2.5, "three"):
+            handle.write(json.dumps({"row": row, "a_is": "base", "verdict": "A"}) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [r.row for r in read_ratings(ev.ratings_path)] == [0, 8]
+        panel = ABRating(ev)
+    assert panel.progress.value == "2 of 10 rated" and 8 not in panel.rater.remaining
+    assert ev.ratings_summary().base_wins == 1  # row 8 counted, as its verdict says
+    (said,) = damage_warnings(caught)
+    assert said.startswith(f"{ev.ratings_path}: skipped line(s) 3, 4, which are not complete")
+    assert "Line 3: field 'row' is 2.5, not a row index (a whole number >= 0)." in said
+    assert "Line 4: field 'row' is 'three', not a row index" in said
+    assert "cut short" not in said
+
+
+def test_a_damaged_ratings_file_is_warned_of_once_per_damage_not_per_read(tmp_path):
+    # A panel reads the file for its summary, its next pair and its progress: each read
+    # warned, so one torn line was said three times per panel build and again on every click.
+    from workbench.widgets.eval_panel import EvalPanel
+
+    ev = handmade_evaluation().save(tmp_path / "ev")
+    ev.rater().rate("A")
+    with ev.ratings_path.open("a") as handle:
+        handle.write('{"row": 1, "a_is": "tu\n')  # a kernel killed mid-write
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        panel = EvalPanel(ev)
+        assert len(damage_warnings(caught)) == 1
+        assert "Line 2: not whole JSON (a write cut short by a kill" in caught[0].message.args[0]
+        EvalPanel(ev)  # another panel on the same damage says nothing new
+        panel.ab.a_button.click()  # nor does rating: the file grew, the damage did not
+        assert panel.ab.progress.value == "2 of 3 rated"
+        assert len(damage_warnings(caught)) == 1
+        with ev.ratings_path.open("a") as handle:
+            handle.write('{"row": 2, "a_is": "base", "verdict": "maybe"}\n')  # new damage
+        assert ev.ratings_summary().n == 2
+        assert len(damage_warnings(caught)) == 2
+        new = damage_warnings(caught)[1]
+        assert "skipped line(s) 2, 4" in new and "verdict='maybe' must be one of" in new
+        first = ev.ratings_path.read_text().splitlines()[0]
+        ev.ratings_path.write_text(first + "\n")  # mended by hand (one rating left)
+        assert ev.ratings_summary().n == 1
+        with ev.ratings_path.open("a") as handle:
+            handle.write('{"row": 1, "a_is": "tu\n')  # the same tear on the same line: news
+        ev.ratings_summary()
+        assert len(damage_warnings(caught)) == 3

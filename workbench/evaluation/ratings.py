@@ -16,6 +16,13 @@ so a killed kernel never blocks the others. A line cut short by a kill mid-write
 with a :class:`~workbench.errors.WorkbenchWarning` naming the file and line, and the next
 append starts on a line of its own.
 
+Reads: a line that is not a rating (cut short, or edited by hand into something else) is
+skipped, and the warning says why, naming the field and what it found (``field 'row' is
+2.5``). It is given once while the damage stays as it is, not once per read (a panel reads
+the file several times per click); a line that breaks anew is warned of again. A whole float
+where a whole number goes (``"row": 8.0``, as pandas or a JSON round-trip through floats
+writes it) is read as that number.
+
 Examples:
     >>> s = summarize([Rating(0, "tuned", "A"), Rating(1, "base", "A"), Rating(2, "tuned", "tie")])
     >>> s.tuned_wins, s.base_wins, s.ties, round(s.win_rate, 2)
@@ -28,11 +35,12 @@ import contextlib
 import json
 import os
 import random
+import threading
 import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -171,27 +179,82 @@ def _read_unlocked(target: Path) -> list[Rating]:
     if not target.is_file():
         return []
     lines = json_lines(target.read_text(encoding="utf-8", errors="replace"))
-    ratings, bad = [], []
+    ratings, bad = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            data = json.loads(line)
-            # Fields a later version may add are ignored; a record missing one is damage.
-            rating = Rating(**{k: v for k, v in data.items() if k in _FIELDS})
-        except (json.JSONDecodeError, TypeError, AttributeError, EvaluationError):
-            bad.append(number)
+        parsed = _parse_line(line)
+        if isinstance(parsed, str):
+            bad[number, line] = parsed
             continue
-        ratings.append(rating if rating.id else replace(rating, id=f"line-{number}"))
-    if bad:
-        which = ", ".join(map(str, bad))
-        warnings.warn(
-            f"{target}: skipped line(s) {which}, which are not complete ratings (a write "
-            "cut short by a kill, or damage); every other rating is counted.",
-            WorkbenchWarning,
-            stacklevel=3,
-        )
+        ratings.append(parsed if parsed.id else replace(parsed, id=f"line-{number}"))
+    _report_damage(target, bad)
     return ratings
+
+
+_REQUIRED = [f.name for f in fields(Rating) if f.default is MISSING]
+_WHOLE = ("row", "score")  # 8.0 for 8: pandas' to_json, or a tool that keeps every number a float
+
+
+def _parse_line(line: str) -> Rating | str:
+    """The rating on one line of the file, or why the line is not one (said in the warning)."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError:
+        return "not whole JSON (a write cut short by a kill, or damage)"
+    if not isinstance(data, dict):
+        return f"not a JSON object: found {_shown(data)}"
+    # Fields a later version may add are ignored; a record missing one is damage.
+    data = {k: v for k, v in data.items() if k in _FIELDS}
+    for name in _WHOLE:
+        if isinstance(data.get(name), float) and data[name].is_integer():
+            data[name] = int(data[name])
+    missing = [name for name in _REQUIRED if name not in data]
+    if missing:
+        return "no " + ", ".join(f"'{name}'" for name in missing) + " field"
+    row = data["row"]
+    if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+        return f"field 'row' is {_shown(row)}, not a row index (a whole number >= 0)"
+    try:
+        return Rating(**data)
+    except EvaluationError as err:  # names the field and the value found
+        return str(err)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)  # quotes a string, shows control characters as escapes
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# Damage already warned of, by file: each damaged line as (number, text). A panel reads the
+# file several times per click (the summary, the next pair, the progress), so a warning per
+# read said the same thing three times; a line that changes or newly breaks is warned of again.
+_WARNED: dict[str, frozenset[tuple[int, str]]] = {}
+_WARNED_LOCK = threading.Lock()
+_REASONS_SHOWN = 5
+
+
+def _report_damage(target: Path, bad: dict[tuple[int, str], str]) -> None:
+    """Warn of the damaged lines of ``target``, once for as long as each stays as it is."""
+    key, damage = str(target.resolve()), frozenset(bad)
+    with _WARNED_LOCK:
+        new = damage - _WARNED.get(key, frozenset())
+        if damage:
+            _WARNED[key] = damage
+        else:
+            _WARNED.pop(key, None)  # repaired: the same damage again later is news
+    if not new:
+        return
+    numbers = sorted(number for number, _ in bad)
+    reasons = [f"Line {number}: {bad[number, line]}. " for number, line in sorted(bad)]
+    more = len(reasons) - _REASONS_SHOWN
+    listed = "".join(reasons[:_REASONS_SHOWN]) + (f"And {more} more. " if more > 0 else "")
+    msg = (
+        f"{target}: skipped line(s) {', '.join(map(str, numbers))}, which are not complete "
+        f"ratings; every other rating is counted. {listed}(Said once while those lines stay "
+        "as they are; a line fixed by hand counts from the next read.)"
+    )
+    warnings.warn(msg, WorkbenchWarning, stacklevel=4)
 
 
 def _append_unlocked(target: Path, rating: Rating) -> Rating:
@@ -221,15 +284,27 @@ def append_rating(path: str | Path, rating: Rating) -> Rating:
 
 
 def read_ratings(path: str | Path) -> list[Rating]:
-    """Every complete rating, in the order written (read under the file's shared lock).
+    r"""Every complete rating, in the order written (read under the file's shared lock).
 
     A line that is not a complete rating (a kill mid-write, or damage) is skipped with a
-    :class:`~workbench.errors.WorkbenchWarning` naming the file and the line; writers hold
-    the lock while they append, so a reader never sees a line being written.
+    :class:`~workbench.errors.WorkbenchWarning` naming the file, the line and what is wrong
+    with it, once while that line stays as it is (not on every read); writers hold the lock
+    while they append, so a reader never sees a line being written. ``"row": 8.0`` is row 8.
 
     Examples:
         >>> read_ratings("/nonexistent/ratings.jsonl")
         []
+        >>> import tempfile, warnings
+        >>> p = Path(tempfile.mkdtemp()) / RATINGS_FILE
+        >>> _ = p.write_text('{"row": 8.0, "a_is": "tuned", "verdict": "A"}\n'
+        ...                  '{"row": 2.5, "a_is": "tuned", "verdict": "B"}\n')
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     rows = [[r.row for r in read_ratings(p)] for _ in range(3)]
+        >>> rows, len(caught)
+        ([[8], [8], [8]], 1)
+        >>> print(str(caught[0].message).split("counted. ")[1])  # doctest: +ELLIPSIS
+        Line 2: field 'row' is 2.5, not a row index (a whole number >= 0). (Said once ...)
     """
     target = Path(path)
     if not target.is_file():
