@@ -107,3 +107,60 @@ def test_the_panel_counts_the_ratings_the_evaluation_counts(saved):
     panel.refresh_ratings()
     assert saved.ratings_summary().n == 1
     assert panel.ratings_html.value == pre(str(saved.ratings_summary()))
+
+
+MARKER = 'class="wb-empty-answer"'
+
+
+def empty_answer_evaluation(tmp_path) -> Evaluation:
+    """Row 0: the tuned model said nothing, the base only whitespace; row 1 answered
+    "(empty answer)" in words, which must not look like the marker."""
+    from workbench.evaluation import EvalRow
+
+    rows = (
+        EvalRow(0, "Q0", "red", {"base": " \n\t", "tuned": ""}),
+        EvalRow(1, "Q1", "blue", {"base": "(empty answer)", "tuned": XSS}),
+    )
+    probes = ({"step": 5, "prompt": "P", "output": "", "base": None},)
+    ev = Evaluation({}, rows, {"columns": ["base", "tuned"]}, None, probes)
+    return ev.save(tmp_path / "ev")
+
+
+def test_an_empty_answer_shows_as_marked_in_every_view_of_the_answers(tmp_path):
+    # An empty answer was a blank cell, the same as an answer never generated: in the
+    # examples tab, the A/B rater, the probes tab and the saved notebook's snapshot alike.
+    from workbench.widgets._snapshot import snapshot_bundle
+
+    ev = empty_answer_evaluation(tmp_path)
+    panel = EvalPanel(ev)
+    empty, worded = panel.open_row(0), panel.open_row(1)
+    assert empty.count(MARKER) == 2 and ">(empty answer)</i>" in empty
+    assert MARKER not in worded and "(empty answer)" in worded  # the model's words, plain
+    assert ESCAPED in worded and XSS not in worded
+    ab = panel.ab
+    shown = {}
+    while ab.current_row is not None:
+        shown[ab.current_row] = ab.a_html.value + ab.b_html.value
+        ab.tie_button.click()
+    assert shown[0].count(MARKER) == 2 and MARKER not in shown[1]
+    assert ev.ratings_summary().ties == 2  # a pair with an empty answer is rated as any other
+    assert panel.probes_html.value.count(MARKER) == 1  # the output; the base was not recorded
+    html = snapshot_bundle(panel)["text/html"]
+    assert html.count(MARKER) == 2 and ESCAPED in html and XSS not in html
+
+
+def test_an_empty_answer_shows_as_marked_while_the_evaluation_runs():
+    from workbench.evaluation.background import EvaluationRun
+    from workbench.events import EvalProgress
+    from workbench.widgets.eval_progress import EvalProgressPanel
+
+    def work(emit, cancelled):
+        emit("eval_progress", EvalProgress("base", 2, 3, ("", "<b>x</b>")))
+        raise ValueError("stopped here")
+
+    rows = [{"prompt": f"Q{i}", "reference": "A"} for i in range(3)]
+    ev = EvaluationRun(work, rows, ("base", "tuned"))
+    ev.cancel()
+    html = EvalProgressPanel(ev).rows_html.value
+    assert html.count(MARKER) == 1 and "&lt;b&gt;x&lt;/b&gt;" in html
+    assert html.count("…</td>") == 2  # the tuned column, not generated: no marker

@@ -15,12 +15,29 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from workbench._display import continues_grapheme, escape_html, html_table, text_dir
+from workbench._display import MarkedUp, continues_grapheme, escape_html, html_table, text_dir
 
-__all__ = ["escape", "pre", "shorten", "table", "text_dir", "token_span"]
+__all__ = [
+    "EMPTY_ANSWER",
+    "answer_html",
+    "escape",
+    "pre",
+    "shorten",
+    "table",
+    "text_dir",
+    "token_span",
+]
+
+# What an empty answer shows: italic, grey and in the panel's own font, so it reads as the
+# panel speaking, never as a model answer that happens to say "(empty answer)". A blank cell
+# looked the same as an answer never generated.
+EMPTY_ANSWER = (
+    '<i class="wb-empty-answer" style="color:#888;font-family:sans-serif;" '
+    'title="the model generated no text (or only whitespace)">(empty answer)</i>'
+)
 
 
 def escape(value: Any) -> str:
@@ -51,16 +68,50 @@ def shorten(text: str, limit: int = 120) -> str:
     return text[:end] + "…"
 
 
+def answer_html(text: str, shown: str | None = None) -> str:
+    """A model's answer as HTML: ``shown`` (escaped HTML of it, such as a word diff) or its
+    escaped text; an empty or whitespace-only answer as :data:`EMPTY_ANSWER`.
+
+    Examples:
+        >>> answer_html("<b>"), answer_html(" \\n") == EMPTY_ANSWER
+        ('&lt;b&gt;', True)
+        >>> answer_html("", shown="") == EMPTY_ANSWER  # a diff of nothing is nothing to see
+        True
+    """
+    if not str(text).strip():
+        return EMPTY_ANSWER
+    return escape(text) if shown is None else shown
+
+
 def table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], row_titles: Sequence[str] | None = None
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    row_titles: Sequence[str] | None = None,
+    answers: Collection[int] = (),
 ) -> str:
     """A panel's table: :func:`workbench._display.html_table` with the panels' ``wb-table`` style.
+
+    Args:
+        headers: Column names.
+        rows: The cells, row by row (each escaped).
+        row_titles: A hover text per row.
+        answers: Positions of the columns holding model answers: each shown by
+            :func:`answer_html` (an empty one marked), a ``None`` cell (no answer) blank.
 
     Examples:
         >>> "<td>1</td>" in table(["n"], [[1]])
         True
+        >>> html = table(["#", "answer"], [[0, "<b>"], [1, " "], [2, None]], answers=[1])
+        >>> html.count(EMPTY_ANSWER), "<td>&lt;b&gt;</td>" in html, "<td></td>" in html
+        (1, True, True)
     """
+    if answers:
+        rows = [[_answer_cell(c) if j in answers else c for j, c in enumerate(r)] for r in rows]
     return html_table(rows, headers, row_titles=row_titles, css_class="wb-table")
+
+
+def _answer_cell(value: Any) -> Any:
+    return "" if value is None else MarkedUp(answer_html(value))
 
 
 _STYLES = {

@@ -239,7 +239,7 @@ def _evaluation(ev: Any, order: Sequence[int] = (), findings: str | None = None)
     rows = [ev.rows[i] for i in order[:EXAMPLES_SHOWN]] or list(ev.rows[:EXAMPLES_SHOWN])
     examples = [
         [r.index, shorten(r.prompt, 160), shorten(r.reference, 120)]
-        + [shorten(r.outputs.get(c, ""), 160) for c in ev.columns]
+        + [None if r.outputs.get(c) is None else shorten(r.outputs[c], 160) for c in ev.columns]
         for r in rows
     ]
     parts = [
@@ -251,7 +251,8 @@ def _evaluation(ev: Any, order: Sequence[int] = (), findings: str | None = None)
         parts.append(f'<div class="wb-snapshot-chart">{svg_img(chart, alt)}</div>')
     if examples:
         parts.append(f"<div><b>{escape(f'first {len(examples)} examples')}</b></div>")
-        parts.append(table(["#", "prompt", "reference", *ev.columns], examples))
+        answers = range(3, 3 + len(ev.columns))  # an empty answer marked, not a blank cell
+        parts.append(table(["#", "prompt", "reference", *ev.columns], examples, answers=answers))
     summary = ev.ratings_summary() if ev.ratings_path is not None else None
     if summary is not None and summary.n:
         parts.append(pre(f"human (blind A/B): {summary}"))

@@ -37,7 +37,7 @@ import ipywidgets as w
 
 from workbench.errors import EvaluationError, WorkbenchError
 from workbench.widgets._closing import close_panel
-from workbench.widgets._html import escape, text_dir
+from workbench.widgets._html import answer_html, escape, text_dir
 
 __all__ = ["ABRating"]
 
@@ -124,7 +124,7 @@ class ABRating:
     def _show_pair(self, pair: tuple[int, str, str, str]) -> None:
         self.current_row, prompt, a, b = pair
         self.prompt_html.value = f"<b>prompt</b>{_box(prompt)}"
-        self.a_html.value, self.b_html.value = _box(a), _box(b)
+        self.a_html.value, self.b_html.value = _box(a, answer=True), _box(b, answer=True)
 
     def _ipython_display_(self) -> None:
         from workbench.widgets._snapshot import show
@@ -301,5 +301,7 @@ class ABRating:
             self.on_rated(rating)
 
 
-def _box(text: str) -> str:
-    return f"<div{text_dir(text)} style='{_BOX}'>{escape(text)}</div>"
+def _box(text: str, answer: bool = False) -> str:
+    """Escaped text in a bordered box; an empty answer is marked, so it shows as one."""
+    shown = answer_html(text) if answer else escape(text)
+    return f"<div{text_dir(text)} style='{_BOX}'>{shown}</div>"

@@ -37,7 +37,7 @@ from workbench._display import isolate, plotly_text
 from workbench.evaluation.compare import SCORE_COLUMNS, format_score, score_scale
 from workbench.evaluation.diff import word_diff
 from workbench.widgets._closing import close_panel
-from workbench.widgets._html import escape, pre, shorten, table, text_dir
+from workbench.widgets._html import answer_html, escape, pre, shorten, table, text_dir
 
 __all__ = ["EvalPanel", "diff_html", "token_loss_html"]
 
@@ -316,6 +316,7 @@ class EvalPanel:
         else:
             texts = (row.outputs[cols[0]],)
             cells = (escape(texts[0]),)
+        cells = tuple(answer_html(t, c) for t, c in zip(texts, cells, strict=True))
         scores = {n: ", ".join(f"{c} {v:.3g}" for c, v in s.items()) for n, s in row.scores.items()}
         parts = "".join(
             f"<td{text_dir(t)} style='{_BOX}vertical-align:top;width:50%'>{c}</td>"
@@ -358,11 +359,11 @@ class EvalPanel:
         if not probes:
             self.probes_html.value = "<i>no probe prompts were recorded in training</i>"
             return
-        rows = [
-            [p.get("step"), p.get("prompt", ""), p.get("output", ""), p.get("base") or ""]
+        rows = [  # a base answer not recorded stays blank; an empty one is marked
+            [p.get("step"), p.get("prompt", ""), p.get("output"), p.get("base")]
             for p in sorted(probes, key=lambda p: (str(p.get("prompt")), p.get("step") or 0))
         ]
-        self.probes_html.value = table(["step", "prompt", "output", "base"], rows)
+        self.probes_html.value = table(["step", "prompt", "output", "base"], rows, answers=(2, 3))
 
     def refresh_ratings(self, _rating: Any = None) -> str:
         """Re-read ``ratings.jsonl`` and show the summary; build the A/B view when possible.

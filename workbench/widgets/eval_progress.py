@@ -235,7 +235,8 @@ class EvalProgressPanel:
         if len(shown) < len(snap.rows):
             note += f"; showing #{shown[0]['index']} to #{shown[-1]['index']}"
         headers = ["#", "prompt", "reference", *columns]
-        return f'<div class="wb-eval-rows"><div>{escape(note)}</div>{table(headers, body)}</div>'
+        shown_table = table(headers, body, answers=range(3, len(headers)))  # "" marked, not blank
+        return f'<div class="wb-eval-rows"><div>{escape(note)}</div>{shown_table}</div>'
 
     def row_count(self) -> int:
         """Rows in the table as shown now.
