@@ -8,7 +8,7 @@ import pytest
 
 from tests.eval_fixtures import handmade_evaluation
 from workbench.errors import WorkbenchWarning
-from workbench.evaluation import EvaluationError, compare
+from workbench.evaluation import EvalRow, Evaluation, EvaluationError, compare
 
 
 def _run(folder, losses, eval_losses, tuned):
@@ -106,9 +106,14 @@ def test_compare_says_what_each_latest_evaluation_measured(tmp_path, tiny_model_
     assert shown["adapter_strength"] == "0"
 
     latest = sorted((tmp_path / "s" / "evaluations").glob("eval-*"))[-1]
-    (latest / "rows.jsonl").write_text("")  # emptied
+    (latest / "rows.jsonl").write_text("")  # emptied: its scores still stand, its rows not
     with pytest.raises(EvaluationError, match=r"it holds 0 rows, settings.json says 1"):
         wb.Evaluation.load(latest)
+    shown = wb.compare([run.run_dir])  # the table reads scores only
+    assert shown.records()[0]["eval_rows"] == 1
+    with pytest.raises(EvaluationError, match=r"it holds 0 rows, settings.json says 1"):
+        shown.runs[0].latest.rows  # noqa: B018
+    (latest / "scores.json").write_text("[]")
     with pytest.warns(WorkbenchWarning, match=rf"left out of the comparison: {latest}"):
         record = wb.compare([run.run_dir]).records()[0]
     assert record["eval_rows"] == 4 and record["exact_match_tuned"] == pytest.approx(
@@ -225,3 +230,78 @@ def test_runs_evaluated_otherwise_are_said_not_measured_alike(tmp_path, tiny_mod
     # the runs share a folder name, so they are named by their paths
     assert f"Not measured alike: max_new_tokens differs: {longer} 16; " in str(unlike)
     assert "Not measured alike" in unlike._repr_html_()
+
+
+def test_the_score_table_reads_no_rows_until_they_are_asked_for(tmp_path):
+    # compare read every row of every evaluation for a table of scores: 60 runs of 5,000
+    # rows took 7 s and 750 MB, and one damaged rows.jsonl stopped the whole comparison.
+    _run(tmp_path / "lr-1e-4", [3.0, 2.5], [(2, 2.2)], 0.25)
+    _run(tmp_path / "lr-5e-4", [3.0, 1.0], [(2, 1.5)], 0.75)
+    damaged = tmp_path / "lr-5e-4" / "evaluations" / "eval-1" / "rows.jsonl"
+    lines = damaged.read_text().splitlines(keepends=True)
+    damaged.write_text(lines[0] + '{"index": 1, "prompt": "torn\n' + lines[2])
+    cmp = compare([tmp_path / "lr-1e-4", tmp_path / "lr-5e-4"])
+    assert [r["exact_match_tuned"] for r in cmp.records()] == [0.25, 0.75]
+    assert "lr-5e-4" in str(cmp) and cmp.unlike() == [] and "<img " in cmp.static_html()
+    assert "exact_match" in repr(cmp.runs[1].latest)  # says what it holds, reads no rows
+    whole = Evaluation.load(tmp_path / "lr-1e-4" / "evaluations" / "eval-1")
+    assert cmp.runs[0].latest.rows == whole.rows and cmp.runs[0].latest == whole
+    with pytest.raises(EvaluationError, match=rf"{damaged} is damaged at line 2: "):
+        cmp.runs[1].latest.rows  # noqa: B018
+
+
+@pytest.mark.parametrize("count", [3, 12])
+@pytest.mark.parametrize("kept", [True, False], ids=["rows-kept", "saved-without-a-count"])
+def test_rows_read_on_demand_are_the_rows_and_intervals_a_full_load_gives(tmp_path, count, kept):
+    """Under 10 rows a load drops a saved interval; an evaluation saved before settings kept
+    the row count has its first lines counted for that, not all of its rows read."""
+    rows = tuple(
+        EvalRow(i, f"q{i}", "a", {"tuned": "a"}, {"em": {"tuned": 1.0}}) for i in range(count)
+    )
+    scores = {"em": {"tuned": 1.0, "tuned_ci": (0.7, 1.0), "higher_is_better": True}}
+    settings = {"columns": ["tuned"], **({"rows": count} if kept else {})}
+    folder = Evaluation(scores, rows, settings).save(tmp_path / "ev").path
+    lazy, full = Evaluation.load(folder, lazy=True), Evaluation.load(folder)
+    assert repr(lazy.scores) == repr(full.scores)
+    assert lazy.scores["em"]["tuned_ci"] == (0.7, 1.0) if count >= 10 else True
+    assert lazy.rows == full.rows == rows and str(lazy) == str(full)
+
+
+def _session(folder, tiny_model_dir, validation: int):
+    import workbench as wb
+
+    s = wb.Session(folder, verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"What is {i}?", "answer": str(i)} for i in range(8 + validation)]
+    s.load_data(rows[:8], validation=rows[8:])
+    s.train(max_steps=1, batch_size=4, wait=True)
+    return s.evaluate(metrics=["exact_match"], max_new_tokens=2)
+
+
+def test_a_folder_of_sessions_stands_for_each_sessions_runs(tmp_path, tiny_model_dir):
+    # compare(parent) read a folder of session folders as one run named after the folder,
+    # every session's evaluations mixed, showing whichever was saved last.
+    import workbench as wb
+
+    parent = tmp_path / "workshop"
+    alice = _session(parent / "alice", tiny_model_dir, validation=4)
+    bob = _session(parent / "bob", tiny_model_dir, validation=3)
+    with pytest.warns(WorkbenchWarning, match="number of rows differs: alice/run-001 4; bob/"):
+        cmp = compare(parent)
+    assert [r.name for r in cmp.runs] == ["alice/run-001", "bob/run-001"]
+    assert [r.latest.path for r in cmp.runs] == [alice.path, bob.path]
+    assert [r["eval_rows"] for r in cmp.records()] == [4, 3]
+    # a session's runs/ folder is a folder of runs, each with its session's evaluations
+    assert [r.latest.path for r in compare(parent / "bob" / "runs").runs] == [bob.path]
+
+    wb.Session(parent / "carol", verbose=False).load_model(str(tiny_model_dir))  # no run yet
+    alice.save(parent / "alice-copy")  # an evaluation that is no run
+    with pytest.warns(WorkbenchWarning) as caught:
+        assert len(compare(parent).runs) == 2
+    said = "\n".join(str(w.message) for w in caught)
+    assert f"left out of the comparison of {parent}: carol (session folders without runs" in said
+    assert f"left out of the comparison of {parent}: alice-copy (not runs)" in said
+    for run in parent.glob("*/runs/*"):
+        (run / "run.json").unlink()
+    with pytest.raises(EvaluationError, match=r"the session folders in .*\(alice, bob, carol\)"):
+        compare(parent)

@@ -5,7 +5,13 @@ Each run folder is read as written: ``history.jsonl`` (records with ``step``, ``
 with ``scores.json``); the latest evaluation of a run's own weights gives its scores (not a
 checkpoint sweep's), with how many rows it scored, which data, and the adapter strength
 when an evaluation had it at another than 1. A damaged evaluation of the session is left
-out with a warning naming its file.
+out with a warning naming its file. Only what the comparison shows is read: an evaluation's
+scores and settings; its rows (``rows.jsonl``, tens of MB for a large evaluation) are read
+when something asks for them (``run.latest.rows``), and a damaged one is refused then.
+
+A session folder (``session.json``) stands for its runs; a folder that is no run itself but
+holds session or run folders stands for all of theirs, a session's runs named
+``<session>/<run>`` (its ``evaluations/`` are not mixed into one run).
 
 In a notebook, a bare ``cmp`` shows the figure and the table. The figure's output also
 carries the same charts as SVG images (:meth:`Comparison.static_html`), which is what a saved,
@@ -27,6 +33,11 @@ Examples:
     lr-5e-4  2      1.1         -                -
     >>> [r["final_loss"] for r in cmp.records()]
     [1.5, 1.1]
+
+    The folder that holds them stands for both (not for one run with their evaluations):
+
+    >>> [run.name for run in compare("/tmp/wb-doc-compare").runs]
+    ['lr-1e-4', 'lr-5e-4']
 """
 
 from __future__ import annotations
@@ -169,7 +180,7 @@ def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
         if hidden or not (path.parent / "settings.json").is_file():
             continue  # a save's staging folder (a killed one's too) is no evaluation yet
         try:
-            found.append(Evaluation.load(path.parent))
+            found.append(Evaluation.load(path.parent, lazy=True))  # rows when asked for
         except EvaluationError as err:
             if not skip_damaged:
                 raise
@@ -177,15 +188,68 @@ def _saved_in(folder: Path, skip_damaged: bool = False) -> list[Evaluation]:
     return found
 
 
-def _run_folders(folder: Path, saved_in: Callable[[Path], list[Evaluation]]) -> list[Path]:
-    """``folder`` itself, or for a session folder (``session.json``, ``runs/``) its runs."""
-    if not (folder / "session.json").is_file() or (folder / "history.jsonl").is_file():
-        return [folder]
-    runs = sorted(p for p in (folder / "runs").glob("*") if (p / "run.json").is_file())
-    if not runs:
-        raise EvaluationError(f"session folder {folder} has no training runs to compare yet")
-    _warn_of_evaluations_naming_no_run(saved_in(folder / "evaluations"), folder)
-    return runs
+def _run_folders(
+    folder: Path, saved_in: Callable[[Path], list[Evaluation]]
+) -> list[tuple[Path, str]]:
+    """The runs ``folder`` stands for, each with the name the comparison gives it: a session
+    folder's runs; a folder holding session or run folders (and no run itself), theirs, a
+    session's named ``<session>/<run>``; else ``folder`` itself (a run, or saved evaluations).
+    """
+    if _is_session(folder):
+        runs = _session_runs(folder)
+        if not runs:
+            raise EvaluationError(f"session folder {folder} has no training runs to compare yet")
+        _warn_of_evaluations_naming_no_run(saved_in(folder / "evaluations"), folder)
+        return [(run, run.name) for run in runs]
+    held = [] if _is_run(folder) or not folder.is_dir() else _held_runs(folder, saved_in)
+    return held or [(folder, folder.name)]
+
+
+def _is_run(folder: Path) -> bool:
+    return (folder / "history.jsonl").is_file() or (folder / "run.json").is_file()
+
+
+def _is_session(folder: Path) -> bool:
+    return (folder / "session.json").is_file() and not (folder / "history.jsonl").is_file()
+
+
+def _session_runs(session: Path) -> list[Path]:
+    return sorted(p for p in (session / "runs").glob("*") if (p / "run.json").is_file())
+
+
+def _held_runs(
+    folder: Path, saved_in: Callable[[Path], list[Evaluation]]
+) -> list[tuple[Path, str]]:
+    """The runs of the session and run folders directly in ``folder`` (``[]``: none there).
+
+    Read as one run, such a folder mixed every session's evaluations and showed whichever
+    was saved last under the folder's own name. A session without runs yet, and saved
+    evaluations outside any run, are left out with a warning naming them.
+    """
+    children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    found, idle, loose = [], [], []
+    for child in children:
+        if _is_session(child):
+            runs = _session_runs(child)
+            if not runs:
+                idle.append(child.name)
+                continue
+            _warn_of_evaluations_naming_no_run(saved_in(child / "evaluations"), child)
+            found += [(run, f"{child.name}/{run.name}") for run in runs]
+        elif _is_run(child):
+            found.append((child, child.name))
+        elif next(child.rglob("scores.json"), None) is not None:
+            loose.append(child.name)
+    if not found:
+        if idle:
+            msg = f"the session folders in {folder} ({', '.join(idle)}) have no training runs yet"
+            raise EvaluationError(msg)
+        return []
+    for names, why in ((idle, "session folders without runs yet"), (loose, "not runs")):
+        if names:
+            said = f"left out of the comparison of {folder}: {', '.join(names)} ({why})"
+            warnings.warn(said, WorkbenchWarning, stacklevel=4)
+    return found
 
 
 def _warn_of_evaluations_naming_no_run(saved: list[Evaluation], session: Path) -> None:
@@ -248,7 +312,9 @@ def _line_unplottable(line: str) -> str | None:
     return _unplottable(row) if isinstance(row, dict) else None
 
 
-def _read_run(path: str | Path, saved_in: Callable[[Path], list[Evaluation]]) -> RunResults:
+def _read_run(
+    path: str | Path, saved_in: Callable[[Path], list[Evaluation]], name: str
+) -> RunResults:
     folder = Path(path)
     if not folder.is_dir():
         raise EvaluationError(f"run folder {folder} does not exist")
@@ -260,7 +326,7 @@ def _read_run(path: str | Path, saved_in: Callable[[Path], list[Evaluation]]) ->
     if not history and not evaluations:
         msg = f"run folder {folder} has no history.jsonl and no saved evaluation to compare"
         raise EvaluationError(msg)
-    return RunResults(folder.name, folder, history, settings, evaluations)
+    return RunResults(name, folder, history, settings, evaluations)
 
 
 # The settings an evaluation's scores depend on, with the words a note names them by.
@@ -575,13 +641,17 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
 
     Args:
         run_dirs: Training run folders (each with ``history.jsonl`` and/or saved
-            evaluations); a session folder stands for all of its runs.
+            evaluations); a session folder stands for all of its runs, and a folder that
+            holds session or run folders (and is no run itself) for all of theirs: a
+            session's runs are named ``<session>/<run>`` (``alice/run-001``).
 
     Returns:
         A :class:`Comparison`.
 
     Raises:
         EvaluationError: No folders given, a folder missing, or one with nothing to compare.
+            (A damaged ``rows.jsonl`` is refused only when its rows are asked for: the
+            comparison reads scores and settings.)
 
     Examples:
         >>> compare([])
@@ -595,7 +665,9 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
     # a session folder's evaluations/ is read once, however many of its runs are compared
     saved_in = functools.cache(lambda folder: _saved_in(folder, skip_damaged=True))
     runs = [
-        _read_run(p, saved_in) for given in run_dirs for p in _run_folders(Path(given), saved_in)
+        _read_run(path, saved_in, name)
+        for given in run_dirs
+        for path, name in _run_folders(Path(given), saved_in)
     ]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):  # same folder name in different places: use paths

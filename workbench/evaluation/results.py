@@ -26,12 +26,13 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -381,16 +382,34 @@ class Evaluation:
         warnings.warn(msg, WorkbenchWarning, stacklevel=3)
 
     @classmethod
-    def load(cls, path: str | Path) -> Evaluation:
+    def load(cls, path: str | Path, *, lazy: bool = False) -> Evaluation:
         """Read an evaluation folder written by :meth:`save` (no model needed).
 
+        Args:
+            path: The evaluation folder.
+            lazy: Read ``rows.jsonl`` only when :attr:`rows` is first asked for (scores,
+                intervals and settings are read now). What needs only the scores (``compare``'s
+                table of many runs) then never reads rows that can run to tens of MB; a
+                damaged ``rows.jsonl`` is refused at that first ask, with the same error.
+
         Raises:
-            EvaluationError: The folder or one of its files is missing or unreadable.
+            EvaluationError: The folder or one of its files is missing or unreadable (with
+                ``lazy``, a damaged ``rows.jsonl`` when its rows are asked for).
 
         Examples:
             >>> Evaluation.load("/nonexistent")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             workbench.errors.EvaluationError: /nonexistent is not an evaluation...
+            >>> scores = {"em": {"tuned": 1.0, "tuned_ci": (1.0, 1.0)}}
+            >>> rows = (EvalRow(0, "Q", "A", {"tuned": "A"}),)
+            >>> folder = Evaluation(scores, rows, {"rows": 1}).save("/tmp/wb-doc-lazy").path
+            >>> _ = (folder / "rows.jsonl").write_text("damaged\\n")
+            >>> ev = Evaluation.load(folder, lazy=True)
+            >>> ev.scores  # one row is too few for an interval: none, as an eager load says
+            {'em': {'tuned': 1.0, 'tuned_ci': (nan, nan)}}
+            >>> ev.rows  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            workbench.errors.EvaluationError: /tmp/wb-doc-lazy/rows.jsonl is damaged at line 1: ...
         """
         folder = Path(path)
         for name in FILES:
@@ -398,10 +417,12 @@ class Evaluation:
                 raise EvaluationError(f"{folder} {unsaved_reason(folder, name)}")
         settings = _json_object(folder / "settings.json")
         scores = _read_scores(folder / "scores.json")
-        rows = _read_rows(folder / "rows.jsonl", settings.get("rows"))
-        if len(rows) < MIN_ROWS_FOR_AN_INTERVAL:  # earlier versions saved one (0 wide)
-            scores = _without_intervals(scores)
+        rows = None if lazy else _read_rows(folder / "rows.jsonl", settings.get("rows"))
+        if _fewer_rows(folder / "rows.jsonl", settings, rows, MIN_ROWS_FOR_AN_INTERVAL):
+            scores = _without_intervals(scores)  # earlier versions saved one (0 wide)
         probes = tuple(read_jsonl(folder / "probes.jsonl"))
+        if rows is None:
+            return _RowsOnDemand.of(scores, settings, folder, probes)
         return cls(scores, rows, settings, folder, probes)
 
     # -- display ----------------------------------------------------------------------------
@@ -506,6 +527,42 @@ class Evaluation:
 
     def _ipython_display_(self) -> None:
         self.panel()._ipython_display_()  # live tabs plus a static snapshot for saved files
+
+
+class _RowsOnDemand(Evaluation):
+    """A loaded evaluation that reads its ``rows.jsonl`` the first time :attr:`rows` is
+    asked for, and keeps them (``Evaluation.load(path, lazy=True)``); otherwise the same."""
+
+    @functools.cached_property
+    def rows(self) -> tuple[EvalRow, ...]:  # type: ignore[override]
+        # a non-data descriptor: an instance's own ``rows`` (set by __init__, as replace()
+        # does, or cached here) is found first
+        assert self.path is not None
+        return _read_rows(self.path / "rows.jsonl", self.settings.get("rows"))
+
+    @classmethod
+    def of(
+        cls, scores: dict, settings: dict, folder: Path, probes: tuple[dict, ...]
+    ) -> _RowsOnDemand:
+        evaluation = cls.__new__(cls)
+        fields_ = {"scores": scores, "settings": settings, "path": folder, "probes": probes}
+        for name, value in fields_.items():
+            object.__setattr__(evaluation, name, value)  # frozen: as dataclasses do
+        return evaluation
+
+    def __eq__(self, other: object) -> bool:
+        # equal to an Evaluation of the same content, as an eagerly loaded one is
+        if not isinstance(other, Evaluation):
+            return NotImplemented
+        return all(getattr(self, f.name) == getattr(other, f.name) for f in fields(Evaluation))
+
+    __hash__ = Evaluation.__hash__
+
+    def __repr__(self) -> str:
+        if "rows" in self.__dict__:
+            return super().__repr__()
+        count = self.settings.get("rows", "not read yet")
+        return f"Evaluation(rows={count}, scores={list(self.scores)}, path={self.path})"
 
 
 def unwritten(folder: str | Path) -> bool:
@@ -629,6 +686,26 @@ def _read_rows(path: Path, expected: Any) -> tuple[EvalRow, ...]:
     if [r.index for r in rows] != list(range(len(rows))):
         raise EvaluationError(f"{path} is damaged: its rows are not numbered 0, 1, 2, ...")
     return tuple(rows)
+
+
+def _fewer_rows(path: Path, settings: dict, rows: tuple | None, than: int) -> bool:
+    """Whether an evaluation has fewer than ``than`` rows: its rows, else the count its
+    settings keep, else (saved before they kept one) its first non-blank lines, counted."""
+    if rows is not None:
+        return len(rows) < than
+    count = settings.get("rows")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count < than
+    seen = 0
+    try:
+        with path.open("rb") as file:  # split at \n only, as json_lines does
+            for line in file:
+                seen += bool(line.strip())
+                if seen >= than:
+                    return False
+    except OSError as err:
+        raise EvaluationError(f"{path} is damaged: {err}.") from err
+    return True
 
 
 def _row(data: Any) -> EvalRow:
