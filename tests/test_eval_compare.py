@@ -227,8 +227,9 @@ def test_runs_evaluated_otherwise_are_said_not_measured_alike(tmp_path, tiny_mod
         "the rows (prompts and references)",
         "max_new_tokens",
     ]
-    # the runs share a folder name, so they are named by their paths
-    assert f"Not measured alike: max_new_tokens differs: {longer} 16; " in str(unlike)
+    # the runs share a folder name, so they are named by the folders that tell them apart
+    said = f"Not measured alike: max_new_tokens differs: {longer.relative_to(tmp_path)} 16; "
+    assert said in str(unlike)
     assert "Not measured alike" in unlike._repr_html_()
 
 
@@ -305,3 +306,14 @@ def test_a_folder_of_sessions_stands_for_each_sessions_runs(tmp_path, tiny_model
         (run / "run.json").unlink()
     with pytest.raises(EvaluationError, match=r"the session folders in .*\(alice, bob, carol\)"):
         compare(parent)
+
+
+def test_runs_of_the_same_name_are_told_apart_by_their_folders(tmp_path):
+    # Two sessions' run-001 were each named by its whole absolute path in the table.
+    for session in ("alice", "bob"):
+        _run(tmp_path / session / "runs" / "run-001", [3.0, 2.0], [], 0.5)
+    _run(tmp_path / "lr-5e-4", [3.0, 1.0], [], 0.75)
+    runs = [tmp_path / "alice/runs/run-001", tmp_path / "bob/runs/run-001", tmp_path / "lr-5e-4"]
+    cmp = compare(runs)
+    assert [r.name for r in cmp.runs] == ["alice/runs/run-001", "bob/runs/run-001", "lr-5e-4"]
+    assert [r["run"] for r in cmp.records()] == [r.name for r in cmp.runs]

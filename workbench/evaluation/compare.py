@@ -669,11 +669,27 @@ def compare(run_dirs: Sequence[str | Path]) -> Comparison:
         for given in run_dirs
         for path, name in _run_folders(Path(given), saved_in)
     ]
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):  # same folder name in different places: use paths
-        runs = [RunResults(str(r.path), r.path, r.history, r.settings, r.evaluations) for r in runs]
+    names = _distinct_names([r.path for r in runs], [r.name for r in runs])
+    runs = [
+        RunResults(n, r.path, r.history, r.settings, r.evaluations)
+        for n, r in zip(names, runs, strict=True)
+    ]
     comparison = Comparison(tuple(runs))
     for line in comparison.unlike():
         msg = f"the runs' latest evaluations were not measured alike: {line}"
         warnings.warn(msg, WorkbenchWarning, stacklevel=2)
     return comparison
+
+
+def _distinct_names(paths: list[Path], names: list[str]) -> list[str]:
+    """``names``, where two are alike (``run-001`` of two sessions) each named by as many of
+    its path's last folders as tell them apart (``alice/runs/run-001``)."""
+    depth, deepest = 1, max(len(p.parts) for p in paths)
+    while len(set(names)) != len(names) and depth < deepest:
+        depth += 1
+        alike = {n for n in names if names.count(n) > 1}
+        names = [
+            str(Path(*p.parts[-depth:])) if n in alike else n
+            for p, n in zip(paths, names, strict=True)
+        ]
+    return names
