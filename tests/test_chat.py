@@ -510,3 +510,16 @@ def test_a_rendered_text_prompt_ends_at_the_templates_end_of_turn_as_the_chat_do
     assert answer == tuned.generate("record 3", max_new_tokens=N, chat=True)
     assert answer.startswith('{"n":') and "<|im_end|>" not in answer
     assert tuned.generate(prompt, max_new_tokens=N, stop_strings='"n"') == "{"
+
+
+def test_an_empty_reply_is_said_to_be_empty_in_the_panel_and_its_text():
+    # An empty answer was a blank box, and "model: " in the text fallback.
+    from workbench._display import EMPTY_ANSWER
+    from workbench.widgets.chat_panel import ChatPanel
+
+    replies = iter([" \n", "ok"])
+    panel = ChatPanel(lambda messages, max_new_tokens: next(replies))
+    panel.send("first")
+    panel.send("second")
+    assert panel.html().count(EMPTY_ANSWER) == 1
+    assert "model: (empty answer)" in panel.text() and "model: ok" in panel.text()

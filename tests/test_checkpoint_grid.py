@@ -388,3 +388,21 @@ def test_no_column_is_called_best_when_no_step_gets_anything_right():
     assert "<b>best</b>" not in grid_html(result)
     panel = CheckpointGrid(result)
     assert [label for label, _ in panel.step_select.options] == ["step 1", "step 2"]
+
+
+def test_a_cells_hover_says_an_empty_answer_is_empty():
+    # The tip read "answer: " with nothing after it.
+    from workbench.evaluation import EvalRow
+
+    def evaluation(answer):
+        return Evaluation({}, (EvalRow(0, "Q", "A", {"base": "b", "tuned": answer}),), {})
+
+    grid = CheckpointEvaluation(
+        (1, 2),
+        ((False, False),),
+        prompts=("Q",),
+        evaluations={1: evaluation(" "), 2: evaluation("x")},
+    )
+    html = grid_html(grid)
+    assert 'title="#0 at step 1: wrong; answer: (empty answer)"' in html
+    assert 'title="#0 at step 2: wrong; answer: x"' in html

@@ -161,6 +161,8 @@ def test_an_empty_answer_shows_as_marked_while_the_evaluation_runs():
     rows = [{"prompt": f"Q{i}", "reference": "A"} for i in range(3)]
     ev = EvaluationRun(work, rows, ("base", "tuned"))
     ev.cancel()
-    html = EvalProgressPanel(ev).rows_html.value
+    panel = EvalProgressPanel(ev)
+    html = panel.rows_html.value
     assert html.count(MARKER) == 1 and "&lt;b&gt;x&lt;/b&gt;" in html
     assert html.count("…</td>") == 2  # the tuned column, not generated: no marker
+    assert "#0  base: (empty answer)" in panel.text()  # the plain-text fallback says it too

@@ -160,3 +160,13 @@ def test_probe_answers_end_at_the_templates_end_of_turn(tiny_model_dir, tmp_path
     assert run.probe_history[-1]["outputs"] == want
     resumed = wb.Session(tmp_path / "s", verbose=False).resume(run.run_dir, wait=True)
     assert resumed.probe_stops == [stop]
+
+
+def test_an_empty_probe_answer_is_marked_and_one_not_recorded_is_blank():
+    # Both showed as an empty cell: a model that said nothing looked like one not asked.
+    from workbench._display import EMPTY_ANSWER
+    from workbench.widgets.training_monitor import _probe_table
+
+    html = _probe_table(["prompt", "base", "step 4"], [[" ", None, "\n"], ["<b>", "b", "c"]])
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", html)
+    assert cells == [" ", "", EMPTY_ANSWER, "&lt;b&gt;", "b", "c"]  # the prompt stays as is

@@ -178,3 +178,19 @@ def test_a_link_named_as_the_report_is_replaced_by_it_never_written_through(tmp_
     named = s.report(folder / "out" / "page.html")
     assert not named.is_symlink() and named.parent == (folder / "out").resolve()
     assert victim.read_text() == "my notes"
+
+
+def test_an_empty_answer_is_marked_not_a_blank_cell(tmp_path):
+    # The report's examples showed an empty answer as an empty cell (or a bare mark).
+    from workbench._display import EMPTY_ANSWER
+
+    rows = (
+        EvalRow(0, "p", "r", {"base": " \n", "tuned": "(empty answer)"},
+                {"exact_match": {"base": 0.0, "tuned": 0.0}}),
+        EvalRow(1, "p", "r", {"base": "", "tuned": "r"}),
+    )  # fmt: skip
+    scores = {"exact_match": {"base": 0.0, "tuned": 0.0}}
+    evaluation = Evaluation(scores, rows, {"columns": ["base", "tuned"]})
+    page = write_report(tmp_path / "r.html", "t", evaluation=evaluation).read_text()
+    assert page.count(EMPTY_ANSWER) == 2  # the two empty answers; a model's own words are text
+    assert f"</span> {EMPTY_ANSWER}</td>" in page  # marked wrong, and said empty

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
+    "EMPTY_ANSWER",
     "HAN_RANGES",
     "INVISIBLE_CHARS",
     "INVISIBLE_RANGES",
@@ -32,6 +33,8 @@ __all__ = [
     "UNSPACED_CHARS",
     "UNSPACED_RANGES",
     "MarkedUp",
+    "answer_html",
+    "answer_text",
     "continues_grapheme",
     "display_width",
     "escape_html",
@@ -324,6 +327,40 @@ def text_table(rows: Iterable[Sequence[object]], header: Sequence[str] | None = 
         for row in table
     ]
     return "\n".join(lines)
+
+
+# What an empty answer shows: italic, grey and in the panel's own font, so it reads as the
+# panel speaking, never as a model answer that happens to say "(empty answer)". A blank cell
+# looked the same as an answer never generated.
+EMPTY_ANSWER = (
+    '<i class="wb-empty-answer" style="color:#888;font-family:sans-serif;" '
+    'title="the model generated no text (or only whitespace)">(empty answer)</i>'
+)
+
+
+def answer_text(text: str) -> str:
+    """A model's answer in plain text, an empty or whitespace-only one said as such.
+
+    Examples:
+        >>> answer_text(" "), answer_text("4")
+        ('(empty answer)', '4')
+    """
+    return str(text) if str(text).strip() else "(empty answer)"
+
+
+def answer_html(text: str, shown: str | None = None) -> str:
+    """A model's answer as HTML: ``shown`` (escaped HTML of it, such as a word diff) or its
+    escaped text; an empty or whitespace-only answer as :data:`EMPTY_ANSWER`.
+
+    Examples:
+        >>> answer_html("<b>"), answer_html(" \\n") == EMPTY_ANSWER
+        ('&lt;b&gt;', True)
+        >>> answer_html("", shown="") == EMPTY_ANSWER  # a diff of nothing is nothing to see
+        True
+    """
+    if not str(text).strip():
+        return EMPTY_ANSWER
+    return escape_html(text) if shown is None else shown
 
 
 class MarkedUp(str):

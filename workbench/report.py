@@ -20,7 +20,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from workbench._display import escape_html, plotly_text
+from workbench._display import answer_html, escape_html, plotly_text
 from workbench._io import atomic_write_text
 from workbench.evaluation.compare import score_scale
 
@@ -246,12 +246,12 @@ def _mark_score(evaluation: Any, rows: list[Any]) -> str | None:
 
 def _answer_cell(text: str, value: Any, higher_is_better: bool) -> str:
     if not isinstance(value, int | float) or math.isnan(value):
-        return f"<td>{escape_html(text)}</td>"
+        return f"<td>{answer_html(text)}</td>"
     right = (float(value) == 1.0) == higher_is_better
     kind, mark = ("right", "\u2713") if right else ("wrong", "\u2717")
     return (
         f'<td class="{kind}"><span class="mark" title="{kind}">{mark}</span> '
-        f"{escape_html(text)}</td>"
+        f"{answer_html(text)}</td>"
     )
 
 

@@ -18,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
-from workbench._display import MarkedUp, continues_grapheme, escape_html, html_table, text_dir
+from workbench._display import (
+    EMPTY_ANSWER,
+    MarkedUp,
+    answer_html,
+    continues_grapheme,
+    escape_html,
+    html_table,
+    text_dir,
+)
 
 __all__ = [
     "EMPTY_ANSWER",
@@ -30,14 +38,6 @@ __all__ = [
     "text_dir",
     "token_span",
 ]
-
-# What an empty answer shows: italic, grey and in the panel's own font, so it reads as the
-# panel speaking, never as a model answer that happens to say "(empty answer)". A blank cell
-# looked the same as an answer never generated.
-EMPTY_ANSWER = (
-    '<i class="wb-empty-answer" style="color:#888;font-family:sans-serif;" '
-    'title="the model generated no text (or only whitespace)">(empty answer)</i>'
-)
 
 
 def escape(value: Any) -> str:
@@ -66,21 +66,6 @@ def shorten(text: str, limit: int = 120) -> str:
     while end > 0 and continues_grapheme(text, end):
         end -= 1
     return text[:end] + "…"
-
-
-def answer_html(text: str, shown: str | None = None) -> str:
-    """A model's answer as HTML: ``shown`` (escaped HTML of it, such as a word diff) or its
-    escaped text; an empty or whitespace-only answer as :data:`EMPTY_ANSWER`.
-
-    Examples:
-        >>> answer_html("<b>"), answer_html(" \\n") == EMPTY_ANSWER
-        ('&lt;b&gt;', True)
-        >>> answer_html("", shown="") == EMPTY_ANSWER  # a diff of nothing is nothing to see
-        True
-    """
-    if not str(text).strip():
-        return EMPTY_ANSWER
-    return escape(text) if shown is None else shown
 
 
 def table(

@@ -35,7 +35,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench._display import printable
+from workbench._display import answer_html, answer_text, printable
 from workbench.errors import SpecError, WorkbenchError
 from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, text_dir
@@ -288,7 +288,7 @@ class ChatPanel:
         for turn in self.turns:
             lines.append(f"you: {turn.message}")
             for label, answer in turn.answers:
-                lines.append(f"{label}: {answer}")
+                lines.append(f"{label}: {answer_text(answer)}")
                 lines += [f"  calls {call}" for call in _calls(answer, self.tools)]
         if not self.turns:
             lines.append("(no messages yet)")
@@ -311,7 +311,7 @@ class ChatPanel:
         for turn in self.turns:
             parts.append(_block("you", turn.message, "#eef4ff"))
             blocks = [
-                _block(label, text, "#f7f7f7", calls=_calls(text, self.tools))
+                _block(label, text, "#f7f7f7", calls=_calls(text, self.tools), answer=True)
                 for label, text in turn.answers
             ]
             columns = "".join(f'<div style="flex:1;min-width:0;">{b}</div>' for b in blocks)
@@ -394,14 +394,18 @@ class ChatPanel:
         save_snapshot(self)  # what a notebook saved now shows (only once displayed)
 
 
-def _block(label: str, text: str, background: str, calls: Sequence[str] = ()) -> str:
-    """A labelled text box; an answer's tool ``calls`` are listed under it."""
+def _block(
+    label: str, text: str, background: str, calls: Sequence[str] = (), answer: bool = False
+) -> str:
+    """A labelled text box; an answer's tool ``calls`` are listed under it, and an empty
+    answer is marked as one."""
     listed = "".join(
         f'<div style="{_LABEL}">calls <code>{escape(call)}</code></div>' for call in calls
     )
+    shown = answer_html(text) if answer else escape(text)
     return (
         f'<div style="{_LABEL}">{escape(label)}</div>'
-        f'<div{text_dir(text)} style="{_BOX}background:{background};">{escape(text)}</div>{listed}'
+        f'<div{text_dir(text)} style="{_BOX}background:{background};">{shown}</div>{listed}'
     )
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import ipywidgets as w
 
+from workbench._display import answer_text
 from workbench.errors import WorkbenchError
 from workbench.evaluation.checkpoints import BROKE, FIRST, short_input
 from workbench.widgets._closing import close_panel
@@ -66,7 +67,7 @@ def _tip(result: Any, i: int, step: int | None, right: bool | None, marker: str)
     state = "not evaluated" if right is None else ("right" if right else "wrong")
     notes = {FIRST: ", first right here", BROKE: ", broke again here"}.get(marker, "")
     answer = result.output(i, step)
-    said = "" if answer is None else f"; answer: {shorten(answer, 100)}"
+    said = "" if answer is None else f"; answer: {shorten(answer_text(answer), 100)}"
     return f"#{i} at {where}: {state}{notes}{said}"
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import ipywidgets as w
 
-from workbench._display import printable
+from workbench._display import answer_text, printable
 from workbench.events import EVAL_PROGRESS
 from workbench.widgets._closing import close_panel
 from workbench.widgets._html import escape, shorten, table
@@ -280,7 +280,9 @@ class EvalProgressPanel:
             return str(snap.evaluation)
         lines = [snap.status_text()]
         for r in snap.rows[-last:]:
-            answers = "  ".join(f"{c}: {shorten(r[c], 60)}" for c in snap.progress if c in r)
+            answers = "  ".join(
+                f"{c}: {shorten(answer_text(r[c]), 60)}" for c in snap.progress if c in r
+            )
             lines.append(f"#{r['index']}  {answers}")
         return printable("\n".join(lines))
 

@@ -84,7 +84,7 @@ from workbench.events import (
 )
 from workbench.widgets import _snapshot
 from workbench.widgets._closing import close_panel
-from workbench.widgets._html import escape, text_dir
+from workbench.widgets._html import answer_html, escape, text_dir
 from workbench.widgets.svg_chart import thinned_indices
 
 __all__ = ["TrainingMonitor"]
@@ -225,15 +225,24 @@ def _probe_note(steps: list[int], total: int, picked: int | None) -> str:
     return f"{word} {named} of {total} evaluations: the first, {how} and the latest"
 
 
+def _probe_cell(value: Any, column: int) -> str:
+    if column == 0:  # the prompt
+        return escape(value)
+    return "" if value is None else answer_html(value)
+
+
 def _probe_table(headers: list[str], body: list[list[Any]]) -> str:
     """A fixed-layout table (prompt column 22%, the others equal) that wraps long answers
-    and scrolls past 360px, so it never widens the panel. Every cell is escaped."""
+    and scrolls past 360px, so it never widens the panel. Every cell is escaped; after the
+    prompt, an empty answer is marked and one not recorded (``None``) left blank."""
     share = 78 / max(len(headers) - 1, 1)
     cols = '<col style="width:22%">' + f'<col style="width:{share:.1f}%">' * (len(headers) - 1)
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     cell = '<td{} style="{}">{}</td>'
     rows = "".join(
-        "<tr>" + "".join(cell.format(text_dir(c), _CELL, escape(c)) for c in row) + "</tr>"
+        "<tr>"
+        + "".join(cell.format(text_dir(c), _CELL, _probe_cell(c, j)) for j, c in enumerate(row))
+        + "</tr>"
         for row in body
     )
     table = (
@@ -924,8 +933,8 @@ class TrainingMonitor:
         headers = ["prompt", "base", *[f"step {r['step']}" for r in shown]]
         body = []
         for i, prompt in enumerate(probes["prompts"]):
-            base = probes["base"][i] if i < len(probes["base"]) else ""
-            outputs = [r["outputs"][i] if i < len(r["outputs"]) else "" for r in shown]
+            base = probes["base"][i] if i < len(probes["base"]) else None  # None: not recorded
+            outputs = [r["outputs"][i] if i < len(r["outputs"]) else None for r in shown]
             body.append([prompt, base, *outputs])
         note = _probe_note([r["step"] for r in shown], len(rows), picked)
         return f'<div class="wb-probe-steps">{escape(note)}</div>' + _probe_table(headers, body)
