@@ -3,12 +3,15 @@ the server ending with the process that started it. Real servers on the tiny mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_notebooks import free_port
-from workbench.deploy.serve import port_is_free, serve_model
+from workbench.deploy.serve import KILLED_LINE, port_is_free, serve_model
 from workbench.errors import ServeError
 
 pytest.importorskip("fastapi")
@@ -614,3 +617,104 @@ def test_a_responses_answer_stays_within_the_context(tiny_gpt2_dir):
         assert not reply.output_text.endswith("\ufffd")  # a character cut in two: left out
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["json", "stream"])
+def test_a_responses_answer_cut_at_its_token_limit_is_incomplete(server, streamed):
+    # transformers said "completed" (streamed: response.completed) for an answer that
+    # max_output_tokens cut, as for a whole one; OpenAI says "incomplete", and why.
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+
+    def answer(limit: int) -> tuple:
+        """The Response, the type of the stream's last event and the message's status in its
+        output_item.done event (None, None unstreamed)."""
+        asked = dict(
+            model=str(server.folder),
+            input="Thank you, goodbye.",  # the tiny model's answer ends after 11 tokens
+            max_output_tokens=limit,
+            temperature=0,
+        )
+        if not streamed:
+            return client.responses.create(**asked), None, None
+        events = list(client.responses.create(**asked, stream=True))
+        done = [e.item for e in events if e.type == "response.output_item.done"]
+        return events[-1].response, events[-1].type, done[-1].status
+
+    cut, last, said = answer(4)
+    assert (cut.status, cut.incomplete_details.reason) == ("incomplete", "max_output_tokens")
+    assert cut.usage.output_tokens == 4 and [item.status for item in cut.output] == ["incomplete"]
+    assert (last, said) == (("response.incomplete", "incomplete") if streamed else (None, None))
+    whole, last, said = answer(64)
+    assert (whole.status, whole.incomplete_details) == ("completed", None)
+    assert whole.usage.output_tokens < 64 and [item.status for item in whole.output] == [
+        "completed"
+    ]
+    assert (last, said) == (("response.completed", "completed") if streamed else (None, None))
+
+
+def open_stream_left_unread(server, endpoint: str, body: dict) -> socket.socket:
+    """A streamed request whose client takes the first byte of the answer and no more, as a
+    notebook cell interrupted in its loop over a stream leaves it."""
+    payload = json.dumps({"model": str(server.folder), "stream": True, **body}).encode()
+    head = (
+        f"POST /v1/{endpoint} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=120)
+    client.sendall(head.encode() + payload)
+    assert client.recv(1) == b"H"  # HTTP/1.1 200 OK
+    return client
+
+
+def read_to_the_end(client: socket.socket) -> bytes:
+    """What is left to read of a connection, up to its close (a timeout: it did not close)."""
+    received = []
+    with contextlib.suppress(ConnectionResetError):
+        while data := client.recv(65536):
+            received.append(data)
+    return b"".join(received)
+
+
+def test_stop_ends_the_answers_in_progress_and_the_server_with_them(tiny_model_dir):
+    # uvicorn waits for every response in progress to be sent whole before it stops: stop()
+    # during a stream waited out its 10 s grace and killed the server (three long streamed
+    # answers here, one read and two waiting their turn, are half a minute of work).
+    import httpx
+    import openai
+
+    served = serve_model(tiny_model_dir, port=free_port())
+    long_answer = {"generation_config": json.dumps({"min_new_tokens": 900})}
+    outcome: list[str] = []
+
+    def read(stream) -> None:
+        try:
+            outcome.append(f"ended after {sum(1 for _ in stream)} chunks")
+        except (openai.APIError, httpx.HTTPError) as closed:  # closed in the middle
+            outcome.append(f"closed: {closed!r}")
+
+    unread = []
+    try:
+        client = openai.OpenAI(base_url=served.url, api_key="unused", max_retries=0)
+        reading = client.chat.completions.create(
+            model=str(served.folder),
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=1000,
+            stream=True,
+            extra_body=long_answer,
+        )
+        reader = threading.Thread(target=read, args=(reading,))
+        reader.start()
+        asked = {"input": "Hi", "max_output_tokens": 1000, **long_answer}
+        unread = [open_stream_left_unread(served, "responses", asked) for _ in range(2)]
+    finally:
+        served.stop()
+    reader.join(60)
+    assert outcome, "the client reading a stream saw neither its end nor its connection close"
+    for connection in unread:
+        read_to_the_end(connection)  # raises TimeoutError if the server left it open
+        connection.close()
+    assert not served.running and port_is_free(served.port)
+    assert not served.scratch.exists()
+    assert KILLED_LINE not in served.log.read_text(errors="replace")

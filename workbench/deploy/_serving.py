@@ -13,7 +13,13 @@ Answers also end as OpenAI's do (:func:`end_answers_as_openai`): the ``stop`` te
 ended an answer is not part of it (transformers keeps it), streamed or not, and an answer
 gets no more tokens than the model's context has room for after the prompt (a client's
 ``max_tokens=4096`` ran GPT-2 past its 1024 positions into an IndexError, a 500, and Llama
-past its context); a prompt that leaves no room is a 400 for GPT-2-style configs too.
+past its context); a prompt that leaves no room is a 400 for GPT-2-style configs too. A
+``/v1/responses`` answer its token limit cut is ``"incomplete"``, with ``incomplete_details``
+naming ``max_output_tokens`` (streamed, it ends with ``response.incomplete``), where
+transformers said ``"completed"``.
+
+Told to stop (SIGTERM), the server ends at once (:func:`stop_promptly`): the answers it is
+still sending have their connections closed, where uvicorn waited for them to be sent whole.
 
 Requests are guarded as a server on one's own machine needs (:func:`guard_app`): one whose
 ``Host`` is not loopback's (or the host it listens on) is a 400, so a web page cannot reach
@@ -21,8 +27,9 @@ the model through DNS rebinding, and a body over :data:`MAX_BODY_BYTES` is a 413
 is read; a prompt with more characters than the context can hold as tokens is a 400 before
 it is tokenized.
 
-If a transformers release moves the methods this wraps, the server runs as transformers
-wrote it (:func:`sample_when_asked` and :func:`end_answers_as_openai` return ``False``).
+If a transformers or uvicorn release moves the methods this wraps, the server runs as they
+wrote it (:func:`sample_when_asked`, :func:`end_answers_as_openai` and :func:`stop_promptly`
+return ``False``).
 
 Examples:
     >>> sample_when_asked()  # installs the wrapper, once
@@ -42,16 +49,21 @@ Examples:
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
     "HOSTS_ENV",
     "MAX_BODY_BYTES",
+    "close_answers_in_progress",
     "cut_at_stop",
     "end_answers_as_openai",
     "exit_with_parent",
@@ -60,6 +72,7 @@ __all__ = [
     "main",
     "request_problem",
     "sample_when_asked",
+    "stop_promptly",
     "trusted_hosts",
 ]
 
@@ -302,21 +315,19 @@ def end_answers_as_openai(
         (True, True)
     """
     try:
-        from fastapi.responses import JSONResponse
+        import fastapi  # noqa: F401
         from transformers.cli.serving.chat_completion import ChatCompletionHandler
         from transformers.cli.serving.completion import CompletionHandler
         from transformers.cli.serving.response import ResponseHandler
     except ImportError:
         return False
-    handlers = (ChatCompletionHandler, CompletionHandler)
-    if not all(hasattr(h, "_streaming") and hasattr(h, "_non_streaming") for h in handlers):
+    handlers = (ChatCompletionHandler, CompletionHandler, ResponseHandler)
+    if not all(_takes_answer_parameters(handler) for handler in handlers):
         return False
     _served["turn_end"] = turn_end or None
     for handler in handlers:
         if not getattr(handler._non_streaming, "ends_as_openai", False):
-            _end_as_openai(handler, JSONResponse, chat=handler is ChatCompletionHandler)
-    if not getattr(ResponseHandler._non_streaming, "keeps_in_context", False):
-        _keep_responses_in_context(ResponseHandler, JSONResponse)
+            _end_as_openai(handler, _ENDINGS[handler.__name__])
     _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
     if control_text == "split":
@@ -326,6 +337,16 @@ def end_answers_as_openai(
     _refuse_text_past_context(CompletionHandler, _prompt_characters)
     _refuse_text_past_context(ResponseHandler, _response_characters)
     return True
+
+
+def _takes_answer_parameters(handler: Any) -> bool:
+    """Whether ``handler`` answers through ``_streaming`` and ``_non_streaming`` methods that
+    name an answer's parts as :func:`_end_as_openai` reads them."""
+    methods = [getattr(handler, name, None) for name in ("_streaming", "_non_streaming")]
+    return all(
+        callable(method) and set(_ANSWER_PARAMETERS) <= set(inspect.signature(method).parameters)
+        for method in methods
+    )
 
 
 def _check_fields(handler: Any, problem_of: Any) -> None:
@@ -740,42 +761,192 @@ def _stop_at_turn_end(settings: dict) -> None:
         settings["stop_strings"] = [*stops, turn_end]
 
 
-def _end_as_openai(handler: Any, json_response: Any, chat: bool) -> None:
+def _end_as_openai(handler: Any, ending: _Ending) -> None:
+    """Make ``handler``'s answers, streamed or not, fit the model's context and end as OpenAI's
+    do, as ``ending`` says for its endpoint. transformers' handlers take an answer's engine,
+    prompt and settings in another order each (the responses one takes the request's body
+    first): they are read by name (:data:`_ANSWER_PARAMETERS`)."""
+    from fastapi.responses import JSONResponse
+
     streaming, non_streaming = handler._streaming, handler._non_streaming
 
-    @functools.wraps(non_streaming)
-    async def answered(self, request_id, engine, inputs, settings, *args, **kw):
+    def prepared(method: Any, args: tuple, kw: dict) -> dict:
+        given = inspect.signature(method).bind(*args, **kw).arguments
+        engine, inputs, settings = (given[name] for name in _ANSWER_PARAMETERS)
         _room_for_the_answer(engine, inputs, settings)
-        if chat:
+        if ending.at_turn_end:
             _stop_at_turn_end(settings)
-        response = await non_streaming(self, request_id, engine, inputs, settings, *args, **kw)
-        stops = _stops(settings)
+        return settings
+
+    @functools.wraps(non_streaming)
+    async def answered(*args: Any, **kw: Any) -> Any:
+        settings = prepared(non_streaming, args, kw)
+        response = await non_streaming(*args, **kw)
         body = json.loads(response.body)
-        for choice in body.get("choices", []):
-            holder = choice.get("message") or choice
-            field = "content" if "message" in choice else "text"
-            if isinstance(holder.get(field), str):
-                holder[field], stopped = cut_at_stop(holder[field], stops)
-                if stopped:
-                    _stopped_at_a_stop(choice)
-                # a character max_tokens cut in two decodes to U+FFFD; streamed, it is left out
-                holder[field] = holder[field].rstrip("\ufffd")
-        return json_response(body, media_type="application/json")
+        ending.body(body, settings)
+        return JSONResponse(body, status_code=response.status_code)
 
     @functools.wraps(streaming)
-    def streamed(self, request_id, engine, inputs, settings, *args, **kw):
-        _room_for_the_answer(engine, inputs, settings)
-        if chat:
-            _stop_at_turn_end(settings)
-        response = streaming(self, request_id, engine, inputs, settings, *args, **kw)
-        stops = _stops(settings)
-        if stops:
-            response.body_iterator = _cut_stream(response.body_iterator, stops)
-        response.body_iterator = _ended_as_openai(response.body_iterator)
+    def streamed(*args: Any, **kw: Any) -> Any:
+        settings = prepared(streaming, args, kw)
+        response = streaming(*args, **kw)
+        response.body_iterator = ending.stream(response.body_iterator, settings)
         return response
 
     answered.ends_as_openai = True  # type: ignore[attr-defined]
     handler._non_streaming, handler._streaming = answered, streamed
+
+
+def _end_choices(body: dict, settings: dict) -> None:
+    """A chat or completions answer without the stop text that ended it (its ``finish_reason``
+    then ``"stop"``), nor a character ``max_tokens`` cut in two (U+FFFD; streamed, it is left
+    out)."""
+    stops = _stops(settings)
+    for choice in body.get("choices", []):
+        holder = choice.get("message") or choice
+        field = "content" if "message" in choice else "text"
+        if isinstance(holder.get(field), str):
+            holder[field], stopped = cut_at_stop(holder[field], stops)
+            if stopped:
+                _stopped_at_a_stop(choice)
+            holder[field] = holder[field].rstrip("\ufffd")
+
+
+def _end_choice_stream(chunks: Any, settings: dict) -> Any:
+    """A streamed chat or completions answer cut at its stop text, ended as OpenAI's are."""
+    stops = _stops(settings)
+    return _ended_as_openai(_cut_stream(chunks, stops) if stops else chunks)
+
+
+def _end_response(body: dict, settings: dict) -> None:
+    """A ``/v1/responses`` answer without a character the limit cut in two (U+FFFD), as its
+    stream leaves it out, and incomplete when its token limit cut it (:func:`_say_incomplete`).
+
+    Examples:
+        >>> body = {"status": "completed", "usage": {"output_tokens": 4},
+        ...         "output": [{"type": "message", "content": [{"text": "heck\ufffd"}]}]}
+        >>> _end_response(body, {"max_new_tokens": 4})
+        >>> body["status"], body["output"][0]["content"][0]["text"]
+        ('incomplete', 'heck')
+    """
+    for item in body.get("output") or []:
+        for part in (item.get("content") or []) if isinstance(item, dict) else []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                part["text"] = part["text"].rstrip("\ufffd")
+    if _cut_at_the_limit(body, settings):
+        _say_incomplete(body)
+
+
+def _cut_at_the_limit(response: dict, settings: dict) -> bool:
+    """Whether its token limit ended a ``/v1/responses`` answer (``response``: its JSON), as
+    transformers tells a chat's ``finish_reason="length"`` (``BaseHandler._get_finish_reason``):
+    its tokens reached ``max_new_tokens`` (``max_output_tokens``, or the room the context
+    left), and it made no tool call.
+
+    Examples:
+        >>> answer = {"usage": {"output_tokens": 8}, "output": [{"type": "message"}]}
+        >>> _cut_at_the_limit(answer, {"max_new_tokens": 8}), _cut_at_the_limit(answer, {})
+        (True, False)
+    """
+    tokens = (response.get("usage") or {}).get("output_tokens") or 0
+    items = [item for item in response.get("output") or [] if isinstance(item, dict)]
+    calls = any(item.get("type") == "function_call" for item in items)
+    limit = settings.get("max_new_tokens")
+    return not calls and limit is not None and tokens >= limit
+
+
+def _say_incomplete(response: dict) -> None:
+    """Mark a Response (a JSON answer, or the one a stream's last event carries) as OpenAI
+    marks one its token limit cut: ``status`` ``"incomplete"``, ``incomplete_details`` naming
+    ``max_output_tokens``, and its message ``"incomplete"`` too (transformers said
+    ``"completed"``, so a client could not tell a cut answer from a whole one)."""
+    response["status"] = "incomplete"
+    response["incomplete_details"] = {"reason": "max_output_tokens"}
+    for item in response.get("output") or []:
+        if isinstance(item, dict) and item.get("type") == "message":
+            item["status"] = "incomplete"
+
+
+def _ends_the_message(event: dict) -> bool:
+    item = event.get("item")
+    done = event.get("type") == "response.output_item.done"
+    return done and isinstance(item, dict) and item.get("type") == "message"
+
+
+def _sse_events(chunk: str) -> list[dict]:
+    """The JSON events of an SSE chunk (its ``data: {...}`` parts)."""
+    return [
+        json.loads(part[len("data: ") :])
+        for part in chunk.split("\n\n")
+        if part.startswith("data: {")
+    ]
+
+
+def _said_incomplete(chunk: str) -> str:
+    """The SSE chunk of a streamed ``/v1/responses`` answer its token limit cut, as OpenAI
+    sends it: ``response.incomplete`` in place of ``response.completed``
+    (:func:`_say_incomplete`), and its message's ``output_item.done`` saying it is incomplete.
+
+    Examples:
+        >>> _said_incomplete('data: {"type": "response.completed", "response": {}}\\n\\n')
+        'data: {"type": "response.incomplete", "response": {"status": "incomplete", \
+"incomplete_details": {"reason": "max_output_tokens"}}}\\n\\n'
+    """
+    parts = chunk.split("\n\n")
+    for k, part in enumerate(parts):
+        if not part.startswith("data: {"):
+            continue
+        event = json.loads(part[len("data: ") :])
+        if event.get("type") == "response.completed":
+            event["type"] = "response.incomplete"
+            _say_incomplete(event["response"])
+        elif _ends_the_message(event):
+            event["item"]["status"] = "incomplete"
+        parts[k] = "data: " + json.dumps(event, ensure_ascii=False)
+    return "\n\n".join(parts)
+
+
+async def _end_response_stream(chunks: Any, settings: dict) -> Any:
+    """The SSE chunks of a streamed ``/v1/responses`` answer, ending as OpenAI's do: with
+    ``response.incomplete`` when its token limit cut it (transformers always sent
+    ``response.completed``). The events from its message's end on wait for the last one,
+    whose usage says whether the limit cut it; the text streams as it comes."""
+    held: list[str] = []
+    async for chunk in chunks:
+        events = _sse_events(chunk)
+        if not held and not any(_ends_the_message(event) for event in events):
+            yield chunk
+            continue
+        held.append(chunk)
+        last = next((e for e in events if e.get("type") == "response.completed"), None)
+        if last is not None:
+            cut = _cut_at_the_limit(last.get("response") or {}, settings)
+            yield "".join(_said_incomplete(part) if cut else part for part in held)
+            held = []
+    if held:  # it failed instead (response.failed): as it was
+        yield "".join(held)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How an endpoint's answers end as OpenAI's do."""
+
+    body: Callable[[dict, dict], None]
+    """Finishes a JSON answer in place, given its generation settings."""
+    stream: Callable[[Any, dict], Any]
+    """The SSE chunks of a streamed answer, finished, given its generation settings."""
+    at_turn_end: bool = False
+    """Whether its answers stop at the served template's text-only end of turn (a chat's)."""
+
+
+# By the handler class's name in transformers.cli.serving
+_ENDINGS = {
+    "ChatCompletionHandler": _Ending(_end_choices, _end_choice_stream, at_turn_end=True),
+    "CompletionHandler": _Ending(_end_choices, _end_choice_stream),
+    "ResponseHandler": _Ending(_end_response, _end_response_stream),
+}
+# What the handlers' _streaming and _non_streaming name an answer's engine, prompt and settings
+_ANSWER_PARAMETERS = ("engine", "inputs", "generation_kwargs")
 
 
 async def _ended_as_openai(chunks: Any) -> Any:
@@ -800,34 +971,6 @@ async def _ended_as_openai(chunks: Any) -> Any:
             yield "".join(f"{part}\n\n" for part in parts)
     if not done:
         yield "data: [DONE]\n\n"
-
-
-def _keep_responses_in_context(handler: Any, json_response: Any) -> None:
-    """Make ``/v1/responses`` answers fit the context as chat answers do: its
-    ``max_output_tokens`` ran GPT-2 past its positions (a 500) and Llama past its context;
-    and leave out a character the limit cut in two (U+FFFD), as its stream does."""
-    streaming, non_streaming = handler._streaming, handler._non_streaming
-
-    @functools.wraps(non_streaming)
-    async def answered(self, request_id, engine, body, inputs, settings, *args, **kw):
-        _room_for_the_answer(engine, inputs, settings)
-        response = await non_streaming(
-            self, request_id, engine, body, inputs, settings, *args, **kw
-        )
-        data = json.loads(response.body)
-        for item in data.get("output") or []:
-            for part in (item.get("content") or []) if isinstance(item, dict) else []:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    part["text"] = part["text"].rstrip("\ufffd")
-        return json_response(data, status_code=response.status_code)
-
-    @functools.wraps(streaming)
-    def streamed(self, request_id, engine, body, inputs, settings, *args, **kw):
-        _room_for_the_answer(engine, inputs, settings)
-        return streaming(self, request_id, engine, body, inputs, settings, *args, **kw)
-
-    answered.keeps_in_context = True  # type: ignore[attr-defined]
-    handler._non_streaming, handler._streaming = answered, streamed
 
 
 def trusted_hosts(host: str = "localhost") -> list[str]:
@@ -1042,6 +1185,68 @@ def guard_requests(host: str = "localhost") -> bool:
     return _wrap_once(server, "build_server", "guards_requests", guarding)
 
 
+def stop_promptly() -> bool:
+    """Make the server end at once when told to stop (SIGTERM, as ``Server.stop()`` sends it),
+    closing the connections of the answers it is still sending; ``False`` when uvicorn has no
+    such method to wrap.
+
+    uvicorn's graceful shutdown waits, with no limit, until every response in progress has been
+    sent whole, and a stream lasts as long as its generation, or for ever when its client
+    stopped reading it: ``stop()`` waited out its grace and killed the server. A connection
+    closed here is a client gone to transformers (its ``CancelOnDisconnect``), which ends the
+    answer's handling; the client sees its stream break off.
+
+    Examples:
+        >>> stop_promptly(), stop_promptly()  # wraps once
+        (True, True)
+    """
+    try:
+        import uvicorn
+    except ImportError:
+        return False
+
+    def closing_first(shutdown: Any) -> Any:
+        async def shutting_down(self: Any, *args: Any, **kwargs: Any) -> None:
+            close_answers_in_progress(self.server_state.connections)
+            await shutdown(self, *args, **kwargs)
+
+        return shutting_down
+
+    return _wrap_once(uvicorn.Server, "shutdown", "stops_promptly", closing_first)
+
+
+def close_answers_in_progress(connections: Any) -> int:
+    """Close the ``connections`` (uvicorn's HTTP protocols) whose response is still being sent,
+    without sending what waits in their buffers (a client that stopped reading would never take
+    it, and a close would wait for it); how many there were, said in the log.
+
+    Examples:
+        >>> class Transport:
+        ...     def abort(self):
+        ...         print("aborted")
+        >>> class Connection:
+        ...     def __init__(self, complete):
+        ...         self.cycle = type("Cycle", (), {"response_complete": complete})()
+        ...         self.transport = Transport()
+        >>> close_answers_in_progress([Connection(True), Connection(False)])
+        aborted
+        1
+    """
+    busy = [
+        connection
+        for connection in list(connections)
+        if getattr(connection, "cycle", None) is not None and not connection.cycle.response_complete
+    ]
+    for connection in busy:
+        connection.transport.abort()
+    if busy:
+        logging.getLogger("uvicorn.error").info(
+            "Closing %d connection(s) with an answer in progress: the server is stopping",
+            len(busy),
+        )
+    return len(busy)
+
+
 def _listening_host(argv: list[str]) -> str:
     """The host a ``transformers serve`` command line listens on (its default: localhost).
 
@@ -1076,6 +1281,7 @@ def main(
     if parent is not None:
         exit_with_parent(parent)
     sample_when_asked()
+    stop_promptly()
     guard_requests(_listening_host(sys.argv))
     end_answers_as_openai(tools_written=tools, control_text=control_text, turn_end=turn_end)
     from transformers.cli.transformers import main as transformers_main

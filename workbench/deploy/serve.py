@@ -55,6 +55,7 @@ from workbench.deploy._serving import SCRATCH_PREFIX
 from workbench.errors import DependencyError, ServeError, SpecError
 
 __all__ = [
+    "KILLED_LINE",
     "ServeError",
     "Server",
     "check_port",
@@ -70,6 +71,8 @@ __all__ = [
 
 LOOPBACK = "127.0.0.1"
 _LAUNCHER = "workbench.deploy._serving"
+KILLED_LINE = "workbench: the server did not end"
+"""How the line :meth:`Server.stop` adds to the server's log when it had to kill it begins."""
 
 
 def check_port(port: object) -> int:
@@ -350,6 +353,10 @@ class Server:
     def stop(self, timeout: float = 10) -> None:
         """Stop the server (terminate, then kill after ``timeout`` seconds).
 
+        The server ends at once, answers in progress included: their connections are closed
+        (a client reading a stream sees it break off). One that has to be killed says so in
+        its log (:data:`KILLED_LINE`).
+
         Examples:
             >>> process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
             >>> server = Server(Path("/srv/tiny"), 8000, process, Path("/srv/serve-8000.log"))
@@ -358,6 +365,19 @@ class Server:
             >>> server.running, process.returncode == -signal.SIGTERM
             (False, True)
             >>> server.stop()  # a second stop does nothing
+
+            A process that ignores SIGTERM is killed, and the log says so:
+
+            >>> import tempfile
+            >>> log = Path(tempfile.mkdtemp()) / "serve-8000.log"
+            >>> _ = log.write_text("INFO:     Shutting down")
+            >>> code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            >>> code += "print(flush=True); time.sleep(60)"
+            >>> stubborn = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+            >>> _ = stubborn.stdout.readline()  # SIGTERM is ignored from now on
+            >>> Server(Path("/srv/tiny"), 8000, stubborn, log).stop(timeout=0.5)
+            >>> log.read_text().splitlines()[-1], stubborn.stdout.close()
+            ('workbench: the server did not end within 0.5s of SIGTERM: killed (SIGKILL)', None)
         """
         if self._stopped:
             return
@@ -369,12 +389,19 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                self._log_line(f"{KILLED_LINE} within {timeout:g}s of SIGTERM: killed (SIGKILL)")
         _STARTED.pop(self.process.pid, None)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
     def __str__(self) -> str:
         return self.usage()
+
+    def _log_line(self, line: str) -> None:
+        """Add ``line`` to the server's log (its process has ended: nothing else writes it)."""
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        with contextlib.suppress(OSError), os.fdopen(os.open(self.log, flags), "a") as log:
+            log.write(f"\n{line}\n")
 
 
 def _post(url: str, body: dict, timeout: float) -> dict:
