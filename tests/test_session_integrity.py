@@ -209,6 +209,23 @@ def test_two_processes_sharing_a_session_folder_keep_each_others_records(tmp_pat
     assert {f"{tag}-{i}" for tag in "ab" for i in range(60)} <= set(state)
 
 
+def test_a_run_records_the_model_its_own_session_loaded_not_the_folders_latest(
+    tmp_path, tiny_model_dir, tiny_gpt2_dir
+):
+    # Two kernels on one folder (a handout's wb.Session("runs/demo")): A loaded Llama, B then
+    # loaded GPT-2, A trained; A's run.json named GPT-2 (read back from session.json), so
+    # Session.resume and to_script rebuilt A's run on B's model.
+    from workbench.train.store import read_meta
+
+    a = session_with_data(tmp_path / "shared", tiny_model_dir)
+    wb.Session(tmp_path / "shared", verbose=False).load_model(str(tiny_gpt2_dir))
+    run = a.train(max_steps=2, wait=True)
+    assert read_meta(run.run_dir)["model_spec"]["spec"] == str(tiny_model_dir)
+    again = wb.Session(tmp_path / "shared", verbose=False)
+    again.resume(run.run_dir, wait=True)
+    assert again.loaded.source.spec == str(tiny_model_dir)
+
+
 def test_a_state_file_damaged_twice_keeps_both_copies(tmp_path):
     from workbench.session_folder import SessionFolder
 

@@ -95,6 +95,9 @@ class Session:
         self._servers: list = []
         self._run: Any = None
         self._run_of_model: Any = None  # the run whose weights the model holds (None: none)
+        # how this object loaded its model (a run's run.json records it): its own, never read
+        # back from session.json, which another kernel on the same folder may have rewritten
+        self._model_record: dict | None = None
         self._runs_held: weakref.WeakSet = weakref.WeakSet()  # trained, resumed, forked here
         self._let_go_deferred: list | None = None  # runs to let go once a resume is taken
         self._merged = False  # an adapter (trained or loaded) is merged into the model
@@ -197,17 +200,14 @@ class Session:
         self._loaded, self._adapted, self._exported = loaded, None, None
         info = model_info(loaded)
         self._progress(f"loaded {info.architecture} in {time.monotonic() - start:.1f}s")
-        self._record(
-            {
-                "model": {
-                    "spec": loaded.source.lasting_spec,
-                    "quantization": quantization,
-                    "dtype": loaded.dtype,
-                    "device": loaded.device,
-                    "trust_remote_code": trust_remote_code,
-                }
-            }
-        )
+        self._model_record = {
+            "spec": loaded.source.lasting_spec,
+            "quantization": quantization,
+            "dtype": loaded.dtype,
+            "device": loaded.device,
+            "trust_remote_code": trust_remote_code,
+        }
+        self._record({"model": self._model_record})
         self.events.emit(MODEL_LOADED, info)
         return info
 
@@ -861,7 +861,7 @@ class Session:
                 spec,
                 run_dir,
                 self.events,
-                self.folder.state().get("model"),
+                self._model_record,
                 wait=False,  # blocked on below, once the session knows its run
                 probes=probes,
                 launch=launch,
@@ -1018,7 +1018,7 @@ class Session:
         fingerprint or its checkpoint says so) gives the session back the model, adapter,
         data and records it had: a refusal must not cost the session its model."""
         kept = dict(vars(self))  # what load_model replaces or forgets; nothing is mutated
-        record = self._state().get("model")
+        record = self._model_record
         self._let_go_deferred = []  # the earlier runs keep their model until it is taken
         try:
             yield
