@@ -226,6 +226,31 @@ def test_a_run_records_the_model_its_own_session_loaded_not_the_folders_latest(
     assert again.loaded.source.spec == str(tiny_model_dir)
 
 
+def test_a_run_trained_after_a_merge_is_not_rebuilt_on_the_unmerged_base(tmp_path, tiny_model_dir):
+    # run-002, trained after merge(), recorded only the base's name: to_script wrote a script
+    # training it on the base without run-001, and Session.resume said only "this base model
+    # is not the one run-002 started from".
+    from workbench.train.store import read_meta
+
+    s = session_with_data(tmp_path / "s", tiny_model_dir)
+    s.train(max_steps=2, lr=1e-2, wait=True)
+    s.merge()
+    merged = s.export("export/merged")
+    run = s.train(max_steps=2, lr=1e-2, wait=True)
+    assert read_meta(run.run_dir)["model_spec"]["merged_from"] == ["run-001"]
+    answer = s.generate("1 cat", max_new_tokens=5)
+    with pytest.raises(SpecError, match="with run-001 merged in .*export that merged model"):
+        s.to_script("script")
+    assert not (s.run_dir / "script").exists()
+    again = wb.Session(tmp_path / "s", verbose=False)
+    with pytest.raises(SpecError, match=r"run-002 started from .* with run-001 merged in"):
+        again.resume(run.run_dir)
+    again.resume(run.run_dir, model=str(merged), wait=True)
+    assert again.generate("1 cat", max_new_tokens=5) == answer
+    assert read_meta(run.run_dir)["model_spec"]["merged_from"] is None  # the export holds it
+    assert again.to_script("script").is_dir()
+
+
 def test_a_state_file_damaged_twice_keeps_both_copies(tmp_path):
     from workbench.session_folder import SessionFolder
 

@@ -861,7 +861,7 @@ class Session:
                 spec,
                 run_dir,
                 self.events,
-                self._model_record,
+                self._run_model_record(),
                 wait=False,  # blocked on below, once the session knows its run
                 probes=probes,
                 launch=launch,
@@ -1012,6 +1012,13 @@ class Session:
                 run.stop()
                 run.wait()
 
+    def _run_model_record(self) -> dict | None:
+        """How a run's base was loaded; after ``merge()``, also whose adapters are merged
+        in (``merged_from``): a resume, a script or a launch cannot rebuild it by name."""
+        if self._model_record is None or not self._merged:
+            return self._model_record
+        return {**self._model_record, "merged_from": list(self._merged_from)}
+
     @contextlib.contextmanager
     def _model_kept_if_refused(self):
         """A resume refused once its base model is loaded (another model than the run's: its
@@ -1036,13 +1043,22 @@ class Session:
         """Load the base model a resumed run trains: ``model``, else the one run.json names
         (its shipped code run only when the caller allows it, whatever run.json says)."""
         from workbench.train import check_remote_code_allowed
+        from workbench.train.start import merged_base
         from workbench.train.store import write_meta
 
         settings = {k: v for k, v in (meta.get("model_spec") or {}).items() if v}
         recorded = settings.pop("spec", None)
         settings.pop("trust_remote_code", None)
+        settings.pop("merged_from", None)
         if model is None and recorded is None:
             return  # a run of a model built in memory: the loaded model goes on with it
+        merged = merged_base(meta.get("model_spec"))
+        if model is None and merged:
+            raise SpecError(
+                f"{run_dir.name} started from {merged}: pass that model, exported "
+                "(Session.resume(folder, model='<the merged export>')); to make it again: "
+                "load_model, load_adapter each merged run, merge(), export."
+            )
         check_remote_code_allowed(meta, run_dir, trust_remote_code)
         if trust_remote_code:
             settings["trust_remote_code"] = True
@@ -1056,11 +1072,10 @@ class Session:
                 "pass where it is now: Session.resume(folder, model='<its folder>')."
             )
             raise ModelLoadError(msg) from err
-        if model is not None:
+        if model is not None:  # the base from now on: whatever was merged, it holds
             spec = self.loaded.source.lasting_spec
-            write_meta(
-                run_dir, {**meta, "model_spec": {**meta.get("model_spec", {}), "spec": spec}}
-            )
+            model_spec = {**meta.get("model_spec", {}), "spec": spec, "merged_from": None}
+            write_meta(run_dir, {**meta, "model_spec": model_spec})
 
     def find_lr(self, **settings: Any):
         """Sweep the learning rate on the loaded data and suggest one (a panel in a notebook).

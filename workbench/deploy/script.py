@@ -138,6 +138,8 @@ def _check_target(target: Path) -> None:
 
 
 def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    from workbench.train.start import merged_base
+
     spec, model_spec = meta["spec"], meta.get("model_spec") or {}
     problems = []
     if spec.get("method") == "qlora":
@@ -149,6 +151,13 @@ def _script_config(run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
         problems.append(
             f"the base was loaded with quantization={model_spec['quantization']!r}"
             "; the script trains an unquantized base, so use a run without it"
+        )
+    merged = merged_base(model_spec)
+    if merged:
+        problems.append(
+            f"its base is {merged}; the script loads its base by name: export that merged "
+            "model (s.export('export/merged')), load it (s.load_model(...)), train there, and "
+            "write that run's script"
         )
     if not (run_dir / "data" / "train").is_dir():
         problems.append(f"{run_dir} has no data/train folder, so it is not a complete run")

@@ -62,13 +62,14 @@ from workbench.train.run import Run
 from workbench.train.spec import LoRA, TrainSpec, respec
 from workbench.train.worker import runs_training
 
-__all__ = ["check_remote_code_allowed", "resume_run", "start_run"]
+__all__ = ["check_remote_code_allowed", "merged_base", "resume_run", "start_run"]
 
 # How a run draws its rows (run.json's "batch_order"): "step", an optimizer step's rows at a
 # time, so grad_accum changes memory, not the run. Runs started before have none and keep
 # drawing each micro-batch on its own (see core.epoch_batches), so they resume on their rows.
 BATCH_ORDER = "step"
-MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device", "trust_remote_code")
+MODEL_SPEC_KEYS = ("spec", "quantization", "dtype", "device", "trust_remote_code", "merged_from")
+_LOAD_OPTIONS = ("quantization", "dtype", "device", "trust_remote_code")  # load_model's own
 
 
 def _drop_untrained(train: Examples) -> tuple[Examples, list[LogRecord]]:
@@ -421,6 +422,13 @@ def _checked_launch(launch: Any, model_spec: dict[str, Any] | None) -> Any:
             "a run on several processes needs a model each process can load by name or "
             "folder (Session.load_model(name_or_folder)), not a model object built in memory."
         )
+    merged = merged_base(model_spec)
+    if merged:
+        raise SpecError(
+            f"a run on several processes loads its base in each process, and this one is "
+            f"{merged}: export it (s.export('export/merged')), load that folder "
+            "(s.load_model(...)) and train there."
+        )
     if launch.fsdp and (model_spec or {}).get("quantization"):
         raise SpecError(
             f"fsdp=True cannot shard a {model_spec['quantization']} (bitsandbytes) base: "
@@ -583,6 +591,24 @@ folder. Nothing is run from a file's say-so: read that code, then pass trust_rem
         )
 
 
+def merged_base(model_spec: dict[str, Any] | None) -> str | None:
+    """What a run's base was when it trained on a model with adapters merged in
+    (``merge()``, then ``train()``), which no file holds as such: ``None`` otherwise.
+
+    Examples:
+        >>> merged_base({"spec": "gemma-3-270m", "merged_from": ["run-001"]})
+        'gemma-3-270m with run-001 merged in (merge()), a model no file holds'
+        >>> merged_base({"spec": "gemma-3-270m"}) is None
+        True
+    """
+    merged = (model_spec or {}).get("merged_from")
+    if not isinstance(merged, list) or not merged:
+        return None
+    names = " and ".join(str(name) for name in merged)
+    base = (model_spec or {}).get("spec")
+    return f"{base} with {names} merged in (merge()), a model no file holds"
+
+
 def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
     from workbench.models.loading import load_model
 
@@ -593,7 +619,14 @@ def _reload_model(meta: dict[str, Any], run_dir: Path) -> tuple[Any, Any]:
             "load the base model with Session.load_model(...), then Session.resume(folder)."
         )
         raise SpecError(msg)
-    options = {k: model_spec[k] for k in MODEL_SPEC_KEYS[1:] if model_spec.get(k)}
+    merged = merged_base(model_spec)
+    if merged:
+        msg = (
+            f"{run_dir.name} started from {merged}: load that model into a Session (or its "
+            "export) and resume there: Session.resume(folder, model='<the merged export>')."
+        )
+        raise SpecError(msg)
+    options = {k: model_spec[k] for k in _LOAD_OPTIONS if model_spec.get(k)}
     loaded = load_model(model_spec["spec"], on_event=lambda _msg: None, **options)
     return loaded.model, loaded.tokenizer
 
