@@ -291,6 +291,42 @@ def test_a_server_left_running_by_the_session_folder_is_stopped_on_a_rerun(
         first.close()
 
 
+def test_another_kernels_live_server_on_the_folder_is_refused_not_stopped(tmp_path, tiny_model_dir):
+    # Two kernels on one session folder (a handout's wb.Session("runs/demo")): B's serve on
+    # A's port stopped A's live server under it, saying "still running from an earlier run".
+    import subprocess
+    import sys
+
+    from workbench.errors import ServeError
+
+    pytest.importorskip("fastapi")
+    port = free_port()
+    kernel_a = (
+        "import sys, workbench as wb\n"
+        "s = wb.Session(sys.argv[1], verbose=False)\n"
+        "s.load_model(sys.argv[2])\n"
+        "server = s.serve(port=int(sys.argv[3]))\n"
+        "print(server.process.pid, flush=True)\n"
+        "sys.stdin.read()\n"  # the kernel lives on until the test ends it
+    )
+    args = [sys.executable, "-c", kernel_a, str(tmp_path / "s"), str(tiny_model_dir), str(port)]
+    a = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(a.stdout.readline())
+        b = trained_session(tmp_path / "s", tiny_model_dir)
+        with pytest.raises(
+            ServeError,
+            match=rf"port {port} is served by another kernel .*"
+            rf"process {a.pid} started the server",
+        ):
+            b.serve(port=port)
+        assert Path(f"/proc/{server_pid}").exists()  # A's server goes on
+        b.close()
+    finally:
+        a.stdin.close()
+        a.wait(timeout=60)
+
+
 def test_a_port_held_by_another_program_is_still_refused(tmp_path, tiny_model_dir):
     import socket
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import time
 import warnings
 import weakref
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench._display import print_line
-from workbench._io import expand_home
+from workbench._io import expand_home, process_alive
 from workbench._numbers import plain_number
 from workbench.errors import (
     EvaluationError,
     ModelLoadError,
     NoDataError,
     NoModelError,
+    ServeError,
     SessionStateError,
     SpecError,
     WorkbenchError,
@@ -1975,13 +1977,15 @@ class Session:
         turn_end = data.text_only_stop if data is not None else None
         server = serve_model(folder, port, control_text=trained, turn_end=turn_end)
         self._servers = [*(kept for kept in self._servers if kept.running), server]
-        servers = {**self._state().get("servers", {}), str(port): {"pid": server.process.pid}}
-        self._record({"servers": servers})
+        started = {"pid": server.process.pid, "starter": os.getpid()}
+        self._record({"servers": {**self._state().get("servers", {}), str(port): started}})
         self._progress(server.usage())
         return server
 
     def _stop_earlier_server(self, port: int) -> None:
-        """Stop the server this session folder started on ``port``, if it still holds it."""
+        """Stop the server this session folder started on ``port``, if it still holds it:
+        one an earlier run of the notebook left (its Session object replaced, or its kernel
+        gone); another kernel's, still running, is refused, not stopped under it."""
         from workbench.deploy.serve import port_is_free, serves_on, stop_serving_process
 
         entry = self._state().get("servers", {}).get(str(port))
@@ -1990,6 +1994,13 @@ class Session:
             return  # free, or held by another program: serve_model says which port is in use
         if any(server.process.pid == pid for server in self._servers):
             return  # this session's own server: the caller holds it, and stops it
+        starter = entry.get("starter")
+        if isinstance(starter, int) and starter != os.getpid() and process_alive(starter):
+            raise ServeError(
+                f"port {port} is served by another kernel working in this session folder "
+                f"(process {starter} started the server, process {pid}): stop it there "
+                "(server.stop()), or serve on another port."
+            )
         self._progress(
             f"stopping the server this session folder started on port {port} (process {pid}), "
             "still running from an earlier run"
