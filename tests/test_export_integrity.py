@@ -305,7 +305,7 @@ def test_an_export_killed_as_it_replaces_the_previous_one_leaves_the_previous_in
         f"s = wb.Session({str(tmp_path / 's')!r}, verbose=False)\n"
         f"s.load_model({str(tiny_model_dir)!r})\n"
         "io._as_created = lambda folder: os.kill(os.getpid(), signal.SIGKILL)  # the kill\n"
-        "s.export('export/merged')\n"
+        "s.export('export/merged', overwrite=True)\n"  # this process, alive, wrote it
     )
     killed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]

@@ -294,37 +294,78 @@ def test_a_server_left_running_by_the_session_folder_is_stopped_on_a_rerun(
 def test_another_kernels_live_server_on_the_folder_is_refused_not_stopped(tmp_path, tiny_model_dir):
     # Two kernels on one session folder (a handout's wb.Session("runs/demo")): B's serve on
     # A's port stopped A's live server under it, saying "still running from an earlier run".
-    import subprocess
-    import sys
-
     from workbench.errors import ServeError
 
     pytest.importorskip("fastapi")
     port = free_port()
-    kernel_a = (
-        "import sys, workbench as wb\n"
-        "s = wb.Session(sys.argv[1], verbose=False)\n"
-        "s.load_model(sys.argv[2])\n"
-        "server = s.serve(port=int(sys.argv[3]))\n"
-        "print(server.process.pid, flush=True)\n"
-        "sys.stdin.read()\n"  # the kernel lives on until the test ends it
-    )
-    args = [sys.executable, "-c", kernel_a, str(tmp_path / "s"), str(tiny_model_dir), str(port)]
-    a = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    serving = f"print(s.serve(port={port}).process.pid)"
+    a = _other_kernel(tmp_path / "s", tiny_model_dir, serving)
     try:
-        server_pid = int(a.stdout.readline())
         b = trained_session(tmp_path / "s", tiny_model_dir)
         with pytest.raises(
             ServeError,
             match=rf"port {port} is served by another kernel .*"
             rf"process {a.pid} started the server",
         ):
-            b.serve(port=port)
-        assert Path(f"/proc/{server_pid}").exists()  # A's server goes on
+            b.serve(port=port, path=b.export("export/b"))  # A's export/merged is A's
+        assert Path(f"/proc/{int(a.said.split()[-1])}").exists()  # A's server goes on
         b.close()
     finally:
         a.stdin.close()
         a.wait(timeout=60)
+
+
+def _other_kernel(folder: Path, model: Path, code: str):
+    """A second kernel on ``folder`` (a process with its own Session): runs ``code`` with
+    ``s`` loaded (what it prints kept as ``.said``), and lives on until its stdin closes."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, workbench as wb\n"
+        "s = wb.Session(sys.argv[1], verbose=False)\n"
+        "s.load_model(sys.argv[2])\n"
+        f"{code}\n"
+        "print('done', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    args = [sys.executable, "-c", script, str(folder), str(model)]
+    kernel = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lines = []
+    while not lines or lines[-1] not in ("done\n", ""):
+        lines.append(kernel.stdout.readline())
+    assert lines[-1] == "done\n", lines
+    kernel.said = "".join(lines[:-1])
+    return kernel
+
+
+def test_another_kernels_live_export_is_neither_replaced_nor_taken_for_ours(
+    tmp_path, tiny_model_dir
+):
+    # B's export("export/merged") replaced A's without overwrite=True ("replacing the export
+    # written by run-002", A's run), and A's serve()/quantize() then used B's model as A's.
+    from workbench.errors import SpecError
+
+    a = trained_session(tmp_path / "s", tiny_model_dir)
+    mine = (a.export("export/merged") / "model.safetensors").read_bytes()
+    refused = "try:\n    s.export('export/merged')\nexcept wb.SpecError as err:\n    print(err)"
+    b = _other_kernel(tmp_path / "s", tiny_model_dir, refused)
+    try:
+        assert "in another kernel still working in this session folder" in b.said, b.said
+        assert (a.run_dir / "export/merged/model.safetensors").read_bytes() == mine
+        b.stdin.close()
+        b.wait(timeout=60)
+        b = _other_kernel(
+            tmp_path / "s", tiny_model_dir, "s.export('export/merged', overwrite=True)"
+        )
+        with pytest.raises(SpecError, match=r"in another kernel still working in this session"):
+            a.export("export/merged")
+        with pytest.raises(SpecError, match=r"first export the model .* another kernel"):
+            a.quantize("8bit", probes=["Hello"])  # not B's model quantized as A's
+    finally:
+        b.stdin.close()
+        b.wait(timeout=60)
+        a.close()
 
 
 def test_a_port_held_by_another_program_is_still_refused(tmp_path, tiny_model_dir):

@@ -1677,6 +1677,13 @@ class Session:
         target = export_target(self.run_dir, path)
         refuse_session_folders(self.run_dir, target)
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
+        other = self.folder.written_by_another_kernel(earlier)
+        if other is not None and not overwrite:
+            raise SpecError(
+                f"{target} holds the export {earlier.get('by')} wrote in another kernel still "
+                f"working in this session folder (process {other}): export elsewhere, or pass "
+                "overwrite=True to replace it."
+            )
         replace = overwrite or earlier is not None
         check_export(self.model, target, format, replace, gguf_type)  # before anything changes
         self._say_replacing(target, earlier)
@@ -1866,6 +1873,9 @@ class Session:
     def _exported_folder(self) -> Path:
         """The latest safetensors export, made anew when missing or older than the model."""
         current = self._exported is not None and (self._exported / "config.json").is_file()
+        if current:  # and not since replaced by another kernel working in this folder
+            record = self.folder.written_earlier(self._exported)
+            current = record is None or record.get("pid") in (None, os.getpid())
         if not current or self._exported_version != self._model_version():
             try:  # replaces only this session's own unchanged export: never a user's files
                 self.export("export/merged")

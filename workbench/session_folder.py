@@ -353,7 +353,8 @@ class SessionFolder:
             'run-001'
         """
         path = Path(folder)
-        entry: dict[str, Any] = {"by": by, "what": what, "files": _listing(Path(staged or path))}
+        listing = _listing(Path(staged or path))
+        entry: dict[str, Any] = {"by": by, "what": what, "files": listing, "pid": os.getpid()}
         standing = self.written_earlier(path) if staged is not None else None
         if standing is not None:
             entry[UNTIL_PLACED] = {key: standing.get(key) for key in ("by", "what", "files")}
@@ -369,6 +370,23 @@ class SessionFolder:
             state[WRITTEN] = written
 
         self.update(add)
+
+    @staticmethod
+    def written_by_another_kernel(record: dict[str, Any] | None) -> int | None:
+        """The process that wrote ``record``'s folder (:meth:`written_earlier`) when it is
+        another one still running (a second kernel on the same session folder), else ``None``.
+
+        Examples:
+            >>> SessionFolder.written_by_another_kernel({"by": "run-001", "pid": os.getpid()})
+            >>> SessionFolder.written_by_another_kernel({"by": "run-001"}) is None  # older record
+            True
+        """
+        from workbench._io import process_alive
+
+        pid = (record or {}).get("pid")
+        if isinstance(pid, int) and pid != os.getpid() and process_alive(pid):
+            return pid
+        return None
 
     def written_earlier(self, folder: str | Path) -> dict[str, Any] | None:
         """The record of ``folder`` if this session folder wrote it and nobody changed it since.
