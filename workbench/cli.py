@@ -61,11 +61,14 @@ def environment_facts() -> list[tuple[str, str]]:
             facts.append((name, "not installed"))
     facts.append(("device", _device()))
     root = cache_root()
-    facts.append(("cache", f"{root}{_unusable(root)}"))
+    unusable = _unusable(root)
+    facts.append(("cache", f"{root}{unusable}"))
     for spec, model in BUILTIN_MODELS.items():
         entry = root / f"{spec}-{model.sha256[:12]}"
         cached = entry.exists() and verify_entry(entry) is None
-        facts.append((f"built-in {spec}", "cached" if cached else "not cached yet"))
+        read_only = unusable.startswith(" (read-only")
+        missing = "not cached (the cache is read-only)" if read_only else "not cached yet"
+        facts.append((f"built-in {spec}", "cached" if cached else missing))
     return facts
 
 
@@ -78,9 +81,14 @@ def _unusable(root: Path) -> str:
     if blocking is not None:
         return f" (cannot be used: {blocking} is a file)"
     place = next(p for p in (root, *root.parents) if p.exists())
-    if not os.access(place, os.W_OK):
-        return f" (cannot be used: {place} is not writable)"
-    return ""
+    if os.access(place, os.W_OK):
+        return ""
+    if place == root and root.is_dir():  # a prepared cache made read-only for a workshop
+        return (
+            " (read-only: the models cached in it load, nothing new can be cached; set "
+            "WORKBENCH_CACHE to a writable folder to cache more)"
+        )
+    return f" (cannot be used: {place} is not writable)"
 
 
 def _device() -> str:

@@ -24,14 +24,21 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from workbench._io import staging_folder, temporaries, verify_manifest, write_manifest
-from workbench.errors import CacheError
+from workbench._io import (
+    staging_folder,
+    temporaries,
+    translated_write_errors,
+    verify_manifest,
+    write_manifest,
+)
+from workbench.errors import CacheError, WriteError
 
 __all__ = ["MANIFEST", "cache_root", "cached_folder", "remove_superseded", "verify_entry"]
 
@@ -88,9 +95,13 @@ def cached_folder(
     Returns:
         The complete, verified folder.
 
+    While another process builds the same entry, this one says so once through
+    ``on_event`` (naming the entry and its lock file) and waits for it.
+
     Raises:
         CacheError: The entry is missing or incomplete and the cache folder can't be
-            written (the message names it and ``WORKBENCH_CACHE``).
+            written, or its disk fills up while building (the message names it and
+            ``WORKBENCH_CACHE``; nothing of the build is left behind).
 
     Examples:
         >>> import os
@@ -111,7 +122,7 @@ def cached_folder(
     except OSError as err:
         msg = f"cannot create the model cache {root}: {err}. Set {CACHE_ENV} to a writable folder."
         raise CacheError(msg) from err
-    with _entry_lock(root, key):
+    with _entry_lock(root, key, on_event):
         # Holding the key's lock, any staging folder of it is a killed build's: remove it.
         for leftover in temporaries(folder, "staging"):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -121,21 +132,52 @@ def cached_folder(
                 return folder
             on_event(f"cache entry {folder} is incomplete or corrupted ({problem}); rebuilding")
             shutil.rmtree(folder)
-        with staging_folder(folder) as tmp:
-            build(tmp)
-            write_manifest(tmp, MANIFEST, {"source": source})
+        try:
+            with staging_folder(folder) as tmp, translated_write_errors(root):
+                build(tmp)
+                write_manifest(tmp, MANIFEST, {"source": source})
+        except WriteError as err:  # a full disk; a cache that became read-only mid-build
+            raise _cache_write_error(root, key, err) from err
     return folder
 
 
-@contextlib.contextmanager
-def _entry_lock(root: Path, key: str) -> Iterator[None]:
-    """Hold the lock of entry ``key``; a cache folder where its lock file cannot be made
-    (read-only, another user's) is a :class:`CacheError` naming it."""
-    from filelock import FileLock
+def _cache_write_error(root: Path, key: str, err: WriteError) -> CacheError:
+    """The :class:`CacheError` (with ``err``'s ``errno``) for a build of ``key`` that could
+    not write into the cache ``root``: it names the folder and ``WORKBENCH_CACHE``."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        msg = (
+            f"cannot cache {key}: the disk of the model cache {root} is full (no space left "
+            f"on device). Free some space there, or set {CACHE_ENV} to a folder on a disk "
+            "with more room."
+        )
+    else:
+        msg = f"cannot cache {key} in the model cache {root}: {err} Or set {CACHE_ENV} to one."
+    cache_error = CacheError(msg)
+    cache_error.errno = code
+    return cache_error
 
-    lock = FileLock(str(root / f".{key}.lock"))
+
+@contextlib.contextmanager
+def _entry_lock(
+    root: Path, key: str, on_event: Callable[[str], None] = lambda message: None
+) -> Iterator[None]:
+    """Hold the lock of entry ``key``; a cache folder where its lock file cannot be made
+    (read-only, another user's) is a :class:`CacheError` naming it. When another process
+    holds it (building that entry), say so once through ``on_event``, then wait."""
+    from filelock import FileLock, Timeout
+
+    lock_file = root / f".{key}.lock"
+    lock = FileLock(str(lock_file))
     try:
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            on_event(
+                f"waiting for another process that is building {key} in the model cache "
+                f"(it holds {lock_file}); this load goes on when it is done"
+            )
+            lock.acquire()
     except OSError as err:
         msg = (
             f"cannot build {key} in the model cache {root}: its lock file cannot be "

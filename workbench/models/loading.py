@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,7 +127,14 @@ def _builtin_source(spec: str, on_event: Callable[[str], None]) -> ModelSource:
 
     def build(tmp: Path) -> None:
         on_event(f"first use of {spec}: converting it once to safetensors (about 2 minutes)")
-        with tempfile.TemporaryDirectory(dir=cache_root(), prefix=".gguf-") as scratch:
+        # Earlier versions assembled it in the cache root, where a killed build left it for
+        # good; holding this entry's lock, any such scratch of this model is a dead build's.
+        for old in cache_root().glob(".gguf-*"):
+            if (old / f"{model.name}.gguf").exists():
+                shutil.rmtree(old, ignore_errors=True)
+        # The assembled GGUF is scratch inside the entry's staging folder: removed here when
+        # done, and with the staging folder (by the next build) if this one is killed.
+        with tempfile.TemporaryDirectory(dir=tmp, prefix=".gguf-") as scratch:
             convert_gguf(builtin_gguf(model, Path(scratch), on_event), tmp, on_event)
 
     folder = cached_folder(
