@@ -292,3 +292,35 @@ def test_a_handed_runs_script_runs_its_models_code_only_when_the_caller_says_so(
     assert not (tmp_path / "refused").exists()
     folder = write_training_script(run.run_dir, tmp_path / "script", trust_remote_code=True)
     assert json.loads((folder / CONFIG_FILE).read_text())["trust_remote_code"] is True
+
+
+def test_one_process_reproduces_a_run_with_dropout_step_for_step(tmp_path):
+    """GPT-2's config has dropout 0.1 and the LoRA has its own: the script's masks must come
+    from the run's RNG state at each step. The 11 rows leave a short step whose filler row
+    changed the batch's shape (and so every later mask), and the DataLoader drew its worker
+    seed from torch's RNG before the first step."""
+    import workbench as wb
+    from workbench.models.tiny import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "gpt2", "gpt2")
+    assert json.loads((model / "config.json").read_text())["resid_pdrop"] > 0
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(model))
+    rows = [{"question": f"What is {i} plus {i}?", "answer": str(2 * i)} for i in range(11)]
+    s.load_data(rows, validation=None)
+    run = s.train(
+        max_steps=4, batch_size=4, grad_accum=2, lr=1e-2, lora=wb.LoRA(dropout=0.1), seed=3
+    )
+    script, out = s.to_script(tmp_path / "script"), tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(_without_workbench(tmp_path))}
+    done = subprocess.run(
+        [sys.executable, str(script / "train.py"), "--cpu", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert [r["loss"] for r in logged] == pytest.approx(train_losses(run), rel=1e-5)

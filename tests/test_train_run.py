@@ -297,8 +297,13 @@ def test_grad_accum_trains_the_rows_and_losses_of_the_larger_batch(tiny_model_di
     big = toy_run(tiny_model_dir, tmp_path / "big", TrainSpec(batch_size=8, **settings), n=48)
     small = TrainSpec(batch_size=4, grad_accum=2, **settings)
     accumulated = toy_run(tiny_model_dir, tmp_path / "small", small, n=48)
-    steps = [sorted(rows) for rows in big.loop.plan.steps(6, 1, 6)]
-    assert [sorted(rows) for rows in accumulated.loop.plan.steps(6, 2, 12)] == steps
+
+    def step_rows(plan, grad_accum, total_micro):
+        steps = plan.steps(6, grad_accum, total_micro)
+        return [sorted(row for micro in step for row in micro) for step in steps]
+
+    steps = step_rows(big.loop.plan, 1, 6)
+    assert step_rows(accumulated.loop.plan, 2, 12) == steps
     assert train_losses(accumulated) == pytest.approx(train_losses(big), abs=2e-5)
     grads = [[r.grad_norm for r in run.history if r.kind == "train"] for run in (big, accumulated)]
     assert grads[1] == pytest.approx(grads[0], rel=1e-4)

@@ -70,20 +70,33 @@ def parse_args(config):
 
 
 class StepBatches:
-    """Global micro-batches of ``batch_size`` rows; each step gets ``accum`` of them, and -1
-    (a row without trained tokens) fills the last. accelerate splits each across processes.
+    """Global micro-batches of ``batch_size`` rows, ``accum`` per optimizer step.
+
+    At the run's own batch size, the run's micro-batches are kept: one process trains them as
+    they are, so their shapes (and so the dropout masks) are the run's; across processes, -1
+    (a row without trained tokens) fills each to ``batch_size`` so that accelerate splits it
+    evenly. Another size re-cuts each step's rows into ``accum`` micro-batches, filled.
 
     Examples:
-        >>> list(StepBatches([[4, 7, 9]], batch_size=2, accum=2))
-        [[4, 7], [9, -1]]
+        >>> list(StepBatches([[[4], [7, 9]]], batch_size=2, accum=2, processes=1, run_batch=2))
+        [[4], [7, 9]]
+        >>> list(StepBatches([[[4], [7, 9]]], batch_size=2, accum=2, processes=2, run_batch=2))
+        [[4, -1], [7, 9]]
+        >>> list(StepBatches([[[4], [7, 9]]], batch_size=1, accum=4, processes=1, run_batch=2))
+        [[4], [7], [9], [-1]]
     """
 
     drop_last = False
 
-    def __init__(self, steps, batch_size, accum):
+    def __init__(self, steps, batch_size, accum, processes, run_batch):
         self.batch_size, self.batches = batch_size, []
-        for step in steps:
-            rows = step + [-1] * (accum * batch_size - len(step))
+        for micro in steps:
+            if batch_size == run_batch:
+                fill = batch_size if processes > 1 else 0
+                self.batches += [batch + [-1] * (fill - len(batch)) for batch in micro]
+                continue
+            rows = [row for batch in micro for row in batch]
+            rows += [-1] * (accum * batch_size - len(rows))
             self.batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
 
     def __iter__(self):
@@ -120,7 +133,7 @@ def collate(rows, pad_id):
 
 
 def load_data(path, spec, steps, by_steps):
-    """The data, each step's row indices and each step's trained-token count."""
+    """The data, each step's micro-batches of row indices and each step's trained tokens."""
     data = load_from_disk(path)
     counts = core.trained_tokens(data["labels"])
     kept = core.trained_rows(counts)  # as the workbench, skip rows with no trained token
@@ -130,8 +143,9 @@ def load_data(path, spec, steps, by_steps):
         lengths[kept], spec["batch_size"], spec["seed"], spec["grad_accum"], by_step
     )
     total = plan.total_micro(spec["grad_accum"], spec["epochs"], steps if by_steps else None)
-    rows = [[int(kept[i]) for i in step] for step in plan.steps(steps, spec["grad_accum"], total)]
-    return data, rows, [int(counts[step].sum()) for step in rows]
+    micro = plan.steps(steps, spec["grad_accum"], total)
+    micro = [[[int(kept[i]) for i in batch] for batch in step] for step in micro]
+    return data, micro, [int(sum(counts[batch].sum() for batch in step)) for step in micro]
 
 
 def load_model(args, spec):
@@ -242,7 +256,7 @@ def prepare(args, spec, steps, by_steps):
     )
     check_launch(accelerator)
     set_seed(spec["seed"])
-    data, rows, step_tokens = load_data(args.data, spec, steps, by_steps)
+    data, micro, step_tokens = load_data(args.data, spec, steps, by_steps)
     model, tokenizer, pad_id = load_model(args, spec)
     optimizer = torch.optim.AdamW(
         core.optimizer_groups(model, spec["lr"], spec["weight_decay"], spec["layer_lr_decay"]),
@@ -256,8 +270,11 @@ def prepare(args, spec, steps, by_steps):
     )
     loader = torch.utils.data.DataLoader(
         Rows(data),
-        batch_sampler=StepBatches(rows, per_device * procs, accum),
+        batch_sampler=StepBatches(micro, per_device * procs, accum, procs, spec["batch_size"]),
         collate_fn=lambda batch: collate(batch, pad_id),
+        # Its own generator: starting to iterate draws a seed, which from torch's global RNG
+        # would shift every dropout mask away from the run's.
+        generator=torch.Generator(),
     )
     return (
         accelerator,

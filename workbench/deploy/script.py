@@ -295,9 +295,10 @@ Options: `--model` (another copy of the base model), `--data` (the tokenized dat
 accelerate_config.yaml --num_processes 2 train.py --cpu`; note that `accelerate launch --cpu`
 itself starts one process unless mpirun is set up).
 
-With LoRA dropout > 0 (or NEFTune) the random masks differ between process counts, and
-from the workbench's own run (this script draws them in its own order), so runs then agree
-statistically, not to the last digit; with `LoRA(dropout=0)` they agree to float rounding.
+One process at the run's batch size draws the same dropout masks (the model's, the LoRA's)
+and NEFTune noise as the workbench's own run, so its losses agree to float rounding. Across
+processes each draws its own, so runs then agree statistically, not to the last digit; with
+no dropout (`LoRA(dropout=0)` and a model without any) they agree to float rounding.
 
 ## FSDP
 

@@ -187,18 +187,15 @@ class BatchPlan:
             self._epoch = (epoch, batches)
         return self._epoch[1][index]
 
-    def steps(self, steps: int, grad_accum: int, total_micro: int) -> list[list[int]]:
-        """Example indices of each optimizer step (``grad_accum`` micro-batches, fewer at the end).
+    def steps(self, steps: int, grad_accum: int, total_micro: int) -> list[list[list[int]]]:
+        """Each optimizer step's micro-batches (``grad_accum`` of them, fewer at the end).
 
         Examples:
-            >>> [len(s) for s in BatchPlan(np.ones(3), 1, seed=0).steps(2, 2, total_micro=3)]
-            [2, 1]
+            >>> BatchPlan(np.ones(3), 2, seed=0).steps(2, 2, total_micro=3)
+            [[[2, 0], [1]], [[2, 0]]]
         """
         micro = [self.at(m) for m in range(total_micro)]
-        return [
-            [i for batch in micro[s * grad_accum : (s + 1) * grad_accum] for i in batch]
-            for s in range(steps)
-        ]
+        return [micro[s * grad_accum : (s + 1) * grad_accum] for s in range(steps)]
 
 
 def pad_rows(
