@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,30 @@ def test_corrupted_gguf_conversion_is_rebuilt(tiny_gguf, tmp_path, monkeypatch):
     assert any("does not match its SHA-256" in m and "rebuilding" in m for m in messages)
     assert verify_entry(first) is None
     assert (first / "model.safetensors").read_bytes() == weights  # converted afresh, the same
+
+
+def test_gguf_protected_after_its_cache_was_prepared_loads_from_it(
+    tiny_gguf, tmp_path, monkeypatch
+):
+    # A workshop: the teacher converts the course file into a shared cache, then protects the
+    # file (chmod/chown move its change time, not a byte). The students' loads must find the
+    # prepared conversion, not convert again (which a read-only cache refuses).
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path / "cache"))
+    first = Path(resolve_source(str(tiny_gguf), on_event=lambda m: None).location)
+    written = (first / MANIFEST).stat().st_mtime_ns
+    before = tiny_gguf.stat().st_ctime_ns
+    time.sleep(0.01)
+    tiny_gguf.chmod(0o444)
+    assert tiny_gguf.stat().st_ctime_ns != before
+    messages: list[str] = []
+    again = Path(resolve_source(str(tiny_gguf), on_event=messages.append).location)
+    assert again == first
+    assert (first / MANIFEST).stat().st_mtime_ns == written  # nothing rebuilt or rewritten
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.name[0] != ".") == [
+        first.name
+    ]
+    assert any(f"has the bytes {first.name} was converted from" in m for m in messages)
+    assert len(messages) == 2, messages  # looked, found: no conversion step was reported
 
 
 def test_gguf_edited_in_place_is_converted_again(tiny_gguf, tmp_path, monkeypatch):

@@ -40,7 +40,14 @@ from workbench._io import (
 )
 from workbench.errors import CacheError, WriteError
 
-__all__ = ["MANIFEST", "cache_root", "cached_folder", "remove_superseded", "verify_entry"]
+__all__ = [
+    "MANIFEST",
+    "cache_root",
+    "cached_folder",
+    "entries_built_from",
+    "remove_superseded",
+    "verify_entry",
+]
 
 MANIFEST = "workbench-cache.json"
 CACHE_ENV = "WORKBENCH_CACHE"
@@ -214,8 +221,8 @@ def remove_superseded(keep: Path, field: str, value: str) -> list[Path]:
     from filelock import FileLock, Timeout
 
     removed = []
-    for entry in sorted(keep.parent.iterdir()):
-        if entry == keep or entry.name.startswith(".") or _source_of(entry).get(field) != value:
+    for entry, _ in entries_built_from(keep.parent, field, value):
+        if entry == keep:
             continue
         try:
             with FileLock(str(keep.parent / f".{entry.name}.lock"), timeout=0):
@@ -224,6 +231,29 @@ def remove_superseded(keep: Path, field: str, value: str) -> list[Path]:
             continue
         removed.append(entry)
     return removed
+
+
+def entries_built_from(root: Path, field: str, value: str) -> list[tuple[Path, dict]]:
+    """The entries of the cache ``root`` whose manifest's ``source[field]`` is ``value``, each
+    with its ``source`` facts (an entry without a readable manifest has none: left out).
+
+    Examples:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"WORKBENCH_CACHE": "/tmp/wb-doc-built-from"}):
+        ...     entry = cached_folder("m-1", lambda tmp: None, {"gguf": "/m.gguf", "size": 3})
+        >>> found = entries_built_from(entry.parent, "gguf", "/m.gguf")
+        >>> found == [(entry, {"gguf": "/m.gguf", "size": 3})]
+        True
+    """
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in sorted(root.iterdir()):
+        source = {} if entry.name.startswith(".") else _source_of(entry)
+        if source.get(field) == value:
+            found.append((entry, source))
+    return found
 
 
 def _source_of(entry: Path) -> dict:

@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from workbench._io import expand_home
+from workbench._io import expand_home, sha256_file
 from workbench._quiet import no_transformers_bars, quiet_third_party
 from workbench.errors import DependencyError, ModelLoadError, SpecError, WorkbenchWarning
 from workbench.models.builtin import BUILTIN_MODELS, builtin_gguf
-from workbench.models.cache import cache_root, cached_folder, remove_superseded
+from workbench.models.cache import (
+    cache_root,
+    cached_folder,
+    entries_built_from,
+    remove_superseded,
+    verify_entry,
+)
 from workbench.models.gguf import convert_gguf, gguf_architecture
 from workbench.models.hub import cached_hub_snapshot, hub_unreachable
 from workbench.types import DType, Quantization
@@ -111,15 +117,42 @@ def _gguf_source(spec: str, path: Path, on_event: Callable[[str], None]) -> Mode
     )
     key = f"gguf-{path.stem}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
     on_event(f"looking for a converted copy of {path.name} in the cache")
-    folder = cached_folder(
-        key,
-        lambda tmp: convert_gguf(path, tmp, on_event),
-        {"gguf": str(path.resolve()), "size": stat.st_size},
-        on_event,
-    )
+    source = {"gguf": str(path.resolve()), "size": stat.st_size}
+    if not (cache_root() / key).is_dir():
+        same = _conversion_of_same_bytes(source, path, on_event)
+        if same is not None:
+            return ModelSource(spec, "gguf", str(same))
+
+    def build(tmp: Path) -> None:
+        source["sha256"] = sha256_file(path)  # what was converted: see the lookup above
+        convert_gguf(path, tmp, on_event)
+
+    folder = cached_folder(key, build, source, on_event)
     for old in remove_superseded(folder, "gguf", str(path.resolve())):
         on_event(f"removed {old.name}, the converted copy of an earlier {path.name}")
     return ModelSource(spec, "gguf", str(folder))
+
+
+def _conversion_of_same_bytes(
+    source: dict, path: Path, on_event: Callable[[str], None]
+) -> Path | None:
+    """A complete conversion of ``path`` made when the file held the bytes it holds now, found
+    when its fingerprint changed (``chmod``, ``chown``: the change time moves, not a byte),
+    else ``None``. A course file protected after its cache was prepared then loads from that
+    cache, read-only too, instead of being converted again; the file is read once to tell."""
+    candidates = {
+        entry: built["sha256"]
+        for entry, built in entries_built_from(cache_root(), "gguf", source["gguf"])
+        if built.get("size") == source["size"] and isinstance(built.get("sha256"), str)
+    }
+    if not candidates:
+        return None
+    digest = sha256_file(path)
+    for entry, converted in candidates.items():
+        if converted == digest and verify_entry(entry) is None:
+            on_event(f"{path.name} has the bytes {entry.name} was converted from: using it")
+            return entry
+    return None
 
 
 def _builtin_source(spec: str, on_event: Callable[[str], None]) -> ModelSource:
