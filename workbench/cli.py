@@ -61,13 +61,12 @@ def environment_facts() -> list[tuple[str, str]]:
             facts.append((name, "not installed"))
     facts.append(("device", _device()))
     root = cache_root()
-    unusable = _unusable(root)
-    facts.append(("cache", f"{root}{unusable}"))
+    facts.append(("cache", f"{root}{_unusable(root)}"))
+    read_only = root.is_dir() and not os.access(root, os.W_OK)
+    missing = "not cached (the cache is read-only)" if read_only else "not cached yet"
     for spec, model in BUILTIN_MODELS.items():
         entry = root / f"{spec}-{model.sha256[:12]}"
         cached = entry.exists() and verify_entry(entry) is None
-        read_only = unusable.startswith(" (read-only")
-        missing = "not cached (the cache is read-only)" if read_only else "not cached yet"
         facts.append((f"built-in {spec}", "cached" if cached else missing))
     return facts
 
