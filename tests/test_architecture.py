@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "workbench"
-SHARED = {"errors", "types", "events", "_io", "_display", "_quiet", "_numbers"}
+SHARED = {"errors", "types", "events", "_io", "_display", "_quiet", "_numbers", "_model_context"}
 
 
 def part_of(path: Path) -> str:

@@ -20,34 +20,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench._model_context import CONTEXT_FIELDS, model_context
 from workbench._numbers import plain_number
 from workbench.errors import SpecError
 
 __all__ = ["CONTEXT_FIELDS", "check_room", "fit_to_context", "model_context"]
-
-CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
-"""Config attributes that hold the context length, in the order they are tried."""
-
-
-def model_context(config: Any) -> int | None:
-    """The context length (in tokens) of a transformers model config, or ``None``.
-
-    Multimodal configs (Gemma 3) are read through their text config.
-
-    Examples:
-        >>> from types import SimpleNamespace
-        >>> model_context(SimpleNamespace(max_position_embeddings=2048)), model_context(None)
-        (2048, None)
-    """
-    if config is None:
-        return None
-    text_config = getattr(config, "get_text_config", None)
-    config = text_config() if callable(text_config) else config
-    for name in CONTEXT_FIELDS:
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def fit_to_context(max_length: int | None, context: int | None) -> tuple[int | None, str | None]:

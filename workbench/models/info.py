@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from workbench._display import format_bytes, html_table, text_table
+from workbench._model_context import model_context
 from workbench.models.builtin import BUILTIN_MODELS
 
 __all__ = ["ModelInfo", "lora_target_names", "model_info"]
@@ -36,7 +37,8 @@ class ModelInfo:
         layers: Number of transformer blocks.
         hidden_size: Width of the residual stream.
         vocab_size: Tokenizer vocabulary size of the output layer.
-        context_length: ``max_position_embeddings`` of the config, when it has one.
+        context_length: The context the config gives (``max_position_embeddings``,
+            ``n_positions``, MPT's ``max_seq_len``...), when it gives one.
         lora_targets: Short names of the linear layers LoRA can adapt.
         terms: Licence note for built-in weights, else empty.
         experts: For a mixture of experts, how many, how tokens are routed and whether
@@ -209,7 +211,7 @@ def model_info(loaded) -> ModelInfo:
         layers=_config_value(config, "num_hidden_layers", "n_layer"),
         hidden_size=_config_value(config, "hidden_size", "n_embd"),
         vocab_size=_config_value(config, "vocab_size"),
-        context_length=_config_value(config, "max_position_embeddings", "n_positions"),
+        context_length=model_context(config),
         lora_targets=lora_target_names(model),
         terms=builtin.terms if builtin else "",
         **_shape_lines(model),

@@ -645,6 +645,7 @@ def _from_pretrained(source, quant_config, dtype, device, trust_remote_code, on_
     # other shapes than the config's: transformers raises these as they come.
     except (OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError) as err:
         raise ModelLoadError(_load_failure(source, err, offline)) from err
+    _turn_off_inference_rescaling(model, on_event)  # before the encoder check's forward
     _refuse_missing_weights(source, loading.get("missing_keys") or [])
     _refuse_encoder(source, model)
     return model, tokenizer
@@ -664,6 +665,30 @@ def _keep_read_weights_float(quant_config: Any, location: str, trust_remote_code
     kept = _READ_AS_WEIGHTS.get(getattr(config, "model_type", ""))
     if kept:
         quant_config.llm_int8_skip_modules = list(kept)
+
+
+def _turn_off_inference_rescaling(model: Any, on_event: Callable[[str], None] | None) -> None:
+    """Set RWKV's ``rescale_every`` to 0 before the model's first forward.
+
+    transformers' RWKV divides the ``attention.output`` and ``feed_forward.value`` weights of
+    block ``b`` by ``2 ** (b // rescale_every)`` in place on an eval-mode forward, halving
+    the hidden states to match (a guard against float16 overflow), and multiplies them back
+    on a training forward. A ``generate`` before ``export`` left the export with the divided
+    weights (0.73 in the logits of a 2-block model), LoRA's update on those layers was not
+    divided with them (evaluation computed another model than the one trained), and 4-bit
+    weights failed to be re-quantized (a ``KeyError``). Without it, an eval forward computes
+    what a training forward does: the same logits up to the final LayerNorm's epsilon on a
+    smaller residual (8.6e-5 on the tiny RWKV, float64).
+    """
+    rescale_every = getattr(model.config, "rescale_every", None)
+    if not isinstance(rescale_every, int) or rescale_every <= 0:
+        return
+    model.config.rescale_every = 0  # the blocks read the same config object at each forward
+    if on_event is not None:
+        on_event(
+            f"set rescale_every={rescale_every} to 0: transformers would divide weights in "
+            "place on each evaluation (same outputs without it)"
+        )
 
 
 def _refuse_encoder(source: ModelSource, model: Any) -> None:
