@@ -474,7 +474,7 @@ def test_a_server_listening_on_another_host_answers_that_host_too():
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
-    from workbench.deploy._serving import guard_app
+    from workbench.deploy._serving_guards import guard_app
 
     client = TestClient(guard_app(Starlette(), "gpu-box.lan"))
     statuses = [
@@ -552,7 +552,7 @@ def test_a_prompt_list_longer_than_the_context_is_refused_before_tokenizing(serv
 def test_counting_a_malformed_requests_characters_never_raises():
     # An AttributeError (a part that is no object) or TypeError (messages: 5) here is a 500,
     # should the request reach the count before the field checks answer it.
-    from workbench.deploy._serving import _chat_characters, _prompt_characters
+    from workbench.deploy._serving_requests import _chat_characters, _prompt_characters
 
     bodies = [{"messages": [{"content": ["hi"]}]}, {"messages": 5}, {"messages": "hi"}]
     assert [_chat_characters(body) for body in bodies] == [0, 0, 0]
