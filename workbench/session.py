@@ -1922,7 +1922,7 @@ class Session:
         self._check_run_allows("quantize")
         from workbench.deploy import export_target, quantize_export
         from workbench.deploy.paths import check_overwrite, refuse_session_folders
-        from workbench.deploy.quantize import check_quantize_target
+        from workbench.deploy.quantize import check_quantizable, check_quantize_target
         from workbench.train.start import check_probes
 
         check_overwrite(overwrite)
@@ -1931,6 +1931,7 @@ class Session:
         earlier = self.folder.written_earlier(target)  # this folder's own, from an earlier run
         replace = overwrite or earlier is not None
         check_quantize_target(target, quantization, replace)  # before exporting anything
+        check_quantizable(self.model, quantization)
         check_probes(probes)
         source = self._exported_folder()
         probes = self._text_prompt_ids(list(probes or self._probe_prompts()))

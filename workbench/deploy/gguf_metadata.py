@@ -21,7 +21,8 @@ written, taken from the transformers config:
   per-block key/value heads and MLP widths, shared keys and values and per-block token
   embeddings (:mod:`workbench.deploy.gguf_gemma4`);
 - Gemma 2: ``attention.sliding_window`` (llama.cpp alternates sliding and full blocks
-  itself), ``attn_logit_softcapping`` and ``final_logit_softcapping``;
+  itself), ``attn_logit_softcapping`` and ``final_logit_softcapping`` (llama.cpp always
+  caps, so a config without them is refused);
 - SmolLM3: nothing more, but its blocks without rotary embeddings must be llama.cpp's fixed
   every-4th pattern (else the export is refused);
 - GPT-NeoX: ``use_parallel_residual``; GPT-2: no rope keys (its positions are learned);
@@ -91,7 +92,8 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
 
     Raises:
         SpecError: a setting llama.cpp cannot reproduce (an unknown rope scaling, Gemma 3
-            with a query scale other than ``head_dim``).
+            with a query scale other than ``head_dim``, Gemma 2 without softcapping, Phi
+            with ``qk_layernorm``).
 
     Examples:
         >>> from transformers import LlamaConfig
@@ -142,6 +144,7 @@ def hparams(arch: str, config: Any) -> dict[str, Any]:
         facts.update(_olmo3_window(config))
     facts.update(_block_kinds_facts(arch, config, kv_heads))
     _check_biases(arch, config)
+    _check_phi_qk_norms(arch, config)
     return facts
 
 
@@ -166,6 +169,16 @@ def _check_biases(arch: str, config: Any) -> None:
                 f"GGUF export: {config.model_type} with {flag}=True; llama.cpp's {arch} has no "
                 "such biases, so the file would not load. Export as 'safetensors' instead."
             )
+
+
+def _check_phi_qk_norms(arch: str, config: Any) -> None:
+    # llama.cpp's phi2 graph normalises neither queries nor keys (no tensor to hold them)
+    if arch == "phi2" and getattr(config, "qk_layernorm", False):
+        msg = (
+            "GGUF export: phi with qk_layernorm=True; llama.cpp's phi2 has no query/key "
+            "norms, so the file would compute something else. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
 
 
 def _feed_forward_length(config: Any) -> int:
@@ -600,10 +613,27 @@ def _gemma2_facts(config: Any, head_dim: int) -> dict[str, Any]:
             )
             raise SpecError(msg)
         facts["attention.sliding_window"] = int(config.sliding_window)
-    for key in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if getattr(config, key, None):
-            facts[key] = float(getattr(config, key))
-    return facts
+    return {**facts, **_gemma2_softcaps(config)}
+
+
+_GEMMA2_CAPS = ("attn_logit_softcapping", "final_logit_softcapping")
+
+
+def _gemma2_softcaps(config: Any) -> dict[str, float]:
+    # llama.cpp's Gemma 2 caps attention scores and logits whatever the file says: with no
+    # key at its defaults (50, 30: logits 0.42 off on a tiny model), with 0 it divides by
+    # zero (NaN logits; llama-cpp-python 0.3.36). A huge cap is near the identity only in
+    # f32 kernels. So a Gemma 2 that does not cap cannot be written.
+    off = [key for key in _GEMMA2_CAPS if not getattr(config, key, None)]
+    if off:
+        settings = " and ".join(f"{key}={getattr(config, key, None)}" for key in off)
+        msg = (
+            f"GGUF export: Gemma 2 with {settings} (softcapping off); llama.cpp's Gemma 2 "
+            "always caps (at 50 and 30 when the file says nothing), so the file would "
+            "compute something else. Export as 'safetensors' instead."
+        )
+        raise SpecError(msg)
+    return {key: float(getattr(config, key)) for key in _GEMMA2_CAPS}
 
 
 def _gemma3_facts(config: Any, head_dim: int) -> dict[str, Any]:

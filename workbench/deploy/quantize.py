@@ -33,6 +33,7 @@ from workbench.models.generation import generate_text
 __all__ = [
     "ModelMeasure",
     "QuantizeReport",
+    "check_quantizable",
     "check_quantize_target",
     "measure_model",
     "quantize_export",
@@ -179,6 +180,73 @@ def check_quantize_target(target: Path, quantization: str, overwrite: bool = Fal
     check_free_space(target.parent, 0, f"the quantized model {target}")
 
 
+def check_quantizable(model: Any, quantization: str) -> None:
+    """Refuse, before anything is quantized or written, a model bitsandbytes would leave float.
+
+    transformers' bitsandbytes conversion (``replace_with_bnb_linear``) takes
+    ``torch.nn.Linear`` itself and GPT-2's ``Conv1D``, never a subclass: Falcon's
+    ``FalconLinear`` layers all stay float, and the "quantized" copy would be the export
+    again (``load_model`` refuses such a load after the fact). Judged on ``model``'s class
+    built from its config on the meta device, as a load of its export builds it: no
+    adapter layers, no memory. Cheap enough to call before exporting the model to quantize.
+
+    Raises:
+        SpecError: bitsandbytes would quantize none of the model's linear layers.
+
+    Examples:
+        >>> from transformers import FalconConfig, FalconForCausalLM, GPT2Config, GPT2LMHeadModel
+        >>> check_quantizable(GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2)), "4bit")
+        >>> falcon = FalconForCausalLM(FalconConfig(hidden_size=16, num_hidden_layers=1,
+        ...                                         num_attention_heads=2, vocab_size=64))
+        >>> check_quantizable(falcon, "4bit")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        workbench.errors.SpecError: quantize('4bit'): bitsandbytes would quantize none of ...
+    """
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    with torch.device("meta"):
+        skeleton = type(base)._from_config(base.config)
+    left = _linears_left_float(skeleton)
+    if left:
+        msg = (
+            f"quantize({quantization!r}): bitsandbytes would quantize none of this "
+            f"{base.config.model_type} model's linear layers: its {len(left)} "
+            f"{type(left[0][1]).__name__} layers ({left[0][0]}, ...) subclass torch.nn.Linear, "
+            f"which transformers' bitsandbytes conversion skips. {_instead(base.config)}"
+        )
+        raise SpecError(msg)
+
+
+def _linears_left_float(model: Any) -> list[tuple[str, Any]]:
+    """``(name, layer)`` of every linear layer but the output, when bitsandbytes would
+    quantize none of them (else empty)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings()
+    linears = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not output
+    ]
+    if any(type(m) is torch.nn.Linear or isinstance(m, Conv1D) for _, m in linears):
+        return []
+    return linears
+
+
+def _instead(config: Any) -> str:
+    """What to do instead of quantizing with bitsandbytes."""
+    from workbench.deploy.gguf_writer import GGUF_ARCHITECTURES
+
+    if config.model_type in GGUF_ARCHITECTURES:
+        return "Export a quantized GGUF instead (export(format='gguf', gguf_type='q8_0'))."
+    return (
+        "Export it in full precision instead (export(format='safetensors')); for a smaller "
+        "file, convert that export with llama.cpp's convert_hf_to_gguf.py and quantize the GGUF."
+    )
+
+
 def _quantized_card(source: Path, quantization: str) -> str:
     """The source export's model card, with how this copy was quantized and how it loads."""
     card = source / "README.md"
@@ -214,7 +282,8 @@ def quantize_export(
             to ``target`` (:func:`~workbench.deploy.paths.staged_write`).
 
     Raises:
-        SpecError: unknown quantization word or a non-empty target.
+        SpecError: unknown quantization word, a non-empty target, or a model bitsandbytes
+            would leave float (:func:`check_quantizable`).
         WriteError: the target's disk is read-only or too full for the quantized model.
         DependencyError: bitsandbytes is missing.
 
@@ -228,6 +297,7 @@ def quantize_export(
     source, target = Path(source), Path(target)
     check_quantize_target(target, quantization, overwrite)
     plain = load_model(str(source), on_event=lambda message: None)
+    check_quantizable(plain.model, quantization)
     before = measure_model(plain.model, plain.tokenizer, source, probes, score=score)
     del plain
     quantized = load_model(str(source), quantization=quantization, on_event=lambda m: None)
