@@ -349,6 +349,35 @@ def test_a_turn_end_no_token_writes_ends_served_chat_answers(server, tiny_model_
     assert (raw.text, raw.finish_reason) == (completion.text, completion.finish_reason)
 
 
+def test_a_turn_end_no_token_writes_ends_served_responses_answers(server, tiny_model_dir):
+    # /v1/responses wrote on past a text-only end of turn, where chat answers stopped there.
+    import openai
+
+    def answers(served):
+        client = openai.OpenAI(base_url=served.url, api_key="unused", max_retries=0)
+        asked = dict(model=str(served.folder), input="Hello", max_output_tokens=12, temperature=0)
+        reply = client.responses.create(**asked)
+        events = list(client.responses.create(**asked, stream=True))
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        done = [e.text for e in events if e.type == "response.output_text.done"]
+        last = events[-1].response
+        streamed = (deltas, done, last.output_text, last.status)
+        return (reply.output_text, reply.status, reply.usage.output_tokens), streamed
+
+    (full, status, tokens), _ = answers(server)
+    assert (status, tokens) == ("incomplete", 12) and len(full) >= 7
+    turn_end = full[4:7]
+    cut = full[: full.index(turn_end)]
+    served = serve_model(tiny_model_dir, port=free_port(), turn_end=turn_end)
+    try:
+        (text, status, tokens), streamed = answers(served)
+    finally:
+        served.stop()
+    assert (text, status) == (cut, "completed")
+    assert tokens < 12  # generation stopped there, not only the text
+    assert streamed == (cut, [cut], cut, "completed")
+
+
 def test_a_session_serves_a_text_only_turn_end_as_its_generate_ends_answers(tmp_path):
     import warnings
 

@@ -274,8 +274,10 @@ def _end_choice_stream(chunks: Any, settings: dict) -> Any:
 
 
 def _end_response(body: dict, settings: dict) -> None:
-    """A ``/v1/responses`` answer without a character the limit cut in two (U+FFFD), as its
-    stream leaves it out, and incomplete when its token limit cut it (:func:`_say_incomplete`).
+    """A ``/v1/responses`` answer without the stop text that ended it (the served template's
+    end of turn, where no token writes it), nor a character the limit cut in two (U+FFFD), as
+    its stream leaves them out, and incomplete when its token limit cut it
+    (:func:`_say_incomplete`).
 
     Examples:
         >>> body = {"status": "completed", "usage": {"output_tokens": 4},
@@ -283,13 +285,88 @@ def _end_response(body: dict, settings: dict) -> None:
         >>> _end_response(body, {"max_new_tokens": 4})
         >>> body["status"], body["output"][0]["content"][0]["text"]
         ('incomplete', 'heck')
+        >>> body = {"status": "completed", "usage": {"output_tokens": 4},
+        ...         "output": [{"type": "message", "content": [{"text": "yes<end>"}]}]}
+        >>> _end_response(body, {"max_new_tokens": 4, "stop_strings": ["<end>"]})
+        >>> body["status"], body["output"][0]["content"][0]["text"]
+        ('completed', 'yes')
     """
-    for item in body.get("output") or []:
-        for part in (item.get("content") or []) if isinstance(item, dict) else []:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                part["text"] = part["text"].rstrip("\ufffd")
-    if _cut_at_the_limit(body, settings):
+    stopped = False
+    for part in _text_parts(body):
+        part["text"], cut = cut_at_stop(part["text"], _stops(settings))
+        part["text"], stopped = part["text"].rstrip("\ufffd"), stopped or cut
+    if _cut_at_the_limit(body, settings) and not stopped:
         _say_incomplete(body)
+
+
+def _text_parts(response: dict) -> list[dict]:
+    """The answer's text parts in a Response's JSON (its messages' ``content``)."""
+    return [
+        part
+        for item in response.get("output") or []
+        if isinstance(item, dict) and item.get("type") == "message"
+        for part in item.get("content") or []
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    ]
+
+
+class _ResponseTextCutter:
+    r"""Cuts a streamed ``/v1/responses`` answer at its first stop text: the text deltas as
+    :class:`_StopCutter` does, and the whole text the closing events repeat.
+
+    Examples:
+        >>> cutter = _ResponseTextCutter(["<end>"])
+        >>> delta = 'data: {"type": "response.output_text.delta", "delta": "%s"}\n\n'
+        >>> [cutter.chunk(delta % piece) for piece in ("yes<e", "nd> more")]
+        ['data: {"type": "response.output_text.delta", "delta": "yes"}\n\n', '']
+        >>> cutter.chunk('data: {"type": "response.output_text.done", "text": "yes<end> more"}\n\n')
+        'data: {"type": "response.output_text.done", "text": "yes"}\n\n'
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops, self.cutter, self.template = stops, _StopCutter(stops), None
+
+    @property
+    def stopped(self) -> bool:
+        return self.cutter.stopped
+
+    def chunk(self, chunk: str) -> str:
+        out = []
+        for part in chunk.split("\n\n"):
+            event = json.loads(part[len("data: ") :]) if part.startswith("data: {") else None
+            if event is None:
+                out += [part] if part else []
+            elif event.get("type") == "response.output_text.delta":
+                self.template, event["delta"] = dict(event), self.cutter.feed(event["delta"])
+                out += [_sse(event)] if event["delta"] else []
+            else:
+                out += [*self._held_text(event), _sse(self._cut(event))]
+        return "".join(f"{part}\n\n" for part in out)
+
+    def _held_text(self, event: dict) -> list[str]:
+        """Text held back as a possible stop's start, sent before the text's end."""
+        if event.get("type") != "response.output_text.done" or self.template is None:
+            return []
+        rest = self.cutter.flush()
+        return [_sse({**self.template, "delta": rest})] if rest else []
+
+    def _cut(self, event: dict) -> dict:
+        if event.get("type") == "response.output_text.done" and isinstance(event.get("text"), str):
+            event["text"] = cut_at_stop(event["text"], self.stops)[0]
+        part = event.get("part")
+        whole = [part] if isinstance(part, dict) and isinstance(part.get("text"), str) else []
+        item = event.get("item")
+        if isinstance(item, dict):
+            whole += _text_parts({"output": [item]})
+        if isinstance(event.get("response"), dict):
+            whole += _text_parts(event["response"])
+        for text_part in whole:
+            text_part["text"] = cut_at_stop(text_part["text"], self.stops)[0]
+        return event
+
+
+def _sse(event: dict) -> str:
+    return "data: " + json.dumps(event, ensure_ascii=False)
 
 
 def _cut_at_the_limit(response: dict, settings: dict) -> bool:
@@ -362,20 +439,25 @@ def _said_incomplete(chunk: str) -> str:
 
 
 async def _end_response_stream(chunks: Any, settings: dict) -> Any:
-    """The SSE chunks of a streamed ``/v1/responses`` answer, ending as OpenAI's do: with
-    ``response.incomplete`` when its token limit cut it (transformers always sent
-    ``response.completed``). The events from its message's end on wait for the last one,
-    whose usage says whether the limit cut it; the text streams as it comes."""
+    """The SSE chunks of a streamed ``/v1/responses`` answer, ending as OpenAI's do: cut at
+    its stop text (:class:`_ResponseTextCutter`), with ``response.incomplete`` when its token
+    limit cut it (transformers always sent ``response.completed``). The events from its
+    message's end on wait for the last one, whose usage says whether the limit cut it; the
+    text streams as it comes."""
     held: list[str] = []
-    async for chunk in chunks:
+    stops = _stops(settings)
+    cutter = _ResponseTextCutter(stops)
+    async for given in chunks:
+        chunk = cutter.chunk(given) if stops else given
         events = _sse_events(chunk)
         if not held and not any(_ends_the_message(event) for event in events):
-            yield chunk
+            if chunk:
+                yield chunk
             continue
         held.append(chunk)
         last = next((e for e in events if e.get("type") == "response.completed"), None)
         if last is not None:
-            cut = _cut_at_the_limit(last.get("response") or {}, settings)
+            cut = _cut_at_the_limit(last.get("response") or {}, settings) and not cutter.stopped
             yield "".join(_said_incomplete(part) if cut else part for part in held)
             held = []
     if held:  # it failed instead (response.failed): as it was
@@ -398,7 +480,7 @@ class _Ending:
 _ENDINGS = {
     "ChatCompletionHandler": _Ending(_end_choices, _end_choice_stream, at_turn_end=True),
     "CompletionHandler": _Ending(_end_choices, _end_choice_stream),
-    "ResponseHandler": _Ending(_end_response, _end_response_stream),
+    "ResponseHandler": _Ending(_end_response, _end_response_stream, at_turn_end=True),
 }
 # What the handlers' _streaming and _non_streaming name an answer's engine, prompt and settings
 _ANSWER_PARAMETERS = ("engine", "inputs", "generation_kwargs")
