@@ -13,6 +13,8 @@ import copy
 import os
 import subprocess
 import sys
+import textwrap
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,48 @@ def test_a_damaged_cached_copy_is_rebuilt_with_a_warning(
     with warnings.catch_warnings():
         warnings.simplefilter("error", WorkbenchWarning)  # rebuilt: the next load is quiet
         assert _ids(_load(data_file, tokenizer, cache_dir)) == expected
+
+
+def test_a_copy_another_process_is_finishing_is_waited_for_not_deleted(
+    data_file, tokenizer, cache_dir, tmp_path
+):
+    # A second kernel loading the same data into the same folder read a copy whose writer
+    # had renamed it into place and not yet written its checksum as a killed writer's: it
+    # deleted it, and the first failed with a FileNotFoundError on its own cache file.
+    expected = _ids(_load(data_file, tokenizer, cache_dir))
+    copies = sorted(Path(cache_dir).rglob("*.arrow"))
+    assert len(copies) >= 3  # the source copy and the two tokenized splits
+    for path in copies:
+        path.with_name(path.name + ".crc32").unlink()  # their writer is about to write them
+    inodes = [path.stat().st_ino for path in copies]
+    ready = tmp_path / "writer-holds-the-locks"
+    writer = textwrap.dedent(
+        f"""
+        import contextlib, time
+        from pathlib import Path
+        from workbench.data.loading import cache_file_lock, write_checksum
+        copies = [Path(p) for p in {[str(p) for p in copies]!r}]
+        with contextlib.ExitStack() as stack:
+            for path in copies:
+                stack.enter_context(cache_file_lock(path))
+            Path({str(ready)!r}).touch()
+            time.sleep(2)
+            for path in copies:
+                write_checksum(path)
+        """
+    )
+    finishing = subprocess.Popen([sys.executable, "-c", writer])
+    try:
+        while not ready.exists():
+            assert finishing.poll() is None, "the writer process ended early"
+            time.sleep(0.05)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", WorkbenchWarning)  # no "damaged, rebuilding"
+            again = _load(data_file, tokenizer, cache_dir)
+    finally:
+        assert finishing.wait(timeout=60) == 0
+    assert _ids(again) == expected
+    assert [path.stat().st_ino for path in copies] == inodes  # reused, not rebuilt
 
 
 def test_a_copy_cut_after_a_batch_ending_in_the_markers_bytes_is_damaged(tmp_path):

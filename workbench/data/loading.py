@@ -66,6 +66,7 @@ __all__ = [
     "MAX_FIELD_BYTES",
     "RESERVED_COLUMNS",
     "Loaded",
+    "cache_file_lock",
     "cached_arrow_table",
     "clear_leftovers",
     "read_source",
@@ -380,30 +381,69 @@ def _write_batches(
     """The rows written as Arrow record batches to a cache file (reused when it exists), each
     batch checked by :func:`_record_batch` with ``checks`` before it is written."""
     import datasets
-    import pyarrow as pa
-    from datasets.table import MemoryMappedTable
 
     folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "workbench-sources"
     path = folder / f"{fingerprint}.arrow"
-    table = cached_arrow_table(path)
-    if table is None:
-        folder.mkdir(parents=True, exist_ok=True)
-        clear_leftovers(folder)
-        partial = folder / f".{fingerprint}.{_WRITER}.{uuid.uuid4().hex}.incomplete"
-        schema = features.arrow_schema
-        rows = generator()
-        try:
-            with translated_write_errors(folder):  # a full disk in Arrow's words: "[errno 28]"
-                with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
-                    while batch := list(itertools.islice(rows, _WRITE_BATCH)):
-                        out.write_batch(_record_batch(batch, schema, checks)[1])
-                os.replace(partial, path)
-                write_checksum(path)
-        finally:
-            partial.unlink(missing_ok=True)
-        table = MemoryMappedTable.from_file(str(path))
+    with cache_file_lock(path):
+        table = _cached_or_written(path, generator, features.arrow_schema, checks)
     info = datasets.DatasetInfo(features=features)
     return datasets.Dataset(table, info=info, fingerprint=fingerprint)
+
+
+def _cached_or_written(path: Path, generator: Any, schema: Any, checks: Any) -> Any:
+    """The table cached at ``path``, else the rows written there first (its lock held)."""
+    import pyarrow as pa
+    from datasets.table import MemoryMappedTable
+
+    table = cached_arrow_table(path)
+    if table is not None:
+        return table
+    clear_leftovers(path.parent)
+    partial = path.parent / f".{path.stem}.{_WRITER}.{uuid.uuid4().hex}.incomplete"
+    rows = generator()
+    try:
+        with translated_write_errors(path.parent):  # a full disk in Arrow's words: "[errno 28]"
+            with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, schema) as out:
+                while batch := list(itertools.islice(rows, _WRITE_BATCH)):
+                    out.write_batch(_record_batch(batch, schema, checks)[1])
+            os.replace(partial, path)
+            write_checksum(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return MemoryMappedTable.from_file(str(path))
+
+
+@contextlib.contextmanager
+def cache_file_lock(path: Path) -> Iterator[None]:
+    """Hold the lock of the cached file ``path`` (``.<name>.lock`` beside it) while checking,
+    writing or deleting it.
+
+    A copy is complete once its checksum is written beside it, just after the file itself:
+    another process checking it in between (a second kernel loading the same data into the
+    same folder) read it as a killed writer's, deleted it, and the first failed with a
+    FileNotFoundError. Under the lock the second waits, then reuses the copy. A cache folder
+    where no lock file can be made (read-only) is read without one: nothing writes there.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "rows.arrow"
+        >>> with cache_file_lock(path):
+        ...     (path.parent / ".rows.arrow.lock").exists()
+        True
+    """
+    from filelock import FileLock
+
+    lock = FileLock(str(path.with_name(f".{path.name}.lock")))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 _WRITER = f"{socket.gethostname()}-{os.getpid()}"

@@ -41,6 +41,7 @@ from workbench.data.fingerprint import labeller_key, labelling_fingerprint
 from workbench.data.formats import CANONICAL_FIELDS, FORMATS, Format
 from workbench.data.loading import (
     Loaded,
+    cache_file_lock,
     cached_arrow_table,
     clear_leftovers,
     read_source,
@@ -502,20 +503,25 @@ class PreparedData:
         dataset = dataset.remove_columns(stale)
         # Our own cache key: datasets would pickle the whole tokenizer to hash the labeller.
         key = labelling_fingerprint(dataset._fingerprint, settings_key)
-        cache_file = None
-        if dataset.cache_files:  # next to its input, as datasets would put it
-            cache_file = Path(dataset.cache_files[0]["filename"]).parent / f"cache-{key}.arrow"
+        options = {"batched": True, "desc": "Tokenizing", "new_fingerprint": key}
+        if not dataset.cache_files:  # in memory: nothing cached
+            return PreparedData._map(dataset, labeller, options)
+        # next to its input, as datasets would put it
+        cache_file = Path(dataset.cache_files[0]["filename"]).parent / f"cache-{key}.arrow"
+        with cache_file_lock(cache_file):  # another process writing it: wait, then reuse it
             cached_arrow_table(cache_file)  # a damaged copy is deleted, so it is made again
             clear_leftovers(cache_file.parent)
-        options = {"batched": True, "desc": "Tokenizing", "new_fingerprint": key}
-        options["cache_file_name"] = str(cache_file) if cache_file else None
-        if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
-            mapped = dataset.map(labeller, **options)
-        else:
-            mapped = dataset.with_format("arrow").map(labeller, **options).with_format(None)
-        if cache_file is not None and cache_file.exists():  # datasets wrote it whole
-            write_checksum(cache_file, keep_existing=True)  # what later loads check
+            options["cache_file_name"] = str(cache_file)
+            mapped = PreparedData._map(dataset, labeller, options)
+            if cache_file.exists():  # datasets wrote it whole
+                write_checksum(cache_file, keep_existing=True)  # what later loads check
         return mapped
+
+    @staticmethod
+    def _map(dataset: Any, labeller: Labeller | BatchLabeller, options: dict) -> Any:
+        if isinstance(labeller, Labeller):  # the row-by-row way: Python rows in and out
+            return dataset.map(labeller, **options)
+        return dataset.with_format("arrow").map(labeller, **options).with_format(None)
 
     @property
     def is_text(self) -> bool:
