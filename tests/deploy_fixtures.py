@@ -1,9 +1,13 @@
-"""Helpers shared by the deployment tests: a real, non-trivial LoRA adapter saved by peft, and
-Llama 3's rope scaling sized for a tiny model."""
+"""Helpers shared by the deployment tests: a real, non-trivial LoRA adapter saved by peft,
+Llama 3's rope scaling sized for a tiny model, and a session on a tiny model of another config."""
 
 from __future__ import annotations
 
+import json
+
 import torch
+
+import workbench as wb
 
 
 def make_adapter(base_dir, out_dir, seed=0):
@@ -27,3 +31,17 @@ LLAMA3_ROPE = {
     "original_max_position_embeddings": 64,
     "rope_theta": 1e6,
 }
+
+
+def tiny_variant(tmp_path, architecture, **changes):
+    """A session on a tiny model whose config.json has ``changes`` (weights refit to it)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+    # weights for what the change adds (biases, norms): load_model refuses missing ones
+    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)
+    s = wb.Session(tmp_path / "run", verbose=False)
+    s.load_model(str(folder))
+    return s

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 import torch
-from deploy_fixtures import LLAMA3_ROPE, make_adapter
+from deploy_fixtures import LLAMA3_ROPE, make_adapter, tiny_variant
 
 import workbench as wb
 from workbench.deploy.serve import port_is_free
@@ -193,17 +193,7 @@ def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(
     tmp_path, architecture, changes, message
 ):
     """No GGUF key says these, so llama.cpp would silently compute another model."""
-    import json
-
-    from transformers import AutoModelForCausalLM
-
-    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
-    # weights for what the change adds (biases, norms): load_model refuses missing ones
-    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)
-    s = wb.Session(tmp_path / "run", verbose=False)
-    s.load_model(str(folder))
+    s = tiny_variant(tmp_path, architecture, **changes)
     with pytest.raises(wb.SpecError, match=message):
         s.export("export/gguf", format="gguf")
     assert not (tmp_path / "run" / "export").exists()

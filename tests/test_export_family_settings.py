@@ -6,28 +6,13 @@ another model); Falcon for bitsandbytes quantization (its ``FalconLinear`` layer
 
 from __future__ import annotations
 
-import json
-
 import pytest
+from deploy_fixtures import tiny_variant
 
 import workbench as wb
 from workbench.deploy.gguf_writer import check_gguf_model
 from workbench.deploy.quantize import quantize_export
 from workbench.models.tiny import build_model_from_config
-
-
-def tiny_variant(tmp_path, architecture, **changes):
-    """A session on a tiny model whose config.json has ``changes`` (weights refit to it)."""
-    from transformers import AutoModelForCausalLM
-
-    folder = wb.build_tiny_model(tmp_path / architecture, architecture)
-    config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, **changes}))
-    # weights for what the change adds (Phi's query/key norms): load_model refuses missing ones
-    AutoModelForCausalLM.from_pretrained(folder).save_pretrained(folder)
-    s = wb.Session(tmp_path / "run", verbose=False)
-    s.load_model(str(folder))
-    return s
 
 
 @pytest.mark.parametrize(

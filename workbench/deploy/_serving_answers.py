@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workbench.deploy._serving_wrap import answer_handlers
+
 __all__ = ["cut_at_stop", "end_answers_as_openai"]
 
 # The end of turn a chat answer also stops at when no token of the tokenizer writes it (a
@@ -179,15 +181,8 @@ def end_answers_as_openai(turn_end: str | None = None) -> bool:
         >>> end_answers_as_openai(), end_answers_as_openai()  # a second call changes nothing
         (True, True)
     """
-    try:
-        import fastapi  # noqa: F401
-        from transformers.cli.serving.chat_completion import ChatCompletionHandler
-        from transformers.cli.serving.completion import CompletionHandler
-        from transformers.cli.serving.response import ResponseHandler
-    except ImportError:
-        return False
-    handlers = (ChatCompletionHandler, CompletionHandler, ResponseHandler)
-    if not all(_takes_answer_parameters(handler) for handler in handlers):
+    handlers = answer_handlers()
+    if handlers is None or not all(_takes_answer_parameters(handler) for handler in handlers):
         return False
     _turn_end["text"] = turn_end or None
     for handler in handlers:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workbench.deploy._serving_wrap import wrap_once
+from workbench.deploy._serving_wrap import answer_handlers, wrap_once
 
 __all__ = ["check_requests", "request_problem", "sample_when_asked"]
 
@@ -103,21 +103,18 @@ def check_requests(tools_written: bool = True, control_text: str = "split") -> b
         >>> check_requests(), check_requests()  # a second call changes nothing
         (True, True)
     """
-    try:
-        import fastapi  # noqa: F401
-        from transformers.cli.serving.chat_completion import ChatCompletionHandler
-        from transformers.cli.serving.completion import CompletionHandler
-        from transformers.cli.serving.response import ResponseHandler
-    except ImportError:
+    handlers = answer_handlers()
+    if handlers is None:
         return False
-    _check_fields(ChatCompletionHandler, lambda body: request_problem(body, tools_written))
+    chat, completion, response = handlers
+    _check_fields(chat, lambda body: request_problem(body, tools_written))
     _refuse_media_for_text_models()
     if control_text == "split":
         _control_text_stays_text()
-    _check_fields(CompletionHandler, lambda body: _settings_problem(body) if body else None)
-    _refuse_text_past_context(ChatCompletionHandler, _chat_characters)
-    _refuse_text_past_context(CompletionHandler, _prompt_characters)
-    _refuse_text_past_context(ResponseHandler, _response_characters)
+    _check_fields(completion, lambda body: _settings_problem(body) if body else None)
+    _refuse_text_past_context(chat, _chat_characters)
+    _refuse_text_past_context(completion, _prompt_characters)
+    _refuse_text_past_context(response, _response_characters)
     return True
 
 

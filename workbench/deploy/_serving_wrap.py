@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-__all__ = ["wrap_once"]
+__all__ = ["answer_handlers", "wrap_once"]
 
 
 def wrap_once(owner: Any, name: str, marker: str, wrap: Any, static: bool = False) -> bool:
@@ -40,3 +40,21 @@ def wrap_once(owner: Any, name: str, marker: str, wrap: Any, static: bool = Fals
         setattr(wrapped, marker, True)
         setattr(owner, name, staticmethod(wrapped) if static else wrapped)
     return True
+
+
+def answer_handlers() -> tuple[Any, Any, Any] | None:
+    """transformers' chat, completions and responses handler classes (the server's FastAPI
+    too), or ``None`` when this transformers serves without them.
+
+    Examples:
+        >>> [handler.__name__ for handler in answer_handlers()]
+        ['ChatCompletionHandler', 'CompletionHandler', 'ResponseHandler']
+    """
+    try:
+        import fastapi  # noqa: F401
+        from transformers.cli.serving.chat_completion import ChatCompletionHandler
+        from transformers.cli.serving.completion import CompletionHandler
+        from transformers.cli.serving.response import ResponseHandler
+    except ImportError:
+        return None
+    return ChatCompletionHandler, CompletionHandler, ResponseHandler
