@@ -1,4 +1,5 @@
-"""Print the project's dependencies pinned to their lower bounds (``>=X`` becomes ``==X``).
+"""Print the project's dependencies pinned to their lower bounds (``>=X`` becomes ``==X``; an
+upper bound after it, ``>=X,<Y``, is dropped: X lies below it).
 
 CI installs these beside torch and runs a part of the tests with them
 (``.ci/lowest-versions.sh``), so that the bounds pyproject.toml declares stay true: a user whose
@@ -21,10 +22,11 @@ dependencies = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["
 pins = []
 for requirement in dependencies:
     match = re.fullmatch(
-        r"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?)\s*>=\s*([0-9][0-9A-Za-z.]*)", requirement
+        r"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?)\s*>=\s*([0-9][0-9A-Za-z.]*)(?:\s*,\s*<\s*[0-9][0-9A-Za-z.]*)?",
+        requirement,
     )
     if match is None:
-        sys.exit(f"{pyproject}: {requirement!r} is not of the form name>=version")
+        sys.exit(f"{pyproject}: {requirement!r} is not of the form name>=version[,<version]")
     name, version = match.groups()
     if name != "torch":
         pins.append(f"{name}=={version}")
