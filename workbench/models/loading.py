@@ -128,7 +128,7 @@ def _gguf_source(spec: str, path: Path, on_event: Callable[[str], None]) -> Mode
         convert_gguf(path, tmp, on_event)
 
     folder = cached_folder(key, build, source, on_event)
-    for old in remove_superseded(folder, "gguf", str(path.resolve())):
+    for old in remove_superseded(folder, "gguf", source["gguf"]):
         on_event(f"removed {old.name}, the converted copy of an earlier {path.name}")
     return ModelSource(spec, "gguf", str(folder))
 
