@@ -14,7 +14,8 @@
 # multiprocess, and an older transformers (5.17 seen there) and peft.
 #
 # Carried (one version each; pip would refuse two):
-#   transformers 5.24.0, peft 0.21.2  the versions this project is tested with here;
+#   transformers 5.24.0, peft 0.22.0  peft as tested here; transformers one below (5.25 asks
+#                                     huggingface_hub >= 2.4, the image has 1.33);
 #   regex                             transformers 5.24 checks regex >= 2025.10.22 at import
 #                                     and the image's version is not known;
 #   bitsandbytes 0.50.2               for the 4-bit (QLoRA) rows. Its manylinux wheel holds
@@ -49,7 +50,7 @@ trap 'rm -rf "$TMP"' EXIT
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
     -d "$TMP" \
-    transformers==5.24.0 peft==0.21.2 regex==2026.11.19 bitsandbytes==0.50.2 \
+    transformers==5.24.0 peft==0.22.0 regex==2026.11.19 bitsandbytes==0.50.2 \
     trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 liger-kernel==0.8.5
 
 # bitsandbytes without the libraries of other CUDA versions, ROCm and XPU; RECORD rewritten

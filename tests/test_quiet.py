@@ -140,6 +140,12 @@ def test_peft_s_own_fused_expert_patterns_are_quiet_inside_workbench_calls(tmp_p
     lora = LoRA(r=4, dropout=0.0).to_peft()
     unmatched = "rank_pattern keys did not match any targeted module"
     with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # no filter of ours either: does this peft say it at all?
+        warnings.simplefilter("always")
+        get_peft_model(AutoModelForCausalLM.from_pretrained(folder), lora)
+    if not any(unmatched in str(w.message) for w in caught):
+        pytest.skip("this peft (0.22 on) adds no pattern that matches nothing: nothing to hide")
+    with warnings.catch_warnings(record=True) as caught:
         quiet_third_party()
         warnings.filterwarnings("always", append=True)  # after ours: show the rest each time
         make_trainable(AutoModelForCausalLM.from_pretrained(folder), lora)

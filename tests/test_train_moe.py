@@ -164,6 +164,7 @@ def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path, quanti
     # Qwen3-MoE with a dense first block: peft 0.21 maps "all-linear"'s MLP names onto the
     # fused experts and dropped the dense MLP's three linear layers: untrained, unsaid. In
     # 4 and 8 bits they are bitsandbytes layers, not nn.Linear: the warning went missing.
+    # peft 0.22 adapts them: then nothing is said, and the model info says so too.
     import warnings
 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -184,11 +185,21 @@ def test_linear_layers_peft_leaves_without_an_adapter_are_named(tmp_path, quanti
     s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = s.train(max_steps=2)
+        run = s.train(max_steps=2, wait=True)
     said = [str(w.message) for w in caught if "train no adapter" in str(w.message)]
+    dense_mlp = [f"model.layers.0.mlp.{name}" for name in ("gate_proj", "up_proj", "down_proj")]
+    trained = {n for n, p in s.model.named_parameters() if p.requires_grad}
+    adapted = [name for name in dense_mlp if any(f"{name}.lora_" in n for n in trained)]
+    assert any(".mlp.experts." in n for n in trained)  # the experts are adapted either way
+    frozen_said = "peft leaves the dense blocks' MLP without LoRA" in s.model_info().experts
+    if adapted == dense_mlp:  # peft >= 0.22
+        assert said == [] and not frozen_said
+        return
+    assert adapted == [] and frozen_said
     assert len(said) == 1 and said[0].startswith(
         "3 linear layers of this qwen3_moe model train no adapter and keep the base's weights: "
-        "model.layers.0.mlp.gate_proj, model.layers.0.mlp.up_proj, model.layers.0.mlp.down_proj."
+        + ", ".join(dense_mlp)
+        + "."
     )
     assert [r.message for r in run.history if r.kind == "warning"].count(said[0]) == 1
 
@@ -204,3 +215,31 @@ def test_layers_a_named_target_leaves_out_are_not_warned_about(tmp_path, tiny_mo
     with warnings.catch_warnings():
         warnings.simplefilter("error", wb.WorkbenchWarning)
         s.train(lora=wb.LoRA(r=8, target=["q_proj"]), max_steps=1)
+
+
+@pytest.mark.parametrize(
+    "model_type, changes",
+    [
+        ("qwen3_moe", dict(mlp_only_layers=[0])),  # a dense first block
+        ("deepseek_v3", dict(first_k_dense_replace=1, n_shared_experts=1)),  # and shared
+        ("qwen2_moe", {}),  # a shared expert in every block
+        ("mixtral", {}),  # experts only
+    ],
+)
+def test_the_linears_peft_moves_to_the_experts_are_foretold_on_the_meta_device(model_type, changes):
+    """What the memory facts read from a model built on the meta device is what the real
+    peft model leaves without an adapter, whichever peft is installed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workbench.models.catalog import _built_on_meta
+    from workbench.train.core import linears_moved_to_experts, linears_without_adapter
+
+    config = AutoConfig.for_model(
+        model_type, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, **changes,
+    )  # fmt: skip
+    lora = LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM")
+    foretold = linears_moved_to_experts(_built_on_meta(config), lora)
+    left = linears_without_adapter(get_peft_model(AutoModelForCausalLM.from_config(config), lora))
+    assert foretold == sorted({name.rsplit(".", 1)[-1] for name in left})

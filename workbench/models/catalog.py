@@ -56,6 +56,9 @@ class Experts:
             (Llama 4), so ``per_token`` does not bound the compute.
         adapted: peft adapts the fused expert weights (and the router's) under
             ``target="all-linear"``: one rank-r LoRA per expert.
+        mlps_frozen: peft moves the MLP's layer names onto the adapted experts and leaves
+            the linear MLPs beside them (dense blocks', the shared expert's) without LoRA:
+            peft 0.21 did; 0.22 adapts them too.
         fused_at_load: The checkpoint stores the experts one by one and transformers fuses
             them into the 3D weights while loading (a copy, not a view of the file).
 
@@ -73,6 +76,7 @@ class Experts:
     all_computed: bool = False
     adapted: bool = False
     fused_at_load: bool = False
+    mlps_frozen: bool = False
 
     @property
     def routed(self) -> int:
@@ -85,7 +89,7 @@ class Experts:
         Examples:
             >>> Experts(16, 2, 512, 4, adapted=True).describe(4)
             '16 in every block, 2 per token; LoRA adapts each expert'
-            >>> Experts(16, 2, 512, 3, shared_intermediate=512, adapted=True).describe(4)[-66:]
+            >>> Experts(16, 2, 512, 3, 512, adapted=True, mlps_frozen=True).describe(4)[-66:]
             "(peft leaves the shared expert and dense blocks' MLP without LoRA)"
         """
         where = "every block" if self.layers == layers else f"{self.layers} of {layers} blocks"
@@ -98,7 +102,7 @@ class Experts:
                                   ("dense blocks' MLP", self.layers < layers))
             if present
         ]  # fmt: skip
-        if self.adapted and others:  # see ModelFacts.linear_shapes
+        if self.adapted and self.mlps_frozen and others:  # see ModelFacts.linear_shapes
             lora += f" (peft leaves the {' and '.join(others)} without LoRA)"
         return f"{self.count} in {where}, {routing}{shared}; {lora}"
 
@@ -378,8 +382,8 @@ class ModelFacts:
         # peft 0.21 maps "all-linear" onto adapted experts by the MLP's layer names
         # (gate_proj, up_proj, down_proj), which takes every other Linear layer of those
         # names off the adapter: the dense blocks' MLPs and the shared experts (measured on
-        # Qwen3-MoE and DeepSeek-V3).
-        if adapted and self.experts is not None and self.experts.adapted:
+        # Qwen3-MoE and DeepSeek-V3; Experts.mlps_frozen).
+        if adapted and self.experts is not None and self.experts.mlps_frozen:
             return mixing
         if not expert_block:
             return (*mixing, *self._mlp_shapes(self.intermediate))
@@ -1148,6 +1152,7 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
     shared = shared or (getattr(config, "moe_num_shared_experts", None) or 0) * width  # ERNIE
     if model_type in _ALL_EXPERTS_COMPUTED:
         shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
+    adapted, mlps_frozen = _what_peft_adapts(config)
     return Experts(
         count=count,
         per_token=_first_int(config, _EXPERT_KEYS["per_token"]) or 1,
@@ -1155,8 +1160,9 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
         layers=expert_layers,
         shared_intermediate=shared,
         all_computed=model_type in _ALL_EXPERTS_COMPUTED,
-        adapted=_peft_adapts_experts(config),
+        adapted=adapted,
         fused_at_load=_fused_at_load(model_type),
+        mlps_frozen=mlps_frozen,
     )
 
 
@@ -1172,17 +1178,21 @@ def _fused_at_load(model_type: str) -> bool:
     return "MergeModulelist" in operations
 
 
-def _peft_adapts_experts(config: Any) -> bool:
-    """Whether peft's ``"all-linear"`` adapts this model's fused expert weights.
+def _what_peft_adapts(config: Any) -> tuple[bool, bool]:
+    """Whether peft's ``"all-linear"`` adapts this model's fused expert weights, and whether
+    it then leaves the linear MLPs beside them frozen (:attr:`Experts.mlps_frozen`).
 
-    Asked of the model itself, built on the meta device (:func:`_built_on_meta`).
+    Asked of the model itself, built on the meta device (:func:`_built_on_meta`), so the
+    answer is the installed peft's.
     """
     from peft import LoraConfig
 
-    from workbench.train.core import dropout_free_targets
+    from workbench.train.core import dropout_free_targets, linears_moved_to_experts
 
     model = _built_on_meta(getattr(config, "config", config))  # a heterogeneous config's own
     if model is None:
-        return False  # a config transformers cannot build: count the experts as frozen
+        return False, False  # a config transformers cannot build: count the experts as frozen
     lora = LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM")
-    return bool(dropout_free_targets(model, lora))
+    if not dropout_free_targets(model, lora):
+        return False, False
+    return True, bool(linears_moved_to_experts(model, lora))

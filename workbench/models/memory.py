@@ -581,8 +581,8 @@ def _block_elements(
         rest += _expert_elements(facts.experts, facts.hidden)
     lean = _lean_mlp(plan)
     rest += (2 if lean else c_i) * width  # lean: gate(x) and up(x) only
-    if width and plan.method != "full" and facts.experts is not None and facts.experts.adapted:
-        # peft leaves this MLP without LoRA (ModelFacts.linear_shapes): it keeps one hidden-
+    if width and plan.method != "full" and facts.experts is not None and facts.experts.mlps_frozen:
+        # peft leaves this MLP without LoRA (Experts.mlps_frozen): it keeps one hidden-
         # wide tensor fewer, and as written one intermediate-wide (measured on Llama and
         # DeepSeek-V3): its frozen down projection needs no input
         rest -= facts.hidden + (0 if lean else width)

@@ -40,6 +40,7 @@ __all__ = [
     "lean_lora_inputs",
     "lean_norm_inputs",
     "linear_routers",
+    "linears_moved_to_experts",
     "linears_without_adapter",
     "lora_config",
     "make_trainable",
@@ -361,18 +362,59 @@ def dropout_free_targets(model: Any, lora: Any) -> list[str]:
         >>> dropout_free_targets(torch.nn.Linear(2, 2), LoraConfig(target_modules="all-linear"))
         []
     """
+    probe = _converted_for_transformers(model, lora)
+    if probe is None:
+        return []
+    return sorted(set(probe.target_parameters or ()) - set(lora.target_parameters or ()))
+
+
+def linears_moved_to_experts(model: Any, lora: Any) -> list[str]:
+    """Names of linear layers that ``lora`` targets and peft's mapping onto fused experts
+    takes off its target modules, so that they train no adapter.
+
+    peft 0.21 maps the MLP names (``gate_proj``, ``up_proj``, ``down_proj``) of Qwen3-MoE,
+    OLMoE, DeepSeek... onto the fused experts' weights and drops them as modules: a dense
+    block's MLP and a shared expert, plain linear layers of those names, went without LoRA.
+    peft 0.22 keeps them (an empty list). Names as ``target_modules`` matches them (a layer's
+    last part); empty where peft maps nothing or cannot say.
+
+    Examples:
+        >>> import torch
+        >>> from peft import LoraConfig
+        >>> linears_moved_to_experts(torch.nn.Linear(2, 2), LoraConfig(target_modules="all-linear"))
+        []
+    """
+    import torch
+
+    probe = _converted_for_transformers(model, lora)
+    if probe is None or isinstance(probe.target_modules, str):
+        return []
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if module is not output
+        and (type(module) is torch.nn.Linear or _quantized_or_conv1d_linear(module))
+    }
+    targeted = linear if lora.target_modules == "all-linear" else set(lora.target_modules or ())
+    return sorted((targeted & linear) - set(probe.target_modules))
+
+
+def _converted_for_transformers(model: Any, lora: Any) -> Any | None:
+    """A copy of ``lora`` as peft converts it for ``model`` on transformers 5 (the v4 names of
+    fused experts turned into parameter targets), or ``None`` where peft cannot say."""
     import copy
 
     try:
         from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
     except ImportError:  # a peft without the transformers 5 mapping adapts no fused experts
-        return []
+        return None
     probe = copy.deepcopy(lora)
     try:
         convert_peft_config_for_transformers(probe, model=model, conversions=None)
     except (ValueError, AttributeError, TypeError):  # peft's own error comes with the real call
-        return []
-    return sorted(set(probe.target_parameters or ()) - set(lora.target_parameters or ()))
+        return None
+    return probe
 
 
 def _quantized_or_conv1d_linear(module: Any) -> bool:
