@@ -831,6 +831,7 @@ class Session:
         from workbench.errors import SpecError
         from workbench.train import start_run
         from workbench.train.launch.spec import LAUNCH_OPTIONS, launch_from_settings
+        from workbench.train.run import block_until_ended, stopped_if_interrupted
         from workbench.train.spec import train_spec_from_settings
 
         self._check_run_allows("train")
@@ -854,31 +855,39 @@ class Session:
         data, model = self.data, self.loaded.model
         self._stop_runs_left_paused()  # once nothing refuses this train()
         reset_adapter_strength(model)  # a run never starts from a scaled adapter
-        with self.folder.reserved("runs") as run_dir:
-            self._run = start_run(
-                model,
-                self.tokenizer,
-                _training_columns(data.train),
-                _training_columns(data.validation),
-                spec,
-                run_dir,
-                self.events,
-                self._run_model_record(),
-                wait=False,  # blocked on below, once the session knows its run
-                probes=probes,
-                launch=launch,
-                probe_stops=self._answer_stops(),
-                probe_ids=self._probe_ids(probes),
-            )
-        self._adapted, self._run_of_model = self._run.model, self._run
-        self._runs_held.add(self._run)
-        self._data_of_run = self._data
-        self._evaluation = None  # it judged the previous model
-        self._training_summary = self._run.spec.to_dict()  # batch_size="auto" resolved
-        self._run.fork_hooks = self._fork_hooks()
-        from workbench.train.run import block_until_ended
 
-        return block_until_ended(self._run, self._verbose) if _blocking(wait) else self._run
+        def adopt(run) -> None:
+            self._hold_run(run, run.spec.to_dict())  # batch_size="auto" resolved
+            self._data_of_run = data_of_run
+            self._evaluation = None  # it judged the previous model
+
+        data_of_run = self._data
+        with stopped_if_interrupted(adopt):  # a Ctrl-C once it started stops it, held here
+            with self.folder.reserved("runs") as run_dir:
+                run = start_run(
+                    model,
+                    self.tokenizer,
+                    _training_columns(data.train),
+                    _training_columns(data.validation),
+                    spec,
+                    run_dir,
+                    self.events,
+                    self._run_model_record(),
+                    wait=False,  # blocked on below, once the session knows its run
+                    probes=probes,
+                    launch=launch,
+                    probe_stops=self._answer_stops(),
+                    probe_ids=self._probe_ids(probes),
+                )
+            adopt(run)
+            return block_until_ended(run, self._verbose) if _blocking(wait) else run
+
+    def _hold_run(self, run, summary: dict) -> None:
+        """Make ``run`` the session's run (``s.run``) and its model the adapted one."""
+        self._run, self._adapted, self._run_of_model = run, run.model, run
+        self._runs_held.add(run)
+        self._training_summary = summary
+        run.fork_hooks = self._fork_hooks()
 
     def _probe_ids(self, probes: Any) -> list[list[int]] | None:
         """The probes tokenized as the data's prompts (left to ``start_run`` to refuse when
@@ -940,6 +949,7 @@ class Session:
         """
         from workbench.train import check_resumable, resume_run
         from workbench.train.launch.spec import resume_launch
+        from workbench.train.run import block_until_ended, stopped_if_interrupted
         from workbench.train.store import read_meta, write_meta
 
         self._check_run_allows("resume")
@@ -949,31 +959,30 @@ class Session:
         self._stop_paused_run_of(run_dir)
         check_resumable(run_dir)  # a refusal must not cost the session its model
         meta = read_meta(run_dir)
-        with self._model_kept_if_refused():
-            self._load_base_of(run_dir, meta, model, trust_remote_code)
-            reset_adapter_strength(self.loaded.model)  # never resumed from a scaled adapter
-            try:
-                self._run = resume_run(
-                    run_dir,
-                    self.events,
-                    wait=False,
-                    model=self.loaded.model,
-                    tokenizer=self.tokenizer,
-                    launch=launch,
-                    trust_remote_code=trust_remote_code,
-                )
-            except BaseException:
-                if model is not None:  # run.json named the given model: the run never went on
-                    with contextlib.suppress(OSError, WorkbenchError):  # the refusal matters
-                        write_meta(run_dir, meta)
-                raise
-        self._adapted, self._run_of_model = self._run.model, self._run
-        self._runs_held.add(self._run)
-        self._training_summary = meta.get("spec", {})
-        self._run.fork_hooks = self._fork_hooks()
-        from workbench.train.run import block_until_ended
-
-        return block_until_ended(self._run, self._verbose) if _blocking(wait) else self._run
+        with stopped_if_interrupted(
+            lambda run: self._hold_run(run, meta.get("spec", {}))
+        ) as started:
+            with self._model_kept_if_refused(started):
+                self._load_base_of(run_dir, meta, model, trust_remote_code)
+                reset_adapter_strength(self.loaded.model)  # never resumed from a scaled adapter
+                try:
+                    run = resume_run(
+                        run_dir,
+                        self.events,
+                        wait=False,
+                        model=self.loaded.model,
+                        tokenizer=self.tokenizer,
+                        launch=launch,
+                        trust_remote_code=trust_remote_code,
+                    )
+                except BaseException:
+                    if model is not None and not started:  # run.json named the given model:
+                        # the run never went on
+                        with contextlib.suppress(OSError, WorkbenchError):  # the refusal matters
+                            write_meta(run_dir, meta)
+                    raise
+            self._hold_run(run, meta.get("spec", {}))
+            return block_until_ended(run, self._verbose) if _blocking(wait) else run
 
     def _stop_paused_run_of(self, run_dir: Path) -> None:
         """Stop a run of this process paused on ``run_dir`` (an earlier Session object's, a
@@ -1022,20 +1031,27 @@ class Session:
         return {**self._model_record, "merged_from": list(self._merged_from)}
 
     @contextlib.contextmanager
-    def _model_kept_if_refused(self):
+    def _model_kept_if_refused(self, started: list):
         """A resume refused once its base model is loaded (another model than the run's: its
         fingerprint or its checkpoint says so) gives the session back the model, adapter,
-        data and records it had: a refusal must not cost the session its model."""
+        data and records it had: a refusal must not cost the session its model. Once the
+        run has ``started`` (an interrupt right after), the session keeps what it trains."""
         kept = dict(vars(self))  # what load_model replaces or forgets; nothing is mutated
         record = self._model_record
         self._let_go_deferred = []  # the earlier runs keep their model until it is taken
         try:
             yield
         except BaseException:
-            vars(self).update(kept)
-            if record is not None:
-                self._record({"model": record})
+            if not started:
+                vars(self).update(kept)
+                if record is not None:
+                    self._record({"model": record})
+                raise
+            self._let_go_of_deferred()
             raise
+        self._let_go_of_deferred()
+
+    def _let_go_of_deferred(self) -> None:
         deferred, self._let_go_deferred = self._let_go_deferred, None
         _let_go_of(deferred)
 
@@ -1134,9 +1150,7 @@ class Session:
             return _training_columns(prepared.train), _training_columns(prepared.validation)
 
         def adopt(fork) -> None:
-            self._run, self._adapted, self._run_of_model = fork, fork.model, fork
-            self._runs_held.add(fork)
-            self._training_summary = fork.spec.to_dict()
+            self._hold_run(fork, fork.spec.to_dict())
 
         return ForkHooks(check=check, data=data, adopt=adopt, progress=self._verbose)
 

@@ -615,7 +615,7 @@ def _start(
 ) -> Run:
     from workbench.train.lock import RunLock
     from workbench.train.loop import TrainLoop
-    from workbench.train.run import Run
+    from workbench.train.run import Run, stopped_if_interrupted
     from workbench.train.start import _pad_id, _released_on_error, by_step
 
     train, validation, notes = data
@@ -624,7 +624,7 @@ def _start(
     history += [n.to_dict() for n in notes]
     store.check_new_folder(run_dir)
     store.create_run_folder(run_dir, meta, train, validation)
-    with _released_on_error(RunLock(run_dir)) as lock:
+    with stopped_if_interrupted() as started, _released_on_error(RunLock(run_dir), started) as lock:
         store.remove_partial_runs(run_dir)
         store.rewrite_jsonl(run_dir / store.HISTORY, history)
         store.rewrite_jsonl(run_dir / store.PROBES, probe_rows)
@@ -726,14 +726,18 @@ def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -
     found = _check_step(parent, step)
     data = _fork_data(parent, has_cutoff, max_length)
     meta = _plan(parent, step, spec, data, differ)
-    with _source(parent, step, found) as checkpoint, _fork_folder(parent.run_dir) as run_dir:
-        run = _start(parent, run_dir, checkpoint, meta, data)
-    run.fork_hooks = hooks
-    if hooks is not None and hooks.adopt is not None:
-        hooks.adopt(run)
-    if wait if wait is not None else not in_notebook():
-        from workbench.train.run import block_until_ended
+    from workbench.train.run import block_until_ended, stopped_if_interrupted
 
-        # an interrupt stops the fork as it stops a blocking train (it went on training unseen)
-        block_until_ended(run, progress=hooks is None or hooks.progress)
+    def adopt(run: Run) -> None:
+        run.fork_hooks = hooks
+        if hooks is not None and hooks.adopt is not None:
+            hooks.adopt(run)
+
+    with stopped_if_interrupted(adopt):  # a Ctrl-C once the fork started stops it
+        with _source(parent, step, found) as checkpoint, _fork_folder(parent.run_dir) as run_dir:
+            run = _start(parent, run_dir, checkpoint, meta, data)
+        adopt(run)
+        if wait if wait is not None else not in_notebook():
+            # an interrupt stops the fork as it stops a blocking train (it went on training unseen)
+            block_until_ended(run, progress=hooks is None or hooks.progress)
     return run

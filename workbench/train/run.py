@@ -25,11 +25,14 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,7 @@ __all__ = [
     "EVENT_STATE",
     "Run",
     "block_until_ended",
+    "stopped_if_interrupted",
 ]
 
 logger = logging.getLogger(__name__)
@@ -1053,15 +1057,20 @@ class Run:
         if self._lock is not None:
             self._lock.acquire()
         worker = self.worker_class(self)
-        with self._cond:
-            self._worker, self._stop, self._ended_worker = worker, False, None
-            self._stepping = False
-            self.error = None
-        self._set_state(worker, RunState.RUNNING, message="", error=None)
-        self._thread = threading.Thread(
-            target=worker.main, name=f"train:{self.run_dir.name}", daemon=True
-        )
-        self._thread.start()
+        # From here until the thread runs and the guards know it, a Ctrl-C waits: half-way,
+        # the run would be "running" with no thread to end it, or training unknown to them.
+        with _interrupts_deferred():
+            with self._cond:
+                self._worker, self._stop, self._ended_worker = worker, False, None
+                self._stepping = False
+                self.error = None
+            self._set_state(worker, RunState.RUNNING, message="", error=None)
+            self._thread = threading.Thread(
+                target=worker.main, name=f"train:{self.run_dir.name}", daemon=True
+            )
+            self._thread.start()
+            for started in _open_guards():
+                started.append(self)
 
     def _back_to_last_step(self) -> None:
         """A stopped run goes on as it stopped: with its last step's weights (early stopping
@@ -1478,12 +1487,83 @@ def block_until_ended(run: Run, progress: bool = True) -> Run:
     try:
         run.wait(progress=progress)
     except KeyboardInterrupt:
-        run.stop()
-        status = run.wait()
-        # the cell's `run = s.train(...)` never got its value: say where the run is
-        msg = (
-            f"interrupted: {run.run_dir.name} {status.state.value} at step {status.step} of "
-            f"{status.total_steps}; Session.run holds it (s.run), s.run.resume() goes on"
-        )
-        raise KeyboardInterrupt(msg) from None
+        raise KeyboardInterrupt(_stopped_by_interrupt([run])) from None
     return run
+
+
+def _stopped_by_interrupt(runs: list[Run]) -> str:
+    """Stop ``runs`` as ``run.stop()`` does, wait for their ends, and say where the first is
+    (the cell's ``run = s.train(...)`` never got its value)."""
+    for run in runs:
+        run.stop()
+    statuses = [run.wait() for run in runs]  # every run waited for, the first one said
+    status = statuses[0]
+    return (
+        f"interrupted: {runs[0].run_dir.name} {status.state.value} at step {status.step} of "
+        f"{status.total_steps}; Session.run holds it (s.run), s.run.resume() goes on"
+    )
+
+
+_GUARDS = threading.local()  # per thread: the run lists of the open stopped_if_interrupted
+
+
+def _open_guards() -> list[list[Run]]:
+    if not hasattr(_GUARDS, "stack"):
+        _GUARDS.stack = []
+    return _GUARDS.stack
+
+
+@contextlib.contextmanager
+def stopped_if_interrupted(adopt: Callable[[Run], None] | None = None) -> Iterator[list[Run]]:
+    """An interrupt (Ctrl-C, a notebook's stop button) inside the block stops each run this
+    thread started in it, as ``run.stop()`` does, saving the step it reached.
+
+    ``train``, ``resume`` and ``fork`` hold one from before the run starts until they
+    return or :func:`block_until_ended` waits: an interrupt in between (the rest of the
+    start, the session's bookkeeping) otherwise left the run training with nobody waiting.
+    ``adopt(run)`` is called first for every run started in the block, so that a session
+    holds its run even when the interrupt came before the start returned it.
+
+    Yields:
+        The runs started in the block so far (a list that grows as they start).
+
+    Examples:
+        >>> with stopped_if_interrupted() as started:
+        ...     pass
+        >>> started
+        []
+    """
+    started: list[Run] = []
+    _open_guards().append(started)
+    try:
+        yield started
+    except KeyboardInterrupt:
+        for run in started if adopt is not None else ():
+            adopt(run)
+        live = [run for run in started if not run.status.done]
+        if not live:
+            raise  # none started, or already stopped and said (block_until_ended)
+        raise KeyboardInterrupt(_stopped_by_interrupt(live)) from None
+    finally:
+        _open_guards().pop()
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that comes inside the block until the block ends.
+
+    Python runs signal handlers in the main thread only, so only there is anything held.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    main = threading.current_thread() is threading.main_thread()
+    if not main or handler is None:  # a handler not set from Python cannot be put back
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # delivered now, to the handler put back

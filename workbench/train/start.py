@@ -58,7 +58,7 @@ from workbench.train.prepare import (
     wrap_model,
 )
 from workbench.train.records import LogRecord, history_rows
-from workbench.train.run import Run
+from workbench.train.run import Run, stopped_if_interrupted
 from workbench.train.spec import LoRA, TrainSpec, respec
 from workbench.train.worker import runs_training
 
@@ -341,44 +341,53 @@ def start_run(
         **({"launch": launch.to_dict()} if launch is not None else {}),
     }
     store.create_run_folder(run_dir, meta, train, validation)
-    with _undone_on_error(model, run_dir), _released_on_error(RunLock(run_dir)) as lock:
-        store.remove_partial_runs(run_dir)
-        for note in notes:
-            store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
-        run = _launch(
-            run_dir,
-            events,
-            model,
-            tokenizer,
-            kept,
-            validation,
-            spec,
-            meta,
-            notes,
-            lock,
-            start=launch is None,
-        )
-    run.trust_remote_code = bool((model_spec or {}).get("trust_remote_code"))  # the caller's
-    if launch is not None:
-        _start_launched(run, launch, lock)
-    if wait:  # a script sees how it trains (batch size, checkpointing) before the steps
-        for why in filter(None, chosen.values()):
-            print(why)
-    return _waited(run, wait)
+    with stopped_if_interrupted() as started:
+        with (
+            _undone_on_error(model, run_dir, started),
+            _released_on_error(RunLock(run_dir), started) as lock,
+        ):
+            store.remove_partial_runs(run_dir)
+            for note in notes:
+                store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
+            run = _launch(
+                run_dir,
+                events,
+                model,
+                tokenizer,
+                kept,
+                validation,
+                spec,
+                meta,
+                notes,
+                lock,
+                start=launch is None,
+            )
+        run.trust_remote_code = bool((model_spec or {}).get("trust_remote_code"))  # the caller's
+        if launch is not None:
+            _start_launched(run, launch, lock)
+        if wait:  # a script sees how it trains (batch size, checkpointing) before the steps
+            for why in filter(None, chosen.values()):
+                print(why)
+        return _waited(run, wait)
 
 
 @contextlib.contextmanager
-def _undone_on_error(model: Any, run_dir: Path) -> Iterator[None]:
+def _undone_on_error(model: Any, run_dir: Path, started: list[Run]) -> Iterator[None]:
     """A start that fails before the run starts leaves nothing: the adapter layers it put
     on ``model`` are taken out again and the new run folder is removed (a setting that
     only the optimizer or the scheduler refuses would otherwise leave the model carrying an
-    adapter that every later ``train()`` refuses, and a run folder with no run in it)."""
+    adapter that every later ``train()`` refuses, and a run folder with no run in it).
+
+    Once the run has ``started`` (an interrupt right after), it is left to
+    :func:`stopped_if_interrupted`: its thread trains that adapter in that folder."""
     from workbench.models.adapters import remove_adapter_layers
     from workbench.train.core import remove_training_hooks
 
     try:
         yield
     except BaseException:
+        if started:
+            raise
         remove_adapter_layers(model)
         remove_training_hooks(model)
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -458,17 +467,18 @@ def _start_launched(run: Run, launch: Any, lock: RunLock) -> None:
 
 
 @contextlib.contextmanager
-def _released_on_error(lock: RunLock) -> Iterator[RunLock]:
-    """Hold ``lock`` for the block; give it back if the block fails.
+def _released_on_error(lock: RunLock, started: list[Run]) -> Iterator[RunLock]:
+    """Hold ``lock`` for the block; give it back if the block fails before a run ``started``.
 
-    On success the lock stays held: the started :class:`Run` owns it from then on and its
+    Otherwise the lock stays held: the started :class:`Run` owns it from then on and its
     worker releases it when it ends.
     """
     lock.acquire()
     try:
         yield lock
     except BaseException:
-        lock.release()
+        if not started:
+            lock.release()
         raise
 
 
@@ -767,15 +777,16 @@ def resume_run(
     launch = None if launch is None else launch.checked()
     if model is None or launch is not None:  # the base is loaded from what run.json says
         check_remote_code_allowed(meta, run_dir, trust_remote_code)
-    with _released_on_error(RunLock(run_dir)) as lock:
+    with stopped_if_interrupted() as started:
+        with _released_on_error(RunLock(run_dir), started) as lock:
+            if launch is not None:
+                meta = {**meta, "launch": launch.to_dict()}
+                store.write_meta(run_dir, meta)
+            run = _resume_locked(run_dir, meta, lock, events, model, tokenizer, launch is None)
+            run.trust_remote_code = trust_remote_code
         if launch is not None:
-            meta = {**meta, "launch": launch.to_dict()}
-            store.write_meta(run_dir, meta)
-        run = _resume_locked(run_dir, meta, lock, events, model, tokenizer, launch is None)
-        run.trust_remote_code = trust_remote_code
-    if launch is not None:
-        _start_launched(run, launch, lock)
-    return _waited(run, wait)
+            _start_launched(run, launch, lock)
+        return _waited(run, wait)
 
 
 def _resume_locked(
