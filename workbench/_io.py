@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -333,10 +334,39 @@ def staging_folder(target: str | Path, replace: bool = False) -> Iterator[Path]:
         if final.exists() and not replace:
             raise FileExistsError(final)
         _as_created(tmp)  # mkdtemp (and some writers' own temporaries) make them private
-        _place(tmp, final)
+        with interrupts_deferred():  # the new folder in place and the old one gone, or not
+            _place(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with interrupts_deferred(drop=True):
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def interrupts_deferred(drop: bool = False) -> Iterator[None]:
+    """Hold a Ctrl-C that comes inside the block until the block ends (``drop``: forget it,
+    for the clean-up of a call that is ending with an exception anyway: a second Ctrl-C
+    must not leave it half done).
+
+    Python runs signal handlers in the main thread only, so only there is anything held.
+
+    Examples:
+        >>> with interrupts_deferred(drop=True):
+        ...     pass  # a clean-up that must run to its end
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    main = threading.current_thread() is threading.main_thread()
+    if not main or handler is None:  # a handler not set from Python cannot be put back
+        yield
+        return
+    caught: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if caught and not drop:
+            signal.raise_signal(signal.SIGINT)  # delivered now, to the handler put back
 
 
 def _place(new: Path, final: Path) -> None:

@@ -71,15 +71,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from workbench._display import in_notebook
+from workbench._io import interrupts_deferred
 from workbench._numbers import plain_number
 from workbench.errors import SessionStateError, SpecError
 from workbench.train import store
 from workbench.train.batches import Examples
 from workbench.train.checkpoint import (
+    CHECKPOINTS,
     checkpoint_problem,
     checkpoint_step,
     list_checkpoints,
     load_checkpoint,
+    load_weights_into,
     save_checkpoint,
 )
 from workbench.train.guards import EarlyStopping
@@ -623,40 +626,89 @@ def _start(
     history, probe_rows = _parent_rows(parent, meta["forked_from"]["step"])
     history += [n.to_dict() for n in notes]
     store.check_new_folder(run_dir)
-    store.create_run_folder(run_dir, meta, train, validation)
-    with stopped_if_interrupted() as started, _released_on_error(RunLock(run_dir), started) as lock:
-        store.remove_partial_runs(run_dir)
-        store.rewrite_jsonl(run_dir / store.HISTORY, history)
-        store.rewrite_jsonl(run_dir / store.PROBES, probe_rows)
-        model = parent.model
-        pad_id, total = _pad_id(parent.tokenizer), meta["total_steps"]
-        loop = TrainLoop(model, pad_id, train, validation, spec, total, by_step(meta))
-        run = Run(
-            run_dir,
-            parent.events,
-            model,
-            parent.tokenizer,
-            loop,
-            spec,
-            meta["probes"],
-            [LogRecord.from_dict(r) for r in history],
-            probe_rows,
-            lock=lock,
-        )
-        run.probe_stops = list(meta.get("probe_stops") or [])
-        run.probe_ids = meta.get("probe_ids")
-        run.start_choices = store.chosen_at_start(meta)
-        run.restore_state(_reschedule(loop, checkpoint))
-        # A fork's early stopping judges the fork's own evaluations: the parent's best lives
-        # in the parent's folder, out of reach of the fork's end (which ends on its best).
-        run.early = EarlyStopping(spec.early_stopping)
-        state = run.checkpoint_state()
-        save_checkpoint(
-            run_dir, model, loop.optimizer, loop.scheduler, state, spec.keep_checkpoints
-        )
-        parent._superseded_by = run  # before the fork's first event: views see the handover
-        run.start()
+    with (
+        stopped_if_interrupted() as started,
+        _parent_kept_unless_started(parent, run_dir, started),
+    ):
+        store.create_run_folder(run_dir, meta, train, validation)
+        with _released_on_error(RunLock(run_dir), started) as lock:
+            store.remove_partial_runs(run_dir)
+            store.rewrite_jsonl(run_dir / store.HISTORY, history)
+            store.rewrite_jsonl(run_dir / store.PROBES, probe_rows)
+            model = parent.model
+            pad_id, total = _pad_id(parent.tokenizer), meta["total_steps"]
+            loop = TrainLoop(model, pad_id, train, validation, spec, total, by_step(meta))
+            run = Run(
+                run_dir,
+                parent.events,
+                model,
+                parent.tokenizer,
+                loop,
+                spec,
+                meta["probes"],
+                [LogRecord.from_dict(r) for r in history],
+                probe_rows,
+                lock=lock,
+            )
+            run.probe_stops = list(meta.get("probe_stops") or [])
+            run.probe_ids = meta.get("probe_ids")
+            run.start_choices = store.chosen_at_start(meta)
+            run.restore_state(_reschedule(loop, checkpoint))
+            # A fork's early stopping judges the fork's own evaluations: the parent's best lives
+            # in the parent's folder, out of reach of the fork's end (which ends on its best).
+            run.early = EarlyStopping(spec.early_stopping)
+            state = run.checkpoint_state()
+            save_checkpoint(
+                run_dir, model, loop.optimizer, loop.scheduler, state, spec.keep_checkpoints
+            )
+            parent._superseded_by = run  # before the fork's first event: views see the handover
+            run.start()
     return run
+
+
+@contextlib.contextmanager
+def _parent_kept_unless_started(parent: Run, run_dir: Path, started: list[Run]) -> Iterator[None]:
+    """A fork that fails or is interrupted before it starts leaves the parent as it was: the
+    checkpoint it loaded into their shared model is taken out again (the parent's weights go
+    back), the handover to it is undone, and its folder is removed. Before, ``s.run`` still
+    said the parent's last step while the model held the fork's checkpoint."""
+    put_back, successor = _weights_of(parent), parent._superseded_by
+    try:
+        yield
+    except BaseException:
+        if started:
+            raise  # the fork trains: stopped_if_interrupted stops it
+        with interrupts_deferred(drop=True):
+            put_back()
+            parent._superseded_by = successor
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _weights_of(parent: Run) -> Callable[[], None]:
+    """A function that puts ``parent``'s trained weights back into its model: from its
+    checkpoint of the step they are, for a full fine-tune (a copy in memory would double
+    the model), else from a copy of the trainable weights taken now (an adapter's: small;
+    a failed run's have no checkpoint)."""
+    import torch
+
+    model = parent.model
+    saved = parent.run_dir / CHECKPOINTS / f"step-{parent.weights_step:08d}"
+    if parent.spec.method == "full" and saved.is_dir():
+        return lambda: load_weights_into(saved, model)
+    kept = {
+        name: param.detach().to("cpu", copy=True)
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
+
+    def put_back() -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in kept:
+                    param.copy_(kept[name])
+
+    return put_back
 
 
 def fork_run(parent: Run, step: int, wait: bool | None = None, **changes: Any) -> Run:

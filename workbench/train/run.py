@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import signal
 import threading
 import time
 from collections import deque
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from workbench._io import interrupts_deferred
 from workbench.errors import SessionStateError, SpecError, WorkbenchError
 from workbench.events import (
     TRAIN_CHECKPOINT,
@@ -1059,7 +1059,7 @@ class Run:
         worker = self.worker_class(self)
         # From here until the thread runs and the guards know it, a Ctrl-C waits: half-way,
         # the run would be "running" with no thread to end it, or training unknown to them.
-        with _interrupts_deferred():
+        with interrupts_deferred():
             with self._cond:
                 self._worker, self._stop, self._ended_worker = worker, False, None
                 self._stepping = False
@@ -1546,24 +1546,3 @@ def stopped_if_interrupted(adopt: Callable[[Run], None] | None = None) -> Iterat
         raise KeyboardInterrupt(_stopped_by_interrupt(live)) from None
     finally:
         _open_guards().pop()
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that comes inside the block until the block ends.
-
-    Python runs signal handlers in the main thread only, so only there is anything held.
-    """
-    handler = signal.getsignal(signal.SIGINT)
-    main = threading.current_thread() is threading.main_thread()
-    if not main or handler is None:  # a handler not set from Python cannot be put back
-        yield
-        return
-    caught: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
-        if caught:
-            signal.raise_signal(signal.SIGINT)  # delivered now, to the handler put back

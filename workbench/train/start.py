@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench._io import interrupts_deferred
 from workbench._quiet import quiet_third_party
 from workbench.errors import DataError, SpecError, WorkbenchWarning, warn_user
 from workbench.events import PROGRESS, EventHub
@@ -340,12 +341,9 @@ def start_run(
         "examples": {"train": len(train), "validation": len(validation or [])},
         **({"launch": launch.to_dict()} if launch is not None else {}),
     }
-    store.create_run_folder(run_dir, meta, train, validation)
-    with stopped_if_interrupted() as started:
-        with (
-            _undone_on_error(model, run_dir, started),
-            _released_on_error(RunLock(run_dir), started) as lock,
-        ):
+    with stopped_if_interrupted() as started, _undone_on_error(model, run_dir, started):
+        store.create_run_folder(run_dir, meta, train, validation)
+        with _released_on_error(RunLock(run_dir), started) as lock:
             store.remove_partial_runs(run_dir)
             for note in notes:
                 store.append_jsonl(run_dir / store.HISTORY, note.to_dict())
@@ -388,9 +386,10 @@ def _undone_on_error(model: Any, run_dir: Path, started: list[Run]) -> Iterator[
     except BaseException:
         if started:
             raise
-        remove_adapter_layers(model)
-        remove_training_hooks(model)
-        shutil.rmtree(run_dir, ignore_errors=True)
+        with interrupts_deferred(drop=True):
+            remove_adapter_layers(model)
+            remove_training_hooks(model)
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
