@@ -113,3 +113,35 @@ def test_a_moe_config_transformers_does_not_know_still_counts_its_experts(tmp_pa
     est = estimate_memory(tmp_path, device="cuda")
     experts = 4 * 8 * 3 * 256 * 512  # layers x experts x (gate, up, down)
     assert est.weights >= experts * 2  # bf16, and frozen: peft cannot be asked of this model
+
+
+@pytest.mark.parametrize(
+    "model_type, changes",
+    [
+        # a shared expert scaled by its own hidden -> 1 linear gate, which LoRA adapts too
+        (
+            "qwen2_moe",
+            dict(mlp_only_layers=[0], shared_expert_intermediate_size=96, moe_intermediate_size=32),
+        ),
+        # a dense-width MLP beside the experts of every block, named by no config key
+        ("hunyuan_v1_moe", dict(num_experts=4, moe_topk=2)),
+    ],
+)
+def test_the_adapter_counts_what_sits_beside_the_experts(model_type, changes):
+    # Found by QA with peft 0.22: qwen2_moe's estimate missed the shared expert's gate
+    # (2,080 weights at r=16), HunYuan's the whole shared MLP (27,648), and its facts said
+    # it had no shared expert.
+    from workbench.train.core import lora_config
+
+    config = AutoConfig.for_model(
+        model_type, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, **changes,
+    )  # fmt: skip
+    facts = facts_from_config(config)
+    torch.manual_seed(0)
+    model = make_trainable(
+        AutoModelForCausalLM.from_config(config), lora_config(16, 32, 0.0, "all-linear", False)
+    )
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert facts.lora_params(16) == trained
+    assert "one shared" in facts.experts.describe(facts.layers)

@@ -59,6 +59,8 @@ class Experts:
         mlps_frozen: peft moves the MLP's layer names onto the adapted experts and leaves
             the linear MLPs beside them (dense blocks', the shared expert's) without LoRA:
             peft 0.21 did; 0.22 adapts them too.
+        shared_gate: The shared expert's output is scaled by a ``hidden -> 1`` linear gate
+            (``shared_expert_gate``: Qwen2-MoE, Qwen3-Next, Qwen3.5-MoE).
         fused_at_load: The checkpoint stores the experts one by one and transformers fuses
             them into the 3D weights while loading (a copy, not a view of the file).
 
@@ -77,6 +79,7 @@ class Experts:
     adapted: bool = False
     fused_at_load: bool = False
     mlps_frozen: bool = False
+    shared_gate: bool = False
 
     @property
     def routed(self) -> int:
@@ -383,12 +386,13 @@ class ModelFacts:
         # (gate_proj, up_proj, down_proj), which takes every other Linear layer of those
         # names off the adapter: the dense blocks' MLPs and the shared experts (measured on
         # Qwen3-MoE and DeepSeek-V3; Experts.mlps_frozen).
+        gate = ((self.hidden, 1),) if expert_block and self.experts.shared_gate else ()
         if adapted and self.experts is not None and self.experts.mlps_frozen:
-            return mixing
+            return (*mixing, *gate)
         if not expert_block:
             return (*mixing, *self._mlp_shapes(self.intermediate))
         shared = self.experts.shared_intermediate if self.experts else 0
-        return (*mixing, *(self._mlp_shapes(shared) if shared else ()))
+        return (*mixing, *(self._mlp_shapes(shared) if shared else ()), *gate)
 
     def _attention_shapes(self) -> tuple[tuple[int, int], ...]:
         if self.latent_attention is not None:
@@ -1016,6 +1020,10 @@ _EXPERT_KEYS = {
 # Model types whose every token goes through every expert (measured with saved-tensor hooks:
 # Llama 4's activations grow with the number of experts, not with num_experts_per_tok).
 _ALL_EXPERTS_COMPUTED = {"llama4", "llama4_text"}
+# HunYuan's expert blocks keep a dense-width MLP (`shared_mlp`) beside the experts, named by
+# no config key; these scale their shared expert by a linear `shared_expert_gate`.
+_SHARED_MLP_OF_DENSE_WIDTH = {"hunyuan_v1_moe"}
+_SHARED_EXPERT_GATED = {"qwen2_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text"}
 
 
 def _first_int(config: Any, keys: tuple[str, ...]) -> int:
@@ -1152,6 +1160,8 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
     shared = shared or (getattr(config, "moe_num_shared_experts", None) or 0) * width  # ERNIE
     if model_type in _ALL_EXPERTS_COMPUTED:
         shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
+    if model_type in _SHARED_MLP_OF_DENSE_WIDTH:
+        shared = shared or intermediate
     adapted, mlps_frozen = _what_peft_adapts(config)
     return Experts(
         count=count,
@@ -1163,6 +1173,7 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
         adapted=adapted,
         fused_at_load=_fused_at_load(model_type),
         mlps_frozen=mlps_frozen,
+        shared_gate=bool(shared) and model_type in _SHARED_EXPERT_GATED,
     )
 
 
