@@ -145,3 +145,32 @@ def test_the_adapter_counts_what_sits_beside_the_experts(model_type, changes):
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert facts.lora_params(16) == trained
     assert "one shared" in facts.experts.describe(facts.layers)
+
+
+@pytest.mark.parametrize(
+    "model_type, stray",
+    [
+        ("olmoe", dict(num_experts=4, moe_intermediate_size=999)),  # OLMoE sizes by intermediate
+        ("llama", dict(num_experts=8, num_experts_per_tok=2)),  # a dense model
+        ("mixtral", dict(num_local_experts=4, n_shared_experts=2)),  # no shared expert
+    ],
+)
+def test_keys_a_config_class_does_not_declare_are_not_read_as_experts(model_type, stray):
+    # Found by QA: a config.json carrying a key its class does not declare (left over from a
+    # conversion script) keeps it as an attribute the model never reads. The facts read it:
+    # OLMoE's experts were sized 999 wide, a Llama was counted with 8 experts.
+    config = AutoConfig.for_model(
+        model_type, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, **stray,
+    )  # fmt: skip
+    assert all(getattr(config, key) == value for key, value in stray.items())  # kept
+    facts = facts_from_config(config)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    assert facts.params == pytest.approx(sum(p.numel() for p in model.parameters()), rel=2e-2)
+    lora = make_trainable(model, LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+    assert facts.lora_params(8) == sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    if model_type == "llama":
+        assert facts.experts is None
+    else:
+        assert (facts.experts.intermediate, facts.experts.shared_intermediate) == (128, 0)

@@ -14,6 +14,9 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 import json
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
@@ -718,7 +721,7 @@ def facts_from_config(config: Any, name: str | None = None) -> ModelFacts:
     hub_id = getattr(config, "name_or_path", "") or ""
     expert_blocks = _expert_blocks(text, layers)
     experts = _experts(text, len(expert_blocks), inter or 4 * hidden)
-    if experts is not None and not getattr(text, "moe_intermediate_size", None):
+    if experts is not None and not _declared(text, "moe_intermediate_size"):
         # intermediate_size is the experts' width; a dense block (if any) has its own
         inter = getattr(text, "intermediate_size_mlp", None) or inter
     return ModelFacts(
@@ -1001,15 +1004,24 @@ def _declared(config: Any, key: str) -> Any:
     """``config.key`` if the config's class declares that field (else ``None``): a key given
     to a class that does not declare it is kept as an attribute the model never reads. A raw
     ``config.json`` read as attributes declares whatever it holds."""
-    import dataclasses
-
     inner = config.config if isinstance(config, _LayerMeans) else config
-    declared = (
-        {f.name for f in dataclasses.fields(inner)} if dataclasses.is_dataclass(inner) else ()
-    )
+    declared = _declared_keys(type(inner))
     if declared and key not in declared and not hasattr(type(inner), key):  # not a property
         return None
     return getattr(config, key, None)
+
+
+@functools.cache
+def _declared_keys(config_class: type) -> frozenset[str]:
+    """The fields a config class declares, the names its ``attribute_map`` aliases, and the
+    attributes its default instance sets for itself (Switch's ``decoder_sparse_step``)."""
+    if not dataclasses.is_dataclass(config_class):
+        return frozenset()
+    keys = {field.name for field in dataclasses.fields(config_class)}
+    keys |= set(getattr(config_class, "attribute_map", None) or ())
+    with contextlib.suppress(Exception):  # a class that needs arguments: its fields suffice
+        keys |= set(vars(config_class()))
+    return frozenset(keys)
 
 
 # Mixture-of-experts config keys, as transformers' MoE configs name them.
@@ -1028,7 +1040,7 @@ _SHARED_EXPERT_GATED = {"qwen2_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_t
 
 def _first_int(config: Any, keys: tuple[str, ...]) -> int:
     for key in keys:
-        value = getattr(config, key, None)
+        value = _declared(config, key)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return 0
@@ -1037,20 +1049,20 @@ def _first_int(config: Any, keys: tuple[str, ...]) -> int:
 def _expert_blocks(config: Any, layers: int) -> set[int]:
     """Indices of the blocks with experts (if the model has any): all, unless the config
     names dense ones."""
-    listed = getattr(config, "moe_layers", None)
+    listed = _declared(config, "moe_layers")
     if isinstance(listed, (list, tuple)):
         return {i for i in listed if isinstance(i, int) and 0 <= i < layers}
-    kinds = getattr(config, "mlp_layer_types", None)  # "dense" or "sparse" per block
+    kinds = _declared(config, "mlp_layer_types")  # "dense" or "sparse" per block
     if isinstance(kinds, (list, tuple)) and kinds:
         return {i for i, kind in enumerate(kinds[:layers]) if kind != "dense"}
-    single_purpose = getattr(config, "layers_block_type", None)  # Nemotron-H: "moe" blocks
+    single_purpose = _declared(config, "layers_block_type")  # Nemotron-H: "moe" blocks
     if isinstance(single_purpose, (list, tuple)) and {"mlp", "moe"} & set(single_purpose):
         return {i for i, kind in enumerate(single_purpose[:layers]) if kind == "moe"}
-    period = getattr(config, "expert_layer_period", None)  # Jamba: every period-th block
+    period = _declared(config, "expert_layer_period")  # Jamba: every period-th block
     if isinstance(period, int) and period > 0:
-        offset = getattr(config, "expert_layer_offset", None) or 0
+        offset = _declared(config, "expert_layer_offset") or 0
         return {i for i in range(layers) if i % period == offset}
-    dense = set(getattr(config, "mlp_only_layers", None) or ())
+    dense = set(_declared(config, "mlp_only_layers") or ())
     step = _first_int(config, ("decoder_sparse_step", "moe_layer_interval")) or 1
     first = _first_int(config, _FIRST_EXPERT_BLOCK)
     end = _first_int(config, ("moe_layer_end_index",))  # inclusive (ERNIE 4.5)
@@ -1153,11 +1165,11 @@ def _experts(config: Any, expert_layers: int, intermediate: int) -> Experts | No
     if count <= 1:
         return None
     model_type = getattr(config, "model_type", "")
-    width = getattr(config, "moe_intermediate_size", None) or intermediate
-    shared = getattr(config, "shared_expert_intermediate_size", None) or 0
-    shared = shared or getattr(config, "shared_intermediate_size", None) or 0  # Granite's
-    shared = shared or (getattr(config, "n_shared_experts", None) or 0) * width
-    shared = shared or (getattr(config, "moe_num_shared_experts", None) or 0) * width  # ERNIE
+    width = _declared(config, "moe_intermediate_size") or intermediate
+    shared = _declared(config, "shared_expert_intermediate_size") or 0
+    shared = shared or _declared(config, "shared_intermediate_size") or 0  # Granite's
+    shared = shared or (_declared(config, "n_shared_experts") or 0) * width
+    shared = shared or (_declared(config, "moe_num_shared_experts") or 0) * width  # ERNIE
     if model_type in _ALL_EXPERTS_COMPUTED:
         shared = shared or width  # Llama 4's shared expert is as wide as one routed expert
     if model_type in _SHARED_MLP_OF_DENSE_WIDTH:
