@@ -18,4 +18,5 @@ python3 -m venv "$venv"
     tests/test_data_formats.py tests/test_data_templates.py tests/test_loading.py \
     tests/test_memory.py tests/test_chat.py tests/test_eval_run.py tests/test_eval_metrics.py \
     tests/test_eval_compare.py tests/test_training_monitor.py tests/test_deploy.py \
-    tests/test_export_parity.py tests/test_serve_requests.py tests/test_cli.py
+    tests/test_export_parity.py tests/test_serve_requests.py tests/test_cli.py \
+    tests/test_train_moe.py
