@@ -478,7 +478,7 @@ def test_the_session_records_the_encoding(tmp_path, tiny_model_dir):
     s.load_data(str(path), encoding="cp1252", validation=None)
     assert s.example(0).text.count("Très bien") == 1
     state = json.loads((tmp_path / "run" / "session.json").read_text())
-    assert state["data"]["encoding"] == "cp1252"
+    assert state["data"]["options"] == {"encoding": "cp1252", "validation": None}
 
 
 def test_damaged_utf16_names_the_file(tmp_path, tokenizer, cache_dir):

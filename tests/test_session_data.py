@@ -49,7 +49,8 @@ def test_load_data_from_a_workbook_sheet_records_the_sheet(session, tmp_path):
     report = session.load_data(str(tmp_path / "sums.xlsx"), sheet="Data", validation=0.25)
     assert (report.train, report.validation) == (9, 3)
     state = json.loads((session.run_dir / "session.json").read_text())
-    assert state["data"]["source"].endswith("sums.xlsx") and state["data"]["sheet"] == "Data"
+    assert state["data"]["source"].endswith("sums.xlsx")
+    assert state["data"]["options"] == {"sheet": "Data", "validation": 0.25}
 
 
 def test_inspector_apply_sets_max_length_on_the_session(session):
@@ -117,7 +118,9 @@ def test_a_session_opened_again_says_which_data_its_folder_loaded(session, tmp_p
     with pytest.raises(wb.NoDataError, match=said):
         again.data_report()
     session.load_data(rows)
-    with pytest.raises(wb.NoDataError, match=r"s\.load_data\(rows\) with those rows"):
+    with pytest.raises(
+        wb.NoDataError, match=r"s\.load_data\(rows\) with the rows <list of 12 rows> given then"
+    ):
         _ = wb.Session(session.run_dir, verbose=False).data
     # with no model either, the model comes first: load_data needs its tokenizer
     with pytest.raises(wb.NoDataError) as refused:
@@ -125,6 +128,40 @@ def test_a_session_opened_again_says_which_data_its_folder_loaded(session, tmp_p
     assert str(refused.value).startswith(
         "no model is loaded: call session.load_model(...) first; then: no data is loaded in "
         "this session object;"
+    )
+
+
+def test_the_call_that_loads_the_data_again_keeps_the_options_it_was_given(
+    session, tmp_path, tiny_model_dir
+):
+    # Found by QA: the call named after a restart dropped columns, validation and on_error
+    # ("with the validation split and other options it was given then") and failed to run.
+    path = tmp_path / "german.csv"
+    lines = ["Frage,Antwort"] + [f"Was ist {i} plus {i}?,{2 * i}" for i in range(11)] + ["x"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    options = dict(columns={"prompt": "Frage", "answer": "Antwort"}, validation=0.25)
+    first = session.load_data(path, on_error="skip", **options)
+    s = wb.Session(session.run_dir, verbose=False)
+    s.load_model(str(tiny_model_dir))
+    with pytest.raises(wb.NoDataError) as refused:
+        _ = s.data
+    call = str(refused.value).split(": ", 1)[1].removesuffix(" loads it again.")
+    assert call == (
+        f"s.load_data({str(path)!r}, on_error='skip', columns={{'prompt': 'Frage', 'answer': "
+        "'Antwort'}, validation=0.25)"
+    )
+    again = eval(call, {"s": s})  # the call as the message writes it
+    assert (again.train, again.validation, again.skipped) == (first.train, first.validation, 1)
+    assert s.data.train["input_ids"] == session.data.train["input_ids"]
+
+    # what only the notebook holds is named, not written
+    validation = [{"Frage": "q", "Antwort": "a"}] * 3
+    session.load_data(path, columns=options["columns"], on_error="skip", validation=validation)
+    with pytest.raises(wb.NoDataError) as refused:
+        _ = wb.Session(session.run_dir, verbose=False).data
+    assert str(refused.value).endswith(
+        "on_error='skip', validation=...) with the validation <list of 3 rows> given then "
+        "loads it again."
     )
 
 

@@ -495,6 +495,7 @@ class Session:
         disable_progress_bar()  # progress bars would print into whatever cell is current
         known = _keywords(PreparedData.load, ("source", "tokenizer"))
         refuse_unknown("load_data()", options, known)
+        given = dict(options)
         options.setdefault("cache_dir", str(self.run_dir / "data-cache"))
         options.setdefault("context", model_context(self.loaded.model.config))
         data = PreparedData.load(source, self.tokenizer, **options)
@@ -515,7 +516,7 @@ class Session:
             {
                 "data": {
                     "source": _describe(source),
-                    **{key: options[key] for key in ("sheet", "encoding") if options.get(key)},
+                    **_recorded_options(given),
                     "format": self._data.format,
                     "template": self._data.template.name,
                 }
@@ -561,19 +562,26 @@ class Session:
         if not isinstance(last, dict) or not isinstance(last.get("source"), str):
             return None
         source, template = last["source"], last.get("template")
-        options = "".join(
-            f", {key}={last[key]!r}" for key in ("sheet", "encoding") if last.get(key)
-        )
-        if isinstance(template, str) and template != "tokenizer":
-            options += f", template={template!r}"
+        given = last.get("options")
+        if not isinstance(given, dict):  # written before options were recorded
+            given = {key: last[key] for key in ("sheet", "encoding") if last.get(key)}
+        if "template" not in given and isinstance(template, str) and template != "tokenizer":
+            given = {**given, "template": template}
+        unwritten = last.get("options_in_code")
+        unwritten = unwritten if isinstance(unwritten, dict) else {}
+        options = "".join(f", {key}={value!r}" for key, value in given.items())
+        options += "".join(f", {key}=..." for key in unwritten)
+        in_code = [f"{key} {value}" for key, value in unwritten.items()]
         if source.startswith("<"):  # rows given in code: only the notebook has them
-            call = f"s.load_data(rows{options}) with those rows"
+            in_code.insert(0, f"rows {source}")
+            call = f"s.load_data(rows{options})"
         else:
             call = f"s.load_data({source!r}{options})"
+        if in_code:
+            call += f" with the {', '.join(in_code)} given then"
         return (
             f"no data is loaded in this session object; {self.run_dir / 'session.json'} says "
-            f"this folder last loaded {source}: {call} loads it again (with the validation "
-            "split and other options it was given then)."
+            f"this folder last loaded {source}: {call} loads it again."
         )
 
     def example(self, i: int, split: str = "train") -> Example:
@@ -2206,6 +2214,39 @@ def _describe(source: Any) -> str:
         f"<{type(source).__name__} of {len(source)} rows>"
         if hasattr(source, "__len__")
         else (f"<{type(source).__name__}>")
+    )
+
+
+def _recorded_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``load_data``'s ``options`` as ``session.json`` keeps them, to say how to load the
+    data again: values JSON writes as they are (``columns``, ``validation=0.1``, a file's
+    path) under ``options``, others (rows, a DataFrame, a template object) described under
+    ``options_in_code``.
+
+    Examples:
+        >>> _recorded_options({"validation": 0.1, "columns": {"answer": "Antwort"}})
+        {'options': {'validation': 0.1, 'columns': {'answer': 'Antwort'}}}
+        >>> _recorded_options({"validation": [{"text": "a"}, {"text": "b"}]})["options_in_code"]
+        {'validation': '<list of 2 rows>'}
+    """
+    plain, in_code = {}, {}
+    for key, given in options.items():
+        value = str(given) if isinstance(given, Path) else given
+        if _written_as_json(value) and not (key == "validation" and isinstance(value, list)):
+            plain[key] = value
+        else:
+            in_code[key] = _describe(value)
+    return {"options": plain, **({"options_in_code": in_code} if in_code else {})}
+
+
+def _written_as_json(value: Any) -> bool:
+    """Whether JSON writes ``value`` and reads it back the same (a tuple as a list)."""
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return len(text) <= 2_000 and json.loads(text) == (
+        list(value) if isinstance(value, tuple) else value
     )
 
 
