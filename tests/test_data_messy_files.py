@@ -226,3 +226,49 @@ def test_a_row_of_another_format_says_so(tmp_path, tokenizer, cache_dir):
     )
     with pytest.raises(DataError, match=says):
         load(path, tokenizer, cache_dir)
+
+
+def test_a_sheet_s_blank_rows_saved_as_csv_are_skipped_as_in_the_sheet(
+    tmp_path, tokenizer, cache_dir
+):
+    # Found by QA: Excel's CSV writes a blank row as ",,"; those became three empty
+    # training examples that teach the model to answer with only its end token.
+    path = tmp_path / "sheet.csv"
+    path.write_text("question,answer,system\nq1,a1,\n,,\nq2,a2,s\n,,\n\n,,\n", newline="")
+    data = load(path, tokenizer, cache_dir, validation=None)
+    assert _answers(data) == ["a1", "a2"]
+    assert data.train["source_row"] == [2, 4]  # numbered as the file's lines
+    report = data.report()
+    assert (report.rows, report.train) == (2, 2)
+    assert not [p for p in report.problems if p.kind == "empty_field"]
+
+
+@pytest.mark.parametrize("recorded", ["A1", "A1:B3"])
+def test_a_workbook_that_records_too_small_a_size_loads_every_row(
+    tmp_path, tokenizer, cache_dir, recorded
+):
+    # Found by QA: some exporters record the sheet's size as "A1"; read-only openpyxl trusts
+    # it, so the workbook was "empty (no rows)", or lost 3 of 5 rows and a column in silence.
+    import re
+    import zipfile
+
+    from openpyxl import Workbook
+
+    book = Workbook()
+    book.active.append(["question", "answer", "system"])
+    for i in range(5):
+        book.active.append([f"q{i}", f"a{i}", f"s{i}"])
+    book.save(tmp_path / "whole.xlsx")
+    path = tmp_path / "small.xlsx"
+    with zipfile.ZipFile(tmp_path / "whole.xlsx") as whole, zipfile.ZipFile(path, "w") as out:
+        for part in whole.infolist():
+            content = whole.read(part.filename)
+            if part.filename.startswith("xl/worksheets/sheet"):
+                content, n = re.subn(
+                    rb'<dimension ref="[^"]*"', f'<dimension ref="{recorded}"'.encode(), content
+                )
+                assert n == 1
+            out.writestr(part, content)
+    data = load(path, tokenizer, cache_dir, validation=None)
+    assert _answers(data) == [f"a{i}" for i in range(5)]
+    assert "s4" in data.example(4).text  # the third column too

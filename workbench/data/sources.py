@@ -943,6 +943,8 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
             # first as a row with a missing cell.
             record = row = None
             for record in reader:
+                if all(value in ("", None) for value in record.values()):
+                    continue  # a spreadsheet's blank row saved as CSV (",,"), as in a sheet
                 if row is not None:
                     yield row
                 row = _csv_row(reader.line_num - _line_breaks(record), record)
@@ -1114,7 +1116,9 @@ def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
     spreadsheet shows them."""
     book = _open_workbook(path)
     try:
-        rows = (book[sheet] if sheet is not None else book.worksheets[0]).iter_rows()
+        worksheet = book[sheet] if sheet is not None else book.worksheets[0]
+        worksheet.reset_dimensions()  # read to the last row, whatever size the file records
+        rows = worksheet.iter_rows()
         header: list[str | None] | None = None
         for number, row in enumerate(rows, start=1):
             cells = tuple(shown_text(c.value, getattr(c, "number_format", None)) for c in row)
