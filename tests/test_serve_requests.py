@@ -96,6 +96,50 @@ def test_an_answer_cut_inside_a_character_is_the_same_streamed_or_not(server):
         assert plain == streamed and not plain.endswith("\ufffd"), max_tokens
 
 
+def _completion(server, stream: bool = False, **settings) -> tuple[str, str]:
+    """A completion's text and finish_reason, read through the openai client."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)
+    asked = dict(model=str(server.folder), prompt="Hello", temperature=0, **settings)
+    if not stream:
+        choice = client.completions.create(**asked).choices[0]
+        return choice.text, choice.finish_reason
+    choices = [
+        c for chunk in client.completions.create(**asked, stream=True) for c in chunk.choices
+    ]
+    return "".join(c.text for c in choices), choices[-1].finish_reason
+
+
+def test_a_stop_just_after_a_written_u_fffd_keeps_it_streamed_or_not(server):
+    # Found by QA: unstreamed, the U+FFFD the model wrote before the stop was taken for a
+    # character the token limit cut in two and dropped; the stream kept it.
+    full, _ = _completion(server, max_tokens=24)
+    at = next(
+        i
+        for i, ch in enumerate(full[:-2])
+        if ch == "\ufffd" and full.index(full[i + 1 : i + 3]) == i + 1
+    )
+    stop = full[at + 1 : at + 3]
+    expected = (full[: at + 1], "stop")
+    assert _completion(server, max_tokens=24, stop=[stop]) == expected
+    assert _completion(server, True, max_tokens=24, stop=[stop]) == expected
+
+
+def test_a_completion_s_suffix_comes_whole_and_is_not_taken_for_a_stop(server):
+    # Found by QA: transformers adds the suffix to the text before the answer is cut at its
+    # stop text, so a stop inside the suffix cut it and called a length-ended answer stopped.
+    full, why = _completion(server, max_tokens=5)
+    assert why == "length" and "<END>" not in full
+    for stream in (False, True):
+        assert _completion(server, stream, max_tokens=5, suffix="<END>") == (full + "<END>", why)
+        asked = dict(max_tokens=5, suffix="<END>", stop=["END"])
+        assert _completion(server, stream, **asked) == (full + "<END>", "length")
+        stop = full[2:4]
+        asked = dict(max_tokens=5, suffix="<END>", stop=[stop])
+        assert _completion(server, stream, **asked) == (full[: full.index(stop)] + "<END>", "stop")
+
+
 @pytest.mark.parametrize(
     "body",
     [{"prompt": ""}, {}, {"prompt": "", "stream": True}],

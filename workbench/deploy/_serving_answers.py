@@ -230,36 +230,77 @@ def _end_as_openai(handler: Any, ending: _Ending) -> None:
 
     @functools.wraps(non_streaming)
     async def answered(*args: Any, **kw: Any) -> Any:
+        args, kw, suffix = _suffix_held_back(non_streaming, args, kw)
         settings = prepared(non_streaming, args, kw)
         response = await non_streaming(*args, **kw)
         body = json.loads(response.body)
         ending.body(body, settings)
+        for choice in body.get("choices", []) if suffix else []:
+            choice["text"] += suffix
         return JSONResponse(body, status_code=response.status_code)
 
     @functools.wraps(streaming)
     def streamed(*args: Any, **kw: Any) -> Any:
+        args, kw, suffix = _suffix_held_back(streaming, args, kw)
         settings = prepared(streaming, args, kw)
         response = streaming(*args, **kw)
-        response.body_iterator = ending.stream(response.body_iterator, settings)
+        chunks = ending.stream(response.body_iterator, settings)
+        response.body_iterator = _suffix_before_the_end(chunks, suffix) if suffix else chunks
         return response
 
     answered.ends_as_openai = True  # type: ignore[attr-defined]
     handler._non_streaming, handler._streaming = answered, streamed
 
 
+def _suffix_held_back(method: Any, args: tuple, kw: dict) -> tuple[tuple, dict, str | None]:
+    """``method``'s arguments without a completion's ``suffix``, and the suffix: transformers
+    adds it to the answer's text before the answer is cut at its stop text, which then cut
+    the suffix and called the answer stopped; it is added here once the answer is cut."""
+    if "suffix" not in inspect.signature(method).parameters:
+        return args, kw, None
+    bound = inspect.signature(method).bind(*args, **kw)
+    suffix = bound.arguments.get("suffix")
+    if isinstance(suffix, str):
+        bound.arguments["suffix"] = None
+    return bound.args, bound.kwargs, suffix if isinstance(suffix, str) else None
+
+
+async def _suffix_before_the_end(chunks: Any, suffix: str) -> Any:
+    """The SSE chunks of a streamed completion with ``suffix`` sent just before the chunk
+    that ends it, as transformers sends it."""
+    async for chunk in chunks:
+        parts = []
+        for part in chunk.split("\n\n"):
+            event = json.loads(part[len("data: ") :]) if part.startswith("data: {") else None
+            if isinstance(event, dict) and _finish_reason(event) is not None:
+                before = json.loads(json.dumps(event))
+                before["choices"][0].update(text=suffix, finish_reason=None)
+                parts.append(_sse(before))
+            parts += [part] if part else []
+        yield "".join(f"{part}\n\n" for part in parts)
+
+
 def _end_choices(body: dict, settings: dict) -> None:
     """A chat or completions answer without the stop text that ended it (its ``finish_reason``
-    then ``"stop"``), nor a character ``max_tokens`` cut in two (U+FFFD; streamed, it is left
-    out)."""
+    then ``"stop"``), nor a character ``max_tokens`` cut in two at its end (U+FFFD; streamed,
+    it is left out).
+
+    Examples:
+        >>> body = {"choices": [{"text": "9\ufffdR more", "finish_reason": "length"}]}
+        >>> _end_choices(body, {"stop_strings": ["R"]})  # the model wrote U+FFFD, then R
+        >>> body["choices"][0]
+        {'text': '9\ufffd', 'finish_reason': 'stop'}
+    """
     stops = _stops(settings)
     for choice in body.get("choices", []):
         holder = choice.get("message") or choice
         field = "content" if "message" in choice else "text"
         if isinstance(holder.get(field), str):
             holder[field], stopped = cut_at_stop(holder[field], stops)
-            if stopped:
+            if stopped:  # what came before the stop was written whole, U+FFFD included
                 _stopped_at_a_stop(choice)
-            holder[field] = holder[field].rstrip("\ufffd")
+            else:
+                holder[field] = holder[field].rstrip("\ufffd")
 
 
 def _end_choice_stream(chunks: Any, settings: dict) -> Any:
@@ -289,7 +330,8 @@ def _end_response(body: dict, settings: dict) -> None:
     stopped = False
     for part in _text_parts(body):
         part["text"], cut = cut_at_stop(part["text"], _stops(settings))
-        part["text"], stopped = part["text"].rstrip("\ufffd"), stopped or cut
+        part["text"] = part["text"] if cut else part["text"].rstrip("\ufffd")
+        stopped = stopped or cut
     if _cut_at_the_limit(body, settings) and not stopped:
         _say_incomplete(body)
 
