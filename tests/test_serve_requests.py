@@ -791,3 +791,24 @@ def test_stop_ends_the_answers_in_progress_and_the_server_with_them(tiny_model_d
     assert not served.running and port_is_free(served.port)
     assert not served.scratch.exists()
     assert KILLED_LINE not in served.log.read_text(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "content_type, body, says",
+    [
+        ("application/json", b'{"model": "m", "messages": [}', "is not valid JSON: Expecting"),
+        ("text/plain", b'{"model": "m", "messages": []}', "must be a JSON object, sent with"),
+        ("application/json", b'["secret", "list"]', "must be a JSON object, sent with"),
+    ],
+)
+def test_a_body_that_is_no_json_object_is_a_400_that_says_so(server, content_type, body, says):
+    # Found by QA: FastAPI's 422 listed pydantic errors and echoed the whole body back.
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+    status, answer = raw_status(server, request)
+    error = json.loads(answer)["error"]
+    assert status == 400 and error["type"] == "invalid_request_error"
+    assert says in error["message"] and "secret" not in answer and "input" not in answer

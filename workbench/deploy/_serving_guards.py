@@ -188,6 +188,35 @@ def openai_error(body: Any, status: int) -> Any:
     return {**body, "error": error}
 
 
+def _validation_said(body: Any) -> Any:
+    """FastAPI's refusal of a body it could not read (a list of pydantic errors, each echoing
+    the input: the whole body) as one line that says what to send instead.
+
+    Examples:
+        >>> _validation_said({"detail": [{"type": "json_invalid", "loc": ["body", 28],
+        ...     "msg": "JSON decode error", "ctx": {"error": "Expecting value"}}]})
+        {'detail': 'the body is not valid JSON: Expecting value at character 28'}
+        >>> _validation_said({"detail": [{"type": "dict_type", "loc": ["body"],
+        ...     "msg": "Input should be a valid dictionary", "input": "{...}"}]})["detail"]
+        'the body must be a JSON object, sent with Content-Type: application/json'
+    """
+    errors = body.get("detail") if isinstance(body, dict) else None
+    if not isinstance(errors, list) or not all(isinstance(e, dict) for e in errors):
+        return body
+    lines = []
+    for error in errors:
+        where = [str(part) for part in error.get("loc") or []]
+        if error.get("type") == "json_invalid":
+            why = (error.get("ctx") or {}).get("error") or error.get("msg")
+            at = f" at character {where[1]}" if len(where) > 1 else ""
+            lines.append(f"the body is not valid JSON: {why}{at}")
+        elif where == ["body"]:
+            lines.append("the body must be a JSON object, sent with Content-Type: application/json")
+        else:
+            lines.append(f"{'.'.join(where)}: {error.get('msg')}")
+    return {"detail": "; ".join(dict.fromkeys(lines))}
+
+
 class _OpenAIErrors:
     """ASGI middleware: every JSON error response in OpenAI's shape (:func:`openai_error`)."""
 
@@ -213,11 +242,13 @@ class _OpenAIErrors:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
+            status = 400 if start["status"] == 422 else start["status"]  # as OpenAI says it
             try:
-                body = json.dumps(openai_error(json.loads(b"".join(chunks)), start["status"]))
-                data = body.encode()
+                said = _validation_said(json.loads(b"".join(chunks)))
+                data = json.dumps(openai_error(said, status)).encode()
             except ValueError:  # not JSON after all: as it was
                 data = b"".join(chunks)
+            start = {**start, "status": status}
             headers = [(k, v) for k, v in start.get("headers") or [] if k != b"content-length"]
             headers.append((b"content-length", str(len(data)).encode()))
             await send({**start, "headers": headers})
