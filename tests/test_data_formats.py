@@ -143,6 +143,16 @@ def test_mapped_column_that_does_not_exist(tmp_path, tokenizer, cache_dir):
         load(path, tokenizer, cache_dir, columns={"prompt": "zzz", "answer": "a"})
 
 
+def test_one_column_mapped_to_two_fields_is_refused_before_reading(tmp_path, tokenizer, cache_dir):
+    # Found by QA: {"prompt": "X", "answer": "X"} trained the model to repeat its prompt.
+    from pathlib import Path
+
+    path = write_jsonl(tmp_path / "m.jsonl", [{"q": "x", "a": "y"}])
+    with pytest.raises(SpecError, match=r"^columns: 'q' is mapped to 'prompt' and 'answer'; "):
+        load(path, tokenizer, cache_dir, columns={"prompt": "q", "answer": "q"})
+    assert not list(Path(cache_dir).rglob("*.arrow"))
+
+
 @pytest.mark.parametrize(
     "kind",
     ["json", "csv", "parquet", "disk", "dataset", "frame", "polars", "list", "tuple", "generator"],
@@ -849,7 +859,7 @@ def test_excel_workbooks_are_read_from_their_first_sheet(tmp_path, tokenizer, ca
         load(path, tokenizer, cache_dir)
     skipped = load(path, tokenizer, cache_dir, on_error="skip")
     assert [(p.row, p.kind) for p in skipped.skipped] == [(8, "malformed"), (9, "malformed")]
-    assert "row 9: a value in a column with no header" in skipped.skipped[1].message
+    assert "row 9: a value in column C, which has no header" in skipped.skipped[1].message
     # what pandas writes (openpyxl underneath), chat conversations as JSON text in a cell
     chats = [json.dumps([WEIGHTED[0], WEIGHTED[3]])] * 2
     pd.DataFrame({"messages": chats}).to_excel(tmp_path / "chats.xlsx", index=False)

@@ -272,3 +272,28 @@ def test_a_workbook_that_records_too_small_a_size_loads_every_row(
     data = load(path, tokenizer, cache_dir, validation=None)
     assert _answers(data) == [f"a{i}" for i in range(5)]
     assert "s4" in data.example(4).text  # the third column too
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_named_jsonl_is_read_as_its_rows(tmp_path, tokenizer, cache_dir, indent):
+    # Found by QA: it was refused as "line 1: expected a JSON object, got list" (pretty
+    # printed: "line ends before its JSON does"); a .json of JSON Lines was already read.
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)]
+    path = tmp_path / "array.jsonl"
+    path.write_text(json.dumps(rows, indent=indent))
+    data = load(path, tokenizer, cache_dir, validation=None)
+    assert _answers(data) == ["a0", "a1", "a2", "a3"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps(rows, indent=2)[:-3])
+    with pytest.raises(DataError, match=r"^broken\.jsonl"):
+        load(broken, tokenizer, cache_dir)
+
+
+def test_a_header_line_repeated_as_a_row_is_named_not_trained(tmp_path, tokenizer, cache_dir):
+    # Found by QA: two CSV files joined with cat trained "question" -> "answer" in silence.
+    path = tmp_path / "joined.csv"
+    path.write_text("question,answer\nq1,a1\nquestion,answer\nq2,a2\n")
+    with pytest.raises(DataError, match=r"^joined\.csv, line 3: the header line again, as a row"):
+        load(path, tokenizer, cache_dir)
+    data = load(path, tokenizer, cache_dir, on_error="skip", validation=None)
+    assert _answers(data) == ["a1", "a2"] and [p.row for p in data.skipped] == [3]

@@ -155,12 +155,7 @@ class DataSpec:
             errors.append(f"max_length={self.max_length!r} must be a positive int or None")
         if self.on_error not in ("raise", "skip"):
             errors.append(f"on_error={self.on_error!r} must be 'raise' or 'skip'")
-        for key, value in (self.columns or {}).items():
-            if key not in CANONICAL_FIELDS or not isinstance(value, str):
-                errors.append(
-                    f"columns[{key!r}]={value!r}: keys must be in {CANONICAL_FIELDS}, "
-                    "values column names"
-                )
+        errors += _columns_problems(self.columns or {})
         if self.context is not None and not _count(self.context):
             errors.append(f"context={self.context!r} must be a positive int or None")
         if self.special_tokens_in_text not in SPECIAL_TOKENS_IN_TEXT:
@@ -173,6 +168,30 @@ class DataSpec:
             errors.append(f"seed={self.seed!r} must be an integer >= 0")
         if errors:
             raise SpecError("; ".join(errors))
+
+
+def _columns_problems(columns: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a ``columns`` mapping: a key that is no field, a value that is no
+    column name, one column mapped to two fields.
+
+    Examples:
+        >>> _columns_problems({"prompt": "q", "answer": "q"})
+        ["columns: 'q' is mapped to 'prompt' and 'answer'; each field needs its own column \
+(the model would learn to repeat its prompt)"]
+    """
+    problems = [
+        f"columns[{key!r}]={value!r}: keys must be in {CANONICAL_FIELDS}, values column names"
+        for key, value in columns.items()
+        if key not in CANONICAL_FIELDS or not isinstance(value, str)
+    ]
+    named = [value for value in columns.values() if isinstance(value, str)]
+    for column in sorted({c for c in named if named.count(c) > 1}):
+        fields = " and ".join(repr(key) for key, value in columns.items() if value == column)
+        problems.append(
+            f"columns: {column!r} is mapped to {fields}; each field needs its own column (the "
+            "model would learn to repeat its prompt)"
+        )
+    return problems
 
 
 def _count(value: Any) -> bool:

@@ -272,6 +272,8 @@ def _open_path(
     ):
         _check_encoding_fits(path, encoding)
     unit: Unit = "row" if kind in _NOT_COMPRESSIBLE else "line"
+    if reader is _read_jsonl and _starts_with_array(path, encoding):
+        reader = _read_json  # one JSON array named .jsonl, as a .json of JSON Lines is read
     if reader is _read_json and _is_json_document(path, encoding):
         unit = "item"
     if encoding is not None and reader in (_read_parquet, _read_xlsx):
@@ -948,6 +950,8 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
                 if row is not None:
                     yield row
                 row = _csv_row(reader.line_num - _line_breaks(record), record)
+                if list(record.values()) == reader.fieldnames:
+                    row = RawRow(row.number, None, _HEADER_AGAIN)
         except csv.Error as err:
             msg = f"{path.name}, line {reader.line_num}: not valid CSV ({err})"
             raise DataError(msg) from err
@@ -956,6 +960,9 @@ def _read_csv(path: Path, encoding: str | None = None) -> Iterator[RawRow]:
         _refuse_unclosed_quote(path, encoding, delimiter, reader.line_num - breaks)
     if row is not None:
         yield row
+
+
+_HEADER_AGAIN = "the header line again, as a row (files joined with cat?): remove it"
 
 
 def _line_breaks(record: dict[Any, Any]) -> int:
@@ -1135,11 +1142,14 @@ def _read_xlsx(path: Path, sheet: str | None = None) -> Iterator[RawRow]:
 
 
 def _sheet_row(number: int, header: list[str | None], cells: tuple[Any, ...]) -> RawRow:
+    from openpyxl.utils import get_column_letter
+
     values = {}
-    for name, cell in itertools.zip_longest(header, cells):
+    for column, (name, cell) in enumerate(itertools.zip_longest(header, cells), start=1):
         if name is None or name == "":
             if cell not in (None, ""):
-                return RawRow(number, None, "a value in a column with no header")
+                msg = f"a value in column {get_column_letter(column)}, which has no header"
+                return RawRow(number, None, msg)
             continue
         values[name] = cell
     return RawRow(number, values)
