@@ -116,6 +116,8 @@ def _coverage(data_report: Any, history: Sequence[Any], evaluation: Any) -> str:
     if evaluation is not None:
         settings = getattr(evaluation, "settings", {}) or {}
         of = f" of {settings['run']}" if settings.get("run") else ""
+        if isinstance(settings.get("step"), int) and steps and settings["step"] != max(steps):
+            of += f" at step {settings['step']}"  # paused then, or early stopping's best
         columns = ", ".join(getattr(evaluation, "columns", ()) or ())
         measured = evaluation.measured() if hasattr(evaluation, "measured") else ""
         measured = f"; {measured}" if measured else ""

@@ -106,8 +106,8 @@ class Session:
         self._merged_from: list[str] = []  # whose adapters were merged: "run-001", a folder
         self._data_of_run: Any = None  # the data the run of the model trained on
         self._training_summary: dict = {}
-        self._scores_summary: dict = {}
         self._evaluation: Any = None  # the latest evaluation, for diagnose()
+        self._evaluated_weights: tuple | None = None  # what it measured (_model_version)
         self._evaluation_run: Any = None  # a background evaluate(wait=False), while it runs
         # answers of an evaluation whose scoring failed: (what they answer, the model, answers)
         self._kept_answers: tuple[str, Any, dict] | None = None
@@ -225,7 +225,7 @@ class Session:
         else:
             _let_go_of(earlier)
         self._run_of_model, self._merged, self._merged_from = None, False, []
-        self._training_summary, self._scores_summary, self._evaluation = {}, {}, None
+        self._training_summary, self._evaluation = {}, None
         self._measured_lr = None
         if self._data is not None and not _tokenizes_alike(self._data, tokenizer):
             self._data = None
@@ -747,13 +747,27 @@ class Session:
         return summary
 
     def scores_summary(self) -> dict:
-        """Base and tuned scores of the last evaluation (empty before evaluating).
+        """Base and tuned scores of the last evaluation, while the model holds the weights it
+        measured (empty before evaluating, and once training, a fork, another adapter
+        strength or another model changed them: a model card must not claim them).
 
         Examples:
             >>> Session("/tmp/wb-doc-empty", verbose=False).scores_summary()
             {}
         """
-        return dict(self._scores_summary)
+        evaluation = self._latest_evaluation()
+        if evaluation is None:
+            return {}
+        return {
+            name: {k: v for k, v in score.items() if k in ("base", "tuned")}
+            for name, score in evaluation.scores.items()
+        }
+
+    def _latest_evaluation(self) -> Any:
+        """The last evaluation, if the model still holds the weights it measured."""
+        if self._evaluation is None or self._evaluated_weights != self._model_version():
+            return None
+        return self._evaluation
 
     def load_adapter(self, path: str | Path) -> ModelInfo:
         """Put a saved peft adapter (e.g. an ``adapter`` export) on the loaded base model.
@@ -867,7 +881,6 @@ class Session:
         def adopt(run) -> None:
             self._hold_run(run, run.spec.to_dict())  # batch_size="auto" resolved
             self._data_of_run = data_of_run
-            self._evaluation = None  # it judged the previous model
 
         data_of_run = self._data
         with stopped_if_interrupted(adopt):  # a Ctrl-C once it started stops it, held here
@@ -1308,11 +1321,8 @@ class Session:
                     plain_model_role="tuned" if tuned else "base",  # an untrained model
                     generated=kept,
                 )
-            self._scores_summary = {
-                name: {k: v for k, v in score.items() if k in ("base", "tuned")}
-                for name, score in evaluation.scores.items()
-            }
-            self._evaluation = evaluation  # the latest, for diagnose()
+            self._evaluation = evaluation  # the latest, for diagnose() and model cards
+            self._evaluated_weights = self._model_version()
             return evaluation
 
         if _blocking(wait) or (self._run is not None and self._run.status.active):
@@ -1434,7 +1444,7 @@ class Session:
             title or f"Tuning Workbench: {self.run_dir.name}",
             data_report=data.report() if data is not None else None,
             history=run.history if run is not None else (),
-            evaluation=self._evaluation,
+            evaluation=self._evaluation,  # whatever it measured: the page says what
             summary=summary,
             template=data.template if data is not None else None,
         )
@@ -1475,8 +1485,9 @@ class Session:
         patience = run.spec.early_stopping if run is not None else None
         failed = run.status.error if run is not None and run.state is RunState.FAILED else None
         held = run.weights_step if run is not None else None
-        found = diagnose(history, self._data, self._evaluation, total, patience, failed, held)
-        present = {"run": run, "data": self._data, "evaluation": self._evaluation}
+        evaluation = self._latest_evaluation()
+        found = diagnose(history, self._data, evaluation, total, patience, failed, held)
+        present = {"run": run, "data": self._data, "evaluation": evaluation}
         return Diagnosis(found, tuple(what for what, it in present.items() if it is not None))
 
     def _adapter_source(self) -> str:
@@ -1518,6 +1529,9 @@ class Session:
         if strength is not None and strength != 1:
             about["adapter_strength"] = strength
         about["run"] = None  # the run that trained the weights, where one did (run_evaluation)
+        run = self._model_run()
+        if run is not None:  # a paused run, or early stopping's best step
+            about["step"] = run.weights_step
         if self._merged and compare_base and is_peft_model(model):
             about["base"] = f"the loaded model with {' and '.join(self._merged_from)} merged in"
         return about
@@ -1614,11 +1628,14 @@ class Session:
         from workbench.train.core import remove_training_hooks
 
         merged_from = self._adapter_source()
+        evaluated = self._latest_evaluation()  # the merged model computes what it measured
         merged = merge_adapter(self._adapted if self._adapted is not None else self.model)
         remove_training_hooks(merged)  # the run's NEFTune noise and checkpointing
         self._loaded = replace(self.loaded, model=merged.eval(), quantization=None)
         self._adapted, self._merged = None, True
         self._merged_from.append(merged_from)
+        if evaluated is not None:
+            self._evaluated_weights = self._model_version()
         self._progress("merged the adapter into the base weights")
         return model_info(self._loaded)
 

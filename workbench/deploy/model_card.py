@@ -8,7 +8,9 @@ Examples:
 
 from __future__ import annotations
 
+import html
 import json
+import math
 from dataclasses import dataclass, field
 
 __all__ = ["ModelCard"]
@@ -192,9 +194,21 @@ class ModelCard:
         rows = ["| metric | base | tuned |", "|---|---|---|"]
         for metric, values in self.scores.items():
             base, tuned = values.get("base"), values.get("tuned")
-            rows.append(f"| {metric} | {_number(base)} | {_number(tuned)} |")
+            rows.append(f"| {_cell(metric)} | {_number(base)} | {_number(tuned)} |")
         return "\n".join(rows)
 
 
+def _cell(text: object) -> str:
+    r"""``text`` as one Markdown table cell: a ``|`` would split the row, HTML would render.
+
+    Examples:
+        >>> _cell("f1|<b>macro</b>")
+        'f1\\|&lt;b&gt;macro&lt;/b&gt;'
+    """
+    escaped = html.escape(" ".join(str(text).split()), quote=False)
+    return escaped.replace("\\", "\\\\").replace("|", "\\|")
+
+
 def _number(value) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    """A score as the card shows it: ``-`` where there is none (not measured, or NaN)."""
+    return "-" if value is None or math.isnan(value) else f"{value:.4g}"

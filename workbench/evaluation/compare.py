@@ -397,6 +397,8 @@ class Comparison:
                 record["eval_data"] = latest.get("data")
             if self._scaled():
                 record["adapter_strength"] = latest.get("adapter_strength", 1)
+            if self._measured_earlier():
+                record["eval_step"] = latest.get("step", record["steps"])
             scores = run.latest.scores if run.latest is not None else {}
             for name in self.score_names():
                 for column in ("base", "tuned"):
@@ -415,6 +417,7 @@ class Comparison:
         header = ["run", "steps", "final_loss", "final_eval_loss", "best_eval_loss"]
         header += ["eval_rows", "eval_data"] if self._evaluated() else []
         header += ["adapter_strength"] if self._scaled() else []
+        header += ["eval_step"] if self._measured_earlier() else []
         header += [f"{n}_{c}" for n in self.score_names() for c in ("base", "tuned")]
         return header, [[_fmt(r.get(h)) for h in header] for r in records]
 
@@ -466,6 +469,16 @@ class Comparison:
             run.latest is not None and "adapter_strength" in run.latest.settings
             for run in self.runs
         )
+
+    def _measured_earlier(self) -> bool:
+        """Whether a run's latest evaluation measured other weights than its last step's (it
+        was paused then, or early stopping kept an earlier step)."""
+        for run in self.runs:
+            step = run.latest.settings.get("step") if run.latest is not None else None
+            steps = run.curve("loss")[0]
+            if step is not None and steps and step != steps[-1]:
+                return True
+        return False
 
     def __str__(self) -> str:
         header, rows = self.table()
