@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
 
 import workbench as wb
-from workbench.errors import SpecError
+from workbench.errors import EvaluationError, SpecError
 from workbench.evaluation import Evaluation
 from workbench.evaluation.checkpoints import GRID_FILE, CheckpointEvaluation, step_folder
 from workbench.models.generation import generate_text
@@ -219,6 +220,20 @@ def test_unknown_steps_and_bad_rules_are_refused_naming_what_exists(sweep):
         s.evaluate(checkpoints=[5], metrics=["exact_match"], correct="rougeL", max_new_tokens=2)
     assert sorted(p.name for p in (s.run_dir / "evaluations").iterdir()) == evaluations
     assert not (s.run_dir / "export" / "nope").exists()
+    assert_same_weights(s, before)
+
+
+@pytest.mark.parametrize("said", [float("nan"), "no", None, 2])
+def test_a_correct_function_that_returns_no_true_or_false_is_refused(sweep, said):
+    # Found by QA: bool(nan) and bool("no") are True: every answer counted as right.
+    s, _, before, _ = sweep
+    with pytest.raises(
+        EvaluationError,
+        match=rf"correct=<lambda> returned {re.escape(repr(said))} on example 0: it must return",
+    ):
+        s.evaluate(
+            checkpoints=[5], metrics=["exact_match"], correct=lambda p, r: said, max_new_tokens=2
+        )
     assert_same_weights(s, before)
 
 

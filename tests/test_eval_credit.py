@@ -95,3 +95,12 @@ def test_a_metric_named_with_markdown_or_html_keeps_the_card_s_table_whole():
     card = ModelCard("m", "adapter", scores=scores).render()
     row = next(line for line in card.splitlines() if line.startswith("| f1"))
     assert row == r"| f1\|&lt;img src=x onerror=alert(1)&gt; | - | 0.5 |"
+
+
+def test_generation_settings_the_evaluation_sets_itself_are_taken_or_named(session):
+    # Found by QA: both failed as a bare TypeError, given twice to generate().
+    with pytest.raises(wb.SpecError, match=r"give it as max_new_tokens=\.\.\."):
+        session.evaluate(**FAST, generation={"max_new_tokens": 3})
+    cut = session.evaluate(**FAST, generation={"stop_strings": ["a"]})
+    assert "a" in cut.settings["stop_strings"] and "stop_strings" not in cut.settings["generation"]
+    assert all("a" not in answer for row in cut.rows for answer in row.outputs.values())

@@ -297,3 +297,24 @@ def test_perplexity_leaves_out_a_reference_without_tokens():
     assert scored.value == pytest.approx(4.0)
     assert scored.ci == pytest.approx((4.0, 4.0))
     assert math.isnan(scored.per_example[0])
+
+
+def test_a_diverged_model_s_perplexity_is_infinite_and_its_evaluation_is_kept(
+    tmp_path, tiny_model_dir
+):
+    # Found by QA: a mean token loss past ~709.8 raised a bare OverflowError from math.exp
+    # once every answer was generated; nothing was saved and no answer was kept.
+    import torch
+
+    import workbench as wb
+
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)]
+    s.load_data(rows, validation=rows[:2])
+    with torch.no_grad():
+        s.model.get_output_embeddings().weight.mul_(3000.0)  # a diverged model's logits
+    evaluation = s.evaluate(metrics=["exact_match", "perplexity"], max_new_tokens=2)
+    assert evaluation.scores["perplexity"]["base"] == math.inf
+    assert "inf" in str(evaluation)
+    assert set(wb.Evaluation.load(evaluation.path).scores) == {"exact_match", "perplexity"}

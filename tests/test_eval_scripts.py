@@ -127,3 +127,11 @@ def test_the_tokenizer_bleu_chose_is_saved_with_its_score(tmp_path, tiny_model_d
     ev = s.evaluate(metrics=["bleu"], max_new_tokens=2)
     assert ev.scores["bleu"]["tokenize"] == "zh"
     assert wb.Evaluation.load(ev.path).scores["bleu"]["tokenize"] == "zh"
+
+
+def test_exact_match_counts_trailing_nul_characters():
+    # Found by QA: numpy's str arrays drop trailing NULs, so "a\x00" matched "a".
+    for options in ({}, {"strip": False}, {"ignore_case": True}):
+        em = METRICS["exact_match"].with_options(**options)
+        score = em.score(Column(("a\x00", "a", "b"), ("a", "a\x00\x00", "b")), INDICES[:, :3])
+        assert score["exact_match"].per_example == (0.0, 0.0, 1.0), options

@@ -48,6 +48,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from workbench._display import text_table
 from workbench._io import atomic_write_text, staging_folder, translated_write_errors
 from workbench._numbers import plain_number
@@ -724,10 +726,17 @@ def _judge(correct: Any, evaluation: Evaluation) -> tuple[Callable[[EvalRow, str
 
         def by_function(row: EvalRow, role: str) -> bool:
             try:
-                return bool(correct(row.outputs[role], row.reference))
+                said = correct(row.outputs[role], row.reference)
             except Exception as err:
                 msg = f"correct={name} raised on example {row.index}: {type(err).__name__}: {err}"
                 raise EvaluationError(msg) from err
+            if isinstance(said, (bool, np.bool_)) or (isinstance(said, int) and said in (0, 1)):
+                return bool(said)
+            msg = (  # bool("no") and bool(nan) are True: every answer would count as right
+                f"correct={name} returned {said!r} on example {row.index}: it must return "
+                "True or False"
+            )
+            raise EvaluationError(msg)
 
         return by_function, f"{name}(prediction, reference)", None
     scores = list(evaluation.scores)

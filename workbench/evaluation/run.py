@@ -69,6 +69,30 @@ class EvalSpec:
             raise SpecError(f"limit={self.limit!r} must be a positive integer or None")
         if self.plain_model_role not in ("base", "tuned"):
             raise SpecError(f"plain_model_role={self.plain_model_role!r}: 'base' or 'tuned'")
+        self._take_own_settings_from_generation()
+
+    def _take_own_settings_from_generation(self) -> None:
+        """``generation``'s ``stop_strings`` join the answers' own stops, as ``generate()``
+        takes them; its ``max_new_tokens`` is refused, naming the argument that sets it (both
+        failed as a TypeError, given twice to ``generate``)."""
+        if not isinstance(self.generation, dict):
+            raise SpecError(f"generation={self.generation!r} must be a dict of generate keywords")
+        if "max_new_tokens" in self.generation:
+            msg = (
+                f"generation={{'max_new_tokens': {self.generation['max_new_tokens']!r}}}: give "
+                "it as max_new_tokens=..., the evaluation's own setting"
+            )
+            raise SpecError(msg)
+        if "stop_strings" not in self.generation:
+            return
+        generation = dict(self.generation)
+        extra = generation.pop("stop_strings")
+        extra = [extra] if isinstance(extra, str) else extra
+        if not isinstance(extra, (list, tuple)) or not all(isinstance(t, str) and t for t in extra):
+            raise SpecError(f"generation's stop_strings={extra!r} must be a list of texts")
+        stops = tuple(dict.fromkeys([*self.stop_strings, *extra]))
+        object.__setattr__(self, "stop_strings", stops)
+        object.__setattr__(self, "generation", generation)
 
 
 def _positive_int(value: Any) -> bool:

@@ -481,6 +481,13 @@ class SacreScorer:
         )
 
 
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass(frozen=True)
 class PerplexityScorer:
     """Perplexity of the reference given the prompt, from the losses the run computed.
@@ -495,11 +502,12 @@ class PerplexityScorer:
     """
 
     def score(self, column: Column, indices: np.ndarray) -> dict[str, Scored]:
-        """Exponentiate each loss and average.
+        """Exponentiate each loss and average; a loss past a float's range (a diverged
+        model) gives an infinite perplexity, not an OverflowError that lost the answers.
 
         Examples:
-            >>> col = Column(("",), ("",), (math.log(4),))
-            >>> PerplexityScorer().score(col, np.zeros((1, 1), int))["perplexity"].per_example
-            (4.0,)
+            >>> col = Column(("", ""), ("", ""), (math.log(4), 800.0))
+            >>> PerplexityScorer().score(col, np.zeros((1, 2), int))["perplexity"].per_example
+            (4.0, inf)
         """
-        return {"perplexity": _mean_scored([math.exp(x) for x in column.losses], indices)}
+        return {"perplexity": _mean_scored([_exp(x) for x in column.losses], indices)}

@@ -41,18 +41,19 @@ Examples:
 
 
 def _normalise(texts, regexes, ignore_case, ignore_punctuation, ignore_numbers, strip):
+    # Python strings, not numpy's: a numpy str array drops trailing NULs ("a\x00" == "a")
+    # and np.char.lower cuts "İ" -> "i̇" short.
     texts = list(texts)
     for regex in regexes or []:
         texts = [re.sub(regex, "", x) for x in texts]
     if ignore_case:
-        texts = [x.lower() for x in texts]  # not np.char.lower: it cuts "İ" -> "i̇" short
-    texts = np.asarray(texts, dtype=str)
+        texts = [x.lower() for x in texts]
     if ignore_punctuation:
-        texts = np.char.translate(texts, table=str.maketrans("", "", string.punctuation))
+        texts = [x.translate(str.maketrans("", "", string.punctuation)) for x in texts]
     if ignore_numbers:
-        texts = np.char.translate(texts, table=str.maketrans("", "", string.digits))
+        texts = [x.translate(str.maketrans("", "", string.digits)) for x in texts]
     if strip:
-        texts = np.char.strip(texts)
+        texts = [x.strip() for x in texts]
     return texts
 
 
@@ -89,9 +90,11 @@ class ExactMatch(evaluate.Metric):
         preds = _normalise(predictions, *options)
         refs = _normalise(references, *options)
         # As published: an empty normalised prediction only matches an identical original.
-        same_original = np.asarray(predictions) == np.asarray(references)
-        matches = (preds == refs) & ((preds != "") | same_original)
-        result = {"exact_match": float(np.mean(matches)) if len(matches) else 0.0}
+        matches = [
+            p == r and (p != "" or original == reference)
+            for p, r, original, reference in zip(preds, refs, predictions, references, strict=True)
+        ]
+        result = {"exact_match": float(np.mean(matches)) if matches else 0.0}
         if per_example:
             result["per_example"] = [float(m) for m in matches]
         return result
