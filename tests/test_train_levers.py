@@ -378,3 +378,25 @@ def test_a_nan_loss_is_refused_before_the_update_with_one_sync(tiny_model_dir):
         loop.train_step()
     assert loop.step == 1
     assert all(torch.equal(p, b) for p, b in zip(loop.params, before, strict=True))
+
+
+@pytest.mark.parametrize(("epochs", "rows", "steps"), [(0.14, 200, 7), (1.1, 200, 55)])
+def test_epochs_take_the_steps_their_product_says_not_one_more(
+    tmp_path, tiny_model_dir, epochs, rows, steps
+):
+    # Found by QA: 0.14 * 50 micro-batches is 7.000000000000001 in floats, and its ceiling
+    # trained an eighth step, stretching the schedule into rows past the fraction asked for.
+    import workbench as wb
+
+    assert epochs * (rows // 4) > steps  # the float product, just above a whole number
+    spec = TrainSpec(epochs=epochs, batch_size=4)
+    assert spec.total_steps(rows) == steps
+    if rows * epochs > 100:
+        return  # the plan alone: a real run of 55 steps is left to the one below
+    s = wb.Session(tmp_path / "s", verbose=False)
+    s.load_model(str(tiny_model_dir))
+    s.load_data([{"question": f"q{i}", "answer": f"a{i}"} for i in range(rows)], validation=None)
+    run = s.train(epochs=epochs, batch_size=4, wait=True)
+    assert (run.status.step, run.status.total_steps) == (steps, steps)
+    seen = [r for r in run.history if r.kind == "train"]
+    assert len(seen) == steps

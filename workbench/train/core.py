@@ -168,10 +168,13 @@ class BatchPlan:
         Examples:
             >>> BatchPlan(np.ones(10), 4, 0).total_micro(2, epochs=1.5, max_steps=None)
             5
+            >>> BatchPlan(np.ones(200), 4, 0).total_micro(1, epochs=1.1, max_steps=None)
+            55
         """
         if max_steps is not None:
             return max_steps * grad_accum
-        return math.ceil(epochs * self.per_epoch)
+        # rounded first: 1.1 * 50 is 55.00000000000001, which took a micro-batch more
+        return math.ceil(round(epochs * self.per_epoch, 9))
 
     def at(self, micro: int) -> list[int]:
         """Example indices of micro-batch ``micro`` (the epoch's batches are cached).

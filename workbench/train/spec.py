@@ -395,13 +395,16 @@ class TrainSpec:
         Examples:
             >>> TrainSpec(epochs=1, batch_size=4).total_steps(10)
             3
+            >>> TrainSpec(epochs=1.1, batch_size=4).total_steps(200)  # 1.1 * 50 is 55.000...01
+            55
         """
         if self.max_steps is not None:
             return self.max_steps
         if self.batch_size == "auto":
             raise SpecError("batch_size='auto' is chosen when the run starts; no steps before.")
         micro = math.ceil(num_examples / self.batch_size)
-        return max(1, math.ceil(self.epochs * micro / self.grad_accum))
+        # rounded first: a float product just above a whole number took one step more
+        return max(1, math.ceil(round(self.epochs * micro / self.grad_accum, 9)))
 
     def warmup_steps(self, total: int) -> int:
         """Warm-up steps for a run of ``total`` steps (:func:`~workbench.train.core.warmup_steps`).
