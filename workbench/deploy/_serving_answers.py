@@ -220,18 +220,25 @@ def _end_as_openai(handler: Any, ending: _Ending) -> None:
 
     streaming, non_streaming = handler._streaming, handler._non_streaming
 
-    def prepared(method: Any, args: tuple, kw: dict) -> dict:
-        given = inspect.signature(method).bind(*args, **kw).arguments
-        engine, inputs, settings = (given[name] for name in _ANSWER_PARAMETERS)
+    def prepared(method: Any, args: tuple, kw: dict) -> tuple[tuple, dict, dict, str | None]:
+        """The call's arguments, less a completion's ``suffix`` (transformers adds it to the
+        text before the answer is cut at its stop text, which then cut the suffix and called
+        the answer stopped: it is added here once the answer is cut), its settings and the
+        suffix."""
+        bound = inspect.signature(method).bind(*args, **kw)
+        engine, inputs, settings = (bound.arguments[name] for name in _ANSWER_PARAMETERS)
         _room_for_the_answer(engine, inputs, settings)
         if ending.at_turn_end:
             _stop_at_turn_end(settings)
-        return settings
+        suffix = bound.arguments.get("suffix")
+        if not isinstance(suffix, str):
+            return args, kw, settings, None
+        bound.arguments["suffix"] = None
+        return bound.args, bound.kwargs, settings, suffix
 
     @functools.wraps(non_streaming)
     async def answered(*args: Any, **kw: Any) -> Any:
-        args, kw, suffix = _suffix_held_back(non_streaming, args, kw)
-        settings = prepared(non_streaming, args, kw)
+        args, kw, settings, suffix = prepared(non_streaming, args, kw)
         response = await non_streaming(*args, **kw)
         body = json.loads(response.body)
         ending.body(body, settings)
@@ -241,8 +248,7 @@ def _end_as_openai(handler: Any, ending: _Ending) -> None:
 
     @functools.wraps(streaming)
     def streamed(*args: Any, **kw: Any) -> Any:
-        args, kw, suffix = _suffix_held_back(streaming, args, kw)
-        settings = prepared(streaming, args, kw)
+        args, kw, settings, suffix = prepared(streaming, args, kw)
         response = streaming(*args, **kw)
         chunks = ending.stream(response.body_iterator, settings)
         response.body_iterator = _suffix_before_the_end(chunks, suffix) if suffix else chunks
@@ -250,19 +256,6 @@ def _end_as_openai(handler: Any, ending: _Ending) -> None:
 
     answered.ends_as_openai = True  # type: ignore[attr-defined]
     handler._non_streaming, handler._streaming = answered, streamed
-
-
-def _suffix_held_back(method: Any, args: tuple, kw: dict) -> tuple[tuple, dict, str | None]:
-    """``method``'s arguments without a completion's ``suffix``, and the suffix: transformers
-    adds it to the answer's text before the answer is cut at its stop text, which then cut
-    the suffix and called the answer stopped; it is added here once the answer is cut."""
-    if "suffix" not in inspect.signature(method).parameters:
-        return args, kw, None
-    bound = inspect.signature(method).bind(*args, **kw)
-    suffix = bound.arguments.get("suffix")
-    if isinstance(suffix, str):
-        bound.arguments["suffix"] = None
-    return bound.args, bound.kwargs, suffix if isinstance(suffix, str) else None
 
 
 async def _suffix_before_the_end(chunks: Any, suffix: str) -> Any:
@@ -273,9 +266,8 @@ async def _suffix_before_the_end(chunks: Any, suffix: str) -> Any:
         for part in chunk.split("\n\n"):
             event = json.loads(part[len("data: ") :]) if part.startswith("data: {") else None
             if isinstance(event, dict) and _finish_reason(event) is not None:
-                before = json.loads(json.dumps(event))
-                before["choices"][0].update(text=suffix, finish_reason=None)
-                parts.append(_sse(before))
+                choice = {**event["choices"][0], "text": suffix, "finish_reason": None}
+                parts.append(_sse({**event, "choices": [choice]}))
             parts += [part] if part else []
         yield "".join(f"{part}\n\n" for part in parts)
 
